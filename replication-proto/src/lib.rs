@@ -1,0 +1,12 @@
+//! The replication core: wire format and the sans-IO replication state machine.
+//!
+//! Nothing here touches a socket, a clock or a file. The caller (the node
+//! daemon, or the simulator in [`sim`]) owns all I/O: it feeds [`machine::Event`]s
+//! in and carries out the [`machine::Action`]s that come out. That keeps the
+//! core deterministic, so one seed replays one run exactly.
+
+pub mod gen;
+pub mod machine;
+pub mod meta;
+pub mod sim;
+pub mod wire;

@@ -1,0 +1,380 @@
+//! The sync handshake: from both nodes' generation UUIDs, flags and roles,
+//! decide who syncs from whom, or that this is a split brain.
+//!
+//! Both nodes run the same function on the same inputs (their own view and
+//! the peer's `Hello`), with the arguments swapped, and must reach mirrored
+//! answers without another round trip. `decide(a, b)` is therefore required to
+//! be the mirror of `decide(b, a)`; a test checks that over random inputs.
+
+use serde::{Deserialize, Serialize};
+
+use crate::gen::{Generations, UUID_JUST_CREATED};
+use crate::meta::MetaFlags;
+use crate::wire::{DiskState, Role};
+
+/// What after-sb-0pri may do (no node is Primary at connect time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AfterSb0 {
+    Disconnect,
+    DiscardZeroChanges,
+    DiscardLeastChanges,
+    /// Discard the data of the named node.
+    DiscardNode(String),
+}
+
+/// What after-sb-1pri may do (one node is Primary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AfterSb1 {
+    Disconnect,
+    /// Apply after-sb-0pri if it discards the Secondary's data; else disconnect.
+    Consensus,
+    DiscardSecondary,
+    /// Apply after-sb-0pri; if the Primary loses, it runs the pri-lost hook.
+    CallPriLostAfterSb,
+}
+
+/// What after-sb-2pri may do (both Primary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AfterSb2 {
+    Disconnect,
+    CallPriLostAfterSb,
+}
+
+/// Split-brain auto-recovery policies (DRBD's `after-sb-*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitBrainPolicy {
+    pub after_sb_0pri: AfterSb0,
+    pub after_sb_1pri: AfterSb1,
+    pub after_sb_2pri: AfterSb2,
+}
+
+impl Default for SplitBrainPolicy {
+    fn default() -> Self {
+        Self {
+            after_sb_0pri: AfterSb0::Disconnect,
+            after_sb_1pri: AfterSb1::Disconnect,
+            after_sb_2pri: AfterSb2::Disconnect,
+        }
+    }
+}
+
+/// One node's side of the decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View<'a> {
+    pub node: &'a str,
+    pub gens: Generations,
+    pub flags: MetaFlags,
+    pub role: Role,
+    pub disk: DiskState,
+    pub dirty_bits: u64,
+    pub discard_my_data: bool,
+}
+
+/// The outcome, from the point of view of the first argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Same data: no resync.
+    NoSync,
+    /// I send; the union of both bitmaps is resynced (all of it if `full`).
+    Source { full: bool },
+    /// I receive.
+    Target { full: bool },
+    /// Both sides changed data since they last shared it and no policy
+    /// resolved it. `i_run_pri_lost_hook`: a policy chose this node, a
+    /// Primary, as the victim; it must run its pri-lost-after-sb hook.
+    SplitBrain {
+        detail: String,
+        i_run_pri_lost_hook: bool,
+    },
+    /// Split brain resolved by a policy (or discard-my-data); logged loudly.
+    SplitBrainResolved { i_am_source: bool, how: String },
+    /// The data sets share no history.
+    Unrelated,
+    /// The node that would have to be the source has no consistent data.
+    NoGoodData { detail: String },
+}
+
+impl Decision {
+    /// The mirror image: what the peer decides.
+    #[must_use]
+    pub fn mirrored(&self) -> Decision {
+        match self {
+            Decision::Source { full } => Decision::Target { full: *full },
+            Decision::Target { full } => Decision::Source { full: *full },
+            Decision::SplitBrainResolved { i_am_source, how } => Decision::SplitBrainResolved {
+                i_am_source: !*i_am_source,
+                how: how.clone(),
+            },
+            // Who runs the hook is not mirrorable from one side's answer.
+            Decision::SplitBrain { detail, .. } => Decision::SplitBrain {
+                detail: detail.clone(),
+                i_run_pri_lost_hook: false,
+            },
+            other => other.clone(),
+        }
+    }
+}
+
+/// Raw generation comparison, DRBD's `uuid_compare` in spirit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cmp {
+    Equal,
+    BitmapSource,
+    BitmapTarget,
+    FullSource,
+    FullTarget,
+    SplitBrain,
+    SplitBrainFar,
+    Unrelated,
+}
+
+fn nz(x: u64) -> bool {
+    x != 0
+}
+
+fn cmp_uuids(me: &View<'_>, peer: &View<'_>) -> Cmp {
+    let (m, p) = (&me.gens, &peer.gens);
+    let (sc, pc) = (m.current, p.current);
+    if sc == UUID_JUST_CREATED && pc == UUID_JUST_CREATED {
+        return Cmp::Equal;
+    }
+    if sc == UUID_JUST_CREATED {
+        return Cmp::FullTarget;
+    }
+    if pc == UUID_JUST_CREATED {
+        return Cmp::FullSource;
+    }
+    if sc == pc {
+        // Same generation. A Primary that crashed may hold writes the peer
+        // never saw, and the peer may hold writes the crashed node's volatile
+        // cache lost. DRBD makes the crashed Primary the source; we make the
+        // survivor the source instead, because only it is sure to hold every
+        // write that was acknowledged under protocol C (its cache did not
+        // die). The activity-log extents of the crashed node are in its
+        // bitmap, so the resync covers every block either side may differ in.
+        let mcp = me.flags.has(MetaFlags::CRASHED_PRIMARY);
+        let pcp = peer.flags.has(MetaFlags::CRASHED_PRIMARY);
+        return match (mcp, pcp) {
+            (false, false) => Cmp::Equal,
+            (true, false) => Cmp::BitmapTarget,
+            (false, true) => Cmp::BitmapSource,
+            // Both crashed (a common power failure): nothing survived in a
+            // cache, so either copy is as good; pick one deterministically.
+            (true, true) => {
+                if me.node < peer.node {
+                    Cmp::BitmapSource
+                } else {
+                    Cmp::BitmapTarget
+                }
+            }
+        };
+    }
+    // Each rule is checked both ways at once: inputs where both directions
+    // hold (cyclic histories) would make the two nodes disagree, so they
+    // count as split brain.
+    let behind = nz(p.bitmap) && sc == p.bitmap;
+    let ahead = nz(m.bitmap) && pc == m.bitmap;
+    match (behind, ahead) {
+        (true, false) => return Cmp::BitmapTarget,
+        (false, true) => return Cmp::BitmapSource,
+        (true, true) => return Cmp::SplitBrainFar,
+        (false, false) => {}
+    }
+    if nz(m.bitmap) && m.bitmap == p.bitmap {
+        return Cmp::SplitBrain;
+    }
+    let behind = p.history.iter().any(|&h| nz(h) && h == sc);
+    let ahead = m.history.iter().any(|&h| nz(h) && h == pc);
+    match (behind, ahead) {
+        (true, false) => return Cmp::FullTarget,
+        (false, true) => return Cmp::FullSource,
+        (true, true) => return Cmp::SplitBrainFar,
+        (false, false) => {}
+    }
+    let mine = [m.bitmap, m.history[0], m.history[1]];
+    let theirs = [p.bitmap, p.history[0], p.history[1]];
+    if mine.iter().any(|&a| nz(a) && theirs.contains(&a)) {
+        return Cmp::SplitBrainFar;
+    }
+    Cmp::Unrelated
+}
+
+fn consistent(d: DiskState) -> bool {
+    matches!(
+        d,
+        DiskState::UpToDate | DiskState::Consistent | DiskState::Outdated
+    )
+}
+
+/// Decide the sync direction for `me` connecting to `peer` under `policy`.
+#[must_use]
+pub fn decide(me: &View<'_>, peer: &View<'_>, policy: &SplitBrainPolicy) -> Decision {
+    let d = match cmp_uuids(me, peer) {
+        Cmp::Equal => {
+            // Same generation: only an Inconsistent side (interrupted sync,
+            // invalidate) needs data, from a consistent peer.
+            match (consistent(me.disk), consistent(peer.disk)) {
+                (true, false) => Decision::Source { full: false },
+                (false, true) => Decision::Target { full: false },
+                _ => Decision::NoSync,
+            }
+        }
+        Cmp::BitmapSource => Decision::Source { full: false },
+        Cmp::BitmapTarget => Decision::Target { full: false },
+        Cmp::FullSource => Decision::Source { full: true },
+        Cmp::FullTarget => Decision::Target { full: true },
+        Cmp::SplitBrain => split_brain(me, peer, policy),
+        Cmp::SplitBrainFar => Decision::SplitBrain {
+            detail: "the nodes share an older generation but both moved on from it, and \
+                     their bitmaps no longer count from a common point: only a full sync \
+                     can recover (connect --discard-my-data on the victim after invalidate)"
+                .into(),
+            i_run_pri_lost_hook: false,
+        },
+        Cmp::Unrelated => Decision::Unrelated,
+    };
+    // Whoever is chosen as the source must have consistent data.
+    match &d {
+        Decision::Source { .. }
+        | Decision::SplitBrainResolved {
+            i_am_source: true, ..
+        } if !consistent(me.disk) => Decision::NoGoodData {
+            detail: format!(
+                "{} would be the sync source but its disk is {:?}",
+                me.node, me.disk
+            ),
+        },
+        Decision::Target { .. }
+        | Decision::SplitBrainResolved {
+            i_am_source: false, ..
+        } if !consistent(peer.disk) => Decision::NoGoodData {
+            detail: format!(
+                "{} would be the sync source but its disk is {:?}",
+                peer.node, peer.disk
+            ),
+        },
+        _ => d,
+    }
+}
+
+/// Which side loses its changes, as "me" (true) or "peer" (false), if any.
+fn sb0(me: &View<'_>, peer: &View<'_>, p: &AfterSb0) -> Option<(bool, String)> {
+    match p {
+        AfterSb0::Disconnect => None,
+        AfterSb0::DiscardZeroChanges => match (me.dirty_bits == 0, peer.dirty_bits == 0) {
+            (true, false) => Some((true, "discard-zero-changes".into())),
+            (false, true) => Some((false, "discard-zero-changes".into())),
+            // Neither changed anything: any direction loses nothing.
+            (true, true) => Some((
+                me.node > peer.node,
+                "discard-zero-changes (no changes on either)".into(),
+            )),
+            (false, false) => None,
+        },
+        AfterSb0::DiscardLeastChanges => {
+            let me_loses = match me.dirty_bits.cmp(&peer.dirty_bits) {
+                std::cmp::Ordering::Less => true,
+                std::cmp::Ordering::Greater => false,
+                std::cmp::Ordering::Equal => me.node > peer.node,
+            };
+            Some((me_loses, "discard-least-changes".into()))
+        }
+        AfterSb0::DiscardNode(name) => {
+            if name == me.node {
+                Some((true, format!("discard-node-{name}")))
+            } else if name == peer.node {
+                Some((false, format!("discard-node-{name}")))
+            } else {
+                None
+            }
+        }
+    }
+}
+
+fn split_brain(me: &View<'_>, peer: &View<'_>, policy: &SplitBrainPolicy) -> Decision {
+    // The admin's word first: `connect --discard-my-data` on the victim.
+    match (me.discard_my_data, peer.discard_my_data) {
+        (true, false) if me.role == Role::Secondary => {
+            return Decision::SplitBrainResolved {
+                i_am_source: false,
+                how: format!("{} discards its data (connect --discard-my-data)", me.node),
+            }
+        }
+        (false, true) if peer.role == Role::Secondary => {
+            return Decision::SplitBrainResolved {
+                i_am_source: true,
+                how: format!(
+                    "{} discards its data (connect --discard-my-data)",
+                    peer.node
+                ),
+            }
+        }
+        _ => {}
+    }
+    let primaries = u8::from(me.role == Role::Primary) + u8::from(peer.role == Role::Primary);
+    let loser: Option<(bool, String, bool)> = match primaries {
+        0 => sb0(me, peer, &policy.after_sb_0pri).map(|(l, h)| (l, h, false)),
+        1 => {
+            let me_is_sec = me.role == Role::Secondary;
+            match policy.after_sb_1pri {
+                AfterSb1::Disconnect => None,
+                AfterSb1::DiscardSecondary => Some((me_is_sec, "discard-secondary".into(), false)),
+                AfterSb1::Consensus => match sb0(me, peer, &policy.after_sb_0pri) {
+                    // Only if after-sb-0pri would discard the Secondary too.
+                    Some((me_loses, how)) if me_loses == me_is_sec => {
+                        Some((me_loses, format!("consensus ({how})"), false))
+                    }
+                    _ => None,
+                },
+                AfterSb1::CallPriLostAfterSb => {
+                    sb0(me, peer, &policy.after_sb_0pri).map(|(me_loses, how)| {
+                        (me_loses, format!("call-pri-lost-after-sb ({how})"), true)
+                    })
+                }
+            }
+        }
+        _ => match policy.after_sb_2pri {
+            AfterSb2::Disconnect => None,
+            // Two Primaries cannot be resynced while both hold the device:
+            // the victim runs its hook (which should demote or reboot it) and
+            // the connection drops until an admin reconnects.
+            AfterSb2::CallPriLostAfterSb => sb0(me, peer, &policy.after_sb_0pri)
+                .map(|(me_loses, how)| (me_loses, format!("call-pri-lost-after-sb ({how})"), true)),
+        },
+    };
+    match loser {
+        // A Primary is never rolled back under its users: it cannot be a
+        // sync target while it serves I/O. The pri-lost variants tell the
+        // victim to run its hook (which demotes or reboots it); the
+        // connection drops until an admin reconnects.
+        Some((me_loses, how, hook)) => {
+            let victim_role = if me_loses { me.role } else { peer.role };
+            if victim_role == Role::Primary {
+                let victim = if me_loses { me.node } else { peer.node };
+                return Decision::SplitBrain {
+                    detail: format!(
+                        "{how} picks {victim}, a Primary, as the victim; {}",
+                        if hook {
+                            "it runs its pri-lost-after-sb hook"
+                        } else {
+                            "refusing to discard a Primary's data"
+                        }
+                    ),
+                    i_run_pri_lost_hook: hook && me_loses,
+                };
+            }
+            Decision::SplitBrainResolved {
+                i_am_source: !me_loses,
+                how,
+            }
+        }
+        None => Decision::SplitBrain {
+            i_run_pri_lost_hook: false,
+            detail: format!(
+                "both {} and {} changed data since they last shared a generation \
+                 ({} and {} blocks out of sync); no after-sb policy resolved it",
+                me.node, peer.node, me.dirty_bits, peer.dirty_bits
+            ),
+        },
+    }
+}

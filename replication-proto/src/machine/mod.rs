@@ -1,0 +1,12 @@
+//! The sans-IO replication state machine.
+
+pub mod al;
+pub mod bitmap;
+pub mod decide;
+pub mod io;
+mod node;
+pub mod types;
+
+pub use decide::{AfterSb0, AfterSb1, AfterSb2, Decision, SplitBrainPolicy};
+pub use node::{Node, MAX_IO};
+pub use types::*;

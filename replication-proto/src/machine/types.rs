@@ -1,0 +1,246 @@
+//! What goes in and out of the state machine.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::decide::SplitBrainPolicy;
+use crate::gen::Generations;
+use crate::meta::MetaFlags;
+use crate::wire::{DiskState, Message, Protocol, Role};
+
+/// Error numbers handed back to the application, as positive errno values.
+pub mod errno {
+    pub const EIO: i32 = 5;
+    pub const EINVAL: i32 = 22;
+    pub const EROFS: i32 = 30;
+    pub const ENOSPC: i32 = 28;
+}
+
+/// Static settings of one node of one resource.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub resource: String,
+    pub node: String,
+    pub peer: String,
+    pub protocol: Protocol,
+    pub data_bytes: u64,
+    pub secret: Vec<u8>,
+    pub timeout_ms: u64,
+    pub ping_int_ms: u64,
+    pub ko_count: u32,
+    pub max_buffers: u32,
+    /// Resync bytes per second; 0 = unlimited.
+    pub resync_rate: u64,
+    /// Checksum-based resync.
+    pub csums: bool,
+    pub al_extents: u32,
+    pub split_brain: SplitBrainPolicy,
+    /// Feature bits this node offers.
+    pub features: u64,
+}
+
+/// What the node loaded from its metadata at start.
+#[derive(Debug, Clone)]
+pub struct Persisted {
+    pub gens: Generations,
+    pub flags: MetaFlags,
+    /// Dirty bitmap words, 1 bit per 4 KiB.
+    pub bitmap: Vec<u64>,
+    pub al_seq: u64,
+    pub al_extents: Vec<u32>,
+}
+
+/// Connection states, with DRBD's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ConnState {
+    StandAlone,
+    /// Waiting for / trying to reach the peer (DRBD's WFConnection).
+    Connecting,
+    /// Exchanging Hello and authentication (DRBD's WFReportParams).
+    Handshake,
+    /// Waiting for the peer's bitmap before a resync (WFBitMapS / WFBitMapT).
+    WFBitMapS,
+    WFBitMapT,
+    Connected,
+    SyncSource,
+    SyncTarget,
+    VerifySource,
+    VerifyTarget,
+    /// Orderly shutdown under way.
+    Disconnecting,
+}
+
+/// Content of a local write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    Data(Bytes),
+    Trim,
+    Zeroes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The driver established a transport connection to the peer.
+    TransportUp,
+    /// The transport connection broke (or the driver closed it).
+    TransportDown,
+    /// A frame arrived on the current connection.
+    Frame(Message),
+    AppRead {
+        id: u64,
+        offset: u64,
+        len: u32,
+    },
+    AppWrite {
+        id: u64,
+        offset: u64,
+        payload: Payload,
+        len: u32,
+        fua: bool,
+    },
+    AppFlush {
+        id: u64,
+    },
+    /// A local data operation finished; reads carry their data.
+    LocalDone {
+        token: u64,
+        result: Result<Option<Bytes>, i32>,
+    },
+    /// A metadata write (superblock, AL, bitmap) finished.
+    MetaDone {
+        token: u64,
+        result: Result<(), i32>,
+    },
+    /// Time passed; the driver calls this no later than `poll_timeout`.
+    Tick,
+}
+
+/// Hooks the driver runs on the node's behalf (DRBD's handlers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Hook {
+    SplitBrain { detail: String },
+    PriLostAfterSb,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start connecting to the peer (and accepting from it) until told otherwise.
+    Connect,
+    /// Close the current transport connection, if any, and stop connecting.
+    CloseConnection,
+    Send(Message),
+    LocalRead {
+        token: u64,
+        offset: u64,
+        len: u32,
+    },
+    LocalWrite {
+        token: u64,
+        offset: u64,
+        len: u32,
+        payload: Payload,
+        fua: bool,
+    },
+    LocalFlush {
+        token: u64,
+    },
+    WriteSuper {
+        token: u64,
+        gens: Generations,
+        flags: MetaFlags,
+    },
+    WriteAl {
+        token: u64,
+        seq: u64,
+        extents: Vec<u32>,
+    },
+    WriteBitmap {
+        token: u64,
+        first_word: u64,
+        words: Vec<u64>,
+    },
+    /// Finish an application request: Ok(data) for reads, Ok(None) otherwise,
+    /// or a positive errno.
+    Complete {
+        id: u64,
+        result: Result<Option<Bytes>, i32>,
+    },
+    Hook(Hook),
+}
+
+/// Admin commands (the `repctl` verbs that reach the state machine).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Admin {
+    Primary {
+        force: bool,
+    },
+    Secondary,
+    Connect {
+        discard_my_data: bool,
+    },
+    Disconnect,
+    Invalidate,
+    InvalidateRemote,
+    Verify {
+        repair: bool,
+    },
+    /// Orderly shutdown: flush, tell the peer, close.
+    Down,
+}
+
+/// Why an admin command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+/// Counters in the spirit of /proc/drbd.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// ns: bytes sent to the peer (replication and resync).
+    pub sent_bytes: u64,
+    /// nr: bytes received from the peer.
+    pub received_bytes: u64,
+    pub resync_sent_bytes: u64,
+    pub resync_received_bytes: u64,
+    /// dw: bytes written to the local disk.
+    pub written_bytes: u64,
+    /// dr: bytes read from the local disk.
+    pub read_bytes: u64,
+    /// al: activity-log transactions written.
+    pub al_writes: u64,
+    /// bm: bitmap writes.
+    pub bm_writes: u64,
+    pub verified_bytes: u64,
+    pub verify_out_of_sync_bytes: u64,
+}
+
+/// A snapshot of the node for `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub resource: String,
+    pub node: String,
+    pub role: Role,
+    pub peer_role: Option<Role>,
+    pub connection: ConnState,
+    pub disk: DiskState,
+    pub peer_disk: DiskState,
+    pub out_of_sync_bytes: u64,
+    pub split_brain: bool,
+    pub last_error: Option<String>,
+    pub gens: Generations,
+    pub flags: MetaFlags,
+    /// Resync / verify progress: bytes still to go and total planned.
+    pub sync_remaining_bytes: u64,
+    pub sync_total_bytes: u64,
+    /// lo: local operations in flight.
+    pub local_pending: u64,
+    /// pe: requests sent to the peer not yet answered.
+    pub peer_pending: u64,
+    /// ua: requests from the peer not yet answered.
+    pub unacked: u64,
+    /// ap: application requests in flight.
+    pub app_pending: u64,
+    pub stats: Stats,
+}

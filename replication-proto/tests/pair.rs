@@ -1,0 +1,522 @@
+//! Two state machines wired back to back with instant, in-memory I/O: the
+//! quinn-style `Pair` harness for scenarios the simulator does not aim at.
+
+#![allow(clippy::indexing_slicing, clippy::cast_possible_truncation, clippy::unwrap_used, clippy::panic)]
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+use replication_proto::gen::Generations;
+use replication_proto::machine::{
+    errno, Action, Admin, ConnState, Event, Node, NodeConfig, Payload, Persisted, SplitBrainPolicy,
+};
+use replication_proto::meta::MetaFlags;
+use replication_proto::wire::{features, DiskState, Message, Protocol, Role};
+
+const SIZE: u64 = 8 << 20;
+
+struct Side {
+    node: Node,
+    disk: HashMap<u64, Bytes>,
+    done: HashMap<u64, Result<Option<Bytes>, i32>>,
+    connected: bool,
+    want: bool,
+    sent: Vec<Message>,
+}
+
+struct Pair {
+    s: [Side; 2],
+    q: [VecDeque<Message>; 2],
+    now: u64,
+    /// Frames from side i are dropped while true (a silent peer).
+    mute: [bool; 2],
+}
+
+fn cfg(me: &str, peer: &str) -> NodeConfig {
+    NodeConfig {
+        resource: "r0".into(),
+        node: me.into(),
+        peer: peer.into(),
+        protocol: Protocol::C,
+        data_bytes: SIZE,
+        secret: b"s3cret".to_vec(),
+        timeout_ms: 100,
+        ping_int_ms: 50,
+        ko_count: 3,
+        max_buffers: 64,
+        resync_rate: 0,
+        csums: false,
+        al_extents: 7,
+        split_brain: SplitBrainPolicy::default(),
+        features: features::ALL,
+    }
+}
+
+fn fresh() -> Persisted {
+    Persisted {
+        gens: Generations::just_created(),
+        flags: MetaFlags::default(),
+        bitmap: vec![0; (SIZE / 4096 / 64) as usize],
+        al_seq: 0,
+        al_extents: vec![],
+    }
+}
+
+impl Pair {
+    fn new(a: NodeConfig, b: NodeConfig) -> Self {
+        let mk = |c: NodeConfig, seed| Side {
+            node: Node::new(c, fresh(), 0, seed),
+            disk: HashMap::new(),
+            done: HashMap::new(),
+            connected: false,
+            want: false,
+            sent: Vec::new(),
+        };
+        Self {
+            s: [mk(a, 1), mk(b, 2)],
+            q: [VecDeque::new(), VecDeque::new()],
+            now: 0,
+            mute: [false; 2],
+        }
+    }
+
+    fn admin(&mut self, i: usize, cmd: Admin) -> Result<(), String> {
+        let r = self.s[i]
+            .node
+            .admin(self.now, cmd)
+            .map_err(|e| e.to_string());
+        self.pump();
+        r
+    }
+
+    fn read_local(&self, i: usize, offset: u64, len: u32) -> Bytes {
+        let mut v = Vec::new();
+        for b in 0..u64::from(len) / 4096 {
+            match self.s[i].disk.get(&(offset / 4096 + b)) {
+                Some(d) => v.extend_from_slice(d),
+                None => v.extend_from_slice(&[0u8; 4096]),
+            }
+        }
+        Bytes::from(v)
+    }
+
+    /// Run until nothing moves.
+    fn pump(&mut self) {
+        for _ in 0..100_000 {
+            let mut moved = false;
+            for i in 0..2 {
+                while let Some(a) = self.s[i].node.poll_action() {
+                    moved = true;
+                    self.act(i, a);
+                }
+            }
+            if !self.s[0].connected && self.s[0].want && self.s[1].want && !self.s[1].connected {
+                self.s[0].connected = true;
+                self.s[1].connected = true;
+                self.s[0].node.handle(self.now, Event::TransportUp);
+                self.s[1].node.handle(self.now, Event::TransportUp);
+                moved = true;
+            }
+            for i in 0..2 {
+                if let Some(m) = self.q[i].pop_front() {
+                    moved = true;
+                    if self.s[i].connected {
+                        self.s[i].node.handle(self.now, Event::Frame(m));
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("pair did not settle");
+    }
+
+    fn act(&mut self, i: usize, a: Action) {
+        let now = self.now;
+        match a {
+            Action::Connect => self.s[i].want = true,
+            Action::CloseConnection => {
+                self.s[i].want = false;
+                if self.s[i].connected {
+                    self.s[i].connected = false;
+                    self.q[i].clear();
+                    // Like TCP: what was sent arrives before the close.
+                    while let Some(m) = self.q[1 - i].pop_front() {
+                        if self.s[1 - i].connected {
+                            self.s[1 - i].node.handle(now, Event::Frame(m));
+                        }
+                    }
+                    if self.s[1 - i].connected {
+                        self.s[1 - i].connected = false;
+                        self.s[1 - i].node.handle(now, Event::TransportDown);
+                    }
+                }
+            }
+            Action::Send(m) => {
+                self.s[i].sent.push(m.clone());
+                if self.s[i].connected && !self.mute[i] {
+                    self.q[1 - i].push_back(m);
+                }
+            }
+            Action::LocalRead { token, offset, len } => {
+                let d = self.read_local(i, offset, len);
+                self.s[i].node.handle(
+                    now,
+                    Event::LocalDone {
+                        token,
+                        result: Ok(Some(d)),
+                    },
+                );
+            }
+            Action::LocalWrite {
+                token,
+                offset,
+                len,
+                payload,
+                ..
+            } => {
+                for b in 0..u64::from(len) / 4096 {
+                    let blk = match &payload {
+                        Payload::Data(d) => d.slice((b * 4096) as usize..((b + 1) * 4096) as usize),
+                        _ => Bytes::from(vec![0u8; 4096]),
+                    };
+                    self.s[i].disk.insert(offset / 4096 + b, blk);
+                }
+                self.s[i].node.handle(
+                    now,
+                    Event::LocalDone {
+                        token,
+                        result: Ok(None),
+                    },
+                );
+            }
+            Action::LocalFlush { token } => self.s[i].node.handle(
+                now,
+                Event::LocalDone {
+                    token,
+                    result: Ok(None),
+                },
+            ),
+            Action::WriteSuper { token, .. }
+            | Action::WriteAl { token, .. }
+            | Action::WriteBitmap { token, .. } => {
+                self.s[i].node.handle(
+                    now,
+                    Event::MetaDone {
+                        token,
+                        result: Ok(()),
+                    },
+                );
+            }
+            Action::Complete { id, result } => {
+                self.s[i].done.insert(id, result);
+            }
+            Action::Hook(_) => {}
+        }
+    }
+
+    fn write(
+        &mut self,
+        i: usize,
+        id: u64,
+        offset: u64,
+        byte: u8,
+        len: u32,
+    ) -> Result<Option<Bytes>, i32> {
+        let data = Bytes::from(vec![byte; len as usize]);
+        self.s[i].node.handle(
+            self.now,
+            Event::AppWrite {
+                id,
+                offset,
+                payload: Payload::Data(data),
+                len,
+                fua: false,
+            },
+        );
+        self.pump();
+        self.s[i].done.remove(&id).expect("write completed")
+    }
+
+    fn tick(&mut self, ms: u64) {
+        for _ in 0..ms / 10 {
+            self.now += 10;
+            for i in 0..2 {
+                self.s[i].node.handle(self.now, Event::Tick);
+            }
+            self.pump();
+        }
+    }
+
+    fn up_and_synced(&mut self) {
+        self.admin(
+            0,
+            Admin::Connect {
+                discard_my_data: false,
+            },
+        )
+        .unwrap();
+        self.admin(
+            1,
+            Admin::Connect {
+                discard_my_data: false,
+            },
+        )
+        .unwrap();
+        self.admin(0, Admin::Primary { force: true }).unwrap();
+        for i in 0..2 {
+            assert_eq!(
+                self.s[i].node.conn(),
+                ConnState::Connected,
+                "{:?}",
+                self.s[i].node.status()
+            );
+            assert_eq!(self.s[i].node.disk(), DiskState::UpToDate);
+        }
+    }
+
+    fn data_moved(&self) -> bool {
+        self.s.iter().any(|s| {
+            s.sent.iter().any(|m| {
+                matches!(
+                    m,
+                    Message::Data { .. } | Message::ResyncData { .. } | Message::Bitmap { .. }
+                )
+            })
+        })
+    }
+}
+
+fn refused_both_ways(mut p: Pair, needle: &str) {
+    p.admin(
+        0,
+        Admin::Connect {
+            discard_my_data: false,
+        },
+    )
+    .unwrap();
+    p.admin(
+        1,
+        Admin::Connect {
+            discard_my_data: false,
+        },
+    )
+    .unwrap();
+    for i in 0..2 {
+        let st = p.s[i].node.status();
+        assert_eq!(st.connection, ConnState::StandAlone, "{st:?}");
+        let err = st.last_error.unwrap_or_default();
+        assert!(err.contains(needle), "side {i}: {err}");
+    }
+    assert!(
+        !p.data_moved(),
+        "no data may move before the handshake succeeds"
+    );
+}
+
+#[test]
+fn wrong_secret_is_refused_on_both_sides() {
+    let mut b = cfg("beta", "alpha");
+    b.secret = b"other".to_vec();
+    refused_both_ways(Pair::new(cfg("alpha", "beta"), b), "secret");
+}
+
+#[test]
+fn wrong_resource_is_refused_on_both_sides() {
+    let mut b = cfg("beta", "alpha");
+    b.resource = "r1".into();
+    refused_both_ways(Pair::new(cfg("alpha", "beta"), b), "resource");
+}
+
+#[test]
+fn wrong_size_is_refused_on_both_sides() {
+    let mut b = cfg("beta", "alpha");
+    b.data_bytes = SIZE - 4096;
+    refused_both_ways(Pair::new(cfg("alpha", "beta"), b), "size");
+}
+
+#[test]
+fn wrong_peer_name_is_refused() {
+    let b = cfg("gamma", "alpha");
+    refused_both_ways(Pair::new(cfg("alpha", "beta"), b), "peer");
+}
+
+#[test]
+fn initial_sync_then_replication_keeps_both_identical() {
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.up_and_synced();
+    assert_eq!(p.write(0, 1, 4096 * 10, 0xaa, 8192), Ok(None));
+    assert_eq!(p.read_local(0, 0, 1 << 20), p.read_local(1, 0, 1 << 20));
+    assert_eq!(p.read_local(1, 4096 * 10, 4096)[0], 0xaa);
+}
+
+#[test]
+fn secondary_refuses_io() {
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.up_and_synced();
+    assert_eq!(p.write(1, 7, 0, 1, 4096), Err(errno::EROFS));
+    p.s[1].node.handle(
+        0,
+        Event::AppRead {
+            id: 8,
+            offset: 0,
+            len: 4096,
+        },
+    );
+    p.pump();
+    assert_eq!(p.s[1].done.remove(&8), Some(Err(errno::EROFS)));
+}
+
+#[test]
+fn only_one_primary() {
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.up_and_synced();
+    let e = p.admin(1, Admin::Primary { force: false }).unwrap_err();
+    assert!(e.contains("only one Primary"), "{e}");
+    let e = p.admin(1, Admin::Primary { force: true }).unwrap_err();
+    assert!(e.contains("only one Primary"), "{e}");
+}
+
+#[test]
+fn verify_finds_and_repair_fixes_divergence() {
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.up_and_synced();
+    p.write(0, 1, 0, 0x11, 65536).unwrap();
+    // Corrupt beta behind the replication's back.
+    p.s[1].disk.insert(3, Bytes::from(vec![0xee; 4096]));
+    p.admin(0, Admin::Verify { repair: false }).unwrap();
+    let st = p.s[0].node.status();
+    assert_eq!(
+        st.stats.verify_out_of_sync_bytes,
+        128 * 1024,
+        "whole verify chunk flagged: {st:?}"
+    );
+    assert_ne!(p.read_local(0, 0, 65536), p.read_local(1, 0, 65536));
+    p.admin(0, Admin::Verify { repair: true }).unwrap();
+    assert_eq!(p.read_local(0, 0, 1 << 20), p.read_local(1, 0, 1 << 20));
+    assert_eq!(p.s[0].node.status().out_of_sync_bytes, 0);
+    p.admin(1, Admin::Verify { repair: false }).unwrap();
+    assert_eq!(p.s[1].node.status().stats.verify_out_of_sync_bytes, 0);
+}
+
+#[test]
+fn invalidate_resyncs_everything_from_the_peer() {
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.up_and_synced();
+    p.write(0, 1, 0, 0x22, 4096).unwrap();
+    let before = p.s[0].node.status().stats.resync_sent_bytes;
+    p.s[1].disk.insert(100, Bytes::from(vec![0xee; 4096]));
+    p.admin(1, Admin::Invalidate).unwrap();
+    let sent = p.s[0].node.status().stats.resync_sent_bytes - before;
+    assert_eq!(sent, SIZE, "a full resync");
+    assert_eq!(p.read_local(0, 0, 1 << 20), p.read_local(1, 0, 1 << 20));
+    assert_eq!(p.s[1].node.disk(), DiskState::UpToDate);
+    // invalidate-remote the other way round.
+    p.admin(0, Admin::InvalidateRemote).unwrap();
+    assert_eq!(
+        p.s[0].node.status().stats.resync_sent_bytes - before,
+        2 * SIZE
+    );
+}
+
+#[test]
+fn a_silent_peer_is_dropped_and_its_writes_marked() {
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.up_and_synced();
+    p.mute[1] = true;
+    let data = Bytes::from(vec![5u8; 4096]);
+    p.s[0].node.handle(
+        p.now,
+        Event::AppWrite {
+            id: 9,
+            offset: 0,
+            payload: Payload::Data(data),
+            len: 4096,
+            fua: false,
+        },
+    );
+    p.pump();
+    assert!(
+        !p.s[0].done.contains_key(&9),
+        "protocol C waits for the peer"
+    );
+    p.tick(400);
+    let st = p.s[0].node.status();
+    assert_eq!(
+        p.s[0].done.remove(&9),
+        Some(Ok(None)),
+        "completed once the peer was dropped"
+    );
+    assert_ne!(st.connection, ConnState::Connected);
+    assert_eq!(st.out_of_sync_bytes, 4096, "{st:?}");
+    let err = st.last_error.unwrap_or_default();
+    assert!(
+        err.contains("did not") || err.contains("timed out"),
+        "{err}"
+    );
+    assert_eq!(p.s[0].node.role(), Role::Primary);
+}
+
+#[test]
+fn split_brain_is_detected_and_discard_my_data_recovers() {
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.up_and_synced();
+    p.admin(0, Admin::Disconnect).unwrap();
+    p.admin(1, Admin::Disconnect).unwrap();
+    p.admin(1, Admin::Primary { force: false }).unwrap();
+    p.write(0, 1, 0, 0xa1, 4096).unwrap();
+    p.write(1, 2, 8192, 0xb2, 4096).unwrap();
+    p.admin(
+        0,
+        Admin::Connect {
+            discard_my_data: false,
+        },
+    )
+    .unwrap();
+    p.admin(
+        1,
+        Admin::Connect {
+            discard_my_data: false,
+        },
+    )
+    .unwrap();
+    for i in 0..2 {
+        let st = p.s[i].node.status();
+        assert!(st.split_brain, "{st:?}");
+        assert_eq!(st.connection, ConnState::StandAlone);
+        assert!(st
+            .last_error
+            .unwrap_or_default()
+            .contains("discard-my-data"));
+    }
+    assert_eq!(p.read_local(1, 8192, 4096)[0], 0xb2, "nothing merged");
+    p.admin(1, Admin::Secondary).unwrap();
+    p.admin(
+        1,
+        Admin::Connect {
+            discard_my_data: true,
+        },
+    )
+    .unwrap();
+    p.admin(
+        0,
+        Admin::Connect {
+            discard_my_data: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        p.s[1].node.conn(),
+        ConnState::Connected,
+        "{:?}",
+        p.s[1].node.status()
+    );
+    assert_eq!(p.read_local(0, 0, 1 << 20), p.read_local(1, 0, 1 << 20));
+    assert_eq!(
+        p.read_local(1, 8192, 4096)[0],
+        0,
+        "beta's change rolled back"
+    );
+    assert_eq!(p.read_local(1, 0, 4096)[0], 0xa1, "alpha's change kept");
+}

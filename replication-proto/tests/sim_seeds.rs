@@ -1,0 +1,67 @@
+//! The seeded simulator over a fixed range of seeds. A failure prints the
+//! seed and the command that replays it with a full trace.
+//!
+//! More seeds: `cargo run -p replication-proto --release --bin repsim -- --seeds 10000`.
+
+#![allow(clippy::indexing_slicing, clippy::cast_possible_truncation, clippy::unwrap_used, clippy::panic)]
+
+use replication_proto::sim;
+
+fn run_range(from: u64, count: u64) {
+    let mut acked = 0;
+    for seed in from..from + count {
+        match sim::run(seed, false) {
+            Ok(r) => acked += r.writes_acked,
+            Err(v) => panic!("{v}"),
+        }
+    }
+    assert!(
+        acked > count * 50,
+        "the workload barely ran: {acked} acknowledged writes"
+    );
+}
+
+// Four tests so the test runner spreads the 200 seeds over the cores.
+#[test]
+fn seeds_0_50() {
+    run_range(0, 50);
+}
+#[test]
+fn seeds_50_100() {
+    run_range(50, 50);
+}
+#[test]
+fn seeds_100_150() {
+    run_range(100, 50);
+}
+#[test]
+fn seeds_150_200() {
+    run_range(150, 50);
+}
+
+/// The 200 seeds must exercise every kind of fault, or the test proves little.
+#[test]
+fn seeds_cover_every_fault() {
+    let mut r = sim::SimReport::default();
+    for seed in 0..200 {
+        let x = sim::run(seed, false).expect("seed passes");
+        r.crashes += x.crashes;
+        r.failovers += x.failovers;
+        r.resets += x.resets;
+        r.split_brains += x.split_brains;
+    }
+    assert!(r.crashes >= 50, "{r:?}");
+    assert!(r.failovers >= 10, "{r:?}");
+    assert!(r.resets >= 100, "{r:?}");
+    assert!(r.split_brains >= 10, "{r:?}");
+}
+
+/// Same seed, same run: the simulator is deterministic.
+#[test]
+fn replay_is_deterministic() {
+    for seed in [3, 17, 99] {
+        let a = sim::run(seed, false).expect("passes");
+        let b = sim::run(seed, false).expect("passes");
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    }
+}

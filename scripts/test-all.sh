@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every test of the project: lints, unit and property tests, the seeded
+# simulator, and the integration tests that drive repctl/repd with real tools.
+# Installs what it needs first (Debian packages), so it works on a fresh machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+for p in libnbd-bin nbdkit fio qemu-utils iproute2 libclang-dev; do
+  dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
+done
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+  echo "== installing ${need_pkgs[*]}"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+  else
+    echo "missing packages: ${need_pkgs[*]} (run as root or install them)" >&2
+    exit 1
+  fi
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --workspace
+echo "== simulator: 2000 more seeds (release build)"
+cargo run -q -p replication-proto --release --bin repsim -- --from 200 --seeds 2000

@@ -1,0 +1,48 @@
+//! What a frontend (the NBD export, the ublk device) sees of a replicated
+//! resource: a block device that accepts requests and answers each once.
+
+use bytes::Bytes;
+
+/// The answer to one request: data for reads, nothing otherwise, or a
+/// positive errno (EIO, EROFS, EINVAL, ENOSPC...).
+pub type IoResult = Result<Option<Bytes>, i32>;
+
+/// Called exactly once with the request's result, from any thread.
+pub type Reply = Box<dyn FnOnce(IoResult) + Send + 'static>;
+
+/// One block request. Offsets and lengths are in bytes and multiples of 512.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IoRequest {
+    Read {
+        offset: u64,
+        len: u32,
+    },
+    Write {
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+    },
+    /// Complete only once everything completed before is durable.
+    Flush,
+    Trim {
+        offset: u64,
+        len: u32,
+    },
+    WriteZeroes {
+        offset: u64,
+        len: u32,
+        fua: bool,
+    },
+}
+
+/// A block device a frontend serves.
+pub trait BlockBackend: Send + Sync + 'static {
+    /// Size of the device in bytes.
+    fn size_bytes(&self) -> u64;
+    /// Whether I/O is accepted now (the node is Primary). A frontend refuses
+    /// new clients while this is false; requests in flight then fail with
+    /// EROFS from `submit`.
+    fn writable(&self) -> bool;
+    /// Queue a request; `reply` is called once when it completes.
+    fn submit(&self, req: IoRequest, reply: Reply);
+}
