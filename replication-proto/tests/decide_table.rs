@@ -1,6 +1,11 @@
 //! The sync-handshake decision table (generation UUIDs → direction).
 
-#![allow(clippy::indexing_slicing, clippy::cast_possible_truncation, clippy::unwrap_used, clippy::panic)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation,
+    clippy::unwrap_used,
+    clippy::panic
+)]
 
 use proptest::prelude::*;
 use replication_proto::gen::{Generations, UUID_JUST_CREATED};

@@ -1,7 +1,12 @@
 //! Two state machines wired back to back with instant, in-memory I/O: the
 //! quinn-style `Pair` harness for scenarios the simulator does not aim at.
 
-#![allow(clippy::indexing_slicing, clippy::cast_possible_truncation, clippy::unwrap_used, clippy::panic)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation,
+    clippy::unwrap_used,
+    clippy::panic
+)]
 
 use std::collections::{HashMap, VecDeque};
 

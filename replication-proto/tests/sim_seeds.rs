@@ -3,7 +3,12 @@
 //!
 //! More seeds: `cargo run -p replication-proto --release --bin repsim -- --seeds 10000`.
 
-#![allow(clippy::indexing_slicing, clippy::cast_possible_truncation, clippy::unwrap_used, clippy::panic)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation,
+    clippy::unwrap_used,
+    clippy::panic
+)]
 
 use replication_proto::sim;
 

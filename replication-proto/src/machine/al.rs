@@ -75,6 +75,15 @@ impl ActivityLog {
         true
     }
 
+    /// Another reference on extents already held (a replicated write keeps
+    /// its extents until the peer confirmed it, even after it completed to
+    /// the application: until then only the log says where it may differ).
+    pub fn add_ref(&mut self, first: u32, last: u32) {
+        for e in first..=last {
+            *self.refs.entry(e).or_insert(0) += 1;
+        }
+    }
+
     pub fn release(&mut self, first: u32, last: u32) {
         for e in first..=last {
             if let Some(r) = self.refs.get_mut(&e) {

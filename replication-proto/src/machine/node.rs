@@ -185,6 +185,8 @@ struct PeerInfo {
 struct PeerReq {
     app_id: Option<u64>,
     span: Span,
+    /// Activity-log extents held until the peer confirms the write.
+    extents: (u32, u32),
     sent_at: u64,
     recv_acked: bool,
 }
@@ -902,6 +904,7 @@ impl Node {
         let pending = std::mem::take(&mut self.peer_pending);
         for (_, r) in pending {
             self.bitmap.set_range(r.span.start, r.span.len());
+            self.al.release(r.extents.0, r.extents.1);
             if let Some(id) = r.app_id {
                 if let Some(AppReq::Write { peer, .. }) = self.app.get_mut(&id) {
                     *peer = PeerWait::Done;
@@ -941,6 +944,9 @@ impl Node {
             self.conn = ConnState::StandAlone;
             self.actions.push_back(Action::CloseConnection);
         }
+        // Writes that waited for extents the peer held may go now (after the
+        // new generation, if any, is durable: the gate holds them till then).
+        self.process_al_wait();
     }
 
     fn on_frame(&mut self, m: Message) {
@@ -1980,12 +1986,16 @@ impl Node {
             LocalOp::AppWrite { id } => {
                 let replicate = self.replicating();
                 let Some(AppReq::Write {
-                    payload, fua, peer, ..
+                    payload,
+                    fua,
+                    peer,
+                    extents,
+                    ..
                 }) = self.app.get_mut(&id)
                 else {
                     return;
                 };
-                let (payload, fua) = (payload.clone(), *fua);
+                let (payload, fua, extents) = (payload.clone(), *fua, *extents);
                 if replicate {
                     let seq = self.next_seq;
                     self.next_seq += 1;
@@ -2004,11 +2014,13 @@ impl Node {
                         Payload::Zeroes => (data_flags::ZEROES, Bytes::new()),
                     };
                     let flags = flags | if fua { data_flags::FUA } else { 0 };
+                    self.al.add_ref(extents.0, extents.1);
                     self.peer_pending.insert(
                         seq,
                         PeerReq {
                             app_id: Some(id),
                             span,
+                            extents,
                             sent_at: self.now,
                             recv_acked: false,
                         },
@@ -2107,6 +2119,8 @@ impl Node {
             self.protocol_error("ack for a write never sent");
             return;
         };
+        self.al.release(r.extents.0, r.extents.1);
+        self.process_al_wait();
         if ok {
             self.unflushed.push_back((seq, r.span));
             if self.unflushed.len() >= self.cfg.max_buffers as usize && self.barriers.is_empty() {

@@ -339,6 +339,17 @@ impl World {
 
     fn start_node(&mut self, i: usize) {
         let p = self.nodes[i].meta.persisted();
+        if self.trace_all {
+            let s = format!(
+                "{} starts from al={:?} flags={:?} gens={:x?} dirty={}",
+                self.name(i),
+                p.al_extents,
+                p.flags,
+                p.gens,
+                p.bitmap.iter().map(|w| w.count_ones()).sum::<u32>()
+            );
+            self.log(s);
+        }
         let seed = self.rng.gen();
         self.nodes[i].inc += 1;
         self.nodes[i].meta_q.clear();
