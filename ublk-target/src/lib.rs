@@ -1,10 +1,20 @@
 //! The node side of the replicated block device: resource configuration,
-//! on-disk metadata, and (later) the ublk target and the replication daemon.
+//! on-disk metadata, the replication daemon `repd` and its frontends.
 //!
 //! - [`config`]: the resource file (`/etc/rep/r0.toml`), DRBD's `drbd.conf`.
 //! - [`md`]: superblock, activity log and dirty bitmap, DRBD's meta-data.
+//! - [`disk`]: the local backing disk, through io_uring.
+//! - [`engine`]: the thread that runs the replication state machine and the
+//!   peer connection.
 //! - [`frontend`]: the block-device interface the NBD export and ublk serve.
+//! - [`nbd`]: the NBD export.
+//! - [`control`]: the control socket `repctl` talks to.
 
 pub mod config;
+pub mod control;
+pub mod disk;
+pub mod engine;
 pub mod frontend;
 pub mod md;
+pub mod nbd;
+pub mod status_text;

@@ -13,6 +13,8 @@ use clap::{Args, Parser, Subcommand};
 use replication_proto::meta::{MetaFlags, BM_BLOCK_SIZE};
 use serde_json::json;
 use ublk_target::config::{Config, ConfigError, MetaDisk, Node};
+use ublk_target::control::DEFAULT_RUN_DIR;
+use ublk_target::engine::ControlCmd;
 use ublk_target::md::{flag_names, AlState, CreateParams, MdError, MetaDevice, MetaLocation};
 
 /// Default configuration file.
@@ -48,6 +50,10 @@ struct Cli {
     )]
     node: Option<String>,
 
+    /// Where the daemons' control sockets and logs live.
+    #[arg(long, global = true, value_name = "DIR", env = "REP_RUN_DIR", default_value = DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -78,6 +84,97 @@ enum Command {
         dirty) and do not make it fail."
     )]
     DumpMd(DumpMdArgs),
+
+    /// Start this node's daemon and connect to the peer (drbdadm up)
+    #[command(
+        long_about = "Start this node's daemon (repd) in the background and connect to the \
+        peer, like `drbdadm up`: attach the disk, start Secondary, try to reach the peer and \
+        resync whatever the generations say. Returns once the daemon answers on its control \
+        socket. The daemon logs to <run-dir>/<resource>.<node>.log."
+    )]
+    Up(UpArgs),
+    /// Stop this node's daemon in order (drbdadm down)
+    #[command(
+        long_about = "Stop this node's daemon in order, like `drbdadm down`: demote if \
+        Primary (refused while requests are in flight), flush, tell the peer, write clean \
+        metadata, exit. Waits until the daemon is gone."
+    )]
+    Down,
+    /// Make this node Primary: it serves the device (drbdadm primary)
+    #[command(
+        long_about = "Make this node Primary: its NBD export (and /dev/ublkbN) accept I/O \
+        and every write is replicated to the peer.\n\n\
+        Needs UpToDate data, and the peer must not be Primary. --force declares this node's \
+        data the good copy even if it is Inconsistent or Outdated and starts a full sync to \
+        the peer (DRBD's `primary --force` / --overwrite-data-of-peer): use it for the first \
+        promotion after create-md, or to run on when the peer is lost for good."
+    )]
+    Primary(PrimaryArgs),
+    /// Make this node Secondary: stop serving I/O (drbdadm secondary)
+    Secondary,
+    /// Connect to the peer (drbdadm connect)
+    #[command(
+        long_about = "Connect to the peer again after a disconnect or a split brain, \
+        like `drbdadm connect`.\n\n\
+        After a split brain, on the node whose changes are to be thrown away (the victim) \
+        run `repctl secondary` then `repctl connect --discard-my-data`; on the survivor \
+        `repctl connect`. The victim then resyncs from the survivor."
+    )]
+    Connect(ConnectArgs),
+    /// Disconnect from the peer and stay StandAlone (drbdadm disconnect)
+    Disconnect,
+    /// Throw away this node's data and resync all of it from the peer
+    Invalidate,
+    /// Resync all of the peer's data from this node
+    InvalidateRemote,
+    /// Compare both nodes' data online, block by block (drbdadm verify)
+    #[command(
+        long_about = "Compare both nodes' data online by checksums (crc32c), like \
+        `drbdadm verify`. Blocks that differ are marked out of sync and reported; with \
+        --repair they are resynced right after (from the Primary, or from this node). \
+        Waits until the verify (and repair) finished, then prints what it found."
+    )]
+    Verify(VerifyArgs),
+    /// Show the resource's state (drbdadm status, /proc/drbd)
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    /// Use buffered I/O on the backing disk instead of O_DIRECT
+    #[arg(long)]
+    no_direct: bool,
+    /// The repd binary to run [default: next to repctl, then $PATH]
+    #[arg(long, value_name = "PATH")]
+    repd: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct PrimaryArgs {
+    /// Promote even without UpToDate data; this node's data wins (full sync to the peer)
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
+struct ConnectArgs {
+    /// After a split brain: throw away this node's changes and resync from the peer
+    #[arg(long)]
+    discard_my_data: bool,
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// Resync the blocks found out of sync
+    #[arg(long)]
+    repair: bool,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// Print one JSON object
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -171,6 +268,225 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::CreateMd(args) => create_md(cli, args),
         Command::DumpMd(args) => dump_md(cli, args),
+        Command::Up(args) => daemon::up(cli, args),
+        Command::Down => daemon::down(cli),
+        Command::Primary(a) => daemon::simple(cli, ControlCmd::Primary { force: a.force }),
+        Command::Secondary => daemon::simple(cli, ControlCmd::Secondary),
+        Command::Connect(a) => daemon::simple(
+            cli,
+            ControlCmd::Connect {
+                discard_my_data: a.discard_my_data,
+            },
+        ),
+        Command::Disconnect => daemon::simple(cli, ControlCmd::Disconnect),
+        Command::Invalidate => daemon::simple(cli, ControlCmd::Invalidate),
+        Command::InvalidateRemote => daemon::simple(cli, ControlCmd::InvalidateRemote),
+        Command::Verify(a) => daemon::verify(cli, a),
+        Command::Status(a) => daemon::status(cli, a),
+    }
+}
+
+mod daemon {
+    //! The verbs that talk to a running repd.
+
+    use std::path::PathBuf;
+    use std::process::{Command as Proc, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::{print_out, Cli, Failure, StatusArgs, UpArgs, VerifyArgs};
+    use ublk_target::config::Config;
+    use ublk_target::control::{log_path, request, socket_path};
+    use ublk_target::engine::{ControlCmd, ControlReply, NodeStatus};
+    use ublk_target::status_text::render;
+
+    fn names(cli: &Cli) -> Result<(String, String), Failure> {
+        let cfg = Config::load(&cli.config)?;
+        let me = cfg.local(cli.node.as_deref())?.0.name.clone();
+        Ok((cfg.resource.name, me))
+    }
+
+    fn sock(cli: &Cli) -> Result<PathBuf, Failure> {
+        let (r, n) = names(cli)?;
+        Ok(socket_path(&cli.run_dir, &r, &n))
+    }
+
+    fn ask(cli: &Cli, cmd: &ControlCmd) -> Result<ControlReply, Failure> {
+        request(&sock(cli)?, cmd, None).map_err(|e| Failure(e.to_string()))
+    }
+
+    fn state(r: &ControlReply) -> Result<&NodeStatus, Failure> {
+        r.status.as_ref().ok_or_else(|| {
+            Failure(
+                r.error
+                    .clone()
+                    .unwrap_or_else(|| "no status in the answer".into()),
+            )
+        })
+    }
+
+    /// Run a command; on refusal say why and show the state it was refused in.
+    pub(super) fn simple(cli: &Cli, cmd: ControlCmd) -> Result<(), Failure> {
+        let r = ask(cli, &cmd)?;
+        if !r.ok {
+            let why = r.error.clone().unwrap_or_default();
+            let st = r.status.as_ref().map(render).unwrap_or_default();
+            return Err(Failure(format!("{why}\n{st}")));
+        }
+        print_out(&render(state(&r)?))
+    }
+
+    pub(super) fn status(cli: &Cli, a: &StatusArgs) -> Result<(), Failure> {
+        let r = ask(cli, &ControlCmd::Status)?;
+        let st = state(&r)?;
+        if a.json {
+            let text = serde_json::to_string_pretty(st).map_err(|e| Failure(e.to_string()))?;
+            print_out(&format!("{text}\n"))
+        } else {
+            print_out(&render(st))
+        }
+    }
+
+    pub(super) fn verify(cli: &Cli, a: &VerifyArgs) -> Result<(), Failure> {
+        let r = ask(cli, &ControlCmd::Verify { repair: a.repair })?;
+        if !r.ok {
+            return Err(Failure(r.error.unwrap_or_default()));
+        }
+        let _ = state(&r)?;
+        // Wait until the connection is idle again (verify, then the repair).
+        let busy = [
+            "VerifySource",
+            "VerifyTarget",
+            "SyncSource",
+            "SyncTarget",
+            "WFBitMapS",
+            "WFBitMapT",
+        ];
+        let last = loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let r = ask(cli, &ControlCmd::Status)?;
+            let st = state(&r)?.clone();
+            if !busy.contains(&st.connection.as_str()) {
+                break st;
+            }
+        };
+        let found = last.stats.verify_out_of_sync_bytes;
+        let mut out = format!(
+            "verify: {} bytes compared, {} bytes out of sync{}\n",
+            last.stats.verified_bytes,
+            found,
+            if found > 0 && a.repair {
+                " (resynced)"
+            } else {
+                ""
+            }
+        );
+        out.push_str(&render(&last));
+        print_out(&out)?;
+        if last.connection != "Connected" {
+            return Err(Failure(format!(
+                "the connection broke during verify: {}",
+                last.connection
+            )));
+        }
+        Ok(())
+    }
+
+    pub(super) fn up(cli: &Cli, a: &UpArgs) -> Result<(), Failure> {
+        let (res, node) = names(cli)?;
+        let sock = socket_path(&cli.run_dir, &res, &node);
+        if request(&sock, &ControlCmd::Status, Some(Duration::from_secs(2))).is_ok() {
+            return Err(Failure(format!(
+                "repd for {res} on {node} is already running (socket {})",
+                sock.display()
+            )));
+        }
+        std::fs::create_dir_all(&cli.run_dir)
+            .map_err(|e| Failure(format!("cannot create {}: {e}", cli.run_dir.display())))?;
+        let log = log_path(&cli.run_dir, &res, &node);
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| Failure(format!("cannot open the log {}: {e}", log.display())))?;
+        let errf = logf.try_clone().map_err(|e| Failure(e.to_string()))?;
+        let repd = match &a.repd {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("repd")))
+                .filter(|p| p.exists())
+                .unwrap_or_else(|| PathBuf::from("repd")),
+        };
+        let mut cmd = Proc::new(&repd);
+        cmd.arg("--config")
+            .arg(&cli.config)
+            .arg("--node")
+            .arg(&node)
+            .arg("--run-dir")
+            .arg(&cli.run_dir);
+        if a.no_direct {
+            cmd.arg("--no-direct");
+        }
+        // Its own process group: a Ctrl-C in this terminal must not reach it.
+        use std::os::unix::process::CommandExt;
+        cmd.stdin(Stdio::null())
+            .stdout(logf)
+            .stderr(errf)
+            .process_group(0);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Failure(format!("cannot start {}: {e}", repd.display())))?;
+        let t0 = Instant::now();
+        loop {
+            if let Ok(r) = request(&sock, &ControlCmd::Status, Some(Duration::from_secs(2))) {
+                if let Some(st) = &r.status {
+                    return print_out(&format!(
+                        "repd started (pid {}), log {}\n{}",
+                        st.pid,
+                        log.display(),
+                        render(st)
+                    ));
+                }
+            }
+            if let Ok(Some(code)) = child.try_wait() {
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                return Err(Failure(format!(
+                    "repd exited ({code}) during start:\n{}",
+                    tail.join("\n")
+                )));
+            }
+            if t0.elapsed() > Duration::from_secs(20) {
+                return Err(Failure(format!(
+                    "repd did not answer within 20 s; see {}",
+                    log.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub(super) fn down(cli: &Cli) -> Result<(), Failure> {
+        let sock = sock(cli)?;
+        let r = request(&sock, &ControlCmd::Down, None).map_err(|e| Failure(e.to_string()))?;
+        if !r.ok {
+            return Err(Failure(r.error.unwrap_or_default()));
+        }
+        let pid = r.status.as_ref().map(|s| s.pid);
+        // The answer comes when the shutdown is done; wait for the process too.
+        let t0 = Instant::now();
+        while let Some(pid) = pid {
+            let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
+                && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map(|s| !s.contains(") Z "))
+                    .unwrap_or(false);
+            if !alive || t0.elapsed() > Duration::from_secs(30) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        print_out("repd stopped\n")
     }
 }
 

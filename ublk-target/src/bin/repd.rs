@@ -1,0 +1,147 @@
+//! `repd`: the node daemon of one resource. Runs in the foreground (logs to
+//! stderr, ends on SIGTERM with an orderly shutdown), which is what systemd
+//! wants; `repctl up` starts it detached.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use nix::sys::signal::{SigSet, Signal};
+use ublk_target::config::Config;
+use ublk_target::control::{ControlServer, DEFAULT_RUN_DIR};
+use ublk_target::engine::{self, ControlCmd, EngineOptions};
+use ublk_target::nbd::NbdServer;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "repd",
+    version,
+    about = "The node daemon of one replicated resource",
+    long_about = "The node daemon of one replicated resource: it owns this node's backing disk and \
+                  metadata, connects to the peer, replicates writes as the resource's protocol \
+                  says, resyncs after outages, and serves the device (NBD export) while Primary.\n\n\
+                  It starts Secondary and connects at once, like `drbdadm up`. Drive it with \
+                  repctl (primary, secondary, status...). SIGTERM or SIGINT shut it down in order: \
+                  demote if nothing is open, flush, tell the peer, write clean metadata.\n\n\
+                  Usually started by `repctl up`; run it directly under systemd."
+)]
+struct Cli {
+    /// The resource configuration file (TOML).
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        default_value = "/etc/rep/r0.toml"
+    )]
+    config: PathBuf,
+    /// This node's name in the config [default: the host name].
+    #[arg(long, short = 'n', value_name = "NAME")]
+    node: Option<String>,
+    /// Where the control socket goes.
+    #[arg(long, value_name = "DIR", env = "REP_RUN_DIR", default_value = DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
+    /// Use buffered I/O on the backing disk instead of O_DIRECT.
+    #[arg(long)]
+    no_direct: bool,
+    /// Start StandAlone instead of connecting to the peer.
+    #[arg(long)]
+    standalone: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("REP_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("repd: error: {e}");
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), String> {
+    // Block the shutdown signals in every thread; one thread waits for them.
+    let mut sigs = SigSet::empty();
+    sigs.add(Signal::SIGTERM);
+    sigs.add(Signal::SIGINT);
+    sigs.thread_block()
+        .map_err(|e| format!("cannot block signals: {e}"))?;
+
+    let cfg = Config::load(&cli.config).map_err(|e| e.to_string())?;
+    let (me, _) = cfg.local(cli.node.as_deref()).map_err(|e| e.to_string())?;
+    let me = me.clone();
+    let opts = EngineOptions {
+        direct: !cli.no_direct,
+        connect: !cli.standalone,
+    };
+    let eng = engine::start(&cfg, Some(&me.name), &opts).map_err(|e| e.to_string())?;
+    let handle = eng.handle.clone();
+
+    let control = ControlServer::start(&cli.run_dir, &cfg.resource.name, &me.name, handle.clone())
+        .map_err(|e| e.to_string())?;
+
+    let nbd = match me.nbd {
+        Some(addr) => {
+            let srv = NbdServer::bind(addr, cfg.resource.name.clone(), Arc::new(handle.clone()))
+                .map_err(|e| format!("cannot listen for NBD clients on {addr}: {e}"))?;
+            let h = srv.spawn();
+            tracing::info!(%addr, export = %cfg.resource.name, "NBD export listening (serves only while Primary)");
+            Some(h)
+        }
+        None => None,
+    };
+    let nbd = nbd.map(Arc::new);
+    if let Some(n) = nbd.clone() {
+        let h = handle.clone();
+        let _ = std::thread::Builder::new()
+            .name("repd-nbd-count".into())
+            .spawn(move || loop {
+                h.set_nbd_clients(n.clients());
+                std::thread::sleep(Duration::from_millis(100));
+            });
+    }
+    {
+        let h = handle.clone();
+        let _ = std::thread::Builder::new()
+            .name("repd-signals".into())
+            .spawn(move || {
+                if let Ok(sig) = sigs.wait() {
+                    tracing::info!(?sig, "shutting down");
+                    match h.control(ControlCmd::Down) {
+                        Some(r) if !r.ok => {
+                            tracing::error!(
+                                "orderly shutdown refused: {}; stopping anyway",
+                                r.error.unwrap_or_default()
+                            );
+                            std::process::exit(1);
+                        }
+                        _ => {}
+                    }
+                }
+            });
+    }
+    println!(
+        "repd: resource {} node {} running; control socket {}",
+        cfg.resource.name,
+        me.name,
+        control.path().display()
+    );
+    let _ = eng.thread.join();
+    control.stop();
+    if let Some(n) = nbd {
+        n.shutdown();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! The control socket: `repctl` talks to a running `repd` over a Unix socket,
+//! one JSON request line, one JSON answer line.
+//!
+//! One socket per resource and node, `<run-dir>/<resource>.<node>.sock`, in a
+//! directory only root may enter (0700) and itself 0600: whoever can talk to
+//! it can promote the node or throw its data away.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::engine::{ControlCmd, ControlReply, EngineHandle};
+
+/// Where sockets and logs live unless `--run-dir` says otherwise.
+pub const DEFAULT_RUN_DIR: &str = "/run/rep";
+
+/// The socket path of one resource on one node.
+#[must_use]
+pub fn socket_path(run_dir: &Path, resource: &str, node: &str) -> PathBuf {
+    run_dir.join(format!("{resource}.{node}.sock"))
+}
+
+/// The log file `repctl up` sends the daemon's output to.
+#[must_use]
+pub fn log_path(run_dir: &Path, resource: &str, node: &str) -> PathBuf {
+    run_dir.join(format!("{resource}.{node}.log"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot create the run directory {dir}: {source}")]
+    RunDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another repd already serves {path} (it answers); stop it with `repctl down` first")]
+    InUse { path: PathBuf },
+    #[error("cannot listen on the control socket {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no repd is running for this resource and node (no answer on {path}: {source}); start it with `repctl up`")]
+    NotRunning {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("repd on {path} did not answer properly: {what}")]
+    BadAnswer { path: PathBuf, what: String },
+}
+
+/// A running control server; dropping it does not stop it, `stop` does.
+#[derive(Debug)]
+pub struct ControlServer {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+}
+
+impl ControlServer {
+    /// Create the socket and serve it on a thread.
+    pub fn start(
+        run_dir: &Path,
+        resource: &str,
+        node: &str,
+        engine: EngineHandle,
+    ) -> Result<Self, ControlError> {
+        std::fs::create_dir_all(run_dir).map_err(|source| ControlError::RunDir {
+            dir: run_dir.into(),
+            source,
+        })?;
+        let _ = std::fs::set_permissions(run_dir, std::fs::Permissions::from_mode(0o700));
+        let path = socket_path(run_dir, resource, node);
+        if path.exists() {
+            if UnixStream::connect(&path).is_ok() {
+                return Err(ControlError::InUse { path });
+            }
+            // A socket left behind by a daemon that died.
+            let _ = std::fs::remove_file(&path);
+        }
+        let listener = UnixListener::bind(&path).map_err(|source| ControlError::Bind {
+            path: path.clone(),
+            source,
+        })?;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let span = tracing::Span::current();
+        let spawned = std::thread::Builder::new()
+            .name("repd-control".into())
+            .spawn(move || {
+                let _g = span.enter();
+                for conn in listener.incoming() {
+                    if st.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    let engine = engine.clone();
+                    // One thread per client: a `down` waits for the shutdown while
+                    // `status` keeps answering.
+                    let _ = std::thread::Builder::new()
+                        .name("repd-control-client".into())
+                        .spawn(move || serve(conn, &engine));
+                }
+            });
+        spawned.map_err(|source| ControlError::Bind {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self { path, stop })
+    }
+
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stop accepting and remove the socket.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = UnixStream::connect(&self.path);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn serve(conn: UnixStream, engine: &EngineHandle) {
+    let Ok(wr) = conn.try_clone() else { return };
+    let mut wr = wr;
+    let mut rd = BufReader::new(conn);
+    let mut line = String::new();
+    // A request is one short line; refuse to buffer more.
+    while rd
+        .by_ref()
+        .take(64 * 1024)
+        .read_line(&mut line)
+        .unwrap_or(0)
+        > 0
+    {
+        let answer = match serde_json::from_str::<ControlCmd>(line.trim()) {
+            Ok(cmd) => match engine.control(cmd) {
+                Some(r) => serde_json::to_string(&r).unwrap_or_default(),
+                None => r#"{"ok":false,"error":"the daemon is stopping"}"#.to_string(),
+            },
+            Err(e) => {
+                serde_json::json!({ "ok": false, "error": format!("bad request: {e}") }).to_string()
+            }
+        };
+        if writeln!(wr, "{answer}").is_err() {
+            return;
+        }
+        line.clear();
+    }
+}
+
+/// Send one command and read the answer.
+pub fn request(
+    path: &Path,
+    cmd: &ControlCmd,
+    timeout: Option<Duration>,
+) -> Result<ControlReply, ControlError> {
+    let conn = UnixStream::connect(path).map_err(|source| ControlError::NotRunning {
+        path: path.into(),
+        source,
+    })?;
+    let _ = conn.set_read_timeout(timeout);
+    let bad = |what: String| ControlError::BadAnswer {
+        path: path.into(),
+        what,
+    };
+    let mut wr = conn.try_clone().map_err(|e| bad(e.to_string()))?;
+    let line = serde_json::to_string(cmd).map_err(|e| bad(e.to_string()))?;
+    writeln!(wr, "{line}").map_err(|e| bad(e.to_string()))?;
+    let mut answer = String::new();
+    BufReader::new(conn)
+        .read_line(&mut answer)
+        .map_err(|e| bad(e.to_string()))?;
+    if answer.is_empty() {
+        return Err(bad("the connection closed without an answer".into()));
+    }
+    serde_json::from_str(&answer).map_err(|e| bad(format!("{e}: {answer}")))
+}

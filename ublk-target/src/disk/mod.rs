@@ -1,0 +1,492 @@
+//! The local disk: the backing file or block device of a resource, served
+//! through io_uring by one thread.
+//!
+//! [`LocalDisk::open`] opens the backing store (O_DIRECT unless refused)
+//! and checks it is large enough; [`LocalDisk::start`] spawns the ring
+//! thread and returns a [`DiskHandle`], which queues [`DiskOp`]s and gets
+//! each answer back exactly once through the `on_complete` callback, on the
+//! ring thread. Only `[0, data_bytes)` is ever touched: the metadata lives
+//! after it.
+//!
+//! Layout: [`aligned`] (O_DIRECT buffers), `uring` (the ring thread, safe
+//! code), `sys` (every `unsafe` block: the aligned allocation, the io_uring
+//! wrapper, block-device ioctls).
+#![deny(unsafe_code)]
+
+pub mod aligned;
+mod sys;
+mod uring;
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::{JoinHandle, ThreadId};
+
+use bytes::Bytes;
+use nix::libc;
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+pub use aligned::{is_aligned, AlignedBuf, BadBufLen};
+
+pub use crate::frontend::IoResult;
+
+/// Largest read or write accepted in one op (64 MiB); larger ones get
+/// EINVAL rather than a huge allocation.
+pub const MAX_IO_BYTES: u32 = 64 << 20;
+
+/// Largest accepted queue depth.
+pub const MAX_QUEUE_DEPTH: u32 = 4096;
+
+/// How to open the backing store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskOptions {
+    /// Open with O_DIRECT (bypass the page cache). If the filesystem
+    /// refuses O_DIRECT (EINVAL, e.g. tmpfs) the disk falls back to
+    /// buffered I/O and logs a warning; see [`LocalDisk::is_direct`].
+    pub direct: bool,
+    /// Ops handed to the kernel at once; the rest wait in a queue.
+    pub queue_depth: u32,
+}
+
+impl Default for DiskOptions {
+    fn default() -> Self {
+        Self {
+            direct: true,
+            queue_depth: 128,
+        }
+    }
+}
+
+/// One request to the local disk. Offsets and lengths are bytes, multiples
+/// of 512 (of the device's logical block size with O_DIRECT on a block
+/// device, see [`LocalDisk::io_alignment`]), inside `[0, data_bytes)`;
+/// anything else completes with EINVAL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskOp {
+    /// Answers `Ok(Some(bytes))` of exactly `len` bytes, 4096-aligned in
+    /// memory.
+    Read { offset: u64, len: u32 },
+    /// `fua`: durable when answered (RWF_DSYNC). `data` need not be aligned
+    /// in memory (it is copied if O_DIRECT needs it).
+    Write { offset: u64, data: Bytes, fua: bool },
+    /// fdatasync: every write answered before the flush was submitted is
+    /// durable when the flush is answered.
+    Flush,
+    /// Deallocate. On a regular file this punches a hole (reads give
+    /// zeroes afterwards; if the filesystem cannot punch holes the range is
+    /// zeroed instead). On a block device it is BLKDISCARD, run on a helper
+    /// thread (the ioctl blocks); what a read returns afterwards is up to
+    /// the device, and a device without discard support ignores it (Ok).
+    Trim { offset: u64, len: u64 },
+    /// Reads give zeroes afterwards: fallocate(ZERO_RANGE) on a file,
+    /// BLKZEROOUT (helper thread) on a block device, writing zeroes if
+    /// neither is supported.
+    WriteZeroes { offset: u64, len: u64 },
+}
+
+/// What the backing store is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackingKind {
+    RegularFile,
+    BlockDevice,
+}
+
+/// Why the local disk could not be opened or started.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("cannot open backing store {path}: {source} (check that it exists and that this process may open it read-write)")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("backing store {path} is neither a regular file nor a block device (give the path of the disk, partition, LV or image file)")]
+    NotFileOrBlockDevice { path: PathBuf },
+    #[error("cannot get the size of {path}: {source}")]
+    Size {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("backing store {path} is {size} bytes, smaller than the data area of {data_bytes} bytes (the metadata follows the data area: grow the file or device, or create the metadata for this size first)")]
+    TooSmall {
+        path: PathBuf,
+        size: u64,
+        data_bytes: u64,
+    },
+    #[error("invalid disk option for {path}: {what}")]
+    InvalidOption { path: PathBuf, what: String },
+    #[error("io_uring is unavailable for {path}: io_uring_setup failed: {source}. The local disk needs io_uring and has no fallback: allow io_uring (sysctl kernel.io_uring_disabled=0; container seccomp profiles often block io_uring_setup; kernels before 5.12 also need a larger RLIMIT_MEMLOCK)")]
+    UringUnavailable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the disk thread for {path}: {what}: {source}")]
+    Start {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An opened, not yet started, backing store.
+#[derive(Debug)]
+pub struct LocalDisk {
+    path: PathBuf,
+    file: File,
+    kind: BackingKind,
+    data_bytes: u64,
+    direct: bool,
+    align: u32,
+    queue_depth: u32,
+    /// Largest byte count per read/write SQE; only lowered by tests, to
+    /// exercise the resubmit-the-remainder path.
+    max_chunk: usize,
+}
+
+impl LocalDisk {
+    /// Opens `path` read-write (O_DIRECT if `opts.direct`, falling back to
+    /// buffered I/O with a warning if the filesystem refuses O_DIRECT) to
+    /// serve `[0, data_bytes)`. The file or device must be at least
+    /// `data_bytes` long; `data_bytes` must be a multiple of 512.
+    pub fn open(path: &Path, data_bytes: u64, opts: DiskOptions) -> Result<LocalDisk, DiskError> {
+        let invalid = |what: String| DiskError::InvalidOption {
+            path: path.to_owned(),
+            what,
+        };
+        if opts.queue_depth == 0 || opts.queue_depth > MAX_QUEUE_DEPTH {
+            return Err(invalid(format!(
+                "queue_depth {} is outside 1..={MAX_QUEUE_DEPTH}",
+                opts.queue_depth
+            )));
+        }
+        if data_bytes % 512 != 0 {
+            return Err(invalid(format!(
+                "data area of {data_bytes} bytes is not a multiple of 512"
+            )));
+        }
+        let open_err = |source| DiskError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(open_err)?;
+        let kind = if meta.file_type().is_file() {
+            BackingKind::RegularFile
+        } else if meta.file_type().is_block_device() {
+            BackingKind::BlockDevice
+        } else {
+            return Err(DiskError::NotFileOrBlockDevice {
+                path: path.to_owned(),
+            });
+        };
+
+        let open = |direct: bool| {
+            let mut o = OpenOptions::new();
+            o.read(true).write(true);
+            if direct {
+                o.custom_flags(libc::O_DIRECT);
+            }
+            o.open(path)
+        };
+        let mut direct = opts.direct;
+        let mut file = match open(direct) {
+            Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::warn!(path = %path.display(),
+                    "the filesystem refuses O_DIRECT; using buffered I/O (page cache) for the local disk");
+                direct = false;
+                open(false).map_err(open_err)?
+            }
+            other => other.map_err(open_err)?,
+        };
+
+        let size_err = |source| DiskError::Size {
+            path: path.to_owned(),
+            source,
+        };
+        let (size, align) = match kind {
+            BackingKind::RegularFile => {
+                let size = file.metadata().map_err(size_err)?.len();
+                let mut align = 512;
+                if direct {
+                    match sys::dio_alignment(file.as_fd()) {
+                        Some((_, 0)) => {
+                            tracing::warn!(path = %path.display(),
+                                "the filesystem does not support O_DIRECT on this file (statx); using buffered I/O");
+                            direct = false;
+                            file = open(false).map_err(open_err)?;
+                        }
+                        Some((_, offset_align)) => align = offset_align.max(512),
+                        None => {}
+                    }
+                }
+                (size, align)
+            }
+            BackingKind::BlockDevice => {
+                let size = sys::blk_size(file.as_fd()).map_err(|e| size_err(e.into()))?;
+                let lbs = sys::blk_logical_block_size(file.as_fd()).unwrap_or(512);
+                (size, if direct { lbs.max(512) } else { 512 })
+            }
+        };
+        if size < data_bytes {
+            return Err(DiskError::TooSmall {
+                path: path.to_owned(),
+                size,
+                data_bytes,
+            });
+        }
+        if !align.is_power_of_two() || data_bytes % u64::from(align) != 0 {
+            return Err(invalid(format!(
+                "data area of {data_bytes} bytes is not a multiple of the O_DIRECT alignment {align}"
+            )));
+        }
+        Ok(LocalDisk {
+            path: path.to_owned(),
+            file,
+            kind,
+            data_bytes,
+            direct,
+            align,
+            queue_depth: opts.queue_depth,
+            max_chunk: MAX_IO_BYTES as usize,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn kind(&self) -> BackingKind {
+        self.kind
+    }
+
+    /// Size of the data area served, in bytes.
+    pub fn data_bytes(&self) -> u64 {
+        self.data_bytes
+    }
+
+    /// Whether I/O bypasses the page cache (O_DIRECT was accepted).
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    /// Alignment of offsets and lengths accepted (512, or the O_DIRECT
+    /// alignment of the file or device if larger).
+    pub fn io_alignment(&self) -> u32 {
+        self.align
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_max_chunk_for_test(&mut self, max_chunk: usize) {
+        self.max_chunk = max_chunk.max(512);
+    }
+
+    /// Sets up the io_uring and spawns the ring thread. `on_complete(token,
+    /// result)` is called on that thread exactly once per submitted op: it
+    /// should be quick and must not block on the disk (it may submit).
+    ///
+    /// A `DiskHandle` kept inside `on_complete` keeps the disk alive (a
+    /// cycle): call [`DiskHandle::shutdown`] to close it in that case.
+    ///
+    /// Fails with [`DiskError::UringUnavailable`] if io_uring cannot be
+    /// set up (disabled, seccomp): there is no fallback.
+    pub fn start<F>(self, on_complete: F) -> Result<DiskHandle, DiskError>
+    where
+        F: Fn(u64, IoResult) + Send + 'static,
+    {
+        let start_err = |what, source| DiskError::Start {
+            path: self.path.clone(),
+            what,
+            source,
+        };
+        let eventfd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)
+            .map_err(|e| start_err("eventfd", e.into()))?;
+        let waker = Arc::new(Waker {
+            eventfd: Arc::new(eventfd),
+            pending: AtomicBool::new(false),
+        });
+        let blk_file = match self.kind {
+            BackingKind::BlockDevice => Some(
+                self.file
+                    .try_clone()
+                    .map_err(|e| start_err("dup of the device", e))?,
+            ),
+            BackingKind::RegularFile => None,
+        };
+        // One SQE per op in flight, plus the wake-up read.
+        let entries = (self.queue_depth + 1).next_power_of_two();
+        let ring =
+            sys::Ring::new(self.file, Arc::clone(&waker.eventfd), entries).map_err(|source| {
+                DiskError::UringUnavailable {
+                    path: self.path.clone(),
+                    source,
+                }
+            })?;
+        let (tx, rx) = mpsc::channel();
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let cfg = uring::Config {
+            kind: self.kind,
+            data_bytes: self.data_bytes,
+            direct: self.direct,
+            align: self.align,
+            queue_depth: self.queue_depth as usize,
+            max_chunk: self.max_chunk,
+        };
+        let engine = uring::Engine::new(
+            cfg,
+            ring,
+            rx,
+            Arc::clone(&waker),
+            Arc::clone(&in_flight),
+            blk_file,
+            on_complete,
+        )
+        .map_err(|e| start_err("block-device helper thread", e))?;
+        let thread = std::thread::Builder::new()
+            .name("disk-uring".into())
+            .spawn(move || engine.run())
+            .map_err(|e| start_err("spawn", e))?;
+        Ok(DiskHandle {
+            shared: Arc::new(Shared {
+                ring_thread: thread.thread().id(),
+                tx: Some(tx),
+                waker,
+                in_flight,
+                thread: Mutex::new(Some(thread)),
+                data_bytes: self.data_bytes,
+                direct: self.direct,
+            }),
+        })
+    }
+}
+
+/// Wakes the ring thread: one eventfd write per batch of messages.
+#[derive(Debug)]
+pub(crate) struct Waker {
+    pub(crate) eventfd: Arc<EventFd>,
+    /// Set by the first sender after the ring thread last looked; cleared
+    /// by the ring thread before it drains its channels.
+    pub(crate) pending: AtomicBool,
+}
+
+impl Waker {
+    pub(crate) fn wake(&self) {
+        if !self.pending.swap(true, Ordering::SeqCst) {
+            if let Err(e) = self.eventfd.write(1) {
+                tracing::error!(error = %e, "cannot wake the disk thread");
+            }
+        }
+    }
+}
+
+pub(crate) enum Msg {
+    Op {
+        token: u64,
+        op: DiskOp,
+    },
+    /// Drain, close the ring, then ack (if any).
+    Shutdown(Option<SyncSender<()>>),
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// `None` only while dropping.
+    tx: Option<Sender<Msg>>,
+    waker: Arc<Waker>,
+    in_flight: Arc<AtomicUsize>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    ring_thread: ThreadId,
+    data_bytes: u64,
+    direct: bool,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        self.waker.wake();
+        let handle = match self.thread.get_mut() {
+            Ok(h) => h.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        // Dropped from inside `on_complete`: the thread ends on its own
+        // once it has drained; joining itself would deadlock.
+        if std::thread::current().id() != self.ring_thread {
+            if let Some(h) = handle {
+                if h.join().is_err() {
+                    tracing::error!("the disk thread panicked");
+                }
+            }
+        }
+    }
+}
+
+/// A started local disk. Cheap to clone; `Send + Sync`. When the last
+/// handle is dropped, the ops already submitted are completed (answered)
+/// and the thread stops; the drop waits for that unless it happens on the
+/// ring thread itself.
+#[derive(Debug, Clone)]
+pub struct DiskHandle {
+    shared: Arc<Shared>,
+}
+
+impl DiskHandle {
+    /// Queues `op`; `on_complete(token, result)` follows exactly once. Ops
+    /// run concurrently (up to the queue depth) and complete in any order:
+    /// callers order dependent ops themselves (e.g. a flush after the
+    /// writes it covers have been answered). Never blocks. After
+    /// [`DiskHandle::shutdown`] ops are answered with ESHUTDOWN.
+    pub fn submit(&self, token: u64, op: DiskOp) {
+        let Some(tx) = &self.shared.tx else { return };
+        self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        if tx.send(Msg::Op { token, op }).is_err() {
+            // Only if the ring thread died (a bug): nobody can answer.
+            self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+            tracing::error!(token, "disk thread is gone; op dropped");
+            return;
+        }
+        self.shared.waker.wake();
+    }
+
+    /// Ops submitted and not yet answered (queued, or in the kernel; an op
+    /// stops counting just before its `on_complete` call).
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Size of the data area served, in bytes.
+    pub fn data_bytes(&self) -> u64 {
+        self.shared.data_bytes
+    }
+
+    /// Whether I/O bypasses the page cache.
+    pub fn is_direct(&self) -> bool {
+        self.shared.direct
+    }
+
+    /// Completes every op submitted before, closes the ring and the backing
+    /// store, and returns once that is done (when called on the ring thread,
+    /// i.e. from `on_complete`, it only starts the shutdown). Later ops, from
+    /// any clone, are answered with ESHUTDOWN. Idempotent.
+    pub fn shutdown(&self) {
+        let Some(tx) = &self.shared.tx else { return };
+        let on_ring_thread = std::thread::current().id() == self.shared.ring_thread;
+        let (ack_tx, ack_rx) = mpsc::sync_channel(1);
+        let ack = (!on_ring_thread).then_some(ack_tx);
+        if tx.send(Msg::Shutdown(ack)).is_err() {
+            return;
+        }
+        self.shared.waker.wake();
+        if !on_ring_thread {
+            // Err: the thread is gone, nothing left to wait for.
+            let _ = ack_rx.recv();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

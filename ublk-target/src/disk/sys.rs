@@ -1,0 +1,508 @@
+//! Every `unsafe` block of the disk layer lives here (the rest of
+//! `disk` is `#![deny(unsafe_code)]`). Three small pieces:
+//!
+//! - [`RawAligned`]: a 4096-aligned, always-initialized heap allocation.
+//! - [`Ring`]: a narrow io_uring wrapper in the Firecracker style. Its one
+//!   safety rule is ownership: pushing an SQE *moves* the buffer it points
+//!   into the ring's slot table, and the buffer only comes back out with
+//!   the CQE. Nothing the kernel may still read or write can be freed or
+//!   touched by Rust code meanwhile, and `Drop` waits for every outstanding
+//!   CQE before anything is freed.
+//! - Block-device ioctls (size, logical block size, discard, zero-out) and
+//!   `statx` for the O_DIRECT alignment of a file.
+#![allow(unsafe_code)]
+
+use std::alloc::{self, Layout};
+use std::fs::File;
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use io_uring::{opcode, types, IoUring};
+use nix::libc;
+use nix::sys::eventfd::EventFd;
+
+use super::aligned::AlignedBuf;
+
+/// Alignment of every [`RawAligned`] allocation.
+pub(crate) const ALIGN: usize = 4096;
+
+#[repr(C, align(4096))]
+struct Page([u8; ALIGN]);
+
+/// A heap allocation of `len` bytes at a 4096-aligned address. The bytes
+/// are always initialized (zeroed or copied in), so handing out `&[u8]` is
+/// sound. Uniquely owned, like a `Box<[u8]>`.
+pub(crate) struct RawAligned {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: `RawAligned` uniquely owns its allocation (no aliasing pointers
+// are kept anywhere), exactly like `Box<[u8]>`, which is Send and Sync.
+unsafe impl Send for RawAligned {}
+// SAFETY: as above; `&RawAligned` only gives out `&[u8]`.
+unsafe impl Sync for RawAligned {}
+
+impl RawAligned {
+    fn layout(len: usize) -> Option<Layout> {
+        Layout::from_size_align(len, ALIGN).ok()
+    }
+
+    /// `len` zero bytes. `None` if `len` is too large for a `Layout`.
+    pub(crate) fn zeroed(len: usize) -> Option<Self> {
+        if len == 0 {
+            return Some(Self::empty());
+        }
+        let layout = Self::layout(len)?;
+        // SAFETY: `layout` has a non-zero size (len > 0 checked above).
+        let ptr = unsafe { alloc::alloc_zeroed(layout) };
+        let Some(ptr) = NonNull::new(ptr) else {
+            alloc::handle_alloc_error(layout)
+        };
+        Some(Self { ptr, len })
+    }
+
+    /// A copy of `src`, without zeroing first.
+    pub(crate) fn copy_from(src: &[u8]) -> Option<Self> {
+        let len = src.len();
+        if len == 0 {
+            return Some(Self::empty());
+        }
+        let layout = Self::layout(len)?;
+        // SAFETY: `layout` has a non-zero size (len > 0 checked above).
+        let ptr = unsafe { alloc::alloc(layout) };
+        let Some(ptr) = NonNull::new(ptr) else {
+            alloc::handle_alloc_error(layout)
+        };
+        // SAFETY: `ptr` is a fresh allocation of `len` writable bytes, so it
+        // cannot overlap `src`, which is valid for `len` reads. After this,
+        // all `len` bytes are initialized.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), ptr.as_ptr(), len) };
+        Some(Self { ptr, len })
+    }
+
+    fn empty() -> Self {
+        // A dangling `Page` pointer is non-null and 4096-aligned: valid for
+        // a zero-length slice and never freed (len == 0).
+        Self {
+            ptr: NonNull::<Page>::dangling().cast(),
+            len: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` is non-null, aligned, and valid for `len` initialized
+        // bytes that we own (or dangling with len 0); the shared borrow of
+        // `self` prevents mutation for the slice's lifetime.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`, and the exclusive borrow of `self` makes
+        // this the only reference to the bytes for the slice's lifetime.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for RawAligned {
+    fn drop(&mut self) {
+        if self.len == 0 {
+            return;
+        }
+        if let Some(layout) = Self::layout(self.len) {
+            // SAFETY: `ptr` was allocated by `alloc`/`alloc_zeroed` with
+            // exactly this layout (same len, same ALIGN) and is freed once.
+            unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) };
+        }
+    }
+}
+
+/// The memory an SQE points into, owned by the ring while the SQE is in
+/// flight.
+#[derive(Debug)]
+pub(crate) enum IoBuf {
+    None,
+    /// Exclusively owned: the kernel may write into it (reads).
+    Aligned(AlignedBuf),
+    /// Shared, read-only: the kernel only reads it (writes). Cloning a
+    /// `Bytes` never moves its data.
+    Shared(Bytes),
+}
+
+/// One operation to put on the ring.
+#[derive(Debug)]
+pub(crate) enum Sqe {
+    /// `pread(fd, buf[pos..pos+len], offset)`.
+    Read {
+        buf: AlignedBuf,
+        pos: usize,
+        len: usize,
+        offset: u64,
+    },
+    /// `pwritev2(fd, buf[pos..pos+len], offset, dsync ? RWF_DSYNC : 0)`.
+    Write {
+        buf: IoBuf,
+        pos: usize,
+        len: usize,
+        offset: u64,
+        dsync: bool,
+    },
+    /// `fsync` / `fdatasync`.
+    Fsync { datasync: bool },
+    /// `fallocate(fd, mode, offset, len)`.
+    Fallocate { offset: u64, len: u64, mode: i32 },
+}
+
+/// A reaped completion: the tag given to [`Ring::push`], the raw result
+/// (negative errno or byte count) and the buffer, handed back.
+#[derive(Debug)]
+pub(crate) struct Completion {
+    pub(crate) tag: u64,
+    pub(crate) res: i32,
+    pub(crate) buf: IoBuf,
+}
+
+struct Slot {
+    tag: u64,
+    buf: IoBuf,
+}
+
+/// `user_data` of the internal eventfd read (slot indices are far below).
+const WAKE_USER_DATA: u64 = u64::MAX;
+
+/// An io_uring bound to one file, plus a permanently armed read on an
+/// eventfd so that other threads can wake [`Ring::wait`].
+pub(crate) struct Ring {
+    ring: IoUring,
+    file: File,
+    wake: Arc<EventFd>,
+    /// Target of the eventfd read; boxed so its address is stable.
+    wake_buf: Box<u64>,
+    wake_armed: bool,
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    /// SQEs pushed whose CQE has not been reaped (excluding the wake read).
+    outstanding: usize,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring")
+            .field("fd", &self.file.as_raw_fd())
+            .field("outstanding", &self.outstanding)
+            .field("wake_armed", &self.wake_armed)
+            .finish()
+    }
+}
+
+impl Ring {
+    /// Sets up a ring with room for `entries` SQEs (rounded up to a power
+    /// of two by the kernel) and arms the wake read.
+    pub(crate) fn new(file: File, wake: Arc<EventFd>, entries: u32) -> io::Result<Self> {
+        let ring = IoUring::new(entries)?;
+        let mut me = Self {
+            ring,
+            file,
+            wake,
+            wake_buf: Box::new(0),
+            wake_armed: false,
+            slots: Vec::new(),
+            free: Vec::new(),
+            outstanding: 0,
+        };
+        me.arm_wake()?;
+        Ok(me)
+    }
+
+    pub(crate) fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+
+    fn push_entry(&mut self, entry: &io_uring::squeue::Entry) -> io::Result<()> {
+        // SAFETY: every buffer an entry points to is owned by `self` (in
+        // `slots` or `wake_buf`) from before this push until its CQE is
+        // reaped, and `Drop` waits for all CQEs; the range was bounds-checked
+        // by the caller against the owned buffer.
+        if unsafe { self.ring.submission().push(entry) }.is_ok() {
+            return Ok(());
+        }
+        // SQ full: hand what we have to the kernel and try again.
+        self.ring.submit()?;
+        // SAFETY: as above.
+        unsafe { self.ring.submission().push(entry) }
+            .map_err(|_| io::Error::from_raw_os_error(libc::EBUSY))
+    }
+
+    fn arm_wake(&mut self) -> io::Result<()> {
+        let ptr: *mut u64 = &mut *self.wake_buf;
+        let entry = opcode::Read::new(types::Fd(self.wake.as_raw_fd()), ptr.cast::<u8>(), 8)
+            .build()
+            .user_data(WAKE_USER_DATA);
+        self.push_entry(&entry)?;
+        self.wake_armed = true;
+        Ok(())
+    }
+
+    /// Queues `sqe` (submitted by the next [`Ring::wait`]). On error the
+    /// buffer is dropped and the errno returned (EINVAL: range outside the
+    /// buffer or longer than u32; EBUSY: submission queue full).
+    pub(crate) fn push(&mut self, tag: u64, sqe: Sqe) -> Result<(), i32> {
+        let fd = types::Fd(self.file.as_raw_fd());
+        let (builder, buf) = match sqe {
+            Sqe::Read {
+                mut buf,
+                pos,
+                len,
+                offset,
+            } => {
+                let len32 = u32::try_from(len).map_err(|_| libc::EINVAL)?;
+                let ptr = buf
+                    .as_mut_slice()
+                    .get_mut(pos..pos.checked_add(len).ok_or(libc::EINVAL)?)
+                    .ok_or(libc::EINVAL)?
+                    .as_mut_ptr();
+                let entry = opcode::Read::new(fd, ptr, len32).offset(offset).build();
+                (entry, IoBuf::Aligned(buf))
+            }
+            Sqe::Write {
+                buf,
+                pos,
+                len,
+                offset,
+                dsync,
+            } => {
+                let len32 = u32::try_from(len).map_err(|_| libc::EINVAL)?;
+                let end = pos.checked_add(len).ok_or(libc::EINVAL)?;
+                let ptr = match &buf {
+                    IoBuf::None => return Err(libc::EINVAL),
+                    IoBuf::Aligned(b) => b.as_slice().get(pos..end).map(<[u8]>::as_ptr),
+                    IoBuf::Shared(b) => b.get(pos..end).map(<[u8]>::as_ptr),
+                }
+                .ok_or(libc::EINVAL)?;
+                let flags = if dsync { libc::RWF_DSYNC } else { 0 };
+                let entry = opcode::Write::new(fd, ptr, len32)
+                    .offset(offset)
+                    .rw_flags(flags)
+                    .build();
+                (entry, buf)
+            }
+            Sqe::Fsync { datasync } => {
+                let flags = if datasync {
+                    types::FsyncFlags::DATASYNC
+                } else {
+                    types::FsyncFlags::empty()
+                };
+                (opcode::Fsync::new(fd).flags(flags).build(), IoBuf::None)
+            }
+            Sqe::Fallocate { offset, len, mode } => (
+                opcode::Fallocate::new(fd, len)
+                    .offset(offset)
+                    .mode(mode)
+                    .build(),
+                IoBuf::None,
+            ),
+        };
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        let entry = builder.user_data(index as u64);
+        // Own the buffer *before* the SQE can reach the kernel.
+        if let Some(slot) = self.slots.get_mut(index) {
+            *slot = Some(Slot { tag, buf });
+        }
+        if let Err(e) = self.push_entry(&entry) {
+            // Not queued: the kernel never saw it, the buffer can go.
+            if let Some(slot) = self.slots.get_mut(index) {
+                *slot = None;
+            }
+            self.free.push(index);
+            return Err(e.raw_os_error().unwrap_or(libc::EIO));
+        }
+        self.outstanding += 1;
+        Ok(())
+    }
+
+    /// Submits queued SQEs and waits for at least one CQE (an op or a
+    /// wake-up). EINTR and EBUSY (completion queue full) are not errors:
+    /// the caller reaps and comes back.
+    pub(crate) fn wait(&mut self) -> io::Result<()> {
+        match self.ring.submit_and_wait(1) {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves every available completion into `out`, handing buffers back,
+    /// and re-arms the wake read if it fired (unless `rearm` is false).
+    /// Returns whether the wake read fired.
+    fn reap_inner(&mut self, out: &mut Vec<Completion>, rearm: bool) -> bool {
+        let mut woke = false;
+        let cq = self.ring.completion();
+        for cqe in cq {
+            let user_data = cqe.user_data();
+            if user_data == WAKE_USER_DATA {
+                self.wake_armed = false;
+                woke = true;
+                if cqe.result() < 0 && cqe.result() != -libc::ECANCELED {
+                    tracing::warn!(errno = -cqe.result(), "io_uring eventfd read failed");
+                }
+                continue;
+            }
+            let slot = usize::try_from(user_data)
+                .ok()
+                .and_then(|i| self.slots.get_mut(i).map(|s| (i, s.take())));
+            match slot {
+                Some((index, Some(Slot { tag, buf }))) => {
+                    self.free.push(index);
+                    self.outstanding = self.outstanding.saturating_sub(1);
+                    out.push(Completion {
+                        tag,
+                        res: cqe.result(),
+                        buf,
+                    });
+                }
+                _ => tracing::error!(user_data, "io_uring completion for an unknown slot"),
+            }
+        }
+        if woke && rearm {
+            if let Err(e) = self.arm_wake() {
+                tracing::error!(error = %e, "cannot re-arm the io_uring wake-up read");
+            }
+        }
+        woke
+    }
+
+    /// Moves every available completion into `out`; see [`Ring::push`].
+    pub(crate) fn reap(&mut self, out: &mut Vec<Completion>) {
+        self.reap_inner(out, true);
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // Complete the wake read (the eventfd counter becomes non-zero) and
+        // wait for every outstanding CQE: only then may buffers be freed.
+        if self.wake_armed {
+            let _ = self.wake.write(1);
+        }
+        let mut sink = Vec::new();
+        while self.outstanding > 0 || self.wake_armed {
+            if let Err(e) = self.ring.submit_and_wait(1) {
+                if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EBUSY) {
+                    // Cannot know when the kernel is done with the buffers:
+                    // leak them rather than free memory it may still write.
+                    tracing::error!(error = %e, outstanding = self.outstanding,
+                        "io_uring teardown failed; leaking in-flight buffers");
+                    std::mem::forget(std::mem::take(&mut self.slots));
+                    std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
+                    return;
+                }
+            }
+            self.reap_inner(&mut sink, false);
+            sink.clear();
+        }
+    }
+}
+
+// ---- block devices ----------------------------------------------------------
+
+const BLK_IOC_MAGIC: u8 = 0x12;
+nix::ioctl_read_bad!(
+    ioctl_blkgetsize64,
+    nix::request_code_read!(BLK_IOC_MAGIC, 114, std::mem::size_of::<libc::size_t>()),
+    u64
+);
+nix::ioctl_read_bad!(
+    ioctl_blksszget,
+    nix::request_code_none!(BLK_IOC_MAGIC, 104),
+    libc::c_int
+);
+nix::ioctl_write_ptr_bad!(
+    ioctl_blkdiscard,
+    nix::request_code_none!(BLK_IOC_MAGIC, 119),
+    [u64; 2]
+);
+nix::ioctl_write_ptr_bad!(
+    ioctl_blkzeroout,
+    nix::request_code_none!(BLK_IOC_MAGIC, 127),
+    [u64; 2]
+);
+
+/// Size in bytes of a block device (BLKGETSIZE64).
+pub(crate) fn blk_size(fd: BorrowedFd<'_>) -> nix::Result<u64> {
+    let mut size = 0u64;
+    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points
+    // to a live local; `fd` is a valid open descriptor for the call.
+    unsafe { ioctl_blkgetsize64(fd.as_raw_fd(), &mut size) }?;
+    Ok(size)
+}
+
+/// Logical block size of a block device (BLKSSZGET).
+pub(crate) fn blk_logical_block_size(fd: BorrowedFd<'_>) -> nix::Result<u32> {
+    let mut size: libc::c_int = 0;
+    // SAFETY: BLKSSZGET writes one int through the pointer to a live local.
+    unsafe { ioctl_blksszget(fd.as_raw_fd(), &mut size) }?;
+    u32::try_from(size).map_err(|_| nix::errno::Errno::EINVAL)
+}
+
+/// BLKDISCARD of `[offset, offset + len)`. Blocks until the device is done.
+pub(crate) fn blk_discard(fd: BorrowedFd<'_>, offset: u64, len: u64) -> nix::Result<()> {
+    let range = [offset, len];
+    // SAFETY: BLKDISCARD reads two u64 through the pointer to a live local.
+    unsafe { ioctl_blkdiscard(fd.as_raw_fd(), &range) }.map(drop)
+}
+
+/// BLKZEROOUT of `[offset, offset + len)`. Blocks until the device is done.
+pub(crate) fn blk_zeroout(fd: BorrowedFd<'_>, offset: u64, len: u64) -> nix::Result<()> {
+    let range = [offset, len];
+    // SAFETY: BLKZEROOUT reads two u64 through the pointer to a live local.
+    unsafe { ioctl_blkzeroout(fd.as_raw_fd(), &range) }.map(drop)
+}
+
+/// O_DIRECT alignment of an open file from `statx(STATX_DIOALIGN)`:
+/// `Some((memory, offset))`, `Some((0, 0))` if the file does not support
+/// direct I/O, `None` if the kernel or filesystem does not say.
+pub(crate) fn dio_alignment(fd: BorrowedFd<'_>) -> Option<(u32, u32)> {
+    let mut stx = MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: an empty path with AT_EMPTY_PATH makes statx look at `fd`;
+    // the kernel writes at most one `struct statx` into `stx`.
+    let rc = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            stx.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: `statx` is plain integers, valid when zeroed, and the kernel
+    // filled it in on success.
+    let stx = unsafe { stx.assume_init() };
+    if stx.stx_mask & libc::STATX_DIOALIGN == 0 {
+        return None;
+    }
+    Some((stx.stx_dio_mem_align, stx.stx_dio_offset_align))
+}

@@ -1,0 +1,764 @@
+//! The ring thread: takes ops from the channel, keeps up to `queue_depth`
+//! of them in flight on the io_uring, resubmits the remainder of short
+//! reads and writes, and answers each op exactly once.
+//!
+//! Block-device discard and zero-out are ioctls that block until the device
+//! is done (possibly seconds for a large range); they run on a helper
+//! thread so they never stall the ring, and report back through a channel
+//! and the same eventfd wake-up as submitters.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use nix::libc;
+
+use super::aligned::{is_aligned, AlignedBuf};
+use super::sys::{self, Completion, IoBuf, Ring, Sqe};
+use super::{BackingKind, DiskOp, IoResult, Msg, Waker, MAX_IO_BYTES};
+
+/// Chunk of the zero buffer used when zeroes have to be written.
+const ZERO_CHUNK: usize = 1 << 20;
+/// Times an op is resubmitted after EINTR/EAGAIN or a zero-byte write
+/// before its error is reported.
+const MAX_RETRIES: u8 = 8;
+
+const PUNCH_HOLE: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+const ZERO_RANGE: i32 = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Config {
+    pub(crate) kind: BackingKind,
+    pub(crate) data_bytes: u64,
+    pub(crate) direct: bool,
+    pub(crate) align: u32,
+    pub(crate) queue_depth: usize,
+    pub(crate) max_chunk: usize,
+}
+
+/// What to do after a read or write CQE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// All `total` bytes are done.
+    Done,
+    /// Progress but not finished: `done` bytes so far, resubmit the rest.
+    More(usize),
+    /// Zero bytes transferred: end of file for a read.
+    Eof,
+    /// Transient error (EINTR, EAGAIN): resubmit the same remainder.
+    Retry(i32),
+    /// Report this errno.
+    Fail(i32),
+}
+
+/// The remainder logic: `total` bytes wanted, `done` already transferred,
+/// `res` the CQE result of the SQE that covered `[done, total)` (or a
+/// prefix of it).
+pub(crate) fn step(total: usize, done: usize, res: i32) -> Step {
+    if res < 0 {
+        let errno = res.saturating_neg();
+        return if errno == libc::EINTR || errno == libc::EAGAIN {
+            Step::Retry(errno)
+        } else {
+            Step::Fail(errno)
+        };
+    }
+    if res == 0 {
+        return Step::Eof;
+    }
+    let Some(now) = usize::try_from(res).ok().and_then(|r| done.checked_add(r)) else {
+        return Step::Fail(libc::EIO);
+    };
+    match now.cmp(&total) {
+        std::cmp::Ordering::Equal => Step::Done,
+        std::cmp::Ordering::Less => Step::More(now),
+        // More than asked for: never trust it.
+        std::cmp::Ordering::Greater => Step::Fail(libc::EIO),
+    }
+}
+
+/// A tiny slab: stable indices for ops in flight.
+#[derive(Debug)]
+struct Slab<T> {
+    items: Vec<Option<T>>,
+    free: Vec<usize>,
+    len: usize,
+}
+
+impl<T> Slab<T> {
+    fn new() -> Self {
+        Self {
+            items: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+    fn insert(&mut self, item: T) -> usize {
+        self.len += 1;
+        if let Some(i) = self.free.pop() {
+            if let Some(slot) = self.items.get_mut(i) {
+                *slot = Some(item);
+                return i;
+            }
+        }
+        self.items.push(Some(item));
+        self.items.len() - 1
+    }
+    fn get_mut(&mut self, i: usize) -> Option<&mut T> {
+        self.items.get_mut(i).and_then(Option::as_mut)
+    }
+    fn remove(&mut self, i: usize) -> Option<T> {
+        let item = self.items.get_mut(i).and_then(Option::take);
+        if item.is_some() {
+            self.len -= 1;
+            self.free.push(i);
+        }
+        item
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    Read {
+        offset: u64,
+        len: usize,
+        done: usize,
+    },
+    Write {
+        offset: u64,
+        len: usize,
+        done: usize,
+        fua: bool,
+    },
+    Flush,
+    Fallocate {
+        offset: u64,
+        len: u64,
+        mode: i32,
+    },
+    /// Writing zeroes chunk by chunk (fallback of trim / write-zeroes).
+    ZeroFill {
+        offset: u64,
+        len: u64,
+        done: u64,
+    },
+    /// On the block-device helper thread.
+    Blk {
+        offset: u64,
+        len: u64,
+        discard: bool,
+    },
+}
+
+#[derive(Debug)]
+struct Op {
+    token: u64,
+    retries: u8,
+    state: State,
+}
+
+struct BlkJob {
+    slot: usize,
+    discard: bool,
+    offset: u64,
+    len: u64,
+}
+
+struct BlkHelper {
+    tx: Sender<BlkJob>,
+    rx: Receiver<(usize, Result<(), i32>)>,
+    thread: JoinHandle<()>,
+}
+
+impl BlkHelper {
+    fn spawn(file: File, waker: Arc<Waker>) -> std::io::Result<Self> {
+        let (tx, job_rx) = mpsc::channel::<BlkJob>();
+        let (done_tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("disk-blkioctl".into())
+            .spawn(move || {
+                for job in job_rx {
+                    let res = if job.discard {
+                        sys::blk_discard(file.as_fd(), job.offset, job.len)
+                    } else {
+                        sys::blk_zeroout(file.as_fd(), job.offset, job.len)
+                    };
+                    if done_tx.send((job.slot, res.map_err(|e| e as i32))).is_err() {
+                        return;
+                    }
+                    waker.wake();
+                }
+            })?;
+        Ok(Self { tx, rx, thread })
+    }
+}
+
+pub(crate) struct Engine<F> {
+    cfg: Config,
+    /// `None` once closed.
+    ring: Option<Ring>,
+    rx: Receiver<Msg>,
+    waker: Arc<Waker>,
+    in_flight: Arc<AtomicUsize>,
+    blk: Option<BlkHelper>,
+    on_complete: F,
+    /// Accepted, not yet started (over the queue depth).
+    pending: VecDeque<(u64, DiskOp)>,
+    /// Started: in the kernel or on the helper thread.
+    ops: Slab<Op>,
+    zeroes: Option<Bytes>,
+    shutting_down: bool,
+    disconnected: bool,
+    acks: Vec<SyncSender<()>>,
+    completions: Vec<Completion>,
+    warned_no_discard: bool,
+}
+
+impl<F> Engine<F>
+where
+    F: Fn(u64, IoResult) + Send + 'static,
+{
+    pub(crate) fn new(
+        cfg: Config,
+        ring: Ring,
+        rx: Receiver<Msg>,
+        waker: Arc<Waker>,
+        in_flight: Arc<AtomicUsize>,
+        blk_file: Option<File>,
+        on_complete: F,
+    ) -> std::io::Result<Self> {
+        let blk = match blk_file {
+            Some(file) => Some(BlkHelper::spawn(file, Arc::clone(&waker))?),
+            None => None,
+        };
+        Ok(Self {
+            cfg,
+            ring: Some(ring),
+            rx,
+            waker,
+            in_flight,
+            blk,
+            on_complete,
+            pending: VecDeque::new(),
+            ops: Slab::new(),
+            zeroes: None,
+            shutting_down: false,
+            disconnected: false,
+            acks: Vec::new(),
+            completions: Vec::new(),
+            warned_no_discard: false,
+        })
+    }
+
+    pub(crate) fn run(mut self) {
+        loop {
+            // Clear before draining: a message sent after this point makes
+            // its sender write the eventfd, which ends the next wait.
+            self.waker.pending.store(false, Ordering::SeqCst);
+            self.drain_inbox();
+            self.start_pending();
+            if self.shutting_down && self.pending.is_empty() && self.ops.is_empty() {
+                break;
+            }
+            let Some(ring) = self.ring.as_mut() else {
+                break;
+            };
+            if let Err(e) = ring.wait() {
+                tracing::error!(error = %e, "io_uring_enter failed");
+            }
+            ring.reap(&mut self.completions);
+            let mut completions = std::mem::take(&mut self.completions);
+            for c in completions.drain(..) {
+                self.on_cqe(c);
+            }
+            self.completions = completions;
+        }
+        // Everything answered: close the ring (its drop waits for the wake
+        // read) and the backing store, stop the helper.
+        if let Some(ring) = self.ring.take() {
+            debug_assert_eq!(ring.outstanding(), 0);
+            drop(ring);
+        }
+        if let Some(blk) = self.blk.take() {
+            drop(blk.tx);
+            if blk.thread.join().is_err() {
+                tracing::error!("the block-device helper thread panicked");
+            }
+        }
+        for ack in self.acks.drain(..) {
+            let _ = ack.send(());
+        }
+        if self.disconnected {
+            return;
+        }
+        // Shut down but handles remain: answer whatever still comes.
+        while let Ok(msg) = self.rx.recv() {
+            match msg {
+                Msg::Op { token, .. } => self.complete(token, Err(libc::ESHUTDOWN)),
+                Msg::Shutdown(ack) => {
+                    if let Some(ack) = ack {
+                        let _ = ack.send(());
+                    }
+                }
+            }
+        }
+    }
+
+    fn drain_inbox(&mut self) {
+        loop {
+            match self.rx.try_recv() {
+                Ok(Msg::Op { token, op }) => {
+                    if self.shutting_down {
+                        self.complete(token, Err(libc::ESHUTDOWN));
+                    } else {
+                        self.pending.push_back((token, op));
+                    }
+                }
+                Ok(Msg::Shutdown(ack)) => {
+                    self.shutting_down = true;
+                    self.acks.extend(ack);
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.shutting_down = true;
+                    self.disconnected = true;
+                    break;
+                }
+            }
+        }
+        let done: Vec<_> = match &self.blk {
+            Some(blk) => blk.rx.try_iter().collect(),
+            None => Vec::new(),
+        };
+        for (slot, res) in done {
+            self.on_blk_done(slot, res);
+        }
+    }
+
+    fn start_pending(&mut self) {
+        while self.ops.len() < self.cfg.queue_depth {
+            let Some((token, op)) = self.pending.pop_front() else {
+                break;
+            };
+            if let Err(errno) = self.start(token, op) {
+                self.complete(token, Err(errno));
+            }
+        }
+    }
+
+    /// Offset and length aligned, `[offset, offset + len)` inside the data
+    /// area.
+    fn check_range(&self, offset: u64, len: u64) -> Result<(), i32> {
+        let align = u64::from(self.cfg.align);
+        let end = offset.checked_add(len).ok_or(libc::EINVAL)?;
+        if offset % align != 0 || len % align != 0 || end > self.cfg.data_bytes {
+            return Err(libc::EINVAL);
+        }
+        Ok(())
+    }
+
+    /// Starts `op`, or returns the errno to answer it with right away.
+    fn start(&mut self, token: u64, op: DiskOp) -> Result<(), i32> {
+        let (state, buf) = match op {
+            DiskOp::Read { offset, len } => {
+                self.check_range(offset, u64::from(len))?;
+                if len > MAX_IO_BYTES {
+                    return Err(libc::EINVAL);
+                }
+                if len == 0 {
+                    self.complete(token, Ok(Some(Bytes::new())));
+                    return Ok(());
+                }
+                let len = len as usize;
+                let buf = AlignedBuf::zeroed(len).map_err(|_| libc::EINVAL)?;
+                let state = State::Read {
+                    offset,
+                    len,
+                    done: 0,
+                };
+                (state, IoBuf::Aligned(buf))
+            }
+            DiskOp::Write { offset, data, fua } => {
+                self.check_range(offset, data.len() as u64)?;
+                if data.len() > MAX_IO_BYTES as usize {
+                    return Err(libc::EINVAL);
+                }
+                if data.is_empty() {
+                    self.complete(token, Ok(None));
+                    return Ok(());
+                }
+                let len = data.len();
+                // O_DIRECT needs an aligned buffer; buffered I/O does not.
+                let buf = if self.cfg.direct && !is_aligned(&data) {
+                    IoBuf::Aligned(AlignedBuf::copy_from(&data).map_err(|_| libc::EINVAL)?)
+                } else {
+                    IoBuf::Shared(data)
+                };
+                let state = State::Write {
+                    offset,
+                    len,
+                    done: 0,
+                    fua,
+                };
+                (state, buf)
+            }
+            DiskOp::Flush => (State::Flush, IoBuf::None),
+            DiskOp::Trim { offset, len } | DiskOp::WriteZeroes { offset, len } => {
+                self.check_range(offset, len)?;
+                if len == 0 {
+                    self.complete(token, Ok(None));
+                    return Ok(());
+                }
+                let discard = matches!(op, DiskOp::Trim { .. });
+                let state = match self.cfg.kind {
+                    BackingKind::BlockDevice => State::Blk {
+                        offset,
+                        len,
+                        discard,
+                    },
+                    BackingKind::RegularFile => State::Fallocate {
+                        offset,
+                        len,
+                        mode: if discard { PUNCH_HOLE } else { ZERO_RANGE },
+                    },
+                };
+                (state, IoBuf::None)
+            }
+        };
+        let slot = self.ops.insert(Op {
+            token,
+            retries: 0,
+            state,
+        });
+        self.issue(slot, buf);
+        Ok(())
+    }
+
+    fn zeroes(&mut self) -> Result<Bytes, i32> {
+        if let Some(z) = &self.zeroes {
+            return Ok(z.clone());
+        }
+        let z = AlignedBuf::zeroed(ZERO_CHUNK)
+            .map_err(|_| libc::ENOMEM)?
+            .into_bytes();
+        self.zeroes = Some(z.clone());
+        Ok(z)
+    }
+
+    /// Puts the next SQE (or helper job) of the op in `slot` in flight;
+    /// `buf` is its buffer for reads and writes.
+    fn issue(&mut self, slot: usize, buf: IoBuf) {
+        let chunk = self.cfg.max_chunk;
+        let Some(state) = self.ops.get_mut(slot).map(|op| op.state) else {
+            return;
+        };
+        let sqe = match state {
+            State::Read { offset, len, done } => {
+                let IoBuf::Aligned(buf) = buf else {
+                    return self.finish(slot, Err(libc::EIO));
+                };
+                Sqe::Read {
+                    buf,
+                    pos: done,
+                    len: (len - done).min(chunk),
+                    offset: offset + done as u64,
+                }
+            }
+            State::Write {
+                offset,
+                len,
+                done,
+                fua,
+            } => Sqe::Write {
+                buf,
+                pos: done,
+                len: (len - done).min(chunk),
+                offset: offset + done as u64,
+                dsync: fua,
+            },
+            State::Flush => Sqe::Fsync { datasync: true },
+            State::Fallocate { offset, len, mode } => Sqe::Fallocate { offset, len, mode },
+            State::ZeroFill { offset, len, done } => {
+                let zeroes = match self.zeroes() {
+                    Ok(z) => z,
+                    Err(errno) => return self.finish(slot, Err(errno)),
+                };
+                let n = usize::try_from(len - done)
+                    .unwrap_or(usize::MAX)
+                    .min(ZERO_CHUNK)
+                    .min(chunk);
+                Sqe::Write {
+                    buf: IoBuf::Shared(zeroes),
+                    pos: 0,
+                    len: n,
+                    offset: offset + done,
+                    dsync: false,
+                }
+            }
+            State::Blk {
+                offset,
+                len,
+                discard,
+            } => {
+                let sent = self.blk.as_ref().is_some_and(|blk| {
+                    blk.tx
+                        .send(BlkJob {
+                            slot,
+                            discard,
+                            offset,
+                            len,
+                        })
+                        .is_ok()
+                });
+                if !sent {
+                    self.finish(slot, Err(libc::EIO));
+                }
+                return;
+            }
+        };
+        let pushed = match self.ring.as_mut() {
+            Some(ring) => ring.push(slot as u64, sqe),
+            None => Err(libc::EIO),
+        };
+        if let Err(errno) = pushed {
+            self.finish(slot, Err(errno));
+        }
+    }
+
+    fn on_cqe(&mut self, c: Completion) {
+        let Ok(slot) = usize::try_from(c.tag) else {
+            return;
+        };
+        let Some(op) = self.ops.get_mut(slot) else {
+            tracing::error!(tag = c.tag, "completion for an op not in flight");
+            return;
+        };
+        let is_file = self.cfg.kind == BackingKind::RegularFile;
+        let step_for = |total: usize, done: usize| step(total, done, c.res);
+        match &mut op.state {
+            State::Read { len, done, .. } => match step_for(*len, *done) {
+                Step::Done => match c.buf {
+                    IoBuf::Aligned(buf) => self.finish(slot, Ok(Some(buf.into_bytes()))),
+                    _ => self.finish(slot, Err(libc::EIO)),
+                },
+                Step::More(now) => {
+                    *done = now;
+                    op.retries = 0;
+                    self.issue(slot, c.buf);
+                }
+                // End of file inside the data area. A regular file may be
+                // sparse or shorter than the data area: what was never
+                // written reads as zeroes. A block device ending early means
+                // it shrank under us: that is an I/O error.
+                Step::Eof if is_file => {
+                    let from = *done;
+                    match c.buf {
+                        IoBuf::Aligned(mut buf) => {
+                            if let Some(rest) = buf.as_mut_slice().get_mut(from..) {
+                                rest.fill(0);
+                            }
+                            self.finish(slot, Ok(Some(buf.into_bytes())));
+                        }
+                        _ => self.finish(slot, Err(libc::EIO)),
+                    }
+                }
+                Step::Eof => self.finish(slot, Err(libc::EIO)),
+                Step::Retry(errno) => self.retry(slot, errno, c.buf),
+                Step::Fail(errno) => self.finish(slot, Err(errno)),
+            },
+            State::Write { len, done, .. } => match step_for(*len, *done) {
+                Step::Done => self.finish(slot, Ok(None)),
+                Step::More(now) => {
+                    *done = now;
+                    op.retries = 0;
+                    self.issue(slot, c.buf);
+                }
+                // A write that makes no progress: retry a few times.
+                Step::Eof => self.retry(slot, libc::EIO, c.buf),
+                Step::Retry(errno) => self.retry(slot, errno, c.buf),
+                Step::Fail(errno) => self.finish(slot, Err(errno)),
+            },
+            State::ZeroFill { len, done, .. } => {
+                let chunk_len = match &c.buf {
+                    IoBuf::Shared(_) => usize::try_from(*len - *done)
+                        .unwrap_or(usize::MAX)
+                        .min(ZERO_CHUNK)
+                        .min(self.cfg.max_chunk),
+                    _ => 0,
+                };
+                match step(chunk_len, 0, c.res) {
+                    Step::Done | Step::More(_) => {
+                        *done += c.res as u64;
+                        op.retries = 0;
+                        if *done >= *len {
+                            self.finish(slot, Ok(None));
+                        } else {
+                            self.issue(slot, IoBuf::None);
+                        }
+                    }
+                    Step::Eof => self.retry(slot, libc::EIO, IoBuf::None),
+                    Step::Retry(errno) => self.retry(slot, errno, IoBuf::None),
+                    Step::Fail(errno) => self.finish(slot, Err(errno)),
+                }
+            }
+            State::Flush => match c.res {
+                r if r >= 0 => self.finish(slot, Ok(None)),
+                r if r == -libc::EINTR || r == -libc::EAGAIN => {
+                    self.retry(slot, r.saturating_neg(), IoBuf::None)
+                }
+                r => self.finish(slot, Err(r.saturating_neg())),
+            },
+            State::Fallocate { offset, len, mode } => match c.res {
+                r if r >= 0 => self.finish(slot, Ok(None)),
+                r if r == -libc::EINTR || r == -libc::EAGAIN => {
+                    self.retry(slot, r.saturating_neg(), IoBuf::None)
+                }
+                // The filesystem cannot punch holes: zero the range, which
+                // keeps "reads give zeroes" (and the replicas identical).
+                r if r == -libc::EOPNOTSUPP && *mode == PUNCH_HOLE => {
+                    *mode = ZERO_RANGE;
+                    self.issue(slot, IoBuf::None);
+                }
+                // Nor zero ranges: write the zeroes.
+                r if r == -libc::EOPNOTSUPP && *mode == ZERO_RANGE => {
+                    op.state = State::ZeroFill {
+                        offset: *offset,
+                        len: *len,
+                        done: 0,
+                    };
+                    self.issue(slot, IoBuf::None);
+                }
+                r => self.finish(slot, Err(r.saturating_neg())),
+            },
+            State::Blk { .. } => {
+                tracing::error!(slot, "io_uring completion for a helper-thread op");
+            }
+        }
+    }
+
+    fn on_blk_done(&mut self, slot: usize, res: Result<(), i32>) {
+        let Some(op) = self.ops.get_mut(slot) else {
+            tracing::error!(slot, "helper completion for an op not in flight");
+            return;
+        };
+        let State::Blk {
+            offset,
+            len,
+            discard,
+        } = op.state
+        else {
+            tracing::error!(slot, "helper completion for a ring op");
+            return;
+        };
+        match res {
+            Ok(()) => self.finish(slot, Ok(None)),
+            // Discard is advisory: a device without it simply keeps the data.
+            Err(libc::EOPNOTSUPP) if discard => {
+                if !self.warned_no_discard {
+                    self.warned_no_discard = true;
+                    tracing::warn!(
+                        "the backing device does not support discard; trims are ignored"
+                    );
+                }
+                self.finish(slot, Ok(None));
+            }
+            Err(libc::EOPNOTSUPP | libc::ENOTTY) if !discard => {
+                op.state = State::ZeroFill {
+                    offset,
+                    len,
+                    done: 0,
+                };
+                self.issue(slot, IoBuf::None);
+            }
+            Err(errno) => self.finish(slot, Err(errno)),
+        }
+    }
+
+    fn retry(&mut self, slot: usize, errno: i32, buf: IoBuf) {
+        let Some(op) = self.ops.get_mut(slot) else {
+            return;
+        };
+        op.retries += 1;
+        if op.retries > MAX_RETRIES {
+            self.finish(slot, Err(errno));
+        } else {
+            self.issue(slot, buf);
+        }
+    }
+
+    fn finish(&mut self, slot: usize, res: IoResult) {
+        if let Some(op) = self.ops.remove(slot) {
+            self.complete(op.token, res);
+        }
+    }
+
+    fn complete(&mut self, token: u64, res: IoResult) {
+        // Not in flight any more once answered: whoever sees the answer
+        // sees the counter without it.
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let cb = &self.on_complete;
+        if std::panic::catch_unwind(AssertUnwindSafe(|| cb(token, res))).is_err() {
+            tracing::error!(token, "the disk completion callback panicked");
+        }
+    }
+}
+
+#[cfg(test)]
+mod step_tests {
+    use super::*;
+
+    #[test]
+    fn full_transfer_is_done() {
+        assert_eq!(step(4096, 0, 4096), Step::Done);
+        assert_eq!(step(8192, 4096, 4096), Step::Done);
+    }
+
+    #[test]
+    fn short_transfer_asks_for_the_remainder() {
+        assert_eq!(step(8192, 0, 512), Step::More(512));
+        assert_eq!(step(8192, 512, 4096), Step::More(4608));
+        // A sequence of short results accumulates to exactly the total.
+        let mut done = 0;
+        let mut steps = 0;
+        for res in [512, 1024, 3584, 3072] {
+            steps += 1;
+            match step(8192, done, res) {
+                Step::More(now) => done = now,
+                Step::Done => {
+                    done = 8192;
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!((done, steps), (8192, 4));
+    }
+
+    #[test]
+    fn zero_is_eof_and_errors_are_classified() {
+        assert_eq!(step(4096, 0, 0), Step::Eof);
+        assert_eq!(step(4096, 512, 0), Step::Eof);
+        assert_eq!(step(4096, 0, -libc::EINTR), Step::Retry(libc::EINTR));
+        assert_eq!(step(4096, 0, -libc::EAGAIN), Step::Retry(libc::EAGAIN));
+        assert_eq!(step(4096, 0, -libc::EIO), Step::Fail(libc::EIO));
+        assert_eq!(step(4096, 0, -libc::ENOSPC), Step::Fail(libc::ENOSPC));
+    }
+
+    #[test]
+    fn overlong_result_is_an_error() {
+        assert_eq!(step(4096, 0, 8192), Step::Fail(libc::EIO));
+        assert_eq!(step(4096, 4000, 512), Step::Fail(libc::EIO));
+    }
+}

@@ -1,0 +1,74 @@
+//! The metadata writer: one thread, one queue, so metadata writes land in the
+//! order the state machine issued them (it relies on that: an Inconsistent
+//! superblock before the bitmap of a starting resync).
+
+use std::sync::mpsc::{self, Sender};
+use std::thread::JoinHandle;
+
+use replication_proto::gen::Generations;
+use replication_proto::meta::MetaFlags;
+
+use super::Input;
+use crate::md::MetaDevice;
+
+pub(crate) enum MetaOp {
+    Super { gens: Generations, flags: MetaFlags },
+    Al { seq: u64, extents: Vec<u32> },
+    Bitmap { first_word: u64, words: Vec<u64> },
+}
+
+pub(crate) struct MetaWriter {
+    tx: Option<Sender<(u64, MetaOp)>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+const EIO: i32 = 5;
+
+impl MetaWriter {
+    pub(crate) fn start(mut md: MetaDevice, done: Sender<Input>) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<(u64, MetaOp)>();
+        let span = tracing::Span::current();
+        let thread = std::thread::Builder::new()
+            .name("repd-meta".into())
+            .spawn(move || {
+                let _g = span.enter();
+                for (token, op) in rx {
+                    let r = match op {
+                        MetaOp::Super { gens, flags } => {
+                            let mut sb = md.superblock().clone();
+                            sb.generations = gens;
+                            sb.flags = flags;
+                            md.write_superblock(&mut sb)
+                        }
+                        MetaOp::Al { seq, extents } => md.write_al(seq, &extents),
+                        MetaOp::Bitmap { first_word, words } => {
+                            md.write_bitmap_words(first_word, &words)
+                        }
+                    };
+                    let result = r.map_err(|e| {
+                        tracing::error!("metadata write failed: {e}");
+                        EIO
+                    });
+                    let _ = done.send(Input::MetaDone { token, result });
+                }
+            })?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    pub(crate) fn submit(&self, token: u64, op: MetaOp) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send((token, op));
+        }
+    }
+
+    /// Finish the queued writes and stop.
+    pub(crate) fn stop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

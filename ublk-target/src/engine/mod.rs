@@ -1,0 +1,657 @@
+//! The node daemon's engine: one thread owns the replication state machine
+//! and carries out its actions. Everything else (the local disk ring, the
+//! metadata writer, the peer socket readers, the frontends, the control
+//! socket) talks to it through one channel, so the state machine needs no
+//! locks and sees events in one order.
+
+mod convert;
+mod meta;
+mod peer;
+mod progress;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use replication_proto::machine::{Action, Admin, Event, Node, Payload, Status};
+use replication_proto::wire::{DiskState, Message, Role};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::disk::{DiskHandle, DiskOp, DiskOptions, LocalDisk};
+use crate::frontend::{BlockBackend, IoRequest, IoResult, Reply};
+use crate::md::{MdError, MetaDevice, MetaLocation};
+
+pub use convert::node_config;
+pub use progress::SyncProgress;
+
+/// Everything the engine thread reacts to.
+pub(crate) enum Input {
+    App {
+        req: IoRequest,
+        reply: Reply,
+    },
+    DiskDone {
+        token: u64,
+        result: IoResult,
+    },
+    MetaDone {
+        token: u64,
+        result: Result<(), i32>,
+    },
+    PeerStream {
+        stream: std::net::TcpStream,
+        outbound: bool,
+    },
+    PeerFrame {
+        conn: u64,
+        msg: Message,
+    },
+    PeerDown {
+        conn: u64,
+        why: String,
+    },
+    Control {
+        cmd: ControlCmd,
+        reply: Sender<ControlReply>,
+    },
+}
+
+/// A command from `repctl` over the control socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum ControlCmd {
+    Status,
+    Primary { force: bool },
+    Secondary,
+    Connect { discard_my_data: bool },
+    Disconnect,
+    Invalidate,
+    InvalidateRemote,
+    Verify { repair: bool },
+    Down,
+}
+
+/// The answer to a [`ControlCmd`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControlReply {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub status: Option<NodeStatus>,
+}
+
+/// What `repctl status --json` prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub resource: String,
+    pub node: String,
+    pub peer: String,
+    pub role: Role,
+    pub peer_role: Option<Role>,
+    pub connection: String,
+    pub disk: DiskState,
+    pub peer_disk: DiskState,
+    pub protocol: String,
+    pub out_of_sync_bytes: u64,
+    pub split_brain: bool,
+    pub last_error: Option<String>,
+    pub sync: Option<SyncProgress>,
+    pub generations: GenerationsHex,
+    pub data_bytes: u64,
+    /// /proc/drbd-style counters.
+    pub counters: Counters,
+    pub stats: StatsOut,
+    pub nbd: Option<String>,
+    pub nbd_clients: usize,
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationsHex {
+    pub current: String,
+    pub bitmap: String,
+    pub history: [String; 2],
+}
+
+/// The counters of /proc/drbd, named as there (KiB where DRBD uses KiB).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub ns: u64,
+    pub nr: u64,
+    pub dw: u64,
+    pub dr: u64,
+    pub al: u64,
+    pub bm: u64,
+    pub lo: u64,
+    pub pe: u64,
+    pub ua: u64,
+    pub ap: u64,
+    pub oos: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsOut {
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+    pub resync_sent_bytes: u64,
+    pub resync_received_bytes: u64,
+    pub written_bytes: u64,
+    pub read_bytes: u64,
+    pub verified_bytes: u64,
+    pub verify_out_of_sync_bytes: u64,
+}
+
+/// State shared with the frontends without a round trip to the engine.
+#[derive(Debug, Default)]
+struct Shared {
+    primary: AtomicBool,
+    data_bytes: AtomicU64,
+    nbd_clients: AtomicU64,
+}
+
+/// A handle the frontends and the control socket use.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: Sender<Input>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for EngineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineHandle").finish_non_exhaustive()
+    }
+}
+
+impl EngineHandle {
+    /// Send a control command and wait for the answer.
+    pub fn control(&self, cmd: ControlCmd) -> Option<ControlReply> {
+        let (tx, rx) = mpsc::channel();
+        self.tx.send(Input::Control { cmd, reply: tx }).ok()?;
+        rx.recv().ok()
+    }
+
+    /// How many NBD clients are connected (the NBD server reports it).
+    pub fn set_nbd_clients(&self, n: usize) {
+        self.shared.nbd_clients.store(n as u64, Ordering::Relaxed);
+    }
+}
+
+impl BlockBackend for EngineHandle {
+    fn size_bytes(&self) -> u64 {
+        self.shared.data_bytes.load(Ordering::Relaxed)
+    }
+    fn writable(&self) -> bool {
+        self.shared.primary.load(Ordering::Acquire)
+    }
+    fn submit(&self, req: IoRequest, reply: Reply) {
+        if let Err(mpsc::SendError(Input::App { reply, .. })) =
+            self.tx.send(Input::App { req, reply })
+        {
+            // The engine is gone (shutting down): nothing will write this.
+            reply(Err(libc_errno::EIO));
+        }
+    }
+}
+
+mod libc_errno {
+    pub const EIO: i32 = 5;
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Meta(#[from] MdError),
+    #[error("{0}")]
+    Disk(#[from] crate::disk::DiskError),
+    #[error("{0}")]
+    Settings(String),
+    #[error("cannot listen for the peer on {addr}: {source} (is another repd running for this resource, or is the address not local?)")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Options the daemon is started with.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Open the backing disk with O_DIRECT.
+    pub direct: bool,
+    /// Connect to the peer right away (like `drbdadm up`).
+    pub connect: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            direct: true,
+            connect: true,
+        }
+    }
+}
+
+/// A running engine: its handle and the thread to join.
+#[derive(Debug)]
+pub struct Engine {
+    pub handle: EngineHandle,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+struct Runner {
+    node: Node,
+    start: Instant,
+    rx: Receiver<Input>,
+    shared: Arc<Shared>,
+    disk: DiskHandle,
+    meta: meta::MetaWriter,
+    peer: peer::Transport,
+    replies: HashMap<u64, Reply>,
+    next_app: u64,
+    progress: progress::Tracker,
+    peer_name: String,
+    nbd_addr: Option<String>,
+    down_waiters: Vec<Sender<ControlReply>>,
+    span: tracing::Span,
+}
+
+/// Start the engine for the local node of `cfg`.
+pub fn start(
+    cfg: &Config,
+    node_name: Option<&str>,
+    opts: &EngineOptions,
+) -> Result<Engine, StartError> {
+    let (me, peer_node) = cfg.local(node_name)?;
+    cfg.check_local_disk(me)?;
+    let (me, peer_node) = (me.clone(), peer_node.clone());
+    let span = tracing::info_span!("repd", resource = %cfg.resource.name, node = %me.name);
+    let _g = span.enter();
+
+    let location = MetaLocation::of(&me);
+    let mut md = MetaDevice::open(&location, &cfg.resource.name, &me.name)?;
+    let al = md.read_al()?;
+    let (bitmap, bad_pages) = md.read_bitmap()?;
+    if bad_pages > 0 {
+        tracing::warn!(
+            bad_pages,
+            "bitmap pages failed their checksum and count as all dirty"
+        );
+    }
+    let sb = md.superblock().clone();
+    let data_bytes = sb.layout.data_bytes;
+    let ncfg = node_config(cfg, &me, &peer_node, data_bytes).map_err(StartError::Settings)?;
+    let persisted = replication_proto::machine::Persisted {
+        gens: sb.generations,
+        flags: sb.flags,
+        bitmap,
+        al_seq: al.seq,
+        al_extents: al.extents,
+    };
+
+    let (tx, rx) = mpsc::channel::<Input>();
+    let disk = LocalDisk::open(
+        &me.disk,
+        data_bytes,
+        DiskOptions {
+            direct: opts.direct,
+            ..DiskOptions::default()
+        },
+    )?;
+    if opts.direct && !disk.is_direct() {
+        tracing::warn!(disk = %me.disk.display(), "O_DIRECT refused by the filesystem; using buffered I/O (flushes still make writes durable)");
+    }
+    let dtx = tx.clone();
+    let disk = disk.start(move |token, result| {
+        let _ = dtx.send(Input::DiskDone { token, result });
+    })?;
+    let meta = meta::MetaWriter::start(md, tx.clone()).map_err(StartError::Thread)?;
+    let peer = peer::Transport::start(&me, &peer_node, tx.clone())?;
+
+    let shared = Arc::new(Shared::default());
+    shared.data_bytes.store(data_bytes, Ordering::Relaxed);
+    let seed: u64 = rand::random();
+    let node = Node::new(ncfg, persisted, 0, seed);
+    let handle = EngineHandle {
+        tx: tx.clone(),
+        shared: shared.clone(),
+    };
+    let mut runner = Runner {
+        node,
+        start: Instant::now(),
+        rx,
+        shared,
+        disk,
+        meta,
+        peer,
+        replies: HashMap::new(),
+        next_app: 1,
+        progress: progress::Tracker::default(),
+        peer_name: peer_node.name.clone(),
+        nbd_addr: me.nbd.map(|a| a.to_string()),
+        down_waiters: Vec::new(),
+        span: span.clone(),
+    };
+    if opts.connect {
+        let now = runner.now();
+        if let Err(e) = runner.node.admin(
+            now,
+            Admin::Connect {
+                discard_my_data: false,
+            },
+        ) {
+            tracing::warn!("connect at start: {e}");
+        }
+    }
+    drop(_g);
+    let thread = std::thread::Builder::new()
+        .name("repd-engine".into())
+        .spawn(move || runner.run())
+        .map_err(StartError::Thread)?;
+    Ok(Engine { handle, thread })
+}
+
+impl Runner {
+    fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn run(mut self) {
+        let span = self.span.clone();
+        let _g = span.enter();
+        tracing::info!("engine running");
+        self.drain();
+        loop {
+            let timeout = self
+                .node
+                .poll_timeout()
+                .map(|t| Duration::from_millis(t.saturating_sub(self.now())))
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_millis(200));
+            match self.rx.recv_timeout(timeout) {
+                Ok(input) => {
+                    self.input(input);
+                    // Take everything already queued before acting on timers.
+                    while let Ok(more) = self.rx.try_recv() {
+                        self.input(more);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let now = self.now();
+            self.node.handle(now, Event::Tick);
+            self.drain();
+            if self.node.is_down() {
+                break;
+            }
+        }
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        tracing::info!("engine stopping");
+        self.peer.close();
+        self.peer.stop();
+        // Let the metadata writes the shutdown produced land.
+        self.meta.stop();
+        self.disk.shutdown();
+        for (_, r) in self.replies.drain() {
+            r(Err(libc_errno::EIO));
+        }
+        let st = self.status();
+        for w in self.down_waiters.drain(..) {
+            let _ = w.send(ControlReply {
+                ok: true,
+                error: None,
+                status: Some(st.clone()),
+            });
+        }
+    }
+
+    fn input(&mut self, input: Input) {
+        let now = self.now();
+        match input {
+            Input::App { req, reply } => {
+                let id = self.next_app;
+                self.next_app += 1;
+                self.replies.insert(id, reply);
+                let ev = match req {
+                    IoRequest::Read { offset, len } => Event::AppRead { id, offset, len },
+                    IoRequest::Write { offset, data, fua } => {
+                        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+                        Event::AppWrite {
+                            id,
+                            offset,
+                            payload: Payload::Data(data),
+                            len,
+                            fua,
+                        }
+                    }
+                    IoRequest::Flush => Event::AppFlush { id },
+                    IoRequest::Trim { offset, len } => Event::AppWrite {
+                        id,
+                        offset,
+                        payload: Payload::Trim,
+                        len,
+                        fua: false,
+                    },
+                    IoRequest::WriteZeroes { offset, len, fua } => Event::AppWrite {
+                        id,
+                        offset,
+                        payload: Payload::Zeroes,
+                        len,
+                        fua,
+                    },
+                };
+                self.node.handle(now, ev);
+            }
+            Input::DiskDone { token, result } => {
+                self.node.handle(now, Event::LocalDone { token, result })
+            }
+            Input::MetaDone { token, result } => {
+                self.node.handle(now, Event::MetaDone { token, result })
+            }
+            Input::PeerStream { stream, outbound } => {
+                if self.peer.adopt(stream, outbound) {
+                    self.node.handle(now, Event::TransportUp);
+                }
+            }
+            Input::PeerFrame { conn, msg } => {
+                if self.peer.is_current(conn) {
+                    self.node.handle(now, Event::Frame(msg));
+                }
+            }
+            Input::PeerDown { conn, why } => {
+                if self.peer.is_current(conn) {
+                    tracing::info!("peer connection down: {why}");
+                    self.peer.close();
+                    self.node.handle(now, Event::TransportDown);
+                }
+            }
+            Input::Control { cmd, reply } => self.control(cmd, reply),
+        }
+        self.drain();
+    }
+
+    fn control(&mut self, cmd: ControlCmd, reply: Sender<ControlReply>) {
+        let now = self.now();
+        let admin = match &cmd {
+            ControlCmd::Status => None,
+            ControlCmd::Primary { force } => Some(Admin::Primary { force: *force }),
+            ControlCmd::Secondary => {
+                let clients = self.shared.nbd_clients.load(Ordering::Relaxed);
+                if clients > 0 {
+                    let st = self.status();
+                    let _ = reply.send(ControlReply {
+                        ok: false,
+                        error: Some(format!(
+                            "the device is in use: {clients} NBD client(s) connected; disconnect them first"
+                        )),
+                        status: Some(st),
+                    });
+                    return;
+                }
+                Some(Admin::Secondary)
+            }
+            ControlCmd::Connect { discard_my_data } => Some(Admin::Connect {
+                discard_my_data: *discard_my_data,
+            }),
+            ControlCmd::Disconnect => Some(Admin::Disconnect),
+            ControlCmd::Invalidate => Some(Admin::Invalidate),
+            ControlCmd::InvalidateRemote => Some(Admin::InvalidateRemote),
+            ControlCmd::Verify { repair } => Some(Admin::Verify { repair: *repair }),
+            ControlCmd::Down => Some(Admin::Down),
+        };
+        let result = match admin {
+            None => Ok(()),
+            Some(a) => {
+                tracing::info!(command = ?a, "admin");
+                self.node.admin(now, a).map_err(|e| e.to_string())
+            }
+        };
+        self.drain();
+        if result.is_ok() && cmd == ControlCmd::Down {
+            // Answered when the orderly shutdown finished.
+            self.down_waiters.push(reply);
+            return;
+        }
+        let st = self.status();
+        let _ = reply.send(ControlReply {
+            ok: result.is_ok(),
+            error: result.err(),
+            status: Some(st),
+        });
+    }
+
+    fn drain(&mut self) {
+        while let Some(a) = self.node.poll_action() {
+            self.act(a);
+        }
+        let primary = self.node.role() == Role::Primary;
+        self.shared.primary.store(primary, Ordering::Release);
+        let now = self.now();
+        let st = self.node.status();
+        self.progress.observe(now, &st);
+    }
+
+    fn act(&mut self, a: Action) {
+        match a {
+            Action::Connect => self.peer.set_wanted(true),
+            Action::CloseConnection => {
+                self.peer.set_wanted(false);
+                self.peer.close();
+            }
+            Action::Send(m) => self.peer.send(m),
+            Action::LocalRead { token, offset, len } => {
+                self.disk.submit(token, DiskOp::Read { offset, len })
+            }
+            Action::LocalWrite {
+                token,
+                offset,
+                len,
+                payload,
+                fua,
+            } => {
+                let op = match payload {
+                    Payload::Data(data) => DiskOp::Write { offset, data, fua },
+                    Payload::Trim => DiskOp::Trim {
+                        offset,
+                        len: u64::from(len),
+                    },
+                    Payload::Zeroes => DiskOp::WriteZeroes {
+                        offset,
+                        len: u64::from(len),
+                    },
+                };
+                self.disk.submit(token, op);
+            }
+            Action::LocalFlush { token } => self.disk.submit(token, DiskOp::Flush),
+            Action::WriteSuper { token, gens, flags } => {
+                self.meta.submit(token, meta::MetaOp::Super { gens, flags })
+            }
+            Action::WriteAl {
+                token,
+                seq,
+                extents,
+            } => self.meta.submit(token, meta::MetaOp::Al { seq, extents }),
+            Action::WriteBitmap {
+                token,
+                first_word,
+                words,
+            } => {
+                self.meta
+                    .submit(token, meta::MetaOp::Bitmap { first_word, words });
+            }
+            Action::Complete { id, result } => {
+                if let Some(r) = self.replies.remove(&id) {
+                    r(result);
+                }
+            }
+            Action::Hook(h) => tracing::warn!(hook = ?h, "handler"),
+        }
+    }
+
+    fn status(&self) -> NodeStatus {
+        let st: Status = self.node.status();
+        let g = st.gens;
+        let hex = |x: u64| format!("{x:016X}");
+        let cfg = self.node.config();
+        NodeStatus {
+            resource: st.resource.clone(),
+            node: st.node.clone(),
+            peer: self.peer_name.clone(),
+            role: st.role,
+            peer_role: st.peer_role,
+            connection: format!("{:?}", st.connection),
+            disk: st.disk,
+            peer_disk: st.peer_disk,
+            protocol: format!("{:?}", cfg.protocol),
+            out_of_sync_bytes: st.out_of_sync_bytes,
+            split_brain: st.split_brain,
+            last_error: st.last_error.clone(),
+            sync: self.progress.current(),
+            generations: GenerationsHex {
+                current: hex(g.current),
+                bitmap: hex(g.bitmap),
+                history: [hex(g.history[0]), hex(g.history[1])],
+            },
+            data_bytes: cfg.data_bytes,
+            counters: Counters {
+                ns: st.stats.sent_bytes / 1024,
+                nr: st.stats.received_bytes / 1024,
+                dw: st.stats.written_bytes / 1024,
+                dr: st.stats.read_bytes / 1024,
+                al: st.stats.al_writes,
+                bm: st.stats.bm_writes,
+                lo: st.local_pending,
+                pe: st.peer_pending,
+                ua: st.unacked,
+                ap: st.app_pending,
+                oos: st.out_of_sync_bytes / 1024,
+            },
+            stats: StatsOut {
+                sent_bytes: st.stats.sent_bytes,
+                received_bytes: st.stats.received_bytes,
+                resync_sent_bytes: st.stats.resync_sent_bytes,
+                resync_received_bytes: st.stats.resync_received_bytes,
+                written_bytes: st.stats.written_bytes,
+                read_bytes: st.stats.read_bytes,
+                verified_bytes: st.stats.verified_bytes,
+                verify_out_of_sync_bytes: st.stats.verify_out_of_sync_bytes,
+            },
+            nbd: self.nbd_addr.clone(),
+            nbd_clients: usize::try_from(self.shared.nbd_clients.load(Ordering::Relaxed))
+                .unwrap_or(0),
+            pid: std::process::id(),
+        }
+    }
+}

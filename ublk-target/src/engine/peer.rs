@@ -1,0 +1,264 @@
+//! The peer connection: one TCP stream at a time, a reader and a writer
+//! thread per stream.
+//!
+//! Both nodes listen on their address; only the node whose name sorts first
+//! dials, so two simultaneous connections never race (DRBD keeps two sockets
+//! and resolves the race; one dialer is simpler and loses nothing for two
+//! nodes). The state machine authenticates whatever connects.
+
+use std::io::{BufWriter, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use replication_proto::wire::codec::{encode_vectored, FrameDecoder};
+use replication_proto::wire::Message;
+
+use super::{Input, StartError};
+use crate::config::Node;
+
+struct Conn {
+    id: u64,
+    writer: Sender<Message>,
+    stream: TcpStream,
+}
+
+pub(crate) struct Transport {
+    tx: Sender<Input>,
+    want: Arc<AtomicBool>,
+    has_conn: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    current: Option<Conn>,
+    next_id: u64,
+    listen: SocketAddr,
+}
+
+impl Transport {
+    pub(crate) fn start(me: &Node, peer: &Node, tx: Sender<Input>) -> Result<Self, StartError> {
+        let listener = TcpListener::bind(me.address).map_err(|source| StartError::Listen {
+            addr: me.address,
+            source,
+        })?;
+        let want = Arc::new(AtomicBool::new(false));
+        let has_conn = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let dialer = me.name < peer.name;
+        let span = tracing::Span::current();
+        {
+            let (tx, stop, span) = (tx.clone(), stop.clone(), span.clone());
+            std::thread::Builder::new()
+                .name("repd-listen".into())
+                .spawn(move || {
+                    let _g = span.enter();
+                    for s in listener.incoming() {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        match s {
+                            Ok(stream) => {
+                                if dialer {
+                                    // The peer dials us only with a config that
+                                    // disagrees about the names; refuse.
+                                    tracing::warn!(from = ?stream.peer_addr().ok(), "inbound connection refused: this node dials its peer");
+                                    continue;
+                                }
+                                let _ = tx.send(Input::PeerStream { stream, outbound: false });
+                            }
+                            Err(e) => {
+                                tracing::warn!("accept failed: {e}");
+                                std::thread::sleep(Duration::from_millis(100));
+                            }
+                        }
+                    }
+                })
+                .map_err(StartError::Thread)?;
+        }
+        if dialer {
+            let (tx, stop, want, has_conn) =
+                (tx.clone(), stop.clone(), want.clone(), has_conn.clone());
+            let addr = peer.address;
+            std::thread::Builder::new()
+                .name("repd-dial".into())
+                .spawn(move || {
+                    let _g = span.enter();
+                    let mut logged = false;
+                    while !stop.load(Ordering::Relaxed) {
+                        if want.load(Ordering::Relaxed) && !has_conn.load(Ordering::Relaxed) {
+                            match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                                Ok(stream) => {
+                                    has_conn.store(true, Ordering::Relaxed);
+                                    logged = false;
+                                    let _ = tx.send(Input::PeerStream { stream, outbound: true });
+                                }
+                                Err(e) => {
+                                    if !logged {
+                                        tracing::info!(%addr, "peer not reachable yet: {e}; retrying");
+                                        logged = true;
+                                    }
+                                }
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                })
+                .map_err(StartError::Thread)?;
+        }
+        Ok(Self {
+            tx,
+            want,
+            has_conn,
+            stop,
+            current: None,
+            next_id: 1,
+            listen: me.address,
+        })
+    }
+
+    pub(crate) fn set_wanted(&mut self, w: bool) {
+        self.want.store(w, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_current(&self, id: u64) -> bool {
+        self.current.as_ref().is_some_and(|c| c.id == id)
+    }
+
+    /// A stream arrived (dialed or accepted). Returns true when it is now the
+    /// connection.
+    pub(crate) fn adopt(&mut self, stream: TcpStream, outbound: bool) -> bool {
+        if !self.want.load(Ordering::Relaxed) || self.current.is_some() {
+            let _ = stream.shutdown(Shutdown::Both);
+            if outbound {
+                self.has_conn
+                    .store(self.current.is_some(), Ordering::Relaxed);
+            }
+            return false;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let span = tracing::info_span!("peer", conn = id, %peer);
+        tracing::info!(parent: &span, outbound, "connection established");
+        let _ = stream.set_nodelay(true);
+        let (Ok(rd), Ok(wr)) = (stream.try_clone(), stream.try_clone()) else {
+            return false;
+        };
+        let (wtx, wrx) = mpsc::channel::<Message>();
+        let tx = self.tx.clone();
+        let rspan = span.clone();
+        let spawned_r = std::thread::Builder::new()
+            .name("repd-peer-rx".into())
+            .spawn(move || {
+                let _g = rspan.enter();
+                let why = read_loop(rd, id, &tx);
+                let _ = tx.send(Input::PeerDown { conn: id, why });
+            });
+        let tx = self.tx.clone();
+        let spawned_w = std::thread::Builder::new()
+            .name("repd-peer-tx".into())
+            .spawn(move || {
+                let _g = span.enter();
+                if let Err(e) = write_loop(wr, &wrx) {
+                    let _ = tx.send(Input::PeerDown {
+                        conn: id,
+                        why: format!("send failed: {e}"),
+                    });
+                }
+            });
+        if spawned_r.is_err() || spawned_w.is_err() {
+            let _ = stream.shutdown(Shutdown::Both);
+            return false;
+        }
+        self.has_conn.store(true, Ordering::Relaxed);
+        self.current = Some(Conn {
+            id,
+            writer: wtx,
+            stream,
+        });
+        true
+    }
+
+    pub(crate) fn send(&mut self, m: Message) {
+        if let Some(c) = &self.current {
+            let _ = c.writer.send(m);
+        }
+    }
+
+    /// Drop the current connection (the writer sends what it has queued first
+    /// only if it gets to it before the shutdown; the state machine never
+    /// relies on frames sent right before a close).
+    pub(crate) fn close(&mut self) {
+        if let Some(c) = self.current.take() {
+            // Let the writer flush its queue (a Disconnect with its reason),
+            // then shut the socket.
+            drop(c.writer);
+            let stream = c.stream;
+            let _ = std::thread::Builder::new()
+                .name("repd-peer-close".into())
+                .spawn(move || {
+                    std::thread::sleep(Duration::from_millis(50));
+                    let _ = stream.shutdown(Shutdown::Both);
+                });
+        }
+        self.has_conn.store(false, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the listener so it sees the stop flag.
+        let _ = TcpStream::connect_timeout(&self.listen, Duration::from_millis(100));
+    }
+}
+
+fn read_loop(mut rd: TcpStream, id: u64, tx: &Sender<Input>) -> String {
+    let mut dec = FrameDecoder::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match rd.read(&mut buf) {
+            Ok(0) => return "peer closed the connection".into(),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return format!("receive failed: {e}"),
+        };
+        dec.push(buf.get(..n).unwrap_or_default());
+        loop {
+            match dec.next() {
+                Ok(Some(msg)) => {
+                    if tx.send(Input::PeerFrame { conn: id, msg }).is_err() {
+                        return "engine stopped".into();
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!("malformed frame from the peer: {e}; dropping the connection");
+                    return format!("malformed frame from the peer: {e}");
+                }
+            }
+        }
+    }
+}
+
+fn write_loop(wr: TcpStream, rx: &mpsc::Receiver<Message>) -> std::io::Result<()> {
+    let mut out = BufWriter::with_capacity(256 * 1024, wr);
+    let mut head = BytesMut::with_capacity(4096);
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        // Coalesce whatever is queued into one flush.
+        while let Some(m) = next {
+            head.clear();
+            let body = encode_vectored(&m, &mut head).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+            })?;
+            out.write_all(&head)?;
+            out.write_all(&body)?;
+            next = rx.try_recv().ok();
+        }
+        out.flush()?;
+    }
+    out.flush()
+}

@@ -1,0 +1,537 @@
+//! Two real `repd` processes driven with `repctl` and real NBD clients
+//! (nbdcopy, qemu-io), the way a user would: every scenario runs once on
+//! loopback and once with the nodes in two network namespaces joined by veth.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{cluster, random_file, require, Cluster, Mode, Netns, Opts};
+
+/// One test per mode for each scenario.
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        $(mod $name {
+            #[test]
+            fn loopback() {
+                super::$name(super::Mode::Loopback);
+            }
+            #[test]
+            fn netns() {
+                super::$name(super::Mode::Netns);
+            }
+        })*
+    };
+}
+
+both!(
+    initial_sync_then_writes_reach_both_disks,
+    resync_moves_only_what_changed,
+    kill_9_of_the_primary_loses_no_acknowledged_write,
+    split_brain_is_detected_and_recovered_with_discard_my_data,
+    wrong_secret_is_refused_with_a_reason_on_both_sides,
+    different_resource_is_refused_with_a_reason_on_both_sides,
+    different_size_is_refused_with_a_reason_on_both_sides,
+    a_secondary_refuses_io,
+);
+
+fn tools() {
+    require("nbdcopy", "libnbd-bin");
+    require("nbdinfo", "libnbd-bin");
+    require("qemu-io", "qemu-utils");
+}
+
+/// Up both, force alpha Primary, wait for the initial full sync.
+fn synced_pair(mode: Mode, o: Opts) -> (Cluster, Option<Netns>) {
+    let (c, ns) = cluster(mode, o);
+    c.up(0);
+    c.up(1);
+    c.ok(0, &["primary", "--force"]);
+    c.wait_synced(60);
+    (c, ns)
+}
+
+fn qemu_io(c: &Cluster, i: usize, cmds: &[String]) -> std::process::Output {
+    let uri = c.nbd_uri(i);
+    let mut args: Vec<String> = vec!["-f".into(), "raw".into(), uri];
+    for cmd in cmds {
+        args.push("-c".into());
+        args.push(cmd.clone());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    c.client(i, "qemu-io", &args)
+}
+
+pub fn initial_sync_and_replication(c: &Cluster) {
+    // 32 MiB of random data through the export with a real client.
+    let src = random_file(c.dir.path(), "rand.bin", 32 << 20, 7);
+    let o = c.client(0, "nbdcopy", &[src.to_str().unwrap(), &c.nbd_uri(0)]);
+    assert!(
+        o.status.success(),
+        "nbdcopy in: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let back = c.dir.path().join("back.bin");
+    let o = c.client(0, "nbdcopy", &[&c.nbd_uri(0), back.to_str().unwrap()]);
+    assert!(
+        o.status.success(),
+        "nbdcopy out: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let a = std::fs::read(&src).unwrap();
+    let b = std::fs::read(&back).unwrap();
+    assert_eq!(
+        &b[..a.len()],
+        &a[..],
+        "read back differs from what was written"
+    );
+    c.wait(0, "nothing pending", 10, |s| {
+        s["counters"]["pe"] == 0 && s["out_of_sync_bytes"] == 0
+    });
+    c.assert_identical();
+    let st = c.status(1);
+    assert_eq!(st["role"], "Secondary");
+    assert_eq!(st["disk"], "UpToDate");
+}
+
+fn initial_sync_then_writes_reach_both_disks(mode: Mode) {
+    tools();
+    let (c, _ns) = synced_pair(mode, Opts::default());
+    let st = c.status(0);
+    assert_eq!(st["role"], "Primary");
+    assert_eq!(st["peer_role"], "Secondary");
+    initial_sync_and_replication(&c);
+}
+
+fn resync_moves_only_what_changed(mode: Mode) {
+    tools();
+    let (c, _ns) = synced_pair(mode, Opts::default());
+    c.ok(1, &["down"]);
+    c.wait(0, "peer gone", 10, |s| s["connection"] == "Connecting");
+    let before = c.status(0)["stats"]["resync_sent_bytes"].as_u64().unwrap();
+    let o = qemu_io(&c, 0, &["write -P 0x5a 8M 4M".into()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st = c.status(0);
+    assert_eq!(st["out_of_sync_bytes"], 4 << 20, "{st:#}");
+    c.up(1);
+    c.wait_synced(60);
+    let sent = c.status(0)["stats"]["resync_sent_bytes"].as_u64().unwrap() - before;
+    println!("resync after 4 MiB written while the peer was down: {sent} bytes");
+    assert!(
+        sent <= (4u64 << 20) * 105 / 100,
+        "resync sent {sent} bytes for a 4 MiB change"
+    );
+    assert!(sent >= 4 << 20);
+    c.assert_identical();
+}
+
+fn kill_9_of_the_primary_loses_no_acknowledged_write(mode: Mode) {
+    tools();
+    let (c, _ns) = synced_pair(mode, Opts::default());
+    let chunk = 64 * 1024u64;
+    let cmds: Vec<String> = (0..480u64)
+        .map(|k| format!("write -P {} {} {}", k % 250 + 1, k * chunk, chunk))
+        .collect();
+    let uri = c.nbd_uri(0);
+    let mut args: Vec<String> = vec!["-f".into(), "raw".into(), uri];
+    for cmd in &cmds {
+        args.push("-c".into());
+        args.push(cmd.clone());
+    }
+    let child = c
+        .cmd(0, "qemu-io")
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    c.kill9(0);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let acked: Vec<u64> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("wrote 65536/65536 bytes at offset "))
+        .map(|off| off.trim().parse::<u64>().unwrap() / chunk)
+        .collect();
+    println!("{} writes acknowledged before the kill", acked.len());
+    assert!(
+        !acked.is_empty(),
+        "no write completed before the kill; stdout: {stdout}"
+    );
+    assert!(
+        acked.len() < cmds.len(),
+        "the kill came after the last write; make the run longer"
+    );
+    // Beta notices; alpha comes back and resyncs its activity log from beta.
+    c.wait(1, "alpha gone", 20, |s| s["connection"] == "Connecting");
+    c.up(0);
+    let st = c.status(0);
+    if st["connection"] != "Connected" {
+        assert_ne!(
+            st["disk"], "UpToDate",
+            "a crashed Primary is not UpToDate before its resync: {st:#}"
+        );
+        let o = c.repctl(0, &["primary"]);
+        if o.status.success() {
+            // Only if the resync finished in between.
+            let st = c.status(0);
+            assert!(
+                st["stats"]["resync_received_bytes"].as_u64().unwrap() > 0,
+                "promoted before its resync: {st:#}"
+            );
+        }
+    }
+    c.wait_synced(60);
+    let got = c.status(0)["stats"]["resync_received_bytes"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        got > 0,
+        "the crashed Primary resynced its activity-log extents from the peer"
+    );
+    c.assert_identical();
+    let img = std::fs::read(c.img(1)).unwrap();
+    for k in acked {
+        let pat = (k % 250 + 1) as u8;
+        let s = (k * chunk) as usize;
+        assert!(
+            img[s..s + chunk as usize].iter().all(|&b| b == pat),
+            "acknowledged write #{k} is missing on beta"
+        );
+    }
+    // The old Primary can take over again now that it is UpToDate.
+    c.ok(0, &["primary"]);
+}
+
+fn split_brain_is_detected_and_recovered_with_discard_my_data(mode: Mode) {
+    tools();
+    let (c, _ns) = synced_pair(mode, Opts::default());
+    c.ok(0, &["disconnect"]);
+    c.ok(1, &["disconnect"]);
+    c.ok(1, &["primary"]);
+    assert!(qemu_io(&c, 0, &["write -P 0xa1 0 1M".into()])
+        .status
+        .success());
+    assert!(qemu_io(&c, 1, &["write -P 0xb2 2M 1M".into()])
+        .status
+        .success());
+    c.ok(0, &["connect"]);
+    c.ok(1, &["connect"]);
+    for i in 0..2 {
+        let st = c.wait(i, "split brain", 20, |s| s["split_brain"] == true);
+        assert_eq!(st["connection"], "StandAlone", "{st:#}");
+        assert!(
+            st["last_error"]
+                .as_str()
+                .unwrap()
+                .contains("discard-my-data"),
+            "{st:#}"
+        );
+    }
+    // Recovery as DRBD users know it: beta is the victim.
+    c.ok(1, &["secondary"]);
+    c.ok(1, &["connect", "--discard-my-data"]);
+    c.ok(0, &["connect"]);
+    c.wait_synced(60);
+    c.assert_identical();
+    let img = std::fs::read(c.img(1)).unwrap();
+    assert!(
+        img[..1 << 20].iter().all(|&b| b == 0xa1),
+        "alpha's change must survive"
+    );
+    assert!(
+        img[2 << 20..3 << 20].iter().all(|&b| b != 0xb2),
+        "beta's change must be rolled back"
+    );
+    assert_eq!(c.status(1)["split_brain"], false);
+}
+
+fn refused(mode: Mode, bad: impl Fn(&mut String), needle: &str, recreate_md: bool) {
+    let (c, _ns) = cluster(mode, Opts::default());
+    // beta gets its own, different config file.
+    let mut text = std::fs::read_to_string(&c.config[0]).unwrap();
+    bad(&mut text);
+    let beta_cfg = c.dir.path().join("beta.toml");
+    std::fs::write(&beta_cfg, text).unwrap();
+    let mut c = c;
+    c.config[1] = beta_cfg;
+    if recreate_md {
+        c.ok(1, &["create-md", "--force"]);
+    }
+    c.up(0);
+    c.up(1);
+    for i in 0..2 {
+        let st = c.wait(i, "refusal", 20, |s| {
+            s["connection"] == "StandAlone" && !s["last_error"].is_null()
+        });
+        let err = st["last_error"].as_str().unwrap();
+        assert!(err.contains(needle), "{}: {err}", common::NODES[i]);
+        assert_eq!(st["stats"]["sent_bytes"], 0, "no data may move");
+        assert_eq!(st["stats"]["resync_sent_bytes"], 0, "no data may move");
+    }
+}
+
+fn wrong_secret_is_refused_with_a_reason_on_both_sides(mode: Mode) {
+    refused(
+        mode,
+        |t| *t = t.replace("secret = \"test-secret\"", "secret = \"other\""),
+        "secret",
+        false,
+    );
+}
+
+fn different_resource_is_refused_with_a_reason_on_both_sides(mode: Mode) {
+    refused(
+        mode,
+        |t| *t = t.replacen("name = \"r0\"", "name = \"r1\"", 1),
+        "resource",
+        true,
+    );
+}
+
+fn different_size_is_refused_with_a_reason_on_both_sides(mode: Mode) {
+    let (c, _ns) = cluster(mode, Opts::default());
+    // Grow beta's disk and recreate its metadata: a different data size.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(c.img(1))
+        .unwrap();
+    f.set_len(c.disk_bytes + (8 << 20)).unwrap();
+    c.ok(1, &["create-md", "--force"]);
+    c.up(0);
+    c.up(1);
+    for i in 0..2 {
+        let st = c.wait(i, "refusal", 20, |s| {
+            s["connection"] == "StandAlone" && !s["last_error"].is_null()
+        });
+        let err = st["last_error"].as_str().unwrap();
+        assert!(err.contains("size"), "{err}");
+        assert_eq!(st["stats"]["sent_bytes"], 0);
+    }
+}
+
+fn a_secondary_refuses_io(mode: Mode) {
+    tools();
+    let (c, _ns) = synced_pair(mode, Opts::default());
+    let mut nbdinfo = c.cmd(1, "nbdinfo");
+    let o = nbdinfo
+        .env("LIBNBD_DEBUG", "1")
+        .arg(c.nbd_uri(1))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("Secondary"),
+        "the server should say why: {err}"
+    );
+    // mkfs-like writes fail.
+    let o = qemu_io(&c, 1, &["write -P 0x11 0 64k".into()]);
+    assert!(
+        !o.status.success() || String::from_utf8_lossy(&o.stdout).contains("error"),
+        "a write to the Secondary must fail"
+    );
+    // And the Primary cannot be demoted while the device is in use... but can
+    // when idle; then it refuses I/O too.
+    c.ok(0, &["secondary"]);
+    assert!(!c.client(0, "nbdinfo", &[&c.nbd_uri(0)]).status.success());
+}
+
+#[test]
+fn verify_finds_and_repairs_a_corrupted_block() {
+    tools();
+    let (c, _ns) = synced_pair(Mode::Loopback, Opts::default());
+    assert!(qemu_io(&c, 0, &["write -P 0x33 0 4M".into()])
+        .status
+        .success());
+    c.wait(0, "nothing pending", 10, |s| s["counters"]["pe"] == 0);
+    // Corrupt beta's copy behind replication's back.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(c.img(1))
+            .unwrap();
+        f.write_all_at(&[0xee; 4096], 1 << 20).unwrap();
+        f.sync_all().unwrap();
+    }
+    let out = c.ok(0, &["verify"]);
+    assert!(out.contains("out of sync"), "{out}");
+    let st = c.status(0);
+    assert!(
+        st["stats"]["verify_out_of_sync_bytes"].as_u64().unwrap() > 0,
+        "{st:#}"
+    );
+    let out = c.ok(0, &["verify", "--repair"]);
+    println!("{out}");
+    c.wait_synced(30);
+    c.assert_identical();
+    let out = c.ok(1, &["verify"]);
+    assert!(out.contains(" 0 bytes out of sync"), "{out}");
+}
+
+#[test]
+fn invalidate_and_invalidate_remote_resync_everything() {
+    tools();
+    let (c, _ns) = synced_pair(Mode::Loopback, Opts::default());
+    let before = c.status(0)["stats"]["resync_sent_bytes"].as_u64().unwrap();
+    c.ok(1, &["invalidate"]);
+    c.wait_synced(60);
+    let data = c.data_bytes(0);
+    let sent = c.status(0)["stats"]["resync_sent_bytes"].as_u64().unwrap() - before;
+    assert_eq!(sent, data, "invalidate resyncs the whole device");
+    c.ok(0, &["invalidate-remote"]);
+    c.wait_synced(60);
+    let sent = c.status(0)["stats"]["resync_sent_bytes"].as_u64().unwrap() - before;
+    assert_eq!(sent, 2 * data);
+    c.assert_identical();
+}
+
+#[test]
+fn status_json_has_the_documented_fields() {
+    let c = Cluster::new(Opts::default());
+    c.up(0);
+    let st = c.status(0);
+    for k in [
+        "resource",
+        "node",
+        "role",
+        "peer_role",
+        "connection",
+        "disk",
+        "peer_disk",
+        "out_of_sync_bytes",
+        "split_brain",
+        "last_error",
+        "sync",
+        "stats",
+    ] {
+        assert!(st.get(k).is_some(), "status --json lacks {k}: {st:#}");
+    }
+    for k in [
+        "sent_bytes",
+        "received_bytes",
+        "resync_sent_bytes",
+        "resync_received_bytes",
+        "written_bytes",
+        "read_bytes",
+    ] {
+        assert!(st["stats"].get(k).is_some(), "stats lacks {k}");
+    }
+    let text = c.ok(0, &["status"]);
+    assert!(text.contains("ns:") && text.contains("oos:"), "{text}");
+    // Commands that need the peer say what is wrong and fail.
+    let o = c.repctl(0, &["verify"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("repctl: error:"));
+    // The daemon of a node that is not running: a clear error.
+    let o = c.repctl(1, &["status"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("repctl up"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn checksum_resync_sends_only_blocks_that_differ() {
+    tools();
+    let (c, _ns) = synced_pair(
+        Mode::Loopback,
+        Opts {
+            csums: true,
+            ..Opts::default()
+        },
+    );
+    assert!(qemu_io(&c, 0, &["write -P 0x44 0 4M".into()])
+        .status
+        .success());
+    c.wait(0, "nothing pending", 10, |s| s["counters"]["pe"] == 0);
+    c.ok(1, &["down"]);
+    c.wait(0, "peer gone", 10, |s| s["connection"] == "Connecting");
+    // Rewrite the same bytes (marked, but equal) and change 1 MiB for real.
+    assert!(qemu_io(
+        &c,
+        0,
+        &["write -P 0x44 0 4M".into(), "write -P 0x55 8M 1M".into()]
+    )
+    .status
+    .success());
+    assert_eq!(c.status(0)["out_of_sync_bytes"], 5 << 20);
+    let before = c.status(0)["stats"]["resync_sent_bytes"].as_u64().unwrap();
+    c.up(1);
+    c.wait_synced(60);
+    let sent = c.status(0)["stats"]["resync_sent_bytes"].as_u64().unwrap() - before;
+    println!("checksum resync: {sent} bytes sent for 5 MiB marked, 1 MiB changed");
+    assert!(sent <= (1 << 20) + (128 << 10), "sent {sent}");
+    c.assert_identical();
+}
+
+#[test]
+fn several_resources_on_one_host() {
+    tools();
+    let shared = common::target_tmp().join(format!("shared-run-{}", std::process::id()));
+    let mk = |r| Opts {
+        resource: r,
+        run_dir: Some(shared.clone()),
+        ..Opts::default()
+    };
+    let (a, _n1) = synced_pair(Mode::Loopback, mk("r0"));
+    let (b, _n2) = synced_pair(Mode::Loopback, mk("r1"));
+    assert!(qemu_io(&a, 0, &["write -P 0x01 0 1M".into()])
+        .status
+        .success());
+    assert!(qemu_io(&b, 0, &["write -P 0x02 0 1M".into()])
+        .status
+        .success());
+    for c in [&a, &b] {
+        c.wait(0, "nothing pending", 10, |s| s["counters"]["pe"] == 0);
+        c.assert_identical();
+    }
+    assert_eq!(a.status(0)["resource"], "r0");
+    assert_eq!(b.status(0)["resource"], "r1");
+    let socks: Vec<_> = std::fs::read_dir(&shared)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "sock"))
+        .collect();
+    assert_eq!(socks.len(), 4, "one control socket per resource and node");
+}
+
+#[test]
+fn resync_progress_shows_percent_speed_and_eta() {
+    tools();
+    let (c, _ns) = cluster(
+        Mode::Loopback,
+        Opts {
+            rate: "8M",
+            ..Opts::default()
+        },
+    );
+    c.up(0);
+    c.up(1);
+    c.ok(0, &["primary", "--force"]);
+    let st = c.wait(1, "resync under way", 20, |s| {
+        s["sync"].is_object() && s["sync"]["bytes_per_s"].as_u64().unwrap_or(0) > 0
+    });
+    let p = st["sync"]["percent"].as_f64().unwrap();
+    assert!((0.0..100.0).contains(&p), "{st:#}");
+    assert!(st["sync"]["eta_s"].as_u64().is_some(), "{st:#}");
+    let speed = st["sync"]["bytes_per_s"].as_u64().unwrap();
+    assert!(speed < 16 << 20, "rate 8M but {speed} B/s");
+    let text = c.ok(1, &["status"]);
+    assert!(
+        text.contains("finish:") && text.contains("speed:") && text.contains("[="),
+        "{text}"
+    );
+    c.wait_synced(60);
+}
