@@ -451,6 +451,11 @@ struct RawConfig {
     split_brain: RawSplitBrain,
     #[serde(default)]
     node: Vec<RawNode>,
+    /// The cluster agent's section (heartbeat, resources, witness). It has
+    /// its own parser in `cluster-agent`; the node daemon leaves it alone.
+    #[serde(default)]
+    #[allow(dead_code)]
+    cluster: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]

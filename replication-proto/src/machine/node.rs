@@ -173,6 +173,34 @@ struct Sync {
     found_oos: u64,
 }
 
+impl Sync {
+    fn new(
+        role: SyncRole,
+        verify: bool,
+        epoch: u64,
+        now: u64,
+        total_bytes: u64,
+        repair: bool,
+    ) -> Self {
+        Self {
+            role,
+            verify,
+            epoch,
+            receiver: None,
+            persist_pending: 0,
+            cursor: 0,
+            inflight: HashMap::new(),
+            next_id: 1,
+            total_bytes,
+            tokens: 0,
+            last_refill: now,
+            finishing: false,
+            repair,
+            found_oos: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct PeerInfo {
     hello: Hello,
@@ -1342,20 +1370,8 @@ impl Node {
             self.send(m);
         }
         self.sync = Some(Sync {
-            role,
-            verify: false,
-            epoch: self.epoch,
             receiver: Some(BitmapReceiver::new(nbits)),
-            persist_pending: 0,
-            cursor: 0,
-            inflight: HashMap::new(),
-            next_id: 1,
-            total_bytes: 0,
-            tokens: 0,
-            last_refill: self.now,
-            finishing: false,
-            repair: false,
-            found_oos: 0,
+            ..Sync::new(role, false, self.epoch, self.now, 0, false)
         });
     }
 
@@ -1667,22 +1683,14 @@ impl Node {
 
     fn start_verify(&mut self, repair: bool) {
         self.conn = ConnState::VerifySource;
-        self.sync = Some(Sync {
-            role: SyncRole::Source,
-            verify: true,
-            epoch: self.epoch,
-            receiver: None,
-            persist_pending: 0,
-            cursor: 0,
-            inflight: HashMap::new(),
-            next_id: 1,
-            total_bytes: self.cfg.data_bytes,
-            tokens: 0,
-            last_refill: self.now,
-            finishing: false,
+        self.sync = Some(Sync::new(
+            SyncRole::Source,
+            true,
+            self.epoch,
+            self.now,
+            self.cfg.data_bytes,
             repair,
-            found_oos: 0,
-        });
+        ));
         self.stats.verified_bytes = 0;
         self.stats.verify_out_of_sync_bytes = 0;
         self.pump_verify();
@@ -1758,22 +1766,14 @@ impl Node {
     fn on_verify_request(&mut self, id: u64, offset: u64, len: u32, digest: u32) {
         if self.conn == ConnState::Connected && self.sync.is_none() {
             self.conn = ConnState::VerifyTarget;
-            self.sync = Some(Sync {
-                role: SyncRole::Target,
-                verify: true,
-                epoch: self.epoch,
-                receiver: None,
-                persist_pending: 0,
-                cursor: 0,
-                inflight: HashMap::new(),
-                next_id: 1,
-                total_bytes: self.cfg.data_bytes,
-                tokens: 0,
-                last_refill: self.now,
-                finishing: false,
-                repair: false,
-                found_oos: 0,
-            });
+            self.sync = Some(Sync::new(
+                SyncRole::Target,
+                true,
+                self.epoch,
+                self.now,
+                self.cfg.data_bytes,
+                false,
+            ));
         }
         if !self
             .sync
