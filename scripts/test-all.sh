@@ -5,8 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The VM tests need qemu-system-x86 from Debian; installing it replaces a
+# newer qemu-utils some images ship with its own version, so it goes first
+# and qemu-utils (qemu-io) is checked after it.
+if [ -f scripts/vm-setup.sh ]; then
+  bash scripts/vm-setup.sh
+fi
+
 need_pkgs=()
-for p in libnbd-bin nbdkit fio qemu-utils iproute2 libclang-dev; do
+for p in libnbd-bin nbdkit fio qemu-utils iproute2 libclang-dev e2fsprogs; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

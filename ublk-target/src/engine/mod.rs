@@ -15,7 +15,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use replication_proto::machine::{Action, Admin, Event, Node, Payload, Status};
+use replication_proto::machine::{Action, Admin, ConnState, Event, Node, Payload, Status};
 use replication_proto::wire::{DiskState, Message, Role};
 use serde::{Deserialize, Serialize};
 
@@ -538,9 +538,21 @@ impl Runner {
         }
         let primary = self.node.role() == Role::Primary;
         self.shared.primary.store(primary, Ordering::Release);
-        let now = self.now();
-        let st = self.node.status();
-        self.progress.observe(now, &st);
+        // Progress only matters (and status only costs) while syncing.
+        let syncing = matches!(
+            self.node.conn(),
+            ConnState::SyncSource
+                | ConnState::SyncTarget
+                | ConnState::VerifySource
+                | ConnState::VerifyTarget
+        );
+        if syncing || self.progress.current().is_some() {
+            let now = self.now();
+            if self.progress.due(now) {
+                let st = self.node.status();
+                self.progress.observe(now, &st);
+            }
+        }
     }
 
     fn act(&mut self, a: Action) {

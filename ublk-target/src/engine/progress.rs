@@ -21,9 +21,20 @@ pub struct SyncProgress {
 pub(crate) struct Tracker {
     window: VecDeque<(u64, u64)>,
     current: Option<SyncProgress>,
+    last: u64,
 }
 
 impl Tracker {
+    /// Sample at most every 50 ms.
+    pub(crate) fn due(&mut self, now_ms: u64) -> bool {
+        if self.current.is_none() || now_ms >= self.last + 50 {
+            self.last = now_ms;
+            true
+        } else {
+            false
+        }
+    }
+
     pub(crate) fn observe(&mut self, now_ms: u64, st: &Status) {
         let kind = match st.connection {
             ConnState::SyncSource | ConnState::SyncTarget => "resync",
