@@ -96,6 +96,24 @@ pub fn initial_sync_and_replication(c: &Cluster) {
         s["counters"]["pe"] == 0 && s["out_of_sync_bytes"] == 0
     });
     c.assert_identical();
+    // Write-zeroes with FUA and a discard replicate too, without payload.
+    let o = qemu_io(
+        c,
+        0,
+        &[
+            "write -z -f 1M 1M".into(),
+            "discard 4M 1M".into(),
+            "read -P 0 1M 1M".into(),
+            "read -P 0 4M 1M".into(),
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && !out.contains("Pattern verification failed"),
+        "{out}"
+    );
+    c.wait(0, "nothing pending", 10, |s| s["counters"]["pe"] == 0);
+    c.assert_identical();
     let st = c.status(1);
     assert_eq!(st["role"], "Secondary");
     assert_eq!(st["disk"], "UpToDate");

@@ -261,6 +261,10 @@ struct Runner {
     peer_name: String,
     nbd_addr: Option<String>,
     down_waiters: Vec<Sender<ControlReply>>,
+    /// FUA write-zeroes: the disk layer has no FUA for them, so a flush
+    /// follows; internal token -> (flush stage?, the state machine's token).
+    fua_zeroes: HashMap<u64, (bool, u64)>,
+    next_internal: u64,
     span: tracing::Span,
 }
 
@@ -338,6 +342,8 @@ pub fn start(
         peer_name: peer_node.name.clone(),
         nbd_addr: me.nbd.map(|a| a.to_string()),
         down_waiters: Vec::new(),
+        fua_zeroes: HashMap::new(),
+        next_internal: INTERNAL_TOKEN,
         span: span.clone(),
     };
     if opts.connect {
@@ -359,7 +365,15 @@ pub fn start(
     Ok(Engine { handle, thread })
 }
 
+/// Disk tokens the engine makes itself live above the state machine's.
+const INTERNAL_TOKEN: u64 = 1 << 62;
+
 impl Runner {
+    fn internal_token(&mut self) -> u64 {
+        self.next_internal += 1;
+        self.next_internal
+    }
+
     fn now(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -455,7 +469,23 @@ impl Runner {
                 self.node.handle(now, ev);
             }
             Input::DiskDone { token, result } => {
-                self.node.handle(now, Event::LocalDone { token, result })
+                if let Some((flushed, orig)) = self.fua_zeroes.remove(&token) {
+                    if flushed || result.is_err() {
+                        self.node.handle(
+                            now,
+                            Event::LocalDone {
+                                token: orig,
+                                result,
+                            },
+                        );
+                    } else {
+                        let t = self.internal_token();
+                        self.fua_zeroes.insert(t, (true, orig));
+                        self.disk.submit(t, DiskOp::Flush);
+                    }
+                } else {
+                    self.node.handle(now, Event::LocalDone { token, result });
+                }
             }
             Input::MetaDone { token, result } => {
                 self.node.handle(now, Event::MetaDone { token, result })
@@ -579,6 +609,13 @@ impl Runner {
                         offset,
                         len: u64::from(len),
                     },
+                    Payload::Zeroes if fua => {
+                        let t = self.internal_token();
+                        self.fua_zeroes.insert(t, (false, token));
+                        let len = u64::from(len);
+                        self.disk.submit(t, DiskOp::WriteZeroes { offset, len });
+                        return;
+                    }
                     Payload::Zeroes => DiskOp::WriteZeroes {
                         offset,
                         len: u64::from(len),
