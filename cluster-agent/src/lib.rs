@@ -1,1 +1,20 @@
-//! placeholder
+//! `cluster-agent`: the HA layer of the replicated block device — heartbeat
+//! from Linux-HA done right. One agent per node watches its peer over
+//! several UDP heartbeat paths (HMAC-SHA256 authenticated, replay-protected),
+//! decides who holds the resources (the device's Primary role and the chain
+//! on top of it: filesystem, service address, services), fences a dead peer
+//! before taking over, and tells why in `cluster-agent status`.
+//!
+//! - [`config`]: the `[cluster]` table of the resource file;
+//! - [`core`]: the sans-IO decision core (events in, actions out);
+//! - [`wire`]: the heartbeat packet;
+//! - [`sim`]: the seeded simulator of two agents;
+//! - [`daemon`], [`resources`], [`control`]: the agent process around the core.
+
+pub mod config;
+pub mod control;
+pub mod core;
+pub mod daemon;
+pub mod resources;
+pub mod sim;
+pub mod wire;

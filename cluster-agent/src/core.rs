@@ -1,0 +1,1422 @@
+//! The agent's decisions, sans IO: events in (a heartbeat from the peer on a
+//! path, a timer tick, the local repd's status, the result of an operation),
+//! actions out (send a heartbeat on a path, promote, demote, start or stop a
+//! resource of the chain, run the fence command, log a transition). It never
+//! touches a socket, a clock or a process, so the simulator drives it
+//! deterministically from one seed, like `replication_proto::machine`.
+//!
+//! # Rules
+//! - **Membership.** The peer is alive while some path heard a valid,
+//!   fresh heartbeat from it within `deadtime`; a path silent for `warntime`
+//!   is logged as late. Right after the start, a peer never heard is given
+//!   `initdead` before it is declared dead.
+//! - **Claim (peer alive).** When nobody holds the resources, the designated
+//!   node (the `preferred` one, else the smaller name; or the only eligible
+//!   one) *claims*: it announces `Claiming` and promotes only after a
+//!   heartbeat of the peer that acknowledges the claim (its `ack` covers the
+//!   claim's sequence number) and says the peer is `Idle`. A node that has
+//!   seen the peer claim or hold never claims itself, and two simultaneous
+//!   claims are settled by the same fixed order on both sides, so with any
+//!   path working two nodes never promote at once.
+//! - **Takeover (peer dead).** An eligible node (UpToDate, or Consistent
+//!   with the peer known Outdated; the peer's repd not seen Primary over the
+//!   replication link) runs the fence command first when one is configured
+//!   and promotes only on DRBD fence-peer exit codes 4 (peer outdated), 5
+//!   (peer unreachable) or 7 (peer fenced); anything else leaves it
+//!   Secondary, says why, and retries after `deadtime`. Without a fence
+//!   command it promotes on deadtime alone, as heartbeat does, and says so.
+//! - **Chain.** After the promotion the resources start left to right; before
+//!   the demotion they stop right to left. A failed start stops what was
+//!   started (the failed one too), demotes, and keeps this node from taking
+//!   over for `failure-timeout`. A failed stop is never ignored: the node
+//!   keeps the role (so the peer does not take over under a resource still
+//!   running) and retries every `deadtime`.
+//! - **Conflicts.** Two holders that hear each other (after a partition
+//!   without fencing): the one that loses the fixed order releases.
+//! - **Auto-failback.** The preferred node, back and UpToDate, asks for the
+//!   resources; the holder releases them, and nobody but the preferred node
+//!   claims while it asks.
+
+use std::collections::VecDeque;
+
+use replication_proto::wire::{DiskState, Role};
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds on a monotonic clock.
+pub type Millis = u64;
+
+/// How many transitions and events the status keeps.
+const HISTORY: usize = 32;
+
+/// A node's state as its heartbeats announce it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WireState {
+    /// Secondary, not asking for anything.
+    Idle = 0,
+    /// Asking the peer for the resources (waits for its acknowledgement).
+    Claiming = 1,
+    /// Fencing, promoting or starting the chain.
+    Acquiring = 2,
+    /// Primary with the chain started.
+    Holding = 3,
+    /// Stopping the chain and demoting.
+    Releasing = 4,
+}
+
+impl WireState {
+    #[must_use]
+    pub fn from_code(c: u8) -> Option<Self> {
+        Some(match c {
+            0 => Self::Idle,
+            1 => Self::Claiming,
+            2 => Self::Acquiring,
+            3 => Self::Holding,
+            4 => Self::Releasing,
+            _ => return None,
+        })
+    }
+
+    /// Holds (or is about to hold, or still holds) the resources.
+    #[must_use]
+    pub fn holds(self) -> bool {
+        matches!(self, Self::Acquiring | Self::Holding | Self::Releasing)
+    }
+}
+
+/// The agent's own state (finer than what the heartbeat says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum HaState {
+    Idle,
+    Claiming,
+    Fencing,
+    Acquiring,
+    Holding,
+    Releasing,
+}
+
+impl HaState {
+    #[must_use]
+    pub fn wire(self) -> WireState {
+        match self {
+            Self::Idle => WireState::Idle,
+            Self::Claiming => WireState::Claiming,
+            Self::Fencing | Self::Acquiring => WireState::Acquiring,
+            Self::Holding => WireState::Holding,
+            Self::Releasing => WireState::Releasing,
+        }
+    }
+}
+
+/// One heartbeat's content (the wire layer adds resource, node and MAC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Beat {
+    /// Which path it was sent on (the receiver checks it came in there).
+    pub path: u8,
+    /// Random per agent start; with `started_ms` it orders restarts.
+    pub incarnation: u64,
+    /// The sender's wall clock when it started (ms since the epoch).
+    pub started_ms: u64,
+    /// Monotonic per incarnation, over all paths.
+    pub seq: u64,
+    /// The newest (incarnation, seq) the sender has received from us.
+    pub ack: Option<(u64, u64)>,
+    pub state: WireState,
+    /// The sender could take the resources now.
+    pub eligible: bool,
+    /// The sender is the preferred node, back and UpToDate, and wants the
+    /// resources back (auto-failback).
+    pub failback_request: bool,
+    /// The sender's repd answers.
+    pub repd_up: bool,
+    pub role: Option<Role>,
+    pub disk: Option<DiskState>,
+    /// The sender's repd is connected to ours.
+    pub connected: bool,
+}
+
+/// What the local repd says (`repctl status`), reduced to what matters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalState {
+    pub role: Role,
+    pub disk: DiskState,
+    /// Connected to the peer's repd (including resync and verify).
+    pub connected: bool,
+    /// The peer's role as seen over the replication link (when connected).
+    pub peer_role: Option<Role>,
+    pub peer_disk: DiskState,
+}
+
+/// An operation the driver carries out, one at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Make the device Primary (`force` for a Consistent disk whose peer is
+    /// known Outdated).
+    Promote {
+        force: bool,
+    },
+    Demote,
+    /// Start resource `i` of the chain (after the device).
+    Start(usize),
+    Stop(usize),
+    /// Run the fence command against the peer.
+    Fence,
+}
+
+/// How an operation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpResult {
+    Ok,
+    Failed(String),
+    /// The fence command's exit code (`None`: killed or timed out), and what
+    /// it printed.
+    FenceExit(Option<i32>, String),
+}
+
+/// Why a datagram was dropped before the core saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadPacket {
+    BadMac,
+    Malformed,
+    /// Another resource's or node's heartbeat (valid MAC).
+    Foreign,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    Tick,
+    /// A heartbeat with a valid MAC from the peer, received on `path`.
+    Beat {
+        path: usize,
+        beat: Beat,
+    },
+    BadPacket {
+        path: usize,
+        kind: BadPacket,
+    },
+    /// The local repd's status; `None` when it does not run.
+    Local(Option<LocalState>),
+    Done {
+        op: Op,
+        result: OpResult,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Send {
+        path: usize,
+        beat: Beat,
+    },
+    Run(Op),
+    /// Something to log (transitions and membership changes, with causes).
+    Log {
+        warn: bool,
+        text: String,
+    },
+}
+
+/// The agent's settings, in milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoreConfig {
+    pub me: String,
+    pub peer: String,
+    pub keepalive: Millis,
+    pub warntime: Millis,
+    pub deadtime: Millis,
+    pub initdead: Millis,
+    pub paths: usize,
+    /// Resources after the device.
+    pub resources: usize,
+    pub fencing: bool,
+    pub auto_failback: bool,
+    pub preferred: Option<String>,
+    pub failure_timeout: Millis,
+}
+
+/// Counters of what came in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub sent: u64,
+    pub received: u64,
+    pub bad_mac: u64,
+    /// Replayed or old sequence numbers (and packets of an older incarnation).
+    pub replay: u64,
+    pub malformed: u64,
+    /// Valid MAC, but another resource or node.
+    pub foreign: u64,
+    pub peer_restarts: u64,
+}
+
+/// One resource's state in the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResState {
+    Stopped,
+    /// Found Primary on adoption: the resource may run (stop treats it as started).
+    Unknown,
+    Starting,
+    Started,
+    Stopping,
+    StartFailed(String),
+    StopFailed(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    /// The last time it happened.
+    pub at: Millis,
+    pub from: HaState,
+    pub to: HaState,
+    pub reason: String,
+    /// How often in a row (a fence retried every deadtime is one entry).
+    pub count: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub at: Millis,
+    pub what: String,
+}
+
+#[derive(Debug, Clone, Default)]
+struct PathView {
+    max_seq: u64,
+    last_heard: Option<Millis>,
+    received: u64,
+    up: bool,
+    late: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct PeerView {
+    /// (incarnation, started_ms) of the peer's current run.
+    incarnation: Option<(u64, u64)>,
+    last_valid: Option<Millis>,
+    max_seq: u64,
+    latest: Option<Beat>,
+    alive: Option<bool>,
+}
+
+/// What `status` shows of the peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub name: String,
+    /// `None` while waiting for the first heartbeat within initdead.
+    pub alive: Option<bool>,
+    pub state: Option<WireState>,
+    pub role: Option<Role>,
+    pub disk: Option<DiskState>,
+    pub connected: Option<bool>,
+    pub eligible: Option<bool>,
+    pub failback_request: Option<bool>,
+    pub incarnation: Option<String>,
+    pub last_heard_ms_ago: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathStatus {
+    pub index: usize,
+    pub up: bool,
+    pub late: bool,
+    pub last_heard_ms_ago: Option<u64>,
+    pub received: u64,
+}
+
+/// The core's part of `cluster-agent status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoreStatus {
+    pub node: String,
+    pub state: HaState,
+    pub state_for_ms: u64,
+    /// True from the promotion until the demotion.
+    pub holds_role: bool,
+    /// Why it did or did not promote, in words.
+    pub decision: String,
+    pub fencing: String,
+    pub last_fence: Option<String>,
+    pub failure_timeout_left_ms: Option<u64>,
+    pub stop_failed: Option<String>,
+    pub pending: Option<Op>,
+    pub local: Option<LocalState>,
+    pub peer: PeerStatus,
+    pub paths: Vec<PathStatus>,
+    pub resources: Vec<ResState>,
+    pub counters: Counters,
+    pub transitions: Vec<Transition>,
+    pub events: Vec<Event>,
+}
+
+/// The decision core of one agent.
+#[derive(Debug)]
+pub struct Core {
+    cfg: CoreConfig,
+    incarnation: u64,
+    started_ms: u64,
+    start: Millis,
+    seq: u64,
+    state: HaState,
+    state_since: Millis,
+    /// Acquiring: the next step (0 = promote, i + 1 = start resource i).
+    /// Releasing: how many resources are left to stop (then demote).
+    step: usize,
+    force: bool,
+    /// The promotion is done (the device is Primary by our hand or adopted).
+    promoted: bool,
+    pending: Option<Op>,
+    claim_seq: u64,
+    /// A release that follows a failed start ends with the failure timeout.
+    rollback: bool,
+    res: Vec<ResState>,
+    local: Option<LocalState>,
+    local_known: bool,
+    peer: PeerView,
+    paths: Vec<PathView>,
+    next_send: Millis,
+    send_now: bool,
+    retry_at: Option<Millis>,
+    cooldown_until: Option<Millis>,
+    fence_outdated_peer: bool,
+    /// Until when a refused promotion keeps this node ineligible, and why.
+    promote_failed: Option<(Millis, String)>,
+    last_fence: Option<String>,
+    stop_failed: Option<String>,
+    decision: String,
+    transitions: VecDeque<Transition>,
+    events: VecDeque<Event>,
+    counters: Counters,
+    actions: VecDeque<Action>,
+}
+
+impl Core {
+    /// A core that starts Idle at `now`. `incarnation` should be random and
+    /// `started_ms` the wall clock, so that the peer can tell a restart from
+    /// a replay.
+    #[must_use]
+    pub fn new(cfg: CoreConfig, incarnation: u64, started_ms: u64, now: Millis) -> Self {
+        let paths = vec![PathView::default(); cfg.paths];
+        let res = vec![ResState::Stopped; cfg.resources];
+        Self {
+            cfg,
+            incarnation,
+            started_ms,
+            start: now,
+            seq: 0,
+            state: HaState::Idle,
+            state_since: now,
+            step: 0,
+            force: false,
+            promoted: false,
+            pending: None,
+            claim_seq: 0,
+            rollback: false,
+            res,
+            local: None,
+            local_known: false,
+            peer: PeerView::default(),
+            paths,
+            next_send: now,
+            send_now: true,
+            retry_at: None,
+            cooldown_until: None,
+            fence_outdated_peer: false,
+            promote_failed: None,
+            last_fence: None,
+            stop_failed: None,
+            decision: "starting".into(),
+            transitions: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: Counters::default(),
+            actions: VecDeque::new(),
+        }
+    }
+
+    #[must_use]
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    #[must_use]
+    pub fn state(&self) -> HaState {
+        self.state
+    }
+
+    #[must_use]
+    pub fn pending(&self) -> Option<&Op> {
+        self.pending.as_ref()
+    }
+
+    #[must_use]
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    #[must_use]
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// A failed start keeps this node from taking over until then.
+    #[must_use]
+    pub fn cooling_down(&self, now: Millis) -> bool {
+        self.cooldown_until.is_some_and(|t| now < t)
+    }
+
+    /// A retry timer (fencing, promotion, stop or demotion) is running.
+    #[must_use]
+    pub fn retry_pending(&self, now: Millis) -> bool {
+        self.retry_at.is_some_and(|t| now < t)
+    }
+
+    #[must_use]
+    pub fn peer_alive(&self) -> Option<bool> {
+        self.peer.alive
+    }
+
+    /// The next action to carry out.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When the core wants a `Tick` at the latest.
+    #[must_use]
+    pub fn next_wakeup(&self) -> Millis {
+        let mut t = self.next_send;
+        let mut at = |x: Millis| t = t.min(x);
+        for p in &self.paths {
+            if let Some(h) = p.last_heard {
+                if p.up {
+                    at(h.saturating_add(self.cfg.deadtime));
+                    if !p.late {
+                        at(h.saturating_add(self.cfg.warntime));
+                    }
+                }
+            }
+        }
+        if self.peer.alive.is_none() {
+            at(self.start.saturating_add(self.cfg.initdead));
+        }
+        if let Some(r) = self.retry_at {
+            at(r);
+        }
+        if let Some(c) = self.cooldown_until {
+            at(c);
+        }
+        if let Some((t, _)) = &self.promote_failed {
+            at(*t);
+        }
+        if self.state == HaState::Claiming {
+            at(self.state_since.saturating_add(self.cfg.deadtime));
+        }
+        t
+    }
+
+    /// Feed one input; then take the actions with [`Core::poll_action`].
+    pub fn handle(&mut self, now: Millis, input: Input) {
+        match input {
+            Input::Tick => {}
+            Input::Beat { path, beat } => self.on_beat(now, path, beat),
+            Input::BadPacket { kind, .. } => match kind {
+                BadPacket::BadMac => self.counters.bad_mac += 1,
+                BadPacket::Malformed => self.counters.malformed += 1,
+                BadPacket::Foreign => self.counters.foreign += 1,
+            },
+            Input::Local(l) => self.on_local(now, l),
+            Input::Done { op, result } => self.on_done(now, op, result),
+        }
+        self.evaluate(now);
+    }
+
+    // ----- inputs ------------------------------------------------------------
+
+    fn on_beat(&mut self, now: Millis, path: usize, beat: Beat) {
+        if path >= self.paths.len() || usize::from(beat.path) != path {
+            // Sent for another path: recorded elsewhere, or misconfigured.
+            self.counters.malformed += 1;
+            return;
+        }
+        match self.peer.incarnation {
+            Some((inc, _)) if inc == beat.incarnation => {}
+            Some((_, started)) => {
+                let silent = self
+                    .peer
+                    .last_valid
+                    .is_none_or(|t| now.saturating_sub(t) >= self.cfg.deadtime);
+                if beat.started_ms <= started && !silent {
+                    // An older run of the peer (a replay), or a clock that went
+                    // back: believed only once the current run went silent.
+                    self.counters.replay += 1;
+                    return;
+                }
+                self.counters.peer_restarts += 1;
+                self.event(
+                    now,
+                    false,
+                    format!(
+                        "peer {} restarted (new incarnation {:016x})",
+                        self.cfg.peer, beat.incarnation
+                    ),
+                );
+                self.new_incarnation(&beat);
+            }
+            None => self.new_incarnation(&beat),
+        }
+        let Some(pv) = self.paths.get_mut(path) else {
+            return;
+        };
+        if beat.seq <= pv.max_seq {
+            self.counters.replay += 1;
+            return;
+        }
+        pv.max_seq = beat.seq;
+        pv.last_heard = Some(now);
+        pv.received += 1;
+        self.counters.received += 1;
+        self.peer.last_valid = Some(now);
+        if beat.seq > self.peer.max_seq {
+            self.peer.max_seq = beat.seq;
+            let changed = self.peer.latest.as_ref().is_none_or(|old| {
+                old.state != beat.state
+                    || old.eligible != beat.eligible
+                    || old.failback_request != beat.failback_request
+            });
+            if changed {
+                // Answer at once: a claim waits for our acknowledgement.
+                self.send_now = true;
+            }
+            if beat.disk.is_some_and(|d| d != DiskState::Outdated) {
+                // The peer's own word replaces what the fence said.
+                self.fence_outdated_peer = false;
+            }
+            self.peer.latest = Some(beat);
+        }
+    }
+
+    fn new_incarnation(&mut self, beat: &Beat) {
+        self.peer.incarnation = Some((beat.incarnation, beat.started_ms));
+        self.peer.max_seq = 0;
+        self.peer.latest = None;
+        for p in &mut self.paths {
+            p.max_seq = 0;
+        }
+    }
+
+    fn on_local(&mut self, now: Millis, l: Option<LocalState>) {
+        let before = self.local.as_ref().map(|s| (s.role, s.disk));
+        let after = l.as_ref().map(|s| (s.role, s.disk));
+        if before != after || !self.local_known {
+            let what = match &l {
+                None => "local repd is not running".to_string(),
+                Some(s) => format!("local repd: {:?}, disk {:?}", s.role, s.disk),
+            };
+            self.event(now, l.is_none(), what);
+        }
+        let first = !self.local_known;
+        self.local = l;
+        self.local_known = true;
+        let primary = self.local.as_ref().is_some_and(|s| s.role == Role::Primary);
+        if first && !primary && !self.res.is_empty() && self.state == HaState::Idle {
+            // After a crash of the agent (or of the machine) something of the
+            // chain may still run here, on a device that is not Primary:
+            // stop all of it, right to left (stops are idempotent).
+            for r in &mut self.res {
+                *r = ResState::Unknown;
+            }
+            self.begin_release(
+                now,
+                "agent start on a Secondary: making sure nothing of the chain runs here".into(),
+            );
+        }
+    }
+
+    fn on_done(&mut self, now: Millis, op: Op, result: OpResult) {
+        if self.pending.as_ref() != Some(&op) {
+            return;
+        }
+        self.pending = None;
+        match (self.state, op, result) {
+            (HaState::Fencing, Op::Fence, r) => self.fence_done(now, r),
+            (HaState::Acquiring, Op::Promote { .. }, OpResult::Ok) => {
+                self.promoted = true;
+                self.step = 1;
+                // The next status poll says so too; until then, believe it.
+                if let Some(l) = &mut self.local {
+                    l.role = Role::Primary;
+                }
+            }
+            (HaState::Acquiring, Op::Promote { .. }, r) => {
+                let why = result_text(&r);
+                self.retry_at = Some(now.saturating_add(self.cfg.deadtime));
+                // Not eligible meanwhile, so that the peer may take over.
+                self.promote_failed = Some((now.saturating_add(self.cfg.deadtime), why.clone()));
+                self.set_state(now, HaState::Idle, format!("promotion refused: {why}"));
+                self.decision =
+                    format!("the promotion failed ({why}); trying again after deadtime");
+            }
+            (HaState::Acquiring, Op::Start(i), OpResult::Ok) => {
+                if let Some(r) = self.res.get_mut(i) {
+                    *r = ResState::Started;
+                }
+                self.step = i + 2;
+            }
+            (HaState::Acquiring, Op::Start(i), r) => {
+                let why = result_text(&r);
+                if let Some(s) = self.res.get_mut(i) {
+                    *s = ResState::StartFailed(why.clone());
+                }
+                self.rollback = true;
+                // Stop it too (a failed start may have half started), and
+                // everything that may run, right to left.
+                self.step = self.res.len();
+                self.set_state(
+                    now,
+                    HaState::Releasing,
+                    format!("resource {i} failed to start ({why}): stopping what was started and releasing the role"),
+                );
+            }
+            (HaState::Releasing, Op::Stop(i), OpResult::Ok) => {
+                if let Some(r) = self.res.get_mut(i) {
+                    // A failed start stays visible (stopped, but why).
+                    if !matches!(r, ResState::StartFailed(_)) {
+                        *r = ResState::Stopped;
+                    }
+                }
+                self.stop_failed = None;
+                self.step = i;
+            }
+            (HaState::Releasing, Op::Stop(i), r) => {
+                let why = result_text(&r);
+                if let Some(s) = self.res.get_mut(i) {
+                    *s = ResState::StopFailed(why.clone());
+                }
+                let text = format!(
+                    "resource {i} failed to stop ({why}): keeping the role so the peer does not take over under it; retrying every deadtime"
+                );
+                self.log(true, text.clone());
+                self.stop_failed = Some(text);
+                self.retry_at = Some(now.saturating_add(self.cfg.deadtime));
+            }
+            (HaState::Releasing, Op::Demote, OpResult::Ok) => {
+                self.promoted = false;
+                if let Some(l) = &mut self.local {
+                    l.role = Role::Secondary;
+                }
+                let reason = if self.rollback {
+                    self.cooldown_until = Some(now.saturating_add(self.cfg.failure_timeout));
+                    format!(
+                        "released after a failed start; not taking over for failure-timeout ({} ms)",
+                        self.cfg.failure_timeout
+                    )
+                } else {
+                    "chain stopped and device demoted".to_string()
+                };
+                self.rollback = false;
+                self.set_state(now, HaState::Idle, reason);
+            }
+            (HaState::Releasing, Op::Demote, r) => {
+                let why = result_text(&r);
+                self.log(true, format!("demotion refused: {why}; retrying"));
+                self.decision = format!("releasing: the demotion was refused ({why}); retrying");
+                self.retry_at = Some(now.saturating_add(self.cfg.keepalive.saturating_mul(5)));
+            }
+            (state, op, r) => {
+                self.log(
+                    true,
+                    format!("ignoring the result of {op:?} in state {state:?}: {r:?}"),
+                );
+            }
+        }
+    }
+
+    fn fence_done(&mut self, now: Millis, r: OpResult) {
+        let (code, out) = match r {
+            OpResult::FenceExit(code, out) => (code, out),
+            OpResult::Ok => (Some(0), String::new()),
+            OpResult::Failed(e) => (None, e),
+        };
+        let meaning = match code {
+            Some(3) => "peer is Inconsistent",
+            Some(4) => "peer outdated",
+            Some(5) => "peer unreachable, assumed down",
+            Some(6) => "peer refused: it is Primary",
+            Some(7) => "peer fenced (STONITH)",
+            Some(_) => "fence failed",
+            None => "fence command killed or timed out",
+        };
+        let code_text = code.map_or_else(|| "no exit code".to_string(), |c| format!("exit {c}"));
+        let out = out.trim();
+        let text = if out.is_empty() {
+            format!("fence-command: {code_text} ({meaning})")
+        } else {
+            format!("fence-command: {code_text} ({meaning}): {out}")
+        };
+        self.last_fence = Some(text.clone());
+        let ok = matches!(code, Some(4 | 5 | 7));
+        if !ok {
+            self.retry_at = Some(now.saturating_add(self.cfg.deadtime));
+            self.set_state(
+                now,
+                HaState::Idle,
+                format!("{text}: not promoting without a successful fence"),
+            );
+            self.decision = format!(
+                "peer {} is dead, but {text}; without a witness a node promotes only after the fence \
+                 command reports 4 (peer outdated), 5 (peer unreachable) or 7 (peer fenced): not promoting; \
+                 fencing again after deadtime",
+                self.cfg.peer
+            );
+            return;
+        }
+        if code == Some(4) {
+            self.fence_outdated_peer = true;
+        }
+        if self.peer.alive == Some(true)
+            && self
+                .peer
+                .latest
+                .as_ref()
+                .is_some_and(|b| b.state != WireState::Idle)
+        {
+            self.set_state(
+                now,
+                HaState::Idle,
+                format!("{text}, but the peer came back and is not idle: not promoting"),
+            );
+            return;
+        }
+        match self.eligible(now) {
+            Ok(force) => {
+                self.force = force;
+                self.step = 0;
+                self.set_state(
+                    now,
+                    HaState::Acquiring,
+                    format!("peer dead and {text}: promoting"),
+                );
+                self.decision = format!("took over: peer dead for deadtime, {text}");
+            }
+            Err(why) => {
+                self.set_state(
+                    now,
+                    HaState::Idle,
+                    format!("{text}, but no longer eligible: {why}"),
+                );
+            }
+        }
+    }
+
+    // ----- decisions -----------------------------------------------------------
+
+    fn evaluate(&mut self, now: Millis) {
+        self.update_membership(now);
+        if self.promote_failed.as_ref().is_some_and(|(t, _)| now >= *t) {
+            self.promote_failed = None;
+        }
+        if self.cooldown_until.is_some_and(|t| now >= t) {
+            self.cooldown_until = None;
+            self.event(now, false, "failure-timeout over: eligible again".into());
+        }
+        // Decide until nothing moves (a transition may enable the next step).
+        for _ in 0..8 {
+            let before = (self.state, self.pending.is_some(), self.step);
+            self.decide(now);
+            if (self.state, self.pending.is_some(), self.step) == before {
+                break;
+            }
+        }
+        self.maybe_send(now);
+    }
+
+    fn decide(&mut self, now: Millis) {
+        if self.pending.is_some() {
+            return;
+        }
+        let retry_wait = self.retry_at.is_some_and(|t| now < t);
+        if !retry_wait {
+            self.retry_at = None;
+        }
+        match self.state {
+            HaState::Idle => {
+                if !retry_wait {
+                    self.decide_idle(now);
+                }
+            }
+            HaState::Claiming => self.decide_claiming(now),
+            HaState::Fencing => {
+                // The fence result moves on; nothing pending means a lost
+                // result: start over.
+                self.set_state(now, HaState::Idle, "fence result lost".into());
+            }
+            HaState::Acquiring => self.continue_acquire(now),
+            HaState::Holding => self.decide_holding(now),
+            HaState::Releasing => {
+                if !retry_wait {
+                    self.continue_release(now);
+                }
+            }
+        }
+    }
+
+    fn update_membership(&mut self, now: Millis) {
+        let (dead, warn) = (self.cfg.deadtime, self.cfg.warntime);
+        let mut logs = Vec::new();
+        for (k, p) in self.paths.iter_mut().enumerate() {
+            let age = p.last_heard.map(|t| now.saturating_sub(t));
+            let up = age.is_some_and(|a| a < dead);
+            let late = up && age.is_some_and(|a| a >= warn);
+            if up != p.up {
+                logs.push((
+                    !up,
+                    if up {
+                        format!("path {k} up")
+                    } else {
+                        format!("path {k} down: nothing heard for deadtime ({dead} ms)")
+                    },
+                ));
+            } else if late && !p.late {
+                logs.push((
+                    true,
+                    format!(
+                        "late heartbeat on path {k}: last heard {} ms ago (warntime {warn} ms)",
+                        age.unwrap_or(0)
+                    ),
+                ));
+            }
+            p.up = up;
+            p.late = late;
+        }
+        for (w, t) in logs {
+            self.event(now, w, t);
+        }
+        let any_up = self.paths.iter().any(|p| p.up);
+        let alive = if any_up {
+            Some(true)
+        } else if self.peer.last_valid.is_some()
+            || now >= self.start.saturating_add(self.cfg.initdead)
+        {
+            Some(false)
+        } else {
+            None
+        };
+        if alive != self.peer.alive {
+            let text = match alive {
+                Some(true) => format!("peer {} alive", self.cfg.peer),
+                Some(false) => match self.peer.last_valid {
+                    Some(t) => format!(
+                        "peer {} dead: no heartbeat on any path for {} ms (deadtime {dead} ms)",
+                        self.cfg.peer,
+                        now.saturating_sub(t)
+                    ),
+                    None => format!(
+                        "peer {} dead: never heard within initdead ({} ms)",
+                        self.cfg.peer, self.cfg.initdead
+                    ),
+                },
+                None => String::new(),
+            };
+            self.event(now, alive == Some(false), text);
+            self.peer.alive = alive;
+            self.send_now = true;
+        }
+    }
+
+    /// The order that settles ties: the preferred node, else the smaller name.
+    fn i_win(&self) -> bool {
+        match &self.cfg.preferred {
+            Some(p) => *p == self.cfg.me,
+            None => self.cfg.me < self.cfg.peer,
+        }
+    }
+
+    fn peer_known_outdated(&self) -> bool {
+        let bad = |d: DiskState| {
+            matches!(
+                d,
+                DiskState::Outdated | DiskState::Inconsistent | DiskState::Diskless
+            )
+        };
+        self.fence_outdated_peer
+            || self
+                .local
+                .as_ref()
+                .is_some_and(|l| l.connected && bad(l.peer_disk))
+            || self
+                .peer
+                .latest
+                .as_ref()
+                .and_then(|b| b.disk)
+                .is_some_and(bad)
+    }
+
+    /// Could this node take the resources now? `Ok(force)`, or why not.
+    fn eligible(&self, now: Millis) -> Result<bool, String> {
+        let Some(l) = &self.local else {
+            return Err("the local repd is not running".into());
+        };
+        if let Some(t) = self.cooldown_until.filter(|t| now < *t) {
+            return Err(format!(
+                "the chain failed to start here; failure-timeout runs {} ms more",
+                t - now
+            ));
+        }
+        if let Some(s) = &self.stop_failed {
+            return Err(s.clone());
+        }
+        if let Some((t, why)) = self.promote_failed.as_ref().filter(|(t, _)| now < *t) {
+            return Err(format!(
+                "the last promotion failed ({why}); trying again in {} ms",
+                t - now
+            ));
+        }
+        if l.connected && l.peer_role == Some(Role::Primary) {
+            return Err("the peer's repd is Primary (seen over the replication link)".into());
+        }
+        match l.disk {
+            DiskState::UpToDate => Ok(false),
+            DiskState::Consistent if self.peer_known_outdated() => Ok(true),
+            d => Err(format!("the local disk is {d:?}, not UpToDate")),
+        }
+    }
+
+    fn ready_for_failback(&self, now: Millis) -> bool {
+        self.cfg.auto_failback
+            && self.cfg.preferred.as_deref() == Some(self.cfg.me.as_str())
+            && matches!(self.state, HaState::Idle | HaState::Claiming)
+            && !self.cooling_down(now)
+            && self.stop_failed.is_none()
+            && self
+                .local
+                .as_ref()
+                .is_some_and(|l| l.disk == DiskState::UpToDate)
+    }
+
+    fn decide_idle(&mut self, now: Millis) {
+        // A device promoted outside the agent (or before it started): adopt it.
+        if self.local.as_ref().is_some_and(|l| l.role == Role::Primary) {
+            self.promoted = true;
+            self.step = 1;
+            for r in &mut self.res {
+                if *r == ResState::Stopped {
+                    *r = ResState::Unknown;
+                }
+            }
+            self.set_state(
+                now,
+                HaState::Acquiring,
+                "the device is Primary already (promoted outside the agent or before it started): \
+                 adopting it and starting the chain"
+                    .into(),
+            );
+            self.decision = "adopted the Primary role found on the device".into();
+            return;
+        }
+        match self.peer.alive {
+            None => {
+                self.decision = format!(
+                    "waiting for the first heartbeat of {} (initdead {} ms)",
+                    self.cfg.peer, self.cfg.initdead
+                );
+            }
+            Some(true) => self.decide_idle_peer_alive(now),
+            Some(false) => self.decide_idle_peer_dead(now),
+        }
+    }
+
+    fn decide_idle_peer_alive(&mut self, now: Millis) {
+        let peer = self.cfg.peer.clone();
+        let Some(b) = self.peer.latest.clone() else {
+            return;
+        };
+        if b.state.holds() {
+            self.decision = if self.ready_for_failback(now) {
+                format!("{peer} holds the resources; auto-failback: asked it to hand them back")
+            } else {
+                format!("{peer} holds the resources ({:?})", b.state)
+            };
+            return;
+        }
+        if b.state == WireState::Claiming {
+            self.decision = format!("{peer} is claiming the resources");
+            return;
+        }
+        if b.failback_request {
+            self.decision =
+                format!("{peer} is the preferred node and asked for the resources (auto-failback)");
+            return;
+        }
+        if let Err(why) = self.eligible(now) {
+            self.decision = format!("not taking the resources: {why}");
+            return;
+        }
+        if b.eligible && !self.i_win() {
+            self.decision = format!(
+                "{peer} is alive, idle and eligible, and comes first ({}): leaving the resources to it",
+                if self.cfg.preferred.is_some() {
+                    "preferred node"
+                } else {
+                    "smaller name"
+                }
+            );
+            return;
+        }
+        self.claim_seq = self.seq + 1;
+        self.set_state(
+            now,
+            HaState::Claiming,
+            format!(
+                "nobody holds the resources and this node is {}: claiming them from {peer}",
+                if b.eligible {
+                    "first in order"
+                } else {
+                    "the only eligible one"
+                }
+            ),
+        );
+        self.decision = format!("claiming: waiting for {peer} to acknowledge");
+    }
+
+    fn decide_idle_peer_dead(&mut self, now: Millis) {
+        let peer = self.cfg.peer.clone();
+        match self.eligible(now) {
+            Err(why) => {
+                self.decision = format!("{peer} is dead, but not taking over: {why}");
+            }
+            Ok(force) => {
+                if self.cfg.fencing {
+                    self.set_state(
+                        now,
+                        HaState::Fencing,
+                        format!("{peer} dead: fencing it before promoting"),
+                    );
+                    self.decision = match &self.last_fence {
+                        None => format!("{peer} is dead: running the fence command"),
+                        Some(f) => format!(
+                            "{peer} is dead: running the fence command again (last time {f}: not promoting)"
+                        ),
+                    };
+                    self.run(Op::Fence);
+                } else {
+                    self.force = force;
+                    self.step = 0;
+                    self.set_state(
+                        now,
+                        HaState::Acquiring,
+                        format!(
+                            "{peer} dead; no fence-command configured: promoting on deadtime alone, as heartbeat does"
+                        ),
+                    );
+                    self.decision = format!(
+                        "took over without fencing: {peer} silent on every path for deadtime and no \
+                         fence-command configured (a cut of every path would cause a split brain)"
+                    );
+                }
+            }
+        }
+    }
+
+    fn decide_claiming(&mut self, now: Millis) {
+        let peer = self.cfg.peer.clone();
+        if self.peer.alive != Some(true) {
+            self.set_state(
+                now,
+                HaState::Idle,
+                format!("{peer} went silent during the claim"),
+            );
+            self.decide_idle(now);
+            return;
+        }
+        let force = match self.eligible(now) {
+            Ok(f) => f,
+            Err(why) => {
+                self.set_state(now, HaState::Idle, format!("claim withdrawn: {why}"));
+                return;
+            }
+        };
+        let Some(b) = self.peer.latest.clone() else {
+            return;
+        };
+        if b.state.holds() {
+            self.set_state(
+                now,
+                HaState::Idle,
+                format!("claim withdrawn: {peer} holds the resources"),
+            );
+            return;
+        }
+        if b.state == WireState::Claiming && !self.i_win() {
+            self.set_state(
+                now,
+                HaState::Idle,
+                format!("claim withdrawn: {peer} claims too and comes first"),
+            );
+            return;
+        }
+        let acked = b
+            .ack
+            .is_some_and(|(inc, seq)| inc == self.incarnation && seq >= self.claim_seq);
+        if acked && b.state == WireState::Idle {
+            self.force = force;
+            self.step = 0;
+            self.set_state(
+                now,
+                HaState::Acquiring,
+                format!("{peer} acknowledged the claim and stays idle: promoting"),
+            );
+            self.decision = format!("took the resources: {peer} acknowledged the claim");
+            return;
+        }
+        if now.saturating_sub(self.state_since) >= self.cfg.deadtime {
+            self.set_state(
+                now,
+                HaState::Idle,
+                format!("claim not acknowledged by {peer} within deadtime; starting over"),
+            );
+        }
+    }
+
+    fn continue_acquire(&mut self, now: Millis) {
+        let n = self.res.len();
+        if self.step == 0 {
+            self.run(Op::Promote { force: self.force });
+        } else if self.step <= n {
+            let i = self.step - 1;
+            if let Some(r) = self.res.get_mut(i) {
+                *r = ResState::Starting;
+            }
+            self.run(Op::Start(i));
+        } else {
+            self.set_state(
+                now,
+                HaState::Holding,
+                format!("Primary with all {n} resource(s) started"),
+            );
+        }
+    }
+
+    fn decide_holding(&mut self, now: Millis) {
+        let peer = self.cfg.peer.clone();
+        let lost = match &self.local {
+            None => Some("the local repd stopped".to_string()),
+            Some(l) if l.role != Role::Primary => {
+                Some("the device was demoted outside the agent".to_string())
+            }
+            Some(_) => None,
+        };
+        if let Some(why) = lost {
+            self.begin_release(now, format!("{why}: stopping the chain"));
+            return;
+        }
+        if self.peer.alive != Some(true) {
+            return;
+        }
+        let Some(b) = self.peer.latest.clone() else {
+            return;
+        };
+        if matches!(b.state, WireState::Acquiring | WireState::Holding) && !self.i_win() {
+            self.begin_release(
+                now,
+                format!(
+                    "{peer} holds the resources too (after a partition?): this node comes second and releases"
+                ),
+            );
+            return;
+        }
+        if self.cfg.auto_failback
+            && self.cfg.preferred.as_deref() == Some(peer.as_str())
+            && b.failback_request
+        {
+            self.begin_release(
+                now,
+                format!("auto-failback: the preferred node {peer} is back and UpToDate"),
+            );
+        }
+    }
+
+    fn begin_release(&mut self, now: Millis, reason: String) {
+        self.step = self.res.len();
+        self.set_state(now, HaState::Releasing, reason);
+        self.continue_release(now);
+    }
+
+    fn continue_release(&mut self, now: Millis) {
+        if self.pending.is_some() {
+            return;
+        }
+        if self.step > 0 {
+            let i = self.step - 1;
+            if matches!(self.res.get(i), Some(ResState::Stopped)) {
+                // Never started: nothing to stop.
+                self.step = i;
+                self.continue_release(now);
+                return;
+            }
+            if let Some(r) = self.res.get_mut(i) {
+                if !matches!(r, ResState::StartFailed(_)) {
+                    *r = ResState::Stopping;
+                }
+            }
+            self.run(Op::Stop(i));
+        } else if self.promoted || self.local.as_ref().is_some_and(|l| l.role == Role::Primary) {
+            self.run(Op::Demote);
+        } else {
+            let reason = if self.rollback {
+                self.cooldown_until = Some(now.saturating_add(self.cfg.failure_timeout));
+                "released after a failed start".to_string()
+            } else {
+                "chain stopped".to_string()
+            };
+            self.rollback = false;
+            self.set_state(now, HaState::Idle, reason);
+        }
+    }
+
+    // ----- output ----------------------------------------------------------------
+
+    fn run(&mut self, op: Op) {
+        self.pending = Some(op.clone());
+        self.actions.push_back(Action::Run(op));
+    }
+
+    fn log(&mut self, warn: bool, text: String) {
+        self.actions.push_back(Action::Log { warn, text });
+    }
+
+    fn event(&mut self, now: Millis, warn: bool, what: String) {
+        self.log(warn, what.clone());
+        if self.events.len() == HISTORY {
+            self.events.pop_front();
+        }
+        self.events.push_back(Event { at: now, what });
+    }
+
+    fn set_state(&mut self, now: Millis, to: HaState, reason: String) {
+        let from = self.state;
+        if from == to {
+            return;
+        }
+        self.log(
+            matches!(to, HaState::Releasing) || reason.contains("fail"),
+            format!("{from:?} -> {to:?}: {reason}"),
+        );
+        let same = |t: &Transition| t.from == from && t.to == to && t.reason == reason;
+        let n = self.transitions.len();
+        let repeat = self
+            .transitions
+            .iter_mut()
+            .skip(n.saturating_sub(2))
+            .find(|t| same(t));
+        if let Some(t) = repeat {
+            t.count = t.count.saturating_add(1);
+            t.at = now;
+        } else {
+            if n == HISTORY {
+                self.transitions.pop_front();
+            }
+            self.transitions.push_back(Transition {
+                at: now,
+                from,
+                to,
+                reason,
+                count: 1,
+            });
+        }
+        self.state = to;
+        self.state_since = now;
+        self.send_now = true;
+    }
+
+    fn maybe_send(&mut self, now: Millis) {
+        if !self.send_now && now < self.next_send {
+            return;
+        }
+        self.send_now = false;
+        self.next_send = now.saturating_add(self.cfg.keepalive);
+        let eligible = self.eligible(now).is_ok();
+        let failback_request = self.ready_for_failback(now);
+        let ack = self
+            .peer
+            .incarnation
+            .filter(|_| self.peer.max_seq > 0)
+            .map(|(inc, _)| (inc, self.peer.max_seq));
+        for path in 0..self.paths.len() {
+            self.seq += 1;
+            let beat = Beat {
+                path: u8::try_from(path).unwrap_or(u8::MAX),
+                incarnation: self.incarnation,
+                started_ms: self.started_ms,
+                seq: self.seq,
+                ack,
+                state: self.state.wire(),
+                eligible,
+                failback_request,
+                repd_up: self.local.is_some(),
+                role: self.local.as_ref().map(|l| l.role),
+                disk: self.local.as_ref().map(|l| l.disk),
+                connected: self.local.as_ref().is_some_and(|l| l.connected),
+            };
+            self.counters.sent += 1;
+            self.actions.push_back(Action::Send { path, beat });
+        }
+    }
+
+    /// The status as `cluster-agent status` shows it.
+    #[must_use]
+    pub fn status(&self, now: Millis) -> CoreStatus {
+        let b = self.peer.latest.as_ref();
+        let fencing = if self.cfg.fencing {
+            "fence-command configured: a dead peer is fenced before this node promotes".to_string()
+        } else {
+            "no fence-command: a dead peer is replaced on deadtime alone, as heartbeat does \
+             (a cut of every path causes a split brain)"
+                .to_string()
+        };
+        CoreStatus {
+            node: self.cfg.me.clone(),
+            state: self.state,
+            state_for_ms: now.saturating_sub(self.state_since),
+            holds_role: self.promoted,
+            decision: self.decision.clone(),
+            fencing,
+            last_fence: self.last_fence.clone(),
+            failure_timeout_left_ms: self.cooldown_until.filter(|t| *t > now).map(|t| t - now),
+            stop_failed: self.stop_failed.clone(),
+            pending: self.pending.clone(),
+            local: self.local.clone(),
+            peer: PeerStatus {
+                name: self.cfg.peer.clone(),
+                alive: self.peer.alive,
+                state: b.map(|b| b.state),
+                role: b.and_then(|b| b.role),
+                disk: b.and_then(|b| b.disk),
+                connected: b.map(|b| b.connected),
+                eligible: b.map(|b| b.eligible),
+                failback_request: b.map(|b| b.failback_request),
+                incarnation: self.peer.incarnation.map(|(i, _)| format!("{i:016x}")),
+                last_heard_ms_ago: self.peer.last_valid.map(|t| now.saturating_sub(t)),
+            },
+            paths: self
+                .paths
+                .iter()
+                .enumerate()
+                .map(|(index, p)| PathStatus {
+                    index,
+                    up: p.up,
+                    late: p.late,
+                    last_heard_ms_ago: p.last_heard.map(|t| now.saturating_sub(t)),
+                    received: p.received,
+                })
+                .collect(),
+            resources: self.res.clone(),
+            counters: self.counters.clone(),
+            transitions: self.transitions.iter().cloned().collect(),
+            events: self.events.iter().cloned().collect(),
+        }
+    }
+}
+
+fn result_text(r: &OpResult) -> String {
+    match r {
+        OpResult::Ok => "ok".into(),
+        OpResult::Failed(e) => e.clone(),
+        OpResult::FenceExit(c, out) => format!("exit {c:?}: {out}"),
+    }
+}

@@ -1,0 +1,510 @@
+//! The agent process around the core: UDP heartbeat sockets (one per path),
+//! a worker that talks to the local repd over its control socket (status
+//! polls every keepalive, promote, demote: in one thread, so a status never
+//! overtakes the result of a command), a worker that runs the resource
+//! chain and the fence command, and the agent's own control socket.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{SigSet, Signal};
+use replication_proto::wire::Role;
+use serde_json::{json, Value};
+use ublk_target::control::ControlError;
+use ublk_target::engine::{ControlCmd, NodeStatus};
+
+use crate::config::{AgentConfig, Link, ResourceEntry};
+use crate::control::{self, Incoming, Reply, Request};
+use crate::core::{Action, BadPacket, Core, CoreConfig, Input, LocalState, Op, OpResult};
+use crate::resources::{self, Ctx};
+use crate::wire::{self, DecodeError};
+
+/// How the daemon is started.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: PathBuf,
+    pub node: Option<String>,
+    pub run_dir: PathBuf,
+}
+
+enum Msg {
+    Packet {
+        path: usize,
+        data: Vec<u8>,
+        from: SocketAddr,
+    },
+    Local(Option<LocalState>),
+    Done {
+        op: Op,
+        result: OpResult,
+    },
+    Control(Incoming),
+    Shutdown(String),
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The core's settings from the configuration.
+#[must_use]
+pub fn core_config(cfg: &AgentConfig) -> CoreConfig {
+    let c = &cfg.cluster;
+    CoreConfig {
+        me: cfg.me.clone(),
+        peer: cfg.peer.clone(),
+        keepalive: ms(c.keepalive),
+        warntime: ms(c.warntime),
+        deadtime: ms(c.deadtime),
+        initdead: ms(c.initdead),
+        paths: cfg.links().len(),
+        resources: c.resources.len(),
+        fencing: c.fence_command.is_some(),
+        auto_failback: c.auto_failback,
+        preferred: c.preferred.clone(),
+        failure_timeout: ms(c.failure_timeout),
+    }
+}
+
+/// What the agent needs to know of `repctl status`.
+#[must_use]
+pub fn local_state(st: &NodeStatus) -> LocalState {
+    let connected = matches!(
+        st.connection.as_str(),
+        "Connected"
+            | "SyncSource"
+            | "SyncTarget"
+            | "WFBitMapS"
+            | "WFBitMapT"
+            | "VerifySource"
+            | "VerifyTarget"
+    );
+    LocalState {
+        role: st.role,
+        disk: st.disk,
+        connected,
+        peer_role: if connected { st.peer_role } else { None },
+        peer_disk: st.peer_disk,
+    }
+}
+
+/// Run the agent in the foreground until SIGTERM or SIGINT.
+///
+/// # Errors
+/// Why it could not start (configuration, sockets).
+pub fn run(opts: &Options) -> Result<(), String> {
+    // Shutdown signals go to one thread; every thread started below inherits
+    // the mask.
+    let mut sigs = SigSet::empty();
+    sigs.add(Signal::SIGTERM);
+    sigs.add(Signal::SIGINT);
+    sigs.thread_block()
+        .map_err(|e| format!("cannot block signals: {e}"))?;
+
+    let cfg = AgentConfig::load(&opts.config, opts.node.as_deref()).map_err(|e| e.to_string())?;
+    let resource = cfg.resource.resource.name.clone();
+    let span = tracing::info_span!("agent", resource = %resource, node = %cfg.me);
+    let _g = span.enter();
+    let links = cfg.links();
+    let device = cfg
+        .resource
+        .node(&cfg.me)
+        .map(ublk_target::config::Node::device_path)
+        .unwrap_or_default();
+    let repd_sock = ublk_target::control::socket_path(&opts.run_dir, &resource, &cfg.me);
+    let agent_sock = control::socket_path(&opts.run_dir, &resource, &cfg.me);
+
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let mut sockets = Vec::with_capacity(links.len());
+    for (k, l) in links.iter().enumerate() {
+        let s = UdpSocket::bind(l.local).map_err(|e| {
+            format!(
+                "cannot bind heartbeat path {k} ({}) on {}: {e} (is the address local, and no other agent running?)",
+                l.name, l.local
+            )
+        })?;
+        let r = s
+            .try_clone()
+            .map_err(|e| format!("heartbeat socket {}: {e}", l.local))?;
+        let tx = tx.clone();
+        let span = span.clone();
+        std::thread::Builder::new()
+            .name(format!("hb-recv-{k}"))
+            .spawn(move || {
+                let _g = span.enter();
+                receive(&r, k, &tx);
+            })
+            .map_err(|e| format!("cannot start a thread: {e}"))?;
+        sockets.push(s);
+    }
+
+    let (ctl_tx, ctl_rx) = mpsc::channel::<Incoming>();
+    control::serve(&agent_sock, ctl_tx)?;
+    {
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name("agent-control-fwd".into())
+            .spawn(move || {
+                for inc in ctl_rx {
+                    if tx.send(Msg::Control(inc)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start a thread: {e}"))?;
+    }
+
+    let (repd_tx, repd_rx) = mpsc::channel::<Op>();
+    {
+        let tx = tx.clone();
+        let span = span.clone();
+        let every = cfg.cluster.keepalive;
+        let sock = repd_sock.clone();
+        std::thread::Builder::new()
+            .name("agent-repd".into())
+            .spawn(move || {
+                let _g = span.enter();
+                repd_worker(&sock, every, &repd_rx, &tx);
+            })
+            .map_err(|e| format!("cannot start a thread: {e}"))?;
+    }
+
+    let (exec_tx, exec_rx) = mpsc::channel::<Op>();
+    {
+        let tx = tx.clone();
+        let span = span.clone();
+        let chain = cfg.cluster.resources.clone();
+        let fence = cfg.cluster.fence_command.clone();
+        let fence_timeout = cfg.cluster.fence_timeout;
+        let ctx = Ctx {
+            resource: resource.clone(),
+            node: cfg.me.clone(),
+            peer: cfg.peer.clone(),
+            device: device.clone(),
+        };
+        std::thread::Builder::new()
+            .name("agent-exec".into())
+            .spawn(move || {
+                let _g = span.enter();
+                exec_worker(&chain, fence.as_deref(), fence_timeout, &ctx, &exec_rx, &tx);
+            })
+            .map_err(|e| format!("cannot start a thread: {e}"))?;
+    }
+
+    {
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name("agent-signals".into())
+            .spawn(move || {
+                if let Ok(sig) = sigs.wait() {
+                    let _ = tx.send(Msg::Shutdown(format!("{sig:?}")));
+                }
+            })
+            .map_err(|e| format!("cannot start a thread: {e}"))?;
+    }
+    drop(tx);
+
+    if cfg.cluster.witness.is_some() {
+        tracing::warn!("a witness is configured, but witness quorum is not implemented yet: the fence-command rules apply");
+    }
+    match &cfg.cluster.fence_command {
+        Some(f) => tracing::info!(fence_command = %f, "a dead peer is fenced before this node promotes"),
+        None => tracing::warn!("no fence-command: a dead peer is replaced on deadtime alone, as heartbeat does (a cut of every path causes a split brain)"),
+    }
+
+    let clock = Instant::now();
+    let now = || ms(clock.elapsed());
+    let incarnation: u64 = rand::random();
+    let started_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(ms)
+        .unwrap_or(0);
+    let mut core = Core::new(core_config(&cfg), incarnation, started_ms, now());
+    tracing::info!(
+        incarnation = %format!("{incarnation:016x}"),
+        paths = links.len(),
+        resources = cfg.cluster.resources.len(),
+        control = %agent_sock.display(),
+        "cluster-agent running"
+    );
+    println!(
+        "cluster-agent: resource {resource} node {} running; control socket {}",
+        cfg.me,
+        agent_sock.display()
+    );
+    let key = cfg.cluster.auth_key.clone();
+    let mut bad_logged = 0u64;
+    let reason = loop {
+        core.handle(now(), Input::Tick);
+        while let Some(a) = core.poll_action() {
+            match a {
+                Action::Send { path, beat } => {
+                    let data = wire::encode(&key, &resource, &cfg.me, &beat);
+                    if let (Some(s), Some(l)) = (sockets.get(path), links.get(path)) {
+                        if let Err(e) = s.send_to(&data, l.peer) {
+                            tracing::debug!(path, peer = %l.peer, "heartbeat not sent: {e}");
+                        }
+                    }
+                }
+                Action::Run(op) => {
+                    tracing::info!(?op, "running");
+                    let sent = match op {
+                        Op::Promote { .. } | Op::Demote => repd_tx.send(op).is_ok(),
+                        _ => exec_tx.send(op).is_ok(),
+                    };
+                    if !sent {
+                        break;
+                    }
+                }
+                Action::Log { warn, text } => {
+                    if warn {
+                        tracing::warn!("{text}");
+                    } else {
+                        tracing::info!("{text}");
+                    }
+                }
+            }
+        }
+        let wait = core.next_wakeup().saturating_sub(now()).clamp(1, 1000);
+        let msg = match rx.recv_timeout(Duration::from_millis(wait)) {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break "every worker stopped".to_string(),
+        };
+        let input = match msg {
+            Msg::Packet { path, data, from } => match wire::decode(&key, &data) {
+                Ok(p) if p.resource == resource && p.node == cfg.peer => {
+                    Input::Beat { path, beat: p.beat }
+                }
+                Ok(p) => {
+                    log_bad(
+                        &mut bad_logged,
+                        path,
+                        from,
+                        &format!(
+                            "heartbeat of resource {} node {} (expecting {resource} from {})",
+                            p.resource, p.node, cfg.peer
+                        ),
+                    );
+                    Input::BadPacket {
+                        path,
+                        kind: BadPacket::Foreign,
+                    }
+                }
+                Err(e) => {
+                    log_bad(&mut bad_logged, path, from, &e.to_string());
+                    Input::BadPacket {
+                        path,
+                        kind: if e == DecodeError::BadMac {
+                            BadPacket::BadMac
+                        } else {
+                            BadPacket::Malformed
+                        },
+                    }
+                }
+            },
+            Msg::Local(l) => Input::Local(l),
+            Msg::Done { op, result } => {
+                match &result {
+                    OpResult::Ok => tracing::info!(?op, "done"),
+                    other => tracing::info!(?op, result = ?other, "done"),
+                }
+                Input::Done { op, result }
+            }
+            Msg::Control(inc) => {
+                let reply = match inc.request {
+                    Request::Status => Reply {
+                        ok: true,
+                        error: None,
+                        status: Some(status_json(&core, now(), &cfg, &links, &device, clock)),
+                    },
+                };
+                let _ = inc.reply.send(reply);
+                continue;
+            }
+            Msg::Shutdown(sig) => break format!("signal {sig}"),
+        };
+        core.handle(now(), input);
+    };
+    tracing::info!(
+        "stopping ({reason}); the device and the chain are left as they are: a restarted agent adopts them"
+    );
+    let _ = std::fs::remove_file(&agent_sock);
+    Ok(())
+}
+
+fn log_bad(count: &mut u64, path: usize, from: SocketAddr, what: &str) {
+    *count += 1;
+    if *count <= 10 || count.is_power_of_two() {
+        tracing::warn!(path, %from, dropped = *count, "dropped a packet: {what}");
+    }
+}
+
+fn receive(s: &UdpSocket, path: usize, tx: &Sender<Msg>) {
+    let mut buf = vec![0u8; wire::MAX_PACKET + 64];
+    loop {
+        match s.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                let data = buf.get(..n).unwrap_or_default().to_vec();
+                if tx.send(Msg::Packet { path, data, from }).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // ICMP errors (port unreachable while the peer is down) show
+                // up here on Linux; they say nothing the silence does not.
+                tracing::trace!(path, "heartbeat receive: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+fn repd_worker(sock: &Path, every: Duration, rx: &Receiver<Op>, tx: &Sender<Msg>) {
+    loop {
+        match rx.recv_timeout(every) {
+            Ok(op) => {
+                let result = repd_op(sock, &op);
+                if tx.send(Msg::Done { op, result }).is_err() {
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let msg = match ublk_target::control::request(
+            sock,
+            &ControlCmd::Status,
+            Some(Duration::from_secs(2)),
+        ) {
+            Ok(r) => r.status.map(|st| Msg::Local(Some(local_state(&st)))),
+            Err(ControlError::NotRunning { .. }) => Some(Msg::Local(None)),
+            Err(e) => {
+                // Slow or odd answer: keep the last known state.
+                tracing::debug!("repd status: {e}");
+                None
+            }
+        };
+        if let Some(m) = msg {
+            if tx.send(m).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn repd_op(sock: &Path, op: &Op) -> OpResult {
+    let (cmd, what) = match op {
+        Op::Promote { force } => (ControlCmd::Primary { force: *force }, "promote"),
+        Op::Demote => (ControlCmd::Secondary, "demote"),
+        other => return OpResult::Failed(format!("{other:?} is not a device operation")),
+    };
+    match ublk_target::control::request(sock, &cmd, Some(Duration::from_secs(60))) {
+        Ok(r) if r.ok => match (&cmd, r.status.map(|s| s.role)) {
+            (ControlCmd::Primary { .. }, Some(Role::Secondary)) => {
+                OpResult::Failed(format!("{what}: repd answered ok but is still Secondary"))
+            }
+            _ => OpResult::Ok,
+        },
+        Ok(r) => OpResult::Failed(format!(
+            "{what} refused by repd: {}",
+            r.error.unwrap_or_else(|| "no reason given".into())
+        )),
+        // A repd that does not run is not Primary: the demotion holds.
+        Err(ControlError::NotRunning { .. }) if matches!(op, Op::Demote) => OpResult::Ok,
+        Err(e) => OpResult::Failed(format!("{what}: {e}")),
+    }
+}
+
+fn exec_worker(
+    chain: &[ResourceEntry],
+    fence: Option<&str>,
+    fence_timeout: Duration,
+    ctx: &Ctx,
+    rx: &Receiver<Op>,
+    tx: &Sender<Msg>,
+) {
+    for op in rx {
+        let result = match &op {
+            Op::Start(i) | Op::Stop(i) => match chain.get(*i) {
+                None => OpResult::Failed(format!("no resource {i}")),
+                Some(r) => {
+                    let res = if matches!(op, Op::Start(_)) {
+                        resources::start(r, ctx)
+                    } else {
+                        resources::stop(r, ctx)
+                    };
+                    match res {
+                        Ok(()) => OpResult::Ok,
+                        Err(e) => OpResult::Failed(e),
+                    }
+                }
+            },
+            Op::Fence => match fence {
+                Some(cmd) => {
+                    let (code, out) = resources::fence(cmd, fence_timeout, ctx);
+                    OpResult::FenceExit(code, out)
+                }
+                None => OpResult::Failed("no fence-command configured".into()),
+            },
+            other => OpResult::Failed(format!("{other:?} is not a chain operation")),
+        };
+        if tx.send(Msg::Done { op, result }).is_err() {
+            return;
+        }
+    }
+}
+
+fn status_json(
+    core: &Core,
+    now: u64,
+    cfg: &AgentConfig,
+    links: &[Link],
+    device: &Path,
+    clock: Instant,
+) -> Value {
+    let st = core.status(now);
+    let mut v = serde_json::to_value(&st).unwrap_or(Value::Null);
+    let Some(obj) = v.as_object_mut() else {
+        return v;
+    };
+    obj.insert("resource".into(), json!(cfg.resource.resource.name));
+    obj.insert("pid".into(), json!(std::process::id()));
+    obj.insert("uptime_ms".into(), json!(ms(clock.elapsed())));
+    obj.insert("fence_command".into(), json!(cfg.cluster.fence_command));
+    obj.insert(
+        "witness".into(),
+        json!(cfg
+            .cluster
+            .witness
+            .map(|w| format!("{w} (configured; witness quorum not implemented yet)"))),
+    );
+    obj.insert("auto_failback".into(), json!(cfg.cluster.auto_failback));
+    obj.insert("preferred".into(), json!(cfg.cluster.preferred));
+    if let Some(paths) = obj.get_mut("paths").and_then(Value::as_array_mut) {
+        for (p, l) in paths.iter_mut().zip(links) {
+            if let Some(po) = p.as_object_mut() {
+                po.insert("name".into(), json!(l.name));
+                po.insert("local".into(), json!(l.local.to_string()));
+                po.insert("peer".into(), json!(l.peer.to_string()));
+            }
+        }
+    }
+    let mut chain = vec![json!({
+        "type": "device",
+        "label": format!("device:{} ({})", device.display(), cfg.resource.resource.name),
+        "state": if st.holds_role { "primary" } else { "secondary" },
+    })];
+    for (r, s) in cfg.cluster.resources.iter().zip(&st.resources) {
+        chain.push(json!({
+            "type": r.kind(),
+            "label": r.label(),
+            "state": s,
+        }));
+    }
+    obj.insert("chain".into(), Value::Array(chain));
+    v
+}

@@ -1,0 +1,263 @@
+//! `cluster-agent`: heartbeat, failover and the resource chain for one
+//! resource on one node. Runs in the foreground (logs to stderr), which is
+//! what systemd wants; `cluster-agent status` asks a running agent.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use cluster_agent::config::AgentConfig;
+use cluster_agent::control::{self, Request};
+use cluster_agent::daemon::{self, Options};
+use serde_json::Value;
+use ublk_target::control::DEFAULT_RUN_DIR;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cluster-agent",
+    version,
+    about = "The HA agent of one replicated resource: heartbeat, failover, resource chain",
+    long_about = "The HA agent of one replicated resource (heartbeat from Linux-HA, done right).\n\n\
+                  Without a command it runs in the foreground: it sends heartbeats to the peer's agent on \
+                  every [[cluster.path]] of the resource file, watches the local repd through its control \
+                  socket, and decides who holds the resources: the device's Primary role and the chain of \
+                  [[cluster.resource]] entries on top of it, started left to right after the promotion and \
+                  stopped right to left before the demotion. A peer silent on every path for deadtime-ms is \
+                  dead; it is fenced with fence-command (if configured) before this node promotes.\n\n\
+                  `cluster-agent status` shows members, paths, who holds what, the last transitions and why \
+                  the agent did or did not promote.\n\n\
+                  See cluster-agent/examples/r0-cluster.toml for the [cluster] table."
+)]
+struct Cli {
+    /// The resource configuration file (TOML) with its [cluster] table.
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        value_name = "FILE",
+        default_value = "/etc/rep/r0.toml"
+    )]
+    config: PathBuf,
+    /// This node's name in the config [default: the host name].
+    #[arg(long, short = 'n', global = true, value_name = "NAME")]
+    node: Option<String>,
+    /// Where the control sockets of repd and of the agent live.
+    #[arg(long, global = true, value_name = "DIR", env = "REP_RUN_DIR", default_value = DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent in the foreground (the default)
+    Run,
+    /// Show the agent's view: members, paths, resources, transitions, why
+    Status {
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        None | Some(Command::Run) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("REP_LOG")
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .init();
+            daemon::run(&Options {
+                config: cli.config.clone(),
+                node: cli.node.clone(),
+                run_dir: cli.run_dir.clone(),
+            })
+        }
+        Some(Command::Status { json }) => status(&cli, *json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cluster-agent: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn status(cli: &Cli, json: bool) -> Result<(), String> {
+    let cfg = AgentConfig::load(&cli.config, cli.node.as_deref()).map_err(|e| e.to_string())?;
+    let path = control::socket_path(&cli.run_dir, &cfg.resource.resource.name, &cfg.me);
+    let reply = control::request(&path, &Request::Status)?;
+    if !reply.ok {
+        return Err(reply.error.unwrap_or_else(|| "the agent refused".into()));
+    }
+    let st = reply.status.unwrap_or(Value::Null);
+    if json {
+        println!("{st}");
+    } else {
+        print!("{}", text(&st));
+    }
+    Ok(())
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn ago(v: &Value) -> String {
+    match v.as_u64() {
+        None => "never".into(),
+        Some(ms) if ms < 10_000 => format!("{ms} ms ago"),
+        Some(ms) => format!("{:.1} s ago", ms as f64 / 1000.0),
+    }
+}
+
+/// The readable form of the status.
+fn text(st: &Value) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{} on {}: {} for {:.1} s{}",
+        s(&st["resource"]),
+        s(&st["node"]),
+        s(&st["state"]),
+        st["state_for_ms"].as_f64().unwrap_or(0.0) / 1000.0,
+        if st["holds_role"] == true {
+            ", holds the Primary role"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(o, "decision: {}", s(&st["decision"]));
+    let _ = writeln!(o, "fencing:  {}", s(&st["fencing"]));
+    if !st["last_fence"].is_null() {
+        let _ = writeln!(o, "last fence: {}", s(&st["last_fence"]));
+    }
+    if !st["witness"].is_null() {
+        let _ = writeln!(o, "witness:  {}", s(&st["witness"]));
+    }
+    if let Some(ms) = st["failure_timeout_left_ms"].as_u64() {
+        let _ = writeln!(
+            o,
+            "failure-timeout: {ms} ms left before this node may take over again"
+        );
+    }
+    if !st["stop_failed"].is_null() {
+        let _ = writeln!(o, "STOP FAILED: {}", s(&st["stop_failed"]));
+    }
+    let l = &st["local"];
+    if l.is_null() {
+        let _ = writeln!(o, "local repd: not running");
+    } else {
+        let _ = writeln!(
+            o,
+            "local repd: {} {} {}",
+            s(&l["role"]),
+            s(&l["disk"]),
+            if l["connected"] == true {
+                "connected"
+            } else {
+                "not connected"
+            }
+        );
+    }
+    let p = &st["peer"];
+    let alive = match p["alive"].as_bool() {
+        Some(true) => "alive",
+        Some(false) => "DEAD",
+        None => "not heard yet",
+    };
+    let _ = writeln!(
+        o,
+        "peer {}: {alive}, {}agent {}, repd {} {}, last heard {}",
+        s(&p["name"]),
+        if p["alive"] == false {
+            "last known: "
+        } else {
+            ""
+        },
+        s(&p["state"]),
+        s(&p["role"]),
+        s(&p["disk"]),
+        ago(&p["last_heard_ms_ago"])
+    );
+    let _ = writeln!(o, "paths:");
+    for p in st["paths"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            o,
+            "  {} {:<8} {} -> {}  {:<4} last heard {} ({} received)",
+            s(&p["index"]),
+            s(&p["name"]),
+            s(&p["local"]),
+            s(&p["peer"]),
+            if p["up"] == true {
+                if p["late"] == true {
+                    "late"
+                } else {
+                    "up"
+                }
+            } else {
+                "DOWN"
+            },
+            ago(&p["last_heard_ms_ago"]),
+            s(&p["received"])
+        );
+    }
+    let _ = writeln!(o, "chain:");
+    for r in st["chain"].as_array().into_iter().flatten() {
+        let _ = writeln!(o, "  {:<40} {}", s(&r["label"]), s(&r["state"]));
+    }
+    let c = &st["counters"];
+    let _ = writeln!(
+        o,
+        "heartbeats: sent {} received {}; dropped: bad-mac {} replay {} malformed {} foreign {}; peer restarts {}",
+        s(&c["sent"]),
+        s(&c["received"]),
+        s(&c["bad_mac"]),
+        s(&c["replay"]),
+        s(&c["malformed"]),
+        s(&c["foreign"]),
+        s(&c["peer_restarts"])
+    );
+    let up = st["uptime_ms"].as_u64().unwrap_or(0);
+    let _ = writeln!(o, "last transitions:");
+    for t in st["transitions"].as_array().into_iter().flatten() {
+        let at = t["at"].as_u64().unwrap_or(0);
+        let count = t["count"].as_u64().unwrap_or(1);
+        let _ = writeln!(
+            o,
+            "  {:>8.1} s ago  {} -> {}: {}{}",
+            up.saturating_sub(at) as f64 / 1000.0,
+            s(&t["from"]),
+            s(&t["to"]),
+            s(&t["reason"]),
+            if count > 1 {
+                format!(" ({count} times, the last shown)")
+            } else {
+                String::new()
+            }
+        );
+    }
+    let _ = writeln!(o, "events:");
+    let events: Vec<&Value> = st["events"].as_array().into_iter().flatten().collect();
+    for e in events.iter().rev().take(10).rev() {
+        let at = e["at"].as_u64().unwrap_or(0);
+        let _ = writeln!(
+            o,
+            "  {:>8.1} s ago  {}",
+            up.saturating_sub(at) as f64 / 1000.0,
+            s(&e["what"])
+        );
+    }
+    o
+}

@@ -1,0 +1,690 @@
+//! Two nodes in two network namespaces joined by TWO veth pairs (two
+//! heartbeat paths; replication and NBD on the first), each with a real
+//! `repd` (started with `repctl up`) and a real `cluster-agent`, driven the
+//! way a user would: `repctl`, `cluster-agent status --json`, NBD clients.
+
+#![allow(
+    dead_code,
+    clippy::needless_range_loop,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation
+)]
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const NODES: [&str; 2] = ["alpha", "beta"];
+pub const KEY: &str = "test-heartbeat-key";
+pub const HB_PORT: u16 = 694;
+
+/// The binaries under test: repd and repctl from the workspace (built
+/// here if needed, into the same target directory), and the agent.
+#[derive(Debug)]
+pub struct Bins {
+    pub repctl: PathBuf,
+    pub repd: PathBuf,
+    pub agent: PathBuf,
+}
+
+pub fn bins() -> &'static Bins {
+    static BINS: OnceLock<Bins> = OnceLock::new();
+    BINS.get_or_init(|| {
+        // target/<profile>/deps/<test>  ->  target/<profile>
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let target = profile_dir.parent().unwrap().to_path_buf();
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let mut c = Command::new(env!("CARGO"));
+        c.args(["build", "-q", "-p", "ublk-target", "--bins"])
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+        if release {
+            c.arg("--release");
+        }
+        let o = c.output().unwrap();
+        assert!(
+            o.status.success(),
+            "building repd and repctl failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let b = Bins {
+            repctl: profile_dir.join("repctl"),
+            repd: profile_dir.join("repd"),
+            agent: PathBuf::from(env!("CARGO_BIN_EXE_cluster-agent")),
+        };
+        for p in [&b.repctl, &b.repd, &b.agent] {
+            assert!(p.exists(), "{} is missing", p.display());
+        }
+        b
+    })
+}
+
+/// Fail loudly when a tool the test drives is missing.
+pub fn require(tool: &str, package: &str) {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "{tool} is not installed: apt-get install {package} (scripts/test-all.sh does it)"
+    );
+}
+
+pub fn ip(args: &[&str]) {
+    let o = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("iproute2 is installed (apt-get install iproute2)");
+    assert!(
+        o.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Two namespaces joined by two veth pairs: `link` 0 and 1.
+#[derive(Debug)]
+pub struct Net {
+    pub ns: [String; 2],
+    /// `ips[link][node]`
+    pub ips: [[String; 2]; 2],
+    /// `veth[link][node]`
+    pub veth: [[String; 2]; 2],
+}
+
+impl Net {
+    pub fn new() -> Self {
+        require("ip", "iproute2");
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = std::process::id();
+        let ns = [format!("cag{pid}-{k}a"), format!("cag{pid}-{k}b")];
+        let third = (pid % 250) as u8;
+        let ips = [
+            [
+                format!("10.{third}.{}.1", 2 * k),
+                format!("10.{third}.{}.2", 2 * k),
+            ],
+            [
+                format!("10.{third}.{}.1", 2 * k + 1),
+                format!("10.{third}.{}.2", 2 * k + 1),
+            ],
+        ];
+        // Created under unique names (at most 15 bytes) in the root
+        // namespace, then renamed `link0` / `link1` inside each namespace so
+        // that the (identical) config can name the interface of a service IP.
+        let v = |l: u32, s: &str| format!("cv{}{k}{l}{s}", pid % 1_000_000);
+        let tmp = [[v(0, "a"), v(0, "b")], [v(1, "a"), v(1, "b")]];
+        let veth = [
+            ["link0".to_string(), "link0".to_string()],
+            ["link1".to_string(), "link1".to_string()],
+        ];
+        for n in &ns {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+            ip(&["netns", "add", n]);
+            ip(&["-n", n, "link", "set", "lo", "up"]);
+        }
+        for l in 0..2 {
+            ip(&[
+                "link", "add", &tmp[l][0], "type", "veth", "peer", "name", &tmp[l][1],
+            ]);
+            for i in 0..2 {
+                ip(&["link", "set", &tmp[l][i], "netns", &ns[i]]);
+                ip(&[
+                    "-n",
+                    &ns[i],
+                    "link",
+                    "set",
+                    "dev",
+                    &tmp[l][i],
+                    "name",
+                    &veth[l][i],
+                ]);
+                ip(&[
+                    "-n",
+                    &ns[i],
+                    "addr",
+                    "add",
+                    &format!("{}/24", ips[l][i]),
+                    "dev",
+                    &veth[l][i],
+                ]);
+                ip(&["-n", &ns[i], "link", "set", &veth[l][i], "up"]);
+            }
+        }
+        Net { ns, ips, veth }
+    }
+
+    /// The service address the `ip` resource moves (on link 0's subnet).
+    pub fn service_ip(&self) -> String {
+        let base = self.ips[0][0].rsplit_once('.').unwrap().0;
+        format!("{base}.100")
+    }
+
+    /// Whether node i's namespace carries the service address.
+    pub fn has_service_ip(&self, i: usize) -> bool {
+        let o = Command::new("ip")
+            .args(["-n", &self.ns[i], "-o", "addr", "show", "dev", "link0"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).contains(&format!("{}/24", self.service_ip()))
+    }
+
+    /// Take link `l` down (both ends) or up again.
+    pub fn link(&self, l: usize, up: bool) {
+        for i in 0..2 {
+            ip(&[
+                "-n",
+                &self.ns[i],
+                "link",
+                "set",
+                &self.veth[l][i],
+                if up { "up" } else { "down" },
+            ]);
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for n in &self.ns {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+/// How a test cluster is configured.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    /// `fence-command` exits with the code in `<dir>/fence.code` (None: no
+    /// fence command at all).
+    pub fence_code: Option<i32>,
+    pub auto_failback: bool,
+    pub preferred: Option<&'static str>,
+    pub deadtime_ms: u64,
+    pub disk_mib: u64,
+    /// A service IP (`ip` resource on link0) at the end of the chain.
+    pub service_ip: bool,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Self {
+            fence_code: None,
+            auto_failback: false,
+            preferred: Some("alpha"),
+            deadtime_ms: 2000,
+            disk_mib: 64,
+            service_ip: true,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub run_dir: PathBuf,
+    pub net: Net,
+    pub nbd_port: u16,
+    pub opts: Opts,
+    pub agents: [Option<Child>; 2],
+}
+
+/// Temp files on a real filesystem (O_DIRECT works there; /tmp may be tmpfs).
+pub fn target_tmp() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+fn write_exec(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+impl Cluster {
+    pub fn new(opts: Opts) -> Self {
+        let b = bins();
+        require("nbdcopy", "libnbd-bin");
+        let net = Net::new();
+        let dir = tempfile::Builder::new()
+            .prefix("agent-test-")
+            .tempdir_in(target_tmp())
+            .unwrap();
+        let d = dir.path();
+        for n in NODES {
+            let f = std::fs::File::create(d.join(format!("{n}.img"))).unwrap();
+            f.set_len(opts.disk_mib << 20).unwrap();
+        }
+        // Two services in the chain; both log to chain.log so the order shows.
+        let svc = "#!/bin/sh\nd=$(dirname \"$0\"); n=$(basename \"$0\")\n\
+                   case \"$1\" in\n\
+                   start) if [ -e \"$d/fail.$n.$REP_NODE\" ]; then echo \"$REP_NODE start-fails $n\" >> \"$d/chain.log\"; echo \"$n cannot start here\" >&2; exit 1; fi\n\
+                   echo \"$REP_NODE start $n\" >> \"$d/chain.log\"; touch \"$d/$n.$REP_NODE\";;\n\
+                   stop) echo \"$REP_NODE stop $n\" >> \"$d/chain.log\"; rm -f \"$d/$n.$REP_NODE\";;\n\
+                   status) [ -e \"$d/$n.$REP_NODE\" ];;\n\
+                   *) exit 2;;\nesac\n";
+        write_exec(&d.join("svc-a"), svc);
+        write_exec(&d.join("svc-b"), svc);
+        write_exec(
+            &d.join("fence.sh"),
+            "#!/bin/sh\nd=$(dirname \"$0\")\necho \"$REP_NODE fences $REP_PEER\" >> \"$d/fence.log\"\nexit $(cat \"$d/fence.code\")\n",
+        );
+        if let Some(c) = opts.fence_code {
+            std::fs::write(d.join("fence.code"), c.to_string()).unwrap();
+        }
+        let nbd_port = 10809;
+        let mut t = String::from(
+            "[resource]\nname = \"r0\"\nprotocol = \"C\"\n\
+             [net]\nsecret = \"test-secret\"\ntimeout-ms = 1000\nping-int-ms = 300\nko-count = 4\n\
+             [sync]\nrate = \"0\"\nal-extents = 61\n",
+        );
+        for i in 0..2 {
+            t.push_str(&format!(
+                "[[node]]\nname = \"{}\"\naddress = \"{}:7788\"\ndisk = \"{}\"\nmeta-disk = \"internal\"\ndevice = {i}\nnbd = \"{}:{nbd_port}\"\n",
+                NODES[i],
+                net.ips[0][i],
+                d.join(format!("{}.img", NODES[i])).display(),
+                net.ips[0][i],
+            ));
+        }
+        t.push_str(&format!(
+            "[cluster]\nkeepalive-ms = 200\nwarntime-ms = {}\ndeadtime-ms = {}\ninitdead-ms = {}\nauth-key = \"{KEY}\"\nauto-failback = {}\nfailure-timeout-ms = 10000\n",
+            opts.deadtime_ms / 2,
+            opts.deadtime_ms,
+            opts.deadtime_ms * 2,
+            opts.auto_failback
+        ));
+        if let Some(p) = opts.preferred {
+            t.push_str(&format!("preferred = \"{p}\"\n"));
+        }
+        if opts.fence_code.is_some() {
+            t.push_str(&format!(
+                "fence-command = \"{}\"\nfence-timeout-ms = 5000\n",
+                d.join("fence.sh").display()
+            ));
+        }
+        for l in 0..2 {
+            for i in 0..2 {
+                t.push_str(&format!(
+                    "[[cluster.path]]\nnode = \"{}\"\nbind = \"{}:{HB_PORT}\"\nname = \"link{l}\"\n",
+                    NODES[i], net.ips[l][i]
+                ));
+            }
+        }
+        t.push_str("[[cluster.resource]]\ntype = \"device\"\n");
+        for s in ["svc-a", "svc-b"] {
+            t.push_str(&format!(
+                "[[cluster.resource]]\ntype = \"service\"\nscript = \"{}\"\ntimeout-ms = 10000\n",
+                d.join(s).display()
+            ));
+        }
+        if opts.service_ip {
+            t.push_str(&format!(
+                "[[cluster.resource]]\ntype = \"ip\"\naddress = \"{}/24\"\ninterface = \"link0\"\n",
+                net.service_ip()
+            ));
+        }
+        let config = d.join("r0.toml");
+        std::fs::write(&config, t).unwrap();
+        let c = Cluster {
+            run_dir: d.join("run"),
+            config,
+            net,
+            nbd_port,
+            opts,
+            agents: [None, None],
+            dir,
+        };
+        let _ = b;
+        for i in 0..2 {
+            c.repctl_ok(i, &["create-md"]);
+        }
+        c
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn set_fence_code(&self, code: i32) {
+        std::fs::write(self.path("fence.code"), code.to_string()).unwrap();
+    }
+
+    /// A command run inside node i's namespace.
+    pub fn in_ns(&self, i: usize, program: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.net.ns[i]]).arg(program);
+        c
+    }
+
+    pub fn repctl(&self, i: usize, args: &[&str]) -> Output {
+        let mut c = self.in_ns(i, &bins().repctl);
+        c.arg("--config")
+            .arg(&self.config)
+            .arg("--node")
+            .arg(NODES[i])
+            .arg("--run-dir")
+            .arg(&self.run_dir)
+            .args(args);
+        c.output().unwrap()
+    }
+
+    pub fn repctl_ok(&self, i: usize, args: &[&str]) -> String {
+        let o = self.repctl(i, args);
+        assert!(
+            o.status.success(),
+            "repctl {} on {} failed:\n{}\n{}",
+            args.join(" "),
+            NODES[i],
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// `repctl status --json`, or None when repd does not run.
+    pub fn repd_status(&self, i: usize) -> Option<Value> {
+        let o = self.repctl(i, &["status", "--json"]);
+        if !o.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&o.stdout).ok()
+    }
+
+    pub fn up(&self, i: usize) {
+        self.repctl_ok(i, &["up"]);
+    }
+
+    pub fn start_agent(&mut self, i: usize) {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(&format!("agent-{}.log", NODES[i])))
+            .unwrap();
+        let mut c = self.in_ns(i, &bins().agent);
+        c.arg("--config")
+            .arg(&self.config)
+            .arg("--node")
+            .arg(NODES[i])
+            .arg("--run-dir")
+            .arg(&self.run_dir)
+            .env("REP_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.agents[i] = Some(c.spawn().unwrap());
+        // Wait until it answers.
+        let t0 = Instant::now();
+        while self.agent_status(i).is_none() {
+            if let Some(Ok(Some(st))) = self.agents[i].as_mut().map(Child::try_wait) {
+                panic!(
+                    "the agent of {} exited ({st}):\n{}",
+                    NODES[i],
+                    self.agent_log(i)
+                );
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the agent of {} does not answer",
+                NODES[i]
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn agent_cmd(&self, i: usize, args: &[&str]) -> Output {
+        Command::new(&bins().agent)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--node")
+            .arg(NODES[i])
+            .arg("--run-dir")
+            .arg(&self.run_dir)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// `cluster-agent status --json`, or None when no agent answers.
+    pub fn agent_status(&self, i: usize) -> Option<Value> {
+        let o = self.agent_cmd(i, &["status", "--json"]);
+        if !o.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&o.stdout).ok()
+    }
+
+    pub fn agent_log(&self, i: usize) -> String {
+        let t = std::fs::read_to_string(self.path(&format!("agent-{}.log", NODES[i])))
+            .unwrap_or_default();
+        let lines: Vec<&str> = t.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn debug(&self) -> String {
+        let mut s = String::new();
+        for i in 0..2 {
+            s.push_str(&format!(
+                "==== {} agent status:\n{}\n==== {} agent log:\n{}\n==== {} repd: {}\n",
+                NODES[i],
+                self.agent_cmd(i, &["status"])
+                    .stdout
+                    .iter()
+                    .map(|&b| b as char)
+                    .collect::<String>(),
+                NODES[i],
+                self.agent_log(i),
+                NODES[i],
+                self.repd_status(i)
+                    .map(|v| format!(
+                        "{} {} {} {}",
+                        v["role"], v["disk"], v["connection"], v["peer_disk"]
+                    ))
+                    .unwrap_or_else(|| "not running".into())
+            ));
+        }
+        s
+    }
+
+    /// Wait until `f(agent status)` holds on node i.
+    pub fn wait_agent(&self, i: usize, what: &str, secs: u64, f: impl Fn(&Value) -> bool) -> Value {
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.agent_status(i) {
+                if f(&st) {
+                    return st;
+                }
+            }
+            if t0.elapsed() > Duration::from_secs(secs) {
+                panic!(
+                    "{}: timed out waiting for {what}\n{}",
+                    NODES[i],
+                    self.debug()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn wait_repd(&self, i: usize, what: &str, secs: u64, f: impl Fn(&Value) -> bool) -> Value {
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.repd_status(i) {
+                if f(&st) {
+                    return st;
+                }
+            }
+            if t0.elapsed() > Duration::from_secs(secs) {
+                panic!(
+                    "{}: timed out waiting for repd {what}\n{}",
+                    NODES[i],
+                    self.debug()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn wait_synced(&self, secs: u64) {
+        for i in 0..2 {
+            self.wait_repd(i, "Connected UpToDate/UpToDate", secs, |s| {
+                s["connection"] == "Connected"
+                    && s["disk"] == "UpToDate"
+                    && s["peer_disk"] == "UpToDate"
+            });
+        }
+    }
+
+    /// Both repds up and in sync; alpha Primary if `alpha_primary` (the
+    /// agents adopt it), else both Secondary (the agents decide); both
+    /// agents running and settled with alpha holding the chain.
+    pub fn start(&mut self, alpha_primary: bool) {
+        self.prepare(alpha_primary);
+        self.start_agent(0);
+        self.start_agent(1);
+        self.wait_agent(0, "alpha holding", 20, |s| s["state"] == "Holding");
+        self.wait_agent(1, "beta idle, alpha alive", 20, |s| {
+            s["state"] == "Idle" && s["peer"]["alive"] == true && s["peer"]["state"] == "Holding"
+        });
+        assert!(self.path("svc-a.alpha").exists() && self.path("svc-b.alpha").exists());
+        if self.opts.service_ip {
+            assert!(self.net.has_service_ip(0) && !self.net.has_service_ip(1));
+        }
+    }
+
+    /// Both repds up and in sync, alpha Primary or both Secondary; no agents.
+    pub fn prepare(&mut self, alpha_primary: bool) {
+        self.up(0);
+        self.up(1);
+        self.repctl_ok(0, &["primary", "--force"]);
+        self.wait_synced(60);
+        if !alpha_primary {
+            self.repctl_ok(0, &["secondary"]);
+        }
+    }
+
+    pub fn nbd_uri(&self, i: usize) -> String {
+        format!("nbd://{}:{}/r0", self.net.ips[0][i], self.nbd_port)
+    }
+
+    /// Write `file` at offset 0 through node i's NBD export, from its namespace.
+    pub fn nbd_write(&self, i: usize, file: &Path) -> Output {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.net.ns[i], "nbdcopy"])
+            .arg(file)
+            .arg(self.nbd_uri(i));
+        c.output().unwrap()
+    }
+
+    pub fn repd_pid(&self, i: usize) -> Option<u32> {
+        self.repd_status(i)
+            .and_then(|v| v["pid"].as_u64())
+            .map(|p| p as u32)
+    }
+
+    /// kill -9 of the node's agent and repd, as close together as possible;
+    /// returns the moment of the kill.
+    pub fn kill_everything(&mut self, i: usize) -> Instant {
+        let pid = self.repd_pid(i).expect("repd runs");
+        let at = Instant::now();
+        if let Some(a) = self.agents[i].as_mut() {
+            let _ = a.kill();
+        }
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        if let Some(mut a) = self.agents[i].take() {
+            let _ = a.wait();
+        }
+        let t0 = Instant::now();
+        while Path::new(&format!("/proc/{pid}")).exists() && t0.elapsed() < Duration::from_secs(5) {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.contains(") Z ") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        at
+    }
+
+    pub fn chain_log(&self) -> Vec<String> {
+        std::fs::read_to_string(self.path("chain.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub fn data_bytes(&self) -> u64 {
+        self.repd_status(0)
+            .or_else(|| self.repd_status(1))
+            .and_then(|v| v["data_bytes"].as_u64())
+            .unwrap()
+    }
+
+    /// The data regions of both nodes, byte for byte.
+    pub fn assert_identical(&self) {
+        let n = self.data_bytes() as usize;
+        let a = std::fs::read(self.path("alpha.img")).unwrap();
+        let b = std::fs::read(self.path("beta.img")).unwrap();
+        let first = a[..n].iter().zip(&b[..n]).position(|(x, y)| x != y);
+        assert!(
+            first.is_none(),
+            "data regions differ first at byte {first:?}"
+        );
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for a in self.agents.iter_mut().flatten() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+        for i in 0..2 {
+            if let Some(pid) = self.repd_pid(i) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+    }
+}
+
+pub fn random_file(dir: &Path, name: &str, bytes: usize, seed: u64) -> PathBuf {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(bytes);
+    while v.len() < bytes {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(bytes);
+    let p = dir.join(name);
+    std::fs::write(&p, v).unwrap();
+    p
+}
+
+/// Send raw datagrams from inside namespace `ns` (a thread that joins it).
+pub fn send_from_ns(ns: &str, to: std::net::SocketAddr, packets: Vec<Vec<u8>>) {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        for p in packets {
+            s.send_to(&p, to).unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+}
