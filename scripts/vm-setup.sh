@@ -100,6 +100,14 @@ vng_version_ok() {
 }
 if ! vng_version_ok; then
   command -v python3 >/dev/null || die "python3 not found: needed for virtme-ng (pip install virtme-ng)"
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    need_root "installing python3-pip"
+    apt_update_once
+    say "apt-get install python3-pip ($(command -v python3) has no pip)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null ||
+      die "apt-get install python3-pip failed"
+    python3 -m pip --version >/dev/null 2>&1 || die "$(command -v python3) still has no pip"
+  fi
   say "pip install virtme-ng==$VNG_VERSION"
   log=$(mktemp)
   if ! python3 -m pip install -q "virtme-ng==$VNG_VERSION" >"$log" 2>&1; then
@@ -114,7 +122,7 @@ if ! vng_version_ok; then
     fi
   fi
   rm -f "$log"
-  command -v pyenv >/dev/null && pyenv rehash >/dev/null 2>&1 || true
+  if command -v pyenv >/dev/null; then pyenv rehash >/dev/null 2>&1 || true; fi
   vng_version_ok || die "virtme-ng $VNG_VERSION installed, but 'vng --version' does not say so (found: $(find_vng || echo none))"
 fi
 VNG=$(find_vng)

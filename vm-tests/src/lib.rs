@@ -1,1 +1,362 @@
-//! placeholder
+//! Run commands inside a VM whose kernel has `ublk_drv` (the host's kernel has not).
+//!
+//! A thin wrapper around `scripts/vm-setup.sh` and `scripts/vm-run.sh`: the VM is
+//! Debian's 6.12 kernel booted by virtme-ng under QEMU TCG, running the host's own
+//! userspace (every host file is visible at the same path, read-only). The guest
+//! runs the command as root after `modprobe ublk_drv`; it sees a shared, writable
+//! work folder as `$VM_WORK` and a guest-only tmpfs as `$VM_SCRATCH` (O_DIRECT
+//! works there: put backing images there).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! let r = vm_tests::run_in_vm("uname -r; ls -l /dev/ublk-control", Duration::from_secs(600))?;
+//! assert_eq!(r.status, 0, "{}", r.stderr);
+//! assert!(r.output.contains("ublk-control"));
+//! # Ok::<(), vm_tests::VmError>(())
+//! ```
+//!
+//! One boot takes 15–30 s on a quiet host (more when the host is busy): batch
+//! many checks into one command rather than booting once per check.
+
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Exit status of `vm-run.sh` when the VM ran out of time.
+pub const EXIT_TIMEOUT: i32 = 124;
+/// Exit status of `vm-run.sh` when the harness failed: not set up, the boot
+/// failed, `ublk_drv` is missing, or the guest ended without reporting a status.
+pub const EXIT_HARNESS: i32 = 125;
+
+/// Extra time the Rust side waits for the script past its own `--timeout`
+/// before it stops the script itself.
+const WATCHDOG_GRACE: Duration = Duration::from_secs(30);
+
+/// What a run in the VM gave back.
+#[derive(Debug, Clone)]
+pub struct VmResult {
+    /// The command's exit status in the guest; [`EXIT_TIMEOUT`] or
+    /// [`EXIT_HARNESS`] when the harness could not get one. -1 when the script
+    /// itself was killed by a signal.
+    pub status: i32,
+    /// The command's stdout in the guest.
+    pub output: String,
+    /// The command's stderr in the guest, and the harness's own `vm-run:` lines.
+    pub stderr: String,
+    /// The shared work folder (`$VM_WORK` in the guest), kept after the run.
+    /// `WORK/.vm/` holds the harness's files: `console.log` (the kernel's
+    /// console), `dmesg.txt`, `status`, `cmd.sh`, `guest.sh`.
+    pub work_dir: PathBuf,
+    /// Wall-clock time of the whole run, boot included.
+    pub elapsed: Duration,
+}
+
+impl VmResult {
+    /// The command ran and exited 0.
+    pub fn success(&self) -> bool {
+        self.status == 0
+    }
+
+    /// The kernel's console log of this run (empty if there is none).
+    pub fn console_log(&self) -> String {
+        std::fs::read_to_string(self.work_dir.join(".vm/console.log")).unwrap_or_default()
+    }
+
+    /// The guest's `dmesg` taken after the command ended (empty if there is none).
+    pub fn dmesg(&self) -> String {
+        std::fs::read_to_string(self.work_dir.join(".vm/dmesg.txt")).unwrap_or_default()
+    }
+
+    /// Removes the work folder.
+    pub fn remove_work_dir(&self) -> io::Result<()> {
+        std::fs::remove_dir_all(&self.work_dir)
+    }
+}
+
+/// Why the harness could not be run at all (a command that fails in the guest
+/// is not an error: see [`VmResult::status`]).
+#[derive(Debug)]
+pub enum VmError {
+    /// A script could not be started or its output not read.
+    Io(String, io::Error),
+    /// `vm-setup.sh` failed; its stderr says why.
+    Setup(String),
+    /// The script did not end within its timeout plus a grace period and was stopped.
+    Watchdog(Duration),
+}
+
+impl fmt::Display for VmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VmError::Io(what, e) => write!(f, "{what}: {e}"),
+            VmError::Setup(msg) => write!(f, "scripts/vm-setup.sh failed: {msg}"),
+            VmError::Watchdog(d) => {
+                write!(
+                    f,
+                    "vm-run.sh did not end within {} s and was stopped",
+                    d.as_secs()
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for VmError {}
+
+/// How to run the VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Guest memory, as QEMU writes it (`4G`, `2048M`).
+    pub mem: String,
+    /// Guest CPUs.
+    pub cpus: u32,
+    /// Time for boot and command together; the VM is killed past it.
+    pub timeout: Duration,
+    /// The shared work folder; `None`: a fresh one under [`work_root`].
+    pub work_dir: Option<PathBuf>,
+    /// Show the kernel's console while booting.
+    pub verbose: bool,
+    /// Echo the guest's output to this process's stderr as it comes.
+    pub echo: bool,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            mem: "4G".to_owned(),
+            cpus: 2,
+            timeout: Duration::from_secs(1200),
+            work_dir: None,
+            verbose: false,
+            echo: true,
+        }
+    }
+}
+
+/// The repository's root (where `scripts/` is).
+pub fn repo_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent()
+        .map_or_else(|| here.to_path_buf(), Path::to_path_buf)
+}
+
+/// `scripts/vm-setup.sh`.
+pub fn setup_script() -> PathBuf {
+    repo_root().join("scripts/vm-setup.sh")
+}
+
+/// `scripts/vm-run.sh`.
+pub fn run_script() -> PathBuf {
+    repo_root().join("scripts/vm-run.sh")
+}
+
+/// Where fresh work folders go: `$REP_VM_WORK_ROOT`, else
+/// `$CARGO_TARGET_DIR/vm-work`, else `REPO/target/vm-work`.
+pub fn work_root() -> PathBuf {
+    if let Some(p) = std::env::var_os("REP_VM_WORK_ROOT") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| repo_root().join("target"), PathBuf::from);
+    let target = if target.is_relative() {
+        repo_root().join(target)
+    } else {
+        target
+    };
+    target.join("vm-work")
+}
+
+/// Runs `scripts/vm-setup.sh` (idempotent; about a second when all is in place)
+/// and returns the path of the kernel image it prepared.
+pub fn setup() -> Result<PathBuf, VmError> {
+    let out = Command::new("bash")
+        .arg(setup_script())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| VmError::Io(format!("starting {}", setup_script().display()), e))?;
+    if !out.status.success() {
+        return Err(VmError::Setup(format!(
+            "exit {} (its stderr, above, says why)",
+            out.status.code().unwrap_or(-1)
+        )));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let vmlinuz = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    if vmlinuz.is_empty() {
+        return Err(VmError::Setup("it printed no kernel image path".to_owned()));
+    }
+    Ok(PathBuf::from(vmlinuz))
+}
+
+/// Runs `cmd` (a bash script) as root in a fresh VM and waits for it, at most
+/// `timeout` for boot and command together. Default memory and CPUs (4G, 2).
+pub fn run_in_vm(cmd: &str, timeout: Duration) -> Result<VmResult, VmError> {
+    run_in_vm_with(
+        cmd,
+        &VmConfig {
+            timeout,
+            ..VmConfig::default()
+        },
+    )
+}
+
+/// Like [`run_in_vm`], with every knob of [`VmConfig`].
+pub fn run_in_vm_with(cmd: &str, cfg: &VmConfig) -> Result<VmResult, VmError> {
+    let work_dir = match &cfg.work_dir {
+        Some(d) => d.clone(),
+        None => fresh_work_dir()?,
+    };
+    let mut command = Command::new("bash");
+    command
+        .arg(run_script())
+        .arg("--mem")
+        .arg(&cfg.mem)
+        .arg("--cpus")
+        .arg(cfg.cpus.to_string())
+        .arg("--timeout")
+        .arg(cfg.timeout.as_secs().max(1).to_string())
+        .arg("--work")
+        .arg(&work_dir);
+    if cfg.verbose {
+        command.arg("--verbose");
+    }
+    command
+        .arg("--")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+
+    let started = Instant::now();
+    let mut child = command
+        .spawn()
+        .map_err(|e| VmError::Io(format!("starting {}", run_script().display()), e))?;
+    let out_reader = child.stdout.take().map(|s| collect(s, cfg.echo));
+    let err_reader = child.stderr.take().map(|s| collect(s, cfg.echo));
+
+    let deadline = cfg.timeout + WATCHDOG_GRACE;
+    let status = wait_with_deadline(&mut child, &work_dir, deadline)?;
+    let output = join(out_reader);
+    let stderr = join(err_reader);
+    let status = match status {
+        Some(s) => exit_code(s),
+        None => return Err(VmError::Watchdog(deadline)),
+    };
+    Ok(VmResult {
+        status,
+        output,
+        stderr,
+        work_dir,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn exit_code(s: ExitStatus) -> i32 {
+    s.code().unwrap_or(-1)
+}
+
+fn fresh_work_dir() -> Result<PathBuf, VmError> {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let root = work_root();
+    std::fs::create_dir_all(&root)
+        .map_err(|e| VmError::Io(format!("creating {}", root.display()), e))?;
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = root.join(format!("rs.{}.{n}.{nanos:09}", std::process::id()));
+    std::fs::create_dir(&dir).map_err(|e| VmError::Io(format!("creating {}", dir.display()), e))?;
+    Ok(dir)
+}
+
+/// Reads a stream line by line into a string, echoing each line to stderr.
+fn collect<R: Read + Send + 'static>(stream: R, echo: bool) -> JoinHandle<String> {
+    thread::spawn(move || {
+        let mut all = String::new();
+        let mut reader = BufReader::new(stream);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf);
+                    if echo {
+                        eprint!("{line}");
+                    }
+                    all.push_str(&line);
+                }
+            }
+        }
+        all
+    })
+}
+
+fn join(h: Option<JoinHandle<String>>) -> String {
+    h.map(|h| h.join().unwrap_or_default()).unwrap_or_default()
+}
+
+/// Waits for the script; past `deadline`, asks it to stop (SIGTERM: its trap
+/// kills the VM it started), then kills it and the QEMU named in its pid file.
+fn wait_with_deadline(
+    child: &mut Child,
+    work_dir: &Path,
+    deadline: Duration,
+) -> Result<Option<ExitStatus>, VmError> {
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) => return Ok(Some(s)),
+            Ok(None) => {}
+            Err(e) => return Err(VmError::Io("waiting for vm-run.sh".to_owned(), e)),
+        }
+        if start.elapsed() > deadline {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "vm-tests: vm-run.sh still running after {} s: stopping it",
+        deadline.as_secs()
+    );
+    signal(child.id(), "TERM");
+    let grace = Instant::now();
+    while grace.elapsed() < Duration::from_secs(15) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return Ok(None);
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    if let Ok(pid) = std::fs::read_to_string(work_dir.join(".vm/qemu.pid")) {
+        if let Ok(pid) = pid.trim().parse::<u32>() {
+            // Only if that pid is still a QEMU (it is ours: the pid file is in our work folder).
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.starts_with("qemu") {
+                signal(pid, "KILL");
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(None)
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
