@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,6 +61,9 @@ pub enum ControlError {
 pub struct ControlServer {
     path: PathBuf,
     stop: Arc<AtomicBool>,
+    /// Clients being served: `stop` lets them finish (a `down` is answered
+    /// only when the shutdown is complete, right before the process exits).
+    active: Arc<AtomicUsize>,
 }
 
 impl ControlServer {
@@ -91,6 +94,8 @@ impl ControlServer {
         let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
+        let active = Arc::new(AtomicUsize::new(0));
+        let act = active.clone();
         let span = tracing::Span::current();
         let spawned = std::thread::Builder::new()
             .name("repd-control".into())
@@ -104,16 +109,24 @@ impl ControlServer {
                     let engine = engine.clone();
                     // One thread per client: a `down` waits for the shutdown while
                     // `status` keeps answering.
-                    let _ = std::thread::Builder::new()
+                    act.fetch_add(1, Ordering::SeqCst);
+                    let done = act.clone();
+                    let spawned = std::thread::Builder::new()
                         .name("repd-control-client".into())
-                        .spawn(move || serve(conn, &engine));
+                        .spawn(move || {
+                            serve(conn, &engine);
+                            done.fetch_sub(1, Ordering::SeqCst);
+                        });
+                    if spawned.is_err() {
+                        act.fetch_sub(1, Ordering::SeqCst);
+                    }
                 }
             });
         spawned.map_err(|source| ControlError::Bind {
             path: path.clone(),
             source,
         })?;
-        Ok(Self { path, stop })
+        Ok(Self { path, stop, active })
     }
 
     #[must_use]
@@ -126,6 +139,10 @@ impl ControlServer {
         self.stop.store(true, Ordering::Relaxed);
         let _ = UnixStream::connect(&self.path);
         let _ = std::fs::remove_file(&self.path);
+        let t0 = std::time::Instant::now();
+        while self.active.load(Ordering::SeqCst) > 0 && t0.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 

@@ -263,6 +263,10 @@ pub struct Node {
     // Primary side of replication.
     next_seq: u64,
     peer_pending: BTreeMap<u64, PeerReq>,
+    /// Bytes sent to the peer and not yet confirmed: new writes wait while
+    /// this is above the window, so a slow peer slows the writer instead of
+    /// piling data up in memory on both nodes (DRBD's max-buffers).
+    peer_pending_bytes: u64,
     /// Acknowledged by the peer but not yet covered by a peer flush: if the
     /// peer loses power these may be gone there, so they go into the bitmap
     /// when the connection breaks.
@@ -370,6 +374,7 @@ impl Node {
             next_token: 1,
             next_seq: 1,
             peer_pending: BTreeMap::new(),
+            peer_pending_bytes: 0,
             unflushed: VecDeque::new(),
             next_barrier: 1,
             barriers: BTreeMap::new(),
@@ -930,6 +935,7 @@ impl Node {
         // Replicated writes the peer did not confirm, and confirmed ones it
         // may not have flushed.
         let pending = std::mem::take(&mut self.peer_pending);
+        self.peer_pending_bytes = 0;
         for (_, r) in pending {
             self.bitmap.set_range(r.span.start, r.span.len());
             self.al.release(r.extents.0, r.extents.1);
@@ -1885,7 +1891,14 @@ impl Node {
         }
         let mut still = VecDeque::new();
         let mut wanted: Vec<u32> = Vec::new();
+        let window = u64::from(self.cfg.max_buffers.max(64)) * BM_BLOCK_SIZE;
         while let Some(id) = self.al_wait.pop_front() {
+            if self.peer_pending_bytes >= window && self.replicating() {
+                // The WriteAcks wake this queue again.
+                still.push_back(id);
+                still.extend(self.al_wait.drain(..));
+                break;
+            }
             let Some(AppReq::Write {
                 extents: (a, b), ..
             }) = self.app.get(&id)
@@ -2015,6 +2028,7 @@ impl Node {
                     };
                     let flags = flags | if fua { data_flags::FUA } else { 0 };
                     self.al.add_ref(extents.0, extents.1);
+                    self.peer_pending_bytes += span.len();
                     self.peer_pending.insert(
                         seq,
                         PeerReq {
@@ -2120,6 +2134,7 @@ impl Node {
             return;
         };
         self.al.release(r.extents.0, r.extents.1);
+        self.peer_pending_bytes = self.peer_pending_bytes.saturating_sub(r.span.len());
         self.process_al_wait();
         if ok {
             self.unflushed.push_back((seq, r.span));
