@@ -278,7 +278,18 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         for i in 0..2 {
-            let o = self.repctl(i, &["status", "--json"]);
+            // Not through `ip netns exec`: the namespace may be gone already,
+            // and the control socket is a path, reachable from anywhere.
+            let o = Command::new(env!("CARGO_BIN_EXE_repctl"))
+                .arg("--config")
+                .arg(&self.config[i])
+                .arg("--node")
+                .arg(NODES[i])
+                .arg("--run-dir")
+                .arg(&self.run_dir)
+                .args(["status", "--json"])
+                .output()
+                .unwrap();
             if let Ok(v) = serde_json::from_slice::<Value>(&o.stdout) {
                 if let Some(pid) = v["pid"].as_u64() {
                     let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
