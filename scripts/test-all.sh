@@ -31,6 +31,9 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== release build of repd/repctl (the VM scenarios run them)"
+cargo build --release -p ublk-target --bins
+export REP_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release"
 echo "== cargo test"
 cargo test --workspace
 echo "== simulator: 2000 more seeds (release build)"

@@ -8,8 +8,10 @@
 //!   peer connection.
 //! - [`frontend`]: the block-device interface the NBD export and ublk serve.
 //! - [`nbd`]: the NBD export.
+//! - [`ublk`]: the ublk device, `/dev/ublkb<N>`.
 //! - [`control`]: the control socket `repctl` talks to.
 
+pub mod alloc;
 pub mod config;
 pub mod control;
 pub mod disk;
@@ -18,3 +20,4 @@ pub mod frontend;
 pub mod md;
 pub mod nbd;
 pub mod status_text;
+pub mod ublk;

@@ -51,6 +51,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    ublk_target::alloc::tune();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -78,6 +79,11 @@ fn run(cli: &Cli) -> Result<(), String> {
     sigs.thread_block()
         .map_err(|e| format!("cannot block signals: {e}"))?;
 
+    // ---- ublk (/dev/ublkbN), part 1 of 3: before any thread starts, a private
+    // mount namespace when ublk_drv is there (nothing happens without it).
+    ublk_target::ublk::prepare_daemon();
+    // ---- end ublk part 1
+
     let cfg = Config::load(&cli.config).map_err(|e| e.to_string())?;
     let (me, _) = cfg.local(cli.node.as_deref()).map_err(|e| e.to_string())?;
     let me = me.clone();
@@ -102,6 +108,17 @@ fn run(cli: &Cli) -> Result<(), String> {
         None => None,
     };
     let nbd = nbd.map(Arc::new);
+    // ---- ublk (/dev/ublkbN), part 2 of 3: the device follows the role (present
+    // while Primary); without ublk_drv this warns once and ends.
+    let ublk_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ublk = {
+        let (h, stop, dev) = (handle.clone(), ublk_stop.clone(), me.device);
+        std::thread::Builder::new()
+            .name("repd-ublk".into())
+            .spawn(move || ublk_target::ublk::manage(dev, h, stop))
+            .map_err(|e| format!("cannot start a thread: {e}"))?
+    };
+    // ---- end ublk part 2
     if let Some(n) = nbd.clone() {
         let h = handle.clone();
         let _ = std::thread::Builder::new()
@@ -138,6 +155,10 @@ fn run(cli: &Cli) -> Result<(), String> {
         control.path().display()
     );
     let _ = eng.thread.join();
+    // ---- ublk (/dev/ublkbN), part 3 of 3: remove the device.
+    ublk_stop.store(true, std::sync::atomic::Ordering::Release);
+    let _ = ublk.join();
+    // ---- end ublk part 3
     control.stop();
     if let Some(n) = nbd {
         n.shutdown();

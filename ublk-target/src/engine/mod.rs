@@ -530,6 +530,17 @@ impl Runner {
                     });
                     return;
                 }
+                // The ublk device (/dev/ublkbN): mounted or open (checked off
+                // this thread, which serves its I/O; None when none is served).
+                if let Some(why) = crate::ublk::demotion_blocker() {
+                    let st = self.status();
+                    let _ = reply.send(ControlReply {
+                        ok: false,
+                        error: Some(why),
+                        status: Some(st),
+                    });
+                    return;
+                }
                 Some(Admin::Secondary)
             }
             ControlCmd::Connect { discard_my_data } => Some(Admin::Connect {

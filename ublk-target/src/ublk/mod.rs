@@ -1,0 +1,432 @@
+//! The ublk frontend: the replicated device as a real block device,
+//! `/dev/ublkb<N>`, through the kernel's ublk driver and the `libublk` crate.
+//!
+//! - [`UblkDevice`]: one device. `start` adds it (or takes over the one a
+//!   dead repd left, see below), `stop` removes it. Size from the backend,
+//!   512-byte logical and 4096-byte physical blocks, 1 MiB requests, one
+//!   queue per CPU (at most 4) of depth 128, a volatile write cache with
+//!   FUA (so FLUSH and FUA reach the backend, which makes them durable on
+//!   both nodes), discard and write-zeroes (4 KiB granularity, 1 MiB per
+//!   request).
+//! - The I/O path (`queue.rs`): a queue thread turns each request into an
+//!   [`IoRequest`](crate::frontend::IoRequest), submits it to the backend
+//!   and returns to its io_uring at once; answers come back on other
+//!   threads through an eventfd polled in the queue's ring. Writes are
+//!   copied into an aligned buffer (the local disk writes it with O_DIRECT
+//!   as it is), reads are copied into the request's buffer. A request is
+//!   completed with its full byte count or a negative errno, never short.
+//! - User recovery: devices are created with `UBLK_F_USER_RECOVERY |
+//!   UBLK_F_USER_RECOVERY_REISSUE`. When repd dies (even `kill -9`) the
+//!   kernel keeps `/dev/ublkb<N>` and holds its I/O (`QUIESCED`); the next
+//!   repd finds it there and recovers it instead of adding a new one, and
+//!   the requests that were in flight are issued again. Whoever runs the
+//!   device decides when the held I/O may go on: [`UblkOptions::defer_recovery_end`]
+//!   and [`UblkDevice::end_recovery`]; [`manage`] ends it once the node is
+//!   Primary again.
+//! - [`manage`]: repd's loop that keeps the device in step with the role:
+//!   present while Primary, gone while Secondary.
+//! - [`in_use`]: mounted or open, the test the engine makes before it
+//!   demotes ([`demotion_blocker`]).
+//! - [`prepare_daemon`]: repd must not share its mount namespace with the
+//!   users of its own device (libublk's README: a daemon that exits while a
+//!   filesystem on its device is mounted in its namespace deadlocks), so it
+//!   moves into a private one at start.
+//!
+//! Without ublk_drv (no `/dev/ublk-control`) nothing here does anything but
+//! say so once: repd serves its NBD export only.
+
+mod device;
+mod inuse;
+mod queue;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+pub use device::{
+    device_path, driver_present, probe, DevState, Existing, UblkDevice, UblkOptions, CONTROL_PATH,
+};
+pub use inuse::{in_use, in_use_reason};
+
+use crate::engine::EngineHandle;
+use crate::frontend::BlockBackend;
+
+/// The warning repd logs once when the kernel has no ublk driver.
+pub const NO_DRIVER_WARNING: &str =
+    "no /dev/ublk-control: the kernel lacks ublk_drv (modprobe ublk_drv); serving only the NBD export";
+
+/// Why a ublk device could not be set up or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum UblkError {
+    #[error("no {CONTROL_PATH}: the kernel lacks ublk_drv (modprobe ublk_drv)")]
+    NoDriver,
+    #[error("ublk device id {0} is out of range")]
+    BadId(u32),
+    #[error("device size {0} bytes is not a positive multiple of 4096")]
+    BadSize(u64),
+    #[error("unusable ublk options: {0}")]
+    BadOptions(String),
+    #[error("ublk device {dev_id} already exists ({state:?}) and belongs to process {pid}; stop that server or choose another `device` id")]
+    Busy {
+        dev_id: u32,
+        pid: i32,
+        state: DevState,
+    },
+    #[error("ublk device {dev_id}, left by a dead server, has {have} bytes, this resource {want}: not taking it over; remove it (ublk del -n {dev_id}) or choose another `device` id")]
+    Mismatch { dev_id: u32, have: u64, want: u64 },
+    #[error("ublk {op} for device {dev_id} failed: {detail}")]
+    Ctrl {
+        dev_id: u32,
+        op: &'static str,
+        detail: String,
+    },
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the control thread of ublk device {0} is gone")]
+    Gone(u32),
+}
+
+/// libublk's errors say little ("io_uring IO failure"): add the errno.
+pub(crate) fn describe(e: &libublk::UblkError) -> String {
+    let errno = |n: i32| nix::errno::Errno::from_raw(n.saturating_abs());
+    match e {
+        libublk::UblkError::UringIOError(n) | libublk::UblkError::OtherError(n) => {
+            format!("{} ({})", errno(*n).desc(), errno(*n))
+        }
+        other => format!("{other} ({other:?})"),
+    }
+}
+
+/// The devices this process serves now: what [`demotion_blocker`] checks.
+static SERVED: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+/// Set by [`prepare_daemon`] once the process has its own mount namespace.
+static PRIVATE_MOUNTS: AtomicBool = AtomicBool::new(false);
+
+fn served() -> std::sync::MutexGuard<'static, BTreeSet<u32>> {
+    SERVED.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How long [`demotion_blocker`] waits for its check.
+const IN_USE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why this node must not demote now: a ublk device it serves is in use
+/// (mounted, open). `None` when nothing blocks it (also when no device is
+/// served). The words follow DRBD's "Device is held open by someone".
+///
+/// Safe to call from the thread that answers the device's I/O (the engine):
+/// the check runs on a helper thread (it opens the device, and closing a
+/// block device may write back its cache through us) and is given up after
+/// 2 s, which then refuses the demotion.
+pub fn demotion_blocker() -> Option<String> {
+    let ids: Vec<u32> = served().iter().copied().collect();
+    if ids.is_empty() {
+        return None;
+    }
+    let (tx, rx) = mpsc::channel();
+    let check = ids.clone();
+    let spawned = std::thread::Builder::new()
+        .name("ublk-in-use".into())
+        .spawn(move || {
+            let r = check
+                .iter()
+                .find_map(|&id| in_use_reason(id).map(|why| (id, why)));
+            let _ = tx.send(r);
+        });
+    let names = ids
+        .iter()
+        .map(|id| device_path(*id).display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if spawned.is_err() {
+        return Some(format!(
+            "cannot check whether {names} is in use (no thread); try again"
+        ));
+    }
+    match rx.recv_timeout(IN_USE_CHECK_TIMEOUT) {
+        Ok(None) => None,
+        Ok(Some((id, why))) => Some(format!(
+            "Device is held open by someone: {} is {why}; unmount it or close it, then demote",
+            device_path(id).display()
+        )),
+        Err(_) => Some(format!(
+            "cannot tell whether {names} is in use (the check did not finish within {} s); try again",
+            IN_USE_CHECK_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// Call at daemon start, before any thread exists: when ublk is available,
+/// move this process into a mount namespace of its own whose mounts do not
+/// propagate (`unshare(CLONE_NEWNS)` + `mount --make-rprivate /`). Files
+/// and sockets stay where they are (same filesystems); only mounts made
+/// from now on are no longer shared. Without ublk_drv it does nothing.
+pub fn prepare_daemon() {
+    use nix::mount::{mount, MsFlags};
+    use nix::sched::{unshare, CloneFlags};
+    if !driver_present() {
+        return;
+    }
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWNS) {
+        tracing::warn!(
+            "cannot enter a private mount namespace ({e}); a filesystem mounted on a ublk device \
+             from this namespace can deadlock repd's exit"
+        );
+        return;
+    }
+    if let Err(e) = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    ) {
+        tracing::warn!("cannot make the mounts of repd's mount namespace private: {e}");
+        return;
+    }
+    PRIVATE_MOUNTS.store(true, Ordering::Release);
+    tracing::debug!("running in a private mount namespace");
+}
+
+/// How often [`manage`] looks at the role.
+const TICK: Duration = Duration::from_millis(50);
+/// How long [`manage`] waits before trying again after a failure.
+const RETRY: Duration = Duration::from_secs(5);
+/// How often [`manage`] checks a device it should remove but that is in use.
+const IN_USE_RECHECK: Duration = Duration::from_secs(1);
+
+/// repd's ublk loop, until `shutdown`: while the node is Primary the device
+/// `/dev/ublkb<dev_id>` exists (started, or recovered from a repd that died;
+/// its held I/O goes on once the node is Primary), while it is not the
+/// device is removed (the engine does not demote while it is in use). At
+/// shutdown the device is removed. Every change is logged. Without
+/// ublk_drv it logs [`NO_DRIVER_WARNING`] once and returns.
+pub fn manage(dev_id: u32, handle: EngineHandle, shutdown: Arc<AtomicBool>) {
+    let h = handle.clone();
+    manage_with(
+        dev_id,
+        Arc::new(handle),
+        &shutdown,
+        UblkOptions {
+            defer_recovery_end: true,
+            ..UblkOptions::default()
+        },
+        &move || h.writable(),
+    );
+}
+
+/// [`manage`] for any backend. `may_end_recovery` says when a recovered
+/// device may serve its held I/O (asked while the node is Primary).
+pub fn manage_with(
+    dev_id: u32,
+    backend: Arc<dyn BlockBackend>,
+    shutdown: &AtomicBool,
+    opts: UblkOptions,
+    may_end_recovery: &dyn Fn() -> bool,
+) {
+    let span = tracing::info_span!("ublk", dev = dev_id);
+    let _g = span.enter();
+    if !driver_present() {
+        tracing::warn!("{NO_DRIVER_WARNING}");
+        return;
+    }
+    if !PRIVATE_MOUNTS.load(Ordering::Acquire) {
+        tracing::warn!(
+            "repd shares its mount namespace with the users of {}: do not mount it from repd's \
+             namespace (repd's exit could deadlock)",
+            device_path(dev_id).display()
+        );
+    }
+    match probe(dev_id) {
+        Ok(Some(e)) if e.recoverable && !e.server_alive() => tracing::info!(
+            old_pid = e.pid,
+            state = ?e.state,
+            "{} was left by a repd that died; its I/O is held until this node is Primary, then it is recovered",
+            device_path(dev_id).display()
+        ),
+        Ok(Some(e)) => tracing::warn!(
+            pid = e.pid,
+            state = ?e.state,
+            "ublk device {dev_id} already exists; it is taken over only if its server is gone"
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::warn!("cannot look for ublk device {dev_id}: {e}"),
+    }
+    let mut dev: Option<UblkDevice> = None;
+    let mut last_err: Option<String> = None;
+    let mut retry_at = Instant::now();
+    let mut in_use_checked: Option<Instant> = None;
+    let mut in_use_said = false;
+    let mut vanish_checked = Instant::now();
+    while !shutdown.load(Ordering::Acquire) {
+        let primary = backend.writable();
+        // Removed behind our back (`ublk del`)? Looked at once a second.
+        let vanished = match dev.as_ref() {
+            Some(d) if !d.is_recovering() && vanish_checked.elapsed() >= IN_USE_RECHECK => {
+                vanish_checked = Instant::now();
+                !std::path::Path::new(&format!("/sys/block/ublkb{dev_id}")).exists()
+            }
+            _ => false,
+        };
+        match (dev.as_ref(), primary) {
+            (None, true) if Instant::now() >= retry_at => {
+                match UblkDevice::start(dev_id, backend.clone(), opts.clone()) {
+                    Ok(d) => {
+                        served().insert(dev_id);
+                        if d.is_recovering() {
+                            tracing::info!(
+                                "Primary: took over {} from the repd that died; its I/O stays held until recovery ends",
+                                d.path().display()
+                            );
+                        } else if d.recovered() {
+                            tracing::info!(
+                                "Primary: recovered {}; the I/O held since the last repd died goes on",
+                                d.path().display()
+                            );
+                        } else {
+                            tracing::info!("Primary: started {}", d.path().display());
+                        }
+                        last_err = None;
+                        dev = Some(d);
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        if last_err.as_deref() != Some(msg.as_str()) {
+                            tracing::warn!(
+                                "cannot start {} (retrying every {} s): {msg}",
+                                device_path(dev_id).display(),
+                                RETRY.as_secs()
+                            );
+                        }
+                        last_err = Some(msg);
+                        retry_at = Instant::now() + RETRY;
+                    }
+                }
+            }
+            (Some(d), true) if d.is_recovering() && may_end_recovery() => match d.end_recovery() {
+                Ok(()) => {
+                    tracing::info!(
+                        "recovery of {} ended: the held I/O goes on",
+                        d.path().display()
+                    );
+                    last_err = None;
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if last_err.as_deref() != Some(msg.as_str()) {
+                        tracing::warn!("cannot end the recovery of {}: {msg}", d.path().display());
+                    }
+                    last_err = Some(msg);
+                }
+            },
+            (Some(d), true) if vanished => {
+                tracing::warn!(
+                    "{} vanished (removed by someone else?); setting it up again",
+                    d.path().display()
+                );
+                if let Some(d) = dev.take() {
+                    stop(d, "vanished");
+                }
+            }
+            (Some(_), false) => {
+                let due = in_use_checked.is_none_or(|t| t.elapsed() >= IN_USE_RECHECK);
+                let busy = if due || in_use_said {
+                    in_use_checked = Some(Instant::now());
+                    in_use_reason(dev_id)
+                } else {
+                    None
+                };
+                match busy {
+                    Some(why) => {
+                        if !in_use_said {
+                            tracing::warn!(
+                                "not Primary, but {} is {why}: its I/O fails (EROFS) until it is released, then it is removed",
+                                device_path(dev_id).display()
+                            );
+                            in_use_said = true;
+                        }
+                    }
+                    None => {
+                        in_use_said = false;
+                        in_use_checked = None;
+                        if let Some(d) = dev.take() {
+                            stop(d, "not Primary");
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        std::thread::sleep(TICK);
+    }
+    if let Some(d) = dev.take() {
+        stop(d, "shutting down");
+    }
+}
+
+fn stop(d: UblkDevice, why: &str) {
+    let path = d.path();
+    let id = d.dev_id();
+    tracing::info!("{why}: removing {}", path.display());
+    let t0 = Instant::now();
+    let r = d.stop();
+    served().remove(&id);
+    match r {
+        Ok(()) => tracing::info!(
+            ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "removed {}",
+            path.display()
+        ),
+        Err(e) => tracing::warn!("removing {}: {e}", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frontend::{IoRequest, Reply};
+
+    struct Fake;
+    impl BlockBackend for Fake {
+        fn size_bytes(&self) -> u64 {
+            1 << 20
+        }
+        fn writable(&self) -> bool {
+            true
+        }
+        fn submit(&self, _req: IoRequest, reply: Reply) {
+            reply(Ok(None));
+        }
+    }
+
+    #[test]
+    fn no_device_blocks_demotion_when_none_is_served() {
+        assert_eq!(demotion_blocker(), None);
+    }
+
+    #[test]
+    fn errors_say_what_to_do() {
+        let e = UblkError::NoDriver.to_string();
+        assert!(e.contains("modprobe ublk_drv"), "{e}");
+        let d = describe(&libublk::UblkError::UringIOError(-libc::EBUSY));
+        assert!(d.contains("EBUSY"), "{d}");
+    }
+
+    /// On a host without ublk_drv, starting fails with `NoDriver` and the
+    /// manager gives up at once (the NBD export is all there is).
+    #[test]
+    fn without_the_driver_nothing_happens() {
+        if driver_present() {
+            return;
+        }
+        match UblkDevice::start(0, Arc::new(Fake), UblkOptions::default()) {
+            Err(UblkError::NoDriver) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(probe(0), Err(UblkError::NoDriver)));
+        let stop = AtomicBool::new(false);
+        let t0 = Instant::now();
+        manage_with(0, Arc::new(Fake), &stop, UblkOptions::default(), &|| true);
+        assert!(t0.elapsed() < Duration::from_secs(5));
+    }
+}
