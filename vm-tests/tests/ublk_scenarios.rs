@@ -4,6 +4,7 @@
 //!    device (mkfs there fails);
 //! 2. fio --verify=crc32c on the device, kill -9 of the Primary's repd in the
 //!    middle, restart: fio finishes with no error (ublk user recovery).
+//!
 //! Both are in `vm-tests/scenarios/ublk-smoke.sh`, which runs in the guest
 //! with the repd/repctl built by this workspace ($REP_BIN, else the target
 //! directory's release or debug build).
