@@ -525,3 +525,142 @@ fn split_brain_is_detected_and_discard_my_data_recovers() {
     );
     assert_eq!(p.read_local(1, 0, 4096)[0], 0xa1, "alpha's change kept");
 }
+
+fn submit_write(p: &mut Pair, i: usize, id: u64, byte: u8) {
+    let data = Bytes::from(vec![byte; 4096]);
+    p.s[i].node.handle(
+        p.now,
+        Event::AppWrite {
+            id,
+            offset: 0,
+            payload: Payload::Data(data),
+            len: 4096,
+            fua: false,
+        },
+    );
+    p.pump();
+}
+
+#[test]
+fn suspended_io_holds_writes_and_their_acks_until_resumed() {
+    use replication_proto::machine::SuspendMode;
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.up_and_synced();
+    // A write in flight (the peer is silent) when the suspension begins.
+    p.mute[1] = true;
+    submit_write(&mut p, 0, 1, 1);
+    assert!(!p.s[0].done.contains_key(&1));
+    p.admin(
+        0,
+        Admin::SuspendIo {
+            mode: SuspendMode::Hold,
+        },
+    )
+    .unwrap();
+    assert_eq!(p.s[0].node.status().suspended, Some(SuspendMode::Hold));
+    // A new write and a flush are held; the in-flight write finishes
+    // (the peer is dropped) but its acknowledgement is held too.
+    submit_write(&mut p, 0, 2, 2);
+    p.s[0].node.handle(p.now, Event::AppFlush { id: 3 });
+    p.pump();
+    p.tick(400);
+    assert_ne!(p.s[0].node.conn(), ConnState::Connected);
+    for id in 1..=3 {
+        assert!(
+            !p.s[0].done.contains_key(&id),
+            "request {id} acked while suspended"
+        );
+    }
+    assert_ne!(
+        p.read_local(0, 0, 4096)[0],
+        2,
+        "a held write reached the disk"
+    );
+    // Reads go on.
+    p.s[0].node.handle(
+        p.now,
+        Event::AppRead {
+            id: 4,
+            offset: 0,
+            len: 4096,
+        },
+    );
+    p.pump();
+    assert_eq!(p.s[0].done.remove(&4).unwrap().unwrap().unwrap()[0], 1);
+    p.admin(0, Admin::ResumeIo).unwrap();
+    assert_eq!(p.s[0].node.status().suspended, None);
+    for id in 1..=3 {
+        assert_eq!(p.s[0].done.remove(&id), Some(Ok(None)), "request {id}");
+    }
+    assert_eq!(p.read_local(0, 0, 4096)[0], 2);
+}
+
+#[test]
+fn io_error_mode_fails_held_and_new_writes_and_demotion_fails_held_ones() {
+    use replication_proto::machine::SuspendMode;
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.up_and_synced();
+    p.admin(
+        0,
+        Admin::SuspendIo {
+            mode: SuspendMode::Hold,
+        },
+    )
+    .unwrap();
+    submit_write(&mut p, 0, 1, 1);
+    assert!(!p.s[0].done.contains_key(&1));
+    p.admin(
+        0,
+        Admin::SuspendIo {
+            mode: SuspendMode::Fail,
+        },
+    )
+    .unwrap();
+    assert_eq!(p.s[0].done.remove(&1), Some(Err(errno::EIO)));
+    assert_eq!(p.write(0, 2, 0, 2, 4096), Err(errno::EIO));
+    // Hold again, then demote: what is held fails, the suspension ends.
+    p.admin(
+        0,
+        Admin::SuspendIo {
+            mode: SuspendMode::Hold,
+        },
+    )
+    .unwrap();
+    submit_write(&mut p, 0, 3, 3);
+    p.admin(0, Admin::Secondary).unwrap();
+    assert_eq!(p.s[0].done.remove(&3), Some(Err(errno::EIO)));
+    assert_eq!(p.s[0].node.status().suspended, None);
+    assert_eq!(p.read_local(0, 0, 4096)[0], 0);
+    assert_eq!(p.read_local(1, 0, 4096)[0], 0);
+}
+
+#[test]
+fn an_outdated_node_refuses_primary_without_force() {
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.up_and_synced();
+    let e = p.admin(1, Admin::Outdate).unwrap_err();
+    assert!(e.contains("connected"), "{e}");
+    let e = p.admin(0, Admin::Outdate).unwrap_err();
+    assert!(e.contains("Primary"), "{e}");
+    p.admin(1, Admin::Disconnect).unwrap();
+    p.admin(1, Admin::Outdate).unwrap();
+    assert_eq!(p.s[1].node.disk(), DiskState::Outdated);
+    assert!(!p.s[1].node.flags().has(MetaFlags::WAS_UP_TO_DATE));
+    let e = p.admin(1, Admin::Primary { force: false }).unwrap_err();
+    assert!(e.contains("Outdated"), "{e}");
+    // Reconnected, it resyncs from the Primary and is UpToDate again.
+    p.admin(
+        1,
+        Admin::Connect {
+            discard_my_data: false,
+        },
+    )
+    .unwrap();
+    p.tick(200);
+    assert_eq!(
+        p.s[1].node.disk(),
+        DiskState::UpToDate,
+        "{:?}",
+        p.s[1].node.status()
+    );
+}

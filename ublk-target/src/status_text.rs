@@ -70,6 +70,21 @@ pub fn render(st: &NodeStatus) -> String {
             p.bytes_per_s / 1024
         );
     }
+    match st.suspended {
+        Some(replication_proto::machine::SuspendMode::Hold) => {
+            let _ = writeln!(
+                s,
+                "  I/O SUSPENDED: new writes are held until `repctl resume-io`"
+            );
+        }
+        Some(replication_proto::machine::SuspendMode::Fail) => {
+            let _ = writeln!(
+                s,
+                "  I/O SUSPENDED: new writes fail with EIO until `repctl resume-io`"
+            );
+        }
+        None => {}
+    }
     if st.split_brain {
         let _ = writeln!(
             s,

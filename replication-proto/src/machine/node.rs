@@ -16,7 +16,7 @@ use super::decide::{decide, Decision, View};
 use super::io::{OrderedIo, Span};
 use super::types::{
     errno, Action, Admin, AdminError, ConnState, Event, Hook, NodeConfig, Payload, Persisted,
-    Stats, Status,
+    Stats, Status, SuspendMode,
 };
 use crate::gen::{Generations, UUID_JUST_CREATED};
 use crate::meta::{MetaFlags, AL_EXTENT_SIZE, BM_BLOCK_SIZE};
@@ -290,6 +290,13 @@ pub struct Node {
     /// must then start a new generation, or the next handshake would see
     /// equal generations and miss the writes made alone.
     peer_has_my_current: bool,
+
+    /// `SuspendIo`: what happens to new writes and flushes.
+    suspended: Option<SuspendMode>,
+    /// Held while suspended: new requests, and completions of requests
+    /// that were in flight when the suspension began (in order).
+    held_in: VecDeque<Event>,
+    held_out: VecDeque<(u64, Result<Option<Bytes>, i32>)>,
 }
 
 fn extent_of(offset: u64) -> u32 {
@@ -388,6 +395,9 @@ impl Node {
             stats: Stats::default(),
             // Unknown after a start: assume the worst.
             peer_has_my_current: true,
+            suspended: None,
+            held_in: VecDeque::new(),
+            held_out: VecDeque::new(),
             cfg,
         };
         n.persist_super(false);
@@ -473,6 +483,7 @@ impl Node {
             last_error: self.last_error.clone(),
             gens: self.gens,
             flags: self.flags,
+            suspended: self.suspended,
             sync_remaining_bytes: remaining,
             sync_total_bytes: total,
             local_pending: self.io.len() as u64,
@@ -562,7 +573,77 @@ impl Node {
     }
 
     fn complete(&mut self, id: u64, result: Result<Option<Bytes>, i32>) {
-        self.actions.push_back(Action::Complete { id, result });
+        // Read data passes; an acknowledgement of a write or flush must not
+        // leave a node that lost quorum (the other side may take over).
+        match self.suspended {
+            Some(SuspendMode::Hold) if !matches!(result, Ok(Some(_))) => {
+                self.held_out.push_back((id, result));
+            }
+            Some(SuspendMode::Fail) if !matches!(result, Ok(Some(_))) => {
+                self.actions.push_back(Action::Complete {
+                    id,
+                    result: Err(errno::EIO),
+                });
+            }
+            _ => self.actions.push_back(Action::Complete { id, result }),
+        }
+    }
+
+    fn suspend_io(&mut self, mode: SuspendMode) {
+        self.suspended = Some(mode);
+        if mode == SuspendMode::Fail {
+            self.fail_held();
+        }
+    }
+
+    /// End everything held with EIO (io-error mode, or the node lets go).
+    fn fail_held(&mut self) {
+        for ev in std::mem::take(&mut self.held_in) {
+            if let Event::AppWrite { id, .. } | Event::AppFlush { id } = ev {
+                self.actions.push_back(Action::Complete {
+                    id,
+                    result: Err(errno::EIO),
+                });
+            }
+        }
+        for (id, _) in std::mem::take(&mut self.held_out) {
+            self.actions.push_back(Action::Complete {
+                id,
+                result: Err(errno::EIO),
+            });
+        }
+    }
+
+    fn resume_io(&mut self) {
+        self.suspended = None;
+        for (id, result) in std::mem::take(&mut self.held_out) {
+            self.actions.push_back(Action::Complete { id, result });
+        }
+        for ev in std::mem::take(&mut self.held_in) {
+            self.handle(self.now, ev);
+        }
+    }
+
+    fn outdate(&mut self) -> Result<(), AdminError> {
+        if self.role == Role::Primary {
+            return Err(AdminError::Refused(
+                "a Primary cannot outdate its own data; make it secondary first".into(),
+            ));
+        }
+        if self.connected_states() && self.conn != ConnState::Connecting {
+            return Err(AdminError::Refused(
+                "connected to the peer, which keeps this data in sync; outdate a disconnected node"
+                    .into(),
+            ));
+        }
+        if matches!(self.disk, DiskState::UpToDate | DiskState::Consistent) {
+            tracing::info!(node = %self.cfg.node, "data marked Outdated");
+            self.disk = DiskState::Outdated;
+            self.flags.set(MetaFlags::WAS_UP_TO_DATE, false);
+            self.flags.set(MetaFlags::CRASHED_PRIMARY, false);
+            self.persist_super(false);
+        }
+        Ok(())
     }
 
     fn error(&mut self, msg: String) {
@@ -634,6 +715,15 @@ impl Node {
                 }
             }
             Event::AppRead { id, offset, len } => self.app_read(id, offset, len),
+            Event::AppWrite { id, .. } | Event::AppFlush { id }
+                if self.suspended.is_some() && self.role == Role::Primary =>
+            {
+                if self.suspended == Some(SuspendMode::Fail) {
+                    self.complete(id, Err(errno::EIO));
+                } else {
+                    self.held_in.push_back(ev);
+                }
+            }
             Event::AppWrite {
                 id,
                 offset,
@@ -740,6 +830,15 @@ impl Node {
                 self.start_verify(repair);
                 Ok(())
             }
+            Admin::SuspendIo { mode } => {
+                self.suspend_io(mode);
+                Ok(())
+            }
+            Admin::ResumeIo => {
+                self.resume_io();
+                Ok(())
+            }
+            Admin::Outdate => self.outdate(),
             Admin::Down => {
                 if self.role == Role::Primary {
                     self.demote()?;
@@ -850,6 +949,9 @@ impl Node {
             )));
         }
         self.role = Role::Secondary;
+        // Held requests never reach a Secondary's data (nor the peer's).
+        self.fail_held();
+        self.suspended = None;
         self.flags.set(MetaFlags::PRIMARY_IND, false);
         self.flags.set(MetaFlags::CRASHED_PRIMARY, false);
         // A clean demotion empties the activity log, so a later crash of this

@@ -186,6 +186,29 @@ pub enum Admin {
     },
     /// Orderly shutdown: flush, tell the peer, close.
     Down,
+    /// Stop accepting new application writes and flushes (DRBD 9's
+    /// `on-no-quorum`): `Hold` keeps them, and the completions of writes
+    /// already in flight, until `ResumeIo`; `Fail` ends all of them with EIO.
+    /// Reads go on: they change nothing.
+    SuspendIo {
+        mode: SuspendMode,
+    },
+    /// Let held requests in (in their order) and deliver held completions.
+    ResumeIo,
+    /// Mark this node's data Outdated (drbdadm outdate): it then refuses
+    /// `primary` without `--force`. Only on a Secondary that is not
+    /// connected (connected, the peer keeps it in sync).
+    Outdate,
+}
+
+/// What a suspended node does with new application I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SuspendMode {
+    /// Hold it until resumed (the client waits, per its own timeouts).
+    Hold,
+    /// Fail it with EIO.
+    Fail,
 }
 
 /// Why an admin command was refused.
@@ -231,6 +254,8 @@ pub struct Status {
     pub last_error: Option<String>,
     pub gens: Generations,
     pub flags: MetaFlags,
+    /// New application writes are suspended (held or failed).
+    pub suspended: Option<SuspendMode>,
     /// Resync / verify progress: bytes still to go and total planned.
     pub sync_remaining_bytes: u64,
     pub sync_total_bytes: u64,

@@ -137,6 +137,32 @@ enum Command {
     Verify(VerifyArgs),
     /// Show the resource's state (drbdadm status, /proc/drbd)
     Status(StatusArgs),
+    /// Mark this node's data Outdated (drbdadm outdate)
+    #[command(
+        long_about = "Mark this node's data Outdated, like `drbdadm outdate`: it is then \
+        refused as a Primary (`primary` without --force) until a resync from the peer makes \
+        it UpToDate again. Only on a Secondary that is not connected to the peer. The cluster \
+        agent runs it when the peer's agent asks (outdate-peer over a heartbeat path)."
+    )]
+    Outdate,
+    /// Hold (or fail) new writes: what the cluster agent does on quorum loss
+    #[command(
+        long_about = "Stop accepting new writes and flushes, like DRBD 9's on-no-quorum: \
+        they are held (the client waits, per its own timeouts), and so are the \
+        acknowledgements of writes in flight; with --fail they end with EIO instead. \
+        Reads go on. `resume-io` lets the held requests in; a demotion fails them. \
+        The cluster agent does this when its node loses quorum."
+    )]
+    SuspendIo(SuspendArgs),
+    /// Let held writes in again after suspend-io
+    ResumeIo,
+}
+
+#[derive(Debug, Args)]
+struct SuspendArgs {
+    /// Fail new writes with EIO instead of holding them (on-no-quorum = io-error)
+    #[arg(long)]
+    fail: bool,
 }
 
 #[derive(Debug, Args)]
@@ -283,6 +309,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::InvalidateRemote => daemon::simple(cli, ControlCmd::InvalidateRemote),
         Command::Verify(a) => daemon::verify(cli, a),
         Command::Status(a) => daemon::status(cli, a),
+        Command::Outdate => daemon::simple(cli, ControlCmd::Outdate),
+        Command::SuspendIo(a) => daemon::simple(cli, ControlCmd::SuspendIo { fail: a.fail }),
+        Command::ResumeIo => daemon::simple(cli, ControlCmd::ResumeIo),
     }
 }
 

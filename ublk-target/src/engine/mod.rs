@@ -15,7 +15,9 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use replication_proto::machine::{Action, Admin, ConnState, Event, Node, Payload, Status};
+use replication_proto::machine::{
+    Action, Admin, ConnState, Event, Node, Payload, Status, SuspendMode,
+};
 use replication_proto::wire::{DiskState, Message, Role};
 use serde::{Deserialize, Serialize};
 
@@ -64,14 +66,28 @@ pub(crate) enum Input {
 #[serde(tag = "cmd", rename_all = "kebab-case")]
 pub enum ControlCmd {
     Status,
-    Primary { force: bool },
+    Primary {
+        force: bool,
+    },
     Secondary,
-    Connect { discard_my_data: bool },
+    Connect {
+        discard_my_data: bool,
+    },
     Disconnect,
     Invalidate,
     InvalidateRemote,
-    Verify { repair: bool },
+    Verify {
+        repair: bool,
+    },
     Down,
+    /// Quorum lost (the cluster agent): hold (or with `fail`, fail with EIO)
+    /// new writes and flushes until `resume-io`.
+    SuspendIo {
+        fail: bool,
+    },
+    ResumeIo,
+    /// drbdadm outdate: mark this (disconnected Secondary) node's data Outdated.
+    Outdate,
 }
 
 /// The answer to a [`ControlCmd`].
@@ -108,6 +124,9 @@ pub struct NodeStatus {
     pub nbd: Option<String>,
     pub nbd_clients: usize,
     pub pid: u32,
+    /// New writes are held (`hold`) or failed (`fail`) after `suspend-io`.
+    #[serde(default)]
+    pub suspended: Option<SuspendMode>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -551,6 +570,15 @@ impl Runner {
             ControlCmd::InvalidateRemote => Some(Admin::InvalidateRemote),
             ControlCmd::Verify { repair } => Some(Admin::Verify { repair: *repair }),
             ControlCmd::Down => Some(Admin::Down),
+            ControlCmd::SuspendIo { fail } => Some(Admin::SuspendIo {
+                mode: if *fail {
+                    SuspendMode::Fail
+                } else {
+                    SuspendMode::Hold
+                },
+            }),
+            ControlCmd::ResumeIo => Some(Admin::ResumeIo),
+            ControlCmd::Outdate => Some(Admin::Outdate),
         };
         let result = match admin {
             None => Ok(()),
@@ -712,6 +740,7 @@ impl Runner {
             nbd_clients: usize::try_from(self.shared.nbd_clients.load(Ordering::Relaxed))
                 .unwrap_or(0),
             pid: std::process::id(),
+            suspended: st.suspended,
         }
     }
 }
