@@ -13,7 +13,8 @@
 //! fence-command = "/usr/lib/rep/fence-peer"   # DRBD fence-peer exit codes (4, 5, 7 = ok)
 //! fence-timeout-ms = 60000
 //! failure-timeout-ms = 60000  # after a failed start, this node does not take over for so long
-//! # witness = "10.0.0.3:7790" # parsed; the witness quorum is not implemented yet
+//! witness = "10.0.0.3:7790"  # optional: a third voter (`cluster-agent --witness`)
+//! on-no-quorum = "suspend-io" # with a witness: a Primary that lost quorum holds new writes ("io-error": fails them)
 //!
 //! [[cluster.path]]            # several media, so one dead link is not a dead node
 //! node = "alpha"
@@ -74,11 +75,71 @@ pub struct Cluster {
     pub preferred: Option<String>,
     pub paths: Vec<PathEntry>,
     pub witness: Option<SocketAddr>,
+    /// What a Primary does with new writes when it loses quorum.
+    pub on_no_quorum: NoQuorum,
     pub fence_command: Option<String>,
     pub fence_timeout: Duration,
     pub failure_timeout: Duration,
     /// The chain after the device role (the device is always first).
     pub resources: Vec<ResourceEntry>,
+}
+
+/// `on-no-quorum`: DRBD 9's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NoQuorum {
+    /// Hold new writes until quorum is back (or the node lets go).
+    #[default]
+    SuspendIo,
+    /// Fail them with EIO.
+    IoError,
+}
+
+/// What the witness (`cluster-agent --witness`) needs of the resource file:
+/// no node of its own.
+#[derive(Debug, Clone)]
+pub struct WitnessConfig {
+    pub resource: String,
+    pub nodes: [String; 2],
+    pub auth_key: Vec<u8>,
+    pub deadtime: Duration,
+    pub witness: Option<SocketAddr>,
+}
+
+impl WitnessConfig {
+    /// Read the resource file as the witness sees it.
+    ///
+    /// # Errors
+    /// A message naming the file and the key.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_str_named(&text, path)
+    }
+
+    /// Parse configuration text; `path` is only used in messages.
+    ///
+    /// # Errors
+    /// A message naming the file and the key.
+    pub fn from_str_named(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let resource = Config::from_str_named(text, path)?;
+        let cluster = parse_cluster(text, &resource)?;
+        let name = |i: usize| {
+            resource
+                .nodes
+                .get(i)
+                .map(|n| n.name.clone())
+                .unwrap_or_default()
+        };
+        Ok(Self {
+            resource: resource.resource.name.clone(),
+            nodes: [name(0), name(1)],
+            auth_key: cluster.auth_key,
+            deadtime: cluster.deadtime,
+            witness: cluster.witness,
+        })
+    }
 }
 
 /// One `[[cluster.path]]`.
@@ -242,6 +303,7 @@ struct RawCluster {
     #[serde(default)]
     path: Vec<RawPath>,
     witness: Option<String>,
+    on_no_quorum: Option<String>,
     fence_command: Option<String>,
     #[serde(default = "d_fence_timeout")]
     fence_timeout_ms: u64,
@@ -498,6 +560,24 @@ fn parse_cluster(text: &str, res: &Config) -> Result<Cluster, ConfigError> {
             )
         })?),
     };
+    let on_no_quorum = match c.on_no_quorum.as_deref() {
+        None | Some("suspend-io") => NoQuorum::SuspendIo,
+        Some("io-error") => NoQuorum::IoError,
+        Some(other) => {
+            return Err(invalid(
+                "cluster.on-no-quorum",
+                format!("\"{other}\" is neither \"suspend-io\" nor \"io-error\""),
+            ))
+        }
+    };
+    if c.on_no_quorum.is_some() && witness.is_none() {
+        return Err(invalid(
+            "cluster.on-no-quorum",
+            "quorum needs a third voter: set `witness` too (two nodes alone never lose quorum, \
+             they fence)"
+                .to_owned(),
+        ));
+    }
     let fence_command = match c.fence_command {
         Some(f) if f.trim().is_empty() => {
             return Err(invalid(
@@ -642,6 +722,7 @@ fn parse_cluster(text: &str, res: &Config) -> Result<Cluster, ConfigError> {
         preferred: c.preferred,
         paths,
         witness,
+        on_no_quorum,
         fence_command,
         fence_timeout: Duration::from_millis(c.fence_timeout_ms),
         failure_timeout: Duration::from_millis(c.failure_timeout_ms),
@@ -725,6 +806,29 @@ bind = "10.1.0.2:694"
     }
 
     #[test]
+    fn witness_settings() {
+        let c = load("").unwrap();
+        assert_eq!(c.cluster.witness, None);
+        assert_eq!(c.cluster.on_no_quorum, NoQuorum::SuspendIo);
+        let text = format!(
+            "{BASE}{}",
+            CLUSTER.replacen(
+                "auth-key = \"k\"\n",
+                "auth-key = \"k\"\nwitness = \"10.0.0.3:7790\"\non-no-quorum = \"io-error\"\n",
+                1
+            )
+        );
+        let c = AgentConfig::from_str_named(&text, Path::new("r0.toml"), Some("alpha")).unwrap();
+        assert_eq!(c.cluster.witness, Some("10.0.0.3:7790".parse().unwrap()));
+        assert_eq!(c.cluster.on_no_quorum, NoQuorum::IoError);
+        // The witness reads the same file without a node of its own.
+        let w = WitnessConfig::from_str_named(&text, Path::new("r0.toml")).unwrap();
+        assert_eq!(w.nodes, ["alpha".to_string(), "beta".to_string()]);
+        assert_eq!(w.resource, "r0");
+        assert_eq!(w.witness, c.cluster.witness);
+    }
+
+    #[test]
     fn the_example_parses() {
         let text = include_str!("../examples/r0-cluster.toml");
         for n in ["alpha", "beta"] {
@@ -801,6 +905,8 @@ timeout-ms = 5000
             ("auto-failback = true\n", "cluster.auto-failback"),
             ("witness = \"nowhere\"\n", "cluster.witness"),
             ("fence-command = \" \"\n", "cluster.fence-command"),
+            ("on-no-quorum = \"freeze\"\n", "cluster.on-no-quorum"),
+            ("on-no-quorum = \"io-error\"\n", "cluster.on-no-quorum"),
         ];
         for (extra, key) in cases {
             // Top-level keys must come before the [[cluster.path]] tables.

@@ -39,8 +39,11 @@
 
 use std::collections::VecDeque;
 
+use replication_proto::gen::Generations;
 use replication_proto::wire::{DiskState, Role};
 use serde::{Deserialize, Serialize};
+
+use crate::witness;
 
 /// Milliseconds on a monotonic clock.
 pub type Millis = u64;
@@ -132,6 +135,9 @@ pub struct Beat {
     pub disk: Option<DiskState>,
     /// The sender's repd is connected to ours.
     pub connected: bool,
+    /// The sender lost quorum and holds its writes (it lets go when it hears
+    /// that the other node took over).
+    pub suspended: bool,
 }
 
 /// What the local repd says (`repctl status`), reduced to what matters.
@@ -144,6 +150,12 @@ pub struct LocalState {
     /// The peer's role as seen over the replication link (when connected).
     pub peer_role: Option<Role>,
     pub peer_disk: DiskState,
+    /// The data generations (the witness compares them).
+    #[serde(default)]
+    pub gens: Generations,
+    /// repd holds or fails new writes (`repctl suspend-io`).
+    #[serde(default)]
+    pub suspended: bool,
 }
 
 /// An operation the driver carries out, one at a time.
@@ -160,6 +172,22 @@ pub enum Op {
     Stop(usize),
     /// Run the fence command against the peer.
     Fence,
+    /// Quorum lost: hold (or `fail`) new writes on the local repd.
+    SuspendIo {
+        fail: bool,
+    },
+    /// Quorum back: let held writes in.
+    ResumeIo,
+}
+
+impl Op {
+    /// Suspension and resumption run beside the chain's one-at-a-time
+    /// operations: a Primary that loses quorum must not wait for a
+    /// resource start to finish.
+    #[must_use]
+    pub fn is_io_control(&self) -> bool {
+        matches!(self, Op::SuspendIo { .. } | Op::ResumeIo)
+    }
 }
 
 /// How an operation ended.
@@ -199,6 +227,8 @@ pub enum Input {
         op: Op,
         result: OpResult,
     },
+    /// An authenticated answer of the witness addressed to this node.
+    Witness(witness::Reply),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,6 +238,8 @@ pub enum Action {
         beat: Beat,
     },
     Run(Op),
+    /// Ask the witness (every keepalive while a witness is configured).
+    AskWitness(witness::Request),
     /// Something to log (transitions and membership changes, with causes).
     Log {
         warn: bool,
@@ -231,6 +263,10 @@ pub struct CoreConfig {
     pub auto_failback: bool,
     pub preferred: Option<String>,
     pub failure_timeout: Millis,
+    /// A witness is configured: quorum rules apply (2 votes of 3).
+    pub witness: bool,
+    /// On quorum loss, fail new writes instead of holding them.
+    pub no_quorum_fail: bool,
 }
 
 /// Counters of what came in.
@@ -322,6 +358,30 @@ pub struct PathStatus {
     pub received: u64,
 }
 
+/// The quorum part of `cluster-agent status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumStatus {
+    /// A witness is configured (without one, two nodes never lose quorum:
+    /// they fence).
+    pub witness_configured: bool,
+    /// Votes this node counts now (itself, the peer, the witness) of 3.
+    pub votes: u32,
+    pub has_quorum: bool,
+    /// The peer acknowledged a recent heartbeat of ours.
+    pub peer_vote: bool,
+    /// The witness answered a recent request and counts us as a member.
+    pub witness_vote: bool,
+    /// The witness answered within deadtime.
+    pub witness_reachable: bool,
+    pub witness_last_reply_ms_ago: Option<u64>,
+    /// Why the witness does not count us, or refused its vote.
+    pub witness_says: Option<String>,
+    /// How long the witness has not heard the peer, as it last said.
+    pub witness_peer_silent_ms: Option<u64>,
+    /// The local repd holds (or fails) new writes because quorum was lost.
+    pub io_suspended: bool,
+}
+
 /// The core's part of `cluster-agent status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CoreStatus {
@@ -335,6 +395,8 @@ pub struct CoreStatus {
     pub fencing: String,
     pub last_fence: Option<String>,
     pub failure_timeout_left_ms: Option<u64>,
+    /// Votes, witness reachability, whether this node holds quorum.
+    pub quorum: QuorumStatus,
     pub stop_failed: Option<String>,
     pub pending: Option<Op>,
     pub local: Option<LocalState>,
@@ -344,6 +406,38 @@ pub struct CoreStatus {
     pub counters: Counters,
     pub transitions: Vec<Transition>,
     pub events: Vec<Event>,
+}
+
+/// What this node knows about its votes. A vote is a lease: the peer's
+/// acknowledgement of our heartbeat (or the witness's answer to our request)
+/// sent at `s` counts until `s + deadtime / 2`, measured on our clock from
+/// the moment we *sent*, which the other side received no earlier. The
+/// other side lets a takeover happen only after hearing nothing from us for
+/// a whole deadtime, so our lease always runs out first.
+#[derive(Debug, Clone, Default)]
+struct Quorum {
+    /// (heartbeat seq, sent at) of recent rounds; and the same for requests.
+    hb_sent: VecDeque<(u64, Millis)>,
+    w_sent: VecDeque<(u64, Millis)>,
+    w_seq: u64,
+    /// Votes valid until.
+    peer_until: Millis,
+    witness_until: Millis,
+    witness_last: Option<Millis>,
+    witness_member: Option<bool>,
+    witness_says: Option<String>,
+    witness_peer_silent: Option<u64>,
+    /// The highest request seq answered (older answers are replays).
+    w_answered: u64,
+    /// A takeover vote valid until.
+    vote_until: Option<Millis>,
+    /// Ask the witness for its vote in the next requests.
+    want_vote: bool,
+    /// The repd holds/fails writes by our hand.
+    suspended: bool,
+    io_pending: Option<Op>,
+    /// Why the last suspension happened (for status and logs).
+    lost_at: Option<Millis>,
 }
 
 /// The decision core of one agent.
@@ -376,6 +470,7 @@ pub struct Core {
     retry_at: Option<Millis>,
     cooldown_until: Option<Millis>,
     fence_outdated_peer: bool,
+    q: Quorum,
     /// Until when a refused promotion keeps this node ineligible, and why.
     promote_failed: Option<(Millis, String)>,
     last_fence: Option<String>,
@@ -419,6 +514,7 @@ impl Core {
             retry_at: None,
             cooldown_until: None,
             fence_outdated_peer: false,
+            q: Quorum::default(),
             promote_failed: None,
             last_fence: None,
             stop_failed: None,
@@ -507,6 +603,11 @@ impl Core {
         if self.state == HaState::Claiming {
             at(self.state_since.saturating_add(self.cfg.deadtime));
         }
+        if self.cfg.witness && self.q.io_pending.is_none() && !self.q.suspended {
+            // The moment the votes run out: the suspension must not wait
+            // for the next heartbeat.
+            at(self.q.peer_until.max(self.q.witness_until));
+        }
         t
     }
 
@@ -521,7 +622,9 @@ impl Core {
                 BadPacket::Foreign => self.counters.foreign += 1,
             },
             Input::Local(l) => self.on_local(now, l),
+            Input::Done { op, result } if op.is_io_control() => self.on_io_done(now, op, result),
             Input::Done { op, result } => self.on_done(now, op, result),
+            Input::Witness(r) => self.on_witness(now, &r),
         }
         self.evaluate(now);
     }
@@ -569,6 +672,14 @@ impl Core {
         }
         pv.max_seq = beat.seq;
         pv.last_heard = Some(now);
+        let lease = self.cfg.deadtime / 2;
+        if let Some((inc, seq)) = beat.ack {
+            if inc == self.incarnation {
+                if let Some(t) = sent_at(&self.q.hb_sent, seq) {
+                    self.q.peer_until = self.q.peer_until.max(t + lease);
+                }
+            }
+        }
         pv.received += 1;
         self.counters.received += 1;
         self.peer.last_valid = Some(now);
@@ -611,6 +722,11 @@ impl Core {
             self.event(now, l.is_none(), what);
         }
         let first = !self.local_known;
+        if self.q.io_pending.is_none() {
+            // repd's word (a restart of repd forgets a suspension; an admin
+            // may have resumed by hand).
+            self.q.suspended = l.as_ref().is_some_and(|s| s.suspended);
+        }
         self.local = l;
         self.local_known = true;
         let primary = self.local.as_ref().is_some_and(|s| s.role == Role::Primary);
@@ -697,6 +813,8 @@ impl Core {
             }
             (HaState::Releasing, Op::Demote, OpResult::Ok) => {
                 self.promoted = false;
+                // A demotion ends repd's suspension (held writes fail).
+                self.q.suspended = false;
                 if let Some(l) = &mut self.local {
                     l.role = Role::Secondary;
                 }
@@ -815,6 +933,7 @@ impl Core {
             self.cooldown_until = None;
             self.event(now, false, "failure-timeout over: eligible again".into());
         }
+        self.quorum_io(now);
         // Decide until nothing moves (a transition may enable the next step).
         for _ in 0..8 {
             let before = (self.state, self.pending.is_some(), self.step);
@@ -970,6 +1089,9 @@ impl Core {
         if l.connected && l.peer_role == Some(Role::Primary) {
             return Err("the peer's repd is Primary (seen over the replication link)".into());
         }
+        if !self.has_quorum(now) {
+            return Err(format!("no quorum: {}", self.quorum_text(now)));
+        }
         match l.disk {
             DiskState::UpToDate => Ok(false),
             DiskState::Consistent if self.peer_known_outdated() => Ok(true),
@@ -990,6 +1112,9 @@ impl Core {
     }
 
     fn decide_idle(&mut self, now: Millis) {
+        if self.peer.alive != Some(false) {
+            self.q.want_vote = false;
+        }
         // A device promoted outside the agent (or before it started): adopt it.
         if self.local.as_ref().is_some_and(|l| l.role == Role::Primary) {
             self.promoted = true;
@@ -1080,6 +1205,18 @@ impl Core {
             Err(why) => {
                 self.decision = format!("{peer} is dead, but not taking over: {why}");
             }
+            Ok(_) if self.cfg.witness && !self.vote_valid(now) => {
+                if !self.q.want_vote {
+                    self.q.want_vote = true;
+                    self.send_now = true;
+                }
+                self.decision = match &self.q.witness_says {
+                    Some(w) => {
+                        format!("{peer} is dead: waiting for the witness's vote (it says: {w})")
+                    }
+                    None => format!("{peer} is dead: asking the witness for its vote"),
+                };
+            }
             Ok(force) => {
                 if self.cfg.fencing {
                     self.set_state(
@@ -1094,6 +1231,19 @@ impl Core {
                         ),
                     };
                     self.run(Op::Fence);
+                } else if self.cfg.witness {
+                    self.force = force;
+                    self.step = 0;
+                    self.set_state(
+                        now,
+                        HaState::Acquiring,
+                        format!(
+                            "{peer} dead for deadtime, and the witness voted for the takeover (it has not heard {peer} for deadtime either): promoting"
+                        ),
+                    );
+                    self.decision = format!(
+                        "took over with the witness's vote: {peer} silent to both for deadtime"
+                    );
                 } else {
                     self.force = force;
                     self.step = 0;
@@ -1211,7 +1361,20 @@ impl Core {
         let Some(b) = self.peer.latest.clone() else {
             return;
         };
-        if matches!(b.state, WireState::Acquiring | WireState::Holding) && !self.i_win() {
+        if self.q.suspended && b.state.holds() && !b.suspended {
+            self.begin_release(
+                now,
+                format!(
+                    "quorum was lost here and {peer} took over meanwhile: releasing (the held writes fail)"
+                ),
+            );
+            return;
+        }
+        if matches!(b.state, WireState::Acquiring | WireState::Holding)
+            && !b.suspended
+            && !self.q.suspended
+            && !self.i_win()
+        {
             self.begin_release(
                 now,
                 format!(
@@ -1238,7 +1401,7 @@ impl Core {
     }
 
     fn continue_release(&mut self, now: Millis) {
-        if self.pending.is_some() {
+        if self.pending.is_some() || self.q.io_pending.is_some() {
             return;
         }
         if self.step > 0 {
@@ -1352,9 +1515,18 @@ impl Core {
                 role: self.local.as_ref().map(|l| l.role),
                 disk: self.local.as_ref().map(|l| l.disk),
                 connected: self.local.as_ref().is_some_and(|l| l.connected),
+                suspended: self.q.suspended,
             };
+            self.q.hb_sent.push_back((self.seq, now));
             self.counters.sent += 1;
             self.actions.push_back(Action::Send { path, beat });
+        }
+        let keep = now.saturating_sub(self.cfg.deadtime);
+        while self.q.hb_sent.front().is_some_and(|(_, t)| *t < keep) {
+            self.q.hb_sent.pop_front();
+        }
+        if self.cfg.witness {
+            self.ask_witness(now);
         }
     }
 
@@ -1362,7 +1534,22 @@ impl Core {
     #[must_use]
     pub fn status(&self, now: Millis) -> CoreStatus {
         let b = self.peer.latest.as_ref();
-        let fencing = if self.cfg.fencing {
+        let fencing = if self.cfg.witness {
+            format!(
+                "witness quorum (2 of 3 votes): a dead peer is replaced only with the witness's vote{}; \
+                 a Primary without quorum {} new writes",
+                if self.cfg.fencing {
+                    " and after the fence command"
+                } else {
+                    ""
+                },
+                if self.cfg.no_quorum_fail {
+                    "fails"
+                } else {
+                    "holds"
+                }
+            )
+        } else if self.cfg.fencing {
             "fence-command configured: a dead peer is fenced before this node promotes".to_string()
         } else {
             "no fence-command: a dead peer is replaced on deadtime alone, as heartbeat does \
@@ -1378,6 +1565,7 @@ impl Core {
             fencing,
             last_fence: self.last_fence.clone(),
             failure_timeout_left_ms: self.cooldown_until.filter(|t| *t > now).map(|t| t - now),
+            quorum: self.quorum_status(now),
             stop_failed: self.stop_failed.clone(),
             pending: self.pending.clone(),
             local: self.local.clone(),
@@ -1409,6 +1597,221 @@ impl Core {
             counters: self.counters.clone(),
             transitions: self.transitions.iter().cloned().collect(),
             events: self.events.iter().cloned().collect(),
+        }
+    }
+}
+
+/// When the heartbeat (or request) with sequence number `seq` was sent.
+fn sent_at(log: &VecDeque<(u64, Millis)>, seq: u64) -> Option<Millis> {
+    log.iter().rev().find(|(s, _)| *s <= seq).map(|(_, t)| *t)
+}
+
+impl Core {
+    /// How long a vote counts from the moment the question was sent: half
+    /// of deadtime, so that a node that lost its votes suspends well before
+    /// the other side may act (after a whole deadtime of silence).
+    fn lease(&self) -> Millis {
+        self.cfg.deadtime / 2
+    }
+
+    /// Two votes of three: ours plus the peer's or the witness's. Without a
+    /// witness there is no quorum to lose (fencing guards the takeover).
+    #[must_use]
+    pub fn has_quorum(&self, now: Millis) -> bool {
+        !self.cfg.witness || now < self.q.peer_until || now < self.q.witness_until
+    }
+
+    /// The local repd holds (or fails) new writes because quorum was lost.
+    #[must_use]
+    pub fn io_suspended(&self) -> bool {
+        self.q.suspended
+    }
+
+    fn vote_valid(&self, now: Millis) -> bool {
+        self.q.vote_until.is_some_and(|t| now < t)
+    }
+
+    fn quorum_text(&self, now: Millis) -> String {
+        let witness = match (self.q.witness_last, &self.q.witness_says) {
+            (None, _) => "the witness never answered".to_string(),
+            (Some(t), _) if now.saturating_sub(t) >= self.cfg.deadtime => format!(
+                "the witness has not answered for {} ms",
+                now.saturating_sub(t)
+            ),
+            (Some(_), Some(why)) if self.q.witness_member == Some(false) => {
+                format!("the witness does not count this node: {why}")
+            }
+            (Some(_), _) => "the witness's last answer is too old".to_string(),
+        };
+        format!(
+            "{} does not acknowledge our heartbeats and {witness}",
+            self.cfg.peer
+        )
+    }
+
+    fn quorum_status(&self, now: Millis) -> QuorumStatus {
+        let peer_vote = !self.cfg.witness || now < self.q.peer_until;
+        let witness_vote = self.cfg.witness && now < self.q.witness_until;
+        QuorumStatus {
+            witness_configured: self.cfg.witness,
+            votes: 1 + u32::from(peer_vote && self.cfg.witness) + u32::from(witness_vote),
+            has_quorum: self.has_quorum(now),
+            peer_vote: self.cfg.witness && peer_vote,
+            witness_vote,
+            witness_reachable: self
+                .q
+                .witness_last
+                .is_some_and(|t| now.saturating_sub(t) < self.cfg.deadtime),
+            witness_last_reply_ms_ago: self.q.witness_last.map(|t| now.saturating_sub(t)),
+            witness_says: self.q.witness_says.clone(),
+            witness_peer_silent_ms: self.q.witness_peer_silent,
+            io_suspended: self.q.suspended,
+        }
+    }
+
+    fn ask_witness(&mut self, now: Millis) {
+        self.q.w_seq += 1;
+        let seq = self.q.w_seq;
+        self.q.w_sent.push_back((seq, now));
+        let keep = now.saturating_sub(self.cfg.deadtime);
+        while self.q.w_sent.front().is_some_and(|(_, t)| *t < keep) {
+            self.q.w_sent.pop_front();
+        }
+        let l = self.local.as_ref();
+        let req = witness::Request {
+            incarnation: self.incarnation,
+            started_ms: self.started_ms,
+            seq,
+            want_vote: self.q.want_vote,
+            state: self.state.wire(),
+            repd_up: l.is_some(),
+            role: l.map(|l| l.role),
+            disk: l.map(|l| l.disk),
+            connected: l.is_some_and(|l| l.connected),
+            gens: l.map(|l| l.gens).unwrap_or_default(),
+        };
+        self.actions.push_back(Action::AskWitness(req));
+    }
+
+    fn on_witness(&mut self, now: Millis, r: &witness::Reply) {
+        let (inc, seq) = r.echo;
+        if inc != self.incarnation || seq <= self.q.w_answered {
+            self.counters.replay += 1;
+            return;
+        }
+        // Only the exact request dates the answer.
+        let Some(t) = self
+            .q
+            .w_sent
+            .iter()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, t)| *t)
+        else {
+            return;
+        };
+        self.q.w_answered = seq;
+        if self
+            .q
+            .witness_last
+            .is_none_or(|l| now.saturating_sub(l) >= self.cfg.deadtime)
+        {
+            self.event(now, false, "witness reachable".into());
+        }
+        self.q.witness_last = Some(now);
+        if self.q.witness_member != Some(r.member) {
+            let text = if r.member {
+                "the witness counts this node".to_string()
+            } else {
+                format!("the witness does not count this node: {}", r.reason)
+            };
+            self.event(now, !r.member, text);
+        }
+        self.q.witness_member = Some(r.member);
+        self.q.witness_says = (!r.reason.is_empty()).then(|| r.reason.clone());
+        self.q.witness_peer_silent = r.peer_silent_ms;
+        if r.member {
+            self.q.witness_until = self.q.witness_until.max(t + self.lease());
+        } else {
+            self.q.witness_until = 0;
+        }
+        if r.vote {
+            self.q.vote_until = Some(t + self.lease());
+        }
+    }
+
+    fn on_io_done(&mut self, now: Millis, op: Op, result: OpResult) {
+        if self.q.io_pending.as_ref() != Some(&op) {
+            return;
+        }
+        self.q.io_pending = None;
+        match (op, result) {
+            (Op::SuspendIo { .. }, OpResult::Ok) => self.q.suspended = true,
+            (Op::ResumeIo, OpResult::Ok) => {
+                self.q.suspended = false;
+                self.event(now, false, "quorum back: writes resumed".into());
+            }
+            (op, r) => {
+                // Tried again at the next evaluation.
+                self.log(
+                    true,
+                    format!("{op:?} failed: {}; trying again", result_text(&r)),
+                );
+            }
+        }
+    }
+
+    /// Quorum lost on a Primary: suspend new writes at once (beside any
+    /// operation of the chain). Back: resume, unless the peer took over
+    /// meanwhile (then the node releases, see `decide_holding`).
+    fn quorum_io(&mut self, now: Millis) {
+        if !self.cfg.witness || self.q.io_pending.is_some() {
+            return;
+        }
+        let primary = self.promoted || self.local.as_ref().is_some_and(|l| l.role == Role::Primary);
+        let quorum = self.has_quorum(now);
+        let peer_took_over = self.peer.alive == Some(true)
+            && self
+                .peer
+                .latest
+                .as_ref()
+                .is_some_and(|b| b.state.holds() && !b.suspended);
+        let op = if primary && !quorum && !self.q.suspended && self.local.is_some() {
+            self.q.lost_at = Some(now);
+            let text = format!(
+                "quorum lost ({}): {} new writes until it is back",
+                self.quorum_text(now),
+                if self.cfg.no_quorum_fail {
+                    "failing"
+                } else {
+                    "holding"
+                }
+            );
+            self.event(now, true, text);
+            Some(Op::SuspendIo {
+                fail: self.cfg.no_quorum_fail,
+            })
+        } else if self.q.suspended
+            && primary
+            && quorum
+            && !peer_took_over
+            && self.state != HaState::Releasing
+        {
+            Some(Op::ResumeIo)
+        } else if self.q.suspended
+            && self.state == HaState::Releasing
+            && !self.cfg.no_quorum_fail
+            && self.q.lost_at.is_some()
+        {
+            // Stopping the chain over held writes would hang (a umount
+            // flushes): fail them first.
+            self.q.lost_at = None;
+            Some(Op::SuspendIo { fail: true })
+        } else {
+            None
+        };
+        if let Some(op) = op {
+            self.q.io_pending = Some(op.clone());
+            self.actions.push_back(Action::Run(op));
         }
     }
 }

@@ -15,7 +15,9 @@ use serde_json::{json, Value};
 use ublk_target::control::ControlError;
 use ublk_target::engine::{ControlCmd, NodeStatus};
 
-use crate::config::{AgentConfig, Link, ResourceEntry};
+use replication_proto::gen::Generations;
+
+use crate::config::{AgentConfig, Link, NoQuorum, ResourceEntry};
 use crate::control::{self, Incoming, Reply, Request};
 use crate::core::{Action, BadPacket, Core, CoreConfig, Input, LocalState, Op, OpResult};
 use crate::resources::{self, Ctx};
@@ -42,6 +44,10 @@ enum Msg {
     },
     Control(Incoming),
     Shutdown(String),
+    Witness {
+        data: Vec<u8>,
+        from: SocketAddr,
+    },
 }
 
 fn ms(d: Duration) -> u64 {
@@ -65,6 +71,8 @@ pub fn core_config(cfg: &AgentConfig) -> CoreConfig {
         auto_failback: c.auto_failback,
         preferred: c.preferred.clone(),
         failure_timeout: ms(c.failure_timeout),
+        witness: c.witness.is_some(),
+        no_quorum_fail: c.on_no_quorum == NoQuorum::IoError,
     }
 }
 
@@ -87,7 +95,20 @@ pub fn local_state(st: &NodeStatus) -> LocalState {
         connected,
         peer_role: if connected { st.peer_role } else { None },
         peer_disk: st.peer_disk,
+        gens: Generations {
+            current: hex_gen(&st.generations.current),
+            bitmap: hex_gen(&st.generations.bitmap),
+            history: [
+                hex_gen(&st.generations.history[0]),
+                hex_gen(&st.generations.history[1]),
+            ],
+        },
+        suspended: st.suspended.is_some(),
     }
+}
+
+fn hex_gen(s: &str) -> u64 {
+    u64::from_str_radix(s, 16).unwrap_or(0)
 }
 
 /// Run the agent in the foreground until SIGTERM or SIGINT.
@@ -139,6 +160,32 @@ pub fn run(opts: &Options) -> Result<(), String> {
             .map_err(|e| format!("cannot start a thread: {e}"))?;
         sockets.push(s);
     }
+
+    // The witness is asked from an ephemeral port: its answers come back
+    // there, and no configuration has to name it.
+    let witness_sock = match cfg.cluster.witness {
+        None => None,
+        Some(w) => {
+            let any: SocketAddr = if w.is_ipv4() {
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            } else {
+                SocketAddr::from(([0u16; 8], 0))
+            };
+            let s = UdpSocket::bind(any)
+                .map_err(|e| format!("cannot open a socket toward the witness {w}: {e}"))?;
+            let r = s.try_clone().map_err(|e| format!("witness socket: {e}"))?;
+            let tx = tx.clone();
+            let span = span.clone();
+            std::thread::Builder::new()
+                .name("witness-recv".into())
+                .spawn(move || {
+                    let _g = span.enter();
+                    receive_witness(&r, &tx);
+                })
+                .map_err(|e| format!("cannot start a thread: {e}"))?;
+            Some((s, w))
+        }
+    };
 
     let (ctl_tx, ctl_rx) = mpsc::channel::<Incoming>();
     control::serve(&agent_sock, ctl_tx)?;
@@ -206,8 +253,8 @@ pub fn run(opts: &Options) -> Result<(), String> {
     }
     drop(tx);
 
-    if cfg.cluster.witness.is_some() {
-        tracing::warn!("a witness is configured, but witness quorum is not implemented yet: the fence-command rules apply");
+    if let Some(w) = cfg.cluster.witness {
+        tracing::info!(witness = %w, on_no_quorum = ?cfg.cluster.on_no_quorum, "quorum with a witness: 2 votes of 3; a Primary without quorum suspends its writes");
     }
     match &cfg.cluster.fence_command {
         Some(f) => tracing::info!(fence_command = %f, "a dead peer is fenced before this node promotes"),
@@ -248,10 +295,20 @@ pub fn run(opts: &Options) -> Result<(), String> {
                         }
                     }
                 }
+                Action::AskWitness(req) => {
+                    if let Some((s, w)) = &witness_sock {
+                        let data = crate::witness::encode_request(&key, &resource, &cfg.me, &req);
+                        if let Err(e) = s.send_to(&data, w) {
+                            tracing::debug!(witness = %w, "witness request not sent: {e}");
+                        }
+                    }
+                }
                 Action::Run(op) => {
                     tracing::info!(?op, "running");
                     let sent = match op {
-                        Op::Promote { .. } | Op::Demote => repd_tx.send(op).is_ok(),
+                        Op::Promote { .. } | Op::Demote | Op::SuspendIo { .. } | Op::ResumeIo => {
+                            repd_tx.send(op).is_ok()
+                        }
                         _ => exec_tx.send(op).is_ok(),
                     };
                     if !sent {
@@ -303,6 +360,22 @@ pub fn run(opts: &Options) -> Result<(), String> {
                             BadPacket::Malformed
                         },
                     }
+                }
+            },
+            Msg::Witness { data, from } => match crate::witness::decode_reply(&key, &data) {
+                Ok(p) if p.resource == resource && p.node == cfg.me => Input::Witness(p.body),
+                Ok(p) => {
+                    log_bad(
+                        &mut bad_logged,
+                        usize::MAX,
+                        from,
+                        &format!("witness answer for {} of {}", p.node, p.resource),
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    log_bad(&mut bad_logged, usize::MAX, from, &format!("witness: {e}"));
+                    continue;
                 }
             },
             Msg::Local(l) => Input::Local(l),
@@ -363,6 +436,25 @@ fn receive(s: &UdpSocket, path: usize, tx: &Sender<Msg>) {
     }
 }
 
+fn receive_witness(s: &UdpSocket, tx: &Sender<Msg>) {
+    let mut buf = vec![0u8; crate::witness::MAX_PACKET];
+    loop {
+        match s.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                let data = buf.get(..n).unwrap_or_default().to_vec();
+                if tx.send(Msg::Witness { data, from }).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::trace!("witness receive: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
 fn repd_worker(sock: &Path, every: Duration, rx: &Receiver<Op>, tx: &Sender<Msg>) {
     loop {
         match rx.recv_timeout(every) {
@@ -400,6 +492,8 @@ fn repd_op(sock: &Path, op: &Op) -> OpResult {
     let (cmd, what) = match op {
         Op::Promote { force } => (ControlCmd::Primary { force: *force }, "promote"),
         Op::Demote => (ControlCmd::Secondary, "demote"),
+        Op::SuspendIo { fail } => (ControlCmd::SuspendIo { fail: *fail }, "suspend-io"),
+        Op::ResumeIo => (ControlCmd::ResumeIo, "resume-io"),
         other => return OpResult::Failed(format!("{other:?} is not a device operation")),
     };
     match ublk_target::control::request(sock, &cmd, Some(Duration::from_secs(60))) {
@@ -477,10 +571,14 @@ fn status_json(
     obj.insert("fence_command".into(), json!(cfg.cluster.fence_command));
     obj.insert(
         "witness".into(),
-        json!(cfg
-            .cluster
-            .witness
-            .map(|w| format!("{w} (configured; witness quorum not implemented yet)"))),
+        json!(cfg.cluster.witness.map(|w| w.to_string())),
+    );
+    obj.insert(
+        "on_no_quorum".into(),
+        json!(match cfg.cluster.on_no_quorum {
+            NoQuorum::SuspendIo => "suspend-io",
+            NoQuorum::IoError => "io-error",
+        }),
     );
     obj.insert("auto_failback".into(), json!(cfg.cluster.auto_failback));
     obj.insert("preferred".into(), json!(cfg.cluster.preferred));

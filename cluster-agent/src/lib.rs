@@ -9,6 +9,7 @@
 //! - [`core`]: the sans-IO decision core (events in, actions out);
 //! - [`wire`]: the heartbeat packet;
 //! - [`sim`]: the seeded simulator of two agents;
+//! - [`witness`]: the third voter (`cluster-agent --witness`) and its packets;
 //! - [`daemon`], [`resources`], [`control`]: the agent process around the core.
 
 pub mod config;
@@ -18,3 +19,4 @@ pub mod daemon;
 pub mod resources;
 pub mod sim;
 pub mod wire;
+pub mod witness;

@@ -42,6 +42,16 @@ struct Cli {
     /// This node's name in the config [default: the host name].
     #[arg(long, short = 'n', global = true, value_name = "NAME")]
     node: Option<String>,
+    /// Run as the witness of the resource (a third machine, no disk): vote
+    /// for quorum and remember each node's generations and Outdated marks.
+    #[arg(long)]
+    witness: bool,
+    /// The witness listens here [default: the `witness` address of the config].
+    #[arg(long, value_name = "IP:PORT", requires = "witness")]
+    listen: Option<std::net::SocketAddr>,
+    /// Where the witness keeps what it remembers [default: /var/lib/rep/<resource>.witness.json].
+    #[arg(long, value_name = "FILE", requires = "witness")]
+    state_file: Option<PathBuf>,
     /// Where the control sockets of repd and of the agent live.
     #[arg(long, global = true, value_name = "DIR", env = "REP_RUN_DIR", default_value = DEFAULT_RUN_DIR)]
     run_dir: PathBuf,
@@ -64,15 +74,20 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
+        None | Some(Command::Run) if cli.witness => {
+            init_logs();
+            cluster_agent::witness::run(&cluster_agent::witness::WitnessOptions {
+                config: cli.config.clone(),
+                listen: cli.listen,
+                state_file: cli.state_file.clone(),
+            })
+            .map_err(|e| e.to_string())
+        }
+        Some(_) if cli.witness => {
+            Err("the witness has no status command; it logs what it decides".into())
+        }
         None | Some(Command::Run) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_env("REP_LOG")
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-                )
-                .with_writer(std::io::stderr)
-                .with_ansi(false)
-                .init();
+            init_logs();
             daemon::run(&Options {
                 config: cli.config.clone(),
                 node: cli.node.clone(),
@@ -88,6 +103,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn init_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("REP_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
 }
 
 fn status(cli: &Cli, json: bool) -> Result<(), String> {
@@ -143,8 +169,46 @@ fn text(st: &Value) -> String {
     if !st["last_fence"].is_null() {
         let _ = writeln!(o, "last fence: {}", s(&st["last_fence"]));
     }
-    if !st["witness"].is_null() {
-        let _ = writeln!(o, "witness:  {}", s(&st["witness"]));
+    let q = &st["quorum"];
+    if q["witness_configured"] == true {
+        let _ = writeln!(
+            o,
+            "quorum:   {} ({} of 3 votes: self{}{}), on-no-quorum {}{}",
+            if q["has_quorum"] == true { "yes" } else { "NO" },
+            s(&q["votes"]),
+            if q["peer_vote"] == true {
+                " + peer"
+            } else {
+                ""
+            },
+            if q["witness_vote"] == true {
+                " + witness"
+            } else {
+                ""
+            },
+            s(&st["on_no_quorum"]),
+            if q["io_suspended"] == true {
+                "; WRITES SUSPENDED"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            o,
+            "witness:  {} {}, last answer {}{}",
+            s(&st["witness"]),
+            if q["witness_reachable"] == true {
+                "reachable"
+            } else {
+                "UNREACHABLE"
+            },
+            ago(&q["witness_last_reply_ms_ago"]),
+            if q["witness_says"].is_null() {
+                String::new()
+            } else {
+                format!("; it says: {}", s(&q["witness_says"]))
+            }
+        );
     }
     if let Some(ms) = st["failure_timeout_left_ms"].as_u64() {
         let _ = writeln!(

@@ -33,6 +33,7 @@ use std::fmt;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use replication_proto::gen::Generations;
 use replication_proto::wire::{DiskState, Role};
 
 use crate::core::{
@@ -375,6 +376,8 @@ impl World {
             auto_failback: self.sc.auto_failback,
             preferred: self.sc.preferred.map(|p| NAMES[p].to_string()),
             failure_timeout: self.sc.failure_timeout,
+            witness: false,
+            no_quorum_fail: false,
         }
     }
 
@@ -716,6 +719,8 @@ impl World {
             } else {
                 DiskState::DUnknown
             },
+            gens: Generations::default(),
+            suspended: false,
         })
     }
 
@@ -885,6 +890,7 @@ impl World {
                     OpResult::Ok
                 }
             }
+            Op::SuspendIo { .. } | Op::ResumeIo => OpResult::Ok,
             Op::Fence => {
                 self.report.fences += 1;
                 let code = if !self.nodes[other].repd_up {
@@ -948,6 +954,7 @@ impl World {
                     self.push(now + lat, Ev::OpDone(n, g, op));
                 }
                 Action::Log { text, .. } => self.log(format!("{}: {text}", NAMES[n])),
+                Action::AskWitness(_) => {}
             }
         }
         let node = &mut self.nodes[n];

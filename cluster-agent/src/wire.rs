@@ -33,6 +33,7 @@ const FLAG_ELIGIBLE: u8 = 1;
 const FLAG_FAILBACK: u8 = 2;
 const FLAG_ACK: u8 = 4;
 const FLAG_REPD: u8 = 8;
+const FLAG_SUSPENDED: u8 = 16;
 
 /// Why a datagram was dropped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,7 +56,7 @@ pub struct Packet {
 
 /// HMAC-SHA256 keyed with `key`, building the key block as HMAC defines it
 /// (longer keys hashed, shorter ones zero-padded) so that it cannot fail.
-fn mac(key: &[u8]) -> HmacSha256 {
+pub(crate) fn mac(key: &[u8]) -> HmacSha256 {
     let mut block = GenericArray::<
         u8,
         <HmacSha256 as hmac::digest::crypto_common::KeySizeUser>::KeySize,
@@ -73,7 +74,7 @@ fn mac(key: &[u8]) -> HmacSha256 {
     <HmacSha256 as KeyInit>::new(&block)
 }
 
-fn role_code(r: Option<Role>) -> u8 {
+pub(crate) fn role_code(r: Option<Role>) -> u8 {
     match r {
         None => 0,
         Some(Role::Primary) => 1,
@@ -81,7 +82,7 @@ fn role_code(r: Option<Role>) -> u8 {
     }
 }
 
-fn role_of(c: u8) -> Result<Option<Role>, DecodeError> {
+pub(crate) fn role_of(c: u8) -> Result<Option<Role>, DecodeError> {
     Ok(match c {
         0 => None,
         1 => Some(Role::Primary),
@@ -90,7 +91,7 @@ fn role_of(c: u8) -> Result<Option<Role>, DecodeError> {
     })
 }
 
-fn disk_code(d: Option<DiskState>) -> u8 {
+pub(crate) fn disk_code(d: Option<DiskState>) -> u8 {
     match d {
         None => 0,
         Some(DiskState::Diskless) => 1,
@@ -102,7 +103,7 @@ fn disk_code(d: Option<DiskState>) -> u8 {
     }
 }
 
-fn disk_of(c: u8) -> Result<Option<DiskState>, DecodeError> {
+pub(crate) fn disk_of(c: u8) -> Result<Option<DiskState>, DecodeError> {
     Ok(match c {
         0 => None,
         1 => Some(DiskState::Diskless),
@@ -136,6 +137,9 @@ pub fn encode(key: &[u8], resource: &str, node: &str, beat: &Beat) -> Vec<u8> {
     if beat.repd_up {
         flags |= FLAG_REPD;
     }
+    if beat.suspended {
+        flags |= FLAG_SUSPENDED;
+    }
     v.push(flags);
     v.push(role_code(beat.role));
     v.push(disk_code(beat.disk));
@@ -157,13 +161,19 @@ pub fn encode(key: &[u8], resource: &str, node: &str, beat: &Beat) -> Vec<u8> {
     v
 }
 
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn new(buf: &'a [u8], pos: usize) -> Self {
+        Self { buf, pos }
+    }
+    pub(crate) fn at_end(&self) -> bool {
+        self.pos == self.buf.len()
+    }
+    pub(crate) fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
         let end = self
             .pos
             .checked_add(n)
@@ -175,18 +185,18 @@ impl<'a> Reader<'a> {
         self.pos = end;
         Ok(s)
     }
-    fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
+    pub(crate) fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
         self.take(1, what)?
             .first()
             .copied()
             .ok_or(DecodeError::Malformed(what))
     }
-    fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+    pub(crate) fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
         let s = self.take(8, what)?;
         let a: [u8; 8] = s.try_into().map_err(|_| DecodeError::Malformed(what))?;
         Ok(u64::from_be_bytes(a))
     }
-    fn name(&mut self, what: &'static str) -> Result<String, DecodeError> {
+    pub(crate) fn name(&mut self, what: &'static str) -> Result<String, DecodeError> {
         let n = self.u8(what)?;
         let s = self.take(usize::from(n), what)?;
         String::from_utf8(s.to_vec()).map_err(|_| DecodeError::Malformed(what))
@@ -254,6 +264,7 @@ pub fn decode(key: &[u8], buf: &[u8]) -> Result<Packet, DecodeError> {
             role,
             disk,
             connected,
+            suspended: flags & FLAG_SUSPENDED != 0,
         },
     })
 }
@@ -276,6 +287,7 @@ mod tests {
             role: Some(Role::Primary),
             disk: Some(DiskState::UpToDate),
             connected: true,
+            suspended: false,
         }
     }
 
@@ -292,6 +304,7 @@ mod tests {
         b2.role = None;
         b2.disk = None;
         b2.state = WireState::Idle;
+        b2.suspended = true;
         let p = encode(b"key", "r0", "beta", &b2);
         assert_eq!(decode(b"key", &p).unwrap().beat, b2);
     }
