@@ -375,6 +375,7 @@ impl World {
             auto_failback: self.sc.auto_failback,
             preferred: self.sc.preferred.map(|p| NAMES[p].to_string()),
             failure_timeout: self.sc.failure_timeout,
+            ops: crate::core::OpsConfig::default(),
         }
     }
 
@@ -885,6 +886,8 @@ impl World {
                     OpResult::Ok
                 }
             }
+            // on-stop-failure stays "block" in the simulator.
+            Op::RebootHook => OpResult::Ok,
             Op::Fence => {
                 self.report.fences += 1;
                 let code = if !self.nodes[other].repd_up {
