@@ -15,6 +15,13 @@
 //! failure-timeout-ms = 60000  # after a failed start, this node does not take over for so long
 //! witness = "10.0.0.3:7790"  # optional: a third voter (`cluster-agent --witness`)
 //! on-no-quorum = "suspend-io" # with a witness: a Primary that lost quorum holds new writes ("io-error": fails them)
+//! ping-nodes = ["10.0.0.254"] # ipfail: a node none of them answers does not hold the chain
+//! ping-interval-ms = 1000     # one ICMP echo (`ping`) per node this often
+//! ping-timeout-ms = 1000      # how long one echo may take
+//! ping-dead-ms = 3000         # a ping node silent this long is lost
+//! on-stop-failure = "block"   # "block" | "fence" | "reboot-hook" (needs reboot-command)
+//! # reboot-command = "echo b > /proc/sysrq-trigger"
+//! # split-brain-command = "/usr/lib/rep/notify-split-brain.sh"
 //!
 //! [[cluster.path]]            # several media, so one dead link is not a dead node
 //! node = "alpha"
@@ -82,6 +89,24 @@ pub struct Cluster {
     pub failure_timeout: Duration,
     /// The chain after the device role (the device is always first).
     pub resources: Vec<ResourceEntry>,
+    /// Switchover, ping nodes, stop-failure escalation, split-brain hook.
+    pub ops: OpsSettings,
+}
+
+/// The `[cluster]` keys of planned and escalated operations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpsSettings {
+    /// Addresses probed with ICMP echo (`ping`); empty: none.
+    pub ping_nodes: Vec<IpAddr>,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    /// A ping node that did not answer for this long is lost.
+    pub ping_dead: Duration,
+    pub on_stop_failure: crate::core::StopFailure,
+    /// Run (`sh -c`) after a failed stop with `on-stop-failure = "reboot-hook"`.
+    pub reboot_command: Option<String>,
+    /// Run (`sh -c`) once each time repd reports a split brain.
+    pub split_brain_command: Option<String>,
 }
 
 /// `on-no-quorum`: DRBD 9's names.
@@ -311,6 +336,20 @@ struct RawCluster {
     failure_timeout_ms: u64,
     #[serde(default)]
     resource: Vec<RawResource>,
+    #[serde(default)]
+    ping_nodes: Vec<String>,
+    #[serde(default = "d_ping_interval")]
+    ping_interval_ms: u64,
+    #[serde(default = "d_ping_interval")]
+    ping_timeout_ms: u64,
+    ping_dead_ms: Option<u64>,
+    on_stop_failure: Option<String>,
+    reboot_command: Option<String>,
+    split_brain_command: Option<String>,
+}
+
+fn d_ping_interval() -> u64 {
+    1000
 }
 
 fn d_keepalive() -> u64 {
@@ -712,6 +751,20 @@ fn parse_cluster(text: &str, res: &Config) -> Result<Cluster, ConfigError> {
         ));
     }
 
+    let ops = parse_ops(
+        &invalid,
+        OpsRaw {
+            ping_nodes: c.ping_nodes,
+            ping_interval_ms: c.ping_interval_ms,
+            ping_timeout_ms: c.ping_timeout_ms,
+            ping_dead_ms: c.ping_dead_ms,
+            on_stop_failure: c.on_stop_failure,
+            reboot_command: c.reboot_command,
+            split_brain_command: c.split_brain_command,
+        },
+        fence_command.is_some(),
+    )?;
+
     Ok(Cluster {
         keepalive: Duration::from_millis(c.keepalive_ms),
         warntime: Duration::from_millis(c.warntime_ms),
@@ -727,6 +780,111 @@ fn parse_cluster(text: &str, res: &Config) -> Result<Cluster, ConfigError> {
         fence_timeout: Duration::from_millis(c.fence_timeout_ms),
         failure_timeout: Duration::from_millis(c.failure_timeout_ms),
         resources,
+        ops,
+    })
+}
+
+struct OpsRaw {
+    ping_nodes: Vec<String>,
+    ping_interval_ms: u64,
+    ping_timeout_ms: u64,
+    ping_dead_ms: Option<u64>,
+    on_stop_failure: Option<String>,
+    reboot_command: Option<String>,
+    split_brain_command: Option<String>,
+}
+
+fn parse_ops(
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+    r: OpsRaw,
+    fencing: bool,
+) -> Result<OpsSettings, ConfigError> {
+    use crate::core::StopFailure;
+    let mut ping_nodes = Vec::new();
+    for (i, p) in r.ping_nodes.iter().enumerate() {
+        let ip: IpAddr = p.parse().map_err(|_| {
+            invalid(
+                &format!("cluster.ping-nodes[{i}]"),
+                format!("cannot parse \"{p}\" as an IP address (e.g. \"10.0.0.254\"; no port: it is pinged)"),
+            )
+        })?;
+        if ip.is_unspecified() || ping_nodes.contains(&ip) {
+            return Err(invalid(
+                &format!("cluster.ping-nodes[{i}]"),
+                format!("{ip} is unspecified or listed twice"),
+            ));
+        }
+        ping_nodes.push(ip);
+    }
+    if r.ping_interval_ms == 0 {
+        return Err(invalid(
+            "cluster.ping-interval-ms",
+            "must be at least 1".to_owned(),
+        ));
+    }
+    if r.ping_timeout_ms == 0 {
+        return Err(invalid(
+            "cluster.ping-timeout-ms",
+            "must be at least 1".to_owned(),
+        ));
+    }
+    let ping_dead_ms = r.ping_dead_ms.unwrap_or(3 * r.ping_interval_ms);
+    if ping_dead_ms < r.ping_interval_ms {
+        return Err(invalid(
+            "cluster.ping-dead-ms",
+            format!(
+                "{ping_dead_ms} is shorter than ping-interval-ms ({}): every ping node would be lost between two probes",
+                r.ping_interval_ms
+            ),
+        ));
+    }
+    let nonempty = |key: &str, v: Option<String>| match v {
+        Some(s) if s.trim().is_empty() => {
+            Err(invalid(key, "is empty; remove the key instead".to_owned()))
+        }
+        other => Ok(other),
+    };
+    let reboot_command = nonempty("cluster.reboot-command", r.reboot_command)?;
+    let split_brain_command = nonempty("cluster.split-brain-command", r.split_brain_command)?;
+    let on_stop_failure = match r.on_stop_failure.as_deref() {
+        None | Some("block") => StopFailure::Block,
+        Some("fence") => {
+            if !fencing {
+                return Err(invalid(
+                    "cluster.on-stop-failure",
+                    "\"fence\" asks the peer to fence this node with its fence-command; set fence-command too"
+                        .to_owned(),
+                ));
+            }
+            StopFailure::Fence
+        }
+        Some("reboot-hook") => {
+            if reboot_command.is_none() {
+                return Err(invalid(
+                    "cluster.on-stop-failure",
+                    "\"reboot-hook\" runs reboot-command; set reboot-command too (e.g. \"echo b > /proc/sysrq-trigger\")"
+                        .to_owned(),
+                ));
+            }
+            StopFailure::RebootHook
+        }
+        Some(other) => {
+            return Err(invalid(
+                "cluster.on-stop-failure",
+                format!(
+                    "unknown value \"{other}\"; expected \"block\", \"fence\" or \"reboot-hook\""
+                ),
+            ))
+        }
+    };
+    Ok(OpsSettings {
+        ping_nodes,
+        ping_interval: Duration::from_millis(r.ping_interval_ms),
+        ping_timeout: Duration::from_millis(r.ping_timeout_ms),
+        ping_dead: Duration::from_millis(ping_dead_ms),
+        on_stop_failure,
+        reboot_command,
+        split_brain_command,
     })
 }
 
@@ -893,6 +1051,68 @@ timeout-ms = 5000
             load("[[cluster.resource]]\ntype = \"ip\"\naddress = \"1.2.3.4\"\ninterface = \"e\"\n")
                 .unwrap_err();
         assert!(e.contains("cluster.resource[0].address"), "{e}");
+    }
+
+    #[test]
+    fn operation_keys_parse_and_are_checked() {
+        use crate::core::StopFailure;
+        let with = |extra: &str| {
+            let text = format!(
+                "{BASE}{}",
+                CLUSTER.replacen(
+                    "auth-key = \"k\"\n",
+                    &format!("auth-key = \"k\"\n{extra}"),
+                    1
+                )
+            );
+            AgentConfig::from_str_named(&text, Path::new("r0.toml"), Some("alpha"))
+                .map_err(|e| e.to_string())
+        };
+        let c = with("").unwrap();
+        assert!(c.cluster.ops.ping_nodes.is_empty());
+        assert_eq!(c.cluster.ops.on_stop_failure, StopFailure::Block);
+        assert_eq!(c.cluster.ops.ping_dead, Duration::from_millis(3000));
+        let c = with(
+            "ping-nodes = [\"10.0.0.254\", \"fd00::1\"]\nping-interval-ms = 500\n\
+             on-stop-failure = \"reboot-hook\"\nreboot-command = \"echo b > /proc/sysrq-trigger\"\n\
+             split-brain-command = \"/bin/true\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.cluster.ops.ping_nodes.len(), 2);
+        assert_eq!(c.cluster.ops.ping_dead, Duration::from_millis(1500));
+        assert_eq!(c.cluster.ops.on_stop_failure, StopFailure::RebootHook);
+        assert_eq!(
+            c.cluster.ops.split_brain_command.as_deref(),
+            Some("/bin/true")
+        );
+        let c = with("fence-command = \"/bin/true\"\non-stop-failure = \"fence\"\n").unwrap();
+        assert_eq!(c.cluster.ops.on_stop_failure, StopFailure::Fence);
+        let cases: &[(&str, &str)] = &[
+            (
+                "ping-nodes = [\"10.0.0.254:80\"]\n",
+                "cluster.ping-nodes[0]",
+            ),
+            (
+                "ping-nodes = [\"1.2.3.4\", \"1.2.3.4\"]\n",
+                "cluster.ping-nodes[1]",
+            ),
+            ("ping-interval-ms = 0\n", "cluster.ping-interval-ms"),
+            (
+                "ping-interval-ms = 1000\nping-dead-ms = 500\n",
+                "cluster.ping-dead-ms",
+            ),
+            ("on-stop-failure = \"panic\"\n", "cluster.on-stop-failure"),
+            ("on-stop-failure = \"fence\"\n", "fence-command"),
+            ("on-stop-failure = \"reboot-hook\"\n", "reboot-command"),
+            (
+                "split-brain-command = \"\"\n",
+                "cluster.split-brain-command",
+            ),
+        ];
+        for (extra, needle) in cases {
+            let e = with(extra).unwrap_err();
+            assert!(e.contains(needle), "{extra}: {e}");
+        }
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub fn socket_path(run_dir: &Path, resource: &str, node: &str) -> PathBuf {
 #[serde(tag = "cmd", rename_all = "kebab-case")]
 pub enum Request {
     Status,
+    /// Hand the resources to the peer (planned switchover); only the holder
+    /// accepts it.
+    Switchover,
 }
 
 /// The answer.

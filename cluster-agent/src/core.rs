@@ -138,6 +138,11 @@ pub struct Beat {
     /// The sender lost quorum and holds its writes (it lets go when it hears
     /// that the other node took over).
     pub suspended: bool,
+    /// The sender reaches none of its ping nodes (heartbeat's ipfail).
+    pub ping_lost: bool,
+    /// A stop failed on the sender and `on-stop-failure = "fence"`: it asks
+    /// the peer to fence it.
+    pub fence_me: bool,
 }
 
 /// What the local repd says (`repctl status`), reduced to what matters.
@@ -172,6 +177,8 @@ pub enum Op {
     Stop(usize),
     /// Run the fence command against the peer.
     Fence,
+    /// Run `reboot-command` after a failed stop (`on-stop-failure = "reboot-hook"`).
+    RebootHook,
     /// Quorum lost: hold (or `fail`) new writes on the local repd.
     SuspendIo {
         fail: bool,
@@ -267,6 +274,39 @@ pub struct CoreConfig {
     pub witness: bool,
     /// On quorum loss, fail new writes instead of holding them.
     pub no_quorum_fail: bool,
+    /// Switchover, ping nodes and stop-failure escalation.
+    pub ops: OpsConfig,
+}
+
+/// What a failed stop escalates to (`on-stop-failure`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StopFailure {
+    /// Keep the role and retry; the peer never takes over under a resource
+    /// that may still run.
+    #[default]
+    Block,
+    /// Ask the peer (in the heartbeat) to fence this node; it takes over once
+    /// this node is gone.
+    Fence,
+    /// Run `reboot-command` here (once per failure), then keep blocking.
+    RebootHook,
+}
+
+/// The settings of planned handovers and escalations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpsConfig {
+    pub on_stop_failure: StopFailure,
+    /// How long a node that handed the resources over leaves them to the
+    /// peer before it may claim them again (if the peer never took them).
+    pub handover_grace: Millis,
+}
+
+/// What the ping nodes answered (`[cluster] ping-nodes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingView {
+    pub reachable: usize,
+    pub configured: usize,
 }
 
 /// Counters of what came in.
@@ -398,6 +438,11 @@ pub struct CoreStatus {
     /// Votes, witness reachability, whether this node holds quorum.
     pub quorum: QuorumStatus,
     pub stop_failed: Option<String>,
+    pub on_stop_failure: StopFailure,
+    /// The ping nodes this node reaches (None: none configured, or no answer yet).
+    pub ping: Option<PingView>,
+    /// A planned handover (switchover, lost ping nodes) in progress or just done.
+    pub handover: Option<String>,
     pub pending: Option<Op>,
     pub local: Option<LocalState>,
     pub peer: PeerStatus,
@@ -475,6 +520,19 @@ pub struct Core {
     promote_failed: Option<(Millis, String)>,
     last_fence: Option<String>,
     stop_failed: Option<String>,
+    /// Why the last release was a planned handover (switchover, ping).
+    handover: Option<String>,
+    /// The running release is that handover.
+    handing_over: bool,
+    /// After a handover: do not claim until then (or until the peer holds).
+    yield_until: Option<Millis>,
+    /// A switchover moved the resources away: no auto-failback request.
+    no_failback: bool,
+    ping: Option<PingView>,
+    /// The stop-failure escalation ran for the current failure.
+    escalated: bool,
+    /// The running fence answers the peer's own request (its stop failed).
+    fencing_on_request: bool,
     decision: String,
     transitions: VecDeque<Transition>,
     events: VecDeque<Event>,
@@ -518,6 +576,13 @@ impl Core {
             promote_failed: None,
             last_fence: None,
             stop_failed: None,
+            handover: None,
+            handing_over: false,
+            yield_until: None,
+            no_failback: false,
+            ping: None,
+            escalated: false,
+            fencing_on_request: false,
             decision: "starting".into(),
             transitions: VecDeque::new(),
             events: VecDeque::new(),
@@ -593,6 +658,9 @@ impl Core {
         }
         if let Some(r) = self.retry_at {
             at(r);
+        }
+        if let Some(y) = self.yield_until {
+            at(y);
         }
         if let Some(c) = self.cooldown_until {
             at(c);
@@ -797,6 +865,7 @@ impl Core {
                     }
                 }
                 self.stop_failed = None;
+                self.escalated = false;
                 self.step = i;
             }
             (HaState::Releasing, Op::Stop(i), r) => {
@@ -810,6 +879,7 @@ impl Core {
                 self.log(true, text.clone());
                 self.stop_failed = Some(text);
                 self.retry_at = Some(now.saturating_add(self.cfg.deadtime));
+                self.escalate_stop_failure(now, i, &why);
             }
             (HaState::Releasing, Op::Demote, OpResult::Ok) => {
                 self.promoted = false;
@@ -824,6 +894,8 @@ impl Core {
                         "released after a failed start; not taking over for failure-timeout ({} ms)",
                         self.cfg.failure_timeout
                     )
+                } else if let Some(r) = self.handover_done(now) {
+                    r
                 } else {
                     "chain stopped and device demoted".to_string()
                 };
@@ -836,6 +908,7 @@ impl Core {
                 self.decision = format!("releasing: the demotion was refused ({why}); retrying");
                 self.retry_at = Some(now.saturating_add(self.cfg.keepalive.saturating_mul(5)));
             }
+            (_, Op::RebootHook, r) => self.reboot_hook_done(now, &r),
             (state, op, r) => {
                 self.log(
                     true,
@@ -869,6 +942,10 @@ impl Core {
         };
         self.last_fence = Some(text.clone());
         let ok = matches!(code, Some(4 | 5 | 7));
+        if std::mem::take(&mut self.fencing_on_request) {
+            self.fence_on_request_done(now, code, text);
+            return;
+        }
         if !ok {
             self.retry_at = Some(now.saturating_add(self.cfg.deadtime));
             self.set_state(
@@ -1080,6 +1157,12 @@ impl Core {
         if let Some(s) = &self.stop_failed {
             return Err(s.clone());
         }
+        if let Some(p) = self.ping.filter(|p| p.configured > 0 && p.reachable == 0) {
+            return Err(format!(
+                "none of the {} ping node(s) answers: this node is cut off from the network",
+                p.configured
+            ));
+        }
         if let Some((t, why)) = self.promote_failed.as_ref().filter(|(t, _)| now < *t) {
             return Err(format!(
                 "the last promotion failed ({why}); trying again in {} ms",
@@ -1105,6 +1188,7 @@ impl Core {
             && matches!(self.state, HaState::Idle | HaState::Claiming)
             && !self.cooling_down(now)
             && self.stop_failed.is_none()
+            && !self.no_failback
             && self
                 .local
                 .as_ref()
@@ -1152,6 +1236,10 @@ impl Core {
             return;
         };
         if b.state.holds() {
+            self.yield_until = None;
+            if b.fence_me && self.fence_on_request(now) {
+                return;
+            }
             self.decision = if self.ready_for_failback(now) {
                 format!("{peer} holds the resources; auto-failback: asked it to hand them back")
             } else {
@@ -1170,6 +1258,13 @@ impl Core {
         }
         if let Err(why) = self.eligible(now) {
             self.decision = format!("not taking the resources: {why}");
+            return;
+        }
+        if self.yielding(now) {
+            self.decision = format!(
+                "{}: leaving the resources to {peer}",
+                self.handover.as_deref().unwrap_or("handed over")
+            );
             return;
         }
         if b.eligible && !self.i_win() {
@@ -1334,6 +1429,7 @@ impl Core {
             }
             self.run(Op::Start(i));
         } else {
+            self.no_failback = false;
             self.set_state(
                 now,
                 HaState::Holding,
@@ -1368,6 +1464,9 @@ impl Core {
                     "quorum was lost here and {peer} took over meanwhile: releasing (the held writes fail)"
                 ),
             );
+            return;
+        }
+        if self.ping_handover(now, &b) {
             return;
         }
         if matches!(b.state, WireState::Acquiring | WireState::Holding)
@@ -1424,6 +1523,8 @@ impl Core {
             let reason = if self.rollback {
                 self.cooldown_until = Some(now.saturating_add(self.cfg.failure_timeout));
                 "released after a failed start".to_string()
+            } else if let Some(r) = self.handover_done(now) {
+                r
             } else {
                 "chain stopped".to_string()
             };
@@ -1493,8 +1594,11 @@ impl Core {
         }
         self.send_now = false;
         self.next_send = now.saturating_add(self.cfg.keepalive);
-        let eligible = self.eligible(now).is_ok();
+        let eligible = self.eligible(now).is_ok() && !self.yielding(now);
         let failback_request = self.ready_for_failback(now);
+        let ping_lost = self.ping_lost();
+        let fence_me =
+            self.stop_failed.is_some() && self.cfg.ops.on_stop_failure == StopFailure::Fence;
         let ack = self
             .peer
             .incarnation
@@ -1516,6 +1620,8 @@ impl Core {
                 disk: self.local.as_ref().map(|l| l.disk),
                 connected: self.local.as_ref().is_some_and(|l| l.connected),
                 suspended: self.q.suspended,
+                ping_lost,
+                fence_me,
             };
             self.q.hb_sent.push_back((self.seq, now));
             self.counters.sent += 1;
@@ -1567,6 +1673,9 @@ impl Core {
             failure_timeout_left_ms: self.cooldown_until.filter(|t| *t > now).map(|t| t - now),
             quorum: self.quorum_status(now),
             stop_failed: self.stop_failed.clone(),
+            on_stop_failure: self.cfg.ops.on_stop_failure,
+            ping: self.ping,
+            handover: self.handover.clone(),
             pending: self.pending.clone(),
             local: self.local.clone(),
             peer: PeerStatus {
@@ -1812,6 +1921,245 @@ impl Core {
         if let Some(op) = op {
             self.q.io_pending = Some(op.clone());
             self.actions.push_back(Action::Run(op));
+        }
+    }
+}
+
+// ----- planned handovers, ping nodes, stop-failure escalation ---------------
+
+impl Core {
+    /// A planned switchover (`cluster-agent switchover`): the holder stops its
+    /// chain right to left and demotes, then leaves the resources to the
+    /// peer, which claims and starts them as usual. No failover timer is
+    /// involved. Refused, with the reason, unless this node holds the
+    /// resources and the peer is alive, idle, UpToDate and connected.
+    ///
+    /// # Errors
+    /// Why the switchover cannot be done now.
+    pub fn request_switchover(&mut self, now: Millis) -> Result<String, String> {
+        let peer = self.cfg.peer.clone();
+        let peer_alive = self.peer.alive == Some(true);
+        let b = self.peer.latest.clone().filter(|_| peer_alive);
+        if self.state != HaState::Holding || self.pending.is_some() {
+            return Err(match &b {
+                Some(b) if b.state.holds() => format!(
+                    "this node does not hold the resources, {peer} does: run the switchover there"
+                ),
+                _ => format!(
+                    "this node does not hold the resources (it is {:?}): nothing to hand over",
+                    self.state
+                ),
+            });
+        }
+        let Some(b) = b else {
+            return Err(format!(
+                "{peer} is not alive (no heartbeat on any path): nobody to hand the resources to"
+            ));
+        };
+        let refuse = if b.state != WireState::Idle {
+            Some(format!("{peer} is {:?}, not idle", b.state))
+        } else if !b.repd_up {
+            Some(format!("{peer}'s repd does not run"))
+        } else if b.disk != Some(DiskState::UpToDate) {
+            Some(format!(
+                "{peer}'s disk is {}, not UpToDate (wait for the resync)",
+                b.disk
+                    .map_or_else(|| "unknown".to_string(), |d| format!("{d:?}"))
+            ))
+        } else if !b.connected {
+            Some(format!(
+                "{peer}'s repd is not connected to this node's: it would miss the writes done here"
+            ))
+        } else if b.ping_lost {
+            Some(format!("{peer} reaches none of its ping nodes"))
+        } else {
+            None
+        };
+        if let Some(why) = refuse {
+            return Err(format!("switchover refused: {why}"));
+        }
+        let reason = format!("switchover requested: handing the resources to {peer}");
+        self.begin_handover(now, reason.clone());
+        self.evaluate(now);
+        Ok(reason)
+    }
+
+    /// What the ping nodes answer now (`None`: none configured or no answer
+    /// yet). A node that reaches none of them is not eligible, and hands the
+    /// resources over to a peer that still reaches them (heartbeat's ipfail).
+    pub fn set_ping(&mut self, now: Millis, view: Option<PingView>) {
+        let was = self.ping_lost();
+        self.ping = view;
+        let lost = self.ping_lost();
+        if was != lost {
+            let text = match view {
+                Some(p) if lost => format!(
+                    "none of the {} ping node(s) answers: this node does not take the resources",
+                    p.configured
+                ),
+                Some(p) => format!(
+                    "{} of {} ping node(s) answer again",
+                    p.reachable, p.configured
+                ),
+                None => "ping nodes: no answer yet".to_string(),
+            };
+            self.event(now, lost, text);
+        }
+        self.evaluate(now);
+    }
+
+    /// Record an event that happened outside the core (e.g. a split brain
+    /// reported by repd), so that `status` shows it with the transitions.
+    pub fn note(&mut self, now: Millis, warn: bool, what: String) {
+        self.event(now, warn, what);
+    }
+
+    fn ping_lost(&self) -> bool {
+        self.ping
+            .is_some_and(|p| p.configured > 0 && p.reachable == 0)
+    }
+
+    fn yielding(&self, now: Millis) -> bool {
+        self.yield_until.is_some_and(|t| now < t)
+    }
+
+    fn begin_handover(&mut self, now: Millis, reason: String) {
+        self.handover = Some(reason.clone());
+        self.handing_over = true;
+        self.yield_until = None;
+        self.begin_release(now, reason);
+    }
+
+    /// The release that just ended was a handover: leave the resources to
+    /// the peer for a while (our heartbeat says not eligible, so the peer
+    /// claims as the only eligible node). Returns the transition's reason.
+    fn handover_done(&mut self, now: Millis) -> Option<String> {
+        if !std::mem::take(&mut self.handing_over) {
+            return None;
+        }
+        self.yield_until = Some(now.saturating_add(self.cfg.ops.handover_grace));
+        self.no_failback = true;
+        let why = self.handover.clone().unwrap_or_default();
+        Some(format!(
+            "{why}: chain stopped and device demoted; {} takes over",
+            self.cfg.peer
+        ))
+    }
+
+    /// Holding, but no ping node answers: hand over when the peer could
+    /// take the resources (alive, idle, UpToDate, its ping nodes answer).
+    fn ping_handover(&mut self, now: Millis, b: &Beat) -> bool {
+        if !self.ping_lost() || self.pending.is_some() {
+            return false;
+        }
+        let peer = self.cfg.peer.clone();
+        if b.state == WireState::Idle
+            && !b.ping_lost
+            && b.repd_up
+            && b.connected
+            && b.disk == Some(DiskState::UpToDate)
+        {
+            self.begin_handover(
+                now,
+                format!(
+                    "this node reaches none of its ping nodes while {peer} still does: \
+                     handing the resources over (ipfail)"
+                ),
+            );
+            return true;
+        }
+        self.decision = format!(
+            "none of the ping nodes answers, but {peer} cannot take the resources either: keeping them"
+        );
+        false
+    }
+
+    fn escalate_stop_failure(&mut self, now: Millis, i: usize, why: &str) {
+        if self.escalated {
+            return;
+        }
+        let peer = self.cfg.peer.clone();
+        match self.cfg.ops.on_stop_failure {
+            StopFailure::Block => {}
+            StopFailure::Fence => {
+                self.escalated = true;
+                self.send_now = true;
+                self.event(
+                    now,
+                    true,
+                    format!(
+                        "on-stop-failure = fence: resource {i} failed to stop ({why}); asking {peer} to fence this node"
+                    ),
+                );
+            }
+            StopFailure::RebootHook => {
+                self.escalated = true;
+                self.event(
+                    now,
+                    true,
+                    format!(
+                        "on-stop-failure = reboot-hook: resource {i} failed to stop ({why}); running reboot-command"
+                    ),
+                );
+                self.run(Op::RebootHook);
+            }
+        }
+    }
+
+    fn reboot_hook_done(&mut self, now: Millis, r: &OpResult) {
+        self.event(
+            now,
+            true,
+            format!(
+                "reboot-command returned ({}) and this node still runs: keeping the role, retrying the stop every deadtime",
+                result_text(r)
+            ),
+        );
+    }
+
+    /// The holder failed to stop a resource and asks to be fenced
+    /// (`on-stop-failure = "fence"`). Returns true when that decides.
+    fn fence_on_request(&mut self, now: Millis) -> bool {
+        let peer = self.cfg.peer.clone();
+        if !self.cfg.fencing {
+            self.decision = format!(
+                "{peer} failed to stop a resource and asks to be fenced, but no fence-command is configured"
+            );
+            return true;
+        }
+        if self.local.is_none() {
+            return false;
+        }
+        self.fencing_on_request = true;
+        self.set_state(
+            now,
+            HaState::Fencing,
+            format!(
+                "{peer} failed to stop a resource and asks to be fenced (on-stop-failure = fence): fencing it"
+            ),
+        );
+        self.decision = format!("fencing {peer} on its request (its stop failed)");
+        self.run(Op::Fence);
+        true
+    }
+
+    fn fence_on_request_done(&mut self, now: Millis, code: Option<i32>, text: String) {
+        let peer = self.cfg.peer.clone();
+        self.retry_at = Some(now.saturating_add(self.cfg.deadtime));
+        if matches!(code, Some(4 | 5 | 7)) {
+            self.set_state(
+                now,
+                HaState::Idle,
+                format!("fenced {peer}, whose stop failed ({text}): taking over once it is gone"),
+            );
+            self.decision =
+                format!("fenced {peer} on its request; takes over when it is silent for deadtime");
+        } else {
+            self.set_state(
+                now,
+                HaState::Idle,
+                format!("{peer} asked to be fenced, but {text}: trying again after deadtime"),
+            );
         }
     }
 }

@@ -19,7 +19,9 @@ use replication_proto::gen::Generations;
 
 use crate::config::{AgentConfig, Link, NoQuorum, ResourceEntry};
 use crate::control::{self, Incoming, Reply, Request};
-use crate::core::{Action, BadPacket, Core, CoreConfig, Input, LocalState, Op, OpResult};
+use crate::core::{
+    Action, BadPacket, Core, CoreConfig, Input, LocalState, Op, OpResult, OpsConfig, PingView,
+};
 use crate::resources::{self, Ctx};
 use crate::wire::{self, DecodeError};
 
@@ -48,6 +50,12 @@ enum Msg {
         data: Vec<u8>,
         from: SocketAddr,
     },
+    /// What the ping nodes answered in the last round.
+    Ping(PingView),
+    /// repd's `split_brain` flag, with each status poll.
+    SplitBrain(bool),
+    /// The split-brain command ended.
+    HookDone(String),
 }
 
 fn ms(d: Duration) -> u64 {
@@ -73,6 +81,10 @@ pub fn core_config(cfg: &AgentConfig) -> CoreConfig {
         failure_timeout: ms(c.failure_timeout),
         witness: c.witness.is_some(),
         no_quorum_fail: c.on_no_quorum == NoQuorum::IoError,
+        ops: OpsConfig {
+            on_stop_failure: c.ops.on_stop_failure,
+            handover_grace: ms(c.deadtime).saturating_mul(5),
+        },
     }
 }
 
@@ -218,24 +230,40 @@ pub fn run(opts: &Options) -> Result<(), String> {
             .map_err(|e| format!("cannot start a thread: {e}"))?;
     }
 
+    let ctx = Ctx {
+        resource: resource.clone(),
+        node: cfg.me.clone(),
+        peer: cfg.peer.clone(),
+        device: device.clone(),
+    };
+    if !cfg.cluster.ops.ping_nodes.is_empty() {
+        let tx = tx.clone();
+        let span = span.clone();
+        let ops = cfg.cluster.ops.clone();
+        std::thread::Builder::new()
+            .name("agent-ping".into())
+            .spawn(move || {
+                let _g = span.enter();
+                ping_worker(&ops, &tx);
+            })
+            .map_err(|e| format!("cannot start a thread: {e}"))?;
+    }
     let (exec_tx, exec_rx) = mpsc::channel::<Op>();
     {
         let tx = tx.clone();
         let span = span.clone();
         let chain = cfg.cluster.resources.clone();
-        let fence = cfg.cluster.fence_command.clone();
-        let fence_timeout = cfg.cluster.fence_timeout;
-        let ctx = Ctx {
-            resource: resource.clone(),
-            node: cfg.me.clone(),
-            peer: cfg.peer.clone(),
-            device: device.clone(),
+        let hooks = Hooks {
+            fence: cfg.cluster.fence_command.clone(),
+            reboot: cfg.cluster.ops.reboot_command.clone(),
+            timeout: cfg.cluster.fence_timeout,
         };
+        let ctx = ctx.clone();
         std::thread::Builder::new()
             .name("agent-exec".into())
             .spawn(move || {
                 let _g = span.enter();
-                exec_worker(&chain, fence.as_deref(), fence_timeout, &ctx, &exec_rx, &tx);
+                exec_worker(&chain, &hooks, &ctx, &exec_rx, &tx);
             })
             .map_err(|e| format!("cannot start a thread: {e}"))?;
     }
@@ -251,7 +279,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
             })
             .map_err(|e| format!("cannot start a thread: {e}"))?;
     }
-    drop(tx);
+    let tx_hook = tx;
 
     if let Some(w) = cfg.cluster.witness {
         tracing::info!(witness = %w, on_no_quorum = ?cfg.cluster.on_no_quorum, "quorum with a witness: 2 votes of 3; a Primary without quorum suspends its writes");
@@ -283,6 +311,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
     );
     let key = cfg.cluster.auth_key.clone();
     let mut bad_logged = 0u64;
+    let mut sb = SplitBrainView::default();
     let reason = loop {
         core.handle(now(), Input::Tick);
         while let Some(a) = core.poll_action() {
@@ -391,10 +420,82 @@ pub fn run(opts: &Options) -> Result<(), String> {
                     Request::Status => Reply {
                         ok: true,
                         error: None,
-                        status: Some(status_json(&core, now(), &cfg, &links, &device, clock)),
+                        status: Some(status_json(&core, now(), &cfg, &links, &device, clock, &sb)),
+                    },
+                    Request::Switchover => match core.request_switchover(now()) {
+                        Ok(why) => {
+                            tracing::info!("{why}");
+                            Reply {
+                                ok: true,
+                                error: None,
+                                status: Some(status_json(
+                                    &core,
+                                    now(),
+                                    &cfg,
+                                    &links,
+                                    &device,
+                                    clock,
+                                    &sb,
+                                )),
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!("switchover refused: {e}");
+                            Reply {
+                                ok: false,
+                                error: Some(e),
+                                status: None,
+                            }
+                        }
                     },
                 };
                 let _ = inc.reply.send(reply);
+                continue;
+            }
+            Msg::Ping(view) => {
+                core.set_ping(now(), Some(view));
+                continue;
+            }
+            Msg::SplitBrain(flag) => {
+                if flag && !sb.detected {
+                    sb.detections += 1;
+                    let role = core
+                        .status(now())
+                        .local
+                        .map_or_else(|| "unknown".to_string(), |l| format!("{:?}", l.role));
+                    let hook = cfg.cluster.ops.split_brain_command.clone();
+                    core.note(
+                        now(),
+                        true,
+                        format!(
+                            "repd reports a split brain (local role {role}); {}",
+                            if hook.is_some() {
+                                "running split-brain-command"
+                            } else {
+                                "no split-brain-command configured: resolve it by hand \
+                                 (repctl secondary; repctl connect --discard-my-data on the victim)"
+                            }
+                        ),
+                    );
+                    if let Some(cmd) = hook {
+                        sb.hook_runs += 1;
+                        spawn_split_brain_hook(
+                            cmd,
+                            cfg.cluster.fence_timeout,
+                            &ctx,
+                            role,
+                            &tx_hook,
+                        );
+                    }
+                } else if !flag && sb.detected {
+                    core.note(now(), false, "repd no longer reports a split brain".into());
+                }
+                sb.detected = flag;
+                continue;
+            }
+            Msg::HookDone(text) => {
+                core.note(now(), !text.contains("exit 0"), text.clone());
+                sb.last_hook = Some(text);
                 continue;
             }
             Msg::Shutdown(sig) => break format!("signal {sig}"),
@@ -472,7 +573,10 @@ fn repd_worker(sock: &Path, every: Duration, rx: &Receiver<Op>, tx: &Sender<Msg>
             &ControlCmd::Status,
             Some(Duration::from_secs(2)),
         ) {
-            Ok(r) => r.status.map(|st| Msg::Local(Some(local_state(&st)))),
+            Ok(r) => r.status.map(|st| {
+                let _ = tx.send(Msg::SplitBrain(st.split_brain));
+                Msg::Local(Some(local_state(&st)))
+            }),
             Err(ControlError::NotRunning { .. }) => Some(Msg::Local(None)),
             Err(e) => {
                 // Slow or odd answer: keep the last known state.
@@ -513,10 +617,116 @@ fn repd_op(sock: &Path, op: &Op) -> OpResult {
     }
 }
 
+/// The commands the exec worker runs besides the chain.
+struct Hooks {
+    fence: Option<String>,
+    reboot: Option<String>,
+    timeout: Duration,
+}
+
+/// What status shows of split brains.
+#[derive(Debug, Default)]
+struct SplitBrainView {
+    /// repd's flag as last polled.
+    detected: bool,
+    /// Rising edges seen since the agent started.
+    detections: u64,
+    hook_runs: u64,
+    last_hook: Option<String>,
+}
+
+fn spawn_split_brain_hook(
+    cmd: String,
+    timeout: Duration,
+    ctx: &Ctx,
+    role: String,
+    tx: &Sender<Msg>,
+) {
+    let ctx = ctx.clone();
+    let tx = tx.clone();
+    // Its own thread: a slow handler must not hold up the chain or fencing.
+    let spawned = std::thread::Builder::new()
+        .name("split-brain-hook".into())
+        .spawn(move || {
+            let (code, out) = resources::hook(
+                &cmd,
+                timeout,
+                &ctx,
+                &[("REP_ROLE", role), ("REP_EVENT", "split-brain".into())],
+            );
+            let code = code.map_or_else(|| "no exit code".to_string(), |c| format!("exit {c}"));
+            let out = out.trim();
+            let text = if out.is_empty() {
+                format!("split-brain-command: {code}")
+            } else {
+                format!("split-brain-command: {code}: {out}")
+            };
+            let _ = tx.send(Msg::HookDone(text));
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the split-brain-command: {e}");
+    }
+}
+
+/// Probe every ping node each interval (ICMP echo through `ping`, so that no
+/// raw socket is needed here); report how many answered within ping-dead.
+fn ping_worker(ops: &crate::config::OpsSettings, tx: &Sender<Msg>) {
+    let mut last_ok: Vec<Option<Instant>> = vec![None; ops.ping_nodes.len()];
+    let started = Instant::now();
+    let wait_s = ops.ping_timeout.as_secs_f64().max(0.001);
+    loop {
+        let round = Instant::now();
+        let handles: Vec<_> = ops
+            .ping_nodes
+            .iter()
+            .map(|ip| {
+                let mut c = std::process::Command::new("ping");
+                c.args(["-n", "-q", "-c", "1", "-W", &format!("{wait_s:.3}")])
+                    .arg(ip.to_string())
+                    .stdin(std::process::Stdio::null());
+                let limit = ops.ping_timeout + Duration::from_millis(500);
+                std::thread::spawn(move || resources::run(c, limit))
+            })
+            .collect();
+        for (k, h) in handles.into_iter().enumerate() {
+            let answered = match h.join() {
+                Ok(Ok(e)) => e.code == Some(0),
+                Ok(Err(e)) => {
+                    tracing::warn!("ping: {e}");
+                    false
+                }
+                Err(_) => false,
+            };
+            if answered {
+                if let Some(t) = last_ok.get_mut(k) {
+                    *t = Some(Instant::now());
+                }
+            }
+        }
+        let now = Instant::now();
+        let reachable = last_ok
+            .iter()
+            .filter(|t| t.is_some_and(|t| now.duration_since(t) < ops.ping_dead))
+            .count();
+        // Before ping-dead has passed, a node never heard is not lost yet.
+        let young = now.duration_since(started) < ops.ping_dead;
+        if !(young && reachable == 0) {
+            let view = PingView {
+                reachable,
+                configured: ops.ping_nodes.len(),
+            };
+            if tx.send(Msg::Ping(view)).is_err() {
+                return;
+            }
+        }
+        let spent = round.elapsed();
+        std::thread::sleep(ops.ping_interval.saturating_sub(spent));
+    }
+}
+
 fn exec_worker(
     chain: &[ResourceEntry],
-    fence: Option<&str>,
-    fence_timeout: Duration,
+    hooks: &Hooks,
     ctx: &Ctx,
     rx: &Receiver<Op>,
     tx: &Sender<Msg>,
@@ -537,12 +747,28 @@ fn exec_worker(
                     }
                 }
             },
-            Op::Fence => match fence {
+            Op::Fence => match &hooks.fence {
                 Some(cmd) => {
-                    let (code, out) = resources::fence(cmd, fence_timeout, ctx);
+                    let (code, out) = resources::fence(cmd, hooks.timeout, ctx);
                     OpResult::FenceExit(code, out)
                 }
                 None => OpResult::Failed("no fence-command configured".into()),
+            },
+            Op::RebootHook => match &hooks.reboot {
+                Some(cmd) => {
+                    let extra = [
+                        ("REP_EVENT", "stop-failure".to_string()),
+                        ("REP_AGENT_PID", std::process::id().to_string()),
+                    ];
+                    match resources::hook(cmd, hooks.timeout, ctx, &extra) {
+                        (Some(0), _) => OpResult::Ok,
+                        (code, out) => OpResult::Failed(format!(
+                            "reboot-command: {}: {out}",
+                            code.map_or_else(|| "no exit code".into(), |c| format!("exit {c}"))
+                        )),
+                    }
+                }
+                None => OpResult::Failed("no reboot-command configured".into()),
             },
             other => OpResult::Failed(format!("{other:?} is not a chain operation")),
         };
@@ -559,6 +785,7 @@ fn status_json(
     links: &[Link],
     device: &Path,
     clock: Instant,
+    sb: &SplitBrainView,
 ) -> Value {
     let st = core.status(now);
     let mut v = serde_json::to_value(&st).unwrap_or(Value::Null);
@@ -581,6 +808,26 @@ fn status_json(
         }),
     );
     obj.insert("auto_failback".into(), json!(cfg.cluster.auto_failback));
+    obj.insert(
+        "split_brain".into(),
+        json!({
+            "detected": sb.detected,
+            "detections": sb.detections,
+            "hook": cfg.cluster.ops.split_brain_command,
+            "hook_runs": sb.hook_runs,
+            "last_hook": sb.last_hook,
+        }),
+    );
+    obj.insert(
+        "ping_nodes".into(),
+        json!(cfg
+            .cluster
+            .ops
+            .ping_nodes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()),
+    );
     obj.insert("preferred".into(), json!(cfg.cluster.preferred));
     if let Some(paths) = obj.get_mut("paths").and_then(Value::as_array_mut) {
         for (p, l) in paths.iter_mut().zip(links) {

@@ -69,6 +69,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Planned switchover: this node (the holder) stops its chain right to
+    /// left and demotes; the peer promotes and starts the chain. Waits until
+    /// the peer holds the resources.
+    Switchover {
+        /// Return once the agent accepted it, without waiting for the peer
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the peer to hold the resources
+        #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+        timeout: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -95,6 +106,7 @@ fn main() -> ExitCode {
             })
         }
         Some(Command::Status { json }) => status(&cli, *json),
+        Some(Command::Switchover { no_wait, timeout }) => switchover(&cli, *no_wait, *timeout),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -130,6 +142,62 @@ fn status(cli: &Cli, json: bool) -> Result<(), String> {
         print!("{}", text(&st));
     }
     Ok(())
+}
+
+fn switchover(cli: &Cli, no_wait: bool, timeout: u64) -> Result<(), String> {
+    let cfg = AgentConfig::load(&cli.config, cli.node.as_deref()).map_err(|e| e.to_string())?;
+    let path = control::socket_path(&cli.run_dir, &cfg.resource.resource.name, &cfg.me);
+    let reply = control::request(&path, &Request::Switchover)?;
+    if !reply.ok {
+        return Err(reply
+            .error
+            .unwrap_or_else(|| "the agent refused the switchover".into()));
+    }
+    let t0 = std::time::Instant::now();
+    println!(
+        "{}: switchover accepted: stopping the chain and demoting, then {} takes over",
+        cfg.me, cfg.peer
+    );
+    if no_wait {
+        return Ok(());
+    }
+    let limit = std::time::Duration::from_secs(timeout);
+    let mut last = String::new();
+    loop {
+        let reply = control::request(&path, &Request::Status)?;
+        let owned = reply.status.unwrap_or(Value::Null);
+        let st = &owned;
+        let peer = &st["peer"];
+        let line = format!(
+            "{}: {}; {}: {}",
+            cfg.me,
+            s(&st["state"]),
+            cfg.peer,
+            s(&peer["state"])
+        );
+        if line != last {
+            println!("  {:>6.1} s  {line}", t0.elapsed().as_secs_f64());
+            last = line;
+        }
+        if let Some(why) = st["stop_failed"].as_str() {
+            return Err(format!("the switchover is stuck: {why}"));
+        }
+        if st["state"] == "Idle" && peer["state"] == "Holding" {
+            println!(
+                "switchover done in {:.1} s: {} holds the resources",
+                t0.elapsed().as_secs_f64(),
+                cfg.peer
+            );
+            return Ok(());
+        }
+        if t0.elapsed() > limit {
+            return Err(format!(
+                "{} did not take the resources within {timeout} s; `cluster-agent status` says why",
+                cfg.peer
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 fn s(v: &Value) -> String {
@@ -217,7 +285,47 @@ fn text(st: &Value) -> String {
         );
     }
     if !st["stop_failed"].is_null() {
-        let _ = writeln!(o, "STOP FAILED: {}", s(&st["stop_failed"]));
+        let _ = writeln!(
+            o,
+            "STOP FAILED: {} (on-stop-failure: {})",
+            s(&st["stop_failed"]),
+            s(&st["on_stop_failure"])
+        );
+    }
+    if !st["handover"].is_null() {
+        let _ = writeln!(o, "last handover: {}", s(&st["handover"]));
+    }
+    if let Some(nodes) = st["ping_nodes"].as_array().filter(|a| !a.is_empty()) {
+        let p = &st["ping"];
+        let names: Vec<String> = nodes.iter().map(s).collect();
+        let _ = writeln!(
+            o,
+            "ping nodes: {} ({})",
+            names.join(", "),
+            if p.is_null() {
+                "no answer yet".to_string()
+            } else {
+                format!("{} of {} answer", s(&p["reachable"]), s(&p["configured"]))
+            }
+        );
+    }
+    let sb = &st["split_brain"];
+    if sb["detections"].as_u64().unwrap_or(0) > 0 || sb["detected"] == true {
+        let _ = writeln!(
+            o,
+            "SPLIT BRAIN: {} (seen {} time(s); hook ran {} time(s){})",
+            if sb["detected"] == true {
+                "reported by repd now"
+            } else {
+                "resolved"
+            },
+            s(&sb["detections"]),
+            s(&sb["hook_runs"]),
+            sb["last_hook"]
+                .as_str()
+                .map(|h| format!("; last: {h}"))
+                .unwrap_or_default()
+        );
     }
     let l = &st["local"];
     if l.is_null() {

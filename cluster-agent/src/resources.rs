@@ -261,6 +261,26 @@ pub fn fence(command: &str, timeout: Duration, ctx: &Ctx) -> (Option<i32>, Strin
     }
 }
 
+/// Run a hook command line (`reboot-command`, `split-brain-command`) through
+/// `sh -c`, with the usual environment and `extra` variables.
+#[must_use]
+pub fn hook(
+    command: &str,
+    timeout: Duration,
+    ctx: &Ctx,
+    extra: &[(&str, String)],
+) -> (Option<i32>, String) {
+    let mut c = ctx.command("sh");
+    c.arg("-c").arg(command);
+    for (k, v) in extra {
+        c.env(k, v);
+    }
+    match run(c, timeout) {
+        Ok(e) => (e.code, e.output),
+        Err(e) => (None, e),
+    }
+}
+
 fn unescape_mount(s: &str) -> String {
     // /proc/mounts escapes space, tab, newline and backslash as \ooo.
     let mut out = String::new();

@@ -378,6 +378,7 @@ impl World {
             failure_timeout: self.sc.failure_timeout,
             witness: false,
             no_quorum_fail: false,
+            ops: crate::core::OpsConfig::default(),
         }
     }
 
@@ -891,6 +892,8 @@ impl World {
                 }
             }
             Op::SuspendIo { .. } | Op::ResumeIo => OpResult::Ok,
+            // on-stop-failure stays "block" in the simulator.
+            Op::RebootHook => OpResult::Ok,
             Op::Fence => {
                 self.report.fences += 1;
                 let code = if !self.nodes[other].repd_up {

@@ -7,6 +7,10 @@
 //! HMAC-SHA256(auth-key, everything above) (32 bytes)
 //! ```
 //!
+//! Flags: 1 eligible, 2 failback request, 4 ack present, 8 repd up,
+//! 0x40 fence me (a stop failed here, `on-stop-failure = "fence"`),
+//! 0x80 ping nodes lost.
+//!
 //! Integers are big-endian. The MAC covers the whole packet, so a packet
 //! built with another key is dropped before anything in it is believed, and
 //! the path index inside it ties it to the link it was sent on (a packet
@@ -34,6 +38,8 @@ const FLAG_FAILBACK: u8 = 2;
 const FLAG_ACK: u8 = 4;
 const FLAG_REPD: u8 = 8;
 const FLAG_SUSPENDED: u8 = 16;
+const FLAG_FENCE_ME: u8 = 0x40;
+const FLAG_PING_LOST: u8 = 0x80;
 
 /// Why a datagram was dropped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -139,6 +145,12 @@ pub fn encode(key: &[u8], resource: &str, node: &str, beat: &Beat) -> Vec<u8> {
     }
     if beat.suspended {
         flags |= FLAG_SUSPENDED;
+    }
+    if beat.fence_me {
+        flags |= FLAG_FENCE_ME;
+    }
+    if beat.ping_lost {
+        flags |= FLAG_PING_LOST;
     }
     v.push(flags);
     v.push(role_code(beat.role));
@@ -265,6 +277,8 @@ pub fn decode(key: &[u8], buf: &[u8]) -> Result<Packet, DecodeError> {
             disk,
             connected,
             suspended: flags & FLAG_SUSPENDED != 0,
+            ping_lost: flags & FLAG_PING_LOST != 0,
+            fence_me: flags & FLAG_FENCE_ME != 0,
         },
     })
 }
@@ -288,6 +302,8 @@ mod tests {
             disk: Some(DiskState::UpToDate),
             connected: true,
             suspended: false,
+            ping_lost: false,
+            fence_me: true,
         }
     }
 
@@ -305,6 +321,8 @@ mod tests {
         b2.disk = None;
         b2.state = WireState::Idle;
         b2.suspended = true;
+        b2.ping_lost = true;
+        b2.fence_me = false;
         let p = encode(b"key", "r0", "beta", &b2);
         assert_eq!(decode(b"key", &p).unwrap().beat, b2);
     }
