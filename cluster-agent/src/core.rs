@@ -156,6 +156,9 @@ pub struct LocalState {
     /// repd holds or fails new writes (`repctl suspend-io`).
     #[serde(default)]
     pub suspended: bool,
+    /// repd freezes its I/O when it loses the peer while Primary.
+    #[serde(default)]
+    pub freeze_armed: bool,
 }
 
 /// An operation the driver carries out, one at a time.
@@ -178,6 +181,10 @@ pub enum Op {
     },
     /// Quorum back: let held writes in.
     ResumeIo,
+    /// With a witness: make repd freeze I/O when it loses the peer while
+    /// Primary, so that nothing is acknowledged alone before the witness
+    /// knows the new data generation.
+    ArmFreeze,
 }
 
 impl Op {
@@ -186,7 +193,7 @@ impl Op {
     /// resource start to finish.
     #[must_use]
     pub fn is_io_control(&self) -> bool {
-        matches!(self, Op::SuspendIo { .. } | Op::ResumeIo)
+        matches!(self, Op::SuspendIo { .. } | Op::ResumeIo | Op::ArmFreeze)
     }
 }
 
@@ -436,8 +443,15 @@ struct Quorum {
     /// The repd holds/fails writes by our hand.
     suspended: bool,
     io_pending: Option<Op>,
-    /// Why the last suspension happened (for status and logs).
-    lost_at: Option<Millis>,
+    /// The suspension fails requests (rather than holding them).
+    failing: bool,
+    /// repd refused to arm the freeze (not tried again).
+    freeze_refused: bool,
+    /// The generations last sent to the witness, the first request that
+    /// carried them, and the newest request it answered as a member.
+    gens_sent: Option<Generations>,
+    gens_seq: u64,
+    member_seq: u64,
 }
 
 /// The decision core of one agent.
@@ -726,6 +740,9 @@ impl Core {
             // repd's word (a restart of repd forgets a suspension; an admin
             // may have resumed by hand).
             self.q.suspended = l.as_ref().is_some_and(|s| s.suspended);
+            if !self.q.suspended {
+                self.q.failing = false;
+            }
         }
         self.local = l;
         self.local_known = true;
@@ -815,6 +832,7 @@ impl Core {
                 self.promoted = false;
                 // A demotion ends repd's suspension (held writes fail).
                 self.q.suspended = false;
+                self.q.failing = false;
                 if let Some(l) = &mut self.local {
                     l.role = Role::Secondary;
                 }
@@ -1690,6 +1708,10 @@ impl Core {
             connected: l.is_some_and(|l| l.connected),
             gens: l.map(|l| l.gens).unwrap_or_default(),
         };
+        if self.q.gens_sent != Some(req.gens) {
+            self.q.gens_sent = Some(req.gens);
+            self.q.gens_seq = seq;
+        }
         self.actions.push_back(Action::AskWitness(req));
     }
 
@@ -1731,6 +1753,7 @@ impl Core {
         self.q.witness_peer_silent = r.peer_silent_ms;
         if r.member {
             self.q.witness_until = self.q.witness_until.max(t + self.lease());
+            self.q.member_seq = seq;
         } else {
             self.q.witness_until = 0;
         }
@@ -1745,9 +1768,32 @@ impl Core {
         }
         self.q.io_pending = None;
         match (op, result) {
-            (Op::SuspendIo { .. }, OpResult::Ok) => self.q.suspended = true,
+            (Op::SuspendIo { fail }, OpResult::Ok) => {
+                self.q.suspended = true;
+                self.q.failing = fail;
+            }
+            (Op::ArmFreeze, r) => {
+                if r != OpResult::Ok {
+                    self.q.freeze_refused = true;
+                    // An older repd: quorum still suspends it, only a write
+                    // acknowledged between its disconnect and the
+                    // suspension is not covered.
+                    self.event(
+                        now,
+                        true,
+                        format!(
+                            "cannot make repd freeze its I/O when it loses the peer: {}",
+                            result_text(&r)
+                        ),
+                    );
+                }
+                if let Some(l) = &mut self.local {
+                    l.freeze_armed = true;
+                }
+            }
             (Op::ResumeIo, OpResult::Ok) => {
                 self.q.suspended = false;
+                self.q.failing = false;
                 self.event(now, false, "quorum back: writes resumed".into());
             }
             (op, r) => {
@@ -1775,8 +1821,20 @@ impl Core {
                 .latest
                 .as_ref()
                 .is_some_and(|b| b.state.holds() && !b.suspended);
-        let op = if primary && !quorum && !self.q.suspended && self.local.is_some() {
-            self.q.lost_at = Some(now);
+        // A repd that lost its peer froze itself: it runs alone from now
+        // on, so it may resume only once the witness has acknowledged its
+        // new data generation (the witness then refuses the peer's takeover).
+        let alone_known = self.local.as_ref().is_some_and(|l| l.connected)
+            || (self.q.gens_sent == self.local.as_ref().map(|l| l.gens)
+                && self.q.member_seq >= self.q.gens_seq
+                && now < self.q.witness_until);
+        let op = if !self.q.freeze_refused && self.local.as_ref().is_some_and(|l| !l.freeze_armed) {
+            Some(Op::ArmFreeze)
+        } else if primary
+            && !quorum
+            && (!self.q.suspended || (self.cfg.no_quorum_fail && !self.q.failing))
+            && self.local.is_some()
+        {
             let text = format!(
                 "quorum lost ({}): {} new writes until it is back",
                 self.quorum_text(now),
@@ -1793,18 +1851,14 @@ impl Core {
         } else if self.q.suspended
             && primary
             && quorum
+            && alone_known
             && !peer_took_over
             && self.state != HaState::Releasing
         {
             Some(Op::ResumeIo)
-        } else if self.q.suspended
-            && self.state == HaState::Releasing
-            && !self.cfg.no_quorum_fail
-            && self.q.lost_at.is_some()
-        {
+        } else if self.q.suspended && self.state == HaState::Releasing && !self.q.failing {
             // Stopping the chain over held writes would hang (a umount
             // flushes): fail them first.
-            self.q.lost_at = None;
             Some(Op::SuspendIo { fail: true })
         } else {
             None

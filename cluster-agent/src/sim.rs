@@ -721,6 +721,7 @@ impl World {
             },
             gens: Generations::default(),
             suspended: false,
+            freeze_armed: false,
         })
     }
 
@@ -890,7 +891,7 @@ impl World {
                     OpResult::Ok
                 }
             }
-            Op::SuspendIo { .. } | Op::ResumeIo => OpResult::Ok,
+            Op::SuspendIo { .. } | Op::ResumeIo | Op::ArmFreeze => OpResult::Ok,
             Op::Fence => {
                 self.report.fences += 1;
                 let code = if !self.nodes[other].repd_up {

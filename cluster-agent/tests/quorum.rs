@@ -214,3 +214,146 @@ fn isolated_primary_suspends_before_the_witness_lets_the_peer_take_over() {
         NODES.join(" and ") + " settled: beta holds, alpha released"
     );
 }
+
+#[test]
+fn a_primary_that_lost_its_peer_writes_on_only_once_the_witness_knows_and_the_stale_peer_never_takes_over(
+) {
+    let mut c = Cluster::new(Opts {
+        witness: true,
+        service_ip: false,
+        ..Opts::default()
+    });
+    c.start_witness();
+    c.start(true);
+    c.wait_repd(0, "alpha frozen on disconnect armed", 10, |s| {
+        s["freeze_on_disconnect"] == true
+    });
+    let beta_gen = c.repd_status(1).unwrap()["generations"]["current"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let file = random_file(c.dir.path(), "block", 4096, 9);
+    let wa = Writer::start(&c.net.ns[0], c.nbd_uri(0), file);
+    wait_for(
+        "alpha's writer to get acks",
+        20,
+        || wa.count() >= 5,
+        || c.debug(),
+    );
+
+    // The replication link (and heartbeat path 0) breaks; path 1 and the
+    // witness still work. alpha's repd freezes when it notices, starts a
+    // new data generation, and writes on once the witness acknowledged it.
+    let cut = Instant::now();
+    c.net.link(0, false);
+    let ra = c.wait_repd(0, "alpha alone with a new generation", 20, |s| {
+        s["connection"] != "Connected" && s["generations"]["bitmap"] == beta_gen.as_str()
+    });
+    let alpha_gen = ra["generations"]["current"].as_str().unwrap().to_string();
+    let n = wa.count();
+    wait_for(
+        "alpha's writes to go on",
+        20,
+        || wa.count() >= n + 5,
+        || c.debug(),
+    );
+    let mem = c.witness_memory();
+    let remembered = mem["nodes"]["alpha"]["gens"]["current"].as_u64().unwrap();
+    assert_eq!(format!("{remembered:016X}"), alpha_gen, "{mem}");
+    let sa = c.agent_status(0).unwrap();
+    assert_eq!(sa["state"], "Holding", "{}", c.debug());
+    assert_eq!(sa["quorum"]["io_suspended"], false, "{sa}");
+    assert!(
+        c.agent_log(0).contains("resumed") || c.agent_log(0).contains("ResumeIo"),
+        "{}",
+        c.agent_log(0)
+    );
+    eprintln!(
+        "alpha wrote on alone {} ms after the cut",
+        cut.elapsed().as_millis()
+    );
+
+    // Now alpha is cut off from everything. beta's data is older than what
+    // the witness saw of alpha: it must not take over (alpha's writes made
+    // alone would be lost).
+    c.net.link(1, false);
+    c.net.witness_link(0, false);
+    c.wait_agent(0, "alpha suspended", 10, |s| {
+        s["quorum"]["io_suspended"] == true
+    });
+    let sb = c.wait_agent(1, "beta refused by the witness", 20, |s| {
+        s["peer"]["alive"] == false
+            && s["quorum"]["witness_says"]
+                .as_str()
+                .is_some_and(|w| w.contains("older"))
+    });
+    std::thread::sleep(Duration::from_millis(3000));
+    let sb2 = c.agent_status(1).unwrap();
+    assert_eq!(sb2["holds_role"], false, "{}", c.debug());
+    assert_eq!(sb2["state"], "Idle", "{}", c.debug());
+    let decision = sb2["decision"].as_str().unwrap_or_default();
+    assert!(
+        decision.contains("no quorum") && decision.contains("older"),
+        "{decision}\n{sb}"
+    );
+    assert_eq!(c.repd_status(1).unwrap()["role"], "Secondary");
+    drop(wa);
+}
+
+#[test]
+fn a_short_loss_of_quorum_holds_writes_and_resumes_them() {
+    let mut c = Cluster::new(Opts {
+        witness: true,
+        service_ip: false,
+        deadtime_ms: 4000,
+        ..Opts::default()
+    });
+    c.start_witness();
+    c.start(true);
+    c.wait_agent(0, "quorum", 20, |s| s["quorum"]["votes"] == 3);
+    let file = random_file(c.dir.path(), "block", 4096, 11);
+    let wa = Writer::start(&c.net.ns[0], c.nbd_uri(0), file);
+    wait_for(
+        "alpha's writer to get acks",
+        20,
+        || wa.count() >= 5,
+        || c.debug(),
+    );
+    // alpha loses everything for less than deadtime.
+    let lo_cut = Instant::now();
+    c.net.link(0, false);
+    c.net.link(1, false);
+    c.net.witness_link(0, false);
+    let sa = c.wait_agent(0, "alpha suspended", 10, |s| {
+        s["quorum"]["io_suspended"] == true
+    });
+    assert_eq!(sa["state"], "Holding");
+    let held_at = wa.count();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(wa.count(), held_at, "acked while suspended");
+    // Back well within deadtime: nobody took over, the writes resume (once
+    // the witness knows alpha's new data generation: its repd lost the
+    // replication link too).
+    c.net.link(0, true);
+    c.net.link(1, true);
+    c.net.witness_link(0, true);
+    c.wait_agent(0, "alpha resumed", 10, |s| {
+        s["quorum"]["io_suspended"] == false
+    });
+    eprintln!(
+        "quorum was lost and back within {} ms",
+        lo_cut.elapsed().as_millis()
+    );
+    wait_for(
+        "alpha's writes to go on",
+        20,
+        || wa.count() >= held_at + 5,
+        || c.debug(),
+    );
+    let sb = c.agent_status(1).unwrap();
+    assert_eq!(sb["holds_role"], false, "{}", c.debug());
+    let sa = c.agent_status(0).unwrap();
+    assert_eq!(sa["state"], "Holding", "{}", c.debug());
+    assert!(c.agent_log(0).contains("quorum back: writes resumed"));
+    drop(wa);
+}
