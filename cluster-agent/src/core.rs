@@ -138,6 +138,11 @@ pub struct Beat {
     /// The sender lost quorum and holds its writes (it lets go when it hears
     /// that the other node took over).
     pub suspended: bool,
+    /// outdate-peer: the sender holds (or claims) the resources while its
+    /// repd is not connected to ours; it asks us to mark our disk Outdated
+    /// (`repctl outdate`). The acknowledgement is our disk Outdated in our
+    /// heartbeats.
+    pub outdate_request: bool,
 }
 
 /// What the local repd says (`repctl status`), reduced to what matters.
@@ -185,6 +190,8 @@ pub enum Op {
     /// Primary, so that nothing is acknowledged alone before the witness
     /// knows the new data generation.
     ArmFreeze,
+    /// outdate-peer, on the peer's request: mark the local disk Outdated.
+    Outdate,
 }
 
 impl Op {
@@ -854,6 +861,29 @@ impl Core {
                 self.decision = format!("releasing: the demotion was refused ({why}); retrying");
                 self.retry_at = Some(now.saturating_add(self.cfg.keepalive.saturating_mul(5)));
             }
+            (_, Op::Outdate, OpResult::Ok) => {
+                if let Some(l) = &mut self.local {
+                    l.disk = DiskState::Outdated;
+                }
+                self.event(
+                    now,
+                    true,
+                    format!(
+                        "outdate-peer: marked the local disk Outdated at {}'s request (our repds are not connected)",
+                        self.cfg.peer
+                    ),
+                );
+            }
+            (_, Op::Outdate, r) => {
+                self.log(
+                    true,
+                    format!(
+                        "outdate-peer: `repctl outdate` failed: {}; trying again",
+                        result_text(&r)
+                    ),
+                );
+                self.retry_at = Some(now.saturating_add(self.cfg.keepalive));
+            }
             (state, op, r) => {
                 self.log(
                     true,
@@ -973,7 +1003,7 @@ impl Core {
         }
         match self.state {
             HaState::Idle => {
-                if !retry_wait {
+                if !self.outdate_self(now) && !retry_wait {
                     self.decide_idle(now);
                 }
             }
@@ -1321,6 +1351,22 @@ impl Core {
         let acked = b
             .ack
             .is_some_and(|(inc, seq)| inc == self.incarnation && seq >= self.claim_seq);
+        if acked && b.state == WireState::Idle && self.wants_peer_outdated() {
+            self.decision = format!(
+                "claiming: {peer}'s repd is not connected to ours and its disk is {:?}; \
+                 waiting for it to mark it Outdated (outdate-peer over a heartbeat path)",
+                b.disk.unwrap_or(DiskState::DUnknown)
+            );
+            if now.saturating_sub(self.state_since) >= self.cfg.deadtime {
+                self.retry_at = Some(now.saturating_add(self.cfg.deadtime));
+                self.set_state(
+                    now,
+                    HaState::Idle,
+                    format!("outdate-peer failed: {peer} did not mark its disk Outdated within deadtime; not promoting"),
+                );
+            }
+            return;
+        }
         if acked && b.state == WireState::Idle {
             self.force = force;
             self.step = 0;
@@ -1513,6 +1559,7 @@ impl Core {
         self.next_send = now.saturating_add(self.cfg.keepalive);
         let eligible = self.eligible(now).is_ok();
         let failback_request = self.ready_for_failback(now);
+        let outdate_request = self.wants_peer_outdated();
         let ack = self
             .peer
             .incarnation
@@ -1534,6 +1581,7 @@ impl Core {
                 disk: self.local.as_ref().map(|l| l.disk),
                 connected: self.local.as_ref().is_some_and(|l| l.connected),
                 suspended: self.q.suspended,
+                outdate_request,
             };
             self.q.hb_sent.push_back((self.seq, now));
             self.counters.sent += 1;
@@ -1616,6 +1664,55 @@ impl Core {
             transitions: self.transitions.iter().cloned().collect(),
             events: self.events.iter().cloned().collect(),
         }
+    }
+}
+
+impl Core {
+    /// outdate-peer: we hold or claim the resources, our repd is not
+    /// connected to the peer's, and the peer's disk could still pass for
+    /// UpToDate: it must be marked Outdated, or it could later be promoted
+    /// with data that misses our writes.
+    fn wants_peer_outdated(&self) -> bool {
+        let Some(l) = &self.local else {
+            return false;
+        };
+        let Some(b) = &self.peer.latest else {
+            return false;
+        };
+        matches!(
+            self.state,
+            HaState::Claiming | HaState::Acquiring | HaState::Holding
+        ) && self.peer.alive == Some(true)
+            && !l.connected
+            && b.repd_up
+            && !b.connected
+            && matches!(b.disk, Some(DiskState::UpToDate | DiskState::Consistent))
+    }
+
+    /// The peer asks us to outdate our disk: do it when our repd agrees it
+    /// is not connected either. Returns whether an operation started.
+    fn outdate_self(&mut self, now: Millis) -> bool {
+        if self.retry_at.is_some_and(|t| now < t) {
+            return false;
+        }
+        let asked = self.peer.alive == Some(true)
+            && self.peer.latest.as_ref().is_some_and(|b| {
+                b.outdate_request && (b.state.holds() || b.state == WireState::Claiming)
+            });
+        let ours = self.local.as_ref().is_some_and(|l| {
+            !l.connected
+                && l.role == Role::Secondary
+                && matches!(l.disk, DiskState::UpToDate | DiskState::Consistent)
+        });
+        if asked && ours {
+            self.decision = format!(
+                "{} holds or claims the resources while our repds are not connected: marking our disk Outdated",
+                self.cfg.peer
+            );
+            self.run(Op::Outdate);
+            return true;
+        }
+        false
     }
 }
 

@@ -311,7 +311,8 @@ pub fn run(opts: &Options) -> Result<(), String> {
                         | Op::Demote
                         | Op::SuspendIo { .. }
                         | Op::ResumeIo
-                        | Op::ArmFreeze => repd_tx.send(op).is_ok(),
+                        | Op::ArmFreeze
+                        | Op::Outdate => repd_tx.send(op).is_ok(),
                         _ => exec_tx.send(op).is_ok(),
                     };
                     if !sent {
@@ -501,6 +502,7 @@ fn repd_op(sock: &Path, op: &Op) -> OpResult {
             ControlCmd::FreezeOnDisconnect { on: true },
             "freeze-on-disconnect",
         ),
+        Op::Outdate => (ControlCmd::Outdate, "outdate"),
         other => return OpResult::Failed(format!("{other:?} is not a device operation")),
     };
     match ublk_target::control::request(sock, &cmd, Some(Duration::from_secs(60))) {

@@ -892,6 +892,18 @@ impl World {
                 }
             }
             Op::SuspendIo { .. } | Op::ResumeIo | Op::ArmFreeze => OpResult::Ok,
+            Op::Outdate => {
+                let connected = self.connected;
+                let me = &mut self.nodes[n];
+                if connected || me.role == Role::Primary {
+                    OpResult::Failed("refused: connected or Primary".into())
+                } else {
+                    if matches!(me.disk, DiskState::UpToDate | DiskState::Consistent) {
+                        me.disk = DiskState::Outdated;
+                    }
+                    OpResult::Ok
+                }
+            }
             Op::Fence => {
                 self.report.fences += 1;
                 let code = if !self.nodes[other].repd_up {

@@ -34,6 +34,7 @@ const FLAG_FAILBACK: u8 = 2;
 const FLAG_ACK: u8 = 4;
 const FLAG_REPD: u8 = 8;
 const FLAG_SUSPENDED: u8 = 16;
+const FLAG_OUTDATE_REQ: u8 = 32;
 
 /// Why a datagram was dropped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -139,6 +140,9 @@ pub fn encode(key: &[u8], resource: &str, node: &str, beat: &Beat) -> Vec<u8> {
     }
     if beat.suspended {
         flags |= FLAG_SUSPENDED;
+    }
+    if beat.outdate_request {
+        flags |= FLAG_OUTDATE_REQ;
     }
     v.push(flags);
     v.push(role_code(beat.role));
@@ -265,6 +269,7 @@ pub fn decode(key: &[u8], buf: &[u8]) -> Result<Packet, DecodeError> {
             disk,
             connected,
             suspended: flags & FLAG_SUSPENDED != 0,
+            outdate_request: flags & FLAG_OUTDATE_REQ != 0,
         },
     })
 }
@@ -288,6 +293,7 @@ mod tests {
             disk: Some(DiskState::UpToDate),
             connected: true,
             suspended: false,
+            outdate_request: true,
         }
     }
 
