@@ -1140,6 +1140,19 @@ impl Core {
         if !self.has_quorum(now) {
             return Err(format!("no quorum: {}", self.quorum_text(now)));
         }
+        if self.cfg.witness && !l.freeze_armed && !self.q.freeze_refused {
+            return Err("repd's freeze on disconnect is not armed yet".into());
+        }
+        if self.cfg.witness && !l.connected && now >= self.q.witness_until {
+            // Not connected, nothing tells this node its data is current:
+            // the peer may have written alone (the witness knows then).
+            return Err(format!(
+                "not connected to {}'s repd, and no recent word from the witness that this node's data \
+                 is current: {}",
+                self.cfg.peer,
+                self.quorum_text(now)
+            ));
+        }
         match l.disk {
             DiskState::UpToDate => Ok(false),
             DiskState::Consistent if self.peer_known_outdated() => Ok(true),
@@ -1756,12 +1769,17 @@ impl Core {
             (Some(_), Some(why)) if self.q.witness_member == Some(false) => {
                 format!("the witness does not count this node: {why}")
             }
+            (Some(_), _) if now < self.q.witness_until => {
+                "the witness counts this node".to_string()
+            }
             (Some(_), _) => "the witness's last answer is too old".to_string(),
         };
-        format!(
-            "{} does not acknowledge our heartbeats and {witness}",
-            self.cfg.peer
-        )
+        let peer = if now < self.q.peer_until {
+            "acknowledges our heartbeats"
+        } else {
+            "does not acknowledge our heartbeats"
+        };
+        format!("{} {peer} and {witness}", self.cfg.peer)
     }
 
     fn quorum_status(&self, now: Millis) -> QuorumStatus {
