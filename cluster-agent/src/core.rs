@@ -143,6 +143,11 @@ pub struct Beat {
     /// A stop failed on the sender and `on-stop-failure = "fence"`: it asks
     /// the peer to fence it.
     pub fence_me: bool,
+    /// outdate-peer: the sender holds (or claims) the resources while its
+    /// repd is not connected to ours; it asks us to mark our disk Outdated
+    /// (`repctl outdate`). The acknowledgement is our disk Outdated in our
+    /// heartbeats.
+    pub outdate_request: bool,
 }
 
 /// What the local repd says (`repctl status`), reduced to what matters.
@@ -161,6 +166,9 @@ pub struct LocalState {
     /// repd holds or fails new writes (`repctl suspend-io`).
     #[serde(default)]
     pub suspended: bool,
+    /// repd freezes its I/O when it loses the peer while Primary.
+    #[serde(default)]
+    pub freeze_armed: bool,
 }
 
 /// An operation the driver carries out, one at a time.
@@ -185,6 +193,12 @@ pub enum Op {
     },
     /// Quorum back: let held writes in.
     ResumeIo,
+    /// With a witness: make repd freeze I/O when it loses the peer while
+    /// Primary, so that nothing is acknowledged alone before the witness
+    /// knows the new data generation.
+    ArmFreeze,
+    /// outdate-peer, on the peer's request: mark the local disk Outdated.
+    Outdate,
 }
 
 impl Op {
@@ -193,7 +207,7 @@ impl Op {
     /// resource start to finish.
     #[must_use]
     pub fn is_io_control(&self) -> bool {
-        matches!(self, Op::SuspendIo { .. } | Op::ResumeIo)
+        matches!(self, Op::SuspendIo { .. } | Op::ResumeIo | Op::ArmFreeze)
     }
 }
 
@@ -481,8 +495,15 @@ struct Quorum {
     /// The repd holds/fails writes by our hand.
     suspended: bool,
     io_pending: Option<Op>,
-    /// Why the last suspension happened (for status and logs).
-    lost_at: Option<Millis>,
+    /// The suspension fails requests (rather than holding them).
+    failing: bool,
+    /// repd refused to arm the freeze (not tried again).
+    freeze_refused: bool,
+    /// The generations last sent to the witness, the first request that
+    /// carried them, and the newest request it answered as a member.
+    gens_sent: Option<Generations>,
+    gens_seq: u64,
+    member_seq: u64,
 }
 
 /// The decision core of one agent.
@@ -794,6 +815,9 @@ impl Core {
             // repd's word (a restart of repd forgets a suspension; an admin
             // may have resumed by hand).
             self.q.suspended = l.as_ref().is_some_and(|s| s.suspended);
+            if !self.q.suspended {
+                self.q.failing = false;
+            }
         }
         self.local = l;
         self.local_known = true;
@@ -885,6 +909,7 @@ impl Core {
                 self.promoted = false;
                 // A demotion ends repd's suspension (held writes fail).
                 self.q.suspended = false;
+                self.q.failing = false;
                 if let Some(l) = &mut self.local {
                     l.role = Role::Secondary;
                 }
@@ -909,6 +934,29 @@ impl Core {
                 self.retry_at = Some(now.saturating_add(self.cfg.keepalive.saturating_mul(5)));
             }
             (_, Op::RebootHook, r) => self.reboot_hook_done(now, &r),
+            (_, Op::Outdate, OpResult::Ok) => {
+                if let Some(l) = &mut self.local {
+                    l.disk = DiskState::Outdated;
+                }
+                self.event(
+                    now,
+                    true,
+                    format!(
+                        "outdate-peer: marked the local disk Outdated at {}'s request (our repds are not connected)",
+                        self.cfg.peer
+                    ),
+                );
+            }
+            (_, Op::Outdate, r) => {
+                self.log(
+                    true,
+                    format!(
+                        "outdate-peer: `repctl outdate` failed: {}; trying again",
+                        result_text(&r)
+                    ),
+                );
+                self.retry_at = Some(now.saturating_add(self.cfg.keepalive));
+            }
             (state, op, r) => {
                 self.log(
                     true,
@@ -1032,7 +1080,7 @@ impl Core {
         }
         match self.state {
             HaState::Idle => {
-                if !retry_wait {
+                if !self.outdate_self(now) && !retry_wait {
                     self.decide_idle(now);
                 }
             }
@@ -1174,6 +1222,19 @@ impl Core {
         }
         if !self.has_quorum(now) {
             return Err(format!("no quorum: {}", self.quorum_text(now)));
+        }
+        if self.cfg.witness && !l.freeze_armed && !self.q.freeze_refused {
+            return Err("repd's freeze on disconnect is not armed yet".into());
+        }
+        if self.cfg.witness && !l.connected && now >= self.q.witness_until {
+            // Not connected, nothing tells this node its data is current:
+            // the peer may have written alone (the witness knows then).
+            return Err(format!(
+                "not connected to {}'s repd, and no recent word from the witness that this node's data \
+                 is current: {}",
+                self.cfg.peer,
+                self.quorum_text(now)
+            ));
         }
         match l.disk {
             DiskState::UpToDate => Ok(false),
@@ -1398,6 +1459,22 @@ impl Core {
         let acked = b
             .ack
             .is_some_and(|(inc, seq)| inc == self.incarnation && seq >= self.claim_seq);
+        if acked && b.state == WireState::Idle && self.wants_peer_outdated() {
+            self.decision = format!(
+                "claiming: {peer}'s repd is not connected to ours and its disk is {:?}; \
+                 waiting for it to mark it Outdated (outdate-peer over a heartbeat path)",
+                b.disk.unwrap_or(DiskState::DUnknown)
+            );
+            if now.saturating_sub(self.state_since) >= self.cfg.deadtime {
+                self.retry_at = Some(now.saturating_add(self.cfg.deadtime));
+                self.set_state(
+                    now,
+                    HaState::Idle,
+                    format!("outdate-peer failed: {peer} did not mark its disk Outdated within deadtime; not promoting"),
+                );
+            }
+            return;
+        }
         if acked && b.state == WireState::Idle {
             self.force = force;
             self.step = 0;
@@ -1599,6 +1676,7 @@ impl Core {
         let ping_lost = self.ping_lost();
         let fence_me =
             self.stop_failed.is_some() && self.cfg.ops.on_stop_failure == StopFailure::Fence;
+        let outdate_request = self.wants_peer_outdated();
         let ack = self
             .peer
             .incarnation
@@ -1622,6 +1700,7 @@ impl Core {
                 suspended: self.q.suspended,
                 ping_lost,
                 fence_me,
+                outdate_request,
             };
             self.q.hb_sent.push_back((self.seq, now));
             self.counters.sent += 1;
@@ -1710,6 +1789,55 @@ impl Core {
     }
 }
 
+impl Core {
+    /// outdate-peer: we hold or claim the resources, our repd is not
+    /// connected to the peer's, and the peer's disk could still pass for
+    /// UpToDate: it must be marked Outdated, or it could later be promoted
+    /// with data that misses our writes.
+    fn wants_peer_outdated(&self) -> bool {
+        let Some(l) = &self.local else {
+            return false;
+        };
+        let Some(b) = &self.peer.latest else {
+            return false;
+        };
+        matches!(
+            self.state,
+            HaState::Claiming | HaState::Acquiring | HaState::Holding
+        ) && self.peer.alive == Some(true)
+            && !l.connected
+            && b.repd_up
+            && !b.connected
+            && matches!(b.disk, Some(DiskState::UpToDate | DiskState::Consistent))
+    }
+
+    /// The peer asks us to outdate our disk: do it when our repd agrees it
+    /// is not connected either. Returns whether an operation started.
+    fn outdate_self(&mut self, now: Millis) -> bool {
+        if self.retry_at.is_some_and(|t| now < t) {
+            return false;
+        }
+        let asked = self.peer.alive == Some(true)
+            && self.peer.latest.as_ref().is_some_and(|b| {
+                b.outdate_request && (b.state.holds() || b.state == WireState::Claiming)
+            });
+        let ours = self.local.as_ref().is_some_and(|l| {
+            !l.connected
+                && l.role == Role::Secondary
+                && matches!(l.disk, DiskState::UpToDate | DiskState::Consistent)
+        });
+        if asked && ours {
+            self.decision = format!(
+                "{} holds or claims the resources while our repds are not connected: marking our disk Outdated",
+                self.cfg.peer
+            );
+            self.run(Op::Outdate);
+            return true;
+        }
+        false
+    }
+}
+
 /// When the heartbeat (or request) with sequence number `seq` was sent.
 fn sent_at(log: &VecDeque<(u64, Millis)>, seq: u64) -> Option<Millis> {
     log.iter().rev().find(|(s, _)| *s <= seq).map(|(_, t)| *t)
@@ -1750,12 +1878,17 @@ impl Core {
             (Some(_), Some(why)) if self.q.witness_member == Some(false) => {
                 format!("the witness does not count this node: {why}")
             }
+            (Some(_), _) if now < self.q.witness_until => {
+                "the witness counts this node".to_string()
+            }
             (Some(_), _) => "the witness's last answer is too old".to_string(),
         };
-        format!(
-            "{} does not acknowledge our heartbeats and {witness}",
-            self.cfg.peer
-        )
+        let peer = if now < self.q.peer_until {
+            "acknowledges our heartbeats"
+        } else {
+            "does not acknowledge our heartbeats"
+        };
+        format!("{} {peer} and {witness}", self.cfg.peer)
     }
 
     fn quorum_status(&self, now: Millis) -> QuorumStatus {
@@ -1799,6 +1932,10 @@ impl Core {
             connected: l.is_some_and(|l| l.connected),
             gens: l.map(|l| l.gens).unwrap_or_default(),
         };
+        if self.q.gens_sent != Some(req.gens) {
+            self.q.gens_sent = Some(req.gens);
+            self.q.gens_seq = seq;
+        }
         self.actions.push_back(Action::AskWitness(req));
     }
 
@@ -1840,6 +1977,7 @@ impl Core {
         self.q.witness_peer_silent = r.peer_silent_ms;
         if r.member {
             self.q.witness_until = self.q.witness_until.max(t + self.lease());
+            self.q.member_seq = seq;
         } else {
             self.q.witness_until = 0;
         }
@@ -1854,9 +1992,32 @@ impl Core {
         }
         self.q.io_pending = None;
         match (op, result) {
-            (Op::SuspendIo { .. }, OpResult::Ok) => self.q.suspended = true,
+            (Op::SuspendIo { fail }, OpResult::Ok) => {
+                self.q.suspended = true;
+                self.q.failing = fail;
+            }
+            (Op::ArmFreeze, r) => {
+                if r != OpResult::Ok {
+                    self.q.freeze_refused = true;
+                    // An older repd: quorum still suspends it, only a write
+                    // acknowledged between its disconnect and the
+                    // suspension is not covered.
+                    self.event(
+                        now,
+                        true,
+                        format!(
+                            "cannot make repd freeze its I/O when it loses the peer: {}",
+                            result_text(&r)
+                        ),
+                    );
+                }
+                if let Some(l) = &mut self.local {
+                    l.freeze_armed = true;
+                }
+            }
             (Op::ResumeIo, OpResult::Ok) => {
                 self.q.suspended = false;
+                self.q.failing = false;
                 self.event(now, false, "quorum back: writes resumed".into());
             }
             (op, r) => {
@@ -1884,8 +2045,20 @@ impl Core {
                 .latest
                 .as_ref()
                 .is_some_and(|b| b.state.holds() && !b.suspended);
-        let op = if primary && !quorum && !self.q.suspended && self.local.is_some() {
-            self.q.lost_at = Some(now);
+        // A repd that lost its peer froze itself: it runs alone from now
+        // on, so it may resume only once the witness has acknowledged its
+        // new data generation (the witness then refuses the peer's takeover).
+        let alone_known = self.local.as_ref().is_some_and(|l| l.connected)
+            || (self.q.gens_sent == self.local.as_ref().map(|l| l.gens)
+                && self.q.member_seq >= self.q.gens_seq
+                && now < self.q.witness_until);
+        let op = if !self.q.freeze_refused && self.local.as_ref().is_some_and(|l| !l.freeze_armed) {
+            Some(Op::ArmFreeze)
+        } else if primary
+            && !quorum
+            && (!self.q.suspended || (self.cfg.no_quorum_fail && !self.q.failing))
+            && self.local.is_some()
+        {
             let text = format!(
                 "quorum lost ({}): {} new writes until it is back",
                 self.quorum_text(now),
@@ -1902,18 +2075,14 @@ impl Core {
         } else if self.q.suspended
             && primary
             && quorum
+            && alone_known
             && !peer_took_over
             && self.state != HaState::Releasing
         {
             Some(Op::ResumeIo)
-        } else if self.q.suspended
-            && self.state == HaState::Releasing
-            && !self.cfg.no_quorum_fail
-            && self.q.lost_at.is_some()
-        {
+        } else if self.q.suspended && self.state == HaState::Releasing && !self.q.failing {
             // Stopping the chain over held writes would hang (a umount
             // flushes): fail them first.
-            self.q.lost_at = None;
             Some(Op::SuspendIo { fail: true })
         } else {
             None

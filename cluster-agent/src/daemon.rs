@@ -116,6 +116,7 @@ pub fn local_state(st: &NodeStatus) -> LocalState {
             ],
         },
         suspended: st.suspended.is_some(),
+        freeze_armed: st.freeze_on_disconnect,
     }
 }
 
@@ -335,9 +336,12 @@ pub fn run(opts: &Options) -> Result<(), String> {
                 Action::Run(op) => {
                     tracing::info!(?op, "running");
                     let sent = match op {
-                        Op::Promote { .. } | Op::Demote | Op::SuspendIo { .. } | Op::ResumeIo => {
-                            repd_tx.send(op).is_ok()
-                        }
+                        Op::Promote { .. }
+                        | Op::Demote
+                        | Op::SuspendIo { .. }
+                        | Op::ResumeIo
+                        | Op::ArmFreeze
+                        | Op::Outdate => repd_tx.send(op).is_ok(),
                         _ => exec_tx.send(op).is_ok(),
                     };
                     if !sent {
@@ -598,6 +602,11 @@ fn repd_op(sock: &Path, op: &Op) -> OpResult {
         Op::Demote => (ControlCmd::Secondary, "demote"),
         Op::SuspendIo { fail } => (ControlCmd::SuspendIo { fail: *fail }, "suspend-io"),
         Op::ResumeIo => (ControlCmd::ResumeIo, "resume-io"),
+        Op::ArmFreeze => (
+            ControlCmd::FreezeOnDisconnect { on: true },
+            "freeze-on-disconnect",
+        ),
+        Op::Outdate => (ControlCmd::Outdate, "outdate"),
         other => return OpResult::Failed(format!("{other:?} is not a device operation")),
     };
     match ublk_target::control::request(sock, &cmd, Some(Duration::from_secs(60))) {

@@ -18,6 +18,10 @@
 //!   a tick + the fence and start latencies, when the survivor is eligible;
 //! - after the faults heal, exactly one node holds the resources (the
 //!   preferred one with auto-failback);
+//! - with a witness (a third of the scenarios): two nodes never accept
+//!   writes at once (a Primary that lost quorum is suspended before the
+//!   other promotes), and no node is promoted without the writes the other
+//!   acknowledged alone (the witness knows the newer generation);
 //! - the core never panics.
 
 // The simulator is a test harness: an out-of-range index is a bug in it.
@@ -39,6 +43,7 @@ use replication_proto::wire::{DiskState, Role};
 use crate::core::{
     Action, BadPacket, Beat, Core, CoreConfig, HaState, Input, LocalState, Millis, Op, OpResult,
 };
+use crate::witness::{self, Memory, Outcome, WitnessCore};
 
 /// What the fence command does in a scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +85,15 @@ pub struct Scenario {
     pub fault_ms: Millis,
     /// Mean time between faults.
     pub fault_every: Millis,
+    /// A witness on a third node, with its own link to each node.
+    pub witness: bool,
+    /// on-no-quorum = io-error.
+    pub no_quorum_fail: bool,
+    /// repd refuses freeze-on-disconnect (an older repd): the quorum lease
+    /// alone must keep two nodes from accepting writes at once (writes
+    /// acknowledged alone before the suspension may then be lost: not
+    /// checked in these scenarios).
+    pub no_freeze: bool,
 }
 
 impl Scenario {
@@ -124,6 +138,11 @@ impl Scenario {
             resync: r.gen_range(100..=2000),
             fault_ms: 60_000,
             fault_every: r.gen_range(2_000..=6_000),
+            // A stream of its own, so that the scenarios without a witness
+            // stay what they were.
+            witness: ChaCha8Rng::seed_from_u64(seed ^ 0x0077_1745).gen_bool(0.35),
+            no_quorum_fail: ChaCha8Rng::seed_from_u64(seed ^ 0x0e10).gen_bool(0.3),
+            no_freeze: ChaCha8Rng::seed_from_u64(seed ^ 0xf4ee).gen_bool(0.3),
         }
     }
 }
@@ -145,6 +164,10 @@ pub struct SimReport {
     pub bad_mac: u64,
     pub replays: u64,
     pub failbacks: u64,
+    /// Suspensions of a Primary's writes for lack of quorum.
+    pub suspensions: u64,
+    /// Promotions of a disconnected node with the witness's word.
+    pub witness_takeovers: u64,
 }
 
 /// A broken invariant, with the end of the trace.
@@ -192,6 +215,9 @@ enum Fault {
     AgentRestart(usize),
     Forge(usize),
     Replay(usize),
+    WitnessLink(usize, bool),
+    WitnessCrash,
+    WitnessRestart,
 }
 
 #[derive(Debug, Clone)]
@@ -208,6 +234,14 @@ enum Ev {
     Heal,
     /// Nothing but a moment for the replication link to move on.
     Wake,
+    ToWitness {
+        from: usize,
+        req: witness::Request,
+    },
+    FromWitness {
+        to: usize,
+        reply: witness::Reply,
+    },
 }
 
 #[derive(Debug)]
@@ -246,6 +280,12 @@ struct SimNode {
     hist: Vec<u64>,
     started: Vec<bool>,
     next_tick: Option<Millis>,
+    /// repd holds or fails new writes.
+    suspended: bool,
+    freeze_armed: bool,
+    /// The generation under which this node accepted writes alone (not
+    /// connected, not suspended): they exist only on its disk.
+    alone_gen: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -270,6 +310,8 @@ struct World {
     healed: bool,
     /// The last moment every path was cut or an agent was dead.
     last_unsafe: Millis,
+    /// The last moment an agent was dead.
+    last_agent_dead: Millis,
     double_since: Option<Millis>,
     expect: Option<Expect>,
     captured: Vec<(usize, usize, Beat)>,
@@ -277,6 +319,10 @@ struct World {
     trace: VecDeque<String>,
     trace_all: bool,
     next_gen_id: u64,
+    witness: Option<WitnessCore>,
+    /// What the witness keeps on disk across its crashes.
+    witness_memory: Memory,
+    wlink_up: [bool; 2],
 }
 
 /// Run the scenario of `seed`. `trace` prints every event.
@@ -308,7 +354,19 @@ impl World {
             hist: vec![1],
             started: vec![false; sc.resources],
             next_tick: None,
+            suspended: false,
+            freeze_armed: false,
+            alone_gen: None,
         };
+        let witness = sc.witness.then(|| {
+            WitnessCore::new(
+                [NAMES[0].into(), NAMES[1].into()],
+                sc.deadtime,
+                Memory::default(),
+                1,
+                0,
+            )
+        });
         Self {
             nodes: [node(0), node(1)],
             sc,
@@ -323,6 +381,7 @@ impl World {
             sync: None,
             healed: false,
             last_unsafe: 0,
+            last_agent_dead: 0,
             double_since: None,
             expect: None,
             captured: Vec::new(),
@@ -330,6 +389,9 @@ impl World {
             trace: VecDeque::new(),
             trace_all,
             next_gen_id: 100,
+            witness,
+            witness_memory: Memory::default(),
+            wlink_up: [true; 2],
         }
     }
 
@@ -376,9 +438,9 @@ impl World {
             auto_failback: self.sc.auto_failback,
             preferred: self.sc.preferred.map(|p| NAMES[p].to_string()),
             failure_timeout: self.sc.failure_timeout,
-            witness: false,
-            no_quorum_fail: false,
             ops: crate::core::OpsConfig::default(),
+            witness: self.sc.witness,
+            no_quorum_fail: self.sc.no_quorum_fail,
         }
     }
 
@@ -456,6 +518,33 @@ impl World {
                     self.push(t, Ev::Fault(Fault::Replay(n)));
                 }
             }
+            if self.sc.witness {
+                let len = dur(&mut self.rng, 0.3, 4.0);
+                match self.rng.gen_range(0..100) {
+                    // One node cut from everything: the peer and the witness.
+                    0..=24 => {
+                        let n = self.rng.gen_range(0..2);
+                        for p in 0..PATHS {
+                            self.push(t, Ev::Fault(Fault::PathDown(p)));
+                            self.push(t + len, Ev::Fault(Fault::PathUp(p)));
+                        }
+                        self.push(t, Ev::Fault(Fault::RepDown));
+                        self.push(t + len, Ev::Fault(Fault::RepUp));
+                        self.push(t, Ev::Fault(Fault::WitnessLink(n, false)));
+                        self.push(t + len, Ev::Fault(Fault::WitnessLink(n, true)));
+                    }
+                    25..=49 => {
+                        let n = self.rng.gen_range(0..2);
+                        self.push(t, Ev::Fault(Fault::WitnessLink(n, false)));
+                        self.push(t + len, Ev::Fault(Fault::WitnessLink(n, true)));
+                    }
+                    50..=54 => {
+                        self.push(t, Ev::Fault(Fault::WitnessCrash));
+                        self.push(t + len, Ev::Fault(Fault::WitnessRestart));
+                    }
+                    _ => {}
+                }
+            }
         }
         self.push(self.sc.fault_ms, Ev::Heal);
     }
@@ -507,6 +596,9 @@ impl World {
         if cut || agent_dead {
             self.last_unsafe = self.now;
         }
+        if agent_dead {
+            self.last_agent_dead = self.now;
+        }
     }
 
     fn event(&mut self, ev: Ev) -> Result<(), Violation> {
@@ -550,6 +642,27 @@ impl World {
             }
             Ev::Fault(f) => self.fault(f)?,
             Ev::Wake => {}
+            Ev::ToWitness { from, req } => {
+                let now = self.now;
+                let Some(w) = self.witness.as_mut() else {
+                    return Ok(());
+                };
+                let (outcome, changed) = w.handle(now, NAMES[from], &req);
+                if changed {
+                    self.witness_memory = w.memory().clone();
+                }
+                if let Outcome::Reply(reply) = outcome {
+                    if self.wlink_up[from] && !self.rng.gen_bool(self.sc.loss) {
+                        let d = self.rng.gen_range(0..=self.sc.max_delay);
+                        self.push(now + d, Ev::FromWitness { to: from, reply });
+                    }
+                }
+            }
+            Ev::FromWitness { to, reply } => {
+                if self.nodes[to].agent.is_some() {
+                    self.feed(to, Input::Witness(reply))?;
+                }
+            }
             Ev::Heal => {
                 self.log("heal: every link up, every node running".into());
                 self.healed = true;
@@ -557,6 +670,10 @@ impl World {
                 self.sc.loss = 0.0;
                 self.path_up = [true; PATHS];
                 self.rep_up = true;
+                self.wlink_up = [true; 2];
+                if self.sc.witness && self.witness.is_none() {
+                    self.fault(Fault::WitnessRestart)?;
+                }
                 for n in 0..2 {
                     if !self.nodes[n].repd_up {
                         self.restart_node(n);
@@ -570,7 +687,12 @@ impl World {
     }
 
     fn fault(&mut self, f: Fault) -> Result<(), Violation> {
-        if self.healed && !matches!(f, Fault::Restart(_) | Fault::AgentRestart(_)) {
+        if self.healed
+            && !matches!(
+                f,
+                Fault::Restart(_) | Fault::AgentRestart(_) | Fault::WitnessRestart
+            )
+        {
             return Ok(());
         }
         // Any fault may delay a pending takeover beyond its bound.
@@ -589,6 +711,20 @@ impl World {
                 }
             }
             Fault::PathUp(p) => self.path_up[p] = true,
+            Fault::WitnessLink(n, up) => self.wlink_up[n] = up,
+            Fault::WitnessCrash => self.witness = None,
+            Fault::WitnessRestart => {
+                if self.witness.is_none() {
+                    let inc: u64 = self.rng.gen();
+                    self.witness = Some(WitnessCore::new(
+                        [NAMES[0].into(), NAMES[1].into()],
+                        self.sc.deadtime,
+                        self.witness_memory.clone(),
+                        inc,
+                        self.now,
+                    ));
+                }
+            }
             Fault::RepDown => self.rep_up = false,
             Fault::RepUp => self.rep_up = true,
             Fault::Crash(n) => {
@@ -664,12 +800,24 @@ impl World {
                     && !a.retry_pending(self.now)
                     && a.peer_alive() == Some(true)
             });
-        if dead_holds && ready {
-            let fence = if self.sc.fence == FenceMode::None {
+        // With a witness: it must be there for the survivor and count it,
+        // and it votes a keepalive and two round trips after deadtime.
+        let witness_ok = !self.sc.witness
+            || (self.wlink_up[s]
+                && self.witness.as_ref().is_some_and(|w| w.counts(NAMES[s]))
+                && survivor
+                    .agent
+                    .as_ref()
+                    .is_some_and(|a| a.has_quorum(self.now)));
+        if dead_holds && ready && witness_ok {
+            let mut fence = if self.sc.fence == FenceMode::None {
                 0
             } else {
                 self.sc.max_fence
             };
+            if self.sc.witness {
+                fence += self.sc.keepalive + 4 * self.sc.max_delay + 2;
+            }
             // Heartbeats already in flight when it died count as heard.
             let deadline = self.now
                 + self.sc.max_delay
@@ -699,6 +847,8 @@ impl World {
         }
         node.role = Role::Secondary;
         node.started.iter_mut().for_each(|x| *x = false);
+        node.suspended = false;
+        node.freeze_armed = false;
     }
 
     fn restart_node(&mut self, n: usize) {
@@ -720,8 +870,23 @@ impl World {
             } else {
                 DiskState::DUnknown
             },
-            gens: Generations::default(),
-            suspended: false,
+            gens: {
+                let h = |k: usize| {
+                    me.hist
+                        .len()
+                        .checked_sub(k + 1)
+                        .and_then(|i| me.hist.get(i))
+                        .copied()
+                        .unwrap_or(0)
+                };
+                Generations {
+                    current: h(0),
+                    bitmap: h(1),
+                    history: [h(2), h(3)],
+                }
+            },
+            suspended: me.suspended,
+            freeze_armed: me.freeze_armed,
         })
     }
 
@@ -731,6 +896,22 @@ impl World {
         if !up {
             if self.connected {
                 self.log("repd: disconnected".into());
+                if self.sc.witness {
+                    // A Primary that loses its peer starts a new generation
+                    // and, armed, freezes before acknowledging anything alone.
+                    for n in 0..2 {
+                        if self.nodes[n].repd_up && self.nodes[n].role == Role::Primary {
+                            let id = self.next_gen_id;
+                            self.next_gen_id += 1;
+                            let node = &mut self.nodes[n];
+                            node.hist.push(id);
+                            if node.freeze_armed {
+                                node.suspended = true;
+                            }
+                            self.log(format!("repd: {} alone, new generation {id}", NAMES[n]));
+                        }
+                    }
+                }
             }
             self.connected = false;
             self.sync = None;
@@ -819,6 +1000,19 @@ impl World {
                     || (me.disk == DiskState::Consistent && *force)
                 {
                     let connected = self.connected;
+                    if self.sc.witness && !self.sc.no_freeze {
+                        if let Some(g) = self.nodes[other].alone_gen {
+                            if !self.nodes[n].hist.contains(&g) {
+                                return Err(self.violation(format!(
+                                    "{} promoted without the writes {} acknowledged alone (generation {g})",
+                                    NAMES[n], NAMES[other]
+                                )));
+                            }
+                        }
+                        if !connected {
+                            self.report.witness_takeovers += 1;
+                        }
+                    }
                     let id = self.next_gen_id;
                     self.next_gen_id += 1;
                     let me = &mut self.nodes[n];
@@ -841,6 +1035,7 @@ impl World {
                     )));
                 }
                 self.nodes[n].role = Role::Secondary;
+                self.nodes[n].suspended = false;
                 OpResult::Ok
             }
             Op::Start(i) => {
@@ -891,9 +1086,41 @@ impl World {
                     OpResult::Ok
                 }
             }
-            Op::SuspendIo { .. } | Op::ResumeIo => OpResult::Ok,
+            Op::SuspendIo { .. } | Op::ResumeIo | Op::ArmFreeze if !self.nodes[n].repd_up => {
+                OpResult::Failed("repd not running".into())
+            }
+            Op::SuspendIo { .. } => {
+                if self.nodes[n].role == Role::Primary && !self.nodes[n].suspended {
+                    self.report.suspensions += 1;
+                }
+                self.nodes[n].suspended = true;
+                OpResult::Ok
+            }
+            Op::ResumeIo => {
+                self.nodes[n].suspended = false;
+                OpResult::Ok
+            }
+            Op::ArmFreeze if self.sc.no_freeze => {
+                OpResult::Failed("bad request: unknown variant `freeze-on-disconnect`".into())
+            }
+            Op::ArmFreeze => {
+                self.nodes[n].freeze_armed = true;
+                OpResult::Ok
+            }
             // on-stop-failure stays "block" in the simulator.
             Op::RebootHook => OpResult::Ok,
+            Op::Outdate => {
+                let connected = self.connected;
+                let me = &mut self.nodes[n];
+                if connected || me.role == Role::Primary {
+                    OpResult::Failed("refused: connected or Primary".into())
+                } else {
+                    if matches!(me.disk, DiskState::UpToDate | DiskState::Consistent) {
+                        me.disk = DiskState::Outdated;
+                    }
+                    OpResult::Ok
+                }
+            }
             Op::Fence => {
                 self.report.fences += 1;
                 let code = if !self.nodes[other].repd_up {
@@ -957,7 +1184,15 @@ impl World {
                     self.push(now + lat, Ev::OpDone(n, g, op));
                 }
                 Action::Log { text, .. } => self.log(format!("{}: {text}", NAMES[n])),
-                Action::AskWitness(_) => {}
+                Action::AskWitness(req) => {
+                    if self.wlink_up[n]
+                        && self.witness.is_some()
+                        && !self.rng.gen_bool(self.sc.loss)
+                    {
+                        let d = self.rng.gen_range(0..=self.sc.max_delay);
+                        self.push(now + d, Ev::ToWitness { from: n, req });
+                    }
+                }
             }
         }
         let node = &mut self.nodes[n];
@@ -998,6 +1233,9 @@ impl World {
                 )));
             }
         }
+        if self.sc.witness {
+            return self.check_quorum();
+        }
         let both = self
             .nodes
             .iter()
@@ -1025,6 +1263,10 @@ impl World {
         } else {
             self.double_since = None;
         }
+        self.check_expect()
+    }
+
+    fn check_expect(&mut self) -> Result<(), Violation> {
         if let Some(e) = &self.expect {
             let s = &self.nodes[e.node];
             if s.role == Role::Primary && s.started.iter().all(|x| *x) {
@@ -1042,6 +1284,28 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// With a witness: never two nodes accepting writes, and note what a
+    /// node acknowledged alone.
+    fn check_quorum(&mut self) -> Result<(), Violation> {
+        let accepting = |n: &SimNode| n.repd_up && n.role == Role::Primary && !n.suspended;
+        // Without the freeze, only the agent suspends a Primary: a dead
+        // agent (and one that just restarted) cannot.
+        let exempt = self.sc.no_freeze && self.now < self.last_agent_dead + 2 * self.sc.deadtime;
+        if self.nodes.iter().all(accepting) && !exempt {
+            return Err(self.violation(
+                "two nodes accept writes at once although a witness is configured".into(),
+            ));
+        }
+        for n in 0..2 {
+            let connected = self.connected;
+            let node = &mut self.nodes[n];
+            if accepting(node) && !connected {
+                node.alone_gen = node.hist.last().copied();
+            }
+        }
+        self.check_expect()
     }
 
     fn final_check(&mut self) -> Result<(), Violation> {

@@ -40,6 +40,7 @@ const FLAG_REPD: u8 = 8;
 const FLAG_SUSPENDED: u8 = 16;
 const FLAG_FENCE_ME: u8 = 0x40;
 const FLAG_PING_LOST: u8 = 0x80;
+const FLAG_OUTDATE_REQ: u8 = 32;
 
 /// Why a datagram was dropped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -151,6 +152,9 @@ pub fn encode(key: &[u8], resource: &str, node: &str, beat: &Beat) -> Vec<u8> {
     }
     if beat.ping_lost {
         flags |= FLAG_PING_LOST;
+    }
+    if beat.outdate_request {
+        flags |= FLAG_OUTDATE_REQ;
     }
     v.push(flags);
     v.push(role_code(beat.role));
@@ -279,6 +283,7 @@ pub fn decode(key: &[u8], buf: &[u8]) -> Result<Packet, DecodeError> {
             suspended: flags & FLAG_SUSPENDED != 0,
             ping_lost: flags & FLAG_PING_LOST != 0,
             fence_me: flags & FLAG_FENCE_ME != 0,
+            outdate_request: flags & FLAG_OUTDATE_REQ != 0,
         },
     })
 }
@@ -304,6 +309,7 @@ mod tests {
             suspended: false,
             ping_lost: false,
             fence_me: true,
+            outdate_request: true,
         }
     }
 

@@ -415,6 +415,14 @@ impl WitnessCore {
         })
     }
 
+    /// Whether the witness counts `node` as a member (not remembered
+    /// Outdated, data not older than the other node's).
+    #[must_use]
+    pub fn counts(&self, node: &str) -> bool {
+        self.index(node)
+            .is_some_and(|i| self.not_member(i).is_none())
+    }
+
     /// Handle one authenticated request from `node`; `changed` tells the
     /// driver to persist [`WitnessCore::memory`] before answering.
     pub fn handle(&mut self, now: Millis, node: &str, req: &Request) -> (Outcome, bool) {

@@ -209,6 +209,7 @@ fn a_heartbeat_with_a_wrong_key_changes_nothing_and_is_counted() {
         suspended: false,
         ping_lost: false,
         fence_me: false,
+        outdate_request: false,
     };
     let wrong = cluster_agent::wire::encode(b"not-the-key", "r0", "beta", &forged);
     // Replayed: beta's own incarnation, an old sequence number, right key.

@@ -32,6 +32,8 @@ fn add(t: &mut SimReport, r: &SimReport) {
     t.bad_mac += r.bad_mac;
     t.replays += r.replays;
     t.failbacks += r.failbacks;
+    t.suspensions += r.suspensions;
+    t.witness_takeovers += r.witness_takeovers;
 }
 
 #[test]
@@ -60,6 +62,9 @@ fn seeds_cover_every_fault() {
     assert!(r.double_primary_windows >= 1, "{r:?}");
     assert!(r.bad_mac >= 5 && r.replays >= 5, "{r:?}");
     assert!(r.failbacks >= 1, "{r:?}");
+    // Witness scenarios: Primaries that lost quorum, takeovers it allowed.
+    assert!(r.suspensions >= 5, "{r:?}");
+    assert!(r.witness_takeovers >= 5, "{r:?}");
 }
 
 /// Replay one seed with a full trace: `AGENT_SIM_SEED=N ... replay -- --nocapture`.

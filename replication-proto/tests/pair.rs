@@ -664,3 +664,36 @@ fn an_outdated_node_refuses_primary_without_force() {
         p.s[1].node.status()
     );
 }
+
+#[test]
+fn an_armed_primary_freezes_when_the_peer_is_lost() {
+    use replication_proto::machine::SuspendMode;
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.up_and_synced();
+    p.admin(0, Admin::FreezeOnDisconnect { on: true }).unwrap();
+    assert!(p.s[0].node.status().freeze_on_disconnect);
+    let before = p.s[0].node.gens();
+    p.mute[1] = true;
+    submit_write(&mut p, 0, 1, 1);
+    p.tick(400);
+    assert_ne!(p.s[0].node.conn(), ConnState::Connected);
+    let st = p.s[0].node.status();
+    assert_eq!(st.suspended, Some(SuspendMode::Hold));
+    // The new generation is there before anything is acknowledged alone.
+    assert_ne!(st.gens.current, before.current);
+    assert_eq!(st.gens.bitmap, before.current);
+    assert!(!p.s[0].done.contains_key(&1), "acked while frozen");
+    submit_write(&mut p, 0, 2, 2);
+    assert!(!p.s[0].done.contains_key(&2));
+    p.admin(0, Admin::ResumeIo).unwrap();
+    assert_eq!(p.s[0].done.remove(&1), Some(Ok(None)));
+    assert_eq!(p.s[0].done.remove(&2), Some(Ok(None)));
+    // Disarmed (the default), a lost peer does not freeze.
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.up_and_synced();
+    p.mute[1] = true;
+    submit_write(&mut p, 0, 1, 1);
+    p.tick(400);
+    assert_eq!(p.s[0].node.status().suspended, None);
+    assert_eq!(p.s[0].done.remove(&1), Some(Ok(None)));
+}

@@ -23,6 +23,7 @@ use serde_json::Value;
 pub const NODES: [&str; 2] = ["alpha", "beta"];
 pub const KEY: &str = "test-heartbeat-key";
 pub const HB_PORT: u16 = 694;
+pub const WITNESS_PORT: u16 = 7790;
 
 /// The binaries under test: repd and repctl from the workspace (built
 /// here if needed, into the same target directory), and the agent.
@@ -92,7 +93,8 @@ pub fn ip(args: &[&str]) {
     );
 }
 
-/// Two namespaces joined by two veth pairs: `link` 0 and 1.
+/// Two namespaces joined by two veth pairs: `link` 0 and 1; optionally a
+/// third namespace, the witness's machine, with one veth pair to each node.
 #[derive(Debug)]
 pub struct Net {
     pub ns: [String; 2],
@@ -100,10 +102,29 @@ pub struct Net {
     pub ips: [[String; 2]; 2],
     /// `veth[link][node]`
     pub veth: [[String; 2]; 2],
+    pub witness: Option<WitnessNet>,
+}
+
+/// The witness's namespace: its address (on its loopback, routed to from
+/// both nodes) and the link to each node.
+#[derive(Debug)]
+pub struct WitnessNet {
+    pub ns: String,
+    pub addr: String,
+    /// The witness's end of the link to node i (the nodes' route to `addr`).
+    pub gw: [String; 2],
 }
 
 impl Net {
     pub fn new() -> Self {
+        Self::build(false)
+    }
+
+    pub fn with_witness() -> Self {
+        Self::build(true)
+    }
+
+    fn build(with_witness: bool) -> Self {
         require("ip", "iproute2");
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
         let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -162,7 +183,97 @@ impl Net {
                 ip(&["-n", &ns[i], "link", "set", &veth[l][i], "up"]);
             }
         }
-        Net { ns, ips, veth }
+        let witness = with_witness.then(|| {
+            let wns = format!("cag{pid}-{k}w");
+            let _ = Command::new("ip").args(["netns", "del", &wns]).output();
+            ip(&["netns", "add", &wns]);
+            ip(&["-n", &wns, "link", "set", "lo", "up"]);
+            let addr = format!("10.{third}.{}.1", 200 + k);
+            let mut gw = [String::new(), String::new()];
+            ip(&[
+                "-n",
+                &wns,
+                "addr",
+                "add",
+                &format!("{addr}/32"),
+                "dev",
+                "lo",
+            ]);
+            for i in 0..2 {
+                let net = format!("10.{third}.{}", 100 + 2 * k + i as u32);
+                let (a, b) = (v(2 + i as u32, "n"), v(2 + i as u32, "w"));
+                ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
+                ip(&["link", "set", &a, "netns", &ns[i]]);
+                ip(&["link", "set", &b, "netns", &wns]);
+                ip(&["-n", &ns[i], "link", "set", "dev", &a, "name", "wit"]);
+                let wname = format!("to-{}", NODES[i]);
+                ip(&["-n", &wns, "link", "set", "dev", &b, "name", &wname]);
+                ip(&[
+                    "-n",
+                    &ns[i],
+                    "addr",
+                    "add",
+                    &format!("{net}.1/24"),
+                    "dev",
+                    "wit",
+                ]);
+                ip(&[
+                    "-n",
+                    &wns,
+                    "addr",
+                    "add",
+                    &format!("{net}.2/24"),
+                    "dev",
+                    &wname,
+                ]);
+                ip(&["-n", &ns[i], "link", "set", "wit", "up"]);
+                ip(&["-n", &wns, "link", "set", &wname, "up"]);
+                gw[i] = format!("{net}.2");
+                ip(&[
+                    "-n",
+                    &ns[i],
+                    "route",
+                    "add",
+                    &format!("{addr}/32"),
+                    "via",
+                    &gw[i],
+                ]);
+            }
+            WitnessNet { ns: wns, addr, gw }
+        });
+        Net {
+            ns,
+            ips,
+            veth,
+            witness,
+        }
+    }
+
+    /// Take the link between node i and the witness down or up again.
+    pub fn witness_link(&self, i: usize, up: bool) {
+        let w = self.witness.as_ref().expect("a witness namespace");
+        let state = if up { "up" } else { "down" };
+        ip(&["-n", &self.ns[i], "link", "set", "wit", state]);
+        ip(&[
+            "-n",
+            &w.ns,
+            "link",
+            "set",
+            &format!("to-{}", NODES[i]),
+            state,
+        ]);
+        if up {
+            // The kernel dropped the route with the link.
+            ip(&[
+                "-n",
+                &self.ns[i],
+                "route",
+                "replace",
+                &format!("{}/32", w.addr),
+                "via",
+                &w.gw[i],
+            ]);
+        }
     }
 
     /// The service address the `ip` resource moves (on link 0's subnet).
@@ -197,7 +308,7 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        for n in &self.ns {
+        for n in self.ns.iter().chain(self.witness.as_ref().map(|w| &w.ns)) {
             let _ = Command::new("ip").args(["netns", "del", n]).output();
         }
     }
@@ -215,6 +326,10 @@ pub struct Opts {
     pub disk_mib: u64,
     /// A service IP (`ip` resource on link0) at the end of the chain.
     pub service_ip: bool,
+    /// A witness in a third namespace (`witness = ...` in the config).
+    pub witness: bool,
+    /// `on-no-quorum` (with a witness).
+    pub on_no_quorum: Option<&'static str>,
 }
 
 impl Default for Opts {
@@ -226,6 +341,8 @@ impl Default for Opts {
             deadtime_ms: 2000,
             disk_mib: 64,
             service_ip: true,
+            witness: false,
+            on_no_quorum: None,
         }
     }
 }
@@ -239,6 +356,7 @@ pub struct Cluster {
     pub nbd_port: u16,
     pub opts: Opts,
     pub agents: [Option<Child>; 2],
+    pub witness: Option<Child>,
 }
 
 /// Temp files on a real filesystem (O_DIRECT works there; /tmp may be tmpfs).
@@ -257,7 +375,11 @@ impl Cluster {
     pub fn new(opts: Opts) -> Self {
         let b = bins();
         require("nbdcopy", "libnbd-bin");
-        let net = Net::new();
+        let net = if opts.witness {
+            Net::with_witness()
+        } else {
+            Net::new()
+        };
         let dir = tempfile::Builder::new()
             .prefix("agent-test-")
             .tempdir_in(target_tmp())
@@ -309,6 +431,12 @@ impl Cluster {
         if let Some(p) = opts.preferred {
             t.push_str(&format!("preferred = \"{p}\"\n"));
         }
+        if let Some(w) = &net.witness {
+            t.push_str(&format!("witness = \"{}:{WITNESS_PORT}\"\n", w.addr));
+        }
+        if let Some(q) = opts.on_no_quorum {
+            t.push_str(&format!("on-no-quorum = \"{q}\"\n"));
+        }
         if opts.fence_code.is_some() {
             t.push_str(&format!(
                 "fence-command = \"{}\"\nfence-timeout-ms = 5000\n",
@@ -345,6 +473,7 @@ impl Cluster {
             nbd_port,
             opts,
             agents: [None, None],
+            witness: None,
             dir,
         };
         let _ = b;
@@ -444,6 +573,51 @@ impl Cluster {
         }
     }
 
+    /// Start the witness in its namespace (`cluster-agent --witness`).
+    pub fn start_witness(&mut self) {
+        let w = self.net.witness.as_ref().expect("a witness namespace");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("witness.log"))
+            .unwrap();
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &w.ns])
+            .arg(&bins().agent)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--witness")
+            .arg("--state-file")
+            .arg(self.path("witness.json"))
+            .env("REP_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.witness = Some(c.spawn().unwrap());
+        let t0 = Instant::now();
+        while !self.witness_log().contains("witness running") {
+            if let Some(Ok(Some(st))) = self.witness.as_mut().map(Child::try_wait) {
+                panic!("the witness exited ({st}):\n{}", self.witness_log());
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the witness does not start:\n{}",
+                self.witness_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn witness_log(&self) -> String {
+        std::fs::read_to_string(self.path("witness.log")).unwrap_or_default()
+    }
+
+    /// What the witness remembers (its state file).
+    pub fn witness_memory(&self) -> Value {
+        let t = std::fs::read_to_string(self.path("witness.json")).unwrap_or_default();
+        serde_json::from_str(&t).unwrap_or(Value::Null)
+    }
+
     pub fn agent_cmd(&self, i: usize, args: &[&str]) -> Output {
         Command::new(&bins().agent)
             .arg("--config")
@@ -493,6 +667,15 @@ impl Cluster {
                         v["role"], v["disk"], v["connection"], v["peer_disk"]
                     ))
                     .unwrap_or_else(|| "not running".into())
+            ));
+        }
+        if self.witness.is_some() {
+            let w = self.witness_log();
+            let lines: Vec<&str> = w.lines().collect();
+            s.push_str(&format!(
+                "==== witness log:\n{}\n==== witness memory: {}\n",
+                lines[lines.len().saturating_sub(30)..].join("\n"),
+                self.witness_memory()
             ));
         }
         s
@@ -647,7 +830,12 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for a in self.agents.iter_mut().flatten() {
+        for a in self
+            .agents
+            .iter_mut()
+            .chain(Some(&mut self.witness))
+            .flatten()
+        {
             let _ = a.kill();
             let _ = a.wait();
         }

@@ -293,6 +293,7 @@ pub struct Node {
 
     /// `SuspendIo`: what happens to new writes and flushes.
     suspended: Option<SuspendMode>,
+    freeze_on_disconnect: bool,
     /// Held while suspended: new requests, and completions of requests
     /// that were in flight when the suspension began (in order).
     held_in: VecDeque<Event>,
@@ -396,6 +397,7 @@ impl Node {
             // Unknown after a start: assume the worst.
             peer_has_my_current: true,
             suspended: None,
+            freeze_on_disconnect: false,
             held_in: VecDeque::new(),
             held_out: VecDeque::new(),
             cfg,
@@ -484,6 +486,7 @@ impl Node {
             gens: self.gens,
             flags: self.flags,
             suspended: self.suspended,
+            freeze_on_disconnect: self.freeze_on_disconnect,
             sync_remaining_bytes: remaining,
             sync_total_bytes: total,
             local_pending: self.io.len() as u64,
@@ -838,6 +841,10 @@ impl Node {
                 self.resume_io();
                 Ok(())
             }
+            Admin::FreezeOnDisconnect { on } => {
+                self.freeze_on_disconnect = on;
+                Ok(())
+            }
             Admin::Outdate => self.outdate(),
             Admin::Down => {
                 if self.role == Role::Primary {
@@ -1030,6 +1037,15 @@ impl Node {
         }
         tracing::info!(node = %self.cfg.node, state = ?self.conn, "connection lost: {why}");
         let was_decided = self.decided;
+        if self.freeze_on_disconnect
+            && was_decided
+            && self.role == Role::Primary
+            && self.suspended.is_none()
+        {
+            // Before the writes the peer did not confirm complete below.
+            tracing::warn!(node = %self.cfg.node, "peer lost: I/O frozen until resumed");
+            self.suspended = Some(SuspendMode::Hold);
+        }
         self.epoch += 1;
         self.decided = false;
         self.peer = None;

@@ -195,6 +195,14 @@ pub enum Admin {
     },
     /// Let held requests in (in their order) and deliver held completions.
     ResumeIo,
+    /// Armed, a Primary that loses its peer suspends (holds) I/O at once,
+    /// including the acknowledgements of the writes the peer did not
+    /// confirm, until `ResumeIo` (DRBD's `fencing resource-only` freeze): the
+    /// cluster agent resumes only once the witness knows the new data
+    /// generation, so a write acknowledged alone is never lost to a takeover.
+    FreezeOnDisconnect {
+        on: bool,
+    },
     /// Mark this node's data Outdated (drbdadm outdate): it then refuses
     /// `primary` without `--force`. Only on a Secondary that is not
     /// connected (connected, the peer keeps it in sync).
@@ -256,6 +264,8 @@ pub struct Status {
     pub flags: MetaFlags,
     /// New application writes are suspended (held or failed).
     pub suspended: Option<SuspendMode>,
+    /// `FreezeOnDisconnect` is armed.
+    pub freeze_on_disconnect: bool,
     /// Resync / verify progress: bytes still to go and total planned.
     pub sync_remaining_bytes: u64,
     pub sync_total_bytes: u64,

@@ -156,6 +156,23 @@ enum Command {
     SuspendIo(SuspendArgs),
     /// Let held writes in again after suspend-io
     ResumeIo,
+    /// Freeze a Primary's I/O when its peer is lost (DRBD's fencing resource-only)
+    #[command(
+        long_about = "With `on`, a Primary that loses its connection to the peer suspends \
+        I/O at once, the acknowledgements of writes the peer did not confirm included, until \
+        `repctl resume-io`: nothing is acknowledged by this node alone before whoever decides \
+        failovers (the cluster agent and its witness) knows it runs alone. `off` disarms it \
+        (the default: the Primary goes on alone, as DRBD without fencing). The cluster agent \
+        arms it when a witness is configured."
+    )]
+    FreezeOnDisconnect(FreezeArgs),
+}
+
+#[derive(Debug, Args)]
+struct FreezeArgs {
+    /// on | off
+    #[arg(value_parser = ["on", "off"])]
+    state: String,
 }
 
 #[derive(Debug, Args)]
@@ -312,6 +329,12 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Outdate => daemon::simple(cli, ControlCmd::Outdate),
         Command::SuspendIo(a) => daemon::simple(cli, ControlCmd::SuspendIo { fail: a.fail }),
         Command::ResumeIo => daemon::simple(cli, ControlCmd::ResumeIo),
+        Command::FreezeOnDisconnect(a) => daemon::simple(
+            cli,
+            ControlCmd::FreezeOnDisconnect {
+                on: a.state == "on",
+            },
+        ),
     }
 }
 

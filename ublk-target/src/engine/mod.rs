@@ -86,6 +86,10 @@ pub enum ControlCmd {
         fail: bool,
     },
     ResumeIo,
+    /// Arm (or disarm) the freeze of a Primary's I/O when its peer is lost.
+    FreezeOnDisconnect {
+        on: bool,
+    },
     /// drbdadm outdate: mark this (disconnected Secondary) node's data Outdated.
     Outdate,
 }
@@ -127,6 +131,8 @@ pub struct NodeStatus {
     /// New writes are held (`hold`) or failed (`fail`) after `suspend-io`.
     #[serde(default)]
     pub suspended: Option<SuspendMode>,
+    #[serde(default)]
+    pub freeze_on_disconnect: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -578,6 +584,7 @@ impl Runner {
                 },
             }),
             ControlCmd::ResumeIo => Some(Admin::ResumeIo),
+            ControlCmd::FreezeOnDisconnect { on } => Some(Admin::FreezeOnDisconnect { on: *on }),
             ControlCmd::Outdate => Some(Admin::Outdate),
         };
         let result = match admin {
@@ -741,6 +748,7 @@ impl Runner {
                 .unwrap_or(0),
             pid: std::process::id(),
             suspended: st.suspended,
+            freeze_on_disconnect: st.freeze_on_disconnect,
         }
     }
 }
