@@ -1438,7 +1438,10 @@ impl Core {
         let Some(b) = self.peer.latest.clone() else {
             return;
         };
-        if self.q.suspended && b.state.holds() && !b.suspended {
+        if self.q.suspended
+            && matches!(b.state, WireState::Acquiring | WireState::Holding)
+            && !b.suspended
+        {
             self.begin_release(
                 now,
                 format!(
@@ -1931,11 +1934,9 @@ impl Core {
         let primary = self.promoted || self.local.as_ref().is_some_and(|l| l.role == Role::Primary);
         let quorum = self.has_quorum(now);
         let peer_took_over = self.peer.alive == Some(true)
-            && self
-                .peer
-                .latest
-                .as_ref()
-                .is_some_and(|b| b.state.holds() && !b.suspended);
+            && self.peer.latest.as_ref().is_some_and(|b| {
+                matches!(b.state, WireState::Acquiring | WireState::Holding) && !b.suspended
+            });
         // A repd that lost its peer froze itself: it runs alone from now
         // on, so it may resume only once the witness has acknowledged its
         // new data generation (the witness then refuses the peer's takeover).
