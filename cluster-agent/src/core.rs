@@ -25,6 +25,21 @@
 //!   (peer unreachable) or 7 (peer fenced); anything else leaves it
 //!   Secondary, says why, and retries after `deadtime`. Without a fence
 //!   command it promotes on deadtime alone, as heartbeat does, and says so.
+//! - **Quorum (with a witness).** Votes are leases: the peer's
+//!   acknowledgement of a heartbeat, or the witness's answer to a request,
+//!   counts for deadtime / 2 from the moment *we sent* it; the other side
+//!   acts only after a whole deadtime of silence. A Primary with fewer than
+//!   two votes of three suspends new writes at once (beside the chain's
+//!   operations) and resumes when quorum is back, unless the peer took over
+//!   (then it releases). A dead peer is replaced only with the witness's
+//!   vote; a node not connected to the peer's repd is eligible only on a
+//!   recent answer of the witness counting it (its data is not older than
+//!   what the witness saw). repd is armed to freeze on disconnect, and a
+//!   frozen Primary writes on alone only once the witness acknowledged its
+//!   new data generation.
+//! - **outdate-peer.** Holding or claiming while our repd is not connected
+//!   to the peer's: the heartbeats ask the peer to mark its disk Outdated;
+//!   a claim waits for that (the peer's disk Outdated in its heartbeats).
 //! - **Chain.** After the promotion the resources start left to right; before
 //!   the demotion they stop right to left. A failed start stops what was
 //!   started (the failed one too), demotes, and keeps this node from taking
@@ -1534,7 +1549,10 @@ impl Core {
         let Some(b) = self.peer.latest.clone() else {
             return;
         };
-        if self.q.suspended && b.state.holds() && !b.suspended {
+        if self.q.suspended
+            && matches!(b.state, WireState::Acquiring | WireState::Holding)
+            && !b.suspended
+        {
             self.begin_release(
                 now,
                 format!(
@@ -2040,11 +2058,9 @@ impl Core {
         let primary = self.promoted || self.local.as_ref().is_some_and(|l| l.role == Role::Primary);
         let quorum = self.has_quorum(now);
         let peer_took_over = self.peer.alive == Some(true)
-            && self
-                .peer
-                .latest
-                .as_ref()
-                .is_some_and(|b| b.state.holds() && !b.suspended);
+            && self.peer.latest.as_ref().is_some_and(|b| {
+                matches!(b.state, WireState::Acquiring | WireState::Holding) && !b.suspended
+            });
         // A repd that lost its peer froze itself: it runs alone from now
         // on, so it may resume only once the witness has acknowledged its
         // new data generation (the witness then refuses the peer's takeover).

@@ -25,8 +25,11 @@ use ublk_target::control::DEFAULT_RUN_DIR;
                   [[cluster.resource]] entries on top of it, started left to right after the promotion and \
                   stopped right to left before the demotion. A peer silent on every path for deadtime-ms is \
                   dead; it is fenced with fence-command (if configured) before this node promotes.\n\n\
-                  `cluster-agent status` shows members, paths, who holds what, the last transitions and why \
-                  the agent did or did not promote.\n\n\
+                  `cluster-agent status` shows members, paths, quorum, who holds what, the last transitions \
+                  and why the agent did or did not promote.\n\n\
+                  With `witness = \"IP:PORT\"` in [cluster], `cluster-agent --witness` on a third machine \
+                  votes: a Primary that hears neither its peer nor the witness suspends its writes before \
+                  the peer may take over with the witness's vote.\n\n\
                   See cluster-agent/examples/r0-cluster.toml for the [cluster] table."
 )]
 struct Cli {

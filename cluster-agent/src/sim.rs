@@ -816,7 +816,9 @@ impl World {
                 self.sc.max_fence
             };
             if self.sc.witness {
-                fence += self.sc.keepalive + 4 * self.sc.max_delay + 2;
+                // Each lost request or answer costs a keepalive.
+                let rounds = if self.sc.loss > 0.0 { 10 } else { 1 };
+                fence += rounds * self.sc.keepalive + 4 * self.sc.max_delay + 2;
             }
             // Heartbeats already in flight when it died count as heard.
             let deadline = self.now
@@ -1020,6 +1022,9 @@ impl World {
                     me.disk = DiskState::UpToDate;
                     if !connected {
                         me.hist.push(id);
+                        if me.freeze_armed {
+                            me.suspended = true;
+                        }
                     }
                     self.report.promotions += 1;
                     OpResult::Ok

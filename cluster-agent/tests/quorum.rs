@@ -273,9 +273,12 @@ fn a_primary_that_lost_its_peer_writes_on_only_once_the_witness_knows_and_the_st
         cut.elapsed().as_millis()
     );
 
+    // Meanwhile path 1 carried alpha's outdate-peer request: beta's disk
+    // is Outdated.
+    c.wait_repd(1, "beta Outdated", 10, |s| s["disk"] == "Outdated");
     // Now alpha is cut off from everything. beta's data is older than what
-    // the witness saw of alpha: it must not take over (alpha's writes made
-    // alone would be lost).
+    // the witness saw of alpha (and Outdated): it must not take over
+    // (alpha's writes made alone would be lost).
     c.net.link(1, false);
     c.net.witness_link(0, false);
     c.wait_agent(0, "alpha suspended", 10, |s| {
@@ -285,7 +288,7 @@ fn a_primary_that_lost_its_peer_writes_on_only_once_the_witness_knows_and_the_st
         s["peer"]["alive"] == false
             && s["quorum"]["witness_says"]
                 .as_str()
-                .is_some_and(|w| w.contains("older"))
+                .is_some_and(|w| w.contains("older") || w.contains("Outdated"))
     });
     std::thread::sleep(Duration::from_millis(3000));
     let sb2 = c.agent_status(1).unwrap();
@@ -293,9 +296,12 @@ fn a_primary_that_lost_its_peer_writes_on_only_once_the_witness_knows_and_the_st
     assert_eq!(sb2["state"], "Idle", "{}", c.debug());
     let decision = sb2["decision"].as_str().unwrap_or_default();
     assert!(
-        decision.contains("no quorum") && decision.contains("older"),
+        decision.contains("no quorum") && decision.contains("the witness"),
         "{decision}\n{sb}"
     );
+    // The witness saw alpha's newer generation before alpha wrote alone.
+    let events = sb["events"].to_string();
+    assert!(events.contains("is older than alpha"), "{events}");
     assert_eq!(c.repd_status(1).unwrap()["role"], "Secondary");
     drop(wa);
 }
@@ -356,4 +362,41 @@ fn a_short_loss_of_quorum_holds_writes_and_resumes_them() {
     assert_eq!(sa["state"], "Holding", "{}", c.debug());
     assert!(c.agent_log(0).contains("quorum back: writes resumed"));
     drop(wa);
+}
+
+/// The repd verbs the agent uses, by hand: `repctl suspend-io [--fail]`
+/// and `resume-io`, seen by an NBD client.
+#[test]
+fn repctl_suspend_io_holds_or_fails_writes_and_resume_io_lets_them_in() {
+    let mut c = Cluster::new(Opts {
+        service_ip: false,
+        ..Opts::default()
+    });
+    c.prepare(true);
+    let file = random_file(c.dir.path(), "block", 4096, 13);
+    assert!(c.nbd_write(0, &file).status.success());
+    c.repctl_ok(0, &["suspend-io"]);
+    let out = c.repctl_ok(0, &["status"]);
+    assert!(out.contains("I/O SUSPENDED"), "{out}");
+    let wa = Writer::start(&c.net.ns[0], c.nbd_uri(0), file.clone());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(wa.count(), 0, "a write was acknowledged while suspended");
+    c.repctl_ok(0, &["resume-io"]);
+    wait_for(
+        "the held write to complete",
+        10,
+        || wa.count() >= 3,
+        || c.debug(),
+    );
+    drop(wa);
+    c.repctl_ok(0, &["suspend-io", "--fail"]);
+    assert_eq!(c.repd_status(0).unwrap()["suspended"], "fail");
+    let o = c.nbd_write(0, &file);
+    assert!(!o.status.success(), "a write succeeded in io-error mode");
+    c.repctl_ok(0, &["resume-io"]);
+    assert!(c.nbd_write(0, &file).status.success());
+    assert_eq!(
+        c.repd_status(0).unwrap()["suspended"],
+        serde_json::Value::Null
+    );
 }

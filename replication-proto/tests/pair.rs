@@ -688,6 +688,14 @@ fn an_armed_primary_freezes_when_the_peer_is_lost() {
     p.admin(0, Admin::ResumeIo).unwrap();
     assert_eq!(p.s[0].done.remove(&1), Some(Ok(None)));
     assert_eq!(p.s[0].done.remove(&2), Some(Ok(None)));
+    // Promoted without the peer: frozen from the start.
+    let mut q = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    q.up_and_synced();
+    q.admin(1, Admin::FreezeOnDisconnect { on: true }).unwrap();
+    q.admin(0, Admin::Secondary).unwrap();
+    q.admin(1, Admin::Disconnect).unwrap();
+    q.admin(1, Admin::Primary { force: false }).unwrap();
+    assert_eq!(q.s[1].node.status().suspended, Some(SuspendMode::Hold));
     // Disarmed (the default), a lost peer does not freeze.
     let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
     p.up_and_synced();

@@ -927,6 +927,10 @@ impl Node {
             )
         {
             self.rotate_for_disconnected_writes();
+            if self.freeze_on_disconnect && self.suspended.is_none() {
+                // Promoted alone: the same as losing the peer while Primary.
+                self.suspended = Some(SuspendMode::Hold);
+            }
         }
         self.persist_super(true);
         if self.decided {

@@ -195,7 +195,8 @@ pub enum Admin {
     },
     /// Let held requests in (in their order) and deliver held completions.
     ResumeIo,
-    /// Armed, a Primary that loses its peer suspends (holds) I/O at once,
+    /// Armed, a Primary that loses its peer (or is promoted without one)
+    /// suspends (holds) I/O at once,
     /// including the acknowledgements of the writes the peer did not
     /// confirm, until `ResumeIo` (DRBD's `fencing resource-only` freeze): the
     /// cluster agent resumes only once the witness knows the new data
