@@ -329,6 +329,11 @@ pub struct OpsConfig {
     /// How long a node that handed the resources over leaves them to the
     /// peer before it may claim them again (if the peer never took them).
     pub handover_grace: Millis,
+    /// How long a holder that lost its ping nodes waits before it hands
+    /// over, so that a peer that lost them at the same time (the ping node
+    /// itself went down) has said so in its heartbeat: one ping interval
+    /// plus two keepalives.
+    pub ping_settle: Millis,
 }
 
 /// What the ping nodes answered (`[cluster] ping-nodes`).
@@ -565,6 +570,8 @@ pub struct Core {
     /// A switchover moved the resources away: no auto-failback request.
     no_failback: bool,
     ping: Option<PingView>,
+    /// Since when no ping node answers.
+    ping_lost_since: Option<Millis>,
     /// The stop-failure escalation ran for the current failure.
     escalated: bool,
     /// The running fence answers the peer's own request (its stop failed).
@@ -617,6 +624,7 @@ impl Core {
             yield_until: None,
             no_failback: false,
             ping: None,
+            ping_lost_since: None,
             escalated: false,
             fencing_on_request: false,
             decision: "starting".into(),
@@ -697,6 +705,9 @@ impl Core {
         }
         if let Some(y) = self.yield_until {
             at(y);
+        }
+        if let Some(p) = self.ping_lost_since {
+            at(p.saturating_add(self.cfg.ops.ping_settle));
         }
         if let Some(c) = self.cooldown_until {
             at(c);
@@ -2176,6 +2187,11 @@ impl Core {
         let was = self.ping_lost();
         self.ping = view;
         let lost = self.ping_lost();
+        if !lost {
+            self.ping_lost_since = None;
+        } else if self.ping_lost_since.is_none() {
+            self.ping_lost_since = Some(now);
+        }
         if was != lost {
             let text = match view {
                 Some(p) if lost => format!(
@@ -2238,6 +2254,16 @@ impl Core {
             return false;
         }
         let peer = self.cfg.peer.clone();
+        let settled = self
+            .ping_lost_since
+            .is_some_and(|t| now >= t.saturating_add(self.cfg.ops.ping_settle));
+        if !settled {
+            self.decision = format!(
+                "none of the ping nodes answers: waiting {} ms to see whether {peer} lost them too",
+                self.cfg.ops.ping_settle
+            );
+            return false;
+        }
         if b.state == WireState::Idle
             && !b.ping_lost
             && b.repd_up

@@ -84,6 +84,7 @@ pub fn core_config(cfg: &AgentConfig) -> CoreConfig {
         ops: OpsConfig {
             on_stop_failure: c.ops.on_stop_failure,
             handover_grace: ms(c.deadtime).saturating_mul(5),
+            ping_settle: ms(c.ops.ping_interval).saturating_add(ms(c.keepalive).saturating_mul(2)),
         },
     }
 }
