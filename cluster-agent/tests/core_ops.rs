@@ -56,6 +56,8 @@ fn config(
         auto_failback,
         preferred: Some("alpha".into()),
         failure_timeout: 10_000,
+        witness: false,
+        no_quorum_fail: false,
         ops: OpsConfig {
             on_stop_failure,
             handover_grace: 5 * DEAD,
@@ -100,6 +102,9 @@ impl Pair {
             } else {
                 DiskState::DUnknown
             },
+            gens: Default::default(),
+            suspended: false,
+            freeze_armed: false,
         }
     }
 
@@ -146,6 +151,12 @@ impl Pair {
                 self.reboot_hooks[i] += 1;
                 OpResult::Ok
             }
+            // Without a witness the core never asks for these.
+            Op::SuspendIo { .. } | Op::ResumeIo | Op::ArmFreeze => {
+                panic!("{} asked for {op:?} without a witness", NAMES[i])
+            }
+            // The repds here are always connected when the agents talk.
+            Op::Outdate => OpResult::Failed("refused: connected".into()),
         }
     }
 
@@ -168,6 +179,7 @@ impl Pair {
                         queue.push_back((n, Input::Done { op, result }));
                     }
                     Action::Log { .. } => {}
+                    Action::AskWitness(_) => panic!("no witness is configured"),
                 }
             }
         }
