@@ -154,9 +154,21 @@ fn isolated_primary_suspends_before_the_witness_lets_the_peer_take_over() {
         || wb.count() >= 3,
         || c.debug(),
     );
+    let asked = Instant::now();
     let sa = c.wait_agent(0, "alpha suspended without quorum", 5, |s| {
         s["quorum"]["io_suspended"] == true
     });
+    // When the agent saw quorum go (its clock, mapped onto ours).
+    let lost = sa["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|e| e["what"].as_str().unwrap_or("").starts_with("quorum lost"))
+        .map(|e| {
+            let ago = sa["uptime_ms"].as_u64().unwrap() - e["at"].as_u64().unwrap();
+            asked.checked_sub(Duration::from_millis(ago)).unwrap()
+        });
     assert_eq!(sa["quorum"]["has_quorum"], false, "{sa}");
     assert_eq!(sa["quorum"]["witness_reachable"], false, "{sa}");
     let repd_a = c.repd_status(0).unwrap();
@@ -175,6 +187,13 @@ fn isolated_primary_suspends_before_the_witness_lets_the_peer_take_over() {
         acks_b.len(),
         first_b.saturating_duration_since(cut).as_millis(),
     );
+    if let Some(l) = lost {
+        eprintln!(
+            "alpha's agent saw quorum lost {} ms after the cut (deadtime 2000 ms)",
+            l.saturating_duration_since(cut).as_millis()
+        );
+        assert!(l < first_b, "beta acked a write before alpha lost quorum");
+    }
     assert!(
         last_a < first_b,
         "alpha acked a write {} ms after beta's first: two nodes accepted writes at once\n{}",
