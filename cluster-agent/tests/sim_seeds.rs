@@ -32,6 +32,7 @@ fn add(t: &mut SimReport, r: &SimReport) {
     t.bad_mac += r.bad_mac;
     t.replays += r.replays;
     t.failbacks += r.failbacks;
+    t.switchovers += r.switchovers;
 }
 
 #[test]
@@ -60,6 +61,7 @@ fn seeds_cover_every_fault() {
     assert!(r.double_primary_windows >= 1, "{r:?}");
     assert!(r.bad_mac >= 5 && r.replays >= 5, "{r:?}");
     assert!(r.failbacks >= 1, "{r:?}");
+    assert!(r.switchovers >= 3, "{r:?}");
 }
 
 /// Replay one seed with a full trace: `AGENT_SIM_SEED=N ... replay -- --nocapture`.
