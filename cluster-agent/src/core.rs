@@ -2215,6 +2215,13 @@ impl Core {
         self.event(now, warn, what);
     }
 
+    /// A switchover moved the resources away from this node, which does not
+    /// ask for them back (auto-failback) until it holds them again.
+    #[must_use]
+    pub fn switched_away(&self) -> bool {
+        self.no_failback
+    }
+
     fn ping_lost(&self) -> bool {
         self.ping
             .is_some_and(|p| p.configured > 0 && p.reachable == 0)

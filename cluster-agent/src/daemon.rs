@@ -139,6 +139,24 @@ pub fn run(opts: &Options) -> Result<(), String> {
         .map_err(|e| format!("cannot block signals: {e}"))?;
 
     let cfg = AgentConfig::load(&opts.config, opts.node.as_deref()).map_err(|e| e.to_string())?;
+    if !cfg.cluster.ops.ping_nodes.is_empty() {
+        // Without the program every probe would fail and the node would give
+        // up its role for want of a tool: refuse to start instead.
+        let found = std::process::Command::new("ping")
+            .arg("-V")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            return Err(
+                "ping-nodes is set, but the `ping` program is not installed or does not run \
+                 (apt-get install iputils-ping)"
+                    .into(),
+            );
+        }
+    }
     let resource = cfg.resource.resource.name.clone();
     let span = tracing::info_span!("agent", resource = %resource, node = %cfg.me);
     let _g = span.enter();

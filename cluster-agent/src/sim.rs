@@ -168,6 +168,8 @@ pub struct SimReport {
     pub suspensions: u64,
     /// Promotions of a disconnected node with the witness's word.
     pub witness_takeovers: u64,
+    /// Planned switchovers the holder accepted.
+    pub switchovers: u64,
 }
 
 /// A broken invariant, with the end of the trace.
@@ -218,6 +220,8 @@ enum Fault {
     WitnessLink(usize, bool),
     WitnessCrash,
     WitnessRestart,
+    /// `cluster-agent switchover` asked on node n (refused unless it holds).
+    Switchover(usize),
 }
 
 #[derive(Debug, Clone)]
@@ -438,7 +442,12 @@ impl World {
             auto_failback: self.sc.auto_failback,
             preferred: self.sc.preferred.map(|p| NAMES[p].to_string()),
             failure_timeout: self.sc.failure_timeout,
-            ops: crate::core::OpsConfig::default(),
+            // As the daemon sets them; on-stop-failure stays "block".
+            ops: crate::core::OpsConfig {
+                handover_grace: self.sc.deadtime * 5,
+                ping_settle: self.sc.keepalive * 2 + 1000,
+                ..crate::core::OpsConfig::default()
+            },
             witness: self.sc.witness,
             no_quorum_fail: self.sc.no_quorum_fail,
         }
@@ -513,9 +522,13 @@ impl World {
                     let n = self.rng.gen_range(0..2);
                     self.push(t, Ev::Fault(Fault::Forge(n)));
                 }
-                _ => {
+                92..=95 => {
                     let n = self.rng.gen_range(0..2);
                     self.push(t, Ev::Fault(Fault::Replay(n)));
+                }
+                _ => {
+                    let n = self.rng.gen_range(0..2);
+                    self.push(t, Ev::Fault(Fault::Switchover(n)));
                 }
             }
             if self.sc.witness {
@@ -772,6 +785,17 @@ impl World {
                 if !old.is_empty() && self.nodes[n].agent.is_some() {
                     let (path, beat) = old[self.rng.gen_range(0..old.len())].clone();
                     self.feed(n, Input::Beat { path, beat })?;
+                }
+            }
+            Fault::Switchover(n) => {
+                let now = self.now;
+                if let Some(agent) = self.nodes[n].agent.as_mut() {
+                    match agent.request_switchover(now) {
+                        Ok(_) => self.report.switchovers += 1,
+                        Err(e) => self.log(format!("{}: switchover refused: {e}", NAMES[n])),
+                    }
+                    // Carry out what it started.
+                    self.feed(n, Input::Tick)?;
                 }
             }
         }
@@ -1353,7 +1377,17 @@ impl World {
         }
         if self.sc.auto_failback {
             if let Some(p) = self.sc.preferred {
-                if self.nodes[p].disk == DiskState::UpToDate && h != p && !self.split_brain {
+                // A switchover away from the preferred node is the operator's
+                // choice: it does not ask for the resources back.
+                let waived = self.nodes[p]
+                    .agent
+                    .as_ref()
+                    .is_some_and(Core::switched_away);
+                if self.nodes[p].disk == DiskState::UpToDate
+                    && h != p
+                    && !self.split_brain
+                    && !waived
+                {
                     return Err(self.violation(format!(
                         "auto-failback is on but {} holds instead of the preferred {}",
                         NAMES[h], NAMES[p]

@@ -34,6 +34,7 @@ fn add(t: &mut SimReport, r: &SimReport) {
     t.failbacks += r.failbacks;
     t.suspensions += r.suspensions;
     t.witness_takeovers += r.witness_takeovers;
+    t.switchovers += r.switchovers;
 }
 
 #[test]
@@ -65,6 +66,7 @@ fn seeds_cover_every_fault() {
     // Witness scenarios: Primaries that lost quorum, takeovers it allowed.
     assert!(r.suspensions >= 5, "{r:?}");
     assert!(r.witness_takeovers >= 5, "{r:?}");
+    assert!(r.switchovers >= 3, "{r:?}");
 }
 
 /// Replay one seed with a full trace: `AGENT_SIM_SEED=N ... replay -- --nocapture`.

@@ -537,12 +537,12 @@ fn run(cli: &Cli) -> Result<(), String> {
         }
         let (holding, serving) = (holding.unwrap_or_default(), serving.unwrap_or_default());
         println!(
-            "run {run}: kill -9 of {} -> {} Holding after {} ms, NBD write ok after {} ms; failover {} ms",
+            "run {run}: kill -9 of {} -> {} Holding after {:.0} ms, NBD write ok after {:.0} ms; failover {:.0} ms",
             NODES.get(holder).copied().unwrap_or_default(),
             NODES.get(survivor).copied().unwrap_or_default(),
-            holding.as_millis(),
-            serving.as_millis(),
-            holding.max(serving).as_millis()
+            holding.as_secs_f64() * 1000.0,
+            serving.as_secs_f64() * 1000.0,
+            holding.max(serving).as_secs_f64() * 1000.0
         );
         samples.push(Sample {
             holder,
