@@ -508,6 +508,8 @@ struct Quorum {
     witness_peer_silent: Option<u64>,
     /// The highest request seq answered (older answers are replays).
     w_answered: u64,
+    /// The witness remembers the peer Outdated (last member answer).
+    witness_peer_outdated: bool,
     /// A takeover vote valid until.
     vote_until: Option<Millis>,
     /// Ask the witness for its vote in the next requests.
@@ -1205,6 +1207,7 @@ impl Core {
             )
         };
         self.fence_outdated_peer
+            || (self.cfg.witness && self.q.witness_peer_outdated)
             || self
                 .local
                 .as_ref()
@@ -1280,6 +1283,9 @@ impl Core {
                 .local
                 .as_ref()
                 .is_some_and(|l| l.disk == DiskState::UpToDate)
+            // The witness does not count it (Outdated, older data): asking
+            // would only keep the other node from taking the resources.
+            && !(self.cfg.witness && self.q.witness_member == Some(false))
     }
 
     fn decide_idle(&mut self, now: Millis) {
@@ -2004,6 +2010,7 @@ impl Core {
         self.q.witness_member = Some(r.member);
         self.q.witness_says = (!r.reason.is_empty()).then(|| r.reason.clone());
         self.q.witness_peer_silent = r.peer_silent_ms;
+        self.q.witness_peer_outdated = r.member && r.peer_outdated;
         if r.member {
             self.q.witness_until = self.q.witness_until.max(t + self.lease());
             self.q.member_seq = seq;

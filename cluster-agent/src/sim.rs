@@ -1352,9 +1352,18 @@ impl World {
             return Ok(());
         }
         if holders.len() != 1 {
+            let why: Vec<String> = (0..2)
+                .filter_map(|n| {
+                    self.nodes[n]
+                        .agent
+                        .as_ref()
+                        .map(|a| format!("{}: {}", NAMES[n], a.status(self.now).decision))
+                })
+                .collect();
             return Err(self.violation(format!(
-                "after the heal {} nodes are Primary (want exactly one)",
-                holders.len()
+                "after the heal {} nodes are Primary (want exactly one); {}",
+                holders.len(),
+                why.join("; ")
             )));
         }
         let h = holders[0];

@@ -59,6 +59,7 @@ const RQ_REPD: u8 = 4;
 
 const RP_MEMBER: u8 = 1;
 const RP_VOTE: u8 = 2;
+const RP_PEER_OUTDATED: u8 = 4;
 
 /// A node's question to the witness.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +86,9 @@ pub struct Reply {
     pub echo: (u64, u64),
     pub member: bool,
     pub vote: bool,
+    /// The witness remembers the asker's peer Outdated (or its data older):
+    /// the asker may promote a merely Consistent disk.
+    pub peer_outdated: bool,
     /// How long the witness has not heard the asker's peer (`None`: never).
     pub peer_silent_ms: Option<u64>,
     /// Why not a member, or why the vote was refused (empty when all is well).
@@ -168,6 +172,9 @@ pub fn encode_reply(key: &[u8], resource: &str, node: &str, r: &Reply) -> Vec<u8
     }
     if r.vote {
         flags |= RP_VOTE;
+    }
+    if r.peer_outdated {
+        flags |= RP_PEER_OUTDATED;
     }
     v.push(flags);
     v.extend_from_slice(&[0, 0, 0, 0, 0]);
@@ -291,6 +298,7 @@ pub fn decode_reply(key: &[u8], buf: &[u8]) -> Result<Packet<Reply>, DecodeError
             echo,
             member: flags & RP_MEMBER != 0,
             vote: flags & RP_VOTE != 0,
+            peer_outdated: flags & RP_PEER_OUTDATED != 0,
             peer_silent_ms: (silent != u64::MAX).then_some(silent),
             reason,
         },
@@ -504,12 +512,14 @@ impl WitnessCore {
             }
         }
         let member = not_member.is_none();
+        let peer_outdated = self.not_member(1 - i).is_some();
         (
             Outcome::Reply(Reply {
                 witness_incarnation: self.incarnation,
                 echo: (req.incarnation, req.seq),
                 member,
                 vote,
+                peer_outdated,
                 peer_silent_ms: peer_silent,
                 reason,
             }),
@@ -809,6 +819,7 @@ mod tests {
             echo: (7, 3),
             member: true,
             vote: false,
+            peer_outdated: true,
             peer_silent_ms: None,
             reason: "é".repeat(300),
         };
@@ -816,6 +827,7 @@ mod tests {
         let d = decode_reply(b"k", &p).unwrap();
         assert_eq!(d.body.echo, (7, 3));
         assert!(d.body.member && !d.body.vote && d.body.peer_silent_ms.is_none());
+        assert!(d.body.peer_outdated);
         assert!(d.body.reason.len() <= 255 && d.body.reason.starts_with('é'));
         for i in 4..p.len() {
             let mut q = p.clone();
@@ -865,6 +877,8 @@ mod tests {
         let (o, changed) = w.handle(1010, "beta", &b);
         let r = reply(o);
         assert!(r.vote && changed, "{r:?}");
+        b.seq = 3;
+        assert!(reply(w.handle(1020, "beta", &b).0).peer_outdated);
         // alpha comes back: remembered Outdated, not a member, no vote.
         let mut a = req(2, 0x10);
         a.want_vote = true;
