@@ -477,7 +477,8 @@ mod daemon {
         if let Some(pid) = st.status.as_ref().map(|s| s.pid) {
             if let Some(why) = held_open(me.device, pid) {
                 return Err(Failure(format!(
-                    "{}: Device is held open by someone: {why}; unmount or close it, then                      `repctl down` again (the node stays up)",
+                    "{}: Device is held open by someone: {why}; unmount or close it, then \
+                     `repctl down` again (the node stays up)",
                     cfg.resource.name
                 )));
             }

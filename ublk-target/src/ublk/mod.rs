@@ -191,6 +191,66 @@ pub fn prepare_daemon() {
     }
     PRIVATE_MOUNTS.store(true, Ordering::Release);
     tracing::debug!("running in a private mount namespace");
+    detach_ublk_mounts();
+}
+
+/// The private namespace starts as a copy of the caller's, with every
+/// filesystem mounted there, also those on ublk devices (one on a device a
+/// dead repd left, say). A copy held here would keep that filesystem, and so
+/// its device and device id, alive as long as repd runs, whatever its users
+/// unmount: detach them (here only; repd never uses them).
+fn detach_ublk_mounts() {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    // Innermost first: the last mounts were made last.
+    for at in ublk_mount_points(&text).into_iter().rev() {
+        match nix::mount::umount2(at.as_str(), nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) => tracing::debug!("detached {at} (a ublk device) from repd's mount namespace"),
+            Err(e) => tracing::warn!(
+                "cannot detach {at} (on a ublk device) from repd's mount namespace: {e}"
+            ),
+        }
+    }
+}
+
+/// The mount points of filesystems on `/dev/ublkb*` in a mountinfo text.
+fn ublk_mount_points(mountinfo: &str) -> Vec<String> {
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (head, tail) = l.split_once(" - ")?;
+            let source = tail.split(' ').nth(1)?;
+            let at = head.split(' ').nth(4)?;
+            source
+                .starts_with("/dev/ublkb")
+                .then(|| unescape_mountinfo(at))
+        })
+        .collect()
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| b.get(i) == Some(&b'\\') && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                let v = d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
+                out.push(u8::try_from(v).unwrap_or(b'?'));
+                i += 4;
+            }
+            None => {
+                out.push(b.get(i).copied().unwrap_or(b'?'));
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// How often [`manage`] looks at the role.
@@ -353,6 +413,7 @@ pub fn manage_with(
         };
         match (dev.as_ref(), primary) {
             (None, true) if Instant::now() >= retry_at => {
+                tracing::debug!("Primary: setting up {}", device_path(dev_id).display());
                 match UblkDevice::start(dev_id, backend.clone(), opts.clone()) {
                     Ok(d) => {
                         served().insert(dev_id);
@@ -547,6 +608,16 @@ mod tests {
             bitmap: 0,
         };
         assert!(!foreign.continues(0xA));
+    }
+
+    #[test]
+    fn finds_ublk_mounts_to_detach() {
+        let mi = "22 1 0:21 / /proc rw,nosuid - proc proc rw\n\
+                  97 29 259:3 / /run/x rw,relatime shared:50 - ext4 /dev/ublkb0 rw\n\
+                  98 29 259:4 / /run/a\\040b rw - xfs /dev/ublkb12 rw\n\
+                  99 29 8:1 / /data rw - ext4 /dev/sda1 rw\n";
+        assert_eq!(ublk_mount_points(mi), vec!["/run/x", "/run/a b"]);
+        assert!(ublk_mount_points("garbage line\n").is_empty());
     }
 
     #[test]
