@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The guest side of `vm-bench` (bench/src/bin/vm-bench.rs): runs INSIDE the VM,
-# as root, and measures four block devices one after the other in this boot:
+# as root, and measures five block devices one after the other in this boot:
 #
 #   ours        /dev/ublkb0 of two repd (alpha Primary, beta Secondary) on
 #               127.0.0.1, protocol C, Connected UpToDate/UpToDate
 #   rublk-loop  rublk's loop target (O_DIRECT on its file), same queue count,
 #               depth and request size as ours
+#   ours-standalone  /dev/ublkb2 of one repd, Primary, disconnected (no peer):
+#               the ublk frontend and engine alone, to tell their cost from
+#               the replication's
 #   kloop       the kernel loop device, losetup --direct-io=on
 #   drbd        in-kernel DRBD 8.4 (modprobe drbd), protocol C, two minors
 #               connected over 127.0.0.1, each on a direct-io loop device
@@ -20,7 +23,7 @@
 # Results: $VM_WORK/vm-bench/<target>.<workload>.json (fio JSON), and
 # <target>.error when a target could not be set up (the others still run).
 # Environment: REP_BIN (repd, repctl), VM_WORK, VM_SCRATCH, VMB_SIZE (256M),
-# VMB_RUNTIME (10), VMB_RAMP (2), VMB_TARGETS ("ours rublk-loop kloop drbd").
+# VMB_RUNTIME (10), VMB_RAMP (2), VMB_TARGETS ("ours ours-standalone rublk-loop kloop drbd").
 set -u
 
 OUT=${VM_WORK:?}/vm-bench
@@ -29,7 +32,7 @@ RUN=/run/vm-bench/run
 SIZE=${VMB_SIZE:-256M}
 RUNTIME=${VMB_RUNTIME:-10}
 RAMP=${VMB_RAMP:-2}
-TARGETS=${VMB_TARGETS:-ours rublk-loop kloop drbd}
+TARGETS=${VMB_TARGETS:-ours ours-standalone rublk-loop kloop drbd}
 DRBDSETUP=/lib/drbd/drbdsetup-84
 mkdir -p "$OUT" "$SCR" "$RUN"
 T0=$SECONDS
@@ -126,6 +129,50 @@ down_ours() {
   for n in alpha beta; do "$REP_BIN/repctl" --config "$cfg" --run-dir "$RUN" --node $n down >/dev/null 2>&1; done
   cp -f "$RUN"/*.log "$OUT/" 2>/dev/null
   rm -f "$SCR/alpha.img" "$SCR/beta.img"
+}
+
+# ------------------------------------------------------------------ ours, StandAlone
+# One repd, Primary, disconnected: the ublk frontend and the engine without
+# the peer (`primary --force` marks the whole device out of sync, so writes
+# flip no bitmap bit).
+bench_ours_sa() {
+  local cfg=$SCR/r1.toml
+  cat >"$cfg" <<EOF
+[resource]
+name = "r1"
+protocol = "C"
+[net]
+secret = "vm-bench"
+[[node]]
+name = "solo"
+address = "127.0.0.1:17890"
+disk = "$SCR/solo.img"
+meta-disk = "internal"
+device = 2
+[[node]]
+name = "ghost"
+address = "127.0.0.1:17891"
+disk = "$SCR/ghost.img"
+meta-disk = "internal"
+device = 3
+EOF
+  rc1() { "$REP_BIN/repctl" --config "$cfg" --run-dir "$RUN" --node solo "$@"; }
+  fill "$SCR/solo.img" || { failed ours-standalone "cannot write the image"; return; }
+  rc1 create-md >"$OUT/ours-standalone.create-md.txt" 2>&1 &&
+    rc1 up >"$OUT/ours-standalone.up.txt" 2>&1 &&
+    rc1 disconnect >"$OUT/ours-standalone.disconnect.txt" 2>&1 &&
+    rc1 primary --force >"$OUT/ours-standalone.primary.txt" 2>&1 ||
+    { failed ours-standalone "setup: $(tail -n 3 "$OUT"/ours-standalone.*.txt | tr '\n' ' ')"; return; }
+  if wait_for 30 test -b /dev/ublkb2; then
+    DEV[ours-standalone]=/dev/ublkb2
+  else
+    failed ours-standalone "/dev/ublkb2 did not appear"
+  fi
+}
+down_ours_sa() {
+  "$REP_BIN/repctl" --config "$SCR/r1.toml" --run-dir "$RUN" --node solo status >"$OUT/ours-standalone.status.txt" 2>&1
+  "$REP_BIN/repctl" --config "$SCR/r1.toml" --run-dir "$RUN" --node solo down >/dev/null 2>&1
+  rm -f "$SCR/solo.img"
 }
 
 # ------------------------------------------------------------------ rublk loop
@@ -225,6 +272,7 @@ for t in $TARGETS; do
   say "$t: setting up"
   case "$t" in
   ours) bench_ours ;;
+  ours-standalone) bench_ours_sa ;;
   rublk-loop) bench_rublk ;;
   kloop) bench_kloop ;;
   drbd) bench_drbd ;;
@@ -242,6 +290,7 @@ done
 for t in $TARGETS; do
   case "$t" in
   ours) down_ours ;;
+  ours-standalone) down_ours_sa ;;
   rublk-loop) down_rublk ;;
   kloop) down_kloop ;;
   drbd) down_drbd ;;

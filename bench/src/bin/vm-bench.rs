@@ -19,6 +19,7 @@ use vm_tests::{run_in_vm_with, VmConfig};
         measured in one boot of the test VM (Debian 6.12 under QEMU TCG, scripts/vm-run.sh) \
         against three block devices in the same boot:\n\n  \
         ours        /dev/ublkb0: two repd on 127.0.0.1 in the guest, protocol C, Connected UpToDate/UpToDate\n  \
+        ours-standalone  /dev/ublkb2: one repd, Primary, disconnected (frontend and engine, no peer)\n  \
         rublk-loop  rublk's loop target on the same kind of file (same queues, depth, request size)\n  \
         kloop       the kernel loop device, losetup --direct-io=on\n  \
         drbd        in-kernel DRBD 8.4.11, protocol C, two minors connected over 127.0.0.1\n\n\
@@ -47,7 +48,7 @@ struct Cli {
     /// fio --ramp_time [default: 2, --quick: 1]
     #[arg(long, value_name = "SECONDS")]
     ramp_time: Option<u64>,
-    /// Only these targets, comma-separated (ours, rublk-loop, kloop, drbd)
+    /// Only these targets, comma-separated (ours, ours-standalone, rublk-loop, kloop, drbd)
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     targets: Option<Vec<String>>,
     /// Guest memory [default: 6G]
@@ -64,8 +65,9 @@ struct Cli {
     keep: bool,
 }
 
-const TARGETS: [(&str, &str); 4] = [
+const TARGETS: [(&str, &str); 5] = [
     ("ours", "ours: /dev/ublkb0, repd protocol C"),
+    ("ours-standalone", "ours StandAlone (no peer)"),
     ("rublk-loop", "rublk loop"),
     ("kloop", "kernel loop (dio)"),
     ("drbd", "DRBD 8.4 protocol C"),
@@ -130,7 +132,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
     for t in &targets {
         if !TARGETS.iter().any(|(n, _)| n == t) {
             return Err(format!(
-                "unknown target {t:?} (known: ours, rublk-loop, kloop, drbd)"
+                "unknown target {t:?} (known: ours, ours-standalone, rublk-loop, kloop, drbd)"
             ));
         }
     }
@@ -252,7 +254,12 @@ fn report(dir: &Path, targets: &[String], meta: &str) -> (String, bool) {
         }
         let get = |n: &str| res.iter().find(|(k, _)| *k == n).and_then(|(_, r)| *r);
         if let Some(ours) = get("ours") {
-            for (base, target) in [("drbd", 1.0), ("rublk-loop", 0.9), ("kloop", 0.0)] {
+            for (base, target) in [
+                ("drbd", 1.0),
+                ("rublk-loop", 0.9),
+                ("ours-standalone", 0.0),
+                ("kloop", 0.0),
+            ] {
                 if let Some(b) = get(base) {
                     let ratio = ours.iops / b.iops;
                     let verdict = if target > 0.0 {
@@ -266,7 +273,7 @@ fn report(dir: &Path, targets: &[String], meta: &str) -> (String, bool) {
                     };
                     let _ = writeln!(
                         s,
-                        "  ours/{base:<11} IOPS x{ratio:.2}  p99 x{:.2}  ({verdict})",
+                        "  ours/{base:<15} IOPS x{ratio:.2}  p99 x{:.2}  ({verdict})",
                         ours.p99_us / b.p99_us
                     );
                 }
@@ -307,9 +314,9 @@ mod tests {
             .collect();
         let (text, ok) = report(dir.path(), &all, "kernel x");
         assert!(ok, "{text}");
-        assert!(text.contains("ours/drbd        IOPS x1.50"), "{text}");
+        assert!(text.contains("ours/drbd            IOPS x1.50"), "{text}");
         assert!(text.contains("target >= 1.0: met"), "{text}");
-        assert!(text.contains("ours/rublk-loop  IOPS x0.90"), "{text}");
+        assert!(text.contains("ours/rublk-loop      IOPS x0.90"), "{text}");
 
         std::fs::write(dir.path().join("drbd.error"), "modprobe drbd: not found").unwrap();
         std::fs::remove_file(dir.path().join("drbd.write-1m-qd4.json")).unwrap();
