@@ -97,7 +97,9 @@ enum Command {
     #[command(
         long_about = "Stop this node's daemon in order, like `drbdadm down`: demote if \
         Primary (refused while requests are in flight), flush, tell the peer, write clean \
-        metadata, exit. Waits until the daemon is gone."
+        metadata, exit. Waits until the daemon is gone.\n\n\
+        Refused while /dev/ublkbN is mounted or open (\"Device is held open by someone\"): \
+        the daemon then keeps running and the command exits with status 1."
     )]
     Down,
     /// Make this node Primary: it serves the device (drbdadm primary)
@@ -345,7 +347,7 @@ mod daemon {
     use std::process::{Command as Proc, Stdio};
     use std::time::{Duration, Instant};
 
-    use super::{print_out, Cli, Failure, StatusArgs, UpArgs, VerifyArgs};
+    use super::{held_open, print_out, Cli, Failure, StatusArgs, UpArgs, VerifyArgs};
     use ublk_target::config::Config;
     use ublk_target::control::{log_path, request, socket_path};
     use ublk_target::engine::{ControlCmd, ControlReply, NodeStatus};
@@ -520,7 +522,19 @@ mod daemon {
     }
 
     pub(super) fn down(cli: &Cli) -> Result<(), Failure> {
-        let sock = sock(cli)?;
+        let cfg = Config::load(&cli.config)?;
+        let me = cfg.local(cli.node.as_deref())?.0.clone();
+        let sock = socket_path(&cli.run_dir, &cfg.resource.name, &me.name);
+        let st = request(&sock, &ControlCmd::Status, None).map_err(|e| Failure(e.to_string()))?;
+        if let Some(pid) = st.status.as_ref().map(|s| s.pid) {
+            if let Some(why) = held_open(me.device, pid) {
+                return Err(Failure(format!(
+                    "{}: Device is held open by someone: {why}; unmount or close it, then \
+                     `repctl down` again (the node stays up)",
+                    cfg.resource.name
+                )));
+            }
+        }
         let r = request(&sock, &ControlCmd::Down, None).map_err(|e| Failure(e.to_string()))?;
         if !r.ok {
             return Err(Failure(r.error.unwrap_or_default()));
@@ -540,6 +554,20 @@ mod daemon {
         }
         print_out("repd stopped\n")
     }
+}
+
+/// Why `down` must not stop the daemon `pid`: the ublk device it serves is
+/// mounted or open (stopping it would take the disk from under its users,
+/// like `drbdadm down` on an open DRBD device). A device left by a repd that
+/// died is not this daemon's: its stop changes nothing there.
+fn held_open(dev_id: u32, pid: u32) -> Option<String> {
+    use ublk_target::ublk;
+    let e = ublk::probe(dev_id).ok()??;
+    if u32::try_from(e.pid).ok() != Some(pid) {
+        return None;
+    }
+    ublk::in_use_reason(dev_id)
+        .map(|why| format!("{} is {why}", ublk::device_path(dev_id).display()))
 }
 
 /// Load the config and find this node; the local disk must exist.

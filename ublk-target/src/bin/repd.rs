@@ -24,7 +24,8 @@ use ublk_target::nbd::NbdServer;
                   says, resyncs after outages, and serves the device (NBD export) while Primary.\n\n\
                   It starts Secondary and connects at once, like `drbdadm up`. Drive it with \
                   repctl (primary, secondary, status...). SIGTERM or SIGINT shut it down in order: \
-                  demote if nothing is open, flush, tell the peer, write clean metadata.\n\n\
+                  demote, flush, tell the peer, write clean metadata; they are refused (logged) \
+                  while /dev/ublkbN is mounted or open.\n\n\
                   Usually started by `repctl up`; run it directly under systemd."
 )]
 struct Cli {
@@ -133,7 +134,15 @@ fn run(cli: &Cli) -> Result<(), String> {
         let _ = std::thread::Builder::new()
             .name("repd-signals".into())
             .spawn(move || {
-                if let Ok(sig) = sigs.wait() {
+                while let Ok(sig) = sigs.wait() {
+                    // Like `repctl down`: stopping would take /dev/ublkbN from
+                    // under a filesystem mounted on it. SIGKILL still ends
+                    // the daemon; the kernel then holds the device's I/O
+                    // for the next repd (user recovery).
+                    if let Some(why) = ublk_target::ublk::demotion_blocker() {
+                        tracing::error!(?sig, "not shutting down: {why}");
+                        continue;
+                    }
                     tracing::info!(?sig, "shutting down");
                     match h.control(ControlCmd::Down) {
                         Some(r) if !r.ok => {
@@ -145,6 +154,7 @@ fn run(cli: &Cli) -> Result<(), String> {
                         }
                         _ => {}
                     }
+                    break;
                 }
             });
     }

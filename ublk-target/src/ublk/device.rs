@@ -164,6 +164,35 @@ pub fn probe(dev_id: u32) -> Result<Option<Existing>, UblkError> {
     }))
 }
 
+/// Remove ublk device `dev_id` that a dead server left behind (user
+/// recovery keeps it, its I/O held) without serving it: STOP_DEV fails the
+/// held requests with EIO and takes the disk away, then DEL_DEV. The
+/// deletion does not wait for the last opener (a filesystem still mounted
+/// on it keeps the id busy until it is unmounted; it sees only errors).
+/// Refused while the device's server is alive.
+pub fn remove_left_over(dev_id: u32) -> Result<(), UblkError> {
+    let Some(e) = probe(dev_id)? else {
+        return Ok(());
+    };
+    if e.server_alive() {
+        return Err(UblkError::Busy {
+            dev_id,
+            pid: e.pid,
+            state: e.state,
+        });
+    }
+    let id = i32::try_from(dev_id).map_err(|_| UblkError::BadId(dev_id))?;
+    let c = match UblkCtrl::new_simple(id) {
+        Ok(c) => c,
+        Err(libublk::UblkError::UringIOError(e)) if e == -libc::ENODEV => return Ok(()),
+        Err(e) => return Err(ctrl_err(dev_id, "GET_DEV_INFO", e)),
+    };
+    c.kill_dev().map_err(|e| ctrl_err(dev_id, "STOP_DEV", e))?;
+    c.del_dev_async()
+        .map_err(|e| ctrl_err(dev_id, "DEL_DEV_ASYNC", e))?;
+    Ok(())
+}
+
 /// Requests to the control thread.
 enum Cmd {
     EndRecovery(Sender<Result<(), UblkError>>),

@@ -22,7 +22,11 @@
 //!   the requests that were in flight are issued again. Whoever runs the
 //!   device decides when the held I/O may go on: [`UblkOptions::defer_recovery_end`]
 //!   and [`UblkDevice::end_recovery`]; [`manage`] ends it once the node is
-//!   Primary again.
+//!   Primary again. Until then a device left by a dead repd stays
+//!   quiesced (nothing is served while the node is Secondary), and if the
+//!   node's data moves to another generation meanwhile (it resynced from a
+//!   peer that was Primary), the device is removed instead: its held I/O
+//!   belongs to data that no longer exists.
 //! - [`manage`]: repd's loop that keeps the device in step with the role:
 //!   present while Primary, gone while Secondary.
 //! - [`in_use`]: mounted or open, the test the engine makes before it
@@ -45,7 +49,8 @@ use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 pub use device::{
-    device_path, driver_present, probe, DevState, Existing, UblkDevice, UblkOptions, CONTROL_PATH,
+    device_path, driver_present, probe, remove_left_over, DevState, Existing, UblkDevice,
+    UblkOptions, CONTROL_PATH,
 };
 pub use inuse::{in_use, in_use_reason};
 
@@ -186,6 +191,66 @@ pub fn prepare_daemon() {
     }
     PRIVATE_MOUNTS.store(true, Ordering::Release);
     tracing::debug!("running in a private mount namespace");
+    detach_ublk_mounts();
+}
+
+/// The private namespace starts as a copy of the caller's, with every
+/// filesystem mounted there, also those on ublk devices (one on a device a
+/// dead repd left, say). A copy held here would keep that filesystem, and so
+/// its device and device id, alive as long as repd runs, whatever its users
+/// unmount: detach them (here only; repd never uses them).
+fn detach_ublk_mounts() {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    // Innermost first: the last mounts were made last.
+    for at in ublk_mount_points(&text).into_iter().rev() {
+        match nix::mount::umount2(at.as_str(), nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) => tracing::debug!("detached {at} (a ublk device) from repd's mount namespace"),
+            Err(e) => tracing::warn!(
+                "cannot detach {at} (on a ublk device) from repd's mount namespace: {e}"
+            ),
+        }
+    }
+}
+
+/// The mount points of filesystems on `/dev/ublkb*` in a mountinfo text.
+fn ublk_mount_points(mountinfo: &str) -> Vec<String> {
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (head, tail) = l.split_once(" - ")?;
+            let source = tail.split(' ').nth(1)?;
+            let at = head.split(' ').nth(4)?;
+            source
+                .starts_with("/dev/ublkb")
+                .then(|| unescape_mountinfo(at))
+        })
+        .collect()
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| b.get(i) == Some(&b'\\') && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                let v = d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
+                out.push(u8::try_from(v).unwrap_or(b'?'));
+                i += 4;
+            }
+            None => {
+                out.push(b.get(i).copied().unwrap_or(b'?'));
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// How often [`manage`] looks at the role.
@@ -195,14 +260,68 @@ const RETRY: Duration = Duration::from_secs(5);
 /// How often [`manage`] checks a device it should remove but that is in use.
 const IN_USE_RECHECK: Duration = Duration::from_secs(1);
 
+/// The data generation this node holds, as the engine reports it: what
+/// decides whether I/O a dead repd left held may still go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataGen {
+    /// The current generation UUID.
+    pub current: u64,
+    /// The bitmap UUID: the generation this node's own writes while
+    /// disconnected started from (0 when none).
+    pub bitmap: u64,
+}
+
+impl DataGen {
+    /// From the engine's status (hex strings), `None` if it has none.
+    pub fn of(handle: &EngineHandle) -> Option<DataGen> {
+        let st = handle.control(crate::engine::ControlCmd::Status)?.status?;
+        let g = &st.generations;
+        Some(DataGen {
+            current: u64::from_str_radix(&g.current, 16).ok()?,
+            bitmap: u64::from_str_radix(&g.bitmap, 16).ok()?,
+        })
+    }
+
+    /// Whether this data still continues generation `held`: it is that
+    /// generation, or this node moved on from it by itself (a promotion
+    /// without the peer, or the peer lost while Primary, puts the old
+    /// current UUID into the bitmap UUID). A resync from a peer that wrote a
+    /// newer generation, or `primary --force`, does not.
+    pub fn continues(&self, held: u64) -> bool {
+        self.current == held || self.bitmap == held
+    }
+}
+
+/// A device a dead repd left (user recovery: its I/O held by the kernel),
+/// not yet taken over.
+struct LeftOver {
+    /// The generation this node held when this repd started: the one the
+    /// dead repd served. `None` when it could not be read.
+    held: Option<u64>,
+    checked: Instant,
+}
+
+/// How often [`manage`] looks at the generation while a left-over device waits.
+const LEFT_OVER_RECHECK: Duration = Duration::from_secs(1);
+
 /// repd's ublk loop, until `shutdown`: while the node is Primary the device
 /// `/dev/ublkb<dev_id>` exists (started, or recovered from a repd that died;
 /// its held I/O goes on once the node is Primary), while it is not the
 /// device is removed (the engine does not demote while it is in use). At
 /// shutdown the device is removed. Every change is logged. Without
 /// ublk_drv it logs [`NO_DRIVER_WARNING`] once and returns.
+///
+/// A device left by a repd that died is never served while this node is
+/// Secondary: it stays quiesced (the kernel holds its I/O; nothing is read
+/// or written). It is taken over only when the node becomes Primary with
+/// data that continues the generation the dead repd served; once the data
+/// has moved to another generation (a resync from a peer that was Primary
+/// meanwhile), the held I/O belongs to data that no longer exists, so the
+/// device is removed (the held requests fail with EIO) and a new one is
+/// added when the node is Primary.
 pub fn manage(dev_id: u32, handle: EngineHandle, shutdown: Arc<AtomicBool>) {
     let h = handle.clone();
+    let g = handle.clone();
     manage_with(
         dev_id,
         Arc::new(handle),
@@ -212,17 +331,21 @@ pub fn manage(dev_id: u32, handle: EngineHandle, shutdown: Arc<AtomicBool>) {
             ..UblkOptions::default()
         },
         &move || h.writable(),
+        &move || DataGen::of(&g),
     );
 }
 
 /// [`manage`] for any backend. `may_end_recovery` says when a recovered
-/// device may serve its held I/O (asked while the node is Primary).
+/// device may serve its held I/O (asked while the node is Primary);
+/// `generation` gives the node's data generation (`None`: unknown, a
+/// left-over device is then taken over when the node is Primary).
 pub fn manage_with(
     dev_id: u32,
     backend: Arc<dyn BlockBackend>,
     shutdown: &AtomicBool,
     opts: UblkOptions,
     may_end_recovery: &dyn Fn() -> bool,
+    generation: &dyn Fn() -> Option<DataGen>,
 ) {
     let span = tracing::info_span!("ublk", dev = dev_id);
     let _g = span.enter();
@@ -237,13 +360,23 @@ pub fn manage_with(
             device_path(dev_id).display()
         );
     }
+    let mut left: Option<LeftOver> = None;
     match probe(dev_id) {
-        Ok(Some(e)) if e.recoverable && !e.server_alive() => tracing::info!(
-            old_pid = e.pid,
-            state = ?e.state,
-            "{} was left by a repd that died; its I/O is held until this node is Primary, then it is recovered",
-            device_path(dev_id).display()
-        ),
+        Ok(Some(e)) if e.recoverable && !e.server_alive() => {
+            let held = generation().map(|g| g.current);
+            tracing::info!(
+                old_pid = e.pid,
+                state = ?e.state,
+                generation = held.map(|g| format!("{g:016X}")),
+                "{} was left by a repd that died; it stays quiesced (nothing served) while this node \
+                 is not Primary, and is taken over only if the data is still of this generation then",
+                device_path(dev_id).display()
+            );
+            left = Some(LeftOver {
+                held,
+                checked: Instant::now(),
+            });
+        }
         Ok(Some(e)) => tracing::warn!(
             pid = e.pid,
             state = ?e.state,
@@ -260,6 +393,16 @@ pub fn manage_with(
     let mut vanish_checked = Instant::now();
     while !shutdown.load(Ordering::Acquire) {
         let primary = backend.writable();
+        if dev.is_none() {
+            if let Some(l) = left.as_mut() {
+                if primary || l.checked.elapsed() >= LEFT_OVER_RECHECK {
+                    l.checked = Instant::now();
+                    if check_left_over(dev_id, l.held, generation()) {
+                        left = None;
+                    }
+                }
+            }
+        }
         // Removed behind our back (`ublk del`)? Looked at once a second.
         let vanished = match dev.as_ref() {
             Some(d) if !d.is_recovering() && vanish_checked.elapsed() >= IN_USE_RECHECK => {
@@ -270,9 +413,11 @@ pub fn manage_with(
         };
         match (dev.as_ref(), primary) {
             (None, true) if Instant::now() >= retry_at => {
+                tracing::debug!("Primary: setting up {}", device_path(dev_id).display());
                 match UblkDevice::start(dev_id, backend.clone(), opts.clone()) {
                     Ok(d) => {
                         served().insert(dev_id);
+                        left = None;
                         if d.is_recovering() {
                             tracing::info!(
                                 "Primary: took over {} from the repd that died; its I/O stays held until recovery ends",
@@ -364,6 +509,50 @@ pub fn manage_with(
     }
 }
 
+/// Looks at a device a dead repd left. Returns true when there is nothing
+/// left to watch: it is gone, or it was removed here because the data moved
+/// on to another generation than `held` (its held I/O would write into
+/// data it was never meant for).
+fn check_left_over(dev_id: u32, held: Option<u64>, now: Option<DataGen>) -> bool {
+    match probe(dev_id) {
+        Ok(Some(e)) if e.recoverable && !e.server_alive() => {}
+        // Removed by someone, or a new server has it (not us: we hold no device).
+        Ok(_) => return true,
+        Err(e) => {
+            tracing::warn!("cannot look at ublk device {dev_id}: {e}");
+            return false;
+        }
+    }
+    let (Some(held), Some(now)) = (held, now) else {
+        return false;
+    };
+    if now.continues(held) {
+        return false;
+    }
+    let path = device_path(dev_id);
+    tracing::warn!(
+        held = format!("{held:016X}"),
+        current = format!("{:016X}", now.current),
+        "the data moved to another generation since the repd that served {} died: its held I/O \
+         belongs to data that no longer exists; removing it (held requests fail with EIO)",
+        path.display()
+    );
+    match remove_left_over(dev_id) {
+        Ok(()) => {
+            tracing::info!(
+                "removed {} left by the dead repd; a new one is added when this node is Primary \
+                 (once nothing holds the old one open)",
+                path.display()
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!("cannot remove {}: {e}", path.display());
+            false
+        }
+    }
+}
+
 fn stop(d: UblkDevice, why: &str) {
     let path = d.path();
     let id = d.dev_id();
@@ -400,6 +589,38 @@ mod tests {
     }
 
     #[test]
+    fn held_io_continues_only_its_own_generation() {
+        let g = DataGen {
+            current: 0xA,
+            bitmap: 0,
+        };
+        assert!(g.continues(0xA));
+        assert!(!g.continues(0xB));
+        // This node promoted itself without its peer: A went into the bitmap.
+        let rotated = DataGen {
+            current: 0xC,
+            bitmap: 0xA,
+        };
+        assert!(rotated.continues(0xA));
+        // A resync from a peer that wrote generation D meanwhile.
+        let foreign = DataGen {
+            current: 0xD,
+            bitmap: 0,
+        };
+        assert!(!foreign.continues(0xA));
+    }
+
+    #[test]
+    fn finds_ublk_mounts_to_detach() {
+        let mi = "22 1 0:21 / /proc rw,nosuid - proc proc rw\n\
+                  97 29 259:3 / /run/x rw,relatime shared:50 - ext4 /dev/ublkb0 rw\n\
+                  98 29 259:4 / /run/a\\040b rw - xfs /dev/ublkb12 rw\n\
+                  99 29 8:1 / /data rw - ext4 /dev/sda1 rw\n";
+        assert_eq!(ublk_mount_points(mi), vec!["/run/x", "/run/a b"]);
+        assert!(ublk_mount_points("garbage line\n").is_empty());
+    }
+
+    #[test]
     fn no_device_blocks_demotion_when_none_is_served() {
         assert_eq!(demotion_blocker(), None);
     }
@@ -426,7 +647,14 @@ mod tests {
         assert!(matches!(probe(0), Err(UblkError::NoDriver)));
         let stop = AtomicBool::new(false);
         let t0 = Instant::now();
-        manage_with(0, Arc::new(Fake), &stop, UblkOptions::default(), &|| true);
+        manage_with(
+            0,
+            Arc::new(Fake),
+            &stop,
+            UblkOptions::default(),
+            &|| true,
+            &|| None,
+        );
         assert!(t0.elapsed() < Duration::from_secs(5));
     }
 }

@@ -1,0 +1,337 @@
+//! `vm-bench`: fio on the real /dev/ublkb0 (protocol C to a peer) against
+//! rublk's loop target, the kernel loop device and in-kernel DRBD 8.4, all in
+//! one VM boot. See `vm-bench --help` and bench/RESULTS.md.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bench::fio::{self, Workload, WriteResult};
+use clap::Parser;
+use vm_tests::{run_in_vm_with, VmConfig};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vm-bench",
+    about = "fio on /dev/ublkb0 (repd, protocol C) against rublk loop, kernel loop and DRBD 8.4, in one VM boot",
+    long_about = "Write throughput and latency of the replicated device as a real block device, \
+        measured in one boot of the test VM (Debian 6.12 under QEMU TCG, scripts/vm-run.sh) \
+        against three block devices in the same boot:\n\n  \
+        ours        /dev/ublkb0: two repd on 127.0.0.1 in the guest, protocol C, Connected UpToDate/UpToDate\n  \
+        ours-standalone  /dev/ublkb2: one repd, Primary, disconnected (frontend and engine, no peer)\n  \
+        rublk-loop  rublk's loop target on the same kind of file (same queues, depth, request size)\n  \
+        kloop       the kernel loop device, losetup --direct-io=on\n  \
+        drbd        in-kernel DRBD 8.4.11, protocol C, two minors connected over 127.0.0.1\n\n\
+        Every backing file is on the guest's tmpfs and fully written first. fio: --direct=1 \
+        --ioengine=libaio, one job, 4k random write QD32 and 1M sequential write QD4, the same \
+        --runtime for all. Printed: IOPS, MB/s, p99 per target and the ratios ours/DRBD and \
+        ours/rublk-loop (targets: >= 1.0 and >= 0.9).\n\n\
+        Under TCG absolute figures mean little and vary 20-30 % from boot to boot: only the \
+        ratios within one run count.\n\n\
+        Needs: the VM (bash scripts/vm-setup.sh), repd/repctl (cargo build --release -p \
+        ublk-target --bins), fio, drbd-utils (drbdmeta, /lib/drbd/drbdsetup-84), rublk \
+        (CARGO_TARGET_DIR=/work/target-rublk cargo install rublk). A missing piece makes its \
+        row an error; the exit status is non-zero if any target failed.",
+    after_help = "Example: CARGO_TARGET_DIR=/work/target-vm2 cargo run --release -p bench --bin vm-bench -- --runtime 10"
+)]
+struct Cli {
+    /// Directory with repd and repctl [default: the directory of this executable]
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Size of every backing file, in the guest's RAM (K/M/G suffixes) [default: 256M, --quick: 64M]
+    #[arg(long, value_name = "SIZE")]
+    size: Option<String>,
+    /// Measured seconds per fio run [default: 10, --quick: 2]
+    #[arg(long, value_name = "SECONDS")]
+    runtime: Option<u64>,
+    /// fio --ramp_time [default: 2, --quick: 1]
+    #[arg(long, value_name = "SECONDS")]
+    ramp_time: Option<u64>,
+    /// Only these targets, comma-separated (ours, ours-standalone, rublk-loop, kloop, drbd)
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    targets: Option<Vec<String>>,
+    /// Guest memory [default: 6G]
+    #[arg(long, value_name = "SIZE", default_value = "6G")]
+    mem: String,
+    /// Guest CPUs
+    #[arg(long, default_value_t = 2)]
+    cpus: u32,
+    /// Small and short: a smoke run, not a measurement
+    #[arg(long)]
+    quick: bool,
+    /// Keep the VM's work folder (fio JSON, logs) and print where it is
+    #[arg(long)]
+    keep: bool,
+}
+
+const TARGETS: [(&str, &str); 5] = [
+    ("ours", "ours: /dev/ublkb0, repd protocol C"),
+    ("ours-standalone", "ours StandAlone (no peer)"),
+    ("rublk-loop", "rublk loop"),
+    ("kloop", "kernel loop (dio)"),
+    ("drbd", "DRBD 8.4 protocol C"),
+];
+const WORKLOADS: [Workload; 2] = [fio::RANDWRITE_4K_QD32, fio::SEQWRITE_1M_QD4];
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("vm-bench: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bin_dir(cli: &Cli) -> Result<PathBuf, String> {
+    let dir = match &cli.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| format!("cannot find this executable: {e}"))?
+            .parent()
+            .map(Path::to_path_buf)
+            .ok_or("this executable has no directory")?,
+    };
+    for b in ["repd", "repctl"] {
+        if !dir.join(b).is_file() {
+            return Err(format!(
+                "no {b} in {} (cargo build --release -p ublk-target --bins, or --bin-dir)",
+                dir.display()
+            ));
+        }
+    }
+    dir.canonicalize()
+        .map_err(|e| format!("{}: {e}", dir.display()))
+}
+
+fn guest_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("vm/vm-bench-guest.sh")
+}
+
+/// Shell single quotes around `s`.
+fn q(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn run(cli: &Cli) -> Result<bool, String> {
+    let bins = bin_dir(cli)?;
+    let size = cli
+        .size
+        .clone()
+        .unwrap_or_else(|| if cli.quick { "64M" } else { "256M" }.to_owned());
+    bench::util::parse_size(&size)?;
+    let runtime = cli.runtime.unwrap_or(if cli.quick { 2 } else { 10 });
+    let ramp = cli.ramp_time.unwrap_or(if cli.quick { 1 } else { 2 });
+    let targets: Vec<String> = match &cli.targets {
+        Some(t) => t.clone(),
+        None => TARGETS.iter().map(|(n, _)| (*n).to_owned()).collect(),
+    };
+    for t in &targets {
+        if !TARGETS.iter().any(|(n, _)| n == t) {
+            return Err(format!(
+                "unknown target {t:?} (known: ours, ours-standalone, rublk-loop, kloop, drbd)"
+            ));
+        }
+    }
+    let script = guest_script();
+    // The script's text goes into the command (which the harness saves in the
+    // work folder): editing the file during a run cannot change what runs.
+    let text = std::fs::read_to_string(&script)
+        .map_err(|e| format!("cannot read {}: {e}", script.display()))?;
+    let cmd = format!(
+        "export REP_BIN={} VMB_SIZE={} VMB_RUNTIME={runtime} VMB_RAMP={ramp} VMB_TARGETS={}\n{text}",
+        q(&bins.display().to_string()),
+        q(&size),
+        q(&targets.join(" ")),
+    );
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    eprintln!(
+        "vm-bench: one VM boot ({} CPUs, {}); {size} files, {runtime} s per fio run (+{ramp} s ramp); host load {}",
+        cli.cpus,
+        cli.mem,
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
+    let per_target = 120 + 2 * (runtime + ramp + 15);
+    let timeout = Duration::from_secs(600 + per_target * u64::try_from(targets.len()).unwrap_or(4));
+    let r = run_in_vm_with(
+        &cmd,
+        &VmConfig {
+            mem: cli.mem.clone(),
+            cpus: cli.cpus,
+            timeout,
+            work_dir: None,
+            verbose: false,
+            echo: true,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let out_dir = r.work_dir.join("vm-bench");
+    if r.status != 0 {
+        return Err(format!(
+            "the guest script exited {} after {:.0} s (work folder kept: {})\n{}",
+            r.status,
+            r.elapsed.as_secs_f64(),
+            r.work_dir.display(),
+            r.stderr
+        ));
+    }
+    let meta = std::fs::read_to_string(out_dir.join("meta.txt")).unwrap_or_default();
+    let (table, ok) = report(&out_dir, &targets, &meta);
+    println!("{table}");
+    println!(
+        "host load after: {}; VM run {:.0} s",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        r.elapsed.as_secs_f64()
+    );
+    if cli.keep || !ok {
+        println!(
+            "work folder (fio JSON, repd logs): {}",
+            r.work_dir.display()
+        );
+    } else {
+        let _ = r.remove_work_dir();
+    }
+    Ok(ok)
+}
+
+/// The tables, from the fio JSON files the guest wrote; false if a target
+/// or workload has no result.
+fn report(dir: &Path, targets: &[String], meta: &str) -> (String, bool) {
+    let mut s = String::new();
+    let mut ok = true;
+    let _ = writeln!(
+        s,
+        "\nVM benchmark ({})",
+        meta.lines().collect::<Vec<_>>().join(", ")
+    );
+    for t in targets {
+        if let Ok(e) = std::fs::read_to_string(dir.join(format!("{t}.error"))) {
+            ok = false;
+            let _ = writeln!(s, "ERROR {t}: {}", e.trim());
+        }
+    }
+    for w in WORKLOADS {
+        let _ = writeln!(s, "\n{} ({}, fio libaio --direct=1)", w.title, w.options());
+        let _ = writeln!(
+            s,
+            "{:<38} {:>10} {:>9} {:>11}",
+            "target", "IOPS", "MB/s", "p99 (us)"
+        );
+        let mut res: Vec<(&str, Option<WriteResult>)> = Vec::new();
+        for (name, title) in TARGETS {
+            if !targets.iter().any(|t| t == name) {
+                continue;
+            }
+            let file = dir.join(format!("{name}.{}.json", w.name));
+            let r = std::fs::read_to_string(&file)
+                .map_err(|e| format!("{}: {e}", file.display()))
+                .and_then(|text| fio::parse_write(&text));
+            match r {
+                Ok(r) => {
+                    let _ = writeln!(
+                        s,
+                        "{title:<38} {:>10.0} {:>9.1} {:>11.0}",
+                        r.iops,
+                        r.mb_s(),
+                        r.p99_us
+                    );
+                    res.push((name, Some(r)));
+                }
+                Err(e) => {
+                    ok = false;
+                    let _ = writeln!(s, "{title:<38} no result: {e}");
+                    res.push((name, None));
+                }
+            }
+        }
+        let get = |n: &str| res.iter().find(|(k, _)| *k == n).and_then(|(_, r)| *r);
+        if let Some(ours) = get("ours") {
+            for (base, target) in [
+                ("drbd", 1.0),
+                ("rublk-loop", 0.9),
+                ("ours-standalone", 0.0),
+                ("kloop", 0.0),
+            ] {
+                if let Some(b) = get(base) {
+                    let ratio = ours.iops / b.iops;
+                    let verdict = if target > 0.0 {
+                        if ratio >= target {
+                            format!("target >= {target:.1}: met")
+                        } else {
+                            format!("target >= {target:.1}: NOT met")
+                        }
+                    } else {
+                        "for information".to_owned()
+                    };
+                    let _ = writeln!(
+                        s,
+                        "  ours/{base:<15} IOPS x{ratio:.2}  p99 x{:.2}  ({verdict})",
+                        ours.p99_us / b.p99_us
+                    );
+                }
+            }
+        }
+    }
+    (s, ok)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn fio_json(iops: f64, p99_ns: f64) -> String {
+        format!(
+            r#"{{"jobs":[{{"jobname":"j","error":0,"usr_cpu":1.0,"sys_cpu":2.0,
+            "write":{{"iops":{iops},"bw_bytes":{},"clat_ns":{{"percentile":{{"99.000000":{p99_ns}}}}}}}}}]}}"#,
+            iops * 4096.0
+        )
+    }
+
+    #[test]
+    fn report_prints_ratios_and_flags_missing_results() {
+        let dir = tempfile::tempdir().unwrap();
+        for (t, iops) in [("ours", 900.0), ("rublk-loop", 1000.0), ("drbd", 600.0)] {
+            for w in WORKLOADS {
+                std::fs::write(
+                    dir.path().join(format!("{t}.{}.json", w.name)),
+                    fio_json(iops, 2_000_000.0),
+                )
+                .unwrap();
+            }
+        }
+        let all: Vec<String> = ["ours", "rublk-loop", "drbd"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        let (text, ok) = report(dir.path(), &all, "kernel x");
+        assert!(ok, "{text}");
+        assert!(text.contains("ours/drbd            IOPS x1.50"), "{text}");
+        assert!(text.contains("target >= 1.0: met"), "{text}");
+        assert!(text.contains("ours/rublk-loop      IOPS x0.90"), "{text}");
+
+        std::fs::write(dir.path().join("drbd.error"), "modprobe drbd: not found").unwrap();
+        std::fs::remove_file(dir.path().join("drbd.write-1m-qd4.json")).unwrap();
+        let (text, ok) = report(dir.path(), &all, "kernel x");
+        assert!(!ok);
+        assert!(
+            text.contains("ERROR drbd: modprobe drbd: not found"),
+            "{text}"
+        );
+        assert!(text.contains("no result"), "{text}");
+    }
+
+    #[test]
+    fn quoting_survives_quotes() {
+        assert_eq!(q("a b"), "'a b'");
+        assert_eq!(q("it's"), r"'it'\''s'");
+    }
+}

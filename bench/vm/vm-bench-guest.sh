@@ -1,0 +1,299 @@
+#!/usr/bin/env bash
+# The guest side of `vm-bench` (bench/src/bin/vm-bench.rs): runs INSIDE the VM,
+# as root, and measures five block devices one after the other in this boot:
+#
+#   ours        /dev/ublkb0 of two repd (alpha Primary, beta Secondary) on
+#               127.0.0.1, protocol C, Connected UpToDate/UpToDate
+#   rublk-loop  rublk's loop target (O_DIRECT on its file), same queue count,
+#               depth and request size as ours
+#   ours-standalone  /dev/ublkb2 of one repd, Primary, disconnected (no peer):
+#               the ublk frontend and engine alone, to tell their cost from
+#               the replication's
+#   kloop       the kernel loop device, losetup --direct-io=on
+#   drbd        in-kernel DRBD 8.4 (modprobe drbd), protocol C, two minors
+#               connected over 127.0.0.1, each on a direct-io loop device
+#
+# All four are set up first; then each workload runs on each target in turn.
+# Every backing file is VMB_SIZE bytes on the guest tmpfs ($VM_SCRATCH) and
+# fully written before anything is measured (non-zero data; beta and DRBD's
+# second minor included). fio: --direct=1
+# --ioengine=libaio, one job, 4k random write QD32 and 1M sequential write QD4,
+# --time_based --runtime=VMB_RUNTIME --ramp_time=VMB_RAMP each.
+#
+# Results: $VM_WORK/vm-bench/<target>.<workload>.json (fio JSON), and
+# <target>.error when a target could not be set up (the others still run).
+# Environment: REP_BIN (repd, repctl), VM_WORK, VM_SCRATCH, VMB_SIZE (256M),
+# VMB_RUNTIME (10), VMB_RAMP (2), VMB_TARGETS ("ours ours-standalone rublk-loop kloop drbd").
+set -u
+
+OUT=${VM_WORK:?}/vm-bench
+SCR=${VM_SCRATCH:-/run/vm-scratch}/vm-bench
+RUN=/run/vm-bench/run
+SIZE=${VMB_SIZE:-256M}
+RUNTIME=${VMB_RUNTIME:-10}
+RAMP=${VMB_RAMP:-2}
+TARGETS=${VMB_TARGETS:-ours ours-standalone rublk-loop kloop drbd}
+DRBDSETUP=/lib/drbd/drbdsetup-84
+mkdir -p "$OUT" "$SCR" "$RUN"
+T0=$SECONDS
+say() { echo "vm-bench-guest: [$((SECONDS - T0)) s] $*"; }
+# The loop driver is a module: /dev/loop-control appears when it is loaded.
+modprobe loop 2>/dev/null
+NQ=$(nproc)
+[ "$NQ" -gt 4 ] && NQ=4
+
+bytes() { numfmt --from=iec "$1"; }
+SIZE_B=$(bytes "$SIZE")
+fill() { # file: fully written, non-zero
+  # Two processes in all (fork+exec and /dev/urandom are slow under TCG):
+  # a random line of text, repeated.
+  rm -f "$1"
+  yes "$(head -c 3000 /dev/urandom | base64 -w0)" | head -c "$SIZE_B" >"$1" && sync "$1"
+}
+
+WORKLOADS="randwrite-4k-qd32 write-1m-qd4"
+fio_run() { # target device workload
+  local rw bs qd
+  case "$3" in
+  randwrite-4k-qd32) rw=randwrite bs=4k qd=32 ;;
+  write-1m-qd4) rw=write bs=1M qd=4 ;;
+  esac
+  fio --name="$3" --filename="$2" --allow_file_create=0 --direct=1 --ioengine=libaio \
+    --rw=$rw --bs=$bs --iodepth=$qd --numjobs=1 --time_based --runtime="$RUNTIME" \
+    --ramp_time="$RAMP" --randrepeat=0 --output-format=json --output="$OUT/$1.$3.json" \
+    >"$OUT/$1.$3.stderr" 2>&1
+}
+failed() { # target message
+  say "$1: ERROR: $2"
+  echo "$2" >>"$OUT/$1.error"
+}
+wait_for() { # secs cmd...
+  local end=$((SECONDS + $1))
+  shift
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -ge "$end" ] && return 1
+    sleep 0.2
+  done
+}
+
+# ------------------------------------------------------------------ ours
+bench_ours() {
+  local cfg=$SCR/r0.toml
+  cat >"$cfg" <<EOF
+[resource]
+name = "r0"
+protocol = "C"
+[net]
+secret = "vm-bench"
+[sync]
+rate = "0"
+[[node]]
+name = "alpha"
+address = "127.0.0.1:17888"
+disk = "$SCR/alpha.img"
+meta-disk = "internal"
+device = 0
+[[node]]
+name = "beta"
+address = "127.0.0.1:17889"
+disk = "$SCR/beta.img"
+meta-disk = "internal"
+device = 1
+EOF
+  rc() { "$REP_BIN/repctl" --config "$cfg" --run-dir "$RUN" --node "$@"; }
+  st() { rc "$1" status --json 2>/dev/null | jq -r "$2" 2>/dev/null; }
+  synced() {
+    [ "$(st alpha '.disk + "/" + .peer_disk + "/" + .connection')" = "UpToDate/UpToDate/Connected" ]
+  }
+  fill "$SCR/alpha.img" && fill "$SCR/beta.img" || { failed ours "cannot write the images"; return; }
+  for n in alpha beta; do
+    rc $n create-md >"$OUT/ours.create-md-$n.txt" 2>&1 || { failed ours "create-md $n: $(tail -n 2 "$OUT/ours.create-md-$n.txt")"; return; }
+  done
+  for n in alpha beta; do
+    rc $n up >"$OUT/ours.up-$n.txt" 2>&1 || { failed ours "up $n: $(tail -n 3 "$OUT/ours.up-$n.txt")"; return; }
+  done
+  rc alpha primary --force >"$OUT/ours.primary.txt" 2>&1 || { failed ours "primary --force: $(cat "$OUT/ours.primary.txt")"; return; }
+  say "ours: initial full sync of $SIZE"
+  if ! wait_for 900 synced; then
+    failed ours "no UpToDate/UpToDate within 900 s"
+  elif ! wait_for 30 test -b /dev/ublkb0; then
+    failed ours "/dev/ublkb0 did not appear"
+  else
+    cat /sys/block/ublkb0/queue/{nr_requests,max_sectors_kb} >"$OUT/ours.queue.txt" 2>&1
+    DEV[ours]=/dev/ublkb0
+  fi
+}
+down_ours() {
+  local cfg=$SCR/r0.toml n
+  "$REP_BIN/repctl" --config "$cfg" --run-dir "$RUN" --node alpha status >"$OUT/ours.status-alpha.txt" 2>&1
+  for n in alpha beta; do "$REP_BIN/repctl" --config "$cfg" --run-dir "$RUN" --node $n down >/dev/null 2>&1; done
+  cp -f "$RUN"/*.log "$OUT/" 2>/dev/null
+  rm -f "$SCR/alpha.img" "$SCR/beta.img"
+}
+
+# ------------------------------------------------------------------ ours, StandAlone
+# One repd, Primary, disconnected: the ublk frontend and the engine without
+# the peer (`primary --force` marks the whole device out of sync, so writes
+# flip no bitmap bit).
+bench_ours_sa() {
+  local cfg=$SCR/r1.toml
+  cat >"$cfg" <<EOF
+[resource]
+name = "r1"
+protocol = "C"
+[net]
+secret = "vm-bench"
+[[node]]
+name = "solo"
+address = "127.0.0.1:17890"
+disk = "$SCR/solo.img"
+meta-disk = "internal"
+device = 2
+[[node]]
+name = "ghost"
+address = "127.0.0.1:17891"
+disk = "$SCR/ghost.img"
+meta-disk = "internal"
+device = 3
+EOF
+  rc1() { "$REP_BIN/repctl" --config "$cfg" --run-dir "$RUN" --node solo "$@"; }
+  fill "$SCR/solo.img" || { failed ours-standalone "cannot write the image"; return; }
+  rc1 create-md >"$OUT/ours-standalone.create-md.txt" 2>&1 &&
+    rc1 up >"$OUT/ours-standalone.up.txt" 2>&1 &&
+    rc1 disconnect >"$OUT/ours-standalone.disconnect.txt" 2>&1 &&
+    rc1 primary --force >"$OUT/ours-standalone.primary.txt" 2>&1 ||
+    { failed ours-standalone "setup: $(tail -n 3 "$OUT"/ours-standalone.*.txt | tr '\n' ' ')"; return; }
+  if wait_for 30 test -b /dev/ublkb2; then
+    DEV[ours-standalone]=/dev/ublkb2
+  else
+    failed ours-standalone "/dev/ublkb2 did not appear"
+  fi
+}
+down_ours_sa() {
+  "$REP_BIN/repctl" --config "$SCR/r1.toml" --run-dir "$RUN" --node solo status >"$OUT/ours-standalone.status.txt" 2>&1
+  "$REP_BIN/repctl" --config "$SCR/r1.toml" --run-dir "$RUN" --node solo down >/dev/null 2>&1
+  rm -f "$SCR/solo.img"
+}
+
+# ------------------------------------------------------------------ rublk loop
+bench_rublk() {
+  local rublk id=7
+  rublk=$(command -v rublk) || { failed rublk-loop "rublk is not installed (CARGO_TARGET_DIR=/work/target-rublk cargo install rublk)"; return; }
+  fill "$SCR/rublk.img" || { failed rublk-loop "cannot write the image"; return; }
+  if ! "$rublk" add loop -n $id -q "$NQ" -d 128 -b 1MiB -f "$SCR/rublk.img" >"$OUT/rublk-loop.add.txt" 2>&1; then
+    failed rublk-loop "rublk add loop: $(tail -n 3 "$OUT/rublk-loop.add.txt")"
+  elif ! wait_for 30 test -b /dev/ublkb$id; then
+    failed rublk-loop "/dev/ublkb$id did not appear"
+  else
+    DEV[rublk-loop]=/dev/ublkb$id
+  fi
+}
+down_rublk() {
+  rublk del -n 7 >/dev/null 2>&1
+  rm -f "$SCR/rublk.img"
+}
+
+# ------------------------------------------------------------------ kernel loop
+bench_kloop() {
+  local dev
+  fill "$SCR/kloop.img" || { failed kloop "cannot write the image"; return; }
+  if ! dev=$(losetup --direct-io=on -f --show "$SCR/kloop.img" 2>"$OUT/kloop.losetup.txt"); then
+    failed kloop "losetup: $(cat "$OUT/kloop.losetup.txt"); $(ls /dev/loop* 2>&1 | head -n 3 | tr '\n' ' ')"
+  else
+    echo "$dev dio=$(cat /sys/block/"$(basename "$dev")"/loop/dio 2>/dev/null)" >"$OUT/kloop.dev.txt"
+    DEV[kloop]=$dev
+  fi
+}
+down_kloop() {
+  [ -n "${DEV[kloop]:-}" ] && losetup -d "${DEV[kloop]}"
+  rm -f "$SCR/kloop.img"
+}
+
+# ------------------------------------------------------------------ DRBD 8.4
+drbd_up() { # minor lower-device my-port peer-port
+  local res=r$1
+  echo yes | drbdmeta --force "$1" v08 "$2" internal create-md >"$OUT/drbd.create-md-$1.txt" 2>&1 &&
+    $DRBDSETUP new-resource $res >>"$OUT/drbd.setup.txt" 2>&1 &&
+    $DRBDSETUP new-minor $res "$1" 0 >>"$OUT/drbd.setup.txt" 2>&1 &&
+    $DRBDSETUP attach "$1" "$2" "$2" internal >>"$OUT/drbd.setup.txt" 2>&1 &&
+    $DRBDSETUP connect $res "ipv4:127.0.0.1:$3" "ipv4:127.0.0.1:$4" --protocol=C >>"$OUT/drbd.setup.txt" 2>&1
+}
+drbd_connected() { grep -q "^ 0: cs:Connected" /proc/drbd && grep -q "^ 1: cs:Connected" /proc/drbd; }
+drbd_uptodate() { grep -q "^ 0: cs:Connected ro:Primary/Secondary ds:UpToDate/UpToDate" /proc/drbd; }
+DRBD_LOOPS=()
+bench_drbd() {
+  local a b
+  command -v drbdmeta >/dev/null && [ -x $DRBDSETUP ] || { failed drbd "drbd-utils is not installed (drbdmeta, $DRBDSETUP)"; return; }
+  modprobe drbd >"$OUT/drbd.modprobe.txt" 2>&1 || { failed drbd "modprobe drbd: $(cat "$OUT/drbd.modprobe.txt")"; return; }
+  head -n 1 /proc/drbd >"$OUT/drbd.version.txt"
+  fill "$SCR/drbd0.img" && fill "$SCR/drbd1.img" || { failed drbd "cannot write the images"; return; }
+  a=$(losetup --direct-io=on -f --show "$SCR/drbd0.img") && b=$(losetup --direct-io=on -f --show "$SCR/drbd1.img") ||
+    { failed drbd "losetup failed"; return; }
+  DRBD_LOOPS=("$a" "$b")
+  if ! drbd_up 0 "$a" 7790 7791 || ! drbd_up 1 "$b" 7791 7790; then
+    failed drbd "setup: $(tail -n 5 "$OUT/drbd.setup.txt" "$OUT"/drbd.create-md-*.txt | tr '\n' ' ')"
+  elif ! wait_for 60 drbd_connected; then
+    failed drbd "the two minors did not connect: $(cat /proc/drbd | tr '\n' ' ')"
+  else
+    # Both sides were written in full by dd, and are blank to DRBD: skip the
+    # initial sync as drbdadm new-current-uuid --clear-bitmap does.
+    $DRBDSETUP new-current-uuid 0 --clear-bitmap >>"$OUT/drbd.setup.txt" 2>&1 &&
+      $DRBDSETUP primary 0 >>"$OUT/drbd.setup.txt" 2>&1
+    if ! wait_for 60 drbd_uptodate; then
+      failed drbd "minor 0 is not Primary UpToDate/UpToDate: $(cat /proc/drbd | tr '\n' ' ')"
+    else
+      cat /proc/drbd >"$OUT/drbd.proc-before.txt"
+      DEV[drbd]=/dev/drbd0
+    fi
+  fi
+}
+down_drbd() {
+  [ -f /proc/drbd ] && cat /proc/drbd >"$OUT/drbd.proc-after.txt"
+  $DRBDSETUP down r0 >/dev/null 2>&1
+  $DRBDSETUP down r1 >/dev/null 2>&1
+  [ "${#DRBD_LOOPS[@]}" -gt 0 ] && losetup -d "${DRBD_LOOPS[@]}" 2>/dev/null
+  rm -f "$SCR/drbd0.img" "$SCR/drbd1.img"
+}
+
+say "kernel $(uname -r), $(nproc) cpus, $(awk '/MemTotal/ {print $2 " kB"}' /proc/meminfo); size $SIZE, runtime ${RUNTIME}s, ramp ${RAMP}s; targets: $TARGETS"
+{
+  echo "kernel $(uname -r)"
+  echo "cpus $(nproc)"
+  echo "fio $(fio --version)"
+  echo "size $SIZE"
+  echo "runtime $RUNTIME"
+  echo "ramp $RAMP"
+} >"$OUT/meta.txt"
+# Set every target up first, then run each workload on every target in turn:
+# a drift of the (shared, emulated) machine during the run then hits all
+# targets alike instead of the ones measured last.
+declare -A DEV
+for t in $TARGETS; do
+  say "$t: setting up"
+  case "$t" in
+  ours) bench_ours ;;
+  ours-standalone) bench_ours_sa ;;
+  rublk-loop) bench_rublk ;;
+  kloop) bench_kloop ;;
+  drbd) bench_drbd ;;
+  *) failed "$t" "unknown target $t" ;;
+  esac
+done
+free -m >"$OUT/free.txt"
+for w in $WORKLOADS; do
+  for t in $TARGETS; do
+    [ -n "${DEV[$t]:-}" ] || continue
+    say "$t: fio $w on ${DEV[$t]}"
+    fio_run "$t" "${DEV[$t]}" "$w" || echo "fio $w on ${DEV[$t]} failed: $(tail -n 3 "$OUT/$t.$w.stderr")" >>"$OUT/$t.error"
+  done
+done
+for t in $TARGETS; do
+  case "$t" in
+  ours) down_ours ;;
+  ours-standalone) down_ours_sa ;;
+  rublk-loop) down_rublk ;;
+  kloop) down_kloop ;;
+  drbd) down_drbd ;;
+  esac
+done
+say "done"
