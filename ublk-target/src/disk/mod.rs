@@ -30,7 +30,7 @@ use bytes::Bytes;
 use nix::libc;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-pub use aligned::{is_aligned, AlignedBuf, BadBufLen};
+pub use aligned::{is_aligned, pool_idle_bytes, AlignedBuf, BadBufLen, POOL_MAX_BYTES};
 
 pub use crate::frontend::IoResult;
 

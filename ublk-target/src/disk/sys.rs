@@ -85,7 +85,7 @@ impl RawAligned {
         Some(Self { ptr, len })
     }
 
-    fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         // A dangling `Page` pointer is non-null and 4096-aligned: valid for
         // a zero-length slice and never freed (len == 0).
         Self {

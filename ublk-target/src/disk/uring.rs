@@ -382,7 +382,8 @@ where
                     return Ok(());
                 }
                 let len = len as usize;
-                let buf = AlignedBuf::zeroed(len).map_err(|_| libc::EINVAL)?;
+                // Every byte is read into, or zeroed at end of file.
+                let buf = AlignedBuf::for_overwrite(len).map_err(|_| libc::EINVAL)?;
                 let state = State::Read {
                     offset,
                     len,
