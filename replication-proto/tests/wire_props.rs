@@ -14,8 +14,8 @@ use proptest::sample::Index;
 
 use replication_proto::gen::Generations;
 use replication_proto::wire::codec::{
-    decode, encode, encode_vectored, encoded_len, DecodeError, EncodeError, FrameDecoder,
-    HEADER_LEN, MAGIC, MAX_BITMAP_RUNS, MAX_PAYLOAD, MAX_STRING_LEN,
+    decode, decode_frame, encode, encode_vectored, encoded_len, peek_frame, DecodeError,
+    EncodeError, FrameDecoder, HEADER_LEN, MAGIC, MAX_BITMAP_RUNS, MAX_PAYLOAD, MAX_STRING_LEN,
 };
 use replication_proto::wire::rle::{bitmap_messages, BitmapReceiver, Progress};
 use replication_proto::wire::{
@@ -288,6 +288,30 @@ proptest! {
         prop_assert_eq!(used, bytes.len());
         prop_assert_eq!(&back, &msg);
 
+        // Peeking the header and decoding the whole frame in one buffer
+        // gives the same message; the bulk data starts where peek says.
+        let peek = peek_frame(&bytes).unwrap().expect("a whole header");
+        prop_assert_eq!(peek.total, bytes.len());
+        let frame = Bytes::from(bytes.clone());
+        let back = decode_frame(frame.clone()).unwrap();
+        prop_assert_eq!(&back, &msg);
+        match (&back, peek.bulk_at) {
+            (Message::Data { data, .. } | Message::ResyncData { data, .. }, Some(at)) => {
+                prop_assert_eq!(&frame[at..], &data[..]);
+                if !data.is_empty() {
+                    // A slice of the frame, not a copy.
+                    prop_assert_eq!(data.as_ptr(), frame[at..].as_ptr());
+                }
+            }
+            (Message::Data { .. } | Message::ResyncData { .. }, None) => {
+                prop_assert!(false, "no bulk offset for a data frame");
+            }
+            (_, at) => prop_assert_eq!(at, None),
+        }
+        // A buffer that is not exactly one frame is refused.
+        prop_assert!(decode_frame(Bytes::from(two.clone())).is_err());
+        prop_assert!(decode_frame(frame.slice(..frame.len() - 1)).is_err());
+
         // Vectored encoding is the same bytes.
         let mut head = BytesMut::new();
         let bulk = encode_vectored(&msg, &mut head).unwrap();
@@ -300,6 +324,7 @@ proptest! {
         let bytes = encoded(&msg);
         for n in 0..bytes.len() {
             prop_assert_eq!(decode(&bytes[..n]), Ok(None), "prefix of {} bytes", n);
+            prop_assert_eq!(peek_frame(&bytes[..n]).unwrap().is_some(), n >= HEADER_LEN);
         }
     }
 
@@ -319,12 +344,17 @@ proptest! {
                     prop_assert!(false, "bit {} flipped decoded as {:?}", bit, got);
                 }
             }
+            if let Ok(got) = decode_frame(Bytes::from(bad)) {
+                prop_assert!(false, "bit {} flipped decoded as {:?}", bit, got);
+            }
         }
     }
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
         let _ = decode(&bytes);
+        let _ = peek_frame(&bytes);
+        let _ = decode_frame(Bytes::from(bytes.clone()));
         let mut d = FrameDecoder::new();
         d.push(&bytes);
         let _ = d.next();

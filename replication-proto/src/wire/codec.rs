@@ -111,6 +111,10 @@ pub const MAX_STRING_LEN: usize = 255;
 pub const MAX_BITMAP_RUNS: usize = (MAX_PAYLOAD - BITMAP_FIXED_LEN) / MAX_VARINT_LEN;
 
 const BITMAP_FIXED_LEN: usize = 8 + 1 + 4;
+/// Fields of `Data` before its bulk data: seq, offset, len, flags.
+const DATA_FIXED_LEN: usize = 8 + 8 + 4 + 4;
+/// Fields of `ResyncData` before its bulk data: id, offset.
+const RESYNC_DATA_FIXED_LEN: usize = 8 + 8;
 const MAX_VARINT_LEN: usize = 10;
 const BITMAP_FIRST_SET: u8 = 1 << 0;
 const BITMAP_LAST: u8 = 1 << 1;
@@ -165,6 +169,8 @@ pub enum DecodeError {
     TrailingBytes { message: &'static str, count: usize },
     #[error("Bitmap frame: {runs} runs announced but only {remaining} payload bytes remain")]
     TooManyBitmapRuns { runs: u32, remaining: usize },
+    #[error("frame buffer holds {have} bytes but its header announces a {announced}-byte frame")]
+    FrameLength { have: usize, announced: usize },
 }
 
 /// Why a [`Message`] cannot be put on the wire. These are bugs in the caller
@@ -435,7 +441,7 @@ fn payload_len(msg: &Message) -> usize {
             2 + 1 + h.resource.len() + 1 + h.node.len() + 8 + 3 + GENS + 4 + 8 + 8 + 32 + 1
         }
         Message::Auth { .. } => 32,
-        Message::Data { data, .. } => 8 + 8 + 4 + 4 + data.len(),
+        Message::Data { data, .. } => DATA_FIXED_LEN + data.len(),
         Message::RecvAck { .. }
         | Message::WriteAck { .. }
         | Message::NegAck { .. }
@@ -452,7 +458,7 @@ fn payload_len(msg: &Message) -> usize {
         | Message::ResyncNeg { .. }
         | Message::ResyncAck { .. } => 8 + 8 + 4,
         Message::ChecksumRequest { .. } | Message::VerifyRequest { .. } => 8 + 8 + 4 + 4,
-        Message::ResyncData { data, .. } => 8 + 8 + data.len(),
+        Message::ResyncData { data, .. } => RESYNC_DATA_FIXED_LEN + data.len(),
         Message::VerifyReply { .. } => 8 + 8 + 4 + 1,
         Message::OutOfSync { .. } => 8 + 4,
         Message::Disconnect { message, .. } => 1 + 1 + message.len(),
@@ -1132,6 +1138,57 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, DecodeError> {
         Bytes::copy_from_slice(payload.get(r).unwrap_or_default())
     })?;
     Ok(Some((msg, total)))
+}
+
+/// What a frame header announces, from [`peek_frame`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FramePeek {
+    /// Length of the whole frame, header included.
+    pub total: usize,
+    /// For `Data` / `ResyncData`: where the bulk data starts in the frame,
+    /// so a reader can place it (e.g. at an aligned address for O_DIRECT).
+    pub bulk_at: Option<usize>,
+}
+
+/// Reads the header at the start of `buf` (checked as [`FrameDecoder`]
+/// checks it): `Ok(None)` if fewer than [`HEADER_LEN`] bytes are there.
+/// The payload and its checksum are checked by [`decode_frame`].
+pub fn peek_frame(buf: &[u8]) -> Result<Option<FramePeek>, DecodeError> {
+    if buf.len() < HEADER_LEN {
+        // Still refuses garbage early.
+        parse_header(buf)?;
+        return Ok(None);
+    }
+    let Some(h) = parse_header(buf)? else {
+        return Ok(None);
+    };
+    let bulk_at = match h.ty {
+        T_DATA => Some(HEADER_LEN + DATA_FIXED_LEN),
+        T_RESYNC_DATA => Some(HEADER_LEN + RESYNC_DATA_FIXED_LEN),
+        _ => None,
+    };
+    Ok(Some(FramePeek {
+        total: HEADER_LEN + h.payload_len,
+        bulk_at,
+    }))
+}
+
+/// Decodes `frame`, which must hold exactly one whole frame. The data of
+/// `Data` / `ResyncData` is a slice of `frame`, not a copy.
+pub fn decode_frame(frame: Bytes) -> Result<Message, DecodeError> {
+    let announced = |total| DecodeError::FrameLength {
+        have: frame.len(),
+        announced: total,
+    };
+    let Some((h, total)) = check_frame(&frame)? else {
+        let total = parse_header(&frame)?.map_or(HEADER_LEN, |h| HEADER_LEN + h.payload_len);
+        return Err(announced(total));
+    };
+    if total != frame.len() {
+        return Err(announced(total));
+    }
+    let payload = frame.slice(HEADER_LEN..);
+    decode_payload(h.ty, &payload, |r| payload.slice(r))
 }
 
 /// Buffers bytes read from a stream and cuts them into messages.

@@ -25,12 +25,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, ThreadId};
+use std::time::Duration;
 
 use bytes::Bytes;
 use nix::libc;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-pub use aligned::{is_aligned, AlignedBuf, BadBufLen};
+pub use aligned::{is_aligned, pool_idle_bytes, AlignedBuf, BadBufLen, POOL_MAX_BYTES};
 
 pub use crate::frontend::IoResult;
 
@@ -299,6 +300,94 @@ impl LocalDisk {
     where
         F: Fn(u64, IoResult) + Send + 'static,
     {
+        let path = self.path.clone();
+        let direct = self.direct;
+        let data_bytes = self.data_bytes;
+        let parts = self.setup()?;
+        let engine = uring::Engine::new(
+            parts.cfg,
+            parts.ring,
+            parts.rx,
+            Arc::clone(&parts.waker),
+            Arc::clone(&parts.in_flight),
+            parts.blk_file,
+            uring::Callback(on_complete),
+        )
+        .map_err(|source| DiskError::Start {
+            path: path.clone(),
+            what: "block-device helper thread",
+            source,
+        })?;
+        let thread = std::thread::Builder::new()
+            .name("disk-uring".into())
+            .spawn(move || engine.run())
+            .map_err(|source| DiskError::Start {
+                path,
+                what: "spawn",
+                source,
+            })?;
+        Ok(DiskHandle {
+            shared: Arc::new(Shared {
+                ring_thread: thread.thread().id(),
+                tx: Some(parts.tx),
+                waker: parts.waker,
+                in_flight: parts.in_flight,
+                thread: Mutex::new(Some(thread)),
+                data_bytes,
+                direct,
+            }),
+        })
+    }
+
+    /// Sets up the io_uring for the calling thread to drive itself, with
+    /// no disk thread: [`InlineDisk::submit`] queues, [`InlineDisk::wait`]
+    /// submits, sleeps and collects answers. For an event loop that
+    /// already owns a thread (the engine): each op then costs no thread
+    /// hand-off and many ops share one `io_uring_enter`.
+    ///
+    /// Needs a kernel whose io_uring can wait with a timeout
+    /// (IORING_FEAT_EXT_ARG, Linux 5.11); fails with
+    /// [`DiskError::UringUnavailable`] otherwise.
+    pub fn inline(self) -> Result<InlineDisk, DiskError> {
+        let path = self.path.clone();
+        let direct = self.direct;
+        let data_bytes = self.data_bytes;
+        let parts = self.setup()?;
+        if !parts.ring.has_timed_wait() {
+            return Err(DiskError::UringUnavailable {
+                path,
+                source: std::io::Error::other(
+                    "this kernel's io_uring cannot wait with a timeout (IORING_FEAT_EXT_ARG, Linux 5.11+)",
+                ),
+            });
+        }
+        let engine = uring::Engine::new(
+            parts.cfg,
+            parts.ring,
+            parts.rx,
+            Arc::clone(&parts.waker),
+            Arc::clone(&parts.in_flight),
+            parts.blk_file,
+            Vec::new(),
+        )
+        .map_err(|source| DiskError::Start {
+            path,
+            what: "block-device helper thread",
+            source,
+        })?;
+        Ok(InlineDisk {
+            engine,
+            _tx: parts.tx,
+            waker: parts.waker,
+            in_flight: parts.in_flight,
+            data_bytes,
+            direct,
+            closed: false,
+        })
+    }
+
+    /// The ring, its wake-up and the channel, shared by both modes.
+    fn setup(self) -> Result<Parts, DiskError> {
         let start_err = |what, source| DiskError::Start {
             path: self.path.clone(),
             what,
@@ -328,40 +417,132 @@ impl LocalDisk {
                 }
             })?;
         let (tx, rx) = mpsc::channel();
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        let cfg = uring::Config {
-            kind: self.kind,
-            data_bytes: self.data_bytes,
-            direct: self.direct,
-            align: self.align,
-            queue_depth: self.queue_depth as usize,
-            max_chunk: self.max_chunk,
-        };
-        let engine = uring::Engine::new(
-            cfg,
-            ring,
-            rx,
-            Arc::clone(&waker),
-            Arc::clone(&in_flight),
-            blk_file,
-            on_complete,
-        )
-        .map_err(|e| start_err("block-device helper thread", e))?;
-        let thread = std::thread::Builder::new()
-            .name("disk-uring".into())
-            .spawn(move || engine.run())
-            .map_err(|e| start_err("spawn", e))?;
-        Ok(DiskHandle {
-            shared: Arc::new(Shared {
-                ring_thread: thread.thread().id(),
-                tx: Some(tx),
-                waker,
-                in_flight,
-                thread: Mutex::new(Some(thread)),
+        Ok(Parts {
+            cfg: uring::Config {
+                kind: self.kind,
                 data_bytes: self.data_bytes,
                 direct: self.direct,
-            }),
+                align: self.align,
+                queue_depth: self.queue_depth as usize,
+                max_chunk: self.max_chunk,
+            },
+            ring,
+            waker,
+            blk_file,
+            tx,
+            rx,
+            in_flight: Arc::new(AtomicUsize::new(0)),
         })
+    }
+}
+
+struct Parts {
+    cfg: uring::Config,
+    ring: sys::Ring,
+    waker: Arc<Waker>,
+    blk_file: Option<File>,
+    tx: Sender<Msg>,
+    rx: mpsc::Receiver<Msg>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// A local disk driven by the thread that owns it; see
+/// [`LocalDisk::inline`]. Dropping it completes (and discards the answers
+/// of) every op still in flight.
+pub struct InlineDisk {
+    engine: uring::Engine<Vec<(u64, IoResult)>>,
+    /// Keeps the (unused) channel connected.
+    _tx: Sender<Msg>,
+    waker: Arc<Waker>,
+    in_flight: Arc<AtomicUsize>,
+    data_bytes: u64,
+    direct: bool,
+    closed: bool,
+}
+
+impl std::fmt::Debug for InlineDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InlineDisk")
+            .field("in_flight", &self.in_flight())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Ends an [`InlineDisk::wait`] early, from any thread. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct DiskWaker(Arc<Waker>);
+
+impl DiskWaker {
+    /// Makes the current or next [`InlineDisk::wait`] return. Only the
+    /// first call after a wait began writes the eventfd.
+    pub fn wake(&self) {
+        self.0.wake();
+    }
+}
+
+impl InlineDisk {
+    /// Queues `op`; its answer comes out of a later [`InlineDisk::wait`],
+    /// exactly once. The same rules as [`DiskHandle::submit`].
+    pub fn submit(&mut self, token: u64, op: DiskOp) {
+        self.engine.push(token, op);
+    }
+
+    /// A handle other threads use to end a wait (after they queued work
+    /// for this thread elsewhere).
+    pub fn waker(&self) -> DiskWaker {
+        DiskWaker(Arc::clone(&self.waker))
+    }
+
+    /// Starts the queued ops, then sleeps until at least one op completes,
+    /// [`DiskWaker::wake`] is called (also if it was called after the
+    /// previous wait returned), or `timeout` passes. Appends the answers to
+    /// `out`.
+    pub fn wait(&mut self, timeout: Duration, out: &mut Vec<(u64, IoResult)>) {
+        if !self.closed && !self.engine.turn(Some(timeout)) {
+            self.closed = true;
+        }
+        // Cleared only now: whatever the owner finds queued elsewhere after
+        // this returns, a wake from then on ends the next wait (one that
+        // came in between at worst ends it early, for nothing).
+        self.waker.pending.store(false, Ordering::SeqCst);
+        out.append(&mut self.engine.sink);
+    }
+
+    /// Ops submitted and not yet answered by [`InlineDisk::wait`].
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Size of the data area served, in bytes.
+    pub fn data_bytes(&self) -> u64 {
+        self.data_bytes
+    }
+
+    /// Whether I/O bypasses the page cache.
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    /// Completes every op submitted before (their answers are discarded),
+    /// then closes the ring and the backing store. Later ops are answered
+    /// with ESHUTDOWN. Idempotent.
+    pub fn shutdown(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.engine.begin_shutdown();
+        while self.engine.turn(None) {
+            self.engine.sink.clear();
+        }
+        self.engine.sink.clear();
+        self.engine.close();
+        self.closed = true;
+    }
+}
+
+impl Drop for InlineDisk {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }
 

@@ -85,7 +85,7 @@ impl RawAligned {
         Some(Self { ptr, len })
     }
 
-    fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         // A dangling `Page` pointer is non-null and 4096-aligned: valid for
         // a zero-length slice and never freed (len == 0).
         Self {
@@ -222,6 +222,11 @@ impl Ring {
         Ok(me)
     }
 
+    /// Whether [`Ring::wait`] can take a timeout.
+    pub(crate) fn has_timed_wait(&self) -> bool {
+        self.ring.params().is_feature_ext_arg()
+    }
+
     pub(crate) fn outstanding(&self) -> usize {
         self.outstanding
     }
@@ -337,13 +342,23 @@ impl Ring {
     /// Submits queued SQEs and waits for at least one CQE (an op or a
     /// wake-up). EINTR and EBUSY (completion queue full) are not errors:
     /// the caller reaps and comes back.
-    pub(crate) fn wait(&mut self) -> io::Result<()> {
-        match self.ring.submit_and_wait(1) {
+    /// With a `timeout`, also returns when it expires (needs the kernel's
+    /// IORING_FEAT_EXT_ARG, 5.11; see [`Ring::has_timed_wait`]).
+    pub(crate) fn wait(&mut self, timeout: Option<std::time::Duration>) -> io::Result<()> {
+        let r = match timeout {
+            None => self.ring.submit_and_wait(1),
+            Some(t) => {
+                let ts = types::Timespec::from(t);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+        };
+        match r {
             Ok(_) => Ok(()),
             Err(e)
                 if matches!(
                     e.raw_os_error(),
-                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN | libc::ETIME)
                 ) =>
             {
                 Ok(())

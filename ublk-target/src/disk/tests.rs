@@ -245,3 +245,114 @@ fn disk_open_rejects_bad_options_with_the_path() {
     let e = LocalDisk::open(dir.path(), 0, DiskOptions::default()).unwrap_err();
     assert!(matches!(e, DiskError::NotFileOrBlockDevice { .. }), "{e}");
 }
+
+/// Waits until the inline disk has answered `n` ops (or 30 s pass).
+fn inline_answers(d: &mut InlineDisk, n: usize) -> Vec<(u64, IoResult)> {
+    let mut out = Vec::new();
+    let t0 = std::time::Instant::now();
+    while out.len() < n && t0.elapsed() < Duration::from_secs(30) {
+        d.wait(Duration::from_millis(100), &mut out);
+    }
+    out
+}
+
+#[test]
+fn inline_disk_answers_every_op_once_and_wakes_on_demand() {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let data_bytes = 1 << 20;
+    let path = make_file(dir.path(), data_bytes);
+    let disk = LocalDisk::open(
+        &path,
+        data_bytes,
+        DiskOptions {
+            direct: true,
+            queue_depth: 2,
+        },
+    )
+    .unwrap();
+    let mut d = disk.inline().unwrap();
+    // More ops than the queue depth, in one batch: the rest wait their turn.
+    let blocks: Vec<Bytes> = (0..6u8).map(|i| Bytes::from(pattern(4096, i))).collect();
+    for (i, b) in blocks.iter().enumerate() {
+        d.submit(
+            i as u64,
+            DiskOp::Write {
+                offset: i as u64 * 8192,
+                data: b.clone(),
+                fua: false,
+            },
+        );
+    }
+    assert_eq!(d.in_flight(), 6);
+    let mut got = inline_answers(&mut d, 6);
+    got.sort_by_key(|(t, _)| *t);
+    assert_eq!(got.len(), 6);
+    for (i, (t, r)) in got.iter().enumerate() {
+        assert_eq!((*t, r), (i as u64, &Ok(None)));
+    }
+    d.submit(100, DiskOp::Flush);
+    d.submit(
+        101,
+        DiskOp::Read {
+            offset: 8192 * 3,
+            len: 4096,
+        },
+    );
+    let got = inline_answers(&mut d, 2);
+    assert_eq!(got.len(), 2);
+    for (t, r) in got {
+        match t {
+            100 => assert_eq!(r, Ok(None)),
+            101 => assert_eq!(r.unwrap().unwrap(), blocks[3]),
+            other => panic!("unexpected token {other}"),
+        }
+    }
+    assert_eq!(d.in_flight(), 0);
+
+    // Nothing in flight: a wait lasts its timeout, unless woken.
+    let mut out = Vec::new();
+    let t0 = std::time::Instant::now();
+    d.wait(Duration::from_millis(300), &mut out);
+    assert!(t0.elapsed() >= Duration::from_millis(250) && out.is_empty());
+    let waker = d.waker();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        waker.wake();
+    });
+    let t0 = std::time::Instant::now();
+    d.wait(Duration::from_secs(20), &mut out);
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "the waker ends the wait"
+    );
+    t.join().unwrap();
+    // A wake that came before the wait began still ends it.
+    d.waker().wake();
+    let t0 = std::time::Instant::now();
+    d.wait(Duration::from_secs(20), &mut out);
+    assert!(t0.elapsed() < Duration::from_secs(10));
+
+    // Bad ops are answered, not dropped.
+    d.submit(
+        7,
+        DiskOp::Read {
+            offset: data_bytes,
+            len: 4096,
+        },
+    );
+    assert_eq!(inline_answers(&mut d, 1), vec![(7, Err(libc::EINVAL))]);
+
+    // After shutdown: answered with ESHUTDOWN.
+    d.submit(8, DiskOp::Flush);
+    d.shutdown();
+    d.submit(9, DiskOp::Flush);
+    let mut out = Vec::new();
+    d.wait(Duration::from_millis(10), &mut out);
+    assert_eq!(out, vec![(9, Err(libc::ESHUTDOWN))]);
+    drop(d);
+    let mut f = File::open(&path).unwrap();
+    let mut back = vec![0u8; 4096];
+    f.seek(SeekFrom::Start(8192 * 5)).unwrap();
+    f.read_exact(&mut back).unwrap();
+    assert_eq!(Bytes::from(back), blocks[5]);
+}

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use bytes::Bytes;
 use nix::libc;
@@ -205,6 +206,30 @@ impl BlkHelper {
     }
 }
 
+/// Where answers go: a callback on the ring thread, or a list the thread
+/// that drives the ring inline collects.
+pub(crate) trait Sink {
+    fn complete(&mut self, token: u64, res: IoResult);
+}
+
+/// Calls `F` for each answer; a panic in it is logged, not spread.
+pub(crate) struct Callback<F>(pub(crate) F);
+
+impl<F: Fn(u64, IoResult)> Sink for Callback<F> {
+    fn complete(&mut self, token: u64, res: IoResult) {
+        let cb = &self.0;
+        if std::panic::catch_unwind(AssertUnwindSafe(|| cb(token, res))).is_err() {
+            tracing::error!(token, "the disk completion callback panicked");
+        }
+    }
+}
+
+impl Sink for Vec<(u64, IoResult)> {
+    fn complete(&mut self, token: u64, res: IoResult) {
+        self.push((token, res));
+    }
+}
+
 pub(crate) struct Engine<F> {
     cfg: Config,
     /// `None` once closed.
@@ -213,7 +238,7 @@ pub(crate) struct Engine<F> {
     waker: Arc<Waker>,
     in_flight: Arc<AtomicUsize>,
     blk: Option<BlkHelper>,
-    on_complete: F,
+    pub(crate) sink: F,
     /// Accepted, not yet started (over the queue depth).
     pending: VecDeque<(u64, DiskOp)>,
     /// Started: in the kernel or on the helper thread.
@@ -226,10 +251,7 @@ pub(crate) struct Engine<F> {
     warned_no_discard: bool,
 }
 
-impl<F> Engine<F>
-where
-    F: Fn(u64, IoResult) + Send + 'static,
-{
+impl<F: Sink> Engine<F> {
     pub(crate) fn new(
         cfg: Config,
         ring: Ring,
@@ -237,7 +259,7 @@ where
         waker: Arc<Waker>,
         in_flight: Arc<AtomicUsize>,
         blk_file: Option<File>,
-        on_complete: F,
+        sink: F,
     ) -> std::io::Result<Self> {
         let blk = match blk_file {
             Some(file) => Some(BlkHelper::spawn(file, Arc::clone(&waker))?),
@@ -250,7 +272,7 @@ where
             waker,
             in_flight,
             blk,
-            on_complete,
+            sink,
             pending: VecDeque::new(),
             ops: Slab::new(),
             zeroes: None,
@@ -267,39 +289,11 @@ where
             // Clear before draining: a message sent after this point makes
             // its sender write the eventfd, which ends the next wait.
             self.waker.pending.store(false, Ordering::SeqCst);
-            self.drain_inbox();
-            self.start_pending();
-            if self.shutting_down && self.pending.is_empty() && self.ops.is_empty() {
+            if !self.turn(None) {
                 break;
             }
-            let Some(ring) = self.ring.as_mut() else {
-                break;
-            };
-            if let Err(e) = ring.wait() {
-                tracing::error!(error = %e, "io_uring_enter failed");
-            }
-            ring.reap(&mut self.completions);
-            let mut completions = std::mem::take(&mut self.completions);
-            for c in completions.drain(..) {
-                self.on_cqe(c);
-            }
-            self.completions = completions;
         }
-        // Everything answered: close the ring (its drop waits for the wake
-        // read) and the backing store, stop the helper.
-        if let Some(ring) = self.ring.take() {
-            debug_assert_eq!(ring.outstanding(), 0);
-            drop(ring);
-        }
-        if let Some(blk) = self.blk.take() {
-            drop(blk.tx);
-            if blk.thread.join().is_err() {
-                tracing::error!("the block-device helper thread panicked");
-            }
-        }
-        for ack in self.acks.drain(..) {
-            let _ = ack.send(());
-        }
+        self.close();
         if self.disconnected {
             return;
         }
@@ -313,6 +307,63 @@ where
                     }
                 }
             }
+        }
+    }
+
+    /// One turn of the loop: take new ops, start what fits, submit and wait
+    /// for a completion, a wake-up or `timeout` (`None`: no limit), then
+    /// answer what completed. False once shut down and drained.
+    pub(crate) fn turn(&mut self, timeout: Option<Duration>) -> bool {
+        self.drain_inbox();
+        self.start_pending();
+        if self.shutting_down && self.pending.is_empty() && self.ops.is_empty() {
+            return false;
+        }
+        let Some(ring) = self.ring.as_mut() else {
+            return false;
+        };
+        if let Err(e) = ring.wait(timeout) {
+            tracing::error!(error = %e, "io_uring_enter failed");
+        }
+        ring.reap(&mut self.completions);
+        let mut completions = std::mem::take(&mut self.completions);
+        for c in completions.drain(..) {
+            self.on_cqe(c);
+        }
+        self.completions = completions;
+        true
+    }
+
+    /// Queues an op from the thread that drives the ring inline.
+    pub(crate) fn push(&mut self, token: u64, op: DiskOp) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        if self.shutting_down {
+            self.complete(token, Err(libc::ESHUTDOWN));
+        } else {
+            self.pending.push_back((token, op));
+        }
+    }
+
+    /// Stops taking ops; the next turns finish those in flight.
+    pub(crate) fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+    }
+
+    /// Everything answered: close the ring (its drop waits for the wake
+    /// read) and the backing store, stop the helper, ack shutdowns.
+    pub(crate) fn close(&mut self) {
+        if let Some(ring) = self.ring.take() {
+            debug_assert_eq!(ring.outstanding(), 0);
+            drop(ring);
+        }
+        if let Some(blk) = self.blk.take() {
+            drop(blk.tx);
+            if blk.thread.join().is_err() {
+                tracing::error!("the block-device helper thread panicked");
+            }
+        }
+        for ack in self.acks.drain(..) {
+            let _ = ack.send(());
         }
     }
 
@@ -382,7 +433,8 @@ where
                     return Ok(());
                 }
                 let len = len as usize;
-                let buf = AlignedBuf::zeroed(len).map_err(|_| libc::EINVAL)?;
+                // Every byte is read into, or zeroed at end of file.
+                let buf = AlignedBuf::for_overwrite(len).map_err(|_| libc::EINVAL)?;
                 let state = State::Read {
                     offset,
                     len,
@@ -708,10 +760,7 @@ where
         // Not in flight any more once answered: whoever sees the answer
         // sees the counter without it.
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        let cb = &self.on_complete;
-        if std::panic::catch_unwind(AssertUnwindSafe(|| cb(token, res))).is_err() {
-            tracing::error!(token, "the disk completion callback panicked");
-        }
+        self.sink.complete(token, res);
     }
 }
 

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use replication_proto::gen::Generations;
 use replication_proto::meta::MetaFlags;
 
-use super::Input;
+use super::{Input, InputTx};
 use crate::md::MetaDevice;
 
 pub(crate) enum MetaOp {
@@ -25,7 +25,7 @@ pub(crate) struct MetaWriter {
 const EIO: i32 = 5;
 
 impl MetaWriter {
-    pub(crate) fn start(mut md: MetaDevice, done: Sender<Input>) -> std::io::Result<Self> {
+    pub(crate) fn start(mut md: MetaDevice, done: InputTx) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<(u64, MetaOp)>();
         let span = tracing::Span::current();
         let thread = std::thread::Builder::new()

@@ -11,7 +11,7 @@ mod progress;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ use replication_proto::wire::{DiskState, Message, Role};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::disk::{DiskHandle, DiskOp, DiskOptions, LocalDisk};
+use crate::disk::{DiskOp, DiskOptions, DiskWaker, InlineDisk, LocalDisk};
 use crate::frontend::{BlockBackend, IoRequest, IoResult, Reply};
 use crate::md::{MdError, MetaDevice, MetaLocation};
 
@@ -34,10 +34,6 @@ pub(crate) enum Input {
     App {
         req: IoRequest,
         reply: Reply,
-    },
-    DiskDone {
-        token: u64,
-        result: IoResult,
     },
     MetaDone {
         token: u64,
@@ -178,10 +174,30 @@ struct Shared {
     nbd_clients: AtomicU64,
 }
 
+/// The engine's inbox. The engine thread sleeps in its disk ring's
+/// `io_uring_enter`, not on the channel, so every send also wakes the
+/// ring (one eventfd write per batch: none while the engine is busy).
+#[derive(Clone)]
+pub(crate) struct InputTx {
+    tx: Sender<Input>,
+    wake: DiskWaker,
+}
+
+impl InputTx {
+    // Same contract as `mpsc::Sender::send`: a refused input comes back, so
+    // a frontend can still answer its request.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn send(&self, input: Input) -> Result<(), mpsc::SendError<Input>> {
+        self.tx.send(input)?;
+        self.wake.wake();
+        Ok(())
+    }
+}
+
 /// A handle the frontends and the control socket use.
 #[derive(Clone)]
 pub struct EngineHandle {
-    tx: Sender<Input>,
+    tx: InputTx,
     shared: Arc<Shared>,
 }
 
@@ -277,7 +293,9 @@ struct Runner {
     start: Instant,
     rx: Receiver<Input>,
     shared: Arc<Shared>,
-    disk: DiskHandle,
+    /// Driven by the engine thread itself: a write costs no hand-off to a
+    /// disk thread and back, and one `io_uring_enter` submits a batch.
+    disk: InlineDisk,
     meta: meta::MetaWriter,
     peer: peer::Transport,
     replies: HashMap<u64, Reply>,
@@ -326,7 +344,6 @@ pub fn start(
         al_extents: al.extents,
     };
 
-    let (tx, rx) = mpsc::channel::<Input>();
     let disk = LocalDisk::open(
         &me.disk,
         data_bytes,
@@ -338,10 +355,12 @@ pub fn start(
     if opts.direct && !disk.is_direct() {
         tracing::warn!(disk = %me.disk.display(), "O_DIRECT refused by the filesystem; using buffered I/O (flushes still make writes durable)");
     }
-    let dtx = tx.clone();
-    let disk = disk.start(move |token, result| {
-        let _ = dtx.send(Input::DiskDone { token, result });
-    })?;
+    let disk = disk.inline()?;
+    let (tx, rx) = mpsc::channel::<Input>();
+    let tx = InputTx {
+        tx,
+        wake: disk.waker(),
+    };
     let meta = meta::MetaWriter::start(md, tx.clone()).map_err(StartError::Thread)?;
     let peer = peer::Transport::start(&me, &peer_node, tx.clone())?;
 
@@ -408,29 +427,36 @@ impl Runner {
         let _g = span.enter();
         tracing::info!("engine running");
         self.drain();
-        loop {
-            let timeout = self
-                .node
-                .poll_timeout()
-                .map(|t| Duration::from_millis(t.saturating_sub(self.now())))
-                .unwrap_or(Duration::from_secs(1))
-                .min(Duration::from_millis(200));
-            match self.rx.recv_timeout(timeout) {
-                Ok(input) => {
-                    self.input(input);
-                    // Take everything already queued before acting on timers.
-                    while let Ok(more) = self.rx.try_recv() {
-                        self.input(more);
-                    }
+        let mut done = Vec::new();
+        'run: loop {
+            // Take everything queued, then act on timers; inputs that come
+            // later wake the disk wait below.
+            loop {
+                match self.rx.try_recv() {
+                    Ok(input) => self.input(input),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => break 'run,
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
             }
             let now = self.now();
             self.node.handle(now, Event::Tick);
             self.drain();
             if self.node.is_down() {
                 break;
+            }
+            let timeout = self
+                .node
+                .poll_timeout()
+                .map(|t| Duration::from_millis(t.saturating_sub(self.now())))
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_millis(200));
+            // Everything this turn sent to the peer, in one write.
+            self.peer.flush();
+            // Submits the disk ops the inputs produced, sleeps until a disk
+            // op completes, an input arrives or a timer is due.
+            self.disk.wait(timeout, &mut done);
+            for (token, result) in done.drain(..) {
+                self.disk_done(token, result);
             }
         }
         self.finish();
@@ -493,25 +519,6 @@ impl Runner {
                 };
                 self.node.handle(now, ev);
             }
-            Input::DiskDone { token, result } => {
-                if let Some((flushed, orig)) = self.fua_zeroes.remove(&token) {
-                    if flushed || result.is_err() {
-                        self.node.handle(
-                            now,
-                            Event::LocalDone {
-                                token: orig,
-                                result,
-                            },
-                        );
-                    } else {
-                        let t = self.internal_token();
-                        self.fua_zeroes.insert(t, (true, orig));
-                        self.disk.submit(t, DiskOp::Flush);
-                    }
-                } else {
-                    self.node.handle(now, Event::LocalDone { token, result });
-                }
-            }
             Input::MetaDone { token, result } => {
                 self.node.handle(now, Event::MetaDone { token, result })
             }
@@ -533,6 +540,28 @@ impl Runner {
                 }
             }
             Input::Control { cmd, reply } => self.control(cmd, reply),
+        }
+        self.drain();
+    }
+
+    fn disk_done(&mut self, token: u64, result: IoResult) {
+        let now = self.now();
+        if let Some((flushed, orig)) = self.fua_zeroes.remove(&token) {
+            if flushed || result.is_err() {
+                self.node.handle(
+                    now,
+                    Event::LocalDone {
+                        token: orig,
+                        result,
+                    },
+                );
+            } else {
+                let t = self.internal_token();
+                self.fua_zeroes.insert(t, (true, orig));
+                self.disk.submit(t, DiskOp::Flush);
+            }
+        } else {
+            self.node.handle(now, Event::LocalDone { token, result });
         }
         self.drain();
     }

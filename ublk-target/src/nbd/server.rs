@@ -15,6 +15,7 @@ use bytes::Bytes;
 use tracing::{debug, info, info_span, warn};
 
 use super::proto::{self, *};
+use crate::disk::AlignedBuf;
 use crate::frontend::{BlockBackend, IoRequest, IoResult, Reply};
 
 /// Requests in flight per connection (read, submitted, reply not yet
@@ -737,8 +738,20 @@ impl Conn {
                 let n = usize::try_from(len).unwrap_or(usize::MAX);
                 // Take the credit before allocating: memory stays bounded.
                 let credit = self.credit(n)?;
-                let mut buf = vec![0u8; n];
-                self.reader.read_exact(&mut buf)?;
+                // Straight into an aligned (pooled) buffer: O_DIRECT then
+                // writes it without another copy.
+                let data = match AlignedBuf::for_overwrite(n) {
+                    Ok(mut buf) => {
+                        self.reader.read_exact(buf.as_mut_slice())?;
+                        buf.into_bytes()
+                    }
+                    // Not a multiple of 512: refused below, only read.
+                    Err(_) => {
+                        let mut buf = vec![0u8; n];
+                        self.reader.read_exact(&mut buf)?;
+                        Bytes::from(buf)
+                    }
+                };
                 if bad_flags || !in_range {
                     reject(if bad_flags {
                         "unknown flags"
@@ -761,14 +774,8 @@ impl Conn {
                     });
                 }
                 let reply = self.completion(handle, None, credit);
-                self.backend.submit(
-                    IoRequest::Write {
-                        offset,
-                        data: Bytes::from(buf),
-                        fua,
-                    },
-                    reply,
-                );
+                self.backend
+                    .submit(IoRequest::Write { offset, data, fua }, reply);
                 Ok(())
             }
             CMD_READ => {
