@@ -675,6 +675,8 @@ impl World {
                 }
                 for n in 0..2 {
                     if !self.nodes[n].repd_up {
+                        // The dead node is back: nothing to replace any more.
+                        self.expect = None;
                         self.restart_node(n);
                     } else if self.nodes[n].agent.is_none() {
                         self.start_agent(n);
