@@ -1092,7 +1092,9 @@ impl World {
                     OpResult::Ok
                 }
             }
-            Op::SuspendIo { .. } | Op::ResumeIo | Op::ArmFreeze if !self.nodes[n].repd_up => {
+            Op::SuspendIo { .. } | Op::ResumeIo { .. } | Op::ArmFreeze
+                if !self.nodes[n].repd_up =>
+            {
                 OpResult::Failed("repd not running".into())
             }
             Op::SuspendIo { .. } => {
@@ -1102,7 +1104,10 @@ impl World {
                 self.nodes[n].suspended = true;
                 OpResult::Ok
             }
-            Op::ResumeIo => {
+            Op::ResumeIo { current } if self.nodes[n].hist.last() != Some(current) => {
+                OpResult::Failed("refused: the node froze again since".into())
+            }
+            Op::ResumeIo { .. } => {
                 self.nodes[n].suspended = false;
                 OpResult::Ok
             }
