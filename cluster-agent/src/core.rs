@@ -206,8 +206,11 @@ pub enum Op {
     SuspendIo {
         fail: bool,
     },
-    /// Quorum back: let held writes in.
-    ResumeIo,
+    /// Quorum back: let held writes in — if the data generation is still
+    /// `current` (repd refuses when it froze again since).
+    ResumeIo {
+        current: u64,
+    },
     /// With a witness: make repd freeze I/O when it loses the peer while
     /// Primary, so that nothing is acknowledged alone before the witness
     /// knows the new data generation.
@@ -222,7 +225,10 @@ impl Op {
     /// resource start to finish.
     #[must_use]
     pub fn is_io_control(&self) -> bool {
-        matches!(self, Op::SuspendIo { .. } | Op::ResumeIo | Op::ArmFreeze)
+        matches!(
+            self,
+            Op::SuspendIo { .. } | Op::ResumeIo { .. } | Op::ArmFreeze
+        )
     }
 }
 
@@ -2051,7 +2057,7 @@ impl Core {
                     l.freeze_armed = true;
                 }
             }
-            (Op::ResumeIo, OpResult::Ok) => {
+            (Op::ResumeIo { .. }, OpResult::Ok) => {
                 self.q.suspended = false;
                 self.q.failing = false;
                 self.event(now, false, "quorum back: writes resumed".into());
@@ -2113,7 +2119,9 @@ impl Core {
             && !peer_took_over
             && self.state != HaState::Releasing
         {
-            Some(Op::ResumeIo)
+            Some(Op::ResumeIo {
+                current: self.local.as_ref().map_or(0, |l| l.gens.current),
+            })
         } else if self.q.suspended && self.state == HaState::Releasing && !self.q.failing {
             // Stopping the chain over held writes would hang (a umount
             // flushes): fail them first.

@@ -358,7 +358,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
                         Op::Promote { .. }
                         | Op::Demote
                         | Op::SuspendIo { .. }
-                        | Op::ResumeIo
+                        | Op::ResumeIo { .. }
                         | Op::ArmFreeze
                         | Op::Outdate => repd_tx.send(op).is_ok(),
                         _ => exec_tx.send(op).is_ok(),
@@ -620,7 +620,12 @@ fn repd_op(sock: &Path, op: &Op) -> OpResult {
         Op::Promote { force } => (ControlCmd::Primary { force: *force }, "promote"),
         Op::Demote => (ControlCmd::Secondary, "demote"),
         Op::SuspendIo { fail } => (ControlCmd::SuspendIo { fail: *fail }, "suspend-io"),
-        Op::ResumeIo => (ControlCmd::ResumeIo, "resume-io"),
+        Op::ResumeIo { current } => (
+            ControlCmd::ResumeIo {
+                if_current: Some(format!("{current:016X}")),
+            },
+            "resume-io",
+        ),
         Op::ArmFreeze => (
             ControlCmd::FreezeOnDisconnect { on: true },
             "freeze-on-disconnect",

@@ -689,6 +689,8 @@ impl World {
                 }
                 for n in 0..2 {
                     if !self.nodes[n].repd_up {
+                        // The dead node is back: nothing to replace any more.
+                        self.expect = None;
                         self.restart_node(n);
                     } else if self.nodes[n].agent.is_none() {
                         self.start_agent(n);
@@ -1115,7 +1117,9 @@ impl World {
                     OpResult::Ok
                 }
             }
-            Op::SuspendIo { .. } | Op::ResumeIo | Op::ArmFreeze if !self.nodes[n].repd_up => {
+            Op::SuspendIo { .. } | Op::ResumeIo { .. } | Op::ArmFreeze
+                if !self.nodes[n].repd_up =>
+            {
                 OpResult::Failed("repd not running".into())
             }
             Op::SuspendIo { .. } => {
@@ -1125,7 +1129,10 @@ impl World {
                 self.nodes[n].suspended = true;
                 OpResult::Ok
             }
-            Op::ResumeIo => {
+            Op::ResumeIo { current } if self.nodes[n].hist.last() != Some(current) => {
+                OpResult::Failed("refused: the node froze again since".into())
+            }
+            Op::ResumeIo { .. } => {
                 self.nodes[n].suspended = false;
                 OpResult::Ok
             }

@@ -685,7 +685,24 @@ fn an_armed_primary_freezes_when_the_peer_is_lost() {
     assert!(!p.s[0].done.contains_key(&1), "acked while frozen");
     submit_write(&mut p, 0, 2, 2);
     assert!(!p.s[0].done.contains_key(&2));
-    p.admin(0, Admin::ResumeIo).unwrap();
+    // A resume decided before the freeze (for the old generation) is refused.
+    let e = p
+        .admin(
+            0,
+            Admin::ResumeIoAt {
+                current: before.current,
+            },
+        )
+        .unwrap_err();
+    assert!(e.contains("froze again"), "{e}");
+    assert!(!p.s[0].done.contains_key(&1));
+    p.admin(
+        0,
+        Admin::ResumeIoAt {
+            current: st.gens.current,
+        },
+    )
+    .unwrap();
     assert_eq!(p.s[0].done.remove(&1), Some(Ok(None)));
     assert_eq!(p.s[0].done.remove(&2), Some(Ok(None)));
     // Promoted without the peer: frozen from the start.

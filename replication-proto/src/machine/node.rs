@@ -841,6 +841,17 @@ impl Node {
                 self.resume_io();
                 Ok(())
             }
+            Admin::ResumeIoAt { current } => {
+                if self.gens.current != current {
+                    return refuse(&format!(
+                        "the data generation is {:016X} now, not {current:016X}: \
+                         the node froze again since (it lost its peer)",
+                        self.gens.current
+                    ));
+                }
+                self.resume_io();
+                Ok(())
+            }
             Admin::FreezeOnDisconnect { on } => {
                 self.freeze_on_disconnect = on;
                 Ok(())

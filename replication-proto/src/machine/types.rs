@@ -195,6 +195,12 @@ pub enum Admin {
     },
     /// Let held requests in (in their order) and deliver held completions.
     ResumeIo,
+    /// `ResumeIo`, but only while the current data generation is still
+    /// `current`: a resume decided before the node froze on a disconnect
+    /// (which starts a new generation) must not undo the freeze.
+    ResumeIoAt {
+        current: u64,
+    },
     /// Armed, a Primary that loses its peer (or is promoted without one)
     /// suspends (holds) I/O at once,
     /// including the acknowledgements of the writes the peer did not

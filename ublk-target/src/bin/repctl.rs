@@ -330,7 +330,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Status(a) => daemon::status(cli, a),
         Command::Outdate => daemon::simple(cli, ControlCmd::Outdate),
         Command::SuspendIo(a) => daemon::simple(cli, ControlCmd::SuspendIo { fail: a.fail }),
-        Command::ResumeIo => daemon::simple(cli, ControlCmd::ResumeIo),
+        Command::ResumeIo => daemon::simple(cli, ControlCmd::ResumeIo { if_current: None }),
         Command::FreezeOnDisconnect(a) => daemon::simple(
             cli,
             ControlCmd::FreezeOnDisconnect {

@@ -81,7 +81,11 @@ pub enum ControlCmd {
     SuspendIo {
         fail: bool,
     },
-    ResumeIo,
+    /// With `if_current` (hex), only while that is still the data generation.
+    ResumeIo {
+        #[serde(default)]
+        if_current: Option<String>,
+    },
     /// Arm (or disarm) the freeze of a Primary's I/O when its peer is lost.
     FreezeOnDisconnect {
         on: bool,
@@ -612,7 +616,20 @@ impl Runner {
                     SuspendMode::Hold
                 },
             }),
-            ControlCmd::ResumeIo => Some(Admin::ResumeIo),
+            ControlCmd::ResumeIo { if_current: None } => Some(Admin::ResumeIo),
+            ControlCmd::ResumeIo {
+                if_current: Some(h),
+            } => match u64::from_str_radix(h, 16) {
+                Ok(current) => Some(Admin::ResumeIoAt { current }),
+                Err(_) => {
+                    let _ = reply.send(ControlReply {
+                        ok: false,
+                        error: Some(format!("resume-io: \"{h}\" is not a hex generation")),
+                        status: Some(self.status()),
+                    });
+                    return;
+                }
+            },
             ControlCmd::FreezeOnDisconnect { on } => Some(Admin::FreezeOnDisconnect { on: *on }),
             ControlCmd::Outdate => Some(Admin::Outdate),
         };
