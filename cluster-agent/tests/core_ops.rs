@@ -152,7 +152,7 @@ impl Pair {
                 OpResult::Ok
             }
             // Without a witness the core never asks for these.
-            Op::SuspendIo { .. } | Op::ResumeIo | Op::ArmFreeze => {
+            Op::SuspendIo { .. } | Op::ResumeIo { .. } | Op::ArmFreeze => {
                 panic!("{} asked for {op:?} without a witness", NAMES[i])
             }
             // The repds here are always connected when the agents talk.
