@@ -31,8 +31,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
-echo "== release build of repd/repctl (the VM scenarios run them)"
-cargo build --release -p ublk-target --bins
+echo "== release build of repd, repctl and cluster-agent (the VM scenarios run them)"
+cargo build --release -p ublk-target -p cluster-agent --bins
 export REP_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release"
 echo "== cargo test"
 cargo test --workspace
