@@ -5,49 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::Command;
 
-fn require(tool: &str, package: &str) {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "{tool} is not installed: apt-get install -y {package} (scripts/test-all.sh does it)"
-    );
-}
-
-/// repd, repctl and cluster-agent next to failover-bench: built with the same
-/// profile into the same target dir.
-fn build_nodes(bench_exe: &Path) -> PathBuf {
-    let profile_dir = bench_exe.parent().unwrap();
-    let target_dir = profile_dir.parent().unwrap();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut c = Command::new(cargo);
-    c.args([
-        "build",
-        "-p",
-        "ublk-target",
-        "-p",
-        "cluster-agent",
-        "--bins",
-        "--target-dir",
-    ])
-    .arg(target_dir);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        c.arg("--release");
-    }
-    let o = c.output().unwrap();
-    assert!(
-        o.status.success(),
-        "building repd/repctl/cluster-agent failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    profile_dir.to_path_buf()
-}
+use common::{build_next_to, leftovers, require, tmp_dir};
 
 #[test]
 fn two_runs_print_each_failover_and_the_median() {
@@ -57,9 +20,12 @@ fn two_runs_print_each_failover_and_the_median() {
     require("ip", "iproute2");
     require("nbdcopy", "libnbd-bin");
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_failover-bench"));
-    let bin_dir = build_nodes(&exe);
-    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(&tmp).unwrap();
+    let bin_dir = build_next_to(
+        &exe,
+        &["ublk-target", "cluster-agent"],
+        &["repd", "repctl", "cluster-agent"],
+    );
+    let tmp = tmp_dir();
     let child = Command::new(&exe)
         .args(["--runs", "2", "--bin-dir"])
         .arg(&bin_dir)
@@ -87,15 +53,7 @@ fn two_runs_print_each_failover_and_the_median() {
     assert!(out.contains("failover time over 2 runs"), "{out}");
     assert!(out.contains("median / target (3000 ms) = "), "{out}");
     assert!(out.contains("median / deadtime (2000 ms) = "), "{out}");
-    let left: Vec<_> = std::fs::read_dir(&tmp)
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("failover-bench-")
-        })
-        .collect();
+    let left = leftovers(&tmp, "failover-bench-");
     assert!(left.is_empty(), "temp dirs left behind: {left:?}");
     let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(

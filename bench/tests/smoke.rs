@@ -2,58 +2,22 @@
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn require(tool: &str, package: &str) {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "{tool} is not installed: apt-get install -y {package} (scripts/test-all.sh does it)"
-    );
-}
-
-/// repd and repctl next to nbd-bench: build them with the same profile into
-/// the same target dir (nbd-bench looks for them in its own directory).
-fn build_repd(bench_exe: &Path) -> PathBuf {
-    let profile_dir = bench_exe.parent().unwrap();
-    let target_dir = profile_dir.parent().unwrap();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut c = Command::new(cargo);
-    c.args(["build", "-p", "ublk-target", "--bins", "--target-dir"])
-        .arg(target_dir);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        c.arg("--release");
-    }
-    let o = c.output().unwrap();
-    assert!(
-        o.status.success(),
-        "building repd/repctl failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    for b in ["repd", "repctl"] {
-        assert!(
-            profile_dir.join(b).is_file(),
-            "{b} is not in {}",
-            profile_dir.display()
-        );
-    }
-    profile_dir.to_path_buf()
-}
+use common::{build_next_to, leftovers, require, tmp_dir};
 
 #[test]
 fn quick_run_prints_the_tables_and_the_ratios() {
     require("fio", "fio");
     require("nbdkit", "nbdkit");
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_nbd-bench"));
-    let bin_dir = build_repd(&exe);
-    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(&tmp).unwrap();
+    // nbd-bench looks for repd and repctl in its own directory.
+    let bin_dir = build_next_to(&exe, &["ublk-target"], &["repd", "repctl"]);
+    let tmp = tmp_dir();
     let t0 = Instant::now();
     // --runtime 2 keeps the test short: 10 fio runs of 1 + 2 s.
     let o = Command::new(&exe)
@@ -101,11 +65,7 @@ fn quick_run_prints_the_tables_and_the_ratios() {
     assert_eq!(rss, 5, "one RSS line per repd");
     assert!(out.contains("all targets ran"));
     // Nothing is left behind in the temp dir.
-    let left: Vec<_> = std::fs::read_dir(&tmp)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("nbd-bench-"))
-        .collect();
+    let left = leftovers(&tmp, "nbd-bench-");
     assert!(left.is_empty(), "temp dirs left behind: {left:?}");
     assert!(
         t0.elapsed() < Duration::from_secs(120),

@@ -89,7 +89,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         None | Some(Command::Run) if cli.witness => {
-            init_logs();
+            ublk_target::logs::init();
             cluster_agent::witness::run(&cluster_agent::witness::WitnessOptions {
                 config: cli.config.clone(),
                 listen: cli.listen,
@@ -101,7 +101,7 @@ fn main() -> ExitCode {
             Err("the witness has no status command; it logs what it decides".into())
         }
         None | Some(Command::Run) => {
-            init_logs();
+            ublk_target::logs::init();
             daemon::run(&Options {
                 config: cli.config.clone(),
                 node: cli.node.clone(),
@@ -118,17 +118,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logs() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("REP_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
 }
 
 fn status(cli: &Cli, json: bool) -> Result<(), String> {

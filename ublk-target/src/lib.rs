@@ -10,6 +10,7 @@
 //! - [`nbd`]: the NBD export.
 //! - [`ublk`]: the ublk device, `/dev/ublkb<N>`.
 //! - [`control`]: the control socket `repctl` talks to.
+//! - [`logs`]: the daemons' log setup (`$REP_LOG`).
 
 pub mod alloc;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod control;
 pub mod disk;
 pub mod engine;
 pub mod frontend;
+pub mod logs;
 pub mod md;
 pub mod nbd;
 pub mod status_text;

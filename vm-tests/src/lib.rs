@@ -360,3 +360,204 @@ fn signal(pid: u32, sig: &str) {
         .stderr(Stdio::null())
         .status();
 }
+
+/// Where a scenario finds the workspace's binaries when `$REP_BIN` is not set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScenarioBins {
+    /// Already built: the target directory's release build if it has repd and
+    /// repctl, else the build of this test's own profile.
+    Prebuilt,
+    /// Built now (`cargo build -p ublk-target -p cluster-agent --bins`) into
+    /// this test's target directory and profile, so a plain `cargo test` has
+    /// the cluster agent too.
+    BuildHere,
+}
+
+/// A script of `vm-tests/scenarios/` run in the VM and the rules its output
+/// must meet.
+#[derive(Debug, Clone)]
+pub struct Scenario<'a> {
+    /// What `REP_VM_TESTS=0` skips, for the message saying so.
+    pub what: &'a str,
+    /// The script's file name in `vm-tests/scenarios/`.
+    pub script: &'a str,
+    /// `NAME=value` settings put before `REP_BIN` on the guest's command line.
+    pub env: &'a [&'a str],
+    /// Where the binaries come from.
+    pub bins: ScenarioBins,
+    /// The binaries the script runs; missing ones fail the test before booting.
+    pub required: &'a [&'a str],
+    /// How to get the binaries, for the message when one is missing.
+    pub build_hint: &'a str,
+    /// Boot and script together.
+    pub timeout: Duration,
+    /// At least this many `PASS` lines, or the script ended early.
+    pub min_passes: usize,
+}
+
+/// Why a scenario failed (its guest output has already been printed).
+#[derive(Debug)]
+pub enum ScenarioError {
+    /// The test's own executable or target directory could not be found.
+    TargetDir(String),
+    /// `cargo build` of the binaries could not be run or failed.
+    Build(String),
+    /// Binaries the script needs are not there.
+    MissingBins {
+        names: Vec<String>,
+        dir: PathBuf,
+        hint: String,
+    },
+    /// The VM harness itself failed.
+    Harness(VmError),
+    /// The guest printed `FAIL` lines.
+    FailedChecks(Vec<String>),
+    /// The script exited non-zero.
+    Status(i32),
+    /// Fewer `PASS` lines than the scenario has.
+    TooFewPasses(usize),
+}
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScenarioError::TargetDir(msg) | ScenarioError::Build(msg) => f.write_str(msg),
+            ScenarioError::MissingBins { names, dir, hint } => {
+                write!(f, "no {} in {}: {hint}", names.join("/"), dir.display())
+            }
+            ScenarioError::Harness(e) => write!(f, "the VM harness did not run: {e}"),
+            ScenarioError::FailedChecks(fails) => {
+                write!(f, "failed checks in the guest:\n{}", fails.join("\n"))
+            }
+            ScenarioError::Status(s) => write!(f, "scenario exit status {s}, not 0"),
+            ScenarioError::TooFewPasses(n) => {
+                write!(f, "only {n} checks passed; the scenario ended early")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ScenarioError {}
+
+/// Runs `sc` in a fresh VM with the workspace's binaries, prints the guest's
+/// output, and checks what every scenario must: no `FAIL` line, exit status 0,
+/// at least `min_passes` `PASS` lines. `Ok(None)`: skipped by `REP_VM_TESTS=0`.
+/// The caller checks the lines particular to its scenario in the result.
+pub fn run_scenario(sc: &Scenario<'_>) -> Result<Option<VmResult>, ScenarioError> {
+    if std::env::var("REP_VM_TESTS").as_deref() == Ok("0") {
+        eprintln!("REP_VM_TESTS=0: NOT running {}", sc.what);
+        return Ok(None);
+    }
+    let bin = scenario_bin_dir(sc.bins)?;
+    let missing: Vec<String> = sc
+        .required
+        .iter()
+        .filter(|b| !bin.join(b).exists())
+        .map(|b| (*b).to_owned())
+        .collect();
+    if !missing.is_empty() {
+        return Err(ScenarioError::MissingBins {
+            names: missing,
+            dir: bin,
+            hint: sc.build_hint.to_owned(),
+        });
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios")
+        .join(sc.script);
+    let mut cmd = String::new();
+    for e in sc.env {
+        cmd.push_str(e);
+        cmd.push(' ');
+    }
+    cmd.push_str(&format!(
+        "REP_BIN='{}' bash '{}'",
+        bin.display(),
+        script.display()
+    ));
+    let r = run_in_vm_with(
+        &cmd,
+        &VmConfig {
+            timeout: sc.timeout,
+            ..VmConfig::default()
+        },
+    )
+    .map_err(ScenarioError::Harness)?;
+    println!("{}", r.output);
+    eprintln!("{}", r.stderr);
+    println!("VM run took {} s, boot included", r.elapsed.as_secs());
+    let fails: Vec<String> = r
+        .output
+        .lines()
+        .filter(|l| l.starts_with("FAIL"))
+        .map(str::to_owned)
+        .collect();
+    if !fails.is_empty() {
+        return Err(ScenarioError::FailedChecks(fails));
+    }
+    if r.status != 0 {
+        return Err(ScenarioError::Status(r.status));
+    }
+    let passes = r.output.lines().filter(|l| l.starts_with("PASS")).count();
+    if passes < sc.min_passes {
+        return Err(ScenarioError::TooFewPasses(passes));
+    }
+    Ok(Some(r))
+}
+
+/// `$REP_BIN`, else per `how`. The test runs from `target/<profile>/deps/`.
+fn scenario_bin_dir(how: ScenarioBins) -> Result<PathBuf, ScenarioError> {
+    if let Some(d) = std::env::var_os("REP_BIN") {
+        return Ok(PathBuf::from(d));
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| ScenarioError::TargetDir(format!("test executable path: {e}")))?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .ok_or_else(|| {
+            ScenarioError::TargetDir(format!("no target dir above {}", exe.display()))
+        })?;
+    let target = profile_dir.parent().map(Path::to_path_buf).ok_or_else(|| {
+        ScenarioError::TargetDir(format!("no target dir above {}", profile_dir.display()))
+    })?;
+    match how {
+        ScenarioBins::Prebuilt => {
+            let release = target.join("release");
+            if release.join("repd").exists() && release.join("repctl").exists() {
+                Ok(release)
+            } else {
+                Ok(profile_dir)
+            }
+        }
+        ScenarioBins::BuildHere => {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut c = Command::new(cargo);
+            c.args([
+                "build",
+                "-q",
+                "-p",
+                "ublk-target",
+                "-p",
+                "cluster-agent",
+                "--bins",
+            ])
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(repo_root());
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                c.arg("--release");
+            }
+            let o = c
+                .output()
+                .map_err(|e| ScenarioError::Build(format!("cargo could not run: {e}")))?;
+            if !o.status.success() {
+                return Err(ScenarioError::Build(format!(
+                    "building repd, repctl and cluster-agent failed:\n{}",
+                    String::from_utf8_lossy(&o.stderr)
+                )));
+            }
+            Ok(profile_dir)
+        }
+    }
+}

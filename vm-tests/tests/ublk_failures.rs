@@ -14,65 +14,27 @@
 //! It runs the repd/repctl built by this workspace ($REP_BIN, else the
 //! target directory's release build if there is one, else the debug build).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use vm_tests::{run_in_vm_with, VmConfig};
-
-fn bin_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("REP_BIN") {
-        return PathBuf::from(d);
-    }
-    // target/<profile>/deps/this-test -> target/<profile>
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .to_path_buf();
-    let release = profile_dir.parent().map(|t| t.join("release"));
-    match release {
-        Some(r) if r.join("repd").exists() && r.join("repctl").exists() => r,
-        _ => profile_dir,
-    }
-}
+use vm_tests::{run_scenario, Scenario, ScenarioBins};
 
 #[test]
 fn power_loss_secondary_mkfs_and_device_fixes() {
-    if std::env::var("REP_VM_TESTS").as_deref() == Ok("0") {
-        eprintln!("REP_VM_TESTS=0: NOT running the VM scenarios 3 and 4");
+    let r = run_scenario(&Scenario {
+        what: "the VM scenarios 3 and 4",
+        script: "ublk-failures.sh",
+        // 128 MiB images: the initial sync and the resyncs are the slow part under TCG.
+        env: &["UBLK_FAIL_SIZE=128M"],
+        bins: ScenarioBins::Prebuilt,
+        required: &["repd", "repctl"],
+        build_hint: "build ublk-target's binaries first",
+        timeout: Duration::from_secs(2400),
+        // The named checks below are what counts here.
+        min_passes: 0,
+    });
+    let Some(r) = r.unwrap_or_else(|e| panic!("{e}")) else {
         return;
-    }
-    let bin = bin_dir();
-    assert!(
-        bin.join("repd").exists() && bin.join("repctl").exists(),
-        "no repd/repctl in {}: build ublk-target's binaries first",
-        bin.display()
-    );
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/ublk-failures.sh");
-    // 128 MiB images: the initial sync and the resyncs are the slow part under TCG.
-    let cmd = format!(
-        "UBLK_FAIL_SIZE=128M REP_BIN='{}' bash '{}'",
-        bin.display(),
-        script.display()
-    );
-    let r = run_in_vm_with(
-        &cmd,
-        &VmConfig {
-            timeout: Duration::from_secs(2400),
-            ..VmConfig::default()
-        },
-    )
-    .expect("the VM harness ran");
-    println!("{}", r.output);
-    eprintln!("{}", r.stderr);
-    let fails: Vec<&str> = r.output.lines().filter(|l| l.starts_with("FAIL")).collect();
-    assert!(
-        fails.is_empty(),
-        "failed checks in the guest:\n{}",
-        fails.join("\n")
-    );
-    assert_eq!(r.status, 0, "scenario exit status");
+    };
     // Each named check must have passed, not merely not failed.
     for needle in [
         "scenario 4: mkfs.ext4 /dev/ublkb1 on the Secondary exits non-zero",

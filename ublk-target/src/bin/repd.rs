@@ -54,14 +54,7 @@ struct Cli {
 fn main() -> ExitCode {
     ublk_target::alloc::tune();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("REP_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    ublk_target::logs::init();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
