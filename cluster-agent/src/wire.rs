@@ -165,16 +165,50 @@ pub fn encode(key: &[u8], resource: &str, node: &str, beat: &Beat) -> Vec<u8> {
     for x in [beat.incarnation, beat.started_ms, beat.seq, ai, aseq] {
         v.extend_from_slice(&x.to_be_bytes());
     }
-    for s in [resource, node] {
-        let b = s.as_bytes();
-        let n = b.len().min(255);
-        v.push(u8::try_from(n).unwrap_or(u8::MAX));
-        v.extend_from_slice(b.get(..n).unwrap_or_default());
-    }
+    push_name(&mut v, resource);
+    push_name(&mut v, node);
+    sign(key, v)
+}
+
+/// A name as one length byte and at most 255 bytes.
+pub(crate) fn push_name(v: &mut Vec<u8>, s: &str) {
+    let b = s.as_bytes();
+    let n = b.len().min(255);
+    v.push(u8::try_from(n).unwrap_or(u8::MAX));
+    v.extend_from_slice(b.get(..n).unwrap_or_default());
+}
+
+/// Append the HMAC of everything in `v`.
+pub(crate) fn sign(key: &[u8], mut v: Vec<u8>) -> Vec<u8> {
     let mut m = mac(key);
     m.update(&v);
     v.extend_from_slice(&m.finalize().into_bytes());
     v
+}
+
+/// The body of a datagram whose trailing HMAC matches; `what` names the
+/// packet kind when the magic or the minimum length `min_body` is wrong.
+pub(crate) fn verified<'a>(
+    key: &[u8],
+    buf: &'a [u8],
+    magic: &[u8; 4],
+    min_body: usize,
+    what: &'static str,
+) -> Result<&'a [u8], DecodeError> {
+    if buf.len() < min_body + MAC_LEN || buf.get(..4) != Some(magic.as_slice()) {
+        return Err(DecodeError::Malformed(what));
+    }
+    let split = buf.len() - MAC_LEN;
+    let (body, tag) = (
+        buf.get(..split).unwrap_or_default(),
+        buf.get(split..).unwrap_or_default(),
+    );
+    let mut m = mac(key);
+    m.update(body);
+    if m.verify_slice(tag).is_err() {
+        return Err(DecodeError::BadMac);
+    }
+    Ok(body)
 }
 
 pub(crate) struct Reader<'a> {
@@ -225,19 +259,7 @@ impl<'a> Reader<'a> {
 /// # Errors
 /// [`DecodeError`] saying why the datagram is dropped.
 pub fn decode(key: &[u8], buf: &[u8]) -> Result<Packet, DecodeError> {
-    if buf.len() < 4 + 1 + MAC_LEN || buf.get(..4) != Some(MAGIC.as_slice()) {
-        return Err(DecodeError::Malformed("not a heartbeat"));
-    }
-    let split = buf.len() - MAC_LEN;
-    let (body, tag) = (
-        buf.get(..split).unwrap_or_default(),
-        buf.get(split..).unwrap_or_default(),
-    );
-    let mut m = mac(key);
-    m.update(body);
-    if m.verify_slice(tag).is_err() {
-        return Err(DecodeError::BadMac);
-    }
+    let body = verified(key, buf, MAGIC, 4 + 1, "not a heartbeat")?;
     let mut r = Reader { buf: body, pos: 4 };
     let version = r.u8("version")?;
     if version != VERSION {

@@ -38,7 +38,6 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hmac::Mac;
 use replication_proto::gen::Generations;
 use replication_proto::wire::{DiskState, Role};
 use serde::{Deserialize, Serialize};
@@ -50,7 +49,6 @@ pub const MAGIC: &[u8; 4] = b"RPWQ";
 pub const VERSION: u8 = 1;
 const KIND_REQUEST: u8 = 1;
 const KIND_REPLY: u8 = 2;
-const MAC_LEN: usize = 32;
 pub const MAX_PACKET: usize = 1024;
 
 const RQ_WANT_VOTE: u8 = 1;
@@ -103,20 +101,6 @@ pub struct Packet<T> {
     pub body: T,
 }
 
-fn push_name(v: &mut Vec<u8>, s: &str) {
-    let b = s.as_bytes();
-    let n = b.len().min(255);
-    v.push(u8::try_from(n).unwrap_or(u8::MAX));
-    v.extend_from_slice(b.get(..n).unwrap_or_default());
-}
-
-fn sign(key: &[u8], mut v: Vec<u8>) -> Vec<u8> {
-    let mut m = wire::mac(key);
-    m.update(&v);
-    v.extend_from_slice(&m.finalize().into_bytes());
-    v
-}
-
 fn state_code(s: WireState) -> u8 {
     s as u8
 }
@@ -154,9 +138,9 @@ pub fn encode_request(key: &[u8], resource: &str, node: &str, r: &Request) -> Ve
     ] {
         v.extend_from_slice(&x.to_be_bytes());
     }
-    push_name(&mut v, resource);
-    push_name(&mut v, node);
-    sign(key, v)
+    wire::push_name(&mut v, resource);
+    wire::push_name(&mut v, node);
+    wire::sign(key, v)
 }
 
 /// Build a reply datagram for `node`.
@@ -186,8 +170,8 @@ pub fn encode_reply(key: &[u8], resource: &str, node: &str, r: &Reply) -> Vec<u8
     ] {
         v.extend_from_slice(&x.to_be_bytes());
     }
-    push_name(&mut v, resource);
-    push_name(&mut v, node);
+    wire::push_name(&mut v, resource);
+    wire::push_name(&mut v, node);
     // A reason never needs more than one length byte: cut at a char boundary.
     let mut reason = r.reason.as_str();
     while reason.len() > 255 {
@@ -197,25 +181,13 @@ pub fn encode_reply(key: &[u8], resource: &str, node: &str, r: &Reply) -> Vec<u8
         }
         reason = reason.get(..cut).unwrap_or_default();
     }
-    push_name(&mut v, reason);
-    sign(key, v)
+    wire::push_name(&mut v, reason);
+    wire::sign(key, v)
 }
 
 /// The MAC-checked body after the header, and the kind.
 fn open<'a>(key: &[u8], buf: &'a [u8]) -> Result<(u8, wire::Reader<'a>), DecodeError> {
-    if buf.len() < 6 + MAC_LEN || buf.get(..4) != Some(MAGIC.as_slice()) {
-        return Err(DecodeError::Malformed("not a witness packet"));
-    }
-    let split = buf.len() - MAC_LEN;
-    let (body, tag) = (
-        buf.get(..split).unwrap_or_default(),
-        buf.get(split..).unwrap_or_default(),
-    );
-    let mut m = wire::mac(key);
-    m.update(body);
-    if m.verify_slice(tag).is_err() {
-        return Err(DecodeError::BadMac);
-    }
+    let body = wire::verified(key, buf, MAGIC, 6, "not a witness packet")?;
     let mut r = wire::Reader::new(body, 4);
     let version = r.u8("version")?;
     if version != VERSION {
