@@ -14,21 +14,12 @@
 
 mod common;
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cluster_agent::core::{Beat, WireState};
-use common::{random_file, send_from_ns, Cluster, Opts, HB_PORT, KEY, NODES};
+use common::{random_file, send_from_ns, serial, Cluster, Opts, HB_PORT, KEY, NODES};
 use replication_proto::wire::{DiskState, Role};
 use serde_json::Value;
-
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// Kill everything of alpha (the Primary) and measure until beta is Primary
 /// with its chain started and its NBD export accepting a write.

@@ -15,19 +15,10 @@
 mod common;
 
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{ip, random_file, Cluster, Net, Opts, NODES};
+use common::{ip, random_file, serial, Cluster, Net, Opts, NODES};
 use serde_json::Value;
-
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// Add keys to the `[cluster]` table of the test cluster's resource file
 /// (before the agents start; repd ignores the table).

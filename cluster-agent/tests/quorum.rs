@@ -99,15 +99,13 @@ impl Drop for Writer {
 }
 
 fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool, debug: impl Fn() -> String) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(secs),
-            "timed out waiting for {what}\n{}",
-            debug()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::poll(
+        what,
+        secs,
+        Duration::from_millis(20),
+        || f().then_some(()),
+        debug,
+    );
 }
 
 #[test]

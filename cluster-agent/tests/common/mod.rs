@@ -683,41 +683,23 @@ impl Cluster {
 
     /// Wait until `f(agent status)` holds on node i.
     pub fn wait_agent(&self, i: usize, what: &str, secs: u64, f: impl Fn(&Value) -> bool) -> Value {
-        let t0 = Instant::now();
-        loop {
-            if let Some(st) = self.agent_status(i) {
-                if f(&st) {
-                    return st;
-                }
-            }
-            if t0.elapsed() > Duration::from_secs(secs) {
-                panic!(
-                    "{}: timed out waiting for {what}\n{}",
-                    NODES[i],
-                    self.debug()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        poll(
+            &format!("{}'s agent: {what}", NODES[i]),
+            secs,
+            Duration::from_millis(50),
+            || self.agent_status(i).filter(|st| f(st)),
+            || self.debug(),
+        )
     }
 
     pub fn wait_repd(&self, i: usize, what: &str, secs: u64, f: impl Fn(&Value) -> bool) -> Value {
-        let t0 = Instant::now();
-        loop {
-            if let Some(st) = self.repd_status(i) {
-                if f(&st) {
-                    return st;
-                }
-            }
-            if t0.elapsed() > Duration::from_secs(secs) {
-                panic!(
-                    "{}: timed out waiting for repd {what}\n{}",
-                    NODES[i],
-                    self.debug()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        poll(
+            &format!("{}'s repd: {what}", NODES[i]),
+            secs,
+            Duration::from_millis(100),
+            || self.repd_status(i).filter(|st| f(st)),
+            || self.debug(),
+        )
     }
 
     pub fn wait_synced(&self, secs: u64) {
@@ -875,4 +857,37 @@ pub fn send_from_ns(ns: &str, to: std::net::SocketAddr, packets: Vec<Vec<u8>>) {
     })
     .join()
     .unwrap();
+}
+
+/// Call `probe` every `every` until it gives a value; after `secs` without
+/// one, fail saying what was awaited and `debug()`.
+pub fn poll<T>(
+    what: &str,
+    secs: u64,
+    every: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+    debug: impl Fn() -> String,
+) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(
+            t0.elapsed() <= Duration::from_secs(secs),
+            "timed out waiting for {what}\n{}",
+            debug()
+        );
+        std::thread::sleep(every);
+    }
+}
+
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The scenarios of one test binary run one at a time, so that the times
+/// they print are not the 2 cores' scheduling noise.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
