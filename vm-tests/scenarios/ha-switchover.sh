@@ -36,27 +36,10 @@
 # (images), REP_BIN, HA_SIZE (image size, default 64M), HA_DEADTIME_MS.
 set -u
 
-T0=$SECONDS
-FAILS=0
-pass() { echo "PASS: $* [$((SECONDS - T0)) s]"; }
-fail() {
-  echo "FAIL: $* [$((SECONDS - T0)) s]"
-  FAILS=$((FAILS + 1))
-}
-info() { echo "INFO: $* [$((SECONDS - T0)) s]"; }
-
+. "$(dirname "$0")/lib.sh"
 REP_BIN=${REP_BIN:?set REP_BIN to the directory with repd, repctl and cluster-agent}
-for b in repd repctl cluster-agent; do
-  [ -x "$REP_BIN/$b" ] || {
-    echo "FAIL: no $b in $REP_BIN (build it on the host first)"
-    exit 1
-  }
-done
-[ -c /dev/ublk-control ] || modprobe ublk_drv || true
-[ -c /dev/ublk-control ] || {
-  echo "FAIL: no /dev/ublk-control: run this inside the VM (scripts/vm-run.sh)"
-  exit 1
-}
+need_bins repd repctl cluster-agent
+need_ublk
 
 SCRATCH=${VM_SCRATCH:-/run/vm-scratch}/ha-switchover
 OUT=${VM_WORK:-/tmp}/ha-switchover

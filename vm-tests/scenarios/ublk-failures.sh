@@ -46,31 +46,9 @@
 # workload before the crash, default 12).
 set -u
 
-T0=$SECONDS
-FAILS=0
-pass() { echo "PASS: $* [$((SECONDS - T0)) s]"; }
-fail() {
-  echo "FAIL: $* [$((SECONDS - T0)) s]"
-  FAILS=$((FAILS + 1))
-}
-info() { echo "INFO: $* [$((SECONDS - T0)) s]"; }
-die() {
-  fail "$*"
-  finish
-}
-
-if [ -z "${REP_BIN:-}" ]; then
-  if [ -x /work/target-ublk/release/repd ]; then REP_BIN=/work/target-ublk/release; else REP_BIN=/work/target-ublk/debug; fi
-fi
-[ -x "$REP_BIN/repd" ] && [ -x "$REP_BIN/repctl" ] || {
-  echo "FAIL: no repd/repctl in $REP_BIN (build them on the host first)"
-  exit 1
-}
-[ -c /dev/ublk-control ] || modprobe ublk_drv || true
-[ -c /dev/ublk-control ] || {
-  echo "FAIL: no /dev/ublk-control: run this inside the VM (scripts/vm-run.sh)"
-  exit 1
-}
+. "$(dirname "$0")/lib.sh"
+need_bins repd repctl
+need_ublk
 
 SCRATCH=${VM_SCRATCH:-/run/vm-scratch}/ublk-failures
 OUT=${VM_WORK:-/tmp}/ublk-failures
