@@ -18,7 +18,7 @@ mod sys;
 mod uring;
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -506,6 +506,37 @@ impl InlineDisk {
         // came in between at worst ends it early, for nothing).
         self.waker.pending.store(false, Ordering::SeqCst);
         out.append(&mut self.engine.sink);
+    }
+
+    /// Starts the queued ops now (one `io_uring_enter` that does not
+    /// wait), so the disk works while this thread does something slow
+    /// before its next [`InlineDisk::wait`].
+    pub fn submit_now(&mut self) {
+        if !self.closed {
+            self.engine.submit_now();
+        }
+    }
+
+    /// Arms a one-shot poll of `fd` for `events` (`libc::POLLIN`,
+    /// `POLLOUT`, ...) on the ring, so that readiness of a socket ends a
+    /// [`InlineDisk::wait`] like a disk completion does; the owner then
+    /// finds `(key, mask or -errno)` with [`InlineDisk::take_polls`] and
+    /// arms again when it wants more. `key` must be below 2^63 - 1. Errors
+    /// and hang-ups fire the poll whatever `events` says. `fd` must stay
+    /// open until the next wait (the kernel takes its reference at
+    /// submission); a poll still armed when the fd is shut down fires
+    /// then, and one still armed at [`InlineDisk::shutdown`] is cancelled.
+    pub fn poll(&mut self, fd: &impl AsFd, events: i16, key: u64) -> std::io::Result<()> {
+        if self.closed {
+            return Err(std::io::Error::from_raw_os_error(libc::EBADF));
+        }
+        let events = u32::from(u16::from_ne_bytes(events.to_ne_bytes()));
+        self.engine.push_poll(fd.as_fd().as_raw_fd(), events, key)
+    }
+
+    /// Moves the polls that fired during the last waits into `out`.
+    pub fn take_polls(&mut self, out: &mut Vec<(u64, i32)>) {
+        self.engine.take_polls(out);
     }
 
     /// Ops submitted and not yet answered by [`InlineDisk::wait`].

@@ -16,7 +16,7 @@ use std::alloc::{self, Layout};
 use std::fs::File;
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -177,6 +177,11 @@ struct Slot {
 
 /// `user_data` of the internal eventfd read (slot indices are far below).
 const WAKE_USER_DATA: u64 = u64::MAX;
+/// `user_data` bit of fd polls; the caller's key is in the bits below.
+const POLL_BIT: u64 = 1 << 63;
+/// Keys of fd polls must stay below this (so no poll is ever taken for the
+/// wake read, whose `user_data` has every bit set).
+const POLL_KEY_LIMIT: u64 = POLL_BIT - 1;
 
 /// An io_uring bound to one file, plus a permanently armed read on an
 /// eventfd so that other threads can wake [`Ring::wait`].
@@ -189,8 +194,11 @@ pub(crate) struct Ring {
     wake_armed: bool,
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
-    /// SQEs pushed whose CQE has not been reaped (excluding the wake read).
+    /// SQEs pushed whose CQE has not been reaped (excluding the wake read
+    /// and fd polls).
     outstanding: usize,
+    /// Fired fd polls not yet taken: (key, result: event mask or -errno).
+    polls: Vec<(u64, i32)>,
 }
 
 impl std::fmt::Debug for Ring {
@@ -217,6 +225,7 @@ impl Ring {
             slots: Vec::new(),
             free: Vec::new(),
             outstanding: 0,
+            polls: Vec::new(),
         };
         me.arm_wake()?;
         Ok(me)
@@ -254,6 +263,47 @@ impl Ring {
         self.push_entry(&entry)?;
         self.wake_armed = true;
         Ok(())
+    }
+
+    /// Queues a one-shot poll of `fd` for `events` (POLLIN, POLLOUT...;
+    /// errors and hang-ups are always reported). When the fd is ready, its
+    /// `(key, mask or -errno)` comes out of [`Ring::take_polls`]. A poll
+    /// points at no memory, so it is not counted as outstanding and the
+    /// ring may be closed with polls still armed (the kernel cancels
+    /// them). `fd` only has to be open until the next submission; the
+    /// kernel holds its own reference from then on.
+    pub(crate) fn push_poll(&mut self, fd: RawFd, events: u32, key: u64) -> io::Result<()> {
+        if key >= POLL_KEY_LIMIT {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let entry = opcode::PollAdd::new(types::Fd(fd), events)
+            .build()
+            .user_data(POLL_BIT | key);
+        self.push_entry(&entry)
+    }
+
+    /// Moves the fd polls that fired into `out`; see [`Ring::push_poll`].
+    pub(crate) fn take_polls(&mut self, out: &mut Vec<(u64, i32)>) {
+        out.append(&mut self.polls);
+    }
+
+    /// Hands the queued SQEs to the kernel without waiting for anything.
+    pub(crate) fn submit(&mut self) -> io::Result<()> {
+        if self.ring.submission().is_empty() {
+            return Ok(());
+        }
+        match self.ring.submit() {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Queues `sqe` (submitted by the next [`Ring::wait`]). On error the
@@ -381,6 +431,10 @@ impl Ring {
                 if cqe.result() < 0 && cqe.result() != -libc::ECANCELED {
                     tracing::warn!(errno = -cqe.result(), "io_uring eventfd read failed");
                 }
+                continue;
+            }
+            if user_data & POLL_BIT != 0 {
+                self.polls.push((user_data & !POLL_BIT, cqe.result()));
                 continue;
             }
             let slot = usize::try_from(user_data)

@@ -334,6 +334,37 @@ impl<F: Sink> Engine<F> {
         true
     }
 
+    /// Starts what fits of the queued ops and hands their SQEs to the
+    /// kernel now, without waiting.
+    pub(crate) fn submit_now(&mut self) {
+        self.start_pending();
+        if let Some(ring) = self.ring.as_mut() {
+            if let Err(e) = ring.submit() {
+                tracing::error!(error = %e, "io_uring_enter failed");
+            }
+        }
+    }
+
+    /// See [`Ring::push_poll`]; EBADF once the ring is closed.
+    pub(crate) fn push_poll(
+        &mut self,
+        fd: std::os::fd::RawFd,
+        events: u32,
+        key: u64,
+    ) -> std::io::Result<()> {
+        match self.ring.as_mut() {
+            Some(ring) => ring.push_poll(fd, events, key),
+            None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
+        }
+    }
+
+    /// See [`Ring::take_polls`].
+    pub(crate) fn take_polls(&mut self, out: &mut Vec<(u64, i32)>) {
+        if let Some(ring) = self.ring.as_mut() {
+            ring.take_polls(out);
+        }
+    }
+
     /// Queues an op from the thread that drives the ring inline.
     pub(crate) fn push(&mut self, token: u64, op: DiskOp) {
         self.in_flight.fetch_add(1, Ordering::SeqCst);

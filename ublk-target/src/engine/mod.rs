@@ -1,8 +1,10 @@
 //! The node daemon's engine: one thread owns the replication state machine
-//! and carries out its actions. Everything else (the local disk ring, the
-//! metadata writer, the peer socket readers, the frontends, the control
-//! socket) talks to it through one channel, so the state machine needs no
-//! locks and sees events in one order.
+//! and carries out its actions. It drives the local disk ring itself and
+//! reads and writes the peer socket itself (readiness comes as polls on
+//! that ring); everything else (the metadata writer, the peer listener and
+//! dialer, the frontends, the control socket) talks to it through one
+//! channel, so the state machine needs no locks and sees events in one
+//! order.
 
 mod convert;
 mod meta;
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 use replication_proto::machine::{
     Action, Admin, ConnState, Event, Node, Payload, Status, SuspendMode,
 };
-use replication_proto::wire::{DiskState, Message, Role};
+use replication_proto::wire::{DiskState, Role};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
@@ -42,14 +44,6 @@ pub(crate) enum Input {
     PeerStream {
         stream: std::net::TcpStream,
         outbound: bool,
-    },
-    PeerFrame {
-        conn: u64,
-        msg: Message,
-    },
-    PeerDown {
-        conn: u64,
-        why: String,
     },
     Control {
         cmd: ControlCmd,
@@ -416,6 +410,18 @@ pub fn start(
 /// Disk tokens the engine makes itself live above the state machine's.
 const INTERNAL_TOKEN: u64 = 1 << 62;
 
+/// While this many disk ops are queued or in flight, the engine reads
+/// nothing from the peer: a Data frame becomes one more disk op, and what
+/// is left in the socket buffer makes TCP hold the peer back (the
+/// back-pressure a blocked reader thread used to give).
+const RX_PAUSE_DISK_OPS: usize = 256;
+
+/// With at least this much write data queued for the peer in a turn, the
+/// turn's local disk ops are submitted before the frames are encoded and
+/// sent, so the disk works during the CRC pass and the send copy. Below
+/// it the extra `io_uring_enter` costs more than the overlap gains.
+const OVERLAP_MIN_BULK: usize = 64 * 1024;
+
 impl Runner {
     fn internal_token(&mut self) -> u64 {
         self.next_internal += 1;
@@ -432,6 +438,7 @@ impl Runner {
         tracing::info!("engine running");
         self.drain();
         let mut done = Vec::new();
+        let mut polls = Vec::new();
         'run: loop {
             // Take everything queued, then act on timers; inputs that come
             // later wake the disk wait below.
@@ -448,22 +455,80 @@ impl Runner {
             if self.node.is_down() {
                 break;
             }
-            let timeout = self
-                .node
-                .poll_timeout()
-                .map(|t| Duration::from_millis(t.saturating_sub(self.now())))
-                .unwrap_or(Duration::from_secs(1))
-                .min(Duration::from_millis(200));
+            let receive = self.disk.in_flight() < RX_PAUSE_DISK_OPS;
+            let timeout = if receive && self.peer.rx_pending() {
+                Duration::ZERO
+            } else {
+                self.node
+                    .poll_timeout()
+                    .map(|t| Duration::from_millis(t.saturating_sub(self.now())))
+                    .unwrap_or(Duration::from_secs(1))
+                    .min(Duration::from_millis(200))
+            };
             // Everything this turn sent to the peer, in one write.
-            self.peer.flush();
+            self.send_to_peer();
+            if let Err(why) = self.peer.arm(&mut self.disk, receive) {
+                self.peer_down(&why);
+            }
             // Submits the disk ops the inputs produced, sleeps until a disk
-            // op completes, an input arrives or a timer is due.
+            // op completes, the peer socket is ready, an input arrives or a
+            // timer is due.
             self.disk.wait(timeout, &mut done);
             for (token, result) in done.drain(..) {
                 self.disk_done(token, result);
             }
+            self.disk.take_polls(&mut polls);
+            let mut readable = false;
+            for (key, res) in polls.drain(..) {
+                match self.peer.on_poll(key, res) {
+                    peer::Ready::Readable => readable = true,
+                    peer::Ready::Writable => self.send_to_peer(),
+                    peer::Ready::Stale => {}
+                }
+            }
+            if (readable || self.peer.rx_pending()) && self.disk.in_flight() < RX_PAUSE_DISK_OPS {
+                self.receive_from_peer();
+            }
         }
         self.finish();
+    }
+
+    /// Encodes and sends what the turn queued for the peer.
+    fn send_to_peer(&mut self) {
+        if self.peer.bulk_queued() >= OVERLAP_MIN_BULK {
+            self.disk.submit_now();
+        }
+        if let Err(why) = self.peer.flush() {
+            self.peer_down(&why);
+        }
+    }
+
+    /// Hands the frames the peer sent to the state machine, as many as
+    /// this turn's budget allows.
+    fn receive_from_peer(&mut self) {
+        let mut budget = peer::RxBudget::per_turn();
+        let now = self.now();
+        loop {
+            match self.peer.receive(&mut budget) {
+                peer::Received::Frame(msg) => {
+                    self.node.handle(now, Event::Frame(msg));
+                    self.drain();
+                }
+                peer::Received::Idle => break,
+                peer::Received::Down(why) => {
+                    self.peer_down(&why);
+                    break;
+                }
+            }
+        }
+    }
+
+    fn peer_down(&mut self, why: &str) {
+        tracing::info!("peer connection down: {why}");
+        self.peer.close();
+        let now = self.now();
+        self.node.handle(now, Event::TransportDown);
+        self.drain();
     }
 
     fn finish(&mut self) {
@@ -529,18 +594,6 @@ impl Runner {
             Input::PeerStream { stream, outbound } => {
                 if self.peer.adopt(stream, outbound) {
                     self.node.handle(now, Event::TransportUp);
-                }
-            }
-            Input::PeerFrame { conn, msg } => {
-                if self.peer.is_current(conn) {
-                    self.node.handle(now, Event::Frame(msg));
-                }
-            }
-            Input::PeerDown { conn, why } => {
-                if self.peer.is_current(conn) {
-                    tracing::info!("peer connection down: {why}");
-                    self.peer.close();
-                    self.node.handle(now, Event::TransportDown);
                 }
             }
             Input::Control { cmd, reply } => self.control(cmd, reply),
