@@ -356,3 +356,65 @@ fn inline_disk_answers_every_op_once_and_wakes_on_demand() {
     f.read_exact(&mut back).unwrap();
     assert_eq!(Bytes::from(back), blocks[5]);
 }
+
+#[test]
+fn inline_disk_polls_end_a_wait_when_the_socket_is_ready() {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let data_bytes = 1 << 20;
+    let path = make_file(dir.path(), data_bytes);
+    let mut d = LocalDisk::open(&path, data_bytes, DiskOptions::default())
+        .unwrap()
+        .inline()
+        .unwrap();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (b, _) = l.accept().unwrap();
+    let mut out = Vec::new();
+    let mut polls = Vec::new();
+
+    // Nothing to read: the poll stays armed through a whole wait.
+    d.poll(&b, libc::POLLIN, 42).unwrap();
+    d.wait(Duration::from_millis(200), &mut out);
+    d.take_polls(&mut polls);
+    assert!(polls.is_empty() && out.is_empty());
+
+    // Data arrives during the wait: the poll ends it, with its key.
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        a.write_all(b"x").unwrap();
+        a
+    });
+    let t0 = std::time::Instant::now();
+    d.wait(Duration::from_secs(20), &mut out);
+    d.take_polls(&mut polls);
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "the poll ends the wait"
+    );
+    assert_eq!(polls.len(), 1);
+    assert_eq!(polls[0].0, 42);
+    assert!(polls[0].1 & i32::from(libc::POLLIN) != 0, "{:?}", polls);
+    let a = t.join().unwrap();
+
+    // One-shot: already readable when armed again, it fires right away.
+    polls.clear();
+    d.poll(&b, libc::POLLIN, 43).unwrap();
+    d.wait(Duration::from_secs(20), &mut out);
+    d.take_polls(&mut polls);
+    assert_eq!(polls.iter().map(|p| p.0).collect::<Vec<_>>(), vec![43]);
+
+    // A writable socket fires POLLOUT; a key too large is refused.
+    polls.clear();
+    d.poll(&a, libc::POLLOUT, 7).unwrap();
+    d.wait(Duration::from_secs(20), &mut out);
+    d.take_polls(&mut polls);
+    assert_eq!(polls.iter().map(|p| p.0).collect::<Vec<_>>(), vec![7]);
+    assert!(d.poll(&a, libc::POLLIN, u64::MAX >> 1).is_err());
+
+    // A poll still armed does not hold up the shutdown.
+    d.poll(&b, libc::POLLOUT | libc::POLLIN, 44).unwrap();
+    d.poll(&a, libc::POLLIN, 45).unwrap();
+    d.shutdown();
+    assert!(d.poll(&a, libc::POLLIN, 46).is_err());
+    assert!(out.is_empty());
+}
