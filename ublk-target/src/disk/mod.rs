@@ -468,6 +468,17 @@ impl std::fmt::Debug for InlineDisk {
     }
 }
 
+/// A socket event from an [`InlineDisk`]'s ring: a poll that fired
+/// ([`InlineDisk::poll`]; `res` is the event mask or -errno, no buffer) or
+/// a receive that finished ([`InlineDisk::recv`]; `res` is the byte count
+/// or -errno, with the buffer handed back).
+#[derive(Debug)]
+pub struct SocketEvent {
+    pub key: u64,
+    pub res: i32,
+    pub buf: Option<AlignedBuf>,
+}
+
 /// Ends an [`InlineDisk::wait`] early, from any thread. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct DiskWaker(Arc<Waker>);
@@ -534,8 +545,32 @@ impl InlineDisk {
         self.engine.push_poll(fd.as_fd().as_raw_fd(), events, key)
     }
 
-    /// Moves the polls that fired during the last waits into `out`.
-    pub fn take_polls(&mut self, out: &mut Vec<(u64, i32)>) {
+    /// Starts `recv(fd, buf[pos..pos + len], MSG_WAITALL)` on the ring: the
+    /// kernel goes on receiving until all `len` bytes are in (or EOF, or an
+    /// error) without waking this thread per segment; then a
+    /// [`SocketEvent`] with `key`, the byte count (or -errno) and the
+    /// buffer comes out of [`InlineDisk::take_polls`]. Until then the ring
+    /// owns the buffer, and [`InlineDisk::shutdown`] waits for the receive:
+    /// shut the socket down to end it early. If it cannot be started, the
+    /// buffer is dropped and the error returned.
+    pub fn recv(
+        &mut self,
+        fd: &impl AsFd,
+        buf: AlignedBuf,
+        pos: usize,
+        len: usize,
+        key: u64,
+    ) -> std::io::Result<()> {
+        if self.closed {
+            return Err(std::io::Error::from_raw_os_error(libc::EBADF));
+        }
+        self.engine
+            .push_recv(fd.as_fd().as_raw_fd(), buf, pos, len, key)
+    }
+
+    /// Moves the polls that fired and the receives that finished during
+    /// the last waits into `out`.
+    pub fn take_polls(&mut self, out: &mut Vec<SocketEvent>) {
         self.engine.take_polls(out);
     }
 

@@ -26,6 +26,7 @@ use nix::libc;
 use nix::sys::eventfd::EventFd;
 
 use super::aligned::AlignedBuf;
+use super::SocketEvent;
 
 /// Alignment of every [`RawAligned`] allocation.
 pub(crate) const ALIGN: usize = 4096;
@@ -195,10 +196,12 @@ pub(crate) struct Ring {
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
     /// SQEs pushed whose CQE has not been reaped (excluding the wake read
-    /// and fd polls).
+    /// and fd polls, including socket receives).
     outstanding: usize,
-    /// Fired fd polls not yet taken: (key, result: event mask or -errno).
-    polls: Vec<(u64, i32)>,
+    /// Socket receives among `outstanding`.
+    recvs: usize,
+    /// Fired fd polls and finished socket receives not yet taken.
+    polls: Vec<SocketEvent>,
 }
 
 impl std::fmt::Debug for Ring {
@@ -225,6 +228,7 @@ impl Ring {
             slots: Vec::new(),
             free: Vec::new(),
             outstanding: 0,
+            recvs: 0,
             polls: Vec::new(),
         };
         me.arm_wake()?;
@@ -236,8 +240,9 @@ impl Ring {
         self.ring.params().is_feature_ext_arg()
     }
 
-    pub(crate) fn outstanding(&self) -> usize {
-        self.outstanding
+    /// File ops (not socket receives) pushed and not yet reaped.
+    pub(crate) fn file_ops_outstanding(&self) -> usize {
+        self.outstanding - self.recvs
     }
 
     fn push_entry(&mut self, entry: &io_uring::squeue::Entry) -> io::Result<()> {
@@ -282,8 +287,66 @@ impl Ring {
         self.push_entry(&entry)
     }
 
-    /// Moves the fd polls that fired into `out`; see [`Ring::push_poll`].
-    pub(crate) fn take_polls(&mut self, out: &mut Vec<(u64, i32)>) {
+    /// Queues `recv(fd, buf[pos..pos + len], MSG_WAITALL)` on a stream
+    /// socket: the kernel keeps receiving (retrying inside io_uring, no
+    /// wake-up of this thread per segment) until all `len` bytes are in,
+    /// EOF or an error. The result and the buffer come back out of
+    /// [`Ring::take_polls`] with `key`. The buffer is owned by the ring
+    /// until then, like any read's: shut the socket down to end a receive
+    /// early ([`Drop`] waits for it). On error the buffer is dropped (the
+    /// kernel never saw it).
+    pub(crate) fn push_recv(
+        &mut self,
+        fd: RawFd,
+        mut buf: AlignedBuf,
+        pos: usize,
+        len: usize,
+        key: u64,
+    ) -> io::Result<()> {
+        let einval = || io::Error::from_raw_os_error(libc::EINVAL);
+        if key >= POLL_KEY_LIMIT {
+            return Err(einval());
+        }
+        let len32 = u32::try_from(len).map_err(|_| einval())?;
+        let ptr = pos
+            .checked_add(len)
+            .and_then(|end| buf.as_mut_slice().get_mut(pos..end))
+            .map(<[u8]>::as_mut_ptr)
+            .ok_or_else(einval)?;
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        let entry = opcode::Recv::new(types::Fd(fd), ptr, len32)
+            .flags(libc::MSG_WAITALL)
+            .build()
+            .user_data(index as u64);
+        // Own the buffer *before* the SQE can reach the kernel.
+        if let Some(slot) = self.slots.get_mut(index) {
+            *slot = Some(Slot {
+                tag: POLL_BIT | key,
+                buf: IoBuf::Aligned(buf),
+            });
+        }
+        if let Err(e) = self.push_entry(&entry) {
+            // Not queued: the kernel never saw it, the buffer can go.
+            if let Some(slot) = self.slots.get_mut(index) {
+                *slot = None;
+            }
+            self.free.push(index);
+            return Err(e);
+        }
+        self.outstanding += 1;
+        self.recvs += 1;
+        Ok(())
+    }
+
+    /// Moves the fd polls that fired and the socket receives that finished
+    /// into `out`; see [`Ring::push_poll`] and [`Ring::push_recv`].
+    pub(crate) fn take_polls(&mut self, out: &mut Vec<SocketEvent>) {
         out.append(&mut self.polls);
     }
 
@@ -434,13 +497,30 @@ impl Ring {
                 continue;
             }
             if user_data & POLL_BIT != 0 {
-                self.polls.push((user_data & !POLL_BIT, cqe.result()));
+                self.polls.push(SocketEvent {
+                    key: user_data & !POLL_BIT,
+                    res: cqe.result(),
+                    buf: None,
+                });
                 continue;
             }
             let slot = usize::try_from(user_data)
                 .ok()
                 .and_then(|i| self.slots.get_mut(i).map(|s| (i, s.take())));
             match slot {
+                Some((index, Some(Slot { tag, buf }))) if tag & POLL_BIT != 0 => {
+                    self.free.push(index);
+                    self.outstanding = self.outstanding.saturating_sub(1);
+                    self.recvs = self.recvs.saturating_sub(1);
+                    self.polls.push(SocketEvent {
+                        key: tag & !POLL_BIT,
+                        res: cqe.result(),
+                        buf: match buf {
+                            IoBuf::Aligned(b) => Some(b),
+                            _ => None,
+                        },
+                    });
+                }
                 Some((index, Some(Slot { tag, buf }))) => {
                     self.free.push(index);
                     self.outstanding = self.outstanding.saturating_sub(1);

@@ -392,8 +392,9 @@ fn inline_disk_polls_end_a_wait_when_the_socket_is_ready() {
         "the poll ends the wait"
     );
     assert_eq!(polls.len(), 1);
-    assert_eq!(polls[0].0, 42);
-    assert!(polls[0].1 & i32::from(libc::POLLIN) != 0, "{:?}", polls);
+    assert_eq!(polls[0].key, 42);
+    assert!(polls[0].res & i32::from(libc::POLLIN) != 0, "{:?}", polls);
+    assert!(polls[0].buf.is_none());
     let a = t.join().unwrap();
 
     // One-shot: already readable when armed again, it fires right away.
@@ -401,15 +402,55 @@ fn inline_disk_polls_end_a_wait_when_the_socket_is_ready() {
     d.poll(&b, libc::POLLIN, 43).unwrap();
     d.wait(Duration::from_secs(20), &mut out);
     d.take_polls(&mut polls);
-    assert_eq!(polls.iter().map(|p| p.0).collect::<Vec<_>>(), vec![43]);
+    assert_eq!(polls.iter().map(|p| p.key).collect::<Vec<_>>(), vec![43]);
 
     // A writable socket fires POLLOUT; a key too large is refused.
     polls.clear();
     d.poll(&a, libc::POLLOUT, 7).unwrap();
     d.wait(Duration::from_secs(20), &mut out);
     d.take_polls(&mut polls);
-    assert_eq!(polls.iter().map(|p| p.0).collect::<Vec<_>>(), vec![7]);
+    assert_eq!(polls.iter().map(|p| p.key).collect::<Vec<_>>(), vec![7]);
     assert!(d.poll(&a, libc::POLLIN, u64::MAX >> 1).is_err());
+
+    // A receive ends only when every byte asked for is in: the "x" still
+    // unread plus 8191 bytes sent in pieces.
+    polls.clear();
+    let mut buf = AlignedBuf::zeroed(8192).unwrap();
+    buf.as_mut_slice()[0] = 0xEE;
+    d.recv(&b, buf, 0, 8192, 50).unwrap();
+    let mut a2 = a.try_clone().unwrap();
+    let t = std::thread::spawn(move || {
+        for chunk in pattern(8191, 3).chunks(1000) {
+            std::thread::sleep(Duration::from_millis(5));
+            a2.write_all(chunk).unwrap();
+        }
+    });
+    let t0 = std::time::Instant::now();
+    while polls.is_empty() && t0.elapsed() < Duration::from_secs(20) {
+        d.wait(Duration::from_millis(100), &mut out);
+        d.take_polls(&mut polls);
+    }
+    t.join().unwrap();
+    assert_eq!(polls.len(), 1, "one completion for the whole receive");
+    let ev = polls.pop().unwrap();
+    assert_eq!((ev.key, ev.res), (50, 8192));
+    let got = ev.buf.unwrap();
+    assert_eq!(got.as_slice()[0], b'x');
+    assert_eq!(&got.as_slice()[1..], &pattern(8191, 3)[..]);
+
+    // A receive still pending when the socket is shut down ends with what
+    // it had (here nothing).
+    d.recv(&b, AlignedBuf::zeroed(4096).unwrap(), 0, 4096, 51)
+        .unwrap();
+    d.wait(Duration::from_millis(50), &mut out);
+    b.shutdown(std::net::Shutdown::Both).unwrap();
+    let t0 = std::time::Instant::now();
+    while polls.is_empty() && t0.elapsed() < Duration::from_secs(20) {
+        d.wait(Duration::from_millis(100), &mut out);
+        d.take_polls(&mut polls);
+    }
+    let ev = polls.pop().unwrap();
+    assert_eq!((ev.key, ev.res), (51, 0));
 
     // A poll still armed does not hold up the shutdown.
     d.poll(&b, libc::POLLOUT | libc::POLLIN, 44).unwrap();

@@ -358,8 +358,23 @@ impl<F: Sink> Engine<F> {
         }
     }
 
+    /// See [`Ring::push_recv`]; EBADF once the ring is closed.
+    pub(crate) fn push_recv(
+        &mut self,
+        fd: std::os::fd::RawFd,
+        buf: AlignedBuf,
+        pos: usize,
+        len: usize,
+        key: u64,
+    ) -> std::io::Result<()> {
+        match self.ring.as_mut() {
+            Some(ring) => ring.push_recv(fd, buf, pos, len, key),
+            None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
+        }
+    }
+
     /// See [`Ring::take_polls`].
-    pub(crate) fn take_polls(&mut self, out: &mut Vec<(u64, i32)>) {
+    pub(crate) fn take_polls(&mut self, out: &mut Vec<super::SocketEvent>) {
         if let Some(ring) = self.ring.as_mut() {
             ring.take_polls(out);
         }
@@ -384,7 +399,7 @@ impl<F: Sink> Engine<F> {
     /// read) and the backing store, stop the helper, ack shutdowns.
     pub(crate) fn close(&mut self) {
         if let Some(ring) = self.ring.take() {
-            debug_assert_eq!(ring.outstanding(), 0);
+            debug_assert_eq!(ring.file_ops_outstanding(), 0);
             drop(ring);
         }
         if let Some(blk) = self.blk.take() {

@@ -479,8 +479,8 @@ impl Runner {
             }
             self.disk.take_polls(&mut polls);
             let mut readable = false;
-            for (key, res) in polls.drain(..) {
-                match self.peer.on_poll(key, res) {
+            for ev in polls.drain(..) {
+                match self.peer.on_poll(ev) {
                     peer::Ready::Readable => readable = true,
                     peer::Ready::Writable => self.send_to_peer(),
                     peer::Ready::Stale => {}
@@ -509,7 +509,7 @@ impl Runner {
         let mut budget = peer::RxBudget::per_turn();
         let now = self.now();
         loop {
-            match self.peer.receive(&mut budget) {
+            match self.peer.receive(&mut budget, &mut self.disk) {
                 peer::Received::Frame(msg) => {
                     self.node.handle(now, Event::Frame(msg));
                     self.drain();

@@ -12,12 +12,13 @@
 //! thread blocked on the socket and passed each frame over a channel and an
 //! eventfd: a thread hop and a scheduler wake-up on each node for every
 //! replicated write (the Data frame on the secondary, the WriteAck on the
-//! primary), which dominated the CPU profile. A poll was chosen over `Recv`
-//! SQEs: it points at no memory, so no buffer has to stay lent to the
-//! kernel across a disconnect; one `recv` into the staging buffer takes a
-//! whole batch of small frames (the acks of a queue depth of writes); and
-//! only the payload of a large frame needs a pooled aligned buffer, which
-//! the framer takes once the header has told the frame's length.
+//! primary), which dominated the CPU profile. A poll rather than a `Recv`
+//! SQE per frame: one `recv` into the staging buffer takes a whole batch
+//! of small frames (the acks of a queue depth of writes), and the poll
+//! lends no memory to the kernel. Only the rest of a large frame that has
+//! not arrived yet is received by a `Recv` SQE with MSG_WAITALL straight
+//! into the frame's pooled aligned buffer: the kernel collects its
+//! segments without waking the engine for each of them.
 //!
 //! Sending: the turn's frames go out in one non-blocking `sendmsg`; what
 //! the socket does not take waits, in order, for a POLLOUT poll on the same
@@ -48,7 +49,7 @@ use replication_proto::wire::Message;
 use super::{Input, InputTx, StartError};
 use crate::config::Node;
 use crate::disk::aligned::SECTOR;
-use crate::disk::{AlignedBuf, InlineDisk};
+use crate::disk::{AlignedBuf, InlineDisk, SocketEvent};
 
 /// Address alignment O_DIRECT wants for write data.
 const ALIGN: usize = 4096;
@@ -80,6 +81,8 @@ struct Conn {
     /// The last receive stopped at its budget with data maybe left: go on
     /// next turn without waiting for a poll.
     rx_more: bool,
+    /// A ring receive failed: why, for the next [`Transport::receive`].
+    rx_failed: Option<String>,
 }
 
 /// What a poll that fired means now.
@@ -265,6 +268,7 @@ impl Transport {
             rx_armed: false,
             tx_armed: false,
             rx_more: false,
+            rx_failed: None,
         });
         true
     }
@@ -328,7 +332,7 @@ impl Transport {
             return Ok(());
         };
         let watch = |e: std::io::Error| format!("cannot watch the peer socket: {e}");
-        if receive && !c.rx_armed && !c.rx_more {
+        if receive && !c.rx_armed && !c.rx_more && !c.rx.lent() {
             disk.poll(&c.stream, libc::POLLIN, c.id << 1 | KEY_RX)
                 .map_err(watch)?;
             c.rx_armed = true;
@@ -341,15 +345,22 @@ impl Transport {
         Ok(())
     }
 
-    /// A poll armed by [`Transport::arm`] fired with `res` (mask or
-    /// -errno). Whatever the mask says, the next `recv` or `sendmsg` finds
-    /// out what really happened.
-    pub(crate) fn on_poll(&mut self, key: u64, res: i32) -> Ready {
+    /// A poll armed by [`Transport::arm`] fired (`res`: mask or -errno;
+    /// whatever it says, the next `recv` or `sendmsg` finds out what really
+    /// happened), or a ring receive ended (with its buffer).
+    pub(crate) fn on_poll(&mut self, ev: SocketEvent) -> Ready {
+        let SocketEvent { key, res, buf } = ev;
         let Some(c) = &mut self.current else {
             return Ready::Stale;
         };
         if key >> 1 != c.id {
             return Ready::Stale;
+        }
+        if let Some(buf) = buf {
+            if let Err(why) = c.rx.give_back(buf, res) {
+                c.rx_failed = Some(why);
+            }
+            return Ready::Readable;
         }
         if res < 0 {
             tracing::debug!(errno = -res, "peer socket poll failed");
@@ -370,13 +381,17 @@ impl Transport {
     }
 
     /// The next frame from the peer, if one can be had this turn without
-    /// blocking and within `budget`.
-    pub(crate) fn receive(&mut self, budget: &mut RxBudget) -> Received {
+    /// blocking and within `budget`. The rest of a large frame that is not
+    /// there yet is left to a ring receive on `disk`.
+    pub(crate) fn receive(&mut self, budget: &mut RxBudget, disk: &mut InlineDisk) -> Received {
         let Some(c) = &mut self.current else {
             return Received::Idle;
         };
+        if let Some(why) = c.rx_failed.take() {
+            return Received::Down(why);
+        }
         c.rx_more = false;
-        match c.rx.next(&c.stream, budget) {
+        match c.rx.pull(&c.stream, budget, disk, c.id << 1 | KEY_RX) {
             Ok(Some(msg)) => Received::Frame(msg),
             Ok(None) => {
                 // Stopped by the budget, not by an empty socket (or with
@@ -427,7 +442,8 @@ const ALIGN_PAYLOAD_MIN: usize = 4096;
 
 /// A large frame being received straight into its own aligned buffer.
 struct Big {
-    buf: AlignedBuf,
+    /// `None` while lent to the ring for a receive.
+    buf: Option<AlignedBuf>,
     /// The frame is `buf[pad..pad + total]`, placed so that its bulk data
     /// starts at a 4096-aligned address.
     pad: usize,
@@ -496,10 +512,20 @@ impl Framer {
         }
         loop {
             if let Some(big) = &mut self.big {
+                let Some(buf) = big.buf.as_mut() else {
+                    // Lent to the ring: its completion hands it back.
+                    return Ok(None);
+                };
                 if big.have == big.total {
-                    let Big {
-                        buf, pad, total, ..
-                    } = self.big.take().ok_or("framer state lost")?;
+                    let Some(Big {
+                        buf: Some(buf),
+                        pad,
+                        total,
+                        ..
+                    }) = self.big.take()
+                    else {
+                        return Err("framer state lost".into());
+                    };
                     budget.frames -= 1;
                     let frame = buf.into_bytes().slice(pad..pad + total);
                     return decode_frame(frame).map(Some).map_err(|e| malformed(&e));
@@ -507,8 +533,7 @@ impl Framer {
                 if budget.exhausted() || budget.drained {
                     return Ok(None);
                 }
-                let want = big
-                    .buf
+                let want = buf
                     .as_mut_slice()
                     .get_mut(big.pad + big.have..big.pad + big.total)
                     .ok_or("frame buffer too short")?;
@@ -590,7 +615,7 @@ impl Framer {
                 .copy_from_slice(avail.get(..have).ok_or("staging buffer state lost")?);
             self.consume(have);
             self.big = Some(Big {
-                buf,
+                buf: Some(buf),
                 pad,
                 total,
                 have,
@@ -609,6 +634,63 @@ impl Framer {
             self.stage.resize(total, 0);
         }
         Ok(None)
+    }
+
+    /// [`Framer::next`], and when the socket ran dry inside a large frame,
+    /// the rest of it lent to a ring receive on `disk` with `key`.
+    fn pull(
+        &mut self,
+        stream: &TcpStream,
+        budget: &mut RxBudget,
+        disk: &mut InlineDisk,
+        key: u64,
+    ) -> Result<Option<Message>, String> {
+        let got = self.next(stream, budget)?;
+        if got.is_none() && budget.drained && !self.lent() {
+            if let Some((buf, pos, len)) = self.lend() {
+                disk.recv(stream, buf, pos, len, key)
+                    .map_err(|e| format!("receive failed: {e}"))?;
+            }
+        }
+        Ok(got)
+    }
+
+    /// A large frame whose rest has to wait for the socket: its buffer
+    /// and the range still to fill, for a ring receive.
+    fn lend(&mut self) -> Option<(AlignedBuf, usize, usize)> {
+        let big = self.big.as_mut()?;
+        if big.have >= big.total {
+            return None;
+        }
+        let buf = big.buf.take()?;
+        Some((buf, big.pad + big.have, big.total - big.have))
+    }
+
+    /// A ring receive of [`Framer::lend`] ended with `res` (bytes or
+    /// -errno): takes the buffer back.
+    fn give_back(&mut self, buf: AlignedBuf, res: i32) -> Result<(), String> {
+        let Some(big) = self.big.as_mut().filter(|b| b.buf.is_none()) else {
+            return Err("framer state lost".into());
+        };
+        big.buf = Some(buf);
+        match usize::try_from(res) {
+            Ok(0) => Err("peer closed the connection".into()),
+            Ok(n) if n <= big.total - big.have => {
+                big.have += n;
+                Ok(())
+            }
+            Ok(_) => Err("receive failed: more bytes than asked for".into()),
+            Err(_) if res == -libc::EINTR || res == -libc::EAGAIN => Ok(()),
+            Err(_) => Err(format!(
+                "receive failed: {}",
+                std::io::Error::from_raw_os_error(res.saturating_neg())
+            )),
+        }
+    }
+
+    /// Part of a frame is lent to the ring.
+    fn lent(&self) -> bool {
+        self.big.as_ref().is_some_and(|b| b.buf.is_none())
     }
 
     fn consume(&mut self, n: usize) {
@@ -714,26 +796,94 @@ mod tests {
     }
 
     /// Receives until `n` frames or an error, renewing the budget whenever
-    /// a turn ends; gives the frames and the error, if any.
-    fn receive(rx: &mut Framer, s: &TcpStream, n: usize) -> (Vec<Message>, Option<String>) {
+    /// a turn ends; gives the frames and the error, if any. With `disk`,
+    /// as the engine does: the rest of a large frame through a ring
+    /// receive; without, by non-blocking `recv`s only.
+    fn receive_with(
+        rx: &mut Framer,
+        s: &TcpStream,
+        n: usize,
+        mut disk: Option<&mut InlineDisk>,
+    ) -> (Vec<Message>, Option<String>) {
+        let mut ring_receives = 0;
+        let r = receive_counting(rx, s, n, disk.as_deref_mut(), &mut ring_receives);
+        if disk.is_none() {
+            assert_eq!(ring_receives, 0);
+        }
+        r
+    }
+
+    fn receive_counting(
+        rx: &mut Framer,
+        s: &TcpStream,
+        n: usize,
+        mut disk: Option<&mut InlineDisk>,
+        ring_receives: &mut usize,
+    ) -> (Vec<Message>, Option<String>) {
         let mut got = Vec::new();
+        let mut events = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         while got.len() < n && Instant::now() < deadline {
             let mut budget = RxBudget::per_turn();
             while got.len() < n {
-                match rx.next(s, &mut budget) {
+                let r = match disk.as_deref_mut() {
+                    Some(d) => rx.pull(s, &mut budget, d, 6),
+                    None => rx.next(s, &mut budget),
+                };
+                match r {
                     Ok(Some(m)) => got.push(m),
                     Ok(None) => break,
                     Err(e) => return (got, Some(e)),
                 }
             }
-            std::thread::sleep(Duration::from_millis(1));
+            match disk.as_deref_mut() {
+                Some(d) => {
+                    let mut done = Vec::new();
+                    d.wait(Duration::from_millis(1), &mut done);
+                    d.take_polls(&mut events);
+                    for ev in events.drain(..) {
+                        assert_eq!(ev.key, 6);
+                        *ring_receives += 1;
+                        if let Err(e) = rx.give_back(ev.buf.unwrap(), ev.res) {
+                            return (got, Some(e));
+                        }
+                    }
+                }
+                None => std::thread::sleep(Duration::from_millis(1)),
+            }
         }
         (got, None)
     }
 
+    fn receive(rx: &mut Framer, s: &TcpStream, n: usize) -> (Vec<Message>, Option<String>) {
+        receive_with(rx, s, n, None)
+    }
+
+    fn inline_disk(dir: &std::path::Path) -> InlineDisk {
+        let path = dir.join("d.img");
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        crate::disk::LocalDisk::open(&path, 1 << 20, crate::disk::DiskOptions::default())
+            .unwrap()
+            .inline()
+            .unwrap()
+    }
+
     #[test]
     fn frames_cut_anywhere_arrive_whole_and_large_payloads_aligned() {
+        frames_cut_anywhere(false);
+    }
+
+    #[test]
+    fn frames_cut_anywhere_arrive_whole_through_ring_receives() {
+        frames_cut_anywhere(true);
+    }
+
+    fn frames_cut_anywhere(ring: bool) {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let mut disk = ring.then(|| inline_disk(dir.path()));
         let (mut tx, rx_sock) = pair();
         let msgs = vec![
             Message::WriteAck { seq: 1 },
@@ -760,8 +910,18 @@ mod tests {
             }
         });
         let mut rx = Framer::new();
-        let (got, err) = receive(&mut rx, &rx_sock, msgs.len());
+        let mut ring_receives = 0;
+        let (got, err) = receive_counting(
+            &mut rx,
+            &rx_sock,
+            msgs.len(),
+            disk.as_mut(),
+            &mut ring_receives,
+        );
         writer.join().unwrap();
+        // The writer pauses inside the large frames: their rests were
+        // received by the ring.
+        assert_eq!(ring, ring_receives > 0, "{ring_receives} ring receives");
         assert_eq!(err, None);
         assert_eq!(got, msgs);
         for m in &got {
@@ -830,6 +990,24 @@ mod tests {
         tx.write_all(&half[..100]).unwrap();
         drop(tx);
         let (got, err) = receive(&mut Framer::new(), &rx_sock, 1);
+        assert!(got.is_empty());
+        assert_eq!(err.as_deref(), Some("peer closed the connection"));
+
+        // The same with the rest of the frame lent to a ring receive, which
+        // ends early at EOF.
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let mut disk = inline_disk(dir.path());
+        let (mut tx, rx_sock) = pair();
+        tx.write_all(&half[..100]).unwrap();
+        let mut rx = Framer::new();
+        let mut budget = RxBudget::per_turn();
+        assert!(rx
+            .pull(&rx_sock, &mut budget, &mut disk, 6)
+            .unwrap()
+            .is_none());
+        assert!(rx.lent());
+        drop(tx);
+        let (got, err) = receive_with(&mut rx, &rx_sock, 1, Some(&mut disk));
         assert!(got.is_empty());
         assert_eq!(err.as_deref(), Some("peer closed the connection"));
     }
