@@ -551,8 +551,9 @@ impl InlineDisk {
     /// [`SocketEvent`] with `key`, the byte count (or -errno) and the
     /// buffer comes out of [`InlineDisk::take_polls`]. Until then the ring
     /// owns the buffer, and [`InlineDisk::shutdown`] waits for the receive:
-    /// shut the socket down to end it early. If it cannot be started, the
-    /// buffer is dropped and the error returned.
+    /// shut the socket down to end it early. Submitted at once (with any
+    /// disk ops queued). If it cannot be started, the buffer is dropped and
+    /// the error returned.
     pub fn recv(
         &mut self,
         fd: &impl AsFd,

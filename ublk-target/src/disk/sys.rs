@@ -293,7 +293,8 @@ impl Ring {
     /// EOF or an error. The result and the buffer come back out of
     /// [`Ring::take_polls`] with `key`. The buffer is owned by the ring
     /// until then, like any read's: shut the socket down to end a receive
-    /// early ([`Drop`] waits for it). On error the buffer is dropped (the
+    /// early ([`Drop`] waits for it). Submitted at once, so `fd` only has
+    /// to be open during the call. On error the buffer is dropped (the
     /// kernel never saw it).
     pub(crate) fn push_recv(
         &mut self,
@@ -341,6 +342,12 @@ impl Ring {
         }
         self.outstanding += 1;
         self.recvs += 1;
+        // Submitted right away: the kernel resolves the fd at submission,
+        // and a socket closed in the meantime could have its number reused
+        // by another one, whose bytes this receive would then take.
+        if let Err(e) = self.submit() {
+            tracing::warn!(error = %e, "io_uring_enter failed; the socket receive goes with the next one");
+        }
         Ok(())
     }
 
