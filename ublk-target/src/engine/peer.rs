@@ -396,7 +396,9 @@ impl Transport {
             Ok(None) => {
                 // Stopped by the budget, not by an empty socket (or with
                 // whole frames still staged, which no poll would report).
-                c.rx_more = !budget.drained || budget.frames == 0;
+                // Not while a ring receive is out: its completion says
+                // when to go on, and asking before would only spin.
+                c.rx_more = !c.rx.lent() && (!budget.drained || budget.frames == 0);
                 Received::Idle
             }
             Err(why) => Received::Down(why),
