@@ -19,7 +19,7 @@
 //! the mailbox never holds more than `depth` answers and the backend never
 //! has more than `nr_queues * depth` requests from this device.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -30,6 +30,8 @@ use libublk::helpers::IoBuf;
 use libublk::io::{with_task_io_ring_mut, UblkDev, UblkIOCtx, UblkQueue};
 use libublk::{sys, BufDesc, BufDescList, UblkIORes};
 use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 
 use crate::frontend::{BlockBackend, IoRequest, IoResult, Reply};
 
@@ -386,7 +388,7 @@ fn own_user_data(op: u32) -> u64 {
 }
 
 /// How often the queue looks for lent buffers that do not come back.
-static LEASE_CHECK: types::Timespec = types::Timespec::new().sec(1);
+const LEASE_CHECK: Duration = Duration::from_secs(1);
 
 /// The state of one queue thread's handler.
 struct Handler {
@@ -400,9 +402,10 @@ struct Handler {
     /// Buffers lent out now.
     lent: usize,
     read_armed: bool,
+    /// Wakes the ring for the lease check while buffers are lent; `None`
+    /// if it could not be set up (then only the warnings are lost).
+    timer: Option<TimerFd>,
     timer_armed: bool,
-    /// The kernel refused the timer: no lease checks (only warnings lost).
-    timer_broken: bool,
     max_bytes: u32,
     size: u64,
     scratch: Vec<Ready>,
@@ -432,19 +435,37 @@ impl Handler {
         Ok(())
     }
 
+    /// A one-shot timerfd and a poll on it rather than an io_uring Timeout:
+    /// a Timeout completes with -ETIME, which libublk logs as a failed I/O.
+    /// Setting the timer also clears its expiry count, so nobody reads it.
     fn arm_timer(&mut self, q: &UblkQueue<'_>) {
-        if self.timer_armed || self.timer_broken {
+        if self.timer_armed {
             return;
         }
-        let sqe = opcode::Timeout::new(&LEASE_CHECK)
-            .flags(types::TimeoutFlags::ETIME_SUCCESS)
-            .build()
-            .user_data(own_user_data(TIMER_OP));
-        match q.ublk_submit_sqe_sync(sqe) {
+        let Some(timer) = &self.timer else { return };
+        let armed = timer
+            .set(
+                Expiration::OneShot(TimeSpec::from_duration(LEASE_CHECK)),
+                TimerSetTimeFlags::empty(),
+            )
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                let sqe = opcode::PollAdd::new(
+                    types::Fd(timer.as_fd().as_raw_fd()),
+                    u32::try_from(libc::POLLIN).unwrap_or(1),
+                )
+                .build()
+                .user_data(own_user_data(TIMER_OP));
+                q.ublk_submit_sqe_sync(sqe).map_err(|e| e.to_string())
+            });
+        match armed {
             Ok(()) => self.timer_armed = true,
             Err(e) => {
-                tracing::warn!(qid = self.qid, "cannot arm the lease check timer: {e}");
-                self.timer_broken = true;
+                tracing::warn!(
+                    qid = self.qid,
+                    "no checks of lent buffers: cannot arm the timer: {e}"
+                );
+                self.timer = None;
             }
         }
     }
@@ -582,9 +603,13 @@ impl Handler {
     /// The lease check timer fired.
     fn check_leases(&mut self, q: &UblkQueue<'_>, res: i32) {
         self.timer_armed = false;
-        if res < 0 && res != -libc::ETIME {
-            tracing::warn!(qid = self.qid, errno = -res, "the lease check timer failed");
-            self.timer_broken = true;
+        if res < 0 {
+            tracing::warn!(
+                qid = self.qid,
+                errno = -res,
+                "no checks of lent buffers: the timer poll failed"
+            );
+            self.timer = None;
             return;
         }
         for (tag, late) in self.mailbox.overdue(Instant::now(), LEASE_WARN) {
@@ -659,8 +684,10 @@ pub(crate) fn run(
         pending: vec![None; depth],
         lent: 0,
         read_armed: false,
+        timer: TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_CLOEXEC)
+            .inspect_err(|e| tracing::warn!(qid, "no checks of lent buffers: no timerfd: {e}"))
+            .ok(),
         timer_armed: false,
-        timer_broken: false,
         max_bytes: dev.dev_info.max_io_buf_bytes,
         size,
         scratch: Vec::with_capacity(depth),
