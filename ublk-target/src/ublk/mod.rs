@@ -11,10 +11,11 @@
 //! - The I/O path (`queue.rs`): a queue thread turns each request into an
 //!   [`IoRequest`](crate::frontend::IoRequest), submits it to the backend
 //!   and returns to its io_uring at once; answers come back on other
-//!   threads through an eventfd polled in the queue's ring. Writes are
-//!   copied into an aligned buffer (the local disk writes it with O_DIRECT
-//!   as it is), reads are copied into the request's buffer. A request is
-//!   completed with its full byte count or a negative errno, never short.
+//!   threads through an eventfd read by the queue's ring. A write's data is
+//!   lent, not copied: the backend gets the tag's own aligned buffer (the
+//!   local disk writes it with O_DIRECT as it is) and the tag is committed
+//!   once the answer is in and the buffer is released. Reads are copied
+//!   into the request's buffer. A request is completed with its full byte count or a negative errno, never short.
 //! - User recovery: devices are created with `UBLK_F_USER_RECOVERY |
 //!   UBLK_F_USER_RECOVERY_REISSUE`. When repd dies (even `kill -9`) the
 //!   kernel keeps `/dev/ublkb<N>` and holds its I/O (`QUIESCED`); the next
