@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::time::Duration;
 
 use common::{cluster, random_file, require, Cluster, Mode, Netns, Opts};
 
@@ -154,7 +153,10 @@ fn kill_9_of_the_primary_loses_no_acknowledged_write(mode: Mode) {
     tools();
     let (c, _ns) = synced_pair(mode, Opts::default());
     let chunk = 64 * 1024u64;
-    let cmds: Vec<String> = (0..480u64)
+    // As many writes as the device holds, so that the kill lands mid-run
+    // however fast this machine is.
+    let n = c.data_bytes(0) / chunk;
+    let cmds: Vec<String> = (0..n)
         .map(|k| format!("write -P {} {} {}", k % 250 + 1, k * chunk, chunk))
         .collect();
     let uri = c.nbd_uri(0);
@@ -170,7 +172,11 @@ fn kill_9_of_the_primary_loses_no_acknowledged_write(mode: Mode) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Kill once some writes are through, not after a fixed sleep: a fast
+    // run could otherwise finish before the kill.
+    c.wait(0, "the first writes", 20, |s| {
+        s["stats"]["written_bytes"].as_u64().unwrap_or(0) >= 2 << 20
+    });
     c.kill9(0);
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
