@@ -331,12 +331,19 @@ const DEVICE_POLL: Duration = Duration::from_millis(5);
 /// fail with ENOENT or ENXIO.
 fn wait_for_device(dev: &Path, timeout: Duration) -> Result<(), String> {
     let t0 = Instant::now();
+    let mut tries = 0u32;
+    let mut last: Option<std::io::Error> = None;
     loop {
+        tries += 1;
+        let t = Instant::now();
         let e = match std::fs::File::open(dev) {
             Ok(_) => {
                 if t0.elapsed() >= DEVICE_POLL {
                     tracing::info!(
                         ms = t0.elapsed().as_millis(),
+                        last_open_ms = t.elapsed().as_millis(),
+                        tries,
+                        last_error = last.map(|e| e.to_string()),
                         "waited for {} (repd adds it after the promotion)",
                         dev.display()
                     );
@@ -361,6 +368,7 @@ fn wait_for_device(dev: &Path, timeout: Duration) -> Result<(), String> {
                 timeout.as_millis()
             ));
         }
+        last = Some(e);
         std::thread::sleep(DEVICE_POLL);
     }
 }
