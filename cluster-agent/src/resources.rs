@@ -329,10 +329,26 @@ const DEVICE_POLL: Duration = Duration::from_millis(5);
 /// Wait until `dev` opens: repd adds it right after it became Primary (the
 /// node appears, then the disk goes live), and a mount in between would
 /// fail with ENOENT or ENXIO.
+///
+/// The node appears (device_add) before the kernel registers the block
+/// device (bdev_add); an open in between does not fail but asks for a
+/// `block-major-M-N` module (CONFIG_BLOCK_LEGACY_AUTOLOAD) and waits for
+/// modprobe: 1.3-4 s in the TCG guest. So the open waits for the disk's
+/// `bdi` link in sysfs, which add_disk creates right before bdev_add.
 fn wait_for_device(dev: &Path, timeout: Duration) -> Result<(), String> {
     let t0 = Instant::now();
     let mut tries = 0u32;
     let mut last: Option<std::io::Error> = None;
+    let bdi = dev
+        .file_name()
+        .filter(|_| dev.parent() == Some(Path::new("/dev")))
+        .map(|n| Path::new("/sys/class/block").join(n).join("bdi"));
+    loop {
+        if bdi.as_ref().is_none_or(|b| b.exists()) || t0.elapsed() >= timeout {
+            break;
+        }
+        std::thread::sleep(DEVICE_POLL);
+    }
     loop {
         tries += 1;
         let t = Instant::now();
