@@ -13,8 +13,8 @@
 //! a plain `cargo test`: the failover bound is a time, and unoptimised repd
 //! under emulation spends seconds starting the device and replaying the
 //! journal (a debug run measured 6.9 s against the 5 s bound, where release
-//! builds took 4.5-5.2 s on the same shared host: the bound held in two of
-//! three runs, see bench/RESULTS.md). `REP_VM_TESTS=0` skips it.
+//! builds took 4.3-5.2 s on the same shared host: the bound held in four of
+//! five runs, see bench/RESULTS.md). `REP_VM_TESTS=0` skips it.
 
 use std::path::PathBuf;
 use std::process::Command;
