@@ -255,6 +255,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
         node: cfg.me.clone(),
         peer: cfg.peer.clone(),
         device: device.clone(),
+        wait_for_device: ublk_target::ublk::driver_present(),
     };
     if !cfg.cluster.ops.ping_nodes.is_empty() {
         let tx = tx.clone();
@@ -828,6 +829,15 @@ fn status_json(
     obj.insert("resource".into(), json!(cfg.resource.resource.name));
     obj.insert("pid".into(), json!(std::process::id()));
     obj.insert("uptime_ms".into(), json!(ms(clock.elapsed())));
+    // With uptime_ms this puts the transitions (`at`, agent clock) on the
+    // wall clock, for scripts that time a failover against their own events.
+    obj.insert(
+        "unix_ms".into(),
+        json!(SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(ms)
+            .unwrap_or(0)),
+    );
     obj.insert("fence_command".into(), json!(cfg.cluster.fence_command));
     obj.insert(
         "witness".into(),

@@ -10,12 +10,13 @@
 //! - [`wire`]: the heartbeat packet;
 //! - [`sim`]: the seeded simulator of two agents;
 //! - [`witness`]: the third voter (`cluster-agent --witness`) and its packets;
-//! - [`daemon`], [`resources`], [`control`]: the agent process around the core.
+//! - [`daemon`], [`resources`], [`netlink`], [`control`]: the agent process around the core.
 
 pub mod config;
 pub mod control;
 pub mod core;
 pub mod daemon;
+pub mod netlink;
 pub mod resources;
 pub mod sim;
 pub mod wire;

@@ -1,17 +1,28 @@
 //! Carrying out the resource chain and the fence command: processes with a
 //! timeout, never a shell for anything but the fence command line.
 //!
+//! The filesystem and the service address are done in this process
+//! (mount(2), rtnetlink) rather than by `mount` and `ip`: they sit on the
+//! failover's critical path, and a process start costs hundreds of ms in a
+//! slow guest (see [`crate::netlink`]). `mount` is still run for what only
+//! it knows: a filesystem without `fstype` (it probes the type) and
+//! options that mount(8) handles itself (`loop`, `bind`, `x-*`, ...).
+//!
 //! Scripts and the fence command get the environment `REP_RESOURCE`,
 //! `REP_NODE`, `REP_PEER` and `REP_DEVICE` (and `DRBD_RESOURCE`,
 //! `DRBD_PEER` for fence-peer handlers written for DRBD).
 
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::mount::MsFlags;
+
 use crate::config::ResourceEntry;
+use crate::netlink;
 
 /// Who runs the chain, for the environment of scripts.
 #[derive(Debug, Clone)]
@@ -21,6 +32,11 @@ pub struct Ctx {
     pub peer: String,
     /// This node's device (`/dev/ublkbN`).
     pub device: PathBuf,
+    /// repd adds the device when it becomes Primary, a moment after it
+    /// answers the promotion: every start first waits for it to open (set
+    /// when the kernel has ublk; without it the device is the NBD export
+    /// and there is nothing to wait for).
+    pub wait_for_device: bool,
 }
 
 impl Ctx {
@@ -150,6 +166,9 @@ fn check(what: &str, r: Result<Exit, String>) -> Result<(), String> {
 /// # Errors
 /// What failed, with the command's output.
 pub fn start(r: &ResourceEntry, ctx: &Ctx) -> Result<(), String> {
+    if ctx.wait_for_device {
+        wait_for_device(&ctx.device, r.timeout())?;
+    }
     match r {
         ResourceEntry::Service { script, timeout } => {
             let mut c = ctx.command(script);
@@ -167,6 +186,12 @@ pub fn start(r: &ResourceEntry, ctx: &Ctx) -> Result<(), String> {
                 return Ok(());
             }
             let dev = device.clone().unwrap_or_else(|| ctx.device.clone());
+            let what = format!("mount {} {}", dev.display(), mount_point.display());
+            if let Some(fstype) = fstype {
+                if let Some((flags, data)) = mount_options(options.as_deref()) {
+                    return mount_here(&what, &dev, mount_point, fstype, flags, &data, *timeout);
+                }
+            }
             let mut c = ctx.command("mount");
             if let Some(t) = fstype {
                 c.args(["-t", t]);
@@ -175,10 +200,7 @@ pub fn start(r: &ResourceEntry, ctx: &Ctx) -> Result<(), String> {
                 c.args(["-o", o]);
             }
             c.arg(&dev).arg(mount_point);
-            check(
-                &format!("mount {} {}", dev.display(), mount_point.display()),
-                run(c, *timeout),
-            )
+            check(&what, run(c, *timeout))
         }
         ResourceEntry::Ip {
             address,
@@ -186,17 +208,15 @@ pub fn start(r: &ResourceEntry, ctx: &Ctx) -> Result<(), String> {
             interface,
             timeout,
         } => {
-            let cidr = format!("{address}/{prefix}");
-            if has_address(ctx, interface, &cidr, *timeout) {
-                return Ok(());
-            }
-            let mut c = ctx.command("ip");
-            c.args(["addr", "add", &cidr, "dev", interface]);
-            check(
-                &format!("ip addr add {cidr} dev {interface}"),
-                run(c, *timeout),
-            )?;
-            if address.is_ipv4() {
+            let added = netlink::change_address(
+                netlink::Change::Add,
+                interface,
+                *address,
+                *prefix,
+                *timeout,
+            )
+            .map_err(|e| e.to_string())?;
+            if added && address.is_ipv4() {
                 gratuitous_arp(ctx, interface, &address.to_string());
             }
             Ok(())
@@ -223,30 +243,20 @@ pub fn stop(r: &ResourceEntry, ctx: &Ctx) -> Result<(), String> {
             if !is_mounted(mount_point) {
                 return Ok(());
             }
-            let mut c = ctx.command("umount");
-            c.arg(mount_point);
-            check(
-                &format!("umount {}", mount_point.display()),
-                run(c, *timeout),
-            )
+            let what = format!("umount {}", mount_point.display());
+            let mp = mount_point.clone();
+            in_thread(&what, *timeout, move || {
+                nix::mount::umount2(&mp, nix::mount::MntFlags::empty())
+            })
         }
         ResourceEntry::Ip {
             address,
             prefix,
             interface,
             timeout,
-        } => {
-            let cidr = format!("{address}/{prefix}");
-            if !has_address(ctx, interface, &cidr, *timeout) {
-                return Ok(());
-            }
-            let mut c = ctx.command("ip");
-            c.args(["addr", "del", &cidr, "dev", interface]);
-            check(
-                &format!("ip addr del {cidr} dev {interface}"),
-                run(c, *timeout),
-            )
-        }
+        } => netlink::change_address(netlink::Change::Del, interface, *address, *prefix, *timeout)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
     }
 }
 
@@ -313,33 +323,225 @@ pub fn is_mounted(mount_point: &Path) -> bool {
         .any(|m| Path::new(&unescape_mount(m)) == want)
 }
 
-fn has_address(ctx: &Ctx, interface: &str, cidr: &str, timeout: Duration) -> bool {
-    let mut c = ctx.command("ip");
-    c.args(["-o", "addr", "show", "dev", interface]);
-    match run(c, timeout) {
-        Ok(e) => e.output.split_whitespace().any(|w| w == cidr),
-        Err(_) => false,
+/// How often a start looks for the device repd is adding.
+const DEVICE_POLL: Duration = Duration::from_millis(5);
+
+/// Wait until `dev` opens: repd adds it right after it became Primary (the
+/// node appears, then the disk goes live), and a mount in between would
+/// fail with ENOENT or ENXIO.
+///
+/// The node appears (device_add) before the kernel registers the block
+/// device (bdev_add); an open in between does not fail but asks for a
+/// `block-major-M-N` module (CONFIG_BLOCK_LEGACY_AUTOLOAD) and waits for
+/// modprobe: 1.3-4 s in the TCG guest. So the open waits for the disk's
+/// `bdi` link in sysfs, which add_disk creates right before bdev_add.
+fn wait_for_device(dev: &Path, timeout: Duration) -> Result<(), String> {
+    let t0 = Instant::now();
+    let mut tries = 0u32;
+    let mut last: Option<std::io::Error> = None;
+    let bdi = dev
+        .file_name()
+        .filter(|_| dev.parent() == Some(Path::new("/dev")))
+        .map(|n| Path::new("/sys/class/block").join(n).join("bdi"));
+    loop {
+        if bdi.as_ref().is_none_or(|b| b.exists()) || t0.elapsed() >= timeout {
+            break;
+        }
+        std::thread::sleep(DEVICE_POLL);
+    }
+    loop {
+        tries += 1;
+        let t = Instant::now();
+        let e = match std::fs::File::open(dev) {
+            Ok(_) => {
+                if t0.elapsed() >= DEVICE_POLL {
+                    tracing::info!(
+                        ms = t0.elapsed().as_millis(),
+                        last_open_ms = t.elapsed().as_millis(),
+                        tries,
+                        last_error = last.map(|e| e.to_string()),
+                        "waited for {} (repd adds it after the promotion)",
+                        dev.display()
+                    );
+                }
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        let not_yet = matches!(
+            e.raw_os_error(),
+            Some(libc::ENOENT | libc::ENXIO | libc::ENODEV)
+        );
+        // Anything else (a permission, a held device) is for the resource's
+        // own command to report.
+        if !not_yet {
+            return Ok(());
+        }
+        if t0.elapsed() >= timeout {
+            return Err(format!(
+                "{} did not appear within {} ms of the promotion (is repd adding it? see its log): {e}",
+                dev.display(),
+                timeout.as_millis()
+            ));
+        }
+        last = Some(e);
+        std::thread::sleep(DEVICE_POLL);
     }
 }
 
-fn gratuitous_arp(ctx: &Ctx, interface: &str, ip: &str) {
-    let found = Command::new("sh")
-        .args(["-c", "command -v arping"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        tracing::info!(%ip, "arping not installed: no gratuitous ARP for the service address");
-        return;
+/// mount(8)'s options that are mount(2) flags, and the rest as the
+/// filesystem's data string; `None` when an option is one mount(8) carries
+/// out itself (the program must run then).
+fn mount_options(options: Option<&str>) -> Option<(MsFlags, String)> {
+    let mut flags = MsFlags::empty();
+    let mut data: Vec<&str> = Vec::new();
+    for o in options.unwrap_or("").split(',').filter(|o| !o.is_empty()) {
+        let (set, clear) = match o {
+            "defaults" | "rw" | "async" | "suid" | "dev" | "exec" | "nomand" | "loud" => {
+                let clear = match o {
+                    "rw" => MsFlags::MS_RDONLY,
+                    "async" => MsFlags::MS_SYNCHRONOUS,
+                    "suid" => MsFlags::MS_NOSUID,
+                    "dev" => MsFlags::MS_NODEV,
+                    "exec" => MsFlags::MS_NOEXEC,
+                    "nomand" => MsFlags::MS_MANDLOCK,
+                    "loud" => MsFlags::MS_SILENT,
+                    _ => MsFlags::empty(),
+                };
+                (MsFlags::empty(), clear)
+            }
+            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
+            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
+            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
+            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
+            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
+            "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty()),
+            "mand" => (MsFlags::MS_MANDLOCK, MsFlags::empty()),
+            "silent" => (MsFlags::MS_SILENT, MsFlags::empty()),
+            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
+            "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME),
+            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
+            "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME),
+            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
+            "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME),
+            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
+            "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME),
+            "lazytime" => (MsFlags::MS_LAZYTIME, MsFlags::empty()),
+            "nolazytime" => (MsFlags::empty(), MsFlags::MS_LAZYTIME),
+            // Done by mount(8) itself, not by the kernel.
+            "loop" | "bind" | "rbind" | "move" | "remount" | "auto" | "noauto" | "user"
+            | "nouser" | "users" | "owner" | "group" | "nofail" | "_netdev" | "private"
+            | "shared" | "slave" | "unbindable" | "rprivate" | "rshared" | "rslave"
+            | "runbindable" => return None,
+            o if o.starts_with("x-")
+                || o.starts_with("X-")
+                || o.starts_with("loop=")
+                || o.starts_with("offset=")
+                || o.starts_with("sizelimit=")
+                || o.starts_with("comment=")
+                || o.starts_with("helper=")
+                || o.starts_with("context=")
+                || o.starts_with("fscontext=")
+                || o.starts_with("defcontext=")
+                || o.starts_with("rootcontext=") =>
+            {
+                return None
+            }
+            o => {
+                data.push(o);
+                continue;
+            }
+        };
+        flags.insert(set);
+        flags.remove(clear);
     }
+    Some((flags, data.join(",")))
+}
+
+/// Run `f` on a thread of its own and give up waiting after `timeout`, as
+/// [`run`] does with a process (a mount stuck on a device whose I/O is held
+/// must not stop the agent; the thread is left to finish).
+fn in_thread(
+    what: &str,
+    timeout: Duration,
+    f: impl FnOnce() -> nix::Result<()> + Send + 'static,
+) -> Result<(), String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("mount".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| format!("{what}: cannot start a thread: {e}"))?;
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("{what}: {} ({e})", e.desc())),
+        Err(_) => Err(format!(
+            "{what} did not finish within {} ms (left running)",
+            timeout.as_millis()
+        )),
+    }
+}
+
+/// mount(2) from this process (in the agent's mount namespace, as the
+/// program would).
+fn mount_here(
+    what: &str,
+    dev: &Path,
+    mount_point: &Path,
+    fstype: &str,
+    flags: MsFlags,
+    data: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let (dev, mp, fs, data) = (
+        dev.to_owned(),
+        mount_point.to_owned(),
+        fstype.to_owned(),
+        data.to_owned(),
+    );
+    let what = format!(
+        "{what} (-t {fs}{}{data})",
+        if data.is_empty() { "" } else { " -o " }
+    );
+    in_thread(&what, timeout, move || {
+        nix::mount::mount(
+            Some(dev.as_path()),
+            mp.as_path(),
+            Some(fs.as_str()),
+            flags,
+            (!data.is_empty()).then_some(data.as_str()),
+        )
+    })
+}
+
+fn gratuitous_arp(ctx: &Ctx, interface: &str, ip: &str) {
     let mut c = ctx.command("arping");
     c.args(["-U", "-c", "3", "-I", interface, ip]);
-    // In the background: neighbours learn the address while the chain goes on.
+    let ip = ip.to_owned();
+    let span = tracing::Span::current();
+    // In the background, the lookup too: neighbours learn the address while
+    // the chain goes on. (Looking for the program on a slow PATH, a 9p root
+    // in the test VM, took 0.7 s on the failover's path.)
     let _ = std::thread::Builder::new()
         .name("arping".into())
-        .spawn(move || match run(c, Duration::from_secs(10)) {
-            Ok(e) if e.code == Some(0) => {}
-            Ok(e) => tracing::warn!(code = ?e.code, output = %e.output, "arping failed"),
-            Err(e) => tracing::warn!("arping: {e}"),
+        .spawn(move || {
+            let _g = span.enter();
+            let found = std::env::var_os("PATH").is_some_and(|p| {
+                std::env::split_paths(&p).any(|d| {
+                    std::fs::metadata(d.join("arping"))
+                        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                })
+            });
+            if !found {
+                tracing::info!(%ip, "arping not installed: no gratuitous ARP for the service address");
+                return;
+            }
+            match run(c, Duration::from_secs(10)) {
+                Ok(e) if e.code == Some(0) => {}
+                Ok(e) => tracing::warn!(code = ?e.code, output = %e.output, "arping failed"),
+                Err(e) => tracing::warn!("arping: {e}"),
+            }
         });
 }
 
@@ -353,6 +555,7 @@ mod tests {
             node: "alpha".into(),
             peer: "beta".into(),
             device: "/dev/ublkb0".into(),
+            wait_for_device: false,
         }
     }
 
@@ -437,6 +640,60 @@ mod tests {
         };
         let e = start(&bad, &ctx()).unwrap_err();
         assert!(e.contains("mount /dev/does-not-exist"), "{e}");
+    }
+
+    #[test]
+    fn mount_options_split_into_flags_and_data() {
+        let (f, d) = mount_options(None).unwrap();
+        assert_eq!((f, d.as_str()), (MsFlags::empty(), ""));
+        let (f, d) =
+            mount_options(Some("noatime,ro,data=ordered,nodev,errors=remount-ro")).unwrap();
+        assert_eq!(
+            f,
+            MsFlags::MS_NOATIME | MsFlags::MS_RDONLY | MsFlags::MS_NODEV
+        );
+        assert_eq!(d, "data=ordered,errors=remount-ro");
+        // Later options win, as with mount(8).
+        let (f, _) = mount_options(Some("ro,rw,noexec,exec,defaults,sync")).unwrap();
+        assert_eq!(f, MsFlags::MS_SYNCHRONOUS);
+        // What mount(8) does itself sends us to the program.
+        for o in [
+            "loop",
+            "bind",
+            "x-systemd.automount",
+            "noauto,nofail",
+            "loop=/dev/loop3",
+        ] {
+            assert!(mount_options(Some(o)).is_none(), "{o}");
+        }
+    }
+
+    #[test]
+    fn a_device_that_never_appears_fails_the_start_in_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = ctx();
+        c.device = dir.path().join("ublkb9");
+        c.wait_for_device = true;
+        let r = ResourceEntry::Service {
+            script: "/bin/true".into(),
+            timeout: Duration::from_millis(300),
+        };
+        let t0 = Instant::now();
+        let e = start(&r, &c).unwrap_err();
+        assert!(e.contains("did not appear within 300 ms"), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        // It appears a moment later: the start goes on.
+        let dev = c.device.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            std::fs::write(dev, b"").unwrap();
+        });
+        let r = ResourceEntry::Service {
+            script: "/bin/true".into(),
+            timeout: Duration::from_secs(5),
+        };
+        start(&r, &c).unwrap();
+        t.join().unwrap();
     }
 
     #[test]

@@ -1,27 +1,78 @@
 //! Issue 5's HA scenario in the VM, on real /dev/ublkbN devices: two nodes
 //! in network namespaces, a cluster agent on each with the chain device ->
 //! ext4 -> service IP; a planned switchover moves the filesystem and the
-//! address with the data intact, and a kill -9 of the Primary's repd and
-//! agent is taken over within deadtime + 1 s.
+//! address with the data intact, and after a kill -9 of the Primary's repd
+//! and agent the peer has ext4 mounted, the service IP up and a write
+//! fsynced within deadtime + 1 s (issue 5's line; the scenario prints the
+//! measured time).
 //!
 //! The scenario is `vm-tests/scenarios/ha-switchover.sh`; it runs in the
-//! guest with the repd, repctl and cluster-agent of this workspace ($REP_BIN,
-//! else built here into this test's target directory and profile).
-//! `REP_VM_TESTS=0` skips it.
+//! guest with the repd, repctl and cluster-agent of this workspace: $REP_BIN
+//! (`scripts/test-all.sh` sets it to its release build), else a release
+//! build made here in this test's target directory. Not the debug build of
+//! a plain `cargo test`: the failover bound is a time, and unoptimised repd
+//! under emulation spends seconds starting the device and replaying the
+//! journal (a debug run measured 6.9 s against the 5 s bound, where release
+//! builds took 4.3-5.2 s on the same shared host: the bound held in four of
+//! five runs, see bench/RESULTS.md). `REP_VM_TESTS=0` skips it.
 
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 use vm_tests::{run_scenario, Scenario, ScenarioBins};
 
+/// `cargo build --release` of the binaries into this test's target
+/// directory; the folder holding them.
+fn release_bins() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("test executable path: {e}"))?;
+    // target/<profile>/deps/<this test>
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .ok_or_else(|| format!("no target directory above {}", exe.display()))?
+        .to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let o = Command::new(cargo)
+        .args([
+            "build",
+            "-q",
+            "--release",
+            "-p",
+            "ublk-target",
+            "-p",
+            "cluster-agent",
+            "--bins",
+        ])
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .map_err(|e| format!("cargo could not run: {e}"))?;
+    if !o.status.success() {
+        return Err(format!(
+            "building the release repd, repctl and cluster-agent failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    }
+    Ok(target.join("release"))
+}
+
 #[test]
 fn switchover_and_failover_move_the_filesystem_and_the_service_ip() {
+    let skip = std::env::var("REP_VM_TESTS").as_deref() == Ok("0");
+    if !skip && std::env::var_os("REP_BIN").is_none() {
+        let dir = release_bins().unwrap_or_else(|e| panic!("{e}"));
+        // One test in this binary: nothing else reads the environment.
+        std::env::set_var("REP_BIN", dir);
+    }
     let r = run_scenario(&Scenario {
         what: "the VM scenarios",
         script: "ha-switchover.sh",
         env: &[],
-        bins: ScenarioBins::BuildHere,
+        bins: ScenarioBins::Prebuilt,
         required: &["repd", "repctl", "cluster-agent"],
-        build_hint: "build the workspace's binaries first",
+        build_hint: "build the workspace's release binaries first \
+            (cargo build --release -p ublk-target -p cluster-agent --bins)",
         timeout: Duration::from_secs(1800),
         min_passes: 20,
     });
@@ -31,7 +82,7 @@ fn switchover_and_failover_move_the_filesystem_and_the_service_ip() {
     for needle in [
         "switchover on alpha: done",
         "checksum matches on beta",
-        "within deadtime + 1 s",
+        "failover within deadtime + 1 s",
         "ALL PASS",
     ] {
         assert!(

@@ -29,7 +29,10 @@
 //!   peer that was Primary), the device is removed instead: its held I/O
 //!   belongs to data that no longer exists.
 //! - [`manage`]: repd's loop that keeps the device in step with the role:
-//!   present while Primary, gone while Secondary.
+//!   present while Primary, gone while Secondary. While Secondary the
+//!   device is kept *prepared* (added, queues ready, not started: only the
+//!   control device `/dev/ublkcN` exists, no block device), so that a
+//!   promotion only starts it.
 //! - [`in_use`]: mounted or open, the test the engine makes before it
 //!   demotes ([`demotion_blocker`]).
 //! - [`prepare_daemon`]: repd must not share its mount namespace with the
@@ -254,8 +257,9 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// How often [`manage`] looks at the role.
-const TICK: Duration = Duration::from_millis(50);
+/// How often [`manage`] looks at the role (an atomic load): a promotion
+/// waits up to this long before the device goes live.
+const TICK: Duration = Duration::from_millis(10);
 /// How long [`manage`] waits before trying again after a failure.
 const RETRY: Duration = Duration::from_secs(5);
 /// How often [`manage`] checks a device it should remove but that is in use.
@@ -308,9 +312,11 @@ const LEFT_OVER_RECHECK: Duration = Duration::from_secs(1);
 /// repd's ublk loop, until `shutdown`: while the node is Primary the device
 /// `/dev/ublkb<dev_id>` exists (started, or recovered from a repd that died;
 /// its held I/O goes on once the node is Primary), while it is not the
-/// device is removed (the engine does not demote while it is in use). At
-/// shutdown the device is removed. Every change is logged. Without
-/// ublk_drv it logs [`NO_DRIVER_WARNING`] once and returns.
+/// block device is removed (the engine does not demote while it is in use)
+/// and a fresh ublk device is kept added but not started, so that the next
+/// promotion only pays START_DEV. At shutdown the device is removed. Every
+/// change is logged. Without ublk_drv it logs [`NO_DRIVER_WARNING`] once
+/// and returns.
 ///
 /// A device left by a repd that died is never served while this node is
 /// Secondary: it stays quiesced (the kernel holds its I/O; nothing is read
@@ -363,6 +369,14 @@ pub fn manage_with(
     }
     let mut left: Option<LeftOver> = None;
     match probe(dev_id) {
+        // Added but never started by a repd that died (it was prepared
+        // while Secondary): nothing is held; preparing removes it.
+        Ok(Some(e)) if e.state == DevState::Dead && !e.server_alive() => {
+            tracing::info!(
+                old_pid = e.pid,
+                "ublk device {dev_id} was added, never started, by a repd that died; replacing it"
+            );
+        }
         Ok(Some(e)) if e.recoverable && !e.server_alive() => {
             let held = generation().map(|g| g.current);
             tracing::info!(
@@ -389,6 +403,8 @@ pub fn manage_with(
     let mut dev: Option<UblkDevice> = None;
     let mut last_err: Option<String> = None;
     let mut retry_at = Instant::now();
+    let mut prepare_at = Instant::now();
+    let mut prepare_err: Option<String> = None;
     let mut in_use_checked: Option<Instant> = None;
     let mut in_use_said = false;
     let mut vanish_checked = Instant::now();
@@ -406,7 +422,11 @@ pub fn manage_with(
         }
         // Removed behind our back (`ublk del`)? Looked at once a second.
         let vanished = match dev.as_ref() {
-            Some(d) if !d.is_recovering() && vanish_checked.elapsed() >= IN_USE_RECHECK => {
+            Some(d)
+                if d.is_live()
+                    && !d.is_recovering()
+                    && vanish_checked.elapsed() >= IN_USE_RECHECK =>
+            {
                 vanish_checked = Instant::now();
                 !std::path::Path::new(&format!("/sys/block/ublkb{dev_id}")).exists()
             }
@@ -449,6 +469,25 @@ pub fn manage_with(
                     }
                 }
             }
+            (Some(d), true) if !d.is_live() => match d.go_live() {
+                Ok(()) => {
+                    served().insert(dev_id);
+                    tracing::info!(
+                        "Primary: started {} (prepared while Secondary)",
+                        d.path().display()
+                    );
+                    last_err = None;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot start the prepared {} ({e}); adding it anew",
+                        d.path().display()
+                    );
+                    if let Some(d) = dev.take() {
+                        stop(d, "start failed");
+                    }
+                }
+            },
             (Some(d), true) if d.is_recovering() && may_end_recovery() => match d.end_recovery() {
                 Ok(()) => {
                     tracing::info!(
@@ -474,6 +513,33 @@ pub fn manage_with(
                     stop(d, "vanished");
                 }
             }
+            // Secondary with no device: add one, not started, so that the
+            // next promotion only has to start it. No block device exists
+            // until then: a Secondary still exposes nothing.
+            (None, false) if left.is_none() && Instant::now() >= prepare_at => {
+                match UblkDevice::prepare(dev_id, backend.clone(), opts.clone()) {
+                    Ok(d) => {
+                        tracing::debug!(
+                            "Secondary: ublk device {dev_id} added, not started (no {})",
+                            d.path().display()
+                        );
+                        prepare_err = None;
+                        dev = Some(d);
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        if prepare_err.as_deref() != Some(msg.as_str()) {
+                            tracing::warn!(
+                                "cannot prepare ublk device {dev_id} for a promotion (retrying every {} s; a promotion adds it then): {msg}",
+                                RETRY.as_secs()
+                            );
+                        }
+                        prepare_err = Some(msg);
+                        prepare_at = Instant::now() + RETRY;
+                    }
+                }
+            }
+            (Some(d), false) if !d.is_live() => {}
             (Some(_), false) => {
                 let due = in_use_checked.is_none_or(|t| t.elapsed() >= IN_USE_RECHECK);
                 let busy = if due || in_use_said {
@@ -516,6 +582,14 @@ pub fn manage_with(
 /// data it was never meant for).
 fn check_left_over(dev_id: u32, held: Option<u64>, now: Option<DataGen>) -> bool {
     match probe(dev_id) {
+        // Added but never started by a repd that died (it was prepared
+        // while Secondary): nothing is held; preparing removes it.
+        Ok(Some(e)) if e.state == DevState::Dead && !e.server_alive() => {
+            tracing::info!(
+                old_pid = e.pid,
+                "ublk device {dev_id} was added, never started, by a repd that died; replacing it"
+            );
+        }
         Ok(Some(e)) if e.recoverable && !e.server_alive() => {}
         // Removed by someone, or a new server has it (not us: we hold no device).
         Ok(_) => return true,
@@ -557,6 +631,13 @@ fn check_left_over(dev_id: u32, held: Option<u64>, now: Option<DataGen>) -> bool
 fn stop(d: UblkDevice, why: &str) {
     let path = d.path();
     let id = d.dev_id();
+    if !d.is_live() {
+        // Prepared, never started: no block device, nothing to tell about.
+        if let Err(e) = d.stop() {
+            tracing::warn!("removing the prepared ublk device {id}: {e}");
+        }
+        return;
+    }
     tracing::info!("{why}: removing {}", path.display());
     let t0 = Instant::now();
     let r = d.stop();
@@ -642,6 +723,10 @@ mod tests {
             return;
         }
         match UblkDevice::start(0, Arc::new(Fake), UblkOptions::default()) {
+            Err(UblkError::NoDriver) => {}
+            other => panic!("{other:?}"),
+        }
+        match UblkDevice::prepare(0, Arc::new(Fake), UblkOptions::default()) {
             Err(UblkError::NoDriver) => {}
             other => panic!("{other:?}"),
         }
