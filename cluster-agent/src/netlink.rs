@@ -10,6 +10,11 @@
 //!
 //! The socket is opened per request in the calling thread's network
 //! namespace (the agent's, i.e. the node's).
+//!
+//! Why not a crate: `rtnetlink` needs an async runtime the agent does not
+//! run, and `netlink-packet-route` + `netlink-sys` would bring two
+//! fast-moving dependencies for two fixed request layouts and one reply
+//! type (the ack), whose parsing here is bounds-checked and tested.
 
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
