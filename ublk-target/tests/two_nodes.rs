@@ -11,7 +11,6 @@
 
 mod common;
 
-
 use common::{cluster, random_file, require, Cluster, Mode, Netns, Opts};
 
 /// One test per mode for each scenario.
