@@ -38,3 +38,30 @@ need_ublk() {
     exit 1
   }
 }
+
+# verdict: the RESULT line (and the tail of every log in $OUT on failure),
+# then exit 0 or 1; the last step of a scenario's `finish`.
+verdict() {
+  if [ "$FAILS" = 0 ]; then
+    echo "RESULT: PASS ($((SECONDS - T0)) s); logs in $OUT"
+    exit 0
+  fi
+  echo "RESULT: FAIL ($FAILS failed; $((SECONDS - T0)) s); logs in $OUT"
+  for f in "$OUT"/*.log; do
+    [ -f "$f" ] || continue
+    echo "--- last lines of $f"
+    tail -n 25 "$f"
+  done
+  exit 1
+}
+
+# wait_for SECS CMD...: until CMD succeeds.
+wait_for() {
+  local secs=$1 end
+  shift
+  end=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -ge "$end" ] && return 1
+    sleep 0.2
+  done
+}

@@ -102,28 +102,7 @@ finish() {
   done
   cp -f "$RUN"/*.log "$LOG" "$OUT"/ 2>/dev/null
   dmesg >"$OUT/dmesg.txt" 2>&1
-  if [ "$FAILS" = 0 ]; then
-    echo "RESULT: PASS ($((SECONDS - T0)) s); logs in $OUT"
-    exit 0
-  fi
-  echo "RESULT: FAIL ($FAILS failed; $((SECONDS - T0)) s); logs in $OUT"
-  for f in "$OUT"/*.log; do
-    [ -f "$f" ] || continue
-    echo "--- last lines of $f"
-    tail -n 25 "$f"
-  done
-  exit 1
-}
-
-# wait_for SECS CMD...: until CMD succeeds.
-wait_for() {
-  local secs=$1 end
-  shift
-  end=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
-    [ "$SECONDS" -ge "$end" ] && return 1
-    sleep 0.2
-  done
+  verdict
 }
 is_blk() { [ -b "$1" ]; }
 no_dev() { [ ! -e "$1" ] && [ ! -e "/sys/block/$(basename "$1")" ]; }
