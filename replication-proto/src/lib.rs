@@ -5,6 +5,7 @@
 //! in and carries out the [`machine::Action`]s that come out. That keeps the
 //! core deterministic, so one seed replays one run exactly.
 
+pub mod checksum;
 pub mod gen;
 pub mod machine;
 pub mod meta;

@@ -11,10 +11,12 @@
 //! - [`ublk`]: the ublk device, `/dev/ublkb<N>`.
 //! - [`control`]: the control socket `repctl` talks to.
 //! - [`logs`]: the daemons' log setup (`$REP_LOG`).
+//! - [`crc_pick`]: which CRC32C implementation runs (measured at start).
 
 pub mod alloc;
 pub mod config;
 pub mod control;
+pub mod crc_pick;
 pub mod disk;
 pub mod engine;
 pub mod frontend;

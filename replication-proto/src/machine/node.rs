@@ -305,7 +305,7 @@ fn extent_of(offset: u64) -> u32 {
 }
 
 fn crc(data: &[u8]) -> u32 {
-    crc32c::crc32c(data)
+    crate::checksum::crc32c(data)
 }
 
 impl Node {

@@ -678,8 +678,8 @@ fn encode_head(msg: &Message, out: &mut BytesMut, with_bulk: bool) -> Result<Byt
     let frame = out.get_mut(start..).unwrap_or_default();
     let before_crc = frame.get(..crc_at - start).unwrap_or_default();
     let fixed = frame.get(HEADER_LEN..).unwrap_or_default();
-    let crc = crc32c::crc32c_append(crc32c::crc32c(before_crc), fixed);
-    let crc = crc32c::crc32c_append(crc, &bulk);
+    let crc = crate::checksum::crc32c_append(crate::checksum::crc32c(before_crc), fixed);
+    let crc = crate::checksum::crc32c_append(crc, &bulk);
     if let Some(slot) = frame.get_mut(crc_at - start..crc_at - start + 4) {
         slot.copy_from_slice(&crc.to_le_bytes());
     }
@@ -806,7 +806,7 @@ fn check_frame(buf: &[u8]) -> Result<Option<(Header, usize)>, DecodeError> {
     let (Some(before_crc), Some(payload)) = (buf.get(..12), buf.get(HEADER_LEN..total)) else {
         return Ok(None);
     };
-    let computed = crc32c::crc32c_append(crc32c::crc32c(before_crc), payload);
+    let computed = crate::checksum::crc32c_append(crate::checksum::crc32c(before_crc), payload);
     if computed != h.crc {
         return Err(DecodeError::ChecksumMismatch {
             stored: h.crc,

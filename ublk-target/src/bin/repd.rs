@@ -26,7 +26,9 @@ use ublk_target::nbd::NbdServer;
                   repctl (primary, secondary, status...). SIGTERM or SIGINT shut it down in order: \
                   demote, flush, tell the peer, write clean metadata; they are refused (logged) \
                   while /dev/ublkbN is mounted or open.\n\n\
-                  Usually started by `repctl up`; run it directly under systemd."
+                  Usually started by `repctl up`; run it directly under systemd.\n\n\
+                  At start it times its two CRC32C implementations (CPU instruction, lookup \
+                  tables) and uses the faster; REP_CRC32C=hardware|table16 forces one."
 )]
 struct Cli {
     /// The resource configuration file (TOML).
@@ -55,6 +57,10 @@ fn main() -> ExitCode {
     ublk_target::alloc::tune();
     let cli = Cli::parse();
     ublk_target::logs::init();
+    if let Err(e) = ublk_target::crc_pick::choose_and_log() {
+        eprintln!("repd: error: {e}");
+        return ExitCode::FAILURE;
+    }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
