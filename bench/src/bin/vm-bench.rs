@@ -141,8 +141,14 @@ fn run(cli: &Cli) -> Result<bool, String> {
     // work folder): editing the file during a run cannot change what runs.
     let text = std::fs::read_to_string(&script)
         .map_err(|e| format!("cannot read {}: {e}", script.display()))?;
+    // repd's CRC32C override (an A/B of its two implementations) reaches the
+    // guest's repd only through the script: the guest starts with a clean env.
+    let crc = match std::env::var("REP_CRC32C") {
+        Ok(v) => format!("export REP_CRC32C={}\n", q(&v)),
+        Err(_) => String::new(),
+    };
     let cmd = format!(
-        "export REP_BIN={} VMB_SIZE={} VMB_RUNTIME={runtime} VMB_RAMP={ramp} VMB_TARGETS={}\n{text}",
+        "{crc}export REP_BIN={} VMB_SIZE={} VMB_RUNTIME={runtime} VMB_RAMP={ramp} VMB_TARGETS={}\n{text}",
         q(&bins.display().to_string()),
         q(&size),
         q(&targets.join(" ")),
