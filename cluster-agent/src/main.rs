@@ -67,6 +67,7 @@ enum Command {
     /// Run the agent in the foreground (the default)
     Run,
     /// Show the agent's view: members, paths, resources, transitions, why
+    /// (with --witness: what the witness hears, remembers and voted)
     Status {
         /// Print one JSON object
         #[arg(long)]
@@ -92,13 +93,15 @@ fn main() -> ExitCode {
             ublk_target::logs::init();
             cluster_agent::witness::run(&cluster_agent::witness::WitnessOptions {
                 config: cli.config.clone(),
+                run_dir: cli.run_dir.clone(),
                 listen: cli.listen,
                 state_file: cli.state_file.clone(),
             })
             .map_err(|e| e.to_string())
         }
+        Some(Command::Status { json }) if cli.witness => witness_status(&cli, *json),
         Some(_) if cli.witness => {
-            Err("the witness has no status command; it logs what it decides".into())
+            Err("the witness holds no resources: ask the holder's agent to switch over".into())
         }
         None | Some(Command::Run) => {
             ublk_target::logs::init();
@@ -118,6 +121,74 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `cluster-agent --witness status`: what the witness hears and remembers.
+fn witness_status(cli: &Cli, json: bool) -> Result<(), String> {
+    let cfg = cluster_agent::config::WitnessConfig::load(&cli.config).map_err(|e| e.to_string())?;
+    let path = cluster_agent::witness::socket_path(&cli.run_dir, &cfg.resource);
+    let reply = control::request(&path, &Request::Status).map_err(|_| {
+        format!(
+            "no witness of resource {} answers on {}; start it with `cluster-agent --witness --config FILE` \
+             (with the same --run-dir)",
+            cfg.resource,
+            path.display()
+        )
+    })?;
+    if !reply.ok {
+        return Err(reply.error.unwrap_or_else(|| "the witness refused".into()));
+    }
+    let st = reply.status.unwrap_or(Value::Null);
+    if json {
+        println!("{st}");
+    } else {
+        print!("{}", witness_text(&st));
+    }
+    Ok(())
+}
+
+fn witness_text(st: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "witness of {} on {}, up {} s, deadtime {} ms",
+        s(&st["resource"]),
+        s(&st["listen"]),
+        st["uptime_ms"].as_u64().unwrap_or(0) / 1000,
+        st["deadtime_ms"]
+    );
+    for n in st["nodes"].as_array().into_iter().flatten() {
+        let heard = match n["last_heard_ms_ago"].as_u64() {
+            Some(ms) => format!("heard {ms} ms ago"),
+            None => "never heard".into(),
+        };
+        let vote = match &n["last_vote"] {
+            Value::Null => "no vote asked".to_string(),
+            v if v["granted"] == true => "last vote: granted".to_string(),
+            v => format!("last vote: refused ({})", s(&v["reason"])),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<10} {:<20} {:<10} {:<12} gen {}  {}",
+            s(&n["name"]),
+            heard,
+            n["state"].as_str().unwrap_or("-"),
+            n["disk"].as_str().unwrap_or("-"),
+            s(&n["current_gen"]),
+            vote
+        );
+        if let Some(why) = n["outdated"].as_str() {
+            let _ = writeln!(out, "             remembered Outdated: {why}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "dropped packets: {}, replayed requests: {}; state file {}",
+        st["dropped_packets"],
+        st["replays"],
+        s(&st["state_file"])
+    );
+    out
 }
 
 fn status(cli: &Cli, json: bool) -> Result<(), String> {

@@ -528,6 +528,8 @@ impl WitnessCore {
 pub enum WitnessError {
     #[error("{0}")]
     Config(String),
+    #[error("{0}")]
+    Control(String),
     #[error("cannot bind the witness socket on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -600,9 +602,18 @@ pub fn save_memory(path: &Path, m: &Memory) -> Result<(), WitnessError> {
 #[derive(Debug, Clone)]
 pub struct WitnessOptions {
     pub config: PathBuf,
+    /// Where the status socket goes ([`socket_path`]).
+    pub run_dir: PathBuf,
     /// Listen here instead of the configured `witness` address.
     pub listen: Option<SocketAddr>,
     pub state_file: Option<PathBuf>,
+}
+
+/// The status socket of a resource's witness: `<run-dir>/<resource>.witness.sock`
+/// (one JSON request line, one JSON answer line, as the agents' sockets).
+#[must_use]
+pub fn socket_path(run_dir: &Path, resource: &str) -> PathBuf {
+    run_dir.join(format!("{resource}.witness.sock"))
 }
 
 /// The default state file of a resource's witness.
@@ -634,6 +645,9 @@ pub fn run(opts: &WitnessOptions) -> Result<(), WitnessError> {
         .unwrap_or_else(|| default_state_file(&cfg.resource));
     let memory = load_memory(&state_file)?;
     let sock = UdpSocket::bind(addr).map_err(|source| WitnessError::Bind { addr, source })?;
+    let control_path = socket_path(&opts.run_dir, &cfg.resource);
+    let (to_main, requests) = std::sync::mpsc::channel();
+    crate::control::serve(&control_path, to_main).map_err(WitnessError::Control)?;
     let span = tracing::info_span!("witness", resource = %cfg.resource);
     let _g = span.enter();
     let clock = Instant::now();
@@ -654,9 +668,38 @@ pub fn run(opts: &WitnessOptions) -> Result<(), WitnessError> {
     );
     let mut buf = vec![0u8; MAX_PACKET];
     let mut dropped = 0u64;
-    let mut last_votes: BTreeMap<String, bool> = BTreeMap::new();
-    let _ = sock.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut last_votes: BTreeMap<String, (bool, String)> = BTreeMap::new();
+    // Short, so that a status request waits at most this long when no
+    // heartbeat request comes in.
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(100)));
     loop {
+        while let Ok(inc) = requests.try_recv() {
+            let reply = match inc.request {
+                crate::control::Request::Status => crate::control::Reply {
+                    ok: true,
+                    error: None,
+                    status: Some(witness_status(&WitnessStatus {
+                        resource: &cfg.resource,
+                        listen: addr,
+                        state_file: &state_file,
+                        uptime_ms: now(),
+                        deadtime_ms: deadtime,
+                        nodes: core.view(now()),
+                        last_votes: &last_votes,
+                        dropped,
+                        replays: core.replays,
+                    })),
+                },
+                crate::control::Request::Switchover => crate::control::Reply {
+                    ok: false,
+                    error: Some(
+                        "this is the witness: it holds no resources; ask the holder's agent".into(),
+                    ),
+                    status: None,
+                },
+            };
+            let _ = inc.reply.send(reply);
+        }
         let (n, from) = match sock.recv_from(&mut buf) {
             Ok(x) => x,
             Err(e)
@@ -704,13 +747,15 @@ pub fn run(opts: &WitnessOptions) -> Result<(), WitnessError> {
         }
         match outcome {
             Outcome::Reply(r) => {
-                if p.body.want_vote && last_votes.get(&p.node) != Some(&r.vote) {
+                if p.body.want_vote && last_votes.get(&p.node).map(|v| v.0) != Some(r.vote) {
                     if r.vote {
                         tracing::warn!(node = %p.node, "vote granted: its peer has been silent to the witness for deadtime");
                     } else {
                         tracing::info!(node = %p.node, "vote refused: {}", r.reason);
                     }
-                    last_votes.insert(p.node.clone(), r.vote);
+                }
+                if p.body.want_vote {
+                    last_votes.insert(p.node.clone(), (r.vote, r.reason.clone()));
                 }
                 let out = encode_reply(&cfg.auth_key, &cfg.resource, &p.node, &r);
                 if let Err(e) = sock.send_to(&out, from) {
@@ -725,6 +770,52 @@ pub fn run(opts: &WitnessOptions) -> Result<(), WitnessError> {
             }
         }
     }
+}
+
+/// What `cluster-agent --witness status` shows.
+struct WitnessStatus<'a> {
+    resource: &'a str,
+    listen: SocketAddr,
+    state_file: &'a Path,
+    uptime_ms: u64,
+    deadtime_ms: u64,
+    nodes: Vec<NodeView>,
+    last_votes: &'a BTreeMap<String, (bool, String)>,
+    dropped: u64,
+    replays: u64,
+}
+
+fn witness_status(w: &WitnessStatus<'_>) -> serde_json::Value {
+    let nodes: Vec<serde_json::Value> = w
+        .nodes
+        .iter()
+        .map(|n| {
+            let mut v = serde_json::to_value(n).unwrap_or_default();
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert(
+                    "last_vote".into(),
+                    w.last_votes
+                        .get(&n.name)
+                        .map_or(serde_json::Value::Null, |(granted, reason)| {
+                            serde_json::json!({ "granted": granted, "reason": reason })
+                        }),
+                );
+            }
+            v
+        })
+        .collect();
+    serde_json::json!({
+        "role": "witness",
+        "resource": w.resource,
+        "listen": w.listen.to_string(),
+        "state_file": w.state_file.display().to_string(),
+        "uptime_ms": w.uptime_ms,
+        "unix_ms": wall_ms(),
+        "deadtime_ms": w.deadtime_ms,
+        "nodes": nodes,
+        "dropped_packets": w.dropped,
+        "replays": w.replays,
+    })
 }
 
 /// The wall clock in ms since the epoch (for incarnation ordering).

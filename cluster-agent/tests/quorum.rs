@@ -129,6 +129,30 @@ fn isolated_primary_suspends_before_the_witness_lets_the_peer_take_over() {
     let text = String::from_utf8(c.agent_cmd(0, &["status"]).stdout).unwrap();
     assert!(text.contains("quorum:   yes (3 of 3 votes"), "{text}");
     assert!(text.contains("reachable"), "{text}");
+    // And so does the witness's own status: both nodes heard within deadtime.
+    let ws = c
+        .witness_status()
+        .expect("the witness answers status --json");
+    assert_eq!(ws["role"], "witness", "{ws}");
+    assert_eq!(ws["dropped_packets"], 0, "{ws}");
+    let heard: Vec<(String, u64)> = ws["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap_or_default().to_owned(),
+                n["last_heard_ms_ago"].as_u64().unwrap_or(u64::MAX),
+            )
+        })
+        .collect();
+    assert_eq!(heard.len(), 2, "{ws}");
+    assert!(heard.iter().all(|(_, ms)| *ms < 2000), "{ws}");
+    let wtext = String::from_utf8(c.witness_cmd(false).stdout).unwrap();
+    assert!(
+        wtext.contains("witness of r0") && wtext.contains("alpha") && wtext.contains("heard"),
+        "{wtext}"
+    );
 
     let file = random_file(c.dir.path(), "block", 4096, 7);
     let wa = Writer::start(&c.net.ns[0], c.nbd_uri(0), file.clone());
@@ -221,6 +245,29 @@ fn isolated_primary_suspends_before_the_witness_lets_the_peer_take_over() {
         .unwrap_or_default();
     assert!(why.contains("beta was granted"), "{mem}");
     assert!(c.witness_log().contains("vote granted"));
+    // The witness's status shows the vote it gave beta, alpha silent and
+    // remembered Outdated.
+    let ws = c
+        .witness_status()
+        .expect("the witness answers status --json");
+    let node = |name: &str| {
+        ws["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(node("beta")["last_vote"]["granted"], true, "{ws}");
+    assert!(node("alpha")["outdated"].is_string(), "{ws}");
+    assert!(
+        node("alpha")["last_heard_ms_ago"]
+            .as_u64()
+            .unwrap_or(u64::MAX)
+            >= 2000,
+        "{ws}"
+    );
 
     // The paths heal: alpha hears that beta took over and lets go (its held
     // writes fail); beta keeps the resources although alpha is preferred.

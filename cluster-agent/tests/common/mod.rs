@@ -587,6 +587,8 @@ impl Cluster {
             .arg("--config")
             .arg(&self.config)
             .arg("--witness")
+            .arg("--run-dir")
+            .arg(&self.run_dir)
             .arg("--state-file")
             .arg(self.path("witness.json"))
             .env("REP_LOG", "info")
@@ -610,6 +612,31 @@ impl Cluster {
 
     pub fn witness_log(&self) -> String {
         std::fs::read_to_string(self.path("witness.log")).unwrap_or_default()
+    }
+
+    /// `cluster-agent --witness status [--json]`, as an operator on the
+    /// witness's machine runs it.
+    pub fn witness_cmd(&self, json: bool) -> Output {
+        let mut c = Command::new(&bins().agent);
+        c.arg("--config")
+            .arg(&self.config)
+            .arg("--witness")
+            .arg("--run-dir")
+            .arg(&self.run_dir)
+            .arg("status");
+        if json {
+            c.arg("--json");
+        }
+        c.output().unwrap()
+    }
+
+    /// The witness's status (`--json`), or None when it does not answer.
+    pub fn witness_status(&self) -> Option<Value> {
+        let o = self.witness_cmd(true);
+        if !o.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&o.stdout).ok()
     }
 
     /// What the witness remembers (its state file).
