@@ -572,6 +572,43 @@ fn run(cli: &Cli) -> Result<bool, String> {
     }
 }
 
+/// Writes `d/r0.toml`: resource r0 with `protocol`, alpha on `alpha_disk`
+/// exporting NBD, beta on `beta_disk`, each on a free loopback port (rate
+/// unlimited, AL covering the whole device). Returns the file and alpha's
+/// NBD port.
+fn write_config(
+    d: &Path,
+    protocol: &str,
+    alpha_disk: PathBuf,
+    beta_disk: PathBuf,
+) -> Result<(PathBuf, u16), String> {
+    let nbd = free_port()?;
+    let spec = ResourceSpec {
+        name: "r0".into(),
+        protocol: protocol.into(),
+        rate: "0".into(),
+        al_extents: 1237,
+        nodes: vec![
+            NodeSpec {
+                name: "alpha".into(),
+                address: format!("127.0.0.1:{}", free_port()?),
+                disk: alpha_disk,
+                nbd: Some(format!("127.0.0.1:{nbd}")),
+            },
+            NodeSpec {
+                name: "beta".into(),
+                address: format!("127.0.0.1:{}", free_port()?),
+                disk: beta_disk,
+                nbd: None,
+            },
+        ],
+    };
+    let cfg = d.join("r0.toml");
+    std::fs::write(&cfg, spec.toml())
+        .map_err(|e| format!("cannot write {}: {e}", cfg.display()))?;
+    Ok((cfg, nbd))
+}
+
 /// Two nodes on loopback, alpha Primary, after the initial full sync.
 fn setup_pair(dir: &Path, bins: &Binaries, protocol: &str, size: u64) -> Result<Target, String> {
     let d = dir.join(format!("proto-{}", protocol.to_ascii_lowercase()));
@@ -583,30 +620,7 @@ fn setup_pair(dir: &Path, bins: &Binaries, protocol: &str, size: u64) -> Result<
     std::fs::File::create(&beta)
         .and_then(|f| f.set_len(size))
         .map_err(|e| format!("cannot create {}: {e}", beta.display()))?;
-    let nbd = free_port()?;
-    let spec = ResourceSpec {
-        name: "r0".into(),
-        protocol: protocol.into(),
-        rate: "0".into(),
-        al_extents: 1237,
-        nodes: vec![
-            NodeSpec {
-                name: "alpha".into(),
-                address: format!("127.0.0.1:{}", free_port()?),
-                disk: alpha,
-                nbd: Some(format!("127.0.0.1:{nbd}")),
-            },
-            NodeSpec {
-                name: "beta".into(),
-                address: format!("127.0.0.1:{}", free_port()?),
-                disk: beta,
-                nbd: None,
-            },
-        ],
-    };
-    let cfg = d.join("r0.toml");
-    std::fs::write(&cfg, spec.toml())
-        .map_err(|e| format!("cannot write {}: {e}", cfg.display()))?;
+    let (cfg, nbd) = write_config(&d, protocol, alpha, beta)?;
     let run_dir = d.join("run");
     let mut nodes = vec![
         Node::new("r0", "alpha", &cfg, &run_dir, bins),
@@ -643,31 +657,8 @@ fn setup_standalone(dir: &Path, bins: &Binaries, size: u64) -> Result<Target, St
     std::fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
     let alpha = d.join("alpha.img");
     prefill(&alpha, size)?;
-    let nbd = free_port()?;
-    let spec = ResourceSpec {
-        name: "r0".into(),
-        protocol: "C".into(),
-        rate: "0".into(),
-        al_extents: 1237,
-        nodes: vec![
-            NodeSpec {
-                name: "alpha".into(),
-                address: format!("127.0.0.1:{}", free_port()?),
-                disk: alpha,
-                nbd: Some(format!("127.0.0.1:{nbd}")),
-            },
-            // Never started: nobody listens there.
-            NodeSpec {
-                name: "beta".into(),
-                address: format!("127.0.0.1:{}", free_port()?),
-                disk: d.join("beta.img"),
-                nbd: None,
-            },
-        ],
-    };
-    let cfg = d.join("r0.toml");
-    std::fs::write(&cfg, spec.toml())
-        .map_err(|e| format!("cannot write {}: {e}", cfg.display()))?;
+    // beta is never started: nobody listens at its address.
+    let (cfg, nbd) = write_config(&d, "C", alpha, d.join("beta.img"))?;
     let mut n = Node::new("r0", "alpha", &cfg, &d.join("run"), bins);
     n.create_md()?;
     n.up()?;
