@@ -46,9 +46,15 @@ impl MemBackend {
         thread::spawn(move || {
             let mut rng = rand::rngs::StdRng::seed_from_u64(7);
             while let Ok(first) = rx.recv() {
+                // Gather what the client has in flight (a short wait, so a
+                // loaded machine still forms batches to reorder; with
+                // try_recv alone a backend that keeps up sees one request
+                // at a time and never reorders).
                 let mut batch = vec![first];
+                let until = Instant::now() + Duration::from_millis(2);
                 while batch.len() < 64 {
-                    match rx.try_recv() {
+                    let left = until.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(left) {
                         Ok(x) => batch.push(x),
                         Err(_) => break,
                     }
