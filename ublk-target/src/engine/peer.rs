@@ -486,6 +486,27 @@ fn recv_some(stream: &TcpStream, into: &mut [u8]) -> Result<Got, String> {
     }
 }
 
+/// [`recv_some`] charged to `budget`: the bytes received, or `None` when
+/// the socket had nothing (the budget then knows it is drained).
+fn recv_counted(
+    stream: &TcpStream,
+    into: &mut [u8],
+    budget: &mut RxBudget,
+) -> Result<Option<usize>, String> {
+    let asked = into.len();
+    match recv_some(stream, into)? {
+        Got::Bytes(n) => {
+            budget.bytes = budget.bytes.saturating_sub(n);
+            budget.drained = n < asked;
+            Ok(Some(n))
+        }
+        Got::Empty => {
+            budget.drained = true;
+            Ok(None)
+        }
+    }
+}
+
 fn malformed(e: &DecodeError) -> String {
     tracing::warn!("malformed frame from the peer: {e}; dropping the connection");
     format!("malformed frame from the peer: {e}")
@@ -539,17 +560,9 @@ impl Framer {
                     .as_mut_slice()
                     .get_mut(big.pad + big.have..big.pad + big.total)
                     .ok_or("frame buffer too short")?;
-                let asked = want.len();
-                match recv_some(stream, want)? {
-                    Got::Bytes(n) => {
-                        big.have += n;
-                        budget.bytes = budget.bytes.saturating_sub(n);
-                        budget.drained = n < asked;
-                    }
-                    Got::Empty => {
-                        budget.drained = true;
-                        return Ok(None);
-                    }
+                match recv_counted(stream, want, budget)? {
+                    Some(n) => big.have += n,
+                    None => return Ok(None),
                 }
                 continue;
             }
@@ -569,17 +582,9 @@ impl Framer {
                 .stage
                 .get_mut(self.end..)
                 .ok_or("staging buffer state lost")?;
-            let asked = space.len();
-            match recv_some(stream, space)? {
-                Got::Bytes(n) => {
-                    self.end += n;
-                    budget.bytes = budget.bytes.saturating_sub(n);
-                    budget.drained = n < asked;
-                }
-                Got::Empty => {
-                    budget.drained = true;
-                    return Ok(None);
-                }
+            match recv_counted(stream, space, budget)? {
+                Some(n) => self.end += n,
+                None => return Ok(None),
             }
         }
     }
