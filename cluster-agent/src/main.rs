@@ -135,14 +135,24 @@ fn witness_status(cli: &Cli, json: bool) -> Result<(), String> {
             path.display()
         )
     })?;
+    print_status(reply, "the witness refused", json, witness_text)
+}
+
+/// Prints a status answer as JSON or as `text` renders it.
+fn print_status(
+    reply: control::Reply,
+    refused: &str,
+    json: bool,
+    text: fn(&Value) -> String,
+) -> Result<(), String> {
     if !reply.ok {
-        return Err(reply.error.unwrap_or_else(|| "the witness refused".into()));
+        return Err(reply.error.unwrap_or_else(|| refused.into()));
     }
     let st = reply.status.unwrap_or(Value::Null);
     if json {
         println!("{st}");
     } else {
-        print!("{}", witness_text(&st));
+        print!("{}", text(&st));
     }
     Ok(())
 }
@@ -195,16 +205,7 @@ fn status(cli: &Cli, json: bool) -> Result<(), String> {
     let cfg = AgentConfig::load(&cli.config, cli.node.as_deref()).map_err(|e| e.to_string())?;
     let path = control::socket_path(&cli.run_dir, &cfg.resource.resource.name, &cfg.me);
     let reply = control::request(&path, &Request::Status)?;
-    if !reply.ok {
-        return Err(reply.error.unwrap_or_else(|| "the agent refused".into()));
-    }
-    let st = reply.status.unwrap_or(Value::Null);
-    if json {
-        println!("{st}");
-    } else {
-        print!("{}", text(&st));
-    }
-    Ok(())
+    print_status(reply, "the agent refused", json, text)
 }
 
 fn switchover(cli: &Cli, no_wait: bool, timeout: u64) -> Result<(), String> {
