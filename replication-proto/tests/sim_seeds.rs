@@ -54,11 +54,13 @@ fn seeds_cover_every_fault() {
         r.failovers += x.failovers;
         r.resets += x.resets;
         r.split_brains += x.split_brains;
+        r.damaged += x.damaged;
     }
     assert!(r.crashes >= 50, "{r:?}");
     assert!(r.failovers >= 10, "{r:?}");
     assert!(r.resets >= 100, "{r:?}");
     assert!(r.split_brains >= 10, "{r:?}");
+    assert!(r.damaged >= 20, "{r:?}");
 }
 
 /// Same seed, same run: the simulator is deterministic.

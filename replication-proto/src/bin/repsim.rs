@@ -51,7 +51,8 @@ fn main() -> ExitCode {
         Some(s) => vec![s],
         None => (from..from + count).collect(),
     };
-    let (mut acked, mut crashes, mut sbs, mut failovers, mut resets) = (0, 0, 0, 0, 0);
+    let (mut acked, mut crashes, mut sbs, mut failovers, mut resets, mut damaged) =
+        (0, 0, 0, 0, 0, 0);
     for &seed in &seeds {
         match replication_proto::sim::run(seed, trace) {
             Ok(r) => {
@@ -60,6 +61,7 @@ fn main() -> ExitCode {
                 sbs += r.split_brains;
                 failovers += r.failovers;
                 resets += r.resets;
+                damaged += r.damaged;
                 if trace {
                     println!("seed {seed}: ok {r:?}");
                 }
@@ -73,7 +75,8 @@ fn main() -> ExitCode {
     }
     println!(
         "repsim: {} seeds from {}: {acked} acknowledged writes, {crashes} crashes, {failovers} failovers, \
-         {resets} link resets, {sbs} split brains detected; no invariant violated",
+         {resets} link resets, {sbs} split brains detected, {damaged} writes damaged on the link; \
+         no invariant violated",
         seeds.len(),
         seeds.first().copied().unwrap_or(0)
     );

@@ -649,6 +649,12 @@ impl Node {
         Ok(())
     }
 
+    /// Records what the driver found wrong with the link (a frame that
+    /// failed its checksum, say) as the node's last error, for status.
+    pub fn note_link_error(&mut self, msg: &str) {
+        self.error(format!("connection dropped: {msg}"));
+    }
+
     fn error(&mut self, msg: String) {
         tracing::warn!(node = %self.cfg.node, "{msg}");
         self.last_error = Some(msg);

@@ -20,6 +20,8 @@ use crate::wire::{features, DiskState, Message, Protocol, Role};
 const BS: u64 = BM_BLOCK_SIZE;
 /// Simulated time is kept in microseconds; the nodes see milliseconds.
 const MS: u64 = 1000;
+/// One Data frame in this many has its data damaged on the link.
+const DAMAGE_ONE_IN: u32 = 400;
 
 /// What one seed exercises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +82,9 @@ pub struct SimReport {
     pub failovers: u32,
     pub resets: u32,
     pub split_brains: u32,
+    /// Data frames the link damaged; the receiver's frame checksum refuses
+    /// them and drops the connection.
+    pub damaged: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -583,6 +588,32 @@ impl World {
         }
     }
 
+    /// Whether the link damages this frame: one write's data in
+    /// [`DAMAGE_ONE_IN`], in the network scenario only, the one whose
+    /// invariants hold under link faults (with a Primary crash on top, a
+    /// failover without fencing may rightly end in a split brain).
+    fn damages(&mut self, msg: &Message) -> bool {
+        matches!(msg, Message::Data { data, .. } if !data.is_empty())
+            && self.sc.kind == Kind::Network
+            && self.rng.gen_range(0..DAMAGE_ONE_IN) == 0
+    }
+
+    /// What the driver does with a frame whose checksum fails: it never
+    /// reaches the node, the receiver drops the connection at once (with
+    /// every frame behind it), the sender notices a little later.
+    fn refuse_damaged(&mut self, to: usize, conn: u64) {
+        self.report.damaged += 1;
+        let s = format!("{} refuses a damaged Data frame on #{conn}", self.name(to));
+        self.log(s);
+        if self.live_conn == Some(conn) {
+            self.live_conn = None;
+        }
+        self.nodes[to].conn = None;
+        self.feed(to, Event::TransportDown);
+        let t = self.now + self.lat(10, 300);
+        self.at(t, Ev::Down { to: 1 - to, conn });
+    }
+
     // ----- the application ---------------------------------------------------
 
     fn primary(&self) -> Option<usize> {
@@ -801,7 +832,11 @@ impl World {
                             let s = format!("{} <- {}", self.name(to), short(&msg));
                             self.log(s);
                         }
-                        self.feed(to, Event::Frame(msg));
+                        if self.damages(&msg) {
+                            self.refuse_damaged(to, conn);
+                        } else {
+                            self.feed(to, Event::Frame(msg));
+                        }
                     }
                 }
                 Ev::Down { to, conn } => {

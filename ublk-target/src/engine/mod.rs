@@ -525,6 +525,11 @@ impl Runner {
 
     fn peer_down(&mut self, why: &str) {
         tracing::info!("peer connection down: {why}");
+        // Our own finding, worth status's last_error (an EOF is not: the
+        // peer said why before closing, or its node knows).
+        if why.starts_with("malformed frame") {
+            self.node.note_link_error(why);
+        }
         self.peer.close();
         let now = self.now();
         self.node.handle(now, Event::TransportDown);
