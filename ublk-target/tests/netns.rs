@@ -19,15 +19,8 @@ fn replication_across_two_network_namespaces() {
     c.wait_synced(60);
     // The whole user path of the loopback test, over the veth link.
     let src = common::random_file(c.dir.path(), "rand.bin", 32 << 20, 11);
-    let o = c.client(0, "nbdcopy", &[src.to_str().unwrap(), &c.nbd_uri(0)]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let back = c.dir.path().join("back.bin");
-    let o = c.client(0, "nbdcopy", &[&c.nbd_uri(0), back.to_str().unwrap()]);
-    assert!(o.status.success());
-    assert_eq!(
-        std::fs::read(&back).unwrap()[..32 << 20],
-        std::fs::read(&src).unwrap()[..]
-    );
+    c.nbd_write(0, &src);
+    c.nbd_reads_back(0, &src);
     c.wait(0, "nothing pending", 10, |s| s["counters"]["pe"] == 0);
     c.assert_identical();
     // The link goes down: alpha goes on alone and marks what beta misses.

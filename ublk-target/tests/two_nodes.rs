@@ -70,26 +70,8 @@ fn qemu_io(c: &Cluster, i: usize, cmds: &[String]) -> std::process::Output {
 pub fn initial_sync_and_replication(c: &Cluster) {
     // 32 MiB of random data through the export with a real client.
     let src = random_file(c.dir.path(), "rand.bin", 32 << 20, 7);
-    let o = c.client(0, "nbdcopy", &[src.to_str().unwrap(), &c.nbd_uri(0)]);
-    assert!(
-        o.status.success(),
-        "nbdcopy in: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let back = c.dir.path().join("back.bin");
-    let o = c.client(0, "nbdcopy", &[&c.nbd_uri(0), back.to_str().unwrap()]);
-    assert!(
-        o.status.success(),
-        "nbdcopy out: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let a = std::fs::read(&src).unwrap();
-    let b = std::fs::read(&back).unwrap();
-    assert_eq!(
-        &b[..a.len()],
-        &a[..],
-        "read back differs from what was written"
-    );
+    c.nbd_write(0, &src);
+    c.nbd_reads_back(0, &src);
     c.wait(0, "nothing pending", 10, |s| {
         s["counters"]["pe"] == 0 && s["out_of_sync_bytes"] == 0
     });

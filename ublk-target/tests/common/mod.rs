@@ -274,6 +274,35 @@ impl Cluster {
         c.args(args);
         c.output().unwrap()
     }
+
+    /// Writes the file `src` through node i's export with nbdcopy, a real
+    /// NBD client, from offset 0.
+    pub fn nbd_write(&self, i: usize, src: &Path) {
+        let o = self.client(i, "nbdcopy", &[src.to_str().unwrap(), &self.nbd_uri(i)]);
+        assert!(
+            o.status.success(),
+            "nbdcopy into the export: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// Reads node i's export back with nbdcopy and checks that it starts
+    /// with the bytes of `src`.
+    pub fn nbd_reads_back(&self, i: usize, src: &Path) {
+        let back = self.dir.path().join("back.bin");
+        let o = self.client(i, "nbdcopy", &[&self.nbd_uri(i), back.to_str().unwrap()]);
+        assert!(
+            o.status.success(),
+            "nbdcopy out of the export: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let a = std::fs::read(src).unwrap();
+        let b = std::fs::read(&back).unwrap();
+        assert!(
+            b.len() >= a.len() && b[..a.len()] == a[..],
+            "read back differs from what was written"
+        );
+    }
 }
 
 impl Drop for Cluster {
