@@ -142,6 +142,21 @@ fn crashed_primary_takes_the_survivors_data() {
 }
 
 #[test]
+fn a_primary_that_crashed_while_resyncing_its_peer_is_the_source() {
+    // The peer took the Primary's generation when its resync started and is
+    // Inconsistent until it ends: only the crashed Primary has consistent
+    // data (before this rule the pair refused to sync at all).
+    let mut a = view("alpha", 0x20, 0, [0, 0]);
+    a.flags.set(MetaFlags::CRASHED_PRIMARY, true);
+    a.disk = DiskState::Consistent;
+    let mut b = view("beta", 0x20, 0, [0, 0]);
+    b.flags = MetaFlags::default();
+    b.disk = DiskState::Inconsistent;
+    assert_eq!(decide(&a, &b, &pol()), Decision::Source { full: false });
+    assert_eq!(decide(&b, &a, &pol()), Decision::Target { full: false });
+}
+
+#[test]
 fn an_inconsistent_source_is_no_good_data() {
     let mut a = view("alpha", 0x20, 0x10, [0, 0]);
     a.disk = DiskState::Inconsistent;

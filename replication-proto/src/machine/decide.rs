@@ -152,12 +152,17 @@ fn cmp_uuids(me: &View<'_>, peer: &View<'_>) -> Cmp {
         // write that was acknowledged under protocol C (its cache did not
         // die). The activity-log extents of the crashed node are in its
         // bitmap, so the resync covers every block either side may differ in.
+        // A survivor whose own data is Inconsistent (the Primary crashed
+        // while resyncing it) cannot be the source: then the crashed
+        // Primary's copy is the only consistent one, as in DRBD.
         let mcp = me.flags.has(MetaFlags::CRASHED_PRIMARY);
         let pcp = peer.flags.has(MetaFlags::CRASHED_PRIMARY);
         return match (mcp, pcp) {
             (false, false) => Cmp::Equal,
-            (true, false) => Cmp::BitmapTarget,
-            (false, true) => Cmp::BitmapSource,
+            (true, false) if consistent(peer.disk) => Cmp::BitmapTarget,
+            (true, false) => Cmp::BitmapSource,
+            (false, true) if consistent(me.disk) => Cmp::BitmapSource,
+            (false, true) => Cmp::BitmapTarget,
             // Both crashed (a common power failure): nothing survived in a
             // cache, so either copy is as good; pick one deterministically.
             (true, true) => {
