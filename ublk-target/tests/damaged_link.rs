@@ -2,11 +2,11 @@
 //! flips one bit in the bulk data of a `Data` frame. TCP's own checksum
 //! would catch most such damage on a real link; what it misses (a NIC, a
 //! router or memory that corrupts a buffer) is what our frame checksums
-//! are for. This drives that path the way a user meets it: writes through
-//! the export succeed, the secondary refuses the damaged frame before
-//! anything in it is written, says why, and the pair heals by itself (the
-//! Primary marked what the peer did not acknowledge) with the data
-//! identical.
+//! are for. The secondary writes a write's data while it checks it (wire
+//! version 2), so this drives that path the way a user meets it: writes
+//! through the export succeed, the secondary never acknowledges the damaged
+//! write, goes Inconsistent, says why, and the pair heals by itself (both
+//! marked the range) with the data identical.
 
 #![allow(
     clippy::unwrap_used,
@@ -26,8 +26,8 @@ use std::time::Duration;
 use common::{random_file, require, Cluster, Opts};
 
 const HEADER_LEN: usize = 16;
-/// Data's fixed fields before the bulk: seq, offset, len, flags.
-const DATA_FIXED_LEN: usize = 24;
+/// Data's fixed fields before the bulk: seq, offset, len, flags, data_crc.
+const DATA_FIXED_LEN: usize = 28;
 const T_DATA: u8 = 3;
 
 /// What the proxy has done, shared with the test.
@@ -144,13 +144,13 @@ fn a_bit_flipped_on_the_link_is_refused_and_healed_by_resync() {
 
     // Beta said why it dropped the link, and the pair heals by itself:
     // reconnected, the damaged range resynced from alpha.
-    c.wait(1, "the damage reported", 20, |s| {
-        s["last_error"].as_str().is_some_and(|e| {
-            e.starts_with(
-                "connection dropped: malformed frame from the peer: frame checksum mismatch",
-            )
-        })
+    let st = c.wait(1, "the damage reported", 20, |s| {
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Data frame: bulk data checksum mismatch"))
     });
+    let err = st["last_error"].as_str().unwrap();
+    assert!(err.contains("Inconsistent until a resync"), "{err}");
     c.wait_synced(60);
     assert!(
         damage.connections.load(Ordering::SeqCst) >= 2,

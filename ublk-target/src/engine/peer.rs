@@ -42,7 +42,8 @@ use nix::errno::Errno;
 use nix::libc;
 use nix::sys::socket::{recv, sendmsg, MsgFlags};
 use replication_proto::wire::codec::{
-    decode_frame, encode_vectored, peek_frame, DecodeError, HEADER_LEN,
+    decode_frame, decode_frame_deferred, encode_vectored, peek_frame, BulkCheck, DecodeError,
+    HEADER_LEN,
 };
 use replication_proto::wire::Message;
 
@@ -50,6 +51,10 @@ use super::{Input, InputTx, StartError};
 use crate::config::Node;
 use crate::disk::aligned::SECTOR;
 use crate::disk::{AlignedBuf, InlineDisk, SocketEvent};
+
+/// A frame from the peer, and the check of its bulk data if that is still
+/// to be done.
+type Framed = (Message, Option<BulkCheck>);
 
 /// Address alignment O_DIRECT wants for write data.
 const ALIGN: usize = 4096;
@@ -99,7 +104,9 @@ pub(crate) enum Ready {
 /// What one [`Transport::receive`] call gives.
 #[derive(Debug)]
 pub(crate) enum Received {
-    Frame(Message),
+    /// A frame, checked but for the bulk data of a large one, whose check
+    /// comes with it (see `decode_frame_deferred`).
+    Frame(Message, Option<BulkCheck>),
     /// Nothing more this turn.
     Idle,
     /// The connection failed (EOF, error, malformed frame): why.
@@ -284,6 +291,22 @@ impl Transport {
         self.msgs.push(m);
     }
 
+    /// A mark in the queue of messages not yet encoded, for
+    /// [`Transport::unqueue_from`].
+    pub(crate) fn queued_mark(&self) -> usize {
+        self.msgs.len()
+    }
+
+    /// Drops the messages queued after `mark` unsent: what the state
+    /// machine answered to a frame whose data then failed its check.
+    pub(crate) fn unqueue_from(&mut self, mark: usize) {
+        for m in self.msgs.drain(mark.min(self.msgs.len())..) {
+            if let Message::Data { data, .. } | Message::ResyncData { data, .. } = &m {
+                self.bulk_queued = self.bulk_queued.saturating_sub(data.len());
+            }
+        }
+    }
+
     /// Bytes of write data in the messages queued since the last flush:
     /// the size of the checksum and copy work [`Transport::flush`] has.
     pub(crate) fn bulk_queued(&self) -> usize {
@@ -392,7 +415,7 @@ impl Transport {
         }
         c.rx_more = false;
         match c.rx.pull(&c.stream, budget, disk, c.id << 1 | KEY_RX) {
-            Ok(Some(msg)) => Received::Frame(msg),
+            Ok(Some((msg, check))) => Received::Frame(msg, check),
             Ok(None) => {
                 // Stopped by the budget, not by an empty socket (or with
                 // whole frames still staged, which no poll would report).
@@ -529,7 +552,7 @@ impl Framer {
         &mut self,
         stream: &TcpStream,
         budget: &mut RxBudget,
-    ) -> Result<Option<Message>, String> {
+    ) -> Result<Option<Framed>, String> {
         if budget.frames == 0 {
             return Ok(None);
         }
@@ -551,7 +574,9 @@ impl Framer {
                     };
                     budget.frames -= 1;
                     let frame = buf.into_bytes().slice(pad..pad + total);
-                    return decode_frame(frame).map(Some).map_err(|e| malformed(&e));
+                    return decode_frame_deferred(frame)
+                        .map(Some)
+                        .map_err(|e| malformed(&e));
                 }
                 if budget.exhausted() || budget.drained {
                     return Ok(None);
@@ -568,7 +593,7 @@ impl Framer {
             }
             if let Some(msg) = self.frame_from_stage()? {
                 budget.frames -= 1;
-                return Ok(Some(msg));
+                return Ok(Some((msg, None)));
             }
             if self.big.is_some() {
                 continue;
@@ -651,7 +676,7 @@ impl Framer {
         budget: &mut RxBudget,
         disk: &mut InlineDisk,
         key: u64,
-    ) -> Result<Option<Message>, String> {
+    ) -> Result<Option<Framed>, String> {
         let got = self.next(stream, budget)?;
         if got.is_none() && budget.drained && !self.lent() {
             if let Some((buf, pos, len)) = self.lend() {
@@ -838,7 +863,16 @@ mod tests {
                     None => rx.next(s, &mut budget),
                 };
                 match r {
-                    Ok(Some(m)) => got.push(m),
+                    Ok(Some((m, check))) => {
+                        // As the engine does, later: the data of large
+                        // frames comes unchecked, with its check.
+                        let bulk = replication_proto::wire::bulk_data(&m);
+                        assert_eq!(check.is_some(), bulk.len() >= ALIGN_PAYLOAD_MIN, "{m:?}");
+                        if let Some(Err(e)) = check.map(|c| c.verify(bulk)) {
+                            return (got, Some(malformed(&e)));
+                        }
+                        got.push(m);
+                    }
                     Ok(None) => break,
                     Err(e) => return (got, Some(e)),
                 }
@@ -990,7 +1024,22 @@ mod tests {
         let (got, err) = receive(&mut Framer::new(), &rx_sock, 2);
         assert_eq!(got, vec![Message::Ping]);
         let err = err.unwrap();
-        assert!(err.contains("checksum mismatch"), "{err}");
+        assert!(
+            err.contains("Data frame: bulk data checksum mismatch"),
+            "{err}"
+        );
+        // A damaged fixed field (here the offset) is refused up front.
+        let (mut tx, rx_sock) = pair();
+        let mut bad = frame(&data(9, 8192));
+        bad[HEADER_LEN + 8] ^= 1;
+        tx.write_all(&bad).unwrap();
+        let (got, err) = receive(&mut Framer::new(), &rx_sock, 1);
+        assert!(got.is_empty());
+        let err = err.unwrap();
+        assert!(
+            err.starts_with("malformed frame from the peer: frame checksum mismatch"),
+            "{err}"
+        );
 
         let (mut tx, rx_sock) = pair();
         let half = frame(&data(10, 4096));
