@@ -94,75 +94,119 @@ fn proxy(listener: TcpListener, target: String, damage: Arc<Damage>) {
     }
 }
 
-#[test]
-fn a_bit_flipped_on_the_link_is_refused_and_healed_by_resync() {
-    require("nbdcopy", "libnbd-bin");
-    let mut c = Cluster::new(Opts::default());
-    // Alpha dials beta (the first name dials): give alpha a config in
-    // which beta's address is the proxy's.
-    let text = std::fs::read_to_string(&c.config[1]).unwrap();
-    let beta_addr = text
-        .split("[[node]]")
-        .nth(2)
-        .and_then(|n| n.lines().find(|l| l.starts_with("address = ")))
-        .map(|l| {
-            l.trim_start_matches("address = ")
-                .trim_matches('"')
-                .to_string()
-        })
+/// A synced pair whose link runs through a damaging proxy.
+struct DamagedPair {
+    c: Cluster,
+    damage: Arc<Damage>,
+    proxy: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DamagedPair {
+    fn new() -> Self {
+        require("nbdcopy", "libnbd-bin");
+        require("qemu-io", "qemu-utils");
+        let mut c = Cluster::new(Opts::default());
+        // Alpha dials beta (the first name dials): give alpha a config in
+        // which beta's address is the proxy's.
+        let text = std::fs::read_to_string(&c.config[1]).unwrap();
+        let beta_addr = text
+            .split("[[node]]")
+            .nth(2)
+            .and_then(|n| n.lines().find(|l| l.starts_with("address = ")))
+            .map(|l| {
+                l.trim_start_matches("address = ")
+                    .trim_matches('"')
+                    .to_string()
+            })
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy_addr = listener.local_addr().unwrap().to_string();
+        let alpha_cfg = c.dir.path().join("alpha-view.toml");
+        std::fs::write(
+            &alpha_cfg,
+            text.replace(&format!("\"{beta_addr}\""), &format!("\"{proxy_addr}\"")),
+        )
         .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let proxy_addr = listener.local_addr().unwrap().to_string();
-    let alpha_cfg = c.dir.path().join("alpha-view.toml");
-    std::fs::write(
-        &alpha_cfg,
-        text.replace(&format!("\"{beta_addr}\""), &format!("\"{proxy_addr}\"")),
-    )
-    .unwrap();
-    c.config[0] = alpha_cfg;
-    let damage = Arc::new(Damage::default());
-    let d = damage.clone();
-    let proxy_thread = std::thread::spawn(move || proxy(listener, beta_addr, d));
+        c.config[0] = alpha_cfg;
+        let damage = Arc::new(Damage::default());
+        let d = damage.clone();
+        let proxy = Some(std::thread::spawn(move || proxy(listener, beta_addr, d)));
+        c.up(0);
+        c.up(1);
+        c.ok(0, &["primary", "--force"]);
+        c.wait_synced(60);
+        assert!(damage.connections.load(Ordering::SeqCst) >= 1);
+        Self { c, damage, proxy }
+    }
 
-    c.up(0);
-    c.up(1);
-    c.ok(0, &["primary", "--force"]);
-    c.wait_synced(60);
-    assert!(damage.connections.load(Ordering::SeqCst) >= 1);
+    /// Beta said `why` it dropped the link, and the pair healed by itself:
+    /// reconnected, the damaged range resynced from alpha, `src` reads back
+    /// and both data regions are identical.
+    fn heals(mut self, why: &str, src: &std::path::Path) -> serde_json::Value {
+        assert_eq!(
+            self.damage.damaged.load(Ordering::SeqCst),
+            1,
+            "a frame was damaged"
+        );
+        let st = self.c.wait(1, "the damage reported", 20, |s| {
+            s["last_error"].as_str().is_some_and(|e| e.contains(why))
+        });
+        self.c.wait_synced(60);
+        assert!(
+            self.damage.connections.load(Ordering::SeqCst) >= 2,
+            "reconnected"
+        );
+        self.c.wait(0, "nothing pending", 20, |s| {
+            s["counters"]["pe"] == 0 && s["out_of_sync_bytes"] == 0
+        });
+        self.c.nbd_reads_back(0, src);
+        self.c.assert_identical();
+        self.damage.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.proxy.take() {
+            t.join().unwrap();
+        }
+        st
+    }
+}
 
+#[test]
+fn a_bit_flipped_in_a_large_write_is_never_acked_and_healed_by_resync() {
+    let p = DamagedPair::new();
     // 16 MiB through the export in large writes; one of them is damaged
-    // on the link.
-    damage.armed_min_bulk.store(64 << 10, Ordering::SeqCst);
-    let src = random_file(c.dir.path(), "rand.bin", 16 << 20, 11);
-    // The application's writes succeed.
-    c.nbd_write(0, &src);
-    assert_eq!(
-        damage.damaged.load(Ordering::SeqCst),
-        1,
-        "a frame was damaged"
-    );
-
-    // Beta said why it dropped the link, and the pair heals by itself:
-    // reconnected, the damaged range resynced from alpha.
-    let st = c.wait(1, "the damage reported", 20, |s| {
-        s["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("Data frame: bulk data checksum mismatch"))
-    });
+    // on the link. The application's writes succeed.
+    p.damage.armed_min_bulk.store(64 << 10, Ordering::SeqCst);
+    let src = random_file(p.c.dir.path(), "rand.bin", 16 << 20, 11);
+    p.c.nbd_write(0, &src);
+    // Written while checked: beta went Inconsistent until the resync.
+    let st = p.heals("Data frame: bulk data checksum mismatch", &src);
     let err = st["last_error"].as_str().unwrap();
     assert!(err.contains("Inconsistent until a resync"), "{err}");
-    c.wait_synced(60);
-    assert!(
-        damage.connections.load(Ordering::SeqCst) >= 2,
-        "reconnected"
-    );
-    c.wait(0, "nothing pending", 20, |s| {
-        s["counters"]["pe"] == 0 && s["out_of_sync_bytes"] == 0
-    });
-    c.nbd_reads_back(0, &src);
-    c.assert_identical();
+}
 
-    damage.stop.store(true, Ordering::SeqCst);
-    drop(c);
-    proxy_thread.join().unwrap();
+#[test]
+fn a_bit_flipped_in_a_small_write_is_refused_before_it_is_written() {
+    let p = DamagedPair::new();
+    let src = random_file(p.c.dir.path(), "rand.bin", 4 << 20, 12);
+    p.c.nbd_write(0, &src);
+    p.c.wait(0, "nothing pending", 20, |s| s["counters"]["pe"] == 0);
+    // One 16 KiB write, checked before it is written: beta drops the link
+    // and stays consistent.
+    p.damage.armed_min_bulk.store(4 << 10, Ordering::SeqCst);
+    let data = std::fs::read(&src).unwrap();
+    let o = p.c.client(
+        0,
+        "qemu-io",
+        &["-f", "raw", &p.c.nbd_uri(0), "-c", "write -P 0x5a 1M 16k"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut expect = data.clone();
+    expect[1 << 20..(1 << 20) + (16 << 10)].fill(0x5a);
+    let src = p.c.dir.path().join("expect.bin");
+    std::fs::write(&src, &expect).unwrap();
+    let st = p.heals(
+        "connection dropped: malformed frame from the peer: Data frame: bulk data checksum mismatch",
+        &src,
+    );
+    let err = st["last_error"].as_str().unwrap();
+    assert!(!err.contains("Inconsistent"), "{err}");
 }
