@@ -20,7 +20,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{random_file, require, Cluster, Opts};
@@ -29,6 +29,8 @@ const HEADER_LEN: usize = 16;
 /// Data's fixed fields before the bulk: seq, offset, len, flags, data_crc.
 const DATA_FIXED_LEN: usize = 28;
 const T_DATA: u8 = 3;
+const T_RECV_ACK: u8 = 4;
+const T_WRITE_ACK: u8 = 5;
 
 /// What the proxy has done, shared with the test.
 #[derive(Default)]
@@ -36,28 +38,40 @@ struct Damage {
     /// Damage the next Data frame with at least this much bulk data (0: off).
     armed_min_bulk: AtomicUsize,
     damaged: AtomicUsize,
+    /// The damaged frame: (connection number, seq).
+    damaged_write: Mutex<Option<(usize, u64)>>,
+    /// RecvAcks and WriteAcks beta sent for the damaged write.
+    acks_of_damaged: AtomicUsize,
     connections: AtomicUsize,
     stop: AtomicBool,
 }
 
-/// Copies frames from `from` to `to`, damaging one Data frame when armed.
-/// Frames are cut by their header only: the proxy trusts nothing else.
-fn forward_frames(mut from: TcpStream, mut to: TcpStream, damage: &Damage) {
+fn seq_of(payload: &[u8]) -> u64 {
+    u64::from_le_bytes(payload[..8].try_into().unwrap())
+}
+
+/// Reads one frame (header and payload), cut by its header only: the proxy
+/// trusts nothing else.
+fn read_frame(from: &mut TcpStream) -> Option<([u8; HEADER_LEN], Vec<u8>)> {
     let mut header = [0u8; HEADER_LEN];
-    loop {
-        if from.read_exact(&mut header).is_err() {
-            break;
-        }
-        let len = u32::from_le_bytes(header[8..12].try_into().unwrap()) as usize;
-        let mut payload = vec![0u8; len];
-        if from.read_exact(&mut payload).is_err() {
-            break;
-        }
+    from.read_exact(&mut header).ok()?;
+    let len = u32::from_le_bytes(header[8..12].try_into().unwrap()) as usize;
+    let mut payload = vec![0u8; len];
+    from.read_exact(&mut payload).ok()?;
+    Some((header, payload))
+}
+
+/// Copies alpha's frames on connection `conn` to beta, damaging one Data
+/// frame when armed.
+fn alpha_to_beta(mut from: TcpStream, mut to: TcpStream, conn: usize, damage: &Damage) {
+    while let Some((header, mut payload)) = read_frame(&mut from) {
+        let len = payload.len();
         let min = damage.armed_min_bulk.load(Ordering::SeqCst);
         if header[6] == T_DATA && min > 0 && len >= DATA_FIXED_LEN + min {
             damage.armed_min_bulk.store(0, Ordering::SeqCst);
             // A bit in the middle of the data.
             payload[DATA_FIXED_LEN + (len - DATA_FIXED_LEN) / 2] ^= 0x10;
+            *damage.damaged_write.lock().unwrap() = Some((conn, seq_of(&payload)));
             damage.damaged.fetch_add(1, Ordering::SeqCst);
         }
         if to.write_all(&header).is_err() || to.write_all(&payload).is_err() {
@@ -68,8 +82,19 @@ fn forward_frames(mut from: TcpStream, mut to: TcpStream, damage: &Damage) {
     let _ = from.shutdown(Shutdown::Both);
 }
 
-fn forward_bytes(mut from: TcpStream, mut to: TcpStream) {
-    let _ = std::io::copy(&mut from, &mut to);
+/// Copies beta's frames on connection `conn` back, counting acks of the
+/// damaged write.
+fn beta_to_alpha(mut from: TcpStream, mut to: TcpStream, conn: usize, damage: &Damage) {
+    while let Some((header, payload)) = read_frame(&mut from) {
+        if matches!(header[6], T_RECV_ACK | T_WRITE_ACK)
+            && *damage.damaged_write.lock().unwrap() == Some((conn, seq_of(&payload)))
+        {
+            damage.acks_of_damaged.fetch_add(1, Ordering::SeqCst);
+        }
+        if to.write_all(&header).is_err() || to.write_all(&payload).is_err() {
+            break;
+        }
+    }
     let _ = to.shutdown(Shutdown::Both);
     let _ = from.shutdown(Shutdown::Both);
 }
@@ -86,11 +111,11 @@ fn proxy(listener: TcpListener, target: String, damage: Arc<Damage>) {
         let Ok(up) = TcpStream::connect(&target) else {
             continue;
         };
-        damage.connections.fetch_add(1, Ordering::SeqCst);
+        let conn = damage.connections.fetch_add(1, Ordering::SeqCst);
         let (d2, u2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
-        let dmg = damage.clone();
-        std::thread::spawn(move || forward_frames(down, up, &dmg));
-        std::thread::spawn(move || forward_bytes(u2, d2));
+        let (dmg, dmg2) = (damage.clone(), damage.clone());
+        std::thread::spawn(move || alpha_to_beta(down, up, conn, &dmg));
+        std::thread::spawn(move || beta_to_alpha(u2, d2, conn, &dmg2));
     }
 }
 
@@ -102,10 +127,13 @@ struct DamagedPair {
 }
 
 impl DamagedPair {
-    fn new() -> Self {
+    fn new(protocol: &'static str) -> Self {
         require("nbdcopy", "libnbd-bin");
         require("qemu-io", "qemu-utils");
-        let mut c = Cluster::new(Opts::default());
+        let mut c = Cluster::new(Opts {
+            protocol,
+            ..Opts::default()
+        });
         // Alpha dials beta (the first name dials): give alpha a config in
         // which beta's address is the proxy's.
         let text = std::fs::read_to_string(&c.config[1]).unwrap();
@@ -148,6 +176,11 @@ impl DamagedPair {
             1,
             "a frame was damaged"
         );
+        assert_eq!(
+            self.damage.acks_of_damaged.load(Ordering::SeqCst),
+            0,
+            "beta acknowledged the damaged write"
+        );
         let st = self.c.wait(1, "the damage reported", 20, |s| {
             s["last_error"].as_str().is_some_and(|e| e.contains(why))
         });
@@ -169,9 +202,8 @@ impl DamagedPair {
     }
 }
 
-#[test]
-fn a_bit_flipped_in_a_large_write_is_never_acked_and_healed_by_resync() {
-    let p = DamagedPair::new();
+fn large_write_damaged(protocol: &'static str) {
+    let p = DamagedPair::new(protocol);
     // 16 MiB through the export in large writes; one of them is damaged
     // on the link. The application's writes succeed.
     p.damage.armed_min_bulk.store(64 << 10, Ordering::SeqCst);
@@ -184,8 +216,19 @@ fn a_bit_flipped_in_a_large_write_is_never_acked_and_healed_by_resync() {
 }
 
 #[test]
+fn a_bit_flipped_in_a_large_write_is_never_acked_and_healed_by_resync() {
+    large_write_damaged("C");
+}
+
+/// Protocol B acknowledges on receipt: not even that for a damaged write.
+#[test]
+fn under_protocol_b_a_damaged_large_write_gets_no_receive_ack() {
+    large_write_damaged("B");
+}
+
+#[test]
 fn a_bit_flipped_in_a_small_write_is_refused_before_it_is_written() {
-    let p = DamagedPair::new();
+    let p = DamagedPair::new("C");
     let src = random_file(p.c.dir.path(), "rand.bin", 4 << 20, 12);
     p.c.nbd_write(0, &src);
     p.c.wait(0, "nothing pending", 20, |s| s["counters"]["pe"] == 0);
