@@ -307,6 +307,19 @@ struct Runner {
     fua_zeroes: HashMap<u64, (bool, u64)>,
     next_internal: u64,
     span: tracing::Span,
+    /// The peer's writes of this turn whose data is still to be checked
+    /// (kept between turns only for its allocation).
+    unchecked: Vec<Unchecked>,
+}
+
+/// A peer write handed to the state machine before its data was checked.
+struct Unchecked {
+    check: BulkCheck,
+    data: bytes::Bytes,
+    offset: u64,
+    len: u32,
+    /// Where what the machine answered to it starts in the send queue.
+    mark: usize,
 }
 
 /// Start the engine for the local node of `cfg`.
@@ -385,6 +398,7 @@ pub fn start(
         nbd_addr: me.nbd.map(|a| a.to_string()),
         down_waiters: Vec::new(),
         fua_zeroes: HashMap::new(),
+        unchecked: Vec::new(),
         next_internal: INTERNAL_TOKEN,
         span: span.clone(),
     };
@@ -510,6 +524,7 @@ impl Runner {
     fn receive_from_peer(&mut self) {
         let mut budget = peer::RxBudget::per_turn();
         let now = self.now();
+        let mut unchecked = std::mem::take(&mut self.unchecked);
         loop {
             match self.peer.receive(&mut budget, &mut self.disk) {
                 peer::Received::Frame(msg, None) => {
@@ -517,24 +532,30 @@ impl Runner {
                     self.drain();
                 }
                 peer::Received::Frame(msg, Some(check)) => {
-                    let write = match &msg {
+                    match &msg {
+                        // Written while it is checked: see check_unchecked.
                         Message::Data {
                             offset, len, data, ..
-                        } if data.len() >= OVERLAP_MIN_BULK => Some((*offset, *len, data.clone())),
-                        _ => None,
-                    };
-                    let Some((offset, len, data)) = write else {
-                        if let Err(e) = check.verify(bulk_data(&msg)) {
-                            self.peer_down(&format!("malformed frame from the peer: {e}"));
-                            break;
+                        } if data.len() >= OVERLAP_MIN_BULK => {
+                            let mark = self.peer.queued_mark();
+                            self.peer.hold_acks_from(mark);
+                            unchecked.push(Unchecked {
+                                check,
+                                data: data.clone(),
+                                offset: *offset,
+                                len: *len,
+                                mark,
+                            });
                         }
-                        self.node.handle(now, Event::Frame(msg));
-                        self.drain();
-                        continue;
-                    };
-                    if !self.write_while_checking(msg, check, offset, len, &data) {
-                        break;
+                        _ => {
+                            if let Err(e) = check.verify(bulk_data(&msg)) {
+                                self.peer_down(&format!("malformed frame from the peer: {e}"));
+                                break;
+                            }
+                        }
                     }
+                    self.node.handle(now, Event::Frame(msg));
+                    self.drain();
                 }
                 peer::Received::Idle => break,
                 peer::Received::Down(why) => {
@@ -543,42 +564,46 @@ impl Runner {
                 }
             }
         }
+        self.check_unchecked(&mut unchecked);
+        self.unchecked = unchecked;
     }
 
-    /// Hands a peer write to the state machine and checks its data once
-    /// its disk write is under way: under an emulated CPU the checksum of
-    /// 1 MiB took as long as a quarter of the whole replicated write, and
-    /// this way the disk works meanwhile. Nothing the machine answered to
-    /// it leaves before the check (sends go out at the end of the turn).
-    /// A failed check drops those answers and tells the machine, which
-    /// marks the range, goes Inconsistent and drops the connection: false.
-    fn write_while_checking(
-        &mut self,
-        msg: Message,
-        check: BulkCheck,
-        offset: u64,
-        len: u32,
-        data: &[u8],
-    ) -> bool {
-        let mark = self.peer.queued_mark();
-        let now = self.now();
-        self.node.handle(now, Event::Frame(msg));
-        self.drain();
+    /// Checks the bulk data of the peer's writes that the state machine
+    /// already has, once their disk writes are under way: under an
+    /// emulated CPU the checksum of 1 MiB took as long as a quarter of the
+    /// whole replicated write, and this way the disk works meanwhile.
+    /// Nothing the machine answered to them has left yet: the turn's sends
+    /// go out after this, and a connection closed earlier in the turn drops
+    /// the receive acks among them (`hold_acks_from`). A failed check drops
+    /// what the machine answered to that frame and later ones, and tells
+    /// the machine, which marks the range, goes Inconsistent and drops the
+    /// connection.
+    fn check_unchecked(&mut self, unchecked: &mut Vec<Unchecked>) {
+        if unchecked.is_empty() {
+            return;
+        }
         self.disk.submit_now();
-        let Err(e) = check.verify(data) else {
-            return true;
-        };
-        self.peer.unqueue_from(mark);
-        self.node.handle(
-            now,
-            Event::PeerDataCorrupt {
-                offset,
-                len,
-                detail: format!("malformed frame from the peer: {e}"),
-            },
-        );
-        self.drain();
-        false
+        let mut failed = false;
+        for u in unchecked.drain(..) {
+            let Err(e) = u.check.verify(&u.data) else {
+                continue;
+            };
+            if !failed {
+                self.peer.unqueue_from(u.mark);
+                failed = true;
+            }
+            let now = self.now();
+            self.node.handle(
+                now,
+                Event::PeerDataCorrupt {
+                    offset: u.offset,
+                    len: u.len,
+                    detail: format!("malformed frame from the peer: {e}"),
+                },
+            );
+            self.drain();
+        }
+        self.peer.release_acks();
     }
 
     fn peer_down(&mut self, why: &str) {

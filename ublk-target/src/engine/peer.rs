@@ -149,6 +149,8 @@ pub(crate) struct Transport {
     /// payload CRC is a pass over the data, which the engine lets overlap
     /// the turn's local writes (see [`Transport::bulk_queued`]).
     msgs: Vec<Message>,
+    /// See [`Transport::hold_acks_from`].
+    held_from: Option<usize>,
     bulk_queued: usize,
     /// Encoded frames the socket has not taken yet, in order: headers and
     /// bulk data as separate pieces, so the data is never copied in user
@@ -235,6 +237,7 @@ impl Transport {
             next_id: 1,
             listen: me.address,
             msgs: Vec::new(),
+            held_from: None,
             bulk_queued: 0,
             out: VecDeque::new(),
             head: BytesMut::with_capacity(64 * 1024),
@@ -297,6 +300,18 @@ impl Transport {
         self.msgs.len()
     }
 
+    /// From `mark` on, the queue may hold receive acks of peer writes whose
+    /// data is not checked yet: until [`Transport::release_acks`], a flush
+    /// sends nothing and a close drops those acks.
+    pub(crate) fn hold_acks_from(&mut self, mark: usize) {
+        self.held_from.get_or_insert(mark);
+    }
+
+    /// The data behind the held acks passed its checks.
+    pub(crate) fn release_acks(&mut self) {
+        self.held_from = None;
+    }
+
     /// Drops the messages queued after `mark` unsent: what the state
     /// machine answered to a frame whose data then failed its check.
     pub(crate) fn unqueue_from(&mut self, mark: usize) {
@@ -318,6 +333,9 @@ impl Transport {
     /// frames). The rest waits for [`Transport::arm`]'s POLLOUT poll.
     /// An error means the connection failed: the caller takes it down.
     pub(crate) fn flush(&mut self) -> Result<(), String> {
+        if self.held_from.is_some() {
+            return Ok(());
+        }
         self.encode_queued();
         let Some(c) = &self.current else {
             self.out.clear();
@@ -432,6 +450,9 @@ impl Transport {
     /// socket takes it within [`CLOSE_GRACE`]; the state machine never
     /// relies on frames sent right before a close.
     pub(crate) fn close(&mut self) {
+        if let Some(mark) = self.held_from.take() {
+            drop_recv_acks_after(&mut self.msgs, mark);
+        }
         self.encode_queued();
         let out = std::mem::take(&mut self.out);
         if let Some(c) = self.current.take() {
@@ -453,6 +474,17 @@ impl Transport {
 /// Off the engine thread: sends `out` for at most [`CLOSE_GRACE`] (a
 /// blocking write with a send timeout), then shuts the socket down, which
 /// also fires any poll still armed on it.
+/// Drops the receive acks in `msgs` from index `mark` on: on a close in the
+/// middle of a turn they may acknowledge data not yet checked. Everything
+/// else (the reason of a Disconnect, acks of earlier writes) still goes.
+fn drop_recv_acks_after(msgs: &mut Vec<Message>, mark: usize) {
+    let mut at = 0;
+    msgs.retain(|m| {
+        at += 1;
+        at <= mark || !matches!(m, Message::RecvAck { .. })
+    });
+}
+
 fn linger_then_shut(stream: &TcpStream, mut out: VecDeque<Bytes>) {
     let t0 = Instant::now();
     if !out.is_empty() && stream.set_write_timeout(Some(CLOSE_GRACE)).is_ok() {
@@ -1001,6 +1033,26 @@ mod tests {
         let (rest, err) = receive(&mut rx, &rx_sock, n - first);
         assert_eq!(err, None);
         assert_eq!(rest.len(), n - first);
+    }
+
+    #[test]
+    fn a_close_while_acks_are_held_drops_only_the_receive_acks_after_the_mark() {
+        let mut msgs = vec![
+            Message::RecvAck { seq: 1 },
+            Message::WriteAck { seq: 0 },
+            Message::RecvAck { seq: 2 },
+            Message::WriteAck { seq: 1 },
+            Message::Disconnect {
+                reason: replication_proto::wire::DisconnectReason::ProtocolError,
+                message: "why".into(),
+            },
+        ];
+        drop_recv_acks_after(&mut msgs, 1);
+        assert_eq!(msgs.len(), 4);
+        assert_eq!(msgs[0], Message::RecvAck { seq: 1 });
+        assert!(!msgs[1..]
+            .iter()
+            .any(|m| matches!(m, Message::RecvAck { .. })));
     }
 
     #[test]
