@@ -35,11 +35,6 @@ struct Pair {
     now: u64,
     /// Frames from side i are dropped while true (a silent peer).
     mute: [bool; 2],
-    /// The next Data frame side i receives has its data damaged, and the
-    /// driver's deferred checksum catches it after handing the frame over
-    /// (`Event::PeerDataCorrupt`); then the disk state it left.
-    corrupt_next_data: [bool; 2],
-    after_corrupt: Option<DiskState>,
 }
 
 fn cfg(me: &str, peer: &str) -> NodeConfig {
@@ -87,8 +82,6 @@ impl Pair {
             q: [VecDeque::new(), VecDeque::new()],
             now: 0,
             mute: [false; 2],
-            corrupt_next_data: [false; 2],
-            after_corrupt: None,
         }
     }
 
@@ -133,7 +126,7 @@ impl Pair {
                 if let Some(m) = self.q[i].pop_front() {
                     moved = true;
                     if self.s[i].connected {
-                        self.deliver(i, m);
+                        self.s[i].node.handle(self.now, Event::Frame(m));
                     }
                 }
             }
@@ -142,40 +135,6 @@ impl Pair {
             }
         }
         panic!("pair did not settle");
-    }
-
-    fn deliver(&mut self, i: usize, m: Message) {
-        match m {
-            Message::Data {
-                seq,
-                offset,
-                len,
-                flags,
-                data,
-            } if self.corrupt_next_data[i] && !data.is_empty() => {
-                self.corrupt_next_data[i] = false;
-                let mut bad = data.to_vec();
-                bad[0] ^= 0x40;
-                let m = Message::Data {
-                    seq,
-                    offset,
-                    len,
-                    flags,
-                    data: Bytes::from(bad),
-                };
-                self.s[i].node.handle(self.now, Event::Frame(m));
-                self.s[i].node.handle(
-                    self.now,
-                    Event::PeerDataCorrupt {
-                        offset,
-                        len,
-                        detail: "Data frame: bulk data checksum mismatch".into(),
-                    },
-                );
-                self.after_corrupt = Some(self.s[i].node.disk());
-            }
-            m => self.s[i].node.handle(self.now, Event::Frame(m)),
-        }
     }
 
     fn act(&mut self, i: usize, a: Action) {
@@ -502,59 +461,6 @@ fn a_silent_peer_is_dropped_and_its_writes_marked() {
         "{err}"
     );
     assert_eq!(p.s[0].node.role(), Role::Primary);
-}
-
-#[test]
-fn a_write_whose_data_fails_its_checksum_is_resynced_and_never_acked() {
-    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
-    p.up_and_synced();
-    p.write(0, 1, 0, 0x11, 16384).unwrap();
-    let resynced_before = p.s[0].node.status().stats.resync_sent_bytes;
-    let acks_before = p.s[1]
-        .sent
-        .iter()
-        .filter(|m| matches!(m, Message::WriteAck { .. }))
-        .count();
-    p.corrupt_next_data[1] = true;
-    // The write completes: the peer is dropped, the range marked.
-    assert_eq!(p.write(0, 2, 4096, 0x22, 8192), Ok(None));
-    assert_eq!(
-        p.after_corrupt,
-        Some(DiskState::Inconsistent),
-        "garbage may be on beta's disk: not promotable as it is"
-    );
-    assert_eq!(
-        p.s[1]
-            .sent
-            .iter()
-            .filter(|m| matches!(m, Message::WriteAck { .. }))
-            .count(),
-        acks_before,
-        "the damaged write was never acknowledged"
-    );
-    let err = p.s[1].node.status().last_error.unwrap_or_default();
-    assert!(
-        err.contains("checksum mismatch") && err.contains("Inconsistent"),
-        "{err}"
-    );
-    // Both still want the connection: it comes back and resyncs the range.
-    p.tick(1000);
-    for i in 0..2 {
-        assert_eq!(
-            p.s[i].node.conn(),
-            ConnState::Connected,
-            "{:?}",
-            p.s[i].node.status()
-        );
-        assert_eq!(p.s[i].node.disk(), DiskState::UpToDate);
-    }
-    let resynced = p.s[0].node.status().stats.resync_sent_bytes - resynced_before;
-    assert!(
-        (8192..=65536).contains(&resynced),
-        "only the marked range moves: {resynced}"
-    );
-    assert_eq!(p.read_local(0, 0, 1 << 20), p.read_local(1, 0, 1 << 20));
-    assert_eq!(p.s[1].node.status().out_of_sync_bytes, 0);
 }
 
 #[test]

@@ -14,9 +14,8 @@ use proptest::sample::Index;
 
 use replication_proto::gen::Generations;
 use replication_proto::wire::codec::{
-    bulk_data, decode, decode_frame, decode_frame_deferred, encode, encode_vectored, encoded_len,
-    peek_frame, seal_raw_frame, DecodeError, EncodeError, FrameDecoder, HEADER_LEN, MAGIC,
-    MAX_BITMAP_RUNS, MAX_PAYLOAD, MAX_STRING_LEN,
+    decode, decode_frame, encode, encode_vectored, encoded_len, peek_frame, DecodeError,
+    EncodeError, FrameDecoder, HEADER_LEN, MAGIC, MAX_BITMAP_RUNS, MAX_PAYLOAD, MAX_STRING_LEN,
 };
 use replication_proto::wire::rle::{bitmap_messages, BitmapReceiver, Progress};
 use replication_proto::wire::{
@@ -242,9 +241,18 @@ fn encoded(msg: &Message) -> Vec<u8> {
     out.to_vec()
 }
 
-/// A frame with a correct header and checksums around an arbitrary payload.
+/// A frame with a correct header and checksum around an arbitrary payload.
 fn raw_frame(ty: u8, payload: &[u8]) -> Vec<u8> {
-    seal_raw_frame(ty, payload)
+    let mut f = Vec::new();
+    f.extend_from_slice(&MAGIC.to_le_bytes());
+    f.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    f.push(ty);
+    f.push(0);
+    f.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&f), payload);
+    f.extend_from_slice(&crc.to_le_bytes());
+    f.extend_from_slice(payload);
+    f
 }
 
 fn hex(b: &[u8]) -> String {
@@ -421,49 +429,6 @@ proptest! {
     }
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
-
-    /// The deferred decode of a frame with bulk data trusts the header and
-    /// the fixed fields only once they are checked, and leaves a check that
-    /// catches any flipped bit of the bulk data.
-    #[test]
-    fn deferred_bulk_check_catches_what_the_whole_check_catches(
-        msg in data_msg(),
-        bit in any::<Index>(),
-    ) {
-        let bytes = encoded(&msg);
-        let (got, check) = decode_frame_deferred(Bytes::from(bytes.clone())).unwrap();
-        prop_assert_eq!(&got, &msg);
-        let check = check.expect("a Data frame leaves a bulk check");
-        prop_assert_eq!(check.verify(bulk_data(&got)), Ok(()));
-
-        let bit = bit.index(bytes.len() * 8);
-        let mut bad = bytes.clone();
-        bad[bit / 8] ^= 1 << (bit % 8);
-        let bulk_at = bytes.len() - bulk_data(&msg).len();
-        match decode_frame_deferred(Bytes::from(bad.clone())) {
-            Err(_) => prop_assert!(bit / 8 < bulk_at, "bulk bit {} refused up front", bit),
-            Ok((got, check)) => {
-                prop_assert!(bit / 8 >= bulk_at, "fixed bit {} passed the header check", bit);
-                let e = check.expect("still a Data frame").verify(bulk_data(&got)).unwrap_err();
-                let whole = decode_frame(Bytes::from(bad)).unwrap_err();
-                prop_assert_eq!(&e, &whole);
-                let is_data_mismatch = matches!(e, DecodeError::DataChecksumMismatch { .. });
-                prop_assert!(is_data_mismatch);
-            }
-        }
-    }
-}
-
-#[test]
-fn small_messages_leave_no_bulk_check() {
-    for msg in [Message::Ping, Message::WriteAck { seq: 9 }] {
-        let (got, check) = decode_frame_deferred(Bytes::from(encoded(&msg))).unwrap();
-        assert_eq!((got, check), (msg, None));
-    }
-}
-
 // ----------------------------------------------------------------------------
 // Golden frames: a change to any of these bytes is a wire format change and
 // needs a PROTOCOL_VERSION bump.
@@ -490,12 +455,11 @@ fn golden_hello() -> Message {
     })
 }
 
-/// Header, then the payload field by field (checksums verified independently
-/// with a bit-by-bit crc32c; the Data frame's header checksum ends before its
-/// bulk data, whose own checksum is `data_crc`, `b721940a`).
+/// Header, then the payload field by field (checksum verified independently
+/// with a bit-by-bit crc32c).
 const GOLDEN_HELLO: &str = "
-    4c504552 0200 01 00 6b000000 d7395013
-    0200 02 7230 05 616c706861 0000004000000000 02 01 05
+    4c504552 0100 01 00 6b000000 710b41eb
+    0100 02 7230 05 616c706861 0000004000000000 02 01 05
     1111000000000000 0000000000000000 2222000000000000 3333000000000000
     05000000 0300000000000000 0700000000000000
     000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f 01";
@@ -511,8 +475,8 @@ fn golden_data() -> Message {
 }
 
 const GOLDEN_DATA: &str = "
-    4c504552 0200 03 00 24000000 952980dc
-    2a00000000000000 0010000000000000 08000000 01000000 b721940a 6162636465666768";
+    4c504552 0100 03 00 20000000 8c2b23af
+    2a00000000000000 0010000000000000 08000000 01000000 6162636465666768";
 
 #[test]
 fn golden_frames() {
@@ -567,18 +531,17 @@ fn header_errors() {
     );
     assert!(matches!(decode_err(b"X"), DecodeError::BadMagic { .. }));
 
-    // A wire version 1 peer (one checksum over the whole frame).
-    let e = decode_err(&header(MAGIC, 1, 1, 0, 0)[..6]);
+    let e = decode_err(&header(MAGIC, 2, 1, 0, 0)[..6]);
     assert_eq!(
         e,
         DecodeError::UnsupportedVersion {
-            peer: 1,
+            peer: 2,
             ours: PROTOCOL_VERSION
         }
     );
     assert_eq!(
         e.to_string(),
-        "unsupported wire version: peer speaks wire version 1, this build speaks 2"
+        "unsupported wire version: peer speaks wire version 2, this build speaks 1"
     );
 
     let e = decode_err(&header(MAGIC, PROTOCOL_VERSION, 0, 0, 0)[..7]);
@@ -725,8 +688,6 @@ fn data_payload(len: u32, flags: u32, data: &[u8]) -> Vec<u8> {
     p.extend_from_slice(&0u64.to_le_bytes());
     p.extend_from_slice(&len.to_le_bytes());
     p.extend_from_slice(&flags.to_le_bytes());
-    // data_crc: raw_frame fills it in.
-    p.extend_from_slice(&0u32.to_le_bytes());
     p.extend_from_slice(data);
     p
 }

@@ -1,7 +1,7 @@
 //! Feeds arbitrary bytes to the frame decoder.
 //!
 //! The first input byte picks a mode: odd means "the rest is a message type
-//! byte and a payload", wrapped here in a valid header and checksums so the
+//! byte and a payload", wrapped here in a valid header and checksum so the
 //! payload parser gets exercised; even means "the rest is raw stream bytes".
 //! Whatever decodes must re-encode to exactly the bytes it came from, and
 //! `FrameDecoder` fed the same bytes in two pieces must agree with `decode`.
@@ -10,11 +10,20 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use replication_proto::wire::codec::{decode, encode, seal_raw_frame, FrameDecoder};
-use replication_proto::wire::Message;
+use replication_proto::wire::codec::{decode, encode, FrameDecoder, MAGIC};
+use replication_proto::wire::{Message, PROTOCOL_VERSION};
 
 fn framed(ty: u8, payload: &[u8]) -> Vec<u8> {
-    seal_raw_frame(ty, payload)
+    let mut f = Vec::with_capacity(16 + payload.len());
+    f.extend_from_slice(&MAGIC.to_le_bytes());
+    f.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    f.push(ty);
+    f.push(0);
+    f.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&f), payload);
+    f.extend_from_slice(&crc.to_le_bytes());
+    f.extend_from_slice(payload);
+    f
 }
 
 /// Decodes frames one after the other with `decode`, as a reader would.

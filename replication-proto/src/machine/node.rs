@@ -746,11 +746,6 @@ impl Node {
             Event::LocalDone { token, result } => self.local_done(token, result),
             Event::MetaDone { token, result } => self.meta_done(token, result),
             Event::Tick => self.tick(),
-            Event::PeerDataCorrupt {
-                offset,
-                len,
-                detail,
-            } => self.peer_data_corrupt(offset, len, &detail),
         }
     }
 
@@ -2424,35 +2419,6 @@ impl Node {
         } else {
             self.parked.insert(token, (offset, len, payload, fua));
         }
-    }
-
-    /// A peer write whose data failed its checksum may already be on the
-    /// disk: neither old nor new data is there, so this node's data is
-    /// Inconsistent (durably: never promoted without `--force`) until a
-    /// resync from the peer rewrites it. The range is marked here for the
-    /// bitmap exchange; the peer never got an ack for it and marks it too
-    /// (its activity log covers it should it crash), so the resync covers
-    /// it. The bitmap is not written now: in memory it may hold bits a
-    /// resync cleared for data not yet flushed, which a power loss would
-    /// drop (the simulator found that).
-    fn peer_data_corrupt(&mut self, offset: u64, len: u32, detail: &str) {
-        if self.role == Role::Primary {
-            // on_peer_data refused the frame: nothing was written.
-            self.protocol_error(detail);
-            return;
-        }
-        if self.valid_range(offset, u64::from(len)) {
-            self.bitmap.set_range(offset, u64::from(len));
-        }
-        if self.disk != DiskState::Inconsistent {
-            self.disk = DiskState::Inconsistent;
-            self.flags.set(MetaFlags::CONSISTENT, false);
-            self.flags.set(MetaFlags::WAS_UP_TO_DATE, false);
-            self.persist_super(false);
-        }
-        self.protocol_error(&format!(
-            "{detail} (write of {len} bytes at offset {offset}; that range is marked out of sync and this node's data is Inconsistent until a resync rewrites it)"
-        ));
     }
 
     fn check_peer_barriers(&mut self) {

@@ -113,16 +113,6 @@ pub enum Event {
     },
     /// Time passed; the driver calls this no later than `poll_timeout`.
     Tick,
-    /// The bulk data of a `Data` frame the driver handed over (and whose
-    /// write it may already have started) failed its checksum
-    /// (`codec::decode_frame_deferred`). The driver sends nothing the node
-    /// queued after that frame; the node drops the connection and treats
-    /// the range as garbage until a resync rewrites it.
-    PeerDataCorrupt {
-        offset: u64,
-        len: u32,
-        detail: String,
-    },
 }
 
 /// Hooks the driver runs on the node's behalf (DRBD's handlers).

@@ -82,8 +82,8 @@ pub struct SimReport {
     pub failovers: u32,
     pub resets: u32,
     pub split_brains: u32,
-    /// Data frames whose data the link damaged (caught by the receiver's
-    /// data checksum after its disk write started).
+    /// Data frames the link damaged; the receiver's frame checksum refuses
+    /// them and drops the connection.
     pub damaged: u32,
 }
 
@@ -589,65 +589,29 @@ impl World {
     }
 
     /// Whether the link damages this frame: one write's data in
-    /// [`DAMAGE_ONE_IN`], outside the split-brain scenario (whose checks
-    /// count on the writes of both sides arriving).
+    /// [`DAMAGE_ONE_IN`], in the network scenario only, the one whose
+    /// invariants hold under link faults (with a Primary crash on top, a
+    /// failover without fencing may rightly end in a split brain).
     fn damages(&mut self, msg: &Message) -> bool {
         matches!(msg, Message::Data { data, .. } if !data.is_empty())
-            && self.sc.kind != Kind::SplitBrain
+            && self.sc.kind == Kind::Network
             && self.rng.gen_range(0..DAMAGE_ONE_IN) == 0
     }
 
-    /// Delivers `msg` with a bit of its data flipped, as the engine handles
-    /// it (`ublk-target/src/engine`): the frame goes to the node and its
-    /// disk write goes ahead while the data is checked, nothing the node
-    /// answered to it is sent (the engine drops that from its send queue),
-    /// then the failed check is reported.
-    fn deliver_damaged(&mut self, to: usize, msg: Message) {
-        let Message::Data {
-            seq,
-            offset,
-            len,
-            flags,
-            data,
-        } = msg
-        else {
-            return;
-        };
-        let mut bad = data.to_vec();
-        let at = self.rng.gen_range(0..bad.len());
-        let bit = self.rng.gen_range(0..8);
-        if let Some(b) = bad.get_mut(at) {
-            *b ^= 1 << bit;
-        }
+    /// What the driver does with a frame whose checksum fails: it never
+    /// reaches the node, the receiver drops the connection at once (with
+    /// every frame behind it), the sender notices a little later.
+    fn refuse_damaged(&mut self, to: usize, conn: u64) {
         self.report.damaged += 1;
-        let s = format!("{} <- Data seq {seq} damaged on the link", self.name(to));
+        let s = format!("{} refuses a damaged Data frame on #{conn}", self.name(to));
         self.log(s);
-        let now = self.now / MS;
-        if let Some(n) = self.nd(to) {
-            n.handle(
-                now,
-                Event::Frame(Message::Data {
-                    seq,
-                    offset,
-                    len,
-                    flags,
-                    data: Bytes::from(bad),
-                }),
-            );
+        if self.live_conn == Some(conn) {
+            self.live_conn = None;
         }
-        while let Some(a) = self.nodes[to].node.as_mut().and_then(Node::poll_action) {
-            if !matches!(a, Action::Send(_)) {
-                self.act(to, a);
-            }
-        }
-        self.feed(
-            to,
-            Event::PeerDataCorrupt {
-                offset,
-                len,
-                detail: "data damaged on the simulated link".into(),
-            },
-        );
+        self.nodes[to].conn = None;
+        self.feed(to, Event::TransportDown);
+        let t = self.now + self.lat(10, 300);
+        self.at(t, Ev::Down { to: 1 - to, conn });
     }
 
     // ----- the application ---------------------------------------------------
@@ -869,7 +833,7 @@ impl World {
                             self.log(s);
                         }
                         if self.damages(&msg) {
-                            self.deliver_damaged(to, msg);
+                            self.refuse_damaged(to, conn);
                         } else {
                             self.feed(to, Event::Frame(msg));
                         }

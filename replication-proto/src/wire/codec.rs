@@ -12,7 +12,7 @@
 //! |      6 |    1 | message type (table below)                                |
 //! |      7 |    1 | reserved, must be 0                                       |
 //! |      8 |    4 | payload length in bytes, at most [`MAX_PAYLOAD`]          |
-//! |     12 |    4 | header checksum: crc32c over header bytes `0..12` followed by the payload, up to the bulk data (see below) |
+//! |     12 |    4 | crc32c over header bytes `0..12` followed by the payload  |
 //! |     16 |    n | payload                                                   |
 //!
 //! The decoder checks the header fields in that order as soon as the bytes
@@ -21,21 +21,6 @@
 //! buffered for it. The version is checked before anything else in the frame
 //! is interpreted, since another version may lay out even the header
 //! differently.
-//!
-//! # Two checksums for bulk data (wire version 2)
-//!
-//! `Data` and `ResyncData` carry bulk data (up to [`MAX_DATA`]) after their
-//! fixed fields, the last of which is `data_crc`, the crc32c of the bulk
-//! data. The header checksum covers the header and the fixed fields
-//! (`data_crc` included) but not the bulk data. So a receiver can trust
-//! *where* a write goes as soon as the small part is checked, and check the
-//! bulk while its disk already writes it ([`decode_frame_deferred`]): the
-//! secondary acknowledges nothing before that check passes, and a write
-//! whose check fails is treated as lost garbage (the range is marked out of
-//! sync and the node Inconsistent until a resync rewrites it). Under an
-//! emulated CPU that check was a quarter of a 1 MiB replicated write's time
-//! (bench/notes/ublk-write-path.md). Every other message has no bulk data;
-//! its header checksum covers the whole payload, as in wire version 1.
 //!
 //! # Payload field encodings
 //!
@@ -60,7 +45,7 @@
 //! |-----:|-----------------|-------------------------------------------------------------|
 //! |    1 | Hello           | version u16, resource str, node str, data_bytes u64, protocol u8, role u8, disk u8, gens, meta_flags u32, features u64, dirty_bits u64, nonce, discard_my_data bool |
 //! |    2 | Auth            | mac                                                         |
-//! |    3 | Data            | seq u64, offset u64, len u32, flags u32, data_crc u32, data rest |
+//! |    3 | Data            | seq u64, offset u64, len u32, flags u32, data rest          |
 //! |    4 | RecvAck         | seq u64                                                     |
 //! |    5 | WriteAck        | seq u64                                                     |
 //! |    6 | NegAck          | seq u64                                                     |
@@ -73,7 +58,7 @@
 //! |   13 | Bitmap          | start_bit u64, flags u8 (bit 0 first_set, bit 1 last, others must be 0), run count u32, runs varint × count |
 //! |   14 | ResyncRequest   | id u64, offset u64, len u32                                 |
 //! |   15 | ChecksumRequest | id u64, offset u64, len u32, digest u32                     |
-//! |   16 | ResyncData      | id u64, offset u64, data_crc u32, data rest                 |
+//! |   16 | ResyncData      | id u64, offset u64, data rest                               |
 //! |   17 | InSync          | id u64, offset u64, len u32                                 |
 //! |   18 | ResyncNeg       | id u64, offset u64, len u32                                 |
 //! |   19 | ResyncAck       | id u64, offset u64, len u32                                 |
@@ -126,10 +111,10 @@ pub const MAX_STRING_LEN: usize = 255;
 pub const MAX_BITMAP_RUNS: usize = (MAX_PAYLOAD - BITMAP_FIXED_LEN) / MAX_VARINT_LEN;
 
 const BITMAP_FIXED_LEN: usize = 8 + 1 + 4;
-/// Fields of `Data` before its bulk data: seq, offset, len, flags, data_crc.
-const DATA_FIXED_LEN: usize = 8 + 8 + 4 + 4 + 4;
-/// Fields of `ResyncData` before its bulk data: id, offset, data_crc.
-const RESYNC_DATA_FIXED_LEN: usize = 8 + 8 + 4;
+/// Fields of `Data` before its bulk data: seq, offset, len, flags.
+const DATA_FIXED_LEN: usize = 8 + 8 + 4 + 4;
+/// Fields of `ResyncData` before its bulk data: id, offset.
+const RESYNC_DATA_FIXED_LEN: usize = 8 + 8;
 const MAX_VARINT_LEN: usize = 10;
 const BITMAP_FIRST_SET: u8 = 1 << 0;
 const BITMAP_LAST: u8 = 1 << 1;
@@ -150,12 +135,6 @@ pub enum DecodeError {
     PayloadTooLarge { len: u32, max: usize },
     #[error("frame checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     ChecksumMismatch { stored: u32, computed: u32 },
-    #[error("{message} frame: bulk data checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
-    DataChecksumMismatch {
-        message: &'static str,
-        stored: u32,
-        computed: u32,
-    },
     #[error("{message} frame: payload ends inside field `{field}`")]
     Truncated {
         message: &'static str,
@@ -225,44 +204,6 @@ struct Header {
     ty: u8,
     payload_len: usize,
     crc: u32,
-}
-
-/// The check of a frame's bulk data that [`decode_frame_deferred`] left to
-/// the caller: nothing in the bulk data may be acknowledged, or trusted
-/// beyond writing it where the (checked) fixed fields say, before
-/// [`BulkCheck::verify`] passed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[must_use = "the bulk data is unchecked until verify() passes"]
-pub struct BulkCheck {
-    message: &'static str,
-    stored: u32,
-}
-
-impl BulkCheck {
-    /// Checks `bulk`, the frame's bulk data, against the checksum its
-    /// checked fixed fields carry.
-    pub fn verify(self, bulk: &[u8]) -> Result<(), DecodeError> {
-        let computed = crate::checksum::crc32c(bulk);
-        if computed == self.stored {
-            Ok(())
-        } else {
-            Err(DecodeError::DataChecksumMismatch {
-                message: self.message,
-                stored: self.stored,
-                computed,
-            })
-        }
-    }
-}
-
-/// Length of the fixed fields of a frame type with bulk data, `data_crc`
-/// last: the header checksum ends there.
-fn bulk_fixed_len(ty: u8) -> Option<usize> {
-    match ty {
-        T_DATA => Some(DATA_FIXED_LEN),
-        T_RESYNC_DATA => Some(RESYNC_DATA_FIXED_LEN),
-        _ => None,
-    }
 }
 
 // ----------------------------------------------------------------------------
@@ -596,8 +537,7 @@ fn put_gens(out: &mut BytesMut, g: &Generations) {
 
 /// Writes the header and every payload byte except the bulk data of
 /// `Data`/`ResyncData`, which it returns (a cheap reference-counted clone).
-/// The bulk data's checksum is among the fixed fields; the header checksum
-/// covers everything else. `with_bulk` only sizes the reservation
+/// The CRC in the header covers the bulk data too. `with_bulk` only sizes the reservation
 /// in `out` for the caller appending the bulk data itself.
 fn encode_head(msg: &Message, out: &mut BytesMut, with_bulk: bool) -> Result<Bytes, EncodeError> {
     let len = validate(msg)?;
@@ -643,7 +583,6 @@ fn encode_head(msg: &Message, out: &mut BytesMut, with_bulk: bool) -> Result<Byt
             out.put_u64_le(*offset);
             out.put_u32_le(*len);
             out.put_u32_le(*flags);
-            out.put_u32_le(crate::checksum::crc32c(&bulk));
         }
         Message::RecvAck { seq } | Message::WriteAck { seq } | Message::NegAck { seq } => {
             out.put_u64_le(*seq);
@@ -708,7 +647,6 @@ fn encode_head(msg: &Message, out: &mut BytesMut, with_bulk: bool) -> Result<Byt
         } => {
             out.put_u64_le(*id);
             out.put_u64_le(*offset);
-            out.put_u32_le(crate::checksum::crc32c(&bulk));
         }
         Message::VerifyReply {
             id,
@@ -737,12 +675,11 @@ fn encode_head(msg: &Message, out: &mut BytesMut, with_bulk: bool) -> Result<Byt
             out.put_u8(u8::from(*full));
         }
     }
-    // The bulk data has its own checksum (data_crc above); this one covers
-    // the header and every other payload byte.
     let frame = out.get_mut(start..).unwrap_or_default();
     let before_crc = frame.get(..crc_at - start).unwrap_or_default();
     let fixed = frame.get(HEADER_LEN..).unwrap_or_default();
     let crc = crate::checksum::crc32c_append(crate::checksum::crc32c(before_crc), fixed);
+    let crc = crate::checksum::crc32c_append(crc, &bulk);
     if let Some(slot) = frame.get_mut(crc_at - start..crc_at - start + 4) {
         slot.copy_from_slice(&crc.to_le_bytes());
     }
@@ -859,11 +796,9 @@ fn parse_header(buf: &[u8]) -> Result<Option<Header>, DecodeError> {
     }))
 }
 
-/// Checks the header and the header checksum of the frame at the start of
-/// `buf`. Returns the header, the total frame length once all of it is
-/// there, and for a frame with bulk data the check of that data, still to
-/// be done.
-fn check_frame(buf: &[u8]) -> Result<Option<(Header, usize, Option<BulkCheck>)>, DecodeError> {
+/// Checks the header and checksum of the frame at the start of `buf`.
+/// Returns the header and the total frame length once all of it is there.
+fn check_frame(buf: &[u8]) -> Result<Option<(Header, usize)>, DecodeError> {
     let Some(h) = parse_header(buf)? else {
         return Ok(None);
     };
@@ -871,38 +806,12 @@ fn check_frame(buf: &[u8]) -> Result<Option<(Header, usize, Option<BulkCheck>)>,
     let (Some(before_crc), Some(payload)) = (buf.get(..12), buf.get(HEADER_LEN..total)) else {
         return Ok(None);
     };
-    let fixed_len = bulk_fixed_len(h.ty);
-    let covered = match fixed_len {
-        Some(n) => payload.get(..n).ok_or(DecodeError::Truncated {
-            message: type_name(h.ty).unwrap_or("?"),
-            field: "data_crc",
-        })?,
-        None => payload,
-    };
-    let computed = crate::checksum::crc32c_append(crate::checksum::crc32c(before_crc), covered);
+    let computed = crate::checksum::crc32c_append(crate::checksum::crc32c(before_crc), payload);
     if computed != h.crc {
         return Err(DecodeError::ChecksumMismatch {
             stored: h.crc,
             computed,
         });
-    }
-    let bulk = fixed_len.and_then(|n| {
-        Some(BulkCheck {
-            message: type_name(h.ty)?,
-            stored: le_u32(payload, n - 4)?,
-        })
-    });
-    Ok(Some((h, total, bulk)))
-}
-
-/// [`check_frame`] with the bulk data checked too.
-fn check_whole_frame(buf: &[u8]) -> Result<Option<(Header, usize)>, DecodeError> {
-    let Some((h, total, bulk)) = check_frame(buf)? else {
-        return Ok(None);
-    };
-    if let Some(check) = bulk {
-        let fixed = bulk_fixed_len(h.ty).unwrap_or(0);
-        check.verify(buf.get(HEADER_LEN + fixed..total).unwrap_or_default())?;
     }
     Ok(Some((h, total)))
 }
@@ -1047,8 +956,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decodes a payload whose header checksum has been verified (the bulk
-/// data's may still be pending). `bulk` turns a range
+/// Decodes a payload whose checksum has been verified. `bulk` turns a range
 /// of the payload into `Bytes` (a copy, or a slice of a shared buffer).
 fn decode_payload(
     ty: u8,
@@ -1089,8 +997,6 @@ fn decode_payload(
             if unknown != 0 {
                 return Err(DecodeError::UnknownDataFlags { flags, unknown });
             }
-            // Checked against the data by check_frame or the caller.
-            r.u32("data_crc")?;
             let data = r.rest();
             let expected = expected_data_len(len, flags);
             if data.len() != expected {
@@ -1160,8 +1066,6 @@ fn decode_payload(
         T_RESYNC_DATA => {
             let id = r.u64("id")?;
             let offset = r.u64("offset")?;
-            // Checked against the data by check_frame or the caller.
-            r.u32("data_crc")?;
             let data = r.rest();
             Message::ResyncData {
                 id,
@@ -1226,7 +1130,7 @@ fn decode_payload(
 /// The data of `Data` / `ResyncData` is copied out of `buf`; [`FrameDecoder`]
 /// avoids that copy.
 pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, DecodeError> {
-    let Some((h, total)) = check_whole_frame(buf)? else {
+    let Some((h, total)) = check_frame(buf)? else {
         return Ok(None);
     };
     let payload = buf.get(HEADER_LEN..total).unwrap_or_default();
@@ -1272,23 +1176,11 @@ pub fn peek_frame(buf: &[u8]) -> Result<Option<FramePeek>, DecodeError> {
 /// Decodes `frame`, which must hold exactly one whole frame. The data of
 /// `Data` / `ResyncData` is a slice of `frame`, not a copy.
 pub fn decode_frame(frame: Bytes) -> Result<Message, DecodeError> {
-    let (msg, bulk) = decode_frame_deferred(frame)?;
-    if let Some(check) = bulk {
-        check.verify(bulk_data(&msg))?;
-    }
-    Ok(msg)
-}
-
-/// Like [`decode_frame`], but leaves the check of the bulk data of `Data` /
-/// `ResyncData` to the caller: the header, the fixed fields and every other
-/// message are checked. The point is to start writing the data while it is
-/// being checked; see the module doc for what the caller then owes.
-pub fn decode_frame_deferred(frame: Bytes) -> Result<(Message, Option<BulkCheck>), DecodeError> {
     let announced = |total| DecodeError::FrameLength {
         have: frame.len(),
         announced: total,
     };
-    let Some((h, total, bulk)) = check_frame(&frame)? else {
+    let Some((h, total)) = check_frame(&frame)? else {
         let total = parse_header(&frame)?.map_or(HEADER_LEN, |h| HEADER_LEN + h.payload_len);
         return Err(announced(total));
     };
@@ -1296,53 +1188,7 @@ pub fn decode_frame_deferred(frame: Bytes) -> Result<(Message, Option<BulkCheck>
         return Err(announced(total));
     }
     let payload = frame.slice(HEADER_LEN..);
-    let msg = decode_payload(h.ty, &payload, |r| payload.slice(r))?;
-    Ok((msg, bulk))
-}
-
-/// The bulk data of `Data` / `ResyncData`, empty for other messages.
-#[must_use]
-pub fn bulk_data(msg: &Message) -> &[u8] {
-    match msg {
-        Message::Data { data, .. } | Message::ResyncData { data, .. } => data,
-        _ => &[],
-    }
-}
-
-/// Wraps `payload` in a frame of type `ty` with a valid header and valid
-/// checksums, whatever the payload holds: test and fuzz support, to reach
-/// the payload parser with arbitrary bytes. For `Data` / `ResyncData` a
-/// payload long enough to hold `data_crc` gets that field set to the
-/// checksum of the bytes after it.
-#[doc(hidden)]
-#[must_use]
-pub fn seal_raw_frame(ty: u8, payload: &[u8]) -> Vec<u8> {
-    let mut payload = payload.to_vec();
-    let mut covered = payload.len();
-    if let Some(n) = bulk_fixed_len(ty).filter(|&n| payload.len() >= n) {
-        let crc = crate::checksum::crc32c(payload.get(n..).unwrap_or_default());
-        if let Some(slot) = payload.get_mut(n - 4..n) {
-            slot.copy_from_slice(&crc.to_le_bytes());
-        }
-        covered = n;
-    }
-    let mut f = Vec::with_capacity(HEADER_LEN + payload.len());
-    f.extend_from_slice(&MAGIC.to_le_bytes());
-    f.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-    f.push(ty);
-    f.push(0);
-    f.extend_from_slice(
-        &u32::try_from(payload.len())
-            .unwrap_or(u32::MAX)
-            .to_le_bytes(),
-    );
-    let crc = crate::checksum::crc32c_append(
-        crate::checksum::crc32c(&f),
-        payload.get(..covered).unwrap_or_default(),
-    );
-    f.extend_from_slice(&crc.to_le_bytes());
-    f.extend_from_slice(&payload);
-    f
+    decode_payload(h.ty, &payload, |r| payload.slice(r))
 }
 
 /// Buffers bytes read from a stream and cuts them into messages.
@@ -1402,7 +1248,7 @@ impl FrameDecoder {
     }
 
     fn next_inner(&mut self) -> Result<Option<Message>, DecodeError> {
-        let Some((h, total)) = check_whole_frame(&self.buf)? else {
+        let Some((h, total)) = check_frame(&self.buf)? else {
             // Make room for the rest of the frame at once (bounded by
             // MAX_PAYLOAD, which parse_header has checked).
             if let Ok(Some(h)) = parse_header(&self.buf) {

@@ -6,10 +6,8 @@ use serde::{Deserialize, Serialize};
 use crate::gen::Generations;
 
 /// Version of the wire protocol this build speaks. Both sides must agree
-/// exactly; the handshake refuses any other with a reason. Version 2 gave
-/// the bulk data of `Data` / `ResyncData` its own checksum (see
-/// [`super::codec`]).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// exactly; the handshake refuses any other with a reason.
+pub const PROTOCOL_VERSION: u16 = 1;
 
 /// Replication protocol, as DRBD defines them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -12,8 +12,8 @@ pub mod rle;
 
 pub use auth::{auth_mac, verify_auth, AUTH_CONTEXT};
 pub use codec::{
-    bulk_data, decode, decode_frame_deferred, disconnect, encode, encode_vectored, encoded_len,
-    BulkCheck, DecodeError, EncodeError, FrameDecoder, MAX_DATA, MAX_PAYLOAD, MAX_STRING_LEN,
+    decode, disconnect, encode, encode_vectored, encoded_len, DecodeError, EncodeError,
+    FrameDecoder, MAX_DATA, MAX_PAYLOAD, MAX_STRING_LEN,
 };
 pub use message::*;
 pub use rle::{bitmap_messages, BitmapReceiver, Progress, RleError};

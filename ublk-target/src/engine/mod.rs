@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use replication_proto::machine::{
     Action, Admin, ConnState, Event, Node, Payload, Status, SuspendMode,
 };
-use replication_proto::wire::{bulk_data, BulkCheck, DiskState, Message, Role};
+use replication_proto::wire::{DiskState, Role};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
@@ -307,19 +307,6 @@ struct Runner {
     fua_zeroes: HashMap<u64, (bool, u64)>,
     next_internal: u64,
     span: tracing::Span,
-    /// The peer's writes of this turn whose data is still to be checked
-    /// (kept between turns only for its allocation).
-    unchecked: Vec<Unchecked>,
-}
-
-/// A peer write handed to the state machine before its data was checked.
-struct Unchecked {
-    check: BulkCheck,
-    data: bytes::Bytes,
-    offset: u64,
-    len: u32,
-    /// Where what the machine answered to it starts in the send queue.
-    mark: usize,
 }
 
 /// Start the engine for the local node of `cfg`.
@@ -398,7 +385,6 @@ pub fn start(
         nbd_addr: me.nbd.map(|a| a.to_string()),
         down_waiters: Vec::new(),
         fua_zeroes: HashMap::new(),
-        unchecked: Vec::new(),
         next_internal: INTERNAL_TOKEN,
         span: span.clone(),
     };
@@ -432,10 +418,8 @@ const RX_PAUSE_DISK_OPS: usize = 256;
 
 /// With at least this much write data queued for the peer in a turn, the
 /// turn's local disk ops are submitted before the frames are encoded and
-/// sent, so the disk works during the CRC pass and the send copy; and a
-/// peer write with at least this much data is written while its data is
-/// checked. Below it the extra `io_uring_enter` costs more than the
-/// overlap gains (at 4k the deferred check measured no gain, maybe a loss).
+/// sent, so the disk works during the CRC pass and the send copy. Below
+/// it the extra `io_uring_enter` costs more than the overlap gains.
 const OVERLAP_MIN_BULK: usize = 64 * 1024;
 
 impl Runner {
@@ -524,36 +508,9 @@ impl Runner {
     fn receive_from_peer(&mut self) {
         let mut budget = peer::RxBudget::per_turn();
         let now = self.now();
-        let mut unchecked = std::mem::take(&mut self.unchecked);
         loop {
             match self.peer.receive(&mut budget, &mut self.disk) {
-                peer::Received::Frame(msg, None) => {
-                    self.node.handle(now, Event::Frame(msg));
-                    self.drain();
-                }
-                peer::Received::Frame(msg, Some(check)) => {
-                    match &msg {
-                        // Written while it is checked: see check_unchecked.
-                        Message::Data {
-                            offset, len, data, ..
-                        } if data.len() >= OVERLAP_MIN_BULK => {
-                            let mark = self.peer.queued_mark();
-                            self.peer.hold_acks_from(mark);
-                            unchecked.push(Unchecked {
-                                check,
-                                data: data.clone(),
-                                offset: *offset,
-                                len: *len,
-                                mark,
-                            });
-                        }
-                        _ => {
-                            if let Err(e) = check.verify(bulk_data(&msg)) {
-                                self.peer_down(&format!("malformed frame from the peer: {e}"));
-                                break;
-                            }
-                        }
-                    }
+                peer::Received::Frame(msg) => {
                     self.node.handle(now, Event::Frame(msg));
                     self.drain();
                 }
@@ -564,46 +521,6 @@ impl Runner {
                 }
             }
         }
-        self.check_unchecked(&mut unchecked);
-        self.unchecked = unchecked;
-    }
-
-    /// Checks the bulk data of the peer's writes that the state machine
-    /// already has, once their disk writes are under way: under an
-    /// emulated CPU the checksum of 1 MiB took as long as a quarter of the
-    /// whole replicated write, and this way the disk works meanwhile.
-    /// Nothing the machine answered to them has left yet: the turn's sends
-    /// go out after this, and a connection closed earlier in the turn drops
-    /// the receive acks among them (`hold_acks_from`). A failed check drops
-    /// what the machine answered to that frame and later ones, and tells
-    /// the machine, which marks the range, goes Inconsistent and drops the
-    /// connection.
-    fn check_unchecked(&mut self, unchecked: &mut Vec<Unchecked>) {
-        if unchecked.is_empty() {
-            return;
-        }
-        self.disk.submit_now();
-        let mut failed = false;
-        for u in unchecked.drain(..) {
-            let Err(e) = u.check.verify(&u.data) else {
-                continue;
-            };
-            if !failed {
-                self.peer.unqueue_from(u.mark);
-                failed = true;
-            }
-            let now = self.now();
-            self.node.handle(
-                now,
-                Event::PeerDataCorrupt {
-                    offset: u.offset,
-                    len: u.len,
-                    detail: format!("malformed frame from the peer: {e}"),
-                },
-            );
-            self.drain();
-        }
-        self.peer.release_acks();
     }
 
     fn peer_down(&mut self, why: &str) {

@@ -42,8 +42,7 @@ use nix::errno::Errno;
 use nix::libc;
 use nix::sys::socket::{recv, sendmsg, MsgFlags};
 use replication_proto::wire::codec::{
-    decode_frame, decode_frame_deferred, encode_vectored, peek_frame, BulkCheck, DecodeError,
-    HEADER_LEN,
+    decode_frame, encode_vectored, peek_frame, DecodeError, HEADER_LEN,
 };
 use replication_proto::wire::Message;
 
@@ -51,10 +50,6 @@ use super::{Input, InputTx, StartError};
 use crate::config::Node;
 use crate::disk::aligned::SECTOR;
 use crate::disk::{AlignedBuf, InlineDisk, SocketEvent};
-
-/// A frame from the peer, and the check of its bulk data if that is still
-/// to be done.
-type Framed = (Message, Option<BulkCheck>);
 
 /// Address alignment O_DIRECT wants for write data.
 const ALIGN: usize = 4096;
@@ -104,9 +99,7 @@ pub(crate) enum Ready {
 /// What one [`Transport::receive`] call gives.
 #[derive(Debug)]
 pub(crate) enum Received {
-    /// A frame, checked but for the bulk data of a large one, whose check
-    /// comes with it (see `decode_frame_deferred`).
-    Frame(Message, Option<BulkCheck>),
+    Frame(Message),
     /// Nothing more this turn.
     Idle,
     /// The connection failed (EOF, error, malformed frame): why.
@@ -149,8 +142,6 @@ pub(crate) struct Transport {
     /// payload CRC is a pass over the data, which the engine lets overlap
     /// the turn's local writes (see [`Transport::bulk_queued`]).
     msgs: Vec<Message>,
-    /// See [`Transport::hold_acks_from`].
-    held_from: Option<usize>,
     bulk_queued: usize,
     /// Encoded frames the socket has not taken yet, in order: headers and
     /// bulk data as separate pieces, so the data is never copied in user
@@ -237,7 +228,6 @@ impl Transport {
             next_id: 1,
             listen: me.address,
             msgs: Vec::new(),
-            held_from: None,
             bulk_queued: 0,
             out: VecDeque::new(),
             head: BytesMut::with_capacity(64 * 1024),
@@ -294,34 +284,6 @@ impl Transport {
         self.msgs.push(m);
     }
 
-    /// A mark in the queue of messages not yet encoded, for
-    /// [`Transport::unqueue_from`].
-    pub(crate) fn queued_mark(&self) -> usize {
-        self.msgs.len()
-    }
-
-    /// From `mark` on, the queue may hold receive acks of peer writes whose
-    /// data is not checked yet: until [`Transport::release_acks`], a flush
-    /// sends nothing and a close drops those acks.
-    pub(crate) fn hold_acks_from(&mut self, mark: usize) {
-        self.held_from.get_or_insert(mark);
-    }
-
-    /// The data behind the held acks passed its checks.
-    pub(crate) fn release_acks(&mut self) {
-        self.held_from = None;
-    }
-
-    /// Drops the messages queued after `mark` unsent: what the state
-    /// machine answered to a frame whose data then failed its check.
-    pub(crate) fn unqueue_from(&mut self, mark: usize) {
-        for m in self.msgs.drain(mark.min(self.msgs.len())..) {
-            if let Message::Data { data, .. } | Message::ResyncData { data, .. } = &m {
-                self.bulk_queued = self.bulk_queued.saturating_sub(data.len());
-            }
-        }
-    }
-
     /// Bytes of write data in the messages queued since the last flush:
     /// the size of the checksum and copy work [`Transport::flush`] has.
     pub(crate) fn bulk_queued(&self) -> usize {
@@ -333,9 +295,6 @@ impl Transport {
     /// frames). The rest waits for [`Transport::arm`]'s POLLOUT poll.
     /// An error means the connection failed: the caller takes it down.
     pub(crate) fn flush(&mut self) -> Result<(), String> {
-        if self.held_from.is_some() {
-            return Ok(());
-        }
         self.encode_queued();
         let Some(c) = &self.current else {
             self.out.clear();
@@ -433,7 +392,7 @@ impl Transport {
         }
         c.rx_more = false;
         match c.rx.pull(&c.stream, budget, disk, c.id << 1 | KEY_RX) {
-            Ok(Some((msg, check))) => Received::Frame(msg, check),
+            Ok(Some(msg)) => Received::Frame(msg),
             Ok(None) => {
                 // Stopped by the budget, not by an empty socket (or with
                 // whole frames still staged, which no poll would report).
@@ -450,9 +409,6 @@ impl Transport {
     /// socket takes it within [`CLOSE_GRACE`]; the state machine never
     /// relies on frames sent right before a close.
     pub(crate) fn close(&mut self) {
-        if let Some(mark) = self.held_from.take() {
-            drop_recv_acks_after(&mut self.msgs, mark);
-        }
         self.encode_queued();
         let out = std::mem::take(&mut self.out);
         if let Some(c) = self.current.take() {
@@ -474,17 +430,6 @@ impl Transport {
 /// Off the engine thread: sends `out` for at most [`CLOSE_GRACE`] (a
 /// blocking write with a send timeout), then shuts the socket down, which
 /// also fires any poll still armed on it.
-/// Drops the receive acks in `msgs` from index `mark` on: on a close in the
-/// middle of a turn they may acknowledge data not yet checked. Everything
-/// else (the reason of a Disconnect, acks of earlier writes) still goes.
-fn drop_recv_acks_after(msgs: &mut Vec<Message>, mark: usize) {
-    let mut at = 0;
-    msgs.retain(|m| {
-        at += 1;
-        at <= mark || !matches!(m, Message::RecvAck { .. })
-    });
-}
-
 fn linger_then_shut(stream: &TcpStream, mut out: VecDeque<Bytes>) {
     let t0 = Instant::now();
     if !out.is_empty() && stream.set_write_timeout(Some(CLOSE_GRACE)).is_ok() {
@@ -584,7 +529,7 @@ impl Framer {
         &mut self,
         stream: &TcpStream,
         budget: &mut RxBudget,
-    ) -> Result<Option<Framed>, String> {
+    ) -> Result<Option<Message>, String> {
         if budget.frames == 0 {
             return Ok(None);
         }
@@ -606,9 +551,7 @@ impl Framer {
                     };
                     budget.frames -= 1;
                     let frame = buf.into_bytes().slice(pad..pad + total);
-                    return decode_frame_deferred(frame)
-                        .map(Some)
-                        .map_err(|e| malformed(&e));
+                    return decode_frame(frame).map(Some).map_err(|e| malformed(&e));
                 }
                 if budget.exhausted() || budget.drained {
                     return Ok(None);
@@ -625,7 +568,7 @@ impl Framer {
             }
             if let Some(msg) = self.frame_from_stage()? {
                 budget.frames -= 1;
-                return Ok(Some((msg, None)));
+                return Ok(Some(msg));
             }
             if self.big.is_some() {
                 continue;
@@ -708,7 +651,7 @@ impl Framer {
         budget: &mut RxBudget,
         disk: &mut InlineDisk,
         key: u64,
-    ) -> Result<Option<Framed>, String> {
+    ) -> Result<Option<Message>, String> {
         let got = self.next(stream, budget)?;
         if got.is_none() && budget.drained && !self.lent() {
             if let Some((buf, pos, len)) = self.lend() {
@@ -895,16 +838,7 @@ mod tests {
                     None => rx.next(s, &mut budget),
                 };
                 match r {
-                    Ok(Some((m, check))) => {
-                        // As the engine does, later: the data of large
-                        // frames comes unchecked, with its check.
-                        let bulk = replication_proto::wire::bulk_data(&m);
-                        assert_eq!(check.is_some(), bulk.len() >= ALIGN_PAYLOAD_MIN, "{m:?}");
-                        if let Some(Err(e)) = check.map(|c| c.verify(bulk)) {
-                            return (got, Some(malformed(&e)));
-                        }
-                        got.push(m);
-                    }
+                    Ok(Some(m)) => got.push(m),
                     Ok(None) => break,
                     Err(e) => return (got, Some(e)),
                 }
@@ -1036,26 +970,6 @@ mod tests {
     }
 
     #[test]
-    fn a_close_while_acks_are_held_drops_only_the_receive_acks_after_the_mark() {
-        let mut msgs = vec![
-            Message::RecvAck { seq: 1 },
-            Message::WriteAck { seq: 0 },
-            Message::RecvAck { seq: 2 },
-            Message::WriteAck { seq: 1 },
-            Message::Disconnect {
-                reason: replication_proto::wire::DisconnectReason::ProtocolError,
-                message: "why".into(),
-            },
-        ];
-        drop_recv_acks_after(&mut msgs, 1);
-        assert_eq!(msgs.len(), 4);
-        assert_eq!(msgs[0], Message::RecvAck { seq: 1 });
-        assert!(!msgs[1..]
-            .iter()
-            .any(|m| matches!(m, Message::RecvAck { .. })));
-    }
-
-    #[test]
     fn garbage_bad_checksum_and_eof_take_the_connection_down() {
         let (mut tx, rx_sock) = pair();
         tx.write_all(&[0xAB; HEADER_LEN]).unwrap();
@@ -1076,22 +990,7 @@ mod tests {
         let (got, err) = receive(&mut Framer::new(), &rx_sock, 2);
         assert_eq!(got, vec![Message::Ping]);
         let err = err.unwrap();
-        assert!(
-            err.contains("Data frame: bulk data checksum mismatch"),
-            "{err}"
-        );
-        // A damaged fixed field (here the offset) is refused up front.
-        let (mut tx, rx_sock) = pair();
-        let mut bad = frame(&data(9, 8192));
-        bad[HEADER_LEN + 8] ^= 1;
-        tx.write_all(&bad).unwrap();
-        let (got, err) = receive(&mut Framer::new(), &rx_sock, 1);
-        assert!(got.is_empty());
-        let err = err.unwrap();
-        assert!(
-            err.starts_with("malformed frame from the peer: frame checksum mismatch"),
-            "{err}"
-        );
+        assert!(err.contains("checksum mismatch"), "{err}");
 
         let (mut tx, rx_sock) = pair();
         let half = frame(&data(10, 4096));
