@@ -6,6 +6,8 @@
 #               127.0.0.1, protocol C, Connected UpToDate/UpToDate
 #   rublk-loop  rublk's loop target (O_DIRECT on its file), same queue count,
 #               depth and request size as ours
+#   ours-b      the same as ours with the repd/repctl of REP_BIN_B, on
+#               /dev/ublkb3 (beta /dev/ublkb4): two builds in one boot
 #   ours-standalone  /dev/ublkb2 of one repd, Primary, disconnected (no peer):
 #               the ublk frontend and engine alone, to tell their cost from
 #               the replication's
@@ -22,7 +24,7 @@
 #
 # Results: $VM_WORK/vm-bench/<target>.<workload>.json (fio JSON), and
 # <target>.error when a target could not be set up (the others still run).
-# Environment: REP_BIN (repd, repctl), VM_WORK, VM_SCRATCH, VMB_SIZE (256M),
+# Environment: REP_BIN (repd, repctl), REP_BIN_B (for ours-b), VM_WORK, VM_SCRATCH, VMB_SIZE (256M),
 # VMB_RUNTIME (10), VMB_RAMP (2), VMB_TARGETS ("ours ours-standalone rublk-loop kloop drbd").
 set -u
 
@@ -77,11 +79,15 @@ wait_for() { # secs cmd...
 }
 
 # ------------------------------------------------------------------ ours
-bench_ours() {
-  local cfg=$SCR/r0.toml
+# A pair of repd, protocol C: bench_pair TARGET BIN RESOURCE PORT DEVICE
+# (beta gets PORT+1 and DEVICE+1). "ours-b" is the same with the repd of
+# REP_BIN_B, so two builds are compared inside one boot.
+bench_pair() {
+  local t=$1 bin=$2 res=$3 port=$4 dev=$5
+  local cfg=$SCR/$res.toml
   cat >"$cfg" <<EOF
 [resource]
-name = "r0"
+name = "$res"
 protocol = "C"
 [net]
 secret = "vm-bench"
@@ -89,46 +95,47 @@ secret = "vm-bench"
 rate = "0"
 [[node]]
 name = "alpha"
-address = "127.0.0.1:17888"
-disk = "$SCR/alpha.img"
+address = "127.0.0.1:$port"
+disk = "$SCR/$t.alpha.img"
 meta-disk = "internal"
-device = 0
+device = $dev
 [[node]]
 name = "beta"
-address = "127.0.0.1:17889"
-disk = "$SCR/beta.img"
+address = "127.0.0.1:$((port + 1))"
+disk = "$SCR/$t.beta.img"
 meta-disk = "internal"
-device = 1
+device = $((dev + 1))
 EOF
-  rc() { "$REP_BIN/repctl" --config "$cfg" --run-dir "$RUN" --node "$@"; }
+  rc() { "$bin/repctl" --config "$cfg" --run-dir "$RUN" --node "$@"; }
   st() { rc "$1" status --json 2>/dev/null | jq -r "$2" 2>/dev/null; }
   synced() {
     [ "$(st alpha '.disk + "/" + .peer_disk + "/" + .connection')" = "UpToDate/UpToDate/Connected" ]
   }
-  fill "$SCR/alpha.img" && fill "$SCR/beta.img" || { failed ours "cannot write the images"; return; }
+  fill "$SCR/$t.alpha.img" && fill "$SCR/$t.beta.img" || { failed $t "cannot write the images"; return; }
   for n in alpha beta; do
-    rc $n create-md >"$OUT/ours.create-md-$n.txt" 2>&1 || { failed ours "create-md $n: $(tail -n 2 "$OUT/ours.create-md-$n.txt")"; return; }
+    rc $n create-md >"$OUT/$t.create-md-$n.txt" 2>&1 || { failed $t "create-md $n: $(tail -n 2 "$OUT/$t.create-md-$n.txt")"; return; }
   done
   for n in alpha beta; do
-    rc $n up >"$OUT/ours.up-$n.txt" 2>&1 || { failed ours "up $n: $(tail -n 3 "$OUT/ours.up-$n.txt")"; return; }
+    rc $n up >"$OUT/$t.up-$n.txt" 2>&1 || { failed $t "up $n: $(tail -n 3 "$OUT/$t.up-$n.txt")"; return; }
   done
-  rc alpha primary --force >"$OUT/ours.primary.txt" 2>&1 || { failed ours "primary --force: $(cat "$OUT/ours.primary.txt")"; return; }
-  say "ours: initial full sync of $SIZE"
+  rc alpha primary --force >"$OUT/$t.primary.txt" 2>&1 || { failed $t "primary --force: $(cat "$OUT/$t.primary.txt")"; return; }
+  say "$t: initial full sync of $SIZE"
   if ! wait_for 900 synced; then
-    failed ours "no UpToDate/UpToDate within 900 s"
-  elif ! wait_for 30 test -b /dev/ublkb0; then
-    failed ours "/dev/ublkb0 did not appear"
+    failed $t "no UpToDate/UpToDate within 900 s"
+  elif ! wait_for 30 test -b /dev/ublkb$dev; then
+    failed $t "/dev/ublkb$dev did not appear"
   else
-    cat /sys/block/ublkb0/queue/{nr_requests,max_sectors_kb} >"$OUT/ours.queue.txt" 2>&1
-    DEV[ours]=/dev/ublkb0
+    cat /sys/block/ublkb$dev/queue/{nr_requests,max_sectors_kb} >"$OUT/$t.queue.txt" 2>&1
+    DEV[$t]=/dev/ublkb$dev
   fi
 }
-down_ours() {
-  local cfg=$SCR/r0.toml n
-  "$REP_BIN/repctl" --config "$cfg" --run-dir "$RUN" --node alpha status >"$OUT/ours.status-alpha.txt" 2>&1
-  for n in alpha beta; do "$REP_BIN/repctl" --config "$cfg" --run-dir "$RUN" --node $n down >/dev/null 2>&1; done
-  cp -f "$RUN"/*.log "$OUT/" 2>/dev/null
-  rm -f "$SCR/alpha.img" "$SCR/beta.img"
+down_pair() {
+  local t=$1 bin=$2 res=$3 n
+  local cfg=$SCR/$res.toml
+  "$bin/repctl" --config "$cfg" --run-dir "$RUN" --node alpha status >"$OUT/$t.status-alpha.txt" 2>&1
+  for n in alpha beta; do "$bin/repctl" --config "$cfg" --run-dir "$RUN" --node $n down >/dev/null 2>&1; done
+  cp -f "$RUN/$res".*.log "$OUT/" 2>/dev/null
+  rm -f "$SCR/$t.alpha.img" "$SCR/$t.beta.img"
 }
 
 # ------------------------------------------------------------------ ours, StandAlone
@@ -271,7 +278,8 @@ declare -A DEV
 for t in $TARGETS; do
   say "$t: setting up"
   case "$t" in
-  ours) bench_ours ;;
+  ours) bench_pair ours "$REP_BIN" r0 17888 0 ;;
+  ours-b) bench_pair ours-b "${REP_BIN_B:?ours-b needs REP_BIN_B}" r3 17892 3 ;;
   ours-standalone) bench_ours_sa ;;
   rublk-loop) bench_rublk ;;
   kloop) bench_kloop ;;
@@ -289,7 +297,8 @@ for w in $WORKLOADS; do
 done
 for t in $TARGETS; do
   case "$t" in
-  ours) down_ours ;;
+  ours) down_pair ours "$REP_BIN" r0 ;;
+  ours-b) down_pair ours-b "$REP_BIN_B" r3 ;;
   ours-standalone) down_ours_sa ;;
   rublk-loop) down_rublk ;;
   kloop) down_kloop ;;

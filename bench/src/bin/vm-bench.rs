@@ -19,6 +19,7 @@ use vm_tests::{run_in_vm_with, VmConfig};
         measured in one boot of the test VM (Debian 6.12 under QEMU TCG, scripts/vm-run.sh) \
         against three block devices in the same boot:\n\n  \
         ours        /dev/ublkb0: two repd on 127.0.0.1 in the guest, protocol C, Connected UpToDate/UpToDate\n  \
+        ours-b      with --bin-dir-b: the same pair run with a second build, in the same boot\n  \
         ours-standalone  /dev/ublkb2: one repd, Primary, disconnected (frontend and engine, no peer)\n  \
         rublk-loop  rublk's loop target on the same kind of file (same queues, depth, request size)\n  \
         kloop       the kernel loop device, losetup --direct-io=on\n  \
@@ -39,6 +40,12 @@ struct Cli {
     /// Directory with repd and repctl [default: the directory of this executable]
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
+    /// A second build's repd and repctl: adds the target ours-b (the same
+    /// pair as ours, run with this build, in the same boot) and the ratio
+    /// ours/ours-b. Single boots swing +-20 %; this is how to compare two
+    /// builds
+    #[arg(long, value_name = "DIR")]
+    bin_dir_b: Option<PathBuf>,
     /// Size of every backing file, in the guest's RAM (K/M/G suffixes) [default: 256M, --quick: 64M]
     #[arg(long, value_name = "SIZE")]
     size: Option<String>,
@@ -48,7 +55,7 @@ struct Cli {
     /// fio --ramp_time [default: 2, --quick: 1]
     #[arg(long, value_name = "SECONDS")]
     ramp_time: Option<u64>,
-    /// Only these targets, comma-separated (ours, ours-standalone, rublk-loop, kloop, drbd)
+    /// Only these targets, comma-separated (ours, ours-b, ours-standalone, rublk-loop, kloop, drbd)
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     targets: Option<Vec<String>>,
     /// Guest memory [default: 6G]
@@ -65,8 +72,9 @@ struct Cli {
     keep: bool,
 }
 
-const TARGETS: [(&str, &str); 5] = [
+const TARGETS: [(&str, &str); 6] = [
     ("ours", "ours: /dev/ublkb0, repd protocol C"),
+    ("ours-b", "ours-b: /dev/ublkb3, --bin-dir-b's repd"),
     ("ours-standalone", "ours StandAlone (no peer)"),
     ("rublk-loop", "rublk loop"),
     ("kloop", "kernel loop (dio)"),
@@ -87,14 +95,18 @@ fn main() -> ExitCode {
 }
 
 fn bin_dir(cli: &Cli) -> Result<PathBuf, String> {
-    let dir = match &cli.bin_dir {
+    checked_bin_dir(match &cli.bin_dir {
         Some(d) => d.clone(),
         None => std::env::current_exe()
             .map_err(|e| format!("cannot find this executable: {e}"))?
             .parent()
             .map(Path::to_path_buf)
             .ok_or("this executable has no directory")?,
-    };
+    })
+}
+
+/// `dir`, made absolute, once it holds repd and repctl.
+fn checked_bin_dir(dir: PathBuf) -> Result<PathBuf, String> {
     for b in ["repd", "repctl"] {
         if !dir.join(b).is_file() {
             return Err(format!(
@@ -125,15 +137,24 @@ fn run(cli: &Cli) -> Result<bool, String> {
     bench::util::parse_size(&size)?;
     let runtime = cli.runtime.unwrap_or(if cli.quick { 2 } else { 10 });
     let ramp = cli.ramp_time.unwrap_or(if cli.quick { 1 } else { 2 });
+    let bins_b = cli.bin_dir_b.clone().map(checked_bin_dir).transpose()?;
     let targets: Vec<String> = match &cli.targets {
         Some(t) => t.clone(),
-        None => TARGETS.iter().map(|(n, _)| (*n).to_owned()).collect(),
+        None => TARGETS
+            .iter()
+            .map(|(n, _)| *n)
+            .filter(|n| *n != "ours-b" || bins_b.is_some())
+            .map(str::to_owned)
+            .collect(),
     };
     for t in &targets {
         if !TARGETS.iter().any(|(n, _)| n == t) {
             return Err(format!(
-                "unknown target {t:?} (known: ours, ours-standalone, rublk-loop, kloop, drbd)"
+                "unknown target {t:?} (known: ours, ours-b, ours-standalone, rublk-loop, kloop, drbd)"
             ));
+        }
+        if t == "ours-b" && bins_b.is_none() {
+            return Err("target ours-b needs --bin-dir-b DIR (the second build)".into());
         }
     }
     let script = guest_script();
@@ -147,8 +168,11 @@ fn run(cli: &Cli) -> Result<bool, String> {
         Ok(v) => format!("export REP_CRC32C={}\n", q(&v)),
         Err(_) => String::new(),
     };
+    let bin_b = bins_b
+        .map(|b| format!("export REP_BIN_B={}\n", q(&b.display().to_string())))
+        .unwrap_or_default();
     let cmd = format!(
-        "{crc}export REP_BIN={} VMB_SIZE={} VMB_RUNTIME={runtime} VMB_RAMP={ramp} VMB_TARGETS={}\n{text}",
+        "{crc}{bin_b}export REP_BIN={} VMB_SIZE={} VMB_RUNTIME={runtime} VMB_RAMP={ramp} VMB_TARGETS={}\n{text}",
         q(&bins.display().to_string()),
         q(&size),
         q(&targets.join(" ")),
@@ -283,6 +307,7 @@ fn report(dir: &Path, targets: &[String], meta: &str) -> (String, bool) {
         let get = |n: &str| res.iter().find(|(k, _)| *k == n).and_then(|(_, r)| *r);
         if let Some(ours) = get("ours") {
             for (base, target) in [
+                ("ours-b", 0.0),
                 ("drbd", 1.0),
                 ("rublk-loop", 0.9),
                 ("ours-standalone", 0.0),
@@ -327,7 +352,12 @@ mod tests {
     #[test]
     fn report_prints_ratios_and_flags_missing_results() {
         let dir = tempfile::tempdir().unwrap();
-        for (t, iops) in [("ours", 900.0), ("rublk-loop", 1000.0), ("drbd", 600.0)] {
+        for (t, iops) in [
+            ("ours", 900.0),
+            ("ours-b", 1000.0),
+            ("rublk-loop", 1000.0),
+            ("drbd", 600.0),
+        ] {
             for w in WORKLOADS {
                 std::fs::write(
                     dir.path().join(format!("{t}.{}.json", w.name)),
@@ -336,7 +366,7 @@ mod tests {
                 .unwrap();
             }
         }
-        let all: Vec<String> = ["ours", "rublk-loop", "drbd"]
+        let all: Vec<String> = ["ours", "ours-b", "rublk-loop", "drbd"]
             .iter()
             .map(|s| (*s).to_owned())
             .collect();
@@ -354,6 +384,10 @@ mod tests {
         assert!(text.contains("ours/drbd            IOPS x1.50"), "{text}");
         assert!(text.contains("target >= 1.0: met"), "{text}");
         assert!(text.contains("ours/rublk-loop      IOPS x0.90"), "{text}");
+        assert!(
+            text.contains("ours/ours-b          IOPS x0.90  p99 x1.00  (for information)"),
+            "{text}"
+        );
 
         std::fs::write(dir.path().join("drbd.error"), "modprobe drbd: not found").unwrap();
         std::fs::remove_file(dir.path().join("drbd.write-1m-qd4.json")).unwrap();
