@@ -179,6 +179,7 @@ EOF
 down_ours_sa() {
   "$REP_BIN/repctl" --config "$SCR/r1.toml" --run-dir "$RUN" --node solo status >"$OUT/ours-standalone.status.txt" 2>&1
   "$REP_BIN/repctl" --config "$SCR/r1.toml" --run-dir "$RUN" --node solo down >/dev/null 2>&1
+  cp -f "$RUN"/r1.*.log "$OUT/" 2>/dev/null
   rm -f "$SCR/solo.img"
 }
 
