@@ -722,3 +722,54 @@ fn an_armed_primary_freezes_when_the_peer_is_lost() {
     assert_eq!(p.s[0].node.status().suspended, None);
     assert_eq!(p.s[0].done.remove(&1), Some(Ok(None)));
 }
+
+#[test]
+fn a_primary_that_crashed_while_resyncing_its_peer_finishes_that_resync_as_source() {
+    let gens = Generations {
+        current: 0x1234,
+        bitmap: 0,
+        history: [0, 0],
+    };
+    // Alpha: the crashed Primary, Consistent, extent 0 in its activity log.
+    let mut a = fresh();
+    a.gens = gens;
+    a.flags = MetaFlags(MetaFlags::CONSISTENT | MetaFlags::CRASHED_PRIMARY);
+    a.al_seq = 1;
+    a.al_extents = vec![0];
+    // Beta: the target of the interrupted resync, Inconsistent, the rest
+    // of that resync (blocks 0-7) in its bitmap.
+    let mut b = fresh();
+    b.gens = gens;
+    b.bitmap[0] = 0xff;
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.s[0].node = Node::new(cfg("alpha", "beta"), a, 0, 1);
+    p.s[1].node = Node::new(cfg("beta", "alpha"), b, 0, 2);
+    assert_eq!(p.s[0].node.disk(), DiskState::Consistent);
+    assert_eq!(p.s[1].node.disk(), DiskState::Inconsistent);
+    for blk in [3u64, 500] {
+        p.s[0].disk.insert(blk, Bytes::from(vec![0xab; 4096]));
+    }
+    p.s[1].disk.insert(3, Bytes::from(vec![0x11; 4096]));
+    for i in 0..2 {
+        p.admin(
+            i,
+            Admin::Connect {
+                discard_my_data: false,
+            },
+        )
+        .unwrap();
+    }
+    p.tick(500);
+    for i in 0..2 {
+        assert_eq!(
+            (p.s[i].node.conn(), p.s[i].node.disk()),
+            (ConnState::Connected, DiskState::UpToDate),
+            "{:?}",
+            p.s[i].node.status()
+        );
+    }
+    // The crashed Primary's activity-log extent and beta's bits came from
+    // alpha, the only consistent copy.
+    assert_eq!(p.read_local(0, 0, 4 << 20), p.read_local(1, 0, 4 << 20));
+    assert!(!p.s[0].node.flags().has(MetaFlags::CRASHED_PRIMARY));
+}
