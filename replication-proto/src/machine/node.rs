@@ -1800,11 +1800,10 @@ impl Node {
         if self.disk == DiskState::Consistent {
             // A crashed Primary that was the source (its peer was
             // Inconsistent): its copy is the reference now on both nodes.
-            self.disk = DiskState::UpToDate;
-            self.flags.set(MetaFlags::CONSISTENT, true);
-            self.flags.set(MetaFlags::WAS_UP_TO_DATE, true);
+            self.set_up_to_date();
+        } else {
+            self.persist_super(false);
         }
-        self.persist_super(false);
         self.persist_bitmap_all(None);
         if let Some(p) = self.peer.as_mut() {
             p.disk = DiskState::UpToDate;

@@ -527,7 +527,7 @@ impl Runner {
         tracing::info!("peer connection down: {why}");
         // Our own finding, worth status's last_error (an EOF is not: the
         // peer said why before closing, or its node knows).
-        if why.starts_with("malformed frame") {
+        if peer::refused_a_frame(why) {
             self.node.note_link_error(why);
         }
         self.peer.close();

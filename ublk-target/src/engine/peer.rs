@@ -507,9 +507,18 @@ fn recv_counted(
     }
 }
 
+/// How every reason for a connection dropped over a bad frame starts.
+const MALFORMED: &str = "malformed frame from the peer";
+
 fn malformed(e: &DecodeError) -> String {
-    tracing::warn!("malformed frame from the peer: {e}; dropping the connection");
-    format!("malformed frame from the peer: {e}")
+    tracing::warn!("{MALFORMED}: {e}; dropping the connection");
+    format!("{MALFORMED}: {e}")
+}
+
+/// Whether `why` (from [`Received::Down`]) is a frame this side refused,
+/// rather than an EOF or a socket error.
+pub(crate) fn refused_a_frame(why: &str) -> bool {
+    why.starts_with(MALFORMED)
 }
 
 impl Framer {
