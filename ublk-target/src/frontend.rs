@@ -46,3 +46,15 @@ pub trait BlockBackend: Send + Sync + 'static {
     /// Queue a request; `reply` is called once when it completes.
     fn submit(&self, req: IoRequest, reply: Reply);
 }
+
+/// Lets a frontend that follows the role (the ublk manager) sleep until
+/// the role changes, instead of polling [`BlockBackend::writable`].
+pub trait RoleWait {
+    /// A counter that moves whenever the role may have changed. Read it
+    /// before looking at the role, then pass it to
+    /// [`RoleWait::wait_role_change`], so a change in between is not missed.
+    fn role_changes(&self) -> u64;
+    /// Sleeps until [`RoleWait::role_changes`] is no longer `seen`, or for
+    /// `timeout` at most.
+    fn wait_role_change(&self, seen: u64, timeout: std::time::Duration);
+}

@@ -14,7 +14,7 @@ mod progress;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use replication_proto::machine::{
@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::disk::{DiskOp, DiskOptions, DiskWaker, InlineDisk, LocalDisk};
-use crate::frontend::{BlockBackend, IoRequest, IoResult, Reply};
+use crate::frontend::{BlockBackend, IoRequest, IoResult, Reply, RoleWait};
 use crate::md::{MdError, MetaDevice, MetaLocation};
 
 pub use convert::node_config;
@@ -170,6 +170,23 @@ struct Shared {
     primary: AtomicBool,
     data_bytes: AtomicU64,
     nbd_clients: AtomicU64,
+    /// Counts changes of `primary` (and kicks), so the ublk manager can
+    /// sleep until the role changes instead of polling it: a thread that
+    /// wakes every few ms costs the I/O path real CPU in a TCG guest.
+    role_changes: Mutex<u64>,
+    role_changed: Condvar,
+}
+
+impl Shared {
+    fn bump_role_changes(&self) {
+        let mut n = self
+            .role_changes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *n = n.wrapping_add(1);
+        drop(n);
+        self.role_changed.notify_all();
+    }
 }
 
 /// The engine's inbox. The engine thread sleeps in its disk ring's
@@ -216,6 +233,35 @@ impl EngineHandle {
     /// How many NBD clients are connected (the NBD server reports it).
     pub fn set_nbd_clients(&self, n: usize) {
         self.shared.nbd_clients.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// Ends every [`RoleWait::wait_role_change`] now, as a role change
+    /// would (repd calls it when it stops the ublk manager).
+    pub fn kick_role_waiters(&self) {
+        self.shared.bump_role_changes();
+    }
+}
+
+impl RoleWait for EngineHandle {
+    fn role_changes(&self) -> u64 {
+        *self
+            .shared
+            .role_changes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wait_role_change(&self, seen: u64, timeout: Duration) {
+        let n = self
+            .shared
+            .role_changes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Spurious wake-ups only shorten the nap: the caller looks again.
+        let _ = self
+            .shared
+            .role_changed
+            .wait_timeout_while(n, timeout, |n| *n == seen);
     }
 }
 
@@ -717,7 +763,9 @@ impl Runner {
             self.act(a);
         }
         let primary = self.node.role() == Role::Primary;
-        self.shared.primary.store(primary, Ordering::Release);
+        if self.shared.primary.swap(primary, Ordering::AcqRel) != primary {
+            self.shared.bump_role_changes();
+        }
         // Progress only matters (and status only costs) while syncing.
         let syncing = matches!(
             self.node.conn(),
@@ -854,5 +902,65 @@ impl Runner {
             suspended: st.suspended,
             freeze_on_disconnect: st.freeze_on_disconnect,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::md::CreateParams;
+
+    /// The ublk manager sleeps in `wait_role_change` instead of polling
+    /// the role: a promotion must end that sleep at once, and a sleep with
+    /// nothing changing must last its timeout.
+    #[test]
+    fn a_promotion_wakes_whoever_waits_for_the_role() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let disk = dir.path().join("alpha.img");
+        std::fs::write(&disk, vec![0u8; 8 << 20]).expect("backing file");
+        let text = format!(
+            "[resource]\nname = \"rw\"\n[net]\nsecret = \"s\"\n\
+             [[node]]\nname = \"alpha\"\naddress = \"127.0.0.1:1\"\ndisk = \"{}\"\nmeta-disk = \"internal\"\ndevice = 0\n\
+             [[node]]\nname = \"beta\"\naddress = \"127.0.0.1:2\"\ndisk = \"/nonexistent\"\nmeta-disk = \"internal\"\ndevice = 1\n",
+            disk.display()
+        );
+        let cfg = Config::from_str_named(&text, "rw.toml").expect("config");
+        let (me, _) = cfg.local(Some("alpha")).expect("alpha");
+        MetaDevice::create(&CreateParams::from_config(&cfg, me), false).expect("create-md");
+        let opts = EngineOptions {
+            direct: false,
+            connect: false,
+        };
+        let eng = start(&cfg, Some("alpha"), &opts).expect("engine");
+        let h = eng.handle.clone();
+        assert!(!h.writable());
+
+        let seen = h.role_changes();
+        let t0 = Instant::now();
+        h.wait_role_change(seen, Duration::from_millis(300));
+        assert!(
+            t0.elapsed() >= Duration::from_millis(300),
+            "woke with no change"
+        );
+
+        let seen = h.role_changes();
+        let waiter = {
+            let h = h.clone();
+            std::thread::spawn(move || {
+                let t0 = Instant::now();
+                h.wait_role_change(seen, Duration::from_secs(60));
+                (t0.elapsed(), h.writable())
+            })
+        };
+        let reply = h
+            .control(ControlCmd::Primary { force: true })
+            .expect("reply");
+        assert!(reply.ok, "{:?}", reply.error);
+        let (waited, writable) = waiter.join().expect("waiter");
+        assert!(waited < Duration::from_secs(10), "waited {waited:?}");
+        assert!(writable, "woken before the role changed");
+
+        let _ = h.control(ControlCmd::Down);
+        eng.thread.join().expect("engine thread");
     }
 }

@@ -59,7 +59,7 @@ pub use device::{
 pub use inuse::{in_use, in_use_reason};
 
 use crate::engine::EngineHandle;
-use crate::frontend::BlockBackend;
+use crate::frontend::{BlockBackend, RoleWait};
 
 /// The warning repd logs once when the kernel has no ublk driver.
 pub const NO_DRIVER_WARNING: &str =
@@ -257,9 +257,13 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// How often [`manage`] looks at the role (an atomic load): a promotion
-/// waits up to this long before the device goes live.
+/// How soon [`manage`] looks again while something is under way (a device
+/// just set up or removed, one in use that should go).
 const TICK: Duration = Duration::from_millis(10);
+/// How long [`manage`] sleeps when nothing is under way. A role change
+/// wakes it at once; this bounds how late it sees what nobody announces (a
+/// device removed behind its back, a retry that is due).
+const IDLE_WAIT: Duration = Duration::from_millis(500);
 /// How long [`manage`] waits before trying again after a failure.
 const RETRY: Duration = Duration::from_secs(5);
 /// How often [`manage`] checks a device it should remove but that is in use.
@@ -329,9 +333,11 @@ const LEFT_OVER_RECHECK: Duration = Duration::from_secs(1);
 pub fn manage(dev_id: u32, handle: EngineHandle, shutdown: Arc<AtomicBool>) {
     let h = handle.clone();
     let g = handle.clone();
+    let w = handle.clone();
     manage_with(
         dev_id,
         Arc::new(handle),
+        &w,
         &shutdown,
         UblkOptions {
             defer_recovery_end: true,
@@ -349,6 +355,7 @@ pub fn manage(dev_id: u32, handle: EngineHandle, shutdown: Arc<AtomicBool>) {
 pub fn manage_with(
     dev_id: u32,
     backend: Arc<dyn BlockBackend>,
+    roles: &dyn RoleWait,
     shutdown: &AtomicBool,
     opts: UblkOptions,
     may_end_recovery: &dyn Fn() -> bool,
@@ -409,6 +416,8 @@ pub fn manage_with(
     let mut in_use_said = false;
     let mut vanish_checked = Instant::now();
     while !shutdown.load(Ordering::Acquire) {
+        let seen = roles.role_changes();
+        let before = state_of(dev.as_ref(), left.is_some());
         let primary = backend.writable();
         if dev.is_none() {
             if let Some(l) = left.as_mut() {
@@ -569,11 +578,32 @@ pub fn manage_with(
             }
             _ => {}
         }
-        std::thread::sleep(TICK);
+        // Look again soon while a change is under way (a device just set
+        // up may end its recovery next, one in use may be released);
+        // otherwise sleep until the role changes.
+        let nap = if in_use_said || state_of(dev.as_ref(), left.is_some()) != before {
+            TICK
+        } else {
+            IDLE_WAIT
+        };
+        if !shutdown.load(Ordering::Acquire) {
+            roles.wait_role_change(seen, nap);
+        }
     }
     if let Some(d) = dev.take() {
         stop(d, "shutting down");
     }
+}
+
+/// What [`manage_with`]'s loop compares to tell whether a turn changed
+/// anything: device present, live, recovering; a left-over device waiting.
+fn state_of(dev: Option<&UblkDevice>, left_over: bool) -> (bool, bool, bool, bool) {
+    (
+        dev.is_some(),
+        dev.is_some_and(UblkDevice::is_live),
+        dev.is_some_and(UblkDevice::is_recovering),
+        left_over,
+    )
 }
 
 /// Looks at a device a dead repd left. Returns true when there is nothing
@@ -669,6 +699,14 @@ mod tests {
             reply(Ok(None));
         }
     }
+    impl RoleWait for Fake {
+        fn role_changes(&self) -> u64 {
+            0
+        }
+        fn wait_role_change(&self, _seen: u64, timeout: Duration) {
+            std::thread::sleep(timeout);
+        }
+    }
 
     #[test]
     fn held_io_continues_only_its_own_generation() {
@@ -736,6 +774,7 @@ mod tests {
         manage_with(
             0,
             Arc::new(Fake),
+            &Fake,
             &stop,
             UblkOptions::default(),
             &|| true,
