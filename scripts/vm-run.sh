@@ -203,34 +203,57 @@ filter_stderr() {
   done
 }
 
-say "booting $KVER (TCG, $CPUS cpus, $MEM); work folder $WORK"
-FIFO_DIR=$(mktemp -d "${TMPDIR:-/tmp}/vm-run.XXXXXX")
-mkfifo "$FIFO_DIR/stderr"
-filter_stderr <"$FIFO_DIR/stderr" &
-FILTER=$!
-t0=$EPOCHREALTIME
-set +e
-# vng's stdout and stderr must be pipes: QEMU truncates a regular file it writes
-# to. stdin is /dev/null: nothing is typed into the guest. `timeout` kills its
-# whole process group (vng and the QEMU it forks) when time runs out.
-{
-  timeout --kill-after=10 "$TIMEOUT" "$REP_VM_VNG" -v --force-9p --disable-kvm \
-    -m "$MEM" -p "$CPUS" --rwdir="$WORK" -r "$REP_VM_VMLINUZ" \
-    --qemu-opts="-cpu max,-erms,-fsrm -pidfile $CTL/qemu.pid" \
-    --append "modprobe.blacklist=$BLACKLIST" \
-    -e "/bin/bash $CTL/guest.sh" </dev/null 2>"$FIFO_DIR/stderr" &
-  echo $! >"$FIFO_DIR/timeout.pid"
-  wait $!
-  echo $? >"$FIFO_DIR/vng-rc" 2>/dev/null
-} | cat &
-CHILD=$!
-wait "$CHILD"
-wait "$FILTER"
-CHILD=
-FILTER=
-set -e
-t1=$EPOCHREALTIME
-vng_rc=$(cat "$FIFO_DIR/vng-rc" 2>/dev/null || echo 255)
+# One boot; sets vng_rc, t0 and t1.
+boot_once() {
+  FIFO_DIR=$(mktemp -d "${TMPDIR:-/tmp}/vm-run.XXXXXX")
+  mkfifo "$FIFO_DIR/stderr"
+  filter_stderr <"$FIFO_DIR/stderr" &
+  FILTER=$!
+  t0=$EPOCHREALTIME
+  set +e
+  # vng's stdout and stderr must be pipes: QEMU truncates a regular file it writes
+  # to. stdin is /dev/null: nothing is typed into the guest. `timeout` kills its
+  # whole process group (vng and the QEMU it forks) when time runs out.
+  {
+    timeout --kill-after=10 "$TIMEOUT" "$REP_VM_VNG" -v --force-9p --disable-kvm \
+      -m "$MEM" -p "$CPUS" --rwdir="$WORK" -r "$REP_VM_VMLINUZ" \
+      --qemu-opts="-cpu max,-erms,-fsrm -pidfile $CTL/qemu.pid" \
+      --append "modprobe.blacklist=$BLACKLIST" \
+      -e "/bin/bash $CTL/guest.sh" </dev/null 2>"$FIFO_DIR/stderr" &
+    echo $! >"$FIFO_DIR/timeout.pid"
+    wait $!
+    echo $? >"$FIFO_DIR/vng-rc" 2>/dev/null
+  } | cat &
+  CHILD=$!
+  wait "$CHILD"
+  wait "$FILTER"
+  CHILD=
+  FILTER=
+  set -e
+  t1=$EPOCHREALTIME
+  vng_rc=$(cat "$FIFO_DIR/vng-rc" 2>/dev/null || echo 255)
+  rm -rf "$FIFO_DIR"
+  FIFO_DIR=
+}
+
+# The guest kernel sometimes oopses while it boots under TCG (an int3 from
+# live code patching in an early initcall, QEMU's cross-modifying code):
+# then nothing of CMD ran, so booting again is safe. Anything else (CMD
+# started, a timeout) is reported as it is.
+BOOTS=3
+for attempt in $(seq 1 $BOOTS); do
+  rm -f "$CTL/status" "$CTL/host-cmd-start" "$CTL/guest-start-uptime" "$CTL/guest-end-uptime" "$CTL/qemu.pid"
+  say "booting $KVER (TCG, $CPUS cpus, $MEM); work folder $WORK"
+  boot_once
+  if [ ! -f "$CTL/status" ] && [ ! -f "$CTL/host-cmd-start" ] &&
+    [ "$vng_rc" != 124 ] && [ "$vng_rc" != 137 ] && [ "$attempt" -lt "$BOOTS" ] &&
+    grep -qE "Kernel panic|Oops:" "$CTL/console.log" 2>/dev/null; then
+    say "the guest kernel crashed while booting, before CMD started: $(grep -m1 -E 'Oops:|Kernel panic' "$CTL/console.log" | sed 's/^\[ *[0-9.]*\] //'); booting again ($((attempt + 1)) of $BOOTS)"
+    cp -f "$CTL/console.log" "$CTL/console.boot$attempt.log"
+    continue
+  fi
+  break
+done
 
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 total=$(elapsed "$t0" "$t1")

@@ -169,3 +169,88 @@ fn tail(s: &str, n: usize) -> String {
         .unwrap_or_default()
         .join("\n")
 }
+
+/// No VM needed: when the guest kernel oopses while it boots (an int3 from
+/// live code patching under TCG, seen in CI), nothing of CMD ran, so the
+/// harness boots again, up to three times, and says so. A stand-in for vng
+/// plays the kernel: it oopses `oopses` times, then "runs" CMD.
+#[test]
+fn a_kernel_that_oopses_while_booting_is_booted_again() {
+    if std::env::var("REP_VM_TESTS").is_ok_and(|v| v == "0") {
+        eprintln!("\n!!! vm-tests SKIPPED: REP_VM_TESTS=0 (nothing was checked) !!!\n");
+        return;
+    }
+    let vmlinuz = match vm_tests::setup() {
+        Ok(p) => p,
+        Err(e) => panic!("VM setup failed: {e}"),
+    };
+    // std only, like the harness: a fresh folder of our own.
+    let dir = std::env::temp_dir().join(format!("vm-oops-test.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        panic!("cannot create {}: {e}", dir.display());
+    }
+    let exe = dir.join("vng");
+    let count = dir.join("boots");
+    let script = format!(
+        r#"#!/bin/bash
+n=$(cat '{count}' 2>/dev/null || echo 0); n=$((n + 1)); echo $n >'{count}'
+for a in "$@"; do case "$a" in --rwdir=*) work=${{a#--rwdir=}} ;; esac; done
+if [ "$n" -le "$OOPSES" ]; then
+  echo "[    2.254990] Oops: int3: 0000 [#2] PREEMPT SMP NOPTI" >&2
+  echo "[    2.255448] Kernel panic - not syncing: Fatal exception in interrupt" >&2
+  exit 255
+fi
+echo "=== vm-run: CMD starts" >&2
+echo 0 >"$work/.vm/status"
+"#,
+        count = count.display()
+    );
+    if let Err(e) = std::fs::write(&exe, script) {
+        panic!("cannot write {}: {e}", exe.display());
+    }
+    // vm-run runs REP_VM_VNG with vng's arguments: the stand-in, executable.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) = std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)) {
+            panic!("chmod: {e}");
+        }
+    }
+    let run = |oopses: u32| {
+        let _ = std::fs::remove_file(&count);
+        let out = std::process::Command::new("bash")
+            .arg(vm_tests::run_script())
+            .args(["--timeout", "60", "--work"])
+            .arg(dir.join("work"))
+            .args(["--", "true"])
+            .env("REP_VM_VNG", &exe)
+            .env("REP_VM_VMLINUZ", &vmlinuz)
+            .env("OOPSES", oopses.to_string())
+            .output();
+        let out = match out {
+            Ok(o) => o,
+            Err(e) => panic!("cannot run vm-run.sh: {e}"),
+        };
+        let boots = std::fs::read_to_string(&count).unwrap_or_default();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            boots.trim().to_owned(),
+        )
+    };
+    let (code, err, boots) = run(1);
+    assert_eq!(code, Some(0), "one oops, then CMD ran:\n{err}");
+    assert_eq!(boots, "2", "{err}");
+    assert!(err.contains("booting again (2 of 3)"), "{err}");
+    assert!(err.contains("Oops: int3"), "the reason is shown:\n{err}");
+
+    let (code, err, boots) = run(9);
+    assert_eq!(
+        code,
+        Some(EXIT_HARNESS),
+        "three oopses are a harness failure:\n{err}"
+    );
+    assert_eq!(boots, "3", "{err}");
+    assert!(err.contains("the kernel panicked"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
