@@ -64,6 +64,14 @@ struct Cli {
     /// Smoke test: --size 256M --runtime 3 --ramp-time 1 (unless given)
     #[arg(long)]
     quick: bool,
+    /// Also measure a protocol C pair whose Secondary keeps its image here:
+    /// a second disk, or tmpfs (/dev/shm) on a machine with one disk. Two
+    /// real nodes each have their own disk; on one machine with one disk
+    /// the other pairs share it, and the Secondary's writes then compete
+    /// with the Primary's. Printed as its own row, with its own ratio to
+    /// StandAlone.
+    #[arg(long, value_name = "DIR")]
+    peer_dir: Option<PathBuf>,
 }
 
 /// Options after applying the defaults.
@@ -78,14 +86,17 @@ struct Settings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     RepC,
+    /// Protocol C, the Secondary's image under --peer-dir.
+    RepCPeerOwn,
     RepA,
     StandAlone,
     Nbdkit,
     NbdkitNoCache,
 }
 
-const KINDS: [Kind; 5] = [
+const KINDS: [Kind; 6] = [
     Kind::RepC,
+    Kind::RepCPeerOwn,
     Kind::RepA,
     Kind::StandAlone,
     Kind::Nbdkit,
@@ -100,6 +111,7 @@ impl Kind {
     fn label(self) -> &'static str {
         match self {
             Kind::RepC => "repd protocol C",
+            Kind::RepCPeerOwn => "repd C, --peer-dir",
             Kind::RepA => "repd protocol A",
             Kind::StandAlone => "repd StandAlone",
             Kind::Nbdkit => "nbdkit file",
@@ -110,6 +122,7 @@ impl Kind {
     fn slug(self) -> &'static str {
         match self {
             Kind::RepC => "proto-c",
+            Kind::RepCPeerOwn => "proto-c-peer-own",
             Kind::RepA => "proto-a",
             Kind::StandAlone => "standalone",
             Kind::Nbdkit => "nbdkit",
@@ -244,6 +257,8 @@ impl Sample {
 struct Lab {
     targets: Vec<Target>,
     dir: tempfile::TempDir,
+    /// The Secondary's side of the --peer-dir pair.
+    peer_dir: Option<tempfile::TempDir>,
 }
 
 fn main() -> ExitCode {
@@ -394,6 +409,35 @@ fn run(cli: &Cli) -> Result<bool, String> {
         .prefix("nbd-bench-")
         .tempdir_in(&base)
         .map_err(|e| format!("cannot create a temp dir in {}: {e}", base.display()))?;
+    let peer_dir = match &cli.peer_dir {
+        Some(p) => {
+            std::fs::create_dir_all(p)
+                .map_err(|e| format!("cannot create {}: {e}", p.display()))?;
+            if let Ok(v) = nix::sys::statvfs::statvfs(p) {
+                let free = v.blocks_available() * v.fragment_size();
+                if free < s.size + (64 << 20) {
+                    return Err(format!(
+                        "--peer-dir {} has {} free, its image needs {}",
+                        p.display(),
+                        human_bytes(free),
+                        human_bytes(s.size + (64 << 20))
+                    ));
+                }
+            }
+            Some(
+                tempfile::Builder::new()
+                    .prefix("nbd-bench-peer-")
+                    .tempdir_in(p)
+                    .map_err(|e| format!("cannot create a temp dir in {}: {e}", p.display()))?,
+            )
+        }
+        None => None,
+    };
+    // The --peer-dir pair only when asked for.
+    let kinds: Vec<Kind> = KINDS
+        .into_iter()
+        .filter(|k| *k != Kind::RepCPeerOwn || peer_dir.is_some())
+        .collect();
 
     let argv: Vec<String> = std::env::args().skip(1).collect();
     println!("# nbd-bench {}", argv.join(" "));
@@ -434,9 +478,18 @@ fn run(cli: &Cli) -> Result<bool, String> {
             .trim()
     );
 
+    if let Some(p) = &peer_dir {
+        println!(
+            "peer dir:   {} ({}): the Secondary of \"{}\"",
+            p.path().display(),
+            fs_type(p.path()),
+            Kind::RepCPeerOwn.label()
+        );
+    }
     let mut lab = Lab {
         targets: Vec::new(),
         dir,
+        peer_dir,
     };
     let mut failures: Vec<String> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
@@ -445,12 +498,19 @@ fn run(cli: &Cli) -> Result<bool, String> {
     println!("\nsetting up...");
     let base_img = lab.dir.path().join("baseline.img");
     let base_ready = prefill(&base_img, s.size);
-    for kind in KINDS {
+    for &kind in &kinds {
         check_interrupt()?;
         let t0 = Instant::now();
         let r = match kind {
-            Kind::RepC => setup_pair(lab.dir.path(), &bins, "C", s.size),
-            Kind::RepA => setup_pair(lab.dir.path(), &bins, "A", s.size),
+            Kind::RepC => setup_pair(lab.dir.path(), None, &bins, "C", s.size),
+            Kind::RepCPeerOwn => setup_pair(
+                lab.dir.path(),
+                lab.peer_dir.as_ref().map(tempfile::TempDir::path),
+                &bins,
+                "C",
+                s.size,
+            ),
+            Kind::RepA => setup_pair(lab.dir.path(), None, &bins, "A", s.size),
             Kind::StandAlone => setup_standalone(lab.dir.path(), &bins, s.size),
             Kind::Nbdkit | Kind::NbdkitNoCache => base_ready.clone().and_then(|()| {
                 setup_nbdkit(lab.dir.path(), &base_img, kind == Kind::NbdkitNoCache)
@@ -530,7 +590,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
     for (wi, w) in WORKLOADS.iter().enumerate() {
         let empty = Vec::new();
         let per_kind = samples.get(wi).unwrap_or(&empty);
-        print!("{}", table(w, per_kind, &lab.targets, s.rounds));
+        print!("{}", table(w, per_kind, &kinds, &lab.targets, s.rounds));
     }
     println!(
         "\n×nbdkit, ×nbdkit nc: IOPS relative to nbdkit file, nbdkit file cache=none. server CPU: CPU of the \
@@ -541,7 +601,11 @@ fn run(cli: &Cli) -> Result<bool, String> {
     print!("{}", rss_report(&lab.targets));
 
     // Take everything down (the guards do it too, on every path).
-    let Lab { targets, dir } = lab;
+    let Lab {
+        targets,
+        dir,
+        peer_dir,
+    } = lab;
     for mut t in targets {
         for n in &mut t.nodes {
             match n.down() {
@@ -552,6 +616,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
         }
     }
     drop(dir);
+    drop(peer_dir);
     if !notes.is_empty() {
         println!("\nnotes from the cleanup (not failures):");
         for n in &notes {
@@ -609,12 +674,24 @@ fn write_config(
     Ok((cfg, nbd))
 }
 
-/// Two nodes on loopback, alpha Primary, after the initial full sync.
-fn setup_pair(dir: &Path, bins: &Binaries, protocol: &str, size: u64) -> Result<Target, String> {
-    let d = dir.join(format!("proto-{}", protocol.to_ascii_lowercase()));
+/// Two nodes on loopback, alpha Primary, after the initial full sync;
+/// beta's image in `peer_dir` if given, else next to alpha's.
+fn setup_pair(
+    dir: &Path,
+    peer_dir: Option<&Path>,
+    bins: &Binaries,
+    protocol: &str,
+    size: u64,
+) -> Result<Target, String> {
+    let name = format!(
+        "proto-{}{}",
+        protocol.to_ascii_lowercase(),
+        if peer_dir.is_some() { "-peer-own" } else { "" }
+    );
+    let d = dir.join(&name);
     std::fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
     let alpha = d.join("alpha.img");
-    let beta = d.join("beta.img");
+    let beta = peer_dir.unwrap_or(&d).join("beta.img");
     prefill(&alpha, size)?;
     // The initial sync writes all of beta's data region.
     std::fs::File::create(&beta)
@@ -639,10 +716,10 @@ fn setup_pair(dir: &Path, bins: &Binaries, protocol: &str, size: u64) -> Result<
     }
     p.wait_idle(Duration::from_secs(30))?;
     Ok(Target {
-        kind: if protocol == "A" {
-            Kind::RepA
-        } else {
-            Kind::RepC
+        kind: match (protocol, peer_dir) {
+            ("A", _) => Kind::RepA,
+            (_, Some(_)) => Kind::RepCPeerOwn,
+            _ => Kind::RepC,
         },
         uri: format!("nbd://127.0.0.1:{nbd}/r0"),
         nodes,
@@ -869,7 +946,13 @@ fn md_table(headers: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// The table of one workload: medians over the rounds.
-fn table(w: &Workload, per_kind: &[Vec<Sample>], targets: &[Target], rounds: u32) -> String {
+fn table(
+    w: &Workload,
+    per_kind: &[Vec<Sample>],
+    kinds: &[Kind],
+    targets: &[Target],
+    rounds: u32,
+) -> String {
     let samples = |k: Kind| -> &[Sample] {
         KINDS
             .iter()
@@ -890,7 +973,7 @@ fn table(w: &Workload, per_kind: &[Vec<Sample>], targets: &[Target], rounds: u32
     };
     let iops = |k: Kind| med(k, |r| r.iops);
     let mut rows = Vec::new();
-    for k in KINDS {
+    for &k in kinds {
         let Some(m) = median_sample(k) else {
             let why = if targets.iter().any(|t| t.kind == k) {
                 "run failed"
@@ -952,16 +1035,21 @@ fn table(w: &Workload, per_kind: &[Vec<Sample>], targets: &[Target], rounds: u32
     ));
     let _ = writeln!(s);
     let c = ratio(iops(Kind::RepC), iops(Kind::StandAlone));
-    let verdict = match c {
-        Some(r) if r >= C_VS_STANDALONE_TARGET => "holds",
-        Some(_) => "does NOT hold",
-        None => "cannot tell (a target failed)",
-    };
     let _ = writeln!(
         s,
-        "protocol C / StandAlone (IOPS): {} — target >= {C_VS_STANDALONE_TARGET:.1}: {verdict}",
-        fmt_opt(c, 2)
+        "protocol C / StandAlone (IOPS): {} — target >= {C_VS_STANDALONE_TARGET:.1}: {}",
+        fmt_opt(c, 2),
+        verdict(c)
     );
+    if kinds.contains(&Kind::RepCPeerOwn) {
+        let c = ratio(iops(Kind::RepCPeerOwn), iops(Kind::StandAlone));
+        let _ = writeln!(
+            s,
+            "protocol C, peer on --peer-dir / StandAlone (IOPS): {} — target >= {C_VS_STANDALONE_TARGET:.1}: {}",
+            fmt_opt(c, 2),
+            verdict(c)
+        );
+    }
     let _ = writeln!(
         s,
         "protocol A / StandAlone (IOPS): {}",
@@ -974,6 +1062,15 @@ fn table(w: &Workload, per_kind: &[Vec<Sample>], targets: &[Target], rounds: u32
         fmt_opt(ratio(iops(Kind::StandAlone), iops(Kind::NbdkitNoCache)), 2)
     );
     s
+}
+
+/// Whether a protocol C / StandAlone ratio meets the issue's target.
+fn verdict(c: Option<f64>) -> &'static str {
+    match c {
+        Some(r) if r >= C_VS_STANDALONE_TARGET => "holds",
+        Some(_) => "does NOT hold",
+        None => "cannot tell (a target failed)",
+    }
 }
 
 /// Peak RSS of every repd against 64 MiB + its bitmap.
