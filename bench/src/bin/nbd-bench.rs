@@ -327,7 +327,14 @@ fn fs_type(dir: &Path) -> String {
         .stderr(Stdio::null())
         .output();
     match o {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        // One line per mount stacked on the target (/dev/shm often has
+        // two): the last is the one in effect.
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .last()
+            .unwrap_or("unknown")
+            .trim()
+            .to_string(),
         _ => Command::new("stat")
             .args(["-f", "-c", "%T"])
             .arg(dir)
