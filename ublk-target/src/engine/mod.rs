@@ -763,7 +763,10 @@ impl Runner {
             self.act(a);
         }
         let primary = self.node.role() == Role::Primary;
-        if self.shared.primary.swap(primary, Ordering::AcqRel) != primary {
+        // Written only when it changes: drain runs several times per
+        // request, and the frontends read this flag on every request.
+        if self.shared.primary.load(Ordering::Acquire) != primary {
+            self.shared.primary.store(primary, Ordering::Release);
             self.shared.bump_role_changes();
         }
         // Progress only matters (and status only costs) while syncing.
