@@ -88,13 +88,8 @@ const EXPECTED: &[&str] = &[
 
 #[test]
 fn guest_has_what_the_project_needs() {
-    if std::env::var("REP_VM_TESTS").is_ok_and(|v| v == "0") {
-        eprintln!("\n!!! vm-tests SKIPPED: REP_VM_TESTS=0 (nothing was checked in a VM) !!!\n");
+    let Some(vmlinuz) = kernel_or_skip() else {
         return;
-    }
-    let vmlinuz = match vm_tests::setup() {
-        Ok(p) => p,
-        Err(e) => panic!("VM setup failed: {e}"),
     };
     eprintln!("vm-tests: kernel image {}", vmlinuz.display());
 
@@ -162,6 +157,21 @@ fn bad_usage_is_a_harness_failure() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("VM_WORK"));
 }
 
+/// The kernel image the VM boots (set up if missing), or `None` when
+/// `REP_VM_TESTS=0` skips the VM tests (said loudly).
+// A failed setup fails the test that asked.
+#[allow(clippy::panic)]
+fn kernel_or_skip() -> Option<std::path::PathBuf> {
+    if std::env::var("REP_VM_TESTS").is_ok_and(|v| v == "0") {
+        eprintln!("\n!!! vm-tests SKIPPED: REP_VM_TESTS=0 (nothing was checked in a VM) !!!\n");
+        return None;
+    }
+    match vm_tests::setup() {
+        Ok(p) => Some(p),
+        Err(e) => panic!("VM setup failed: {e}"),
+    }
+}
+
 fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines
@@ -176,13 +186,8 @@ fn tail(s: &str, n: usize) -> String {
 /// plays the kernel: it oopses `oopses` times, then "runs" CMD.
 #[test]
 fn a_kernel_that_oopses_while_booting_is_booted_again() {
-    if std::env::var("REP_VM_TESTS").is_ok_and(|v| v == "0") {
-        eprintln!("\n!!! vm-tests SKIPPED: REP_VM_TESTS=0 (nothing was checked) !!!\n");
+    let Some(vmlinuz) = kernel_or_skip() else {
         return;
-    }
-    let vmlinuz = match vm_tests::setup() {
-        Ok(p) => p,
-        Err(e) => panic!("VM setup failed: {e}"),
     };
     // std only, like the harness: a fresh folder of our own.
     let dir = std::env::temp_dir().join(format!("vm-oops-test.{}", std::process::id()));

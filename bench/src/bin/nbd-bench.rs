@@ -320,6 +320,23 @@ fn default_base_dir() -> PathBuf {
         .map_or_else(|| PathBuf::from("/var/tmp"), |t| t.join("tmp"))
 }
 
+/// Refuses to start when `dir` has less than `need` bytes free (when its
+/// free space can be read at all).
+fn ensure_free(dir: &Path, need: u64, what: &str) -> Result<(), String> {
+    if let Ok(v) = nix::sys::statvfs::statvfs(dir) {
+        let free = v.blocks_available() * v.fragment_size();
+        if free < need {
+            return Err(format!(
+                "{} has {} free, {what} {}",
+                dir.display(),
+                human_bytes(free),
+                human_bytes(need)
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn fs_type(dir: &Path) -> String {
     let o = Command::new("findmnt")
         .args(["-n", "-o", "FSTYPE", "--target"])
@@ -401,17 +418,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
     }
     // 5 repd images + 1 baseline image, and some room.
     let need = s.size * 6 + (512 << 20);
-    if let Ok(v) = nix::sys::statvfs::statvfs(&base) {
-        let free = v.blocks_available() * v.fragment_size();
-        if free < need {
-            return Err(format!(
-                "{} has {} free, the benchmark needs {}",
-                base.display(),
-                human_bytes(free),
-                human_bytes(need)
-            ));
-        }
-    }
+    ensure_free(&base, need, "the benchmark needs")?;
     let dir = tempfile::Builder::new()
         .prefix("nbd-bench-")
         .tempdir_in(&base)
@@ -420,17 +427,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
         Some(p) => {
             std::fs::create_dir_all(p)
                 .map_err(|e| format!("cannot create {}: {e}", p.display()))?;
-            if let Ok(v) = nix::sys::statvfs::statvfs(p) {
-                let free = v.blocks_available() * v.fragment_size();
-                if free < s.size + (64 << 20) {
-                    return Err(format!(
-                        "--peer-dir {} has {} free, its image needs {}",
-                        p.display(),
-                        human_bytes(free),
-                        human_bytes(s.size + (64 << 20))
-                    ));
-                }
-            }
+            ensure_free(p, s.size + (64 << 20), "the --peer-dir image needs")?;
             Some(
                 tempfile::Builder::new()
                     .prefix("nbd-bench-peer-")

@@ -537,8 +537,8 @@ fn put_gens(out: &mut BytesMut, g: &Generations) {
 
 /// Writes the header and every payload byte except the bulk data of
 /// `Data`/`ResyncData`, which it returns (a cheap reference-counted clone).
-/// The CRC in the header covers the bulk data too. `with_bulk` only sizes the reservation
-/// in `out` for the caller appending the bulk data itself.
+/// The CRC in the header covers the bulk data too. `with_bulk` only sizes
+/// the reservation in `out` for the caller appending the bulk data itself.
 fn encode_head(msg: &Message, out: &mut BytesMut, with_bulk: bool) -> Result<Bytes, EncodeError> {
     let len = validate(msg)?;
     let bulk = match msg {

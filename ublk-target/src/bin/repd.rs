@@ -111,7 +111,6 @@ fn run(cli: &Cli) -> Result<(), String> {
     // ---- ublk (/dev/ublkbN), part 2 of 3: the device follows the role (present
     // while Primary); without ublk_drv this warns once and ends.
     let ublk_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let ublk_kick = handle.clone();
     let ublk = {
         let (h, stop, dev) = (handle.clone(), ublk_stop.clone(), me.device);
         std::thread::Builder::new()
@@ -167,7 +166,7 @@ fn run(cli: &Cli) -> Result<(), String> {
     let _ = eng.thread.join();
     // ---- ublk (/dev/ublkbN), part 3 of 3: remove the device.
     ublk_stop.store(true, std::sync::atomic::Ordering::Release);
-    ublk_kick.kick_role_waiters();
+    handle.kick_role_waiters();
     let _ = ublk.join();
     // ---- end ublk part 3
     control.stop();
