@@ -416,8 +416,10 @@ fn run(cli: &Cli) -> Result<bool, String> {
             base.display()
         ));
     }
-    // 5 repd images + 1 baseline image, and some room.
-    let need = s.size * 6 + (512 << 20);
+    // 5 repd images + 1 baseline image (+ the --peer-dir pair's Primary),
+    // and some room.
+    let images = if cli.peer_dir.is_some() { 7 } else { 6 };
+    let need = s.size * images + (512 << 20);
     ensure_free(&base, need, "the benchmark needs")?;
     let dir = tempfile::Builder::new()
         .prefix("nbd-bench-")
