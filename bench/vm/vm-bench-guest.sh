@@ -20,12 +20,15 @@
 # fully written before anything is measured (non-zero data; beta and DRBD's
 # second minor included). fio: --direct=1
 # --ioengine=libaio, one job, 4k random write QD32 and 1M sequential write QD4,
-# --time_based --runtime=VMB_RUNTIME --ramp_time=VMB_RAMP each.
+# --time_based --runtime=VMB_RUNTIME --ramp_time=VMB_RAMP each. With
+# VMB_ROUNDS=N the whole set runs N times, each round starting the order one
+# target later, so that no target is always measured first or last.
 #
-# Results: $VM_WORK/vm-bench/<target>.<workload>.json (fio JSON), and
+# Results: $VM_WORK/vm-bench/<target>.<workload>.r<round>.json (fio JSON), and
 # <target>.error when a target could not be set up (the others still run).
 # Environment: REP_BIN (repd, repctl), REP_BIN_B (for ours-b), VM_WORK, VM_SCRATCH, VMB_SIZE (256M),
-# VMB_RUNTIME (10), VMB_RAMP (2), VMB_TARGETS ("ours ours-standalone rublk-loop kloop drbd").
+# VMB_RUNTIME (10), VMB_RAMP (2), VMB_ROUNDS (1),
+# VMB_TARGETS ("ours ours-standalone rublk-loop kloop drbd").
 set -u
 
 OUT=${VM_WORK:?}/vm-bench
@@ -34,6 +37,7 @@ RUN=/run/vm-bench/run
 SIZE=${VMB_SIZE:-256M}
 RUNTIME=${VMB_RUNTIME:-10}
 RAMP=${VMB_RAMP:-2}
+ROUNDS=${VMB_ROUNDS:-1}
 TARGETS=${VMB_TARGETS:-ours ours-standalone rublk-loop kloop drbd}
 DRBDSETUP=/lib/drbd/drbdsetup-84
 mkdir -p "$OUT" "$SCR" "$RUN"
@@ -54,7 +58,7 @@ fill() { # file: fully written, non-zero
 }
 
 WORKLOADS="randwrite-4k-qd32 write-1m-qd4"
-fio_run() { # target device workload
+fio_run() { # target device workload round
   local rw bs qd
   case "$3" in
   randwrite-4k-qd32) rw=randwrite bs=4k qd=32 ;;
@@ -62,7 +66,7 @@ fio_run() { # target device workload
   esac
   fio --name="$3" --filename="$2" --allow_file_create=0 --direct=1 --ioengine=libaio \
     --rw=$rw --bs=$bs --iodepth=$qd --numjobs=1 --time_based --runtime="$RUNTIME" \
-    --ramp_time="$RAMP" --randrepeat=0 --output-format=json --output="$OUT/$1.$3.json" \
+    --ramp_time="$RAMP" --randrepeat=0 --output-format=json --output="$OUT/$1.$3.r$4.json" \
     >"$OUT/$1.$3.stderr" 2>&1
 }
 failed() { # target message
@@ -263,7 +267,7 @@ down_drbd() {
   rm -f "$SCR/drbd0.img" "$SCR/drbd1.img"
 }
 
-say "kernel $(uname -r), $(nproc) cpus, $(awk '/MemTotal/ {print $2 " kB"}' /proc/meminfo); size $SIZE, runtime ${RUNTIME}s, ramp ${RAMP}s; targets: $TARGETS"
+say "kernel $(uname -r), $(nproc) cpus, $(awk '/MemTotal/ {print $2 " kB"}' /proc/meminfo); size $SIZE, runtime ${RUNTIME}s, ramp ${RAMP}s, $ROUNDS round(s); targets: $TARGETS"
 {
   echo "kernel $(uname -r)"
   echo "cpus $(nproc)"
@@ -271,6 +275,7 @@ say "kernel $(uname -r), $(nproc) cpus, $(awk '/MemTotal/ {print $2 " kB"}' /pro
   echo "size $SIZE"
   echo "runtime $RUNTIME"
   echo "ramp $RAMP"
+  echo "rounds $ROUNDS"
 } >"$OUT/meta.txt"
 # Set every target up first, then run each workload on every target in turn:
 # a drift of the (shared, emulated) machine during the run then hits all
@@ -289,11 +294,15 @@ for t in $TARGETS; do
   esac
 done
 free -m >"$OUT/free.txt"
-for w in $WORKLOADS; do
-  for t in $TARGETS; do
-    [ -n "${DEV[$t]:-}" ] || continue
-    say "$t: fio $w on ${DEV[$t]}"
-    fio_run "$t" "${DEV[$t]}" "$w" || echo "fio $w on ${DEV[$t]} failed: $(tail -n 3 "$OUT/$t.$w.stderr")" >>"$OUT/$t.error"
+read -r -a ORDER <<<"$TARGETS"
+for ((r = 1; r <= ROUNDS; r++)); do
+  for w in $WORKLOADS; do
+    for ((i = 0; i < ${#ORDER[@]}; i++)); do
+      t=${ORDER[$(((i + r - 1) % ${#ORDER[@]}))]}
+      [ -n "${DEV[$t]:-}" ] || continue
+      say "$t: fio $w on ${DEV[$t]} (round $r of $ROUNDS)"
+      fio_run "$t" "${DEV[$t]}" "$w" "$r" || echo "fio $w on ${DEV[$t]} failed: $(tail -n 3 "$OUT/$t.$w.stderr")" >>"$OUT/$t.error"
+    done
   done
 done
 for t in $TARGETS; do

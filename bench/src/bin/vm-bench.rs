@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bench::fio::{self, Workload, WriteResult};
+use bench::util::median;
 use clap::Parser;
 use vm_tests::{run_in_vm_with, VmConfig};
 
@@ -55,6 +56,12 @@ struct Cli {
     /// fio --ramp_time [default: 2, --quick: 1]
     #[arg(long, value_name = "SECONDS")]
     ramp_time: Option<u64>,
+    /// Measure the whole set this many times in the boot, each round starting
+    /// the target order one later; the tables show medians, and each ratio
+    /// to ours is also given per round. Single runs swing +-20 % under TCG:
+    /// use 3 or more to compare two builds (--bin-dir-b)
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: u32,
     /// Only these targets, comma-separated (ours, ours-b, ours-standalone, rublk-loop, kloop, drbd)
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     targets: Option<Vec<String>>,
@@ -172,19 +179,21 @@ fn run(cli: &Cli) -> Result<bool, String> {
         .map(|b| format!("export REP_BIN_B={}\n", q(&b.display().to_string())))
         .unwrap_or_default();
     let cmd = format!(
-        "{crc}{bin_b}export REP_BIN={} VMB_SIZE={} VMB_RUNTIME={runtime} VMB_RAMP={ramp} VMB_TARGETS={}\n{text}",
+        "{crc}{bin_b}export REP_BIN={} VMB_SIZE={} VMB_RUNTIME={runtime} VMB_RAMP={ramp} VMB_ROUNDS={} VMB_TARGETS={}\n{text}",
         q(&bins.display().to_string()),
         q(&size),
+        cli.rounds,
         q(&targets.join(" ")),
     );
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     eprintln!(
-        "vm-bench: one VM boot ({} CPUs, {}); {size} files, {runtime} s per fio run (+{ramp} s ramp); host load {}",
+        "vm-bench: one VM boot ({} CPUs, {}); {size} files, {runtime} s per fio run (+{ramp} s ramp), {} round(s); host load {}",
         cli.cpus,
         cli.mem,
+        cli.rounds,
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
-    let per_target = 120 + 2 * (runtime + ramp + 15);
+    let per_target = 120 + 2 * u64::from(cli.rounds) * (runtime + ramp + 15);
     let timeout = Duration::from_secs(600 + per_target * u64::try_from(targets.len()).unwrap_or(4));
     let r = run_in_vm_with(
         &cmd,
@@ -209,7 +218,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
         ));
     }
     let meta = std::fs::read_to_string(out_dir.join("meta.txt")).unwrap_or_default();
-    let (table, ok) = report(&out_dir, &targets, &meta);
+    let (table, ok) = report(&out_dir, &targets, &meta, cli.rounds);
     println!("{table}");
     println!(
         "host load after: {}; VM run {:.0} s",
@@ -251,9 +260,37 @@ fn crc_choice(dir: &Path) -> Option<String> {
     })
 }
 
+/// Every round's result of one target and workload.
+fn rounds_of(
+    dir: &Path,
+    name: &str,
+    w: &Workload,
+    rounds: u32,
+) -> Result<Vec<WriteResult>, String> {
+    (1..=rounds)
+        .map(|r| {
+            let file = dir.join(format!("{name}.{}.r{r}.json", w.name));
+            std::fs::read_to_string(&file)
+                .map_err(|e| format!("{}: {e}", file.display()))
+                .and_then(|text| fio::parse_write(&text))
+        })
+        .collect()
+}
+
+/// Each figure's median over the rounds.
+fn medians(runs: &[WriteResult]) -> Option<WriteResult> {
+    let m = |f: fn(&WriteResult) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+    Some(WriteResult {
+        iops: m(|r| r.iops)?,
+        bw_bytes: m(|r| r.bw_bytes)?,
+        p99_us: m(|r| r.p99_us)?,
+        fio_cpu_pct: m(|r| r.fio_cpu_pct)?,
+    })
+}
+
 /// The tables, from the fio JSON files the guest wrote; false if a target
 /// or workload has no result.
-fn report(dir: &Path, targets: &[String], meta: &str) -> (String, bool) {
+fn report(dir: &Path, targets: &[String], meta: &str, rounds: u32) -> (String, bool) {
     let mut s = String::new();
     let mut ok = true;
     let _ = writeln!(
@@ -270,67 +307,93 @@ fn report(dir: &Path, targets: &[String], meta: &str) -> (String, bool) {
             let _ = writeln!(s, "ERROR {t}: {}", e.trim());
         }
     }
+    let of_rounds = if rounds > 1 {
+        format!("; median of {rounds} rounds")
+    } else {
+        String::new()
+    };
     for w in WORKLOADS {
-        let _ = writeln!(s, "\n{} ({}, fio libaio --direct=1)", w.title, w.options());
         let _ = writeln!(
+            s,
+            "\n{} ({}, fio libaio --direct=1{of_rounds})",
+            w.title,
+            w.options()
+        );
+        let _ = write!(
             s,
             "{:<38} {:>10} {:>9} {:>11}",
             "target", "IOPS", "MB/s", "p99 (us)"
         );
-        let mut res: Vec<(&str, Option<WriteResult>)> = Vec::new();
+        let _ = writeln!(s, "{}", if rounds > 1 { "   IOPS per round" } else { "" });
+        let mut res: Vec<(&str, Vec<WriteResult>)> = Vec::new();
         for (name, title) in TARGETS {
             if !targets.iter().any(|t| t == name) {
                 continue;
             }
-            let file = dir.join(format!("{name}.{}.json", w.name));
-            let r = std::fs::read_to_string(&file)
-                .map_err(|e| format!("{}: {e}", file.display()))
-                .and_then(|text| fio::parse_write(&text));
-            match r {
-                Ok(r) => {
-                    let _ = writeln!(
+            match rounds_of(dir, name, &w, rounds) {
+                Ok(runs) => {
+                    let Some(m) = medians(&runs) else { continue };
+                    let _ = write!(
                         s,
                         "{title:<38} {:>10.0} {:>9.1} {:>11.0}",
-                        r.iops,
-                        r.mb_s(),
-                        r.p99_us
+                        m.iops,
+                        m.mb_s(),
+                        m.p99_us
                     );
-                    res.push((name, Some(r)));
+                    if rounds > 1 {
+                        let each: Vec<String> =
+                            runs.iter().map(|r| format!("{:.0}", r.iops)).collect();
+                        let _ = write!(s, "   {}", each.join(" "));
+                    }
+                    let _ = writeln!(s);
+                    res.push((name, runs));
                 }
                 Err(e) => {
                     ok = false;
                     let _ = writeln!(s, "{title:<38} no result: {e}");
-                    res.push((name, None));
                 }
             }
         }
-        let get = |n: &str| res.iter().find(|(k, _)| *k == n).and_then(|(_, r)| *r);
-        if let Some(ours) = get("ours") {
-            for (base, target) in [
-                ("ours-b", 0.0),
-                ("drbd", 1.0),
-                ("rublk-loop", 0.9),
-                ("ours-standalone", 0.0),
-                ("kloop", 0.0),
-            ] {
-                if let Some(b) = get(base) {
-                    let ratio = ours.iops / b.iops;
-                    let verdict = if target > 0.0 {
-                        if ratio >= target {
-                            format!("target >= {target:.1}: met")
-                        } else {
-                            format!("target >= {target:.1}: NOT met")
-                        }
-                    } else {
-                        "for information".to_owned()
-                    };
-                    let _ = writeln!(
-                        s,
-                        "  ours/{base:<15} IOPS x{ratio:.2}  p99 x{:.2}  ({verdict})",
-                        ours.p99_us / b.p99_us
-                    );
+        let get = |n: &str| res.iter().find(|(k, _)| *k == n).map(|(_, r)| r.as_slice());
+        let Some(ours) = get("ours") else { continue };
+        let Some(ours_m) = medians(ours) else {
+            continue;
+        };
+        for (base, target) in [
+            ("ours-b", 0.0),
+            ("drbd", 1.0),
+            ("rublk-loop", 0.9),
+            ("ours-standalone", 0.0),
+            ("kloop", 0.0),
+        ] {
+            let Some(b) = get(base) else { continue };
+            let Some(b_m) = medians(b) else { continue };
+            let ratio = ours_m.iops / b_m.iops;
+            let verdict = if target > 0.0 {
+                if ratio >= target {
+                    format!("target >= {target:.1}: met")
+                } else {
+                    format!("target >= {target:.1}: NOT met")
                 }
+            } else {
+                "for information".to_owned()
+            };
+            let _ = write!(
+                s,
+                "  ours/{base:<15} IOPS x{ratio:.2}  p99 x{:.2}  ({verdict})",
+                ours_m.p99_us / b_m.p99_us
+            );
+            if rounds > 1 {
+                // The same round's two runs sit side by side in time: their
+                // ratio leaves out the drift between rounds.
+                let each: Vec<String> = ours
+                    .iter()
+                    .zip(b)
+                    .map(|(o, b)| format!("x{:.2}", o.iops / b.iops))
+                    .collect();
+                let _ = write!(s, "  per round: {}", each.join(" "));
             }
+            let _ = writeln!(s);
         }
     }
     (s, ok)
@@ -360,7 +423,7 @@ mod tests {
         ] {
             for w in WORKLOADS {
                 std::fs::write(
-                    dir.path().join(format!("{t}.{}.json", w.name)),
+                    dir.path().join(format!("{t}.{}.r1.json", w.name)),
                     fio_json(iops, 2_000_000.0),
                 )
                 .unwrap();
@@ -375,7 +438,7 @@ mod tests {
             "x INFO ublk_target::crc_pick: crc32c: measured hardware 7.763 ms/MiB, table16 1.989 ms/MiB backend=\"table16\"\n",
         )
         .unwrap();
-        let (text, ok) = report(dir.path(), &all, "kernel x");
+        let (text, ok) = report(dir.path(), &all, "kernel x", 1);
         assert!(ok, "{text}");
         assert!(
             text.contains("repd's CRC32C: measured hardware 7.763 ms/MiB, table16 1.989 ms/MiB backend=\"table16\""),
@@ -390,13 +453,49 @@ mod tests {
         );
 
         std::fs::write(dir.path().join("drbd.error"), "modprobe drbd: not found").unwrap();
-        std::fs::remove_file(dir.path().join("drbd.write-1m-qd4.json")).unwrap();
-        let (text, ok) = report(dir.path(), &all, "kernel x");
+        std::fs::remove_file(dir.path().join("drbd.write-1m-qd4.r1.json")).unwrap();
+        let (text, ok) = report(dir.path(), &all, "kernel x", 1);
         assert!(!ok);
         assert!(
             text.contains("ERROR drbd: modprobe drbd: not found"),
             "{text}"
         );
+        assert!(text.contains("no result"), "{text}");
+    }
+
+    #[test]
+    fn rounds_give_medians_and_per_round_ratios() {
+        let dir = tempfile::tempdir().unwrap();
+        // ours: 100, 300, 200; ours-b: 110, 250, 250 (IOPS per round).
+        for (t, per_round) in [
+            ("ours", [100.0, 300.0, 200.0]),
+            ("ours-b", [110.0, 250.0, 250.0]),
+        ] {
+            for w in WORKLOADS {
+                for (r, iops) in per_round.iter().enumerate() {
+                    std::fs::write(
+                        dir.path().join(format!("{t}.{}.r{}.json", w.name, r + 1)),
+                        fio_json(*iops, 1_000_000.0 * (r + 1) as f64),
+                    )
+                    .unwrap();
+                }
+            }
+        }
+        let both: Vec<String> = vec!["ours".into(), "ours-b".into()];
+        let (text, ok) = report(dir.path(), &both, "kernel x", 3);
+        assert!(ok, "{text}");
+        assert!(text.contains("median of 3 rounds"), "{text}");
+        // Medians 200 and 250, p99 medians 2000 us each.
+        assert!(
+            text.contains("ours/ours-b          IOPS x0.80  p99 x1.00  (for information)  per round: x0.91 x1.20 x0.80"),
+            "{text}"
+        );
+        assert!(text.contains("   100 300 200"), "{text}");
+
+        // A round missing is no result, not a median of the others.
+        std::fs::remove_file(dir.path().join("ours-b.write-1m-qd4.r2.json")).unwrap();
+        let (text, ok) = report(dir.path(), &both, "kernel x", 3);
+        assert!(!ok, "{text}");
         assert!(text.contains("no result"), "{text}");
     }
 
