@@ -332,7 +332,11 @@ fn report(dir: &Path, targets: &[String], meta: &str, rounds: u32) -> (String, b
             }
             match rounds_of(dir, name, &w, rounds) {
                 Ok(runs) => {
-                    let Some(m) = medians(&runs) else { continue };
+                    let Some(m) = medians(&runs) else {
+                        ok = false;
+                        let _ = writeln!(s, "{title:<38} no result: fio reported no figures");
+                        continue;
+                    };
                     let _ = write!(
                         s,
                         "{title:<38} {:>10.0} {:>9.1} {:>11.0}",
