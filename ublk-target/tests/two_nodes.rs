@@ -64,7 +64,12 @@ fn qemu_io(c: &Cluster, i: usize, cmds: &[String]) -> std::process::Output {
         args.push(cmd.clone());
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    c.client(i, "qemu-io", &args)
+    let out = c.client(i, "qemu-io", &args);
+    // The server sees the client's socket close a moment after the client
+    // exits; until then the export counts as in use, and `secondary`
+    // refuses (as DRBD does while the device is open).
+    c.wait(i, "the NBD client gone", 10, |s| s["nbd_clients"] == 0);
+    out
 }
 
 pub fn initial_sync_and_replication(c: &Cluster) {
