@@ -60,11 +60,22 @@ pub fn sleep(d: Duration) -> Result<(), String> {
 
 /// A TCP port on 127.0.0.1 nobody listens on right now.
 pub fn free_port() -> Result<u16, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| format!("cannot find a free port: {e}"))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| format!("cannot find a free port: {e}"))
+    free_ports::<1>().map(|[p]| p)
+}
+
+/// `N` distinct free ports on 127.0.0.1. Each is held until all are
+/// picked: ports asked for one at a time may repeat once released, and a
+/// resource file with one port twice is refused.
+pub fn free_ports<const N: usize>() -> Result<[u16; N], String> {
+    let e = |e: std::io::Error| format!("cannot find a free port: {e}");
+    let mut held = Vec::with_capacity(N);
+    let mut ports = [0u16; N];
+    for p in &mut ports {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(e)?;
+        *p = l.local_addr().map_err(e)?.port();
+        held.push(l);
+    }
+    Ok(ports)
 }
 
 /// Wait until something accepts connections on 127.0.0.1:port.

@@ -11,8 +11,8 @@ use bench::fio::{self, Workload, WriteResult};
 use bench::procfs::{self, CpuUsage};
 use bench::rep::{field, is_synced, Binaries, Node, NodeSpec, ResourceSpec};
 use bench::util::{
-    check_interrupt, file_tail, free_port, human_bytes, interrupted, median, parse_size, prefill,
-    require_tool, wait_tcp, KillOnDrop,
+    check_interrupt, file_tail, free_port, free_ports, human_bytes, interrupted, median,
+    parse_size, prefill, require_tool, wait_tcp, KillOnDrop,
 };
 use clap::Parser;
 
@@ -72,6 +72,19 @@ struct Cli {
     /// StandAlone.
     #[arg(long, value_name = "DIR")]
     peer_dir: Option<PathBuf>,
+    /// Also measure `floor-pair` (built with this benchmark): repd's NBD
+    /// frontend over a minimal protocol C pair with no replication engine
+    /// (plain threads, a CRC32C per frame, nothing on disk but the data),
+    /// and the same alone. Its ratio is what a second copy costs on this
+    /// machine whatever the engine; repd's rows are read against it. Its
+    /// Secondary's image goes under --peer-dir when that is given.
+    #[arg(long)]
+    floor: bool,
+    /// Measure only these targets (comma-separated): proto-c,
+    /// proto-c-peer-own, proto-a, standalone, nbdkit, nbdkit-nocache,
+    /// floor-c, floor-standalone [default: all that the other flags enable]
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    targets: Vec<String>,
 }
 
 /// Options after applying the defaults.
@@ -92,15 +105,21 @@ enum Kind {
     StandAlone,
     Nbdkit,
     NbdkitNoCache,
+    /// floor-pair replicated: the least a protocol C pair costs here.
+    FloorC,
+    /// floor-pair with local writes only.
+    FloorStandAlone,
 }
 
-const KINDS: [Kind; 6] = [
+const KINDS: [Kind; 8] = [
     Kind::RepC,
     Kind::RepCPeerOwn,
     Kind::RepA,
     Kind::StandAlone,
     Kind::Nbdkit,
     Kind::NbdkitNoCache,
+    Kind::FloorC,
+    Kind::FloorStandAlone,
 ];
 const WORKLOADS: [Workload; 2] = [fio::RANDWRITE_4K_QD32, fio::SEQWRITE_1M_QD4];
 
@@ -116,6 +135,8 @@ impl Kind {
             Kind::StandAlone => "repd StandAlone",
             Kind::Nbdkit => "nbdkit file",
             Kind::NbdkitNoCache => "nbdkit file cache=none",
+            Kind::FloorC => "floor-pair C",
+            Kind::FloorStandAlone => "floor-pair StandAlone",
         }
     }
 
@@ -127,6 +148,8 @@ impl Kind {
             Kind::StandAlone => "standalone",
             Kind::Nbdkit => "nbdkit",
             Kind::NbdkitNoCache => "nbdkit-nocache",
+            Kind::FloorC => "floor-c",
+            Kind::FloorStandAlone => "floor-standalone",
         }
     }
 }
@@ -153,7 +176,11 @@ impl Target {
             .filter_map(|n| n.pid.map(|p| (p, n.name.clone())))
             .collect();
         if let Some(s) = &self.server {
-            v.push((s.pid(), "nbdkit".into()));
+            let name = match self.kind {
+                Kind::FloorC | Kind::FloorStandAlone => "floor",
+                _ => "nbdkit",
+            };
+            v.push((s.pid(), name.into()));
         }
         v
     }
@@ -416,9 +443,15 @@ fn run(cli: &Cli) -> Result<bool, String> {
             base.display()
         ));
     }
-    // 5 repd images + 1 baseline image (+ the --peer-dir pair's Primary),
-    // and some room.
-    let images = if cli.peer_dir.is_some() { 7 } else { 6 };
+    // 5 repd images + 1 baseline image (+ the --peer-dir pair's Primary,
+    // + floor-pair's two or three), and some room.
+    let images = 6
+        + u64::from(cli.peer_dir.is_some())
+        + if cli.floor {
+            2 + u64::from(cli.peer_dir.is_none())
+        } else {
+            0
+        };
     let need = s.size * images + (512 << 20);
     ensure_free(&base, need, "the benchmark needs")?;
     let dir = tempfile::Builder::new()
@@ -429,7 +462,12 @@ fn run(cli: &Cli) -> Result<bool, String> {
         Some(p) => {
             std::fs::create_dir_all(p)
                 .map_err(|e| format!("cannot create {}: {e}", p.display()))?;
-            ensure_free(p, s.size + (64 << 20), "the --peer-dir image needs")?;
+            let peer_images = 1 + u64::from(cli.floor);
+            ensure_free(
+                p,
+                s.size * peer_images + (64 << 20),
+                "the --peer-dir images need",
+            )?;
             Some(
                 tempfile::Builder::new()
                     .prefix("nbd-bench-peer-")
@@ -439,11 +477,34 @@ fn run(cli: &Cli) -> Result<bool, String> {
         }
         None => None,
     };
-    // The --peer-dir pair only when asked for.
+    for t in &cli.targets {
+        if !KINDS.iter().any(|k| k.slug() == t) {
+            let known: Vec<&str> = KINDS.iter().map(|k| k.slug()).collect();
+            return Err(format!(
+                "--targets: unknown target {t:?} (known: {})",
+                known.join(", ")
+            ));
+        }
+    }
+    // The --peer-dir pair and the floor only when asked for.
     let kinds: Vec<Kind> = KINDS
         .into_iter()
         .filter(|k| *k != Kind::RepCPeerOwn || peer_dir.is_some())
+        .filter(|k| !matches!(k, Kind::FloorC | Kind::FloorStandAlone) || cli.floor)
+        .filter(|k| cli.targets.is_empty() || cli.targets.iter().any(|t| t == k.slug()))
         .collect();
+    if kinds.is_empty() {
+        return Err(
+            "--targets leaves nothing to measure (--floor and --peer-dir enable their rows)".into(),
+        );
+    }
+    let floor_bin = bin_dir.join("floor-pair");
+    if cli.floor && !floor_bin.is_file() {
+        return Err(format!(
+            "{} not found: build it with `cargo build --release -p bench --bins` or pass --bin-dir",
+            floor_bin.display()
+        ));
+    }
 
     let argv: Vec<String> = std::env::args().skip(1).collect();
     println!("# nbd-bench {}", argv.join(" "));
@@ -521,6 +582,13 @@ fn run(cli: &Cli) -> Result<bool, String> {
             Kind::Nbdkit | Kind::NbdkitNoCache => base_ready.clone().and_then(|()| {
                 setup_nbdkit(lab.dir.path(), &base_img, kind == Kind::NbdkitNoCache)
             }),
+            Kind::FloorC | Kind::FloorStandAlone => setup_floor(
+                lab.dir.path(),
+                lab.peer_dir.as_ref().map(tempfile::TempDir::path),
+                &floor_bin,
+                kind,
+                s.size,
+            ),
         };
         match r {
             Ok(t) => {
@@ -653,7 +721,7 @@ fn write_config(
     alpha_disk: PathBuf,
     beta_disk: PathBuf,
 ) -> Result<(PathBuf, u16), String> {
-    let nbd = free_port()?;
+    let [nbd, a_port, b_port] = free_ports::<3>()?;
     let spec = ResourceSpec {
         name: "r0".into(),
         protocol: protocol.into(),
@@ -662,13 +730,13 @@ fn write_config(
         nodes: vec![
             NodeSpec {
                 name: "alpha".into(),
-                address: format!("127.0.0.1:{}", free_port()?),
+                address: format!("127.0.0.1:{a_port}"),
                 disk: alpha_disk,
                 nbd: Some(format!("127.0.0.1:{nbd}")),
             },
             NodeSpec {
                 name: "beta".into(),
-                address: format!("127.0.0.1:{}", free_port()?),
+                address: format!("127.0.0.1:{b_port}"),
                 disk: beta_disk,
                 nbd: None,
             },
@@ -819,6 +887,63 @@ fn setup_nbdkit(dir: &Path, image: &Path, cache_none: bool) -> Result<Target, St
         nodes: Vec::new(),
         server: Some(server),
         image: Some(image.to_path_buf()),
+    })
+}
+
+/// `floor-pair` serving a prefilled image; for [`Kind::FloorC`] its
+/// Secondary's image is in `peer_dir` if given, else beside the Primary's.
+fn setup_floor(
+    dir: &Path,
+    peer_dir: Option<&Path>,
+    bin: &Path,
+    kind: Kind,
+    size: u64,
+) -> Result<Target, String> {
+    let d = dir.join(kind.slug());
+    std::fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+    let alpha = d.join("alpha.img");
+    prefill(&alpha, size)?;
+    let port = free_port()?;
+    let mut c = Command::new(bin);
+    c.arg("--nbd")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--file")
+        .arg(&alpha);
+    if kind == Kind::FloorC {
+        let beta = peer_dir.unwrap_or(&d).join("floor-beta.img");
+        prefill(&beta, size)?;
+        c.args(["--mode", "replicated", "--peer-file"]).arg(beta);
+    } else {
+        c.args(["--mode", "standalone"]);
+    }
+    let log = d.join("floor-pair.log");
+    let logf =
+        std::fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+    let errf = logf.try_clone().map_err(|e| e.to_string())?;
+    let child = c
+        .stdin(Stdio::null())
+        .stdout(logf)
+        .stderr(errf)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    let mut server = KillOnDrop {
+        child,
+        what: format!("floor-pair ({})", kind.label()),
+    };
+    if let Err(e) = wait_tcp(port, Duration::from_secs(10)) {
+        let why = if server.alive() {
+            e
+        } else {
+            "floor-pair exited".into()
+        };
+        return Err(format!("{why}; log:\n{}", file_tail(&log, 10)));
+    }
+    Ok(Target {
+        kind,
+        uri: format!("nbd://127.0.0.1:{port}/r0"),
+        nodes: Vec::new(),
+        server: Some(server),
+        image: None,
     })
 }
 
@@ -1040,33 +1165,58 @@ fn table(
         &rows,
     ));
     let _ = writeln!(s);
-    let c = ratio(iops(Kind::RepC), iops(Kind::StandAlone));
-    let _ = writeln!(
-        s,
-        "protocol C / StandAlone (IOPS): {} — target >= {C_VS_STANDALONE_TARGET:.1}: {}",
-        fmt_opt(c, 2),
-        verdict(c)
-    );
-    if kinds.contains(&Kind::RepCPeerOwn) {
-        let c = ratio(iops(Kind::RepCPeerOwn), iops(Kind::StandAlone));
-        let _ = writeln!(
-            s,
-            "protocol C, peer on --peer-dir / StandAlone (IOPS): {} — target >= {C_VS_STANDALONE_TARGET:.1}: {}",
+    // A ratio line only for targets that were selected (--targets).
+    let both = |a: Kind, b: Kind| kinds.contains(&a) && kinds.contains(&b);
+    let with_target = |num: Kind, what: &str| {
+        let c = ratio(iops(num), iops(Kind::StandAlone));
+        format!(
+            "{what} / StandAlone (IOPS): {} — target >= {C_VS_STANDALONE_TARGET:.1}: {}",
             fmt_opt(c, 2),
             verdict(c)
+        )
+    };
+    if both(Kind::RepC, Kind::StandAlone) {
+        let _ = writeln!(s, "{}", with_target(Kind::RepC, "protocol C"));
+    }
+    if both(Kind::RepCPeerOwn, Kind::StandAlone) {
+        let _ = writeln!(
+            s,
+            "{}",
+            with_target(Kind::RepCPeerOwn, "protocol C, peer on --peer-dir")
         );
     }
-    let _ = writeln!(
-        s,
-        "protocol A / StandAlone (IOPS): {}",
-        fmt_opt(ratio(iops(Kind::RepA), iops(Kind::StandAlone)), 2)
-    );
-    let _ = writeln!(
-        s,
-        "StandAlone / nbdkit file (IOPS): {}, / nbdkit file cache=none: {}",
-        fmt_opt(ratio(iops(Kind::StandAlone), iops(Kind::Nbdkit)), 2),
-        fmt_opt(ratio(iops(Kind::StandAlone), iops(Kind::NbdkitNoCache)), 2)
-    );
+    if both(Kind::FloorC, Kind::FloorStandAlone) {
+        let _ = writeln!(
+            s,
+            "floor-pair C / floor-pair StandAlone (IOPS): {} (what a second copy costs here, with no engine)",
+            fmt_opt(ratio(iops(Kind::FloorC), iops(Kind::FloorStandAlone)), 2)
+        );
+    }
+    for c in [Kind::RepC, Kind::RepCPeerOwn] {
+        if both(c, Kind::FloorC) {
+            let _ = writeln!(
+                s,
+                "{} / floor-pair C (IOPS): {}",
+                c.label(),
+                fmt_opt(ratio(iops(c), iops(Kind::FloorC)), 2)
+            );
+        }
+    }
+    if both(Kind::RepA, Kind::StandAlone) {
+        let _ = writeln!(
+            s,
+            "protocol A / StandAlone (IOPS): {}",
+            fmt_opt(ratio(iops(Kind::RepA), iops(Kind::StandAlone)), 2)
+        );
+    }
+    if both(Kind::StandAlone, Kind::Nbdkit) || both(Kind::StandAlone, Kind::NbdkitNoCache) {
+        let _ = writeln!(
+            s,
+            "StandAlone / nbdkit file (IOPS): {}, / nbdkit file cache=none: {}",
+            fmt_opt(ratio(iops(Kind::StandAlone), iops(Kind::Nbdkit)), 2),
+            fmt_opt(ratio(iops(Kind::StandAlone), iops(Kind::NbdkitNoCache)), 2)
+        );
+    }
     s
 }
 

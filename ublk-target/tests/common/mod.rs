@@ -18,9 +18,18 @@ use serde_json::Value;
 
 pub const NODES: [&str; 2] = ["alpha", "beta"];
 
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+/// `N` distinct free ports: each is held until all are picked (ports
+/// asked for one at a time may repeat, and a resource file with one port
+/// twice is refused).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let mut ports = [0u16; N];
+    for (p, l) in ports.iter_mut().zip(&held) {
+        *p = l.local_addr().unwrap().port();
+    }
+    ports
 }
 
 /// Fail loudly when a tool the test drives is missing.
@@ -111,8 +120,8 @@ impl Cluster {
             .prefix("rep-test-")
             .tempdir_in(target_tmp())
             .unwrap();
-        let ports = [free_port(), free_port()];
-        let nbd = [free_port(), free_port()];
+        let [p0, p1, n0, n1] = free_ports::<4>();
+        let (ports, nbd) = ([p0, p1], [n0, n1]);
         for n in NODES {
             let f = std::fs::File::create(dir.path().join(format!("{n}.img"))).unwrap();
             f.set_len(o.disk_mib << 20).unwrap();
