@@ -27,6 +27,8 @@ struct Side {
     connected: bool,
     want: bool,
     sent: Vec<Message>,
+    /// Local writes touching these 4 KiB blocks fail with EIO (a bad disk).
+    bad_blocks: std::ops::Range<u64>,
 }
 
 struct Pair {
@@ -76,6 +78,7 @@ impl Pair {
             connected: false,
             want: false,
             sent: Vec::new(),
+            bad_blocks: 0..0,
         };
         Self {
             s: [mk(a, 1), mk(b, 2)],
@@ -181,6 +184,18 @@ impl Pair {
                 payload,
                 ..
             } => {
+                let blocks = offset / 4096..(offset + u64::from(len)) / 4096;
+                let bad = &self.s[i].bad_blocks;
+                if blocks.start < bad.end && bad.start < blocks.end {
+                    self.s[i].node.handle(
+                        now,
+                        Event::LocalDone {
+                            token,
+                            result: Err(errno::EIO),
+                        },
+                    );
+                    return;
+                }
                 for b in 0..u64::from(len) / 4096 {
                     let blk = match &payload {
                         Payload::Data(d) => d.slice((b * 4096) as usize..((b + 1) * 4096) as usize),
@@ -772,4 +787,42 @@ fn a_primary_that_crashed_while_resyncing_its_peer_finishes_that_resync_as_sourc
     // alpha, the only consistent copy.
     assert_eq!(p.read_local(0, 0, 4 << 20), p.read_local(1, 0, 4 << 20));
     assert!(!p.s[0].node.flags().has(MetaFlags::CRASHED_PRIMARY));
+}
+
+#[test]
+fn a_failed_local_write_is_passed_on_and_its_range_resynced_later() {
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.up_and_synced();
+    p.s[0].bad_blocks = 16..17;
+    // on-io-error pass-on: the application sees the disk's error...
+    assert_eq!(p.write(0, 1, 15 * 4096, 0x33, 3 * 4096), Err(errno::EIO));
+    let st = p.s[0].node.status();
+    // ...the peer wrote it, this disk did not: the range is marked.
+    assert_eq!(st.out_of_sync_bytes, 3 * 4096, "{st:?}");
+    assert!(
+        st.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("marked out of sync")),
+        "{st:?}"
+    );
+    assert_ne!(
+        p.read_local(0, 15 * 4096, 3 * 4096),
+        p.read_local(1, 15 * 4096, 3 * 4096)
+    );
+    // Writes elsewhere go on.
+    assert_eq!(p.write(0, 2, 0, 0x44, 4096), Ok(None));
+    // The disk is replaced (or the error was transient); the next
+    // connection resyncs the range and both copies are equal again.
+    p.s[0].bad_blocks = 0..0;
+    p.admin(0, Admin::Disconnect).unwrap();
+    p.admin(
+        0,
+        Admin::Connect {
+            discard_my_data: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(p.s[0].node.conn(), ConnState::Connected);
+    assert_eq!(p.s[0].node.status().out_of_sync_bytes, 0);
+    assert_eq!(p.read_local(0, 0, 1 << 20), p.read_local(1, 0, 1 << 20));
 }

@@ -25,7 +25,7 @@
 //! wfc-timeout = 0                # seconds, 0 = wait forever
 //! degr-wfc-timeout = 120
 //! [disk]
-//! on-io-error = "detach"         # detach | pass-on | call-local-io-error
+//! on-io-error = "pass-on"        # pass-on (detach: not yet)
 //! [split-brain]
 //! after-sb-0pri = "disconnect"
 //! after-sb-1pri = "disconnect"
@@ -237,15 +237,15 @@ impl fmt::Display for MetaDisk {
 }
 
 /// `disk.on-io-error`: what to do when the backing disk reports an error.
+/// DRBD's `detach` (go on diskless, reading from the peer) and
+/// `call-local-io-error` are refused with a message rather than accepted
+/// and ignored: repd has no diskless mode yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnIoError {
-    /// Drop the backing disk and go on diskless, serving I/O from the peer.
+    /// The request fails with the disk's error; a failed write's range is
+    /// marked out of sync, so the next resync makes both copies equal.
     #[default]
-    Detach,
-    /// Report the error to the upper layers.
     PassOn,
-    /// Run the local-io-error handler.
-    CallLocalIoError,
 }
 
 /// `split-brain.after-sb-0pri`: split brain detected, no node is Primary.
@@ -291,9 +291,7 @@ pub enum AfterSb2Pri {
 impl fmt::Display for OnIoError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            OnIoError::Detach => "detach",
             OnIoError::PassOn => "pass-on",
-            OnIoError::CallLocalIoError => "call-local-io-error",
         })
     }
 }
@@ -302,12 +300,12 @@ impl FromStr for OnIoError {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
-            "detach" => Ok(Self::Detach),
             "pass-on" => Ok(Self::PassOn),
-            "call-local-io-error" => Ok(Self::CallLocalIoError),
-            _ => Err(format!(
-                "unknown value \"{s}\"; expected one of: detach, pass-on, call-local-io-error"
+            "detach" | "call-local-io-error" => Err(format!(
+                "\"{s}\" is not supported yet (repd has no diskless mode): a local I/O error \
+                 fails the request and marks its range out of sync; set on-io-error = \"pass-on\""
             )),
+            _ => Err(format!("unknown value \"{s}\"; expected: pass-on")),
         }
     }
 }
@@ -544,7 +542,7 @@ struct RawDisk {
 impl Default for RawDisk {
     fn default() -> Self {
         Self {
-            on_io_error: "detach".to_owned(),
+            on_io_error: "pass-on".to_owned(),
         }
     }
 }
@@ -1021,7 +1019,7 @@ disk = "/tmp/b.img"
         assert_eq!(c.sync.verify, VerifyAlg::Crc32c);
         assert_eq!(c.startup.wfc_timeout, None);
         assert_eq!(c.startup.degr_wfc_timeout, Some(Duration::from_secs(120)));
-        assert_eq!(c.disk.on_io_error, OnIoError::Detach);
+        assert_eq!(c.disk.on_io_error, OnIoError::PassOn);
         assert_eq!(c.split_brain, SplitBrain::default());
         assert_eq!(c.nodes[0].meta_disk, MetaDisk::Internal);
         assert_eq!(c.nodes[0].device, 0);
@@ -1161,7 +1159,7 @@ nbd = "127.0.0.1:10810"
         for s in ["disconnect", "call-pri-lost-after-sb"] {
             assert_eq!(s.parse::<AfterSb2Pri>().unwrap().to_string(), s);
         }
-        for s in ["detach", "pass-on", "call-local-io-error"] {
+        for s in ["pass-on"] {
             assert_eq!(s.parse::<OnIoError>().unwrap().to_string(), s);
         }
         assert!("discard-node-".parse::<AfterSb0Pri>().is_err());
@@ -1327,6 +1325,12 @@ nbd = "127.0.0.1:10810"
         parse(&with("sync", "al-extents = 65534")).unwrap();
         let e = err(&with("disk", "on-io-error = \"panic\""));
         assert!(e.contains("disk.on-io-error") && e.contains("panic"), "{e}");
+        // DRBD's default, not built yet: refused, not ignored.
+        let e = err(&with("disk", "on-io-error = \"detach\""));
+        assert!(
+            e.contains("disk.on-io-error") && e.contains("not supported yet"),
+            "{e}"
+        );
         let e = err(&with(
             "split-brain",
             "after-sb-0pri = \"discard-node-gamma\"",

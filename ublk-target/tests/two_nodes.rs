@@ -545,3 +545,106 @@ fn resync_progress_shows_percent_speed_and_eta() {
     );
     c.wait_synced(60);
 }
+
+/// `repctl wait-connect` with the config's [startup] timeouts, as a boot
+/// script runs it after `repctl up`.
+#[test]
+fn wait_connect_waits_wfc_timeout_or_degr_wfc_timeout() {
+    use std::time::{Duration, Instant};
+    let c = Cluster::new(Opts::default());
+    let mut text = std::fs::read_to_string(&c.config[0]).unwrap();
+    text.push_str("[startup]\nwfc-timeout = 3\ndegr-wfc-timeout = 1\n");
+    std::fs::write(&c.config[0], text).unwrap();
+    let fails_after = |secs: u64, needle: &str| {
+        let t0 = Instant::now();
+        let o = c.repctl(0, &["wait-connect"]);
+        let took = t0.elapsed();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "wait-connect succeeded alone");
+        assert!(err.contains(needle), "stderr: {err}");
+        assert!(
+            took >= Duration::from_secs(secs) && took < Duration::from_secs(secs + 5),
+            "gave up after {took:?}, not {secs} s"
+        );
+    };
+
+    // Alone after a fresh start: wfc-timeout.
+    c.up(0);
+    assert_eq!(c.status(0)["degraded_at_start"], false);
+    fails_after(3, "did not connect within 3 s (wfc-timeout)");
+
+    // The peer comes up while it waits: it returns once connected.
+    let mut w = c.cmd(0, env!("CARGO_BIN_EXE_repctl"));
+    w.arg("--config")
+        .arg(&c.config[0])
+        .args(["--node", "alpha", "--run-dir"])
+        .arg(&c.run_dir)
+        .args(["wait-connect", "--timeout", "60"]);
+    let waiter = w.output_async();
+    c.up(1);
+    let o = waiter.join().unwrap();
+    assert!(
+        o.status.success(),
+        "wait-connect failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Connected"));
+    c.ok(0, &["primary", "--force"]);
+    c.wait_synced(60);
+
+    // A Primary that crashes while connected was not degraded.
+    assert!(c.ok(0, &["dump-md", "--json"]).contains("CONNECTED_IND"));
+    c.kill9(0);
+    c.up(0);
+    assert_eq!(c.status(0)["degraded_at_start"], false);
+    c.wait_synced(60);
+    c.ok(0, &["primary"]);
+
+    // A Primary that ran alone and then crashed: degr-wfc-timeout.
+    c.ok(1, &["down"]);
+    c.wait(0, "the peer gone", 10, |s| s["connection"] != "Connected");
+    // On disk before the crash: the superblock says the peer is gone.
+    let t0 = Instant::now();
+    while c.ok(0, &["dump-md", "--json"]).contains("CONNECTED_IND") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "CONNECTED_IND never cleared"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.kill9(0);
+    c.up(0);
+    assert_eq!(c.status(0)["degraded_at_start"], true);
+    fails_after(1, "did not connect within 1 s (degr-wfc-timeout");
+    // --timeout overrides both.
+    let t0 = Instant::now();
+    assert!(!c
+        .repctl(0, &["wait-connect", "--timeout", "2"])
+        .status
+        .success());
+    assert!(t0.elapsed() >= Duration::from_secs(2));
+
+    // StandAlone never connects by itself: no waiting.
+    c.ok(0, &["disconnect"]);
+    let t0 = Instant::now();
+    let o = c.repctl(0, &["wait-connect", "--timeout", "60"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("StandAlone"));
+    assert!(t0.elapsed() < Duration::from_secs(5));
+}
+
+/// `Command::output` on a thread, so the test can act while it runs.
+trait OutputAsync {
+    fn output_async(&mut self) -> std::thread::JoinHandle<std::process::Output>;
+}
+
+impl OutputAsync for std::process::Command {
+    fn output_async(&mut self) -> std::thread::JoinHandle<std::process::Output> {
+        let child = self
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::spawn(move || child.wait_with_output().unwrap())
+    }
+}

@@ -294,6 +294,10 @@ pub struct Node {
     /// `SuspendIo`: what happens to new writes and flushes.
     suspended: Option<SuspendMode>,
     freeze_on_disconnect: bool,
+    /// The last run ended while Primary without its peer (DRBD's "degraded
+    /// cluster"): `repctl wait-connect` then waits `degr-wfc-timeout`, not
+    /// `wfc-timeout`, since the peer is less likely to come back soon.
+    degraded_at_start: bool,
     /// Held while suspended: new requests, and completions of requests
     /// that were in flight when the suspension began (in order).
     held_in: VecDeque<Event>,
@@ -315,6 +319,8 @@ impl Node {
     #[must_use]
     pub fn new(cfg: NodeConfig, p: Persisted, now: u64, seed: u64) -> Self {
         let mut flags = p.flags;
+        let degraded_at_start =
+            flags.has(MetaFlags::PRIMARY_IND) && !flags.has(MetaFlags::CONNECTED_IND);
         let mut bitmap = Bitmap::from_words(cfg.data_bytes, &p.bitmap);
         // Found Primary at start: the last run crashed while Primary. Every
         // extent in its activity log may differ from the peer.
@@ -398,6 +404,7 @@ impl Node {
             peer_has_my_current: true,
             suspended: None,
             freeze_on_disconnect: false,
+            degraded_at_start,
             held_in: VecDeque::new(),
             held_out: VecDeque::new(),
             cfg,
@@ -487,6 +494,7 @@ impl Node {
             flags: self.flags,
             suspended: self.suspended,
             freeze_on_disconnect: self.freeze_on_disconnect,
+            degraded_at_start: self.degraded_at_start,
             sync_remaining_bytes: remaining,
             sync_total_bytes: total,
             local_pending: self.io.len() as u64,
@@ -549,6 +557,15 @@ impl Node {
             _ => {}
         }
         self.actions.push_back(Action::Send(m));
+    }
+
+    /// Records durably whether the peer is connected (CONNECTED_IND), so
+    /// the next start knows whether this node ran alone.
+    fn set_connected_ind(&mut self, on: bool) {
+        if self.flags.has(MetaFlags::CONNECTED_IND) != on {
+            self.flags.set(MetaFlags::CONNECTED_IND, on);
+            self.persist_super(false);
+        }
     }
 
     fn persist_super(&mut self, gate: bool) {
@@ -1069,6 +1086,9 @@ impl Node {
         }
         self.epoch += 1;
         self.decided = false;
+        if was_decided {
+            self.set_connected_ind(false);
+        }
         self.peer = None;
         self.ping_sent = None;
         // Replicated writes the peer did not confirm, and confirmed ones it
@@ -1406,6 +1426,7 @@ impl Node {
         tracing::info!(node = %self.cfg.node, peer = %p.hello.node, decision = ?d, "sync handshake");
         self.discard_my_data = false;
         self.decided = true;
+        self.set_connected_ind(true);
         match d {
             Decision::NoSync => {
                 if self.role == Role::Primary && p.hello.role == Role::Primary {
@@ -2457,6 +2478,19 @@ impl Node {
         let len32 = u32::try_from(span.len()).unwrap_or(MAX_IO);
         match op {
             LocalOp::AppWrite { id } => {
+                if let Err(e) = &result {
+                    // on-io-error pass-on: the application gets the error,
+                    // while the peer may hold the new data and this disk
+                    // anything: the range is marked so that the next resync
+                    // makes both copies equal again.
+                    self.bitmap.set_range(span.start, span.len());
+                    self.error(format!(
+                        "local write of {} bytes at {} failed (errno {e}): the request \
+                         failed, the range is marked out of sync",
+                        span.len(),
+                        span.start
+                    ));
+                }
                 if let Some(AppReq::Write {
                     local_done,
                     local_err,

@@ -273,6 +273,8 @@ pub struct Status {
     pub suspended: Option<SuspendMode>,
     /// `FreezeOnDisconnect` is armed.
     pub freeze_on_disconnect: bool,
+    /// The last run ended while Primary and without the peer.
+    pub degraded_at_start: bool,
     /// Resync / verify progress: bytes still to go and total planned.
     pub sync_remaining_bytes: u64,
     pub sync_total_bytes: u64,

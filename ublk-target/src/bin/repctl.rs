@@ -125,6 +125,20 @@ enum Command {
     Connect(ConnectArgs),
     /// Disconnect from the peer and stay StandAlone (drbdadm disconnect)
     Disconnect,
+    /// Wait until the peer is connected (drbdadm wait-connect; [startup] timeouts)
+    #[command(
+        long_about = "Wait until this node is connected to its peer (Connected, or syncing, \
+        or verifying), like `drbdadm wait-connect` and the wait of DRBD's init script at boot: \
+        run it after `repctl up` in a boot script before anything uses the device.\n\n\
+        How long: --timeout if given, else [startup] of the resource file: `wfc-timeout`, or \
+        `degr-wfc-timeout` if this node's last run ended while it was Primary without its peer \
+        (a degraded cluster, whose peer is less likely to come back soon; `status --json` shows \
+        it as degraded_at_start). 0 waits forever.\n\n\
+        Exits 0 once connected, printing the status; exits 1 when the time is up, or at once \
+        when the node is StandAlone (after `disconnect` or a split brain it will not connect \
+        by itself: see `repctl connect`)."
+    )]
+    WaitConnect(WaitConnectArgs),
     /// Throw away this node's data and resync all of it from the peer
     Invalidate,
     /// Resync all of the peer's data from this node
@@ -168,6 +182,13 @@ enum Command {
         arms it when a witness is configured."
     )]
     FreezeOnDisconnect(FreezeArgs),
+}
+
+#[derive(Debug, Args)]
+struct WaitConnectArgs {
+    /// Seconds to wait (0 = forever) [default: wfc-timeout or degr-wfc-timeout]
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -324,6 +345,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             },
         ),
         Command::Disconnect => daemon::simple(cli, ControlCmd::Disconnect),
+        Command::WaitConnect(a) => daemon::wait_connect(cli, a),
         Command::Invalidate => daemon::simple(cli, ControlCmd::Invalidate),
         Command::InvalidateRemote => daemon::simple(cli, ControlCmd::InvalidateRemote),
         Command::Verify(a) => daemon::verify(cli, a),
@@ -347,7 +369,9 @@ mod daemon {
     use std::process::{Command as Proc, Stdio};
     use std::time::{Duration, Instant};
 
-    use super::{held_open, print_out, Cli, Failure, StatusArgs, UpArgs, VerifyArgs};
+    use super::{
+        held_open, print_out, Cli, Failure, StatusArgs, UpArgs, VerifyArgs, WaitConnectArgs,
+    };
     use ublk_target::config::Config;
     use ublk_target::control::{log_path, request, socket_path};
     use ublk_target::engine::{ControlCmd, ControlReply, NodeStatus};
@@ -397,6 +421,67 @@ mod daemon {
             print_out(&format!("{text}\n"))
         } else {
             print_out(&render(st))
+        }
+    }
+
+    /// Connection states in which the peer is connected.
+    const CONNECTED: [&str; 7] = [
+        "Connected",
+        "SyncSource",
+        "SyncTarget",
+        "WFBitMapS",
+        "WFBitMapT",
+        "VerifySource",
+        "VerifyTarget",
+    ];
+
+    pub(super) fn wait_connect(cli: &Cli, a: &WaitConnectArgs) -> Result<(), Failure> {
+        let cfg = Config::load(&cli.config)?;
+        let first = ask(cli, &ControlCmd::Status)?;
+        let st = state(&first)?;
+        let (limit, why) = match a.timeout {
+            Some(0) => (None, "--timeout 0".to_string()),
+            Some(s) => (Some(Duration::from_secs(s)), "--timeout".to_string()),
+            None if st.degraded_at_start => (
+                cfg.startup.degr_wfc_timeout,
+                "degr-wfc-timeout: the last run ended as a Primary without its peer".to_string(),
+            ),
+            None => (cfg.startup.wfc_timeout, "wfc-timeout".to_string()),
+        };
+        let t0 = Instant::now();
+        loop {
+            let r = ask(cli, &ControlCmd::Status)?;
+            let st = state(&r)?;
+            if CONNECTED.contains(&st.connection.as_str()) {
+                return print_out(&render(st));
+            }
+            if st.connection == "StandAlone" {
+                let why = if st.split_brain {
+                    "a split brain was detected; see the status for how to recover"
+                } else {
+                    "it does not try to connect: run `repctl connect`"
+                };
+                return Err(Failure(format!(
+                    "{} is StandAlone: {why}\n{}",
+                    st.node,
+                    render(st)
+                )));
+            }
+            if let Some(l) = limit {
+                if t0.elapsed() >= l {
+                    return Err(Failure(format!(
+                        "the peer {} did not connect within {} s ({why}); {} goes on as {:?} \
+                         with disk {:?}\n{}",
+                        st.peer,
+                        l.as_secs(),
+                        st.node,
+                        st.role,
+                        st.disk,
+                        render(st)
+                    )));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 

@@ -127,6 +127,11 @@ pub struct NodeStatus {
     pub suspended: Option<SuspendMode>,
     #[serde(default)]
     pub freeze_on_disconnect: bool,
+    /// The last run of this node ended while Primary and without its peer
+    /// (DRBD's degraded cluster): `repctl wait-connect` then waits
+    /// `degr-wfc-timeout` instead of `wfc-timeout`.
+    #[serde(default)]
+    pub degraded_at_start: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -904,6 +909,7 @@ impl Runner {
             pid: std::process::id(),
             suspended: st.suspended,
             freeze_on_disconnect: st.freeze_on_disconnect,
+            degraded_at_start: st.degraded_at_start,
         }
     }
 }
