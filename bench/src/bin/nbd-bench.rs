@@ -841,10 +841,6 @@ fn setup_nbdkit(dir: &Path, image: &Path, cache_none: bool) -> Result<Target, St
     } else {
         Kind::Nbdkit
     };
-    let log = dir.join(format!("{}.log", kind.slug()));
-    let logf =
-        std::fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
-    let errf = logf.try_clone().map_err(|e| e.to_string())?;
     let mut c = Command::new("nbdkit");
     c.args([
         "-f",
@@ -863,30 +859,47 @@ fn setup_nbdkit(dir: &Path, image: &Path, cache_none: bool) -> Result<Target, St
     if cache_none {
         c.arg("cache=none");
     }
+    let log = dir.join(format!("{}.log", kind.slug()));
+    serve(kind, c, "nbdkit", &log, port, Some(image.to_path_buf()))
+}
+
+/// Starts `c`, a server of export r0 on 127.0.0.1:`port` logging to
+/// `log`, and waits until it accepts connections.
+fn serve(
+    kind: Kind,
+    mut c: Command,
+    what: &str,
+    log: &Path,
+    port: u16,
+    image: Option<PathBuf>,
+) -> Result<Target, String> {
+    let logf =
+        std::fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+    let errf = logf.try_clone().map_err(|e| e.to_string())?;
     let child = c
         .stdin(Stdio::null())
         .stdout(logf)
         .stderr(errf)
         .spawn()
-        .map_err(|e| format!("cannot start nbdkit: {e}"))?;
+        .map_err(|e| format!("cannot start {what}: {e}"))?;
     let mut server = KillOnDrop {
         child,
-        what: format!("nbdkit ({})", kind.label()),
+        what: format!("{what} ({})", kind.label()),
     };
     if let Err(e) = wait_tcp(port, Duration::from_secs(10)) {
         let why = if server.alive() {
             e
         } else {
-            "nbdkit exited".into()
+            format!("{what} exited")
         };
-        return Err(format!("{why}; log:\n{}", file_tail(&log, 10)));
+        return Err(format!("{why}; log:\n{}", file_tail(log, 10)));
     }
     Ok(Target {
         kind,
         uri: format!("nbd://127.0.0.1:{port}/r0"),
         nodes: Vec::new(),
         server: Some(server),
-        image: Some(image.to_path_buf()),
+        image,
     })
 }
 
@@ -916,35 +929,7 @@ fn setup_floor(
     } else {
         c.args(["--mode", "standalone"]);
     }
-    let log = d.join("floor-pair.log");
-    let logf =
-        std::fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
-    let errf = logf.try_clone().map_err(|e| e.to_string())?;
-    let child = c
-        .stdin(Stdio::null())
-        .stdout(logf)
-        .stderr(errf)
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-    let mut server = KillOnDrop {
-        child,
-        what: format!("floor-pair ({})", kind.label()),
-    };
-    if let Err(e) = wait_tcp(port, Duration::from_secs(10)) {
-        let why = if server.alive() {
-            e
-        } else {
-            "floor-pair exited".into()
-        };
-        return Err(format!("{why}; log:\n{}", file_tail(&log, 10)));
-    }
-    Ok(Target {
-        kind,
-        uri: format!("nbd://127.0.0.1:{port}/r0"),
-        nodes: Vec::new(),
-        server: Some(server),
-        image: None,
-    })
+    serve(kind, c, "floor-pair", &d.join("floor-pair.log"), port, None)
 }
 
 /// One fio run against one target; samples the servers' CPU during the

@@ -440,13 +440,13 @@ mod daemon {
         let first = ask(cli, &ControlCmd::Status)?;
         let st = state(&first)?;
         let (limit, why) = match a.timeout {
-            Some(0) => (None, "--timeout 0".to_string()),
-            Some(s) => (Some(Duration::from_secs(s)), "--timeout".to_string()),
+            Some(0) => (None, "--timeout 0"),
+            Some(s) => (Some(Duration::from_secs(s)), "--timeout"),
             None if st.degraded_at_start => (
                 cfg.startup.degr_wfc_timeout,
-                "degr-wfc-timeout: the last run ended as a Primary without its peer".to_string(),
+                "degr-wfc-timeout: the last run ended as a Primary without its peer",
             ),
-            None => (cfg.startup.wfc_timeout, "wfc-timeout".to_string()),
+            None => (cfg.startup.wfc_timeout, "wfc-timeout"),
         };
         let t0 = Instant::now();
         loop {
