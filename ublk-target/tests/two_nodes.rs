@@ -648,3 +648,80 @@ impl OutputAsync for std::process::Command {
         std::thread::spawn(move || child.wait_with_output().unwrap())
     }
 }
+
+/// on-io-error pass-on with a real disk error: the Primary's backing file
+/// sits on a small tmpfs that fills up (ENOSPC) while a client writes.
+#[test]
+fn a_full_primary_disk_fails_the_writes_and_marks_them_for_resync() {
+    use std::process::Command;
+    tools();
+    let c = Cluster::new(Opts::default());
+    // alpha's image on a 24 MiB tmpfs: its data region sparse (holes take
+    // no space until written), its metadata at the end written for real.
+    let small = c.dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "rep-test-full"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "cannot mount a tmpfs (run as root)");
+    struct Umount(std::path::PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _umount = Umount(small.clone());
+    let img = c.img(0);
+    let moved = small.join("alpha.img");
+    let ok = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&img)
+        .arg(&moved)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let md_tail = 8u64 << 20;
+    let skip = (c.disk_bytes - md_tail) >> 20;
+    let ok = Command::new("dd")
+        .arg(format!("if={}", img.display()))
+        .arg(format!("of={}", moved.display()))
+        .args(["bs=1M", &format!("skip={skip}"), &format!("seek={skip}")])
+        .args(["conv=notrunc", "status=none"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::fs::remove_file(&img).unwrap();
+    std::os::unix::fs::symlink(&moved, &img).unwrap();
+
+    c.up(0);
+    c.up(1);
+    c.ok(0, &["primary", "--force"]);
+    c.wait_synced(60);
+    // 32 MiB of data into ~16 MiB of room: the writes past it fail.
+    let src = random_file(c.dir.path(), "big.bin", 32 << 20, 7);
+    let o = c.client(0, "nbdcopy", &[src.to_str().unwrap(), &c.nbd_uri(0)]);
+    assert!(!o.status.success(), "writes into a full disk succeeded");
+    let st = c.wait(0, "the failed writes marked", 10, |s| {
+        s["out_of_sync_bytes"].as_u64().unwrap_or(0) > 0
+    });
+    let err = st["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(err.contains("marked out of sync"), "last_error: {err}");
+    assert_eq!(st["role"], "Primary", "still serving: {st:#}");
+    // Room again (the admin grew the filesystem); the next connection
+    // resyncs the marked ranges and both copies are equal.
+    let grown = Command::new("mount")
+        .args(["-o", "remount,size=200m"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    c.ok(0, &["disconnect"]);
+    c.ok(0, &["connect"]);
+    c.wait_synced(60);
+    c.wait(0, "nothing out of sync", 30, |s| {
+        s["out_of_sync_bytes"] == 0
+    });
+    c.assert_identical();
+}
