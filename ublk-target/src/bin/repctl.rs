@@ -14,6 +14,7 @@ use replication_proto::meta::{MetaFlags, BM_BLOCK_SIZE};
 use serde_json::json;
 use ublk_target::config::{Config, ConfigError, MetaDisk, Node};
 use ublk_target::control::DEFAULT_RUN_DIR;
+use ublk_target::disk_lock::DiskLock;
 use ublk_target::engine::ControlCmd;
 use ublk_target::md::{flag_names, AlState, CreateParams, MdError, MetaDevice, MetaLocation};
 
@@ -665,6 +666,9 @@ fn load_local(cli: &Cli) -> Result<(Config, Node), Failure> {
 
 fn create_md(cli: &Cli, args: &CreateMdArgs) -> Result<(), Failure> {
     let (cfg, me) = load_local(cli)?;
+    // A running repd holds this lock: fresh metadata under it would be
+    // overwritten by its next metadata write, or mislead it.
+    let _lock = DiskLock::acquire(&me).map_err(|e| Failure(format!("create-md: {e}")))?;
     let params = CreateParams::from_config(&cfg, &me);
     let dev = MetaDevice::create(&params, args.force)?;
     let l = dev.layout();

@@ -87,6 +87,10 @@ fn run(cli: &Cli) -> Result<(), String> {
     let cfg = Config::load(&cli.config).map_err(|e| e.to_string())?;
     let (me, _) = cfg.local(cli.node.as_deref()).map_err(|e| e.to_string())?;
     let me = me.clone();
+    cfg.check_local_disk(&me).map_err(|e| e.to_string())?;
+    // Held until the process exits: no second repd (nor create-md) on
+    // this disk meanwhile.
+    let _disk_lock = ublk_target::disk_lock::DiskLock::acquire(&me).map_err(|e| e.to_string())?;
     let opts = EngineOptions {
         direct: !cli.no_direct,
         connect: !cli.standalone,
