@@ -99,10 +99,11 @@ enum Command {
         long_about = "Stop this node's daemon in order, like `drbdadm down`: demote if \
         Primary (refused while requests are in flight), flush, tell the peer, write clean \
         metadata, exit. Waits until the daemon is gone.\n\n\
-        Refused while /dev/ublkbN is mounted or open (\"Device is held open by someone\"): \
-        the daemon then keeps running and the command exits with status 1."
+        Refused while the device is in use: NBD clients connected, or /dev/ublkbN mounted \
+        or open (\"Device is held open by someone\"): the daemon then keeps running and the \
+        command exits with status 1. --force cuts the NBD clients."
     )]
-    Down,
+    Down(DownArgs),
     /// Make this node Primary: it serves the device (drbdadm primary)
     #[command(
         long_about = "Make this node Primary: its NBD export (and /dev/ublkbN) accept I/O \
@@ -214,6 +215,16 @@ struct UpArgs {
     /// The repd binary to run [default: next to repctl, then $PATH]
     #[arg(long, value_name = "PATH")]
     repd: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct DownArgs {
+    /// Stop even with NBD clients connected: their connections are closed
+    /// first (their next request fails; they may reconnect to the new
+    /// Primary). A mounted or open /dev/ublkbN still refuses: a filesystem
+    /// must not lose its disk.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -336,7 +347,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::CreateMd(args) => create_md(cli, args),
         Command::DumpMd(args) => dump_md(cli, args),
         Command::Up(args) => daemon::up(cli, args),
-        Command::Down => daemon::down(cli),
+        Command::Down(a) => daemon::down(cli, a.force),
         Command::Primary(a) => daemon::simple(cli, ControlCmd::Primary { force: a.force }),
         Command::Secondary => daemon::simple(cli, ControlCmd::Secondary),
         Command::Connect(a) => daemon::simple(
@@ -607,7 +618,19 @@ mod daemon {
         }
     }
 
-    pub(super) fn down(cli: &Cli) -> Result<(), Failure> {
+    /// The text of `path` from byte `start` on (lossy; empty if unreadable).
+    fn read_from(path: &std::path::Path, start: u64) -> String {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut buf = Vec::new();
+        if let Ok(mut f) = std::fs::File::open(path) {
+            if f.seek(SeekFrom::Start(start)).is_ok() {
+                let _ = f.read_to_end(&mut buf);
+            }
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    pub(super) fn down(cli: &Cli, force: bool) -> Result<(), Failure> {
         let cfg = Config::load(&cli.config)?;
         let me = cfg.local(cli.node.as_deref())?.0.clone();
         let sock = socket_path(&cli.run_dir, &cfg.resource.name, &me.name);
@@ -621,7 +644,8 @@ mod daemon {
                 )));
             }
         }
-        let r = request(&sock, &ControlCmd::Down, None).map_err(|e| Failure(e.to_string()))?;
+        let r = request(&sock, &ControlCmd::Down { force }, None)
+            .map_err(|e| Failure(e.to_string()))?;
         if !r.ok {
             return Err(Failure(r.error.unwrap_or_default()));
         }
