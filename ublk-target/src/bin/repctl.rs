@@ -385,7 +385,7 @@ mod daemon {
         held_open, print_out, Cli, Failure, StatusArgs, UpArgs, VerifyArgs, WaitConnectArgs,
     };
     use ublk_target::config::Config;
-    use ublk_target::control::{log_path, request, socket_path};
+    use ublk_target::control::{log_path, request, socket_path, ControlError};
     use ublk_target::engine::{ControlCmd, ControlReply, NodeStatus};
     use ublk_target::status_text::render;
 
@@ -447,6 +447,45 @@ mod daemon {
         "VerifyTarget",
     ];
 
+    /// Why a node is StandAlone, and what helps: `connect` only where a
+    /// new attempt can succeed.
+    fn standalone_why(st: &NodeStatus) -> String {
+        if st.split_brain {
+            return "a split brain was detected; see the status for how to recover".into();
+        }
+        match st.last_error.as_deref() {
+            // The handshake found the two resource files (or versions) at
+            // odds: every new attempt is refused the same way, and repd
+            // reads its file only at start.
+            Some(e) if refused_by_config(e) => format!(
+                "the connection was refused ({e}). The two nodes' resource files must \
+                 agree (same [net] secret, resource name, protocol and data size; see \
+                 `repctl dump-md` for the size): fix the file on the node where it is \
+                 wrong, then restart that node's daemon (`repctl down`, `repctl up`); \
+                 `repctl connect` alone would be refused again"
+            ),
+            Some(e) => format!(
+                "it stopped connecting after: {e}; once that is dealt with, run `repctl connect`"
+            ),
+            None => "it does not try to connect: run `repctl connect`".into(),
+        }
+    }
+
+    /// A refusal no retry can cure: the handshake's checks of the secret,
+    /// resource, size, protocol or version (on either side).
+    fn refused_by_config(err: &str) -> bool {
+        err.contains("handshake refused")
+            || [
+                "AuthFailed",
+                "WrongResource",
+                "WrongSize",
+                "UnsupportedVersion",
+                "ConfigMismatch",
+            ]
+            .iter()
+            .any(|r| err.contains(&format!("peer disconnected: {r}")))
+    }
+
     pub(super) fn wait_connect(cli: &Cli, a: &WaitConnectArgs) -> Result<(), Failure> {
         let cfg = Config::load(&cli.config)?;
         let first = ask(cli, &ControlCmd::Status)?;
@@ -468,11 +507,7 @@ mod daemon {
                 return print_out(&render(st));
             }
             if st.connection == "StandAlone" {
-                let why = if st.split_brain {
-                    "a split brain was detected; see the status for how to recover"
-                } else {
-                    "it does not try to connect: run `repctl connect`"
-                };
+                let why = standalone_why(st);
                 return Err(Failure(format!(
                     "{} is StandAlone: {why}\n{}",
                     st.node,
@@ -545,11 +580,15 @@ mod daemon {
     pub(super) fn up(cli: &Cli, a: &UpArgs) -> Result<(), Failure> {
         let (res, node) = names(cli)?;
         let sock = socket_path(&cli.run_dir, &res, &node);
-        if request(&sock, &ControlCmd::Status, Some(Duration::from_secs(2))).is_ok() {
-            return Err(Failure(format!(
-                "repd for {res} on {node} is already running (socket {})",
-                sock.display()
-            )));
+        match request(&sock, &ControlCmd::Status, Some(Duration::from_secs(2))) {
+            Ok(_) => {
+                return Err(Failure(format!(
+                    "repd for {res} on {node} is already running (socket {})",
+                    sock.display()
+                )))
+            }
+            Err(e @ ControlError::Denied { .. }) => return Err(Failure(e.to_string())),
+            Err(_) => {}
         }
         std::fs::create_dir_all(&cli.run_dir)
             .map_err(|e| Failure(format!("cannot create {}: {e}", cli.run_dir.display())))?;
@@ -560,6 +599,9 @@ mod daemon {
             .open(&log)
             .map_err(|e| Failure(format!("cannot open the log {}: {e}", log.display())))?;
         let errf = logf.try_clone().map_err(|e| Failure(e.to_string()))?;
+        // Where this attempt's lines start: a failure shows only them, not
+        // those of earlier failed starts appended before.
+        let log_start = logf.metadata().map(|m| m.len()).unwrap_or(0);
         let repd = match &a.repd {
             Some(p) => p.clone(),
             None => std::env::current_exe()
@@ -600,7 +642,7 @@ mod daemon {
                 }
             }
             if let Ok(Some(code)) = child.try_wait() {
-                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail = read_from(&log, log_start);
                 let tail: Vec<&str> = tail.lines().rev().take(5).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
                 return Err(Failure(format!(
