@@ -219,6 +219,29 @@ fn config_with_other_ports(c: &Cluster) -> std::path::PathBuf {
     path
 }
 
+/// Runs a repd that should refuse to start; fails (and kills it) if it is
+/// still running after 10 s.
+fn repd_must_refuse(args: &[&std::ffi::OsStr]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_repd"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("a second repd started on the same disk (still running after 10 s)");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(!o.status.success());
+    stderr_of(&o)
+}
+
 #[test]
 fn a_second_repd_on_the_same_disk_is_refused_and_told_who_holds_it() {
     let c = Cluster::new(Opts::default());
@@ -239,15 +262,16 @@ fn a_second_repd_on_the_same_disk_is_refused_and_told_who_holds_it() {
     assert!(err.contains("is in use"), "{err}");
     assert!(err.contains(&format!("locked by pid {pid}")), "{err}");
     // The same with repd itself, --standalone, another run directory.
-    let o = Command::new(env!("CARGO_BIN_EXE_repd"))
-        .arg("--config")
-        .arg(&copy)
-        .args(["--node", "alpha", "--standalone", "--run-dir"])
-        .arg(c.dir.path().join("third-run"))
-        .output()
-        .unwrap();
-    let err = stderr_of(&o);
-    assert!(!o.status.success(), "repd --standalone started: {err}");
+    let run = c.dir.path().join("third-run");
+    let err = repd_must_refuse(&[
+        "--config".as_ref(),
+        copy.as_ref(),
+        "--node".as_ref(),
+        "alpha".as_ref(),
+        "--standalone".as_ref(),
+        "--run-dir".as_ref(),
+        run.as_ref(),
+    ]);
     assert!(err.contains(&format!("locked by pid {pid}")), "{err}");
     // The first one goes on; once it is down the disk is free.
     assert_eq!(c.status(0)["pid"], pid);
@@ -390,4 +414,62 @@ fn a_failed_up_shows_only_its_own_log_lines() {
         !err.contains("does not exist"),
         "the earlier attempt's lines are shown too: {err}"
     );
+}
+
+/// A loop device over a file, detached when dropped.
+struct Loop(String);
+
+impl Loop {
+    fn over(file: &std::path::Path) -> Self {
+        let o = Command::new("losetup")
+            .args(["--show", "-f"])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "losetup: {}", stderr_of(&o));
+        Loop(String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        // Lazy if still open: the kernel detaches it on the last close.
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+fn a_block_device_disk_is_claimed_exclusively() {
+    require("losetup", "mount");
+    let mut c = Cluster::new(Opts::default());
+    // alpha's image (with its metadata) behind a loop device.
+    let dev = Loop::over(&c.img(0));
+    let text = std::fs::read_to_string(&c.config[0]).unwrap().replacen(
+        &format!("disk = \"{}\"", c.img(0).display()),
+        &format!("disk = \"{}\"", dev.0),
+        1,
+    );
+    let cfg = c.dir.path().join("loop.toml");
+    std::fs::write(&cfg, text).unwrap();
+    c.config[0] = cfg;
+    c.up(0);
+    let pid = c.pid(0);
+    let copy = config_with_other_ports(&c);
+    let run = c.dir.path().join("other-run");
+    let err = repd_must_refuse(&[
+        "--config".as_ref(),
+        copy.as_ref(),
+        "--node".as_ref(),
+        "alpha".as_ref(),
+        "--standalone".as_ref(),
+        "--run-dir".as_ref(),
+        run.as_ref(),
+    ]);
+    println!("the second repd says: {err}");
+    assert!(err.contains("claimed exclusively"), "{err}");
+    assert!(err.contains(&format!("pid {pid}")), "{err}");
+    let o = c.repctl(0, &["create-md", "--force"]);
+    assert!(!o.status.success(), "create-md wrote under a running repd");
+    assert!(stderr_of(&o).contains(&format!("pid {pid}")), "{o:?}");
+    c.ok(0, &["down"]);
 }
