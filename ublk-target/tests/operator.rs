@@ -183,6 +183,9 @@ fn sigterm_under_nbd_load_cuts_the_clients_and_stops_in_order() {
         "the orderly shutdown was refused:\n{log}"
     );
     assert!(log.contains("stopped"), "{log}");
+    for l in log.lines().filter(|l| l.contains("forced down")) {
+        println!("{l}");
+    }
     assert!(
         !String::from_utf8_lossy(&out.stdout).contains(&format!(
             "wrote {chunk}/{chunk} bytes at offset {}",

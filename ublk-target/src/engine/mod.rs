@@ -835,9 +835,11 @@ impl Runner {
                 self.down_waiters.push(reply);
                 return;
             }
-            if force && self.node.status().app_pending > 0 {
+            let pending = self.node.status().app_pending;
+            if force && pending > 0 {
                 // The cut clients' requests are still in the engine: demote
                 // once they are done (`retry_forced_down`).
+                tracing::info!(pending, "forced down: waiting for the requests in flight");
                 self.forced_down = Some((reply, Instant::now() + FORCED_DOWN_WAIT));
                 return;
             }
