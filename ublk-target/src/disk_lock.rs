@@ -226,4 +226,29 @@ mod tests {
         drop(first);
         DiskLock::acquire(&node).expect("free again once dropped");
     }
+
+    #[test]
+    fn an_external_metadata_file_is_locked_too() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let meta = dir.path().join("meta.img");
+        std::fs::write(&meta, [0u8; 4096]).expect("meta");
+        let node = |disk: &str| {
+            let disk = dir.path().join(disk);
+            std::fs::write(&disk, [0u8; 4096]).expect("disk");
+            Node {
+                name: "alpha".into(),
+                address: "127.0.0.1:1".parse().expect("addr"),
+                disk,
+                meta_disk: MetaDisk::External(meta.clone()),
+                device: 0,
+                nbd: None,
+            }
+        };
+        let _first = DiskLock::acquire(&node("a.img")).expect("first lock");
+        // Another data disk, the same metadata file.
+        let e = DiskLock::acquire(&node("b.img")).expect_err("second lock");
+        let msg = e.to_string();
+        assert!(msg.starts_with(&meta.display().to_string()), "{msg}");
+        assert!(msg.contains("locked by pid"), "{msg}");
+    }
 }
