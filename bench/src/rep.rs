@@ -160,8 +160,11 @@ impl Node {
         }
     }
 
+    /// `create-md --force`: the benchmark's images are prefilled with
+    /// non-zero data on purpose (no allocation during the runs), and
+    /// create-md refuses to put internal metadata over data without it.
     pub fn create_md(&self) -> Result<(), String> {
-        self.repctl(&["create-md"]).map(|_| ())
+        self.repctl(&["create-md", "--force"]).map(|_| ())
     }
 
     /// Start the daemon (O_DIRECT on the backing file, repd's default).

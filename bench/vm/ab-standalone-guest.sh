@@ -46,7 +46,8 @@ device = $(($3 + 1))
 EOC
   local rc="$2/repctl --config $cfg --run-dir $RUN/$1 --node solo"
   mkdir -p "$RUN/$1"
-  fill "$SCR/$1.img" && $rc create-md >/dev/null && $rc up >/dev/null &&
+  # --force: the image is filled on purpose; create-md refuses internal metadata over data without it.
+  fill "$SCR/$1.img" && $rc create-md --force >/dev/null && $rc up >/dev/null &&
     $rc disconnect >/dev/null && $rc primary --force >/dev/null || {
     say "$1: setup failed"
     exit 1

@@ -116,8 +116,10 @@ EOF
     [ "$(st alpha '.disk + "/" + .peer_disk + "/" + .connection')" = "UpToDate/UpToDate/Connected" ]
   }
   fill "$SCR/$t.alpha.img" && fill "$SCR/$t.beta.img" || { failed $t "cannot write the images"; return; }
+  # --force: the images are filled on purpose, and create-md refuses to put
+  # internal metadata over data without it.
   for n in alpha beta; do
-    rc $n create-md >"$OUT/$t.create-md-$n.txt" 2>&1 || { failed $t "create-md $n: $(tail -n 2 "$OUT/$t.create-md-$n.txt")"; return; }
+    rc $n create-md --force >"$OUT/$t.create-md-$n.txt" 2>&1 || { failed $t "create-md $n: $(tail -n 2 "$OUT/$t.create-md-$n.txt")"; return; }
   done
   for n in alpha beta; do
     rc $n up >"$OUT/$t.up-$n.txt" 2>&1 || { failed $t "up $n: $(tail -n 3 "$OUT/$t.up-$n.txt")"; return; }
@@ -169,7 +171,7 @@ device = 3
 EOF
   rc1() { "$REP_BIN/repctl" --config "$cfg" --run-dir "$RUN" --node solo "$@"; }
   fill "$SCR/solo.img" || { failed ours-standalone "cannot write the image"; return; }
-  rc1 create-md >"$OUT/ours-standalone.create-md.txt" 2>&1 &&
+  rc1 create-md --force >"$OUT/ours-standalone.create-md.txt" 2>&1 &&
     rc1 up >"$OUT/ours-standalone.up.txt" 2>&1 &&
     rc1 disconnect >"$OUT/ours-standalone.disconnect.txt" 2>&1 &&
     rc1 primary --force >"$OUT/ours-standalone.primary.txt" 2>&1 ||

@@ -52,6 +52,12 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "permission denied on the control socket {path}: it (and the run directory) is root's \
+             only, since whoever talks to repd can promote the node or throw its data away; run \
+             repctl as root (e.g. with sudo), or pass --run-dir for a daemon run by another user"
+    )]
+    Denied { path: PathBuf },
     #[error("repd on {path} did not answer properly: {what}")]
     BadAnswer { path: PathBuf, what: String },
 }
@@ -181,9 +187,17 @@ pub fn request(
     cmd: &ControlCmd,
     timeout: Option<Duration>,
 ) -> Result<ControlReply, ControlError> {
-    let conn = UnixStream::connect(path).map_err(|source| ControlError::NotRunning {
-        path: path.into(),
-        source,
+    let conn = UnixStream::connect(path).map_err(|source| {
+        // Not "not running": the socket (or the directory on the way) is
+        // there but not ours to use.
+        if source.kind() == std::io::ErrorKind::PermissionDenied {
+            ControlError::Denied { path: path.into() }
+        } else {
+            ControlError::NotRunning {
+                path: path.into(),
+                source,
+            }
+        }
     })?;
     let _ = conn.set_read_timeout(timeout);
     let bad = |what: String| ControlError::BadAnswer {

@@ -4,6 +4,7 @@
 //! - [`config`]: the resource file (`/etc/rep/r0.toml`), DRBD's `drbd.conf`.
 //! - [`md`]: superblock, activity log and dirty bitmap, DRBD's meta-data.
 //! - [`disk`]: the local backing disk, through io_uring.
+//! - [`disk_lock`]: one owner per backing disk (repd, create-md).
 //! - [`engine`]: the thread that runs the replication state machine and the
 //!   peer connection.
 //! - [`frontend`]: the block-device interface the NBD export and ublk serve.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod control;
 pub mod crc_pick;
 pub mod disk;
+pub mod disk_lock;
 pub mod engine;
 pub mod frontend;
 pub mod logs;

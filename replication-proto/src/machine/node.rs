@@ -807,7 +807,12 @@ impl Node {
             }
             Admin::Invalidate => {
                 if self.role == Role::Primary {
-                    return refuse("a Primary cannot invalidate its own data");
+                    return refuse(
+                        "a Primary cannot invalidate its own data (it serves it). To resync the \
+                         peer's data from this node, run `repctl invalidate-remote` here (or \
+                         `repctl invalidate` on the peer); to resync this node from the peer, \
+                         make it Secondary first",
+                    );
                 }
                 if self.sync.is_some() {
                     return refuse("a resync or verify is running");

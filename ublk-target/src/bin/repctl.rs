@@ -14,6 +14,7 @@ use replication_proto::meta::{MetaFlags, BM_BLOCK_SIZE};
 use serde_json::json;
 use ublk_target::config::{Config, ConfigError, MetaDisk, Node};
 use ublk_target::control::DEFAULT_RUN_DIR;
+use ublk_target::disk_lock::DiskLock;
 use ublk_target::engine::ControlCmd;
 use ublk_target::md::{flag_names, AlState, CreateParams, MdError, MetaDevice, MetaLocation};
 
@@ -98,10 +99,11 @@ enum Command {
         long_about = "Stop this node's daemon in order, like `drbdadm down`: demote if \
         Primary (refused while requests are in flight), flush, tell the peer, write clean \
         metadata, exit. Waits until the daemon is gone.\n\n\
-        Refused while /dev/ublkbN is mounted or open (\"Device is held open by someone\"): \
-        the daemon then keeps running and the command exits with status 1."
+        Refused while the device is in use: NBD clients connected, or /dev/ublkbN mounted \
+        or open (\"Device is held open by someone\"): the daemon then keeps running and the \
+        command exits with status 1. --force cuts the NBD clients."
     )]
-    Down,
+    Down(DownArgs),
     /// Make this node Primary: it serves the device (drbdadm primary)
     #[command(
         long_about = "Make this node Primary: its NBD export (and /dev/ublkbN) accept I/O \
@@ -213,6 +215,16 @@ struct UpArgs {
     /// The repd binary to run [default: next to repctl, then $PATH]
     #[arg(long, value_name = "PATH")]
     repd: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct DownArgs {
+    /// Stop even with NBD clients connected: their connections are closed
+    /// first (their next request fails; they may reconnect to the new
+    /// Primary). A mounted or open /dev/ublkbN still refuses: a filesystem
+    /// must not lose its disk.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -335,7 +347,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::CreateMd(args) => create_md(cli, args),
         Command::DumpMd(args) => dump_md(cli, args),
         Command::Up(args) => daemon::up(cli, args),
-        Command::Down => daemon::down(cli),
+        Command::Down(a) => daemon::down(cli, a.force),
         Command::Primary(a) => daemon::simple(cli, ControlCmd::Primary { force: a.force }),
         Command::Secondary => daemon::simple(cli, ControlCmd::Secondary),
         Command::Connect(a) => daemon::simple(
@@ -373,7 +385,7 @@ mod daemon {
         held_open, print_out, Cli, Failure, StatusArgs, UpArgs, VerifyArgs, WaitConnectArgs,
     };
     use ublk_target::config::Config;
-    use ublk_target::control::{log_path, request, socket_path};
+    use ublk_target::control::{log_path, request, socket_path, ControlError};
     use ublk_target::engine::{ControlCmd, ControlReply, NodeStatus};
     use ublk_target::status_text::render;
 
@@ -435,6 +447,45 @@ mod daemon {
         "VerifyTarget",
     ];
 
+    /// Why a node is StandAlone, and what helps: `connect` only where a
+    /// new attempt can succeed.
+    fn standalone_why(st: &NodeStatus) -> String {
+        if st.split_brain {
+            return "a split brain was detected; see the status for how to recover".into();
+        }
+        match st.last_error.as_deref() {
+            // The handshake found the two resource files (or versions) at
+            // odds: every new attempt is refused the same way, and repd
+            // reads its file only at start.
+            Some(e) if refused_by_config(e) => format!(
+                "the connection was refused ({e}). The two nodes' resource files must \
+                 agree (same [net] secret, resource name, protocol and data size; see \
+                 `repctl dump-md` for the size): fix the file on the node where it is \
+                 wrong, then restart that node's daemon (`repctl down`, `repctl up`); \
+                 `repctl connect` alone would be refused again"
+            ),
+            Some(e) => format!(
+                "it stopped connecting after: {e}; once that is dealt with, run `repctl connect`"
+            ),
+            None => "it does not try to connect: run `repctl connect`".into(),
+        }
+    }
+
+    /// A refusal no retry can cure: the handshake's checks of the secret,
+    /// resource, size, protocol or version (on either side).
+    fn refused_by_config(err: &str) -> bool {
+        err.contains("handshake refused")
+            || [
+                "AuthFailed",
+                "WrongResource",
+                "WrongSize",
+                "UnsupportedVersion",
+                "ConfigMismatch",
+            ]
+            .iter()
+            .any(|r| err.contains(&format!("peer disconnected: {r}")))
+    }
+
     pub(super) fn wait_connect(cli: &Cli, a: &WaitConnectArgs) -> Result<(), Failure> {
         let cfg = Config::load(&cli.config)?;
         let first = ask(cli, &ControlCmd::Status)?;
@@ -456,11 +507,7 @@ mod daemon {
                 return print_out(&render(st));
             }
             if st.connection == "StandAlone" {
-                let why = if st.split_brain {
-                    "a split brain was detected; see the status for how to recover"
-                } else {
-                    "it does not try to connect: run `repctl connect`"
-                };
+                let why = standalone_why(st);
                 return Err(Failure(format!(
                     "{} is StandAlone: {why}\n{}",
                     st.node,
@@ -533,11 +580,15 @@ mod daemon {
     pub(super) fn up(cli: &Cli, a: &UpArgs) -> Result<(), Failure> {
         let (res, node) = names(cli)?;
         let sock = socket_path(&cli.run_dir, &res, &node);
-        if request(&sock, &ControlCmd::Status, Some(Duration::from_secs(2))).is_ok() {
-            return Err(Failure(format!(
-                "repd for {res} on {node} is already running (socket {})",
-                sock.display()
-            )));
+        match request(&sock, &ControlCmd::Status, Some(Duration::from_secs(2))) {
+            Ok(_) => {
+                return Err(Failure(format!(
+                    "repd for {res} on {node} is already running (socket {})",
+                    sock.display()
+                )))
+            }
+            Err(e @ ControlError::Denied { .. }) => return Err(Failure(e.to_string())),
+            Err(_) => {}
         }
         std::fs::create_dir_all(&cli.run_dir)
             .map_err(|e| Failure(format!("cannot create {}: {e}", cli.run_dir.display())))?;
@@ -548,6 +599,9 @@ mod daemon {
             .open(&log)
             .map_err(|e| Failure(format!("cannot open the log {}: {e}", log.display())))?;
         let errf = logf.try_clone().map_err(|e| Failure(e.to_string()))?;
+        // Where this attempt's lines start: a failure shows only them, not
+        // those of earlier failed starts appended before.
+        let log_start = logf.metadata().map(|m| m.len()).unwrap_or(0);
         let repd = match &a.repd {
             Some(p) => p.clone(),
             None => std::env::current_exe()
@@ -588,7 +642,7 @@ mod daemon {
                 }
             }
             if let Ok(Some(code)) = child.try_wait() {
-                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail = read_from(&log, log_start);
                 let tail: Vec<&str> = tail.lines().rev().take(5).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
                 return Err(Failure(format!(
@@ -606,7 +660,19 @@ mod daemon {
         }
     }
 
-    pub(super) fn down(cli: &Cli) -> Result<(), Failure> {
+    /// The text of `path` from byte `start` on (lossy; empty if unreadable).
+    fn read_from(path: &std::path::Path, start: u64) -> String {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut buf = Vec::new();
+        if let Ok(mut f) = std::fs::File::open(path) {
+            if f.seek(SeekFrom::Start(start)).is_ok() {
+                let _ = f.read_to_end(&mut buf);
+            }
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    pub(super) fn down(cli: &Cli, force: bool) -> Result<(), Failure> {
         let cfg = Config::load(&cli.config)?;
         let me = cfg.local(cli.node.as_deref())?.0.clone();
         let sock = socket_path(&cli.run_dir, &cfg.resource.name, &me.name);
@@ -620,7 +686,8 @@ mod daemon {
                 )));
             }
         }
-        let r = request(&sock, &ControlCmd::Down, None).map_err(|e| Failure(e.to_string()))?;
+        let r = request(&sock, &ControlCmd::Down { force }, None)
+            .map_err(|e| Failure(e.to_string()))?;
         if !r.ok {
             return Err(Failure(r.error.unwrap_or_default()));
         }
@@ -665,6 +732,9 @@ fn load_local(cli: &Cli) -> Result<(Config, Node), Failure> {
 
 fn create_md(cli: &Cli, args: &CreateMdArgs) -> Result<(), Failure> {
     let (cfg, me) = load_local(cli)?;
+    // A running repd holds this lock: fresh metadata under it would be
+    // overwritten by its next metadata write, or mislead it.
+    let _lock = DiskLock::acquire(&me).map_err(|e| Failure(format!("create-md: {e}")))?;
     let params = CreateParams::from_config(&cfg, &me);
     let dev = MetaDevice::create(&params, args.force)?;
     let l = dev.layout();

@@ -23,10 +23,22 @@ use ublk_target::nbd::NbdServer;
                   metadata, connects to the peer, replicates writes as the resource's protocol \
                   says, resyncs after outages, and serves the device (NBD export) while Primary.\n\n\
                   It starts Secondary and connects at once, like `drbdadm up`. Drive it with \
-                  repctl (primary, secondary, status...). SIGTERM or SIGINT shut it down in order: \
-                  demote, flush, tell the peer, write clean metadata; they are refused (logged) \
-                  while /dev/ublkbN is mounted or open.\n\n\
+                  repctl (primary, secondary, status...). SIGTERM or SIGINT shut it down in order \
+                  like `repctl down --force`: demote, flush, tell the peer, write clean metadata. \
+                  Connected NBD clients are disconnected first (logged as a warning; their next \
+                  request fails and they may reconnect to the new Primary): a stop that systemd \
+                  asks for must end the daemon, and refusing would only turn it into the SIGKILL \
+                  that follows TimeoutStopSec, which cuts them as well and skips the orderly \
+                  shutdown. While /dev/ublkbN is mounted or open the signals are refused \
+                  (logged): a SIGKILL then leaves the device to the kernel, which holds its I/O \
+                  for the next repd.\n\n\
+                  It holds an exclusive lock on the backing disk (and an external metadata \
+                  file) while it runs: a second repd on the same disk, or `repctl create-md`, is \
+                  refused and told the holder's pid.\n\n\
                   Usually started by `repctl up`; run it directly under systemd.\n\n\
+                  Logs go to stderr; REP_LOG sets the filter (default `info`; e.g. `debug`, \
+                  `ublk_target::engine=trace`). libublk's own lines show only from warnings up \
+                  unless REP_LOG names libublk (`REP_LOG=info,libublk=info`).\n\n\
                   At start it times its two CRC32C implementations (CPU instruction, lookup \
                   tables) and uses the faster; REP_CRC32C=hardware|table16 forces one."
 )]
@@ -87,6 +99,10 @@ fn run(cli: &Cli) -> Result<(), String> {
     let cfg = Config::load(&cli.config).map_err(|e| e.to_string())?;
     let (me, _) = cfg.local(cli.node.as_deref()).map_err(|e| e.to_string())?;
     let me = me.clone();
+    cfg.check_local_disk(&me).map_err(|e| e.to_string())?;
+    // Held until the process exits: no second repd (nor create-md) on
+    // this disk meanwhile.
+    let _disk_lock = ublk_target::disk_lock::DiskLock::acquire(&me).map_err(|e| e.to_string())?;
     let opts = EngineOptions {
         direct: !cli.no_direct,
         connect: !cli.standalone,
@@ -108,6 +124,10 @@ fn run(cli: &Cli) -> Result<(), String> {
         None => None,
     };
     let nbd = nbd.map(Arc::new);
+    if let Some(n) = nbd.clone() {
+        let c = n.clone();
+        handle.attach_nbd(move || c.clients(), move || n.shutdown());
+    }
     // ---- ublk (/dev/ublkbN), part 2 of 3: the device follows the role (present
     // while Primary); without ublk_drv this warns once and ends.
     let ublk_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -143,7 +163,9 @@ fn run(cli: &Cli) -> Result<(), String> {
                         continue;
                     }
                     tracing::info!(?sig, "shutting down");
-                    match h.control(ControlCmd::Down) {
+                    // Forced: NBD clients are cut (the engine warns), see
+                    // the help text for why.
+                    match h.control(ControlCmd::Down { force: true }) {
                         Some(r) if !r.ok => {
                             tracing::error!(
                                 "orderly shutdown refused: {}; stopping anyway",

@@ -69,7 +69,14 @@ pub enum ControlCmd {
     Verify {
         repair: bool,
     },
-    Down,
+    /// Stop the daemon in order. Refused while the device is in use (NBD
+    /// clients connected, /dev/ublkbN open) unless `force`, which
+    /// disconnects the NBD clients first (an open /dev/ublkbN still
+    /// refuses: a mounted filesystem must not lose its disk).
+    Down {
+        #[serde(default)]
+        force: bool,
+    },
     /// Quorum lost (the cluster agent): hold (or with `fail`, fail with EIO)
     /// new writes and flushes until `resume-io`.
     SuspendIo {
@@ -170,7 +177,7 @@ pub struct StatsOut {
 }
 
 /// State shared with the frontends without a round trip to the engine.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Shared {
     primary: AtomicBool,
     data_bytes: AtomicU64,
@@ -180,6 +187,26 @@ struct Shared {
     /// wakes every few ms costs the I/O path real CPU in a TCG guest.
     role_changes: Mutex<u64>,
     role_changed: Condvar,
+    /// The NBD server, as `secondary` and `down` see it (repd attaches it).
+    nbd: Mutex<Option<NbdGate>>,
+}
+
+/// What the engine needs of the NBD server: how many clients are connected
+/// now (not the count `status` shows, which is refreshed every 100 ms: a
+/// client that just left must not refuse a `down`), and how to disconnect
+/// them all (a forced `down`).
+struct NbdGate {
+    clients: Box<dyn Fn() -> usize + Send>,
+    cut: Box<dyn Fn() + Send>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("primary", &self.primary)
+            .field("nbd_clients", &self.nbd_clients)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {
@@ -238,6 +265,24 @@ impl EngineHandle {
     /// How many NBD clients are connected (the NBD server reports it).
     pub fn set_nbd_clients(&self, n: usize) {
         self.shared.nbd_clients.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// Attach the NBD server: `clients` counts its connected clients now,
+    /// `cut` disconnects them all (when `down --force` or SIGTERM stops the
+    /// daemon while they are connected).
+    pub fn attach_nbd(
+        &self,
+        clients: impl Fn() -> usize + Send + 'static,
+        cut: impl Fn() + Send + 'static,
+    ) {
+        *self
+            .shared
+            .nbd
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(NbdGate {
+            clients: Box::new(clients),
+            cut: Box::new(cut),
+        });
     }
 
     /// Ends every [`RoleWait::wait_role_change`] now, as a role change
@@ -353,6 +398,9 @@ struct Runner {
     peer_name: String,
     nbd_addr: Option<String>,
     down_waiters: Vec<Sender<ControlReply>>,
+    /// A forced `down` that cut the NBD clients and waits for their
+    /// requests in flight to end before it demotes; given up at the instant.
+    forced_down: Option<(Sender<ControlReply>, Instant)>,
     /// FUA write-zeroes: the disk layer has no FUA for them, so a flush
     /// follows; internal token -> (flush stage?, the state machine's token).
     fua_zeroes: HashMap<u64, (bool, u64)>,
@@ -435,6 +483,7 @@ pub fn start(
         peer_name: peer_node.name.clone(),
         nbd_addr: me.nbd.map(|a| a.to_string()),
         down_waiters: Vec::new(),
+        forced_down: None,
         fua_zeroes: HashMap::new(),
         next_internal: INTERNAL_TOKEN,
         span: span.clone(),
@@ -460,6 +509,20 @@ pub fn start(
 
 /// Disk tokens the engine makes itself live above the state machine's.
 const INTERNAL_TOKEN: u64 = 1 << 62;
+
+/// Why the device must not be taken from its users (see `Runner::in_use`).
+struct InUse {
+    why: String,
+    nbd_clients: usize,
+}
+
+/// How long a client that just disconnected may take to leave the NBD
+/// server's list before `secondary` or `down` counts it as connected.
+const NBD_LEAVE_GRACE: Duration = Duration::from_millis(200);
+
+/// How long a forced `down` waits for the requests of the NBD clients it
+/// disconnected to end before it gives up (held requests never end).
+const FORCED_DOWN_WAIT: Duration = Duration::from_secs(10);
 
 /// While this many disk ops are queued or in flight, the engine reads
 /// nothing from the peer: a Data frame becomes one more disk op, and what
@@ -503,6 +566,7 @@ impl Runner {
             let now = self.now();
             self.node.handle(now, Event::Tick);
             self.drain();
+            self.retry_forced_down();
             if self.node.is_down() {
                 break;
             }
@@ -685,27 +749,13 @@ impl Runner {
             ControlCmd::Status => None,
             ControlCmd::Primary { force } => Some(Admin::Primary { force: *force }),
             ControlCmd::Secondary => {
-                let clients = self.shared.nbd_clients.load(Ordering::Relaxed);
-                if clients > 0 {
-                    let st = self.status();
-                    let _ = reply.send(ControlReply {
-                        ok: false,
-                        error: Some(format!(
-                            "the device is in use: {clients} NBD client(s) connected; disconnect them first"
-                        )),
-                        status: Some(st),
-                    });
-                    return;
-                }
-                // The ublk device (/dev/ublkbN): mounted or open (checked off
-                // this thread, which serves its I/O; None when none is served).
-                if let Some(why) = crate::ublk::demotion_blocker() {
-                    let st = self.status();
-                    let _ = reply.send(ControlReply {
-                        ok: false,
-                        error: Some(why),
-                        status: Some(st),
-                    });
+                if let Some(u) = self.in_use(false) {
+                    let why = if u.nbd_clients > 0 {
+                        format!("{}; disconnect them first", u.why)
+                    } else {
+                        u.why
+                    };
+                    self.refuse(&reply, why);
                     return;
                 }
                 Some(Admin::Secondary)
@@ -717,7 +767,36 @@ impl Runner {
             ControlCmd::Invalidate => Some(Admin::Invalidate),
             ControlCmd::InvalidateRemote => Some(Admin::InvalidateRemote),
             ControlCmd::Verify { repair } => Some(Admin::Verify { repair: *repair }),
-            ControlCmd::Down => Some(Admin::Down),
+            ControlCmd::Down { force } => {
+                let clients = match self.in_use(*force) {
+                    Some(u) => {
+                        let hint = if u.nbd_clients > 0 && !*force {
+                            "disconnect them, or `repctl down --force` to cut them (the node stays up)"
+                        } else {
+                            "the node stays up"
+                        };
+                        self.refuse(&reply, format!("{}; {hint}", u.why));
+                        return;
+                    }
+                    None => self.nbd_clients(),
+                };
+                if *force && clients > 0 {
+                    tracing::warn!(
+                        clients,
+                        "forced down: disconnecting the NBD clients (their next request fails)"
+                    );
+                    if let Some(gate) = self
+                        .shared
+                        .nbd
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .as_ref()
+                    {
+                        (gate.cut)();
+                    }
+                }
+                Some(Admin::Down)
+            }
             ControlCmd::SuspendIo { fail } => Some(Admin::SuspendIo {
                 mode: if *fail {
                     SuspendMode::Fail
@@ -750,10 +829,20 @@ impl Runner {
             }
         };
         self.drain();
-        if result.is_ok() && cmd == ControlCmd::Down {
-            // Answered when the orderly shutdown finished.
-            self.down_waiters.push(reply);
-            return;
+        if let ControlCmd::Down { force } = cmd {
+            if result.is_ok() {
+                // Answered when the orderly shutdown finished.
+                self.down_waiters.push(reply);
+                return;
+            }
+            let pending = self.node.status().app_pending;
+            if force && pending > 0 {
+                // The cut clients' requests are still in the engine: demote
+                // once they are done (`retry_forced_down`).
+                tracing::info!(pending, "forced down: waiting for the requests in flight");
+                self.forced_down = Some((reply, Instant::now() + FORCED_DOWN_WAIT));
+                return;
+            }
         }
         let st = self.status();
         let _ = reply.send(ControlReply {
@@ -761,6 +850,81 @@ impl Runner {
             error: result.err(),
             status: Some(st),
         });
+    }
+
+    /// NBD clients connected now. One that has just disconnected (an
+    /// `nbdcopy` that exited a moment ago) may take a few ms to leave the
+    /// server's list: a count above 0 is looked at again for up to
+    /// [`NBD_LEAVE_GRACE`] (this only delays a refusal).
+    fn nbd_clients(&self) -> usize {
+        let gate = self
+            .shared
+            .nbd
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(gate) = gate.as_ref() else {
+            return 0;
+        };
+        let t0 = Instant::now();
+        loop {
+            let n = (gate.clients)();
+            if n == 0 || t0.elapsed() >= NBD_LEAVE_GRACE {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Why the device must not be taken from its users now: NBD clients
+    /// are connected (unless `cut_nbd`: a forced `down` disconnects them),
+    /// or /dev/ublkbN is mounted or open. What both `secondary` and `down`
+    /// refuse on; `None` when nothing uses the device.
+    fn in_use(&self, cut_nbd: bool) -> Option<InUse> {
+        if !cut_nbd {
+            let clients = self.nbd_clients();
+            if clients > 0 {
+                return Some(InUse {
+                    why: format!("the device is in use: {clients} NBD client(s) connected"),
+                    nbd_clients: clients,
+                });
+            }
+        }
+        // The ublk device (/dev/ublkbN): mounted or open (checked off this
+        // thread, which serves its I/O; None when none is served).
+        crate::ublk::demotion_blocker().map(|why| InUse {
+            why,
+            nbd_clients: 0,
+        })
+    }
+
+    fn refuse(&self, reply: &Sender<ControlReply>, why: String) {
+        let _ = reply.send(ControlReply {
+            ok: false,
+            error: Some(why),
+            status: Some(self.status()),
+        });
+    }
+
+    /// A forced `down` waiting for the requests of the clients it cut:
+    /// demote as soon as none is in flight, or give up at its deadline.
+    fn retry_forced_down(&mut self) {
+        let Some((_, deadline)) = &self.forced_down else {
+            return;
+        };
+        let deadline = *deadline;
+        let now = self.now();
+        let result = self.node.admin(now, Admin::Down);
+        if result.is_err() && Instant::now() < deadline {
+            return;
+        }
+        let Some((reply, _)) = self.forced_down.take() else {
+            return;
+        };
+        self.drain();
+        match result {
+            Ok(()) => self.down_waiters.push(reply),
+            Err(e) => self.refuse(&reply, e.to_string()),
+        }
     }
 
     fn drain(&mut self) {
@@ -969,7 +1133,7 @@ mod tests {
         assert!(waited < Duration::from_secs(10), "waited {waited:?}");
         assert!(writable, "woken before the role changed");
 
-        let _ = h.control(ControlCmd::Down);
+        let _ = h.control(ControlCmd::Down { force: false });
         eng.thread.join().expect("engine thread");
     }
 }

@@ -45,6 +45,26 @@ pub enum MdError {
     #[error("no metadata found (wrong magic) in {path} at offset {offset} — run create-md")]
     NoMetadata { path: PathBuf, offset: u64 },
     #[error(
+        "no metadata at the end of {path} (offset {offset}), and that end holds data: the disk seems \
+         to have been resized (shrunk or grown) since create-md, since internal metadata sits at \
+         the end of the disk (or its superblock was overwritten). Give the disk back its old size — nothing was changed. Do not run \
+         create-md on it: fresh metadata would overwrite the end of the data and forget the data \
+         generations (it refuses without --force)"
+    )]
+    Resized { path: PathBuf, offset: u64 },
+    #[error(
+        "the end of {path}, where internal metadata goes ({bytes} bytes from offset {offset}), \
+         holds data and no metadata: if this disk was used with repd before, it seems to have \
+         been resized (give it back its old size); if it holds a filesystem, create-md would \
+         overwrite its end. Refusing; use external metadata (meta-disk = PATH), or --force to \
+         overwrite that area"
+    )]
+    TailHoldsData {
+        path: PathBuf,
+        offset: u64,
+        bytes: u64,
+    },
+    #[error(
         "superblock checksum mismatch in {path} at offset {offset}: stored {stored:#010x}, computed {computed:#010x}{}; \
          the metadata is corrupt — nothing was changed. Restore it from a backup, or recreate it with \
          `repctl create-md --force` (that forgets the data generations, so the next connect does a full sync)",
@@ -236,6 +256,32 @@ fn open_existing(path: &Path, writable: bool) -> Result<File, MdError> {
 }
 
 /// Read the superblock sector at `offset`, or `None` if the file ends first.
+/// How much of a disk's end (below its superblock block) is looked at to
+/// tell a fresh disk (zeroes: run create-md) from a resized one (data).
+const TAIL_LOOK: u64 = 1 << 20;
+
+/// Whether `len` bytes of `file` from `offset` are all zero (a fresh
+/// disk's end, where create-md may write internal metadata).
+fn all_zero(file: &File, path: &Path, offset: u64, len: u64) -> Result<bool, MdError> {
+    const CHUNK: u64 = 1 << 20;
+    let mut buf = vec![0u8; to_usize(len.min(CHUNK), "a read buffer")?];
+    let mut at = offset;
+    let end = offset.saturating_add(len);
+    while at < end {
+        let n = to_usize((end - at).min(CHUNK), "a read")?;
+        let chunk = buf
+            .get_mut(..n)
+            .ok_or_else(|| MdError::Invalid("read size".into()))?;
+        file.read_exact_at(chunk, at)
+            .map_err(io_err("read the end of", path))?;
+        if chunk.iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
+}
+
 fn read_sb_sector(
     file: &File,
     path: &Path,
@@ -332,6 +378,23 @@ impl MetaDevice {
 
         let sb_abs = layout.md_offset + layout.sb_offset();
         let existing = read_sb_sector(&file, &path, sb_abs)?;
+        let has_magic = existing
+            .as_ref()
+            .is_some_and(|b| superblock::magic_of(b) == superblock::SB_MAGIC);
+        if layout.kind == MetaKind::Internal
+            && !force
+            && !has_magic
+            && !all_zero(&file, &path, layout.md_offset, layout.md_bytes)?
+        {
+            // Metadata gone from the end (a shrunk disk) or a filesystem
+            // there: fresh metadata would destroy data (DRBD's create-md
+            // refuses to truncate a filesystem, too).
+            return Err(MdError::TailHoldsData {
+                path,
+                offset: layout.md_offset,
+                bytes: layout.md_bytes,
+            });
+        }
         let mut wipe_old = false;
         if let Some(buf) = &existing {
             if superblock::magic_of(buf) == superblock::SB_MAGIC {
@@ -479,7 +542,22 @@ impl MetaDevice {
             path: path.clone(),
             offset: sb_abs,
         })?;
-        let sb = Superblock::decode(&buf, &path, sb_abs)?;
+        let sb = match Superblock::decode(&buf, &path, sb_abs) {
+            // Internal metadata missing where the disk ends, over data: the
+            // disk was resized, and create-md would be the wrong advice.
+            Err(MdError::NoMetadata { path, offset })
+                if location.meta_disk == MetaDisk::Internal
+                    && !all_zero(
+                        &file,
+                        &path,
+                        offset.saturating_sub(TAIL_LOOK),
+                        TAIL_LOOK.min(offset) + MD_BLOCK,
+                    )? =>
+            {
+                return Err(MdError::Resized { path, offset });
+            }
+            r => r?,
+        };
         let l = sb.layout;
         let expected_kind = match location.meta_disk {
             MetaDisk::Internal => MetaKind::Internal,
