@@ -23,6 +23,11 @@ pub struct Oracle {
     blocks: HashMap<u64, Vec<BlockWrite>>,
     /// Acked-unprotected writes per node, to protect on flush or endanger on crash.
     unflushed: [Vec<(u64, u64)>; 2],
+    /// How many entries of `unflushed` were taken off its front so far: a
+    /// flush covers the writes acknowledged before it was issued, counted
+    /// from the first ever, so a flush that completes after an earlier one
+    /// drained the list does not cover writes acknowledged after it.
+    drained: [usize; 2],
 }
 
 /// The tag a block holds: 0 for zeroes / never written.
@@ -72,11 +77,14 @@ impl Oracle {
         }
     }
 
-    /// A flush issued after these acks completed on `node`.
+    /// A flush issued when [`Oracle::unflushed_len`] was `upto` completed on
+    /// `node`: the writes acknowledged before it are durable.
     pub fn flushed(&mut self, node: usize, upto: usize) {
-        let list: Vec<(u64, u64)> = self.unflushed[node]
-            .drain(..upto.min(self.unflushed[node].len()))
-            .collect();
+        let n = upto
+            .saturating_sub(self.drained[node])
+            .min(self.unflushed[node].len());
+        self.drained[node] += n;
+        let list: Vec<(u64, u64)> = self.unflushed[node].drain(..n).collect();
         for (b, tag) in list {
             if let Some(w) = self
                 .blocks
@@ -88,12 +96,14 @@ impl Oracle {
         }
     }
 
+    /// The mark a flush issued now passes to [`Oracle::flushed`].
     pub fn unflushed_len(&self, node: usize) -> usize {
-        self.unflushed[node].len()
+        self.drained[node] + self.unflushed[node].len()
     }
 
     /// `node` lost power: its unflushed, unreplicated acked writes may be gone.
     pub fn power_loss(&mut self, node: usize) {
+        self.drained[node] += self.unflushed[node].len();
         for (b, tag) in self.unflushed[node].drain(..) {
             if let Some(w) = self
                 .blocks
@@ -115,6 +125,7 @@ impl Oracle {
                 w.at_risk = true;
             }
         }
+        self.drained[node] += self.unflushed[node].len();
         self.unflushed[node].clear();
     }
 
