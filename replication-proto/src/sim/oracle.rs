@@ -22,7 +22,9 @@ struct BlockWrite {
 pub struct Oracle {
     blocks: HashMap<u64, Vec<BlockWrite>>,
     /// Acked-unprotected writes per node, to protect on flush or endanger on crash.
-    unflushed: [Vec<(u64, u64)>; 2],
+    /// Each entry is a block and the index of the write in its history:
+    /// tags do not name a write (every zeroing write has tag 0).
+    unflushed: [Vec<(u64, usize)>; 2],
     /// How many entries of `unflushed` were taken off its front so far: a
     /// flush covers the writes acknowledged before it was issued, counted
     /// from the first ever, so a flush that completes after an earlier one
@@ -65,12 +67,13 @@ impl Oracle {
     pub fn acked(&mut self, tag: u64, first_block: u64, nblocks: u64, protected: bool) {
         for b in first_block..first_block + nblocks {
             if let Some(ws) = self.blocks.get_mut(&b) {
-                if let Some(w) = ws.iter_mut().rev().find(|w| w.tag == tag) {
+                if let Some(i) = ws.iter().rposition(|w| w.tag == tag) {
+                    let w = &mut ws[i];
                     w.acked = true;
                     w.protected = protected;
                     w.replicated = protected;
                     if !protected {
-                        self.unflushed[w.node].push((b, tag));
+                        self.unflushed[w.node].push((b, i));
                     }
                 }
             }
@@ -84,13 +87,9 @@ impl Oracle {
             .saturating_sub(self.drained[node])
             .min(self.unflushed[node].len());
         self.drained[node] += n;
-        let list: Vec<(u64, u64)> = self.unflushed[node].drain(..n).collect();
-        for (b, tag) in list {
-            if let Some(w) = self
-                .blocks
-                .get_mut(&b)
-                .and_then(|ws| ws.iter_mut().find(|w| w.tag == tag))
-            {
+        let list: Vec<(u64, usize)> = self.unflushed[node].drain(..n).collect();
+        for (b, i) in list {
+            if let Some(w) = self.blocks.get_mut(&b).and_then(|ws| ws.get_mut(i)) {
                 w.protected = true;
             }
         }
@@ -104,12 +103,8 @@ impl Oracle {
     /// `node` lost power: its unflushed, unreplicated acked writes may be gone.
     pub fn power_loss(&mut self, node: usize) {
         self.drained[node] += self.unflushed[node].len();
-        for (b, tag) in self.unflushed[node].drain(..) {
-            if let Some(w) = self
-                .blocks
-                .get_mut(&b)
-                .and_then(|ws| ws.iter_mut().find(|w| w.tag == tag))
-            {
+        for (b, i) in self.unflushed[node].drain(..) {
+            if let Some(w) = self.blocks.get_mut(&b).and_then(|ws| ws.get_mut(i)) {
                 if !w.protected {
                     w.at_risk = true;
                 }
