@@ -33,6 +33,13 @@ impl MetaFlags {
     pub const CRASHED_PRIMARY: u32 = 1 << 6;
     /// The activity log is clean: the node shut down cleanly.
     pub const AL_CLEAN: u32 = 1 << 7;
+    /// The current generation was started by a Primary whose I/O was
+    /// suspended (frozen) when it lost its peer, and it has acknowledged no
+    /// write in it since: what it wrote alone (requests that were in flight)
+    /// was never promised to anyone. It rejoins a peer that moved on from
+    /// the same generation as sync target instead of as a split brain.
+    /// Cleared, durably, before the first acknowledgement (on resume).
+    pub const UNACKED_GEN: u32 = 1 << 8;
 
     #[must_use]
     pub fn has(self, flag: u32) -> bool {

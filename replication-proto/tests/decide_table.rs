@@ -167,7 +167,9 @@ fn an_inconsistent_source_is_no_good_data() {
     ));
 }
 
-fn arb_view() -> impl Strategy<Value = (u64, u64, [u64; 2], u8, u8, u64, bool, bool)> {
+type Arb = (u64, u64, [u64; 2], u8, u8, u64, bool, bool, bool);
+
+fn arb_view() -> impl Strategy<Value = Arb> {
     // Small UUID alphabet so the interesting equalities happen often.
     let u = prop_oneof![Just(0u64), Just(UUID_JUST_CREATED), 0x10u64..0x16];
     (
@@ -179,12 +181,14 @@ fn arb_view() -> impl Strategy<Value = (u64, u64, [u64; 2], u8, u8, u64, bool, b
         0u64..3,
         any::<bool>(),
         any::<bool>(),
+        any::<bool>(),
     )
 }
 
-fn mk<'a>(node: &'a str, v: &(u64, u64, [u64; 2], u8, u8, u64, bool, bool)) -> View<'a> {
+fn mk<'a>(node: &'a str, v: &Arb) -> View<'a> {
     let mut flags = MetaFlags::default();
     flags.set(MetaFlags::CRASHED_PRIMARY, v.6);
+    flags.set(MetaFlags::UNACKED_GEN, v.8);
     View {
         node,
         gens: Generations {
@@ -239,4 +243,45 @@ proptest! {
             prop_assert!(!victim, "Primary alpha discarded by {:?}", da);
         }
     }
+}
+
+#[test]
+fn of_two_crashed_nodes_only_a_consistent_one_is_the_source() {
+    // beta was the new Primary and crashed while alpha, the old crashed
+    // Primary, resynced from it: alpha is Inconsistent. Metadata written
+    // before sync targets dropped CRASHED_PRIMARY still carries it on alpha;
+    // the name order alone picked alpha, and the pair refused to sync.
+    let mut a = view("alpha", 0x20, 0, [0x10, 0]);
+    a.flags = MetaFlags(MetaFlags::CRASHED_PRIMARY);
+    a.disk = DiskState::Inconsistent;
+    let mut b = view("beta", 0x20, 0x10, [0, 0]);
+    b.flags.set(MetaFlags::CRASHED_PRIMARY, true);
+    b.disk = DiskState::Consistent;
+    assert_eq!(decide(&a, &b, &pol()), Decision::Target { full: false });
+    assert_eq!(decide(&b, &a, &pol()), Decision::Source { full: false });
+}
+
+#[test]
+fn a_frozen_primary_that_acknowledged_nothing_alone_rejoins_as_target() {
+    // alpha froze when it lost beta and started 0x30 from 0x10 without
+    // acknowledging anything; beta was promoted and started 0x20 from 0x10.
+    let mut a = view("alpha", 0x30, 0x10, [0, 0]);
+    a.flags.set(MetaFlags::UNACKED_GEN, true);
+    a.dirty_bits = 1024;
+    let mut b = view("beta", 0x20, 0x10, [0, 0]);
+    b.role = Role::Primary;
+    assert_eq!(decide(&a, &b, &pol()), Decision::Target { full: false });
+    assert_eq!(decide(&b, &a, &pol()), Decision::Source { full: false });
+    // beta, promoted alone with the freeze armed, froze too: neither
+    // acknowledged anything, the Primary is the source.
+    b.flags.set(MetaFlags::UNACKED_GEN, true);
+    assert_eq!(decide(&a, &b, &pol()), Decision::Target { full: false });
+    assert_eq!(decide(&b, &a, &pol()), Decision::Source { full: false });
+    // Once alpha acknowledged a write (it was resumed), it is a split brain.
+    a.flags.set(MetaFlags::UNACKED_GEN, false);
+    b.flags.set(MetaFlags::UNACKED_GEN, false);
+    assert!(matches!(
+        decide(&a, &b, &pol()),
+        Decision::SplitBrain { .. }
+    ));
 }

@@ -826,3 +826,238 @@ fn a_failed_local_write_is_passed_on_and_its_range_resynced_later() {
     assert_eq!(p.s[0].node.status().out_of_sync_bytes, 0);
     assert_eq!(p.read_local(0, 0, 1 << 20), p.read_local(1, 0, 1 << 20));
 }
+
+impl Pair {
+    /// Power loss of side `i`: it restarts from what it had persisted (the
+    /// harness completes metadata writes at once, so that is its state),
+    /// with `al` as its activity log. The peer sees the connection drop.
+    fn crash(&mut self, i: usize, al: Vec<u32>) {
+        let n = &self.s[i].node;
+        let p = Persisted {
+            gens: n.gens(),
+            flags: n.flags(),
+            bitmap: n.bitmap_words().to_vec(),
+            al_seq: 1,
+            al_extents: al,
+        };
+        let cfg = n.config().clone();
+        self.s[i].node = Node::new(cfg, p, self.now, 10 + i as u64);
+        self.s[i].connected = false;
+        self.s[i].want = false;
+        self.q = [VecDeque::new(), VecDeque::new()];
+        if self.s[1 - i].connected {
+            self.s[1 - i].connected = false;
+            self.s[1 - i].node.handle(self.now, Event::TransportDown);
+        }
+        self.pump();
+    }
+
+    fn connect_both(&mut self) {
+        for i in 0..2 {
+            if self.s[i].node.conn() == ConnState::StandAlone {
+                self.admin(
+                    i,
+                    Admin::Connect {
+                        discard_my_data: false,
+                    },
+                )
+                .unwrap();
+            }
+        }
+    }
+
+    fn assert_in_sync(&self) {
+        for i in 0..2 {
+            let st = self.s[i].node.status();
+            assert_eq!(
+                (st.connection, st.disk, st.peer_disk, st.split_brain),
+                (
+                    ConnState::Connected,
+                    DiskState::UpToDate,
+                    DiskState::UpToDate,
+                    false
+                ),
+                "{st:?}"
+            );
+            assert_eq!(st.out_of_sync_bytes, 0, "{st:?}");
+        }
+        assert_eq!(
+            self.read_local(0, 0, SIZE as u32),
+            self.read_local(1, 0, SIZE as u32)
+        );
+    }
+}
+
+#[test]
+fn the_new_primary_crashing_while_it_resyncs_the_old_one_is_still_the_source() {
+    // issue 16 item 3: alpha Primary crashes, beta is promoted and writes,
+    // alpha comes back and resyncs from beta (slowly), beta crashes mid-way.
+    let slow = |me: &str, peer: &str| NodeConfig {
+        resync_rate: 1 << 20,
+        ..cfg(me, peer)
+    };
+    let mut p = Pair::new(slow("alpha", "beta"), slow("beta", "alpha"));
+    p.connect_both();
+    p.admin(0, Admin::Primary { force: true }).unwrap();
+    p.tick(10_000);
+    p.assert_in_sync();
+    assert_eq!(p.write(0, 1, 0, 0xa1, 4096), Ok(None));
+    p.crash(0, vec![0]);
+    assert_eq!(p.s[0].node.disk(), DiskState::Consistent);
+    p.admin(1, Admin::Primary { force: false }).unwrap();
+    // Both extents: beta's own write, and alpha's activity-log extent.
+    assert_eq!(p.write(1, 2, 4 << 20, 0xb2, 8192), Ok(None));
+    assert_eq!(p.write(1, 3, 0, 0xb3, 4096), Ok(None));
+    p.connect_both();
+    p.tick(20);
+    assert_eq!(p.s[0].node.conn(), ConnState::SyncTarget);
+    assert_eq!(p.s[1].node.conn(), ConnState::SyncSource);
+    assert!(p.s[0].node.status().sync_remaining_bytes > 0);
+    p.crash(1, vec![1]);
+    assert_eq!(p.s[0].node.disk(), DiskState::Inconsistent);
+    assert_eq!(p.s[1].node.disk(), DiskState::Consistent);
+    p.connect_both();
+    p.tick(10_000);
+    // beta, the only consistent copy, was the source: everything converged
+    // without an operator, and beta's writes are on alpha.
+    p.assert_in_sync();
+    assert_eq!(p.read_local(0, 0, 4096)[0], 0xb3);
+    assert_eq!(p.read_local(0, 4 << 20, 4096)[0], 0xb2);
+}
+
+#[test]
+fn a_frozen_primary_that_crashed_rejoins_as_target_without_a_split_brain() {
+    // issue 16 item 4: both armed; beta stops answering; alpha freezes with
+    // a write in flight (written locally, never acknowledged); alpha
+    // crashes; beta is promoted (and resumed, as the agent would); alpha
+    // comes back.
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.up_and_synced();
+    for i in 0..2 {
+        p.admin(i, Admin::FreezeOnDisconnect { on: true }).unwrap();
+    }
+    p.mute = [true, true];
+    submit_write(&mut p, 0, 1, 0x66);
+    p.tick(400);
+    assert_ne!(p.s[0].node.conn(), ConnState::Connected);
+    assert!(p.s[0].node.status().suspended.is_some());
+    assert!(!p.s[0].done.contains_key(&1), "acknowledged while frozen");
+    assert_eq!(p.read_local(0, 0, 4096)[0], 0x66, "the write was in flight");
+    p.crash(0, vec![0]);
+    p.mute = [false, false];
+    p.admin(1, Admin::Disconnect).unwrap();
+    p.admin(1, Admin::Primary { force: false }).unwrap();
+    p.admin(1, Admin::ResumeIo).unwrap();
+    assert_eq!(p.write(1, 2, 4 << 20, 0xb2, 4096), Ok(None));
+    p.connect_both();
+    p.tick(2000);
+    // No split brain: alpha took beta's data, the unacknowledged write is
+    // gone, beta's write is there.
+    p.assert_in_sync();
+    assert_eq!(p.read_local(0, 0, 4096)[0], 0);
+    assert_eq!(p.read_local(0, 4 << 20, 4096)[0], 0xb2);
+}
+
+#[test]
+fn a_resumed_frozen_primary_acknowledges_only_after_the_resume_is_durable() {
+    let persisted = Persisted {
+        gens: Generations {
+            current: 0x1234,
+            bitmap: 0,
+            history: [0, 0],
+        },
+        flags: MetaFlags(MetaFlags::CONSISTENT | MetaFlags::WAS_UP_TO_DATE),
+        ..fresh()
+    };
+    let mut n = Node::new(cfg("alpha", "beta"), persisted, 0, 1);
+    // Every action so far, with metadata writes answered at once.
+    let run = |n: &mut Node, answer_meta: bool| -> Vec<Action> {
+        let mut seen = Vec::new();
+        while let Some(a) = n.poll_action() {
+            match &a {
+                Action::WriteSuper { token, .. }
+                | Action::WriteAl { token, .. }
+                | Action::WriteBitmap { token, .. }
+                    if answer_meta =>
+                {
+                    n.handle(
+                        0,
+                        Event::MetaDone {
+                            token: *token,
+                            result: Ok(()),
+                        },
+                    );
+                }
+                Action::LocalWrite { token, .. } => n.handle(
+                    0,
+                    Event::LocalDone {
+                        token: *token,
+                        result: Ok(None),
+                    },
+                ),
+                _ => {}
+            }
+            seen.push(a);
+        }
+        seen
+    };
+    n.admin(0, Admin::FreezeOnDisconnect { on: true }).unwrap();
+    n.admin(0, Admin::Primary { force: false }).unwrap();
+    run(&mut n, true);
+    // Promoted alone, armed: frozen, in a new generation marked as holding
+    // no acknowledged write.
+    assert!(n.status().suspended.is_some());
+    assert_ne!(n.gens().current, 0x1234);
+    assert!(n.flags().has(MetaFlags::UNACKED_GEN));
+    n.handle(
+        0,
+        Event::AppWrite {
+            id: 7,
+            offset: 0,
+            payload: Payload::Data(Bytes::from(vec![1u8; 4096])),
+            len: 4096,
+            fua: false,
+        },
+    );
+    assert!(
+        run(&mut n, true).is_empty(),
+        "a held write reached the disk"
+    );
+    n.admin(0, Admin::ResumeIo).unwrap();
+    let acts = run(&mut n, false);
+    let supers: Vec<_> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::WriteSuper { token, flags, .. } => Some((*token, *flags)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(supers.len(), 1, "{acts:?}");
+    assert!(!supers[0].1.has(MetaFlags::UNACKED_GEN));
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::LocalWrite { .. } | Action::Complete { .. })),
+        "held I/O went on before the resume was durable: {acts:?}"
+    );
+    assert!(n.status().suspended.is_some());
+    n.handle(
+        0,
+        Event::MetaDone {
+            token: supers[0].0,
+            result: Ok(()),
+        },
+    );
+    let acts = run(&mut n, true);
+    assert!(
+        acts.iter().any(|a| matches!(
+            a,
+            Action::Complete {
+                id: 7,
+                result: Ok(None)
+            }
+        )),
+        "{acts:?}"
+    );
+    assert_eq!(n.status().suspended, None);
+}

@@ -164,14 +164,15 @@ fn cmp_uuids(me: &View<'_>, peer: &View<'_>) -> Cmp {
             (false, true) if consistent(me.disk) => Cmp::BitmapSource,
             (false, true) => Cmp::BitmapTarget,
             // Both crashed (a common power failure): nothing survived in a
-            // cache, so either copy is as good; pick one deterministically.
-            (true, true) => {
-                if me.node < peer.node {
-                    Cmp::BitmapSource
-                } else {
-                    Cmp::BitmapTarget
-                }
-            }
+            // cache, so either consistent copy is as good. An Inconsistent
+            // one (a resync target when the power went; metadata written
+            // before targets dropped the flag) cannot be the source.
+            (true, true) => match (consistent(me.disk), consistent(peer.disk)) {
+                (true, false) => Cmp::BitmapSource,
+                (false, true) => Cmp::BitmapTarget,
+                _ if me.node < peer.node => Cmp::BitmapSource,
+                _ => Cmp::BitmapTarget,
+            },
         };
     }
     // Each rule is checked both ways at once: inputs where both directions
@@ -186,7 +187,28 @@ fn cmp_uuids(me: &View<'_>, peer: &View<'_>) -> Cmp {
         (false, false) => {}
     }
     if nz(m.bitmap) && m.bitmap == p.bitmap {
-        return Cmp::SplitBrain;
+        // Both moved on from the same generation. A side that froze when it
+        // lost the peer and acknowledged nothing since (UNACKED_GEN) made
+        // no change worth keeping, and its bitmap counts from that same
+        // generation: it syncs from the other side instead of a split brain.
+        let mu = me.flags.has(MetaFlags::UNACKED_GEN);
+        let pu = peer.flags.has(MetaFlags::UNACKED_GEN);
+        return match (mu, pu) {
+            (false, false) => Cmp::SplitBrain,
+            (true, false) => Cmp::BitmapTarget,
+            (false, true) => Cmp::BitmapSource,
+            // Neither acknowledged anything alone: any consistent side may
+            // be the source; a Primary, which cannot be a target, first.
+            (true, true) => {
+                let rank = |v: &View<'_>| (consistent(v.disk), v.role == Role::Primary);
+                match rank(me).cmp(&rank(peer)) {
+                    std::cmp::Ordering::Greater => Cmp::BitmapSource,
+                    std::cmp::Ordering::Less => Cmp::BitmapTarget,
+                    std::cmp::Ordering::Equal if me.node < peer.node => Cmp::BitmapSource,
+                    std::cmp::Ordering::Equal => Cmp::BitmapTarget,
+                }
+            }
+        };
     }
     let behind = p.history.iter().any(|&h| nz(h) && h == sc);
     let ahead = m.history.iter().any(|&h| nz(h) && h == pc);

@@ -141,6 +141,9 @@ enum MetaOp {
     /// Bitmap words of extents leaving the activity log; the AL transaction
     /// follows once all of them are durable.
     EvictBitmap,
+    /// The superblock without [`MetaFlags::UNACKED_GEN`]: a resume lets
+    /// held requests in (and their acknowledgements out) once it is durable.
+    ResumeSuper,
     Al,
     Bitmap {
         sync_epoch: Option<u64>,
@@ -302,6 +305,8 @@ pub struct Node {
     /// that were in flight when the suspension began (in order).
     held_in: VecDeque<Event>,
     held_out: VecDeque<(u64, Result<Option<Bytes>, i32>)>,
+    /// A resume waits for the superblock that drops `UNACKED_GEN`.
+    resume_pending: bool,
 }
 
 fn extent_of(offset: u64) -> u32 {
@@ -407,6 +412,7 @@ impl Node {
             degraded_at_start,
             held_in: VecDeque::new(),
             held_out: VecDeque::new(),
+            resume_pending: false,
             cfg,
         };
         n.persist_super(false);
@@ -611,6 +617,8 @@ impl Node {
 
     fn suspend_io(&mut self, mode: SuspendMode) {
         self.suspended = Some(mode);
+        // A resume still waiting for its superblock does not happen.
+        self.resume_pending = false;
         if mode == SuspendMode::Fail {
             self.fail_held();
         }
@@ -635,6 +643,29 @@ impl Node {
     }
 
     fn resume_io(&mut self) {
+        if self.suspended.is_none() || self.resume_pending {
+            return;
+        }
+        if self.flags.has(MetaFlags::UNACKED_GEN) {
+            // What is let through now is acknowledged in this generation:
+            // the flag must be off on disk first, or a crash right after an
+            // acknowledgement would rejoin as target and drop that write.
+            self.flags.set(MetaFlags::UNACKED_GEN, false);
+            self.resume_pending = true;
+            let token = self.token();
+            self.meta_ops.insert(token, MetaOp::ResumeSuper);
+            self.actions.push_back(Action::WriteSuper {
+                token,
+                gens: self.gens,
+                flags: self.flags,
+            });
+            return;
+        }
+        self.release_held();
+    }
+
+    /// End the suspension: held completions out, held requests in (in order).
+    fn release_held(&mut self) {
         self.suspended = None;
         for (id, result) in std::mem::take(&mut self.held_out) {
             self.actions.push_back(Action::Complete { id, result });
@@ -701,7 +732,12 @@ impl Node {
             // The AL extents are in the bitmap now; the generations decide
             // the direction from here on.
             self.flags.set(MetaFlags::CRASHED_PRIMARY, false);
-            tracing::info!(node = %self.cfg.node, current = format_args!("{:016X}", self.gens.current), "new data generation");
+            // Frozen (freeze-on-disconnect, or suspended by the agent): no
+            // write is acknowledged in the new generation until a resume,
+            // so a peer that moved on meanwhile is not a split brain.
+            let unacked = self.suspended.is_some();
+            self.flags.set(MetaFlags::UNACKED_GEN, unacked);
+            tracing::info!(node = %self.cfg.node, current = format_args!("{:016X}", self.gens.current), unacknowledged = unacked, "new data generation");
             self.persist_super(true);
         }
     }
@@ -919,6 +955,9 @@ impl Node {
             ));
         }
         let mut start_full_sync = false;
+        // A Primary acknowledges writes; the superblock written below (which
+        // gates them) must not claim otherwise.
+        self.flags.set(MetaFlags::UNACKED_GEN, false);
         if self.disk == DiskState::Consistent && force {
             // A crashed Primary whose peer is gone: its own data is the best
             // there is. The activity-log extents stay in the bitmap.
@@ -965,11 +1004,11 @@ impl Node {
                 ConnState::Connected | ConnState::SyncSource | ConnState::WFBitMapS
             )
         {
-            self.rotate_for_disconnected_writes();
             if self.freeze_on_disconnect && self.suspended.is_none() {
                 // Promoted alone: the same as losing the peer while Primary.
                 self.suspended = Some(SuspendMode::Hold);
             }
+            self.rotate_for_disconnected_writes();
         }
         self.persist_super(true);
         if self.decided {
@@ -1002,6 +1041,7 @@ impl Node {
         // Held requests never reach a Secondary's data (nor the peer's).
         self.fail_held();
         self.suspended = None;
+        self.resume_pending = false;
         self.flags.set(MetaFlags::PRIMARY_IND, false);
         self.flags.set(MetaFlags::CRASHED_PRIMARY, false);
         // A clean demotion empties the activity log, so a later crash of this
@@ -1601,6 +1641,14 @@ impl Node {
                 self.disk = DiskState::Inconsistent;
                 self.flags.set(MetaFlags::CONSISTENT, false);
                 self.flags.set(MetaFlags::WAS_UP_TO_DATE, false);
+                // A crashed Primary that is the target now: its
+                // activity-log extents are in the bitmap that is persisted
+                // below, and its data is the source's from here on. Left
+                // set, the flag would make this Inconsistent copy look like
+                // the crashed Primary's good one if the source crashed too.
+                self.flags.set(MetaFlags::CRASHED_PRIMARY, false);
+                // Its own unacknowledged changes are being overwritten.
+                self.flags.set(MetaFlags::UNACKED_GEN, false);
                 // Take the source's generation now, marked Inconsistent: an
                 // interrupted resync then resumes from the bitmap whatever
                 // the source did meanwhile, and the source's generation
@@ -1823,7 +1871,8 @@ impl Node {
         }
         self.flags.set(MetaFlags::CRASHED_PRIMARY, false);
         self.peer_has_my_current = true;
-        if self.disk == DiskState::Consistent {
+        let became_up_to_date = self.disk == DiskState::Consistent;
+        if became_up_to_date {
             // A crashed Primary that was the source (its peer was
             // Inconsistent): its copy is the reference now on both nodes.
             self.set_up_to_date();
@@ -1837,6 +1886,13 @@ impl Node {
         }
         tracing::info!(node = %self.cfg.node, "resync finished as source");
         self.send(Message::Uuids { gens: self.gens });
+        if became_up_to_date {
+            // The peer still counts this disk Consistent (from the Hello).
+            self.send(Message::State {
+                role: self.role,
+                disk: self.disk,
+            });
+        }
     }
 
     fn on_peer_uuids(&mut self, gens: Generations) {
@@ -2780,6 +2836,22 @@ impl Node {
                 if gate {
                     self.super_gate = self.super_gate.saturating_sub(1);
                     self.process_al_wait();
+                }
+            }
+            MetaOp::ResumeSuper => {
+                if !std::mem::take(&mut self.resume_pending) {
+                    // Suspended again or demoted meanwhile.
+                    return;
+                }
+                if result.is_ok() {
+                    self.release_held();
+                } else {
+                    self.flags.set(MetaFlags::UNACKED_GEN, true);
+                    self.error(
+                        "could not record the resume in the superblock: I/O stays frozen; \
+                         resume again once the metadata disk works"
+                            .into(),
+                    );
                 }
             }
             MetaOp::EvictBitmap => {

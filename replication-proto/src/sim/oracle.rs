@@ -22,7 +22,14 @@ struct BlockWrite {
 pub struct Oracle {
     blocks: HashMap<u64, Vec<BlockWrite>>,
     /// Acked-unprotected writes per node, to protect on flush or endanger on crash.
-    unflushed: [Vec<(u64, u64)>; 2],
+    /// Each entry is a block and the index of the write in its history:
+    /// tags do not name a write (every zeroing write has tag 0).
+    unflushed: [Vec<(u64, usize)>; 2],
+    /// How many entries of `unflushed` were taken off its front so far: a
+    /// flush covers the writes acknowledged before it was issued, counted
+    /// from the first ever, so a flush that completes after an earlier one
+    /// drained the list does not cover writes acknowledged after it.
+    drained: [usize; 2],
 }
 
 /// The tag a block holds: 0 for zeroes / never written.
@@ -60,46 +67,44 @@ impl Oracle {
     pub fn acked(&mut self, tag: u64, first_block: u64, nblocks: u64, protected: bool) {
         for b in first_block..first_block + nblocks {
             if let Some(ws) = self.blocks.get_mut(&b) {
-                if let Some(w) = ws.iter_mut().rev().find(|w| w.tag == tag) {
+                if let Some(i) = ws.iter().rposition(|w| w.tag == tag) {
+                    let w = &mut ws[i];
                     w.acked = true;
                     w.protected = protected;
                     w.replicated = protected;
                     if !protected {
-                        self.unflushed[w.node].push((b, tag));
+                        self.unflushed[w.node].push((b, i));
                     }
                 }
             }
         }
     }
 
-    /// A flush issued after these acks completed on `node`.
+    /// A flush issued when [`Oracle::unflushed_len`] was `upto` completed on
+    /// `node`: the writes acknowledged before it are durable.
     pub fn flushed(&mut self, node: usize, upto: usize) {
-        let list: Vec<(u64, u64)> = self.unflushed[node]
-            .drain(..upto.min(self.unflushed[node].len()))
-            .collect();
-        for (b, tag) in list {
-            if let Some(w) = self
-                .blocks
-                .get_mut(&b)
-                .and_then(|ws| ws.iter_mut().find(|w| w.tag == tag))
-            {
+        let n = upto
+            .saturating_sub(self.drained[node])
+            .min(self.unflushed[node].len());
+        self.drained[node] += n;
+        let list: Vec<(u64, usize)> = self.unflushed[node].drain(..n).collect();
+        for (b, i) in list {
+            if let Some(w) = self.blocks.get_mut(&b).and_then(|ws| ws.get_mut(i)) {
                 w.protected = true;
             }
         }
     }
 
+    /// The mark a flush issued now passes to [`Oracle::flushed`].
     pub fn unflushed_len(&self, node: usize) -> usize {
-        self.unflushed[node].len()
+        self.drained[node] + self.unflushed[node].len()
     }
 
     /// `node` lost power: its unflushed, unreplicated acked writes may be gone.
     pub fn power_loss(&mut self, node: usize) {
-        for (b, tag) in self.unflushed[node].drain(..) {
-            if let Some(w) = self
-                .blocks
-                .get_mut(&b)
-                .and_then(|ws| ws.iter_mut().find(|w| w.tag == tag))
-            {
+        self.drained[node] += self.unflushed[node].len();
+        for (b, i) in self.unflushed[node].drain(..) {
+            if let Some(w) = self.blocks.get_mut(&b).and_then(|ws| ws.get_mut(i)) {
                 if !w.protected {
                     w.at_risk = true;
                 }
@@ -115,6 +120,7 @@ impl Oracle {
                 w.at_risk = true;
             }
         }
+        self.drained[node] += self.unflushed[node].len();
         self.unflushed[node].clear();
     }
 

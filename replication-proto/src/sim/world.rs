@@ -45,6 +45,18 @@ pub struct Scenario {
     pub duration_ms: u64,
     pub data_bytes: u64,
     pub al_extents: u32,
+    /// PrimaryCrash: both nodes freeze their I/O when they lose the peer
+    /// while Primary (`freeze-on-disconnect`, as the cluster agent arms it);
+    /// the Secondary stops answering for a while (a partition, a SIGSTOP),
+    /// and the frozen Primary either crashes or is resumed (as the agent
+    /// does once the witness knows its new generation).
+    pub freeze: bool,
+    /// PrimaryCrash with failover: the promoted survivor crashes too, while
+    /// it is the sync source of the restarted first Primary.
+    pub crash_sync_source: bool,
+    /// Resync bytes per second (0 = unlimited); a limit keeps the resync
+    /// running long enough for a crash to hit it.
+    pub resync_rate: u64,
 }
 
 impl Scenario {
@@ -61,14 +73,32 @@ impl Scenario {
             1 => Protocol::B,
             _ => Protocol::C,
         };
+        let csums = r.gen_bool(0.3);
+        let failover = r.gen_bool(0.6);
+        let duration_ms = r.gen_range(300..1500);
+        let al_extents = r.gen_range(1..4);
+        // Drawn from their own stream so the scenarios above stay the same
+        // for every seed that existed before these were added.
+        let mut x = ChaCha8Rng::seed_from_u64(seed ^ 0x1551_e016);
+        let crash = kind == Kind::PrimaryCrash;
+        let freeze = crash && x.gen_bool(0.3);
+        let crash_sync_source = crash && failover && x.gen_bool(0.4);
+        let resync_rate = if crash_sync_source {
+            x.gen_range(8u64..48) << 20
+        } else {
+            0
+        };
         Self {
             kind,
             protocol,
-            csums: r.gen_bool(0.3),
-            failover: r.gen_bool(0.6),
-            duration_ms: r.gen_range(300..1500),
+            csums,
+            failover,
+            duration_ms,
             data_bytes: 16 << 20,
-            al_extents: r.gen_range(1..4),
+            al_extents,
+            freeze,
+            crash_sync_source,
+            resync_rate,
         }
     }
 }
@@ -212,6 +242,14 @@ struct World {
     report: SimReport,
     ending: bool,
     crashes_left: u32,
+    /// A crash is scheduled and has not happened yet: the frozen Primary it
+    /// is meant for must not be resumed meanwhile.
+    crash_pending: bool,
+    /// The Primary whose peer was made to stop answering (freeze scenario).
+    peer_stopped: Option<usize>,
+    /// The Primary promoted by a failover completed a flush: what it holds
+    /// is durable, so a second crash (of it) loses no protected write.
+    flushed_since_failover: bool,
     sb_phase: u8,
     victim: Option<usize>,
     fail: Option<String>,
@@ -229,7 +267,7 @@ fn cfg(name: &str, peer: &str, sc: &Scenario) -> NodeConfig {
         ping_int_ms: 20,
         ko_count: 4,
         max_buffers: 64,
-        resync_rate: 0,
+        resync_rate: sc.resync_rate,
         csums: sc.csums,
         al_extents: sc.al_extents,
         split_brain: SplitBrainPolicy::default(),
@@ -276,7 +314,10 @@ pub fn run(seed: u64, trace: bool) -> Result<SimReport, Violation> {
         trace_all: trace,
         report: SimReport::default(),
         ending: false,
-        crashes_left: 1,
+        crashes_left: 1 + u32::from(sc.crash_sync_source),
+        crash_pending: false,
+        peer_stopped: None,
+        flushed_since_failover: false,
         sb_phase: 0,
         victim: None,
         fail: None,
@@ -746,7 +787,15 @@ impl World {
             }
             AppOp::Flush { upto } => {
                 if result.is_ok() {
+                    if self.trace_all {
+                        let s = format!(
+                            "{} flush done, covers the writes acked before #{upto}",
+                            self.name(i)
+                        );
+                        self.log(s);
+                    }
                     self.oracle.flushed(i, upto);
+                    self.flushed_since_failover = true;
                 }
             }
         }
@@ -756,6 +805,9 @@ impl World {
 // `fail` is kept apart so callbacks can report without threading Results.
 impl World {
     fn main(&mut self) -> Result<(), String> {
+        if self.trace_all {
+            self.log(format!("{:?}", self.sc));
+        }
         self.start_node(0);
         self.start_node(1);
         self.admin(
@@ -771,6 +823,10 @@ impl World {
             },
         );
         self.admin(0, Admin::Primary { force: true });
+        // Armed once the first Primary is there, as the agent arms it; armed
+        // before, that promotion alone would freeze at once.
+        self.arm_freeze(0);
+        self.arm_freeze(1);
         self.at(MS, Ev::Step);
         let end = self.sc.duration_ms * MS;
         let deadline = end + 200_000 * MS;
@@ -846,6 +902,7 @@ impl World {
                     }
                 }
                 Ev::Crash(i) => {
+                    self.crash_pending = false;
                     if self.nodes[i].node.is_some() {
                         self.crash(i);
                     }
@@ -868,6 +925,7 @@ impl World {
                     let s = format!("{} restarts", self.name(i));
                     self.log(s);
                     self.start_node(i);
+                    self.arm_freeze(i);
                     self.admin(
                         i,
                         Admin::Connect {
@@ -990,12 +1048,16 @@ impl World {
                         .as_ref()
                         .is_some_and(|n| n.peer_disk() == DiskState::UpToDate)
                 });
-                if r < 40 && self.crashes_left > 0 && synced {
+                if r < 40 && self.crashes_left > 0 && synced && !self.crash_pending {
                     if let Some(p) = self.primary() {
-                        self.crashes_left -= 1;
-                        let t = self.now + self.lat(0, 2000);
-                        self.at(t, Ev::Crash(p));
+                        self.schedule_crash(p);
                     }
+                }
+                if self.sc.crash_sync_source {
+                    self.crash_the_sync_source();
+                }
+                if self.sc.freeze {
+                    self.freeze_chaos(r, synced);
                 }
                 self.operator_failover();
             }
@@ -1048,6 +1110,81 @@ impl World {
         self.at(t, Ev::Restart(i));
     }
 
+    fn schedule_crash(&mut self, i: usize) {
+        self.crashes_left -= 1;
+        self.crash_pending = true;
+        let t = self.now + self.lat(0, 2000);
+        self.at(t, Ev::Crash(i));
+    }
+
+    /// `freeze-on-disconnect` on, as the cluster agent arms it (repd forgets
+    /// it on a restart; the agent arms it again).
+    fn arm_freeze(&mut self, i: usize) {
+        if self.sc.freeze {
+            self.admin(i, Admin::FreezeOnDisconnect { on: true });
+        }
+    }
+
+    /// After a failover the old Primary came back and resyncs from the new
+    /// one: crash the new Primary, the sync source, in the middle of it.
+    /// Only once it flushed since its promotion: two power losses before any
+    /// flush may rightly lose a write both caches held.
+    fn crash_the_sync_source(&mut self) {
+        if self.crashes_left == 0
+            || self.crash_pending
+            || self.report.failovers == 0
+            || !self.flushed_since_failover
+        {
+            return;
+        }
+        let Some(p) = self.primary() else { return };
+        let syncing = self.nodes[p]
+            .node
+            .as_ref()
+            .is_some_and(|n| n.conn() == ConnState::SyncSource);
+        if syncing {
+            let s = format!("{} will crash while it is the sync source", self.name(p));
+            self.log(s);
+            self.schedule_crash(p);
+        }
+    }
+
+    /// The Secondary stops answering for a while; the Primary, armed,
+    /// freezes when its ping times out. A frozen Primary then crashes (the
+    /// survivor takes over) or is resumed, as the agent does.
+    fn freeze_chaos(&mut self, r: i32, synced: bool) {
+        let Some(p) = self.primary() else { return };
+        let (frozen, current) = match self.nodes[p].node.as_ref() {
+            Some(n) => (n.status().suspended.is_some(), n.gens().current),
+            None => return,
+        };
+        if frozen {
+            if self.crash_pending {
+                return;
+            }
+            // Frozen because its peer stopped answering: decide once whether
+            // it crashes now (the survivor then takes over).
+            if self.peer_stopped.take() == Some(p)
+                && self.crashes_left > 0
+                && self.rng.gen_bool(0.7)
+            {
+                let s = format!("{} will crash while frozen", self.name(p));
+                self.log(s);
+                self.schedule_crash(p);
+            } else if self.rng.gen_bool(0.2) {
+                self.admin(p, Admin::ResumeIoAt { current });
+            }
+            return;
+        }
+        if (900..930).contains(&r) && synced && self.now >= self.partition_until {
+            let d = self.lat(100 * MS, 300 * MS);
+            self.partition_until = self.now + d;
+            self.peer_stopped = Some(p);
+            let s = format!("{} stops answering for {} ms", self.name(1 - p), d / MS);
+            self.log(s);
+        }
+    }
+
     /// The operator (or cluster manager) promotes the survivor of a crashed
     /// Primary once it noticed the loss and holds UpToDate data.
     fn operator_failover(&mut self) {
@@ -1077,6 +1214,7 @@ impl World {
             if go && self.admin(i, Admin::Primary { force: false }) {
                 if peer_down {
                     self.report.failovers += 1;
+                    self.flushed_since_failover = false;
                 }
                 return;
             }
@@ -1194,6 +1332,16 @@ impl World {
         }
         if self.primary().is_none() {
             self.operator_failover();
+        }
+        for i in 0..2 {
+            // The agent resumes a frozen Primary once things settle.
+            let frozen = self.nodes[i].node.as_ref().and_then(|n| {
+                (n.status().suspended.is_some() && n.role() == Role::Primary)
+                    .then(|| n.gens().current)
+            });
+            if let Some(current) = frozen {
+                self.admin(i, Admin::ResumeIoAt { current });
+            }
         }
         let ok = (0..2).all(|i| {
             self.nodes[i].node.as_ref().is_some_and(|n| {

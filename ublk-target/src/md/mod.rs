@@ -186,7 +186,7 @@ impl CreateParams {
 /// unknown bits appear as hex.
 #[must_use]
 pub fn flag_names(flags: MetaFlags) -> Vec<String> {
-    const NAMES: [(u32, &str); 8] = [
+    const NAMES: [(u32, &str); 9] = [
         (MetaFlags::CONSISTENT, "CONSISTENT"),
         (MetaFlags::WAS_UP_TO_DATE, "WAS_UP_TO_DATE"),
         (MetaFlags::PRIMARY_IND, "PRIMARY_IND"),
@@ -195,6 +195,7 @@ pub fn flag_names(flags: MetaFlags) -> Vec<String> {
         (MetaFlags::PEER_OUTDATED, "PEER_OUTDATED"),
         (MetaFlags::CRASHED_PRIMARY, "CRASHED_PRIMARY"),
         (MetaFlags::AL_CLEAN, "AL_CLEAN"),
+        (MetaFlags::UNACKED_GEN, "UNACKED_GEN"),
     ];
     let mut out: Vec<String> = NAMES
         .iter()
