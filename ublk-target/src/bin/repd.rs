@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
-use ublk_target::config::Config;
+use ublk_target::config::{Config, ResumeAfterCrash};
 use ublk_target::control::{ControlServer, DEFAULT_RUN_DIR};
 use ublk_target::engine::{self, ControlCmd, EngineOptions};
 use ublk_target::nbd::NbdServer;
@@ -113,9 +113,10 @@ fn run(cli: &Cli) -> Result<(), String> {
     let ublk_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ublk = {
         let (h, stop, dev) = (handle.clone(), ublk_stop.clone(), me.device);
+        let resume_held = cfg.startup.resume_after_crash == ResumeAfterCrash::HeldDevice;
         std::thread::Builder::new()
             .name("repd-ublk".into())
-            .spawn(move || ublk_target::ublk::manage(dev, h, stop))
+            .spawn(move || ublk_target::ublk::manage(dev, h, stop, resume_held))
             .map_err(|e| format!("cannot start a thread: {e}"))?
     };
     // ---- end ublk part 2
