@@ -205,9 +205,25 @@ fn kill_9_of_the_primary_loses_no_acknowledged_write(mode: Mode) {
     let got = c.status(0)["stats"]["resync_received_bytes"]
         .as_u64()
         .unwrap();
+    // The crashed Primary resynced its activity-log extents from the peer,
+    // and only those: qemu-io writes one request at a time from offset 0,
+    // so the extents touched are those of the acknowledged writes, plus at
+    // most the one of the write in flight at the kill; the AL (al-extents =
+    // 61 extents of 4 MiB in the test config) holds all of them (no
+    // eviction on a 64 MiB disk). A full resync, or one that missed an
+    // extent written, falls outside.
+    const EXTENT: u64 = 4 << 20;
+    const AL_EXTENTS: u64 = 61;
+    let data = c.data_bytes(0);
+    let end_acked = (acked.iter().max().unwrap() + 1) * chunk;
+    let lo = ((end_acked - 1) / EXTENT + 1) * EXTENT;
+    let hi = ((end_acked + chunk - 1) / EXTENT + 1).min(AL_EXTENTS) * EXTENT;
+    let (lo, hi) = (lo.min(data), hi.min(data));
+    println!("resynced {got} bytes after the crash; the activity log implies {lo}..={hi}");
     assert!(
-        got > 0,
-        "the crashed Primary resynced its activity-log extents from the peer"
+        (lo..=hi).contains(&got),
+        "the crashed Primary resynced {got} bytes; its activity log implies {lo}..={hi} \
+         (acknowledged writes end at {end_acked}, extents of {EXTENT} bytes)"
     );
     c.assert_identical();
     let img = std::fs::read(c.img(1)).unwrap();
@@ -531,6 +547,10 @@ fn resync_progress_shows_percent_speed_and_eta() {
     );
     c.up(0);
     c.up(1);
+    // Both up and connected first, so that the clock below starts when the
+    // resync does.
+    c.wait(1, "connected", 20, |s| s["connection"] == "Connected");
+    let t0 = std::time::Instant::now();
     c.ok(0, &["primary", "--force"]);
     let st = c.wait(1, "resync under way", 20, |s| {
         s["sync"].is_object() && s["sync"]["bytes_per_s"].as_u64().unwrap_or(0) > 0
@@ -546,6 +566,23 @@ fn resync_progress_shows_percent_speed_and_eta() {
         "{text}"
     );
     c.wait_synced(60);
+    // The whole resync, at 8 MiB/s: not faster than the limit allows (it
+    // started before `t0`, so this bound is loose), and not much slower
+    // either (a limiter that throttles to half the rate or worse fails;
+    // loopback moves this in well under a second unthrottled).
+    let took = t0.elapsed().as_secs_f64();
+    let moved = c.status(1)["stats"]["resync_received_bytes"]
+        .as_u64()
+        .unwrap();
+    assert!(moved >= c.data_bytes(1), "full sync moved {moved} bytes");
+    #[allow(clippy::cast_precision_loss)]
+    let avg = moved as f64 / took;
+    println!("resync of {moved} bytes at rate 8M: {took:.1} s, {avg:.0} B/s");
+    let rate = f64::from(8u32 << 20);
+    assert!(
+        avg >= rate * 0.5 && avg <= rate * 1.25,
+        "rate 8M: the resync of {moved} bytes took {took:.1} s = {avg:.0} B/s"
+    );
 }
 
 /// `repctl wait-connect` with the config's [startup] timeouts, as a boot
