@@ -1104,6 +1104,34 @@ disk = "/tmp/b.img"
     }
 
     #[test]
+    fn resume_after_crash_defaults_and_the_cluster_agent_decides() {
+        let with = |extra: &str| format!("{MINIMAL}{extra}");
+        let get = |extra: &str| parse(&with(extra)).unwrap().startup.resume_after_crash;
+        assert_eq!(get(""), ResumeAfterCrash::HeldDevice);
+        for v in [
+            ResumeAfterCrash::HeldDevice,
+            ResumeAfterCrash::Always,
+            ResumeAfterCrash::Never,
+        ] {
+            let t = format!("[startup]\nresume-after-crash = \"{}\"\n", v.as_str());
+            assert_eq!(get(&t), v);
+        }
+        let e = err(&with("[startup]\nresume-after-crash = \"yes\"\n"));
+        assert!(e.contains("held-device, always, never"), "{e}");
+        // A [cluster] table: the agent decides, repd never by itself.
+        let cluster = "[cluster]\nauth-key = \"k\"\n";
+        assert_eq!(get(cluster), ResumeAfterCrash::Never);
+        let never = format!("{cluster}[startup]\nresume-after-crash = \"never\"\n");
+        assert_eq!(get(&never), ResumeAfterCrash::Never);
+        for v in ["held-device", "always"] {
+            let e = err(&with(&format!(
+                "{cluster}[startup]\nresume-after-crash = \"{v}\"\n"
+            )));
+            assert!(e.contains("the cluster agent decides"), "{e}");
+        }
+    }
+
+    #[test]
     fn sample_file_parses() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/r0.toml");
         let c = Config::load(path).unwrap();

@@ -27,6 +27,17 @@ use ublk_target::nbd::NbdServer;
                   demote, flush, tell the peer, write clean metadata; they are refused (logged) \
                   while /dev/ublkbN is mounted or open.\n\n\
                   Usually started by `repctl up`; run it directly under systemd.\n\n\
+                  After a crash while Primary (kill -9: the kernel keeps /dev/ublkbN and holds \
+                  its I/O), start it again and nothing else: it starts Secondary, resyncs its \
+                  activity-log extents from the peer, and with [startup] resume-after-crash = \
+                  \"held-device\" (the default) promotes itself once UpToDate if the peer is \
+                  connected, Secondary and on the same data generation, so the held I/O goes \
+                  on. If the peer is Primary or the data moved to another generation (the peer \
+                  was promoted meanwhile) it stays Secondary and the held I/O fails; if the \
+                  peer cannot be reached it waits (`repctl primary --force` resumes without \
+                  it). `always` resumes without a held device too, `never` leaves it to an \
+                  operator; with a [cluster] table the cluster agent decides (never). \
+                  `repctl status --json` shows it as `resume`.\n\n\
                   At start it times its two CRC32C implementations (CPU instruction, lookup \
                   tables) and uses the faster; REP_CRC32C=hardware|table16 forces one."
 )]
