@@ -987,3 +987,39 @@ fn resuming_is_refused_when_the_last_run_was_not_primary() {
     let e = p.admin(0, Admin::ResumeAfterCrash).unwrap_err();
     assert!(e.contains("did not end as Primary"), "{e}");
 }
+
+#[test]
+fn an_operator_resumes_a_waiting_crashed_primary_with_force_and_the_generation_continues() {
+    let mut p = crashed_primary_pair(false);
+    p.admin(0, Admin::ResumeAfterCrash).unwrap();
+    p.admin(
+        0,
+        Admin::Connect {
+            discard_my_data: false,
+        },
+    )
+    .unwrap();
+    p.tick(500);
+    assert_eq!(p.s[0].node.role(), Role::Secondary);
+    assert_eq!(p.s[0].node.disk(), DiskState::Consistent);
+    // The peer is known to be down for good: the operator forces it.
+    p.admin(0, Admin::Primary { force: true }).unwrap();
+    let st = p.s[0].node.status();
+    assert_eq!(st.role, Role::Primary, "{st:?}");
+    // Not a new full-sync generation: the data the held I/O was meant for
+    // goes on (the old current moved to the bitmap UUID, as for any
+    // Primary without its peer), and only its activity log is out of sync.
+    assert!(
+        st.gens.current == 0x1234 || st.gens.bitmap == 0x1234,
+        "{:x?}",
+        st.gens
+    );
+    assert_eq!(st.out_of_sync_bytes, 4 << 20, "{st:?}");
+    assert!(
+        st.resume
+            .as_deref()
+            .unwrap_or_default()
+            .contains("promoted by an admin"),
+        "{st:?}"
+    );
+}

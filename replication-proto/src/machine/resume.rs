@@ -145,7 +145,7 @@ const WAIT_SYNC: &str = "waiting for the activity-log resync from the peer";
 /// in generation `crashed_gen`.
 pub(super) fn decide(crashed_gen: u64, f: &Facts) -> Step {
     if f.role == Role::Primary {
-        return Step::GiveUp("already Primary (promoted by an admin)".into());
+        return Step::GiveUp("already Primary: promoted by an admin".into());
     }
     if f.decided && f.peer_role == Some(Role::Primary) {
         return Step::GiveUp(
