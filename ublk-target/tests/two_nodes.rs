@@ -810,6 +810,8 @@ fn a_restarted_primary_resumes_by_itself_after_its_activity_log_resync() {
     let after = random_file(c.dir.path(), "after.bin", 2 << 20, 17);
     c.nbd_write(0, &after);
     c.wait_synced(30);
+    // repd counts NBD clients every 100 ms: let it see nbdcopy gone.
+    c.wait(0, "no NBD client", 10, |s| s["nbd_clients"] == 0);
     c.ok(0, &["secondary"]);
     c.assert_identical();
 }
@@ -834,6 +836,7 @@ fn a_restarted_primary_does_not_resume_when_the_peer_was_promoted_meanwhile() {
     assert_eq!(c.status(1)["role"], "Primary");
     c.nbd_reads_back(1, &newer);
     // Still one writer when the peer lets go: alpha does not take over.
+    c.wait(1, "no NBD client", 10, |s| s["nbd_clients"] == 0);
     c.ok(1, &["secondary"]);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(c.status(0)["role"], "Secondary");
