@@ -68,13 +68,23 @@ fn quick_run_prints_the_tables_and_the_ratios() {
             "table row for {target}"
         );
     }
-    // One peak-RSS line per repd (7 of them); whether they hold is repd's
-    // business, not the benchmark's.
-    let rss = out
+    // One peak-RSS line per repd (7 of them), and each repd holds the
+    // limit the README and RESULTS state: 64 MiB + its bitmap. Checked from
+    // the figures themselves, not only the table's own verdict.
+    let rss: Vec<&str> = out
         .lines()
         .filter(|l| l.starts_with("| repd") && l.contains(" 64.0 MiB |"))
-        .count();
-    assert_eq!(rss, 7, "one RSS line per repd");
+        .collect();
+    assert_eq!(rss.len(), 7, "one RSS line per repd");
+    for line in rss {
+        let cols: Vec<&str> = line.split('|').map(str::trim).collect();
+        // | target | node | VmHWM | bitmap | limit | holds |
+        let (hwm, bitmap, holds) = (bytes(cols[3]), bytes(cols[4]), cols[6]);
+        assert!(
+            hwm <= (64 << 20) + bitmap && holds == "yes",
+            "repd's peak RSS is over 64 MiB + bitmap: {line}"
+        );
+    }
     assert!(out.contains("all targets ran"));
     // Nothing is left behind in the temp dir.
     let left = leftovers(&tmp, "nbd-bench-");
@@ -86,4 +96,23 @@ fn quick_run_prints_the_tables_and_the_ratios() {
         "the quick run took {:?}",
         t0.elapsed()
     );
+}
+
+/// "15.6 MiB", "32 KiB", "1.0 GiB", "512 B" (the benchmark's `human_bytes`)
+/// back to bytes, as shown (the `holds` column catches what rounding hides).
+fn bytes(text: &str) -> u64 {
+    let (n, unit) = text
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("not a size: {text:?}"));
+    let n: f64 = n.parse().unwrap_or_else(|_| panic!("not a size: {text:?}"));
+    let mult = match unit {
+        "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        _ => panic!("unknown unit in {text:?}"),
+    };
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let b = (n * mult).floor() as u64;
+    b
 }

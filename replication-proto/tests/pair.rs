@@ -1061,3 +1061,200 @@ fn a_resumed_frozen_primary_acknowledges_only_after_the_resume_is_durable() {
     );
     assert_eq!(n.status().suspended, None);
 }
+
+/// Alpha's last run crashed while Primary in generation 0x1234 (PRIMARY_IND
+/// in its superblock, extent 0 in its activity log); beta is the Secondary
+/// that saw it go, or, with `beta_promoted`, was promoted since.
+fn crashed_primary_pair(beta_promoted: bool) -> Pair {
+    let gens = Generations {
+        current: 0x1234,
+        bitmap: 0,
+        history: [0, 0],
+    };
+    let mut a = fresh();
+    a.gens = gens;
+    a.flags = MetaFlags(MetaFlags::CONSISTENT | MetaFlags::WAS_UP_TO_DATE | MetaFlags::PRIMARY_IND);
+    a.al_seq = 1;
+    a.al_extents = vec![0];
+    let mut b = fresh();
+    b.gens = gens;
+    b.flags = MetaFlags(MetaFlags::CONSISTENT | MetaFlags::WAS_UP_TO_DATE);
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.s[0].node = Node::new(cfg("alpha", "beta"), a, 0, 1);
+    p.s[1].node = Node::new(cfg("beta", "alpha"), b, 0, 2);
+    // What alpha wrote before it died, and beta too (protocol C).
+    for i in 0..2 {
+        p.s[i].disk.insert(3, Bytes::from(vec![0xab; 4096]));
+    }
+    if beta_promoted {
+        p.admin(1, Admin::Primary { force: false }).unwrap();
+        assert_eq!(p.write(1, 1, 3 * 4096, 0xcd, 4096), Ok(None));
+    }
+    p
+}
+
+fn connect_both(p: &mut Pair) {
+    for i in 0..2 {
+        p.admin(
+            i,
+            Admin::Connect {
+                discard_my_data: false,
+            },
+        )
+        .unwrap();
+    }
+    p.tick(500);
+}
+
+#[test]
+fn an_armed_crashed_primary_resumes_once_its_activity_log_is_resynced() {
+    let mut p = crashed_primary_pair(false);
+    p.admin(0, Admin::ResumeAfterCrash).unwrap();
+    assert_eq!(p.s[0].node.role(), Role::Secondary, "not before the resync");
+    connect_both(&mut p);
+    let st = p.s[0].node.status();
+    assert_eq!(st.role, Role::Primary, "{st:?}");
+    assert_eq!(st.disk, DiskState::UpToDate);
+    assert_eq!(st.gens.current, 0x1234, "the same generation goes on");
+    assert_eq!(p.s[1].node.role(), Role::Secondary);
+    // It writes, replicated, as before the crash.
+    assert_eq!(p.write(0, 7, 3 * 4096, 0x5a, 4096), Ok(None));
+    assert_eq!(
+        p.read_local(1, 3 * 4096, 4096),
+        p.read_local(0, 3 * 4096, 4096)
+    );
+}
+
+#[test]
+fn a_crashed_primary_that_is_not_armed_stays_secondary() {
+    let mut p = crashed_primary_pair(false);
+    connect_both(&mut p);
+    assert_eq!(p.s[0].node.role(), Role::Secondary);
+    assert_eq!(p.s[0].node.disk(), DiskState::UpToDate);
+    assert_eq!(p.s[0].node.status().resume, None);
+}
+
+#[test]
+fn a_crashed_primary_does_not_resume_when_the_peer_was_promoted_meanwhile() {
+    let mut p = crashed_primary_pair(true);
+    p.admin(0, Admin::ResumeAfterCrash).unwrap();
+    connect_both(&mut p);
+    let st = p.s[0].node.status();
+    assert_eq!(st.role, Role::Secondary, "{st:?}");
+    assert!(
+        st.resume
+            .as_deref()
+            .unwrap_or_default()
+            .contains("not resumed"),
+        "{st:?}"
+    );
+    assert_eq!(p.s[1].node.role(), Role::Primary);
+    // Beta's write reached alpha, which resynced from it.
+    assert_eq!(
+        p.read_local(0, 3 * 4096, 4096),
+        p.read_local(1, 3 * 4096, 4096)
+    );
+    // Beta demotes: alpha still does not take the role by itself.
+    p.admin(1, Admin::Secondary).unwrap();
+    p.tick(200);
+    assert_eq!(p.s[0].node.role(), Role::Secondary);
+}
+
+#[test]
+fn a_crashed_primary_does_not_resume_when_the_peer_wrote_and_was_demoted_meanwhile() {
+    let mut p = crashed_primary_pair(true);
+    p.admin(1, Admin::Secondary).unwrap();
+    p.admin(0, Admin::ResumeAfterCrash).unwrap();
+    connect_both(&mut p);
+    let st = p.s[0].node.status();
+    assert_eq!(st.role, Role::Secondary, "{st:?}");
+    assert!(
+        st.resume.as_deref().unwrap_or_default().contains("moved"),
+        "{st:?}"
+    );
+    assert_eq!(
+        p.read_local(0, 3 * 4096, 4096),
+        p.read_local(1, 3 * 4096, 4096)
+    );
+}
+
+#[test]
+fn a_crashed_primary_waits_for_an_unreachable_peer_then_resumes() {
+    let mut p = crashed_primary_pair(false);
+    p.admin(0, Admin::ResumeAfterCrash).unwrap();
+    p.admin(
+        0,
+        Admin::Connect {
+            discard_my_data: false,
+        },
+    )
+    .unwrap();
+    p.tick(2000);
+    let st = p.s[0].node.status();
+    assert_eq!(st.role, Role::Secondary, "{st:?}");
+    assert!(
+        st.resume
+            .as_deref()
+            .unwrap_or_default()
+            .contains("waiting for the peer"),
+        "{st:?}"
+    );
+    // The peer comes back, still Secondary: now it resumes.
+    p.admin(
+        1,
+        Admin::Connect {
+            discard_my_data: false,
+        },
+    )
+    .unwrap();
+    p.tick(500);
+    assert_eq!(
+        p.s[0].node.role(),
+        Role::Primary,
+        "{:?}",
+        p.s[0].node.status()
+    );
+}
+
+#[test]
+fn resuming_is_refused_when_the_last_run_was_not_primary() {
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    let e = p.admin(0, Admin::ResumeAfterCrash).unwrap_err();
+    assert!(e.contains("did not end as Primary"), "{e}");
+}
+
+#[test]
+fn an_operator_resumes_a_waiting_crashed_primary_with_force_and_the_generation_continues() {
+    let mut p = crashed_primary_pair(false);
+    p.admin(0, Admin::ResumeAfterCrash).unwrap();
+    p.admin(
+        0,
+        Admin::Connect {
+            discard_my_data: false,
+        },
+    )
+    .unwrap();
+    p.tick(500);
+    assert_eq!(p.s[0].node.role(), Role::Secondary);
+    assert_eq!(p.s[0].node.disk(), DiskState::Consistent);
+    // The peer is known to be down for good: the operator forces it.
+    p.admin(0, Admin::Primary { force: true }).unwrap();
+    let st = p.s[0].node.status();
+    assert_eq!(st.role, Role::Primary, "{st:?}");
+    // Not a new full-sync generation: the data the held I/O was meant for
+    // goes on (the old current moved to the bitmap UUID, as for any
+    // Primary without its peer), and only its activity log is out of sync.
+    assert!(
+        st.gens.current == 0x1234 || st.gens.bitmap == 0x1234,
+        "{:x?}",
+        st.gens
+    );
+    assert_eq!(st.out_of_sync_bytes, 4 << 20, "{st:?}");
+    assert!(
+        st.resume
+            .as_deref()
+            .unwrap_or_default()
+            .contains("promoted by an admin"),
+        "{st:?}"
+    );
+}

@@ -24,6 +24,7 @@
 //! [startup]
 //! wfc-timeout = 0                # seconds, 0 = wait forever
 //! degr-wfc-timeout = 120
+//! resume-after-crash = "held-device"  # held-device | always | never ([cluster]: never)
 //! [disk]
 //! on-io-error = "pass-on"        # pass-on (detach: not yet)
 //! [split-brain]
@@ -178,6 +179,55 @@ pub struct Startup {
     pub wfc_timeout: Option<Duration>,
     /// `degr-wfc-timeout`: the same when the node was degraded before; `None` = forever.
     pub degr_wfc_timeout: Option<Duration>,
+    /// `resume-after-crash`: when a repd whose last run ended while Primary
+    /// (killed, crashed) takes the role back by itself.
+    pub resume_after_crash: ResumeAfterCrash,
+}
+
+/// `startup.resume-after-crash`: whether a restarted repd whose last run
+/// ended while Primary promotes itself again. When it is armed, it promotes
+/// once its activity-log resync made it UpToDate while connected to a
+/// Secondary peer on the same data generation; it never does when the peer
+/// is Primary or the data moved to another generation (the peer was
+/// promoted meanwhile), and it waits while the peer cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResumeAfterCrash {
+    /// Only when the kernel still holds the dead repd's `/dev/ublkbN` and its
+    /// I/O (ublk user recovery): someone waits for the device.
+    #[default]
+    HeldDevice,
+    /// Whenever the last run ended while Primary (for NBD clients that
+    /// reconnect by themselves, or a node that should always come back
+    /// Primary after a crash, like DRBD's `become-primary-on`).
+    Always,
+    /// Never: an operator (`repctl primary`) or the cluster agent decides.
+    /// The only choice with a `[cluster]` table.
+    Never,
+}
+
+impl ResumeAfterCrash {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HeldDevice => "held-device",
+            Self::Always => "always",
+            Self::Never => "never",
+        }
+    }
+}
+
+impl FromStr for ResumeAfterCrash {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "held-device" => Ok(Self::HeldDevice),
+            "always" => Ok(Self::Always),
+            "never" => Ok(Self::Never),
+            _ => Err(format!(
+                "unknown value \"{s}\"; expected one of: held-device, always, never"
+            )),
+        }
+    }
 }
 
 /// `[disk]`
@@ -450,9 +500,9 @@ struct RawConfig {
     #[serde(default)]
     node: Vec<RawNode>,
     /// The cluster agent's section (heartbeat, resources, witness). It has
-    /// its own parser in `cluster-agent`; the node daemon leaves it alone.
+    /// its own parser in `cluster-agent`; the node daemon only notes that it
+    /// is there (the agent then decides the roles, see `resume-after-crash`).
     #[serde(default)]
-    #[allow(dead_code)]
     cluster: Option<toml::Value>,
 }
 
@@ -522,6 +572,7 @@ impl Default for RawSync {
 struct RawStartup {
     wfc_timeout: u64,
     degr_wfc_timeout: u64,
+    resume_after_crash: Option<String>,
 }
 
 impl Default for RawStartup {
@@ -529,6 +580,7 @@ impl Default for RawStartup {
         Self {
             wfc_timeout: 0,
             degr_wfc_timeout: 120,
+            resume_after_crash: None,
         }
     }
 }
@@ -733,9 +785,33 @@ impl Config {
 
         // [startup]
         let secs = |s: u64| (s != 0).then(|| Duration::from_secs(s));
+        // With a [cluster] table the cluster agent decides the roles: a
+        // repd that promoted itself behind its back could make a second
+        // writer (the agent may be promoting the peer right now).
+        let managed = raw.cluster.is_some();
+        let resume_after_crash = match raw.startup.resume_after_crash.as_deref() {
+            None if managed => ResumeAfterCrash::Never,
+            None => ResumeAfterCrash::default(),
+            Some(t) => {
+                let v = t
+                    .parse()
+                    .map_err(|e| invalid("startup.resume-after-crash", e))?;
+                if managed && v != ResumeAfterCrash::Never {
+                    return Err(invalid(
+                        "startup.resume-after-crash",
+                        format!(
+                            "\"{t}\" with a [cluster] table: the cluster agent decides which node \
+                             is Primary, also after a crash of repd; remove the key (or set \"never\")"
+                        ),
+                    ));
+                }
+                v
+            }
+        };
         let startup = Startup {
             wfc_timeout: secs(raw.startup.wfc_timeout),
             degr_wfc_timeout: secs(raw.startup.degr_wfc_timeout),
+            resume_after_crash,
         };
 
         // [disk]
@@ -1025,6 +1101,34 @@ disk = "/tmp/b.img"
         assert_eq!(c.nodes[0].device, 0);
         assert_eq!(c.nodes[0].nbd, None);
         assert_eq!(c.path, PathBuf::from("test.toml"));
+    }
+
+    #[test]
+    fn resume_after_crash_defaults_and_the_cluster_agent_decides() {
+        let with = |extra: &str| format!("{MINIMAL}{extra}");
+        let get = |extra: &str| parse(&with(extra)).unwrap().startup.resume_after_crash;
+        assert_eq!(get(""), ResumeAfterCrash::HeldDevice);
+        for v in [
+            ResumeAfterCrash::HeldDevice,
+            ResumeAfterCrash::Always,
+            ResumeAfterCrash::Never,
+        ] {
+            let t = format!("[startup]\nresume-after-crash = \"{}\"\n", v.as_str());
+            assert_eq!(get(&t), v);
+        }
+        let e = err(&with("[startup]\nresume-after-crash = \"yes\"\n"));
+        assert!(e.contains("held-device, always, never"), "{e}");
+        // A [cluster] table: the agent decides, repd never by itself.
+        let cluster = "[cluster]\nauth-key = \"k\"\n";
+        assert_eq!(get(cluster), ResumeAfterCrash::Never);
+        let never = format!("{cluster}[startup]\nresume-after-crash = \"never\"\n");
+        assert_eq!(get(&never), ResumeAfterCrash::Never);
+        for v in ["held-device", "always"] {
+            let e = err(&with(&format!(
+                "{cluster}[startup]\nresume-after-crash = \"{v}\"\n"
+            )));
+            assert!(e.contains("the cluster agent decides"), "{e}");
+        }
     }
 
     #[test]

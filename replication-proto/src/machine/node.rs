@@ -14,6 +14,7 @@ use super::al::{ActivityLog, AlPlan};
 use super::bitmap::Bitmap;
 use super::decide::{decide, Decision, View};
 use super::io::{OrderedIo, Span};
+use super::resume::{self, Resume};
 use super::types::{
     errno, Action, Admin, AdminError, ConnState, Event, Hook, NodeConfig, Payload, Persisted,
     Stats, Status, SuspendMode,
@@ -307,6 +308,8 @@ pub struct Node {
     held_out: VecDeque<(u64, Result<Option<Bytes>, i32>)>,
     /// A resume waits for the superblock that drops `UNACKED_GEN`.
     resume_pending: bool,
+    /// Resuming the role of a run that crashed while Primary (`resume.rs`).
+    resume: Resume,
 }
 
 fn extent_of(offset: u64) -> u32 {
@@ -327,6 +330,7 @@ impl Node {
         let degraded_at_start =
             flags.has(MetaFlags::PRIMARY_IND) && !flags.has(MetaFlags::CONNECTED_IND);
         let mut bitmap = Bitmap::from_words(cfg.data_bytes, &p.bitmap);
+        let resume = Resume::at_start(flags, p.gens.current);
         // Found Primary at start: the last run crashed while Primary. Every
         // extent in its activity log may differ from the peer.
         if flags.has(MetaFlags::PRIMARY_IND) || flags.has(MetaFlags::CRASHED_PRIMARY) {
@@ -413,6 +417,7 @@ impl Node {
             held_in: VecDeque::new(),
             held_out: VecDeque::new(),
             resume_pending: false,
+            resume,
             cfg,
         };
         n.persist_super(false);
@@ -501,6 +506,7 @@ impl Node {
             suspended: self.suspended,
             freeze_on_disconnect: self.freeze_on_disconnect,
             degraded_at_start: self.degraded_at_start,
+            resume: self.resume.note().map(str::to_owned),
             sync_remaining_bytes: remaining,
             sync_total_bytes: total,
             local_pending: self.io.len() as u64,
@@ -800,9 +806,16 @@ impl Node {
             Event::MetaDone { token, result } => self.meta_done(token, result),
             Event::Tick => self.tick(),
         }
+        self.maybe_resume();
     }
 
     pub fn admin(&mut self, now: u64, cmd: Admin) -> Result<(), AdminError> {
+        let r = self.admin_cmd(now, cmd);
+        self.maybe_resume();
+        r
+    }
+
+    fn admin_cmd(&mut self, now: u64, cmd: Admin) -> Result<(), AdminError> {
         self.now = self.now.max(now);
         let refuse = |s: &str| Err(AdminError::Refused(s.to_string()));
         if self.down_requested {
@@ -810,7 +823,10 @@ impl Node {
         }
         match cmd {
             Admin::Primary { force } => self.promote(force),
-            Admin::Secondary => self.demote(),
+            Admin::Secondary => {
+                self.resume.cancel("an admin made this node Secondary");
+                self.demote()
+            }
             Admin::Connect { discard_my_data } => {
                 if self.conn != ConnState::StandAlone {
                     return refuse("already connecting or connected; disconnect first");
@@ -921,7 +937,9 @@ impl Node {
                 Ok(())
             }
             Admin::Outdate => self.outdate(),
+            Admin::ResumeAfterCrash => self.resume.arm(&self.cfg.node),
             Admin::Down => {
+                self.resume.cancel("the node is shutting down");
                 if self.role == Role::Primary {
                     self.demote()?;
                 }
@@ -934,6 +952,35 @@ impl Node {
     }
 
     // ----- roles -------------------------------------------------------------
+
+    /// An armed resumption after a crash (see `resume.rs`): promote once
+    /// that keeps one writer, give up once it never can.
+    fn maybe_resume(&mut self) {
+        let Some(crashed_gen) = self.resume.armed_for() else {
+            return;
+        };
+        if self.down_requested {
+            return;
+        }
+        let facts = resume::Facts {
+            role: self.role,
+            disk: self.disk,
+            conn: self.conn,
+            decided: self.decided,
+            syncing: self.sync.is_some(),
+            peer_role: self.peer.as_ref().map(|p| p.role),
+            current: self.gens.current,
+            peer_current: self.peer.as_ref().map(|p| p.hello.gens.current),
+        };
+        match resume::decide(crashed_gen, &facts) {
+            resume::Step::Wait(why) => self.resume.wait(&self.cfg.node, why),
+            resume::Step::GiveUp(why) => self.resume.give_up(&self.cfg.node, &why),
+            resume::Step::Promote => match self.promote(false) {
+                Ok(()) => self.resume.done(&self.cfg.node),
+                Err(e) => self.resume.give_up(&self.cfg.node, &e.to_string()),
+            },
+        }
+    }
 
     fn promote(&mut self, force: bool) -> Result<(), AdminError> {
         if self.role == Role::Primary {

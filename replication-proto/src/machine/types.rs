@@ -214,6 +214,14 @@ pub enum Admin {
     /// `primary` without `--force`. Only on a Secondary that is not
     /// connected (connected, the peer keeps it in sync).
     Outdate,
+    /// The last run of this node ended while Primary (a crash of the
+    /// daemon) and someone still waits for its device (the kernel holds
+    /// its I/O): promote by itself once that keeps one writer, i.e. once the
+    /// activity-log resync made it UpToDate while connected to a Secondary
+    /// peer on the same data generation; give up if the peer is Primary or
+    /// the data moved to another generation; wait while the peer is away.
+    /// Refused when the last run did not end as Primary.
+    ResumeAfterCrash,
 }
 
 /// What a suspended node does with new application I/O.
@@ -275,6 +283,9 @@ pub struct Status {
     pub freeze_on_disconnect: bool,
     /// The last run ended while Primary and without the peer.
     pub degraded_at_start: bool,
+    /// The resumption of the role after a crash, once armed: what it waits
+    /// for, or what became of it.
+    pub resume: Option<String>,
     /// Resync / verify progress: bytes still to go and total planned.
     pub sync_remaining_bytes: u64,
     pub sync_total_bytes: u64,

@@ -25,4 +25,4 @@ mod disk;
 mod oracle;
 mod world;
 
-pub use world::{run, Scenario, SimReport, Violation};
+pub use world::{run, run_resuming, Scenario, SimReport, Violation};

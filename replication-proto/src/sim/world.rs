@@ -115,6 +115,9 @@ pub struct SimReport {
     /// Data frames the link damaged; the receiver's frame checksum refuses
     /// them and drops the connection.
     pub damaged: u32,
+    /// Restarted crashed Primaries that resumed the role by themselves
+    /// (`run_resuming`).
+    pub resumed: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -253,6 +256,11 @@ struct World {
     sb_phase: u8,
     victim: Option<usize>,
     fail: Option<String>,
+    /// Arm `ResumeAfterCrash` on every restart (`run_resuming`): a crashed
+    /// Primary takes its role back by itself when that keeps one writer.
+    resume: bool,
+    /// Armed and not yet seen resumed or given up, per node.
+    resume_armed: [bool; 2],
 }
 
 fn cfg(name: &str, peer: &str, sc: &Scenario) -> NodeConfig {
@@ -277,6 +285,18 @@ fn cfg(name: &str, peer: &str, sc: &Scenario) -> NodeConfig {
 
 /// Run one seed. `trace` keeps every line (for replay) instead of the last few.
 pub fn run(seed: u64, trace: bool) -> Result<SimReport, Violation> {
+    run_with(seed, trace, false)
+}
+
+/// [`run`], with every restarted node armed to resume the Primary role of a
+/// run that crashed while Primary (what repd does when the kernel still
+/// holds its device): the same seeds, checked against the same invariants
+/// (one Primary, no acknowledged write lost) with self-promotions added.
+pub fn run_resuming(seed: u64, trace: bool) -> Result<SimReport, Violation> {
+    run_with(seed, trace, true)
+}
+
+fn run_with(seed: u64, trace: bool, resume: bool) -> Result<SimReport, Violation> {
     let sc = Scenario::from_seed(seed);
     let nbits = sc.data_bytes / BS;
     let mk = || SimNode {
@@ -321,6 +341,8 @@ pub fn run(seed: u64, trace: bool) -> Result<SimReport, Violation> {
         sb_phase: 0,
         victim: None,
         fail: None,
+        resume,
+        resume_armed: [false; 2],
     };
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.main()));
     match r {
@@ -926,6 +948,9 @@ impl World {
                     self.log(s);
                     self.start_node(i);
                     self.arm_freeze(i);
+                    // Refused (and nothing armed) unless the last run
+                    // ended while Primary.
+                    self.resume_armed[i] = self.resume && self.admin(i, Admin::ResumeAfterCrash);
                     self.admin(
                         i,
                         Admin::Connect {
@@ -934,6 +959,7 @@ impl World {
                     );
                 }
                 Ev::Step => {
+                    self.count_resumed();
                     if self.now < end {
                         self.chaos();
                     } else {
@@ -962,6 +988,24 @@ impl World {
             }
         }
         Err("event queue ran dry".into())
+    }
+
+    /// Counts armed nodes that resumed; forgets those that gave up.
+    fn count_resumed(&mut self) {
+        for i in 0..2 {
+            if !self.resume_armed[i] {
+                continue;
+            }
+            let Some(note) = self.nodes[i].node.as_ref().and_then(|n| n.status().resume) else {
+                continue;
+            };
+            if note.starts_with("resumed") {
+                self.report.resumed += 1;
+                self.resume_armed[i] = false;
+            } else if note.starts_with("not resumed") {
+                self.resume_armed[i] = false;
+            }
+        }
     }
 
     fn check_single_primary(&mut self) -> Result<(), String> {

@@ -91,7 +91,17 @@ enum Command {
         long_about = "Start this node's daemon (repd) in the background and connect to the \
         peer, like `drbdadm up`: attach the disk, start Secondary, try to reach the peer and \
         resync whatever the generations say. Returns once the daemon answers on its control \
-        socket. The daemon logs to <run-dir>/<resource>.<node>.log."
+        socket. The daemon logs to <run-dir>/<resource>.<node>.log.\n\n\
+        After repd died while Primary (kill -9), `up` is all it takes: the restarted daemon \
+        resyncs its activity log from the peer and, when the kernel still holds /dev/ublkbN \
+        ([startup] resume-after-crash = \"held-device\", the default), becomes Primary by \
+        itself once UpToDate, if the peer is connected, Secondary and on the same data \
+        generation: the held I/O goes on. It stays Secondary if the peer is Primary or the \
+        data moved to another generation (the peer was promoted meanwhile), and waits while \
+        the peer cannot be reached (`repctl primary --force` resumes without it). \
+        \"always\" resumes without a held device too, \"never\" (and any resource file with a \
+        [cluster] table: the agent decides) leaves it to you. `status --json` shows it as \
+        `resume`."
     )]
     Up(UpArgs),
     /// Stop this node's daemon in order (drbdadm down)

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
-use ublk_target::config::Config;
+use ublk_target::config::{Config, ResumeAfterCrash};
 use ublk_target::control::{ControlServer, DEFAULT_RUN_DIR};
 use ublk_target::engine::{self, ControlCmd, EngineOptions};
 use ublk_target::nbd::NbdServer;
@@ -39,6 +39,17 @@ use ublk_target::nbd::NbdServer;
                   Logs go to stderr; REP_LOG sets the filter (default `info`; e.g. `debug`, \
                   `ublk_target::engine=trace`). libublk's own lines show only from warnings up \
                   unless REP_LOG names libublk (`REP_LOG=info,libublk=info`).\n\n\
+                  After a crash while Primary (kill -9: the kernel keeps /dev/ublkbN and holds \
+                  its I/O), start it again and nothing else: it starts Secondary, resyncs its \
+                  activity-log extents from the peer, and with [startup] resume-after-crash = \
+                  \"held-device\" (the default) promotes itself once UpToDate if the peer is \
+                  connected, Secondary and on the same data generation, so the held I/O goes \
+                  on. If the peer is Primary or the data moved to another generation (the peer \
+                  was promoted meanwhile) it stays Secondary and the held I/O fails; if the \
+                  peer cannot be reached it waits (`repctl primary --force` resumes without \
+                  it). `always` resumes without a held device too, `never` leaves it to an \
+                  operator; with a [cluster] table the cluster agent decides (never). \
+                  `repctl status --json` shows it as `resume`.\n\n\
                   At start it times its two CRC32C implementations (CPU instruction, lookup \
                   tables) and uses the faster; REP_CRC32C=hardware|table16 forces one."
 )]
@@ -133,9 +144,10 @@ fn run(cli: &Cli) -> Result<(), String> {
     let ublk_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ublk = {
         let (h, stop, dev) = (handle.clone(), ublk_stop.clone(), me.device);
+        let resume_held = cfg.startup.resume_after_crash == ResumeAfterCrash::HeldDevice;
         std::thread::Builder::new()
             .name("repd-ublk".into())
-            .spawn(move || ublk_target::ublk::manage(dev, h, stop))
+            .spawn(move || ublk_target::ublk::manage(dev, h, stop, resume_held))
             .map_err(|e| format!("cannot start a thread: {e}"))?
     };
     // ---- end ublk part 2

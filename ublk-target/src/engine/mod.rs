@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 use replication_proto::machine::{
     Action, Admin, ConnState, Event, Node, Payload, Status, SuspendMode,
 };
+use replication_proto::meta::MetaFlags;
 use replication_proto::wire::{DiskState, Role};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::{Config, ResumeAfterCrash};
 use crate::disk::{DiskOp, DiskOptions, DiskWaker, InlineDisk, LocalDisk};
 use crate::frontend::{BlockBackend, IoRequest, IoResult, Reply, RoleWait};
 use crate::md::{MdError, MetaDevice, MetaLocation};
@@ -93,6 +94,11 @@ pub enum ControlCmd {
     },
     /// drbdadm outdate: mark this (disconnected Secondary) node's data Outdated.
     Outdate,
+    /// The last run ended while Primary and someone waits for the device:
+    /// take the role back once that keeps one writer (repd sends it itself,
+    /// see `startup.resume-after-crash`). Refused when the last run did not
+    /// end as Primary.
+    ResumeAfterCrash,
 }
 
 /// The answer to a [`ControlCmd`].
@@ -139,6 +145,10 @@ pub struct NodeStatus {
     /// `degr-wfc-timeout` instead of `wfc-timeout`.
     #[serde(default)]
     pub degraded_at_start: bool,
+    /// After a crash while Primary, once repd armed the resumption of the
+    /// role: what it waits for, or what became of it.
+    #[serde(default)]
+    pub resume: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -433,6 +443,10 @@ pub fn start(
     let sb = md.superblock().clone();
     let data_bytes = sb.layout.data_bytes;
     let ncfg = node_config(cfg, &me, &peer_node, data_bytes).map_err(StartError::Settings)?;
+    // The last run ended while Primary (or an earlier one did and its
+    // activity log is not resynced yet).
+    let crashed_primary =
+        sb.flags.has(MetaFlags::PRIMARY_IND) || sb.flags.has(MetaFlags::CRASHED_PRIMARY);
     let persisted = replication_proto::machine::Persisted {
         gens: sb.generations,
         flags: sb.flags,
@@ -488,6 +502,13 @@ pub fn start(
         next_internal: INTERNAL_TOKEN,
         span: span.clone(),
     };
+    if cfg.startup.resume_after_crash == ResumeAfterCrash::Always && crashed_primary {
+        // Before the first connection, so that the handshake decides it.
+        let now = runner.now();
+        if let Err(e) = runner.node.admin(now, Admin::ResumeAfterCrash) {
+            tracing::warn!("resume-after-crash = \"always\": {e}");
+        }
+    }
     if opts.connect {
         let now = runner.now();
         if let Err(e) = runner.node.admin(
@@ -820,6 +841,7 @@ impl Runner {
             },
             ControlCmd::FreezeOnDisconnect { on } => Some(Admin::FreezeOnDisconnect { on: *on }),
             ControlCmd::Outdate => Some(Admin::Outdate),
+            ControlCmd::ResumeAfterCrash => Some(Admin::ResumeAfterCrash),
         };
         let result = match admin {
             None => Ok(()),
@@ -1074,6 +1096,7 @@ impl Runner {
             suspended: st.suspended,
             freeze_on_disconnect: st.freeze_on_disconnect,
             degraded_at_start: st.degraded_at_start,
+            resume: st.resume,
         }
     }
 }

@@ -330,10 +330,38 @@ const LEFT_OVER_RECHECK: Duration = Duration::from_secs(1);
 /// meanwhile), the held I/O belongs to data that no longer exists, so the
 /// device is removed (the held requests fail with EIO) and a new one is
 /// added when the node is Primary.
-pub fn manage(dev_id: u32, handle: EngineHandle, shutdown: Arc<AtomicBool>) {
+///
+/// With `resume_held` (`startup.resume-after-crash = "held-device"`, the
+/// default without a `[cluster]` table), finding such a device arms the
+/// engine to take the Primary role back by itself (`ResumeAfterCrash`):
+/// once the activity-log resync made this node UpToDate, connected to a
+/// Secondary peer on the same generation. The held I/O then goes on and
+/// the users of the device never notice the restart.
+pub fn manage(dev_id: u32, handle: EngineHandle, shutdown: Arc<AtomicBool>, resume_held: bool) {
     let h = handle.clone();
     let g = handle.clone();
     let w = handle.clone();
+    let r = handle.clone();
+    let on_held = move || {
+        if !resume_held {
+            tracing::info!(
+                "resume-after-crash is off (\"never\", or a [cluster] table: the cluster agent \
+                 decides): the device waits for a promotion"
+            );
+            return;
+        }
+        match r.control(crate::engine::ControlCmd::ResumeAfterCrash) {
+            Some(rep) if rep.ok => tracing::info!(
+                "this node resumes as Primary by itself once its activity log is resynced from a \
+                 Secondary peer on the same data generation (resume-after-crash = \"held-device\")"
+            ),
+            Some(rep) => tracing::warn!(
+                "not resuming as Primary by itself: {}",
+                rep.error.unwrap_or_default()
+            ),
+            None => tracing::warn!("cannot arm the resumption: the engine is gone"),
+        }
+    };
     manage_with(
         dev_id,
         Arc::new(handle),
@@ -345,6 +373,7 @@ pub fn manage(dev_id: u32, handle: EngineHandle, shutdown: Arc<AtomicBool>) {
         },
         &move || h.writable(),
         &move || DataGen::of(&g),
+        &on_held,
     );
 }
 
@@ -352,6 +381,8 @@ pub fn manage(dev_id: u32, handle: EngineHandle, shutdown: Arc<AtomicBool>) {
 /// device may serve its held I/O (asked while the node is Primary);
 /// `generation` gives the node's data generation (`None`: unknown, a
 /// left-over device is then taken over when the node is Primary).
+/// `on_held` is called once when a device left by a dead repd is found.
+#[allow(clippy::too_many_arguments)]
 pub fn manage_with(
     dev_id: u32,
     backend: Arc<dyn BlockBackend>,
@@ -360,6 +391,7 @@ pub fn manage_with(
     opts: UblkOptions,
     may_end_recovery: &dyn Fn() -> bool,
     generation: &dyn Fn() -> Option<DataGen>,
+    on_held: &dyn Fn(),
 ) {
     let span = tracing::info_span!("ublk", dev = dev_id);
     let _g = span.enter();
@@ -398,6 +430,7 @@ pub fn manage_with(
                 held,
                 checked: Instant::now(),
             });
+            on_held();
         }
         Ok(Some(e)) => tracing::warn!(
             pid = e.pid,
@@ -779,6 +812,7 @@ mod tests {
             UblkOptions::default(),
             &|| true,
             &|| None,
+            &|| {},
         );
         assert!(t0.elapsed() < Duration::from_secs(5));
     }
