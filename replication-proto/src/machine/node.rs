@@ -16,7 +16,7 @@ use super::decide::{decide, Decision, View};
 use super::io::{OrderedIo, Span};
 use super::types::{
     errno, Action, Admin, AdminError, ConnState, Event, Hook, NodeConfig, Payload, Persisted,
-    Stats, Status, SuspendMode,
+    Session, Stats, Status, SuspendMode,
 };
 use crate::gen::{Generations, UUID_JUST_CREATED};
 use crate::meta::{MetaFlags, AL_EXTENT_SIZE, BM_BLOCK_SIZE};
@@ -458,6 +458,19 @@ impl Node {
     #[must_use]
     pub fn config(&self) -> &NodeConfig {
         &self.cfg
+    }
+    /// The current connection's handshake, once the peer answered this
+    /// node's challenge: the driver binds a second transport connection
+    /// (the ping connection, [`crate::wire::features::PING_CONN`]) to it.
+    #[must_use]
+    pub fn session(&self) -> Option<Session> {
+        let p = self.peer.as_ref().filter(|p| p.authed)?;
+        self.connected_states().then_some(Session {
+            epoch: self.epoch,
+            own_nonce: self.my_nonce,
+            peer_nonce: p.hello.nonce,
+            features: self.cfg.features & p.hello.features,
+        })
     }
     #[must_use]
     pub fn peer_disk(&self) -> DiskState {
