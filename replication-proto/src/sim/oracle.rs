@@ -23,6 +23,11 @@ pub struct Oracle {
     blocks: HashMap<u64, Vec<BlockWrite>>,
     /// Acked-unprotected writes per node, to protect on flush or endanger on crash.
     unflushed: [Vec<(u64, u64)>; 2],
+    /// How many entries were ever taken off the front of `unflushed`: a
+    /// flush's `upto` counts from the start of the node's history, so that
+    /// an earlier flush completing first does not shift what a later one
+    /// covers (two flushes in flight at once, as on a slow link).
+    drained: [usize; 2],
 }
 
 /// The tag a block holds: 0 for zeroes / never written.
@@ -72,11 +77,14 @@ impl Oracle {
         }
     }
 
-    /// A flush issued after these acks completed on `node`.
+    /// A flush issued after these acks (`upto`, from
+    /// [`Oracle::unflushed_len`] when it was issued) completed on `node`.
     pub fn flushed(&mut self, node: usize, upto: usize) {
-        let list: Vec<(u64, u64)> = self.unflushed[node]
-            .drain(..upto.min(self.unflushed[node].len()))
-            .collect();
+        let n = upto
+            .saturating_sub(self.drained[node])
+            .min(self.unflushed[node].len());
+        self.drained[node] += n;
+        let list: Vec<(u64, u64)> = self.unflushed[node].drain(..n).collect();
         for (b, tag) in list {
             if let Some(w) = self
                 .blocks
@@ -88,12 +96,15 @@ impl Oracle {
         }
     }
 
+    /// Where the acks so far end in `node`'s history: the `upto` of a
+    /// flush issued now.
     pub fn unflushed_len(&self, node: usize) -> usize {
-        self.unflushed[node].len()
+        self.drained[node] + self.unflushed[node].len()
     }
 
     /// `node` lost power: its unflushed, unreplicated acked writes may be gone.
     pub fn power_loss(&mut self, node: usize) {
+        self.drained[node] += self.unflushed[node].len();
         for (b, tag) in self.unflushed[node].drain(..) {
             if let Some(w) = self
                 .blocks
@@ -115,6 +126,7 @@ impl Oracle {
                 w.at_risk = true;
             }
         }
+        self.drained[node] += self.unflushed[node].len();
         self.unflushed[node].clear();
     }
 
