@@ -590,16 +590,12 @@ impl Runner {
     /// Pings and PingAcks from the ping connection: read whenever they
     /// come, even while the data connection is not read.
     fn receive_ping(&mut self) {
-        match self.peer.receive_ping() {
-            Ok(msgs) => {
-                let now = self.now();
-                for m in msgs {
-                    self.node.handle(now, Event::Frame(m));
-                }
-                self.drain();
-            }
-            Err(why) => self.peer_down(&why),
+        let msgs = self.peer.receive_ping();
+        let now = self.now();
+        for m in msgs {
+            self.node.handle(now, Event::Frame(m));
         }
+        self.drain();
     }
 
     fn peer_down(&mut self, why: &str) {

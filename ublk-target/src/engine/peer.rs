@@ -352,7 +352,7 @@ impl Transport {
     /// frames). The rest waits for [`Transport::arm`]'s POLLOUT poll.
     /// An error means the connection failed: the caller takes it down.
     pub(crate) fn flush(&mut self) -> Result<(), String> {
-        self.flush_ping()?;
+        self.flush_ping();
         self.encode_queued();
         let Some(c) = &self.current else {
             self.out.clear();
@@ -489,7 +489,10 @@ impl Transport {
     /// socket takes it within [`CLOSE_GRACE`]; the state machine never
     /// relies on frames sent right before a close.
     pub(crate) fn close(&mut self) {
-        self.drop_ping();
+        // The ping connection closes after the data connection's last
+        // frames (a Disconnect with its reason) had their chance: the peer
+        // reads those before it sees this one end.
+        let ping = self.ping.take().map(|(p, _)| p.stream);
         self.session = None;
         self.encode_queued();
         let out = std::mem::take(&mut self.out);
@@ -497,7 +500,14 @@ impl Transport {
             let stream = c.stream;
             let _ = std::thread::Builder::new()
                 .name("repd-peer-close".into())
-                .spawn(move || linger_then_shut(&stream, out));
+                .spawn(move || {
+                    linger_then_shut(&stream, out);
+                    if let Some(p) = ping {
+                        let _ = p.shutdown(Shutdown::Both);
+                    }
+                });
+        } else if let Some(p) = ping {
+            let _ = p.shutdown(Shutdown::Both);
         }
         self.has_conn.store(false, Ordering::Relaxed);
     }
@@ -571,19 +581,17 @@ impl Transport {
         }
     }
 
-    /// Frames from the ping connection, for the state machine. An error:
-    /// the ping connection failed after it was up, which takes the
-    /// connection down.
-    pub(crate) fn receive_ping(&mut self) -> Result<Vec<Message>, String> {
+    /// Frames from the ping connection, for the state machine.
+    pub(crate) fn receive_ping(&mut self) -> Vec<Message> {
         let mut got = Vec::new();
         let mut budget = RxBudget::per_turn();
         loop {
             let Some((p, link)) = &mut self.ping else {
-                return Ok(got);
+                return got;
             };
             let r = match p.rx.next(&p.stream, &mut budget) {
                 Ok(Some(m)) => link.on_frame(m, self.session.as_ref(), &self.names),
-                Ok(None) => return Ok(got),
+                Ok(None) => return got,
                 Err(e) => Err(e),
             };
             match r {
@@ -594,37 +602,38 @@ impl Transport {
                     }
                 }
                 Err(why) => {
-                    self.ping_failed(format!("ping connection: {why}"))?;
-                    return Ok(got);
+                    self.ping_failed(&why);
+                    return got;
                 }
             }
         }
     }
 
     /// Writes what waits for the ping connection.
-    fn flush_ping(&mut self) -> Result<(), String> {
+    fn flush_ping(&mut self) {
         let Some((p, link)) = &mut self.ping else {
-            return Ok(());
+            return;
         };
         if link.out.is_empty() || p.tx_armed {
-            return Ok(());
+            return;
         }
         if let Err(e) = write_segments(&p.stream, &mut link.out, false) {
-            self.ping_failed(format!("ping connection: send failed: {e}"))?;
+            self.ping_failed(&format!("send failed: {e}"));
         }
-        Ok(())
     }
 
-    /// The ping connection failed: once up, the whole connection goes
-    /// (the error says why); before, only the ping connection does.
-    fn ping_failed(&mut self, why: String) -> Result<(), String> {
-        let up = self.ping.as_ref().is_some_and(|(_, l)| l.is_up());
-        self.drop_ping();
-        if up {
-            return Err(why);
+    /// The ping connection failed: pings go back to the data connection.
+    /// The data connection is not taken down for it: when the peer closes
+    /// both, the data connection's last frames (a Disconnect with its
+    /// reason) may still be unread, and a peer that is really gone stops
+    /// answering pings there too, which drops it within `timeout-ms`.
+    fn ping_failed(&mut self, why: &str) {
+        if self.ping.as_ref().is_some_and(|(_, l)| l.is_up()) {
+            tracing::info!("ping connection ended: {why}; pings share the data connection");
+        } else {
+            tracing::warn!("ping connection refused: {why}; pings share the data connection");
         }
-        tracing::warn!("{why}; pings share the data connection");
-        Ok(())
+        self.drop_ping();
     }
 
     fn drop_ping(&mut self) {

@@ -30,9 +30,11 @@
 //! the data connection; a peer without the feature never gets a ping
 //! connection.
 //!
-//! Once up, a failing ping connection takes the data connection down with
-//! it: the peer is gone or the network broken, as when the data
-//! connection fails.
+//! A failing ping connection sends pings back to the data connection; it
+//! does not take the data connection down itself: when the peer closes
+//! both, the data connection's last frames (a Disconnect and its reason)
+//! may still be unread, and a peer that is really gone does not answer a
+//! ping on the data connection either.
 
 use std::collections::VecDeque;
 use std::net::TcpStream;
