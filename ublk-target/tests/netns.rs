@@ -78,11 +78,15 @@ fn log_count(c: &Cluster, i: usize, what: &str) -> usize {
 /// ResyncData queued in front of the SyncSource's socket, and a PingAck
 /// queued behind it came later than `timeout-ms` (1000 ms in the test
 /// config): the connection dropped every ~1.6 s, ~37 times a minute, and the
-/// resync never ended. Liveness must not wait behind bulk data: one
-/// connection carries the whole resync, in about the time the link rate
-/// allows, and a peer that really stops answering is still dropped in time.
+/// resync never ended. And a write during the resync waited behind the
+/// whole resync window (16 × 128 KiB: 8.4 s) longer than timeout ×
+/// ko-count, which dropped the connection too. Liveness must not wait
+/// behind bulk data: one connection carries the whole resync and a write
+/// made during it, in about the time the link rate allows, and a peer that
+/// really stops answering is still dropped in time.
 #[test]
 fn a_resync_over_a_slow_link_keeps_its_connection() {
+    require("qemu-io", "qemu-utils");
     let ns = Netns::new("s");
     // 2 Mbit/s both ways: 250 000 bytes a second.
     const RATE_BYTES_PER_S: u64 = 250_000;
@@ -97,6 +101,30 @@ fn a_resync_over_a_slow_link_keeps_its_connection() {
     let t0 = std::time::Instant::now();
     // A full sync of the whole data area from alpha, over the slow link.
     c.ok(0, &["primary", "--force"]);
+    // A write in the middle of the resync: its Data frame queues behind
+    // the resync data in flight, which the resync window keeps near a
+    // quarter of timeout-ms (at least one 128 KiB frame: 0.5 s here), then
+    // takes 0.3 s itself, with up to 0.4 s in the tbf queue. Under 3 s
+    // (qemu-io's start included), far from timeout × ko-count (4 s), which
+    // a window of 2 MiB (8.4 s) passed.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let w0 = std::time::Instant::now();
+    let o = c.client(
+        0,
+        "qemu-io",
+        &["-f", "raw", &c.nbd_uri(0), "-c", "write -P 0x5a 1M 64k"],
+    );
+    let wrote = w0.elapsed();
+    assert!(
+        o.status.success(),
+        "a write during the resync: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!("a 64 KiB write during the resync took {wrote:?}");
+    assert!(
+        wrote < std::time::Duration::from_secs(3),
+        "a 64 KiB write during the resync took {wrote:?}"
+    );
     let bytes = c.data_bytes(0);
     // The link alone needs bytes / rate; frame and TCP/IP headers add ~4 %.
     // Twice that plus 10 s (start-up, a loaded test host) is the bound; a

@@ -5,6 +5,7 @@ pub mod bitmap;
 pub mod decide;
 pub mod io;
 mod node;
+mod sync_window;
 pub mod types;
 
 pub use decide::{AfterSb0, AfterSb1, AfterSb2, Decision, SplitBrainPolicy};

@@ -285,13 +285,14 @@ pub fn run(seed: u64, trace: bool) -> Result<SimReport, Violation> {
 
 /// The slow link of issue 16 (item 8), scaled to the simulator's timing
 /// (timeout 60 ms, ping interval 20 ms): a full sync of the whole data area,
-/// no faults, no writes, over a link whose resync window (16 × 128 KiB)
-/// queues 2 MiB / 4096 B/ms = 512 ms of data, 8.5 × the timeout, as it
-/// queued 8.4 s at 2 Mbit/s against `timeout-ms = 1000`. With the pings
-/// in that queue (`ping_conn` false) they time out again and again. The
-/// report counts the connections; the error says what went wrong, if
-/// anything (the pair did not converge within 40 s).
-pub fn slow_link_resync(ping_conn: bool) -> (SimReport, Result<(), Violation>) {
+/// no faults, no writes, over a link of `bytes_per_ms`. At 1024 B/ms one
+/// 128 KiB resync frame takes 128 ms, twice the timeout, as 2 MiB of
+/// resync window took 8.4 s at 2 Mbit/s against `timeout-ms = 1000`: a
+/// ping queued behind resync data (`ping_conn` false) times out again and
+/// again, whatever the resync window. The report counts the connections;
+/// the error says what went wrong, if anything (the pair did not converge
+/// within 60 s).
+pub fn slow_link_resync(bytes_per_ms: u64, ping_conn: bool) -> (SimReport, Result<(), Violation>) {
     let sc = Scenario {
         kind: Kind::Network,
         protocol: Protocol::C,
@@ -301,10 +302,10 @@ pub fn slow_link_resync(ping_conn: bool) -> (SimReport, Result<(), Violation>) {
         data_bytes: 16 << 20,
         al_extents: 3,
         link: Link {
-            bytes_per_ms: 4096,
+            bytes_per_ms,
             ping_conn,
         },
-        settle_ms: 40_000,
+        settle_ms: 60_000,
     };
     let (report, r) = run_scenario(1, sc, false);
     (report, r.map(|_| ()))
