@@ -1,10 +1,12 @@
-//! The peer connection: one TCP stream at a time, read and written by the
-//! engine thread itself.
+//! The peer connection: one data stream at a time (plus its ping
+//! connection, [`super::ping_conn`]), read and written by the engine
+//! thread itself.
 //!
 //! Both nodes listen on their address; only the node whose name sorts first
-//! dials, so two simultaneous connections never race (DRBD keeps two sockets
-//! and resolves the race; one dialer is simpler and loses nothing for two
-//! nodes). The state machine authenticates whatever connects.
+//! dials the data connection, so two simultaneous connections never race
+//! (DRBD resolves the race; one dialer is simpler and loses nothing for
+//! two nodes); the other node dials the ping connection back. The state
+//! machine authenticates whatever connects.
 //!
 //! Receiving: the engine sleeps in `io_uring_enter` on its disk ring, so a
 //! one-shot POLLIN poll on that ring wakes it when the peer sends, and it
@@ -519,6 +521,15 @@ impl Transport {
         let stale = current.is_none() || for_conn.is_some_and(|id| Some(id) != current);
         // One that is up stays; one not yet authenticated gives way (it may
         // be a leftover, or not the peer's at all).
+        if current.is_none() {
+            // The peer dials this node only for a ping connection (this
+            // node dials the data connection), so a stream without a data
+            // connection is a leftover or a peer whose resource file
+            // disagrees about the node names.
+            tracing::info!(from = ?stream.peer_addr().ok(), "inbound connection closed: no data connection to pair it with as a ping connection (this node dials its peer)");
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
         if stale || self.ping.as_ref().is_some_and(|(_, l)| l.is_up()) {
             tracing::debug!(from = ?stream.peer_addr().ok(), "ping connection not needed; closed");
             let _ = stream.shutdown(Shutdown::Both);
