@@ -138,7 +138,8 @@ pub struct Net {
     pub timeout: Duration,
     /// `ping-int-ms`: idle interval between keep-alive pings.
     pub ping_int: Duration,
-    /// `ko-count`: how many timeouts in a row before the peer is dropped.
+    /// `ko-count`: a write the peer does not complete within
+    /// `timeout` × `ko-count` drops the peer.
     pub ko_count: u32,
     /// `max-buffers`: in-flight request limit on the receiving side.
     pub max_buffers: u32,

@@ -6,6 +6,7 @@ pub mod decide;
 pub mod io;
 mod node;
 mod resume;
+mod sync_window;
 pub mod types;
 
 pub use decide::{AfterSb0, AfterSb1, AfterSb2, Decision, SplitBrainPolicy};

@@ -15,9 +15,10 @@ use super::bitmap::Bitmap;
 use super::decide::{decide, Decision, View};
 use super::io::{OrderedIo, Span};
 use super::resume::{self, Resume};
+use super::sync_window::SyncWindow;
 use super::types::{
     errno, Action, Admin, AdminError, ConnState, Event, Hook, NodeConfig, Payload, Persisted,
-    Stats, Status, SuspendMode,
+    Session, Stats, Status, SuspendMode,
 };
 use crate::gen::{Generations, UUID_JUST_CREATED};
 use crate::meta::{MetaFlags, AL_EXTENT_SIZE, BM_BLOCK_SIZE};
@@ -167,6 +168,9 @@ struct Sync {
     persist_pending: u32,
     cursor: u64,
     inflight: HashMap<u64, Span>,
+    /// Target, resync: how many requests may be in flight (verify keeps
+    /// SYNC_WINDOW: its answers are small).
+    window: SyncWindow,
     next_id: u64,
     total_bytes: u64,
     tokens: u64,
@@ -194,6 +198,7 @@ impl Sync {
             persist_pending: 0,
             cursor: 0,
             inflight: HashMap::new(),
+            window: SyncWindow::new(now),
             next_id: 1,
             total_bytes,
             tokens: 0,
@@ -469,6 +474,19 @@ impl Node {
     #[must_use]
     pub fn config(&self) -> &NodeConfig {
         &self.cfg
+    }
+    /// The current connection's handshake, once the peer answered this
+    /// node's challenge: the driver binds a second transport connection
+    /// (the ping connection, [`crate::wire::features::PING_CONN`]) to it.
+    #[must_use]
+    pub fn session(&self) -> Option<Session> {
+        let p = self.peer.as_ref().filter(|p| p.authed)?;
+        self.connected_states().then_some(Session {
+            epoch: self.epoch,
+            own_nonce: self.my_nonce,
+            peer_nonce: p.hello.nonce,
+            features: self.cfg.features & p.hello.features,
+        })
     }
     #[must_use]
     pub fn peer_disk(&self) -> DiskState {
@@ -1741,6 +1759,7 @@ impl Node {
     /// Target side: ask for more blocks while the window and the rate allow.
     fn pump_sync(&mut self) {
         self.refill();
+        let now = self.now;
         let data_bytes = self.cfg.data_bytes;
         let csums = self.cfg.csums
             && self
@@ -1757,7 +1776,7 @@ impl Node {
             {
                 return;
             }
-            if s.inflight.len() >= SYNC_WINDOW {
+            if !s.window.open(s.inflight.len()) {
                 return;
             }
             let max_bits = SYNC_REQ_BYTES / BM_BLOCK_SIZE;
@@ -1789,6 +1808,7 @@ impl Node {
             let id = s.next_id;
             s.next_id += 1;
             s.inflight.insert(id, span);
+            s.window.sent(id, now);
             let epoch = s.epoch;
             let len32 = u32::try_from(len).unwrap_or(MAX_IO);
             if csums {
@@ -1851,6 +1871,7 @@ impl Node {
             self.protocol_error("resync data nobody asked for");
             return;
         }
+        self.sync_answered(id);
         self.stats.received_bytes += data.len() as u64;
         self.stats.resync_received_bytes += data.len() as u64;
         let epoch = self.epoch;
@@ -1874,6 +1895,15 @@ impl Node {
         }
     }
 
+    /// Target: the answer to resync request `id` arrived; the window
+    /// aims at answers within a quarter of `timeout-ms`.
+    fn sync_answered(&mut self, id: u64) {
+        let (now, target) = (self.now, (self.cfg.timeout_ms / 4).max(1));
+        if let Some(s) = self.sync.as_mut() {
+            s.window.answered(id, now, target);
+        }
+    }
+
     fn on_in_sync(&mut self, id: u64, offset: u64, len: u32) {
         let span = Span::new(offset, u64::from(len));
         let ok = self
@@ -1884,6 +1914,7 @@ impl Node {
             self.protocol_error("in-sync answer nobody asked for");
             return;
         }
+        self.sync_answered(id);
         self.bitmap.clear_range(offset, u64::from(len));
         if let Some(s) = self.sync.as_mut() {
             s.inflight.remove(&id);

@@ -39,6 +39,19 @@ pub struct NodeConfig {
     pub features: u64,
 }
 
+/// An authenticated connection's handshake, as [`crate::machine::Node::session`]
+/// gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    /// Counts connections: a new one is a new session.
+    pub epoch: u64,
+    /// The nonce in this node's Hello, and in the peer's.
+    pub own_nonce: [u8; 32],
+    pub peer_nonce: [u8; 32],
+    /// Features both sides offered.
+    pub features: u64,
+}
+
 /// What the node loaded from its metadata at start.
 #[derive(Debug, Clone)]
 pub struct Persisted {

@@ -1,5 +1,6 @@
 //! A seeded simulator for two nodes: simulated disks with a volatile write
-//! cache, a simulated network that delays, breaks and partitions, crashes
+//! cache, a simulated network that delays (with a bandwidth limit where the
+//! scenario sets one), breaks and partitions, crashes
 //! with power loss, an application writing on whichever node is Primary, and
 //! an operator who fails over. One `u64` seed decides everything, so a failing
 //! seed replays exactly (TigerBeetle's VOPR and quinn's `Pair` are the
@@ -25,4 +26,4 @@ mod disk;
 mod oracle;
 mod world;
 
-pub use world::{run, run_resuming, Scenario, SimReport, Violation};
+pub use world::{run, run_resuming, slow_link_resync, Link, Scenario, SimReport, Violation};

@@ -15,7 +15,7 @@ use crate::machine::{
     Action, Admin, ConnState, Event, Node, NodeConfig, Payload, SplitBrainPolicy,
 };
 use crate::meta::BM_BLOCK_SIZE;
-use crate::wire::{features, DiskState, Message, Protocol, Role};
+use crate::wire::{encoded_len, features, DiskState, Message, Protocol, Role};
 
 const BS: u64 = BM_BLOCK_SIZE;
 /// Simulated time is kept in microseconds; the nodes see milliseconds.
@@ -34,6 +34,27 @@ pub enum Kind {
     /// Both promoted while partitioned: must be detected, then recovered
     /// with discard-my-data.
     SplitBrain,
+}
+
+/// The link between the nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    /// Bandwidth of each direction; 0: unlimited (a frame takes only the
+    /// latency). With a limit, a frame waits until every byte queued
+    /// before it on its direction has left (the sender's socket buffer and
+    /// a router's queue): the queueing that held pings behind resync data.
+    pub bytes_per_ms: u64,
+    /// Ping and PingAck travel on a connection of their own (the daemon's
+    /// ping connection, [`features::PING_CONN`]), which waits for no bulk
+    /// data, only for the latency. Without: they queue with the rest.
+    pub ping_conn: bool,
+}
+
+impl Link {
+    pub const UNLIMITED: Link = Link {
+        bytes_per_ms: 0,
+        ping_conn: true,
+    };
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +78,9 @@ pub struct Scenario {
     /// Resync bytes per second (0 = unlimited); a limit keeps the resync
     /// running long enough for a crash to hit it.
     pub resync_rate: u64,
+    pub link: Link,
+    /// After `duration_ms`, how long the pair may take to converge.
+    pub settle_ms: u64,
 }
 
 impl Scenario {
@@ -99,6 +123,18 @@ impl Scenario {
             freeze,
             crash_sync_source,
             resync_rate,
+            // One seed in five on a slow link (2 to 16 MB/s against a
+            // 60 ms timeout: the resync window alone queues 128 ms to 1 s),
+            // with the ping connection the daemon has.
+            link: if r.gen_ratio(1, 5) {
+                Link {
+                    bytes_per_ms: r.gen_range(2048..16384),
+                    ping_conn: true,
+                }
+            } else {
+                Link::UNLIMITED
+            },
+            settle_ms: 200_000,
         }
     }
 }
@@ -112,6 +148,8 @@ pub struct SimReport {
     pub failovers: u32,
     pub resets: u32,
     pub split_brains: u32,
+    /// Transport connections made (1: the first one never dropped).
+    pub connections: u64,
     /// Data frames the link damaged; the receiver's frame checksum refuses
     /// them and drops the connection.
     pub damaged: u32,
@@ -233,6 +271,9 @@ struct World {
     conn_id: u64,
     live_conn: Option<u64>,
     last_deliver: [u64; 2],
+    /// When the bulk data queued on each direction (to node i) has left
+    /// the sender, with a bandwidth limit ([`Link`]).
+    link_free: [u64; 2],
     /// Frames to node i on connection c scheduled after time t are lost:
     /// they were still in the crashed sender's socket buffer.
     cut: [Option<(u64, u64)>; 2],
@@ -285,7 +326,7 @@ fn cfg(name: &str, peer: &str, sc: &Scenario) -> NodeConfig {
 
 /// Run one seed. `trace` keeps every line (for replay) instead of the last few.
 pub fn run(seed: u64, trace: bool) -> Result<SimReport, Violation> {
-    run_with(seed, trace, false)
+    run_scenario(seed, Scenario::from_seed(seed), trace, false).1
 }
 
 /// [`run`], with every restarted node armed to resume the Primary role of a
@@ -293,11 +334,46 @@ pub fn run(seed: u64, trace: bool) -> Result<SimReport, Violation> {
 /// holds its device): the same seeds, checked against the same invariants
 /// (one Primary, no acknowledged write lost) with self-promotions added.
 pub fn run_resuming(seed: u64, trace: bool) -> Result<SimReport, Violation> {
-    run_with(seed, trace, true)
+    run_scenario(seed, Scenario::from_seed(seed), trace, true).1
 }
 
-fn run_with(seed: u64, trace: bool, resume: bool) -> Result<SimReport, Violation> {
-    let sc = Scenario::from_seed(seed);
+/// The slow link of issue 16 (item 8), scaled to the simulator's timing
+/// (timeout 60 ms, ping interval 20 ms): a full sync of the whole data area,
+/// no faults, no writes, over a link of `bytes_per_ms`. At 1024 B/ms one
+/// 128 KiB resync frame takes 128 ms, twice the timeout, as 2 MiB of
+/// resync window took 8.4 s at 2 Mbit/s against `timeout-ms = 1000`: a
+/// ping queued behind resync data (`ping_conn` false) times out again and
+/// again, whatever the resync window. The report counts the connections;
+/// the error says what went wrong, if anything (the pair did not converge
+/// within 60 s).
+pub fn slow_link_resync(bytes_per_ms: u64, ping_conn: bool) -> (SimReport, Result<(), Violation>) {
+    let sc = Scenario {
+        kind: Kind::Network,
+        protocol: Protocol::C,
+        csums: false,
+        failover: false,
+        duration_ms: 0,
+        data_bytes: 16 << 20,
+        al_extents: 3,
+        link: Link {
+            bytes_per_ms,
+            ping_conn,
+        },
+        settle_ms: 60_000,
+        freeze: false,
+        crash_sync_source: false,
+        resync_rate: 0,
+    };
+    let (report, r) = run_scenario(1, sc, false, false);
+    (report, r.map(|_| ()))
+}
+
+fn run_scenario(
+    seed: u64,
+    sc: Scenario,
+    trace: bool,
+    resume: bool,
+) -> (SimReport, Result<SimReport, Violation>) {
     let nbits = sc.data_bytes / BS;
     let mk = || SimNode {
         node: None,
@@ -325,6 +401,7 @@ fn run_with(seed: u64, trace: bool, resume: bool) -> Result<SimReport, Violation
         conn_id: 0,
         live_conn: None,
         last_deliver: [0, 0],
+        link_free: [0, 0],
         cut: [None, None],
         partition_until: 0,
         oracle: Oracle::default(),
@@ -345,11 +422,10 @@ fn run_with(seed: u64, trace: bool, resume: bool) -> Result<SimReport, Violation
         resume_armed: [false; 2],
     };
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.main()));
-    match r {
-        Ok(Ok(())) => {
-            w.report.sim_ms = w.now / MS;
-            Ok(w.report)
-        }
+    w.report.sim_ms = w.now / MS;
+    w.report.connections = w.conn_id;
+    let r = match r {
+        Ok(Ok(())) => Ok(w.report.clone()),
         Ok(Err(what)) => Err(w.violation(what)),
         Err(p) => {
             let msg = p
@@ -359,7 +435,8 @@ fn run_with(seed: u64, trace: bool, resume: bool) -> Result<SimReport, Violation
                 .unwrap_or_default();
             Err(w.violation(format!("panic: {msg}")))
         }
-    }
+    };
+    (w.report.clone(), r)
 }
 
 impl World {
@@ -488,7 +565,7 @@ impl World {
                         let s = format!("{} -> {}", self.name(i), short(&m));
                         self.log(s);
                     }
-                    let t = self.deliver_time(other, 20, 400);
+                    let t = self.send_time(other, &m);
                     self.at(
                         t,
                         Ev::Deliver {
@@ -569,9 +646,30 @@ impl World {
         }
     }
 
-    /// FIFO per direction; held while partitioned.
+    /// When frame `m` sent now reaches node `to`: after the bytes queued
+    /// before it on that direction have left, at the link's bandwidth,
+    /// unless it rides the ping connection ([`Link`]).
+    fn send_time(&mut self, to: usize, m: &Message) -> u64 {
+        let link = self.sc.link;
+        if link.bytes_per_ms == 0 {
+            return self.deliver_time(to, 20, 400);
+        }
+        if link.ping_conn && matches!(m, Message::Ping | Message::PingAck) {
+            // A connection of its own: no bulk ahead of it, and the order
+            // with the data connection's frames is not kept.
+            let base = self.now.max(self.partition_until);
+            return base + self.lat(20, 400);
+        }
+        let start = self.now.max(self.partition_until).max(self.link_free[to]);
+        let bytes = encoded_len(m) as u64;
+        self.link_free[to] = start + bytes * MS / link.bytes_per_ms;
+        self.deliver_time(to, 20, 400)
+    }
+
+    /// FIFO per direction; held while partitioned, and behind the bytes
+    /// queued on a link with a bandwidth limit.
     fn deliver_time(&mut self, to: usize, lo: u64, hi: u64) -> u64 {
-        let base = self.now.max(self.partition_until);
+        let base = self.now.max(self.partition_until).max(self.link_free[to]);
         let t = (base + self.lat(lo, hi)).max(self.last_deliver[to] + 1);
         self.last_deliver[to] = t;
         t
@@ -634,6 +732,7 @@ impl World {
             self.nodes[0].conn = Some(c);
             self.nodes[1].conn = Some(c);
             self.last_deliver = [self.now, self.now];
+            self.link_free = [self.now, self.now];
             self.log(format!("transport up #{c}"));
             self.feed(0, Event::TransportUp);
             self.feed(1, Event::TransportUp);
@@ -851,7 +950,7 @@ impl World {
         self.arm_freeze(1);
         self.at(MS, Ev::Step);
         let end = self.sc.duration_ms * MS;
-        let deadline = end + 200_000 * MS;
+        let deadline = end + self.sc.settle_ms * MS;
         while let Some(Reverse((t, _, id))) = self.q.pop() {
             self.now = t;
             if let Some(f) = self.fail.take() {
@@ -1304,6 +1403,13 @@ impl World {
 
     /// End phase: heal, bring everything up, wait until both are in sync.
     fn converged(&mut self) -> Result<bool, String> {
+        if self.sc.kind == Kind::SplitBrain && self.sb_phase == 1 && self.victim.is_none() {
+            // The Secondary has not noticed the partition yet (on a slow
+            // link, frames queued before it still arrive for a while):
+            // wait until it has and is promoted too.
+            self.split_brain_chaos();
+            return Ok(false);
+        }
         if self.sc.kind == Kind::SplitBrain && self.sb_phase == 1 {
             // Let both write for a while, then heal and expect detection.
             self.sb_phase = 2;

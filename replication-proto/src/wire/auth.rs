@@ -46,14 +46,28 @@ fn keyed(secret: &[u8]) -> HmacSha256 {
     <HmacSha256 as KeyInit>::new(&block)
 }
 
+/// Domain separation prefix of the MAC that opens a ping connection: it
+/// can never pass for a handshake `Auth`, nor the other way round.
+pub const PING_CONN_CONTEXT: &[u8] = b"repd-ping-conn-v1\0";
+
 fn mac_input(
     secret: &[u8],
     challenge: &[u8; 32],
     responder_nonce: &[u8; 32],
     responder: &str,
 ) -> HmacSha256 {
+    mac_with(AUTH_CONTEXT, secret, challenge, responder_nonce, responder)
+}
+
+fn mac_with(
+    context: &[u8],
+    secret: &[u8],
+    challenge: &[u8; 32],
+    responder_nonce: &[u8; 32],
+    responder: &str,
+) -> HmacSha256 {
     let mut m = keyed(secret);
-    m.update(AUTH_CONTEXT);
+    m.update(context);
     m.update(challenge);
     m.update(responder_nonce);
     m.update(responder.as_bytes());
@@ -87,6 +101,38 @@ pub fn verify_auth(
     mac: &[u8; 32],
 ) -> bool {
     mac_input(secret, my_nonce, peer_nonce, peer_node)
+        .verify_slice(mac)
+        .is_ok()
+}
+
+/// The MAC each side sends first on the ping connection (the second TCP
+/// connection that carries only Ping and PingAck): bound to the nonces of
+/// the data connection's handshake, which the peer answered with the shared
+/// secret already, so the ping connection belongs to that session and to
+/// no other (a ping connection left over from an earlier session fails).
+#[must_use]
+pub fn ping_conn_mac(
+    secret: &[u8],
+    peer_nonce: &[u8; 32],
+    own_nonce: &[u8; 32],
+    own_node: &str,
+) -> [u8; 32] {
+    mac_with(PING_CONN_CONTEXT, secret, peer_nonce, own_nonce, own_node)
+        .finalize()
+        .into_bytes()
+        .into()
+}
+
+/// Checks the peer's [`ping_conn_mac`]; arguments as for [`verify_auth`].
+#[must_use]
+pub fn verify_ping_conn(
+    secret: &[u8],
+    my_nonce: &[u8; 32],
+    peer_nonce: &[u8; 32],
+    peer_node: &str,
+    mac: &[u8; 32],
+) -> bool {
+    mac_with(PING_CONN_CONTEXT, secret, my_nonce, peer_nonce, peer_node)
         .verify_slice(mac)
         .is_ok()
 }
@@ -139,6 +185,24 @@ mod tests {
         let mut bad = b_answer;
         bad[31] ^= 1;
         assert!(!verify_auth(SECRET, &NA, &NB, "bob", &bad));
+    }
+
+    #[test]
+    fn a_ping_connection_mac_is_no_handshake_mac() {
+        let mac = ping_conn_mac(SECRET, &NA, &NB, "bob");
+        assert!(verify_ping_conn(SECRET, &NA, &NB, "bob", &mac));
+        // Neither passes for the other: a handshake answer seen on the
+        // wire cannot open a ping connection, nor the other way round.
+        assert!(!verify_auth(SECRET, &NA, &NB, "bob", &mac));
+        let auth = auth_mac(SECRET, &NA, &NB, "bob");
+        assert!(!verify_ping_conn(SECRET, &NA, &NB, "bob", &auth));
+        // Another session's nonces, another secret, another name: refused.
+        assert!(!verify_ping_conn(SECRET, &[0xcc; 32], &NB, "bob", &mac));
+        assert!(!verify_ping_conn(b"other", &NA, &NB, "bob", &mac));
+        assert!(!verify_ping_conn(SECRET, &NA, &NB, "mallory", &mac));
+        // A's own MAC reflected back to A.
+        let a_mac = ping_conn_mac(SECRET, &NB, &NA, "alice");
+        assert!(!verify_ping_conn(SECRET, &NA, &NB, "bob", &a_mac));
     }
 
     fn hex(b: &[u8]) -> String {

@@ -44,8 +44,13 @@ pub mod features {
     pub const CSUM_RESYNC: u64 = 1 << 0;
     /// TRIM / WRITE_ZEROES replicated without payload.
     pub const TRIM: u64 = 1 << 1;
+    /// Ping and PingAck travel on a second TCP connection of their own, so
+    /// that they never wait behind bulk data (DRBD's meta socket). Frames
+    /// are the same; the state machine does not see which connection
+    /// carried them.
+    pub const PING_CONN: u64 = 1 << 2;
     /// Every feature this build knows.
-    pub const ALL: u64 = CSUM_RESYNC | TRIM;
+    pub const ALL: u64 = CSUM_RESYNC | TRIM | PING_CONN;
 }
 
 /// Flags of a replicated write.

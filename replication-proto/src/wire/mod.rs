@@ -10,7 +10,7 @@ pub mod codec;
 pub mod message;
 pub mod rle;
 
-pub use auth::{auth_mac, verify_auth, AUTH_CONTEXT};
+pub use auth::{auth_mac, ping_conn_mac, verify_auth, verify_ping_conn, AUTH_CONTEXT};
 pub use codec::{
     decode, disconnect, encode, encode_vectored, encoded_len, DecodeError, EncodeError,
     FrameDecoder, MAX_DATA, MAX_PAYLOAD, MAX_STRING_LEN,

@@ -9,6 +9,7 @@
 mod convert;
 mod meta;
 mod peer;
+mod ping_conn;
 mod progress;
 
 use std::collections::HashMap;
@@ -45,6 +46,12 @@ pub(crate) enum Input {
     PeerStream {
         stream: std::net::TcpStream,
         outbound: bool,
+    },
+    /// A ping connection: accepted (`for_conn` None) or dialed for the
+    /// data connection `for_conn` (see `ping_conn`).
+    PingStream {
+        stream: std::net::TcpStream,
+        for_conn: Option<u64>,
     },
     Control {
         cmd: ControlCmd,
@@ -473,7 +480,7 @@ pub fn start(
         wake: disk.waker(),
     };
     let meta = meta::MetaWriter::start(md, tx.clone()).map_err(StartError::Thread)?;
-    let peer = peer::Transport::start(&me, &peer_node, tx.clone())?;
+    let peer = peer::Transport::start(&me, &peer_node, cfg.net.secret.as_bytes(), tx.clone())?;
 
     let shared = Arc::new(Shared::default());
     shared.data_bytes.store(data_bytes, Ordering::Relaxed);
@@ -602,6 +609,7 @@ impl Runner {
                     .min(Duration::from_millis(200))
             };
             // Everything this turn sent to the peer, in one write.
+            self.peer.on_session(self.node.session());
             self.send_to_peer();
             if let Err(why) = self.peer.arm(&mut self.disk, receive) {
                 self.peer_down(&why);
@@ -614,13 +622,18 @@ impl Runner {
                 self.disk_done(token, result);
             }
             self.disk.take_polls(&mut polls);
-            let mut readable = false;
+            let (mut readable, mut ping) = (false, false);
             for ev in polls.drain(..) {
                 match self.peer.on_poll(ev) {
                     peer::Ready::Readable => readable = true,
                     peer::Ready::Writable => self.send_to_peer(),
+                    peer::Ready::Ping => ping = true,
                     peer::Ready::Stale => {}
                 }
+            }
+            if ping {
+                self.receive_ping();
+                self.send_to_peer();
             }
             if (readable || self.peer.rx_pending()) && self.disk.in_flight() < RX_PAUSE_DISK_OPS {
                 self.receive_from_peer();
@@ -657,6 +670,17 @@ impl Runner {
                 }
             }
         }
+    }
+
+    /// Pings and PingAcks from the ping connection: read whenever they
+    /// come, even while the data connection is not read.
+    fn receive_ping(&mut self) {
+        let msgs = self.peer.receive_ping();
+        let now = self.now();
+        for m in msgs {
+            self.node.handle(now, Event::Frame(m));
+        }
+        self.drain();
     }
 
     fn peer_down(&mut self, why: &str) {
@@ -736,6 +760,9 @@ impl Runner {
                 if self.peer.adopt(stream, outbound) {
                     self.node.handle(now, Event::TransportUp);
                 }
+            }
+            Input::PingStream { stream, for_conn } => {
+                self.peer.adopt_ping(stream, for_conn);
             }
             Input::Control { cmd, reply } => self.control(cmd, reply),
         }

@@ -1,10 +1,12 @@
-//! The peer connection: one TCP stream at a time, read and written by the
-//! engine thread itself.
+//! The peer connection: one data stream at a time (plus its ping
+//! connection, [`super::ping_conn`]), read and written by the engine
+//! thread itself.
 //!
 //! Both nodes listen on their address; only the node whose name sorts first
-//! dials, so two simultaneous connections never race (DRBD keeps two sockets
-//! and resolves the race; one dialer is simpler and loses nothing for two
-//! nodes). The state machine authenticates whatever connects.
+//! dials the data connection, so two simultaneous connections never race
+//! (DRBD resolves the race; one dialer is simpler and loses nothing for
+//! two nodes); the other node dials the ping connection back. The state
+//! machine authenticates whatever connects.
 //!
 //! Receiving: the engine sleeps in `io_uring_enter` on its disk ring, so a
 //! one-shot POLLIN poll on that ring wakes it when the peer sends, and it
@@ -23,6 +25,10 @@
 //! Sending: the turn's frames go out in one non-blocking `sendmsg`; what
 //! the socket does not take waits, in order, for a POLLOUT poll on the same
 //! ring, so no writer thread is needed either.
+//!
+//! Liveness: Ping and PingAck travel on a second connection of their own
+//! once both sides have authenticated it (see [`super::ping_conn`]), so
+//! they never wait behind bulk data in a socket buffer.
 //!
 //! Back-pressure: the engine reads only when it gets to it, at most
 //! [`RX_BYTES_PER_TURN`] per turn, and not at all while its disk has a
@@ -46,10 +52,13 @@ use replication_proto::wire::codec::{
 };
 use replication_proto::wire::Message;
 
+use super::ping_conn::{self, Names, PingFrame, PingLink};
 use super::{Input, InputTx, StartError};
 use crate::config::Node;
 use crate::disk::aligned::SECTOR;
 use crate::disk::{AlignedBuf, InlineDisk, SocketEvent};
+use replication_proto::machine::Session;
+use replication_proto::wire::features;
 
 /// Address alignment O_DIRECT wants for write data.
 const ALIGN: usize = 4096;
@@ -92,6 +101,8 @@ pub(crate) enum Ready {
     Readable,
     /// The current connection's socket may take more bytes.
     Writable,
+    /// The ping connection may be read or written.
+    Ping,
     /// For a connection that is gone.
     Stale,
 }
@@ -148,10 +159,29 @@ pub(crate) struct Transport {
     /// space.
     out: VecDeque<Bytes>,
     head: BytesMut,
+    /// The ping connection, once one was dialed or accepted for the
+    /// current connection: its socket and its state.
+    ping: Option<(Conn, PingLink)>,
+    /// This node dials the ping connection (it accepts the data one).
+    ping_dialer: bool,
+    /// The data connection a ping dial was started for.
+    ping_dialed_for: Option<u64>,
+    peer_addr: SocketAddr,
+    /// The current connection's authenticated handshake, as the state
+    /// machine last reported it.
+    session: Option<Session>,
+    names: Names,
+    tx: InputTx,
+    span: tracing::Span,
 }
 
 impl Transport {
-    pub(crate) fn start(me: &Node, peer: &Node, tx: InputTx) -> Result<Self, StartError> {
+    pub(crate) fn start(
+        me: &Node,
+        peer: &Node,
+        secret: &[u8],
+        tx: InputTx,
+    ) -> Result<Self, StartError> {
         let listener = TcpListener::bind(me.address).map_err(|source| StartError::Listen {
             addr: me.address,
             source,
@@ -173,13 +203,20 @@ impl Transport {
                         }
                         match s {
                             Ok(stream) => {
-                                if dialer {
-                                    // The peer dials us only with a config that
-                                    // disagrees about the names; refuse.
-                                    tracing::warn!(from = ?stream.peer_addr().ok(), "inbound connection refused: this node dials its peer");
-                                    continue;
-                                }
-                                let _ = tx.send(Input::PeerStream { stream, outbound: false });
+                                // The node that dials the data connection
+                                // accepts only the ping connection; its MAC
+                                // tells whether it belongs to the session.
+                                let _ = tx.send(if dialer {
+                                    Input::PingStream {
+                                        stream,
+                                        for_conn: None,
+                                    }
+                                } else {
+                                    Input::PeerStream {
+                                        stream,
+                                        outbound: false,
+                                    }
+                                });
                             }
                             Err(e) => {
                                 tracing::warn!("accept failed: {e}");
@@ -191,6 +228,7 @@ impl Transport {
                 .map_err(StartError::Thread)?;
         }
         if dialer {
+            let span = span.clone();
             let (tx, stop, want, has_conn) =
                 (tx.clone(), stop.clone(), want.clone(), has_conn.clone());
             let addr = peer.address;
@@ -231,6 +269,18 @@ impl Transport {
             bulk_queued: 0,
             out: VecDeque::new(),
             head: BytesMut::with_capacity(64 * 1024),
+            ping: None,
+            ping_dialer: !dialer,
+            ping_dialed_for: None,
+            peer_addr: peer.address,
+            session: None,
+            names: Names {
+                secret: secret.to_vec(),
+                me: me.name.clone(),
+                peer: peer.name.clone(),
+            },
+            tx,
+            span,
         })
     }
 
@@ -278,6 +328,15 @@ impl Transport {
         if self.current.is_none() {
             return;
         }
+        if let Some((_, link)) = self.ping.as_mut().filter(|(_, l)| l.is_up()) {
+            if ping_conn::rides_ping_conn(&m) {
+                if let Err(e) = link.queue(&m) {
+                    // Only a bug builds such a message.
+                    tracing::error!("{e}");
+                }
+                return;
+            }
+        }
         if let Message::Data { data, .. } | Message::ResyncData { data, .. } = &m {
             self.bulk_queued += data.len();
         }
@@ -295,6 +354,7 @@ impl Transport {
     /// frames). The rest waits for [`Transport::arm`]'s POLLOUT poll.
     /// An error means the connection failed: the caller takes it down.
     pub(crate) fn flush(&mut self) -> Result<(), String> {
+        self.flush_ping();
         self.encode_queued();
         let Some(c) = &self.current else {
             self.out.clear();
@@ -328,10 +388,24 @@ impl Transport {
     /// unless `receive` is false (the engine is behind) or the receiving
     /// goes on anyway next turn, POLLOUT while bytes wait to be sent.
     pub(crate) fn arm(&mut self, disk: &mut InlineDisk, receive: bool) -> Result<(), String> {
+        let watch = |e: std::io::Error| format!("cannot watch the peer socket: {e}");
+        if let Some((p, link)) = &mut self.ping {
+            // Read even while the engine reads nothing on the data
+            // connection (its disk is behind): a ping is answered anyway.
+            if !p.rx_armed {
+                disk.poll(&p.stream, libc::POLLIN, p.id << 1 | KEY_RX)
+                    .map_err(watch)?;
+                p.rx_armed = true;
+            }
+            if !link.out.is_empty() && !p.tx_armed {
+                disk.poll(&p.stream, libc::POLLOUT, p.id << 1 | KEY_TX)
+                    .map_err(watch)?;
+                p.tx_armed = true;
+            }
+        }
         let Some(c) = &mut self.current else {
             return Ok(());
         };
-        let watch = |e: std::io::Error| format!("cannot watch the peer socket: {e}");
         if receive && !c.rx_armed && !c.rx_more && !c.rx.lent() {
             disk.poll(&c.stream, libc::POLLIN, c.id << 1 | KEY_RX)
                 .map_err(watch)?;
@@ -350,6 +424,14 @@ impl Transport {
     /// happened), or a ring receive ended (with its buffer).
     pub(crate) fn on_poll(&mut self, ev: SocketEvent) -> Ready {
         let SocketEvent { key, res, buf } = ev;
+        if let Some((p, _)) = self.ping.as_mut().filter(|(p, _)| p.id == key >> 1) {
+            if key & 1 == KEY_TX {
+                p.tx_armed = false;
+            } else {
+                p.rx_armed = false;
+            }
+            return Ready::Ping;
+        }
         let Some(c) = &mut self.current else {
             return Ready::Stale;
         };
@@ -409,15 +491,167 @@ impl Transport {
     /// socket takes it within [`CLOSE_GRACE`]; the state machine never
     /// relies on frames sent right before a close.
     pub(crate) fn close(&mut self) {
+        // The ping connection closes after the data connection's last
+        // frames (a Disconnect with its reason) had their chance: the peer
+        // reads those before it sees this one end.
+        let ping = self.ping.take().map(|(p, _)| p.stream);
+        self.session = None;
         self.encode_queued();
         let out = std::mem::take(&mut self.out);
         if let Some(c) = self.current.take() {
             let stream = c.stream;
             let _ = std::thread::Builder::new()
                 .name("repd-peer-close".into())
-                .spawn(move || linger_then_shut(&stream, out));
+                .spawn(move || {
+                    linger_then_shut(&stream, out);
+                    if let Some(p) = ping {
+                        let _ = p.shutdown(Shutdown::Both);
+                    }
+                });
+        } else if let Some(p) = ping {
+            let _ = p.shutdown(Shutdown::Both);
         }
         self.has_conn.store(false, Ordering::Relaxed);
+    }
+
+    /// A ping connection was accepted (`for_conn` None) or dialed for the
+    /// data connection `for_conn`.
+    pub(crate) fn adopt_ping(&mut self, stream: TcpStream, for_conn: Option<u64>) {
+        let current = self.current.as_ref().map(|c| c.id);
+        let stale = current.is_none() || for_conn.is_some_and(|id| Some(id) != current);
+        // One that is up stays; one not yet authenticated gives way (it may
+        // be a leftover, or not the peer's at all).
+        if current.is_none() {
+            // The peer dials this node only for a ping connection (this
+            // node dials the data connection), so a stream without a data
+            // connection is a leftover or a peer whose resource file
+            // disagrees about the node names.
+            tracing::info!(from = ?stream.peer_addr().ok(), "inbound connection closed: no data connection to pair it with as a ping connection (this node dials its peer)");
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
+        if stale || self.ping.as_ref().is_some_and(|(_, l)| l.is_up()) {
+            tracing::debug!(from = ?stream.peer_addr().ok(), "ping connection not needed; closed");
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
+        let Some(data_conn) = current else { return };
+        self.drop_ping();
+        let id = self.next_id;
+        self.next_id += 1;
+        let _ = stream.set_nodelay(true);
+        tracing::debug!(conn = id, data_conn, "ping connection opened");
+        self.ping = Some((
+            Conn {
+                id,
+                stream,
+                rx: Framer::new(),
+                rx_armed: false,
+                tx_armed: false,
+                rx_more: false,
+                rx_failed: None,
+            },
+            PingLink::new(),
+        ));
+        if let Some(s) = self.session {
+            self.on_session(Some(s));
+        }
+    }
+
+    /// What the state machine says about the current connection's
+    /// handshake, each turn: once it is authenticated (and both sides
+    /// offer the feature) the ping connection is dialed, or its MACs sent
+    /// and checked.
+    pub(crate) fn on_session(&mut self, s: Option<Session>) {
+        self.session = s.filter(|s| s.features & features::PING_CONN != 0);
+        let (Some(s), Some(c)) = (self.session, &self.current) else {
+            return;
+        };
+        if self.ping_dialer && self.ping_dialed_for != Some(c.id) {
+            self.ping_dialed_for = Some(c.id);
+            let (tx, id) = (self.tx.clone(), c.id);
+            ping_conn::dial(self.peer_addr, self.span.clone(), move |stream| {
+                let _ = tx.send(Input::PingStream {
+                    stream,
+                    for_conn: Some(id),
+                });
+            });
+        }
+        if let Some((_, link)) = &mut self.ping {
+            let was_up = link.is_up();
+            match link.on_session(&s, &self.names) {
+                Ok(()) if !was_up && link.is_up() => {
+                    tracing::info!("ping connection up: pings no longer wait behind data");
+                }
+                Ok(()) => {}
+                Err(why) => {
+                    tracing::warn!("{why}; closing it (pings share the data connection)");
+                    self.drop_ping();
+                }
+            }
+        }
+    }
+
+    /// Frames from the ping connection, for the state machine.
+    pub(crate) fn receive_ping(&mut self) -> Vec<Message> {
+        let mut got = Vec::new();
+        let mut budget = RxBudget::per_turn();
+        loop {
+            let Some((p, link)) = &mut self.ping else {
+                return got;
+            };
+            let r = match p.rx.next(&p.stream, &mut budget) {
+                Ok(Some(m)) => link.on_frame(m, self.session.as_ref(), &self.names),
+                Ok(None) => return got,
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(PingFrame::Deliver(m)) => got.push(m),
+                Ok(PingFrame::Handled) => {
+                    if link.is_up() {
+                        tracing::info!("ping connection up: pings no longer wait behind data");
+                    }
+                }
+                Err(why) => {
+                    self.ping_failed(&why);
+                    return got;
+                }
+            }
+        }
+    }
+
+    /// Writes what waits for the ping connection.
+    fn flush_ping(&mut self) {
+        let Some((p, link)) = &mut self.ping else {
+            return;
+        };
+        if link.out.is_empty() || p.tx_armed {
+            return;
+        }
+        if let Err(e) = write_segments(&p.stream, &mut link.out, false) {
+            self.ping_failed(&format!("send failed: {e}"));
+        }
+    }
+
+    /// The ping connection failed: pings go back to the data connection.
+    /// The data connection is not taken down for it: when the peer closes
+    /// both, the data connection's last frames (a Disconnect with its
+    /// reason) may still be unread, and a peer that is really gone stops
+    /// answering pings there too, which drops it within `timeout-ms`.
+    fn ping_failed(&mut self, why: &str) {
+        if self.ping.as_ref().is_some_and(|(_, l)| l.is_up()) {
+            tracing::info!("ping connection ended: {why}; pings share the data connection");
+        } else {
+            tracing::warn!("ping connection refused: {why}; pings share the data connection");
+        }
+        self.drop_ping();
+    }
+
+    fn drop_ping(&mut self) {
+        if let Some((p, _)) = self.ping.take() {
+            // Also fires the polls still armed on it.
+            let _ = p.stream.shutdown(Shutdown::Both);
+        }
     }
 
     pub(crate) fn stop(&mut self) {
