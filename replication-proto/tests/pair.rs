@@ -826,3 +826,49 @@ fn a_failed_local_write_is_passed_on_and_its_range_resynced_later() {
     assert_eq!(p.s[0].node.status().out_of_sync_bytes, 0);
     assert_eq!(p.read_local(0, 0, 1 << 20), p.read_local(1, 0, 1 << 20));
 }
+
+/// Issue 16 item 5: writes the peer confirmed but had not flushed when the
+/// Primary went down are marked out of sync; the generations stay equal
+/// (the node was demoted first), so the next handshake must resync those
+/// bits, not leave them set on a Connected UpToDate pair.
+#[test]
+fn unflushed_writes_marked_at_down_are_resynced_on_the_next_connection() {
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.up_and_synced();
+    for k in 0..5u64 {
+        assert_eq!(p.write(0, 100 + k, k << 20, 0x30 + k as u8, 4096), Ok(None));
+    }
+    p.admin(0, Admin::Secondary).unwrap();
+    p.admin(0, Admin::Down).unwrap();
+    let bits = p.s[0].node.status().out_of_sync_bytes;
+    println!("marked at down: {bits} bytes");
+    // Restart alpha from what it persisted.
+    let persisted = Persisted {
+        gens: p.s[0].node.gens(),
+        flags: p.s[0].node.flags(),
+        bitmap: p.s[0].node.bitmap_words().to_vec(),
+        al_seq: 0,
+        al_extents: vec![],
+    };
+    p.s[0].node = Node::new(cfg("alpha", "beta"), persisted, p.now, 9);
+    p.admin(
+        0,
+        Admin::Connect {
+            discard_my_data: false,
+        },
+    )
+    .unwrap();
+    p.tick(200);
+    for i in 0..2 {
+        let st = p.s[i].node.status();
+        assert_eq!(p.s[i].node.conn(), ConnState::Connected, "{st:?}");
+        assert_eq!(p.s[i].node.disk(), DiskState::UpToDate, "{st:?}");
+        assert_eq!(st.out_of_sync_bytes, 0, "node {i}: {st:?}");
+    }
+    for k in 0..5u64 {
+        assert_eq!(
+            p.read_local(1, k << 20, 4096),
+            p.read_local(0, k << 20, 4096)
+        );
+    }
+}

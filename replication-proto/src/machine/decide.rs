@@ -216,11 +216,14 @@ fn consistent(d: DiskState) -> bool {
 pub fn decide(me: &View<'_>, peer: &View<'_>, policy: &SplitBrainPolicy) -> Decision {
     let d = match cmp_uuids(me, peer) {
         Cmp::Equal => {
-            // Same generation: only an Inconsistent side (interrupted sync,
+            // Same generation: an Inconsistent side (interrupted sync,
             // invalidate) needs data, from a consistent peer.
             match (consistent(me.disk), consistent(peer.disk)) {
                 (true, false) => Decision::Source { full: false },
                 (false, true) => Decision::Target { full: false },
+                (true, true) if me.dirty_bits > 0 || peer.dirty_bits > 0 => {
+                    equal_but_marked(me, peer)
+                }
                 _ => Decision::NoSync,
             }
         }
@@ -259,6 +262,35 @@ pub fn decide(me: &View<'_>, peer: &View<'_>, policy: &SplitBrainPolicy) -> Deci
             ),
         },
         _ => d,
+    }
+}
+
+/// Same generation, both consistent, and bits set on one side or both: the
+/// bits are blocks that may differ although no new generation began, e.g.
+/// writes the peer confirmed but had not flushed when the connection went
+/// (a clean `secondary` + `down` right after writes without a flush), or a
+/// write the peer failed. DRBD logs "No resync, but N bits in bitmap" and
+/// leaves them set forever; here the marked blocks are resynced (the union
+/// of both bitmaps, so both end clear). The source: a Primary (its data is
+/// what its users see, and it cannot be a target); else the side that
+/// marked blocks (it held the writes); else the lower node name. Mirrored
+/// by construction: each rule reads both views symmetrically.
+fn equal_but_marked(me: &View<'_>, peer: &View<'_>) -> Decision {
+    let source = match (me.role, peer.role) {
+        // Two Primaries are refused after the handshake, not resynced.
+        (Role::Primary, Role::Primary) => return Decision::NoSync,
+        (Role::Primary, _) => true,
+        (_, Role::Primary) => false,
+        _ => match (me.dirty_bits > 0, peer.dirty_bits > 0) {
+            (true, false) => true,
+            (false, true) => false,
+            _ => me.node < peer.node,
+        },
+    };
+    if source {
+        Decision::Source { full: false }
+    } else {
+        Decision::Target { full: false }
     }
 }
 
