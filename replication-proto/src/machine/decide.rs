@@ -232,12 +232,23 @@ pub fn decide(me: &View<'_>, peer: &View<'_>, policy: &SplitBrainPolicy) -> Deci
         Cmp::FullSource => Decision::Source { full: true },
         Cmp::FullTarget => Decision::Target { full: true },
         Cmp::SplitBrain => split_brain(me, peer, policy),
-        Cmp::SplitBrainFar => Decision::SplitBrain {
-            detail: "the nodes share an older generation but both moved on from it, and \
-                     their bitmaps no longer count from a common point: only a full sync \
-                     can recover (connect --discard-my-data on the victim after invalidate)"
-                .into(),
-            i_run_pri_lost_hook: false,
+        // The bitmaps count from different points (e.g. a forced promotion
+        // during the split brain began another generation): the admin's
+        // discard-my-data resolves it as for a near split brain, but only a
+        // full sync can make the victim equal. No policy applies: the
+        // blocks changed are not known.
+        Cmp::SplitBrainFar => match (me.discard_my_data, peer.discard_my_data) {
+            (true, false) if me.role == Role::Secondary => Decision::Target { full: true },
+            (false, true) if peer.role == Role::Secondary => Decision::Source { full: true },
+            _ => Decision::SplitBrain {
+                detail: format!(
+                    "both {} and {} changed data since they last shared a generation, and \
+                     one of them began another since (a promotion during the split brain), \
+                     so the victim will be resynced in full",
+                    me.node, peer.node
+                ),
+                i_run_pri_lost_hook: false,
+            },
         },
         Cmp::Unrelated => Decision::Unrelated,
     };

@@ -22,7 +22,10 @@ use crate::gen::{Generations, UUID_JUST_CREATED};
 use crate::meta::{MetaFlags, AL_EXTENT_SIZE, BM_BLOCK_SIZE};
 use crate::wire::auth::{auth_mac, verify_auth};
 use crate::wire::rle::{bitmap_messages, BitmapReceiver, Progress};
-use crate::wire::{data_flags, DisconnectReason, DiskState, Hello, Message, Protocol, Role};
+use crate::wire::{
+    data_flags, disconnect, DisconnectReason, DiskState, Hello, Message, Protocol, Role,
+    MAX_STRING_LEN,
+};
 
 /// Largest application or resync transfer in one frame.
 pub const MAX_IO: u32 = 1 << 20;
@@ -548,6 +551,13 @@ impl Node {
     }
 
     fn send(&mut self, m: Message) {
+        // Disconnect frames are built by `wire::disconnect`, which cuts the
+        // reason to what the wire carries (a longer one would not encode and
+        // the peer would never learn why).
+        debug_assert!(
+            !matches!(&m, Message::Disconnect { message, .. } if message.len() > MAX_STRING_LEN),
+            "a Disconnect reason longer than the wire allows: {m:?}"
+        );
         match &m {
             Message::Data { data, .. } => self.stats.sent_bytes += data.len() as u64,
             Message::ResyncData { data, .. } => {
@@ -795,10 +805,8 @@ impl Node {
                 }
                 self.want_connect = false;
                 if self.connected_states() {
-                    self.send(Message::Disconnect {
-                        reason: DisconnectReason::Admin,
-                        message: format!("{} was disconnected by its admin", self.cfg.node),
-                    });
+                    let msg = format!("{} was disconnected by its admin", self.cfg.node);
+                    self.send(disconnect(DisconnectReason::Admin, &msg));
                     self.connection_lost("disconnected by admin");
                 }
                 self.conn = ConnState::StandAlone;
@@ -1052,10 +1060,7 @@ impl Node {
     fn fail_connection(&mut self, reason: DisconnectReason, msg: String, standalone: bool) {
         self.error(msg.clone());
         if self.connected_states() {
-            self.send(Message::Disconnect {
-                reason,
-                message: msg.clone(),
-            });
+            self.send(disconnect(reason, &msg));
         }
         if standalone {
             self.want_connect = false;
@@ -2746,10 +2751,8 @@ impl Node {
             }
             FlushOp::Down => {
                 if self.connected_states() {
-                    self.send(Message::Disconnect {
-                        reason: DisconnectReason::Shutdown,
-                        message: format!("{} shut down cleanly", self.cfg.node),
-                    });
+                    let msg = format!("{} shut down cleanly", self.cfg.node);
+                    self.send(disconnect(DisconnectReason::Shutdown, &msg));
                     self.connection_lost("shutdown");
                 }
                 self.conn = ConnState::StandAlone;
