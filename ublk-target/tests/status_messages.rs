@@ -208,3 +208,106 @@ fn the_split_brain_recipe_recovers_after_a_forced_promotion() {
         assert_eq!(st["out_of_sync_bytes"], 0, "{st:#}");
     }
 }
+
+fn text(c: &Cluster, i: usize) -> String {
+    c.ok(i, &["status"])
+}
+
+/// Signals a repd by pid (a stopped repd cannot tell its pid).
+fn signal(pid: u32, sig: &str) {
+    let pid = pid.to_string();
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// Issue 16 item 9: "out-of-sync:0.0M" next to `oos:20`, and "(1 clients)".
+#[test]
+fn status_shows_small_out_of_sync_in_kib_and_one_client() {
+    tools();
+    let c = synced_pair(0);
+    c.ok(1, &["down"]);
+    c.wait(0, "peer gone", 10, |s| s["connection"] == "Connecting");
+    qemu_io(&c, 0, &["write -P 0x44 0 20k"]);
+    let t = text(&c, 0);
+    assert!(t.contains("oos:20"), "{t}");
+    assert!(t.contains("out-of-sync:20K"), "{t}");
+    // A client that stays a while.
+    let uri = c.nbd_uri(0);
+    let mut child = c
+        .cmd(0, "qemu-io")
+        .args(["-f", "raw", &uri, "-c", "sleep 3000"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    c.wait(0, "one client", 10, |s| s["nbd_clients"] == 1);
+    let t = text(&c, 0);
+    assert!(t.contains("(1 client)"), "{t}");
+    child.wait().unwrap();
+}
+
+/// Issue 16 item 9: during WFBitMapS after `invalidate-remote` the peer was
+/// shown UpToDate; and `last error` never cleared nor said when it happened.
+#[test]
+fn peer_disk_is_inconsistent_while_waiting_for_bitmaps_and_errors_clear_when_healed() {
+    tools();
+    let c = synced_pair(0);
+    // beta stops answering: alpha waits for its bitmap after invalidate-remote.
+    let beta = c.pid(1);
+    signal(beta, "-STOP");
+    let o = c.repctl(0, &["invalidate-remote"]);
+    let st = c.status(0);
+    let t = text(&c, 0);
+    // Silent long enough, beta costs the connection; the error says so.
+    let lost = c.wait(0, "the lost peer reported", 20, |s| {
+        !s["last_error"].is_null()
+    });
+    signal(beta, "-CONT");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(st["connection"], "WFBitMapS", "{st:#}");
+    assert_eq!(st["peer_disk"], "Inconsistent", "{st:#}");
+    assert!(t.contains("peer-disk:Inconsistent"), "{t}");
+    assert!(lost["last_error_at"].as_u64().is_some(), "{lost:#}");
+    assert!(lost["last_error_age_s"].as_u64().is_some(), "{lost:#}");
+    c.wait_synced(60);
+    let st = c.status(0);
+    if !st["last_error"].is_null() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let at = st["last_error_at"].as_u64().unwrap();
+        assert!(at <= now && now - at < 120, "{st:#}");
+        let t = text(&c, 0);
+        assert!(t.contains("last error (") && t.contains(" ago): "), "{t}");
+    }
+    // Healthy for a while: the error is history.
+    let lingers = replication_proto::machine::ERROR_LINGER_MS / 1000;
+    c.wait(0, "the error cleared", lingers + 20, |s| {
+        s["last_error"].is_null() && s["last_error_at"].is_null()
+    });
+    c.assert_identical();
+}
+
+/// Issue 16 item 9: a Primary promoted with freeze-on-disconnect armed and
+/// no peer is frozen at once (the fencing rule), and used to say only
+/// "I/O SUSPENDED"; it now says why and what lets writes in.
+#[test]
+fn a_primary_promoted_alone_with_freeze_armed_says_why_it_is_frozen() {
+    tools();
+    let c = Cluster::new(Opts::default());
+    c.up(0);
+    c.ok(0, &["freeze-on-disconnect", "on"]);
+    let out = c.ok(0, &["primary", "--force"]);
+    assert!(
+        out.contains("I/O FROZEN")
+            && out.contains("freeze-on-disconnect is armed")
+            && out.contains("repctl resume-io"),
+        "{out}"
+    );
+    c.ok(0, &["resume-io"]);
+    qemu_io(&c, 0, &["write -P 0x55 0 4k", "read -P 0x55 0 4k"]);
+    assert!(!text(&c, 0).contains("FROZEN"));
+}

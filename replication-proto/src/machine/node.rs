@@ -244,6 +244,10 @@ pub struct Node {
     discard_my_data: bool,
     split_brain: bool,
     last_error: Option<String>,
+    /// When `last_error` was set (node time, ms).
+    last_error_at: u64,
+    /// Since when the pair is healthy (see `clear_error_when_healthy`).
+    healthy_since: Option<u64>,
     down_requested: bool,
     down_done: bool,
 
@@ -306,6 +310,9 @@ pub struct Node {
     held_in: VecDeque<Event>,
     held_out: VecDeque<(u64, Result<Option<Bytes>, i32>)>,
 }
+
+/// How long an error stays in status after its condition is gone.
+pub const ERROR_LINGER_MS: u64 = 10_000;
 
 fn extent_of(offset: u64) -> u32 {
     u32::try_from(offset / AL_EXTENT_SIZE).unwrap_or(u32::MAX)
@@ -373,6 +380,8 @@ impl Node {
             discard_my_data: false,
             split_brain: false,
             last_error: None,
+            last_error_at: 0,
+            healthy_since: None,
             down_requested: false,
             down_done: false,
             epoch: 0,
@@ -464,10 +473,18 @@ impl Node {
     }
     #[must_use]
     pub fn peer_disk(&self) -> DiskState {
-        self.peer
+        let disk = self
+            .peer
             .as_ref()
             .filter(|_| self.decided)
-            .map_or(DiskState::DUnknown, |p| p.disk)
+            .map_or(DiskState::DUnknown, |p| p.disk);
+        // Waiting for the bitmaps as the sync source: the peer is the target
+        // and Inconsistent from the exchange on; show what it is about to be
+        // (it still says UpToDate itself until then), not what it was.
+        if self.conn == ConnState::WFBitMapS && disk != DiskState::DUnknown {
+            return DiskState::Inconsistent;
+        }
+        disk
     }
     /// Application requests in flight.
     #[must_use]
@@ -493,6 +510,7 @@ impl Node {
             out_of_sync_bytes: self.bitmap.count() * BM_BLOCK_SIZE,
             split_brain: self.split_brain,
             last_error: self.last_error.clone(),
+            last_error_at_ms: self.last_error.as_ref().map(|_| self.last_error_at),
             gens: self.gens,
             flags: self.flags,
             suspended: self.suspended,
@@ -685,6 +703,32 @@ impl Node {
     fn error(&mut self, msg: String) {
         tracing::warn!(node = %self.cfg.node, "{msg}");
         self.last_error = Some(msg);
+        self.last_error_at = self.now;
+    }
+
+    /// An error describes a condition (a lost peer, a refusal, marked
+    /// blocks); once the pair is healthy again (Connected, both UpToDate,
+    /// nothing out of sync, no split brain, I/O not suspended) for
+    /// [`ERROR_LINGER_MS`], it is history: status stops showing it (the log
+    /// keeps it). The linger lets a look right after a quick heal still see
+    /// why the link dropped.
+    fn clear_error_when_healthy(&mut self) {
+        let healthy = self.conn == ConnState::Connected
+            && self.disk == DiskState::UpToDate
+            && self.peer_disk() == DiskState::UpToDate
+            && self.bitmap.count() == 0
+            && !self.split_brain
+            && self.suspended.is_none();
+        if !healthy {
+            self.healthy_since = None;
+            return;
+        }
+        let since = *self.healthy_since.get_or_insert(self.now);
+        if self.last_error.is_some() && self.now >= since.max(self.last_error_at) + ERROR_LINGER_MS
+        {
+            tracing::info!(node = %self.cfg.node, "healthy again: last error cleared");
+            self.last_error = None;
+        }
     }
 
     fn new_uuid(&mut self) -> u64 {
@@ -2817,6 +2861,7 @@ impl Node {
     // ----- time --------------------------------------------------------------
 
     fn tick(&mut self) {
+        self.clear_error_when_healthy();
         let now = self.now;
         if self.conn == ConnState::Handshake && now >= self.conn_started + self.cfg.timeout_ms {
             self.fail_connection(
