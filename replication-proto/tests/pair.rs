@@ -1258,3 +1258,182 @@ fn an_operator_resumes_a_waiting_crashed_primary_with_force_and_the_generation_c
         "{st:?}"
     );
 }
+
+/// Issue 16 item 5: writes the peer confirmed but had not flushed when the
+/// Primary went down are marked out of sync; the generations stay equal
+/// (the node was demoted first), so the next handshake must resync those
+/// bits, not leave them set on a Connected UpToDate pair.
+#[test]
+fn unflushed_writes_marked_at_down_are_resynced_on_the_next_connection() {
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.up_and_synced();
+    for k in 0..5u64 {
+        assert_eq!(p.write(0, 100 + k, k << 20, 0x30 + k as u8, 4096), Ok(None));
+    }
+    p.admin(0, Admin::Secondary).unwrap();
+    p.admin(0, Admin::Down).unwrap();
+    let bits = p.s[0].node.status().out_of_sync_bytes;
+    println!("marked at down: {bits} bytes");
+    // Restart alpha from what it persisted.
+    let persisted = Persisted {
+        gens: p.s[0].node.gens(),
+        flags: p.s[0].node.flags(),
+        bitmap: p.s[0].node.bitmap_words().to_vec(),
+        al_seq: 0,
+        al_extents: vec![],
+    };
+    p.s[0].node = Node::new(cfg("alpha", "beta"), persisted, p.now, 9);
+    p.admin(
+        0,
+        Admin::Connect {
+            discard_my_data: false,
+        },
+    )
+    .unwrap();
+    p.tick(200);
+    for i in 0..2 {
+        let st = p.s[i].node.status();
+        assert_eq!(p.s[i].node.conn(), ConnState::Connected, "{st:?}");
+        assert_eq!(p.s[i].node.disk(), DiskState::UpToDate, "{st:?}");
+        assert_eq!(st.out_of_sync_bytes, 0, "node {i}: {st:?}");
+    }
+    for k in 0..5u64 {
+        assert_eq!(
+            p.read_local(1, k << 20, 4096),
+            p.read_local(0, k << 20, 4096)
+        );
+    }
+}
+
+/// Every frame a node sent encodes: in particular each Disconnect, whose
+/// reason text may hold names and details of any length.
+fn all_sent_frames_encode(p: &Pair) -> usize {
+    let mut disconnects = 0;
+    for (i, side) in p.s.iter().enumerate() {
+        for m in &side.sent {
+            let mut out = bytes::BytesMut::new();
+            if let Err(e) = replication_proto::wire::encode(m, &mut out) {
+                panic!("side {i} sent a frame that cannot be encoded: {e}: {m:?}");
+            }
+            if let Message::Disconnect { message, .. } = m {
+                disconnects += 1;
+                assert!(!message.is_empty());
+            }
+        }
+    }
+    disconnects
+}
+
+fn long_name(c: char, bytes: usize) -> String {
+    std::iter::repeat_n(c, bytes / c.len_utf8()).collect()
+}
+
+/// Issue 16 item 6: the longest Disconnect reason each refusal can produce,
+/// with names as long as the Hello carries them (multi-byte characters, so
+/// a cut in the wrong place would split one), still reaches the peer.
+#[test]
+fn every_disconnect_reason_fits_the_wire() {
+    let (a, b) = (long_name('ä', 240), long_name('ö', 240));
+    let mk = |me: &str, peer: &str| {
+        let mut c = cfg(me, peer);
+        c.resource = long_name('é', 250);
+        c
+    };
+    // Wrong resource: both names in the text.
+    let mut cb = mk(&b, &a);
+    cb.resource = long_name('ü', 250);
+    let mut p = Pair::new(mk(&a, &b), cb);
+    refused_both_ways_quiet(&mut p);
+    assert!(all_sent_frames_encode(&p) >= 1);
+    assert_peer_heard(&p, "resource");
+    // Wrong peer name, wrong size, different protocol, wrong secret.
+    type Edit = Box<dyn Fn(&mut NodeConfig)>;
+    let variants: Vec<(Edit, &str)> = vec![
+        (
+            Box::new(|c: &mut NodeConfig| c.node = long_name('ß', 250)),
+            "calls itself",
+        ),
+        (
+            Box::new(|c: &mut NodeConfig| c.data_bytes = SIZE - 4096),
+            "size",
+        ),
+        (
+            Box::new(|c: &mut NodeConfig| c.protocol = Protocol::A),
+            "protocol",
+        ),
+        (
+            Box::new(|c: &mut NodeConfig| c.secret = b"other".to_vec()),
+            "challenge",
+        ),
+    ];
+    for (edit, needle) in variants {
+        let mut cb = mk(&b, &a);
+        edit(&mut cb);
+        let mut p = Pair::new(mk(&a, &b), cb);
+        refused_both_ways_quiet(&mut p);
+        assert!(all_sent_frames_encode(&p) >= 1, "{needle}");
+        assert_peer_heard(&p, needle);
+    }
+    // Split brain with the longest names: the detail names both.
+    let mut p = Pair::new(mk(&a, &b), mk(&b, &a));
+    p.up_and_synced();
+    p.admin(0, Admin::Disconnect).unwrap();
+    p.admin(1, Admin::Disconnect).unwrap();
+    p.admin(1, Admin::Primary { force: false }).unwrap();
+    p.write(0, 1, 0, 0xa1, 4096).unwrap();
+    p.write(1, 2, 8192, 0xb2, 4096).unwrap();
+    p.s[0].sent.clear();
+    p.s[1].sent.clear();
+    // Both decide it; each tells the other why, in a frame that encodes.
+    p.admin(
+        1,
+        Admin::Connect {
+            discard_my_data: false,
+        },
+    )
+    .unwrap();
+    p.admin(
+        0,
+        Admin::Connect {
+            discard_my_data: false,
+        },
+    )
+    .unwrap();
+    assert!(all_sent_frames_encode(&p) >= 1);
+    for i in 0..2 {
+        let st = p.s[i].node.status();
+        assert!(st.split_brain, "{st:?}");
+    }
+}
+
+fn refused_both_ways_quiet(p: &mut Pair) {
+    for i in 0..2 {
+        p.admin(
+            i,
+            Admin::Connect {
+                discard_my_data: false,
+            },
+        )
+        .unwrap();
+    }
+    for i in 0..2 {
+        assert_eq!(p.s[i].node.conn(), ConnState::StandAlone);
+    }
+}
+
+/// The Disconnect frames sent name the cause. (Both sides detect these
+/// refusals themselves; which one's frame arrives first is a race.)
+fn assert_peer_heard(p: &Pair, needle: &str) {
+    let sent: Vec<String> =
+        p.s.iter()
+            .flat_map(|s| s.sent.iter())
+            .filter_map(|m| match m {
+                Message::Disconnect { message, .. } => Some(message.clone()),
+                _ => None,
+            })
+            .collect();
+    assert!(
+        !sent.is_empty() && sent.iter().all(|m| m.contains(needle)),
+        "{needle}: {sent:?}"
+    );
+}

@@ -2,18 +2,31 @@
 
 use std::fmt::Write as _;
 
+use replication_proto::wire::Role;
+
 use crate::engine::NodeStatus;
 
-fn mib(b: u64) -> String {
-    format!("{:.1}M", b as f64 / f64::from(1u32 << 20))
+/// A size as /proc/drbd shows it: MiB with one decimal, but KiB below one
+/// MiB, where "0.0M" would hide a few marked blocks (`oos:20` next to it).
+fn size(b: u64) -> String {
+    if b < 1 << 20 {
+        format!("{}K", b.div_ceil(1024))
+    } else {
+        format!("{:.1}M", b as f64 / f64::from(1u32 << 20))
+    }
 }
 
 /// Progress bar like /proc/drbd's `[=====>.......]`.
 fn bar(percent: f64) -> String {
     let width = 20usize;
-    let filled = (0..=width)
-        .take_while(|&i| (i as f64) * 5.0 < percent)
-        .count();
+    // Full only when done: 97.3 % is 19 of 20 cells and the arrow.
+    let filled = if percent >= 100.0 {
+        width
+    } else {
+        (0..width - 1)
+            .take_while(|&i| ((i + 1) as f64) * 5.0 <= percent)
+            .count()
+    };
     let mut s = String::from("[");
     for i in 0..width {
         s.push(if i < filled {
@@ -26,6 +39,15 @@ fn bar(percent: f64) -> String {
     }
     s.push(']');
     s
+}
+
+/// An age as "42s", "5m12s", "3h04m".
+fn ago(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, (secs / 60) % 60),
+    }
 }
 
 fn hms(secs: u64) -> String {
@@ -54,7 +76,7 @@ pub fn render(st: &NodeStatus) -> String {
         s,
         "    peer-disk:{:?} out-of-sync:{}",
         st.peer_disk,
-        mib(st.out_of_sync_bytes)
+        size(st.out_of_sync_bytes)
     );
     if let Some(p) = &st.sync {
         let eta = p.eta_s.map_or_else(|| "?".to_string(), hms);
@@ -64,13 +86,35 @@ pub fn render(st: &NodeStatus) -> String {
             bar(p.percent),
             p.percent,
             p.kind,
-            mib(p.total_bytes.saturating_sub(p.remaining_bytes)),
-            mib(p.total_bytes),
+            size(p.total_bytes.saturating_sub(p.remaining_bytes)),
+            size(p.total_bytes),
             eta,
             p.bytes_per_s / 1024
         );
     }
+    let alone = !matches!(
+        st.connection.as_str(),
+        "Connected"
+            | "SyncSource"
+            | "SyncTarget"
+            | "WFBitMapS"
+            | "WFBitMapT"
+            | "VerifySource"
+            | "VerifyTarget"
+    );
     match st.suspended {
+        // The fencing rule, not a fault: say why and what ends it.
+        Some(replication_proto::machine::SuspendMode::Hold)
+            if st.freeze_on_disconnect && alone && st.role == Role::Primary =>
+        {
+            let _ = writeln!(
+                s,
+                "  I/O FROZEN: this Primary runs without its peer and freeze-on-disconnect is armed, \
+                 so it acknowledges nothing alone; new writes are held until `repctl resume-io` \
+                 (run it once the peer is known to be down or outdated; the cluster agent does \
+                 after its witness acknowledged this node's new data generation)"
+            );
+        }
         Some(replication_proto::machine::SuspendMode::Hold) => {
             let _ = writeln!(
                 s,
@@ -100,12 +144,22 @@ pub fn render(st: &NodeStatus) -> String {
     if let Some(n) = &st.nbd {
         let _ = writeln!(
             s,
-            "  nbd export: nbd://{}/{} ({} clients)",
-            n, st.resource, st.nbd_clients
+            "  nbd export: nbd://{}/{} ({} client{})",
+            n,
+            st.resource,
+            st.nbd_clients,
+            if st.nbd_clients == 1 { "" } else { "s" }
         );
     }
     if let Some(e) = &st.last_error {
-        let _ = writeln!(s, "  last error: {e}");
+        match st.last_error_age_s {
+            Some(age) => {
+                let _ = writeln!(s, "  last error ({} ago): {e}", ago(age));
+            }
+            None => {
+                let _ = writeln!(s, "  last error: {e}");
+            }
+        }
     }
     s
 }
@@ -119,6 +173,22 @@ mod tests {
         assert_eq!(bar(0.0), "[>...................]");
         assert_eq!(bar(50.0), "[==========>.........]");
         assert_eq!(bar(100.0), "[====================]");
+        // Not full before the end (issue 16: full at 97.3 %).
+        assert_eq!(bar(97.3), "[===================>]");
+        assert_eq!(bar(99.99), "[===================>]");
+        assert_eq!(bar(5.0), "[=>..................]");
         assert_eq!(hms(3725), "1:02:05");
+    }
+
+    #[test]
+    fn sizes_below_a_mib_are_in_kib() {
+        assert_eq!(size(0), "0K");
+        assert_eq!(size(20480), "20K");
+        assert_eq!(size(512), "1K");
+        assert_eq!(size(1 << 20), "1.0M");
+        assert_eq!(size(3 << 19), "1.5M");
+        assert_eq!(ago(42), "42s");
+        assert_eq!(ago(312), "5m12s");
+        assert_eq!(ago(3 * 3600 + 240), "3h04m");
     }
 }

@@ -561,8 +561,12 @@ fn resync_progress_shows_percent_speed_and_eta() {
     let speed = st["sync"]["bytes_per_s"].as_u64().unwrap();
     assert!(speed < 16 << 20, "rate 8M but {speed} B/s");
     let text = c.ok(1, &["status"]);
+    // The bar: "[>...." below 5 %, "[==>..." on; full only when done.
     assert!(
-        text.contains("finish:") && text.contains("speed:") && text.contains("[="),
+        text.contains("finish:")
+            && text.contains("speed:")
+            && (text.contains("[=") || text.contains("[>"))
+            && !text.contains("[====================]"),
         "{text}"
     );
     c.wait_synced(60);

@@ -238,11 +238,14 @@ fn consistent(d: DiskState) -> bool {
 pub fn decide(me: &View<'_>, peer: &View<'_>, policy: &SplitBrainPolicy) -> Decision {
     let d = match cmp_uuids(me, peer) {
         Cmp::Equal => {
-            // Same generation: only an Inconsistent side (interrupted sync,
+            // Same generation: an Inconsistent side (interrupted sync,
             // invalidate) needs data, from a consistent peer.
             match (consistent(me.disk), consistent(peer.disk)) {
                 (true, false) => Decision::Source { full: false },
                 (false, true) => Decision::Target { full: false },
+                (true, true) if me.dirty_bits > 0 || peer.dirty_bits > 0 => {
+                    equal_but_marked(me, peer)
+                }
                 _ => Decision::NoSync,
             }
         }
@@ -251,12 +254,23 @@ pub fn decide(me: &View<'_>, peer: &View<'_>, policy: &SplitBrainPolicy) -> Deci
         Cmp::FullSource => Decision::Source { full: true },
         Cmp::FullTarget => Decision::Target { full: true },
         Cmp::SplitBrain => split_brain(me, peer, policy),
-        Cmp::SplitBrainFar => Decision::SplitBrain {
-            detail: "the nodes share an older generation but both moved on from it, and \
-                     their bitmaps no longer count from a common point: only a full sync \
-                     can recover (connect --discard-my-data on the victim after invalidate)"
-                .into(),
-            i_run_pri_lost_hook: false,
+        // The bitmaps count from different points (e.g. a forced promotion
+        // during the split brain began another generation): the admin's
+        // discard-my-data resolves it as for a near split brain, but only a
+        // full sync can make the victim equal. No policy applies: the
+        // blocks changed are not known.
+        Cmp::SplitBrainFar => match (me.discard_my_data, peer.discard_my_data) {
+            (true, false) if me.role == Role::Secondary => Decision::Target { full: true },
+            (false, true) if peer.role == Role::Secondary => Decision::Source { full: true },
+            _ => Decision::SplitBrain {
+                detail: format!(
+                    "both {} and {} changed data since they last shared a generation, and \
+                     one of them began another since (a promotion during the split brain), \
+                     so the victim will be resynced in full",
+                    me.node, peer.node
+                ),
+                i_run_pri_lost_hook: false,
+            },
         },
         Cmp::Unrelated => Decision::Unrelated,
     };
@@ -281,6 +295,35 @@ pub fn decide(me: &View<'_>, peer: &View<'_>, policy: &SplitBrainPolicy) -> Deci
             ),
         },
         _ => d,
+    }
+}
+
+/// Same generation, both consistent, and bits set on one side or both: the
+/// bits are blocks that may differ although no new generation began, e.g.
+/// writes the peer confirmed but had not flushed when the connection went
+/// (a clean `secondary` + `down` right after writes without a flush), or a
+/// write the peer failed. DRBD logs "No resync, but N bits in bitmap" and
+/// leaves them set forever; here the marked blocks are resynced (the union
+/// of both bitmaps, so both end clear). The source: a Primary (its data is
+/// what its users see, and it cannot be a target); else the side that
+/// marked blocks (it held the writes); else the lower node name. Mirrored
+/// by construction: each rule reads both views symmetrically.
+fn equal_but_marked(me: &View<'_>, peer: &View<'_>) -> Decision {
+    let source = match (me.role, peer.role) {
+        // Two Primaries are refused after the handshake, not resynced.
+        (Role::Primary, Role::Primary) => return Decision::NoSync,
+        (Role::Primary, _) => true,
+        (_, Role::Primary) => false,
+        _ => match (me.dirty_bits > 0, peer.dirty_bits > 0) {
+            (true, false) => true,
+            (false, true) => false,
+            _ => me.node < peer.node,
+        },
+    };
+    if source {
+        Decision::Source { full: false }
+    } else {
+        Decision::Target { full: false }
     }
 }
 

@@ -10,5 +10,5 @@ mod sync_window;
 pub mod types;
 
 pub use decide::{AfterSb0, AfterSb1, AfterSb2, Decision, SplitBrainPolicy};
-pub use node::{Node, MAX_IO};
+pub use node::{Node, ERROR_LINGER_MS, MAX_IO};
 pub use types::*;

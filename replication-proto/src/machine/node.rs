@@ -24,7 +24,10 @@ use crate::gen::{Generations, UUID_JUST_CREATED};
 use crate::meta::{MetaFlags, AL_EXTENT_SIZE, BM_BLOCK_SIZE};
 use crate::wire::auth::{auth_mac, verify_auth};
 use crate::wire::rle::{bitmap_messages, BitmapReceiver, Progress};
-use crate::wire::{data_flags, DisconnectReason, DiskState, Hello, Message, Protocol, Role};
+use crate::wire::{
+    data_flags, disconnect, DisconnectReason, DiskState, Hello, Message, Protocol, Role,
+    MAX_STRING_LEN,
+};
 
 /// Largest application or resync transfer in one frame.
 pub const MAX_IO: u32 = 1 << 20;
@@ -250,6 +253,10 @@ pub struct Node {
     discard_my_data: bool,
     split_brain: bool,
     last_error: Option<String>,
+    /// When `last_error` was set (node time, ms).
+    last_error_at: u64,
+    /// Since when the pair is healthy (see `clear_error_when_healthy`).
+    healthy_since: Option<u64>,
     down_requested: bool,
     down_done: bool,
 
@@ -316,6 +323,9 @@ pub struct Node {
     /// Resuming the role of a run that crashed while Primary (`resume.rs`).
     resume: Resume,
 }
+
+/// How long an error stays in status after its condition is gone.
+pub const ERROR_LINGER_MS: u64 = 10_000;
 
 fn extent_of(offset: u64) -> u32 {
     u32::try_from(offset / AL_EXTENT_SIZE).unwrap_or(u32::MAX)
@@ -384,6 +394,8 @@ impl Node {
             discard_my_data: false,
             split_brain: false,
             last_error: None,
+            last_error_at: 0,
+            healthy_since: None,
             down_requested: false,
             down_done: false,
             epoch: 0,
@@ -490,10 +502,18 @@ impl Node {
     }
     #[must_use]
     pub fn peer_disk(&self) -> DiskState {
-        self.peer
+        let disk = self
+            .peer
             .as_ref()
             .filter(|_| self.decided)
-            .map_or(DiskState::DUnknown, |p| p.disk)
+            .map_or(DiskState::DUnknown, |p| p.disk);
+        // Waiting for the bitmaps as the sync source: the peer is the target
+        // and Inconsistent from the exchange on; show what it is about to be
+        // (it still says UpToDate itself until then), not what it was.
+        if self.conn == ConnState::WFBitMapS && disk != DiskState::DUnknown {
+            return DiskState::Inconsistent;
+        }
+        disk
     }
     /// Application requests in flight.
     #[must_use]
@@ -519,6 +539,7 @@ impl Node {
             out_of_sync_bytes: self.bitmap.count() * BM_BLOCK_SIZE,
             split_brain: self.split_brain,
             last_error: self.last_error.clone(),
+            last_error_at_ms: self.last_error.as_ref().map(|_| self.last_error_at),
             gens: self.gens,
             flags: self.flags,
             suspended: self.suspended,
@@ -578,6 +599,13 @@ impl Node {
     }
 
     fn send(&mut self, m: Message) {
+        // Disconnect frames are built by `wire::disconnect`, which cuts the
+        // reason to what the wire carries (a longer one would not encode and
+        // the peer would never learn why).
+        debug_assert!(
+            !matches!(&m, Message::Disconnect { message, .. } if message.len() > MAX_STRING_LEN),
+            "a Disconnect reason longer than the wire allows: {m:?}"
+        );
         match &m {
             Message::Data { data, .. } => self.stats.sent_bytes += data.len() as u64,
             Message::ResyncData { data, .. } => {
@@ -730,6 +758,32 @@ impl Node {
     fn error(&mut self, msg: String) {
         tracing::warn!(node = %self.cfg.node, "{msg}");
         self.last_error = Some(msg);
+        self.last_error_at = self.now;
+    }
+
+    /// An error describes a condition (a lost peer, a refusal, marked
+    /// blocks); once the pair is healthy again (Connected, both UpToDate,
+    /// nothing out of sync, no split brain, I/O not suspended) for
+    /// [`ERROR_LINGER_MS`], it is history: status stops showing it (the log
+    /// keeps it). The linger lets a look right after a quick heal still see
+    /// why the link dropped.
+    fn clear_error_when_healthy(&mut self) {
+        let healthy = self.conn == ConnState::Connected
+            && self.disk == DiskState::UpToDate
+            && self.peer_disk() == DiskState::UpToDate
+            && self.bitmap.count() == 0
+            && !self.split_brain
+            && self.suspended.is_none();
+        if !healthy {
+            self.healthy_since = None;
+            return;
+        }
+        let since = *self.healthy_since.get_or_insert(self.now);
+        if self.last_error.is_some() && self.now >= since.max(self.last_error_at) + ERROR_LINGER_MS
+        {
+            tracing::info!(node = %self.cfg.node, "healthy again: last error cleared");
+            self.last_error = None;
+        }
     }
 
     fn new_uuid(&mut self) -> u64 {
@@ -865,10 +919,8 @@ impl Node {
                 }
                 self.want_connect = false;
                 if self.connected_states() {
-                    self.send(Message::Disconnect {
-                        reason: DisconnectReason::Admin,
-                        message: format!("{} was disconnected by its admin", self.cfg.node),
-                    });
+                    let msg = format!("{} was disconnected by its admin", self.cfg.node);
+                    self.send(disconnect(DisconnectReason::Admin, &msg));
                     self.connection_lost("disconnected by admin");
                 }
                 self.conn = ConnState::StandAlone;
@@ -1162,10 +1214,7 @@ impl Node {
     fn fail_connection(&mut self, reason: DisconnectReason, msg: String, standalone: bool) {
         self.error(msg.clone());
         if self.connected_states() {
-            self.send(Message::Disconnect {
-                reason,
-                message: msg.clone(),
-            });
+            self.send(disconnect(reason, &msg));
         }
         if standalone {
             self.want_connect = false;
@@ -2885,10 +2934,8 @@ impl Node {
             }
             FlushOp::Down => {
                 if self.connected_states() {
-                    self.send(Message::Disconnect {
-                        reason: DisconnectReason::Shutdown,
-                        message: format!("{} shut down cleanly", self.cfg.node),
-                    });
+                    let msg = format!("{} shut down cleanly", self.cfg.node);
+                    self.send(disconnect(DisconnectReason::Shutdown, &msg));
                     self.connection_lost("shutdown");
                 }
                 self.conn = ConnState::StandAlone;
@@ -2969,6 +3016,7 @@ impl Node {
     // ----- time --------------------------------------------------------------
 
     fn tick(&mut self) {
+        self.clear_error_when_healthy();
         let now = self.now;
         if self.conn == ConnState::Handshake && now >= self.conn_started + self.cfg.timeout_ms {
             self.fail_connection(

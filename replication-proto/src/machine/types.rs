@@ -288,6 +288,8 @@ pub struct Status {
     pub out_of_sync_bytes: u64,
     pub split_brain: bool,
     pub last_error: Option<String>,
+    /// When `last_error` was set, in the node's clock (ms).
+    pub last_error_at_ms: Option<u64>,
     pub gens: Generations,
     pub flags: MetaFlags,
     /// New application writes are suspended (held or failed).

@@ -296,6 +296,9 @@ struct World {
     flushed_since_failover: bool,
     sb_phase: u8,
     victim: Option<usize>,
+    /// An operator's switchover in progress: this Primary takes no new
+    /// requests, and once idle it is demoted and its link dropped at once.
+    switchover: Option<usize>,
     fail: Option<String>,
     /// Arm `ResumeAfterCrash` on every restart (`run_resuming`): a crashed
     /// Primary takes its role back by itself when that keeps one writer.
@@ -417,6 +420,7 @@ fn run_scenario(
         flushed_since_failover: false,
         sb_phase: 0,
         victim: None,
+        switchover: None,
         fail: None,
         resume,
         resume_armed: [false; 2],
@@ -1068,7 +1072,10 @@ impl World {
                         }
                     }
                     if let Some(p) = self.primary() {
-                        if !self.ending && (self.sc.kind != Kind::SplitBrain || self.sb_phase < 2) {
+                        if !self.ending
+                            && (self.sc.kind != Kind::SplitBrain || self.sb_phase < 2)
+                            && self.switchover != Some(p)
+                        {
                             // Bursts keep several requests in flight.
                             for _ in 0..self.rng.gen_range(1..=4) {
                                 self.app_step(p);
@@ -1156,6 +1163,7 @@ impl World {
         let r = self.rng.gen_range(0..1000);
         match self.sc.kind {
             Kind::Network => {
+                self.switchover_step();
                 if r < 25 {
                     self.reset_link();
                 } else if r < 40 && self.now >= self.partition_until {
@@ -1182,6 +1190,12 @@ impl World {
                         let t = self.now + self.lat(0, 2000);
                         self.at(t, Ev::Crash(1 - p));
                     }
+                } else if r < 64 && self.switchover.is_none() {
+                    if let Some(p) = self.primary() {
+                        self.switchover = Some(p);
+                        let s = format!("{} quiesces for a switchover", self.name(p));
+                        self.log(s);
+                    }
                 }
             }
             Kind::PrimaryCrash => {
@@ -1205,6 +1219,36 @@ impl World {
                 self.operator_failover();
             }
             Kind::SplitBrain => self.split_brain_chaos(),
+        }
+    }
+
+    /// A switchover as an operator does it by hand: the idle Primary is
+    /// demoted and at once taken off the link (`secondary`, then `down` or
+    /// `disconnect`), with writes the peer confirmed but has not flushed
+    /// yet; the generations stay the same, and the next handshake must not
+    /// leave those marks set (issue 16 item 5). Then a node is promoted.
+    fn switchover_step(&mut self) {
+        match self.switchover {
+            Some(p) if self.nodes[p].app.is_empty() => {
+                self.switchover = None;
+                if self.admin(p, Admin::Secondary) && self.admin(p, Admin::Disconnect) {
+                    let t = self.now + self.lat(10 * MS, 100 * MS);
+                    self.at(t, Ev::Reconnect(p));
+                }
+            }
+            Some(_) => {}
+            // Promote once the pair is back together (a promotion while
+            // apart would start a new generation and hide the case).
+            None => {
+                let together = self.nodes.iter().all(|n| {
+                    n.node
+                        .as_ref()
+                        .is_some_and(|n| n.conn() == ConnState::Connected)
+                });
+                if together {
+                    self.operator_failover();
+                }
+            }
         }
     }
 

@@ -121,7 +121,10 @@ enum Command {
         Needs UpToDate data, and the peer must not be Primary. --force declares this node's \
         data the good copy even if it is Inconsistent or Outdated and starts a full sync to \
         the peer (DRBD's `primary --force` / --overwrite-data-of-peer): use it for the first \
-        promotion after create-md, or to run on when the peer is lost for good."
+        promotion after create-md, or to run on when the peer is lost for good.\n\n\
+        With freeze-on-disconnect armed and the peer not connected, the new Primary starts \
+        frozen (the fencing rule: it acknowledges nothing alone before whoever decides \
+        failovers knows it runs alone); status says so, and `repctl resume-io` lets writes in."
     )]
     Primary(PrimaryArgs),
     /// Make this node Secondary: stop serving I/O (drbdadm secondary)

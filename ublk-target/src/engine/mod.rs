@@ -133,6 +133,13 @@ pub struct NodeStatus {
     pub out_of_sync_bytes: u64,
     pub split_brain: bool,
     pub last_error: Option<String>,
+    /// When `last_error` happened: seconds since the Unix epoch, and its
+    /// age in seconds when the status was taken. The error clears once the
+    /// pair has been healthy again for a while (the log keeps it).
+    #[serde(default)]
+    pub last_error_at: Option<u64>,
+    #[serde(default)]
+    pub last_error_age_s: Option<u64>,
     pub sync: Option<SyncProgress>,
     pub generations: GenerationsHex,
     pub data_bytes: u64,
@@ -1071,6 +1078,7 @@ impl Runner {
     fn status(&self) -> NodeStatus {
         let st: Status = self.node.status();
         let g = st.gens;
+        let error_age_ms = st.last_error_at_ms.map(|at| self.now().saturating_sub(at));
         let hex = |x: u64| format!("{x:016X}");
         let cfg = self.node.config();
         NodeStatus {
@@ -1086,6 +1094,13 @@ impl Runner {
             out_of_sync_bytes: st.out_of_sync_bytes,
             split_brain: st.split_brain,
             last_error: st.last_error.clone(),
+            last_error_at: error_age_ms.map(|age| {
+                let wall = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                wall.as_secs().saturating_sub(age / 1000)
+            }),
+            last_error_age_s: error_age_ms.map(|age| age / 1000),
             sync: self.progress.current(),
             generations: GenerationsHex {
                 current: hex(g.current),
