@@ -92,16 +92,7 @@ pub fn core_config(cfg: &AgentConfig) -> CoreConfig {
 /// What the agent needs to know of `repctl status`.
 #[must_use]
 pub fn local_state(st: &NodeStatus) -> LocalState {
-    let connected = matches!(
-        st.connection.as_str(),
-        "Connected"
-            | "SyncSource"
-            | "SyncTarget"
-            | "WFBitMapS"
-            | "WFBitMapT"
-            | "VerifySource"
-            | "VerifyTarget"
-    );
+    let connected = st.peer_connected();
     LocalState {
         role: st.role,
         disk: st.disk,

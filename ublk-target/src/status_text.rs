@@ -92,16 +92,7 @@ pub fn render(st: &NodeStatus) -> String {
             p.bytes_per_s / 1024
         );
     }
-    let alone = !matches!(
-        st.connection.as_str(),
-        "Connected"
-            | "SyncSource"
-            | "SyncTarget"
-            | "WFBitMapS"
-            | "WFBitMapT"
-            | "VerifySource"
-            | "VerifyTarget"
-    );
+    let alone = !st.peer_connected();
     match st.suspended {
         // The fencing rule, not a fault: say why and what ends it.
         Some(replication_proto::machine::SuspendMode::Hold)

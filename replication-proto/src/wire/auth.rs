@@ -50,15 +50,9 @@ fn keyed(secret: &[u8]) -> HmacSha256 {
 /// can never pass for a handshake `Auth`, nor the other way round.
 pub const PING_CONN_CONTEXT: &[u8] = b"repd-ping-conn-v1\0";
 
-fn mac_input(
-    secret: &[u8],
-    challenge: &[u8; 32],
-    responder_nonce: &[u8; 32],
-    responder: &str,
-) -> HmacSha256 {
-    mac_with(AUTH_CONTEXT, secret, challenge, responder_nonce, responder)
-}
-
+/// The MAC of one handshake answer in the domain `context`: keyed with the
+/// shared secret, over the challenge (the nonce the other side sent), the
+/// responder's own nonce and its node name.
 fn mac_with(
     context: &[u8],
     secret: &[u8],
@@ -74,6 +68,33 @@ fn mac_with(
     m
 }
 
+fn answer(
+    context: &[u8],
+    secret: &[u8],
+    peer_nonce: &[u8; 32],
+    own_nonce: &[u8; 32],
+    own_node: &str,
+) -> [u8; 32] {
+    mac_with(context, secret, peer_nonce, own_nonce, own_node)
+        .finalize()
+        .into_bytes()
+        .into()
+}
+
+/// Checks an answer in constant time.
+fn check(
+    context: &[u8],
+    secret: &[u8],
+    my_nonce: &[u8; 32],
+    peer_nonce: &[u8; 32],
+    peer_node: &str,
+    mac: &[u8; 32],
+) -> bool {
+    mac_with(context, secret, my_nonce, peer_nonce, peer_node)
+        .verify_slice(mac)
+        .is_ok()
+}
+
 /// The MAC this node sends in its `Auth`: its answer to `peer_nonce` (the
 /// nonce in the peer's `Hello`), bound to its own nonce and node name.
 #[must_use]
@@ -83,10 +104,7 @@ pub fn auth_mac(
     own_nonce: &[u8; 32],
     own_node: &str,
 ) -> [u8; 32] {
-    mac_input(secret, peer_nonce, own_nonce, own_node)
-        .finalize()
-        .into_bytes()
-        .into()
+    answer(AUTH_CONTEXT, secret, peer_nonce, own_nonce, own_node)
 }
 
 /// Checks the peer's `Auth` answer: `my_nonce` is the nonce this node sent
@@ -100,9 +118,7 @@ pub fn verify_auth(
     peer_node: &str,
     mac: &[u8; 32],
 ) -> bool {
-    mac_input(secret, my_nonce, peer_nonce, peer_node)
-        .verify_slice(mac)
-        .is_ok()
+    check(AUTH_CONTEXT, secret, my_nonce, peer_nonce, peer_node, mac)
 }
 
 /// The MAC each side sends first on the ping connection (the second TCP
@@ -117,10 +133,7 @@ pub fn ping_conn_mac(
     own_nonce: &[u8; 32],
     own_node: &str,
 ) -> [u8; 32] {
-    mac_with(PING_CONN_CONTEXT, secret, peer_nonce, own_nonce, own_node)
-        .finalize()
-        .into_bytes()
-        .into()
+    answer(PING_CONN_CONTEXT, secret, peer_nonce, own_nonce, own_node)
 }
 
 /// Checks the peer's [`ping_conn_mac`]; arguments as for [`verify_auth`].
@@ -132,9 +145,14 @@ pub fn verify_ping_conn(
     peer_node: &str,
     mac: &[u8; 32],
 ) -> bool {
-    mac_with(PING_CONN_CONTEXT, secret, my_nonce, peer_nonce, peer_node)
-        .verify_slice(mac)
-        .is_ok()
+    check(
+        PING_CONN_CONTEXT,
+        secret,
+        my_nonce,
+        peer_nonce,
+        peer_node,
+        mac,
+    )
 }
 
 #[cfg(test)]

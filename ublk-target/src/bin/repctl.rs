@@ -449,17 +449,6 @@ mod daemon {
         }
     }
 
-    /// Connection states in which the peer is connected.
-    const CONNECTED: [&str; 7] = [
-        "Connected",
-        "SyncSource",
-        "SyncTarget",
-        "WFBitMapS",
-        "WFBitMapT",
-        "VerifySource",
-        "VerifyTarget",
-    ];
-
     /// Why a node is StandAlone, and what helps: `connect` only where a
     /// new attempt can succeed.
     fn standalone_why(st: &NodeStatus) -> String {
@@ -516,7 +505,7 @@ mod daemon {
         loop {
             let r = ask(cli, &ControlCmd::Status)?;
             let st = state(&r)?;
-            if CONNECTED.contains(&st.connection.as_str()) {
+            if st.peer_connected() {
                 return print_out(&render(st));
             }
             if st.connection == "StandAlone" {

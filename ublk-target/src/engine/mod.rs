@@ -165,6 +165,24 @@ pub struct NodeStatus {
     pub resume: Option<String>,
 }
 
+impl NodeStatus {
+    /// Whether the peer is connected: the connection is established, idle
+    /// or busy with a bitmap exchange, a resync or a verify.
+    #[must_use]
+    pub fn peer_connected(&self) -> bool {
+        matches!(
+            self.connection.as_str(),
+            "Connected"
+                | "SyncSource"
+                | "SyncTarget"
+                | "WFBitMapS"
+                | "WFBitMapT"
+                | "VerifySource"
+                | "VerifyTarget"
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GenerationsHex {
     pub current: String,
