@@ -132,6 +132,11 @@ pub fn render(st: &NodeStatus) -> String {
         "  ns:{} nr:{} dw:{} dr:{} al:{} bm:{} lo:{} pe:{} ua:{} ap:{} oos:{}",
         c.ns, c.nr, c.dw, c.dr, c.al, c.bm, c.lo, c.pe, c.ua, c.ap, c.oos
     );
+    if let Some(r) = &st.resume {
+        // A restarted repd that may take back the Primary role of the run
+        // that crashed: what it waits for, or what became of it.
+        let _ = writeln!(s, "  after a crash: {r}");
+    }
     if let Some(n) = &st.nbd {
         let _ = writeln!(
             s,

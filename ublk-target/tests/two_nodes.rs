@@ -977,6 +977,9 @@ fn a_restarted_primary_waits_while_the_peer_is_unreachable() {
     assert_eq!(st["disk"], "Consistent", "{st:#}");
     let note = st["resume"].as_str().unwrap_or_default();
     assert!(note.contains("waiting for the peer"), "{st:#}");
+    // `repctl status` says it too, not only --json.
+    let text = c.ok(0, &["status"]);
+    assert!(text.contains(&format!("after a crash: {note}")), "{text}");
     // The peer comes back, Secondary, same generation: alpha resumes.
     c.up(1);
     let st = c.wait(0, "Primary again", 60, |s| s["role"] == "Primary");
