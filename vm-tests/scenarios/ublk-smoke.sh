@@ -201,6 +201,13 @@ if [ "${UBLK_SMOKE_RECOVERY:-1}" = 1 ]; then
   else
     fail "alpha's log does not say it resumed as Primary"
   fi
+  # Issue 16 item 10: while the left-over device waited, libublk logged
+  # "ctrl: device 0 flags 0 created" at INFO once a second, forever.
+  if grep -q "ctrl: device .* created\|ctrl/async: device .* created" "$RUN/r0.alpha.log"; then
+    fail "libublk's control lines in alpha's log: $(grep -c 'ctrl.*: device .* created' "$RUN/r0.alpha.log") of them"
+  else
+    pass "alpha's log has no libublk control lines (restart and left-over device included)"
+  fi
   fio_rc=0
   waited=0
   while kill -0 "$fio_pid" 2>/dev/null; do

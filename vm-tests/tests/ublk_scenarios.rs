@@ -50,6 +50,7 @@ fn ublk_device_filesystem_role_switch_and_recovery() {
         "/dev/ublkb0 survives the kill",
         "alpha resumed as Primary by itself after the restart",
         "alpha's log says it resumed as Primary after the crash",
+        "alpha's log has no libublk control lines",
         "fio verify survived kill -9 + restart",
     ] {
         assert!(
