@@ -43,6 +43,9 @@
 //! # ...
 //! ```
 //!
+//! [`Config::to_toml`] writes the file back with every default spelt out
+//! (`repctl dump`); it loads to the same `Config`.
+//!
 //! Parsing is two steps: [`Config::load`] / [`Config::from_str_named`] check
 //! everything that can be checked from the text alone; [`Config::check_local_disk`]
 //! then checks that this node's backing disk exists (kept apart so tools can
@@ -1377,7 +1380,14 @@ nbd = "127.0.0.1:10810"
                 "[sync]\nrate = 3000\n[startup]\ndegr-wfc-timeout = 0\nwfc-timeout = 9\n\
                  [split-brain]\nafter-sb-0pri = \"discard-node-beta\"\n[[node]]\nname = \"alpha\"",
             );
-        for text in [MINIMAL.to_owned(), full, cluster] {
+        // TOML's escapes: quotes, a comment sign, a newline, a space in a path.
+        let odd = MINIMAL
+            .replace("\"s3cret\"", "'a \"quoted\" #secret'")
+            .replace("/tmp/b.img", "/tmp/b disk\\n.img");
+        let c = parse(&odd).unwrap();
+        assert_eq!(c.net.secret, "a \"quoted\" #secret");
+        assert_eq!(c.nodes[1].disk, PathBuf::from("/tmp/b disk\n.img"));
+        for text in [MINIMAL.to_owned(), full, cluster, odd] {
             let c = parse(&text).unwrap();
             let dumped = c.to_toml().unwrap();
             let again = parse(&dumped).unwrap_or_else(|e| panic!("{e}\n{dumped}"));
