@@ -43,6 +43,9 @@
 //! # ...
 //! ```
 //!
+//! [`Config::to_toml`] writes the file back with every default spelt out
+//! (`repctl dump`); it loads to the same `Config`.
+//!
 //! Parsing is two steps: [`Config::load`] / [`Config::from_str_named`] check
 //! everything that can be checked from the text alone; [`Config::check_local_disk`]
 //! then checks that this node's backing disk exists (kept apart so tools can
@@ -55,7 +58,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use replication_proto::wire::Protocol;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Smallest and largest accepted `sync.al-extents` (the range DRBD 8.4 accepts).
 pub const AL_EXTENTS_MIN: u32 = 7;
@@ -108,7 +111,7 @@ pub enum ConfigError {
 }
 
 /// A validated resource configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The file it was read from (used in messages).
     pub path: PathBuf,
@@ -120,6 +123,10 @@ pub struct Config {
     pub split_brain: SplitBrain,
     /// Exactly two nodes, in file order.
     pub nodes: [Node; 2],
+    /// The `[cluster]` table as written. It belongs to the cluster agent,
+    /// which validates it with its own parser; repd only notes that it is
+    /// there. Kept so that `repctl dump` carries it over unchanged.
+    pub cluster: Option<toml::Value>,
 }
 
 /// `[resource]`
@@ -481,10 +488,25 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("invalid rate \"{s}\": number too large"))
 }
 
+/// The shortest text [`parse_rate`] reads back as `rate`: the largest of
+/// G, M, K that divides it exactly, else plain bytes; `"0"` = unlimited.
+#[must_use]
+pub fn format_rate(rate: u64) -> String {
+    if rate == 0 {
+        return "0".to_owned();
+    }
+    for (shift, suffix) in [(30, 'G'), (20, 'M'), (10, 'K')] {
+        if rate % (1u64 << shift) == 0 {
+            return format!("{}{suffix}", rate >> shift);
+        }
+    }
+    rate.to_string()
+}
+
 // ---------------------------------------------------------------------------
 // Raw (serde) form: exactly what the file says; validated into `Config`.
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawConfig {
     resource: RawResource,
@@ -503,11 +525,11 @@ struct RawConfig {
     /// The cluster agent's section (heartbeat, resources, witness). It has
     /// its own parser in `cluster-agent`; the node daemon only notes that it
     /// is there (the agent then decides the roles, see `resume-after-crash`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     cluster: Option<toml::Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawResource {
     name: String,
@@ -519,7 +541,7 @@ fn default_protocol() -> String {
     "C".to_owned()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 struct RawNet {
     secret: String,
@@ -543,14 +565,14 @@ impl Default for RawNet {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(untagged)]
 enum RawRate {
     Int(u64),
     Text(String),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 struct RawSync {
     rate: RawRate,
@@ -568,11 +590,12 @@ impl Default for RawSync {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 struct RawStartup {
     wfc_timeout: u64,
     degr_wfc_timeout: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
     resume_after_crash: Option<String>,
 }
 
@@ -586,7 +609,7 @@ impl Default for RawStartup {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 struct RawDisk {
     on_io_error: String,
@@ -600,7 +623,7 @@ impl Default for RawDisk {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 struct RawSplitBrain {
     after_sb_0pri: String,
@@ -618,7 +641,7 @@ impl Default for RawSplitBrain {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawNode {
     name: String,
@@ -628,7 +651,7 @@ struct RawNode {
     meta_disk: String,
     #[serde(default)]
     device: u32,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     nbd: Option<String>,
 }
 
@@ -986,7 +1009,89 @@ impl Config {
             disk,
             split_brain,
             nodes,
+            cluster: raw.cluster,
         })
+    }
+
+    /// The resource file that loads to this configuration: every section
+    /// and key with its effective value (defaults filled in), in the layout
+    /// of `examples/r0.toml` (`repctl dump`). Written through the same serde
+    /// structs that read the file, so the key names cannot drift apart.
+    ///
+    /// # Errors
+    /// When a path is not valid UTF-8 (TOML strings must be).
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(&self.to_raw())
+    }
+
+    /// The same as [`Config::to_toml`], as pretty JSON with the keys in the
+    /// same order (`repctl dump --json`).
+    ///
+    /// # Errors
+    /// When a path is not valid UTF-8.
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string_pretty(&self.to_raw())
+    }
+
+    /// The raw form with every value spelt out: what [`Config::validate`]
+    /// turns back into `self`.
+    fn to_raw(&self) -> RawConfig {
+        // Both durations were read as whole u64 milliseconds or seconds.
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let secs = |d: Option<Duration>| d.map_or(0, |d| d.as_secs());
+        let protocol = match self.resource.protocol {
+            Protocol::A => "A",
+            Protocol::B => "B",
+            Protocol::C => "C",
+        };
+        let verify = match self.sync.verify {
+            VerifyAlg::Crc32c => "crc32c",
+        };
+        RawConfig {
+            resource: RawResource {
+                name: self.resource.name.clone(),
+                protocol: protocol.to_owned(),
+            },
+            net: RawNet {
+                secret: self.net.secret.clone(),
+                timeout_ms: ms(self.net.timeout),
+                ping_int_ms: ms(self.net.ping_int),
+                ko_count: self.net.ko_count,
+                max_buffers: self.net.max_buffers,
+                csums: self.net.csums,
+            },
+            sync: RawSync {
+                rate: RawRate::Text(format_rate(self.sync.rate)),
+                al_extents: self.sync.al_extents,
+                verify: verify.to_owned(),
+            },
+            startup: RawStartup {
+                wfc_timeout: secs(self.startup.wfc_timeout),
+                degr_wfc_timeout: secs(self.startup.degr_wfc_timeout),
+                resume_after_crash: Some(self.startup.resume_after_crash.as_str().to_owned()),
+            },
+            disk: RawDisk {
+                on_io_error: self.disk.on_io_error.to_string(),
+            },
+            split_brain: RawSplitBrain {
+                after_sb_0pri: self.split_brain.after_sb_0pri.to_string(),
+                after_sb_1pri: self.split_brain.after_sb_1pri.to_string(),
+                after_sb_2pri: self.split_brain.after_sb_2pri.to_string(),
+            },
+            node: self
+                .nodes
+                .iter()
+                .map(|n| RawNode {
+                    name: n.name.clone(),
+                    address: n.address.to_string(),
+                    disk: n.disk.clone(),
+                    meta_disk: n.meta_disk.to_string(),
+                    device: n.device,
+                    nbd: n.nbd.map(|a| a.to_string()),
+                })
+                .collect(),
+            cluster: self.cluster.clone(),
+        }
     }
 
     /// The node called `name`, if configured.
@@ -1239,6 +1344,71 @@ nbd = "127.0.0.1:10810"
             "[sync]\nrate = \"fast\"\n[[node]]\nname = \"alpha\"",
         ));
         assert!(e.contains("sync.rate") && e.contains("fast"), "{e}");
+    }
+
+    #[test]
+    fn format_rate_reads_back() {
+        for (rate, text) in [
+            (0, "0"),
+            (1000, "1000"),
+            (4096, "4K"),
+            (100 << 20, "100M"),
+            (1536 << 20, "1536M"),
+            (2 << 30, "2G"),
+        ] {
+            assert_eq!(format_rate(rate), text);
+            assert_eq!(parse_rate(text), Ok(rate));
+        }
+    }
+
+    /// `repctl dump`: the written file loads to the same configuration,
+    /// defaults spelt out, and writing it again changes nothing.
+    #[test]
+    fn to_toml_round_trips() {
+        let cluster = format!(
+            "{MINIMAL}[cluster]\nauth-key = \"k\"\n[[cluster.path]]\nnode = \"alpha\"\n\
+             address = \"127.0.0.1:7000\"\n[[cluster.resource]]\nkind = \"device\"\n"
+        );
+        let full = MINIMAL
+            .replace("name = \"r0\"", "name = \"r0\"\nprotocol = \"a\"")
+            .replace(
+                "disk = \"/tmp/a.img\"",
+                "disk = \"/tmp/a.img\"\nmeta-disk = \"/tmp/a.md\"\nnbd = \"[::1]:10809\"\ndevice = 4",
+            )
+            .replace(
+                "[[node]]\nname = \"alpha\"",
+                "[sync]\nrate = 3000\n[startup]\ndegr-wfc-timeout = 0\nwfc-timeout = 9\n\
+                 [split-brain]\nafter-sb-0pri = \"discard-node-beta\"\n[[node]]\nname = \"alpha\"",
+            );
+        // TOML's escapes: quotes, a comment sign, a newline, a space in a path.
+        let odd = MINIMAL
+            .replace("\"s3cret\"", "'a \"quoted\" #secret'")
+            .replace("/tmp/b.img", "/tmp/b disk\\n.img");
+        let c = parse(&odd).unwrap();
+        assert_eq!(c.net.secret, "a \"quoted\" #secret");
+        assert_eq!(c.nodes[1].disk, PathBuf::from("/tmp/b disk\n.img"));
+        for text in [MINIMAL.to_owned(), full, cluster, odd] {
+            let c = parse(&text).unwrap();
+            let dumped = c.to_toml().unwrap();
+            let again = parse(&dumped).unwrap_or_else(|e| panic!("{e}\n{dumped}"));
+            assert_eq!(again, c, "{dumped}");
+            assert_eq!(again.to_toml().unwrap(), dumped);
+        }
+        let dumped = parse(MINIMAL).unwrap().to_toml().unwrap();
+        for line in [
+            "protocol = \"C\"",
+            "timeout-ms = 6000",
+            "rate = \"100M\"",
+            "degr-wfc-timeout = 120",
+            "resume-after-crash = \"held-device\"",
+            "on-io-error = \"pass-on\"",
+            "after-sb-2pri = \"disconnect\"",
+            "meta-disk = \"internal\"",
+            "device = 0",
+        ] {
+            assert!(dumped.lines().any(|l| l == line), "{line} in\n{dumped}");
+        }
+        assert!(!dumped.contains("nbd"), "{dumped}");
     }
 
     #[test]

@@ -32,6 +32,7 @@ const DEFAULT_CONFIG: &str = "/etc/rep/r0.toml";
                   nodes, like drbd.conf; see ublk-target/examples/r0.toml) and acts for this node, \
                   chosen by --node (default: the host name, like DRBD's `on HOSTNAME` sections).\n\n\
                   First steps on each node:\n  \
+                  repctl --config r0.toml dump           # check the file, like `drbdadm dump r0`\n  \
                   repctl --config r0.toml create-md      # like `drbdadm create-md r0`\n  \
                   repctl --config r0.toml dump-md        # like `drbdadm dump-md r0`",
     after_help = "On failure repctl prints `repctl: error: ...` on stderr and exits with status 1."
@@ -61,6 +62,27 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Check the resource file and print it with every default filled in (drbdadm dump)
+    #[command(
+        long_about = "Check the resource file and print it normalised, like `drbdadm dump`: \
+        read --config, validate it with the checks of `repctl up` and repd (all but the \
+        disk's existence), find this node's \
+        [[node]] entry (--node), then print every section and key with the value that takes \
+        effect, defaults filled in, in the layout of examples/r0.toml. The output is itself a \
+        valid resource file that loads to the same configuration: use it to see what a short \
+        file really means, or to compare the files of both nodes (`diff` the two dumps).\n\n\
+        It touches nothing: no disk or metadata file is opened, no daemon is asked, nothing \
+        is written. The backing disks need not exist (like drbdadm dump, it does not look at \
+        them), so a file can be checked before the disks are made or on another machine; \
+        `repctl up` and `create-md` check that this node's disk exists.\n\n\
+        The [cluster] table belongs to the cluster agent: its keys are printed as written \
+        (sorted, its defaults not filled in) and `cluster-agent` checks it. The output \
+        contains the [net] secret, as the file does.\n\n\
+        Exits 0 when the file is valid; otherwise prints the error `repctl up` would print \
+        and exits 1."
+    )]
+    Dump(DumpArgs),
+
     /// Write fresh metadata for this node's disk (drbdadm create-md)
     #[command(
         long_about = "Write fresh metadata for this node's disk (like `drbdadm create-md`).\n\n\
@@ -276,6 +298,13 @@ struct CreateMdArgs {
 }
 
 #[derive(Debug, Args)]
+struct DumpArgs {
+    /// Print one JSON object with the same sections, keys and values instead of TOML
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 struct DumpMdArgs {
     /// Print one JSON object instead of the readable form
     #[arg(long)]
@@ -357,6 +386,7 @@ fn print_out(text: &str) -> Result<(), Failure> {
 
 fn run(cli: &Cli) -> Result<(), Failure> {
     match &cli.command {
+        Command::Dump(args) => dump(cli, args),
         Command::CreateMd(args) => create_md(cli, args),
         Command::DumpMd(args) => dump_md(cli, args),
         Command::Up(args) => daemon::up(cli, args),
@@ -722,6 +752,28 @@ fn held_open(dev_id: u32, pid: u32) -> Option<String> {
     }
     ublk::in_use_reason(dev_id)
         .map(|why| format!("{} is {why}", ublk::device_path(dev_id).display()))
+}
+
+/// `repctl dump`: the checks `up` makes before it starts repd (the file,
+/// then this node's entry) and nothing else; the disk is not looked at.
+fn dump(cli: &Cli, args: &DumpArgs) -> Result<(), Failure> {
+    let cfg = Config::load(&cli.config)?;
+    let (me, peer) = cfg.local(cli.node.as_deref())?;
+    let cannot =
+        |e: &dyn std::fmt::Display| Failure(format!("cannot print {}: {e}", cli.config.display()));
+    let text = if args.json {
+        let v = cfg.to_json().map_err(|e| cannot(&e))?;
+        format!("{v}\n")
+    } else {
+        let body = cfg.to_toml().map_err(|e| cannot(&e))?;
+        // Comments, so the output stays a valid resource file.
+        format!(
+            "# {:?} as repctl reads it for node \"{}\" (peer \"{}\"):\n\
+             # every key with its effective value, defaults filled in.\n\n{body}",
+            cfg.path, me.name, peer.name
+        )
+    };
+    print_out(&text)
 }
 
 /// Load the config and find this node; the local disk must exist.
