@@ -117,6 +117,22 @@ pub(crate) enum Received {
     Down(String),
 }
 
+impl Conn {
+    /// Arms a POLLIN poll for this connection on the engine's ring.
+    fn arm_rx(&mut self, disk: &mut InlineDisk) -> std::io::Result<()> {
+        disk.poll(&self.stream, libc::POLLIN, self.id << 1 | KEY_RX)?;
+        self.rx_armed = true;
+        Ok(())
+    }
+
+    /// Arms a POLLOUT poll: bytes wait to be sent on this connection.
+    fn arm_tx(&mut self, disk: &mut InlineDisk) -> std::io::Result<()> {
+        disk.poll(&self.stream, libc::POLLOUT, self.id << 1 | KEY_TX)?;
+        self.tx_armed = true;
+        Ok(())
+    }
+}
+
 /// Limits of one turn's receiving; see [`RX_BYTES_PER_TURN`].
 #[derive(Debug)]
 pub(crate) struct RxBudget {
@@ -393,28 +409,20 @@ impl Transport {
             // Read even while the engine reads nothing on the data
             // connection (its disk is behind): a ping is answered anyway.
             if !p.rx_armed {
-                disk.poll(&p.stream, libc::POLLIN, p.id << 1 | KEY_RX)
-                    .map_err(watch)?;
-                p.rx_armed = true;
+                p.arm_rx(disk).map_err(watch)?;
             }
             if !link.out.is_empty() && !p.tx_armed {
-                disk.poll(&p.stream, libc::POLLOUT, p.id << 1 | KEY_TX)
-                    .map_err(watch)?;
-                p.tx_armed = true;
+                p.arm_tx(disk).map_err(watch)?;
             }
         }
         let Some(c) = &mut self.current else {
             return Ok(());
         };
         if receive && !c.rx_armed && !c.rx_more && !c.rx.lent() {
-            disk.poll(&c.stream, libc::POLLIN, c.id << 1 | KEY_RX)
-                .map_err(watch)?;
-            c.rx_armed = true;
+            c.arm_rx(disk).map_err(watch)?;
         }
         if !self.out.is_empty() && !c.tx_armed {
-            disk.poll(&c.stream, libc::POLLOUT, c.id << 1 | KEY_TX)
-                .map_err(watch)?;
-            c.tx_armed = true;
+            c.arm_tx(disk).map_err(watch)?;
         }
         Ok(())
     }
