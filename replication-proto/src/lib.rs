@@ -10,4 +10,5 @@ pub mod gen;
 pub mod machine;
 pub mod meta;
 pub mod sim;
+pub mod time;
 pub mod wire;
