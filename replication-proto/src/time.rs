@@ -113,6 +113,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(debug_assertions)]
     #[should_panic(expected = "time went backwards")]
     fn backwards_is_caught_in_debug() {
         let t = Millis::from_ms(10);
