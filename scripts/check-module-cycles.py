@@ -82,8 +82,9 @@ def strip_source(src: str) -> tuple[str, dict[int, str]]:
             end = src.find('"' + "#" * hashes, j + 1)
             end = n if end < 0 else end
             strings[j] = src[j + 1 : end]
-            out.append(src[i : j + 1] + blank(src[j + 1 : end]))
-            i = end
+            close = min(n, end + 1 + hashes)
+            out.append(src[i : j + 1] + blank(src[j + 1 : end]) + src[end:close])
+            i = close
         elif c == '"' or (c == "b" and nxt == '"' and not _ident_before(src, i)):
             start = i if c == '"' else i + 1
             j = start + 1
