@@ -16,6 +16,7 @@
 //! - [`repctl`]: one node's `repctl` command line, its status JSON, the
 //!   checks on two nodes' data.
 //! - [`wait`]: polling until a condition holds; running scenarios one at a time.
+//! - `tests`: the helpers' own checks.
 
 // Helpers for tests: a failed step is a failed test, said loudly.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
@@ -26,6 +27,9 @@ pub mod process;
 pub mod repctl;
 pub mod tools;
 pub mod wait;
+
+#[cfg(test)]
+mod tests;
 
 pub use files::{random_file, sparse_file, write_exec};
 pub use netns::{free_ports, in_netns, ip, send_from_ns, Netns};
