@@ -290,6 +290,34 @@ fn run(cli: &Cli) -> Result<bool, String> {
         None => exe_dir()?,
     };
     let bins = Binaries::in_dir(&bin_dir)?;
+    check_tools()?;
+    let (dir, peer_dir, fs) = make_dirs(cli, &s)?;
+    let kinds = chosen_kinds(cli, peer_dir.is_some())?;
+    let floor_bin = bin_dir.join("floor-pair");
+    if cli.floor && !floor_bin.is_file() {
+        return Err(format!(
+            "{} not found: build it with `cargo build --release -p bench --bins` or pass --bin-dir",
+            floor_bin.display()
+        ));
+    }
+
+    print_header(&s, &fs, dir.path(), &bins, peer_dir.as_ref());
+    let mut lab = Lab {
+        targets: Vec::new(),
+        dir,
+        peer_dir,
+    };
+    let mut failures: Vec<String> = Vec::new();
+    setup_targets(&mut lab, &kinds, &bins, &floor_bin, &s, &mut failures)?;
+    let samples = measure(&mut lab, &s, &mut failures)?;
+    print_report(&lab, &kinds, &samples, &s);
+    let notes = take_down(lab, &mut failures);
+    print_notes(&notes);
+    Ok(summary(&failures))
+}
+
+/// fio with its nbd engine and nbdkit with its file plugin are installed.
+fn check_tools() -> Result<(), String> {
     require_tool("fio", "fio")?;
     require_tool("nbdkit", "nbdkit")?;
     let engines = Command::new("fio")
@@ -313,7 +341,15 @@ fn run(cli: &Cli) -> Result<bool, String> {
     if !plugin.is_ok_and(|st| st.success()) {
         return Err("nbdkit has no file plugin: apt-get install -y nbdkit".into());
     }
+    Ok(())
+}
 
+/// The temp directory under --dir (on a real filesystem, with room for the
+/// images) and the one under --peer-dir if given; and --dir's filesystem.
+fn make_dirs(
+    cli: &Cli,
+    s: &Settings,
+) -> Result<(tempfile::TempDir, Option<tempfile::TempDir>, String), String> {
     let base = cli.dir.clone().unwrap_or_else(default_base_dir);
     std::fs::create_dir_all(&base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;
     let fs = fs_type(&base);
@@ -357,6 +393,12 @@ fn run(cli: &Cli) -> Result<bool, String> {
         }
         None => None,
     };
+    Ok((dir, peer_dir, fs))
+}
+
+/// The targets to measure: all, or those --targets names; the --peer-dir
+/// pair and the floor only when asked for.
+fn chosen_kinds(cli: &Cli, has_peer_dir: bool) -> Result<Vec<Kind>, String> {
     for t in &cli.targets {
         if !KINDS.iter().any(|k| k.slug() == t) {
             let known: Vec<&str> = KINDS.iter().map(|k| k.slug()).collect();
@@ -369,7 +411,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
     // The --peer-dir pair and the floor only when asked for.
     let kinds: Vec<Kind> = KINDS
         .into_iter()
-        .filter(|k| *k != Kind::RepCPeerOwn || peer_dir.is_some())
+        .filter(|k| *k != Kind::RepCPeerOwn || has_peer_dir)
         .filter(|k| !matches!(k, Kind::FloorC | Kind::FloorStandAlone) || cli.floor)
         .filter(|k| cli.targets.is_empty() || cli.targets.iter().any(|t| t == k.slug()))
         .collect();
@@ -378,14 +420,17 @@ fn run(cli: &Cli) -> Result<bool, String> {
             "--targets leaves nothing to measure (--floor and --peer-dir enable their rows)".into(),
         );
     }
-    let floor_bin = bin_dir.join("floor-pair");
-    if cli.floor && !floor_bin.is_file() {
-        return Err(format!(
-            "{} not found: build it with `cargo build --release -p bench --bins` or pass --bin-dir",
-            floor_bin.display()
-        ));
-    }
+    Ok(kinds)
+}
 
+/// What the run is and where: the first lines of the report.
+fn print_header(
+    s: &Settings,
+    fs: &str,
+    dir: &Path,
+    bins: &Binaries,
+    peer_dir: Option<&tempfile::TempDir>,
+) {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     println!("# nbd-bench {}", argv.join(" "));
     println!(
@@ -404,7 +449,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
                 .map(|l| l.trim_start_matches("MemTotal:").trim().to_string()))
             .unwrap_or_default()
     );
-    println!("temp dir:   {} ({fs})", dir.path().display());
+    println!("temp dir:   {} ({fs})", dir.display());
     println!(
         "tools:      {}, {}",
         first_line("fio", &["--version"]),
@@ -425,7 +470,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
             .trim()
     );
 
-    if let Some(p) = &peer_dir {
+    if let Some(p) = peer_dir {
         println!(
             "peer dir:   {} ({}): the Secondary of \"{}\"",
             p.path().display(),
@@ -433,39 +478,42 @@ fn run(cli: &Cli) -> Result<bool, String> {
             Kind::RepCPeerOwn.label()
         );
     }
-    let mut lab = Lab {
-        targets: Vec::new(),
-        dir,
-        peer_dir,
-    };
-    let mut failures: Vec<String> = Vec::new();
-    let mut notes: Vec<String> = Vec::new();
+}
 
-    // Setup: every target, before any measurement.
+/// Every target, before any measurement; a target that cannot be set up is
+/// a failure, and the others go on.
+fn setup_targets(
+    lab: &mut Lab,
+    kinds: &[Kind],
+    bins: &Binaries,
+    floor_bin: &Path,
+    s: &Settings,
+    failures: &mut Vec<String>,
+) -> Result<(), String> {
     println!("\nsetting up...");
     let base_img = lab.dir.path().join("baseline.img");
     let base_ready = prefill(&base_img, s.size);
-    for &kind in &kinds {
+    for &kind in kinds {
         check_interrupt()?;
         let t0 = Instant::now();
         let r = match kind {
-            Kind::RepC => setup_pair(lab.dir.path(), None, &bins, "C", s.size),
+            Kind::RepC => setup_pair(lab.dir.path(), None, bins, "C", s.size),
             Kind::RepCPeerOwn => setup_pair(
                 lab.dir.path(),
                 lab.peer_dir.as_ref().map(tempfile::TempDir::path),
-                &bins,
+                bins,
                 "C",
                 s.size,
             ),
-            Kind::RepA => setup_pair(lab.dir.path(), None, &bins, "A", s.size),
-            Kind::StandAlone => setup_standalone(lab.dir.path(), &bins, s.size),
+            Kind::RepA => setup_pair(lab.dir.path(), None, bins, "A", s.size),
+            Kind::StandAlone => setup_standalone(lab.dir.path(), bins, s.size),
             Kind::Nbdkit | Kind::NbdkitNoCache => base_ready.clone().and_then(|()| {
                 setup_nbdkit(lab.dir.path(), &base_img, kind == Kind::NbdkitNoCache)
             }),
             Kind::FloorC | Kind::FloorStandAlone => setup_floor(
                 lab.dir.path(),
                 lab.peer_dir.as_ref().map(tempfile::TempDir::path),
-                &floor_bin,
+                floor_bin,
                 kind,
                 s.size,
             ),
@@ -487,8 +535,16 @@ fn run(cli: &Cli) -> Result<bool, String> {
             }
         }
     }
+    Ok(())
+}
 
-    // Measure: all targets for one workload, then the next workload.
+/// All targets for one workload, then the next workload, `s.rounds` times;
+/// the samples by workload and kind.
+fn measure(
+    lab: &mut Lab,
+    s: &Settings,
+    failures: &mut Vec<String>,
+) -> Result<Vec<Vec<Vec<Sample>>>, String> {
     let mut samples: Vec<Vec<Vec<Sample>>> = vec![vec![Vec::new(); KINDS.len()]; WORKLOADS.len()];
     let mut run_errors: Vec<Vec<Vec<String>>> =
         vec![vec![Vec::new(); KINDS.len()]; WORKLOADS.len()];
@@ -509,7 +565,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
                     w.title,
                     t.kind.label()
                 );
-                match run_one(t, w, &s, lab.dir.path(), round) {
+                match run_one(t, w, s, lab.dir.path(), round) {
                     Ok(smp) => {
                         println!(
                             "{tag}: {:.0} IOPS, {:.1} MB/s, p99 {:.0} µs, server CPU {}",
@@ -540,11 +596,15 @@ fn run(cli: &Cli) -> Result<bool, String> {
             .unwrap_or_default()
             .trim()
     );
+    Ok(samples)
+}
 
+/// The tables of the medians, their legend and repd's peak RSS.
+fn print_report(lab: &Lab, kinds: &[Kind], samples: &[Vec<Vec<Sample>>], s: &Settings) {
     for (wi, w) in WORKLOADS.iter().enumerate() {
         let empty = Vec::new();
         let per_kind = samples.get(wi).unwrap_or(&empty);
-        print!("{}", table(w, per_kind, &kinds, &lab.targets, s.rounds));
+        print!("{}", table(w, per_kind, kinds, &lab.targets, s.rounds));
     }
     println!(
         "\n×nbdkit, ×nbdkit nc: IOPS relative to nbdkit file, nbdkit file cache=none. server CPU: CPU of the \
@@ -553,8 +613,12 @@ fn run(cli: &Cli) -> Result<bool, String> {
          (100% per core); fio CPU: fio's own. All but fio's sampled inside the measured window of the median-IOPS round."
     );
     print!("{}", rss_report(&lab.targets));
+}
 
-    // Take everything down (the guards do it too, on every path).
+/// Takes everything down (the guards do it too, on every path); what the
+/// cleanup said that is not a failure.
+fn take_down(lab: Lab, failures: &mut Vec<String>) -> Vec<String> {
+    let mut notes: Vec<String> = Vec::new();
     let Lab {
         targets,
         dir,
@@ -571,23 +635,30 @@ fn run(cli: &Cli) -> Result<bool, String> {
     }
     drop(dir);
     drop(peer_dir);
+    notes
+}
+
+fn print_notes(notes: &[String]) {
     if !notes.is_empty() {
         println!("\nnotes from the cleanup (not failures):");
-        for n in &notes {
+        for n in notes {
             println!("  - {}", n.replace('\n', "\n    "));
         }
     }
+}
 
+/// The last lines: all ran, or each failure in one line; whether all ran.
+fn summary(failures: &[String]) -> bool {
     if failures.is_empty() {
         println!("\nall targets ran");
-        Ok(true)
+        true
     } else {
         println!("\n{} failure(s):", failures.len());
-        for f in &failures {
+        for f in failures {
             // The details were printed where it happened.
             println!("  - {}", f.lines().next().unwrap_or_default());
         }
-        Ok(false)
+        false
     }
 }
 
