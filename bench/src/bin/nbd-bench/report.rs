@@ -114,6 +114,38 @@ fn md_table(headers: &[&str], rows: &[Vec<String>]) -> String {
     s
 }
 
+/// One workload's samples by kind (in `KINDS` order), and their medians.
+struct Medians<'a> {
+    per_kind: &'a [Vec<Sample>],
+}
+
+impl Medians<'_> {
+    fn samples(&self, k: Kind) -> &[Sample] {
+        KINDS
+            .iter()
+            .position(|x| *x == k)
+            .and_then(|i| self.per_kind.get(i))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    fn med(&self, k: Kind, f: fn(&WriteResult) -> f64) -> Option<f64> {
+        let v: Vec<f64> = self.samples(k).iter().map(|s| f(&s.fio)).collect();
+        median(&v)
+    }
+
+    /// The round with the median IOPS: the CPU columns come from it.
+    fn median_sample(&self, k: Kind) -> Option<Sample> {
+        let mut v = self.samples(k).to_vec();
+        v.sort_by(|a, b| a.fio.iops.total_cmp(&b.fio.iops));
+        let mid = v.len().saturating_sub(1) / 2;
+        v.get(mid).cloned()
+    }
+
+    fn iops(&self, k: Kind) -> Option<f64> {
+        self.med(k, |r| r.iops)
+    }
+}
+
 /// The table of one workload: medians over the rounds.
 pub(crate) fn table(
     w: &Workload,
@@ -122,61 +154,8 @@ pub(crate) fn table(
     targets: &[Target],
     rounds: u32,
 ) -> String {
-    let samples = |k: Kind| -> &[Sample] {
-        KINDS
-            .iter()
-            .position(|x| *x == k)
-            .and_then(|i| per_kind.get(i))
-            .map_or(&[], Vec::as_slice)
-    };
-    let med = |k: Kind, f: fn(&WriteResult) -> f64| -> Option<f64> {
-        let v: Vec<f64> = samples(k).iter().map(|s| f(&s.fio)).collect();
-        median(&v)
-    };
-    // The CPU columns come from the round with the median IOPS.
-    let median_sample = |k: Kind| -> Option<Sample> {
-        let mut v = samples(k).to_vec();
-        v.sort_by(|a, b| a.fio.iops.total_cmp(&b.fio.iops));
-        let mid = v.len().saturating_sub(1) / 2;
-        v.get(mid).cloned()
-    };
-    let iops = |k: Kind| med(k, |r| r.iops);
-    let mut rows = Vec::new();
-    for &k in kinds {
-        let Some(m) = median_sample(k) else {
-            let why = if targets.iter().any(|t| t.kind == k) {
-                "run failed"
-            } else {
-                "setup failed"
-            };
-            let mut r = vec![k.label().to_string(), why.to_string()];
-            r.resize(12, String::new());
-            rows.push(r);
-            continue;
-        };
-        // Only repd's O_DIRECT writes are counted exactly; for nbdkit's
-        // buffered writes the kernel counts whole (large) page-cache folios.
-        let amp = m
-            .cpu
-            .as_ref()
-            .and_then(|c| c.written_per_s)
-            .filter(|_| !matches!(k, Kind::Nbdkit | Kind::NbdkitNoCache))
-            .map(|b| b / m.fio.bw_bytes);
-        rows.push(vec![
-            k.label().to_string(),
-            fmt_opt(iops(k), 0),
-            fmt_opt(med(k, WriteResult::mb_s), 1),
-            fmt_opt(med(k, |r| r.p99_us), 0),
-            fmt_opt(ratio(iops(k), iops(Kind::Nbdkit)), 2),
-            fmt_opt(ratio(iops(k), iops(Kind::NbdkitNoCache)), 2),
-            m.server_cpu(),
-            m.cpu_per_io(),
-            m.busiest(),
-            fmt_opt(amp, 2),
-            m.host_cpu(),
-            format!("{:.0}%", m.fio.fio_cpu_pct),
-        ]);
-    }
+    let m = Medians { per_kind };
+    let rows: Vec<Vec<String>> = kinds.iter().map(|&k| row(&m, k, targets)).collect();
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -203,7 +182,51 @@ pub(crate) fn table(
         &rows,
     ));
     let _ = writeln!(s);
-    // A ratio line only for targets that were selected (--targets).
+    s.push_str(&ratio_lines(&m, kinds));
+    s
+}
+
+/// Kind `k`'s row of the table (why it has no figures, if it has none).
+fn row(m: &Medians, k: Kind, targets: &[Target]) -> Vec<String> {
+    let Some(ms) = m.median_sample(k) else {
+        let why = if targets.iter().any(|t| t.kind == k) {
+            "run failed"
+        } else {
+            "setup failed"
+        };
+        let mut r = vec![k.label().to_string(), why.to_string()];
+        r.resize(12, String::new());
+        return r;
+    };
+    // Only repd's O_DIRECT writes are counted exactly; for nbdkit's
+    // buffered writes the kernel counts whole (large) page-cache folios.
+    let amp = ms
+        .cpu
+        .as_ref()
+        .and_then(|c| c.written_per_s)
+        .filter(|_| !matches!(k, Kind::Nbdkit | Kind::NbdkitNoCache))
+        .map(|b| b / ms.fio.bw_bytes);
+    vec![
+        k.label().to_string(),
+        fmt_opt(m.iops(k), 0),
+        fmt_opt(m.med(k, WriteResult::mb_s), 1),
+        fmt_opt(m.med(k, |r| r.p99_us), 0),
+        fmt_opt(ratio(m.iops(k), m.iops(Kind::Nbdkit)), 2),
+        fmt_opt(ratio(m.iops(k), m.iops(Kind::NbdkitNoCache)), 2),
+        ms.server_cpu(),
+        ms.cpu_per_io(),
+        ms.busiest(),
+        fmt_opt(amp, 2),
+        ms.host_cpu(),
+        format!("{:.0}%", ms.fio.fio_cpu_pct),
+    ]
+}
+
+/// The ratio lines under the table, only for targets that were selected
+/// (--targets).
+fn ratio_lines(m: &Medians, kinds: &[Kind]) -> String {
+    let iops = |k: Kind| m.iops(k);
+    let mut s = String::new();
     let both = |a: Kind, b: Kind| kinds.contains(&a) && kinds.contains(&b);
     let with_target = |num: Kind, what: &str| {
         let c = ratio(iops(num), iops(Kind::StandAlone));
