@@ -29,6 +29,9 @@ fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+echo "== module imports without cycles, no source file over 1,200 lines"
+python3 scripts/check-module-cycles.py
+bash scripts/check-file-sizes.sh
 echo "== cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== release build of repd, repctl and cluster-agent (the VM scenarios run them)"

@@ -13,18 +13,10 @@ use std::time::{Duration, Instant};
 
 use common::{build_next_to, require, tmp_dir};
 
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use rep_testkit::KillOnDrop as Kill;
 
 fn port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    rep_testkit::free_ports::<1>()[0]
 }
 
 #[test]

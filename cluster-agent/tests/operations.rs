@@ -28,10 +28,7 @@ fn cluster_keys(c: &Cluster, keys: &str) {
     std::fs::write(&c.config, t).unwrap();
 }
 
-fn write_exec(path: &std::path::Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-}
+use rep_testkit::write_exec;
 
 /// A service at the end of the chain whose stop fails while
 /// `<dir>/stuck.<node>` exists (like a daemon that ignores SIGTERM).
@@ -446,9 +443,7 @@ impl Gateway {
         let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pid = std::process::id();
         let ns = format!("cag{pid}-g{k}");
-        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
-        ip(&["netns", "add", &ns]);
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        rep_testkit::netns::add_netns(&ns);
         ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"]);
         ip(&["-n", &ns, "link", "set", "br0", "up"]);
         let subnet = format!("10.{}.{}", pid % 250, 200 + k);
@@ -504,7 +499,7 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+        rep_testkit::netns::del_netns(&self.ns);
     }
 }
 

@@ -190,16 +190,7 @@ fn stop(h: NbdServerHandle) {
     h.join();
 }
 
-/// Fail (never skip) if `tool` is not installed.
-fn require(tool: &str, package: &str) {
-    match Command::new(tool).arg("--version").output() {
-        Ok(_) => {}
-        Err(e) => panic!(
-            "`{tool}` is needed by this test but cannot be run ({e}); \
-             install it with `apt-get install -y {package}`"
-        ),
-    }
-}
+use rep_testkit::require;
 
 /// Run a command with a 120 s limit.
 fn run(cmd: &str, args: &[&str]) -> Output {

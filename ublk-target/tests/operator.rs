@@ -83,20 +83,7 @@ impl Drop for NbdSession {
     }
 }
 
-fn gone(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
-}
-
-fn wait_gone(pid: u32, secs: u64) {
-    let t0 = Instant::now();
-    while !gone(pid) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(secs),
-            "pid {pid} still runs after {secs} s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use rep_testkit::{gone, wait_gone};
 
 /// alpha up and Primary (StandAlone: beta is never started).
 fn primary_alpha() -> Cluster {

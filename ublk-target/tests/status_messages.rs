@@ -214,14 +214,7 @@ fn text(c: &Cluster, i: usize) -> String {
 }
 
 /// Signals a repd by pid (a stopped repd cannot tell its pid).
-fn signal(pid: u32, sig: &str) {
-    let pid = pid.to_string();
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-}
+use rep_testkit::signal;
 
 /// Issue 16 item 9: "out-of-sync:0.0M" next to `oos:20`, and "(1 clients)".
 #[test]

@@ -785,14 +785,7 @@ fn converges_without_an_operator(c: &Cluster, secs: u64) {
     }
 }
 
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {pid}");
-}
+use rep_testkit::signal;
 
 /// issue 16 item 3: alpha Primary crashes, beta is promoted and writes,
 /// alpha comes back and resyncs from beta (rate-limited), beta crashes while

@@ -17,51 +17,27 @@
 //! five runs, see bench/RESULTS.md). `REP_VM_TESTS=0` skips it.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use vm_tests::{run_scenario, Scenario, ScenarioBins};
 
 /// `cargo build --release` of the binaries into this test's target
 /// directory; the folder holding them.
-fn release_bins() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("test executable path: {e}"))?;
-    // target/<profile>/deps/<this test>
-    let target = exe
-        .ancestors()
-        .nth(3)
-        .ok_or_else(|| format!("no target directory above {}", exe.display()))?
-        .to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let o = Command::new(cargo)
-        .args([
-            "build",
-            "-q",
-            "--release",
-            "-p",
-            "ublk-target",
-            "-p",
-            "cluster-agent",
-            "--bins",
-        ])
-        .env("CARGO_TARGET_DIR", &target)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .output()
-        .map_err(|e| format!("cargo could not run: {e}"))?;
-    if !o.status.success() {
-        return Err(format!(
-            "building the release repd, repctl and cluster-agent failed:\n{}",
-            String::from_utf8_lossy(&o.stderr)
-        ));
-    }
-    Ok(target.join("release"))
+fn release_bins() -> PathBuf {
+    let profile = rep_testkit::profile_dir();
+    let target = profile.parent().expect("a target directory above the test");
+    rep_testkit::build_bins(
+        &target.join("release"),
+        &["ublk-target", "cluster-agent"],
+        &["repd", "repctl", "cluster-agent"],
+    )
 }
 
 #[test]
 fn switchover_and_failover_move_the_filesystem_and_the_service_ip() {
     let skip = std::env::var("REP_VM_TESTS").as_deref() == Ok("0");
     if !skip && std::env::var_os("REP_BIN").is_none() {
-        let dir = release_bins().unwrap_or_else(|e| panic!("{e}"));
+        let dir = release_bins();
         // One test in this binary: nothing else reads the environment.
         std::env::set_var("REP_BIN", dir);
     }

@@ -5,6 +5,7 @@
 
 #![allow(
     dead_code,
+    unused_imports,
     clippy::needless_range_loop,
     clippy::unwrap_used,
     clippy::panic,
@@ -18,7 +19,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use rep_testkit::netns::{add_netns, del_netns};
+use rep_testkit::{in_netns, Repctl};
 use serde_json::Value;
+
+pub use rep_testkit::{ip, poll, random_file, require, send_from_ns, serial, write_exec};
 
 pub const NODES: [&str; 2] = ["alpha", "beta"];
 pub const KEY: &str = "test-heartbeat-key";
@@ -37,27 +42,14 @@ pub struct Bins {
 pub fn bins() -> &'static Bins {
     static BINS: OnceLock<Bins> = OnceLock::new();
     BINS.get_or_init(|| {
-        // target/<profile>/deps/<test>  ->  target/<profile>
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-        let target = profile_dir.parent().unwrap().to_path_buf();
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
-        let mut c = Command::new(env!("CARGO"));
-        c.args(["build", "-q", "-p", "ublk-target", "--bins"])
-            .env("CARGO_TARGET_DIR", &target)
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-        if release {
-            c.arg("--release");
-        }
-        let o = c.output().unwrap();
-        assert!(
-            o.status.success(),
-            "building repd and repctl failed:\n{}",
-            String::from_utf8_lossy(&o.stderr)
+        let dir = rep_testkit::build_bins(
+            &rep_testkit::profile_dir(),
+            &["ublk-target"],
+            &["repctl", "repd"],
         );
         let b = Bins {
-            repctl: profile_dir.join("repctl"),
-            repd: profile_dir.join("repd"),
+            repctl: dir.join("repctl"),
+            repd: dir.join("repd"),
             agent: PathBuf::from(env!("CARGO_BIN_EXE_cluster-agent")),
         };
         for p in [&b.repctl, &b.repd, &b.agent] {
@@ -65,32 +57,6 @@ pub fn bins() -> &'static Bins {
         }
         b
     })
-}
-
-/// Fail loudly when a tool the test drives is missing.
-pub fn require(tool: &str, package: &str) {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "{tool} is not installed: apt-get install {package} (scripts/test-all.sh does it)"
-    );
-}
-
-pub fn ip(args: &[&str]) {
-    let o = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("iproute2 is installed (apt-get install iproute2)");
-    assert!(
-        o.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
 
 /// Two namespaces joined by two veth pairs: `link` 0 and 1; optionally a
@@ -151,9 +117,7 @@ impl Net {
             ["link1".to_string(), "link1".to_string()],
         ];
         for n in &ns {
-            let _ = Command::new("ip").args(["netns", "del", n]).output();
-            ip(&["netns", "add", n]);
-            ip(&["-n", n, "link", "set", "lo", "up"]);
+            add_netns(n);
         }
         for l in 0..2 {
             ip(&[
@@ -185,9 +149,7 @@ impl Net {
         }
         let witness = with_witness.then(|| {
             let wns = format!("cag{pid}-{k}w");
-            let _ = Command::new("ip").args(["netns", "del", &wns]).output();
-            ip(&["netns", "add", &wns]);
-            ip(&["-n", &wns, "link", "set", "lo", "up"]);
+            add_netns(&wns);
             let addr = format!("10.{third}.{}.1", 200 + k);
             let mut gw = [String::new(), String::new()];
             ip(&[
@@ -309,7 +271,7 @@ impl Net {
 impl Drop for Net {
     fn drop(&mut self) {
         for n in self.ns.iter().chain(self.witness.as_ref().map(|w| &w.ns)) {
-            let _ = Command::new("ip").args(["netns", "del", n]).output();
+            del_netns(n);
         }
     }
 }
@@ -361,14 +323,7 @@ pub struct Cluster {
 
 /// Temp files on a real filesystem (O_DIRECT works there; /tmp may be tmpfs).
 pub fn target_tmp() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(&p).unwrap();
-    p
-}
-
-fn write_exec(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    rep_testkit::target_tmp!()
 }
 
 impl Cluster {
@@ -386,8 +341,7 @@ impl Cluster {
             .unwrap();
         let d = dir.path();
         for n in NODES {
-            let f = std::fs::File::create(d.join(format!("{n}.img"))).unwrap();
-            f.set_len(opts.disk_mib << 20).unwrap();
+            rep_testkit::sparse_file(&d.join(format!("{n}.img")), opts.disk_mib << 20);
         }
         // Two services in the chain; both log to chain.log so the order shows.
         let svc = "#!/bin/sh\nd=$(dirname \"$0\"); n=$(basename \"$0\")\n\
@@ -493,43 +447,31 @@ impl Cluster {
 
     /// A command run inside node i's namespace.
     pub fn in_ns(&self, i: usize, program: &Path) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.net.ns[i]]).arg(program);
-        c
+        in_netns(Some(&self.net.ns[i]), program)
+    }
+
+    /// Node i's repctl, inside its namespace.
+    pub fn node(&self, i: usize) -> Repctl<'_> {
+        Repctl {
+            bin: &bins().repctl,
+            config: &self.config,
+            node: NODES[i],
+            run_dir: &self.run_dir,
+            netns: Some(&self.net.ns[i]),
+        }
     }
 
     pub fn repctl(&self, i: usize, args: &[&str]) -> Output {
-        let mut c = self.in_ns(i, &bins().repctl);
-        c.arg("--config")
-            .arg(&self.config)
-            .arg("--node")
-            .arg(NODES[i])
-            .arg("--run-dir")
-            .arg(&self.run_dir)
-            .args(args);
-        c.output().unwrap()
+        self.node(i).output(args)
     }
 
     pub fn repctl_ok(&self, i: usize, args: &[&str]) -> String {
-        let o = self.repctl(i, args);
-        assert!(
-            o.status.success(),
-            "repctl {} on {} failed:\n{}\n{}",
-            args.join(" "),
-            NODES[i],
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        self.node(i).ok(args)
     }
 
     /// `repctl status --json`, or None when repd does not run.
     pub fn repd_status(&self, i: usize) -> Option<Value> {
-        let o = self.repctl(i, &["status", "--json"]);
-        if !o.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&o.stdout).ok()
+        self.node(i).status()
     }
 
     pub fn up(&self, i: usize) {
@@ -581,10 +523,8 @@ impl Cluster {
             .append(true)
             .open(self.path("witness.log"))
             .unwrap();
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &w.ns])
-            .arg(&bins().agent)
-            .arg("--config")
+        let mut c = in_netns(Some(&w.ns), &bins().agent);
+        c.arg("--config")
             .arg(&self.config)
             .arg("--witness")
             .arg("--run-dir")
@@ -668,10 +608,7 @@ impl Cluster {
     }
 
     pub fn agent_log(&self, i: usize) -> String {
-        let t = std::fs::read_to_string(self.path(&format!("agent-{}.log", NODES[i])))
-            .unwrap_or_default();
-        let lines: Vec<&str> = t.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        rep_testkit::log_tail(&self.path(&format!("agent-{}.log", NODES[i])), 40)
     }
 
     pub fn debug(&self) -> String {
@@ -697,11 +634,9 @@ impl Cluster {
             ));
         }
         if self.witness.is_some() {
-            let w = self.witness_log();
-            let lines: Vec<&str> = w.lines().collect();
             s.push_str(&format!(
                 "==== witness log:\n{}\n==== witness memory: {}\n",
-                lines[lines.len().saturating_sub(30)..].join("\n"),
+                rep_testkit::log_tail(&self.path("witness.log"), 30),
                 self.witness_memory()
             ));
         }
@@ -731,11 +666,12 @@ impl Cluster {
 
     pub fn wait_synced(&self, secs: u64) {
         for i in 0..2 {
-            self.wait_repd(i, "Connected UpToDate/UpToDate", secs, |s| {
-                s["connection"] == "Connected"
-                    && s["disk"] == "UpToDate"
-                    && s["peer_disk"] == "UpToDate"
-            });
+            self.wait_repd(
+                i,
+                "Connected UpToDate/UpToDate",
+                secs,
+                rep_testkit::is_synced,
+            );
         }
     }
 
@@ -773,10 +709,8 @@ impl Cluster {
 
     /// Write `file` at offset 0 through node i's NBD export, from its namespace.
     pub fn nbd_write(&self, i: usize, file: &Path) -> Output {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.net.ns[i], "nbdcopy"])
-            .arg(file)
-            .arg(self.nbd_uri(i));
+        let mut c = self.in_ns(i, Path::new("nbdcopy"));
+        c.arg(file).arg(self.nbd_uri(i));
         c.output().unwrap()
     }
 
@@ -798,14 +732,7 @@ impl Cluster {
         if let Some(mut a) = self.agents[i].take() {
             let _ = a.wait();
         }
-        let t0 = Instant::now();
-        while Path::new(&format!("/proc/{pid}")).exists() && t0.elapsed() < Duration::from_secs(5) {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            if stat.contains(") Z ") {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        rep_testkit::kill9_and_reap(pid, Duration::from_millis(10));
         at
     }
 
@@ -827,13 +754,7 @@ impl Cluster {
     /// The data regions of both nodes, byte for byte.
     pub fn assert_identical(&self) {
         let n = self.data_bytes() as usize;
-        let a = std::fs::read(self.path("alpha.img")).unwrap();
-        let b = std::fs::read(self.path("beta.img")).unwrap();
-        let first = a[..n].iter().zip(&b[..n]).position(|(x, y)| x != y);
-        assert!(
-            first.is_none(),
-            "data regions differ first at byte {first:?}"
-        );
+        rep_testkit::assert_same_data(&self.path("alpha.img"), &self.path("beta.img"), n);
     }
 }
 
@@ -854,67 +775,4 @@ impl Drop for Cluster {
             }
         }
     }
-}
-
-pub fn random_file(dir: &Path, name: &str, bytes: usize, seed: u64) -> PathBuf {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(bytes);
-    while v.len() < bytes {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(bytes);
-    let p = dir.join(name);
-    std::fs::write(&p, v).unwrap();
-    p
-}
-
-/// Send raw datagrams from inside namespace `ns` (a thread that joins it).
-pub fn send_from_ns(ns: &str, to: std::net::SocketAddr, packets: Vec<Vec<u8>>) {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-        for p in packets {
-            s.send_to(&p, to).unwrap();
-        }
-    })
-    .join()
-    .unwrap();
-}
-
-/// Call `probe` every `every` until it gives a value; after `secs` without
-/// one, fail saying what was awaited and `debug()`.
-pub fn poll<T>(
-    what: &str,
-    secs: u64,
-    every: Duration,
-    mut probe: impl FnMut() -> Option<T>,
-    debug: impl Fn() -> String,
-) -> T {
-    let t0 = Instant::now();
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(
-            t0.elapsed() <= Duration::from_secs(secs),
-            "timed out waiting for {what}\n{}",
-            debug()
-        );
-        std::thread::sleep(every);
-    }
-}
-
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// The scenarios of one test binary run one at a time, so that the times
-/// they print are not the 2 cores' scheduling noise.
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -3,6 +3,7 @@
 
 #![allow(
     dead_code,
+    unused_imports,
     clippy::unwrap_used,
     clippy::panic,
     clippy::indexing_slicing,
@@ -14,36 +15,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use rep_testkit::{in_netns, Repctl};
 use serde_json::Value;
 
+pub use rep_testkit::{free_ports, ip, random_file, require};
+
 pub const NODES: [&str; 2] = ["alpha", "beta"];
-
-/// `N` distinct free ports: each is held until all are picked (ports
-/// asked for one at a time may repeat, and a resource file with one port
-/// twice is refused).
-pub fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<std::net::TcpListener> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let mut ports = [0u16; N];
-    for (p, l) in ports.iter_mut().zip(&held) {
-        *p = l.local_addr().unwrap().port();
-    }
-    ports
-}
-
-/// Fail loudly when a tool the test drives is missing.
-pub fn require(tool: &str, package: &str) {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "{tool} is not installed: apt-get install {package} (scripts/test-all.sh does it)"
-    );
-}
 
 #[derive(Debug)]
 pub struct Cluster {
@@ -123,8 +100,7 @@ impl Cluster {
         let [p0, p1, n0, n1] = free_ports::<4>();
         let (ports, nbd) = ([p0, p1], [n0, n1]);
         for n in NODES {
-            let f = std::fs::File::create(dir.path().join(format!("{n}.img"))).unwrap();
-            f.set_len(o.disk_mib << 20).unwrap();
+            rep_testkit::sparse_file(&dir.path().join(format!("{n}.img")), o.disk_mib << 20);
         }
         let text = config_text(&o, dir.path(), ports, nbd, "test-secret", o.resource);
         let p = dir.path().join(format!("{}.toml", o.resource));
@@ -151,40 +127,27 @@ impl Cluster {
     }
 
     pub fn cmd(&self, i: usize, program: &str) -> Command {
-        match &self.netns[i] {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, program]);
-                c
-            }
-            None => Command::new(program),
+        in_netns(self.netns[i].as_deref(), program)
+    }
+
+    /// Node i's repctl, inside its namespace if it has one.
+    pub fn node(&self, i: usize) -> Repctl<'_> {
+        Repctl {
+            bin: Path::new(env!("CARGO_BIN_EXE_repctl")),
+            config: &self.config[i],
+            node: NODES[i],
+            run_dir: &self.run_dir,
+            netns: self.netns[i].as_deref(),
         }
     }
 
     pub fn repctl(&self, i: usize, args: &[&str]) -> Output {
-        let mut c = self.cmd(i, env!("CARGO_BIN_EXE_repctl"));
-        c.arg("--config")
-            .arg(&self.config[i])
-            .arg("--node")
-            .arg(NODES[i])
-            .arg("--run-dir")
-            .arg(&self.run_dir);
-        c.args(args);
-        c.output().unwrap()
+        self.node(i).output(args)
     }
 
     /// Run repctl and insist it succeeds.
     pub fn ok(&self, i: usize, args: &[&str]) -> String {
-        let o = self.repctl(i, args);
-        assert!(
-            o.status.success(),
-            "repctl {} on {} failed:\n{}\n{}",
-            args.join(" "),
-            NODES[i],
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        self.node(i).ok(args)
     }
 
     pub fn up(&self, i: usize) {
@@ -217,11 +180,12 @@ impl Cluster {
 
     pub fn wait_synced(&self, secs: u64) {
         for i in 0..2 {
-            self.wait(i, "Connected UpToDate/UpToDate", secs, |s| {
-                s["connection"] == "Connected"
-                    && s["disk"] == "UpToDate"
-                    && s["peer_disk"] == "UpToDate"
-            });
+            self.wait(
+                i,
+                "Connected UpToDate/UpToDate",
+                secs,
+                rep_testkit::is_synced,
+            );
         }
     }
 
@@ -229,9 +193,7 @@ impl Cluster {
         let p = self
             .run_dir
             .join(format!("{}.{}.log", self.resource, NODES[i]));
-        let t = std::fs::read_to_string(p).unwrap_or_default();
-        let lines: Vec<&str> = t.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
+        rep_testkit::log_tail(&p, 15)
     }
 
     pub fn nbd_uri(&self, i: usize) -> String {
@@ -248,13 +210,7 @@ impl Cluster {
     /// The data regions of both nodes, byte for byte.
     pub fn assert_identical(&self) {
         let n = self.data_bytes(0) as usize;
-        let a = std::fs::read(self.img(0)).unwrap();
-        let b = std::fs::read(self.img(1)).unwrap();
-        let first = a[..n].iter().zip(&b[..n]).position(|(x, y)| x != y);
-        assert!(
-            first.is_none(),
-            "data regions differ first at byte {first:?}"
-        );
+        rep_testkit::assert_same_data(&self.img(0), &self.img(1), n);
     }
 
     pub fn pid(&self, i: usize) -> u32 {
@@ -263,18 +219,7 @@ impl Cluster {
 
     pub fn kill9(&self, i: usize) {
         let pid = self.pid(i);
-        Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()
-            .unwrap();
-        let t0 = Instant::now();
-        while Path::new(&format!("/proc/{pid}")).exists() && t0.elapsed() < Duration::from_secs(5) {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            if stat.contains(") Z ") {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        rep_testkit::kill9_and_reap(pid, Duration::from_millis(20));
     }
 
     /// Run a client program for node i (inside its netns, if any).
@@ -319,20 +264,12 @@ impl Drop for Cluster {
         for i in 0..2 {
             // Not through `ip netns exec`: the namespace may be gone already,
             // and the control socket is a path, reachable from anywhere.
-            let o = Command::new(env!("CARGO_BIN_EXE_repctl"))
-                .arg("--config")
-                .arg(&self.config[i])
-                .arg("--node")
-                .arg(NODES[i])
-                .arg("--run-dir")
-                .arg(&self.run_dir)
-                .args(["status", "--json"])
-                .output()
-                .unwrap();
-            if let Ok(v) = serde_json::from_slice::<Value>(&o.stdout) {
-                if let Some(pid) = v["pid"].as_u64() {
-                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-                }
+            let here = Repctl {
+                netns: None,
+                ..self.node(i)
+            };
+            if let Some(pid) = here.status().and_then(|v| v["pid"].as_u64()) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
             }
         }
     }
@@ -340,75 +277,25 @@ impl Drop for Cluster {
 
 /// Temp files on a real filesystem (O_DIRECT works there; /tmp may be tmpfs).
 pub fn target_tmp() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(&p).unwrap();
-    p
+    rep_testkit::target_tmp!()
 }
 
-pub fn random_file(dir: &Path, name: &str, bytes: usize, seed: u64) -> PathBuf {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(bytes);
-    while v.len() < bytes {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(bytes);
-    let p = dir.join(name);
-    std::fs::write(&p, v).unwrap();
-    p
-}
-
-/// Two network namespaces joined by a veth pair.
+/// Two network namespaces joined by a veth pair (the testkit's), and the
+/// options of a cluster that runs in them.
 #[derive(Debug)]
-pub struct Netns {
-    pub names: [String; 2],
-    pub ips: [String; 2],
-    pub veth: [String; 2],
-}
+pub struct Netns(rep_testkit::Netns);
 
-pub fn ip(args: &[&str]) {
-    let o = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("iproute2 is installed (apt-get install iproute2)");
-    assert!(
-        o.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&o.stderr)
-    );
+impl std::ops::Deref for Netns {
+    type Target = rep_testkit::Netns;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Netns {
     pub fn new(tag: &str) -> Self {
-        require("ip", "iproute2");
-        // Unique per process and per test (tests run in parallel).
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
-        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let id = std::process::id() % 200 + 20;
-        let _ = tag;
-        let names = [format!("rep{id}-{k}a"), format!("rep{id}-{k}b")];
-        let ips = [format!("10.{id}.{k}.1"), format!("10.{id}.{k}.2")];
-        let (va, vb) = (format!("rv{id}x{k}a"), format!("rv{id}x{k}b"));
-        for n in &names {
-            let _ = Command::new("ip").args(["netns", "del", n]).output();
-            ip(&["netns", "add", n]);
-            ip(&["-n", n, "link", "set", "lo", "up"]);
-        }
-        ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
-        ip(&["link", "set", &va, "netns", &names[0]]);
-        ip(&["link", "set", &vb, "netns", &names[1]]);
-        for (i, (n, v)) in names.iter().zip([&va, &vb]).enumerate() {
-            ip(&["-n", n, "addr", "add", &format!("{}/24", ips[i]), "dev", v]);
-            ip(&["-n", n, "link", "set", v, "up"]);
-        }
-        Netns {
-            names,
-            ips,
-            veth: [va, vb],
-        }
+        Netns(rep_testkit::Netns::new(tag))
     }
 
     pub fn opts(&self) -> Opts {
@@ -416,14 +303,6 @@ impl Netns {
             ip: self.ips.clone(),
             netns: [Some(self.names[0].clone()), Some(self.names[1].clone())],
             ..Opts::default()
-        }
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for n in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", n]).output();
         }
     }
 }

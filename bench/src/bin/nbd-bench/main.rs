@@ -2,19 +2,23 @@
 //! plugin on the same filesystem. See `nbd-bench --help` and
 //! bench/RESULTS.md.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use bench::fio::{self, Workload, WriteResult};
-use bench::procfs::{self, CpuUsage};
-use bench::rep::{field, is_synced, Binaries, Node, NodeSpec, ResourceSpec};
+use bench::fio::{self, Workload};
+use bench::procfs;
+use bench::rep::Binaries;
 use bench::util::{
-    check_interrupt, file_tail, free_port, free_ports, human_bytes, interrupted, median,
-    parse_size, prefill, require_tool, wait_tcp, KillOnDrop,
+    check_interrupt, file_tail, human_bytes, interrupted, parse_size, prefill, require_tool,
 };
 use clap::Parser;
+
+mod report;
+mod setup;
+
+use report::{rss_report, table, Sample};
+use setup::{setup_floor, setup_nbdkit, setup_pair, setup_standalone, Target};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -154,130 +158,6 @@ impl Kind {
     }
 }
 
-/// A server fio can write to, with the processes behind it. Dropping it
-/// takes the repd nodes down and kills nbdkit.
-#[derive(Debug)]
-struct Target {
-    kind: Kind,
-    uri: String,
-    /// repd nodes, the Primary first.
-    nodes: Vec<Node>,
-    server: Option<KillOnDrop>,
-    /// nbdkit's image, fsynced after each run.
-    image: Option<PathBuf>,
-}
-
-impl Target {
-    /// The server processes to watch, with a name for each.
-    fn procs(&self) -> Vec<(u32, String)> {
-        let mut v: Vec<(u32, String)> = self
-            .nodes
-            .iter()
-            .filter_map(|n| n.pid.map(|p| (p, n.name.clone())))
-            .collect();
-        if let Some(s) = &self.server {
-            let name = match self.kind {
-                Kind::FloorC | Kind::FloorStandAlone => "floor",
-                _ => "nbdkit",
-            };
-            v.push((s.pid(), name.into()));
-        }
-        v
-    }
-
-    /// Is the target in the state it is measured in?
-    fn check_state(&mut self) -> Result<(), String> {
-        if let Some(s) = &mut self.server {
-            if !s.alive() {
-                return Err(format!("{} exited", s.what));
-            }
-        }
-        let Some(p) = self.nodes.first() else {
-            return Ok(());
-        };
-        let st = p.status()?;
-        let ok = field(&st, "role") == "Primary"
-            && match self.kind {
-                Kind::StandAlone => {
-                    field(&st, "connection") == "StandAlone" && field(&st, "disk") == "UpToDate"
-                }
-                _ => is_synced(&st),
-            };
-        if ok {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} is not in its measured state: role {} connection {} disk {}/{}{}",
-                p.name,
-                field(&st, "role"),
-                field(&st, "connection"),
-                field(&st, "disk"),
-                field(&st, "peer_disk"),
-                p.log_excerpt()
-            ))
-        }
-    }
-
-    /// After a run: let what is still in flight land, so it does not run
-    /// into the next target's measurement.
-    fn quiesce(&self) -> Result<(), String> {
-        if let Some(img) = &self.image {
-            std::fs::File::open(img)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| format!("fsync {}: {e}", img.display()))?;
-        }
-        if let Some(p) = self.nodes.first() {
-            p.wait_idle(Duration::from_secs(60))?;
-        }
-        Ok(())
-    }
-}
-
-/// One fio run's figures.
-#[derive(Debug, Clone)]
-struct Sample {
-    fio: WriteResult,
-    cpu: Option<CpuUsage>,
-    names: Vec<(u32, String)>,
-}
-
-impl Sample {
-    fn server_cpu(&self) -> String {
-        self.cpu
-            .as_ref()
-            .map_or("-".into(), |c| format!("{:.0}%", c.total_pct()))
-    }
-
-    fn busiest(&self) -> String {
-        let Some((pid, comm, pct)) = self.cpu.as_ref().and_then(|c| c.busiest.clone()) else {
-            return "-".into();
-        };
-        let who = self
-            .names
-            .iter()
-            .find(|(p, _)| *p == pid)
-            .map_or("?", |(_, n)| n.as_str());
-        format!("{who}:{comm} {pct:.0}%")
-    }
-
-    /// Server CPU time per completed I/O, in µs.
-    fn cpu_per_io(&self) -> String {
-        match &self.cpu {
-            Some(c) if self.fio.iops > 0.0 => {
-                format!("{:.0}", c.total_pct() / 100.0 * 1e6 / self.fio.iops)
-            }
-            _ => "-".into(),
-        }
-    }
-
-    fn host_cpu(&self) -> String {
-        self.cpu
-            .as_ref()
-            .and_then(|c| c.host_pct)
-            .map_or("-".into(), |h| format!("{h:.0}%"))
-    }
-}
-
 /// The temp directory and everything running in it. Field order is drop
 /// order: the servers stop before their files are removed.
 #[derive(Debug)]
@@ -410,6 +290,34 @@ fn run(cli: &Cli) -> Result<bool, String> {
         None => exe_dir()?,
     };
     let bins = Binaries::in_dir(&bin_dir)?;
+    check_tools()?;
+    let (dir, peer_dir, fs) = make_dirs(cli, &s)?;
+    let kinds = chosen_kinds(cli, peer_dir.is_some())?;
+    let floor_bin = bin_dir.join("floor-pair");
+    if cli.floor && !floor_bin.is_file() {
+        return Err(format!(
+            "{} not found: build it with `cargo build --release -p bench --bins` or pass --bin-dir",
+            floor_bin.display()
+        ));
+    }
+
+    print_header(&s, &fs, dir.path(), &bins, peer_dir.as_ref());
+    let mut lab = Lab {
+        targets: Vec::new(),
+        dir,
+        peer_dir,
+    };
+    let mut failures: Vec<String> = Vec::new();
+    setup_targets(&mut lab, &kinds, &bins, &floor_bin, &s, &mut failures)?;
+    let samples = measure(&mut lab, &s, &mut failures)?;
+    print_report(&lab, &kinds, &samples, &s);
+    let notes = take_down(lab, &mut failures);
+    print_notes(&notes);
+    Ok(summary(&failures))
+}
+
+/// fio with its nbd engine and nbdkit with its file plugin are installed.
+fn check_tools() -> Result<(), String> {
     require_tool("fio", "fio")?;
     require_tool("nbdkit", "nbdkit")?;
     let engines = Command::new("fio")
@@ -433,7 +341,15 @@ fn run(cli: &Cli) -> Result<bool, String> {
     if !plugin.is_ok_and(|st| st.success()) {
         return Err("nbdkit has no file plugin: apt-get install -y nbdkit".into());
     }
+    Ok(())
+}
 
+/// The temp directory under --dir (on a real filesystem, with room for the
+/// images) and the one under --peer-dir if given; and --dir's filesystem.
+fn make_dirs(
+    cli: &Cli,
+    s: &Settings,
+) -> Result<(tempfile::TempDir, Option<tempfile::TempDir>, String), String> {
     let base = cli.dir.clone().unwrap_or_else(default_base_dir);
     std::fs::create_dir_all(&base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;
     let fs = fs_type(&base);
@@ -477,6 +393,12 @@ fn run(cli: &Cli) -> Result<bool, String> {
         }
         None => None,
     };
+    Ok((dir, peer_dir, fs))
+}
+
+/// The targets to measure: all, or those --targets names; the --peer-dir
+/// pair and the floor only when asked for.
+fn chosen_kinds(cli: &Cli, has_peer_dir: bool) -> Result<Vec<Kind>, String> {
     for t in &cli.targets {
         if !KINDS.iter().any(|k| k.slug() == t) {
             let known: Vec<&str> = KINDS.iter().map(|k| k.slug()).collect();
@@ -489,7 +411,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
     // The --peer-dir pair and the floor only when asked for.
     let kinds: Vec<Kind> = KINDS
         .into_iter()
-        .filter(|k| *k != Kind::RepCPeerOwn || peer_dir.is_some())
+        .filter(|k| *k != Kind::RepCPeerOwn || has_peer_dir)
         .filter(|k| !matches!(k, Kind::FloorC | Kind::FloorStandAlone) || cli.floor)
         .filter(|k| cli.targets.is_empty() || cli.targets.iter().any(|t| t == k.slug()))
         .collect();
@@ -498,14 +420,17 @@ fn run(cli: &Cli) -> Result<bool, String> {
             "--targets leaves nothing to measure (--floor and --peer-dir enable their rows)".into(),
         );
     }
-    let floor_bin = bin_dir.join("floor-pair");
-    if cli.floor && !floor_bin.is_file() {
-        return Err(format!(
-            "{} not found: build it with `cargo build --release -p bench --bins` or pass --bin-dir",
-            floor_bin.display()
-        ));
-    }
+    Ok(kinds)
+}
 
+/// What the run is and where: the first lines of the report.
+fn print_header(
+    s: &Settings,
+    fs: &str,
+    dir: &Path,
+    bins: &Binaries,
+    peer_dir: Option<&tempfile::TempDir>,
+) {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     println!("# nbd-bench {}", argv.join(" "));
     println!(
@@ -524,7 +449,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
                 .map(|l| l.trim_start_matches("MemTotal:").trim().to_string()))
             .unwrap_or_default()
     );
-    println!("temp dir:   {} ({fs})", dir.path().display());
+    println!("temp dir:   {} ({fs})", dir.display());
     println!(
         "tools:      {}, {}",
         first_line("fio", &["--version"]),
@@ -545,7 +470,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
             .trim()
     );
 
-    if let Some(p) = &peer_dir {
+    if let Some(p) = peer_dir {
         println!(
             "peer dir:   {} ({}): the Secondary of \"{}\"",
             p.path().display(),
@@ -553,39 +478,42 @@ fn run(cli: &Cli) -> Result<bool, String> {
             Kind::RepCPeerOwn.label()
         );
     }
-    let mut lab = Lab {
-        targets: Vec::new(),
-        dir,
-        peer_dir,
-    };
-    let mut failures: Vec<String> = Vec::new();
-    let mut notes: Vec<String> = Vec::new();
+}
 
-    // Setup: every target, before any measurement.
+/// Every target, before any measurement; a target that cannot be set up is
+/// a failure, and the others go on.
+fn setup_targets(
+    lab: &mut Lab,
+    kinds: &[Kind],
+    bins: &Binaries,
+    floor_bin: &Path,
+    s: &Settings,
+    failures: &mut Vec<String>,
+) -> Result<(), String> {
     println!("\nsetting up...");
     let base_img = lab.dir.path().join("baseline.img");
     let base_ready = prefill(&base_img, s.size);
-    for &kind in &kinds {
+    for &kind in kinds {
         check_interrupt()?;
         let t0 = Instant::now();
         let r = match kind {
-            Kind::RepC => setup_pair(lab.dir.path(), None, &bins, "C", s.size),
+            Kind::RepC => setup_pair(lab.dir.path(), None, bins, "C", s.size),
             Kind::RepCPeerOwn => setup_pair(
                 lab.dir.path(),
                 lab.peer_dir.as_ref().map(tempfile::TempDir::path),
-                &bins,
+                bins,
                 "C",
                 s.size,
             ),
-            Kind::RepA => setup_pair(lab.dir.path(), None, &bins, "A", s.size),
-            Kind::StandAlone => setup_standalone(lab.dir.path(), &bins, s.size),
+            Kind::RepA => setup_pair(lab.dir.path(), None, bins, "A", s.size),
+            Kind::StandAlone => setup_standalone(lab.dir.path(), bins, s.size),
             Kind::Nbdkit | Kind::NbdkitNoCache => base_ready.clone().and_then(|()| {
                 setup_nbdkit(lab.dir.path(), &base_img, kind == Kind::NbdkitNoCache)
             }),
             Kind::FloorC | Kind::FloorStandAlone => setup_floor(
                 lab.dir.path(),
                 lab.peer_dir.as_ref().map(tempfile::TempDir::path),
-                &floor_bin,
+                floor_bin,
                 kind,
                 s.size,
             ),
@@ -607,8 +535,16 @@ fn run(cli: &Cli) -> Result<bool, String> {
             }
         }
     }
+    Ok(())
+}
 
-    // Measure: all targets for one workload, then the next workload.
+/// All targets for one workload, then the next workload, `s.rounds` times;
+/// the samples by workload and kind.
+fn measure(
+    lab: &mut Lab,
+    s: &Settings,
+    failures: &mut Vec<String>,
+) -> Result<Vec<Vec<Vec<Sample>>>, String> {
     let mut samples: Vec<Vec<Vec<Sample>>> = vec![vec![Vec::new(); KINDS.len()]; WORKLOADS.len()];
     let mut run_errors: Vec<Vec<Vec<String>>> =
         vec![vec![Vec::new(); KINDS.len()]; WORKLOADS.len()];
@@ -629,7 +565,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
                     w.title,
                     t.kind.label()
                 );
-                match run_one(t, w, &s, lab.dir.path(), round) {
+                match run_one(t, w, s, lab.dir.path(), round) {
                     Ok(smp) => {
                         println!(
                             "{tag}: {:.0} IOPS, {:.1} MB/s, p99 {:.0} µs, server CPU {}",
@@ -660,11 +596,15 @@ fn run(cli: &Cli) -> Result<bool, String> {
             .unwrap_or_default()
             .trim()
     );
+    Ok(samples)
+}
 
+/// The tables of the medians, their legend and repd's peak RSS.
+fn print_report(lab: &Lab, kinds: &[Kind], samples: &[Vec<Vec<Sample>>], s: &Settings) {
     for (wi, w) in WORKLOADS.iter().enumerate() {
         let empty = Vec::new();
         let per_kind = samples.get(wi).unwrap_or(&empty);
-        print!("{}", table(w, per_kind, &kinds, &lab.targets, s.rounds));
+        print!("{}", table(w, per_kind, kinds, &lab.targets, s.rounds));
     }
     println!(
         "\n×nbdkit, ×nbdkit nc: IOPS relative to nbdkit file, nbdkit file cache=none. server CPU: CPU of the \
@@ -673,8 +613,12 @@ fn run(cli: &Cli) -> Result<bool, String> {
          (100% per core); fio CPU: fio's own. All but fio's sampled inside the measured window of the median-IOPS round."
     );
     print!("{}", rss_report(&lab.targets));
+}
 
-    // Take everything down (the guards do it too, on every path).
+/// Takes everything down (the guards do it too, on every path); what the
+/// cleanup said that is not a failure.
+fn take_down(lab: Lab, failures: &mut Vec<String>) -> Vec<String> {
+    let mut notes: Vec<String> = Vec::new();
     let Lab {
         targets,
         dir,
@@ -691,245 +635,31 @@ fn run(cli: &Cli) -> Result<bool, String> {
     }
     drop(dir);
     drop(peer_dir);
+    notes
+}
+
+fn print_notes(notes: &[String]) {
     if !notes.is_empty() {
         println!("\nnotes from the cleanup (not failures):");
-        for n in &notes {
+        for n in notes {
             println!("  - {}", n.replace('\n', "\n    "));
         }
     }
+}
 
+/// The last lines: all ran, or each failure in one line; whether all ran.
+fn summary(failures: &[String]) -> bool {
     if failures.is_empty() {
         println!("\nall targets ran");
-        Ok(true)
+        true
     } else {
         println!("\n{} failure(s):", failures.len());
-        for f in &failures {
+        for f in failures {
             // The details were printed where it happened.
             println!("  - {}", f.lines().next().unwrap_or_default());
         }
-        Ok(false)
+        false
     }
-}
-
-/// Writes `d/r0.toml`: resource r0 with `protocol`, alpha on `alpha_disk`
-/// exporting NBD, beta on `beta_disk`, each on a free loopback port (rate
-/// unlimited, AL covering the whole device). Returns the file and alpha's
-/// NBD port.
-fn write_config(
-    d: &Path,
-    protocol: &str,
-    alpha_disk: PathBuf,
-    beta_disk: PathBuf,
-) -> Result<(PathBuf, u16), String> {
-    let [nbd, a_port, b_port] = free_ports::<3>()?;
-    let spec = ResourceSpec {
-        name: "r0".into(),
-        protocol: protocol.into(),
-        rate: "0".into(),
-        al_extents: 1237,
-        nodes: vec![
-            NodeSpec {
-                name: "alpha".into(),
-                address: format!("127.0.0.1:{a_port}"),
-                disk: alpha_disk,
-                nbd: Some(format!("127.0.0.1:{nbd}")),
-            },
-            NodeSpec {
-                name: "beta".into(),
-                address: format!("127.0.0.1:{b_port}"),
-                disk: beta_disk,
-                nbd: None,
-            },
-        ],
-    };
-    let cfg = d.join("r0.toml");
-    std::fs::write(&cfg, spec.toml())
-        .map_err(|e| format!("cannot write {}: {e}", cfg.display()))?;
-    Ok((cfg, nbd))
-}
-
-/// Two nodes on loopback, alpha Primary, after the initial full sync;
-/// beta's image in `peer_dir` if given, else next to alpha's.
-fn setup_pair(
-    dir: &Path,
-    peer_dir: Option<&Path>,
-    bins: &Binaries,
-    protocol: &str,
-    size: u64,
-) -> Result<Target, String> {
-    let name = format!(
-        "proto-{}{}",
-        protocol.to_ascii_lowercase(),
-        if peer_dir.is_some() { "-peer-own" } else { "" }
-    );
-    let d = dir.join(&name);
-    std::fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
-    let alpha = d.join("alpha.img");
-    let beta = peer_dir.unwrap_or(&d).join("beta.img");
-    prefill(&alpha, size)?;
-    // The initial sync writes all of beta's data region.
-    std::fs::File::create(&beta)
-        .and_then(|f| f.set_len(size))
-        .map_err(|e| format!("cannot create {}: {e}", beta.display()))?;
-    let (cfg, nbd) = write_config(&d, protocol, alpha, beta)?;
-    let run_dir = d.join("run");
-    let mut nodes = vec![
-        Node::new("r0", "alpha", &cfg, &run_dir, bins),
-        Node::new("r0", "beta", &cfg, &run_dir, bins),
-    ];
-    for n in &mut nodes {
-        n.create_md()?;
-        n.up()?;
-    }
-    let p = nodes.first().ok_or("no node")?;
-    p.repctl(&["primary", "--force"])?;
-    // Generous: 100 s + 20 MB/s.
-    let limit = Duration::from_secs(100 + size / 20_000_000);
-    for n in &nodes {
-        n.wait("Connected UpToDate/UpToDate", limit, is_synced)?;
-    }
-    p.wait_idle(Duration::from_secs(30))?;
-    Ok(Target {
-        kind: match (protocol, peer_dir) {
-            ("A", _) => Kind::RepA,
-            (_, Some(_)) => Kind::RepCPeerOwn,
-            _ => Kind::RepC,
-        },
-        uri: format!("nbd://127.0.0.1:{nbd}/r0"),
-        nodes,
-        server: None,
-        image: None,
-    })
-}
-
-/// One node, disconnected (StandAlone), Primary with --force.
-fn setup_standalone(dir: &Path, bins: &Binaries, size: u64) -> Result<Target, String> {
-    let d = dir.join("standalone");
-    std::fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
-    let alpha = d.join("alpha.img");
-    prefill(&alpha, size)?;
-    // beta is never started: nobody listens at its address.
-    let (cfg, nbd) = write_config(&d, "C", alpha, d.join("beta.img"))?;
-    let mut n = Node::new("r0", "alpha", &cfg, &d.join("run"), bins);
-    n.create_md()?;
-    n.up()?;
-    n.repctl(&["disconnect"])?;
-    n.repctl(&["primary", "--force"])?;
-    n.wait(
-        "StandAlone Primary UpToDate",
-        Duration::from_secs(30),
-        |s| {
-            field(s, "connection") == "StandAlone"
-                && field(s, "role") == "Primary"
-                && field(s, "disk") == "UpToDate"
-        },
-    )?;
-    Ok(Target {
-        kind: Kind::StandAlone,
-        uri: format!("nbd://127.0.0.1:{nbd}/r0"),
-        nodes: vec![n],
-        server: None,
-        image: None,
-    })
-}
-
-/// `nbdkit file` on the baseline image, default caching or cache=none.
-fn setup_nbdkit(dir: &Path, image: &Path, cache_none: bool) -> Result<Target, String> {
-    let port = free_port()?;
-    let kind = if cache_none {
-        Kind::NbdkitNoCache
-    } else {
-        Kind::Nbdkit
-    };
-    let mut c = Command::new("nbdkit");
-    c.args([
-        "-f",
-        "--exit-with-parent",
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-t",
-        "16",
-        "-e",
-        "r0",
-        "file",
-    ])
-    .arg(format!("file={}", image.display()));
-    if cache_none {
-        c.arg("cache=none");
-    }
-    let log = dir.join(format!("{}.log", kind.slug()));
-    serve(kind, c, "nbdkit", &log, port, Some(image.to_path_buf()))
-}
-
-/// Starts `c`, a server of export r0 on 127.0.0.1:`port` logging to
-/// `log`, and waits until it accepts connections.
-fn serve(
-    kind: Kind,
-    mut c: Command,
-    what: &str,
-    log: &Path,
-    port: u16,
-    image: Option<PathBuf>,
-) -> Result<Target, String> {
-    let logf =
-        std::fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
-    let errf = logf.try_clone().map_err(|e| e.to_string())?;
-    let child = c
-        .stdin(Stdio::null())
-        .stdout(logf)
-        .stderr(errf)
-        .spawn()
-        .map_err(|e| format!("cannot start {what}: {e}"))?;
-    let mut server = KillOnDrop {
-        child,
-        what: format!("{what} ({})", kind.label()),
-    };
-    if let Err(e) = wait_tcp(port, Duration::from_secs(10)) {
-        let why = if server.alive() {
-            e
-        } else {
-            format!("{what} exited")
-        };
-        return Err(format!("{why}; log:\n{}", file_tail(log, 10)));
-    }
-    Ok(Target {
-        kind,
-        uri: format!("nbd://127.0.0.1:{port}/r0"),
-        nodes: Vec::new(),
-        server: Some(server),
-        image,
-    })
-}
-
-/// `floor-pair` serving a prefilled image; for [`Kind::FloorC`] its
-/// Secondary's image is in `peer_dir` if given, else beside the Primary's.
-fn setup_floor(
-    dir: &Path,
-    peer_dir: Option<&Path>,
-    bin: &Path,
-    kind: Kind,
-    size: u64,
-) -> Result<Target, String> {
-    let d = dir.join(kind.slug());
-    std::fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
-    let alpha = d.join("alpha.img");
-    prefill(&alpha, size)?;
-    let port = free_port()?;
-    let mut c = Command::new(bin);
-    c.arg("--nbd")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--file")
-        .arg(&alpha);
-    if kind == Kind::FloorC {
-        let beta = peer_dir.unwrap_or(&d).join("floor-beta.img");
-        prefill(&beta, size)?;
-        c.args(["--mode", "replicated", "--peer-file"]).arg(beta);
-    } else {
-        c.args(["--mode", "standalone"]);
-    }
-    serve(kind, c, "floor-pair", &d.join("floor-pair.log"), port, None)
 }
 
 /// One fio run against one target; samples the servers' CPU during the
@@ -1001,251 +731,4 @@ fn run_one(
     t.quiesce()?;
     t.check_state().map_err(|e| format!("after the run: {e}"))?;
     Ok(Sample { fio, cpu, names })
-}
-
-fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
-    }
-}
-
-fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
-    v.map_or("-".into(), |x| format!("{x:.decimals$}"))
-}
-
-/// A Markdown table with aligned columns; a header starting with '<' is
-/// left-aligned (the '<' is dropped), the others right-aligned.
-fn md_table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let left: Vec<bool> = headers.iter().map(|h| h.starts_with('<')).collect();
-    let heads: Vec<String> = headers
-        .iter()
-        .map(|h| h.trim_start_matches('<').to_string())
-        .collect();
-    let mut width: Vec<usize> = heads.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
-        for (w, c) in width.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: &[String]| -> String {
-        let mut l = String::from("|");
-        for (i, c) in cells.iter().enumerate() {
-            let w = width.get(i).copied().unwrap_or(0);
-            let pad = " ".repeat(w.saturating_sub(c.chars().count()));
-            if left.get(i).copied().unwrap_or(true) {
-                let _ = write!(l, " {c}{pad} |");
-            } else {
-                let _ = write!(l, " {pad}{c} |");
-            }
-        }
-        l.push('\n');
-        l
-    };
-    let mut s = line(&heads);
-    let rule: Vec<String> = width
-        .iter()
-        .zip(&left)
-        .map(|(w, l)| {
-            if *l {
-                format!(":{}", "-".repeat(w.saturating_sub(1)))
-            } else {
-                format!("{}:", "-".repeat(w.saturating_sub(1)))
-            }
-        })
-        .collect();
-    s.push_str(&line(&rule));
-    for r in rows {
-        s.push_str(&line(r));
-    }
-    s
-}
-
-/// The table of one workload: medians over the rounds.
-fn table(
-    w: &Workload,
-    per_kind: &[Vec<Sample>],
-    kinds: &[Kind],
-    targets: &[Target],
-    rounds: u32,
-) -> String {
-    let samples = |k: Kind| -> &[Sample] {
-        KINDS
-            .iter()
-            .position(|x| *x == k)
-            .and_then(|i| per_kind.get(i))
-            .map_or(&[], Vec::as_slice)
-    };
-    let med = |k: Kind, f: fn(&WriteResult) -> f64| -> Option<f64> {
-        let v: Vec<f64> = samples(k).iter().map(|s| f(&s.fio)).collect();
-        median(&v)
-    };
-    // The CPU columns come from the round with the median IOPS.
-    let median_sample = |k: Kind| -> Option<Sample> {
-        let mut v = samples(k).to_vec();
-        v.sort_by(|a, b| a.fio.iops.total_cmp(&b.fio.iops));
-        let mid = v.len().saturating_sub(1) / 2;
-        v.get(mid).cloned()
-    };
-    let iops = |k: Kind| med(k, |r| r.iops);
-    let mut rows = Vec::new();
-    for &k in kinds {
-        let Some(m) = median_sample(k) else {
-            let why = if targets.iter().any(|t| t.kind == k) {
-                "run failed"
-            } else {
-                "setup failed"
-            };
-            let mut r = vec![k.label().to_string(), why.to_string()];
-            r.resize(12, String::new());
-            rows.push(r);
-            continue;
-        };
-        // Only repd's O_DIRECT writes are counted exactly; for nbdkit's
-        // buffered writes the kernel counts whole (large) page-cache folios.
-        let amp = m
-            .cpu
-            .as_ref()
-            .and_then(|c| c.written_per_s)
-            .filter(|_| !matches!(k, Kind::Nbdkit | Kind::NbdkitNoCache))
-            .map(|b| b / m.fio.bw_bytes);
-        rows.push(vec![
-            k.label().to_string(),
-            fmt_opt(iops(k), 0),
-            fmt_opt(med(k, WriteResult::mb_s), 1),
-            fmt_opt(med(k, |r| r.p99_us), 0),
-            fmt_opt(ratio(iops(k), iops(Kind::Nbdkit)), 2),
-            fmt_opt(ratio(iops(k), iops(Kind::NbdkitNoCache)), 2),
-            m.server_cpu(),
-            m.cpu_per_io(),
-            m.busiest(),
-            fmt_opt(amp, 2),
-            m.host_cpu(),
-            format!("{:.0}%", m.fio.fio_cpu_pct),
-        ]);
-    }
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "\n## {} (fio {}, ioengine=nbd, 1 job; median of {rounds} round{})\n",
-        w.title,
-        w.options(),
-        if rounds == 1 { "" } else { "s" }
-    );
-    s.push_str(&md_table(
-        &[
-            "<target",
-            "IOPS",
-            "MB/s",
-            "p99 µs",
-            "×nbdkit",
-            "×nbdkit nc",
-            "server CPU",
-            "CPU µs/IO",
-            "<busiest server thread",
-            "wr amp",
-            "host CPU",
-            "fio CPU",
-        ],
-        &rows,
-    ));
-    let _ = writeln!(s);
-    // A ratio line only for targets that were selected (--targets).
-    let both = |a: Kind, b: Kind| kinds.contains(&a) && kinds.contains(&b);
-    let with_target = |num: Kind, what: &str| {
-        let c = ratio(iops(num), iops(Kind::StandAlone));
-        format!(
-            "{what} / StandAlone (IOPS): {} — target >= {C_VS_STANDALONE_TARGET:.1}: {}",
-            fmt_opt(c, 2),
-            verdict(c)
-        )
-    };
-    if both(Kind::RepC, Kind::StandAlone) {
-        let _ = writeln!(s, "{}", with_target(Kind::RepC, "protocol C"));
-    }
-    if both(Kind::RepCPeerOwn, Kind::StandAlone) {
-        let _ = writeln!(
-            s,
-            "{}",
-            with_target(Kind::RepCPeerOwn, "protocol C, peer on --peer-dir")
-        );
-    }
-    if both(Kind::FloorC, Kind::FloorStandAlone) {
-        let _ = writeln!(
-            s,
-            "floor-pair C / floor-pair StandAlone (IOPS): {} (what a second copy costs here, with no engine)",
-            fmt_opt(ratio(iops(Kind::FloorC), iops(Kind::FloorStandAlone)), 2)
-        );
-    }
-    for c in [Kind::RepC, Kind::RepCPeerOwn] {
-        if both(c, Kind::FloorC) {
-            let _ = writeln!(
-                s,
-                "{} / floor-pair C (IOPS): {}",
-                c.label(),
-                fmt_opt(ratio(iops(c), iops(Kind::FloorC)), 2)
-            );
-        }
-    }
-    if both(Kind::RepA, Kind::StandAlone) {
-        let _ = writeln!(
-            s,
-            "protocol A / StandAlone (IOPS): {}",
-            fmt_opt(ratio(iops(Kind::RepA), iops(Kind::StandAlone)), 2)
-        );
-    }
-    if both(Kind::StandAlone, Kind::Nbdkit) || both(Kind::StandAlone, Kind::NbdkitNoCache) {
-        let _ = writeln!(
-            s,
-            "StandAlone / nbdkit file (IOPS): {}, / nbdkit file cache=none: {}",
-            fmt_opt(ratio(iops(Kind::StandAlone), iops(Kind::Nbdkit)), 2),
-            fmt_opt(ratio(iops(Kind::StandAlone), iops(Kind::NbdkitNoCache)), 2)
-        );
-    }
-    s
-}
-
-/// Whether a protocol C / StandAlone ratio meets the issue's target.
-fn verdict(c: Option<f64>) -> &'static str {
-    match c {
-        Some(r) if r >= C_VS_STANDALONE_TARGET => "holds",
-        Some(_) => "does NOT hold",
-        None => "cannot tell (a target failed)",
-    }
-}
-
-/// Peak RSS of every repd against 64 MiB + its bitmap.
-fn rss_report(targets: &[Target]) -> String {
-    let mut rows = Vec::new();
-    for t in targets {
-        for n in &t.nodes {
-            let Some(pid) = n.pid else { continue };
-            let data = n
-                .status()
-                .ok()
-                .and_then(|st| field(&st, "data_bytes").as_u64());
-            let hwm = procfs::read_vm_hwm(pid);
-            let bitmap = data.map(|d| d.div_ceil(4096).div_ceil(8));
-            let limit = bitmap.map(|b| (64u64 << 20) + b);
-            let holds = match (&hwm, limit) {
-                (Ok(h), Some(l)) if *h <= l => "yes",
-                (Ok(_), Some(_)) => "NO",
-                _ => "?",
-            };
-            rows.push(vec![
-                t.kind.label().to_string(),
-                n.name.clone(),
-                hwm.as_ref().map_or("gone".into(), |h| human_bytes(*h)),
-                bitmap.map_or("?".into(), human_bytes),
-                limit.map_or("?".into(), human_bytes),
-                holds.to_string(),
-            ]);
-        }
-    }
-    let mut s = String::from("\n## repd peak RSS (VmHWM, after all runs); limit: 64 MiB + bitmap (data bytes / 4096 / 8)\n\n");
-    s.push_str(&md_table(
-        &["<target", "<node", "VmHWM", "bitmap", "limit", "<holds"],
-        &rows,
-    ));
-    s
 }
