@@ -272,7 +272,7 @@ impl Node {
     /// The block device path the ublk device will have.
     #[must_use]
     pub fn device_path(&self) -> PathBuf {
-        PathBuf::from(format!("/dev/ublkb{}", self.device))
+        crate::device::device_path(self.device)
     }
 }
 
@@ -1239,7 +1239,7 @@ disk = "/tmp/b.img"
 
     #[test]
     fn sample_file_parses() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/r0.toml");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/r0.toml");
         let c = Config::load(path).unwrap();
         assert_eq!(c.resource.name, "r0");
         let (alpha, beta) = c.local(Some("alpha")).unwrap();
