@@ -283,7 +283,9 @@ pub struct DataGen {
 impl DataGen {
     /// From the engine's status (hex strings), `None` if it has none.
     pub fn of(handle: &EngineHandle) -> Option<DataGen> {
-        let st = handle.control(rep_control::protocol::ControlCmd::Status)?.status?;
+        let st = handle
+            .control(rep_control::protocol::ControlCmd::Status)?
+            .status?;
         let g = &st.generations;
         Some(DataGen {
             current: u64::from_str_radix(&g.current, 16).ok()?,
