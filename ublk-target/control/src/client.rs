@@ -28,6 +28,8 @@ pub fn log_path(run_dir: &Path, resource: &str, node: &str) -> PathBuf {
     run_dir.join(format!("{resource}.{node}.log"))
 }
 
+/// What can go wrong on the control socket: the first three on repd's side
+/// (serving it), the others on a client's (reaching repd).
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("cannot create the run directory {dir}: {source}")]

@@ -183,3 +183,29 @@ pub struct SyncProgress {
     pub remaining_bytes: u64,
     pub total_bytes: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers without a refusal read and write as before the field
+    /// existed: old clients and the server's fixed JSON lines still parse,
+    /// and nothing new appears in the JSON.
+    #[test]
+    fn a_reply_without_refusal_keeps_its_json() {
+        let r: ControlReply =
+            serde_json::from_str(r#"{"ok":false,"error":"the daemon is stopping"}"#).unwrap();
+        assert_eq!(r.refusal, None);
+        assert_eq!(r.error.as_deref(), Some("the daemon is stopping"));
+        let ok = ControlReply {
+            ok: true,
+            error: None,
+            refusal: None,
+            status: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&ok).unwrap(),
+            r#"{"ok":true,"status":null}"#
+        );
+    }
+}
