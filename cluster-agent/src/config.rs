@@ -56,8 +56,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rep_control::config::{Config, ConfigError};
 use serde::Deserialize;
-use ublk_target::config::{Config, ConfigError};
 
 /// Everything the agent needs from the resource file.
 #[derive(Debug, Clone)]

@@ -10,10 +10,10 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{SigSet, Signal};
+use rep_control::client::ControlError;
+use rep_control::protocol::{ControlCmd, NodeStatus};
 use replication_proto::wire::Role;
 use serde_json::{json, Value};
-use ublk_target::control::ControlError;
-use ublk_target::engine::{ControlCmd, NodeStatus};
 
 use replication_proto::gen::Generations;
 
@@ -155,9 +155,9 @@ pub fn run(opts: &Options) -> Result<(), String> {
     let device = cfg
         .resource
         .node(&cfg.me)
-        .map(ublk_target::config::Node::device_path)
+        .map(rep_control::config::Node::device_path)
         .unwrap_or_default();
-    let repd_sock = ublk_target::control::socket_path(&opts.run_dir, &resource, &cfg.me);
+    let repd_sock = rep_control::client::socket_path(&opts.run_dir, &resource, &cfg.me);
     let agent_sock = control::socket_path(&opts.run_dir, &resource, &cfg.me);
 
     let (tx, rx) = mpsc::channel::<Msg>();
@@ -246,7 +246,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
         node: cfg.me.clone(),
         peer: cfg.peer.clone(),
         device: device.clone(),
-        wait_for_device: ublk_target::ublk::driver_present(),
+        wait_for_device: rep_control::device::driver_present(),
     };
     if !cfg.cluster.ops.ping_nodes.is_empty() {
         let tx = tx.clone();
@@ -583,7 +583,7 @@ fn repd_worker(sock: &Path, every: Duration, rx: &Receiver<Op>, tx: &Sender<Msg>
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        let msg = match ublk_target::control::request(
+        let msg = match rep_control::client::request(
             sock,
             &ControlCmd::Status,
             Some(Duration::from_secs(2)),
@@ -625,7 +625,7 @@ fn repd_op(sock: &Path, op: &Op) -> OpResult {
         Op::Outdate => (ControlCmd::Outdate, "outdate"),
         other => return OpResult::Failed(format!("{other:?} is not a device operation")),
     };
-    match ublk_target::control::request(sock, &cmd, Some(Duration::from_secs(60))) {
+    match rep_control::client::request(sock, &cmd, Some(Duration::from_secs(60))) {
         Ok(r) if r.ok => match (&cmd, r.status.map(|s| s.role)) {
             (ControlCmd::Primary { .. }, Some(Role::Secondary)) => {
                 OpResult::Failed(format!("{what}: repd answered ok but is still Secondary"))

@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand};
 use cluster_agent::config::AgentConfig;
 use cluster_agent::control::{self, Request};
 use cluster_agent::daemon::{self, Options};
+use rep_control::client::DEFAULT_RUN_DIR;
 use serde_json::Value;
-use ublk_target::control::DEFAULT_RUN_DIR;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -90,7 +90,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         None | Some(Command::Run) if cli.witness => {
-            ublk_target::logs::init();
+            rep_control::logs::init();
             cluster_agent::witness::run(&cluster_agent::witness::WitnessOptions {
                 config: cli.config.clone(),
                 run_dir: cli.run_dir.clone(),
@@ -104,7 +104,7 @@ fn main() -> ExitCode {
             Err("the witness holds no resources: ask the holder's agent to switch over".into())
         }
         None | Some(Command::Run) => {
-            ublk_target::logs::init();
+            rep_control::logs::init();
             daemon::run(&Options {
                 config: cli.config.clone(),
                 node: cli.node.clone(),

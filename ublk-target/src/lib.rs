@@ -1,7 +1,9 @@
-//! The node side of the replicated block device: resource configuration,
-//! on-disk metadata, the replication daemon `repd` and its frontends.
+//! The node side of the replicated block device: on-disk metadata, the
+//! replication daemon `repd` and its frontends. The resource file, the
+//! control protocol and its client, and the log setup are in the
+//! `rep_control` crate (`ublk-target/control/`), which `repctl` and the
+//! cluster agent use without linking this one.
 //!
-//! - [`config`]: the resource file (`/etc/rep/r0.toml`), DRBD's `drbd.conf`.
 //! - [`md`]: superblock, activity log and dirty bitmap, DRBD's meta-data.
 //! - [`disk`]: the local backing disk, through io_uring.
 //! - [`disk_lock`]: one owner per backing disk (repd, create-md).
@@ -10,20 +12,20 @@
 //! - [`frontend`]: the block-device interface the NBD export and ublk serve.
 //! - [`nbd`]: the NBD export.
 //! - [`ublk`]: the ublk device, `/dev/ublkb<N>`.
-//! - [`control`]: the control socket `repctl` talks to.
-//! - [`logs`]: the daemons' log setup (`$REP_LOG`).
+//! - [`control`]: the server side of the control socket `repctl` talks to.
 //! - [`crc_pick`]: which CRC32C implementation runs (measured at start).
+//! - [`alloc`]: allocator settings for the daemon.
+
+// The modules here name the resource file's types as `crate::config`.
+pub(crate) use rep_control::config;
 
 pub mod alloc;
-pub mod config;
 pub mod control;
 pub mod crc_pick;
 pub mod disk;
 pub mod disk_lock;
 pub mod engine;
 pub mod frontend;
-pub mod logs;
 pub mod md;
 pub mod nbd;
-pub mod status_text;
 pub mod ublk;

@@ -9,9 +9,9 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
+use rep_control::client::socket_path;
+use rep_control::config::Config;
 use serde_json::Value;
-use ublk_target::config::Config;
-use ublk_target::control::socket_path;
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/r0.toml");
 const CLUSTER_EXAMPLE: &str = concat!(

@@ -248,7 +248,7 @@ pub enum SuspendMode {
 }
 
 /// Why an admin command was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum AdminError {
     #[error("refused: {0}")]
     Refused(String),

@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use rep_control::client::DEFAULT_RUN_DIR;
+use rep_control::config::{Config, ConfigError, MetaDisk, Node};
+use rep_control::protocol::ControlCmd;
 use replication_proto::meta::{MetaFlags, BM_BLOCK_SIZE};
 use serde_json::json;
-use ublk_target::config::{Config, ConfigError, MetaDisk, Node};
-use ublk_target::control::DEFAULT_RUN_DIR;
 use ublk_target::disk_lock::DiskLock;
-use ublk_target::engine::ControlCmd;
 use ublk_target::md::{flag_names, AlState, CreateParams, MdError, MetaDevice, MetaLocation};
 
 /// Default configuration file.
@@ -427,10 +427,10 @@ mod daemon {
     use super::{
         held_open, print_out, Cli, Failure, StatusArgs, UpArgs, VerifyArgs, WaitConnectArgs,
     };
-    use ublk_target::config::Config;
-    use ublk_target::control::{log_path, request, socket_path, ControlError};
-    use ublk_target::engine::{ControlCmd, ControlReply, NodeStatus};
-    use ublk_target::status_text::render;
+    use rep_control::client::{log_path, request, socket_path, ControlError};
+    use rep_control::config::Config;
+    use rep_control::protocol::{ControlCmd, ControlReply, NodeStatus};
+    use rep_control::status_text::render;
 
     fn names(cli: &Cli) -> Result<(String, String), Failure> {
         let cfg = Config::load(&cli.config)?;

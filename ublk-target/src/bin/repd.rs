@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
-use ublk_target::config::{Config, ResumeAfterCrash};
-use ublk_target::control::{ControlServer, DEFAULT_RUN_DIR};
-use ublk_target::engine::{self, ControlCmd, EngineOptions};
+use rep_control::client::DEFAULT_RUN_DIR;
+use rep_control::config::{Config, ResumeAfterCrash};
+use rep_control::protocol::ControlCmd;
+use ublk_target::control::ControlServer;
+use ublk_target::engine::{self, EngineOptions};
 use ublk_target::nbd::NbdServer;
 
 #[derive(Debug, Parser)]
@@ -79,7 +81,7 @@ struct Cli {
 fn main() -> ExitCode {
     ublk_target::alloc::tune();
     let cli = Cli::parse();
-    ublk_target::logs::init();
+    rep_control::logs::init();
     if let Err(e) = ublk_target::crc_pick::choose_and_log() {
         eprintln!("repd: error: {e}");
         return ExitCode::FAILURE;

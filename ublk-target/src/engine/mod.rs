@@ -18,12 +18,14 @@ use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use rep_control::protocol::{
+    ControlCmd, ControlReply, Counters, GenerationsHex, NodeStatus, StatsOut,
+};
 use replication_proto::machine::{
-    Action, Admin, ConnState, Event, Node, Payload, Status, SuspendMode,
+    Action, Admin, AdminError, ConnState, Event, Node, Payload, Status, SuspendMode,
 };
 use replication_proto::meta::MetaFlags;
-use replication_proto::wire::{DiskState, Role};
-use serde::{Deserialize, Serialize};
+use replication_proto::wire::Role;
 
 use crate::config::{Config, ResumeAfterCrash};
 use crate::disk::{DiskOp, DiskOptions, DiskWaker, InlineDisk, LocalDisk};
@@ -31,7 +33,6 @@ use crate::frontend::{BlockBackend, IoRequest, IoResult, Reply, RoleWait};
 use crate::md::{MdError, MetaDevice, MetaLocation};
 
 pub use convert::node_config;
-pub use progress::SyncProgress;
 
 /// Everything the engine thread reacts to.
 pub(crate) enum Input {
@@ -57,165 +58,6 @@ pub(crate) enum Input {
         cmd: ControlCmd,
         reply: Sender<ControlReply>,
     },
-}
-
-/// A command from `repctl` over the control socket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "kebab-case")]
-pub enum ControlCmd {
-    Status,
-    Primary {
-        force: bool,
-    },
-    Secondary,
-    Connect {
-        discard_my_data: bool,
-    },
-    Disconnect,
-    Invalidate,
-    InvalidateRemote,
-    Verify {
-        repair: bool,
-    },
-    /// Stop the daemon in order. Refused while the device is in use (NBD
-    /// clients connected, /dev/ublkbN open) unless `force`, which
-    /// disconnects the NBD clients first (an open /dev/ublkbN still
-    /// refuses: a mounted filesystem must not lose its disk).
-    Down {
-        #[serde(default)]
-        force: bool,
-    },
-    /// Quorum lost (the cluster agent): hold (or with `fail`, fail with EIO)
-    /// new writes and flushes until `resume-io`.
-    SuspendIo {
-        fail: bool,
-    },
-    /// With `if_current` (hex), only while that is still the data generation.
-    ResumeIo {
-        #[serde(default)]
-        if_current: Option<String>,
-    },
-    /// Arm (or disarm) the freeze of a Primary's I/O when its peer is lost.
-    FreezeOnDisconnect {
-        on: bool,
-    },
-    /// drbdadm outdate: mark this (disconnected Secondary) node's data Outdated.
-    Outdate,
-    /// The last run ended while Primary and someone waits for the device:
-    /// take the role back once that keeps one writer (repd sends it itself,
-    /// see `startup.resume-after-crash`). Refused when the last run did not
-    /// end as Primary.
-    ResumeAfterCrash,
-}
-
-/// The answer to a [`ControlCmd`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ControlReply {
-    pub ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub error: Option<String>,
-    #[serde(default)]
-    pub status: Option<NodeStatus>,
-}
-
-/// What `repctl status --json` prints.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeStatus {
-    pub resource: String,
-    pub node: String,
-    pub peer: String,
-    pub role: Role,
-    pub peer_role: Option<Role>,
-    pub connection: String,
-    pub disk: DiskState,
-    pub peer_disk: DiskState,
-    pub protocol: String,
-    pub out_of_sync_bytes: u64,
-    pub split_brain: bool,
-    pub last_error: Option<String>,
-    /// When `last_error` happened: seconds since the Unix epoch, and its
-    /// age in seconds when the status was taken. The error clears once the
-    /// pair has been healthy again for a while (the log keeps it).
-    #[serde(default)]
-    pub last_error_at: Option<u64>,
-    #[serde(default)]
-    pub last_error_age_s: Option<u64>,
-    pub sync: Option<SyncProgress>,
-    pub generations: GenerationsHex,
-    pub data_bytes: u64,
-    /// /proc/drbd-style counters.
-    pub counters: Counters,
-    pub stats: StatsOut,
-    pub nbd: Option<String>,
-    pub nbd_clients: usize,
-    pub pid: u32,
-    /// New writes are held (`hold`) or failed (`fail`) after `suspend-io`.
-    #[serde(default)]
-    pub suspended: Option<SuspendMode>,
-    #[serde(default)]
-    pub freeze_on_disconnect: bool,
-    /// The last run of this node ended while Primary and without its peer
-    /// (DRBD's degraded cluster): `repctl wait-connect` then waits
-    /// `degr-wfc-timeout` instead of `wfc-timeout`.
-    #[serde(default)]
-    pub degraded_at_start: bool,
-    /// After a crash while Primary, once repd armed the resumption of the
-    /// role: what it waits for, or what became of it.
-    #[serde(default)]
-    pub resume: Option<String>,
-}
-
-impl NodeStatus {
-    /// Whether the peer is connected: the connection is established, idle
-    /// or busy with a bitmap exchange, a resync or a verify.
-    #[must_use]
-    pub fn peer_connected(&self) -> bool {
-        matches!(
-            self.connection.as_str(),
-            "Connected"
-                | "SyncSource"
-                | "SyncTarget"
-                | "WFBitMapS"
-                | "WFBitMapT"
-                | "VerifySource"
-                | "VerifyTarget"
-        )
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GenerationsHex {
-    pub current: String,
-    pub bitmap: String,
-    pub history: [String; 2],
-}
-
-/// The counters of /proc/drbd, named as there (KiB where DRBD uses KiB).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counters {
-    pub ns: u64,
-    pub nr: u64,
-    pub dw: u64,
-    pub dr: u64,
-    pub al: u64,
-    pub bm: u64,
-    pub lo: u64,
-    pub pe: u64,
-    pub ua: u64,
-    pub ap: u64,
-    pub oos: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatsOut {
-    pub sent_bytes: u64,
-    pub received_bytes: u64,
-    pub resync_sent_bytes: u64,
-    pub resync_received_bytes: u64,
-    pub written_bytes: u64,
-    pub read_bytes: u64,
-    pub verified_bytes: u64,
-    pub verify_out_of_sync_bytes: u64,
 }
 
 /// State shared with the frontends without a round trip to the engine.
@@ -736,6 +578,7 @@ impl Runner {
             let _ = w.send(ControlReply {
                 ok: true,
                 error: None,
+                refusal: None,
                 status: Some(st.clone()),
             });
         }
@@ -886,6 +729,7 @@ impl Runner {
                     let _ = reply.send(ControlReply {
                         ok: false,
                         error: Some(format!("resume-io: \"{h}\" is not a hex generation")),
+                        refusal: None,
                         status: Some(self.status()),
                     });
                     return;
@@ -899,7 +743,7 @@ impl Runner {
             None => Ok(()),
             Some(a) => {
                 tracing::info!(command = ?a, "admin");
-                self.node.admin(now, a).map_err(|e| e.to_string())
+                self.node.admin(now, a)
             }
         };
         self.drain();
@@ -921,7 +765,8 @@ impl Runner {
         let st = self.status();
         let _ = reply.send(ControlReply {
             ok: result.is_ok(),
-            error: result.err(),
+            error: result.as_ref().err().map(AdminError::to_string),
+            refusal: result.err(),
             status: Some(st),
         });
     }
@@ -975,6 +820,18 @@ impl Runner {
         let _ = reply.send(ControlReply {
             ok: false,
             error: Some(why),
+            refusal: None,
+            status: Some(self.status()),
+        });
+    }
+
+    /// Answer a command the state machine refused: its reason in words (as
+    /// `repctl` prints it) and as the value callers branch on.
+    fn refuse_admin(&self, reply: &Sender<ControlReply>, e: AdminError) {
+        let _ = reply.send(ControlReply {
+            ok: false,
+            error: Some(e.to_string()),
+            refusal: Some(e),
             status: Some(self.status()),
         });
     }
@@ -997,7 +854,7 @@ impl Runner {
         self.drain();
         match result {
             Ok(()) => self.down_waiters.push(reply),
-            Err(e) => self.refuse(&reply, e.to_string()),
+            Err(e) => self.refuse_admin(&reply, e),
         }
     }
 

@@ -2,19 +2,8 @@
 
 use std::collections::VecDeque;
 
+use rep_control::protocol::SyncProgress;
 use replication_proto::machine::{ConnState, Status};
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SyncProgress {
-    /// "resync" or "verify".
-    pub kind: String,
-    pub percent: f64,
-    pub eta_s: Option<u64>,
-    pub bytes_per_s: u64,
-    pub remaining_bytes: u64,
-    pub total_bytes: u64,
-}
 
 /// Keeps a short window of (time, bytes left) to measure the speed.
 #[derive(Debug, Default)]

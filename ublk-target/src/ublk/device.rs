@@ -22,21 +22,12 @@ use super::queue;
 use super::UblkError;
 use crate::frontend::BlockBackend;
 
-/// The ublk control device; it exists only when ublk_drv is loaded.
-pub const CONTROL_PATH: &str = "/dev/ublk-control";
+// Where the device appears and whether ublk_drv is loaded: shared with
+// the tools that do not link libublk.
+pub use rep_control::device::{device_path, driver_present, CONTROL_PATH};
 
 /// The target name libublk records for our devices.
 const TARGET_NAME: &str = "repd";
-
-/// Whether ublk_drv is loaded (its control device exists).
-pub fn driver_present() -> bool {
-    Path::new(CONTROL_PATH).exists()
-}
-
-/// The block device path of ublk device `dev_id`.
-pub fn device_path(dev_id: u32) -> PathBuf {
-    PathBuf::from(format!("/dev/ublkb{dev_id}"))
-}
 
 /// How a device is set up. `Default` is what repd uses.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -283,7 +283,9 @@ pub struct DataGen {
 impl DataGen {
     /// From the engine's status (hex strings), `None` if it has none.
     pub fn of(handle: &EngineHandle) -> Option<DataGen> {
-        let st = handle.control(crate::engine::ControlCmd::Status)?.status?;
+        let st = handle
+            .control(rep_control::protocol::ControlCmd::Status)?
+            .status?;
         let g = &st.generations;
         Some(DataGen {
             current: u64::from_str_radix(&g.current, 16).ok()?,
@@ -350,7 +352,7 @@ pub fn manage(dev_id: u32, handle: EngineHandle, shutdown: Arc<AtomicBool>, resu
             );
             return;
         }
-        match r.control(crate::engine::ControlCmd::ResumeAfterCrash) {
+        match r.control(rep_control::protocol::ControlCmd::ResumeAfterCrash) {
             Some(rep) if rep.ok => tracing::info!(
                 "this node resumes as Primary by itself once its activity log is resynced from a \
                  Secondary peer on the same data generation (resume-after-crash = \"held-device\")"

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use replication_proto::wire::Role;
 
-use crate::engine::NodeStatus;
+use crate::protocol::NodeStatus;
 
 /// A size as /proc/drbd shows it: MiB with one decimal, but KiB below one
 /// MiB, where "0.0M" would hide a few marked blocks (`oos:20` next to it).

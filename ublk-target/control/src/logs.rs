@@ -1,5 +1,5 @@
-//! Log setup shared by the daemons (`repd`, and `cluster-agent`, which
-//! depends on this crate), so that one variable tunes the logs of a node.
+//! Log setup shared by the daemons (`repd` and `cluster-agent`), so that
+//! one variable tunes the logs of a node.
 
 use tracing_subscriber::EnvFilter;
 

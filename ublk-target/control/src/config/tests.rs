@@ -1,0 +1,497 @@
+//! Tests of the resource file: parsing, defaults, validation messages and
+//! the `repctl dump` round trip.
+
+use std::time::Duration;
+
+use replication_proto::wire::Protocol;
+
+use super::validate::check_name;
+use super::*;
+
+const MINIMAL: &str = r#"
+[resource]
+name = "r0"
+[net]
+secret = "s3cret"
+[[node]]
+name = "alpha"
+address = "127.0.0.1:7788"
+disk = "/tmp/a.img"
+[[node]]
+name = "beta"
+address = "127.0.0.1:7789"
+disk = "/tmp/b.img"
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_str_named(text, "test.toml")
+}
+
+fn err(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn minimal_gets_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.resource.name, "r0");
+    assert_eq!(c.resource.protocol, Protocol::C);
+    assert_eq!(c.net.timeout, Duration::from_millis(6000));
+    assert_eq!(c.net.ping_int, Duration::from_millis(1000));
+    assert_eq!(c.net.ko_count, 7);
+    assert_eq!(c.net.max_buffers, 2048);
+    assert!(!c.net.csums);
+    assert_eq!(c.sync.rate, 100 << 20);
+    assert_eq!(c.sync.al_extents, 1237);
+    assert_eq!(c.sync.verify, VerifyAlg::Crc32c);
+    assert_eq!(c.startup.wfc_timeout, None);
+    assert_eq!(c.startup.degr_wfc_timeout, Some(Duration::from_secs(120)));
+    assert_eq!(c.disk.on_io_error, OnIoError::PassOn);
+    assert_eq!(c.split_brain, SplitBrain::default());
+    assert_eq!(c.nodes[0].meta_disk, MetaDisk::Internal);
+    assert_eq!(c.nodes[0].device, 0);
+    assert_eq!(c.nodes[0].nbd, None);
+    assert_eq!(c.path, PathBuf::from("test.toml"));
+}
+
+#[test]
+fn resume_after_crash_defaults_and_the_cluster_agent_decides() {
+    let with = |extra: &str| format!("{MINIMAL}{extra}");
+    let get = |extra: &str| parse(&with(extra)).unwrap().startup.resume_after_crash;
+    assert_eq!(get(""), ResumeAfterCrash::HeldDevice);
+    for v in [
+        ResumeAfterCrash::HeldDevice,
+        ResumeAfterCrash::Always,
+        ResumeAfterCrash::Never,
+    ] {
+        let t = format!("[startup]\nresume-after-crash = \"{}\"\n", v.as_str());
+        assert_eq!(get(&t), v);
+    }
+    let e = err(&with("[startup]\nresume-after-crash = \"yes\"\n"));
+    assert!(e.contains("held-device, always, never"), "{e}");
+    // A [cluster] table: the agent decides, repd never by itself.
+    let cluster = "[cluster]\nauth-key = \"k\"\n";
+    assert_eq!(get(cluster), ResumeAfterCrash::Never);
+    let never = format!("{cluster}[startup]\nresume-after-crash = \"never\"\n");
+    assert_eq!(get(&never), ResumeAfterCrash::Never);
+    for v in ["held-device", "always"] {
+        let e = err(&with(&format!(
+            "{cluster}[startup]\nresume-after-crash = \"{v}\"\n"
+        )));
+        assert!(e.contains("the cluster agent decides"), "{e}");
+    }
+}
+
+#[test]
+fn sample_file_parses() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/r0.toml");
+    let c = Config::load(path).unwrap();
+    assert_eq!(c.resource.name, "r0");
+    let (alpha, beta) = c.local(Some("alpha")).unwrap();
+    assert_eq!(alpha.address, "127.0.0.1:7788".parse().unwrap());
+    assert_eq!(beta.address, "127.0.0.1:7789".parse().unwrap());
+    assert_eq!(alpha.disk, PathBuf::from("/var/lib/rep/alpha.img"));
+    assert_eq!(beta.disk, PathBuf::from("/var/lib/rep/beta.img"));
+    let (b, a) = c.local(Some("beta")).unwrap();
+    assert_eq!((b.name.as_str(), a.name.as_str()), ("beta", "alpha"));
+    assert!(c.node("alpha").is_some());
+    assert!(c.node("gamma").is_none());
+}
+
+#[test]
+fn full_values() {
+    let text = r#"
+[resource]
+name = "web"
+protocol = "A"
+[net]
+secret = "x"
+timeout-ms = 100
+ping-int-ms = 50
+ko-count = 3
+max-buffers = 64
+csums = true
+[sync]
+rate = "10M"
+al-extents = 257
+verify = "crc32c"
+[startup]
+wfc-timeout = 30
+degr-wfc-timeout = 0
+[disk]
+on-io-error = "pass-on"
+[split-brain]
+after-sb-0pri = "discard-node-beta"
+after-sb-1pri = "consensus"
+after-sb-2pri = "call-pri-lost-after-sb"
+[[node]]
+name = "alpha"
+address = "[::1]:7788"
+disk = "/dev/sdb1"
+meta-disk = "/dev/sdc1"
+device = 3
+nbd = "127.0.0.1:10809"
+[[node]]
+name = "beta"
+address = "10.0.0.2:7788"
+disk = "/dev/sdb1"
+nbd = "127.0.0.1:10810"
+"#;
+    let c = parse(text).unwrap();
+    assert_eq!(c.resource.protocol, Protocol::A);
+    assert_eq!(c.net.timeout, Duration::from_millis(100));
+    assert!(c.net.csums);
+    assert_eq!(c.sync.rate, 10 << 20);
+    assert_eq!(c.sync.al_extents, 257);
+    assert_eq!(c.startup.wfc_timeout, Some(Duration::from_secs(30)));
+    assert_eq!(c.startup.degr_wfc_timeout, None);
+    assert_eq!(c.disk.on_io_error, OnIoError::PassOn);
+    assert_eq!(
+        c.split_brain.after_sb_0pri,
+        AfterSb0Pri::DiscardNode("beta".into())
+    );
+    assert_eq!(c.split_brain.after_sb_1pri, AfterSb1Pri::Consensus);
+    assert_eq!(c.split_brain.after_sb_2pri, AfterSb2Pri::CallPriLostAfterSb);
+    assert_eq!(c.nodes[0].meta_disk, MetaDisk::External("/dev/sdc1".into()));
+    assert_eq!(c.nodes[0].device_path(), PathBuf::from("/dev/ublkb3"));
+    assert_eq!(c.nodes[0].nbd, Some("127.0.0.1:10809".parse().unwrap()));
+}
+
+#[test]
+fn rates() {
+    assert_eq!(parse_rate("0"), Ok(0));
+    assert_eq!(parse_rate("4096"), Ok(4096));
+    assert_eq!(parse_rate("10K"), Ok(10 << 10));
+    assert_eq!(parse_rate("10k"), Ok(10 << 10));
+    assert_eq!(parse_rate("100M"), Ok(100 << 20));
+    assert_eq!(parse_rate("2G"), Ok(2 << 30));
+    assert!(parse_rate("").is_err());
+    assert!(parse_rate("M").is_err());
+    assert!(parse_rate("10T").is_err());
+    assert!(parse_rate("1.5M").is_err());
+    assert!(parse_rate("-1").is_err());
+    assert!(parse_rate("99999999999999999999G").is_err());
+    let c = parse(&MINIMAL.replace(
+        "[[node]]\nname = \"alpha\"",
+        "[sync]\nrate = 1000\n[[node]]\nname = \"alpha\"",
+    ))
+    .unwrap();
+    assert_eq!(c.sync.rate, 1000);
+    assert_eq!(c.sync.rate_limit(), Some(1000));
+    let c = parse(&MINIMAL.replace(
+        "[[node]]\nname = \"alpha\"",
+        "[sync]\nrate = \"0\"\n[[node]]\nname = \"alpha\"",
+    ))
+    .unwrap();
+    assert_eq!(c.sync.rate_limit(), None);
+    let e = err(&MINIMAL.replace(
+        "[[node]]\nname = \"alpha\"",
+        "[sync]\nrate = \"fast\"\n[[node]]\nname = \"alpha\"",
+    ));
+    assert!(e.contains("sync.rate") && e.contains("fast"), "{e}");
+}
+
+#[test]
+fn format_rate_reads_back() {
+    for (rate, text) in [
+        (0, "0"),
+        (1000, "1000"),
+        (4096, "4K"),
+        (100 << 20, "100M"),
+        (1536 << 20, "1536M"),
+        (2 << 30, "2G"),
+    ] {
+        assert_eq!(format_rate(rate), text);
+        assert_eq!(parse_rate(text), Ok(rate));
+    }
+}
+
+/// `repctl dump`: the written file loads to the same configuration,
+/// defaults spelt out, and writing it again changes nothing.
+#[test]
+fn to_toml_round_trips() {
+    let cluster = format!(
+        "{MINIMAL}[cluster]\nauth-key = \"k\"\n[[cluster.path]]\nnode = \"alpha\"\n\
+         address = \"127.0.0.1:7000\"\n[[cluster.resource]]\nkind = \"device\"\n"
+    );
+    let full = MINIMAL
+        .replace("name = \"r0\"", "name = \"r0\"\nprotocol = \"a\"")
+        .replace(
+            "disk = \"/tmp/a.img\"",
+            "disk = \"/tmp/a.img\"\nmeta-disk = \"/tmp/a.md\"\nnbd = \"[::1]:10809\"\ndevice = 4",
+        )
+        .replace(
+            "[[node]]\nname = \"alpha\"",
+            "[sync]\nrate = 3000\n[startup]\ndegr-wfc-timeout = 0\nwfc-timeout = 9\n\
+             [split-brain]\nafter-sb-0pri = \"discard-node-beta\"\n[[node]]\nname = \"alpha\"",
+        );
+    // TOML's escapes: quotes, a comment sign, a newline, a space in a path.
+    let odd = MINIMAL
+        .replace("\"s3cret\"", "'a \"quoted\" #secret'")
+        .replace("/tmp/b.img", "/tmp/b disk\\n.img");
+    let c = parse(&odd).unwrap();
+    assert_eq!(c.net.secret, "a \"quoted\" #secret");
+    assert_eq!(c.nodes[1].disk, PathBuf::from("/tmp/b disk\n.img"));
+    for text in [MINIMAL.to_owned(), full, cluster, odd] {
+        let c = parse(&text).unwrap();
+        let dumped = c.to_toml().unwrap();
+        let again = parse(&dumped).unwrap_or_else(|e| panic!("{e}\n{dumped}"));
+        assert_eq!(again, c, "{dumped}");
+        assert_eq!(again.to_toml().unwrap(), dumped);
+    }
+    let dumped = parse(MINIMAL).unwrap().to_toml().unwrap();
+    for line in [
+        "protocol = \"C\"",
+        "timeout-ms = 6000",
+        "rate = \"100M\"",
+        "degr-wfc-timeout = 120",
+        "resume-after-crash = \"held-device\"",
+        "on-io-error = \"pass-on\"",
+        "after-sb-2pri = \"disconnect\"",
+        "meta-disk = \"internal\"",
+        "device = 0",
+    ] {
+        assert!(dumped.lines().any(|l| l == line), "{line} in\n{dumped}");
+    }
+    assert!(!dumped.contains("nbd"), "{dumped}");
+}
+
+#[test]
+fn display_round_trips() {
+    for s in [
+        "disconnect",
+        "discard-younger-primary",
+        "discard-older-primary",
+        "discard-zero-changes",
+        "discard-least-changes",
+        "discard-node-x",
+    ] {
+        assert_eq!(s.parse::<AfterSb0Pri>().unwrap().to_string(), s);
+    }
+    for s in [
+        "disconnect",
+        "consensus",
+        "discard-secondary",
+        "call-pri-lost-after-sb",
+    ] {
+        assert_eq!(s.parse::<AfterSb1Pri>().unwrap().to_string(), s);
+    }
+    for s in ["disconnect", "call-pri-lost-after-sb"] {
+        assert_eq!(s.parse::<AfterSb2Pri>().unwrap().to_string(), s);
+    }
+    assert_eq!(
+        "pass-on".parse::<OnIoError>().unwrap().to_string(),
+        "pass-on"
+    );
+    assert!("discard-node-".parse::<AfterSb0Pri>().is_err());
+    assert_eq!(MetaDisk::Internal.to_string(), "internal");
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let e = err(&MINIMAL.replace("secret = \"s3cret\"", "secret = \"s3cret\"\ntimeout = 5"));
+    assert!(
+        e.contains("timeout") && e.contains("test.toml") && e.contains("unknown field"),
+        "{e}"
+    );
+    let e = err(&MINIMAL.replace(
+        "disk = \"/tmp/a.img\"",
+        "disk = \"/tmp/a.img\"\nmeta_disk = \"internal\"",
+    ));
+    assert!(e.contains("meta_disk"), "{e}");
+    let e = err(&format!("{MINIMAL}\n[syncer]\nrate = \"1M\"\n"));
+    assert!(e.contains("syncer"), "{e}");
+}
+
+#[test]
+fn syntax_error_names_file() {
+    let e = err("[resource\nname = 1");
+    assert!(e.contains("test.toml"), "{e}");
+}
+
+#[test]
+fn missing_resource_section() {
+    let e = err("[net]\nsecret = \"x\"\n");
+    assert!(e.contains("resource"), "{e}");
+}
+
+#[test]
+fn node_count() {
+    let one = MINIMAL.split("[[node]]\nname = \"beta\"").next().unwrap();
+    let e = err(one);
+    assert!(e.contains("exactly two") && e.contains("found 1"), "{e}");
+    let three = format!(
+        "{MINIMAL}[[node]]\nname = \"gamma\"\naddress = \"127.0.0.1:7790\"\ndisk = \"/tmp/c\"\n"
+    );
+    let e = err(&three);
+    assert!(e.contains("found 3"), "{e}");
+    let none = "[resource]\nname = \"r0\"\n[net]\nsecret = \"x\"\n";
+    assert!(err(none).contains("found 0"));
+}
+
+#[test]
+fn duplicate_names_and_addresses() {
+    let e = err(&MINIMAL.replace("name = \"beta\"", "name = \"alpha\""));
+    assert!(
+        e.contains("duplicate node name") && e.contains("alpha"),
+        "{e}"
+    );
+    let e = err(&MINIMAL.replace("127.0.0.1:7789", "127.0.0.1:7788"));
+    assert!(
+        e.contains("duplicate address") && e.contains("127.0.0.1:7788"),
+        "{e}"
+    );
+    let both_nbd = MINIMAL
+        .replace(
+            "disk = \"/tmp/a.img\"",
+            "disk = \"/tmp/a.img\"\nnbd = \"127.0.0.1:10809\"",
+        )
+        .replace(
+            "disk = \"/tmp/b.img\"",
+            "disk = \"/tmp/b.img\"\nnbd = \"127.0.0.1:10809\"",
+        );
+    let e = err(&both_nbd);
+    assert!(e.contains("duplicate nbd address"), "{e}");
+    let clash = MINIMAL.replace(
+        "disk = \"/tmp/a.img\"",
+        "disk = \"/tmp/a.img\"\nnbd = \"127.0.0.1:7789\"",
+    );
+    let e = err(&clash);
+    assert!(
+        e.contains("node[0].nbd") && e.contains("replication address"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_addresses() {
+    let e = err(&MINIMAL.replace("127.0.0.1:7789", "beta-host:7789"));
+    assert!(
+        e.contains("node[1].address") && e.contains("beta-host:7789"),
+        "{e}"
+    );
+    let e = err(&MINIMAL.replace("127.0.0.1:7788", "127.0.0.1"));
+    assert!(e.contains("node[0].address"), "{e}");
+    let e = err(&MINIMAL.replace(
+        "disk = \"/tmp/a.img\"",
+        "disk = \"/tmp/a.img\"\nnbd = \"nowhere\"",
+    ));
+    assert!(e.contains("node[0].nbd") && e.contains("nowhere"), "{e}");
+}
+
+#[test]
+fn unknown_local_node_lists_names() {
+    let c = parse(MINIMAL).unwrap();
+    let e = c.local(Some("gamma")).unwrap_err().to_string();
+    assert!(
+        e.contains("gamma")
+            && e.contains("\"alpha\"")
+            && e.contains("\"beta\"")
+            && e.contains("--node"),
+        "{e}"
+    );
+}
+
+#[test]
+fn local_defaults_to_host_name() {
+    let host = host_name().unwrap();
+    let short = host.split('.').next().unwrap().to_owned();
+    if short.is_empty() || short == "beta" || check_name(Path::new("x"), "x", &short).is_err() {
+        return;
+    }
+    let text = MINIMAL.replace("name = \"alpha\"", &format!("name = \"{short}\""));
+    let c = parse(&text).unwrap();
+    let (me, peer) = c.local(None).unwrap();
+    assert_eq!(me.name, short);
+    assert_eq!(peer.name, "beta");
+}
+
+#[test]
+fn local_disk_must_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("alpha.img");
+    let text = MINIMAL.replace("/tmp/a.img", disk.to_str().unwrap());
+    let c = parse(&text).unwrap();
+    let (me, _) = c.local(Some("alpha")).unwrap();
+    let e = c.check_local_disk(me).unwrap_err().to_string();
+    assert!(
+        e.contains(disk.to_str().unwrap()) && e.contains("does not exist"),
+        "{e}"
+    );
+    std::fs::write(&disk, b"").unwrap();
+    c.check_local_disk(me).unwrap();
+}
+
+#[test]
+fn secret_required() {
+    let e = err(&MINIMAL.replace("secret = \"s3cret\"", ""));
+    assert!(e.contains("net.secret"), "{e}");
+    let e = err(&MINIMAL.replace("secret = \"s3cret\"", "secret = \"\""));
+    assert!(e.contains("net.secret"), "{e}");
+}
+
+#[test]
+fn enum_values_checked() {
+    let with = |section: &str, kv: &str| {
+        MINIMAL.replace(
+            "[[node]]\nname = \"alpha\"",
+            &format!("[{section}]\n{kv}\n[[node]]\nname = \"alpha\""),
+        )
+    };
+    let e = err(&with("sync", "verify = \"md5\""));
+    assert!(e.contains("sync.verify") && e.contains("md5"), "{e}");
+    let e = err(&with("sync", "al-extents = 6"));
+    assert!(e.contains("sync.al-extents"), "{e}");
+    let e = err(&with("sync", "al-extents = 65535"));
+    assert!(e.contains("sync.al-extents"), "{e}");
+    parse(&with("sync", "al-extents = 7")).unwrap();
+    parse(&with("sync", "al-extents = 65534")).unwrap();
+    let e = err(&with("disk", "on-io-error = \"panic\""));
+    assert!(e.contains("disk.on-io-error") && e.contains("panic"), "{e}");
+    // DRBD's default, not built yet: refused, not ignored.
+    let e = err(&with("disk", "on-io-error = \"detach\""));
+    assert!(
+        e.contains("disk.on-io-error") && e.contains("not supported yet"),
+        "{e}"
+    );
+    let e = err(&with(
+        "split-brain",
+        "after-sb-0pri = \"discard-node-gamma\"",
+    ));
+    assert!(
+        e.contains("split-brain.after-sb-0pri") && e.contains("gamma"),
+        "{e}"
+    );
+    let e = err(&with("split-brain", "after-sb-0pri = \"random\""));
+    assert!(e.contains("split-brain.after-sb-0pri"), "{e}");
+    let e = err(&with(
+        "split-brain",
+        "after-sb-1pri = \"discard-younger-primary\"",
+    ));
+    assert!(e.contains("split-brain.after-sb-1pri"), "{e}");
+    let e = err(&with("split-brain", "after-sb-2pri = \"consensus\""));
+    assert!(e.contains("split-brain.after-sb-2pri"), "{e}");
+    let e = err(&MINIMAL.replace("name = \"r0\"", "name = \"r0\"\nprotocol = \"D\""));
+    assert!(e.contains("resource.protocol"), "{e}");
+    let e = err(&with("net", "ko-count = \"seven\"").replace("[net]\nsecret = \"s3cret\"\n", ""));
+    assert!(e.contains("ko-count"), "{e}");
+}
+
+#[test]
+fn names_checked() {
+    let e = err(&MINIMAL.replace("name = \"r0\"", &format!("name = \"{}\"", "r".repeat(64))));
+    assert!(e.contains("resource.name") && e.contains("63"), "{e}");
+    let e = err(&MINIMAL.replace("name = \"beta\"", "name = \"be ta\""));
+    assert!(e.contains("node[1].name"), "{e}");
+    let e = err(&MINIMAL.replace("name = \"beta\"", "name = \"\""));
+    assert!(e.contains("node[1].name"), "{e}");
+}
+
+#[test]
+fn meta_disk_not_the_data_disk() {
+    let e = err(&MINIMAL.replace(
+        "disk = \"/tmp/a.img\"",
+        "disk = \"/tmp/a.img\"\nmeta-disk = \"/tmp/a.img\"",
+    ));
+    assert!(e.contains("node[0].meta-disk"), "{e}");
+}

@@ -1,0 +1,21 @@
+//! What repd, `repctl` and the cluster agent share, without the daemon's
+//! machinery (no libublk, no io_uring): a program that only reads the
+//! resource file or talks to a running repd depends on this crate alone.
+//!
+//! - [`config`]: the resource file (`/etc/rep/r0.toml`), DRBD's `drbd.conf`.
+//! - [`protocol`]: the control protocol, [`protocol::ControlCmd`] and its
+//!   answer [`protocol::ControlReply`] with the node's
+//!   [`protocol::NodeStatus`] (`repctl status --json`).
+//! - [`client`]: the client side of the control socket (its path, one
+//!   request and its answer); repd's `ublk_target::control` serves it.
+//! - [`status_text`]: `repctl status` in words.
+//! - [`device`]: where the ublk device of a node appears, and whether
+//!   ublk_drv is loaded.
+//! - [`logs`]: the daemons' log setup (`$REP_LOG`).
+
+pub mod client;
+pub mod config;
+pub mod device;
+pub mod logs;
+pub mod protocol;
+pub mod status_text;

@@ -1,0 +1,211 @@
+//! The control protocol: the commands `repctl` and the cluster agent send to
+//! repd over the control socket, and the answers (the node's status as
+//! `repctl status --json` prints it). One JSON object per line each way.
+
+use replication_proto::machine::{AdminError, SuspendMode};
+use replication_proto::wire::{DiskState, Role};
+use serde::{Deserialize, Serialize};
+
+/// A command from `repctl` over the control socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum ControlCmd {
+    Status,
+    Primary {
+        force: bool,
+    },
+    Secondary,
+    Connect {
+        discard_my_data: bool,
+    },
+    Disconnect,
+    Invalidate,
+    InvalidateRemote,
+    Verify {
+        repair: bool,
+    },
+    /// Stop the daemon in order. Refused while the device is in use (NBD
+    /// clients connected, /dev/ublkbN open) unless `force`, which
+    /// disconnects the NBD clients first (an open /dev/ublkbN still
+    /// refuses: a mounted filesystem must not lose its disk).
+    Down {
+        #[serde(default)]
+        force: bool,
+    },
+    /// Quorum lost (the cluster agent): hold (or with `fail`, fail with EIO)
+    /// new writes and flushes until `resume-io`.
+    SuspendIo {
+        fail: bool,
+    },
+    /// With `if_current` (hex), only while that is still the data generation.
+    ResumeIo {
+        #[serde(default)]
+        if_current: Option<String>,
+    },
+    /// Arm (or disarm) the freeze of a Primary's I/O when its peer is lost.
+    FreezeOnDisconnect {
+        on: bool,
+    },
+    /// drbdadm outdate: mark this (disconnected Secondary) node's data Outdated.
+    Outdate,
+    /// The last run ended while Primary and someone waits for the device:
+    /// take the role back once that keeps one writer (repd sends it itself,
+    /// see `startup.resume-after-crash`). Refused when the last run did not
+    /// end as Primary.
+    ResumeAfterCrash,
+}
+
+/// The answer to a [`ControlCmd`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControlReply {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+    /// Set when the replication state machine refused the command: the
+    /// reason as a value callers can branch on (`error` says it in words).
+    /// Refusals that come before the state machine (the device is in use, a
+    /// malformed generation) leave it unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<AdminError>,
+    #[serde(default)]
+    pub status: Option<NodeStatus>,
+}
+
+/// What `repctl status --json` prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub resource: String,
+    pub node: String,
+    pub peer: String,
+    pub role: Role,
+    pub peer_role: Option<Role>,
+    pub connection: String,
+    pub disk: DiskState,
+    pub peer_disk: DiskState,
+    pub protocol: String,
+    pub out_of_sync_bytes: u64,
+    pub split_brain: bool,
+    pub last_error: Option<String>,
+    /// When `last_error` happened: seconds since the Unix epoch, and its
+    /// age in seconds when the status was taken. The error clears once the
+    /// pair has been healthy again for a while (the log keeps it).
+    #[serde(default)]
+    pub last_error_at: Option<u64>,
+    #[serde(default)]
+    pub last_error_age_s: Option<u64>,
+    pub sync: Option<SyncProgress>,
+    pub generations: GenerationsHex,
+    pub data_bytes: u64,
+    /// /proc/drbd-style counters.
+    pub counters: Counters,
+    pub stats: StatsOut,
+    pub nbd: Option<String>,
+    pub nbd_clients: usize,
+    pub pid: u32,
+    /// New writes are held (`hold`) or failed (`fail`) after `suspend-io`.
+    #[serde(default)]
+    pub suspended: Option<SuspendMode>,
+    #[serde(default)]
+    pub freeze_on_disconnect: bool,
+    /// The last run of this node ended while Primary and without its peer
+    /// (DRBD's degraded cluster): `repctl wait-connect` then waits
+    /// `degr-wfc-timeout` instead of `wfc-timeout`.
+    #[serde(default)]
+    pub degraded_at_start: bool,
+    /// After a crash while Primary, once repd armed the resumption of the
+    /// role: what it waits for, or what became of it.
+    #[serde(default)]
+    pub resume: Option<String>,
+}
+
+impl NodeStatus {
+    /// Whether the peer is connected: the connection is established, idle
+    /// or busy with a bitmap exchange, a resync or a verify.
+    #[must_use]
+    pub fn peer_connected(&self) -> bool {
+        matches!(
+            self.connection.as_str(),
+            "Connected"
+                | "SyncSource"
+                | "SyncTarget"
+                | "WFBitMapS"
+                | "WFBitMapT"
+                | "VerifySource"
+                | "VerifyTarget"
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationsHex {
+    pub current: String,
+    pub bitmap: String,
+    pub history: [String; 2],
+}
+
+/// The counters of /proc/drbd, named as there (KiB where DRBD uses KiB).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub ns: u64,
+    pub nr: u64,
+    pub dw: u64,
+    pub dr: u64,
+    pub al: u64,
+    pub bm: u64,
+    pub lo: u64,
+    pub pe: u64,
+    pub ua: u64,
+    pub ap: u64,
+    pub oos: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsOut {
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+    pub resync_sent_bytes: u64,
+    pub resync_received_bytes: u64,
+    pub written_bytes: u64,
+    pub read_bytes: u64,
+    pub verified_bytes: u64,
+    pub verify_out_of_sync_bytes: u64,
+}
+
+/// Resync or verify progress as /proc/drbd shows it: percent, speed, time
+/// left (repd's engine measures it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncProgress {
+    /// "resync" or "verify".
+    pub kind: String,
+    pub percent: f64,
+    pub eta_s: Option<u64>,
+    pub bytes_per_s: u64,
+    pub remaining_bytes: u64,
+    pub total_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers without a refusal read and write as before the field
+    /// existed: old clients and the server's fixed JSON lines still parse,
+    /// and nothing new appears in the JSON.
+    #[test]
+    fn a_reply_without_refusal_keeps_its_json() {
+        let r: ControlReply =
+            serde_json::from_str(r#"{"ok":false,"error":"the daemon is stopping"}"#).unwrap();
+        assert_eq!(r.refusal, None);
+        assert_eq!(r.error.as_deref(), Some("the daemon is stopping"));
+        let ok = ControlReply {
+            ok: true,
+            error: None,
+            refusal: None,
+            status: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&ok).unwrap(),
+            r#"{"ok":true,"status":null}"#
+        );
+    }
+}
