@@ -400,6 +400,9 @@ struct RawResource {
     timeout_ms: Option<u64>,
 }
 
+/// Builds the error of one key of the resource file.
+type Invalid<'a> = dyn Fn(&str, String) -> ConfigError + 'a;
+
 fn parse_cluster(text: &str, res: &Config) -> Result<Cluster, ConfigError> {
     let path = res.path.as_path();
     let raw: RawFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -419,6 +422,49 @@ fn parse_cluster(text: &str, res: &Config) -> Result<Cluster, ConfigError> {
                 .to_owned(),
         ));
     };
+    check_timing(&c, &invalid)?;
+    let auth_key = parse_auth_key(c.auth_key, &invalid)?;
+    let names: Vec<&str> = res.nodes.iter().map(|n| n.name.as_str()).collect();
+    check_failback(c.preferred.as_deref(), c.auto_failback, &names, &invalid)?;
+    let paths = parse_paths(c.path, res, &names, &invalid)?;
+    let (witness, on_no_quorum) = parse_quorum(c.witness, c.on_no_quorum, &invalid)?;
+    let fence_command = parse_fencing(c.fence_command, c.fence_timeout_ms, &invalid)?;
+    let resources = parse_resources(c.resource, &invalid)?;
+    let ops = parse_ops(
+        &invalid,
+        OpsRaw {
+            ping_nodes: c.ping_nodes,
+            ping_interval_ms: c.ping_interval_ms,
+            ping_timeout_ms: c.ping_timeout_ms,
+            ping_dead_ms: c.ping_dead_ms,
+            on_stop_failure: c.on_stop_failure,
+            reboot_command: c.reboot_command,
+            split_brain_command: c.split_brain_command,
+        },
+        fence_command.is_some(),
+    )?;
+
+    Ok(Cluster {
+        keepalive: Duration::from_millis(c.keepalive_ms),
+        warntime: Duration::from_millis(c.warntime_ms),
+        deadtime: Duration::from_millis(c.deadtime_ms),
+        initdead: Duration::from_millis(c.initdead_ms),
+        auth_key,
+        auto_failback: c.auto_failback,
+        preferred: c.preferred,
+        paths,
+        witness,
+        on_no_quorum,
+        fence_command,
+        fence_timeout: Duration::from_millis(c.fence_timeout_ms),
+        failure_timeout: Duration::from_millis(c.failure_timeout_ms),
+        resources,
+        ops,
+    })
+}
+
+/// keepalive < warntime < deadtime <= initdead, with room for a lost beat.
+fn check_timing(c: &RawCluster, invalid: &Invalid<'_>) -> Result<(), ConfigError> {
     if c.keepalive_ms == 0 {
         return Err(invalid(
             "cluster.keepalive-ms",
@@ -462,88 +508,134 @@ fn parse_cluster(text: &str, res: &Config) -> Result<Cluster, ConfigError> {
             ),
         ));
     }
-    let auth_key = match c.auth_key {
-        Some(k) if !k.is_empty() => k.into_bytes(),
-        _ => {
-            return Err(invalid(
-                "cluster.auth-key",
-                "a heartbeat key is required (the same on both nodes), e.g. auth-key = \"some long random string\""
-                    .to_owned(),
-            ))
-        }
-    };
-    let names: Vec<&str> = res.nodes.iter().map(|n| n.name.as_str()).collect();
-    let known = || format!("\"{}\"", names.join("\" and \""));
-    if let Some(p) = &c.preferred {
-        if !names.contains(&p.as_str()) {
+    Ok(())
+}
+
+fn parse_auth_key(key: Option<String>, invalid: &Invalid<'_>) -> Result<Vec<u8>, ConfigError> {
+    match key {
+        Some(k) if !k.is_empty() => Ok(k.into_bytes()),
+        _ => Err(invalid(
+            "cluster.auth-key",
+            "a heartbeat key is required (the same on both nodes), e.g. auth-key = \"some long random string\""
+                .to_owned(),
+        )),
+    }
+}
+
+/// The configured node names, quoted, for messages.
+fn known(names: &[&str]) -> String {
+    format!("\"{}\"", names.join("\" and \""))
+}
+
+/// `preferred` names a node; `auto-failback` needs it.
+fn check_failback(
+    preferred: Option<&str>,
+    auto_failback: bool,
+    names: &[&str],
+    invalid: &Invalid<'_>,
+) -> Result<(), ConfigError> {
+    if let Some(p) = preferred {
+        if !names.contains(&p) {
             return Err(invalid(
                 "cluster.preferred",
                 format!(
                     "\"{p}\" is not a configured node; the nodes are {}",
-                    known()
+                    known(names)
                 ),
             ));
         }
     }
-    if c.auto_failback && c.preferred.is_none() {
+    if auto_failback && preferred.is_none() {
         return Err(invalid(
             "cluster.auto-failback",
             "auto-failback moves the resources back to the `preferred` node; set `preferred` too"
                 .to_owned(),
         ));
     }
+    Ok(())
+}
 
-    // Paths.
-    let mut paths = Vec::with_capacity(c.path.len());
-    for (i, p) in c.path.into_iter().enumerate() {
-        let key = |k: &str| format!("cluster.path[{i}].{k}");
-        if !names.contains(&p.node.as_str()) {
-            return Err(invalid(
-                &key("node"),
-                format!(
-                    "\"{}\" is not a configured node; the nodes are {}",
-                    p.node,
-                    known()
-                ),
-            ));
-        }
-        let bind: SocketAddr = p.bind.parse().map_err(|_| {
-            invalid(
-                &key("bind"),
-                format!(
-                    "cannot parse \"{}\" as IP:PORT (e.g. \"10.0.0.1:694\")",
-                    p.bind
-                ),
-            )
-        })?;
-        if bind.port() == 0 || bind.ip().is_unspecified() {
-            return Err(invalid(
-                &key("bind"),
-                format!("{bind}: needs a real address and a port, the peer sends there"),
-            ));
-        }
-        if paths.iter().any(|q: &PathEntry| q.bind == bind) {
-            return Err(invalid(
-                &key("bind"),
-                format!("{bind} is used by two paths"),
-            ));
-        }
-        if res
-            .nodes
-            .iter()
-            .any(|n| n.address == bind || n.nbd == Some(bind))
-        {
-            return Err(invalid(
-                &key("bind"),
-                format!("{bind} is also a replication or NBD address"),
-            ));
-        }
-        paths.push(PathEntry {
-            node: p.node,
-            bind,
-            name: p.name,
-        });
+/// The heartbeat paths: each valid alone, then paired node to node.
+fn parse_paths(
+    raw: Vec<RawPath>,
+    res: &Config,
+    names: &[&str],
+    invalid: &Invalid<'_>,
+) -> Result<Vec<PathEntry>, ConfigError> {
+    let mut paths = Vec::with_capacity(raw.len());
+    for (i, p) in raw.into_iter().enumerate() {
+        let entry = parse_path(i, p, &paths, res, names, invalid)?;
+        paths.push(entry);
     }
+    check_path_pairs(&paths, names, invalid)?;
+    Ok(paths)
+}
+
+/// Path `i`: a configured node, a real address of its own.
+fn parse_path(
+    i: usize,
+    p: RawPath,
+    earlier: &[PathEntry],
+    res: &Config,
+    names: &[&str],
+    invalid: &Invalid<'_>,
+) -> Result<PathEntry, ConfigError> {
+    let key = |k: &str| format!("cluster.path[{i}].{k}");
+    if !names.contains(&p.node.as_str()) {
+        return Err(invalid(
+            &key("node"),
+            format!(
+                "\"{}\" is not a configured node; the nodes are {}",
+                p.node,
+                known(names)
+            ),
+        ));
+    }
+    let bind: SocketAddr = p.bind.parse().map_err(|_| {
+        invalid(
+            &key("bind"),
+            format!(
+                "cannot parse \"{}\" as IP:PORT (e.g. \"10.0.0.1:694\")",
+                p.bind
+            ),
+        )
+    })?;
+    if bind.port() == 0 || bind.ip().is_unspecified() {
+        return Err(invalid(
+            &key("bind"),
+            format!("{bind}: needs a real address and a port, the peer sends there"),
+        ));
+    }
+    if earlier.iter().any(|q| q.bind == bind) {
+        return Err(invalid(
+            &key("bind"),
+            format!("{bind} is used by two paths"),
+        ));
+    }
+    if res
+        .nodes
+        .iter()
+        .any(|n| n.address == bind || n.nbd == Some(bind))
+    {
+        return Err(invalid(
+            &key("bind"),
+            format!("{bind} is also a replication or NBD address"),
+        ));
+    }
+    Ok(PathEntry {
+        node: p.node,
+        bind,
+        name: p.name,
+    })
+}
+
+/// Both nodes have the same number of paths (1 to 16), the k-th of each
+/// in the same address family.
+fn check_path_pairs(
+    paths: &[PathEntry],
+    names: &[&str],
+    invalid: &Invalid<'_>,
+) -> Result<(), ConfigError> {
     let count = |n: &str| paths.iter().filter(|p| p.node == n).count();
     let (a, b) = (
         names.first().copied().unwrap_or_default(),
@@ -589,8 +681,16 @@ fn parse_cluster(text: &str, res: &Config) -> Result<Cluster, ConfigError> {
             ));
         }
     }
+    Ok(())
+}
 
-    let witness = match c.witness {
+/// The witness's address and what a Primary does without quorum.
+fn parse_quorum(
+    witness: Option<String>,
+    on_no_quorum: Option<String>,
+    invalid: &Invalid<'_>,
+) -> Result<(Option<SocketAddr>, NoQuorum), ConfigError> {
+    let witness = match witness {
         None => None,
         Some(w) => Some(w.parse::<SocketAddr>().map_err(|_| {
             invalid(
@@ -599,7 +699,7 @@ fn parse_cluster(text: &str, res: &Config) -> Result<Cluster, ConfigError> {
             )
         })?),
     };
-    let on_no_quorum = match c.on_no_quorum.as_deref() {
+    let policy = match on_no_quorum.as_deref() {
         None | Some("suspend-io") => NoQuorum::SuspendIo,
         Some("io-error") => NoQuorum::IoError,
         Some(other) => {
@@ -609,7 +709,7 @@ fn parse_cluster(text: &str, res: &Config) -> Result<Cluster, ConfigError> {
             ))
         }
     };
-    if c.on_no_quorum.is_some() && witness.is_none() {
+    if on_no_quorum.is_some() && witness.is_none() {
         return Err(invalid(
             "cluster.on-no-quorum",
             "quorum needs a third voter: set `witness` too (two nodes alone never lose quorum, \
@@ -617,7 +717,16 @@ fn parse_cluster(text: &str, res: &Config) -> Result<Cluster, ConfigError> {
                 .to_owned(),
         ));
     }
-    let fence_command = match c.fence_command {
+    Ok((witness, policy))
+}
+
+/// The fence command (not empty when given) and its timeout.
+fn parse_fencing(
+    fence_command: Option<String>,
+    fence_timeout_ms: u64,
+    invalid: &Invalid<'_>,
+) -> Result<Option<String>, ConfigError> {
+    let fence_command = match fence_command {
         Some(f) if f.trim().is_empty() => {
             return Err(invalid(
                 "cluster.fence-command",
@@ -626,122 +735,25 @@ fn parse_cluster(text: &str, res: &Config) -> Result<Cluster, ConfigError> {
         }
         other => other,
     };
-    if c.fence_timeout_ms == 0 {
+    if fence_timeout_ms == 0 {
         return Err(invalid(
             "cluster.fence-timeout-ms",
             "must be at least 1".to_owned(),
         ));
     }
+    Ok(fence_command)
+}
 
-    // The resource chain.
+/// The resource chain, left to right (the device, implicit or first, is
+/// not an entry).
+fn parse_resources(
+    raw: Vec<RawResource>,
+    invalid: &Invalid<'_>,
+) -> Result<Vec<ResourceEntry>, ConfigError> {
     let mut resources = Vec::new();
-    for (i, r) in c.resource.into_iter().enumerate() {
-        let key = |k: &str| format!("cluster.resource[{i}].{k}");
-        let timeout = Duration::from_millis(r.timeout_ms.unwrap_or_else(d_res_timeout));
-        if r.timeout_ms == Some(0) {
-            return Err(invalid(&key("timeout-ms"), "must be at least 1".to_owned()));
-        }
-        let allowed: &[&str] = match r.kind.as_str() {
-            "device" => &[],
-            "filesystem" => &["device", "mount-point", "fstype", "options", "timeout-ms"],
-            "ip" => &["address", "interface", "timeout-ms"],
-            "service" => &["script", "timeout-ms"],
-            other => {
-                return Err(invalid(
-                    &key("type"),
-                    format!(
-                        "unknown resource type \"{other}\"; expected \"device\", \"filesystem\", \"ip\" or \"service\""
-                    ),
-                ))
-            }
-        };
-        let given = [
-            ("device", r.device.is_some()),
-            ("mount-point", r.mount_point.is_some()),
-            ("fstype", r.fstype.is_some()),
-            ("options", r.options.is_some()),
-            ("address", r.address.is_some()),
-            ("interface", r.interface.is_some()),
-            ("script", r.script.is_some()),
-            ("timeout-ms", r.timeout_ms.is_some()),
-        ];
-        if let Some((k, _)) = given.iter().find(|(k, set)| *set && !allowed.contains(k)) {
-            return Err(invalid(
-                &key(k),
-                format!(
-                    "a resource of type \"{}\" has no `{k}`{}",
-                    r.kind,
-                    if allowed.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (its keys: {})", allowed.join(", "))
-                    }
-                ),
-            ));
-        }
-        match r.kind.as_str() {
-            "device" => {
-                if i != 0 {
-                    return Err(invalid(
-                        &key("type"),
-                        "the device must be the first resource: everything else runs on top of it \
-                         (it is implicit when not listed)"
-                            .to_owned(),
-                    ));
-                }
-            }
-            "filesystem" => {
-                let Some(mount_point) = r.mount_point else {
-                    return Err(invalid(
-                        &key("mount-point"),
-                        "a filesystem resource needs its mount point".to_owned(),
-                    ));
-                };
-                if !mount_point.is_absolute() {
-                    return Err(invalid(
-                        &key("mount-point"),
-                        format!("{} is not an absolute path", mount_point.display()),
-                    ));
-                }
-                resources.push(ResourceEntry::Filesystem {
-                    device: r.device,
-                    mount_point,
-                    fstype: r.fstype,
-                    options: r.options,
-                    timeout,
-                });
-            }
-            "ip" => {
-                let Some(addr) = r.address else {
-                    return Err(invalid(
-                        &key("address"),
-                        "an ip resource needs `address = \"A.B.C.D/PREFIX\"`".to_owned(),
-                    ));
-                };
-                let (ip, prefix) = parse_cidr(&addr).map_err(|m| invalid(&key("address"), m))?;
-                let Some(interface) = r.interface.filter(|s| !s.is_empty()) else {
-                    return Err(invalid(
-                        &key("interface"),
-                        "an ip resource needs the interface to add the address on".to_owned(),
-                    ));
-                };
-                resources.push(ResourceEntry::Ip {
-                    address: ip,
-                    prefix,
-                    interface,
-                    timeout,
-                });
-            }
-            _ => {
-                let Some(script) = r.script.filter(|s| !s.as_os_str().is_empty()) else {
-                    return Err(invalid(
-                        &key("script"),
-                        "a service resource needs `script` (called as SCRIPT start|stop|status)"
-                            .to_owned(),
-                    ));
-                };
-                resources.push(ResourceEntry::Service { script, timeout });
-            }
+    for (i, r) in raw.into_iter().enumerate() {
+        if let Some(entry) = parse_resource(i, r, invalid)? {
+            resources.push(entry);
         }
     }
     if resources.len() > 64 {
@@ -750,38 +762,141 @@ fn parse_cluster(text: &str, res: &Config) -> Result<Cluster, ConfigError> {
             "at most 64 resources".to_owned(),
         ));
     }
+    Ok(resources)
+}
 
-    let ops = parse_ops(
-        &invalid,
-        OpsRaw {
-            ping_nodes: c.ping_nodes,
-            ping_interval_ms: c.ping_interval_ms,
-            ping_timeout_ms: c.ping_timeout_ms,
-            ping_dead_ms: c.ping_dead_ms,
-            on_stop_failure: c.on_stop_failure,
-            reboot_command: c.reboot_command,
-            split_brain_command: c.split_brain_command,
-        },
-        fence_command.is_some(),
-    )?;
+/// Resource `i`: its keys those of its type; `None` for the device.
+fn parse_resource(
+    i: usize,
+    r: RawResource,
+    invalid: &Invalid<'_>,
+) -> Result<Option<ResourceEntry>, ConfigError> {
+    let key = |k: &str| format!("cluster.resource[{i}].{k}");
+    let timeout = Duration::from_millis(r.timeout_ms.unwrap_or_else(d_res_timeout));
+    if r.timeout_ms == Some(0) {
+        return Err(invalid(&key("timeout-ms"), "must be at least 1".to_owned()));
+    }
+    check_resource_keys(&r, &key, invalid)?;
+    let err = |k: &str, message: &str| invalid(&key(k), message.to_owned());
+    match r.kind.as_str() {
+        "device" => {
+            if i != 0 {
+                return Err(err(
+                    "type",
+                    "the device must be the first resource: everything else runs on top of it \
+                     (it is implicit when not listed)",
+                ));
+            }
+            Ok(None)
+        }
+        "filesystem" => {
+            let Some(mount_point) = r.mount_point else {
+                return Err(err(
+                    "mount-point",
+                    "a filesystem resource needs its mount point",
+                ));
+            };
+            if !mount_point.is_absolute() {
+                return Err(invalid(
+                    &key("mount-point"),
+                    format!("{} is not an absolute path", mount_point.display()),
+                ));
+            }
+            Ok(Some(ResourceEntry::Filesystem {
+                device: r.device,
+                mount_point,
+                fstype: r.fstype,
+                options: r.options,
+                timeout,
+            }))
+        }
+        "ip" => ip_entry(r, timeout, &key, invalid).map(Some),
+        _ => {
+            let Some(script) = r.script.filter(|s| !s.as_os_str().is_empty()) else {
+                return Err(err(
+                    "script",
+                    "a service resource needs `script` (called as SCRIPT start|stop|status)",
+                ));
+            };
+            Ok(Some(ResourceEntry::Service { script, timeout }))
+        }
+    }
+}
 
-    Ok(Cluster {
-        keepalive: Duration::from_millis(c.keepalive_ms),
-        warntime: Duration::from_millis(c.warntime_ms),
-        deadtime: Duration::from_millis(c.deadtime_ms),
-        initdead: Duration::from_millis(c.initdead_ms),
-        auth_key,
-        auto_failback: c.auto_failback,
-        preferred: c.preferred,
-        paths,
-        witness,
-        on_no_quorum,
-        fence_command,
-        fence_timeout: Duration::from_millis(c.fence_timeout_ms),
-        failure_timeout: Duration::from_millis(c.failure_timeout_ms),
-        resources,
-        ops,
+/// An ip resource: an address with its prefix, on an interface.
+fn ip_entry(
+    r: RawResource,
+    timeout: Duration,
+    key: &dyn Fn(&str) -> String,
+    invalid: &Invalid<'_>,
+) -> Result<ResourceEntry, ConfigError> {
+    let err = |k: &str, message: &str| invalid(&key(k), message.to_owned());
+    let Some(addr) = r.address else {
+        return Err(err(
+            "address",
+            "an ip resource needs `address = \"A.B.C.D/PREFIX\"`",
+        ));
+    };
+    let (ip, prefix) = parse_cidr(&addr).map_err(|m| invalid(&key("address"), m))?;
+    let Some(interface) = r.interface.filter(|s| !s.is_empty()) else {
+        return Err(err(
+            "interface",
+            "an ip resource needs the interface to add the address on",
+        ));
+    };
+    Ok(ResourceEntry::Ip {
+        address: ip,
+        prefix,
+        interface,
+        timeout,
     })
+}
+
+/// A known type, and no key that its type does not have.
+fn check_resource_keys(
+    r: &RawResource,
+    key: &dyn Fn(&str) -> String,
+    invalid: &Invalid<'_>,
+) -> Result<(), ConfigError> {
+    let allowed: &[&str] = match r.kind.as_str() {
+        "device" => &[],
+        "filesystem" => &["device", "mount-point", "fstype", "options", "timeout-ms"],
+        "ip" => &["address", "interface", "timeout-ms"],
+        "service" => &["script", "timeout-ms"],
+        other => {
+            return Err(invalid(
+                &key("type"),
+                format!(
+                    "unknown resource type \"{other}\"; expected \"device\", \"filesystem\", \"ip\" or \"service\""
+                ),
+            ))
+        }
+    };
+    let given = [
+        ("device", r.device.is_some()),
+        ("mount-point", r.mount_point.is_some()),
+        ("fstype", r.fstype.is_some()),
+        ("options", r.options.is_some()),
+        ("address", r.address.is_some()),
+        ("interface", r.interface.is_some()),
+        ("script", r.script.is_some()),
+        ("timeout-ms", r.timeout_ms.is_some()),
+    ];
+    if let Some((k, _)) = given.iter().find(|(k, set)| *set && !allowed.contains(k)) {
+        return Err(invalid(
+            &key(k),
+            format!(
+                "a resource of type \"{}\" has no `{k}`{}",
+                r.kind,
+                if allowed.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (its keys: {})", allowed.join(", "))
+                }
+            ),
+        ));
+    }
+    Ok(())
 }
 
 struct OpsRaw {
@@ -794,28 +909,8 @@ struct OpsRaw {
     split_brain_command: Option<String>,
 }
 
-fn parse_ops(
-    invalid: &dyn Fn(&str, String) -> ConfigError,
-    r: OpsRaw,
-    fencing: bool,
-) -> Result<OpsSettings, ConfigError> {
-    use crate::core::StopFailure;
-    let mut ping_nodes = Vec::new();
-    for (i, p) in r.ping_nodes.iter().enumerate() {
-        let ip: IpAddr = p.parse().map_err(|_| {
-            invalid(
-                &format!("cluster.ping-nodes[{i}]"),
-                format!("cannot parse \"{p}\" as an IP address (e.g. \"10.0.0.254\"; no port: it is pinged)"),
-            )
-        })?;
-        if ip.is_unspecified() || ping_nodes.contains(&ip) {
-            return Err(invalid(
-                &format!("cluster.ping-nodes[{i}]"),
-                format!("{ip} is unspecified or listed twice"),
-            ));
-        }
-        ping_nodes.push(ip);
-    }
+fn parse_ops(invalid: &Invalid<'_>, r: OpsRaw, fencing: bool) -> Result<OpsSettings, ConfigError> {
+    let ping_nodes = parse_ping_nodes(&r.ping_nodes, invalid)?;
     if r.ping_interval_ms == 0 {
         return Err(invalid(
             "cluster.ping-interval-ms",
@@ -846,7 +941,53 @@ fn parse_ops(
     };
     let reboot_command = nonempty("cluster.reboot-command", r.reboot_command)?;
     let split_brain_command = nonempty("cluster.split-brain-command", r.split_brain_command)?;
-    let on_stop_failure = match r.on_stop_failure.as_deref() {
+    let on_stop_failure = parse_stop_failure(
+        r.on_stop_failure.as_deref(),
+        fencing,
+        reboot_command.is_some(),
+        invalid,
+    )?;
+    Ok(OpsSettings {
+        ping_nodes,
+        ping_interval: Duration::from_millis(r.ping_interval_ms),
+        ping_timeout: Duration::from_millis(r.ping_timeout_ms),
+        ping_dead: Duration::from_millis(ping_dead_ms),
+        on_stop_failure,
+        reboot_command,
+        split_brain_command,
+    })
+}
+
+/// Each ping node: an IP address, listed once.
+fn parse_ping_nodes(raw: &[String], invalid: &Invalid<'_>) -> Result<Vec<IpAddr>, ConfigError> {
+    let mut ping_nodes = Vec::new();
+    for (i, p) in raw.iter().enumerate() {
+        let ip: IpAddr = p.parse().map_err(|_| {
+            invalid(
+                &format!("cluster.ping-nodes[{i}]"),
+                format!("cannot parse \"{p}\" as an IP address (e.g. \"10.0.0.254\"; no port: it is pinged)"),
+            )
+        })?;
+        if ip.is_unspecified() || ping_nodes.contains(&ip) {
+            return Err(invalid(
+                &format!("cluster.ping-nodes[{i}]"),
+                format!("{ip} is unspecified or listed twice"),
+            ));
+        }
+        ping_nodes.push(ip);
+    }
+    Ok(ping_nodes)
+}
+
+/// What a failed stop leads to, and what that needs configured.
+fn parse_stop_failure(
+    on_stop_failure: Option<&str>,
+    fencing: bool,
+    has_reboot_command: bool,
+    invalid: &Invalid<'_>,
+) -> Result<crate::core::StopFailure, ConfigError> {
+    use crate::core::StopFailure;
+    Ok(match on_stop_failure {
         None | Some("block") => StopFailure::Block,
         Some("fence") => {
             if !fencing {
@@ -859,7 +1000,7 @@ fn parse_ops(
             StopFailure::Fence
         }
         Some("reboot-hook") => {
-            if reboot_command.is_none() {
+            if !has_reboot_command {
                 return Err(invalid(
                     "cluster.on-stop-failure",
                     "\"reboot-hook\" runs reboot-command; set reboot-command too (e.g. \"echo b > /proc/sysrq-trigger\")"
@@ -876,15 +1017,6 @@ fn parse_ops(
                 ),
             ))
         }
-    };
-    Ok(OpsSettings {
-        ping_nodes,
-        ping_interval: Duration::from_millis(r.ping_interval_ms),
-        ping_timeout: Duration::from_millis(r.ping_timeout_ms),
-        ping_dead: Duration::from_millis(ping_dead_ms),
-        on_stop_failure,
-        reboot_command,
-        split_brain_command,
     })
 }
 
