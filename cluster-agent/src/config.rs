@@ -636,6 +636,7 @@ fn check_path_pairs(
     names: &[&str],
     invalid: &Invalid<'_>,
 ) -> Result<(), ConfigError> {
+    debug_assert_eq!(names.len(), 2, "a validated resource has exactly two nodes");
     let count = |n: &str| paths.iter().filter(|p| p.node == n).count();
     let (a, b) = (
         names.first().copied().unwrap_or_default(),

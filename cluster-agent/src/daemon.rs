@@ -54,8 +54,11 @@ enum Msg {
     Ping(PingView),
     /// repd's `split_brain` flag, with each status poll.
     SplitBrain(bool),
-    /// The split-brain command ended.
-    HookDone(String),
+    /// The split-brain command ended: whether it exited 0, and what to note.
+    HookDone {
+        succeeded: bool,
+        text: String,
+    },
 }
 
 fn ms(d: Duration) -> u64 {
@@ -517,14 +520,10 @@ impl Agent {
     /// Hand `op` to the worker that runs it; false when that worker is gone.
     fn run_op(&self, op: Op) -> bool {
         tracing::info!(?op, "running");
-        match op {
-            Op::Promote { .. }
-            | Op::Demote
-            | Op::SuspendIo { .. }
-            | Op::ResumeIo { .. }
-            | Op::ArmFreeze
-            | Op::Outdate => self.repd_tx.send(op).is_ok(),
-            _ => self.exec_tx.send(op).is_ok(),
+        if is_device_op(&op) {
+            self.repd_tx.send(op).is_ok()
+        } else {
+            self.exec_tx.send(op).is_ok()
         }
     }
 
@@ -556,9 +555,8 @@ impl Agent {
                 self.on_split_brain(flag);
                 Step::Handled
             }
-            Msg::HookDone(text) => {
-                self.core
-                    .note(self.now(), !text.contains("exit 0"), text.clone());
+            Msg::HookDone { succeeded, text } => {
+                self.core.note(self.now(), !succeeded, text.clone());
                 self.sb.last_hook = Some(text);
                 Step::Handled
             }
@@ -797,6 +795,19 @@ fn repd_worker(sock: &Path, every: Duration, rx: &Receiver<Op>, tx: &Sender<Msg>
     }
 }
 
+/// Whether `op` is repd's to do (the repd worker), not the exec worker's.
+fn is_device_op(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Promote { .. }
+            | Op::Demote
+            | Op::SuspendIo { .. }
+            | Op::ResumeIo { .. }
+            | Op::ArmFreeze
+            | Op::Outdate
+    )
+}
+
 fn repd_op(sock: &Path, op: &Op) -> OpResult {
     let (cmd, what) = match op {
         Op::Promote { force } => (ControlCmd::Primary { force: *force }, "promote"),
@@ -813,7 +824,10 @@ fn repd_op(sock: &Path, op: &Op) -> OpResult {
             "freeze-on-disconnect",
         ),
         Op::Outdate => (ControlCmd::Outdate, "outdate"),
-        other => return OpResult::Failed(format!("{other:?} is not a device operation")),
+        other => {
+            debug_assert!(false, "{other:?} routed to the repd worker");
+            return OpResult::Failed(format!("{other:?} is not a device operation"));
+        }
     };
     match ublk_target::control::request(sock, &cmd, Some(Duration::from_secs(60))) {
         Ok(r) if r.ok => match (&cmd, r.status.map(|s| s.role)) {
@@ -869,6 +883,7 @@ fn spawn_split_brain_hook(
                 &ctx,
                 &[("REP_ROLE", role), ("REP_EVENT", "split-brain".into())],
             );
+            let succeeded = code == Some(0);
             let code = code.map_or_else(|| "no exit code".to_string(), |c| format!("exit {c}"));
             let out = out.trim();
             let text = if out.is_empty() {
@@ -876,7 +891,7 @@ fn spawn_split_brain_hook(
             } else {
                 format!("split-brain-command: {code}: {out}")
             };
-            let _ = tx.send(Msg::HookDone(text));
+            let _ = tx.send(Msg::HookDone { succeeded, text });
         });
     if let Err(e) = spawned {
         tracing::warn!("cannot start the split-brain-command: {e}");
@@ -949,7 +964,10 @@ fn exec_worker(
     for op in rx {
         let result = match &op {
             Op::Start(i) | Op::Stop(i) => match chain.get(*i) {
-                None => OpResult::Failed(format!("no resource {i}")),
+                None => {
+                    debug_assert!(false, "the core asked for resource {i}, not in the chain");
+                    OpResult::Failed(format!("no resource {i}"))
+                }
                 Some(r) => {
                     let res = if matches!(op, Op::Start(_)) {
                         resources::start(r, ctx)
@@ -985,7 +1003,10 @@ fn exec_worker(
                 }
                 None => OpResult::Failed("no reboot-command configured".into()),
             },
-            other => OpResult::Failed(format!("{other:?} is not a chain operation")),
+            other => {
+                debug_assert!(false, "{other:?} routed to the exec worker");
+                OpResult::Failed(format!("{other:?} is not a chain operation"))
+            }
         };
         if tx.send(Msg::Done { op, result }).is_err() {
             return;

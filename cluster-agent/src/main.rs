@@ -283,6 +283,18 @@ fn ago(v: &Value) -> String {
 /// The readable form of the status.
 fn text(st: &Value) -> String {
     let mut o = String::new();
+    text_headline(&mut o, st);
+    text_quorum(&mut o, st);
+    text_conditions(&mut o, st);
+    text_local_and_peer(&mut o, st);
+    text_paths_and_chain(&mut o, st);
+    text_counters(&mut o, st);
+    text_history(&mut o, st);
+    o
+}
+
+/// The first lines: state, decision, fencing.
+fn text_headline(o: &mut String, st: &Value) {
     let _ = writeln!(
         o,
         "{} on {}: {} for {:.1} s{}",
@@ -301,6 +313,10 @@ fn text(st: &Value) -> String {
     if !st["last_fence"].is_null() {
         let _ = writeln!(o, "last fence: {}", s(&st["last_fence"]));
     }
+}
+
+/// With a witness: the votes and the witness's last answer.
+fn text_quorum(o: &mut String, st: &Value) {
     let q = &st["quorum"];
     if q["witness_configured"] == true {
         let _ = writeln!(
@@ -342,6 +358,10 @@ fn text(st: &Value) -> String {
             }
         );
     }
+}
+
+/// What holds the node back or went wrong: failure-timeout, a failed stop, a handover, ping nodes, a split brain.
+fn text_conditions(o: &mut String, st: &Value) {
     if let Some(ms) = st["failure_timeout_left_ms"].as_u64() {
         let _ = writeln!(
             o,
@@ -391,6 +411,10 @@ fn text(st: &Value) -> String {
                 .unwrap_or_default()
         );
     }
+}
+
+/// The local repd and the peer.
+fn text_local_and_peer(o: &mut String, st: &Value) {
     let l = &st["local"];
     if l.is_null() {
         let _ = writeln!(o, "local repd: not running");
@@ -427,6 +451,10 @@ fn text(st: &Value) -> String {
         s(&p["disk"]),
         ago(&p["last_heard_ms_ago"])
     );
+}
+
+/// Each heartbeat path and each resource of the chain.
+fn text_paths_and_chain(o: &mut String, st: &Value) {
     let _ = writeln!(o, "paths:");
     for p in st["paths"].as_array().into_iter().flatten() {
         let _ = writeln!(
@@ -453,6 +481,10 @@ fn text(st: &Value) -> String {
     for r in st["chain"].as_array().into_iter().flatten() {
         let _ = writeln!(o, "  {:<40} {}", s(&r["label"]), s(&r["state"]));
     }
+}
+
+/// The heartbeat counters.
+fn text_counters(o: &mut String, st: &Value) {
     let c = &st["counters"];
     let _ = writeln!(
         o,
@@ -465,6 +497,10 @@ fn text(st: &Value) -> String {
         s(&c["foreign"]),
         s(&c["peer_restarts"])
     );
+}
+
+/// The last transitions and events, in seconds ago.
+fn text_history(o: &mut String, st: &Value) {
     let up = st["uptime_ms"].as_u64().unwrap_or(0);
     let _ = writeln!(o, "last transitions:");
     for t in st["transitions"].as_array().into_iter().flatten() {
@@ -495,5 +531,4 @@ fn text(st: &Value) -> String {
             s(&e["what"])
         );
     }
-    o
 }
