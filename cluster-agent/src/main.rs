@@ -127,13 +127,14 @@ fn main() -> ExitCode {
 fn witness_status(cli: &Cli, json: bool) -> Result<(), String> {
     let cfg = cluster_agent::config::WitnessConfig::load(&cli.config).map_err(|e| e.to_string())?;
     let path = cluster_agent::witness::socket_path(&cli.run_dir, &cfg.resource);
-    let reply = control::request(&path, &Request::Status).map_err(|_| {
-        format!(
+    let reply = control::request(&path, &Request::Status).map_err(|e| match e {
+        control::RequestError::NotRunning { .. } => format!(
             "no witness of resource {} answers on {}; start it with `cluster-agent --witness --config FILE` \
              (with the same --run-dir)",
             cfg.resource,
             path.display()
-        )
+        ),
+        other => other.to_string(),
     })?;
     print_status(reply, "the witness refused", json, witness_text)
 }
@@ -204,14 +205,14 @@ fn witness_text(st: &Value) -> String {
 fn status(cli: &Cli, json: bool) -> Result<(), String> {
     let cfg = AgentConfig::load(&cli.config, cli.node.as_deref()).map_err(|e| e.to_string())?;
     let path = control::socket_path(&cli.run_dir, &cfg.resource.resource.name, &cfg.me);
-    let reply = control::request(&path, &Request::Status)?;
+    let reply = control::request(&path, &Request::Status).map_err(|e| e.to_string())?;
     print_status(reply, "the agent refused", json, text)
 }
 
 fn switchover(cli: &Cli, no_wait: bool, timeout: u64) -> Result<(), String> {
     let cfg = AgentConfig::load(&cli.config, cli.node.as_deref()).map_err(|e| e.to_string())?;
     let path = control::socket_path(&cli.run_dir, &cfg.resource.resource.name, &cfg.me);
-    let reply = control::request(&path, &Request::Switchover)?;
+    let reply = control::request(&path, &Request::Switchover).map_err(|e| e.to_string())?;
     if !reply.ok {
         return Err(reply
             .error
@@ -228,7 +229,7 @@ fn switchover(cli: &Cli, no_wait: bool, timeout: u64) -> Result<(), String> {
     let limit = std::time::Duration::from_secs(timeout);
     let mut last = String::new();
     loop {
-        let reply = control::request(&path, &Request::Status)?;
+        let reply = control::request(&path, &Request::Status).map_err(|e| e.to_string())?;
         let owned = reply.status.unwrap_or(Value::Null);
         let st = &owned;
         let peer = &st["peer"];

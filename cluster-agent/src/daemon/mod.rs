@@ -248,7 +248,7 @@ fn open_witness_socket(
 /// Serve the agent's control socket; its requests join the main channel.
 fn serve_control(agent_sock: &Path, tx: &Sender<Msg>) -> Result<(), String> {
     let (ctl_tx, ctl_rx) = mpsc::channel::<Incoming>();
-    control::serve(agent_sock, ctl_tx)?;
+    control::serve(agent_sock, ctl_tx).map_err(|e| e.to_string())?;
     let tx = tx.clone();
     spawn("agent-control-fwd", move || {
         for inc in ctl_rx {

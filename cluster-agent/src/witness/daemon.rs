@@ -11,15 +11,21 @@ use replication_proto::time::Millis;
 
 use super::codec::{decode_request, encode_reply, Packet, MAX_PACKET};
 use super::core::{Action, Input, Memory, NodeView, WitnessCore};
-use crate::control::Incoming;
+use crate::control::{Incoming, ServeError};
+use ublk_target::config::ConfigError;
 
 /// Why the witness could not start or keep its memory.
 #[derive(Debug, thiserror::Error)]
 pub enum WitnessError {
-    #[error("{0}")]
-    Config(String),
-    #[error("{0}")]
-    Control(String),
+    /// The resource file is unreadable or invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Neither `--listen` nor the configuration's `witness` says where to listen.
+    #[error("{}: [cluster] has no `witness = \"IP:PORT\"` (and no --listen given)", config.display())]
+    NoListenAddress { config: PathBuf },
+    /// The status socket could not be served.
+    #[error(transparent)]
+    Control(#[from] ServeError),
     #[error("cannot bind the witness socket on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -154,17 +160,13 @@ struct Witness {
 impl Witness {
     /// Read the configuration and the memory, bind the sockets.
     fn start(opts: &WitnessOptions) -> Result<Self, WitnessError> {
-        let cfg = crate::config::WitnessConfig::load(&opts.config)
-            .map_err(|e| WitnessError::Config(e.to_string()))?;
-        let listen = match opts.listen.or(cfg.witness) {
-            Some(a) => a,
-            None => {
-                return Err(WitnessError::Config(format!(
-                    "{}: [cluster] has no `witness = \"IP:PORT\"` (and no --listen given)",
-                    opts.config.display()
-                )))
-            }
-        };
+        let cfg = crate::config::WitnessConfig::load(&opts.config)?;
+        let listen = opts
+            .listen
+            .or(cfg.witness)
+            .ok_or_else(|| WitnessError::NoListenAddress {
+                config: opts.config.clone(),
+            })?;
         let state_file = opts
             .state_file
             .clone()
@@ -176,7 +178,7 @@ impl Witness {
         })?;
         let control_path = socket_path(&opts.run_dir, &cfg.resource);
         let (to_main, requests) = std::sync::mpsc::channel();
-        crate::control::serve(&control_path, to_main).map_err(WitnessError::Control)?;
+        crate::control::serve(&control_path, to_main)?;
         let clock = Instant::now();
         let incarnation: u64 = rand::random();
         let deadtime_ms = u64::try_from(cfg.deadtime.as_millis()).unwrap_or(u64::MAX);
