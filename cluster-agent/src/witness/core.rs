@@ -89,6 +89,8 @@ pub struct WitnessCore {
     memory: Memory,
     live: [Live; 2],
     actions: VecDeque<Action>,
+    /// The memory changed since it was last handed out to persist.
+    dirty: bool,
     /// Requests dropped as replays.
     pub replays: u64,
 }
@@ -112,6 +114,7 @@ impl WitnessCore {
             memory,
             live: [Live::default(), Live::default()],
             actions: VecDeque::new(),
+            dirty: false,
             replays: 0,
         }
     }
@@ -196,6 +199,7 @@ impl WitnessCore {
 
     /// One authenticated request: accepted (fresh), remembered, answered.
     fn on_request(&mut self, now: Millis, node: String, req: &Request) {
+        debug_assert!(!self.dirty, "a change was not handed out to persist");
         let Some(i) = self.index(&node) else {
             let why = "unknown node";
             self.actions.push_back(Action::Dropped { node, why });
@@ -205,9 +209,9 @@ impl WitnessCore {
             self.actions.push_back(Action::Dropped { node, why });
             return;
         }
-        let mut changed = self.remember(&node, req);
-        let reply = self.answer(now, i, req, &mut changed);
-        if changed {
+        self.remember(&node, req);
+        let reply = self.answer(now, i, req);
+        if std::mem::take(&mut self.dirty) {
             self.actions.push_back(Action::Persist(self.memory.clone()));
         }
         self.actions.push_back(Action::Reply { node, reply });
@@ -246,8 +250,8 @@ impl WitnessCore {
         Ok(())
     }
 
-    /// Remember what `node` reports of its data; whether the memory changed.
-    fn remember(&mut self, node: &str, req: &Request) -> bool {
+    /// Remember what `node` reports of its data.
+    fn remember(&mut self, node: &str, req: &Request) {
         let mut changed = false;
         let mem = self.memory.nodes.entry(node.to_string()).or_default();
         if req.repd_up && req.gens != Generations::default() && mem.gens != req.gens {
@@ -267,12 +271,12 @@ impl WitnessCore {
             }
             _ => {}
         }
-        changed
+        self.dirty |= changed;
     }
 
     /// The answer to node `i`: membership, and the vote if asked (granting
-    /// it marks the silent peer Outdated, which sets `changed`).
-    fn answer(&mut self, now: Millis, i: usize, req: &Request, changed: &mut bool) -> Reply {
+    /// it marks the silent peer Outdated).
+    fn answer(&mut self, now: Millis, i: usize, req: &Request) -> Reply {
         let me = self.nodes.get(i).cloned().unwrap_or_default();
         let peer = self.nodes.get(1 - i).cloned().unwrap_or_default();
         let not_member = self.not_member(i);
@@ -290,7 +294,7 @@ impl WitnessCore {
                     pm.outdated = Some(format!(
                         "{me} was granted the takeover while {peer} was silent to the witness"
                     ));
-                    *changed = true;
+                    self.dirty = true;
                 }
                 reason.clear();
             } else {
