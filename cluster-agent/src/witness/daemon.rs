@@ -26,20 +26,25 @@ pub enum WitnessError {
     /// The status socket could not be served.
     #[error(transparent)]
     Control(#[from] ServeError),
+    /// The UDP address is not local or in use.
     #[error("cannot bind the witness socket on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
+    /// The state file exists but cannot be read.
     #[error("cannot read the witness state file {path}: {source}")]
     ReadState {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    /// The state file is not what the witness wrote.
     #[error("the witness state file {path} is damaged ({message}); move it away to start with an empty memory (every node is then trusted again)")]
     BadState { path: PathBuf, message: String },
+    /// The memory could not be persisted: the witness stops rather than
+    /// answer with a promise it may forget.
     #[error("cannot write the witness state file {path}: {source}")]
     WriteState {
         path: PathBuf,
