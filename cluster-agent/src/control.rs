@@ -43,28 +43,98 @@ pub struct Incoming {
     pub reply: Sender<Reply>,
 }
 
+/// Why the control socket could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The run directory could not be created.
+    #[error("cannot create the run directory {}: {source}", dir.display())]
+    RunDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another process answers on the socket: an agent (or witness) of the
+    /// same resource and node runs already.
+    #[error("another cluster-agent already serves {} (it answers); stop it first", path.display())]
+    AlreadyServed { path: PathBuf },
+    /// The socket could not be bound.
+    #[error("cannot listen on {}: {source}", path.display())]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The accepting thread could not be started.
+    #[error("cannot start a thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Why a request to a running agent (or witness) got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Nothing answers on the socket: no agent runs for this resource and
+    /// node (or not with this run directory).
+    #[error(
+        "no cluster-agent is running for this resource and node (no answer on {}: {source}); \
+         start it with `cluster-agent --config FILE --node NAME`",
+        path.display()
+    )]
+    NotRunning {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection could not be used.
+    #[error("{0}")]
+    Socket(#[source] std::io::Error),
+    /// The request could not be encoded.
+    #[error("{0}")]
+    Encode(#[source] serde_json::Error),
+    /// Sending the request or reading the answer failed.
+    #[error("{}: {source}", path.display())]
+    Exchange {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The agent closed the connection without answering.
+    #[error("{}: the connection closed without an answer", path.display())]
+    Closed { path: PathBuf },
+    /// The answer is not a [`Reply`].
+    #[error("{}: {source}: {answer}", path.display())]
+    BadAnswer {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+        answer: String,
+    },
+}
+
 /// Create the socket (refusing if another agent answers on it) and serve it
 /// on a thread; requests go to `to_main`.
 ///
 /// # Errors
-/// A message saying what is wrong.
-pub fn serve(path: &Path, to_main: Sender<Incoming>) -> Result<(), String> {
+/// [`ServeError`] saying what is wrong.
+pub fn serve(path: &Path, to_main: Sender<Incoming>) -> Result<(), ServeError> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create the run directory {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|source| ServeError::RunDir {
+            dir: dir.to_owned(),
+            source,
+        })?;
         let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     }
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
-            return Err(format!(
-                "another cluster-agent already serves {} (it answers); stop it first",
-                path.display()
-            ));
+            return Err(ServeError::AlreadyServed {
+                path: path.to_owned(),
+            });
         }
         let _ = std::fs::remove_file(path);
     }
-    let listener = UnixListener::bind(path)
-        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    let listener = UnixListener::bind(path).map_err(|source| ServeError::Listen {
+        path: path.to_owned(),
+        source,
+    })?;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
     std::thread::Builder::new()
         .name("agent-control".into())
@@ -77,7 +147,7 @@ pub fn serve(path: &Path, to_main: Sender<Incoming>) -> Result<(), String> {
                     .spawn(move || client(conn, &tx));
             }
         })
-        .map_err(|e| format!("cannot start a thread: {e}"))?;
+        .map_err(ServeError::Thread)?;
     Ok(())
 }
 
@@ -123,28 +193,33 @@ fn client(conn: UnixStream, to_main: &Sender<Incoming>) {
 /// Send one request to a running agent.
 ///
 /// # Errors
-/// A message saying whether no agent runs or it answered badly.
-pub fn request(path: &Path, req: &Request) -> Result<Reply, String> {
-    let conn = UnixStream::connect(path).map_err(|e| {
-        format!(
-            "no cluster-agent is running for this resource and node (no answer on {}: {e}); \
-             start it with `cluster-agent --config FILE --node NAME`",
-            path.display()
-        )
+/// [`RequestError`]: whether no agent runs ([`RequestError::NotRunning`])
+/// or it answered badly.
+pub fn request(path: &Path, req: &Request) -> Result<Reply, RequestError> {
+    let conn = UnixStream::connect(path).map_err(|source| RequestError::NotRunning {
+        path: path.to_owned(),
+        source,
     })?;
     let _ = conn.set_read_timeout(Some(Duration::from_secs(15)));
-    let mut wr = conn.try_clone().map_err(|e| e.to_string())?;
-    let line = serde_json::to_string(req).map_err(|e| e.to_string())?;
-    writeln!(wr, "{line}").map_err(|e| format!("{}: {e}", path.display()))?;
+    let exchange = |source| RequestError::Exchange {
+        path: path.to_owned(),
+        source,
+    };
+    let mut wr = conn.try_clone().map_err(RequestError::Socket)?;
+    let line = serde_json::to_string(req).map_err(RequestError::Encode)?;
+    writeln!(wr, "{line}").map_err(exchange)?;
     let mut answer = String::new();
     BufReader::new(conn)
         .read_line(&mut answer)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(exchange)?;
     if answer.is_empty() {
-        return Err(format!(
-            "{}: the connection closed without an answer",
-            path.display()
-        ));
+        return Err(RequestError::Closed {
+            path: path.to_owned(),
+        });
     }
-    serde_json::from_str(&answer).map_err(|e| format!("{}: {e}: {answer}", path.display()))
+    serde_json::from_str(&answer).map_err(|source| RequestError::BadAnswer {
+        path: path.to_owned(),
+        source,
+        answer,
+    })
 }

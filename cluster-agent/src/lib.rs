@@ -9,7 +9,8 @@
 //! - [`core`]: the sans-IO decision core (events in, actions out);
 //! - [`wire`]: the heartbeat packet;
 //! - [`sim`]: the seeded simulator of two agents;
-//! - [`witness`]: the third voter (`cluster-agent --witness`) and its packets;
+//! - [`witness`]: the third voter (`cluster-agent --witness`): its packets,
+//!   its sans-IO core and its process;
 //! - [`daemon`], [`resources`], [`netlink`], [`control`]: the agent process around the core.
 
 pub mod config;

@@ -127,13 +127,14 @@ fn main() -> ExitCode {
 fn witness_status(cli: &Cli, json: bool) -> Result<(), String> {
     let cfg = cluster_agent::config::WitnessConfig::load(&cli.config).map_err(|e| e.to_string())?;
     let path = cluster_agent::witness::socket_path(&cli.run_dir, &cfg.resource);
-    let reply = control::request(&path, &Request::Status).map_err(|_| {
-        format!(
+    let reply = control::request(&path, &Request::Status).map_err(|e| match e {
+        control::RequestError::NotRunning { .. } => format!(
             "no witness of resource {} answers on {}; start it with `cluster-agent --witness --config FILE` \
              (with the same --run-dir)",
             cfg.resource,
             path.display()
-        )
+        ),
+        other => other.to_string(),
     })?;
     print_status(reply, "the witness refused", json, witness_text)
 }
@@ -204,14 +205,14 @@ fn witness_text(st: &Value) -> String {
 fn status(cli: &Cli, json: bool) -> Result<(), String> {
     let cfg = AgentConfig::load(&cli.config, cli.node.as_deref()).map_err(|e| e.to_string())?;
     let path = control::socket_path(&cli.run_dir, &cfg.resource.resource.name, &cfg.me);
-    let reply = control::request(&path, &Request::Status)?;
+    let reply = control::request(&path, &Request::Status).map_err(|e| e.to_string())?;
     print_status(reply, "the agent refused", json, text)
 }
 
 fn switchover(cli: &Cli, no_wait: bool, timeout: u64) -> Result<(), String> {
     let cfg = AgentConfig::load(&cli.config, cli.node.as_deref()).map_err(|e| e.to_string())?;
     let path = control::socket_path(&cli.run_dir, &cfg.resource.resource.name, &cfg.me);
-    let reply = control::request(&path, &Request::Switchover)?;
+    let reply = control::request(&path, &Request::Switchover).map_err(|e| e.to_string())?;
     if !reply.ok {
         return Err(reply
             .error
@@ -228,7 +229,7 @@ fn switchover(cli: &Cli, no_wait: bool, timeout: u64) -> Result<(), String> {
     let limit = std::time::Duration::from_secs(timeout);
     let mut last = String::new();
     loop {
-        let reply = control::request(&path, &Request::Status)?;
+        let reply = control::request(&path, &Request::Status).map_err(|e| e.to_string())?;
         let owned = reply.status.unwrap_or(Value::Null);
         let st = &owned;
         let peer = &st["peer"];
@@ -283,6 +284,18 @@ fn ago(v: &Value) -> String {
 /// The readable form of the status.
 fn text(st: &Value) -> String {
     let mut o = String::new();
+    text_headline(&mut o, st);
+    text_quorum(&mut o, st);
+    text_conditions(&mut o, st);
+    text_local_and_peer(&mut o, st);
+    text_paths_and_chain(&mut o, st);
+    text_counters(&mut o, st);
+    text_history(&mut o, st);
+    o
+}
+
+/// The first lines: state, decision, fencing.
+fn text_headline(o: &mut String, st: &Value) {
     let _ = writeln!(
         o,
         "{} on {}: {} for {:.1} s{}",
@@ -301,6 +314,10 @@ fn text(st: &Value) -> String {
     if !st["last_fence"].is_null() {
         let _ = writeln!(o, "last fence: {}", s(&st["last_fence"]));
     }
+}
+
+/// With a witness: the votes and the witness's last answer.
+fn text_quorum(o: &mut String, st: &Value) {
     let q = &st["quorum"];
     if q["witness_configured"] == true {
         let _ = writeln!(
@@ -342,6 +359,10 @@ fn text(st: &Value) -> String {
             }
         );
     }
+}
+
+/// What holds the node back or went wrong: failure-timeout, a failed stop, a handover, ping nodes, a split brain.
+fn text_conditions(o: &mut String, st: &Value) {
     if let Some(ms) = st["failure_timeout_left_ms"].as_u64() {
         let _ = writeln!(
             o,
@@ -391,6 +412,10 @@ fn text(st: &Value) -> String {
                 .unwrap_or_default()
         );
     }
+}
+
+/// The local repd and the peer.
+fn text_local_and_peer(o: &mut String, st: &Value) {
     let l = &st["local"];
     if l.is_null() {
         let _ = writeln!(o, "local repd: not running");
@@ -427,6 +452,10 @@ fn text(st: &Value) -> String {
         s(&p["disk"]),
         ago(&p["last_heard_ms_ago"])
     );
+}
+
+/// Each heartbeat path and each resource of the chain.
+fn text_paths_and_chain(o: &mut String, st: &Value) {
     let _ = writeln!(o, "paths:");
     for p in st["paths"].as_array().into_iter().flatten() {
         let _ = writeln!(
@@ -453,6 +482,10 @@ fn text(st: &Value) -> String {
     for r in st["chain"].as_array().into_iter().flatten() {
         let _ = writeln!(o, "  {:<40} {}", s(&r["label"]), s(&r["state"]));
     }
+}
+
+/// The heartbeat counters.
+fn text_counters(o: &mut String, st: &Value) {
     let c = &st["counters"];
     let _ = writeln!(
         o,
@@ -465,6 +498,10 @@ fn text(st: &Value) -> String {
         s(&c["foreign"]),
         s(&c["peer_restarts"])
     );
+}
+
+/// The last transitions and events, in seconds ago.
+fn text_history(o: &mut String, st: &Value) {
     let up = st["uptime_ms"].as_u64().unwrap_or(0);
     let _ = writeln!(o, "last transitions:");
     for t in st["transitions"].as_array().into_iter().flatten() {
@@ -495,5 +532,4 @@ fn text(st: &Value) -> String {
             s(&e["what"])
         );
     }
-    o
 }

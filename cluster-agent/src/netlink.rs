@@ -17,7 +17,7 @@
 //! type (the ack), whose parsing here is bounds-checked and tested.
 
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -137,6 +137,59 @@ fn ack_of(datagram: &[u8], seq: u32) -> Result<Option<i32>, ()> {
     Ok(None)
 }
 
+/// A bound NETLINK_ROUTE socket whose receive gives up after `timeout`.
+fn route_socket(timeout: Duration) -> Result<OwnedFd, NetlinkError> {
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkRoute,
+    )
+    .map_err(NetlinkError::Socket)?;
+    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(NetlinkError::Socket)?;
+    let micros = i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX);
+    setsockopt(
+        &fd,
+        sockopt::ReceiveTimeout,
+        &TimeVal::new(micros / 1_000_000, micros % 1_000_000),
+    )
+    .map_err(NetlinkError::Socket)?;
+    Ok(fd)
+}
+
+/// Read until the kernel acknowledges request `seq`: `Ok(true)` changed,
+/// `Ok(false)` already so.
+fn await_ack(fd: &OwnedFd, seq: u32, change: Change, what: String) -> Result<bool, NetlinkError> {
+    let mut buf = vec![0u8; 8192];
+    let t0 = std::time::Instant::now();
+    loop {
+        let n = match recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => {
+                return Err(NetlinkError::NoAnswer {
+                    what,
+                    ms: t0.elapsed().as_millis(),
+                })
+            }
+            Err(e) => return Err(NetlinkError::Socket(e)),
+        };
+        let ack = ack_of(buf.get(..n).unwrap_or_default(), seq)
+            .map_err(|()| NetlinkError::Malformed { what: what.clone() })?;
+        match ack {
+            None => {}
+            Some(0) => return Ok(true),
+            Some(e) => {
+                let errno = Errno::from_raw(e.saturating_neg());
+                return match (change, errno) {
+                    (Change::Add, Errno::EEXIST) | (Change::Del, Errno::EADDRNOTAVAIL) => Ok(false),
+                    _ => Err(NetlinkError::Refused { what, errno }),
+                };
+            }
+        }
+    }
+}
+
 /// Add or remove `address/prefix` on `interface`. `Ok(true)` when it
 /// changed, `Ok(false)` when it already was so (added: the address exists;
 /// removed: it does not).
@@ -166,21 +219,7 @@ pub fn change_address(
     );
     let index = nix::net::if_::if_nametoindex(interface)
         .map_err(|_| NetlinkError::NoInterface(interface.to_owned()))?;
-    let fd = socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkRoute,
-    )
-    .map_err(NetlinkError::Socket)?;
-    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(NetlinkError::Socket)?;
-    let micros = i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX);
-    setsockopt(
-        &fd,
-        sockopt::ReceiveTimeout,
-        &TimeVal::new(micros / 1_000_000, micros % 1_000_000),
-    )
-    .map_err(NetlinkError::Socket)?;
+    let fd = route_socket(timeout)?;
     let seq: u32 = rand::random();
     let msg = request(change, address, prefix, index, seq);
     sendto(
@@ -190,34 +229,7 @@ pub fn change_address(
         MsgFlags::empty(),
     )
     .map_err(NetlinkError::Socket)?;
-    let mut buf = vec![0u8; 8192];
-    let t0 = std::time::Instant::now();
-    loop {
-        let n = match recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-            Ok(n) => n,
-            Err(Errno::EINTR) => continue,
-            Err(Errno::EAGAIN) => {
-                return Err(NetlinkError::NoAnswer {
-                    what,
-                    ms: t0.elapsed().as_millis(),
-                })
-            }
-            Err(e) => return Err(NetlinkError::Socket(e)),
-        };
-        let ack = ack_of(buf.get(..n).unwrap_or_default(), seq)
-            .map_err(|()| NetlinkError::Malformed { what: what.clone() })?;
-        match ack {
-            None => {}
-            Some(0) => return Ok(true),
-            Some(e) => {
-                let errno = Errno::from_raw(e.saturating_neg());
-                return match (change, errno) {
-                    (Change::Add, Errno::EEXIST) | (Change::Del, Errno::EADDRNOTAVAIL) => Ok(false),
-                    _ => Err(NetlinkError::Refused { what, errno }),
-                };
-            }
-        }
-    }
+    await_ack(&fd, seq, change, what)
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use nix::mount::MsFlags;
@@ -71,6 +72,17 @@ pub fn run(mut cmd: Command, timeout: Duration) -> Result<Exit, String> {
         .process_group(0);
     let what = format!("{:?}", cmd.get_program());
     let mut child = cmd.spawn().map_err(|e| format!("cannot run {what}: {e}"))?;
+    let (output, streams) = read_output(&mut child);
+    let status = wait_or_kill(&mut child, timeout, &what)?;
+    Ok(Exit {
+        code: status.code(),
+        output: output_tail(&output, streams),
+    })
+}
+
+/// Read the child's stdout and stderr on threads of their own; each hands
+/// its bytes over the returned channel (and how many streams there are).
+fn read_output(child: &mut std::process::Child) -> (Receiver<Vec<u8>>, usize) {
     // Readers hand their bytes over a channel: a daemon started by the
     // script may keep the pipe open forever, and must not hold us up.
     let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
@@ -101,7 +113,15 @@ pub fn run(mut cmd: Command, timeout: Duration) -> Result<Exit, String> {
                 let _ = std::io::copy(&mut r, &mut std::io::sink());
             });
     }
-    drop(tx);
+    (rx, streams)
+}
+
+/// Wait for the child until `timeout`; then kill its process group.
+fn wait_or_kill(
+    child: &mut std::process::Child,
+    timeout: Duration,
+    what: &str,
+) -> Result<std::process::ExitStatus, String> {
     let t0 = Instant::now();
     let status = loop {
         match child.try_wait() {
@@ -125,6 +145,12 @@ pub fn run(mut cmd: Command, timeout: Duration) -> Result<Exit, String> {
             timeout.as_millis()
         ));
     };
+    Ok(status)
+}
+
+/// The last 500 characters of what the streams sent within 200 ms of the
+/// exit (a daemon the script started may hold the pipes open).
+fn output_tail(rx: &Receiver<Vec<u8>>, streams: usize) -> String {
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_millis(200);
     for _ in 0..streams {
@@ -137,18 +163,12 @@ pub fn run(mut cmd: Command, timeout: Duration) -> Result<Exit, String> {
     let text = String::from_utf8_lossy(&out);
     let text = text.trim();
     // Keep the end: that is where the error is.
-    let tail: String = {
-        let chars: Vec<char> = text.chars().collect();
-        chars
-            .get(chars.len().saturating_sub(500)..)
-            .unwrap_or_default()
-            .iter()
-            .collect()
-    };
-    Ok(Exit {
-        code: status.code(),
-        output: tail,
-    })
+    let chars: Vec<char> = text.chars().collect();
+    chars
+        .get(chars.len().saturating_sub(500)..)
+        .unwrap_or_default()
+        .iter()
+        .collect()
 }
 
 fn check(what: &str, r: Result<Exit, String>) -> Result<(), String> {

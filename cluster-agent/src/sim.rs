@@ -43,7 +43,7 @@ use replication_proto::wire::{DiskState, Role};
 use crate::core::{
     Action, BadPacket, Beat, Core, CoreConfig, HaState, Input, LocalState, Millis, Op, OpResult,
 };
-use crate::witness::{self, Memory, Outcome, WitnessCore};
+use crate::witness::{self, Memory, WitnessCore};
 
 /// What the fence command does in a scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -368,7 +368,7 @@ impl World {
                 sc.deadtime,
                 Memory::default(),
                 1,
-                0,
+                replication_proto::time::Millis::ZERO,
             )
         });
         Self {
@@ -660,14 +660,21 @@ impl World {
                 let Some(w) = self.witness.as_mut() else {
                     return Ok(());
                 };
-                let (outcome, changed) = w.handle(now, NAMES[from], &req);
-                if changed {
-                    self.witness_memory = w.memory().clone();
-                }
-                if let Outcome::Reply(reply) = outcome {
-                    if self.wlink_up[from] && !self.rng.gen_bool(self.sc.loss) {
-                        let d = self.rng.gen_range(0..=self.sc.max_delay);
-                        self.push(now + d, Ev::FromWitness { to: from, reply });
+                let node = NAMES[from].into();
+                w.handle(
+                    replication_proto::time::Millis(now),
+                    witness::Input::Request { node, req },
+                );
+                while let Some(a) = self.witness.as_mut().and_then(WitnessCore::poll_action) {
+                    match a {
+                        witness::Action::Persist(m) => self.witness_memory = m,
+                        witness::Action::Reply { reply, .. } => {
+                            if self.wlink_up[from] && !self.rng.gen_bool(self.sc.loss) {
+                                let d = self.rng.gen_range(0..=self.sc.max_delay);
+                                self.push(now + d, Ev::FromWitness { to: from, reply });
+                            }
+                        }
+                        witness::Action::Dropped { .. } => {}
                     }
                 }
             }
@@ -736,7 +743,7 @@ impl World {
                         self.sc.deadtime,
                         self.witness_memory.clone(),
                         inc,
-                        self.now,
+                        replication_proto::time::Millis(self.now),
                     ));
                 }
             }

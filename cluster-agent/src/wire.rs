@@ -17,15 +17,11 @@
 //! recorded on one path and replayed on another fails the path check).
 //! Decoding never panics: every malformed input is an error.
 
-use hmac::digest::generic_array::GenericArray;
-use hmac::digest::KeyInit;
-use hmac::{Hmac, Mac};
+use hmac::Mac;
+use replication_proto::wire::auth::{keyed, HmacSha256};
 use replication_proto::wire::{DiskState, Role};
-use sha2::{Digest, Sha256};
 
 use crate::core::{Beat, WireState};
-
-type HmacSha256 = Hmac<Sha256>;
 
 pub const MAGIC: &[u8; 4] = b"RPHB";
 pub const VERSION: u8 = 1;
@@ -61,24 +57,10 @@ pub struct Packet {
     pub beat: Beat,
 }
 
-/// HMAC-SHA256 keyed with `key`, building the key block as HMAC defines it
-/// (longer keys hashed, shorter ones zero-padded) so that it cannot fail.
+/// HMAC-SHA256 keyed with `key`: the key derivation of the replication
+/// link's handshake, shared so that the two cannot drift apart.
 pub(crate) fn mac(key: &[u8]) -> HmacSha256 {
-    let mut block = GenericArray::<
-        u8,
-        <HmacSha256 as hmac::digest::crypto_common::KeySizeUser>::KeySize,
-    >::default();
-    if key.len() > block.len() {
-        let digest = Sha256::digest(key);
-        for (dst, src) in block.iter_mut().zip(digest.iter()) {
-            *dst = *src;
-        }
-    } else {
-        for (dst, src) in block.iter_mut().zip(key) {
-            *dst = *src;
-        }
-    }
-    <HmacSha256 as KeyInit>::new(&block)
+    keyed(key)
 }
 
 pub(crate) fn role_code(r: Option<Role>) -> u8 {

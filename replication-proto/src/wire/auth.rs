@@ -20,15 +20,18 @@ use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-type HmacSha256 = Hmac<Sha256>;
+/// The MAC every authenticated packet of the workspace uses.
+pub type HmacSha256 = Hmac<Sha256>;
 
 /// Domain separation prefix of the authenticated message.
 pub const AUTH_CONTEXT: &[u8] = b"repd-auth-v1\0";
 
 /// HMAC-SHA256 keyed with `secret`. Builds the key block the way HMAC defines
 /// it (keys longer than the block are hashed, shorter ones zero-padded) so
-/// that construction cannot fail.
-fn keyed(secret: &[u8]) -> HmacSha256 {
+/// that construction cannot fail. Shared with the cluster agent's heartbeat
+/// and witness packets, so that both crates derive the key the same way.
+#[must_use]
+pub fn keyed(secret: &[u8]) -> HmacSha256 {
     let mut block = GenericArray::<
         u8,
         <HmacSha256 as hmac::digest::crypto_common::KeySizeUser>::KeySize,
