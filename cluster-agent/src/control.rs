@@ -1,13 +1,13 @@
 //! The agent's control socket, `<run-dir>/<resource>.<node>.agent.sock`: one
 //! JSON request line, one JSON answer line, like repd's.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
+use rep_control::socket::{bind_private, serve_json_lines, BindError};
 use serde::{Deserialize, Serialize};
 
 /// The socket path of the agent of one resource on one node.
@@ -116,26 +116,11 @@ pub enum RequestError {
 /// # Errors
 /// [`ServeError`] saying what is wrong.
 pub fn serve(path: &Path, to_main: Sender<Incoming>) -> Result<(), ServeError> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| ServeError::RunDir {
-            dir: dir.to_owned(),
-            source,
-        })?;
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-    }
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(ServeError::AlreadyServed {
-                path: path.to_owned(),
-            });
-        }
-        let _ = std::fs::remove_file(path);
-    }
-    let listener = UnixListener::bind(path).map_err(|source| ServeError::Listen {
-        path: path.to_owned(),
-        source,
+    let listener = bind_private(path).map_err(|e| match e {
+        BindError::RunDir { dir, source } => ServeError::RunDir { dir, source },
+        BindError::Answers { path } => ServeError::AlreadyServed { path },
+        BindError::Listen { path, source } => ServeError::Listen { path, source },
     })?;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
     std::thread::Builder::new()
         .name("agent-control".into())
         .spawn(move || {
@@ -153,22 +138,12 @@ pub fn serve(path: &Path, to_main: Sender<Incoming>) -> Result<(), ServeError> {
 
 fn client(conn: UnixStream, to_main: &Sender<Incoming>) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(mut wr) = conn.try_clone() else { return };
-    let mut rd = BufReader::new(conn);
-    let mut line = String::new();
-    while rd
-        .by_ref()
-        .take(64 * 1024)
-        .read_line(&mut line)
-        .unwrap_or(0)
-        > 0
-    {
-        let reply = match serde_json::from_str::<Request>(line.trim()) {
+    serve_json_lines::<Request>(conn, |request| {
+        let reply = match request {
             Ok(request) => {
                 let (tx, rx) = std::sync::mpsc::channel();
-                if to_main.send(Incoming { request, reply: tx }).is_err() {
-                    return;
-                }
+                // The agent is stopping: hang up.
+                to_main.send(Incoming { request, reply: tx }).ok()?;
                 rx.recv_timeout(Duration::from_secs(10))
                     .unwrap_or_else(|_| Reply {
                         ok: false,
@@ -182,12 +157,8 @@ fn client(conn: UnixStream, to_main: &Sender<Incoming>) {
                 status: None,
             },
         };
-        let text = serde_json::to_string(&reply).unwrap_or_default();
-        if writeln!(wr, "{text}").is_err() {
-            return;
-        }
-        line.clear();
-    }
+        Some(serde_json::to_string(&reply).unwrap_or_default())
+    });
 }
 
 /// Send one request to a running agent.

@@ -7,9 +7,7 @@
 //! directory only root may enter (0700) and itself 0600: whoever can talk to
 //! it can promote the node or throw its data away.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,6 +15,7 @@ use std::time::Duration;
 
 use rep_control::client::{socket_path, ControlError};
 use rep_control::protocol::ControlCmd;
+use rep_control::socket::{bind_private, serve_json_lines, BindError};
 
 use crate::engine::EngineHandle;
 
@@ -38,24 +37,12 @@ impl ControlServer {
         node: &str,
         engine: EngineHandle,
     ) -> Result<Self, ControlError> {
-        std::fs::create_dir_all(run_dir).map_err(|source| ControlError::RunDir {
-            dir: run_dir.into(),
-            source,
-        })?;
-        let _ = std::fs::set_permissions(run_dir, std::fs::Permissions::from_mode(0o700));
         let path = socket_path(run_dir, resource, node);
-        if path.exists() {
-            if UnixStream::connect(&path).is_ok() {
-                return Err(ControlError::InUse { path });
-            }
-            // A socket left behind by a daemon that died.
-            let _ = std::fs::remove_file(&path);
-        }
-        let listener = UnixListener::bind(&path).map_err(|source| ControlError::Bind {
-            path: path.clone(),
-            source,
+        let listener = bind_private(&path).map_err(|e| match e {
+            BindError::RunDir { dir, source } => ControlError::RunDir { dir, source },
+            BindError::Answers { path } => ControlError::InUse { path },
+            BindError::Listen { path, source } => ControlError::Bind { path, source },
         })?;
-        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
         let active = Arc::new(AtomicUsize::new(0));
@@ -111,19 +98,8 @@ impl ControlServer {
 }
 
 fn serve(conn: UnixStream, engine: &EngineHandle) {
-    let Ok(wr) = conn.try_clone() else { return };
-    let mut wr = wr;
-    let mut rd = BufReader::new(conn);
-    let mut line = String::new();
-    // A request is one short line; refuse to buffer more.
-    while rd
-        .by_ref()
-        .take(64 * 1024)
-        .read_line(&mut line)
-        .unwrap_or(0)
-        > 0
-    {
-        let answer = match serde_json::from_str::<ControlCmd>(line.trim()) {
+    serve_json_lines::<ControlCmd>(conn, |cmd| {
+        Some(match cmd {
             Ok(cmd) => match engine.control(cmd) {
                 Some(r) => serde_json::to_string(&r).unwrap_or_default(),
                 None => r#"{"ok":false,"error":"the daemon is stopping"}"#.to_string(),
@@ -131,10 +107,6 @@ fn serve(conn: UnixStream, engine: &EngineHandle) {
             Err(e) => {
                 serde_json::json!({ "ok": false, "error": format!("bad request: {e}") }).to_string()
             }
-        };
-        if writeln!(wr, "{answer}").is_err() {
-            return;
-        }
-        line.clear();
-    }
+        })
+    });
 }

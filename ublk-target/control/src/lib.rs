@@ -8,6 +8,8 @@
 //!   [`protocol::NodeStatus`] (`repctl status --json`).
 //! - [`client`]: the client side of the control socket (its path, one
 //!   request and its answer); repd's `ublk_target::control` serves it.
+//! - [`socket`]: what the servers of repd and the agent share: a private
+//!   Unix socket and one JSON answer line per request line.
 //! - [`status_text`]: `repctl status` in words.
 //! - [`device`]: where the ublk device of a node appears, and whether
 //!   ublk_drv is loaded.
@@ -18,4 +20,5 @@ pub mod config;
 pub mod device;
 pub mod logs;
 pub mod protocol;
+pub mod socket;
 pub mod status_text;
