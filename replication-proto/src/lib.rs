@@ -1,7 +1,7 @@
 //! The replication core: wire format and the sans-IO replication state machine.
 //!
 //! Nothing here touches a socket, a clock or a file. The caller (the node
-//! daemon, or the simulator in [`sim`]) owns all I/O: it feeds [`machine::Event`]s
+//! daemon, or the simulator in `sim`) owns all I/O: it feeds [`machine::Event`]s
 //! in and carries out the [`machine::Action`]s that come out. That keeps the
 //! core deterministic, so one seed replays one run exactly.
 
@@ -9,6 +9,11 @@ pub mod checksum;
 pub mod gen;
 pub mod machine;
 pub mod meta;
+/// The seeded two-node simulator (feature `sim`, test tooling).
+#[cfg(feature = "sim")]
 pub mod sim;
+/// What the workspace's simulators share (feature `sim`, test tooling).
+#[cfg(feature = "sim")]
+pub mod simkit;
 pub mod time;
 pub mod wire;

@@ -12,37 +12,47 @@ use crate::wire::{DiskState, Role};
 impl World {
     /// Faults and operator actions while the run lasts.
     pub(super) fn chaos(&mut self) {
-        let r = self.rng.gen_range(0..1000);
+        let r: u32 = self.rng.gen_range(0..1000);
         match self.sc.kind {
             Kind::Network => {
                 self.switchover_step();
-                if r < 25 {
+                // Each fault takes its slice of 0..1000 by its rate; the
+                // operator's verify, invalidate and switchover keep theirs.
+                let rt = self.sc.rates;
+                let reset = rt.reset_pm;
+                let partition = reset + rt.partition_pm;
+                let disconnect = partition + rt.disconnect_pm;
+                let verify = disconnect + 7;
+                let invalidate = verify + 3;
+                let crash = invalidate + rt.secondary_crash_pm;
+                let switchover = crash + 4;
+                if r < reset {
                     self.reset_link();
-                } else if r < 40 && self.now >= self.partition_until {
+                } else if r < partition && self.now >= self.partition_until {
                     let d = self.lat(20 * MS, 300 * MS);
                     self.partition_until = self.now + d;
                     self.log(format!("partition for {} ms", d / MS));
-                } else if r < 45 {
+                } else if r < disconnect {
                     let i = self.rng.gen_range(0..2);
                     if self.admin(i, Admin::Disconnect) {
                         let t = self.now + self.lat(10 * MS, 100 * MS);
                         self.at(t, Ev::Reconnect(i));
                     }
-                } else if r < 52 {
+                } else if r < verify {
                     let i = self.rng.gen_range(0..2);
                     self.admin(i, Admin::Verify { repair: true });
-                } else if r < 55 {
+                } else if r < invalidate {
                     if let Some(p) = self.primary() {
                         self.admin(1 - p, Admin::Invalidate);
                     }
-                } else if r < 60 && self.crashes_left > 0 {
+                } else if r < crash && self.crashes_left > 0 {
                     // A Secondary's power loss: the Primary keeps every write.
                     if let Some(p) = self.primary() {
                         self.crashes_left -= 1;
                         let t = self.now + self.lat(0, 2000);
                         self.at(t, Ev::Crash(1 - p));
                     }
-                } else if r < 64 && self.switchover.is_none() {
+                } else if r < switchover && self.switchover.is_none() {
                     if let Some(p) = self.primary() {
                         self.switchover = Some(p);
                         let s = format!("{} quiesces for a switchover", self.name(p));
@@ -57,7 +67,11 @@ impl World {
                         .as_ref()
                         .is_some_and(|n| n.peer_disk() == DiskState::UpToDate)
                 });
-                if r < 40 && self.crashes_left > 0 && synced && !self.crash_pending {
+                if r < self.sc.rates.primary_crash_pm
+                    && self.crashes_left > 0
+                    && synced
+                    && !self.crash_pending
+                {
                     if let Some(p) = self.primary() {
                         self.schedule_crash(p);
                     }
@@ -109,7 +123,9 @@ impl World {
         let s = format!("{} loses power ({})", self.name(i), self.describe());
         self.log(s);
         let mut rng = ChaCha8Rng::seed_from_u64(self.rng.gen());
-        self.nodes[i].disk.power_loss(&mut rng);
+        self.nodes[i]
+            .disk
+            .power_loss(&mut rng, self.sc.rates.cache_survives);
         // Metadata writes in flight: a prefix of them made it.
         let keep = self.rng.gen_range(0..=self.nodes[i].meta_q.len());
         let applied: Vec<(u64, MetaW)> = self.nodes[i].meta_q.drain(..keep).collect();
@@ -191,7 +207,7 @@ impl World {
     /// The Secondary stops answering for a while; the Primary, armed,
     /// freezes when its ping times out. A frozen Primary then crashes (the
     /// survivor takes over) or is resumed, as the agent does.
-    pub(super) fn freeze_chaos(&mut self, r: i32, synced: bool) {
+    pub(super) fn freeze_chaos(&mut self, r: u32, synced: bool) {
         let Some(p) = self.primary() else { return };
         let (frozen, current) = match self.nodes[p].node.as_ref() {
             Some(n) => (n.status().suspended.is_some(), n.gens().current),

@@ -42,5 +42,6 @@ mod oracle;
 mod scenario;
 mod world;
 
-pub use scenario::{Kind, Link, Scenario};
-pub use world::{run, run_resuming, slow_link_resync, SimReport, Violation};
+pub use crate::simkit::Violation;
+pub use scenario::{Kind, Link, Rates, Scenario};
+pub use world::{run, run_resuming, slow_link_resync, SimReport};

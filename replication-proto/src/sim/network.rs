@@ -4,7 +4,7 @@
 use rand::Rng;
 
 use super::scenario::Kind;
-use super::world::{Ev, SimNode, World, DAMAGE_ONE_IN, MS};
+use super::world::{Ev, SimNode, World, MS};
 use crate::machine::Event;
 use crate::wire::{encoded_len, Message};
 
@@ -15,18 +15,18 @@ impl World {
     pub(super) fn send_time(&mut self, to: usize, m: &Message) -> u64 {
         let link = self.sc.link;
         if link.bytes_per_ms == 0 {
-            return self.deliver_time(to, 20, 400);
+            return self.deliver_time(to, 20, self.sc.rates.net_us);
         }
         if link.ping_conn && matches!(m, Message::Ping | Message::PingAck) {
             // A connection of its own: no bulk ahead of it, and the order
             // with the data connection's frames is not kept.
             let base = self.now.max(self.partition_until);
-            return base + self.lat(20, 400);
+            return base + self.lat(20, self.sc.rates.net_us);
         }
         let start = self.now.max(self.partition_until).max(self.link_free[to]);
         let bytes = encoded_len(m) as u64;
         self.link_free[to] = start + bytes * MS / link.bytes_per_ms;
-        self.deliver_time(to, 20, 400)
+        self.deliver_time(to, 20, self.sc.rates.net_us)
     }
 
     /// FIFO per direction; held while partitioned, and behind the bytes
@@ -69,13 +69,13 @@ impl World {
     }
 
     /// Whether the link damages this frame: one write's data in
-    /// [`DAMAGE_ONE_IN`], in the network scenario only, the one whose
+    /// [`Rates::damage_one_in`](super::Rates::damage_one_in), in the network scenario only, the one whose
     /// invariants hold under link faults (with a Primary crash on top, a
     /// failover without fencing may rightly end in a split brain).
     pub(super) fn damages(&mut self, msg: &Message) -> bool {
         matches!(msg, Message::Data { data, .. } if !data.is_empty())
             && self.sc.kind == Kind::Network
-            && self.rng.gen_range(0..DAMAGE_ONE_IN) == 0
+            && self.rng.gen_range(0..self.sc.rates.damage_one_in) == 0
     }
 
     /// What the driver does with a frame whose checksum fails: it never

@@ -104,7 +104,7 @@ impl World {
                 }
             }
             Action::LocalRead { token, offset, len } => {
-                let t = self.now + self.lat(5, 300);
+                let t = self.now + self.lat(5, self.sc.rates.disk_us);
                 self.at(
                     t,
                     Ev::Io {
@@ -122,7 +122,7 @@ impl World {
                 payload,
                 fua,
             } => {
-                let t = self.now + self.lat(5, 300);
+                let t = self.now + self.lat(5, self.sc.rates.disk_us);
                 self.at(
                     t,
                     Ev::Io {
@@ -139,7 +139,7 @@ impl World {
                 );
             }
             Action::LocalFlush { token } => {
-                let t = self.now + self.lat(50, 600);
+                let t = self.now + self.lat(50, self.sc.rates.flush_us);
                 self.at(
                     t,
                     Ev::Io {

@@ -1,9 +1,11 @@
-//! What one seed exercises: the kind of run, the link, the node settings.
+//! What one seed exercises: the kind of run, the link, the fault rates, the
+//! node settings.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::machine::{NodeConfig, SplitBrainPolicy};
+use crate::simkit::rate_stream;
 use crate::wire::{features, Protocol};
 
 /// What one seed exercises.
@@ -64,6 +66,75 @@ pub struct Scenario {
     pub link: Link,
     /// After `duration_ms`, how long the pair may take to converge.
     pub settle_ms: u64,
+    pub rates: Rates,
+}
+
+/// How often faults strike and how slow things are in one run. Each seed
+/// draws its own within the bounds below (TigerBeetle's VOPR does the
+/// same): some seeds hammer the link, others barely touch it. They are
+/// part of the [`Scenario`], so the failure report and `--verbose` print
+/// them. Per-mille rates are chances per step of the run (a step comes
+/// every 0.2 to 2 ms of simulated time).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rates {
+    /// Network runs: the link resets (both ends see it drop).
+    pub reset_pm: u32,
+    /// Network runs: a partition of 20 to 300 ms starts.
+    pub partition_pm: u32,
+    /// Network runs: a node is disconnected by its admin (and reconnected).
+    pub disconnect_pm: u32,
+    /// Network runs: the Secondary loses power (once per run).
+    pub secondary_crash_pm: u32,
+    /// PrimaryCrash runs: the synced Primary is scheduled to lose power.
+    pub primary_crash_pm: u32,
+    /// Network runs: one write's Data frame in this many is damaged on the
+    /// link (the receiver's checksum refuses it).
+    pub damage_one_in: u32,
+    /// Upper bound of a frame's latency, in µs (from 20 µs).
+    pub net_us: u64,
+    /// Upper bound of a disk read's or write's latency, in µs (from 5 µs).
+    pub disk_us: u64,
+    /// Upper bound of a disk flush's latency, in µs (from 50 µs).
+    pub flush_us: u64,
+    /// Chance that a block in a disk's volatile cache survives a power loss.
+    pub cache_survives: f64,
+}
+
+impl Rates {
+    /// The rates every seed used before they were drawn, kept for the
+    /// fixed scenarios (the slow link).
+    pub const FIXED: Rates = Rates {
+        reset_pm: 25,
+        partition_pm: 15,
+        disconnect_pm: 5,
+        secondary_crash_pm: 5,
+        primary_crash_pm: 40,
+        damage_one_in: 400,
+        net_us: 400,
+        disk_us: 300,
+        flush_us: 600,
+        cache_survives: 0.5,
+    };
+
+    /// The rates `seed` draws, each within its bounds (around
+    /// [`Rates::FIXED`]), from a stream of their own: the rest of the
+    /// scenario is what the seed drew before.
+    #[must_use]
+    pub fn from_seed(seed: u64) -> Self {
+        let mut r = rate_stream(seed, 0x0fa7_e5ee_d000);
+        Self {
+            reset_pm: r.gen_range(5..=50),
+            partition_pm: r.gen_range(5..=30),
+            disconnect_pm: r.gen_range(2..=10),
+            secondary_crash_pm: r.gen_range(2..=10),
+            primary_crash_pm: r.gen_range(15..=80),
+            damage_one_in: r.gen_range(100..=1000),
+            net_us: r.gen_range(100..=1000),
+            disk_us: r.gen_range(50..=1000),
+            flush_us: r.gen_range(200..=2000),
+            cache_survives: r.gen_range(0.1..0.9),
+        }
+    }
 }
 
 impl Scenario {
@@ -118,6 +189,7 @@ impl Scenario {
                 Link::UNLIMITED
             },
             settle_ms: 200_000,
+            rates: Rates::from_seed(seed),
         }
     }
 }

@@ -13,16 +13,16 @@ use rand_chacha::ChaCha8Rng;
 use super::disk::{SimDisk, SimMeta};
 use super::network::short;
 use super::oracle::Oracle;
-use super::scenario::{cfg, Kind, Link, Scenario};
+use super::scenario::{cfg, Kind, Link, Rates, Scenario};
 use crate::machine::{Admin, ConnState, Event, Node, NodeConfig, Payload};
 use crate::meta::BM_BLOCK_SIZE;
+use crate::simkit::{replay_command, Violation};
+use crate::time::Millis;
 use crate::wire::{Message, Protocol};
 
 pub(super) const BS: u64 = BM_BLOCK_SIZE;
 /// Simulated time is kept in microseconds; the nodes see milliseconds.
 pub(super) const MS: u64 = 1000;
-/// One Data frame in this many has its data damaged on the link.
-pub(super) const DAMAGE_ONE_IN: u32 = 400;
 
 #[derive(Debug, Clone, Default)]
 pub struct SimReport {
@@ -41,33 +41,6 @@ pub struct SimReport {
     /// Restarted crashed Primaries that resumed the role by themselves
     /// (`run_resuming`).
     pub resumed: u32,
-}
-
-#[derive(Debug, Clone)]
-pub struct Violation {
-    pub seed: u64,
-    pub scenario: String,
-    pub what: String,
-    pub trace: Vec<String>,
-}
-
-impl std::fmt::Display for Violation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "seed {} ({}) violated an invariant: {}",
-            self.seed, self.scenario, self.what
-        )?;
-        writeln!(
-            f,
-            "replay: cargo run -p replication-proto --release --bin repsim -- --seed {} --trace",
-            self.seed
-        )?;
-        for l in &self.trace {
-            writeln!(f, "  {l}")?;
-        }
-        Ok(())
-    }
 }
 
 #[derive(Debug)]
@@ -231,6 +204,7 @@ pub fn slow_link_resync(bytes_per_ms: u64, ping_conn: bool) -> (SimReport, Resul
         freeze: false,
         crash_sync_source: false,
         resync_rate: 0,
+        rates: Rates::FIXED,
     };
     let (report, r) = run_scenario(1, sc, false, false);
     (report, r.map(|_| ()))
@@ -310,10 +284,17 @@ fn run_scenario(
 
 impl World {
     pub(super) fn violation(&self, what: String) -> Violation {
+        let flags: &[&str] = if self.resume {
+            &["--resume-after-crash"]
+        } else {
+            &[]
+        };
         Violation {
             seed: self.seed,
-            scenario: format!("{:?}", self.sc),
+            at: Millis::from_ms(self.now / MS),
             what,
+            scenario: format!("{:?}", self.sc),
+            replay: replay_command("replication-proto", "repsim", self.seed, flags),
             trace: self.trace.iter().cloned().collect(),
         }
     }
