@@ -138,6 +138,7 @@ impl<'a> Reader<'a> {
     }
 
     fn remaining(&self) -> usize {
+        debug_assert!(self.pos <= self.buf.len(), "read past the payload");
         self.buf.len().saturating_sub(self.pos)
     }
 
@@ -166,51 +167,11 @@ fn decode_payload(
         msg,
     };
     let m = match ty {
-        T_HELLO => Message::Hello(Hello {
-            version: r.u16("version")?,
-            resource: r.string("resource")?,
-            node: r.string("node")?,
-            data_bytes: r.u64("data_bytes")?,
-            protocol: r.enum_u8("protocol", protocol_from)?,
-            role: r.enum_u8("role", role_from)?,
-            disk: r.enum_u8("disk", disk_from)?,
-            gens: r.gens()?,
-            meta_flags: r.u32("meta_flags")?,
-            features: r.u64("features")?,
-            dirty_bits: r.u64("dirty_bits")?,
-            nonce: r.array("nonce")?,
-            discard_my_data: r.bool("discard_my_data")?,
-        }),
+        T_HELLO => decode_hello(&mut r)?,
         T_AUTH => Message::Auth {
             mac: r.array("mac")?,
         },
-        T_DATA => {
-            let seq = r.u64("seq")?;
-            let offset = r.u64("offset")?;
-            let len = r.u32("len")?;
-            let flags = r.u32("flags")?;
-            let unknown = flags & !data_flags::ALL;
-            if unknown != 0 {
-                return Err(DecodeError::UnknownDataFlags { flags, unknown });
-            }
-            let data = r.rest();
-            let expected = expected_data_len(len, flags);
-            if data.len() != expected {
-                return Err(DecodeError::DataLengthMismatch {
-                    len,
-                    flags,
-                    payload: data.len(),
-                    expected,
-                });
-            }
-            Message::Data {
-                seq,
-                offset,
-                len,
-                flags,
-                data: bulk(data),
-            }
-        }
+        T_DATA => decode_data(&mut r, bulk)?,
         T_RECV_ACK => Message::RecvAck { seq: r.u64("seq")? },
         T_WRITE_ACK => Message::WriteAck { seq: r.u64("seq")? },
         T_NEG_ACK => Message::NegAck { seq: r.u64("seq")? },
@@ -223,31 +184,7 @@ fn decode_payload(
             disk: r.enum_u8("disk", disk_from)?,
         },
         T_UUIDS => Message::Uuids { gens: r.gens()? },
-        T_BITMAP => {
-            let start_bit = r.u64("start_bit")?;
-            let flags = r.enum_u8("flags", |f| {
-                (f & !(BITMAP_FIRST_SET | BITMAP_LAST) == 0).then_some(f)
-            })?;
-            let count = r.u32("run count")?;
-            // Every run takes at least one byte: this bounds the allocation.
-            let n = usize::try_from(count).unwrap_or(usize::MAX);
-            if n > r.remaining() {
-                return Err(DecodeError::TooManyBitmapRuns {
-                    runs: count,
-                    remaining: r.remaining(),
-                });
-            }
-            let mut runs = Vec::with_capacity(n);
-            for _ in 0..n {
-                runs.push(r.varint("runs")?);
-            }
-            Message::Bitmap {
-                start_bit,
-                first_set: flags & BITMAP_FIRST_SET != 0,
-                runs,
-                last: flags & BITMAP_LAST != 0,
-            }
-        }
+        T_BITMAP => decode_bitmap(&mut r)?,
         T_RESYNC_REQUEST => Message::ResyncRequest {
             id: r.u64("id")?,
             offset: r.u64("offset")?,
@@ -313,6 +250,84 @@ fn decode_payload(
     };
     r.finish()?;
     Ok(m)
+}
+
+/// `Hello`: its fields in wire order.
+fn decode_hello(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
+    Ok(Message::Hello(Hello {
+        version: r.u16("version")?,
+        resource: r.string("resource")?,
+        node: r.string("node")?,
+        data_bytes: r.u64("data_bytes")?,
+        protocol: r.enum_u8("protocol", protocol_from)?,
+        role: r.enum_u8("role", role_from)?,
+        disk: r.enum_u8("disk", disk_from)?,
+        gens: r.gens()?,
+        meta_flags: r.u32("meta_flags")?,
+        features: r.u64("features")?,
+        dirty_bits: r.u64("dirty_bits")?,
+        nonce: r.array("nonce")?,
+        discard_my_data: r.bool("discard_my_data")?,
+    }))
+}
+
+/// `Data`: the fields, its flags and the length of its data checked.
+fn decode_data(
+    r: &mut Reader<'_>,
+    bulk: impl FnOnce(Range<usize>) -> Bytes,
+) -> Result<Message, DecodeError> {
+    let seq = r.u64("seq")?;
+    let offset = r.u64("offset")?;
+    let len = r.u32("len")?;
+    let flags = r.u32("flags")?;
+    let unknown = flags & !data_flags::ALL;
+    if unknown != 0 {
+        return Err(DecodeError::UnknownDataFlags { flags, unknown });
+    }
+    let data = r.rest();
+    let expected = expected_data_len(len, flags);
+    if data.len() != expected {
+        return Err(DecodeError::DataLengthMismatch {
+            len,
+            flags,
+            payload: data.len(),
+            expected,
+        });
+    }
+    Ok(Message::Data {
+        seq,
+        offset,
+        len,
+        flags,
+        data: bulk(data),
+    })
+}
+
+/// `Bitmap`: its flags, and no more runs announced than bytes remain.
+fn decode_bitmap(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
+    let start_bit = r.u64("start_bit")?;
+    let flags = r.enum_u8("flags", |f| {
+        (f & !(BITMAP_FIRST_SET | BITMAP_LAST) == 0).then_some(f)
+    })?;
+    let count = r.u32("run count")?;
+    // Every run takes at least one byte: this bounds the allocation.
+    let n = usize::try_from(count).unwrap_or(usize::MAX);
+    if n > r.remaining() {
+        return Err(DecodeError::TooManyBitmapRuns {
+            runs: count,
+            remaining: r.remaining(),
+        });
+    }
+    let mut runs = Vec::with_capacity(n);
+    for _ in 0..n {
+        runs.push(r.varint("runs")?);
+    }
+    Ok(Message::Bitmap {
+        start_bit,
+        first_set: flags & BITMAP_FIRST_SET != 0,
+        runs,
+        last: flags & BITMAP_LAST != 0,
+    })
 }
 
 /// Decodes the frame at the start of `buf`.

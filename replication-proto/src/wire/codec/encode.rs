@@ -9,7 +9,7 @@ use super::{
     MAX_PAYLOAD, MAX_STRING_LEN, RESYNC_DATA_FIXED_LEN,
 };
 use crate::gen::Generations;
-use crate::wire::message::{data_flags, DisconnectReason, Message, PROTOCOL_VERSION};
+use crate::wire::message::{data_flags, DisconnectReason, Hello, Message, PROTOCOL_VERSION};
 
 fn varint_len(mut v: u64) -> usize {
     let mut n = 1;
@@ -155,30 +155,40 @@ fn encode_head(msg: &Message, out: &mut BytesMut, with_bulk: bool) -> Result<Byt
     };
     out.reserve(HEADER_LEN + len - if with_bulk { 0 } else { bulk.len() });
     let start = out.len();
+    put_header(msg, len, out);
+    put_fields(msg, out);
+    seal_crc(out.get_mut(start..).unwrap_or_default(), &bulk);
+    Ok(bulk)
+}
+
+/// The header, with 0 where the crc goes ([`seal_crc`] fills it in).
+fn put_header(msg: &Message, payload_len: usize, out: &mut BytesMut) {
     out.put_u32_le(MAGIC);
     out.put_u16_le(PROTOCOL_VERSION);
     out.put_u8(type_code(msg));
     out.put_u8(0);
     // validate() bounds len by MAX_PAYLOAD, far below u32::MAX.
-    out.put_u32_le(u32::try_from(len).unwrap_or(u32::MAX));
-    let crc_at = out.len();
+    out.put_u32_le(u32::try_from(payload_len).unwrap_or(u32::MAX));
     out.put_u32_le(0);
+}
+
+/// Writes the crc32c of `frame` (header before the crc, then the payload
+/// it holds, then `bulk`) into the header's crc field.
+fn seal_crc(frame: &mut [u8], bulk: &[u8]) {
+    const CRC_AT: usize = 12;
+    let before_crc = frame.get(..CRC_AT).unwrap_or_default();
+    let fixed = frame.get(HEADER_LEN..).unwrap_or_default();
+    let crc = crate::checksum::crc32c_append(crate::checksum::crc32c(before_crc), fixed);
+    let crc = crate::checksum::crc32c_append(crc, bulk);
+    if let Some(slot) = frame.get_mut(CRC_AT..CRC_AT + 4) {
+        slot.copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+/// Every payload field of `msg` but the bulk data, in wire order.
+fn put_fields(msg: &Message, out: &mut BytesMut) {
     match msg {
-        Message::Hello(h) => {
-            out.put_u16_le(h.version);
-            put_str(out, &h.resource);
-            put_str(out, &h.node);
-            out.put_u64_le(h.data_bytes);
-            out.put_u8(protocol_code(h.protocol));
-            out.put_u8(role_code(h.role));
-            out.put_u8(disk_code(h.disk));
-            put_gens(out, &h.gens);
-            out.put_u32_le(h.meta_flags);
-            out.put_u64_le(h.features);
-            out.put_u64_le(h.dirty_bits);
-            out.put_slice(&h.nonce);
-            out.put_u8(u8::from(h.discard_my_data));
-        }
+        Message::Hello(h) => put_hello(out, h),
         Message::Auth { mac } => out.put_slice(mac),
         Message::Data {
             seq,
@@ -207,22 +217,7 @@ fn encode_head(msg: &Message, out: &mut BytesMut, with_bulk: bool) -> Result<Byt
             first_set,
             runs,
             last,
-        } => {
-            out.put_u64_le(*start_bit);
-            let mut flags = 0;
-            if *first_set {
-                flags |= BITMAP_FIRST_SET;
-            }
-            if *last {
-                flags |= BITMAP_LAST;
-            }
-            out.put_u8(flags);
-            // validate() bounds the count by MAX_PAYLOAD.
-            out.put_u32_le(u32::try_from(runs.len()).unwrap_or(u32::MAX));
-            for &r in runs {
-                put_varint(out, r);
-            }
-        }
+        } => put_bitmap(out, *start_bit, *first_set, runs, *last),
         Message::ResyncRequest { id, offset, len }
         | Message::InSync { id, offset, len }
         | Message::ResyncNeg { id, offset, len }
@@ -283,15 +278,39 @@ fn encode_head(msg: &Message, out: &mut BytesMut, with_bulk: bool) -> Result<Byt
             out.put_u8(u8::from(*full));
         }
     }
-    let frame = out.get_mut(start..).unwrap_or_default();
-    let before_crc = frame.get(..crc_at - start).unwrap_or_default();
-    let fixed = frame.get(HEADER_LEN..).unwrap_or_default();
-    let crc = crate::checksum::crc32c_append(crate::checksum::crc32c(before_crc), fixed);
-    let crc = crate::checksum::crc32c_append(crc, &bulk);
-    if let Some(slot) = frame.get_mut(crc_at - start..crc_at - start + 4) {
-        slot.copy_from_slice(&crc.to_le_bytes());
+}
+
+fn put_hello(out: &mut BytesMut, h: &Hello) {
+    out.put_u16_le(h.version);
+    put_str(out, &h.resource);
+    put_str(out, &h.node);
+    out.put_u64_le(h.data_bytes);
+    out.put_u8(protocol_code(h.protocol));
+    out.put_u8(role_code(h.role));
+    out.put_u8(disk_code(h.disk));
+    put_gens(out, &h.gens);
+    out.put_u32_le(h.meta_flags);
+    out.put_u64_le(h.features);
+    out.put_u64_le(h.dirty_bits);
+    out.put_slice(&h.nonce);
+    out.put_u8(u8::from(h.discard_my_data));
+}
+
+fn put_bitmap(out: &mut BytesMut, start_bit: u64, first_set: bool, runs: &[u64], last: bool) {
+    out.put_u64_le(start_bit);
+    let mut flags = 0;
+    if first_set {
+        flags |= BITMAP_FIRST_SET;
     }
-    Ok(bulk)
+    if last {
+        flags |= BITMAP_LAST;
+    }
+    out.put_u8(flags);
+    // validate() bounds the count by MAX_PAYLOAD.
+    out.put_u32_le(u32::try_from(runs.len()).unwrap_or(u32::MAX));
+    for &r in runs {
+        put_varint(out, r);
+    }
 }
 
 /// Appends the frame for `msg` to `out`.
