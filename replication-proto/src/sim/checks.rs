@@ -73,18 +73,8 @@ impl World {
 
     /// End phase: heal, bring everything up, wait until both are in sync.
     pub(super) fn converged(&mut self) -> Result<bool, String> {
-        if self.sc.kind == Kind::SplitBrain && self.sb_phase == 1 && self.victim.is_none() {
-            // The Secondary has not noticed the partition yet (on a slow
-            // link, frames queued before it still arrive for a while):
-            // wait until it has and is promoted too.
-            self.split_brain_chaos();
-            return Ok(false);
-        }
         if self.sc.kind == Kind::SplitBrain && self.sb_phase == 1 {
-            // Let both write for a while, then heal and expect detection.
-            self.sb_phase = 2;
-            self.partition_until = self.now;
-            self.log("partition healed".into());
+            self.heal_split_brain();
             return Ok(false);
         }
         self.partition_until = self.partition_until.min(self.now);
@@ -92,45 +82,84 @@ impl World {
             return Ok(false);
         }
         if self.sc.kind == Kind::SplitBrain && self.sb_phase == 2 {
-            let sb = (0..2).all(|i| {
-                self.nodes[i]
-                    .node
-                    .as_ref()
-                    .is_some_and(|n| n.split_brain() && n.conn() == ConnState::StandAlone)
-            });
-            if !sb {
-                return Ok(false);
-            }
-            if self.nodes.iter().any(|n| !n.app.is_empty()) {
-                return Ok(false);
-            }
-            self.report.split_brains += 1;
-            let victim = self.victim.unwrap_or(1);
-            let s = format!(
-                "split brain detected on both; {} discards its data",
-                self.name(victim)
-            );
-            self.log(s);
-            // The data must not have been merged: nothing moved.
-            self.oracle.discard_node_unprotected(victim);
-            if !self.admin(victim, Admin::Secondary) {
-                return Err("victim could not be demoted".into());
-            }
-            self.admin(
-                victim,
-                Admin::Connect {
-                    discard_my_data: true,
-                },
-            );
-            self.admin(
-                1 - victim,
-                Admin::Connect {
-                    discard_my_data: false,
-                },
-            );
-            self.sb_phase = 3;
+            self.resolve_split_brain()?;
             return Ok(false);
         }
+        self.bring_up()?;
+        let ok = (0..2).all(|i| {
+            self.nodes[i].node.as_ref().is_some_and(|n| {
+                let st = n.status();
+                st.connection == ConnState::Connected
+                    && st.disk == DiskState::UpToDate
+                    && st.peer_disk == DiskState::UpToDate
+                    && st.app_pending == 0
+                    && st.local_pending == 0
+                    && st.peer_pending == 0
+                    && st.unacked == 0
+            })
+        }) && self.nodes.iter().all(|n| n.app.is_empty());
+        Ok(ok)
+    }
+
+    /// Split-brain run, both Primary and apart: once the second one is
+    /// promoted too, heal the partition and expect detection.
+    fn heal_split_brain(&mut self) {
+        if self.victim.is_none() {
+            // The Secondary has not noticed the partition yet (on a slow
+            // link, frames queued before it still arrive for a while):
+            // wait until it has and is promoted too.
+            self.split_brain_chaos();
+            return;
+        }
+        // Let both write for a while, then heal and expect detection.
+        self.sb_phase = 2;
+        self.partition_until = self.now;
+        self.log("partition healed".into());
+    }
+
+    /// Once both detected the split brain and are idle, the victim
+    /// discards its data and both connect again.
+    fn resolve_split_brain(&mut self) -> Result<(), String> {
+        let sb = (0..2).all(|i| {
+            self.nodes[i]
+                .node
+                .as_ref()
+                .is_some_and(|n| n.split_brain() && n.conn() == ConnState::StandAlone)
+        });
+        if !sb || self.nodes.iter().any(|n| !n.app.is_empty()) {
+            return Ok(());
+        }
+        self.report.split_brains += 1;
+        let victim = self.victim.unwrap_or(1);
+        let s = format!(
+            "split brain detected on both; {} discards its data",
+            self.name(victim)
+        );
+        self.log(s);
+        // The data must not have been merged: nothing moved.
+        self.oracle.discard_node_unprotected(victim);
+        if !self.admin(victim, Admin::Secondary) {
+            return Err("victim could not be demoted".into());
+        }
+        self.admin(
+            victim,
+            Admin::Connect {
+                discard_my_data: true,
+            },
+        );
+        self.admin(
+            1 - victim,
+            Admin::Connect {
+                discard_my_data: false,
+            },
+        );
+        self.sb_phase = 3;
+        Ok(())
+    }
+
+    /// Everything up: StandAlone nodes connect, a Primary is chosen if
+    /// none is left, frozen Primaries are resumed (as the agent does).
+    fn bring_up(&mut self) -> Result<(), String> {
         for i in 0..2 {
             let st = self.nodes[i].node.as_ref().map(Node::status);
             if let Some(st) = st {
@@ -163,19 +192,7 @@ impl World {
                 self.admin(i, Admin::ResumeIoAt { current });
             }
         }
-        let ok = (0..2).all(|i| {
-            self.nodes[i].node.as_ref().is_some_and(|n| {
-                let st = n.status();
-                st.connection == ConnState::Connected
-                    && st.disk == DiskState::UpToDate
-                    && st.peer_disk == DiskState::UpToDate
-                    && st.app_pending == 0
-                    && st.local_pending == 0
-                    && st.peer_pending == 0
-                    && st.unacked == 0
-            })
-        }) && self.nodes.iter().all(|n| n.app.is_empty());
-        Ok(ok)
+        Ok(())
     }
 
     pub(super) fn final_checks(&mut self) -> Result<(), String> {

@@ -14,78 +14,86 @@ impl World {
     pub(super) fn chaos(&mut self) {
         let r: u32 = self.rng.gen_range(0..1000);
         match self.sc.kind {
-            Kind::Network => {
-                self.switchover_step();
-                // Each fault takes its slice of 0..1000 by its rate; the
-                // operator's verify, invalidate and switchover keep theirs.
-                let rt = self.sc.rates;
-                let reset = rt.reset_pm;
-                let partition = reset + rt.partition_pm;
-                let disconnect = partition + rt.disconnect_pm;
-                let verify = disconnect + 7;
-                let invalidate = verify + 3;
-                let crash = invalidate + rt.secondary_crash_pm;
-                let switchover = crash + 4;
-                if r < reset {
-                    self.reset_link();
-                } else if r < partition && self.now >= self.partition_until {
-                    let d = self.lat(20 * MS, 300 * MS);
-                    self.partition_until = self.now + d;
-                    self.log(format!("partition for {} ms", d / MS));
-                } else if r < disconnect {
-                    let i = self.rng.gen_range(0..2);
-                    if self.admin(i, Admin::Disconnect) {
-                        let t = self.now + self.lat(10 * MS, 100 * MS);
-                        self.at(t, Ev::Reconnect(i));
-                    }
-                } else if r < verify {
-                    let i = self.rng.gen_range(0..2);
-                    self.admin(i, Admin::Verify { repair: true });
-                } else if r < invalidate {
-                    if let Some(p) = self.primary() {
-                        self.admin(1 - p, Admin::Invalidate);
-                    }
-                } else if r < crash && self.crashes_left > 0 {
-                    // A Secondary's power loss: the Primary keeps every write.
-                    if let Some(p) = self.primary() {
-                        self.crashes_left -= 1;
-                        let t = self.now + self.lat(0, 2000);
-                        self.at(t, Ev::Crash(1 - p));
-                    }
-                } else if r < switchover && self.switchover.is_none() {
-                    if let Some(p) = self.primary() {
-                        self.switchover = Some(p);
-                        let s = format!("{} quiesces for a switchover", self.name(p));
-                        self.log(s);
-                    }
-                }
-            }
-            Kind::PrimaryCrash => {
-                let synced = self.primary().is_some_and(|p| {
-                    self.nodes[p]
-                        .node
-                        .as_ref()
-                        .is_some_and(|n| n.peer_disk() == DiskState::UpToDate)
-                });
-                if r < self.sc.rates.primary_crash_pm
-                    && self.crashes_left > 0
-                    && synced
-                    && !self.crash_pending
-                {
-                    if let Some(p) = self.primary() {
-                        self.schedule_crash(p);
-                    }
-                }
-                if self.sc.crash_sync_source {
-                    self.crash_the_sync_source();
-                }
-                if self.sc.freeze {
-                    self.freeze_chaos(r, synced);
-                }
-                self.operator_failover();
-            }
+            Kind::Network => self.network_chaos(r),
+            Kind::PrimaryCrash => self.crash_chaos(r),
             Kind::SplitBrain => self.split_brain_chaos(),
         }
+    }
+
+    /// Network runs: link faults, admin disconnects, verify, invalidate, a
+    /// Secondary's crash, switchovers; `r` (0..1000) picks at most one.
+    fn network_chaos(&mut self, r: u32) {
+        self.switchover_step();
+        // Each fault takes its slice of 0..1000 by its rate; the
+        // operator's verify, invalidate and switchover keep theirs.
+        let rt = self.sc.rates;
+        let reset = rt.reset_pm;
+        let partition = reset + rt.partition_pm;
+        let disconnect = partition + rt.disconnect_pm;
+        let verify = disconnect + 7;
+        let invalidate = verify + 3;
+        let crash = invalidate + rt.secondary_crash_pm;
+        let switchover = crash + 4;
+        if r < reset {
+            self.reset_link();
+        } else if r < partition && self.now >= self.partition_until {
+            let d = self.lat(20 * MS, 300 * MS);
+            self.partition_until = self.now + d;
+            self.log(format!("partition for {} ms", d / MS));
+        } else if r < disconnect {
+            let i = self.rng.gen_range(0..2);
+            if self.admin(i, Admin::Disconnect) {
+                let t = self.now + self.lat(10 * MS, 100 * MS);
+                self.at(t, Ev::Reconnect(i));
+            }
+        } else if r < verify {
+            let i = self.rng.gen_range(0..2);
+            self.admin(i, Admin::Verify { repair: true });
+        } else if r < invalidate {
+            if let Some(p) = self.primary() {
+                self.admin(1 - p, Admin::Invalidate);
+            }
+        } else if r < crash && self.crashes_left > 0 {
+            // A Secondary's power loss: the Primary keeps every write.
+            if let Some(p) = self.primary() {
+                self.crashes_left -= 1;
+                let t = self.now + self.lat(0, 2000);
+                self.at(t, Ev::Crash(1 - p));
+            }
+        } else if r < switchover && self.switchover.is_none() {
+            if let Some(p) = self.primary() {
+                self.switchover = Some(p);
+                let s = format!("{} quiesces for a switchover", self.name(p));
+                self.log(s);
+            }
+        }
+    }
+
+    /// PrimaryCrash runs: the synced Primary crashes (once, or twice with a
+    /// crash of the sync source), freezes, and the operator fails over.
+    fn crash_chaos(&mut self, r: u32) {
+        let synced = self.primary().is_some_and(|p| {
+            self.nodes[p]
+                .node
+                .as_ref()
+                .is_some_and(|n| n.peer_disk() == DiskState::UpToDate)
+        });
+        if r < self.sc.rates.primary_crash_pm
+            && self.crashes_left > 0
+            && synced
+            && !self.crash_pending
+        {
+            if let Some(p) = self.primary() {
+                self.schedule_crash(p);
+            }
+        }
+        if self.sc.crash_sync_source {
+            self.crash_the_sync_source();
+        }
+        if self.sc.freeze {
+            self.freeze_chaos(r, synced);
+        }
+        self.operator_failover();
     }
 
     /// A switchover as an operator does it by hand: the idle Primary is

@@ -7,6 +7,7 @@ use rand::Rng;
 use super::network::short;
 use super::world::{Ev, IoOp, MetaW, World, MS};
 use crate::machine::{Action, Admin, Event, Node};
+use crate::wire::Message;
 
 impl World {
     pub(super) fn start_node(&mut self, i: usize) {
@@ -71,49 +72,13 @@ impl World {
     }
 
     pub(super) fn act(&mut self, i: usize, a: Action) {
-        let inc = self.nodes[i].inc;
         match a {
             Action::Connect => self.nodes[i].want = true,
-            Action::CloseConnection => {
-                self.nodes[i].want = false;
-                if let Some(c) = self.nodes[i].conn.take() {
-                    let other = 1 - i;
-                    if self.live_conn == Some(c) {
-                        self.live_conn = None;
-                    }
-                    let t = self.deliver_time(other, 50, 500);
-                    self.at(t, Ev::Down { to: other, conn: c });
-                }
-            }
-            Action::Send(m) => {
-                if let Some(c) = self.nodes[i].conn {
-                    let other = 1 - i;
-                    if self.trace_all {
-                        let s = format!("{} -> {}", self.name(i), short(&m));
-                        self.log(s);
-                    }
-                    let t = self.send_time(other, &m);
-                    self.at(
-                        t,
-                        Ev::Deliver {
-                            to: other,
-                            conn: c,
-                            msg: m,
-                        },
-                    );
-                }
-            }
+            Action::CloseConnection => self.close_connection(i),
+            Action::Send(m) => self.send(i, m),
             Action::LocalRead { token, offset, len } => {
                 let t = self.now + self.lat(5, self.sc.rates.disk_us);
-                self.at(
-                    t,
-                    Ev::Io {
-                        node: i,
-                        inc,
-                        token,
-                        op: IoOp::Read { offset, len },
-                    },
-                );
+                self.disk_io(i, t, token, IoOp::Read { offset, len });
             }
             Action::LocalWrite {
                 token,
@@ -123,32 +88,17 @@ impl World {
                 fua,
             } => {
                 let t = self.now + self.lat(5, self.sc.rates.disk_us);
-                self.at(
-                    t,
-                    Ev::Io {
-                        node: i,
-                        inc,
-                        token,
-                        op: IoOp::Write {
-                            offset,
-                            len,
-                            payload,
-                            fua,
-                        },
-                    },
-                );
+                let op = IoOp::Write {
+                    offset,
+                    len,
+                    payload,
+                    fua,
+                };
+                self.disk_io(i, t, token, op);
             }
             Action::LocalFlush { token } => {
                 let t = self.now + self.lat(50, self.sc.rates.flush_us);
-                self.at(
-                    t,
-                    Ev::Io {
-                        node: i,
-                        inc,
-                        token,
-                        op: IoOp::Flush,
-                    },
-                );
+                self.disk_io(i, t, token, IoOp::Flush);
             }
             Action::WriteSuper { token, gens, flags } => {
                 self.meta_push(i, token, MetaW::Super(gens, flags))
@@ -171,6 +121,54 @@ impl World {
                 self.log(s);
             }
         }
+    }
+
+    /// Node `i` closes its end: the peer hears of it after a while.
+    fn close_connection(&mut self, i: usize) {
+        self.nodes[i].want = false;
+        if let Some(c) = self.nodes[i].conn.take() {
+            let other = 1 - i;
+            if self.live_conn == Some(c) {
+                self.live_conn = None;
+            }
+            let t = self.deliver_time(other, 50, 500);
+            self.at(t, Ev::Down { to: other, conn: c });
+        }
+    }
+
+    /// Node `i` sends `m` on its connection, if it has one.
+    fn send(&mut self, i: usize, m: Message) {
+        if let Some(c) = self.nodes[i].conn {
+            let other = 1 - i;
+            if self.trace_all {
+                let s = format!("{} -> {}", self.name(i), short(&m));
+                self.log(s);
+            }
+            let t = self.send_time(other, &m);
+            self.at(
+                t,
+                Ev::Deliver {
+                    to: other,
+                    conn: c,
+                    msg: m,
+                },
+            );
+        }
+    }
+
+    /// A request on node `i`'s disk completes at `t` (if the node is still
+    /// the same incarnation then).
+    fn disk_io(&mut self, i: usize, t: u64, token: u64, op: IoOp) {
+        let inc = self.nodes[i].inc;
+        self.at(
+            t,
+            Ev::Io {
+                node: i,
+                inc,
+                token,
+                op,
+            },
+        );
     }
 
     pub(super) fn meta_push(&mut self, i: usize, token: u64, m: MetaW) {
