@@ -4,15 +4,16 @@
 //! daemon, or the simulator in `sim`) owns all I/O: it feeds [`machine::Event`]s
 //! in and carries out the [`machine::Action`]s that come out. That keeps the
 //! core deterministic, so one seed replays one run exactly.
+//!
+//! The simulator (`sim`) and what the workspace's simulators share
+//! (`simkit`) are test tooling, built only with the `sim` feature.
 
 pub mod checksum;
 pub mod gen;
 pub mod machine;
 pub mod meta;
-/// The seeded two-node simulator (feature `sim`, test tooling).
 #[cfg(feature = "sim")]
 pub mod sim;
-/// What the workspace's simulators share (feature `sim`, test tooling).
 #[cfg(feature = "sim")]
 pub mod simkit;
 pub mod time;
