@@ -9,6 +9,23 @@ use crate::machine::Event;
 use crate::wire::{encoded_len, Message};
 
 impl World {
+    /// A frame arrives, unless it was lost with a crashed sender or its
+    /// connection is gone.
+    pub(super) fn deliver(&mut self, t: u64, to: usize, conn: u64, msg: Message) {
+        let lost = self.cut[to].is_some_and(|(c, after)| c == conn && t > after);
+        if !lost && self.nodes[to].conn == Some(conn) && self.nodes[to].node.is_some() {
+            if self.trace_all {
+                let s = format!("{} <- {}", self.name(to), short(&msg));
+                self.log(s);
+            }
+            if self.damages(&msg) {
+                self.refuse_damaged(to, conn);
+            } else {
+                self.feed(to, Event::Frame(msg));
+            }
+        }
+    }
+
     /// When frame `m` sent now reaches node `to`: after the bytes queued
     /// before it on that direction have left, at the link's bandwidth,
     /// unless it rides the ping connection ([`Link`]).

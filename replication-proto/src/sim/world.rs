@@ -11,7 +11,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::disk::{SimDisk, SimMeta};
-use super::network::short;
 use super::oracle::Oracle;
 use super::scenario::{cfg, Kind, Link, Rates, Scenario};
 use crate::machine::{Admin, ConnState, Event, Node, NodeConfig, Payload};
@@ -447,23 +446,6 @@ impl World {
             }
         };
         self.feed(node, Event::LocalDone { token, result });
-    }
-
-    /// A frame arrives, unless it was lost with a crashed sender or its
-    /// connection is gone.
-    fn deliver(&mut self, t: u64, to: usize, conn: u64, msg: Message) {
-        let lost = self.cut[to].is_some_and(|(c, after)| c == conn && t > after);
-        if !lost && self.nodes[to].conn == Some(conn) && self.nodes[to].node.is_some() {
-            if self.trace_all {
-                let s = format!("{} <- {}", self.name(to), short(&msg));
-                self.log(s);
-            }
-            if self.damages(&msg) {
-                self.refuse_damaged(to, conn);
-            } else {
-                self.feed(to, Event::Frame(msg));
-            }
-        }
     }
 
     /// An admin disconnect is followed by a connect, unless a split brain
