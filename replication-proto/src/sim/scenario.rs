@@ -213,3 +213,25 @@ pub(super) fn cfg(name: &str, peer: &str, sc: &Scenario) -> NodeConfig {
         features: features::ALL,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each seed draws its own rates, within the bounds, the same on every
+    /// replay; the rest of the scenario is what the seed drew before.
+    #[test]
+    fn rates_are_drawn_from_the_seed_within_bounds() {
+        let all: Vec<Rates> = (0..500).map(Rates::from_seed).collect();
+        for r in &all {
+            assert!((5..=50).contains(&r.reset_pm), "{r:?}");
+            assert!((5..=30).contains(&r.partition_pm), "{r:?}");
+            assert!((15..=80).contains(&r.primary_crash_pm), "{r:?}");
+            assert!((100..=1000).contains(&r.damage_one_in), "{r:?}");
+            assert!((0.1..0.9).contains(&r.cache_survives), "{r:?}");
+        }
+        assert_eq!(Rates::from_seed(7), Rates::from_seed(7));
+        assert!(all.iter().any(|r| r.reset_pm < 10) && all.iter().any(|r| r.reset_pm > 45));
+        assert_eq!(Scenario::from_seed(7).rates, Rates::from_seed(7));
+    }
+}
