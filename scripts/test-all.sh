@@ -40,4 +40,4 @@ export REP_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release"
 echo "== cargo test"
 cargo test --workspace
 echo "== simulator: 2000 more seeds (release build)"
-cargo run -q -p replication-proto --release --bin repsim -- --from 200 --seeds 2000
+cargo run -q -p replication-proto --release --features sim --bin repsim -- --from 200 --seeds 2000

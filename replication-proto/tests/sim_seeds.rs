@@ -1,7 +1,7 @@
 //! The seeded simulator over a fixed range of seeds. A failure prints the
 //! seed and the command that replays it with a full trace.
 //!
-//! More seeds: `cargo run -p replication-proto --release --bin repsim -- --seeds 10000`.
+//! More seeds: `cargo run -p replication-proto --release --features sim --bin repsim -- --seeds 10000`.
 
 #![allow(
     clippy::indexing_slicing,

@@ -76,13 +76,14 @@ impl SimDisk {
         }
     }
 
-    /// Power loss: each cached block independently survives or not.
-    pub fn power_loss(&mut self, rng: &mut ChaCha8Rng) {
+    /// Power loss: each cached block independently survives, with
+    /// chance `survives`, or not.
+    pub fn power_loss(&mut self, rng: &mut ChaCha8Rng, survives: f64) {
         let mut keys: Vec<u64> = self.cache.keys().copied().collect();
         keys.sort_unstable();
         for b in keys {
             let v = self.cache.remove(&b).flatten();
-            if rng.gen_bool(0.5) {
+            if rng.gen_bool(survives) {
                 match v {
                     Some(d) => self.durable.insert(b, d),
                     None => self.durable.remove(&b),

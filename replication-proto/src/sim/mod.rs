@@ -13,6 +13,16 @@
 //!   identical and both disks UpToDate;
 //! - a split brain is always detected and never merged silently;
 //! - the state machine never panics (a panic fails the run).
+//!
+//! Modules:
+//! - `scenario`: what a seed exercises ([`Scenario`], [`Kind`], [`Link`]);
+//! - `world`: the state, the event queue and its loop, [`run`];
+//! - `nodes`: each node's plumbing (events in, actions out, metadata writes);
+//! - `disk`: a disk with a volatile cache, and the metadata area;
+//! - `network`: the link (latency, partitions, bandwidth, damage);
+//! - `app`: the application's requests on the Primary;
+//! - `faults`: the fault schedule and the operator;
+//! - `checks` and `oracle`: the invariants, and what the data must show.
 
 // The simulator is a test harness: an out-of-range index there is a bug in
 // the harness, caught as a violation by `run`, never input from outside.
@@ -22,8 +32,16 @@
     clippy::unwrap_used
 )]
 
+mod app;
+mod checks;
 mod disk;
+mod faults;
+mod network;
+mod nodes;
 mod oracle;
+mod scenario;
 mod world;
 
-pub use world::{run, run_resuming, slow_link_resync, Link, Scenario, SimReport, Violation};
+pub use crate::simkit::Violation;
+pub use scenario::{Kind, Link, Rates, Scenario};
+pub use world::{run, run_resuming, slow_link_resync, SimReport};

@@ -83,6 +83,8 @@ impl Oracle {
     /// A flush issued when [`Oracle::unflushed_len`] was `upto` completed on
     /// `node`: the writes acknowledged before it are durable.
     pub fn flushed(&mut self, node: usize, upto: usize) {
+        // Not a clamp of an impossible case: a flush that completes after a
+        // later one (or a power loss) drained past its mark covers nothing more.
         let n = upto
             .saturating_sub(self.drained[node])
             .min(self.unflushed[node].len());

@@ -1,0 +1,216 @@
+//! The nodes' plumbing: start a node on its persisted metadata, feed it
+//! events, carry out its actions (I/O on its disk, frames to the link,
+//! metadata writes in issue order).
+
+use rand::Rng;
+
+use super::network::short;
+use super::world::{Ev, IoOp, MetaW, World, MS};
+use crate::machine::{Action, Admin, Event, Node};
+use crate::wire::Message;
+
+impl World {
+    pub(super) fn start_node(&mut self, i: usize) {
+        let p = self.nodes[i].meta.persisted();
+        if self.trace_all {
+            let s = format!(
+                "{} starts from al={:?} flags={:?} gens={:x?} dirty={}",
+                self.name(i),
+                p.al_extents,
+                p.flags,
+                p.gens,
+                p.bitmap.iter().map(|w| w.count_ones()).sum::<u32>()
+            );
+            self.log(s);
+        }
+        let seed = self.rng.gen();
+        self.nodes[i].inc += 1;
+        self.nodes[i].meta_q.clear();
+        self.nodes[i].meta_busy = false;
+        self.nodes[i].want = false;
+        self.nodes[i].conn = None;
+        self.nodes[i].next_tick = None;
+        self.nodes[i].node = Some(Node::new(self.cfgs[i].clone(), p, self.now / MS, seed));
+        self.drain(i);
+    }
+
+    pub(super) fn feed(&mut self, i: usize, ev: Event) {
+        let now = self.now / MS;
+        if let Some(n) = self.nd(i) {
+            n.handle(now, ev);
+        }
+        self.drain(i);
+    }
+
+    pub(super) fn admin(&mut self, i: usize, cmd: Admin) -> bool {
+        let now = self.now / MS;
+        let r = match self.nd(i) {
+            Some(n) => n.admin(now, cmd.clone()),
+            None => return false,
+        };
+        let s = format!("{} admin {:?}: {:?}", self.name(i), cmd, r);
+        self.log(s);
+        self.drain(i);
+        r.is_ok()
+    }
+
+    pub(super) fn drain(&mut self, i: usize) {
+        loop {
+            let Some(a) = self.nodes[i].node.as_mut().and_then(Node::poll_action) else {
+                break;
+            };
+            self.act(i, a);
+        }
+        let t = self.nodes[i].node.as_ref().and_then(Node::poll_timeout);
+        if let Some(t) = t {
+            let t = (t * MS).max(self.now + 1);
+            if self.nodes[i].next_tick.is_none_or(|x| t < x) {
+                self.nodes[i].next_tick = Some(t);
+                self.at(t, Ev::Tick(i));
+            }
+        }
+    }
+
+    pub(super) fn act(&mut self, i: usize, a: Action) {
+        match a {
+            Action::Connect => self.nodes[i].want = true,
+            Action::CloseConnection => self.close_connection(i),
+            Action::Send(m) => self.send(i, m),
+            Action::LocalRead { token, offset, len } => {
+                let t = self.now + self.lat(5, self.sc.rates.disk_us);
+                self.disk_io(i, t, token, IoOp::Read { offset, len });
+            }
+            Action::LocalWrite {
+                token,
+                offset,
+                len,
+                payload,
+                fua,
+            } => {
+                let t = self.now + self.lat(5, self.sc.rates.disk_us);
+                let op = IoOp::Write {
+                    offset,
+                    len,
+                    payload,
+                    fua,
+                };
+                self.disk_io(i, t, token, op);
+            }
+            Action::LocalFlush { token } => {
+                let t = self.now + self.lat(50, self.sc.rates.flush_us);
+                self.disk_io(i, t, token, IoOp::Flush);
+            }
+            Action::WriteSuper { token, gens, flags } => {
+                self.meta_push(i, token, MetaW::Super(gens, flags))
+            }
+            Action::WriteAl {
+                token,
+                seq,
+                extents,
+            } => self.meta_push(i, token, MetaW::Al(seq, extents)),
+            Action::WriteBitmap {
+                token,
+                first_word,
+                words,
+            } => {
+                self.meta_push(i, token, MetaW::Bitmap(first_word, words));
+            }
+            Action::Complete { id, result } => self.app_done(i, id, result),
+            Action::Hook(h) => {
+                let s = format!("{} hook {:?}", self.name(i), h);
+                self.log(s);
+            }
+        }
+    }
+
+    /// Node `i` closes its end: the peer hears of it after a while.
+    fn close_connection(&mut self, i: usize) {
+        self.nodes[i].want = false;
+        if let Some(c) = self.nodes[i].conn.take() {
+            let other = 1 - i;
+            if self.live_conn == Some(c) {
+                self.live_conn = None;
+            }
+            let t = self.deliver_time(other, 50, 500);
+            self.at(t, Ev::Down { to: other, conn: c });
+        }
+    }
+
+    /// Node `i` sends `m` on its connection, if it has one.
+    fn send(&mut self, i: usize, m: Message) {
+        if let Some(c) = self.nodes[i].conn {
+            let other = 1 - i;
+            if self.trace_all {
+                let s = format!("{} -> {}", self.name(i), short(&m));
+                self.log(s);
+            }
+            let t = self.send_time(other, &m);
+            self.at(
+                t,
+                Ev::Deliver {
+                    to: other,
+                    conn: c,
+                    msg: m,
+                },
+            );
+        }
+    }
+
+    /// A request on node `i`'s disk completes at `t` (if the node is still
+    /// the same incarnation then).
+    fn disk_io(&mut self, i: usize, t: u64, token: u64, op: IoOp) {
+        let inc = self.nodes[i].inc;
+        self.at(
+            t,
+            Ev::Io {
+                node: i,
+                inc,
+                token,
+                op,
+            },
+        );
+    }
+
+    pub(super) fn meta_push(&mut self, i: usize, token: u64, m: MetaW) {
+        self.nodes[i].meta_q.push_back((token, m));
+        if !self.nodes[i].meta_busy {
+            self.nodes[i].meta_busy = true;
+            let t = self.now + self.lat(20, 400);
+            let inc = self.nodes[i].inc;
+            self.at(t, Ev::Meta { node: i, inc });
+        }
+    }
+
+    pub(super) fn meta_complete(&mut self, i: usize) {
+        let Some((token, m)) = self.nodes[i].meta_q.pop_front() else {
+            self.nodes[i].meta_busy = false;
+            return;
+        };
+        let meta = &mut self.nodes[i].meta;
+        match m {
+            MetaW::Super(g, f) => {
+                meta.gens = g;
+                meta.flags = f;
+            }
+            MetaW::Al(seq, e) => {
+                meta.al_seq = seq;
+                meta.al_extents = e;
+            }
+            MetaW::Bitmap(first, words) => meta.write_bitmap(first, &words),
+        }
+        if self.nodes[i].meta_q.is_empty() {
+            self.nodes[i].meta_busy = false;
+        } else {
+            let t = self.now + self.lat(20, 400);
+            let inc = self.nodes[i].inc;
+            self.at(t, Ev::Meta { node: i, inc });
+        }
+        self.feed(
+            i,
+            Event::MetaDone {
+                token,
+                result: Ok(()),
+            },
+        );
+    }
+}
