@@ -6,11 +6,13 @@
 //! channel, so the state machine needs no locks and sees events in one
 //! order.
 
+mod admin;
 mod convert;
 mod meta;
 mod peer;
 mod ping_conn;
 mod progress;
+mod users;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,6 +34,7 @@ use crate::md::{MdError, MetaDevice, MetaLocation};
 
 pub use convert::node_config;
 pub use progress::SyncProgress;
+pub use users::{InUse, Registration, Users};
 
 /// Everything the engine thread reacts to.
 pub(crate) enum Input {
@@ -229,17 +232,9 @@ struct Shared {
     /// wakes every few ms costs the I/O path real CPU in a TCG guest.
     role_changes: Mutex<u64>,
     role_changed: Condvar,
-    /// The NBD server, as `secondary` and `down` see it (repd attaches it).
-    nbd: Mutex<Option<NbdGate>>,
-}
-
-/// What the engine needs of the NBD server: how many clients are connected
-/// now (not the count `status` shows, which is refreshed every 100 ms: a
-/// client that just left must not refuse a `down`), and how to disconnect
-/// them all (a forced `down`).
-struct NbdGate {
-    clients: Box<dyn Fn() -> usize + Send>,
-    cut: Box<dyn Fn() + Send>,
+    /// What the frontends say makes the device in use: what `secondary`
+    /// and `down` ask.
+    users: Users,
 }
 
 impl std::fmt::Debug for Shared {
@@ -309,22 +304,11 @@ impl EngineHandle {
         self.shared.nbd_clients.store(n as u64, Ordering::Relaxed);
     }
 
-    /// Attach the NBD server: `clients` counts its connected clients now,
-    /// `cut` disconnects them all (when `down --force` or SIGTERM stops the
-    /// daemon while they are connected).
-    pub fn attach_nbd(
-        &self,
-        clients: impl Fn() -> usize + Send + 'static,
-        cut: impl Fn() + Send + 'static,
-    ) {
-        *self
-            .shared
-            .nbd
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(NbdGate {
-            clients: Box::new(clients),
-            cut: Box::new(cut),
-        });
+    /// Where each frontend registers what makes the device in use (NBD
+    /// clients, a mounted or open `/dev/ublkbN`): the one place
+    /// `secondary`, `down` and a shutdown signal ask.
+    pub fn users(&self) -> &Users {
+        &self.shared.users
     }
 
     /// Ends every [`RoleWait::wait_role_change`] now, as a role change
@@ -563,20 +547,6 @@ pub fn start(
 /// Disk tokens the engine makes itself live above the state machine's.
 const INTERNAL_TOKEN: u64 = 1 << 62;
 
-/// Why the device must not be taken from its users (see `Runner::in_use`).
-struct InUse {
-    why: String,
-    nbd_clients: usize,
-}
-
-/// How long a client that just disconnected may take to leave the NBD
-/// server's list before `secondary` or `down` counts it as connected.
-const NBD_LEAVE_GRACE: Duration = Duration::from_millis(200);
-
-/// How long a forced `down` waits for the requests of the NBD clients it
-/// disconnected to end before it gives up (held requests never end).
-const FORCED_DOWN_WAIT: Duration = Duration::from_secs(10);
-
 /// While this many disk ops are queued or in flight, the engine reads
 /// nothing from the peer: a Data frame becomes one more disk op, and what
 /// is left in the socket buffer makes TCP hold the peer back (the
@@ -814,191 +784,6 @@ impl Runner {
             self.node.handle(now, Event::LocalDone { token, result });
         }
         self.drain();
-    }
-
-    fn control(&mut self, cmd: ControlCmd, reply: Sender<ControlReply>) {
-        let now = self.now();
-        let admin = match &cmd {
-            ControlCmd::Status => None,
-            ControlCmd::Primary { force } => Some(Admin::Primary { force: *force }),
-            ControlCmd::Secondary => {
-                if let Some(u) = self.in_use(false) {
-                    let why = if u.nbd_clients > 0 {
-                        format!("{}; disconnect them first", u.why)
-                    } else {
-                        u.why
-                    };
-                    self.refuse(&reply, why);
-                    return;
-                }
-                Some(Admin::Secondary)
-            }
-            ControlCmd::Connect { discard_my_data } => Some(Admin::Connect {
-                discard_my_data: *discard_my_data,
-            }),
-            ControlCmd::Disconnect => Some(Admin::Disconnect),
-            ControlCmd::Invalidate => Some(Admin::Invalidate),
-            ControlCmd::InvalidateRemote => Some(Admin::InvalidateRemote),
-            ControlCmd::Verify { repair } => Some(Admin::Verify { repair: *repair }),
-            ControlCmd::Down { force } => {
-                let clients = match self.in_use(*force) {
-                    Some(u) => {
-                        let hint = if u.nbd_clients > 0 && !*force {
-                            "disconnect them, or `repctl down --force` to cut them (the node stays up)"
-                        } else {
-                            "the node stays up"
-                        };
-                        self.refuse(&reply, format!("{}; {hint}", u.why));
-                        return;
-                    }
-                    None => self.nbd_clients(),
-                };
-                if *force && clients > 0 {
-                    tracing::warn!(
-                        clients,
-                        "forced down: disconnecting the NBD clients (their next request fails)"
-                    );
-                    if let Some(gate) = self
-                        .shared
-                        .nbd
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .as_ref()
-                    {
-                        (gate.cut)();
-                    }
-                }
-                Some(Admin::Down)
-            }
-            ControlCmd::SuspendIo { fail } => Some(Admin::SuspendIo {
-                mode: if *fail {
-                    SuspendMode::Fail
-                } else {
-                    SuspendMode::Hold
-                },
-            }),
-            ControlCmd::ResumeIo { if_current: None } => Some(Admin::ResumeIo),
-            ControlCmd::ResumeIo {
-                if_current: Some(h),
-            } => match u64::from_str_radix(h, 16) {
-                Ok(current) => Some(Admin::ResumeIoAt { current }),
-                Err(_) => {
-                    let _ = reply.send(ControlReply {
-                        ok: false,
-                        error: Some(format!("resume-io: \"{h}\" is not a hex generation")),
-                        status: Some(self.status()),
-                    });
-                    return;
-                }
-            },
-            ControlCmd::FreezeOnDisconnect { on } => Some(Admin::FreezeOnDisconnect { on: *on }),
-            ControlCmd::Outdate => Some(Admin::Outdate),
-            ControlCmd::ResumeAfterCrash => Some(Admin::ResumeAfterCrash),
-        };
-        let result = match admin {
-            None => Ok(()),
-            Some(a) => {
-                tracing::info!(command = ?a, "admin");
-                self.node.admin(now, a).map_err(|e| e.to_string())
-            }
-        };
-        self.drain();
-        if let ControlCmd::Down { force } = cmd {
-            if result.is_ok() {
-                // Answered when the orderly shutdown finished.
-                self.down_waiters.push(reply);
-                return;
-            }
-            let pending = self.node.status().app_pending;
-            if force && pending > 0 {
-                // The cut clients' requests are still in the engine: demote
-                // once they are done (`retry_forced_down`).
-                tracing::info!(pending, "forced down: waiting for the requests in flight");
-                self.forced_down = Some((reply, Instant::now() + FORCED_DOWN_WAIT));
-                return;
-            }
-        }
-        let st = self.status();
-        let _ = reply.send(ControlReply {
-            ok: result.is_ok(),
-            error: result.err(),
-            status: Some(st),
-        });
-    }
-
-    /// NBD clients connected now. One that has just disconnected (an
-    /// `nbdcopy` that exited a moment ago) may take a few ms to leave the
-    /// server's list: a count above 0 is looked at again for up to
-    /// [`NBD_LEAVE_GRACE`] (this only delays a refusal).
-    fn nbd_clients(&self) -> usize {
-        let gate = self
-            .shared
-            .nbd
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let Some(gate) = gate.as_ref() else {
-            return 0;
-        };
-        let t0 = Instant::now();
-        loop {
-            let n = (gate.clients)();
-            if n == 0 || t0.elapsed() >= NBD_LEAVE_GRACE {
-                return n;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Why the device must not be taken from its users now: NBD clients
-    /// are connected (unless `cut_nbd`: a forced `down` disconnects them),
-    /// or /dev/ublkbN is mounted or open. What both `secondary` and `down`
-    /// refuse on; `None` when nothing uses the device.
-    fn in_use(&self, cut_nbd: bool) -> Option<InUse> {
-        if !cut_nbd {
-            let clients = self.nbd_clients();
-            if clients > 0 {
-                return Some(InUse {
-                    why: format!("the device is in use: {clients} NBD client(s) connected"),
-                    nbd_clients: clients,
-                });
-            }
-        }
-        // The ublk device (/dev/ublkbN): mounted or open (checked off this
-        // thread, which serves its I/O; None when none is served).
-        crate::ublk::demotion_blocker().map(|why| InUse {
-            why,
-            nbd_clients: 0,
-        })
-    }
-
-    fn refuse(&self, reply: &Sender<ControlReply>, why: String) {
-        let _ = reply.send(ControlReply {
-            ok: false,
-            error: Some(why),
-            status: Some(self.status()),
-        });
-    }
-
-    /// A forced `down` waiting for the requests of the clients it cut:
-    /// demote as soon as none is in flight, or give up at its deadline.
-    fn retry_forced_down(&mut self) {
-        let Some((_, deadline)) = &self.forced_down else {
-            return;
-        };
-        let deadline = *deadline;
-        let now = self.now();
-        let result = self.node.admin(now, Admin::Down);
-        if result.is_err() && Instant::now() < deadline {
-            return;
-        }
-        let Some((reply, _)) = self.forced_down.take() else {
-            return;
-        };
-        self.drain();
-        match result {
-            Ok(()) => self.down_waiters.push(reply),
-            Err(e) => self.refuse(&reply, e.to_string()),
-        }
     }
 
     fn drain(&mut self) {

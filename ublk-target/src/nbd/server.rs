@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::{debug, info, info_span, warn};
@@ -104,6 +104,37 @@ impl NbdServer {
             local_addr,
             acceptor: Mutex::new(acceptor),
         }
+    }
+}
+
+/// How long a client that just disconnected may take to leave the
+/// server's list before `secondary` or `down` counts it as connected.
+const LEAVE_GRACE: Duration = Duration::from_millis(200);
+
+/// What makes the device in use through the export: its clients, which a
+/// forced `down` (or SIGTERM) disconnects by shutting the server down.
+impl crate::frontend::UserSource for NbdServerHandle {
+    fn name(&self) -> &str {
+        "NBD"
+    }
+
+    /// Not the count `status` shows (refreshed every 100 ms): a client
+    /// that has just disconnected (an `nbdcopy` that exited a moment ago)
+    /// may take a few ms to leave the list, so a count above 0 is looked at
+    /// again for up to [`LEAVE_GRACE`] (this only delays a refusal).
+    fn clients(&self) -> usize {
+        let t0 = Instant::now();
+        loop {
+            let n = NbdServerHandle::clients(self);
+            if n == 0 || t0.elapsed() >= LEAVE_GRACE {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn cut(&self) {
+        self.shutdown();
     }
 }
 
