@@ -678,12 +678,12 @@ impl Runner {
         self.drain();
     }
 
-    fn peer_down(&mut self, why: &str) {
+    fn peer_down(&mut self, why: &peer::PeerError) {
         tracing::info!("peer connection down: {why}");
         // Our own finding, worth status's last_error (an EOF is not: the
         // peer said why before closing, or its node knows).
-        if peer::refused_a_frame(why) {
-            self.node.note_link_error(why);
+        if why.refused_a_frame() {
+            self.node.note_link_error(&why.to_string());
         }
         self.peer.close();
         let now = self.now();
