@@ -517,6 +517,8 @@ impl Ring {
             match slot {
                 Some((index, Some(Slot { tag, buf }))) if tag & POLL_BIT != 0 => {
                     self.free.push(index);
+                    // A slot in use was counted when it was pushed.
+                    debug_assert!(self.outstanding > 0 && self.recvs > 0, "receive counts");
                     self.outstanding = self.outstanding.saturating_sub(1);
                     self.recvs = self.recvs.saturating_sub(1);
                     self.polls.push(SocketEvent {
@@ -530,6 +532,7 @@ impl Ring {
                 }
                 Some((index, Some(Slot { tag, buf }))) => {
                     self.free.push(index);
+                    debug_assert!(self.outstanding > 0, "completion counts");
                     self.outstanding = self.outstanding.saturating_sub(1);
                     out.push(Completion {
                         tag,

@@ -446,43 +446,10 @@ pub fn start(
     let span = tracing::info_span!("repd", resource = %cfg.resource.name, node = %me.name);
     let _g = span.enter();
 
-    let location = MetaLocation::of(&me);
-    let mut md = MetaDevice::open(&location, &cfg.resource.name, &me.name)?;
-    let al = md.read_al()?;
-    let (bitmap, bad_pages) = md.read_bitmap()?;
-    if bad_pages > 0 {
-        tracing::warn!(
-            bad_pages,
-            "bitmap pages failed their checksum and count as all dirty"
-        );
-    }
-    let sb = md.superblock().clone();
-    let data_bytes = sb.layout.data_bytes;
+    let (md, state) = read_metadata(cfg, &me)?;
+    let data_bytes = state.data_bytes;
     let ncfg = node_config(cfg, &me, &peer_node, data_bytes).map_err(StartError::Settings)?;
-    // The last run ended while Primary (or an earlier one did and its
-    // activity log is not resynced yet).
-    let crashed_primary =
-        sb.flags.has(MetaFlags::PRIMARY_IND) || sb.flags.has(MetaFlags::CRASHED_PRIMARY);
-    let persisted = replication_proto::machine::Persisted {
-        gens: sb.generations,
-        flags: sb.flags,
-        bitmap,
-        al_seq: al.seq,
-        al_extents: al.extents,
-    };
-
-    let disk = LocalDisk::open(
-        &me.disk,
-        data_bytes,
-        DiskOptions {
-            direct: opts.direct,
-            ..DiskOptions::default()
-        },
-    )?;
-    if opts.direct && !disk.is_direct() {
-        tracing::warn!(disk = %me.disk.display(), "O_DIRECT refused by the filesystem; using buffered I/O (flushes still make writes durable)");
-    }
-    let disk = disk.inline()?;
+    let disk = open_disk(&me, data_bytes, opts)?;
     let (tx, rx) = mpsc::channel::<Input>();
     let tx = InputTx {
         tx,
@@ -494,7 +461,7 @@ pub fn start(
     let shared = Arc::new(Shared::default());
     shared.data_bytes.store(data_bytes, Ordering::Relaxed);
     let seed: u64 = rand::random();
-    let node = Node::new(ncfg, persisted, 0, seed);
+    let node = Node::new(ncfg, state.persisted, 0, seed);
     let handle = EngineHandle {
         tx: tx.clone(),
         shared: shared.clone(),
@@ -518,30 +485,73 @@ pub fn start(
         next_internal: INTERNAL_TOKEN,
         span: span.clone(),
     };
-    if cfg.startup.resume_after_crash == ResumeAfterCrash::Always && crashed_primary {
-        // Before the first connection, so that the handshake decides it.
-        let now = runner.now();
-        if let Err(e) = runner.node.admin(now, Admin::ResumeAfterCrash) {
-            tracing::warn!("resume-after-crash = \"always\": {e}");
-        }
-    }
-    if opts.connect {
-        let now = runner.now();
-        if let Err(e) = runner.node.admin(
-            now,
-            Admin::Connect {
-                discard_my_data: false,
-            },
-        ) {
-            tracing::warn!("connect at start: {e}");
-        }
-    }
+    runner.first_commands(cfg, opts, state.crashed_primary);
     drop(_g);
     let thread = std::thread::Builder::new()
         .name("repd-engine".into())
         .spawn(move || runner.run())
         .map_err(StartError::Thread)?;
     Ok(Engine { handle, thread })
+}
+
+/// What the state machine starts from, read from the metadata.
+struct Stored {
+    persisted: replication_proto::machine::Persisted,
+    data_bytes: u64,
+    /// The last run ended while Primary (or an earlier one did and its
+    /// activity log is not resynced yet).
+    crashed_primary: bool,
+}
+
+/// Opens the node's metadata and reads what the state machine needs.
+fn read_metadata(
+    cfg: &Config,
+    me: &crate::config::Node,
+) -> Result<(MetaDevice, Stored), StartError> {
+    let location = MetaLocation::of(me);
+    let mut md = MetaDevice::open(&location, &cfg.resource.name, &me.name)?;
+    let al = md.read_al()?;
+    let (bitmap, bad_pages) = md.read_bitmap()?;
+    if bad_pages > 0 {
+        tracing::warn!(
+            bad_pages,
+            "bitmap pages failed their checksum and count as all dirty"
+        );
+    }
+    let sb = md.superblock().clone();
+    let stored = Stored {
+        persisted: replication_proto::machine::Persisted {
+            gens: sb.generations,
+            flags: sb.flags,
+            bitmap,
+            al_seq: al.seq,
+            al_extents: al.extents,
+        },
+        data_bytes: sb.layout.data_bytes,
+        crashed_primary: sb.flags.has(MetaFlags::PRIMARY_IND)
+            || sb.flags.has(MetaFlags::CRASHED_PRIMARY),
+    };
+    Ok((md, stored))
+}
+
+/// Opens the backing disk, driven by the engine thread's own ring.
+fn open_disk(
+    me: &crate::config::Node,
+    data_bytes: u64,
+    opts: &EngineOptions,
+) -> Result<InlineDisk, StartError> {
+    let disk = LocalDisk::open(
+        &me.disk,
+        data_bytes,
+        DiskOptions {
+            direct: opts.direct,
+            ..DiskOptions::default()
+        },
+    )?;
+    if opts.direct && !disk.is_direct() {
+        tracing::warn!(disk = %me.disk.display(), "O_DIRECT refused by the filesystem; using buffered I/O (flushes still make writes durable)");
+    }
+    Ok(disk.inline()?)
 }
 
 /// Disk tokens the engine makes itself live above the state machine's.
@@ -560,6 +570,29 @@ const RX_PAUSE_DISK_OPS: usize = 256;
 const OVERLAP_MIN_BULK: usize = 64 * 1024;
 
 impl Runner {
+    /// What the daemon tells the state machine before its thread starts:
+    /// `resume-after-crash = "always"`, then connect (like `drbdadm up`).
+    fn first_commands(&mut self, cfg: &Config, opts: &EngineOptions, crashed_primary: bool) {
+        if cfg.startup.resume_after_crash == ResumeAfterCrash::Always && crashed_primary {
+            // Before the first connection, so that the handshake decides it.
+            let now = self.now();
+            if let Err(e) = self.node.admin(now, Admin::ResumeAfterCrash) {
+                tracing::warn!("resume-after-crash = \"always\": {e}");
+            }
+        }
+        if opts.connect {
+            let now = self.now();
+            if let Err(e) = self.node.admin(
+                now,
+                Admin::Connect {
+                    discard_my_data: false,
+                },
+            ) {
+                tracing::warn!("connect at start: {e}");
+            }
+        }
+    }
+
     fn internal_token(&mut self) -> u64 {
         self.next_internal += 1;
         self.next_internal

@@ -553,6 +553,8 @@ impl Handler {
         self.mailbox.take(&mut ready);
         for Ready { tag, res, buf } in ready.drain(..) {
             if let Some(b) = buf {
+                // Only a lent buffer comes back with an answer.
+                debug_assert!(self.lent > 0, "a buffer came back that was not lent");
                 self.lent = self.lent.saturating_sub(1);
                 match self.bufs.get_mut(usize::from(tag)) {
                     Some(slot) => *slot = Some(b),

@@ -204,72 +204,14 @@ impl Transport {
         let stop = Arc::new(AtomicBool::new(false));
         let dialer = me.name < peer.name;
         let span = tracing::Span::current();
-        {
-            let (tx, stop, span) = (tx.clone(), stop.clone(), span.clone());
-            std::thread::Builder::new()
-                .name("repd-listen".into())
-                .spawn(move || {
-                    let _g = span.enter();
-                    for s in listener.incoming() {
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        match s {
-                            Ok(stream) => {
-                                // The node that dials the data connection
-                                // accepts only the ping connection; its MAC
-                                // tells whether it belongs to the session.
-                                let _ = tx.send(if dialer {
-                                    Input::PingStream {
-                                        stream,
-                                        for_conn: None,
-                                    }
-                                } else {
-                                    Input::PeerStream {
-                                        stream,
-                                        outbound: false,
-                                    }
-                                });
-                            }
-                            Err(e) => {
-                                tracing::warn!("accept failed: {e}");
-                                std::thread::sleep(Duration::from_millis(100));
-                            }
-                        }
-                    }
-                })
-                .map_err(StartError::Thread)?;
-        }
+        spawn_listener(listener, dialer, tx.clone(), stop.clone(), span.clone())?;
         if dialer {
-            let span = span.clone();
-            let (tx, stop, want, has_conn) =
-                (tx.clone(), stop.clone(), want.clone(), has_conn.clone());
-            let addr = peer.address;
-            std::thread::Builder::new()
-                .name("repd-dial".into())
-                .spawn(move || {
-                    let _g = span.enter();
-                    let mut logged = false;
-                    while !stop.load(Ordering::Relaxed) {
-                        if want.load(Ordering::Relaxed) && !has_conn.load(Ordering::Relaxed) {
-                            match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-                                Ok(stream) => {
-                                    has_conn.store(true, Ordering::Relaxed);
-                                    logged = false;
-                                    let _ = tx.send(Input::PeerStream { stream, outbound: true });
-                                }
-                                Err(e) => {
-                                    if !logged {
-                                        tracing::info!(%addr, "peer not reachable yet: {e}; retrying");
-                                        logged = true;
-                                    }
-                                }
-                            }
-                        }
-                        std::thread::sleep(Duration::from_millis(200));
-                    }
-                })
-                .map_err(StartError::Thread)?;
+            let flags = DialFlags {
+                stop: stop.clone(),
+                want: want.clone(),
+                has_conn: has_conn.clone(),
+            };
+            spawn_dialer(peer.address, flags, tx.clone(), span.clone())?;
         }
         Ok(Self {
             want,
@@ -666,6 +608,97 @@ impl Transport {
         // Wake the listener so it sees the stop flag.
         let _ = TcpStream::connect_timeout(&self.listen, Duration::from_millis(100));
     }
+}
+
+/// The listener thread: every inbound stream goes to the engine, as the
+/// data connection, or (on the node that dials the data connection) as a
+/// ping connection, whose MAC tells whether it belongs to the session.
+fn spawn_listener(
+    listener: TcpListener,
+    dialer: bool,
+    tx: InputTx,
+    stop: Arc<AtomicBool>,
+    span: tracing::Span,
+) -> Result<(), StartError> {
+    std::thread::Builder::new()
+        .name("repd-listen".into())
+        .spawn(move || {
+            let _g = span.enter();
+            for s in listener.incoming() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match s {
+                    Ok(stream) => {
+                        let _ = tx.send(if dialer {
+                            Input::PingStream {
+                                stream,
+                                for_conn: None,
+                            }
+                        } else {
+                            Input::PeerStream {
+                                stream,
+                                outbound: false,
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+        })
+        .map_err(StartError::Thread)?;
+    Ok(())
+}
+
+/// What the dialer thread shares with the transport.
+struct DialFlags {
+    stop: Arc<AtomicBool>,
+    /// The state machine wants a connection.
+    want: Arc<AtomicBool>,
+    /// There is one (dialed and not yet closed).
+    has_conn: Arc<AtomicBool>,
+}
+
+/// The dialer thread (on the node whose name sorts first): dials the data
+/// connection whenever one is wanted and there is none.
+fn spawn_dialer(
+    addr: SocketAddr,
+    f: DialFlags,
+    tx: InputTx,
+    span: tracing::Span,
+) -> Result<(), StartError> {
+    std::thread::Builder::new()
+        .name("repd-dial".into())
+        .spawn(move || {
+            let _g = span.enter();
+            let mut logged = false;
+            while !f.stop.load(Ordering::Relaxed) {
+                if f.want.load(Ordering::Relaxed) && !f.has_conn.load(Ordering::Relaxed) {
+                    match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                        Ok(stream) => {
+                            f.has_conn.store(true, Ordering::Relaxed);
+                            logged = false;
+                            let _ = tx.send(Input::PeerStream {
+                                stream,
+                                outbound: true,
+                            });
+                        }
+                        Err(e) => {
+                            if !logged {
+                                tracing::info!(%addr, "peer not reachable yet: {e}; retrying");
+                                logged = true;
+                            }
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+        .map_err(StartError::Thread)?;
+    Ok(())
 }
 
 /// Off the engine thread: sends `out` for at most [`CLOSE_GRACE`] (a
