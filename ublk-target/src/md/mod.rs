@@ -323,6 +323,151 @@ pub struct MetaDevice {
     al_seq: Option<u64>,
 }
 
+/// The metadata file of `location` (the disk itself when internal), its
+/// path, the size of the data disk and where the superblock is.
+fn open_for_read(
+    location: &MetaLocation,
+    writable: bool,
+) -> Result<(File, PathBuf, u64, u64), MdError> {
+    let disk = &location.disk;
+    match &location.meta_disk {
+        MetaDisk::Internal => {
+            let file = open_existing(disk, writable)?;
+            let size = size_of(&file, disk)?;
+            let end = layout::align_down(size);
+            if end < MD_BLOCK {
+                return Err(MdError::NoMetadata {
+                    path: disk.clone(),
+                    offset: 0,
+                });
+            }
+            Ok((file, disk.clone(), size, end - MD_BLOCK))
+        }
+        MetaDisk::External(meta) => {
+            let data = open_existing(disk, false)?;
+            let size = size_of(&data, disk)?;
+            let file = open_existing(meta, writable).map_err(|e| match e {
+                MdError::DiskMissing { path } => MdError::MetaFileMissing { path },
+                e => e,
+            })?;
+            Ok((file, meta.clone(), size, 0))
+        }
+    }
+}
+
+/// The superblock at `sb_abs`. Internal metadata missing where the disk
+/// ends, over data, means the disk was resized: create-md would be the
+/// wrong advice.
+fn read_superblock(
+    location: &MetaLocation,
+    file: &File,
+    path: &Path,
+    sb_abs: u64,
+) -> Result<Superblock, MdError> {
+    let buf = read_sb_sector(file, path, sb_abs)?.ok_or_else(|| MdError::NoMetadata {
+        path: path.to_path_buf(),
+        offset: sb_abs,
+    })?;
+    match Superblock::decode(&buf, path, sb_abs) {
+        Err(MdError::NoMetadata { path, offset })
+            if location.meta_disk == MetaDisk::Internal
+                && !all_zero(
+                    file,
+                    &path,
+                    // Near the start of the disk there is less to look at.
+                    offset.saturating_sub(TAIL_LOOK),
+                    TAIL_LOOK.min(offset) + MD_BLOCK,
+                )? =>
+        {
+            Err(MdError::Resized { path, offset })
+        }
+        r => r,
+    }
+}
+
+/// The superblock is of the kind the config says, and of this resource
+/// and node.
+fn check_owner(
+    location: &MetaLocation,
+    path: &Path,
+    sb: &Superblock,
+    resource: &str,
+    node: &str,
+) -> Result<(), MdError> {
+    let expected_kind = match location.meta_disk {
+        MetaDisk::Internal => MetaKind::Internal,
+        MetaDisk::External(_) => MetaKind::External,
+    };
+    if sb.layout.kind != expected_kind {
+        return Err(MdError::BadLayout {
+            path: path.to_path_buf(),
+            message: format!(
+                "the superblock describes {:?} metadata, but the config says meta-disk = \"{}\"",
+                sb.layout.kind, location.meta_disk
+            ),
+        });
+    }
+    for (what, found, expected) in [
+        ("resource", &sb.resource, resource),
+        ("node", &sb.node, node),
+    ] {
+        if found != expected {
+            return Err(MdError::Foreign {
+                path: path.to_path_buf(),
+                what,
+                found: found.clone(),
+                expected: expected.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What the layout a superblock describes must fit in.
+struct Fit<'a> {
+    disk: &'a Path,
+    disk_size: u64,
+    /// Where the superblock ends: internal metadata ends there.
+    sb_end: u64,
+}
+
+impl Fit<'_> {
+    fn check(&self, file: &File, path: &Path, l: &Layout) -> Result<(), MdError> {
+        let disk_size = self.disk_size;
+        let misfit = |message: String| {
+            Err(MdError::DoesNotFit {
+                path: path.to_path_buf(),
+                message,
+            })
+        };
+        match l.kind {
+            MetaKind::Internal if l.data_bytes.checked_add(l.md_bytes) != Some(self.sb_end) => {
+                misfit(format!(
+                    "data ({} bytes) plus metadata ({} bytes) should end at the superblock's end ({} bytes), \
+                     the disk is {disk_size} bytes",
+                    l.data_bytes, l.md_bytes, self.sb_end
+                ))
+            }
+            MetaKind::Internal => Ok(()),
+            MetaKind::External if l.data_bytes > disk_size => misfit(format!(
+                "it describes {} bytes of data, but the disk {} has only {disk_size}",
+                l.data_bytes,
+                self.disk.display()
+            )),
+            MetaKind::External => {
+                let meta_size = size_of(file, path)?;
+                if meta_size < l.md_bytes {
+                    return misfit(format!(
+                        "the metadata needs {} bytes, but the file has only {meta_size}",
+                        l.md_bytes
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// The file the metadata of a [`MetaDevice::create`] goes into, its path
 /// and the layout that fits the disk.
 fn open_for_create(params: &CreateParams) -> Result<(File, PathBuf, Layout), MdError> {
@@ -544,118 +689,15 @@ impl MetaDevice {
         node: &str,
         writable: bool,
     ) -> Result<Self, MdError> {
-        let disk = &location.disk;
-        let (file, path, disk_size, sb_abs) = match &location.meta_disk {
-            MetaDisk::Internal => {
-                let file = open_existing(disk, writable)?;
-                let size = size_of(&file, disk)?;
-                let end = layout::align_down(size);
-                if end < MD_BLOCK {
-                    return Err(MdError::NoMetadata {
-                        path: disk.clone(),
-                        offset: 0,
-                    });
-                }
-                (file, disk.clone(), size, end - MD_BLOCK)
-            }
-            MetaDisk::External(meta) => {
-                let data = open_existing(disk, false)?;
-                let size = size_of(&data, disk)?;
-                let file = open_existing(meta, writable).map_err(|e| match e {
-                    MdError::DiskMissing { path } => MdError::MetaFileMissing { path },
-                    e => e,
-                })?;
-                (file, meta.clone(), size, 0)
-            }
+        let (file, path, disk_size, sb_abs) = open_for_read(location, writable)?;
+        let sb = read_superblock(location, &file, &path, sb_abs)?;
+        check_owner(location, &path, &sb, resource, node)?;
+        let fits = Fit {
+            disk: &location.disk,
+            disk_size,
+            sb_end: sb_abs + MD_BLOCK,
         };
-        let buf = read_sb_sector(&file, &path, sb_abs)?.ok_or_else(|| MdError::NoMetadata {
-            path: path.clone(),
-            offset: sb_abs,
-        })?;
-        let sb = match Superblock::decode(&buf, &path, sb_abs) {
-            // Internal metadata missing where the disk ends, over data: the
-            // disk was resized, and create-md would be the wrong advice.
-            Err(MdError::NoMetadata { path, offset })
-                if location.meta_disk == MetaDisk::Internal
-                    && !all_zero(
-                        &file,
-                        &path,
-                        offset.saturating_sub(TAIL_LOOK),
-                        TAIL_LOOK.min(offset) + MD_BLOCK,
-                    )? =>
-            {
-                return Err(MdError::Resized { path, offset });
-            }
-            r => r?,
-        };
-        let l = sb.layout;
-        let expected_kind = match location.meta_disk {
-            MetaDisk::Internal => MetaKind::Internal,
-            MetaDisk::External(_) => MetaKind::External,
-        };
-        if l.kind != expected_kind {
-            return Err(MdError::BadLayout {
-                path,
-                message: format!(
-                    "the superblock describes {:?} metadata, but the config says meta-disk = \"{}\"",
-                    l.kind, location.meta_disk
-                ),
-            });
-        }
-        if sb.resource != resource {
-            return Err(MdError::Foreign {
-                path,
-                what: "resource",
-                found: sb.resource,
-                expected: resource.to_owned(),
-            });
-        }
-        if sb.node != node {
-            return Err(MdError::Foreign {
-                path,
-                what: "node",
-                found: sb.node,
-                expected: node.to_owned(),
-            });
-        }
-        match l.kind {
-            MetaKind::Internal => {
-                if l.data_bytes.checked_add(l.md_bytes) != Some(sb_abs + MD_BLOCK) {
-                    return Err(MdError::DoesNotFit {
-                        path,
-                        message: format!(
-                            "data ({} bytes) plus metadata ({} bytes) should end at the superblock's end ({} bytes), \
-                             the disk is {disk_size} bytes",
-                            l.data_bytes,
-                            l.md_bytes,
-                            sb_abs + MD_BLOCK
-                        ),
-                    });
-                }
-            }
-            MetaKind::External => {
-                if l.data_bytes > disk_size {
-                    return Err(MdError::DoesNotFit {
-                        path,
-                        message: format!(
-                            "it describes {} bytes of data, but the disk {} has only {disk_size}",
-                            l.data_bytes,
-                            disk.display()
-                        ),
-                    });
-                }
-                let meta_size = size_of(&file, &path)?;
-                if meta_size < l.md_bytes {
-                    return Err(MdError::DoesNotFit {
-                        path,
-                        message: format!(
-                            "the metadata needs {} bytes, but the file has only {meta_size}",
-                            l.md_bytes
-                        ),
-                    });
-                }
-            }
-        }
+        fits.check(&file, &path, &sb.layout)?;
         let mut dev = MetaDevice {
             file,
             path,
