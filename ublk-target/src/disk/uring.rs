@@ -643,74 +643,10 @@ impl<F: Sink> Engine<F> {
             tracing::error!(tag = c.tag, "completion for an op not in flight");
             return;
         };
-        let is_file = self.cfg.kind == BackingKind::RegularFile;
-        let step_for = |total: usize, done: usize| step(total, done, c.res);
-        match &mut op.state {
-            State::Read { len, done, .. } => match step_for(*len, *done) {
-                Step::Done => match c.buf {
-                    IoBuf::Aligned(buf) => self.finish(slot, Ok(Some(buf.into_bytes()))),
-                    _ => self.finish(slot, Err(libc::EIO)),
-                },
-                Step::More(now) => {
-                    *done = now;
-                    op.retries = 0;
-                    self.issue(slot, c.buf);
-                }
-                // End of file inside the data area. A regular file may be
-                // sparse or shorter than the data area: what was never
-                // written reads as zeroes. A block device ending early means
-                // it shrank under us: that is an I/O error.
-                Step::Eof if is_file => {
-                    let from = *done;
-                    match c.buf {
-                        IoBuf::Aligned(mut buf) => {
-                            if let Some(rest) = buf.as_mut_slice().get_mut(from..) {
-                                rest.fill(0);
-                            }
-                            self.finish(slot, Ok(Some(buf.into_bytes())));
-                        }
-                        _ => self.finish(slot, Err(libc::EIO)),
-                    }
-                }
-                Step::Eof => self.finish(slot, Err(libc::EIO)),
-                Step::Retry(errno) => self.retry(slot, errno, c.buf),
-                Step::Fail(errno) => self.finish(slot, Err(errno)),
-            },
-            State::Write { len, done, .. } => match step_for(*len, *done) {
-                Step::Done => self.finish(slot, Ok(None)),
-                Step::More(now) => {
-                    *done = now;
-                    op.retries = 0;
-                    self.issue(slot, c.buf);
-                }
-                // A write that makes no progress: retry a few times.
-                Step::Eof => self.retry(slot, libc::EIO, c.buf),
-                Step::Retry(errno) => self.retry(slot, errno, c.buf),
-                Step::Fail(errno) => self.finish(slot, Err(errno)),
-            },
-            State::ZeroFill { len, done, .. } => {
-                let chunk_len = match &c.buf {
-                    IoBuf::Shared(_) => usize::try_from(*len - *done)
-                        .unwrap_or(usize::MAX)
-                        .min(ZERO_CHUNK)
-                        .min(self.cfg.max_chunk),
-                    _ => 0,
-                };
-                match step(chunk_len, 0, c.res) {
-                    Step::Done | Step::More(_) => {
-                        *done += c.res as u64;
-                        op.retries = 0;
-                        if *done >= *len {
-                            self.finish(slot, Ok(None));
-                        } else {
-                            self.issue(slot, IoBuf::None);
-                        }
-                    }
-                    Step::Eof => self.retry(slot, libc::EIO, IoBuf::None),
-                    Step::Retry(errno) => self.retry(slot, errno, IoBuf::None),
-                    Step::Fail(errno) => self.finish(slot, Err(errno)),
-                }
-            }
+        match op.state {
+            State::Read { .. } => self.on_read(slot, c),
+            State::Write { .. } => self.on_write(slot, c),
+            State::ZeroFill { .. } => self.on_zero_fill(slot, c),
             State::Flush => match c.res {
                 r if r >= 0 => self.finish(slot, Ok(None)),
                 r if r == -libc::EINTR || r == -libc::EAGAIN => {
@@ -718,31 +654,146 @@ impl<F: Sink> Engine<F> {
                 }
                 r => self.finish(slot, Err(r.saturating_neg())),
             },
-            State::Fallocate { offset, len, mode } => match c.res {
-                r if r >= 0 => self.finish(slot, Ok(None)),
-                r if r == -libc::EINTR || r == -libc::EAGAIN => {
-                    self.retry(slot, r.saturating_neg(), IoBuf::None)
-                }
-                // The filesystem cannot punch holes: zero the range, which
-                // keeps "reads give zeroes" (and the replicas identical).
-                r if r == -libc::EOPNOTSUPP && *mode == PUNCH_HOLE => {
-                    *mode = ZERO_RANGE;
-                    self.issue(slot, IoBuf::None);
-                }
-                // Nor zero ranges: write the zeroes.
-                r if r == -libc::EOPNOTSUPP && *mode == ZERO_RANGE => {
-                    op.state = State::ZeroFill {
-                        offset: *offset,
-                        len: *len,
-                        done: 0,
-                    };
-                    self.issue(slot, IoBuf::None);
-                }
-                r => self.finish(slot, Err(r.saturating_neg())),
-            },
+            State::Fallocate { .. } => self.on_fallocate(slot, c.res),
             State::Blk { .. } => {
                 tracing::error!(slot, "io_uring completion for a helper-thread op");
             }
+        }
+    }
+
+    /// A read (or the rest of one) ended.
+    fn on_read(&mut self, slot: usize, c: Completion) {
+        let is_file = self.cfg.kind == BackingKind::RegularFile;
+        let Some(Op {
+            retries,
+            state: State::Read { len, done, .. },
+            ..
+        }) = self.ops.get_mut(slot)
+        else {
+            return;
+        };
+        match step(*len, *done, c.res) {
+            Step::Done => self.finish_read(slot, c.buf, None),
+            Step::More(now) => {
+                *done = now;
+                *retries = 0;
+                self.issue(slot, c.buf);
+            }
+            // End of file inside the data area. A regular file may be
+            // sparse or shorter than the data area: what was never
+            // written reads as zeroes. A block device ending early means
+            // it shrank under us: that is an I/O error.
+            Step::Eof if is_file => {
+                let from = *done;
+                self.finish_read(slot, c.buf, Some(from));
+            }
+            Step::Eof => self.finish(slot, Err(libc::EIO)),
+            Step::Retry(errno) => self.retry(slot, errno, c.buf),
+            Step::Fail(errno) => self.finish(slot, Err(errno)),
+        }
+    }
+
+    /// Completes a read with its buffer, zeroed from `zero_from` on.
+    fn finish_read(&mut self, slot: usize, buf: IoBuf, zero_from: Option<usize>) {
+        match buf {
+            IoBuf::Aligned(mut buf) => {
+                if let Some(rest) = zero_from.and_then(|from| buf.as_mut_slice().get_mut(from..)) {
+                    rest.fill(0);
+                }
+                self.finish(slot, Ok(Some(buf.into_bytes())));
+            }
+            _ => self.finish(slot, Err(libc::EIO)),
+        }
+    }
+
+    /// A write (or the rest of one) ended.
+    fn on_write(&mut self, slot: usize, c: Completion) {
+        let Some(Op {
+            retries,
+            state: State::Write { len, done, .. },
+            ..
+        }) = self.ops.get_mut(slot)
+        else {
+            return;
+        };
+        match step(*len, *done, c.res) {
+            Step::Done => self.finish(slot, Ok(None)),
+            Step::More(now) => {
+                *done = now;
+                *retries = 0;
+                self.issue(slot, c.buf);
+            }
+            // A write that makes no progress: retry a few times.
+            Step::Eof => self.retry(slot, libc::EIO, c.buf),
+            Step::Retry(errno) => self.retry(slot, errno, c.buf),
+            Step::Fail(errno) => self.finish(slot, Err(errno)),
+        }
+    }
+
+    /// A chunk of zeroes (a trim or write-zeroes the disk cannot do
+    /// itself) was written.
+    fn on_zero_fill(&mut self, slot: usize, c: Completion) {
+        let max_chunk = self.cfg.max_chunk;
+        let Some(Op {
+            retries,
+            state: State::ZeroFill { len, done, .. },
+            ..
+        }) = self.ops.get_mut(slot)
+        else {
+            return;
+        };
+        let chunk_len = match &c.buf {
+            IoBuf::Shared(_) => usize::try_from(*len - *done)
+                .unwrap_or(usize::MAX)
+                .min(ZERO_CHUNK)
+                .min(max_chunk),
+            _ => 0,
+        };
+        match step(chunk_len, 0, c.res) {
+            Step::Done | Step::More(_) => {
+                *done += c.res as u64;
+                *retries = 0;
+                if *done >= *len {
+                    self.finish(slot, Ok(None));
+                } else {
+                    self.issue(slot, IoBuf::None);
+                }
+            }
+            Step::Eof => self.retry(slot, libc::EIO, IoBuf::None),
+            Step::Retry(errno) => self.retry(slot, errno, IoBuf::None),
+            Step::Fail(errno) => self.finish(slot, Err(errno)),
+        }
+    }
+
+    /// A trim or write-zeroes by `fallocate` ended: when the filesystem
+    /// cannot punch holes, zero the range, which keeps "reads give zeroes"
+    /// (and the replicas identical); when it cannot zero ranges either,
+    /// write the zeroes.
+    fn on_fallocate(&mut self, slot: usize, res: i32) {
+        let Some(op) = self.ops.get_mut(slot) else {
+            return;
+        };
+        let State::Fallocate { offset, len, mode } = &mut op.state else {
+            return;
+        };
+        match res {
+            r if r >= 0 => self.finish(slot, Ok(None)),
+            r if r == -libc::EINTR || r == -libc::EAGAIN => {
+                self.retry(slot, r.saturating_neg(), IoBuf::None)
+            }
+            r if r == -libc::EOPNOTSUPP && *mode == PUNCH_HOLE => {
+                *mode = ZERO_RANGE;
+                self.issue(slot, IoBuf::None);
+            }
+            r if r == -libc::EOPNOTSUPP && *mode == ZERO_RANGE => {
+                op.state = State::ZeroFill {
+                    offset: *offset,
+                    len: *len,
+                    done: 0,
+                };
+                self.issue(slot, IoBuf::None);
+            }
+            r => self.finish(slot, Err(r.saturating_neg())),
         }
     }
 
