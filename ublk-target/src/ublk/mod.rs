@@ -8,7 +8,7 @@
 //!   FUA (so FLUSH and FUA reach the backend, which makes them durable on
 //!   both nodes), discard and write-zeroes (4 KiB granularity, 1 MiB per
 //!   request).
-//! - The I/O path (`queue.rs`): a queue thread turns each request into an
+//! - The I/O path (`queue/`): a queue thread turns each request into an
 //!   [`IoRequest`](crate::frontend::IoRequest), submits it to the backend
 //!   and returns to its io_uring at once; answers come back on other
 //!   threads through an eventfd read by the queue's ring. A write's data is
