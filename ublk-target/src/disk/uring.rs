@@ -588,42 +588,31 @@ impl<F: Sink> Engine<F> {
             },
             State::Flush => Sqe::Fsync { datasync: true },
             State::Fallocate { offset, len, mode } => Sqe::Fallocate { offset, len, mode },
-            State::ZeroFill { offset, len, done } => {
-                let zeroes = match self.zeroes() {
-                    Ok(z) => z,
-                    Err(errno) => return self.finish(slot, Err(errno)),
-                };
-                let n = usize::try_from(len - done)
-                    .unwrap_or(usize::MAX)
-                    .min(ZERO_CHUNK)
-                    .min(chunk);
-                Sqe::Write {
+            State::ZeroFill { offset, len, done } => match self.zeroes() {
+                Ok(zeroes) => Sqe::Write {
                     buf: IoBuf::Shared(zeroes),
                     pos: 0,
-                    len: n,
+                    len: usize::try_from(len - done)
+                        .unwrap_or(usize::MAX)
+                        .min(ZERO_CHUNK)
+                        .min(chunk),
                     offset: offset + done,
                     dsync: false,
-                }
-            }
+                },
+                Err(errno) => return self.finish(slot, Err(errno)),
+            },
             State::Blk {
                 offset,
                 len,
                 discard,
             } => {
-                let sent = self.blk.as_ref().is_some_and(|blk| {
-                    blk.tx
-                        .send(BlkJob {
-                            slot,
-                            discard,
-                            offset,
-                            len,
-                        })
-                        .is_ok()
-                });
-                if !sent {
-                    self.finish(slot, Err(libc::EIO));
-                }
-                return;
+                let job = BlkJob {
+                    slot,
+                    discard,
+                    offset,
+                    len,
+                };
+                return self.send_to_blk_thread(job);
             }
         };
         let pushed = match self.ring.as_mut() {
@@ -632,6 +621,19 @@ impl<F: Sink> Engine<F> {
         };
         if let Err(errno) = pushed {
             self.finish(slot, Err(errno));
+        }
+    }
+
+    /// Hands a discard or zero-out of a block device to the helper
+    /// thread (the ioctls block); EIO without it.
+    fn send_to_blk_thread(&mut self, job: BlkJob) {
+        let slot = job.slot;
+        let sent = self
+            .blk
+            .as_ref()
+            .is_some_and(|blk| blk.tx.send(job).is_ok());
+        if !sent {
+            self.finish(slot, Err(libc::EIO));
         }
     }
 
