@@ -164,6 +164,13 @@ enum State {
 }
 
 #[derive(Debug)]
+/// What [`Engine::start`] makes of an op: issued, or answered at once.
+enum Prepared {
+    Issue(State, IoBuf),
+    /// Nothing to do (zero length).
+    Done(IoResult),
+}
+
 struct Op {
     token: u64,
     retries: u8,
@@ -468,80 +475,90 @@ impl<F: Sink> Engine<F> {
 
     /// Starts `op`, or returns the errno to answer it with right away.
     fn start(&mut self, token: u64, op: DiskOp) -> Result<(), i32> {
-        let (state, buf) = match op {
-            DiskOp::Read { offset, len } => {
-                self.check_range(offset, u64::from(len))?;
-                if len > MAX_IO_BYTES {
-                    return Err(libc::EINVAL);
-                }
-                if len == 0 {
-                    self.complete(token, Ok(Some(Bytes::new())));
-                    return Ok(());
-                }
-                let len = len as usize;
-                // Every byte is read into, or zeroed at end of file.
-                let buf = AlignedBuf::for_overwrite(len).map_err(|_| libc::EINVAL)?;
-                let state = State::Read {
-                    offset,
-                    len,
-                    done: 0,
-                };
-                (state, IoBuf::Aligned(buf))
-            }
-            DiskOp::Write { offset, data, fua } => {
-                self.check_range(offset, data.len() as u64)?;
-                if data.len() > MAX_IO_BYTES as usize {
-                    return Err(libc::EINVAL);
-                }
-                if data.is_empty() {
-                    self.complete(token, Ok(None));
-                    return Ok(());
-                }
-                let len = data.len();
-                // O_DIRECT needs an aligned buffer; buffered I/O does not.
-                let buf = if self.cfg.direct && !is_aligned(&data) {
-                    IoBuf::Aligned(AlignedBuf::copy_from(&data).map_err(|_| libc::EINVAL)?)
-                } else {
-                    IoBuf::Shared(data)
-                };
-                let state = State::Write {
-                    offset,
-                    len,
-                    done: 0,
-                    fua,
-                };
-                (state, buf)
-            }
-            DiskOp::Flush => (State::Flush, IoBuf::None),
-            DiskOp::Trim { offset, len } | DiskOp::WriteZeroes { offset, len } => {
-                self.check_range(offset, len)?;
-                if len == 0 {
-                    self.complete(token, Ok(None));
-                    return Ok(());
-                }
-                let discard = matches!(op, DiskOp::Trim { .. });
-                let state = match self.cfg.kind {
-                    BackingKind::BlockDevice => State::Blk {
-                        offset,
-                        len,
-                        discard,
-                    },
-                    BackingKind::RegularFile => State::Fallocate {
-                        offset,
-                        len,
-                        mode: if discard { PUNCH_HOLE } else { ZERO_RANGE },
-                    },
-                };
-                (state, IoBuf::None)
-            }
+        let prepared = match op {
+            DiskOp::Read { offset, len } => self.read_op(offset, len)?,
+            DiskOp::Write { offset, data, fua } => self.write_op(offset, data, fua)?,
+            DiskOp::Flush => Prepared::Issue(State::Flush, IoBuf::None),
+            DiskOp::Trim { offset, len } => self.zero_op(offset, len, true)?,
+            DiskOp::WriteZeroes { offset, len } => self.zero_op(offset, len, false)?,
         };
-        let slot = self.ops.insert(Op {
-            token,
-            retries: 0,
-            state,
-        });
-        self.issue(slot, buf);
+        match prepared {
+            Prepared::Done(res) => self.complete(token, res),
+            Prepared::Issue(state, buf) => {
+                let slot = self.ops.insert(Op {
+                    token,
+                    retries: 0,
+                    state,
+                });
+                self.issue(slot, buf);
+            }
+        }
         Ok(())
+    }
+
+    fn read_op(&mut self, offset: u64, len: u32) -> Result<Prepared, i32> {
+        self.check_range(offset, u64::from(len))?;
+        if len > MAX_IO_BYTES {
+            return Err(libc::EINVAL);
+        }
+        if len == 0 {
+            return Ok(Prepared::Done(Ok(Some(Bytes::new()))));
+        }
+        let len = len as usize;
+        // Every byte is read into, or zeroed at end of file.
+        let buf = AlignedBuf::for_overwrite(len).map_err(|_| libc::EINVAL)?;
+        let state = State::Read {
+            offset,
+            len,
+            done: 0,
+        };
+        Ok(Prepared::Issue(state, IoBuf::Aligned(buf)))
+    }
+
+    fn write_op(&mut self, offset: u64, data: Bytes, fua: bool) -> Result<Prepared, i32> {
+        self.check_range(offset, data.len() as u64)?;
+        if data.len() > MAX_IO_BYTES as usize {
+            return Err(libc::EINVAL);
+        }
+        if data.is_empty() {
+            return Ok(Prepared::Done(Ok(None)));
+        }
+        let len = data.len();
+        // O_DIRECT needs an aligned buffer; buffered I/O does not.
+        let buf = if self.cfg.direct && !is_aligned(&data) {
+            IoBuf::Aligned(AlignedBuf::copy_from(&data).map_err(|_| libc::EINVAL)?)
+        } else {
+            IoBuf::Shared(data)
+        };
+        let state = State::Write {
+            offset,
+            len,
+            done: 0,
+            fua,
+        };
+        Ok(Prepared::Issue(state, buf))
+    }
+
+    /// A trim (`discard`) or write-zeroes: ioctls on the helper thread for
+    /// a block device, `fallocate` for a file.
+    fn zero_op(&mut self, offset: u64, len: u64, discard: bool) -> Result<Prepared, i32> {
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(Prepared::Done(Ok(None)));
+        }
+        let state = match self.cfg.kind {
+            BackingKind::BlockDevice => State::Blk {
+                offset,
+                len,
+                discard,
+            },
+            BackingKind::RegularFile => State::Fallocate {
+                offset,
+                len,
+                mode: if discard { PUNCH_HOLE } else { ZERO_RANGE },
+            },
+        };
+        Ok(Prepared::Issue(state, IoBuf::None))
     }
 
     fn zeroes(&mut self) -> Result<Bytes, i32> {
