@@ -902,7 +902,14 @@ impl Runner {
                     .submit(token, meta::MetaOp::Bitmap { first_word, words });
             }
             Action::Complete { id, result } => {
-                if let Some(r) = self.replies.remove(&id) {
+                let reply = self.replies.remove(&id);
+                // The state machine completes each request it was given
+                // exactly once.
+                debug_assert!(
+                    reply.is_some(),
+                    "request {id} completed twice or never submitted"
+                );
+                if let Some(r) = reply {
                     r(result);
                 }
             }
