@@ -21,7 +21,9 @@ use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use replication_proto::machine::{Action, Admin, ConnState, Event, Node, Payload, SuspendMode};
+use replication_proto::machine::{
+    Action, Admin, ConnState, Event, Node, Payload, Status, SuspendMode,
+};
 use replication_proto::meta::MetaFlags;
 use replication_proto::wire::{DiskState, Role};
 use serde::{Deserialize, Serialize};

@@ -3,9 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use replication_proto::machine::Status;
-
-use super::{Counters, GenerationsHex, NodeStatus, Runner, StatsOut};
+use super::{Counters, GenerationsHex, NodeStatus, Runner, StatsOut, Status};
 
 impl Runner {
     /// What `repctl status` shows: the state machine's status plus what
