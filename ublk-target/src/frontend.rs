@@ -1,5 +1,6 @@
 //! What a frontend (the NBD export, the ublk device) sees of a replicated
-//! resource: a block device that accepts requests and answers each once.
+//! resource: a block device that accepts requests and answers each once,
+//! and what a frontend tells the engine about the device's users.
 
 use bytes::Bytes;
 
@@ -57,4 +58,27 @@ pub trait RoleWait {
     /// Sleeps until [`RoleWait::role_changes`] is no longer `seen`, or for
     /// `timeout` at most.
     fn wait_role_change(&self, seen: u64, timeout: std::time::Duration);
+}
+
+/// One frontend's users of the device, as the engine's registry
+/// ([`Users`](crate::engine::Users)) asks about them before `secondary` and
+/// `down`.
+pub trait UserSource: Send + Sync + 'static {
+    /// What its clients are called in a refusal ("NBD" in "2 NBD
+    /// client(s) connected").
+    fn name(&self) -> &str;
+    /// Clients a forced `down` may disconnect, connected now. May wait a
+    /// moment for a client that is just leaving.
+    fn clients(&self) -> usize {
+        0
+    }
+    /// Disconnects every client [`UserSource::clients`] counts.
+    fn cut(&self) {}
+    /// Why users that cannot be disconnected hold the device (mounted,
+    /// open), or `None`. Asked from the engine thread, which serves the
+    /// device's I/O: it must not wait for that I/O, and gives up (with a
+    /// refusal) after a few seconds.
+    fn held(&self) -> Option<String> {
+        None
+    }
 }

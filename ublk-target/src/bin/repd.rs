@@ -137,10 +137,9 @@ fn run(cli: &Cli) -> Result<(), String> {
         None => None,
     };
     let nbd = nbd.map(Arc::new);
-    if let Some(n) = nbd.clone() {
-        let c = n.clone();
-        handle.attach_nbd(move || c.clients(), move || n.shutdown());
-    }
+    // Its clients make the device in use: `secondary` and `down` refuse,
+    // `down --force` cuts them.
+    let _nbd_users = nbd.clone().map(|n| handle.users().register(n));
     // ---- ublk (/dev/ublkbN), part 2 of 3: the device follows the role (present
     // while Primary); without ublk_drv this warns once and ends.
     let ublk_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -172,7 +171,7 @@ fn run(cli: &Cli) -> Result<(), String> {
                     // under a filesystem mounted on it. SIGKILL still ends
                     // the daemon; the kernel then holds the device's I/O
                     // for the next repd (user recovery).
-                    if let Some(why) = ublk_target::ublk::demotion_blocker() {
+                    if let Some(why) = h.users().in_use(true).map(|u| u.why) {
                         tracing::error!(?sig, "not shutting down: {why}");
                         continue;
                     }

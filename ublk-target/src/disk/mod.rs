@@ -151,6 +151,104 @@ pub struct LocalDisk {
     max_chunk: usize,
 }
 
+/// Whether `path` is a regular file or a block device (nothing else is
+/// served).
+fn backing_kind(path: &Path) -> Result<BackingKind, DiskError> {
+    let meta = std::fs::metadata(path).map_err(|source| DiskError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    if meta.file_type().is_file() {
+        Ok(BackingKind::RegularFile)
+    } else if meta.file_type().is_block_device() {
+        Ok(BackingKind::BlockDevice)
+    } else {
+        Err(DiskError::NotFileOrBlockDevice {
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// The backing disk while [`LocalDisk::open`] finds out how to use it:
+/// with O_DIRECT unless the filesystem refuses it.
+struct Backing<'a> {
+    path: &'a Path,
+    file: File,
+    direct: bool,
+}
+
+impl<'a> Backing<'a> {
+    fn open_err(&self) -> impl Fn(std::io::Error) -> DiskError + 'a {
+        let path = self.path;
+        move |source| DiskError::Open {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    fn reopen(path: &Path, direct: bool) -> std::io::Result<File> {
+        let mut o = OpenOptions::new();
+        o.read(true).write(true);
+        if direct {
+            o.custom_flags(libc::O_DIRECT);
+        }
+        o.open(path)
+    }
+
+    /// Opens `path` read-write, with O_DIRECT when `direct` and the
+    /// filesystem takes it.
+    fn open(path: &'a Path, direct: bool) -> Result<Self, DiskError> {
+        let open_err = |source| DiskError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let (file, direct) = match Self::reopen(path, direct) {
+            Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::warn!(path = %path.display(),
+                    "the filesystem refuses O_DIRECT; using buffered I/O (page cache) for the local disk");
+                (Self::reopen(path, false).map_err(open_err)?, false)
+            }
+            other => (other.map_err(open_err)?, direct),
+        };
+        Ok(Self { path, file, direct })
+    }
+
+    /// The disk's size and the alignment its I/O needs. A file whose
+    /// filesystem reports no O_DIRECT support (statx) is opened again
+    /// without it.
+    fn size_and_alignment(&mut self, kind: BackingKind) -> Result<(u64, u32), DiskError> {
+        let path = self.path;
+        let size_err = |source| DiskError::Size {
+            path: path.to_owned(),
+            source,
+        };
+        match kind {
+            BackingKind::RegularFile => {
+                let size = self.file.metadata().map_err(size_err)?.len();
+                let mut align = 512;
+                if self.direct {
+                    match sys::dio_alignment(self.file.as_fd()) {
+                        Some((_, 0)) => {
+                            tracing::warn!(path = %path.display(),
+                                "the filesystem does not support O_DIRECT on this file (statx); using buffered I/O");
+                            self.direct = false;
+                            self.file = Self::reopen(path, false).map_err(self.open_err())?;
+                        }
+                        Some((_, offset_align)) => align = offset_align.max(512),
+                        None => {}
+                    }
+                }
+                Ok((size, align))
+            }
+            BackingKind::BlockDevice => {
+                let size = sys::blk_size(self.file.as_fd()).map_err(|e| size_err(e.into()))?;
+                let lbs = sys::blk_logical_block_size(self.file.as_fd()).unwrap_or(512);
+                Ok((size, if self.direct { lbs.max(512) } else { 512 }))
+            }
+        }
+    }
+}
+
 impl LocalDisk {
     /// Opens `path` read-write (O_DIRECT if `opts.direct`, falling back to
     /// buffered I/O with a warning if the filesystem refuses O_DIRECT) to
@@ -172,68 +270,9 @@ impl LocalDisk {
                 "data area of {data_bytes} bytes is not a multiple of 512"
             )));
         }
-        let open_err = |source| DiskError::Open {
-            path: path.to_owned(),
-            source,
-        };
-        let meta = std::fs::metadata(path).map_err(open_err)?;
-        let kind = if meta.file_type().is_file() {
-            BackingKind::RegularFile
-        } else if meta.file_type().is_block_device() {
-            BackingKind::BlockDevice
-        } else {
-            return Err(DiskError::NotFileOrBlockDevice {
-                path: path.to_owned(),
-            });
-        };
-
-        let open = |direct: bool| {
-            let mut o = OpenOptions::new();
-            o.read(true).write(true);
-            if direct {
-                o.custom_flags(libc::O_DIRECT);
-            }
-            o.open(path)
-        };
-        let mut direct = opts.direct;
-        let mut file = match open(direct) {
-            Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
-                tracing::warn!(path = %path.display(),
-                    "the filesystem refuses O_DIRECT; using buffered I/O (page cache) for the local disk");
-                direct = false;
-                open(false).map_err(open_err)?
-            }
-            other => other.map_err(open_err)?,
-        };
-
-        let size_err = |source| DiskError::Size {
-            path: path.to_owned(),
-            source,
-        };
-        let (size, align) = match kind {
-            BackingKind::RegularFile => {
-                let size = file.metadata().map_err(size_err)?.len();
-                let mut align = 512;
-                if direct {
-                    match sys::dio_alignment(file.as_fd()) {
-                        Some((_, 0)) => {
-                            tracing::warn!(path = %path.display(),
-                                "the filesystem does not support O_DIRECT on this file (statx); using buffered I/O");
-                            direct = false;
-                            file = open(false).map_err(open_err)?;
-                        }
-                        Some((_, offset_align)) => align = offset_align.max(512),
-                        None => {}
-                    }
-                }
-                (size, align)
-            }
-            BackingKind::BlockDevice => {
-                let size = sys::blk_size(file.as_fd()).map_err(|e| size_err(e.into()))?;
-                let lbs = sys::blk_logical_block_size(file.as_fd()).unwrap_or(512);
-                (size, if direct { lbs.max(512) } else { 512 })
-            }
-        };
+        let kind = backing_kind(path)?;
+        let mut backing = Backing::open(path, opts.direct)?;
+        let (size, align) = backing.size_and_alignment(kind)?;
         if size < data_bytes {
             return Err(DiskError::TooSmall {
                 path: path.to_owned(),
@@ -248,10 +287,10 @@ impl LocalDisk {
         }
         Ok(LocalDisk {
             path: path.to_owned(),
-            file,
+            file: backing.file,
             kind,
             data_bytes,
-            direct,
+            direct: backing.direct,
             align,
             queue_depth: opts.queue_depth,
             max_chunk: MAX_IO_BYTES as usize,

@@ -214,6 +214,65 @@ impl std::fmt::Debug for Ring {
     }
 }
 
+/// The SQE for `sqe` on `fd`, and the buffer it reads into or writes
+/// from (owned by its slot until the completion).
+fn entry_for(fd: types::Fd, sqe: Sqe) -> Result<(io_uring::squeue::Entry, IoBuf), i32> {
+    Ok(match sqe {
+        Sqe::Read {
+            mut buf,
+            pos,
+            len,
+            offset,
+        } => {
+            let len32 = u32::try_from(len).map_err(|_| libc::EINVAL)?;
+            let ptr = buf
+                .as_mut_slice()
+                .get_mut(pos..pos.checked_add(len).ok_or(libc::EINVAL)?)
+                .ok_or(libc::EINVAL)?
+                .as_mut_ptr();
+            let entry = opcode::Read::new(fd, ptr, len32).offset(offset).build();
+            (entry, IoBuf::Aligned(buf))
+        }
+        Sqe::Write {
+            buf,
+            pos,
+            len,
+            offset,
+            dsync,
+        } => {
+            let len32 = u32::try_from(len).map_err(|_| libc::EINVAL)?;
+            let end = pos.checked_add(len).ok_or(libc::EINVAL)?;
+            let ptr = match &buf {
+                IoBuf::None => return Err(libc::EINVAL),
+                IoBuf::Aligned(b) => b.as_slice().get(pos..end).map(<[u8]>::as_ptr),
+                IoBuf::Shared(b) => b.get(pos..end).map(<[u8]>::as_ptr),
+            }
+            .ok_or(libc::EINVAL)?;
+            let flags = if dsync { libc::RWF_DSYNC } else { 0 };
+            let entry = opcode::Write::new(fd, ptr, len32)
+                .offset(offset)
+                .rw_flags(flags)
+                .build();
+            (entry, buf)
+        }
+        Sqe::Fsync { datasync } => {
+            let flags = if datasync {
+                types::FsyncFlags::DATASYNC
+            } else {
+                types::FsyncFlags::empty()
+            };
+            (opcode::Fsync::new(fd).flags(flags).build(), IoBuf::None)
+        }
+        Sqe::Fallocate { offset, len, mode } => (
+            opcode::Fallocate::new(fd, len)
+                .offset(offset)
+                .mode(mode)
+                .build(),
+            IoBuf::None,
+        ),
+    })
+}
+
 impl Ring {
     /// Sets up a ring with room for `entries` SQEs (rounded up to a power
     /// of two by the kernel) and arms the wake read.
@@ -380,61 +439,7 @@ impl Ring {
     /// buffer is dropped and the errno returned (EINVAL: range outside the
     /// buffer or longer than u32; EBUSY: submission queue full).
     pub(crate) fn push(&mut self, tag: u64, sqe: Sqe) -> Result<(), i32> {
-        let fd = types::Fd(self.file.as_raw_fd());
-        let (builder, buf) = match sqe {
-            Sqe::Read {
-                mut buf,
-                pos,
-                len,
-                offset,
-            } => {
-                let len32 = u32::try_from(len).map_err(|_| libc::EINVAL)?;
-                let ptr = buf
-                    .as_mut_slice()
-                    .get_mut(pos..pos.checked_add(len).ok_or(libc::EINVAL)?)
-                    .ok_or(libc::EINVAL)?
-                    .as_mut_ptr();
-                let entry = opcode::Read::new(fd, ptr, len32).offset(offset).build();
-                (entry, IoBuf::Aligned(buf))
-            }
-            Sqe::Write {
-                buf,
-                pos,
-                len,
-                offset,
-                dsync,
-            } => {
-                let len32 = u32::try_from(len).map_err(|_| libc::EINVAL)?;
-                let end = pos.checked_add(len).ok_or(libc::EINVAL)?;
-                let ptr = match &buf {
-                    IoBuf::None => return Err(libc::EINVAL),
-                    IoBuf::Aligned(b) => b.as_slice().get(pos..end).map(<[u8]>::as_ptr),
-                    IoBuf::Shared(b) => b.get(pos..end).map(<[u8]>::as_ptr),
-                }
-                .ok_or(libc::EINVAL)?;
-                let flags = if dsync { libc::RWF_DSYNC } else { 0 };
-                let entry = opcode::Write::new(fd, ptr, len32)
-                    .offset(offset)
-                    .rw_flags(flags)
-                    .build();
-                (entry, buf)
-            }
-            Sqe::Fsync { datasync } => {
-                let flags = if datasync {
-                    types::FsyncFlags::DATASYNC
-                } else {
-                    types::FsyncFlags::empty()
-                };
-                (opcode::Fsync::new(fd).flags(flags).build(), IoBuf::None)
-            }
-            Sqe::Fallocate { offset, len, mode } => (
-                opcode::Fallocate::new(fd, len)
-                    .offset(offset)
-                    .mode(mode)
-                    .build(),
-                IoBuf::None,
-            ),
-        };
+        let (builder, buf) = entry_for(types::Fd(self.file.as_raw_fd()), sqe)?;
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -517,6 +522,8 @@ impl Ring {
             match slot {
                 Some((index, Some(Slot { tag, buf }))) if tag & POLL_BIT != 0 => {
                     self.free.push(index);
+                    // A slot in use was counted when it was pushed.
+                    debug_assert!(self.outstanding > 0 && self.recvs > 0, "receive counts");
                     self.outstanding = self.outstanding.saturating_sub(1);
                     self.recvs = self.recvs.saturating_sub(1);
                     self.polls.push(SocketEvent {
@@ -530,6 +537,7 @@ impl Ring {
                 }
                 Some((index, Some(Slot { tag, buf }))) => {
                     self.free.push(index);
+                    debug_assert!(self.outstanding > 0, "completion counts");
                     self.outstanding = self.outstanding.saturating_sub(1);
                     out.push(Completion {
                         tag,

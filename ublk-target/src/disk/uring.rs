@@ -164,6 +164,13 @@ enum State {
 }
 
 #[derive(Debug)]
+/// What [`Engine::start`] makes of an op: issued, or answered at once.
+enum Prepared {
+    Issue(State, IoBuf),
+    /// Nothing to do (zero length).
+    Done(IoResult),
+}
+
 struct Op {
     token: u64,
     retries: u8,
@@ -468,80 +475,90 @@ impl<F: Sink> Engine<F> {
 
     /// Starts `op`, or returns the errno to answer it with right away.
     fn start(&mut self, token: u64, op: DiskOp) -> Result<(), i32> {
-        let (state, buf) = match op {
-            DiskOp::Read { offset, len } => {
-                self.check_range(offset, u64::from(len))?;
-                if len > MAX_IO_BYTES {
-                    return Err(libc::EINVAL);
-                }
-                if len == 0 {
-                    self.complete(token, Ok(Some(Bytes::new())));
-                    return Ok(());
-                }
-                let len = len as usize;
-                // Every byte is read into, or zeroed at end of file.
-                let buf = AlignedBuf::for_overwrite(len).map_err(|_| libc::EINVAL)?;
-                let state = State::Read {
-                    offset,
-                    len,
-                    done: 0,
-                };
-                (state, IoBuf::Aligned(buf))
-            }
-            DiskOp::Write { offset, data, fua } => {
-                self.check_range(offset, data.len() as u64)?;
-                if data.len() > MAX_IO_BYTES as usize {
-                    return Err(libc::EINVAL);
-                }
-                if data.is_empty() {
-                    self.complete(token, Ok(None));
-                    return Ok(());
-                }
-                let len = data.len();
-                // O_DIRECT needs an aligned buffer; buffered I/O does not.
-                let buf = if self.cfg.direct && !is_aligned(&data) {
-                    IoBuf::Aligned(AlignedBuf::copy_from(&data).map_err(|_| libc::EINVAL)?)
-                } else {
-                    IoBuf::Shared(data)
-                };
-                let state = State::Write {
-                    offset,
-                    len,
-                    done: 0,
-                    fua,
-                };
-                (state, buf)
-            }
-            DiskOp::Flush => (State::Flush, IoBuf::None),
-            DiskOp::Trim { offset, len } | DiskOp::WriteZeroes { offset, len } => {
-                self.check_range(offset, len)?;
-                if len == 0 {
-                    self.complete(token, Ok(None));
-                    return Ok(());
-                }
-                let discard = matches!(op, DiskOp::Trim { .. });
-                let state = match self.cfg.kind {
-                    BackingKind::BlockDevice => State::Blk {
-                        offset,
-                        len,
-                        discard,
-                    },
-                    BackingKind::RegularFile => State::Fallocate {
-                        offset,
-                        len,
-                        mode: if discard { PUNCH_HOLE } else { ZERO_RANGE },
-                    },
-                };
-                (state, IoBuf::None)
-            }
+        let prepared = match op {
+            DiskOp::Read { offset, len } => self.read_op(offset, len)?,
+            DiskOp::Write { offset, data, fua } => self.write_op(offset, data, fua)?,
+            DiskOp::Flush => Prepared::Issue(State::Flush, IoBuf::None),
+            DiskOp::Trim { offset, len } => self.zero_op(offset, len, true)?,
+            DiskOp::WriteZeroes { offset, len } => self.zero_op(offset, len, false)?,
         };
-        let slot = self.ops.insert(Op {
-            token,
-            retries: 0,
-            state,
-        });
-        self.issue(slot, buf);
+        match prepared {
+            Prepared::Done(res) => self.complete(token, res),
+            Prepared::Issue(state, buf) => {
+                let slot = self.ops.insert(Op {
+                    token,
+                    retries: 0,
+                    state,
+                });
+                self.issue(slot, buf);
+            }
+        }
         Ok(())
+    }
+
+    fn read_op(&mut self, offset: u64, len: u32) -> Result<Prepared, i32> {
+        self.check_range(offset, u64::from(len))?;
+        if len > MAX_IO_BYTES {
+            return Err(libc::EINVAL);
+        }
+        if len == 0 {
+            return Ok(Prepared::Done(Ok(Some(Bytes::new()))));
+        }
+        let len = len as usize;
+        // Every byte is read into, or zeroed at end of file.
+        let buf = AlignedBuf::for_overwrite(len).map_err(|_| libc::EINVAL)?;
+        let state = State::Read {
+            offset,
+            len,
+            done: 0,
+        };
+        Ok(Prepared::Issue(state, IoBuf::Aligned(buf)))
+    }
+
+    fn write_op(&mut self, offset: u64, data: Bytes, fua: bool) -> Result<Prepared, i32> {
+        self.check_range(offset, data.len() as u64)?;
+        if data.len() > MAX_IO_BYTES as usize {
+            return Err(libc::EINVAL);
+        }
+        if data.is_empty() {
+            return Ok(Prepared::Done(Ok(None)));
+        }
+        let len = data.len();
+        // O_DIRECT needs an aligned buffer; buffered I/O does not.
+        let buf = if self.cfg.direct && !is_aligned(&data) {
+            IoBuf::Aligned(AlignedBuf::copy_from(&data).map_err(|_| libc::EINVAL)?)
+        } else {
+            IoBuf::Shared(data)
+        };
+        let state = State::Write {
+            offset,
+            len,
+            done: 0,
+            fua,
+        };
+        Ok(Prepared::Issue(state, buf))
+    }
+
+    /// A trim (`discard`) or write-zeroes: ioctls on the helper thread for
+    /// a block device, `fallocate` for a file.
+    fn zero_op(&mut self, offset: u64, len: u64, discard: bool) -> Result<Prepared, i32> {
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(Prepared::Done(Ok(None)));
+        }
+        let state = match self.cfg.kind {
+            BackingKind::BlockDevice => State::Blk {
+                offset,
+                len,
+                discard,
+            },
+            BackingKind::RegularFile => State::Fallocate {
+                offset,
+                len,
+                mode: if discard { PUNCH_HOLE } else { ZERO_RANGE },
+            },
+        };
+        Ok(Prepared::Issue(state, IoBuf::None))
     }
 
     fn zeroes(&mut self) -> Result<Bytes, i32> {
@@ -588,42 +605,31 @@ impl<F: Sink> Engine<F> {
             },
             State::Flush => Sqe::Fsync { datasync: true },
             State::Fallocate { offset, len, mode } => Sqe::Fallocate { offset, len, mode },
-            State::ZeroFill { offset, len, done } => {
-                let zeroes = match self.zeroes() {
-                    Ok(z) => z,
-                    Err(errno) => return self.finish(slot, Err(errno)),
-                };
-                let n = usize::try_from(len - done)
-                    .unwrap_or(usize::MAX)
-                    .min(ZERO_CHUNK)
-                    .min(chunk);
-                Sqe::Write {
+            State::ZeroFill { offset, len, done } => match self.zeroes() {
+                Ok(zeroes) => Sqe::Write {
                     buf: IoBuf::Shared(zeroes),
                     pos: 0,
-                    len: n,
+                    len: usize::try_from(len - done)
+                        .unwrap_or(usize::MAX)
+                        .min(ZERO_CHUNK)
+                        .min(chunk),
                     offset: offset + done,
                     dsync: false,
-                }
-            }
+                },
+                Err(errno) => return self.finish(slot, Err(errno)),
+            },
             State::Blk {
                 offset,
                 len,
                 discard,
             } => {
-                let sent = self.blk.as_ref().is_some_and(|blk| {
-                    blk.tx
-                        .send(BlkJob {
-                            slot,
-                            discard,
-                            offset,
-                            len,
-                        })
-                        .is_ok()
-                });
-                if !sent {
-                    self.finish(slot, Err(libc::EIO));
-                }
-                return;
+                let job = BlkJob {
+                    slot,
+                    discard,
+                    offset,
+                    len,
+                };
+                return self.send_to_blk_thread(job);
             }
         };
         let pushed = match self.ring.as_mut() {
@@ -635,6 +641,19 @@ impl<F: Sink> Engine<F> {
         }
     }
 
+    /// Hands a discard or zero-out of a block device to the helper
+    /// thread (the ioctls block); EIO without it.
+    fn send_to_blk_thread(&mut self, job: BlkJob) {
+        let slot = job.slot;
+        let sent = self
+            .blk
+            .as_ref()
+            .is_some_and(|blk| blk.tx.send(job).is_ok());
+        if !sent {
+            self.finish(slot, Err(libc::EIO));
+        }
+    }
+
     fn on_cqe(&mut self, c: Completion) {
         let Ok(slot) = usize::try_from(c.tag) else {
             return;
@@ -643,74 +662,10 @@ impl<F: Sink> Engine<F> {
             tracing::error!(tag = c.tag, "completion for an op not in flight");
             return;
         };
-        let is_file = self.cfg.kind == BackingKind::RegularFile;
-        let step_for = |total: usize, done: usize| step(total, done, c.res);
-        match &mut op.state {
-            State::Read { len, done, .. } => match step_for(*len, *done) {
-                Step::Done => match c.buf {
-                    IoBuf::Aligned(buf) => self.finish(slot, Ok(Some(buf.into_bytes()))),
-                    _ => self.finish(slot, Err(libc::EIO)),
-                },
-                Step::More(now) => {
-                    *done = now;
-                    op.retries = 0;
-                    self.issue(slot, c.buf);
-                }
-                // End of file inside the data area. A regular file may be
-                // sparse or shorter than the data area: what was never
-                // written reads as zeroes. A block device ending early means
-                // it shrank under us: that is an I/O error.
-                Step::Eof if is_file => {
-                    let from = *done;
-                    match c.buf {
-                        IoBuf::Aligned(mut buf) => {
-                            if let Some(rest) = buf.as_mut_slice().get_mut(from..) {
-                                rest.fill(0);
-                            }
-                            self.finish(slot, Ok(Some(buf.into_bytes())));
-                        }
-                        _ => self.finish(slot, Err(libc::EIO)),
-                    }
-                }
-                Step::Eof => self.finish(slot, Err(libc::EIO)),
-                Step::Retry(errno) => self.retry(slot, errno, c.buf),
-                Step::Fail(errno) => self.finish(slot, Err(errno)),
-            },
-            State::Write { len, done, .. } => match step_for(*len, *done) {
-                Step::Done => self.finish(slot, Ok(None)),
-                Step::More(now) => {
-                    *done = now;
-                    op.retries = 0;
-                    self.issue(slot, c.buf);
-                }
-                // A write that makes no progress: retry a few times.
-                Step::Eof => self.retry(slot, libc::EIO, c.buf),
-                Step::Retry(errno) => self.retry(slot, errno, c.buf),
-                Step::Fail(errno) => self.finish(slot, Err(errno)),
-            },
-            State::ZeroFill { len, done, .. } => {
-                let chunk_len = match &c.buf {
-                    IoBuf::Shared(_) => usize::try_from(*len - *done)
-                        .unwrap_or(usize::MAX)
-                        .min(ZERO_CHUNK)
-                        .min(self.cfg.max_chunk),
-                    _ => 0,
-                };
-                match step(chunk_len, 0, c.res) {
-                    Step::Done | Step::More(_) => {
-                        *done += c.res as u64;
-                        op.retries = 0;
-                        if *done >= *len {
-                            self.finish(slot, Ok(None));
-                        } else {
-                            self.issue(slot, IoBuf::None);
-                        }
-                    }
-                    Step::Eof => self.retry(slot, libc::EIO, IoBuf::None),
-                    Step::Retry(errno) => self.retry(slot, errno, IoBuf::None),
-                    Step::Fail(errno) => self.finish(slot, Err(errno)),
-                }
-            }
+        match op.state {
+            State::Read { .. } => self.on_read(slot, c),
+            State::Write { .. } => self.on_write(slot, c),
+            State::ZeroFill { .. } => self.on_zero_fill(slot, c),
             State::Flush => match c.res {
                 r if r >= 0 => self.finish(slot, Ok(None)),
                 r if r == -libc::EINTR || r == -libc::EAGAIN => {
@@ -718,31 +673,146 @@ impl<F: Sink> Engine<F> {
                 }
                 r => self.finish(slot, Err(r.saturating_neg())),
             },
-            State::Fallocate { offset, len, mode } => match c.res {
-                r if r >= 0 => self.finish(slot, Ok(None)),
-                r if r == -libc::EINTR || r == -libc::EAGAIN => {
-                    self.retry(slot, r.saturating_neg(), IoBuf::None)
-                }
-                // The filesystem cannot punch holes: zero the range, which
-                // keeps "reads give zeroes" (and the replicas identical).
-                r if r == -libc::EOPNOTSUPP && *mode == PUNCH_HOLE => {
-                    *mode = ZERO_RANGE;
-                    self.issue(slot, IoBuf::None);
-                }
-                // Nor zero ranges: write the zeroes.
-                r if r == -libc::EOPNOTSUPP && *mode == ZERO_RANGE => {
-                    op.state = State::ZeroFill {
-                        offset: *offset,
-                        len: *len,
-                        done: 0,
-                    };
-                    self.issue(slot, IoBuf::None);
-                }
-                r => self.finish(slot, Err(r.saturating_neg())),
-            },
+            State::Fallocate { .. } => self.on_fallocate(slot, c.res),
             State::Blk { .. } => {
                 tracing::error!(slot, "io_uring completion for a helper-thread op");
             }
+        }
+    }
+
+    /// A read (or the rest of one) ended.
+    fn on_read(&mut self, slot: usize, c: Completion) {
+        let is_file = self.cfg.kind == BackingKind::RegularFile;
+        let Some(Op {
+            retries,
+            state: State::Read { len, done, .. },
+            ..
+        }) = self.ops.get_mut(slot)
+        else {
+            return;
+        };
+        match step(*len, *done, c.res) {
+            Step::Done => self.finish_read(slot, c.buf, None),
+            Step::More(now) => {
+                *done = now;
+                *retries = 0;
+                self.issue(slot, c.buf);
+            }
+            // End of file inside the data area. A regular file may be
+            // sparse or shorter than the data area: what was never
+            // written reads as zeroes. A block device ending early means
+            // it shrank under us: that is an I/O error.
+            Step::Eof if is_file => {
+                let from = *done;
+                self.finish_read(slot, c.buf, Some(from));
+            }
+            Step::Eof => self.finish(slot, Err(libc::EIO)),
+            Step::Retry(errno) => self.retry(slot, errno, c.buf),
+            Step::Fail(errno) => self.finish(slot, Err(errno)),
+        }
+    }
+
+    /// Completes a read with its buffer, zeroed from `zero_from` on.
+    fn finish_read(&mut self, slot: usize, buf: IoBuf, zero_from: Option<usize>) {
+        match buf {
+            IoBuf::Aligned(mut buf) => {
+                if let Some(rest) = zero_from.and_then(|from| buf.as_mut_slice().get_mut(from..)) {
+                    rest.fill(0);
+                }
+                self.finish(slot, Ok(Some(buf.into_bytes())));
+            }
+            _ => self.finish(slot, Err(libc::EIO)),
+        }
+    }
+
+    /// A write (or the rest of one) ended.
+    fn on_write(&mut self, slot: usize, c: Completion) {
+        let Some(Op {
+            retries,
+            state: State::Write { len, done, .. },
+            ..
+        }) = self.ops.get_mut(slot)
+        else {
+            return;
+        };
+        match step(*len, *done, c.res) {
+            Step::Done => self.finish(slot, Ok(None)),
+            Step::More(now) => {
+                *done = now;
+                *retries = 0;
+                self.issue(slot, c.buf);
+            }
+            // A write that makes no progress: retry a few times.
+            Step::Eof => self.retry(slot, libc::EIO, c.buf),
+            Step::Retry(errno) => self.retry(slot, errno, c.buf),
+            Step::Fail(errno) => self.finish(slot, Err(errno)),
+        }
+    }
+
+    /// A chunk of zeroes (a trim or write-zeroes the disk cannot do
+    /// itself) was written.
+    fn on_zero_fill(&mut self, slot: usize, c: Completion) {
+        let max_chunk = self.cfg.max_chunk;
+        let Some(Op {
+            retries,
+            state: State::ZeroFill { len, done, .. },
+            ..
+        }) = self.ops.get_mut(slot)
+        else {
+            return;
+        };
+        let chunk_len = match &c.buf {
+            IoBuf::Shared(_) => usize::try_from(*len - *done)
+                .unwrap_or(usize::MAX)
+                .min(ZERO_CHUNK)
+                .min(max_chunk),
+            _ => 0,
+        };
+        match step(chunk_len, 0, c.res) {
+            Step::Done | Step::More(_) => {
+                *done += c.res as u64;
+                *retries = 0;
+                if *done >= *len {
+                    self.finish(slot, Ok(None));
+                } else {
+                    self.issue(slot, IoBuf::None);
+                }
+            }
+            Step::Eof => self.retry(slot, libc::EIO, IoBuf::None),
+            Step::Retry(errno) => self.retry(slot, errno, IoBuf::None),
+            Step::Fail(errno) => self.finish(slot, Err(errno)),
+        }
+    }
+
+    /// A trim or write-zeroes by `fallocate` ended: when the filesystem
+    /// cannot punch holes, zero the range, which keeps "reads give zeroes"
+    /// (and the replicas identical); when it cannot zero ranges either,
+    /// write the zeroes.
+    fn on_fallocate(&mut self, slot: usize, res: i32) {
+        let Some(op) = self.ops.get_mut(slot) else {
+            return;
+        };
+        let State::Fallocate { offset, len, mode } = &mut op.state else {
+            return;
+        };
+        match res {
+            r if r >= 0 => self.finish(slot, Ok(None)),
+            r if r == -libc::EINTR || r == -libc::EAGAIN => {
+                self.retry(slot, r.saturating_neg(), IoBuf::None)
+            }
+            r if r == -libc::EOPNOTSUPP && *mode == PUNCH_HOLE => {
+                *mode = ZERO_RANGE;
+                self.issue(slot, IoBuf::None);
+            }
+            r if r == -libc::EOPNOTSUPP && *mode == ZERO_RANGE => {
+                op.state = State::ZeroFill {
+                    offset: *offset,
+                    len: *len,
+                    done: 0,
+                };
+                self.issue(slot, IoBuf::None);
+            }
+            r => self.finish(slot, Err(r.saturating_neg())),
         }
     }
 

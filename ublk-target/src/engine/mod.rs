@@ -6,11 +6,14 @@
 //! channel, so the state machine needs no locks and sees events in one
 //! order.
 
+mod admin;
 mod convert;
 mod meta;
 mod peer;
 mod ping_conn;
 mod progress;
+mod status;
+mod users;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,9 +24,7 @@ use std::time::{Duration, Instant};
 use rep_control::protocol::{
     ControlCmd, ControlReply, Counters, GenerationsHex, NodeStatus, StatsOut,
 };
-use replication_proto::machine::{
-    Action, Admin, AdminError, ConnState, Event, Node, Payload, Status, SuspendMode,
-};
+use replication_proto::machine::{Action, Admin, ConnState, Event, Node, Payload, Status};
 use replication_proto::meta::MetaFlags;
 use replication_proto::wire::Role;
 
@@ -33,6 +34,7 @@ use crate::frontend::{BlockBackend, IoRequest, IoResult, Reply, RoleWait};
 use crate::md::{MdError, MetaDevice, MetaLocation};
 
 pub use convert::node_config;
+pub use users::{InUse, Registration, Users};
 
 /// Everything the engine thread reacts to.
 pub(crate) enum Input {
@@ -71,17 +73,9 @@ struct Shared {
     /// wakes every few ms costs the I/O path real CPU in a TCG guest.
     role_changes: Mutex<u64>,
     role_changed: Condvar,
-    /// The NBD server, as `secondary` and `down` see it (repd attaches it).
-    nbd: Mutex<Option<NbdGate>>,
-}
-
-/// What the engine needs of the NBD server: how many clients are connected
-/// now (not the count `status` shows, which is refreshed every 100 ms: a
-/// client that just left must not refuse a `down`), and how to disconnect
-/// them all (a forced `down`).
-struct NbdGate {
-    clients: Box<dyn Fn() -> usize + Send>,
-    cut: Box<dyn Fn() + Send>,
+    /// What the frontends say makes the device in use: what `secondary`
+    /// and `down` ask.
+    users: Users,
 }
 
 impl std::fmt::Debug for Shared {
@@ -151,22 +145,11 @@ impl EngineHandle {
         self.shared.nbd_clients.store(n as u64, Ordering::Relaxed);
     }
 
-    /// Attach the NBD server: `clients` counts its connected clients now,
-    /// `cut` disconnects them all (when `down --force` or SIGTERM stops the
-    /// daemon while they are connected).
-    pub fn attach_nbd(
-        &self,
-        clients: impl Fn() -> usize + Send + 'static,
-        cut: impl Fn() + Send + 'static,
-    ) {
-        *self
-            .shared
-            .nbd
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(NbdGate {
-            clients: Box::new(clients),
-            cut: Box::new(cut),
-        });
+    /// Where each frontend registers what makes the device in use (NBD
+    /// clients, a mounted or open `/dev/ublkbN`): the one place
+    /// `secondary`, `down` and a shutdown signal ask.
+    pub fn users(&self) -> &Users {
+        &self.shared.users
     }
 
     /// Ends every [`RoleWait::wait_role_change`] now, as a role change
@@ -304,43 +287,10 @@ pub fn start(
     let span = tracing::info_span!("repd", resource = %cfg.resource.name, node = %me.name);
     let _g = span.enter();
 
-    let location = MetaLocation::of(&me);
-    let mut md = MetaDevice::open(&location, &cfg.resource.name, &me.name)?;
-    let al = md.read_al()?;
-    let (bitmap, bad_pages) = md.read_bitmap()?;
-    if bad_pages > 0 {
-        tracing::warn!(
-            bad_pages,
-            "bitmap pages failed their checksum and count as all dirty"
-        );
-    }
-    let sb = md.superblock().clone();
-    let data_bytes = sb.layout.data_bytes;
+    let (md, state) = read_metadata(cfg, &me)?;
+    let data_bytes = state.data_bytes;
     let ncfg = node_config(cfg, &me, &peer_node, data_bytes).map_err(StartError::Settings)?;
-    // The last run ended while Primary (or an earlier one did and its
-    // activity log is not resynced yet).
-    let crashed_primary =
-        sb.flags.has(MetaFlags::PRIMARY_IND) || sb.flags.has(MetaFlags::CRASHED_PRIMARY);
-    let persisted = replication_proto::machine::Persisted {
-        gens: sb.generations,
-        flags: sb.flags,
-        bitmap,
-        al_seq: al.seq,
-        al_extents: al.extents,
-    };
-
-    let disk = LocalDisk::open(
-        &me.disk,
-        data_bytes,
-        DiskOptions {
-            direct: opts.direct,
-            ..DiskOptions::default()
-        },
-    )?;
-    if opts.direct && !disk.is_direct() {
-        tracing::warn!(disk = %me.disk.display(), "O_DIRECT refused by the filesystem; using buffered I/O (flushes still make writes durable)");
-    }
-    let disk = disk.inline()?;
+    let disk = open_disk(&me, data_bytes, opts)?;
     let (tx, rx) = mpsc::channel::<Input>();
     let tx = InputTx {
         tx,
@@ -352,7 +302,7 @@ pub fn start(
     let shared = Arc::new(Shared::default());
     shared.data_bytes.store(data_bytes, Ordering::Relaxed);
     let seed: u64 = rand::random();
-    let node = Node::new(ncfg, persisted, 0, seed);
+    let node = Node::new(ncfg, state.persisted, 0, seed);
     let handle = EngineHandle {
         tx: tx.clone(),
         shared: shared.clone(),
@@ -376,24 +326,7 @@ pub fn start(
         next_internal: INTERNAL_TOKEN,
         span: span.clone(),
     };
-    if cfg.startup.resume_after_crash == ResumeAfterCrash::Always && crashed_primary {
-        // Before the first connection, so that the handshake decides it.
-        let now = runner.now();
-        if let Err(e) = runner.node.admin(now, Admin::ResumeAfterCrash) {
-            tracing::warn!("resume-after-crash = \"always\": {e}");
-        }
-    }
-    if opts.connect {
-        let now = runner.now();
-        if let Err(e) = runner.node.admin(
-            now,
-            Admin::Connect {
-                discard_my_data: false,
-            },
-        ) {
-            tracing::warn!("connect at start: {e}");
-        }
-    }
+    runner.first_commands(cfg, opts, state.crashed_primary);
     drop(_g);
     let thread = std::thread::Builder::new()
         .name("repd-engine".into())
@@ -402,22 +335,68 @@ pub fn start(
     Ok(Engine { handle, thread })
 }
 
-/// Disk tokens the engine makes itself live above the state machine's.
-const INTERNAL_TOKEN: u64 = 1 << 62;
-
-/// Why the device must not be taken from its users (see `Runner::in_use`).
-struct InUse {
-    why: String,
-    nbd_clients: usize,
+/// What the state machine starts from, read from the metadata.
+struct Stored {
+    persisted: replication_proto::machine::Persisted,
+    data_bytes: u64,
+    /// The last run ended while Primary (or an earlier one did and its
+    /// activity log is not resynced yet).
+    crashed_primary: bool,
 }
 
-/// How long a client that just disconnected may take to leave the NBD
-/// server's list before `secondary` or `down` counts it as connected.
-const NBD_LEAVE_GRACE: Duration = Duration::from_millis(200);
+/// Opens the node's metadata and reads what the state machine needs.
+fn read_metadata(
+    cfg: &Config,
+    me: &crate::config::Node,
+) -> Result<(MetaDevice, Stored), StartError> {
+    let location = MetaLocation::of(me);
+    let mut md = MetaDevice::open(&location, &cfg.resource.name, &me.name)?;
+    let al = md.read_al()?;
+    let (bitmap, bad_pages) = md.read_bitmap()?;
+    if bad_pages > 0 {
+        tracing::warn!(
+            bad_pages,
+            "bitmap pages failed their checksum and count as all dirty"
+        );
+    }
+    let sb = md.superblock().clone();
+    let stored = Stored {
+        persisted: replication_proto::machine::Persisted {
+            gens: sb.generations,
+            flags: sb.flags,
+            bitmap,
+            al_seq: al.seq,
+            al_extents: al.extents,
+        },
+        data_bytes: sb.layout.data_bytes,
+        crashed_primary: sb.flags.has(MetaFlags::PRIMARY_IND)
+            || sb.flags.has(MetaFlags::CRASHED_PRIMARY),
+    };
+    Ok((md, stored))
+}
 
-/// How long a forced `down` waits for the requests of the NBD clients it
-/// disconnected to end before it gives up (held requests never end).
-const FORCED_DOWN_WAIT: Duration = Duration::from_secs(10);
+/// Opens the backing disk, driven by the engine thread's own ring.
+fn open_disk(
+    me: &crate::config::Node,
+    data_bytes: u64,
+    opts: &EngineOptions,
+) -> Result<InlineDisk, StartError> {
+    let disk = LocalDisk::open(
+        &me.disk,
+        data_bytes,
+        DiskOptions {
+            direct: opts.direct,
+            ..DiskOptions::default()
+        },
+    )?;
+    if opts.direct && !disk.is_direct() {
+        tracing::warn!(disk = %me.disk.display(), "O_DIRECT refused by the filesystem; using buffered I/O (flushes still make writes durable)");
+    }
+    Ok(disk.inline()?)
+}
+
+/// Disk tokens the engine makes itself live above the state machine's.
+const INTERNAL_TOKEN: u64 = 1 << 62;
 
 /// While this many disk ops are queued or in flight, the engine reads
 /// nothing from the peer: a Data frame becomes one more disk op, and what
@@ -432,6 +411,29 @@ const RX_PAUSE_DISK_OPS: usize = 256;
 const OVERLAP_MIN_BULK: usize = 64 * 1024;
 
 impl Runner {
+    /// What the daemon tells the state machine before its thread starts:
+    /// `resume-after-crash = "always"`, then connect (like `drbdadm up`).
+    fn first_commands(&mut self, cfg: &Config, opts: &EngineOptions, crashed_primary: bool) {
+        if cfg.startup.resume_after_crash == ResumeAfterCrash::Always && crashed_primary {
+            // Before the first connection, so that the handshake decides it.
+            let now = self.now();
+            if let Err(e) = self.node.admin(now, Admin::ResumeAfterCrash) {
+                tracing::warn!("resume-after-crash = \"always\": {e}");
+            }
+        }
+        if opts.connect {
+            let now = self.now();
+            if let Err(e) = self.node.admin(
+                now,
+                Admin::Connect {
+                    discard_my_data: false,
+                },
+            ) {
+                tracing::warn!("connect at start: {e}");
+            }
+        }
+    }
+
     fn internal_token(&mut self) -> u64 {
         self.next_internal += 1;
         self.next_internal
@@ -550,12 +552,12 @@ impl Runner {
         self.drain();
     }
 
-    fn peer_down(&mut self, why: &str) {
+    fn peer_down(&mut self, why: &peer::PeerError) {
         tracing::info!("peer connection down: {why}");
         // Our own finding, worth status's last_error (an EOF is not: the
         // peer said why before closing, or its node knows).
-        if peer::refused_a_frame(why) {
-            self.node.note_link_error(why);
+        if why.refused_a_frame() {
+            self.node.note_link_error(&why.to_string());
         }
         self.peer.close();
         let now = self.now();
@@ -659,205 +661,6 @@ impl Runner {
         self.drain();
     }
 
-    fn control(&mut self, cmd: ControlCmd, reply: Sender<ControlReply>) {
-        let now = self.now();
-        let admin = match &cmd {
-            ControlCmd::Status => None,
-            ControlCmd::Primary { force } => Some(Admin::Primary { force: *force }),
-            ControlCmd::Secondary => {
-                if let Some(u) = self.in_use(false) {
-                    let why = if u.nbd_clients > 0 {
-                        format!("{}; disconnect them first", u.why)
-                    } else {
-                        u.why
-                    };
-                    self.refuse(&reply, why);
-                    return;
-                }
-                Some(Admin::Secondary)
-            }
-            ControlCmd::Connect { discard_my_data } => Some(Admin::Connect {
-                discard_my_data: *discard_my_data,
-            }),
-            ControlCmd::Disconnect => Some(Admin::Disconnect),
-            ControlCmd::Invalidate => Some(Admin::Invalidate),
-            ControlCmd::InvalidateRemote => Some(Admin::InvalidateRemote),
-            ControlCmd::Verify { repair } => Some(Admin::Verify { repair: *repair }),
-            ControlCmd::Down { force } => {
-                let clients = match self.in_use(*force) {
-                    Some(u) => {
-                        let hint = if u.nbd_clients > 0 && !*force {
-                            "disconnect them, or `repctl down --force` to cut them (the node stays up)"
-                        } else {
-                            "the node stays up"
-                        };
-                        self.refuse(&reply, format!("{}; {hint}", u.why));
-                        return;
-                    }
-                    None => self.nbd_clients(),
-                };
-                if *force && clients > 0 {
-                    tracing::warn!(
-                        clients,
-                        "forced down: disconnecting the NBD clients (their next request fails)"
-                    );
-                    if let Some(gate) = self
-                        .shared
-                        .nbd
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .as_ref()
-                    {
-                        (gate.cut)();
-                    }
-                }
-                Some(Admin::Down)
-            }
-            ControlCmd::SuspendIo { fail } => Some(Admin::SuspendIo {
-                mode: if *fail {
-                    SuspendMode::Fail
-                } else {
-                    SuspendMode::Hold
-                },
-            }),
-            ControlCmd::ResumeIo { if_current: None } => Some(Admin::ResumeIo),
-            ControlCmd::ResumeIo {
-                if_current: Some(h),
-            } => match u64::from_str_radix(h, 16) {
-                Ok(current) => Some(Admin::ResumeIoAt { current }),
-                Err(_) => {
-                    let _ = reply.send(ControlReply {
-                        ok: false,
-                        error: Some(format!("resume-io: \"{h}\" is not a hex generation")),
-                        refusal: None,
-                        status: Some(self.status()),
-                    });
-                    return;
-                }
-            },
-            ControlCmd::FreezeOnDisconnect { on } => Some(Admin::FreezeOnDisconnect { on: *on }),
-            ControlCmd::Outdate => Some(Admin::Outdate),
-            ControlCmd::ResumeAfterCrash => Some(Admin::ResumeAfterCrash),
-        };
-        let result = match admin {
-            None => Ok(()),
-            Some(a) => {
-                tracing::info!(command = ?a, "admin");
-                self.node.admin(now, a)
-            }
-        };
-        self.drain();
-        if let ControlCmd::Down { force } = cmd {
-            if result.is_ok() {
-                // Answered when the orderly shutdown finished.
-                self.down_waiters.push(reply);
-                return;
-            }
-            let pending = self.node.status().app_pending;
-            if force && pending > 0 {
-                // The cut clients' requests are still in the engine: demote
-                // once they are done (`retry_forced_down`).
-                tracing::info!(pending, "forced down: waiting for the requests in flight");
-                self.forced_down = Some((reply, Instant::now() + FORCED_DOWN_WAIT));
-                return;
-            }
-        }
-        let st = self.status();
-        let _ = reply.send(ControlReply {
-            ok: result.is_ok(),
-            error: result.as_ref().err().map(AdminError::to_string),
-            refusal: result.err(),
-            status: Some(st),
-        });
-    }
-
-    /// NBD clients connected now. One that has just disconnected (an
-    /// `nbdcopy` that exited a moment ago) may take a few ms to leave the
-    /// server's list: a count above 0 is looked at again for up to
-    /// [`NBD_LEAVE_GRACE`] (this only delays a refusal).
-    fn nbd_clients(&self) -> usize {
-        let gate = self
-            .shared
-            .nbd
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let Some(gate) = gate.as_ref() else {
-            return 0;
-        };
-        let t0 = Instant::now();
-        loop {
-            let n = (gate.clients)();
-            if n == 0 || t0.elapsed() >= NBD_LEAVE_GRACE {
-                return n;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Why the device must not be taken from its users now: NBD clients
-    /// are connected (unless `cut_nbd`: a forced `down` disconnects them),
-    /// or /dev/ublkbN is mounted or open. What both `secondary` and `down`
-    /// refuse on; `None` when nothing uses the device.
-    fn in_use(&self, cut_nbd: bool) -> Option<InUse> {
-        if !cut_nbd {
-            let clients = self.nbd_clients();
-            if clients > 0 {
-                return Some(InUse {
-                    why: format!("the device is in use: {clients} NBD client(s) connected"),
-                    nbd_clients: clients,
-                });
-            }
-        }
-        // The ublk device (/dev/ublkbN): mounted or open (checked off this
-        // thread, which serves its I/O; None when none is served).
-        crate::ublk::demotion_blocker().map(|why| InUse {
-            why,
-            nbd_clients: 0,
-        })
-    }
-
-    fn refuse(&self, reply: &Sender<ControlReply>, why: String) {
-        let _ = reply.send(ControlReply {
-            ok: false,
-            error: Some(why),
-            refusal: None,
-            status: Some(self.status()),
-        });
-    }
-
-    /// Answer a command the state machine refused: its reason in words (as
-    /// `repctl` prints it) and as the value callers branch on.
-    fn refuse_admin(&self, reply: &Sender<ControlReply>, e: AdminError) {
-        let _ = reply.send(ControlReply {
-            ok: false,
-            error: Some(e.to_string()),
-            refusal: Some(e),
-            status: Some(self.status()),
-        });
-    }
-
-    /// A forced `down` waiting for the requests of the clients it cut:
-    /// demote as soon as none is in flight, or give up at its deadline.
-    fn retry_forced_down(&mut self) {
-        let Some((_, deadline)) = &self.forced_down else {
-            return;
-        };
-        let deadline = *deadline;
-        let now = self.now();
-        let result = self.node.admin(now, Admin::Down);
-        if result.is_err() && Instant::now() < deadline {
-            return;
-        }
-        let Some((reply, _)) = self.forced_down.take() else {
-            return;
-        };
-        self.drain();
-        match result {
-            Ok(()) => self.down_waiters.push(reply),
-            Err(e) => self.refuse_admin(&reply, e),
-        }
-    }
-
     fn drain(&mut self) {
         while let Some(a) = self.node.poll_action() {
             self.act(a);
@@ -942,78 +745,18 @@ impl Runner {
                     .submit(token, meta::MetaOp::Bitmap { first_word, words });
             }
             Action::Complete { id, result } => {
-                if let Some(r) = self.replies.remove(&id) {
+                let reply = self.replies.remove(&id);
+                // The state machine completes each request it was given
+                // exactly once.
+                debug_assert!(
+                    reply.is_some(),
+                    "request {id} completed twice or never submitted"
+                );
+                if let Some(r) = reply {
                     r(result);
                 }
             }
             Action::Hook(h) => tracing::warn!(hook = ?h, "handler"),
-        }
-    }
-
-    fn status(&self) -> NodeStatus {
-        let st: Status = self.node.status();
-        let g = st.gens;
-        let error_age_ms = st.last_error_at_ms.map(|at| self.now().saturating_sub(at));
-        let hex = |x: u64| format!("{x:016X}");
-        let cfg = self.node.config();
-        NodeStatus {
-            resource: st.resource.clone(),
-            node: st.node.clone(),
-            peer: self.peer_name.clone(),
-            role: st.role,
-            peer_role: st.peer_role,
-            connection: format!("{:?}", st.connection),
-            disk: st.disk,
-            peer_disk: st.peer_disk,
-            protocol: format!("{:?}", cfg.protocol),
-            out_of_sync_bytes: st.out_of_sync_bytes,
-            split_brain: st.split_brain,
-            last_error: st.last_error.clone(),
-            last_error_at: error_age_ms.map(|age| {
-                let wall = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default();
-                wall.as_secs().saturating_sub(age / 1000)
-            }),
-            last_error_age_s: error_age_ms.map(|age| age / 1000),
-            sync: self.progress.current(),
-            generations: GenerationsHex {
-                current: hex(g.current),
-                bitmap: hex(g.bitmap),
-                history: [hex(g.history[0]), hex(g.history[1])],
-            },
-            data_bytes: cfg.data_bytes,
-            counters: Counters {
-                ns: st.stats.sent_bytes / 1024,
-                nr: st.stats.received_bytes / 1024,
-                dw: st.stats.written_bytes / 1024,
-                dr: st.stats.read_bytes / 1024,
-                al: st.stats.al_writes,
-                bm: st.stats.bm_writes,
-                lo: st.local_pending,
-                pe: st.peer_pending,
-                ua: st.unacked,
-                ap: st.app_pending,
-                oos: st.out_of_sync_bytes / 1024,
-            },
-            stats: StatsOut {
-                sent_bytes: st.stats.sent_bytes,
-                received_bytes: st.stats.received_bytes,
-                resync_sent_bytes: st.stats.resync_sent_bytes,
-                resync_received_bytes: st.stats.resync_received_bytes,
-                written_bytes: st.stats.written_bytes,
-                read_bytes: st.stats.read_bytes,
-                verified_bytes: st.stats.verified_bytes,
-                verify_out_of_sync_bytes: st.stats.verify_out_of_sync_bytes,
-            },
-            nbd: self.nbd_addr.clone(),
-            nbd_clients: usize::try_from(self.shared.nbd_clients.load(Ordering::Relaxed))
-                .unwrap_or(0),
-            pid: std::process::id(),
-            suspended: st.suspended,
-            freeze_on_disconnect: st.freeze_on_disconnect,
-            degraded_at_start: st.degraded_at_start,
-            resume: st.resume,
         }
     }
 }

@@ -45,6 +45,21 @@ use replication_proto::wire::auth::{ping_conn_mac, verify_ping_conn};
 use replication_proto::wire::codec::encode;
 use replication_proto::wire::Message;
 
+/// Why a ping connection is refused or dropped (see
+/// [`PeerError::Ping`](super::peer::PeerError::Ping)).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum PingError {
+    /// Its MAC does not bind this session's nonces with the shared secret.
+    #[error("the peer's ping connection failed authentication (another session, or a different shared secret)")]
+    Auth,
+    /// A frame other than the MAC, Ping and PingAck (named by its kind).
+    #[error("unexpected frame on the ping connection: {0}")]
+    Unexpected(String),
+    /// A message that cannot be encoded: a bug.
+    #[error("cannot encode {0}")]
+    Encode(String),
+}
+
 /// Who this node is to its peer, for the MACs.
 #[derive(Debug, Clone)]
 pub(crate) struct Names {
@@ -92,9 +107,9 @@ impl PingLink {
     }
 
     /// Queues `m` (a Ping or PingAck).
-    pub(crate) fn queue(&mut self, m: &Message) -> Result<(), String> {
+    pub(crate) fn queue(&mut self, m: &Message) -> Result<(), PingError> {
         let mut b = BytesMut::with_capacity(64);
-        encode(m, &mut b).map_err(|e| format!("cannot encode {m:?}: {e}"))?;
+        encode(m, &mut b).map_err(|e| PingError::Encode(format!("{m:?}: {e}")))?;
         self.out.push_back(b.freeze());
         Ok(())
     }
@@ -102,7 +117,7 @@ impl PingLink {
     /// The state machine's handshake is verified (or still is): sends our
     /// MAC once, checks a MAC that waited. An error: the stream is not the
     /// peer's ping connection for this session.
-    pub(crate) fn on_session(&mut self, s: &Session, n: &Names) -> Result<(), String> {
+    pub(crate) fn on_session(&mut self, s: &Session, n: &Names) -> Result<(), PingError> {
         if !self.mac_sent {
             let mac = ping_conn_mac(&n.secret, &s.peer_nonce, &s.own_nonce, &n.me);
             self.queue(&Message::Auth { mac })?;
@@ -110,7 +125,7 @@ impl PingLink {
         }
         if let Some(mac) = self.peer_mac.take() {
             if !verify_ping_conn(&n.secret, &s.own_nonce, &s.peer_nonce, &n.peer, &mac) {
-                return Err("the peer's ping connection failed authentication (another session, or a different shared secret)".into());
+                return Err(PingError::Auth);
             }
             self.up = true;
         }
@@ -123,7 +138,7 @@ impl PingLink {
         m: Message,
         s: Option<&Session>,
         n: &Names,
-    ) -> Result<PingFrame, String> {
+    ) -> Result<PingFrame, PingError> {
         match m {
             Message::Auth { mac } if !self.up && self.peer_mac.is_none() => {
                 self.peer_mac = Some(mac);
@@ -133,10 +148,7 @@ impl PingLink {
                 Ok(PingFrame::Handled)
             }
             m @ (Message::Ping | Message::PingAck) if self.up => Ok(PingFrame::Deliver(m)),
-            m => Err(format!(
-                "unexpected frame on the ping connection: {}",
-                short(&m)
-            )),
+            m => Err(PingError::Unexpected(short(&m))),
         }
     }
 }

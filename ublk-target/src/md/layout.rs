@@ -296,8 +296,12 @@ impl Layout {
         if self.md_offset != expected_md_offset {
             return Err("metadata area offset is inconsistent".to_owned());
         }
-        // Regions [start, end) inside the area must not overlap each other
-        // or the superblock block.
+        self.check_regions()
+    }
+
+    /// The regions [start, end) inside the metadata area fit in it and do
+    /// not overlap each other or the superblock block.
+    fn check_regions(&self) -> Result<(), String> {
         let sb = self.sb_offset();
         let regions = [
             ("superblock", sb, sb.checked_add(MD_BLOCK)),

@@ -323,6 +323,266 @@ pub struct MetaDevice {
     al_seq: Option<u64>,
 }
 
+/// The metadata file of `location` (the disk itself when internal), its
+/// path, the size of the data disk and where the superblock is.
+fn open_for_read(
+    location: &MetaLocation,
+    writable: bool,
+) -> Result<(File, PathBuf, u64, u64), MdError> {
+    let disk = &location.disk;
+    match &location.meta_disk {
+        MetaDisk::Internal => {
+            let file = open_existing(disk, writable)?;
+            let size = size_of(&file, disk)?;
+            let end = layout::align_down(size);
+            if end < MD_BLOCK {
+                return Err(MdError::NoMetadata {
+                    path: disk.clone(),
+                    offset: 0,
+                });
+            }
+            Ok((file, disk.clone(), size, end - MD_BLOCK))
+        }
+        MetaDisk::External(meta) => {
+            let data = open_existing(disk, false)?;
+            let size = size_of(&data, disk)?;
+            let file = open_existing(meta, writable).map_err(|e| match e {
+                MdError::DiskMissing { path } => MdError::MetaFileMissing { path },
+                e => e,
+            })?;
+            Ok((file, meta.clone(), size, 0))
+        }
+    }
+}
+
+/// The superblock at `sb_abs`. Internal metadata missing where the disk
+/// ends, over data, means the disk was resized: create-md would be the
+/// wrong advice.
+fn read_superblock(
+    location: &MetaLocation,
+    file: &File,
+    path: &Path,
+    sb_abs: u64,
+) -> Result<Superblock, MdError> {
+    let buf = read_sb_sector(file, path, sb_abs)?.ok_or_else(|| MdError::NoMetadata {
+        path: path.to_path_buf(),
+        offset: sb_abs,
+    })?;
+    match Superblock::decode(&buf, path, sb_abs) {
+        Err(MdError::NoMetadata { path, offset })
+            if location.meta_disk == MetaDisk::Internal
+                && !all_zero(
+                    file,
+                    &path,
+                    // Near the start of the disk there is less to look at.
+                    offset.saturating_sub(TAIL_LOOK),
+                    TAIL_LOOK.min(offset) + MD_BLOCK,
+                )? =>
+        {
+            Err(MdError::Resized { path, offset })
+        }
+        r => r,
+    }
+}
+
+/// The superblock is of the kind the config says, and of this resource
+/// and node.
+fn check_owner(
+    location: &MetaLocation,
+    path: &Path,
+    sb: &Superblock,
+    resource: &str,
+    node: &str,
+) -> Result<(), MdError> {
+    let expected_kind = match location.meta_disk {
+        MetaDisk::Internal => MetaKind::Internal,
+        MetaDisk::External(_) => MetaKind::External,
+    };
+    if sb.layout.kind != expected_kind {
+        return Err(MdError::BadLayout {
+            path: path.to_path_buf(),
+            message: format!(
+                "the superblock describes {:?} metadata, but the config says meta-disk = \"{}\"",
+                sb.layout.kind, location.meta_disk
+            ),
+        });
+    }
+    for (what, found, expected) in [
+        ("resource", &sb.resource, resource),
+        ("node", &sb.node, node),
+    ] {
+        if found != expected {
+            return Err(MdError::Foreign {
+                path: path.to_path_buf(),
+                what,
+                found: found.clone(),
+                expected: expected.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What the layout a superblock describes must fit in.
+struct Fit<'a> {
+    disk: &'a Path,
+    disk_size: u64,
+    /// Where the superblock ends: internal metadata ends there.
+    sb_end: u64,
+}
+
+impl Fit<'_> {
+    fn check(&self, file: &File, path: &Path, l: &Layout) -> Result<(), MdError> {
+        let disk_size = self.disk_size;
+        let misfit = |message: String| {
+            Err(MdError::DoesNotFit {
+                path: path.to_path_buf(),
+                message,
+            })
+        };
+        match l.kind {
+            MetaKind::Internal if l.data_bytes.checked_add(l.md_bytes) != Some(self.sb_end) => {
+                misfit(format!(
+                    "data ({} bytes) plus metadata ({} bytes) should end at the superblock's end ({} bytes), \
+                     the disk is {disk_size} bytes",
+                    l.data_bytes, l.md_bytes, self.sb_end
+                ))
+            }
+            MetaKind::Internal => Ok(()),
+            MetaKind::External if l.data_bytes > disk_size => misfit(format!(
+                "it describes {} bytes of data, but the disk {} has only {disk_size}",
+                l.data_bytes,
+                self.disk.display()
+            )),
+            MetaKind::External => {
+                let meta_size = size_of(file, path)?;
+                if meta_size < l.md_bytes {
+                    return misfit(format!(
+                        "the metadata needs {} bytes, but the file has only {meta_size}",
+                        l.md_bytes
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The file the metadata of a [`MetaDevice::create`] goes into, its path
+/// and the layout that fits the disk.
+fn open_for_create(params: &CreateParams) -> Result<(File, PathBuf, Layout), MdError> {
+    let disk = &params.location.disk;
+    match &params.location.meta_disk {
+        MetaDisk::Internal => {
+            let file = open_existing(disk, true)?;
+            let size = size_of(&file, disk)?;
+            let layout = Layout::internal(size, params.al_extents).ok_or(MdError::TooSmall {
+                path: disk.clone(),
+                size,
+                min: Layout::min_internal_disk_bytes(params.al_extents),
+                what: "internal metadata plus 1 MiB of data",
+            })?;
+            Ok((file, disk.clone(), layout))
+        }
+        MetaDisk::External(meta) => {
+            let data = open_existing(disk, false)?;
+            let size = size_of(&data, disk)?;
+            let layout = Layout::external(size, params.al_extents).ok_or(MdError::TooSmall {
+                path: disk.clone(),
+                size,
+                min: layout::MIN_DATA_BYTES,
+                what: "the data area",
+            })?;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(meta)
+                .map_err(io_err("open or create the metadata file", meta))?;
+            Ok((file, meta.clone(), layout))
+        }
+    }
+}
+
+/// Whether fresh metadata may go where `layout` puts it: refused over
+/// existing metadata or (internal) over data, unless `force`. True when an
+/// old superblock is there to wipe first.
+fn check_overwrite(
+    file: &File,
+    path: &Path,
+    layout: &Layout,
+    force: bool,
+) -> Result<bool, MdError> {
+    let sb_abs = layout.md_offset + layout.sb_offset();
+    let existing = read_sb_sector(file, path, sb_abs)?;
+    let has_magic = existing
+        .as_ref()
+        .is_some_and(|b| superblock::magic_of(b) == superblock::SB_MAGIC);
+    if layout.kind == MetaKind::Internal
+        && !force
+        && !has_magic
+        && !all_zero(file, path, layout.md_offset, layout.md_bytes)?
+    {
+        // Metadata gone from the end (a shrunk disk) or a filesystem
+        // there: fresh metadata would destroy data (DRBD's create-md
+        // refuses to truncate a filesystem, too).
+        return Err(MdError::TailHoldsData {
+            path: path.to_path_buf(),
+            offset: layout.md_offset,
+            bytes: layout.md_bytes,
+        });
+    }
+    match &existing {
+        Some(buf) if has_magic && !force => {
+            let (stored, computed) = superblock::checksums_of(buf);
+            Err(MdError::Exists {
+                path: path.to_path_buf(),
+                offset: sb_abs,
+                valid: stored == computed,
+            })
+        }
+        _ => Ok(has_magic),
+    }
+}
+
+/// An external metadata file: refused when it holds something else
+/// (unless `overwrite`), extended to the layout's size when it is a file.
+fn prepare_external(
+    file: &File,
+    path: &Path,
+    layout: &Layout,
+    overwrite: bool,
+) -> Result<(), MdError> {
+    let meta_meta = file.metadata().map_err(io_err("stat", path))?;
+    let len = size_of(file, path)?;
+    if !overwrite && len > 0 {
+        // Refuse to scribble over a file that holds something else.
+        let mut head = vec![0u8; to_usize(len.min(MD_BLOCK), "head")?];
+        file.read_exact_at(&mut head, 0)
+            .map_err(io_err("read", path))?;
+        if head.iter().any(|&b| b != 0) {
+            return Err(MdError::NotEmpty {
+                path: path.to_path_buf(),
+            });
+        }
+    }
+    if len < layout.md_bytes {
+        if meta_meta.is_file() {
+            file.set_len(layout.md_bytes)
+                .map_err(io_err("extend the metadata file", path))?;
+        } else {
+            return Err(MdError::TooSmall {
+                path: path.to_path_buf(),
+                size: len,
+                min: layout.md_bytes,
+                what: "the metadata",
+            });
+        }
+    }
+    Ok(())
+}
+
 impl MetaDevice {
     /// Write fresh metadata: generations "just created", flags 0 (the data
     /// is Inconsistent), a clear bitmap and an empty AL transaction with
@@ -342,115 +602,23 @@ impl MetaDevice {
                 params.al_extents
             )));
         }
-        let disk = &params.location.disk;
-        let (file, path, layout) = match &params.location.meta_disk {
-            MetaDisk::Internal => {
-                let file = open_existing(disk, true)?;
-                let size = size_of(&file, disk)?;
-                let layout =
-                    Layout::internal(size, params.al_extents).ok_or(MdError::TooSmall {
-                        path: disk.clone(),
-                        size,
-                        min: Layout::min_internal_disk_bytes(params.al_extents),
-                        what: "internal metadata plus 1 MiB of data",
-                    })?;
-                (file, disk.clone(), layout)
-            }
-            MetaDisk::External(meta) => {
-                let data = open_existing(disk, false)?;
-                let size = size_of(&data, disk)?;
-                let layout =
-                    Layout::external(size, params.al_extents).ok_or(MdError::TooSmall {
-                        path: disk.clone(),
-                        size,
-                        min: layout::MIN_DATA_BYTES,
-                        what: "the data area",
-                    })?;
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(meta)
-                    .map_err(io_err("open or create the metadata file", meta))?;
-                (file, meta.clone(), layout)
-            }
-        };
-
+        let (file, path, layout) = open_for_create(params)?;
         let sb_abs = layout.md_offset + layout.sb_offset();
-        let existing = read_sb_sector(&file, &path, sb_abs)?;
-        let has_magic = existing
-            .as_ref()
-            .is_some_and(|b| superblock::magic_of(b) == superblock::SB_MAGIC);
-        if layout.kind == MetaKind::Internal
-            && !force
-            && !has_magic
-            && !all_zero(&file, &path, layout.md_offset, layout.md_bytes)?
-        {
-            // Metadata gone from the end (a shrunk disk) or a filesystem
-            // there: fresh metadata would destroy data (DRBD's create-md
-            // refuses to truncate a filesystem, too).
-            return Err(MdError::TailHoldsData {
-                path,
-                offset: layout.md_offset,
-                bytes: layout.md_bytes,
-            });
-        }
-        let mut wipe_old = false;
-        if let Some(buf) = &existing {
-            if superblock::magic_of(buf) == superblock::SB_MAGIC {
-                if !force {
-                    let (stored, computed) = superblock::checksums_of(buf);
-                    return Err(MdError::Exists {
-                        path,
-                        offset: sb_abs,
-                        valid: stored == computed,
-                    });
-                }
-                wipe_old = true;
-            }
-        }
-
+        let wipe_old = check_overwrite(&file, &path, &layout, force)?;
         if layout.kind == MetaKind::External {
-            let meta_meta = file.metadata().map_err(io_err("stat", &path))?;
-            let len = size_of(&file, &path)?;
-            if !force && !wipe_old && len > 0 {
-                // Refuse to scribble over a file that holds something else.
-                let mut head = vec![0u8; to_usize(len.min(MD_BLOCK), "head")?];
-                file.read_exact_at(&mut head, 0)
-                    .map_err(io_err("read", &path))?;
-                if head.iter().any(|&b| b != 0) {
-                    return Err(MdError::NotEmpty { path });
-                }
-            }
-            if len < layout.md_bytes {
-                if meta_meta.is_file() {
-                    file.set_len(layout.md_bytes)
-                        .map_err(io_err("extend the metadata file", &path))?;
-                } else {
-                    return Err(MdError::TooSmall {
-                        path,
-                        size: len,
-                        min: layout.md_bytes,
-                        what: "the metadata",
-                    });
-                }
-            }
+            prepare_external(&file, &path, &layout, force || wipe_old)?;
         }
-
-        let sync = |f: &File| f.sync_data().map_err(io_err("sync", &path));
         if wipe_old {
             // Invalidate the old superblock first, so a crash half-way
             // leaves "no metadata" rather than an old superblock pointing at
             // new, clean bitmap pages.
             file.write_all_at(&[0u8; SB_BYTES], sb_abs)
                 .map_err(io_err("write", &path))?;
-            sync(&file)?;
+            file.sync_data().map_err(io_err("sync", &path))?;
         }
-
-        let mut dev = MetaDevice {
+        let dev = MetaDevice {
             file,
-            path: path.clone(),
+            path,
             writable: true,
             sb: Superblock {
                 format_version: FORMAT_VERSION,
@@ -466,24 +634,30 @@ impl MetaDevice {
             bad_pages: 0,
             al_seq: None,
         };
+        dev.write_fresh()
+    }
 
+    /// Writes the fresh metadata of a [`MetaDevice::create`]: the activity
+    /// log and the bitmap, then the superblock, the commit point.
+    fn write_fresh(mut self) -> Result<Self, MdError> {
+        let layout = self.sb.layout;
         // AL: an empty transaction 0 in slot 0, every other slot blank.
         let slot_bytes = to_usize(layout.al_slot_bytes(), "an AL slot")?;
         let mut ring = al::encode_tx(0, &[], slot_bytes);
         ring.resize(to_usize(layout.al_bytes(), "the AL")?, 0);
-        dev.file
+        self.file
             .write_all_at(&ring, layout.md_offset + layout.al_offset)
-            .map_err(io_err("write the activity log of", &path))?;
-        dev.al_seq = Some(0);
+            .map_err(io_err("write the activity log of", &self.path))?;
+        self.al_seq = Some(0);
 
         // Bitmap: every page valid and clear (writes without syncing each).
-        dev.write_bitmap_pages(0, layout.bm_pages)?;
-        sync(&dev.file)?;
+        self.write_bitmap_pages(0, layout.bm_pages)?;
+        self.file.sync_data().map_err(io_err("sync", &self.path))?;
 
         // The superblock last: it is the commit point.
-        let mut sb = dev.sb.clone();
-        dev.store_superblock(&mut sb)?;
-        Ok(dev)
+        let mut sb = self.sb.clone();
+        self.store_superblock(&mut sb)?;
+        Ok(self)
     }
 
     /// Open existing metadata for reading and writing. Checks magic,
@@ -515,118 +689,15 @@ impl MetaDevice {
         node: &str,
         writable: bool,
     ) -> Result<Self, MdError> {
-        let disk = &location.disk;
-        let (file, path, disk_size, sb_abs) = match &location.meta_disk {
-            MetaDisk::Internal => {
-                let file = open_existing(disk, writable)?;
-                let size = size_of(&file, disk)?;
-                let end = layout::align_down(size);
-                if end < MD_BLOCK {
-                    return Err(MdError::NoMetadata {
-                        path: disk.clone(),
-                        offset: 0,
-                    });
-                }
-                (file, disk.clone(), size, end - MD_BLOCK)
-            }
-            MetaDisk::External(meta) => {
-                let data = open_existing(disk, false)?;
-                let size = size_of(&data, disk)?;
-                let file = open_existing(meta, writable).map_err(|e| match e {
-                    MdError::DiskMissing { path } => MdError::MetaFileMissing { path },
-                    e => e,
-                })?;
-                (file, meta.clone(), size, 0)
-            }
+        let (file, path, disk_size, sb_abs) = open_for_read(location, writable)?;
+        let sb = read_superblock(location, &file, &path, sb_abs)?;
+        check_owner(location, &path, &sb, resource, node)?;
+        let fits = Fit {
+            disk: &location.disk,
+            disk_size,
+            sb_end: sb_abs + MD_BLOCK,
         };
-        let buf = read_sb_sector(&file, &path, sb_abs)?.ok_or_else(|| MdError::NoMetadata {
-            path: path.clone(),
-            offset: sb_abs,
-        })?;
-        let sb = match Superblock::decode(&buf, &path, sb_abs) {
-            // Internal metadata missing where the disk ends, over data: the
-            // disk was resized, and create-md would be the wrong advice.
-            Err(MdError::NoMetadata { path, offset })
-                if location.meta_disk == MetaDisk::Internal
-                    && !all_zero(
-                        &file,
-                        &path,
-                        offset.saturating_sub(TAIL_LOOK),
-                        TAIL_LOOK.min(offset) + MD_BLOCK,
-                    )? =>
-            {
-                return Err(MdError::Resized { path, offset });
-            }
-            r => r?,
-        };
-        let l = sb.layout;
-        let expected_kind = match location.meta_disk {
-            MetaDisk::Internal => MetaKind::Internal,
-            MetaDisk::External(_) => MetaKind::External,
-        };
-        if l.kind != expected_kind {
-            return Err(MdError::BadLayout {
-                path,
-                message: format!(
-                    "the superblock describes {:?} metadata, but the config says meta-disk = \"{}\"",
-                    l.kind, location.meta_disk
-                ),
-            });
-        }
-        if sb.resource != resource {
-            return Err(MdError::Foreign {
-                path,
-                what: "resource",
-                found: sb.resource,
-                expected: resource.to_owned(),
-            });
-        }
-        if sb.node != node {
-            return Err(MdError::Foreign {
-                path,
-                what: "node",
-                found: sb.node,
-                expected: node.to_owned(),
-            });
-        }
-        match l.kind {
-            MetaKind::Internal => {
-                if l.data_bytes.checked_add(l.md_bytes) != Some(sb_abs + MD_BLOCK) {
-                    return Err(MdError::DoesNotFit {
-                        path,
-                        message: format!(
-                            "data ({} bytes) plus metadata ({} bytes) should end at the superblock's end ({} bytes), \
-                             the disk is {disk_size} bytes",
-                            l.data_bytes,
-                            l.md_bytes,
-                            sb_abs + MD_BLOCK
-                        ),
-                    });
-                }
-            }
-            MetaKind::External => {
-                if l.data_bytes > disk_size {
-                    return Err(MdError::DoesNotFit {
-                        path,
-                        message: format!(
-                            "it describes {} bytes of data, but the disk {} has only {disk_size}",
-                            l.data_bytes,
-                            disk.display()
-                        ),
-                    });
-                }
-                let meta_size = size_of(&file, &path)?;
-                if meta_size < l.md_bytes {
-                    return Err(MdError::DoesNotFit {
-                        path,
-                        message: format!(
-                            "the metadata needs {} bytes, but the file has only {meta_size}",
-                            l.md_bytes
-                        ),
-                    });
-                }
-            }
-        }
+        fits.check(&file, &path, &sb.layout)?;
         let mut dev = MetaDevice {
             file,
             path,

@@ -172,23 +172,7 @@ impl Superblock {
         let short = || bad("superblock too short");
         let _magic = r.u64().ok_or_else(short)?;
         let format_version = r.u32().ok_or_else(short)?;
-        let (stored, computed) = checksums_of(buf);
-        if stored != computed {
-            return Err(MdError::Checksum {
-                path: path.to_owned(),
-                offset,
-                stored,
-                computed,
-                version: format_version,
-            });
-        }
-        if format_version != FORMAT_VERSION {
-            return Err(MdError::UnsupportedVersion {
-                path: path.to_owned(),
-                found: format_version,
-                supported: FORMAT_VERSION,
-            });
-        }
+        check_sum_and_version(buf, path, offset, format_version)?;
         let kind_code = r.u32().ok_or_else(short)?;
         let kind = MetaKind::from_code(kind_code)
             .ok_or_else(|| bad(&format!("unknown metadata kind {kind_code}")))?;
@@ -201,35 +185,12 @@ impl Superblock {
             .name()
             .ok_or_else(short)?
             .map_err(|()| bad("node name is not valid"))?;
-        let data_bytes = r.u64().ok_or_else(short)?;
-        let md_bytes = r.u64().ok_or_else(short)?;
-        let al_extents = r.u32().ok_or_else(short)?;
-        let al_slots = r.u32().ok_or_else(short)?;
-        let al_slot_blocks = r.u32().ok_or_else(short)?;
-        let device_id = r.u32().ok_or_else(short)?;
-        let al_offset = r.u64().ok_or_else(short)?;
-        let bm_offset = r.u64().ok_or_else(short)?;
-        let bm_pages = r.u64().ok_or_else(short)?;
+        let (layout, device_id) = read_layout(&mut r, kind).ok_or_else(short)?;
         let current = r.u64().ok_or_else(short)?;
         let bitmap = r.u64().ok_or_else(short)?;
         let h0 = r.u64().ok_or_else(short)?;
         let h1 = r.u64().ok_or_else(short)?;
         let flags = MetaFlags(r.u32().ok_or_else(short)?);
-        let layout = Layout {
-            kind,
-            data_bytes,
-            md_offset: match kind {
-                MetaKind::Internal => data_bytes,
-                MetaKind::External => 0,
-            },
-            md_bytes,
-            al_extents,
-            al_slots,
-            al_slot_blocks,
-            al_offset,
-            bm_offset,
-            bm_pages,
-        };
         layout.check().map_err(|m| bad(&m))?;
         Ok(Superblock {
             format_version,
@@ -246,6 +207,61 @@ impl Superblock {
             device_id,
         })
     }
+}
+
+/// The checksum first (a torn or damaged block), then the version: a
+/// newer format is refused, not misread.
+fn check_sum_and_version(
+    buf: &[u8; SB_BYTES],
+    path: &Path,
+    offset: u64,
+    format_version: u32,
+) -> Result<(), MdError> {
+    let (stored, computed) = checksums_of(buf);
+    if stored != computed {
+        return Err(MdError::Checksum {
+            path: path.to_owned(),
+            offset,
+            stored,
+            computed,
+            version: format_version,
+        });
+    }
+    if format_version != FORMAT_VERSION {
+        return Err(MdError::UnsupportedVersion {
+            path: path.to_owned(),
+            found: format_version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    Ok(())
+}
+
+/// The layout fields of a superblock (and the device id stored among
+/// them), unchecked; `None` when the block is too short.
+fn read_layout(r: &mut Rd<'_>, kind: MetaKind) -> Option<(Layout, u32)> {
+    let data_bytes = r.u64()?;
+    let md_bytes = r.u64()?;
+    let al_extents = r.u32()?;
+    let al_slots = r.u32()?;
+    let al_slot_blocks = r.u32()?;
+    let device_id = r.u32()?;
+    let layout = Layout {
+        kind,
+        data_bytes,
+        md_offset: match kind {
+            MetaKind::Internal => data_bytes,
+            MetaKind::External => 0,
+        },
+        md_bytes,
+        al_extents,
+        al_slots,
+        al_slot_blocks,
+        al_offset: r.u64()?,
+        bm_offset: r.u64()?,
+        bm_pages: r.u64()?,
+    };
+    Some((layout, device_id))
 }
 
 #[cfg(test)]

@@ -489,179 +489,12 @@ fn bring_up(
     mode: Mode,
 ) -> Result<(Running, Started), UblkError> {
     let id = i32::try_from(dev_id).map_err(|_| UblkError::BadId(dev_id))?;
-    let me = i32::try_from(std::process::id()).unwrap_or(0);
-    let existing = probe(dev_id)?;
-    let recover = match existing {
-        None => None,
-        // A dead server's device is taken over only to serve it at once.
-        Some(e)
-            if mode == Mode::Prepare
-                && !(e.state == DevState::Dead && (e.pid == me || !e.server_alive())) =>
-        {
-            return Err(UblkError::Busy {
-                dev_id,
-                pid: e.pid,
-                state: e.state,
-            });
-        }
-        Some(e) => match e.state {
-            // Its server died: I/O is held (or failed) until we take over.
-            DevState::Quiesced | DevState::FailIo if e.recoverable => Some(e),
-            // Its server died a moment ago: the kernel is still quiescing it
-            // (START_USER_RECOVERY waits for that).
-            DevState::Live if e.recoverable && !e.server_alive() => Some(e),
-            // Added but never started by a server that is gone: remove it.
-            DevState::Dead if e.pid == me || !e.server_alive() => {
-                tracing::warn!(
-                    dev = dev_id,
-                    pid = e.pid,
-                    "removing ublk device {dev_id}, left unstarted by a server that is gone"
-                );
-                let c =
-                    UblkCtrl::new_simple(id).map_err(|e| ctrl_err(dev_id, "GET_DEV_INFO", e))?;
-                c.del_dev().map_err(|e| ctrl_err(dev_id, "DEL_DEV", e))?;
-                None
-            }
-            _ => {
-                return Err(UblkError::Busy {
-                    dev_id,
-                    pid: e.pid,
-                    state: e.state,
-                })
-            }
-        },
-    };
-    let flags = u64::from(sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE);
+    let recover = to_take_over(dev_id, id, mode)?;
     let ctrl = match recover {
-        None => UblkCtrlBuilder::default()
-            .name(TARGET_NAME)
-            .id(id)
-            .nr_queues(opts.queues())
-            .depth(opts.queue_depth)
-            .io_buf_bytes(opts.max_io_bytes)
-            .ctrl_flags(flags)
-            .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
-            .build()
-            .map_err(|e| ctrl_err(dev_id, "ADD_DEV", e))?,
-        Some(e) => {
-            tracing::info!(
-                dev = dev_id,
-                old_pid = e.pid,
-                state = ?e.state,
-                "recovering /dev/ublkb{dev_id} left by a server that died"
-            );
-            let c = UblkCtrl::new(
-                Some(TARGET_NAME.to_string()),
-                id,
-                u32::from(e.nr_queues),
-                u32::from(e.depth),
-                e.max_io_bytes,
-                0,
-                0,
-                UblkFlags::UBLK_DEV_F_RECOVER_DEV,
-            )
-            .map_err(|e| ctrl_err(dev_id, "GET_DEV_INFO", e))?;
-            let mut p = sys::ublk_params::default();
-            c.get_params(&mut p)
-                .map_err(|e| ctrl_err(dev_id, "GET_PARAMS", e))?;
-            if p.basic.dev_sectors << 9 != size {
-                return Err(UblkError::Mismatch {
-                    dev_id,
-                    have: p.basic.dev_sectors << 9,
-                    want: size,
-                });
-            }
-            // Waits (up to 30 s) for the kernel to finish quiescing it.
-            match c.start_user_recover() {
-                Ok(r) if r >= 0 => {}
-                Ok(r) => {
-                    return Err(ctrl_err(
-                        dev_id,
-                        "START_USER_RECOVERY",
-                        libublk::UblkError::UringIOError(r),
-                    ))
-                }
-                Err(e) => return Err(ctrl_err(dev_id, "START_USER_RECOVERY", e)),
-            }
-            c
-        }
+        None => add_ctrl(dev_id, id, opts)?,
+        Some(e) => recover_ctrl(dev_id, id, &e, size)?,
     };
-    let max_sectors = opts.max_io_bytes >> 9;
-    let dev = UblkDev::new(
-        TARGET_NAME.to_string(),
-        |d: &mut UblkDev| {
-            let depth = d.dev_info.queue_depth;
-            // Room for every tag's command plus the eventfd poll.
-            d.tgt.sq_depth = depth.saturating_mul(2);
-            d.tgt.cq_depth = depth.saturating_mul(4);
-            d.tgt.dev_size = size;
-            d.tgt.params = params(size, max_sectors);
-            Ok(())
-        },
-        &ctrl,
-    )
-    .map_err(|e| ctrl_err(dev_id, "open /dev/ublkcN", e))?;
-    let dev = Arc::new(dev);
-    let nr_queues = dev.dev_info.nr_hw_queues;
-    let (tid_tx, tid_rx) = mpsc::channel();
-    let mut queues = Vec::new();
-    for qid in 0..nr_queues {
-        let d = dev.clone();
-        let b = backend.clone();
-        let t = tid_tx.clone();
-        let h = std::thread::Builder::new()
-            .name(format!("ublk{dev_id}-q{qid}"))
-            .spawn(move || {
-                let tid = UblkCtrl::init_queue_thread();
-                let _ = t.send((qid, tid));
-                if let Err(e) = queue::run(qid, &d, b, size) {
-                    tracing::error!(dev = dev_id, qid, "ublk queue failed: {e}");
-                    // Unblock START_DEV: it waits for every queue.
-                    d.notify_buffer_registration_complete(true);
-                }
-            });
-        match h {
-            Ok(h) => queues.push(h),
-            Err(e) => {
-                // The queues already started wait for commands: remove the
-                // device to end them.
-                let run = Running {
-                    dev_id,
-                    ctrl,
-                    dev: Some(dev),
-                    queues,
-                };
-                let _ = run.teardown();
-                return Err(UblkError::Thread(e));
-            }
-        }
-    }
-    drop(tid_tx);
-    let t0 = Instant::now();
-    let mut configured = 0;
-    while configured < nr_queues {
-        match tid_rx.recv_timeout(Duration::from_secs(10).saturating_sub(t0.elapsed())) {
-            Ok((qid, tid)) => {
-                ctrl.set_thread_affinity(qid, tid);
-                if let Err(e) = ctrl.configure_queue(&dev, qid, tid) {
-                    tracing::warn!(
-                        dev = dev_id,
-                        qid,
-                        "configure_queue: {}",
-                        super::describe(&e)
-                    );
-                }
-                configured += 1;
-            }
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    let run = Running {
-        dev_id,
-        ctrl,
-        dev: Some(dev),
-        queues,
-    };
+    let run = start_queues(dev_id, ctrl, backend, opts, size)?;
     let recovering = recover.is_some();
     if recovering && opts.defer_recovery_end {
         // The queues have fetched their tags; END_USER_RECOVERY (which lets
@@ -687,6 +520,220 @@ fn bring_up(
             },
         ));
     }
+    start_dev(run, recovering)
+}
+
+/// What is at `dev_id` now: `Some` a device a dead server left, to take
+/// over; `None` nothing (a dead server's unstarted device is removed), or
+/// why the id is not ours to use.
+fn to_take_over(dev_id: u32, id: i32, mode: Mode) -> Result<Option<Existing>, UblkError> {
+    let me = i32::try_from(std::process::id()).unwrap_or(0);
+    let Some(e) = probe(dev_id)? else {
+        return Ok(None);
+    };
+    let busy = || UblkError::Busy {
+        dev_id,
+        pid: e.pid,
+        state: e.state,
+    };
+    // A dead server's device is taken over only to serve it at once.
+    if mode == Mode::Prepare && !(e.state == DevState::Dead && (e.pid == me || !e.server_alive())) {
+        return Err(busy());
+    }
+    match e.state {
+        // Its server died: I/O is held (or failed) until we take over.
+        DevState::Quiesced | DevState::FailIo if e.recoverable => Ok(Some(e)),
+        // Its server died a moment ago: the kernel is still quiescing it
+        // (START_USER_RECOVERY waits for that).
+        DevState::Live if e.recoverable && !e.server_alive() => Ok(Some(e)),
+        // Added but never started by a server that is gone: remove it.
+        DevState::Dead if e.pid == me || !e.server_alive() => {
+            tracing::warn!(
+                dev = dev_id,
+                pid = e.pid,
+                "removing ublk device {dev_id}, left unstarted by a server that is gone"
+            );
+            let c = UblkCtrl::new_simple(id).map_err(|e| ctrl_err(dev_id, "GET_DEV_INFO", e))?;
+            c.del_dev().map_err(|e| ctrl_err(dev_id, "DEL_DEV", e))?;
+            Ok(None)
+        }
+        _ => Err(busy()),
+    }
+}
+
+/// Adds a new device (with user recovery, so a next server can take it
+/// over if this one dies).
+fn add_ctrl(dev_id: u32, id: i32, opts: &UblkOptions) -> Result<UblkCtrl, UblkError> {
+    let flags = u64::from(sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE);
+    UblkCtrlBuilder::default()
+        .name(TARGET_NAME)
+        .id(id)
+        .nr_queues(opts.queues())
+        .depth(opts.queue_depth)
+        .io_buf_bytes(opts.max_io_bytes)
+        .ctrl_flags(flags)
+        .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
+        .build()
+        .map_err(|e| ctrl_err(dev_id, "ADD_DEV", e))
+}
+
+/// Takes over the device `e` a dead server left, if it has this size.
+fn recover_ctrl(dev_id: u32, id: i32, e: &Existing, size: u64) -> Result<UblkCtrl, UblkError> {
+    tracing::info!(
+        dev = dev_id,
+        old_pid = e.pid,
+        state = ?e.state,
+        "recovering /dev/ublkb{dev_id} left by a server that died"
+    );
+    let c = UblkCtrl::new(
+        Some(TARGET_NAME.to_string()),
+        id,
+        u32::from(e.nr_queues),
+        u32::from(e.depth),
+        e.max_io_bytes,
+        0,
+        0,
+        UblkFlags::UBLK_DEV_F_RECOVER_DEV,
+    )
+    .map_err(|e| ctrl_err(dev_id, "GET_DEV_INFO", e))?;
+    let mut p = sys::ublk_params::default();
+    c.get_params(&mut p)
+        .map_err(|e| ctrl_err(dev_id, "GET_PARAMS", e))?;
+    if p.basic.dev_sectors << 9 != size {
+        return Err(UblkError::Mismatch {
+            dev_id,
+            have: p.basic.dev_sectors << 9,
+            want: size,
+        });
+    }
+    // Waits (up to 30 s) for the kernel to finish quiescing it.
+    match c.start_user_recover() {
+        Ok(r) if r >= 0 => Ok(c),
+        Ok(r) => Err(ctrl_err(
+            dev_id,
+            "START_USER_RECOVERY",
+            libublk::UblkError::UringIOError(r),
+        )),
+        Err(e) => Err(ctrl_err(dev_id, "START_USER_RECOVERY", e)),
+    }
+}
+
+/// Opens `/dev/ublkcN` and starts one thread per queue, each configured
+/// (affinity, tags) once it reports its thread id.
+fn start_queues(
+    dev_id: u32,
+    ctrl: UblkCtrl,
+    backend: Arc<dyn BlockBackend>,
+    opts: &UblkOptions,
+    size: u64,
+) -> Result<Running, UblkError> {
+    let max_sectors = opts.max_io_bytes >> 9;
+    let dev = UblkDev::new(
+        TARGET_NAME.to_string(),
+        |d: &mut UblkDev| {
+            let depth = d.dev_info.queue_depth;
+            // Room for every tag's command plus the eventfd poll.
+            d.tgt.sq_depth = depth.saturating_mul(2);
+            d.tgt.cq_depth = depth.saturating_mul(4);
+            d.tgt.dev_size = size;
+            d.tgt.params = params(size, max_sectors);
+            Ok(())
+        },
+        &ctrl,
+    )
+    .map_err(|e| ctrl_err(dev_id, "open /dev/ublkcN", e))?;
+    let dev = Arc::new(dev);
+    let nr_queues = dev.dev_info.nr_hw_queues;
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let mut queues = Vec::new();
+    for qid in 0..nr_queues {
+        match spawn_queue(dev_id, qid, &dev, backend.clone(), size, tid_tx.clone()) {
+            Ok(h) => queues.push(h),
+            Err(e) => {
+                // The queues already started wait for commands: remove the
+                // device to end them.
+                let run = Running {
+                    dev_id,
+                    ctrl,
+                    dev: Some(dev),
+                    queues,
+                };
+                let _ = run.teardown();
+                return Err(UblkError::Thread(e));
+            }
+        }
+    }
+    drop(tid_tx);
+    configure_queues(dev_id, &ctrl, &dev, nr_queues, &tid_rx);
+    Ok(Running {
+        dev_id,
+        ctrl,
+        dev: Some(dev),
+        queues,
+    })
+}
+
+/// One queue's thread: it reports its thread id on `tid`, then serves.
+fn spawn_queue(
+    dev_id: u32,
+    qid: u16,
+    dev: &Arc<UblkDev>,
+    backend: Arc<dyn BlockBackend>,
+    size: u64,
+    tid: Sender<(u16, i32)>,
+) -> std::io::Result<JoinHandle<()>> {
+    let d = dev.clone();
+    std::thread::Builder::new()
+        .name(format!("ublk{dev_id}-q{qid}"))
+        .spawn(move || {
+            let t = UblkCtrl::init_queue_thread();
+            let _ = tid.send((qid, t));
+            if let Err(e) = queue::run(qid, &d, backend, size) {
+                tracing::error!(dev = dev_id, qid, "ublk queue failed: {e}");
+                // Unblock START_DEV: it waits for every queue.
+                d.notify_buffer_registration_complete(true);
+            }
+        })
+}
+
+/// Configures each queue as its thread reports in (10 s for all).
+fn configure_queues(
+    dev_id: u32,
+    ctrl: &UblkCtrl,
+    dev: &UblkDev,
+    nr_queues: u16,
+    tid_rx: &Receiver<(u16, i32)>,
+) {
+    let t0 = Instant::now();
+    let mut configured = 0;
+    while configured < nr_queues {
+        match tid_rx.recv_timeout(Duration::from_secs(10).saturating_sub(t0.elapsed())) {
+            Ok((qid, tid)) => {
+                ctrl.set_thread_affinity(qid, tid);
+                if let Err(e) = ctrl.configure_queue(dev, qid, tid) {
+                    tracing::warn!(
+                        dev = dev_id,
+                        qid,
+                        "configure_queue: {}",
+                        super::describe(&e)
+                    );
+                }
+                configured += 1;
+            }
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+        }
+    }
+}
+
+/// START_DEV (END_USER_RECOVERY when `recovering`): the block device
+/// appears, or the held I/O goes on.
+fn start_dev(run: Running, recovering: bool) -> Result<(Running, Started), UblkError> {
+    let dev_id = run.dev_id;
+    let op = if recovering {
+        "END_USER_RECOVERY"
+    } else {
+        "START_DEV"
+    };
     let started = match &run.dev {
         Some(dev) => run.ctrl.start_dev(dev),
         None => Err(libublk::UblkError::OtherError(-libc::ENODEV)),
@@ -702,27 +749,11 @@ fn bring_up(
         )),
         Ok(r) => {
             let _ = run.teardown();
-            Err(ctrl_err(
-                dev_id,
-                if recovering {
-                    "END_USER_RECOVERY"
-                } else {
-                    "START_DEV"
-                },
-                libublk::UblkError::UringIOError(r),
-            ))
+            Err(ctrl_err(dev_id, op, libublk::UblkError::UringIOError(r)))
         }
         Err(e) => {
             let _ = run.teardown();
-            Err(ctrl_err(
-                dev_id,
-                if recovering {
-                    "END_USER_RECOVERY"
-                } else {
-                    "START_DEV"
-                },
-                e,
-            ))
+            Err(ctrl_err(dev_id, op, e))
         }
     }
 }

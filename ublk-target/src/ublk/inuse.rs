@@ -13,13 +13,72 @@
 //! The first three touch only procfs and sysfs. The last opens the device,
 //! and closing the last opener of a block device writes back its dirty page
 //! cache: that can issue I/O to the device, so the thread that asks must
-//! not be the one that serves it (see [`super::demotion_blocker`]).
+//! not be the one that serves it (see [`ServedDevice`]).
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
 
 use super::device::device_path;
+use crate::frontend::UserSource;
+
+/// How long [`ServedDevice::held`] waits for its check.
+const IN_USE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `/dev/ublkb<N>` while this process serves it: what the ublk frontend
+/// registers with the engine, so that `secondary` and `down` refuse while
+/// the device is mounted or open.
+#[derive(Debug)]
+pub struct ServedDevice {
+    dev_id: u32,
+}
+
+impl ServedDevice {
+    pub fn new(dev_id: u32) -> Self {
+        Self { dev_id }
+    }
+}
+
+impl UserSource for ServedDevice {
+    fn name(&self) -> &str {
+        "ublk"
+    }
+
+    /// Why this node must not demote now: the device is in use (mounted,
+    /// open). The words follow DRBD's "Device is held open by someone".
+    ///
+    /// Safe to call from the thread that answers the device's I/O (the
+    /// engine): the check runs on a helper thread (it opens the device, and
+    /// closing a block device may write back its cache through us) and is
+    /// given up after 2 s, which then refuses the demotion.
+    fn held(&self) -> Option<String> {
+        let (tx, rx) = mpsc::channel();
+        let id = self.dev_id;
+        let spawned = std::thread::Builder::new()
+            .name("ublk-in-use".into())
+            .spawn(move || {
+                let _ = tx.send(in_use_reason(id));
+            });
+        let name = device_path(id).display().to_string();
+        if spawned.is_err() {
+            return Some(format!(
+                "cannot check whether {name} is in use (no thread); try again"
+            ));
+        }
+        match rx.recv_timeout(IN_USE_CHECK_TIMEOUT) {
+            Ok(None) => None,
+            Ok(Some(why)) => Some(format!(
+                "Device is held open by someone: {name} is {why}; unmount it or close it, then demote"
+            )),
+            Err(_) => Some(format!(
+                "cannot tell whether {name} is in use (the check did not finish within {} s); try again",
+                IN_USE_CHECK_TIMEOUT.as_secs()
+            )),
+        }
+    }
+}
 
 /// Why `/dev/ublkb<dev_id>` is in use, or `None` when it is not (or does
 /// not exist).

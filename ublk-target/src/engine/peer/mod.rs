@@ -46,31 +46,28 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use nix::errno::Errno;
 use nix::libc;
-use nix::sys::socket::{recv, sendmsg, MsgFlags};
-use replication_proto::wire::codec::{
-    decode_frame, encode_vectored, peek_frame, DecodeError, HEADER_LEN,
-};
+use nix::sys::socket::{sendmsg, MsgFlags};
+use replication_proto::wire::codec::encode_vectored;
 use replication_proto::wire::Message;
+
+mod error;
+mod framer;
+
+pub(crate) use error::PeerError;
+use framer::Framer;
 
 use super::ping_conn::{self, Names, PingFrame, PingLink};
 use super::{Input, InputTx, StartError};
 use crate::config::Node;
-use crate::disk::aligned::SECTOR;
-use crate::disk::{AlignedBuf, InlineDisk, SocketEvent};
+use crate::disk::{InlineDisk, SocketEvent};
 use replication_proto::machine::Session;
 use replication_proto::wire::features;
-
-/// Address alignment O_DIRECT wants for write data.
-const ALIGN: usize = 4096;
 
 /// Bytes received from the socket per engine turn at most, and frames
 /// handed to the state machine: beyond that the turn ends (the disk and the
 /// frontends get their turn) and the next one goes on reading.
 const RX_BYTES_PER_TURN: usize = 4 << 20;
 const RX_FRAMES_PER_TURN: usize = 256;
-/// Size of the staging buffer small frames are received into; a small
-/// frame longer than this (a big bitmap frame) grows it while it is read.
-const STAGE_LEN: usize = 64 * 1024;
 /// How long a closed connection may still take to send what was queued
 /// (a Disconnect with its reason) before it is shut down.
 const CLOSE_GRACE: Duration = Duration::from_millis(50);
@@ -91,7 +88,7 @@ struct Conn {
     /// next turn without waiting for a poll.
     rx_more: bool,
     /// A ring receive failed: why, for the next [`Transport::receive`].
-    rx_failed: Option<String>,
+    rx_failed: Option<PeerError>,
 }
 
 /// What a poll that fired means now.
@@ -114,7 +111,7 @@ pub(crate) enum Received {
     /// Nothing more this turn.
     Idle,
     /// The connection failed (EOF, error, malformed frame): why.
-    Down(String),
+    Down(PeerError),
 }
 
 impl Conn {
@@ -207,72 +204,14 @@ impl Transport {
         let stop = Arc::new(AtomicBool::new(false));
         let dialer = me.name < peer.name;
         let span = tracing::Span::current();
-        {
-            let (tx, stop, span) = (tx.clone(), stop.clone(), span.clone());
-            std::thread::Builder::new()
-                .name("repd-listen".into())
-                .spawn(move || {
-                    let _g = span.enter();
-                    for s in listener.incoming() {
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        match s {
-                            Ok(stream) => {
-                                // The node that dials the data connection
-                                // accepts only the ping connection; its MAC
-                                // tells whether it belongs to the session.
-                                let _ = tx.send(if dialer {
-                                    Input::PingStream {
-                                        stream,
-                                        for_conn: None,
-                                    }
-                                } else {
-                                    Input::PeerStream {
-                                        stream,
-                                        outbound: false,
-                                    }
-                                });
-                            }
-                            Err(e) => {
-                                tracing::warn!("accept failed: {e}");
-                                std::thread::sleep(Duration::from_millis(100));
-                            }
-                        }
-                    }
-                })
-                .map_err(StartError::Thread)?;
-        }
+        spawn_listener(listener, dialer, tx.clone(), stop.clone(), span.clone())?;
         if dialer {
-            let span = span.clone();
-            let (tx, stop, want, has_conn) =
-                (tx.clone(), stop.clone(), want.clone(), has_conn.clone());
-            let addr = peer.address;
-            std::thread::Builder::new()
-                .name("repd-dial".into())
-                .spawn(move || {
-                    let _g = span.enter();
-                    let mut logged = false;
-                    while !stop.load(Ordering::Relaxed) {
-                        if want.load(Ordering::Relaxed) && !has_conn.load(Ordering::Relaxed) {
-                            match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-                                Ok(stream) => {
-                                    has_conn.store(true, Ordering::Relaxed);
-                                    logged = false;
-                                    let _ = tx.send(Input::PeerStream { stream, outbound: true });
-                                }
-                                Err(e) => {
-                                    if !logged {
-                                        tracing::info!(%addr, "peer not reachable yet: {e}; retrying");
-                                        logged = true;
-                                    }
-                                }
-                            }
-                        }
-                        std::thread::sleep(Duration::from_millis(200));
-                    }
-                })
-                .map_err(StartError::Thread)?;
+            let flags = DialFlags {
+                stop: stop.clone(),
+                want: want.clone(),
+                has_conn: has_conn.clone(),
+            };
+            spawn_dialer(peer.address, flags, tx.clone(), span.clone())?;
         }
         Ok(Self {
             want,
@@ -369,7 +308,7 @@ impl Transport {
     /// socket takes without blocking (one `sendmsg` for a whole batch of
     /// frames). The rest waits for [`Transport::arm`]'s POLLOUT poll.
     /// An error means the connection failed: the caller takes it down.
-    pub(crate) fn flush(&mut self) -> Result<(), String> {
+    pub(crate) fn flush(&mut self) -> Result<(), PeerError> {
         self.flush_ping();
         self.encode_queued();
         let Some(c) = &self.current else {
@@ -381,7 +320,7 @@ impl Transport {
         if self.out.is_empty() || c.tx_armed {
             return Ok(());
         }
-        write_segments(&c.stream, &mut self.out, false).map_err(|e| format!("send failed: {e}"))
+        write_segments(&c.stream, &mut self.out, false).map_err(PeerError::Send)
     }
 
     fn encode_queued(&mut self) {
@@ -403,8 +342,8 @@ impl Transport {
     /// Arms the polls the connection needs on the engine's ring: POLLIN
     /// unless `receive` is false (the engine is behind) or the receiving
     /// goes on anyway next turn, POLLOUT while bytes wait to be sent.
-    pub(crate) fn arm(&mut self, disk: &mut InlineDisk, receive: bool) -> Result<(), String> {
-        let watch = |e: std::io::Error| format!("cannot watch the peer socket: {e}");
+    pub(crate) fn arm(&mut self, disk: &mut InlineDisk, receive: bool) -> Result<(), PeerError> {
+        let watch = PeerError::Watch;
         if let Some((p, link)) = &mut self.ping {
             // Read even while the engine reads nothing on the data
             // connection (its disk is behind): a ping is answered anyway.
@@ -609,7 +548,9 @@ impl Transport {
                 return got;
             };
             let r = match p.rx.next(&p.stream, &mut budget) {
-                Ok(Some(m)) => link.on_frame(m, self.session.as_ref(), &self.names),
+                Ok(Some(m)) => link
+                    .on_frame(m, self.session.as_ref(), &self.names)
+                    .map_err(PeerError::from),
                 Ok(None) => return got,
                 Err(e) => Err(e),
             };
@@ -637,7 +578,7 @@ impl Transport {
             return;
         }
         if let Err(e) = write_segments(&p.stream, &mut link.out, false) {
-            self.ping_failed(&format!("send failed: {e}"));
+            self.ping_failed(&PeerError::Send(e));
         }
     }
 
@@ -646,7 +587,7 @@ impl Transport {
     /// both, the data connection's last frames (a Disconnect with its
     /// reason) may still be unread, and a peer that is really gone stops
     /// answering pings there too, which drops it within `timeout-ms`.
-    fn ping_failed(&mut self, why: &str) {
+    fn ping_failed(&mut self, why: &PeerError) {
         if self.ping.as_ref().is_some_and(|(_, l)| l.is_up()) {
             tracing::info!("ping connection ended: {why}; pings share the data connection");
         } else {
@@ -669,6 +610,97 @@ impl Transport {
     }
 }
 
+/// The listener thread: every inbound stream goes to the engine, as the
+/// data connection, or (on the node that dials the data connection) as a
+/// ping connection, whose MAC tells whether it belongs to the session.
+fn spawn_listener(
+    listener: TcpListener,
+    dialer: bool,
+    tx: InputTx,
+    stop: Arc<AtomicBool>,
+    span: tracing::Span,
+) -> Result<(), StartError> {
+    std::thread::Builder::new()
+        .name("repd-listen".into())
+        .spawn(move || {
+            let _g = span.enter();
+            for s in listener.incoming() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match s {
+                    Ok(stream) => {
+                        let _ = tx.send(if dialer {
+                            Input::PingStream {
+                                stream,
+                                for_conn: None,
+                            }
+                        } else {
+                            Input::PeerStream {
+                                stream,
+                                outbound: false,
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+        })
+        .map_err(StartError::Thread)?;
+    Ok(())
+}
+
+/// What the dialer thread shares with the transport.
+struct DialFlags {
+    stop: Arc<AtomicBool>,
+    /// The state machine wants a connection.
+    want: Arc<AtomicBool>,
+    /// There is one (dialed and not yet closed).
+    has_conn: Arc<AtomicBool>,
+}
+
+/// The dialer thread (on the node whose name sorts first): dials the data
+/// connection whenever one is wanted and there is none.
+fn spawn_dialer(
+    addr: SocketAddr,
+    f: DialFlags,
+    tx: InputTx,
+    span: tracing::Span,
+) -> Result<(), StartError> {
+    std::thread::Builder::new()
+        .name("repd-dial".into())
+        .spawn(move || {
+            let _g = span.enter();
+            let mut logged = false;
+            while !f.stop.load(Ordering::Relaxed) {
+                if f.want.load(Ordering::Relaxed) && !f.has_conn.load(Ordering::Relaxed) {
+                    match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                        Ok(stream) => {
+                            f.has_conn.store(true, Ordering::Relaxed);
+                            logged = false;
+                            let _ = tx.send(Input::PeerStream {
+                                stream,
+                                outbound: true,
+                            });
+                        }
+                        Err(e) => {
+                            if !logged {
+                                tracing::info!(%addr, "peer not reachable yet: {e}; retrying");
+                                logged = true;
+                            }
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+        .map_err(StartError::Thread)?;
+    Ok(())
+}
+
 /// Off the engine thread: sends `out` for at most [`CLOSE_GRACE`] (a
 /// blocking write with a send timeout), then shuts the socket down, which
 /// also fires any poll still armed on it.
@@ -679,299 +711,6 @@ fn linger_then_shut(stream: &TcpStream, mut out: VecDeque<Bytes>) {
     }
     std::thread::sleep(CLOSE_GRACE.saturating_sub(t0.elapsed()));
     let _ = stream.shutdown(Shutdown::Both);
-}
-
-/// Payloads at least this large are received into an aligned buffer.
-const ALIGN_PAYLOAD_MIN: usize = 4096;
-
-/// A large frame being received straight into its own aligned buffer.
-struct Big {
-    /// `None` while lent to the ring for a receive.
-    buf: Option<AlignedBuf>,
-    /// The frame is `buf[pad..pad + total]`, placed so that its bulk data
-    /// starts at a 4096-aligned address.
-    pad: usize,
-    total: usize,
-    have: usize,
-}
-
-/// Cuts the byte stream from the peer into frames across partial reads.
-/// Small frames are received into a staging buffer, many per `recv`; the
-/// data of a replicated write lands at a 4096-aligned address in a pooled
-/// buffer, so the local disk writes it with O_DIRECT as it is: no copy
-/// between the socket and the disk beyond what is already staged, and no
-/// fresh allocation (with its page faults) per write.
-struct Framer {
-    /// Received, not yet framed bytes: `stage[start..end]`.
-    stage: Vec<u8>,
-    start: usize,
-    end: usize,
-    big: Option<Big>,
-}
-
-/// What a `recv` gave.
-enum Got {
-    Bytes(usize),
-    /// The socket has nothing now.
-    Empty,
-}
-
-fn recv_some(stream: &TcpStream, into: &mut [u8]) -> Result<Got, String> {
-    loop {
-        match recv(stream.as_raw_fd(), into, MsgFlags::MSG_DONTWAIT) {
-            Ok(0) if !into.is_empty() => return Err("peer closed the connection".into()),
-            Ok(n) => return Ok(Got::Bytes(n)),
-            Err(Errno::EINTR) => continue,
-            Err(Errno::EAGAIN) => return Ok(Got::Empty),
-            Err(e) => return Err(format!("receive failed: {}", std::io::Error::from(e))),
-        }
-    }
-}
-
-/// [`recv_some`] charged to `budget`: the bytes received, or `None` when
-/// the socket had nothing (the budget then knows it is drained).
-fn recv_counted(
-    stream: &TcpStream,
-    into: &mut [u8],
-    budget: &mut RxBudget,
-) -> Result<Option<usize>, String> {
-    let asked = into.len();
-    match recv_some(stream, into)? {
-        Got::Bytes(n) => {
-            budget.bytes = budget.bytes.saturating_sub(n);
-            budget.drained = n < asked;
-            Ok(Some(n))
-        }
-        Got::Empty => {
-            budget.drained = true;
-            Ok(None)
-        }
-    }
-}
-
-/// How every reason for a connection dropped over a bad frame starts.
-const MALFORMED: &str = "malformed frame from the peer";
-
-fn malformed(e: &DecodeError) -> String {
-    tracing::warn!("{MALFORMED}: {e}; dropping the connection");
-    format!("{MALFORMED}: {e}")
-}
-
-/// Whether `why` (from [`Received::Down`]) is a frame this side refused,
-/// rather than an EOF or a socket error.
-pub(crate) fn refused_a_frame(why: &str) -> bool {
-    why.starts_with(MALFORMED)
-}
-
-impl Framer {
-    fn new() -> Self {
-        Self {
-            stage: vec![0; STAGE_LEN],
-            start: 0,
-            end: 0,
-            big: None,
-        }
-    }
-
-    /// The next whole frame, `None` when the socket is empty or the budget
-    /// spent, or why the connection has to go (the text `PeerDown` always
-    /// gave: EOF, receive error, malformed frame).
-    fn next(
-        &mut self,
-        stream: &TcpStream,
-        budget: &mut RxBudget,
-    ) -> Result<Option<Message>, String> {
-        if budget.frames == 0 {
-            return Ok(None);
-        }
-        loop {
-            if let Some(big) = &mut self.big {
-                let Some(buf) = big.buf.as_mut() else {
-                    // Lent to the ring: its completion hands it back.
-                    return Ok(None);
-                };
-                if big.have == big.total {
-                    let Some(Big {
-                        buf: Some(buf),
-                        pad,
-                        total,
-                        ..
-                    }) = self.big.take()
-                    else {
-                        return Err("framer state lost".into());
-                    };
-                    budget.frames -= 1;
-                    let frame = buf.into_bytes().slice(pad..pad + total);
-                    return decode_frame(frame).map(Some).map_err(|e| malformed(&e));
-                }
-                if budget.exhausted() || budget.drained {
-                    return Ok(None);
-                }
-                let want = buf
-                    .as_mut_slice()
-                    .get_mut(big.pad + big.have..big.pad + big.total)
-                    .ok_or("frame buffer too short")?;
-                match recv_counted(stream, want, budget)? {
-                    Some(n) => big.have += n,
-                    None => return Ok(None),
-                }
-                continue;
-            }
-            if let Some(msg) = self.frame_from_stage()? {
-                budget.frames -= 1;
-                return Ok(Some(msg));
-            }
-            if self.big.is_some() {
-                continue;
-            }
-            // The stage holds less than a frame: receive more.
-            if budget.exhausted() || budget.drained {
-                return Ok(None);
-            }
-            self.compact();
-            let space = self
-                .stage
-                .get_mut(self.end..)
-                .ok_or("staging buffer state lost")?;
-            match recv_counted(stream, space, budget)? {
-                Some(n) => self.end += n,
-                None => return Ok(None),
-            }
-        }
-    }
-
-    /// Takes a whole small frame out of the stage, or moves the start of
-    /// a large one into its aligned buffer (`self.big`), or makes room for
-    /// a small frame longer than the stage. `None` when more bytes are
-    /// needed (or a large frame was started).
-    fn frame_from_stage(&mut self) -> Result<Option<Message>, String> {
-        let avail = self
-            .stage
-            .get(self.start..self.end)
-            .ok_or("staging buffer state lost")?;
-        let peek = match peek_frame(avail) {
-            Ok(Some(p)) => p,
-            Ok(None) if avail.len() >= HEADER_LEN => {
-                return Err(malformed(&DecodeError::FrameLength {
-                    have: HEADER_LEN,
-                    announced: HEADER_LEN,
-                }))
-            }
-            Ok(None) => return Ok(None),
-            Err(e) => return Err(malformed(&e)),
-        };
-        let total = peek.total;
-        if let Some(at) = peek.bulk_at.filter(|at| total - at >= ALIGN_PAYLOAD_MIN) {
-            let pad = (ALIGN - at % ALIGN) % ALIGN;
-            let len = (pad + total).div_ceil(SECTOR) * SECTOR;
-            let mut buf = AlignedBuf::for_overwrite(len)
-                .map_err(|e| format!("receive failed: {}", std::io::Error::other(e)))?;
-            let have = avail.len().min(total);
-            buf.as_mut_slice()
-                .get_mut(pad..pad + have)
-                .ok_or("frame buffer too short")?
-                .copy_from_slice(avail.get(..have).ok_or("staging buffer state lost")?);
-            self.consume(have);
-            self.big = Some(Big {
-                buf: Some(buf),
-                pad,
-                total,
-                have,
-            });
-            return Ok(None);
-        }
-        if avail.len() >= total {
-            let frame =
-                Bytes::copy_from_slice(avail.get(..total).ok_or("staging buffer state lost")?);
-            self.consume(total);
-            return decode_frame(frame).map(Some).map_err(|e| malformed(&e));
-        }
-        if total > self.stage.len() {
-            // peek_frame has bounded `total` by the largest frame the wire
-            // allows.
-            self.stage.resize(total, 0);
-        }
-        Ok(None)
-    }
-
-    /// [`Framer::next`], and when the socket ran dry inside a large frame,
-    /// the rest of it lent to a ring receive on `disk` with `key`.
-    fn pull(
-        &mut self,
-        stream: &TcpStream,
-        budget: &mut RxBudget,
-        disk: &mut InlineDisk,
-        key: u64,
-    ) -> Result<Option<Message>, String> {
-        let got = self.next(stream, budget)?;
-        if got.is_none() && budget.drained && !self.lent() {
-            if let Some((buf, pos, len)) = self.lend() {
-                disk.recv(stream, buf, pos, len, key)
-                    .map_err(|e| format!("receive failed: {e}"))?;
-            }
-        }
-        Ok(got)
-    }
-
-    /// A large frame whose rest has to wait for the socket: its buffer
-    /// and the range still to fill, for a ring receive.
-    fn lend(&mut self) -> Option<(AlignedBuf, usize, usize)> {
-        let big = self.big.as_mut()?;
-        if big.have >= big.total {
-            return None;
-        }
-        let buf = big.buf.take()?;
-        Some((buf, big.pad + big.have, big.total - big.have))
-    }
-
-    /// A ring receive of [`Framer::lend`] ended with `res` (bytes or
-    /// -errno): takes the buffer back.
-    fn give_back(&mut self, buf: AlignedBuf, res: i32) -> Result<(), String> {
-        let Some(big) = self.big.as_mut().filter(|b| b.buf.is_none()) else {
-            return Err("framer state lost".into());
-        };
-        big.buf = Some(buf);
-        match usize::try_from(res) {
-            Ok(0) => Err("peer closed the connection".into()),
-            Ok(n) if n <= big.total - big.have => {
-                big.have += n;
-                Ok(())
-            }
-            Ok(_) => Err("receive failed: more bytes than asked for".into()),
-            Err(_) if res == -libc::EINTR || res == -libc::EAGAIN => Ok(()),
-            Err(_) => Err(format!(
-                "receive failed: {}",
-                std::io::Error::from_raw_os_error(res.saturating_neg())
-            )),
-        }
-    }
-
-    /// Part of a frame is lent to the ring.
-    fn lent(&self) -> bool {
-        self.big.as_ref().is_some_and(|b| b.buf.is_none())
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.start += n;
-        if self.start >= self.end {
-            self.start = 0;
-            self.end = 0;
-            if self.stage.len() > STAGE_LEN {
-                // The big small frame is through: give the memory back.
-                self.stage = vec![0; STAGE_LEN];
-            }
-        }
-    }
-
-    /// Moves the unframed bytes to the front, so the rest of the stage is
-    /// free to receive into.
-    fn compact(&mut self) {
-        if self.start > 0 {
-            self.stage.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-    }
 }
 
 /// Most pieces given to one `sendmsg`.
@@ -1017,256 +756,4 @@ fn write_segments(
 }
 
 #[cfg(test)]
-#[allow(clippy::cast_possible_truncation)]
-mod tests {
-    //! The framer against a real TCP socket: frames cut at every size,
-    //! large payloads landing aligned, and the errors that take the
-    //! connection down.
-    use std::io::Write;
-    use std::net::TcpListener;
-
-    use replication_proto::wire::codec::encode;
-
-    use super::*;
-
-    fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (b, _) = l.accept().unwrap();
-        (a, b)
-    }
-
-    fn frame(m: &Message) -> Vec<u8> {
-        let mut out = BytesMut::new();
-        encode(m, &mut out).unwrap();
-        out.to_vec()
-    }
-
-    fn data(seq: u64, len: usize) -> Message {
-        let bytes: Vec<u8> = (0..len).map(|i| (i as u64 * 7 + seq) as u8).collect();
-        Message::Data {
-            seq,
-            offset: seq * 4096,
-            len: u32::try_from(len).unwrap(),
-            flags: 0,
-            data: Bytes::from(bytes),
-        }
-    }
-
-    /// Receives until `n` frames or an error, renewing the budget whenever
-    /// a turn ends; gives the frames and the error, if any. With `disk`,
-    /// as the engine does: the rest of a large frame through a ring
-    /// receive; without, by non-blocking `recv`s only.
-    fn receive_with(
-        rx: &mut Framer,
-        s: &TcpStream,
-        n: usize,
-        mut disk: Option<&mut InlineDisk>,
-    ) -> (Vec<Message>, Option<String>) {
-        let mut ring_receives = 0;
-        let r = receive_counting(rx, s, n, disk.as_deref_mut(), &mut ring_receives);
-        if disk.is_none() {
-            assert_eq!(ring_receives, 0);
-        }
-        r
-    }
-
-    fn receive_counting(
-        rx: &mut Framer,
-        s: &TcpStream,
-        n: usize,
-        mut disk: Option<&mut InlineDisk>,
-        ring_receives: &mut usize,
-    ) -> (Vec<Message>, Option<String>) {
-        let mut got = Vec::new();
-        let mut events = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while got.len() < n && Instant::now() < deadline {
-            let mut budget = RxBudget::per_turn();
-            while got.len() < n {
-                let r = match disk.as_deref_mut() {
-                    Some(d) => rx.pull(s, &mut budget, d, 6),
-                    None => rx.next(s, &mut budget),
-                };
-                match r {
-                    Ok(Some(m)) => got.push(m),
-                    Ok(None) => break,
-                    Err(e) => return (got, Some(e)),
-                }
-            }
-            match disk.as_deref_mut() {
-                Some(d) => {
-                    let mut done = Vec::new();
-                    d.wait(Duration::from_millis(1), &mut done);
-                    d.take_polls(&mut events);
-                    for ev in events.drain(..) {
-                        assert_eq!(ev.key, 6);
-                        *ring_receives += 1;
-                        if let Err(e) = rx.give_back(ev.buf.unwrap(), ev.res) {
-                            return (got, Some(e));
-                        }
-                    }
-                }
-                None => std::thread::sleep(Duration::from_millis(1)),
-            }
-        }
-        (got, None)
-    }
-
-    fn receive(rx: &mut Framer, s: &TcpStream, n: usize) -> (Vec<Message>, Option<String>) {
-        receive_with(rx, s, n, None)
-    }
-
-    fn inline_disk(dir: &std::path::Path) -> InlineDisk {
-        let path = dir.join("d.img");
-        std::fs::File::create(&path)
-            .unwrap()
-            .set_len(1 << 20)
-            .unwrap();
-        crate::disk::LocalDisk::open(&path, 1 << 20, crate::disk::DiskOptions::default())
-            .unwrap()
-            .inline()
-            .unwrap()
-    }
-
-    #[test]
-    fn frames_cut_anywhere_arrive_whole_and_large_payloads_aligned() {
-        frames_cut_anywhere(false);
-    }
-
-    #[test]
-    fn frames_cut_anywhere_arrive_whole_through_ring_receives() {
-        frames_cut_anywhere(true);
-    }
-
-    fn frames_cut_anywhere(ring: bool) {
-        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-        let mut disk = ring.then(|| inline_disk(dir.path()));
-        let (mut tx, rx_sock) = pair();
-        let msgs = vec![
-            Message::WriteAck { seq: 1 },
-            data(2, 4096),
-            Message::Ping,
-            data(3, 512),
-            data(4, 1 << 20),
-            Message::WriteAck { seq: 5 },
-            data(6, 64 * 1024),
-        ];
-        let bytes: Vec<u8> = msgs.iter().flat_map(frame).collect();
-        let writer = std::thread::spawn(move || {
-            // Odd, growing pieces: headers and payloads split everywhere.
-            let (mut at, mut step) = (0, 1);
-            while at < bytes.len() {
-                let end = (at + step).min(bytes.len());
-                tx.write_all(&bytes[at..end]).unwrap();
-                at = end;
-                step = step * 3 + 1;
-                if step > 200_000 {
-                    step = 5;
-                }
-                std::thread::sleep(Duration::from_micros(200));
-            }
-        });
-        let mut rx = Framer::new();
-        let mut ring_receives = 0;
-        let (got, err) = receive_counting(
-            &mut rx,
-            &rx_sock,
-            msgs.len(),
-            disk.as_mut(),
-            &mut ring_receives,
-        );
-        writer.join().unwrap();
-        // The writer pauses inside the large frames: their rests were
-        // received by the ring.
-        assert_eq!(ring, ring_receives > 0, "{ring_receives} ring receives");
-        assert_eq!(err, None);
-        assert_eq!(got, msgs);
-        for m in &got {
-            if let Message::Data { data, .. } = m {
-                if data.len() >= ALIGN_PAYLOAD_MIN {
-                    assert_eq!(
-                        data.as_ptr() as usize % ALIGN,
-                        0,
-                        "payload of {} bytes",
-                        data.len()
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn a_turn_hands_over_at_most_its_budget_of_frames() {
-        let (mut tx, rx_sock) = pair();
-        let n = RX_FRAMES_PER_TURN + 50;
-        let bytes: Vec<u8> = (0..n as u64)
-            .flat_map(|seq| frame(&Message::WriteAck { seq }))
-            .collect();
-        tx.write_all(&bytes).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        let mut rx = Framer::new();
-        let mut budget = RxBudget::per_turn();
-        let mut first = 0;
-        while let Ok(Some(_)) = rx.next(&rx_sock, &mut budget) {
-            first += 1;
-        }
-        assert_eq!(first, RX_FRAMES_PER_TURN);
-        assert_eq!(budget.frames, 0);
-        // The rest come in the next turn, even though they are all staged
-        // already (no poll would report them).
-        let (rest, err) = receive(&mut rx, &rx_sock, n - first);
-        assert_eq!(err, None);
-        assert_eq!(rest.len(), n - first);
-    }
-
-    #[test]
-    fn garbage_bad_checksum_and_eof_take_the_connection_down() {
-        let (mut tx, rx_sock) = pair();
-        tx.write_all(&[0xAB; HEADER_LEN]).unwrap();
-        let (got, err) = receive(&mut Framer::new(), &rx_sock, 1);
-        assert!(got.is_empty());
-        let err = err.unwrap();
-        assert!(
-            err.starts_with("malformed frame from the peer: bad frame magic"),
-            "{err}"
-        );
-
-        let (mut tx, rx_sock) = pair();
-        let mut bad = frame(&data(9, 8192));
-        let last = bad.len() - 1;
-        bad[last] ^= 1;
-        tx.write_all(&frame(&Message::Ping)).unwrap();
-        tx.write_all(&bad).unwrap();
-        let (got, err) = receive(&mut Framer::new(), &rx_sock, 2);
-        assert_eq!(got, vec![Message::Ping]);
-        let err = err.unwrap();
-        assert!(err.contains("checksum mismatch"), "{err}");
-
-        let (mut tx, rx_sock) = pair();
-        let half = frame(&data(10, 4096));
-        tx.write_all(&half[..100]).unwrap();
-        drop(tx);
-        let (got, err) = receive(&mut Framer::new(), &rx_sock, 1);
-        assert!(got.is_empty());
-        assert_eq!(err.as_deref(), Some("peer closed the connection"));
-
-        // The same with the rest of the frame lent to a ring receive, which
-        // ends early at EOF.
-        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-        let mut disk = inline_disk(dir.path());
-        let (mut tx, rx_sock) = pair();
-        tx.write_all(&half[..100]).unwrap();
-        let mut rx = Framer::new();
-        let mut budget = RxBudget::per_turn();
-        assert!(rx
-            .pull(&rx_sock, &mut budget, &mut disk, 6)
-            .unwrap()
-            .is_none());
-        assert!(rx.lent());
-        drop(tx);
-        let (got, err) = receive_with(&mut rx, &rx_sock, 1, Some(&mut disk));
-        assert!(got.is_empty());
-        assert_eq!(err.as_deref(), Some("peer closed the connection"));
-    }
-}
+mod tests;

@@ -1,0 +1,177 @@
+//! The engine's side of the control socket: a [`ControlCmd`] becomes an
+//! [`Admin`] command for the state machine, after the checks only the
+//! daemon can make (is the device in use?), and its answer.
+
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+use replication_proto::machine::{Admin, AdminError, SuspendMode};
+
+use super::{ControlCmd, ControlReply, Runner};
+
+/// How long a forced `down` waits for the requests of the NBD clients it
+/// disconnected to end before it gives up (held requests never end).
+const FORCED_DOWN_WAIT: Duration = Duration::from_secs(10);
+
+impl Runner {
+    pub(super) fn control(&mut self, cmd: ControlCmd, reply: Sender<ControlReply>) {
+        let admin = match self.admin_for(&cmd) {
+            Ok(a) => a,
+            Err(why) => return self.refuse(&reply, why),
+        };
+        let result = match admin {
+            None => Ok(()),
+            Some(a) => {
+                tracing::info!(command = ?a, "admin");
+                let now = self.now();
+                self.node.admin(now, a)
+            }
+        };
+        self.drain();
+        if let ControlCmd::Down { force } = cmd {
+            if self.answer_down_later(force, result.is_ok(), &reply) {
+                return;
+            }
+        }
+        let st = self.status();
+        let _ = reply.send(ControlReply {
+            ok: result.is_ok(),
+            error: result.as_ref().err().map(AdminError::to_string),
+            refusal: result.err(),
+            status: Some(st),
+        });
+    }
+
+    /// What the state machine is to do for `cmd` (`None`: nothing, e.g.
+    /// `status`), or why the daemon refuses it.
+    fn admin_for(&mut self, cmd: &ControlCmd) -> Result<Option<Admin>, String> {
+        let admin = match cmd {
+            ControlCmd::Status => return Ok(None),
+            ControlCmd::Primary { force } => Admin::Primary { force: *force },
+            ControlCmd::Secondary => self.secondary()?,
+            ControlCmd::Connect { discard_my_data } => Admin::Connect {
+                discard_my_data: *discard_my_data,
+            },
+            ControlCmd::Disconnect => Admin::Disconnect,
+            ControlCmd::Invalidate => Admin::Invalidate,
+            ControlCmd::InvalidateRemote => Admin::InvalidateRemote,
+            ControlCmd::Verify { repair } => Admin::Verify { repair: *repair },
+            ControlCmd::Down { force } => self.down(*force)?,
+            ControlCmd::SuspendIo { fail } => Admin::SuspendIo {
+                mode: if *fail {
+                    SuspendMode::Fail
+                } else {
+                    SuspendMode::Hold
+                },
+            },
+            ControlCmd::ResumeIo { if_current: None } => Admin::ResumeIo,
+            ControlCmd::ResumeIo {
+                if_current: Some(h),
+            } => match u64::from_str_radix(h, 16) {
+                Ok(current) => Admin::ResumeIoAt { current },
+                Err(_) => return Err(format!("resume-io: \"{h}\" is not a hex generation")),
+            },
+            ControlCmd::FreezeOnDisconnect { on } => Admin::FreezeOnDisconnect { on: *on },
+            ControlCmd::Outdate => Admin::Outdate,
+            ControlCmd::ResumeAfterCrash => Admin::ResumeAfterCrash,
+        };
+        Ok(Some(admin))
+    }
+
+    /// `secondary`: refused while anything uses the device.
+    fn secondary(&self) -> Result<Admin, String> {
+        match self.shared.users.in_use(false) {
+            Some(u) if u.clients > 0 => Err(format!("{}; disconnect them first", u.why)),
+            Some(u) => Err(u.why),
+            None => Ok(Admin::Secondary),
+        }
+    }
+
+    /// `down`: refused while anything uses the device, except that a forced
+    /// one disconnects the clients (NBD) instead.
+    fn down(&self, force: bool) -> Result<Admin, String> {
+        let users = &self.shared.users;
+        if let Some(u) = users.in_use(force) {
+            let hint = if u.clients > 0 && !force {
+                "disconnect them, or `repctl down --force` to cut them (the node stays up)"
+            } else {
+                "the node stays up"
+            };
+            return Err(format!("{}; {hint}", u.why));
+        }
+        let clients = users.clients();
+        if force && clients > 0 {
+            tracing::warn!(
+                clients,
+                "forced down: disconnecting the NBD clients (their next request fails)"
+            );
+            users.cut_clients();
+        }
+        Ok(Admin::Down)
+    }
+
+    /// A `down` the state machine took is answered once the orderly
+    /// shutdown finished; a forced one it refused while the cut clients'
+    /// requests are still in the engine is tried again once they are done
+    /// ([`Runner::retry_forced_down`]). True when `reply` was kept for later.
+    fn answer_down_later(
+        &mut self,
+        force: bool,
+        taken: bool,
+        reply: &Sender<ControlReply>,
+    ) -> bool {
+        if taken {
+            self.down_waiters.push(reply.clone());
+            return true;
+        }
+        let pending = self.node.status().app_pending;
+        if force && pending > 0 {
+            tracing::info!(pending, "forced down: waiting for the requests in flight");
+            self.forced_down = Some((reply.clone(), Instant::now() + FORCED_DOWN_WAIT));
+            return true;
+        }
+        false
+    }
+
+    pub(super) fn refuse(&self, reply: &Sender<ControlReply>, why: String) {
+        let _ = reply.send(ControlReply {
+            ok: false,
+            error: Some(why),
+            refusal: None,
+            status: Some(self.status()),
+        });
+    }
+
+    /// Answer a command the state machine refused: its reason in words (as
+    /// `repctl` prints it) and as the value callers branch on.
+    fn refuse_admin(&self, reply: &Sender<ControlReply>, e: AdminError) {
+        let _ = reply.send(ControlReply {
+            ok: false,
+            error: Some(e.to_string()),
+            refusal: Some(e),
+            status: Some(self.status()),
+        });
+    }
+
+    /// A forced `down` waiting for the requests of the clients it cut:
+    /// demote as soon as none is in flight, or give up at its deadline.
+    pub(super) fn retry_forced_down(&mut self) {
+        let Some((_, deadline)) = &self.forced_down else {
+            return;
+        };
+        let deadline = *deadline;
+        let now = self.now();
+        let result = self.node.admin(now, Admin::Down);
+        if result.is_err() && Instant::now() < deadline {
+            return;
+        }
+        let Some((reply, _)) = self.forced_down.take() else {
+            return;
+        };
+        self.drain();
+        match result {
+            Ok(()) => self.down_waiters.push(reply),
+            Err(e) => self.refuse_admin(&reply, e),
+        }
+    }
+}

@@ -1,0 +1,489 @@
+//! The transmission phase of one client: a reader that submits requests
+//! to the backend and a writer that sends the replies in completion order,
+//! with what is in flight bounded by a [`Limiter`].
+
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread;
+
+use bytes::Bytes;
+use tracing::{debug, warn};
+
+use super::negotiate::drain;
+use super::{lock, Close, Shared, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, POLL};
+use crate::disk::AlignedBuf;
+use crate::frontend::{BlockBackend, IoRequest, IoResult, Reply};
+use crate::nbd::proto::{self, *};
+
+/// Bounds what one connection has in flight: a request takes one slot and
+/// its payload bytes, released when its reply has been written (or
+/// dropped).
+struct Limiter {
+    state: Mutex<(usize, usize)>,
+    cv: Condvar,
+}
+
+impl Limiter {
+    fn new() -> Arc<Limiter> {
+        Arc::new(Limiter {
+            state: Mutex::new((0, 0)),
+            cv: Condvar::new(),
+        })
+    }
+
+    /// Block until the request fits; `None` if the server shuts down.
+    /// A request always fits when nothing else is in flight.
+    fn acquire(self: &Arc<Self>, bytes: usize, stop: &AtomicBool) -> Option<Credit> {
+        let mut st = lock(&self.state);
+        loop {
+            let (n, b) = *st;
+            if n == 0 || (n < MAX_IN_FLIGHT && b.saturating_add(bytes) <= MAX_IN_FLIGHT_BYTES) {
+                *st = (n + 1, b.saturating_add(bytes));
+                return Some(Credit {
+                    limiter: Arc::clone(self),
+                    bytes,
+                });
+            }
+            if stop.load(Ordering::SeqCst) {
+                return None;
+            }
+            st = self
+                .cv
+                .wait_timeout(st, POLL)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+/// A slot in the [`Limiter`], given back on drop.
+struct Credit {
+    limiter: Arc<Limiter>,
+    bytes: usize,
+}
+
+impl Drop for Credit {
+    fn drop(&mut self) {
+        let mut st = lock(&self.limiter.state);
+        // Each credit was counted in by `acquire`: giving it back cannot
+        // go below zero.
+        debug_assert!(st.0 >= 1 && st.1 >= self.bytes, "credit given back twice");
+        st.0 = st.0.saturating_sub(1);
+        st.1 = st.1.saturating_sub(self.bytes);
+        drop(st);
+        self.limiter.cv.notify_one();
+    }
+}
+
+/// A reply for the writer thread.
+struct ReplyMsg {
+    handle: u64,
+    /// NBD error value, 0 for success.
+    error: u32,
+    /// Read data (only with `error == 0`).
+    data: Option<Bytes>,
+    _credit: Credit,
+}
+
+/// Serves one client after negotiation, until it disconnects or breaks
+/// the protocol.
+pub(super) fn transmission(
+    shared: &Arc<Shared>,
+    reader: BufReader<TcpStream>,
+    stream: TcpStream,
+    size: u64,
+    span: &tracing::Span,
+) -> Result<(), Close> {
+    let (tx, rx) = mpsc::channel::<ReplyMsg>();
+    let wstream = stream.try_clone()?;
+    let wshared = Arc::clone(shared);
+    let wspan = span.clone();
+    let writer = thread::Builder::new()
+        .name("nbd-writer".into())
+        .spawn(move || {
+            let _e = wspan.enter();
+            writer_loop(&wshared, &rx, wstream);
+        })?;
+    let mut conn = Conn {
+        backend: Arc::clone(&shared.export.backend),
+        shared: Arc::clone(shared),
+        limiter: Limiter::new(),
+        tx,
+        size,
+        reader,
+    };
+    let result = conn.reader_loop();
+    if result.is_err() {
+        // Do not wait for replies nobody will read.
+        let _ = stream.shutdown(Shutdown::Both);
+    }
+    // The writer ends once every reply sender (ours and the backend's
+    // in-flight closures) is gone, i.e. after the last reply.
+    drop(conn);
+    let _ = writer.join();
+    let _ = stream.shutdown(Shutdown::Both);
+    result
+}
+
+fn writer_loop(shared: &Shared, rx: &mpsc::Receiver<ReplyMsg>, stream: TcpStream) {
+    let mut w = BufWriter::with_capacity(256 << 10, &stream);
+    let mut broken = false;
+    loop {
+        let msg = match rx.try_recv() {
+            Ok(m) => m,
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                // Nothing queued: push out what we have, then wait.
+                if !broken && w.flush().is_err() {
+                    broken = true;
+                    let _ = stream.shutdown(Shutdown::Both);
+                }
+                match rx.recv_timeout(POLL) {
+                    Ok(m) => m,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if shared.stopping() {
+                            // Replies still in the backend are dropped.
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        if broken {
+            continue; // just release the credit
+        }
+        let res = w
+            .write_all(&proto::encode_simple_reply(msg.error, msg.handle))
+            .and_then(|()| match &msg.data {
+                Some(d) => w.write_all(d),
+                None => Ok(()),
+            });
+        if let Err(e) = res {
+            debug!(error = %e, "writing reply failed");
+            broken = true;
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+    if !broken {
+        let _ = w.flush();
+    }
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    backend: Arc<dyn BlockBackend>,
+    limiter: Arc<Limiter>,
+    tx: mpsc::Sender<ReplyMsg>,
+    size: u64,
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    fn credit(&self, bytes: usize) -> Result<Credit, Close> {
+        self.limiter
+            .acquire(bytes, &self.shared.stopping)
+            .ok_or(Close::Normal("server shutting down"))
+    }
+
+    /// Queue a reply that needs no backend.
+    fn reply_now(&self, handle: u64, error: u32) -> Result<(), Close> {
+        let credit = self.credit(0)?;
+        self.send(ReplyMsg {
+            handle,
+            error,
+            data: None,
+            _credit: credit,
+        })
+    }
+
+    fn send(&self, msg: ReplyMsg) -> Result<(), Close> {
+        self.tx
+            .send(msg)
+            .map_err(|_| Close::Normal("reply writer stopped"))
+    }
+
+    /// Build the backend completion for request `handle`: it sends the
+    /// reply to the writer. `read_len` is the data length a read must
+    /// return.
+    fn completion(&self, handle: u64, read_len: Option<u32>, credit: Credit) -> Reply {
+        let tx = self.tx.clone();
+        Box::new(move |res: IoResult| {
+            let (error, data) = match (res, read_len) {
+                (Ok(Some(d)), Some(len)) if d.len() as u64 == u64::from(len) => (0, Some(d)),
+                (Ok(d), Some(len)) => {
+                    warn!(
+                        handle,
+                        expected = len,
+                        got = d.map(|d| d.len()),
+                        "backend returned the wrong read length; replying EIO"
+                    );
+                    (NBD_EIO, None)
+                }
+                (Ok(_), None) => (0, None),
+                (Err(errno), _) => (proto::nbd_error(errno), None),
+            };
+            // The connection may be gone; then the reply is dropped.
+            let _ = tx.send(ReplyMsg {
+                handle,
+                error,
+                data,
+                _credit: credit,
+            });
+        })
+    }
+
+    fn reader_loop(&mut self) -> Result<(), Close> {
+        loop {
+            let mut hdr = [0u8; REQUEST_HEADER_LEN];
+            match self.reader.read_exact(&mut hdr) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Err(Close::Normal(
+                        "client closed the connection without NBD_CMD_DISC",
+                    ));
+                }
+                Err(e) => return Err(Close::Io(e)),
+            }
+            let req = Request::parse(&hdr)
+                .map_err(|m| Close::Protocol(format!("bad request magic {m:#x}")))?;
+            if req.cmd == CMD_DISC {
+                debug!("client sent NBD_CMD_DISC");
+                return Ok(());
+            }
+            self.handle_request(req)?;
+        }
+    }
+
+    fn handle_request(&mut self, req: Request) -> Result<(), Close> {
+        // FUA is valid on every command (the spec says so; it is a no-op
+        // where nothing is written).
+        let allowed = match req.cmd {
+            CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE,
+            _ => CMD_FLAG_FUA,
+        };
+        let checked = Checked {
+            fua: req.flags & CMD_FLAG_FUA != 0,
+            bad_flags: req.flags & !allowed != 0,
+            in_range: proto::range_ok(req.offset, req.len, self.size),
+        };
+        match req.cmd {
+            CMD_WRITE => self.write(&req, &checked),
+            CMD_READ => self.read(&req, &checked),
+            CMD_FLUSH => self.flush(&req, &checked),
+            CMD_TRIM | CMD_WRITE_ZEROES => self.trim_or_zeroes(&req, &checked),
+            _ => {
+                reject(&req, "unknown command");
+                self.reply_now(req.handle, NBD_EINVAL)
+            }
+        }
+    }
+
+    /// NBD_CMD_WRITE: the payload is always read (the stream stays in
+    /// sync), into an aligned buffer the backend writes as it is.
+    fn write(&mut self, req: &Request, c: &Checked) -> Result<(), Close> {
+        let (handle, len) = (req.handle, req.len);
+        if len > MAX_PAYLOAD {
+            if len > MAX_DRAINED_WRITE {
+                return Err(Close::Protocol(format!(
+                    "write of {len} bytes (limit {MAX_PAYLOAD}); too large to drain"
+                )));
+            }
+            reject(req, "write longer than the maximum payload");
+            drain(&mut self.reader, u64::from(len))?;
+            return self.reply_now(handle, NBD_EINVAL);
+        }
+        let n = usize::try_from(len).unwrap_or(usize::MAX);
+        // Take the credit before allocating: memory stays bounded.
+        let credit = self.credit(n)?;
+        let data = self.read_payload(n)?;
+        if c.bad_flags || !c.in_range {
+            reject(
+                req,
+                if c.bad_flags {
+                    "unknown flags"
+                } else {
+                    "bad range"
+                },
+            );
+            return self.send(ReplyMsg {
+                handle,
+                error: NBD_EINVAL,
+                data: None,
+                _credit: credit,
+            });
+        }
+        if len == 0 {
+            return self.send(ReplyMsg {
+                handle,
+                error: 0,
+                data: None,
+                _credit: credit,
+            });
+        }
+        let reply = self.completion(handle, None, credit);
+        let (offset, fua) = (req.offset, c.fua);
+        self.backend
+            .submit(IoRequest::Write { offset, data, fua }, reply);
+        Ok(())
+    }
+
+    /// A write's `n` payload bytes, straight into an aligned (pooled)
+    /// buffer: O_DIRECT then writes it without another copy.
+    fn read_payload(&mut self, n: usize) -> Result<Bytes, Close> {
+        Ok(match AlignedBuf::for_overwrite(n) {
+            Ok(mut buf) => {
+                self.reader.read_exact(buf.as_mut_slice())?;
+                buf.into_bytes()
+            }
+            // Not a multiple of 512: refused by the caller, only read.
+            Err(_) => {
+                let mut buf = vec![0u8; n];
+                self.reader.read_exact(&mut buf)?;
+                Bytes::from(buf)
+            }
+        })
+    }
+
+    fn read(&mut self, req: &Request, c: &Checked) -> Result<(), Close> {
+        let (handle, offset, len) = (req.handle, req.offset, req.len);
+        if c.bad_flags || !c.in_range || len > MAX_PAYLOAD {
+            reject(req, "bad flags, range or length");
+            return self.reply_now(handle, NBD_EINVAL);
+        }
+        if len == 0 {
+            return self.reply_now(handle, 0);
+        }
+        let credit = self.credit(usize::try_from(len).unwrap_or(usize::MAX))?;
+        let reply = self.completion(handle, Some(len), credit);
+        self.backend.submit(IoRequest::Read { offset, len }, reply);
+        Ok(())
+    }
+
+    fn flush(&mut self, req: &Request, c: &Checked) -> Result<(), Close> {
+        if c.bad_flags || req.offset != 0 || req.len != 0 {
+            reject(req, "flush with flags, offset or length");
+            return self.reply_now(req.handle, NBD_EINVAL);
+        }
+        let credit = self.credit(0)?;
+        let reply = self.completion(req.handle, None, credit);
+        self.backend.submit(IoRequest::Flush, reply);
+        Ok(())
+    }
+
+    fn trim_or_zeroes(&mut self, req: &Request, c: &Checked) -> Result<(), Close> {
+        let (cmd, handle, fua) = (req.cmd, req.handle, c.fua);
+        if c.bad_flags || !c.in_range {
+            reject(req, "bad flags or range");
+            return self.reply_now(handle, NBD_EINVAL);
+        }
+        if req.len == 0 {
+            return self.reply_now(handle, 0);
+        }
+        // FUA on TRIM is ignored: a trim that is lost in a crash is
+        // indistinguishable from one the device chose to ignore, which the
+        // protocol allows (and the backend's Trim has no FUA).
+        self.submit_split(handle, req.offset, req.len, |offset, len| {
+            if cmd == CMD_TRIM {
+                IoRequest::Trim { offset, len }
+            } else {
+                IoRequest::WriteZeroes { offset, len, fua }
+            }
+        })
+    }
+
+    /// Submit a payload-less request (TRIM, WRITE_ZEROES) as pieces of at
+    /// most [`MAX_PAYLOAD`] bytes, the largest the backend takes, and reply
+    /// once when all are done (with the first error, if any). The spec lets
+    /// clients send these longer than the maximum payload (Linux sends
+    /// whole-device discards), so refusing them would break mkfs/fstrim.
+    /// Each piece takes its own in-flight slot, so a huge trim cannot queue
+    /// unbounded work.
+    fn submit_split(
+        &self,
+        handle: u64,
+        offset: u64,
+        len: u32,
+        make: impl Fn(u64, u32) -> IoRequest,
+    ) -> Result<(), Close> {
+        let pieces = len.div_ceil(MAX_PAYLOAD);
+        let agg = Arc::new(Aggregate {
+            remaining: AtomicUsize::new(usize::try_from(pieces).unwrap_or(usize::MAX)),
+            error: AtomicI32::new(0),
+            handle,
+            tx: self.tx.clone(),
+        });
+        let mut off = offset;
+        let mut left = len;
+        while left > 0 {
+            let piece = left.min(MAX_PAYLOAD);
+            let credit = self.credit(0)?;
+            let agg = Arc::clone(&agg);
+            let reply: Reply = Box::new(move |res: IoResult| agg.complete(res, credit));
+            self.backend.submit(make(off, piece), reply);
+            off += u64::from(piece);
+            left -= piece;
+        }
+        Ok(())
+    }
+}
+
+/// What [`Conn::handle_request`] found of a request's flags and range.
+struct Checked {
+    fua: bool,
+    /// Flags this command does not take.
+    bad_flags: bool,
+    in_range: bool,
+}
+
+/// Logs why a request is answered EINVAL.
+fn reject(req: &Request, why: &str) {
+    debug!(
+        cmd = proto::command_name(req.cmd),
+        flags = req.flags,
+        offset = req.offset,
+        len = req.len,
+        why,
+        "rejecting request with EINVAL"
+    );
+}
+
+/// Collects the completions of a split request.
+struct Aggregate {
+    remaining: AtomicUsize,
+    /// First errno seen, 0 if none.
+    error: AtomicI32,
+    handle: u64,
+    tx: mpsc::Sender<ReplyMsg>,
+}
+
+impl Aggregate {
+    fn complete(&self, res: IoResult, credit: Credit) {
+        if let Err(errno) = res {
+            let errno = if errno == 0 { nix::libc::EIO } else { errno };
+            let _ = self
+                .error
+                .compare_exchange(0, errno, Ordering::SeqCst, Ordering::SeqCst);
+        }
+        if self.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let errno = self.error.load(Ordering::SeqCst);
+            let error = if errno == 0 {
+                0
+            } else {
+                proto::nbd_error(errno)
+            };
+            // The last piece's credit goes with the reply, so the queued
+            // reply is still accounted for.
+            let _ = self.tx.send(ReplyMsg {
+                handle: self.handle,
+                error,
+                data: None,
+                _credit: credit,
+            });
+        }
+    }
+}
