@@ -102,7 +102,7 @@ pub struct OpsSettings {
     pub ping_timeout: Duration,
     /// A ping node that did not answer for this long is lost.
     pub ping_dead: Duration,
-    pub on_stop_failure: crate::core::StopFailure,
+    pub on_stop_failure: crate::vocab::StopFailure,
     /// Run (`sh -c`) after a failed stop with `on-stop-failure = "reboot-hook"`.
     pub reboot_command: Option<String>,
     /// Run (`sh -c`) once each time repd reports a split brain.
@@ -799,7 +799,7 @@ fn parse_ops(
     r: OpsRaw,
     fencing: bool,
 ) -> Result<OpsSettings, ConfigError> {
-    use crate::core::StopFailure;
+    use crate::vocab::StopFailure;
     let mut ping_nodes = Vec::new();
     for (i, p) in r.ping_nodes.iter().enumerate() {
         let ip: IpAddr = p.parse().map_err(|_| {
@@ -1055,7 +1055,7 @@ timeout-ms = 5000
 
     #[test]
     fn operation_keys_parse_and_are_checked() {
-        use crate::core::StopFailure;
+        use crate::vocab::StopFailure;
         let with = |extra: &str| {
             let text = format!(
                 "{BASE}{}",

@@ -58,48 +58,11 @@ use replication_proto::gen::Generations;
 use replication_proto::wire::{DiskState, Role};
 use serde::{Deserialize, Serialize};
 
+pub use crate::vocab::{Beat, Millis, StopFailure, WireState};
 use crate::witness;
-
-/// Milliseconds on a monotonic clock.
-pub type Millis = u64;
 
 /// How many transitions and events the status keeps.
 const HISTORY: usize = 32;
-
-/// A node's state as its heartbeats announce it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum WireState {
-    /// Secondary, not asking for anything.
-    Idle = 0,
-    /// Asking the peer for the resources (waits for its acknowledgement).
-    Claiming = 1,
-    /// Fencing, promoting or starting the chain.
-    Acquiring = 2,
-    /// Primary with the chain started.
-    Holding = 3,
-    /// Stopping the chain and demoting.
-    Releasing = 4,
-}
-
-impl WireState {
-    #[must_use]
-    pub fn from_code(c: u8) -> Option<Self> {
-        Some(match c {
-            0 => Self::Idle,
-            1 => Self::Claiming,
-            2 => Self::Acquiring,
-            3 => Self::Holding,
-            4 => Self::Releasing,
-            _ => return None,
-        })
-    }
-
-    /// Holds (or is about to hold, or still holds) the resources.
-    #[must_use]
-    pub fn holds(self) -> bool {
-        matches!(self, Self::Acquiring | Self::Holding | Self::Releasing)
-    }
-}
 
 /// The agent's own state (finer than what the heartbeat says).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -123,46 +86,6 @@ impl HaState {
             Self::Releasing => WireState::Releasing,
         }
     }
-}
-
-/// One heartbeat's content (the wire layer adds resource, node and MAC).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Beat {
-    /// Which path it was sent on (the receiver checks it came in there).
-    pub path: u8,
-    /// Random per agent start; with `started_ms` it orders restarts.
-    pub incarnation: u64,
-    /// The sender's wall clock when it started (ms since the epoch).
-    pub started_ms: u64,
-    /// Monotonic per incarnation, over all paths.
-    pub seq: u64,
-    /// The newest (incarnation, seq) the sender has received from us.
-    pub ack: Option<(u64, u64)>,
-    pub state: WireState,
-    /// The sender could take the resources now.
-    pub eligible: bool,
-    /// The sender is the preferred node, back and UpToDate, and wants the
-    /// resources back (auto-failback).
-    pub failback_request: bool,
-    /// The sender's repd answers.
-    pub repd_up: bool,
-    pub role: Option<Role>,
-    pub disk: Option<DiskState>,
-    /// The sender's repd is connected to ours.
-    pub connected: bool,
-    /// The sender lost quorum and holds its writes (it lets go when it hears
-    /// that the other node took over).
-    pub suspended: bool,
-    /// The sender reaches none of its ping nodes (heartbeat's ipfail).
-    pub ping_lost: bool,
-    /// A stop failed on the sender and `on-stop-failure = "fence"`: it asks
-    /// the peer to fence it.
-    pub fence_me: bool,
-    /// outdate-peer: the sender holds (or claims) the resources while its
-    /// repd is not connected to ours; it asks us to mark our disk Outdated
-    /// (`repctl outdate`). The acknowledgement is our disk Outdated in our
-    /// heartbeats.
-    pub outdate_request: bool,
 }
 
 /// What the local repd says (`repctl status`), reduced to what matters.
@@ -289,22 +212,22 @@ pub enum Action {
     },
 }
 
-/// The agent's settings, in milliseconds.
+/// The agent's settings; every length of time is in milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CoreConfig {
     pub me: String,
     pub peer: String,
-    pub keepalive: Millis,
-    pub warntime: Millis,
-    pub deadtime: Millis,
-    pub initdead: Millis,
+    pub keepalive: u64,
+    pub warntime: u64,
+    pub deadtime: u64,
+    pub initdead: u64,
     pub paths: usize,
     /// Resources after the device.
     pub resources: usize,
     pub fencing: bool,
     pub auto_failback: bool,
     pub preferred: Option<String>,
-    pub failure_timeout: Millis,
+    pub failure_timeout: u64,
     /// A witness is configured: quorum rules apply (2 votes of 3).
     pub witness: bool,
     /// On quorum loss, fail new writes instead of holding them.
@@ -313,33 +236,18 @@ pub struct CoreConfig {
     pub ops: OpsConfig,
 }
 
-/// What a failed stop escalates to (`on-stop-failure`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StopFailure {
-    /// Keep the role and retry; the peer never takes over under a resource
-    /// that may still run.
-    #[default]
-    Block,
-    /// Ask the peer (in the heartbeat) to fence this node; it takes over once
-    /// this node is gone.
-    Fence,
-    /// Run `reboot-command` here (once per failure), then keep blocking.
-    RebootHook,
-}
-
 /// The settings of planned handovers and escalations.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OpsConfig {
     pub on_stop_failure: StopFailure,
     /// How long a node that handed the resources over leaves them to the
     /// peer before it may claim them again (if the peer never took them).
-    pub handover_grace: Millis,
+    pub handover_grace: u64,
     /// How long a holder that lost its ping nodes waits before it hands
     /// over, so that a peer that lost them at the same time (the ping node
     /// itself went down) has said so in its heartbeat: one ping interval
     /// plus two keepalives.
-    pub ping_settle: Millis,
+    pub ping_settle: u64,
 }
 
 /// What the ping nodes answered (`[cluster] ping-nodes`).
@@ -690,23 +598,25 @@ impl Core {
         self.actions.pop_front()
     }
 
-    /// When the core wants a `Tick` at the latest.
+    /// When the core wants a [`Input::Tick`] at the latest: the next
+    /// heartbeat is always due, so this is never `None` today; a driver
+    /// may tick earlier (the daemon ticks after every input) but not later.
     #[must_use]
-    pub fn next_wakeup(&self) -> Millis {
+    pub fn poll_timeout(&self) -> Option<Millis> {
         let mut t = self.next_send;
         let mut at = |x: Millis| t = t.min(x);
         for p in &self.paths {
             if let Some(h) = p.last_heard {
                 if p.up {
-                    at(h.saturating_add(self.cfg.deadtime));
+                    at(h.plus_ms(self.cfg.deadtime));
                     if !p.late {
-                        at(h.saturating_add(self.cfg.warntime));
+                        at(h.plus_ms(self.cfg.warntime));
                     }
                 }
             }
         }
         if self.peer.alive.is_none() {
-            at(self.start.saturating_add(self.cfg.initdead));
+            at(self.start.plus_ms(self.cfg.initdead));
         }
         if let Some(r) = self.retry_at {
             at(r);
@@ -715,7 +625,7 @@ impl Core {
             at(y);
         }
         if let Some(p) = self.ping_lost_since {
-            at(p.saturating_add(self.cfg.ops.ping_settle));
+            at(p.plus_ms(self.cfg.ops.ping_settle));
         }
         if let Some(c) = self.cooldown_until {
             at(c);
@@ -724,14 +634,14 @@ impl Core {
             at(*t);
         }
         if self.state == HaState::Claiming {
-            at(self.state_since.saturating_add(self.cfg.deadtime));
+            at(self.state_since.plus_ms(self.cfg.deadtime));
         }
         if self.cfg.witness && self.q.io_pending.is_none() && !self.q.suspended {
             // The moment the votes run out: the suspension must not wait
             // for the next heartbeat.
             at(self.q.peer_until.max(self.q.witness_until));
         }
-        t
+        Some(t)
     }
 
     /// Feed one input; then take the actions with [`Core::poll_action`].
@@ -766,7 +676,7 @@ impl Core {
                 let silent = self
                     .peer
                     .last_valid
-                    .is_none_or(|t| now.saturating_sub(t) >= self.cfg.deadtime);
+                    .is_none_or(|t| now.ms_since(t) >= self.cfg.deadtime);
                 if beat.started_ms <= started && !silent {
                     // An older run of the peer (a replay), or a clock that went
                     // back: believed only once the current run went silent.
@@ -887,9 +797,9 @@ impl Core {
             }
             (HaState::Acquiring, Op::Promote { .. }, r) => {
                 let why = result_text(&r);
-                self.retry_at = Some(now.saturating_add(self.cfg.deadtime));
+                self.retry_at = Some(now.plus_ms(self.cfg.deadtime));
                 // Not eligible meanwhile, so that the peer may take over.
-                self.promote_failed = Some((now.saturating_add(self.cfg.deadtime), why.clone()));
+                self.promote_failed = Some((now.plus_ms(self.cfg.deadtime), why.clone()));
                 self.set_state(now, HaState::Idle, format!("promotion refused: {why}"));
                 self.decision =
                     format!("the promotion failed ({why}); trying again after deadtime");
@@ -936,7 +846,7 @@ impl Core {
                 );
                 self.log(true, text.clone());
                 self.stop_failed = Some(text);
-                self.retry_at = Some(now.saturating_add(self.cfg.deadtime));
+                self.retry_at = Some(now.plus_ms(self.cfg.deadtime));
                 self.escalate_stop_failure(now, i, &why);
             }
             (HaState::Releasing, Op::Demote, OpResult::Ok) => {
@@ -948,7 +858,7 @@ impl Core {
                     l.role = Role::Secondary;
                 }
                 let reason = if self.rollback {
-                    self.cooldown_until = Some(now.saturating_add(self.cfg.failure_timeout));
+                    self.cooldown_until = Some(now.plus_ms(self.cfg.failure_timeout));
                     format!(
                         "released after a failed start; not taking over for failure-timeout ({} ms)",
                         self.cfg.failure_timeout
@@ -965,7 +875,7 @@ impl Core {
                 let why = result_text(&r);
                 self.log(true, format!("demotion refused: {why}; retrying"));
                 self.decision = format!("releasing: the demotion was refused ({why}); retrying");
-                self.retry_at = Some(now.saturating_add(self.cfg.keepalive.saturating_mul(5)));
+                self.retry_at = Some(now.plus_ms(self.cfg.keepalive.saturating_mul(5)));
             }
             (_, Op::RebootHook, r) => self.reboot_hook_done(now, &r),
             (_, Op::Outdate, OpResult::Ok) => {
@@ -989,7 +899,7 @@ impl Core {
                         result_text(&r)
                     ),
                 );
-                self.retry_at = Some(now.saturating_add(self.cfg.keepalive));
+                self.retry_at = Some(now.plus_ms(self.cfg.keepalive));
             }
             (state, op, r) => {
                 self.log(
@@ -1029,7 +939,7 @@ impl Core {
             return;
         }
         if !ok {
-            self.retry_at = Some(now.saturating_add(self.cfg.deadtime));
+            self.retry_at = Some(now.plus_ms(self.cfg.deadtime));
             self.set_state(
                 now,
                 HaState::Idle,
@@ -1138,7 +1048,7 @@ impl Core {
         let (dead, warn) = (self.cfg.deadtime, self.cfg.warntime);
         let mut logs = Vec::new();
         for (k, p) in self.paths.iter_mut().enumerate() {
-            let age = p.last_heard.map(|t| now.saturating_sub(t));
+            let age = p.last_heard.map(|t| now.ms_since(t));
             let up = age.is_some_and(|a| a < dead);
             let late = up && age.is_some_and(|a| a >= warn);
             if up != p.up {
@@ -1168,9 +1078,7 @@ impl Core {
         let any_up = self.paths.iter().any(|p| p.up);
         let alive = if any_up {
             Some(true)
-        } else if self.peer.last_valid.is_some()
-            || now >= self.start.saturating_add(self.cfg.initdead)
-        {
+        } else if self.peer.last_valid.is_some() || now >= self.start.plus_ms(self.cfg.initdead) {
             Some(false)
         } else {
             None
@@ -1182,7 +1090,7 @@ impl Core {
                     Some(t) => format!(
                         "peer {} dead: no heartbeat on any path for {} ms (deadtime {dead} ms)",
                         self.cfg.peer,
-                        now.saturating_sub(t)
+                        now.ms_since(t)
                     ),
                     None => format!(
                         "peer {} dead: never heard within initdead ({} ms)",
@@ -1249,7 +1157,7 @@ impl Core {
         if let Some((t, why)) = self.promote_failed.as_ref().filter(|(t, _)| now < *t) {
             return Err(format!(
                 "the last promotion failed ({why}); trying again in {} ms",
-                t - now
+                *t - now
             ));
         }
         if l.connected && l.peer_role == Some(Role::Primary) {
@@ -1503,8 +1411,8 @@ impl Core {
                  waiting for it to mark it Outdated (outdate-peer over a heartbeat path)",
                 b.disk.unwrap_or(DiskState::DUnknown)
             );
-            if now.saturating_sub(self.state_since) >= self.cfg.deadtime {
-                self.retry_at = Some(now.saturating_add(self.cfg.deadtime));
+            if now.ms_since(self.state_since) >= self.cfg.deadtime {
+                self.retry_at = Some(now.plus_ms(self.cfg.deadtime));
                 self.set_state(
                     now,
                     HaState::Idle,
@@ -1524,7 +1432,7 @@ impl Core {
             self.decision = format!("took the resources: {peer} acknowledged the claim");
             return;
         }
-        if now.saturating_sub(self.state_since) >= self.cfg.deadtime {
+        if now.ms_since(self.state_since) >= self.cfg.deadtime {
             self.set_state(
                 now,
                 HaState::Idle,
@@ -1639,7 +1547,7 @@ impl Core {
             self.run(Op::Demote);
         } else {
             let reason = if self.rollback {
-                self.cooldown_until = Some(now.saturating_add(self.cfg.failure_timeout));
+                self.cooldown_until = Some(now.plus_ms(self.cfg.failure_timeout));
                 "released after a failed start".to_string()
             } else if let Some(r) = self.handover_done(now) {
                 r
@@ -1711,7 +1619,7 @@ impl Core {
             return;
         }
         self.send_now = false;
-        self.next_send = now.saturating_add(self.cfg.keepalive);
+        self.next_send = now.plus_ms(self.cfg.keepalive);
         let eligible = self.eligible(now).is_ok() && !self.yielding(now);
         let failback_request = self.ready_for_failback(now);
         let ping_lost = self.ping_lost();
@@ -1747,7 +1655,7 @@ impl Core {
             self.counters.sent += 1;
             self.actions.push_back(Action::Send { path, beat });
         }
-        let keep = now.saturating_sub(self.cfg.deadtime);
+        let keep = Millis::from_ms(now.as_ms().saturating_sub(self.cfg.deadtime));
         while self.q.hb_sent.front().is_some_and(|(_, t)| *t < keep) {
             self.q.hb_sent.pop_front();
         }
@@ -1785,7 +1693,7 @@ impl Core {
         CoreStatus {
             node: self.cfg.me.clone(),
             state: self.state,
-            state_for_ms: now.saturating_sub(self.state_since),
+            state_for_ms: now.ms_since(self.state_since),
             holds_role: self.promoted,
             decision: self.decision.clone(),
             fencing,
@@ -1808,7 +1716,7 @@ impl Core {
                 eligible: b.map(|b| b.eligible),
                 failback_request: b.map(|b| b.failback_request),
                 incarnation: self.peer.incarnation.map(|(i, _)| format!("{i:016x}")),
-                last_heard_ms_ago: self.peer.last_valid.map(|t| now.saturating_sub(t)),
+                last_heard_ms_ago: self.peer.last_valid.map(|t| now.ms_since(t)),
             },
             paths: self
                 .paths
@@ -1818,7 +1726,7 @@ impl Core {
                     index,
                     up: p.up,
                     late: p.late,
-                    last_heard_ms_ago: p.last_heard.map(|t| now.saturating_sub(t)),
+                    last_heard_ms_ago: p.last_heard.map(|t| now.ms_since(t)),
                     received: p.received,
                 })
                 .collect(),
@@ -1888,7 +1796,7 @@ impl Core {
     /// How long a vote counts from the moment the question was sent: half
     /// of deadtime, so that a node that lost its votes suspends well before
     /// the other side may act (after a whole deadtime of silence).
-    fn lease(&self) -> Millis {
+    fn lease(&self) -> u64 {
         self.cfg.deadtime / 2
     }
 
@@ -1912,10 +1820,9 @@ impl Core {
     fn quorum_text(&self, now: Millis) -> String {
         let witness = match (self.q.witness_last, &self.q.witness_says) {
             (None, _) => "the witness never answered".to_string(),
-            (Some(t), _) if now.saturating_sub(t) >= self.cfg.deadtime => format!(
-                "the witness has not answered for {} ms",
-                now.saturating_sub(t)
-            ),
+            (Some(t), _) if now.ms_since(t) >= self.cfg.deadtime => {
+                format!("the witness has not answered for {} ms", now.ms_since(t))
+            }
             (Some(_), Some(why)) if self.q.witness_member == Some(false) => {
                 format!("the witness does not count this node: {why}")
             }
@@ -1944,8 +1851,8 @@ impl Core {
             witness_reachable: self
                 .q
                 .witness_last
-                .is_some_and(|t| now.saturating_sub(t) < self.cfg.deadtime),
-            witness_last_reply_ms_ago: self.q.witness_last.map(|t| now.saturating_sub(t)),
+                .is_some_and(|t| now.ms_since(t) < self.cfg.deadtime),
+            witness_last_reply_ms_ago: self.q.witness_last.map(|t| now.ms_since(t)),
             witness_says: self.q.witness_says.clone(),
             witness_peer_silent_ms: self.q.witness_peer_silent,
             io_suspended: self.q.suspended,
@@ -1956,7 +1863,7 @@ impl Core {
         self.q.w_seq += 1;
         let seq = self.q.w_seq;
         self.q.w_sent.push_back((seq, now));
-        let keep = now.saturating_sub(self.cfg.deadtime);
+        let keep = Millis::from_ms(now.as_ms().saturating_sub(self.cfg.deadtime));
         while self.q.w_sent.front().is_some_and(|(_, t)| *t < keep) {
             self.q.w_sent.pop_front();
         }
@@ -2000,7 +1907,7 @@ impl Core {
         if self
             .q
             .witness_last
-            .is_none_or(|l| now.saturating_sub(l) >= self.cfg.deadtime)
+            .is_none_or(|l| now.ms_since(l) >= self.cfg.deadtime)
         {
             self.event(now, false, "witness reachable".into());
         }
@@ -2021,7 +1928,7 @@ impl Core {
             self.q.witness_until = self.q.witness_until.max(t + self.lease());
             self.q.member_seq = seq;
         } else {
-            self.q.witness_until = 0;
+            self.q.witness_until = Millis::ZERO;
         }
         if r.vote {
             self.q.vote_until = Some(t + self.lease());
@@ -2260,7 +2167,7 @@ impl Core {
         if !std::mem::take(&mut self.handing_over) {
             return None;
         }
-        self.yield_until = Some(now.saturating_add(self.cfg.ops.handover_grace));
+        self.yield_until = Some(now.plus_ms(self.cfg.ops.handover_grace));
         self.no_failback = true;
         let why = self.handover.clone().unwrap_or_default();
         Some(format!(
@@ -2278,7 +2185,7 @@ impl Core {
         let peer = self.cfg.peer.clone();
         let settled = self
             .ping_lost_since
-            .is_some_and(|t| now >= t.saturating_add(self.cfg.ops.ping_settle));
+            .is_some_and(|t| now >= t.plus_ms(self.cfg.ops.ping_settle));
         if !settled {
             self.decision = format!(
                 "none of the ping nodes answers: waiting {} ms to see whether {peer} lost them too",
@@ -2378,7 +2285,7 @@ impl Core {
 
     fn fence_on_request_done(&mut self, now: Millis, code: Option<i32>, text: String) {
         let peer = self.cfg.peer.clone();
-        self.retry_at = Some(now.saturating_add(self.cfg.deadtime));
+        self.retry_at = Some(now.plus_ms(self.cfg.deadtime));
         if matches!(code, Some(4 | 5 | 7)) {
             self.set_state(
                 now,

@@ -20,7 +20,8 @@ use replication_proto::gen::Generations;
 use crate::config::{AgentConfig, Link, NoQuorum, ResourceEntry};
 use crate::control::{self, Incoming, Reply, Request};
 use crate::core::{
-    Action, BadPacket, Core, CoreConfig, Input, LocalState, Op, OpResult, OpsConfig, PingView,
+    Action, BadPacket, Core, CoreConfig, Input, LocalState, Millis, Op, OpResult, OpsConfig,
+    PingView,
 };
 use crate::resources::{self, Ctx};
 use crate::wire::{self, DecodeError};
@@ -302,7 +303,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
     }
 
     let clock = Instant::now();
-    let now = || ms(clock.elapsed());
+    let now = || Millis::from_ms(ms(clock.elapsed()));
     let incarnation: u64 = rand::random();
     let started_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -368,7 +369,10 @@ pub fn run(opts: &Options) -> Result<(), String> {
                 }
             }
         }
-        let wait = core.next_wakeup().saturating_sub(now()).clamp(1, 1000);
+        let wait = core
+            .poll_timeout()
+            .map_or(1000, |t| t.ms_since_or_zero(now()))
+            .clamp(1, 1000);
         let msg = match rx.recv_timeout(Duration::from_millis(wait)) {
             Ok(m) => m,
             Err(RecvTimeoutError::Timeout) => continue,
@@ -805,7 +809,7 @@ fn exec_worker(
 
 fn status_json(
     core: &Core,
-    now: u64,
+    now: Millis,
     cfg: &AgentConfig,
     links: &[Link],
     device: &Path,

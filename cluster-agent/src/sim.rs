@@ -67,24 +67,24 @@ pub struct Scenario {
     /// Index of the preferred node.
     pub preferred: Option<usize>,
     pub resources: usize,
-    pub keepalive: Millis,
-    pub warntime: Millis,
-    pub deadtime: Millis,
-    pub initdead: Millis,
-    pub failure_timeout: Millis,
+    pub keepalive: u64,
+    pub warntime: u64,
+    pub deadtime: u64,
+    pub initdead: u64,
+    pub failure_timeout: u64,
     /// Per-packet loss probability on a working path.
     pub loss: f64,
     pub dup: f64,
-    pub max_delay: Millis,
-    pub max_op: Millis,
-    pub max_fence: Millis,
+    pub max_delay: u64,
+    pub max_op: u64,
+    pub max_fence: u64,
     /// Probability that a resource start or stop fails.
     pub op_fail: f64,
-    pub resync: Millis,
+    pub resync: u64,
     /// How long faults are injected.
-    pub fault_ms: Millis,
+    pub fault_ms: u64,
     /// Mean time between faults.
-    pub fault_every: Millis,
+    pub fault_every: u64,
     /// A witness on a third node, with its own link to each node.
     pub witness: bool,
     /// on-no-quorum = io-error.
@@ -186,7 +186,9 @@ impl fmt::Display for Violation {
         writeln!(
             f,
             "seed {} violated an invariant at {} ms: {}",
-            self.seed, self.at, self.what
+            self.seed,
+            self.at.as_ms(),
+            self.what
         )?;
         writeln!(
             f,
@@ -203,7 +205,7 @@ impl fmt::Display for Violation {
 const NAMES: [&str; 2] = ["alpha", "beta"];
 const PATHS: usize = 2;
 /// Sim time starts here on the "wall clock" (started_ms of agents).
-const EPOCH: Millis = 1_700_000_000_000;
+const EPOCH_MS: u64 = 1_700_000_000_000;
 
 #[derive(Debug, Clone)]
 enum Fault {
@@ -368,14 +370,14 @@ impl World {
                 sc.deadtime,
                 Memory::default(),
                 1,
-                0,
+                Millis::ZERO,
             )
         });
         Self {
             nodes: [node(0), node(1)],
             sc,
             rng,
-            now: 0,
+            now: Millis::ZERO,
             next_id: 0,
             queue: BinaryHeap::new(),
             path_up: [true; PATHS],
@@ -384,8 +386,8 @@ impl World {
             split_brain: false,
             sync: None,
             healed: false,
-            last_unsafe: 0,
-            last_agent_dead: 0,
+            last_unsafe: Millis::ZERO,
+            last_agent_dead: Millis::ZERO,
             double_since: None,
             expect: None,
             captured: Vec::new(),
@@ -400,7 +402,7 @@ impl World {
     }
 
     fn log(&mut self, s: String) {
-        let line = format!("{:>7} {s}", self.now);
+        let line = format!("{:>7} {s}", self.now.as_ms());
         if self.trace_all {
             println!("{line}");
         }
@@ -455,7 +457,12 @@ impl World {
 
     fn start_agent(&mut self, n: usize) {
         let inc: u64 = self.rng.gen();
-        let core = Core::new(self.core_config(n), inc, EPOCH + self.now, self.now);
+        let core = Core::new(
+            self.core_config(n),
+            inc,
+            EPOCH_MS + self.now.as_ms(),
+            self.now,
+        );
         let node = &mut self.nodes[n];
         node.gen += 1;
         node.agent = Some(core);
@@ -467,18 +474,17 @@ impl World {
     }
 
     fn schedule_faults(&mut self) {
-        let mut t = 0;
+        let mut t = Millis::ZERO;
         loop {
             t += self
                 .rng
                 .gen_range(self.sc.fault_every / 2..=self.sc.fault_every * 3 / 2);
-            if t >= self.sc.fault_ms {
+            if t.as_ms() >= self.sc.fault_ms {
                 break;
             }
             let d = self.sc.deadtime;
-            let dur = |r: &mut ChaCha8Rng, lo: f64, hi: f64| {
-                (d as f64 * r.gen_range(lo..hi)) as Millis + 1
-            };
+            let dur =
+                |r: &mut ChaCha8Rng, lo: f64, hi: f64| (d as f64 * r.gen_range(lo..hi)) as u64 + 1;
             match self.rng.gen_range(0..100) {
                 0..=24 => {
                     let p = self.rng.gen_range(0..PATHS);
@@ -559,10 +565,10 @@ impl World {
                 }
             }
         }
-        self.push(self.sc.fault_ms, Ev::Heal);
+        self.push(Millis::from_ms(self.sc.fault_ms), Ev::Heal);
     }
 
-    fn settle_ms(&self) -> Millis {
+    fn settle_ms(&self) -> u64 {
         self.sc.initdead
             + self.sc.failure_timeout
             + 12 * self.sc.deadtime
@@ -576,10 +582,10 @@ impl World {
         // Both repds up and connected, agents start a little apart.
         for n in 0..2 {
             let at = self.rng.gen_range(0..self.sc.initdead);
-            self.push(at, Ev::Fault(Fault::AgentRestart(n)));
+            self.push(Millis::from_ms(at), Ev::Fault(Fault::AgentRestart(n)));
         }
         self.schedule_faults();
-        let end = self.sc.fault_ms + self.settle_ms();
+        let end = Millis::from_ms(self.sc.fault_ms + self.settle_ms());
         while let Some(item) = self.queue.pop() {
             if item.at > end {
                 break;
@@ -852,7 +858,7 @@ impl World {
                 + self.sc.deadtime
                 + 1
                 + fence
-                + (self.sc.resources as Millis + 1) * self.sc.max_op;
+                + (self.sc.resources as u64 + 1) * self.sc.max_op;
             self.expect = Some(Expect {
                 node: s,
                 crash_at: self.now,
@@ -1206,7 +1212,7 @@ impl World {
         while let Some(a) = agent.poll_action() {
             actions.push(a);
         }
-        let wake = agent.next_wakeup().max(now + 1);
+        let wake = agent.poll_timeout().unwrap_or(Millis::NEVER).max(now + 1);
         let g = self.nodes[n].gen;
         for a in actions {
             match a {
@@ -1289,7 +1295,7 @@ impl World {
             }
             let bound = 2 * self.sc.keepalive
                 + self.sc.max_delay
-                + 2 * (self.sc.resources as Millis + 2) * self.sc.max_op;
+                + 2 * (self.sc.resources as u64 + 2) * self.sc.max_op;
             if self.now > self.last_unsafe + bound {
                 return Err(self.violation(format!(
                     "two Primaries for {} ms after a path came back (bound {bound} ms)",

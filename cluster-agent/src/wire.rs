@@ -23,7 +23,7 @@ use hmac::{Hmac, Mac};
 use replication_proto::wire::{DiskState, Role};
 use sha2::{Digest, Sha256};
 
-use crate::core::{Beat, WireState};
+use crate::vocab::{Beat, WireState};
 
 type HmacSha256 = Hmac<Sha256>;
 

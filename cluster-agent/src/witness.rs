@@ -42,7 +42,7 @@ use replication_proto::gen::Generations;
 use replication_proto::wire::{DiskState, Role};
 use serde::{Deserialize, Serialize};
 
-use crate::core::{Millis, WireState};
+use crate::vocab::{Millis, WireState};
 use crate::wire::{self, DecodeError};
 
 pub const MAGIC: &[u8; 4] = b"RPWQ";
@@ -319,7 +319,7 @@ pub struct NodeView {
 #[derive(Debug)]
 pub struct WitnessCore {
     nodes: [String; 2],
-    deadtime: Millis,
+    deadtime: u64,
     start: Millis,
     incarnation: u64,
     memory: Memory,
@@ -341,7 +341,7 @@ impl WitnessCore {
     #[must_use]
     pub fn new(
         nodes: [String; 2],
-        deadtime: Millis,
+        deadtime: u64,
         memory: Memory,
         incarnation: u64,
         now: Millis,
@@ -367,11 +367,11 @@ impl WitnessCore {
     }
 
     /// How long node `i` has been silent (`None`: never heard since the start).
-    fn silent(&self, i: usize, now: Millis) -> Option<Millis> {
+    fn silent(&self, i: usize, now: Millis) -> Option<u64> {
         self.live
             .get(i)
             .and_then(|l| l.last_heard)
-            .map(|t| now.saturating_sub(t))
+            .map(|t| now.ms_since_or_zero(t))
     }
 
     /// Why node `i` is not part of a majority with the witness, if it is not.
@@ -418,7 +418,7 @@ impl WitnessCore {
             Some((_, started)) => {
                 let silent = live
                     .last_heard
-                    .is_none_or(|t| now.saturating_sub(t) >= deadtime);
+                    .is_none_or(|t| now.ms_since_or_zero(t) >= deadtime);
                 if req.started_ms <= started && !silent {
                     self.replays += 1;
                     return (Outcome::Dropped("an older incarnation"), false);
@@ -465,7 +465,7 @@ impl WitnessCore {
         if req.want_vote && not_member.is_none() {
             // Never heard since the witness started counts from the start:
             // a restarted witness waits deadtime before it votes.
-            let silent_for = peer_silent.unwrap_or_else(|| now.saturating_sub(self.start));
+            let silent_for = peer_silent.unwrap_or_else(|| now.ms_since_or_zero(self.start));
             if silent_for >= self.deadtime {
                 vote = true;
                 let pm = self.memory.nodes.entry(peer.clone()).or_default();
@@ -651,7 +651,7 @@ pub fn run(opts: &WitnessOptions) -> Result<(), WitnessError> {
     let span = tracing::info_span!("witness", resource = %cfg.resource);
     let _g = span.enter();
     let clock = Instant::now();
-    let now = || u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let now = || Millis::from_ms(u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX));
     let incarnation: u64 = rand::random();
     let deadtime = u64::try_from(cfg.deadtime.as_millis()).unwrap_or(u64::MAX);
     let mut core = WitnessCore::new(cfg.nodes.clone(), deadtime, memory, incarnation, now());
@@ -682,7 +682,7 @@ pub fn run(opts: &WitnessOptions) -> Result<(), WitnessError> {
                         resource: &cfg.resource,
                         listen: addr,
                         state_file: &state_file,
-                        uptime_ms: now(),
+                        uptime_ms: now().as_ms(),
                         deadtime_ms: deadtime,
                         nodes: core.view(now()),
                         last_votes: &last_votes,
@@ -862,7 +862,7 @@ mod tests {
             1000,
             Memory::default(),
             1,
-            0,
+            Millis::ZERO,
         )
     }
 
@@ -905,22 +905,25 @@ mod tests {
     #[test]
     fn replays_are_dropped() {
         let mut w = core();
-        reply(w.handle(10, "alpha", &req(5, 0x10)).0);
+        reply(w.handle(Millis(10), "alpha", &req(5, 0x10)).0);
         assert!(matches!(
-            w.handle(11, "alpha", &req(5, 0x10)).0,
+            w.handle(Millis(11), "alpha", &req(5, 0x10)).0,
             Outcome::Dropped(_)
         ));
         assert!(matches!(
-            w.handle(11, "alpha", &req(4, 0x10)).0,
+            w.handle(Millis(11), "alpha", &req(4, 0x10)).0,
             Outcome::Dropped(_)
         ));
         // An older incarnation while the current one talks: a replay.
         let mut old = req(99, 0x10);
         old.incarnation = 6;
         old.started_ms = 50;
-        assert!(matches!(w.handle(12, "alpha", &old).0, Outcome::Dropped(_)));
         assert!(matches!(
-            w.handle(12, "gamma", &req(1, 1)).0,
+            w.handle(Millis(12), "alpha", &old).0,
+            Outcome::Dropped(_)
+        ));
+        assert!(matches!(
+            w.handle(Millis(12), "gamma", &req(1, 1)).0,
             Outcome::Dropped(_)
         ));
         assert_eq!(w.replays, 3);
@@ -929,30 +932,30 @@ mod tests {
     #[test]
     fn votes_only_when_the_peer_is_silent_and_marks_it_outdated() {
         let mut w = core();
-        reply(w.handle(10, "alpha", &req(1, 0x10)).0);
+        reply(w.handle(Millis(10), "alpha", &req(1, 0x10)).0);
         let mut b = req(1, 0x10);
         b.incarnation = 8;
         b.want_vote = true;
-        let r = reply(w.handle(500, "beta", &b).0);
+        let r = reply(w.handle(Millis(500), "beta", &b).0);
         assert!(r.member && !r.vote, "{r:?}");
         assert!(r.reason.contains("still hears alpha"), "{}", r.reason);
         b.seq = 2;
-        let (o, changed) = w.handle(1010, "beta", &b);
+        let (o, changed) = w.handle(Millis(1010), "beta", &b);
         let r = reply(o);
         assert!(r.vote && changed, "{r:?}");
         b.seq = 3;
-        assert!(reply(w.handle(1020, "beta", &b).0).peer_outdated);
+        assert!(reply(w.handle(Millis(1020), "beta", &b).0).peer_outdated);
         // alpha comes back: remembered Outdated, not a member, no vote.
         let mut a = req(2, 0x10);
         a.want_vote = true;
         a.connected = false;
-        let r = reply(w.handle(1100, "alpha", &a).0);
+        let r = reply(w.handle(Millis(1100), "alpha", &a).0);
         assert!(!r.member && !r.vote, "{r:?}");
         assert!(r.reason.contains("Outdated"), "{}", r.reason);
         // Back in sync (UpToDate while connected): trusted again.
         let mut a = req(3, 0x20);
         a.connected = true;
-        let r = reply(w.handle(1200, "alpha", &a).0);
+        let r = reply(w.handle(Millis(1200), "alpha", &a).0);
         assert!(r.member, "{r:?}");
     }
 
@@ -963,11 +966,11 @@ mod tests {
         let mut b = req(1, 0x30);
         b.incarnation = 8;
         b.gens.bitmap = 0x10;
-        reply(w.handle(10, "beta", &b).0);
+        reply(w.handle(Millis(10), "beta", &b).0);
         let mut a = req(1, 0x10);
         a.want_vote = true;
         a.connected = false;
-        let r = reply(w.handle(5000, "alpha", &a).0);
+        let r = reply(w.handle(Millis(5000), "alpha", &a).0);
         assert!(!r.member && !r.vote, "{r:?}");
         assert!(r.reason.contains("older"), "{}", r.reason);
     }
@@ -979,18 +982,18 @@ mod tests {
         let mut w = core();
         let mut b = req(1, 0x10);
         b.want_vote = true;
-        assert!(!reply(w.handle(500, "beta", &b).0).vote);
+        assert!(!reply(w.handle(Millis(500), "beta", &b).0).vote);
         b.seq = 2;
-        let (o, changed) = w.handle(1000, "beta", &b);
+        let (o, changed) = w.handle(Millis(1000), "beta", &b);
         assert!(reply(o).vote && changed);
         save_memory(&f, w.memory()).unwrap();
         let m = load_memory(&f).unwrap();
         assert!(m.nodes["alpha"].outdated.is_some());
-        let mut w2 = WitnessCore::new(["alpha".into(), "beta".into()], 1000, m, 2, 0);
+        let mut w2 = WitnessCore::new(["alpha".into(), "beta".into()], 1000, m, 2, Millis::ZERO);
         let mut a = req(1, 0x10);
         a.incarnation = 9;
         a.connected = false;
-        let r = reply(w2.handle(10, "alpha", &a).0);
+        let r = reply(w2.handle(Millis(10), "alpha", &a).0);
         assert!(!r.member, "{r:?}");
         std::fs::write(&f, "{ nonsense").unwrap();
         let e = load_memory(&f).unwrap_err().to_string();
