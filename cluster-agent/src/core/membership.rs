@@ -1,0 +1,219 @@
+//! Membership: which paths hear the peer, whether it is alive, which run
+//! of it (incarnation) we believe, and the heartbeats we send.
+
+use replication_proto::wire::DiskState;
+
+use super::quorum::sent_at;
+use super::*;
+
+#[derive(Debug, Clone, Default)]
+pub(super) struct PathView {
+    pub(super) max_seq: u64,
+    pub(super) last_heard: Option<Millis>,
+    pub(super) received: u64,
+    pub(super) up: bool,
+    pub(super) late: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(super) struct PeerView {
+    /// (incarnation, started_ms) of the peer's current run.
+    pub(super) incarnation: Option<(u64, u64)>,
+    pub(super) last_valid: Option<Millis>,
+    pub(super) max_seq: u64,
+    pub(super) latest: Option<Beat>,
+    pub(super) alive: Option<bool>,
+}
+
+impl Core {
+    pub(super) fn on_beat(&mut self, now: Millis, path: usize, beat: Beat) {
+        if path >= self.paths.len() || usize::from(beat.path) != path {
+            // Sent for another path: recorded elsewhere, or misconfigured.
+            self.counters.malformed += 1;
+            return;
+        }
+        match self.peer.incarnation {
+            Some((inc, _)) if inc == beat.incarnation => {}
+            Some((_, started)) => {
+                let silent = self
+                    .peer
+                    .last_valid
+                    .is_none_or(|t| now.ms_since(t) >= self.cfg.deadtime);
+                if beat.started_ms <= started && !silent {
+                    // An older run of the peer (a replay), or a clock that went
+                    // back: believed only once the current run went silent.
+                    self.counters.replay += 1;
+                    return;
+                }
+                self.counters.peer_restarts += 1;
+                self.event(
+                    now,
+                    false,
+                    format!(
+                        "peer {} restarted (new incarnation {:016x})",
+                        self.cfg.peer, beat.incarnation
+                    ),
+                );
+                self.new_incarnation(&beat);
+            }
+            None => self.new_incarnation(&beat),
+        }
+        let Some(pv) = self.paths.get_mut(path) else {
+            return;
+        };
+        if beat.seq <= pv.max_seq {
+            self.counters.replay += 1;
+            return;
+        }
+        pv.max_seq = beat.seq;
+        pv.last_heard = Some(now);
+        let lease = self.cfg.deadtime / 2;
+        if let Some((inc, seq)) = beat.ack {
+            if inc == self.incarnation {
+                if let Some(t) = sent_at(&self.q.hb_sent, seq) {
+                    self.q.peer_until = self.q.peer_until.max(t + lease);
+                }
+            }
+        }
+        pv.received += 1;
+        self.counters.received += 1;
+        self.peer.last_valid = Some(now);
+        if beat.seq > self.peer.max_seq {
+            self.peer.max_seq = beat.seq;
+            let changed = self.peer.latest.as_ref().is_none_or(|old| {
+                old.state != beat.state
+                    || old.eligible != beat.eligible
+                    || old.failback_request != beat.failback_request
+            });
+            if changed {
+                // Answer at once: a claim waits for our acknowledgement.
+                self.send_now = true;
+            }
+            if beat.disk.is_some_and(|d| d != DiskState::Outdated) {
+                // The peer's own word replaces what the fence said.
+                self.fence_outdated_peer = false;
+            }
+            self.peer.latest = Some(beat);
+        }
+    }
+
+    pub(super) fn new_incarnation(&mut self, beat: &Beat) {
+        self.peer.incarnation = Some((beat.incarnation, beat.started_ms));
+        self.peer.max_seq = 0;
+        self.peer.latest = None;
+        for p in &mut self.paths {
+            p.max_seq = 0;
+        }
+    }
+
+    pub(super) fn update_membership(&mut self, now: Millis) {
+        let (dead, warn) = (self.cfg.deadtime, self.cfg.warntime);
+        let mut logs = Vec::new();
+        for (k, p) in self.paths.iter_mut().enumerate() {
+            let age = p.last_heard.map(|t| now.ms_since(t));
+            let up = age.is_some_and(|a| a < dead);
+            let late = up && age.is_some_and(|a| a >= warn);
+            if up != p.up {
+                logs.push((
+                    !up,
+                    if up {
+                        format!("path {k} up")
+                    } else {
+                        format!("path {k} down: nothing heard for deadtime ({dead} ms)")
+                    },
+                ));
+            } else if late && !p.late {
+                logs.push((
+                    true,
+                    format!(
+                        "late heartbeat on path {k}: last heard {} ms ago (warntime {warn} ms)",
+                        age.unwrap_or(0)
+                    ),
+                ));
+            }
+            p.up = up;
+            p.late = late;
+        }
+        for (w, t) in logs {
+            self.event(now, w, t);
+        }
+        let any_up = self.paths.iter().any(|p| p.up);
+        let alive = if any_up {
+            Some(true)
+        } else if self.peer.last_valid.is_some() || now >= self.start.plus_ms(self.cfg.initdead) {
+            Some(false)
+        } else {
+            None
+        };
+        if alive != self.peer.alive {
+            let text = match alive {
+                Some(true) => format!("peer {} alive", self.cfg.peer),
+                Some(false) => match self.peer.last_valid {
+                    Some(t) => format!(
+                        "peer {} dead: no heartbeat on any path for {} ms (deadtime {dead} ms)",
+                        self.cfg.peer,
+                        now.ms_since(t)
+                    ),
+                    None => format!(
+                        "peer {} dead: never heard within initdead ({} ms)",
+                        self.cfg.peer, self.cfg.initdead
+                    ),
+                },
+                None => String::new(),
+            };
+            self.event(now, alive == Some(false), text);
+            self.peer.alive = alive;
+            self.send_now = true;
+        }
+    }
+
+    pub(super) fn maybe_send(&mut self, now: Millis) {
+        if !self.send_now && now < self.next_send {
+            return;
+        }
+        self.send_now = false;
+        self.next_send = now.plus_ms(self.cfg.keepalive);
+        let eligible = self.eligible(now).is_ok() && !self.yielding(now);
+        let failback_request = self.ready_for_failback(now);
+        let ping_lost = self.ping_lost();
+        let fence_me =
+            self.stop_failed.is_some() && self.cfg.ops.on_stop_failure == StopFailure::Fence;
+        let outdate_request = self.wants_peer_outdated();
+        let ack = self
+            .peer
+            .incarnation
+            .filter(|_| self.peer.max_seq > 0)
+            .map(|(inc, _)| (inc, self.peer.max_seq));
+        for path in 0..self.paths.len() {
+            self.seq += 1;
+            let beat = Beat {
+                path: u8::try_from(path).unwrap_or(u8::MAX),
+                incarnation: self.incarnation,
+                started_ms: self.started_ms,
+                seq: self.seq,
+                ack,
+                state: self.state.wire(),
+                eligible,
+                failback_request,
+                repd_up: self.local.is_some(),
+                role: self.local.as_ref().map(|l| l.role),
+                disk: self.local.as_ref().map(|l| l.disk),
+                connected: self.local.as_ref().is_some_and(|l| l.connected),
+                suspended: self.q.suspended,
+                ping_lost,
+                fence_me,
+                outdate_request,
+            };
+            self.q.hb_sent.push_back((self.seq, now));
+            self.counters.sent += 1;
+            self.actions.push_back(Action::Send { path, beat });
+        }
+        let keep = Millis::from_ms(now.as_ms().saturating_sub(self.cfg.deadtime));
+        while self.q.hb_sent.front().is_some_and(|(_, t)| *t < keep) {
+            self.q.hb_sent.pop_front();
+        }
+        if self.cfg.witness {
+            self.ask_witness(now);
+        }
+    }
+}

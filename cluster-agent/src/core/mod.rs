@@ -1,0 +1,303 @@
+//! The agent's decisions, sans IO: events in (a heartbeat from the peer on a
+//! path, a timer tick, the local repd's status, the result of an operation),
+//! actions out (send a heartbeat on a path, promote, demote, start or stop a
+//! resource of the chain, run the fence command, log a transition). It never
+//! touches a socket, a clock or a process, so the simulator drives it
+//! deterministically from one seed, like `replication_proto::machine`.
+//!
+//! # Rules
+//! - **Membership.** The peer is alive while some path heard a valid,
+//!   fresh heartbeat from it within `deadtime`; a path silent for `warntime`
+//!   is logged as late. Right after the start, a peer never heard is given
+//!   `initdead` before it is declared dead.
+//! - **Claim (peer alive).** When nobody holds the resources, the designated
+//!   node (the `preferred` one, else the smaller name; or the only eligible
+//!   one) *claims*: it announces `Claiming` and promotes only after a
+//!   heartbeat of the peer that acknowledges the claim (its `ack` covers the
+//!   claim's sequence number) and says the peer is `Idle`. A node that has
+//!   seen the peer claim or hold never claims itself, and two simultaneous
+//!   claims are settled by the same fixed order on both sides, so with any
+//!   path working two nodes never promote at once.
+//! - **Takeover (peer dead).** An eligible node (UpToDate, or Consistent
+//!   with the peer known Outdated; the peer's repd not seen Primary over the
+//!   replication link) runs the fence command first when one is configured
+//!   and promotes only on DRBD fence-peer exit codes 4 (peer outdated), 5
+//!   (peer unreachable) or 7 (peer fenced); anything else leaves it
+//!   Secondary, says why, and retries after `deadtime`. Without a fence
+//!   command it promotes on deadtime alone, as heartbeat does, and says so.
+//! - **Quorum (with a witness).** Votes are leases: the peer's
+//!   acknowledgement of a heartbeat, or the witness's answer to a request,
+//!   counts for deadtime / 2 from the moment *we sent* it; the other side
+//!   acts only after a whole deadtime of silence. A Primary with fewer than
+//!   two votes of three suspends new writes at once (beside the chain's
+//!   operations) and resumes when quorum is back, unless the peer took over
+//!   (then it releases). A dead peer is replaced only with the witness's
+//!   vote; a node not connected to the peer's repd is eligible only on a
+//!   recent answer of the witness counting it (its data is not older than
+//!   what the witness saw). repd is armed to freeze on disconnect, and a
+//!   frozen Primary writes on alone only once the witness acknowledged its
+//!   new data generation.
+//! - **outdate-peer.** Holding or claiming while our repd is not connected
+//!   to the peer's: the heartbeats ask the peer to mark its disk Outdated;
+//!   a claim waits for that (the peer's disk Outdated in its heartbeats).
+//! - **Chain.** After the promotion the resources start left to right; before
+//!   the demotion they stop right to left. A failed start stops what was
+//!   started (the failed one too), demotes, and keeps this node from taking
+//!   over for `failure-timeout`. A failed stop is never ignored: the node
+//!   keeps the role (so the peer does not take over under a resource still
+//!   running) and retries every `deadtime`.
+//! - **Conflicts.** Two holders that hear each other (after a partition
+//!   without fencing): the one that loses the fixed order releases.
+//! - **Auto-failback.** The preferred node, back and UpToDate, asks for the
+//!   resources; the holder releases them, and nobody but the preferred node
+//!   claims while it asks.
+//!
+//! # Modules
+//! - `io`: inputs, actions, operations, settings;
+//! - `membership`: paths, the peer's liveness and incarnation, sending heartbeats;
+//! - `decide`: what to do next in each state, eligibility;
+//! - `chain`: promotion, the resource chain's starts and stops, demotion;
+//! - `quorum`: votes as leases, the witness, suspending a Primary's writes;
+//! - `handover`: switchover, ping nodes, stop-failure escalation, outdate-peer;
+//! - `status`: `cluster-agent status`, transitions and events.
+
+use std::collections::VecDeque;
+
+mod chain;
+mod decide;
+mod handover;
+mod io;
+mod membership;
+mod quorum;
+mod status;
+
+pub use crate::vocab::{Beat, Millis, StopFailure, WireState};
+pub use chain::ResState;
+pub use io::{
+    Action, BadPacket, CoreConfig, HaState, Input, LocalState, Op, OpResult, OpsConfig, PingView,
+};
+pub use status::{CoreStatus, Counters, Event, PathStatus, PeerStatus, QuorumStatus, Transition};
+
+use membership::{PathView, PeerView};
+use quorum::Quorum;
+
+/// The decision core of one agent.
+#[derive(Debug)]
+pub struct Core {
+    cfg: CoreConfig,
+    incarnation: u64,
+    started_ms: u64,
+    start: Millis,
+    seq: u64,
+    state: HaState,
+    state_since: Millis,
+    /// Acquiring: the next step (0 = promote, i + 1 = start resource i).
+    /// Releasing: how many resources are left to stop (then demote).
+    step: usize,
+    force: bool,
+    /// The promotion is done (the device is Primary by our hand or adopted).
+    promoted: bool,
+    pending: Option<Op>,
+    claim_seq: u64,
+    /// A release that follows a failed start ends with the failure timeout.
+    rollback: bool,
+    res: Vec<ResState>,
+    local: Option<LocalState>,
+    local_known: bool,
+    peer: PeerView,
+    paths: Vec<PathView>,
+    next_send: Millis,
+    send_now: bool,
+    retry_at: Option<Millis>,
+    cooldown_until: Option<Millis>,
+    fence_outdated_peer: bool,
+    q: Quorum,
+    /// Until when a refused promotion keeps this node ineligible, and why.
+    promote_failed: Option<(Millis, String)>,
+    last_fence: Option<String>,
+    stop_failed: Option<String>,
+    /// Why the last release was a planned handover (switchover, ping).
+    handover: Option<String>,
+    /// The running release is that handover.
+    handing_over: bool,
+    /// After a handover: do not claim until then (or until the peer holds).
+    yield_until: Option<Millis>,
+    /// A switchover moved the resources away: no auto-failback request.
+    no_failback: bool,
+    ping: Option<PingView>,
+    /// Since when no ping node answers.
+    ping_lost_since: Option<Millis>,
+    /// The stop-failure escalation ran for the current failure.
+    escalated: bool,
+    /// The running fence answers the peer's own request (its stop failed).
+    fencing_on_request: bool,
+    decision: String,
+    transitions: VecDeque<Transition>,
+    events: VecDeque<Event>,
+    counters: Counters,
+    actions: VecDeque<Action>,
+}
+
+impl Core {
+    /// A core that starts Idle at `now`. `incarnation` should be random and
+    /// `started_ms` the wall clock, so that the peer can tell a restart from
+    /// a replay.
+    #[must_use]
+    pub fn new(cfg: CoreConfig, incarnation: u64, started_ms: u64, now: Millis) -> Self {
+        let paths = vec![PathView::default(); cfg.paths];
+        let res = vec![ResState::Stopped; cfg.resources];
+        Self {
+            cfg,
+            incarnation,
+            started_ms,
+            start: now,
+            seq: 0,
+            state: HaState::Idle,
+            state_since: now,
+            step: 0,
+            force: false,
+            promoted: false,
+            pending: None,
+            claim_seq: 0,
+            rollback: false,
+            res,
+            local: None,
+            local_known: false,
+            peer: PeerView::default(),
+            paths,
+            next_send: now,
+            send_now: true,
+            retry_at: None,
+            cooldown_until: None,
+            fence_outdated_peer: false,
+            q: Quorum::default(),
+            promote_failed: None,
+            last_fence: None,
+            stop_failed: None,
+            handover: None,
+            handing_over: false,
+            yield_until: None,
+            no_failback: false,
+            ping: None,
+            ping_lost_since: None,
+            escalated: false,
+            fencing_on_request: false,
+            decision: "starting".into(),
+            transitions: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: Counters::default(),
+            actions: VecDeque::new(),
+        }
+    }
+
+    #[must_use]
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    #[must_use]
+    pub fn state(&self) -> HaState {
+        self.state
+    }
+
+    #[must_use]
+    pub fn pending(&self) -> Option<&Op> {
+        self.pending.as_ref()
+    }
+
+    #[must_use]
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    #[must_use]
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// A failed start keeps this node from taking over until then.
+    #[must_use]
+    pub fn cooling_down(&self, now: Millis) -> bool {
+        self.cooldown_until.is_some_and(|t| now < t)
+    }
+
+    /// A retry timer (fencing, promotion, stop or demotion) is running.
+    #[must_use]
+    pub fn retry_pending(&self, now: Millis) -> bool {
+        self.retry_at.is_some_and(|t| now < t)
+    }
+
+    #[must_use]
+    pub fn peer_alive(&self) -> Option<bool> {
+        self.peer.alive
+    }
+
+    /// The next action to carry out.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When the core wants a [`Input::Tick`] at the latest: the next
+    /// heartbeat is always due, so this is never `None` today; a driver
+    /// may tick earlier (the daemon ticks after every input) but not later.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        let mut t = self.next_send;
+        let mut at = |x: Millis| t = t.min(x);
+        for p in &self.paths {
+            if let Some(h) = p.last_heard {
+                if p.up {
+                    at(h.plus_ms(self.cfg.deadtime));
+                    if !p.late {
+                        at(h.plus_ms(self.cfg.warntime));
+                    }
+                }
+            }
+        }
+        if self.peer.alive.is_none() {
+            at(self.start.plus_ms(self.cfg.initdead));
+        }
+        if let Some(r) = self.retry_at {
+            at(r);
+        }
+        if let Some(y) = self.yield_until {
+            at(y);
+        }
+        if let Some(p) = self.ping_lost_since {
+            at(p.plus_ms(self.cfg.ops.ping_settle));
+        }
+        if let Some(c) = self.cooldown_until {
+            at(c);
+        }
+        if let Some((t, _)) = &self.promote_failed {
+            at(*t);
+        }
+        if self.state == HaState::Claiming {
+            at(self.state_since.plus_ms(self.cfg.deadtime));
+        }
+        if self.cfg.witness && self.q.io_pending.is_none() && !self.q.suspended {
+            // The moment the votes run out: the suspension must not wait
+            // for the next heartbeat.
+            at(self.q.peer_until.max(self.q.witness_until));
+        }
+        Some(t)
+    }
+
+    /// Feed one input; then take the actions with [`Core::poll_action`].
+    pub fn handle(&mut self, now: Millis, input: Input) {
+        match input {
+            Input::Tick => {}
+            Input::Beat { path, beat } => self.on_beat(now, path, beat),
+            Input::BadPacket { kind, .. } => match kind {
+                BadPacket::BadMac => self.counters.bad_mac += 1,
+                BadPacket::Malformed => self.counters.malformed += 1,
+                BadPacket::Foreign => self.counters.foreign += 1,
+            },
+            Input::Local(l) => self.on_local(now, l),
+            Input::Done { op, result } if op.is_io_control() => self.on_io_done(now, op, result),
+            Input::Done { op, result } => self.on_done(now, op, result),
+            Input::Witness(r) => self.on_witness(now, &r),
+        }
+        self.evaluate(now);
+    }
+}
