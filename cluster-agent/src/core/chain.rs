@@ -45,7 +45,7 @@ impl Core {
         self.local = l;
         self.local_known = true;
         let primary = self.local.as_ref().is_some_and(|s| s.role == Role::Primary);
-        if first && !primary && !self.res.is_empty() && self.state == HaState::Idle {
+        if first && !primary && !self.res.is_empty() && self.state() == HaState::Idle {
             // After a crash of the agent (or of the machine) something of the
             // chain may still run here, on a device that is not Primary:
             // stop all of it, right to left (stops are idempotent).
@@ -64,11 +64,11 @@ impl Core {
             return;
         }
         self.pending = None;
-        match (self.state, op, result) {
+        match (self.state(), op, result) {
             (HaState::Fencing, Op::Fence, r) => self.fence_done(now, r),
             (HaState::Acquiring, Op::Promote { .. }, OpResult::Ok) => {
                 self.promoted = true;
-                self.step = 1;
+                self.phase.set_step(1);
                 // The next status poll says so too; until then, believe it.
                 if let Some(l) = &mut self.local {
                     l.role = Role::Primary;
@@ -76,31 +76,33 @@ impl Core {
             }
             (HaState::Acquiring, Op::Promote { .. }, r) => {
                 let why = result_text(&r);
-                self.retry_at = Some(now.plus_ms(self.cfg.deadtime));
+                self.timers.retry_at = Some(now.plus_ms(self.cfg.deadtime));
                 // Not eligible meanwhile, so that the peer may take over.
-                self.promote_failed = Some((now.plus_ms(self.cfg.deadtime), why.clone()));
-                self.set_state(now, HaState::Idle, format!("promotion refused: {why}"));
-                self.decision =
+                self.timers.promote_failed = Some((now.plus_ms(self.cfg.deadtime), why.clone()));
+                self.set_state(now, Phase::Idle, format!("promotion refused: {why}"));
+                self.hist.decision =
                     format!("the promotion failed ({why}); trying again after deadtime");
             }
             (HaState::Acquiring, Op::Start(i), OpResult::Ok) => {
                 if let Some(r) = self.res.get_mut(i) {
                     *r = ResState::Started;
                 }
-                self.step = i + 2;
+                self.phase.set_step(i + 2);
             }
             (HaState::Acquiring, Op::Start(i), r) => {
                 let why = result_text(&r);
                 if let Some(s) = self.res.get_mut(i) {
                     *s = ResState::StartFailed(why.clone());
                 }
-                self.rollback = true;
                 // Stop it too (a failed start may have half started), and
                 // everything that may run, right to left.
-                self.step = self.res.len();
                 self.set_state(
                     now,
-                    HaState::Releasing,
+                    Phase::Releasing {
+                        left: self.res.len(),
+                        rollback: true,
+                        handover: false,
+                    },
                     format!("resource {i} failed to start ({why}): stopping what was started and releasing the role"),
                 );
             }
@@ -111,9 +113,9 @@ impl Core {
                         *r = ResState::Stopped;
                     }
                 }
-                self.stop_failed = None;
-                self.escalated = false;
-                self.step = i;
+                self.ho.stop_failed = None;
+                self.ho.escalated = false;
+                self.phase.set_step(i);
             }
             (HaState::Releasing, Op::Stop(i), r) => {
                 let why = result_text(&r);
@@ -124,8 +126,8 @@ impl Core {
                     "resource {i} failed to stop ({why}): keeping the role so the peer does not take over under it; retrying every deadtime"
                 );
                 self.log(true, text.clone());
-                self.stop_failed = Some(text);
-                self.retry_at = Some(now.plus_ms(self.cfg.deadtime));
+                self.ho.stop_failed = Some(text);
+                self.timers.retry_at = Some(now.plus_ms(self.cfg.deadtime));
                 self.escalate_stop_failure(now, i, &why);
             }
             (HaState::Releasing, Op::Demote, OpResult::Ok) => {
@@ -136,8 +138,8 @@ impl Core {
                 if let Some(l) = &mut self.local {
                     l.role = Role::Secondary;
                 }
-                let reason = if self.rollback {
-                    self.cooldown_until = Some(now.plus_ms(self.cfg.failure_timeout));
+                let reason = if self.phase.rollback() {
+                    self.timers.cooldown_until = Some(now.plus_ms(self.cfg.failure_timeout));
                     format!(
                         "released after a failed start; not taking over for failure-timeout ({} ms)",
                         self.cfg.failure_timeout
@@ -147,14 +149,14 @@ impl Core {
                 } else {
                     "chain stopped and device demoted".to_string()
                 };
-                self.rollback = false;
-                self.set_state(now, HaState::Idle, reason);
+                self.set_state(now, Phase::Idle, reason);
             }
             (HaState::Releasing, Op::Demote, r) => {
                 let why = result_text(&r);
                 self.log(true, format!("demotion refused: {why}; retrying"));
-                self.decision = format!("releasing: the demotion was refused ({why}); retrying");
-                self.retry_at = Some(now.plus_ms(self.cfg.keepalive.saturating_mul(5)));
+                self.hist.decision =
+                    format!("releasing: the demotion was refused ({why}); retrying");
+                self.timers.retry_at = Some(now.plus_ms(self.cfg.keepalive.saturating_mul(5)));
             }
             (_, Op::RebootHook, r) => self.reboot_hook_done(now, &r),
             (_, Op::Outdate, OpResult::Ok) => {
@@ -178,7 +180,7 @@ impl Core {
                         result_text(&r)
                     ),
                 );
-                self.retry_at = Some(now.plus_ms(self.cfg.keepalive));
+                self.timers.retry_at = Some(now.plus_ms(self.cfg.keepalive));
             }
             (state, op, r) => {
                 self.log(
@@ -213,18 +215,18 @@ impl Core {
         };
         self.last_fence = Some(text.clone());
         let ok = matches!(code, Some(4 | 5 | 7));
-        if std::mem::take(&mut self.fencing_on_request) {
+        if matches!(self.phase, Phase::Fencing { on_request: true }) {
             self.fence_on_request_done(now, code, text);
             return;
         }
         if !ok {
-            self.retry_at = Some(now.plus_ms(self.cfg.deadtime));
+            self.timers.retry_at = Some(now.plus_ms(self.cfg.deadtime));
             self.set_state(
                 now,
-                HaState::Idle,
+                Phase::Idle,
                 format!("{text}: not promoting without a successful fence"),
             );
-            self.decision = format!(
+            self.hist.decision = format!(
                 "peer {} is dead, but {text}; without a witness a node promotes only after the fence \
                  command reports 4 (peer outdated), 5 (peer unreachable) or 7 (peer fenced): not promoting; \
                  fencing again after deadtime",
@@ -244,26 +246,24 @@ impl Core {
         {
             self.set_state(
                 now,
-                HaState::Idle,
+                Phase::Idle,
                 format!("{text}, but the peer came back and is not idle: not promoting"),
             );
             return;
         }
         match self.eligible(now) {
             Ok(force) => {
-                self.force = force;
-                self.step = 0;
                 self.set_state(
                     now,
-                    HaState::Acquiring,
+                    Phase::Acquiring { step: 0, force },
                     format!("peer dead and {text}: promoting"),
                 );
-                self.decision = format!("took over: peer dead for deadtime, {text}");
+                self.hist.decision = format!("took over: peer dead for deadtime, {text}");
             }
             Err(why) => {
                 self.set_state(
                     now,
-                    HaState::Idle,
+                    Phase::Idle,
                     format!("{text}, but no longer eligible: {why}"),
                 );
             }
@@ -272,27 +272,39 @@ impl Core {
 
     pub(super) fn continue_acquire(&mut self, now: Millis) {
         let n = self.res.len();
-        if self.step == 0 {
-            self.run(Op::Promote { force: self.force });
-        } else if self.step <= n {
-            let i = self.step - 1;
+        let step = self.phase.step();
+        if step == 0 {
+            let force = matches!(self.phase, Phase::Acquiring { force: true, .. });
+            self.run(Op::Promote { force });
+        } else if step <= n {
+            let i = step - 1;
             if let Some(r) = self.res.get_mut(i) {
                 *r = ResState::Starting;
             }
             self.run(Op::Start(i));
         } else {
-            self.no_failback = false;
+            self.ho.no_failback = false;
             self.set_state(
                 now,
-                HaState::Holding,
+                Phase::Holding,
                 format!("Primary with all {n} resource(s) started"),
             );
         }
     }
 
     pub(super) fn begin_release(&mut self, now: Millis, reason: String) {
-        self.step = self.res.len();
-        self.set_state(now, HaState::Releasing, reason);
+        self.begin_release_as(now, reason, false);
+    }
+
+    /// Stop the chain right to left and demote; `handover`: a planned one.
+    pub(super) fn begin_release_as(&mut self, now: Millis, reason: String, handover: bool) {
+        let left = self.res.len();
+        let phase = Phase::Releasing {
+            left,
+            rollback: false,
+            handover,
+        };
+        self.set_state(now, phase, reason);
         self.continue_release(now);
     }
 
@@ -300,11 +312,12 @@ impl Core {
         if self.pending.is_some() || self.q.io_pending.is_some() {
             return;
         }
-        if self.step > 0 {
-            let i = self.step - 1;
+        let left = self.phase.step();
+        if left > 0 {
+            let i = left - 1;
             if matches!(self.res.get(i), Some(ResState::Stopped)) {
                 // Never started: nothing to stop.
-                self.step = i;
+                self.phase.set_step(i);
                 self.continue_release(now);
                 return;
             }
@@ -317,20 +330,17 @@ impl Core {
         } else if self.promoted || self.local.as_ref().is_some_and(|l| l.role == Role::Primary) {
             self.run(Op::Demote);
         } else {
-            let reason = if self.rollback {
-                self.cooldown_until = Some(now.plus_ms(self.cfg.failure_timeout));
+            let reason = if self.phase.rollback() {
+                self.timers.cooldown_until = Some(now.plus_ms(self.cfg.failure_timeout));
                 "released after a failed start".to_string()
             } else if let Some(r) = self.handover_done(now) {
                 r
             } else {
                 "chain stopped".to_string()
             };
-            self.rollback = false;
-            self.set_state(now, HaState::Idle, reason);
+            self.set_state(now, Phase::Idle, reason);
         }
     }
-
-    // ----- output ----------------------------------------------------------------
 
     pub(super) fn run(&mut self, op: Op) {
         self.pending = Some(op.clone());

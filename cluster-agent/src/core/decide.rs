@@ -8,19 +8,24 @@ use super::*;
 impl Core {
     pub(super) fn evaluate(&mut self, now: Millis) {
         self.update_membership(now);
-        if self.promote_failed.as_ref().is_some_and(|(t, _)| now >= *t) {
-            self.promote_failed = None;
+        if self
+            .timers
+            .promote_failed
+            .as_ref()
+            .is_some_and(|(t, _)| now >= *t)
+        {
+            self.timers.promote_failed = None;
         }
-        if self.cooldown_until.is_some_and(|t| now >= t) {
-            self.cooldown_until = None;
+        if self.timers.cooldown_until.is_some_and(|t| now >= t) {
+            self.timers.cooldown_until = None;
             self.event(now, false, "failure-timeout over: eligible again".into());
         }
         self.quorum_io(now);
         // Decide until nothing moves (a transition may enable the next step).
         for _ in 0..8 {
-            let before = (self.state, self.pending.is_some(), self.step);
+            let before = (self.phase.clone(), self.pending.is_some());
             self.decide(now);
-            if (self.state, self.pending.is_some(), self.step) == before {
+            if (self.phase.clone(), self.pending.is_some()) == before {
                 break;
             }
         }
@@ -31,11 +36,11 @@ impl Core {
         if self.pending.is_some() {
             return;
         }
-        let retry_wait = self.retry_at.is_some_and(|t| now < t);
+        let retry_wait = self.timers.retry_at.is_some_and(|t| now < t);
         if !retry_wait {
-            self.retry_at = None;
+            self.timers.retry_at = None;
         }
-        match self.state {
+        match self.state() {
             HaState::Idle => {
                 if !self.outdate_self(now) && !retry_wait {
                     self.decide_idle(now);
@@ -45,7 +50,7 @@ impl Core {
             HaState::Fencing => {
                 // The fence result moves on; nothing pending means a lost
                 // result: start over.
-                self.set_state(now, HaState::Idle, "fence result lost".into());
+                self.set_state(now, Phase::Idle, "fence result lost".into());
             }
             HaState::Acquiring => self.continue_acquire(now),
             HaState::Holding => self.decide_holding(now),
@@ -90,22 +95,31 @@ impl Core {
         let Some(l) = &self.local else {
             return Err("the local repd is not running".into());
         };
-        if let Some(t) = self.cooldown_until.filter(|t| now < *t) {
+        if let Some(t) = self.timers.cooldown_until.filter(|t| now < *t) {
             return Err(format!(
                 "the chain failed to start here; failure-timeout runs {} ms more",
                 t - now
             ));
         }
-        if let Some(s) = &self.stop_failed {
+        if let Some(s) = &self.ho.stop_failed {
             return Err(s.clone());
         }
-        if let Some(p) = self.ping.filter(|p| p.configured > 0 && p.reachable == 0) {
+        if let Some(p) = self
+            .ho
+            .ping
+            .filter(|p| p.configured > 0 && p.reachable == 0)
+        {
             return Err(format!(
                 "none of the {} ping node(s) answers: this node is cut off from the network",
                 p.configured
             ));
         }
-        if let Some((t, why)) = self.promote_failed.as_ref().filter(|(t, _)| now < *t) {
+        if let Some((t, why)) = self
+            .timers
+            .promote_failed
+            .as_ref()
+            .filter(|(t, _)| now < *t)
+        {
             return Err(format!(
                 "the last promotion failed ({why}); trying again in {} ms",
                 *t - now
@@ -140,10 +154,10 @@ impl Core {
     pub(super) fn ready_for_failback(&self, now: Millis) -> bool {
         self.cfg.auto_failback
             && self.cfg.preferred.as_deref() == Some(self.cfg.me.as_str())
-            && matches!(self.state, HaState::Idle | HaState::Claiming)
+            && matches!(self.state(), HaState::Idle | HaState::Claiming)
             && !self.cooling_down(now)
-            && self.stop_failed.is_none()
-            && !self.no_failback
+            && self.ho.stop_failed.is_none()
+            && !self.ho.no_failback
             && self
                 .local
                 .as_ref()
@@ -160,7 +174,6 @@ impl Core {
         // A device promoted outside the agent (or before it started): adopt it.
         if self.local.as_ref().is_some_and(|l| l.role == Role::Primary) {
             self.promoted = true;
-            self.step = 1;
             for r in &mut self.res {
                 if *r == ResState::Stopped {
                     *r = ResState::Unknown;
@@ -168,17 +181,20 @@ impl Core {
             }
             self.set_state(
                 now,
-                HaState::Acquiring,
+                Phase::Acquiring {
+                    step: 1,
+                    force: false,
+                },
                 "the device is Primary already (promoted outside the agent or before it started): \
                  adopting it and starting the chain"
                     .into(),
             );
-            self.decision = "adopted the Primary role found on the device".into();
+            self.hist.decision = "adopted the Primary role found on the device".into();
             return;
         }
         match self.peer.alive {
             None => {
-                self.decision = format!(
+                self.hist.decision = format!(
                     "waiting for the first heartbeat of {} (initdead {} ms)",
                     self.cfg.peer, self.cfg.initdead
                 );
@@ -194,11 +210,11 @@ impl Core {
             return;
         };
         if b.state.holds() {
-            self.yield_until = None;
+            self.ho.yield_until = None;
             if b.fence_me && self.fence_on_request(now) {
                 return;
             }
-            self.decision = if self.ready_for_failback(now) {
+            self.hist.decision = if self.ready_for_failback(now) {
                 format!("{peer} holds the resources; auto-failback: asked it to hand them back")
             } else {
                 format!("{peer} holds the resources ({:?})", b.state)
@@ -206,27 +222,27 @@ impl Core {
             return;
         }
         if b.state == WireState::Claiming {
-            self.decision = format!("{peer} is claiming the resources");
+            self.hist.decision = format!("{peer} is claiming the resources");
             return;
         }
         if b.failback_request {
-            self.decision =
+            self.hist.decision =
                 format!("{peer} is the preferred node and asked for the resources (auto-failback)");
             return;
         }
         if let Err(why) = self.eligible(now) {
-            self.decision = format!("not taking the resources: {why}");
+            self.hist.decision = format!("not taking the resources: {why}");
             return;
         }
         if self.yielding(now) {
-            self.decision = format!(
+            self.hist.decision = format!(
                 "{}: leaving the resources to {peer}",
-                self.handover.as_deref().unwrap_or("handed over")
+                self.ho.reason.as_deref().unwrap_or("handed over")
             );
             return;
         }
         if b.eligible && !self.i_win() {
-            self.decision = format!(
+            self.hist.decision = format!(
                 "{peer} is alive, idle and eligible, and comes first ({}): leaving the resources to it",
                 if self.cfg.preferred.is_some() {
                     "preferred node"
@@ -236,10 +252,10 @@ impl Core {
             );
             return;
         }
-        self.claim_seq = self.seq + 1;
+        let claim_seq = self.tx.seq + 1;
         self.set_state(
             now,
-            HaState::Claiming,
+            Phase::Claiming { claim_seq },
             format!(
                 "nobody holds the resources and this node is {}: claiming them from {peer}",
                 if b.eligible {
@@ -249,21 +265,21 @@ impl Core {
                 }
             ),
         );
-        self.decision = format!("claiming: waiting for {peer} to acknowledge");
+        self.hist.decision = format!("claiming: waiting for {peer} to acknowledge");
     }
 
     pub(super) fn decide_idle_peer_dead(&mut self, now: Millis) {
         let peer = self.cfg.peer.clone();
         match self.eligible(now) {
             Err(why) => {
-                self.decision = format!("{peer} is dead, but not taking over: {why}");
+                self.hist.decision = format!("{peer} is dead, but not taking over: {why}");
             }
             Ok(_) if self.cfg.witness && !self.vote_valid(now) => {
                 if !self.q.want_vote {
                     self.q.want_vote = true;
-                    self.send_now = true;
+                    self.tx.send_now = true;
                 }
-                self.decision = match &self.q.witness_says {
+                self.hist.decision = match &self.q.witness_says {
                     Some(w) => {
                         format!("{peer} is dead: waiting for the witness's vote (it says: {w})")
                     }
@@ -274,10 +290,10 @@ impl Core {
                 if self.cfg.fencing {
                     self.set_state(
                         now,
-                        HaState::Fencing,
+                        Phase::Fencing { on_request: false },
                         format!("{peer} dead: fencing it before promoting"),
                     );
-                    self.decision = match &self.last_fence {
+                    self.hist.decision = match &self.last_fence {
                         None => format!("{peer} is dead: running the fence command"),
                         Some(f) => format!(
                             "{peer} is dead: running the fence command again (last time {f}: not promoting)"
@@ -285,29 +301,25 @@ impl Core {
                     };
                     self.run(Op::Fence);
                 } else if self.cfg.witness {
-                    self.force = force;
-                    self.step = 0;
                     self.set_state(
                         now,
-                        HaState::Acquiring,
+                        Phase::Acquiring { step: 0, force },
                         format!(
                             "{peer} dead for deadtime, and the witness voted for the takeover (it has not heard {peer} for deadtime either): promoting"
                         ),
                     );
-                    self.decision = format!(
+                    self.hist.decision = format!(
                         "took over with the witness's vote: {peer} silent to both for deadtime"
                     );
                 } else {
-                    self.force = force;
-                    self.step = 0;
                     self.set_state(
                         now,
-                        HaState::Acquiring,
+                        Phase::Acquiring { step: 0, force },
                         format!(
                             "{peer} dead; no fence-command configured: promoting on deadtime alone, as heartbeat does"
                         ),
                     );
-                    self.decision = format!(
+                    self.hist.decision = format!(
                         "took over without fencing: {peer} silent on every path for deadtime and no \
                          fence-command configured (a cut of every path would cause a split brain)"
                     );
@@ -321,7 +333,7 @@ impl Core {
         if self.peer.alive != Some(true) {
             self.set_state(
                 now,
-                HaState::Idle,
+                Phase::Idle,
                 format!("{peer} went silent during the claim"),
             );
             self.decide_idle(now);
@@ -330,7 +342,7 @@ impl Core {
         let force = match self.eligible(now) {
             Ok(f) => f,
             Err(why) => {
-                self.set_state(now, HaState::Idle, format!("claim withdrawn: {why}"));
+                self.set_state(now, Phase::Idle, format!("claim withdrawn: {why}"));
                 return;
             }
         };
@@ -340,7 +352,7 @@ impl Core {
         if b.state.holds() {
             self.set_state(
                 now,
-                HaState::Idle,
+                Phase::Idle,
                 format!("claim withdrawn: {peer} holds the resources"),
             );
             return;
@@ -348,45 +360,43 @@ impl Core {
         if b.state == WireState::Claiming && !self.i_win() {
             self.set_state(
                 now,
-                HaState::Idle,
+                Phase::Idle,
                 format!("claim withdrawn: {peer} claims too and comes first"),
             );
             return;
         }
         let acked = b
             .ack
-            .is_some_and(|(inc, seq)| inc == self.incarnation && seq >= self.claim_seq);
+            .is_some_and(|(inc, seq)| inc == self.incarnation && seq >= self.phase.claim_seq());
         if acked && b.state == WireState::Idle && self.wants_peer_outdated() {
-            self.decision = format!(
+            self.hist.decision = format!(
                 "claiming: {peer}'s repd is not connected to ours and its disk is {:?}; \
                  waiting for it to mark it Outdated (outdate-peer over a heartbeat path)",
                 b.disk.unwrap_or(DiskState::DUnknown)
             );
             if now.ms_since(self.state_since) >= self.cfg.deadtime {
-                self.retry_at = Some(now.plus_ms(self.cfg.deadtime));
+                self.timers.retry_at = Some(now.plus_ms(self.cfg.deadtime));
                 self.set_state(
                     now,
-                    HaState::Idle,
+                    Phase::Idle,
                     format!("outdate-peer failed: {peer} did not mark its disk Outdated within deadtime; not promoting"),
                 );
             }
             return;
         }
         if acked && b.state == WireState::Idle {
-            self.force = force;
-            self.step = 0;
             self.set_state(
                 now,
-                HaState::Acquiring,
+                Phase::Acquiring { step: 0, force },
                 format!("{peer} acknowledged the claim and stays idle: promoting"),
             );
-            self.decision = format!("took the resources: {peer} acknowledged the claim");
+            self.hist.decision = format!("took the resources: {peer} acknowledged the claim");
             return;
         }
         if now.ms_since(self.state_since) >= self.cfg.deadtime {
             self.set_state(
                 now,
-                HaState::Idle,
+                Phase::Idle,
                 format!("claim not acknowledged by {peer} within deadtime; starting over"),
             );
         }

@@ -6,6 +6,24 @@ use replication_proto::wire::{DiskState, Role};
 use super::io::result_text;
 use super::*;
 
+/// Planned handovers, ping nodes and the stop-failure escalation.
+#[derive(Debug, Default)]
+pub(super) struct Handover {
+    /// Why the last release was a planned handover (switchover, ping).
+    pub(super) reason: Option<String>,
+    /// After a handover: do not claim until then (or until the peer holds).
+    pub(super) yield_until: Option<Millis>,
+    /// A switchover moved the resources away: no auto-failback request.
+    pub(super) no_failback: bool,
+    pub(super) ping: Option<PingView>,
+    /// Since when no ping node answers.
+    pub(super) ping_lost_since: Option<Millis>,
+    /// A stop failed (the text says which and why): the role is kept.
+    pub(super) stop_failed: Option<String>,
+    /// The stop-failure escalation ran for the current failure.
+    pub(super) escalated: bool,
+}
+
 impl Core {
     /// outdate-peer: we hold or claim the resources, our repd is not
     /// connected to the peer's, and the peer's disk could still pass for
@@ -19,7 +37,7 @@ impl Core {
             return false;
         };
         matches!(
-            self.state,
+            self.state(),
             HaState::Claiming | HaState::Acquiring | HaState::Holding
         ) && self.peer.alive == Some(true)
             && !l.connected
@@ -31,7 +49,7 @@ impl Core {
     /// The peer asks us to outdate our disk: do it when our repd agrees it
     /// is not connected either. Returns whether an operation started.
     pub(super) fn outdate_self(&mut self, now: Millis) -> bool {
-        if self.retry_at.is_some_and(|t| now < t) {
+        if self.timers.retry_at.is_some_and(|t| now < t) {
             return false;
         }
         let asked = self.peer.alive == Some(true)
@@ -44,7 +62,7 @@ impl Core {
                 && matches!(l.disk, DiskState::UpToDate | DiskState::Consistent)
         });
         if asked && ours {
-            self.decision = format!(
+            self.hist.decision = format!(
                 "{} holds or claims the resources while our repds are not connected: marking our disk Outdated",
                 self.cfg.peer
             );
@@ -70,14 +88,14 @@ impl Core {
         let peer = self.cfg.peer.clone();
         let peer_alive = self.peer.alive == Some(true);
         let b = self.peer.latest.clone().filter(|_| peer_alive);
-        if self.state != HaState::Holding || self.pending.is_some() {
+        if self.state() != HaState::Holding || self.pending.is_some() {
             return Err(match &b {
                 Some(b) if b.state.holds() => format!(
                     "this node does not hold the resources, {peer} does: run the switchover there"
                 ),
                 _ => format!(
                     "this node does not hold the resources (it is {:?}): nothing to hand over",
-                    self.state
+                    self.state()
                 ),
             });
         }
@@ -119,12 +137,12 @@ impl Core {
     /// resources over to a peer that still reaches them (heartbeat's ipfail).
     pub fn set_ping(&mut self, now: Millis, view: Option<PingView>) {
         let was = self.ping_lost();
-        self.ping = view;
+        self.ho.ping = view;
         let lost = self.ping_lost();
         if !lost {
-            self.ping_lost_since = None;
-        } else if self.ping_lost_since.is_none() {
-            self.ping_lost_since = Some(now);
+            self.ho.ping_lost_since = None;
+        } else if self.ho.ping_lost_since.is_none() {
+            self.ho.ping_lost_since = Some(now);
         }
         if was != lost {
             let text = match view {
@@ -153,35 +171,35 @@ impl Core {
     /// ask for them back (auto-failback) until it holds them again.
     #[must_use]
     pub fn switched_away(&self) -> bool {
-        self.no_failback
+        self.ho.no_failback
     }
 
     pub(super) fn ping_lost(&self) -> bool {
-        self.ping
+        self.ho
+            .ping
             .is_some_and(|p| p.configured > 0 && p.reachable == 0)
     }
 
     pub(super) fn yielding(&self, now: Millis) -> bool {
-        self.yield_until.is_some_and(|t| now < t)
+        self.ho.yield_until.is_some_and(|t| now < t)
     }
 
     pub(super) fn begin_handover(&mut self, now: Millis, reason: String) {
-        self.handover = Some(reason.clone());
-        self.handing_over = true;
-        self.yield_until = None;
-        self.begin_release(now, reason);
+        self.ho.reason = Some(reason.clone());
+        self.ho.yield_until = None;
+        self.begin_release_as(now, reason, true);
     }
 
     /// The release that just ended was a handover: leave the resources to
     /// the peer for a while (our heartbeat says not eligible, so the peer
     /// claims as the only eligible node). Returns the transition's reason.
     pub(super) fn handover_done(&mut self, now: Millis) -> Option<String> {
-        if !std::mem::take(&mut self.handing_over) {
+        if !matches!(self.phase, Phase::Releasing { handover: true, .. }) {
             return None;
         }
-        self.yield_until = Some(now.plus_ms(self.cfg.ops.handover_grace));
-        self.no_failback = true;
-        let why = self.handover.clone().unwrap_or_default();
+        self.ho.yield_until = Some(now.plus_ms(self.cfg.ops.handover_grace));
+        self.ho.no_failback = true;
+        let why = self.ho.reason.clone().unwrap_or_default();
         Some(format!(
             "{why}: chain stopped and device demoted; {} takes over",
             self.cfg.peer
@@ -196,10 +214,11 @@ impl Core {
         }
         let peer = self.cfg.peer.clone();
         let settled = self
+            .ho
             .ping_lost_since
             .is_some_and(|t| now >= t.plus_ms(self.cfg.ops.ping_settle));
         if !settled {
-            self.decision = format!(
+            self.hist.decision = format!(
                 "none of the ping nodes answers: waiting {} ms to see whether {peer} lost them too",
                 self.cfg.ops.ping_settle
             );
@@ -220,22 +239,22 @@ impl Core {
             );
             return true;
         }
-        self.decision = format!(
+        self.hist.decision = format!(
             "none of the ping nodes answers, but {peer} cannot take the resources either: keeping them"
         );
         false
     }
 
     pub(super) fn escalate_stop_failure(&mut self, now: Millis, i: usize, why: &str) {
-        if self.escalated {
+        if self.ho.escalated {
             return;
         }
         let peer = self.cfg.peer.clone();
         match self.cfg.ops.on_stop_failure {
             StopFailure::Block => {}
             StopFailure::Fence => {
-                self.escalated = true;
-                self.send_now = true;
+                self.ho.escalated = true;
+                self.tx.send_now = true;
                 self.event(
                     now,
                     true,
@@ -245,7 +264,7 @@ impl Core {
                 );
             }
             StopFailure::RebootHook => {
-                self.escalated = true;
+                self.ho.escalated = true;
                 self.event(
                     now,
                     true,
@@ -274,7 +293,7 @@ impl Core {
     pub(super) fn fence_on_request(&mut self, now: Millis) -> bool {
         let peer = self.cfg.peer.clone();
         if !self.cfg.fencing {
-            self.decision = format!(
+            self.hist.decision = format!(
                 "{peer} failed to stop a resource and asks to be fenced, but no fence-command is configured"
             );
             return true;
@@ -282,34 +301,33 @@ impl Core {
         if self.local.is_none() {
             return false;
         }
-        self.fencing_on_request = true;
         self.set_state(
             now,
-            HaState::Fencing,
+            Phase::Fencing { on_request: true },
             format!(
                 "{peer} failed to stop a resource and asks to be fenced (on-stop-failure = fence): fencing it"
             ),
         );
-        self.decision = format!("fencing {peer} on its request (its stop failed)");
+        self.hist.decision = format!("fencing {peer} on its request (its stop failed)");
         self.run(Op::Fence);
         true
     }
 
     pub(super) fn fence_on_request_done(&mut self, now: Millis, code: Option<i32>, text: String) {
         let peer = self.cfg.peer.clone();
-        self.retry_at = Some(now.plus_ms(self.cfg.deadtime));
+        self.timers.retry_at = Some(now.plus_ms(self.cfg.deadtime));
         if matches!(code, Some(4 | 5 | 7)) {
             self.set_state(
                 now,
-                HaState::Idle,
+                Phase::Idle,
                 format!("fenced {peer}, whose stop failed ({text}): taking over once it is gone"),
             );
-            self.decision =
+            self.hist.decision =
                 format!("fenced {peer} on its request; takes over when it is silent for deadtime");
         } else {
             self.set_state(
                 now,
-                HaState::Idle,
+                Phase::Idle,
                 format!("{peer} asked to be fenced, but {text}: trying again after deadtime"),
             );
         }

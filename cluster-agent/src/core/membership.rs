@@ -25,11 +25,31 @@ pub(super) struct PeerView {
     pub(super) alive: Option<bool>,
 }
 
+/// The heartbeats we send: one per path every keepalive, or at once when
+/// something the peer waits for changed.
+#[derive(Debug)]
+pub(super) struct Sender {
+    /// The last sequence number sent (over all paths).
+    pub(super) seq: u64,
+    pub(super) next_send: Millis,
+    pub(super) send_now: bool,
+}
+
+impl Sender {
+    pub(super) fn new(now: Millis) -> Self {
+        Self {
+            seq: 0,
+            next_send: now,
+            send_now: true,
+        }
+    }
+}
+
 impl Core {
     pub(super) fn on_beat(&mut self, now: Millis, path: usize, beat: Beat) {
         if path >= self.paths.len() || usize::from(beat.path) != path {
             // Sent for another path: recorded elsewhere, or misconfigured.
-            self.counters.malformed += 1;
+            self.hist.counters.malformed += 1;
             return;
         }
         match self.peer.incarnation {
@@ -42,10 +62,10 @@ impl Core {
                 if beat.started_ms <= started && !silent {
                     // An older run of the peer (a replay), or a clock that went
                     // back: believed only once the current run went silent.
-                    self.counters.replay += 1;
+                    self.hist.counters.replay += 1;
                     return;
                 }
-                self.counters.peer_restarts += 1;
+                self.hist.counters.peer_restarts += 1;
                 self.event(
                     now,
                     false,
@@ -62,7 +82,7 @@ impl Core {
             return;
         };
         if beat.seq <= pv.max_seq {
-            self.counters.replay += 1;
+            self.hist.counters.replay += 1;
             return;
         }
         pv.max_seq = beat.seq;
@@ -76,7 +96,7 @@ impl Core {
             }
         }
         pv.received += 1;
-        self.counters.received += 1;
+        self.hist.counters.received += 1;
         self.peer.last_valid = Some(now);
         if beat.seq > self.peer.max_seq {
             self.peer.max_seq = beat.seq;
@@ -87,7 +107,7 @@ impl Core {
             });
             if changed {
                 // Answer at once: a claim waits for our acknowledgement.
-                self.send_now = true;
+                self.tx.send_now = true;
             }
             if beat.disk.is_some_and(|d| d != DiskState::Outdated) {
                 // The peer's own word replaces what the fence said.
@@ -163,21 +183,21 @@ impl Core {
             };
             self.event(now, alive == Some(false), text);
             self.peer.alive = alive;
-            self.send_now = true;
+            self.tx.send_now = true;
         }
     }
 
     pub(super) fn maybe_send(&mut self, now: Millis) {
-        if !self.send_now && now < self.next_send {
+        if !self.tx.send_now && now < self.tx.next_send {
             return;
         }
-        self.send_now = false;
-        self.next_send = now.plus_ms(self.cfg.keepalive);
+        self.tx.send_now = false;
+        self.tx.next_send = now.plus_ms(self.cfg.keepalive);
         let eligible = self.eligible(now).is_ok() && !self.yielding(now);
         let failback_request = self.ready_for_failback(now);
         let ping_lost = self.ping_lost();
         let fence_me =
-            self.stop_failed.is_some() && self.cfg.ops.on_stop_failure == StopFailure::Fence;
+            self.ho.stop_failed.is_some() && self.cfg.ops.on_stop_failure == StopFailure::Fence;
         let outdate_request = self.wants_peer_outdated();
         let ack = self
             .peer
@@ -185,14 +205,14 @@ impl Core {
             .filter(|_| self.peer.max_seq > 0)
             .map(|(inc, _)| (inc, self.peer.max_seq));
         for path in 0..self.paths.len() {
-            self.seq += 1;
+            self.tx.seq += 1;
             let beat = Beat {
                 path: u8::try_from(path).unwrap_or(u8::MAX),
                 incarnation: self.incarnation,
                 started_ms: self.started_ms,
-                seq: self.seq,
+                seq: self.tx.seq,
                 ack,
-                state: self.state.wire(),
+                state: self.state().wire(),
                 eligible,
                 failback_request,
                 repd_up: self.local.is_some(),
@@ -204,8 +224,8 @@ impl Core {
                 fence_me,
                 outdate_request,
             };
-            self.q.hb_sent.push_back((self.seq, now));
-            self.counters.sent += 1;
+            self.q.hb_sent.push_back((self.tx.seq, now));
+            self.hist.counters.sent += 1;
             self.actions.push_back(Action::Send { path, beat });
         }
         let keep = Millis::from_ms(now.as_ms().saturating_sub(self.cfg.deadtime));

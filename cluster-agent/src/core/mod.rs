@@ -78,8 +78,10 @@ pub use io::{
 };
 pub use status::{CoreStatus, Counters, Event, PathStatus, PeerStatus, QuorumStatus, Transition};
 
-use membership::{PathView, PeerView};
+use handover::Handover;
+use membership::{PathView, PeerView, Sender};
 use quorum::Quorum;
+use status::History;
 
 /// The decision core of one agent.
 #[derive(Debug)]
@@ -88,54 +90,113 @@ pub struct Core {
     incarnation: u64,
     started_ms: u64,
     start: Millis,
-    seq: u64,
-    state: HaState,
+    phase: Phase,
     state_since: Millis,
-    /// Acquiring: the next step (0 = promote, i + 1 = start resource i).
-    /// Releasing: how many resources are left to stop (then demote).
-    step: usize,
-    force: bool,
     /// The promotion is done (the device is Primary by our hand or adopted).
     promoted: bool,
+    /// The chain's operation in flight (one at a time).
     pending: Option<Op>,
-    claim_seq: u64,
-    /// A release that follows a failed start ends with the failure timeout.
-    rollback: bool,
     res: Vec<ResState>,
     local: Option<LocalState>,
     local_known: bool,
     peer: PeerView,
     paths: Vec<PathView>,
-    next_send: Millis,
-    send_now: bool,
-    retry_at: Option<Millis>,
-    cooldown_until: Option<Millis>,
+    tx: Sender,
+    timers: Timers,
     fence_outdated_peer: bool,
+    last_fence: Option<String>,
     q: Quorum,
+    ho: Handover,
+    hist: History,
+    actions: VecDeque<Action>,
+}
+
+/// The timers that hold a decision back.
+#[derive(Debug, Default)]
+struct Timers {
+    /// Fencing, promotion, stop, demotion or outdate is retried then.
+    retry_at: Option<Millis>,
+    /// A failed start keeps this node from taking over until then.
+    cooldown_until: Option<Millis>,
     /// Until when a refused promotion keeps this node ineligible, and why.
     promote_failed: Option<(Millis, String)>,
-    last_fence: Option<String>,
-    stop_failed: Option<String>,
-    /// Why the last release was a planned handover (switchover, ping).
-    handover: Option<String>,
-    /// The running release is that handover.
-    handing_over: bool,
-    /// After a handover: do not claim until then (or until the peer holds).
-    yield_until: Option<Millis>,
-    /// A switchover moved the resources away: no auto-failback request.
-    no_failback: bool,
-    ping: Option<PingView>,
-    /// Since when no ping node answers.
-    ping_lost_since: Option<Millis>,
-    /// The stop-failure escalation ran for the current failure.
-    escalated: bool,
-    /// The running fence answers the peer's own request (its stop failed).
-    fencing_on_request: bool,
-    decision: String,
-    transitions: VecDeque<Transition>,
-    events: VecDeque<Event>,
-    counters: Counters,
-    actions: VecDeque<Action>,
+}
+
+/// The agent's state with the data that belongs to that state alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    /// Waiting for the peer to acknowledge our heartbeat `claim_seq`.
+    Claiming {
+        claim_seq: u64,
+    },
+    /// The fence command runs; `on_request`: the peer asked for it (its
+    /// stop failed), so success does not mean a takeover now.
+    Fencing {
+        on_request: bool,
+    },
+    /// The next step: 0 = promote (`force`: a Consistent disk whose peer is
+    /// known Outdated), i + 1 = start resource i.
+    Acquiring {
+        step: usize,
+        force: bool,
+    },
+    Holding,
+    /// `left` resources are left to stop, then demote. `rollback`: after a
+    /// failed start (ends with the failure timeout); `handover`: a planned
+    /// handover (ends leaving the resources to the peer).
+    Releasing {
+        left: usize,
+        rollback: bool,
+        handover: bool,
+    },
+}
+
+impl Phase {
+    fn state(&self) -> HaState {
+        match self {
+            Phase::Idle => HaState::Idle,
+            Phase::Claiming { .. } => HaState::Claiming,
+            Phase::Fencing { .. } => HaState::Fencing,
+            Phase::Acquiring { .. } => HaState::Acquiring,
+            Phase::Holding => HaState::Holding,
+            Phase::Releasing { .. } => HaState::Releasing,
+        }
+    }
+
+    /// Acquiring: the next step; Releasing: how many resources are left.
+    fn step(&self) -> usize {
+        match self {
+            Phase::Acquiring { step, .. } => *step,
+            Phase::Releasing { left, .. } => *left,
+            other => {
+                debug_assert!(false, "no chain step in {other:?}");
+                0
+            }
+        }
+    }
+
+    fn set_step(&mut self, n: usize) {
+        match self {
+            Phase::Acquiring { step, .. } => *step = n,
+            Phase::Releasing { left, .. } => *left = n,
+            other => debug_assert!(false, "no chain step in {other:?}"),
+        }
+    }
+
+    fn claim_seq(&self) -> u64 {
+        match self {
+            Phase::Claiming { claim_seq } => *claim_seq,
+            other => {
+                debug_assert!(false, "no claim in {other:?}");
+                u64::MAX
+            }
+        }
+    }
+
+    fn rollback(&self) -> bool {
+        matches!(self, Phase::Releasing { rollback: true, .. })
+    }
 }
 
 impl Core {
@@ -151,41 +212,22 @@ impl Core {
             incarnation,
             started_ms,
             start: now,
-            seq: 0,
-            state: HaState::Idle,
+            phase: Phase::Idle,
             state_since: now,
-            step: 0,
-            force: false,
             promoted: false,
             pending: None,
-            claim_seq: 0,
-            rollback: false,
             res,
             local: None,
             local_known: false,
             peer: PeerView::default(),
             paths,
-            next_send: now,
-            send_now: true,
-            retry_at: None,
-            cooldown_until: None,
+            tx: Sender::new(now),
+            timers: Timers::default(),
             fence_outdated_peer: false,
-            q: Quorum::default(),
-            promote_failed: None,
             last_fence: None,
-            stop_failed: None,
-            handover: None,
-            handing_over: false,
-            yield_until: None,
-            no_failback: false,
-            ping: None,
-            ping_lost_since: None,
-            escalated: false,
-            fencing_on_request: false,
-            decision: "starting".into(),
-            transitions: VecDeque::new(),
-            events: VecDeque::new(),
-            counters: Counters::default(),
+            q: Quorum::default(),
+            ho: Handover::default(),
+            hist: History::new(),
             actions: VecDeque::new(),
         }
     }
@@ -197,7 +239,7 @@ impl Core {
 
     #[must_use]
     pub fn state(&self) -> HaState {
-        self.state
+        self.phase.state()
     }
 
     #[must_use]
@@ -212,19 +254,19 @@ impl Core {
 
     #[must_use]
     pub fn counters(&self) -> &Counters {
-        &self.counters
+        &self.hist.counters
     }
 
     /// A failed start keeps this node from taking over until then.
     #[must_use]
     pub fn cooling_down(&self, now: Millis) -> bool {
-        self.cooldown_until.is_some_and(|t| now < t)
+        self.timers.cooldown_until.is_some_and(|t| now < t)
     }
 
     /// A retry timer (fencing, promotion, stop or demotion) is running.
     #[must_use]
     pub fn retry_pending(&self, now: Millis) -> bool {
-        self.retry_at.is_some_and(|t| now < t)
+        self.timers.retry_at.is_some_and(|t| now < t)
     }
 
     #[must_use]
@@ -242,7 +284,7 @@ impl Core {
     /// may tick earlier (the daemon ticks after every input) but not later.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Millis> {
-        let mut t = self.next_send;
+        let mut t = self.tx.next_send;
         let mut at = |x: Millis| t = t.min(x);
         for p in &self.paths {
             if let Some(h) = p.last_heard {
@@ -257,22 +299,22 @@ impl Core {
         if self.peer.alive.is_none() {
             at(self.start.plus_ms(self.cfg.initdead));
         }
-        if let Some(r) = self.retry_at {
+        if let Some(r) = self.timers.retry_at {
             at(r);
         }
-        if let Some(y) = self.yield_until {
+        if let Some(y) = self.ho.yield_until {
             at(y);
         }
-        if let Some(p) = self.ping_lost_since {
+        if let Some(p) = self.ho.ping_lost_since {
             at(p.plus_ms(self.cfg.ops.ping_settle));
         }
-        if let Some(c) = self.cooldown_until {
+        if let Some(c) = self.timers.cooldown_until {
             at(c);
         }
-        if let Some((t, _)) = &self.promote_failed {
+        if let Some((t, _)) = &self.timers.promote_failed {
             at(*t);
         }
-        if self.state == HaState::Claiming {
+        if self.state() == HaState::Claiming {
             at(self.state_since.plus_ms(self.cfg.deadtime));
         }
         if self.cfg.witness && self.q.io_pending.is_none() && !self.q.suspended {
@@ -289,9 +331,9 @@ impl Core {
             Input::Tick => {}
             Input::Beat { path, beat } => self.on_beat(now, path, beat),
             Input::BadPacket { kind, .. } => match kind {
-                BadPacket::BadMac => self.counters.bad_mac += 1,
-                BadPacket::Malformed => self.counters.malformed += 1,
-                BadPacket::Foreign => self.counters.foreign += 1,
+                BadPacket::BadMac => self.hist.counters.bad_mac += 1,
+                BadPacket::Malformed => self.hist.counters.malformed += 1,
+                BadPacket::Foreign => self.hist.counters.foreign += 1,
             },
             Input::Local(l) => self.on_local(now, l),
             Input::Done { op, result } if op.is_io_control() => self.on_io_done(now, op, result),

@@ -138,7 +138,7 @@ impl Core {
             started_ms: self.started_ms,
             seq,
             want_vote: self.q.want_vote,
-            state: self.state.wire(),
+            state: self.state().wire(),
             repd_up: l.is_some(),
             role: l.map(|l| l.role),
             disk: l.map(|l| l.disk),
@@ -155,7 +155,7 @@ impl Core {
     pub(super) fn on_witness(&mut self, now: Millis, r: &witness::Reply) {
         let (inc, seq) = r.echo;
         if inc != self.incarnation || seq <= self.q.w_answered {
-            self.counters.replay += 1;
+            self.hist.counters.replay += 1;
             return;
         }
         // Only the exact request dates the answer.
@@ -289,12 +289,12 @@ impl Core {
             && quorum
             && alone_known
             && !peer_took_over
-            && self.state != HaState::Releasing
+            && self.state() != HaState::Releasing
         {
             Some(Op::ResumeIo {
                 current: self.local.as_ref().map_or(0, |l| l.gens.current),
             })
-        } else if self.q.suspended && self.state == HaState::Releasing && !self.q.failing {
+        } else if self.q.suspended && self.state() == HaState::Releasing && !self.q.failing {
             // Stopping the chain over held writes would hang (a umount
             // flushes): fail them first.
             Some(Op::SuspendIo { fail: true })

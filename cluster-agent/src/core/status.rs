@@ -121,6 +121,27 @@ pub struct CoreStatus {
     pub events: Vec<Event>,
 }
 
+/// What the status tells besides the current state: the decision in
+/// words, the recent transitions and events, and the counters.
+#[derive(Debug)]
+pub(super) struct History {
+    pub(super) decision: String,
+    pub(super) transitions: VecDeque<Transition>,
+    pub(super) events: VecDeque<Event>,
+    pub(super) counters: Counters,
+}
+
+impl History {
+    pub(super) fn new() -> Self {
+        Self {
+            decision: "starting".into(),
+            transitions: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: Counters::default(),
+        }
+    }
+}
+
 impl Core {
     pub(super) fn log(&mut self, warn: bool, text: String) {
         self.actions.push_back(Action::Log { warn, text });
@@ -128,14 +149,17 @@ impl Core {
 
     pub(super) fn event(&mut self, now: Millis, warn: bool, what: String) {
         self.log(warn, what.clone());
-        if self.events.len() == HISTORY {
-            self.events.pop_front();
+        if self.hist.events.len() == HISTORY {
+            self.hist.events.pop_front();
         }
-        self.events.push_back(Event { at: now, what });
+        self.hist.events.push_back(Event { at: now, what });
     }
 
-    pub(super) fn set_state(&mut self, now: Millis, to: HaState, reason: String) {
-        let from = self.state;
+    /// Enter `phase`, with the transition logged and kept for `status`.
+    /// Within the same state only the state's data changes.
+    pub(super) fn set_state(&mut self, now: Millis, phase: Phase, reason: String) {
+        let (from, to) = (self.state(), phase.state());
+        self.phase = phase;
         if from == to {
             return;
         }
@@ -144,8 +168,9 @@ impl Core {
             format!("{from:?} -> {to:?}: {reason}"),
         );
         let same = |t: &Transition| t.from == from && t.to == to && t.reason == reason;
-        let n = self.transitions.len();
+        let n = self.hist.transitions.len();
         let repeat = self
+            .hist
             .transitions
             .iter_mut()
             .skip(n.saturating_sub(2))
@@ -155,9 +180,9 @@ impl Core {
             t.at = now;
         } else {
             if n == HISTORY {
-                self.transitions.pop_front();
+                self.hist.transitions.pop_front();
             }
-            self.transitions.push_back(Transition {
+            self.hist.transitions.push_back(Transition {
                 at: now,
                 from,
                 to,
@@ -165,9 +190,8 @@ impl Core {
                 count: 1,
             });
         }
-        self.state = to;
         self.state_since = now;
-        self.send_now = true;
+        self.tx.send_now = true;
     }
 
     #[must_use]
@@ -197,18 +221,22 @@ impl Core {
         };
         CoreStatus {
             node: self.cfg.me.clone(),
-            state: self.state,
+            state: self.state(),
             state_for_ms: now.ms_since(self.state_since),
             holds_role: self.promoted,
-            decision: self.decision.clone(),
+            decision: self.hist.decision.clone(),
             fencing,
             last_fence: self.last_fence.clone(),
-            failure_timeout_left_ms: self.cooldown_until.filter(|t| *t > now).map(|t| t - now),
+            failure_timeout_left_ms: self
+                .timers
+                .cooldown_until
+                .filter(|t| *t > now)
+                .map(|t| t - now),
             quorum: self.quorum_status(now),
-            stop_failed: self.stop_failed.clone(),
+            stop_failed: self.ho.stop_failed.clone(),
             on_stop_failure: self.cfg.ops.on_stop_failure,
-            ping: self.ping,
-            handover: self.handover.clone(),
+            ping: self.ho.ping,
+            handover: self.ho.reason.clone(),
             pending: self.pending.clone(),
             local: self.local.clone(),
             peer: PeerStatus {
@@ -236,9 +264,9 @@ impl Core {
                 })
                 .collect(),
             resources: self.res.clone(),
-            counters: self.counters.clone(),
-            transitions: self.transitions.iter().cloned().collect(),
-            events: self.events.iter().cloned().collect(),
+            counters: self.hist.counters.clone(),
+            transitions: self.hist.transitions.iter().cloned().collect(),
+            events: self.hist.events.iter().cloned().collect(),
         }
     }
 }
