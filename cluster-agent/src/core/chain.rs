@@ -183,6 +183,8 @@ impl Core {
                 self.timers.retry_at = Some(now.plus_ms(self.cfg.keepalive));
             }
             (state, op, r) => {
+                // An operation runs only in its state (see `debug_check`).
+                debug_assert!(false, "the result of {op:?} in state {state:?}");
                 self.log(
                     true,
                     format!("ignoring the result of {op:?} in state {state:?}: {r:?}"),

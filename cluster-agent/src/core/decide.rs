@@ -30,6 +30,32 @@ impl Core {
             }
         }
         self.maybe_send(now);
+        self.debug_check();
+    }
+
+    /// Combinations of the state that cannot happen.
+    fn debug_check(&self) {
+        let holds = self.state().wire().holds();
+        // The promotion is undone only by the demotion that ends a release.
+        debug_assert!(!self.promoted || holds, "promoted in {:?}", self.phase);
+        // A failed stop keeps the node releasing until the stop succeeds.
+        debug_assert!(
+            self.ho.stop_failed.is_none() || self.state() == HaState::Releasing,
+            "a failed stop in {:?}",
+            self.phase
+        );
+        // The chain's operations run one at a time, in their state.
+        let in_state = matches!(
+            (&self.pending, &self.phase),
+            (None | Some(Op::RebootHook | Op::Outdate), _)
+                | (Some(Op::Fence), Phase::Fencing { .. })
+                | (
+                    Some(Op::Promote { .. } | Op::Start(_)),
+                    Phase::Acquiring { .. }
+                )
+                | (Some(Op::Stop(_) | Op::Demote), Phase::Releasing { .. })
+        );
+        debug_assert!(in_state, "{:?} pending in {:?}", self.pending, self.phase);
     }
 
     pub(super) fn decide(&mut self, now: Millis) {
@@ -49,7 +75,8 @@ impl Core {
             HaState::Claiming => self.decide_claiming(now),
             HaState::Fencing => {
                 // The fence result moves on; nothing pending means a lost
-                // result: start over.
+                // result (a driver that dropped it): start over.
+                debug_assert!(false, "Fencing with no fence command running");
                 self.set_state(now, Phase::Idle, "fence result lost".into());
             }
             HaState::Acquiring => self.continue_acquire(now),
