@@ -66,122 +66,12 @@ impl Core {
         self.pending = None;
         match (self.state(), op, result) {
             (HaState::Fencing, Op::Fence, r) => self.fence_done(now, r),
-            (HaState::Acquiring, Op::Promote { .. }, OpResult::Ok) => {
-                self.promoted = true;
-                self.phase.set_step(1);
-                // The next status poll says so too; until then, believe it.
-                if let Some(l) = &mut self.local {
-                    l.role = Role::Primary;
-                }
-            }
-            (HaState::Acquiring, Op::Promote { .. }, r) => {
-                let why = result_text(&r);
-                self.timers.retry_at = Some(now.plus_ms(self.cfg.deadtime));
-                // Not eligible meanwhile, so that the peer may take over.
-                self.timers.promote_failed = Some((now.plus_ms(self.cfg.deadtime), why.clone()));
-                self.set_state(now, Phase::Idle, format!("promotion refused: {why}"));
-                self.hist.decision =
-                    format!("the promotion failed ({why}); trying again after deadtime");
-            }
-            (HaState::Acquiring, Op::Start(i), OpResult::Ok) => {
-                if let Some(r) = self.res.get_mut(i) {
-                    *r = ResState::Started;
-                }
-                self.phase.set_step(i + 2);
-            }
-            (HaState::Acquiring, Op::Start(i), r) => {
-                let why = result_text(&r);
-                if let Some(s) = self.res.get_mut(i) {
-                    *s = ResState::StartFailed(why.clone());
-                }
-                // Stop it too (a failed start may have half started), and
-                // everything that may run, right to left.
-                self.set_state(
-                    now,
-                    Phase::Releasing {
-                        left: self.res.len(),
-                        rollback: true,
-                        handover: false,
-                    },
-                    format!("resource {i} failed to start ({why}): stopping what was started and releasing the role"),
-                );
-            }
-            (HaState::Releasing, Op::Stop(i), OpResult::Ok) => {
-                if let Some(r) = self.res.get_mut(i) {
-                    // A failed start stays visible (stopped, but why).
-                    if !matches!(r, ResState::StartFailed(_)) {
-                        *r = ResState::Stopped;
-                    }
-                }
-                self.ho.stop_failed = None;
-                self.ho.escalated = false;
-                self.phase.set_step(i);
-            }
-            (HaState::Releasing, Op::Stop(i), r) => {
-                let why = result_text(&r);
-                if let Some(s) = self.res.get_mut(i) {
-                    *s = ResState::StopFailed(why.clone());
-                }
-                let text = format!(
-                    "resource {i} failed to stop ({why}): keeping the role so the peer does not take over under it; retrying every deadtime"
-                );
-                self.log(true, text.clone());
-                self.ho.stop_failed = Some(text);
-                self.timers.retry_at = Some(now.plus_ms(self.cfg.deadtime));
-                self.escalate_stop_failure(now, i, &why);
-            }
-            (HaState::Releasing, Op::Demote, OpResult::Ok) => {
-                self.promoted = false;
-                // A demotion ends repd's suspension (held writes fail).
-                self.q.suspended = false;
-                self.q.failing = false;
-                if let Some(l) = &mut self.local {
-                    l.role = Role::Secondary;
-                }
-                let reason = if self.phase.rollback() {
-                    self.timers.cooldown_until = Some(now.plus_ms(self.cfg.failure_timeout));
-                    format!(
-                        "released after a failed start; not taking over for failure-timeout ({} ms)",
-                        self.cfg.failure_timeout
-                    )
-                } else if let Some(r) = self.handover_done(now) {
-                    r
-                } else {
-                    "chain stopped and device demoted".to_string()
-                };
-                self.set_state(now, Phase::Idle, reason);
-            }
-            (HaState::Releasing, Op::Demote, r) => {
-                let why = result_text(&r);
-                self.log(true, format!("demotion refused: {why}; retrying"));
-                self.hist.decision =
-                    format!("releasing: the demotion was refused ({why}); retrying");
-                self.timers.retry_at = Some(now.plus_ms(self.cfg.keepalive.saturating_mul(5)));
-            }
+            (HaState::Acquiring, Op::Promote { .. }, r) => self.promote_done(now, r),
+            (HaState::Acquiring, Op::Start(i), r) => self.start_done(now, i, r),
+            (HaState::Releasing, Op::Stop(i), r) => self.stop_done(now, i, r),
+            (HaState::Releasing, Op::Demote, r) => self.demote_done(now, r),
             (_, Op::RebootHook, r) => self.reboot_hook_done(now, &r),
-            (_, Op::Outdate, OpResult::Ok) => {
-                if let Some(l) = &mut self.local {
-                    l.disk = DiskState::Outdated;
-                }
-                self.event(
-                    now,
-                    true,
-                    format!(
-                        "outdate-peer: marked the local disk Outdated at {}'s request (our repds are not connected)",
-                        self.cfg.peer
-                    ),
-                );
-            }
-            (_, Op::Outdate, r) => {
-                self.log(
-                    true,
-                    format!(
-                        "outdate-peer: `repctl outdate` failed: {}; trying again",
-                        result_text(&r)
-                    ),
-                );
-                self.timers.retry_at = Some(now.plus_ms(self.cfg.keepalive));
-            }
+            (_, Op::Outdate, r) => self.outdate_done(now, r),
             (state, op, r) => {
                 // An operation runs only in its state (see `debug_check`).
                 debug_assert!(false, "the result of {op:?} in state {state:?}");
@@ -191,6 +81,129 @@ impl Core {
                 );
             }
         }
+    }
+
+    fn promote_done(&mut self, now: Millis, r: OpResult) {
+        if r == OpResult::Ok {
+            self.promoted = true;
+            self.phase.set_step(1);
+            // The next status poll says so too; until then, believe it.
+            if let Some(l) = &mut self.local {
+                l.role = Role::Primary;
+            }
+            return;
+        }
+        let why = result_text(&r);
+        self.timers.retry_at = Some(now.plus_ms(self.cfg.deadtime));
+        // Not eligible meanwhile, so that the peer may take over.
+        self.timers.promote_failed = Some((now.plus_ms(self.cfg.deadtime), why.clone()));
+        self.set_state(now, Phase::Idle, format!("promotion refused: {why}"));
+        self.hist.decision = format!("the promotion failed ({why}); trying again after deadtime");
+    }
+
+    fn start_done(&mut self, now: Millis, i: usize, r: OpResult) {
+        if r == OpResult::Ok {
+            if let Some(r) = self.res.get_mut(i) {
+                *r = ResState::Started;
+            }
+            self.phase.set_step(i + 2);
+            return;
+        }
+        let why = result_text(&r);
+        if let Some(s) = self.res.get_mut(i) {
+            *s = ResState::StartFailed(why.clone());
+        }
+        // Stop it too (a failed start may have half started), and
+        // everything that may run, right to left.
+        self.set_state(
+            now,
+            Phase::Releasing {
+                left: self.res.len(),
+                rollback: true,
+                handover: false,
+            },
+            format!("resource {i} failed to start ({why}): stopping what was started and releasing the role"),
+        );
+    }
+
+    fn stop_done(&mut self, now: Millis, i: usize, r: OpResult) {
+        if r == OpResult::Ok {
+            if let Some(r) = self.res.get_mut(i) {
+                // A failed start stays visible (stopped, but why).
+                if !matches!(r, ResState::StartFailed(_)) {
+                    *r = ResState::Stopped;
+                }
+            }
+            self.ho.stop_failed = None;
+            self.ho.escalated = false;
+            self.phase.set_step(i);
+            return;
+        }
+        let why = result_text(&r);
+        if let Some(s) = self.res.get_mut(i) {
+            *s = ResState::StopFailed(why.clone());
+        }
+        let text = format!(
+            "resource {i} failed to stop ({why}): keeping the role so the peer does not take over under it; retrying every deadtime"
+        );
+        self.log(true, text.clone());
+        self.ho.stop_failed = Some(text);
+        self.timers.retry_at = Some(now.plus_ms(self.cfg.deadtime));
+        self.escalate_stop_failure(now, i, &why);
+    }
+
+    fn demote_done(&mut self, now: Millis, r: OpResult) {
+        if r == OpResult::Ok {
+            self.promoted = false;
+            // A demotion ends repd's suspension (held writes fail).
+            self.q.suspended = false;
+            self.q.failing = false;
+            if let Some(l) = &mut self.local {
+                l.role = Role::Secondary;
+            }
+            let reason = if self.phase.rollback() {
+                self.timers.cooldown_until = Some(now.plus_ms(self.cfg.failure_timeout));
+                format!(
+                    "released after a failed start; not taking over for failure-timeout ({} ms)",
+                    self.cfg.failure_timeout
+                )
+            } else if let Some(r) = self.handover_done(now) {
+                r
+            } else {
+                "chain stopped and device demoted".to_string()
+            };
+            self.set_state(now, Phase::Idle, reason);
+            return;
+        }
+        let why = result_text(&r);
+        self.log(true, format!("demotion refused: {why}; retrying"));
+        self.hist.decision = format!("releasing: the demotion was refused ({why}); retrying");
+        self.timers.retry_at = Some(now.plus_ms(self.cfg.keepalive.saturating_mul(5)));
+    }
+
+    fn outdate_done(&mut self, now: Millis, r: OpResult) {
+        if r == OpResult::Ok {
+            if let Some(l) = &mut self.local {
+                l.disk = DiskState::Outdated;
+            }
+            self.event(
+                now,
+                true,
+                format!(
+                    "outdate-peer: marked the local disk Outdated at {}'s request (our repds are not connected)",
+                    self.cfg.peer
+                ),
+            );
+            return;
+        }
+        self.log(
+            true,
+            format!(
+                "outdate-peer: `repctl outdate` failed: {}; trying again",
+                result_text(&r)
+            ),
+        );
+        self.timers.retry_at = Some(now.plus_ms(self.cfg.keepalive));
     }
 
     pub(super) fn fence_done(&mut self, now: Millis, r: OpResult) {
