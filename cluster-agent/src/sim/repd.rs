@@ -70,73 +70,11 @@ impl World {
     pub(super) fn repd_step(&mut self) {
         let up = self.nodes[0].repd_up && self.nodes[1].repd_up && self.rep_up;
         if !up {
-            if self.connected {
-                self.log("repd: disconnected".into());
-                if self.sc.witness {
-                    // A Primary that loses its peer starts a new generation
-                    // and, armed, freezes before acknowledging anything alone.
-                    for n in 0..2 {
-                        if self.nodes[n].repd_up && self.nodes[n].role == Role::Primary {
-                            let id = self.next_gen_id;
-                            self.next_gen_id += 1;
-                            let node = &mut self.nodes[n];
-                            node.hist.push(id);
-                            if node.freeze_armed {
-                                node.suspended = true;
-                            }
-                            self.log(format!("repd: {} alone, new generation {id}", NAMES[n]));
-                        }
-                    }
-                }
-            }
-            self.connected = false;
-            self.sync = None;
+            self.repd_disconnect();
             return;
         }
         if !self.connected && !self.split_brain {
-            let (a, b) = (&self.nodes[0], &self.nodes[1]);
-            let (ca, cb) = (*a.hist.last().unwrap_or(&0), *b.hist.last().unwrap_or(&0));
-            let source = if a.role == Role::Primary && b.role == Role::Primary {
-                None
-            } else if ca == cb {
-                match (a.disk, b.disk) {
-                    (DiskState::UpToDate, DiskState::UpToDate) => Some(None),
-                    (DiskState::UpToDate, _) => Some(Some(0)),
-                    (_, DiskState::UpToDate) => Some(Some(1)),
-                    _ => Some(None),
-                }
-            } else if a.hist.contains(&cb) {
-                Some(Some(0))
-            } else if b.hist.contains(&ca) {
-                Some(Some(1))
-            } else {
-                None
-            };
-            match source {
-                None => {
-                    self.split_brain = true;
-                    self.log("repd: split brain detected; staying StandAlone".into());
-                }
-                Some(src) => {
-                    self.connected = true;
-                    self.log(format!("repd: connected, sync source {src:?}"));
-                    if let Some(s) = src {
-                        let t = 1 - s;
-                        if self.nodes[t].role == Role::Primary {
-                            // A Primary never becomes a sync target here: that is
-                            // a split brain for the core to refuse.
-                            self.split_brain = true;
-                            self.connected = false;
-                            self.log(
-                                "repd: the newer data is on the Secondary: split brain".into(),
-                            );
-                        } else {
-                            self.nodes[t].disk = DiskState::Inconsistent;
-                            self.sync = Some((t, self.now + self.sc.resync));
-                        }
-                    }
-                }
-            }
+            self.repd_connect();
         }
         if let Some((t, until)) = self.sync {
             if self.now >= until {
@@ -163,49 +101,78 @@ impl World {
         }
     }
 
-    pub(super) fn apply_op(&mut self, n: usize, op: &Op) -> Result<OpResult, Violation> {
-        let other = 1 - n;
-        Ok(match op {
-            Op::Promote { force } => {
-                let me = &self.nodes[n];
-                if !me.repd_up {
-                    OpResult::Failed("repd not running".into())
-                } else if self.connected && self.nodes[other].role == Role::Primary {
-                    OpResult::Failed("the peer is Primary".into())
-                } else if me.disk == DiskState::UpToDate
-                    || (me.disk == DiskState::Consistent && *force)
-                {
-                    let connected = self.connected;
-                    if self.sc.witness && !self.sc.no_freeze {
-                        if let Some(g) = self.nodes[other].alone_gen {
-                            if !self.nodes[n].hist.contains(&g) {
-                                return Err(self.violation(format!(
-                                    "{} promoted without the writes {} acknowledged alone (generation {g})",
-                                    NAMES[n], NAMES[other]
-                                )));
-                            }
+    fn repd_disconnect(&mut self) {
+        if self.connected {
+            self.log("repd: disconnected".into());
+            if self.sc.witness {
+                // A Primary that loses its peer starts a new generation
+                // and, armed, freezes before acknowledging anything alone.
+                for n in 0..2 {
+                    if self.nodes[n].repd_up && self.nodes[n].role == Role::Primary {
+                        let id = self.next_gen_id;
+                        self.next_gen_id += 1;
+                        let node = &mut self.nodes[n];
+                        node.hist.push(id);
+                        if node.freeze_armed {
+                            node.suspended = true;
                         }
-                        if !connected {
-                            self.report.witness_takeovers += 1;
-                        }
+                        self.log(format!("repd: {} alone, new generation {id}", NAMES[n]));
                     }
-                    let id = self.next_gen_id;
-                    self.next_gen_id += 1;
-                    let me = &mut self.nodes[n];
-                    me.role = Role::Primary;
-                    me.disk = DiskState::UpToDate;
-                    if !connected {
-                        me.hist.push(id);
-                        if me.freeze_armed {
-                            me.suspended = true;
-                        }
-                    }
-                    self.report.promotions += 1;
-                    OpResult::Ok
-                } else {
-                    OpResult::Failed(format!("need UpToDate data, disk is {:?}", me.disk))
                 }
             }
+        }
+        self.connected = false;
+        self.sync = None;
+    }
+
+    /// The handshake: who has the newer data, or a split brain.
+    fn repd_connect(&mut self) {
+        let (a, b) = (&self.nodes[0], &self.nodes[1]);
+        let (ca, cb) = (*a.hist.last().unwrap_or(&0), *b.hist.last().unwrap_or(&0));
+        let source = if a.role == Role::Primary && b.role == Role::Primary {
+            None
+        } else if ca == cb {
+            match (a.disk, b.disk) {
+                (DiskState::UpToDate, DiskState::UpToDate) => Some(None),
+                (DiskState::UpToDate, _) => Some(Some(0)),
+                (_, DiskState::UpToDate) => Some(Some(1)),
+                _ => Some(None),
+            }
+        } else if a.hist.contains(&cb) {
+            Some(Some(0))
+        } else if b.hist.contains(&ca) {
+            Some(Some(1))
+        } else {
+            None
+        };
+        match source {
+            None => {
+                self.split_brain = true;
+                self.log("repd: split brain detected; staying StandAlone".into());
+            }
+            Some(src) => {
+                self.connected = true;
+                self.log(format!("repd: connected, sync source {src:?}"));
+                if let Some(s) = src {
+                    let t = 1 - s;
+                    if self.nodes[t].role == Role::Primary {
+                        // A Primary never becomes a sync target here: that is
+                        // a split brain for the core to refuse.
+                        self.split_brain = true;
+                        self.connected = false;
+                        self.log("repd: the newer data is on the Secondary: split brain".into());
+                    } else {
+                        self.nodes[t].disk = DiskState::Inconsistent;
+                        self.sync = Some((t, self.now + self.sc.resync));
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn apply_op(&mut self, n: usize, op: &Op) -> Result<OpResult, Violation> {
+        Ok(match op {
+            Op::Promote { force } => self.apply_promote(n, *force)?,
             Op::Demote => {
                 if self.nodes[n].started.iter().any(|x| *x) {
                     return Err(self.violation(format!(
@@ -217,54 +184,8 @@ impl World {
                 self.nodes[n].suspended = false;
                 OpResult::Ok
             }
-            Op::Start(i) => {
-                let i = *i;
-                let node = &self.nodes[n];
-                if i >= node.started.len() {
-                    return Err(
-                        self.violation(format!("start of resource {i} that does not exist"))
-                    );
-                }
-                if node.role != Role::Primary {
-                    return Err(self.violation(format!(
-                        "{} starts resource {i} on a {:?} device",
-                        NAMES[n], node.role
-                    )));
-                }
-                if !node.started[..i].iter().all(|x| *x) {
-                    return Err(self.violation(format!(
-                        "{} starts resource {i} before its predecessors: {:?}",
-                        NAMES[n], node.started
-                    )));
-                }
-                if self.rng.gen_bool(self.sc.op_fail) {
-                    self.report.failed_starts += 1;
-                    OpResult::Failed("simulated start failure".into())
-                } else {
-                    self.nodes[n].started[i] = true;
-                    OpResult::Ok
-                }
-            }
-            Op::Stop(i) => {
-                let i = *i;
-                let node = &self.nodes[n];
-                if i >= node.started.len() {
-                    return Err(self.violation(format!("stop of resource {i} that does not exist")));
-                }
-                if node.started[i + 1..].iter().any(|x| *x) {
-                    return Err(self.violation(format!(
-                        "{} stops resource {i} before its successors: {:?}",
-                        NAMES[n], node.started
-                    )));
-                }
-                if self.rng.gen_bool(self.sc.op_fail) {
-                    self.report.failed_stops += 1;
-                    OpResult::Failed("simulated stop failure".into())
-                } else {
-                    self.nodes[n].started[i] = false;
-                    OpResult::Ok
-                }
-            }
+            Op::Start(i) => self.apply_start(n, *i)?,
+            Op::Stop(i) => self.apply_stop(n, *i)?,
             Op::SuspendIo { .. } | Op::ResumeIo { .. } | Op::ArmFreeze
                 if !self.nodes[n].repd_up =>
             {
@@ -305,42 +226,138 @@ impl World {
                     OpResult::Ok
                 }
             }
-            Op::Fence => {
-                self.report.fences += 1;
-                let code = if !self.nodes[other].repd_up {
-                    if self.rng.gen_bool(0.5) {
-                        5
-                    } else {
-                        7
-                    }
-                } else {
-                    match self.sc.fence {
-                        FenceMode::None | FenceMode::Failing => 1,
-                        FenceMode::Stonith => {
-                            self.log(format!("{}: STONITH of {}", NAMES[n], NAMES[other]));
-                            self.report.crashes += 1;
-                            self.crash_node(other);
-                            let back = self.now + self.sc.deadtime * self.rng.gen_range(1..5);
-                            self.push(back, Ev::Fault(Fault::Restart(other)));
-                            7
-                        }
-                        FenceMode::Outdate => {
-                            if self.nodes[other].role == Role::Primary {
-                                6
-                            } else {
-                                if matches!(
-                                    self.nodes[other].disk,
-                                    DiskState::UpToDate | DiskState::Consistent
-                                ) {
-                                    self.nodes[other].disk = DiskState::Outdated;
-                                }
-                                4
-                            }
+            Op::Fence => self.apply_fence(n),
+        })
+    }
+
+    fn apply_promote(&mut self, n: usize, force: bool) -> Result<OpResult, Violation> {
+        let other = 1 - n;
+        Ok({
+            let me = &self.nodes[n];
+            if !me.repd_up {
+                OpResult::Failed("repd not running".into())
+            } else if self.connected && self.nodes[other].role == Role::Primary {
+                OpResult::Failed("the peer is Primary".into())
+            } else if me.disk == DiskState::UpToDate || (me.disk == DiskState::Consistent && force)
+            {
+                let connected = self.connected;
+                if self.sc.witness && !self.sc.no_freeze {
+                    if let Some(g) = self.nodes[other].alone_gen {
+                        if !self.nodes[n].hist.contains(&g) {
+                            return Err(self.violation(format!(
+                            "{} promoted without the writes {} acknowledged alone (generation {g})",
+                            NAMES[n], NAMES[other]
+                        )));
                         }
                     }
-                };
-                OpResult::FenceExit(Some(code), String::new())
+                    if !connected {
+                        self.report.witness_takeovers += 1;
+                    }
+                }
+                let id = self.next_gen_id;
+                self.next_gen_id += 1;
+                let me = &mut self.nodes[n];
+                me.role = Role::Primary;
+                me.disk = DiskState::UpToDate;
+                if !connected {
+                    me.hist.push(id);
+                    if me.freeze_armed {
+                        me.suspended = true;
+                    }
+                }
+                self.report.promotions += 1;
+                OpResult::Ok
+            } else {
+                OpResult::Failed(format!("need UpToDate data, disk is {:?}", me.disk))
             }
         })
+    }
+
+    fn apply_start(&mut self, n: usize, i: usize) -> Result<OpResult, Violation> {
+        Ok({
+            let node = &self.nodes[n];
+            if i >= node.started.len() {
+                return Err(self.violation(format!("start of resource {i} that does not exist")));
+            }
+            if node.role != Role::Primary {
+                return Err(self.violation(format!(
+                    "{} starts resource {i} on a {:?} device",
+                    NAMES[n], node.role
+                )));
+            }
+            if !node.started[..i].iter().all(|x| *x) {
+                return Err(self.violation(format!(
+                    "{} starts resource {i} before its predecessors: {:?}",
+                    NAMES[n], node.started
+                )));
+            }
+            if self.rng.gen_bool(self.sc.op_fail) {
+                self.report.failed_starts += 1;
+                OpResult::Failed("simulated start failure".into())
+            } else {
+                self.nodes[n].started[i] = true;
+                OpResult::Ok
+            }
+        })
+    }
+
+    fn apply_stop(&mut self, n: usize, i: usize) -> Result<OpResult, Violation> {
+        Ok({
+            let node = &self.nodes[n];
+            if i >= node.started.len() {
+                return Err(self.violation(format!("stop of resource {i} that does not exist")));
+            }
+            if node.started[i + 1..].iter().any(|x| *x) {
+                return Err(self.violation(format!(
+                    "{} stops resource {i} before its successors: {:?}",
+                    NAMES[n], node.started
+                )));
+            }
+            if self.rng.gen_bool(self.sc.op_fail) {
+                self.report.failed_stops += 1;
+                OpResult::Failed("simulated stop failure".into())
+            } else {
+                self.nodes[n].started[i] = false;
+                OpResult::Ok
+            }
+        })
+    }
+
+    fn apply_fence(&mut self, n: usize) -> OpResult {
+        let other = 1 - n;
+        self.report.fences += 1;
+        let code = if !self.nodes[other].repd_up {
+            if self.rng.gen_bool(0.5) {
+                5
+            } else {
+                7
+            }
+        } else {
+            match self.sc.fence {
+                FenceMode::None | FenceMode::Failing => 1,
+                FenceMode::Stonith => {
+                    self.log(format!("{}: STONITH of {}", NAMES[n], NAMES[other]));
+                    self.report.crashes += 1;
+                    self.crash_node(other);
+                    let back = self.now + self.sc.deadtime * self.rng.gen_range(1..5);
+                    self.push(back, Ev::Fault(Fault::Restart(other)));
+                    7
+                }
+                FenceMode::Outdate => {
+                    if self.nodes[other].role == Role::Primary {
+                        6
+                    } else {
+                        if matches!(
+                            self.nodes[other].disk,
+                            DiskState::UpToDate | DiskState::Consistent
+                        ) {
+                            self.nodes[other].disk = DiskState::Outdated;
+                        }
+                        4
+                    }
+                }
+            }
+        };
+        OpResult::FenceExit(Some(code), String::new())
     }
 }
