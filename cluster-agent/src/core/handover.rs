@@ -85,6 +85,7 @@ impl Core {
     /// # Errors
     /// Why the switchover cannot be done now.
     pub fn request_switchover(&mut self, now: Millis) -> Result<String, String> {
+        self.advance(now);
         let peer = self.cfg.peer.clone();
         let peer_alive = self.peer.alive == Some(true);
         let b = self.peer.latest.clone().filter(|_| peer_alive);
@@ -136,6 +137,7 @@ impl Core {
     /// yet). A node that reaches none of them is not eligible, and hands the
     /// resources over to a peer that still reaches them (heartbeat's ipfail).
     pub fn set_ping(&mut self, now: Millis, view: Option<PingView>) {
+        self.advance(now);
         let was = self.ping_lost();
         self.ho.ping = view;
         let lost = self.ping_lost();
@@ -164,6 +166,7 @@ impl Core {
     /// Record an event that happened outside the core (e.g. a split brain
     /// reported by repd), so that `status` shows it with the transitions.
     pub fn note(&mut self, now: Millis, warn: bool, what: String) {
+        self.advance(now);
         self.event(now, warn, what);
     }
 

@@ -84,9 +84,29 @@ use quorum::Quorum;
 use status::History;
 
 /// The decision core of one agent.
+///
+/// # Driver contract
+/// The same as `replication_proto::machine::Node`'s:
+/// - **Inputs one at a time.** Give an input with [`Core::handle`] (or an
+///   operator's request: [`Core::request_switchover`], [`Core::set_ping`],
+///   [`Core::note`]), then take every action with [`Core::poll_action`]
+///   before the next input, and carry them out in the order given:
+///   heartbeats and witness requests are sent in that order; operations of
+///   the chain run one at a time, the I/O controls ([`Op::is_io_control`])
+///   beside them; each operation is answered once, with [`Input::Done`].
+/// - **Time only moves forward.** `now` is a point on the driver's
+///   monotonic clock and never smaller than in the call before (debug builds
+///   assert it).
+/// - **Ticks no later than [`Core::poll_timeout`].** Earlier ticks are
+///   harmless; the daemon ticks after every input and at least every second.
+/// - **Logging.** [`Action::Log`] carries no node name: the driver puts the
+///   core's lines under a span per node (the daemon's `agent` span with
+///   `node`, the simulator's trace prefix).
 #[derive(Debug)]
 pub struct Core {
     cfg: CoreConfig,
+    /// The latest `now` given (time only moves forward).
+    now: Millis,
     incarnation: u64,
     started_ms: u64,
     start: Millis,
@@ -212,6 +232,7 @@ impl Core {
             incarnation,
             started_ms,
             start: now,
+            now,
             phase: Phase::Idle,
             state_since: now,
             promoted: false,
@@ -274,6 +295,16 @@ impl Core {
         self.peer.alive
     }
 
+    /// Note the driver's clock: it only moves forward.
+    fn advance(&mut self, now: Millis) {
+        debug_assert!(
+            now >= self.now,
+            "time went backwards: {now} after {}",
+            self.now
+        );
+        self.now = self.now.max(now);
+    }
+
     /// The next action to carry out.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
@@ -327,6 +358,7 @@ impl Core {
 
     /// Feed one input; then take the actions with [`Core::poll_action`].
     pub fn handle(&mut self, now: Millis, input: Input) {
+        self.advance(now);
         match input {
             Input::Tick => {}
             Input::Beat { path, beat } => self.on_beat(now, path, beat),
