@@ -207,27 +207,7 @@ impl Core {
     }
 
     pub(super) fn fence_done(&mut self, now: Millis, r: OpResult) {
-        let (code, out) = match r {
-            OpResult::FenceExit(code, out) => (code, out),
-            OpResult::Ok => (Some(0), String::new()),
-            OpResult::Failed(e) => (None, e),
-        };
-        let meaning = match code {
-            Some(3) => "peer is Inconsistent",
-            Some(4) => "peer outdated",
-            Some(5) => "peer unreachable, assumed down",
-            Some(6) => "peer refused: it is Primary",
-            Some(7) => "peer fenced (STONITH)",
-            Some(_) => "fence failed",
-            None => "fence command killed or timed out",
-        };
-        let code_text = code.map_or_else(|| "no exit code".to_string(), |c| format!("exit {c}"));
-        let out = out.trim();
-        let text = if out.is_empty() {
-            format!("fence-command: {code_text} ({meaning})")
-        } else {
-            format!("fence-command: {code_text} ({meaning}): {out}")
-        };
+        let (code, text) = fence_outcome(r);
         self.last_fence = Some(text.clone());
         let ok = matches!(code, Some(4 | 5 | 7));
         if matches!(self.phase, Phase::Fencing { on_request: true }) {
@@ -361,4 +341,31 @@ impl Core {
         self.pending = Some(op.clone());
         self.actions.push_back(Action::Run(op));
     }
+}
+
+/// The fence command's exit code and what it means, in words (DRBD's
+/// fence-peer exit codes).
+fn fence_outcome(r: OpResult) -> (Option<i32>, String) {
+    let (code, out) = match r {
+        OpResult::FenceExit(code, out) => (code, out),
+        OpResult::Ok => (Some(0), String::new()),
+        OpResult::Failed(e) => (None, e),
+    };
+    let meaning = match code {
+        Some(3) => "peer is Inconsistent",
+        Some(4) => "peer outdated",
+        Some(5) => "peer unreachable, assumed down",
+        Some(6) => "peer refused: it is Primary",
+        Some(7) => "peer fenced (STONITH)",
+        Some(_) => "fence failed",
+        None => "fence command killed or timed out",
+    };
+    let code_text = code.map_or_else(|| "no exit code".to_string(), |c| format!("exit {c}"));
+    let out = out.trim();
+    let text = if out.is_empty() {
+        format!("fence-command: {code_text} ({meaning})")
+    } else {
+        format!("fence-command: {code_text} ({meaning}): {out}")
+    };
+    (code, text)
 }
