@@ -3,7 +3,6 @@
 use std::cmp::Ordering;
 
 use rand::Rng;
-use rand_chacha::ChaCha8Rng;
 
 use super::*;
 
@@ -85,90 +84,103 @@ impl World {
             if t.as_ms() >= self.sc.fault_ms {
                 break;
             }
-            let d = self.sc.deadtime;
-            let dur =
-                |r: &mut ChaCha8Rng, lo: f64, hi: f64| (d as f64 * r.gen_range(lo..hi)) as u64 + 1;
-            match self.rng.gen_range(0..100) {
-                0..=24 => {
-                    let p = self.rng.gen_range(0..PATHS);
-                    let len = dur(&mut self.rng, 0.2, 5.0);
-                    self.push(t, Ev::Fault(Fault::PathDown(p)));
-                    self.push(t + len, Ev::Fault(Fault::PathUp(p)));
-                    if p == 0 && self.rng.gen_bool(0.5) {
-                        self.push(t, Ev::Fault(Fault::RepDown));
-                        self.push(t + len, Ev::Fault(Fault::RepUp));
-                    }
-                }
-                25..=39 => {
-                    let len = dur(&mut self.rng, 0.3, 4.0);
-                    for p in 0..PATHS {
-                        self.push(t, Ev::Fault(Fault::PathDown(p)));
-                        self.push(t + len, Ev::Fault(Fault::PathUp(p)));
-                    }
-                    if self.rng.gen_bool(0.6) {
-                        self.push(t, Ev::Fault(Fault::RepDown));
-                        self.push(t + len, Ev::Fault(Fault::RepUp));
-                    }
-                }
-                40..=47 => {
-                    let len = dur(&mut self.rng, 0.3, 4.0);
-                    self.push(t, Ev::Fault(Fault::RepDown));
-                    self.push(t + len, Ev::Fault(Fault::RepUp));
-                }
-                48..=71 => {
-                    let n = self.rng.gen_range(0..2);
-                    let len = dur(&mut self.rng, 0.5, 6.0);
-                    self.push(t, Ev::Fault(Fault::Crash(n)));
-                    self.push(t + len, Ev::Fault(Fault::Restart(n)));
-                }
-                72..=83 => {
-                    let n = self.rng.gen_range(0..2);
-                    let len = dur(&mut self.rng, 0.1, 3.0);
-                    self.push(t, Ev::Fault(Fault::AgentCrash(n)));
-                    self.push(t + len, Ev::Fault(Fault::AgentRestart(n)));
-                }
-                84..=91 => {
-                    let n = self.rng.gen_range(0..2);
-                    self.push(t, Ev::Fault(Fault::Forge(n)));
-                }
-                92..=95 => {
-                    let n = self.rng.gen_range(0..2);
-                    self.push(t, Ev::Fault(Fault::Replay(n)));
-                }
-                _ => {
-                    let n = self.rng.gen_range(0..2);
-                    self.push(t, Ev::Fault(Fault::Switchover(n)));
-                }
-            }
+            self.schedule_fault(t);
             if self.sc.witness {
-                let len = dur(&mut self.rng, 0.3, 4.0);
-                match self.rng.gen_range(0..100) {
-                    // One node cut from everything: the peer and the witness.
-                    0..=24 => {
-                        let n = self.rng.gen_range(0..2);
-                        for p in 0..PATHS {
-                            self.push(t, Ev::Fault(Fault::PathDown(p)));
-                            self.push(t + len, Ev::Fault(Fault::PathUp(p)));
-                        }
-                        self.push(t, Ev::Fault(Fault::RepDown));
-                        self.push(t + len, Ev::Fault(Fault::RepUp));
-                        self.push(t, Ev::Fault(Fault::WitnessLink(n, false)));
-                        self.push(t + len, Ev::Fault(Fault::WitnessLink(n, true)));
-                    }
-                    25..=49 => {
-                        let n = self.rng.gen_range(0..2);
-                        self.push(t, Ev::Fault(Fault::WitnessLink(n, false)));
-                        self.push(t + len, Ev::Fault(Fault::WitnessLink(n, true)));
-                    }
-                    50..=54 => {
-                        self.push(t, Ev::Fault(Fault::WitnessCrash));
-                        self.push(t + len, Ev::Fault(Fault::WitnessRestart));
-                    }
-                    _ => {}
-                }
+                self.schedule_witness_fault(t);
             }
         }
         self.push(Millis::from_ms(self.sc.fault_ms), Ev::Heal);
+    }
+
+    /// How long a fault lasts: between `lo` and `hi` deadtimes.
+    fn fault_len(&mut self, lo: f64, hi: f64) -> u64 {
+        (self.sc.deadtime as f64 * self.rng.gen_range(lo..hi)) as u64 + 1
+    }
+
+    /// One fault of the paths, the replication link, a node or its agent,
+    /// the heartbeats' authentication, or an operator's switchover.
+    fn schedule_fault(&mut self, t: Millis) {
+        match self.rng.gen_range(0..100) {
+            0..=24 => {
+                let p = self.rng.gen_range(0..PATHS);
+                let len = self.fault_len(0.2, 5.0);
+                self.push(t, Ev::Fault(Fault::PathDown(p)));
+                self.push(t + len, Ev::Fault(Fault::PathUp(p)));
+                if p == 0 && self.rng.gen_bool(0.5) {
+                    self.push(t, Ev::Fault(Fault::RepDown));
+                    self.push(t + len, Ev::Fault(Fault::RepUp));
+                }
+            }
+            25..=39 => {
+                let len = self.fault_len(0.3, 4.0);
+                for p in 0..PATHS {
+                    self.push(t, Ev::Fault(Fault::PathDown(p)));
+                    self.push(t + len, Ev::Fault(Fault::PathUp(p)));
+                }
+                if self.rng.gen_bool(0.6) {
+                    self.push(t, Ev::Fault(Fault::RepDown));
+                    self.push(t + len, Ev::Fault(Fault::RepUp));
+                }
+            }
+            40..=47 => {
+                let len = self.fault_len(0.3, 4.0);
+                self.push(t, Ev::Fault(Fault::RepDown));
+                self.push(t + len, Ev::Fault(Fault::RepUp));
+            }
+            48..=71 => {
+                let n = self.rng.gen_range(0..2);
+                let len = self.fault_len(0.5, 6.0);
+                self.push(t, Ev::Fault(Fault::Crash(n)));
+                self.push(t + len, Ev::Fault(Fault::Restart(n)));
+            }
+            72..=83 => {
+                let n = self.rng.gen_range(0..2);
+                let len = self.fault_len(0.1, 3.0);
+                self.push(t, Ev::Fault(Fault::AgentCrash(n)));
+                self.push(t + len, Ev::Fault(Fault::AgentRestart(n)));
+            }
+            84..=91 => {
+                let n = self.rng.gen_range(0..2);
+                self.push(t, Ev::Fault(Fault::Forge(n)));
+            }
+            92..=95 => {
+                let n = self.rng.gen_range(0..2);
+                self.push(t, Ev::Fault(Fault::Replay(n)));
+            }
+            _ => {
+                let n = self.rng.gen_range(0..2);
+                self.push(t, Ev::Fault(Fault::Switchover(n)));
+            }
+        }
+    }
+
+    /// With a witness, one of its faults besides.
+    fn schedule_witness_fault(&mut self, t: Millis) {
+        let len = self.fault_len(0.3, 4.0);
+        match self.rng.gen_range(0..100) {
+            // One node cut from everything: the peer and the witness.
+            0..=24 => {
+                let n = self.rng.gen_range(0..2);
+                for p in 0..PATHS {
+                    self.push(t, Ev::Fault(Fault::PathDown(p)));
+                    self.push(t + len, Ev::Fault(Fault::PathUp(p)));
+                }
+                self.push(t, Ev::Fault(Fault::RepDown));
+                self.push(t + len, Ev::Fault(Fault::RepUp));
+                self.push(t, Ev::Fault(Fault::WitnessLink(n, false)));
+                self.push(t + len, Ev::Fault(Fault::WitnessLink(n, true)));
+            }
+            25..=49 => {
+                let n = self.rng.gen_range(0..2);
+                self.push(t, Ev::Fault(Fault::WitnessLink(n, false)));
+                self.push(t + len, Ev::Fault(Fault::WitnessLink(n, true)));
+            }
+            50..=54 => {
+                self.push(t, Ev::Fault(Fault::WitnessCrash));
+                self.push(t + len, Ev::Fault(Fault::WitnessRestart));
+            }
+            _ => {}
+        }
     }
 
     pub(super) fn event(&mut self, ev: Ev) -> Result<(), Violation> {
@@ -181,19 +193,7 @@ impl World {
                 node.next_tick = None;
                 self.feed(n, Input::Tick)?;
             }
-            Ev::Deliver { to, path, beat } => {
-                if self.nodes[to].agent.is_some() {
-                    if self.captured.len() < 64 || self.rng.gen_bool(0.01) {
-                        let k = self.captured.len().min(63);
-                        if k < self.captured.len() {
-                            self.captured[k] = (to, path, beat.clone());
-                        } else {
-                            self.captured.push((to, path, beat.clone()));
-                        }
-                    }
-                    self.feed(to, Input::Beat { path, beat })?;
-                }
-            }
+            Ev::Deliver { to, path, beat } => self.deliver(to, path, beat)?,
             Ev::Poll(n, g) => {
                 if self.nodes[n].gen != g || self.nodes[n].agent.is_none() {
                     return Ok(());
@@ -212,48 +212,13 @@ impl World {
             }
             Ev::Fault(f) => self.fault(f)?,
             Ev::Wake => {}
-            Ev::ToWitness { from, req } => {
-                let now = self.now;
-                let Some(w) = self.witness.as_mut() else {
-                    return Ok(());
-                };
-                let (outcome, changed) = w.handle(now, NAMES[from], &req);
-                if changed {
-                    self.witness_memory = w.memory().clone();
-                }
-                if let Outcome::Reply(reply) = outcome {
-                    if self.wlink_up[from] && !self.rng.gen_bool(self.sc.loss) {
-                        let d = self.rng.gen_range(0..=self.sc.max_delay);
-                        self.push(now + d, Ev::FromWitness { to: from, reply });
-                    }
-                }
-            }
+            Ev::ToWitness { from, req } => self.witness_request(from, &req),
             Ev::FromWitness { to, reply } => {
                 if self.nodes[to].agent.is_some() {
                     self.feed(to, Input::Witness(reply))?;
                 }
             }
-            Ev::Heal => {
-                self.log("heal: every link up, every node running".into());
-                self.healed = true;
-                self.sc.op_fail = 0.0;
-                self.sc.loss = 0.0;
-                self.path_up = [true; PATHS];
-                self.rep_up = true;
-                self.wlink_up = [true; 2];
-                if self.sc.witness && self.witness.is_none() {
-                    self.fault(Fault::WitnessRestart)?;
-                }
-                for n in 0..2 {
-                    if !self.nodes[n].repd_up {
-                        // The dead node is back: nothing to replace any more.
-                        self.expect = None;
-                        self.restart_node(n);
-                    } else if self.nodes[n].agent.is_none() {
-                        self.start_agent(n);
-                    }
-                }
-            }
+            Ev::Heal => self.heal()?,
         }
         Ok(())
     }
@@ -323,40 +288,108 @@ impl World {
                     self.start_agent(n);
                 }
             }
-            Fault::Forge(n) => {
-                if self.nodes[n].agent.is_some() {
-                    let path = self.rng.gen_range(0..PATHS);
-                    let kind = if self.rng.gen_bool(0.8) {
-                        BadPacket::BadMac
-                    } else {
-                        BadPacket::Malformed
-                    };
-                    self.feed(n, Input::BadPacket { path, kind })?;
+            Fault::Forge(n) => self.forge(n)?,
+            Fault::Replay(n) => self.replay(n)?,
+            Fault::Switchover(n) => self.switchover(n)?,
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, to: usize, path: usize, beat: Beat) -> Result<(), Violation> {
+        if self.nodes[to].agent.is_some() {
+            if self.captured.len() < 64 || self.rng.gen_bool(0.01) {
+                let k = self.captured.len().min(63);
+                if k < self.captured.len() {
+                    self.captured[k] = (to, path, beat.clone());
+                } else {
+                    self.captured.push((to, path, beat.clone()));
                 }
             }
-            Fault::Replay(n) => {
-                let old: Vec<(usize, Beat)> = self
-                    .captured
-                    .iter()
-                    .filter(|(to, _, _)| *to == n)
-                    .map(|(_, p, b)| (*p, b.clone()))
-                    .collect();
-                if !old.is_empty() && self.nodes[n].agent.is_some() {
-                    let (path, beat) = old[self.rng.gen_range(0..old.len())].clone();
-                    self.feed(n, Input::Beat { path, beat })?;
-                }
+            self.feed(to, Input::Beat { path, beat })?;
+        }
+        Ok(())
+    }
+
+    fn witness_request(&mut self, from: usize, req: &witness::Request) {
+        let now = self.now;
+        let Some(w) = self.witness.as_mut() else {
+            return;
+        };
+        let (outcome, changed) = w.handle(now, NAMES[from], req);
+        if changed {
+            self.witness_memory = w.memory().clone();
+        }
+        if let Outcome::Reply(reply) = outcome {
+            if self.wlink_up[from] && !self.rng.gen_bool(self.sc.loss) {
+                let d = self.rng.gen_range(0..=self.sc.max_delay);
+                self.push(now + d, Ev::FromWitness { to: from, reply });
             }
-            Fault::Switchover(n) => {
-                let now = self.now;
-                if let Some(agent) = self.nodes[n].agent.as_mut() {
-                    match agent.request_switchover(now) {
-                        Ok(_) => self.report.switchovers += 1,
-                        Err(e) => self.log(format!("{}: switchover refused: {e}", NAMES[n])),
-                    }
-                    // Carry out what it started.
-                    self.feed(n, Input::Tick)?;
-                }
+        }
+    }
+
+    /// Every link up, every node running: the run settles.
+    fn heal(&mut self) -> Result<(), Violation> {
+        self.log("heal: every link up, every node running".into());
+        self.healed = true;
+        self.sc.op_fail = 0.0;
+        self.sc.loss = 0.0;
+        self.path_up = [true; PATHS];
+        self.rep_up = true;
+        self.wlink_up = [true; 2];
+        if self.sc.witness && self.witness.is_none() {
+            self.fault(Fault::WitnessRestart)?;
+        }
+        for n in 0..2 {
+            if !self.nodes[n].repd_up {
+                // The dead node is back: nothing to replace any more.
+                self.expect = None;
+                self.restart_node(n);
+            } else if self.nodes[n].agent.is_none() {
+                self.start_agent(n);
             }
+        }
+        Ok(())
+    }
+
+    /// A packet with a bad MAC or malformed, on a random path.
+    fn forge(&mut self, n: usize) -> Result<(), Violation> {
+        if self.nodes[n].agent.is_some() {
+            let path = self.rng.gen_range(0..PATHS);
+            let kind = if self.rng.gen_bool(0.8) {
+                BadPacket::BadMac
+            } else {
+                BadPacket::Malformed
+            };
+            self.feed(n, Input::BadPacket { path, kind })?;
+        }
+        Ok(())
+    }
+
+    /// A heartbeat captured earlier, delivered again.
+    fn replay(&mut self, n: usize) -> Result<(), Violation> {
+        let old: Vec<(usize, Beat)> = self
+            .captured
+            .iter()
+            .filter(|(to, _, _)| *to == n)
+            .map(|(_, p, b)| (*p, b.clone()))
+            .collect();
+        if !old.is_empty() && self.nodes[n].agent.is_some() {
+            let (path, beat) = old[self.rng.gen_range(0..old.len())].clone();
+            self.feed(n, Input::Beat { path, beat })?;
+        }
+        Ok(())
+    }
+
+    /// `cluster-agent switchover` asked on node n.
+    fn switchover(&mut self, n: usize) -> Result<(), Violation> {
+        let now = self.now;
+        if let Some(agent) = self.nodes[n].agent.as_mut() {
+            match agent.request_switchover(now) {
+                Ok(_) => self.report.switchovers += 1,
+                Err(e) => self.log(format!("{}: switchover refused: {e}", NAMES[n])),
+            }
+            // Carry out what it started.
+            self.feed(n, Input::Tick)?;
         }
         Ok(())
     }
