@@ -52,31 +52,8 @@ impl Core {
             self.hist.counters.malformed += 1;
             return;
         }
-        match self.peer.incarnation {
-            Some((inc, _)) if inc == beat.incarnation => {}
-            Some((_, started)) => {
-                let silent = self
-                    .peer
-                    .last_valid
-                    .is_none_or(|t| now.ms_since(t) >= self.cfg.deadtime);
-                if beat.started_ms <= started && !silent {
-                    // An older run of the peer (a replay), or a clock that went
-                    // back: believed only once the current run went silent.
-                    self.hist.counters.replay += 1;
-                    return;
-                }
-                self.hist.counters.peer_restarts += 1;
-                self.event(
-                    now,
-                    false,
-                    format!(
-                        "peer {} restarted (new incarnation {:016x})",
-                        self.cfg.peer, beat.incarnation
-                    ),
-                );
-                self.new_incarnation(&beat);
-            }
-            None => self.new_incarnation(&beat),
+        if !self.accept_incarnation(now, &beat) {
+            return;
         }
         let Some(pv) = self.paths.get_mut(path) else {
             return;
@@ -98,6 +75,43 @@ impl Core {
         pv.received += 1;
         self.hist.counters.received += 1;
         self.peer.last_valid = Some(now);
+        self.note_latest(beat);
+    }
+
+    /// Whether the beat comes from the peer's current run; a newer run
+    /// (a restart) replaces it, an older one is a replay.
+    fn accept_incarnation(&mut self, now: Millis, beat: &Beat) -> bool {
+        match self.peer.incarnation {
+            Some((inc, _)) if inc == beat.incarnation => {}
+            Some((_, started)) => {
+                let silent = self
+                    .peer
+                    .last_valid
+                    .is_none_or(|t| now.ms_since(t) >= self.cfg.deadtime);
+                if beat.started_ms <= started && !silent {
+                    // An older run of the peer (a replay), or a clock that went
+                    // back: believed only once the current run went silent.
+                    self.hist.counters.replay += 1;
+                    return false;
+                }
+                self.hist.counters.peer_restarts += 1;
+                self.event(
+                    now,
+                    false,
+                    format!(
+                        "peer {} restarted (new incarnation {:016x})",
+                        self.cfg.peer, beat.incarnation
+                    ),
+                );
+                self.new_incarnation(beat);
+            }
+            None => self.new_incarnation(beat),
+        }
+        true
+    }
+
+    /// The newest beat of the peer: what it says now.
+    fn note_latest(&mut self, beat: Beat) {
         if beat.seq > self.peer.max_seq {
             self.peer.max_seq = beat.seq;
             let changed = self.peer.latest.as_ref().is_none_or(|old| {
