@@ -396,19 +396,7 @@ impl Core {
             .ack
             .is_some_and(|(inc, seq)| inc == self.incarnation && seq >= self.phase.claim_seq());
         if acked && b.state == WireState::Idle && self.wants_peer_outdated() {
-            self.hist.decision = format!(
-                "claiming: {peer}'s repd is not connected to ours and its disk is {:?}; \
-                 waiting for it to mark it Outdated (outdate-peer over a heartbeat path)",
-                b.disk.unwrap_or(DiskState::DUnknown)
-            );
-            if now.ms_since(self.state_since) >= self.cfg.deadtime {
-                self.timers.retry_at = Some(now.plus_ms(self.cfg.deadtime));
-                self.set_state(
-                    now,
-                    Phase::Idle,
-                    format!("outdate-peer failed: {peer} did not mark its disk Outdated within deadtime; not promoting"),
-                );
-            }
+            self.wait_for_peer_outdated(now, &b);
             return;
         }
         if acked && b.state == WireState::Idle {
@@ -425,6 +413,26 @@ impl Core {
                 now,
                 Phase::Idle,
                 format!("claim not acknowledged by {peer} within deadtime; starting over"),
+            );
+        }
+    }
+
+    /// Claiming, acknowledged, but the peer's disk could still pass for
+    /// UpToDate while our repds are not connected: wait (deadtime at most)
+    /// for it to mark its disk Outdated.
+    fn wait_for_peer_outdated(&mut self, now: Millis, b: &Beat) {
+        let peer = self.cfg.peer.clone();
+        self.hist.decision = format!(
+            "claiming: {peer}'s repd is not connected to ours and its disk is {:?}; \
+             waiting for it to mark it Outdated (outdate-peer over a heartbeat path)",
+            b.disk.unwrap_or(DiskState::DUnknown)
+        );
+        if now.ms_since(self.state_since) >= self.cfg.deadtime {
+            self.timers.retry_at = Some(now.plus_ms(self.cfg.deadtime));
+            self.set_state(
+                now,
+                Phase::Idle,
+                format!("outdate-peer failed: {peer} did not mark its disk Outdated within deadtime; not promoting"),
             );
         }
     }

@@ -196,8 +196,38 @@ impl Core {
 
     #[must_use]
     pub fn status(&self, now: Millis) -> CoreStatus {
-        let b = self.peer.latest.as_ref();
-        let fencing = if self.cfg.witness {
+        CoreStatus {
+            node: self.cfg.me.clone(),
+            state: self.state(),
+            state_for_ms: now.ms_since(self.state_since),
+            holds_role: self.promoted,
+            decision: self.hist.decision.clone(),
+            fencing: self.fencing_text(),
+            last_fence: self.last_fence.clone(),
+            failure_timeout_left_ms: self
+                .timers
+                .cooldown_until
+                .filter(|t| *t > now)
+                .map(|t| t - now),
+            quorum: self.quorum_status(now),
+            stop_failed: self.ho.stop_failed.clone(),
+            on_stop_failure: self.cfg.ops.on_stop_failure,
+            ping: self.ho.ping,
+            handover: self.ho.reason.clone(),
+            pending: self.pending.clone(),
+            local: self.local.clone(),
+            peer: self.peer_status(now),
+            paths: self.path_status(now),
+            resources: self.res.clone(),
+            counters: self.hist.counters.clone(),
+            transitions: self.hist.transitions.iter().cloned().collect(),
+            events: self.hist.events.iter().cloned().collect(),
+        }
+    }
+
+    /// How a dead peer is replaced, in words.
+    fn fencing_text(&self) -> String {
+        if self.cfg.witness {
             format!(
                 "witness quorum (2 of 3 votes): a dead peer is replaced only with the witness's vote{}; \
                  a Primary without quorum {} new writes",
@@ -218,55 +248,36 @@ impl Core {
             "no fence-command: a dead peer is replaced on deadtime alone, as heartbeat does \
              (a cut of every path causes a split brain)"
                 .to_string()
-        };
-        CoreStatus {
-            node: self.cfg.me.clone(),
-            state: self.state(),
-            state_for_ms: now.ms_since(self.state_since),
-            holds_role: self.promoted,
-            decision: self.hist.decision.clone(),
-            fencing,
-            last_fence: self.last_fence.clone(),
-            failure_timeout_left_ms: self
-                .timers
-                .cooldown_until
-                .filter(|t| *t > now)
-                .map(|t| t - now),
-            quorum: self.quorum_status(now),
-            stop_failed: self.ho.stop_failed.clone(),
-            on_stop_failure: self.cfg.ops.on_stop_failure,
-            ping: self.ho.ping,
-            handover: self.ho.reason.clone(),
-            pending: self.pending.clone(),
-            local: self.local.clone(),
-            peer: PeerStatus {
-                name: self.cfg.peer.clone(),
-                alive: self.peer.alive,
-                state: b.map(|b| b.state),
-                role: b.and_then(|b| b.role),
-                disk: b.and_then(|b| b.disk),
-                connected: b.map(|b| b.connected),
-                eligible: b.map(|b| b.eligible),
-                failback_request: b.map(|b| b.failback_request),
-                incarnation: self.peer.incarnation.map(|(i, _)| format!("{i:016x}")),
-                last_heard_ms_ago: self.peer.last_valid.map(|t| now.ms_since(t)),
-            },
-            paths: self
-                .paths
-                .iter()
-                .enumerate()
-                .map(|(index, p)| PathStatus {
-                    index,
-                    up: p.up,
-                    late: p.late,
-                    last_heard_ms_ago: p.last_heard.map(|t| now.ms_since(t)),
-                    received: p.received,
-                })
-                .collect(),
-            resources: self.res.clone(),
-            counters: self.hist.counters.clone(),
-            transitions: self.hist.transitions.iter().cloned().collect(),
-            events: self.hist.events.iter().cloned().collect(),
         }
+    }
+
+    fn peer_status(&self, now: Millis) -> PeerStatus {
+        let b = self.peer.latest.as_ref();
+        PeerStatus {
+            name: self.cfg.peer.clone(),
+            alive: self.peer.alive,
+            state: b.map(|b| b.state),
+            role: b.and_then(|b| b.role),
+            disk: b.and_then(|b| b.disk),
+            connected: b.map(|b| b.connected),
+            eligible: b.map(|b| b.eligible),
+            failback_request: b.map(|b| b.failback_request),
+            incarnation: self.peer.incarnation.map(|(i, _)| format!("{i:016x}")),
+            last_heard_ms_ago: self.peer.last_valid.map(|t| now.ms_since(t)),
+        }
+    }
+
+    fn path_status(&self, now: Millis) -> Vec<PathStatus> {
+        self.paths
+            .iter()
+            .enumerate()
+            .map(|(index, p)| PathStatus {
+                index,
+                up: p.up,
+                late: p.late,
+                last_heard_ms_ago: p.last_heard.map(|t| now.ms_since(t)),
+                received: p.received,
+            })
+            .collect()
     }
 }

@@ -211,6 +211,12 @@ impl World {
                 self.nodes[1 - h].started
             )));
         }
+        self.check_failback(h)
+    }
+
+    /// With auto-failback, the preferred node holds after the heal (unless
+    /// a switchover moved the resources away from it).
+    fn check_failback(&mut self, h: usize) -> Result<(), Violation> {
         if self.sc.auto_failback {
             if let Some(p) = self.sc.preferred {
                 // A switchover away from the preferred node is the operator's
