@@ -56,8 +56,8 @@ pub struct Beat {
     pub started_ms: u64,
     /// Monotonic per incarnation, over all paths.
     pub seq: u64,
-    /// The newest (incarnation, seq) the sender has received from us.
-    pub ack: Option<(u64, u64)>,
+    /// The newest heartbeat the sender has received from us.
+    pub ack: Option<BeatId>,
     pub state: WireState,
     /// The sender could take the resources now.
     pub eligible: bool,
@@ -83,6 +83,14 @@ pub struct Beat {
     /// (`repctl outdate`). The acknowledgement is our disk Outdated in our
     /// heartbeats.
     pub outdate_request: bool,
+}
+
+/// Which heartbeat: the sender's run (incarnation) and the sequence number
+/// in that run. A heartbeat acknowledges the newest one it received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BeatId {
+    pub incarnation: u64,
+    pub seq: u64,
 }
 
 /// What a failed stop escalates to (`on-stop-failure`).

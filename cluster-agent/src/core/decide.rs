@@ -394,7 +394,7 @@ impl Core {
         }
         let acked = b
             .ack
-            .is_some_and(|(inc, seq)| inc == self.incarnation && seq >= self.phase.claim_seq());
+            .is_some_and(|a| a.incarnation == self.incarnation && a.seq >= self.phase.claim_seq());
         if acked && b.state == WireState::Idle && self.wants_peer_outdated() {
             self.wait_for_peer_outdated(now, &b);
             return;

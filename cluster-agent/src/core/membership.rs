@@ -65,8 +65,8 @@ impl Core {
         pv.max_seq = beat.seq;
         pv.last_heard = Some(now);
         let lease = self.cfg.deadtime / 2;
-        if let Some((inc, seq)) = beat.ack {
-            if inc == self.incarnation {
+        if let Some(BeatId { incarnation, seq }) = beat.ack {
+            if incarnation == self.incarnation {
                 if let Some(t) = sent_at(&self.q.hb_sent, seq) {
                     self.q.peer_until = self.q.peer_until.max(t + lease);
                 }
@@ -213,11 +213,14 @@ impl Core {
         let fence_me =
             self.ho.stop_failed.is_some() && self.cfg.ops.on_stop_failure == StopFailure::Fence;
         let outdate_request = self.wants_peer_outdated();
-        let ack = self
-            .peer
-            .incarnation
-            .filter(|_| self.peer.max_seq > 0)
-            .map(|(inc, _)| (inc, self.peer.max_seq));
+        let ack =
+            self.peer
+                .incarnation
+                .filter(|_| self.peer.max_seq > 0)
+                .map(|(incarnation, _)| BeatId {
+                    incarnation,
+                    seq: self.peer.max_seq,
+                });
         for path in 0..self.paths.len() {
             self.tx.seq += 1;
             let beat = Beat {

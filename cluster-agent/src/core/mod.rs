@@ -71,7 +71,7 @@ mod membership;
 mod quorum;
 mod status;
 
-pub use crate::vocab::{Beat, Millis, StopFailure, WireState};
+pub use crate::vocab::{Beat, BeatId, Millis, StopFailure, WireState};
 pub use chain::ResState;
 pub use io::{
     Action, BadPacket, CoreConfig, HaState, Input, LocalState, Op, OpResult, OpsConfig, PingView,
