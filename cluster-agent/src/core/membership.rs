@@ -3,7 +3,6 @@
 
 use replication_proto::wire::DiskState;
 
-use super::quorum::sent_at;
 use super::*;
 
 #[derive(Debug, Clone, Default)]
@@ -17,12 +16,20 @@ pub(super) struct PathView {
 
 #[derive(Debug, Clone, Default)]
 pub(super) struct PeerView {
-    /// (incarnation, started_ms) of the peer's current run.
-    pub(super) incarnation: Option<(u64, u64)>,
+    /// The peer's current run.
+    pub(super) run: Option<PeerRun>,
     pub(super) last_valid: Option<Millis>,
     pub(super) max_seq: u64,
     pub(super) latest: Option<Beat>,
     pub(super) alive: Option<bool>,
+}
+
+/// One run of the peer's agent: its random incarnation and the wall clock
+/// of its start, which orders restarts.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PeerRun {
+    pub(super) incarnation: u64,
+    pub(super) started_ms: u64,
 }
 
 /// The heartbeats we send: one per path every keepalive, or at once when
@@ -67,7 +74,7 @@ impl Core {
         let lease = self.cfg.deadtime / 2;
         if let Some(BeatId { incarnation, seq }) = beat.ack {
             if incarnation == self.incarnation {
-                if let Some(t) = sent_at(&self.q.hb_sent, seq) {
+                if let Some(t) = self.q.hb_sent.covering(seq) {
                     self.q.peer_until = self.q.peer_until.max(t + lease);
                 }
             }
@@ -81,9 +88,12 @@ impl Core {
     /// Whether the beat comes from the peer's current run; a newer run
     /// (a restart) replaces it, an older one is a replay.
     fn accept_incarnation(&mut self, now: Millis, beat: &Beat) -> bool {
-        match self.peer.incarnation {
-            Some((inc, _)) if inc == beat.incarnation => {}
-            Some((_, started)) => {
+        match self.peer.run {
+            Some(run) if run.incarnation == beat.incarnation => {}
+            Some(PeerRun {
+                started_ms: started,
+                ..
+            }) => {
                 let silent = self
                     .peer
                     .last_valid
@@ -132,7 +142,10 @@ impl Core {
     }
 
     pub(super) fn new_incarnation(&mut self, beat: &Beat) {
-        self.peer.incarnation = Some((beat.incarnation, beat.started_ms));
+        self.peer.run = Some(PeerRun {
+            incarnation: beat.incarnation,
+            started_ms: beat.started_ms,
+        });
         self.peer.max_seq = 0;
         self.peer.latest = None;
         for p in &mut self.paths {
@@ -213,14 +226,14 @@ impl Core {
         let fence_me =
             self.ho.stop_failed.is_some() && self.cfg.ops.on_stop_failure == StopFailure::Fence;
         let outdate_request = self.wants_peer_outdated();
-        let ack =
-            self.peer
-                .incarnation
-                .filter(|_| self.peer.max_seq > 0)
-                .map(|(incarnation, _)| BeatId {
-                    incarnation,
-                    seq: self.peer.max_seq,
-                });
+        let ack = self
+            .peer
+            .run
+            .filter(|_| self.peer.max_seq > 0)
+            .map(|run| BeatId {
+                incarnation: run.incarnation,
+                seq: self.peer.max_seq,
+            });
         for path in 0..self.paths.len() {
             self.tx.seq += 1;
             let beat = Beat {
@@ -241,14 +254,11 @@ impl Core {
                 fence_me,
                 outdate_request,
             };
-            self.q.hb_sent.push_back((self.tx.seq, now));
+            self.q.hb_sent.record(self.tx.seq, now);
             self.hist.counters.sent += 1;
             self.actions.push_back(Action::Send { path, beat });
         }
-        let keep = Millis::from_ms(now.as_ms().saturating_sub(self.cfg.deadtime));
-        while self.q.hb_sent.front().is_some_and(|(_, t)| *t < keep) {
-            self.q.hb_sent.pop_front();
-        }
+        self.q.hb_sent.forget_older(now, self.cfg.deadtime);
         if self.cfg.witness {
             self.ask_witness(now);
         }

@@ -20,8 +20,8 @@ use crate::witness;
 #[derive(Debug, Clone, Default)]
 pub(super) struct Quorum {
     /// (heartbeat seq, sent at) of recent rounds; and the same for requests.
-    pub(super) hb_sent: VecDeque<(u64, Millis)>,
-    pub(super) w_sent: VecDeque<(u64, Millis)>,
+    pub(super) hb_sent: SentLog,
+    pub(super) w_sent: SentLog,
     pub(super) w_seq: u64,
     /// Votes valid until.
     pub(super) peer_until: Millis,
@@ -52,9 +52,39 @@ pub(super) struct Quorum {
     pub(super) member_seq: u64,
 }
 
-/// When the heartbeat (or request) with sequence number `seq` was sent.
-pub(super) fn sent_at(log: &VecDeque<(u64, Millis)>, seq: u64) -> Option<Millis> {
-    log.iter().rev().find(|(s, _)| *s <= seq).map(|(_, t)| *t)
+/// When our recent heartbeats (or witness requests) were sent, by sequence
+/// number, oldest first: an answer counts from the moment of the question.
+#[derive(Debug, Clone, Default)]
+pub(super) struct SentLog(VecDeque<(u64, Millis)>);
+
+impl SentLog {
+    pub(super) fn record(&mut self, seq: u64, at: Millis) {
+        self.0.push_back((seq, at));
+    }
+
+    /// Forget what was sent more than `len_ms` before `now`.
+    pub(super) fn forget_older(&mut self, now: Millis, len_ms: u64) {
+        // Early on the clock nothing is that old.
+        let keep = Millis::from_ms(now.as_ms().saturating_sub(len_ms));
+        while self.0.front().is_some_and(|(_, t)| *t < keep) {
+            self.0.pop_front();
+        }
+    }
+
+    /// When the newest one up to `seq` was sent (an acknowledgement of
+    /// `seq` covers everything sent before it).
+    pub(super) fn covering(&self, seq: u64) -> Option<Millis> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(s, _)| *s <= seq)
+            .map(|(_, t)| *t)
+    }
+
+    /// When exactly `seq` was sent.
+    pub(super) fn exact(&self, seq: u64) -> Option<Millis> {
+        self.0.iter().find(|(s, _)| *s == seq).map(|(_, t)| *t)
+    }
 }
 
 impl Core {
@@ -127,11 +157,8 @@ impl Core {
     pub(super) fn ask_witness(&mut self, now: Millis) {
         self.q.w_seq += 1;
         let seq = self.q.w_seq;
-        self.q.w_sent.push_back((seq, now));
-        let keep = Millis::from_ms(now.as_ms().saturating_sub(self.cfg.deadtime));
-        while self.q.w_sent.front().is_some_and(|(_, t)| *t < keep) {
-            self.q.w_sent.pop_front();
-        }
+        self.q.w_sent.record(seq, now);
+        self.q.w_sent.forget_older(now, self.cfg.deadtime);
         let l = self.local.as_ref();
         let req = witness::Request {
             incarnation: self.incarnation,
@@ -159,13 +186,7 @@ impl Core {
             return;
         }
         // Only the exact request dates the answer.
-        let Some(t) = self
-            .q
-            .w_sent
-            .iter()
-            .find(|(s, _)| *s == seq)
-            .map(|(_, t)| *t)
-        else {
+        let Some(t) = self.q.w_sent.exact(seq) else {
             return;
         };
         self.q.w_answered = seq;

@@ -262,7 +262,7 @@ impl Core {
             connected: b.map(|b| b.connected),
             eligible: b.map(|b| b.eligible),
             failback_request: b.map(|b| b.failback_request),
-            incarnation: self.peer.incarnation.map(|(i, _)| format!("{i:016x}")),
+            incarnation: self.peer.run.map(|r| format!("{:016x}", r.incarnation)),
             last_heard_ms_ago: self.peer.last_valid.map(|t| now.ms_since(t)),
         }
     }
