@@ -5,6 +5,7 @@
 //! on top of it: filesystem, service address, services), fences a dead peer
 //! before taking over, and tells why in `cluster-agent status`.
 //!
+//! - [`vocab`]: the shared vocabulary (time, heartbeat content, states), a leaf module;
 //! - [`config`]: the `[cluster]` table of the resource file;
 //! - [`core`]: the sans-IO decision core (events in, actions out);
 //! - [`wire`]: the heartbeat packet;
@@ -20,5 +21,6 @@ pub mod daemon;
 pub mod netlink;
 pub mod resources;
 pub mod sim;
+pub mod vocab;
 pub mod wire;
 pub mod witness;

@@ -21,7 +21,7 @@ use hmac::Mac;
 use replication_proto::wire::auth::{keyed, HmacSha256};
 use replication_proto::wire::{DiskState, Role};
 
-use crate::core::{Beat, WireState};
+use crate::vocab::{Beat, BeatId, WireState};
 
 pub const MAGIC: &[u8; 4] = b"RPHB";
 pub const VERSION: u8 = 1;
@@ -143,7 +143,7 @@ pub fn encode(key: &[u8], resource: &str, node: &str, beat: &Beat) -> Vec<u8> {
     v.push(disk_code(beat.disk));
     v.push(u8::from(beat.connected));
     v.push(0);
-    let (ai, aseq) = beat.ack.unwrap_or((0, 0));
+    let (ai, aseq) = beat.ack.map_or((0, 0), |a| (a.incarnation, a.seq));
     for x in [beat.incarnation, beat.started_ms, beat.seq, ai, aseq] {
         v.extend_from_slice(&x.to_be_bytes());
     }
@@ -276,7 +276,10 @@ pub fn decode(key: &[u8], buf: &[u8]) -> Result<Packet, DecodeError> {
             incarnation,
             started_ms,
             seq,
-            ack: (flags & FLAG_ACK != 0).then_some((ai, aseq)),
+            ack: (flags & FLAG_ACK != 0).then_some(BeatId {
+                incarnation: ai,
+                seq: aseq,
+            }),
             state,
             eligible: flags & FLAG_ELIGIBLE != 0,
             failback_request: flags & FLAG_FAILBACK != 0,
@@ -302,7 +305,10 @@ mod tests {
             incarnation: 0xdead_beef,
             started_ms: 123,
             seq: 42,
-            ack: Some((7, 9)),
+            ack: Some(BeatId {
+                incarnation: 7,
+                seq: 9,
+            }),
             state: WireState::Holding,
             eligible: true,
             failback_request: false,

@@ -13,8 +13,8 @@
 use std::collections::VecDeque;
 
 use cluster_agent::core::{
-    Action, Core, CoreConfig, HaState, Input, LocalState, Op, OpResult, OpsConfig, PingView,
-    StopFailure,
+    Action, Core, CoreConfig, HaState, Input, LocalState, Millis, Op, OpResult, OpsConfig,
+    PingView, StopFailure,
 };
 use replication_proto::wire::{DiskState, Role};
 
@@ -34,7 +34,7 @@ struct Pair {
     fences: [u32; 2],
     reboot_hooks: [u32; 2],
     stop_attempts: [u32; 2],
-    now: u64,
+    now: Millis,
 }
 
 fn config(
@@ -73,7 +73,7 @@ impl Pair {
                 config(i, fencing, auto_failback, on_stop_failure),
                 100 + i as u64,
                 1000 + i as u64,
-                0,
+                Millis::ZERO,
             )
         });
         Pair {
@@ -85,7 +85,7 @@ impl Pair {
             fences: [0; 2],
             reboot_hooks: [0; 2],
             stop_attempts: [0; 2],
-            now: 0,
+            now: Millis::ZERO,
         }
     }
 
@@ -190,7 +190,7 @@ impl Pair {
         while self.now < end {
             self.now += 50;
             for i in 0..2 {
-                if self.now % 200 == 0 {
+                if self.now.as_ms() % 200 == 0 {
                     let l = self.local(i);
                     self.feed(i, Input::Local(Some(l)));
                 }

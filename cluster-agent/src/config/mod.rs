@@ -110,7 +110,7 @@ pub struct OpsSettings {
     pub ping_timeout: Duration,
     /// A ping node that did not answer for this long is lost.
     pub ping_dead: Duration,
-    pub on_stop_failure: crate::core::StopFailure,
+    pub on_stop_failure: crate::vocab::StopFailure,
     /// Run (`sh -c`) after a failed stop with `on-stop-failure = "reboot-hook"`.
     pub reboot_command: Option<String>,
     /// Run (`sh -c`) once each time repd reports a split brain.

@@ -692,8 +692,8 @@ fn parse_stop_failure(
     fencing: bool,
     has_reboot_command: bool,
     invalid: &Invalid<'_>,
-) -> Result<crate::core::StopFailure, ConfigError> {
-    use crate::core::StopFailure;
+) -> Result<crate::vocab::StopFailure, ConfigError> {
+    use crate::vocab::StopFailure;
     Ok(match on_stop_failure {
         None | Some("block") => StopFailure::Block,
         Some("fence") => {

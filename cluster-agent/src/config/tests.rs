@@ -152,7 +152,7 @@ timeout-ms = 5000
 
 #[test]
 fn operation_keys_parse_and_are_checked() {
-    use crate::core::StopFailure;
+    use crate::vocab::StopFailure;
     let with = |extra: &str| {
         let text = format!(
             "{BASE}{}",

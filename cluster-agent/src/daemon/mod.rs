@@ -33,6 +33,7 @@ use crate::core::{
     Action, BadPacket, Core, CoreConfig, Input, LocalState, Op, OpResult, OpsConfig, PingView,
 };
 use crate::resources::Ctx;
+use crate::vocab::Millis;
 use crate::wire::{self, DecodeError};
 
 /// How the daemon is started.
@@ -352,7 +353,7 @@ fn start_core(cfg: &AgentConfig, paths: usize, agent_sock: &Path) -> (Core, Inst
         core_config(cfg),
         incarnation,
         started_ms,
-        ms(clock.elapsed()),
+        Millis::from_ms(ms(clock.elapsed())),
     );
     tracing::info!(
         incarnation = %format!("{incarnation:016x}"),
@@ -461,8 +462,8 @@ impl Agent {
     }
 
     /// The agent's clock: milliseconds since it started.
-    fn now(&self) -> u64 {
-        ms(self.clock.elapsed())
+    fn now(&self) -> Millis {
+        Millis::from_ms(ms(self.clock.elapsed()))
     }
 
     /// Tick the core, do what it asks, wait for the next message or its
@@ -471,10 +472,12 @@ impl Agent {
         loop {
             self.core.handle(self.now(), Input::Tick);
             self.do_actions();
+            // Ticks come no later than the core asks, and at least once a
+            // second (the workers' news arrives as messages anyway).
             let wait = self
                 .core
-                .next_wakeup()
-                .saturating_sub(self.now())
+                .poll_timeout()
+                .map_or(1000, |t| t.ms_since_or_zero(self.now()))
                 .clamp(1, 1000);
             let msg = match self.rx.recv_timeout(Duration::from_millis(wait)) {
                 Ok(m) => m,

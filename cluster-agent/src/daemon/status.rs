@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use super::ms;
 use crate::config::{AgentConfig, Link, NoQuorum};
 use crate::core::Core;
+use crate::vocab::Millis;
 
 /// What status shows of split brains.
 #[derive(Debug, Default)]
@@ -23,7 +24,7 @@ pub(super) struct SplitBrainView {
 
 pub(super) fn status_json(
     core: &Core,
-    now: u64,
+    now: Millis,
     cfg: &AgentConfig,
     links: &[Link],
     device: &Path,

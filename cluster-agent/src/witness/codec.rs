@@ -6,7 +6,7 @@
 use replication_proto::gen::Generations;
 use replication_proto::wire::{DiskState, Role};
 
-use crate::core::WireState;
+use crate::vocab::WireState;
 use crate::wire::{self, DecodeError};
 
 pub const MAGIC: &[u8; 4] = b"RPWQ";

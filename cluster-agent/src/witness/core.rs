@@ -20,7 +20,7 @@ use replication_proto::wire::DiskState;
 use serde::{Deserialize, Serialize};
 
 use super::codec::{Reply, Request};
-use crate::core::WireState;
+use crate::vocab::WireState;
 
 /// What the witness remembers of one node across restarts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@ use replication_proto::time::Millis;
 use replication_proto::wire::{DiskState, Role};
 
 use super::*;
-use crate::core::WireState;
+use crate::vocab::WireState;
 use crate::wire::DecodeError;
 
 /// What one request comes to.
