@@ -13,7 +13,7 @@ use std::sync::{Mutex, PoisonError};
 
 use bytes::Bytes;
 
-use super::sys::{RawAligned, ALIGN};
+use super::raw::{RawAligned, ALIGN};
 
 /// Largest buffer kept for reuse: a 1 MiB write, or a whole replication
 /// frame of one placed so that its data is aligned.

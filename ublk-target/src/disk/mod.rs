@@ -14,6 +14,7 @@
 #![deny(unsafe_code)]
 
 pub mod aligned;
+mod raw;
 mod sys;
 mod uring;
 
