@@ -1,0 +1,324 @@
+//! Admin commands and the roles: promote, demote, outdate, and the
+//! resumption of the role after a crash.
+
+use crate::gen::UUID_JUST_CREATED;
+use crate::machine::resume::{self};
+use crate::machine::types::{Action, Admin, AdminError, ConnState, SuspendMode};
+use crate::meta::MetaFlags;
+use crate::wire::{disconnect, DisconnectReason, DiskState, Message, Role};
+
+use super::state::*;
+use super::Node;
+
+impl Node {
+    pub(super) fn admin_cmd(&mut self, now: u64, cmd: Admin) -> Result<(), AdminError> {
+        self.now = self.now.max(now);
+        let refuse = |s: &str| Err(AdminError::Refused(s.to_string()));
+        if self.down_requested {
+            return refuse("the node is shutting down");
+        }
+        match cmd {
+            Admin::Primary { force } => self.promote(force),
+            Admin::Secondary => {
+                self.resume.cancel("an admin made this node Secondary");
+                self.demote()
+            }
+            Admin::Connect { discard_my_data } => {
+                if self.conn != ConnState::StandAlone {
+                    return refuse("already connecting or connected; disconnect first");
+                }
+                if discard_my_data && self.role == Role::Primary {
+                    return refuse("a Primary cannot discard its data; make it secondary first");
+                }
+                self.want_connect = true;
+                self.discard_my_data = discard_my_data;
+                self.split_brain = false;
+                self.conn = ConnState::Connecting;
+                self.actions.push_back(Action::Connect);
+                Ok(())
+            }
+            Admin::Disconnect => {
+                if self.conn == ConnState::StandAlone {
+                    return Ok(());
+                }
+                self.want_connect = false;
+                if self.connected_states() {
+                    let msg = format!("{} was disconnected by its admin", self.cfg.node);
+                    self.send(disconnect(DisconnectReason::Admin, &msg));
+                    self.connection_lost("disconnected by admin");
+                }
+                self.conn = ConnState::StandAlone;
+                self.actions.push_back(Action::CloseConnection);
+                Ok(())
+            }
+            Admin::Invalidate => {
+                if self.role == Role::Primary {
+                    return refuse(
+                        "a Primary cannot invalidate its own data (it serves it). To resync the \
+                         peer's data from this node, run `repctl invalidate-remote` here (or \
+                         `repctl invalidate` on the peer); to resync this node from the peer, \
+                         make it Secondary first",
+                    );
+                }
+                if self.sync.is_some() {
+                    return refuse("a resync or verify is running");
+                }
+                let connected = self.conn == ConnState::Connected;
+                if connected && !matches!(self.peer_disk(), DiskState::UpToDate) {
+                    return refuse("the peer has no UpToDate data to sync from");
+                }
+                self.bitmap.set_all();
+                self.disk = DiskState::Inconsistent;
+                self.flags.set(MetaFlags::CONSISTENT, false);
+                self.flags.set(MetaFlags::WAS_UP_TO_DATE, false);
+                self.persist_super(false);
+                self.persist_bitmap_all(None);
+                if connected {
+                    self.send(Message::StartSync {
+                        sender_is_source: false,
+                        full: true,
+                    });
+                    self.start_sync(SyncRole::Target, true);
+                }
+                Ok(())
+            }
+            Admin::InvalidateRemote => {
+                if self.conn != ConnState::Connected {
+                    return refuse("not connected (or a resync is running); invalidate-remote needs an idle connection");
+                }
+                if self.peer.as_ref().is_some_and(|p| p.role == Role::Primary) {
+                    return refuse("the peer is Primary; its data cannot be invalidated");
+                }
+                if self.disk != DiskState::UpToDate {
+                    return refuse("this node's disk is not UpToDate");
+                }
+                self.bitmap.set_all();
+                self.send(Message::StartSync {
+                    sender_is_source: true,
+                    full: true,
+                });
+                self.start_sync(SyncRole::Source, true);
+                Ok(())
+            }
+            Admin::Verify { repair } => {
+                if self.conn != ConnState::Connected {
+                    return refuse("verify needs an idle connection (Connected, no resync)");
+                }
+                self.start_verify(repair);
+                Ok(())
+            }
+            Admin::SuspendIo { mode } => {
+                self.suspend_io(mode);
+                Ok(())
+            }
+            Admin::ResumeIo => {
+                self.resume_io();
+                Ok(())
+            }
+            Admin::ResumeIoAt { current } => {
+                if self.gens.current != current {
+                    return refuse(&format!(
+                        "the data generation is {:016X} now, not {current:016X}: \
+                         the node froze again since (it lost its peer)",
+                        self.gens.current
+                    ));
+                }
+                self.resume_io();
+                Ok(())
+            }
+            Admin::FreezeOnDisconnect { on } => {
+                self.freeze_on_disconnect = on;
+                Ok(())
+            }
+            Admin::Outdate => self.outdate(),
+            Admin::ResumeAfterCrash => self.resume.arm(&self.cfg.node),
+            Admin::Down => {
+                self.resume.cancel("the node is shutting down");
+                if self.role == Role::Primary {
+                    self.demote()?;
+                }
+                self.down_requested = true;
+                self.want_connect = false;
+                self.maybe_finish_down();
+                Ok(())
+            }
+        }
+    }
+
+    // ----- roles -------------------------------------------------------------
+
+    /// An armed resumption after a crash (see `resume.rs`): promote once
+    /// that keeps one writer, give up once it never can.
+    pub(super) fn maybe_resume(&mut self) {
+        let Some(crashed_gen) = self.resume.armed_for() else {
+            return;
+        };
+        if self.down_requested {
+            return;
+        }
+        let facts = resume::Facts {
+            role: self.role,
+            disk: self.disk,
+            conn: self.conn,
+            decided: self.decided,
+            syncing: self.sync.is_some(),
+            peer_role: self.peer.as_ref().map(|p| p.role),
+            current: self.gens.current,
+            peer_current: self.peer.as_ref().map(|p| p.hello.gens.current),
+        };
+        match resume::decide(crashed_gen, &facts) {
+            resume::Step::Wait(why) => self.resume.wait(&self.cfg.node, why),
+            resume::Step::GiveUp(why) => self.resume.give_up(&self.cfg.node, &why),
+            resume::Step::Promote => match self.promote(false) {
+                Ok(()) => self.resume.done(&self.cfg.node),
+                Err(e) => self.resume.give_up(&self.cfg.node, &e.to_string()),
+            },
+        }
+    }
+
+    pub(super) fn promote(&mut self, force: bool) -> Result<(), AdminError> {
+        if self.role == Role::Primary {
+            return Ok(());
+        }
+        if self.decided && self.peer.as_ref().is_some_and(|p| p.role == Role::Primary) {
+            return Err(AdminError::Refused(
+                "the peer is Primary; only one Primary may accept writes (make it secondary first)"
+                    .into(),
+            ));
+        }
+        if self
+            .sync
+            .as_ref()
+            .is_some_and(|s| s.role == SyncRole::Target)
+        {
+            return Err(AdminError::Refused(
+                "this node is a sync target: its data is Inconsistent until the resync ends".into(),
+            ));
+        }
+        let mut start_full_sync = false;
+        // A Primary acknowledges writes; the superblock written below (which
+        // gates them) must not claim otherwise.
+        self.flags.set(MetaFlags::UNACKED_GEN, false);
+        if self.disk == DiskState::Consistent && force {
+            // A crashed Primary whose peer is gone: its own data is the best
+            // there is. The activity-log extents stay in the bitmap.
+            self.flags.set(MetaFlags::CRASHED_PRIMARY, false);
+            self.set_up_to_date();
+        }
+        if self.disk != DiskState::UpToDate {
+            if !force {
+                return Err(AdminError::Refused(format!(
+                    "need UpToDate data to become Primary, this disk is {:?}; \
+                     `primary --force` declares this node's data the good copy \
+                     (DRBD's --overwrite-data-of-peer)",
+                    self.disk
+                )));
+            }
+            // Forced: this node's data becomes a new generation everybody
+            // syncs from, in full.
+            if self.gens.current != UUID_JUST_CREATED {
+                self.gens.history = [self.gens.current, self.gens.history[0]];
+            }
+            self.gens.current = self.new_uuid();
+            self.gens.bitmap = 0;
+            self.flags.set(MetaFlags::CONSISTENT, true);
+            self.flags.set(MetaFlags::WAS_UP_TO_DATE, true);
+            self.flags.set(MetaFlags::CRASHED_PRIMARY, false);
+            self.disk = DiskState::UpToDate;
+            self.bitmap.set_all();
+            self.persist_bitmap_all(None);
+            start_full_sync = self.conn == ConnState::Connected;
+            if self.connected_states() && !start_full_sync {
+                // Mid-handshake or mid-sync: start over with the new generation.
+                self.fail_connection(
+                    DisconnectReason::Admin,
+                    "primary --force changed the data generation".into(),
+                    false,
+                );
+            }
+        }
+        self.role = Role::Primary;
+        self.flags.set(MetaFlags::PRIMARY_IND, true);
+        if !self.decided
+            || !matches!(
+                self.conn,
+                ConnState::Connected | ConnState::SyncSource | ConnState::WFBitMapS
+            )
+        {
+            if self.freeze_on_disconnect && self.suspended.is_none() {
+                // Promoted alone: the same as losing the peer while Primary.
+                self.suspended = Some(SuspendMode::Hold);
+            }
+            self.rotate_for_disconnected_writes();
+        }
+        self.persist_super(true);
+        if self.decided {
+            self.send(Message::State {
+                role: self.role,
+                disk: self.disk,
+            });
+        }
+        if start_full_sync {
+            self.send(Message::StartSync {
+                sender_is_source: true,
+                full: true,
+            });
+            self.start_sync(SyncRole::Source, true);
+        }
+        Ok(())
+    }
+
+    pub(super) fn demote(&mut self) -> Result<(), AdminError> {
+        if self.role == Role::Secondary {
+            return Ok(());
+        }
+        if !self.app.is_empty() {
+            return Err(AdminError::Refused(format!(
+                "{} application requests in flight; stop using the device first",
+                self.app.len()
+            )));
+        }
+        self.role = Role::Secondary;
+        // Held requests never reach a Secondary's data (nor the peer's).
+        self.fail_held();
+        self.suspended = None;
+        self.resume_pending = false;
+        self.flags.set(MetaFlags::PRIMARY_IND, false);
+        self.flags.set(MetaFlags::CRASHED_PRIMARY, false);
+        // A clean demotion empties the activity log, so a later crash of this
+        // node does not resync extents it no longer writes.
+        if let Some(plan) = self.al.plan_empty() {
+            self.write_al_plan(plan);
+        }
+        self.persist_super(false);
+        if self.decided {
+            self.send(Message::State {
+                role: self.role,
+                disk: self.disk,
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) fn outdate(&mut self) -> Result<(), AdminError> {
+        if self.role == Role::Primary {
+            return Err(AdminError::Refused(
+                "a Primary cannot outdate its own data; make it secondary first".into(),
+            ));
+        }
+        if self.connected_states() && self.conn != ConnState::Connecting {
+            return Err(AdminError::Refused(
+                "connected to the peer, which keeps this data in sync; outdate a disconnected node"
+                    .into(),
+            ));
+        }
+        if matches!(self.disk, DiskState::UpToDate | DiskState::Consistent) {
+            tracing::info!(node = %self.cfg.node, "data marked Outdated");
+            self.disk = DiskState::Outdated;
+            self.flags.set(MetaFlags::WAS_UP_TO_DATE, false);
+            self.flags.set(MetaFlags::CRASHED_PRIMARY, false);
+            self.persist_super(false);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,305 @@
+//! The connection: transport up and down, frames dispatched by state,
+//! and what a lost peer leaves in the bitmap.
+
+use rand::RngCore;
+
+use crate::machine::types::{Action, ConnState, SuspendMode};
+use crate::wire::{disconnect, DisconnectReason, Hello, Message, Role};
+
+use super::state::*;
+use super::Node;
+
+impl Node {
+    // ----- connection --------------------------------------------------------
+
+    pub(super) fn on_transport_up(&mut self) {
+        if self.conn != ConnState::Connecting {
+            self.actions.push_back(Action::CloseConnection);
+            return;
+        }
+        self.epoch += 1;
+        self.conn = ConnState::Handshake;
+        self.conn_started = self.now;
+        self.last_recv = self.now;
+        self.ping_sent = None;
+        self.peer = None;
+        self.decided = false;
+        self.rng.fill_bytes(&mut self.my_nonce);
+        let hello = Hello {
+            version: crate::wire::PROTOCOL_VERSION,
+            resource: self.cfg.resource.clone(),
+            node: self.cfg.node.clone(),
+            data_bytes: self.cfg.data_bytes,
+            protocol: self.cfg.protocol,
+            role: self.role,
+            disk: self.disk,
+            gens: self.gens,
+            meta_flags: self.flags.0,
+            features: self.cfg.features,
+            dirty_bits: self.bitmap.count(),
+            nonce: self.my_nonce,
+            discard_my_data: self.discard_my_data,
+        };
+        self.send(Message::Hello(hello));
+    }
+
+    /// End the connection with a reason the peer logs too. `standalone`: stop
+    /// reconnecting (the condition needs an admin).
+    pub(super) fn fail_connection(
+        &mut self,
+        reason: DisconnectReason,
+        msg: String,
+        standalone: bool,
+    ) {
+        self.error(msg.clone());
+        if self.connected_states() {
+            self.send(disconnect(reason, &msg));
+        }
+        if standalone {
+            self.want_connect = false;
+        }
+        self.connection_lost(&msg);
+        if standalone {
+            self.conn = ConnState::StandAlone;
+            self.actions.push_back(Action::CloseConnection);
+        }
+    }
+
+    /// The connection is gone (for whatever reason). Everything the peer may
+    /// not hold goes into the bitmap.
+    pub(super) fn connection_lost(&mut self, why: &str) {
+        if !self.connected_states() {
+            return;
+        }
+        tracing::info!(node = %self.cfg.node, state = ?self.conn, "connection lost: {why}");
+        let was_decided = self.decided;
+        if self.freeze_on_disconnect
+            && was_decided
+            && self.role == Role::Primary
+            && self.suspended.is_none()
+        {
+            // Before the writes the peer did not confirm complete below.
+            tracing::warn!(node = %self.cfg.node, "peer lost: I/O frozen until resumed");
+            self.suspended = Some(SuspendMode::Hold);
+        }
+        self.epoch += 1;
+        self.decided = false;
+        if was_decided {
+            self.set_connected_ind(false);
+        }
+        self.peer = None;
+        self.ping_sent = None;
+        // Replicated writes the peer did not confirm, and confirmed ones it
+        // may not have flushed.
+        let pending = std::mem::take(&mut self.peer_pending);
+        self.peer_pending_bytes = 0;
+        for (_, r) in pending {
+            self.bitmap.set_range(r.span.start, r.span.len());
+            self.al.release(r.extents.0, r.extents.1);
+            if let Some(id) = r.app_id {
+                if let Some(AppReq::Write { peer, .. }) = self.app.get_mut(&id) {
+                    *peer = PeerWait::Done;
+                }
+                self.try_complete_write(id);
+            }
+        }
+        for (_, s) in std::mem::take(&mut self.unflushed) {
+            self.bitmap.set_range(s.start, s.len());
+        }
+        for (_, (_, app)) in std::mem::take(&mut self.barriers) {
+            if let Some(id) = app {
+                if let Some(AppReq::Flush { peer_done, .. }) = self.app.get_mut(&id) {
+                    *peer_done = true;
+                }
+                self.try_complete_flush(id);
+            }
+        }
+        self.peer_barriers.clear();
+        self.unacked = 0;
+        if let Some(s) = self.sync.take() {
+            if s.role == SyncRole::Target && !s.verify {
+                tracing::info!(node = %self.cfg.node, left = self.bitmap.count(), "resync interrupted; it resumes on reconnect");
+            }
+        }
+        if self.role == Role::Primary && was_decided {
+            self.rotate_for_disconnected_writes();
+        }
+        if self.down_requested {
+            self.conn = ConnState::StandAlone;
+            self.maybe_finish_down();
+        } else if self.want_connect {
+            self.conn = ConnState::Connecting;
+            self.actions.push_back(Action::CloseConnection);
+            self.actions.push_back(Action::Connect);
+        } else {
+            self.conn = ConnState::StandAlone;
+            self.actions.push_back(Action::CloseConnection);
+        }
+        // Writes that waited for extents the peer held may go now (after the
+        // new generation, if any, is durable: the gate holds them till then).
+        self.process_al_wait();
+    }
+
+    pub(super) fn on_frame(&mut self, m: Message) {
+        if let Message::Disconnect { reason, message } = &m {
+            let msg = format!("peer disconnected: {reason:?}: {message}");
+            let standalone = matches!(
+                reason,
+                DisconnectReason::AuthFailed
+                    | DisconnectReason::WrongResource
+                    | DisconnectReason::WrongSize
+                    | DisconnectReason::UnsupportedVersion
+                    | DisconnectReason::ConfigMismatch
+                    | DisconnectReason::SplitBrain
+                    | DisconnectReason::UnrelatedData
+                    | DisconnectReason::NoGoodData
+                    | DisconnectReason::BothPrimary
+            );
+            if *reason == DisconnectReason::Shutdown {
+                // The peer flushed everything it received before saying so.
+                self.unflushed.clear();
+                tracing::info!(node = %self.cfg.node, "peer shut down cleanly");
+            } else if *reason != DisconnectReason::Admin {
+                self.error(msg.clone());
+            }
+            if *reason == DisconnectReason::SplitBrain {
+                self.split_brain = true;
+            }
+            if standalone {
+                self.want_connect = false;
+            }
+            self.connection_lost(&msg);
+            return;
+        }
+        if !self.decided {
+            self.on_handshake_frame(m);
+            return;
+        }
+        match m {
+            Message::Ping => self.send(Message::PingAck),
+            Message::PingAck => self.ping_sent = None,
+            Message::Data {
+                seq,
+                offset,
+                len,
+                flags,
+                data,
+            } => {
+                self.on_peer_data(seq, offset, len, flags, data);
+            }
+            Message::RecvAck { seq } => {
+                if let Some(r) = self.peer_pending.get_mut(&seq) {
+                    r.recv_acked = true;
+                    if let Some(id) = r.app_id {
+                        self.try_complete_write(id);
+                    }
+                }
+            }
+            Message::WriteAck { seq } => self.on_write_ack(seq, true),
+            Message::NegAck { seq } => self.on_write_ack(seq, false),
+            Message::Barrier { id } => {
+                self.peer_barriers.push_back((id, self.recv_index));
+                self.check_peer_barriers();
+            }
+            Message::BarrierAck { id } => self.on_barrier_ack(id),
+            Message::State { role, disk } => {
+                if role == Role::Primary && self.role == Role::Primary {
+                    self.fail_connection(
+                        DisconnectReason::BothPrimary,
+                        "both nodes are Primary".into(),
+                        true,
+                    );
+                    return;
+                }
+                if let Some(p) = self.peer.as_mut() {
+                    p.role = role;
+                    p.disk = disk;
+                }
+            }
+            Message::Uuids { gens } => self.on_peer_uuids(gens),
+            Message::StartSync {
+                sender_is_source,
+                full,
+            } => {
+                if self.conn != ConnState::Connected {
+                    self.protocol_error("StartSync while not idle");
+                    return;
+                }
+                if sender_is_source && self.role == Role::Primary {
+                    self.fail_connection(
+                        DisconnectReason::ConfigMismatch,
+                        "peer wants to overwrite the Primary's data; refused".into(),
+                        true,
+                    );
+                    return;
+                }
+                if sender_is_source {
+                    if full {
+                        self.bitmap.set_all();
+                    }
+                    self.start_sync(SyncRole::Target, full);
+                } else {
+                    self.start_sync(SyncRole::Source, full);
+                }
+            }
+            Message::Bitmap { .. } => self.on_bitmap(&m),
+            Message::ResyncRequest { id, offset, len } => {
+                self.on_resync_request(id, offset, len, None)
+            }
+            Message::ChecksumRequest {
+                id,
+                offset,
+                len,
+                digest,
+            } => {
+                self.on_resync_request(id, offset, len, Some(digest));
+            }
+            Message::ResyncData { id, offset, data } => self.on_resync_data(id, offset, data),
+            Message::InSync { id, offset, len } => self.on_in_sync(id, offset, len),
+            Message::ResyncNeg { offset, len, .. } => {
+                self.fail_connection(
+                    DisconnectReason::IoError,
+                    format!(
+                        "the sync source could not read {len} bytes at {offset}; resync stopped"
+                    ),
+                    false,
+                );
+            }
+            Message::ResyncAck { offset, len, .. } => {
+                if self
+                    .sync
+                    .as_ref()
+                    .is_some_and(|s| s.role == SyncRole::Source && !s.verify)
+                {
+                    self.bitmap.clear_range(offset, u64::from(len));
+                }
+            }
+            Message::VerifyRequest {
+                id,
+                offset,
+                len,
+                digest,
+            } => self.on_verify_request(id, offset, len, digest),
+            Message::VerifyReply {
+                id,
+                offset,
+                len,
+                in_sync,
+            } => self.on_verify_reply(id, offset, len, in_sync),
+            Message::OutOfSync { offset, len } => self.bitmap.set_range(offset, u64::from(len)),
+            Message::SyncDone => self.on_sync_done(),
+            Message::Hello(_) | Message::Auth { .. } => {
+                self.protocol_error("handshake message on an established connection")
+            }
+            Message::Disconnect { .. } => {}
+        }
+    }
+
+    pub(super) fn protocol_error(&mut self, what: &str) {
+        self.fail_connection(
+            DisconnectReason::ProtocolError,
+            format!("protocol error: {what}"),
+            false,
+        );
+    }
+}

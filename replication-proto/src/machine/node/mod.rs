@@ -1,0 +1,455 @@
+//! One node of one resource: the replication state machine.
+//!
+//! Events go in through [`Node::handle`] and [`Node::admin`]; actions come out
+//! of [`Node::poll_action`]. `now` is whatever clock the caller keeps, in
+//! milliseconds (the simulator's, or the daemon's monotonic clock).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use bytes::Bytes;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::al::{ActivityLog, AlPlan};
+use super::bitmap::Bitmap;
+use super::io::{OrderedIo, Span};
+use super::resume::Resume;
+use super::types::{
+    errno, Action, Admin, AdminError, ConnState, Event, NodeConfig, Payload, Persisted, Session,
+    Stats, Status, SuspendMode,
+};
+use crate::gen::Generations;
+use crate::meta::{MetaFlags, BM_BLOCK_SIZE};
+use crate::wire::{DiskState, Role};
+
+/// Largest application or resync transfer in one frame.
+pub const MAX_IO: u32 = 1 << 20;
+/// Resync and verify request size.
+const SYNC_REQ_BYTES: u64 = 128 * 1024;
+/// Resync / verify requests in flight.
+const SYNC_WINDOW: usize = 16;
+/// Runs per bitmap frame.
+const BITMAP_RUNS_PER_FRAME: usize = 4096;
+
+mod admin;
+mod app;
+mod completions;
+mod connection;
+mod handshake;
+mod output;
+mod resync;
+mod secondary;
+mod state;
+mod suspend;
+mod timers;
+mod verify;
+
+use state::*;
+
+/// The state machine of one node.
+#[derive(Debug)]
+pub struct Node {
+    cfg: NodeConfig,
+    rng: ChaCha8Rng,
+    now: u64,
+    actions: VecDeque<Action>,
+
+    gens: Generations,
+    flags: MetaFlags,
+    bitmap: Bitmap,
+    al: ActivityLog,
+    al_stage_pending: u32,
+    al_plan: Option<AlPlan>,
+
+    role: Role,
+    disk: DiskState,
+    conn: ConnState,
+    want_connect: bool,
+    discard_my_data: bool,
+    split_brain: bool,
+    last_error: Option<String>,
+    /// When `last_error` was set (node time, ms).
+    last_error_at: u64,
+    /// Since when the pair is healthy (see `clear_error_when_healthy`).
+    healthy_since: Option<u64>,
+    down_requested: bool,
+    down_done: bool,
+
+    epoch: u64,
+    my_nonce: [u8; 32],
+    peer: Option<PeerInfo>,
+    decided: bool,
+    last_recv: u64,
+    ping_sent: Option<u64>,
+    conn_started: u64,
+
+    app: HashMap<u64, AppReq>,
+    al_wait: VecDeque<u64>,
+    super_gate: u32,
+    io: OrderedIo<LocalOp>,
+    flush_ops: HashMap<u64, FlushOp>,
+    meta_ops: HashMap<u64, MetaOp>,
+    next_token: u64,
+
+    // Primary side of replication.
+    next_seq: u64,
+    peer_pending: BTreeMap<u64, PeerReq>,
+    /// Bytes sent to the peer and not yet confirmed: new writes wait while
+    /// this is above the window, so a slow peer slows the writer instead of
+    /// piling data up in memory on both nodes (DRBD's max-buffers).
+    peer_pending_bytes: u64,
+    /// Acknowledged by the peer but not yet covered by a peer flush: if the
+    /// peer loses power these may be gone there, so they go into the bitmap
+    /// when the connection breaks.
+    unflushed: VecDeque<(u64, Span)>,
+    next_barrier: u64,
+    barriers: BTreeMap<u64, (u64, Option<u64>)>,
+    last_data_sent: u64,
+
+    // Secondary side.
+    recv_index: u64,
+    recv_incomplete: BTreeSet<u64>,
+    peer_barriers: VecDeque<(u64, u64)>,
+    unacked: u64,
+
+    /// Payloads of peer and resync writes waiting in the ordering queue.
+    parked: HashMap<u64, (u64, u32, Payload, bool)>,
+    sync: Option<Sync>,
+    stats: Stats,
+    /// The peer may hold this node's current generation (it was in sync, or
+    /// a resync from here started). A Primary that goes on without the peer
+    /// must then start a new generation, or the next handshake would see
+    /// equal generations and miss the writes made alone.
+    peer_has_my_current: bool,
+
+    /// `SuspendIo`: what happens to new writes and flushes.
+    suspended: Option<SuspendMode>,
+    freeze_on_disconnect: bool,
+    /// The last run ended while Primary without its peer (DRBD's "degraded
+    /// cluster"): `repctl wait-connect` then waits `degr-wfc-timeout`, not
+    /// `wfc-timeout`, since the peer is less likely to come back soon.
+    degraded_at_start: bool,
+    /// Held while suspended: new requests, and completions of requests
+    /// that were in flight when the suspension began (in order).
+    held_in: VecDeque<Event>,
+    held_out: VecDeque<(u64, Result<Option<Bytes>, i32>)>,
+    /// A resume waits for the superblock that drops `UNACKED_GEN`.
+    resume_pending: bool,
+    /// Resuming the role of a run that crashed while Primary (`resume.rs`).
+    resume: Resume,
+}
+
+/// How long an error stays in status after its condition is gone.
+pub const ERROR_LINGER_MS: u64 = 10_000;
+
+impl Node {
+    /// A node starting from its persisted metadata. `seed` feeds the random
+    /// numbers (nonces, new generation UUIDs): the daemon passes real entropy,
+    /// the simulator its seed.
+    #[must_use]
+    pub fn new(cfg: NodeConfig, p: Persisted, now: u64, seed: u64) -> Self {
+        let mut flags = p.flags;
+        let degraded_at_start =
+            flags.has(MetaFlags::PRIMARY_IND) && !flags.has(MetaFlags::CONNECTED_IND);
+        let mut bitmap = Bitmap::from_words(cfg.data_bytes, &p.bitmap);
+        let resume = Resume::at_start(flags, p.gens.current);
+        // Found Primary at start: the last run crashed while Primary. Every
+        // extent in its activity log may differ from the peer.
+        if flags.has(MetaFlags::PRIMARY_IND) || flags.has(MetaFlags::CRASHED_PRIMARY) {
+            if flags.has(MetaFlags::PRIMARY_IND) {
+                tracing::warn!(
+                    extents = p.al_extents.len(),
+                    "crashed while Primary: resyncing the activity log"
+                );
+            }
+            flags.set(MetaFlags::CRASHED_PRIMARY, true);
+            for &e in &p.al_extents {
+                bitmap.set_extent(e);
+            }
+        }
+        flags.set(MetaFlags::PRIMARY_IND, false);
+        flags.set(MetaFlags::AL_CLEAN, false);
+        let disk = if flags.has(MetaFlags::CONSISTENT) {
+            if flags.has(MetaFlags::CRASHED_PRIMARY) {
+                // Consistent, but its volatile cache may have lost writes the
+                // peer acknowledged: not UpToDate until the activity log is
+                // resynced from the peer (or an admin forces it).
+                DiskState::Consistent
+            } else if flags.has(MetaFlags::WAS_UP_TO_DATE) {
+                DiskState::UpToDate
+            } else {
+                DiskState::Outdated
+            }
+        } else {
+            DiskState::Inconsistent
+        };
+        let al = ActivityLog::new(cfg.al_extents, p.al_seq, &p.al_extents);
+        let mut n = Self {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            now,
+            actions: VecDeque::new(),
+            gens: p.gens,
+            flags,
+            bitmap,
+            al,
+            al_stage_pending: 0,
+            al_plan: None,
+            role: Role::Secondary,
+            disk,
+            conn: ConnState::StandAlone,
+            want_connect: false,
+            discard_my_data: false,
+            split_brain: false,
+            last_error: None,
+            last_error_at: 0,
+            healthy_since: None,
+            down_requested: false,
+            down_done: false,
+            epoch: 0,
+            my_nonce: [0; 32],
+            peer: None,
+            decided: false,
+            last_recv: now,
+            ping_sent: None,
+            conn_started: now,
+            app: HashMap::new(),
+            al_wait: VecDeque::new(),
+            super_gate: 0,
+            io: OrderedIo::default(),
+            flush_ops: HashMap::new(),
+            meta_ops: HashMap::new(),
+            next_token: 1,
+            next_seq: 1,
+            peer_pending: BTreeMap::new(),
+            peer_pending_bytes: 0,
+            unflushed: VecDeque::new(),
+            next_barrier: 1,
+            barriers: BTreeMap::new(),
+            last_data_sent: now,
+            recv_index: 0,
+            recv_incomplete: BTreeSet::new(),
+            peer_barriers: VecDeque::new(),
+            unacked: 0,
+            parked: HashMap::new(),
+            sync: None,
+            stats: Stats::default(),
+            // Unknown after a start: assume the worst.
+            peer_has_my_current: true,
+            suspended: None,
+            freeze_on_disconnect: false,
+            degraded_at_start,
+            held_in: VecDeque::new(),
+            held_out: VecDeque::new(),
+            resume_pending: false,
+            resume,
+            cfg,
+        };
+        n.persist_super(false);
+        if n.flags.has(MetaFlags::CRASHED_PRIMARY) {
+            n.persist_bitmap_all(None);
+        }
+        n
+    }
+
+    // ----- public accessors -------------------------------------------------
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    #[must_use]
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    #[must_use]
+    pub fn conn(&self) -> ConnState {
+        self.conn
+    }
+    #[must_use]
+    pub fn disk(&self) -> DiskState {
+        self.disk
+    }
+    #[must_use]
+    pub fn gens(&self) -> Generations {
+        self.gens
+    }
+    #[must_use]
+    pub fn flags(&self) -> MetaFlags {
+        self.flags
+    }
+    #[must_use]
+    pub fn bitmap_words(&self) -> &[u64] {
+        self.bitmap.words()
+    }
+    #[must_use]
+    pub fn split_brain(&self) -> bool {
+        self.split_brain
+    }
+    /// An orderly `Down` finished: the driver may exit.
+    #[must_use]
+    pub fn is_down(&self) -> bool {
+        self.down_done
+    }
+    #[must_use]
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+    /// The current connection's handshake, once the peer answered this
+    /// node's challenge: the driver binds a second transport connection
+    /// (the ping connection, [`crate::wire::features::PING_CONN`]) to it.
+    #[must_use]
+    pub fn session(&self) -> Option<Session> {
+        let p = self.peer.as_ref().filter(|p| p.authed)?;
+        self.connected_states().then_some(Session {
+            epoch: self.epoch,
+            own_nonce: self.my_nonce,
+            peer_nonce: p.hello.nonce,
+            features: self.cfg.features & p.hello.features,
+        })
+    }
+    #[must_use]
+    pub fn peer_disk(&self) -> DiskState {
+        let disk = self
+            .peer
+            .as_ref()
+            .filter(|_| self.decided)
+            .map_or(DiskState::DUnknown, |p| p.disk);
+        // Waiting for the bitmaps as the sync source: the peer is the target
+        // and Inconsistent from the exchange on; show what it is about to be
+        // (it still says UpToDate itself until then), not what it was.
+        if self.conn == ConnState::WFBitMapS && disk != DiskState::DUnknown {
+            return DiskState::Inconsistent;
+        }
+        disk
+    }
+    /// Application requests in flight.
+    #[must_use]
+    pub fn app_pending(&self) -> usize {
+        self.app.len()
+    }
+
+    #[must_use]
+    pub fn status(&self) -> Status {
+        let (remaining, total) = match &self.sync {
+            Some(s) if s.verify => (self.cfg.data_bytes.saturating_sub(s.cursor), s.total_bytes),
+            Some(s) => (self.bitmap.count() * BM_BLOCK_SIZE, s.total_bytes),
+            None => (0, 0),
+        };
+        Status {
+            resource: self.cfg.resource.clone(),
+            node: self.cfg.node.clone(),
+            role: self.role,
+            peer_role: self.peer.as_ref().filter(|_| self.decided).map(|p| p.role),
+            connection: self.conn,
+            disk: self.disk,
+            peer_disk: self.peer_disk(),
+            out_of_sync_bytes: self.bitmap.count() * BM_BLOCK_SIZE,
+            split_brain: self.split_brain,
+            last_error: self.last_error.clone(),
+            last_error_at_ms: self.last_error.as_ref().map(|_| self.last_error_at),
+            gens: self.gens,
+            flags: self.flags,
+            suspended: self.suspended,
+            freeze_on_disconnect: self.freeze_on_disconnect,
+            degraded_at_start: self.degraded_at_start,
+            resume: self.resume.note().map(str::to_owned),
+            sync_remaining_bytes: remaining,
+            sync_total_bytes: total,
+            local_pending: self.io.len() as u64,
+            peer_pending: self.peer_pending.len() as u64,
+            unacked: self.unacked,
+            app_pending: self.app.len() as u64,
+            stats: self.stats.clone(),
+        }
+    }
+
+    /// When the caller must deliver `Event::Tick` at the latest.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let mut t: Option<u64> = None;
+        let mut at = |x: u64| t = Some(t.map_or(x, |y| y.min(x)));
+        if self.conn == ConnState::Handshake {
+            at(self.conn_started + self.cfg.timeout_ms);
+        }
+        if self.decided {
+            match self.ping_sent {
+                Some(s) => at(s + self.cfg.timeout_ms),
+                None => at(self.last_recv + self.cfg.ping_int_ms),
+            }
+            if let Some((_, r)) = self.peer_pending.first_key_value() {
+                at(r.sent_at + self.ko_ms());
+            }
+            if !self.unflushed.is_empty() && self.barriers.is_empty() {
+                at(self.last_data_sent + self.cfg.ping_int_ms);
+            }
+            if let Some(s) = &self.sync {
+                if s.persist_pending == 0 && self.cfg.resync_rate != 0 {
+                    at(self.now + 10);
+                }
+            }
+        }
+        t
+    }
+
+    fn ko_ms(&self) -> u64 {
+        self.cfg
+            .timeout_ms
+            .saturating_mul(u64::from(self.cfg.ko_count.max(1)))
+    }
+
+    // ----- event entry points ------------------------------------------------
+
+    pub fn handle(&mut self, now: u64, ev: Event) {
+        self.now = self.now.max(now);
+        match ev {
+            Event::TransportUp => self.on_transport_up(),
+            Event::TransportDown => {
+                if self.connected_states() {
+                    self.connection_lost("connection to the peer lost");
+                }
+            }
+            Event::Frame(m) => {
+                if self.connected_states() {
+                    self.last_recv = self.now;
+                    self.on_frame(m);
+                }
+            }
+            Event::AppRead { id, offset, len } => self.app_read(id, offset, len),
+            Event::AppWrite { id, .. } | Event::AppFlush { id }
+                if self.suspended.is_some() && self.role == Role::Primary =>
+            {
+                if self.suspended == Some(SuspendMode::Fail) {
+                    self.complete(id, Err(errno::EIO));
+                } else {
+                    self.held_in.push_back(ev);
+                }
+            }
+            Event::AppWrite {
+                id,
+                offset,
+                payload,
+                len,
+                fua,
+            } => {
+                self.app_write(id, offset, payload, len, fua);
+            }
+            Event::AppFlush { id } => self.app_flush(id),
+            Event::LocalDone { token, result } => self.local_done(token, result),
+            Event::MetaDone { token, result } => self.meta_done(token, result),
+            Event::Tick => self.tick(),
+        }
+        self.maybe_resume();
+    }
+
+    pub fn admin(&mut self, now: u64, cmd: Admin) -> Result<(), AdminError> {
+        let r = self.admin_cmd(now, cmd);
+        self.maybe_resume();
+        r
+    }
+
+    /// Records what the driver found wrong with the link (a frame that
+    /// failed its checksum, say) as the node's last error, for status.
+    pub fn note_link_error(&mut self, msg: &str) {
+        self.error(format!("connection dropped: {msg}"));
+    }
+}

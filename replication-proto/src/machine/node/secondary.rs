@@ -1,0 +1,90 @@
+//! The Secondary side: writes and barriers from the peer.
+
+use bytes::Bytes;
+
+use crate::machine::io::Span;
+use crate::machine::types::{Action, Payload};
+use crate::wire::{data_flags, DisconnectReason, Message, Protocol, Role};
+
+use super::state::*;
+use super::Node;
+
+impl Node {
+    // ----- peer writes (Secondary) -------------------------------------------
+
+    pub(super) fn on_peer_data(
+        &mut self,
+        seq: u64,
+        offset: u64,
+        len: u32,
+        flags: u32,
+        data: Bytes,
+    ) {
+        if self.role == Role::Primary {
+            self.fail_connection(
+                DisconnectReason::BothPrimary,
+                "peer sent writes to a Primary".into(),
+                true,
+            );
+            return;
+        }
+        if !self.valid_range(offset, u64::from(len)) {
+            self.protocol_error("write out of range");
+            return;
+        }
+        if self.cfg.protocol == Protocol::B {
+            self.send(Message::RecvAck { seq });
+        }
+        self.stats.received_bytes += data.len() as u64;
+        self.recv_index += 1;
+        let recv_idx = self.recv_index;
+        self.recv_incomplete.insert(recv_idx);
+        self.unacked += 1;
+        let payload = if flags & data_flags::TRIM != 0 {
+            Payload::Trim
+        } else if flags & data_flags::ZEROES != 0 {
+            Payload::Zeroes
+        } else {
+            Payload::Data(data)
+        };
+        let fua = flags & data_flags::FUA != 0;
+        let epoch = self.epoch;
+        let token = self.token();
+        let span = Span::new(offset, u64::from(len));
+        if self.io.submit(
+            token,
+            span,
+            LocalOp::PeerWrite {
+                seq,
+                epoch,
+                recv_idx,
+            },
+        ) {
+            self.stats.written_bytes += u64::from(len);
+            self.actions.push_back(Action::LocalWrite {
+                token,
+                offset,
+                len,
+                payload,
+                fua,
+            });
+        } else {
+            self.parked.insert(token, (offset, len, payload, fua));
+        }
+    }
+
+    pub(super) fn check_peer_barriers(&mut self) {
+        while let Some(&(id, mark)) = self.peer_barriers.front() {
+            let ready = self.recv_incomplete.first().is_none_or(|&i| i > mark);
+            if !ready {
+                return;
+            }
+            self.peer_barriers.pop_front();
+            let token = self.token();
+            let epoch = self.epoch;
+            self.flush_ops
+                .insert(token, FlushOp::PeerBarrier { id, epoch });
+            self.actions.push_back(Action::LocalFlush { token });
+        }
+    }
+}
