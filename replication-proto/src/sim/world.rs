@@ -15,6 +15,7 @@ use crate::machine::{
     Action, Admin, ConnState, Event, Node, NodeConfig, Payload, SplitBrainPolicy,
 };
 use crate::meta::BM_BLOCK_SIZE;
+use crate::time::Millis;
 use crate::wire::{encoded_len, features, DiskState, Message, Protocol, Role};
 
 const BS: u64 = BM_BLOCK_SIZE;
@@ -506,12 +507,13 @@ impl World {
         self.nodes[i].want = false;
         self.nodes[i].conn = None;
         self.nodes[i].next_tick = None;
-        self.nodes[i].node = Some(Node::new(self.cfgs[i].clone(), p, self.now / MS, seed));
+        let now = Millis(self.now / MS);
+        self.nodes[i].node = Some(Node::new(self.cfgs[i].clone(), p, now, seed));
         self.drain(i);
     }
 
     fn feed(&mut self, i: usize, ev: Event) {
-        let now = self.now / MS;
+        let now = Millis(self.now / MS);
         if let Some(n) = self.nd(i) {
             n.handle(now, ev);
         }
@@ -519,7 +521,7 @@ impl World {
     }
 
     fn admin(&mut self, i: usize, cmd: Admin) -> bool {
-        let now = self.now / MS;
+        let now = Millis(self.now / MS);
         let r = match self.nd(i) {
             Some(n) => n.admin(now, cmd.clone()),
             None => return false,
@@ -539,7 +541,7 @@ impl World {
         }
         let t = self.nodes[i].node.as_ref().and_then(Node::poll_timeout);
         if let Some(t) = t {
-            let t = (t * MS).max(self.now + 1);
+            let t = (t.as_ms() * MS).max(self.now + 1);
             if self.nodes[i].next_tick.is_none_or(|x| t < x) {
                 self.nodes[i].next_tick = Some(t);
                 self.at(t, Ev::Tick(i));

@@ -22,6 +22,7 @@ use replication_proto::machine::{
     Action, Admin, ConnState, Event, Node, Payload, Status, SuspendMode,
 };
 use replication_proto::meta::MetaFlags;
+use replication_proto::time::Millis;
 use replication_proto::wire::{DiskState, Role};
 use serde::{Deserialize, Serialize};
 
@@ -510,7 +511,7 @@ pub fn start(
     let shared = Arc::new(Shared::default());
     shared.data_bytes.store(data_bytes, Ordering::Relaxed);
     let seed: u64 = rand::random();
-    let node = Node::new(ncfg, persisted, 0, seed);
+    let node = Node::new(ncfg, persisted, Millis::ZERO, seed);
     let handle = EngineHandle {
         tx: tx.clone(),
         shared: shared.clone(),
@@ -537,14 +538,14 @@ pub fn start(
     if cfg.startup.resume_after_crash == ResumeAfterCrash::Always && crashed_primary {
         // Before the first connection, so that the handshake decides it.
         let now = runner.now();
-        if let Err(e) = runner.node.admin(now, Admin::ResumeAfterCrash) {
+        if let Err(e) = runner.node.admin(Millis(now), Admin::ResumeAfterCrash) {
             tracing::warn!("resume-after-crash = \"always\": {e}");
         }
     }
     if opts.connect {
         let now = runner.now();
         if let Err(e) = runner.node.admin(
-            now,
+            Millis(now),
             Admin::Connect {
                 discard_my_data: false,
             },
@@ -617,7 +618,7 @@ impl Runner {
                 }
             }
             let now = self.now();
-            self.node.handle(now, Event::Tick);
+            self.node.handle(Millis(now), Event::Tick);
             self.drain();
             self.retry_forced_down();
             if self.node.is_down() {
@@ -629,7 +630,7 @@ impl Runner {
             } else {
                 self.node
                     .poll_timeout()
-                    .map(|t| Duration::from_millis(t.saturating_sub(self.now())))
+                    .map(|t| Duration::from_millis(t.as_ms().saturating_sub(self.now())))
                     .unwrap_or(Duration::from_secs(1))
                     .min(Duration::from_millis(200))
             };
@@ -685,7 +686,7 @@ impl Runner {
         loop {
             match self.peer.receive(&mut budget, &mut self.disk) {
                 peer::Received::Frame(msg) => {
-                    self.node.handle(now, Event::Frame(msg));
+                    self.node.handle(Millis(now), Event::Frame(msg));
                     self.drain();
                 }
                 peer::Received::Idle => break,
@@ -703,7 +704,7 @@ impl Runner {
         let msgs = self.peer.receive_ping();
         let now = self.now();
         for m in msgs {
-            self.node.handle(now, Event::Frame(m));
+            self.node.handle(Millis(now), Event::Frame(m));
         }
         self.drain();
     }
@@ -717,7 +718,7 @@ impl Runner {
         }
         self.peer.close();
         let now = self.now();
-        self.node.handle(now, Event::TransportDown);
+        self.node.handle(Millis(now), Event::TransportDown);
         self.drain();
     }
 
@@ -776,14 +777,14 @@ impl Runner {
                         fua,
                     },
                 };
-                self.node.handle(now, ev);
+                self.node.handle(Millis(now), ev);
             }
-            Input::MetaDone { token, result } => {
-                self.node.handle(now, Event::MetaDone { token, result })
-            }
+            Input::MetaDone { token, result } => self
+                .node
+                .handle(Millis(now), Event::MetaDone { token, result }),
             Input::PeerStream { stream, outbound } => {
                 if self.peer.adopt(stream, outbound) {
-                    self.node.handle(now, Event::TransportUp);
+                    self.node.handle(Millis(now), Event::TransportUp);
                 }
             }
             Input::PingStream { stream, for_conn } => {
@@ -799,7 +800,7 @@ impl Runner {
         if let Some((flushed, orig)) = self.fua_zeroes.remove(&token) {
             if flushed || result.is_err() {
                 self.node.handle(
-                    now,
+                    Millis(now),
                     Event::LocalDone {
                         token: orig,
                         result,
@@ -811,7 +812,8 @@ impl Runner {
                 self.disk.submit(t, DiskOp::Flush);
             }
         } else {
-            self.node.handle(now, Event::LocalDone { token, result });
+            self.node
+                .handle(Millis(now), Event::LocalDone { token, result });
         }
         self.drain();
     }
@@ -899,7 +901,7 @@ impl Runner {
             None => Ok(()),
             Some(a) => {
                 tracing::info!(command = ?a, "admin");
-                self.node.admin(now, a).map_err(|e| e.to_string())
+                self.node.admin(Millis(now), a).map_err(|e| e.to_string())
             }
         };
         self.drain();
@@ -987,7 +989,7 @@ impl Runner {
         };
         let deadline = *deadline;
         let now = self.now();
-        let result = self.node.admin(now, Admin::Down);
+        let result = self.node.admin(Millis(now), Admin::Down);
         if result.is_err() && Instant::now() < deadline {
             return;
         }

@@ -5,13 +5,14 @@ use crate::gen::UUID_JUST_CREATED;
 use crate::machine::resume::{self};
 use crate::machine::types::{Action, Admin, AdminError, ConnState, SuspendMode};
 use crate::meta::MetaFlags;
+use crate::time::Millis;
 use crate::wire::{disconnect, DisconnectReason, DiskState, Message, Role};
 
 use super::state::*;
 use super::Node;
 
 impl Node {
-    pub(super) fn admin_cmd(&mut self, now: u64, cmd: Admin) -> Result<(), AdminError> {
+    pub(super) fn admin_cmd(&mut self, now: Millis, cmd: Admin) -> Result<(), AdminError> {
         self.now = self.now.max(now);
         let refuse = |s: &str| Err(AdminError::Refused(s.to_string()));
         if self.down_requested {

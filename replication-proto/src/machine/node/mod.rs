@@ -20,6 +20,7 @@ use super::types::{
 };
 use crate::gen::Generations;
 use crate::meta::{MetaFlags, BM_BLOCK_SIZE};
+use crate::time::Millis;
 use crate::wire::{DiskState, Role};
 
 /// Largest application or resync transfer in one frame.
@@ -51,7 +52,7 @@ use state::*;
 pub struct Node {
     cfg: NodeConfig,
     rng: ChaCha8Rng,
-    now: u64,
+    now: Millis,
     actions: VecDeque<Action>,
 
     gens: Generations,
@@ -69,9 +70,9 @@ pub struct Node {
     split_brain: bool,
     last_error: Option<String>,
     /// When `last_error` was set (node time, ms).
-    last_error_at: u64,
+    last_error_at: Millis,
     /// Since when the pair is healthy (see `clear_error_when_healthy`).
-    healthy_since: Option<u64>,
+    healthy_since: Option<Millis>,
     down_requested: bool,
     down_done: bool,
 
@@ -79,9 +80,9 @@ pub struct Node {
     my_nonce: [u8; 32],
     peer: Option<PeerInfo>,
     decided: bool,
-    last_recv: u64,
-    ping_sent: Option<u64>,
-    conn_started: u64,
+    last_recv: Millis,
+    ping_sent: Option<Millis>,
+    conn_started: Millis,
 
     app: HashMap<u64, AppReq>,
     al_wait: VecDeque<u64>,
@@ -104,7 +105,7 @@ pub struct Node {
     unflushed: VecDeque<(u64, Span)>,
     next_barrier: u64,
     barriers: BTreeMap<u64, (u64, Option<u64>)>,
-    last_data_sent: u64,
+    last_data_sent: Millis,
 
     // Secondary side.
     recv_index: u64,
@@ -147,7 +148,7 @@ impl Node {
     /// numbers (nonces, new generation UUIDs): the daemon passes real entropy,
     /// the simulator its seed.
     #[must_use]
-    pub fn new(cfg: NodeConfig, p: Persisted, now: u64, seed: u64) -> Self {
+    pub fn new(cfg: NodeConfig, p: Persisted, now: Millis, seed: u64) -> Self {
         let mut flags = p.flags;
         let degraded_at_start =
             flags.has(MetaFlags::PRIMARY_IND) && !flags.has(MetaFlags::CONNECTED_IND);
@@ -201,7 +202,7 @@ impl Node {
             discard_my_data: false,
             split_brain: false,
             last_error: None,
-            last_error_at: 0,
+            last_error_at: Millis::ZERO,
             healthy_since: None,
             down_requested: false,
             down_done: false,
@@ -346,7 +347,7 @@ impl Node {
             out_of_sync_bytes: self.bitmap.count() * BM_BLOCK_SIZE,
             split_brain: self.split_brain,
             last_error: self.last_error.clone(),
-            last_error_at_ms: self.last_error.as_ref().map(|_| self.last_error_at),
+            last_error_at_ms: self.last_error.as_ref().map(|_| self.last_error_at.as_ms()),
             gens: self.gens,
             flags: self.flags,
             suspended: self.suspended,
@@ -365,9 +366,9 @@ impl Node {
 
     /// When the caller must deliver `Event::Tick` at the latest.
     #[must_use]
-    pub fn poll_timeout(&self) -> Option<u64> {
-        let mut t: Option<u64> = None;
-        let mut at = |x: u64| t = Some(t.map_or(x, |y| y.min(x)));
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        let mut t: Option<Millis> = None;
+        let mut at = |x: Millis| t = Some(t.map_or(x, |y| y.min(x)));
         if self.conn == ConnState::Handshake {
             at(self.conn_started + self.cfg.timeout_ms);
         }
@@ -399,7 +400,7 @@ impl Node {
 
     // ----- event entry points ------------------------------------------------
 
-    pub fn handle(&mut self, now: u64, ev: Event) {
+    pub fn handle(&mut self, now: Millis, ev: Event) {
         self.now = self.now.max(now);
         match ev {
             Event::TransportUp => self.on_transport_up(),
@@ -441,7 +442,7 @@ impl Node {
         self.maybe_resume();
     }
 
-    pub fn admin(&mut self, now: u64, cmd: Admin) -> Result<(), AdminError> {
+    pub fn admin(&mut self, now: Millis, cmd: Admin) -> Result<(), AdminError> {
         let r = self.admin_cmd(now, cmd);
         self.maybe_resume();
         r

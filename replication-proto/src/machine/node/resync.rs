@@ -133,7 +133,7 @@ impl Node {
             if rate == 0 {
                 s.tokens = u64::MAX;
             } else {
-                let dt = now.saturating_sub(s.last_refill);
+                let dt = now - s.last_refill;
                 if dt > 0 {
                     s.tokens = s
                         .tokens

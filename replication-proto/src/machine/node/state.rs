@@ -7,6 +7,7 @@ use crate::machine::io::Span;
 use crate::machine::sync_window::SyncWindow;
 use crate::machine::types::Payload;
 use crate::meta::AL_EXTENT_SIZE;
+use crate::time::Millis;
 use crate::wire::rle::BitmapReceiver;
 use crate::wire::{DiskState, Hello, Role};
 
@@ -149,7 +150,7 @@ pub(super) struct Sync {
     pub(super) next_id: u64,
     pub(super) total_bytes: u64,
     pub(super) tokens: u64,
-    pub(super) last_refill: u64,
+    pub(super) last_refill: Millis,
     /// Target: SyncDone sent, waiting for the source's UUIDs.
     pub(super) finishing: bool,
     pub(super) repair: bool,
@@ -161,7 +162,7 @@ impl Sync {
         role: SyncRole,
         verify: bool,
         epoch: u64,
-        now: u64,
+        now: Millis,
         total_bytes: u64,
         repair: bool,
     ) -> Self {
@@ -199,7 +200,7 @@ pub(super) struct PeerReq {
     pub(super) span: Span,
     /// Activity-log extents held until the peer confirms the write.
     pub(super) extents: (u32, u32),
-    pub(super) sent_at: u64,
+    pub(super) sent_at: Millis,
     pub(super) recv_acked: bool,
 }
 
