@@ -54,10 +54,7 @@ impl Resume {
 
     pub fn arm(&mut self, node: &str) -> Result<(), AdminError> {
         if self.crashed_gen.is_none() {
-            return Err(AdminError::Refused(
-                "the last run of this node did not end as Primary: there is no role to resume"
-                    .into(),
-            ));
+            return Err(AdminError::NoRoleToResume);
         }
         if !self.armed {
             tracing::info!(

@@ -14,9 +14,8 @@ use super::Node;
 impl Node {
     pub(super) fn admin_cmd(&mut self, now: Millis, cmd: Admin) -> Result<(), AdminError> {
         self.now = self.now.max(now);
-        let refuse = |s: &str| Err(AdminError::Refused(s.to_string()));
         if self.down_requested {
-            return refuse("the node is shutting down");
+            return Err(AdminError::ShuttingDown);
         }
         match cmd {
             Admin::Primary { force } => self.promote(force),
@@ -24,86 +23,16 @@ impl Node {
                 self.resume.cancel("an admin made this node Secondary");
                 self.demote()
             }
-            Admin::Connect { discard_my_data } => {
-                if self.conn != ConnState::StandAlone {
-                    return refuse("already connecting or connected; disconnect first");
-                }
-                if discard_my_data && self.role == Role::Primary {
-                    return refuse("a Primary cannot discard its data; make it secondary first");
-                }
-                self.want_connect = true;
-                self.discard_my_data = discard_my_data;
-                self.split_brain = false;
-                self.conn = ConnState::Connecting;
-                self.actions.push_back(Action::Connect);
-                Ok(())
-            }
+            Admin::Connect { discard_my_data } => self.admin_connect(discard_my_data),
             Admin::Disconnect => {
-                if self.conn == ConnState::StandAlone {
-                    return Ok(());
-                }
-                self.want_connect = false;
-                if self.connected_states() {
-                    let msg = format!("{} was disconnected by its admin", self.cfg.node);
-                    self.send(disconnect(DisconnectReason::Admin, &msg));
-                    self.connection_lost("disconnected by admin");
-                }
-                self.conn = ConnState::StandAlone;
-                self.actions.push_back(Action::CloseConnection);
+                self.admin_disconnect();
                 Ok(())
             }
-            Admin::Invalidate => {
-                if self.role == Role::Primary {
-                    return refuse(
-                        "a Primary cannot invalidate its own data (it serves it). To resync the \
-                         peer's data from this node, run `repctl invalidate-remote` here (or \
-                         `repctl invalidate` on the peer); to resync this node from the peer, \
-                         make it Secondary first",
-                    );
-                }
-                if self.sync.is_some() {
-                    return refuse("a resync or verify is running");
-                }
-                let connected = self.conn == ConnState::Connected;
-                if connected && !matches!(self.peer_disk(), DiskState::UpToDate) {
-                    return refuse("the peer has no UpToDate data to sync from");
-                }
-                self.bitmap.set_all();
-                self.disk = DiskState::Inconsistent;
-                self.flags.set(MetaFlags::CONSISTENT, false);
-                self.flags.set(MetaFlags::WAS_UP_TO_DATE, false);
-                self.persist_super(false);
-                self.persist_bitmap_all(None);
-                if connected {
-                    self.send(Message::StartSync {
-                        sender_is_source: false,
-                        full: true,
-                    });
-                    self.start_sync(SyncRole::Target, true);
-                }
-                Ok(())
-            }
-            Admin::InvalidateRemote => {
-                if self.conn != ConnState::Connected {
-                    return refuse("not connected (or a resync is running); invalidate-remote needs an idle connection");
-                }
-                if self.peer.as_ref().is_some_and(|p| p.role == Role::Primary) {
-                    return refuse("the peer is Primary; its data cannot be invalidated");
-                }
-                if self.disk != DiskState::UpToDate {
-                    return refuse("this node's disk is not UpToDate");
-                }
-                self.bitmap.set_all();
-                self.send(Message::StartSync {
-                    sender_is_source: true,
-                    full: true,
-                });
-                self.start_sync(SyncRole::Source, true);
-                Ok(())
-            }
+            Admin::Invalidate => self.invalidate(),
+            Admin::InvalidateRemote => self.invalidate_remote(),
             Admin::Verify { repair } => {
                 if self.conn != ConnState::Connected {
-                    return refuse("verify needs an idle connection (Connected, no resync)");
+                    return Err(AdminError::VerifyNeedsIdle);
                 }
                 self.start_verify(repair);
                 Ok(())
@@ -118,11 +47,10 @@ impl Node {
             }
             Admin::ResumeIoAt { current } => {
                 if self.gens.current != current {
-                    return refuse(&format!(
-                        "the data generation is {:016X} now, not {current:016X}: \
-                         the node froze again since (it lost its peer)",
-                        self.gens.current
-                    ));
+                    return Err(AdminError::GenerationMoved {
+                        now: self.gens.current,
+                        expected: current,
+                    });
                 }
                 self.resume_io();
                 Ok(())
@@ -133,17 +61,96 @@ impl Node {
             }
             Admin::Outdate => self.outdate(),
             Admin::ResumeAfterCrash => self.resume.arm(&self.cfg.node),
-            Admin::Down => {
-                self.resume.cancel("the node is shutting down");
-                if self.role == Role::Primary {
-                    self.demote()?;
-                }
-                self.down_requested = true;
-                self.want_connect = false;
-                self.maybe_finish_down();
-                Ok(())
-            }
+            Admin::Down => self.admin_down(),
         }
+    }
+
+    fn admin_connect(&mut self, discard_my_data: bool) -> Result<(), AdminError> {
+        if self.conn != ConnState::StandAlone {
+            return Err(AdminError::AlreadyConnected);
+        }
+        if discard_my_data && self.role == Role::Primary {
+            return Err(AdminError::PrimaryCannotDiscard);
+        }
+        self.want_connect = true;
+        self.discard_my_data = discard_my_data;
+        self.split_brain = false;
+        self.conn = ConnState::Connecting;
+        self.actions.push_back(Action::Connect);
+        Ok(())
+    }
+
+    fn admin_disconnect(&mut self) {
+        if self.conn == ConnState::StandAlone {
+            return;
+        }
+        self.want_connect = false;
+        if self.connected_states() {
+            let msg = format!("{} was disconnected by its admin", self.cfg.node);
+            self.send(disconnect(DisconnectReason::Admin, &msg));
+            self.connection_lost("disconnected by admin");
+        }
+        self.conn = ConnState::StandAlone;
+        self.actions.push_back(Action::CloseConnection);
+    }
+
+    /// Throw this node's data away: resync all of it from the peer.
+    fn invalidate(&mut self) -> Result<(), AdminError> {
+        if self.role == Role::Primary {
+            return Err(AdminError::PrimaryCannotInvalidate);
+        }
+        if self.sync.is_some() {
+            return Err(AdminError::ResyncRunning);
+        }
+        let connected = self.conn == ConnState::Connected;
+        if connected && !matches!(self.peer_disk(), DiskState::UpToDate) {
+            return Err(AdminError::PeerHasNoUpToDateData);
+        }
+        self.bitmap.set_all();
+        self.disk = DiskState::Inconsistent;
+        self.flags.set(MetaFlags::CONSISTENT, false);
+        self.flags.set(MetaFlags::WAS_UP_TO_DATE, false);
+        self.persist_super(false);
+        self.persist_bitmap_all(None);
+        if connected {
+            self.send(Message::StartSync {
+                sender_is_source: false,
+                full: true,
+            });
+            self.start_sync(SyncRole::Target, true);
+        }
+        Ok(())
+    }
+
+    /// Throw the peer's data away: resync all of it from here.
+    fn invalidate_remote(&mut self) -> Result<(), AdminError> {
+        if self.conn != ConnState::Connected {
+            return Err(AdminError::InvalidateRemoteNeedsIdle);
+        }
+        if self.peer.as_ref().is_some_and(|p| p.role == Role::Primary) {
+            return Err(AdminError::PeerPrimaryCannotBeInvalidated);
+        }
+        if self.disk != DiskState::UpToDate {
+            return Err(AdminError::DiskNotUpToDate);
+        }
+        self.bitmap.set_all();
+        self.send(Message::StartSync {
+            sender_is_source: true,
+            full: true,
+        });
+        self.start_sync(SyncRole::Source, true);
+        Ok(())
+    }
+
+    fn admin_down(&mut self) -> Result<(), AdminError> {
+        self.resume.cancel("the node is shutting down");
+        if self.role == Role::Primary {
+            self.demote()?;
+        }
+        self.down_requested = true;
+        self.want_connect = false;
+        self.maybe_finish_down();
+        Ok(())
     }
 
     // ----- roles -------------------------------------------------------------
@@ -182,19 +189,14 @@ impl Node {
             return Ok(());
         }
         if self.decided && self.peer.as_ref().is_some_and(|p| p.role == Role::Primary) {
-            return Err(AdminError::Refused(
-                "the peer is Primary; only one Primary may accept writes (make it secondary first)"
-                    .into(),
-            ));
+            return Err(AdminError::PeerIsPrimary);
         }
         if self
             .sync
             .as_ref()
             .is_some_and(|s| s.role == SyncRole::Target)
         {
-            return Err(AdminError::Refused(
-                "this node is a sync target: its data is Inconsistent until the resync ends".into(),
-            ));
+            return Err(AdminError::SyncTarget);
         }
         let mut start_full_sync = false;
         // A Primary acknowledges writes; the superblock written below (which
@@ -208,12 +210,7 @@ impl Node {
         }
         if self.disk != DiskState::UpToDate {
             if !force {
-                return Err(AdminError::Refused(format!(
-                    "need UpToDate data to become Primary, this disk is {:?}; \
-                     `primary --force` declares this node's data the good copy \
-                     (DRBD's --overwrite-data-of-peer)",
-                    self.disk
-                )));
+                return Err(AdminError::NotUpToDate { disk: self.disk });
             }
             // Forced: this node's data becomes a new generation everybody
             // syncs from, in full.
@@ -274,10 +271,9 @@ impl Node {
             return Ok(());
         }
         if !self.app.is_empty() {
-            return Err(AdminError::Refused(format!(
-                "{} application requests in flight; stop using the device first",
-                self.app.len()
-            )));
+            return Err(AdminError::RequestsInFlight {
+                count: self.app.len(),
+            });
         }
         self.role = Role::Secondary;
         // Held requests never reach a Secondary's data (nor the peer's).
@@ -303,15 +299,10 @@ impl Node {
 
     pub(super) fn outdate(&mut self) -> Result<(), AdminError> {
         if self.role == Role::Primary {
-            return Err(AdminError::Refused(
-                "a Primary cannot outdate its own data; make it secondary first".into(),
-            ));
+            return Err(AdminError::PrimaryCannotOutdate);
         }
         if self.connected_states() && self.conn != ConnState::Connecting {
-            return Err(AdminError::Refused(
-                "connected to the peer, which keeps this data in sync; outdate a disconnected node"
-                    .into(),
-            ));
+            return Err(AdminError::ConnectedCannotOutdate);
         }
         if matches!(self.disk, DiskState::UpToDate | DiskState::Consistent) {
             tracing::info!(node = %self.cfg.node, "data marked Outdated");
