@@ -14,7 +14,7 @@ use super::Node;
 impl Node {
     pub(super) fn admin_cmd(&mut self, now: Millis, cmd: Admin) -> Result<(), AdminError> {
         self.now = self.now.max(now);
-        if self.down_requested {
+        if self.down.requested {
             return Err(AdminError::ShuttingDown);
         }
         match cmd {
@@ -56,7 +56,7 @@ impl Node {
                 Ok(())
             }
             Admin::FreezeOnDisconnect { on } => {
-                self.freeze_on_disconnect = on;
+                self.susp.freeze_on_disconnect = on;
                 Ok(())
             }
             Admin::Outdate => self.outdate(),
@@ -127,7 +127,12 @@ impl Node {
         if self.conn != ConnState::Connected {
             return Err(AdminError::InvalidateRemoteNeedsIdle);
         }
-        if self.peer.as_ref().is_some_and(|p| p.role == Role::Primary) {
+        if self
+            .link
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.role == Role::Primary)
+        {
             return Err(AdminError::PeerPrimaryCannotBeInvalidated);
         }
         if self.disk != DiskState::UpToDate {
@@ -147,7 +152,7 @@ impl Node {
         if self.role == Role::Primary {
             self.demote()?;
         }
-        self.down_requested = true;
+        self.down.requested = true;
         self.want_connect = false;
         self.maybe_finish_down();
         Ok(())
@@ -161,18 +166,18 @@ impl Node {
         let Some(crashed_gen) = self.resume.armed_for() else {
             return;
         };
-        if self.down_requested {
+        if self.down.requested {
             return;
         }
         let facts = resume::Facts {
             role: self.role,
             disk: self.disk,
             conn: self.conn,
-            decided: self.decided,
+            decided: self.link.decided,
             syncing: self.sync.is_some(),
-            peer_role: self.peer.as_ref().map(|p| p.role),
+            peer_role: self.link.peer.as_ref().map(|p| p.role),
             current: self.gens.current,
-            peer_current: self.peer.as_ref().map(|p| p.hello.gens.current),
+            peer_current: self.link.peer.as_ref().map(|p| p.hello.gens.current),
         };
         match resume::decide(crashed_gen, &facts) {
             resume::Step::Wait(why) => self.resume.wait(&self.cfg.node, why),
@@ -188,7 +193,13 @@ impl Node {
         if self.role == Role::Primary {
             return Ok(());
         }
-        if self.decided && self.peer.as_ref().is_some_and(|p| p.role == Role::Primary) {
+        if self.link.decided
+            && self
+                .link
+                .peer
+                .as_ref()
+                .is_some_and(|p| p.role == Role::Primary)
+        {
             return Err(AdminError::PeerIsPrimary);
         }
         if self
@@ -237,20 +248,20 @@ impl Node {
         }
         self.role = Role::Primary;
         self.flags.set(MetaFlags::PRIMARY_IND, true);
-        if !self.decided
+        if !self.link.decided
             || !matches!(
                 self.conn,
                 ConnState::Connected | ConnState::SyncSource | ConnState::WFBitMapS
             )
         {
-            if self.freeze_on_disconnect && self.suspended.is_none() {
+            if self.susp.freeze_on_disconnect && self.susp.mode.is_none() {
                 // Promoted alone: the same as losing the peer while Primary.
-                self.suspended = Some(SuspendMode::Hold);
+                self.susp.mode = Some(SuspendMode::Hold);
             }
             self.rotate_for_disconnected_writes();
         }
         self.persist_super(true);
-        if self.decided {
+        if self.link.decided {
             self.send(Message::State {
                 role: self.role,
                 disk: self.disk,
@@ -278,17 +289,17 @@ impl Node {
         self.role = Role::Secondary;
         // Held requests never reach a Secondary's data (nor the peer's).
         self.fail_held();
-        self.suspended = None;
-        self.resume_pending = false;
+        self.susp.mode = None;
+        self.susp.resume_pending = false;
         self.flags.set(MetaFlags::PRIMARY_IND, false);
         self.flags.set(MetaFlags::CRASHED_PRIMARY, false);
         // A clean demotion empties the activity log, so a later crash of this
         // node does not resync extents it no longer writes.
-        if let Some(plan) = self.al.plan_empty() {
+        if let Some(plan) = self.al.log.plan_empty() {
             self.write_al_plan(plan);
         }
         self.persist_super(false);
-        if self.decided {
+        if self.link.decided {
             self.send(Message::State {
                 role: self.role,
                 disk: self.disk,

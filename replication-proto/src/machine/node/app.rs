@@ -47,7 +47,7 @@ impl Node {
         len: u32,
         fua: bool,
     ) {
-        if self.role != Role::Primary || self.down_requested {
+        if self.role != Role::Primary || self.down.requested {
             self.complete(id, Err(errno::EROFS));
             return;
         }
@@ -60,7 +60,10 @@ impl Node {
             return;
         }
         let span = Span::new(offset, u64::from(len));
-        let extents = (extent_of(offset), extent_of(span.end - 1));
+        let extents = Extents {
+            first: extent_of(offset),
+            last: extent_of(span.end - 1),
+        };
         self.app.insert(
             id,
             AppReq::Write {
@@ -74,28 +77,29 @@ impl Node {
                 peer: PeerWait::None,
             },
         );
-        self.al_wait.push_back(id);
+        self.al.wait.push_back(id);
         self.process_al_wait();
     }
 
     /// Start queued writes whose extents are in the activity log; plan a
     /// transaction for the others.
     pub(super) fn process_al_wait(&mut self) {
-        if self.super_gate > 0 {
+        if self.al.super_gate > 0 {
             return;
         }
         let mut still = VecDeque::new();
         let mut wanted: Vec<u32> = Vec::new();
         let window = u64::from(self.cfg.max_buffers.max(64)) * BM_BLOCK_SIZE;
-        while let Some(id) = self.al_wait.pop_front() {
-            if self.peer_pending_bytes >= window && self.replicating() {
+        while let Some(id) = self.al.wait.pop_front() {
+            if self.repl.pending_bytes >= window && self.replicating() {
                 // The WriteAcks wake this queue again.
                 still.push_back(id);
-                still.extend(self.al_wait.drain(..));
+                still.extend(self.al.wait.drain(..));
                 break;
             }
             let Some(AppReq::Write {
-                extents: (a, b), ..
+                extents: Extents { first: a, last: b },
+                ..
             }) = self.app.get(&id)
             else {
                 continue;
@@ -104,16 +108,16 @@ impl Node {
             // Concurrent application writes carry no order among
             // themselves, so a later write to a hot extent may pass one
             // waiting for the log.
-            if self.al.try_acquire(a, b) {
+            if self.al.log.try_acquire(a, b) {
                 self.start_write(id);
             } else {
                 wanted.extend(a..=b);
                 still.push_back(id);
             }
         }
-        self.al_wait = still;
-        if !wanted.is_empty() && self.al_stage_pending == 0 && self.al_plan.is_none() {
-            if let Some(plan) = self.al.plan(&wanted) {
+        self.al.wait = still;
+        if !wanted.is_empty() && self.al.stage_pending == 0 && self.al.plan.is_none() {
+            if let Some(plan) = self.al.log.plan(&wanted) {
                 self.write_al_plan(plan);
             }
         }
@@ -125,7 +129,7 @@ impl Node {
         let mut pending = 0;
         if !plan.evicted.is_empty() {
             let token = self.token();
-            self.flush_ops.insert(token, FlushOp::AlPreflush);
+            self.ops.flush.insert(token, FlushOp::AlPreflush);
             self.actions.push_back(Action::LocalFlush { token });
             pending += 1;
         }
@@ -135,7 +139,7 @@ impl Node {
                 continue;
             }
             let token = self.token();
-            self.meta_ops.insert(token, MetaOp::EvictBitmap);
+            self.ops.meta.insert(token, MetaOp::EvictBitmap);
             self.stats.bm_writes += 1;
             self.actions.push_back(Action::WriteBitmap {
                 token,
@@ -144,20 +148,20 @@ impl Node {
             });
             pending += 1;
         }
-        self.al_stage_pending = pending;
-        self.al_plan = Some(plan);
+        self.al.stage_pending = pending;
+        self.al.plan = Some(plan);
         if pending == 0 {
             self.emit_al();
         }
     }
 
     pub(super) fn emit_al(&mut self) {
-        let Some(plan) = self.al_plan.as_ref() else {
+        let Some(plan) = self.al.plan.as_ref() else {
             return;
         };
         let (seq, extents) = (plan.seq, plan.extents.clone());
         let token = self.token();
-        self.meta_ops.insert(token, MetaOp::Al);
+        self.ops.meta.insert(token, MetaOp::Al);
         self.stats.al_writes += 1;
         self.actions.push_back(Action::WriteAl {
             token,
@@ -178,7 +182,7 @@ impl Node {
     /// Queue a local operation in order; issue it if nothing overlaps.
     pub(super) fn submit_local(&mut self, span: Span, op: LocalOp) {
         let token = self.token();
-        if self.io.submit(token, span, op) {
+        if self.ops.io.submit(token, span, op) {
             self.issue_local(token);
         }
     }
@@ -186,7 +190,7 @@ impl Node {
     /// The ordering queue let `token` start: emit its I/O (and, for an
     /// application write, its replication: both leave in the same order).
     pub(super) fn issue_local(&mut self, token: u64) {
-        let Some((span, op)) = self.io.get(token).cloned() else {
+        let Some((span, op)) = self.ops.io.get(token).cloned() else {
             return;
         };
         let len = u32::try_from(span.len()).unwrap_or(MAX_IO);
@@ -205,8 +209,8 @@ impl Node {
                 };
                 let (payload, fua, extents) = (payload.clone(), *fua, *extents);
                 if replicate {
-                    let seq = self.next_seq;
-                    self.next_seq += 1;
+                    let seq = self.repl.next_seq;
+                    self.repl.next_seq += 1;
                     let need_write_ack = fua || self.cfg.protocol == Protocol::C;
                     *peer = if self.cfg.protocol == Protocol::A && !need_write_ack {
                         PeerWait::Done
@@ -222,9 +226,9 @@ impl Node {
                         Payload::Zeroes => (data_flags::ZEROES, Bytes::new()),
                     };
                     let flags = flags | if fua { data_flags::FUA } else { 0 };
-                    self.al.add_ref(extents.0, extents.1);
-                    self.peer_pending_bytes += span.len();
-                    self.peer_pending.insert(
+                    self.al.log.add_ref(extents.first, extents.last);
+                    self.repl.pending_bytes += span.len();
+                    self.repl.pending.insert(
                         seq,
                         PeerReq {
                             app_id: Some(id),
@@ -234,7 +238,7 @@ impl Node {
                             recv_acked: false,
                         },
                     );
-                    self.last_data_sent = self.now;
+                    self.repl.last_data_sent = self.now;
                     self.send(Message::Data {
                         seq,
                         offset: span.start,
@@ -267,7 +271,13 @@ impl Node {
                 });
             }
             LocalOp::PeerWrite { .. } | LocalOp::ResyncWrite { .. } => {
-                if let Some((offset, len, payload, fua)) = self.parked.remove(&token) {
+                if let Some(ParkedWrite {
+                    offset,
+                    len,
+                    payload,
+                    fua,
+                }) = self.ops.parked.remove(&token)
+                {
                     self.stats.written_bytes += u64::from(len);
                     self.actions.push_back(Action::LocalWrite {
                         token,
@@ -296,7 +306,7 @@ impl Node {
                         need_write_ack,
                     } => {
                         // Still pending? Then check what the protocol asks.
-                        match self.peer_pending.get(seq) {
+                        match self.repl.pending.get(seq) {
                             None => true,
                             Some(r) => !*need_write_ack && r.recv_acked,
                         }
@@ -312,10 +322,11 @@ impl Node {
         };
         if let Some(err) = done {
             if let Some(AppReq::Write {
-                extents: (a, b), ..
+                extents: Extents { first: a, last: b },
+                ..
             }) = self.app.remove(&id)
             {
-                self.al.release(a, b);
+                self.al.log.release(a, b);
             }
             self.complete(id, err.map_or(Ok(None), Err));
             self.process_al_wait();
@@ -324,16 +335,20 @@ impl Node {
     }
 
     pub(super) fn on_write_ack(&mut self, seq: u64, ok: bool) {
-        let Some(r) = self.peer_pending.remove(&seq) else {
+        let Some(r) = self.repl.pending.remove(&seq) else {
             self.protocol_error("ack for a write never sent");
             return;
         };
-        self.al.release(r.extents.0, r.extents.1);
-        self.peer_pending_bytes = self.peer_pending_bytes.saturating_sub(r.span.len());
+        self.al.log.release(r.extents.first, r.extents.last);
+        self.repl.pending_bytes = self.repl.pending_bytes.saturating_sub(r.span.len());
         self.process_al_wait();
         if ok {
-            self.unflushed.push_back((seq, r.span));
-            if self.unflushed.len() >= self.cfg.max_buffers as usize && self.barriers.is_empty() {
+            self.repl
+                .unflushed
+                .push_back(Unflushed { seq, span: r.span });
+            if self.repl.unflushed.len() >= self.cfg.max_buffers as usize
+                && self.repl.barriers.is_empty()
+            {
                 self.send_barrier(None);
             }
         } else {
@@ -353,19 +368,29 @@ impl Node {
     }
 
     pub(super) fn send_barrier(&mut self, app: Option<u64>) {
-        let id = self.next_barrier;
-        self.next_barrier += 1;
-        let bound = self.next_seq - 1;
-        self.barriers.insert(id, (bound, app));
+        let id = self.repl.next_barrier;
+        self.repl.next_barrier += 1;
+        let bound = self.repl.next_seq - 1;
+        self.repl.barriers.insert(
+            id,
+            SentBarrier {
+                last_seq: bound,
+                app,
+            },
+        );
         self.send(Message::Barrier { id });
     }
 
     pub(super) fn on_barrier_ack(&mut self, id: u64) {
-        let Some((bound, app)) = self.barriers.remove(&id) else {
+        let Some(SentBarrier {
+            last_seq: bound,
+            app,
+        }) = self.repl.barriers.remove(&id)
+        else {
             self.protocol_error("ack for an unknown barrier");
             return;
         };
-        self.unflushed.retain(|(seq, _)| *seq > bound);
+        self.repl.unflushed.retain(|u| u.seq > bound);
         if let Some(aid) = app {
             if let Some(AppReq::Flush { peer_done, .. }) = self.app.get_mut(&aid) {
                 *peer_done = true;
@@ -393,7 +418,7 @@ impl Node {
             },
         );
         let token = self.token();
-        self.flush_ops.insert(token, FlushOp::App { id });
+        self.ops.flush.insert(token, FlushOp::App { id });
         self.actions.push_back(Action::LocalFlush { token });
         if replicate {
             self.send_barrier(Some(id));

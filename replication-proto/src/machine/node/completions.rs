@@ -14,11 +14,11 @@ impl Node {
     // ----- completions -------------------------------------------------------
 
     pub(super) fn local_done(&mut self, token: u64, result: Result<Option<Bytes>, i32>) {
-        if let Some(f) = self.flush_ops.remove(&token) {
+        if let Some(f) = self.ops.flush.remove(&token) {
             self.flush_done(f, result.map(|_| ()));
             return;
         }
-        let (done, started) = self.io.complete(token);
+        let (done, started) = self.ops.io.complete(token);
         let Some((span, op)) = done else { return };
         // The finished op's own effects (sends) go out before any op it
         // unblocked starts: the wire order must match the disk order.
@@ -79,9 +79,9 @@ impl Node {
                 epoch,
                 recv_idx,
             } => {
-                self.recv_incomplete.remove(&recv_idx);
-                self.unacked = self.unacked.saturating_sub(1);
-                if epoch == self.epoch && self.decided {
+                self.recv.incomplete.remove(&recv_idx);
+                self.recv.unacked = self.recv.unacked.saturating_sub(1);
+                if epoch == self.link.epoch && self.link.decided {
                     if result.is_ok() {
                         self.send(Message::WriteAck { seq });
                     } else {
@@ -100,8 +100,8 @@ impl Node {
                 epoch,
                 peer_digest,
             } => {
-                self.unacked = self.unacked.saturating_sub(1);
-                if epoch != self.epoch || !self.decided {
+                self.recv.unacked = self.recv.unacked.saturating_sub(1);
+                if epoch != self.link.epoch || !self.link.decided {
                     return;
                 }
                 match result {
@@ -137,7 +137,7 @@ impl Node {
                 }
             }
             LocalOp::ResyncWrite { id, epoch } => {
-                if epoch != self.epoch {
+                if epoch != self.link.epoch {
                     return;
                 }
                 if result.is_err() {
@@ -160,7 +160,7 @@ impl Node {
                 self.pump_sync();
             }
             LocalOp::CsumRead { id, epoch } => {
-                if epoch != self.epoch {
+                if epoch != self.link.epoch {
                     return;
                 }
                 match result {
@@ -182,7 +182,7 @@ impl Node {
                 }
             }
             LocalOp::VerifyRead { id, epoch } => {
-                if epoch != self.epoch {
+                if epoch != self.link.epoch {
                     return;
                 }
                 let digest = match result {
@@ -201,8 +201,8 @@ impl Node {
                 });
             }
             LocalOp::VerifyCompare { id, epoch, digest } => {
-                self.unacked = self.unacked.saturating_sub(1);
-                if epoch != self.epoch {
+                self.recv.unacked = self.recv.unacked.saturating_sub(1);
+                if epoch != self.link.epoch {
                     return;
                 }
                 let in_sync = matches!(&result, Ok(Some(d)) if d.len() as u64 == span.len() && crc(d) == digest);
@@ -237,12 +237,12 @@ impl Node {
                 self.try_complete_flush(id);
             }
             FlushOp::PeerBarrier { id, epoch } => {
-                if epoch == self.epoch && self.decided && result.is_ok() {
+                if epoch == self.link.epoch && self.link.decided && result.is_ok() {
                     self.send(Message::BarrierAck { id });
                 }
             }
             FlushOp::SyncDone { epoch } => {
-                if epoch == self.epoch && self.decided {
+                if epoch == self.link.epoch && self.link.decided {
                     if result.is_ok() {
                         // Every block is here and durable: UpToDate.
                         self.sync = None;
@@ -266,7 +266,7 @@ impl Node {
                 }
             }
             FlushOp::SyncStart { epoch } => {
-                if epoch != self.epoch || !self.decided {
+                if epoch != self.link.epoch || !self.link.decided {
                     return;
                 }
                 if result.is_err() {
@@ -282,7 +282,7 @@ impl Node {
                 // and the resync waits for the bitmap.
                 self.persist_super(false);
                 let token = self.token();
-                self.meta_ops.insert(
+                self.ops.meta.insert(
                     token,
                     MetaOp::Bitmap {
                         sync_epoch: Some(epoch),
@@ -299,8 +299,8 @@ impl Node {
                 if result.is_err() {
                     self.error("local flush before an activity-log transaction failed".into());
                 }
-                self.al_stage_pending = self.al_stage_pending.saturating_sub(1);
-                if self.al_stage_pending == 0 {
+                self.al.stage_pending = self.al.stage_pending.saturating_sub(1);
+                if self.al.stage_pending == 0 {
                     self.emit_al();
                 }
             }
@@ -313,16 +313,16 @@ impl Node {
                 self.conn = ConnState::StandAlone;
                 self.actions.push_back(Action::CloseConnection);
                 self.flags
-                    .set(MetaFlags::AL_CLEAN, self.al.extents().is_empty());
+                    .set(MetaFlags::AL_CLEAN, self.al.log.extents().is_empty());
                 self.persist_super(false);
                 self.persist_bitmap_all(None);
-                self.down_done = true;
+                self.down.done = true;
             }
         }
     }
 
     pub(super) fn meta_done(&mut self, token: u64, result: Result<(), i32>) {
-        let Some(op) = self.meta_ops.remove(&token) else {
+        let Some(op) = self.ops.meta.remove(&token) else {
             return;
         };
         if let Err(e) = result {
@@ -331,12 +331,12 @@ impl Node {
         match op {
             MetaOp::Super { gate } => {
                 if gate {
-                    self.super_gate = self.super_gate.saturating_sub(1);
+                    self.al.super_gate = self.al.super_gate.saturating_sub(1);
                     self.process_al_wait();
                 }
             }
             MetaOp::ResumeSuper => {
-                if !std::mem::take(&mut self.resume_pending) {
+                if !std::mem::take(&mut self.susp.resume_pending) {
                     // Suspended again or demoted meanwhile.
                     return;
                 }
@@ -352,19 +352,19 @@ impl Node {
                 }
             }
             MetaOp::EvictBitmap => {
-                self.al_stage_pending = self.al_stage_pending.saturating_sub(1);
-                if self.al_stage_pending == 0 {
+                self.al.stage_pending = self.al.stage_pending.saturating_sub(1);
+                if self.al.stage_pending == 0 {
                     self.emit_al();
                 }
             }
             MetaOp::Al => {
-                self.al_plan = None;
+                self.al.plan = None;
                 if result.is_ok() {
-                    self.al.committed();
+                    self.al.log.committed();
                 } else {
-                    self.al.failed();
+                    self.al.log.failed();
                     // Writes that needed it cannot proceed safely.
-                    let waiting: Vec<u64> = self.al_wait.drain(..).collect();
+                    let waiting: Vec<u64> = self.al.wait.drain(..).collect();
                     for id in waiting {
                         self.app.remove(&id);
                         self.complete(id, Err(errno::EIO));
@@ -374,7 +374,7 @@ impl Node {
             }
             MetaOp::Bitmap { sync_epoch } => {
                 if let Some(ep) = sync_epoch {
-                    if ep == self.epoch {
+                    if ep == self.link.epoch {
                         if let Some(s) = self.sync.as_mut() {
                             s.persist_pending = s.persist_pending.saturating_sub(1);
                         }

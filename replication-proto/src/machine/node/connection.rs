@@ -17,14 +17,14 @@ impl Node {
             self.actions.push_back(Action::CloseConnection);
             return;
         }
-        self.epoch += 1;
+        self.link.epoch += 1;
         self.conn = ConnState::Handshake;
-        self.conn_started = self.now;
-        self.last_recv = self.now;
-        self.ping_sent = None;
-        self.peer = None;
-        self.decided = false;
-        self.rng.fill_bytes(&mut self.my_nonce);
+        self.link.started = self.now;
+        self.link.last_recv = self.now;
+        self.link.ping_sent = None;
+        self.link.peer = None;
+        self.link.decided = false;
+        self.rng.fill_bytes(&mut self.link.my_nonce);
         let hello = Hello {
             version: crate::wire::PROTOCOL_VERSION,
             resource: self.cfg.resource.clone(),
@@ -37,7 +37,7 @@ impl Node {
             meta_flags: self.flags.0,
             features: self.cfg.features,
             dirty_bits: self.bitmap.count(),
-            nonce: self.my_nonce,
+            nonce: self.link.my_nonce,
             discard_my_data: self.discard_my_data,
         };
         self.send(Message::Hello(hello));
@@ -72,30 +72,30 @@ impl Node {
             return;
         }
         tracing::info!(node = %self.cfg.node, state = ?self.conn, "connection lost: {why}");
-        let was_decided = self.decided;
-        if self.freeze_on_disconnect
+        let was_decided = self.link.decided;
+        if self.susp.freeze_on_disconnect
             && was_decided
             && self.role == Role::Primary
-            && self.suspended.is_none()
+            && self.susp.mode.is_none()
         {
             // Before the writes the peer did not confirm complete below.
             tracing::warn!(node = %self.cfg.node, "peer lost: I/O frozen until resumed");
-            self.suspended = Some(SuspendMode::Hold);
+            self.susp.mode = Some(SuspendMode::Hold);
         }
-        self.epoch += 1;
-        self.decided = false;
+        self.link.epoch += 1;
+        self.link.decided = false;
         if was_decided {
             self.set_connected_ind(false);
         }
-        self.peer = None;
-        self.ping_sent = None;
+        self.link.peer = None;
+        self.link.ping_sent = None;
         // Replicated writes the peer did not confirm, and confirmed ones it
         // may not have flushed.
-        let pending = std::mem::take(&mut self.peer_pending);
-        self.peer_pending_bytes = 0;
+        let pending = std::mem::take(&mut self.repl.pending);
+        self.repl.pending_bytes = 0;
         for (_, r) in pending {
             self.bitmap.set_range(r.span.start, r.span.len());
-            self.al.release(r.extents.0, r.extents.1);
+            self.al.log.release(r.extents.first, r.extents.last);
             if let Some(id) = r.app_id {
                 if let Some(AppReq::Write { peer, .. }) = self.app.get_mut(&id) {
                     *peer = PeerWait::Done;
@@ -103,19 +103,19 @@ impl Node {
                 self.try_complete_write(id);
             }
         }
-        for (_, s) in std::mem::take(&mut self.unflushed) {
-            self.bitmap.set_range(s.start, s.len());
+        for u in std::mem::take(&mut self.repl.unflushed) {
+            self.bitmap.set_range(u.span.start, u.span.len());
         }
-        for (_, (_, app)) in std::mem::take(&mut self.barriers) {
-            if let Some(id) = app {
+        for b in std::mem::take(&mut self.repl.barriers).into_values() {
+            if let Some(id) = b.app {
                 if let Some(AppReq::Flush { peer_done, .. }) = self.app.get_mut(&id) {
                     *peer_done = true;
                 }
                 self.try_complete_flush(id);
             }
         }
-        self.peer_barriers.clear();
-        self.unacked = 0;
+        self.recv.barriers.clear();
+        self.recv.unacked = 0;
         if let Some(s) = self.sync.take() {
             if s.role == SyncRole::Target && !s.verify {
                 tracing::info!(node = %self.cfg.node, left = self.bitmap.count(), "resync interrupted; it resumes on reconnect");
@@ -124,7 +124,7 @@ impl Node {
         if self.role == Role::Primary && was_decided {
             self.rotate_for_disconnected_writes();
         }
-        if self.down_requested {
+        if self.down.requested {
             self.conn = ConnState::StandAlone;
             self.maybe_finish_down();
         } else if self.want_connect {
@@ -157,7 +157,7 @@ impl Node {
             );
             if *reason == DisconnectReason::Shutdown {
                 // The peer flushed everything it received before saying so.
-                self.unflushed.clear();
+                self.repl.unflushed.clear();
                 tracing::info!(node = %self.cfg.node, "peer shut down cleanly");
             } else if *reason != DisconnectReason::Admin {
                 self.error(msg.clone());
@@ -171,13 +171,13 @@ impl Node {
             self.connection_lost(&msg);
             return;
         }
-        if !self.decided {
+        if !self.link.decided {
             self.on_handshake_frame(m);
             return;
         }
         match m {
             Message::Ping => self.send(Message::PingAck),
-            Message::PingAck => self.ping_sent = None,
+            Message::PingAck => self.link.ping_sent = None,
             Message::Data {
                 seq,
                 offset,
@@ -188,7 +188,7 @@ impl Node {
                 self.on_peer_data(seq, offset, len, flags, data);
             }
             Message::RecvAck { seq } => {
-                if let Some(r) = self.peer_pending.get_mut(&seq) {
+                if let Some(r) = self.repl.pending.get_mut(&seq) {
                     r.recv_acked = true;
                     if let Some(id) = r.app_id {
                         self.try_complete_write(id);
@@ -198,7 +198,10 @@ impl Node {
             Message::WriteAck { seq } => self.on_write_ack(seq, true),
             Message::NegAck { seq } => self.on_write_ack(seq, false),
             Message::Barrier { id } => {
-                self.peer_barriers.push_back((id, self.recv_index));
+                self.recv.barriers.push_back(PeerBarrier {
+                    id,
+                    after: self.recv.index,
+                });
                 self.check_peer_barriers();
             }
             Message::BarrierAck { id } => self.on_barrier_ack(id),
@@ -211,7 +214,7 @@ impl Node {
                     );
                     return;
                 }
-                if let Some(p) = self.peer.as_mut() {
+                if let Some(p) = self.link.peer.as_mut() {
                     p.role = role;
                     p.disk = disk;
                 }

@@ -13,7 +13,7 @@ impl Node {
     pub(super) fn on_handshake_frame(&mut self, m: Message) {
         match m {
             Message::Hello(h) => {
-                if self.peer.is_some() {
+                if self.link.peer.is_some() {
                     self.protocol_error("second Hello");
                     return;
                 }
@@ -66,9 +66,14 @@ impl Node {
                     self.fail_connection(reason, format!("handshake refused: {msg}"), true);
                     return;
                 }
-                let mac = auth_mac(&self.cfg.secret, &h.nonce, &self.my_nonce, &self.cfg.node);
+                let mac = auth_mac(
+                    &self.cfg.secret,
+                    &h.nonce,
+                    &self.link.my_nonce,
+                    &self.cfg.node,
+                );
                 let (role, disk) = (h.role, h.disk);
-                self.peer = Some(PeerInfo {
+                self.link.peer = Some(PeerInfo {
                     hello: h,
                     authed: false,
                     role,
@@ -77,13 +82,13 @@ impl Node {
                 self.send(Message::Auth { mac });
             }
             Message::Auth { mac } => {
-                let Some(p) = self.peer.as_mut() else {
+                let Some(p) = self.link.peer.as_mut() else {
                     self.protocol_error("Auth before Hello");
                     return;
                 };
                 if !verify_auth(
                     &self.cfg.secret,
-                    &self.my_nonce,
+                    &self.link.my_nonce,
                     &p.hello.nonce,
                     &p.hello.node,
                     &mac,
@@ -103,7 +108,9 @@ impl Node {
     }
 
     pub(super) fn decide_sync(&mut self) {
-        let Some(p) = self.peer.clone() else { return };
+        let Some(p) = self.link.peer.clone() else {
+            return;
+        };
         if p.hello.role == Role::Primary && self.role == Role::Primary {
             // Two Primaries whose data diverged is a split brain; the
             // generations tell (below). Same generations cannot both be
@@ -130,7 +137,7 @@ impl Node {
         let d = decide(&me, &peer, &self.cfg.split_brain);
         tracing::info!(node = %self.cfg.node, peer = %p.hello.node, decision = ?d, "sync handshake");
         self.discard_my_data = false;
-        self.decided = true;
+        self.link.decided = true;
         self.set_connected_ind(true);
         match d {
             Decision::NoSync => {
@@ -143,7 +150,7 @@ impl Node {
                 if matches!(self.disk, DiskState::Consistent | DiskState::Outdated) && peer_consistent {
                     self.set_up_to_date();
                 }
-                if let Some(pp) = self.peer.as_mut() {
+                if let Some(pp) = self.link.peer.as_mut() {
                     if matches!(pp.disk, DiskState::Consistent | DiskState::Outdated) {
                         pp.disk = DiskState::UpToDate;
                     }

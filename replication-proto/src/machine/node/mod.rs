@@ -4,19 +4,17 @@
 //! of [`Node::poll_action`]. `now` is whatever clock the caller keeps, in
 //! milliseconds (the simulator's, or the daemon's monotonic clock).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
-use bytes::Bytes;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::al::{ActivityLog, AlPlan};
+use super::al::ActivityLog;
 use super::bitmap::Bitmap;
-use super::io::{OrderedIo, Span};
 use super::resume::Resume;
 use super::types::{
-    errno, Action, Admin, AdminError, ConnState, Event, NodeConfig, Payload, Persisted, Session,
-    Stats, Status, SuspendMode,
+    errno, Action, Admin, AdminError, ConnState, Event, NodeConfig, Persisted, Session, Stats,
+    Status, SuspendMode,
 };
 use crate::gen::Generations;
 use crate::meta::{MetaFlags, BM_BLOCK_SIZE};
@@ -52,15 +50,15 @@ use state::*;
 pub struct Node {
     cfg: NodeConfig,
     rng: ChaCha8Rng,
+    /// The largest `now` a driver gave (time only moves forward).
     now: Millis,
     actions: VecDeque<Action>,
 
+    // What the metadata holds (and the activity log in front of it).
     gens: Generations,
     flags: MetaFlags,
     bitmap: Bitmap,
-    al: ActivityLog,
-    al_stage_pending: u32,
-    al_plan: Option<AlPlan>,
+    al: AlGate,
 
     role: Role,
     disk: DiskState,
@@ -68,53 +66,19 @@ pub struct Node {
     want_connect: bool,
     discard_my_data: bool,
     split_brain: bool,
-    last_error: Option<String>,
-    /// When `last_error` was set (node time, ms).
-    last_error_at: Millis,
-    /// Since when the pair is healthy (see `clear_error_when_healthy`).
-    healthy_since: Option<Millis>,
-    down_requested: bool,
-    down_done: bool,
+    health: Health,
+    down: Down,
+    /// The current connection and the peer it reached.
+    link: Link,
 
-    epoch: u64,
-    my_nonce: [u8; 32],
-    peer: Option<PeerInfo>,
-    decided: bool,
-    last_recv: Millis,
-    ping_sent: Option<Millis>,
-    conn_started: Millis,
-
+    /// Application requests in flight, by the application's id.
     app: HashMap<u64, AppReq>,
-    al_wait: VecDeque<u64>,
-    super_gate: u32,
-    io: OrderedIo<LocalOp>,
-    flush_ops: HashMap<u64, FlushOp>,
-    meta_ops: HashMap<u64, MetaOp>,
-    next_token: u64,
-
-    // Primary side of replication.
-    next_seq: u64,
-    peer_pending: BTreeMap<u64, PeerReq>,
-    /// Bytes sent to the peer and not yet confirmed: new writes wait while
-    /// this is above the window, so a slow peer slows the writer instead of
-    /// piling data up in memory on both nodes (DRBD's max-buffers).
-    peer_pending_bytes: u64,
-    /// Acknowledged by the peer but not yet covered by a peer flush: if the
-    /// peer loses power these may be gone there, so they go into the bitmap
-    /// when the connection breaks.
-    unflushed: VecDeque<(u64, Span)>,
-    next_barrier: u64,
-    barriers: BTreeMap<u64, (u64, Option<u64>)>,
-    last_data_sent: Millis,
-
-    // Secondary side.
-    recv_index: u64,
-    recv_incomplete: BTreeSet<u64>,
-    peer_barriers: VecDeque<(u64, u64)>,
-    unacked: u64,
-
-    /// Payloads of peer and resync writes waiting in the ordering queue.
-    parked: HashMap<u64, (u64, u32, Payload, bool)>,
+    /// Local data, flush and metadata operations in flight, by token.
+    ops: Ops,
+    /// Primary side of replication.
+    repl: Replication,
+    /// Secondary side: what the peer sent.
+    recv: Receiving,
     sync: Option<Sync>,
     stats: Stats,
     /// The peer may hold this node's current generation (it was in sync, or
@@ -123,19 +87,11 @@ pub struct Node {
     /// equal generations and miss the writes made alone.
     peer_has_my_current: bool,
 
-    /// `SuspendIo`: what happens to new writes and flushes.
-    suspended: Option<SuspendMode>,
-    freeze_on_disconnect: bool,
+    susp: Suspension,
     /// The last run ended while Primary without its peer (DRBD's "degraded
     /// cluster"): `repctl wait-connect` then waits `degr-wfc-timeout`, not
     /// `wfc-timeout`, since the peer is less likely to come back soon.
     degraded_at_start: bool,
-    /// Held while suspended: new requests, and completions of requests
-    /// that were in flight when the suspension began (in order).
-    held_in: VecDeque<Event>,
-    held_out: VecDeque<(u64, Result<Option<Bytes>, i32>)>,
-    /// A resume waits for the superblock that drops `UNACKED_GEN`.
-    resume_pending: bool,
     /// Resuming the role of a run that crashed while Primary (`resume.rs`).
     resume: Resume,
 }
@@ -192,56 +148,26 @@ impl Node {
             gens: p.gens,
             flags,
             bitmap,
-            al,
-            al_stage_pending: 0,
-            al_plan: None,
+            al: AlGate::new(al),
             role: Role::Secondary,
             disk,
             conn: ConnState::StandAlone,
             want_connect: false,
             discard_my_data: false,
             split_brain: false,
-            last_error: None,
-            last_error_at: Millis::ZERO,
-            healthy_since: None,
-            down_requested: false,
-            down_done: false,
-            epoch: 0,
-            my_nonce: [0; 32],
-            peer: None,
-            decided: false,
-            last_recv: now,
-            ping_sent: None,
-            conn_started: now,
+            health: Health::default(),
+            down: Down::default(),
+            link: Link::new(now),
             app: HashMap::new(),
-            al_wait: VecDeque::new(),
-            super_gate: 0,
-            io: OrderedIo::default(),
-            flush_ops: HashMap::new(),
-            meta_ops: HashMap::new(),
-            next_token: 1,
-            next_seq: 1,
-            peer_pending: BTreeMap::new(),
-            peer_pending_bytes: 0,
-            unflushed: VecDeque::new(),
-            next_barrier: 1,
-            barriers: BTreeMap::new(),
-            last_data_sent: now,
-            recv_index: 0,
-            recv_incomplete: BTreeSet::new(),
-            peer_barriers: VecDeque::new(),
-            unacked: 0,
-            parked: HashMap::new(),
+            ops: Ops::default(),
+            repl: Replication::new(now),
+            recv: Receiving::default(),
             sync: None,
             stats: Stats::default(),
             // Unknown after a start: assume the worst.
             peer_has_my_current: true,
-            suspended: None,
-            freeze_on_disconnect: false,
+            susp: Suspension::default(),
             degraded_at_start,
-            held_in: VecDeque::new(),
-            held_out: VecDeque::new(),
-            resume_pending: false,
             resume,
             cfg,
         };
@@ -289,7 +215,7 @@ impl Node {
     /// An orderly `Down` finished: the driver may exit.
     #[must_use]
     pub fn is_down(&self) -> bool {
-        self.down_done
+        self.down.done
     }
     #[must_use]
     pub fn config(&self) -> &NodeConfig {
@@ -300,10 +226,10 @@ impl Node {
     /// (the ping connection, [`crate::wire::features::PING_CONN`]) to it.
     #[must_use]
     pub fn session(&self) -> Option<Session> {
-        let p = self.peer.as_ref().filter(|p| p.authed)?;
+        let p = self.link.peer.as_ref().filter(|p| p.authed)?;
         self.connected_states().then_some(Session {
-            epoch: self.epoch,
-            own_nonce: self.my_nonce,
+            epoch: self.link.epoch,
+            own_nonce: self.link.my_nonce,
             peer_nonce: p.hello.nonce,
             features: self.cfg.features & p.hello.features,
         })
@@ -311,9 +237,10 @@ impl Node {
     #[must_use]
     pub fn peer_disk(&self) -> DiskState {
         let disk = self
+            .link
             .peer
             .as_ref()
-            .filter(|_| self.decided)
+            .filter(|_| self.link.decided)
             .map_or(DiskState::DUnknown, |p| p.disk);
         // Waiting for the bitmaps as the sync source: the peer is the target
         // and Inconsistent from the exchange on; show what it is about to be
@@ -340,25 +267,34 @@ impl Node {
             resource: self.cfg.resource.clone(),
             node: self.cfg.node.clone(),
             role: self.role,
-            peer_role: self.peer.as_ref().filter(|_| self.decided).map(|p| p.role),
+            peer_role: self
+                .link
+                .peer
+                .as_ref()
+                .filter(|_| self.link.decided)
+                .map(|p| p.role),
             connection: self.conn,
             disk: self.disk,
             peer_disk: self.peer_disk(),
             out_of_sync_bytes: self.bitmap.count() * BM_BLOCK_SIZE,
             split_brain: self.split_brain,
-            last_error: self.last_error.clone(),
-            last_error_at_ms: self.last_error.as_ref().map(|_| self.last_error_at.as_ms()),
+            last_error: self.health.last_error.clone(),
+            last_error_at_ms: self
+                .health
+                .last_error
+                .as_ref()
+                .map(|_| self.health.last_error_at.as_ms()),
             gens: self.gens,
             flags: self.flags,
-            suspended: self.suspended,
-            freeze_on_disconnect: self.freeze_on_disconnect,
+            suspended: self.susp.mode,
+            freeze_on_disconnect: self.susp.freeze_on_disconnect,
             degraded_at_start: self.degraded_at_start,
             resume: self.resume.note().map(str::to_owned),
             sync_remaining_bytes: remaining,
             sync_total_bytes: total,
-            local_pending: self.io.len() as u64,
-            peer_pending: self.peer_pending.len() as u64,
-            unacked: self.unacked,
+            local_pending: self.ops.io.len() as u64,
+            peer_pending: self.repl.pending.len() as u64,
+            unacked: self.recv.unacked,
             app_pending: self.app.len() as u64,
             stats: self.stats.clone(),
         }
@@ -370,18 +306,18 @@ impl Node {
         let mut t: Option<Millis> = None;
         let mut at = |x: Millis| t = Some(t.map_or(x, |y| y.min(x)));
         if self.conn == ConnState::Handshake {
-            at(self.conn_started + self.cfg.timeout_ms);
+            at(self.link.started + self.cfg.timeout_ms);
         }
-        if self.decided {
-            match self.ping_sent {
+        if self.link.decided {
+            match self.link.ping_sent {
                 Some(s) => at(s + self.cfg.timeout_ms),
-                None => at(self.last_recv + self.cfg.ping_int_ms),
+                None => at(self.link.last_recv + self.cfg.ping_int_ms),
             }
-            if let Some((_, r)) = self.peer_pending.first_key_value() {
+            if let Some((_, r)) = self.repl.pending.first_key_value() {
                 at(r.sent_at + self.ko_ms());
             }
-            if !self.unflushed.is_empty() && self.barriers.is_empty() {
-                at(self.last_data_sent + self.cfg.ping_int_ms);
+            if !self.repl.unflushed.is_empty() && self.repl.barriers.is_empty() {
+                at(self.repl.last_data_sent + self.cfg.ping_int_ms);
             }
             if let Some(s) = &self.sync {
                 if s.persist_pending == 0 && self.cfg.resync_rate != 0 {
@@ -411,18 +347,18 @@ impl Node {
             }
             Event::Frame(m) => {
                 if self.connected_states() {
-                    self.last_recv = self.now;
+                    self.link.last_recv = self.now;
                     self.on_frame(m);
                 }
             }
             Event::AppRead { id, offset, len } => self.app_read(id, offset, len),
             Event::AppWrite { id, .. } | Event::AppFlush { id }
-                if self.suspended.is_some() && self.role == Role::Primary =>
+                if self.susp.mode.is_some() && self.role == Role::Primary =>
             {
-                if self.suspended == Some(SuspendMode::Fail) {
+                if self.susp.mode == Some(SuspendMode::Fail) {
                     self.complete(id, Err(errno::EIO));
                 } else {
-                    self.held_in.push_back(ev);
+                    self.susp.held_in.push_back(ev);
                 }
             }
             Event::AppWrite {

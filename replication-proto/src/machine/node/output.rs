@@ -13,8 +13,8 @@ use super::{Node, ERROR_LINGER_MS};
 
 impl Node {
     pub(super) fn token(&mut self) -> u64 {
-        let t = self.next_token;
-        self.next_token += 1;
+        let t = self.ops.next_token;
+        self.ops.next_token += 1;
         t
     }
 
@@ -49,9 +49,9 @@ impl Node {
     pub(super) fn persist_super(&mut self, gate: bool) {
         let token = self.token();
         if gate {
-            self.super_gate += 1;
+            self.al.super_gate += 1;
         }
-        self.meta_ops.insert(token, MetaOp::Super { gate });
+        self.ops.meta.insert(token, MetaOp::Super { gate });
         self.actions.push_back(Action::WriteSuper {
             token,
             gens: self.gens,
@@ -61,7 +61,7 @@ impl Node {
 
     pub(super) fn persist_bitmap_all(&mut self, sync_epoch: Option<u64>) {
         let token = self.token();
-        self.meta_ops.insert(token, MetaOp::Bitmap { sync_epoch });
+        self.ops.meta.insert(token, MetaOp::Bitmap { sync_epoch });
         self.stats.bm_writes += 1;
         self.actions.push_back(Action::WriteBitmap {
             token,
@@ -72,8 +72,8 @@ impl Node {
 
     pub(super) fn error(&mut self, msg: String) {
         tracing::warn!(node = %self.cfg.node, "{msg}");
-        self.last_error = Some(msg);
-        self.last_error_at = self.now;
+        self.health.last_error = Some(msg);
+        self.health.last_error_at = self.now;
     }
 
     /// An error describes a condition (a lost peer, a refusal, marked
@@ -88,16 +88,17 @@ impl Node {
             && self.peer_disk() == DiskState::UpToDate
             && self.bitmap.count() == 0
             && !self.split_brain
-            && self.suspended.is_none();
+            && self.susp.mode.is_none();
         if !healthy {
-            self.healthy_since = None;
+            self.health.healthy_since = None;
             return;
         }
-        let since = *self.healthy_since.get_or_insert(self.now);
-        if self.last_error.is_some() && self.now >= since.max(self.last_error_at) + ERROR_LINGER_MS
+        let since = *self.health.healthy_since.get_or_insert(self.now);
+        if self.health.last_error.is_some()
+            && self.now >= since.max(self.health.last_error_at) + ERROR_LINGER_MS
         {
             tracing::info!(node = %self.cfg.node, "healthy again: last error cleared");
-            self.last_error = None;
+            self.health.last_error = None;
         }
     }
 
@@ -128,7 +129,7 @@ impl Node {
             // Frozen (freeze-on-disconnect, or suspended by the agent): no
             // write is acknowledged in the new generation until a resume,
             // so a peer that moved on meanwhile is not a split brain.
-            let unacked = self.suspended.is_some();
+            let unacked = self.susp.mode.is_some();
             self.flags.set(MetaFlags::UNACKED_GEN, unacked);
             tracing::info!(node = %self.cfg.node, current = format_args!("{:016X}", self.gens.current), unacknowledged = unacked, "new data generation");
             self.persist_super(true);
@@ -137,7 +138,7 @@ impl Node {
 
     pub(super) fn replicating(&self) -> bool {
         self.role == Role::Primary
-            && self.decided
+            && self.link.decided
             && matches!(
                 self.conn,
                 ConnState::Connected

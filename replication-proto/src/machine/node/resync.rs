@@ -36,7 +36,7 @@ impl Node {
         }
         self.sync = Some(Sync {
             receiver: Some(BitmapReceiver::new(nbits)),
-            ..Sync::new(role, false, self.epoch, self.now, 0, false)
+            ..Sync::new(role, false, self.link.epoch, self.now, 0, false)
         });
     }
 
@@ -70,7 +70,7 @@ impl Node {
             return;
         };
         let total = self.bitmap.count() * BM_BLOCK_SIZE;
-        let epoch = self.epoch;
+        let epoch = self.link.epoch;
         if let Some(s) = self.sync.as_mut() {
             s.receiver = None;
             s.total_bytes = total;
@@ -82,7 +82,7 @@ impl Node {
             SyncRole::Source => {
                 self.conn = ConnState::SyncSource;
                 self.peer_has_my_current = true;
-                if let Some(p) = self.peer.as_mut() {
+                if let Some(p) = self.link.peer.as_mut() {
                     p.disk = DiskState::Inconsistent;
                 }
                 self.persist_bitmap_all(None);
@@ -108,6 +108,7 @@ impl Node {
                 // the source did meanwhile, and the source's generation
                 // rules (it starts a new one when it goes on alone) apply.
                 let src = self
+                    .link
                     .peer
                     .as_ref()
                     .map_or(self.gens.current, |p| p.hello.gens.current);
@@ -120,7 +121,7 @@ impl Node {
                     s.persist_pending = 1;
                 }
                 let token = self.token();
-                self.flush_ops.insert(token, FlushOp::SyncStart { epoch });
+                self.ops.flush.insert(token, FlushOp::SyncStart { epoch });
                 self.actions.push_back(Action::LocalFlush { token });
             }
         }
@@ -152,6 +153,7 @@ impl Node {
         let data_bytes = self.cfg.data_bytes;
         let csums = self.cfg.csums
             && self
+                .link
                 .peer
                 .as_ref()
                 .is_some_and(|p| p.hello.features & crate::wire::features::CSUM_RESYNC != 0);
@@ -213,7 +215,7 @@ impl Node {
     }
 
     pub(super) fn finish_target(&mut self) {
-        let epoch = self.epoch;
+        let epoch = self.link.epoch;
         if let Some(s) = self.sync.as_mut() {
             if s.finishing {
                 return;
@@ -221,7 +223,7 @@ impl Node {
             s.finishing = true;
         }
         let token = self.token();
-        self.flush_ops.insert(token, FlushOp::SyncDone { epoch });
+        self.ops.flush.insert(token, FlushOp::SyncDone { epoch });
         self.actions.push_back(Action::LocalFlush { token });
     }
 
@@ -244,8 +246,8 @@ impl Node {
             self.protocol_error("resync request out of range");
             return;
         }
-        let epoch = self.epoch;
-        self.unacked += 1;
+        let epoch = self.link.epoch;
+        self.recv.unacked += 1;
         self.submit_local(
             Span::new(offset, u64::from(len)),
             LocalOp::ResyncRead {
@@ -269,10 +271,11 @@ impl Node {
         self.sync_answered(id);
         self.stats.received_bytes += data.len() as u64;
         self.stats.resync_received_bytes += data.len() as u64;
-        let epoch = self.epoch;
+        let epoch = self.link.epoch;
         let len = u32::try_from(data.len()).unwrap_or(MAX_IO);
         let token = self.token();
         if self
+            .ops
             .io
             .submit(token, span, LocalOp::ResyncWrite { id, epoch })
         {
@@ -285,8 +288,15 @@ impl Node {
                 fua: false,
             });
         } else {
-            self.parked
-                .insert(token, (offset, len, Payload::Data(data), false));
+            self.ops.parked.insert(
+                token,
+                ParkedWrite {
+                    offset,
+                    len,
+                    payload: Payload::Data(data),
+                    fua: false,
+                },
+            );
         }
     }
 
@@ -353,7 +363,7 @@ impl Node {
             self.persist_super(false);
         }
         self.persist_bitmap_all(None);
-        if let Some(p) = self.peer.as_mut() {
+        if let Some(p) = self.link.peer.as_mut() {
             p.disk = DiskState::UpToDate;
             p.hello.gens = self.gens;
         }
@@ -380,7 +390,7 @@ impl Node {
             self.gens = gens;
             self.persist_super(false);
         }
-        if let Some(p) = self.peer.as_mut() {
+        if let Some(p) = self.link.peer.as_mut() {
             p.hello.gens = gens;
         }
     }

@@ -36,10 +36,10 @@ impl Node {
             self.send(Message::RecvAck { seq });
         }
         self.stats.received_bytes += data.len() as u64;
-        self.recv_index += 1;
-        let recv_idx = self.recv_index;
-        self.recv_incomplete.insert(recv_idx);
-        self.unacked += 1;
+        self.recv.index += 1;
+        let recv_idx = self.recv.index;
+        self.recv.incomplete.insert(recv_idx);
+        self.recv.unacked += 1;
         let payload = if flags & data_flags::TRIM != 0 {
             Payload::Trim
         } else if flags & data_flags::ZEROES != 0 {
@@ -48,10 +48,10 @@ impl Node {
             Payload::Data(data)
         };
         let fua = flags & data_flags::FUA != 0;
-        let epoch = self.epoch;
+        let epoch = self.link.epoch;
         let token = self.token();
         let span = Span::new(offset, u64::from(len));
-        if self.io.submit(
+        if self.ops.io.submit(
             token,
             span,
             LocalOp::PeerWrite {
@@ -69,20 +69,29 @@ impl Node {
                 fua,
             });
         } else {
-            self.parked.insert(token, (offset, len, payload, fua));
+            self.ops.parked.insert(
+                token,
+                ParkedWrite {
+                    offset,
+                    len,
+                    payload,
+                    fua,
+                },
+            );
         }
     }
 
     pub(super) fn check_peer_barriers(&mut self) {
-        while let Some(&(id, mark)) = self.peer_barriers.front() {
-            let ready = self.recv_incomplete.first().is_none_or(|&i| i > mark);
+        while let Some(&PeerBarrier { id, after: mark }) = self.recv.barriers.front() {
+            let ready = self.recv.incomplete.first().is_none_or(|&i| i > mark);
             if !ready {
                 return;
             }
-            self.peer_barriers.pop_front();
+            self.recv.barriers.pop_front();
             let token = self.token();
-            let epoch = self.epoch;
-            self.flush_ops
+            let epoch = self.link.epoch;
+            self.ops
+                .flush
                 .insert(token, FlushOp::PeerBarrier { id, epoch });
             self.actions.push_back(Action::LocalFlush { token });
         }

@@ -13,9 +13,9 @@ impl Node {
     pub(super) fn complete(&mut self, id: u64, result: Result<Option<Bytes>, i32>) {
         // Read data passes; an acknowledgement of a write or flush must not
         // leave a node that lost quorum (the other side may take over).
-        match self.suspended {
+        match self.susp.mode {
             Some(SuspendMode::Hold) if !matches!(result, Ok(Some(_))) => {
-                self.held_out.push_back((id, result));
+                self.susp.held_out.push_back(HeldCompletion { id, result });
             }
             Some(SuspendMode::Fail) if !matches!(result, Ok(Some(_))) => {
                 self.actions.push_back(Action::Complete {
@@ -28,9 +28,9 @@ impl Node {
     }
 
     pub(super) fn suspend_io(&mut self, mode: SuspendMode) {
-        self.suspended = Some(mode);
+        self.susp.mode = Some(mode);
         // A resume still waiting for its superblock does not happen.
-        self.resume_pending = false;
+        self.susp.resume_pending = false;
         if mode == SuspendMode::Fail {
             self.fail_held();
         }
@@ -38,7 +38,7 @@ impl Node {
 
     /// End everything held with EIO (io-error mode, or the node lets go).
     pub(super) fn fail_held(&mut self) {
-        for ev in std::mem::take(&mut self.held_in) {
+        for ev in std::mem::take(&mut self.susp.held_in) {
             if let Event::AppWrite { id, .. } | Event::AppFlush { id } = ev {
                 self.actions.push_back(Action::Complete {
                     id,
@@ -46,7 +46,7 @@ impl Node {
                 });
             }
         }
-        for (id, _) in std::mem::take(&mut self.held_out) {
+        for HeldCompletion { id, .. } in std::mem::take(&mut self.susp.held_out) {
             self.actions.push_back(Action::Complete {
                 id,
                 result: Err(errno::EIO),
@@ -55,7 +55,7 @@ impl Node {
     }
 
     pub(super) fn resume_io(&mut self) {
-        if self.suspended.is_none() || self.resume_pending {
+        if self.susp.mode.is_none() || self.susp.resume_pending {
             return;
         }
         if self.flags.has(MetaFlags::UNACKED_GEN) {
@@ -63,9 +63,9 @@ impl Node {
             // the flag must be off on disk first, or a crash right after an
             // acknowledgement would rejoin as target and drop that write.
             self.flags.set(MetaFlags::UNACKED_GEN, false);
-            self.resume_pending = true;
+            self.susp.resume_pending = true;
             let token = self.token();
-            self.meta_ops.insert(token, MetaOp::ResumeSuper);
+            self.ops.meta.insert(token, MetaOp::ResumeSuper);
             self.actions.push_back(Action::WriteSuper {
                 token,
                 gens: self.gens,
@@ -78,11 +78,11 @@ impl Node {
 
     /// End the suspension: held completions out, held requests in (in order).
     pub(super) fn release_held(&mut self) {
-        self.suspended = None;
-        for (id, result) in std::mem::take(&mut self.held_out) {
+        self.susp.mode = None;
+        for HeldCompletion { id, result } in std::mem::take(&mut self.susp.held_out) {
             self.actions.push_back(Action::Complete { id, result });
         }
-        for ev in std::mem::take(&mut self.held_in) {
+        for ev in std::mem::take(&mut self.susp.held_in) {
             self.handle(self.now, ev);
         }
     }

@@ -13,7 +13,7 @@ impl Node {
     pub(super) fn tick(&mut self) {
         self.clear_error_when_healthy();
         let now = self.now;
-        if self.conn == ConnState::Handshake && now >= self.conn_started + self.cfg.timeout_ms {
+        if self.conn == ConnState::Handshake && now >= self.link.started + self.cfg.timeout_ms {
             self.fail_connection(
                 DisconnectReason::Timeout,
                 "handshake timed out".into(),
@@ -21,10 +21,10 @@ impl Node {
             );
             return;
         }
-        if !self.decided {
+        if !self.link.decided {
             return;
         }
-        if let Some(s) = self.ping_sent {
+        if let Some(s) = self.link.ping_sent {
             if now >= s + self.cfg.timeout_ms {
                 self.fail_connection(
                     DisconnectReason::Timeout,
@@ -36,20 +36,20 @@ impl Node {
                 );
                 return;
             }
-        } else if now >= self.last_recv + self.cfg.ping_int_ms {
-            self.ping_sent = Some(now);
+        } else if now >= self.link.last_recv + self.cfg.ping_int_ms {
+            self.link.ping_sent = Some(now);
             self.send(Message::Ping);
         }
-        if let Some((_, r)) = self.peer_pending.first_key_value() {
+        if let Some((_, r)) = self.repl.pending.first_key_value() {
             if now >= r.sent_at + self.ko_ms() {
                 let ms = self.ko_ms();
                 self.fail_connection(DisconnectReason::Timeout, format!("peer did not complete a write within {ms} ms (timeout × ko-count); dropping it"), false);
                 return;
             }
         }
-        if !self.unflushed.is_empty()
-            && self.barriers.is_empty()
-            && now >= self.last_data_sent + self.cfg.ping_int_ms
+        if !self.repl.unflushed.is_empty()
+            && self.repl.barriers.is_empty()
+            && now >= self.repl.last_data_sent + self.cfg.ping_int_ms
         {
             self.send_barrier(None);
         }
@@ -61,14 +61,15 @@ impl Node {
     }
 
     pub(super) fn maybe_finish_down(&mut self) {
-        if !self.down_requested || self.down_done || !self.app.is_empty() || !self.io.is_empty() {
+        if !self.down.requested || self.down.done || !self.app.is_empty() || !self.ops.io.is_empty()
+        {
             return;
         }
-        if self.flush_ops.values().any(|f| matches!(f, FlushOp::Down)) {
+        if self.ops.flush.values().any(|f| matches!(f, FlushOp::Down)) {
             return;
         }
         let token = self.token();
-        self.flush_ops.insert(token, FlushOp::Down);
+        self.ops.flush.insert(token, FlushOp::Down);
         self.actions.push_back(Action::LocalFlush { token });
     }
 }

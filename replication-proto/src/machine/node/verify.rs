@@ -15,7 +15,7 @@ impl Node {
         self.sync = Some(Sync::new(
             SyncRole::Source,
             true,
-            self.epoch,
+            self.link.epoch,
             self.now,
             self.cfg.data_bytes,
             repair,
@@ -74,7 +74,11 @@ impl Node {
             ));
             if s.repair {
                 let i_am_source = self.role == Role::Primary
-                    || !self.peer.as_ref().is_some_and(|p| p.role == Role::Primary);
+                    || !self
+                        .link
+                        .peer
+                        .as_ref()
+                        .is_some_and(|p| p.role == Role::Primary);
                 if i_am_source {
                     self.send(Message::StartSync {
                         sender_is_source: true,
@@ -98,7 +102,7 @@ impl Node {
             self.sync = Some(Sync::new(
                 SyncRole::Target,
                 true,
-                self.epoch,
+                self.link.epoch,
                 self.now,
                 self.cfg.data_bytes,
                 false,
@@ -119,8 +123,8 @@ impl Node {
         if let Some(s) = self.sync.as_mut() {
             s.cursor = s.cursor.max(offset + u64::from(len));
         }
-        let epoch = self.epoch;
-        self.unacked += 1;
+        let epoch = self.link.epoch;
+        self.recv.unacked += 1;
         self.submit_local(
             Span::new(offset, u64::from(len)),
             LocalOp::VerifyCompare { id, epoch, digest },
