@@ -438,4 +438,71 @@ impl Node {
             self.maybe_finish_down();
         }
     }
+
+    /// A local application write finished: complete it once the peer agrees.
+    pub(super) fn app_write_done(
+        &mut self,
+        id: u64,
+        span: Span,
+        result: Result<Option<Bytes>, i32>,
+    ) {
+        if let Err(e) = &result {
+            // on-io-error pass-on: the application gets the error,
+            // while the peer may hold the new data and this disk
+            // anything: the range is marked so that the next resync
+            // makes both copies equal again.
+            self.bitmap.set_range(span.start, span.len());
+            self.error(format!(
+                "local write of {} bytes at {} failed (errno {e}): the request \
+                 failed, the range is marked out of sync",
+                span.len(),
+                span.start
+            ));
+        }
+        if let Some(AppReq::Write {
+            local_done,
+            local_err,
+            ..
+        }) = self.app.get_mut(&id)
+        {
+            *local_done = true;
+            *local_err = result.err();
+        }
+        self.try_complete_write(id);
+    }
+
+    pub(super) fn app_read_done(
+        &mut self,
+        id: u64,
+        span: Span,
+        result: Result<Option<Bytes>, i32>,
+    ) {
+        self.app.remove(&id);
+        if let Ok(Some(d)) = &result {
+            self.stats.read_bytes += d.len() as u64;
+        }
+        let r = match result {
+            Ok(Some(d)) if d.len() as u64 == span.len() => Ok(Some(d)),
+            Ok(_) => Err(errno::EIO),
+            Err(e) => Err(e),
+        };
+        self.complete(id, r);
+    }
+
+    /// An activity-log transaction landed: start the writes it admits.
+    pub(super) fn al_written(&mut self, result: Result<(), i32>) {
+        self.al.plan = None;
+        if result.is_ok() {
+            self.al.log.committed();
+        } else {
+            self.al.log.failed();
+            // Writes that needed it cannot proceed safely.
+            let waiting: Vec<u64> = self.al.wait.drain(..).collect();
+            for id in waiting {
+                self.app.remove(&id);
+                self.complete(id, Err(errno::EIO));
+            }
+        }
+        self.process_al_wait();
+    }
 }

@@ -1,6 +1,7 @@
 //! The resync: bitmap exchange, the target's requests, the source's
 //! answers, and the end of a resync on both sides.
 
+use crate::wire::DisconnectReason;
 use bytes::Bytes;
 
 use crate::gen::Generations;
@@ -393,5 +394,173 @@ impl Node {
         if let Some(p) = self.link.peer.as_mut() {
             p.hello.gens = gens;
         }
+    }
+
+    /// Source: the block the target asked for was read; send it (or say it matches).
+    pub(super) fn resync_read_done(
+        &mut self,
+        id: u64,
+        epoch: u64,
+        peer_digest: Option<u32>,
+        span: Span,
+        result: Result<Option<Bytes>, i32>,
+    ) {
+        let len32 = u32::try_from(span.len()).unwrap_or(MAX_IO);
+        self.recv.unacked = self.recv.unacked.saturating_sub(1);
+        if epoch != self.link.epoch || !self.link.decided {
+            return;
+        }
+        match result {
+            Ok(Some(d)) if d.len() as u64 == span.len() => {
+                self.stats.read_bytes += d.len() as u64;
+                if peer_digest == Some(crc(&d)) {
+                    self.bitmap.clear_range(span.start, span.len());
+                    self.send(Message::InSync {
+                        id,
+                        offset: span.start,
+                        len: len32,
+                    });
+                } else {
+                    self.send(Message::ResyncData {
+                        id,
+                        offset: span.start,
+                        data: d,
+                    });
+                }
+            }
+            _ => {
+                self.error(format!(
+                    "local read of {} bytes at {} failed during resync",
+                    span.len(),
+                    span.start
+                ));
+                self.send(Message::ResyncNeg {
+                    id,
+                    offset: span.start,
+                    len: len32,
+                });
+            }
+        }
+    }
+
+    /// Target: resync data is on disk; the block is in sync.
+    pub(super) fn resync_write_done(
+        &mut self,
+        id: u64,
+        epoch: u64,
+        span: Span,
+        result: Result<Option<Bytes>, i32>,
+    ) {
+        let len32 = u32::try_from(span.len()).unwrap_or(MAX_IO);
+        if epoch != self.link.epoch {
+            return;
+        }
+        if result.is_err() {
+            self.fail_connection(
+                DisconnectReason::IoError,
+                format!("local write failed during resync at {}", span.start),
+                false,
+            );
+            return;
+        }
+        self.bitmap.clear_range(span.start, span.len());
+        if let Some(s) = self.sync.as_mut() {
+            s.inflight.remove(&id);
+        }
+        self.send(Message::ResyncAck {
+            id,
+            offset: span.start,
+            len: len32,
+        });
+        self.pump_sync();
+    }
+
+    /// Target (csums): the local block was read; ask with its checksum.
+    pub(super) fn csum_read_done(
+        &mut self,
+        id: u64,
+        epoch: u64,
+        span: Span,
+        result: Result<Option<Bytes>, i32>,
+    ) {
+        let len32 = u32::try_from(span.len()).unwrap_or(MAX_IO);
+        if epoch != self.link.epoch {
+            return;
+        }
+        match result {
+            Ok(Some(d)) if d.len() as u64 == span.len() => {
+                self.stats.read_bytes += d.len() as u64;
+                self.send(Message::ChecksumRequest {
+                    id,
+                    offset: span.start,
+                    len: len32,
+                    digest: crc(&d),
+                });
+            }
+            // Unreadable here: ask for the data outright.
+            _ => self.send(Message::ResyncRequest {
+                id,
+                offset: span.start,
+                len: len32,
+            }),
+        }
+    }
+
+    /// Target: every resynced block is durable; the target is UpToDate.
+    pub(super) fn sync_done_flushed(&mut self, epoch: u64, result: Result<(), i32>) {
+        if epoch == self.link.epoch && self.link.decided {
+            if result.is_ok() {
+                // Every block is here and durable: UpToDate.
+                self.sync = None;
+                self.conn = ConnState::Connected;
+                self.flags.set(MetaFlags::CRASHED_PRIMARY, false);
+                self.set_up_to_date();
+                self.persist_bitmap_all(None);
+                tracing::info!(node = %self.cfg.node, "resync finished as target: UpToDate");
+                self.send(Message::SyncDone);
+                self.send(Message::State {
+                    role: self.role,
+                    disk: self.disk,
+                });
+            } else {
+                self.fail_connection(
+                    DisconnectReason::IoError,
+                    "local flush failed at the end of the resync".into(),
+                    false,
+                );
+            }
+        }
+    }
+
+    /// Target: earlier cleared bits are durable; persist the resync's start.
+    pub(super) fn sync_start_flushed(&mut self, epoch: u64, result: Result<(), i32>) {
+        if epoch != self.link.epoch || !self.link.decided {
+            return;
+        }
+        if result.is_err() {
+            self.fail_connection(
+                DisconnectReason::IoError,
+                "local flush failed at the start of a resync".into(),
+                false,
+            );
+            return;
+        }
+        // The driver's metadata queue keeps order: the superblock
+        // (Inconsistent, new generation) lands before the bitmap,
+        // and the resync waits for the bitmap.
+        self.persist_super(false);
+        let token = self.token();
+        self.ops.meta.insert(
+            token,
+            MetaOp::Bitmap {
+                sync_epoch: Some(epoch),
+            },
+        );
+        self.stats.bm_writes += 1;
+        self.actions.push_back(Action::WriteBitmap {
+            token,
+            first_word: 0,
+            words: self.bitmap.words().to_vec(),
+        });
     }
 }

@@ -96,4 +96,30 @@ impl Node {
             self.actions.push_back(Action::LocalFlush { token });
         }
     }
+
+    /// A write from the peer is on disk (or failed): acknowledge it.
+    pub(super) fn peer_write_done(
+        &mut self,
+        seq: u64,
+        epoch: u64,
+        recv_idx: u64,
+        span: Span,
+        result: Result<Option<Bytes>, i32>,
+    ) {
+        self.recv.incomplete.remove(&recv_idx);
+        self.recv.unacked = self.recv.unacked.saturating_sub(1);
+        if epoch == self.link.epoch && self.link.decided {
+            if result.is_ok() {
+                self.send(Message::WriteAck { seq });
+            } else {
+                self.error(format!(
+                    "local write of {} bytes at {} failed",
+                    span.len(),
+                    span.start
+                ));
+                self.send(Message::NegAck { seq });
+            }
+        }
+        self.check_peer_barriers();
+    }
 }

@@ -86,4 +86,22 @@ impl Node {
             self.handle(self.now, ev);
         }
     }
+
+    /// The superblock without UNACKED_GEN landed: let held I/O go.
+    pub(super) fn resume_super_written(&mut self, result: Result<(), i32>) {
+        if !std::mem::take(&mut self.susp.resume_pending) {
+            // Suspended again or demoted meanwhile.
+            return;
+        }
+        if result.is_ok() {
+            self.release_held();
+        } else {
+            self.flags.set(MetaFlags::UNACKED_GEN, true);
+            self.error(
+                "could not record the resume in the superblock: I/O stays frozen; \
+                 resume again once the metadata disk works"
+                    .into(),
+            );
+        }
+    }
 }

@@ -2,6 +2,8 @@
 //! rate, and the orderly shutdown.
 
 use crate::machine::types::{Action, ConnState};
+use crate::meta::MetaFlags;
+use crate::wire::disconnect;
 use crate::wire::{DisconnectReason, Message};
 
 use super::state::*;
@@ -71,5 +73,21 @@ impl Node {
         let token = self.token();
         self.ops.flush.insert(token, FlushOp::Down);
         self.actions.push_back(Action::LocalFlush { token });
+    }
+
+    /// Orderly shutdown: everything is flushed; tell the peer, write the metadata.
+    pub(super) fn down_flushed(&mut self) {
+        if self.connected_states() {
+            let msg = format!("{} shut down cleanly", self.cfg.node);
+            self.send(disconnect(DisconnectReason::Shutdown, &msg));
+            self.connection_lost("shutdown");
+        }
+        self.conn = ConnState::StandAlone;
+        self.actions.push_back(Action::CloseConnection);
+        self.flags
+            .set(MetaFlags::AL_CLEAN, self.al.log.extents().is_empty());
+        self.persist_super(false);
+        self.persist_bitmap_all(None);
+        self.down.done = true;
     }
 }

@@ -3,6 +3,7 @@
 use crate::machine::io::Span;
 use crate::machine::types::ConnState;
 use crate::wire::{Message, Role};
+use bytes::Bytes;
 
 use super::state::*;
 use super::{Node, MAX_IO, SYNC_REQ_BYTES, SYNC_WINDOW};
@@ -152,5 +153,63 @@ impl Node {
             }
         }
         self.pump_verify();
+    }
+
+    /// Verify source: the block was read; send its checksum.
+    pub(super) fn verify_read_done(
+        &mut self,
+        id: u64,
+        epoch: u64,
+        span: Span,
+        result: Result<Option<Bytes>, i32>,
+    ) {
+        let len32 = u32::try_from(span.len()).unwrap_or(MAX_IO);
+        if epoch != self.link.epoch {
+            return;
+        }
+        let digest = match result {
+            Ok(Some(d)) if d.len() as u64 == span.len() => {
+                self.stats.read_bytes += d.len() as u64;
+                crc(&d)
+            }
+            // An unreadable block verifies as different.
+            _ => !0,
+        };
+        self.send(Message::VerifyRequest {
+            id,
+            offset: span.start,
+            len: len32,
+            digest,
+        });
+    }
+
+    /// Verify target: the block was read; compare and answer.
+    pub(super) fn verify_compare_done(
+        &mut self,
+        id: u64,
+        epoch: u64,
+        digest: u32,
+        span: Span,
+        result: Result<Option<Bytes>, i32>,
+    ) {
+        let len32 = u32::try_from(span.len()).unwrap_or(MAX_IO);
+        self.recv.unacked = self.recv.unacked.saturating_sub(1);
+        if epoch != self.link.epoch {
+            return;
+        }
+        let in_sync =
+            matches!(&result, Ok(Some(d)) if d.len() as u64 == span.len() && crc(d) == digest);
+        if let Ok(Some(d)) = &result {
+            self.stats.read_bytes += d.len() as u64;
+        }
+        if !in_sync {
+            self.bitmap.set_range(span.start, span.len());
+        }
+        self.send(Message::VerifyReply {
+            id,
+            offset: span.start,
+            len: len32,
+            in_sync,
+        });
     }
 }
