@@ -505,4 +505,14 @@ impl Node {
         }
         self.process_al_wait();
     }
+
+    /// Protocol B: the peer received write `seq` (not yet on its disk).
+    pub(super) fn on_recv_ack(&mut self, seq: u64) {
+        if let Some(r) = self.repl.pending.get_mut(&seq) {
+            r.recv_acked = true;
+            if let Some(id) = r.app_id {
+                self.try_complete_write(id);
+            }
+        }
+    }
 }

@@ -4,7 +4,7 @@
 use rand::RngCore;
 
 use crate::machine::types::{Action, ConnState, SuspendMode};
-use crate::wire::{disconnect, DisconnectReason, Hello, Message, Role};
+use crate::wire::{disconnect, DisconnectReason, DiskState, Hello, Message, Role};
 
 use super::state::*;
 use super::Node;
@@ -140,35 +140,12 @@ impl Node {
         self.process_al_wait();
     }
 
+    /// A frame on the current connection: a Disconnect ends it in any
+    /// state; before the sync decision the handshake takes it; after, it
+    /// goes to the step for its kind.
     pub(super) fn on_frame(&mut self, m: Message) {
         if let Message::Disconnect { reason, message } = &m {
-            let msg = format!("peer disconnected: {reason:?}: {message}");
-            let standalone = matches!(
-                reason,
-                DisconnectReason::AuthFailed
-                    | DisconnectReason::WrongResource
-                    | DisconnectReason::WrongSize
-                    | DisconnectReason::UnsupportedVersion
-                    | DisconnectReason::ConfigMismatch
-                    | DisconnectReason::SplitBrain
-                    | DisconnectReason::UnrelatedData
-                    | DisconnectReason::NoGoodData
-                    | DisconnectReason::BothPrimary
-            );
-            if *reason == DisconnectReason::Shutdown {
-                // The peer flushed everything it received before saying so.
-                self.repl.unflushed.clear();
-                tracing::info!(node = %self.cfg.node, "peer shut down cleanly");
-            } else if *reason != DisconnectReason::Admin {
-                self.error(msg.clone());
-            }
-            if *reason == DisconnectReason::SplitBrain {
-                self.split_brain = true;
-            }
-            if standalone {
-                self.want_connect = false;
-            }
-            self.connection_lost(&msg);
+            self.on_peer_disconnect(*reason, message);
             return;
         }
         if !self.link.decided {
@@ -184,99 +161,26 @@ impl Node {
                 len,
                 flags,
                 data,
-            } => {
-                self.on_peer_data(seq, offset, len, flags, data);
-            }
-            Message::RecvAck { seq } => {
-                if let Some(r) = self.repl.pending.get_mut(&seq) {
-                    r.recv_acked = true;
-                    if let Some(id) = r.app_id {
-                        self.try_complete_write(id);
-                    }
-                }
-            }
+            } => self.on_peer_data(seq, offset, len, flags, data),
+            Message::RecvAck { seq } => self.on_recv_ack(seq),
             Message::WriteAck { seq } => self.on_write_ack(seq, true),
             Message::NegAck { seq } => self.on_write_ack(seq, false),
-            Message::Barrier { id } => {
-                self.recv.barriers.push_back(PeerBarrier {
-                    id,
-                    after: self.recv.index,
-                });
-                self.check_peer_barriers();
-            }
+            Message::Barrier { id } => self.on_peer_barrier(id),
             Message::BarrierAck { id } => self.on_barrier_ack(id),
-            Message::State { role, disk } => {
-                if role == Role::Primary && self.role == Role::Primary {
-                    self.fail_connection(
-                        DisconnectReason::BothPrimary,
-                        "both nodes are Primary".into(),
-                        true,
-                    );
-                    return;
-                }
-                if let Some(p) = self.link.peer.as_mut() {
-                    p.role = role;
-                    p.disk = disk;
-                }
-            }
+            Message::State { role, disk } => self.on_peer_state(role, disk),
             Message::Uuids { gens } => self.on_peer_uuids(gens),
             Message::StartSync {
                 sender_is_source,
                 full,
-            } => {
-                if self.conn != ConnState::Connected {
-                    self.protocol_error("StartSync while not idle");
-                    return;
-                }
-                if sender_is_source && self.role == Role::Primary {
-                    self.fail_connection(
-                        DisconnectReason::ConfigMismatch,
-                        "peer wants to overwrite the Primary's data; refused".into(),
-                        true,
-                    );
-                    return;
-                }
-                if sender_is_source {
-                    if full {
-                        self.bitmap.set_all();
-                    }
-                    self.start_sync(SyncRole::Target, full);
-                } else {
-                    self.start_sync(SyncRole::Source, full);
-                }
-            }
+            } => self.on_start_sync(sender_is_source, full),
             Message::Bitmap { .. } => self.on_bitmap(&m),
-            Message::ResyncRequest { id, offset, len } => {
-                self.on_resync_request(id, offset, len, None)
-            }
-            Message::ChecksumRequest {
-                id,
-                offset,
-                len,
-                digest,
-            } => {
-                self.on_resync_request(id, offset, len, Some(digest));
-            }
-            Message::ResyncData { id, offset, data } => self.on_resync_data(id, offset, data),
-            Message::InSync { id, offset, len } => self.on_in_sync(id, offset, len),
-            Message::ResyncNeg { offset, len, .. } => {
-                self.fail_connection(
-                    DisconnectReason::IoError,
-                    format!(
-                        "the sync source could not read {len} bytes at {offset}; resync stopped"
-                    ),
-                    false,
-                );
-            }
-            Message::ResyncAck { offset, len, .. } => {
-                if self
-                    .sync
-                    .as_ref()
-                    .is_some_and(|s| s.role == SyncRole::Source && !s.verify)
-                {
-                    self.bitmap.clear_range(offset, u64::from(len));
-                }
-            }
+            Message::ResyncRequest { .. }
+            | Message::ChecksumRequest { .. }
+            | Message::ResyncData { .. }
+            | Message::InSync { .. }
+            | Message::ResyncNeg { .. }
+            | Message::ResyncAck { .. }
+            | Message::SyncDone => self.on_resync_frame(m),
             Message::VerifyRequest {
                 id,
                 offset,
@@ -290,11 +194,83 @@ impl Node {
                 in_sync,
             } => self.on_verify_reply(id, offset, len, in_sync),
             Message::OutOfSync { offset, len } => self.bitmap.set_range(offset, u64::from(len)),
-            Message::SyncDone => self.on_sync_done(),
             Message::Hello(_) | Message::Auth { .. } => {
-                self.protocol_error("handshake message on an established connection")
+                self.protocol_error("handshake message on an established connection");
             }
             Message::Disconnect { .. } => {}
+        }
+    }
+
+    /// The peer closed the connection and said why.
+    fn on_peer_disconnect(&mut self, reason: DisconnectReason, message: &str) {
+        let msg = format!("peer disconnected: {reason:?}: {message}");
+        // These need an admin: reconnecting would only fail the same way.
+        let standalone = matches!(
+            reason,
+            DisconnectReason::AuthFailed
+                | DisconnectReason::WrongResource
+                | DisconnectReason::WrongSize
+                | DisconnectReason::UnsupportedVersion
+                | DisconnectReason::ConfigMismatch
+                | DisconnectReason::SplitBrain
+                | DisconnectReason::UnrelatedData
+                | DisconnectReason::NoGoodData
+                | DisconnectReason::BothPrimary
+        );
+        if reason == DisconnectReason::Shutdown {
+            // The peer flushed everything it received before saying so.
+            self.repl.unflushed.clear();
+            tracing::info!("peer shut down cleanly");
+        } else if reason != DisconnectReason::Admin {
+            self.error(msg.clone());
+        }
+        if reason == DisconnectReason::SplitBrain {
+            self.split_brain = true;
+        }
+        if standalone {
+            self.want_connect = false;
+        }
+        self.connection_lost(&msg);
+    }
+
+    /// The peer's role or disk changed.
+    fn on_peer_state(&mut self, role: Role, disk: DiskState) {
+        if role == Role::Primary && self.role == Role::Primary {
+            self.fail_connection(
+                DisconnectReason::BothPrimary,
+                "both nodes are Primary".into(),
+                true,
+            );
+            return;
+        }
+        if let Some(p) = self.link.peer.as_mut() {
+            p.role = role;
+            p.disk = disk;
+        }
+    }
+
+    /// The peer asks to start a resync (invalidate, invalidate-remote,
+    /// verify --repair) from an idle connection.
+    fn on_start_sync(&mut self, sender_is_source: bool, full: bool) {
+        if self.conn != ConnState::Connected {
+            self.protocol_error("StartSync while not idle");
+            return;
+        }
+        if sender_is_source && self.role == Role::Primary {
+            self.fail_connection(
+                DisconnectReason::ConfigMismatch,
+                "peer wants to overwrite the Primary's data; refused".into(),
+                true,
+            );
+            return;
+        }
+        if sender_is_source {
+            if full {
+                self.bitmap.set_all();
+            }
+            self.start_sync(SyncRole::Target, full);
+        } else {
+            self.start_sync(SyncRole::Source, full);
         }
     }
 

@@ -563,4 +563,41 @@ impl Node {
             words: self.bitmap.words().to_vec(),
         });
     }
+
+    /// A resync frame on a decided connection.
+    pub(super) fn on_resync_frame(&mut self, m: Message) {
+        match m {
+            Message::ResyncRequest { id, offset, len } => {
+                self.on_resync_request(id, offset, len, None);
+            }
+            Message::ChecksumRequest {
+                id,
+                offset,
+                len,
+                digest,
+            } => self.on_resync_request(id, offset, len, Some(digest)),
+            Message::ResyncData { id, offset, data } => self.on_resync_data(id, offset, data),
+            Message::InSync { id, offset, len } => self.on_in_sync(id, offset, len),
+            Message::ResyncNeg { offset, len, .. } => {
+                self.fail_connection(
+                    DisconnectReason::IoError,
+                    format!(
+                        "the sync source could not read {len} bytes at {offset}; resync stopped"
+                    ),
+                    false,
+                );
+            }
+            Message::ResyncAck { offset, len, .. } => {
+                if self
+                    .sync
+                    .as_ref()
+                    .is_some_and(|s| s.role == SyncRole::Source && !s.verify)
+                {
+                    self.bitmap.clear_range(offset, u64::from(len));
+                }
+            }
+            Message::SyncDone => self.on_sync_done(),
+            _ => debug_assert!(false, "not a resync frame: {m:?}"),
+        }
+    }
 }

@@ -122,4 +122,13 @@ impl Node {
         }
         self.check_peer_barriers();
     }
+
+    /// A barrier from the peer: flush once every write before it is down.
+    pub(super) fn on_peer_barrier(&mut self, id: u64) {
+        self.recv.barriers.push_back(PeerBarrier {
+            id,
+            after: self.recv.index,
+        });
+        self.check_peer_barriers();
+    }
 }
