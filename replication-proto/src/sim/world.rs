@@ -507,12 +507,15 @@ impl World {
         self.nodes[i].want = false;
         self.nodes[i].conn = None;
         self.nodes[i].next_tick = None;
+        let _span = tracing::info_span!("node", name = %self.cfgs[i].node).entered();
         let now = Millis(self.now / MS);
         self.nodes[i].node = Some(Node::new(self.cfgs[i].clone(), p, now, seed));
         self.drain(i);
     }
 
     fn feed(&mut self, i: usize, ev: Event) {
+        // The core logs without naming its node: the driver's span does.
+        let _span = tracing::info_span!("node", name = %self.cfgs[i].node).entered();
         let now = Millis(self.now / MS);
         if let Some(n) = self.nd(i) {
             n.handle(now, ev);
@@ -521,6 +524,8 @@ impl World {
     }
 
     fn admin(&mut self, i: usize, cmd: Admin) -> bool {
+        // The core logs without naming its node: the driver's span does.
+        let _span = tracing::info_span!("node", name = %self.cfgs[i].node).entered();
         let now = Millis(self.now / MS);
         let r = match self.nd(i) {
             Some(n) => n.admin(now, cmd.clone()),

@@ -60,7 +60,7 @@ impl Node {
                 Ok(())
             }
             Admin::Outdate => self.outdate(),
-            Admin::ResumeAfterCrash => self.resume.arm(&self.cfg.node),
+            Admin::ResumeAfterCrash => self.resume.arm(),
             Admin::Down => self.admin_down(),
         }
     }
@@ -180,11 +180,11 @@ impl Node {
             peer_current: self.link.peer.as_ref().map(|p| p.hello.gens.current),
         };
         match resume::decide(crashed_gen, &facts) {
-            resume::Step::Wait(why) => self.resume.wait(&self.cfg.node, why),
-            resume::Step::GiveUp(why) => self.resume.give_up(&self.cfg.node, &why),
+            resume::Step::Wait(why) => self.resume.wait(why),
+            resume::Step::GiveUp(why) => self.resume.give_up(&why),
             resume::Step::Promote => match self.promote(false) {
-                Ok(()) => self.resume.done(&self.cfg.node),
-                Err(e) => self.resume.give_up(&self.cfg.node, &e.to_string()),
+                Ok(()) => self.resume.done(),
+                Err(e) => self.resume.give_up(&e.to_string()),
             },
         }
     }
@@ -316,7 +316,7 @@ impl Node {
             return Err(AdminError::ConnectedCannotOutdate);
         }
         if matches!(self.disk, DiskState::UpToDate | DiskState::Consistent) {
-            tracing::info!(node = %self.cfg.node, "data marked Outdated");
+            tracing::info!("data marked Outdated");
             self.disk = DiskState::Outdated;
             self.flags.set(MetaFlags::WAS_UP_TO_DATE, false);
             self.flags.set(MetaFlags::CRASHED_PRIMARY, false);

@@ -71,7 +71,7 @@ impl Node {
         if !self.connected_states() {
             return;
         }
-        tracing::info!(node = %self.cfg.node, state = ?self.conn, "connection lost: {why}");
+        tracing::info!(state = ?self.conn, "connection lost: {why}");
         let was_decided = self.link.decided;
         if self.susp.freeze_on_disconnect
             && was_decided
@@ -79,7 +79,7 @@ impl Node {
             && self.susp.mode.is_none()
         {
             // Before the writes the peer did not confirm complete below.
-            tracing::warn!(node = %self.cfg.node, "peer lost: I/O frozen until resumed");
+            tracing::warn!("peer lost: I/O frozen until resumed");
             self.susp.mode = Some(SuspendMode::Hold);
         }
         self.link.epoch += 1;
@@ -118,7 +118,10 @@ impl Node {
         self.recv.unacked = 0;
         if let Some(s) = self.sync.take() {
             if s.role == SyncRole::Target && !s.verify {
-                tracing::info!(node = %self.cfg.node, left = self.bitmap.count(), "resync interrupted; it resumes on reconnect");
+                tracing::info!(
+                    left = self.bitmap.count(),
+                    "resync interrupted; it resumes on reconnect"
+                );
             }
         }
         if self.role == Role::Primary && was_decided {

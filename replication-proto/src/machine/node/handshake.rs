@@ -135,7 +135,7 @@ impl Node {
             discard_my_data: p.hello.discard_my_data,
         };
         let d = decide(&me, &peer, &self.cfg.split_brain);
-        tracing::info!(node = %self.cfg.node, peer = %p.hello.node, decision = ?d, "sync handshake");
+        tracing::info!(peer = %p.hello.node, decision = ?d, "sync handshake");
         self.discard_my_data = false;
         self.link.decided = true;
         self.set_connected_ind(true);

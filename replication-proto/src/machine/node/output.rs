@@ -71,7 +71,7 @@ impl Node {
     }
 
     pub(super) fn error(&mut self, msg: String) {
-        tracing::warn!(node = %self.cfg.node, "{msg}");
+        tracing::warn!("{msg}");
         self.health.last_error = Some(msg);
         self.health.last_error_at = self.now;
     }
@@ -97,7 +97,7 @@ impl Node {
         if self.health.last_error.is_some()
             && self.now >= since.max(self.health.last_error_at) + ERROR_LINGER_MS
         {
-            tracing::info!(node = %self.cfg.node, "healthy again: last error cleared");
+            tracing::info!("healthy again: last error cleared");
             self.health.last_error = None;
         }
     }
@@ -131,7 +131,11 @@ impl Node {
             // so a peer that moved on meanwhile is not a split brain.
             let unacked = self.susp.mode.is_some();
             self.flags.set(MetaFlags::UNACKED_GEN, unacked);
-            tracing::info!(node = %self.cfg.node, current = format_args!("{:016X}", self.gens.current), unacknowledged = unacked, "new data generation");
+            tracing::info!(
+                current = format_args!("{:016X}", self.gens.current),
+                unacknowledged = unacked,
+                "new data generation"
+            );
             self.persist_super(true);
         }
     }

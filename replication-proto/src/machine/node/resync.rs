@@ -78,7 +78,7 @@ impl Node {
             s.last_refill = self.now;
             s.tokens = 0;
         }
-        tracing::info!(node = %self.cfg.node, ?role, bytes = total, "resync starts");
+        tracing::info!(?role, bytes = total, "resync starts");
         match role {
             SyncRole::Source => {
                 self.conn = ConnState::SyncSource;
@@ -345,7 +345,10 @@ impl Node {
         }
         let left = self.bitmap.count();
         if left > 0 {
-            tracing::warn!(node = %self.cfg.node, left, "target finished with blocks still marked here; they stay out of sync");
+            tracing::warn!(
+                left,
+                "target finished with blocks still marked here; they stay out of sync"
+            );
         }
         self.sync = None;
         self.conn = ConnState::Connected;
@@ -368,7 +371,7 @@ impl Node {
             p.disk = DiskState::UpToDate;
             p.hello.gens = self.gens;
         }
-        tracing::info!(node = %self.cfg.node, "resync finished as source");
+        tracing::info!("resync finished as source");
         self.send(Message::Uuids { gens: self.gens });
         if became_up_to_date {
             // The peer still counts this disk Consistent (from the Hello).
@@ -516,7 +519,7 @@ impl Node {
                 self.flags.set(MetaFlags::CRASHED_PRIMARY, false);
                 self.set_up_to_date();
                 self.persist_bitmap_all(None);
-                tracing::info!(node = %self.cfg.node, "resync finished as target: UpToDate");
+                tracing::info!("resync finished as target: UpToDate");
                 self.send(Message::SyncDone);
                 self.send(Message::State {
                     role: self.role,

@@ -62,7 +62,7 @@ impl Node {
         let Some(s) = self.sync.take() else { return };
         self.conn = ConnState::Connected;
         self.send(Message::SyncDone);
-        tracing::info!(node = %self.cfg.node, out_of_sync = s.found_oos, "verify finished");
+        tracing::info!(out_of_sync = s.found_oos, "verify finished");
         if s.found_oos > 0 {
             self.error(format!(
                 "verify found {} bytes out of sync{}",
