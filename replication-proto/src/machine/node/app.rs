@@ -124,6 +124,11 @@ impl Node {
     }
 
     pub(super) fn write_al_plan(&mut self, plan: AlPlan) {
+        // One transaction at a time: a plan is only made when none is staged.
+        debug_assert!(
+            self.al.plan.is_none() && self.al.stage_pending == 0,
+            "an activity-log transaction while another is staged"
+        );
         // Bits of extents leaving the log must be durable first: after a
         // crash only the extents in the log are resynced wholesale.
         let mut pending = 0;
@@ -157,6 +162,7 @@ impl Node {
 
     pub(super) fn emit_al(&mut self) {
         let Some(plan) = self.al.plan.as_ref() else {
+            debug_assert!(false, "activity-log stage done without a plan");
             return;
         };
         let (seq, extents) = (plan.seq, plan.extents.clone());
@@ -172,6 +178,7 @@ impl Node {
 
     pub(super) fn start_write(&mut self, id: u64) {
         let Some(AppReq::Write { span, queued, .. }) = self.app.get_mut(&id) else {
+            debug_assert!(false, "starting write {id}, which is not in flight");
             return;
         };
         *queued = false;
@@ -191,6 +198,7 @@ impl Node {
     /// application write, its replication: both leave in the same order).
     pub(super) fn issue_local(&mut self, token: u64) {
         let Some((span, op)) = self.ops.io.get(token).cloned() else {
+            debug_assert!(false, "issuing local op {token}, which is not queued");
             return;
         };
         let len = u32::try_from(span.len()).unwrap_or(MAX_IO);
@@ -205,6 +213,8 @@ impl Node {
                     ..
                 }) = self.app.get_mut(&id)
                 else {
+                    // A started write stays in `app` until it completes.
+                    debug_assert!(false, "issuing write {id}, which is not in flight");
                     return;
                 };
                 let (payload, fua, extents) = (payload.clone(), *fua, *extents);
@@ -286,6 +296,9 @@ impl Node {
                         payload,
                         fua,
                     });
+                } else {
+                    // Issued at once when nothing overlapped, parked otherwise.
+                    debug_assert!(false, "unblocked write {token} has no parked payload");
                 }
             }
         }
@@ -340,6 +353,11 @@ impl Node {
             return;
         };
         self.al.log.release(r.extents.first, r.extents.last);
+        // `pending_bytes` sums the spans in `pending` (both reset together).
+        debug_assert!(
+            self.repl.pending_bytes >= r.span.len(),
+            "pending bytes underflow"
+        );
         self.repl.pending_bytes = self.repl.pending_bytes.saturating_sub(r.span.len());
         self.process_al_wait();
         if ok {

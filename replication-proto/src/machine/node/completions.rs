@@ -86,6 +86,7 @@ impl Node {
         match op {
             MetaOp::Super { gate } => {
                 if gate {
+                    debug_assert!(self.al.super_gate > 0, "gating superblock not counted");
                     self.al.super_gate = self.al.super_gate.saturating_sub(1);
                     self.process_al_wait();
                 }
@@ -97,6 +98,7 @@ impl Node {
                 if let Some(ep) = sync_epoch {
                     if ep == self.link.epoch {
                         if let Some(s) = self.sync.as_mut() {
+                            debug_assert!(s.persist_pending > 0, "resync bitmap not counted");
                             s.persist_pending = s.persist_pending.saturating_sub(1);
                         }
                         self.pump_sync();
@@ -108,6 +110,7 @@ impl Node {
 
     /// One of the writes an activity-log transaction waits for landed.
     fn al_stage_done(&mut self) {
+        debug_assert!(self.al.stage_pending > 0, "activity-log stage not counted");
         self.al.stage_pending = self.al.stage_pending.saturating_sub(1);
         if self.al.stage_pending == 0 {
             self.emit_al();

@@ -259,7 +259,15 @@ impl Node {
     #[must_use]
     pub fn status(&self) -> Status {
         let (remaining, total) = match &self.sync {
-            Some(s) if s.verify => (self.cfg.data_bytes.saturating_sub(s.cursor), s.total_bytes),
+            Some(s) if s.verify => {
+                // Both sides keep the cursor inside the data (pump_verify,
+                // valid_range).
+                debug_assert!(
+                    s.cursor <= self.cfg.data_bytes,
+                    "verify cursor past the end"
+                );
+                (self.cfg.data_bytes.saturating_sub(s.cursor), s.total_bytes)
+            }
             Some(s) => (self.bitmap.count() * BM_BLOCK_SIZE, s.total_bytes),
             None => (0, 0),
         };

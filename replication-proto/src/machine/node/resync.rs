@@ -68,6 +68,7 @@ impl Node {
 
     pub(super) fn bitmap_exchanged(&mut self) {
         let Some(role) = self.sync.as_ref().map(|s| s.role) else {
+            debug_assert!(false, "bitmap exchange ended outside a resync");
             return;
         };
         let total = self.bitmap.count() * BM_BLOCK_SIZE;
@@ -187,6 +188,9 @@ impl Node {
                 return;
             };
             let offset = bit * BM_BLOCK_SIZE;
+            // The bitmap has one bit per block of the data: a marked block
+            // starts inside it.
+            debug_assert!(offset < data_bytes, "marked block at {offset} past the end");
             let len = (count * BM_BLOCK_SIZE).min(data_bytes.saturating_sub(offset));
             let span = Span::new(offset, len);
             if s.inflight.values().any(|x| x.overlaps(&span)) {
@@ -409,7 +413,7 @@ impl Node {
         result: Result<Option<Bytes>, i32>,
     ) {
         let len32 = u32::try_from(span.len()).unwrap_or(MAX_IO);
-        self.recv.unacked = self.recv.unacked.saturating_sub(1);
+        self.recv.answered(epoch, self.link.epoch);
         if epoch != self.link.epoch || !self.link.decided {
             return;
         }

@@ -107,7 +107,7 @@ impl Node {
         result: Result<Option<Bytes>, i32>,
     ) {
         self.recv.incomplete.remove(&recv_idx);
-        self.recv.unacked = self.recv.unacked.saturating_sub(1);
+        self.recv.answered(epoch, self.link.epoch);
         if epoch == self.link.epoch && self.link.decided {
             if result.is_ok() {
                 self.send(Message::WriteAck { seq });

@@ -383,6 +383,21 @@ pub(super) struct Receiving {
     pub(super) unacked: u64,
 }
 
+impl Receiving {
+    /// A request from the peer that arrived in `epoch` was answered (or
+    /// dropped); `current` is the connection's epoch now.
+    pub(super) fn answered(&mut self, epoch: u64, current: u64) {
+        // A lost connection zeroed the count and moved the epoch on: a
+        // request of an older connection no longer counts (decrementing
+        // for it undercounted the requests of the new one).
+        if epoch != current {
+            return;
+        }
+        debug_assert!(self.unacked > 0, "unacked underflow (epoch {epoch})");
+        self.unacked = self.unacked.saturating_sub(1);
+    }
+}
+
 /// A barrier from the peer: flush once every write that arrived before it
 /// (arrival index up to `after`) is on disk, then acknowledge.
 #[derive(Debug, Clone, Copy)]

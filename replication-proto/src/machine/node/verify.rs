@@ -193,7 +193,7 @@ impl Node {
         result: Result<Option<Bytes>, i32>,
     ) {
         let len32 = u32::try_from(span.len()).unwrap_or(MAX_IO);
-        self.recv.unacked = self.recv.unacked.saturating_sub(1);
+        self.recv.answered(epoch, self.link.epoch);
         if epoch != self.link.epoch {
             return;
         }
