@@ -91,6 +91,10 @@ pub enum Payload {
     Zeroes,
 }
 
+/// An input to [`crate::machine::Node::handle`]. The driver keeps the
+/// contract on [`crate::machine::Node`]: each token of an [`Action`] comes
+/// back once as `LocalDone` or `MetaDone`, metadata writes complete in the
+/// order issued, and `Tick` comes no later than `poll_timeout`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// The driver established a transport connection to the peer.
@@ -135,6 +139,11 @@ pub enum Hook {
     PriLostAfterSb,
 }
 
+/// An output of [`crate::machine::Node::poll_action`], to carry out in the
+/// order given: sends in order on the current connection, metadata writes
+/// applied in issue order (the node persists before it sends where that
+/// matters), data operations in any order (the node already ordered the
+/// overlapping ones).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Start connecting to the peer (and accepting from it) until told otherwise.

@@ -1,8 +1,16 @@
-//! One node of one resource: the replication state machine.
+//! One node of one resource: the replication state machine (sans-IO).
 //!
-//! Events go in through [`Node::handle`] and [`Node::admin`]; actions come out
-//! of [`Node::poll_action`]. `now` is whatever clock the caller keeps, in
-//! milliseconds (the simulator's, or the daemon's monotonic clock).
+//! Inputs go in through [`Node::handle`] (an [`Event`]) and [`Node::admin`]
+//! (an [`Admin`] command); outputs come out of [`Node::poll_action`]; the
+//! node says when it next needs time with [`Node::poll_timeout`]. See
+//! [`Node`] for the contract a driver keeps.
+//!
+//! The module is split along the node's seams: `state` (bookkeeping types
+//! and the named parts of the state), `output` (sends, metadata writes,
+//! errors), `suspend`, `admin` (commands and roles), `connection`,
+//! `handshake`, `resync`, `verify`, `app` (application I/O on the Primary
+//! and its replication), `secondary` (the peer's writes), `completions`
+//! (local operations finishing) and `timers`.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -45,7 +53,41 @@ mod verify;
 
 use state::*;
 
-/// The state machine of one node.
+/// The state machine of one node of one resource.
+///
+/// Like quinn-proto's `Connection` it does no I/O and reads no clock: the
+/// driver (repd's engine thread, the simulator, a test) feeds it and
+/// carries out what it asks for.
+///
+/// # Contract for drivers
+///
+/// - **Time only moves forward.** Every call takes `now`, a [`Millis`] on
+///   the driver's monotonic clock; the node keeps the largest it was given,
+///   so an earlier `now` is treated as the latest one seen.
+/// - **Ticks come no later than [`Node::poll_timeout`].** After each batch of
+///   inputs, drain [`Node::poll_action`] and ask `poll_timeout` again; deliver
+///   [`Event::Tick`] at or before the instant it returns (earlier is
+///   harmless). `None` means no timer is armed.
+/// - **Sends go out in order.** [`Action::Send`]s are frames for the current
+///   connection, written in the order given (the peer applies replicated
+///   writes in wire order). Frames issued before a `CloseConnection` or a
+///   `TransportDown` belong to that connection and are not carried over to
+///   the next one, which starts with this node's Hello.
+/// - **Metadata writes land in issue order.** [`Action::WriteSuper`],
+///   [`Action::WriteAl`] and [`Action::WriteBitmap`] are applied one after
+///   the other, in the order issued, and each is answered with
+///   [`Event::MetaDone`]. The node relies on it to persist before it sends
+///   or acknowledges (a new generation before writes made alone, a
+///   resync's bitmap before its first block, the superblock dropping
+///   `UNACKED_GEN` before held acknowledgements go out).
+/// - **Every token is answered once.** `LocalRead`/`LocalWrite`/`LocalFlush`
+///   with [`Event::LocalDone`], metadata writes with [`Event::MetaDone`],
+///   in any order among data operations (the node orders overlapping ones
+///   itself, [`crate::machine::io`]).
+/// - **Every application request is completed once**, by
+///   [`Action::Complete`] with the id the application gave.
+/// - **Logging**: the node logs without naming itself; the driver enters a
+///   span naming the node around its calls.
 #[derive(Debug)]
 pub struct Node {
     cfg: NodeConfig,
