@@ -223,28 +223,7 @@ impl Node {
             if !force {
                 return Err(AdminError::NotUpToDate { disk: self.disk });
             }
-            // Forced: this node's data becomes a new generation everybody
-            // syncs from, in full.
-            if self.gens.current != UUID_JUST_CREATED {
-                self.gens.history = [self.gens.current, self.gens.history[0]];
-            }
-            self.gens.current = self.new_uuid();
-            self.gens.bitmap = 0;
-            self.flags.set(MetaFlags::CONSISTENT, true);
-            self.flags.set(MetaFlags::WAS_UP_TO_DATE, true);
-            self.flags.set(MetaFlags::CRASHED_PRIMARY, false);
-            self.disk = DiskState::UpToDate;
-            self.bitmap.set_all();
-            self.persist_bitmap_all(None);
-            start_full_sync = self.conn == ConnState::Connected;
-            if self.connected_states() && !start_full_sync {
-                // Mid-handshake or mid-sync: start over with the new generation.
-                self.fail_connection(
-                    DisconnectReason::Admin,
-                    "primary --force changed the data generation".into(),
-                    false,
-                );
-            }
+            start_full_sync = self.force_new_generation();
         }
         self.role = Role::Primary;
         self.flags.set(MetaFlags::PRIMARY_IND, true);
@@ -275,6 +254,33 @@ impl Node {
             self.start_sync(SyncRole::Source, true);
         }
         Ok(())
+    }
+
+    /// `primary --force` without UpToDate data: this node's data becomes a
+    /// new generation everybody syncs from, in full. Returns whether that
+    /// full sync starts now (connected and idle).
+    fn force_new_generation(&mut self) -> bool {
+        if self.gens.current != UUID_JUST_CREATED {
+            self.gens.history = [self.gens.current, self.gens.history[0]];
+        }
+        self.gens.current = self.new_uuid();
+        self.gens.bitmap = 0;
+        self.flags.set(MetaFlags::CONSISTENT, true);
+        self.flags.set(MetaFlags::WAS_UP_TO_DATE, true);
+        self.flags.set(MetaFlags::CRASHED_PRIMARY, false);
+        self.disk = DiskState::UpToDate;
+        self.bitmap.set_all();
+        self.persist_bitmap_all(None);
+        let start_full_sync = self.conn == ConnState::Connected;
+        if self.connected_states() && !start_full_sync {
+            // Mid-handshake or mid-sync: start over with the new generation.
+            self.fail_connection(
+                DisconnectReason::Admin,
+                "primary --force changed the data generation".into(),
+                false,
+            );
+        }
+        start_full_sync
     }
 
     pub(super) fn demote(&mut self) -> Result<(), AdminError> {

@@ -203,72 +203,7 @@ impl Node {
         };
         let len = u32::try_from(span.len()).unwrap_or(MAX_IO);
         match op {
-            LocalOp::AppWrite { id } => {
-                let replicate = self.replicating();
-                let Some(AppReq::Write {
-                    payload,
-                    fua,
-                    peer,
-                    extents,
-                    ..
-                }) = self.app.get_mut(&id)
-                else {
-                    // A started write stays in `app` until it completes.
-                    debug_assert!(false, "issuing write {id}, which is not in flight");
-                    return;
-                };
-                let (payload, fua, extents) = (payload.clone(), *fua, *extents);
-                if replicate {
-                    let seq = self.repl.next_seq;
-                    self.repl.next_seq += 1;
-                    let need_write_ack = fua || self.cfg.protocol == Protocol::C;
-                    *peer = if self.cfg.protocol == Protocol::A && !need_write_ack {
-                        PeerWait::Done
-                    } else {
-                        PeerWait::Sent {
-                            seq,
-                            need_write_ack,
-                        }
-                    };
-                    let (flags, data) = match &payload {
-                        Payload::Data(d) => (0, d.clone()),
-                        Payload::Trim => (data_flags::TRIM, Bytes::new()),
-                        Payload::Zeroes => (data_flags::ZEROES, Bytes::new()),
-                    };
-                    let flags = flags | if fua { data_flags::FUA } else { 0 };
-                    self.al.log.add_ref(extents.first, extents.last);
-                    self.repl.pending_bytes += span.len();
-                    self.repl.pending.insert(
-                        seq,
-                        PeerReq {
-                            app_id: Some(id),
-                            span,
-                            extents,
-                            sent_at: self.now,
-                            recv_acked: false,
-                        },
-                    );
-                    self.repl.last_data_sent = self.now;
-                    self.send(Message::Data {
-                        seq,
-                        offset: span.start,
-                        len,
-                        flags,
-                        data,
-                    });
-                } else {
-                    *peer = PeerWait::None;
-                    self.bitmap.set_range(span.start, span.len());
-                }
-                self.stats.written_bytes += span.len();
-                self.actions.push_back(Action::LocalWrite {
-                    token,
-                    offset: span.start,
-                    len,
-                    payload,
-                    fua,
-                });
-            }
+            LocalOp::AppWrite { id } => self.issue_app_write(token, id, span, len),
             LocalOp::AppRead { .. }
             | LocalOp::ResyncRead { .. }
             | LocalOp::CsumRead { .. }
@@ -281,27 +216,117 @@ impl Node {
                 });
             }
             LocalOp::PeerWrite { .. } | LocalOp::ResyncWrite { .. } => {
-                if let Some(ParkedWrite {
-                    offset,
-                    len,
-                    payload,
-                    fua,
-                }) = self.ops.parked.remove(&token)
-                {
-                    self.stats.written_bytes += u64::from(len);
-                    self.actions.push_back(Action::LocalWrite {
-                        token,
-                        offset,
-                        len,
-                        payload,
-                        fua,
-                    });
-                } else {
-                    // Issued at once when nothing overlapped, parked otherwise.
-                    debug_assert!(false, "unblocked write {token} has no parked payload");
-                }
+                self.issue_parked_write(token);
             }
         }
+    }
+
+    /// An application write starts: to the peer (or into the bitmap when
+    /// not replicating), then to the local disk.
+    fn issue_app_write(&mut self, token: u64, id: u64, span: Span, len: u32) {
+        let Some(AppReq::Write {
+            payload,
+            fua,
+            extents,
+            ..
+        }) = self.app.get(&id)
+        else {
+            // A started write stays in `app` until it completes.
+            debug_assert!(false, "issuing write {id}, which is not in flight");
+            return;
+        };
+        let (payload, fua, extents) = (payload.clone(), *fua, *extents);
+        let wait = if self.replicating() {
+            self.replicate_write(id, span, len, &payload, fua, extents)
+        } else {
+            self.bitmap.set_range(span.start, span.len());
+            PeerWait::None
+        };
+        if let Some(AppReq::Write { peer, .. }) = self.app.get_mut(&id) {
+            *peer = wait;
+        }
+        self.stats.written_bytes += span.len();
+        self.actions.push_back(Action::LocalWrite {
+            token,
+            offset: span.start,
+            len,
+            payload,
+            fua,
+        });
+    }
+
+    /// Send application write `id` to the peer; returns what its
+    /// completion waits for from the peer.
+    fn replicate_write(
+        &mut self,
+        id: u64,
+        span: Span,
+        len: u32,
+        payload: &Payload,
+        fua: bool,
+        extents: Extents,
+    ) -> PeerWait {
+        let seq = self.repl.next_seq;
+        self.repl.next_seq += 1;
+        let need_write_ack = fua || self.cfg.protocol == Protocol::C;
+        let wait = if self.cfg.protocol == Protocol::A && !need_write_ack {
+            PeerWait::Done
+        } else {
+            PeerWait::Sent {
+                seq,
+                need_write_ack,
+            }
+        };
+        let (flags, data) = match payload {
+            Payload::Data(d) => (0, d.clone()),
+            Payload::Trim => (data_flags::TRIM, Bytes::new()),
+            Payload::Zeroes => (data_flags::ZEROES, Bytes::new()),
+        };
+        let flags = flags | if fua { data_flags::FUA } else { 0 };
+        self.al.log.add_ref(extents.first, extents.last);
+        self.repl.pending_bytes += span.len();
+        self.repl.pending.insert(
+            seq,
+            PeerReq {
+                app_id: Some(id),
+                span,
+                extents,
+                sent_at: self.now,
+                recv_acked: false,
+            },
+        );
+        self.repl.last_data_sent = self.now;
+        self.send(Message::Data {
+            seq,
+            offset: span.start,
+            len,
+            flags,
+            data,
+        });
+        wait
+    }
+
+    /// A peer or resync write that waited for an overlapping one starts.
+    fn issue_parked_write(&mut self, token: u64) {
+        let Some(ParkedWrite {
+            offset,
+            len,
+            payload,
+            fua,
+        }) = self.ops.parked.remove(&token)
+        else {
+            // Issued at once when nothing overlapped, parked otherwise.
+            debug_assert!(false, "unblocked write {token} has no parked payload");
+            return;
+        };
+        self.stats.written_bytes += u64::from(len);
+        self.actions.push_back(Action::LocalWrite {
+            token,
+            offset,
+            len,
+            payload,
+            fua,
+        });
     }
 
     pub(super) fn try_complete_write(&mut self, id: u64) {

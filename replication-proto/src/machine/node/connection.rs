@@ -89,31 +89,7 @@ impl Node {
         }
         self.link.peer = None;
         self.link.ping_sent = None;
-        // Replicated writes the peer did not confirm, and confirmed ones it
-        // may not have flushed.
-        let pending = std::mem::take(&mut self.repl.pending);
-        self.repl.pending_bytes = 0;
-        for (_, r) in pending {
-            self.bitmap.set_range(r.span.start, r.span.len());
-            self.al.log.release(r.extents.first, r.extents.last);
-            if let Some(id) = r.app_id {
-                if let Some(AppReq::Write { peer, .. }) = self.app.get_mut(&id) {
-                    *peer = PeerWait::Done;
-                }
-                self.try_complete_write(id);
-            }
-        }
-        for u in std::mem::take(&mut self.repl.unflushed) {
-            self.bitmap.set_range(u.span.start, u.span.len());
-        }
-        for b in std::mem::take(&mut self.repl.barriers).into_values() {
-            if let Some(id) = b.app {
-                if let Some(AppReq::Flush { peer_done, .. }) = self.app.get_mut(&id) {
-                    *peer_done = true;
-                }
-                self.try_complete_flush(id);
-            }
-        }
+        self.forget_peer_writes();
         self.recv.barriers.clear();
         self.recv.unacked = 0;
         if let Some(s) = self.sync.take() {
@@ -141,6 +117,35 @@ impl Node {
         // Writes that waited for extents the peer held may go now (after the
         // new generation, if any, is durable: the gate holds them till then).
         self.process_al_wait();
+    }
+
+    /// The peer is gone: replicated writes it did not confirm, and confirmed
+    /// ones it may not have flushed, go into the bitmap; the requests that
+    /// waited for it complete without it.
+    fn forget_peer_writes(&mut self) {
+        let pending = std::mem::take(&mut self.repl.pending);
+        self.repl.pending_bytes = 0;
+        for (_, r) in pending {
+            self.bitmap.set_range(r.span.start, r.span.len());
+            self.al.log.release(r.extents.first, r.extents.last);
+            if let Some(id) = r.app_id {
+                if let Some(AppReq::Write { peer, .. }) = self.app.get_mut(&id) {
+                    *peer = PeerWait::Done;
+                }
+                self.try_complete_write(id);
+            }
+        }
+        for u in std::mem::take(&mut self.repl.unflushed) {
+            self.bitmap.set_range(u.span.start, u.span.len());
+        }
+        for b in std::mem::take(&mut self.repl.barriers).into_values() {
+            if let Some(id) = b.app {
+                if let Some(AppReq::Flush { peer_done, .. }) = self.app.get_mut(&id) {
+                    *peer_done = true;
+                }
+                self.try_complete_flush(id);
+            }
+        }
     }
 
     /// A frame on the current connection: a Disconnect ends it in any
