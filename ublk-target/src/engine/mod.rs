@@ -537,15 +537,15 @@ pub fn start(
     };
     if cfg.startup.resume_after_crash == ResumeAfterCrash::Always && crashed_primary {
         // Before the first connection, so that the handshake decides it.
-        let now = runner.now();
-        if let Err(e) = runner.node.admin(Millis(now), Admin::ResumeAfterCrash) {
+        let now = Millis(runner.now());
+        if let Err(e) = runner.node.admin(now, Admin::ResumeAfterCrash) {
             tracing::warn!("resume-after-crash = \"always\": {e}");
         }
     }
     if opts.connect {
-        let now = runner.now();
+        let now = Millis(runner.now());
         if let Err(e) = runner.node.admin(
-            Millis(now),
+            now,
             Admin::Connect {
                 discard_my_data: false,
             },
@@ -617,8 +617,8 @@ impl Runner {
                     Err(TryRecvError::Disconnected) => break 'run,
                 }
             }
-            let now = self.now();
-            self.node.handle(Millis(now), Event::Tick);
+            let now = Millis(self.now());
+            self.node.handle(now, Event::Tick);
             self.drain();
             self.retry_forced_down();
             if self.node.is_down() {
@@ -682,11 +682,11 @@ impl Runner {
     /// this turn's budget allows.
     fn receive_from_peer(&mut self) {
         let mut budget = peer::RxBudget::per_turn();
-        let now = self.now();
+        let now = Millis(self.now());
         loop {
             match self.peer.receive(&mut budget, &mut self.disk) {
                 peer::Received::Frame(msg) => {
-                    self.node.handle(Millis(now), Event::Frame(msg));
+                    self.node.handle(now, Event::Frame(msg));
                     self.drain();
                 }
                 peer::Received::Idle => break,
@@ -702,9 +702,9 @@ impl Runner {
     /// come, even while the data connection is not read.
     fn receive_ping(&mut self) {
         let msgs = self.peer.receive_ping();
-        let now = self.now();
+        let now = Millis(self.now());
         for m in msgs {
-            self.node.handle(Millis(now), Event::Frame(m));
+            self.node.handle(now, Event::Frame(m));
         }
         self.drain();
     }
@@ -717,8 +717,8 @@ impl Runner {
             self.node.note_link_error(why);
         }
         self.peer.close();
-        let now = self.now();
-        self.node.handle(Millis(now), Event::TransportDown);
+        let now = Millis(self.now());
+        self.node.handle(now, Event::TransportDown);
         self.drain();
     }
 
@@ -743,7 +743,7 @@ impl Runner {
     }
 
     fn input(&mut self, input: Input) {
-        let now = self.now();
+        let now = Millis(self.now());
         match input {
             Input::App { req, reply } => {
                 let id = self.next_app;
@@ -777,14 +777,14 @@ impl Runner {
                         fua,
                     },
                 };
-                self.node.handle(Millis(now), ev);
+                self.node.handle(now, ev);
             }
-            Input::MetaDone { token, result } => self
-                .node
-                .handle(Millis(now), Event::MetaDone { token, result }),
+            Input::MetaDone { token, result } => {
+                self.node.handle(now, Event::MetaDone { token, result })
+            }
             Input::PeerStream { stream, outbound } => {
                 if self.peer.adopt(stream, outbound) {
-                    self.node.handle(Millis(now), Event::TransportUp);
+                    self.node.handle(now, Event::TransportUp);
                 }
             }
             Input::PingStream { stream, for_conn } => {
@@ -796,11 +796,11 @@ impl Runner {
     }
 
     fn disk_done(&mut self, token: u64, result: IoResult) {
-        let now = self.now();
+        let now = Millis(self.now());
         if let Some((flushed, orig)) = self.fua_zeroes.remove(&token) {
             if flushed || result.is_err() {
                 self.node.handle(
-                    Millis(now),
+                    now,
                     Event::LocalDone {
                         token: orig,
                         result,
@@ -812,14 +812,13 @@ impl Runner {
                 self.disk.submit(t, DiskOp::Flush);
             }
         } else {
-            self.node
-                .handle(Millis(now), Event::LocalDone { token, result });
+            self.node.handle(now, Event::LocalDone { token, result });
         }
         self.drain();
     }
 
     fn control(&mut self, cmd: ControlCmd, reply: Sender<ControlReply>) {
-        let now = self.now();
+        let now = Millis(self.now());
         let admin = match &cmd {
             ControlCmd::Status => None,
             ControlCmd::Primary { force } => Some(Admin::Primary { force: *force }),
@@ -901,7 +900,7 @@ impl Runner {
             None => Ok(()),
             Some(a) => {
                 tracing::info!(command = ?a, "admin");
-                self.node.admin(Millis(now), a).map_err(|e| e.to_string())
+                self.node.admin(now, a).map_err(|e| e.to_string())
             }
         };
         self.drain();
@@ -988,8 +987,8 @@ impl Runner {
             return;
         };
         let deadline = *deadline;
-        let now = self.now();
-        let result = self.node.admin(Millis(now), Admin::Down);
+        let now = Millis(self.now());
+        let result = self.node.admin(now, Admin::Down);
         if result.is_err() && Instant::now() < deadline {
             return;
         }
