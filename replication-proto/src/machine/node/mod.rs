@@ -152,36 +152,8 @@ impl Node {
             flags.has(MetaFlags::PRIMARY_IND) && !flags.has(MetaFlags::CONNECTED_IND);
         let mut bitmap = Bitmap::from_words(cfg.data_bytes, &p.bitmap);
         let resume = Resume::at_start(flags, p.gens.current);
-        // Found Primary at start: the last run crashed while Primary. Every
-        // extent in its activity log may differ from the peer.
-        if flags.has(MetaFlags::PRIMARY_IND) || flags.has(MetaFlags::CRASHED_PRIMARY) {
-            if flags.has(MetaFlags::PRIMARY_IND) {
-                tracing::warn!(
-                    extents = p.al_extents.len(),
-                    "crashed while Primary: resyncing the activity log"
-                );
-            }
-            flags.set(MetaFlags::CRASHED_PRIMARY, true);
-            for &e in &p.al_extents {
-                bitmap.set_extent(e);
-            }
-        }
-        flags.set(MetaFlags::PRIMARY_IND, false);
-        flags.set(MetaFlags::AL_CLEAN, false);
-        let disk = if flags.has(MetaFlags::CONSISTENT) {
-            if flags.has(MetaFlags::CRASHED_PRIMARY) {
-                // Consistent, but its volatile cache may have lost writes the
-                // peer acknowledged: not UpToDate until the activity log is
-                // resynced from the peer (or an admin forces it).
-                DiskState::Consistent
-            } else if flags.has(MetaFlags::WAS_UP_TO_DATE) {
-                DiskState::UpToDate
-            } else {
-                DiskState::Outdated
-            }
-        } else {
-            DiskState::Inconsistent
-        };
+        recover_after_crash(&mut flags, &mut bitmap, &p.al_extents);
+        let disk = disk_at_start(flags);
         let al = ActivityLog::new(cfg.al_extents, p.al_seq, &p.al_extents);
         let mut n = Self {
             rng: ChaCha8Rng::seed_from_u64(seed),
@@ -438,5 +410,43 @@ impl Node {
     /// failed its checksum, say) as the node's last error, for status.
     pub fn note_link_error(&mut self, msg: &str) {
         self.error(format!("connection dropped: {msg}"));
+    }
+}
+
+/// Found Primary at start: the last run crashed while Primary. Every
+/// extent in its activity log may differ from the peer. The run's role
+/// and a clean AL are history either way.
+fn recover_after_crash(flags: &mut MetaFlags, bitmap: &mut Bitmap, al_extents: &[u32]) {
+    if flags.has(MetaFlags::PRIMARY_IND) || flags.has(MetaFlags::CRASHED_PRIMARY) {
+        if flags.has(MetaFlags::PRIMARY_IND) {
+            tracing::warn!(
+                extents = al_extents.len(),
+                "crashed while Primary: resyncing the activity log"
+            );
+        }
+        flags.set(MetaFlags::CRASHED_PRIMARY, true);
+        for &e in al_extents {
+            bitmap.set_extent(e);
+        }
+    }
+    flags.set(MetaFlags::PRIMARY_IND, false);
+    flags.set(MetaFlags::AL_CLEAN, false);
+}
+
+/// The disk state the flags found at start stand for.
+fn disk_at_start(flags: MetaFlags) -> DiskState {
+    if flags.has(MetaFlags::CONSISTENT) {
+        if flags.has(MetaFlags::CRASHED_PRIMARY) {
+            // Consistent, but its volatile cache may have lost writes the
+            // peer acknowledged: not UpToDate until the activity log is
+            // resynced from the peer (or an admin forces it).
+            DiskState::Consistent
+        } else if flags.has(MetaFlags::WAS_UP_TO_DATE) {
+            DiskState::UpToDate
+        } else {
+            DiskState::Outdated
+        }
+    } else {
+        DiskState::Inconsistent
     }
 }

@@ -42,7 +42,6 @@ impl Node {
     }
 
     pub(super) fn on_bitmap(&mut self, m: &Message) {
-        let nbits = self.bitmap.nbits();
         let Some(s) = self.sync.as_mut() else {
             self.protocol_error("bitmap outside a resync");
             return;
@@ -60,7 +59,6 @@ impl Node {
             Ok(Progress::More) => self.bitmap.or_words(&words),
             Ok(Progress::Done { .. }) => {
                 self.bitmap.or_words(&words);
-                let _ = nbits;
                 self.bitmap_exchanged();
             }
         }
