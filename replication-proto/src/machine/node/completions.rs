@@ -98,8 +98,7 @@ impl Node {
                 if let Some(ep) = sync_epoch {
                     if ep == self.link.epoch {
                         if let Some(s) = self.sync.as_mut() {
-                            debug_assert!(s.persist_pending > 0, "resync bitmap not counted");
-                            s.persist_pending = s.persist_pending.saturating_sub(1);
+                            s.persisted_one();
                         }
                         self.pump_sync();
                     }

@@ -342,7 +342,7 @@ impl Node {
                 at(self.repl.last_data_sent + self.cfg.ping_int_ms);
             }
             if let Some(s) = &self.sync {
-                if s.persist_pending == 0 && self.cfg.resync_rate != 0 {
+                if !matches!(s.phase, SyncPhase::Persisting { .. }) && self.cfg.resync_rate != 0 {
                     at(self.now + 10);
                 }
             }

@@ -36,7 +36,7 @@ impl Node {
             self.send(m);
         }
         self.sync = Some(Sync {
-            receiver: Some(BitmapReceiver::new(nbits)),
+            phase: SyncPhase::Exchanging(BitmapReceiver::new(nbits)),
             ..Sync::new(role, false, self.link.epoch, self.now, 0, false)
         });
     }
@@ -46,7 +46,7 @@ impl Node {
             self.protocol_error("bitmap outside a resync");
             return;
         };
-        let Some(rx) = s.receiver.as_mut() else {
+        let SyncPhase::Exchanging(rx) = &mut s.phase else {
             self.protocol_error("bitmap after the exchange ended");
             return;
         };
@@ -72,7 +72,7 @@ impl Node {
         let total = self.bitmap.count() * BM_BLOCK_SIZE;
         let epoch = self.link.epoch;
         if let Some(s) = self.sync.as_mut() {
-            s.receiver = None;
+            s.phase = SyncPhase::Running;
             s.total_bytes = total;
             s.last_refill = self.now;
             s.tokens = 0;
@@ -118,7 +118,7 @@ impl Node {
                 }
                 self.gens.bitmap = 0;
                 if let Some(s) = self.sync.as_mut() {
-                    s.persist_pending = 1;
+                    s.phase = SyncPhase::Persisting { pending: 1 };
                 }
                 let token = self.token();
                 self.ops.flush.insert(token, FlushOp::SyncStart { epoch });
@@ -159,12 +159,7 @@ impl Node {
                 .is_some_and(|p| p.hello.features & crate::wire::features::CSUM_RESYNC != 0);
         loop {
             let Some(s) = self.sync.as_mut() else { return };
-            if s.verify
-                || s.role != SyncRole::Target
-                || s.receiver.is_some()
-                || s.persist_pending > 0
-                || s.finishing
-            {
+            if s.verify || s.role != SyncRole::Target || !matches!(s.phase, SyncPhase::Running) {
                 return;
             }
             if !s.window.open(s.inflight.len()) {
@@ -220,10 +215,10 @@ impl Node {
     pub(super) fn finish_target(&mut self) {
         let epoch = self.link.epoch;
         if let Some(s) = self.sync.as_mut() {
-            if s.finishing {
+            if matches!(s.phase, SyncPhase::Finishing) {
                 return;
             }
-            s.finishing = true;
+            s.phase = SyncPhase::Finishing;
         }
         let token = self.token();
         self.ops.flush.insert(token, FlushOp::SyncDone { epoch });

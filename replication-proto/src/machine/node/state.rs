@@ -138,14 +138,28 @@ pub(super) enum SyncRole {
     Target,
 }
 
+/// Where a resync or verify stands; each phase carries its own data.
+#[derive(Debug)]
+pub(super) enum SyncPhase {
+    /// Resync: the bitmaps are being exchanged (the peer's is coming in).
+    Exchanging(BitmapReceiver),
+    /// Target: metadata writes (the resync's bitmap) to land before the
+    /// first request: a crash mid-sync must resume, never pass for
+    /// consistent.
+    Persisting { pending: u32 },
+    /// Requests flow (verify starts here).
+    Running,
+    /// Target: every block is here; SyncDone's flush is under way.
+    Finishing,
+}
+
+/// A resync or verify with the peer, on the connection of `epoch`.
 #[derive(Debug)]
 pub(super) struct Sync {
     pub(super) role: SyncRole,
     pub(super) verify: bool,
     pub(super) epoch: u64,
-    pub(super) receiver: Option<BitmapReceiver>,
-    /// Metadata writes to finish before the target may ask for data.
-    pub(super) persist_pending: u32,
+    pub(super) phase: SyncPhase,
     pub(super) cursor: u64,
     pub(super) inflight: HashMap<u64, Span>,
     /// Target, resync: how many requests may be in flight (verify keeps
@@ -155,8 +169,6 @@ pub(super) struct Sync {
     pub(super) total_bytes: u64,
     pub(super) tokens: u64,
     pub(super) last_refill: Millis,
-    /// Target: SyncDone sent, waiting for the source's UUIDs.
-    pub(super) finishing: bool,
     pub(super) repair: bool,
     pub(super) found_oos: u64,
 }
@@ -174,8 +186,7 @@ impl Sync {
             role,
             verify,
             epoch,
-            receiver: None,
-            persist_pending: 0,
+            phase: SyncPhase::Running,
             cursor: 0,
             inflight: HashMap::new(),
             window: SyncWindow::new(now),
@@ -183,9 +194,17 @@ impl Sync {
             total_bytes,
             tokens: 0,
             last_refill: now,
-            finishing: false,
             repair,
             found_oos: 0,
+        }
+    }
+
+    /// Target: one of the metadata writes before the first request landed.
+    pub(super) fn persisted_one(&mut self) {
+        match &mut self.phase {
+            SyncPhase::Persisting { pending } if *pending > 1 => *pending -= 1,
+            SyncPhase::Persisting { .. } => self.phase = SyncPhase::Running,
+            _ => debug_assert!(false, "resync bitmap not counted"),
         }
     }
 }

@@ -31,7 +31,7 @@ impl Node {
         let data_bytes = self.cfg.data_bytes;
         loop {
             let Some(s) = self.sync.as_mut() else { return };
-            if !s.verify || s.role != SyncRole::Source || s.finishing {
+            if !s.verify || s.role != SyncRole::Source || matches!(s.phase, SyncPhase::Finishing) {
                 return;
             }
             if s.cursor >= data_bytes {
