@@ -16,6 +16,7 @@ use replication_proto::machine::{
     errno, Action, Admin, ConnState, Event, Node, NodeConfig, Payload, Persisted, SplitBrainPolicy,
 };
 use replication_proto::meta::MetaFlags;
+use replication_proto::time::Millis;
 use replication_proto::wire::{features, DiskState, Message, Protocol, Role};
 
 const SIZE: u64 = 8 << 20;
@@ -34,7 +35,7 @@ struct Side {
 struct Pair {
     s: [Side; 2],
     q: [VecDeque<Message>; 2],
-    now: u64,
+    now: Millis,
     /// Frames from side i are dropped while true (a silent peer).
     mute: [bool; 2],
 }
@@ -72,7 +73,7 @@ fn fresh() -> Persisted {
 impl Pair {
     fn new(a: NodeConfig, b: NodeConfig) -> Self {
         let mk = |c: NodeConfig, seed| Side {
-            node: Node::new(c, fresh(), 0, seed),
+            node: Node::new(c, fresh(), Millis::ZERO, seed),
             disk: HashMap::new(),
             done: HashMap::new(),
             connected: false,
@@ -83,7 +84,7 @@ impl Pair {
         Self {
             s: [mk(a, 1), mk(b, 2)],
             q: [VecDeque::new(), VecDeque::new()],
-            now: 0,
+            now: Millis::ZERO,
             mute: [false; 2],
         }
     }
@@ -377,7 +378,7 @@ fn secondary_refuses_io() {
     p.up_and_synced();
     assert_eq!(p.write(1, 7, 0, 1, 4096), Err(errno::EROFS));
     p.s[1].node.handle(
-        0,
+        Millis::ZERO,
         Event::AppRead {
             id: 8,
             offset: 0,
@@ -757,8 +758,8 @@ fn a_primary_that_crashed_while_resyncing_its_peer_finishes_that_resync_as_sourc
     b.gens = gens;
     b.bitmap[0] = 0xff;
     let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
-    p.s[0].node = Node::new(cfg("alpha", "beta"), a, 0, 1);
-    p.s[1].node = Node::new(cfg("beta", "alpha"), b, 0, 2);
+    p.s[0].node = Node::new(cfg("alpha", "beta"), a, Millis::ZERO, 1);
+    p.s[1].node = Node::new(cfg("beta", "alpha"), b, Millis::ZERO, 2);
     assert_eq!(p.s[0].node.disk(), DiskState::Consistent);
     assert_eq!(p.s[1].node.disk(), DiskState::Inconsistent);
     for blk in [3u64, 500] {
@@ -969,7 +970,7 @@ fn a_resumed_frozen_primary_acknowledges_only_after_the_resume_is_durable() {
         flags: MetaFlags(MetaFlags::CONSISTENT | MetaFlags::WAS_UP_TO_DATE),
         ..fresh()
     };
-    let mut n = Node::new(cfg("alpha", "beta"), persisted, 0, 1);
+    let mut n = Node::new(cfg("alpha", "beta"), persisted, Millis::ZERO, 1);
     // Every action so far, with metadata writes answered at once.
     let run = |n: &mut Node, answer_meta: bool| -> Vec<Action> {
         let mut seen = Vec::new();
@@ -981,7 +982,7 @@ fn a_resumed_frozen_primary_acknowledges_only_after_the_resume_is_durable() {
                     if answer_meta =>
                 {
                     n.handle(
-                        0,
+                        Millis::ZERO,
                         Event::MetaDone {
                             token: *token,
                             result: Ok(()),
@@ -989,7 +990,7 @@ fn a_resumed_frozen_primary_acknowledges_only_after_the_resume_is_durable() {
                     );
                 }
                 Action::LocalWrite { token, .. } => n.handle(
-                    0,
+                    Millis::ZERO,
                     Event::LocalDone {
                         token: *token,
                         result: Ok(None),
@@ -1001,8 +1002,10 @@ fn a_resumed_frozen_primary_acknowledges_only_after_the_resume_is_durable() {
         }
         seen
     };
-    n.admin(0, Admin::FreezeOnDisconnect { on: true }).unwrap();
-    n.admin(0, Admin::Primary { force: false }).unwrap();
+    n.admin(Millis::ZERO, Admin::FreezeOnDisconnect { on: true })
+        .unwrap();
+    n.admin(Millis::ZERO, Admin::Primary { force: false })
+        .unwrap();
     run(&mut n, true);
     // Promoted alone, armed: frozen, in a new generation marked as holding
     // no acknowledged write.
@@ -1010,7 +1013,7 @@ fn a_resumed_frozen_primary_acknowledges_only_after_the_resume_is_durable() {
     assert_ne!(n.gens().current, 0x1234);
     assert!(n.flags().has(MetaFlags::UNACKED_GEN));
     n.handle(
-        0,
+        Millis::ZERO,
         Event::AppWrite {
             id: 7,
             offset: 0,
@@ -1023,7 +1026,7 @@ fn a_resumed_frozen_primary_acknowledges_only_after_the_resume_is_durable() {
         run(&mut n, true).is_empty(),
         "a held write reached the disk"
     );
-    n.admin(0, Admin::ResumeIo).unwrap();
+    n.admin(Millis::ZERO, Admin::ResumeIo).unwrap();
     let acts = run(&mut n, false);
     let supers: Vec<_> = acts
         .iter()
@@ -1042,7 +1045,7 @@ fn a_resumed_frozen_primary_acknowledges_only_after_the_resume_is_durable() {
     );
     assert!(n.status().suspended.is_some());
     n.handle(
-        0,
+        Millis::ZERO,
         Event::MetaDone {
             token: supers[0].0,
             result: Ok(()),
@@ -1080,8 +1083,8 @@ fn crashed_primary_pair(beta_promoted: bool) -> Pair {
     b.gens = gens;
     b.flags = MetaFlags(MetaFlags::CONSISTENT | MetaFlags::WAS_UP_TO_DATE);
     let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
-    p.s[0].node = Node::new(cfg("alpha", "beta"), a, 0, 1);
-    p.s[1].node = Node::new(cfg("beta", "alpha"), b, 0, 2);
+    p.s[0].node = Node::new(cfg("alpha", "beta"), a, Millis::ZERO, 1);
+    p.s[1].node = Node::new(cfg("beta", "alpha"), b, Millis::ZERO, 2);
     // What alpha wrote before it died, and beta too (protocol C).
     for i in 0..2 {
         p.s[i].disk.insert(3, Bytes::from(vec![0xab; 4096]));

@@ -86,8 +86,13 @@ impl ActivityLog {
 
     pub fn release(&mut self, first: u32, last: u32) {
         for e in first..=last {
+            debug_assert!(
+                self.refs.contains_key(&e),
+                "release of unreferenced extent {e}"
+            );
             if let Some(r) = self.refs.get_mut(&e) {
-                *r = r.saturating_sub(1);
+                // Entries are removed at zero, so a present count is >= 1.
+                *r -= 1;
                 if *r == 0 {
                     self.refs.remove(&e);
                 }
@@ -118,6 +123,8 @@ impl ActivityLog {
             .map(|(&e, &t)| (t, e))
             .collect();
         idle.sort_unstable();
+        // Clamps legitimately: the log found at start may hold more extents
+        // than a smaller `al-extents` configured since.
         let free = self.capacity.saturating_sub(self.active.len());
         let mut evicted = Vec::new();
         let mut adding = Vec::new();

@@ -1,4 +1,14 @@
 //! The sans-IO replication state machine.
+//!
+//! - `node`: the [`Node`] (one node of one resource) and its contract.
+//! - [`types`]: what goes in and out ([`Event`], [`Action`], [`Admin`],
+//!   [`AdminError`], [`Status`]).
+//! - [`decide`]: the sync decision after a handshake (generations, split
+//!   brain policies), a pure function.
+//! - `resume`: resuming the Primary role after a crash of the daemon alone.
+//! - [`al`]: the activity log; [`bitmap`]: the dirty bitmap; [`io`]: the
+//!   ordering of overlapping local operations; `sync_window`: how many
+//!   resync requests are in flight.
 
 pub mod al;
 pub mod bitmap;

@@ -52,18 +52,12 @@ impl Resume {
         }
     }
 
-    pub fn arm(&mut self, node: &str) -> Result<(), AdminError> {
+    pub fn arm(&mut self) -> Result<(), AdminError> {
         if self.crashed_gen.is_none() {
-            return Err(AdminError::Refused(
-                "the last run of this node did not end as Primary: there is no role to resume"
-                    .into(),
-            ));
+            return Err(AdminError::NoRoleToResume);
         }
         if !self.armed {
-            tracing::info!(
-                node,
-                "armed: resuming as Primary once that keeps one writer"
-            );
+            tracing::info!("armed: resuming as Primary once that keeps one writer");
         }
         self.armed = true;
         Ok(())
@@ -78,15 +72,15 @@ impl Resume {
         self.note.as_deref()
     }
 
-    pub fn wait(&mut self, node: &str, why: &str) {
+    pub fn wait(&mut self, why: &str) {
         if self.note.as_deref() != Some(why) {
-            tracing::info!(node, "resume as Primary: {why}");
+            tracing::info!("resume as Primary: {why}");
             self.note = Some(why.to_owned());
         }
     }
 
-    pub fn give_up(&mut self, node: &str, why: &str) {
-        tracing::warn!(node, "not resuming as Primary: {why}");
+    pub fn give_up(&mut self, why: &str) {
+        tracing::warn!("not resuming as Primary: {why}");
         self.note = Some(format!("not resumed: {why}"));
         self.armed = false;
     }
@@ -98,9 +92,8 @@ impl Resume {
         }
     }
 
-    pub fn done(&mut self, node: &str) {
+    pub fn done(&mut self) {
         tracing::info!(
-            node,
             "resumed as Primary after the crash of the last run (activity log resynced, peer \
              Secondary on the same generation)"
         );

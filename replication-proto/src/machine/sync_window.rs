@@ -20,6 +20,8 @@
 
 use std::collections::HashMap;
 
+use crate::time::Millis;
+
 /// The largest window: requests in flight on a fast link.
 pub(crate) const MAX: usize = 16;
 /// Where a resync starts: the link's speed is not known yet.
@@ -29,13 +31,13 @@ const START: usize = 2;
 pub(crate) struct SyncWindow {
     window: usize,
     /// Request id -> when it was sent (ms).
-    sent_at: HashMap<u64, u64>,
+    sent_at: HashMap<u64, Millis>,
     /// When the window was last halved.
-    cut_at: u64,
+    cut_at: Millis,
 }
 
 impl SyncWindow {
-    pub(crate) fn new(now: u64) -> Self {
+    pub(crate) fn new(now: Millis) -> Self {
         Self {
             window: START,
             sent_at: HashMap::new(),
@@ -48,17 +50,17 @@ impl SyncWindow {
         inflight < self.window
     }
 
-    pub(crate) fn sent(&mut self, id: u64, now: u64) {
+    pub(crate) fn sent(&mut self, id: u64, now: Millis) {
         self.sent_at.insert(id, now);
     }
 
     /// The answer to request `id` arrived at `now`; `target_ms` is the
     /// latency the window aims to stay under.
-    pub(crate) fn answered(&mut self, id: u64, now: u64, target_ms: u64) {
+    pub(crate) fn answered(&mut self, id: u64, now: Millis, target_ms: u64) {
         let Some(sent) = self.sent_at.remove(&id) else {
             return;
         };
-        if now.saturating_sub(sent) <= target_ms {
+        if now - sent <= target_ms {
             self.window = (self.window + 1).min(MAX);
         } else if sent >= self.cut_at {
             self.window = (self.window / 2).max(1);
@@ -79,10 +81,10 @@ mod tests {
     /// Answers in 5 ms with a 250 ms target: the window opens to MAX.
     #[test]
     fn a_fast_link_opens_the_window() {
-        let mut w = SyncWindow::new(0);
+        let mut w = SyncWindow::new(Millis(0));
         for id in 0..100 {
-            w.sent(id, id * 10);
-            w.answered(id, id * 10 + 5, 250);
+            w.sent(id, Millis(id * 10));
+            w.answered(id, Millis(id * 10 + 5), 250);
         }
         assert_eq!(w.size(), MAX);
     }
@@ -92,20 +94,20 @@ mod tests {
     /// requests sent before a cut do not cut again.
     #[test]
     fn a_slow_link_closes_it_once_per_round_trip() {
-        let mut w = SyncWindow::new(0);
+        let mut w = SyncWindow::new(Millis(0));
         for id in 0..MAX as u64 {
-            w.sent(id, 0);
+            w.sent(id, Millis(0));
         }
-        w.answered(0, 600, 250);
+        w.answered(0, Millis(600), 250);
         assert_eq!(w.size(), 1);
         // Sent before that cut: no second cut (and no growth).
-        w.answered(1, 1200, 250);
+        w.answered(1, Millis(1200), 250);
         assert_eq!(w.size(), 1);
-        w.sent(100, 1300);
-        w.answered(100, 1900, 250);
+        w.sent(100, Millis(1300));
+        w.answered(100, Millis(1900), 250);
         assert_eq!(w.size(), 1);
         // An unknown id changes nothing.
-        w.answered(12345, 2000, 250);
+        w.answered(12345, Millis(2000), 250);
         assert_eq!(w.size(), 1);
         assert!(w.open(0));
         assert!(!w.open(1));

@@ -91,6 +91,10 @@ pub enum Payload {
     Zeroes,
 }
 
+/// An input to [`crate::machine::Node::handle`]. The driver keeps the
+/// contract on [`crate::machine::Node`]: each token of an [`Action`] comes
+/// back once as `LocalDone` or `MetaDone`, metadata writes complete in the
+/// order issued, and `Tick` comes no later than `poll_timeout`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// The driver established a transport connection to the peer.
@@ -135,6 +139,11 @@ pub enum Hook {
     PriLostAfterSb,
 }
 
+/// An output of [`crate::machine::Node::poll_action`], to carry out in the
+/// order given: sends in order on the current connection, metadata writes
+/// applied in issue order (the node persists before it sends where that
+/// matters), data operations in any order (the node already ordered the
+/// overlapping ones).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Start connecting to the peer (and accepting from it) until told otherwise.
@@ -247,11 +256,84 @@ pub enum SuspendMode {
     Fail,
 }
 
-/// Why an admin command was refused.
+/// Why an admin command was refused. The texts are what `repctl` prints;
+/// callers branch on the variant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum AdminError {
-    #[error("refused: {0}")]
-    Refused(String),
+    /// `Down` was requested: the node takes no more commands.
+    #[error("refused: the node is shutting down")]
+    ShuttingDown,
+    /// `connect` while not StandAlone.
+    #[error("refused: already connecting or connected; disconnect first")]
+    AlreadyConnected,
+    /// `connect --discard-my-data` on a Primary.
+    #[error("refused: a Primary cannot discard its data; make it secondary first")]
+    PrimaryCannotDiscard,
+    /// `invalidate` on a Primary.
+    #[error(
+        "refused: a Primary cannot invalidate its own data (it serves it). To resync the \
+         peer's data from this node, run `repctl invalidate-remote` here (or \
+         `repctl invalidate` on the peer); to resync this node from the peer, \
+         make it Secondary first"
+    )]
+    PrimaryCannotInvalidate,
+    /// `invalidate` while a resync or verify runs.
+    #[error("refused: a resync or verify is running")]
+    ResyncRunning,
+    /// `invalidate` while connected to a peer without UpToDate data.
+    #[error("refused: the peer has no UpToDate data to sync from")]
+    PeerHasNoUpToDateData,
+    /// `invalidate-remote` while not Connected and idle.
+    #[error(
+        "refused: not connected (or a resync is running); invalidate-remote needs an idle connection"
+    )]
+    InvalidateRemoteNeedsIdle,
+    /// `invalidate-remote` while the peer is Primary.
+    #[error("refused: the peer is Primary; its data cannot be invalidated")]
+    PeerPrimaryCannotBeInvalidated,
+    /// `invalidate-remote` without UpToDate data here.
+    #[error("refused: this node's disk is not UpToDate")]
+    DiskNotUpToDate,
+    /// `verify` while not Connected and idle.
+    #[error("refused: verify needs an idle connection (Connected, no resync)")]
+    VerifyNeedsIdle,
+    /// `ResumeIoAt` for a generation that is no longer current.
+    #[error(
+        "refused: the data generation is {now:016X} now, not {expected:016X}: \
+         the node froze again since (it lost its peer)"
+    )]
+    GenerationMoved { now: u64, expected: u64 },
+    /// `outdate` on a Primary.
+    #[error("refused: a Primary cannot outdate its own data; make it secondary first")]
+    PrimaryCannotOutdate,
+    /// `outdate` while connected.
+    #[error(
+        "refused: connected to the peer, which keeps this data in sync; outdate a disconnected node"
+    )]
+    ConnectedCannotOutdate,
+    /// `primary` while the peer is Primary.
+    #[error(
+        "refused: the peer is Primary; only one Primary may accept writes (make it secondary first)"
+    )]
+    PeerIsPrimary,
+    /// `primary` on a sync target.
+    #[error("refused: this node is a sync target: its data is Inconsistent until the resync ends")]
+    SyncTarget,
+    /// `primary` without `--force` and without UpToDate data.
+    #[error(
+        "refused: need UpToDate data to become Primary, this disk is {disk:?}; \
+         `primary --force` declares this node's data the good copy \
+         (DRBD's --overwrite-data-of-peer)"
+    )]
+    NotUpToDate { disk: DiskState },
+    /// `secondary` while application requests are in flight.
+    #[error("refused: {count} application requests in flight; stop using the device first")]
+    RequestsInFlight { count: usize },
+    /// `ResumeAfterCrash` when the last run did not end as Primary.
+    #[error(
+        "refused: the last run of this node did not end as Primary: there is no role to resume"
+    )]
+    NoRoleToResume,
 }
 
 /// Counters in the spirit of /proc/drbd.

@@ -7,6 +7,7 @@ use rand::Rng;
 use super::network::short;
 use super::world::{Ev, IoOp, MetaW, World, MS};
 use crate::machine::{Action, Admin, Event, Node};
+use crate::time::Millis;
 use crate::wire::Message;
 
 impl World {
@@ -30,12 +31,16 @@ impl World {
         self.nodes[i].want = false;
         self.nodes[i].conn = None;
         self.nodes[i].next_tick = None;
-        self.nodes[i].node = Some(Node::new(self.cfgs[i].clone(), p, self.now / MS, seed));
+        let _span = tracing::info_span!("node", name = %self.cfgs[i].node).entered();
+        let now = Millis(self.now / MS);
+        self.nodes[i].node = Some(Node::new(self.cfgs[i].clone(), p, now, seed));
         self.drain(i);
     }
 
     pub(super) fn feed(&mut self, i: usize, ev: Event) {
-        let now = self.now / MS;
+        // The core logs without naming its node: the driver's span does.
+        let _span = tracing::info_span!("node", name = %self.cfgs[i].node).entered();
+        let now = Millis(self.now / MS);
         if let Some(n) = self.nd(i) {
             n.handle(now, ev);
         }
@@ -43,7 +48,9 @@ impl World {
     }
 
     pub(super) fn admin(&mut self, i: usize, cmd: Admin) -> bool {
-        let now = self.now / MS;
+        // The core logs without naming its node: the driver's span does.
+        let _span = tracing::info_span!("node", name = %self.cfgs[i].node).entered();
+        let now = Millis(self.now / MS);
         let r = match self.nd(i) {
             Some(n) => n.admin(now, cmd.clone()),
             None => return false,
@@ -63,7 +70,7 @@ impl World {
         }
         let t = self.nodes[i].node.as_ref().and_then(Node::poll_timeout);
         if let Some(t) = t {
-            let t = (t * MS).max(self.now + 1);
+            let t = (t.as_ms() * MS).max(self.now + 1);
             if self.nodes[i].next_tick.is_none_or(|x| t < x) {
                 self.nodes[i].next_tick = Some(t);
                 self.at(t, Ev::Tick(i));

@@ -6,6 +6,7 @@ use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use replication_proto::machine::{Admin, AdminError, SuspendMode};
+use replication_proto::time::Millis;
 
 use super::{ControlCmd, ControlReply, Runner};
 
@@ -23,7 +24,7 @@ impl Runner {
             None => Ok(()),
             Some(a) => {
                 tracing::info!(command = ?a, "admin");
-                let now = self.now();
+                let now = Millis(self.now());
                 self.node.admin(now, a)
             }
         };
@@ -160,7 +161,7 @@ impl Runner {
             return;
         };
         let deadline = *deadline;
-        let now = self.now();
+        let now = Millis(self.now());
         let result = self.node.admin(now, Admin::Down);
         if result.is_err() && Instant::now() < deadline {
             return;

@@ -26,6 +26,7 @@ use rep_control::protocol::{
 };
 use replication_proto::machine::{Action, Admin, ConnState, Event, Node, Payload, Status};
 use replication_proto::meta::MetaFlags;
+use replication_proto::time::Millis;
 use replication_proto::wire::Role;
 
 use crate::config::{Config, ResumeAfterCrash};
@@ -302,7 +303,7 @@ pub fn start(
     let shared = Arc::new(Shared::default());
     shared.data_bytes.store(data_bytes, Ordering::Relaxed);
     let seed: u64 = rand::random();
-    let node = Node::new(ncfg, state.persisted, 0, seed);
+    let node = Node::new(ncfg, state.persisted, Millis::ZERO, seed);
     let handle = EngineHandle {
         tx: tx.clone(),
         shared: shared.clone(),
@@ -416,13 +417,13 @@ impl Runner {
     fn first_commands(&mut self, cfg: &Config, opts: &EngineOptions, crashed_primary: bool) {
         if cfg.startup.resume_after_crash == ResumeAfterCrash::Always && crashed_primary {
             // Before the first connection, so that the handshake decides it.
-            let now = self.now();
+            let now = Millis(self.now());
             if let Err(e) = self.node.admin(now, Admin::ResumeAfterCrash) {
                 tracing::warn!("resume-after-crash = \"always\": {e}");
             }
         }
         if opts.connect {
-            let now = self.now();
+            let now = Millis(self.now());
             if let Err(e) = self.node.admin(
                 now,
                 Admin::Connect {
@@ -460,7 +461,7 @@ impl Runner {
                     Err(TryRecvError::Disconnected) => break 'run,
                 }
             }
-            let now = self.now();
+            let now = Millis(self.now());
             self.node.handle(now, Event::Tick);
             self.drain();
             self.retry_forced_down();
@@ -473,7 +474,7 @@ impl Runner {
             } else {
                 self.node
                     .poll_timeout()
-                    .map(|t| Duration::from_millis(t.saturating_sub(self.now())))
+                    .map(|t| Duration::from_millis(t.as_ms().saturating_sub(self.now())))
                     .unwrap_or(Duration::from_secs(1))
                     .min(Duration::from_millis(200))
             };
@@ -525,7 +526,7 @@ impl Runner {
     /// this turn's budget allows.
     fn receive_from_peer(&mut self) {
         let mut budget = peer::RxBudget::per_turn();
-        let now = self.now();
+        let now = Millis(self.now());
         loop {
             match self.peer.receive(&mut budget, &mut self.disk) {
                 peer::Received::Frame(msg) => {
@@ -545,7 +546,7 @@ impl Runner {
     /// come, even while the data connection is not read.
     fn receive_ping(&mut self) {
         let msgs = self.peer.receive_ping();
-        let now = self.now();
+        let now = Millis(self.now());
         for m in msgs {
             self.node.handle(now, Event::Frame(m));
         }
@@ -560,7 +561,7 @@ impl Runner {
             self.node.note_link_error(&why.to_string());
         }
         self.peer.close();
-        let now = self.now();
+        let now = Millis(self.now());
         self.node.handle(now, Event::TransportDown);
         self.drain();
     }
@@ -587,7 +588,7 @@ impl Runner {
     }
 
     fn input(&mut self, input: Input) {
-        let now = self.now();
+        let now = Millis(self.now());
         match input {
             Input::App { req, reply } => {
                 let id = self.next_app;
@@ -640,7 +641,7 @@ impl Runner {
     }
 
     fn disk_done(&mut self, token: u64, result: IoResult) {
-        let now = self.now();
+        let now = Millis(self.now());
         if let Some((flushed, orig)) = self.fua_zeroes.remove(&token) {
             if flushed || result.is_err() {
                 self.node.handle(

@@ -1,0 +1,452 @@
+//! One node of one resource: the replication state machine (sans-IO).
+//!
+//! Inputs go in through [`Node::handle`] (an [`Event`]) and [`Node::admin`]
+//! (an [`Admin`] command); outputs come out of [`Node::poll_action`]; the
+//! node says when it next needs time with [`Node::poll_timeout`]. See
+//! [`Node`] for the contract a driver keeps.
+//!
+//! The module is split along the node's seams: `state` (bookkeeping types
+//! and the named parts of the state), `output` (sends, metadata writes,
+//! errors), `suspend`, `admin` (commands and roles), `connection`,
+//! `handshake`, `resync`, `verify`, `app` (application I/O on the Primary
+//! and its replication), `secondary` (the peer's writes), `completions`
+//! (local operations finishing) and `timers`.
+
+use std::collections::{HashMap, VecDeque};
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::al::ActivityLog;
+use super::bitmap::Bitmap;
+use super::resume::Resume;
+use super::types::{
+    errno, Action, Admin, AdminError, ConnState, Event, NodeConfig, Persisted, Session, Stats,
+    Status, SuspendMode,
+};
+use crate::gen::Generations;
+use crate::meta::{MetaFlags, BM_BLOCK_SIZE};
+use crate::time::Millis;
+use crate::wire::{DiskState, Role};
+
+/// Largest application or resync transfer in one frame.
+pub const MAX_IO: u32 = 1 << 20;
+/// Resync and verify request size.
+const SYNC_REQ_BYTES: u64 = 128 * 1024;
+/// Resync / verify requests in flight.
+const SYNC_WINDOW: usize = 16;
+/// Runs per bitmap frame.
+const BITMAP_RUNS_PER_FRAME: usize = 4096;
+
+mod admin;
+mod app;
+mod completions;
+mod connection;
+mod handshake;
+mod output;
+mod resync;
+mod secondary;
+mod state;
+mod suspend;
+mod timers;
+mod verify;
+
+use state::*;
+
+/// The state machine of one node of one resource.
+///
+/// Like quinn-proto's `Connection` it does no I/O and reads no clock: the
+/// driver (repd's engine thread, the simulator, a test) feeds it and
+/// carries out what it asks for.
+///
+/// # Contract for drivers
+///
+/// - **Time only moves forward.** Every call takes `now`, a [`Millis`] on
+///   the driver's monotonic clock; the node keeps the largest it was given,
+///   so an earlier `now` is treated as the latest one seen.
+/// - **Ticks come no later than [`Node::poll_timeout`].** After each batch of
+///   inputs, drain [`Node::poll_action`] and ask `poll_timeout` again; deliver
+///   [`Event::Tick`] at or before the instant it returns (earlier is
+///   harmless). `None` means no timer is armed.
+/// - **Sends go out in order.** [`Action::Send`]s are frames for the current
+///   connection, written in the order given (the peer applies replicated
+///   writes in wire order). Frames issued before a `CloseConnection` or a
+///   `TransportDown` belong to that connection and are not carried over to
+///   the next one, which starts with this node's Hello.
+/// - **Metadata writes land in issue order.** [`Action::WriteSuper`],
+///   [`Action::WriteAl`] and [`Action::WriteBitmap`] are applied one after
+///   the other, in the order issued, and each is answered with
+///   [`Event::MetaDone`]. The node relies on it to persist before it sends
+///   or acknowledges (a new generation before writes made alone, a
+///   resync's bitmap before its first block, the superblock dropping
+///   `UNACKED_GEN` before held acknowledgements go out).
+/// - **Every token is answered once.** `LocalRead`/`LocalWrite`/`LocalFlush`
+///   with [`Event::LocalDone`], metadata writes with [`Event::MetaDone`],
+///   in any order among data operations (the node orders overlapping ones
+///   itself, [`crate::machine::io`]).
+/// - **Every application request is completed once**, by
+///   [`Action::Complete`] with the id the application gave.
+/// - **Logging**: the node logs without naming itself; the driver enters a
+///   span naming the node around its calls.
+#[derive(Debug)]
+pub struct Node {
+    cfg: NodeConfig,
+    rng: ChaCha8Rng,
+    /// The largest `now` a driver gave (time only moves forward).
+    now: Millis,
+    actions: VecDeque<Action>,
+
+    // What the metadata holds (and the activity log in front of it).
+    gens: Generations,
+    flags: MetaFlags,
+    bitmap: Bitmap,
+    al: AlGate,
+
+    role: Role,
+    disk: DiskState,
+    conn: ConnState,
+    want_connect: bool,
+    discard_my_data: bool,
+    split_brain: bool,
+    health: Health,
+    down: Down,
+    /// The current connection and the peer it reached.
+    link: Link,
+
+    /// Application requests in flight, by the application's id.
+    app: HashMap<u64, AppReq>,
+    /// Local data, flush and metadata operations in flight, by token.
+    ops: Ops,
+    /// Primary side of replication.
+    repl: Replication,
+    /// Secondary side: what the peer sent.
+    recv: Receiving,
+    sync: Option<Sync>,
+    stats: Stats,
+    /// The peer may hold this node's current generation (it was in sync, or
+    /// a resync from here started). A Primary that goes on without the peer
+    /// must then start a new generation, or the next handshake would see
+    /// equal generations and miss the writes made alone.
+    peer_has_my_current: bool,
+
+    susp: Suspension,
+    /// The last run ended while Primary without its peer (DRBD's "degraded
+    /// cluster"): `repctl wait-connect` then waits `degr-wfc-timeout`, not
+    /// `wfc-timeout`, since the peer is less likely to come back soon.
+    degraded_at_start: bool,
+    /// Resuming the role of a run that crashed while Primary (`resume.rs`).
+    resume: Resume,
+}
+
+/// How long an error stays in status after its condition is gone.
+pub const ERROR_LINGER_MS: u64 = 10_000;
+
+impl Node {
+    /// A node starting from its persisted metadata. `seed` feeds the random
+    /// numbers (nonces, new generation UUIDs): the daemon passes real entropy,
+    /// the simulator its seed.
+    #[must_use]
+    pub fn new(cfg: NodeConfig, p: Persisted, now: Millis, seed: u64) -> Self {
+        let mut flags = p.flags;
+        let degraded_at_start =
+            flags.has(MetaFlags::PRIMARY_IND) && !flags.has(MetaFlags::CONNECTED_IND);
+        let mut bitmap = Bitmap::from_words(cfg.data_bytes, &p.bitmap);
+        let resume = Resume::at_start(flags, p.gens.current);
+        recover_after_crash(&mut flags, &mut bitmap, &p.al_extents);
+        let disk = disk_at_start(flags);
+        let al = ActivityLog::new(cfg.al_extents, p.al_seq, &p.al_extents);
+        let mut n = Self {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            now,
+            actions: VecDeque::new(),
+            gens: p.gens,
+            flags,
+            bitmap,
+            al: AlGate::new(al),
+            role: Role::Secondary,
+            disk,
+            conn: ConnState::StandAlone,
+            want_connect: false,
+            discard_my_data: false,
+            split_brain: false,
+            health: Health::default(),
+            down: Down::default(),
+            link: Link::new(now),
+            app: HashMap::new(),
+            ops: Ops::default(),
+            repl: Replication::new(now),
+            recv: Receiving::default(),
+            sync: None,
+            stats: Stats::default(),
+            // Unknown after a start: assume the worst.
+            peer_has_my_current: true,
+            susp: Suspension::default(),
+            degraded_at_start,
+            resume,
+            cfg,
+        };
+        n.persist_super(false);
+        if n.flags.has(MetaFlags::CRASHED_PRIMARY) {
+            n.persist_bitmap_all(None);
+        }
+        n
+    }
+
+    // ----- public accessors -------------------------------------------------
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    #[must_use]
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    #[must_use]
+    pub fn conn(&self) -> ConnState {
+        self.conn
+    }
+    #[must_use]
+    pub fn disk(&self) -> DiskState {
+        self.disk
+    }
+    #[must_use]
+    pub fn gens(&self) -> Generations {
+        self.gens
+    }
+    #[must_use]
+    pub fn flags(&self) -> MetaFlags {
+        self.flags
+    }
+    #[must_use]
+    pub fn bitmap_words(&self) -> &[u64] {
+        self.bitmap.words()
+    }
+    #[must_use]
+    pub fn split_brain(&self) -> bool {
+        self.split_brain
+    }
+    /// An orderly `Down` finished: the driver may exit.
+    #[must_use]
+    pub fn is_down(&self) -> bool {
+        self.down.done
+    }
+    #[must_use]
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+    /// The current connection's handshake, once the peer answered this
+    /// node's challenge: the driver binds a second transport connection
+    /// (the ping connection, [`crate::wire::features::PING_CONN`]) to it.
+    #[must_use]
+    pub fn session(&self) -> Option<Session> {
+        let p = self.link.peer.as_ref().filter(|p| p.authed)?;
+        self.connected_states().then_some(Session {
+            epoch: self.link.epoch,
+            own_nonce: self.link.my_nonce,
+            peer_nonce: p.hello.nonce,
+            features: self.cfg.features & p.hello.features,
+        })
+    }
+    #[must_use]
+    pub fn peer_disk(&self) -> DiskState {
+        let disk = self
+            .link
+            .peer
+            .as_ref()
+            .filter(|_| self.link.decided)
+            .map_or(DiskState::DUnknown, |p| p.disk);
+        // Waiting for the bitmaps as the sync source: the peer is the target
+        // and Inconsistent from the exchange on; show what it is about to be
+        // (it still says UpToDate itself until then), not what it was.
+        if self.conn == ConnState::WFBitMapS && disk != DiskState::DUnknown {
+            return DiskState::Inconsistent;
+        }
+        disk
+    }
+    /// Application requests in flight.
+    #[must_use]
+    pub fn app_pending(&self) -> usize {
+        self.app.len()
+    }
+
+    #[must_use]
+    pub fn status(&self) -> Status {
+        let (remaining, total) = match &self.sync {
+            Some(s) if s.verify => {
+                // Both sides keep the cursor inside the data (pump_verify,
+                // valid_range).
+                debug_assert!(
+                    s.cursor <= self.cfg.data_bytes,
+                    "verify cursor past the end"
+                );
+                (self.cfg.data_bytes.saturating_sub(s.cursor), s.total_bytes)
+            }
+            Some(s) => (self.bitmap.count() * BM_BLOCK_SIZE, s.total_bytes),
+            None => (0, 0),
+        };
+        Status {
+            resource: self.cfg.resource.clone(),
+            node: self.cfg.node.clone(),
+            role: self.role,
+            peer_role: self
+                .link
+                .peer
+                .as_ref()
+                .filter(|_| self.link.decided)
+                .map(|p| p.role),
+            connection: self.conn,
+            disk: self.disk,
+            peer_disk: self.peer_disk(),
+            out_of_sync_bytes: self.bitmap.count() * BM_BLOCK_SIZE,
+            split_brain: self.split_brain,
+            last_error: self.health.last_error.clone(),
+            last_error_at_ms: self
+                .health
+                .last_error
+                .as_ref()
+                .map(|_| self.health.last_error_at.as_ms()),
+            gens: self.gens,
+            flags: self.flags,
+            suspended: self.susp.mode,
+            freeze_on_disconnect: self.susp.freeze_on_disconnect,
+            degraded_at_start: self.degraded_at_start,
+            resume: self.resume.note().map(str::to_owned),
+            sync_remaining_bytes: remaining,
+            sync_total_bytes: total,
+            local_pending: self.ops.io.len() as u64,
+            peer_pending: self.repl.pending.len() as u64,
+            unacked: self.recv.unacked,
+            app_pending: self.app.len() as u64,
+            stats: self.stats.clone(),
+        }
+    }
+
+    /// When the caller must deliver `Event::Tick` at the latest.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        let mut t: Option<Millis> = None;
+        let mut at = |x: Millis| t = Some(t.map_or(x, |y| y.min(x)));
+        if self.conn == ConnState::Handshake {
+            at(self.link.started + self.cfg.timeout_ms);
+        }
+        if self.link.decided {
+            match self.link.ping_sent {
+                Some(s) => at(s + self.cfg.timeout_ms),
+                None => at(self.link.last_recv + self.cfg.ping_int_ms),
+            }
+            if let Some((_, r)) = self.repl.pending.first_key_value() {
+                at(r.sent_at + self.ko_ms());
+            }
+            if !self.repl.unflushed.is_empty() && self.repl.barriers.is_empty() {
+                at(self.repl.last_data_sent + self.cfg.ping_int_ms);
+            }
+            if let Some(s) = &self.sync {
+                if !matches!(s.phase, SyncPhase::Persisting { .. }) && self.cfg.resync_rate != 0 {
+                    at(self.now + 10);
+                }
+            }
+        }
+        t
+    }
+
+    fn ko_ms(&self) -> u64 {
+        self.cfg
+            .timeout_ms
+            .saturating_mul(u64::from(self.cfg.ko_count.max(1)))
+    }
+
+    // ----- event entry points ------------------------------------------------
+
+    pub fn handle(&mut self, now: Millis, ev: Event) {
+        self.now = self.now.max(now);
+        match ev {
+            Event::TransportUp => self.on_transport_up(),
+            Event::TransportDown => {
+                if self.connected_states() {
+                    self.connection_lost("connection to the peer lost");
+                }
+            }
+            Event::Frame(m) => {
+                if self.connected_states() {
+                    self.link.last_recv = self.now;
+                    self.on_frame(m);
+                }
+            }
+            Event::AppRead { id, offset, len } => self.app_read(id, offset, len),
+            Event::AppWrite { id, .. } | Event::AppFlush { id }
+                if self.susp.mode.is_some() && self.role == Role::Primary =>
+            {
+                if self.susp.mode == Some(SuspendMode::Fail) {
+                    self.complete(id, Err(errno::EIO));
+                } else {
+                    self.susp.held_in.push_back(ev);
+                }
+            }
+            Event::AppWrite {
+                id,
+                offset,
+                payload,
+                len,
+                fua,
+            } => {
+                self.app_write(id, offset, payload, len, fua);
+            }
+            Event::AppFlush { id } => self.app_flush(id),
+            Event::LocalDone { token, result } => self.local_done(token, result),
+            Event::MetaDone { token, result } => self.meta_done(token, result),
+            Event::Tick => self.tick(),
+        }
+        self.maybe_resume();
+    }
+
+    pub fn admin(&mut self, now: Millis, cmd: Admin) -> Result<(), AdminError> {
+        let r = self.admin_cmd(now, cmd);
+        self.maybe_resume();
+        r
+    }
+
+    /// Records what the driver found wrong with the link (a frame that
+    /// failed its checksum, say) as the node's last error, for status.
+    pub fn note_link_error(&mut self, msg: &str) {
+        self.error(format!("connection dropped: {msg}"));
+    }
+}
+
+/// Found Primary at start: the last run crashed while Primary. Every
+/// extent in its activity log may differ from the peer. The run's role
+/// and a clean AL are history either way.
+fn recover_after_crash(flags: &mut MetaFlags, bitmap: &mut Bitmap, al_extents: &[u32]) {
+    if flags.has(MetaFlags::PRIMARY_IND) || flags.has(MetaFlags::CRASHED_PRIMARY) {
+        if flags.has(MetaFlags::PRIMARY_IND) {
+            tracing::warn!(
+                extents = al_extents.len(),
+                "crashed while Primary: resyncing the activity log"
+            );
+        }
+        flags.set(MetaFlags::CRASHED_PRIMARY, true);
+        for &e in al_extents {
+            bitmap.set_extent(e);
+        }
+    }
+    flags.set(MetaFlags::PRIMARY_IND, false);
+    flags.set(MetaFlags::AL_CLEAN, false);
+}
+
+/// The disk state the flags found at start stand for.
+fn disk_at_start(flags: MetaFlags) -> DiskState {
+    if flags.has(MetaFlags::CONSISTENT) {
+        if flags.has(MetaFlags::CRASHED_PRIMARY) {
+            // Consistent, but its volatile cache may have lost writes the
+            // peer acknowledged: not UpToDate until the activity log is
+            // resynced from the peer (or an admin forces it).
+            DiskState::Consistent
+        } else if flags.has(MetaFlags::WAS_UP_TO_DATE) {
+            DiskState::UpToDate
+        } else {
+            DiskState::Outdated
+        }
+    } else {
+        DiskState::Inconsistent
+    }
+}

@@ -1,0 +1,159 @@
+//! Plumbing that turns decisions into actions: tokens, sends, metadata
+//! writes, errors for status, new generations.
+
+use rand::RngCore;
+
+use crate::gen::UUID_JUST_CREATED;
+use crate::machine::types::{Action, ConnState};
+use crate::meta::MetaFlags;
+use crate::wire::{DiskState, Message, Role, MAX_STRING_LEN};
+
+use super::state::*;
+use super::{Node, ERROR_LINGER_MS};
+
+impl Node {
+    pub(super) fn token(&mut self) -> u64 {
+        let t = self.ops.next_token;
+        self.ops.next_token += 1;
+        t
+    }
+
+    pub(super) fn send(&mut self, m: Message) {
+        // Disconnect frames are built by `wire::disconnect`, which cuts the
+        // reason to what the wire carries (a longer one would not encode and
+        // the peer would never learn why).
+        debug_assert!(
+            !matches!(&m, Message::Disconnect { message, .. } if message.len() > MAX_STRING_LEN),
+            "a Disconnect reason longer than the wire allows: {m:?}"
+        );
+        match &m {
+            Message::Data { data, .. } => self.stats.sent_bytes += data.len() as u64,
+            Message::ResyncData { data, .. } => {
+                self.stats.sent_bytes += data.len() as u64;
+                self.stats.resync_sent_bytes += data.len() as u64;
+            }
+            _ => {}
+        }
+        self.actions.push_back(Action::Send(m));
+    }
+
+    /// Records durably whether the peer is connected (CONNECTED_IND), so
+    /// the next start knows whether this node ran alone.
+    pub(super) fn set_connected_ind(&mut self, on: bool) {
+        if self.flags.has(MetaFlags::CONNECTED_IND) != on {
+            self.flags.set(MetaFlags::CONNECTED_IND, on);
+            self.persist_super(false);
+        }
+    }
+
+    pub(super) fn persist_super(&mut self, gate: bool) {
+        let token = self.token();
+        if gate {
+            self.al.super_gate += 1;
+        }
+        self.ops.meta.insert(token, MetaOp::Super { gate });
+        self.actions.push_back(Action::WriteSuper {
+            token,
+            gens: self.gens,
+            flags: self.flags,
+        });
+    }
+
+    pub(super) fn persist_bitmap_all(&mut self, sync_epoch: Option<u64>) {
+        let token = self.token();
+        self.ops.meta.insert(token, MetaOp::Bitmap { sync_epoch });
+        self.stats.bm_writes += 1;
+        self.actions.push_back(Action::WriteBitmap {
+            token,
+            first_word: 0,
+            words: self.bitmap.words().to_vec(),
+        });
+    }
+
+    pub(super) fn error(&mut self, msg: String) {
+        tracing::warn!("{msg}");
+        self.health.last_error = Some(msg);
+        self.health.last_error_at = self.now;
+    }
+
+    /// An error describes a condition (a lost peer, a refusal, marked
+    /// blocks); once the pair is healthy again (Connected, both UpToDate,
+    /// nothing out of sync, no split brain, I/O not suspended) for
+    /// [`ERROR_LINGER_MS`], it is history: status stops showing it (the log
+    /// keeps it). The linger lets a look right after a quick heal still see
+    /// why the link dropped.
+    pub(super) fn clear_error_when_healthy(&mut self) {
+        let healthy = self.conn == ConnState::Connected
+            && self.disk == DiskState::UpToDate
+            && self.peer_disk() == DiskState::UpToDate
+            && self.bitmap.count() == 0
+            && !self.split_brain
+            && self.susp.mode.is_none();
+        if !healthy {
+            self.health.healthy_since = None;
+            return;
+        }
+        let since = *self.health.healthy_since.get_or_insert(self.now);
+        if self.health.last_error.is_some()
+            && self.now >= since.max(self.health.last_error_at) + ERROR_LINGER_MS
+        {
+            tracing::info!("healthy again: last error cleared");
+            self.health.last_error = None;
+        }
+    }
+
+    pub(super) fn new_uuid(&mut self) -> u64 {
+        loop {
+            // Low values are reserved (0 = none, 4 = just created).
+            let u = self.rng.next_u64() & !1;
+            if u > 16 {
+                return u;
+            }
+        }
+    }
+
+    /// Start a new data generation: the bitmap counts changes from the old one.
+    pub(super) fn rotate_for_disconnected_writes(&mut self) {
+        if (self.gens.bitmap == 0 || self.peer_has_my_current)
+            && self.gens.current != UUID_JUST_CREATED
+        {
+            if self.gens.bitmap != 0 {
+                self.gens.history = [self.gens.bitmap, self.gens.history[0]];
+            }
+            self.peer_has_my_current = false;
+            self.gens.bitmap = self.gens.current;
+            self.gens.current = self.new_uuid();
+            // The AL extents are in the bitmap now; the generations decide
+            // the direction from here on.
+            self.flags.set(MetaFlags::CRASHED_PRIMARY, false);
+            // Frozen (freeze-on-disconnect, or suspended by the agent): no
+            // write is acknowledged in the new generation until a resume,
+            // so a peer that moved on meanwhile is not a split brain.
+            let unacked = self.susp.mode.is_some();
+            self.flags.set(MetaFlags::UNACKED_GEN, unacked);
+            tracing::info!(
+                current = format_args!("{:016X}", self.gens.current),
+                unacknowledged = unacked,
+                "new data generation"
+            );
+            self.persist_super(true);
+        }
+    }
+
+    pub(super) fn replicating(&self) -> bool {
+        self.role == Role::Primary
+            && self.link.decided
+            && matches!(
+                self.conn,
+                ConnState::Connected
+                    | ConnState::WFBitMapS
+                    | ConnState::SyncSource
+                    | ConnState::VerifySource
+                    | ConnState::VerifyTarget
+            )
+    }
+
+    pub(super) fn connected_states(&self) -> bool {
+        !matches!(self.conn, ConnState::StandAlone | ConnState::Connecting)
+    }
+}

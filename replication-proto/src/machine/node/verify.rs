@@ -1,0 +1,215 @@
+//! Online verify: the source reads and checksums, the target compares.
+
+use crate::machine::io::Span;
+use crate::machine::types::ConnState;
+use crate::wire::{Message, Role};
+use bytes::Bytes;
+
+use super::state::*;
+use super::{Node, MAX_IO, SYNC_REQ_BYTES, SYNC_WINDOW};
+
+impl Node {
+    // ----- verify ------------------------------------------------------------
+
+    pub(super) fn start_verify(&mut self, repair: bool) {
+        self.conn = ConnState::VerifySource;
+        self.sync = Some(Sync::new(
+            SyncRole::Source,
+            true,
+            self.link.epoch,
+            self.now,
+            self.cfg.data_bytes,
+            repair,
+        ));
+        self.stats.verified_bytes = 0;
+        self.stats.verify_out_of_sync_bytes = 0;
+        self.pump_verify();
+    }
+
+    pub(super) fn pump_verify(&mut self) {
+        self.refill();
+        let data_bytes = self.cfg.data_bytes;
+        loop {
+            let Some(s) = self.sync.as_mut() else { return };
+            if !s.verify || s.role != SyncRole::Source || matches!(s.phase, SyncPhase::Finishing) {
+                return;
+            }
+            if s.cursor >= data_bytes {
+                if s.inflight.is_empty() {
+                    self.finish_verify();
+                }
+                return;
+            }
+            if s.inflight.len() >= SYNC_WINDOW {
+                return;
+            }
+            let len = SYNC_REQ_BYTES.min(data_bytes - s.cursor);
+            if s.tokens < len {
+                return;
+            }
+            s.tokens -= len;
+            let span = Span::new(s.cursor, len);
+            s.cursor += len;
+            let id = s.next_id;
+            s.next_id += 1;
+            s.inflight.insert(id, span);
+            let epoch = s.epoch;
+            self.submit_local(span, LocalOp::VerifyRead { id, epoch });
+        }
+    }
+
+    pub(super) fn finish_verify(&mut self) {
+        let Some(s) = self.sync.take() else { return };
+        self.conn = ConnState::Connected;
+        self.send(Message::SyncDone);
+        tracing::info!(out_of_sync = s.found_oos, "verify finished");
+        if s.found_oos > 0 {
+            self.error(format!(
+                "verify found {} bytes out of sync{}",
+                s.found_oos,
+                if s.repair {
+                    "; resyncing them"
+                } else {
+                    "; run `repctl verify --repair` (or invalidate) to resync them"
+                }
+            ));
+            if s.repair {
+                let i_am_source = self.role == Role::Primary
+                    || !self
+                        .link
+                        .peer
+                        .as_ref()
+                        .is_some_and(|p| p.role == Role::Primary);
+                if i_am_source {
+                    self.send(Message::StartSync {
+                        sender_is_source: true,
+                        full: false,
+                    });
+                    self.start_sync(SyncRole::Source, false);
+                } else {
+                    self.send(Message::StartSync {
+                        sender_is_source: false,
+                        full: false,
+                    });
+                    self.start_sync(SyncRole::Target, false);
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_verify_request(&mut self, id: u64, offset: u64, len: u32, digest: u32) {
+        if self.conn == ConnState::Connected && self.sync.is_none() {
+            self.conn = ConnState::VerifyTarget;
+            self.sync = Some(Sync::new(
+                SyncRole::Target,
+                true,
+                self.link.epoch,
+                self.now,
+                self.cfg.data_bytes,
+                false,
+            ));
+        }
+        if !self
+            .sync
+            .as_ref()
+            .is_some_and(|s| s.verify && s.role == SyncRole::Target)
+        {
+            self.protocol_error("verify request while not verify target");
+            return;
+        }
+        if !self.valid_range(offset, u64::from(len)) || len > MAX_IO {
+            self.protocol_error("verify request out of range");
+            return;
+        }
+        if let Some(s) = self.sync.as_mut() {
+            s.cursor = s.cursor.max(offset + u64::from(len));
+        }
+        let epoch = self.link.epoch;
+        self.recv.unacked += 1;
+        self.submit_local(
+            Span::new(offset, u64::from(len)),
+            LocalOp::VerifyCompare { id, epoch, digest },
+        );
+    }
+
+    pub(super) fn on_verify_reply(&mut self, id: u64, offset: u64, len: u32, in_sync: bool) {
+        let span = Span::new(offset, u64::from(len));
+        let ok = self.sync.as_ref().is_some_and(|s| {
+            s.verify && s.role == SyncRole::Source && s.inflight.get(&id) == Some(&span)
+        });
+        if !ok {
+            self.protocol_error("verify reply nobody asked for");
+            return;
+        }
+        self.stats.verified_bytes += u64::from(len);
+        if !in_sync {
+            self.bitmap.set_range(offset, u64::from(len));
+            self.stats.verify_out_of_sync_bytes += u64::from(len);
+        }
+        if let Some(s) = self.sync.as_mut() {
+            s.inflight.remove(&id);
+            if !in_sync {
+                s.found_oos += u64::from(len);
+            }
+        }
+        self.pump_verify();
+    }
+
+    /// Verify source: the block was read; send its checksum.
+    pub(super) fn verify_read_done(
+        &mut self,
+        id: u64,
+        epoch: u64,
+        span: Span,
+        result: Result<Option<Bytes>, i32>,
+    ) {
+        let len32 = u32::try_from(span.len()).unwrap_or(MAX_IO);
+        if epoch != self.link.epoch {
+            return;
+        }
+        let digest = match result {
+            Ok(Some(d)) if d.len() as u64 == span.len() => {
+                self.stats.read_bytes += d.len() as u64;
+                crc(&d)
+            }
+            // An unreadable block verifies as different.
+            _ => !0,
+        };
+        self.send(Message::VerifyRequest {
+            id,
+            offset: span.start,
+            len: len32,
+            digest,
+        });
+    }
+
+    /// Verify target: the block was read; compare and answer.
+    pub(super) fn verify_compare_done(
+        &mut self,
+        id: u64,
+        epoch: u64,
+        digest: u32,
+        span: Span,
+        result: Result<Option<Bytes>, i32>,
+    ) {
+        let len32 = u32::try_from(span.len()).unwrap_or(MAX_IO);
+        self.recv.answered(epoch, self.link.epoch);
+        if epoch != self.link.epoch {
+            return;
+        }
+        let in_sync =
+            matches!(&result, Ok(Some(d)) if d.len() as u64 == span.len() && crc(d) == digest);
+        if let Ok(Some(d)) = &result {
+            self.stats.read_bytes += d.len() as u64;
+        }
+        if !in_sync {
+            self.bitmap.set_range(span.start, span.len());
+        }
+        self.send(Message::VerifyReply {
+            id,
+            offset: span.start,
+            len: len32,
+            in_sync,
+        });
+    }
+}
