@@ -43,6 +43,11 @@
 //!
 //! Without ublk_drv (no `/dev/ublk-control`) nothing here does anything but
 //! say so once: repd serves its NBD export only.
+//!
+//! Modules: `device` ([`UblkDevice`]: add or recover, queues, stop);
+//! `queue/` (one queue thread, and its `mailbox` of answers and lent
+//! buffers); `manage` ([`manage`], the loop that follows the role);
+//! `inuse` ([`in_use`], [`ServedDevice`]).
 
 mod device;
 mod inuse;
