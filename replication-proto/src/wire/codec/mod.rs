@@ -80,7 +80,7 @@
 //!
 //! # Streams
 //!
-//! [`decode`] works on a borrowed buffer and reports how many bytes it used;
+//! [`decode()`] works on a borrowed buffer and reports how many bytes it used;
 //! [`FrameDecoder`] owns a buffer for a socket reader and hands out the data
 //! of writes as slices of it, without copying. Any [`DecodeError`] means the
 //! stream can no longer be trusted: the connection must be dropped.
