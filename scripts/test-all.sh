@@ -29,9 +29,10 @@ fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
-echo "== module imports without cycles, no source file over 1,200 lines"
+echo "== module imports without cycles, no source file over 1,200 lines, docs name only paths that exist"
 python3 scripts/check-module-cycles.py
 bash scripts/check-file-sizes.sh
+bash scripts/check-doc-paths.sh
 echo "== cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== release build of repd, repctl and cluster-agent (the VM scenarios run them)"

@@ -5,6 +5,11 @@
 //! The binaries (`nbd-bench`, ...) compose these; every failure is a
 //! `String` that says what went wrong, so a benchmark can report a failed
 //! target and go on with the others.
+//!
+//! - [`rep`]: `repd` nodes driven with `repctl`, as a user would;
+//! - [`fio`]: a write workload's command line and its JSON result;
+//! - [`procfs`]: peak RSS and CPU time per process and thread;
+//! - [`util`]: sizes, medians, ports, commands with a time limit, Ctrl-C.
 
 pub mod fio;
 pub mod procfs;

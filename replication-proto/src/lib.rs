@@ -7,6 +7,19 @@
 //!
 //! The simulator (`sim`) and what the workspace's simulators share
 //! (`simkit`) are test tooling, built only with the `sim` feature.
+//!
+//! - [`wire`]: the wire format: messages, the frame codec (crc32c over
+//!   header and payload), run-length coded bitmap chunks, the HMAC handshake.
+//! - [`machine`]: the sans-IO state machine ([`machine::Node`]), its inputs
+//!   and outputs, the sync decision table, the activity log, the in-memory
+//!   bitmap and the ordering of overlapping local I/O.
+//! - [`gen`]: generation UUIDs.
+//! - [`meta`]: what the state machine needs persisted (not where).
+//! - [`checksum`]: CRC32C, two implementations.
+//! - [`time`]: [`time::Millis`], the one time type of the sans-IO cores.
+//! - `sim` (feature `sim`): the seeded two-node simulator (`repsim`).
+//! - `simkit` (feature `sim`): what the workspace's seeded simulators
+//!   share: seed-drawn fault rates, the violation, the seed-range runner.
 
 pub mod checksum;
 pub mod gen;

@@ -8,8 +8,10 @@
 //! - [`disk`]: the local backing disk, through io_uring.
 //! - [`disk_lock`]: one owner per backing disk (repd, create-md).
 //! - [`engine`]: the thread that runs the replication state machine and the
-//!   peer connection.
-//! - [`frontend`]: the block-device interface the NBD export and ublk serve.
+//!   peer connection, the metadata writer, the control commands, and the
+//!   registry of what makes the device in use.
+//! - [`frontend`]: the block-device interface the NBD export and ublk serve,
+//!   and how each registers its users with the engine.
 //! - [`nbd`]: the NBD export.
 //! - [`ublk`]: the ublk device, `/dev/ublkb<N>`.
 //! - [`control`]: the server side of the control socket `repctl` talks to.

@@ -17,6 +17,10 @@
 //!
 //! One boot takes 15–30 s on a quiet host (more when the host is busy): batch
 //! many checks into one command rather than booting once per check.
+//!
+//! The crate is this one module ([`run_in_vm`], [`VmResult`], [`VmError`])
+//! and the `vm` binary (`src/bin/vm.rs`) over it; the scenarios it runs are
+//! shell scripts in `vm-tests/scenarios/`.
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read};

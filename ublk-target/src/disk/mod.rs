@@ -9,8 +9,9 @@
 //! after it.
 //!
 //! Layout: [`aligned`] (O_DIRECT buffers), `uring` (the ring thread, safe
-//! code), `sys` (every `unsafe` block: the aligned allocation, the io_uring
-//! wrapper, block-device ioctls).
+//! code), `sys` and `raw` (every `unsafe` block: `sys` the io_uring
+//! wrapper and block-device ioctls, `raw` the aligned allocation),
+//! `tests` (the unit tests that need crate-private knobs).
 #![deny(unsafe_code)]
 
 pub mod aligned;

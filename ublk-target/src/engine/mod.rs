@@ -5,6 +5,21 @@
 //! dialer, the frontends, the control socket) talks to it through one
 //! channel, so the state machine needs no locks and sees events in one
 //! order.
+//!
+//! Here: the engine thread (`Runner`: its loop, inputs, and carrying out
+//! the state machine's actions) and [`EngineHandle`], how other threads
+//! reach it. Submodules:
+//! - `peer/`: the peer's data connection (transport, framer, typed errors),
+//!   read and written by the engine thread itself;
+//! - `ping_conn`: the second connection that carries only pings;
+//! - `meta`: the metadata writer thread (writes land in issue order);
+//! - `admin`: control commands become admin commands, with the daemon's own
+//!   checks and typed refusals;
+//! - `users`: the registry of what makes the device in use, which every
+//!   frontend registers with;
+//! - `status`: the answer to `status`;
+//! - `convert`: the resource file to the state machine's settings;
+//! - `progress`: resync progress as /proc/drbd shows it.
 
 mod admin;
 mod convert;

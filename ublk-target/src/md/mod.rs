@@ -6,6 +6,13 @@
 //! I/O (`pread`/`pwrite`) and `fdatasync` after every update. Opening checks
 //! the superblock fully (magic, checksum, format version, names, sizes)
 //! before anything is written, and a failed check never writes.
+//!
+//! - [`layout`]: where the superblock, the activity log and the bitmap live;
+//! - [`superblock`]: the 512-byte superblock and its checksum;
+//! - [`al`]: activity-log transactions (a ring of slots; a torn one falls
+//!   back to the previous);
+//! - [`bitmap`]: dirty-bitmap pages (a bad page counts as all dirty);
+//! - `tests`: create, open, update and corrupt real metadata files.
 
 pub mod al;
 pub mod bitmap;

@@ -1,3 +1,6 @@
+//! The metadata's unit tests: create, open, update and corrupt real
+//! metadata files (superblock, activity-log ring, bitmap pages).
+
 use std::fs;
 
 use super::*;

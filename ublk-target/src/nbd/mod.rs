@@ -36,6 +36,11 @@
 //!   stops reading until replies drain.
 //! - Malformed input (bad magic, unknown client flags, oversize option or
 //!   write) closes that client with a warning; other clients go on.
+//!
+//! Modules: [`proto`], the wire format (constants, headers, option
+//! payloads); `server`, the accept loop and the per-client threads, with
+//! `server/negotiate.rs` (the handshake) and `server/transmission.rs` (the
+//! reader and writer of requests and replies).
 
 pub mod proto;
 mod server;

@@ -1,5 +1,5 @@
 //! The NBD server: accept loop and one thread per client, which
-//! negotiates ([`negotiate`]) and then serves requests ([`transmission`]:
+//! negotiates ([`negotiate`](mod@negotiate)) and then serves requests ([`transmission`](mod@transmission):
 //! its reader, plus one writer thread per client).
 
 use std::collections::HashMap;

@@ -22,13 +22,13 @@
 //!   repd finds it there and recovers it instead of adding a new one, and
 //!   the requests that were in flight are issued again. Whoever runs the
 //!   device decides when the held I/O may go on: [`UblkOptions::defer_recovery_end`]
-//!   and [`UblkDevice::end_recovery`]; [`manage`] ends it once the node is
+//!   and [`UblkDevice::end_recovery`]; [`manage()`] ends it once the node is
 //!   Primary again. Until then a device left by a dead repd stays
 //!   quiesced (nothing is served while the node is Secondary), and if the
 //!   node's data moves to another generation meanwhile (it resynced from a
 //!   peer that was Primary), the device is removed instead: its held I/O
 //!   belongs to data that no longer exists.
-//! - [`manage`]: repd's loop that keeps the device in step with the role:
+//! - [`manage()`]: repd's loop that keeps the device in step with the role:
 //!   present while Primary, gone while Secondary. While Secondary the
 //!   device is kept *prepared* (added, queues ready, not started: only the
 //!   control device `/dev/ublkcN` exists, no block device), so that a
@@ -43,6 +43,11 @@
 //!
 //! Without ublk_drv (no `/dev/ublk-control`) nothing here does anything but
 //! say so once: repd serves its NBD export only.
+//!
+//! Modules: `device` ([`UblkDevice`]: add or recover, queues, stop);
+//! `queue/` (one queue thread, and its `mailbox` of answers and lent
+//! buffers); `manage` ([`manage()`], the loop that follows the role);
+//! `inuse` ([`in_use`], [`ServedDevice`]).
 
 mod device;
 mod inuse;

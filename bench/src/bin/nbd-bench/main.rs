@@ -1,6 +1,10 @@
 //! `nbd-bench`: fio over the NBD export of repd, against nbdkit's file
 //! plugin on the same filesystem. See `nbd-bench --help` and
 //! bench/RESULTS.md.
+//!
+//! Here the command line and the runs; `setup`: the targets measured (repd
+//! pairs and StandAlone nodes, nbdkit); `report`: what it prints (each
+//! run's figures, the Markdown tables).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};

@@ -80,10 +80,20 @@
 //!
 //! # Streams
 //!
-//! [`decode`] works on a borrowed buffer and reports how many bytes it used;
+//! [`decode()`] works on a borrowed buffer and reports how many bytes it used;
 //! [`FrameDecoder`] owns a buffer for a socket reader and hands out the data
 //! of writes as slices of it, without copying. Any [`DecodeError`] means the
 //! stream can no longer be trusted: the connection must be dropped.
+//!
+//! # Modules
+//!
+//! - `header`: the 16-byte header and the frame's crc32c, checked as the
+//!   bytes arrive;
+//! - `encode`: a message into the bytes of one frame;
+//! - `decode`: a payload into a message, a buffer or a stream into frames
+//!   ([`FrameDecoder`]);
+//! - `codes`: the message type codes and the codes of enum fields;
+//! - `error`: [`DecodeError`] and the errors of encoding.
 
 //!
 //! # Modules

@@ -34,6 +34,11 @@
 //! [`RX_BYTES_PER_TURN`] per turn, and not at all while its disk has a
 //! backlog (see `Runner`); what it does not read stays in the kernel's
 //! socket buffer and TCP slows the peer down.
+//!
+//! Here: the transport (sending, receiving, listening and dialing);
+//! `framer`: cutting the byte stream into frames ([`Framer`]); `error`:
+//! why the connection failed ([`PeerError`]); `tests`: the framer against
+//! a real socket.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;

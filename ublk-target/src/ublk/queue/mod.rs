@@ -18,6 +18,10 @@
 //! Bounds: a queue has at most `depth` requests in flight (one per tag), so
 //! the mailbox never holds more than `depth` answers and the backend never
 //! has more than `nr_queues * depth` requests from this device.
+//!
+//! Here: decoding a request, its pending state, committing its result
+//! (full byte count or a negative errno, never short) and the thread's
+//! loop; `mailbox`: the [`Mailbox`] and the [`TagLease`]; `tests`.
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
