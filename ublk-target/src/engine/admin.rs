@@ -5,10 +5,19 @@
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
-use replication_proto::machine::{Admin, AdminError, SuspendMode};
+use rep_control::protocol::Refusal;
+use replication_proto::machine::{Admin, SuspendMode};
 use replication_proto::time::Millis;
 
 use super::{ControlCmd, ControlReply, Runner};
+
+/// A command the daemon refuses before the state machine sees it.
+#[derive(Debug)]
+struct Refused {
+    /// In words, as `repctl` prints it.
+    why: String,
+    refusal: Refusal,
+}
 
 /// How long a forced `down` waits for the requests of the NBD clients it
 /// disconnected to end before it gives up (held requests never end).
@@ -18,7 +27,7 @@ impl Runner {
     pub(super) fn control(&mut self, cmd: ControlCmd, reply: Sender<ControlReply>) {
         let admin = match self.admin_for(&cmd) {
             Ok(a) => a,
-            Err(why) => return self.refuse(&reply, why),
+            Err(r) => return self.refuse(&reply, r.why, r.refusal),
         };
         let result = match admin {
             None => Ok(()),
@@ -34,18 +43,22 @@ impl Runner {
                 return;
             }
         }
-        let st = self.status();
-        let _ = reply.send(ControlReply {
-            ok: result.is_ok(),
-            error: result.as_ref().err().map(AdminError::to_string),
-            refusal: result.err(),
-            status: Some(st),
-        });
+        match result {
+            Ok(()) => {
+                let _ = reply.send(ControlReply {
+                    ok: true,
+                    error: None,
+                    refusal: None,
+                    status: Some(self.status()),
+                });
+            }
+            Err(e) => self.refuse(&reply, e.to_string(), e.into()),
+        }
     }
 
     /// What the state machine is to do for `cmd` (`None`: nothing, e.g.
     /// `status`), or why the daemon refuses it.
-    fn admin_for(&mut self, cmd: &ControlCmd) -> Result<Option<Admin>, String> {
+    fn admin_for(&mut self, cmd: &ControlCmd) -> Result<Option<Admin>, Refused> {
         let admin = match cmd {
             ControlCmd::Status => return Ok(None),
             ControlCmd::Primary { force } => Admin::Primary { force: *force },
@@ -70,7 +83,15 @@ impl Runner {
                 if_current: Some(h),
             } => match u64::from_str_radix(h, 16) {
                 Ok(current) => Admin::ResumeIoAt { current },
-                Err(_) => return Err(format!("resume-io: \"{h}\" is not a hex generation")),
+                Err(_) => {
+                    return Err(Refused {
+                        why: format!("resume-io: \"{h}\" is not a hex generation"),
+                        refusal: Refusal::BadArgument {
+                            argument: "if_current".into(),
+                            value: h.clone(),
+                        },
+                    })
+                }
             },
             ControlCmd::FreezeOnDisconnect { on } => Admin::FreezeOnDisconnect { on: *on },
             ControlCmd::Outdate => Admin::Outdate,
@@ -80,25 +101,34 @@ impl Runner {
     }
 
     /// `secondary`: refused while anything uses the device.
-    fn secondary(&self) -> Result<Admin, String> {
+    fn secondary(&self) -> Result<Admin, Refused> {
         match self.shared.users.in_use(false) {
-            Some(u) if u.clients > 0 => Err(format!("{}; disconnect them first", u.why)),
-            Some(u) => Err(u.why),
+            Some(u) => Err(Refused {
+                refusal: u.refusal(),
+                why: if u.clients() > 0 {
+                    format!("{}; disconnect them first", u.why)
+                } else {
+                    u.why
+                },
+            }),
             None => Ok(Admin::Secondary),
         }
     }
 
     /// `down`: refused while anything uses the device, except that a forced
     /// one disconnects the clients (NBD) instead.
-    fn down(&self, force: bool) -> Result<Admin, String> {
+    fn down(&self, force: bool) -> Result<Admin, Refused> {
         let users = &self.shared.users;
         if let Some(u) = users.in_use(force) {
-            let hint = if u.clients > 0 && !force {
+            let hint = if u.clients() > 0 && !force {
                 "disconnect them, or `repctl down --force` to cut them (the node stays up)"
             } else {
                 "the node stays up"
             };
-            return Err(format!("{}; {hint}", u.why));
+            return Err(Refused {
+                why: format!("{}; {hint}", u.why),
+                refusal: u.refusal(),
+            });
         }
         let clients = users.clients();
         if force && clients > 0 {
@@ -134,24 +164,10 @@ impl Runner {
         false
     }
 
-    pub(super) fn refuse(&self, reply: &Sender<ControlReply>, why: String) {
-        let _ = reply.send(ControlReply {
-            ok: false,
-            error: Some(why),
-            refusal: None,
-            status: Some(self.status()),
-        });
-    }
-
-    /// Answer a command the state machine refused: its reason in words (as
-    /// `repctl` prints it) and as the value callers branch on.
-    fn refuse_admin(&self, reply: &Sender<ControlReply>, e: AdminError) {
-        let _ = reply.send(ControlReply {
-            ok: false,
-            error: Some(e.to_string()),
-            refusal: Some(e),
-            status: Some(self.status()),
-        });
+    /// Answer a refused command: its reason in words (as `repctl` prints
+    /// it), as the value callers branch on, and the state it was refused in.
+    fn refuse(&self, reply: &Sender<ControlReply>, why: String, refusal: Refusal) {
+        let _ = reply.send(ControlReply::refused(why, refusal, Some(self.status())));
     }
 
     /// A forced `down` waiting for the requests of the clients it cut:
@@ -172,7 +188,7 @@ impl Runner {
         self.drain();
         match result {
             Ok(()) => self.down_waiters.push(reply),
-            Err(e) => self.refuse_admin(&reply, e),
+            Err(e) => self.refuse(&reply, e.to_string(), e.into()),
         }
     }
 }
