@@ -1,7 +1,7 @@
 //! The control protocol: the commands `repctl` and the cluster agent send to
 //! repd over the control socket, and the answers (the node's status as
 //! `repctl status --json` prints it). One JSON object per line each way.
-//! Why a command was refused, as a value, is in [`refusal`].
+//! Why a command was refused, as a value: [`Refusal`].
 
 mod refusal;
 
