@@ -192,3 +192,101 @@ impl Runner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rep_control::protocol::{ClientCount, InUseBy};
+    use replication_proto::machine::AdminError;
+
+    use super::super::{start, EngineOptions};
+    use super::*;
+    use crate::config::Config;
+    use crate::frontend::UserSource;
+    use crate::md::{CreateParams, MetaDevice};
+
+    /// A frontend with one client connected.
+    struct OneClient;
+
+    impl UserSource for OneClient {
+        fn name(&self) -> &str {
+            "NBD"
+        }
+        fn clients(&self) -> usize {
+            1
+        }
+    }
+
+    /// Every refusal carries its value beside its unchanged words: the
+    /// daemon's own (in use, a bad argument) and the state machine's.
+    #[test]
+    fn every_refusal_says_its_reason_as_a_value() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let disk = dir.path().join("alpha.img");
+        std::fs::write(&disk, vec![0u8; 8 << 20]).expect("backing file");
+        let text = format!(
+            "[resource]\nname = \"rf\"\n[net]\nsecret = \"s\"\n\
+             [[node]]\nname = \"alpha\"\naddress = \"127.0.0.1:1\"\ndisk = \"{}\"\nmeta-disk = \"internal\"\ndevice = 0\n\
+             [[node]]\nname = \"beta\"\naddress = \"127.0.0.1:2\"\ndisk = \"/nonexistent\"\nmeta-disk = \"internal\"\ndevice = 1\n",
+            disk.display()
+        );
+        let cfg = Config::from_str_named(&text, "rf.toml").expect("config");
+        let (me, _) = cfg.local(Some("alpha")).expect("alpha");
+        MetaDevice::create(&CreateParams::from_config(&cfg, me), false).expect("create-md");
+        let opts = EngineOptions {
+            direct: false,
+            connect: false,
+        };
+        let eng = start(&cfg, Some("alpha"), &opts).expect("engine");
+        let h = eng.handle.clone();
+        let ask = |cmd| h.control(cmd).expect("reply");
+
+        let r = ask(ControlCmd::Primary { force: true });
+        assert!(r.ok && r.refusal.is_none(), "{r:?}");
+        let r = ask(ControlCmd::Invalidate);
+        assert_eq!(
+            r.refusal,
+            Some(Refusal::Machine(AdminError::PrimaryCannotInvalidate))
+        );
+        assert_eq!(
+            r.error,
+            Some(AdminError::PrimaryCannotInvalidate.to_string())
+        );
+        let r = ask(ControlCmd::ResumeIo {
+            if_current: Some("xyz".into()),
+        });
+        assert_eq!(
+            r.error.as_deref(),
+            Some("resume-io: \"xyz\" is not a hex generation")
+        );
+        assert_eq!(
+            r.refusal,
+            Some(Refusal::BadArgument {
+                argument: "if_current".into(),
+                value: "xyz".into()
+            })
+        );
+
+        let client = h.users().register(Arc::new(OneClient));
+        let in_use = Some(Refusal::InUse {
+            by: InUseBy::Clients(vec![ClientCount {
+                frontend: "NBD".into(),
+                count: 1,
+            }]),
+        });
+        let r = ask(ControlCmd::Secondary);
+        assert_eq!(
+            r.error.as_deref(),
+            Some("the device is in use: 1 NBD client(s) connected; disconnect them first")
+        );
+        assert_eq!(r.refusal, in_use);
+        let r = ask(ControlCmd::Down { force: false });
+        assert_eq!(r.refusal, in_use, "{r:?}");
+        drop(client);
+
+        let r = ask(ControlCmd::Down { force: false });
+        assert!(r.ok, "{r:?}");
+        eng.thread.join().expect("engine thread");
+    }
+}
