@@ -8,6 +8,9 @@
 mod common;
 
 use common::{Cluster, Opts};
+use rep_control::protocol::{ControlCmd, Refusal};
+use replication_proto::machine::AdminError;
+use replication_proto::wire::DiskState;
 
 #[test]
 fn a_lost_replication_link_outdates_the_secondary_over_the_other_path() {
@@ -32,8 +35,15 @@ fn a_lost_replication_link_outdates_the_secondary_over_the_other_path() {
     // An Outdated node refuses to become Primary without --force.
     let o = c.repctl(1, &["primary"]);
     assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("Outdated"), "{err}");
+    let r = c.repd_control(1, &ControlCmd::Primary { force: false });
+    assert_eq!(
+        r.refusal,
+        Some(Refusal::Machine(AdminError::NotUpToDate {
+            disk: DiskState::Outdated
+        })),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // Even when the Primary dies now, beta does not take over with stale data.
     c.kill_everything(0);
     let sb = c.wait_agent(1, "alpha dead to beta", 20, |s| s["peer"]["alive"] == false);

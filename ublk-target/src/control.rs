@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rep_control::client::{socket_path, ControlError};
-use rep_control::protocol::ControlCmd;
+use rep_control::protocol::{ControlCmd, ControlReply, Refusal};
 use rep_control::socket::{bind_private, serve_json_lines, BindError};
 
 use crate::engine::EngineHandle;
@@ -99,14 +99,38 @@ impl ControlServer {
 
 fn serve(conn: UnixStream, engine: &EngineHandle) {
     serve_json_lines::<ControlCmd>(conn, |cmd| {
-        Some(match cmd {
-            Ok(cmd) => match engine.control(cmd) {
-                Some(r) => serde_json::to_string(&r).unwrap_or_default(),
-                None => r#"{"ok":false,"error":"the daemon is stopping"}"#.to_string(),
-            },
-            Err(e) => {
-                serde_json::json!({ "ok": false, "error": format!("bad request: {e}") }).to_string()
-            }
-        })
+        let reply = match cmd {
+            Ok(cmd) => engine.control(cmd).unwrap_or_else(stopping),
+            Err(e) => bad_request(&e),
+        };
+        Some(serde_json::to_string(&reply).unwrap_or_default())
     });
+}
+
+/// The answer once the engine is gone.
+fn stopping() -> ControlReply {
+    ControlReply::refused("the daemon is stopping".into(), Refusal::Stopping, None)
+}
+
+/// The answer to a line that is not a command.
+fn bad_request(e: &serde_json::Error) -> ControlReply {
+    ControlReply::refused(format!("bad request: {e}"), Refusal::BadRequest, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The daemon's own refusals keep their words and say them as values.
+    #[test]
+    fn stopping_and_bad_requests_are_typed_refusals() {
+        let r = stopping();
+        assert!(!r.ok);
+        assert_eq!(r.error.as_deref(), Some("the daemon is stopping"));
+        assert_eq!(r.refusal, Some(Refusal::Stopping));
+        let e = serde_json::from_str::<ControlCmd>(r#"{"cmd":"promote"}"#).unwrap_err();
+        let r = bad_request(&e);
+        assert!(r.error.unwrap().starts_with("bad request: unknown variant"));
+        assert_eq!(r.refusal, Some(Refusal::BadRequest));
+    }
 }

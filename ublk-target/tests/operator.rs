@@ -13,6 +13,8 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use common::{require, Cluster, Opts};
+use rep_control::protocol::{ClientCount, ControlCmd, InUseBy, Refusal};
+use replication_proto::machine::AdminError;
 
 fn stderr_of(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -111,6 +113,16 @@ fn down_is_refused_while_nbd_clients_are_connected_and_force_cuts_them() {
     assert!(!o.status.success(), "down cut a connected client: {err}");
     assert!(err.contains("1 NBD client(s) connected"), "{err}");
     assert!(err.contains("repctl down --force"), "{err}");
+    let one_nbd_client = Refusal::InUse {
+        by: InUseBy::Clients(vec![ClientCount {
+            frontend: "NBD".into(),
+            count: 1,
+        }]),
+    };
+    for cmd in [ControlCmd::Secondary, ControlCmd::Down { force: false }] {
+        let r = c.control(0, &cmd);
+        assert_eq!(r.refusal.as_ref(), Some(&one_nbd_client), "{cmd:?}: {r:?}");
+    }
     // Nothing happened: the daemon runs, still Primary, the client writes on.
     assert!(!gone(pid));
     assert_eq!(c.status(0)["role"], "Primary");
@@ -346,6 +358,11 @@ fn invalidate_on_a_primary_points_to_invalidate_remote() {
     let err = stderr_of(&o);
     assert!(!o.status.success());
     assert!(err.contains("repctl invalidate-remote"), "{err}");
+    let r = c.control(0, &ControlCmd::Invalidate);
+    assert_eq!(
+        r.refusal,
+        Some(Refusal::Machine(AdminError::PrimaryCannotInvalidate))
+    );
 }
 
 #[test]

@@ -14,6 +14,8 @@ mod common;
 use std::time::Duration;
 
 use common::{cluster, random_file, require, Cluster, Mode, Netns, Opts};
+use rep_control::protocol::{ControlCmd, Refusal};
+use replication_proto::machine::AdminError;
 
 /// One test per mode for each scenario.
 macro_rules! both {
@@ -460,6 +462,11 @@ fn status_json_has_the_documented_fields() {
     let o = c.repctl(0, &["verify"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("repctl: error:"));
+    let r = c.control(0, &ControlCmd::Verify { repair: false });
+    assert_eq!(
+        r.refusal,
+        Some(Refusal::Machine(AdminError::VerifyNeedsIdle))
+    );
     // The daemon of a node that is not running: a clear error.
     let o = c.repctl(1, &["status"]);
     assert!(!o.status.success());

@@ -19,6 +19,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use rep_control::protocol::{ControlCmd, ControlReply};
 use rep_testkit::netns::{add_netns, del_netns};
 use rep_testkit::{in_netns, Repctl};
 use serde_json::Value;
@@ -467,6 +468,13 @@ impl Cluster {
 
     pub fn repctl_ok(&self, i: usize, args: &[&str]) -> String {
         self.node(i).ok(args)
+    }
+
+    /// Sends `cmd` to node i's repd over its control socket, as repctl
+    /// does, and returns the whole answer (`refusal` included).
+    pub fn repd_control(&self, i: usize, cmd: &ControlCmd) -> ControlReply {
+        let sock = rep_control::client::socket_path(&self.run_dir, "r0", NODES[i]);
+        rep_control::client::request(&sock, cmd, Some(Duration::from_secs(60))).unwrap()
     }
 
     /// `repctl status --json`, or None when repd does not run.

@@ -1,8 +1,13 @@
 //! The control protocol: the commands `repctl` and the cluster agent send to
 //! repd over the control socket, and the answers (the node's status as
 //! `repctl status --json` prints it). One JSON object per line each way.
+//! Why a command was refused, as a value: [`Refusal`].
 
-use replication_proto::machine::{AdminError, SuspendMode};
+mod refusal;
+
+pub use refusal::{ClientCount, InUseBy, Refusal};
+
+use replication_proto::machine::SuspendMode;
 use replication_proto::wire::{DiskState, Role};
 use serde::{Deserialize, Serialize};
 
@@ -61,14 +66,31 @@ pub struct ControlReply {
     pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
-    /// Set when the replication state machine refused the command: the
-    /// reason as a value callers can branch on (`error` says it in words).
-    /// Refusals that come before the state machine (the device is in use, a
-    /// malformed generation) leave it unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refusal: Option<AdminError>,
+    /// Set whenever repd refused the command: the reason as a value callers
+    /// branch on (`error` says it in words). Unset in answers of a repd from
+    /// before it existed, and when a newer repd's refusal is unknown here.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "refusal::known_refusal"
+    )]
+    pub refusal: Option<Refusal>,
     #[serde(default)]
     pub status: Option<NodeStatus>,
+}
+
+impl ControlReply {
+    /// A refusal: `error` in words (what `repctl` prints), `refusal` as the
+    /// value, and the state it was refused in when there is one.
+    #[must_use]
+    pub fn refused(error: String, refusal: Refusal, status: Option<NodeStatus>) -> Self {
+        Self {
+            ok: false,
+            error: Some(error),
+            refusal: Some(refusal),
+            status,
+        }
+    }
 }
 
 /// What `repctl status --json` prints.
@@ -206,6 +228,26 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&ok).unwrap(),
             r#"{"ok":true,"status":null}"#
+        );
+    }
+
+    /// A refusal a newer repd knows and this build does not still leaves a
+    /// reply, with its words.
+    #[test]
+    fn an_unknown_refusal_reads_as_none() {
+        let r: ControlReply = serde_json::from_str(
+            r#"{"ok":false,"error":"no such thing","refusal":{"FromTheFuture":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.refusal, None);
+        assert_eq!(r.error.as_deref(), Some("no such thing"));
+        let r: ControlReply =
+            serde_json::from_str(r#"{"ok":false,"error":"x","refusal":"PeerIsPrimary"}"#).unwrap();
+        assert_eq!(
+            r.refusal,
+            Some(Refusal::Machine(
+                replication_proto::machine::AdminError::PeerIsPrimary
+            ))
         );
     }
 }

@@ -5,10 +5,19 @@
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
-use replication_proto::machine::{Admin, AdminError, SuspendMode};
+use rep_control::protocol::Refusal;
+use replication_proto::machine::{Admin, SuspendMode};
 use replication_proto::time::Millis;
 
 use super::{ControlCmd, ControlReply, Runner};
+
+/// A command the daemon refuses before the state machine sees it.
+#[derive(Debug)]
+struct Refused {
+    /// In words, as `repctl` prints it.
+    why: String,
+    refusal: Refusal,
+}
 
 /// How long a forced `down` waits for the requests of the NBD clients it
 /// disconnected to end before it gives up (held requests never end).
@@ -18,7 +27,7 @@ impl Runner {
     pub(super) fn control(&mut self, cmd: ControlCmd, reply: Sender<ControlReply>) {
         let admin = match self.admin_for(&cmd) {
             Ok(a) => a,
-            Err(why) => return self.refuse(&reply, why),
+            Err(r) => return self.refuse(&reply, r.why, r.refusal),
         };
         let result = match admin {
             None => Ok(()),
@@ -34,18 +43,22 @@ impl Runner {
                 return;
             }
         }
-        let st = self.status();
-        let _ = reply.send(ControlReply {
-            ok: result.is_ok(),
-            error: result.as_ref().err().map(AdminError::to_string),
-            refusal: result.err(),
-            status: Some(st),
-        });
+        match result {
+            Ok(()) => {
+                let _ = reply.send(ControlReply {
+                    ok: true,
+                    error: None,
+                    refusal: None,
+                    status: Some(self.status()),
+                });
+            }
+            Err(e) => self.refuse(&reply, e.to_string(), e.into()),
+        }
     }
 
     /// What the state machine is to do for `cmd` (`None`: nothing, e.g.
     /// `status`), or why the daemon refuses it.
-    fn admin_for(&mut self, cmd: &ControlCmd) -> Result<Option<Admin>, String> {
+    fn admin_for(&mut self, cmd: &ControlCmd) -> Result<Option<Admin>, Refused> {
         let admin = match cmd {
             ControlCmd::Status => return Ok(None),
             ControlCmd::Primary { force } => Admin::Primary { force: *force },
@@ -70,7 +83,15 @@ impl Runner {
                 if_current: Some(h),
             } => match u64::from_str_radix(h, 16) {
                 Ok(current) => Admin::ResumeIoAt { current },
-                Err(_) => return Err(format!("resume-io: \"{h}\" is not a hex generation")),
+                Err(_) => {
+                    return Err(Refused {
+                        why: format!("resume-io: \"{h}\" is not a hex generation"),
+                        refusal: Refusal::BadArgument {
+                            argument: "if_current".into(),
+                            value: h.clone(),
+                        },
+                    })
+                }
             },
             ControlCmd::FreezeOnDisconnect { on } => Admin::FreezeOnDisconnect { on: *on },
             ControlCmd::Outdate => Admin::Outdate,
@@ -80,25 +101,34 @@ impl Runner {
     }
 
     /// `secondary`: refused while anything uses the device.
-    fn secondary(&self) -> Result<Admin, String> {
+    fn secondary(&self) -> Result<Admin, Refused> {
         match self.shared.users.in_use(false) {
-            Some(u) if u.clients > 0 => Err(format!("{}; disconnect them first", u.why)),
-            Some(u) => Err(u.why),
+            Some(u) => Err(Refused {
+                refusal: u.refusal(),
+                why: if u.clients() > 0 {
+                    format!("{}; disconnect them first", u.why)
+                } else {
+                    u.why
+                },
+            }),
             None => Ok(Admin::Secondary),
         }
     }
 
     /// `down`: refused while anything uses the device, except that a forced
     /// one disconnects the clients (NBD) instead.
-    fn down(&self, force: bool) -> Result<Admin, String> {
+    fn down(&self, force: bool) -> Result<Admin, Refused> {
         let users = &self.shared.users;
         if let Some(u) = users.in_use(force) {
-            let hint = if u.clients > 0 && !force {
+            let hint = if u.clients() > 0 && !force {
                 "disconnect them, or `repctl down --force` to cut them (the node stays up)"
             } else {
                 "the node stays up"
             };
-            return Err(format!("{}; {hint}", u.why));
+            return Err(Refused {
+                why: format!("{}; {hint}", u.why),
+                refusal: u.refusal(),
+            });
         }
         let clients = users.clients();
         if force && clients > 0 {
@@ -134,24 +164,10 @@ impl Runner {
         false
     }
 
-    pub(super) fn refuse(&self, reply: &Sender<ControlReply>, why: String) {
-        let _ = reply.send(ControlReply {
-            ok: false,
-            error: Some(why),
-            refusal: None,
-            status: Some(self.status()),
-        });
-    }
-
-    /// Answer a command the state machine refused: its reason in words (as
-    /// `repctl` prints it) and as the value callers branch on.
-    fn refuse_admin(&self, reply: &Sender<ControlReply>, e: AdminError) {
-        let _ = reply.send(ControlReply {
-            ok: false,
-            error: Some(e.to_string()),
-            refusal: Some(e),
-            status: Some(self.status()),
-        });
+    /// Answer a refused command: its reason in words (as `repctl` prints
+    /// it), as the value callers branch on, and the state it was refused in.
+    fn refuse(&self, reply: &Sender<ControlReply>, why: String, refusal: Refusal) {
+        let _ = reply.send(ControlReply::refused(why, refusal, Some(self.status())));
     }
 
     /// A forced `down` waiting for the requests of the clients it cut:
@@ -172,7 +188,105 @@ impl Runner {
         self.drain();
         match result {
             Ok(()) => self.down_waiters.push(reply),
-            Err(e) => self.refuse_admin(&reply, e),
+            Err(e) => self.refuse(&reply, e.to_string(), e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rep_control::protocol::{ClientCount, InUseBy};
+    use replication_proto::machine::AdminError;
+
+    use super::super::{start, EngineOptions};
+    use super::*;
+    use crate::config::Config;
+    use crate::frontend::UserSource;
+    use crate::md::{CreateParams, MetaDevice};
+
+    /// A frontend with one client connected.
+    struct OneClient;
+
+    impl UserSource for OneClient {
+        fn name(&self) -> &str {
+            "NBD"
+        }
+        fn clients(&self) -> usize {
+            1
+        }
+    }
+
+    /// Every refusal carries its value beside its unchanged words: the
+    /// daemon's own (in use, a bad argument) and the state machine's.
+    #[test]
+    fn every_refusal_says_its_reason_as_a_value() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let disk = dir.path().join("alpha.img");
+        std::fs::write(&disk, vec![0u8; 8 << 20]).expect("backing file");
+        let text = format!(
+            "[resource]\nname = \"rf\"\n[net]\nsecret = \"s\"\n\
+             [[node]]\nname = \"alpha\"\naddress = \"127.0.0.1:1\"\ndisk = \"{}\"\nmeta-disk = \"internal\"\ndevice = 0\n\
+             [[node]]\nname = \"beta\"\naddress = \"127.0.0.1:2\"\ndisk = \"/nonexistent\"\nmeta-disk = \"internal\"\ndevice = 1\n",
+            disk.display()
+        );
+        let cfg = Config::from_str_named(&text, "rf.toml").expect("config");
+        let (me, _) = cfg.local(Some("alpha")).expect("alpha");
+        MetaDevice::create(&CreateParams::from_config(&cfg, me), false).expect("create-md");
+        let opts = EngineOptions {
+            direct: false,
+            connect: false,
+        };
+        let eng = start(&cfg, Some("alpha"), &opts).expect("engine");
+        let h = eng.handle.clone();
+        let ask = |cmd| h.control(cmd).expect("reply");
+
+        let r = ask(ControlCmd::Primary { force: true });
+        assert!(r.ok && r.refusal.is_none(), "{r:?}");
+        let r = ask(ControlCmd::Invalidate);
+        assert_eq!(
+            r.refusal,
+            Some(Refusal::Machine(AdminError::PrimaryCannotInvalidate))
+        );
+        assert_eq!(
+            r.error,
+            Some(AdminError::PrimaryCannotInvalidate.to_string())
+        );
+        let r = ask(ControlCmd::ResumeIo {
+            if_current: Some("xyz".into()),
+        });
+        assert_eq!(
+            r.error.as_deref(),
+            Some("resume-io: \"xyz\" is not a hex generation")
+        );
+        assert_eq!(
+            r.refusal,
+            Some(Refusal::BadArgument {
+                argument: "if_current".into(),
+                value: "xyz".into()
+            })
+        );
+
+        let client = h.users().register(Arc::new(OneClient));
+        let in_use = Some(Refusal::InUse {
+            by: InUseBy::Clients(vec![ClientCount {
+                frontend: "NBD".into(),
+                count: 1,
+            }]),
+        });
+        let r = ask(ControlCmd::Secondary);
+        assert_eq!(
+            r.error.as_deref(),
+            Some("the device is in use: 1 NBD client(s) connected; disconnect them first")
+        );
+        assert_eq!(r.refusal, in_use);
+        let r = ask(ControlCmd::Down { force: false });
+        assert_eq!(r.refusal, in_use, "{r:?}");
+        drop(client);
+
+        let r = ask(ControlCmd::Down { force: false });
+        assert!(r.ok, "{r:?}");
+        eng.thread.join().expect("engine thread");
     }
 }

@@ -11,6 +11,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
+use rep_control::protocol::{ClientCount, InUseBy, Refusal};
+
 use crate::frontend::UserSource;
 
 /// Why the device must not be taken from its users now.
@@ -18,9 +20,28 @@ use crate::frontend::UserSource;
 pub struct InUse {
     /// The refusal, as the operator reads it.
     pub why: String,
+    /// Who holds it, as the refusal's value ([`Refusal::InUse`]).
+    pub by: InUseBy,
+}
+
+impl InUse {
     /// How many of the users are clients a forced `down` would cut (0
     /// when the device is held otherwise).
-    pub clients: usize,
+    #[must_use]
+    pub fn clients(&self) -> usize {
+        match &self.by {
+            InUseBy::Clients(c) => c.iter().map(|c| c.count).sum(),
+            InUseBy::Held => 0,
+        }
+    }
+
+    /// The refusal as callers branch on it.
+    #[must_use]
+    pub fn refusal(&self) -> Refusal {
+        Refusal::InUse {
+            by: self.by.clone(),
+        }
+    }
 }
 
 type Entries = Mutex<Vec<(u64, Arc<dyn UserSource>)>>;
@@ -110,31 +131,34 @@ impl Users {
                 return Some(u);
             }
         }
-        sources
-            .iter()
-            .find_map(|s| s.held())
-            .map(|why| InUse { why, clients: 0 })
+        sources.iter().find_map(|s| s.held()).map(|why| InUse {
+            why,
+            by: InUseBy::Held,
+        })
     }
 }
 
 /// The clients connected through `sources`, as a refusal.
 fn connected(sources: &[Arc<dyn UserSource>]) -> Option<InUse> {
-    let counts: Vec<(usize, &str)> = sources
+    let counts: Vec<ClientCount> = sources
         .iter()
-        .map(|s| (s.clients(), s.name()))
-        .filter(|(n, _)| *n > 0)
+        .map(|s| ClientCount {
+            frontend: s.name().to_string(),
+            count: s.clients(),
+        })
+        .filter(|c| c.count > 0)
         .collect();
     if counts.is_empty() {
         return None;
     }
     let what = counts
         .iter()
-        .map(|(n, name)| format!("{n} {name} client(s)"))
+        .map(|c| format!("{} {} client(s)", c.count, c.frontend))
         .collect::<Vec<_>>()
         .join(", ");
     Some(InUse {
         why: format!("the device is in use: {what} connected"),
-        clients: counts.iter().map(|(n, _)| n).sum(),
+        by: InUseBy::Clients(counts),
     })
 }
 
@@ -185,12 +209,22 @@ mod tests {
         }));
         let busy = u.in_use(false).expect("in use");
         assert_eq!(busy.why, "the device is in use: 2 NBD client(s) connected");
-        assert_eq!(busy.clients, 2);
+        assert_eq!(busy.clients(), 2);
+        assert_eq!(
+            busy.refusal(),
+            Refusal::InUse {
+                by: InUseBy::Clients(vec![ClientCount {
+                    frontend: "NBD".into(),
+                    count: 2
+                }])
+            }
+        );
         let forced = u.in_use(true).expect("held");
         assert_eq!(
-            (forced.why.as_str(), forced.clients),
+            (forced.why.as_str(), forced.clients()),
             ("Device is held open by someone", 0)
         );
+        assert_eq!(forced.refusal(), Refusal::InUse { by: InUseBy::Held });
         drop(held);
         assert_eq!(u.in_use(true), None);
         u.cut_clients();

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use rep_control::protocol::{ControlCmd, ControlReply};
 use rep_testkit::{in_netns, Repctl};
 use serde_json::Value;
 
@@ -152,6 +153,13 @@ impl Cluster {
 
     pub fn up(&self, i: usize) {
         self.ok(i, &["up"]);
+    }
+
+    /// Sends `cmd` to node i's repd over its control socket, as repctl
+    /// does, and returns the whole answer (`refusal` included).
+    pub fn control(&self, i: usize, cmd: &ControlCmd) -> ControlReply {
+        let sock = rep_control::client::socket_path(&self.run_dir, &self.resource, NODES[i]);
+        rep_control::client::request(&sock, cmd, Some(Duration::from_secs(60))).unwrap()
     }
 
     pub fn status(&self, i: usize) -> Value {
