@@ -343,6 +343,20 @@ mod tests {
         assert_eq!(decode(b"key", &p).unwrap().beat, b2);
     }
 
+    /// The bytes on the wire are the protocol: a change of a field's type
+    /// must not change them (agents of two versions talk to each other).
+    #[test]
+    fn golden_bytes() {
+        const GOLDEN: &str = "525048420101036d0106010000000000deadbeef000000000000007b\
+                              000000000000002a0000000000000007000000000000000902723005\
+                              616c706861fc9cd771f3b14f757b057770d6cad0f7c8a4fc4502b018\
+                              ea4dd0979ccdd8deba";
+        let p = encode(b"key", "r0", "alpha", &beat());
+        let hex: String = p.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, GOLDEN);
+        assert_eq!(decode(b"key", &p).unwrap().beat, beat());
+    }
+
     #[test]
     fn wrong_key_and_tampering_are_bad_mac() {
         let p = encode(b"key", "r0", "alpha", &beat());

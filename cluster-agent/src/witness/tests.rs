@@ -112,6 +112,37 @@ fn round_trip_and_bad_mac() {
     }
 }
 
+/// The bytes on the wire are the protocol: a change of a field's type must
+/// not change them.
+#[test]
+fn golden_bytes() {
+    const REQUEST: &str = "5250575101010700020600000000000000000007000000000000006400000000\
+                           000000030000000000000abc00000000000000000000000000000000000000\
+                           000000000002723005616c706861dd6754549d7e4213fe8064250b4ef7047b\
+                           608e853ba16970e2afa388b143c21d";
+    const REPLY: &str = "5250575101020300000000000000000000000009000000000000000700000000\
+                         0000000300000000000005dc02723005616c706861026f6becc7c7dba308767a\
+                         6d3a4959dc3dc3388f978dfd030a502d67062534246de972";
+    let hex = |p: &[u8]| -> String { p.iter().map(|b| format!("{b:02x}")).collect() };
+    let mut r = req(3, 0xabc);
+    r.want_vote = true;
+    let p = encode_request(b"k", "r0", "alpha", &r);
+    assert_eq!(hex(&p), REQUEST);
+    assert_eq!(decode_request(b"k", &p).unwrap().body, r);
+    let rep = Reply {
+        witness_incarnation: 9,
+        echo: (7, 3),
+        member: true,
+        vote: true,
+        peer_outdated: false,
+        peer_silent_ms: Some(1500),
+        reason: "ok".into(),
+    };
+    let p = encode_reply(b"k", "r0", "alpha", &rep);
+    assert_eq!(hex(&p), REPLY);
+    assert_eq!(decode_reply(b"k", &p).unwrap().body, rep);
+}
+
 #[test]
 fn replays_are_dropped() {
     let mut w = core();
