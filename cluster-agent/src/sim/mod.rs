@@ -49,7 +49,8 @@ use rand_chacha::ChaCha8Rng;
 use replication_proto::wire::{DiskState, Role};
 
 use crate::core::{
-    Action, BadPacket, Beat, Core, CoreConfig, HaState, Input, LocalState, Millis, Op, OpResult,
+    Action, BadPacket, Beat, Core, CoreConfig, HaState, Incarnation, Input, LocalState, Millis, Op,
+    OpResult,
 };
 use crate::witness::{self, Memory, WitnessCore};
 
@@ -140,7 +141,7 @@ impl World {
                 [NAMES[0].into(), NAMES[1].into()],
                 sc.deadtime,
                 Memory::default(),
-                1,
+                Incarnation(1),
                 Millis::ZERO,
             )
         });

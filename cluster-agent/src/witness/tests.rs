@@ -5,7 +5,7 @@ use replication_proto::time::Millis;
 use replication_proto::wire::{DiskState, Role};
 
 use super::*;
-use crate::vocab::WireState;
+use crate::vocab::{Incarnation, RequestNo, WireState};
 use crate::wire::DecodeError;
 
 /// What one request comes to.
@@ -42,9 +42,9 @@ fn handle(w: &mut WitnessCore, now: u64, node: &str, req: &Request) -> (Outcome,
 
 fn req(seq: u64, cur: u64) -> Request {
     Request {
-        incarnation: 7,
+        incarnation: Incarnation(7),
         started_ms: 100,
-        seq,
+        seq: RequestNo(seq),
         want_vote: false,
         state: WireState::Idle,
         repd_up: true,
@@ -71,7 +71,7 @@ fn core() -> WitnessCore {
         ["alpha".into(), "beta".into()],
         1000,
         Memory::default(),
-        1,
+        Incarnation(1),
         Millis::ZERO,
     )
 }
@@ -88,8 +88,8 @@ fn round_trip_and_bad_mac() {
     assert_eq!(decode_request(b"x", &p), Err(DecodeError::BadMac));
     assert!(decode_reply(b"k", &p).is_err());
     let rep = Reply {
-        witness_incarnation: 9,
-        echo: (7, 3),
+        witness_incarnation: Incarnation(9),
+        echo: (Incarnation(7), RequestNo(3)),
         member: true,
         vote: false,
         peer_outdated: true,
@@ -98,7 +98,7 @@ fn round_trip_and_bad_mac() {
     };
     let p = encode_reply(b"k", "r0", "beta", &rep);
     let d = decode_reply(b"k", &p).unwrap();
-    assert_eq!(d.body.echo, (7, 3));
+    assert_eq!(d.body.echo, (Incarnation(7), RequestNo(3)));
     assert!(d.body.member && !d.body.vote && d.body.peer_silent_ms.is_none());
     assert!(d.body.peer_outdated);
     assert!(d.body.reason.len() <= 255 && d.body.reason.starts_with('é'));
@@ -130,8 +130,8 @@ fn golden_bytes() {
     assert_eq!(hex(&p), REQUEST);
     assert_eq!(decode_request(b"k", &p).unwrap().body, r);
     let rep = Reply {
-        witness_incarnation: 9,
-        echo: (7, 3),
+        witness_incarnation: Incarnation(9),
+        echo: (Incarnation(7), RequestNo(3)),
         member: true,
         vote: true,
         peer_outdated: false,
@@ -157,7 +157,7 @@ fn replays_are_dropped() {
     ));
     // An older incarnation while the current one talks: a replay.
     let mut old = req(99, 0x10);
-    old.incarnation = 6;
+    old.incarnation = Incarnation(6);
     old.started_ms = 50;
     assert!(matches!(
         handle(&mut w, 12, "alpha", &old).0,
@@ -175,16 +175,16 @@ fn votes_only_when_the_peer_is_silent_and_marks_it_outdated() {
     let mut w = core();
     reply(handle(&mut w, 10, "alpha", &req(1, 0x10)).0);
     let mut b = req(1, 0x10);
-    b.incarnation = 8;
+    b.incarnation = Incarnation(8);
     b.want_vote = true;
     let r = reply(handle(&mut w, 500, "beta", &b).0);
     assert!(r.member && !r.vote, "{r:?}");
     assert!(r.reason.contains("still hears alpha"), "{}", r.reason);
-    b.seq = 2;
+    b.seq = RequestNo(2);
     let (o, changed) = handle(&mut w, 1010, "beta", &b);
     let r = reply(o);
     assert!(r.vote && changed, "{r:?}");
-    b.seq = 3;
+    b.seq = RequestNo(3);
     assert!(reply(handle(&mut w, 1020, "beta", &b).0).peer_outdated);
     // alpha comes back: remembered Outdated, not a member, no vote.
     let mut a = req(2, 0x10);
@@ -205,7 +205,7 @@ fn a_node_with_older_generations_is_refused() {
     let mut w = core();
     // beta wrote on alone: its bitmap generation is alpha's current.
     let mut b = req(1, 0x30);
-    b.incarnation = 8;
+    b.incarnation = Incarnation(8);
     b.gens.bitmap = 0x10;
     reply(handle(&mut w, 10, "beta", &b).0);
     let mut a = req(1, 0x10);
@@ -224,15 +224,21 @@ fn a_restarted_witness_waits_deadtime_before_voting_and_remembers() {
     let mut b = req(1, 0x10);
     b.want_vote = true;
     assert!(!reply(handle(&mut w, 500, "beta", &b).0).vote);
-    b.seq = 2;
+    b.seq = RequestNo(2);
     let (o, changed) = handle(&mut w, 1000, "beta", &b);
     assert!(reply(o).vote && changed);
     save_memory(&f, w.memory()).unwrap();
     let m = load_memory(&f).unwrap();
     assert!(m.nodes["alpha"].outdated.is_some());
-    let mut w2 = WitnessCore::new(["alpha".into(), "beta".into()], 1000, m, 2, Millis::ZERO);
+    let mut w2 = WitnessCore::new(
+        ["alpha".into(), "beta".into()],
+        1000,
+        m,
+        Incarnation(2),
+        Millis::ZERO,
+    );
     let mut a = req(1, 0x10);
-    a.incarnation = 9;
+    a.incarnation = Incarnation(9);
     a.connected = false;
     let r = reply(handle(&mut w2, 10, "alpha", &a).0);
     assert!(!r.member, "{r:?}");
