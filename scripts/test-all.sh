@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of the project: lints, unit and property tests, the seeded
-# simulator, and the integration tests that drive repctl/repd with real tools.
+# simulators, and the integration tests that drive repctl/repd with real tools.
 # Installs what it needs first (Debian packages), so it works on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,3 +42,5 @@ echo "== cargo test"
 cargo test --workspace
 echo "== simulator: 2000 more seeds (release build)"
 cargo run -q -p replication-proto --release --features sim --bin repsim -- --from 200 --seeds 2000
+echo "== agent simulator: 2000 more seeds (release build)"
+cargo run -q -p cluster-agent --release --features sim --bin agentsim -- --from 260 --seeds 2000

@@ -9,7 +9,8 @@
 //! - [`config`]: the `[cluster]` table of the resource file;
 //! - [`core`]: the sans-IO decision core (events in, actions out);
 //! - [`wire`]: the heartbeat packet;
-//! - [`sim`]: the seeded simulator of two agents;
+//! - `sim`: the seeded simulator of two agents (test tooling, built only
+//!   with the `sim` feature; its binary is `agentsim`);
 //! - [`witness`]: the third voter (`cluster-agent --witness`): its packets,
 //!   its sans-IO core and its process;
 //! - [`daemon`], [`resources`], [`netlink`], [`control`]: the agent process around the core.
@@ -20,6 +21,7 @@ pub mod core;
 pub mod daemon;
 pub mod netlink;
 pub mod resources;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod vocab;
 pub mod wire;

@@ -1,7 +1,11 @@
-//! The agent's shared vocabulary: the time type, the state a heartbeat
-//! announces, the heartbeat's content and the stop-failure policy. Core,
+//! The agent's shared vocabulary: the time type, the ids an agent hands
+//! out (its incarnation, heartbeat and witness request numbers), the state
+//! a heartbeat announces, the heartbeat's content and the stop-failure
+//! policy. Core,
 //! wire, witness, config, daemon and simulator all speak it; it imports
 //! nothing else of the crate, so no module import cycle runs through it.
+
+use std::fmt;
 
 use replication_proto::wire::{DiskState, Role};
 use serde::{Deserialize, Serialize};
@@ -9,6 +13,49 @@ use serde::{Deserialize, Serialize};
 /// A point on the driver's monotonic clock (see [`replication_proto::time`]);
 /// lengths of time are plain `u64` milliseconds.
 pub use replication_proto::time::Millis;
+
+/// One run of an agent (or of the witness): random at its start, so that
+/// the packets of an earlier run are told apart. Printed in hex (`{:016x}`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Incarnation(pub u64);
+
+impl fmt::LowerHex for Incarnation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::LowerHex::fmt(&self.0, f)
+    }
+}
+
+/// A heartbeat's sequence number: monotonic per incarnation, over all
+/// paths; [`Seq::ZERO`] is "none yet" (the first heartbeat is 1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Seq(pub u64);
+
+impl Seq {
+    pub const ZERO: Seq = Seq(0);
+
+    /// The number after this one.
+    #[must_use]
+    pub fn next(self) -> Seq {
+        Seq(self.0 + 1)
+    }
+}
+
+/// A witness request's number: monotonic per incarnation (the witness
+/// drops a request not newer than the last it answered, and the node an
+/// answer whose echo is not newer than the last it took);
+/// [`RequestNo::ZERO`] is "none yet".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestNo(pub u64);
+
+impl RequestNo {
+    pub const ZERO: RequestNo = RequestNo(0);
+
+    /// The number after this one.
+    #[must_use]
+    pub fn next(self) -> RequestNo {
+        RequestNo(self.0 + 1)
+    }
+}
 
 /// A node's state as its heartbeats announce it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -51,11 +98,11 @@ pub struct Beat {
     /// Which path it was sent on (the receiver checks it came in there).
     pub path: u8,
     /// Random per agent start; with `started_ms` it orders restarts.
-    pub incarnation: u64,
+    pub incarnation: Incarnation,
     /// The sender's wall clock when it started (ms since the epoch).
     pub started_ms: u64,
     /// Monotonic per incarnation, over all paths.
-    pub seq: u64,
+    pub seq: Seq,
     /// The newest heartbeat the sender has received from us.
     pub ack: Option<BeatId>,
     pub state: WireState,
@@ -89,8 +136,8 @@ pub struct Beat {
 /// in that run. A heartbeat acknowledges the newest one it received.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BeatId {
-    pub incarnation: u64,
-    pub seq: u64,
+    pub incarnation: Incarnation,
+    pub seq: Seq,
 }
 
 /// What a failed stop escalates to (`on-stop-failure`).

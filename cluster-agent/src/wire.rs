@@ -21,7 +21,7 @@ use hmac::Mac;
 use replication_proto::wire::auth::{keyed, HmacSha256};
 use replication_proto::wire::{DiskState, Role};
 
-use crate::vocab::{Beat, BeatId, WireState};
+use crate::vocab::{Beat, BeatId, Incarnation, Seq, WireState};
 
 pub const MAGIC: &[u8; 4] = b"RPHB";
 pub const VERSION: u8 = 1;
@@ -143,8 +143,8 @@ pub fn encode(key: &[u8], resource: &str, node: &str, beat: &Beat) -> Vec<u8> {
     v.push(disk_code(beat.disk));
     v.push(u8::from(beat.connected));
     v.push(0);
-    let (ai, aseq) = beat.ack.map_or((0, 0), |a| (a.incarnation, a.seq));
-    for x in [beat.incarnation, beat.started_ms, beat.seq, ai, aseq] {
+    let (ai, aseq) = beat.ack.map_or((0, 0), |a| (a.incarnation.0, a.seq.0));
+    for x in [beat.incarnation.0, beat.started_ms, beat.seq.0, ai, aseq] {
         v.extend_from_slice(&x.to_be_bytes());
     }
     push_name(&mut v, resource);
@@ -258,11 +258,11 @@ pub fn decode(key: &[u8], buf: &[u8]) -> Result<Packet, DecodeError> {
         _ => return Err(DecodeError::Malformed("connected")),
     };
     let _reserved = r.u8("reserved")?;
-    let incarnation = r.u64("incarnation")?;
+    let incarnation = Incarnation(r.u64("incarnation")?);
     let started_ms = r.u64("started")?;
-    let seq = r.u64("seq")?;
-    let ai = r.u64("ack")?;
-    let aseq = r.u64("ack")?;
+    let seq = Seq(r.u64("seq")?);
+    let ai = Incarnation(r.u64("ack")?);
+    let aseq = Seq(r.u64("ack")?);
     let resource = r.name("resource")?;
     let node = r.name("node")?;
     if r.pos != body.len() {
@@ -302,12 +302,12 @@ mod tests {
     fn beat() -> Beat {
         Beat {
             path: 1,
-            incarnation: 0xdead_beef,
+            incarnation: Incarnation(0xdead_beef),
             started_ms: 123,
-            seq: 42,
+            seq: Seq(42),
             ack: Some(BeatId {
-                incarnation: 7,
-                seq: 9,
+                incarnation: Incarnation(7),
+                seq: Seq(9),
             }),
             state: WireState::Holding,
             eligible: true,
@@ -341,6 +341,20 @@ mod tests {
         b2.fence_me = false;
         let p = encode(b"key", "r0", "beta", &b2);
         assert_eq!(decode(b"key", &p).unwrap().beat, b2);
+    }
+
+    /// The bytes on the wire are the protocol: a change of a field's type
+    /// must not change them (agents of two versions talk to each other).
+    #[test]
+    fn golden_bytes() {
+        const GOLDEN: &str = "525048420101036d0106010000000000deadbeef000000000000007b\
+                              000000000000002a0000000000000007000000000000000902723005\
+                              616c706861fc9cd771f3b14f757b057770d6cad0f7c8a4fc4502b018\
+                              ea4dd0979ccdd8deba";
+        let p = encode(b"key", "r0", "alpha", &beat());
+        let hex: String = p.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, GOLDEN);
+        assert_eq!(decode(b"key", &p).unwrap().beat, beat());
     }
 
     #[test]

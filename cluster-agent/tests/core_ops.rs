@@ -13,8 +13,8 @@
 use std::collections::VecDeque;
 
 use cluster_agent::core::{
-    Action, Core, CoreConfig, HaState, Input, LocalState, Millis, Op, OpResult, OpsConfig,
-    PingView, StopFailure,
+    Action, Core, CoreConfig, HaState, Incarnation, Input, LocalState, Millis, Op, OpResult,
+    OpsConfig, PingView, StopFailure,
 };
 use replication_proto::wire::{DiskState, Role};
 
@@ -71,7 +71,7 @@ impl Pair {
         let cores = [0, 1].map(|i| {
             Core::new(
                 config(i, fencing, auto_failback, on_stop_failure),
-                100 + i as u64,
+                Incarnation(100 + i as u64),
                 1000 + i as u64,
                 Millis::ZERO,
             )

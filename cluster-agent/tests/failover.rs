@@ -16,7 +16,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use cluster_agent::core::{Beat, WireState};
+use cluster_agent::core::{Beat, Incarnation, Seq, WireState};
 use common::{random_file, send_from_ns, serial, Cluster, Opts, HB_PORT, KEY, NODES};
 use replication_proto::wire::{DiskState, Role};
 use serde_json::Value;
@@ -186,9 +186,9 @@ fn a_heartbeat_with_a_wrong_key_changes_nothing_and_is_counted() {
     // Forged: beta claims to hold everything, signed with the wrong key.
     let forged = Beat {
         path: 0,
-        incarnation: peer_inc,
+        incarnation: Incarnation(peer_inc),
         started_ms: u64::MAX / 2,
-        seq: u64::MAX / 2,
+        seq: Seq(u64::MAX / 2),
         ack: None,
         state: WireState::Holding,
         eligible: true,
@@ -205,14 +205,14 @@ fn a_heartbeat_with_a_wrong_key_changes_nothing_and_is_counted() {
     let wrong = cluster_agent::wire::encode(b"not-the-key", "r0", "beta", &forged);
     // Replayed: beta's own incarnation, an old sequence number, right key.
     let mut old = forged.clone();
-    old.seq = 1;
+    old.seq = Seq(1);
     old.state = WireState::Idle;
     let replay = cluster_agent::wire::encode(KEY.as_bytes(), "r0", "beta", &old);
     // An older run of beta (new incarnation id, earlier start), right key.
     let mut stale = old.clone();
-    stale.incarnation = peer_inc ^ 1;
+    stale.incarnation = Incarnation(peer_inc ^ 1);
     stale.started_ms = 1;
-    stale.seq = 10;
+    stale.seq = Seq(10);
     let stale = cluster_agent::wire::encode(KEY.as_bytes(), "r0", "beta", &stale);
     let garbage = b"GET / HTTP/1.0\r\n\r\n".to_vec();
     let to = format!("{}:{HB_PORT}", c.net.ips[0][0]).parse().unwrap();

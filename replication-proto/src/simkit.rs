@@ -69,6 +69,18 @@ impl fmt::Display for Violation {
     }
 }
 
+/// The message of a caught panic (`catch_unwind`'s payload), so that a
+/// core that panics is reported as a [`Violation`] with its seed and
+/// replay line instead of ending the seed run.
+#[must_use]
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_string()))
+        .unwrap_or_default()
+}
+
 /// The command that replays `seed` of the simulator binary `bin` in
 /// `package` (behind the `sim` feature) with a full trace; `flags` are the
 /// simulator's own switches the failing run had on.

@@ -279,7 +279,7 @@ impl Core {
             );
             return;
         }
-        let claim_seq = self.tx.seq + 1;
+        let claim_seq = self.tx.seq.next();
         self.set_state(
             now,
             Phase::Claiming { claim_seq },

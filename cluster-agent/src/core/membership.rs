@@ -7,7 +7,7 @@ use super::*;
 
 #[derive(Debug, Clone, Default)]
 pub(super) struct PathView {
-    pub(super) max_seq: u64,
+    pub(super) max_seq: Seq,
     pub(super) last_heard: Option<Millis>,
     pub(super) received: u64,
     pub(super) up: bool,
@@ -19,7 +19,7 @@ pub(super) struct PeerView {
     /// The peer's current run.
     pub(super) run: Option<PeerRun>,
     pub(super) last_valid: Option<Millis>,
-    pub(super) max_seq: u64,
+    pub(super) max_seq: Seq,
     pub(super) latest: Option<Beat>,
     pub(super) alive: Option<bool>,
 }
@@ -28,7 +28,7 @@ pub(super) struct PeerView {
 /// of its start, which orders restarts.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct PeerRun {
-    pub(super) incarnation: u64,
+    pub(super) incarnation: Incarnation,
     pub(super) started_ms: u64,
 }
 
@@ -37,7 +37,7 @@ pub(super) struct PeerRun {
 #[derive(Debug)]
 pub(super) struct Sender {
     /// The last sequence number sent (over all paths).
-    pub(super) seq: u64,
+    pub(super) seq: Seq,
     pub(super) next_send: Millis,
     pub(super) send_now: bool,
 }
@@ -45,7 +45,7 @@ pub(super) struct Sender {
 impl Sender {
     pub(super) fn new(now: Millis) -> Self {
         Self {
-            seq: 0,
+            seq: Seq::ZERO,
             next_send: now,
             send_now: true,
         }
@@ -146,10 +146,10 @@ impl Core {
             incarnation: beat.incarnation,
             started_ms: beat.started_ms,
         });
-        self.peer.max_seq = 0;
+        self.peer.max_seq = Seq::ZERO;
         self.peer.latest = None;
         for p in &mut self.paths {
-            p.max_seq = 0;
+            p.max_seq = Seq::ZERO;
         }
     }
 
@@ -229,13 +229,13 @@ impl Core {
         let ack = self
             .peer
             .run
-            .filter(|_| self.peer.max_seq > 0)
+            .filter(|_| self.peer.max_seq > Seq::ZERO)
             .map(|run| BeatId {
                 incarnation: run.incarnation,
                 seq: self.peer.max_seq,
             });
         for path in 0..self.paths.len() {
-            self.tx.seq += 1;
+            self.tx.seq = self.tx.seq.next();
             let beat = Beat {
                 path: u8::try_from(path).unwrap_or(u8::MAX),
                 incarnation: self.incarnation,

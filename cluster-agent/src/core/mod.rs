@@ -71,7 +71,7 @@ mod membership;
 mod quorum;
 mod status;
 
-pub use crate::vocab::{Beat, BeatId, Millis, StopFailure, WireState};
+pub use crate::vocab::{Beat, BeatId, Incarnation, Millis, RequestNo, Seq, StopFailure, WireState};
 pub use chain::ResState;
 pub use io::{
     Action, BadPacket, CoreConfig, HaState, Input, LocalState, Op, OpResult, OpsConfig, PingView,
@@ -107,7 +107,7 @@ pub struct Core {
     cfg: CoreConfig,
     /// The latest `now` given (time only moves forward).
     now: Millis,
-    incarnation: u64,
+    incarnation: Incarnation,
     started_ms: u64,
     start: Millis,
     phase: Phase,
@@ -148,7 +148,7 @@ enum Phase {
     Idle,
     /// Waiting for the peer to acknowledge our heartbeat `claim_seq`.
     Claiming {
-        claim_seq: u64,
+        claim_seq: Seq,
     },
     /// The fence command runs; `on_request`: the peer asked for it (its
     /// stop failed), so success does not mean a takeover now.
@@ -204,12 +204,12 @@ impl Phase {
         }
     }
 
-    fn claim_seq(&self) -> u64 {
+    fn claim_seq(&self) -> Seq {
         match self {
             Phase::Claiming { claim_seq } => *claim_seq,
             other => {
                 debug_assert!(false, "no claim in {other:?}");
-                u64::MAX
+                Seq(u64::MAX)
             }
         }
     }
@@ -224,7 +224,7 @@ impl Core {
     /// `started_ms` the wall clock, so that the peer can tell a restart from
     /// a replay.
     #[must_use]
-    pub fn new(cfg: CoreConfig, incarnation: u64, started_ms: u64, now: Millis) -> Self {
+    pub fn new(cfg: CoreConfig, incarnation: Incarnation, started_ms: u64, now: Millis) -> Self {
         let paths = vec![PathView::default(); cfg.paths];
         let res = vec![ResState::Stopped; cfg.resources];
         Self {
@@ -269,7 +269,7 @@ impl Core {
     }
 
     #[must_use]
-    pub fn incarnation(&self) -> u64 {
+    pub fn incarnation(&self) -> Incarnation {
         self.incarnation
     }
 

@@ -20,9 +20,9 @@ use crate::witness;
 #[derive(Debug, Clone, Default)]
 pub(super) struct Quorum {
     /// (heartbeat seq, sent at) of recent rounds; and the same for requests.
-    pub(super) hb_sent: SentLog,
-    pub(super) w_sent: SentLog,
-    pub(super) w_seq: u64,
+    pub(super) hb_sent: SentLog<Seq>,
+    pub(super) w_sent: SentLog<RequestNo>,
+    pub(super) w_seq: RequestNo,
     /// Votes valid until.
     pub(super) peer_until: Millis,
     pub(super) witness_until: Millis,
@@ -31,7 +31,7 @@ pub(super) struct Quorum {
     pub(super) witness_says: Option<String>,
     pub(super) witness_peer_silent: Option<u64>,
     /// The highest request seq answered (older answers are replays).
-    pub(super) w_answered: u64,
+    pub(super) w_answered: RequestNo,
     /// The witness remembers the peer Outdated (last member answer).
     pub(super) witness_peer_outdated: bool,
     /// A takeover vote valid until.
@@ -48,17 +48,17 @@ pub(super) struct Quorum {
     /// The generations last sent to the witness, the first request that
     /// carried them, and the newest request it answered as a member.
     pub(super) gens_sent: Option<Generations>,
-    pub(super) gens_seq: u64,
-    pub(super) member_seq: u64,
+    pub(super) gens_seq: RequestNo,
+    pub(super) member_seq: RequestNo,
 }
 
 /// When our recent heartbeats (or witness requests) were sent, by sequence
 /// number, oldest first: an answer counts from the moment of the question.
 #[derive(Debug, Clone, Default)]
-pub(super) struct SentLog(VecDeque<(u64, Millis)>);
+pub(super) struct SentLog<S>(VecDeque<(S, Millis)>);
 
-impl SentLog {
-    pub(super) fn record(&mut self, seq: u64, at: Millis) {
+impl<S: Copy + Ord> SentLog<S> {
+    pub(super) fn record(&mut self, seq: S, at: Millis) {
         self.0.push_back((seq, at));
     }
 
@@ -73,7 +73,7 @@ impl SentLog {
 
     /// When the newest one up to `seq` was sent (an acknowledgement of
     /// `seq` covers everything sent before it).
-    pub(super) fn covering(&self, seq: u64) -> Option<Millis> {
+    pub(super) fn covering(&self, seq: S) -> Option<Millis> {
         self.0
             .iter()
             .rev()
@@ -82,7 +82,7 @@ impl SentLog {
     }
 
     /// When exactly `seq` was sent.
-    pub(super) fn exact(&self, seq: u64) -> Option<Millis> {
+    pub(super) fn exact(&self, seq: S) -> Option<Millis> {
         self.0.iter().find(|(s, _)| *s == seq).map(|(_, t)| *t)
     }
 }
@@ -155,7 +155,7 @@ impl Core {
     }
 
     pub(super) fn ask_witness(&mut self, now: Millis) {
-        self.q.w_seq += 1;
+        self.q.w_seq = self.q.w_seq.next();
         let seq = self.q.w_seq;
         self.q.w_sent.record(seq, now);
         self.q.w_sent.forget_older(now, self.cfg.deadtime);

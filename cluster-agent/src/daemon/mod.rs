@@ -33,7 +33,7 @@ use crate::core::{
     Action, BadPacket, Core, CoreConfig, Input, LocalState, Op, OpResult, OpsConfig, PingView,
 };
 use crate::resources::Ctx;
-use crate::vocab::Millis;
+use crate::vocab::{Incarnation, Millis};
 use crate::wire::{self, DecodeError};
 
 /// How the daemon is started.
@@ -344,7 +344,7 @@ fn log_policies(cfg: &AgentConfig) {
 /// The core, started now with a fresh incarnation, and the clock it runs on.
 fn start_core(cfg: &AgentConfig, paths: usize, agent_sock: &Path) -> (Core, Instant) {
     let clock = Instant::now();
-    let incarnation: u64 = rand::random();
+    let incarnation = Incarnation(rand::random());
     let started_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(ms)

@@ -35,7 +35,7 @@ impl World {
         let inc: u64 = self.rng.gen();
         let core = Core::new(
             self.core_config(n),
-            inc,
+            Incarnation(inc),
             EPOCH_MS + self.now.as_ms(),
             self.now,
         );

@@ -257,7 +257,7 @@ impl World {
                         [NAMES[0].into(), NAMES[1].into()],
                         self.sc.deadtime,
                         self.witness_memory.clone(),
-                        inc,
+                        Incarnation(inc),
                         self.now,
                     ));
                 }

@@ -25,8 +25,11 @@
 //! - the core never panics.
 //!
 //! # Modules
-//! - `scenario`: the scenario drawn from the seed, the report, the violation
-//!   and its replay command, [`run`] and [`run_scenario`];
+//! - `scenario`: the scenario drawn from the seed (its fault rates
+//!   included), the report, [`run`] and [`run_scenario`], and [`AgentSim`]:
+//!   the simulator as `replication_proto::simkit` runs it, whose
+//!   [`Violation`] ends in the replay command
+//!   `cargo run -q -p cluster-agent --release --features sim --bin agentsim -- --seed N --trace`;
 //! - `events`: the event queue and the faults;
 //! - `agents`: starting an agent, feeding it, carrying out its actions;
 //! - `repd`: the simulated repd, its replication link and operations;
@@ -46,7 +49,8 @@ use rand_chacha::ChaCha8Rng;
 use replication_proto::wire::{DiskState, Role};
 
 use crate::core::{
-    Action, BadPacket, Beat, Core, CoreConfig, HaState, Input, LocalState, Millis, Op, OpResult,
+    Action, BadPacket, Beat, Core, CoreConfig, HaState, Incarnation, Input, LocalState, Millis, Op,
+    OpResult,
 };
 use crate::witness::{self, Memory, WitnessCore};
 
@@ -56,7 +60,8 @@ mod events;
 mod repd;
 mod scenario;
 
-pub use scenario::{run, run_scenario, FenceMode, Scenario, SimReport, Violation};
+pub use replication_proto::simkit::Violation;
+pub use scenario::{run, run_scenario, AgentSim, FenceMode, Scenario, SimReport};
 
 use checks::Expect;
 use events::{Ev, Fault, Item};
@@ -136,7 +141,7 @@ impl World {
                 [NAMES[0].into(), NAMES[1].into()],
                 sc.deadtime,
                 Memory::default(),
-                1,
+                Incarnation(1),
                 Millis::ZERO,
             )
         });

@@ -1,15 +1,15 @@
-//! The simulator's scenario (drawn from one seed), its report, the
-//! violation of an invariant with the replay command, and the entry
-//! points that run a seed. Kept together so that the shared simulator
-//! skeleton of `replication-proto` can take them over.
+//! The simulator's scenario (drawn from one seed, its fault rates
+//! included), its report, the entry points that run a seed, and the
+//! simulator as the shared skeleton ([`replication_proto::simkit`]) runs
+//! it: its [`Violation`] and replay command, the binary `agentsim`.
 
-use std::fmt;
+use std::ops::Range;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use replication_proto::simkit::{panic_message, replay_command, Simulator, Violation};
 
 use super::World;
-use crate::vocab::Millis;
 
 /// What the fence command does in a scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +24,11 @@ pub enum FenceMode {
     Failing,
 }
 
-/// One simulated run's settings (all drawn from the seed by [`Scenario::from_seed`]).
+/// One simulated run's settings, all drawn from the seed by
+/// [`Scenario::from_seed`], the fault rates included (loss, duplication,
+/// delay, operation and fence latencies, failing operations, the fault
+/// interval): its `Debug` line is the scenario a failure and `--verbose`
+/// print.
 #[derive(Debug, Clone)]
 pub struct Scenario {
     pub seed: u64,
@@ -138,36 +142,6 @@ pub struct SimReport {
     pub switchovers: u64,
 }
 
-/// A broken invariant, with the end of the trace.
-#[derive(Debug, Clone)]
-pub struct Violation {
-    pub seed: u64,
-    pub at: Millis,
-    pub what: String,
-    pub trace: Vec<String>,
-}
-
-impl fmt::Display for Violation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "seed {} violated an invariant at {} ms: {}",
-            self.seed,
-            self.at.as_ms(),
-            self.what
-        )?;
-        writeln!(
-            f,
-            "replay: AGENT_SIM_SEED={} cargo test -p cluster-agent --test sim_seeds replay -- --nocapture",
-            self.seed
-        )?;
-        for l in &self.trace {
-            writeln!(f, "  {l}")?;
-        }
-        Ok(())
-    }
-}
-
 /// Run the scenario of `seed`. `trace` prints every event.
 ///
 /// # Errors
@@ -182,7 +156,12 @@ pub fn run(seed: u64, trace: bool) -> Result<SimReport, Violation> {
 /// The first broken invariant.
 pub fn run_scenario(sc: Scenario, trace: bool) -> Result<SimReport, Violation> {
     let mut w = World::new(sc, trace);
-    w.run()
+    // A core that panics is a violation of this seed, reported with its
+    // trace and replay line like any other.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run())) {
+        Ok(r) => r,
+        Err(p) => Err(w.violation(format!("panic: {}", panic_message(p.as_ref())))),
+    }
 }
 
 impl World {
@@ -191,7 +170,88 @@ impl World {
             seed: self.sc.seed,
             at: self.now,
             what,
+            scenario: format!("{:?}", self.sc),
+            replay: replay_command("cluster-agent", "agentsim", self.sc.seed, &[]),
             trace: self.trace.iter().cloned().collect(),
         }
+    }
+}
+
+impl SimReport {
+    /// Adds one run's counts to a total (the longest takeover is the
+    /// longest of both).
+    pub fn add(&mut self, r: &SimReport) {
+        self.crashes += r.crashes;
+        self.agent_crashes += r.agent_crashes;
+        self.partitions += r.partitions;
+        self.path_cuts += r.path_cuts;
+        self.promotions += r.promotions;
+        self.takeovers_checked += r.takeovers_checked;
+        self.max_takeover_ms = self.max_takeover_ms.max(r.max_takeover_ms);
+        self.fences += r.fences;
+        self.failed_starts += r.failed_starts;
+        self.failed_stops += r.failed_stops;
+        self.double_primary_windows += r.double_primary_windows;
+        self.bad_mac += r.bad_mac;
+        self.replays += r.replays;
+        self.failbacks += r.failbacks;
+        self.suspensions += r.suspensions;
+        self.witness_takeovers += r.witness_takeovers;
+        self.switchovers += r.switchovers;
+    }
+}
+
+/// The two-agent simulator, as [`replication_proto::simkit`] runs it (the
+/// binary `agentsim`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AgentSim;
+
+impl Simulator for AgentSim {
+    type Report = SimReport;
+
+    fn name(&self) -> &'static str {
+        "agentsim"
+    }
+
+    fn describe(&self, seed: u64) -> String {
+        format!("{:?}", Scenario::from_seed(seed))
+    }
+
+    fn run(&self, seed: u64, trace: bool) -> Result<SimReport, Violation> {
+        run(seed, trace)
+    }
+
+    fn add(&self, total: &mut SimReport, one: &SimReport) {
+        total.add(one);
+    }
+
+    fn summary(&self, t: &SimReport, seeds: &Range<u64>) -> String {
+        format!(
+            "agentsim: {} seeds from {}: {} node crashes, {} agent crashes, {} partitions, \
+             {} path cuts, {} promotions, {} fences, {} failed starts, {} failed stops, \
+             {} takeovers timed (longest {} ms), {} unfenced double-Primary windows, \
+             {} heartbeats with a bad MAC and {} replays dropped, {} failbacks, \
+             {} suspensions for lack of quorum, {} takeovers on the witness's word, \
+             {} switchovers; no invariant violated",
+            seeds.end - seeds.start,
+            seeds.start,
+            t.crashes,
+            t.agent_crashes,
+            t.partitions,
+            t.path_cuts,
+            t.promotions,
+            t.fences,
+            t.failed_starts,
+            t.failed_stops,
+            t.takeovers_checked,
+            t.max_takeover_ms,
+            t.double_primary_windows,
+            t.bad_mac,
+            t.replays,
+            t.failbacks,
+            t.suspensions,
+            t.witness_takeovers,
+            t.switchovers
+        )
     }
 }

@@ -6,7 +6,7 @@
 use replication_proto::gen::Generations;
 use replication_proto::wire::{DiskState, Role};
 
-use crate::vocab::WireState;
+use crate::vocab::{Incarnation, RequestNo, WireState};
 use crate::wire::{self, DecodeError};
 
 pub const MAGIC: &[u8; 4] = b"RPWQ";
@@ -26,9 +26,9 @@ const RP_PEER_OUTDATED: u8 = 4;
 /// A node's question to the witness.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
-    pub incarnation: u64,
+    pub incarnation: Incarnation,
     pub started_ms: u64,
-    pub seq: u64,
+    pub seq: RequestNo,
     /// The node wants to take over from its silent peer.
     pub want_vote: bool,
     pub state: WireState,
@@ -43,9 +43,9 @@ pub struct Request {
 /// The witness's answer to one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
-    pub witness_incarnation: u64,
+    pub witness_incarnation: Incarnation,
     /// The (incarnation, seq) of the request answered.
-    pub echo: (u64, u64),
+    pub echo: (Incarnation, RequestNo),
     pub member: bool,
     pub vote: bool,
     /// The witness remembers the asker's peer Outdated (or its data older):
@@ -92,9 +92,9 @@ pub fn encode_request(key: &[u8], resource: &str, node: &str, r: &Request) -> Ve
     v.push(wire::disk_code(r.disk));
     v.extend_from_slice(&[0, 0]);
     for x in [
-        r.incarnation,
+        r.incarnation.0,
         r.started_ms,
-        r.seq,
+        r.seq.0,
         r.gens.current,
         r.gens.bitmap,
         r.gens.history[0],
@@ -127,9 +127,9 @@ pub fn encode_reply(key: &[u8], resource: &str, node: &str, r: &Reply) -> Vec<u8
     v.push(flags);
     v.extend_from_slice(&[0, 0, 0, 0, 0]);
     for x in [
-        r.witness_incarnation,
-        r.echo.0,
-        r.echo.1,
+        r.witness_incarnation.0,
+        r.echo.0 .0,
+        r.echo.1 .0,
         r.peer_silent_ms.unwrap_or(u64::MAX),
     ] {
         v.extend_from_slice(&x.to_be_bytes());
@@ -175,9 +175,9 @@ pub fn decode_request(key: &[u8], buf: &[u8]) -> Result<Packet<Request>, DecodeE
     let role = wire::role_of(r.u8("role")?)?;
     let disk = wire::disk_of(r.u8("disk")?)?;
     r.take(2, "reserved")?;
-    let incarnation = r.u64("incarnation")?;
+    let incarnation = Incarnation(r.u64("incarnation")?);
     let started_ms = r.u64("started")?;
-    let seq = r.u64("seq")?;
+    let seq = RequestNo(r.u64("seq")?);
     let gens = Generations {
         current: r.u64("gens")?,
         bitmap: r.u64("gens")?,
@@ -217,8 +217,8 @@ pub fn decode_reply(key: &[u8], buf: &[u8]) -> Result<Packet<Reply>, DecodeError
     }
     let flags = r.u8("flags")?;
     r.take(5, "reserved")?;
-    let witness_incarnation = r.u64("incarnation")?;
-    let echo = (r.u64("echo")?, r.u64("echo")?);
+    let witness_incarnation = Incarnation(r.u64("incarnation")?);
+    let echo = (Incarnation(r.u64("echo")?), RequestNo(r.u64("echo")?));
     let silent = r.u64("silent")?;
     let resource = r.name("resource")?;
     let node = r.name("node")?;

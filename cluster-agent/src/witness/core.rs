@@ -20,7 +20,7 @@ use replication_proto::wire::DiskState;
 use serde::{Deserialize, Serialize};
 
 use super::codec::{Reply, Request};
-use crate::vocab::WireState;
+use crate::vocab::{Incarnation, RequestNo, WireState};
 
 /// What the witness remembers of one node across restarts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,8 +42,8 @@ pub struct Memory {
 #[derive(Debug, Clone, Default)]
 struct Live {
     /// The node's (incarnation, started-ms) last accepted.
-    incarnation: Option<(u64, u64)>,
-    max_seq: u64,
+    incarnation: Option<(Incarnation, u64)>,
+    max_seq: RequestNo,
     last_heard: Option<Millis>,
     last: Option<Request>,
 }
@@ -85,7 +85,7 @@ pub struct WitnessCore {
     nodes: [String; 2],
     deadtime_ms: u64,
     start: Millis,
-    incarnation: u64,
+    incarnation: Incarnation,
     memory: Memory,
     live: [Live; 2],
     actions: VecDeque<Action>,
@@ -103,7 +103,7 @@ impl WitnessCore {
         nodes: [String; 2],
         deadtime_ms: u64,
         memory: Memory,
-        incarnation: u64,
+        incarnation: Incarnation,
         now: Millis,
     ) -> Self {
         Self {
@@ -236,7 +236,7 @@ impl WitnessCore {
                     return Err("an older incarnation");
                 }
                 live.incarnation = Some((req.incarnation, req.started_ms));
-                live.max_seq = 0;
+                live.max_seq = RequestNo::ZERO;
             }
             None => live.incarnation = Some((req.incarnation, req.started_ms)),
         }

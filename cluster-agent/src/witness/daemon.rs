@@ -12,6 +12,7 @@ use replication_proto::time::Millis;
 use super::codec::{decode_request, encode_reply, Packet, MAX_PACKET};
 use super::core::{Action, Input, Memory, NodeView, WitnessCore};
 use crate::control::{Incoming, ServeError};
+use crate::vocab::Incarnation;
 use rep_control::config::ConfigError;
 
 /// Why the witness could not start or keep its memory.
@@ -185,7 +186,7 @@ impl Witness {
         let (to_main, requests) = std::sync::mpsc::channel();
         crate::control::serve(&control_path, to_main)?;
         let clock = Instant::now();
-        let incarnation: u64 = rand::random();
+        let incarnation = Incarnation(rand::random());
         let deadtime_ms = u64::try_from(cfg.deadtime.as_millis()).unwrap_or(u64::MAX);
         let core = WitnessCore::new(
             cfg.nodes.clone(),

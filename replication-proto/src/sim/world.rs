@@ -15,7 +15,7 @@ use super::oracle::Oracle;
 use super::scenario::{cfg, Kind, Link, Rates, Scenario};
 use crate::machine::{Admin, ConnState, Event, Node, NodeConfig, Payload};
 use crate::meta::BM_BLOCK_SIZE;
-use crate::simkit::{replay_command, Violation};
+use crate::simkit::{panic_message, replay_command, Violation};
 use crate::time::Millis;
 use crate::wire::{Message, Protocol};
 
@@ -269,14 +269,7 @@ fn run_scenario(
     let r = match r {
         Ok(Ok(())) => Ok(w.report.clone()),
         Ok(Err(what)) => Err(w.violation(what)),
-        Err(p) => {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_string()))
-                .unwrap_or_default();
-            Err(w.violation(format!("panic: {msg}")))
-        }
+        Err(p) => Err(w.violation(format!("panic: {}", panic_message(p.as_ref())))),
     };
     (w.report.clone(), r)
 }
