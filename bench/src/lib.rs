@@ -6,6 +6,7 @@
 //! `String` that says what went wrong, so a benchmark can report a failed
 //! target and go on with the others.
 
+pub mod cli;
 pub mod fio;
 pub mod procfs;
 pub mod rep;
