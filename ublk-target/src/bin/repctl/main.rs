@@ -418,8 +418,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
 mod daemon {
     //! The verbs that talk to a running repd.
 
-    use std::path::PathBuf;
-    use std::process::{Command as Proc, Stdio};
+    use std::fs::File;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command as Proc, Stdio};
     use std::time::{Duration, Instant};
 
     use super::{
@@ -610,16 +611,7 @@ mod daemon {
     pub(super) fn up(cli: &Cli, a: &UpArgs) -> Result<(), Failure> {
         let (res, node) = names(cli)?;
         let sock = socket_path(&cli.run_dir, &res, &node);
-        match request(&sock, &ControlCmd::Status, Some(Duration::from_secs(2))) {
-            Ok(_) => {
-                return Err(Failure(format!(
-                    "repd for {res} on {node} is already running (socket {})",
-                    sock.display()
-                )))
-            }
-            Err(e @ ControlError::Denied { .. }) => return Err(Failure(e.to_string())),
-            Err(_) => {}
-        }
+        refuse_if_running(&sock, &res, &node)?;
         std::fs::create_dir_all(&cli.run_dir)
             .map_err(|e| Failure(format!("cannot create {}: {e}", cli.run_dir.display())))?;
         let log = log_path(&cli.run_dir, &res, &node);
@@ -628,10 +620,30 @@ mod daemon {
             .append(true)
             .open(&log)
             .map_err(|e| Failure(format!("cannot open the log {}: {e}", log.display())))?;
-        let errf = logf.try_clone().map_err(|e| Failure(e.to_string()))?;
         // Where this attempt's lines start: a failure shows only them, not
         // those of earlier failed starts appended before.
         let log_start = logf.metadata().map(|m| m.len()).unwrap_or(0);
+        let child = spawn_repd(cli, a, &node, logf)?;
+        wait_started(&sock, child, &log, log_start)
+    }
+
+    /// An answer on the socket means a repd runs already; a socket we may
+    /// not use is an error of its own.
+    fn refuse_if_running(sock: &Path, res: &str, node: &str) -> Result<(), Failure> {
+        match request(sock, &ControlCmd::Status, Some(Duration::from_secs(2))) {
+            Ok(_) => Err(Failure(format!(
+                "repd for {res} on {node} is already running (socket {})",
+                sock.display()
+            ))),
+            Err(e @ ControlError::Denied { .. }) => Err(Failure(e.to_string())),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Starts repd detached, its stdout and stderr to `logf`: `--repd`, else
+    /// the repd next to this executable, else the one on PATH.
+    fn spawn_repd(cli: &Cli, a: &UpArgs, node: &str, logf: File) -> Result<Child, Failure> {
+        let errf = logf.try_clone().map_err(|e| Failure(e.to_string()))?;
         let repd = match &a.repd {
             Some(p) => p.clone(),
             None => std::env::current_exe()
@@ -644,7 +656,7 @@ mod daemon {
         cmd.arg("--config")
             .arg(&cli.config)
             .arg("--node")
-            .arg(&node)
+            .arg(node)
             .arg("--run-dir")
             .arg(&cli.run_dir);
         if a.no_direct {
@@ -656,12 +668,21 @@ mod daemon {
             .stdout(logf)
             .stderr(errf)
             .process_group(0);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| Failure(format!("cannot start {}: {e}", repd.display())))?;
+        cmd.spawn()
+            .map_err(|e| Failure(format!("cannot start {}: {e}", repd.display())))
+    }
+
+    /// Until repd answers on its socket (then its status is printed), exits
+    /// (then the last lines it logged are the error), or 20 s pass.
+    fn wait_started(
+        sock: &Path,
+        mut child: Child,
+        log: &Path,
+        log_start: u64,
+    ) -> Result<(), Failure> {
         let t0 = Instant::now();
         loop {
-            if let Ok(r) = request(&sock, &ControlCmd::Status, Some(Duration::from_secs(2))) {
+            if let Ok(r) = request(sock, &ControlCmd::Status, Some(Duration::from_secs(2))) {
                 if let Some(st) = &r.status {
                     return print_out(&format!(
                         "repd started (pid {}), log {}\n{}",
@@ -672,7 +693,7 @@ mod daemon {
                 }
             }
             if let Ok(Some(code)) = child.try_wait() {
-                let tail = read_from(&log, log_start);
+                let tail = read_from(log, log_start);
                 let tail: Vec<&str> = tail.lines().rev().take(5).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
                 return Err(Failure(format!(

@@ -127,64 +127,8 @@ pub(super) fn dump_md(cli: &Cli, args: &DumpMdArgs) -> Result<(), Failure> {
     let loc = MetaLocation::of(&me);
     let mut dev = MetaDevice::open_read_only(&loc, &cfg.resource.name, &me.name)?;
     let al = dev.read_al();
-    let sb = dev.superblock().clone();
-    let l = sb.layout;
-    let dirty = dev.dirty_bits();
-    let bad = dev.bad_bitmap_pages();
-    let meta_disk = me.meta_disk.to_string();
-    let g = sb.generations;
     let text = if args.json {
-        let al_json = match &al {
-            Ok(AlState {
-                seq,
-                extents,
-                torn_slots,
-            }) => json!({
-                "extents_max": l.al_extents,
-                "slots": l.al_slots,
-                "seq": seq,
-                "active_extents": extents,
-                "torn_slots": torn_slots,
-            }),
-            Err(e) => json!({
-                "extents_max": l.al_extents,
-                "slots": l.al_slots,
-                "seq": null,
-                "active_extents": null,
-                "error": e.to_string(),
-            }),
-        };
-        let v = json!({
-            "resource": sb.resource,
-            "node": sb.node,
-            "format_version": sb.format_version,
-            "superblock_seq": sb.seq,
-            "disk": me.disk,
-            "meta_disk": meta_disk,
-            "meta_path": dev.path(),
-            "superblock_offset": dev.superblock_offset(),
-            "md_offset": l.md_offset,
-            "md_bytes": l.md_bytes,
-            "data_bytes": l.data_bytes,
-            "device_id": sb.device_id,
-            "generations": {
-                "current": hex(g.current),
-                "bitmap": hex(g.bitmap),
-                "history": [hex(g.history[0]), hex(g.history[1])],
-            },
-            "flags": flag_names(sb.flags),
-            "disk_state": disk_state(sb.flags),
-            "al": al_json,
-            "bitmap": {
-                "bits": l.bm_bits(),
-                "bytes": l.bm_words() * 8,
-                "pages": l.bm_pages,
-                "dirty_bits": dirty,
-                "dirty_bytes": dirty * BM_BLOCK_SIZE,
-                "bad_pages": bad,
-            },
-        });
-        format!("{v}\n")
+        format!("{}\n", json_dump(&dev, &me, &al))
     } else {
         human_dump(&dev, &me, &al)
     };
@@ -196,12 +140,75 @@ pub(super) fn dump_md(cli: &Cli, args: &DumpMdArgs) -> Result<(), Failure> {
     print_out(&text)
 }
 
-fn human_dump(dev: &MetaDevice, me: &Node, al: &Result<AlState, MdError>) -> String {
+/// `dump-md --json`: the superblock, the activity log and the bitmap.
+fn json_dump(dev: &MetaDevice, me: &Node, al: &Result<AlState, MdError>) -> serde_json::Value {
     let sb = dev.superblock();
     let l = sb.layout;
+    let dirty = dev.dirty_bits();
     let g = sb.generations;
+    json!({
+        "resource": sb.resource,
+        "node": sb.node,
+        "format_version": sb.format_version,
+        "superblock_seq": sb.seq,
+        "disk": me.disk,
+        "meta_disk": me.meta_disk.to_string(),
+        "meta_path": dev.path(),
+        "superblock_offset": dev.superblock_offset(),
+        "md_offset": l.md_offset,
+        "md_bytes": l.md_bytes,
+        "data_bytes": l.data_bytes,
+        "device_id": sb.device_id,
+        "generations": {
+            "current": hex(g.current),
+            "bitmap": hex(g.bitmap),
+            "history": [hex(g.history[0]), hex(g.history[1])],
+        },
+        "flags": flag_names(sb.flags),
+        "disk_state": disk_state(sb.flags),
+        "al": json_al(dev, al),
+        "bitmap": {
+            "bits": l.bm_bits(),
+            "bytes": l.bm_words() * 8,
+            "pages": l.bm_pages,
+            "dirty_bits": dirty,
+            "dirty_bytes": dirty * BM_BLOCK_SIZE,
+            "bad_pages": dev.bad_bitmap_pages(),
+        },
+    })
+}
+
+/// The `al` object of `dump-md --json`; an unreadable log has nulls and
+/// the error.
+fn json_al(dev: &MetaDevice, al: &Result<AlState, MdError>) -> serde_json::Value {
+    let l = dev.superblock().layout;
+    match al {
+        Ok(AlState {
+            seq,
+            extents,
+            torn_slots,
+        }) => json!({
+            "extents_max": l.al_extents,
+            "slots": l.al_slots,
+            "seq": seq,
+            "active_extents": extents,
+            "torn_slots": torn_slots,
+        }),
+        Err(e) => json!({
+            "extents_max": l.al_extents,
+            "slots": l.al_slots,
+            "seq": null,
+            "active_extents": null,
+            "error": e.to_string(),
+        }),
+    }
+}
+
+/// `dump-md` for people: one `key   value` line per field, in the order
+/// of the on-disk layout.
+fn human_dump(dev: &MetaDevice, me: &Node, al: &Result<AlState, MdError>) -> String {
+    let sb = dev.superblock();
     let mut s = String::new();
-    let path: &Path = dev.path();
     let _ = writeln!(
         s,
         "# repctl dump-md: resource \"{}\", node \"{}\"",
@@ -209,6 +216,18 @@ fn human_dump(dev: &MetaDevice, me: &Node, al: &Result<AlState, MdError>) -> Str
     );
     let _ = writeln!(s, "format-version   {}", sb.format_version);
     let _ = writeln!(s, "superblock-seq   {}", sb.seq);
+    human_layout(&mut s, dev, me);
+    human_generations(&mut s, dev);
+    human_al(&mut s, dev, al);
+    human_bitmap(&mut s, dev);
+    s
+}
+
+/// Where the metadata and the data are, and their sizes.
+fn human_layout(s: &mut String, dev: &MetaDevice, me: &Node) {
+    let sb = dev.superblock();
+    let l = sb.layout;
+    let path: &Path = dev.path();
     let _ = match &me.meta_disk {
         MetaDisk::Internal => writeln!(
             s,
@@ -237,6 +256,12 @@ fn human_dump(dev: &MetaDevice, me: &Node, al: &Result<AlState, MdError>) -> Str
         l.md_offset
     );
     let _ = writeln!(s, "device           /dev/ublkb{}", sb.device_id);
+}
+
+/// The data generations, the flags and the disk state they give.
+fn human_generations(s: &mut String, dev: &MetaDevice) {
+    let sb = dev.superblock();
+    let g = sb.generations;
     let _ = writeln!(s, "generations      current  {}", hex(g.current));
     let _ = writeln!(s, "                 bitmap   {}", hex(g.bitmap));
     let _ = writeln!(
@@ -256,6 +281,11 @@ fn human_dump(dev: &MetaDevice, me: &Node, al: &Result<AlState, MdError>) -> Str
         }
     );
     let _ = writeln!(s, "disk-state       {}", disk_state(sb.flags));
+}
+
+/// The activity log's last transaction and its active extents.
+fn human_al(s: &mut String, dev: &MetaDevice, al: &Result<AlState, MdError>) {
+    let l = dev.superblock().layout;
     match al {
         Ok(a) => {
             let _ = writeln!(
@@ -280,6 +310,11 @@ fn human_dump(dev: &MetaDevice, me: &Node, al: &Result<AlState, MdError>) -> Str
             let _ = writeln!(s, "activity-log     UNREADABLE: {e}");
         }
     }
+}
+
+/// The bitmap's size and how much of it is dirty.
+fn human_bitmap(s: &mut String, dev: &MetaDevice) {
+    let l = dev.superblock().layout;
     let dirty = dev.dirty_bits();
     let _ = writeln!(
         s,
@@ -292,5 +327,4 @@ fn human_dump(dev: &MetaDevice, me: &Node, al: &Result<AlState, MdError>) -> Str
         human_bytes(dirty * BM_BLOCK_SIZE),
         dev.bad_bitmap_pages()
     );
-    s
 }
