@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use bench::cli::FioSizingHelp as _;
 use bench::fio::{self, Workload, WriteResult};
 use bench::util::median;
 use clap::Parser;
@@ -35,9 +36,11 @@ use vm_tests::{run_in_vm_with, VmConfig};
         ublk-target --bins), fio, drbd-utils (drbdmeta, /lib/drbd/drbdsetup-84), rublk \
         (CARGO_TARGET_DIR=/work/target-rublk cargo install rublk). A missing piece makes its \
         row an error; the exit status is non-zero if any target failed.",
-    mut_arg("size", |a| a.help("Size of every backing file, in the guest's RAM (K/M/G suffixes) [default: 256M, --quick: 64M]")),
-    mut_arg("runtime", |a| a.help("Measured seconds per fio run [default: 10, --quick: 2]")),
-    mut_arg("ramp_time", |a| a.help("fio --ramp_time [default: 2, --quick: 1]")),
+    fio_sizing_help([
+        "Size of every backing file, in the guest's RAM (K/M/G suffixes) [default: 256M, --quick: 64M]",
+        "Measured seconds per fio run [default: 10, --quick: 2]",
+        "fio --ramp_time [default: 2, --quick: 1]",
+    ]),
     after_help = "Example: CARGO_TARGET_DIR=/work/target-vm2 cargo run --release -p bench --bin vm-bench -- --runtime 10"
 )]
 struct Cli {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use bench::cli::FioSizingHelp as _;
 use bench::fio::{self, Workload};
 use bench::procfs;
 use bench::rep::Binaries;
@@ -43,9 +44,11 @@ use setup::{setup_floor, setup_nbdkit, setup_pair, setup_standalone, Target};
         Needs fio and nbdkit (Debian packages fio, nbdkit) and the repd/repctl binaries \
         (cargo build --release -p ublk-target --bins). Writes only into a temporary directory, \
         removed at the end; exits non-zero if any target failed.",
-    mut_arg("size", |a| a.help("Size of every backing image file (K/M/G suffixes) [default: 1G, --quick: 256M]")),
-    mut_arg("runtime", |a| a.help("Measured seconds per fio run [default: 15, --quick: 3]")),
-    mut_arg("ramp_time", |a| a.help("fio --ramp_time: seconds run before measuring [default: 2, --quick: 1]")),
+    fio_sizing_help([
+        "Size of every backing image file (K/M/G suffixes) [default: 1G, --quick: 256M]",
+        "Measured seconds per fio run [default: 15, --quick: 3]",
+        "fio --ramp_time: seconds run before measuring [default: 2, --quick: 1]",
+    ]),
     after_help = "Example: CARGO_TARGET_DIR=/work/target-bench cargo run --release -p bench --bin nbd-bench -- --size 1G --runtime 15"
 )]
 struct Cli {
