@@ -11,6 +11,7 @@
 //! - [`procfs`]: peak RSS and CPU time per process and thread;
 //! - [`util`]: sizes, medians, ports, commands with a time limit, Ctrl-C.
 
+pub mod cli;
 pub mod fio;
 pub mod procfs;
 pub mod rep;

@@ -408,6 +408,42 @@ struct Sample {
 }
 
 fn run(cli: &Cli) -> Result<(), String> {
+    let bins = check_prerequisites(cli)?;
+    let dir = make_temp_dir(cli, &bins)?;
+    let load_before = loadavg();
+    let deadtime = cli.deadtime_ms.unwrap_or(DEFAULT_DEADTIME_MS);
+    println!(
+        "failover-bench: {} runs, deadtime {deadtime} ms{}, target {} ms; {} cpus, load {load_before}",
+        cli.runs,
+        if cli.deadtime_ms.is_none() {
+            " (default)"
+        } else {
+            ""
+        },
+        cli.target_ms,
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+    );
+
+    let net = Net::new()?;
+    let probe = dir.path().join("probe.bin");
+    let mut rig = build_rig(cli, bins, dir, net)?;
+    let mut holder = bring_up(&mut rig)?;
+
+    let mut samples = Vec::new();
+    for run in 1..=cli.runs {
+        check_interrupt()?;
+        let sample = fail_over(&mut rig, run, holder, &probe)?;
+        holder = 1 - sample.holder;
+        samples.push(sample);
+    }
+
+    summarize(cli, &samples, deadtime);
+    println!("load average: before {load_before}, after {}", loadavg());
+    Ok(())
+}
+
+/// Root, the tools, and the three binaries; returns their directory.
+fn check_prerequisites(cli: &Cli) -> Result<PathBuf, String> {
     if !nix::unistd::geteuid().is_root() {
         return Err("needs root (network namespaces)".into());
     }
@@ -426,6 +462,11 @@ fn run(cli: &Cli) -> Result<(), String> {
             ));
         }
     }
+    Ok(bins)
+}
+
+/// The temporary directory for images, logs and the config (not tmpfs).
+fn make_temp_dir(cli: &Cli, bins: &Path) -> Result<tempfile::TempDir, String> {
     let base = match &cli.dir {
         Some(d) => d.clone(),
         None => bins
@@ -434,25 +475,15 @@ fn run(cli: &Cli) -> Result<(), String> {
             .unwrap_or_else(|| PathBuf::from("/var/tmp")),
     };
     std::fs::create_dir_all(&base).map_err(|e| format!("{}: {e}", base.display()))?;
-    let dir = tempfile::Builder::new()
+    tempfile::Builder::new()
         .prefix("failover-bench-")
         .tempdir_in(&base)
-        .map_err(|e| format!("temp dir in {}: {e}", base.display()))?;
-    let load_before = loadavg();
-    let deadtime = cli.deadtime_ms.unwrap_or(DEFAULT_DEADTIME_MS);
-    println!(
-        "failover-bench: {} runs, deadtime {deadtime} ms{}, target {} ms; {} cpus, load {load_before}",
-        cli.runs,
-        if cli.deadtime_ms.is_none() {
-            " (default)"
-        } else {
-            ""
-        },
-        cli.target_ms,
-        std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
-    );
+        .map_err(|e| format!("temp dir in {}: {e}", base.display()))
+}
 
-    let net = Net::new()?;
+/// Writes the images, the service script, the config and the probe file
+/// into `dir`, and hands everything to a [`Rig`].
+fn build_rig(cli: &Cli, bins: PathBuf, dir: tempfile::TempDir, net: Net) -> Result<Rig, String> {
     let d = dir.path();
     for n in NODES {
         let f =
@@ -473,7 +504,7 @@ fn run(cli: &Cli) -> Result<(), String> {
         .map_err(|e| format!("config: {e}"))?;
     let probe = d.join("probe.bin");
     std::fs::write(&probe, vec![0x5au8; 64 << 10]).map_err(|e| format!("probe: {e}"))?;
-    let mut rig = Rig {
+    Ok(Rig {
         config,
         run_dir: d.join("run"),
         bins,
@@ -481,7 +512,12 @@ fn run(cli: &Cli) -> Result<(), String> {
         repd: [None, None],
         net,
         dir,
-    };
+    })
+}
+
+/// Both repds up and in sync, both agents running; returns the node whose
+/// agent holds the chain.
+fn bring_up(rig: &mut Rig) -> Result<usize, String> {
     for i in 0..2 {
         rig.repctl(i, &["create-md"])?;
         rig.up(i)?;
@@ -493,71 +529,85 @@ fn run(cli: &Cli) -> Result<(), String> {
     rig.repctl(0, &["secondary"])?;
     rig.start_agent(0)?;
     rig.start_agent(1)?;
-    let mut holder = rig.wait("a holder", Duration::from_secs(30), || {
+    rig.wait("a holder", Duration::from_secs(30), || {
         (0..2).find(|&i| {
             rig.agent_status(i)
                 .is_some_and(|s| field(&s, "state") == "Holding")
         })
+    })
+}
+
+/// One run: kill the holder, time the survivor taking over, then bring the
+/// killed node back as the standby of the next run.
+fn fail_over(rig: &mut Rig, run: u32, holder: usize, probe: &Path) -> Result<Sample, String> {
+    let survivor = 1 - holder;
+    rig.wait("the standby", Duration::from_secs(60), || {
+        rig.agent_status(survivor).filter(|s| {
+            let peer = field(s, "peer");
+            field(s, "state") == "Idle"
+                && field(peer, "state") == "Holding"
+                && field(peer, "alive") == true
+        })
     })?;
+    let t0 = rig.kill_node(holder)?;
+    let (holding, serving) = time_takeover(rig, run, survivor, probe, t0)?;
+    println!(
+        "run {run}: kill -9 of {} -> {} Holding after {:.0} ms, NBD write ok after {:.0} ms; failover {:.0} ms",
+        NODES.get(holder).copied().unwrap_or_default(),
+        NODES.get(survivor).copied().unwrap_or_default(),
+        holding.as_secs_f64() * 1000.0,
+        serving.as_secs_f64() * 1000.0,
+        holding.max(serving).as_secs_f64() * 1000.0
+    );
+    // The killed node comes back as the standby of the next run.
+    rig.up(holder)?;
+    rig.start_agent(holder)?;
+    rig.wait("the resync", Duration::from_secs(120), || {
+        rig.repd_status(holder).ok().filter(is_synced)
+    })?;
+    Ok(Sample {
+        holder,
+        holding,
+        serving,
+    })
+}
 
-    let mut samples = Vec::new();
-    for run in 1..=cli.runs {
+/// Polls the survivor every 20 ms until its agent is Holding and its NBD
+/// export takes a write; returns both times since `t0`.
+fn time_takeover(
+    rig: &Rig,
+    run: u32,
+    survivor: usize,
+    probe: &Path,
+    t0: Instant,
+) -> Result<(Duration, Duration), String> {
+    let mut holding = None;
+    let mut serving = None;
+    while holding.is_none() || serving.is_none() {
         check_interrupt()?;
-        let survivor = 1 - holder;
-        rig.wait("the standby", Duration::from_secs(60), || {
-            rig.agent_status(survivor).filter(|s| {
-                let peer = field(s, "peer");
-                field(s, "state") == "Idle"
-                    && field(peer, "state") == "Holding"
-                    && field(peer, "alive") == true
-            })
-        })?;
-        let t0 = rig.kill_node(holder)?;
-        let mut holding = None;
-        let mut serving = None;
-        while holding.is_none() || serving.is_none() {
-            check_interrupt()?;
-            if holding.is_none()
-                && rig
-                    .agent_status(survivor)
-                    .is_some_and(|s| field(&s, "state") == "Holding")
-            {
-                holding = Some(t0.elapsed());
-            }
-            if serving.is_none() && rig.nbd_write(survivor, &probe) {
-                serving = Some(t0.elapsed());
-            }
-            if t0.elapsed() > Duration::from_secs(60) {
-                return Err(format!(
-                    "run {run}: no failover within 60 s\n{}",
-                    rig.logs()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if holding.is_none()
+            && rig
+                .agent_status(survivor)
+                .is_some_and(|s| field(&s, "state") == "Holding")
+        {
+            holding = Some(t0.elapsed());
         }
-        let (holding, serving) = (holding.unwrap_or_default(), serving.unwrap_or_default());
-        println!(
-            "run {run}: kill -9 of {} -> {} Holding after {:.0} ms, NBD write ok after {:.0} ms; failover {:.0} ms",
-            NODES.get(holder).copied().unwrap_or_default(),
-            NODES.get(survivor).copied().unwrap_or_default(),
-            holding.as_secs_f64() * 1000.0,
-            serving.as_secs_f64() * 1000.0,
-            holding.max(serving).as_secs_f64() * 1000.0
-        );
-        samples.push(Sample {
-            holder,
-            holding,
-            serving,
-        });
-        // The killed node comes back as the standby of the next run.
-        rig.up(holder)?;
-        rig.start_agent(holder)?;
-        rig.wait("the resync", Duration::from_secs(120), || {
-            rig.repd_status(holder).ok().filter(is_synced)
-        })?;
-        holder = survivor;
+        if serving.is_none() && rig.nbd_write(survivor, probe) {
+            serving = Some(t0.elapsed());
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            return Err(format!(
+                "run {run}: no failover within 60 s\n{}",
+                rig.logs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
+    Ok((holding.unwrap_or_default(), serving.unwrap_or_default()))
+}
 
+/// Median, min and max over the runs, against the target and deadtime.
+fn summarize(cli: &Cli, samples: &[Sample], deadtime: u64) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let total: Vec<f64> = samples
         .iter()
@@ -594,6 +644,4 @@ fn run(cli: &Cli) -> Result<(), String> {
         med / deadtime as f64,
         med - deadtime as f64
     );
-    println!("load average: before {load_before}, after {}", loadavg());
-    Ok(())
 }

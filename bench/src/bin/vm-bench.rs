@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use bench::cli::FioSizingHelp as _;
 use bench::fio::{self, Workload, WriteResult};
 use bench::util::median;
 use clap::Parser;
@@ -35,6 +36,11 @@ use vm_tests::{run_in_vm_with, VmConfig};
         ublk-target --bins), fio, drbd-utils (drbdmeta, /lib/drbd/drbdsetup-84), rublk \
         (CARGO_TARGET_DIR=/work/target-rublk cargo install rublk). A missing piece makes its \
         row an error; the exit status is non-zero if any target failed.",
+    fio_sizing_help([
+        "Size of every backing file, in the guest's RAM (K/M/G suffixes) [default: 256M, --quick: 64M]",
+        "Measured seconds per fio run [default: 10, --quick: 2]",
+        "fio --ramp_time [default: 2, --quick: 1]",
+    ]),
     after_help = "Example: CARGO_TARGET_DIR=/work/target-vm2 cargo run --release -p bench --bin vm-bench -- --runtime 10"
 )]
 struct Cli {
@@ -47,15 +53,8 @@ struct Cli {
     /// builds
     #[arg(long, value_name = "DIR")]
     bin_dir_b: Option<PathBuf>,
-    /// Size of every backing file, in the guest's RAM (K/M/G suffixes) [default: 256M, --quick: 64M]
-    #[arg(long, value_name = "SIZE")]
-    size: Option<String>,
-    /// Measured seconds per fio run [default: 10, --quick: 2]
-    #[arg(long, value_name = "SECONDS")]
-    runtime: Option<u64>,
-    /// fio --ramp_time [default: 2, --quick: 1]
-    #[arg(long, value_name = "SECONDS")]
-    ramp_time: Option<u64>,
+    #[command(flatten)]
+    fio: bench::cli::FioSizing,
     /// Measure the whole set this many times in the boot, each round starting
     /// the target order one later; the tables show medians, and each ratio
     /// to ours is also given per round. Single runs swing +-20 % under TCG:
@@ -136,65 +135,22 @@ fn q(s: &str) -> String {
 }
 
 fn run(cli: &Cli) -> Result<bool, String> {
-    let bins = bin_dir(cli)?;
-    let size = cli
-        .size
-        .clone()
-        .unwrap_or_else(|| if cli.quick { "64M" } else { "256M" }.to_owned());
-    bench::util::parse_size(&size)?;
-    let runtime = cli.runtime.unwrap_or(if cli.quick { 2 } else { 10 });
-    let ramp = cli.ramp_time.unwrap_or(if cli.quick { 1 } else { 2 });
-    let bins_b = cli.bin_dir_b.clone().map(checked_bin_dir).transpose()?;
-    let targets: Vec<String> = match &cli.targets {
-        Some(t) => t.clone(),
-        None => TARGETS
-            .iter()
-            .map(|(n, _)| *n)
-            .filter(|n| *n != "ours-b" || bins_b.is_some())
-            .map(str::to_owned)
-            .collect(),
-    };
-    for t in &targets {
-        if !TARGETS.iter().any(|(n, _)| n == t) {
-            return Err(format!(
-                "unknown target {t:?} (known: ours, ours-b, ours-standalone, rublk-loop, kloop, drbd)"
-            ));
-        }
-        if t == "ours-b" && bins_b.is_none() {
-            return Err("target ours-b needs --bin-dir-b DIR (the second build)".into());
-        }
-    }
-    let script = guest_script();
-    // The script's text goes into the command (which the harness saves in the
-    // work folder): editing the file during a run cannot change what runs.
-    let text = std::fs::read_to_string(&script)
-        .map_err(|e| format!("cannot read {}: {e}", script.display()))?;
-    // repd's CRC32C override (an A/B of its two implementations) reaches the
-    // guest's repd only through the script: the guest starts with a clean env.
-    let crc = match std::env::var("REP_CRC32C") {
-        Ok(v) => format!("export REP_CRC32C={}\n", q(&v)),
-        Err(_) => String::new(),
-    };
-    let bin_b = bins_b
-        .map(|b| format!("export REP_BIN_B={}\n", q(&b.display().to_string())))
-        .unwrap_or_default();
-    let cmd = format!(
-        "{crc}{bin_b}export REP_BIN={} VMB_SIZE={} VMB_RUNTIME={runtime} VMB_RAMP={ramp} VMB_ROUNDS={} VMB_TARGETS={}\n{text}",
-        q(&bins.display().to_string()),
-        q(&size),
-        cli.rounds,
-        q(&targets.join(" ")),
-    );
+    let plan = plan(cli)?;
+    let cmd = guest_command(cli, &plan)?;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     eprintln!(
-        "vm-bench: one VM boot ({} CPUs, {}); {size} files, {runtime} s per fio run (+{ramp} s ramp), {} round(s); host load {}",
+        "vm-bench: one VM boot ({} CPUs, {}); {} files, {} s per fio run (+{} s ramp), {} round(s); host load {}",
         cli.cpus,
         cli.mem,
+        plan.size,
+        plan.runtime,
+        plan.ramp,
         cli.rounds,
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
-    let per_target = 120 + 2 * u64::from(cli.rounds) * (runtime + ramp + 15);
-    let timeout = Duration::from_secs(600 + per_target * u64::try_from(targets.len()).unwrap_or(4));
+    let per_target = 120 + 2 * u64::from(cli.rounds) * (plan.runtime + plan.ramp + 15);
+    let timeout =
+        Duration::from_secs(600 + per_target * u64::try_from(plan.targets.len()).unwrap_or(4));
     let r = run_in_vm_with(
         &cmd,
         &VmConfig {
@@ -218,7 +174,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
         ));
     }
     let meta = std::fs::read_to_string(out_dir.join("meta.txt")).unwrap_or_default();
-    let (table, ok) = report(&out_dir, &targets, &meta, cli.rounds);
+    let (table, ok) = report(&out_dir, &plan.targets, &meta, cli.rounds);
     println!("{table}");
     println!(
         "host load after: {}; VM run {:.0} s",
@@ -239,6 +195,86 @@ fn run(cli: &Cli) -> Result<bool, String> {
         let _ = r.remove_work_dir();
     }
     Ok(ok)
+}
+
+/// What one boot measures, from the options and their `--quick` defaults.
+struct Plan {
+    bins: PathBuf,
+    bins_b: Option<PathBuf>,
+    size: String,
+    runtime: u64,
+    ramp: u64,
+    targets: Vec<String>,
+}
+
+fn plan(cli: &Cli) -> Result<Plan, String> {
+    let bins = bin_dir(cli)?;
+    let size = cli
+        .fio
+        .size
+        .clone()
+        .unwrap_or_else(|| if cli.quick { "64M" } else { "256M" }.to_owned());
+    bench::util::parse_size(&size)?;
+    let runtime = cli.fio.runtime.unwrap_or(if cli.quick { 2 } else { 10 });
+    let ramp = cli.fio.ramp_time.unwrap_or(if cli.quick { 1 } else { 2 });
+    let bins_b = cli.bin_dir_b.clone().map(checked_bin_dir).transpose()?;
+    let targets: Vec<String> = match &cli.targets {
+        Some(t) => t.clone(),
+        None => TARGETS
+            .iter()
+            .map(|(n, _)| *n)
+            .filter(|n| *n != "ours-b" || bins_b.is_some())
+            .map(str::to_owned)
+            .collect(),
+    };
+    for t in &targets {
+        if !TARGETS.iter().any(|(n, _)| n == t) {
+            return Err(format!(
+                "unknown target {t:?} (known: ours, ours-b, ours-standalone, rublk-loop, kloop, drbd)"
+            ));
+        }
+        if t == "ours-b" && bins_b.is_none() {
+            return Err("target ours-b needs --bin-dir-b DIR (the second build)".into());
+        }
+    }
+    Ok(Plan {
+        bins,
+        bins_b,
+        size,
+        runtime,
+        ramp,
+        targets,
+    })
+}
+
+/// The guest's command: the plan as environment variables, then the text
+/// of the guest script.
+fn guest_command(cli: &Cli, plan: &Plan) -> Result<String, String> {
+    let script = guest_script();
+    // The script's text goes into the command (which the harness saves in the
+    // work folder): editing the file during a run cannot change what runs.
+    let text = std::fs::read_to_string(&script)
+        .map_err(|e| format!("cannot read {}: {e}", script.display()))?;
+    // repd's CRC32C override (an A/B of its two implementations) reaches the
+    // guest's repd only through the script: the guest starts with a clean env.
+    let crc = match std::env::var("REP_CRC32C") {
+        Ok(v) => format!("export REP_CRC32C={}\n", q(&v)),
+        Err(_) => String::new(),
+    };
+    let bin_b = plan
+        .bins_b
+        .as_ref()
+        .map(|b| format!("export REP_BIN_B={}\n", q(&b.display().to_string())))
+        .unwrap_or_default();
+    Ok(format!(
+        "{crc}{bin_b}export REP_BIN={} VMB_SIZE={} VMB_RUNTIME={} VMB_RAMP={} VMB_ROUNDS={} VMB_TARGETS={}\n{text}",
+        q(&plan.bins.display().to_string()),
+        q(&plan.size),
+        plan.runtime,
+        plan.ramp,
+        cli.rounds,
+        q(&plan.targets.join(" ")),
+    ))
 }
 
 /// What repd chose for its CRC32C in the guest (its start-up log line,
@@ -325,82 +361,101 @@ fn report(dir: &Path, targets: &[String], meta: &str, rounds: u32) -> (String, b
             "target", "IOPS", "MB/s", "p99 (us)"
         );
         let _ = writeln!(s, "{}", if rounds > 1 { "   IOPS per round" } else { "" });
-        let mut res: Vec<(&str, Vec<WriteResult>)> = Vec::new();
-        for (name, title) in TARGETS {
-            if !targets.iter().any(|t| t == name) {
-                continue;
-            }
-            match rounds_of(dir, name, &w, rounds) {
-                Ok(runs) => {
-                    let Some(m) = medians(&runs) else {
-                        ok = false;
-                        let _ = writeln!(s, "{title:<38} no result: fio reported no figures");
-                        continue;
-                    };
-                    let _ = write!(
-                        s,
-                        "{title:<38} {:>10.0} {:>9.1} {:>11.0}",
-                        m.iops,
-                        m.mb_s(),
-                        m.p99_us
-                    );
-                    if rounds > 1 {
-                        let each: Vec<String> =
-                            runs.iter().map(|r| format!("{:.0}", r.iops)).collect();
-                        let _ = write!(s, "   {}", each.join(" "));
-                    }
-                    let _ = writeln!(s);
-                    res.push((name, runs));
-                }
-                Err(e) => {
-                    ok = false;
-                    let _ = writeln!(s, "{title:<38} no result: {e}");
-                }
-            }
-        }
-        let get = |n: &str| res.iter().find(|(k, _)| *k == n).map(|(_, r)| r.as_slice());
-        let Some(ours) = get("ours") else { continue };
-        let Some(ours_m) = medians(ours) else {
-            continue;
-        };
-        for (base, target) in [
-            ("ours-b", 0.0),
-            ("drbd", 1.0),
-            ("rublk-loop", 0.9),
-            ("ours-standalone", 0.0),
-            ("kloop", 0.0),
-        ] {
-            let Some(b) = get(base) else { continue };
-            let Some(b_m) = medians(b) else { continue };
-            let ratio = ours_m.iops / b_m.iops;
-            let verdict = if target > 0.0 {
-                if ratio >= target {
-                    format!("target >= {target:.1}: met")
-                } else {
-                    format!("target >= {target:.1}: NOT met")
-                }
-            } else {
-                "for information".to_owned()
-            };
-            let _ = write!(
-                s,
-                "  ours/{base:<15} IOPS x{ratio:.2}  p99 x{:.2}  ({verdict})",
-                ours_m.p99_us / b_m.p99_us
-            );
-            if rounds > 1 {
-                // The same round's two runs sit side by side in time: their
-                // ratio leaves out the drift between rounds.
-                let each: Vec<String> = ours
-                    .iter()
-                    .zip(b)
-                    .map(|(o, b)| format!("x{:.2}", o.iops / b.iops))
-                    .collect();
-                let _ = write!(s, "  per round: {}", each.join(" "));
-            }
-            let _ = writeln!(s);
-        }
+        let res = workload_rows(&mut s, &mut ok, dir, targets, &w, rounds);
+        ratio_lines(&mut s, &res, rounds);
     }
     (s, ok)
+}
+
+/// One row per target of workload `w` into `s`; returns every round's
+/// result of the targets that have one. A target without clears `ok`.
+fn workload_rows(
+    s: &mut String,
+    ok: &mut bool,
+    dir: &Path,
+    targets: &[String],
+    w: &Workload,
+    rounds: u32,
+) -> Vec<(&'static str, Vec<WriteResult>)> {
+    let mut res: Vec<(&str, Vec<WriteResult>)> = Vec::new();
+    for (name, title) in TARGETS {
+        if !targets.iter().any(|t| t == name) {
+            continue;
+        }
+        match rounds_of(dir, name, w, rounds) {
+            Ok(runs) => {
+                let Some(m) = medians(&runs) else {
+                    *ok = false;
+                    let _ = writeln!(s, "{title:<38} no result: fio reported no figures");
+                    continue;
+                };
+                let _ = write!(
+                    s,
+                    "{title:<38} {:>10.0} {:>9.1} {:>11.0}",
+                    m.iops,
+                    m.mb_s(),
+                    m.p99_us
+                );
+                if rounds > 1 {
+                    let each: Vec<String> = runs.iter().map(|r| format!("{:.0}", r.iops)).collect();
+                    let _ = write!(s, "   {}", each.join(" "));
+                }
+                let _ = writeln!(s);
+                res.push((name, runs));
+            }
+            Err(e) => {
+                *ok = false;
+                let _ = writeln!(s, "{title:<38} no result: {e}");
+            }
+        }
+    }
+    res
+}
+
+/// ours against each baseline that has a result: the ratio of the medians,
+/// the verdict against its target, and with rounds the ratio per round.
+fn ratio_lines(s: &mut String, res: &[(&str, Vec<WriteResult>)], rounds: u32) {
+    let get = |n: &str| res.iter().find(|(k, _)| *k == n).map(|(_, r)| r.as_slice());
+    let Some(ours) = get("ours") else { return };
+    let Some(ours_m) = medians(ours) else {
+        return;
+    };
+    for (base, target) in [
+        ("ours-b", 0.0),
+        ("drbd", 1.0),
+        ("rublk-loop", 0.9),
+        ("ours-standalone", 0.0),
+        ("kloop", 0.0),
+    ] {
+        let Some(b) = get(base) else { continue };
+        let Some(b_m) = medians(b) else { continue };
+        let ratio = ours_m.iops / b_m.iops;
+        let verdict = if target > 0.0 {
+            if ratio >= target {
+                format!("target >= {target:.1}: met")
+            } else {
+                format!("target >= {target:.1}: NOT met")
+            }
+        } else {
+            "for information".to_owned()
+        };
+        let _ = write!(
+            s,
+            "  ours/{base:<15} IOPS x{ratio:.2}  p99 x{:.2}  ({verdict})",
+            ours_m.p99_us / b_m.p99_us
+        );
+        if rounds > 1 {
+            // The same round's two runs sit side by side in time: their
+            // ratio leaves out the drift between rounds.
+            let each: Vec<String> = ours
+                .iter()
+                .zip(b)
+                .map(|(o, b)| format!("x{:.2}", o.iops / b.iops))
+                .collect();
+            let _ = write!(s, "  per round: {}", each.join(" "));
+        }
+        let _ = writeln!(s);
+    }
 }
 
 #[cfg(test)]

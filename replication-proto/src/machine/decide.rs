@@ -132,9 +132,17 @@ fn nz(x: u64) -> bool {
     x != 0
 }
 
+/// The decision table on generation UUIDs: the rules in the order they are
+/// tried, the first that matches decides. The numbers are those of the same
+/// rule in DRBD 8.4's `drbd_uuid_compare`, for reference; the order is not
+/// DRBD's (50, 60, 70, 80, 90, 100): here the bitmap rules 50, 70 and 90 come
+/// before the history rules 60 and 80, and tests/decide_table.rs pins it.
+/// The table stays in one function so it reads top to bottom; the two rules
+/// with a sub-table of their own (40 and 90) are functions below.
 fn cmp_uuids(me: &View<'_>, peer: &View<'_>) -> Cmp {
     let (m, p) = (&me.gens, &peer.gens);
     let (sc, pc) = (m.current, p.current);
+    // Rules 10, 20, 30: fresh metadata on one side or both.
     if sc == UUID_JUST_CREATED && pc == UUID_JUST_CREATED {
         return Cmp::Equal;
     }
@@ -144,40 +152,14 @@ fn cmp_uuids(me: &View<'_>, peer: &View<'_>) -> Cmp {
     if pc == UUID_JUST_CREATED {
         return Cmp::FullSource;
     }
+    // Rule 40: the same current generation.
     if sc == pc {
-        // Same generation. A Primary that crashed may hold writes the peer
-        // never saw, and the peer may hold writes the crashed node's volatile
-        // cache lost. DRBD makes the crashed Primary the source; we make the
-        // survivor the source instead, because only it is sure to hold every
-        // write that was acknowledged under protocol C (its cache did not
-        // die). The activity-log extents of the crashed node are in its
-        // bitmap, so the resync covers every block either side may differ in.
-        // A survivor whose own data is Inconsistent (the Primary crashed
-        // while resyncing it) cannot be the source: then the crashed
-        // Primary's copy is the only consistent one, as in DRBD.
-        let mcp = me.flags.has(MetaFlags::CRASHED_PRIMARY);
-        let pcp = peer.flags.has(MetaFlags::CRASHED_PRIMARY);
-        return match (mcp, pcp) {
-            (false, false) => Cmp::Equal,
-            (true, false) if consistent(peer.disk) => Cmp::BitmapTarget,
-            (true, false) => Cmp::BitmapSource,
-            (false, true) if consistent(me.disk) => Cmp::BitmapSource,
-            (false, true) => Cmp::BitmapTarget,
-            // Both crashed (a common power failure): nothing survived in a
-            // cache, so either consistent copy is as good. An Inconsistent
-            // one (a resync target when the power went; metadata written
-            // before targets dropped the flag) cannot be the source.
-            (true, true) => match (consistent(me.disk), consistent(peer.disk)) {
-                (true, false) => Cmp::BitmapSource,
-                (false, true) => Cmp::BitmapTarget,
-                _ if me.node < peer.node => Cmp::BitmapSource,
-                _ => Cmp::BitmapTarget,
-            },
-        };
+        return same_generation(me, peer);
     }
-    // Each rule is checked both ways at once: inputs where both directions
-    // hold (cyclic histories) would make the two nodes disagree, so they
-    // count as split brain.
+    // Rules 50 and 70: one side's bitmap counts from the other's current
+    // generation. Each rule is checked both ways at once: inputs where both
+    // directions hold (cyclic histories) would make the two nodes disagree,
+    // so they count as split brain.
     let behind = nz(p.bitmap) && sc == p.bitmap;
     let ahead = nz(m.bitmap) && pc == m.bitmap;
     match (behind, ahead) {
@@ -186,30 +168,12 @@ fn cmp_uuids(me: &View<'_>, peer: &View<'_>) -> Cmp {
         (true, true) => return Cmp::SplitBrainFar,
         (false, false) => {}
     }
+    // Rule 90: both moved on from the same generation.
     if nz(m.bitmap) && m.bitmap == p.bitmap {
-        // Both moved on from the same generation. A side that froze when it
-        // lost the peer and acknowledged nothing since (UNACKED_GEN) made
-        // no change worth keeping, and its bitmap counts from that same
-        // generation: it syncs from the other side instead of a split brain.
-        let mu = me.flags.has(MetaFlags::UNACKED_GEN);
-        let pu = peer.flags.has(MetaFlags::UNACKED_GEN);
-        return match (mu, pu) {
-            (false, false) => Cmp::SplitBrain,
-            (true, false) => Cmp::BitmapTarget,
-            (false, true) => Cmp::BitmapSource,
-            // Neither acknowledged anything alone: any consistent side may
-            // be the source; a Primary, which cannot be a target, first.
-            (true, true) => {
-                let rank = |v: &View<'_>| (consistent(v.disk), v.role == Role::Primary);
-                match rank(me).cmp(&rank(peer)) {
-                    std::cmp::Ordering::Greater => Cmp::BitmapSource,
-                    std::cmp::Ordering::Less => Cmp::BitmapTarget,
-                    std::cmp::Ordering::Equal if me.node < peer.node => Cmp::BitmapSource,
-                    std::cmp::Ordering::Equal => Cmp::BitmapTarget,
-                }
-            }
-        };
+        return same_bitmap(me, peer);
     }
+    // Rules 60 and 80: one side's current generation is in the other's
+    // history (older than its bitmap): only a full sync is known to cover it.
     let behind = p.history.iter().any(|&h| nz(h) && h == sc);
     let ahead = m.history.iter().any(|&h| nz(h) && h == pc);
     match (behind, ahead) {
@@ -218,12 +182,75 @@ fn cmp_uuids(me: &View<'_>, peer: &View<'_>) -> Cmp {
         (true, true) => return Cmp::SplitBrainFar,
         (false, false) => {}
     }
+    // Rule 100: some older generation in common.
     let mine = [m.bitmap, m.history[0], m.history[1]];
     let theirs = [p.bitmap, p.history[0], p.history[1]];
     if mine.iter().any(|&a| nz(a) && theirs.contains(&a)) {
         return Cmp::SplitBrainFar;
     }
     Cmp::Unrelated
+}
+
+/// Rule 40, the same current generation on both sides: equal, unless a
+/// Primary crashed.
+///
+/// A Primary that crashed may hold writes the peer never saw, and the peer
+/// may hold writes the crashed node's volatile cache lost. DRBD makes the
+/// crashed Primary the source; we make the survivor the source instead,
+/// because only it is sure to hold every write that was acknowledged under
+/// protocol C (its cache did not die). The activity-log extents of the
+/// crashed node are in its bitmap, so the resync covers every block either
+/// side may differ in. A survivor whose own data is Inconsistent (the
+/// Primary crashed while resyncing it) cannot be the source: then the
+/// crashed Primary's copy is the only consistent one, as in DRBD.
+fn same_generation(me: &View<'_>, peer: &View<'_>) -> Cmp {
+    let mcp = me.flags.has(MetaFlags::CRASHED_PRIMARY);
+    let pcp = peer.flags.has(MetaFlags::CRASHED_PRIMARY);
+    match (mcp, pcp) {
+        (false, false) => Cmp::Equal,
+        (true, false) if consistent(peer.disk) => Cmp::BitmapTarget,
+        (true, false) => Cmp::BitmapSource,
+        (false, true) if consistent(me.disk) => Cmp::BitmapSource,
+        (false, true) => Cmp::BitmapTarget,
+        // Both crashed (a common power failure): nothing survived in a
+        // cache, so either consistent copy is as good. An Inconsistent
+        // one (a resync target when the power went; metadata written
+        // before targets dropped the flag) cannot be the source.
+        (true, true) => match (consistent(me.disk), consistent(peer.disk)) {
+            (true, false) => Cmp::BitmapSource,
+            (false, true) => Cmp::BitmapTarget,
+            _ if me.node < peer.node => Cmp::BitmapSource,
+            _ => Cmp::BitmapTarget,
+        },
+    }
+}
+
+/// Rule 90, both moved on from the same generation: a split brain, unless
+/// a side changed nothing worth keeping.
+///
+/// A side that froze when it lost the peer and acknowledged nothing since
+/// (UNACKED_GEN) made no change worth keeping, and its bitmap counts from
+/// that same generation: it syncs from the other side instead of a split
+/// brain.
+fn same_bitmap(me: &View<'_>, peer: &View<'_>) -> Cmp {
+    let mu = me.flags.has(MetaFlags::UNACKED_GEN);
+    let pu = peer.flags.has(MetaFlags::UNACKED_GEN);
+    match (mu, pu) {
+        (false, false) => Cmp::SplitBrain,
+        (true, false) => Cmp::BitmapTarget,
+        (false, true) => Cmp::BitmapSource,
+        // Neither acknowledged anything alone: any consistent side may
+        // be the source; a Primary, which cannot be a target, first.
+        (true, true) => {
+            let rank = |v: &View<'_>| (consistent(v.disk), v.role == Role::Primary);
+            match rank(me).cmp(&rank(peer)) {
+                std::cmp::Ordering::Greater => Cmp::BitmapSource,
+                std::cmp::Ordering::Less => Cmp::BitmapTarget,
+                std::cmp::Ordering::Equal if me.node < peer.node => Cmp::BitmapSource,
+                std::cmp::Ordering::Equal => Cmp::BitmapTarget,
+            }
+        }
+    }
 }
 
 fn consistent(d: DiskState) -> bool {
@@ -361,83 +388,21 @@ fn sb0(me: &View<'_>, peer: &View<'_>, p: &AfterSb0) -> Option<(bool, String)> {
     }
 }
 
+/// A split brain (rule 90 without a side that changed nothing), resolved
+/// in DRBD's order: the admin's `--discard-my-data`, then the after-sb
+/// policy for the number of Primaries, which never discards a Primary.
 fn split_brain(me: &View<'_>, peer: &View<'_>, policy: &SplitBrainPolicy) -> Decision {
-    // The admin's word first: `connect --discard-my-data` on the victim.
-    match (me.discard_my_data, peer.discard_my_data) {
-        (true, false) if me.role == Role::Secondary => {
-            return Decision::SplitBrainResolved {
-                i_am_source: false,
-                how: format!("{} discards its data (connect --discard-my-data)", me.node),
-            }
-        }
-        (false, true) if peer.role == Role::Secondary => {
-            return Decision::SplitBrainResolved {
-                i_am_source: true,
-                how: format!(
-                    "{} discards its data (connect --discard-my-data)",
-                    peer.node
-                ),
-            }
-        }
-        _ => {}
+    if let Some(d) = discard_my_data(me, peer) {
+        return d;
     }
     let primaries = u8::from(me.role == Role::Primary) + u8::from(peer.role == Role::Primary);
-    let loser: Option<(bool, String, bool)> = match primaries {
+    let loser = match primaries {
         0 => sb0(me, peer, &policy.after_sb_0pri).map(|(l, h)| (l, h, false)),
-        1 => {
-            let me_is_sec = me.role == Role::Secondary;
-            match policy.after_sb_1pri {
-                AfterSb1::Disconnect => None,
-                AfterSb1::DiscardSecondary => Some((me_is_sec, "discard-secondary".into(), false)),
-                AfterSb1::Consensus => match sb0(me, peer, &policy.after_sb_0pri) {
-                    // Only if after-sb-0pri would discard the Secondary too.
-                    Some((me_loses, how)) if me_loses == me_is_sec => {
-                        Some((me_loses, format!("consensus ({how})"), false))
-                    }
-                    _ => None,
-                },
-                AfterSb1::CallPriLostAfterSb => {
-                    sb0(me, peer, &policy.after_sb_0pri).map(|(me_loses, how)| {
-                        (me_loses, format!("call-pri-lost-after-sb ({how})"), true)
-                    })
-                }
-            }
-        }
-        _ => match policy.after_sb_2pri {
-            AfterSb2::Disconnect => None,
-            // Two Primaries cannot be resynced while both hold the device:
-            // the victim runs its hook (which should demote or reboot it) and
-            // the connection drops until an admin reconnects.
-            AfterSb2::CallPriLostAfterSb => sb0(me, peer, &policy.after_sb_0pri)
-                .map(|(me_loses, how)| (me_loses, format!("call-pri-lost-after-sb ({how})"), true)),
-        },
+        1 => sb1(me, peer, policy),
+        _ => sb2(me, peer, policy),
     };
     match loser {
-        // A Primary is never rolled back under its users: it cannot be a
-        // sync target while it serves I/O. The pri-lost variants tell the
-        // victim to run its hook (which demotes or reboots it); the
-        // connection drops until an admin reconnects.
-        Some((me_loses, how, hook)) => {
-            let victim_role = if me_loses { me.role } else { peer.role };
-            if victim_role == Role::Primary {
-                let victim = if me_loses { me.node } else { peer.node };
-                return Decision::SplitBrain {
-                    detail: format!(
-                        "{how} picks {victim}, a Primary, as the victim; {}",
-                        if hook {
-                            "it runs its pri-lost-after-sb hook"
-                        } else {
-                            "refusing to discard a Primary's data"
-                        }
-                    ),
-                    i_run_pri_lost_hook: hook && me_loses,
-                };
-            }
-            Decision::SplitBrainResolved {
-                i_am_source: !me_loses,
-                how,
-            }
-        }
+        Some((me_loses, how, hook)) => discard_loser(me, peer, me_loses, how, hook),
         None => Decision::SplitBrain {
             i_run_pri_lost_hook: false,
             detail: format!(
@@ -446,5 +411,87 @@ fn split_brain(me: &View<'_>, peer: &View<'_>, policy: &SplitBrainPolicy) -> Dec
                 me.node, peer.node, me.dirty_bits, peer.dirty_bits
             ),
         },
+    }
+}
+
+/// The admin's word first: `connect --discard-my-data` on the victim, if
+/// it is a Secondary.
+fn discard_my_data(me: &View<'_>, peer: &View<'_>) -> Option<Decision> {
+    match (me.discard_my_data, peer.discard_my_data) {
+        (true, false) if me.role == Role::Secondary => Some(Decision::SplitBrainResolved {
+            i_am_source: false,
+            how: format!("{} discards its data (connect --discard-my-data)", me.node),
+        }),
+        (false, true) if peer.role == Role::Secondary => Some(Decision::SplitBrainResolved {
+            i_am_source: true,
+            how: format!(
+                "{} discards its data (connect --discard-my-data)",
+                peer.node
+            ),
+        }),
+        _ => None,
+    }
+}
+
+/// after-sb-1pri (one Primary): who loses, how it was chosen, and whether
+/// the loser runs the pri-lost hook.
+fn sb1(me: &View<'_>, peer: &View<'_>, policy: &SplitBrainPolicy) -> Option<(bool, String, bool)> {
+    let me_is_sec = me.role == Role::Secondary;
+    match policy.after_sb_1pri {
+        AfterSb1::Disconnect => None,
+        AfterSb1::DiscardSecondary => Some((me_is_sec, "discard-secondary".into(), false)),
+        AfterSb1::Consensus => match sb0(me, peer, &policy.after_sb_0pri) {
+            // Only if after-sb-0pri would discard the Secondary too.
+            Some((me_loses, how)) if me_loses == me_is_sec => {
+                Some((me_loses, format!("consensus ({how})"), false))
+            }
+            _ => None,
+        },
+        AfterSb1::CallPriLostAfterSb => sb0(me, peer, &policy.after_sb_0pri)
+            .map(|(me_loses, how)| (me_loses, format!("call-pri-lost-after-sb ({how})"), true)),
+    }
+}
+
+/// after-sb-2pri (both Primary), as [`sb1`].
+fn sb2(me: &View<'_>, peer: &View<'_>, policy: &SplitBrainPolicy) -> Option<(bool, String, bool)> {
+    match policy.after_sb_2pri {
+        AfterSb2::Disconnect => None,
+        // Two Primaries cannot be resynced while both hold the device:
+        // the victim runs its hook (which should demote or reboot it) and
+        // the connection drops until an admin reconnects.
+        AfterSb2::CallPriLostAfterSb => sb0(me, peer, &policy.after_sb_0pri)
+            .map(|(me_loses, how)| (me_loses, format!("call-pri-lost-after-sb ({how})"), true)),
+    }
+}
+
+/// The policy chose a loser. A Primary is never rolled back under its
+/// users: it cannot be a sync target while it serves I/O. The pri-lost
+/// variants tell the victim to run its hook (which demotes or reboots it);
+/// the connection drops until an admin reconnects.
+fn discard_loser(
+    me: &View<'_>,
+    peer: &View<'_>,
+    me_loses: bool,
+    how: String,
+    hook: bool,
+) -> Decision {
+    let victim_role = if me_loses { me.role } else { peer.role };
+    if victim_role == Role::Primary {
+        let victim = if me_loses { me.node } else { peer.node };
+        return Decision::SplitBrain {
+            detail: format!(
+                "{how} picks {victim}, a Primary, as the victim; {}",
+                if hook {
+                    "it runs its pri-lost-after-sb hook"
+                } else {
+                    "refusing to discard a Primary's data"
+                }
+            ),
+            i_run_pri_lost_hook: hook && me_loses,
+        };
+    }
+    Decision::SplitBrainResolved {
+        i_am_source: !me_loses,
+        how,
     }
 }

@@ -58,6 +58,20 @@ fn hms(secs: u64) -> String {
 #[must_use]
 pub fn render(st: &NodeStatus) -> String {
     let mut s = String::new();
+    replication(&mut s, st);
+    warnings(&mut s, st);
+    let c = &st.counters;
+    let _ = writeln!(
+        s,
+        "  ns:{} nr:{} dw:{} dr:{} al:{} bm:{} lo:{} pe:{} ua:{} ap:{} oos:{}",
+        c.ns, c.nr, c.dw, c.dr, c.al, c.bm, c.lo, c.pe, c.ua, c.ap, c.oos
+    );
+    extras(&mut s, st);
+    s
+}
+
+/// Both nodes' roles and disks, the connection, and a resync's progress.
+fn replication(s: &mut String, st: &NodeStatus) {
     let _ = writeln!(
         s,
         "{} role:{:?} protocol:{}",
@@ -92,6 +106,10 @@ pub fn render(st: &NodeStatus) -> String {
             p.bytes_per_s / 1024
         );
     }
+}
+
+/// Suspended I/O and a split brain: what holds the device, and what ends it.
+fn warnings(s: &mut String, st: &NodeStatus) {
     let alone = !st.peer_connected();
     match st.suspended {
         // The fencing rule, not a fault: say why and what ends it.
@@ -126,12 +144,11 @@ pub fn render(st: &NodeStatus) -> String {
             "  SPLIT BRAIN: this node refuses to connect until an admin resolves it"
         );
     }
-    let c = &st.counters;
-    let _ = writeln!(
-        s,
-        "  ns:{} nr:{} dw:{} dr:{} al:{} bm:{} lo:{} pe:{} ua:{} ap:{} oos:{}",
-        c.ns, c.nr, c.dw, c.dr, c.al, c.bm, c.lo, c.pe, c.ua, c.ap, c.oos
-    );
+}
+
+/// The lines shown only when they apply: crash resume, the NBD export, the
+/// last error.
+fn extras(s: &mut String, st: &NodeStatus) {
     if let Some(r) = &st.resume {
         // A restarted repd that may take back the Primary role of the run
         // that crashed: what it waits for, or what became of it.
@@ -157,7 +174,6 @@ pub fn render(st: &NodeStatus) -> String {
             }
         }
     }
-    s
 }
 
 #[cfg(test)]

@@ -4,17 +4,19 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
 use rep_control::client::DEFAULT_RUN_DIR;
-use rep_control::config::{Config, ResumeAfterCrash};
+use rep_control::config::{Config, Node, ResumeAfterCrash};
 use rep_control::protocol::ControlCmd;
 use ublk_target::control::ControlServer;
-use ublk_target::engine::{self, EngineOptions};
-use ublk_target::nbd::NbdServer;
+use ublk_target::engine::{self, EngineHandle, EngineOptions};
+use ublk_target::nbd::{NbdServer, NbdServerHandle};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -97,12 +99,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<(), String> {
-    // Block the shutdown signals in every thread; one thread waits for them.
-    let mut sigs = SigSet::empty();
-    sigs.add(Signal::SIGTERM);
-    sigs.add(Signal::SIGINT);
-    sigs.thread_block()
-        .map_err(|e| format!("cannot block signals: {e}"))?;
+    let sigs = block_shutdown_signals()?;
 
     // ---- ublk (/dev/ublkbN), part 1 of 3: before any thread starts, a private
     // mount namespace when ublk_drv is there (nothing happens without it).
@@ -126,72 +123,19 @@ fn run(cli: &Cli) -> Result<(), String> {
     let control = ControlServer::start(&cli.run_dir, &cfg.resource.name, &me.name, handle.clone())
         .map_err(|e| e.to_string())?;
 
-    let nbd = match me.nbd {
-        Some(addr) => {
-            let srv = NbdServer::bind(addr, cfg.resource.name.clone(), Arc::new(handle.clone()))
-                .map_err(|e| format!("cannot listen for NBD clients on {addr}: {e}"))?;
-            let h = srv.spawn();
-            tracing::info!(%addr, export = %cfg.resource.name, "NBD export listening (serves only while Primary)");
-            Some(h)
-        }
-        None => None,
-    };
-    let nbd = nbd.map(Arc::new);
+    let nbd = start_nbd(&cfg, &me, &handle)?.map(Arc::new);
     // Its clients make the device in use: `secondary` and `down` refuse,
     // `down --force` cuts them.
     let _nbd_users = nbd.clone().map(|n| handle.users().register(n));
     // ---- ublk (/dev/ublkbN), part 2 of 3: the device follows the role (present
     // while Primary); without ublk_drv this warns once and ends.
     let ublk_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let ublk = {
-        let (h, stop, dev) = (handle.clone(), ublk_stop.clone(), me.device);
-        let resume_held = cfg.startup.resume_after_crash == ResumeAfterCrash::HeldDevice;
-        std::thread::Builder::new()
-            .name("repd-ublk".into())
-            .spawn(move || ublk_target::ublk::manage(dev, h, stop, resume_held))
-            .map_err(|e| format!("cannot start a thread: {e}"))?
-    };
+    let ublk = start_ublk(&cfg, &me, &handle, &ublk_stop)?;
     // ---- end ublk part 2
     if let Some(n) = nbd.clone() {
-        let h = handle.clone();
-        let _ = std::thread::Builder::new()
-            .name("repd-nbd-count".into())
-            .spawn(move || loop {
-                h.set_nbd_clients(n.clients());
-                std::thread::sleep(Duration::from_millis(100));
-            });
+        spawn_nbd_count(n, handle.clone());
     }
-    {
-        let h = handle.clone();
-        let _ = std::thread::Builder::new()
-            .name("repd-signals".into())
-            .spawn(move || {
-                while let Ok(sig) = sigs.wait() {
-                    // Like `repctl down`: stopping would take /dev/ublkbN from
-                    // under a filesystem mounted on it. SIGKILL still ends
-                    // the daemon; the kernel then holds the device's I/O
-                    // for the next repd (user recovery).
-                    if let Some(why) = h.users().in_use(true).map(|u| u.why) {
-                        tracing::error!(?sig, "not shutting down: {why}");
-                        continue;
-                    }
-                    tracing::info!(?sig, "shutting down");
-                    // Forced: NBD clients are cut (the engine warns), see
-                    // the help text for why.
-                    match h.control(ControlCmd::Down { force: true }) {
-                        Some(r) if !r.ok => {
-                            tracing::error!(
-                                "orderly shutdown refused: {}; stopping anyway",
-                                r.error.unwrap_or_default()
-                            );
-                            std::process::exit(1);
-                        }
-                        _ => {}
-                    }
-                    break;
-                }
-            });
-    }
+    spawn_signal_waiter(sigs, handle.clone());
     println!(
         "repd: resource {} node {} running; control socket {}",
         cfg.resource.name,
@@ -210,4 +154,89 @@ fn run(cli: &Cli) -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Blocks the shutdown signals in every thread (the ones started after
+/// this inherit the mask); one thread waits for them.
+fn block_shutdown_signals() -> Result<SigSet, String> {
+    let mut sigs = SigSet::empty();
+    sigs.add(Signal::SIGTERM);
+    sigs.add(Signal::SIGINT);
+    sigs.thread_block()
+        .map_err(|e| format!("cannot block signals: {e}"))?;
+    Ok(sigs)
+}
+
+/// The NBD export, when this node has an `nbd` address.
+fn start_nbd(
+    cfg: &Config,
+    me: &Node,
+    handle: &EngineHandle,
+) -> Result<Option<NbdServerHandle>, String> {
+    let Some(addr) = me.nbd else {
+        return Ok(None);
+    };
+    let srv = NbdServer::bind(addr, cfg.resource.name.clone(), Arc::new(handle.clone()))
+        .map_err(|e| format!("cannot listen for NBD clients on {addr}: {e}"))?;
+    let h = srv.spawn();
+    tracing::info!(%addr, export = %cfg.resource.name, "NBD export listening (serves only while Primary)");
+    Ok(Some(h))
+}
+
+/// The thread that makes /dev/ublkbN follow the role until `stop`.
+fn start_ublk(
+    cfg: &Config,
+    me: &Node,
+    handle: &EngineHandle,
+    stop: &Arc<AtomicBool>,
+) -> Result<JoinHandle<()>, String> {
+    let (h, stop, dev) = (handle.clone(), stop.clone(), me.device);
+    let resume_held = cfg.startup.resume_after_crash == ResumeAfterCrash::HeldDevice;
+    std::thread::Builder::new()
+        .name("repd-ublk".into())
+        .spawn(move || ublk_target::ublk::manage(dev, h, stop, resume_held))
+        .map_err(|e| format!("cannot start a thread: {e}"))
+}
+
+/// Tells the engine the number of NBD clients every 100 ms (for status).
+fn spawn_nbd_count(n: Arc<NbdServerHandle>, h: EngineHandle) {
+    let _ = std::thread::Builder::new()
+        .name("repd-nbd-count".into())
+        .spawn(move || loop {
+            h.set_nbd_clients(n.clients());
+            std::thread::sleep(Duration::from_millis(100));
+        });
+}
+
+/// The thread that turns SIGTERM/SIGINT into `down --force`, unless the
+/// device is in use.
+fn spawn_signal_waiter(sigs: SigSet, h: EngineHandle) {
+    let _ = std::thread::Builder::new()
+        .name("repd-signals".into())
+        .spawn(move || {
+            while let Ok(sig) = sigs.wait() {
+                // Like `repctl down`: stopping would take /dev/ublkbN from
+                // under a filesystem mounted on it. SIGKILL still ends
+                // the daemon; the kernel then holds the device's I/O
+                // for the next repd (user recovery).
+                if let Some(why) = h.users().in_use(true).map(|u| u.why) {
+                    tracing::error!(?sig, "not shutting down: {why}");
+                    continue;
+                }
+                tracing::info!(?sig, "shutting down");
+                // Forced: NBD clients are cut (the engine warns), see
+                // the help text for why.
+                match h.control(ControlCmd::Down { force: true }) {
+                    Some(r) if !r.ok => {
+                        tracing::error!(
+                            "orderly shutdown refused: {}; stopping anyway",
+                            r.error.unwrap_or_default()
+                        );
+                        std::process::exit(1);
+                    }
+                    _ => {}
+                }
+                break;
+            }
+        });
 }

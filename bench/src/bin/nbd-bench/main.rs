@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use bench::cli::FioSizingHelp as _;
 use bench::fio::{self, Workload};
 use bench::procfs;
 use bench::rep::Binaries;
@@ -47,6 +48,11 @@ use setup::{setup_floor, setup_nbdkit, setup_pair, setup_standalone, Target};
         Needs fio and nbdkit (Debian packages fio, nbdkit) and the repd/repctl binaries \
         (cargo build --release -p ublk-target --bins). Writes only into a temporary directory, \
         removed at the end; exits non-zero if any target failed.",
+    fio_sizing_help([
+        "Size of every backing image file (K/M/G suffixes) [default: 1G, --quick: 256M]",
+        "Measured seconds per fio run [default: 15, --quick: 3]",
+        "fio --ramp_time: seconds run before measuring [default: 2, --quick: 1]",
+    ]),
     after_help = "Example: CARGO_TARGET_DIR=/work/target-bench cargo run --release -p bench --bin nbd-bench -- --size 1G --runtime 15"
 )]
 struct Cli {
@@ -57,15 +63,8 @@ struct Cli {
     /// [default: <cargo target dir>/tmp, else /var/tmp]
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
-    /// Size of every backing image file (K/M/G suffixes) [default: 1G, --quick: 256M]
-    #[arg(long, value_name = "SIZE")]
-    size: Option<String>,
-    /// Measured seconds per fio run [default: 15, --quick: 3]
-    #[arg(long, value_name = "SECONDS")]
-    runtime: Option<u64>,
-    /// fio --ramp_time: seconds run before measuring [default: 2, --quick: 1]
-    #[arg(long, value_name = "SECONDS")]
-    ramp_time: Option<u64>,
+    #[command(flatten)]
+    fio: bench::cli::FioSizing,
     /// Repeat the whole set of runs this many times and report medians
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
@@ -197,20 +196,20 @@ fn settings(cli: &Cli) -> Result<Settings, String> {
     } else {
         ("1G", 15, 2)
     };
-    let size = parse_size(cli.size.as_deref().unwrap_or(size))?;
+    let size = parse_size(cli.fio.size.as_deref().unwrap_or(size))?;
     if size < 64 << 20 {
         return Err(
             "--size must be at least 64M (repd keeps its metadata at the end of the image)".into(),
         );
     }
-    let runtime = cli.runtime.unwrap_or(runtime);
+    let runtime = cli.fio.runtime.unwrap_or(runtime);
     if runtime == 0 {
         return Err("--runtime must be at least 1 second".into());
     }
     Ok(Settings {
         size,
         runtime,
-        ramp: cli.ramp_time.unwrap_or(ramp),
+        ramp: cli.fio.ramp_time.unwrap_or(ramp),
         rounds: cli.rounds,
     })
 }

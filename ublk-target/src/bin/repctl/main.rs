@@ -4,19 +4,17 @@
 //! `/etc/rep/r0.toml`) and acts for this node (`--node`, default the host
 //! name). Failures print `repctl: error: ...` on stderr and exit with 1.
 
-use std::fmt::Write as _;
 use std::io::{self, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use rep_control::client::DEFAULT_RUN_DIR;
-use rep_control::config::{Config, ConfigError, MetaDisk, Node};
+use rep_control::config::ConfigError;
 use rep_control::protocol::ControlCmd;
-use replication_proto::meta::{MetaFlags, BM_BLOCK_SIZE};
-use serde_json::json;
-use ublk_target::disk_lock::DiskLock;
-use ublk_target::md::{flag_names, AlState, CreateParams, MdError, MetaDevice, MetaLocation};
+use ublk_target::md::MdError;
+
+mod md;
 
 /// Default configuration file.
 const DEFAULT_CONFIG: &str = "/etc/rep/r0.toml";
@@ -386,9 +384,9 @@ fn print_out(text: &str) -> Result<(), Failure> {
 
 fn run(cli: &Cli) -> Result<(), Failure> {
     match &cli.command {
-        Command::Dump(args) => dump(cli, args),
-        Command::CreateMd(args) => create_md(cli, args),
-        Command::DumpMd(args) => dump_md(cli, args),
+        Command::Dump(args) => md::dump(cli, args),
+        Command::CreateMd(args) => md::create_md(cli, args),
+        Command::DumpMd(args) => md::dump_md(cli, args),
         Command::Up(args) => daemon::up(cli, args),
         Command::Down(a) => daemon::down(cli, a.force),
         Command::Primary(a) => daemon::simple(cli, ControlCmd::Primary { force: a.force }),
@@ -420,8 +418,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
 mod daemon {
     //! The verbs that talk to a running repd.
 
-    use std::path::PathBuf;
-    use std::process::{Command as Proc, Stdio};
+    use std::fs::File;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command as Proc, Stdio};
     use std::time::{Duration, Instant};
 
     use super::{
@@ -612,16 +611,7 @@ mod daemon {
     pub(super) fn up(cli: &Cli, a: &UpArgs) -> Result<(), Failure> {
         let (res, node) = names(cli)?;
         let sock = socket_path(&cli.run_dir, &res, &node);
-        match request(&sock, &ControlCmd::Status, Some(Duration::from_secs(2))) {
-            Ok(_) => {
-                return Err(Failure(format!(
-                    "repd for {res} on {node} is already running (socket {})",
-                    sock.display()
-                )))
-            }
-            Err(e @ ControlError::Denied { .. }) => return Err(Failure(e.to_string())),
-            Err(_) => {}
-        }
+        refuse_if_running(&sock, &res, &node)?;
         std::fs::create_dir_all(&cli.run_dir)
             .map_err(|e| Failure(format!("cannot create {}: {e}", cli.run_dir.display())))?;
         let log = log_path(&cli.run_dir, &res, &node);
@@ -630,10 +620,30 @@ mod daemon {
             .append(true)
             .open(&log)
             .map_err(|e| Failure(format!("cannot open the log {}: {e}", log.display())))?;
-        let errf = logf.try_clone().map_err(|e| Failure(e.to_string()))?;
         // Where this attempt's lines start: a failure shows only them, not
         // those of earlier failed starts appended before.
         let log_start = logf.metadata().map(|m| m.len()).unwrap_or(0);
+        let child = spawn_repd(cli, a, &node, logf)?;
+        wait_started(&sock, child, &log, log_start)
+    }
+
+    /// An answer on the socket means a repd runs already; a socket we may
+    /// not use is an error of its own.
+    fn refuse_if_running(sock: &Path, res: &str, node: &str) -> Result<(), Failure> {
+        match request(sock, &ControlCmd::Status, Some(Duration::from_secs(2))) {
+            Ok(_) => Err(Failure(format!(
+                "repd for {res} on {node} is already running (socket {})",
+                sock.display()
+            ))),
+            Err(e @ ControlError::Denied { .. }) => Err(Failure(e.to_string())),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Starts repd detached, its stdout and stderr to `logf`: `--repd`, else
+    /// the repd next to this executable, else the one on PATH.
+    fn spawn_repd(cli: &Cli, a: &UpArgs, node: &str, logf: File) -> Result<Child, Failure> {
+        let errf = logf.try_clone().map_err(|e| Failure(e.to_string()))?;
         let repd = match &a.repd {
             Some(p) => p.clone(),
             None => std::env::current_exe()
@@ -646,7 +656,7 @@ mod daemon {
         cmd.arg("--config")
             .arg(&cli.config)
             .arg("--node")
-            .arg(&node)
+            .arg(node)
             .arg("--run-dir")
             .arg(&cli.run_dir);
         if a.no_direct {
@@ -658,12 +668,21 @@ mod daemon {
             .stdout(logf)
             .stderr(errf)
             .process_group(0);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| Failure(format!("cannot start {}: {e}", repd.display())))?;
+        cmd.spawn()
+            .map_err(|e| Failure(format!("cannot start {}: {e}", repd.display())))
+    }
+
+    /// Until repd answers on its socket (then its status is printed), exits
+    /// (then the last lines it logged are the error), or 20 s pass.
+    fn wait_started(
+        sock: &Path,
+        mut child: Child,
+        log: &Path,
+        log_start: u64,
+    ) -> Result<(), Failure> {
         let t0 = Instant::now();
         loop {
-            if let Ok(r) = request(&sock, &ControlCmd::Status, Some(Duration::from_secs(2))) {
+            if let Ok(r) = request(sock, &ControlCmd::Status, Some(Duration::from_secs(2))) {
                 if let Some(st) = &r.status {
                     return print_out(&format!(
                         "repd started (pid {}), log {}\n{}",
@@ -674,7 +693,7 @@ mod daemon {
                 }
             }
             if let Ok(Some(code)) = child.try_wait() {
-                let tail = read_from(&log, log_start);
+                let tail = read_from(log, log_start);
                 let tail: Vec<&str> = tail.lines().rev().take(5).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
                 return Err(Failure(format!(
@@ -752,287 +771,4 @@ fn held_open(dev_id: u32, pid: u32) -> Option<String> {
     }
     ublk::in_use_reason(dev_id)
         .map(|why| format!("{} is {why}", ublk::device_path(dev_id).display()))
-}
-
-/// `repctl dump`: the checks `up` makes before it starts repd (the file,
-/// then this node's entry) and nothing else; the disk is not looked at.
-fn dump(cli: &Cli, args: &DumpArgs) -> Result<(), Failure> {
-    let cfg = Config::load(&cli.config)?;
-    let (me, peer) = cfg.local(cli.node.as_deref())?;
-    let cannot =
-        |e: &dyn std::fmt::Display| Failure(format!("cannot print {}: {e}", cli.config.display()));
-    let text = if args.json {
-        let v = cfg.to_json().map_err(|e| cannot(&e))?;
-        format!("{v}\n")
-    } else {
-        let body = cfg.to_toml().map_err(|e| cannot(&e))?;
-        // Comments, so the output stays a valid resource file.
-        format!(
-            "# {:?} as repctl reads it for node \"{}\" (peer \"{}\"):\n\
-             # every key with its effective value, defaults filled in.\n\n{body}",
-            cfg.path, me.name, peer.name
-        )
-    };
-    print_out(&text)
-}
-
-/// Load the config and find this node; the local disk must exist.
-fn load_local(cli: &Cli) -> Result<(Config, Node), Failure> {
-    let cfg = Config::load(&cli.config)?;
-    let me = cfg.local(cli.node.as_deref())?.0.clone();
-    cfg.check_local_disk(&me)?;
-    Ok((cfg, me))
-}
-
-fn create_md(cli: &Cli, args: &CreateMdArgs) -> Result<(), Failure> {
-    let (cfg, me) = load_local(cli)?;
-    // A running repd holds this lock: fresh metadata under it would be
-    // overwritten by its next metadata write, or mislead it.
-    let _lock = DiskLock::acquire(&me).map_err(|e| Failure(format!("create-md: {e}")))?;
-    let params = CreateParams::from_config(&cfg, &me);
-    let dev = MetaDevice::create(&params, args.force)?;
-    let l = dev.layout();
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "repctl: wrote fresh metadata for resource \"{}\" on node \"{}\"",
-        cfg.resource.name, me.name
-    );
-    let _ = match &me.meta_disk {
-        MetaDisk::Internal => writeln!(
-            s,
-            "  meta-disk   internal: last {} of {}",
-            human_bytes(l.md_bytes),
-            me.disk.display()
-        ),
-        MetaDisk::External(p) => writeln!(
-            s,
-            "  meta-disk   {} ({})",
-            p.display(),
-            human_bytes(l.md_bytes)
-        ),
-    };
-    let _ = writeln!(
-        s,
-        "  data        {} bytes ({}) of {}",
-        l.data_bytes,
-        human_bytes(l.data_bytes),
-        me.disk.display()
-    );
-    let _ = writeln!(s, "  al-extents  {}", l.al_extents);
-    let _ = writeln!(
-        s,
-        "The data is marked Inconsistent; the first connect to the peer decides which side's data is kept."
-    );
-    print_out(&s)
-}
-
-fn hex(u: u64) -> String {
-    format!("{u:016X}")
-}
-
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n;
-    let mut unit = 0;
-    while v >= 1024 && unit + 1 < UNITS.len() {
-        if v % 1024 != 0 {
-            // Not exact: one decimal.
-            #[allow(clippy::cast_precision_loss)]
-            let mut f = n as f64;
-            let mut u = 0;
-            while f >= 1024.0 && u + 1 < UNITS.len() {
-                f /= 1024.0;
-                u += 1;
-            }
-            return format!("{f:.1} {}", UNITS.get(u).unwrap_or(&"B"));
-        }
-        v /= 1024;
-        unit += 1;
-    }
-    format!("{v} {}", UNITS.get(unit).unwrap_or(&"B"))
-}
-
-/// What the flags say about the local data, in DRBD's disk-state words.
-fn disk_state(flags: MetaFlags) -> &'static str {
-    if !flags.has(MetaFlags::CONSISTENT) {
-        "Inconsistent"
-    } else if flags.has(MetaFlags::WAS_UP_TO_DATE) {
-        "UpToDate (when last attached)"
-    } else {
-        "Consistent or Outdated"
-    }
-}
-
-fn dump_md(cli: &Cli, args: &DumpMdArgs) -> Result<(), Failure> {
-    let (cfg, me) = load_local(cli)?;
-    let loc = MetaLocation::of(&me);
-    let mut dev = MetaDevice::open_read_only(&loc, &cfg.resource.name, &me.name)?;
-    let al = dev.read_al();
-    let sb = dev.superblock().clone();
-    let l = sb.layout;
-    let dirty = dev.dirty_bits();
-    let bad = dev.bad_bitmap_pages();
-    let meta_disk = me.meta_disk.to_string();
-    let g = sb.generations;
-    let text = if args.json {
-        let al_json = match &al {
-            Ok(AlState {
-                seq,
-                extents,
-                torn_slots,
-            }) => json!({
-                "extents_max": l.al_extents,
-                "slots": l.al_slots,
-                "seq": seq,
-                "active_extents": extents,
-                "torn_slots": torn_slots,
-            }),
-            Err(e) => json!({
-                "extents_max": l.al_extents,
-                "slots": l.al_slots,
-                "seq": null,
-                "active_extents": null,
-                "error": e.to_string(),
-            }),
-        };
-        let v = json!({
-            "resource": sb.resource,
-            "node": sb.node,
-            "format_version": sb.format_version,
-            "superblock_seq": sb.seq,
-            "disk": me.disk,
-            "meta_disk": meta_disk,
-            "meta_path": dev.path(),
-            "superblock_offset": dev.superblock_offset(),
-            "md_offset": l.md_offset,
-            "md_bytes": l.md_bytes,
-            "data_bytes": l.data_bytes,
-            "device_id": sb.device_id,
-            "generations": {
-                "current": hex(g.current),
-                "bitmap": hex(g.bitmap),
-                "history": [hex(g.history[0]), hex(g.history[1])],
-            },
-            "flags": flag_names(sb.flags),
-            "disk_state": disk_state(sb.flags),
-            "al": al_json,
-            "bitmap": {
-                "bits": l.bm_bits(),
-                "bytes": l.bm_words() * 8,
-                "pages": l.bm_pages,
-                "dirty_bits": dirty,
-                "dirty_bytes": dirty * BM_BLOCK_SIZE,
-                "bad_pages": bad,
-            },
-        });
-        format!("{v}\n")
-    } else {
-        human_dump(&dev, &me, &al)
-    };
-    if let Err(e) = &al {
-        eprintln_safe(&format!(
-            "repctl: warning: {e}; if this node crashed while Primary, all of its data must be resynced"
-        ));
-    }
-    print_out(&text)
-}
-
-fn human_dump(dev: &MetaDevice, me: &Node, al: &Result<AlState, MdError>) -> String {
-    let sb = dev.superblock();
-    let l = sb.layout;
-    let g = sb.generations;
-    let mut s = String::new();
-    let path: &Path = dev.path();
-    let _ = writeln!(
-        s,
-        "# repctl dump-md: resource \"{}\", node \"{}\"",
-        sb.resource, sb.node
-    );
-    let _ = writeln!(s, "format-version   {}", sb.format_version);
-    let _ = writeln!(s, "superblock-seq   {}", sb.seq);
-    let _ = match &me.meta_disk {
-        MetaDisk::Internal => writeln!(
-            s,
-            "meta-disk        internal (the end of {})",
-            me.disk.display()
-        ),
-        MetaDisk::External(p) => writeln!(s, "meta-disk        {}", p.display()),
-    };
-    let _ = writeln!(
-        s,
-        "superblock       offset {} in {}",
-        dev.superblock_offset(),
-        path.display()
-    );
-    let _ = writeln!(
-        s,
-        "data-bytes       {} ({})",
-        l.data_bytes,
-        human_bytes(l.data_bytes)
-    );
-    let _ = writeln!(
-        s,
-        "md-bytes         {} ({}) at offset {}",
-        l.md_bytes,
-        human_bytes(l.md_bytes),
-        l.md_offset
-    );
-    let _ = writeln!(s, "device           /dev/ublkb{}", sb.device_id);
-    let _ = writeln!(s, "generations      current  {}", hex(g.current));
-    let _ = writeln!(s, "                 bitmap   {}", hex(g.bitmap));
-    let _ = writeln!(
-        s,
-        "                 history  {} {}",
-        hex(g.history[0]),
-        hex(g.history[1])
-    );
-    let names = flag_names(sb.flags);
-    let _ = writeln!(
-        s,
-        "flags            {}",
-        if names.is_empty() {
-            "(none)".to_owned()
-        } else {
-            names.join(" ")
-        }
-    );
-    let _ = writeln!(s, "disk-state       {}", disk_state(sb.flags));
-    match al {
-        Ok(a) => {
-            let _ = writeln!(
-                s,
-                "activity-log     transaction {}, {} of {} extents active ({} slots{})",
-                a.seq,
-                a.extents.len(),
-                l.al_extents,
-                l.al_slots,
-                if a.torn_slots > 0 {
-                    format!(", {} torn", a.torn_slots)
-                } else {
-                    String::new()
-                }
-            );
-            if !a.extents.is_empty() {
-                let list: Vec<String> = a.extents.iter().map(u32::to_string).collect();
-                let _ = writeln!(s, "                 extents: {}", list.join(" "));
-            }
-        }
-        Err(e) => {
-            let _ = writeln!(s, "activity-log     UNREADABLE: {e}");
-        }
-    }
-    let dirty = dev.dirty_bits();
-    let _ = writeln!(
-        s,
-        "bitmap           {} bits ({} in {} page{}), {} dirty ({}), {} bad pages",
-        l.bm_bits(),
-        human_bytes(l.bm_words() * 8),
-        l.bm_pages,
-        if l.bm_pages == 1 { "" } else { "s" },
-        dirty,
-        human_bytes(dirty * BM_BLOCK_SIZE),
-        dev.bad_bitmap_pages()
-    );
-    s
 }
