@@ -6,6 +6,8 @@
 //! `String` that says what went wrong, so a benchmark can report a failed
 //! target and go on with the others.
 //!
+//! - [`cli`]: the fio sizing options (`--size`, `--runtime`, `--ramp-time`)
+//!   nbd-bench and vm-bench share;
 //! - [`rep`]: `repd` nodes driven with `repctl`, as a user would;
 //! - [`fio`]: a write workload's command line and its JSON result;
 //! - [`procfs`]: peak RSS and CPU time per process and thread;
