@@ -200,11 +200,9 @@ mod tests {
     use rep_control::protocol::{ClientCount, InUseBy};
     use replication_proto::machine::AdminError;
 
-    use super::super::{start, EngineOptions};
+    use super::super::tests::start_alone;
     use super::*;
-    use crate::config::Config;
     use crate::frontend::UserSource;
-    use crate::md::{CreateParams, MetaDevice};
 
     /// A frontend with one client connected.
     struct OneClient;
@@ -223,22 +221,7 @@ mod tests {
     #[test]
     fn every_refusal_says_its_reason_as_a_value() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let disk = dir.path().join("alpha.img");
-        std::fs::write(&disk, vec![0u8; 8 << 20]).expect("backing file");
-        let text = format!(
-            "[resource]\nname = \"rf\"\n[net]\nsecret = \"s\"\n\
-             [[node]]\nname = \"alpha\"\naddress = \"127.0.0.1:1\"\ndisk = \"{}\"\nmeta-disk = \"internal\"\ndevice = 0\n\
-             [[node]]\nname = \"beta\"\naddress = \"127.0.0.1:2\"\ndisk = \"/nonexistent\"\nmeta-disk = \"internal\"\ndevice = 1\n",
-            disk.display()
-        );
-        let cfg = Config::from_str_named(&text, "rf.toml").expect("config");
-        let (me, _) = cfg.local(Some("alpha")).expect("alpha");
-        MetaDevice::create(&CreateParams::from_config(&cfg, me), false).expect("create-md");
-        let opts = EngineOptions {
-            direct: false,
-            connect: false,
-        };
-        let eng = start(&cfg, Some("alpha"), &opts).expect("engine");
+        let eng = start_alone(dir.path(), "rf");
         let h = eng.handle.clone();
         let ask = |cmd| h.control(cmd).expect("reply");
 

@@ -782,28 +782,35 @@ mod tests {
     use super::*;
     use crate::md::CreateParams;
 
-    /// The ublk manager sleeps in `wait_role_change` instead of polling
-    /// the role: a promotion must end that sleep at once, and a sleep with
-    /// nothing changing must last its timeout.
-    #[test]
-    fn a_promotion_wakes_whoever_waits_for_the_role() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let disk = dir.path().join("alpha.img");
+    /// One engine for node "alpha" of a two-node resource named `name`
+    /// on a fresh 8 MiB file in `dir` (internal metadata), not connecting:
+    /// what the engine's own tests drive through its control handle.
+    pub(crate) fn start_alone(dir: &std::path::Path, name: &str) -> Engine {
+        let disk = dir.join("alpha.img");
         std::fs::write(&disk, vec![0u8; 8 << 20]).expect("backing file");
         let text = format!(
-            "[resource]\nname = \"rw\"\n[net]\nsecret = \"s\"\n\
+            "[resource]\nname = \"{name}\"\n[net]\nsecret = \"s\"\n\
              [[node]]\nname = \"alpha\"\naddress = \"127.0.0.1:1\"\ndisk = \"{}\"\nmeta-disk = \"internal\"\ndevice = 0\n\
              [[node]]\nname = \"beta\"\naddress = \"127.0.0.1:2\"\ndisk = \"/nonexistent\"\nmeta-disk = \"internal\"\ndevice = 1\n",
             disk.display()
         );
-        let cfg = Config::from_str_named(&text, "rw.toml").expect("config");
+        let cfg = Config::from_str_named(&text, format!("{name}.toml")).expect("config");
         let (me, _) = cfg.local(Some("alpha")).expect("alpha");
         MetaDevice::create(&CreateParams::from_config(&cfg, me), false).expect("create-md");
         let opts = EngineOptions {
             direct: false,
             connect: false,
         };
-        let eng = start(&cfg, Some("alpha"), &opts).expect("engine");
+        start(&cfg, Some("alpha"), &opts).expect("engine")
+    }
+
+    /// The ublk manager sleeps in `wait_role_change` instead of polling
+    /// the role: a promotion must end that sleep at once, and a sleep with
+    /// nothing changing must last its timeout.
+    #[test]
+    fn a_promotion_wakes_whoever_waits_for_the_role() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let eng = start_alone(dir.path(), "rw");
         let h = eng.handle.clone();
         assert!(!h.writable());
 
