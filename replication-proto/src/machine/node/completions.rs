@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 
+use crate::machine::ids::{AppId, IoToken, MetaToken};
 use crate::machine::io::Span;
 use crate::wire::Message;
 
@@ -11,7 +12,7 @@ use super::Node;
 impl Node {
     // ----- completions -------------------------------------------------------
 
-    pub(super) fn local_done(&mut self, token: u64, result: Result<Option<Bytes>, i32>) {
+    pub(super) fn local_done(&mut self, token: IoToken, result: Result<Option<Bytes>, i32>) {
         if let Some(f) = self.ops.flush.remove(&token) {
             self.flush_done(f, result.map(|_| ()));
             return;
@@ -76,7 +77,7 @@ impl Node {
         }
     }
 
-    pub(super) fn meta_done(&mut self, token: u64, result: Result<(), i32>) {
+    pub(super) fn meta_done(&mut self, token: MetaToken, result: Result<(), i32>) {
         let Some(op) = self.ops.meta.remove(&token) else {
             return;
         };
@@ -116,7 +117,7 @@ impl Node {
         }
     }
 
-    pub(super) fn app_flush_done(&mut self, id: u64, result: Result<(), i32>) {
+    pub(super) fn app_flush_done(&mut self, id: AppId, result: Result<(), i32>) {
         if let Some(AppReq::Flush {
             local_done,
             local_err,

@@ -19,6 +19,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::al::ActivityLog;
 use super::bitmap::Bitmap;
+use super::ids::AppId;
 use super::resume::Resume;
 use super::types::{
     errno, Action, Admin, AdminError, ConnState, Event, NodeConfig, Persisted, Session, Stats,
@@ -114,7 +115,7 @@ pub struct Node {
     link: Link,
 
     /// Application requests in flight, by the application's id.
-    app: HashMap<u64, AppReq>,
+    app: HashMap<AppId, AppReq>,
     /// Local data, flush and metadata operations in flight, by token.
     ops: Ops,
     /// Primary side of replication.

@@ -120,7 +120,7 @@ impl Node {
                 if let Some(s) = self.sync.as_mut() {
                     s.phase = SyncPhase::Persisting { pending: 1 };
                 }
-                let token = self.token();
+                let token = self.io_token();
                 self.ops.flush.insert(token, FlushOp::SyncStart { epoch });
                 self.actions.push_back(Action::LocalFlush { token });
             }
@@ -220,7 +220,7 @@ impl Node {
             }
             s.phase = SyncPhase::Finishing;
         }
-        let token = self.token();
+        let token = self.io_token();
         self.ops.flush.insert(token, FlushOp::SyncDone { epoch });
         self.actions.push_back(Action::LocalFlush { token });
     }
@@ -271,7 +271,7 @@ impl Node {
         self.stats.resync_received_bytes += data.len() as u64;
         let epoch = self.link.epoch;
         let len = u32::try_from(data.len()).unwrap_or(MAX_IO);
-        let token = self.token();
+        let token = self.io_token();
         if self
             .ops
             .io
@@ -549,7 +549,7 @@ impl Node {
         // (Inconsistent, new generation) lands before the bitmap,
         // and the resync waits for the bitmap.
         self.persist_super(false);
-        let token = self.token();
+        let token = self.meta_token();
         self.ops.meta.insert(
             token,
             MetaOp::Bitmap {

@@ -49,7 +49,7 @@ impl Node {
         };
         let fua = flags & data_flags::FUA != 0;
         let epoch = self.link.epoch;
-        let token = self.token();
+        let token = self.io_token();
         let span = Span::new(offset, u64::from(len));
         if self.ops.io.submit(
             token,
@@ -88,7 +88,7 @@ impl Node {
                 return;
             }
             self.recv.barriers.pop_front();
-            let token = self.token();
+            let token = self.io_token();
             let epoch = self.link.epoch;
             self.ops
                 .flush

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use bytes::Bytes;
 
 use crate::machine::al::{ActivityLog, AlPlan};
+use crate::machine::ids::{AppId, IoToken, MetaToken, TokenSource};
 use crate::machine::io::{OrderedIo, Span};
 use crate::machine::sync_window::SyncWindow;
 use crate::machine::types::{Event, Payload, SuspendMode};
@@ -51,10 +52,10 @@ pub(super) enum AppReq {
 #[derive(Debug, Clone)]
 pub(super) enum LocalOp {
     AppWrite {
-        id: u64,
+        id: AppId,
     },
     AppRead {
-        id: u64,
+        id: AppId,
     },
     PeerWrite {
         seq: u64,
@@ -93,7 +94,7 @@ pub(super) enum LocalOp {
 #[derive(Debug, Clone, Copy)]
 pub(super) enum FlushOp {
     App {
-        id: u64,
+        id: AppId,
     },
     PeerBarrier {
         id: u64,
@@ -219,7 +220,7 @@ pub(super) struct PeerInfo {
 
 #[derive(Debug)]
 pub(super) struct PeerReq {
-    pub(super) app_id: Option<u64>,
+    pub(super) app_id: Option<AppId>,
     pub(super) span: Span,
     /// Activity-log extents held until the peer confirms the write.
     pub(super) extents: Extents,
@@ -244,7 +245,7 @@ pub(super) struct AlGate {
     pub(super) stage_pending: u32,
     pub(super) plan: Option<AlPlan>,
     /// Writes waiting for their extents (application ids, in order).
-    pub(super) wait: VecDeque<u64>,
+    pub(super) wait: VecDeque<AppId>,
     /// Gating superblock writes in flight: new writes wait for them.
     pub(super) super_gate: u32,
 }
@@ -309,27 +310,15 @@ impl Link {
 }
 
 /// Local operations in flight, by the token the driver hands back.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) struct Ops {
     /// Data operations, ordered by overlap.
-    pub(super) io: OrderedIo<LocalOp>,
-    pub(super) flush: HashMap<u64, FlushOp>,
-    pub(super) meta: HashMap<u64, MetaOp>,
-    pub(super) next_token: u64,
+    pub(super) io: OrderedIo<IoToken, LocalOp>,
+    pub(super) flush: HashMap<IoToken, FlushOp>,
+    pub(super) meta: HashMap<MetaToken, MetaOp>,
+    pub(super) tokens: TokenSource,
     /// Payloads of peer and resync writes waiting in the ordering queue.
-    pub(super) parked: HashMap<u64, ParkedWrite>,
-}
-
-impl Default for Ops {
-    fn default() -> Self {
-        Self {
-            io: OrderedIo::default(),
-            flush: HashMap::new(),
-            meta: HashMap::new(),
-            next_token: 1,
-            parked: HashMap::new(),
-        }
-    }
+    pub(super) parked: HashMap<IoToken, ParkedWrite>,
 }
 
 /// A peer or resync write waiting for an overlapping one to finish.
@@ -387,7 +376,7 @@ pub(super) struct Unflushed {
 pub(super) struct SentBarrier {
     pub(super) last_seq: u64,
     /// The application flush waiting for it, if any.
-    pub(super) app: Option<u64>,
+    pub(super) app: Option<AppId>,
 }
 
 /// The Secondary side: writes and barriers from the peer.
@@ -442,7 +431,7 @@ pub(super) struct Suspension {
 /// An application completion held while suspended.
 #[derive(Debug)]
 pub(super) struct HeldCompletion {
-    pub(super) id: u64,
+    pub(super) id: AppId,
     pub(super) result: Result<Option<Bytes>, i32>,
 }
 

@@ -70,7 +70,7 @@ impl Node {
         if self.ops.flush.values().any(|f| matches!(f, FlushOp::Down)) {
             return;
         }
-        let token = self.token();
+        let token = self.io_token();
         self.ops.flush.insert(token, FlushOp::Down);
         self.actions.push_back(Action::LocalFlush { token });
     }
