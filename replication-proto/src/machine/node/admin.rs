@@ -173,7 +173,7 @@ impl Node {
             role: self.role,
             disk: self.disk,
             conn: self.conn,
-            decided: self.link.decided,
+            decided: self.link.decided(),
             syncing: self.sync.is_some(),
             peer_role: self.link.peer.as_ref().map(|p| p.role),
             current: self.gens.current,
@@ -193,7 +193,7 @@ impl Node {
         if self.role == Role::Primary {
             return Ok(());
         }
-        if self.link.decided
+        if self.link.decided()
             && self
                 .link
                 .peer
@@ -227,7 +227,7 @@ impl Node {
         }
         self.role = Role::Primary;
         self.flags.set(MetaFlags::PRIMARY_IND, true);
-        if !self.link.decided
+        if !self.link.decided()
             || !matches!(
                 self.conn,
                 ConnState::Connected | ConnState::SyncSource | ConnState::WFBitMapS
@@ -240,7 +240,7 @@ impl Node {
             self.rotate_for_disconnected_writes();
         }
         self.persist_super(true);
-        if self.link.decided {
+        if self.link.decided() {
             self.send(Message::State {
                 role: self.role,
                 disk: self.disk,
@@ -305,7 +305,7 @@ impl Node {
             self.write_al_plan(plan);
         }
         self.persist_super(false);
-        if self.link.decided {
+        if self.link.decided() {
             self.send(Message::State {
                 role: self.role,
                 disk: self.disk,

@@ -61,7 +61,7 @@ impl Node {
         match f {
             FlushOp::App { id } => self.app_flush_done(id, result),
             FlushOp::PeerBarrier { id, epoch } => {
-                if epoch == self.link.epoch && self.link.decided && result.is_ok() {
+                if epoch == self.link.epoch && self.link.decided() && result.is_ok() {
                     self.send(Message::BarrierAck { id });
                 }
             }

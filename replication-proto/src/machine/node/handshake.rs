@@ -132,7 +132,7 @@ impl Node {
         let d = self.decision(&p.hello);
         tracing::info!(peer = %p.hello.node, decision = ?d, "sync handshake");
         self.discard_my_data = false;
-        self.link.decided = true;
+        self.link.decide(self.now);
         self.set_connected_ind(true);
         match d {
             Decision::NoSync => self.connected_without_sync(&p.hello),

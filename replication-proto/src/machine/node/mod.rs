@@ -172,7 +172,7 @@ impl Node {
             split_brain: false,
             health: Health::default(),
             down: Down::default(),
-            link: Link::new(now),
+            link: Link::new(),
             app: HashMap::new(),
             ops: Ops::default(),
             repl: Replication::new(now),
@@ -255,7 +255,7 @@ impl Node {
             .link
             .peer
             .as_ref()
-            .filter(|_| self.link.decided)
+            .filter(|_| self.link.decided())
             .map_or(DiskState::DUnknown, |p| p.disk);
         // Waiting for the bitmaps as the sync source: the peer is the target
         // and Inconsistent from the exchange on; show what it is about to be
@@ -294,7 +294,7 @@ impl Node {
                 .link
                 .peer
                 .as_ref()
-                .filter(|_| self.link.decided)
+                .filter(|_| self.link.decided())
                 .map(|p| p.role),
             connection: self.conn,
             disk: self.disk,
@@ -328,14 +328,18 @@ impl Node {
     pub fn poll_timeout(&self) -> Option<Millis> {
         let mut t: Option<Millis> = None;
         let mut at = |x: Millis| t = Some(t.map_or(x, |y| y.min(x)));
-        if self.conn == ConnState::Handshake {
-            at(self.link.started + self.cfg.timeout_ms);
+        match self.link.phase {
+            LinkPhase::Down => {}
+            LinkPhase::Handshake { started } => at(started + self.cfg.timeout_ms),
+            LinkPhase::Decided {
+                ping_sent: Some(s), ..
+            } => at(s + self.cfg.timeout_ms),
+            LinkPhase::Decided {
+                last_recv,
+                ping_sent: None,
+            } => at(last_recv + self.cfg.ping_int_ms),
         }
-        if self.link.decided {
-            match self.link.ping_sent {
-                Some(s) => at(s + self.cfg.timeout_ms),
-                None => at(self.link.last_recv + self.cfg.ping_int_ms),
-            }
+        if self.link.decided() {
             if let Some((_, r)) = self.repl.pending.first_key_value() {
                 at(r.sent_at + self.ko_ms());
             }
@@ -370,7 +374,7 @@ impl Node {
             }
             Event::Frame(m) => {
                 if self.connected_states() {
-                    self.link.last_recv = self.now;
+                    self.link.heard(self.now);
                     self.on_frame(m);
                 }
             }

@@ -145,7 +145,7 @@ impl Node {
 
     pub(super) fn replicating(&self) -> bool {
         self.role == Role::Primary
-            && self.link.decided
+            && self.link.decided()
             && matches!(
                 self.conn,
                 ConnState::Connected

@@ -407,7 +407,7 @@ impl Node {
     ) {
         let len32 = u32::try_from(span.len()).unwrap_or(MAX_IO);
         self.recv.answered(epoch, self.link.epoch);
-        if epoch != self.link.epoch || !self.link.decided {
+        if epoch != self.link.epoch || !self.link.decided() {
             return;
         }
         match result {
@@ -508,7 +508,7 @@ impl Node {
 
     /// Target: every resynced block is durable; the target is UpToDate.
     pub(super) fn sync_done_flushed(&mut self, epoch: u64, result: Result<(), i32>) {
-        if epoch == self.link.epoch && self.link.decided {
+        if epoch == self.link.epoch && self.link.decided() {
             if result.is_ok() {
                 // Every block is here and durable: UpToDate.
                 self.sync = None;
@@ -534,7 +534,7 @@ impl Node {
 
     /// Target: earlier cleared bits are durable; persist the resync's start.
     pub(super) fn sync_start_flushed(&mut self, epoch: u64, result: Result<(), i32>) {
-        if epoch != self.link.epoch || !self.link.decided {
+        if epoch != self.link.epoch || !self.link.decided() {
             return;
         }
         if result.is_err() {

@@ -108,7 +108,7 @@ impl Node {
     ) {
         self.recv.incomplete.remove(&recv_idx);
         self.recv.answered(epoch, self.link.epoch);
-        if epoch == self.link.epoch && self.link.decided {
+        if epoch == self.link.epoch && self.link.decided() {
             if result.is_ok() {
                 self.send(Message::WriteAck { seq });
             } else {

@@ -281,30 +281,97 @@ pub(super) struct Down {
 }
 
 /// The current connection: counted by `epoch`, authenticated by the
-/// nonces, `decided` once the sync handshake is done.
+/// nonces; its timers depend on how far it got (`phase`).
 #[derive(Debug)]
 pub(super) struct Link {
     /// Counts connections; work tagged with an older epoch is stale.
     pub(super) epoch: u64,
     pub(super) my_nonce: [u8; 32],
     pub(super) peer: Option<PeerInfo>,
-    pub(super) decided: bool,
-    pub(super) last_recv: Millis,
-    pub(super) ping_sent: Option<Millis>,
-    /// When the handshake began.
-    pub(super) started: Millis,
+    pub(super) phase: LinkPhase,
+}
+
+/// How far the current connection got; each phase carries the timers
+/// only it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LinkPhase {
+    /// No connection (StandAlone, Connecting).
+    Down,
+    /// Hello and authentication (ConnState::Handshake); it times out
+    /// `timeout_ms` after `started`.
+    Handshake { started: Millis },
+    /// The sync decision is made: the connection carries replication and
+    /// resync, and pings keep it alive.
+    Decided {
+        /// When the last frame came in: a ping goes out after `ping_int_ms`
+        /// of silence.
+        last_recv: Millis,
+        /// The ping not answered yet: the connection fails if the answer
+        /// takes `timeout_ms`.
+        ping_sent: Option<Millis>,
+    },
 }
 
 impl Link {
-    pub(super) fn new(now: Millis) -> Self {
+    pub(super) fn new() -> Self {
         Self {
             epoch: 0,
             my_nonce: [0; 32],
             peer: None,
-            decided: false,
+            phase: LinkPhase::Down,
+        }
+    }
+
+    /// The sync handshake is done on the current connection.
+    pub(super) fn decided(&self) -> bool {
+        matches!(self.phase, LinkPhase::Decided { .. })
+    }
+
+    /// A new transport connection: a new epoch, its handshake from `now`.
+    pub(super) fn begin(&mut self, now: Millis) {
+        self.epoch += 1;
+        self.phase = LinkPhase::Handshake { started: now };
+        self.peer = None;
+    }
+
+    /// The sync decision is made, on the frame that arrived `now`.
+    pub(super) fn decide(&mut self, now: Millis) {
+        debug_assert!(
+            matches!(self.phase, LinkPhase::Handshake { .. }),
+            "sync decision outside a handshake: {:?}",
+            self.phase
+        );
+        self.phase = LinkPhase::Decided {
             last_recv: now,
             ping_sent: None,
-            started: now,
+        };
+    }
+
+    /// The connection is gone: a new epoch, no peer.
+    pub(super) fn lose(&mut self) {
+        self.epoch += 1;
+        self.phase = LinkPhase::Down;
+        self.peer = None;
+    }
+
+    /// A frame came in `now` (only pings after the decision look at it).
+    pub(super) fn heard(&mut self, now: Millis) {
+        if let LinkPhase::Decided { last_recv, .. } = &mut self.phase {
+            *last_recv = now;
+        }
+    }
+
+    /// A ping went out `now` (after the decision).
+    pub(super) fn pinged(&mut self, now: Millis) {
+        if let LinkPhase::Decided { ping_sent, .. } = &mut self.phase {
+            *ping_sent = Some(now);
+        }
+    }
+
+    /// The peer answered the ping (frames come after the decision only).
+    pub(super) fn ping_answered(&mut self) {
+        if let LinkPhase::Decided { ping_sent, .. } = &mut self.phase {
+            *ping_sent = None;
         }
     }
 }

@@ -15,18 +15,29 @@ impl Node {
     pub(super) fn tick(&mut self) {
         self.clear_error_when_healthy();
         let now = self.now;
-        if self.conn == ConnState::Handshake && now >= self.link.started + self.cfg.timeout_ms {
-            self.fail_connection(
-                DisconnectReason::Timeout,
-                "handshake timed out".into(),
-                false,
-            );
-            return;
-        }
-        if !self.link.decided {
-            return;
-        }
-        if let Some(s) = self.link.ping_sent {
+        debug_assert_eq!(
+            self.conn == ConnState::Handshake,
+            matches!(self.link.phase, LinkPhase::Handshake { .. }),
+            "connection state and link phase disagree"
+        );
+        let (last_recv, ping_sent) = match self.link.phase {
+            LinkPhase::Down => return,
+            LinkPhase::Handshake { started } => {
+                if now >= started + self.cfg.timeout_ms {
+                    self.fail_connection(
+                        DisconnectReason::Timeout,
+                        "handshake timed out".into(),
+                        false,
+                    );
+                }
+                return;
+            }
+            LinkPhase::Decided {
+                last_recv,
+                ping_sent,
+            } => (last_recv, ping_sent),
+        };
+        if let Some(s) = ping_sent {
             if now >= s + self.cfg.timeout_ms {
                 self.fail_connection(
                     DisconnectReason::Timeout,
@@ -38,8 +49,8 @@ impl Node {
                 );
                 return;
             }
-        } else if now >= self.link.last_recv + self.cfg.ping_int_ms {
-            self.link.ping_sent = Some(now);
+        } else if now >= last_recv + self.cfg.ping_int_ms {
+            self.link.pinged(now);
             self.send(Message::Ping);
         }
         if let Some((_, r)) = self.repl.pending.first_key_value() {
