@@ -127,12 +127,7 @@ impl Node {
         if self.conn != ConnState::Connected {
             return Err(AdminError::InvalidateRemoteNeedsIdle);
         }
-        if self
-            .link
-            .peer
-            .as_ref()
-            .is_some_and(|p| p.role == Role::Primary)
-        {
+        if self.link.peer().is_some_and(|p| p.role == Role::Primary) {
             return Err(AdminError::PeerPrimaryCannotBeInvalidated);
         }
         if self.disk != DiskState::UpToDate {
@@ -175,9 +170,9 @@ impl Node {
             conn: self.conn,
             decided: self.link.decided(),
             syncing: self.sync.is_some(),
-            peer_role: self.link.peer.as_ref().map(|p| p.role),
+            peer_role: self.link.peer().map(|p| p.role),
             current: self.gens.current,
-            peer_current: self.link.peer.as_ref().map(|p| p.hello.gens.current),
+            peer_current: self.link.peer().map(|p| p.hello.gens.current),
         };
         match resume::decide(crashed_gen, &facts) {
             resume::Step::Wait(why) => self.resume.wait(why),
@@ -193,12 +188,10 @@ impl Node {
         if self.role == Role::Primary {
             return Ok(());
         }
-        if self.link.decided()
-            && self
-                .link
-                .peer
-                .as_ref()
-                .is_some_and(|p| p.role == Role::Primary)
+        if self
+            .link
+            .decided_peer()
+            .is_some_and(|p| p.role == Role::Primary)
         {
             return Err(AdminError::PeerIsPrimary);
         }

@@ -243,7 +243,7 @@ impl Node {
             );
             return;
         }
-        if let Some(p) = self.link.peer.as_mut() {
+        if let Some(p) = self.link.peer_mut() {
             p.role = role;
             p.disk = disk;
         }

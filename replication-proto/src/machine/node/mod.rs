@@ -241,7 +241,7 @@ impl Node {
     /// (the ping connection, [`crate::wire::features::PING_CONN`]) to it.
     #[must_use]
     pub fn session(&self) -> Option<Session> {
-        let p = self.link.peer.as_ref().filter(|p| p.authed)?;
+        let p = self.link.decided_peer()?;
         self.connected_states().then_some(Session {
             epoch: self.link.epoch,
             own_nonce: self.link.my_nonce,
@@ -253,9 +253,7 @@ impl Node {
     pub fn peer_disk(&self) -> DiskState {
         let disk = self
             .link
-            .peer
-            .as_ref()
-            .filter(|_| self.link.decided())
+            .decided_peer()
             .map_or(DiskState::DUnknown, |p| p.disk);
         // Waiting for the bitmaps as the sync source: the peer is the target
         // and Inconsistent from the exchange on; show what it is about to be
@@ -290,12 +288,7 @@ impl Node {
             resource: self.cfg.resource.clone(),
             node: self.cfg.node.clone(),
             role: self.role,
-            peer_role: self
-                .link
-                .peer
-                .as_ref()
-                .filter(|_| self.link.decided())
-                .map(|p| p.role),
+            peer_role: self.link.decided_peer().map(|p| p.role),
             connection: self.conn,
             disk: self.disk,
             peer_disk: self.peer_disk(),
@@ -328,16 +321,17 @@ impl Node {
     pub fn poll_timeout(&self) -> Option<Millis> {
         let mut t: Option<Millis> = None;
         let mut at = |x: Millis| t = Some(t.map_or(x, |y| y.min(x)));
-        match self.link.phase {
+        match &self.link.phase {
             LinkPhase::Down => {}
-            LinkPhase::Handshake { started } => at(started + self.cfg.timeout_ms),
+            LinkPhase::Handshake { started, .. } => at(*started + self.cfg.timeout_ms),
             LinkPhase::Decided {
                 ping_sent: Some(s), ..
-            } => at(s + self.cfg.timeout_ms),
+            } => at(*s + self.cfg.timeout_ms),
             LinkPhase::Decided {
                 last_recv,
                 ping_sent: None,
-            } => at(last_recv + self.cfg.ping_int_ms),
+                ..
+            } => at(*last_recv + self.cfg.ping_int_ms),
         }
         if self.link.decided() {
             if let Some((_, r)) = self.repl.pending.first_key_value() {

@@ -82,7 +82,7 @@ impl Node {
             SyncRole::Source => {
                 self.conn = ConnState::SyncSource;
                 self.peer_has_my_current = true;
-                if let Some(p) = self.link.peer.as_mut() {
+                if let Some(p) = self.link.peer_mut() {
                     p.disk = DiskState::Inconsistent;
                 }
                 self.persist_bitmap_all(None);
@@ -109,8 +109,7 @@ impl Node {
                 // rules (it starts a new one when it goes on alone) apply.
                 let src = self
                     .link
-                    .peer
-                    .as_ref()
+                    .peer()
                     .map_or(self.gens.current, |p| p.hello.gens.current);
                 if src != self.gens.current {
                     self.gens.history = [self.gens.current, self.gens.history[0]];
@@ -154,8 +153,7 @@ impl Node {
         let csums = self.cfg.csums
             && self
                 .link
-                .peer
-                .as_ref()
+                .peer()
                 .is_some_and(|p| p.hello.features & crate::wire::features::CSUM_RESYNC != 0);
         loop {
             let Some(s) = self.sync.as_mut() else { return };
@@ -364,7 +362,7 @@ impl Node {
             self.persist_super(false);
         }
         self.persist_bitmap_all(None);
-        if let Some(p) = self.link.peer.as_mut() {
+        if let Some(p) = self.link.peer_mut() {
             p.disk = DiskState::UpToDate;
             p.hello.gens = self.gens;
         }
@@ -391,7 +389,7 @@ impl Node {
             self.gens = gens;
             self.persist_super(false);
         }
-        if let Some(p) = self.link.peer.as_mut() {
+        if let Some(p) = self.link.peer_mut() {
             p.hello.gens = gens;
         }
     }

@@ -210,10 +210,11 @@ impl Sync {
     }
 }
 
+/// The peer as its Hello introduced it, with its role and disk kept up to
+/// date since.
 #[derive(Debug, Clone)]
 pub(super) struct PeerInfo {
     pub(super) hello: Hello,
-    pub(super) authed: bool,
     pub(super) role: Role,
     pub(super) disk: DiskState,
 }
@@ -281,28 +282,31 @@ pub(super) struct Down {
 }
 
 /// The current connection: counted by `epoch`, authenticated by the
-/// nonces; its timers depend on how far it got (`phase`).
+/// nonces; the peer and the timers depend on how far it got (`phase`).
 #[derive(Debug)]
 pub(super) struct Link {
     /// Counts connections; work tagged with an older epoch is stale.
     pub(super) epoch: u64,
     pub(super) my_nonce: [u8; 32],
-    pub(super) peer: Option<PeerInfo>,
     pub(super) phase: LinkPhase,
 }
 
-/// How far the current connection got; each phase carries the timers
-/// only it runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How far the current connection got; each phase carries what only it
+/// has.
+#[derive(Debug)]
 pub(super) enum LinkPhase {
     /// No connection (StandAlone, Connecting).
     Down,
     /// Hello and authentication (ConnState::Handshake); it times out
-    /// `timeout_ms` after `started`.
-    Handshake { started: Millis },
-    /// The sync decision is made: the connection carries replication and
-    /// resync, and pings keep it alive.
+    /// `timeout_ms` after `started`. `peer` once its Hello came.
+    Handshake {
+        started: Millis,
+        peer: Option<PeerInfo>,
+    },
+    /// The sync decision is made with the authenticated `peer`: the
+    /// connection carries replication and resync, and pings keep it alive.
     Decided {
+        peer: PeerInfo,
         /// When the last frame came in: a ping goes out after `ping_int_ms`
         /// of silence.
         last_recv: Millis,
@@ -317,7 +321,6 @@ impl Link {
         Self {
             epoch: 0,
             my_nonce: [0; 32],
-            peer: None,
             phase: LinkPhase::Down,
         }
     }
@@ -327,23 +330,64 @@ impl Link {
         matches!(self.phase, LinkPhase::Decided { .. })
     }
 
+    /// The peer: its Hello came on this connection (during the handshake
+    /// or after the decision).
+    pub(super) fn peer(&self) -> Option<&PeerInfo> {
+        match &self.phase {
+            LinkPhase::Down => None,
+            LinkPhase::Handshake { peer, .. } => peer.as_ref(),
+            LinkPhase::Decided { peer, .. } => Some(peer),
+        }
+    }
+
+    pub(super) fn peer_mut(&mut self) -> Option<&mut PeerInfo> {
+        match &mut self.phase {
+            LinkPhase::Down => None,
+            LinkPhase::Handshake { peer, .. } => peer.as_mut(),
+            LinkPhase::Decided { peer, .. } => Some(peer),
+        }
+    }
+
+    /// The peer, once the sync decision is made with it (authenticated).
+    pub(super) fn decided_peer(&self) -> Option<&PeerInfo> {
+        match &self.phase {
+            LinkPhase::Decided { peer, .. } => Some(peer),
+            _ => None,
+        }
+    }
+
     /// A new transport connection: a new epoch, its handshake from `now`.
     pub(super) fn begin(&mut self, now: Millis) {
         self.epoch += 1;
-        self.phase = LinkPhase::Handshake { started: now };
-        self.peer = None;
+        self.phase = LinkPhase::Handshake {
+            started: now,
+            peer: None,
+        };
     }
 
-    /// The sync decision is made, on the frame that arrived `now`.
+    /// The peer's Hello came (the handshake checked there was none yet).
+    pub(super) fn hello_received(&mut self, info: PeerInfo) {
+        match &mut self.phase {
+            LinkPhase::Handshake { peer, .. } => *peer = Some(info),
+            other => debug_assert!(false, "a Hello outside the handshake: {other:?}"),
+        }
+    }
+
+    /// The sync decision is made, on the frame that arrived `now`, with the
+    /// peer whose Hello came.
     pub(super) fn decide(&mut self, now: Millis) {
-        debug_assert!(
-            matches!(self.phase, LinkPhase::Handshake { .. }),
-            "sync decision outside a handshake: {:?}",
-            self.phase
-        );
-        self.phase = LinkPhase::Decided {
-            last_recv: now,
-            ping_sent: None,
+        self.phase = match std::mem::replace(&mut self.phase, LinkPhase::Down) {
+            LinkPhase::Handshake {
+                peer: Some(peer), ..
+            } => LinkPhase::Decided {
+                peer,
+                last_recv: now,
+                ping_sent: None,
+            },
+            other => {
+                debug_assert!(false, "sync decision without a Hello: {other:?}");
+                other
+            }
         };
     }
 
@@ -351,7 +395,6 @@ impl Link {
     pub(super) fn lose(&mut self) {
         self.epoch += 1;
         self.phase = LinkPhase::Down;
-        self.peer = None;
     }
 
     /// A frame came in `now` (only pings after the decision look at it).

@@ -20,10 +20,10 @@ impl Node {
             matches!(self.link.phase, LinkPhase::Handshake { .. }),
             "connection state and link phase disagree"
         );
-        let (last_recv, ping_sent) = match self.link.phase {
+        let (last_recv, ping_sent) = match &self.link.phase {
             LinkPhase::Down => return,
-            LinkPhase::Handshake { started } => {
-                if now >= started + self.cfg.timeout_ms {
+            LinkPhase::Handshake { started, .. } => {
+                if now >= *started + self.cfg.timeout_ms {
                     self.fail_connection(
                         DisconnectReason::Timeout,
                         "handshake timed out".into(),
@@ -35,7 +35,8 @@ impl Node {
             LinkPhase::Decided {
                 last_recv,
                 ping_sent,
-            } => (last_recv, ping_sent),
+                ..
+            } => (*last_recv, *ping_sent),
         };
         if let Some(s) = ping_sent {
             if now >= s + self.cfg.timeout_ms {

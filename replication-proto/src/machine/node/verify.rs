@@ -75,11 +75,7 @@ impl Node {
             ));
             if s.repair {
                 let i_am_source = self.role == Role::Primary
-                    || !self
-                        .link
-                        .peer
-                        .as_ref()
-                        .is_some_and(|p| p.role == Role::Primary);
+                    || !self.link.peer().is_some_and(|p| p.role == Role::Primary);
                 if i_am_source {
                     self.send(Message::StartSync {
                         sender_is_source: true,
