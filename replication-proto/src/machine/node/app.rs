@@ -117,7 +117,7 @@ impl Node {
             }
         }
         self.al.wait = still;
-        if !wanted.is_empty() && self.al.stage_pending == 0 && self.al.plan.is_none() {
+        if !wanted.is_empty() && matches!(self.al.txn, AlTxn::Idle) {
             if let Some(plan) = self.al.log.plan(&wanted) {
                 self.write_al_plan(plan);
             }
@@ -127,7 +127,7 @@ impl Node {
     pub(super) fn write_al_plan(&mut self, plan: AlPlan) {
         // One transaction at a time: a plan is only made when none is staged.
         debug_assert!(
-            self.al.plan.is_none() && self.al.stage_pending == 0,
+            matches!(self.al.txn, AlTxn::Idle),
             "an activity-log transaction while another is staged"
         );
         // Bits of extents leaving the log must be durable first: after a
@@ -154,19 +154,19 @@ impl Node {
             });
             pending += 1;
         }
-        self.al.stage_pending = pending;
-        self.al.plan = Some(plan);
+        self.al.txn = AlTxn::Staging { plan, pending };
         if pending == 0 {
             self.emit_al();
         }
     }
 
     pub(super) fn emit_al(&mut self) {
-        let Some(plan) = self.al.plan.as_ref() else {
+        let AlTxn::Staging { plan, .. } = std::mem::replace(&mut self.al.txn, AlTxn::Writing)
+        else {
             debug_assert!(false, "activity-log stage done without a plan");
             return;
         };
-        let (seq, extents) = (plan.seq, plan.extents.clone());
+        let (seq, extents) = (plan.seq, plan.extents);
         let token = self.meta_token();
         self.ops.meta.insert(token, MetaOp::Al);
         self.stats.al_writes += 1;
@@ -535,7 +535,11 @@ impl Node {
 
     /// An activity-log transaction landed: start the writes it admits.
     pub(super) fn al_written(&mut self, result: Result<(), i32>) {
-        self.al.plan = None;
+        debug_assert!(
+            matches!(self.al.txn, AlTxn::Writing),
+            "an activity-log transaction landed that was not written"
+        );
+        self.al.txn = AlTxn::Idle;
         if result.is_ok() {
             self.al.log.committed();
         } else {

@@ -110,9 +110,13 @@ impl Node {
 
     /// One of the writes an activity-log transaction waits for landed.
     fn al_stage_done(&mut self) {
-        debug_assert!(self.al.stage_pending > 0, "activity-log stage not counted");
-        self.al.stage_pending = self.al.stage_pending.saturating_sub(1);
-        if self.al.stage_pending == 0 {
+        let AlTxn::Staging { pending, .. } = &mut self.al.txn else {
+            debug_assert!(false, "activity-log stage done without a plan");
+            return;
+        };
+        debug_assert!(*pending > 0, "activity-log stage not counted");
+        *pending = pending.saturating_sub(1);
+        if *pending == 0 {
             self.emit_al();
         }
     }

@@ -241,10 +241,8 @@ pub(super) fn crc(data: &[u8]) -> u32 {
 #[derive(Debug)]
 pub(super) struct AlGate {
     pub(super) log: ActivityLog,
-    /// Metadata writes (evicted bitmap words, preflush) still to land
-    /// before the planned transaction may be written.
-    pub(super) stage_pending: u32,
-    pub(super) plan: Option<AlPlan>,
+    /// The transaction under way, if any (one at a time).
+    pub(super) txn: AlTxn,
     /// Writes waiting for their extents (application ids, in order).
     pub(super) wait: VecDeque<AppId>,
     /// Gating superblock writes in flight: new writes wait for them.
@@ -255,12 +253,23 @@ impl AlGate {
     pub(super) fn new(log: ActivityLog) -> Self {
         Self {
             log,
-            stage_pending: 0,
-            plan: None,
+            txn: AlTxn::Idle,
             wait: VecDeque::new(),
             super_gate: 0,
         }
     }
+}
+
+/// Where the activity log's transaction stands.
+#[derive(Debug)]
+pub(super) enum AlTxn {
+    /// None under way: a new plan may be made.
+    Idle,
+    /// `plan` waits for `pending` writes (the preflush, evicted bitmap
+    /// words) to land before it may be written.
+    Staging { plan: AlPlan, pending: u32 },
+    /// The transaction is being written.
+    Writing,
 }
 
 /// The last error, for status, and when it may be forgotten.
