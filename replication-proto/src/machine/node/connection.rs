@@ -85,7 +85,7 @@ impl Node {
         self.recv.barriers.clear();
         self.recv.unacked = 0;
         if let Some(s) = self.sync.take() {
-            if s.role == SyncRole::Target && !s.verify {
+            if s.role == SyncRole::Target && !s.is_verify() {
                 tracing::info!(
                     left = self.bitmap.count(),
                     "resync interrupted; it resumes on reconnect"

@@ -272,7 +272,7 @@ impl Node {
     #[must_use]
     pub fn status(&self) -> Status {
         let (remaining, total) = match &self.sync {
-            Some(s) if s.verify => {
+            Some(s) if s.is_verify() => {
                 // Both sides keep the cursor inside the data (pump_verify,
                 // valid_range).
                 debug_assert!(

@@ -37,7 +37,7 @@ impl Node {
         }
         self.sync = Some(Sync {
             phase: SyncPhase::Exchanging(BitmapReceiver::new(nbits)),
-            ..Sync::new(role, false, self.link.epoch, self.now, 0, false)
+            ..Sync::new(role, SyncKind::Resync, self.link.epoch, self.now, 0)
         });
     }
 
@@ -157,7 +157,8 @@ impl Node {
                 .is_some_and(|p| p.hello.features & crate::wire::features::CSUM_RESYNC != 0);
         loop {
             let Some(s) = self.sync.as_mut() else { return };
-            if s.verify || s.role != SyncRole::Target || !matches!(s.phase, SyncPhase::Running) {
+            if s.is_verify() || s.role != SyncRole::Target || !matches!(s.phase, SyncPhase::Running)
+            {
                 return;
             }
             if !s.window.open(s.inflight.len()) {
@@ -233,7 +234,7 @@ impl Node {
         if !self
             .sync
             .as_ref()
-            .is_some_and(|s| s.role == SyncRole::Source && !s.verify)
+            .is_some_and(|s| s.role == SyncRole::Source && !s.is_verify())
         {
             self.protocol_error("resync request while not sync source");
             return;
@@ -328,7 +329,7 @@ impl Node {
             self.protocol_error("SyncDone outside a sync");
             return;
         };
-        if s.verify {
+        if s.is_verify() {
             // Verify target: the source finished.
             self.sync = None;
             self.conn = ConnState::Connected;
@@ -589,7 +590,7 @@ impl Node {
                 if self
                     .sync
                     .as_ref()
-                    .is_some_and(|s| s.role == SyncRole::Source && !s.verify)
+                    .is_some_and(|s| s.role == SyncRole::Source && !s.is_verify())
                 {
                     self.bitmap.clear_range(offset, u64::from(len));
                 }

@@ -154,11 +154,22 @@ pub(super) enum SyncPhase {
     Finishing,
 }
 
+/// What a [`Sync`] is for, with what only that kind keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SyncKind {
+    /// A resync: the blocks the bitmap marks go from source to target.
+    Resync,
+    /// An online verify. The source counts the bytes it `found_oos` (out
+    /// of sync) and resyncs them at the end if `repair`; the target keeps
+    /// neither.
+    Verify { repair: bool, found_oos: u64 },
+}
+
 /// A resync or verify with the peer, on the connection of `epoch`.
 #[derive(Debug)]
 pub(super) struct Sync {
     pub(super) role: SyncRole,
-    pub(super) verify: bool,
+    pub(super) kind: SyncKind,
     pub(super) epoch: u64,
     pub(super) phase: SyncPhase,
     pub(super) cursor: u64,
@@ -170,22 +181,19 @@ pub(super) struct Sync {
     pub(super) total_bytes: u64,
     pub(super) tokens: u64,
     pub(super) last_refill: Millis,
-    pub(super) repair: bool,
-    pub(super) found_oos: u64,
 }
 
 impl Sync {
     pub(super) fn new(
         role: SyncRole,
-        verify: bool,
+        kind: SyncKind,
         epoch: u64,
         now: Millis,
         total_bytes: u64,
-        repair: bool,
     ) -> Self {
         Self {
             role,
-            verify,
+            kind,
             epoch,
             phase: SyncPhase::Running,
             cursor: 0,
@@ -195,9 +203,12 @@ impl Sync {
             total_bytes,
             tokens: 0,
             last_refill: now,
-            repair,
-            found_oos: 0,
         }
+    }
+
+    /// A verify, not a resync.
+    pub(super) fn is_verify(&self) -> bool {
+        matches!(self.kind, SyncKind::Verify { .. })
     }
 
     /// Target: one of the metadata writes before the first request landed.

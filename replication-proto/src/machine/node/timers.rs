@@ -67,7 +67,7 @@ impl Node {
         {
             self.send_barrier(None);
         }
-        if self.sync.as_ref().is_some_and(|s| s.verify) {
+        if self.sync.as_ref().is_some_and(|s| s.is_verify()) {
             self.pump_verify();
         } else {
             self.pump_sync();
