@@ -13,7 +13,8 @@ use std::collections::{HashMap, VecDeque};
 use bytes::Bytes;
 use replication_proto::gen::Generations;
 use replication_proto::machine::{
-    errno, Action, Admin, ConnState, Event, Node, NodeConfig, Payload, Persisted, SplitBrainPolicy,
+    errno, Action, Admin, AppId, ConnState, Event, Node, NodeConfig, Payload, Persisted,
+    SplitBrainPolicy,
 };
 use replication_proto::meta::MetaFlags;
 use replication_proto::time::Millis;
@@ -231,7 +232,7 @@ impl Pair {
                 );
             }
             Action::Complete { id, result } => {
-                self.s[i].done.insert(id, result);
+                self.s[i].done.insert(id.0, result);
             }
             Action::Hook(_) => {}
         }
@@ -249,7 +250,7 @@ impl Pair {
         self.s[i].node.handle(
             self.now,
             Event::AppWrite {
-                id,
+                id: AppId(id),
                 offset,
                 payload: Payload::Data(data),
                 len,
@@ -380,7 +381,7 @@ fn secondary_refuses_io() {
     p.s[1].node.handle(
         Millis::ZERO,
         Event::AppRead {
-            id: 8,
+            id: AppId(8),
             offset: 0,
             len: 4096,
         },
@@ -450,7 +451,7 @@ fn a_silent_peer_is_dropped_and_its_writes_marked() {
     p.s[0].node.handle(
         p.now,
         Event::AppWrite {
-            id: 9,
+            id: AppId(9),
             offset: 0,
             payload: Payload::Data(data),
             len: 4096,
@@ -547,7 +548,7 @@ fn submit_write(p: &mut Pair, i: usize, id: u64, byte: u8) {
     p.s[i].node.handle(
         p.now,
         Event::AppWrite {
-            id,
+            id: AppId(id),
             offset: 0,
             payload: Payload::Data(data),
             len: 4096,
@@ -577,7 +578,7 @@ fn suspended_io_holds_writes_and_their_acks_until_resumed() {
     // A new write and a flush are held; the in-flight write finishes
     // (the peer is dropped) but its acknowledgement is held too.
     submit_write(&mut p, 0, 2, 2);
-    p.s[0].node.handle(p.now, Event::AppFlush { id: 3 });
+    p.s[0].node.handle(p.now, Event::AppFlush { id: AppId(3) });
     p.pump();
     p.tick(400);
     assert_ne!(p.s[0].node.conn(), ConnState::Connected);
@@ -596,7 +597,7 @@ fn suspended_io_holds_writes_and_their_acks_until_resumed() {
     p.s[0].node.handle(
         p.now,
         Event::AppRead {
-            id: 4,
+            id: AppId(4),
             offset: 0,
             len: 4096,
         },
@@ -1015,7 +1016,7 @@ fn a_resumed_frozen_primary_acknowledges_only_after_the_resume_is_durable() {
     n.handle(
         Millis::ZERO,
         Event::AppWrite {
-            id: 7,
+            id: AppId(7),
             offset: 0,
             payload: Payload::Data(Bytes::from(vec![1u8; 4096])),
             len: 4096,
@@ -1056,7 +1057,7 @@ fn a_resumed_frozen_primary_acknowledges_only_after_the_resume_is_durable() {
         acts.iter().any(|a| matches!(
             a,
             Action::Complete {
-                id: 7,
+                id: AppId(7),
                 result: Ok(None)
             }
         )),

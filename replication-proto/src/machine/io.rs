@@ -9,6 +9,7 @@
 //! queued before it. Non-overlapping operations run concurrently.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 
 /// A byte range `[start, end)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,14 +40,15 @@ impl Span {
     }
 }
 
-/// FIFO-by-overlap queue of operations of type `T`.
+/// FIFO-by-overlap queue of operations of type `T`, named by tokens of
+/// type `K` (the node's [`crate::machine::IoToken`]).
 #[derive(Debug)]
-pub struct OrderedIo<T> {
-    inflight: HashMap<u64, (Span, T)>,
-    waiting: VecDeque<(u64, Span, T)>,
+pub struct OrderedIo<K, T> {
+    inflight: HashMap<K, (Span, T)>,
+    waiting: VecDeque<(K, Span, T)>,
 }
 
-impl<T> Default for OrderedIo<T> {
+impl<K, T> Default for OrderedIo<K, T> {
     fn default() -> Self {
         Self {
             inflight: HashMap::new(),
@@ -55,11 +57,11 @@ impl<T> Default for OrderedIo<T> {
     }
 }
 
-impl<T> OrderedIo<T> {
+impl<K: Copy + Eq + Hash, T> OrderedIo<K, T> {
     /// Queue an operation under `token`. Returns true when it may start now
     /// (it is then in flight); false when it waits for `completed` of an
     /// overlapping one.
-    pub fn submit(&mut self, token: u64, span: Span, op: T) -> bool {
+    pub fn submit(&mut self, token: K, span: Span, op: T) -> bool {
         let blocked = self.inflight.values().any(|(s, _)| s.overlaps(&span))
             || self.waiting.iter().any(|(_, s, _)| s.overlaps(&span));
         if blocked {
@@ -73,7 +75,7 @@ impl<T> OrderedIo<T> {
 
     /// An operation finished: remove it and return it, plus the waiting
     /// operations that may start now (already moved to in flight), in order.
-    pub fn complete(&mut self, token: u64) -> (Option<(Span, T)>, Vec<u64>) {
+    pub fn complete(&mut self, token: K) -> (Option<(Span, T)>, Vec<K>) {
         let done = self.inflight.remove(&token);
         let mut started = Vec::new();
         if done.is_some() {
@@ -101,7 +103,7 @@ impl<T> OrderedIo<T> {
     }
 
     #[must_use]
-    pub fn get(&self, token: u64) -> Option<&(Span, T)> {
+    pub fn get(&self, token: K) -> Option<&(Span, T)> {
         self.inflight.get(&token)
     }
 
@@ -116,7 +118,7 @@ impl<T> OrderedIo<T> {
     }
 
     /// Every operation, in flight or waiting (for draining on shutdown).
-    pub fn iter(&self) -> impl Iterator<Item = (&u64, &Span, &T)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &Span, &T)> {
         self.inflight
             .iter()
             .map(|(t, (s, o))| (t, s, o))

@@ -3,6 +3,8 @@
 //! - `node`: the [`Node`] (one node of one resource) and its contract.
 //! - [`types`]: what goes in and out ([`Event`], [`Action`], [`Admin`],
 //!   [`AdminError`], [`Status`]).
+//! - [`ids`]: the typed ids and tokens in them ([`AppId`], [`IoToken`],
+//!   [`MetaToken`]).
 //! - [`decide`]: the sync decision after a handshake (generations, split
 //!   brain policies), a pure function.
 //! - `resume`: resuming the Primary role after a crash of the daemon alone.
@@ -13,6 +15,7 @@
 pub mod al;
 pub mod bitmap;
 pub mod decide;
+pub mod ids;
 pub mod io;
 mod node;
 mod resume;
@@ -20,5 +23,6 @@ mod sync_window;
 pub mod types;
 
 pub use decide::{AfterSb0, AfterSb1, AfterSb2, Decision, SplitBrainPolicy};
+pub use ids::{AppId, IoToken, MetaToken, NODE_TOKEN_LIMIT};
 pub use node::{Node, ERROR_LINGER_MS, MAX_IO};
 pub use types::*;

@@ -4,6 +4,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::decide::SplitBrainPolicy;
+use super::ids::{AppId, IoToken, MetaToken};
 use crate::gen::Generations;
 use crate::meta::MetaFlags;
 use crate::wire::{DiskState, Message, Protocol, Role};
@@ -104,28 +105,28 @@ pub enum Event {
     /// A frame arrived on the current connection.
     Frame(Message),
     AppRead {
-        id: u64,
+        id: AppId,
         offset: u64,
         len: u32,
     },
     AppWrite {
-        id: u64,
+        id: AppId,
         offset: u64,
         payload: Payload,
         len: u32,
         fua: bool,
     },
     AppFlush {
-        id: u64,
+        id: AppId,
     },
     /// A local data operation finished; reads carry their data.
     LocalDone {
-        token: u64,
+        token: IoToken,
         result: Result<Option<Bytes>, i32>,
     },
     /// A metadata write (superblock, AL, bitmap) finished.
     MetaDone {
-        token: u64,
+        token: MetaToken,
         result: Result<(), i32>,
     },
     /// Time passed; the driver calls this no later than `poll_timeout`.
@@ -152,39 +153,39 @@ pub enum Action {
     CloseConnection,
     Send(Message),
     LocalRead {
-        token: u64,
+        token: IoToken,
         offset: u64,
         len: u32,
     },
     LocalWrite {
-        token: u64,
+        token: IoToken,
         offset: u64,
         len: u32,
         payload: Payload,
         fua: bool,
     },
     LocalFlush {
-        token: u64,
+        token: IoToken,
     },
     WriteSuper {
-        token: u64,
+        token: MetaToken,
         gens: Generations,
         flags: MetaFlags,
     },
     WriteAl {
-        token: u64,
+        token: MetaToken,
         seq: u64,
         extents: Vec<u32>,
     },
     WriteBitmap {
-        token: u64,
+        token: MetaToken,
         first_word: u64,
         words: Vec<u64>,
     },
     /// Finish an application request: Ok(data) for reads, Ok(None) otherwise,
     /// or a positive errno.
     Complete {
-        id: u64,
+        id: AppId,
         result: Result<Option<Bytes>, i32>,
     },
     Hook(Hook),

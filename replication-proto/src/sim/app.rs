@@ -7,7 +7,7 @@ use rand::Rng;
 use super::oracle::{block_for, tag_of};
 use super::scenario::Kind;
 use super::world::{AppOp, World, BS};
-use crate::machine::{ConnState, Event, Node, Payload};
+use crate::machine::{AppId, ConnState, Event, Node, Payload};
 use crate::wire::{DiskState, Protocol, Role};
 
 impl World {
@@ -34,7 +34,7 @@ impl World {
             return;
         }
         let nblocks = self.sc.data_bytes / BS;
-        let id = self.next_app;
+        let id = AppId(self.next_app);
         let r = self.rng.gen_range(0..100);
         // Hot spots in a few extents so the activity log has to evict.
         let n = self.rng.gen_range(1..=8u64);
@@ -95,7 +95,7 @@ impl World {
         );
     }
 
-    pub(super) fn app_done(&mut self, i: usize, id: u64, result: Result<Option<Bytes>, i32>) {
+    pub(super) fn app_done(&mut self, i: usize, id: AppId, result: Result<Option<Bytes>, i32>) {
         let Some(op) = self.nodes[i].app.remove(&id) else {
             return;
         };

@@ -6,7 +6,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::scenario::Kind;
 use super::world::{Ev, MetaW, World, MS};
-use crate::machine::{Admin, ConnState};
+use crate::machine::{Admin, ConnState, MetaToken};
 use crate::wire::{DiskState, Role};
 
 impl World {
@@ -136,7 +136,7 @@ impl World {
             .power_loss(&mut rng, self.sc.rates.cache_survives);
         // Metadata writes in flight: a prefix of them made it.
         let keep = self.rng.gen_range(0..=self.nodes[i].meta_q.len());
-        let applied: Vec<(u64, MetaW)> = self.nodes[i].meta_q.drain(..keep).collect();
+        let applied: Vec<(MetaToken, MetaW)> = self.nodes[i].meta_q.drain(..keep).collect();
         for (_, m) in applied {
             let meta = &mut self.nodes[i].meta;
             match m {

@@ -6,7 +6,7 @@ use rand::Rng;
 
 use super::network::short;
 use super::world::{Ev, IoOp, MetaW, World, MS};
-use crate::machine::{Action, Admin, Event, Node};
+use crate::machine::{Action, Admin, Event, IoToken, MetaToken, Node};
 use crate::time::Millis;
 use crate::wire::Message;
 
@@ -165,7 +165,7 @@ impl World {
 
     /// A request on node `i`'s disk completes at `t` (if the node is still
     /// the same incarnation then).
-    fn disk_io(&mut self, i: usize, t: u64, token: u64, op: IoOp) {
+    fn disk_io(&mut self, i: usize, t: u64, token: IoToken, op: IoOp) {
         let inc = self.nodes[i].inc;
         self.at(
             t,
@@ -178,7 +178,7 @@ impl World {
         );
     }
 
-    pub(super) fn meta_push(&mut self, i: usize, token: u64, m: MetaW) {
+    pub(super) fn meta_push(&mut self, i: usize, token: MetaToken, m: MetaW) {
         self.nodes[i].meta_q.push_back((token, m));
         if !self.nodes[i].meta_busy {
             self.nodes[i].meta_busy = true;

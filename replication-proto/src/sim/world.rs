@@ -13,7 +13,9 @@ use rand_chacha::ChaCha8Rng;
 use super::disk::{SimDisk, SimMeta};
 use super::oracle::Oracle;
 use super::scenario::{cfg, Kind, Link, Rates, Scenario};
-use crate::machine::{Admin, ConnState, Event, Node, NodeConfig, Payload};
+use crate::machine::{
+    Admin, AppId, ConnState, Event, IoToken, MetaToken, Node, NodeConfig, Payload,
+};
 use crate::meta::BM_BLOCK_SIZE;
 use crate::simkit::{panic_message, replay_command, Violation};
 use crate::time::Millis;
@@ -48,7 +50,7 @@ pub(super) enum Ev {
     Io {
         node: usize,
         inc: u64,
-        token: u64,
+        token: IoToken,
         op: IoOp,
     },
     Meta {
@@ -105,13 +107,13 @@ pub(super) struct SimNode {
     pub(super) node: Option<Node>,
     pub(super) disk: SimDisk,
     pub(super) meta: SimMeta,
-    pub(super) meta_q: VecDeque<(u64, MetaW)>,
+    pub(super) meta_q: VecDeque<(MetaToken, MetaW)>,
     pub(super) meta_busy: bool,
     pub(super) inc: u64,
     pub(super) want: bool,
     pub(super) conn: Option<u64>,
     pub(super) next_tick: Option<u64>,
-    pub(super) app: HashMap<u64, AppOp>,
+    pub(super) app: HashMap<AppId, AppOp>,
 }
 
 pub(super) struct World {
@@ -417,7 +419,7 @@ impl World {
     }
 
     /// A disk request completes (unless its node crashed since).
-    fn io_done(&mut self, node: usize, inc: u64, token: u64, op: IoOp) {
+    fn io_done(&mut self, node: usize, inc: u64, token: IoToken, op: IoOp) {
         if self.nodes[node].inc != inc || self.nodes[node].node.is_none() {
             return;
         }

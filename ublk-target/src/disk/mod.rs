@@ -8,6 +8,10 @@
 //! ring thread. Only `[0, data_bytes)` is ever touched: the metadata lives
 //! after it.
 //!
+//! Each op carries a `u64` token of the caller's, handed back unchanged
+//! with its answer; the disk layer never reads it (the engine carries the
+//! state machine's `IoToken`s and its own in it, see `engine::tokens`).
+//!
 //! Layout: [`aligned`] (O_DIRECT buffers), `uring` (the ring thread, safe
 //! code), `sys` and `raw` (every `unsafe` block: `sys` the io_uring
 //! wrapper and block-device ioctls, `raw` the aligned allocation),

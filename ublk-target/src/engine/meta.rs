@@ -6,6 +6,7 @@ use std::sync::mpsc::{self, Sender};
 use std::thread::JoinHandle;
 
 use replication_proto::gen::Generations;
+use replication_proto::machine::MetaToken;
 use replication_proto::meta::MetaFlags;
 
 use super::{Input, InputTx};
@@ -18,7 +19,7 @@ pub(crate) enum MetaOp {
 }
 
 pub(crate) struct MetaWriter {
-    tx: Option<Sender<(u64, MetaOp)>>,
+    tx: Option<Sender<(MetaToken, MetaOp)>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -26,7 +27,7 @@ const EIO: i32 = 5;
 
 impl MetaWriter {
     pub(crate) fn start(mut md: MetaDevice, done: InputTx) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<(u64, MetaOp)>();
+        let (tx, rx) = mpsc::channel::<(MetaToken, MetaOp)>();
         let span = tracing::Span::current();
         let thread = std::thread::Builder::new()
             .name("repd-meta".into())
@@ -58,7 +59,7 @@ impl MetaWriter {
         })
     }
 
-    pub(crate) fn submit(&self, token: u64, op: MetaOp) {
+    pub(crate) fn submit(&self, token: MetaToken, op: MetaOp) {
         if let Some(tx) = &self.tx {
             let _ = tx.send((token, op));
         }

@@ -28,6 +28,7 @@ mod peer;
 mod ping_conn;
 mod progress;
 mod status;
+mod tokens;
 mod users;
 
 use std::collections::HashMap;
@@ -39,7 +40,9 @@ use std::time::{Duration, Instant};
 use rep_control::protocol::{
     ControlCmd, ControlReply, Counters, GenerationsHex, NodeStatus, StatsOut,
 };
-use replication_proto::machine::{Action, Admin, ConnState, Event, Node, Payload, Status};
+use replication_proto::machine::{
+    Action, Admin, AppId, ConnState, Event, IoToken, MetaToken, Node, Payload, Status,
+};
 use replication_proto::meta::MetaFlags;
 use replication_proto::time::Millis;
 use replication_proto::wire::Role;
@@ -59,7 +62,7 @@ pub(crate) enum Input {
         reply: Reply,
     },
     MetaDone {
-        token: u64,
+        token: MetaToken,
         result: Result<(), i32>,
     },
     PeerStream {
@@ -275,7 +278,7 @@ struct Runner {
     disk: InlineDisk,
     meta: meta::MetaWriter,
     peer: peer::Transport,
-    replies: HashMap<u64, Reply>,
+    replies: HashMap<AppId, Reply>,
     next_app: u64,
     progress: progress::Tracker,
     peer_name: String,
@@ -285,9 +288,9 @@ struct Runner {
     /// requests in flight to end before it demotes; given up at the instant.
     forced_down: Option<(Sender<ControlReply>, Instant)>,
     /// FUA write-zeroes: the disk layer has no FUA for them, so a flush
-    /// follows; internal token -> (flush stage?, the state machine's token).
-    fua_zeroes: HashMap<u64, (bool, u64)>,
-    next_internal: u64,
+    /// follows; own token -> (flush stage?, the state machine's token).
+    fua_zeroes: HashMap<tokens::OwnToken, (bool, IoToken)>,
+    own_tokens: tokens::OwnTokens,
     span: tracing::Span,
 }
 
@@ -339,7 +342,7 @@ pub fn start(
         down_waiters: Vec::new(),
         forced_down: None,
         fua_zeroes: HashMap::new(),
-        next_internal: INTERNAL_TOKEN,
+        own_tokens: tokens::OwnTokens::default(),
         span: span.clone(),
     };
     runner.first_commands(cfg, opts, state.crashed_primary);
@@ -411,9 +414,6 @@ fn open_disk(
     Ok(disk.inline()?)
 }
 
-/// Disk tokens the engine makes itself live above the state machine's.
-const INTERNAL_TOKEN: u64 = 1 << 62;
-
 /// While this many disk ops are queued or in flight, the engine reads
 /// nothing from the peer: a Data frame becomes one more disk op, and what
 /// is left in the socket buffer makes TCP hold the peer back (the
@@ -448,11 +448,6 @@ impl Runner {
                 tracing::warn!("connect at start: {e}");
             }
         }
-    }
-
-    fn internal_token(&mut self) -> u64 {
-        self.next_internal += 1;
-        self.next_internal
     }
 
     fn now(&self) -> u64 {
@@ -606,7 +601,7 @@ impl Runner {
         let now = Millis(self.now());
         match input {
             Input::App { req, reply } => {
-                let id = self.next_app;
+                let id = AppId(self.next_app);
                 self.next_app += 1;
                 self.replies.insert(id, reply);
                 let ev = match req {
@@ -655,24 +650,31 @@ impl Runner {
         self.drain();
     }
 
-    fn disk_done(&mut self, token: u64, result: IoResult) {
+    fn disk_done(&mut self, raw: u64, result: IoResult) {
         let now = Millis(self.now());
-        if let Some((flushed, orig)) = self.fua_zeroes.remove(&token) {
-            if flushed || result.is_err() {
-                self.node.handle(
-                    now,
-                    Event::LocalDone {
-                        token: orig,
-                        result,
-                    },
-                );
-            } else {
-                let t = self.internal_token();
-                self.fua_zeroes.insert(t, (true, orig));
-                self.disk.submit(t, DiskOp::Flush);
+        match tokens::DiskTag::of(raw) {
+            tokens::DiskTag::Own(own) => {
+                let Some((flushed, orig)) = self.fua_zeroes.remove(&own) else {
+                    debug_assert!(false, "disk op {raw:#x} of the engine's own is unknown");
+                    return;
+                };
+                if flushed || result.is_err() {
+                    self.node.handle(
+                        now,
+                        Event::LocalDone {
+                            token: orig,
+                            result,
+                        },
+                    );
+                } else {
+                    let t = self.own_tokens.next();
+                    self.fua_zeroes.insert(t, (true, orig));
+                    self.disk.submit(t.raw(), DiskOp::Flush);
+                }
             }
-        } else {
-            self.node.handle(now, Event::LocalDone { token, result });
+            tokens::DiskTag::Node(token) => {
+                self.node.handle(now, Event::LocalDone { token, result });
+            }
         }
         self.drain();
     }
@@ -714,7 +716,7 @@ impl Runner {
             }
             Action::Send(m) => self.peer.send(m),
             Action::LocalRead { token, offset, len } => {
-                self.disk.submit(token, DiskOp::Read { offset, len })
+                self.disk.submit(token.raw(), DiskOp::Read { offset, len })
             }
             Action::LocalWrite {
                 token,
@@ -730,10 +732,11 @@ impl Runner {
                         len: u64::from(len),
                     },
                     Payload::Zeroes if fua => {
-                        let t = self.internal_token();
+                        let t = self.own_tokens.next();
                         self.fua_zeroes.insert(t, (false, token));
                         let len = u64::from(len);
-                        self.disk.submit(t, DiskOp::WriteZeroes { offset, len });
+                        self.disk
+                            .submit(t.raw(), DiskOp::WriteZeroes { offset, len });
                         return;
                     }
                     Payload::Zeroes => DiskOp::WriteZeroes {
@@ -741,9 +744,9 @@ impl Runner {
                         len: u64::from(len),
                     },
                 };
-                self.disk.submit(token, op);
+                self.disk.submit(token.raw(), op);
             }
-            Action::LocalFlush { token } => self.disk.submit(token, DiskOp::Flush),
+            Action::LocalFlush { token } => self.disk.submit(token.raw(), DiskOp::Flush),
             Action::WriteSuper { token, gens, flags } => {
                 self.meta.submit(token, meta::MetaOp::Super { gens, flags })
             }

@@ -127,12 +127,7 @@ impl Node {
         if self.conn != ConnState::Connected {
             return Err(AdminError::InvalidateRemoteNeedsIdle);
         }
-        if self
-            .link
-            .peer
-            .as_ref()
-            .is_some_and(|p| p.role == Role::Primary)
-        {
+        if self.link.peer().is_some_and(|p| p.role == Role::Primary) {
             return Err(AdminError::PeerPrimaryCannotBeInvalidated);
         }
         if self.disk != DiskState::UpToDate {
@@ -173,11 +168,11 @@ impl Node {
             role: self.role,
             disk: self.disk,
             conn: self.conn,
-            decided: self.link.decided,
+            decided: self.link.decided(),
             syncing: self.sync.is_some(),
-            peer_role: self.link.peer.as_ref().map(|p| p.role),
+            peer_role: self.link.peer().map(|p| p.role),
             current: self.gens.current,
-            peer_current: self.link.peer.as_ref().map(|p| p.hello.gens.current),
+            peer_current: self.link.peer().map(|p| p.hello.gens.current),
         };
         match resume::decide(crashed_gen, &facts) {
             resume::Step::Wait(why) => self.resume.wait(why),
@@ -193,12 +188,10 @@ impl Node {
         if self.role == Role::Primary {
             return Ok(());
         }
-        if self.link.decided
-            && self
-                .link
-                .peer
-                .as_ref()
-                .is_some_and(|p| p.role == Role::Primary)
+        if self
+            .link
+            .decided_peer()
+            .is_some_and(|p| p.role == Role::Primary)
         {
             return Err(AdminError::PeerIsPrimary);
         }
@@ -227,7 +220,7 @@ impl Node {
         }
         self.role = Role::Primary;
         self.flags.set(MetaFlags::PRIMARY_IND, true);
-        if !self.link.decided
+        if !self.link.decided()
             || !matches!(
                 self.conn,
                 ConnState::Connected | ConnState::SyncSource | ConnState::WFBitMapS
@@ -240,7 +233,7 @@ impl Node {
             self.rotate_for_disconnected_writes();
         }
         self.persist_super(true);
-        if self.link.decided {
+        if self.link.decided() {
             self.send(Message::State {
                 role: self.role,
                 disk: self.disk,
@@ -305,7 +298,7 @@ impl Node {
             self.write_al_plan(plan);
         }
         self.persist_super(false);
-        if self.link.decided {
+        if self.link.decided() {
             self.send(Message::State {
                 role: self.role,
                 disk: self.disk,

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 use crate::machine::al::AlPlan;
+use crate::machine::ids::{AppId, IoToken};
 use crate::machine::io::Span;
 use crate::machine::types::{errno, Action, Payload};
 use crate::meta::BM_BLOCK_SIZE;
@@ -26,7 +27,7 @@ impl Node {
                 .is_some_and(|e| e <= self.cfg.data_bytes)
     }
 
-    pub(super) fn app_read(&mut self, id: u64, offset: u64, len: u32) {
+    pub(super) fn app_read(&mut self, id: AppId, offset: u64, len: u32) {
         if self.role != Role::Primary {
             self.complete(id, Err(errno::EROFS));
             return;
@@ -41,7 +42,7 @@ impl Node {
 
     pub(super) fn app_write(
         &mut self,
-        id: u64,
+        id: AppId,
         offset: u64,
         payload: Payload,
         len: u32,
@@ -116,7 +117,7 @@ impl Node {
             }
         }
         self.al.wait = still;
-        if !wanted.is_empty() && self.al.stage_pending == 0 && self.al.plan.is_none() {
+        if !wanted.is_empty() && matches!(self.al.txn, AlTxn::Idle) {
             if let Some(plan) = self.al.log.plan(&wanted) {
                 self.write_al_plan(plan);
             }
@@ -126,14 +127,14 @@ impl Node {
     pub(super) fn write_al_plan(&mut self, plan: AlPlan) {
         // One transaction at a time: a plan is only made when none is staged.
         debug_assert!(
-            self.al.plan.is_none() && self.al.stage_pending == 0,
+            matches!(self.al.txn, AlTxn::Idle),
             "an activity-log transaction while another is staged"
         );
         // Bits of extents leaving the log must be durable first: after a
         // crash only the extents in the log are resynced wholesale.
         let mut pending = 0;
         if !plan.evicted.is_empty() {
-            let token = self.token();
+            let token = self.io_token();
             self.ops.flush.insert(token, FlushOp::AlPreflush);
             self.actions.push_back(Action::LocalFlush { token });
             pending += 1;
@@ -143,7 +144,7 @@ impl Node {
             if words.is_empty() {
                 continue;
             }
-            let token = self.token();
+            let token = self.meta_token();
             self.ops.meta.insert(token, MetaOp::EvictBitmap);
             self.stats.bm_writes += 1;
             self.actions.push_back(Action::WriteBitmap {
@@ -153,20 +154,20 @@ impl Node {
             });
             pending += 1;
         }
-        self.al.stage_pending = pending;
-        self.al.plan = Some(plan);
+        self.al.txn = AlTxn::Staging { plan, pending };
         if pending == 0 {
             self.emit_al();
         }
     }
 
     pub(super) fn emit_al(&mut self) {
-        let Some(plan) = self.al.plan.as_ref() else {
+        let AlTxn::Staging { plan, .. } = std::mem::replace(&mut self.al.txn, AlTxn::Writing)
+        else {
             debug_assert!(false, "activity-log stage done without a plan");
             return;
         };
-        let (seq, extents) = (plan.seq, plan.extents.clone());
-        let token = self.token();
+        let (seq, extents) = (plan.seq, plan.extents);
+        let token = self.meta_token();
         self.ops.meta.insert(token, MetaOp::Al);
         self.stats.al_writes += 1;
         self.actions.push_back(Action::WriteAl {
@@ -176,7 +177,7 @@ impl Node {
         });
     }
 
-    pub(super) fn start_write(&mut self, id: u64) {
+    pub(super) fn start_write(&mut self, id: AppId) {
         let Some(AppReq::Write { span, queued, .. }) = self.app.get_mut(&id) else {
             debug_assert!(false, "starting write {id}, which is not in flight");
             return;
@@ -188,7 +189,7 @@ impl Node {
 
     /// Queue a local operation in order; issue it if nothing overlaps.
     pub(super) fn submit_local(&mut self, span: Span, op: LocalOp) {
-        let token = self.token();
+        let token = self.io_token();
         if self.ops.io.submit(token, span, op) {
             self.issue_local(token);
         }
@@ -196,7 +197,7 @@ impl Node {
 
     /// The ordering queue let `token` start: emit its I/O (and, for an
     /// application write, its replication: both leave in the same order).
-    pub(super) fn issue_local(&mut self, token: u64) {
+    pub(super) fn issue_local(&mut self, token: IoToken) {
         let Some((span, op)) = self.ops.io.get(token).cloned() else {
             debug_assert!(false, "issuing local op {token}, which is not queued");
             return;
@@ -223,7 +224,7 @@ impl Node {
 
     /// An application write starts: to the peer (or into the bitmap when
     /// not replicating), then to the local disk.
-    fn issue_app_write(&mut self, token: u64, id: u64, span: Span, len: u32) {
+    fn issue_app_write(&mut self, token: IoToken, id: AppId, span: Span, len: u32) {
         let Some(AppReq::Write {
             payload,
             fua,
@@ -259,7 +260,7 @@ impl Node {
     /// completion waits for from the peer.
     fn replicate_write(
         &mut self,
-        id: u64,
+        id: AppId,
         span: Span,
         len: u32,
         payload: &Payload,
@@ -307,7 +308,7 @@ impl Node {
     }
 
     /// A peer or resync write that waited for an overlapping one starts.
-    fn issue_parked_write(&mut self, token: u64) {
+    fn issue_parked_write(&mut self, token: IoToken) {
         let Some(ParkedWrite {
             offset,
             len,
@@ -329,7 +330,7 @@ impl Node {
         });
     }
 
-    pub(super) fn try_complete_write(&mut self, id: u64) {
+    pub(super) fn try_complete_write(&mut self, id: AppId) {
         let done = match self.app.get(&id) {
             Some(AppReq::Write {
                 local_done: true,
@@ -410,7 +411,7 @@ impl Node {
         }
     }
 
-    pub(super) fn send_barrier(&mut self, app: Option<u64>) {
+    pub(super) fn send_barrier(&mut self, app: Option<AppId>) {
         let id = self.repl.next_barrier;
         self.repl.next_barrier += 1;
         let bound = self.repl.next_seq - 1;
@@ -442,7 +443,7 @@ impl Node {
         }
     }
 
-    pub(super) fn app_flush(&mut self, id: u64) {
+    pub(super) fn app_flush(&mut self, id: AppId) {
         if self.role != Role::Primary {
             self.complete(id, Err(errno::EROFS));
             return;
@@ -460,7 +461,7 @@ impl Node {
                 peer_done: !replicate,
             },
         );
-        let token = self.token();
+        let token = self.io_token();
         self.ops.flush.insert(token, FlushOp::App { id });
         self.actions.push_back(Action::LocalFlush { token });
         if replicate {
@@ -468,7 +469,7 @@ impl Node {
         }
     }
 
-    pub(super) fn try_complete_flush(&mut self, id: u64) {
+    pub(super) fn try_complete_flush(&mut self, id: AppId) {
         if let Some(AppReq::Flush {
             local_done: true,
             peer_done: true,
@@ -485,7 +486,7 @@ impl Node {
     /// A local application write finished: complete it once the peer agrees.
     pub(super) fn app_write_done(
         &mut self,
-        id: u64,
+        id: AppId,
         span: Span,
         result: Result<Option<Bytes>, i32>,
     ) {
@@ -516,7 +517,7 @@ impl Node {
 
     pub(super) fn app_read_done(
         &mut self,
-        id: u64,
+        id: AppId,
         span: Span,
         result: Result<Option<Bytes>, i32>,
     ) {
@@ -534,13 +535,17 @@ impl Node {
 
     /// An activity-log transaction landed: start the writes it admits.
     pub(super) fn al_written(&mut self, result: Result<(), i32>) {
-        self.al.plan = None;
+        debug_assert!(
+            matches!(self.al.txn, AlTxn::Writing),
+            "an activity-log transaction landed that was not written"
+        );
+        self.al.txn = AlTxn::Idle;
         if result.is_ok() {
             self.al.log.committed();
         } else {
             self.al.log.failed();
             // Writes that needed it cannot proceed safely.
-            let waiting: Vec<u64> = self.al.wait.drain(..).collect();
+            let waiting: Vec<AppId> = self.al.wait.drain(..).collect();
             for id in waiting {
                 self.app.remove(&id);
                 self.complete(id, Err(errno::EIO));

@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 
+use crate::machine::ids::{AppId, IoToken, MetaToken};
 use crate::machine::io::Span;
 use crate::wire::Message;
 
@@ -11,7 +12,7 @@ use super::Node;
 impl Node {
     // ----- completions -------------------------------------------------------
 
-    pub(super) fn local_done(&mut self, token: u64, result: Result<Option<Bytes>, i32>) {
+    pub(super) fn local_done(&mut self, token: IoToken, result: Result<Option<Bytes>, i32>) {
         if let Some(f) = self.ops.flush.remove(&token) {
             self.flush_done(f, result.map(|_| ()));
             return;
@@ -60,7 +61,7 @@ impl Node {
         match f {
             FlushOp::App { id } => self.app_flush_done(id, result),
             FlushOp::PeerBarrier { id, epoch } => {
-                if epoch == self.link.epoch && self.link.decided && result.is_ok() {
+                if epoch == self.link.epoch && self.link.decided() && result.is_ok() {
                     self.send(Message::BarrierAck { id });
                 }
             }
@@ -76,7 +77,7 @@ impl Node {
         }
     }
 
-    pub(super) fn meta_done(&mut self, token: u64, result: Result<(), i32>) {
+    pub(super) fn meta_done(&mut self, token: MetaToken, result: Result<(), i32>) {
         let Some(op) = self.ops.meta.remove(&token) else {
             return;
         };
@@ -109,14 +110,18 @@ impl Node {
 
     /// One of the writes an activity-log transaction waits for landed.
     fn al_stage_done(&mut self) {
-        debug_assert!(self.al.stage_pending > 0, "activity-log stage not counted");
-        self.al.stage_pending = self.al.stage_pending.saturating_sub(1);
-        if self.al.stage_pending == 0 {
+        let AlTxn::Staging { pending, .. } = &mut self.al.txn else {
+            debug_assert!(false, "activity-log stage done without a plan");
+            return;
+        };
+        debug_assert!(*pending > 0, "activity-log stage not counted");
+        *pending = pending.saturating_sub(1);
+        if *pending == 0 {
             self.emit_al();
         }
     }
 
-    pub(super) fn app_flush_done(&mut self, id: u64, result: Result<(), i32>) {
+    pub(super) fn app_flush_done(&mut self, id: AppId, result: Result<(), i32>) {
         if let Some(AppReq::Flush {
             local_done,
             local_err,

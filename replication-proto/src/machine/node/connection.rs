@@ -17,13 +17,8 @@ impl Node {
             self.actions.push_back(Action::CloseConnection);
             return;
         }
-        self.link.epoch += 1;
         self.conn = ConnState::Handshake;
-        self.link.started = self.now;
-        self.link.last_recv = self.now;
-        self.link.ping_sent = None;
-        self.link.peer = None;
-        self.link.decided = false;
+        self.link.begin(self.now);
         self.rng.fill_bytes(&mut self.link.my_nonce);
         let hello = Hello {
             version: crate::wire::PROTOCOL_VERSION,
@@ -72,7 +67,7 @@ impl Node {
             return;
         }
         tracing::info!(state = ?self.conn, "connection lost: {why}");
-        let was_decided = self.link.decided;
+        let was_decided = self.link.decided();
         if self.susp.freeze_on_disconnect
             && was_decided
             && self.role == Role::Primary
@@ -82,18 +77,15 @@ impl Node {
             tracing::warn!("peer lost: I/O frozen until resumed");
             self.susp.mode = Some(SuspendMode::Hold);
         }
-        self.link.epoch += 1;
-        self.link.decided = false;
+        self.link.lose();
         if was_decided {
             self.set_connected_ind(false);
         }
-        self.link.peer = None;
-        self.link.ping_sent = None;
         self.forget_peer_writes();
         self.recv.barriers.clear();
         self.recv.unacked = 0;
         if let Some(s) = self.sync.take() {
-            if s.role == SyncRole::Target && !s.verify {
+            if s.role == SyncRole::Target && !s.is_verify() {
                 tracing::info!(
                     left = self.bitmap.count(),
                     "resync interrupted; it resumes on reconnect"
@@ -156,13 +148,13 @@ impl Node {
             self.on_peer_disconnect(*reason, message);
             return;
         }
-        if !self.link.decided {
+        if !self.link.decided() {
             self.on_handshake_frame(m);
             return;
         }
         match m {
             Message::Ping => self.send(Message::PingAck),
-            Message::PingAck => self.link.ping_sent = None,
+            Message::PingAck => self.link.ping_answered(),
             Message::Data {
                 seq,
                 offset,
@@ -251,7 +243,7 @@ impl Node {
             );
             return;
         }
-        if let Some(p) = self.link.peer.as_mut() {
+        if let Some(p) = self.link.peer_mut() {
             p.role = role;
             p.disk = disk;
         }

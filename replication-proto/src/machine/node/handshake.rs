@@ -20,7 +20,7 @@ impl Node {
 
     /// The peer's Hello: check it fits, answer its challenge.
     fn on_hello(&mut self, h: Hello) {
-        if self.link.peer.is_some() {
+        if self.link.peer().is_some() {
             self.protocol_error("second Hello");
             return;
         }
@@ -36,9 +36,8 @@ impl Node {
             &self.cfg.node,
         );
         let (role, disk) = (h.role, h.disk);
-        self.link.peer = Some(PeerInfo {
+        self.link.hello_received(PeerInfo {
             hello: h,
-            authed: false,
             role,
             disk,
         });
@@ -97,7 +96,7 @@ impl Node {
 
     /// The peer's answer to this node's challenge: authenticated, decide.
     fn on_auth(&mut self, mac: &[u8; 32]) {
-        let Some(p) = self.link.peer.as_mut() else {
+        let Some(p) = self.link.peer() else {
             self.protocol_error("Auth before Hello");
             return;
         };
@@ -115,7 +114,6 @@ impl Node {
             );
             return;
         }
-        p.authed = true;
         self.decide_sync();
     }
 
@@ -125,14 +123,14 @@ impl Node {
     /// tell. Same generations cannot both be Primary unless promoted while
     /// disconnected, which rotated them.
     pub(super) fn decide_sync(&mut self) {
-        let Some(p) = self.link.peer.clone() else {
+        let Some(p) = self.link.peer().cloned() else {
             debug_assert!(false, "deciding without the peer's Hello");
             return;
         };
         let d = self.decision(&p.hello);
         tracing::info!(peer = %p.hello.node, decision = ?d, "sync handshake");
         self.discard_my_data = false;
-        self.link.decided = true;
+        self.link.decide(self.now);
         self.set_connected_ind(true);
         match d {
             Decision::NoSync => self.connected_without_sync(&p.hello),
@@ -202,7 +200,7 @@ impl Node {
         if matches!(self.disk, DiskState::Consistent | DiskState::Outdated) && peer_consistent {
             self.set_up_to_date();
         }
-        if let Some(pp) = self.link.peer.as_mut() {
+        if let Some(pp) = self.link.peer_mut() {
             if matches!(pp.disk, DiskState::Consistent | DiskState::Outdated) {
                 pp.disk = DiskState::UpToDate;
             }

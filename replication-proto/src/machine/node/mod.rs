@@ -19,6 +19,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::al::ActivityLog;
 use super::bitmap::Bitmap;
+use super::ids::AppId;
 use super::resume::Resume;
 use super::types::{
     errno, Action, Admin, AdminError, ConnState, Event, NodeConfig, Persisted, Session, Stats,
@@ -114,7 +115,7 @@ pub struct Node {
     link: Link,
 
     /// Application requests in flight, by the application's id.
-    app: HashMap<u64, AppReq>,
+    app: HashMap<AppId, AppReq>,
     /// Local data, flush and metadata operations in flight, by token.
     ops: Ops,
     /// Primary side of replication.
@@ -171,7 +172,7 @@ impl Node {
             split_brain: false,
             health: Health::default(),
             down: Down::default(),
-            link: Link::new(now),
+            link: Link::new(),
             app: HashMap::new(),
             ops: Ops::default(),
             repl: Replication::new(now),
@@ -240,7 +241,7 @@ impl Node {
     /// (the ping connection, [`crate::wire::features::PING_CONN`]) to it.
     #[must_use]
     pub fn session(&self) -> Option<Session> {
-        let p = self.link.peer.as_ref().filter(|p| p.authed)?;
+        let p = self.link.decided_peer()?;
         self.connected_states().then_some(Session {
             epoch: self.link.epoch,
             own_nonce: self.link.my_nonce,
@@ -252,9 +253,7 @@ impl Node {
     pub fn peer_disk(&self) -> DiskState {
         let disk = self
             .link
-            .peer
-            .as_ref()
-            .filter(|_| self.link.decided)
+            .decided_peer()
             .map_or(DiskState::DUnknown, |p| p.disk);
         // Waiting for the bitmaps as the sync source: the peer is the target
         // and Inconsistent from the exchange on; show what it is about to be
@@ -273,7 +272,7 @@ impl Node {
     #[must_use]
     pub fn status(&self) -> Status {
         let (remaining, total) = match &self.sync {
-            Some(s) if s.verify => {
+            Some(s) if s.is_verify() => {
                 // Both sides keep the cursor inside the data (pump_verify,
                 // valid_range).
                 debug_assert!(
@@ -289,12 +288,7 @@ impl Node {
             resource: self.cfg.resource.clone(),
             node: self.cfg.node.clone(),
             role: self.role,
-            peer_role: self
-                .link
-                .peer
-                .as_ref()
-                .filter(|_| self.link.decided)
-                .map(|p| p.role),
+            peer_role: self.link.decided_peer().map(|p| p.role),
             connection: self.conn,
             disk: self.disk,
             peer_disk: self.peer_disk(),
@@ -327,14 +321,19 @@ impl Node {
     pub fn poll_timeout(&self) -> Option<Millis> {
         let mut t: Option<Millis> = None;
         let mut at = |x: Millis| t = Some(t.map_or(x, |y| y.min(x)));
-        if self.conn == ConnState::Handshake {
-            at(self.link.started + self.cfg.timeout_ms);
+        match &self.link.phase {
+            LinkPhase::Down => {}
+            LinkPhase::Handshake { started, .. } => at(*started + self.cfg.timeout_ms),
+            LinkPhase::Decided {
+                ping_sent: Some(s), ..
+            } => at(*s + self.cfg.timeout_ms),
+            LinkPhase::Decided {
+                last_recv,
+                ping_sent: None,
+                ..
+            } => at(*last_recv + self.cfg.ping_int_ms),
         }
-        if self.link.decided {
-            match self.link.ping_sent {
-                Some(s) => at(s + self.cfg.timeout_ms),
-                None => at(self.link.last_recv + self.cfg.ping_int_ms),
-            }
+        if self.link.decided() {
             if let Some((_, r)) = self.repl.pending.first_key_value() {
                 at(r.sent_at + self.ko_ms());
             }
@@ -369,7 +368,7 @@ impl Node {
             }
             Event::Frame(m) => {
                 if self.connected_states() {
-                    self.link.last_recv = self.now;
+                    self.link.heard(self.now);
                     self.on_frame(m);
                 }
             }

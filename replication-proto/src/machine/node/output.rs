@@ -4,6 +4,7 @@
 use rand::RngCore;
 
 use crate::gen::UUID_JUST_CREATED;
+use crate::machine::ids::{IoToken, MetaToken};
 use crate::machine::types::{Action, ConnState};
 use crate::meta::MetaFlags;
 use crate::wire::{DiskState, Message, Role, MAX_STRING_LEN};
@@ -12,10 +13,12 @@ use super::state::*;
 use super::{Node, ERROR_LINGER_MS};
 
 impl Node {
-    pub(super) fn token(&mut self) -> u64 {
-        let t = self.ops.next_token;
-        self.ops.next_token += 1;
-        t
+    pub(super) fn io_token(&mut self) -> IoToken {
+        self.ops.tokens.io()
+    }
+
+    pub(super) fn meta_token(&mut self) -> MetaToken {
+        self.ops.tokens.meta()
     }
 
     pub(super) fn send(&mut self, m: Message) {
@@ -47,7 +50,7 @@ impl Node {
     }
 
     pub(super) fn persist_super(&mut self, gate: bool) {
-        let token = self.token();
+        let token = self.meta_token();
         if gate {
             self.al.super_gate += 1;
         }
@@ -60,7 +63,7 @@ impl Node {
     }
 
     pub(super) fn persist_bitmap_all(&mut self, sync_epoch: Option<u64>) {
-        let token = self.token();
+        let token = self.meta_token();
         self.ops.meta.insert(token, MetaOp::Bitmap { sync_epoch });
         self.stats.bm_writes += 1;
         self.actions.push_back(Action::WriteBitmap {
@@ -142,7 +145,7 @@ impl Node {
 
     pub(super) fn replicating(&self) -> bool {
         self.role == Role::Primary
-            && self.link.decided
+            && self.link.decided()
             && matches!(
                 self.conn,
                 ConnState::Connected

@@ -37,7 +37,7 @@ impl Node {
         }
         self.sync = Some(Sync {
             phase: SyncPhase::Exchanging(BitmapReceiver::new(nbits)),
-            ..Sync::new(role, false, self.link.epoch, self.now, 0, false)
+            ..Sync::new(role, SyncKind::Resync, self.link.epoch, self.now, 0)
         });
     }
 
@@ -82,7 +82,7 @@ impl Node {
             SyncRole::Source => {
                 self.conn = ConnState::SyncSource;
                 self.peer_has_my_current = true;
-                if let Some(p) = self.link.peer.as_mut() {
+                if let Some(p) = self.link.peer_mut() {
                     p.disk = DiskState::Inconsistent;
                 }
                 self.persist_bitmap_all(None);
@@ -109,8 +109,7 @@ impl Node {
                 // rules (it starts a new one when it goes on alone) apply.
                 let src = self
                     .link
-                    .peer
-                    .as_ref()
+                    .peer()
                     .map_or(self.gens.current, |p| p.hello.gens.current);
                 if src != self.gens.current {
                     self.gens.history = [self.gens.current, self.gens.history[0]];
@@ -120,7 +119,7 @@ impl Node {
                 if let Some(s) = self.sync.as_mut() {
                     s.phase = SyncPhase::Persisting { pending: 1 };
                 }
-                let token = self.token();
+                let token = self.io_token();
                 self.ops.flush.insert(token, FlushOp::SyncStart { epoch });
                 self.actions.push_back(Action::LocalFlush { token });
             }
@@ -154,12 +153,12 @@ impl Node {
         let csums = self.cfg.csums
             && self
                 .link
-                .peer
-                .as_ref()
+                .peer()
                 .is_some_and(|p| p.hello.features & crate::wire::features::CSUM_RESYNC != 0);
         loop {
             let Some(s) = self.sync.as_mut() else { return };
-            if s.verify || s.role != SyncRole::Target || !matches!(s.phase, SyncPhase::Running) {
+            if s.is_verify() || s.role != SyncRole::Target || !matches!(s.phase, SyncPhase::Running)
+            {
                 return;
             }
             if !s.window.open(s.inflight.len()) {
@@ -220,7 +219,7 @@ impl Node {
             }
             s.phase = SyncPhase::Finishing;
         }
-        let token = self.token();
+        let token = self.io_token();
         self.ops.flush.insert(token, FlushOp::SyncDone { epoch });
         self.actions.push_back(Action::LocalFlush { token });
     }
@@ -235,7 +234,7 @@ impl Node {
         if !self
             .sync
             .as_ref()
-            .is_some_and(|s| s.role == SyncRole::Source && !s.verify)
+            .is_some_and(|s| s.role == SyncRole::Source && !s.is_verify())
         {
             self.protocol_error("resync request while not sync source");
             return;
@@ -271,7 +270,7 @@ impl Node {
         self.stats.resync_received_bytes += data.len() as u64;
         let epoch = self.link.epoch;
         let len = u32::try_from(data.len()).unwrap_or(MAX_IO);
-        let token = self.token();
+        let token = self.io_token();
         if self
             .ops
             .io
@@ -330,7 +329,7 @@ impl Node {
             self.protocol_error("SyncDone outside a sync");
             return;
         };
-        if s.verify {
+        if s.is_verify() {
             // Verify target: the source finished.
             self.sync = None;
             self.conn = ConnState::Connected;
@@ -364,7 +363,7 @@ impl Node {
             self.persist_super(false);
         }
         self.persist_bitmap_all(None);
-        if let Some(p) = self.link.peer.as_mut() {
+        if let Some(p) = self.link.peer_mut() {
             p.disk = DiskState::UpToDate;
             p.hello.gens = self.gens;
         }
@@ -391,7 +390,7 @@ impl Node {
             self.gens = gens;
             self.persist_super(false);
         }
-        if let Some(p) = self.link.peer.as_mut() {
+        if let Some(p) = self.link.peer_mut() {
             p.hello.gens = gens;
         }
     }
@@ -407,7 +406,7 @@ impl Node {
     ) {
         let len32 = u32::try_from(span.len()).unwrap_or(MAX_IO);
         self.recv.answered(epoch, self.link.epoch);
-        if epoch != self.link.epoch || !self.link.decided {
+        if epoch != self.link.epoch || !self.link.decided() {
             return;
         }
         match result {
@@ -508,7 +507,7 @@ impl Node {
 
     /// Target: every resynced block is durable; the target is UpToDate.
     pub(super) fn sync_done_flushed(&mut self, epoch: u64, result: Result<(), i32>) {
-        if epoch == self.link.epoch && self.link.decided {
+        if epoch == self.link.epoch && self.link.decided() {
             if result.is_ok() {
                 // Every block is here and durable: UpToDate.
                 self.sync = None;
@@ -534,7 +533,7 @@ impl Node {
 
     /// Target: earlier cleared bits are durable; persist the resync's start.
     pub(super) fn sync_start_flushed(&mut self, epoch: u64, result: Result<(), i32>) {
-        if epoch != self.link.epoch || !self.link.decided {
+        if epoch != self.link.epoch || !self.link.decided() {
             return;
         }
         if result.is_err() {
@@ -549,7 +548,7 @@ impl Node {
         // (Inconsistent, new generation) lands before the bitmap,
         // and the resync waits for the bitmap.
         self.persist_super(false);
-        let token = self.token();
+        let token = self.meta_token();
         self.ops.meta.insert(
             token,
             MetaOp::Bitmap {
@@ -591,7 +590,7 @@ impl Node {
                 if self
                     .sync
                     .as_ref()
-                    .is_some_and(|s| s.role == SyncRole::Source && !s.verify)
+                    .is_some_and(|s| s.role == SyncRole::Source && !s.is_verify())
                 {
                     self.bitmap.clear_range(offset, u64::from(len));
                 }

@@ -49,7 +49,7 @@ impl Node {
         };
         let fua = flags & data_flags::FUA != 0;
         let epoch = self.link.epoch;
-        let token = self.token();
+        let token = self.io_token();
         let span = Span::new(offset, u64::from(len));
         if self.ops.io.submit(
             token,
@@ -88,7 +88,7 @@ impl Node {
                 return;
             }
             self.recv.barriers.pop_front();
-            let token = self.token();
+            let token = self.io_token();
             let epoch = self.link.epoch;
             self.ops
                 .flush
@@ -108,7 +108,7 @@ impl Node {
     ) {
         self.recv.incomplete.remove(&recv_idx);
         self.recv.answered(epoch, self.link.epoch);
-        if epoch == self.link.epoch && self.link.decided {
+        if epoch == self.link.epoch && self.link.decided() {
             if result.is_ok() {
                 self.send(Message::WriteAck { seq });
             } else {

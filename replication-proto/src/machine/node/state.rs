@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use bytes::Bytes;
 
 use crate::machine::al::{ActivityLog, AlPlan};
+use crate::machine::ids::{AppId, IoToken, MetaToken, TokenSource};
 use crate::machine::io::{OrderedIo, Span};
 use crate::machine::sync_window::SyncWindow;
 use crate::machine::types::{Event, Payload, SuspendMode};
@@ -51,10 +52,10 @@ pub(super) enum AppReq {
 #[derive(Debug, Clone)]
 pub(super) enum LocalOp {
     AppWrite {
-        id: u64,
+        id: AppId,
     },
     AppRead {
-        id: u64,
+        id: AppId,
     },
     PeerWrite {
         seq: u64,
@@ -93,7 +94,7 @@ pub(super) enum LocalOp {
 #[derive(Debug, Clone, Copy)]
 pub(super) enum FlushOp {
     App {
-        id: u64,
+        id: AppId,
     },
     PeerBarrier {
         id: u64,
@@ -153,11 +154,22 @@ pub(super) enum SyncPhase {
     Finishing,
 }
 
+/// What a [`Sync`] is for, with what only that kind keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SyncKind {
+    /// A resync: the blocks the bitmap marks go from source to target.
+    Resync,
+    /// An online verify. The source counts the bytes it `found_oos` (out
+    /// of sync) and resyncs them at the end if `repair`; the target keeps
+    /// neither.
+    Verify { repair: bool, found_oos: u64 },
+}
+
 /// A resync or verify with the peer, on the connection of `epoch`.
 #[derive(Debug)]
 pub(super) struct Sync {
     pub(super) role: SyncRole,
-    pub(super) verify: bool,
+    pub(super) kind: SyncKind,
     pub(super) epoch: u64,
     pub(super) phase: SyncPhase,
     pub(super) cursor: u64,
@@ -169,22 +181,19 @@ pub(super) struct Sync {
     pub(super) total_bytes: u64,
     pub(super) tokens: u64,
     pub(super) last_refill: Millis,
-    pub(super) repair: bool,
-    pub(super) found_oos: u64,
 }
 
 impl Sync {
     pub(super) fn new(
         role: SyncRole,
-        verify: bool,
+        kind: SyncKind,
         epoch: u64,
         now: Millis,
         total_bytes: u64,
-        repair: bool,
     ) -> Self {
         Self {
             role,
-            verify,
+            kind,
             epoch,
             phase: SyncPhase::Running,
             cursor: 0,
@@ -194,9 +203,12 @@ impl Sync {
             total_bytes,
             tokens: 0,
             last_refill: now,
-            repair,
-            found_oos: 0,
         }
+    }
+
+    /// A verify, not a resync.
+    pub(super) fn is_verify(&self) -> bool {
+        matches!(self.kind, SyncKind::Verify { .. })
     }
 
     /// Target: one of the metadata writes before the first request landed.
@@ -209,17 +221,18 @@ impl Sync {
     }
 }
 
+/// The peer as its Hello introduced it, with its role and disk kept up to
+/// date since.
 #[derive(Debug, Clone)]
 pub(super) struct PeerInfo {
     pub(super) hello: Hello,
-    pub(super) authed: bool,
     pub(super) role: Role,
     pub(super) disk: DiskState,
 }
 
 #[derive(Debug)]
 pub(super) struct PeerReq {
-    pub(super) app_id: Option<u64>,
+    pub(super) app_id: Option<AppId>,
     pub(super) span: Span,
     /// Activity-log extents held until the peer confirms the write.
     pub(super) extents: Extents,
@@ -239,12 +252,10 @@ pub(super) fn crc(data: &[u8]) -> u32 {
 #[derive(Debug)]
 pub(super) struct AlGate {
     pub(super) log: ActivityLog,
-    /// Metadata writes (evicted bitmap words, preflush) still to land
-    /// before the planned transaction may be written.
-    pub(super) stage_pending: u32,
-    pub(super) plan: Option<AlPlan>,
+    /// The transaction under way, if any (one at a time).
+    pub(super) txn: AlTxn,
     /// Writes waiting for their extents (application ids, in order).
-    pub(super) wait: VecDeque<u64>,
+    pub(super) wait: VecDeque<AppId>,
     /// Gating superblock writes in flight: new writes wait for them.
     pub(super) super_gate: u32,
 }
@@ -253,12 +264,23 @@ impl AlGate {
     pub(super) fn new(log: ActivityLog) -> Self {
         Self {
             log,
-            stage_pending: 0,
-            plan: None,
+            txn: AlTxn::Idle,
             wait: VecDeque::new(),
             super_gate: 0,
         }
     }
+}
+
+/// Where the activity log's transaction stands.
+#[derive(Debug)]
+pub(super) enum AlTxn {
+    /// None under way: a new plan may be made.
+    Idle,
+    /// `plan` waits for `pending` writes (the preflush, evicted bitmap
+    /// words) to land before it may be written.
+    Staging { plan: AlPlan, pending: u32 },
+    /// The transaction is being written.
+    Writing,
 }
 
 /// The last error, for status, and when it may be forgotten.
@@ -280,56 +302,153 @@ pub(super) struct Down {
 }
 
 /// The current connection: counted by `epoch`, authenticated by the
-/// nonces, `decided` once the sync handshake is done.
+/// nonces; the peer and the timers depend on how far it got (`phase`).
 #[derive(Debug)]
 pub(super) struct Link {
     /// Counts connections; work tagged with an older epoch is stale.
     pub(super) epoch: u64,
     pub(super) my_nonce: [u8; 32],
-    pub(super) peer: Option<PeerInfo>,
-    pub(super) decided: bool,
-    pub(super) last_recv: Millis,
-    pub(super) ping_sent: Option<Millis>,
-    /// When the handshake began.
-    pub(super) started: Millis,
+    pub(super) phase: LinkPhase,
+}
+
+/// How far the current connection got; each phase carries what only it
+/// has.
+#[derive(Debug)]
+pub(super) enum LinkPhase {
+    /// No connection (StandAlone, Connecting).
+    Down,
+    /// Hello and authentication (ConnState::Handshake); it times out
+    /// `timeout_ms` after `started`. `peer` once its Hello came.
+    Handshake {
+        started: Millis,
+        peer: Option<PeerInfo>,
+    },
+    /// The sync decision is made with the authenticated `peer`: the
+    /// connection carries replication and resync, and pings keep it alive.
+    Decided {
+        peer: PeerInfo,
+        /// When the last frame came in: a ping goes out after `ping_int_ms`
+        /// of silence.
+        last_recv: Millis,
+        /// The ping not answered yet: the connection fails if the answer
+        /// takes `timeout_ms`.
+        ping_sent: Option<Millis>,
+    },
 }
 
 impl Link {
-    pub(super) fn new(now: Millis) -> Self {
+    pub(super) fn new() -> Self {
         Self {
             epoch: 0,
             my_nonce: [0; 32],
-            peer: None,
-            decided: false,
-            last_recv: now,
-            ping_sent: None,
+            phase: LinkPhase::Down,
+        }
+    }
+
+    /// The sync handshake is done on the current connection.
+    pub(super) fn decided(&self) -> bool {
+        matches!(self.phase, LinkPhase::Decided { .. })
+    }
+
+    /// The peer: its Hello came on this connection (during the handshake
+    /// or after the decision).
+    pub(super) fn peer(&self) -> Option<&PeerInfo> {
+        match &self.phase {
+            LinkPhase::Down => None,
+            LinkPhase::Handshake { peer, .. } => peer.as_ref(),
+            LinkPhase::Decided { peer, .. } => Some(peer),
+        }
+    }
+
+    pub(super) fn peer_mut(&mut self) -> Option<&mut PeerInfo> {
+        match &mut self.phase {
+            LinkPhase::Down => None,
+            LinkPhase::Handshake { peer, .. } => peer.as_mut(),
+            LinkPhase::Decided { peer, .. } => Some(peer),
+        }
+    }
+
+    /// The peer, once the sync decision is made with it (authenticated).
+    pub(super) fn decided_peer(&self) -> Option<&PeerInfo> {
+        match &self.phase {
+            LinkPhase::Decided { peer, .. } => Some(peer),
+            _ => None,
+        }
+    }
+
+    /// A new transport connection: a new epoch, its handshake from `now`.
+    pub(super) fn begin(&mut self, now: Millis) {
+        self.epoch += 1;
+        self.phase = LinkPhase::Handshake {
             started: now,
+            peer: None,
+        };
+    }
+
+    /// The peer's Hello came (the handshake checked there was none yet).
+    pub(super) fn hello_received(&mut self, info: PeerInfo) {
+        match &mut self.phase {
+            LinkPhase::Handshake { peer, .. } => *peer = Some(info),
+            other => debug_assert!(false, "a Hello outside the handshake: {other:?}"),
+        }
+    }
+
+    /// The sync decision is made, on the frame that arrived `now`, with the
+    /// peer whose Hello came.
+    pub(super) fn decide(&mut self, now: Millis) {
+        self.phase = match std::mem::replace(&mut self.phase, LinkPhase::Down) {
+            LinkPhase::Handshake {
+                peer: Some(peer), ..
+            } => LinkPhase::Decided {
+                peer,
+                last_recv: now,
+                ping_sent: None,
+            },
+            other => {
+                debug_assert!(false, "sync decision without a Hello: {other:?}");
+                other
+            }
+        };
+    }
+
+    /// The connection is gone: a new epoch, no peer.
+    pub(super) fn lose(&mut self) {
+        self.epoch += 1;
+        self.phase = LinkPhase::Down;
+    }
+
+    /// A frame came in `now` (only pings after the decision look at it).
+    pub(super) fn heard(&mut self, now: Millis) {
+        if let LinkPhase::Decided { last_recv, .. } = &mut self.phase {
+            *last_recv = now;
+        }
+    }
+
+    /// A ping went out `now` (after the decision).
+    pub(super) fn pinged(&mut self, now: Millis) {
+        if let LinkPhase::Decided { ping_sent, .. } = &mut self.phase {
+            *ping_sent = Some(now);
+        }
+    }
+
+    /// The peer answered the ping (frames come after the decision only).
+    pub(super) fn ping_answered(&mut self) {
+        if let LinkPhase::Decided { ping_sent, .. } = &mut self.phase {
+            *ping_sent = None;
         }
     }
 }
 
 /// Local operations in flight, by the token the driver hands back.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) struct Ops {
     /// Data operations, ordered by overlap.
-    pub(super) io: OrderedIo<LocalOp>,
-    pub(super) flush: HashMap<u64, FlushOp>,
-    pub(super) meta: HashMap<u64, MetaOp>,
-    pub(super) next_token: u64,
+    pub(super) io: OrderedIo<IoToken, LocalOp>,
+    pub(super) flush: HashMap<IoToken, FlushOp>,
+    pub(super) meta: HashMap<MetaToken, MetaOp>,
+    pub(super) tokens: TokenSource,
     /// Payloads of peer and resync writes waiting in the ordering queue.
-    pub(super) parked: HashMap<u64, ParkedWrite>,
-}
-
-impl Default for Ops {
-    fn default() -> Self {
-        Self {
-            io: OrderedIo::default(),
-            flush: HashMap::new(),
-            meta: HashMap::new(),
-            next_token: 1,
-            parked: HashMap::new(),
-        }
-    }
+    pub(super) parked: HashMap<IoToken, ParkedWrite>,
 }
 
 /// A peer or resync write waiting for an overlapping one to finish.
@@ -387,7 +506,7 @@ pub(super) struct Unflushed {
 pub(super) struct SentBarrier {
     pub(super) last_seq: u64,
     /// The application flush waiting for it, if any.
-    pub(super) app: Option<u64>,
+    pub(super) app: Option<AppId>,
 }
 
 /// The Secondary side: writes and barriers from the peer.
@@ -442,7 +561,7 @@ pub(super) struct Suspension {
 /// An application completion held while suspended.
 #[derive(Debug)]
 pub(super) struct HeldCompletion {
-    pub(super) id: u64,
+    pub(super) id: AppId,
     pub(super) result: Result<Option<Bytes>, i32>,
 }
 

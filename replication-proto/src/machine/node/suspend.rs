@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use crate::machine::ids::AppId;
 use crate::machine::types::{errno, Action, Event, SuspendMode};
 use crate::meta::MetaFlags;
 
@@ -10,7 +11,7 @@ use super::state::*;
 use super::Node;
 
 impl Node {
-    pub(super) fn complete(&mut self, id: u64, result: Result<Option<Bytes>, i32>) {
+    pub(super) fn complete(&mut self, id: AppId, result: Result<Option<Bytes>, i32>) {
         // Read data passes; an acknowledgement of a write or flush must not
         // leave a node that lost quorum (the other side may take over).
         match self.susp.mode {
@@ -64,7 +65,7 @@ impl Node {
             // acknowledgement would rejoin as target and drop that write.
             self.flags.set(MetaFlags::UNACKED_GEN, false);
             self.susp.resume_pending = true;
-            let token = self.token();
+            let token = self.meta_token();
             self.ops.meta.insert(token, MetaOp::ResumeSuper);
             self.actions.push_back(Action::WriteSuper {
                 token,

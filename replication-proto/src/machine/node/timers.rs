@@ -15,18 +15,30 @@ impl Node {
     pub(super) fn tick(&mut self) {
         self.clear_error_when_healthy();
         let now = self.now;
-        if self.conn == ConnState::Handshake && now >= self.link.started + self.cfg.timeout_ms {
-            self.fail_connection(
-                DisconnectReason::Timeout,
-                "handshake timed out".into(),
-                false,
-            );
-            return;
-        }
-        if !self.link.decided {
-            return;
-        }
-        if let Some(s) = self.link.ping_sent {
+        debug_assert_eq!(
+            self.conn == ConnState::Handshake,
+            matches!(self.link.phase, LinkPhase::Handshake { .. }),
+            "connection state and link phase disagree"
+        );
+        let (last_recv, ping_sent) = match &self.link.phase {
+            LinkPhase::Down => return,
+            LinkPhase::Handshake { started, .. } => {
+                if now >= *started + self.cfg.timeout_ms {
+                    self.fail_connection(
+                        DisconnectReason::Timeout,
+                        "handshake timed out".into(),
+                        false,
+                    );
+                }
+                return;
+            }
+            LinkPhase::Decided {
+                last_recv,
+                ping_sent,
+                ..
+            } => (*last_recv, *ping_sent),
+        };
+        if let Some(s) = ping_sent {
             if now >= s + self.cfg.timeout_ms {
                 self.fail_connection(
                     DisconnectReason::Timeout,
@@ -38,8 +50,8 @@ impl Node {
                 );
                 return;
             }
-        } else if now >= self.link.last_recv + self.cfg.ping_int_ms {
-            self.link.ping_sent = Some(now);
+        } else if now >= last_recv + self.cfg.ping_int_ms {
+            self.link.pinged(now);
             self.send(Message::Ping);
         }
         if let Some((_, r)) = self.repl.pending.first_key_value() {
@@ -55,7 +67,7 @@ impl Node {
         {
             self.send_barrier(None);
         }
-        if self.sync.as_ref().is_some_and(|s| s.verify) {
+        if self.sync.as_ref().is_some_and(|s| s.is_verify()) {
             self.pump_verify();
         } else {
             self.pump_sync();
@@ -70,7 +82,7 @@ impl Node {
         if self.ops.flush.values().any(|f| matches!(f, FlushOp::Down)) {
             return;
         }
-        let token = self.token();
+        let token = self.io_token();
         self.ops.flush.insert(token, FlushOp::Down);
         self.actions.push_back(Action::LocalFlush { token });
     }

@@ -15,11 +15,13 @@ impl Node {
         self.conn = ConnState::VerifySource;
         self.sync = Some(Sync::new(
             SyncRole::Source,
-            true,
+            SyncKind::Verify {
+                repair,
+                found_oos: 0,
+            },
             self.link.epoch,
             self.now,
             self.cfg.data_bytes,
-            repair,
         ));
         self.stats.verified_bytes = 0;
         self.stats.verify_out_of_sync_bytes = 0;
@@ -31,7 +33,10 @@ impl Node {
         let data_bytes = self.cfg.data_bytes;
         loop {
             let Some(s) = self.sync.as_mut() else { return };
-            if !s.verify || s.role != SyncRole::Source || matches!(s.phase, SyncPhase::Finishing) {
+            if !s.is_verify()
+                || s.role != SyncRole::Source
+                || matches!(s.phase, SyncPhase::Finishing)
+            {
                 return;
             }
             if s.cursor >= data_bytes {
@@ -60,26 +65,29 @@ impl Node {
 
     pub(super) fn finish_verify(&mut self) {
         let Some(s) = self.sync.take() else { return };
+        let (repair, found_oos) = match s.kind {
+            SyncKind::Verify { repair, found_oos } => (repair, found_oos),
+            SyncKind::Resync => {
+                debug_assert!(false, "a resync finishing as a verify");
+                (false, 0)
+            }
+        };
         self.conn = ConnState::Connected;
         self.send(Message::SyncDone);
-        tracing::info!(out_of_sync = s.found_oos, "verify finished");
-        if s.found_oos > 0 {
+        tracing::info!(out_of_sync = found_oos, "verify finished");
+        if found_oos > 0 {
             self.error(format!(
                 "verify found {} bytes out of sync{}",
-                s.found_oos,
-                if s.repair {
+                found_oos,
+                if repair {
                     "; resyncing them"
                 } else {
                     "; run `repctl verify --repair` (or invalidate) to resync them"
                 }
             ));
-            if s.repair {
+            if repair {
                 let i_am_source = self.role == Role::Primary
-                    || !self
-                        .link
-                        .peer
-                        .as_ref()
-                        .is_some_and(|p| p.role == Role::Primary);
+                    || !self.link.peer().is_some_and(|p| p.role == Role::Primary);
                 if i_am_source {
                     self.send(Message::StartSync {
                         sender_is_source: true,
@@ -102,17 +110,19 @@ impl Node {
             self.conn = ConnState::VerifyTarget;
             self.sync = Some(Sync::new(
                 SyncRole::Target,
-                true,
+                SyncKind::Verify {
+                    repair: false,
+                    found_oos: 0,
+                },
                 self.link.epoch,
                 self.now,
                 self.cfg.data_bytes,
-                false,
             ));
         }
         if !self
             .sync
             .as_ref()
-            .is_some_and(|s| s.verify && s.role == SyncRole::Target)
+            .is_some_and(|s| s.is_verify() && s.role == SyncRole::Target)
         {
             self.protocol_error("verify request while not verify target");
             return;
@@ -135,7 +145,7 @@ impl Node {
     pub(super) fn on_verify_reply(&mut self, id: u64, offset: u64, len: u32, in_sync: bool) {
         let span = Span::new(offset, u64::from(len));
         let ok = self.sync.as_ref().is_some_and(|s| {
-            s.verify && s.role == SyncRole::Source && s.inflight.get(&id) == Some(&span)
+            s.is_verify() && s.role == SyncRole::Source && s.inflight.get(&id) == Some(&span)
         });
         if !ok {
             self.protocol_error("verify reply nobody asked for");
@@ -148,8 +158,9 @@ impl Node {
         }
         if let Some(s) = self.sync.as_mut() {
             s.inflight.remove(&id);
-            if !in_sync {
-                s.found_oos += u64::from(len);
+            match &mut s.kind {
+                SyncKind::Verify { found_oos, .. } if !in_sync => *found_oos += u64::from(len),
+                _ => {}
             }
         }
         self.pump_verify();
