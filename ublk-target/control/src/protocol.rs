@@ -250,4 +250,62 @@ mod tests {
             ))
         );
     }
+
+    /// Every command's JSON on the control socket, as repctl and the cluster
+    /// agent send it: each parses and writes back to the same bytes.
+    const EVERY_COMMAND: &[&str] = &[
+        r#"{"cmd":"status"}"#,
+        r#"{"cmd":"primary","force":false}"#,
+        r#"{"cmd":"primary","force":true}"#,
+        r#"{"cmd":"secondary"}"#,
+        r#"{"cmd":"connect","discard_my_data":false}"#,
+        r#"{"cmd":"connect","discard_my_data":true}"#,
+        r#"{"cmd":"disconnect"}"#,
+        r#"{"cmd":"invalidate"}"#,
+        r#"{"cmd":"invalidate-remote"}"#,
+        r#"{"cmd":"verify","repair":false}"#,
+        r#"{"cmd":"verify","repair":true}"#,
+        r#"{"cmd":"down","force":false}"#,
+        r#"{"cmd":"down","force":true}"#,
+        r#"{"cmd":"suspend-io","fail":false}"#,
+        r#"{"cmd":"suspend-io","fail":true}"#,
+        r#"{"cmd":"resume-io","if_current":null}"#,
+        r#"{"cmd":"resume-io","if_current":"00000000000000AB"}"#,
+        r#"{"cmd":"freeze-on-disconnect","on":false}"#,
+        r#"{"cmd":"freeze-on-disconnect","on":true}"#,
+        r#"{"cmd":"outdate"}"#,
+        r#"{"cmd":"resume-after-crash"}"#,
+    ];
+
+    #[test]
+    fn every_command_keeps_its_json() {
+        let mut seen = Vec::new();
+        for json in EVERY_COMMAND {
+            let cmd: ControlCmd = serde_json::from_str(json).unwrap();
+            assert_eq!(serde_json::to_string(&cmd).unwrap(), *json);
+            assert!(!seen.contains(&cmd), "{json} parsed as an earlier command");
+            seen.push(cmd);
+        }
+        // Fields with a default may be left out.
+        let parse = |s: &str| serde_json::from_str::<ControlCmd>(s).unwrap();
+        assert_eq!(parse(r#"{"cmd":"down"}"#), parse(EVERY_COMMAND[11]));
+        assert_eq!(parse(r#"{"cmd":"resume-io"}"#), parse(EVERY_COMMAND[15]));
+    }
+
+    /// Unknown commands say so in serde's words (an older repd's answer
+    /// the cluster agent recognizes); a command without `cmd` is refused.
+    #[test]
+    fn unknown_and_malformed_commands_are_refused() {
+        let err = |s: &str| {
+            serde_json::from_str::<ControlCmd>(s)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(r#"{"cmd":"promote"}"#).starts_with("unknown variant `promote`"));
+        assert!(err(r#"{"force":true}"#).contains("cmd"));
+        assert!(err(r#"{"cmd":"primary"}"#).starts_with("missing field `force`"));
+        assert!(err(r#"{"cmd":"suspend-io"}"#).starts_with("missing field `fail`"));
+        assert!(err(r#"{"cmd":7}"#).starts_with("invalid type"));
+        assert!(err(r#""status""#).starts_with("invalid type"));
+    }
 }
