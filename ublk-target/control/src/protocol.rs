@@ -6,10 +6,11 @@
 mod refusal;
 
 pub use refusal::{ClientCount, InUseBy, Refusal};
+/// The operator verbs of [`ControlCmd::Verb`], shared with the state
+/// machine's `Admin::Verb`.
+pub use replication_proto::machine::Verb;
 
 use replication_proto::machine::SuspendMode;
-/// The operator verbs, shared with the state machine's `Admin`.
-pub use replication_proto::machine::Verb;
 use replication_proto::wire::{DiskState, Role};
 use serde::{Deserialize, Serialize};
 
