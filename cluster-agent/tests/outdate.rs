@@ -8,7 +8,7 @@
 mod common;
 
 use common::{Cluster, Opts};
-use rep_control::protocol::{ControlCmd, Refusal};
+use rep_control::protocol::{ControlCmd, Refusal, Verb};
 use replication_proto::machine::AdminError;
 use replication_proto::wire::DiskState;
 
@@ -35,7 +35,7 @@ fn a_lost_replication_link_outdates_the_secondary_over_the_other_path() {
     // An Outdated node refuses to become Primary without --force.
     let o = c.repctl(1, &["primary"]);
     assert!(!o.status.success());
-    let r = c.repd_control(1, &ControlCmd::Primary { force: false });
+    let r = c.repd_control(1, &ControlCmd::Verb(Verb::Primary { force: false }));
     assert_eq!(
         r.refusal,
         Some(Refusal::Machine(AdminError::NotUpToDate {

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use replication_proto::gen::Generations;
 use replication_proto::machine::{
     errno, Action, Admin, AppId, ConnState, Event, Node, NodeConfig, Payload, Persisted,
-    SplitBrainPolicy,
+    SplitBrainPolicy, Verb,
 };
 use replication_proto::meta::MetaFlags;
 use replication_proto::time::Millis;
@@ -274,19 +274,20 @@ impl Pair {
     fn up_and_synced(&mut self) {
         self.admin(
             0,
-            Admin::Connect {
+            Admin::Verb(Verb::Connect {
                 discard_my_data: false,
-            },
+            }),
         )
         .unwrap();
         self.admin(
             1,
-            Admin::Connect {
+            Admin::Verb(Verb::Connect {
                 discard_my_data: false,
-            },
+            }),
         )
         .unwrap();
-        self.admin(0, Admin::Primary { force: true }).unwrap();
+        self.admin(0, Admin::Verb(Verb::Primary { force: true }))
+            .unwrap();
         for i in 0..2 {
             assert_eq!(
                 self.s[i].node.conn(),
@@ -313,16 +314,16 @@ impl Pair {
 fn refused_both_ways(mut p: Pair, needle: &str) {
     p.admin(
         0,
-        Admin::Connect {
+        Admin::Verb(Verb::Connect {
             discard_my_data: false,
-        },
+        }),
     )
     .unwrap();
     p.admin(
         1,
-        Admin::Connect {
+        Admin::Verb(Verb::Connect {
             discard_my_data: false,
-        },
+        }),
     )
     .unwrap();
     for i in 0..2 {
@@ -394,9 +395,13 @@ fn secondary_refuses_io() {
 fn only_one_primary() {
     let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
     p.up_and_synced();
-    let e = p.admin(1, Admin::Primary { force: false }).unwrap_err();
+    let e = p
+        .admin(1, Admin::Verb(Verb::Primary { force: false }))
+        .unwrap_err();
     assert!(e.contains("only one Primary"), "{e}");
-    let e = p.admin(1, Admin::Primary { force: true }).unwrap_err();
+    let e = p
+        .admin(1, Admin::Verb(Verb::Primary { force: true }))
+        .unwrap_err();
     assert!(e.contains("only one Primary"), "{e}");
 }
 
@@ -407,7 +412,8 @@ fn verify_finds_and_repair_fixes_divergence() {
     p.write(0, 1, 0, 0x11, 65536).unwrap();
     // Corrupt beta behind the replication's back.
     p.s[1].disk.insert(3, Bytes::from(vec![0xee; 4096]));
-    p.admin(0, Admin::Verify { repair: false }).unwrap();
+    p.admin(0, Admin::Verb(Verb::Verify { repair: false }))
+        .unwrap();
     let st = p.s[0].node.status();
     assert_eq!(
         st.stats.verify_out_of_sync_bytes,
@@ -415,10 +421,12 @@ fn verify_finds_and_repair_fixes_divergence() {
         "whole verify chunk flagged: {st:?}"
     );
     assert_ne!(p.read_local(0, 0, 65536), p.read_local(1, 0, 65536));
-    p.admin(0, Admin::Verify { repair: true }).unwrap();
+    p.admin(0, Admin::Verb(Verb::Verify { repair: true }))
+        .unwrap();
     assert_eq!(p.read_local(0, 0, 1 << 20), p.read_local(1, 0, 1 << 20));
     assert_eq!(p.s[0].node.status().out_of_sync_bytes, 0);
-    p.admin(1, Admin::Verify { repair: false }).unwrap();
+    p.admin(1, Admin::Verb(Verb::Verify { repair: false }))
+        .unwrap();
     assert_eq!(p.s[1].node.status().stats.verify_out_of_sync_bytes, 0);
 }
 
@@ -429,13 +437,13 @@ fn invalidate_resyncs_everything_from_the_peer() {
     p.write(0, 1, 0, 0x22, 4096).unwrap();
     let before = p.s[0].node.status().stats.resync_sent_bytes;
     p.s[1].disk.insert(100, Bytes::from(vec![0xee; 4096]));
-    p.admin(1, Admin::Invalidate).unwrap();
+    p.admin(1, Admin::Verb(Verb::Invalidate)).unwrap();
     let sent = p.s[0].node.status().stats.resync_sent_bytes - before;
     assert_eq!(sent, SIZE, "a full resync");
     assert_eq!(p.read_local(0, 0, 1 << 20), p.read_local(1, 0, 1 << 20));
     assert_eq!(p.s[1].node.disk(), DiskState::UpToDate);
     // invalidate-remote the other way round.
-    p.admin(0, Admin::InvalidateRemote).unwrap();
+    p.admin(0, Admin::Verb(Verb::InvalidateRemote)).unwrap();
     assert_eq!(
         p.s[0].node.status().stats.resync_sent_bytes - before,
         2 * SIZE
@@ -484,23 +492,24 @@ fn a_silent_peer_is_dropped_and_its_writes_marked() {
 fn split_brain_is_detected_and_discard_my_data_recovers() {
     let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
     p.up_and_synced();
-    p.admin(0, Admin::Disconnect).unwrap();
-    p.admin(1, Admin::Disconnect).unwrap();
-    p.admin(1, Admin::Primary { force: false }).unwrap();
+    p.admin(0, Admin::Verb(Verb::Disconnect)).unwrap();
+    p.admin(1, Admin::Verb(Verb::Disconnect)).unwrap();
+    p.admin(1, Admin::Verb(Verb::Primary { force: false }))
+        .unwrap();
     p.write(0, 1, 0, 0xa1, 4096).unwrap();
     p.write(1, 2, 8192, 0xb2, 4096).unwrap();
     p.admin(
         0,
-        Admin::Connect {
+        Admin::Verb(Verb::Connect {
             discard_my_data: false,
-        },
+        }),
     )
     .unwrap();
     p.admin(
         1,
-        Admin::Connect {
+        Admin::Verb(Verb::Connect {
             discard_my_data: false,
-        },
+        }),
     )
     .unwrap();
     for i in 0..2 {
@@ -513,19 +522,19 @@ fn split_brain_is_detected_and_discard_my_data_recovers() {
             .contains("discard-my-data"));
     }
     assert_eq!(p.read_local(1, 8192, 4096)[0], 0xb2, "nothing merged");
-    p.admin(1, Admin::Secondary).unwrap();
+    p.admin(1, Admin::Verb(Verb::Secondary)).unwrap();
     p.admin(
         1,
-        Admin::Connect {
+        Admin::Verb(Verb::Connect {
             discard_my_data: true,
-        },
+        }),
     )
     .unwrap();
     p.admin(
         0,
-        Admin::Connect {
+        Admin::Verb(Verb::Connect {
             discard_my_data: false,
-        },
+        }),
     )
     .unwrap();
     assert_eq!(
@@ -644,7 +653,7 @@ fn io_error_mode_fails_held_and_new_writes_and_demotion_fails_held_ones() {
     )
     .unwrap();
     submit_write(&mut p, 0, 3, 3);
-    p.admin(0, Admin::Secondary).unwrap();
+    p.admin(0, Admin::Verb(Verb::Secondary)).unwrap();
     assert_eq!(p.s[0].done.remove(&3), Some(Err(errno::EIO)));
     assert_eq!(p.s[0].node.status().suspended, None);
     assert_eq!(p.read_local(0, 0, 4096)[0], 0);
@@ -655,22 +664,24 @@ fn io_error_mode_fails_held_and_new_writes_and_demotion_fails_held_ones() {
 fn an_outdated_node_refuses_primary_without_force() {
     let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
     p.up_and_synced();
-    let e = p.admin(1, Admin::Outdate).unwrap_err();
+    let e = p.admin(1, Admin::Verb(Verb::Outdate)).unwrap_err();
     assert!(e.contains("connected"), "{e}");
-    let e = p.admin(0, Admin::Outdate).unwrap_err();
+    let e = p.admin(0, Admin::Verb(Verb::Outdate)).unwrap_err();
     assert!(e.contains("Primary"), "{e}");
-    p.admin(1, Admin::Disconnect).unwrap();
-    p.admin(1, Admin::Outdate).unwrap();
+    p.admin(1, Admin::Verb(Verb::Disconnect)).unwrap();
+    p.admin(1, Admin::Verb(Verb::Outdate)).unwrap();
     assert_eq!(p.s[1].node.disk(), DiskState::Outdated);
     assert!(!p.s[1].node.flags().has(MetaFlags::WAS_UP_TO_DATE));
-    let e = p.admin(1, Admin::Primary { force: false }).unwrap_err();
+    let e = p
+        .admin(1, Admin::Verb(Verb::Primary { force: false }))
+        .unwrap_err();
     assert!(e.contains("Outdated"), "{e}");
     // Reconnected, it resyncs from the Primary and is UpToDate again.
     p.admin(
         1,
-        Admin::Connect {
+        Admin::Verb(Verb::Connect {
             discard_my_data: false,
-        },
+        }),
     )
     .unwrap();
     p.tick(200);
@@ -687,7 +698,8 @@ fn an_armed_primary_freezes_when_the_peer_is_lost() {
     use replication_proto::machine::SuspendMode;
     let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
     p.up_and_synced();
-    p.admin(0, Admin::FreezeOnDisconnect { on: true }).unwrap();
+    p.admin(0, Admin::Verb(Verb::FreezeOnDisconnect { on: true }))
+        .unwrap();
     assert!(p.s[0].node.status().freeze_on_disconnect);
     let before = p.s[0].node.gens();
     p.mute[1] = true;
@@ -725,10 +737,12 @@ fn an_armed_primary_freezes_when_the_peer_is_lost() {
     // Promoted without the peer: frozen from the start.
     let mut q = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
     q.up_and_synced();
-    q.admin(1, Admin::FreezeOnDisconnect { on: true }).unwrap();
-    q.admin(0, Admin::Secondary).unwrap();
-    q.admin(1, Admin::Disconnect).unwrap();
-    q.admin(1, Admin::Primary { force: false }).unwrap();
+    q.admin(1, Admin::Verb(Verb::FreezeOnDisconnect { on: true }))
+        .unwrap();
+    q.admin(0, Admin::Verb(Verb::Secondary)).unwrap();
+    q.admin(1, Admin::Verb(Verb::Disconnect)).unwrap();
+    q.admin(1, Admin::Verb(Verb::Primary { force: false }))
+        .unwrap();
     assert_eq!(q.s[1].node.status().suspended, Some(SuspendMode::Hold));
     // Disarmed (the default), a lost peer does not freeze.
     let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
@@ -770,9 +784,9 @@ fn a_primary_that_crashed_while_resyncing_its_peer_finishes_that_resync_as_sourc
     for i in 0..2 {
         p.admin(
             i,
-            Admin::Connect {
+            Admin::Verb(Verb::Connect {
                 discard_my_data: false,
-            },
+            }),
         )
         .unwrap();
     }
@@ -816,12 +830,12 @@ fn a_failed_local_write_is_passed_on_and_its_range_resynced_later() {
     // The disk is replaced (or the error was transient); the next
     // connection resyncs the range and both copies are equal again.
     p.s[0].bad_blocks = 0..0;
-    p.admin(0, Admin::Disconnect).unwrap();
+    p.admin(0, Admin::Verb(Verb::Disconnect)).unwrap();
     p.admin(
         0,
-        Admin::Connect {
+        Admin::Verb(Verb::Connect {
             discard_my_data: false,
-        },
+        }),
     )
     .unwrap();
     assert_eq!(p.s[0].node.conn(), ConnState::Connected);
@@ -859,9 +873,9 @@ impl Pair {
             if self.s[i].node.conn() == ConnState::StandAlone {
                 self.admin(
                     i,
-                    Admin::Connect {
+                    Admin::Verb(Verb::Connect {
                         discard_my_data: false,
-                    },
+                    }),
                 )
                 .unwrap();
             }
@@ -900,13 +914,15 @@ fn the_new_primary_crashing_while_it_resyncs_the_old_one_is_still_the_source() {
     };
     let mut p = Pair::new(slow("alpha", "beta"), slow("beta", "alpha"));
     p.connect_both();
-    p.admin(0, Admin::Primary { force: true }).unwrap();
+    p.admin(0, Admin::Verb(Verb::Primary { force: true }))
+        .unwrap();
     p.tick(10_000);
     p.assert_in_sync();
     assert_eq!(p.write(0, 1, 0, 0xa1, 4096), Ok(None));
     p.crash(0, vec![0]);
     assert_eq!(p.s[0].node.disk(), DiskState::Consistent);
-    p.admin(1, Admin::Primary { force: false }).unwrap();
+    p.admin(1, Admin::Verb(Verb::Primary { force: false }))
+        .unwrap();
     // Both extents: beta's own write, and alpha's activity-log extent.
     assert_eq!(p.write(1, 2, 4 << 20, 0xb2, 8192), Ok(None));
     assert_eq!(p.write(1, 3, 0, 0xb3, 4096), Ok(None));
@@ -936,7 +952,8 @@ fn a_frozen_primary_that_crashed_rejoins_as_target_without_a_split_brain() {
     let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
     p.up_and_synced();
     for i in 0..2 {
-        p.admin(i, Admin::FreezeOnDisconnect { on: true }).unwrap();
+        p.admin(i, Admin::Verb(Verb::FreezeOnDisconnect { on: true }))
+            .unwrap();
     }
     p.mute = [true, true];
     submit_write(&mut p, 0, 1, 0x66);
@@ -947,8 +964,9 @@ fn a_frozen_primary_that_crashed_rejoins_as_target_without_a_split_brain() {
     assert_eq!(p.read_local(0, 0, 4096)[0], 0x66, "the write was in flight");
     p.crash(0, vec![0]);
     p.mute = [false, false];
-    p.admin(1, Admin::Disconnect).unwrap();
-    p.admin(1, Admin::Primary { force: false }).unwrap();
+    p.admin(1, Admin::Verb(Verb::Disconnect)).unwrap();
+    p.admin(1, Admin::Verb(Verb::Primary { force: false }))
+        .unwrap();
     p.admin(1, Admin::ResumeIo).unwrap();
     assert_eq!(p.write(1, 2, 4 << 20, 0xb2, 4096), Ok(None));
     p.connect_both();
@@ -1003,9 +1021,12 @@ fn a_resumed_frozen_primary_acknowledges_only_after_the_resume_is_durable() {
         }
         seen
     };
-    n.admin(Millis::ZERO, Admin::FreezeOnDisconnect { on: true })
-        .unwrap();
-    n.admin(Millis::ZERO, Admin::Primary { force: false })
+    n.admin(
+        Millis::ZERO,
+        Admin::Verb(Verb::FreezeOnDisconnect { on: true }),
+    )
+    .unwrap();
+    n.admin(Millis::ZERO, Admin::Verb(Verb::Primary { force: false }))
         .unwrap();
     run(&mut n, true);
     // Promoted alone, armed: frozen, in a new generation marked as holding
@@ -1091,7 +1112,8 @@ fn crashed_primary_pair(beta_promoted: bool) -> Pair {
         p.s[i].disk.insert(3, Bytes::from(vec![0xab; 4096]));
     }
     if beta_promoted {
-        p.admin(1, Admin::Primary { force: false }).unwrap();
+        p.admin(1, Admin::Verb(Verb::Primary { force: false }))
+            .unwrap();
         assert_eq!(p.write(1, 1, 3 * 4096, 0xcd, 4096), Ok(None));
     }
     p
@@ -1101,9 +1123,9 @@ fn connect_both(p: &mut Pair) {
     for i in 0..2 {
         p.admin(
             i,
-            Admin::Connect {
+            Admin::Verb(Verb::Connect {
                 discard_my_data: false,
-            },
+            }),
         )
         .unwrap();
     }
@@ -1113,7 +1135,7 @@ fn connect_both(p: &mut Pair) {
 #[test]
 fn an_armed_crashed_primary_resumes_once_its_activity_log_is_resynced() {
     let mut p = crashed_primary_pair(false);
-    p.admin(0, Admin::ResumeAfterCrash).unwrap();
+    p.admin(0, Admin::Verb(Verb::ResumeAfterCrash)).unwrap();
     assert_eq!(p.s[0].node.role(), Role::Secondary, "not before the resync");
     connect_both(&mut p);
     let st = p.s[0].node.status();
@@ -1141,7 +1163,7 @@ fn a_crashed_primary_that_is_not_armed_stays_secondary() {
 #[test]
 fn a_crashed_primary_does_not_resume_when_the_peer_was_promoted_meanwhile() {
     let mut p = crashed_primary_pair(true);
-    p.admin(0, Admin::ResumeAfterCrash).unwrap();
+    p.admin(0, Admin::Verb(Verb::ResumeAfterCrash)).unwrap();
     connect_both(&mut p);
     let st = p.s[0].node.status();
     assert_eq!(st.role, Role::Secondary, "{st:?}");
@@ -1159,7 +1181,7 @@ fn a_crashed_primary_does_not_resume_when_the_peer_was_promoted_meanwhile() {
         p.read_local(1, 3 * 4096, 4096)
     );
     // Beta demotes: alpha still does not take the role by itself.
-    p.admin(1, Admin::Secondary).unwrap();
+    p.admin(1, Admin::Verb(Verb::Secondary)).unwrap();
     p.tick(200);
     assert_eq!(p.s[0].node.role(), Role::Secondary);
 }
@@ -1167,8 +1189,8 @@ fn a_crashed_primary_does_not_resume_when_the_peer_was_promoted_meanwhile() {
 #[test]
 fn a_crashed_primary_does_not_resume_when_the_peer_wrote_and_was_demoted_meanwhile() {
     let mut p = crashed_primary_pair(true);
-    p.admin(1, Admin::Secondary).unwrap();
-    p.admin(0, Admin::ResumeAfterCrash).unwrap();
+    p.admin(1, Admin::Verb(Verb::Secondary)).unwrap();
+    p.admin(0, Admin::Verb(Verb::ResumeAfterCrash)).unwrap();
     connect_both(&mut p);
     let st = p.s[0].node.status();
     assert_eq!(st.role, Role::Secondary, "{st:?}");
@@ -1185,12 +1207,12 @@ fn a_crashed_primary_does_not_resume_when_the_peer_wrote_and_was_demoted_meanwhi
 #[test]
 fn a_crashed_primary_waits_for_an_unreachable_peer_then_resumes() {
     let mut p = crashed_primary_pair(false);
-    p.admin(0, Admin::ResumeAfterCrash).unwrap();
+    p.admin(0, Admin::Verb(Verb::ResumeAfterCrash)).unwrap();
     p.admin(
         0,
-        Admin::Connect {
+        Admin::Verb(Verb::Connect {
             discard_my_data: false,
-        },
+        }),
     )
     .unwrap();
     p.tick(2000);
@@ -1206,9 +1228,9 @@ fn a_crashed_primary_waits_for_an_unreachable_peer_then_resumes() {
     // The peer comes back, still Secondary: now it resumes.
     p.admin(
         1,
-        Admin::Connect {
+        Admin::Verb(Verb::Connect {
             discard_my_data: false,
-        },
+        }),
     )
     .unwrap();
     p.tick(500);
@@ -1223,26 +1245,27 @@ fn a_crashed_primary_waits_for_an_unreachable_peer_then_resumes() {
 #[test]
 fn resuming_is_refused_when_the_last_run_was_not_primary() {
     let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
-    let e = p.admin(0, Admin::ResumeAfterCrash).unwrap_err();
+    let e = p.admin(0, Admin::Verb(Verb::ResumeAfterCrash)).unwrap_err();
     assert!(e.contains("did not end as Primary"), "{e}");
 }
 
 #[test]
 fn an_operator_resumes_a_waiting_crashed_primary_with_force_and_the_generation_continues() {
     let mut p = crashed_primary_pair(false);
-    p.admin(0, Admin::ResumeAfterCrash).unwrap();
+    p.admin(0, Admin::Verb(Verb::ResumeAfterCrash)).unwrap();
     p.admin(
         0,
-        Admin::Connect {
+        Admin::Verb(Verb::Connect {
             discard_my_data: false,
-        },
+        }),
     )
     .unwrap();
     p.tick(500);
     assert_eq!(p.s[0].node.role(), Role::Secondary);
     assert_eq!(p.s[0].node.disk(), DiskState::Consistent);
     // The peer is known to be down for good: the operator forces it.
-    p.admin(0, Admin::Primary { force: true }).unwrap();
+    p.admin(0, Admin::Verb(Verb::Primary { force: true }))
+        .unwrap();
     let st = p.s[0].node.status();
     assert_eq!(st.role, Role::Primary, "{st:?}");
     // Not a new full-sync generation: the data the held I/O was meant for
@@ -1274,7 +1297,7 @@ fn unflushed_writes_marked_at_down_are_resynced_on_the_next_connection() {
     for k in 0..5u64 {
         assert_eq!(p.write(0, 100 + k, k << 20, 0x30 + k as u8, 4096), Ok(None));
     }
-    p.admin(0, Admin::Secondary).unwrap();
+    p.admin(0, Admin::Verb(Verb::Secondary)).unwrap();
     p.admin(0, Admin::Down).unwrap();
     let bits = p.s[0].node.status().out_of_sync_bytes;
     println!("marked at down: {bits} bytes");
@@ -1289,9 +1312,9 @@ fn unflushed_writes_marked_at_down_are_resynced_on_the_next_connection() {
     p.s[0].node = Node::new(cfg("alpha", "beta"), persisted, p.now, 9);
     p.admin(
         0,
-        Admin::Connect {
+        Admin::Verb(Verb::Connect {
             discard_my_data: false,
-        },
+        }),
     )
     .unwrap();
     p.tick(200);
@@ -1381,9 +1404,10 @@ fn every_disconnect_reason_fits_the_wire() {
     // Split brain with the longest names: the detail names both.
     let mut p = Pair::new(mk(&a, &b), mk(&b, &a));
     p.up_and_synced();
-    p.admin(0, Admin::Disconnect).unwrap();
-    p.admin(1, Admin::Disconnect).unwrap();
-    p.admin(1, Admin::Primary { force: false }).unwrap();
+    p.admin(0, Admin::Verb(Verb::Disconnect)).unwrap();
+    p.admin(1, Admin::Verb(Verb::Disconnect)).unwrap();
+    p.admin(1, Admin::Verb(Verb::Primary { force: false }))
+        .unwrap();
     p.write(0, 1, 0, 0xa1, 4096).unwrap();
     p.write(1, 2, 8192, 0xb2, 4096).unwrap();
     p.s[0].sent.clear();
@@ -1391,16 +1415,16 @@ fn every_disconnect_reason_fits_the_wire() {
     // Both decide it; each tells the other why, in a frame that encodes.
     p.admin(
         1,
-        Admin::Connect {
+        Admin::Verb(Verb::Connect {
             discard_my_data: false,
-        },
+        }),
     )
     .unwrap();
     p.admin(
         0,
-        Admin::Connect {
+        Admin::Verb(Verb::Connect {
             discard_my_data: false,
-        },
+        }),
     )
     .unwrap();
     assert!(all_sent_frames_encode(&p) >= 1);
@@ -1414,9 +1438,9 @@ fn refused_both_ways_quiet(p: &mut Pair) {
     for i in 0..2 {
         p.admin(
             i,
-            Admin::Connect {
+            Admin::Verb(Verb::Connect {
                 discard_my_data: false,
-            },
+            }),
         )
         .unwrap();
     }

@@ -13,7 +13,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use common::{require, Cluster, Opts};
-use rep_control::protocol::{ClientCount, ControlCmd, InUseBy, Refusal};
+use rep_control::protocol::{ClientCount, ControlCmd, InUseBy, Refusal, Verb};
 use replication_proto::machine::AdminError;
 
 fn stderr_of(o: &std::process::Output) -> String {
@@ -119,7 +119,10 @@ fn down_is_refused_while_nbd_clients_are_connected_and_force_cuts_them() {
             count: 1,
         }]),
     };
-    for cmd in [ControlCmd::Secondary, ControlCmd::Down { force: false }] {
+    for cmd in [
+        ControlCmd::Verb(Verb::Secondary),
+        ControlCmd::Down { force: false },
+    ] {
         let r = c.control(0, &cmd);
         assert_eq!(r.refusal.as_ref(), Some(&one_nbd_client), "{cmd:?}: {r:?}");
     }
@@ -358,7 +361,7 @@ fn invalidate_on_a_primary_points_to_invalidate_remote() {
     let err = stderr_of(&o);
     assert!(!o.status.success());
     assert!(err.contains("repctl invalidate-remote"), "{err}");
-    let r = c.control(0, &ControlCmd::Invalidate);
+    let r = c.control(0, &ControlCmd::Verb(Verb::Invalidate));
     assert_eq!(
         r.refusal,
         Some(Refusal::Machine(AdminError::PrimaryCannotInvalidate))

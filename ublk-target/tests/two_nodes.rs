@@ -14,7 +14,7 @@ mod common;
 use std::time::Duration;
 
 use common::{cluster, random_file, require, Cluster, Mode, Netns, Opts};
-use rep_control::protocol::{ControlCmd, Refusal};
+use rep_control::protocol::{ControlCmd, Refusal, Verb};
 use replication_proto::machine::AdminError;
 
 /// One test per mode for each scenario.
@@ -462,7 +462,7 @@ fn status_json_has_the_documented_fields() {
     let o = c.repctl(0, &["verify"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("repctl: error:"));
-    let r = c.control(0, &ControlCmd::Verify { repair: false });
+    let r = c.control(0, &ControlCmd::Verb(Verb::Verify { repair: false }));
     assert_eq!(
         r.refusal,
         Some(Refusal::Machine(AdminError::VerifyNeedsIdle))

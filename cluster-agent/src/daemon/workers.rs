@@ -9,7 +9,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use rep_control::client::ControlError;
-use rep_control::protocol::ControlCmd;
+use rep_control::protocol::{ControlCmd, Verb};
 use replication_proto::wire::Role;
 
 use super::{local_state, Msg};
@@ -109,8 +109,8 @@ pub(super) fn is_device_op(op: &Op) -> bool {
 
 fn repd_op(sock: &Path, op: &Op) -> OpResult {
     let (cmd, what) = match op {
-        Op::Promote { force } => (ControlCmd::Primary { force: *force }, "promote"),
-        Op::Demote => (ControlCmd::Secondary, "demote"),
+        Op::Promote { force } => (ControlCmd::Verb(Verb::Primary { force: *force }), "promote"),
+        Op::Demote => (ControlCmd::Verb(Verb::Secondary), "demote"),
         Op::SuspendIo { fail } => (ControlCmd::SuspendIo { fail: *fail }, "suspend-io"),
         Op::ResumeIo { current } => (
             ControlCmd::ResumeIo {
@@ -119,10 +119,10 @@ fn repd_op(sock: &Path, op: &Op) -> OpResult {
             "resume-io",
         ),
         Op::ArmFreeze => (
-            ControlCmd::FreezeOnDisconnect { on: true },
+            ControlCmd::Verb(Verb::FreezeOnDisconnect { on: true }),
             "freeze-on-disconnect",
         ),
-        Op::Outdate => (ControlCmd::Outdate, "outdate"),
+        Op::Outdate => (ControlCmd::Verb(Verb::Outdate), "outdate"),
         other => {
             debug_assert!(false, "{other:?} routed to the repd worker");
             return OpResult::Failed(format!("{other:?} is not a device operation"));
@@ -130,7 +130,7 @@ fn repd_op(sock: &Path, op: &Op) -> OpResult {
     };
     match rep_control::client::request(sock, &cmd, Some(Duration::from_secs(60))) {
         Ok(r) if r.ok => match (&cmd, r.status.map(|s| s.role)) {
-            (ControlCmd::Primary { .. }, Some(Role::Secondary)) => {
+            (ControlCmd::Verb(Verb::Primary { .. }), Some(Role::Secondary)) => {
                 OpResult::Failed(format!("{what}: repd answered ok but is still Secondary"))
             }
             _ => OpResult::Ok,

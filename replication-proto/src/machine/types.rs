@@ -191,9 +191,13 @@ pub enum Action {
     Hook(Hook),
 }
 
-/// Admin commands (the `repctl` verbs that reach the state machine).
+/// The operator verbs the control socket and the state machine share:
+/// `repctl` (or the cluster agent) sends one to repd as a control command,
+/// repd hands it on as [`Admin::Verb`]. One list, so both say the same thing;
+/// the serde form is the control socket's JSON (`{"cmd":"primary","force":true}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Admin {
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum Verb {
     Primary {
         force: bool,
     },
@@ -206,23 +210,6 @@ pub enum Admin {
     InvalidateRemote,
     Verify {
         repair: bool,
-    },
-    /// Orderly shutdown: flush, tell the peer, close.
-    Down,
-    /// Stop accepting new application writes and flushes (DRBD 9's
-    /// `on-no-quorum`): `Hold` keeps them, and the completions of writes
-    /// already in flight, until `ResumeIo`; `Fail` ends all of them with EIO.
-    /// Reads go on: they change nothing.
-    SuspendIo {
-        mode: SuspendMode,
-    },
-    /// Let held requests in (in their order) and deliver held completions.
-    ResumeIo,
-    /// `ResumeIo`, but only while the current data generation is still
-    /// `current`: a resume decided before the node froze on a disconnect
-    /// (which starts a new generation) must not undo the freeze.
-    ResumeIoAt {
-        current: u64,
     },
     /// Armed, a Primary that loses its peer (or is promoted without one)
     /// suspends (holds) I/O at once,
@@ -245,6 +232,33 @@ pub enum Admin {
     /// the data moved to another generation; wait while the peer is away.
     /// Refused when the last run did not end as Primary.
     ResumeAfterCrash,
+}
+
+/// Admin commands: the operator's [`Verb`]s, and what only the daemon
+/// driving the machine asks of it (shutdown, quorum's suspend and resume).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admin {
+    /// An operator verb (see [`Verb`]).
+    Verb(Verb),
+    /// Orderly shutdown: flush, tell the peer, close.
+    Down,
+    /// Stop accepting new application writes and flushes (DRBD 9's
+    /// `on-no-quorum`): `Hold` keeps them, and the completions of writes
+    /// already in flight, until `ResumeIo`; `Fail` ends all of them with EIO.
+    /// Reads go on: they change nothing.
+    SuspendIo { mode: SuspendMode },
+    /// Let held requests in (in their order) and deliver held completions.
+    ResumeIo,
+    /// `ResumeIo`, but only while the current data generation is still
+    /// `current`: a resume decided before the node froze on a disconnect
+    /// (which starts a new generation) must not undo the freeze.
+    ResumeIoAt { current: u64 },
+}
+
+impl From<Verb> for Admin {
+    fn from(verb: Verb) -> Self {
+        Self::Verb(verb)
+    }
 }
 
 /// What a suspended node does with new application I/O.

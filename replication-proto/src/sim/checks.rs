@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use super::oracle::tag_of;
 use super::scenario::Kind;
 use super::world::World;
-use crate::machine::{Admin, ConnState, Node};
+use crate::machine::{Admin, ConnState, Node, Verb};
 use crate::wire::{DiskState, Role};
 
 impl World {
@@ -138,20 +138,20 @@ impl World {
         self.log(s);
         // The data must not have been merged: nothing moved.
         self.oracle.discard_node_unprotected(victim);
-        if !self.admin(victim, Admin::Secondary) {
+        if !self.admin(victim, Admin::Verb(Verb::Secondary)) {
             return Err("victim could not be demoted".into());
         }
         self.admin(
             victim,
-            Admin::Connect {
+            Admin::Verb(Verb::Connect {
                 discard_my_data: true,
-            },
+            }),
         );
         self.admin(
             1 - victim,
-            Admin::Connect {
+            Admin::Verb(Verb::Connect {
                 discard_my_data: false,
-            },
+            }),
         );
         self.sb_phase = 3;
         Ok(())
@@ -172,9 +172,9 @@ impl World {
                 if st.connection == ConnState::StandAlone {
                     self.admin(
                         i,
-                        Admin::Connect {
+                        Admin::Verb(Verb::Connect {
                             discard_my_data: false,
-                        },
+                        }),
                     );
                 }
             }

@@ -6,7 +6,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::scenario::Kind;
 use super::world::{Ev, MetaW, World, MS};
-use crate::machine::{Admin, ConnState, MetaToken};
+use crate::machine::{Admin, ConnState, MetaToken, Verb};
 use crate::wire::{DiskState, Role};
 
 impl World {
@@ -42,16 +42,16 @@ impl World {
             self.log(format!("partition for {} ms", d / MS));
         } else if r < disconnect {
             let i = self.rng.gen_range(0..2);
-            if self.admin(i, Admin::Disconnect) {
+            if self.admin(i, Admin::Verb(Verb::Disconnect)) {
                 let t = self.now + self.lat(10 * MS, 100 * MS);
                 self.at(t, Ev::Reconnect(i));
             }
         } else if r < verify {
             let i = self.rng.gen_range(0..2);
-            self.admin(i, Admin::Verify { repair: true });
+            self.admin(i, Admin::Verb(Verb::Verify { repair: true }));
         } else if r < invalidate {
             if let Some(p) = self.primary() {
-                self.admin(1 - p, Admin::Invalidate);
+                self.admin(1 - p, Admin::Verb(Verb::Invalidate));
             }
         } else if r < crash && self.crashes_left > 0 {
             // A Secondary's power loss: the Primary keeps every write.
@@ -105,7 +105,9 @@ impl World {
         match self.switchover {
             Some(p) if self.nodes[p].app.is_empty() => {
                 self.switchover = None;
-                if self.admin(p, Admin::Secondary) && self.admin(p, Admin::Disconnect) {
+                if self.admin(p, Admin::Verb(Verb::Secondary))
+                    && self.admin(p, Admin::Verb(Verb::Disconnect))
+                {
                     let t = self.now + self.lat(10 * MS, 100 * MS);
                     self.at(t, Ev::Reconnect(p));
                 }
@@ -184,7 +186,7 @@ impl World {
     /// it on a restart; the agent arms it again).
     pub(super) fn arm_freeze(&mut self, i: usize) {
         if self.sc.freeze {
-            self.admin(i, Admin::FreezeOnDisconnect { on: true });
+            self.admin(i, Admin::Verb(Verb::FreezeOnDisconnect { on: true }));
         }
     }
 
@@ -274,7 +276,7 @@ impl World {
                 || !peer_down;
             let go =
                 ok && noticed && ((peer_down && self.sc.failover) || (peer_back && !peer_down));
-            if go && self.admin(i, Admin::Primary { force: false }) {
+            if go && self.admin(i, Admin::Verb(Verb::Primary { force: false })) {
                 if peer_down {
                     self.report.failovers += 1;
                     self.flushed_since_failover = false;
@@ -312,7 +314,7 @@ impl World {
                             .as_ref()
                             .is_some_and(|n| n.role() == Role::Secondary)
                     {
-                        self.admin(s, Admin::Primary { force: false });
+                        self.admin(s, Admin::Verb(Verb::Primary { force: false }));
                         self.victim = Some(s);
                     }
                 }

@@ -14,7 +14,7 @@ use super::disk::{SimDisk, SimMeta};
 use super::oracle::Oracle;
 use super::scenario::{cfg, Kind, Link, Rates, Scenario};
 use crate::machine::{
-    Admin, AppId, ConnState, Event, IoToken, MetaToken, Node, NodeConfig, Payload,
+    Admin, AppId, ConnState, Event, IoToken, MetaToken, Node, NodeConfig, Payload, Verb,
 };
 use crate::meta::BM_BLOCK_SIZE;
 use crate::simkit::{panic_message, replay_command, Violation};
@@ -359,17 +359,17 @@ impl World {
         self.start_node(1);
         self.admin(
             0,
-            Admin::Connect {
+            Admin::Verb(Verb::Connect {
                 discard_my_data: false,
-            },
+            }),
         );
         self.admin(
             1,
-            Admin::Connect {
+            Admin::Verb(Verb::Connect {
                 discard_my_data: false,
-            },
+            }),
         );
-        self.admin(0, Admin::Primary { force: true });
+        self.admin(0, Admin::Verb(Verb::Primary { force: true }));
         // Armed once the first Primary is there, as the agent arms it; armed
         // before, that promotion alone would freeze at once.
         self.arm_freeze(0);
@@ -453,9 +453,9 @@ impl World {
         {
             self.admin(
                 i,
-                Admin::Connect {
+                Admin::Verb(Verb::Connect {
                     discard_my_data: false,
-                },
+                }),
             );
         }
     }
@@ -468,12 +468,12 @@ impl World {
         self.arm_freeze(i);
         // Refused (and nothing armed) unless the last run
         // ended while Primary.
-        self.resume_armed[i] = self.resume && self.admin(i, Admin::ResumeAfterCrash);
+        self.resume_armed[i] = self.resume && self.admin(i, Admin::Verb(Verb::ResumeAfterCrash));
         self.admin(
             i,
-            Admin::Connect {
+            Admin::Verb(Verb::Connect {
                 discard_my_data: false,
-            },
+            }),
         );
     }
 

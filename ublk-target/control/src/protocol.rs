@@ -6,35 +6,30 @@
 mod refusal;
 
 pub use refusal::{ClientCount, InUseBy, Refusal};
+/// The operator verbs of [`ControlCmd::Verb`], shared with the state
+/// machine's `Admin::Verb`.
+pub use replication_proto::machine::Verb;
 
 use replication_proto::machine::SuspendMode;
 use replication_proto::wire::{DiskState, Role};
 use serde::{Deserialize, Serialize};
 
-/// A command from `repctl` over the control socket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "kebab-case")]
+/// A command from `repctl` over the control socket: what only the daemon
+/// answers itself, and the operator's [`Verb`]s, which repd hands on to the
+/// state machine.
+///
+/// The JSON is one object tagged by `cmd` (`{"cmd":"primary","force":true}`,
+/// `{"cmd":"down","force":false}`), the same for both kinds; an unknown
+/// `cmd` reads as serde's "unknown variant `x`", which the cluster agent
+/// recognizes in an older repd's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlCmd {
     Status,
-    Primary {
-        force: bool,
-    },
-    Secondary,
-    Connect {
-        discard_my_data: bool,
-    },
-    Disconnect,
-    Invalidate,
-    InvalidateRemote,
-    Verify {
-        repair: bool,
-    },
     /// Stop the daemon in order. Refused while the device is in use (NBD
     /// clients connected, /dev/ublkbN open) unless `force`, which
     /// disconnects the NBD clients first (an open /dev/ublkbN still
     /// refuses: a mounted filesystem must not lose its disk).
     Down {
-        #[serde(default)]
         force: bool,
     },
     /// Quorum lost (the cluster agent): hold (or with `fail`, fail with EIO)
@@ -44,20 +39,101 @@ pub enum ControlCmd {
     },
     /// With `if_current` (hex), only while that is still the data generation.
     ResumeIo {
+        if_current: Option<String>,
+    },
+    /// An operator verb for the state machine.
+    Verb(Verb),
+}
+
+impl From<Verb> for ControlCmd {
+    fn from(verb: Verb) -> Self {
+        Self::Verb(verb)
+    }
+}
+
+/// The JSON of the daemon's own commands (see [`ControlCmd`]).
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+enum DaemonJson {
+    Status,
+    Down {
+        #[serde(default)]
+        force: bool,
+    },
+    SuspendIo {
+        fail: bool,
+    },
+    ResumeIo {
         #[serde(default)]
         if_current: Option<String>,
     },
-    /// Arm (or disarm) the freeze of a Primary's I/O when its peer is lost.
-    FreezeOnDisconnect {
-        on: bool,
-    },
-    /// drbdadm outdate: mark this (disconnected Secondary) node's data Outdated.
-    Outdate,
-    /// The last run ended while Primary and someone waits for the device:
-    /// take the role back once that keeps one writer (repd sends it itself,
-    /// see `startup.resume-after-crash`). Refused when the last run did not
-    /// end as Primary.
-    ResumeAfterCrash,
+}
+
+impl DaemonJson {
+    /// The `cmd` names of the daemon's commands; any other is a [`Verb`]'s.
+    const NAMES: [&'static str; 4] = ["status", "down", "suspend-io", "resume-io"];
+}
+
+impl Serialize for ControlCmd {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let own = match self {
+            Self::Verb(verb) => return verb.serialize(s),
+            Self::Status => DaemonJson::Status,
+            Self::Down { force } => DaemonJson::Down { force: *force },
+            Self::SuspendIo { fail } => DaemonJson::SuspendIo { fail: *fail },
+            Self::ResumeIo { if_current } => DaemonJson::ResumeIo {
+                if_current: if_current.clone(),
+            },
+        };
+        own.serialize(s)
+    }
+}
+
+/// By hand rather than `untagged`, whose error ("data did not match any
+/// variant") would hide which command was unknown: the `cmd` name picks the
+/// daemon's own commands, and any other name is read as a [`Verb`], whose
+/// derive then says "unknown variant `x`" for a name nobody knows.
+impl<'de> Deserialize<'de> for ControlCmd {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = serde_json::Value::deserialize(d)?;
+        let Some(object) = value.as_object() else {
+            return Err(D::Error::invalid_type(
+                unexpected(&value),
+                &"a command object with a `cmd` field",
+            ));
+        };
+        let own = match object.get("cmd") {
+            None => return Err(D::Error::missing_field("cmd")),
+            Some(cmd) => cmd.as_str().is_some_and(|c| DaemonJson::NAMES.contains(&c)),
+        };
+        if !own {
+            return Verb::deserialize(value)
+                .map(Self::Verb)
+                .map_err(D::Error::custom);
+        }
+        Ok(
+            match DaemonJson::deserialize(value).map_err(D::Error::custom)? {
+                DaemonJson::Status => Self::Status,
+                DaemonJson::Down { force } => Self::Down { force },
+                DaemonJson::SuspendIo { fail } => Self::SuspendIo { fail },
+                DaemonJson::ResumeIo { if_current } => Self::ResumeIo { if_current },
+            },
+        )
+    }
+}
+
+/// What a JSON value is, in serde's words for an error.
+fn unexpected(value: &serde_json::Value) -> serde::de::Unexpected<'_> {
+    use serde::de::Unexpected;
+    match value {
+        serde_json::Value::Null => Unexpected::Unit,
+        serde_json::Value::Bool(b) => Unexpected::Bool(*b),
+        serde_json::Value::Number(_) => Unexpected::Other("number"),
+        serde_json::Value::String(s) => Unexpected::Str(s),
+        serde_json::Value::Array(_) => Unexpected::Seq,
+        serde_json::Value::Object(_) => Unexpected::Map,
+    }
 }
 
 /// The answer to a [`ControlCmd`].
@@ -249,5 +325,63 @@ mod tests {
                 replication_proto::machine::AdminError::PeerIsPrimary
             ))
         );
+    }
+
+    /// Every command's JSON on the control socket, as repctl and the cluster
+    /// agent send it: each parses and writes back to the same bytes.
+    const EVERY_COMMAND: &[&str] = &[
+        r#"{"cmd":"status"}"#,
+        r#"{"cmd":"primary","force":false}"#,
+        r#"{"cmd":"primary","force":true}"#,
+        r#"{"cmd":"secondary"}"#,
+        r#"{"cmd":"connect","discard_my_data":false}"#,
+        r#"{"cmd":"connect","discard_my_data":true}"#,
+        r#"{"cmd":"disconnect"}"#,
+        r#"{"cmd":"invalidate"}"#,
+        r#"{"cmd":"invalidate-remote"}"#,
+        r#"{"cmd":"verify","repair":false}"#,
+        r#"{"cmd":"verify","repair":true}"#,
+        r#"{"cmd":"down","force":false}"#,
+        r#"{"cmd":"down","force":true}"#,
+        r#"{"cmd":"suspend-io","fail":false}"#,
+        r#"{"cmd":"suspend-io","fail":true}"#,
+        r#"{"cmd":"resume-io","if_current":null}"#,
+        r#"{"cmd":"resume-io","if_current":"00000000000000AB"}"#,
+        r#"{"cmd":"freeze-on-disconnect","on":false}"#,
+        r#"{"cmd":"freeze-on-disconnect","on":true}"#,
+        r#"{"cmd":"outdate"}"#,
+        r#"{"cmd":"resume-after-crash"}"#,
+    ];
+
+    #[test]
+    fn every_command_keeps_its_json() {
+        let mut seen = Vec::new();
+        for json in EVERY_COMMAND {
+            let cmd: ControlCmd = serde_json::from_str(json).unwrap();
+            assert_eq!(serde_json::to_string(&cmd).unwrap(), *json);
+            assert!(!seen.contains(&cmd), "{json} parsed as an earlier command");
+            seen.push(cmd);
+        }
+        // Fields with a default may be left out.
+        let parse = |s: &str| serde_json::from_str::<ControlCmd>(s).unwrap();
+        assert_eq!(parse(r#"{"cmd":"down"}"#), parse(EVERY_COMMAND[11]));
+        assert_eq!(parse(r#"{"cmd":"resume-io"}"#), parse(EVERY_COMMAND[15]));
+    }
+
+    /// Unknown commands say so in serde's words (an older repd's answer
+    /// the cluster agent recognizes); a command without `cmd` is refused.
+    #[test]
+    fn unknown_and_malformed_commands_are_refused() {
+        let err = |s: &str| {
+            serde_json::from_str::<ControlCmd>(s)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(r#"{"cmd":"promote"}"#).starts_with("unknown variant `promote`"));
+        assert!(err(r#"{"force":true}"#).contains("cmd"));
+        assert!(err(r#"{"cmd":"primary"}"#).starts_with("missing field `force`"));
+        assert!(err(r#"{"cmd":"suspend-io"}"#).starts_with("missing field `fail`"));
+        assert!(err(r#"{"cmd":7}"#).starts_with("invalid type"));
+        assert!(err(r#""status""#).starts_with("invalid type"));
     }
 }

@@ -6,7 +6,7 @@ use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use rep_control::protocol::Refusal;
-use replication_proto::machine::{Admin, SuspendMode};
+use replication_proto::machine::{Admin, SuspendMode, Verb};
 use replication_proto::time::Millis;
 
 use super::{ControlCmd, ControlReply, Runner};
@@ -61,15 +61,6 @@ impl Runner {
     fn admin_for(&mut self, cmd: &ControlCmd) -> Result<Option<Admin>, Refused> {
         let admin = match cmd {
             ControlCmd::Status => return Ok(None),
-            ControlCmd::Primary { force } => Admin::Primary { force: *force },
-            ControlCmd::Secondary => self.secondary()?,
-            ControlCmd::Connect { discard_my_data } => Admin::Connect {
-                discard_my_data: *discard_my_data,
-            },
-            ControlCmd::Disconnect => Admin::Disconnect,
-            ControlCmd::Invalidate => Admin::Invalidate,
-            ControlCmd::InvalidateRemote => Admin::InvalidateRemote,
-            ControlCmd::Verify { repair } => Admin::Verify { repair: *repair },
             ControlCmd::Down { force } => self.down(*force)?,
             ControlCmd::SuspendIo { fail } => Admin::SuspendIo {
                 mode: if *fail {
@@ -93,9 +84,8 @@ impl Runner {
                     })
                 }
             },
-            ControlCmd::FreezeOnDisconnect { on } => Admin::FreezeOnDisconnect { on: *on },
-            ControlCmd::Outdate => Admin::Outdate,
-            ControlCmd::ResumeAfterCrash => Admin::ResumeAfterCrash,
+            ControlCmd::Verb(Verb::Secondary) => self.secondary()?,
+            ControlCmd::Verb(verb) => Admin::Verb(verb.clone()),
         };
         Ok(Some(admin))
     }
@@ -111,7 +101,7 @@ impl Runner {
                     u.why
                 },
             }),
-            None => Ok(Admin::Secondary),
+            None => Ok(Admin::Verb(Verb::Secondary)),
         }
     }
 
@@ -225,9 +215,9 @@ mod tests {
         let h = eng.handle.clone();
         let ask = |cmd| h.control(cmd).expect("reply");
 
-        let r = ask(ControlCmd::Primary { force: true });
+        let r = ask(ControlCmd::Verb(Verb::Primary { force: true }));
         assert!(r.ok && r.refusal.is_none(), "{r:?}");
-        let r = ask(ControlCmd::Invalidate);
+        let r = ask(ControlCmd::Verb(Verb::Invalidate));
         assert_eq!(
             r.refusal,
             Some(Refusal::Machine(AdminError::PrimaryCannotInvalidate))
@@ -258,7 +248,7 @@ mod tests {
                 count: 1,
             }]),
         });
-        let r = ask(ControlCmd::Secondary);
+        let r = ask(ControlCmd::Verb(Verb::Secondary));
         assert_eq!(
             r.error.as_deref(),
             Some("the device is in use: 1 NBD client(s) connected; disconnect them first")

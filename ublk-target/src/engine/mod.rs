@@ -41,7 +41,7 @@ use rep_control::protocol::{
     ControlCmd, ControlReply, Counters, GenerationsHex, NodeStatus, StatsOut,
 };
 use replication_proto::machine::{
-    Action, Admin, AppId, ConnState, Event, IoToken, MetaToken, Node, Payload, Status,
+    Action, Admin, AppId, ConnState, Event, IoToken, MetaToken, Node, Payload, Status, Verb,
 };
 use replication_proto::meta::MetaFlags;
 use replication_proto::time::Millis;
@@ -433,7 +433,7 @@ impl Runner {
         if cfg.startup.resume_after_crash == ResumeAfterCrash::Always && crashed_primary {
             // Before the first connection, so that the handshake decides it.
             let now = Millis(self.now());
-            if let Err(e) = self.node.admin(now, Admin::ResumeAfterCrash) {
+            if let Err(e) = self.node.admin(now, Admin::Verb(Verb::ResumeAfterCrash)) {
                 tracing::warn!("resume-after-crash = \"always\": {e}");
             }
         }
@@ -441,9 +441,9 @@ impl Runner {
             let now = Millis(self.now());
             if let Err(e) = self.node.admin(
                 now,
-                Admin::Connect {
+                Admin::Verb(Verb::Connect {
                     discard_my_data: false,
-                },
+                }),
             ) {
                 tracing::warn!("connect at start: {e}");
             }
@@ -835,7 +835,7 @@ mod tests {
             })
         };
         let reply = h
-            .control(ControlCmd::Primary { force: true })
+            .control(ControlCmd::Verb(Verb::Primary { force: true }))
             .expect("reply");
         assert!(reply.ok, "{:?}", reply.error);
         let (waited, writable) = waiter.join().expect("waiter");

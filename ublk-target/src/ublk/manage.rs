@@ -109,7 +109,9 @@ pub fn manage(dev_id: u32, handle: EngineHandle, shutdown: Arc<AtomicBool>, resu
             );
             return;
         }
-        match r.control(rep_control::protocol::ControlCmd::ResumeAfterCrash) {
+        match r.control(rep_control::protocol::ControlCmd::Verb(
+            rep_control::protocol::Verb::ResumeAfterCrash,
+        )) {
             Some(rep) if rep.ok => tracing::info!(
                 "this node resumes as Primary by itself once its activity log is resynced from a \
                  Secondary peer on the same data generation (resume-after-crash = \"held-device\")"

@@ -3,7 +3,7 @@
 
 use crate::gen::UUID_JUST_CREATED;
 use crate::machine::resume::{self};
-use crate::machine::types::{Action, Admin, AdminError, ConnState, SuspendMode};
+use crate::machine::types::{Action, Admin, AdminError, ConnState, SuspendMode, Verb};
 use crate::meta::MetaFlags;
 use crate::time::Millis;
 use crate::wire::{disconnect, DisconnectReason, DiskState, Message, Role};
@@ -18,19 +18,19 @@ impl Node {
             return Err(AdminError::ShuttingDown);
         }
         match cmd {
-            Admin::Primary { force } => self.promote(force),
-            Admin::Secondary => {
+            Admin::Verb(Verb::Primary { force }) => self.promote(force),
+            Admin::Verb(Verb::Secondary) => {
                 self.resume.cancel("an admin made this node Secondary");
                 self.demote()
             }
-            Admin::Connect { discard_my_data } => self.admin_connect(discard_my_data),
-            Admin::Disconnect => {
+            Admin::Verb(Verb::Connect { discard_my_data }) => self.admin_connect(discard_my_data),
+            Admin::Verb(Verb::Disconnect) => {
                 self.admin_disconnect();
                 Ok(())
             }
-            Admin::Invalidate => self.invalidate(),
-            Admin::InvalidateRemote => self.invalidate_remote(),
-            Admin::Verify { repair } => {
+            Admin::Verb(Verb::Invalidate) => self.invalidate(),
+            Admin::Verb(Verb::InvalidateRemote) => self.invalidate_remote(),
+            Admin::Verb(Verb::Verify { repair }) => {
                 if self.conn != ConnState::Connected {
                     return Err(AdminError::VerifyNeedsIdle);
                 }
@@ -55,12 +55,12 @@ impl Node {
                 self.resume_io();
                 Ok(())
             }
-            Admin::FreezeOnDisconnect { on } => {
+            Admin::Verb(Verb::FreezeOnDisconnect { on }) => {
                 self.susp.freeze_on_disconnect = on;
                 Ok(())
             }
-            Admin::Outdate => self.outdate(),
-            Admin::ResumeAfterCrash => self.resume.arm(),
+            Admin::Verb(Verb::Outdate) => self.outdate(),
+            Admin::Verb(Verb::ResumeAfterCrash) => self.resume.arm(),
             Admin::Down => self.admin_down(),
         }
     }

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use rep_control::client::DEFAULT_RUN_DIR;
 use rep_control::config::ConfigError;
-use rep_control::protocol::ControlCmd;
+use rep_control::protocol::{ControlCmd, Verb};
 use ublk_target::md::MdError;
 
 mod md;
@@ -389,28 +389,30 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::DumpMd(args) => md::dump_md(cli, args),
         Command::Up(args) => daemon::up(cli, args),
         Command::Down(a) => daemon::down(cli, a.force),
-        Command::Primary(a) => daemon::simple(cli, ControlCmd::Primary { force: a.force }),
-        Command::Secondary => daemon::simple(cli, ControlCmd::Secondary),
+        Command::Primary(a) => {
+            daemon::simple(cli, ControlCmd::Verb(Verb::Primary { force: a.force }))
+        }
+        Command::Secondary => daemon::simple(cli, ControlCmd::Verb(Verb::Secondary)),
         Command::Connect(a) => daemon::simple(
             cli,
-            ControlCmd::Connect {
+            ControlCmd::Verb(Verb::Connect {
                 discard_my_data: a.discard_my_data,
-            },
+            }),
         ),
-        Command::Disconnect => daemon::simple(cli, ControlCmd::Disconnect),
+        Command::Disconnect => daemon::simple(cli, ControlCmd::Verb(Verb::Disconnect)),
         Command::WaitConnect(a) => daemon::wait_connect(cli, a),
-        Command::Invalidate => daemon::simple(cli, ControlCmd::Invalidate),
-        Command::InvalidateRemote => daemon::simple(cli, ControlCmd::InvalidateRemote),
+        Command::Invalidate => daemon::simple(cli, ControlCmd::Verb(Verb::Invalidate)),
+        Command::InvalidateRemote => daemon::simple(cli, ControlCmd::Verb(Verb::InvalidateRemote)),
         Command::Verify(a) => daemon::verify(cli, a),
         Command::Status(a) => daemon::status(cli, a),
-        Command::Outdate => daemon::simple(cli, ControlCmd::Outdate),
+        Command::Outdate => daemon::simple(cli, ControlCmd::Verb(Verb::Outdate)),
         Command::SuspendIo(a) => daemon::simple(cli, ControlCmd::SuspendIo { fail: a.fail }),
         Command::ResumeIo => daemon::simple(cli, ControlCmd::ResumeIo { if_current: None }),
         Command::FreezeOnDisconnect(a) => daemon::simple(
             cli,
-            ControlCmd::FreezeOnDisconnect {
+            ControlCmd::Verb(Verb::FreezeOnDisconnect {
                 on: a.state == "on",
-            },
+            }),
         ),
     }
 }
@@ -428,7 +430,7 @@ mod daemon {
     };
     use rep_control::client::{log_path, request, socket_path, ControlError};
     use rep_control::config::Config;
-    use rep_control::protocol::{ControlCmd, ControlReply, NodeStatus};
+    use rep_control::protocol::{ControlCmd, ControlReply, NodeStatus, Verb};
     use rep_control::status_text::render;
 
     fn names(cli: &Cli) -> Result<(String, String), Failure> {
@@ -564,7 +566,7 @@ mod daemon {
     }
 
     pub(super) fn verify(cli: &Cli, a: &VerifyArgs) -> Result<(), Failure> {
-        let r = ask(cli, &ControlCmd::Verify { repair: a.repair })?;
+        let r = ask(cli, &ControlCmd::Verb(Verb::Verify { repair: a.repair }))?;
         if !r.ok {
             return Err(Failure(r.error.unwrap_or_default()));
         }
