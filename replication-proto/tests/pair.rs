@@ -416,7 +416,7 @@ fn verify_finds_and_repair_fixes_divergence() {
         .unwrap();
     let st = p.s[0].node.status();
     assert_eq!(
-        st.stats.verify_out_of_sync_bytes,
+        st.stats.traffic.verify_out_of_sync_bytes,
         128 * 1024,
         "whole verify chunk flagged: {st:?}"
     );
@@ -427,7 +427,10 @@ fn verify_finds_and_repair_fixes_divergence() {
     assert_eq!(p.s[0].node.status().out_of_sync_bytes, 0);
     p.admin(1, Admin::Verb(Verb::Verify { repair: false }))
         .unwrap();
-    assert_eq!(p.s[1].node.status().stats.verify_out_of_sync_bytes, 0);
+    assert_eq!(
+        p.s[1].node.status().stats.traffic.verify_out_of_sync_bytes,
+        0
+    );
 }
 
 #[test]
@@ -435,17 +438,17 @@ fn invalidate_resyncs_everything_from_the_peer() {
     let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
     p.up_and_synced();
     p.write(0, 1, 0, 0x22, 4096).unwrap();
-    let before = p.s[0].node.status().stats.resync_sent_bytes;
+    let before = p.s[0].node.status().stats.traffic.resync_sent_bytes;
     p.s[1].disk.insert(100, Bytes::from(vec![0xee; 4096]));
     p.admin(1, Admin::Verb(Verb::Invalidate)).unwrap();
-    let sent = p.s[0].node.status().stats.resync_sent_bytes - before;
+    let sent = p.s[0].node.status().stats.traffic.resync_sent_bytes - before;
     assert_eq!(sent, SIZE, "a full resync");
     assert_eq!(p.read_local(0, 0, 1 << 20), p.read_local(1, 0, 1 << 20));
     assert_eq!(p.s[1].node.disk(), DiskState::UpToDate);
     // invalidate-remote the other way round.
     p.admin(0, Admin::Verb(Verb::InvalidateRemote)).unwrap();
     assert_eq!(
-        p.s[0].node.status().stats.resync_sent_bytes - before,
+        p.s[0].node.status().stats.traffic.resync_sent_bytes - before,
         2 * SIZE
     );
 }

@@ -351,9 +351,11 @@ pub enum AdminError {
     NoRoleToResume,
 }
 
-/// Counters in the spirit of /proc/drbd.
+/// The bytes a node moved, in the spirit of /proc/drbd's ns/nr/dw/dr: what
+/// `repctl status --json` shows as `stats` (the control protocol carries this
+/// struct as it is).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stats {
+pub struct Traffic {
     /// ns: bytes sent to the peer (replication and resync).
     pub sent_bytes: u64,
     /// nr: bytes received from the peer.
@@ -364,12 +366,20 @@ pub struct Stats {
     pub written_bytes: u64,
     /// dr: bytes read from the local disk.
     pub read_bytes: u64,
+    pub verified_bytes: u64,
+    pub verify_out_of_sync_bytes: u64,
+}
+
+/// Counters in the spirit of /proc/drbd.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// The bytes moved (ns, nr, dw, dr, resync and verify).
+    #[serde(flatten)]
+    pub traffic: Traffic,
     /// al: activity-log transactions written.
     pub al_writes: u64,
     /// bm: bitmap writes.
     pub bm_writes: u64,
-    pub verified_bytes: u64,
-    pub verify_out_of_sync_bytes: u64,
 }
 
 /// A snapshot of the node for `status`.

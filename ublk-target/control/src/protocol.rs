@@ -10,7 +10,7 @@ pub use refusal::{ClientCount, InUseBy, Refusal};
 /// machine's `Admin::Verb`.
 pub use replication_proto::machine::Verb;
 
-use replication_proto::machine::SuspendMode;
+use replication_proto::machine::{SuspendMode, Traffic};
 use replication_proto::wire::{DiskState, Role};
 use serde::{Deserialize, Serialize};
 
@@ -196,7 +196,7 @@ pub struct NodeStatus {
     pub data_bytes: u64,
     /// /proc/drbd-style counters.
     pub counters: Counters,
-    pub stats: StatsOut,
+    pub stats: Traffic,
     pub nbd: Option<String>,
     pub nbd_clients: usize,
     pub pid: u32,
@@ -255,18 +255,6 @@ pub struct Counters {
     pub ua: u64,
     pub ap: u64,
     pub oos: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatsOut {
-    pub sent_bytes: u64,
-    pub received_bytes: u64,
-    pub resync_sent_bytes: u64,
-    pub resync_received_bytes: u64,
-    pub written_bytes: u64,
-    pub read_bytes: u64,
-    pub verified_bytes: u64,
-    pub verify_out_of_sync_bytes: u64,
 }
 
 /// Resync or verify progress as /proc/drbd shows it: percent, speed, time

@@ -37,9 +37,7 @@ use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use rep_control::protocol::{
-    ControlCmd, ControlReply, Counters, GenerationsHex, NodeStatus, StatsOut,
-};
+use rep_control::protocol::{ControlCmd, ControlReply, Counters, GenerationsHex, NodeStatus};
 use replication_proto::machine::{
     Action, Admin, AppId, ConnState, Event, IoToken, MetaToken, Node, Payload, Status, Verb,
 };

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{Counters, GenerationsHex, NodeStatus, Runner, StatsOut, Status};
+use super::{Counters, GenerationsHex, NodeStatus, Runner, Status};
 
 impl Runner {
     /// What `repctl status` shows: the state machine's status plus what
@@ -42,10 +42,10 @@ impl Runner {
             },
             data_bytes: cfg.data_bytes,
             counters: Counters {
-                ns: st.stats.sent_bytes / 1024,
-                nr: st.stats.received_bytes / 1024,
-                dw: st.stats.written_bytes / 1024,
-                dr: st.stats.read_bytes / 1024,
+                ns: st.stats.traffic.sent_bytes / 1024,
+                nr: st.stats.traffic.received_bytes / 1024,
+                dw: st.stats.traffic.written_bytes / 1024,
+                dr: st.stats.traffic.read_bytes / 1024,
                 al: st.stats.al_writes,
                 bm: st.stats.bm_writes,
                 lo: st.local_pending,
@@ -54,16 +54,7 @@ impl Runner {
                 ap: st.app_pending,
                 oos: st.out_of_sync_bytes / 1024,
             },
-            stats: StatsOut {
-                sent_bytes: st.stats.sent_bytes,
-                received_bytes: st.stats.received_bytes,
-                resync_sent_bytes: st.stats.resync_sent_bytes,
-                resync_received_bytes: st.stats.resync_received_bytes,
-                written_bytes: st.stats.written_bytes,
-                read_bytes: st.stats.read_bytes,
-                verified_bytes: st.stats.verified_bytes,
-                verify_out_of_sync_bytes: st.stats.verify_out_of_sync_bytes,
-            },
+            stats: st.stats.traffic.clone(),
             nbd: self.nbd_addr.clone(),
             nbd_clients: usize::try_from(self.shared.nbd_clients.load(Ordering::Relaxed))
                 .unwrap_or(0),

@@ -246,7 +246,7 @@ impl Node {
         if let Some(AppReq::Write { peer, .. }) = self.app.get_mut(&id) {
             *peer = wait;
         }
-        self.stats.written_bytes += span.len();
+        self.stats.traffic.written_bytes += span.len();
         self.actions.push_back(Action::LocalWrite {
             token,
             offset: span.start,
@@ -320,7 +320,7 @@ impl Node {
             debug_assert!(false, "unblocked write {token} has no parked payload");
             return;
         };
-        self.stats.written_bytes += u64::from(len);
+        self.stats.traffic.written_bytes += u64::from(len);
         self.actions.push_back(Action::LocalWrite {
             token,
             offset,
@@ -523,7 +523,7 @@ impl Node {
     ) {
         self.app.remove(&id);
         if let Ok(Some(d)) = &result {
-            self.stats.read_bytes += d.len() as u64;
+            self.stats.traffic.read_bytes += d.len() as u64;
         }
         let r = match result {
             Ok(Some(d)) if d.len() as u64 == span.len() => Ok(Some(d)),

@@ -30,10 +30,10 @@ impl Node {
             "a Disconnect reason longer than the wire allows: {m:?}"
         );
         match &m {
-            Message::Data { data, .. } => self.stats.sent_bytes += data.len() as u64,
+            Message::Data { data, .. } => self.stats.traffic.sent_bytes += data.len() as u64,
             Message::ResyncData { data, .. } => {
-                self.stats.sent_bytes += data.len() as u64;
-                self.stats.resync_sent_bytes += data.len() as u64;
+                self.stats.traffic.sent_bytes += data.len() as u64;
+                self.stats.traffic.resync_sent_bytes += data.len() as u64;
             }
             _ => {}
         }

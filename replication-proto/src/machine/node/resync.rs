@@ -266,8 +266,8 @@ impl Node {
             return;
         }
         self.sync_answered(id);
-        self.stats.received_bytes += data.len() as u64;
-        self.stats.resync_received_bytes += data.len() as u64;
+        self.stats.traffic.received_bytes += data.len() as u64;
+        self.stats.traffic.resync_received_bytes += data.len() as u64;
         let epoch = self.link.epoch;
         let len = u32::try_from(data.len()).unwrap_or(MAX_IO);
         let token = self.io_token();
@@ -276,7 +276,7 @@ impl Node {
             .io
             .submit(token, span, LocalOp::ResyncWrite { id, epoch })
         {
-            self.stats.written_bytes += data.len() as u64;
+            self.stats.traffic.written_bytes += data.len() as u64;
             self.actions.push_back(Action::LocalWrite {
                 token,
                 offset,
@@ -411,7 +411,7 @@ impl Node {
         }
         match result {
             Ok(Some(d)) if d.len() as u64 == span.len() => {
-                self.stats.read_bytes += d.len() as u64;
+                self.stats.traffic.read_bytes += d.len() as u64;
                 if peer_digest == Some(crc(&d)) {
                     self.bitmap.clear_range(span.start, span.len());
                     self.send(Message::InSync {
@@ -488,7 +488,7 @@ impl Node {
         }
         match result {
             Ok(Some(d)) if d.len() as u64 == span.len() => {
-                self.stats.read_bytes += d.len() as u64;
+                self.stats.traffic.read_bytes += d.len() as u64;
                 self.send(Message::ChecksumRequest {
                     id,
                     offset: span.start,

@@ -35,7 +35,7 @@ impl Node {
         if self.cfg.protocol == Protocol::B {
             self.send(Message::RecvAck { seq });
         }
-        self.stats.received_bytes += data.len() as u64;
+        self.stats.traffic.received_bytes += data.len() as u64;
         self.recv.index += 1;
         let recv_idx = self.recv.index;
         self.recv.incomplete.insert(recv_idx);
@@ -60,7 +60,7 @@ impl Node {
                 recv_idx,
             },
         ) {
-            self.stats.written_bytes += u64::from(len);
+            self.stats.traffic.written_bytes += u64::from(len);
             self.actions.push_back(Action::LocalWrite {
                 token,
                 offset,

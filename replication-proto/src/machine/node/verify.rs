@@ -23,8 +23,8 @@ impl Node {
             self.now,
             self.cfg.data_bytes,
         ));
-        self.stats.verified_bytes = 0;
-        self.stats.verify_out_of_sync_bytes = 0;
+        self.stats.traffic.verified_bytes = 0;
+        self.stats.traffic.verify_out_of_sync_bytes = 0;
         self.pump_verify();
     }
 
@@ -151,10 +151,10 @@ impl Node {
             self.protocol_error("verify reply nobody asked for");
             return;
         }
-        self.stats.verified_bytes += u64::from(len);
+        self.stats.traffic.verified_bytes += u64::from(len);
         if !in_sync {
             self.bitmap.set_range(offset, u64::from(len));
-            self.stats.verify_out_of_sync_bytes += u64::from(len);
+            self.stats.traffic.verify_out_of_sync_bytes += u64::from(len);
         }
         if let Some(s) = self.sync.as_mut() {
             s.inflight.remove(&id);
@@ -180,7 +180,7 @@ impl Node {
         }
         let digest = match result {
             Ok(Some(d)) if d.len() as u64 == span.len() => {
-                self.stats.read_bytes += d.len() as u64;
+                self.stats.traffic.read_bytes += d.len() as u64;
                 crc(&d)
             }
             // An unreadable block verifies as different.
@@ -211,7 +211,7 @@ impl Node {
         let in_sync =
             matches!(&result, Ok(Some(d)) if d.len() as u64 == span.len() && crc(d) == digest);
         if let Ok(Some(d)) = &result {
-            self.stats.read_bytes += d.len() as u64;
+            self.stats.traffic.read_bytes += d.len() as u64;
         }
         if !in_sync {
             self.bitmap.set_range(span.start, span.len());
