@@ -87,6 +87,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = rep_control::docs::generate_if_asked(<Cli as clap::CommandFactory>::command)
+    {
+        return code;
+    }
     let cli = Cli::parse();
     let result = match &cli.command {
         None | Some(Command::Run) if cli.witness => {

@@ -14,10 +14,13 @@
 //! - [`device`]: where the ublk device of a node appears, and whether
 //!   ublk_drv is loaded.
 //! - [`logs`]: the daemons' log setup (`$REP_LOG`).
+//! - [`docs`]: `--generate-docs DIR`, the man pages and shell completions
+//!   each binary writes from its clap definition.
 
 pub mod client;
 pub mod config;
 pub mod device;
+pub mod docs;
 pub mod logs;
 pub mod protocol;
 pub mod socket;

@@ -81,6 +81,10 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = rep_control::docs::generate_if_asked(<Cli as clap::CommandFactory>::command)
+    {
+        return code;
+    }
     ublk_target::alloc::tune();
     let cli = Cli::parse();
     rep_control::logs::init();

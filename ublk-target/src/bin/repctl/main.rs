@@ -332,6 +332,10 @@ impl From<MdError> for Failure {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = rep_control::docs::generate_if_asked(<Cli as clap::CommandFactory>::command)
+    {
+        return code;
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return clap_failure(&e),
