@@ -3,8 +3,8 @@
 //!
 //! The option is read before clap parses the command line (and so is in no
 //! `--help`, and does not meet repctl's required subcommand): only the exact
-//! form `BIN --generate-docs DIR` is taken. `scripts/gen-docs.sh` and the
-//! Debian package use it.
+//! form `BIN --generate-docs DIR` is taken. `scripts/gen-docs.sh` uses it
+//! (and the Debian package of issue 18 is to).
 
 use std::ffi::OsString;
 use std::fs;
