@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rep_testkit::require;
+use rep_testkit::{help_subcommands, man_renders, man_text};
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/r0.toml");
 const REP_TOML_5: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/man/rep.toml.5");
@@ -31,60 +31,13 @@ fn generate(bin: &str) -> tempfile::TempDir {
     dir
 }
 
-/// The subcommands `bin --help` lists under "Commands:" (without `help`).
-fn help_subcommands(bin: &str) -> Vec<String> {
-    let o = Command::new(bin).arg("--help").output().unwrap();
-    assert!(o.status.success());
-    let text = String::from_utf8(o.stdout).unwrap();
-    let names: Vec<String> = text
-        .lines()
-        .skip_while(|l| l.trim_end() != "Commands:")
-        .skip(1)
-        .take_while(|l| !l.trim().is_empty())
-        .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| *n != "help")
-        .map(str::to_owned)
-        .collect();
-    assert!(
-        !names.is_empty(),
-        "no commands found in {bin} --help:\n{text}"
-    );
-    names
-}
-
-/// A man page as text, roff's `\-` read as `-`.
-fn man_text(path: &Path) -> String {
-    fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .replace("\\-", "-")
-}
-
-/// `man -l` renders the page without an error.
-fn renders(path: &Path) {
-    require("man", "man-db");
-    let o = Command::new("man")
-        .arg("-l")
-        .arg(path)
-        .env("MANPAGER", "cat")
-        .env("MANWIDTH", "80")
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success() && !o.stdout.is_empty(),
-        "man -l {} failed: {}",
-        path.display(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 #[test]
 fn repctl_man_page_and_completions_cover_every_subcommand() {
     let bin = env!("CARGO_BIN_EXE_repctl");
     let dir = generate(bin);
     let page: PathBuf = dir.path().join("man8/repctl.8");
     let text = man_text(&page);
-    renders(&page);
+    man_renders(&page);
     let bash = fs::read_to_string(dir.path().join("completions/bash/repctl")).unwrap();
     for sub in help_subcommands(bin) {
         assert!(text.contains(&sub), "repctl.8 does not name `{sub}`");
@@ -105,7 +58,7 @@ fn repd_man_page_renders() {
     let dir = generate(env!("CARGO_BIN_EXE_repd"));
     let page = dir.path().join("man8/repd.8");
     assert!(man_text(&page).contains("--config"));
-    renders(&page);
+    man_renders(&page);
     assert!(dir.path().join("completions/bash/repd").exists());
 }
 
@@ -129,7 +82,7 @@ fn generate_docs_into_an_unwritable_dir_fails_clearly() {
 
 #[test]
 fn rep_toml_5_names_every_table_of_the_example() {
-    renders(Path::new(REP_TOML_5));
+    man_renders(Path::new(REP_TOML_5));
     let text = man_text(Path::new(REP_TOML_5));
     let example: toml::Table = fs::read_to_string(EXAMPLE).unwrap().parse().unwrap();
     for (table, value) in &example {

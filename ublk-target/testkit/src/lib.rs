@@ -10,6 +10,8 @@
 //! Modules:
 //! - [`tools`]: `require` a tool, the cargo target's temp dir, building the
 //!   workspace's binaries for a test.
+//! - [`docs`]: the man pages and completions of `--generate-docs`
+//!   against a binary's `--help`.
 //! - [`files`]: random and sparse files.
 //! - [`netns`]: `ip`, network namespaces, a pair joined by a veth link.
 //! - [`process`]: signals, kill -9 and waiting until a pid is gone.
@@ -21,6 +23,7 @@
 // Helpers for tests: a failed step is a failed test, said loudly.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
+pub mod docs;
 pub mod files;
 pub mod netns;
 pub mod process;
@@ -31,6 +34,7 @@ pub mod wait;
 #[cfg(test)]
 mod tests;
 
+pub use docs::{help_subcommands, man_renders, man_text};
 pub use files::{random_file, sparse_file, write_exec};
 pub use netns::{free_ports, in_netns, ip, send_from_ns, Netns};
 pub use process::{gone, kill9_and_reap, signal, wait_gone, KillOnDrop};
