@@ -283,7 +283,7 @@ pub(super) fn read_authkeys(file: &Path, text: &str, warnings: &mut Vec<Warning>
     let Some(sel) = selected else {
         return AuthKeys {
             key: None,
-            missing: Some(format!("{} has no `auth N` line", file.display())),
+            missing: Some("authkeys has no `auth N` line".to_owned()),
             warned: false,
         };
     };

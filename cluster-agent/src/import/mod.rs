@@ -159,7 +159,8 @@ pub fn import_heartbeat(
         None => {
             let why = keys.missing.unwrap_or_default();
             if !keys.warned {
-                b.warn(&why, "auth-key", "rep signs heartbeats with HMAC-SHA256 and needs a key: fill in [cluster] auth-key");
+                let loc = dir.join("authkeys").display().to_string();
+                b.warn(&loc, "auth-key", &format!("{why}: rep signs heartbeats with HMAC-SHA256 and needs a key: fill in [cluster] auth-key"));
             }
             cluster.fill_in(
                 "auth-key",
