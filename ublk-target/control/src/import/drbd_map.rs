@@ -148,13 +148,46 @@ impl Mapper {
     }
 
     /// An option without a counterpart in `section`.
+    /// A section without counterpart: each option in it is named (an empty
+    /// one is named itself).
     fn left(&mut self, s: &Stmt, section: &str, why: &str) {
-        let what = if s.block.is_some() {
-            format!("section `{}` in {section} {why}; not imported", s.text())
-        } else {
-            format!("`{}` in {section} {why}; not imported", s.text())
-        };
-        self.warn(s, what);
+        match &s.block {
+            Some(b) if !b.is_empty() => {
+                let inner = format!("section `{}` of {section}", s.text());
+                for o in b {
+                    self.left(o, &inner, why);
+                }
+            }
+            Some(_) => self.warn(
+                s,
+                format!("section `{}` in {section} {why}; not imported", s.text()),
+            ),
+            None => self.warn(
+                s,
+                format!("`{}` in {section} {why}; not imported", s.text()),
+            ),
+        }
+    }
+
+    /// `volume N { device; disk; meta-disk; }` (DRBD 8.4): volume 0 is the
+    /// resource's one volume; rep has no others.
+    fn volume(&mut self, t: &mut Table, s: &Stmt, b: &[Stmt]) {
+        if !matches!(s.args(), [n] if n.text == "0") {
+            self.left(
+                s,
+                "the resource",
+                "has no counterpart: a rep resource has one volume (make another resource of it)",
+            );
+            return;
+        }
+        for o in b {
+            match (o.key(), &o.block) {
+                ("device" | "disk" | "meta-disk" | "flexible-meta-disk", None) => {
+                    self.node_key(t, o)
+                }
+                _ => self.left(o, "volume 0", "has no counterpart in rep"),
+            }
+        }
     }
 
     fn skipped(&mut self, s: &Stmt) {
@@ -216,6 +249,11 @@ impl Mapper {
                 ("device" | "disk" | "meta-disk" | "flexible-meta-disk" | "address", None) => {
                     let mut t = std::mem::take(&mut d.node_defaults);
                     self.node_key(&mut t, s);
+                    d.node_defaults = t;
+                }
+                ("volume", Some(b)) => {
+                    let mut t = std::mem::take(&mut d.node_defaults);
+                    self.volume(&mut t, s, b);
                     d.node_defaults = t;
                 }
                 ("skip", _) => self.skipped(s),
@@ -534,6 +572,7 @@ impl Mapper {
                 }
                 ("disk", Some(b)) => self.section(d, b, Self::disk_opt),
                 ("net", Some(b)) => self.section(d, b, Self::net_opt),
+                ("volume", Some(b)) => self.volume(t, o, b),
                 ("skip", _) => self.skipped(o),
                 _ => self.left(o, "an `on` section", "has no counterpart in rep"),
             }

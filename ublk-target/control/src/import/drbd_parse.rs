@@ -312,22 +312,7 @@ fn parse_block(
     let mut words: Vec<Word> = Vec::new();
     loop {
         let Some((tok, line)) = toks.get(*pos) else {
-            if let Some(w) = words.first() {
-                return Err(syntax(
-                    &at(w.line),
-                    &format!(
-                        "`{}` is not ended by `;` before the end of the file",
-                        w.text
-                    ),
-                ));
-            }
-            if let Some(l) = open {
-                return Err(syntax(
-                    &at(l),
-                    "this `{` is never closed (a `}` is missing)",
-                ));
-            }
-            return Ok(stmts);
+            return block_end(&words, open, None, &at).map(|()| stmts);
         };
         *pos += 1;
         match tok {
@@ -345,26 +330,40 @@ fn parse_block(
                     });
                 }
             }
-            Tok::Close => {
-                if let Some(w) = words.first() {
-                    return Err(syntax(
-                        &at(w.line),
-                        &format!(
-                            "`{}` is not ended by `;` before the `}}` on line {line}",
-                            w.text
-                        ),
-                    ));
-                }
-                if open.is_none() {
-                    return Err(syntax(&at(*line), "a `}` closes no block"));
-                }
-                return Ok(stmts);
-            }
+            Tok::Close => return block_end(&words, open, Some(*line), &at).map(|()| stmts),
             Tok::Open => {
                 let stmt = open_block(toks, pos, file, depth, std::mem::take(&mut words), *line)?;
                 stmts.push(stmt);
             }
         }
+    }
+}
+
+/// A block ends at a `}` on line `close` (`None`: the end of the file):
+/// no statement may be left open, and the end must match the start.
+fn block_end(
+    words: &[Word],
+    open: Option<u32>,
+    close: Option<u32>,
+    at: &dyn Fn(u32) -> Loc,
+) -> Result<(), ImportError> {
+    if let Some(w) = words.first() {
+        let before = match close {
+            Some(l) => format!("the `}}` on line {l}"),
+            None => "the end of the file".to_owned(),
+        };
+        return Err(syntax(
+            &at(w.line),
+            &format!("`{}` is not ended by `;` before {before}", w.text),
+        ));
+    }
+    match (open, close) {
+        (None, Some(l)) => Err(syntax(&at(l), "a `}` closes no block")),
+        (Some(l), None) => Err(syntax(
+            &at(l),
+            "this `{` is never closed (a `}` is missing)",
+        )),
+        _ => Ok(()),
     }
 }
 

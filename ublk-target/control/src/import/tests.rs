@@ -257,7 +257,7 @@ fn options_without_counterpart_are_named_in_warnings() {
         ("fencing", "fence-command"),
         ("no-disk-flushes", "disk"),
         ("become-primary-on", "preferred"),
-        ("options", "section"),
+        ("cpu-mask", "section `options` of the resource"),
     ] {
         has_warning(&i, opt, part);
     }
@@ -367,4 +367,18 @@ fn a_file_without_resources_is_an_error() {
     assert!(e.contains("no `resource` section found"), "{e}");
     let e = import_err("resource { }\n");
     assert!(e.contains("`resource` takes one name"), "{e}");
+}
+
+#[test]
+fn drbd_8_4_volume_0_is_the_resource_volume() {
+    let text = "resource r0 {\n net { shared-secret x; }\n volume 0 { device minor 5; meta-disk internal; }\n\
+                volume 1 { device minor 6; disk /d/v1; }\n\
+                on alpha { address 10.0.0.1:7788; volume 0 { disk /d/a; } }\n\
+                on beta { address 10.0.0.2:7788; volume 0 { disk /d/b; } }\n}\n";
+    let i = import(text);
+    let c = loaded(&i);
+    assert_eq!((c.nodes[0].device, c.nodes[1].device), (5, 5));
+    assert_eq!(c.nodes[1].disk, Path::new("/d/b"));
+    has_warning(&i, "device", "one volume");
+    has_warning(&i, "disk", "one volume");
 }
