@@ -86,8 +86,8 @@ pub enum ResourcesError {
         known: String,
     },
     #[error(
-        "{} holds several resources ({known}): name the one to act on (e.g. `repctl \
-         primary {first}`), or `{ALL}` for every one",
+        "{} holds several resources ({known}): name the one to act on after the command \
+         (e.g. `{first}`), or `{ALL}` for every one",
         dir.display()
     )]
     Ambiguous {

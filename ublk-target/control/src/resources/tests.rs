@@ -100,7 +100,10 @@ fn all_and_nothing_named() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("several resources (r0, r1)"), "{e}");
-    assert!(e.contains("`repctl primary r0`"), "{e}");
+    assert!(
+        e.contains("name the one to act on after the command (e.g. `r0`)"),
+        "{e}"
+    );
     assert!(e.contains("`all`"), "{e}");
     // One resource: nothing named means that one, for every verb.
     let one = dir_with(&["r0"]);
