@@ -79,8 +79,8 @@ enum Command {
     /// Check the resource file and print it with every default filled in (drbdadm dump)
     #[command(
         long_about = "Check the resource file and print it normalised, like `drbdadm dump`: \
-        read --config, validate it with the checks of `repctl up` and repd (all but the \
-        disk's existence), find this node's \
+        read the resource's file, validate it with the checks of `repctl up` and repd (all but \
+        the disk's existence), find this node's \
         [[node]] entry (--node), then print every section and key with the value that takes \
         effect, defaults filled in, in the layout of examples/r0.toml. The output is itself a \
         valid resource file that loads to the same configuration: use it to see what a short \
@@ -93,7 +93,9 @@ enum Command {
         (sorted, its defaults not filled in) and `cluster-agent` checks it. The output \
         contains the [net] secret, as the file does.\n\n\
         Exits 0 when the file is valid; otherwise prints the error `repctl up` would print \
-        and exits 1."
+        and exits 1.\n\n\
+        Without a RESOURCE (or with `all`) it dumps every file of --config-dir in turn, like \
+        `drbdadm dump` prints every resource (--json: one object per line)."
     )]
     Dump(DumpArgs),
 
@@ -203,6 +205,15 @@ enum Command {
     )]
     Verify(VerifyArgs),
     /// Show the resources' state (drbdadm status, /proc/drbd)
+    #[command(
+        long_about = "Show this node's state of each resource, like `drbdadm status` with the \
+        counters of /proc/drbd: roles, disks, connection, resync progress, the last error.\n\n\
+        Without a RESOURCE (or with `all`) it shows every resource of --config-dir; one whose \
+        repd does not run shows as `not running` (`\"running\": false` in --json) and is no \
+        error. A single resource whose repd does not run is an error, as before.\n\n\
+        --json prints one object per resource: for one resource pretty-printed, for several \
+        one per line."
+    )]
     Status(StatusArgs),
     /// Mark this node's data Outdated (drbdadm outdate)
     #[command(
@@ -347,7 +358,7 @@ struct VerifyArgs {
 
 #[derive(Debug, Args)]
 struct StatusArgs {
-    /// Print one JSON object
+    /// Print one JSON object per resource (several: one per line)
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -365,7 +376,7 @@ struct CreateMdArgs {
 
 #[derive(Debug, Args)]
 struct DumpArgs {
-    /// Print one JSON object with the same sections, keys and values instead of TOML
+    /// Print JSON with the same sections, keys and values instead of TOML (several: one object per line)
     #[arg(long)]
     json: bool,
     #[command(flatten)]
