@@ -132,8 +132,14 @@ fn two_resources_up_status_primary_one_and_all() {
         config_dir: &config_dir,
         run_dir: &run_dir,
     };
+    up_all_and_status(&h);
+    primary_one_then_all(&h);
+    down_all(&h);
+}
 
-    // `up all` on each node: one repd per resource.
+/// `up all` on both nodes, then `status` without an argument shows both.
+fn up_all_and_status(h: &Host) {
+    // One repd per resource.
     for i in 0..2 {
         let o = h.ok(i, &["up", "all"]);
         assert!(
@@ -146,9 +152,9 @@ fn two_resources_up_status_primary_one_and_all() {
     // `status` with no argument: both, in words and as JSON lines. The
     // directory from the environment, as a service's would be.
     let o = Command::new(env!("CARGO_BIN_EXE_repctl"))
-        .env("REP_CONFIG_DIR", &config_dir)
+        .env("REP_CONFIG_DIR", h.config_dir)
         .args(["--node", "alpha", "--run-dir"])
-        .arg(&run_dir)
+        .arg(h.run_dir)
         .arg("status")
         .output()
         .unwrap();
@@ -156,9 +162,16 @@ fn two_resources_up_status_primary_one_and_all() {
     let text = out(&o);
     assert!(text.starts_with("r0 role:Secondary"), "{text}");
     assert!(text.contains("\nr1 role:Secondary"), "{text}");
-    let both = pairs(&[("r0", "Secondary"), ("r1", "Secondary")]);
-    assert_eq!(h.roles(0), both);
+    assert_eq!(
+        h.roles(0),
+        pairs(&[("r0", "Secondary"), ("r1", "Secondary")])
+    );
+}
 
+/// A verb without a name is refused, `primary r1` promotes r1 alone, and
+/// `all` goes on after one resource fails.
+fn primary_one_then_all(h: &Host) {
+    let both = pairs(&[("r0", "Secondary"), ("r1", "Secondary")]);
     // With two resources a verb that changes something must be told which.
     let o = h.run(0, &["primary", "--force"]);
     assert!(!o.status.success());
@@ -183,7 +196,7 @@ fn two_resources_up_status_primary_one_and_all() {
     assert_eq!(h.roles(1), both, "beta: both still Secondary");
 
     // `all` goes on after a failure: r0 (still Inconsistent) is refused,
-    // named on stderr; r1 is Primary already and stays so; exit 1.
+    // named on stderr; r1 is promoted all the same; exit 1.
     h.ok(0, &["secondary", "all"]);
     assert_eq!(h.roles(0), both);
     let o = h.run(0, &["primary", "all"]);
@@ -193,7 +206,9 @@ fn two_resources_up_status_primary_one_and_all() {
     assert_eq!(h.roles(0), pairs(&[("r0", "Secondary"), ("r1", "Primary")]));
     h.ok(0, &["secondary", "all"]);
     assert_eq!(h.roles(0), both);
+}
 
+fn down_all(h: &Host) {
     // `down all` stops both; `status` (all) then shows both not running
     // and succeeds, while a named resource that does not run is an error.
     for i in 0..2 {
