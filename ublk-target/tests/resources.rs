@@ -203,6 +203,11 @@ fn primary_one_then_all(h: &Host) {
     assert!(!o.status.success(), "{}", out(&o));
     assert!(err(&o).starts_with("repctl: error: r0: "), "{}", err(&o));
     assert!(!err(&o).contains("r1: "), "{}", err(&o));
+    assert!(
+        err(&o).ends_with("repctl: error: 1 of 2 resources failed: r0\n"),
+        "{}",
+        err(&o)
+    );
     assert_eq!(h.roles(0), pairs(&[("r0", "Secondary"), ("r1", "Primary")]));
     h.ok(0, &["secondary", "all"]);
     assert_eq!(h.roles(0), both);

@@ -45,7 +45,8 @@ mod targets;
                   repctl --config r0.toml dump-md   # one file anywhere",
     after_help = "On failure repctl prints `repctl: error: ...` on stderr and exits with status 1. \
                   With several resources it goes on with the next one after a failure, names the \
-                  resource in the error, and exits with status 1 if any failed."
+                  resource in each error, and if any failed, lists them on a last error line and \
+                  exits with status 1."
 )]
 struct Cli {
     /// One resource file (TOML) to use instead of --config-dir's
@@ -246,38 +247,6 @@ enum Command {
     FreezeOnDisconnect(FreezeArgs),
 }
 
-impl Command {
-    /// The RESOURCE argument, and what naming none means for this verb.
-    fn selection(&self) -> (Option<&str>, Unnamed) {
-        let sel = match self {
-            Command::Dump(a) => &a.sel,
-            Command::CreateMd(a) => &a.sel,
-            Command::DumpMd(a) => &a.sel,
-            Command::Up(a) => &a.sel,
-            Command::Down(a) => &a.sel,
-            Command::Primary(a) => &a.sel,
-            Command::Connect(a) => &a.sel,
-            Command::WaitConnect(a) => &a.sel,
-            Command::Verify(a) => &a.sel,
-            Command::Status(a) => &a.sel,
-            Command::SuspendIo(a) => &a.sel,
-            Command::FreezeOnDisconnect(a) => &a.sel,
-            Command::Secondary(sel)
-            | Command::Disconnect(sel)
-            | Command::Invalidate(sel)
-            | Command::InvalidateRemote(sel)
-            | Command::Outdate(sel)
-            | Command::ResumeIo(sel) => sel,
-        };
-        let unnamed = match self {
-            // Like `drbdadm status` and `drbdadm dump`: every resource.
-            Command::Status(_) | Command::Dump(_) => Unnamed::All,
-            _ => Unnamed::OnlyOne,
-        };
-        (sel.resource.as_deref(), unnamed)
-    }
-}
-
 #[derive(Debug, Args)]
 struct WaitConnectArgs {
     /// Seconds to wait (0 = forever) [default: wfc-timeout or degr-wfc-timeout]
@@ -425,9 +394,8 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return clap_failure(&e),
     };
-    let (wanted, unnamed) = cli.command.selection();
-    match targets::targets(&cli, wanted, unnamed) {
-        Ok(ts) => targets::each(&ts, |t| run(&cli, t)),
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(Failure(msg)) => {
             eprintln_safe(&format!("repctl: error: {msg}"));
             ExitCode::FAILURE
@@ -472,38 +440,59 @@ fn print_out(text: &str) -> Result<(), Failure> {
     }
 }
 
-fn run(cli: &Cli, t: &Target) -> Result<(), Failure> {
+fn run(cli: &Cli) -> Result<(), Failure> {
+    use targets::each;
+    use Unnamed::{All, OnlyOne};
     match &cli.command {
-        Command::Dump(args) => md::dump(t, args),
-        Command::CreateMd(args) => md::create_md(t, args),
-        Command::DumpMd(args) => md::dump_md(t, args),
-        Command::Up(args) => daemon::up(t, args),
-        Command::Down(a) => daemon::down(t, a.force),
-        Command::Primary(a) => {
+        // Like `drbdadm dump` and `drbdadm status`: every resource unless named.
+        Command::Dump(a) => each(cli, &a.sel, All, |t| md::dump(t, a)),
+        Command::CreateMd(a) => each(cli, &a.sel, OnlyOne, |t| md::create_md(t, a)),
+        Command::DumpMd(a) => each(cli, &a.sel, OnlyOne, |t| md::dump_md(t, a)),
+        Command::Up(a) => each(cli, &a.sel, OnlyOne, |t| daemon::up(t, a)),
+        Command::Down(a) => each(cli, &a.sel, OnlyOne, |t| daemon::down(t, a.force)),
+        Command::Primary(a) => each(cli, &a.sel, OnlyOne, |t| {
             daemon::simple(t, ControlCmd::Verb(Verb::Primary { force: a.force }))
-        }
-        Command::Secondary(_) => daemon::simple(t, ControlCmd::Verb(Verb::Secondary)),
-        Command::Connect(a) => daemon::simple(
-            t,
-            ControlCmd::Verb(Verb::Connect {
-                discard_my_data: a.discard_my_data,
-            }),
-        ),
-        Command::Disconnect(_) => daemon::simple(t, ControlCmd::Verb(Verb::Disconnect)),
-        Command::WaitConnect(a) => daemon::wait_connect(t, a),
-        Command::Invalidate(_) => daemon::simple(t, ControlCmd::Verb(Verb::Invalidate)),
-        Command::InvalidateRemote(_) => daemon::simple(t, ControlCmd::Verb(Verb::InvalidateRemote)),
-        Command::Verify(a) => daemon::verify(t, a),
-        Command::Status(a) => daemon::status(t, a),
-        Command::Outdate(_) => daemon::simple(t, ControlCmd::Verb(Verb::Outdate)),
-        Command::SuspendIo(a) => daemon::simple(t, ControlCmd::SuspendIo { fail: a.fail }),
-        Command::ResumeIo(_) => daemon::simple(t, ControlCmd::ResumeIo { if_current: None }),
-        Command::FreezeOnDisconnect(a) => daemon::simple(
-            t,
-            ControlCmd::Verb(Verb::FreezeOnDisconnect {
-                on: a.state == "on",
-            }),
-        ),
+        }),
+        Command::Secondary(sel) => each(cli, sel, OnlyOne, |t| {
+            daemon::simple(t, ControlCmd::Verb(Verb::Secondary))
+        }),
+        Command::Connect(a) => each(cli, &a.sel, OnlyOne, |t| {
+            daemon::simple(
+                t,
+                ControlCmd::Verb(Verb::Connect {
+                    discard_my_data: a.discard_my_data,
+                }),
+            )
+        }),
+        Command::Disconnect(sel) => each(cli, sel, OnlyOne, |t| {
+            daemon::simple(t, ControlCmd::Verb(Verb::Disconnect))
+        }),
+        Command::WaitConnect(a) => each(cli, &a.sel, OnlyOne, |t| daemon::wait_connect(t, a)),
+        Command::Invalidate(sel) => each(cli, sel, OnlyOne, |t| {
+            daemon::simple(t, ControlCmd::Verb(Verb::Invalidate))
+        }),
+        Command::InvalidateRemote(sel) => each(cli, sel, OnlyOne, |t| {
+            daemon::simple(t, ControlCmd::Verb(Verb::InvalidateRemote))
+        }),
+        Command::Verify(a) => each(cli, &a.sel, OnlyOne, |t| daemon::verify(t, a)),
+        Command::Status(a) => each(cli, &a.sel, All, |t| daemon::status(t, a)),
+        Command::Outdate(sel) => each(cli, sel, OnlyOne, |t| {
+            daemon::simple(t, ControlCmd::Verb(Verb::Outdate))
+        }),
+        Command::SuspendIo(a) => each(cli, &a.sel, OnlyOne, |t| {
+            daemon::simple(t, ControlCmd::SuspendIo { fail: a.fail })
+        }),
+        Command::ResumeIo(sel) => each(cli, sel, OnlyOne, |t| {
+            daemon::simple(t, ControlCmd::ResumeIo { if_current: None })
+        }),
+        Command::FreezeOnDisconnect(a) => each(cli, &a.sel, OnlyOne, |t| {
+            daemon::simple(
+                t,
+                ControlCmd::Verb(Verb::FreezeOnDisconnect {
+                    on: a.state == "on",
+                }),
+            )
+        }),
     }
 }
 

@@ -11,7 +11,6 @@
 //! (then its output names the resource where it would not otherwise).
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::Args;
 use rep_control::client::socket_path;
@@ -80,7 +79,8 @@ impl Target {
 }
 
 /// The resources the command line selects (see the module's doc), in
-/// order of their names.
+/// order of their names: `wanted` is the RESOURCE argument, `unnamed` what
+/// naming none means for the verb.
 pub(crate) fn targets(
     cli: &Cli,
     wanted: Option<&str>,
@@ -99,24 +99,36 @@ pub(crate) fn targets(
         .collect())
 }
 
-/// Runs `verb` for each target in turn, going on after a failure (like
-/// drbdadm): each failure is printed, naming the resource when there are
-/// several; exits 1 if any failed.
+/// Runs `verb` for each resource `sel` selects ([`targets`]), in turn.
+/// One resource: its result. Several: like drbdadm, it goes on after a
+/// failure, printing it with the resource's name, and fails at the end
+/// naming those that failed.
 pub(crate) fn each(
-    targets: &[Target],
+    cli: &Cli,
+    sel: &Select,
+    unnamed: Unnamed,
     mut verb: impl FnMut(&Target) -> Result<(), Failure>,
-) -> ExitCode {
-    let mut failed = false;
-    for t in targets {
+) -> Result<(), Failure> {
+    let targets = targets(cli, sel.resource.as_deref(), unnamed)?;
+    if let [one] = targets.as_slice() {
+        return verb(one);
+    }
+    let mut failed = Vec::new();
+    for t in &targets {
         if let Err(Failure(msg)) = verb(t) {
             eprintln_safe(&format!("repctl: error: {}{msg}", t.prefix()));
-            failed = true;
+            failed.push(t.file.name.as_str());
         }
     }
-    if failed {
-        ExitCode::FAILURE
+    if failed.is_empty() {
+        Ok(())
     } else {
-        ExitCode::SUCCESS
+        Err(Failure(format!(
+            "{} of {} resources failed: {}",
+            failed.len(),
+            targets.len(),
+            failed.join(", ")
+        )))
     }
 }
 
