@@ -14,6 +14,8 @@
 //! - [`device`]: where the ublk device of a node appears, and whether
 //!   ublk_drv is loaded.
 //! - [`logs`]: the daemons' log setup (`$REP_LOG`).
+//! - [`resources`]: several resources per host: the files of `/etc/rep`,
+//!   and which of them `r1`, `all` or nothing selects.
 //! - [`docs`]: `--generate-docs DIR`, the man pages and shell completions
 //!   each binary writes from its clap definition.
 
@@ -23,5 +25,6 @@ pub mod device;
 pub mod docs;
 pub mod logs;
 pub mod protocol;
+pub mod resources;
 pub mod socket;
 pub mod status_text;
