@@ -182,29 +182,22 @@ fn existing_files_are_not_overwritten_without_force() {
 
 /// A drbd.conf in DRBD 8.4 style written for the test: two nodes on
 /// loopback, file-backed disks. Imported, then brought up as DRBD's
-/// `drbdadm create-md`, `up`, `primary --force` would be.
+/// `drbdadm create-md`, `up`, `primary --force` would be; data written
+/// through alpha's NBD export reaches beta's disk.
 #[test]
 fn a_two_node_resource_comes_up_from_an_imported_file() {
+    rep_testkit::require("nbdcopy", "libnbd-bin");
     let _one = rep_testkit::serial();
     let dir = tempfile::Builder::new()
         .prefix("rep-import-")
         .tempdir_in(rep_testkit::target_tmp!())
         .unwrap();
     let d = dir.path();
-    let [pa, pb] = free_ports::<2>();
+    let [pa, pb, na, nb] = free_ports::<4>();
     for n in ["alpha", "beta"] {
         sparse_file(&d.join(format!("{n}.img")), 32 << 20);
     }
-    let conf = format!(
-        "global {{ usage-count no; }}\n\
-         common {{\n  net {{ protocol C; cram-hmac-alg sha1; shared-secret \"imported\"; timeout 20; ping-int 1; }}\n\
-           syncer {{ rate 200M; al-extents 61; }}\n}}\n\
-         resource r7 {{\n  startup {{ wfc-timeout 10; }}\n\
-           on alpha {{ device /dev/drbd40; disk {d}/alpha.img; address 127.0.0.1:{pa}; meta-disk internal; }}\n\
-           on beta {{ device minor 41; disk {d}/beta.img; address ipv4 127.0.0.1:{pb}; meta-disk internal; }}\n}}\n",
-        d = d.display()
-    );
-    std::fs::write(d.join("drbd.conf"), conf).unwrap();
+    std::fs::write(d.join("drbd.conf"), two_node_conf(d, pa, pb)).unwrap();
     let o = import(d, "drbd.conf", &d.join("rep"));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let warnings = String::from_utf8_lossy(&o.stderr);
@@ -214,6 +207,9 @@ fn a_two_node_resource_comes_up_from_an_imported_file() {
         "{warnings}"
     );
     let config = d.join("rep/r7.toml");
+    // drbd.conf has no NBD export (DRBD serves /dev/drbdN): the test adds
+    // one per node, the only lines not written by the import.
+    add_nbd_exports(&config, [na, nb]);
     let run = d.join("run");
     let node = |name| Repctl {
         bin: Path::new(REPCTL),
@@ -230,17 +226,73 @@ fn a_two_node_resource_comes_up_from_an_imported_file() {
     }
     a.ok(&["primary", "--force"]);
     for n in [a, b] {
-        poll(
-            "Connected UpToDate/UpToDate",
-            60,
-            Duration::from_millis(100),
-            || n.status().filter(is_synced),
-            || format!("{:?}", n.status()),
-        );
+        wait_for(n, "Connected UpToDate/UpToDate", is_synced);
     }
     let st = b.status().unwrap();
     assert_eq!(st["role"], "Secondary");
     assert_eq!(st["peer_role"], "Primary");
+    // 4 MiB through alpha's export, read back, then on beta's disk too.
+    let src = rep_testkit::random_file(d, "data.bin", 4 << 20, 18);
+    let uri = format!("nbd://127.0.0.1:{na}/r7");
+    nbdcopy(src.to_str().unwrap(), &uri);
+    let back = d.join("back.bin");
+    nbdcopy(&uri, back.to_str().unwrap());
+    let (x, y) = (std::fs::read(&src).unwrap(), std::fs::read(&back).unwrap());
+    assert!(
+        y.len() >= x.len() && y[..x.len()] == x[..],
+        "read back differs"
+    );
+    wait_for(a, "nothing pending", |s| {
+        s["counters"]["pe"] == 0 && s["out_of_sync_bytes"] == 0
+    });
+    rep_testkit::assert_same_data(&d.join("alpha.img"), &d.join("beta.img"), 4 << 20);
+}
+
+fn two_node_conf(d: &Path, pa: u16, pb: u16) -> String {
+    format!(
+        "global {{ usage-count no; }}\n\
+         common {{\n  net {{ protocol C; cram-hmac-alg sha1; shared-secret \"imported\"; timeout 20; ping-int 1; }}\n\
+           syncer {{ rate 200M; al-extents 61; }}\n}}\n\
+         resource r7 {{\n  startup {{ wfc-timeout 10; }}\n\
+           on alpha {{ device /dev/drbd40; disk {d}/alpha.img; address 127.0.0.1:{pa}; meta-disk internal; }}\n\
+           on beta {{ device minor 41; disk {d}/beta.img; address ipv4 127.0.0.1:{pb}; meta-disk internal; }}\n}}\n",
+        d = d.display()
+    )
+}
+
+/// `nbd = "127.0.0.1:PORT"` after each node's `device` line.
+fn add_nbd_exports(config: &Path, ports: [u16; 2]) {
+    let mut text = String::new();
+    let mut k = 0;
+    for line in std::fs::read_to_string(config).unwrap().lines() {
+        text.push_str(line);
+        text.push('\n');
+        if line.starts_with("device = ") {
+            text.push_str(&format!("nbd = \"127.0.0.1:{}\"\n", ports[k]));
+            k += 1;
+        }
+    }
+    assert_eq!(k, 2, "{text}");
+    std::fs::write(config, text).unwrap();
+}
+
+fn nbdcopy(from: &str, to: &str) {
+    let o = Command::new("nbdcopy").args([from, to]).output().unwrap();
+    assert!(
+        o.status.success(),
+        "nbdcopy {from} {to}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn wait_for(n: Repctl<'_>, what: &str, f: impl Fn(&serde_json::Value) -> bool) {
+    poll(
+        what,
+        60,
+        Duration::from_millis(100),
+        || n.status().filter(|s| f(s)),
+        || format!("{:?}", n.status()),
+    );
 }
 
 /// Stops both daemons at the end, also when the test failed.
