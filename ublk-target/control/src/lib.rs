@@ -16,6 +16,8 @@
 //! - [`logs`]: the daemons' log setup (`$REP_LOG`).
 //! - [`resources`]: several resources per host: the files of `/etc/rep`,
 //!   and which of them `r1`, `all` or nothing selects.
+//! - [`import`]: `repctl import-drbd-conf`, a drbd.conf into resource files;
+//!   its warnings and TOML writer serve the cluster agent's heartbeat import too.
 //! - [`docs`]: `--generate-docs DIR`, the man pages and shell completions
 //!   each binary writes from its clap definition.
 
@@ -23,6 +25,7 @@ pub mod client;
 pub mod config;
 pub mod device;
 pub mod docs;
+pub mod import;
 pub mod logs;
 pub mod protocol;
 pub mod resources;

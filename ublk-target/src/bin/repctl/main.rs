@@ -19,6 +19,7 @@ use ublk_target::md::MdError;
 
 use targets::{Select, Target};
 
+mod import;
 mod md;
 mod targets;
 
@@ -245,6 +246,33 @@ enum Command {
         arms it when a witness is configured."
     )]
     FreezeOnDisconnect(FreezeArgs),
+    /// Turn a drbd.conf into resource files, one per resource (from DRBD 8.x / 0.7)
+    #[command(
+        long_about = "Turn a drbd.conf (DRBD 8.x or 0.7 syntax: global, common, resource, on HOST, \
+        floating, startup, disk, net, syncer, handlers, include, skip) into one resource file per \
+        resource, DIR/NAME.toml. It takes no resource name; --config, --config-dir and --node are \
+        not used.\n\n\
+        What maps: protocol; startup wfc-timeout and degr-wfc-timeout; disk on-io-error \
+        (pass_on; detach and others become \"pass-on\" with a warning: rep has no diskless mode \
+        yet); syncer rate / disk resync-rate (a number without K/M/G is KiB/s, as in DRBD) and \
+        al-extents; net timeout (DRBD counts tenths of a second: timeout 60 is timeout-ms = 6000), \
+        ping-int (seconds), ko-count, max-buffers, shared-secret (with cram-hmac-alg: rep uses \
+        HMAC-SHA256), csums-alg and verify-alg (rep's digest is crc32c), after-sb-0pri/1pri/2pri; \
+        in each `on HOST`: device /dev/drbdN (or minor N) as device = N (/dev/ublkbN), disk, \
+        address (ipv4/ipv6 IP:PORT), meta-disk internal or a path. Keys set at the resource \
+        level go to both nodes; `common` applies to every resource.\n\n\
+        Every other option (global usage-count and minor-count, syncer group and after, \
+        incon-degr-cmd, handlers, ...) is left behind with a warning on stderr that names it \
+        with its FILE:LINE. A value drbd.conf lacks is never made up: an empty `address;`, a \
+        missing shared-secret (rep requires one), a meta-disk index are written as commented-out \
+        keys marked FILL IN, with a warning; complete them, then check the file with \
+        `repctl --config DIR/NAME.toml dump`. A file with nothing to fill in has passed that \
+        validation already.\n\n\
+        Syntax errors name the file and line; nothing is written then. Existing files in DIR are \
+        not overwritten without --force. For heartbeat's ha.cf, haresources and authkeys see \
+        `cluster-agent import-heartbeat`."
+    )]
+    ImportDrbdConf(import::ImportDrbdConfArgs),
 }
 
 #[derive(Debug, Args)]
@@ -485,6 +513,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::ResumeIo(sel) => each(cli, sel, OnlyOne, |t| {
             daemon::simple(t, ControlCmd::ResumeIo { if_current: None })
         }),
+        Command::ImportDrbdConf(a) => import::import_drbd(a),
         Command::FreezeOnDisconnect(a) => each(cli, &a.sel, OnlyOne, |t| {
             daemon::simple(
                 t,
