@@ -177,7 +177,9 @@ impl Tracker {
                 }
             }
             Action::Send(Message::Data { seq, .. }) => {
-                let started = node.app_of_peer_write(*seq).and_then(|id| self.apps.get(&id));
+                let started = node
+                    .app_of_peer_write(*seq)
+                    .and_then(|id| self.apps.get(&id));
                 if let Some(&(at, _)) = started {
                     if self.peer.len() < MAX_TRACKED {
                         self.peer.insert(*seq, at);
@@ -237,6 +239,10 @@ mod tests {
         assert_eq!(s.cumulative[5], 4);
         assert_eq!(s.cumulative[15], 4);
         assert!(s.cumulative.windows(2).all(|w| w[0] <= w[1]));
-        assert!((s.sum_seconds - 20.003_251).abs() < 1e-9, "{}", s.sum_seconds);
+        assert!(
+            (s.sum_seconds - 20.003_251).abs() < 1e-9,
+            "{}",
+            s.sum_seconds
+        );
     }
 }
