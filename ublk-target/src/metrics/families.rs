@@ -238,7 +238,13 @@ fn peer_device(e: &mut Exposition, st: &NodeStatus, l: &[(&str, &str)]) {
 
 /// Resync and verify progress: zeros (and a ratio of 1) when neither runs.
 fn sync(e: &mut Exposition, st: &NodeStatus, l: &[(&str, &str)]) {
-    let p = st.sync.as_ref();
+    // The engine refreshes its progress every 50 ms: right after the end
+    // it may still hold the last sample; the connection state is current.
+    let running = matches!(
+        st.connection.as_str(),
+        "SyncSource" | "SyncTarget" | "VerifySource" | "VerifyTarget"
+    );
+    let p = st.sync.as_ref().filter(|_| running);
     let k = "rep_peerdevice_sync_active";
     e.family(
         k,

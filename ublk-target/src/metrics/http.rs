@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 /// The longest request head read (request line and headers); a longer one
 /// is answered 431.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+/// At most this much is read and dropped after the answer (see
+/// `metrics::answer`).
+pub const MAX_DRAIN_BYTES: u64 = 128 * 1024;
 /// How long one connection may take to send its request head.
 pub const DEADLINE: Duration = Duration::from_secs(2);
 
@@ -85,6 +88,19 @@ pub fn read_head(r: &mut impl Read, started: Instant) -> Result<Option<Vec<u8>>,
         match r.read(&mut buf) {
             Ok(0) | Err(_) => return Ok(None),
             Ok(n) => head.extend_from_slice(buf.get(..n).unwrap_or_default()),
+        }
+    }
+}
+
+/// Reads and drops what `r` still sends, up to [`MAX_DRAIN_BYTES`] and
+/// until twice the [`DEADLINE`] after `started`.
+pub fn drain(r: &mut impl Read, started: Instant) {
+    let mut buf = [0u8; 4096];
+    let mut left = MAX_DRAIN_BYTES;
+    while left > 0 && started.elapsed() < 2 * DEADLINE {
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n as u64),
         }
     }
 }

@@ -88,11 +88,27 @@ impl MetricsListener {
     }
 }
 
-/// Reads one request from `conn` and answers it.
+/// Reads one request from `conn`, answers it and closes.
 fn answer(mut conn: TcpStream, engine: &EngineHandle, minor: u32) -> std::io::Result<()> {
     conn.set_read_timeout(Some(http::DEADLINE))?;
     conn.set_write_timeout(Some(http::DEADLINE))?;
-    let head = match http::read_head(&mut conn, Instant::now()) {
+    let started = Instant::now();
+    respond(&mut conn, engine, minor, started)?;
+    // What the client sent beyond the head (an oversized one, a body) is
+    // read and dropped, a bounded amount: closing with unread bytes would
+    // reset the connection, and the client could lose the answer.
+    conn.shutdown(std::net::Shutdown::Write)?;
+    http::drain(&mut conn, started);
+    Ok(())
+}
+
+fn respond(
+    mut conn: &mut TcpStream,
+    engine: &EngineHandle,
+    minor: u32,
+    started: Instant,
+) -> std::io::Result<()> {
+    let head = match http::read_head(&mut conn, started) {
         Ok(Some(h)) => h,
         Ok(None) => return Ok(()),
         Err(status) => return http::write_refusal(&mut conn, status),

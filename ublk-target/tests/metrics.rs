@@ -1,0 +1,329 @@
+//! The Prometheus endpoint of two real `repd`s (`[[node]] metrics` in the
+//! resource file), scraped over HTTP and read with two real parsers of the
+//! text format: `promtool check metrics` (Debian's `prometheus`) and the
+//! Python client's `text_string_to_metric_families`
+//! (`python3-prometheus-client`). The numbers must move with a write
+//! workload through the NBD export, a disconnect, a resync and role
+//! changes.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation,
+    clippy::cast_precision_loss,
+    clippy::float_cmp
+)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_ports, random_file, require, Cluster, Opts, NODES};
+use serde_json::Value;
+
+/// Debian's Python, where `python3-prometheus-client` installs (a `python3`
+/// earlier on PATH, such as a pyenv shim, does not see Debian's modules).
+const PYTHON: &str = "/usr/bin/python3";
+
+/// Fail loudly when a parser is missing: a skipped check passes unnoticed.
+fn parsers() {
+    require("promtool", "prometheus");
+    require("nbdcopy", "libnbd-bin");
+    require("qemu-io", "qemu-utils");
+    let ok = Command::new(PYTHON)
+        .args(["-c", "import prometheus_client.parser"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "/usr/bin/python3 has no prometheus_client: apt-get install -y python3-prometheus-client \
+         (scripts/test-all.sh does it)"
+    );
+}
+
+/// A cluster whose nodes serve metrics on ports of their own (both run on
+/// this host, so one `[metrics] listen` for both would clash).
+fn cluster_with_metrics(o: Opts) -> (Cluster, [u16; 2]) {
+    let c = Cluster::new(o);
+    let ports = free_ports::<2>();
+    let text = std::fs::read_to_string(&c.config[0]).unwrap();
+    let mut out = String::new();
+    let mut i = 0;
+    for line in text.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if line.starts_with("nbd = ") {
+            out.push_str(&format!("metrics = \"127.0.0.1:{}\"\n", ports[i]));
+            i += 1;
+        }
+    }
+    assert_eq!(i, 2, "{text}");
+    std::fs::write(&c.config[0], out).unwrap();
+    (c, ports)
+}
+
+/// One HTTP request; the status line, the head and the body.
+fn http(port: u16, request: &str) -> (String, String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.lines().next().unwrap().to_owned();
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// The samples of one scrape, as the Python client's parser read them.
+struct Scrape {
+    text: String,
+    samples: Vec<Value>,
+}
+
+impl Scrape {
+    /// The value of the one sample `name` whose labels include `labels`.
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let found: Vec<&Value> = self
+            .samples
+            .iter()
+            .filter(|s| s["name"] == name && labels.iter().all(|(k, v)| s["labels"][*k] == *v))
+            .collect();
+        assert_eq!(found.len(), 1, "{name} {labels:?} in\n{}", self.text);
+        found[0]["value"].as_f64().unwrap()
+    }
+}
+
+/// GET /metrics from `port`, checked by both parsers.
+fn scrape(c: &Cluster, port: u16) -> Scrape {
+    let (status, head, body) = http(port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{head}");
+    assert!(
+        head.contains("Content-Type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    let file = c.dir.path().join(format!("scrape-{port}.txt"));
+    std::fs::write(&file, &body).unwrap();
+    // promtool reads the exposition from stdin; lint findings fail it too.
+    let o = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "promtool check metrics: {}{}\n{body}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let py = "import sys, json\n\
+              from prometheus_client.parser import text_string_to_metric_families as f\n\
+              for fam in f(open(sys.argv[1]).read()):\n\
+              \x20   for s in fam.samples:\n\
+              \x20       print(json.dumps({'family': fam.name, 'type': fam.type, 'name': s.name, 'labels': s.labels, 'value': s.value}))\n";
+    let o = Command::new(PYTHON)
+        .args(["-c", py, file.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "prometheus_client parser: {}\n{body}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let samples = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    Scrape {
+        text: body,
+        samples,
+    }
+}
+
+fn one_of(s: &Scrape, family: &str, extra: &[(&str, &str)], value: &str) -> bool {
+    let mut l = extra.to_vec();
+    l.push((family, value));
+    s.get(family, &l) == 1.0
+}
+
+fn write_count(s: &Scrape, name: &str) -> f64 {
+    s.get(&format!("{name}_count"), &[("op", "write")])
+}
+
+#[test]
+fn metrics_parse_and_move_with_writes_a_resync_and_roles() {
+    parsers();
+    let o = Opts {
+        disk_mib: 16,
+        rate: "4M",
+        ..Opts::default()
+    };
+    let (c, port) = cluster_with_metrics(o);
+    let dump = c.ok(0, &["dump"]);
+    assert!(
+        dump.contains(&format!("metrics = \"127.0.0.1:{}\"", port[1])),
+        "{dump}"
+    );
+    c.up(0);
+    c.up(1);
+    let s = scrape(&c, port[0]);
+    assert!(one_of(&s, "rep_resource_role", &[], "Secondary"));
+    assert_eq!(s.get("rep_resource_split_brain", &[]), 0.0);
+    c.ok(0, &["primary", "--force"]);
+
+    // The initial full sync at 4 MiB/s: progress shows while it runs.
+    let t0 = Instant::now();
+    loop {
+        let s = scrape(&c, port[0]);
+        if s.get("rep_peerdevice_sync_active", &[("kind", "resync")]) == 1.0 {
+            assert!(one_of(&s, "rep_connection_state", &[], "SyncSource"));
+            assert!(s.get("rep_peerdevice_sync_remaining_bytes", &[]) > 0.0);
+            assert!(s.get("rep_peerdevice_sync_total_bytes", &[]) > 0.0);
+            assert!(s.get("rep_peerdevice_sync_progress_ratio", &[]) < 1.0);
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no resync seen:\n{}",
+            s.text
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.wait_synced(60);
+    let before = [scrape(&c, port[0]), scrape(&c, port[1])];
+    let b = &before[0];
+    assert!(one_of(b, "rep_resource_role", &[("name", "r0")], "Primary"));
+    assert!(one_of(
+        b,
+        "rep_connection_state",
+        &[("conn_name", "beta")],
+        "Connected"
+    ));
+    assert!(one_of(b, "rep_connection_peer_role", &[], "Secondary"));
+    assert!(one_of(b, "rep_device_state", &[("minor", "0")], "UpToDate"));
+    assert!(one_of(b, "rep_peerdevice_state", &[], "UpToDate"));
+    assert_eq!(b.get("rep_peerdevice_outofsync_bytes", &[]), 0.0);
+    assert_eq!(b.get("rep_peerdevice_sync_progress_ratio", &[]), 1.0);
+    assert!(b.get("rep_peerdevice_resync_sent_bytes_total", &[]) > 0.0);
+    assert!(before[1].get("rep_peerdevice_resync_received_bytes_total", &[]) > 0.0);
+
+    // A write workload through the export with a real NBD client.
+    let src = random_file(c.dir.path(), "w.bin", 4 << 20, 7);
+    c.nbd_write(0, &src);
+    c.wait(0, "the NBD client gone", 10, |s| s["nbd_clients"] == 0);
+    let after = [scrape(&c, port[0]), scrape(&c, port[1])];
+    let a = &after[0];
+    let grew = |n: &str, i: usize| after[i].get(n, &[]) - before[i].get(n, &[]);
+    assert!(grew("rep_device_written_bytes_total", 0) >= (4 << 20) as f64);
+    assert!(grew("rep_peerdevice_sent_bytes_total", 0) >= (4 << 20) as f64);
+    assert!(grew("rep_peerdevice_received_bytes_total", 1) >= (4 << 20) as f64);
+    assert!(grew("rep_device_written_bytes_total", 1) >= (4 << 20) as f64);
+    for h in [
+        "rep_device_request_seconds",
+        "rep_device_local_completion_seconds",
+        "rep_peerdevice_completion_seconds",
+    ] {
+        assert!(write_count(a, h) > write_count(b, h), "{h}:\n{}", a.text);
+        let inf = a.get(&format!("{h}_bucket"), &[("op", "write"), ("le", "+Inf")]);
+        assert_eq!(inf, write_count(a, h), "{h}");
+        assert!(a.get(&format!("{h}_sum"), &[("op", "write")]) > 0.0, "{h}");
+    }
+    assert!(a.get("rep_device_alwrites_total", &[]) >= b.get("rep_device_alwrites_total", &[]));
+
+    // Disconnected, a write leaves bytes out of sync; the resync after
+    // the reconnect brings them back to 0.
+    c.ok(0, &["disconnect"]);
+    let s = scrape(&c, port[0]);
+    assert!(one_of(&s, "rep_connection_state", &[], "StandAlone"));
+    assert!(one_of(&s, "rep_connection_peer_role", &[], "Unknown"));
+    c.nbd_write(0, &random_file(c.dir.path(), "w2.bin", 1 << 20, 8));
+    c.wait(0, "the NBD client gone", 10, |s| s["nbd_clients"] == 0);
+    let s = scrape(&c, port[0]);
+    assert!(
+        s.get("rep_peerdevice_outofsync_bytes", &[]) >= (1 << 20) as f64,
+        "{}",
+        s.text
+    );
+    let resynced = s.get("rep_peerdevice_resync_sent_bytes_total", &[]);
+    c.ok(0, &["connect"]);
+    c.wait_synced(60);
+    let s = scrape(&c, port[0]);
+    assert_eq!(s.get("rep_peerdevice_outofsync_bytes", &[]), 0.0);
+    assert!(s.get("rep_peerdevice_resync_sent_bytes_total", &[]) >= resynced + (1 << 20) as f64);
+
+    // Roles follow repctl secondary / primary.
+    c.ok(0, &["secondary"]);
+    c.ok(1, &["primary"]);
+    let (s0, s1) = (scrape(&c, port[0]), scrape(&c, port[1]));
+    assert!(one_of(&s0, "rep_resource_role", &[], "Secondary"));
+    assert!(one_of(&s0, "rep_connection_peer_role", &[], "Primary"));
+    assert!(one_of(&s1, "rep_resource_role", &[], "Primary"));
+    assert!(one_of(
+        &s1,
+        "rep_connection_state",
+        &[("conn_name", "alpha")],
+        "Connected"
+    ));
+    c.ok(1, &["secondary"]);
+    let _ = NODES;
+}
+
+/// Only GET/HEAD of /metrics is served; malformed, oversized and silent
+/// clients get an answer or are dropped without holding the endpoint.
+#[test]
+fn the_endpoint_refuses_what_is_not_a_scrape() {
+    parsers();
+    let (c, port) = cluster_with_metrics(Opts::default());
+    c.up(0);
+    let p = port[0];
+    let (st, _, body) = http(p, "GET / HTTP/1.1\r\n\r\n");
+    assert!(st.starts_with("HTTP/1.1 404"), "{st}");
+    assert!(body.contains("/metrics"), "{body}");
+    let (st, head, _) = http(p, "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    assert!(st.starts_with("HTTP/1.1 405"), "{st}");
+    assert!(head.contains("Allow: GET, HEAD"), "{head}");
+    let (st, _, _) = http(p, "hello\r\n\r\n");
+    assert!(st.starts_with("HTTP/1.1 400"), "{st}");
+    let big = format!(
+        "GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", p)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = s.write_all(big.as_bytes());
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    let (st, head, body) = http(p, "HEAD /metrics HTTP/1.0\r\n\r\n");
+    assert!(st.starts_with("HTTP/1.1 200"), "{st}");
+    assert!(head.contains("Content-Length: "), "{head}");
+    assert!(body.is_empty());
+
+    // A client that connects and says nothing holds the endpoint at most
+    // its deadline: a scrape behind it is still answered.
+    let _silent = TcpStream::connect(("127.0.0.1", p)).unwrap();
+    let t0 = Instant::now();
+    let s = scrape(&c, p);
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert!(one_of(&s, "rep_resource_role", &[], "Secondary"));
+}
+
+/// A metrics port in use stops repd at start, with the key to change.
+#[test]
+fn a_metrics_port_in_use_fails_the_start_naming_the_key() {
+    let (c, port) = cluster_with_metrics(Opts::default());
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", port[0])).unwrap();
+    let o = c.repctl(0, &["up"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("`node[0].metrics`") && err.contains(&port[0].to_string()),
+        "{err}"
+    );
+}
