@@ -155,6 +155,12 @@ fn device(e: &mut Exposition, st: &NodeStatus, l: &[(&str, &str)]) {
             st.counters.bm,
         ),
         (
+            "rep_device_almisses_total",
+            Kind::Counter,
+            "Application writes that waited for an activity-log transaction (their extent was cold)",
+            st.al_misses,
+        ),
+        (
             "rep_device_upperpending",
             Kind::Gauge,
             "Application requests received and not answered yet (ap)",
