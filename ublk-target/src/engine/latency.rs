@@ -91,23 +91,11 @@ impl Histogram {
 
 /// What kind of application request was timed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
+enum Op {
     Read,
     /// Writes, trims and write-zeroes.
     Write,
     Flush,
-}
-
-impl Op {
-    /// The `op` label's value.
-    #[must_use]
-    pub fn label(self) -> &'static str {
-        match self {
-            Op::Read => "read",
-            Op::Write => "write",
-            Op::Flush => "flush",
-        }
-    }
 }
 
 /// Every histogram of the engine, shared with the metrics endpoint.

@@ -27,9 +27,7 @@ use rep_control::protocol::{ControlCmd, NodeStatus};
 
 use crate::engine::EngineHandle;
 
-pub use exposition::{escape_label, Exposition, Kind};
-pub use families::render;
-pub use http::{CONTENT_TYPE, MAX_HEAD_BYTES, PATH};
+use families::render;
 
 /// The endpoint's socket, bound but not served yet.
 #[derive(Debug)]
