@@ -239,6 +239,22 @@ fn metrics_parse_and_move_with_writes_a_resync_and_roles() {
     assert!(a.get("rep_device_almisses_total", &[]) >= 1.0, "{}", a.text);
     assert!(a.get("rep_device_alwrites_total", &[]) >= 1.0, "{}", a.text);
 
+    // Reads through the export: timed too, and counted as read bytes.
+    c.nbd_reads_back(0, &src);
+    c.wait(0, "the NBD client gone", 10, |s| s["nbd_clients"] == 0);
+    let r = scrape(&c, port[0]);
+    for h in [
+        "rep_device_request_seconds",
+        "rep_device_local_completion_seconds",
+    ] {
+        let count = r.get(&format!("{h}_count"), &[("op", "read")]);
+        assert!(count > 0.0, "{h}:\n{}", r.text);
+    }
+    assert!(
+        r.get("rep_device_read_bytes_total", &[]) - a.get("rep_device_read_bytes_total", &[])
+            >= (4 << 20) as f64
+    );
+
     // Disconnected, a write leaves bytes out of sync; the resync after
     // the reconnect brings them back to 0.
     c.ok(0, &["disconnect"]);
