@@ -22,7 +22,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_ports, random_file, require, Cluster, Opts, NODES};
+use common::{free_ports, random_file, require, Cluster, Opts};
 use serde_json::Value;
 
 /// Debian's Python, where `python3-prometheus-client` installs (a `python3`
@@ -156,6 +156,27 @@ fn write_count(s: &Scrape, name: &str) -> f64 {
     s.get(&format!("{name}_count"), &[("op", "write")])
 }
 
+/// The nodes' ports and the cluster, for the phases below.
+struct Pair {
+    c: Cluster,
+    port: [u16; 2],
+}
+
+impl Pair {
+    fn scrape(&self, i: usize) -> Scrape {
+        scrape(&self.c, self.port[i])
+    }
+
+    /// Writes `bytes` of random data at offset 0 through node 0's export.
+    fn write(&self, name: &str, bytes: usize, seed: u64) -> std::path::PathBuf {
+        let src = random_file(self.c.dir.path(), name, bytes, seed);
+        self.c.nbd_write(0, &src);
+        self.c
+            .wait(0, "the NBD client gone", 10, |s| s["nbd_clients"] == 0);
+        src
+    }
+}
+
 #[test]
 fn metrics_parse_and_move_with_writes_a_resync_and_roles() {
     parsers();
@@ -170,17 +191,28 @@ fn metrics_parse_and_move_with_writes_a_resync_and_roles() {
         dump.contains(&format!("metrics = \"127.0.0.1:{}\"", port[1])),
         "{dump}"
     );
-    c.up(0);
-    c.up(1);
-    let s = scrape(&c, port[0]);
+    let p = Pair { c, port };
+    initial_sync_shows_progress(&p);
+    let before = [p.scrape(0), p.scrape(1)];
+    let src = p.write("w.bin", 4 << 20, 7);
+    writes_move_counters_and_histograms(&p, &before);
+    reads_move_the_read_histograms(&p, &src);
+    a_disconnected_write_is_out_of_sync_until_the_resync(&p);
+    roles_follow_repctl(&p);
+}
+
+/// Up both, alpha forced Primary: the full sync at 4 MiB/s shows its
+/// progress while it runs, then the pair is Connected and UpToDate.
+fn initial_sync_shows_progress(p: &Pair) {
+    p.c.up(0);
+    p.c.up(1);
+    let s = p.scrape(0);
     assert!(one_of(&s, "rep_resource_role", &[], "Secondary"));
     assert_eq!(s.get("rep_resource_split_brain", &[]), 0.0);
-    c.ok(0, &["primary", "--force"]);
-
-    // The initial full sync at 4 MiB/s: progress shows while it runs.
+    p.c.ok(0, &["primary", "--force"]);
     let t0 = Instant::now();
     loop {
-        let s = scrape(&c, port[0]);
+        let s = p.scrape(0);
         if s.get("rep_peerdevice_sync_active", &[("kind", "resync")]) == 1.0 {
             assert!(one_of(&s, "rep_connection_state", &[], "SyncSource"));
             assert!(s.get("rep_peerdevice_sync_remaining_bytes", &[]) > 0.0);
@@ -195,30 +227,35 @@ fn metrics_parse_and_move_with_writes_a_resync_and_roles() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    c.wait_synced(60);
-    let before = [scrape(&c, port[0]), scrape(&c, port[1])];
-    let b = &before[0];
-    assert!(one_of(b, "rep_resource_role", &[("name", "r0")], "Primary"));
+    p.c.wait_synced(60);
+    let (b, b1) = (p.scrape(0), p.scrape(1));
     assert!(one_of(
-        b,
-        "rep_connection_state",
-        &[("conn_name", "beta")],
-        "Connected"
+        &b,
+        "rep_resource_role",
+        &[("name", "r0")],
+        "Primary"
     ));
-    assert!(one_of(b, "rep_connection_peer_role", &[], "Secondary"));
-    assert!(one_of(b, "rep_device_state", &[("minor", "0")], "UpToDate"));
-    assert!(one_of(b, "rep_peerdevice_state", &[], "UpToDate"));
+    let beta = [("conn_name", "beta")];
+    assert!(one_of(&b, "rep_connection_state", &beta, "Connected"));
+    assert!(one_of(&b, "rep_connection_peer_role", &[], "Secondary"));
+    assert!(one_of(
+        &b,
+        "rep_device_state",
+        &[("minor", "0")],
+        "UpToDate"
+    ));
+    assert!(one_of(&b, "rep_peerdevice_state", &[], "UpToDate"));
     assert_eq!(b.get("rep_peerdevice_outofsync_bytes", &[]), 0.0);
     assert_eq!(b.get("rep_peerdevice_sync_progress_ratio", &[]), 1.0);
     assert!(b.get("rep_peerdevice_resync_sent_bytes_total", &[]) > 0.0);
-    assert!(before[1].get("rep_peerdevice_resync_received_bytes_total", &[]) > 0.0);
+    assert!(b1.get("rep_peerdevice_resync_received_bytes_total", &[]) > 0.0);
+}
 
-    // A write workload through the export with a real NBD client.
-    let src = random_file(c.dir.path(), "w.bin", 4 << 20, 7);
-    c.nbd_write(0, &src);
-    c.wait(0, "the NBD client gone", 10, |s| s["nbd_clients"] == 0);
-    let after = [scrape(&c, port[0]), scrape(&c, port[1])];
-    let a = &after[0];
+/// After 4 MiB written through the export (`before`: the scrapes of both
+/// nodes before it): bytes on both sides, and every write histogram.
+fn writes_move_counters_and_histograms(p: &Pair, before: &[Scrape; 2]) {
+    let after = [p.scrape(0), p.scrape(1)];
+    let (a, b) = (&after[0], &before[0]);
     let grew = |n: &str, i: usize| after[i].get(n, &[]) - before[i].get(n, &[]);
     assert!(grew("rep_device_written_bytes_total", 0) >= (4 << 20) as f64);
     assert!(grew("rep_peerdevice_sent_bytes_total", 0) >= (4 << 20) as f64);
@@ -238,59 +275,56 @@ fn metrics_parse_and_move_with_writes_a_resync_and_roles() {
     // log (empty after create-md): a miss, and a transaction for it.
     assert!(a.get("rep_device_almisses_total", &[]) >= 1.0, "{}", a.text);
     assert!(a.get("rep_device_alwrites_total", &[]) >= 1.0, "{}", a.text);
+}
 
-    // Reads through the export: timed too, and counted as read bytes.
-    c.nbd_reads_back(0, &src);
-    c.wait(0, "the NBD client gone", 10, |s| s["nbd_clients"] == 0);
-    let r = scrape(&c, port[0]);
+/// Reading `src` back through the export: timed, and counted as read bytes.
+fn reads_move_the_read_histograms(p: &Pair, src: &std::path::Path) {
+    let before = p.scrape(0);
+    p.c.nbd_reads_back(0, src);
+    p.c.wait(0, "the NBD client gone", 10, |s| s["nbd_clients"] == 0);
+    let r = p.scrape(0);
     for h in [
         "rep_device_request_seconds",
         "rep_device_local_completion_seconds",
     ] {
-        let count = r.get(&format!("{h}_count"), &[("op", "read")]);
-        assert!(count > 0.0, "{h}:\n{}", r.text);
+        let count = |s: &Scrape| s.get(&format!("{h}_count"), &[("op", "read")]);
+        assert!(count(&r) > count(&before), "{h}:\n{}", r.text);
     }
-    assert!(
-        r.get("rep_device_read_bytes_total", &[]) - a.get("rep_device_read_bytes_total", &[])
-            >= (4 << 20) as f64
-    );
+    let read = |s: &Scrape| s.get("rep_device_read_bytes_total", &[]);
+    assert!(read(&r) - read(&before) >= (4 << 20) as f64);
+}
 
-    // Disconnected, a write leaves bytes out of sync; the resync after
-    // the reconnect brings them back to 0.
-    c.ok(0, &["disconnect"]);
-    let s = scrape(&c, port[0]);
+/// Disconnected, a write leaves bytes out of sync; the resync after the
+/// reconnect sends them and brings the count back to 0.
+fn a_disconnected_write_is_out_of_sync_until_the_resync(p: &Pair) {
+    p.c.ok(0, &["disconnect"]);
+    let s = p.scrape(0);
     assert!(one_of(&s, "rep_connection_state", &[], "StandAlone"));
     assert!(one_of(&s, "rep_connection_peer_role", &[], "Unknown"));
-    c.nbd_write(0, &random_file(c.dir.path(), "w2.bin", 1 << 20, 8));
-    c.wait(0, "the NBD client gone", 10, |s| s["nbd_clients"] == 0);
-    let s = scrape(&c, port[0]);
-    assert!(
-        s.get("rep_peerdevice_outofsync_bytes", &[]) >= (1 << 20) as f64,
-        "{}",
-        s.text
-    );
+    p.write("w2.bin", 1 << 20, 8);
+    let s = p.scrape(0);
+    let oos = s.get("rep_peerdevice_outofsync_bytes", &[]);
+    assert!(oos >= (1 << 20) as f64, "{}", s.text);
     let resynced = s.get("rep_peerdevice_resync_sent_bytes_total", &[]);
-    c.ok(0, &["connect"]);
-    c.wait_synced(60);
-    let s = scrape(&c, port[0]);
+    p.c.ok(0, &["connect"]);
+    p.c.wait_synced(60);
+    let s = p.scrape(0);
     assert_eq!(s.get("rep_peerdevice_outofsync_bytes", &[]), 0.0);
-    assert!(s.get("rep_peerdevice_resync_sent_bytes_total", &[]) >= resynced + (1 << 20) as f64);
+    let sent = s.get("rep_peerdevice_resync_sent_bytes_total", &[]);
+    assert!(sent >= resynced + (1 << 20) as f64, "{}", s.text);
+}
 
-    // Roles follow repctl secondary / primary.
-    c.ok(0, &["secondary"]);
-    c.ok(1, &["primary"]);
-    let (s0, s1) = (scrape(&c, port[0]), scrape(&c, port[1]));
+/// The role gauges follow `repctl secondary` and `repctl primary`.
+fn roles_follow_repctl(p: &Pair) {
+    p.c.ok(0, &["secondary"]);
+    p.c.ok(1, &["primary"]);
+    let (s0, s1) = (p.scrape(0), p.scrape(1));
     assert!(one_of(&s0, "rep_resource_role", &[], "Secondary"));
     assert!(one_of(&s0, "rep_connection_peer_role", &[], "Primary"));
     assert!(one_of(&s1, "rep_resource_role", &[], "Primary"));
-    assert!(one_of(
-        &s1,
-        "rep_connection_state",
-        &[("conn_name", "alpha")],
-        "Connected"
-    ));
-    c.ok(1, &["secondary"]);
-    let _ = NODES;
+    let alpha = [("conn_name", "alpha")];
+    assert!(one_of(&s1, "rep_connection_state", &alpha, "Connected"));
+    p.c.ok(1, &["secondary"]);
 }
 
 /// Only GET/HEAD of /metrics is served; malformed, oversized and silent
