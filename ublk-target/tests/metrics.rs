@@ -4,7 +4,7 @@
 //! Python client's `text_string_to_metric_families`
 //! (`python3-prometheus-client`). The numbers must move with a write
 //! workload through the NBD export, a disconnect, a resync and role
-//! changes.
+//! changes; a real Prometheus server scrapes it too.
 
 #![allow(
     clippy::unwrap_used,
@@ -379,4 +379,81 @@ fn a_metrics_port_in_use_fails_the_start_naming_the_key() {
         err.contains("`node[0].metrics`") && err.contains(&port[0].to_string()),
         "{err}"
     );
+}
+
+/// A real Prometheus server (Debian's `prometheus`) scrapes a repd every
+/// second: the target is up and its series are queryable.
+#[test]
+fn a_prometheus_server_scrapes_repd() {
+    parsers();
+    require("prometheus", "prometheus");
+    let (c, port) = cluster_with_metrics(Opts::default());
+    c.up(0);
+    let [web] = free_ports::<1>();
+    let dir = c.dir.path();
+    let yml = dir.join("prometheus.yml");
+    std::fs::write(
+        &yml,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  \
+             - job_name: rep\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            port[0]
+        ),
+    )
+    .unwrap();
+    let _server = KillOnDrop(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", yml.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let query = |q: &str| -> Option<Value> {
+        // Not listening yet: no answer.
+        TcpStream::connect(("127.0.0.1", web)).ok()?;
+        let req =
+            format!("GET /api/v1/query?query={q} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let (status, _, body) = http(web, &req);
+        if !status.contains(" 200 ") {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&body).ok()?;
+        let first = v["data"]["result"].get(0)?.clone();
+        Some(first)
+    };
+    let t0 = Instant::now();
+    let found = loop {
+        // up{job="rep"} == 1 and the role series, once scraped.
+        let up = query("up");
+        let role = query("rep_resource_role%7Brep_resource_role%3D%22Secondary%22%7D");
+        if let (Some(up), Some(role)) = (up, role) {
+            if up["value"][1] == "1" && role["value"][1] == "1" {
+                break Some(role);
+            }
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let log = std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default();
+    let role = found.unwrap_or_else(|| panic!("Prometheus never scraped repd:\n{log}"));
+    assert_eq!(role["metric"]["name"], "r0", "{role}");
+    assert_eq!(role["metric"]["job"], "rep", "{role}");
+}
+
+/// A child process killed (and reaped) when the test ends, also by a panic.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
