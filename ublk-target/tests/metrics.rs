@@ -367,11 +367,14 @@ fn the_endpoint_refuses_what_is_not_a_scrape() {
     assert!(one_of(&s, "rep_resource_role", &[], "Secondary"));
 }
 
-/// A metrics port in use stops repd at start, with the key to change.
+/// A metrics port in use stops repd at start, with the key to change:
+/// a node's own `metrics` key, and `[metrics] listen` (which the node
+/// without a key of its own then serves on, once the port is free).
 #[test]
 fn a_metrics_port_in_use_fails_the_start_naming_the_key() {
+    parsers();
     let (c, port) = cluster_with_metrics(Opts::default());
-    let _taken = std::net::TcpListener::bind(("127.0.0.1", port[0])).unwrap();
+    let taken = std::net::TcpListener::bind(("127.0.0.1", port[0])).unwrap();
     let o = c.repctl(0, &["up"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");
@@ -379,6 +382,22 @@ fn a_metrics_port_in_use_fails_the_start_naming_the_key() {
         err.contains("`node[0].metrics`") && err.contains(&port[0].to_string()),
         "{err}"
     );
+    drop(taken);
+
+    let c = Cluster::new(Opts::default());
+    let [shared] = free_ports::<1>();
+    let mut text = std::fs::read_to_string(&c.config[0]).unwrap();
+    text.push_str(&format!("[metrics]\nlisten = \"127.0.0.1:{shared}\"\n"));
+    std::fs::write(&c.config[0], text).unwrap();
+    let taken = std::net::TcpListener::bind(("127.0.0.1", shared)).unwrap();
+    let o = c.repctl(0, &["up"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("`metrics.listen`"), "{err}");
+    drop(taken);
+    c.up(0);
+    let s = scrape(&c, shared);
+    assert!(one_of(&s, "rep_resource_role", &[], "Secondary"));
 }
 
 /// A real Prometheus server (Debian's `prometheus`) scrapes a repd every
