@@ -13,10 +13,12 @@
 //!
 //! The engine thread records into [`Tracker`] and counts into
 //! [`Latencies`], whose buckets are atomics, so a scrape reads them from
-//! another thread without asking (or ever blocking) the engine.
+//! another thread without asking (or ever blocking) the engine. Nothing is
+//! timed until [`Latencies::enable`] (repd calls it when it serves
+//! metrics): without an endpoint the write path pays one relaxed load.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -101,6 +103,7 @@ enum Op {
 /// Every histogram of the engine, shared with the metrics endpoint.
 #[derive(Debug, Default)]
 pub struct Latencies {
+    enabled: AtomicBool,
     pub request_read: Histogram,
     pub request_write: Histogram,
     pub request_flush: Histogram,
@@ -110,6 +113,11 @@ pub struct Latencies {
 }
 
 impl Latencies {
+    /// Start timing requests (from the next one on).
+    pub fn enable(&self) {
+        self.enabled.store(true, Ordering::Relaxed);
+    }
+
     fn request(&self, op: Op) -> &Histogram {
         match op {
             Op::Read => &self.request_read,
@@ -147,7 +155,7 @@ impl Tracker {
                 Op::Write
             }
         };
-        if self.apps.len() < MAX_TRACKED {
+        if self.hist.enabled.load(Ordering::Relaxed) && self.apps.len() < MAX_TRACKED {
             self.apps.insert(id, (Instant::now(), op));
         }
     }
@@ -155,6 +163,10 @@ impl Tracker {
     /// The state machine asks for `a`: local I/O and `Data` frames of an
     /// application request start their clocks, its completion stops one.
     pub(super) fn action(&mut self, node: &Node, a: &Action) {
+        if self.apps.is_empty() {
+            // Nothing timed (not enabled, or nothing in flight).
+            return;
+        }
         match a {
             Action::LocalRead { token, .. } | Action::LocalWrite { token, .. } => {
                 let started = node.app_of_local(*token).and_then(|id| self.apps.get(&id));
@@ -185,6 +197,9 @@ impl Tracker {
 
     /// The local disk finished `token`.
     pub(super) fn local_done(&mut self, token: IoToken) {
+        if self.local.is_empty() {
+            return;
+        }
         if let Some((at, op)) = self.local.remove(&token) {
             let h = match op {
                 Op::Read => &self.hist.local_read,
@@ -196,6 +211,9 @@ impl Tracker {
 
     /// A frame from the peer: the acknowledgement of a write stops its clock.
     pub(super) fn frame(&mut self, m: &Message) {
+        if self.peer.is_empty() {
+            return;
+        }
         if let Message::WriteAck { seq } | Message::NegAck { seq } = m {
             if let Some(at) = self.peer.remove(seq) {
                 self.hist.peer_write.observe(at.elapsed());
@@ -212,6 +230,55 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frontend::BlockBackend;
+    use rep_control::protocol::ControlCmd;
+    use replication_proto::machine::Verb;
+
+    /// One request through a real engine (alone, Primary), answered.
+    fn one(h: &crate::engine::EngineHandle, req: IoRequest) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        h.submit(req, Box::new(move |r| tx.send(r.is_ok()).unwrap()));
+        assert!(rx.recv_timeout(Duration::from_secs(30)).unwrap());
+    }
+
+    /// The engine times nothing until enabled; then a write and a read
+    /// each count once in their request and local-completion histograms
+    /// (no peer: nothing in the peer's).
+    #[test]
+    fn the_engine_times_requests_once_enabled() {
+        let dir = tempfile::tempdir().unwrap();
+        let eng = crate::engine::tests::start_alone(dir.path(), "lat");
+        let h = eng.handle.clone();
+        let reply = h.control(ControlCmd::Verb(Verb::Primary { force: true }));
+        assert!(reply.unwrap().ok);
+        let write = || IoRequest::Write {
+            offset: 0,
+            data: bytes::Bytes::from(vec![7u8; 4096]),
+            fua: false,
+        };
+        one(&h, write());
+        let l = h.latencies();
+        assert_eq!(l.request_write.snapshot().count, 0);
+        l.enable();
+        one(&h, write());
+        one(
+            &h,
+            IoRequest::Read {
+                offset: 0,
+                len: 4096,
+            },
+        );
+        one(&h, IoRequest::Flush);
+        assert_eq!(l.request_write.snapshot().count, 1);
+        assert_eq!(l.local_write.snapshot().count, 1);
+        assert_eq!(l.request_read.snapshot().count, 1);
+        assert_eq!(l.local_read.snapshot().count, 1);
+        assert_eq!(l.request_flush.snapshot().count, 1);
+        assert_eq!(l.peer_write.snapshot().count, 0);
+        assert!(l.request_write.snapshot().sum_seconds > 0.0);
+        let _ = h.control(ControlCmd::Down { force: false });
+        eng.thread.join().unwrap();
+    }
 
     #[test]
     fn buckets_are_cumulative_and_count_everything() {
