@@ -181,7 +181,7 @@ impl Pair {
 fn metrics_parse_and_move_with_writes_a_resync_and_roles() {
     parsers();
     let o = Opts {
-        disk_mib: 16,
+        disk_mib: 24,
         rate: "4M",
         ..Opts::default()
     };
@@ -201,7 +201,7 @@ fn metrics_parse_and_move_with_writes_a_resync_and_roles() {
     roles_follow_repctl(&p);
 }
 
-/// Up both, alpha forced Primary: the full sync at 4 MiB/s shows its
+/// Up both, alpha forced Primary: the full sync (24 MiB at 4 MiB/s) shows its
 /// progress while it runs, then the pair is Connected and UpToDate.
 fn initial_sync_shows_progress(p: &Pair) {
     p.c.up(0);

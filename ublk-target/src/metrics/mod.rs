@@ -92,7 +92,9 @@ fn answer(mut conn: TcpStream, engine: &EngineHandle, minor: u32) -> std::io::Re
     conn.set_read_timeout(Some(http::DEADLINE))?;
     conn.set_write_timeout(Some(http::DEADLINE))?;
     let started = Instant::now();
-    respond(&mut conn, engine, minor, started)?;
+    if !respond(&mut conn, engine, minor, started)? {
+        return Ok(());
+    }
     // What the client sent beyond the head (an oversized one, a body) is
     // read and dropped, a bounded amount: closing with unread bytes would
     // reset the connection, and the client could lose the answer.
@@ -101,18 +103,20 @@ fn answer(mut conn: TcpStream, engine: &EngineHandle, minor: u32) -> std::io::Re
     Ok(())
 }
 
+/// Answers the request on `conn`; false when there was none to answer (the
+/// client closed or said nothing in time).
 fn respond(
     mut conn: &mut TcpStream,
     engine: &EngineHandle,
     minor: u32,
     started: Instant,
-) -> std::io::Result<()> {
+) -> std::io::Result<bool> {
     let head = match http::read_head(&mut conn, started) {
         Ok(Some(h)) => h,
-        Ok(None) => return Ok(()),
-        Err(status) => return http::write_refusal(&mut conn, status),
+        Ok(None) => return Ok(false),
+        Err(status) => return http::write_refusal(&mut conn, status).map(|()| true),
     };
-    match http::parse(&head) {
+    let written = match http::parse(&head) {
         http::Request::Refused(status) => http::write_refusal(&mut conn, status),
         http::Request::Metrics { head_only } => match status(engine) {
             Some(st) => {
@@ -121,7 +125,8 @@ fn respond(
             }
             None => http::write_refusal(&mut conn, http::Status::Unavailable),
         },
-    }
+    };
+    written.map(|()| true)
 }
 
 /// The engine's status, `None` once it stopped.
