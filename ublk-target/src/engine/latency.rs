@@ -163,6 +163,11 @@ impl Tracker {
     /// The state machine asks for `a`: local I/O and `Data` frames of an
     /// application request start their clocks, its completion stops one.
     pub(super) fn action(&mut self, node: &Node, a: &Action) {
+        if matches!(a, Action::CloseConnection) {
+            // Writes in flight on it get no ack now (sequence numbers are
+            // never reused, so a stale one would only sit here).
+            self.peer_down();
+        }
         if self.apps.is_empty() {
             // Nothing timed (not enabled, or nothing in flight).
             return;
