@@ -13,6 +13,7 @@
 //! - [`frontend`]: the block-device interface the NBD export and ublk serve,
 //!   and how each registers its users with the engine.
 //! - [`nbd`]: the NBD export.
+//! - [`metrics`]: the Prometheus endpoint (`[metrics] listen`).
 //! - [`ublk`]: the ublk device, `/dev/ublkb<N>`.
 //! - [`control`]: the server side of the control socket `repctl` talks to.
 //! - [`crc_pick`]: which CRC32C implementation runs (measured at start).
@@ -29,5 +30,6 @@ pub mod disk_lock;
 pub mod engine;
 pub mod frontend;
 pub mod md;
+pub mod metrics;
 pub mod nbd;
 pub mod ublk;
