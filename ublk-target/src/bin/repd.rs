@@ -67,7 +67,7 @@ struct Cli {
     )]
     config: PathBuf,
     /// This node's name in the config [default: the host name].
-    #[arg(long, short = 'n', value_name = "NAME")]
+    #[arg(long, short = 'n', value_name = "NAME", env = "REP_NODE")]
     node: Option<String>,
     /// Where the control socket goes.
     #[arg(long, value_name = "DIR", env = "REP_RUN_DIR", default_value = DEFAULT_RUN_DIR)]
@@ -146,7 +146,9 @@ fn run(cli: &Cli) -> Result<(), String> {
         me.name,
         control.path().display()
     );
+    ublk_target::notify::start(control.path(), handle.clone());
     let _ = eng.thread.join();
+    ublk_target::notify::stopping();
     // ---- ublk (/dev/ublkbN), part 3 of 3: remove the device.
     ublk_stop.store(true, std::sync::atomic::Ordering::Release);
     handle.kick_role_waiters();
