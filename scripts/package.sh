@@ -13,13 +13,16 @@
 # download or build in CI), and the tree below is all a binary package is.
 # The version is the workspace's (Cargo.toml [workspace.package]).
 #
-# Usage: scripts/package.sh         (REP_BIN=DIR uses binaries built already)
+# Usage: scripts/package.sh    REP_BIN=DIR: package these binaries (no build)
+#                               REP_MAINTAINER="Name <mail>": the Maintainer field
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
 version=$(python3 -c 'import tomllib; print(tomllib.load(open("Cargo.toml", "rb"))["workspace"]["package"]["version"])')
 arch=$(dpkg --print-architecture)
+# Who answers for this build (the control file and the changelog).
+maintainer=${REP_MAINTAINER:-rep developers <rep@localhost>}
 out=${CARGO_TARGET_DIR:-$root/target}/debian
 stage=$out/rep_${version}_${arch}
 deb=$out/rep_${version}_${arch}.deb
@@ -46,7 +49,7 @@ control_file() {
 Package: rep
 Version: $version
 Architecture: $arch
-Maintainer: rep developers <rep@localhost>
+Maintainer: $maintainer
 Installed-Size: $size
 Depends: libc6 (>= $(glibc_min "$stage"/usr/sbin/*)), libgcc-s1 (>= 4.2)
 Suggests: nbd-client, libnbd-bin, iputils-ping
@@ -73,7 +76,7 @@ rep ($1) unstable; urgency=medium
 
   * Built from the rep source tree by scripts/package.sh.
 
- -- rep developers <rep@localhost>  $(date -R -d @"${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}")
+ -- $maintainer  $(date -R -d @"${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}")
 EOC
 }
 
@@ -90,11 +93,12 @@ mkdir -p "$stage/DEBIAN" "$stage/usr/sbin" "$stage/usr/lib/systemd/system" \
   "$stage/usr/lib/modules-load.d" "$stage/usr/share/doc/rep/examples"
 
 # Binaries: the release profile keeps line tables (debug = 1) for
-# backtraces during development; the package drops the DWARF and keeps the
-# symbol names, so a panic's backtrace still names functions.
+# backtraces during development; the package strips them as Debian policy
+# asks (dh_strip's options), which also drops the symbol names that a
+# backtrace would show (build with `cargo build --release` to get them).
 for b in repd repctl cluster-agent; do
   install -m 0755 "$bin/$b" "$stage/usr/sbin/$b"
-  strip --strip-debug "$stage/usr/sbin/$b"
+  strip --remove-section=.comment --remove-section=.note --strip-unneeded "$stage/usr/sbin/$b"
 done
 
 install -m 0644 ublk-target/systemd/rep@.service ublk-target/systemd/rep.target \
