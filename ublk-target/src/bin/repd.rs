@@ -147,7 +147,14 @@ fn run(cli: &Cli) -> Result<(), String> {
         control.path().display()
     );
     ublk_target::notify::start(control.path(), handle.clone());
-    let _ = eng.thread.join();
+    if eng.thread.join().is_err() {
+        // A bug ended the engine (its panic is logged above). Leave like a
+        // crash, not like `down`: the kernel keeps holding /dev/ublkbN's
+        // I/O, and systemd's Restart=on-failure starts a repd that resumes
+        // it, where ending normally would remove the device and exit 0.
+        tracing::error!("the engine thread panicked: aborting, a restarted repd resumes");
+        std::process::abort();
+    }
     ublk_target::notify::stopping();
     // ---- ublk (/dev/ublkbN), part 3 of 3: remove the device.
     ublk_stop.store(true, std::sync::atomic::Ordering::Release);
