@@ -8,8 +8,10 @@
 # The chroot: `debootstrap --variant=minbase --include=systemd,man-db
 # bookworm` (about 35 s with a fast mirror), kept as a tarball in
 # target/debian/ so that reruns only unpack it (a few seconds). No systemd
-# runs in a chroot, so units are verified, not started: the VM scenario boots
-# a real one (vm-tests).
+# runs in a chroot, so the units are verified there, then the chroot is
+# booted with systemd-nspawn and scripts/package-test-systemd.sh starts,
+# kills and stops them under a real systemd (no ublk_drv there: the VM
+# scenario in vm-tests covers /dev/ublkbN under systemd).
 #
 # Usage: scripts/package-test.sh     (as root; REP_BIN=DIR packages those binaries)
 set -euo pipefail
@@ -19,10 +21,10 @@ if [ "$(id -u)" != 0 ]; then
   echo "package-test: needs root (chroot, dpkg)" >&2
   exit 1
 fi
-if ! command -v debootstrap >/dev/null; then
-  echo "== installing debootstrap"
+if ! command -v debootstrap >/dev/null || ! command -v systemd-nspawn >/dev/null; then
+  echo "== installing debootstrap, systemd-container"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap systemd-container >/dev/null
 fi
 
 out=${CARGO_TARGET_DIR:-$PWD/target}/debian
@@ -33,7 +35,8 @@ cache=$out/chroot-cache.tar
 root=$out/chroot
 
 bash scripts/package.sh
-deb=$(ls -t "$out"/rep_*_"$(dpkg --print-architecture)".deb | head -n 1)
+version=$(python3 -c 'import tomllib; print(tomllib.load(open("Cargo.toml", "rb"))["workspace"]["package"]["version"])')
+deb=$out/rep_${version}_$(dpkg --print-architecture).deb
 
 # The cached userspace, made again when the debootstrap arguments change.
 if [ ! -f "$cache" ] || [ "$(cat "$cache.args" 2>/dev/null)" != "$boot_args" ]; then
@@ -135,6 +138,10 @@ for u in rep@.service rep-agent@.service; do
   echo "     $u: $(in_root systemd-analyze security --offline=true "/usr/lib/systemd/system/$u" 2>&1 |
     grep -o 'Overall exposure level.*' || echo 'no security score')"
 done
+
+echo "== the units under systemd: boot the chroot with systemd-nspawn"
+if bash scripts/package-test-systemd.sh "$root"; then :; else failures=$((failures + 1)); fi
+rm -f "$root.nspawn.log"
 
 echo "== dpkg -r, dpkg -P"
 check "dpkg -r rep" in_root dpkg -r rep

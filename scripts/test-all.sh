@@ -13,7 +13,7 @@ if [ -f scripts/vm-setup.sh ]; then
 fi
 
 need_pkgs=()
-for p in libnbd-bin nbdkit fio qemu-utils iproute2 libclang-dev e2fsprogs iputils-ping jq man-db debootstrap binutils; do
+for p in libnbd-bin nbdkit fio qemu-utils iproute2 libclang-dev e2fsprogs iputils-ping jq man-db debootstrap systemd-container binutils; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
