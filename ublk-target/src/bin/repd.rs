@@ -39,7 +39,9 @@ use ublk_target::nbd::{NbdServer, NbdServerHandle};
                   It holds an exclusive lock on the backing disk (and an external metadata \
                   file) while it runs: a second repd on the same disk, or `repctl create-md`, is \
                   refused and told the holder's pid.\n\n\
-                  Usually started by `repctl up`; run it directly under systemd.\n\n\
+                  Usually started by `repctl up`; run it directly under systemd \
+                  (rep@.service, Type=notify: READY=1 once the control socket answers, STATUS= \
+                  with the role and connection). The node name may come from REP_NODE.\n\n\
                   Logs go to stderr; REP_LOG sets the filter (default `info`; e.g. `debug`, \
                   `ublk_target::engine=trace`). libublk's own lines show only from warnings up \
                   unless REP_LOG names libublk (`REP_LOG=info,libublk=info`).\n\n\
