@@ -42,7 +42,7 @@ for r in r0 r1; do
 done
 truncate -s 64M "$root/var/lib/rep/alpha.img" "$root/var/lib/rep/r1-alpha.img"
 for r in r0 r1; do
-  chroot "$root" repctl --config "/etc/rep/$r.toml" --node alpha create-md >/dev/null
+  chroot "$root" repctl --node alpha create-md "$r" >/dev/null
 done
 
 log=$root.nspawn.log
@@ -88,11 +88,13 @@ booted() {
 check "systemd boots in the container" booted
 
 prop() { in_ct systemctl show "$1" -p "$2" --value; }
-rc0() { in_ct repctl --config /etc/rep/r0.toml --node alpha "$@"; }
+# repctl as the package README uses it: resource files in /etc/rep, the
+# resource by name (the node by --node: the host is not called alpha).
+rc() { in_ct repctl --node alpha "$@"; }
 started_and_answers() {
   in_ct systemctl start rep@r0 || return 1
   # Type=notify: start returned after READY=1, so repctl must answer now.
-  rc0 status >/dev/null && prop rep@r0.service StatusText | grep -q '^Secondary, '
+  rc status r0 >/dev/null && prop rep@r0.service StatusText | grep -q '^Secondary, '
 }
 check "systemctl start rep@r0: active, repctl answers at once, STATUS= says Secondary" started_and_answers
 
@@ -105,7 +107,7 @@ restarted_after_kill9() {
     new=$(prop rep@r0.service MainPID)
     if [ "$(prop rep@r0.service NRestarts)" = $((restarts + 1)) ] && [ "$new" != 0 ] && [ "$new" != "$old" ] &&
       [ "$(prop rep@r0.service ActiveState)" = active ]; then
-      rc0 status >/dev/null && return 0
+      rc status r0 >/dev/null && return 0
     fi
     sleep 0.2
   done
@@ -122,11 +124,20 @@ two_share_run_dir() {
   in_ct systemctl stop rep@r0 || return 1
   stopped_cleanly rep@r0.service &&
     # RuntimeDirectoryPreserve: r0's stop left /run/rep and r1's socket.
-    in_ct repctl --config /etc/rep/r1.toml --node alpha status >/dev/null
+    rc status r1 >/dev/null
 }
 check "rep@r1 beside rep@r0; systemctl stop rep@r0: stopped cleanly, r1 still answers" two_share_run_dir
+status_all() { # `repctl status` shows every resource of /etc/rep, running or not
+  local out
+  out=$(rc status) || true
+  printf '%s\n' "$out" | grep -q '^r0 ' && printf '%s\n' "$out" | grep -q '^r1 ' || {
+    printf '%s\n' "$out"
+    return 1
+  }
+}
+check "repctl status: r0 (stopped) and r1 (running) both shown" status_all
 down_stays_down() {
-  in_ct repctl --config /etc/rep/r1.toml --node alpha down >/dev/null || return 1
+  rc down r1 >/dev/null || return 1
   sleep 3 # RestartSec is 2 s: a restart would have happened by now
   stopped_cleanly rep@r1.service && [ "$(prop rep@r1.service NRestarts)" = 0 ]
 }

@@ -114,7 +114,7 @@ done
 # The units, instantiated for a resource r0 from the example file.
 mkdir -p "$root/etc/rep"
 cp "$root/usr/share/doc/rep/examples/r0.toml" "$root/etc/rep/r0.toml"
-check "repctl dump of the example r0.toml" in_root repctl --config /etc/rep/r0.toml --node alpha dump
+check "repctl --node alpha dump r0 (the example as /etc/rep/r0.toml)" in_root repctl --node alpha dump r0
 verify() { # verify UNIT...: passes, and says nothing about our units
   local log
   log=$(in_root systemd-analyze verify "$@" 2>&1) || {
