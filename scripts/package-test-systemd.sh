@@ -6,7 +6,9 @@
 # kill -9 of repd is followed by a restart, two resources share /run/rep,
 # `systemctl stop` and `repctl down` leave a unit stopped and not failed,
 # rep.target starts and stops every enabled resource, rep-agent@r0 starts
-# after rep@r0. The node name comes from /etc/rep/r0.env (REP_NODE).
+# after rep@r0 and outlives a crash of repd, and repd gets its private mount
+# namespace through the sandbox. The node name comes from /etc/rep/r0.env
+# (REP_NODE).
 #
 # There is no ublk_drv here (the container shares the host's kernel): repd
 # serves the NBD export only. The VM scenario (vm-tests) covers /dev/ublkbN
@@ -198,6 +200,29 @@ agent_survives_repd_crash() {
   }
 }
 check "kill -9 of repd under the agent: repd restarted, the agent kept running" agent_survives_repd_crash
+
+# repd enters a private mount namespace of its own when ublk_drv is there
+# (unshare + MS_PRIVATE): RestrictNamespaces=mnt, the capability set and the
+# unit's other sandboxing must let it. A stand-in /dev/ublk-control (an empty
+# file: ublk itself then fails, logged) makes repd take that path here.
+private_mounts() {
+  in_ct touch /dev/ublk-control || return 1
+  echo "REP_LOG=debug" >>"$root/etc/rep/r0.env"
+  in_ct systemctl restart rep@r0 || return 1
+  local log
+  for _ in $(seq 1 50); do
+    log=$(in_ct journalctl -u rep@r0 --no-pager -o cat -n 200)
+    if printf '%s\n' "$log" | grep -q 'running in a private mount namespace'; then
+      ! printf '%s\n' "$log" | grep -E 'cannot enter a private mount namespace|cannot make the mounts'
+      return
+    fi
+    sleep 0.2
+  done
+  printf '%s\n' "$log" | tail -n 20
+  return 1
+}
+check "under the unit's hardening repd enters its private mount namespace" private_mounts
+in_ct rm -f /dev/ublk-control
 
 stop_container
 trap - EXIT
