@@ -135,6 +135,7 @@ qemu-system-x86_64 -accel tcg -cpu max,-erms,-fsrm -m "$MEM" -smp "$CPUS" \
   -drive "file=$IMAGE/rootfs.ext4,if=virtio,format=raw,snapshot=on" \
   -virtfs "local,path=$WORK,mount_tag=repshare,security_model=none,id=repshare" \
   -nic none -display none -monitor none -serial "file:$CTL/console.log" -no-reboot \
+  -pidfile "$CTL/qemu.pid" \
   </dev/null >"$CTL/qemu.out" 2>&1 &
 QPID=$!
 rc_q=0
