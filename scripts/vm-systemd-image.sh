@@ -32,9 +32,10 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${REP_VM_CACHE:-${HOME:-/root}/.cache/rep-vm}
 SUITE=bookworm
-# What the scenario uses in the guest beyond minbase. linux-base and
+# What the scenario uses in the guest beyond minbase (man-db: `man repctl`
+# and `systemd-analyze verify`, which checks the units' man pages). linux-base and
 # initramfs-tools: `dpkg -i` of the kernel package and its initramfs.
-GUEST_PKGS=systemd-sysv,udev,kmod,linux-base,initramfs-tools,e2fsprogs,fio,iproute2,jq,procps,util-linux
+GUEST_PKGS=systemd-sysv,udev,kmod,linux-base,initramfs-tools,e2fsprogs,fio,iproute2,jq,procps,util-linux,man-db
 # Free space left on the root filesystem for backing images and logs.
 FREE_MB=1536
 
@@ -55,6 +56,9 @@ KDEB=$(compgen -G "$CACHE/linux-image-$KVER-unsigned_*.deb" | sort -V | tail -n 
 
 KEY=$( (cat "${BASH_SOURCE[0]}"; echo "$KVER") | sha256sum | cut -c1-16)
 OUT=$CACHE/systemd-image-$KEY
+# One build at a time (two tests may ask at once); the second waits and reuses it.
+exec 9>"$CACHE/systemd-image.lock"
+flock 9 || die "cannot lock $CACHE/systemd-image.lock"
 if [ -f "$OUT/rootfs.ext4" ] && [ -f "$OUT/vmlinuz" ] && [ -f "$OUT/initrd.img" ]; then
   echo "$OUT"
   exit 0

@@ -8,7 +8,8 @@
 #
 # What it checks (PASS/FAIL lines on stdout; exit 1 if any FAIL):
 #   1. PID 1 is systemd; `dpkg -i` of the package (the one .deb in /share)
-#      puts repd, repctl, the units where systemd finds them;
+#      puts repd, repctl, the man pages and the units where `man` and
+#      systemd find them;
 #      `systemd-analyze verify` accepts rep@r0.service;
 #   2. two nodes of resource r0 on 127.0.0.1: alpha (device 0) is
 #      rep@r0.service, started with `systemctl enable --now rep@r0` (REP_NODE
@@ -40,7 +41,7 @@ DATA=/var/lib/rep
 MNT=/mnt/r0
 UNIT=rep@r0.service
 rm -rf "$OUT"
-mkdir -p "$OUT" "$MNT" "$DATA" "$BETA_RUN"
+mkdir -p "$OUT" "$MNT" "$DATA" "$BETA_RUN" /etc/rep # the package installs no /etc/rep
 
 rc() { repctl --config "$CFG" --node "$@"; }
 rcb() { repctl --config "$CFG" --run-dir "$BETA_RUN" --node beta "$@"; }
@@ -79,6 +80,11 @@ pass "dpkg -i $(basename "${debs[0]}") on Debian $(cat /etc/debian_version)"
 for f in /usr/sbin/repd /usr/sbin/repctl /usr/sbin/cluster-agent; do
   [ -x "$f" ] || fail "$f is not installed"
 done
+if man -P cat repctl 2>/dev/null | grep -q repctl && man -w repd >/dev/null 2>&1 && man -w 5 rep.toml >/dev/null 2>&1; then
+  pass "man repctl, man repd, man 5 rep.toml work"
+else
+  fail "man pages missing: $(man -w repctl repd 2>&1 | head -n 2)"
+fi
 if [ "$(systemctl show -p LoadState --value "$UNIT")" = loaded ]; then
   pass "systemd knows $UNIT ($(systemctl show -p FragmentPath --value "$UNIT"))"
 else
@@ -142,7 +148,7 @@ mkfs.ext4 -q -F /dev/ublkb0 >"$OUT/mkfs.txt" 2>&1 || die "mkfs.ext4 /dev/ublkb0:
 mount /dev/ublkb0 "$MNT" || die "mount /dev/ublkb0 $MNT"
 pass "ext4 on /dev/ublkb0 mounted at $MNT"
 mkdir -p "$MNT/files"
-fio --name=writer --directory="$MNT" --filename=fio.dat --size=64M --ioengine=libaio --direct=1 \
+fio --name=writer --directory="$MNT" --filename=fio.dat --size=32M --ioengine=libaio --direct=1 \
   --rw=randwrite --bs=4k --iodepth=16 --verify=crc32c --verify_state_save=0 >"$OUT/fio.txt" 2>&1 &
 fio_pid=$!
 # Each file is logged only after it and its folder were fsynced: every logged

@@ -78,6 +78,7 @@ fn systemd_restarts_a_killed_repd_and_the_filesystem_carries_on() {
     for needle in [
         "PID 1 is systemd",
         "dpkg -i rep_",
+        "man repctl, man repd, man 5 rep.toml work",
         "systemd knows rep@r0.service",
         "systemd-analyze verify rep@r0.service",
         "/dev/ublk-control",
