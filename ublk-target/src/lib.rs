@@ -30,4 +30,5 @@ pub mod engine;
 pub mod frontend;
 pub mod md;
 pub mod nbd;
+pub mod notify;
 pub mod ublk;
