@@ -97,12 +97,13 @@ started_and_answers() {
 check "systemctl start rep@r0: active, repctl answers at once, STATUS= says Secondary" started_and_answers
 
 restarted_after_kill9() {
-  local old new
+  local old new restarts
   old=$(prop rep@r0.service MainPID)
+  restarts=$(prop rep@r0.service NRestarts)
   in_ct sh -c "kill -9 $old"
   for _ in $(seq 1 100); do
     new=$(prop rep@r0.service MainPID)
-    if [ "$(prop rep@r0.service NRestarts)" = 1 ] && [ "$new" != 0 ] && [ "$new" != "$old" ] &&
+    if [ "$(prop rep@r0.service NRestarts)" = $((restarts + 1)) ] && [ "$new" != 0 ] && [ "$new" != "$old" ] &&
       [ "$(prop rep@r0.service ActiveState)" = active ]; then
       rc0 status >/dev/null && return 0
     fi
@@ -162,7 +163,7 @@ bind = "127.0.0.1:7694"
 node = "beta"
 bind = "127.0.0.1:7695"
 EOF
-  # Starting the agent starts repd first (Requires=, After=).
+  # Starting the agent starts repd first (Wants=, After=).
   in_ct systemctl start rep-agent@r0 || return 1
   in_ct systemctl is-active rep@r0 rep-agent@r0 >/dev/null || return 1
   for _ in $(seq 1 50); do
@@ -174,6 +175,18 @@ EOF
   return 1
 }
 check "systemctl start rep-agent@r0 starts rep@r0 first; the agent sees repd" agent
+agent_survives_repd_crash() {
+  local agent
+  agent=$(prop rep-agent@r0.service MainPID)
+  [ "$agent" != 0 ] || return 1
+  restarted_after_kill9 || return 1
+  # The agent was not restarted along with repd (its heartbeats go on).
+  [ "$(prop rep-agent@r0.service MainPID)" = "$agent" ] || {
+    echo "the agent's pid changed from $agent to $(prop rep-agent@r0.service MainPID)"
+    return 1
+  }
+}
+check "kill -9 of repd under the agent: repd restarted, the agent kept running" agent_survives_repd_crash
 
 stop_container
 trap - EXIT
