@@ -56,13 +56,14 @@ pcmk_net_up() {
   ip -n "$a" addr add "${PCMK_IPS[0]}/$PCMK_NET" dev pkv0
   ip -n "$b" addr add "${PCMK_IPS[1]}/$PCMK_NET" dev pkv1
   for i in 0 1; do
-    ip -n "$(pcmk_ns $i)" link set lo up
-    ip -n "$(pcmk_ns $i)" link set "pkv$i" up
+    ip -n "$(pcmk_ns "$i")" link set lo up
+    ip -n "$(pcmk_ns "$i")" link set "pkv$i" up
   done
 }
 
 pcmk_net_down() {
-  for i in 0 1; do ip netns del "$(pcmk_ns $i)" 2>/dev/null || true; done
+  local i
+  for i in 0 1; do ip netns del "$(pcmk_ns "$i")" 2>/dev/null || true; done
 }
 
 # corosync.conf (knet over the veth, two_node: one node keeps quorum when
@@ -183,11 +184,13 @@ pcmk_pids() {
 # pacemaker daemons, repd and services), named in the output, like a
 # power cut.
 pcmk_node_kill() {
-  local p q pids=() names=()
+  local p q comm pids=() names=()
   p=$(pcmk_init_pid "$1") || return 0
   for q in $(pcmk_pids "$1"); do
+    # A process may be gone already (an action that just ended).
+    comm=$(cat "/proc/$q/comm" 2>/dev/null) || continue
     pids+=("$q")
-    names+=("$(cat "/proc/$q/comm" 2>/dev/null)($q)")
+    names+=("$comm($q)")
   done
   echo "  kill -9 on ${PCMK_NODES[$1]}: ${names[*]}"
   kill -9 "${pids[@]}" 2>/dev/null || true
@@ -220,6 +223,7 @@ pcmk_wait_online() {
 
 # Kill both nodes and remove the namespaces (keeps PCMK_STATE for logs).
 pcmk_cleanup() {
+  local i
   for i in 0 1; do pcmk_node_kill "$i" >/dev/null; done
   pcmk_net_down
 }

@@ -2,7 +2,10 @@
 # The OCF resource agent ocf/rep in a real two-node Pacemaker + Corosync
 # cluster (Debian's packages), one node per network namespace with its own
 # mount, UTS and PID namespaces (scripts/pacemaker-lib.sh):
-#   1. ocf-tester passes on the agent with a live two-node resource behind it;
+#   1. ocf-tester passes on the agent with a live two-node resource behind it,
+#      and the agent run directly (as Pacemaker runs it) honours its
+#      parameters: stop_outdates_secondary, force_stop, notify's connect,
+#      validate-all's refusals;
 #   2. the cluster runs the promotable clone of ocf:rep:rep and a service
 #      (scripts/pacemaker-writer.py under ocf:heartbeat:anything) that writes
 #      numbered blocks through the promoted node's NBD export, colocated
@@ -11,7 +14,8 @@
 #      Pacemaker promotes the survivor and starts the service there, every
 #      acknowledged write is intact; the failover time is printed;
 #   4. the node comes back, rejoins unpromoted, resyncs only what changed;
-#   5. crm_resource --move of the promoted instance to it and back.
+#   5. crm_resource --move of the promoted instance to it and back;
+#   6. the promotion scores follow the data state (adjust_master_score).
 # STONITH is disabled (stonith-enabled=false): fencing is not what this
 # test proves. Exit 0 only when every step passes.
 #
@@ -52,11 +56,14 @@ fail() {
 }
 
 cleanup() {
+  local rc=$?
+  set +e
   pcmk_cleanup
   if [ -n "${OCFT_DIR:-}" ]; then
     ocft_repctl beta down --force t0 >/dev/null 2>&1 || true
     ocft_repctl alpha down --force t0 >/dev/null 2>&1 || true
   fi
+  exit "$rc"
 }
 trap cleanup EXIT
 
@@ -110,6 +117,66 @@ step_ocf_tester() {
   ocf-tester -n rep-t0 -o resource=t0 -o config_dir="$OCFT_DIR" -o run_dir="$OCFT_DIR/run" \
     -o node=alpha -o repctl="$REPCTL" "$ROOT/ocf/rep" || fail "ocf-tester"
   ocft_repctl beta down t0 >/dev/null
+  step_agent_options
+}
+
+# The agent run directly for node NODE of t0, as Pacemaker runs it (the
+# OCF environment), with extra VAR=VALUE settings.
+agent() { # NODE ACTION [VAR=VALUE...]
+  local n=$1 a=$2
+  shift 2
+  env OCF_ROOT=/usr/lib/ocf OCF_RESOURCE_INSTANCE=rep-t0 OCF_RESKEY_resource=t0 \
+    OCF_RESKEY_config_dir="$OCFT_DIR" OCF_RESKEY_run_dir="$OCFT_DIR/run" OCF_RESKEY_node="$n" \
+    OCF_RESKEY_repctl="$REPCTL" "$@" "$ROOT/ocf/rep" "$a"
+}
+
+expect_rc() { # WANT WHAT CMD...
+  local want=$1 what=$2 rc=0
+  shift 2
+  "$@" >/dev/null 2>&1 || rc=$?
+  [ "$rc" = "$want" ] || fail "$what: exit $rc, expected $want"
+  echo "  $what: exit $rc"
+}
+
+step_agent_options() {
+  echo "== 1b. the agent's parameters: stop_outdates_secondary, force_stop, bad values"
+  agent beta start >/dev/null 2>&1 || fail "start beta"
+  agent beta promote >/dev/null 2>&1 || fail "promote beta"
+  agent alpha start >/dev/null 2>&1 || fail "start alpha"
+  wait_json "t0 connected" 60 '.connection == "Connected" and .peer_disk == "UpToDate"' ocft_repctl alpha status --json t0
+  expect_rc 8 "monitor of the promoted beta" agent beta monitor
+  expect_rc 0 "monitor of the unpromoted alpha" agent alpha monitor
+  # Stopped while beta is promoted: alpha's data falls behind; outdated.
+  expect_rc 0 "stop alpha with stop_outdates_secondary=true, beta promoted" \
+    agent alpha stop OCF_RESKEY_stop_outdates_secondary=true OCF_RESKEY_CRM_meta_notify_promoted_uname=beta
+  ocft_repctl alpha dump-md --json t0 | jq -e '(.flags | index("CONSISTENT")) != null and (.flags | index("WAS_UP_TO_DATE")) == null' >/dev/null ||
+    fail "alpha's metadata is not Outdated after the stop"
+  echo "  alpha's metadata: Outdated (CONSISTENT without WAS_UP_TO_DATE)"
+  agent alpha start >/dev/null 2>&1 || fail "start alpha again"
+  wait_json "alpha resynced" 60 '.disk == "UpToDate" and .connection == "Connected"' ocft_repctl alpha status --json t0
+  # A StandAlone node about to be promoted connects (notify pre-promote).
+  ocft_repctl alpha disconnect t0 >/dev/null
+  wait_json "alpha StandAlone" 20 '.connection == "StandAlone"' ocft_repctl alpha status --json t0
+  expect_rc 0 "notify pre-promote on the StandAlone alpha" agent alpha notify \
+    OCF_RESKEY_CRM_meta_notify_type=pre OCF_RESKEY_CRM_meta_notify_operation=promote
+  wait_json "alpha connected by the notify" 20 '.connection == "Connected"' ocft_repctl alpha status --json t0
+  echo "  alpha connected again"
+  agent alpha stop >/dev/null 2>&1 || fail "stop alpha"
+  # An NBD client on beta's export: stop refuses, force_stop cuts it.
+  /usr/bin/python3 -c 'import nbd, sys, time
+h = nbd.NBD(); h.connect_uri(sys.argv[1]); time.sleep(60)' nbd://127.0.0.1:11991/t0 &
+  local client=$!
+  wait_json "the NBD client connected" 20 '.nbd_clients == 1' ocft_repctl beta status --json t0
+  expect_rc 1 "stop of beta with an NBD client connected" agent beta stop
+  expect_rc 8 "monitor of beta after the refused stop" agent beta monitor
+  expect_rc 0 "stop of beta with force_stop=true" agent beta stop OCF_RESKEY_force_stop=true
+  expect_rc 7 "monitor of the stopped beta" agent beta monitor
+  kill "$client" 2>/dev/null || true
+  expect_rc 6 "validate-all with adjust_master_score='0 1000'" agent beta validate-all OCF_RESKEY_adjust_master_score="0 1000"
+  expect_rc 6 "validate-all with adjust_master_score='10 5 20'" agent beta validate-all OCF_RESKEY_adjust_master_score="10 5 20"
+  expect_rc 6 "validate-all with force_stop=maybe" agent beta validate-all OCF_RESKEY_force_stop=maybe
+  expect_rc 6 "validate-all of a resource without a file" agent beta validate-all OCF_RESKEY_resource=nope
+  expect_rc 7 "probe of a resource without a file" agent beta monitor OCF_RESKEY_resource=nope OCF_RESKEY_CRM_meta_interval=0
 }
 
 # Both nodes' disks, created and synced once before Pacemaker takes over
@@ -120,9 +187,9 @@ prepare_resource() {
   truncate -s "${DISK_MIB}M" "$SHARED/alpha.img" "$SHARED/beta.img"
   resource_file r0 "$SHARED" "${PCMK_IPS[0]}" "${PCMK_IPS[1]}" 7788 10809 >"$SHARED/etc-rep/r0.toml"
   for i in 0 1; do
-    ip netns exec "$(pcmk_ns $i)" "$REPCTL" --config-dir "$SHARED/etc-rep" --run-dir "$SHARED/run" \
+    ip netns exec "$(pcmk_ns "$i")" "$REPCTL" --config-dir "$SHARED/etc-rep" --run-dir "$SHARED/run" \
       -n "${PCMK_NODES[$i]}" create-md r0 >/dev/null
-    ip netns exec "$(pcmk_ns $i)" "$REPCTL" --config-dir "$SHARED/etc-rep" --run-dir "$SHARED/run" \
+    ip netns exec "$(pcmk_ns "$i")" "$REPCTL" --config-dir "$SHARED/etc-rep" --run-dir "$SHARED/run" \
       -n "${PCMK_NODES[$i]}" up r0 >/dev/null
   done
   local r0=(ip netns exec "$(pcmk_ns 0)" "$REPCTL" --config-dir "$SHARED/etc-rep" --run-dir "$SHARED/run" -n alpha)
@@ -319,10 +386,45 @@ move_to() { # i: move the promoted instance to node i
   check_acked "$1"
 }
 
+# The promotion score (adjust_master_score) of node NAME, as node i's
+# Pacemaker holds it ("none" when the agent removed it).
+score_of() { # i NAME
+  pcmk_in "$1" crm_attribute --promotion=rep --node "$2" --query --quiet 2>/dev/null || echo none
+}
+
+wait_score() { # i NAME WANT WHY
+  local t=0 got
+  while [ "$t" -lt 60 ]; do
+    got=$(score_of "$1" "$2")
+    [ "$got" = "$3" ] && { echo "  promotion score of $2: $got ($4)"; return 0; }
+    sleep 0.5
+    t=$((t + 1))
+  done
+  fail "promotion score of $2 is $got, expected $3 ($4)"
+}
+
+step_scores() {
+  local p=$PROMOTED_NOW pi u ui
+  pi=$(node_index "$p")
+  ui=$((1 - pi))
+  u=${PCMK_NODES[$ui]}
+  echo "== 6. promotion scores follow the data state (adjust_master_score 0 1000 10000)"
+  wait_score "$pi" "$p" 10000 "Primary, UpToDate"
+  wait_score "$pi" "$u" 10000 "Secondary, UpToDate, peer known"
+  node_repctl "$ui" disconnect r0 >/dev/null
+  wait_score "$pi" "$u" 1000 "Secondary, UpToDate, peer unknown after repctl disconnect"
+  node_repctl "$ui" connect r0 >/dev/null
+  wait_json "$u resynced" 60 '.connection == "Connected" and .disk == "UpToDate"' node_repctl "$ui" status --json r0
+  wait_score "$pi" "$u" 10000 "connected again"
+  [ "$(promoted_on "$pi")" = "$p" ] || fail "the promoted instance moved"
+  check_acked "$pi"
+}
+
 step_move() {
   echo "== 5. move the promoted instance and back"
   move_to "$KILLED"
   move_to $((1 - KILLED))
+  PROMOTED_NOW=${PCMK_NODES[$((1 - KILLED))]}
 }
 
 step_ocf_tester
@@ -330,4 +432,5 @@ step_cluster_up
 step_failover
 step_rejoin
 step_move
+step_scores
 echo "== pacemaker-test: PASS ($(acked_count) writes acknowledged, all intact)"
