@@ -30,10 +30,10 @@ ROOT=$PWD
 [ "$(id -u)" = 0 ] || { echo "pacemaker-test.sh must run as root (namespaces, Pacemaker)" >&2; exit 1; }
 pcmk_install
 if [ -z "${REP_BIN:-}" ]; then
+  # Not from test-all.sh (which builds them first): build them (a no-op
+  # when they are up to date), never use stale ones.
+  cargo build --release -p ublk-target --bins
   REP_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
-  if [ ! -x "$REP_BIN/repd" ] || [ ! -x "$REP_BIN/repctl" ]; then
-    cargo build --release -p ublk-target --bins
-  fi
 fi
 REPCTL="$REP_BIN/repctl"
 export PCMK_STATE="${CARGO_TARGET_DIR:-$ROOT/target}/tmp/pacemaker-test"
@@ -306,6 +306,11 @@ step_cluster_up() {
   pcmk_wait_online 0 120 || fail "cluster did not come up"
   echo "  both nodes online"
   configure_cib
+  pcmk_in 0 crm_verify -L || fail "crm_verify -L: the configuration is not valid"
+  [ "$(pcmk_in 0 crm_resource --show-metadata ocf:rep:rep |
+    xmllint --xpath "count(//parameter[@name='adjust_master_score'])" -)" = 1 ] ||
+    fail "Pacemaker does not read ocf:rep:rep's meta-data"
+  echo "  crm_verify -L: valid; crm_resource --show-metadata ocf:rep:rep: read"
   local t=0 p=""
   while [ -z "$p" ] && [ "$t" -lt 120 ]; do
     sleep 1
