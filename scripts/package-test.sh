@@ -85,6 +85,7 @@ for u in rep@.service rep-agent@.service rep.target; do
   check "unit $u in /usr/lib/systemd/system" test -f "$root/usr/lib/systemd/system/$u"
 done
 check "postinst enabled rep.target" test -L "$root/etc/systemd/system/multi-user.target.wants/rep.target"
+check "OCF agent ocf:rep:rep, executable" test -x "$root/usr/lib/ocf/resource.d/rep/rep"
 check "ublk_drv in modules-load.d" grep -qx ublk_drv "$root/usr/lib/modules-load.d/rep.conf"
 check "no file in /etc/rep (the resource files are the admin's)" test ! -e "$root/etc/rep"
 

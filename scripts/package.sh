@@ -52,7 +52,8 @@ Architecture: $arch
 Maintainer: $maintainer
 Installed-Size: $size
 Depends: libc6 (>= $(glibc_min "$stage"/usr/sbin/*)), libgcc-s1 (>= 4.2)
-Suggests: nbd-client, libnbd-bin, iputils-ping
+Recommends: jq
+Suggests: nbd-client, libnbd-bin, iputils-ping, pacemaker, resource-agents
 Section: admin
 Priority: optional
 Description: replicated block device on ublk (DRBD 8.4 + heartbeat in Rust)
@@ -65,7 +66,8 @@ Description: replicated block device on ublk (DRBD 8.4 + heartbeat in Rust)
  .
  This package holds repd (the daemon of one resource), repctl (its
  drbdadm), cluster-agent, the systemd units rep@.service,
- rep-agent@.service and rep.target, man pages and shell completions. See
+ rep-agent@.service and rep.target, the Pacemaker resource agent
+ ocf:rep:rep (it needs jq), man pages and shell completions. See
  /usr/share/doc/rep/README.md to set up a resource.
 EOC
 }
@@ -103,6 +105,9 @@ done
 
 install -m 0644 ublk-target/systemd/rep@.service ublk-target/systemd/rep.target \
   cluster-agent/systemd/rep-agent@.service "$stage/usr/lib/systemd/system/"
+# The OCF resource agent for Pacemaker (ocf:rep:rep), where Pacemaker looks
+# for providers' agents.
+install -D -m 0755 ocf/rep "$stage/usr/lib/ocf/resource.d/rep/rep"
 printf '# /dev/ublk-control for repd (rep package)\nublk_drv\n' >"$stage/usr/lib/modules-load.d/rep.conf"
 chmod 0644 "$stage/usr/lib/modules-load.d/rep.conf"
 

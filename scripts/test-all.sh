@@ -47,3 +47,5 @@ echo "== agent simulator: 2000 more seeds (release build)"
 cargo run -q -p cluster-agent --release --features sim --bin agentsim -- --from 260 --seeds 2000
 echo "== Debian package: build it, install it in a clean Debian 12 chroot (debootstrap, cached), check it"
 bash scripts/package-test.sh
+echo "== Pacemaker: ocf/rep under ocf-tester and in a real two-node Pacemaker + Corosync cluster"
+bash scripts/pacemaker-test.sh
