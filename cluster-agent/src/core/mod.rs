@@ -42,10 +42,18 @@
 //!   a claim waits for that (the peer's disk Outdated in its heartbeats).
 //! - **Chain.** After the promotion the resources start left to right; before
 //!   the demotion they stop right to left. A failed start stops what was
-//!   started (the failed one too), demotes, and keeps this node from taking
-//!   over for `failure-timeout`. A failed stop is never ignored: the node
+//!   started (the failed one too), demotes, and bans this node from the
+//!   chain for `failure-timeout`. A failed stop is never ignored: the node
 //!   keeps the role (so the peer does not take over under a resource still
 //!   running) and retries every `deadtime`.
+//! - **Monitors.** While holding, each resource is checked at its
+//!   interval ([`Action::Monitor`], answered by [`Input::MonitorResult`]).
+//!   A failure counts against the resource and restarts it in place: the
+//!   resources after it stop right to left, then it and they start again,
+//!   the device staying Primary. At its `migration-threshold` the chain
+//!   moves to the peer (a handover, when the peer could take it) and this
+//!   node is banned from it for `failure-timeout` (or until `cleanup`);
+//!   fail counts are forgotten `failure-timeout` after the last failure.
 //! - **Conflicts.** Two holders that hear each other (after a partition
 //!   without fencing): the one that loses the fixed order releases.
 //! - **Auto-failback.** The preferred node, back and UpToDate, asks for the
@@ -59,6 +67,7 @@
 //! - `chain`: promotion, the resource chain's starts and stops, demotion;
 //! - `quorum`: votes as leases, the witness, suspending a Primary's writes;
 //! - `handover`: switchover, ping nodes, stop-failure escalation, outdate-peer;
+//! - `monitor`: the chain's monitors, fail counts, the ban, `cleanup`;
 //! - `status`: `cluster-agent status`, transitions and events.
 
 use std::collections::VecDeque;
