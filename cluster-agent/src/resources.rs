@@ -703,8 +703,11 @@ mod tests {
             options: Some("size=1m".into()),
             timeout: Duration::from_secs(10),
         };
+        let t = Duration::from_secs(5);
+        assert_eq!(monitor(&r, &ctx(), t), MonitorOutcome::Stopped);
         start(&r, &ctx()).unwrap();
         assert!(is_mounted(&mp));
+        assert_eq!(monitor(&r, &ctx(), t), MonitorOutcome::Running);
         start(&r, &ctx()).unwrap();
         std::fs::write(mp.join("f"), b"x").unwrap();
         stop(&r, &ctx()).unwrap();
@@ -774,6 +777,59 @@ mod tests {
         };
         start(&r, &c).unwrap();
         t.join().unwrap();
+    }
+
+    #[test]
+    fn monitors_read_lsb_status_codes_timeouts_and_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("svc");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\n[ \"$1\" = status ] || exit 2\ncode=$(cat \"$(dirname \"$0\")/code\")\n[ \"$code\" = hang ] && exec sleep 30\necho \"status says $code\"; exit $code\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let r = ResourceEntry::Service {
+            script: script.clone(),
+            timeout: Duration::from_secs(5),
+        };
+        let code = |c: &str| {
+            std::fs::write(dir.path().join("code"), c).unwrap();
+            monitor(&r, &ctx(), Duration::from_millis(300))
+        };
+        assert_eq!(code("0"), MonitorOutcome::Running);
+        assert_eq!(code("3"), MonitorOutcome::Stopped);
+        // LSB 1 (dead, pid file left) and the rest: failed, with the output.
+        let MonitorOutcome::Failed(e) = code("1") else {
+            panic!("exit 1 is a failure")
+        };
+        assert!(e.contains("status: exit 1: status says 1"), "{e}");
+        let t0 = Instant::now();
+        let MonitorOutcome::Failed(e) = code("hang") else {
+            panic!("a hung status is a failure")
+        };
+        assert!(e.contains("did not finish within 300 ms"), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        let ip = |address: &str, interface: &str| ResourceEntry::Ip {
+            address: address.parse().unwrap(),
+            prefix: 8,
+            interface: interface.into(),
+            timeout: Duration::from_secs(5),
+        };
+        let t = Duration::from_secs(1);
+        assert_eq!(
+            monitor(&ip("127.0.0.1", "lo"), &ctx(), t),
+            MonitorOutcome::Running
+        );
+        assert_eq!(
+            monitor(&ip("127.9.9.9", "lo"), &ctx(), t),
+            MonitorOutcome::Stopped
+        );
+        assert_eq!(
+            monitor(&ip("127.0.0.1", "nosuchif0"), &ctx(), t),
+            MonitorOutcome::Stopped
+        );
     }
 
     #[test]
