@@ -164,10 +164,14 @@ impl Core {
             }
             let reason = if self.phase.rollback() {
                 self.ban_failed_start(now);
-                format!(
-                    "released after a failed start; not taking over for failure-timeout ({} ms)",
-                    self.cfg.failure_timeout
-                )
+                match self.cfg.failure_timeout {
+                    0 => "released after a failed start; not taking over until `cluster-agent cleanup` \
+                          (failure-timeout 0)"
+                        .to_string(),
+                    ft => format!(
+                        "released after a failed start; not taking over for failure-timeout ({ft} ms)"
+                    ),
+                }
             } else if let Some(r) = self.handover_done(now) {
                 r
             } else {
