@@ -24,6 +24,13 @@ pub enum Request {
     /// Hand the resources to the peer (planned switchover); only the holder
     /// accepts it.
     Switchover,
+    /// Forget the monitor fail counts of `resource` (index in the chain
+    /// after the device; all when absent) and this node's ban
+    /// (`crm_resource --cleanup`).
+    Cleanup {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resource: Option<usize>,
+    },
 }
 
 /// The answer.

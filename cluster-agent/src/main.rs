@@ -116,6 +116,21 @@ enum Command {
         --config and --node are not used."
     )]
     ImportHeartbeat(cluster_agent::import::cli::ImportArgs),
+    /// Forget the monitor failures of the chain's resources on this node,
+    /// and lift its ban from the chain (`crm_resource --cleanup`)
+    #[command(
+        long_about = "Forget the monitor failures counted on this node (of RESOURCE, or of every \
+                      resource) and lift this node's ban from the chain: the ban that a failed start \
+                      or migration-threshold monitor failures set for failure-timeout-ms (for good \
+                      when failure-timeout-ms is 0). A running chain is monitored again at once. \
+                      Pacemaker's `crm_resource --cleanup`."
+    )]
+    Cleanup {
+        /// The resource's index in the chain after the device (0 = the
+        /// first [[cluster.resource]] after the device), as `status` lists it
+        #[arg(value_name = "RESOURCE")]
+        resource: Option<usize>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -150,6 +165,7 @@ fn main() -> ExitCode {
         Some(Command::ImportHeartbeat(a)) => cluster_agent::import::cli::run(a),
         Some(Command::Status { json }) => status(&cli, *json),
         Some(Command::Switchover { no_wait, timeout }) => switchover(&cli, *no_wait, *timeout),
+        Some(Command::Cleanup { resource }) => cleanup(&cli, *resource),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -244,6 +260,26 @@ fn status(cli: &Cli, json: bool) -> Result<(), String> {
     let path = control::socket_path(&cli.run_dir, &cfg.resource.resource.name, &cfg.me);
     let reply = control::request(&path, &Request::Status).map_err(|e| e.to_string())?;
     print_status(reply, "the agent refused", json, text)
+}
+
+/// `cluster-agent cleanup [RESOURCE]`: prints what was cleared.
+fn cleanup(cli: &Cli, resource: Option<usize>) -> Result<(), String> {
+    let cfg = AgentConfig::load(&cli.config, cli.node.as_deref()).map_err(|e| e.to_string())?;
+    let path = control::socket_path(&cli.run_dir, &cfg.resource.resource.name, &cfg.me);
+    let reply =
+        control::request(&path, &Request::Cleanup { resource }).map_err(|e| e.to_string())?;
+    if !reply.ok {
+        return Err(reply.error.unwrap_or_else(|| "the agent refused".into()));
+    }
+    let owned = reply.status.unwrap_or(Value::Null);
+    let st = &owned;
+    let last = st["events"].as_array().and_then(|e| e.last());
+    println!(
+        "{}: {}",
+        cfg.me,
+        last.map_or_else(|| "cleaned up".into(), |e| s(&e["what"]))
+    );
+    Ok(())
 }
 
 fn switchover(cli: &Cli, no_wait: bool, timeout: u64) -> Result<(), String> {
@@ -517,7 +553,51 @@ fn text_paths_and_chain(o: &mut String, st: &Value) {
     }
     let _ = writeln!(o, "chain:");
     for r in st["chain"].as_array().into_iter().flatten() {
-        let _ = writeln!(o, "  {:<40} {}", s(&r["label"]), s(&r["state"]));
+        let _ = writeln!(
+            o,
+            "  {:<40} {}{}",
+            s(&r["label"]),
+            s(&r["state"]),
+            monitor_text(&r["monitor"])
+        );
+    }
+    if let Some(b) = st["ban"].as_object() {
+        let _ = writeln!(
+            o,
+            "BANNED from the chain: {} ({})",
+            s(&b["reason"]),
+            b["left_ms"].as_u64().map_or_else(
+                || "until `cluster-agent cleanup`".to_string(),
+                |ms| format!("{ms} ms left, or `cluster-agent cleanup`")
+            )
+        );
+    }
+}
+
+/// One resource's monitor, after its state: interval, last result, failures.
+fn monitor_text(m: &Value) -> String {
+    match m["interval_ms"].as_u64() {
+        None => String::new(),
+        Some(0) => "  (not monitored)".into(),
+        Some(every) => format!(
+            "  monitor every {} ms: {} {}, failures {}/{}",
+            every,
+            match &m["last_result"] {
+                Value::Null => "not run yet".to_string(),
+                Value::String(r) => r.clone(),
+                v => format!("FAILED ({})", s(&v["failed"])),
+            },
+            if m["last_ms_ago"].is_null() {
+                String::new()
+            } else {
+                ago(&m["last_ms_ago"])
+            },
+            s(&m["failures"]),
+            match m["threshold"].as_u64() {
+                Some(0) => "never moves".to_string(),
+                _ => s(&m["threshold"]),
+            }
+        ),
     }
 }
 

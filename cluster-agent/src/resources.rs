@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use nix::mount::MsFlags;
 
 use crate::config::ResourceEntry;
+use crate::core::MonitorOutcome;
 use crate::netlink;
 
 /// Who runs the chain, for the environment of scripts.
@@ -278,6 +279,62 @@ pub fn stop(r: &ResourceEntry, ctx: &Ctx) -> Result<(), String> {
             .map(|_| ())
             .map_err(|e| e.to_string()),
     }
+}
+
+/// Check whether resource `r` still runs (its monitor), within `timeout`:
+/// a service by `SCRIPT status` (LSB: exit 0 running, 3 not running,
+/// anything else or a timeout failed), a filesystem by the mount table, an
+/// address by the interface's addresses.
+#[must_use]
+pub fn monitor(r: &ResourceEntry, ctx: &Ctx, timeout: Duration) -> MonitorOutcome {
+    match r {
+        ResourceEntry::Service { script, .. } => {
+            let mut c = ctx.command(script);
+            c.arg("status");
+            let what = format!("{} status", script.display());
+            match run(c, timeout) {
+                Ok(e) => match e.code {
+                    Some(0) => MonitorOutcome::Running,
+                    Some(3) => MonitorOutcome::Stopped,
+                    Some(c) if e.output.is_empty() => {
+                        MonitorOutcome::Failed(format!("{what}: exit {c}"))
+                    }
+                    Some(c) => MonitorOutcome::Failed(format!("{what}: exit {c}: {}", e.output)),
+                    None => MonitorOutcome::Failed(format!("{what}: killed by a signal")),
+                },
+                Err(e) => MonitorOutcome::Failed(e),
+            }
+        }
+        ResourceEntry::Filesystem { mount_point, .. } => {
+            if is_mounted(mount_point) {
+                MonitorOutcome::Running
+            } else {
+                MonitorOutcome::Stopped
+            }
+        }
+        ResourceEntry::Ip {
+            address, interface, ..
+        } => match has_address(interface, *address) {
+            Ok(true) => MonitorOutcome::Running,
+            Ok(false) => MonitorOutcome::Stopped,
+            Err(e) => MonitorOutcome::Failed(e),
+        },
+    }
+}
+
+/// Whether `interface` carries `address` (getifaddrs(3), as `ip addr show`).
+fn has_address(interface: &str, address: std::net::IpAddr) -> Result<bool, String> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| format!("getifaddrs: {e}"))?;
+    Ok(addrs
+        .filter(|a| a.interface_name == interface)
+        .filter_map(|a| a.address)
+        .any(|sa| {
+            let ip = sa
+                .as_sockaddr_in()
+                .map(|s| std::net::IpAddr::V4(s.ip()))
+                .or_else(|| sa.as_sockaddr_in6().map(|s| std::net::IpAddr::V6(s.ip())));
+            ip == Some(address)
+        }))
 }
 
 /// Run the fence command line (through `sh -c`, like DRBD's handlers).
@@ -606,7 +663,7 @@ mod tests {
         let script = dir.path().join("svc");
         std::fs::write(
             &script,
-            "#!/bin/sh\ncase \"$1\" in start) touch \"$(dirname \"$0\")/on.$REP_NODE\";; stop) rm -f \"$(dirname \"$0\")/on.$REP_NODE\";; *) exit 3;; esac\n",
+            "#!/bin/sh\ncase \"$1\" in start) touch \"$(dirname \"$0\")/on.$REP_NODE\";; stop) rm -f \"$(dirname \"$0\")/on.$REP_NODE\";; status) [ -e \"$(dirname \"$0\")/on.$REP_NODE\" ] || exit 3;; *) exit 3;; esac\n",
         )
         .unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -615,8 +672,11 @@ mod tests {
             script: script.clone(),
             timeout: Duration::from_secs(5),
         };
+        let t = Duration::from_secs(5);
+        assert_eq!(monitor(&r, &ctx(), t), MonitorOutcome::Stopped);
         start(&r, &ctx()).unwrap();
         assert!(dir.path().join("on.alpha").exists());
+        assert_eq!(monitor(&r, &ctx(), t), MonitorOutcome::Running);
         stop(&r, &ctx()).unwrap();
         assert!(!dir.path().join("on.alpha").exists());
         let bad = ResourceEntry::Service {
@@ -643,8 +703,11 @@ mod tests {
             options: Some("size=1m".into()),
             timeout: Duration::from_secs(10),
         };
+        let t = Duration::from_secs(5);
+        assert_eq!(monitor(&r, &ctx(), t), MonitorOutcome::Stopped);
         start(&r, &ctx()).unwrap();
         assert!(is_mounted(&mp));
+        assert_eq!(monitor(&r, &ctx(), t), MonitorOutcome::Running);
         start(&r, &ctx()).unwrap();
         std::fs::write(mp.join("f"), b"x").unwrap();
         stop(&r, &ctx()).unwrap();
@@ -714,6 +777,59 @@ mod tests {
         };
         start(&r, &c).unwrap();
         t.join().unwrap();
+    }
+
+    #[test]
+    fn monitors_read_lsb_status_codes_timeouts_and_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("svc");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\n[ \"$1\" = status ] || exit 2\ncode=$(cat \"$(dirname \"$0\")/code\")\n[ \"$code\" = hang ] && exec sleep 30\necho \"status says $code\"; exit $code\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let r = ResourceEntry::Service {
+            script: script.clone(),
+            timeout: Duration::from_secs(5),
+        };
+        let code = |c: &str| {
+            std::fs::write(dir.path().join("code"), c).unwrap();
+            monitor(&r, &ctx(), Duration::from_millis(300))
+        };
+        assert_eq!(code("0"), MonitorOutcome::Running);
+        assert_eq!(code("3"), MonitorOutcome::Stopped);
+        // LSB 1 (dead, pid file left) and the rest: failed, with the output.
+        let MonitorOutcome::Failed(e) = code("1") else {
+            panic!("exit 1 is a failure")
+        };
+        assert!(e.contains("status: exit 1: status says 1"), "{e}");
+        let t0 = Instant::now();
+        let MonitorOutcome::Failed(e) = code("hang") else {
+            panic!("a hung status is a failure")
+        };
+        assert!(e.contains("did not finish within 300 ms"), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        let ip = |address: &str, interface: &str| ResourceEntry::Ip {
+            address: address.parse().unwrap(),
+            prefix: 8,
+            interface: interface.into(),
+            timeout: Duration::from_secs(5),
+        };
+        let t = Duration::from_secs(1);
+        assert_eq!(
+            monitor(&ip("127.0.0.1", "lo"), &ctx(), t),
+            MonitorOutcome::Running
+        );
+        assert_eq!(
+            monitor(&ip("127.9.9.9", "lo"), &ctx(), t),
+            MonitorOutcome::Stopped
+        );
+        assert_eq!(
+            monitor(&ip("127.0.0.1", "nosuchif0"), &ctx(), t),
+            MonitorOutcome::Stopped
+        );
     }
 
     #[test]

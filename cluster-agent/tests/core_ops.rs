@@ -1,7 +1,8 @@
 //! The decision core's planned and escalated operations, sans IO: two
 //! `Core`s joined by a lossless link, each with a scripted repd and chain,
 //! driven on a simulated clock. Switchover (and its refusals), ping nodes,
-//! `on-stop-failure` (block, fence, reboot-hook).
+//! `on-stop-failure` (block, fence, reboot-hook), and the chain's monitors:
+//! restart in place, migration-threshold, the ban, failure-timeout, cleanup.
 
 #![allow(
     clippy::unwrap_used,
@@ -13,8 +14,8 @@
 use std::collections::VecDeque;
 
 use cluster_agent::core::{
-    Action, Core, CoreConfig, HaState, Incarnation, Input, LocalState, Millis, Op, OpResult,
-    OpsConfig, PingView, StopFailure,
+    Action, Core, CoreConfig, HaState, Incarnation, Input, LocalState, Millis, MonitorConfig,
+    MonitorOutcome, Op, OpResult, OpsConfig, PingView, StopFailure,
 };
 use replication_proto::wire::{DiskState, Role};
 
@@ -34,14 +35,31 @@ struct Pair {
     fences: [u32; 2],
     reboot_hooks: [u32; 2],
     stop_attempts: [u32; 2],
+    /// Every chain operation run, by node, in order.
+    ops: Vec<(usize, Op)>,
     now: Millis,
 }
+
+/// The monitor of every resource, and failure-timeout.
+#[derive(Clone, Copy)]
+struct Mon {
+    interval_ms: u64,
+    threshold: u32,
+    failure_timeout: u64,
+}
+
+const NO_MONITOR: Mon = Mon {
+    interval_ms: 0,
+    threshold: 0,
+    failure_timeout: 10_000,
+};
 
 fn config(
     i: usize,
     fencing: bool,
     auto_failback: bool,
     on_stop_failure: StopFailure,
+    mon: Mon,
 ) -> CoreConfig {
     CoreConfig {
         me: NAMES[i].into(),
@@ -55,7 +73,7 @@ fn config(
         fencing,
         auto_failback,
         preferred: Some("alpha".into()),
-        failure_timeout: 10_000,
+        failure_timeout: mon.failure_timeout,
         witness: false,
         no_quorum_fail: false,
         ops: OpsConfig {
@@ -63,14 +81,30 @@ fn config(
             handover_grace: 5 * DEAD,
             ping_settle: 1400,
         },
+        monitors: vec![
+            MonitorConfig {
+                interval_ms: mon.interval_ms,
+                threshold: mon.threshold,
+            };
+            RESOURCES
+        ],
     }
 }
 
 impl Pair {
     fn new(fencing: bool, auto_failback: bool, on_stop_failure: StopFailure) -> Self {
+        Self::with_monitor(fencing, auto_failback, on_stop_failure, NO_MONITOR)
+    }
+
+    fn with_monitor(
+        fencing: bool,
+        auto_failback: bool,
+        on_stop_failure: StopFailure,
+        mon: Mon,
+    ) -> Self {
         let cores = [0, 1].map(|i| {
             Core::new(
-                config(i, fencing, auto_failback, on_stop_failure),
+                config(i, fencing, auto_failback, on_stop_failure, mon),
                 Incarnation(100 + i as u64),
                 1000 + i as u64,
                 Millis::ZERO,
@@ -85,6 +119,7 @@ impl Pair {
             fences: [0; 2],
             reboot_hooks: [0; 2],
             stop_attempts: [0; 2],
+            ops: Vec::new(),
             now: Millis::ZERO,
         }
     }
@@ -110,6 +145,7 @@ impl Pair {
 
     /// Carry out what node i asked for; returns the op's result.
     fn apply(&mut self, i: usize, op: &Op) -> OpResult {
+        self.ops.push((i, op.clone()));
         match op {
             Op::Promote { .. } => {
                 assert!(
@@ -180,6 +216,14 @@ impl Pair {
                     }
                     Action::Log { .. } => {}
                     Action::AskWitness(_) => panic!("no witness is configured"),
+                    Action::Monitor { res, id } => {
+                        let outcome = if self.started[n][res] {
+                            MonitorOutcome::Running
+                        } else {
+                            MonitorOutcome::Stopped
+                        };
+                        queue.push_back((n, Input::MonitorResult { res, id, outcome }));
+                    }
                 }
             }
         }
@@ -382,4 +426,177 @@ fn on_stop_failure_fence_makes_the_peer_fence_and_take_over() {
         "{:?}",
         st.transitions
     );
+}
+
+// ----- the chain's monitors ---------------------------------------------
+
+const MON: Mon = Mon {
+    interval_ms: 1000,
+    threshold: 3,
+    failure_timeout: 10_000,
+};
+
+/// alpha's chain operations since `from` in `p.ops`.
+fn alpha_ops(p: &Pair, from: usize) -> Vec<Op> {
+    p.ops[from..]
+        .iter()
+        .filter(|(n, _)| *n == 0)
+        .map(|(_, op)| op.clone())
+        .collect()
+}
+
+/// Kill alpha's resource `r` behind its agent's back and let the monitor
+/// find it; returns alpha's operations that followed.
+fn kill_on_alpha(p: &mut Pair, r: usize) -> Vec<Op> {
+    let from = p.ops.len();
+    p.started[0][r] = false;
+    p.run_for(MON.interval_ms + 500);
+    alpha_ops(p, from)
+}
+
+#[test]
+fn a_killed_resource_is_restarted_in_place_with_those_after_it() {
+    let mut p = Pair::with_monitor(false, false, StopFailure::Block, MON);
+    p.settled_on_alpha();
+    // The first resource dies: everything after it stops first (right to
+    // left), then both start again (left to right); the device stays Primary.
+    let ops = kill_on_alpha(&mut p, 0);
+    assert_eq!(ops, [Op::Stop(1), Op::Stop(0), Op::Start(0), Op::Start(1)]);
+    assert_eq!(p.state(0), HaState::Holding);
+    assert_eq!(p.role, [Role::Primary, Role::Secondary]);
+    assert_eq!(p.started[0], [true; RESOURCES]);
+    let st = p.cores[0].status(p.now);
+    assert_eq!(st.monitors[0].failures, 1);
+    assert_eq!(st.monitors[1].failures, 0);
+    assert_eq!(st.monitors[0].threshold, 3);
+    assert_eq!(st.monitors[0].last_result, Some(MonitorOutcome::Running));
+    assert!(st.ban.is_none());
+    assert!(
+        st.transitions
+            .iter()
+            .any(|t| t.reason.contains("resource 0 failed its monitor")),
+        "{:?}",
+        st.transitions
+    );
+    // The last resource: only it restarts.
+    let ops = kill_on_alpha(&mut p, 1);
+    assert_eq!(ops, [Op::Stop(1), Op::Start(1)]);
+    let st = p.cores[0].status(p.now);
+    assert_eq!((st.monitors[0].failures, st.monitors[1].failures), (1, 1));
+    // Beta never moved.
+    assert_eq!(p.state(1), HaState::Idle);
+}
+
+#[test]
+fn at_migration_threshold_the_chain_moves_and_the_node_is_banned_until_failure_timeout() {
+    let mon = Mon {
+        threshold: 2,
+        ..MON
+    };
+    let mut p = Pair::with_monitor(false, false, StopFailure::Block, mon);
+    p.settled_on_alpha();
+    assert_eq!(kill_on_alpha(&mut p, 1), [Op::Stop(1), Op::Start(1)]);
+    // The second failure reaches the threshold: the whole chain stops,
+    // alpha demotes, beta promotes and starts it.
+    let ops = kill_on_alpha(&mut p, 1);
+    assert_eq!(ops, [Op::Stop(1), Op::Stop(0), Op::Demote]);
+    assert_eq!(p.state(1), HaState::Holding);
+    assert_eq!(p.state(0), HaState::Idle);
+    assert_eq!(p.role, [Role::Secondary, Role::Primary]);
+    assert_eq!(p.started, [[false; RESOURCES], [true; RESOURCES]]);
+    let st = p.cores[0].status(p.now);
+    let ban = st.ban.expect("alpha is banned");
+    assert!(
+        ban.reason.contains("failed its monitor 2 time(s)"),
+        "{ban:?}"
+    );
+    assert!(ban.left_ms.unwrap() > 8000, "{ban:?}");
+    assert_eq!(st.monitors[1].failures, 2);
+    // Beta's chain dies too: alpha is banned, so beta restarts in place.
+    p.started[1][0] = false;
+    p.run_for(1500);
+    assert_eq!(p.state(1), HaState::Holding);
+    assert_eq!(p.started[1], [true; RESOURCES]);
+    // failure-timeout after the last failure: the ban and the count go.
+    p.run_for(10_000);
+    let st = p.cores[0].status(p.now);
+    assert!(st.ban.is_none(), "{:?}", st.ban);
+    assert_eq!(st.monitors[1].failures, 0);
+    assert!(
+        st.events.iter().any(|e| e.what.contains("forgotten")),
+        "{:?}",
+        st.events
+    );
+    assert!(p.cores[0].status(p.now).decision.contains("beta holds"));
+}
+
+#[test]
+fn failures_are_forgotten_after_failure_timeout_without_one() {
+    let mut p = Pair::with_monitor(false, false, StopFailure::Block, MON);
+    p.settled_on_alpha();
+    kill_on_alpha(&mut p, 0);
+    kill_on_alpha(&mut p, 0);
+    assert_eq!(p.cores[0].status(p.now).monitors[0].failures, 2);
+    p.run_for(MON.failure_timeout);
+    assert_eq!(p.cores[0].status(p.now).monitors[0].failures, 0);
+    // So two more failures do not reach the threshold of 3.
+    kill_on_alpha(&mut p, 0);
+    kill_on_alpha(&mut p, 0);
+    assert_eq!(p.state(0), HaState::Holding);
+    assert_eq!(p.cores[0].status(p.now).monitors[0].failures, 2);
+}
+
+#[test]
+fn at_the_threshold_with_no_peer_to_take_over_the_resource_restarts_in_place() {
+    let mon = Mon {
+        threshold: 1,
+        ..MON
+    };
+    let mut p = Pair::with_monitor(false, false, StopFailure::Block, mon);
+    p.settled_on_alpha();
+    p.off[1] = true;
+    p.run_for(DEAD + 500);
+    let ops = kill_on_alpha(&mut p, 1);
+    assert_eq!(ops, [Op::Stop(1), Op::Start(1)]);
+    assert_eq!(p.state(0), HaState::Holding);
+    let st = p.cores[0].status(p.now);
+    assert!(st.ban.is_none());
+    assert!(
+        st.events
+            .iter()
+            .any(|e| e.what.contains("beta is not alive: restarting in place")),
+        "{:?}",
+        st.events
+    );
+}
+
+#[test]
+fn with_failure_timeout_0_only_cleanup_lifts_the_ban() {
+    let mon = Mon {
+        threshold: 1,
+        failure_timeout: 0,
+        ..MON
+    };
+    let mut p = Pair::with_monitor(false, false, StopFailure::Block, mon);
+    p.settled_on_alpha();
+    kill_on_alpha(&mut p, 0);
+    assert_eq!(p.state(1), HaState::Holding);
+    p.run_for(60_000);
+    let st = p.cores[0].status(p.now);
+    assert_eq!(st.ban.as_ref().map(|b| b.left_ms), Some(None));
+    assert_eq!(st.monitors[0].failures, 1);
+    assert!(p.cores[0].cooling_down(p.now));
+    let e = p.cores[0].cleanup(p.now, Some(RESOURCES)).unwrap_err();
+    assert!(e.contains("no resource 2"), "{e}");
+    let what = p.cores[0].cleanup(p.now, None).unwrap();
+    assert!(what.contains("resource 0: 1 failure(s)"), "{what}");
+    assert!(what.contains("ban"), "{what}");
+    let st = p.cores[0].status(p.now);
+    assert!(st.ban.is_none());
+    assert_eq!(st.monitors[0].failures, 0);
+    // Eligible again: beta's chain now fails once and comes back to alpha.
+    p.started[1][0] = false;
+    p.run_for(MON.interval_ms + 1500);
+    assert_eq!(p.state(0), HaState::Holding);
+    assert_eq!(p.role, [Role::Primary, Role::Secondary]);
 }

@@ -41,6 +41,7 @@ fn add_stuck_service(c: &Cluster) {
          start) echo \"$REP_NODE start svc-stuck\" >> \"$d/chain.log\"; touch \"$d/svc-stuck.$REP_NODE\";;\n\
          stop) if [ -e \"$d/stuck.$REP_NODE\" ]; then echo \"$REP_NODE stop-fails svc-stuck\" >> \"$d/chain.log\"; echo 'svc-stuck: still busy' >&2; exit 1; fi\n\
          echo \"$REP_NODE stop svc-stuck\" >> \"$d/chain.log\"; rm -f \"$d/svc-stuck.$REP_NODE\";;\n\
+         status) [ -e \"$d/svc-stuck.$REP_NODE\" ] || exit 3;;\n\
          *) exit 2;;\nesac\n",
     );
     let mut t = std::fs::read_to_string(&c.config).unwrap();

@@ -494,7 +494,7 @@ fn build_rig(cli: &Cli, bins: PathBuf, dir: tempfile::TempDir, net: Net) -> Resu
     let svc = d.join("svc");
     std::fs::write(
         &svc,
-        "#!/bin/sh\nd=$(dirname \"$0\")\ncase \"$1\" in start) touch \"$d/on.$REP_NODE\";; stop) rm -f \"$d/on.$REP_NODE\";; *) exit 2;; esac\n",
+        "#!/bin/sh\nd=$(dirname \"$0\")\ncase \"$1\" in start) touch \"$d/on.$REP_NODE\";; stop) rm -f \"$d/on.$REP_NODE\";; status) [ -e \"$d/on.$REP_NODE\" ] || exit 3;; *) exit 2;; esac\n",
     )
     .map_err(|e| format!("service script: {e}"))?;
     std::fs::set_permissions(&svc, std::os::unix::fs::PermissionsExt::from_mode(0o755))

@@ -12,7 +12,13 @@
 //! preferred = "alpha"         # haresources' first field: where the chain runs by default
 //! fence-command = "/usr/lib/rep/fence-peer"   # DRBD fence-peer exit codes (4, 5, 7 = ok)
 //! fence-timeout-ms = 60000
-//! failure-timeout-ms = 60000  # after a failed start, this node does not take over for so long
+//! failure-timeout-ms = 60000  # a failed start, or migration-threshold monitor failures, ban this node
+//!                             # from the chain this long; fail counts are forgotten this long after the
+//!                             # last failure (0: never; only `cluster-agent cleanup` clears them)
+//! monitor-interval-ms = 10000 # default of each resource: check it this often while holding (0: off)
+//! monitor-timeout-ms = 20000  # a check that takes longer failed
+//! migration-threshold = 3     # failures of a resource here before the chain moves to the peer
+//!                             # (restarted in place below it; 0: never moves)
 //! witness = "10.0.0.3:7790"  # optional: a third voter (`cluster-agent --witness`)
 //! on-no-quorum = "suspend-io" # with a witness: a Primary that lost quorum holds new writes ("io-error": fails them)
 //! ping-nodes = ["10.0.0.254"] # ipfail: a node none of them answers does not hold the chain
@@ -45,8 +51,9 @@
 //! interface = "eth0"
 //! [[cluster.resource]]
 //! type = "service"
-//! script = "/etc/init.d/smb"  # LSB: SCRIPT start|stop|status
+//! script = "/etc/init.d/smb"  # LSB: SCRIPT start|stop|status (status: 0 running, 3 stopped, else failed)
 //! timeout-ms = 60000
+//! monitor-interval-ms = 5000  # the monitor keys may be set per resource too
 //! ```
 //!
 //! Keys are kebab-case; an unknown key is refused with its name, like the
@@ -97,6 +104,8 @@ pub struct Cluster {
     pub failure_timeout: Duration,
     /// The chain after the device role (the device is always first).
     pub resources: Vec<ResourceEntry>,
+    /// Each resource's monitor, in the order of `resources`.
+    pub monitors: Vec<MonitorSettings>,
     /// Switchover, ping nodes, stop-failure escalation, split-brain hook.
     pub ops: OpsSettings,
 }
@@ -115,6 +124,19 @@ pub struct OpsSettings {
     pub reboot_command: Option<String>,
     /// Run (`sh -c`) once each time repd reports a split brain.
     pub split_brain_command: Option<String>,
+}
+
+/// How one resource of the chain is monitored while this node holds it
+/// (Pacemaker's recurring monitor operation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MonitorSettings {
+    /// `monitor-interval-ms`: one check this often; zero: not monitored.
+    pub interval: Duration,
+    /// `monitor-timeout-ms`: a check that takes longer failed.
+    pub timeout: Duration,
+    /// `migration-threshold`: failures on this node before the chain moves
+    /// to the peer (restarts in place below it); 0: never moves.
+    pub threshold: u32,
 }
 
 /// `on-no-quorum`: DRBD 9's names.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rep_control::config::{Config, ConfigError};
 use serde::Deserialize;
 
-use super::{Cluster, NoQuorum, OpsSettings, PathEntry, ResourceEntry};
+use super::{Cluster, MonitorSettings, NoQuorum, OpsSettings, PathEntry, ResourceEntry};
 
 #[derive(Debug, Deserialize)]
 struct RawFile {
@@ -51,6 +51,19 @@ struct RawCluster {
     on_stop_failure: Option<String>,
     reboot_command: Option<String>,
     split_brain_command: Option<String>,
+    // The defaults of each resource's monitor (no `flatten`: serde does
+    // not combine it with deny_unknown_fields).
+    monitor_interval_ms: Option<u64>,
+    monitor_timeout_ms: Option<u64>,
+    migration_threshold: Option<u32>,
+}
+
+/// The monitor keys, in [cluster] (defaults) or in one resource.
+#[derive(Debug, Default)]
+struct RawMonitor {
+    monitor_interval_ms: Option<u64>,
+    monitor_timeout_ms: Option<u64>,
+    migration_threshold: Option<u32>,
 }
 
 fn d_ping_interval() -> u64 {
@@ -103,6 +116,9 @@ struct RawResource {
     // service
     script: Option<PathBuf>,
     timeout_ms: Option<u64>,
+    monitor_interval_ms: Option<u64>,
+    monitor_timeout_ms: Option<u64>,
+    migration_threshold: Option<u32>,
 }
 
 /// Builds the error of one key of the resource file.
@@ -135,6 +151,30 @@ pub(super) fn parse_cluster(text: &str, res: &Config) -> Result<Cluster, ConfigE
     let paths = parse_paths(c.path, res, &names, &invalid)?;
     let (witness, on_no_quorum) = parse_quorum(c.witness, c.on_no_quorum, &invalid)?;
     let fence_command = parse_fencing(c.fence_command, c.fence_timeout_ms, &invalid)?;
+    let raw_defaults = RawMonitor {
+        monitor_interval_ms: c.monitor_interval_ms,
+        monitor_timeout_ms: c.monitor_timeout_ms,
+        migration_threshold: c.migration_threshold,
+    };
+    let defaults = parse_monitor("cluster.", &raw_defaults, None, &invalid)?;
+    let monitors = c
+        .resource
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.kind != "device")
+        .map(|(i, r)| {
+            parse_monitor(
+                &format!("cluster.resource[{i}]."),
+                &RawMonitor {
+                    monitor_interval_ms: r.monitor_interval_ms,
+                    monitor_timeout_ms: r.monitor_timeout_ms,
+                    migration_threshold: r.migration_threshold,
+                },
+                Some(&defaults),
+                &invalid,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let resources = parse_resources(c.resource, &invalid)?;
     let ops = parse_ops(
         &invalid,
@@ -165,7 +205,50 @@ pub(super) fn parse_cluster(text: &str, res: &Config) -> Result<Cluster, ConfigE
         fence_timeout: Duration::from_millis(c.fence_timeout_ms),
         failure_timeout: Duration::from_millis(c.failure_timeout_ms),
         resources,
+        monitors,
         ops,
+    })
+}
+
+/// Milliseconds that must be 0 or at least 100.
+const MIN_MONITOR_INTERVAL_MS: u64 = 100;
+
+/// One resource's monitor settings (`prefix`: where the keys are), its
+/// missing keys from `defaults` ([cluster]) or the built-in defaults.
+fn parse_monitor(
+    prefix: &str,
+    r: &RawMonitor,
+    defaults: Option<&MonitorSettings>,
+    invalid: &Invalid<'_>,
+) -> Result<MonitorSettings, ConfigError> {
+    let d = defaults.copied().unwrap_or(MonitorSettings {
+        interval: Duration::from_millis(10_000),
+        timeout: Duration::from_millis(20_000),
+        threshold: 3,
+    });
+    let interval = r
+        .monitor_interval_ms
+        .map_or(d.interval, Duration::from_millis);
+    if r.monitor_interval_ms
+        .is_some_and(|ms| ms > 0 && ms < MIN_MONITOR_INTERVAL_MS)
+    {
+        return Err(invalid(
+            &format!("{prefix}monitor-interval-ms"),
+            format!("must be 0 (no monitor) or at least {MIN_MONITOR_INTERVAL_MS}"),
+        ));
+    }
+    if r.monitor_timeout_ms == Some(0) {
+        return Err(invalid(
+            &format!("{prefix}monitor-timeout-ms"),
+            "must be at least 1 (a monitor that takes longer counts as failed)".to_owned(),
+        ));
+    }
+    Ok(MonitorSettings {
+        interval,
+        timeout: r
+            .monitor_timeout_ms
+            .map_or(d.timeout, Duration::from_millis),
+        threshold: r.migration_threshold.unwrap_or(d.threshold),
     })
 }
 
@@ -567,9 +650,31 @@ fn check_resource_keys(
 ) -> Result<(), ConfigError> {
     let allowed: &[&str] = match r.kind.as_str() {
         "device" => &[],
-        "filesystem" => &["device", "mount-point", "fstype", "options", "timeout-ms"],
-        "ip" => &["address", "interface", "timeout-ms"],
-        "service" => &["script", "timeout-ms"],
+        "filesystem" => &[
+            "device",
+            "mount-point",
+            "fstype",
+            "options",
+            "timeout-ms",
+            "monitor-interval-ms",
+            "monitor-timeout-ms",
+            "migration-threshold",
+        ],
+        "ip" => &[
+            "address",
+            "interface",
+            "timeout-ms",
+            "monitor-interval-ms",
+            "monitor-timeout-ms",
+            "migration-threshold",
+        ],
+        "service" => &[
+            "script",
+            "timeout-ms",
+            "monitor-interval-ms",
+            "monitor-timeout-ms",
+            "migration-threshold",
+        ],
         other => {
             return Err(invalid(
                 &key("type"),
@@ -588,6 +693,9 @@ fn check_resource_keys(
         ("interface", r.interface.is_some()),
         ("script", r.script.is_some()),
         ("timeout-ms", r.timeout_ms.is_some()),
+        ("monitor-interval-ms", r.monitor_interval_ms.is_some()),
+        ("monitor-timeout-ms", r.monitor_timeout_ms.is_some()),
+        ("migration-threshold", r.migration_threshold.is_some()),
     ];
     if let Some((k, _)) = given.iter().find(|(k, set)| *set && !allowed.contains(k)) {
         return Err(invalid(

@@ -260,3 +260,65 @@ fn bad_values_are_refused_with_the_key() {
         .to_string();
     assert!(e.contains("replication"), "{e}");
 }
+
+/// `load` with `keys` in the [cluster] table itself and `extra` after it.
+fn load_with(keys: &str, extra: &str) -> Result<AgentConfig, String> {
+    let cluster = CLUSTER.replacen(
+        "auth-key = \"k\"\n",
+        &format!("auth-key = \"k\"\n{keys}"),
+        1,
+    );
+    let text = format!("{BASE}{cluster}{extra}");
+    AgentConfig::from_str_named(&text, Path::new("r0.toml"), Some("alpha"))
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn monitor_settings_default_and_override_per_resource() {
+    let two = "[[cluster.resource]]\ntype = \"device\"\n\
+               [[cluster.resource]]\ntype = \"service\"\nscript = \"/a\"\n\
+               [[cluster.resource]]\ntype = \"service\"\nscript = \"/b\"\nmonitor-interval-ms = 0\n\
+               [[cluster.resource]]\ntype = \"ip\"\naddress = \"10.0.0.9/24\"\ninterface = \"e\"\n\
+               migration-threshold = 1\nmonitor-timeout-ms = 500\n";
+    let c = load(two).unwrap();
+    let m = &c.cluster.monitors;
+    assert_eq!(m.len(), 3, "the device has no entry");
+    let d = MonitorSettings {
+        interval: Duration::from_millis(10_000),
+        timeout: Duration::from_millis(20_000),
+        threshold: 3,
+    };
+    assert_eq!(m[0], d);
+    assert_eq!(m[1].interval, Duration::ZERO);
+    assert_eq!(
+        (m[2].threshold, m[2].timeout),
+        (1, Duration::from_millis(500))
+    );
+    // [cluster] sets the defaults of every resource.
+    let c = load_with(
+        "monitor-interval-ms = 2000\nmigration-threshold = 0\nmonitor-timeout-ms = 900\n",
+        two,
+    )
+    .unwrap();
+    let m = &c.cluster.monitors;
+    assert_eq!(m[0].interval, Duration::from_millis(2000));
+    assert_eq!(m[0].threshold, 0);
+    assert_eq!(m[0].timeout, Duration::from_millis(900));
+    assert_eq!(m[1].interval, Duration::ZERO);
+    assert_eq!(m[2].threshold, 1);
+}
+
+#[test]
+fn monitor_settings_refused() {
+    let e = load_with("monitor-interval-ms = 50\n", "").unwrap_err();
+    assert!(e.contains("cluster.monitor-interval-ms"), "{e}");
+    assert!(e.contains("at least 100"), "{e}");
+    let e =
+        load("[[cluster.resource]]\ntype = \"service\"\nscript = \"/x\"\nmonitor-timeout-ms = 0\n")
+            .unwrap_err();
+    assert!(e.contains("cluster.resource[0].monitor-timeout-ms"), "{e}");
+    let e = load("[[cluster.resource]]\ntype = \"device\"\nmigration-threshold = 2\n").unwrap_err();
+    assert!(e.contains("cluster.resource[0].migration-threshold"), "{e}");
+    let e = load_with("migration-threshold = -1\n", "").unwrap_err();
+    assert!(e.contains("migration-threshold"), "{e}");
+}

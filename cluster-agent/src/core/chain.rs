@@ -121,6 +121,7 @@ impl Core {
                 left: self.res.len(),
                 rollback: true,
                 handover: false,
+                restart_from: None,
             },
             format!("resource {i} failed to start ({why}): stopping what was started and releasing the role"),
         );
@@ -162,11 +163,15 @@ impl Core {
                 l.role = Role::Secondary;
             }
             let reason = if self.phase.rollback() {
-                self.timers.cooldown_until = Some(now.plus_ms(self.cfg.failure_timeout));
-                format!(
-                    "released after a failed start; not taking over for failure-timeout ({} ms)",
-                    self.cfg.failure_timeout
-                )
+                self.ban_failed_start(now);
+                match self.cfg.failure_timeout {
+                    0 => "released after a failed start; not taking over until `cluster-agent cleanup` \
+                          (failure-timeout 0)"
+                        .to_string(),
+                    ft => format!(
+                        "released after a failed start; not taking over for failure-timeout ({ft} ms)"
+                    ),
+                }
             } else if let Some(r) = self.handover_done(now) {
                 r
             } else {
@@ -298,6 +303,7 @@ impl Core {
             left,
             rollback: false,
             handover,
+            restart_from: None,
         };
         self.set_state(now, phase, reason);
         self.continue_release(now);
@@ -308,7 +314,8 @@ impl Core {
             return;
         }
         let left = self.phase.step();
-        if left > 0 {
+        let floor = self.phase.restart_from().unwrap_or(0);
+        if left > floor {
             let i = left - 1;
             if matches!(self.res.get(i), Some(ResState::Stopped)) {
                 // Never started: nothing to stop.
@@ -322,11 +329,13 @@ impl Core {
                 }
             }
             self.run(Op::Stop(i));
+        } else if let Some(k) = self.phase.restart_from() {
+            self.restart_stopped(now, k);
         } else if self.promoted || self.local.as_ref().is_some_and(|l| l.role == Role::Primary) {
             self.run(Op::Demote);
         } else {
             let reason = if self.phase.rollback() {
-                self.timers.cooldown_until = Some(now.plus_ms(self.cfg.failure_timeout));
+                self.ban_failed_start(now);
                 "released after a failed start".to_string()
             } else if let Some(r) = self.handover_done(now) {
                 r
@@ -335,6 +344,44 @@ impl Core {
             };
             self.set_state(now, Phase::Idle, reason);
         }
+    }
+
+    /// A restart in place stopped everything down to resource `k`: start
+    /// it and those after it again, if the device is still Primary.
+    fn restart_stopped(&mut self, now: Millis, k: usize) {
+        if self.local.as_ref().is_some_and(|l| l.role == Role::Primary) {
+            self.set_state(
+                now,
+                Phase::Acquiring {
+                    step: k + 1,
+                    force: false,
+                },
+                format!("resources {k} and after stopped: starting them again"),
+            );
+        } else {
+            // The device went away meanwhile: release all of it.
+            self.phase = Phase::Releasing {
+                left: k,
+                rollback: false,
+                handover: false,
+                restart_from: None,
+            };
+            self.continue_release(now);
+        }
+    }
+
+    fn ban_failed_start(&mut self, now: Millis) {
+        let failed: Vec<String> = self
+            .res
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r, ResState::StartFailed(_)))
+            .map(|(i, _)| i.to_string())
+            .collect();
+        self.ban(
+            now,
+            format!("resource {} failed to start here", failed.join(", ")),
+        );
     }
 
     pub(super) fn run(&mut self, op: Op) {

@@ -16,10 +16,7 @@ impl Core {
         {
             self.timers.promote_failed = None;
         }
-        if self.timers.cooldown_until.is_some_and(|t| now >= t) {
-            self.timers.cooldown_until = None;
-            self.event(now, false, "failure-timeout over: eligible again".into());
-        }
+        self.expire_failures(now);
         self.quorum_io(now);
         // Decide until nothing moves (a transition may enable the next step).
         for _ in 0..8 {
@@ -29,6 +26,7 @@ impl Core {
                 break;
             }
         }
+        self.schedule_monitors(now);
         self.maybe_send(now);
         self.debug_check();
     }
@@ -122,11 +120,8 @@ impl Core {
         let Some(l) = &self.local else {
             return Err("the local repd is not running".into());
         };
-        if let Some(t) = self.timers.cooldown_until.filter(|t| now < *t) {
-            return Err(format!(
-                "the chain failed to start here; failure-timeout runs {} ms more",
-                t - now
-            ));
+        if let Some(why) = self.ban_text(now) {
+            return Err(why);
         }
         if let Some(s) = &self.ho.stop_failed {
             return Err(s.clone());

@@ -105,7 +105,34 @@ impl Core {
                 "{peer} is not alive (no heartbeat on any path): nobody to hand the resources to"
             ));
         };
-        let refuse = if b.state != WireState::Idle {
+        let refuse = Self::peer_refusal(&peer, &b);
+        if let Some(why) = refuse {
+            return Err(format!("switchover refused: {why}"));
+        }
+        let reason = format!("switchover requested: handing the resources to {peer}");
+        self.begin_handover(now, reason.clone());
+        self.evaluate(now);
+        Ok(reason)
+    }
+
+    /// Why the peer could not take the chain now (`None`: it could): it
+    /// must be alive, idle, UpToDate, connected and reach its ping nodes.
+    /// (Its heartbeat's `eligible` says no while this node is Primary.)
+    pub(super) fn handover_refusal(&self) -> Option<String> {
+        let peer = &self.cfg.peer;
+        match self
+            .peer
+            .latest
+            .as_ref()
+            .filter(|_| self.peer.alive == Some(true))
+        {
+            None => Some(format!("{peer} is not alive")),
+            Some(b) => Self::peer_refusal(peer, b),
+        }
+    }
+
+    fn peer_refusal(peer: &str, b: &Beat) -> Option<String> {
+        if b.state != WireState::Idle {
             Some(format!("{peer} is {:?}, not idle", b.state))
         } else if !b.repd_up {
             Some(format!("{peer}'s repd does not run"))
@@ -123,14 +150,7 @@ impl Core {
             Some(format!("{peer} reaches none of its ping nodes"))
         } else {
             None
-        };
-        if let Some(why) = refuse {
-            return Err(format!("switchover refused: {why}"));
         }
-        let reason = format!("switchover requested: handing the resources to {peer}");
-        self.begin_handover(now, reason.clone());
-        self.evaluate(now);
-        Ok(reason)
     }
 
     /// What the ping nodes answer now (`None`: none configured or no answer

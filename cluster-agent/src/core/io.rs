@@ -138,6 +138,14 @@ pub enum Input {
     },
     /// An authenticated answer of the witness addressed to this node.
     Witness(witness::Reply),
+    /// What the monitor `id` of resource `res` found (see
+    /// [`Action::Monitor`]); a result the core no longer waits for is
+    /// ignored.
+    MonitorResult {
+        res: usize,
+        id: u64,
+        outcome: MonitorOutcome,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +157,14 @@ pub enum Action {
     Run(Op),
     /// Ask the witness (every keepalive while a witness is configured).
     AskWitness(witness::Request),
+    /// Check whether resource `res` of the chain still runs (its monitor:
+    /// `SCRIPT status`, the mount, the address), beside the chain's
+    /// operations and without holding up the core; answer with
+    /// [`Input::MonitorResult`] carrying the same `id`.
+    Monitor {
+        res: usize,
+        id: u64,
+    },
     /// Something to log (transitions and membership changes, with causes).
     Log {
         warn: bool,
@@ -178,6 +194,33 @@ pub struct CoreConfig {
     pub no_quorum_fail: bool,
     /// Switchover, ping nodes and stop-failure escalation.
     pub ops: OpsConfig,
+    /// Each resource's monitor (missing entries: not monitored).
+    pub monitors: Vec<MonitorConfig>,
+}
+
+/// How one resource of the chain is monitored (Pacemaker's recurring
+/// monitor operation and `migration-threshold`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorConfig {
+    /// One monitor this often while the chain runs; 0: not monitored.
+    pub interval_ms: u64,
+    /// After this many failures on this node (counted until
+    /// failure-timeout passes without one), the chain moves to the peer;
+    /// below it the resource is restarted in place. 0: never moves.
+    pub threshold: u32,
+}
+
+/// What a resource's monitor found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MonitorOutcome {
+    /// It runs (LSB status exit 0; mounted; address present).
+    Running,
+    /// It does not run (LSB status exit 3; not mounted; address gone).
+    Stopped,
+    /// The monitor failed (another exit code, a timeout): not running as
+    /// far as the agent can tell.
+    Failed(String),
 }
 
 /// The settings of planned handovers and escalations.

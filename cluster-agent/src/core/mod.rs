@@ -42,10 +42,18 @@
 //!   a claim waits for that (the peer's disk Outdated in its heartbeats).
 //! - **Chain.** After the promotion the resources start left to right; before
 //!   the demotion they stop right to left. A failed start stops what was
-//!   started (the failed one too), demotes, and keeps this node from taking
-//!   over for `failure-timeout`. A failed stop is never ignored: the node
+//!   started (the failed one too), demotes, and bans this node from the
+//!   chain for `failure-timeout`. A failed stop is never ignored: the node
 //!   keeps the role (so the peer does not take over under a resource still
 //!   running) and retries every `deadtime`.
+//! - **Monitors.** While holding, each resource is checked at its
+//!   interval ([`Action::Monitor`], answered by [`Input::MonitorResult`]).
+//!   A failure counts against the resource and restarts it in place: the
+//!   resources after it stop right to left, then it and they start again,
+//!   the device staying Primary. At its `migration-threshold` the chain
+//!   moves to the peer (a handover, when the peer could take it) and this
+//!   node is banned from it for `failure-timeout` (or until `cleanup`);
+//!   fail counts are forgotten `failure-timeout` after the last failure.
 //! - **Conflicts.** Two holders that hear each other (after a partition
 //!   without fencing): the one that loses the fixed order releases.
 //! - **Auto-failback.** The preferred node, back and UpToDate, asks for the
@@ -59,6 +67,7 @@
 //! - `chain`: promotion, the resource chain's starts and stops, demotion;
 //! - `quorum`: votes as leases, the witness, suspending a Primary's writes;
 //! - `handover`: switchover, ping nodes, stop-failure escalation, outdate-peer;
+//! - `monitor`: the chain's monitors, fail counts, the ban, `cleanup`;
 //! - `status`: `cluster-agent status`, transitions and events.
 
 use std::collections::VecDeque;
@@ -68,18 +77,22 @@ mod decide;
 mod handover;
 mod io;
 mod membership;
+mod monitor;
 mod quorum;
 mod status;
 
 pub use crate::vocab::{Beat, BeatId, Incarnation, Millis, RequestNo, Seq, StopFailure, WireState};
 pub use chain::ResState;
 pub use io::{
-    Action, BadPacket, CoreConfig, HaState, Input, LocalState, Op, OpResult, OpsConfig, PingView,
+    Action, BadPacket, CoreConfig, HaState, Input, LocalState, MonitorConfig, MonitorOutcome, Op,
+    OpResult, OpsConfig, PingView,
 };
+pub use monitor::{BanStatus, MonitorStatus};
 pub use status::{CoreStatus, Counters, Event, PathStatus, PeerStatus, QuorumStatus, Transition};
 
 use handover::Handover;
 use membership::{PathView, PeerView, Sender};
+use monitor::{Ban, Monitors};
 use quorum::Quorum;
 use status::History;
 
@@ -127,6 +140,7 @@ pub struct Core {
     last_fence: Option<String>,
     q: Quorum,
     ho: Handover,
+    mon: Monitors,
     hist: History,
     actions: VecDeque<Action>,
 }
@@ -136,8 +150,9 @@ pub struct Core {
 struct Timers {
     /// Fencing, promotion, stop, demotion or outdate is retried then.
     retry_at: Option<Millis>,
-    /// A failed start keeps this node from taking over until then.
-    cooldown_until: Option<Millis>,
+    /// A failed start, or a resource that failed its monitor
+    /// migration-threshold times, keeps this node from taking over.
+    ban: Option<Ban>,
     /// Until when a refused promotion keeps this node ineligible, and why.
     promote_failed: Option<(Millis, String)>,
 }
@@ -164,11 +179,14 @@ enum Phase {
     Holding,
     /// `left` resources are left to stop, then demote. `rollback`: after a
     /// failed start (ends with the failure timeout); `handover`: a planned
-    /// handover (ends leaving the resources to the peer).
+    /// handover (ends leaving the resources to the peer); `restart_from`:
+    /// a restart in place after a failed monitor of that resource (stops
+    /// down to it, then starts it and the rest again, still Primary).
     Releasing {
         left: usize,
         rollback: bool,
         handover: bool,
+        restart_from: Option<usize>,
     },
 }
 
@@ -217,6 +235,13 @@ impl Phase {
     fn rollback(&self) -> bool {
         matches!(self, Phase::Releasing { rollback: true, .. })
     }
+
+    fn restart_from(&self) -> Option<usize> {
+        match self {
+            Phase::Releasing { restart_from, .. } => *restart_from,
+            _ => None,
+        }
+    }
 }
 
 impl Core {
@@ -227,6 +252,7 @@ impl Core {
     pub fn new(cfg: CoreConfig, incarnation: Incarnation, started_ms: u64, now: Millis) -> Self {
         let paths = vec![PathView::default(); cfg.paths];
         let res = vec![ResState::Stopped; cfg.resources];
+        let mon = Monitors::new(cfg.resources);
         Self {
             cfg,
             incarnation,
@@ -248,6 +274,7 @@ impl Core {
             last_fence: None,
             q: Quorum::default(),
             ho: Handover::default(),
+            mon,
             hist: History::new(),
             actions: VecDeque::new(),
         }
@@ -278,10 +305,11 @@ impl Core {
         &self.hist.counters
     }
 
-    /// A failed start keeps this node from taking over until then.
+    /// A failed start or failed monitors keep this node from taking over
+    /// (for failure-timeout, or until `cleanup`).
     #[must_use]
     pub fn cooling_down(&self, now: Millis) -> bool {
-        self.timers.cooldown_until.is_some_and(|t| now < t)
+        self.banned(now).is_some()
     }
 
     /// A retry timer (fencing, promotion, stop or demotion) is running.
@@ -339,8 +367,11 @@ impl Core {
         if let Some(p) = self.ho.ping_lost_since {
             at(p.plus_ms(self.cfg.ops.ping_settle));
         }
-        if let Some(c) = self.timers.cooldown_until {
+        if let Some(c) = self.timers.ban.as_ref().and_then(|b| b.until) {
             at(c);
+        }
+        if let Some(m) = self.monitor_deadlines() {
+            at(m);
         }
         if let Some((t, _)) = &self.timers.promote_failed {
             at(*t);
@@ -371,6 +402,7 @@ impl Core {
             Input::Done { op, result } if op.is_io_control() => self.on_io_done(now, op, result),
             Input::Done { op, result } => self.on_done(now, op, result),
             Input::Witness(r) => self.on_witness(now, &r),
+            Input::MonitorResult { res, id, outcome } => self.on_monitor(now, res, id, outcome),
         }
         self.evaluate(now);
     }

@@ -116,6 +116,11 @@ pub struct CoreStatus {
     pub peer: PeerStatus,
     pub paths: Vec<PathStatus>,
     pub resources: Vec<ResState>,
+    /// Each resource's monitor: interval, last result, fail count, threshold.
+    pub monitors: Vec<super::MonitorStatus>,
+    /// Why this node may not take the chain (failed start, failed
+    /// monitors), and for how long.
+    pub ban: Option<super::BanStatus>,
     pub counters: Counters,
     pub transitions: Vec<Transition>,
     pub events: Vec<Event>,
@@ -206,7 +211,9 @@ impl Core {
             last_fence: self.last_fence.clone(),
             failure_timeout_left_ms: self
                 .timers
-                .cooldown_until
+                .ban
+                .as_ref()
+                .and_then(|b| b.until)
                 .filter(|t| *t > now)
                 .map(|t| t - now),
             quorum: self.quorum_status(now),
@@ -219,6 +226,8 @@ impl Core {
             peer: self.peer_status(now),
             paths: self.path_status(now),
             resources: self.res.clone(),
+            monitors: self.monitor_status(now),
+            ban: self.ban_status(now),
             counters: self.hist.counters.clone(),
             transitions: self.hist.transitions.iter().cloned().collect(),
             events: self.hist.events.iter().cloned().collect(),

@@ -24,13 +24,14 @@ use replication_proto::gen::Generations;
 
 use self::status::{status_json, SplitBrainView};
 use self::workers::{
-    exec_worker, is_device_op, ping_worker, receive, receive_witness, repd_worker,
+    exec_worker, is_device_op, monitor_worker, ping_worker, receive, receive_witness, repd_worker,
     spawn_split_brain_hook, Hooks,
 };
 use crate::config::{AgentConfig, Link, NoQuorum};
 use crate::control::{self, Incoming, Reply, Request};
 use crate::core::{
-    Action, BadPacket, Core, CoreConfig, Input, LocalState, Op, OpResult, OpsConfig, PingView,
+    Action, BadPacket, Core, CoreConfig, Input, LocalState, MonitorConfig, MonitorOutcome, Op,
+    OpResult, OpsConfig, PingView,
 };
 use crate::resources::Ctx;
 use crate::vocab::{Incarnation, Millis};
@@ -70,6 +71,12 @@ enum Msg {
         succeeded: bool,
         text: String,
     },
+    /// What monitor `id` of resource `res` found.
+    Monitor {
+        res: usize,
+        id: u64,
+        outcome: MonitorOutcome,
+    },
 }
 
 fn ms(d: Duration) -> u64 {
@@ -100,6 +107,14 @@ pub fn core_config(cfg: &AgentConfig) -> CoreConfig {
             handover_grace: ms(c.deadtime).saturating_mul(5),
             ping_settle: ms(c.ops.ping_interval).saturating_add(ms(c.keepalive).saturating_mul(2)),
         },
+        monitors: c
+            .monitors
+            .iter()
+            .map(|m| MonitorConfig {
+                interval_ms: ms(m.interval),
+                threshold: m.threshold,
+            })
+            .collect(),
     }
 }
 
@@ -320,6 +335,34 @@ fn start_exec_worker(
     Ok(exec_tx)
 }
 
+/// Start one monitor thread per resource of the chain; the core's monitor
+/// requests go to the returned senders, by resource.
+fn start_monitor_workers(
+    cfg: &AgentConfig,
+    ctx: &Ctx,
+    tx: &Sender<Msg>,
+    span: &tracing::Span,
+) -> Result<Vec<Sender<u64>>, String> {
+    let mut senders = Vec::new();
+    for (res, (entry, settings)) in cfg
+        .cluster
+        .resources
+        .iter()
+        .zip(&cfg.cluster.monitors)
+        .enumerate()
+    {
+        let (mon_tx, mon_rx) = mpsc::channel::<u64>();
+        let (entry, settings, ctx, tx) = (entry.clone(), *settings, ctx.clone(), tx.clone());
+        let span = span.clone();
+        spawn(&format!("agent-monitor-{res}"), move || {
+            let _g = span.enter();
+            monitor_worker(res, &entry, settings, &ctx, &mon_rx, &tx);
+        })?;
+        senders.push(mon_tx);
+    }
+    Ok(senders)
+}
+
 /// A thread that waits for SIGTERM or SIGINT and asks the main loop to stop.
 fn start_signal_thread(sigs: SigSet, tx: &Sender<Msg>) -> Result<(), String> {
     let tx = tx.clone();
@@ -387,6 +430,8 @@ struct Agent {
     tx: Sender<Msg>,
     repd_tx: Sender<Op>,
     exec_tx: Sender<Op>,
+    /// Each resource's monitor thread.
+    monitor_tx: Vec<Sender<u64>>,
     ctx: Ctx,
     core: Core,
     clock: Instant,
@@ -436,6 +481,7 @@ impl Agent {
         };
         start_ping_worker(&cfg.cluster.ops, &tx, span)?;
         let exec_tx = start_exec_worker(&cfg, &ctx, &tx, span)?;
+        let monitor_tx = start_monitor_workers(&cfg, &ctx, &tx, span)?;
         start_signal_thread(sigs, &tx)?;
         log_policies(&cfg);
 
@@ -453,6 +499,7 @@ impl Agent {
             tx,
             repd_tx,
             exec_tx,
+            monitor_tx,
             ctx,
             core,
             clock,
@@ -505,6 +552,11 @@ impl Agent {
                     }
                 }
                 Action::AskWitness(req) => self.ask_witness(&req),
+                Action::Monitor { res, id } => {
+                    if self.monitor_tx.get(res).is_none_or(|m| m.send(id).is_err()) {
+                        tracing::warn!(res, "no monitor thread for resource {res}");
+                    }
+                }
                 Action::Run(op) => {
                     if !self.run_op(op) {
                         break;
@@ -572,6 +624,9 @@ impl Agent {
                 self.core.note(self.now(), !succeeded, text.clone());
                 self.sb.last_hook = Some(text);
                 Step::Handled
+            }
+            Msg::Monitor { res, id, outcome } => {
+                Step::Input(Input::MonitorResult { res, id, outcome })
             }
             Msg::Shutdown(sig) => Step::Stop(format!("signal {sig}")),
         }
@@ -664,6 +719,22 @@ impl Agent {
                         status: None,
                     }
                 }
+            },
+            // What was cleared is the last event of the status.
+            Request::Cleanup { resource } => match self.core.cleanup(self.now(), *resource) {
+                Ok(what) => {
+                    tracing::info!("{what}");
+                    Reply {
+                        ok: true,
+                        error: None,
+                        status: Some(self.status()),
+                    }
+                }
+                Err(e) => Reply {
+                    ok: false,
+                    error: Some(e),
+                    status: None,
+                },
             },
         }
     }

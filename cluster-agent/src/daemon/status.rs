@@ -116,11 +116,14 @@ fn chain_json(cfg: &AgentConfig, device: &Path, st: &crate::core::CoreStatus) ->
         "label": format!("device:{} ({})", device.display(), cfg.resource.resource.name),
         "state": if st.holds_role { "primary" } else { "secondary" },
     })];
-    for (r, s) in cfg.cluster.resources.iter().zip(&st.resources) {
+    for (i, (r, s)) in cfg.cluster.resources.iter().zip(&st.resources).enumerate() {
         chain.push(json!({
+            "index": i,
             "type": r.kind(),
             "label": r.label(),
             "state": s,
+            "monitor": st.monitors.get(i),
+            "monitor_timeout_ms": cfg.cluster.monitors.get(i).map(|m| ms(m.timeout)),
         }));
     }
     Value::Array(chain)

@@ -13,7 +13,7 @@ use rep_control::protocol::{ControlCmd, Verb};
 use replication_proto::wire::Role;
 
 use super::{local_state, Msg};
-use crate::config::ResourceEntry;
+use crate::config::{MonitorSettings, ResourceEntry};
 use crate::core::{Op, OpResult, PingView};
 use crate::resources::{self, Ctx};
 use crate::wire;
@@ -297,6 +297,26 @@ pub(super) fn exec_worker(
             }
         };
         if tx.send(Msg::Done { op, result }).is_err() {
+            return;
+        }
+    }
+}
+
+/// Run resource `res`'s monitors, one at a time, as the core asks (by id);
+/// each within the resource's monitor timeout, beside the chain's
+/// operations (a hung `status` delays only this resource's next check).
+pub(super) fn monitor_worker(
+    res: usize,
+    entry: &ResourceEntry,
+    settings: MonitorSettings,
+    ctx: &Ctx,
+    rx: &Receiver<u64>,
+    tx: &Sender<Msg>,
+) {
+    for id in rx {
+        let outcome = resources::monitor(entry, ctx, settings.timeout);
+        tracing::debug!(res, ?outcome, "monitor");
+        if tx.send(Msg::Monitor { res, id, outcome }).is_err() {
             return;
         }
     }

@@ -28,6 +28,13 @@ impl World {
             },
             witness: self.sc.witness,
             no_quorum_fail: self.sc.no_quorum_fail,
+            monitors: vec![
+                crate::core::MonitorConfig {
+                    interval_ms: self.sc.monitor_interval,
+                    threshold: self.sc.migration_threshold,
+                };
+                self.sc.resources
+            ],
         }
     }
 
@@ -73,6 +80,10 @@ impl World {
                     self.push(now + lat, Ev::OpDone(n, g, op));
                 }
                 Action::Log { text, .. } => self.log(format!("{}: {text}", NAMES[n])),
+                Action::Monitor { res, id } => {
+                    let lat = self.rng.gen_range(1..=self.sc.max_op);
+                    self.push(now + lat, Ev::MonitorDone(n, g, res, id));
+                }
                 Action::AskWitness(req) => {
                     if self.wlink_up[n]
                         && self.witness.is_some()

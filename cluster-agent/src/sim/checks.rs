@@ -123,6 +123,7 @@ impl World {
     }
 
     pub(super) fn check_expect(&mut self) -> Result<(), Violation> {
+        self.check_recovery()?;
         if let Some(e) = &self.expect {
             let s = &self.nodes[e.node];
             if s.role == Role::Primary && s.started.iter().all(|x| *x) {
@@ -200,14 +201,16 @@ impl World {
             .filter_map(|n| n.agent.as_ref().map(Core::state))
             .collect();
         if !self.nodes[h].started.iter().all(|x| *x)
+            || self.nodes[h].killed.iter().any(|x| *x)
             || self.nodes[1 - h].started.iter().any(|x| *x)
             || states.get(h) != Some(&HaState::Holding)
             || states.get(1 - h) != Some(&HaState::Idle)
         {
             return Err(self.violation(format!(
-                "after the heal: holder {} with {:?}, other with {:?}, agents {states:?}",
+                "after the heal: holder {} with {:?} (killed {:?}), other with {:?}, agents {states:?}",
                 NAMES[h],
                 self.nodes[h].started,
+                self.nodes[h].killed,
                 self.nodes[1 - h].started
             )));
         }

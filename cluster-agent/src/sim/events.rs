@@ -23,6 +23,9 @@ pub(super) enum Fault {
     WitnessRestart,
     /// `cluster-agent switchover` asked on node n (refused unless it holds).
     Switchover(usize),
+    /// Resource r of node n dies behind the agent's back (kill -9 of a
+    /// service; only while that node holds the whole chain).
+    Kill(usize, usize),
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +38,8 @@ pub(super) enum Ev {
     },
     Poll(usize, u64),
     OpDone(usize, u64, Op),
+    /// The monitor (id) of resource r on node n answers.
+    MonitorDone(usize, u64, usize, u64),
     Fault(Fault),
     Heal,
     /// Nothing but a moment for the replication link to move on.
@@ -87,6 +92,12 @@ impl World {
             self.schedule_fault(t);
             if self.sc.witness {
                 self.schedule_witness_fault(t);
+            }
+            if self.sc.monitor_interval > 0 && self.sc.resources > 0 && self.rng.gen_bool(0.5) {
+                let n = self.rng.gen_range(0..2);
+                let r = self.rng.gen_range(0..self.sc.resources);
+                let at = t + self.rng.gen_range(0..self.sc.fault_every / 2);
+                self.push(at, Ev::Fault(Fault::Kill(n, r)));
             }
         }
         self.push(Millis::from_ms(self.sc.fault_ms), Ev::Heal);
@@ -210,6 +221,14 @@ impl World {
                 self.log(format!("{}: {op:?} -> {result:?}", NAMES[n]));
                 self.feed(n, Input::Done { op, result })?;
             }
+            Ev::MonitorDone(n, g, res, id) => {
+                if self.nodes[n].gen != g || self.nodes[n].agent.is_none() {
+                    return Ok(());
+                }
+                let outcome = self.monitor_outcome(n, res);
+                self.log(format!("{}: monitor {res} -> {outcome:?}", NAMES[n]));
+                self.feed(n, Input::MonitorResult { res, id, outcome })?;
+            }
             Ev::Fault(f) => self.fault(f)?,
             Ev::Wake => {}
             Ev::ToWitness { from, req } => self.witness_request(from, &req),
@@ -235,6 +254,7 @@ impl World {
         // Any fault may delay a pending takeover beyond its bound.
         if !matches!(f, Fault::Forge(_) | Fault::Replay(_)) {
             self.expect = None;
+            self.expect_recovery = None;
         }
         self.log(format!("fault {f:?}"));
         match f {
@@ -291,6 +311,7 @@ impl World {
             Fault::Forge(n) => self.forge(n)?,
             Fault::Replay(n) => self.replay(n)?,
             Fault::Switchover(n) => self.switchover(n)?,
+            Fault::Kill(n, r) => self.kill_resource(n, r),
         }
         Ok(())
     }

@@ -22,6 +22,9 @@
 //!   writes at once (a Primary that lost quorum is suspended before the
 //!   other promotes), and no node is promoted without the writes the other
 //!   acknowledged alone (the witness knows the newer generation);
+//! - a resource killed behind the agent's back (monitored) runs again
+//!   within a bound: restarted in place, or the whole chain on the peer
+//!   after migration-threshold failures (lossless runs without a witness);
 //! - the core never panics.
 //!
 //! # Modules
@@ -33,7 +36,8 @@
 //! - `events`: the event queue and the faults;
 //! - `agents`: starting an agent, feeding it, carrying out its actions;
 //! - `repd`: the simulated repd, its replication link and operations;
-//! - `checks`: the invariants.
+//! - `checks`: the invariants;
+//! - `monitor`: resources killed behind the agent's back, monitor results.
 
 // The simulator is a test harness: an out-of-range index is a bug in it.
 #![allow(
@@ -49,14 +53,15 @@ use rand_chacha::ChaCha8Rng;
 use replication_proto::wire::{DiskState, Role};
 
 use crate::core::{
-    Action, BadPacket, Beat, Core, CoreConfig, HaState, Incarnation, Input, LocalState, Millis, Op,
-    OpResult,
+    Action, BadPacket, Beat, Core, CoreConfig, HaState, Incarnation, Input, LocalState, Millis,
+    MonitorOutcome, Op, OpResult,
 };
 use crate::witness::{self, Memory, WitnessCore};
 
 mod agents;
 mod checks;
 mod events;
+mod monitor;
 mod repd;
 mod scenario;
 
@@ -81,6 +86,9 @@ struct SimNode {
     /// Data generations, oldest first; the last is the current one.
     hist: Vec<u64>,
     started: Vec<bool>,
+    /// Started, but dead behind the agent's back (its monitor says so);
+    /// the next stop or start of it clears the mark.
+    killed: Vec<bool>,
     next_tick: Option<Millis>,
     /// repd holds or fails new writes.
     suspended: bool,
@@ -109,6 +117,7 @@ struct World {
     last_agent_dead: Millis,
     double_since: Option<Millis>,
     expect: Option<Expect>,
+    expect_recovery: Option<monitor::ExpectRecovery>,
     captured: Vec<(usize, usize, Beat)>,
     report: SimReport,
     trace: VecDeque<String>,
@@ -131,6 +140,7 @@ impl World {
             disk: DiskState::UpToDate,
             hist: vec![1],
             started: vec![false; sc.resources],
+            killed: vec![false; sc.resources],
             next_tick: None,
             suspended: false,
             freeze_armed: false,
@@ -162,6 +172,7 @@ impl World {
             last_agent_dead: Millis::ZERO,
             double_since: None,
             expect: None,
+            expect_recovery: None,
             captured: Vec::new(),
             report: SimReport::default(),
             trace: VecDeque::new(),

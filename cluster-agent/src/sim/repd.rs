@@ -23,6 +23,7 @@ impl World {
         }
         node.role = Role::Secondary;
         node.started.iter_mut().for_each(|x| *x = false);
+        node.killed.iter_mut().for_each(|x| *x = false);
         node.suspended = false;
         node.freeze_armed = false;
     }
@@ -296,6 +297,7 @@ impl World {
                 OpResult::Failed("simulated start failure".into())
             } else {
                 self.nodes[n].started[i] = true;
+                self.nodes[n].killed[i] = false;
                 OpResult::Ok
             }
         })
@@ -318,6 +320,7 @@ impl World {
                 OpResult::Failed("simulated stop failure".into())
             } else {
                 self.nodes[n].started[i] = false;
+                self.nodes[n].killed[i] = false;
                 OpResult::Ok
             }
         })

@@ -64,6 +64,11 @@ pub struct Scenario {
     /// acknowledged alone before the suspension may then be lost: not
     /// checked in these scenarios).
     pub no_freeze: bool,
+    /// Each resource's monitor interval (0: not monitored).
+    pub monitor_interval: u64,
+    pub migration_threshold: u32,
+    /// Probability that a monitor fails (times out) although the resource runs.
+    pub monitor_fail: f64,
 }
 
 impl Scenario {
@@ -113,6 +118,9 @@ impl Scenario {
             witness: ChaCha8Rng::seed_from_u64(seed ^ 0x0077_1745).gen_bool(0.35),
             no_quorum_fail: ChaCha8Rng::seed_from_u64(seed ^ 0x0e10).gen_bool(0.3),
             no_freeze: ChaCha8Rng::seed_from_u64(seed ^ 0xf4ee).gen_bool(0.3),
+            monitor_interval: [0, 300, 1000, 3000][r.gen_range(0..4)],
+            migration_threshold: r.gen_range(0..=3),
+            monitor_fail: [0.0, 0.01][r.gen_range(0..2)],
         }
     }
 }
@@ -140,6 +148,13 @@ pub struct SimReport {
     pub witness_takeovers: u64,
     /// Planned switchovers the holder accepted.
     pub switchovers: u64,
+    /// Resources killed behind the agent's back.
+    pub kills: u64,
+    /// Monitors that failed although the resource ran.
+    pub failed_monitors: u64,
+    /// Kills after which the chain was whole again in time (timed).
+    pub recoveries_checked: u64,
+    pub max_recovery_ms: u64,
 }
 
 /// Run the scenario of `seed`. `trace` prints every event.
@@ -198,6 +213,10 @@ impl SimReport {
         self.suspensions += r.suspensions;
         self.witness_takeovers += r.witness_takeovers;
         self.switchovers += r.switchovers;
+        self.kills += r.kills;
+        self.failed_monitors += r.failed_monitors;
+        self.recoveries_checked += r.recoveries_checked;
+        self.max_recovery_ms = self.max_recovery_ms.max(r.max_recovery_ms);
     }
 }
 
@@ -232,7 +251,8 @@ impl Simulator for AgentSim {
              {} takeovers timed (longest {} ms), {} unfenced double-Primary windows, \
              {} heartbeats with a bad MAC and {} replays dropped, {} failbacks, \
              {} suspensions for lack of quorum, {} takeovers on the witness's word, \
-             {} switchovers; no invariant violated",
+             {} switchovers, {} resources killed ({} recoveries timed, longest {} ms), \
+             {} failed monitors; no invariant violated",
             seeds.end - seeds.start,
             seeds.start,
             t.crashes,
@@ -251,7 +271,11 @@ impl Simulator for AgentSim {
             t.failbacks,
             t.suspensions,
             t.witness_takeovers,
-            t.switchovers
+            t.switchovers,
+            t.kills,
+            t.recoveries_checked,
+            t.max_recovery_ms,
+            t.failed_monitors
         )
     }
 }

@@ -248,13 +248,16 @@ impl Witness {
                         replays: self.core.replays,
                     })),
                 },
-                crate::control::Request::Switchover => crate::control::Reply {
-                    ok: false,
-                    error: Some(
-                        "this is the witness: it holds no resources; ask the holder's agent".into(),
-                    ),
-                    status: None,
-                },
+                crate::control::Request::Switchover | crate::control::Request::Cleanup { .. } => {
+                    crate::control::Reply {
+                        ok: false,
+                        error: Some(
+                            "this is the witness: it holds no resources; ask the holder's agent"
+                                .into(),
+                        ),
+                        status: None,
+                    }
+                }
             };
             let _ = inc.reply.send(reply);
         }
