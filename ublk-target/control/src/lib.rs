@@ -14,6 +14,8 @@
 //! - [`device`]: where the ublk device of a node appears, and whether
 //!   ublk_drv is loaded.
 //! - [`logs`]: the daemons' log setup (`$REP_LOG`).
+//! - [`events`]: the event stream's lines (`repctl events`, like
+//!   `drbdsetup events2`), JSON and text.
 //! - [`docs`]: `--generate-docs DIR`, the man pages and shell completions
 //!   each binary writes from its clap definition.
 
@@ -21,6 +23,7 @@ pub mod client;
 pub mod config;
 pub mod device;
 pub mod docs;
+pub mod events;
 pub mod logs;
 pub mod protocol;
 pub mod socket;
