@@ -141,6 +141,7 @@ impl InputTx {
 pub struct EngineHandle {
     tx: InputTx,
     shared: Arc<Shared>,
+    events: Arc<crate::events::Hub>,
 }
 
 impl std::fmt::Debug for EngineHandle {
@@ -167,6 +168,11 @@ impl EngineHandle {
     /// `secondary`, `down` and a shutdown signal ask.
     pub fn users(&self) -> &Users {
         &self.shared.users
+    }
+
+    /// The event stream (`repctl events`) the engine publishes to.
+    pub fn events(&self) -> &crate::events::Hub {
+        &self.events
     }
 
     /// Ends every [`RoleWait::wait_role_change`] now, as a role change
@@ -290,6 +296,8 @@ struct Runner {
     fua_zeroes: HashMap<tokens::OwnToken, (bool, IoToken)>,
     own_tokens: tokens::OwnTokens,
     span: tracing::Span,
+    /// Where each turn's state changes go (`status::publish_events`).
+    events: Arc<crate::events::Hub>,
 }
 
 /// Start the engine for the local node of `cfg`.
@@ -320,9 +328,11 @@ pub fn start(
     shared.data_bytes.store(data_bytes, Ordering::Relaxed);
     let seed: u64 = rand::random();
     let node = Node::new(ncfg, state.persisted, Millis::ZERO, seed);
+    let events = Arc::new(crate::events::Hub::new(&cfg.resource.name, &peer_node.name));
     let handle = EngineHandle {
         tx: tx.clone(),
         shared: shared.clone(),
+        events: events.clone(),
     };
     let mut runner = Runner {
         node,
@@ -342,8 +352,10 @@ pub fn start(
         fua_zeroes: HashMap::new(),
         own_tokens: tokens::OwnTokens::default(),
         span: span.clone(),
+        events,
     };
     runner.first_commands(cfg, opts, state.crashed_primary);
+    runner.publish_events();
     drop(_g);
     let thread = std::thread::Builder::new()
         .name("repd-engine".into())
@@ -492,6 +504,7 @@ impl Runner {
             if let Err(why) = self.peer.arm(&mut self.disk, receive) {
                 self.peer_down(&why);
             }
+            self.publish_events();
             // Submits the disk ops the inputs produced, sleeps until a disk
             // op completes, the peer socket is ready, an input arrives or a
             // timer is due.
@@ -584,6 +597,8 @@ impl Runner {
         for (_, r) in self.replies.drain() {
             r(Err(libc_errno::EIO));
         }
+        self.publish_events();
+        self.events.close();
         let st = self.status();
         for w in self.down_waiters.drain(..) {
             let _ = w.send(ControlReply {
