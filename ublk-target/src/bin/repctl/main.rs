@@ -14,6 +14,7 @@ use rep_control::config::ConfigError;
 use rep_control::protocol::{ControlCmd, Verb};
 use ublk_target::md::MdError;
 
+mod events;
 mod md;
 
 /// Default configuration file.
@@ -188,6 +189,30 @@ enum Command {
     Verify(VerifyArgs),
     /// Show the resource's state (drbdadm status, /proc/drbd)
     Status(StatusArgs),
+    /// Print a line for each change of state, as it happens (drbdsetup events2)
+    #[command(
+        long_about = "Print one line for each change of this node's state as it happens, \
+        like `drbdsetup events2 r0` (run until interrupted): the role, the connection and \
+        the peer's role, the disk and the peer's disk, the resync (start, progress at most \
+        once a second per whole percent, end), verify results, split brains, I/O and other \
+        errors, suspended I/O.\n\n\
+        Lines read like events2's: `change connection name:r0 conn-name:beta \
+        connection:Connected role:Secondary`, `change peer-device name:r0 conn-name:beta \
+        replication:SyncSource peer-disk:Inconsistent done:42.10`, `call verify name:r0 \
+        conn-name:beta verified:8388608 out-of-sync:0`, `create error name:r0 \
+        error:local-io ...` (errors are objects: created, changed, destroyed when they \
+        clear). --now prints the current state first as `exists` lines ended by \
+        `exists -`, then goes on with the changes (drbdsetup events2 prints the state \
+        always and stops after it with --now; here --now asks for it and the watch goes \
+        on). --json prints each event as one JSON object per line with its time (RFC 3339, \
+        UTC, milliseconds); --timestamps puts that time first on text lines.\n\n\
+        Several watchers may run at once; repd never waits for one. A watcher that stops \
+        reading and falls 1024 events behind is cut off: its last line is `call \
+        lost-events` and repctl exits 1; run it again with --now for the current state. \
+        When repd stops in order the last lines are `destroy ...` and repctl exits 0; if \
+        the connection closes otherwise (repd died) it exits 1."
+    )]
+    Events(EventsArgs),
     /// Mark this node's data Outdated (drbdadm outdate)
     #[command(
         long_about = "Mark this node's data Outdated, like `drbdadm outdate`: it is then \
@@ -286,6 +311,19 @@ struct StatusArgs {
     /// Print one JSON object
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Args)]
+struct EventsArgs {
+    /// Print the current state first, as `exists` lines ended by `exists -`
+    #[arg(long)]
+    now: bool,
+    /// Print one JSON object per event (with its time) instead of text
+    #[arg(long)]
+    json: bool,
+    /// Start each text line with the event's time (drbdsetup events2 --timestamps)
+    #[arg(long)]
+    timestamps: bool,
 }
 
 #[derive(Debug, Args)]
@@ -409,6 +447,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::InvalidateRemote => daemon::simple(cli, ControlCmd::Verb(Verb::InvalidateRemote)),
         Command::Verify(a) => daemon::verify(cli, a),
         Command::Status(a) => daemon::status(cli, a),
+        Command::Events(a) => events::run(cli, a),
         Command::Outdate => daemon::simple(cli, ControlCmd::Verb(Verb::Outdate)),
         Command::SuspendIo(a) => daemon::simple(cli, ControlCmd::SuspendIo { fail: a.fail }),
         Command::ResumeIo => daemon::simple(cli, ControlCmd::ResumeIo { if_current: None }),

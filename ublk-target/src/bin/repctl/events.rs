@@ -1,0 +1,194 @@
+//! `repctl events`: the event stream of repd (like `drbdsetup events2`),
+//! printed as the lines arrive. Built as a merge of the streams of a list
+//! of (resource, control socket): one reader thread per socket feeds one
+//! printer, so watching several resources is the same code with a longer
+//! list.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::mpsc;
+
+use rep_control::client::{socket_path, ControlError};
+use rep_control::config::Config;
+use rep_control::events::{Event, EventKind};
+use rep_control::protocol::{ControlCmd, ControlReply};
+
+use super::{Cli, EventsArgs, Failure};
+
+/// The longest event line read: lines are short, so a longer one means
+/// the other end is not a repd.
+const MAX_LINE_BYTES: u64 = 64 * 1024;
+
+/// One stream to watch.
+#[derive(Debug, Clone)]
+pub(super) struct Source {
+    pub(super) resource: String,
+    pub(super) socket: PathBuf,
+}
+
+/// How a stream ended.
+#[derive(Debug)]
+enum End {
+    /// repd stopped in order (its last line was `destroy resource`).
+    Stopped,
+    /// The watcher fell behind and lost events (`call lost-events`).
+    Lost,
+    /// The connection closed without either: repd died, or a bad line.
+    Broken(String),
+}
+
+/// What a reader thread tells the printer.
+enum Msg {
+    Line(Event, String),
+    Ended(String, End),
+}
+
+/// `repctl events` for this node of `--config`'s resource.
+pub(super) fn run(cli: &Cli, a: &EventsArgs) -> Result<(), Failure> {
+    let cfg = Config::load(&cli.config)?;
+    let me = cfg.local(cli.node.as_deref())?.0.name.clone();
+    let source = Source {
+        socket: socket_path(&cli.run_dir, &cfg.resource.name, &me),
+        resource: cfg.resource.name,
+    };
+    merge(&[source], a)
+}
+
+/// Watches every source at once and prints their lines in the order they
+/// arrive; with `--now`, one `exists -` once every source's state is out.
+/// Ends when every stream ended: exit 0 if repd stopped in order (or
+/// stdout was closed), else an error that says why.
+pub(super) fn merge(sources: &[Source], a: &EventsArgs) -> Result<(), Failure> {
+    let (tx, rx) = mpsc::channel();
+    for s in sources {
+        let conn = subscribe(s, a.now)?;
+        let (tx, resource) = (tx.clone(), s.resource.clone());
+        std::thread::Builder::new()
+            .name(format!("events-{resource}"))
+            .spawn(move || read_stream(conn, &resource, &tx))
+            .map_err(|e| Failure(format!("cannot start a thread: {e}")))?;
+    }
+    drop(tx);
+    let mut states_left = if a.now { sources.len() } else { 0 };
+    let mut failures = Vec::new();
+    let mut out = std::io::stdout().lock();
+    for msg in rx {
+        let text = match msg {
+            Msg::Line(e, _) if e.is_end_of_state() => {
+                states_left = states_left.saturating_sub(1);
+                if states_left > 0 {
+                    continue;
+                }
+                if a.json {
+                    serde_json::to_string(&e).unwrap_or_default()
+                } else {
+                    e.text(a.timestamps)
+                }
+            }
+            Msg::Line(_, raw) if a.json => raw,
+            Msg::Line(e, _) => e.text(a.timestamps),
+            Msg::Ended(resource, end) => {
+                match end {
+                    End::Stopped => {}
+                    End::Lost => failures.push(format!(
+                        "{resource}: this watcher fell behind and lost events; run \
+                         `repctl events --now` again for the current state"
+                    )),
+                    End::Broken(why) => failures.push(format!("{resource}: {why}")),
+                }
+                continue;
+            }
+        };
+        // A closed stdout (`| head`) ends the watch quietly.
+        if writeln!(out, "{text}").and_then(|()| out.flush()).is_err() {
+            return Ok(());
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure(failures.join("\n")))
+    }
+}
+
+/// Connects to `s` and asks for its stream; the connection is then the
+/// stream.
+fn subscribe(s: &Source, now: bool) -> Result<BufReader<UnixStream>, Failure> {
+    let path = &s.socket;
+    let conn = UnixStream::connect(path).map_err(|source| {
+        let e = if source.kind() == std::io::ErrorKind::PermissionDenied {
+            ControlError::Denied { path: path.clone() }
+        } else {
+            ControlError::NotRunning {
+                path: path.clone(),
+                source,
+            }
+        };
+        Failure(e.to_string())
+    })?;
+    let bad = |what: String| Failure(format!("{}: {what}", s.resource));
+    let line =
+        serde_json::to_string(&ControlCmd::Events { now }).map_err(|e| bad(e.to_string()))?;
+    writeln!(&conn, "{line}").map_err(|e| bad(e.to_string()))?;
+    let mut rd = BufReader::new(conn);
+    let mut answer = String::new();
+    rd.by_ref()
+        .take(MAX_LINE_BYTES)
+        .read_line(&mut answer)
+        .map_err(|e| bad(e.to_string()))?;
+    let reply: ControlReply = serde_json::from_str(&answer)
+        .map_err(|e| bad(format!("repd did not answer properly: {e}: {answer:?}")))?;
+    if !reply.ok {
+        let why = reply.error.unwrap_or_default();
+        return Err(bad(if why.contains("unknown variant `events`") {
+            "this repd has no event stream (too old); restart it from this version".into()
+        } else {
+            why
+        }));
+    }
+    Ok(rd)
+}
+
+/// One stream's lines to the printer, then how it ended.
+fn read_stream(mut rd: BufReader<UnixStream>, resource: &str, tx: &mpsc::Sender<Msg>) {
+    let mut end = End::Broken(
+        "the connection to repd closed (did it die? see its log); run `repctl events --now` \
+         again once it runs"
+            .into(),
+    );
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match rd.by_ref().take(MAX_LINE_BYTES).read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) if !line.ends_with('\n') => {
+                end = End::Broken("a line from repd was cut short".into());
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                end = End::Broken(format!("reading the stream failed: {e}"));
+                break;
+            }
+        }
+        let raw = line.trim_end().to_string();
+        let Ok(e) = serde_json::from_str::<Event>(&raw) else {
+            end = End::Broken(format!("repd sent a line that is not an event: {raw:?}"));
+            break;
+        };
+        let last = match (e.kind, e.object.as_str()) {
+            (EventKind::Destroy, "resource") => Some(End::Stopped),
+            (EventKind::Call, "lost-events") => Some(End::Lost),
+            _ => None,
+        };
+        if tx.send(Msg::Line(e, raw)).is_err() {
+            return;
+        }
+        if let Some(l) = last {
+            end = l;
+            break;
+        }
+    }
+    let _ = tx.send(Msg::Ended(resource.to_string(), end));
+}
