@@ -52,14 +52,18 @@ pub(super) fn run(cli: &Cli, a: &EventsArgs) -> Result<(), Failure> {
         socket: socket_path(&cli.run_dir, &cfg.resource.name, &me),
         resource: cfg.resource.name,
     };
-    merge(&[source], a)
+    merge(&[source], a, &mut std::io::stdout().lock())
 }
 
-/// Watches every source at once and prints their lines in the order they
-/// arrive; with `--now`, one `exists -` once every source's state is out.
-/// Ends when every stream ended: exit 0 if repd stopped in order (or
-/// stdout was closed), else an error that says why.
-pub(super) fn merge(sources: &[Source], a: &EventsArgs) -> Result<(), Failure> {
+/// Watches every source at once and prints their lines to `out` in the
+/// order they arrive; with `--now`, every source's state first, then one
+/// `exists -`, then the changes. Ends when every stream ended: Ok if repd
+/// stopped in order (or `out` was closed), else an error that says why.
+pub(super) fn merge(
+    sources: &[Source],
+    a: &EventsArgs,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
     let (tx, rx) = mpsc::channel();
     for s in sources {
         let conn = subscribe(s, a.now)?;
@@ -71,23 +75,26 @@ pub(super) fn merge(sources: &[Source], a: &EventsArgs) -> Result<(), Failure> {
     }
     drop(tx);
     let mut states_left = if a.now { sources.len() } else { 0 };
+    // Changes of a source whose state is out, while others' is not yet.
+    let mut held = Vec::new();
     let mut failures = Vec::new();
-    let mut out = std::io::stdout().lock();
+    let show = |e: &Event, raw: String| if a.json { raw } else { e.text(a.timestamps) };
     for msg in rx {
-        let text = match msg {
-            Msg::Line(e, _) if e.is_end_of_state() => {
+        let lines = match msg {
+            Msg::Line(e, raw) if e.is_end_of_state() => {
                 states_left = states_left.saturating_sub(1);
                 if states_left > 0 {
                     continue;
                 }
-                if a.json {
-                    serde_json::to_string(&e).unwrap_or_default()
-                } else {
-                    e.text(a.timestamps)
-                }
+                let mut lines = vec![show(&e, raw)];
+                lines.append(&mut held);
+                lines
             }
-            Msg::Line(_, raw) if a.json => raw,
-            Msg::Line(e, _) => e.text(a.timestamps),
+            Msg::Line(e, raw) if states_left > 0 && e.kind != EventKind::Exists => {
+                held.push(show(&e, raw));
+                continue;
+            }
+            Msg::Line(e, raw) => vec![show(&e, raw)],
             Msg::Ended(resource, end) => {
                 match end {
                     End::Stopped => {}
@@ -100,8 +107,16 @@ pub(super) fn merge(sources: &[Source], a: &EventsArgs) -> Result<(), Failure> {
                 continue;
             }
         };
-        // A closed stdout (`| head`) ends the watch quietly.
-        if writeln!(out, "{text}").and_then(|()| out.flush()).is_err() {
+        for text in lines {
+            // A closed stdout (`| head`) ends the watch quietly.
+            if writeln!(out, "{text}").and_then(|()| out.flush()).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    // A stream that ended before its state was complete.
+    for text in held {
+        if writeln!(out, "{text}").is_err() {
             return Ok(());
         }
     }
@@ -191,4 +206,115 @@ fn read_stream(mut rd: BufReader<UnixStream>, resource: &str, tx: &mpsc::Sender<
         }
     }
     let _ = tx.send(Msg::Ended(resource.to_string(), end));
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    /// A stand-in for repd: answers `events` with `lines`, then closes.
+    fn fake_repd(dir: &std::path::Path, resource: &str, lines: Vec<String>) -> Source {
+        let socket = dir.join(format!("{resource}.alpha.sock"));
+        let l = UnixListener::bind(&socket).unwrap();
+        std::thread::spawn(move || {
+            let (conn, _) = l.accept().unwrap();
+            let mut rd = BufReader::new(conn.try_clone().unwrap());
+            let mut cmd = String::new();
+            rd.read_line(&mut cmd).unwrap();
+            assert_eq!(cmd.trim(), r#"{"cmd":"events","now":true}"#);
+            let mut w = &conn;
+            writeln!(w, r#"{{"ok":true,"status":null}}"#).unwrap();
+            for l in lines {
+                writeln!(w, "{l}").unwrap();
+            }
+        });
+        Source {
+            resource: resource.into(),
+            socket,
+        }
+    }
+
+    fn line(kind: EventKind, object: &str, resource: &str, role: Option<&str>) -> String {
+        let mut e = Event::now(kind, object, resource);
+        if let Some(r) = role {
+            e = e.with("role", r);
+        }
+        serde_json::to_string(&e).unwrap()
+    }
+
+    fn stream(resource: &str, stops: bool) -> Vec<String> {
+        let mut v = vec![
+            line(EventKind::Exists, "resource", resource, Some("Secondary")),
+            line(EventKind::Exists, "-", resource, None),
+            line(EventKind::Change, "resource", resource, Some("Primary")),
+        ];
+        if stops {
+            v.push(line(EventKind::Destroy, "resource", resource, None));
+        }
+        v
+    }
+
+    fn args() -> EventsArgs {
+        EventsArgs {
+            now: true,
+            json: false,
+            timestamps: false,
+        }
+    }
+
+    /// Two resources: both states, one `exists -`, then the changes; the
+    /// watch ends well when both repds stopped in order.
+    #[test]
+    fn the_streams_of_several_resources_merge_like_events2_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let sources = [
+            fake_repd(dir.path(), "r0", stream("r0", true)),
+            fake_repd(dir.path(), "r1", stream("r1", true)),
+        ];
+        let mut out = Vec::new();
+        merge(&sources, &args(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 7, "{text}");
+        let sep = lines.iter().position(|l| *l == "exists -").unwrap();
+        assert_eq!(sep, 2, "{text}");
+        for r in ["r0", "r1"] {
+            assert!(
+                lines[..2].contains(&format!("exists resource name:{r} role:Secondary").as_str())
+            );
+            let change = format!("change resource name:{r} role:Primary");
+            let destroy = format!("destroy resource name:{r}");
+            let at = |l: &str| lines.iter().position(|x| *x == l).unwrap();
+            assert!(sep < at(&change) && at(&change) < at(&destroy), "{text}");
+        }
+    }
+
+    /// A stream that ends without `destroy resource` (repd died) is an
+    /// error naming its resource, after the other's lines are out.
+    #[test]
+    fn a_stream_that_breaks_is_an_error_naming_its_resource() {
+        let dir = tempfile::tempdir().unwrap();
+        let sources = [
+            fake_repd(dir.path(), "r0", stream("r0", true)),
+            fake_repd(dir.path(), "r1", stream("r1", false)),
+        ];
+        let mut out = Vec::new();
+        let Err(Failure(why)) = merge(&sources, &args(), &mut out) else {
+            panic!("a broken stream ended well");
+        };
+        assert!(
+            why.starts_with("r1: the connection to repd closed"),
+            "{why}"
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("change resource name:r1 role:Primary"),
+            "{text}"
+        );
+        assert!(text.contains("destroy resource name:r0"), "{text}");
+    }
 }
