@@ -218,10 +218,14 @@ fn two_watchers_see_every_change_in_order() {
     };
     assert_eq!(changes(&l1), changes(&l2));
 
-    let ev = w1_events(&l1);
+    assert_changes_in_order(&w1_events(&l1), n_state);
+}
+
+/// The changes the scenario makes, in order, after the state's `n_state` lines.
+fn assert_changes_in_order(ev: &[Value], n_state: usize) {
     let mut at = n_state;
     let mut step = |what: &str, f: &dyn Fn(&Value) -> bool| {
-        at = find_from(&ev, at + 1, what, f);
+        at = find_from(ev, at + 1, what, f);
     };
     step("the promotion", &|e| {
         is(e, "change", "resource", &[("role", "Primary")])
