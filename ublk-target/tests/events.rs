@@ -281,6 +281,60 @@ fn w1_events(lines: &[String]) -> Vec<Value> {
         .collect()
 }
 
+/// A split brain is a `call split-brain` line and an `error` object of
+/// its kind, which status shows as `last_error`; after the recovery the
+/// error ends (`ended`) and, the linger later, is destroyed: it clears
+/// with its condition.
+#[test]
+fn a_split_brain_is_reported_and_its_error_clears_after_the_recovery() {
+    tools();
+    let c = Cluster::new(Opts {
+        disk_mib: 16,
+        ..Opts::default()
+    });
+    c.up(0);
+    c.up(1);
+    c.ok(0, &["primary", "--force"]);
+    c.wait_synced(60);
+    let w = Watcher::start(&c, 1, &["--json"]);
+    c.ok(0, &["disconnect"]);
+    c.ok(1, &["disconnect"]);
+    c.ok(1, &["primary"]);
+    qemu_write(&c, 0, "write -P 0xa1 0 1M");
+    qemu_write(&c, 1, "write -P 0xb2 2M 1M");
+    c.ok(0, &["connect"]);
+    c.ok(1, &["connect"]);
+    let st = c.wait(1, "split brain", 20, |s| s["split_brain"] == true);
+    w.wait_for("the split brain", |e| is(e, "call", "split-brain", &[]));
+    w.wait_for("its error", |e| {
+        is(e, "create", "error", &[("error", "split-brain")])
+            && e["message"].as_str() == st["last_error"].as_str()
+    });
+    let errors = st["errors"].as_array().unwrap();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e["kind"] == "split-brain" && e["ended"] == false),
+        "{st:#}"
+    );
+    c.ok(1, &["secondary"]);
+    c.ok(1, &["connect", "--discard-my-data"]);
+    c.ok(0, &["connect"]);
+    c.wait_synced(60);
+    w.wait_for("the error's end", |e| {
+        is(e, "change", "error", &[("error", "split-brain")]) && e["ended"] == true
+    });
+    let linger = replication_proto::machine::ERROR_LINGER_MS / 1000;
+    c.wait(1, "the error cleared", linger + 20, |s| {
+        s["errors"]
+            .as_array()
+            .is_some_and(|e| e.iter().all(|e| e["kind"] != "split-brain"))
+    });
+    w.wait_for("the error destroyed", |e| {
+        is(e, "destroy", "error", &[("error", "split-brain")])
+    });
+}
+
 /// A watcher that never reads: the Primary's writes complete while it
 /// falls behind, it is cut off (and says so once read), and status still
 /// answers.

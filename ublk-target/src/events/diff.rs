@@ -46,7 +46,11 @@ impl Snapshot {
             split_brain: st.split_brain,
             disk: st.disk,
             peer_disk: st.peer_disk,
-            done: sync.map(|s| s.percent),
+            // The tracker notices a finished resync a moment after the
+            // state machine: a percent belongs to a resync or verify state.
+            done: sync
+                .filter(|_| syncing(st.connection) || verifying(st.connection))
+                .map(|s| s.percent),
             verified_bytes: st.stats.traffic.verified_bytes,
             verify_out_of_sync_bytes: st.stats.traffic.verify_out_of_sync_bytes,
             errors: st.errors.clone(),
@@ -263,6 +267,10 @@ fn suspended(s: Option<SuspendMode>) -> &'static str {
         Some(SuspendMode::Hold) => "hold",
         Some(SuspendMode::Fail) => "fail",
     }
+}
+
+fn syncing(c: ConnState) -> bool {
+    matches!(c, ConnState::SyncSource | ConnState::SyncTarget)
 }
 
 fn verifying(c: ConnState) -> bool {
