@@ -253,3 +253,34 @@ fn a_watcher_that_does_not_read_is_cut_off() {
     }
     assert_eq!(queued, WATCHER_QUEUE_EVENTS);
 }
+
+/// A client that hangs up is noticed while nothing happens, and its
+/// watcher forgotten; the hub serves at most MAX_WATCHERS at once.
+#[test]
+fn a_client_that_hangs_up_is_forgotten_and_watchers_are_limited() {
+    use std::io::{BufRead, BufReader};
+    let hub = Arc::new(Hub::new("r0", "beta"));
+    hub.publish(Snapshot::healthy());
+    let (client, server) = std::os::unix::net::UnixStream::pair().expect("pair");
+    let h = hub.clone();
+    let t = std::thread::spawn(move || serve_watcher(&server, &h, true));
+    let mut rd = BufReader::new(client);
+    let mut first = String::new();
+    rd.read_line(&mut first).expect("answer");
+    assert!(first.contains(r#""ok":true"#), "{first}");
+    let mut line = String::new();
+    while !line.contains(r#""object":"-""#) {
+        line.clear();
+        assert!(rd.read_line(&mut line).expect("state") > 0);
+    }
+    assert_eq!(hub.lock().watchers.len(), 1);
+    drop(rd);
+    t.join().expect("the watcher's thread ends");
+    assert!(hub.lock().watchers.is_empty());
+
+    let held: Vec<Watch> = (0..MAX_WATCHERS)
+        .map(|_| hub.watch(false).expect("watch"))
+        .collect();
+    assert_eq!(hub.watch(false).err(), Some(WatchError::TooMany));
+    drop(held);
+}
