@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{random_file, require, Cluster, Opts, NODES};
+use rep_control::events::Event;
 use rep_control::protocol::{ControlCmd, Verb};
 use serde_json::Value;
 
@@ -181,9 +182,13 @@ fn two_watchers_see_every_change_in_order() {
     let st = c.status(0);
     let w1 = Watcher::start(&c, 0, &["--now", "--json"]);
     let w2 = Watcher::start(&c, 0, &["--now", "--json"]);
+    let text = Watcher::start(&c, 0, &["--now", "--timestamps"]);
     let end_of_state = |e: &Value| is(e, "exists", "-", &[]);
     w1.wait_for("the end of the state", end_of_state);
     w2.wait_for("the end of the state", end_of_state);
+    while !text.lines().iter().any(|l| l.ends_with(" exists -")) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let state = w1.events();
     let n_state = state.iter().position(end_of_state).unwrap();
     assert_state_matches_status(&state[..n_state], &st);
@@ -207,7 +212,12 @@ fn two_watchers_see_every_change_in_order() {
 
     let (ok1, l1) = w1.finish();
     let (ok2, l2) = w2.finish();
-    assert!(ok1 && ok2, "repctl events failed:\n{}", l1.join("\n"));
+    let (ok3, l3) = text.finish();
+    assert!(
+        ok1 && ok2 && ok3,
+        "repctl events failed:\n{}",
+        l1.join("\n")
+    );
     // The same changes, byte for byte, after each one's own state.
     let changes = |l: &[String]| -> Vec<String> {
         let at = l
@@ -217,6 +227,16 @@ fn two_watchers_see_every_change_in_order() {
         l[at + 1..].to_vec()
     };
     assert_eq!(changes(&l1), changes(&l2));
+    // The text watcher printed the same events, as events2-like lines.
+    let at = l3.iter().position(|x| x.ends_with(" exists -")).unwrap();
+    let as_text: Vec<String> = changes(&l1)
+        .iter()
+        .map(|l| serde_json::from_str::<Event>(l).unwrap().text(true))
+        .collect();
+    assert_eq!(l3[at + 1..], as_text[..]);
+    assert!(as_text
+        .iter()
+        .any(|l| l.ends_with("change resource name:r0 role:Primary")));
 
     assert_changes_in_order(&w1_events(&l1), n_state);
 }
