@@ -15,7 +15,7 @@ use nix::sys::socket::{recv, MsgFlags};
 use rep_control::events::{Event, EventKind};
 use rep_control::protocol::{ControlReply, Refusal};
 
-use super::{Hub, Watch, WatchError, CUT, LIVE, WATCHER_QUEUE_EVENTS};
+use super::{Hub, Watch, WatchError, CLOSED, CUT, WATCHER_QUEUE_EVENTS};
 
 /// How often an idle watcher looks whether its client hung up.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
@@ -25,6 +25,9 @@ const ROOM_WAIT_MS: u16 = 200;
 /// How long a cut-off watcher's client has to read what its socket holds,
 /// so that the `lost-events` line fits after it.
 const CUT_LINGER: Duration = Duration::from_secs(30);
+/// How long a stopping repd still waits for room for a watcher's last
+/// lines (the control server waits 2 s for its clients).
+const CLOSE_GRACE: Duration = Duration::from_millis(1500);
 /// A write to a socket that said it had room never takes longer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -83,10 +86,11 @@ fn pump(conn: &UnixStream, watch: &Watch) {
     }
 }
 
-/// Waits until the socket has room for a line. Gives up when the watcher
-/// is no longer live (cut off, or repd stops) and `until` is not given,
-/// or at `until`.
-fn wait_for_room(conn: &UnixStream, watch: &Watch, until: Option<Instant>) -> bool {
+/// Waits until the socket has room for a line. Gives up at `until`, when
+/// the watcher is cut off (unless `until` is given: the `lost-events` line
+/// waits for room), and [`CLOSE_GRACE`] after repd began to stop.
+fn wait_for_room(conn: &UnixStream, watch: &Watch, mut until: Option<Instant>) -> bool {
+    let lost_line = until.is_some();
     loop {
         let mut fds = [PollFd::new(conn.as_fd(), PollFlags::POLLOUT)];
         match poll(&mut fds, PollTimeout::from(ROOM_WAIT_MS)) {
@@ -101,11 +105,15 @@ fn wait_for_room(conn: &UnixStream, watch: &Watch, until: Option<Instant>) -> bo
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(_) => return false,
         }
-        match until {
-            Some(t) if Instant::now() >= t => return false,
-            Some(_) => {}
-            None if watch.state.load(Ordering::Acquire) != LIVE => return false,
-            None => {}
+        match watch.state.load(Ordering::Acquire) {
+            CUT if !lost_line => return false,
+            CLOSED => {
+                until.get_or_insert_with(|| Instant::now() + CLOSE_GRACE);
+            }
+            _ => {}
+        }
+        if until.is_some_and(|t| Instant::now() >= t) {
+            return false;
         }
     }
 }
