@@ -70,8 +70,13 @@ impl Watcher {
 
     /// Waits until a printed event satisfies `f`.
     fn wait_for(&self, what: &str, f: impl Fn(&Value) -> bool) {
+        self.wait_for_from(0, what, f);
+    }
+
+    /// Waits until an event printed after the first `from` satisfies `f`.
+    fn wait_for_from(&self, from: usize, what: &str, f: impl Fn(&Value) -> bool) {
         let t0 = Instant::now();
-        while !self.events().iter().any(&f) {
+        while !self.events().iter().skip(from).any(&f) {
             assert!(
                 t0.elapsed() < Duration::from_secs(30),
                 "no event for {what}; got:\n{}",
@@ -352,6 +357,102 @@ fn a_split_brain_is_reported_and_its_error_clears_after_the_recovery() {
     });
     w.wait_for("the error destroyed", |e| {
         is(e, "destroy", "error", &[("error", "split-brain")])
+    });
+}
+
+/// Unmounts the tmpfs of [`primary_disk_on_small_tmpfs`] when dropped.
+struct Umount(std::path::PathBuf);
+
+impl Drop for Umount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// alpha's image moved onto a 24 MiB tmpfs (data sparse, metadata written),
+/// so that writes past ~16 MiB fail with ENOSPC, as `two_nodes.rs`'s full
+/// disk test does it.
+fn primary_disk_on_small_tmpfs(c: &Cluster) -> Umount {
+    use std::process::Command;
+    let small = c.dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let run = |cmd: &mut Command| assert!(cmd.status().unwrap().success(), "{cmd:?}");
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "rep-test-events"])
+        .arg(&small));
+    let umount = Umount(small.clone());
+    let (img, moved) = (c.img(0), small.join("alpha.img"));
+    run(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&img)
+        .arg(&moved));
+    let skip = (c.disk_bytes - (8 << 20)) >> 20;
+    run(Command::new("dd")
+        .arg(format!("if={}", img.display()))
+        .arg(format!("of={}", moved.display()))
+        .args(["bs=1M", &format!("skip={skip}"), &format!("seek={skip}")])
+        .args(["conv=notrunc", "status=none"]));
+    std::fs::remove_file(&img).unwrap();
+    std::os::unix::fs::symlink(&moved, &img).unwrap();
+    umount
+}
+
+/// A local write that fails is an `error` object of kind `local-io`; once
+/// the disk has room and a write succeeds, its condition ended.
+#[test]
+fn a_failed_local_write_is_an_error_until_a_write_succeeds() {
+    tools();
+    let c = Cluster::new(Opts::default());
+    let small = primary_disk_on_small_tmpfs(&c);
+    c.up(0);
+    c.up(1);
+    c.ok(0, &["primary", "--force"]);
+    c.wait_synced(60);
+    let w = Watcher::start(&c, 0, &["--json"]);
+    let src = random_file(c.dir.path(), "big.bin", 32 << 20, 7);
+    let o = c.client(0, "nbdcopy", &[src.to_str().unwrap(), &c.nbd_uri(0)]);
+    assert!(!o.status.success(), "writes into a full disk succeeded");
+    w.wait_for("the I/O error", |e| {
+        is(e, "create", "error", &[("error", "local-io")])
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("local write"))
+    });
+    let st = c.status(0);
+    assert!(
+        st["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "local-io"),
+        "{st:#}"
+    );
+    // One more write that fails, so that the error's condition lasts now.
+    let o = c.client(
+        0,
+        "qemu-io",
+        &["-f", "raw", &c.nbd_uri(0), "-c", "write 44M 64k"],
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("write failed"),
+        "a write into the full disk succeeded: {o:?}"
+    );
+    c.wait(0, "the NBD client gone", 10, |s| s["nbd_clients"] == 0);
+    let grown = std::process::Command::new("mount")
+        .args(["-o", "remount,size=200m"])
+        .arg(&small.0)
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    // Let the failed write's lines come in, then one that succeeds.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = w.events().len();
+    qemu_write(&c, 0, "write -P 0x11 30M 64k");
+    w.wait_for_from(before, "the error's end", |e| {
+        is(e, "change", "error", &[("error", "local-io")]) && e["ended"] == true
     });
 }
 
