@@ -13,12 +13,15 @@
 //!   with the `sim` feature; its binary is `agentsim`);
 //! - [`witness`]: the third voter (`cluster-agent --witness`): its packets,
 //!   its sans-IO core and its process;
+//! - [`import`]: `cluster-agent import-heartbeat`, heartbeat's ha.cf,
+//!   authkeys and haresources into the `[cluster]` table;
 //! - [`daemon`], [`resources`], [`netlink`], [`control`]: the agent process around the core.
 
 pub mod config;
 pub mod control;
 pub mod core;
 pub mod daemon;
+pub mod import;
 pub mod netlink;
 pub mod resources;
 #[cfg(feature = "sim")]

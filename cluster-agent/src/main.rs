@@ -84,6 +84,32 @@ enum Command {
         #[arg(long, value_name = "SECONDS", default_value_t = 120)]
         timeout: u64,
     },
+    /// Turn heartbeat's ha.cf, authkeys and haresources into the [cluster] table
+    #[command(
+        long_about = "Turn heartbeat's configuration (ha.cf, authkeys, haresources in DIR, \
+        e.g. /etc/ha.d) into the [cluster] table of a resource file. With --resource FILE \
+        (a resource file, e.g. from `repctl import-drbd-conf`), --out gets that file with the \
+        table appended, and it is checked as the agent will load it; without, --out gets the \
+        table alone, to append to the resource file on both nodes.\n\n\
+        What maps: keepalive, warntime, deadtime, initdead (seconds, or NNNms) to *-ms; \
+        auto_failback on/off (legacy: off, warned; nice_failback); node names, checked against \
+        the resource's [[node]] names; ucast to [[cluster.path]] bind addresses, bcast, udp and \
+        mcast to [[cluster.path]] entries whose addresses are to be filled in (rep's heartbeat \
+        is unicast UDP); udpport to their port; ping and ping_group to ping-nodes (the agent \
+        does ipfail's job), deadping to ping-dead-ms; authkeys' selected sha1/md5 key to \
+        auth-key (rep signs with HMAC-SHA256; crc has no key, so it is to be filled in); \
+        haresources' first field to preferred, drbddisk::NAME to the device, IPaddr / IPaddr2 \
+        / a bare address to ip, Filesystem::DEV::DIR::TYPE::OPTIONS to filesystem (a \
+        /dev/drbdN of the resource becomes this node's /dev/ublkbN), a bare name to a service \
+        (DIR/resource.d/NAME if there, else /etc/init.d/NAME).\n\n\
+        Every other key (serial, baud, watchdog, logfile, logfacility, apiauth, crm, stonith, \
+        respawn of anything but ipfail, resources with arguments like LVM::vg, ...) is left \
+        behind with a warning on stderr naming it with its FILE:LINE. Values the files lack \
+        (an address on a broadcast medium, a key for crc, a prefix length) are written as \
+        commented-out keys marked FILL IN, with a warning; nothing is made up.\n\n\
+        --config and --node are not used."
+    )]
+    ImportHeartbeat(cluster_agent::import::cli::ImportArgs),
 }
 
 fn main() -> ExitCode {
@@ -115,6 +141,7 @@ fn main() -> ExitCode {
                 run_dir: cli.run_dir.clone(),
             })
         }
+        Some(Command::ImportHeartbeat(a)) => cluster_agent::import::cli::run(a),
         Some(Command::Status { json }) => status(&cli, *json),
         Some(Command::Switchover { no_wait, timeout }) => switchover(&cli, *no_wait, *timeout),
     };

@@ -14,6 +14,10 @@
 //! - [`device`]: where the ublk device of a node appears, and whether
 //!   ublk_drv is loaded.
 //! - [`logs`]: the daemons' log setup (`$REP_LOG`).
+//! - [`resources`]: several resources per host: the files of `/etc/rep`,
+//!   and which of them `r1`, `all` or nothing selects.
+//! - [`import`]: `repctl import-drbd-conf`, a drbd.conf into resource files;
+//!   its warnings and TOML writer serve the cluster agent's heartbeat import too.
 //! - [`events`]: the event stream's lines (`repctl events`, like
 //!   `drbdsetup events2`), JSON and text.
 //! - [`docs`]: `--generate-docs DIR`, the man pages and shell completions
@@ -24,7 +28,9 @@ pub mod config;
 pub mod device;
 pub mod docs;
 pub mod events;
+pub mod import;
 pub mod logs;
 pub mod protocol;
+pub mod resources;
 pub mod socket;
 pub mod status_text;

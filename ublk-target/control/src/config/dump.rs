@@ -31,6 +31,15 @@ impl Config {
         serde_json::to_string_pretty(&self.to_raw())
     }
 
+    /// [`Config::to_json`] on one line (`repctl dump --json all`: one
+    /// object per line and resource).
+    ///
+    /// # Errors
+    /// When a path is not valid UTF-8.
+    pub fn to_json_line(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(&self.to_raw())
+    }
+
     /// The raw form with every value spelt out: what [`Config::validate`]
     /// turns back into `self`.
     fn to_raw(&self) -> RawConfig {

@@ -1,19 +1,20 @@
 //! `repctl events`: the event stream of repd (like `drbdsetup events2`),
-//! printed as the lines arrive. Built as a merge of the streams of a list
-//! of (resource, control socket): one reader thread per socket feeds one
-//! printer, so watching several resources is the same code with a longer
-//! list.
+//! printed as the lines arrive: a merge of the streams of the resources
+//! selected (`repctl events r1`, `all`, or every one when none is named,
+//! like `drbdsetup events2 all`), one reader thread per control socket
+//! feeding one printer.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::mpsc;
 
-use rep_control::client::{socket_path, ControlError};
-use rep_control::config::Config;
+use rep_control::client::ControlError;
 use rep_control::events::{Event, EventKind};
 use rep_control::protocol::{ControlCmd, ControlReply};
+use rep_control::resources::Unnamed;
 
+use super::targets::targets;
 use super::{Cli, EventsArgs, Failure};
 
 /// The longest event line read: lines are short, so a longer one means
@@ -44,15 +45,19 @@ enum Msg {
     Ended(String, End),
 }
 
-/// `repctl events` for this node of `--config`'s resource.
+/// `repctl events [RESOURCE|all]` for this node: every resource unless
+/// one is named.
 pub(super) fn run(cli: &Cli, a: &EventsArgs) -> Result<(), Failure> {
-    let cfg = Config::load(&cli.config)?;
-    let me = cfg.local(cli.node.as_deref())?.0.name.clone();
-    let source = Source {
-        socket: socket_path(&cli.run_dir, &cfg.resource.name, &me),
-        resource: cfg.resource.name,
-    };
-    merge(&[source], a, &mut std::io::stdout().lock())
+    let sources = targets(cli, a.sel.resource.as_deref(), Unnamed::All)?
+        .iter()
+        .map(|t| {
+            Ok(Source {
+                resource: t.file.name.clone(),
+                socket: t.socket()?,
+            })
+        })
+        .collect::<Result<Vec<_>, Failure>>()?;
+    merge(&sources, a, &mut std::io::stdout().lock())
 }
 
 /// Watches every source at once and prints their lines to `out` in the
@@ -140,7 +145,7 @@ fn subscribe(s: &Source, now: bool) -> Result<BufReader<UnixStream>, Failure> {
                 source,
             }
         };
-        Failure(e.to_string())
+        Failure(format!("{}: {e}", s.resource))
     })?;
     let bad = |what: String| Failure(format!("{}: {what}", s.resource));
     let line =
@@ -263,6 +268,7 @@ mod tests {
             now: true,
             json: false,
             timestamps: false,
+            sel: super::super::Select::default(),
         }
     }
 

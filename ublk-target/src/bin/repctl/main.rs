@@ -1,8 +1,10 @@
 //! `repctl`: the administration tool, like DRBD's `drbdadm`.
 //!
-//! Every verb reads the resource configuration (`--config`, default
-//! `/etc/rep/r0.toml`) and acts for this node (`--node`, default the host
-//! name). Failures print `repctl: error: ...` on stderr and exit with 1.
+//! Every verb reads the resource files it is given (a RESOURCE name or
+//! `all` among `--config-dir`'s `NAME.toml`, default `/etc/rep`; or one
+//! `--config FILE`) and acts for this node (`--node`, default the host
+//! name), once per resource (`targets.rs`). Failures print
+//! `repctl: error: ...` on stderr and exit with 1.
 
 use std::io::{self, Write as _};
 use std::path::PathBuf;
@@ -12,13 +14,15 @@ use clap::{Args, Parser, Subcommand};
 use rep_control::client::DEFAULT_RUN_DIR;
 use rep_control::config::ConfigError;
 use rep_control::protocol::{ControlCmd, Verb};
+use rep_control::resources::{Unnamed, DEFAULT_CONFIG_DIR};
 use ublk_target::md::MdError;
 
-mod events;
-mod md;
+use targets::{Select, Target};
 
-/// Default configuration file.
-const DEFAULT_CONFIG: &str = "/etc/rep/r0.toml";
+mod events;
+mod import;
+mod md;
+mod targets;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,19 +31,33 @@ const DEFAULT_CONFIG: &str = "/etc/rep/r0.toml";
     about = "Administer a replicated block device resource (the drbdadm of this project)",
     long_about = "Administer a replicated block device resource: a disk mirrored between two nodes, \
                   like DRBD 8.4, served locally as /dev/ublkbN.\n\n\
-                  Every command reads the resource file given by --config (TOML, identical on both \
-                  nodes, like drbd.conf; see ublk-target/examples/r0.toml) and acts for this node, \
-                  chosen by --node (default: the host name, like DRBD's `on HOSTNAME` sections).\n\n\
+                  Each resource has its own file in --config-dir (default /etc/rep): r0.toml for \
+                  resource r0 (TOML, identical on both nodes, like drbd.conf; see \
+                  ublk-target/examples/r0.toml). Like drbdadm, a command takes the resource's name, \
+                  or `all` for every one; without one, `status` and `dump` show all, and the other \
+                  commands act on the only resource there is (with several, name one). --config FILE \
+                  uses that one file instead. Each command acts for this node, chosen by --node \
+                  (default: the host name, like DRBD's `on HOSTNAME` sections).\n\n\
                   First steps on each node:\n  \
-                  repctl --config r0.toml dump           # check the file, like `drbdadm dump r0`\n  \
-                  repctl --config r0.toml create-md      # like `drbdadm create-md r0`\n  \
-                  repctl --config r0.toml dump-md        # like `drbdadm dump-md r0`",
-    after_help = "On failure repctl prints `repctl: error: ...` on stderr and exits with status 1."
+                  repctl dump r0                # check the file, like `drbdadm dump r0`\n  \
+                  repctl create-md r0           # like `drbdadm create-md r0`\n  \
+                  repctl up all                 # one repd per resource, like `drbdadm up all`\n  \
+                  repctl primary r1             # r1 only, like `drbdadm primary r1`\n  \
+                  repctl status                 # every resource, like `drbdadm status`\n  \
+                  repctl --config r0.toml dump-md   # one file anywhere",
+    after_help = "On failure repctl prints `repctl: error: ...` on stderr and exits with status 1. \
+                  With several resources it goes on with the next one after a failure, names the \
+                  resource in each error, and if any failed, lists them on a last error line and \
+                  exits with status 1."
 )]
 struct Cli {
-    /// The resource configuration file (TOML).
-    #[arg(long, short = 'c', global = true, value_name = "FILE", default_value = DEFAULT_CONFIG)]
-    config: PathBuf,
+    /// One resource file (TOML) to use instead of --config-dir's
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// The directory of the resource files, one NAME.toml per resource
+    #[arg(long, global = true, value_name = "DIR", env = "REP_CONFIG_DIR", default_value = DEFAULT_CONFIG_DIR)]
+    config_dir: PathBuf,
 
     #[arg(
         long,
@@ -64,8 +82,8 @@ enum Command {
     /// Check the resource file and print it with every default filled in (drbdadm dump)
     #[command(
         long_about = "Check the resource file and print it normalised, like `drbdadm dump`: \
-        read --config, validate it with the checks of `repctl up` and repd (all but the \
-        disk's existence), find this node's \
+        read the resource's file, validate it with the checks of `repctl up` and repd (all but \
+        the disk's existence), find this node's \
         [[node]] entry (--node), then print every section and key with the value that takes \
         effect, defaults filled in, in the layout of examples/r0.toml. The output is itself a \
         valid resource file that loads to the same configuration: use it to see what a short \
@@ -78,7 +96,9 @@ enum Command {
         (sorted, its defaults not filled in) and `cluster-agent` checks it. The output \
         contains the [net] secret, as the file does.\n\n\
         Exits 0 when the file is valid; otherwise prints the error `repctl up` would print \
-        and exits 1."
+        and exits 1.\n\n\
+        Without a RESOURCE (or with `all`) it dumps every file of --config-dir in turn, like \
+        `drbdadm dump` prints every resource (--json: one object per line)."
     )]
     Dump(DumpArgs),
 
@@ -149,7 +169,7 @@ enum Command {
     )]
     Primary(PrimaryArgs),
     /// Make this node Secondary: stop serving I/O (drbdadm secondary)
-    Secondary,
+    Secondary(Select),
     /// Connect to the peer (drbdadm connect)
     #[command(
         long_about = "Connect to the peer again after a disconnect or a split brain, \
@@ -160,7 +180,7 @@ enum Command {
     )]
     Connect(ConnectArgs),
     /// Disconnect from the peer and stay StandAlone (drbdadm disconnect)
-    Disconnect,
+    Disconnect(Select),
     /// Wait until the peer is connected (drbdadm wait-connect; [startup] timeouts)
     #[command(
         long_about = "Wait until this node is connected to its peer (Connected, or syncing, \
@@ -176,9 +196,9 @@ enum Command {
     )]
     WaitConnect(WaitConnectArgs),
     /// Throw away this node's data and resync all of it from the peer
-    Invalidate,
+    Invalidate(Select),
     /// Resync all of the peer's data from this node
-    InvalidateRemote,
+    InvalidateRemote(Select),
     /// Compare both nodes' data online, block by block (drbdadm verify)
     #[command(
         long_about = "Compare both nodes' data online by checksums (crc32c), like \
@@ -187,12 +207,23 @@ enum Command {
         Waits until the verify (and repair) finished, then prints what it found."
     )]
     Verify(VerifyArgs),
-    /// Show the resource's state (drbdadm status, /proc/drbd)
+    /// Show the resources' state (drbdadm status, /proc/drbd)
+    #[command(
+        long_about = "Show this node's state of each resource, like `drbdadm status` with the \
+        counters of /proc/drbd: roles, disks, connection, resync progress, the last error.\n\n\
+        Without a RESOURCE (or with `all`) it shows every resource of --config-dir; one whose \
+        repd does not run shows as `not running` (`\"running\": false` in --json) and is no \
+        error. A single resource whose repd does not run is an error, as before.\n\n\
+        --json prints one object per resource: for one resource pretty-printed, for several \
+        one per line."
+    )]
     Status(StatusArgs),
     /// Print a line for each change of state, as it happens (drbdsetup events2)
     #[command(
         long_about = "Print one line for each change of this node's state as it happens, \
-        like `drbdsetup events2 r0` (run until interrupted): the role, the connection and \
+        like `drbdsetup events2 r0` (run until interrupted), for the resource named, `all`, \
+        or every resource of --config-dir when none is named (`drbdsetup events2 all`: the \
+        streams are merged, with one `exists -` after every resource's state): the role, the connection and \
         the peer's role, the disk and the peer's disk, the resync (start, progress at most \
         once a second per whole percent, end), verify results, split brains, I/O and other \
         errors, suspended I/O.\n\n\
@@ -220,7 +251,7 @@ enum Command {
         it UpToDate again. Only on a Secondary that is not connected to the peer. The cluster \
         agent runs it when the peer's agent asks (outdate-peer over a heartbeat path)."
     )]
-    Outdate,
+    Outdate(Select),
     /// Hold (or fail) new writes: what the cluster agent does on quorum loss
     #[command(
         long_about = "Stop accepting new writes and flushes, like DRBD 9's on-no-quorum: \
@@ -231,7 +262,7 @@ enum Command {
     )]
     SuspendIo(SuspendArgs),
     /// Let held writes in again after suspend-io
-    ResumeIo,
+    ResumeIo(Select),
     /// Freeze a Primary's I/O when its peer is lost (DRBD's fencing resource-only)
     #[command(
         long_about = "With `on`, a Primary that loses its connection to the peer suspends \
@@ -242,6 +273,33 @@ enum Command {
         arms it when a witness is configured."
     )]
     FreezeOnDisconnect(FreezeArgs),
+    /// Turn a drbd.conf into resource files, one per resource (from DRBD 8.x / 0.7)
+    #[command(
+        long_about = "Turn a drbd.conf (DRBD 8.x or 0.7 syntax: global, common, resource, on HOST, \
+        floating, startup, disk, net, syncer, handlers, include, skip) into one resource file per \
+        resource, DIR/NAME.toml. It takes no resource name; --config, --config-dir and --node are \
+        not used.\n\n\
+        What maps: protocol; startup wfc-timeout and degr-wfc-timeout; disk on-io-error \
+        (pass_on; detach and others become \"pass-on\" with a warning: rep has no diskless mode \
+        yet); syncer rate / disk resync-rate (a number without K/M/G is KiB/s, as in DRBD) and \
+        al-extents; net timeout (DRBD counts tenths of a second: timeout 60 is timeout-ms = 6000), \
+        ping-int (seconds), ko-count, max-buffers, shared-secret (with cram-hmac-alg: rep uses \
+        HMAC-SHA256), csums-alg and verify-alg (rep's digest is crc32c), after-sb-0pri/1pri/2pri; \
+        in each `on HOST`: device /dev/drbdN (or minor N) as device = N (/dev/ublkbN), disk, \
+        address (ipv4/ipv6 IP:PORT), meta-disk internal or a path. Keys set at the resource \
+        level go to both nodes; `common` applies to every resource.\n\n\
+        Every other option (global usage-count and minor-count, syncer group and after, \
+        incon-degr-cmd, handlers, ...) is left behind with a warning on stderr that names it \
+        with its FILE:LINE. A value drbd.conf lacks is never made up: an empty `address;`, a \
+        missing shared-secret (rep requires one), a meta-disk index are written as commented-out \
+        keys marked FILL IN, with a warning; complete them, then check the file with \
+        `repctl --config DIR/NAME.toml dump`. A file with nothing to fill in has passed that \
+        validation already.\n\n\
+        Syntax errors name the file and line; nothing is written then. Existing files in DIR are \
+        not overwritten without --force. For heartbeat's ha.cf, haresources and authkeys see \
+        `cluster-agent import-heartbeat`."
+    )]
+    ImportDrbdConf(import::ImportDrbdConfArgs),
 }
 
 #[derive(Debug, Args)]
@@ -249,6 +307,8 @@ struct WaitConnectArgs {
     /// Seconds to wait (0 = forever) [default: wfc-timeout or degr-wfc-timeout]
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<u64>,
+    #[command(flatten)]
+    sel: Select,
 }
 
 #[derive(Debug, Args)]
@@ -256,6 +316,8 @@ struct FreezeArgs {
     /// on | off
     #[arg(value_parser = ["on", "off"])]
     state: String,
+    #[command(flatten)]
+    sel: Select,
 }
 
 #[derive(Debug, Args)]
@@ -263,6 +325,8 @@ struct SuspendArgs {
     /// Fail new writes with EIO instead of holding them (on-no-quorum = io-error)
     #[arg(long)]
     fail: bool,
+    #[command(flatten)]
+    sel: Select,
 }
 
 #[derive(Debug, Args)]
@@ -273,6 +337,8 @@ struct UpArgs {
     /// The repd binary to run [default: next to repctl, then $PATH]
     #[arg(long, value_name = "PATH")]
     repd: Option<PathBuf>,
+    #[command(flatten)]
+    sel: Select,
 }
 
 #[derive(Debug, Args)]
@@ -283,6 +349,8 @@ struct DownArgs {
     /// must not lose its disk.
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    sel: Select,
 }
 
 #[derive(Debug, Args)]
@@ -290,6 +358,8 @@ struct PrimaryArgs {
     /// Promote even without UpToDate data; this node's data wins (full sync to the peer)
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    sel: Select,
 }
 
 #[derive(Debug, Args)]
@@ -297,6 +367,8 @@ struct ConnectArgs {
     /// After a split brain: throw away this node's changes and resync from the peer
     #[arg(long)]
     discard_my_data: bool,
+    #[command(flatten)]
+    sel: Select,
 }
 
 #[derive(Debug, Args)]
@@ -304,13 +376,17 @@ struct VerifyArgs {
     /// Resync the blocks found out of sync
     #[arg(long)]
     repair: bool,
+    #[command(flatten)]
+    sel: Select,
 }
 
 #[derive(Debug, Args)]
 struct StatusArgs {
-    /// Print one JSON object
+    /// Print one JSON object per resource (several: one per line)
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    sel: Select,
 }
 
 #[derive(Debug, Args)]
@@ -324,6 +400,8 @@ struct EventsArgs {
     /// Start each text line with the event's time (drbdsetup events2 --timestamps)
     #[arg(long)]
     timestamps: bool,
+    #[command(flatten)]
+    sel: Select,
 }
 
 #[derive(Debug, Args)]
@@ -331,13 +409,17 @@ struct CreateMdArgs {
     /// Overwrite existing metadata (forgets the data generations and the bitmap)
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    sel: Select,
 }
 
 #[derive(Debug, Args)]
 struct DumpArgs {
-    /// Print one JSON object with the same sections, keys and values instead of TOML
+    /// Print JSON with the same sections, keys and values instead of TOML (several: one object per line)
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    sel: Select,
 }
 
 #[derive(Debug, Args)]
@@ -345,6 +427,8 @@ struct DumpMdArgs {
     /// Print one JSON object instead of the readable form
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    sel: Select,
 }
 
 /// A failure to report: the message says what went wrong and what to do.
@@ -355,7 +439,9 @@ impl From<ConfigError> for Failure {
     fn from(e: ConfigError) -> Self {
         let hint = match &e {
             ConfigError::Read { source, .. } if source.kind() == io::ErrorKind::NotFound => {
-                format!("; pass --config FILE (the default is {DEFAULT_CONFIG}; see ublk-target/examples/r0.toml)")
+                "; check the path given to --config, or drop --config to use the resource files of \
+                 --config-dir (see ublk-target/examples/r0.toml)"
+                    .to_owned()
             }
             _ => String::new(),
         };
@@ -425,38 +511,60 @@ fn print_out(text: &str) -> Result<(), Failure> {
 }
 
 fn run(cli: &Cli) -> Result<(), Failure> {
+    use targets::each;
+    use Unnamed::{All, OnlyOne};
     match &cli.command {
-        Command::Dump(args) => md::dump(cli, args),
-        Command::CreateMd(args) => md::create_md(cli, args),
-        Command::DumpMd(args) => md::dump_md(cli, args),
-        Command::Up(args) => daemon::up(cli, args),
-        Command::Down(a) => daemon::down(cli, a.force),
-        Command::Primary(a) => {
-            daemon::simple(cli, ControlCmd::Verb(Verb::Primary { force: a.force }))
-        }
-        Command::Secondary => daemon::simple(cli, ControlCmd::Verb(Verb::Secondary)),
-        Command::Connect(a) => daemon::simple(
-            cli,
-            ControlCmd::Verb(Verb::Connect {
-                discard_my_data: a.discard_my_data,
-            }),
-        ),
-        Command::Disconnect => daemon::simple(cli, ControlCmd::Verb(Verb::Disconnect)),
-        Command::WaitConnect(a) => daemon::wait_connect(cli, a),
-        Command::Invalidate => daemon::simple(cli, ControlCmd::Verb(Verb::Invalidate)),
-        Command::InvalidateRemote => daemon::simple(cli, ControlCmd::Verb(Verb::InvalidateRemote)),
-        Command::Verify(a) => daemon::verify(cli, a),
-        Command::Status(a) => daemon::status(cli, a),
+        // Like `drbdadm dump` and `drbdadm status`: every resource unless named.
+        Command::Dump(a) => each(cli, &a.sel, All, |t| md::dump(t, a)),
+        Command::CreateMd(a) => each(cli, &a.sel, OnlyOne, |t| md::create_md(t, a)),
+        Command::DumpMd(a) => each(cli, &a.sel, OnlyOne, |t| md::dump_md(t, a)),
+        Command::Up(a) => each(cli, &a.sel, OnlyOne, |t| daemon::up(t, a)),
+        Command::Down(a) => each(cli, &a.sel, OnlyOne, |t| daemon::down(t, a.force)),
+        Command::Primary(a) => each(cli, &a.sel, OnlyOne, |t| {
+            daemon::simple(t, ControlCmd::Verb(Verb::Primary { force: a.force }))
+        }),
+        Command::Secondary(sel) => each(cli, sel, OnlyOne, |t| {
+            daemon::simple(t, ControlCmd::Verb(Verb::Secondary))
+        }),
+        Command::Connect(a) => each(cli, &a.sel, OnlyOne, |t| {
+            daemon::simple(
+                t,
+                ControlCmd::Verb(Verb::Connect {
+                    discard_my_data: a.discard_my_data,
+                }),
+            )
+        }),
+        Command::Disconnect(sel) => each(cli, sel, OnlyOne, |t| {
+            daemon::simple(t, ControlCmd::Verb(Verb::Disconnect))
+        }),
+        Command::WaitConnect(a) => each(cli, &a.sel, OnlyOne, |t| daemon::wait_connect(t, a)),
+        Command::Invalidate(sel) => each(cli, sel, OnlyOne, |t| {
+            daemon::simple(t, ControlCmd::Verb(Verb::Invalidate))
+        }),
+        Command::InvalidateRemote(sel) => each(cli, sel, OnlyOne, |t| {
+            daemon::simple(t, ControlCmd::Verb(Verb::InvalidateRemote))
+        }),
+        Command::Verify(a) => each(cli, &a.sel, OnlyOne, |t| daemon::verify(t, a)),
+        Command::Status(a) => each(cli, &a.sel, All, |t| daemon::status(t, a)),
         Command::Events(a) => events::run(cli, a),
-        Command::Outdate => daemon::simple(cli, ControlCmd::Verb(Verb::Outdate)),
-        Command::SuspendIo(a) => daemon::simple(cli, ControlCmd::SuspendIo { fail: a.fail }),
-        Command::ResumeIo => daemon::simple(cli, ControlCmd::ResumeIo { if_current: None }),
-        Command::FreezeOnDisconnect(a) => daemon::simple(
-            cli,
-            ControlCmd::Verb(Verb::FreezeOnDisconnect {
-                on: a.state == "on",
-            }),
-        ),
+        Command::Outdate(sel) => each(cli, sel, OnlyOne, |t| {
+            daemon::simple(t, ControlCmd::Verb(Verb::Outdate))
+        }),
+        Command::SuspendIo(a) => each(cli, &a.sel, OnlyOne, |t| {
+            daemon::simple(t, ControlCmd::SuspendIo { fail: a.fail })
+        }),
+        Command::ResumeIo(sel) => each(cli, sel, OnlyOne, |t| {
+            daemon::simple(t, ControlCmd::ResumeIo { if_current: None })
+        }),
+        Command::ImportDrbdConf(a) => import::import_drbd(a),
+        Command::FreezeOnDisconnect(a) => each(cli, &a.sel, OnlyOne, |t| {
+            daemon::simple(
+                t,
+                ControlCmd::Verb(Verb::FreezeOnDisconnect {
+                    on: a.state == "on",
+                }),
+            )
+        }),
     }
 }
 
@@ -469,26 +577,14 @@ mod daemon {
     use std::time::{Duration, Instant};
 
     use super::{
-        held_open, print_out, Cli, Failure, StatusArgs, UpArgs, VerifyArgs, WaitConnectArgs,
+        held_open, print_out, Failure, StatusArgs, Target, UpArgs, VerifyArgs, WaitConnectArgs,
     };
     use rep_control::client::{log_path, request, socket_path, ControlError};
-    use rep_control::config::Config;
     use rep_control::protocol::{ControlCmd, ControlReply, NodeStatus, Verb};
     use rep_control::status_text::render;
 
-    fn names(cli: &Cli) -> Result<(String, String), Failure> {
-        let cfg = Config::load(&cli.config)?;
-        let me = cfg.local(cli.node.as_deref())?.0.name.clone();
-        Ok((cfg.resource.name, me))
-    }
-
-    fn sock(cli: &Cli) -> Result<PathBuf, Failure> {
-        let (r, n) = names(cli)?;
-        Ok(socket_path(&cli.run_dir, &r, &n))
-    }
-
-    fn ask(cli: &Cli, cmd: &ControlCmd) -> Result<ControlReply, Failure> {
-        request(&sock(cli)?, cmd, None).map_err(|e| Failure(e.to_string()))
+    fn ask(t: &Target, cmd: &ControlCmd) -> Result<ControlReply, Failure> {
+        request(&t.socket()?, cmd, None).map_err(|e| Failure(e.to_string()))
     }
 
     fn state(r: &ControlReply) -> Result<&NodeStatus, Failure> {
@@ -502,8 +598,8 @@ mod daemon {
     }
 
     /// Run a command; on refusal say why and show the state it was refused in.
-    pub(super) fn simple(cli: &Cli, cmd: ControlCmd) -> Result<(), Failure> {
-        let r = ask(cli, &cmd)?;
+    pub(super) fn simple(t: &Target, cmd: ControlCmd) -> Result<(), Failure> {
+        let r = ask(t, &cmd)?;
         if !r.ok {
             let why = r.error.clone().unwrap_or_default();
             let st = r.status.as_ref().map(render).unwrap_or_default();
@@ -512,15 +608,43 @@ mod daemon {
         print_out(&render(state(&r)?))
     }
 
-    pub(super) fn status(cli: &Cli, a: &StatusArgs) -> Result<(), Failure> {
-        let r = ask(cli, &ControlCmd::Status)?;
+    /// With several resources, one whose repd does not run is shown as
+    /// such (drbdadm status shows the others); alone, it is an error.
+    pub(super) fn status(t: &Target, a: &StatusArgs) -> Result<(), Failure> {
+        let sock = t.socket()?;
+        let r = match request(&sock, &ControlCmd::Status, None) {
+            Err(ControlError::NotRunning { .. }) if t.several => {
+                return print_out(&not_running(t, &sock, a.json)?);
+            }
+            r => r.map_err(|e| Failure(e.to_string()))?,
+        };
         let st = state(&r)?;
         if a.json {
-            let text = serde_json::to_string_pretty(st).map_err(|e| Failure(e.to_string()))?;
+            // Several: one object per line (JSON Lines); one: as it always was.
+            let text = if t.several {
+                serde_json::to_string(st)
+            } else {
+                serde_json::to_string_pretty(st)
+            };
+            let text = text.map_err(|e| Failure(e.to_string()))?;
             print_out(&format!("{text}\n"))
         } else {
             print_out(&render(st))
         }
+    }
+
+    /// `status` of a resource whose repd does not answer, among several.
+    fn not_running(t: &Target, sock: &Path, json: bool) -> Result<String, Failure> {
+        let (res, node) = t.names()?;
+        Ok(if json {
+            let v = serde_json::json!({"resource": res, "node": node, "running": false});
+            format!("{v}\n")
+        } else {
+            format!(
+                "{res} not running (no repd answers on {}; `repctl up {res}` starts it)\n",
+                sock.display()
+            )
+        })
     }
 
     /// Why a node is StandAlone, and what helps: `connect` only where a
@@ -562,9 +686,9 @@ mod daemon {
             .any(|r| err.contains(&format!("peer disconnected: {r}")))
     }
 
-    pub(super) fn wait_connect(cli: &Cli, a: &WaitConnectArgs) -> Result<(), Failure> {
-        let cfg = Config::load(&cli.config)?;
-        let first = ask(cli, &ControlCmd::Status)?;
+    pub(super) fn wait_connect(t: &Target, a: &WaitConnectArgs) -> Result<(), Failure> {
+        let cfg = t.load()?;
+        let first = ask(t, &ControlCmd::Status)?;
         let st = state(&first)?;
         let (limit, why) = match a.timeout {
             Some(0) => (None, "--timeout 0"),
@@ -577,7 +701,7 @@ mod daemon {
         };
         let t0 = Instant::now();
         loop {
-            let r = ask(cli, &ControlCmd::Status)?;
+            let r = ask(t, &ControlCmd::Status)?;
             let st = state(&r)?;
             if st.peer_connected() {
                 return print_out(&render(st));
@@ -608,8 +732,8 @@ mod daemon {
         }
     }
 
-    pub(super) fn verify(cli: &Cli, a: &VerifyArgs) -> Result<(), Failure> {
-        let r = ask(cli, &ControlCmd::Verb(Verb::Verify { repair: a.repair }))?;
+    pub(super) fn verify(t: &Target, a: &VerifyArgs) -> Result<(), Failure> {
+        let r = ask(t, &ControlCmd::Verb(Verb::Verify { repair: a.repair }))?;
         if !r.ok {
             return Err(Failure(r.error.unwrap_or_default()));
         }
@@ -625,7 +749,7 @@ mod daemon {
         ];
         let last = loop {
             std::thread::sleep(Duration::from_millis(100));
-            let r = ask(cli, &ControlCmd::Status)?;
+            let r = ask(t, &ControlCmd::Status)?;
             let st = state(&r)?.clone();
             if !busy.contains(&st.connection.as_str()) {
                 break st;
@@ -633,7 +757,8 @@ mod daemon {
         };
         let found = last.stats.verify_out_of_sync_bytes;
         let mut out = format!(
-            "verify: {} bytes compared, {} bytes out of sync{}\n",
+            "{}verify: {} bytes compared, {} bytes out of sync{}\n",
+            t.prefix(),
             last.stats.verified_bytes,
             found,
             if found > 0 && a.repair {
@@ -653,13 +778,13 @@ mod daemon {
         Ok(())
     }
 
-    pub(super) fn up(cli: &Cli, a: &UpArgs) -> Result<(), Failure> {
-        let (res, node) = names(cli)?;
-        let sock = socket_path(&cli.run_dir, &res, &node);
+    pub(super) fn up(t: &Target, a: &UpArgs) -> Result<(), Failure> {
+        let (res, node) = t.names()?;
+        let sock = socket_path(&t.run_dir, &res, &node);
         refuse_if_running(&sock, &res, &node)?;
-        std::fs::create_dir_all(&cli.run_dir)
-            .map_err(|e| Failure(format!("cannot create {}: {e}", cli.run_dir.display())))?;
-        let log = log_path(&cli.run_dir, &res, &node);
+        std::fs::create_dir_all(&t.run_dir)
+            .map_err(|e| Failure(format!("cannot create {}: {e}", t.run_dir.display())))?;
+        let log = log_path(&t.run_dir, &res, &node);
         let logf = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -668,7 +793,7 @@ mod daemon {
         // Where this attempt's lines start: a failure shows only them, not
         // those of earlier failed starts appended before.
         let log_start = logf.metadata().map(|m| m.len()).unwrap_or(0);
-        let child = spawn_repd(cli, a, &node, logf)?;
+        let child = spawn_repd(t, a, &node, logf)?;
         wait_started(&sock, child, &log, log_start)
     }
 
@@ -687,7 +812,7 @@ mod daemon {
 
     /// Starts repd detached, its stdout and stderr to `logf`: `--repd`, else
     /// the repd next to this executable, else the one on PATH.
-    fn spawn_repd(cli: &Cli, a: &UpArgs, node: &str, logf: File) -> Result<Child, Failure> {
+    fn spawn_repd(t: &Target, a: &UpArgs, node: &str, logf: File) -> Result<Child, Failure> {
         let errf = logf.try_clone().map_err(|e| Failure(e.to_string()))?;
         let repd = match &a.repd {
             Some(p) => p.clone(),
@@ -699,11 +824,11 @@ mod daemon {
         };
         let mut cmd = Proc::new(&repd);
         cmd.arg("--config")
-            .arg(&cli.config)
+            .arg(t.config())
             .arg("--node")
             .arg(node)
             .arg("--run-dir")
-            .arg(&cli.run_dir);
+            .arg(&t.run_dir);
         if a.no_direct {
             cmd.arg("--no-direct");
         }
@@ -768,10 +893,10 @@ mod daemon {
         String::from_utf8_lossy(&buf).into_owned()
     }
 
-    pub(super) fn down(cli: &Cli, force: bool) -> Result<(), Failure> {
-        let cfg = Config::load(&cli.config)?;
-        let me = cfg.local(cli.node.as_deref())?.0.clone();
-        let sock = socket_path(&cli.run_dir, &cfg.resource.name, &me.name);
+    pub(super) fn down(t: &Target, force: bool) -> Result<(), Failure> {
+        let cfg = t.load()?;
+        let me = cfg.local(t.node.as_deref())?.0.clone();
+        let sock = socket_path(&t.run_dir, &cfg.resource.name, &me.name);
         let st = request(&sock, &ControlCmd::Status, None).map_err(|e| Failure(e.to_string()))?;
         if let Some(pid) = st.status.as_ref().map(|s| s.pid) {
             if let Some(why) = held_open(me.device, pid) {
@@ -800,7 +925,7 @@ mod daemon {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        print_out("repd stopped\n")
+        print_out(&format!("{}repd stopped\n", t.prefix()))
     }
 }
 

@@ -10,17 +10,23 @@ use serde_json::json;
 use ublk_target::disk_lock::DiskLock;
 use ublk_target::md::{flag_names, AlState, CreateParams, MdError, MetaDevice, MetaLocation};
 
-use super::{eprintln_safe, print_out, Cli, CreateMdArgs, DumpArgs, DumpMdArgs, Failure};
+use super::{eprintln_safe, print_out, CreateMdArgs, DumpArgs, DumpMdArgs, Failure, Target};
 
 /// `repctl dump`: the checks `up` makes before it starts repd (the file,
 /// then this node's entry) and nothing else; the disk is not looked at.
-pub(super) fn dump(cli: &Cli, args: &DumpArgs) -> Result<(), Failure> {
-    let cfg = Config::load(&cli.config)?;
-    let (me, peer) = cfg.local(cli.node.as_deref())?;
+pub(super) fn dump(t: &Target, args: &DumpArgs) -> Result<(), Failure> {
+    let cfg = t.load()?;
+    let (me, peer) = cfg.local(t.node.as_deref())?;
     let cannot =
-        |e: &dyn std::fmt::Display| Failure(format!("cannot print {}: {e}", cli.config.display()));
+        |e: &dyn std::fmt::Display| Failure(format!("cannot print {}: {e}", t.config().display()));
     let text = if args.json {
-        let v = cfg.to_json().map_err(|e| cannot(&e))?;
+        // Several: one object per line (JSON Lines); one: as it always was.
+        let v = if t.several {
+            cfg.to_json_line()
+        } else {
+            cfg.to_json()
+        };
+        let v = v.map_err(|e| cannot(&e))?;
         format!("{v}\n")
     } else {
         let body = cfg.to_toml().map_err(|e| cannot(&e))?;
@@ -35,15 +41,15 @@ pub(super) fn dump(cli: &Cli, args: &DumpArgs) -> Result<(), Failure> {
 }
 
 /// Load the config and find this node; the local disk must exist.
-fn load_local(cli: &Cli) -> Result<(Config, Node), Failure> {
-    let cfg = Config::load(&cli.config)?;
-    let me = cfg.local(cli.node.as_deref())?.0.clone();
+fn load_local(t: &Target) -> Result<(Config, Node), Failure> {
+    let cfg = t.load()?;
+    let me = cfg.local(t.node.as_deref())?.0.clone();
     cfg.check_local_disk(&me)?;
     Ok((cfg, me))
 }
 
-pub(super) fn create_md(cli: &Cli, args: &CreateMdArgs) -> Result<(), Failure> {
-    let (cfg, me) = load_local(cli)?;
+pub(super) fn create_md(t: &Target, args: &CreateMdArgs) -> Result<(), Failure> {
+    let (cfg, me) = load_local(t)?;
     // A running repd holds this lock: fresh metadata under it would be
     // overwritten by its next metadata write, or mislead it.
     let _lock = DiskLock::acquire(&me).map_err(|e| Failure(format!("create-md: {e}")))?;
@@ -122,8 +128,8 @@ fn disk_state(flags: MetaFlags) -> &'static str {
     }
 }
 
-pub(super) fn dump_md(cli: &Cli, args: &DumpMdArgs) -> Result<(), Failure> {
-    let (cfg, me) = load_local(cli)?;
+pub(super) fn dump_md(t: &Target, args: &DumpMdArgs) -> Result<(), Failure> {
+    let (cfg, me) = load_local(t)?;
     let loc = MetaLocation::of(&me);
     let mut dev = MetaDevice::open_read_only(&loc, &cfg.resource.name, &me.name)?;
     let al = dev.read_al();
@@ -134,7 +140,8 @@ pub(super) fn dump_md(cli: &Cli, args: &DumpMdArgs) -> Result<(), Failure> {
     };
     if let Err(e) = &al {
         eprintln_safe(&format!(
-            "repctl: warning: {e}; if this node crashed while Primary, all of its data must be resynced"
+            "repctl: warning: {}{e}; if this node crashed while Primary, all of its data must be resynced",
+            t.prefix()
         ));
     }
     print_out(&text)
