@@ -40,6 +40,10 @@ impl Watcher {
     fn start(c: &Cluster, i: usize, args: &[&str]) -> Self {
         let mut cmd = c.node(i).command();
         cmd.arg("events").args(args).stdout(Stdio::piped());
+        Self::from_command(cmd)
+    }
+
+    fn from_command(mut cmd: std::process::Command) -> Self {
         let mut child = cmd.spawn().unwrap();
         let out = child.stdout.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -454,6 +458,68 @@ fn a_failed_local_write_is_an_error_until_a_write_succeeds() {
     w.wait_for_from(before, "the error's end", |e| {
         is(e, "change", "error", &[("error", "local-io")]) && e["ended"] == true
     });
+}
+
+/// `repctl events` with no resource named watches every resource of the
+/// config directory (`drbdsetup events2 all`): both states, one `exists -`,
+/// then the changes of each under its own name; it ends well when both
+/// stop.
+#[test]
+fn events_without_a_resource_merges_every_resource() {
+    let shared = common::target_tmp().join(format!("events-run-{}", std::process::id()));
+    let mk = |r| Opts {
+        resource: r,
+        run_dir: Some(shared.clone()),
+        disk_mib: 16,
+        ..Opts::default()
+    };
+    let (r0, r1) = (Cluster::new(mk("r0")), Cluster::new(mk("r1")));
+    let config_dir = r0.dir.path().join("etc-rep");
+    std::fs::create_dir(&config_dir).unwrap();
+    for c in [&r0, &r1] {
+        std::fs::copy(
+            &c.config[0],
+            config_dir.join(format!("{}.toml", c.resource)),
+        )
+        .unwrap();
+        c.up(0);
+    }
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_repctl"));
+    cmd.arg("--config-dir")
+        .arg(&config_dir)
+        .args(["--node", NODES[0], "--run-dir"])
+        .arg(&shared)
+        .args(["events", "--now"])
+        .stdout(Stdio::piped());
+    let w = Watcher::from_command(cmd);
+    while !w.lines().iter().any(|l| l == "exists -") {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    r1.ok(0, &["primary", "--force"]);
+    r0.ok(0, &["down"]);
+    r1.ok(0, &["secondary"]);
+    r1.ok(0, &["down"]);
+    let (ok, lines) = w.finish();
+    let text = lines.join("\n");
+    assert!(ok, "{text}");
+    let sep = lines.iter().position(|l| l == "exists -").unwrap();
+    assert_eq!(
+        lines.iter().filter(|l| *l == "exists -").count(),
+        1,
+        "{text}"
+    );
+    for r in ["r0", "r1"] {
+        let state = format!("exists resource name:{r} role:Secondary");
+        assert!(lines[..sep].iter().any(|l| l.starts_with(&state)), "{text}");
+        let stop = format!("destroy resource name:{r}");
+        assert!(lines[sep..].contains(&stop), "{text}");
+    }
+    let promoted: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("role:Primary"))
+        .collect();
+    assert_eq!(promoted, ["change resource name:r1 role:Primary"], "{text}");
+    let _ = std::fs::remove_dir_all(&shared);
 }
 
 /// A watcher that never reads: the Primary's writes complete while it
