@@ -13,7 +13,8 @@ if [ -f scripts/vm-setup.sh ]; then
 fi
 
 need_pkgs=()
-for p in libnbd-bin nbdkit fio qemu-utils iproute2 libclang-dev e2fsprogs iputils-ping jq man-db; do
+for p in libnbd-bin nbdkit fio qemu-utils iproute2 libclang-dev e2fsprogs iputils-ping jq man-db \
+  prometheus python3-prometheus-client; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

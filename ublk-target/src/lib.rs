@@ -13,6 +13,7 @@
 //! - [`frontend`]: the block-device interface the NBD export and ublk serve,
 //!   and how each registers its users with the engine.
 //! - [`nbd`]: the NBD export.
+//! - [`metrics`]: the Prometheus endpoint (`[metrics] listen`).
 //! - [`ublk`]: the ublk device, `/dev/ublkb<N>`.
 //! - [`control`]: the server side of the control socket `repctl` talks to.
 //! - [`events`]: the event stream (`repctl events`): the hub the engine
@@ -32,5 +33,6 @@ pub mod engine;
 pub mod events;
 pub mod frontend;
 pub mod md;
+pub mod metrics;
 pub mod nbd;
 pub mod ublk;

@@ -61,6 +61,13 @@ impl ActivityLog {
         !self.adding.is_empty()
     }
 
+    /// Whether extents `first..=last` are all in the durable set (a write
+    /// to them needs no transaction).
+    #[must_use]
+    pub fn is_hot(&self, first: u32, last: u32) -> bool {
+        (first..=last).all(|e| self.active.contains_key(&e))
+    }
+
     /// Take a reference on extents `first..=last` if all are in the durable
     /// set. Returns false (and takes nothing) otherwise.
     pub fn try_acquire(&mut self, first: u32, last: u32) -> bool {

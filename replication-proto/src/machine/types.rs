@@ -380,6 +380,10 @@ pub struct Stats {
     pub al_writes: u64,
     /// bm: bitmap writes.
     pub bm_writes: u64,
+    /// Application writes that found an extent outside the activity log
+    /// when they came in and so waited for a transaction (DRBD's AL misses).
+    #[serde(default)]
+    pub al_misses: u64,
 }
 
 /// What an error is about; each kind's condition ends its own way, and

@@ -216,6 +216,10 @@ pub struct NodeStatus {
     /// /proc/drbd-style counters.
     pub counters: Counters,
     pub stats: Traffic,
+    /// Application writes that had to wait for an activity-log transaction
+    /// (their extent was not in the log; DRBD's AL misses).
+    #[serde(default)]
+    pub al_misses: u64,
     pub nbd: Option<String>,
     pub nbd_clients: usize,
     pub pid: u32,

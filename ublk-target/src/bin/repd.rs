@@ -54,6 +54,9 @@ use ublk_target::nbd::{NbdServer, NbdServerHandle};
                   it). `always` resumes without a held device too, `never` leaves it to an \
                   operator; with a [cluster] table the cluster agent decides (never). \
                   `repctl status --json` shows it as `resume`.\n\n\
+                  With [metrics] listen (or a [[node]]'s metrics) in the resource file it serves \
+                  Prometheus metrics at http://ADDR/metrics, named like drbd-reactor's \
+                  (drbd_ becomes rep_); a port in use stops it at start.\n\n\
                   At start it times its two CRC32C implementations (CPU instruction, lookup \
                   tables) and uses the faster; REP_CRC32C=hardware|table16 forces one."
 )]
@@ -117,6 +120,11 @@ fn run(cli: &Cli) -> Result<(), String> {
     // Held until the process exits: no second repd (nor create-md) on
     // this disk meanwhile.
     let _disk_lock = ublk_target::disk_lock::DiskLock::acquire(&me).map_err(|e| e.to_string())?;
+    // Bound before the engine starts: a port in use stops repd at once.
+    let metrics = match cfg.metrics_listen(&me) {
+        Some(l) => Some(ublk_target::metrics::MetricsListener::bind(&l, &cfg.path)?),
+        None => None,
+    };
     let opts = EngineOptions {
         direct: !cli.no_direct,
         connect: !cli.standalone,
@@ -127,6 +135,10 @@ fn run(cli: &Cli) -> Result<(), String> {
     let control = ControlServer::start(&cli.run_dir, &cfg.resource.name, &me.name, handle.clone())
         .map_err(|e| e.to_string())?;
 
+    if let Some(m) = metrics {
+        tracing::info!(addr = %m.addr(), "Prometheus metrics at http://{}/metrics", m.addr());
+        m.serve(handle.clone(), me.device)?;
+    }
     let nbd = start_nbd(&cfg, &me, &handle)?.map(Arc::new);
     // Its clients make the device in use: `secondary` and `down` refuse,
     // `down --force` cuts them.

@@ -19,10 +19,12 @@
 //!   frontend registers with;
 //! - `status`: the answer to `status`;
 //! - `convert`: the resource file to the state machine's settings;
-//! - `progress`: resync progress as /proc/drbd shows it.
+//! - `progress`: resync progress as /proc/drbd shows it;
+//! - `latency`: per-request latency histograms (the metrics endpoint's).
 
 mod admin;
 mod convert;
+pub mod latency;
 mod meta;
 mod peer;
 mod ping_conn;
@@ -93,6 +95,8 @@ struct Shared {
     /// What the frontends say makes the device in use: what `secondary`
     /// and `down` ask.
     users: Users,
+    /// Counted by the engine thread, read by the metrics endpoint.
+    latency: Arc<latency::Latencies>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -168,6 +172,11 @@ impl EngineHandle {
     /// `secondary`, `down` and a shutdown signal ask.
     pub fn users(&self) -> &Users {
         &self.shared.users
+    }
+
+    /// The per-request latency histograms (read without asking the engine).
+    pub fn latencies(&self) -> &latency::Latencies {
+        &self.shared.latency
     }
 
     /// The event stream (`repctl events`) the engine publishes to.
@@ -295,6 +304,7 @@ struct Runner {
     /// follows; own token -> (flush stage?, the state machine's token).
     fua_zeroes: HashMap<tokens::OwnToken, (bool, IoToken)>,
     own_tokens: tokens::OwnTokens,
+    latency: latency::Tracker,
     span: tracing::Span,
     /// Where each turn's state changes go (`status::publish_events`).
     events: Arc<crate::events::Hub>,
@@ -334,6 +344,7 @@ pub fn start(
         shared: shared.clone(),
         events: events.clone(),
     };
+    let timing = latency::Tracker::new(shared.latency.clone());
     let mut runner = Runner {
         node,
         start: Instant::now(),
@@ -351,6 +362,7 @@ pub fn start(
         forced_down: None,
         fua_zeroes: HashMap::new(),
         own_tokens: tokens::OwnTokens::default(),
+        latency: timing,
         span: span.clone(),
         events,
     };
@@ -551,6 +563,7 @@ impl Runner {
         loop {
             match self.peer.receive(&mut budget, &mut self.disk) {
                 peer::Received::Frame(msg) => {
+                    self.latency.frame(&msg);
                     self.node.handle(now, Event::Frame(msg));
                     self.drain();
                 }
@@ -582,6 +595,7 @@ impl Runner {
             self.node.note_link_error(&why.to_string());
         }
         self.peer.close();
+        self.latency.peer_down();
         let now = Millis(self.now());
         self.node.handle(now, Event::TransportDown);
         self.drain();
@@ -617,6 +631,7 @@ impl Runner {
                 let id = AppId(self.next_app);
                 self.next_app += 1;
                 self.replies.insert(id, reply);
+                self.latency.app(id, &req);
                 let ev = match req {
                     IoRequest::Read { offset, len } => Event::AppRead { id, offset, len },
                     IoRequest::Write { offset, data, fua } => {
@@ -686,6 +701,7 @@ impl Runner {
                 }
             }
             tokens::DiskTag::Node(token) => {
+                self.latency.local_done(token);
                 self.node.handle(now, Event::LocalDone { token, result });
             }
         }
@@ -721,6 +737,7 @@ impl Runner {
     }
 
     fn act(&mut self, a: Action) {
+        self.latency.action(&self.node, &a);
         match a {
             Action::Connect => self.peer.set_wanted(true),
             Action::CloseConnection => {

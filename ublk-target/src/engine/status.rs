@@ -82,6 +82,7 @@ impl Runner {
                 oos: st.out_of_sync_bytes / 1024,
             },
             stats: st.stats.traffic.clone(),
+            al_misses: st.stats.al_misses,
             nbd: self.nbd_addr.clone(),
             nbd_clients: usize::try_from(self.shared.nbd_clients.load(Ordering::Relaxed))
                 .unwrap_or(0),

@@ -66,6 +66,9 @@ impl Node {
             first: extent_of(offset),
             last: extent_of(span.end - 1),
         };
+        if !self.al.log.is_hot(extents.first, extents.last) {
+            self.stats.al_misses += 1;
+        }
         self.app.insert(
             id,
             AppReq::Write {

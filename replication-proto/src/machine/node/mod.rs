@@ -270,6 +270,24 @@ impl Node {
         self.app.len()
     }
 
+    /// The application request a local read or write (an issued
+    /// `LocalRead`/`LocalWrite` not yet `LocalDone`) serves, if any: a
+    /// driver measures per-request latency with it.
+    #[must_use]
+    pub fn app_of_local(&self, token: super::ids::IoToken) -> Option<AppId> {
+        match self.ops.io.get(token) {
+            Some((_, LocalOp::AppWrite { id } | LocalOp::AppRead { id })) => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// The application write that replicated write `seq` (a `Data` frame
+    /// sent and not yet acknowledged) carries, if any.
+    #[must_use]
+    pub fn app_of_peer_write(&self, seq: u64) -> Option<AppId> {
+        self.repl.pending.get(&seq).and_then(|r| r.app_id)
+    }
+
     #[must_use]
     pub fn status(&self) -> Status {
         let (remaining, total) = match &self.sync {

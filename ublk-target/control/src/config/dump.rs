@@ -6,7 +6,8 @@ use std::time::Duration;
 use replication_proto::wire::Protocol;
 
 use super::raw::{
-    RawConfig, RawDisk, RawNet, RawNode, RawRate, RawResource, RawSplitBrain, RawStartup, RawSync,
+    RawConfig, RawDisk, RawMetrics, RawNet, RawNode, RawRate, RawResource, RawSplitBrain,
+    RawStartup, RawSync,
 };
 use super::{format_rate, Config, VerifyAlg};
 
@@ -85,16 +86,21 @@ impl Config {
                 after_sb_1pri: self.split_brain.after_sb_1pri.to_string(),
                 after_sb_2pri: self.split_brain.after_sb_2pri.to_string(),
             },
+            metrics: RawMetrics {
+                listen: self.metrics.listen.map(|a| a.to_string()),
+            },
             node: self
                 .nodes
                 .iter()
-                .map(|n| RawNode {
+                .zip(self.metrics.node)
+                .map(|(n, metrics)| RawNode {
                     name: n.name.clone(),
                     address: n.address.to_string(),
                     disk: n.disk.clone(),
                     meta_disk: n.meta_disk.to_string(),
                     device: n.device,
                     nbd: n.nbd.map(|a| a.to_string()),
+                    metrics: metrics.map(|a| a.to_string()),
                 })
                 .collect(),
             cluster: self.cluster.clone(),

@@ -31,6 +31,8 @@
 //! after-sb-0pri = "disconnect"
 //! after-sb-1pri = "disconnect"
 //! after-sb-2pri = "disconnect"
+//! [metrics]                      # optional: Prometheus text at GET /metrics
+//! listen = "127.0.0.1:9942"      # every node; a [[node]]'s `metrics` wins
 //! [[node]]
 //! name = "alpha"
 //! address = "127.0.0.1:7788"
@@ -38,6 +40,7 @@
 //! meta-disk = "internal"         # or a path to an external metadata file
 //! device = 0                     # /dev/ublkb0
 //! nbd = "127.0.0.1:10809"        # optional
+//! metrics = "127.0.0.1:9942"     # optional, this node's own metrics address
 //! [[node]]
 //! name = "beta"
 //! # ...
@@ -74,7 +77,10 @@ mod validate;
 pub use error::ConfigError;
 pub use policies::{AfterSb0Pri, AfterSb1Pri, AfterSb2Pri, OnIoError, ResumeAfterCrash};
 pub use rate::{format_rate, parse_rate};
-pub use sections::{Disk, MetaDisk, Net, Node, Resource, SplitBrain, Startup, Syncer, VerifyAlg};
+pub use sections::{
+    Disk, MetaDisk, Metrics, MetricsListen, Net, Node, Resource, SplitBrain, Startup, Syncer,
+    VerifyAlg,
+};
 
 use raw::RawConfig;
 
@@ -96,6 +102,8 @@ pub struct Config {
     pub startup: Startup,
     pub disk: Disk,
     pub split_brain: SplitBrain,
+    /// `[metrics]` and the nodes' `metrics` keys.
+    pub metrics: Metrics,
     /// Exactly two nodes, in file order.
     pub nodes: [Node; 2],
     /// The `[cluster]` table as written. It belongs to the cluster agent,
@@ -191,6 +199,25 @@ impl Config {
                 known: format!("\"{}\" and \"{}\"", a.name, b.name),
                 source_of_name,
             })
+        }
+    }
+
+    /// Where `node` serves Prometheus metrics: its own `metrics` key, else
+    /// `metrics.listen`; `None` when neither is set.
+    #[must_use]
+    pub fn metrics_listen(&self, node: &Node) -> Option<MetricsListen> {
+        let i = self.nodes.iter().position(|n| n.name == node.name)?;
+        let own = self.metrics.node.get(i).copied().flatten();
+        match (own, self.metrics.listen) {
+            (Some(addr), _) => Some(MetricsListen {
+                addr,
+                key: format!("node[{i}].metrics"),
+            }),
+            (None, Some(addr)) => Some(MetricsListen {
+                addr,
+                key: "metrics.listen".to_owned(),
+            }),
+            (None, None) => None,
         }
     }
 

@@ -21,6 +21,8 @@ pub(super) struct RawConfig {
     pub(super) disk: RawDisk,
     #[serde(default)]
     pub(super) split_brain: RawSplitBrain,
+    #[serde(default, skip_serializing_if = "RawMetrics::is_empty")]
+    pub(super) metrics: RawMetrics,
     #[serde(default)]
     pub(super) node: Vec<RawNode>,
     /// The cluster agent's section (heartbeat, resources, witness). It has
@@ -142,6 +144,20 @@ impl Default for RawSplitBrain {
     }
 }
 
+/// `[metrics]`: the Prometheus endpoint (optional, off when absent).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawMetrics {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) listen: Option<String>,
+}
+
+impl RawMetrics {
+    fn is_empty(&self) -> bool {
+        self.listen.is_none()
+    }
+}
+
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub(super) struct RawNode {
@@ -154,6 +170,9 @@ pub(super) struct RawNode {
     pub(super) device: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) nbd: Option<String>,
+    /// This node's own Prometheus address (wins over `metrics.listen`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) metrics: Option<String>,
 }
 
 pub(super) fn default_meta_disk() -> String {

@@ -129,3 +129,25 @@ impl fmt::Display for MetaDisk {
         }
     }
 }
+
+/// `[metrics]` and each `[[node]]`'s `metrics` key: where repd serves
+/// Prometheus metrics (`GET /metrics`). Off unless one of them is set.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Metrics {
+    /// `metrics.listen`: the address every node serves on (the file is the
+    /// same on both nodes, so it is usually `0.0.0.0:9942` or
+    /// `127.0.0.1:9942`).
+    pub listen: Option<SocketAddr>,
+    /// `node[i].metrics`, in node order: a node's own address, which wins
+    /// over `listen` (two nodes on one host need two ports).
+    pub node: [Option<SocketAddr>; 2],
+}
+
+/// Where one node serves its metrics, and the key that said so (for
+/// messages such as "address in use").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsListen {
+    pub addr: SocketAddr,
+    /// `metrics.listen` or `node[i].metrics`.
+    pub key: String,
+}

@@ -495,3 +495,55 @@ fn meta_disk_not_the_data_disk() {
     ));
     assert!(e.contains("node[0].meta-disk"), "{e}");
 }
+
+/// `[metrics] listen` applies to both nodes, a node's own `metrics` key
+/// wins; both come back from `repctl dump`; bad values name their key.
+#[test]
+fn metrics_addresses() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.metrics, Metrics::default());
+    assert_eq!(c.metrics_listen(&c.nodes[0]), None);
+
+    let text = MINIMAL.replace(
+        "[[node]]\nname = \"alpha\"",
+        "[metrics]\nlisten = \"0.0.0.0:9942\"\n[[node]]\nname = \"alpha\"",
+    );
+    let text = text.replace(
+        "disk = \"/tmp/b.img\"",
+        "disk = \"/tmp/b.img\"\nmetrics = \"127.0.0.1:9943\"",
+    );
+    let c = parse(&text).unwrap();
+    let alpha = c.metrics_listen(&c.nodes[0]).unwrap();
+    assert_eq!(alpha.addr.to_string(), "0.0.0.0:9942");
+    assert_eq!(alpha.key, "metrics.listen");
+    let beta = c.metrics_listen(&c.nodes[1]).unwrap();
+    assert_eq!(beta.addr.to_string(), "127.0.0.1:9943");
+    assert_eq!(beta.key, "node[1].metrics");
+    let dumped = c.to_toml().unwrap();
+    assert!(
+        dumped.contains("[metrics]\nlisten = \"0.0.0.0:9942\""),
+        "{dumped}"
+    );
+    assert!(dumped.contains("metrics = \"127.0.0.1:9943\""), "{dumped}");
+    assert_eq!(parse(&dumped).unwrap(), c);
+
+    let e = err(&format!("{MINIMAL}[metrics]\nlisten = \"localhost\"\n"));
+    assert!(
+        e.contains("`metrics.listen`") && e.contains("IP:PORT"),
+        "{e}"
+    );
+    let e = err(&MINIMAL.replace(
+        "disk = \"/tmp/a.img\"",
+        "disk = \"/tmp/a.img\"\nmetrics = \"9942\"",
+    ));
+    assert!(e.contains("`node[0].metrics`"), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}[metrics]\nlisten = \"127.0.0.1:7788\"\n"
+    ));
+    assert!(
+        e.contains("`metrics.listen`") && e.contains("replication address"),
+        "{e}"
+    );
+    let e = err(&format!("{MINIMAL}[metrics]\nport = 9942\n"));
+    assert!(e.contains("unknown field `port`"), "{e}");
+}

@@ -9,10 +9,10 @@ use std::time::Duration;
 use replication_proto::wire::Protocol;
 
 use super::raw::{
-    RawConfig, RawDisk, RawNet, RawNode, RawRate, RawSplitBrain, RawStartup, RawSync,
+    RawConfig, RawDisk, RawMetrics, RawNet, RawNode, RawRate, RawSplitBrain, RawStartup, RawSync,
 };
 use super::{
-    parse_rate, AfterSb0Pri, Config, ConfigError, Disk, MetaDisk, Net, Node, Resource,
+    parse_rate, AfterSb0Pri, Config, ConfigError, Disk, MetaDisk, Metrics, Net, Node, Resource,
     ResumeAfterCrash, SplitBrain, Startup, Syncer, VerifyAlg, AL_EXTENTS_MAX, AL_EXTENTS_MIN,
     NAME_MAX,
 };
@@ -54,9 +54,11 @@ impl Config {
         let startup = v.startup(&raw.startup, raw.cluster.is_some())?;
         let disk = v.disk(&raw.disk)?;
         let split_brain = v.split_brain(&raw.split_brain)?;
+        let metrics = v.metrics(&raw.metrics, &raw.node)?;
         let nodes = v.nodes(raw.node)?;
         v.nodes_distinct(&nodes)?;
         v.discard_node_known(&split_brain, &nodes)?;
+        v.metrics_apart(&metrics, &nodes)?;
         Ok(Config {
             path: path.to_owned(),
             resource: Resource {
@@ -68,6 +70,7 @@ impl Config {
             startup,
             disk,
             split_brain,
+            metrics,
             nodes,
             cluster: raw.cluster,
         })
@@ -385,6 +388,64 @@ impl Check<'_> {
                     a.name, b.name
                 ),
             ));
+        }
+        Ok(())
+    }
+}
+
+impl Check<'_> {
+    /// `[metrics]` and the nodes' `metrics` keys: each an IP:PORT.
+    fn metrics(&self, m: &RawMetrics, nodes: &[RawNode]) -> Result<Metrics, ConfigError> {
+        let addr = |key: &str, text: &str| {
+            text.parse::<SocketAddr>().map_err(|_| {
+                self.invalid(
+                    key,
+                    format!(
+                        "cannot parse \"{text}\" as IP:PORT for the Prometheus endpoint \
+                         (e.g. \"127.0.0.1:9942\", or \"0.0.0.0:9942\" for every interface)"
+                    ),
+                )
+            })
+        };
+        let listen = match &m.listen {
+            Some(t) => Some(addr("metrics.listen", t)?),
+            None => None,
+        };
+        let mut node = [None, None];
+        for (i, (slot, rn)) in node.iter_mut().zip(nodes).enumerate() {
+            if let Some(t) = &rn.metrics {
+                *slot = Some(addr(&format!("node[{i}].metrics"), t)?);
+            }
+        }
+        Ok(Metrics { listen, node })
+    }
+
+    /// A node's metrics address is none of its own other addresses: the
+    /// second listener on a port would fail at start, later than here.
+    fn metrics_apart(&self, m: &Metrics, nodes: &[Node; 2]) -> Result<(), ConfigError> {
+        for (i, n) in nodes.iter().enumerate() {
+            let own = m.node.get(i).copied().flatten();
+            let (addr, key) = match (own, m.listen) {
+                (Some(a), _) => (a, format!("node[{i}].metrics")),
+                (None, Some(a)) => (a, "metrics.listen".to_owned()),
+                (None, None) => continue,
+            };
+            let clash = if addr == n.address {
+                Some("its replication address")
+            } else if Some(addr) == n.nbd {
+                Some("its nbd address")
+            } else {
+                None
+            };
+            if let Some(what) = clash {
+                return Err(self.invalid(
+                    &key,
+                    format!(
+                        "node \"{}\": metrics address {addr} is also {what}; pick another port",
+                        n.name
+                    ),
+                ));
+            }
         }
         Ok(())
     }
