@@ -12,7 +12,7 @@
 #   `::name` alone continues the last file named on the same line;
 # - a qualified name (`Node::poll_timeout`, `ControlCmd::Down`) or a
 #   snake_case name with an underscore (`try_complete_write`): the last
-#   segment is a word of some tracked .rs file.
+#   segment is a word of some tracked .rs file or shell script (.sh, ocf/).
 #
 # Absolute paths (`/dev/ublkbN`, `/proc/...`), templates (`<run-dir>/..`),
 # commands and anything with a space are not checked, nor the few spans
@@ -35,8 +35,9 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 git ls-files --cached --others --exclude-standard | sort -u > "$tmp/files"
 grep -E '\.rs$' "$tmp/files" > "$tmp/rs" || true
-# Every word of the Rust sources, once.
-tr '\n' '\0' < "$tmp/rs" | xargs -0 cat 2>/dev/null \
+# Every word of the Rust sources and of the shell scripts (the OCF agent
+# in ocf/ has no suffix), once.
+{ cat "$tmp/rs"; grep -E '\.sh$|^ocf/' "$tmp/files" || true; } | tr '\n' '\0' | xargs -0 cat 2>/dev/null \
   | grep -oE '[A-Za-z_][A-Za-z0-9_]*' | sort -u > "$tmp/words"
 
 # The files a doc path names: equal to it, or ending in /path.

@@ -14,7 +14,7 @@ fi
 
 need_pkgs=()
 for p in libnbd-bin nbdkit fio qemu-utils iproute2 libclang-dev e2fsprogs iputils-ping jq man-db \
-  prometheus python3-prometheus-client; do
+  prometheus python3-prometheus-client debootstrap systemd-container binutils; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
@@ -45,3 +45,7 @@ echo "== simulator: 2000 more seeds (release build)"
 cargo run -q -p replication-proto --release --features sim --bin repsim -- --from 200 --seeds 2000
 echo "== agent simulator: 2000 more seeds (release build)"
 cargo run -q -p cluster-agent --release --features sim --bin agentsim -- --from 260 --seeds 2000
+echo "== Debian package: build it, install it in a clean Debian 12 chroot (debootstrap, cached), check it"
+bash scripts/package-test.sh
+echo "== Pacemaker: ocf/rep under ocf-tester and in a real two-node Pacemaker + Corosync cluster"
+bash scripts/pacemaker-test.sh

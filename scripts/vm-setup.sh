@@ -14,7 +14,9 @@
 #      with it), iproute2 + iputils-ping (network namespaces in the guest),
 #      e2fsprogs, jq (the scenario scripts read `repctl status --json`),
 #      drbd-utils (drbdmeta and drbdsetup-84 for the in-kernel DRBD 8.4 the VM
-#      benchmark compares against). `apt-get update` runs only when one is missing.
+#      benchmark compares against), debootstrap (scripts/vm-systemd-image.sh
+#      builds the Debian 12 systemd guest with it). `apt-get update` runs only
+#      when one is missing.
 #   2. virtme-ng (the `vng` command) from PyPI, pinned to REP_VM_VNG_VERSION (1.42).
 #   3. Debian's kernel image package (default linux-image-6.12.107+deb12-amd64-unsigned,
 #      which has ublk_drv.ko and drbd.ko): `apt-get download` into the cache
@@ -58,7 +60,7 @@ apt_update_once() {
   fi
 }
 
-pkgs=(qemu-system-x86 udev kmod busybox-static iproute2 iputils-ping e2fsprogs jq drbd-utils)
+pkgs=(qemu-system-x86 udev kmod busybox-static iproute2 iputils-ping e2fsprogs jq drbd-utils debootstrap)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -71,7 +73,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
     >/dev/null || die "apt-get install ${missing[*]} failed"
 fi
-for bin in qemu-system-x86_64 udevadm depmod modprobe busybox ip ping mkfs.ext4 jq drbdmeta; do
+for bin in qemu-system-x86_64 udevadm depmod modprobe busybox ip ping mkfs.ext4 jq drbdmeta debootstrap; do
   command -v "$bin" >/dev/null || die "'$bin' not found in PATH after installing ${pkgs[*]}"
 done
 [ -x /lib/systemd/systemd-udevd ] || [ -x /usr/lib/systemd/systemd-udevd ] ||

@@ -43,7 +43,13 @@ struct Cli {
     )]
     config: PathBuf,
     /// This node's name in the config [default: the host name].
-    #[arg(long, short = 'n', global = true, value_name = "NAME")]
+    #[arg(
+        long,
+        short = 'n',
+        global = true,
+        value_name = "NAME",
+        env = "REP_NODE"
+    )]
     node: Option<String>,
     /// Run as the witness of the resource (a third machine, no disk): vote
     /// for quorum and remember each node's generations and Outdated marks.

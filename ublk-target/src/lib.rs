@@ -35,4 +35,5 @@ pub mod frontend;
 pub mod md;
 pub mod metrics;
 pub mod nbd;
+pub mod notify;
 pub mod ublk;

@@ -18,9 +18,10 @@
 //! One boot takes 15–30 s on a quiet host (more when the host is busy): batch
 //! many checks into one command rather than booting once per check.
 //!
-//! The crate is this one module ([`run_in_vm`], [`VmResult`], [`VmError`])
-//! and the `vm` binary (`src/bin/vm.rs`) over it; the scenarios it runs are
-//! shell scripts in `vm-tests/scenarios/`.
+//! The crate is this module ([`run_in_vm`], [`VmResult`], [`VmError`]),
+//! [`systemd`] (a Debian 12 guest with systemd as PID 1, for the package's
+//! units) and the `vm` binary (`src/bin/vm.rs`) over it; the scenarios it runs
+//! are shell scripts in `vm-tests/scenarios/`.
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read};
@@ -29,6 +30,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub mod systemd;
 
 /// Exit status of `vm-run.sh` when the VM ran out of time.
 pub const EXIT_TIMEOUT: i32 = 124;

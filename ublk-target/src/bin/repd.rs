@@ -39,7 +39,9 @@ use ublk_target::nbd::{NbdServer, NbdServerHandle};
                   It holds an exclusive lock on the backing disk (and an external metadata \
                   file) while it runs: a second repd on the same disk, or `repctl create-md`, is \
                   refused and told the holder's pid.\n\n\
-                  Usually started by `repctl up`; run it directly under systemd.\n\n\
+                  Usually started by `repctl up`; run it directly under systemd \
+                  (rep@.service, Type=notify: READY=1 once the control socket answers, STATUS= \
+                  with the role and connection). The node name may come from REP_NODE.\n\n\
                   Logs go to stderr; REP_LOG sets the filter (default `info`; e.g. `debug`, \
                   `ublk_target::engine=trace`). libublk's own lines show only from warnings up \
                   unless REP_LOG names libublk (`REP_LOG=info,libublk=info`).\n\n\
@@ -70,7 +72,7 @@ struct Cli {
     )]
     config: PathBuf,
     /// This node's name in the config [default: the host name].
-    #[arg(long, short = 'n', value_name = "NAME")]
+    #[arg(long, short = 'n', value_name = "NAME", env = "REP_NODE")]
     node: Option<String>,
     /// Where the control socket goes.
     #[arg(long, value_name = "DIR", env = "REP_RUN_DIR", default_value = DEFAULT_RUN_DIR)]
@@ -158,7 +160,16 @@ fn run(cli: &Cli) -> Result<(), String> {
         me.name,
         control.path().display()
     );
-    let _ = eng.thread.join();
+    ublk_target::notify::start(control.path(), handle.clone());
+    if eng.thread.join().is_err() {
+        // A bug ended the engine (its panic is logged above). Leave like a
+        // crash, not like `down`: the kernel keeps holding /dev/ublkbN's
+        // I/O, and systemd's Restart=on-failure starts a repd that resumes
+        // it, where ending normally would remove the device and exit 0.
+        tracing::error!("the engine thread panicked: aborting, a restarted repd resumes");
+        std::process::abort();
+    }
+    ublk_target::notify::stopping();
     // ---- ublk (/dev/ublkbN), part 3 of 3: remove the device.
     ublk_stop.store(true, std::sync::atomic::Ordering::Release);
     handle.kick_role_waiters();

@@ -64,6 +64,7 @@ struct Cli {
         short = 'n',
         global = true,
         value_name = "NAME",
+        env = "REP_NODE",
         help = "This node's name: which [[node]] entry of the config is \"us\" \
                 [default: the host name, or its first label]"
     )]
