@@ -98,7 +98,13 @@ impl ControlServer {
 }
 
 fn serve(conn: UnixStream, engine: &EngineHandle) {
+    let Ok(stream) = conn.try_clone() else { return };
     serve_json_lines::<ControlCmd>(conn, |cmd| {
+        if let Ok(ControlCmd::Events { now }) = cmd {
+            // The connection becomes the watcher's stream until it ends.
+            crate::events::serve_watcher(&stream, engine.events(), now);
+            return None;
+        }
         let reply = match cmd {
             Ok(cmd) => engine.control(cmd).unwrap_or_else(stopping),
             Err(e) => bad_request(&e),

@@ -16,6 +16,8 @@
 //! - [`metrics`]: the Prometheus endpoint (`[metrics] listen`).
 //! - [`ublk`]: the ublk device, `/dev/ublkb<N>`.
 //! - [`control`]: the server side of the control socket `repctl` talks to.
+//! - [`events`]: the event stream (`repctl events`): the hub the engine
+//!   publishes state changes to, and the watchers it feeds.
 //! - [`crc_pick`]: which CRC32C implementation runs (measured at start).
 //! - [`alloc`]: allocator settings for the daemon.
 
@@ -28,6 +30,7 @@ pub mod crc_pick;
 pub mod disk;
 pub mod disk_lock;
 pub mod engine;
+pub mod events;
 pub mod frontend;
 pub mod md;
 pub mod metrics;

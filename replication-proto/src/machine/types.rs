@@ -386,6 +386,68 @@ pub struct Stats {
     pub al_misses: u64,
 }
 
+/// What an error is about; each kind's condition ends its own way, and
+/// status keeps the last error of each kind until then (plus
+/// [`crate::machine::ERROR_LINGER_MS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// The connection failed or was refused; ends once a connection is
+    /// established again (handshake done).
+    Connection,
+    /// A split brain (found, or resolved automatically); ends once
+    /// connected with nothing out of sync and no split brain.
+    SplitBrain,
+    /// A local read, write or flush failed; ends with the next local write
+    /// that succeeds.
+    LocalIo,
+    /// The peer failed to write a replicated write; ends with the next one
+    /// it writes.
+    PeerIo,
+    /// A metadata write failed; ends with the next one that succeeds.
+    Metadata,
+    /// A verify found blocks out of sync; ends once connected with nothing
+    /// out of sync (after the repair, a resync, an invalidate).
+    Verify,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 6] = [
+        Self::Connection,
+        Self::SplitBrain,
+        Self::LocalIo,
+        Self::PeerIo,
+        Self::Metadata,
+        Self::Verify,
+    ];
+
+    /// The kebab-case name (as in JSON).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Connection => "connection",
+            Self::SplitBrain => "split-brain",
+            Self::LocalIo => "local-io",
+            Self::PeerIo => "peer-io",
+            Self::Metadata => "metadata",
+            Self::Verify => "verify",
+        }
+    }
+}
+
+/// The last error of one kind, as status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorNote {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// When it happened, in the node's clock (ms).
+    pub at_ms: u64,
+    /// Errors of this kind since its condition began.
+    pub count: u64,
+    /// Its condition ended; it is forgotten after the linger.
+    pub ended: bool,
+}
+
 /// A snapshot of the node for `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
@@ -398,9 +460,13 @@ pub struct Status {
     pub peer_disk: DiskState,
     pub out_of_sync_bytes: u64,
     pub split_brain: bool,
+    /// The newest of `errors`.
     pub last_error: Option<String>,
     /// When `last_error` was set, in the node's clock (ms).
     pub last_error_at_ms: Option<u64>,
+    /// The last error of each kind whose condition lasts (or ended less
+    /// than the linger ago), in [`ErrorKind::ALL`]'s order.
+    pub errors: Vec<ErrorNote>,
     pub gens: Generations,
     pub flags: MetaFlags,
     /// New application writes are suspended (held or failed).

@@ -18,6 +18,8 @@
 //!   and which of them `r1`, `all` or nothing selects.
 //! - [`import`]: `repctl import-drbd-conf`, a drbd.conf into resource files;
 //!   its warnings and TOML writer serve the cluster agent's heartbeat import too.
+//! - [`events`]: the event stream's lines (`repctl events`, like
+//!   `drbdsetup events2`), JSON and text.
 //! - [`docs`]: `--generate-docs DIR`, the man pages and shell completions
 //!   each binary writes from its clap definition.
 
@@ -25,6 +27,7 @@ pub mod client;
 pub mod config;
 pub mod device;
 pub mod docs;
+pub mod events;
 pub mod import;
 pub mod logs;
 pub mod protocol;

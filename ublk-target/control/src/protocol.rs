@@ -10,7 +10,7 @@ pub use refusal::{ClientCount, InUseBy, Refusal};
 /// machine's `Admin::Verb`.
 pub use replication_proto::machine::Verb;
 
-use replication_proto::machine::{SuspendMode, Traffic};
+use replication_proto::machine::{ErrorKind, SuspendMode, Traffic};
 use replication_proto::wire::{DiskState, Role};
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +43,14 @@ pub enum ControlCmd {
     },
     /// An operator verb for the state machine.
     Verb(Verb),
+    /// Watch the event stream (`repctl events`): repd answers one
+    /// [`ControlReply`] line, then the connection carries one
+    /// [`crate::events::Event`] JSON line per change until repd stops or
+    /// the watcher falls too far behind. With `now`, the current state
+    /// comes first as `exists` lines, ended by an `exists -` line.
+    Events {
+        now: bool,
+    },
 }
 
 impl From<Verb> for ControlCmd {
@@ -67,11 +75,15 @@ enum DaemonJson {
         #[serde(default)]
         if_current: Option<String>,
     },
+    Events {
+        #[serde(default)]
+        now: bool,
+    },
 }
 
 impl DaemonJson {
     /// The `cmd` names of the daemon's commands; any other is a [`Verb`]'s.
-    const NAMES: [&'static str; 4] = ["status", "down", "suspend-io", "resume-io"];
+    const NAMES: [&'static str; 5] = ["status", "down", "suspend-io", "resume-io", "events"];
 }
 
 impl Serialize for ControlCmd {
@@ -84,6 +96,7 @@ impl Serialize for ControlCmd {
             Self::ResumeIo { if_current } => DaemonJson::ResumeIo {
                 if_current: if_current.clone(),
             },
+            Self::Events { now } => DaemonJson::Events { now: *now },
         };
         own.serialize(s)
     }
@@ -118,6 +131,7 @@ impl<'de> Deserialize<'de> for ControlCmd {
                 DaemonJson::Down { force } => Self::Down { force },
                 DaemonJson::SuspendIo { fail } => Self::SuspendIo { fail },
                 DaemonJson::ResumeIo { if_current } => Self::ResumeIo { if_current },
+                DaemonJson::Events { now } => Self::Events { now },
             },
         )
     }
@@ -183,14 +197,19 @@ pub struct NodeStatus {
     pub protocol: String,
     pub out_of_sync_bytes: u64,
     pub split_brain: bool,
+    /// The newest of `errors`.
     pub last_error: Option<String>,
     /// When `last_error` happened: seconds since the Unix epoch, and its
-    /// age in seconds when the status was taken. The error clears once the
-    /// pair has been healthy again for a while (the log keeps it).
+    /// age in seconds when the status was taken. An error clears a while
+    /// (`ERROR_LINGER_MS`) after its condition ended (the log keeps it).
     #[serde(default)]
     pub last_error_at: Option<u64>,
     #[serde(default)]
     pub last_error_age_s: Option<u64>,
+    /// The last error of each kind still kept (the event stream's `error`
+    /// objects).
+    #[serde(default)]
+    pub errors: Vec<ErrorStatus>,
     pub sync: Option<SyncProgress>,
     pub generations: GenerationsHex,
     pub data_bytes: u64,
@@ -236,6 +255,20 @@ impl NodeStatus {
                 | "VerifyTarget"
         )
     }
+}
+
+/// The last error of one kind (see [`ErrorKind`] for when each clears).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorStatus {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    pub age_s: u64,
+    /// Errors of this kind since its condition began.
+    pub count: u64,
+    /// Its condition ended; it clears after the linger.
+    pub ended: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -343,6 +376,8 @@ mod tests {
         r#"{"cmd":"freeze-on-disconnect","on":true}"#,
         r#"{"cmd":"outdate"}"#,
         r#"{"cmd":"resume-after-crash"}"#,
+        r#"{"cmd":"events","now":false}"#,
+        r#"{"cmd":"events","now":true}"#,
     ];
 
     #[test]
@@ -358,6 +393,7 @@ mod tests {
         let parse = |s: &str| serde_json::from_str::<ControlCmd>(s).unwrap();
         assert_eq!(parse(r#"{"cmd":"down"}"#), parse(EVERY_COMMAND[11]));
         assert_eq!(parse(r#"{"cmd":"resume-io"}"#), parse(EVERY_COMMAND[15]));
+        assert_eq!(parse(r#"{"cmd":"events"}"#), parse(EVERY_COMMAND[21]));
     }
 
     /// Unknown commands say so in serde's words (an older repd's answer

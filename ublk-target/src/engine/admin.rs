@@ -84,6 +84,12 @@ impl Runner {
                     })
                 }
             },
+            ControlCmd::Events { .. } => {
+                return Err(Refused {
+                    why: "events is a stream: the control socket serves it".into(),
+                    refusal: Refusal::BadRequest,
+                })
+            }
             ControlCmd::Verb(Verb::Secondary) => self.secondary()?,
             ControlCmd::Verb(verb) => Admin::Verb(verb.clone()),
         };

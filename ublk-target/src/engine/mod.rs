@@ -145,6 +145,7 @@ impl InputTx {
 pub struct EngineHandle {
     tx: InputTx,
     shared: Arc<Shared>,
+    events: Arc<crate::events::Hub>,
 }
 
 impl std::fmt::Debug for EngineHandle {
@@ -176,6 +177,11 @@ impl EngineHandle {
     /// The per-request latency histograms (read without asking the engine).
     pub fn latencies(&self) -> &latency::Latencies {
         &self.shared.latency
+    }
+
+    /// The event stream (`repctl events`) the engine publishes to.
+    pub fn events(&self) -> &crate::events::Hub {
+        &self.events
     }
 
     /// Ends every [`RoleWait::wait_role_change`] now, as a role change
@@ -300,6 +306,8 @@ struct Runner {
     own_tokens: tokens::OwnTokens,
     latency: latency::Tracker,
     span: tracing::Span,
+    /// Where each turn's state changes go (`status::publish_events`).
+    events: Arc<crate::events::Hub>,
 }
 
 /// Start the engine for the local node of `cfg`.
@@ -330,9 +338,11 @@ pub fn start(
     shared.data_bytes.store(data_bytes, Ordering::Relaxed);
     let seed: u64 = rand::random();
     let node = Node::new(ncfg, state.persisted, Millis::ZERO, seed);
+    let events = Arc::new(crate::events::Hub::new(&cfg.resource.name, &peer_node.name));
     let handle = EngineHandle {
         tx: tx.clone(),
         shared: shared.clone(),
+        events: events.clone(),
     };
     let timing = latency::Tracker::new(shared.latency.clone());
     let mut runner = Runner {
@@ -354,8 +364,10 @@ pub fn start(
         own_tokens: tokens::OwnTokens::default(),
         latency: timing,
         span: span.clone(),
+        events,
     };
     runner.first_commands(cfg, opts, state.crashed_primary);
+    runner.publish_events();
     drop(_g);
     let thread = std::thread::Builder::new()
         .name("repd-engine".into())
@@ -504,6 +516,7 @@ impl Runner {
             if let Err(why) = self.peer.arm(&mut self.disk, receive) {
                 self.peer_down(&why);
             }
+            self.publish_events();
             // Submits the disk ops the inputs produced, sleeps until a disk
             // op completes, the peer socket is ready, an input arrives or a
             // timer is due.
@@ -598,6 +611,8 @@ impl Runner {
         for (_, r) in self.replies.drain() {
             r(Err(libc_errno::EIO));
         }
+        self.publish_events();
+        self.events.close();
         let st = self.status();
         for w in self.down_waiters.drain(..) {
             let _ = w.send(ControlReply {

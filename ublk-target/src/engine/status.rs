@@ -1,17 +1,34 @@
 //! The engine's answer to `status`: the state machine's [`Status`] turned
-//! into the control protocol's [`NodeStatus`].
+//! into the control protocol's [`NodeStatus`]; and the same state as the
+//! event stream's snapshot, published after each turn.
 
 use std::sync::atomic::Ordering;
+
+use rep_control::protocol::ErrorStatus;
 
 use super::{Counters, GenerationsHex, NodeStatus, Runner, Status};
 
 impl Runner {
+    /// The state after this turn to the event stream, which publishes
+    /// what changed (see [`crate::events`]).
+    pub(super) fn publish_events(&self) {
+        let st = self.node.status();
+        let sync = self.progress.current();
+        self.events
+            .publish(crate::events::Snapshot::of(&st, sync.as_ref()));
+    }
+
     /// What `repctl status` shows: the state machine's status plus what
     /// only the daemon knows (peer name, NBD, progress, wall-clock times).
     pub(super) fn status(&self) -> NodeStatus {
         let st: Status = self.node.status();
         let g = st.gens;
-        let error_age_ms = st.last_error_at_ms.map(|at| self.now().saturating_sub(at));
+        let now_ms = self.now();
+        let error_age_ms = st.last_error_at_ms.map(|at| now_ms.saturating_sub(at));
+        let wall_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
         let hex = |x: u64| format!("{x:016X}");
         let cfg = self.node.config();
         NodeStatus {
@@ -27,13 +44,23 @@ impl Runner {
             out_of_sync_bytes: st.out_of_sync_bytes,
             split_brain: st.split_brain,
             last_error: st.last_error.clone(),
-            last_error_at: error_age_ms.map(|age| {
-                let wall = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default();
-                wall.as_secs().saturating_sub(age / 1000)
-            }),
+            last_error_at: error_age_ms.map(|age| wall_s.saturating_sub(age / 1000)),
             last_error_age_s: error_age_ms.map(|age| age / 1000),
+            errors: st
+                .errors
+                .iter()
+                .map(|e| {
+                    let age_s = now_ms.saturating_sub(e.at_ms) / 1000;
+                    ErrorStatus {
+                        kind: e.kind,
+                        message: e.message.clone(),
+                        at: wall_s.saturating_sub(age_s),
+                        age_s,
+                        count: e.count,
+                        ended: e.ended,
+                    }
+                })
+                .collect(),
             sync: self.progress.current(),
             generations: GenerationsHex {
                 current: hex(g.current),

@@ -1,6 +1,7 @@
 //! Application I/O on the Primary: reads, writes through the activity
 //! log, replication to the peer, acknowledgements, flushes and barriers.
 
+use crate::machine::types::ErrorKind;
 use std::collections::VecDeque;
 
 use bytes::Bytes;
@@ -390,6 +391,7 @@ impl Node {
         self.repl.pending_bytes = self.repl.pending_bytes.saturating_sub(r.span.len());
         self.process_al_wait();
         if ok {
+            self.error_ended(ErrorKind::PeerIo);
             self.repl
                 .unflushed
                 .push_back(Unflushed { seq, span: r.span });
@@ -399,11 +401,14 @@ impl Node {
                 self.send_barrier(None);
             }
         } else {
-            self.error(format!(
-                "peer failed to write {} bytes at {}; marked out of sync",
-                r.span.len(),
-                r.span.start
-            ));
+            self.error(
+                ErrorKind::PeerIo,
+                format!(
+                    "peer failed to write {} bytes at {}; marked out of sync",
+                    r.span.len(),
+                    r.span.start
+                ),
+            );
             self.bitmap.set_range(r.span.start, r.span.len());
         }
         if let Some(id) = r.app_id {
@@ -499,12 +504,15 @@ impl Node {
             // anything: the range is marked so that the next resync
             // makes both copies equal again.
             self.bitmap.set_range(span.start, span.len());
-            self.error(format!(
-                "local write of {} bytes at {} failed (errno {e}): the request \
+            self.error(
+                ErrorKind::LocalIo,
+                format!(
+                    "local write of {} bytes at {} failed (errno {e}): the request \
                  failed, the range is marked out of sync",
-                span.len(),
-                span.start
-            ));
+                    span.len(),
+                    span.start
+                ),
+            );
         }
         if let Some(AppReq::Write {
             local_done,

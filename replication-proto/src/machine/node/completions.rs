@@ -1,5 +1,6 @@
 //! Completions of local data, flush and metadata operations.
 
+use crate::machine::types::ErrorKind;
 use bytes::Bytes;
 
 use crate::machine::ids::{AppId, IoToken, MetaToken};
@@ -35,6 +36,13 @@ impl Node {
         op: LocalOp,
         result: Result<Option<Bytes>, i32>,
     ) {
+        let write = matches!(
+            op,
+            LocalOp::AppWrite { .. } | LocalOp::PeerWrite { .. } | LocalOp::ResyncWrite { .. }
+        );
+        if write && result.is_ok() {
+            self.error_ended(ErrorKind::LocalIo);
+        }
         match op {
             LocalOp::AppWrite { id } => self.app_write_done(id, span, result),
             LocalOp::AppRead { id } => self.app_read_done(id, span, result),
@@ -69,7 +77,10 @@ impl Node {
             FlushOp::SyncStart { epoch } => self.sync_start_flushed(epoch, result),
             FlushOp::AlPreflush => {
                 if result.is_err() {
-                    self.error("local flush before an activity-log transaction failed".into());
+                    self.error(
+                        ErrorKind::LocalIo,
+                        "local flush before an activity-log transaction failed".into(),
+                    );
                 }
                 self.al_stage_done();
             }
@@ -81,8 +92,12 @@ impl Node {
         let Some(op) = self.ops.meta.remove(&token) else {
             return;
         };
-        if let Err(e) = result {
-            self.error(format!("metadata write failed (errno {e})"));
+        match result {
+            Err(e) => self.error(
+                ErrorKind::Metadata,
+                format!("metadata write failed (errno {e})"),
+            ),
+            Ok(()) => self.error_ended(ErrorKind::Metadata),
         }
         match op {
             MetaOp::Super { gate } => {

@@ -1,6 +1,7 @@
 //! The connection: transport up and down, frames dispatched by state,
 //! and what a lost peer leaves in the bitmap.
 
+use crate::machine::types::ErrorKind;
 use rand::RngCore;
 
 use crate::machine::types::{Action, ConnState, SuspendMode};
@@ -46,7 +47,12 @@ impl Node {
         msg: String,
         standalone: bool,
     ) {
-        self.error(msg.clone());
+        let kind = if reason == DisconnectReason::SplitBrain {
+            ErrorKind::SplitBrain
+        } else {
+            ErrorKind::Connection
+        };
+        self.error(kind, msg.clone());
         if self.connected_states() {
             self.send(disconnect(reason, &msg));
         }
@@ -221,8 +227,10 @@ impl Node {
             // The peer flushed everything it received before saying so.
             self.repl.unflushed.clear();
             tracing::info!("peer shut down cleanly");
+        } else if reason == DisconnectReason::SplitBrain {
+            self.error(ErrorKind::SplitBrain, msg.clone());
         } else if reason != DisconnectReason::Admin {
-            self.error(msg.clone());
+            self.error(ErrorKind::Connection, msg.clone());
         }
         if reason == DisconnectReason::SplitBrain {
             self.split_brain = true;

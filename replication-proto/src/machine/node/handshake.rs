@@ -1,6 +1,7 @@
 //! The handshake: Hello, authentication, and the sync decision.
 
 use crate::machine::decide::{decide, Decision, View};
+use crate::machine::types::ErrorKind;
 use crate::machine::types::{Action, ConnState, Hook};
 use crate::meta::MetaFlags;
 use crate::wire::auth::{auth_mac, verify_auth};
@@ -137,7 +138,7 @@ impl Node {
             Decision::Source { full } => self.begin_sync_after_handshake(SyncRole::Source, full),
             Decision::Target { full } => self.begin_sync_after_handshake(SyncRole::Target, full),
             Decision::SplitBrainResolved { i_am_source, how } => {
-                self.error(format!("split brain detected and resolved automatically: {how}"));
+                self.error(ErrorKind::SplitBrain, format!("split brain detected and resolved automatically: {how}"));
                 let r = if i_am_source { SyncRole::Source } else { SyncRole::Target };
                 self.begin_sync_after_handshake(r, false);
             }

@@ -22,8 +22,8 @@ use super::bitmap::Bitmap;
 use super::ids::AppId;
 use super::resume::Resume;
 use super::types::{
-    errno, Action, Admin, AdminError, ConnState, Event, NodeConfig, Persisted, Session, Stats,
-    Status, SuspendMode,
+    errno, Action, Admin, AdminError, ConnState, ErrorKind, Event, NodeConfig, Persisted, Session,
+    Stats, Status, SuspendMode,
 };
 use crate::gen::Generations;
 use crate::meta::{MetaFlags, BM_BLOCK_SIZE};
@@ -43,6 +43,7 @@ mod admin;
 mod app;
 mod completions;
 mod connection;
+mod errors;
 mod handshake;
 mod output;
 mod resync;
@@ -109,7 +110,7 @@ pub struct Node {
     want_connect: bool,
     discard_my_data: bool,
     split_brain: bool,
-    health: Health,
+    health: errors::Health,
     down: Down,
     /// The current connection and the peer it reached.
     link: Link,
@@ -170,7 +171,7 @@ impl Node {
             want_connect: false,
             discard_my_data: false,
             split_brain: false,
-            health: Health::default(),
+            health: errors::Health::default(),
             down: Down::default(),
             link: Link::new(),
             app: HashMap::new(),
@@ -302,6 +303,7 @@ impl Node {
             Some(s) => (self.bitmap.count() * BM_BLOCK_SIZE, s.total_bytes),
             None => (0, 0),
         };
+        let last_error = self.last_error();
         Status {
             resource: self.cfg.resource.clone(),
             node: self.cfg.node.clone(),
@@ -312,12 +314,9 @@ impl Node {
             peer_disk: self.peer_disk(),
             out_of_sync_bytes: self.bitmap.count() * BM_BLOCK_SIZE,
             split_brain: self.split_brain,
-            last_error: self.health.last_error.clone(),
-            last_error_at_ms: self
-                .health
-                .last_error
-                .as_ref()
-                .map(|_| self.health.last_error_at.as_ms()),
+            last_error: last_error.as_ref().map(|e| e.message.clone()),
+            last_error_at_ms: last_error.as_ref().map(|e| e.at_ms),
+            errors: self.health.notes(),
             gens: self.gens,
             flags: self.flags,
             suspended: self.susp.mode,
@@ -426,7 +425,7 @@ impl Node {
     /// Records what the driver found wrong with the link (a frame that
     /// failed its checksum, say) as the node's last error, for status.
     pub fn note_link_error(&mut self, msg: &str) {
-        self.error(format!("connection dropped: {msg}"));
+        self.error(ErrorKind::Connection, format!("connection dropped: {msg}"));
     }
 }
 

@@ -1,5 +1,5 @@
 //! Plumbing that turns decisions into actions: tokens, sends, metadata
-//! writes, errors for status, new generations.
+//! writes, new generations.
 
 use rand::RngCore;
 
@@ -7,10 +7,10 @@ use crate::gen::UUID_JUST_CREATED;
 use crate::machine::ids::{IoToken, MetaToken};
 use crate::machine::types::{Action, ConnState};
 use crate::meta::MetaFlags;
-use crate::wire::{DiskState, Message, Role, MAX_STRING_LEN};
+use crate::wire::{Message, Role, MAX_STRING_LEN};
 
 use super::state::*;
-use super::{Node, ERROR_LINGER_MS};
+use super::Node;
 
 impl Node {
     pub(super) fn io_token(&mut self) -> IoToken {
@@ -71,38 +71,6 @@ impl Node {
             first_word: 0,
             words: self.bitmap.words().to_vec(),
         });
-    }
-
-    pub(super) fn error(&mut self, msg: String) {
-        tracing::warn!("{msg}");
-        self.health.last_error = Some(msg);
-        self.health.last_error_at = self.now;
-    }
-
-    /// An error describes a condition (a lost peer, a refusal, marked
-    /// blocks); once the pair is healthy again (Connected, both UpToDate,
-    /// nothing out of sync, no split brain, I/O not suspended) for
-    /// [`ERROR_LINGER_MS`], it is history: status stops showing it (the log
-    /// keeps it). The linger lets a look right after a quick heal still see
-    /// why the link dropped.
-    pub(super) fn clear_error_when_healthy(&mut self) {
-        let healthy = self.conn == ConnState::Connected
-            && self.disk == DiskState::UpToDate
-            && self.peer_disk() == DiskState::UpToDate
-            && self.bitmap.count() == 0
-            && !self.split_brain
-            && self.susp.mode.is_none();
-        if !healthy {
-            self.health.healthy_since = None;
-            return;
-        }
-        let since = *self.health.healthy_since.get_or_insert(self.now);
-        if self.health.last_error.is_some()
-            && self.now >= since.max(self.health.last_error_at) + ERROR_LINGER_MS
-        {
-            tracing::info!("healthy again: last error cleared");
-            self.health.last_error = None;
-        }
     }
 
     pub(super) fn new_uuid(&mut self) -> u64 {

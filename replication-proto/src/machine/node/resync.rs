@@ -1,6 +1,7 @@
 //! The resync: bitmap exchange, the target's requests, the source's
 //! answers, and the end of a resync on both sides.
 
+use crate::machine::types::ErrorKind;
 use crate::wire::DisconnectReason;
 use bytes::Bytes;
 
@@ -428,11 +429,14 @@ impl Node {
                 }
             }
             _ => {
-                self.error(format!(
-                    "local read of {} bytes at {} failed during resync",
-                    span.len(),
-                    span.start
-                ));
+                self.error(
+                    ErrorKind::LocalIo,
+                    format!(
+                        "local read of {} bytes at {} failed during resync",
+                        span.len(),
+                        span.start
+                    ),
+                );
                 self.send(Message::ResyncNeg {
                     id,
                     offset: span.start,

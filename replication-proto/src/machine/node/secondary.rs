@@ -1,5 +1,6 @@
 //! The Secondary side: writes and barriers from the peer.
 
+use crate::machine::types::ErrorKind;
 use bytes::Bytes;
 
 use crate::machine::io::Span;
@@ -112,11 +113,14 @@ impl Node {
             if result.is_ok() {
                 self.send(Message::WriteAck { seq });
             } else {
-                self.error(format!(
-                    "local write of {} bytes at {} failed",
-                    span.len(),
-                    span.start
-                ));
+                self.error(
+                    ErrorKind::LocalIo,
+                    format!(
+                        "local write of {} bytes at {} failed",
+                        span.len(),
+                        span.start
+                    ),
+                );
                 self.send(Message::NegAck { seq });
             }
         }

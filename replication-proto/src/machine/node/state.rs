@@ -283,16 +283,6 @@ pub(super) enum AlTxn {
     Writing,
 }
 
-/// The last error, for status, and when it may be forgotten.
-#[derive(Debug, Default)]
-pub(super) struct Health {
-    pub(super) last_error: Option<String>,
-    /// When `last_error` was set.
-    pub(super) last_error_at: Millis,
-    /// Since when the pair is healthy (see `clear_error_when_healthy`).
-    pub(super) healthy_since: Option<Millis>,
-}
-
 /// An orderly shutdown (`Admin::Down`).
 #[derive(Debug, Default)]
 pub(super) struct Down {

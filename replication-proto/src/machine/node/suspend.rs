@@ -1,6 +1,7 @@
 //! Suspended I/O: completions and requests held (or failed) while the
 //! node may not acknowledge writes, and the resume that lets them go.
 
+use crate::machine::types::ErrorKind;
 use bytes::Bytes;
 
 use crate::machine::ids::AppId;
@@ -99,6 +100,7 @@ impl Node {
         } else {
             self.flags.set(MetaFlags::UNACKED_GEN, true);
             self.error(
+                ErrorKind::Metadata,
                 "could not record the resume in the superblock: I/O stays frozen; \
                  resume again once the metadata disk works"
                     .into(),

@@ -13,7 +13,7 @@ impl Node {
     // ----- time --------------------------------------------------------------
 
     pub(super) fn tick(&mut self) {
-        self.clear_error_when_healthy();
+        self.age_errors();
         let now = self.now;
         debug_assert_eq!(
             self.conn == ConnState::Handshake,

@@ -2,6 +2,7 @@
 
 use crate::machine::io::Span;
 use crate::machine::types::ConnState;
+use crate::machine::types::ErrorKind;
 use crate::wire::{Message, Role};
 use bytes::Bytes;
 
@@ -76,15 +77,18 @@ impl Node {
         self.send(Message::SyncDone);
         tracing::info!(out_of_sync = found_oos, "verify finished");
         if found_oos > 0 {
-            self.error(format!(
-                "verify found {} bytes out of sync{}",
-                found_oos,
-                if repair {
-                    "; resyncing them"
-                } else {
-                    "; run `repctl verify --repair` (or invalidate) to resync them"
-                }
-            ));
+            self.error(
+                ErrorKind::Verify,
+                format!(
+                    "verify found {} bytes out of sync{}",
+                    found_oos,
+                    if repair {
+                        "; resyncing them"
+                    } else {
+                        "; run `repctl verify --repair` (or invalidate) to resync them"
+                    }
+                ),
+            );
             if repair {
                 let i_am_source = self.role == Role::Primary
                     || !self.link.peer().is_some_and(|p| p.role == Role::Primary);

@@ -19,6 +19,7 @@ use ublk_target::md::MdError;
 
 use targets::{Select, Target};
 
+mod events;
 mod import;
 mod md;
 mod targets;
@@ -218,6 +219,32 @@ enum Command {
         one per line."
     )]
     Status(StatusArgs),
+    /// Print a line for each change of state, as it happens (drbdsetup events2)
+    #[command(
+        long_about = "Print one line for each change of this node's state as it happens, \
+        like `drbdsetup events2 r0` (run until interrupted), for the resource named, `all`, \
+        or every resource of --config-dir when none is named (`drbdsetup events2 all`: the \
+        streams are merged, with one `exists -` after every resource's state): the role, the connection and \
+        the peer's role, the disk and the peer's disk, the resync (start, progress at most \
+        once a second per whole percent, end), verify results, split brains, I/O and other \
+        errors, suspended I/O.\n\n\
+        Lines read like events2's: `change connection name:r0 conn-name:beta \
+        connection:Connected role:Secondary`, `change peer-device name:r0 conn-name:beta \
+        replication:SyncSource peer-disk:Inconsistent done:42.10`, `call verify name:r0 \
+        conn-name:beta verified:8388608 out-of-sync:0`, `create error name:r0 \
+        error:local-io ...` (errors are objects: created, changed, destroyed when they \
+        clear). --now prints the current state first as `exists` lines ended by \
+        `exists -`, then goes on with the changes (drbdsetup events2 prints the state \
+        always and stops after it with --now; here --now asks for it and the watch goes \
+        on). --json prints each event as one JSON object per line with its time (RFC 3339, \
+        UTC, milliseconds); --timestamps puts that time first on text lines.\n\n\
+        Several watchers may run at once; repd never waits for one. A watcher that stops \
+        reading and falls 1024 events behind is cut off: its last line is `call \
+        lost-events` and repctl exits 1; run it again with --now for the current state. \
+        When repd stops in order the last lines are `destroy ...` and repctl exits 0; if \
+        the connection closes otherwise (repd died) it exits 1."
+    )]
+    Events(EventsArgs),
     /// Mark this node's data Outdated (drbdadm outdate)
     #[command(
         long_about = "Mark this node's data Outdated, like `drbdadm outdate`: it is then \
@@ -364,6 +391,21 @@ struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
+struct EventsArgs {
+    /// Print the current state first, as `exists` lines ended by `exists -`
+    #[arg(long)]
+    now: bool,
+    /// Print one JSON object per event (with its time) instead of text
+    #[arg(long)]
+    json: bool,
+    /// Start each text line with the event's time (drbdsetup events2 --timestamps)
+    #[arg(long)]
+    timestamps: bool,
+    #[command(flatten)]
+    sel: Select,
+}
+
+#[derive(Debug, Args)]
 struct CreateMdArgs {
     /// Overwrite existing metadata (forgets the data generations and the bitmap)
     #[arg(long)]
@@ -505,6 +547,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         }),
         Command::Verify(a) => each(cli, &a.sel, OnlyOne, |t| daemon::verify(t, a)),
         Command::Status(a) => each(cli, &a.sel, All, |t| daemon::status(t, a)),
+        Command::Events(a) => events::run(cli, a),
         Command::Outdate(sel) => each(cli, sel, OnlyOne, |t| {
             daemon::simple(t, ControlCmd::Verb(Verb::Outdate))
         }),
