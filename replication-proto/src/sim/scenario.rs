@@ -4,7 +4,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::machine::{NodeConfig, SplitBrainPolicy};
+use crate::machine::{Fencing, NodeConfig, SplitBrainPolicy};
 use crate::simkit::rate_stream;
 use crate::wire::{features, Protocol};
 
@@ -211,6 +211,7 @@ pub(super) fn cfg(name: &str, peer: &str, sc: &Scenario) -> NodeConfig {
         al_extents: sc.al_extents,
         split_brain: SplitBrainPolicy::default(),
         features: features::ALL,
+        fencing: Fencing::DontCare,
     }
 }
 
