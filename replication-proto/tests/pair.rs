@@ -1622,7 +1622,9 @@ fn held_for_fencing_writes_go_on_once_the_peer_is_back() {
     assert_eq!(q.s[1].done.remove(&1), Some(Ok(None)));
     assert!(!q.s[1].node.status().fencing.frozen);
     // The handler's late answer is recorded, nothing else.
-    q.s[1].node.handle(q.now, Event::FenceDone { exit: Some(5) });
+    q.s[1]
+        .node
+        .handle(q.now, Event::FenceDone { exit: Some(5) });
     q.pump();
     let st = q.s[1].node.status();
     assert_eq!(st.fencing.last_outcome, Some(FenceOutcome::PeerUnreachable));

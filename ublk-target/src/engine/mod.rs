@@ -19,10 +19,13 @@
 //!   frontend registers with;
 //! - `status`: the answer to `status`;
 //! - `convert`: the resource file to the state machine's settings;
-//! - `progress`: resync progress as /proc/drbd shows it.
+//! - `progress`: resync progress as /proc/drbd shows it;
+//! - `handlers`: the `[handlers]` commands (fence-peer, unfence-peer), run
+//!   on threads of their own; their exit codes come back as inputs.
 
 mod admin;
 mod convert;
+mod handlers;
 mod meta;
 mod peer;
 mod ping_conn;
@@ -76,6 +79,12 @@ pub(crate) enum Input {
     Control {
         cmd: ControlCmd,
         reply: Sender<ControlReply>,
+    },
+    /// A handler (`handlers`) ended: its exit code, `None` when it did not
+    /// exit by itself.
+    HandlerDone {
+        kind: handlers::Kind,
+        exit: Option<i32>,
     },
 }
 
@@ -289,6 +298,7 @@ struct Runner {
     /// follows; own token -> (flush stage?, the state machine's token).
     fua_zeroes: HashMap<tokens::OwnToken, (bool, IoToken)>,
     own_tokens: tokens::OwnTokens,
+    handlers: handlers::Runner,
     span: tracing::Span,
 }
 
@@ -341,6 +351,7 @@ pub fn start(
         forced_down: None,
         fua_zeroes: HashMap::new(),
         own_tokens: tokens::OwnTokens::default(),
+        handlers: handlers::Runner::new(cfg, &me, &peer_node, tx.clone()),
         span: span.clone(),
     };
     runner.first_commands(cfg, opts, state.crashed_primary);
@@ -644,6 +655,11 @@ impl Runner {
                 self.peer.adopt_ping(stream, for_conn);
             }
             Input::Control { cmd, reply } => self.control(cmd, reply),
+            Input::HandlerDone { kind, exit } => {
+                if kind == handlers::Kind::FencePeer {
+                    self.node.handle(now, Event::FenceDone { exit });
+                }
+            }
         }
         self.drain();
     }
@@ -773,7 +789,7 @@ impl Runner {
                     r(result);
                 }
             }
-            Action::Hook(h) => tracing::warn!(hook = ?h, "handler"),
+            Action::Hook(h) => self.handlers.hook(&h),
         }
     }
 }

@@ -66,6 +66,7 @@ impl Config {
                 ko_count: self.net.ko_count,
                 max_buffers: self.net.max_buffers,
                 csums: self.net.csums,
+                fencing: self.net.fencing.as_str().to_owned(),
             },
             sync: RawSync {
                 rate: RawRate::Text(format_rate(self.sync.rate)),
@@ -85,6 +86,7 @@ impl Config {
                 after_sb_1pri: self.split_brain.after_sb_1pri.to_string(),
                 after_sb_2pri: self.split_brain.after_sb_2pri.to_string(),
             },
+            handlers: self.handlers.to_raw(),
             node: self
                 .nodes
                 .iter()

@@ -54,6 +54,7 @@ impl Config {
         let startup = v.startup(&raw.startup, raw.cluster.is_some())?;
         let disk = v.disk(&raw.disk)?;
         let split_brain = v.split_brain(&raw.split_brain)?;
+        let handlers = super::handlers::validate(path, raw.handlers, net.fencing)?;
         let nodes = v.nodes(raw.node)?;
         v.nodes_distinct(&nodes)?;
         v.discard_node_known(&split_brain, &nodes)?;
@@ -68,6 +69,7 @@ impl Config {
             startup,
             disk,
             split_brain,
+            handlers,
             nodes,
             cluster: raw.cluster,
         })
@@ -127,6 +129,7 @@ impl Check<'_> {
             ko_count: n.ko_count,
             max_buffers: n.max_buffers,
             csums: n.csums,
+            fencing: super::handlers::fencing(self.path, &n.fencing)?,
         })
     }
 
