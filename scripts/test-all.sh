@@ -44,3 +44,5 @@ echo "== simulator: 2000 more seeds (release build)"
 cargo run -q -p replication-proto --release --features sim --bin repsim -- --from 200 --seeds 2000
 echo "== agent simulator: 2000 more seeds (release build)"
 cargo run -q -p cluster-agent --release --features sim --bin agentsim -- --from 260 --seeds 2000
+echo "== fencing the Pacemaker way: crm-fence-peer in a real two-node Pacemaker cluster (installs pacemaker, corosync)"
+bash scripts/pacemaker-fence-test.sh
