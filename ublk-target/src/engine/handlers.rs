@@ -145,3 +145,49 @@ fn run(kind: Kind, cmd: &str, env: &[(String, String)], timeout: Duration) -> Op
     tracing::info!(handler = kind.name(), exit = ?status.code(), ms, "handler ended");
     status.code()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> Vec<(String, String)> {
+        vec![("DRBD_RESOURCE".to_owned(), "r9".to_owned())]
+    }
+
+    #[test]
+    fn the_exit_code_and_the_environment_come_through() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = dir.path().join("env");
+        let cmd = format!(
+            "/bin/sh -c 'echo \"$DRBD_RESOURCE $REP_HANDLER $(pwd)\" > {}; exit 4'",
+            out.display()
+        );
+        let exit = run(Kind::FencePeer, &cmd, &env(), Duration::from_secs(30));
+        assert_eq!(exit, Some(4));
+        let seen = std::fs::read_to_string(&out).expect("handler output");
+        assert_eq!(seen.trim(), "r9 fence-peer /");
+    }
+
+    /// A handler that hangs is killed at its deadline with its children (a
+    /// `sleep` it started would otherwise hold the group), and counts as
+    /// failed; a command that cannot run is a failure too.
+    #[test]
+    fn a_hanging_handler_is_killed_at_the_deadline() {
+        let t0 = std::time::Instant::now();
+        let exit = run(
+            Kind::UnfencePeer,
+            "/bin/sleep 30 & wait",
+            &env(),
+            Duration::from_millis(300),
+        );
+        assert_eq!(exit, None);
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+        let exit = run(
+            Kind::FencePeer,
+            "/nonexistent/handler",
+            &env(),
+            Duration::from_secs(5),
+        );
+        assert_eq!(exit, Some(127), "sh: not found");
+    }
+}
