@@ -177,6 +177,13 @@ pcmk_in 0 cibadmin -Q -o constraints | grep -A3 "id=\"$CONSTRAINT\"" | sed 's/^/
 echo "  $P: peer fenced (exit 4), I/O going on; both nodes still online in Pacemaker"
 
 echo "== 3. moving the promoted role to the fenced $S is refused"
+# Only the constraint stands in the way: the agent still gives the fenced
+# node (UpToDate, peer unknown) a promotion score.
+score=$(pcmk_in "$si" crm_attribute -l reboot -N "$S" -n master-rep -G -q 2>/dev/null || true)
+if ! [ "$score" -gt 0 ] 2>/dev/null; then
+  fail "$S has no promotion score ('$score'): the move would be refused anyway"
+fi
+echo "  $S's promotion score: $score"
 pcmk_in "$si" crm_resource --move --promoted -r rep-clone --node "$S" >/dev/null 2>&1 || true
 sleep 10
 promoted_is "$si" "$P" || fail "the fenced node was promoted (promoted: $(promoted_on "$si"))"
