@@ -49,3 +49,5 @@ echo "== Debian package: build it, install it in a clean Debian 12 chroot (deboo
 bash scripts/package-test.sh
 echo "== Pacemaker: ocf/rep under ocf-tester and in a real two-node Pacemaker + Corosync cluster"
 bash scripts/pacemaker-test.sh
+echo "== fencing the Pacemaker way: crm-fence-peer in a real two-node Pacemaker cluster (installs pacemaker, corosync)"
+bash scripts/pacemaker-fence-test.sh

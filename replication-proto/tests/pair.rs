@@ -13,8 +13,8 @@ use std::collections::{HashMap, VecDeque};
 use bytes::Bytes;
 use replication_proto::gen::Generations;
 use replication_proto::machine::{
-    errno, Action, Admin, AppId, ConnState, Event, Node, NodeConfig, Payload, Persisted,
-    SplitBrainPolicy, Verb,
+    errno, Action, Admin, AppId, ConnState, Event, FenceOutcome, Fencing, Hook, Node, NodeConfig,
+    Payload, Persisted, SplitBrainPolicy, Verb,
 };
 use replication_proto::meta::MetaFlags;
 use replication_proto::time::Millis;
@@ -31,6 +31,8 @@ struct Side {
     sent: Vec<Message>,
     /// Local writes touching these 4 KiB blocks fail with EIO (a bad disk).
     bad_blocks: std::ops::Range<u64>,
+    /// The handlers the node asked for, in order.
+    hooks: Vec<Hook>,
 }
 
 struct Pair {
@@ -58,6 +60,7 @@ fn cfg(me: &str, peer: &str) -> NodeConfig {
         al_extents: 7,
         split_brain: SplitBrainPolicy::default(),
         features: features::ALL,
+        fencing: Fencing::DontCare,
     }
 }
 
@@ -81,6 +84,7 @@ impl Pair {
             want: false,
             sent: Vec::new(),
             bad_blocks: 0..0,
+            hooks: Vec::new(),
         };
         Self {
             s: [mk(a, 1), mk(b, 2)],
@@ -234,7 +238,7 @@ impl Pair {
             Action::Complete { id, result } => {
                 self.s[i].done.insert(id.0, result);
             }
-            Action::Hook(_) => {}
+            Action::Hook(h) => self.s[i].hooks.push(h),
         }
     }
 
@@ -1467,4 +1471,163 @@ fn assert_peer_heard(p: &Pair, needle: &str) {
         !sent.is_empty() && sent.iter().all(|m| m.contains(needle)),
         "{needle}: {sent:?}"
     );
+}
+
+fn fenced_pair(policy: Fencing) -> Pair {
+    let with = |me: &str, peer: &str| NodeConfig {
+        fencing: policy,
+        ..cfg(me, peer)
+    };
+    let mut p = Pair::new(with("alpha", "beta"), with("beta", "alpha"));
+    p.up_and_synced();
+    p
+}
+
+/// Cuts the link under a write of alpha's (beta stops answering).
+fn cut_under_a_write(p: &mut Pair, id: u64) {
+    p.mute[1] = true;
+    submit_write(p, 0, id, 1);
+    p.tick(400);
+    assert_ne!(p.s[0].node.conn(), ConnState::Connected);
+}
+
+#[test]
+fn resource_and_stonith_holds_writes_until_the_peer_is_fenced() {
+    use replication_proto::machine::SuspendMode;
+    let mut p = fenced_pair(Fencing::ResourceAndStonith);
+    cut_under_a_write(&mut p, 1);
+    assert_eq!(p.s[0].hooks, vec![Hook::FencePeer]);
+    let st = p.s[0].node.status();
+    assert_eq!(st.suspended, Some(SuspendMode::Hold));
+    assert!(st.fencing.running && st.fencing.frozen, "{:?}", st.fencing);
+    assert!(
+        !p.s[0].done.contains_key(&1),
+        "acked before the peer was fenced"
+    );
+    submit_write(&mut p, 0, 2, 2);
+    assert!(
+        !p.s[0].done.contains_key(&2),
+        "written alone before fencing"
+    );
+    // Exit 4: the peer is outdated; held writes go, and the peer counts
+    // as Outdated (persisted) until a resync.
+    p.s[0]
+        .node
+        .handle(p.now, Event::FenceDone { exit: Some(4) });
+    p.pump();
+    assert_eq!(p.s[0].done.remove(&1), Some(Ok(None)));
+    assert_eq!(p.s[0].done.remove(&2), Some(Ok(None)));
+    let st = p.s[0].node.status();
+    assert_eq!(st.suspended, None);
+    assert!(st.fencing.peer_fenced && !st.fencing.running);
+    assert_eq!(st.fencing.last_outcome, Some(FenceOutcome::PeerOutdated));
+    assert_eq!(st.peer_disk, DiskState::Outdated);
+    assert!(st.flags.has(MetaFlags::PEER_OUTDATED));
+    // Lost again while the peer is known Outdated: no second handler.
+    p.s[0].hooks.clear();
+    // Back: the resync makes both UpToDate, and the fencing is undone.
+    p.mute[1] = false;
+    p.tick(2_000);
+    assert_eq!(p.s[0].node.conn(), ConnState::Connected);
+    assert_eq!(p.s[1].node.disk(), DiskState::UpToDate);
+    assert_eq!(p.s[0].hooks, vec![Hook::UnfencePeer]);
+    let st = p.s[0].node.status();
+    assert!(!st.fencing.peer_fenced && !st.flags.has(MetaFlags::PEER_OUTDATED));
+    p.assert_in_sync();
+}
+
+#[test]
+fn a_failed_fence_keeps_io_frozen_until_an_admin_resumes() {
+    let mut p = fenced_pair(Fencing::ResourceAndStonith);
+    cut_under_a_write(&mut p, 1);
+    p.s[0]
+        .node
+        .handle(p.now, Event::FenceDone { exit: Some(1) });
+    p.pump();
+    let st = p.s[0].node.status();
+    assert!(st.suspended.is_some() && st.fencing.frozen, "{st:?}");
+    assert!(!st.fencing.peer_fenced);
+    assert_eq!(st.fencing.last_outcome, Some(FenceOutcome::Failed(Some(1))));
+    let err = st.last_error.unwrap_or_default();
+    assert!(err.contains("exit 1") && err.contains("resume-io"), "{err}");
+    assert!(!p.s[0].done.contains_key(&1));
+    // Exit 6 (the peer is Primary) does not let anything go either; a late
+    // answer of a handler that is no longer running changes nothing.
+    p.s[0]
+        .node
+        .handle(p.now, Event::FenceDone { exit: Some(4) });
+    p.pump();
+    assert!(p.s[0].node.status().suspended.is_some());
+    p.admin(0, Admin::ResumeIo).unwrap();
+    assert_eq!(p.s[0].done.remove(&1), Some(Ok(None)));
+    assert!(!p.s[0].node.status().fencing.frozen);
+}
+
+#[test]
+fn resource_only_fences_without_freezing() {
+    let mut p = fenced_pair(Fencing::ResourceOnly);
+    cut_under_a_write(&mut p, 1);
+    assert_eq!(p.s[0].hooks, vec![Hook::FencePeer]);
+    assert_eq!(p.s[0].node.status().suspended, None);
+    assert_eq!(p.s[0].done.remove(&1), Some(Ok(None)));
+    p.s[0]
+        .node
+        .handle(p.now, Event::FenceDone { exit: Some(7) });
+    p.pump();
+    let st = p.s[0].node.status();
+    assert!(st.fencing.peer_fenced);
+    assert_eq!(st.fencing.last_outcome, Some(FenceOutcome::PeerStonithed));
+}
+
+#[test]
+fn no_fencing_without_a_policy_or_for_a_secondary_or_an_outdated_peer() {
+    // dont-care: nothing runs.
+    let mut p = fenced_pair(Fencing::DontCare);
+    cut_under_a_write(&mut p, 1);
+    assert!(p.s[0].hooks.is_empty() && p.s[1].hooks.is_empty());
+    // The Secondary that loses its Primary fences nobody.
+    let mut p = fenced_pair(Fencing::ResourceAndStonith);
+    cut_under_a_write(&mut p, 1);
+    assert!(p.s[1].hooks.is_empty(), "{:?}", p.s[1].hooks);
+    // Promoted alone with the peer's data unknown: fence it first.
+    let mut q = fenced_pair(Fencing::ResourceAndStonith);
+    q.admin(0, Admin::Verb(Verb::Secondary)).unwrap();
+    q.admin(1, Admin::Verb(Verb::Disconnect)).unwrap();
+    q.admin(1, Admin::Verb(Verb::Primary { force: false }))
+        .unwrap();
+    assert_eq!(q.s[1].hooks, vec![Hook::FencePeer]);
+    assert!(q.s[1].node.status().fencing.frozen);
+}
+
+#[test]
+fn held_for_fencing_writes_go_on_once_the_peer_is_back() {
+    // resource-only holds nothing on a lost link, but a promotion without
+    // the peer holds writes until the peer is fenced, or back.
+    let mut q = fenced_pair(Fencing::ResourceOnly);
+    q.admin(0, Admin::Verb(Verb::Secondary)).unwrap();
+    q.admin(1, Admin::Verb(Verb::Disconnect)).unwrap();
+    q.admin(1, Admin::Verb(Verb::Primary { force: false }))
+        .unwrap();
+    assert!(q.s[1].node.status().fencing.frozen);
+    submit_write(&mut q, 1, 1, 7);
+    assert!(!q.s[1].done.contains_key(&1));
+    q.admin(
+        1,
+        Admin::Verb(Verb::Connect {
+            discard_my_data: false,
+        }),
+    )
+    .unwrap();
+    q.tick(1_000);
+    assert_eq!(q.s[1].done.remove(&1), Some(Ok(None)));
+    assert!(!q.s[1].node.status().fencing.frozen);
+    // The handler's late answer is recorded, nothing else.
+    q.s[1]
+        .node
+        .handle(q.now, Event::FenceDone { exit: Some(5) });
+    q.pump();
+    let st = q.s[1].node.status();
+    assert_eq!(st.fencing.last_outcome, Some(FenceOutcome::PeerUnreachable));
+    q.tick(1_000);
+    q.assert_in_sync();
 }

@@ -55,11 +55,14 @@ fn seeds_cover_every_fault() {
         r.resets += x.resets;
         r.split_brains += x.split_brains;
         r.damaged += x.damaged;
+        r.fences += x.fences;
     }
     assert!(r.crashes >= 50, "{r:?}");
     assert!(r.failovers >= 10, "{r:?}");
     assert!(r.resets >= 100, "{r:?}");
     assert!(r.split_brains >= 10, "{r:?}");
+    // Fencing on (a fence-peer handler answering with a drawn exit code).
+    assert!(r.fences >= 20, "{r:?}");
     assert!(r.damaged >= 20, "{r:?}");
 }
 

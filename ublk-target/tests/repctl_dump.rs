@@ -92,6 +92,7 @@ fn example_dumps_and_reloads_equal() {
             "[startup]",
             "[disk]",
             "[split-brain]",
+            "[handlers]",
             "[[node]]",
             "[[node]]"
         ],

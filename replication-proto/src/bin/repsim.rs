@@ -57,13 +57,15 @@ impl Simulator for Repsim {
         t.resets += r.resets;
         t.damaged += r.damaged;
         t.resumed += r.resumed;
+        t.fences += r.fences;
     }
 
     fn summary(&self, t: &SimReport, seeds: &Range<u64>) -> String {
         format!(
             "repsim: {} seeds from {}: {} acknowledged writes, {} crashes, {} failovers, \
              {} link resets, {} split brains detected, {} writes damaged on the link, \
-             {} crashed Primaries resumed by themselves; no invariant violated",
+             {} crashed Primaries resumed by themselves, {} fence-peer handlers run; \
+             no invariant violated",
             seeds.end - seeds.start,
             seeds.start,
             t.writes_acked,
@@ -72,7 +74,8 @@ impl Simulator for Repsim {
             t.resets,
             t.split_brains,
             t.damaged,
-            t.resumed
+            t.resumed,
+            t.fences
         )
     }
 }

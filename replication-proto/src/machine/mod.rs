@@ -7,6 +7,8 @@
 //!   [`MetaToken`]).
 //! - [`decide`]: the sync decision after a handshake (generations, split
 //!   brain policies), a pure function.
+//! - `fencing`: the fencing policy, the fence-peer handler's exit codes
+//!   ([`Fencing`], [`FenceOutcome`], [`FenceStatus`]).
 //! - `resume`: resuming the Primary role after a crash of the daemon alone.
 //! - [`al`]: the activity log; [`bitmap`]: the dirty bitmap; [`io`]: the
 //!   ordering of overlapping local operations; `sync_window`: how many
@@ -15,6 +17,7 @@
 pub mod al;
 pub mod bitmap;
 pub mod decide;
+mod fencing;
 pub mod ids;
 pub mod io;
 mod node;
@@ -23,6 +26,7 @@ mod sync_window;
 pub mod types;
 
 pub use decide::{AfterSb0, AfterSb1, AfterSb2, Decision, SplitBrainPolicy};
+pub use fencing::{FenceOutcome, FenceStatus, Fencing};
 pub use ids::{AppId, IoToken, MetaToken, NODE_TOKEN_LIMIT};
 pub use node::{Node, ERROR_LINGER_MS, MAX_IO};
 pub use types::*;

@@ -4,6 +4,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::decide::SplitBrainPolicy;
+use super::fencing::{FenceStatus, Fencing};
 use super::ids::{AppId, IoToken, MetaToken};
 use crate::gen::Generations;
 use crate::meta::MetaFlags;
@@ -38,6 +39,8 @@ pub struct NodeConfig {
     pub split_brain: SplitBrainPolicy,
     /// Feature bits this node offers.
     pub features: u64,
+    /// What a Primary does when it loses the peer (`[net] fencing`).
+    pub fencing: Fencing,
 }
 
 /// An authenticated connection's handshake, as [`crate::machine::Node::session`]
@@ -131,13 +134,25 @@ pub enum Event {
     },
     /// Time passed; the driver calls this no later than `poll_timeout`.
     Tick,
+    /// The fence-peer handler ([`Hook::FencePeer`]) ended: its exit code,
+    /// `None` when it was killed by a signal, timed out or could not start.
+    FenceDone {
+        exit: Option<i32>,
+    },
 }
 
 /// Hooks the driver runs on the node's behalf (DRBD's handlers).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Hook {
-    SplitBrain { detail: String },
+    SplitBrain {
+        detail: String,
+    },
     PriLostAfterSb,
+    /// Fence the peer (keep it from promotion): answered by
+    /// [`Event::FenceDone`]. One runs at a time.
+    FencePeer,
+    /// The peer is UpToDate again after a resync: undo the fencing.
+    UnfencePeer,
 }
 
 /// An output of [`crate::machine::Node::poll_action`], to carry out in the
@@ -409,16 +424,22 @@ pub enum ErrorKind {
     /// A verify found blocks out of sync; ends once connected with nothing
     /// out of sync (after the repair, a resync, an invalidate).
     Verify,
+    /// The fence-peer handler failed (or timed out, or said the peer is
+    /// Primary): the peer is not known fenced. Ends once it is (a later
+    /// handler said so, or the peer was marked Outdated) or the peer is
+    /// connected again.
+    Fencing,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 6] = [
+    pub const ALL: [ErrorKind; 7] = [
         Self::Connection,
         Self::SplitBrain,
         Self::LocalIo,
         Self::PeerIo,
         Self::Metadata,
         Self::Verify,
+        Self::Fencing,
     ];
 
     /// The kebab-case name (as in JSON).
@@ -431,6 +452,7 @@ impl ErrorKind {
             Self::PeerIo => "peer-io",
             Self::Metadata => "metadata",
             Self::Verify => "verify",
+            Self::Fencing => "fencing",
         }
     }
 }
@@ -475,6 +497,8 @@ pub struct Status {
     pub freeze_on_disconnect: bool,
     /// The last run ended while Primary and without the peer.
     pub degraded_at_start: bool,
+    /// Fencing the peer: policy, handler, result.
+    pub fencing: FenceStatus,
     /// The resumption of the role after a crash, once armed: what it waits
     /// for, or what became of it.
     pub resume: Option<String>,

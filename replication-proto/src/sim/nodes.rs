@@ -6,7 +6,7 @@ use rand::Rng;
 
 use super::network::short;
 use super::world::{Ev, IoOp, MetaW, World, MS};
-use crate::machine::{Action, Admin, Event, IoToken, MetaToken, Node};
+use crate::machine::{Action, Admin, Event, Hook, IoToken, MetaToken, Node};
 use crate::time::Millis;
 use crate::wire::Message;
 
@@ -126,8 +126,31 @@ impl World {
             Action::Hook(h) => {
                 let s = format!("{} hook {:?}", self.name(i), h);
                 self.log(s);
+                if h == Hook::FencePeer {
+                    self.run_fence_peer(i);
+                }
             }
         }
+    }
+
+    /// The fence-peer handler: it answers after 1 to 200 ms with an exit
+    /// code drawn from DRBD's (mostly fenced, sometimes failed, refused or
+    /// killed); the settle phase resumes a Primary it left frozen, as an
+    /// admin would.
+    fn run_fence_peer(&mut self, i: usize) {
+        let exit = match self.rng.gen_range(0..10) {
+            0 => Some(1),
+            1 => Some(6),
+            2 => None,
+            3 => Some(3),
+            4 | 5 => Some(5),
+            6 => Some(7),
+            _ => Some(4),
+        };
+        let t = self.now + self.lat(MS, 200 * MS);
+        let inc = self.nodes[i].inc;
+        self.report.fences += 1;
+        self.at(t, Ev::FenceDone { node: i, inc, exit });
     }
 
     /// Node `i` closes its end: the peer hears of it after a while.

@@ -4,7 +4,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::machine::{NodeConfig, SplitBrainPolicy};
+use crate::machine::{Fencing, NodeConfig, SplitBrainPolicy};
 use crate::simkit::rate_stream;
 use crate::wire::{features, Protocol};
 
@@ -63,6 +63,9 @@ pub struct Scenario {
     /// Resync bytes per second (0 = unlimited); a limit keeps the resync
     /// running long enough for a crash to hit it.
     pub resync_rate: u64,
+    /// `[net] fencing` on both nodes: a Primary that loses its peer runs
+    /// the fence-peer handler, whose exit code the run draws (`nodes.rs`).
+    pub fencing: Fencing,
     pub link: Link,
     /// After `duration_ms`, how long the pair may take to converge.
     pub settle_ms: u64,
@@ -161,6 +164,18 @@ impl Scenario {
         let crash = kind == Kind::PrimaryCrash;
         let freeze = crash && x.gen_bool(0.3);
         let crash_sync_source = crash && failover && x.gen_bool(0.4);
+        // Its own stream too: the seeds without fencing stay as they were.
+        // Not in the split-brain runs: they promote both nodes on purpose,
+        // and a Primary promoted alone under fencing holds its writes, so
+        // its generation is not one to keep (`UNACKED_GEN`): the handshake
+        // then refuses it as a sync target ("make it secondary first")
+        // instead of reporting the split brain these runs check.
+        let fencing = match ChaCha8Rng::seed_from_u64(seed ^ 0xfe9c_e5ee).gen_range(0..4) {
+            _ if kind == Kind::SplitBrain => Fencing::DontCare,
+            0 | 1 => Fencing::DontCare,
+            2 => Fencing::ResourceOnly,
+            _ => Fencing::ResourceAndStonith,
+        };
         let resync_rate = if crash_sync_source {
             x.gen_range(8u64..48) << 20
         } else {
@@ -177,6 +192,7 @@ impl Scenario {
             freeze,
             crash_sync_source,
             resync_rate,
+            fencing,
             // One seed in five on a slow link (2 to 16 MB/s against a
             // 60 ms timeout: the resync window alone queues 128 ms to 1 s),
             // with the ping connection the daemon has.
@@ -211,6 +227,7 @@ pub(super) fn cfg(name: &str, peer: &str, sc: &Scenario) -> NodeConfig {
         al_extents: sc.al_extents,
         split_brain: SplitBrainPolicy::default(),
         features: features::ALL,
+        fencing: sc.fencing,
     }
 }
 

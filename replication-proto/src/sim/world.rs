@@ -42,6 +42,9 @@ pub struct SimReport {
     /// Restarted crashed Primaries that resumed the role by themselves
     /// (`run_resuming`).
     pub resumed: u32,
+    /// Fence-peer handlers run (fencing runs: a Primary lost its peer, or
+    /// was promoted without it).
+    pub fences: u32,
 }
 
 #[derive(Debug)]
@@ -71,6 +74,12 @@ pub(super) enum Ev {
     Reconnect(usize),
     /// Power loss at an arbitrary moment, not on a step boundary.
     Crash(usize),
+    /// The fence-peer handler of node `node` (incarnation `inc`) ended.
+    FenceDone {
+        node: usize,
+        inc: u64,
+        exit: Option<i32>,
+    },
 }
 
 #[derive(Debug)]
@@ -205,6 +214,7 @@ pub fn slow_link_resync(bytes_per_ms: u64, ping_conn: bool) -> (SimReport, Resul
         freeze: false,
         crash_sync_source: false,
         resync_rate: 0,
+        fencing: crate::machine::Fencing::DontCare,
         rates: Rates::FIXED,
     };
     let (report, r) = run_scenario(1, sc, false, false);
@@ -413,6 +423,11 @@ impl World {
             }
             Ev::Reconnect(i) => self.reconnect(i),
             Ev::Restart(i) => self.restart(i),
+            Ev::FenceDone { node, inc, exit } => {
+                if self.nodes[node].inc == inc && self.nodes[node].node.is_some() {
+                    self.feed(node, Event::FenceDone { exit });
+                }
+            }
             Ev::Step => return self.step(end),
         }
         Ok(false)

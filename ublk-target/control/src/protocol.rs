@@ -10,7 +10,7 @@ pub use refusal::{ClientCount, InUseBy, Refusal};
 /// machine's `Admin::Verb`.
 pub use replication_proto::machine::Verb;
 
-use replication_proto::machine::{ErrorKind, SuspendMode, Traffic};
+use replication_proto::machine::{ErrorKind, FenceStatus, SuspendMode, Traffic};
 use replication_proto::wire::{DiskState, Role};
 use serde::{Deserialize, Serialize};
 
@@ -237,6 +237,11 @@ pub struct NodeStatus {
     /// role: what it waits for, or what became of it.
     #[serde(default)]
     pub resume: Option<String>,
+    /// Fencing the peer (`[net] fencing`, the fence-peer handler): the
+    /// policy, whether the handler runs, whether I/O waits for it, whether
+    /// the peer is known Outdated, and the handler's last exit code.
+    #[serde(default)]
+    pub fencing: FenceStatus,
 }
 
 impl NodeStatus {

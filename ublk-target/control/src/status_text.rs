@@ -124,6 +124,13 @@ fn warnings(s: &mut String, st: &NodeStatus) {
                  after its witness acknowledged this node's new data generation)"
             );
         }
+        Some(replication_proto::machine::SuspendMode::Hold) if st.fencing.frozen => {
+            let _ = writeln!(
+                s,
+                "  I/O FROZEN for fencing: new writes are held until the fence-peer handler \
+                 says the peer is fenced, the peer is back, or `repctl resume-io`"
+            );
+        }
         Some(replication_proto::machine::SuspendMode::Hold) => {
             let _ = writeln!(
                 s,
@@ -146,6 +153,27 @@ fn warnings(s: &mut String, st: &NodeStatus) {
     }
 }
 
+/// Fencing, when a policy is set: the handler running, the peer fenced,
+/// the last handler's exit code.
+fn fencing(s: &mut String, f: &replication_proto::machine::FenceStatus) {
+    if f.policy == replication_proto::machine::Fencing::DontCare && !f.peer_fenced {
+        return;
+    }
+    let state = if f.running {
+        "fence-peer handler running"
+    } else if f.peer_fenced {
+        "peer fenced (Outdated until a resync)"
+    } else {
+        "peer not fenced"
+    };
+    let last = match (f.last_exit, f.last_outcome) {
+        (Some(code), Some(o)) => format!("; last handler exit {code} ({o:?})"),
+        (None, Some(_)) => "; last handler did not exit by itself".to_owned(),
+        _ => String::new(),
+    };
+    let _ = writeln!(s, "  fencing {}: {state}{last}", f.policy);
+}
+
 /// The lines shown only when they apply: crash resume, the NBD export, the
 /// last error.
 fn extras(s: &mut String, st: &NodeStatus) {
@@ -154,6 +182,7 @@ fn extras(s: &mut String, st: &NodeStatus) {
         // that crashed: what it waits for, or what became of it.
         let _ = writeln!(s, "  after a crash: {r}");
     }
+    fencing(s, &st.fencing);
     if let Some(n) = &st.nbd {
         let _ = writeln!(
             s,

@@ -62,5 +62,6 @@ pub fn node_config(
             after_sb_2pri,
         },
         features: features::ALL,
+        fencing: cfg.net.fencing,
     })
 }

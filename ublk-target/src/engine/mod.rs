@@ -21,9 +21,12 @@
 //! - `convert`: the resource file to the state machine's settings;
 //! - `progress`: resync progress as /proc/drbd shows it;
 //! - `latency`: per-request latency histograms (the metrics endpoint's).
+//! - `handlers`: the `[handlers]` commands (fence-peer, unfence-peer), run
+//!   on threads of their own; their exit codes come back as inputs.
 
 mod admin;
 mod convert;
+mod handlers;
 pub mod latency;
 mod meta;
 mod peer;
@@ -78,6 +81,12 @@ pub(crate) enum Input {
     Control {
         cmd: ControlCmd,
         reply: Sender<ControlReply>,
+    },
+    /// A handler (`handlers`) ended: its exit code, `None` when it did not
+    /// exit by itself.
+    HandlerDone {
+        kind: handlers::Kind,
+        exit: Option<i32>,
     },
 }
 
@@ -305,6 +314,7 @@ struct Runner {
     fua_zeroes: HashMap<tokens::OwnToken, (bool, IoToken)>,
     own_tokens: tokens::OwnTokens,
     latency: latency::Tracker,
+    handlers: handlers::Runner,
     span: tracing::Span,
     /// Where each turn's state changes go (`status::publish_events`).
     events: Arc<crate::events::Hub>,
@@ -363,6 +373,7 @@ pub fn start(
         fua_zeroes: HashMap::new(),
         own_tokens: tokens::OwnTokens::default(),
         latency: timing,
+        handlers: handlers::Runner::new(cfg, &me, &peer_node, tx.clone()),
         span: span.clone(),
         events,
     };
@@ -674,6 +685,11 @@ impl Runner {
                 self.peer.adopt_ping(stream, for_conn);
             }
             Input::Control { cmd, reply } => self.control(cmd, reply),
+            Input::HandlerDone { kind, exit } => {
+                if kind == handlers::Kind::FencePeer {
+                    self.node.handle(now, Event::FenceDone { exit });
+                }
+            }
         }
         self.drain();
     }
@@ -805,7 +821,7 @@ impl Runner {
                     r(result);
                 }
             }
-            Action::Hook(h) => tracing::warn!(hook = ?h, "handler"),
+            Action::Hook(h) => self.handlers.hook(&h),
         }
     }
 }

@@ -91,6 +91,7 @@ impl Runner {
             freeze_on_disconnect: st.freeze_on_disconnect,
             degraded_at_start: st.degraded_at_start,
             resume: st.resume,
+            fencing: st.fencing,
         }
     }
 }

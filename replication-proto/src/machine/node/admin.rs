@@ -230,6 +230,8 @@ impl Node {
                 // Promoted alone: the same as losing the peer while Primary.
                 self.susp.mode = Some(SuspendMode::Hold);
             }
+            // The peer may be promoted elsewhere meanwhile: fence it.
+            self.fence_peer_if_needed(self.link.decided_peer().map(|p| p.disk), true);
             self.rotate_for_disconnected_writes();
         }
         self.persist_super(true);

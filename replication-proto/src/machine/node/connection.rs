@@ -83,6 +83,10 @@ impl Node {
             tracing::warn!("peer lost: I/O frozen until resumed");
             self.susp.mode = Some(SuspendMode::Hold);
         }
+        if was_decided {
+            let peer_disk = self.link.decided_peer().map(|p| p.disk);
+            self.fence_peer_if_needed(peer_disk, false);
+        }
         self.link.lose();
         if was_decided {
             self.set_connected_ind(false);

@@ -4,6 +4,7 @@
 //! dropped; the log keeps everything).
 
 use crate::machine::types::{ConnState, ErrorKind, ErrorNote};
+use crate::meta::MetaFlags;
 use crate::time::Millis;
 
 use super::{Node, ERROR_LINGER_MS};
@@ -89,6 +90,10 @@ impl Node {
             (ErrorKind::Connection, connected),
             (ErrorKind::SplitBrain, in_sync && !self.split_brain),
             (ErrorKind::Verify, in_sync),
+            (
+                ErrorKind::Fencing,
+                connected || self.flags.has(MetaFlags::PEER_OUTDATED),
+            ),
         ] {
             if ended {
                 self.error_ended(kind);

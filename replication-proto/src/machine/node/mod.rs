@@ -8,8 +8,8 @@
 //! The module is split along the node's seams: `state` (bookkeeping types
 //! and the named parts of the state), `output` (sends, metadata writes,
 //! errors), `suspend`, `admin` (commands and roles), `connection`,
-//! `handshake`, `resync`, `verify`, `app` (application I/O on the Primary
-//! and its replication), `secondary` (the peer's writes), `completions`
+//! `handshake`, `fence` (fencing the peer), `resync`, `verify`, `app`
+//! (application I/O on the Primary and its replication), `secondary` (the peer's writes), `completions`
 //! (local operations finishing) and `timers`.
 
 use std::collections::{HashMap, VecDeque};
@@ -44,6 +44,7 @@ mod app;
 mod completions;
 mod connection;
 mod errors;
+mod fence;
 mod handshake;
 mod output;
 mod resync;
@@ -138,6 +139,8 @@ pub struct Node {
     degraded_at_start: bool,
     /// Resuming the role of a run that crashed while Primary (`resume.rs`).
     resume: Resume,
+    /// Fencing the peer (`fence.rs`).
+    fence: fence::Fence,
 }
 
 /// How long an error stays in status after its condition is gone.
@@ -185,6 +188,7 @@ impl Node {
             susp: Suspension::default(),
             degraded_at_start,
             resume,
+            fence: fence::Fence::default(),
             cfg,
         };
         n.persist_super(false);
@@ -256,6 +260,10 @@ impl Node {
             .link
             .decided_peer()
             .map_or(DiskState::DUnknown, |p| p.disk);
+        if disk == DiskState::DUnknown && self.flags.has(MetaFlags::PEER_OUTDATED) {
+            // Fenced: known Outdated until a resync (DRBD's pdsk:Outdated).
+            return DiskState::Outdated;
+        }
         // Waiting for the bitmaps as the sync source: the peer is the target
         // and Inconsistent from the exchange on; show what it is about to be
         // (it still says UpToDate itself until then), not what it was.
@@ -322,6 +330,7 @@ impl Node {
             suspended: self.susp.mode,
             freeze_on_disconnect: self.susp.freeze_on_disconnect,
             degraded_at_start: self.degraded_at_start,
+            fencing: self.fence_status(),
             resume: self.resume.note().map(str::to_owned),
             sync_remaining_bytes: remaining,
             sync_total_bytes: total,
@@ -412,8 +421,10 @@ impl Node {
             Event::LocalDone { token, result } => self.local_done(token, result),
             Event::MetaDone { token, result } => self.meta_done(token, result),
             Event::Tick => self.tick(),
+            Event::FenceDone { exit } => self.fence_done(exit),
         }
         self.maybe_resume();
+        self.maybe_unfence();
     }
 
     pub fn admin(&mut self, now: Millis, cmd: Admin) -> Result<(), AdminError> {

@@ -67,6 +67,7 @@ impl Config {
                 ko_count: self.net.ko_count,
                 max_buffers: self.net.max_buffers,
                 csums: self.net.csums,
+                fencing: self.net.fencing.as_str().to_owned(),
             },
             sync: RawSync {
                 rate: RawRate::Text(format_rate(self.sync.rate)),
@@ -89,6 +90,7 @@ impl Config {
             metrics: RawMetrics {
                 listen: self.metrics.listen.map(|a| a.to_string()),
             },
+            handlers: self.handlers.to_raw(),
             node: self
                 .nodes
                 .iter()

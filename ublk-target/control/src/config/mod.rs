@@ -17,6 +17,7 @@
 //! ko-count = 7
 //! max-buffers = 2048
 //! csums = false
+//! fencing = "dont-care"         # dont-care | resource-only | resource-and-stonith
 //! [sync]
 //! rate = "100M"                  # bytes/s, K/M/G = powers of 1024, "0" = unlimited
 //! al-extents = 1237              # 7..=65534 extents of 4 MiB
@@ -33,6 +34,10 @@
 //! after-sb-2pri = "disconnect"
 //! [metrics]                      # optional: Prometheus text at GET /metrics
 //! listen = "127.0.0.1:9942"      # every node; a [[node]]'s `metrics` wins
+//! [handlers]
+//! fence-peer = "/usr/lib/rep/crm-fence-peer"   # needed by fencing other than dont-care
+//! unfence-peer = "/usr/lib/rep/crm-unfence-peer"
+//! timeout-ms = 60000
 //! [[node]]
 //! name = "alpha"
 //! address = "127.0.0.1:7788"
@@ -61,6 +66,7 @@
 //! - `rate`: [`parse_rate`] and [`format_rate`] (`sync.rate`).
 //! - `raw`: the file as serde reads and writes it, key for key.
 //! - `validate`: raw to [`Config`], one step per table.
+//! - `handlers`: `[handlers]` and the `[net] fencing` policy that needs one.
 //! - `dump`: [`Config`] back to TOML or JSON (`repctl dump`).
 //! - `error`: [`ConfigError`].
 
@@ -68,6 +74,7 @@ use std::path::{Path, PathBuf};
 
 mod dump;
 mod error;
+mod handlers;
 mod policies;
 mod rate;
 mod raw;
@@ -75,6 +82,7 @@ mod sections;
 mod validate;
 
 pub use error::ConfigError;
+pub use handlers::{Handlers, HANDLER_MAX_BYTES};
 pub use policies::{AfterSb0Pri, AfterSb1Pri, AfterSb2Pri, OnIoError, ResumeAfterCrash};
 pub use rate::{format_rate, parse_rate};
 pub use sections::{
@@ -104,6 +112,8 @@ pub struct Config {
     pub split_brain: SplitBrain,
     /// `[metrics]` and the nodes' `metrics` keys.
     pub metrics: Metrics,
+    /// `[handlers]` (fence-peer, unfence-peer).
+    pub handlers: Handlers,
     /// Exactly two nodes, in file order.
     pub nodes: [Node; 2],
     /// The `[cluster]` table as written. It belongs to the cluster agent,

@@ -24,6 +24,8 @@ pub(super) struct RawConfig {
     #[serde(default, skip_serializing_if = "RawMetrics::is_empty")]
     pub(super) metrics: RawMetrics,
     #[serde(default)]
+    pub(super) handlers: super::handlers::RawHandlers,
+    #[serde(default)]
     pub(super) node: Vec<RawNode>,
     /// The cluster agent's section (heartbeat, resources, witness). It has
     /// its own parser in `cluster-agent`; the node daemon only notes that it
@@ -53,6 +55,7 @@ pub(super) struct RawNet {
     pub(super) ko_count: u32,
     pub(super) max_buffers: u32,
     pub(super) csums: bool,
+    pub(super) fencing: String,
 }
 
 impl Default for RawNet {
@@ -64,6 +67,7 @@ impl Default for RawNet {
             ko_count: 7,
             max_buffers: 2048,
             csums: false,
+            fencing: "dont-care".to_owned(),
         }
     }
 }

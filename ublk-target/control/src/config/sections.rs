@@ -34,6 +34,9 @@ pub struct Net {
     pub max_buffers: u32,
     /// `csums`: checksum-based resync (only send blocks whose digest differs).
     pub csums: bool,
+    /// `fencing`: what a Primary does when it loses the peer (DRBD's
+    /// `fencing`; the fence-peer handler is in [`super::Handlers`]).
+    pub fencing: replication_proto::machine::Fencing,
 }
 
 /// `[sync]`

@@ -547,3 +547,47 @@ fn metrics_addresses() {
     let e = err(&format!("{MINIMAL}[metrics]\nport = 9942\n"));
     assert!(e.contains("unknown field `port`"), "{e}");
 }
+
+#[test]
+fn fencing_needs_a_fence_peer_handler_with_an_absolute_path() {
+    use replication_proto::machine::Fencing;
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.net.fencing, Fencing::DontCare);
+    assert_eq!(c.handlers, Handlers::default());
+    let with = |net: &str, handlers: &str| {
+        MINIMAL.replace("[net]\n", &format!("[net]\n{net}\n"))
+            + &format!("[handlers]\n{handlers}\n")
+    };
+    let e = err(&with("fencing = \"resource-and-stonith\"", ""));
+    assert!(
+        e.contains("net.fencing") && e.contains("needs a fence-peer handler"),
+        "{e}"
+    );
+    let e = err(&with("fencing = \"stonith\"", ""));
+    assert!(e.contains("resource-only"), "{e}");
+    let e = err(&with("", "fence-peer = \"crm-fence-peer\""));
+    assert!(
+        e.contains("handlers.fence-peer") && e.contains("absolute path"),
+        "{e}"
+    );
+    let e = err(&with("", "unfence-peer = \"/x\"\ntimeout-ms = 0"));
+    assert!(e.contains("handlers.timeout-ms"), "{e}");
+    let text = with(
+        "fencing = \"resource-only\"",
+        "fence-peer = \"/usr/lib/rep/crm-fence-peer --clone ms_r0\"\n\
+         unfence-peer = \"/usr/lib/rep/crm-unfence-peer\"\ntimeout-ms = 5000",
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.net.fencing, Fencing::ResourceOnly);
+    assert_eq!(
+        c.handlers.fence_peer.as_deref(),
+        Some("/usr/lib/rep/crm-fence-peer --clone ms_r0")
+    );
+    assert_eq!(c.handlers.timeout, Duration::from_millis(5000));
+    // `repctl dump` writes it back so that it loads to the same.
+    let dumped = c.to_toml().unwrap();
+    assert!(dumped.contains("[handlers]"), "{dumped}");
+    let again = parse(&dumped).unwrap();
+    assert_eq!(again.net, c.net);
+    assert_eq!(again.handlers, c.handlers);
+}

@@ -55,6 +55,7 @@ impl Config {
         let disk = v.disk(&raw.disk)?;
         let split_brain = v.split_brain(&raw.split_brain)?;
         let metrics = v.metrics(&raw.metrics, &raw.node)?;
+        let handlers = super::handlers::validate(path, raw.handlers, net.fencing)?;
         let nodes = v.nodes(raw.node)?;
         v.nodes_distinct(&nodes)?;
         v.discard_node_known(&split_brain, &nodes)?;
@@ -71,6 +72,7 @@ impl Config {
             disk,
             split_brain,
             metrics,
+            handlers,
             nodes,
             cluster: raw.cluster,
         })
@@ -130,6 +132,7 @@ impl Check<'_> {
             ko_count: n.ko_count,
             max_buffers: n.max_buffers,
             csums: n.csums,
+            fencing: super::handlers::fencing(self.path, &n.fencing)?,
         })
     }
 

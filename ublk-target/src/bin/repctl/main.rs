@@ -262,7 +262,7 @@ enum Command {
         The cluster agent does this when its node loses quorum."
     )]
     SuspendIo(SuspendArgs),
-    /// Let held writes in again after suspend-io
+    /// Let held writes in again (after suspend-io, freeze-on-disconnect or a failed fence-peer)
     ResumeIo(Select),
     /// Freeze a Primary's I/O when its peer is lost (DRBD's fencing resource-only)
     #[command(

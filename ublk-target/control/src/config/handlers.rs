@@ -1,0 +1,136 @@
+//! `[handlers]`: the commands repd runs on the state machine's behalf
+//! (DRBD's `handlers { fence-peer ...; unfence-peer ...; }`), and the
+//! `[net] fencing` policy that calls the fence-peer handler.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
+use replication_proto::machine::Fencing;
+
+/// Longest handler command line, in bytes.
+pub const HANDLER_MAX_BYTES: usize = 4096;
+
+/// `[handlers]`: shell command lines (run with `/bin/sh -c`, so they may
+/// carry arguments), each starting with an absolute path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handlers {
+    /// `fence-peer`: keep the peer from promotion (a Pacemaker constraint,
+    /// an `outdate` over another path, STONITH). Its exit code says what it
+    /// did: 3 peer Inconsistent, 4 peer outdated, 5 peer unreachable, 6 peer
+    /// Primary (refused), 7 peer shot; anything else is a failure.
+    pub fence_peer: Option<String>,
+    /// `unfence-peer` (DRBD 9's name): undo `fence-peer` once a resync made
+    /// the peer UpToDate again. Runs on the node that fenced.
+    pub unfence_peer: Option<String>,
+    /// `timeout-ms`: a handler still running after this is killed (counts
+    /// as failed).
+    pub timeout: Duration,
+}
+
+impl Default for Handlers {
+    fn default() -> Self {
+        Self {
+            fence_peer: None,
+            unfence_peer: None,
+            timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
+        }
+    }
+}
+
+const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub(super) struct RawHandlers {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) fence_peer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) unfence_peer: Option<String>,
+    pub(super) timeout_ms: u64,
+}
+
+impl Default for RawHandlers {
+    fn default() -> Self {
+        Self {
+            fence_peer: None,
+            unfence_peer: None,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+        }
+    }
+}
+
+impl Handlers {
+    pub(super) fn to_raw(&self) -> RawHandlers {
+        RawHandlers {
+            fence_peer: self.fence_peer.clone(),
+            unfence_peer: self.unfence_peer.clone(),
+            timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// `[handlers]`, checked against `[net] fencing`.
+pub(super) fn validate(
+    path: &Path,
+    raw: RawHandlers,
+    fencing: Fencing,
+) -> Result<Handlers, ConfigError> {
+    let bad = |key: &str, message: String| ConfigError::Invalid {
+        path: path.to_owned(),
+        key: key.to_owned(),
+        message,
+    };
+    for (key, cmd) in [
+        ("handlers.fence-peer", &raw.fence_peer),
+        ("handlers.unfence-peer", &raw.unfence_peer),
+    ] {
+        if let Some(cmd) = cmd {
+            check_command(cmd).map_err(|m| bad(key, m))?;
+        }
+    }
+    if raw.timeout_ms == 0 {
+        return Err(bad("handlers.timeout-ms", "must be at least 1".to_owned()));
+    }
+    if fencing != Fencing::DontCare && raw.fence_peer.is_none() {
+        return Err(bad(
+            "net.fencing",
+            format!(
+                "\"{fencing}\" needs a fence-peer handler: add [handlers] fence-peer = \
+                 \"/usr/lib/rep/crm-fence-peer\" (or your own), or set fencing = \"dont-care\""
+            ),
+        ));
+    }
+    Ok(Handlers {
+        fence_peer: raw.fence_peer,
+        unfence_peer: raw.unfence_peer,
+        timeout: Duration::from_millis(raw.timeout_ms),
+    })
+}
+
+fn check_command(cmd: &str) -> Result<(), String> {
+    if cmd.len() > HANDLER_MAX_BYTES {
+        return Err(format!(
+            "is {} bytes long; at most {HANDLER_MAX_BYTES} are allowed",
+            cmd.len()
+        ));
+    }
+    if !cmd.trim_start().starts_with('/') {
+        return Err(format!(
+            "\"{cmd}\" must start with an absolute path (repd runs it with /bin/sh -c, \
+             from / and with a minimal PATH)"
+        ));
+    }
+    Ok(())
+}
+
+/// `[net] fencing`.
+pub(super) fn fencing(path: &Path, text: &str) -> Result<Fencing, ConfigError> {
+    text.parse().map_err(|message| ConfigError::Invalid {
+        path: path.to_owned(),
+        key: "net.fencing".to_owned(),
+        message,
+    })
+}
