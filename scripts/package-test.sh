@@ -86,6 +86,9 @@ for u in rep@.service rep-agent@.service rep.target; do
 done
 check "postinst enabled rep.target" test -L "$root/etc/systemd/system/multi-user.target.wants/rep.target"
 check "OCF agent ocf:rep:rep, executable" test -x "$root/usr/lib/ocf/resource.d/rep/rep"
+for h in crm-fence-peer crm-unfence-peer; do
+  check "fencing handler /usr/lib/rep/$h, executable" test -x "$root/usr/lib/rep/$h"
+done
 check "ublk_drv in modules-load.d" grep -qx ublk_drv "$root/usr/lib/modules-load.d/rep.conf"
 check "no file in /etc/rep (the resource files are the admin's)" test ! -e "$root/etc/rep"
 

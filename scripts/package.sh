@@ -108,6 +108,10 @@ install -m 0644 ublk-target/systemd/rep@.service ublk-target/systemd/rep.target 
 # The OCF resource agent for Pacemaker (ocf:rep:rep), where Pacemaker looks
 # for providers' agents.
 install -D -m 0755 ocf/rep "$stage/usr/lib/ocf/resource.d/rep/rep"
+# repd's Pacemaker fencing handlers ([handlers] fence-peer, unfence-peer),
+# where the resource file's examples name them.
+install -D -m 0755 ocf/crm-fence-peer "$stage/usr/lib/rep/crm-fence-peer"
+install -D -m 0755 ocf/crm-unfence-peer "$stage/usr/lib/rep/crm-unfence-peer"
 printf '# /dev/ublk-control for repd (rep package)\nublk_drv\n' >"$stage/usr/lib/modules-load.d/rep.conf"
 chmod 0644 "$stage/usr/lib/modules-load.d/rep.conf"
 
