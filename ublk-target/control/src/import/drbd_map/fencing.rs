@@ -83,8 +83,8 @@ impl Mapper {
             self.warn(
                 s,
                 format!(
-                    "`{}`: drbd-utils' {prog} is replaced by rep's {rep}{dropped}; it places and \
-                     removes the same Pacemaker constraint (drbd-fence-by-handler-RES-CLONE) and \
+                    "`{}`: drbd-utils' {prog} is replaced by rep's {rep}{dropped}, which does \
+                     the same with Pacemaker's constraint drbd-fence-by-handler-RES-CLONE and \
                      takes --clone ID and --timeout SECS",
                     s.text()
                 ),
