@@ -404,7 +404,7 @@ fn drbd_8_4_fencing_and_crm_scripts_map_to_reps() {
     has_warning(
         &i,
         "fence-peer",
-        "crm-fence-peer.sh is replaced by rep's /usr/lib/rep/crm-fence-peer;",
+        "crm-fence-peer.sh is replaced by rep's /usr/lib/rep/crm-fence-peer,",
     );
     has_warning(&i, "after-resync-target", "on the node that fenced");
     has_warning(&i, "after-resync-target", "not on the resync target");
