@@ -2,7 +2,8 @@
 //! (golden inputs in tests/data/seeds, expected outputs and warnings in
 //! tests/data/seeds/expected, to be read by a reviewer), the values they
 //! lack supplied by the test and `repctl dump` accepting the result; and a
-//! drbd.conf written for the test brought up on two nodes from its import.
+//! drbd.conf written for the test brought up on two nodes from its import;
+//! DRBD's fencing and crm handlers imported as rep's.
 //!
 //! `REP_BLESS=1 cargo test -p ublk-target --test import_drbd` rewrites the
 //! expected files from the current output (then read the diff).
@@ -178,6 +179,69 @@ fn existing_files_are_not_overwritten_without_force() {
     let o = import(&seeds(), "002-lb.drbd.conf", out.path());
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("exists already; nothing was written"));
+}
+
+/// `repctl --config FILE --node NODE dump`'s output.
+fn dump(path: &Path, node: &str) -> String {
+    dump_accepts(path, node);
+    let o = Command::new(REPCTL)
+        .arg("--config")
+        .arg(path)
+        .args(["--node", node, "dump"])
+        .output()
+        .unwrap();
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// A DRBD 8.4 Pacemaker setup (as the DRBD user's guide has it): the crm
+/// scripts become rep's, and a policy without fence-peer is left to fill in
+/// while the file as written still loads.
+#[test]
+fn drbd_fencing_and_crm_handlers_become_reps() {
+    let d = tempfile::tempdir().unwrap();
+    let node = |h: &str, n: u8| {
+        format!("on {h} {{ device /dev/drbd0; disk /d/{h}; address 10.0.0.{n}:7788; meta-disk internal; }}")
+    };
+    let text = format!(
+        "resource r0 {{\n disk {{ fencing resource-and-stonith; }}\n handlers {{\n  \
+         fence-peer \"/usr/lib/drbd/crm-fence-peer.sh\";\n  \
+         after-resync-target \"/usr/lib/drbd/crm-unfence-peer.sh\";\n }}\n \
+         net {{ shared-secret \"x\"; }}\n {}\n {}\n}}\n\
+         resource r1 {{\n net {{ fencing resource-only; shared-secret \"x\"; }}\n {}\n {}\n}}\n",
+        node("alpha", 1),
+        node("beta", 2),
+        node("alpha", 1).replace("7788", "7789"),
+        node("beta", 2).replace("7788", "7789"),
+    );
+    std::fs::write(d.path().join("drbd.conf"), text).unwrap();
+    let out = d.path().join("out");
+    let o = import(d.path(), "drbd.conf", &out);
+    let stderr = String::from_utf8(o.stderr).unwrap();
+    assert!(o.status.success(), "{stderr}");
+    for part in [
+        "drbd.conf:4: fence-peer: `fence-peer /usr/lib/drbd/crm-fence-peer.sh`: drbd-utils' \
+         crm-fence-peer.sh is replaced by rep's /usr/lib/rep/crm-fence-peer",
+        "drbd.conf:5: after-resync-target: ",
+        "rep runs it on the node that fenced",
+        "drbd.conf:12: fencing: `fencing resource-only` needs a fence-peer handler",
+    ] {
+        assert!(stderr.contains(part), "no {part:?} in:\n{stderr}");
+    }
+    let r0 = dump(&out.join("r0.toml"), "alpha");
+    for line in [
+        "fencing = \"resource-and-stonith\"",
+        "[handlers]\nfence-peer = \"/usr/lib/rep/crm-fence-peer\"\n\
+         unfence-peer = \"/usr/lib/rep/crm-unfence-peer\"",
+    ] {
+        assert!(r0.contains(line), "no {line:?} in:\n{r0}");
+    }
+    let r1 = out.join("r1.toml");
+    let written = std::fs::read_to_string(&r1).unwrap();
+    assert!(
+        written.contains("# fencing = \"resource-only\"   # FILL IN:"),
+        "{written}"
+    );
+    assert!(dump(&r1, "alpha").contains("fencing = \"dont-care\""));
 }
 
 /// A drbd.conf in DRBD 8.4 style written for the test: two nodes on

@@ -100,6 +100,9 @@ struct Draft {
     startup: Table,
     disk: Table,
     split_brain: Table,
+    handlers: Table,
+    /// Where `fencing` was set, for the warning if it lacks a handler.
+    fencing_at: Option<Loc>,
     /// `device`, `disk`, `meta-disk`, `address` at the resource level:
     /// inherited by `on` sections that do not set them.
     node_defaults: Table,
@@ -120,6 +123,8 @@ impl Draft {
             startup: Table::default(),
             disk: Table::default(),
             split_brain: Table::default(),
+            handlers: Table::default(),
+            fencing_at: None,
             node_defaults: Table::default(),
             nodes: Vec::new(),
             cram_hmac_alg: None,
@@ -241,7 +246,7 @@ impl Mapper {
                 ("syncer", Some(b)) => self.section(d, b, Self::syncer_opt),
                 ("handlers", Some(b)) => {
                     for h in b {
-                        self.handler(h);
+                        self.handler(d, h);
                     }
                 }
                 ("on", Some(b)) => self.on_host(d, s, b),
@@ -319,12 +324,7 @@ impl Mapper {
             "on-io-error" => self.on_io_error(d, s),
             "resync-rate" => self.rate(d, s),
             "al-extents" => self.al_extents(d, s),
-            "fencing" => self.left(
-                s,
-                "disk",
-                "is done by the cluster agent in rep: [cluster] fence-command (see \
-                 `cluster-agent import-heartbeat`) and `repctl freeze-on-disconnect`",
-            ),
+            "fencing" => self.fencing(d, s),
             _ => self.left(s, "disk", "has no counterpart in rep"),
         }
     }
@@ -343,7 +343,7 @@ impl Mapper {
         let why = if v == "detach" {
             "repd has no diskless mode"
         } else {
-            "repd runs no handlers and does not halt the node"
+            "repd runs no local-io-error handler and does not halt the node"
         };
         self.warn(
             s,
@@ -448,6 +448,7 @@ impl Mapper {
                 }
             }
             "after-sb-0pri" | "after-sb-1pri" | "after-sb-2pri" => self.after_sb(d, s),
+            "fencing" => self.fencing(d, s),
             "verify-alg" | "csums-alg" => self.digest(d, s),
             "ping-timeout" => self.left(
                 s,
@@ -507,20 +508,6 @@ impl Mapper {
                 ),
             ),
         }
-    }
-
-    fn handler(&mut self, s: &Stmt) {
-        let hint = match s.key() {
-            "fence-peer" => "the cluster agent runs a fence command: [cluster] fence-command",
-            "split-brain" => {
-                "the cluster agent runs [cluster] split-brain-command on a split brain"
-            }
-            "pri-lost-after-sb" | "pri-lost" => {
-                "[cluster] on-stop-failure / reboot-command of the cluster agent"
-            }
-            _ => "rep runs no DRBD handlers",
-        };
-        self.left(s, "handlers", &format!("has no counterpart ({hint})"));
     }
 
     /// `on HOST { ... }`: one node.
@@ -584,4 +571,5 @@ fn to_int(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+mod fencing;
 mod node;

@@ -10,7 +10,8 @@
 //! `# FILL IN` and a warning says what to put there.
 //!
 //! - `drbd_parse`: drbd.conf's tokens and statement tree, `include`, limits.
-//! - `drbd_map`: the statements mapped onto the resource file's tables.
+//! - `drbd_map`: the statements mapped onto the resource file's tables
+//!   (`drbd_map/node.rs` the nodes, `drbd_map/fencing.rs` fencing and handlers).
 //! - [`toml_out`]: tables written with comments and `# FILL IN` lines.
 
 use std::fmt;

@@ -233,7 +233,7 @@ fn drbd_8_4_placement_protocol_in_net_rate_in_disk() {
 #[test]
 fn options_without_counterpart_are_named_in_warnings() {
     let i = import(&format!(
-        "global {{ usage-count yes; minor-count 4; }}\ncommon {{ handlers {{ fence-peer \"/x\"; split-brain \"/y\"; }} }}\n{}",
+        "global {{ usage-count yes; minor-count 4; }}\ncommon {{ handlers {{ fence-peer \"/x\"; split-brain \"/y\"; before-resync-target \"/z\"; }} }}\n{}",
         conf(
             "incon-degr-cmd \"halt\";\nsyncer { group 1; after r9; cpu-mask 3; }\n\
              net { allow-two-primaries; ping-timeout 5; sndbuf-size 0; }\n\
@@ -245,8 +245,11 @@ fn options_without_counterpart_are_named_in_warnings() {
     for (opt, part) in [
         ("usage-count", "global"),
         ("minor-count", "global"),
-        ("fence-peer", "fence-command"),
         ("split-brain", "split-brain-command"),
+        (
+            "before-resync-target",
+            "only the fence-peer and unfence-peer",
+        ),
         ("incon-degr-cmd", "primary --force"),
         ("group", "resyncs on its own"),
         ("after", "resyncs on its own"),
@@ -254,7 +257,6 @@ fn options_without_counterpart_are_named_in_warnings() {
         ("allow-two-primaries", "two Primaries"),
         ("ping-timeout", "timeout-ms"),
         ("sndbuf-size", "net"),
-        ("fencing", "fence-command"),
         ("no-disk-flushes", "disk"),
         ("become-primary-on", "preferred"),
         ("cpu-mask", "section `options` of the resource"),
@@ -381,4 +383,149 @@ fn drbd_8_4_volume_0_is_the_resource_volume() {
     assert_eq!(c.nodes[1].disk, Path::new("/d/b"));
     has_warning(&i, "device", "one volume");
     has_warning(&i, "disk", "one volume");
+}
+
+#[test]
+fn drbd_8_4_fencing_and_crm_scripts_map_to_reps() {
+    use replication_proto::machine::Fencing;
+    let i = import(&conf(
+        "disk { fencing resource-and-stonith; }\n\
+         handlers { fence-peer \"/usr/lib/drbd/crm-fence-peer.sh\";\n\
+         after-resync-target \"/usr/lib/drbd/crm-unfence-peer.sh\"; }",
+    ));
+    let c = loaded(&i);
+    assert_eq!(c.net.fencing, Fencing::ResourceAndStonith);
+    let h = &c.handlers;
+    assert_eq!(h.fence_peer.as_deref(), Some("/usr/lib/rep/crm-fence-peer"));
+    assert_eq!(
+        h.unfence_peer.as_deref(),
+        Some("/usr/lib/rep/crm-unfence-peer")
+    );
+    has_warning(
+        &i,
+        "fence-peer",
+        "crm-fence-peer.sh is replaced by rep's /usr/lib/rep/crm-fence-peer,",
+    );
+    has_warning(&i, "after-resync-target", "on the node that fenced");
+    has_warning(&i, "after-resync-target", "not on the resync target");
+    assert!(!warned(&i).iter().any(|w| w.starts_with("fencing")));
+    let text = &i.resources[0].text;
+    assert!(text.contains("\n[handlers]\nfence-peer = \"/usr/lib/rep/crm-fence-peer\""));
+}
+
+#[test]
+fn drbd_9_fencing_in_net_and_unfence_peer() {
+    use replication_proto::machine::Fencing;
+    let i = import(&conf(
+        "net { fencing resource-only; }\n\
+         handlers { fence-peer \"/usr/lib/drbd/crm-fence-peer.9.sh --timeout 30\";\n\
+         unfence-peer \"/usr/lib/drbd/crm-unfence-peer.9.sh\"; }",
+    ));
+    let c = loaded(&i);
+    assert_eq!(c.net.fencing, Fencing::ResourceOnly);
+    assert_eq!(
+        c.handlers.fence_peer.as_deref(),
+        Some("/usr/lib/rep/crm-fence-peer")
+    );
+    assert_eq!(
+        c.handlers.unfence_peer.as_deref(),
+        Some("/usr/lib/rep/crm-unfence-peer")
+    );
+    has_warning(
+        &i,
+        "fence-peer",
+        "arguments `--timeout 30` are not carried over",
+    );
+    has_warning(&i, "unfence-peer", "crm-unfence-peer.9.sh is replaced");
+    let dc = import(&conf("disk { fencing dont-care; }"));
+    assert_eq!(loaded(&dc).net.fencing, Fencing::DontCare);
+    let bad = import(&conf("disk { fencing stonith; }"));
+    assert_eq!(loaded(&bad).net.fencing, Fencing::DontCare);
+    has_warning(&bad, "fencing", "rep does not have this policy");
+}
+
+#[test]
+fn other_absolute_handlers_are_kept_as_written() {
+    let i = import(&conf(
+        "disk { fencing resource-only; }\n\
+         handlers { fence-peer \"/usr/local/sbin/fence-it --hard\";\n\
+         unfence-peer \"/usr/lib/drbd/outdate-peer.sh\"; }",
+    ));
+    let c = loaded(&i);
+    assert_eq!(
+        c.handlers.fence_peer.as_deref(),
+        Some("/usr/local/sbin/fence-it --hard")
+    );
+    assert_eq!(
+        c.handlers.unfence_peer.as_deref(),
+        Some("/usr/lib/drbd/outdate-peer.sh")
+    );
+    assert!(!warned(&i).iter().any(|w| w.starts_with("fence-peer")));
+    has_warning(&i, "unfence-peer", "drbdadm");
+}
+
+#[test]
+fn a_relative_handler_is_a_fill_in_line() {
+    let i = import(&conf(
+        "disk { fencing resource-only; }\nhandlers { fence-peer \"fence-it -q\"; }",
+    ));
+    let r = &i.resources[0];
+    assert_eq!(r.fill_ins, 1, "{}", r.text);
+    assert!(
+        r.text
+            .contains("# fence-peer = \"/PATH/TO/fence-it -q\"   # FILL IN:"),
+        "{}",
+        r.text
+    );
+    assert!(r.text.contains("fencing = \"resource-only\""), "{}", r.text);
+    has_warning(&i, "fence-peer", "not an absolute path");
+    // Completing the line makes it valid.
+    let done = r.text.replace(
+        "# fence-peer = \"/PATH/TO/fence-it -q\"",
+        "fence-peer = \"/sbin/fence-it -q\" #",
+    );
+    let c = Config::from_str_named(&done, "r0.toml").unwrap_or_else(|e| panic!("{e}\n{done}"));
+    assert_eq!(c.handlers.fence_peer.as_deref(), Some("/sbin/fence-it -q"));
+}
+
+#[test]
+fn a_fencing_policy_without_fence_peer_is_a_fill_in_line() {
+    use replication_proto::machine::Fencing;
+    let i = import(&conf(
+        "disk { fencing resource-and-stonith; }\nhandlers { unfence-peer \"/u\"; }",
+    ));
+    let r = &i.resources[0];
+    assert_eq!(r.fill_ins, 1, "{}", r.text);
+    assert!(
+        r.text
+            .contains("# fencing = \"resource-and-stonith\"   # FILL IN:"),
+        "{}",
+        r.text
+    );
+    has_warning(&i, "fencing", "needs a fence-peer handler");
+    // As written (the policy commented out) the file is valid: dont-care.
+    let c = Config::from_str_named(&r.text, "r0.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.net.fencing, Fencing::DontCare);
+}
+
+#[test]
+fn handlers_without_counterpart_are_warned() {
+    let i = import(&conf(
+        "handlers { after-resync-target \"/usr/local/bin/notify\";\n\
+         pri-on-incon-degr \"/x\"; local-io-error \"/y\"; pri-lost-after-sb \"/z\"; }",
+    ));
+    let c = loaded(&i);
+    assert_eq!(c.handlers.unfence_peer, None);
+    has_warning(
+        &i,
+        "after-resync-target",
+        "only the fence-peer and unfence-peer",
+    );
+    has_warning(
+        &i,
+        "pri-on-incon-degr",
+        "only the fence-peer and unfence-peer",
+    );
+    has_warning(&i, "local-io-error", "pass-on");
+    has_warning(&i, "pri-lost-after-sb", "reboot-command");
 }

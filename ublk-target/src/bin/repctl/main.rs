@@ -286,13 +286,20 @@ enum Command {
         al-extents; net timeout (DRBD counts tenths of a second: timeout 60 is timeout-ms = 6000), \
         ping-int (seconds), ko-count, max-buffers, shared-secret (with cram-hmac-alg: rep uses \
         HMAC-SHA256), csums-alg and verify-alg (rep's digest is crc32c), after-sb-0pri/1pri/2pri; \
+        fencing (8.4 in disk, DRBD 9 in net) as [net] fencing; handlers fence-peer and \
+        unfence-peer as [handlers] (drbd-utils' crm-fence-peer.sh / crm-unfence-peer.sh and their \
+        .9.sh become rep's /usr/lib/rep/crm-fence-peer / crm-unfence-peer with a warning; another \
+        command is kept as written, it gets DRBD's environment, and must start with an absolute \
+        path), 8.4's after-resync-target crm-unfence-peer.sh as unfence-peer (which rep runs on \
+        the node that fenced, not on the resync target); \
         in each `on HOST`: device /dev/drbdN (or minor N) as device = N (/dev/ublkbN), disk, \
         address (ipv4/ipv6 IP:PORT), meta-disk internal or a path. Keys set at the resource \
         level go to both nodes; `common` applies to every resource.\n\n\
         Every other option (global usage-count and minor-count, syncer group and after, \
-        incon-degr-cmd, handlers, ...) is left behind with a warning on stderr that names it \
+        incon-degr-cmd, the other handlers, ...) is left behind with a warning on stderr that names it \
         with its FILE:LINE. A value drbd.conf lacks is never made up: an empty `address;`, a \
-        missing shared-secret (rep requires one), a meta-disk index are written as commented-out \
+        missing shared-secret (rep requires one), a meta-disk index, a handler without an absolute \
+        path, a fencing policy without fence-peer handler are written as commented-out \
         keys marked FILL IN, with a warning; complete them, then check the file with \
         `repctl --config DIR/NAME.toml dump`. A file with nothing to fill in has passed that \
         validation already.\n\n\

@@ -154,6 +154,7 @@ impl Mapper {
             ));
         }
         self.secret(&mut d);
+        self.fencing_needs_handler(&mut d);
         let nodes: Vec<Table> = std::mem::take(&mut d.nodes)
             .into_iter()
             .map(|(loc, t)| self.complete_node(&d, &loc, t))
@@ -166,6 +167,7 @@ impl Mapper {
             (&d.startup, "startup"),
             (&d.disk, "disk"),
             (&d.split_brain, "split-brain"),
+            (&d.handlers, "handlers"),
         ] {
             if !table.is_empty() {
                 body.push('\n');
@@ -176,7 +178,9 @@ impl Mapper {
             body.push('\n');
             n.write(&mut body, "node", true);
         }
-        let fill_ins = d.net.fill_ins() + nodes.iter().map(Table::fill_ins).sum::<usize>();
+        let fill_ins = d.net.fill_ins()
+            + d.handlers.fill_ins()
+            + nodes.iter().map(Table::fill_ins).sum::<usize>();
         let text = header(&d, fill_ins) + &body;
         if fill_ins == 0 {
             Config::from_str_named(&text, format!("{}.toml", d.name)).map_err(|e| {
