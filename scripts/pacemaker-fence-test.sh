@@ -116,33 +116,7 @@ prepare() {
 }
 
 configure_cib() {
-  pcmk_in 0 crm_attribute -t crm_config -n stonith-enabled -v false
-  pcmk_in 0 crm_attribute -t crm_config -n load-threshold -v 1000%
-  pcmk_in 0 crm_attribute -t rsc_defaults -n resource-stickiness -v 100
-  pcmk_in 0 cibadmin --create -o resources --xml-text "
-<clone id='rep-clone'>
-  <meta_attributes id='rep-clone-meta'>
-    <nvpair id='rep-clone-promotable' name='promotable' value='true'/>
-    <nvpair id='rep-clone-promoted-max' name='promoted-max' value='1'/>
-    <nvpair id='rep-clone-clone-max' name='clone-max' value='2'/>
-    <nvpair id='rep-clone-notify' name='notify' value='true'/>
-  </meta_attributes>
-  <primitive id='rep' class='ocf' provider='rep' type='rep'>
-    <instance_attributes id='rep-ia'>
-      <nvpair id='rep-resource' name='resource' value='r0'/>
-      <nvpair id='rep-config-dir' name='config_dir' value='$SHARED/etc-rep'/>
-      <nvpair id='rep-repctl' name='repctl' value='$REPCTL'/>
-    </instance_attributes>
-    <operations>
-      <op id='rep-monitor-promoted' name='monitor' interval='3s' role='Promoted' timeout='20s'/>
-      <op id='rep-monitor-unpromoted' name='monitor' interval='4s' role='Unpromoted' timeout='20s'/>
-      <op id='rep-start' name='start' interval='0s' timeout='60s'/>
-      <op id='rep-stop' name='stop' interval='0s' timeout='60s'/>
-      <op id='rep-promote' name='promote' interval='0s' timeout='60s'/>
-      <op id='rep-demote' name='demote' interval='0s' timeout='60s'/>
-    </operations>
-  </primitive>
-</clone>"
+  pcmk_cib_rep_clone "$SHARED/etc-rep" "$REPCTL"
 }
 
 echo "== 1. cluster up: promotable clone with fencing = resource-and-stonith"

@@ -657,21 +657,26 @@ mod tests {
         assert!(t0.elapsed() < Duration::from_secs(5));
     }
 
-    #[test]
-    fn service_script_start_stop() {
+    /// A service resource whose LSB script (`svc` in a fresh temporary
+    /// folder, kept alive by the returned guard) is `body`.
+    fn service_script(body: &str) -> (tempfile::TempDir, ResourceEntry) {
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("svc");
-        std::fs::write(
-            &script,
-            "#!/bin/sh\ncase \"$1\" in start) touch \"$(dirname \"$0\")/on.$REP_NODE\";; stop) rm -f \"$(dirname \"$0\")/on.$REP_NODE\";; status) [ -e \"$(dirname \"$0\")/on.$REP_NODE\" ] || exit 3;; *) exit 3;; esac\n",
-        )
-        .unwrap();
+        std::fs::write(&script, body).unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         let r = ResourceEntry::Service {
-            script: script.clone(),
+            script,
             timeout: Duration::from_secs(5),
         };
+        (dir, r)
+    }
+
+    #[test]
+    fn service_script_start_stop() {
+        let (dir, r) = service_script(
+            "#!/bin/sh\ncase \"$1\" in start) touch \"$(dirname \"$0\")/on.$REP_NODE\";; stop) rm -f \"$(dirname \"$0\")/on.$REP_NODE\";; status) [ -e \"$(dirname \"$0\")/on.$REP_NODE\" ] || exit 3;; *) exit 3;; esac\n",
+        );
         let t = Duration::from_secs(5);
         assert_eq!(monitor(&r, &ctx(), t), MonitorOutcome::Stopped);
         start(&r, &ctx()).unwrap();
@@ -781,19 +786,9 @@ mod tests {
 
     #[test]
     fn monitors_read_lsb_status_codes_timeouts_and_addresses() {
-        let dir = tempfile::tempdir().unwrap();
-        let script = dir.path().join("svc");
-        std::fs::write(
-            &script,
+        let (dir, r) = service_script(
             "#!/bin/sh\n[ \"$1\" = status ] || exit 2\ncode=$(cat \"$(dirname \"$0\")/code\")\n[ \"$code\" = hang ] && exec sleep 30\necho \"status says $code\"; exit $code\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
-        let r = ResourceEntry::Service {
-            script: script.clone(),
-            timeout: Duration::from_secs(5),
-        };
+        );
         let code = |c: &str| {
             std::fs::write(dir.path().join("code"), c).unwrap();
             monitor(&r, &ctx(), Duration::from_millis(300))

@@ -238,21 +238,42 @@ pub fn run_in_vm_with(cmd: &str, cfg: &VmConfig) -> Result<VmResult, VmError> {
     if cfg.verbose {
         command.arg("--verbose");
     }
+    command.arg("--").arg(cmd);
+    let echo = Echo {
+        stdout: cfg.echo,
+        stderr: cfg.echo,
+    };
+    run_harness(&mut command, &run_script(), work_dir, cfg.timeout, echo)
+}
+
+/// Which of a harness's streams are echoed while it runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Echo {
+    pub(crate) stdout: bool,
+    pub(crate) stderr: bool,
+}
+
+/// Runs a VM harness script (`command`, its arguments set) to its end or
+/// the watchdog (`timeout` + [`WATCHDOG_GRACE`]), collecting its output:
+/// what both guests (virtme-ng's and the systemd image) share.
+pub(crate) fn run_harness(
+    command: &mut Command,
+    script: &Path,
+    work_dir: PathBuf,
+    timeout: Duration,
+    echo: Echo,
+) -> Result<VmResult, VmError> {
     command
-        .arg("--")
-        .arg(cmd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-
     let started = Instant::now();
     let mut child = command
         .spawn()
-        .map_err(|e| VmError::Io(format!("starting {}", run_script().display()), e))?;
-    let out_reader = child.stdout.take().map(|s| collect(s, cfg.echo));
-    let err_reader = child.stderr.take().map(|s| collect(s, cfg.echo));
-
-    let deadline = cfg.timeout + WATCHDOG_GRACE;
+        .map_err(|e| VmError::Io(format!("starting {}", script.display()), e))?;
+    let out_reader = child.stdout.take().map(|s| collect(s, echo.stdout));
+    let err_reader = child.stderr.take().map(|s| collect(s, echo.stderr));
+    let deadline = timeout + WATCHDOG_GRACE;
     let status = wait_with_deadline(&mut child, &work_dir, deadline)?;
     let output = join(out_reader);
     let stderr = join(err_reader);

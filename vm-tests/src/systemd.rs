@@ -6,11 +6,11 @@
 //! (`/share` in the guest) first.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use crate::{collect, exit_code, fresh_work_dir, join, repo_root, wait_with_deadline};
-use crate::{VmError, VmResult, WATCHDOG_GRACE};
+use crate::{fresh_work_dir, repo_root, run_harness, Echo};
+use crate::{VmError, VmResult};
 
 /// `scripts/vm-systemd-run.sh`.
 pub fn systemd_run_script() -> PathBuf {
@@ -66,31 +66,10 @@ pub fn run_in_systemd_vm(cmd: &str, cfg: &SystemdVmConfig) -> Result<VmResult, V
     for p in &cfg.copy {
         command.arg("--copy").arg(p);
     }
-    command
-        .arg("--")
-        .arg(cmd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let started = Instant::now();
-    let mut child = command
-        .spawn()
-        .map_err(|e| VmError::Io(format!("starting {}", script.display()), e))?;
-    let out_reader = child.stdout.take().map(|s| collect(s, false));
-    let err_reader = child.stderr.take().map(|s| collect(s, cfg.echo));
-    let deadline = cfg.timeout + WATCHDOG_GRACE;
-    let status = wait_with_deadline(&mut child, &work_dir, deadline)?;
-    let output = join(out_reader);
-    let stderr = join(err_reader);
-    let status = match status {
-        Some(s) => exit_code(s),
-        None => return Err(VmError::Watchdog(deadline)),
+    command.arg("--").arg(cmd);
+    let echo = Echo {
+        stdout: false,
+        stderr: cfg.echo,
     };
-    Ok(VmResult {
-        status,
-        output,
-        stderr,
-        work_dir,
-        elapsed: started.elapsed(),
-    })
+    run_harness(&mut command, &script, work_dir, cfg.timeout, echo)
 }
