@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use rep_control::protocol::{AdjustReply, ADJUST_MAX_LINES};
+use replication_proto::machine::NodeConfig;
 
 use super::{InputTx, Runner};
 use crate::config::{format_rate, Config};
@@ -15,6 +16,24 @@ pub(super) struct Running {
     /// The configuration the node runs: as started, then as adjusted.
     pub(super) cfg: Config,
     pub(super) tx: InputTx,
+}
+
+/// The activity log the node runs with: the file's `sync.al-extents`, but
+/// no more than `create-md` made room for in the metadata (a transaction
+/// naming more extents than a slot holds cannot be written, and every
+/// write behind it would fail with EIO). DRBD likewise keeps al-extents
+/// within what its metadata holds.
+pub(super) fn fit_al_extents(ncfg: &mut NodeConfig, capacity: u32, file: &Path) {
+    if ncfg.al_extents > capacity {
+        tracing::warn!(
+            "{}: sync.al-extents = {} but the metadata holds {capacity} (it was created with \
+             that): using {capacity}; to use more, `repctl down`, then `repctl create-md \
+             --force` (forgets the bitmap: a full resync follows) and `repctl up`",
+            file.display(),
+            ncfg.al_extents
+        );
+        ncfg.al_extents = capacity;
+    }
 }
 
 /// When a changed setting takes effect.
@@ -114,6 +133,13 @@ pub(super) fn plan(old: &Config, new: &Config) -> Plan {
     // The activity log is sized from al-extents when the node starts.
     let al = |c: &Config| num(c.sync.al_extents);
     p.note("sync.al-extents", al(o), al(n), Never);
+    if o.sync.al_extents != n.sync.al_extents {
+        p.refused.push(
+            "sync.al-extents: the activity log is sized when repd starts, and never beyond \
+             what create-md made room for in the metadata (repd warns and uses that)"
+                .into(),
+        );
+    }
     let dbg = |v: &dyn std::fmt::Debug| format!("{v:?}");
     p.note(
         "sync.verify",
@@ -219,7 +245,12 @@ impl Runner {
             .local(Some(&me))
             .map(|(m, peer)| super::node_config(&new, m, peer, data))
         {
-            Ok(Ok(c)) => c,
+            Ok(Ok(mut c)) => {
+                // Unchanged in the file (see `plan`); the node may run with
+                // less than the file says (`fit_al_extents`).
+                c.al_extents = self.node.config().al_extents;
+                c
+            }
             Ok(Err(e)) => return refuse(e, Vec::new()),
             Err(e) => return refuse(e.to_string(), Vec::new()),
         };
@@ -241,5 +272,88 @@ impl Runner {
             error: None,
             changes: p.applied,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use rep_control::protocol::{ControlCmd, Verb};
+
+    use crate::config::Config;
+    use crate::engine::{start, EngineOptions};
+    use crate::frontend::{BlockBackend, IoRequest};
+    use crate::md::{CreateParams, MetaDevice};
+
+    fn config(dir: &std::path::Path, al_extents: u32) -> Config {
+        let disk = dir.join("alpha.img");
+        let text = format!(
+            "[resource]\nname = \"al\"\n[net]\nsecret = \"s\"\n[sync]\nal-extents = {al_extents}\n\
+             [[node]]\nname = \"alpha\"\naddress = \"127.0.0.1:1\"\ndisk = \"{}\"\nmeta-disk = \"internal\"\ndevice = 0\n\
+             [[node]]\nname = \"beta\"\naddress = \"127.0.0.1:2\"\ndisk = \"/nonexistent\"\nmeta-disk = \"internal\"\ndevice = 1\n",
+            disk.display()
+        );
+        Config::from_str_named(&text, "al.toml").unwrap()
+    }
+
+    /// al-extents raised in the file after create-md: the node keeps to
+    /// the activity log its metadata has room for, so writes to more
+    /// extents than that still succeed (they failed with EIO before).
+    #[test]
+    fn al_extents_above_the_metadata_capacity_do_not_fail_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = std::fs::File::create(dir.path().join("alpha.img")).unwrap();
+        f.set_len(64 << 20).unwrap();
+        let small = config(dir.path(), 7);
+        let (me, _) = small.local(Some("alpha")).unwrap();
+        MetaDevice::create(&CreateParams::from_config(&small, me), false).unwrap();
+        let opts = EngineOptions {
+            direct: false,
+            connect: false,
+        };
+        let eng = start(&config(dir.path(), 64), Some("alpha"), &opts).unwrap();
+        let h = eng.handle.clone();
+        let r = h.control(ControlCmd::Verb(Verb::Primary { force: true }));
+        assert!(r.unwrap().ok);
+        // One 4 KiB write in each of 12 activity-log extents (4 MiB each).
+        for extent in 0..12u64 {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let req = IoRequest::Write {
+                offset: extent << 22,
+                data: bytes::Bytes::from(vec![7u8; 4096]),
+                fua: false,
+            };
+            h.submit(req, Box::new(move |r| tx.send(r).unwrap()));
+            let r = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+            assert!(r.is_ok(), "write to extent {extent}: {r:?}");
+        }
+        let _ = h.control(ControlCmd::Down { force: false });
+        eng.thread.join().unwrap();
+    }
+
+    /// Each kind of change lands in its class; al-extents is refused with
+    /// the reason.
+    #[test]
+    fn plan_sorts_changes_by_when_they_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = config(dir.path(), 7);
+        let mut new = old.clone();
+        new.sync.rate = 8 << 20;
+        new.resource.protocol = replication_proto::wire::Protocol::B;
+        let p = super::plan(&old, &new);
+        assert!(p.refused.is_empty());
+        assert_eq!(
+            p.applied,
+            [
+                "resource.protocol C -> B (at the next connection)",
+                "sync.rate 100M -> 8M (now)"
+            ]
+        );
+        new.sync.al_extents = 100;
+        let p = super::plan(&old, &new);
+        assert_eq!(p.refused.len(), 2, "{:?}", p.refused);
+        assert!(p.refused[1].contains("what create-md made room for"));
     }
 }

@@ -349,7 +349,8 @@ pub fn start(
 
     let (md, state) = read_metadata(cfg, &me)?;
     let data_bytes = state.data_bytes;
-    let ncfg = node_config(cfg, &me, &peer_node, data_bytes).map_err(StartError::Settings)?;
+    let mut ncfg = node_config(cfg, &me, &peer_node, data_bytes).map_err(StartError::Settings)?;
+    adjust::fit_al_extents(&mut ncfg, md.superblock().layout.al_extents, &cfg.path);
     let disk = open_disk(&me, data_bytes, opts)?;
     let (tx, rx) = mpsc::channel::<Input>();
     let tx = InputTx {
