@@ -118,19 +118,44 @@ fn adjust_changes_a_running_resync_rate_refuses_what_it_cannot_and_defers_the_pr
     }
     c.wait_synced(60);
 
-    // The protocol waits for the next connection.
+    // The protocol and the secret wait for the next connection.
     edit(&c, "protocol = \"C\"", "protocol = \"B\"");
+    edit(&c, "secret = \"test-secret\"", "secret = \"new-secret\"");
     for o in adjust_both(&c) {
         assert!(
             o.contains("resource.protocol C -> B (at the next connection)"),
             "{o}"
         );
+        assert!(
+            o.contains("net.secret (old) -> (new) (at the next connection)"),
+            "{o}"
+        );
     }
     assert_eq!(c.status(0)["protocol"], "C");
+    let pings = [ping_ups(&c, 0), ping_ups(&c, 1)];
     c.ok(0, &["disconnect"]);
     c.ok(0, &["connect"]);
     c.wait_synced(30);
     for i in 0..2 {
         assert_eq!(c.status(i)["protocol"], "B");
     }
+    // The ping connection comes back under the new settings too.
+    let t0 = Instant::now();
+    while (0..2).any(|i| ping_ups(&c, i) <= pings[i]) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no ping connection with the new secret:\n{}",
+            c.log_tail(0)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How often node i's log says its ping connection came up.
+fn ping_ups(c: &Cluster, i: usize) -> usize {
+    let p = c.run_dir.join(format!("r0.{}.log", common::NODES[i]));
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .matches("ping connection up")
+        .count()
 }

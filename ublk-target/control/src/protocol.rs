@@ -402,6 +402,7 @@ mod tests {
         r#"{"cmd":"resume-after-crash"}"#,
         r#"{"cmd":"events","now":false}"#,
         r#"{"cmd":"events","now":true}"#,
+        r#"{"cmd":"adjust","path":"/etc/rep/r0.toml"}"#,
     ];
 
     #[test]
