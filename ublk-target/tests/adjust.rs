@@ -101,7 +101,7 @@ fn adjust_changes_a_running_resync_rate_refuses_what_it_cannot_and_defers_the_pr
     );
     assert_eq!(o.status.code(), Some(1), "{stdout}{stderr}");
     assert!(
-        stdout.contains("node[1].disk") && stdout.contains("cannot change while running"),
+        stdout.contains("r0: node.beta.disk ") && stdout.contains("cannot change while running"),
         "{stdout}"
     );
     assert!(

@@ -183,8 +183,13 @@ pub(super) fn plan(old: &Config, new: &Config) -> Plan {
             .push("cluster: changed (the cluster agent reads it when it starts)".into());
     }
     for (i, (a, b)) in o.nodes.iter().zip(&n.nodes).enumerate() {
-        let at = |what: &str| format!("node[{i}].{what}");
-        p.note(&at("name"), a.name.clone(), b.name.clone(), Never);
+        p.note(
+            &format!("node[{i}].name"),
+            a.name.clone(),
+            b.name.clone(),
+            Never,
+        );
+        let at = |what: &str| format!("node.{}.{what}", a.name);
         p.note(
             &at("address"),
             a.address.to_string(),
@@ -233,8 +238,8 @@ impl Runner {
         if !p.refused.is_empty() {
             return refuse(
                 format!(
-                    "nothing applied: a running node cannot change that; to change it, \
-                     `repctl down {name}`, edit the file, then `repctl up {name}`"
+                    "nothing applied: a running node cannot change that; `repctl down {name}`, \
+                     then `repctl up {name}` starts it with the file as it is now"
                 ),
                 p.refused,
             );
