@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rep_control::client::{socket_path, ControlError};
-use rep_control::protocol::{ControlCmd, ControlReply, Refusal};
+use rep_control::protocol::{AdjustReply, ControlCmd, ControlReply, Refusal};
 use rep_control::socket::{bind_private, serve_json_lines, BindError};
 
 use crate::engine::EngineHandle;
@@ -104,6 +104,14 @@ fn serve(conn: UnixStream, engine: &EngineHandle) {
             // The connection becomes the watcher's stream until it ends.
             crate::events::serve_watcher(&stream, engine.events(), now);
             return None;
+        }
+        if let Ok(ControlCmd::Adjust { path }) = cmd {
+            let reply = engine.adjust(path).unwrap_or_else(|| AdjustReply {
+                ok: false,
+                error: stopping().error,
+                changes: Vec::new(),
+            });
+            return Some(serde_json::to_string(&reply).unwrap_or_default());
         }
         let reply = match cmd {
             Ok(cmd) => engine.control(cmd).unwrap_or_else(stopping),

@@ -28,5 +28,5 @@ pub mod types;
 pub use decide::{AfterSb0, AfterSb1, AfterSb2, Decision, SplitBrainPolicy};
 pub use fencing::{FenceOutcome, FenceStatus, Fencing};
 pub use ids::{AppId, IoToken, MetaToken, NODE_TOKEN_LIMIT};
-pub use node::{Node, ERROR_LINGER_MS, MAX_IO};
+pub use node::{Applies, Node, ERROR_LINGER_MS, MAX_IO};
 pub use types::*;

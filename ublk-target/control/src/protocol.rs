@@ -3,8 +3,10 @@
 //! `repctl status --json` prints it). One JSON object per line each way.
 //! Why a command was refused, as a value: [`Refusal`].
 
+mod adjust;
 mod refusal;
 
+pub use adjust::{AdjustReply, ADJUST_MAX_LINES};
 pub use refusal::{ClientCount, InUseBy, Refusal};
 /// The operator verbs of [`ControlCmd::Verb`], shared with the state
 /// machine's `Admin::Verb`.
@@ -51,6 +53,11 @@ pub enum ControlCmd {
     Events {
         now: bool,
     },
+    /// Re-read the resource file at `path` (the one `repctl adjust`
+    /// validated) and apply what changed; answered with an [`AdjustReply`].
+    Adjust {
+        path: std::path::PathBuf,
+    },
 }
 
 impl From<Verb> for ControlCmd {
@@ -79,11 +86,21 @@ enum DaemonJson {
         #[serde(default)]
         now: bool,
     },
+    Adjust {
+        path: std::path::PathBuf,
+    },
 }
 
 impl DaemonJson {
     /// The `cmd` names of the daemon's commands; any other is a [`Verb`]'s.
-    const NAMES: [&'static str; 5] = ["status", "down", "suspend-io", "resume-io", "events"];
+    const NAMES: [&'static str; 6] = [
+        "status",
+        "down",
+        "suspend-io",
+        "resume-io",
+        "events",
+        "adjust",
+    ];
 }
 
 impl Serialize for ControlCmd {
@@ -97,6 +114,7 @@ impl Serialize for ControlCmd {
                 if_current: if_current.clone(),
             },
             Self::Events { now } => DaemonJson::Events { now: *now },
+            Self::Adjust { path } => DaemonJson::Adjust { path: path.clone() },
         };
         own.serialize(s)
     }
@@ -132,6 +150,7 @@ impl<'de> Deserialize<'de> for ControlCmd {
                 DaemonJson::SuspendIo { fail } => Self::SuspendIo { fail },
                 DaemonJson::ResumeIo { if_current } => Self::ResumeIo { if_current },
                 DaemonJson::Events { now } => Self::Events { now },
+                DaemonJson::Adjust { path } => Self::Adjust { path },
             },
         )
     }
@@ -383,6 +402,7 @@ mod tests {
         r#"{"cmd":"resume-after-crash"}"#,
         r#"{"cmd":"events","now":false}"#,
         r#"{"cmd":"events","now":true}"#,
+        r#"{"cmd":"adjust","path":"/etc/rep/r0.toml"}"#,
     ];
 
     #[test]

@@ -90,6 +90,12 @@ impl Runner {
                     refusal: Refusal::BadRequest,
                 })
             }
+            ControlCmd::Adjust { .. } => {
+                return Err(Refused {
+                    why: "adjust has an answer of its own: the control socket serves it".into(),
+                    refusal: Refusal::BadRequest,
+                })
+            }
             ControlCmd::Verb(Verb::Secondary) => self.secondary()?,
             ControlCmd::Verb(verb) => Admin::Verb(verb.clone()),
         };

@@ -24,6 +24,7 @@
 //! - `handlers`: the `[handlers]` commands (fence-peer, unfence-peer), run
 //!   on threads of their own; their exit codes come back as inputs.
 
+mod adjust;
 mod admin;
 mod convert;
 mod handlers;
@@ -87,6 +88,11 @@ pub(crate) enum Input {
     HandlerDone {
         kind: handlers::Kind,
         exit: Option<i32>,
+    },
+    /// `repctl adjust` (see `adjust`).
+    Adjust {
+        path: std::path::PathBuf,
+        reply: Sender<rep_control::protocol::AdjustReply>,
     },
 }
 
@@ -168,6 +174,13 @@ impl EngineHandle {
     pub fn control(&self, cmd: ControlCmd) -> Option<ControlReply> {
         let (tx, rx) = mpsc::channel();
         self.tx.send(Input::Control { cmd, reply: tx }).ok()?;
+        rx.recv().ok()
+    }
+
+    /// `repctl adjust`: apply the resource file at `path` (see `adjust`).
+    pub fn adjust(&self, path: std::path::PathBuf) -> Option<rep_control::protocol::AdjustReply> {
+        let (tx, rx) = mpsc::channel();
+        self.tx.send(Input::Adjust { path, reply: tx }).ok()?;
         rx.recv().ok()
     }
 
@@ -318,6 +331,8 @@ struct Runner {
     span: tracing::Span,
     /// Where each turn's state changes go (`status::publish_events`).
     events: Arc<crate::events::Hub>,
+    /// The running configuration `repctl adjust` compares with.
+    running: adjust::Running,
 }
 
 /// Start the engine for the local node of `cfg`.
@@ -334,7 +349,8 @@ pub fn start(
 
     let (md, state) = read_metadata(cfg, &me)?;
     let data_bytes = state.data_bytes;
-    let ncfg = node_config(cfg, &me, &peer_node, data_bytes).map_err(StartError::Settings)?;
+    let mut ncfg = node_config(cfg, &me, &peer_node, data_bytes).map_err(StartError::Settings)?;
+    adjust::fit_al_extents(&mut ncfg, md.superblock().layout.al_extents, &cfg.path);
     let disk = open_disk(&me, data_bytes, opts)?;
     let (tx, rx) = mpsc::channel::<Input>();
     let tx = InputTx {
@@ -376,6 +392,10 @@ pub fn start(
         handlers: handlers::Runner::new(cfg, &me, &peer_node, tx.clone()),
         span: span.clone(),
         events,
+        running: adjust::Running {
+            cfg: cfg.clone(),
+            tx: tx.clone(),
+        },
     };
     runner.first_commands(cfg, opts, state.crashed_primary);
     runner.publish_events();
@@ -522,6 +542,7 @@ impl Runner {
                     .min(Duration::from_millis(200))
             };
             // Everything this turn sent to the peer, in one write.
+            self.peer.follow_secret(&self.node.config().secret);
             self.peer.on_session(self.node.session());
             self.send_to_peer();
             if let Err(why) = self.peer.arm(&mut self.disk, receive) {
@@ -685,6 +706,9 @@ impl Runner {
                 self.peer.adopt_ping(stream, for_conn);
             }
             Input::Control { cmd, reply } => self.control(cmd, reply),
+            Input::Adjust { path, reply } => {
+                let _ = reply.send(self.adjust(&path));
+            }
             Input::HandlerDone { kind, exit } => {
                 if kind == handlers::Kind::FencePeer {
                     self.node.handle(now, Event::FenceDone { exit });

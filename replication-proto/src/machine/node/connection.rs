@@ -19,6 +19,7 @@ impl Node {
             return;
         }
         self.conn = ConnState::Handshake;
+        self.take_next_connection_settings();
         self.link.begin(self.now);
         self.rng.fill_bytes(&mut self.link.my_nonce);
         let hello = Hello {

@@ -47,6 +47,8 @@ mod errors;
 mod fence;
 mod handshake;
 mod output;
+mod reconfigure;
+pub use reconfigure::Applies;
 mod resync;
 mod secondary;
 mod state;
@@ -141,6 +143,8 @@ pub struct Node {
     resume: Resume,
     /// Fencing the peer (`fence.rs`).
     fence: fence::Fence,
+    /// Protocol and secret for the next connection (`reconfigure.rs`).
+    next_connection: Option<(crate::wire::Protocol, Vec<u8>)>,
 }
 
 /// How long an error stays in status after its condition is gone.
@@ -189,6 +193,7 @@ impl Node {
             degraded_at_start,
             resume,
             fence: fence::Fence::default(),
+            next_connection: None,
             cfg,
         };
         n.persist_super(false);

@@ -19,6 +19,7 @@ use ublk_target::md::MdError;
 
 use targets::{Select, Target};
 
+mod adjust;
 mod events;
 mod import;
 mod md;
@@ -219,6 +220,26 @@ enum Command {
         one per line."
     )]
     Status(StatusArgs),
+    /// Apply the changed resource file to the running node (drbdadm adjust)
+    #[command(
+        long_about = "Apply what changed in the resource file to the running repd, like \
+        `drbdadm adjust`: repctl validates the file, then repd re-reads the same file, compares \
+        it with the configuration it runs, and applies the difference. Each changed setting is \
+        printed with when it takes effect:\n\n\
+        now: sync.rate, net.timeout-ms, net.ping-int-ms, net.ko-count, net.max-buffers, \
+        net.csums, the [split-brain] policies, [handlers];\n\
+        at the next connection: resource.protocol and net.secret (the current connection keeps \
+        what both nodes agreed on; `repctl disconnect` and `connect` to apply them now);\n\
+        at the next start: [startup];\n\
+        never while running: the resource name, the [[node]] entries (names, addresses, disks, \
+        meta-disk, device, nbd), sync.al-extents (the activity log is sized at start), \
+        sync.verify, net.fencing, disk.on-io-error, [metrics]: such a change is refused with \
+        the reason, and `repctl down`, then `up` applies it.\n\n\
+        All or nothing: when any change is refused, none is applied and repctl exits 1. With \
+        nothing changed it prints `no changes` and exits 0. Edit the file on both nodes and \
+        adjust both (the protocol and the secret must agree at the next handshake)."
+    )]
+    Adjust(Select),
     /// Print a line for each change of state, as it happens (drbdsetup events2)
     #[command(
         long_about = "Print one line for each change of this node's state as it happens, \
@@ -565,6 +586,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             daemon::simple(t, ControlCmd::ResumeIo { if_current: None })
         }),
         Command::ImportDrbdConf(a) => import::import_drbd(a),
+        Command::Adjust(sel) => each(cli, sel, OnlyOne, adjust::adjust),
         Command::FreezeOnDisconnect(a) => each(cli, &a.sel, OnlyOne, |t| {
             daemon::simple(
                 t,

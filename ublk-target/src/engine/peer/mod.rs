@@ -510,6 +510,14 @@ impl Transport {
         }
     }
 
+    /// The secret ping connections are authenticated with: the state
+    /// machine's, which `repctl adjust` changes at the next connection.
+    pub(crate) fn follow_secret(&mut self, secret: &[u8]) {
+        if self.names.secret != secret {
+            secret.clone_into(&mut self.names.secret);
+        }
+    }
+
     /// What the state machine says about the current connection's
     /// handshake, each turn: once it is authenticated (and both sides
     /// offer the feature) the ping connection is dialed, or its MACs sent
