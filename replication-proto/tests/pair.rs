@@ -13,8 +13,8 @@ use std::collections::{HashMap, VecDeque};
 use bytes::Bytes;
 use replication_proto::gen::Generations;
 use replication_proto::machine::{
-    errno, Action, Admin, AppId, ConnState, Event, FenceOutcome, Fencing, Hook, Node, NodeConfig,
-    Payload, Persisted, SplitBrainPolicy, Verb,
+    errno, Action, Admin, AdminError, AppId, ConnState, Event, FenceOutcome, Fencing, Hook, Node,
+    NodeConfig, Payload, Persisted, SplitBrainPolicy, Verb,
 };
 use replication_proto::meta::MetaFlags;
 use replication_proto::time::Millis;
@@ -1630,4 +1630,49 @@ fn held_for_fencing_writes_go_on_once_the_peer_is_back() {
     assert_eq!(st.fencing.last_outcome, Some(FenceOutcome::PeerUnreachable));
     q.tick(1_000);
     q.assert_in_sync();
+}
+
+/// `pause-sync` on either node holds a running resync (the target asks for
+/// nothing, the source answers nothing) and `resume-sync` releases it.
+#[test]
+fn pause_sync_on_either_node_holds_the_resync_until_resume() {
+    for who in 0..2 {
+        let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+        p.up_and_synced();
+        p.admin(1, Admin::Verb(Verb::Disconnect)).unwrap();
+        for b in 0..64 {
+            p.write(0, 100 + b, b * 65536, 0x5a, 4096).unwrap();
+        }
+        assert_eq!(
+            p.admin(who, Admin::Verb(Verb::ResumeSync)),
+            Err(AdminError::SyncNotPaused.to_string())
+        );
+        p.admin(who, Admin::Verb(Verb::PauseSync)).unwrap();
+        assert_eq!(
+            p.admin(who, Admin::Verb(Verb::PauseSync)),
+            Err(AdminError::SyncAlreadyPaused.to_string())
+        );
+        assert!(p.s[who].node.status().sync_paused_by_user);
+        p.admin(
+            1,
+            Admin::Verb(Verb::Connect {
+                discard_my_data: false,
+            }),
+        )
+        .unwrap();
+        p.tick(200);
+        let oos = p.s[1].node.status().out_of_sync_bytes;
+        assert_eq!(p.s[1].node.conn(), ConnState::SyncTarget, "pause on {who}");
+        assert!(oos > 0, "pause on {who}: nothing left to sync");
+        p.tick(1000);
+        assert_eq!(p.s[1].node.conn(), ConnState::SyncTarget, "still connected");
+        assert_eq!(p.s[1].node.status().out_of_sync_bytes, oos, "held");
+        p.admin(who, Admin::Verb(Verb::ResumeSync)).unwrap();
+        p.tick(200);
+        assert!(!p.s[who].node.status().sync_paused_by_user);
+        assert_eq!(p.s[1].node.conn(), ConnState::Connected);
+        assert_eq!(p.s[1].node.disk(), DiskState::UpToDate);
+        assert_eq!(p.s[1].node.status().out_of_sync_bytes, 0);
+        assert_eq!(p.read_local(0, 0, 1 << 22), p.read_local(1, 0, 1 << 22));
+    }
 }

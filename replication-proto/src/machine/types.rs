@@ -247,6 +247,12 @@ pub enum Verb {
     /// the data moved to another generation; wait while the peer is away.
     /// Refused when the last run did not end as Primary.
     ResumeAfterCrash,
+    /// Hold the resync (drbdadm pause-sync, DRBD's user flag): a target
+    /// asks for no more blocks, a source answers no more requests, until
+    /// `ResumeSync`. Holds the next resync too when none runs.
+    PauseSync,
+    /// Release what `PauseSync` held (drbdadm resume-sync).
+    ResumeSync,
 }
 
 /// Admin commands: the operator's [`Verb`]s, and what only the daemon
@@ -327,6 +333,12 @@ pub enum AdminError {
     /// `verify` while not Connected and idle.
     #[error("refused: verify needs an idle connection (Connected, no resync)")]
     VerifyNeedsIdle,
+    /// `pause-sync` while already paused.
+    #[error("refused: the resync is already paused; `repctl resume-sync` releases it")]
+    SyncAlreadyPaused,
+    /// `resume-sync` while not paused.
+    #[error("refused: the resync is not paused (by `repctl pause-sync` on this node)")]
+    SyncNotPaused,
     /// `ResumeIoAt` for a generation that is no longer current.
     #[error(
         "refused: the data generation is {now:016X} now, not {expected:016X}: \
@@ -502,6 +514,9 @@ pub struct Status {
     /// The resumption of the role after a crash, once armed: what it waits
     /// for, or what became of it.
     pub resume: Option<String>,
+    /// `pause-sync` holds the resync (DRBD's `resync-suspended:user`).
+    #[serde(default)]
+    pub sync_paused_by_user: bool,
     /// Resync / verify progress: bytes still to go and total planned.
     pub sync_remaining_bytes: u64,
     pub sync_total_bytes: u64,

@@ -242,6 +242,10 @@ pub struct NodeStatus {
     /// the peer is known Outdated, and the handler's last exit code.
     #[serde(default)]
     pub fencing: FenceStatus,
+    /// `repctl pause-sync` on this node holds the resync (DRBD's
+    /// `resync-suspended:user`).
+    #[serde(default)]
+    pub sync_paused: bool,
 }
 
 impl NodeStatus {
@@ -383,6 +387,8 @@ mod tests {
         r#"{"cmd":"resume-after-crash"}"#,
         r#"{"cmd":"events","now":false}"#,
         r#"{"cmd":"events","now":true}"#,
+        r#"{"cmd":"pause-sync"}"#,
+        r#"{"cmd":"resume-sync"}"#,
     ];
 
     #[test]

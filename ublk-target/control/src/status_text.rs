@@ -106,6 +106,12 @@ fn replication(s: &mut String, st: &NodeStatus) {
             p.bytes_per_s / 1024
         );
     }
+    if st.sync_paused {
+        let _ = writeln!(
+            s,
+            "    resync-suspended:user (`repctl pause-sync`; `repctl resume-sync` releases it)"
+        );
+    }
 }
 
 /// Suspended I/O and a split brain: what holds the device, and what ends it.

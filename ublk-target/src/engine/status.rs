@@ -92,6 +92,7 @@ impl Runner {
             degraded_at_start: st.degraded_at_start,
             resume: st.resume,
             fencing: st.fencing,
+            sync_paused: st.sync_paused_by_user,
         }
     }
 }

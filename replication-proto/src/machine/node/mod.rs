@@ -8,7 +8,7 @@
 //! The module is split along the node's seams: `state` (bookkeeping types
 //! and the named parts of the state), `output` (sends, metadata writes,
 //! errors), `suspend`, `admin` (commands and roles), `connection`,
-//! `handshake`, `fence` (fencing the peer), `resync`, `verify`, `app`
+//! `handshake`, `fence` (fencing the peer), `resync`, `pause` (pause-sync), `verify`, `app`
 //! (application I/O on the Primary and its replication), `secondary` (the peer's writes), `completions`
 //! (local operations finishing) and `timers`.
 
@@ -47,6 +47,7 @@ mod errors;
 mod fence;
 mod handshake;
 mod output;
+mod pause;
 mod resync;
 mod secondary;
 mod state;
@@ -139,6 +140,8 @@ pub struct Node {
     degraded_at_start: bool,
     /// Resuming the role of a run that crashed while Primary (`resume.rs`).
     resume: Resume,
+    /// `pause-sync`: the user holds the resync (`pause.rs`).
+    pause: pause::SyncPause,
     /// Fencing the peer (`fence.rs`).
     fence: fence::Fence,
 }
@@ -188,6 +191,7 @@ impl Node {
             susp: Suspension::default(),
             degraded_at_start,
             resume,
+            pause: pause::SyncPause::default(),
             fence: fence::Fence::default(),
             cfg,
         };
@@ -332,6 +336,7 @@ impl Node {
             degraded_at_start: self.degraded_at_start,
             fencing: self.fence_status(),
             resume: self.resume.note().map(str::to_owned),
+            sync_paused_by_user: self.pause.user,
             sync_remaining_bytes: remaining,
             sync_total_bytes: total,
             local_pending: self.ops.io.len() as u64,

@@ -149,6 +149,9 @@ impl Node {
     /// Target side: ask for more blocks while the window and the rate allow.
     pub(super) fn pump_sync(&mut self) {
         self.refill();
+        if self.pause.user {
+            return;
+        }
         let now = self.now;
         let data_bytes = self.cfg.data_bytes;
         let csums = self.cfg.csums
@@ -242,6 +245,9 @@ impl Node {
         }
         if !self.valid_range(offset, u64::from(len)) || len > MAX_IO {
             self.protocol_error("resync request out of range");
+            return;
+        }
+        if self.hold_resync_request(id, offset, len, digest) {
             return;
         }
         let epoch = self.link.epoch;

@@ -253,6 +253,24 @@ enum Command {
         agent runs it when the peer's agent asks (outdate-peer over a heartbeat path)."
     )]
     Outdate(Select),
+    /// Hold a running resync (drbdadm pause-sync)
+    #[command(
+        long_about = "Hold the resync, like `drbdadm pause-sync` (DRBD's user flag, shown \
+        as `resync-suspended:user`): run on either node, it stops the resync: a sync target \
+        asks for no more blocks, a sync source answers no more requests, so the out-of-sync \
+        bytes stop shrinking. The connection stays up and replication of new writes goes on. \
+        Without a resync running it holds the next one. Only the node that paused shows it \
+        in `repctl status`; `repctl resume-sync` on that node releases it. Refused when \
+        already paused. The flag lives in repd: restarting repd clears it."
+    )]
+    PauseSync(Select),
+    /// Release a resync held by pause-sync (drbdadm resume-sync)
+    #[command(
+        long_about = "Release the resync `repctl pause-sync` held on this node, like \
+        `drbdadm resume-sync`: it goes on where it stopped. Refused when this node did not \
+        pause it."
+    )]
+    ResumeSync(Select),
     /// Hold (or fail) new writes: what the cluster agent does on quorum loss
     #[command(
         long_about = "Stop accepting new writes and flushes, like DRBD 9's on-no-quorum: \
@@ -550,6 +568,12 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Events(a) => events::run(cli, a),
         Command::Outdate(sel) => each(cli, sel, OnlyOne, |t| {
             daemon::simple(t, ControlCmd::Verb(Verb::Outdate))
+        }),
+        Command::PauseSync(sel) => each(cli, sel, OnlyOne, |t| {
+            daemon::simple(t, ControlCmd::Verb(Verb::PauseSync))
+        }),
+        Command::ResumeSync(sel) => each(cli, sel, OnlyOne, |t| {
+            daemon::simple(t, ControlCmd::Verb(Verb::ResumeSync))
         }),
         Command::SuspendIo(a) => each(cli, &a.sel, OnlyOne, |t| {
             daemon::simple(t, ControlCmd::SuspendIo { fail: a.fail })

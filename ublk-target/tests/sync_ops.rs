@@ -1,0 +1,74 @@
+//! The operator's hold on a resync, with two real `repd` processes and
+//! `repctl`, as a user runs it: `pause-sync` / `resume-sync` (DRBD's
+//! `drbdadm pause-sync` / `resume-sync`).
+
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{cluster, Cluster, Mode, Opts};
+
+fn oos(c: &Cluster, i: usize) -> u64 {
+    c.status(i)["out_of_sync_bytes"].as_u64().unwrap()
+}
+
+/// Pause on node `who`: the target's out-of-sync bytes stop shrinking
+/// (sampled twice, seconds apart); status says so; resume: they shrink.
+fn hold_and_release(c: &Cluster, who: usize) {
+    c.ok(who, &["pause-sync"]);
+    let st = c.status(who);
+    assert_eq!(st["sync_paused"], true, "{st:#}");
+    let text = c.ok(who, &["status"]);
+    assert!(text.contains("resync-suspended:user"), "{text}");
+    let again = c.repctl(who, &["pause-sync"]);
+    assert!(!again.status.success(), "a second pause-sync is refused");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already paused"),
+        "{again:?}"
+    );
+    // What was in flight lands; then nothing moves.
+    std::thread::sleep(Duration::from_millis(1000));
+    let first = oos(c, 1);
+    std::thread::sleep(Duration::from_millis(2500));
+    let second = oos(c, 1);
+    assert!(first > 0, "the resync ended before it was paused");
+    assert_eq!(first, second, "paused on node {who}, the resync went on");
+    assert_eq!(c.status(1)["connection"], "SyncTarget");
+    c.ok(who, &["resume-sync"]);
+    assert_eq!(c.status(who)["sync_paused"], false);
+    c.wait(1, "the resync going on after resume-sync", 20, |s| {
+        s["out_of_sync_bytes"].as_u64().unwrap() < second
+    });
+}
+
+#[test]
+fn pause_sync_and_resume_sync_hold_and_release_a_running_resync() {
+    let (c, _ns) = cluster(
+        Mode::Loopback,
+        Opts {
+            rate: "4M",
+            ..Opts::default()
+        },
+    );
+    c.up(0);
+    c.up(1);
+    c.wait(1, "connected", 20, |s| s["connection"] == "Connected");
+    let not_paused = c.repctl(1, &["resume-sync"]);
+    assert!(!not_paused.status.success());
+    assert!(
+        String::from_utf8_lossy(&not_paused.stderr).contains("not paused"),
+        "{not_paused:?}"
+    );
+    // A full sync of 64 MiB at 4 MiB/s: about 16 s.
+    c.ok(0, &["primary", "--force"]);
+    c.wait(1, "resync under way", 20, |s| {
+        s["connection"] == "SyncTarget"
+    });
+    hold_and_release(&c, 1);
+    hold_and_release(&c, 0);
+    c.wait_synced(60);
+    assert_eq!(oos(&c, 1), 0);
+    c.assert_identical();
+}
