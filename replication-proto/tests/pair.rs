@@ -1676,3 +1676,73 @@ fn pause_sync_on_either_node_holds_the_resync_until_resume() {
         assert_eq!(p.read_local(0, 0, 1 << 22), p.read_local(1, 0, 1 << 22));
     }
 }
+
+/// `new-current-uuid --clear-bitmap` on two fresh, connected Secondaries:
+/// both UpToDate on one new generation, no data moved; refused otherwise.
+#[test]
+fn new_current_uuid_clear_bitmap_skips_the_initial_sync() {
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    let skip = Admin::Verb(Verb::NewCurrentUuid { clear_bitmap: true });
+    assert_eq!(
+        p.admin(0, skip.clone()),
+        Err(AdminError::SkipSyncNeedsConnected.to_string())
+    );
+    for i in 0..2 {
+        p.admin(
+            i,
+            Admin::Verb(Verb::Connect {
+                discard_my_data: false,
+            }),
+        )
+        .unwrap();
+    }
+    for i in 0..2 {
+        assert_eq!(p.s[i].node.conn(), ConnState::Connected);
+        assert_eq!(p.s[i].node.disk(), DiskState::Inconsistent);
+    }
+    assert_eq!(
+        p.admin(
+            0,
+            Admin::Verb(Verb::NewCurrentUuid {
+                clear_bitmap: false
+            })
+        ),
+        Err(AdminError::NewUuidNeedsClearBitmap.to_string())
+    );
+    p.admin(1, skip.clone()).unwrap();
+    p.tick(200);
+    for i in 0..2 {
+        let st = p.s[i].node.status();
+        assert_eq!(st.connection, ConnState::Connected, "{st:?}");
+        assert_eq!(st.disk, DiskState::UpToDate, "{st:?}");
+        assert_eq!(st.peer_disk, DiskState::UpToDate, "{st:?}");
+        assert_eq!(st.out_of_sync_bytes, 0);
+        assert!(p.s[i].node.flags().has(MetaFlags::CONSISTENT));
+    }
+    assert_eq!(p.s[0].node.gens(), p.s[1].node.gens());
+    assert!(!p.data_moved(), "no data may move");
+    // Not fresh any more: refused, with what to use instead.
+    let again = p.admin(0, skip.clone()).unwrap_err();
+    assert!(again.contains("invalidate-remote"), "{again}");
+    // The pair replicates from here on.
+    p.admin(0, Admin::Verb(Verb::Primary { force: false }))
+        .unwrap();
+    assert_eq!(
+        p.admin(1, skip),
+        Err(AdminError::SkipSyncNeedsSecondaries.to_string())
+    );
+    p.write(0, 1, 4096, 0x77, 4096).unwrap();
+    assert_eq!(p.read_local(1, 4096, 4096), Bytes::from(vec![0x77; 4096]));
+    // A reconnect finds the same generation: no full resync.
+    p.tick(200);
+    p.admin(1, Admin::Verb(Verb::Disconnect)).unwrap();
+    p.admin(
+        1,
+        Admin::Verb(Verb::Connect {
+            discard_my_data: false,
+        }),
+    )
+    .unwrap();
+    assert_eq!(p.s[1].node.conn(), ConnState::Connected);
+    assert_eq!(p.s[1].node.status().stats.traffic.resync_received_bytes, 0);
+}

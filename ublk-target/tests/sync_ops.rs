@@ -1,6 +1,7 @@
 //! The operator's hold on a resync, with two real `repd` processes and
 //! `repctl`, as a user runs it: `pause-sync` / `resume-sync` (DRBD's
-//! `drbdadm pause-sync` / `resume-sync`).
+//! `drbdadm pause-sync` / `resume-sync`), and the skip of the initial
+//! sync (`new-current-uuid --clear-bitmap`).
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -71,4 +72,62 @@ fn pause_sync_and_resume_sync_hold_and_release_a_running_resync() {
     c.wait_synced(60);
     assert_eq!(oos(&c, 1), 0);
     c.assert_identical();
+}
+
+/// `new-current-uuid --clear-bitmap` on two fresh zeroed disks: both
+/// UpToDate at once, no data moved; then the pair replicates, and a
+/// switchover reads back what the first Primary wrote.
+#[test]
+fn new_current_uuid_clear_bitmap_skips_the_initial_sync_of_zeroed_disks() {
+    common::require("nbdcopy", "libnbd-bin");
+    let (c, _ns) = cluster(Mode::Loopback, Opts::default());
+    let alone = c.repctl(0, &["new-current-uuid", "--clear-bitmap"]);
+    assert!(!alone.status.success(), "refused without repd: {alone:?}");
+    c.up(0);
+    let not_connected = c.repctl(0, &["new-current-uuid", "--clear-bitmap"]);
+    assert!(
+        String::from_utf8_lossy(&not_connected.stderr).contains("connected"),
+        "{not_connected:?}"
+    );
+    c.up(1);
+    for i in 0..2 {
+        c.wait(i, "connected", 20, |s| s["connection"] == "Connected");
+        assert_eq!(c.status(i)["disk"], "Inconsistent");
+    }
+    c.ok(0, &["new-current-uuid", "--clear-bitmap"]);
+    c.wait_synced(10);
+    for i in 0..2 {
+        let st = c.status(i);
+        assert_eq!(st["out_of_sync_bytes"], 0, "{st:#}");
+        assert_eq!(
+            st["stats"]["resync_sent_bytes"], 0,
+            "no data may move: {st:#}"
+        );
+        assert_eq!(st["stats"]["resync_received_bytes"], 0, "{st:#}");
+        assert_eq!(st["generations"], c.status(1 - i)["generations"]);
+    }
+    c.assert_identical();
+    // Not fresh any more: refused, saying what to use instead.
+    let again = c.repctl(1, &["new-current-uuid", "--clear-bitmap"]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("invalidate-remote"),
+        "{again:?}"
+    );
+    // A plain promotion (the data is UpToDate), writes, a switchover.
+    c.ok(0, &["primary"]);
+    let src = common::random_file(c.dir.path(), "rand.bin", 4 << 20, 11);
+    c.nbd_write(0, &src);
+    c.wait(0, "nothing pending", 10, |s| {
+        s["counters"]["pe"] == 0 && s["out_of_sync_bytes"] == 0
+    });
+    let primary = c.repctl(1, &["new-current-uuid", "--clear-bitmap"]);
+    assert!(
+        String::from_utf8_lossy(&primary.stderr).contains("Secondary"),
+        "{primary:?}"
+    );
+    c.ok(0, &["secondary"]);
+    c.ok(1, &["primary"]);
+    c.nbd_reads_back(1, &src);
+    assert_eq!(c.status(1)["stats"]["resync_received_bytes"], 0);
 }

@@ -253,6 +253,13 @@ pub enum Verb {
     PauseSync,
     /// Release what `PauseSync` held (drbdadm resume-sync).
     ResumeSync,
+    /// Skip the initial sync of two fresh disks known identical (drbdadm
+    /// new-current-uuid --clear-bitmap): connected, both Secondary, both
+    /// Inconsistent with no data generation; both become UpToDate on a new
+    /// generation. Only with `clear_bitmap`.
+    NewCurrentUuid {
+        clear_bitmap: bool,
+    },
 }
 
 /// Admin commands: the operator's [`Verb`]s, and what only the daemon
@@ -339,6 +346,37 @@ pub enum AdminError {
     /// `resume-sync` while not paused.
     #[error("refused: the resync is not paused (by `repctl pause-sync` on this node)")]
     SyncNotPaused,
+    /// `new-current-uuid` without `--clear-bitmap`.
+    #[error(
+        "refused: only `new-current-uuid --clear-bitmap` (skip the initial sync of fresh \
+         identical disks) is supported"
+    )]
+    NewUuidNeedsClearBitmap,
+    /// `new-current-uuid --clear-bitmap` while not Connected and idle.
+    #[error(
+        "refused: skipping the initial sync needs both nodes connected and no resync running; \
+         run `repctl up` on both and wait for Connected (`repctl wait-connect`)"
+    )]
+    SkipSyncNeedsConnected,
+    /// `new-current-uuid --clear-bitmap` with a Primary.
+    #[error(
+        "refused: skipping the initial sync needs both nodes Secondary; run `repctl secondary`"
+    )]
+    SkipSyncNeedsSecondaries,
+    /// `new-current-uuid --clear-bitmap` on data that is not fresh.
+    #[error(
+        "refused: skipping the initial sync needs both disks fresh (Inconsistent, no data \
+         generation: just after `create-md`); this pair has data. To make the peer a copy of \
+         this node use `repctl invalidate-remote`; to check both are the same use \
+         `repctl verify`"
+    )]
+    SkipSyncNeedsFreshData,
+    /// The peer's repd does not know `SkipSync`.
+    #[error(
+        "refused: the peer's repd is too old to skip the initial sync; upgrade it, or sync \
+         with `repctl primary --force`"
+    )]
+    PeerCannotSkipSync,
     /// `ResumeIoAt` for a generation that is no longer current.
     #[error(
         "refused: the data generation is {now:016X} now, not {expected:016X}: \

@@ -389,6 +389,7 @@ mod tests {
         r#"{"cmd":"events","now":true}"#,
         r#"{"cmd":"pause-sync"}"#,
         r#"{"cmd":"resume-sync"}"#,
+        r#"{"cmd":"new-current-uuid","clear_bitmap":true}"#,
     ];
 
     #[test]

@@ -8,7 +8,8 @@
 //! The module is split along the node's seams: `state` (bookkeeping types
 //! and the named parts of the state), `output` (sends, metadata writes,
 //! errors), `suspend`, `admin` (commands and roles), `connection`,
-//! `handshake`, `fence` (fencing the peer), `resync`, `pause` (pause-sync), `verify`, `app`
+//! `handshake`, `fence` (fencing the peer), `resync`, `pause` (pause-sync), `skip_sync` (new-current-uuid
+//! --clear-bitmap), `verify`, `app`
 //! (application I/O on the Primary and its replication), `secondary` (the peer's writes), `completions`
 //! (local operations finishing) and `timers`.
 
@@ -50,6 +51,7 @@ mod output;
 mod pause;
 mod resync;
 mod secondary;
+mod skip_sync;
 mod state;
 mod suspend;
 mod timers;

@@ -271,6 +271,19 @@ enum Command {
         pause it."
     )]
     ResumeSync(Select),
+    /// Skip the initial sync of two fresh identical disks (drbdadm new-current-uuid --clear-bitmap)
+    #[command(
+        long_about = "Skip the initial full sync when both disks are known identical (new \
+        zeroed or thin volumes), like `drbdadm new-current-uuid --clear-bitmap` on a \
+        Connected Secondary/Secondary pair in DRBD's guide: this node starts a new current \
+        data generation with an empty bitmap and tells the peer, and both become UpToDate \
+        without moving any data. Then promote one with `repctl primary` (no --force).\n\n\
+        Only right after `create-md` on both nodes: it is refused unless both nodes are \
+        connected, both Secondary, and both Inconsistent with no data generation yet. Data \
+        that differs stays different (until a `repctl verify` finds it): use it only for \
+        disks you know hold the same bytes."
+    )]
+    NewCurrentUuid(NewCurrentUuidArgs),
     /// Hold (or fail) new writes: what the cluster agent does on quorum loss
     #[command(
         long_about = "Stop accepting new writes and flushes, like DRBD 9's on-no-quorum: \
@@ -395,6 +408,16 @@ struct VerifyArgs {
     /// Resync the blocks found out of sync
     #[arg(long)]
     repair: bool,
+    #[command(flatten)]
+    sel: Select,
+}
+
+#[derive(Debug, Args)]
+struct NewCurrentUuidArgs {
+    /// Clear the bitmap and declare both disks UpToDate (required: the only
+    /// form rep supports, DRBD's skip of the initial sync)
+    #[arg(long, required = true)]
+    clear_bitmap: bool,
     #[command(flatten)]
     sel: Select,
 }
@@ -574,6 +597,14 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         }),
         Command::ResumeSync(sel) => each(cli, sel, OnlyOne, |t| {
             daemon::simple(t, ControlCmd::Verb(Verb::ResumeSync))
+        }),
+        Command::NewCurrentUuid(a) => each(cli, &a.sel, OnlyOne, |t| {
+            daemon::simple(
+                t,
+                ControlCmd::Verb(Verb::NewCurrentUuid {
+                    clear_bitmap: a.clear_bitmap,
+                }),
+            )
         }),
         Command::SuspendIo(a) => each(cli, &a.sel, OnlyOne, |t| {
             daemon::simple(t, ControlCmd::SuspendIo { fail: a.fail })
