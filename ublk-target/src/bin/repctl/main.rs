@@ -205,7 +205,10 @@ enum Command {
         long_about = "Compare both nodes' data online by checksums (crc32c), like \
         `drbdadm verify`. Blocks that differ are marked out of sync and reported; with \
         --repair they are resynced right after (from the Primary, or from this node). \
-        Waits until the verify (and repair) finished, then prints what it found."
+        Waits until the verify (and repair) finished, then prints what it found.\n\n\
+        Exit status: 0 only when both copies are in sync at the end (nothing found, or \
+        everything found resynced by --repair); 1 when blocks differ (or the verify could \
+        not run or was cut off), so a script can act on it."
     )]
     Verify(VerifyArgs),
     /// Show the resources' state (drbdadm status, /proc/drbd)
@@ -829,6 +832,16 @@ mod daemon {
             return Err(Failure(format!(
                 "the connection broke during verify: {}",
                 last.connection
+            )));
+        }
+        // Exit 0 only when the copies are in sync now: none found, or all
+        // of them resynced by --repair.
+        let repaired = a.repair && last.out_of_sync_bytes == 0;
+        if found > 0 && !repaired {
+            return Err(Failure(format!(
+                "the copies differ: {found} bytes out of sync ({} still marked); run \
+                 `repctl verify --repair` (or `repctl invalidate` on the node with the bad copy)",
+                last.out_of_sync_bytes
             )));
         }
         Ok(())
