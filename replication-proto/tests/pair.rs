@@ -1746,3 +1746,33 @@ fn new_current_uuid_clear_bitmap_skips_the_initial_sync() {
     assert_eq!(p.s[1].node.conn(), ConnState::Connected);
     assert_eq!(p.s[1].node.status().stats.traffic.resync_received_bytes, 0);
 }
+
+/// Both sides of a verify keep how it ended (what was compared, what
+/// differed, when) for status.
+#[test]
+fn the_last_verify_is_kept_on_both_sides() {
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.up_and_synced();
+    assert_eq!(p.s[0].node.status().last_verify, None);
+    p.write(0, 1, 0, 0x11, 4096).unwrap();
+    p.s[1].disk.insert(100, Bytes::from(vec![0xee; 4096]));
+    p.tick(100);
+    p.admin(0, Admin::Verb(Verb::Verify { repair: false }))
+        .unwrap();
+    p.tick(100);
+    for i in 0..2 {
+        let v = p.s[i].node.status().last_verify.expect("kept");
+        assert_eq!(v.verified_bytes, SIZE, "node {i}");
+        assert!(v.out_of_sync_bytes > 0, "node {i}: {v:?}");
+        assert!(v.at_ms > 0 && v.at_ms <= p.now.0);
+    }
+    p.admin(1, Admin::Verb(Verb::Verify { repair: true }))
+        .unwrap();
+    p.tick(100);
+    p.admin(1, Admin::Verb(Verb::Verify { repair: false }))
+        .unwrap();
+    for i in 0..2 {
+        let v = p.s[i].node.status().last_verify.expect("kept");
+        assert_eq!(v.out_of_sync_bytes, 0, "node {i} after the repair: {v:?}");
+    }
+}

@@ -72,6 +72,21 @@ fn pause_sync_and_resume_sync_hold_and_release_a_running_resync() {
     c.wait_synced(60);
     assert_eq!(oos(&c, 1), 0);
     c.assert_identical();
+    // A verify now finds nothing: exit 0, and both nodes keep its result.
+    c.ok(1, &["verify"]);
+    for i in 0..2 {
+        let st = c.status(i);
+        let v = &st["last_verify"];
+        assert_eq!(
+            v["verified_bytes"].as_u64(),
+            Some(c.data_bytes(i)),
+            "{st:#}"
+        );
+        assert_eq!(v["out_of_sync_bytes"], 0, "{st:#}");
+        assert!(v["age_s"].as_u64().unwrap() < 60, "{st:#}");
+        let text = c.ok(i, &["status"]);
+        assert!(text.contains("last verify ("), "{text}");
+    }
 }
 
 /// `new-current-uuid --clear-bitmap` on two fresh zeroed disks: both

@@ -520,6 +520,16 @@ pub struct ErrorNote {
     pub ended: bool,
 }
 
+/// How the last online verify this node took part in ended (as source or
+/// target): what it compared and found, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyNote {
+    /// When it ended, in the node's clock (ms).
+    pub at_ms: u64,
+    pub verified_bytes: u64,
+    pub out_of_sync_bytes: u64,
+}
+
 /// A snapshot of the node for `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
@@ -555,6 +565,9 @@ pub struct Status {
     /// `pause-sync` holds the resync (DRBD's `resync-suspended:user`).
     #[serde(default)]
     pub sync_paused_by_user: bool,
+    /// The last verify that ended on this connection or an earlier one.
+    #[serde(default)]
+    pub last_verify: Option<VerifyNote>,
     /// Resync / verify progress: bytes still to go and total planned.
     pub sync_remaining_bytes: u64,
     pub sync_total_bytes: u64,

@@ -246,6 +246,20 @@ pub struct NodeStatus {
     /// `resync-suspended:user`).
     #[serde(default)]
     pub sync_paused: bool,
+    /// How the last online verify ended (on either side), since repd
+    /// started.
+    #[serde(default)]
+    pub last_verify: Option<LastVerify>,
+}
+
+/// The last verify: when, what it compared, what differed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastVerify {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    pub age_s: u64,
+    pub verified_bytes: u64,
+    pub out_of_sync_bytes: u64,
 }
 
 impl NodeStatus {

@@ -199,6 +199,15 @@ fn extras(s: &mut String, st: &NodeStatus) {
             if st.nbd_clients == 1 { "" } else { "s" }
         );
     }
+    if let Some(v) = &st.last_verify {
+        let _ = writeln!(
+            s,
+            "  last verify ({} ago): {} compared, {} out of sync",
+            ago(v.age_s),
+            size(v.verified_bytes),
+            size(v.out_of_sync_bytes)
+        );
+    }
     if let Some(e) = &st.last_error {
         match st.last_error_age_s {
             Some(age) => {

@@ -144,6 +144,8 @@ pub struct Node {
     resume: Resume,
     /// `pause-sync`: the user holds the resync (`pause.rs`).
     pause: pause::SyncPause,
+    /// How the last verify ended (`verify.rs`).
+    last_verify: Option<super::types::VerifyNote>,
     /// Fencing the peer (`fence.rs`).
     fence: fence::Fence,
 }
@@ -194,6 +196,7 @@ impl Node {
             degraded_at_start,
             resume,
             pause: pause::SyncPause::default(),
+            last_verify: None,
             fence: fence::Fence::default(),
             cfg,
         };
@@ -339,6 +342,7 @@ impl Node {
             fencing: self.fence_status(),
             resume: self.resume.note().map(str::to_owned),
             sync_paused_by_user: self.pause.user,
+            last_verify: self.last_verify.clone(),
             sync_remaining_bytes: remaining,
             sync_total_bytes: total,
             local_pending: self.ops.io.len() as u64,

@@ -340,6 +340,7 @@ impl Node {
             // Verify target: the source finished.
             self.sync = None;
             self.conn = ConnState::Connected;
+            self.note_verify_end();
             return;
         }
         if s.role != SyncRole::Source {
