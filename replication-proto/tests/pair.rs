@@ -13,8 +13,8 @@ use std::collections::{HashMap, VecDeque};
 use bytes::Bytes;
 use replication_proto::gen::Generations;
 use replication_proto::machine::{
-    errno, Action, Admin, AppId, ConnState, Event, FenceOutcome, Fencing, Hook, Node, NodeConfig,
-    Payload, Persisted, SplitBrainPolicy, Verb,
+    errno, Action, Admin, AdminError, AppId, ConnState, Event, FenceOutcome, Fencing, Hook, Node,
+    NodeConfig, Payload, Persisted, SplitBrainPolicy, Verb,
 };
 use replication_proto::meta::MetaFlags;
 use replication_proto::time::Millis;
@@ -1630,4 +1630,149 @@ fn held_for_fencing_writes_go_on_once_the_peer_is_back() {
     assert_eq!(st.fencing.last_outcome, Some(FenceOutcome::PeerUnreachable));
     q.tick(1_000);
     q.assert_in_sync();
+}
+
+/// `pause-sync` on either node holds a running resync (the target asks for
+/// nothing, the source answers nothing) and `resume-sync` releases it.
+#[test]
+fn pause_sync_on_either_node_holds_the_resync_until_resume() {
+    for who in 0..2 {
+        let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+        p.up_and_synced();
+        p.admin(1, Admin::Verb(Verb::Disconnect)).unwrap();
+        for b in 0..64 {
+            p.write(0, 100 + b, b * 65536, 0x5a, 4096).unwrap();
+        }
+        assert_eq!(
+            p.admin(who, Admin::Verb(Verb::ResumeSync)),
+            Err(AdminError::SyncNotPaused.to_string())
+        );
+        p.admin(who, Admin::Verb(Verb::PauseSync)).unwrap();
+        assert_eq!(
+            p.admin(who, Admin::Verb(Verb::PauseSync)),
+            Err(AdminError::SyncAlreadyPaused.to_string())
+        );
+        assert!(p.s[who].node.status().sync_paused_by_user);
+        p.admin(
+            1,
+            Admin::Verb(Verb::Connect {
+                discard_my_data: false,
+            }),
+        )
+        .unwrap();
+        p.tick(200);
+        let oos = p.s[1].node.status().out_of_sync_bytes;
+        assert_eq!(p.s[1].node.conn(), ConnState::SyncTarget, "pause on {who}");
+        assert!(oos > 0, "pause on {who}: nothing left to sync");
+        p.tick(1000);
+        assert_eq!(p.s[1].node.conn(), ConnState::SyncTarget, "still connected");
+        assert_eq!(p.s[1].node.status().out_of_sync_bytes, oos, "held");
+        p.admin(who, Admin::Verb(Verb::ResumeSync)).unwrap();
+        p.tick(200);
+        assert!(!p.s[who].node.status().sync_paused_by_user);
+        assert_eq!(p.s[1].node.conn(), ConnState::Connected);
+        assert_eq!(p.s[1].node.disk(), DiskState::UpToDate);
+        assert_eq!(p.s[1].node.status().out_of_sync_bytes, 0);
+        assert_eq!(p.read_local(0, 0, 1 << 22), p.read_local(1, 0, 1 << 22));
+    }
+}
+
+/// `new-current-uuid --clear-bitmap` on two fresh, connected Secondaries:
+/// both UpToDate on one new generation, no data moved; refused otherwise.
+#[test]
+fn new_current_uuid_clear_bitmap_skips_the_initial_sync() {
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    let skip = Admin::Verb(Verb::NewCurrentUuid { clear_bitmap: true });
+    assert_eq!(
+        p.admin(0, skip.clone()),
+        Err(AdminError::SkipSyncNeedsConnected.to_string())
+    );
+    for i in 0..2 {
+        p.admin(
+            i,
+            Admin::Verb(Verb::Connect {
+                discard_my_data: false,
+            }),
+        )
+        .unwrap();
+    }
+    for i in 0..2 {
+        assert_eq!(p.s[i].node.conn(), ConnState::Connected);
+        assert_eq!(p.s[i].node.disk(), DiskState::Inconsistent);
+    }
+    assert_eq!(
+        p.admin(
+            0,
+            Admin::Verb(Verb::NewCurrentUuid {
+                clear_bitmap: false
+            })
+        ),
+        Err(AdminError::NewUuidNeedsClearBitmap.to_string())
+    );
+    p.admin(1, skip.clone()).unwrap();
+    p.tick(200);
+    for i in 0..2 {
+        let st = p.s[i].node.status();
+        assert_eq!(st.connection, ConnState::Connected, "{st:?}");
+        assert_eq!(st.disk, DiskState::UpToDate, "{st:?}");
+        assert_eq!(st.peer_disk, DiskState::UpToDate, "{st:?}");
+        assert_eq!(st.out_of_sync_bytes, 0);
+        assert!(p.s[i].node.flags().has(MetaFlags::CONSISTENT));
+    }
+    assert_eq!(p.s[0].node.gens(), p.s[1].node.gens());
+    assert!(!p.data_moved(), "no data may move");
+    // Not fresh any more: refused, with what to use instead.
+    let again = p.admin(0, skip.clone()).unwrap_err();
+    assert!(again.contains("invalidate-remote"), "{again}");
+    // The pair replicates from here on.
+    p.admin(0, Admin::Verb(Verb::Primary { force: false }))
+        .unwrap();
+    assert_eq!(
+        p.admin(1, skip),
+        Err(AdminError::SkipSyncNeedsSecondaries.to_string())
+    );
+    p.write(0, 1, 4096, 0x77, 4096).unwrap();
+    assert_eq!(p.read_local(1, 4096, 4096), Bytes::from(vec![0x77; 4096]));
+    // A reconnect finds the same generation: no full resync.
+    p.tick(200);
+    p.admin(1, Admin::Verb(Verb::Disconnect)).unwrap();
+    p.admin(
+        1,
+        Admin::Verb(Verb::Connect {
+            discard_my_data: false,
+        }),
+    )
+    .unwrap();
+    assert_eq!(p.s[1].node.conn(), ConnState::Connected);
+    assert_eq!(p.s[1].node.status().stats.traffic.resync_received_bytes, 0);
+}
+
+/// Both sides of a verify keep how it ended (what was compared, what
+/// differed, when) for status.
+#[test]
+fn the_last_verify_is_kept_on_both_sides() {
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.up_and_synced();
+    assert_eq!(p.s[0].node.status().last_verify, None);
+    p.write(0, 1, 0, 0x11, 4096).unwrap();
+    p.s[1].disk.insert(100, Bytes::from(vec![0xee; 4096]));
+    p.tick(100);
+    p.admin(0, Admin::Verb(Verb::Verify { repair: false }))
+        .unwrap();
+    p.tick(100);
+    for i in 0..2 {
+        let v = p.s[i].node.status().last_verify.expect("kept");
+        assert_eq!(v.verified_bytes, SIZE, "node {i}");
+        assert!(v.out_of_sync_bytes > 0, "node {i}: {v:?}");
+        assert!(v.at_ms > 0 && v.at_ms <= p.now.0);
+    }
+    p.admin(1, Admin::Verb(Verb::Verify { repair: true }))
+        .unwrap();
+    p.tick(100);
+    p.admin(1, Admin::Verb(Verb::Verify { repair: false }))
+        .unwrap();
+    for i in 0..2 {
+        let v = p.s[i].node.status().last_verify.expect("kept");
+        assert_eq!(v.out_of_sync_bytes, 0, "node {i} after the repair: {v:?}");
+    }
 }

@@ -193,6 +193,7 @@ fn message() -> impl Strategy<Value = Message> {
         Just(Message::PingAck),
         (role(), disk()).prop_map(|(role, disk)| Message::State { role, disk }),
         gens().prop_map(|gens| Message::Uuids { gens }),
+        gens().prop_map(|gens| Message::SkipSync { gens }),
         bitmap_msg(),
         range().prop_map(|(id, offset, len)| Message::ResyncRequest { id, offset, len }),
         (range(), any::<u32>()).prop_map(|((id, offset, len), digest)| {

@@ -393,8 +393,15 @@ fn verify_finds_and_repairs_a_corrupted_block() {
         f.write_all_at(&[0xee; 4096], 1 << 20).unwrap();
         f.sync_all().unwrap();
     }
-    let out = c.ok(0, &["verify"]);
+    // Differences found and not repaired: exit status 1, saying what to do.
+    let o = c.repctl(0, &["verify"]);
+    assert!(!o.status.success(), "{o:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("out of sync"), "{out}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("verify --repair"),
+        "{o:?}"
+    );
     let st = c.status(0);
     assert!(
         st["stats"]["verify_out_of_sync_bytes"].as_u64().unwrap() > 0,

@@ -247,6 +247,19 @@ pub enum Verb {
     /// the data moved to another generation; wait while the peer is away.
     /// Refused when the last run did not end as Primary.
     ResumeAfterCrash,
+    /// Hold the resync (drbdadm pause-sync, DRBD's user flag): a target
+    /// asks for no more blocks, a source answers no more requests, until
+    /// `ResumeSync`. Holds the next resync too when none runs.
+    PauseSync,
+    /// Release what `PauseSync` held (drbdadm resume-sync).
+    ResumeSync,
+    /// Skip the initial sync of two fresh disks known identical (drbdadm
+    /// new-current-uuid --clear-bitmap): connected, both Secondary, both
+    /// Inconsistent with no data generation; both become UpToDate on a new
+    /// generation. Only with `clear_bitmap`.
+    NewCurrentUuid {
+        clear_bitmap: bool,
+    },
 }
 
 /// Admin commands: the operator's [`Verb`]s, and what only the daemon
@@ -327,6 +340,43 @@ pub enum AdminError {
     /// `verify` while not Connected and idle.
     #[error("refused: verify needs an idle connection (Connected, no resync)")]
     VerifyNeedsIdle,
+    /// `pause-sync` while already paused.
+    #[error("refused: the resync is already paused; `repctl resume-sync` releases it")]
+    SyncAlreadyPaused,
+    /// `resume-sync` while not paused.
+    #[error("refused: the resync is not paused (by `repctl pause-sync` on this node)")]
+    SyncNotPaused,
+    /// `new-current-uuid` without `--clear-bitmap`.
+    #[error(
+        "refused: only `new-current-uuid --clear-bitmap` (skip the initial sync of fresh \
+         identical disks) is supported"
+    )]
+    NewUuidNeedsClearBitmap,
+    /// `new-current-uuid --clear-bitmap` while not Connected and idle.
+    #[error(
+        "refused: skipping the initial sync needs both nodes connected and no resync running; \
+         run `repctl up` on both and wait for Connected (`repctl wait-connect`)"
+    )]
+    SkipSyncNeedsConnected,
+    /// `new-current-uuid --clear-bitmap` with a Primary.
+    #[error(
+        "refused: skipping the initial sync needs both nodes Secondary; run `repctl secondary`"
+    )]
+    SkipSyncNeedsSecondaries,
+    /// `new-current-uuid --clear-bitmap` on data that is not fresh.
+    #[error(
+        "refused: skipping the initial sync needs both disks fresh (Inconsistent, no data \
+         generation: just after `create-md`); this pair has data. To make the peer a copy of \
+         this node use `repctl invalidate-remote`; to check both are the same use \
+         `repctl verify`"
+    )]
+    SkipSyncNeedsFreshData,
+    /// The peer's repd does not know `SkipSync`.
+    #[error(
+        "refused: the peer's repd is too old to skip the initial sync; upgrade it, or sync \
+         with `repctl primary --force`"
+    )]
+    PeerCannotSkipSync,
     /// `ResumeIoAt` for a generation that is no longer current.
     #[error(
         "refused: the data generation is {now:016X} now, not {expected:016X}: \
@@ -470,6 +520,16 @@ pub struct ErrorNote {
     pub ended: bool,
 }
 
+/// How the last online verify this node took part in ended (as source or
+/// target): what it compared and found, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyNote {
+    /// When it ended, in the node's clock (ms).
+    pub at_ms: u64,
+    pub verified_bytes: u64,
+    pub out_of_sync_bytes: u64,
+}
+
 /// A snapshot of the node for `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
@@ -502,6 +562,12 @@ pub struct Status {
     /// The resumption of the role after a crash, once armed: what it waits
     /// for, or what became of it.
     pub resume: Option<String>,
+    /// `pause-sync` holds the resync (DRBD's `resync-suspended:user`).
+    #[serde(default)]
+    pub sync_paused_by_user: bool,
+    /// The last verify that ended on this connection or an earlier one.
+    #[serde(default)]
+    pub last_verify: Option<VerifyNote>,
     /// Resync / verify progress: bytes still to go and total planned.
     pub sync_remaining_bytes: u64,
     pub sync_total_bytes: u64,

@@ -158,7 +158,8 @@ impl World {
     }
 
     /// Everything up: StandAlone nodes connect, a Primary is chosen if
-    /// none is left, frozen Primaries are resumed (as the agent does).
+    /// none is left, frozen Primaries are resumed (as the agent does),
+    /// paused resyncs released.
     fn bring_up(&mut self) -> Result<(), String> {
         for i in 0..2 {
             let st = self.nodes[i].node.as_ref().map(Node::status);
@@ -190,6 +191,14 @@ impl World {
             });
             if let Some(current) = frozen {
                 self.admin(i, Admin::ResumeIoAt { current });
+            }
+            // And releases a resync the operator left paused.
+            let paused = self.nodes[i]
+                .node
+                .as_ref()
+                .is_some_and(|n| n.status().sync_paused_by_user);
+            if paused {
+                self.admin(i, Admin::Verb(Verb::ResumeSync));
             }
         }
         Ok(())

@@ -21,7 +21,7 @@ impl World {
     }
 
     /// Network runs: link faults, admin disconnects, verify, invalidate, a
-    /// Secondary's crash, switchovers; `r` (0..1000) picks at most one.
+    /// Secondary's crash, switchovers, pause/resume-sync; `r` (0..1000) picks at most one.
     fn network_chaos(&mut self, r: u32) {
         self.switchover_step();
         // Each fault takes its slice of 0..1000 by its rate; the
@@ -34,6 +34,7 @@ impl World {
         let invalidate = verify + 3;
         let crash = invalidate + rt.secondary_crash_pm;
         let switchover = crash + 4;
+        let pause_sync = switchover + 4;
         if r < reset {
             self.reset_link();
         } else if r < partition && self.now >= self.partition_until {
@@ -65,6 +66,12 @@ impl World {
                 self.switchover = Some(p);
                 let s = format!("{} quiesces for a switchover", self.name(p));
                 self.log(s);
+            }
+        } else if r < pause_sync {
+            // The operator holds the resync on one node, or releases it.
+            let i = self.rng.gen_range(0..2);
+            if !self.admin(i, Admin::Verb(Verb::PauseSync)) {
+                self.admin(i, Admin::Verb(Verb::ResumeSync));
             }
         }
     }

@@ -49,8 +49,10 @@ pub mod features {
     /// are the same; the state machine does not see which connection
     /// carried them.
     pub const PING_CONN: u64 = 1 << 2;
+    /// The peer understands `SkipSync` (`new-current-uuid --clear-bitmap`).
+    pub const SKIP_SYNC: u64 = 1 << 3;
     /// Every feature this build knows.
-    pub const ALL: u64 = CSUM_RESYNC | TRIM | PING_CONN;
+    pub const ALL: u64 = CSUM_RESYNC | TRIM | PING_CONN | SKIP_SYNC;
 }
 
 /// Flags of a replicated write.
@@ -234,6 +236,13 @@ pub enum Message {
     StartSync {
         sender_is_source: bool,
         full: bool,
+    },
+    /// Both disks are known identical (fresh, zeroed): take this new
+    /// current generation and be UpToDate without a resync
+    /// (`new-current-uuid --clear-bitmap`, DRBD's skip of the initial sync).
+    /// Sent only to a peer with [`features::SKIP_SYNC`].
+    SkipSync {
+        gens: Generations,
     },
     Disconnect {
         reason: DisconnectReason,

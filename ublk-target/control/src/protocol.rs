@@ -261,6 +261,24 @@ pub struct NodeStatus {
     /// the peer is known Outdated, and the handler's last exit code.
     #[serde(default)]
     pub fencing: FenceStatus,
+    /// `repctl pause-sync` on this node holds the resync (DRBD's
+    /// `resync-suspended:user`).
+    #[serde(default)]
+    pub sync_paused: bool,
+    /// How the last online verify ended (on either side), since repd
+    /// started.
+    #[serde(default)]
+    pub last_verify: Option<LastVerify>,
+}
+
+/// The last verify: when, what it compared, what differed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastVerify {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    pub age_s: u64,
+    pub verified_bytes: u64,
+    pub out_of_sync_bytes: u64,
 }
 
 impl NodeStatus {
@@ -403,6 +421,9 @@ mod tests {
         r#"{"cmd":"events","now":false}"#,
         r#"{"cmd":"events","now":true}"#,
         r#"{"cmd":"adjust","path":"/etc/rep/r0.toml"}"#,
+        r#"{"cmd":"pause-sync"}"#,
+        r#"{"cmd":"resume-sync"}"#,
+        r#"{"cmd":"new-current-uuid","clear_bitmap":true}"#,
     ];
 
     #[test]

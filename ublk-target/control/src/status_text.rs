@@ -106,6 +106,12 @@ fn replication(s: &mut String, st: &NodeStatus) {
             p.bytes_per_s / 1024
         );
     }
+    if st.sync_paused {
+        let _ = writeln!(
+            s,
+            "    resync-suspended:user (`repctl pause-sync`; `repctl resume-sync` releases it)"
+        );
+    }
 }
 
 /// Suspended I/O and a split brain: what holds the device, and what ends it.
@@ -191,6 +197,15 @@ fn extras(s: &mut String, st: &NodeStatus) {
             st.resource,
             st.nbd_clients,
             if st.nbd_clients == 1 { "" } else { "s" }
+        );
+    }
+    if let Some(v) = &st.last_verify {
+        let _ = writeln!(
+            s,
+            "  last verify ({} ago): {} compared, {} out of sync",
+            ago(v.age_s),
+            size(v.verified_bytes),
+            size(v.out_of_sync_bytes)
         );
     }
     if let Some(e) = &st.last_error {

@@ -92,6 +92,16 @@ impl Runner {
             degraded_at_start: st.degraded_at_start,
             resume: st.resume,
             fencing: st.fencing,
+            sync_paused: st.sync_paused_by_user,
+            last_verify: st.last_verify.as_ref().map(|v| {
+                let age_s = now_ms.saturating_sub(v.at_ms) / 1000;
+                rep_control::protocol::LastVerify {
+                    at: wall_s.saturating_sub(age_s),
+                    age_s,
+                    verified_bytes: v.verified_bytes,
+                    out_of_sync_bytes: v.out_of_sync_bytes,
+                }
+            }),
         }
     }
 }

@@ -30,6 +30,9 @@ pub(crate) struct Snapshot {
     pub(crate) peer_disk: DiskState,
     /// Percent done of the resync or verify under way.
     pub(crate) done: Option<f64>,
+    /// `repctl pause-sync` holds the resync here (events2's
+    /// `resync-suspended:user`).
+    pub(crate) sync_paused: bool,
     pub(crate) verified_bytes: u64,
     pub(crate) verify_out_of_sync_bytes: u64,
     pub(crate) errors: Vec<ErrorNote>,
@@ -51,6 +54,7 @@ impl Snapshot {
             done: sync
                 .filter(|_| syncing(st.connection) || verifying(st.connection))
                 .map(|s| s.percent),
+            sync_paused: st.sync_paused_by_user,
             verified_bytes: st.stats.traffic.verified_bytes,
             verify_out_of_sync_bytes: st.stats.traffic.verify_out_of_sync_bytes,
             errors: st.errors.clone(),
@@ -70,6 +74,7 @@ impl Snapshot {
             disk: DiskState::UpToDate,
             peer_disk: DiskState::UpToDate,
             done: None,
+            sync_paused: false,
             verified_bytes: 0,
             verify_out_of_sync_bytes: 0,
             errors: Vec::new(),
@@ -99,6 +104,11 @@ impl Snapshot {
             .with("peer-disk", format!("{:?}", self.peer_disk));
         if let Some(d) = self.done {
             pd = pd.with("done", d);
+        }
+        // Named only while paused: the lines of a node nobody paused stay
+        // as they were.
+        if self.sync_paused {
+            pd = pd.with("resync-suspended", "user");
         }
         let mut out = vec![
             resource,
@@ -180,6 +190,12 @@ fn peer_device(prev: &Snapshot, next: &Snapshot, n: &Names, progress: bool) -> O
     }
     if prev.peer_disk != next.peer_disk {
         pd = pd.with("peer-disk", format!("{:?}", next.peer_disk));
+    }
+    if prev.sync_paused != next.sync_paused {
+        pd = pd.with(
+            "resync-suspended",
+            if next.sync_paused { "user" } else { "no" },
+        );
     }
     let moved = !pd.fields.is_empty();
     match next.done {

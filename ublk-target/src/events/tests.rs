@@ -284,3 +284,28 @@ fn a_client_that_hangs_up_is_forgotten_and_watchers_are_limited() {
     assert_eq!(hub.watch(false).err(), Some(WatchError::TooMany));
     drop(held);
 }
+
+/// `pause-sync` and `resume-sync` show as events2's `resync-suspended`.
+#[test]
+fn a_paused_resync_says_resync_suspended_user() {
+    let syncing = Snapshot {
+        connection: ConnState::SyncTarget,
+        disk: DiskState::Inconsistent,
+        ..Snapshot::healthy()
+    };
+    let paused = Snapshot {
+        sync_paused: true,
+        ..syncing.clone()
+    };
+    assert_eq!(
+        texts(&changes(&syncing, &paused, &names(), false)),
+        ["change peer-device name:r0 conn-name:beta resync-suspended:user"]
+    );
+    assert_eq!(
+        texts(&changes(&paused, &syncing, &names(), false)),
+        ["change peer-device name:r0 conn-name:beta resync-suspended:no"]
+    );
+    assert!(texts(&paused.exists(&names()))
+        .iter()
+        .any(|l| l.starts_with("exists peer-device") && l.ends_with("resync-suspended:user")));
+}

@@ -61,6 +61,11 @@ impl Node {
             }
             Admin::Verb(Verb::Outdate) => self.outdate(),
             Admin::Verb(Verb::ResumeAfterCrash) => self.resume.arm(),
+            Admin::Verb(Verb::PauseSync) => self.pause_sync(),
+            Admin::Verb(Verb::ResumeSync) => self.resume_sync(),
+            Admin::Verb(Verb::NewCurrentUuid { clear_bitmap }) => {
+                self.new_current_uuid(clear_bitmap)
+            }
             Admin::Down => self.admin_down(),
         }
     }

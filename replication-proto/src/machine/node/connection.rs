@@ -180,6 +180,7 @@ impl Node {
             Message::BarrierAck { id } => self.on_barrier_ack(id),
             Message::State { role, disk } => self.on_peer_state(role, disk),
             Message::Uuids { gens } => self.on_peer_uuids(gens),
+            Message::SkipSync { gens } => self.on_skip_sync(gens),
             Message::StartSync {
                 sender_is_source,
                 full,

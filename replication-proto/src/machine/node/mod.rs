@@ -8,7 +8,8 @@
 //! The module is split along the node's seams: `state` (bookkeeping types
 //! and the named parts of the state), `output` (sends, metadata writes,
 //! errors), `suspend`, `admin` (commands and roles), `connection`,
-//! `handshake`, `fence` (fencing the peer), `resync`, `verify`, `app`
+//! `handshake`, `fence` (fencing the peer), `resync`, `pause` (pause-sync), `skip_sync` (new-current-uuid
+//! --clear-bitmap), `verify`, `app`
 //! (application I/O on the Primary and its replication), `secondary` (the peer's writes), `completions`
 //! (local operations finishing) and `timers`.
 
@@ -47,10 +48,12 @@ mod errors;
 mod fence;
 mod handshake;
 mod output;
+mod pause;
 mod reconfigure;
 pub use reconfigure::Applies;
 mod resync;
 mod secondary;
+mod skip_sync;
 mod state;
 mod suspend;
 mod timers;
@@ -141,6 +144,10 @@ pub struct Node {
     degraded_at_start: bool,
     /// Resuming the role of a run that crashed while Primary (`resume.rs`).
     resume: Resume,
+    /// `pause-sync`: the user holds the resync (`pause.rs`).
+    pause: pause::SyncPause,
+    /// How the last verify ended (`verify.rs`).
+    last_verify: Option<super::types::VerifyNote>,
     /// Fencing the peer (`fence.rs`).
     fence: fence::Fence,
     /// Protocol and secret for the next connection (`reconfigure.rs`).
@@ -192,6 +199,8 @@ impl Node {
             susp: Suspension::default(),
             degraded_at_start,
             resume,
+            pause: pause::SyncPause::default(),
+            last_verify: None,
             fence: fence::Fence::default(),
             next_connection: None,
             cfg,
@@ -337,6 +346,8 @@ impl Node {
             degraded_at_start: self.degraded_at_start,
             fencing: self.fence_status(),
             resume: self.resume.note().map(str::to_owned),
+            sync_paused_by_user: self.pause.user,
+            last_verify: self.last_verify.clone(),
             sync_remaining_bytes: remaining,
             sync_total_bytes: total,
             local_pending: self.ops.io.len() as u64,

@@ -149,6 +149,9 @@ impl Node {
     /// Target side: ask for more blocks while the window and the rate allow.
     pub(super) fn pump_sync(&mut self) {
         self.refill();
+        if self.pause.user {
+            return;
+        }
         let now = self.now;
         let data_bytes = self.cfg.data_bytes;
         let csums = self.cfg.csums
@@ -244,6 +247,9 @@ impl Node {
             self.protocol_error("resync request out of range");
             return;
         }
+        if self.hold_resync_request(id, offset, len, digest) {
+            return;
+        }
         let epoch = self.link.epoch;
         self.recv.unacked += 1;
         self.submit_local(
@@ -334,6 +340,7 @@ impl Node {
             // Verify target: the source finished.
             self.sync = None;
             self.conn = ConnState::Connected;
+            self.note_verify_end();
             return;
         }
         if s.role != SyncRole::Source {

@@ -76,6 +76,7 @@ impl Node {
         self.conn = ConnState::Connected;
         self.send(Message::SyncDone);
         tracing::info!(out_of_sync = found_oos, "verify finished");
+        self.note_verify_end();
         if found_oos > 0 {
             self.error(
                 ErrorKind::Verify,
@@ -122,6 +123,9 @@ impl Node {
                 self.now,
                 self.cfg.data_bytes,
             ));
+            // The target counts what it compared and found too.
+            self.stats.traffic.verified_bytes = 0;
+            self.stats.traffic.verify_out_of_sync_bytes = 0;
         }
         if !self
             .sync
@@ -157,6 +161,7 @@ impl Node {
         }
         self.stats.traffic.verified_bytes += u64::from(len);
         if !in_sync {
+            tracing::warn!(offset, len, "verify: range out of sync");
             self.bitmap.set_range(offset, u64::from(len));
             self.stats.traffic.verify_out_of_sync_bytes += u64::from(len);
         }
@@ -217,14 +222,31 @@ impl Node {
         if let Ok(Some(d)) = &result {
             self.stats.traffic.read_bytes += d.len() as u64;
         }
+        self.stats.traffic.verified_bytes += span.len();
         if !in_sync {
             self.bitmap.set_range(span.start, span.len());
+            self.stats.traffic.verify_out_of_sync_bytes += span.len();
+            tracing::warn!(
+                offset = span.start,
+                len = span.len(),
+                "verify: range out of sync"
+            );
         }
         self.send(Message::VerifyReply {
             id,
             offset: span.start,
             len: len32,
             in_sync,
+        });
+    }
+
+    /// A verify ended (this node was its source or target): status keeps
+    /// what it compared and found, and when.
+    pub(super) fn note_verify_end(&mut self) {
+        self.last_verify = Some(crate::machine::types::VerifyNote {
+            at_ms: self.now.0,
+            verified_bytes: self.stats.traffic.verified_bytes,
+            out_of_sync_bytes: self.stats.traffic.verify_out_of_sync_bytes,
         });
     }
 }

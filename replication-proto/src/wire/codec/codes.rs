@@ -29,6 +29,7 @@ pub(super) const T_OUT_OF_SYNC: u8 = 22;
 pub(super) const T_SYNC_DONE: u8 = 23;
 pub(super) const T_DISCONNECT: u8 = 24;
 pub(super) const T_START_SYNC: u8 = 25;
+pub(super) const T_SKIP_SYNC: u8 = 26;
 
 /// Name of a message type code, `None` if this build does not know it.
 pub(super) fn type_name(ty: u8) -> Option<&'static str> {
@@ -58,6 +59,7 @@ pub(super) fn type_name(ty: u8) -> Option<&'static str> {
         T_SYNC_DONE => "SyncDone",
         T_DISCONNECT => "Disconnect",
         T_START_SYNC => "StartSync",
+        T_SKIP_SYNC => "SkipSync",
         _ => return None,
     })
 }
@@ -89,6 +91,7 @@ pub(super) fn type_code(msg: &Message) -> u8 {
         Message::SyncDone => T_SYNC_DONE,
         Message::Disconnect { .. } => T_DISCONNECT,
         Message::StartSync { .. } => T_START_SYNC,
+        Message::SkipSync { .. } => T_SKIP_SYNC,
     }
 }
 

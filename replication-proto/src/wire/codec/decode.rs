@@ -184,6 +184,7 @@ fn decode_payload(
             disk: r.enum_u8("disk", disk_from)?,
         },
         T_UUIDS => Message::Uuids { gens: r.gens()? },
+        T_SKIP_SYNC => Message::SkipSync { gens: r.gens()? },
         T_BITMAP => decode_bitmap(&mut r)?,
         T_RESYNC_REQUEST => Message::ResyncRequest {
             id: r.u64("id")?,

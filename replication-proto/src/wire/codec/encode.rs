@@ -57,7 +57,7 @@ fn payload_len(msg: &Message) -> usize {
         | Message::BarrierAck { .. } => 8,
         Message::Ping | Message::PingAck | Message::SyncDone => 0,
         Message::State { .. } => 2,
-        Message::Uuids { .. } => GENS,
+        Message::Uuids { .. } | Message::SkipSync { .. } => GENS,
         Message::Bitmap { runs, .. } => {
             BITMAP_FIXED_LEN + runs.iter().map(|&r| varint_len(r)).sum::<usize>()
         }
@@ -211,7 +211,7 @@ fn put_fields(msg: &Message, out: &mut BytesMut) {
             out.put_u8(role_code(*role));
             out.put_u8(disk_code(*disk));
         }
-        Message::Uuids { gens } => put_gens(out, gens),
+        Message::Uuids { gens } | Message::SkipSync { gens } => put_gens(out, gens),
         Message::Bitmap {
             start_bit,
             first_set,

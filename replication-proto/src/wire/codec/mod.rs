@@ -68,6 +68,7 @@
 //! |   23 | SyncDone        | (empty)                                                     |
 //! |   24 | Disconnect      | reason u8, message str                                      |
 //! |   25 | StartSync       | sender_is_source bool, full bool                            |
+//! |   26 | SkipSync        | gens (only to a peer with the SKIP_SYNC feature)            |
 //!
 //! `Data` flags are [`data_flags`](super::data_flags); unknown bits are an error. Without TRIM or
 //! ZEROES the data must be exactly `len` bytes; with either of them it must be

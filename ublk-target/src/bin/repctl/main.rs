@@ -206,7 +206,10 @@ enum Command {
         long_about = "Compare both nodes' data online by checksums (crc32c), like \
         `drbdadm verify`. Blocks that differ are marked out of sync and reported; with \
         --repair they are resynced right after (from the Primary, or from this node). \
-        Waits until the verify (and repair) finished, then prints what it found."
+        Waits until the verify (and repair) finished, then prints what it found.\n\n\
+        Exit status: 0 only when both copies are in sync at the end (nothing found, or \
+        everything found resynced by --repair); 1 when blocks differ (or the verify could \
+        not run or was cut off), so a script can act on it."
     )]
     Verify(VerifyArgs),
     /// Show the resources' state (drbdadm status, /proc/drbd)
@@ -274,6 +277,37 @@ enum Command {
         agent runs it when the peer's agent asks (outdate-peer over a heartbeat path)."
     )]
     Outdate(Select),
+    /// Hold a running resync (drbdadm pause-sync)
+    #[command(
+        long_about = "Hold the resync, like `drbdadm pause-sync` (DRBD's user flag, shown \
+        as `resync-suspended:user`): run on either node, it stops the resync: a sync target \
+        asks for no more blocks, a sync source answers no more requests, so the out-of-sync \
+        bytes stop shrinking. The connection stays up and replication of new writes goes on. \
+        Without a resync running it holds the next one. Only the node that paused shows it \
+        in `repctl status`; `repctl resume-sync` on that node releases it. Refused when \
+        already paused. The flag lives in repd: restarting repd clears it."
+    )]
+    PauseSync(Select),
+    /// Release a resync held by pause-sync (drbdadm resume-sync)
+    #[command(
+        long_about = "Release the resync `repctl pause-sync` held on this node, like \
+        `drbdadm resume-sync`: it goes on where it stopped. Refused when this node did not \
+        pause it."
+    )]
+    ResumeSync(Select),
+    /// Skip the initial sync of two fresh identical disks (drbdadm new-current-uuid --clear-bitmap)
+    #[command(
+        long_about = "Skip the initial full sync when both disks are known identical (new \
+        zeroed or thin volumes), like `drbdadm new-current-uuid --clear-bitmap` on a \
+        Connected Secondary/Secondary pair in DRBD's guide: this node starts a new current \
+        data generation with an empty bitmap and tells the peer, and both become UpToDate \
+        without moving any data. Then promote one with `repctl primary` (no --force).\n\n\
+        Only right after `create-md` on both nodes: it is refused unless both nodes are \
+        connected, both Secondary, and both Inconsistent with no data generation yet. Data \
+        that differs stays different (until a `repctl verify` finds it): use it only for \
+        disks you know hold the same bytes."
+    )]
+    NewCurrentUuid(NewCurrentUuidArgs),
     /// Hold (or fail) new writes: what the cluster agent does on quorum loss
     #[command(
         long_about = "Stop accepting new writes and flushes, like DRBD 9's on-no-quorum: \
@@ -405,6 +439,16 @@ struct VerifyArgs {
     /// Resync the blocks found out of sync
     #[arg(long)]
     repair: bool,
+    #[command(flatten)]
+    sel: Select,
+}
+
+#[derive(Debug, Args)]
+struct NewCurrentUuidArgs {
+    /// Clear the bitmap and declare both disks UpToDate (required: the only
+    /// form rep supports, DRBD's skip of the initial sync)
+    #[arg(long, required = true)]
+    clear_bitmap: bool,
     #[command(flatten)]
     sel: Select,
 }
@@ -578,6 +622,20 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Events(a) => events::run(cli, a),
         Command::Outdate(sel) => each(cli, sel, OnlyOne, |t| {
             daemon::simple(t, ControlCmd::Verb(Verb::Outdate))
+        }),
+        Command::PauseSync(sel) => each(cli, sel, OnlyOne, |t| {
+            daemon::simple(t, ControlCmd::Verb(Verb::PauseSync))
+        }),
+        Command::ResumeSync(sel) => each(cli, sel, OnlyOne, |t| {
+            daemon::simple(t, ControlCmd::Verb(Verb::ResumeSync))
+        }),
+        Command::NewCurrentUuid(a) => each(cli, &a.sel, OnlyOne, |t| {
+            daemon::simple(
+                t,
+                ControlCmd::Verb(Verb::NewCurrentUuid {
+                    clear_bitmap: a.clear_bitmap,
+                }),
+            )
         }),
         Command::SuspendIo(a) => each(cli, &a.sel, OnlyOne, |t| {
             daemon::simple(t, ControlCmd::SuspendIo { fail: a.fail })
@@ -803,6 +861,16 @@ mod daemon {
             return Err(Failure(format!(
                 "the connection broke during verify: {}",
                 last.connection
+            )));
+        }
+        // Exit 0 only when the copies are in sync now: none found, or all
+        // of them resynced by --repair.
+        let repaired = a.repair && last.out_of_sync_bytes == 0;
+        if found > 0 && !repaired {
+            return Err(Failure(format!(
+                "the copies differ: {found} bytes out of sync ({} still marked); run \
+                 `repctl verify --repair` (or `repctl invalidate` on the node with the bad copy)",
+                last.out_of_sync_bytes
             )));
         }
         Ok(())
