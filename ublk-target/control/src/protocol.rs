@@ -242,6 +242,24 @@ pub struct NodeStatus {
     /// the peer is known Outdated, and the handler's last exit code.
     #[serde(default)]
     pub fencing: FenceStatus,
+    /// The last run of each `[handlers]` command that ran since repd
+    /// started.
+    #[serde(default)]
+    pub handlers: Vec<HandlerRun>,
+}
+
+/// How a `[handlers]` command ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandlerRun {
+    /// The handler's key (`split-brain`, `fence-peer`, ...).
+    pub name: String,
+    /// Its exit code; `None` when it did not exit by itself (killed at
+    /// `timeout-ms`, a signal, or it could not start).
+    pub exit: Option<i32>,
+    /// Killed at `timeout-ms`.
+    pub timed_out: bool,
+    /// When it ended: seconds since the Unix epoch.
+    pub at: u64,
 }
 
 impl NodeStatus {

@@ -10,6 +10,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use rep_control::protocol::HandlerRun;
 use replication_proto::machine::Hook;
 use wait_timeout::ChildExt;
 
@@ -21,13 +22,17 @@ use crate::config::{Config, Handlers, Node};
 pub(crate) enum Kind {
     FencePeer,
     UnfencePeer,
+    SplitBrain,
+    PriLostAfterSb,
 }
 
 impl Kind {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::FencePeer => "fence-peer",
             Self::UnfencePeer => "unfence-peer",
+            Self::SplitBrain => "split-brain",
+            Self::PriLostAfterSb => "pri-lost-after-sb",
         }
     }
 }
@@ -37,6 +42,9 @@ pub(super) struct Runner {
     handlers: Handlers,
     env: Vec<(String, String)>,
     tx: InputTx,
+    /// The last run of each kind, for `repctl status` (so at most one
+    /// entry per [`Kind`]).
+    runs: Vec<HandlerRun>,
 }
 
 impl Runner {
@@ -64,7 +72,27 @@ impl Runner {
             handlers: cfg.handlers.clone(),
             env: env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             tx,
+            runs: Vec::new(),
         }
+    }
+
+    /// Keep how a handler ended for `repctl status`.
+    pub(super) fn record(&mut self, kind: Kind, exit: Option<i32>, timed_out: bool) {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        self.runs.retain(|r| r.name != kind.name());
+        self.runs.push(HandlerRun {
+            name: kind.name().to_owned(),
+            exit,
+            timed_out,
+            at,
+        });
+    }
+
+    pub(super) fn runs(&self) -> &[HandlerRun] {
+        &self.runs
     }
 
     /// Carry out a hook the state machine asked for. A fence-peer hook
@@ -73,10 +101,11 @@ impl Runner {
         let (kind, cmd) = match hook {
             Hook::FencePeer => (Kind::FencePeer, self.handlers.fence_peer.clone()),
             Hook::UnfencePeer => (Kind::UnfencePeer, self.handlers.unfence_peer.clone()),
-            other => {
-                tracing::warn!(hook = ?other, "handler (none configured for it)");
-                return;
-            }
+            Hook::SplitBrain { .. } => (Kind::SplitBrain, self.handlers.split_brain.clone()),
+            Hook::PriLostAfterSb => (
+                Kind::PriLostAfterSb,
+                self.handlers.pri_lost_after_sb.clone(),
+            ),
         };
         let Some(cmd) = cmd else {
             if kind == Kind::FencePeer {
@@ -89,8 +118,14 @@ impl Runner {
         let spawned = std::thread::Builder::new()
             .name(format!("repd-{}", kind.name()))
             .spawn(move || {
+                let started = std::time::Instant::now();
                 let exit = run(kind, &cmd, &env, timeout);
-                let _ = tx.send(Input::HandlerDone { kind, exit });
+                let timed_out = exit.is_none() && started.elapsed() >= timeout;
+                let _ = tx.send(Input::HandlerDone {
+                    kind,
+                    exit,
+                    timed_out,
+                });
             });
         if let Err(e) = spawned {
             tracing::error!(handler = kind.name(), "cannot start a thread: {e}");
@@ -99,7 +134,11 @@ impl Runner {
     }
 
     fn done(&self, kind: Kind, exit: Option<i32>) {
-        let _ = self.tx.send(Input::HandlerDone { kind, exit });
+        let _ = self.tx.send(Input::HandlerDone {
+            kind,
+            exit,
+            timed_out: false,
+        });
     }
 }
 
@@ -142,7 +181,13 @@ fn run(kind: Kind, cmd: &str, env: &[(String, String)], timeout: Duration) -> Op
         }
     };
     let ms = started.elapsed().as_millis();
-    tracing::info!(handler = kind.name(), exit = ?status.code(), ms, "handler ended");
+    // fence-peer answers with its exit code (3..7); for the others anything
+    // but 0 is a failure the operator should see.
+    if status.code() == Some(0) || matches!(kind, Kind::FencePeer) {
+        tracing::info!(handler = kind.name(), exit = ?status.code(), ms, "handler ended");
+    } else {
+        tracing::warn!(handler = kind.name(), exit = ?status.code(), ms, "handler failed");
+    }
     status.code()
 }
 

@@ -21,8 +21,8 @@
 //! - `convert`: the resource file to the state machine's settings;
 //! - `progress`: resync progress as /proc/drbd shows it;
 //! - `latency`: per-request latency histograms (the metrics endpoint's).
-//! - `handlers`: the `[handlers]` commands (fence-peer, unfence-peer), run
-//!   on threads of their own; their exit codes come back as inputs.
+//! - `handlers`: the `[handlers]` commands (fence-peer, split-brain, ...),
+//!   run on threads of their own; their exit codes come back as inputs.
 
 mod admin;
 mod convert;
@@ -87,6 +87,7 @@ pub(crate) enum Input {
     HandlerDone {
         kind: handlers::Kind,
         exit: Option<i32>,
+        timed_out: bool,
     },
 }
 
@@ -685,7 +686,12 @@ impl Runner {
                 self.peer.adopt_ping(stream, for_conn);
             }
             Input::Control { cmd, reply } => self.control(cmd, reply),
-            Input::HandlerDone { kind, exit } => {
+            Input::HandlerDone {
+                kind,
+                exit,
+                timed_out,
+            } => {
+                self.handlers.record(kind, exit, timed_out);
                 if kind == handlers::Kind::FencePeer {
                     self.node.handle(now, Event::FenceDone { exit });
                 }

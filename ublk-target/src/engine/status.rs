@@ -92,6 +92,7 @@ impl Runner {
             degraded_at_start: st.degraded_at_start,
             resume: st.resume,
             fencing: st.fencing,
+            handlers: self.handlers.runs().to_vec(),
         }
     }
 }

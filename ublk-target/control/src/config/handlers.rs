@@ -25,6 +25,12 @@ pub struct Handlers {
     /// `unfence-peer` (DRBD 9's name): undo `fence-peer` once a resync made
     /// the peer UpToDate again. Runs on the node that fenced.
     pub unfence_peer: Option<String>,
+    /// `split-brain`: the data diverged and no after-sb policy resolved it
+    /// (both nodes go StandAlone). Runs on both nodes; exit code only logged.
+    pub split_brain: Option<String>,
+    /// `pri-lost-after-sb`: an after-sb policy decided that this Primary's
+    /// data is thrown away. Exit code only logged.
+    pub pri_lost_after_sb: Option<String>,
     /// `timeout-ms`: a handler still running after this is killed (counts
     /// as failed).
     pub timeout: Duration,
@@ -35,6 +41,8 @@ impl Default for Handlers {
         Self {
             fence_peer: None,
             unfence_peer: None,
+            split_brain: None,
+            pri_lost_after_sb: None,
             timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
         }
     }
@@ -49,6 +57,10 @@ pub(super) struct RawHandlers {
     pub(super) fence_peer: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) unfence_peer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) split_brain: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) pri_lost_after_sb: Option<String>,
     pub(super) timeout_ms: u64,
 }
 
@@ -57,6 +69,8 @@ impl Default for RawHandlers {
         Self {
             fence_peer: None,
             unfence_peer: None,
+            split_brain: None,
+            pri_lost_after_sb: None,
             timeout_ms: DEFAULT_TIMEOUT_MS,
         }
     }
@@ -67,6 +81,8 @@ impl Handlers {
         RawHandlers {
             fence_peer: self.fence_peer.clone(),
             unfence_peer: self.unfence_peer.clone(),
+            split_brain: self.split_brain.clone(),
+            pri_lost_after_sb: self.pri_lost_after_sb.clone(),
             timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
         }
     }
@@ -86,6 +102,8 @@ pub(super) fn validate(
     for (key, cmd) in [
         ("handlers.fence-peer", &raw.fence_peer),
         ("handlers.unfence-peer", &raw.unfence_peer),
+        ("handlers.split-brain", &raw.split_brain),
+        ("handlers.pri-lost-after-sb", &raw.pri_lost_after_sb),
     ] {
         if let Some(cmd) = cmd {
             check_command(cmd).map_err(|m| bad(key, m))?;
@@ -106,6 +124,8 @@ pub(super) fn validate(
     Ok(Handlers {
         fence_peer: raw.fence_peer,
         unfence_peer: raw.unfence_peer,
+        split_brain: raw.split_brain,
+        pri_lost_after_sb: raw.pri_lost_after_sb,
         timeout: Duration::from_millis(raw.timeout_ms),
     })
 }

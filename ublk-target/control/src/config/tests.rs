@@ -591,3 +591,31 @@ fn fencing_needs_a_fence_peer_handler_with_an_absolute_path() {
     assert_eq!(again.net, c.net);
     assert_eq!(again.handlers, c.handlers);
 }
+
+#[test]
+fn event_handlers_load_check_their_path_and_dump_back() {
+    let with = |handlers: &str| format!("{MINIMAL}[handlers]\n{handlers}\n");
+    for key in ["split-brain", "pri-lost-after-sb"] {
+        let e = err(&with(&format!("{key} = \"notify.sh\"")));
+        assert!(
+            e.contains(&format!("handlers.{key}")) && e.contains("absolute path"),
+            "{e}"
+        );
+    }
+    let c = parse(&with(
+        "split-brain = \"/usr/lib/drbd/notify-split-brain.sh root\"\n\
+         pri-lost-after-sb = \"/usr/lib/drbd/notify-pri-lost-after-sb.sh root\"",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.handlers.split_brain.as_deref(),
+        Some("/usr/lib/drbd/notify-split-brain.sh root")
+    );
+    assert_eq!(
+        c.handlers.pri_lost_after_sb.as_deref(),
+        Some("/usr/lib/drbd/notify-pri-lost-after-sb.sh root")
+    );
+    let dumped = c.to_toml().unwrap();
+    assert!(dumped.contains("split-brain = "), "{dumped}");
+    assert_eq!(parse(&dumped).unwrap().handlers, c.handlers);
+}

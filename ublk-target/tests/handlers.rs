@@ -1,0 +1,132 @@
+//! The `[handlers]` commands other than fencing (see `fencing.rs`) with
+//! real repd processes: each test's handler script appends its name and
+//! DRBD's environment to a file, as an admin's notify script would.
+
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn tools() {
+    require("qemu-io", "qemu-utils");
+}
+
+fn write_exec(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A handler script: one line per run in `calls`, "NAME NODE RESOURCE
+/// PEER MINOR" from DRBD's environment, then the whole environment.
+fn recorder(dir: &Path) -> String {
+    let d = dir.display();
+    let script = dir.join("record");
+    write_exec(
+        &script,
+        &format!(
+            "#!/bin/sh\necho \"$1 $REP_NODE $DRBD_RESOURCE $DRBD_PEER $DRBD_MINOR\" >> {d}/calls\n\
+             env | grep -E '^(DRBD|REP)_' | sort > {d}/$1.$REP_NODE.env\n"
+        ),
+    );
+    script.display().to_string()
+}
+
+fn calls(c: &Cluster) -> Vec<String> {
+    std::fs::read_to_string(c.dir.path().join("calls"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn wait_call(c: &Cluster, line: &str, secs: u64) {
+    let t0 = Instant::now();
+    while !calls(c).iter().any(|l| l == line) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "no `{line}` handler call in {secs} s; calls: {:?}",
+            calls(c)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn qemu_write(c: &Cluster, i: usize, cmd: &str) {
+    let o = c.client(i, "qemu-io", &["-f", "raw", &c.nbd_uri(i), "-c", cmd]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    c.wait(i, "the NBD client gone", 10, |s| s["nbd_clients"] == 0);
+}
+
+/// Both nodes Primary and written while disconnected; on reconnect the
+/// after-sb-2pri policy `call-pri-lost-after-sb` (after-sb-0pri
+/// `discard-least-changes`) picks beta, a Primary, as the victim: beta runs
+/// pri-lost-after-sb, and as no policy may roll a Primary back, both run
+/// split-brain and stay StandAlone. Each handler sees DRBD's environment;
+/// status shows how each ended.
+#[test]
+fn split_brain_and_pri_lost_after_sb_run_with_drbds_environment() {
+    tools();
+    let c = Cluster::new(Opts {
+        disk_mib: 16,
+        ..Opts::default()
+    });
+    let rec = recorder(c.dir.path());
+    let text = std::fs::read_to_string(&c.config[0]).unwrap()
+        + "[split-brain]\nafter-sb-0pri = \"discard-least-changes\"\n\
+           after-sb-2pri = \"call-pri-lost-after-sb\"\n"
+        + &format!(
+            "[handlers]\nsplit-brain = \"{rec} split-brain\"\n\
+             pri-lost-after-sb = \"{rec} pri-lost-after-sb\"\n"
+        );
+    std::fs::write(&c.config[0], text).unwrap();
+    c.up(0);
+    c.up(1);
+    c.ok(0, &["primary", "--force"]);
+    c.wait_synced(60);
+    c.ok(0, &["disconnect"]);
+    c.ok(1, &["disconnect"]);
+    c.ok(1, &["primary"]);
+    qemu_write(&c, 0, "write -P 0xa1 0 2M");
+    qemu_write(&c, 1, "write -P 0xb2 4M 1M");
+    c.ok(0, &["connect"]);
+    c.ok(1, &["connect"]);
+    for i in 0..2 {
+        c.wait(i, "split brain", 20, |s| s["split_brain"] == true);
+    }
+    wait_call(&c, "split-brain alpha r0 beta 0", 20);
+    wait_call(&c, "split-brain beta r0 alpha 1", 20);
+    wait_call(&c, "pri-lost-after-sb beta r0 alpha 1", 20);
+    assert!(
+        !calls(&c)
+            .iter()
+            .any(|l| l.starts_with("pri-lost-after-sb alpha")),
+        "alpha won: {:?}",
+        calls(&c)
+    );
+    let env = std::fs::read_to_string(c.dir.path().join("split-brain.beta.env")).unwrap();
+    for want in [
+        "DRBD_RESOURCE=r0",
+        "DRBD_PEER=alpha",
+        "DRBD_MINOR=1",
+        "DRBD_VOLUME=0",
+        "REP_HANDLER=split-brain",
+    ] {
+        assert!(env.lines().any(|l| l == want), "{want} not in\n{env}");
+    }
+    let conf = format!("DRBD_CONF={}", c.config[1].display());
+    assert!(env.lines().any(|l| l == conf), "{conf} not in\n{env}");
+    let st = c.wait(1, "handler runs in status", 20, |s| {
+        s["handlers"].as_array().is_some_and(|h| h.len() == 2)
+    });
+    for h in st["handlers"].as_array().unwrap() {
+        assert_eq!(h["exit"], 0, "{st:#}");
+        assert_eq!(h["timed_out"], false, "{st:#}");
+    }
+    let text = c.ok(1, &["status"]);
+    assert!(text.contains("handler pri-lost-after-sb: exit 0"), "{text}");
+}
