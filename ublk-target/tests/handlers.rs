@@ -84,20 +84,7 @@ fn split_brain_and_pri_lost_after_sb_run_with_drbds_environment() {
              pri-lost-after-sb = \"{rec} pri-lost-after-sb\"\n"
         );
     std::fs::write(&c.config[0], text).unwrap();
-    c.up(0);
-    c.up(1);
-    c.ok(0, &["primary", "--force"]);
-    c.wait_synced(60);
-    c.ok(0, &["disconnect"]);
-    c.ok(1, &["disconnect"]);
-    c.ok(1, &["primary"]);
-    qemu_write(&c, 0, "write -P 0xa1 0 2M");
-    qemu_write(&c, 1, "write -P 0xb2 4M 1M");
-    c.ok(0, &["connect"]);
-    c.ok(1, &["connect"]);
-    for i in 0..2 {
-        c.wait(i, "split brain", 20, |s| s["split_brain"] == true);
-    }
+    make_split_brain(&c);
     wait_call(&c, "split-brain alpha r0 beta 0", 20);
     wait_call(&c, "split-brain beta r0 alpha 1", 20);
     wait_call(&c, "pri-lost-after-sb beta r0 alpha 1", 20);
@@ -129,4 +116,70 @@ fn split_brain_and_pri_lost_after_sb_run_with_drbds_environment() {
     }
     let text = c.ok(1, &["status"]);
     assert!(text.contains("handler pri-lost-after-sb: exit 0"), "{text}");
+}
+
+/// Both Primary, alpha writes 2 MiB and beta 1 MiB while disconnected,
+/// then they reconnect: a split brain.
+fn make_split_brain(c: &Cluster) {
+    c.up(0);
+    c.up(1);
+    c.ok(0, &["primary", "--force"]);
+    c.wait_synced(60);
+    c.ok(0, &["disconnect"]);
+    c.ok(1, &["disconnect"]);
+    c.ok(1, &["primary"]);
+    qemu_write(c, 0, "write -P 0xa1 0 2M");
+    qemu_write(c, 1, "write -P 0xb2 4M 1M");
+    c.ok(0, &["connect"]);
+    c.ok(1, &["connect"]);
+    for i in 0..2 {
+        c.wait(i, "split brain", 20, |s| s["split_brain"] == true);
+    }
+}
+
+/// A split-brain handler that hangs (a `sleep` it waits for) is killed
+/// with its process group at `timeout-ms` and reported in status.
+#[test]
+fn a_hanging_handler_is_killed_at_the_timeout_and_reported() {
+    tools();
+    let c = Cluster::new(Opts {
+        disk_mib: 16,
+        ..Opts::default()
+    });
+    let d = c.dir.path().display().to_string();
+    let text = std::fs::read_to_string(&c.config[0]).unwrap()
+        + &format!(
+            "[handlers]\nsplit-brain = \"/bin/sh -c 'sleep 60 & echo $! > {d}/sleep.$REP_NODE; wait'\"\n\
+             timeout-ms = 700\n"
+        );
+    std::fs::write(&c.config[0], text).unwrap();
+    make_split_brain(&c);
+    let st = c.wait(0, "the handler killed", 20, |s| {
+        s["handlers"]
+            .as_array()
+            .is_some_and(|h| h.iter().any(|h| h["name"] == "split-brain"))
+    });
+    let h = &st["handlers"][0];
+    assert_eq!(h["timed_out"], true, "{st:#}");
+    assert_eq!(h["exit"], serde_json::Value::Null, "{st:#}");
+    let text = c.ok(0, &["status"]);
+    assert!(
+        text.contains("handler split-brain: KILLED at timeout-ms"),
+        "{text}"
+    );
+    // The whole group went: the handler's own child too.
+    let pid = std::fs::read_to_string(c.dir.path().join("sleep.alpha")).unwrap();
+    let proc_dir = format!("/proc/{}", pid.trim());
+    let t0 = Instant::now();
+    while Path::new(&proc_dir).exists() {
+        let stat = std::fs::read_to_string(format!("{proc_dir}/stat")).unwrap_or_default();
+        if stat.contains(") Z ") {
+            break; // killed, waiting for init to reap it
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the handler's sleep lives on"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
