@@ -66,7 +66,8 @@ fn qemu_write(c: &Cluster, i: usize, cmd: &str) {
 /// after-sb-2pri policy `call-pri-lost-after-sb` (after-sb-0pri
 /// `discard-least-changes`) picks beta, a Primary, as the victim: beta runs
 /// pri-lost-after-sb, and as no policy may roll a Primary back, both run
-/// split-brain and stay StandAlone. Each handler sees DRBD's environment;
+/// split-brain and stay StandAlone; both ran initial-split-brain at the
+/// handshake. Each handler sees DRBD's environment;
 /// status shows how each ended.
 #[test]
 fn split_brain_and_pri_lost_after_sb_run_with_drbds_environment() {
@@ -81,10 +82,13 @@ fn split_brain_and_pri_lost_after_sb_run_with_drbds_environment() {
            after-sb-2pri = \"call-pri-lost-after-sb\"\n"
         + &format!(
             "[handlers]\nsplit-brain = \"{rec} split-brain\"\n\
+             initial-split-brain = \"{rec} initial-split-brain\"\n\
              pri-lost-after-sb = \"{rec} pri-lost-after-sb\"\n"
         );
     std::fs::write(&c.config[0], text).unwrap();
     make_split_brain(&c);
+    wait_call(&c, "initial-split-brain alpha r0 beta 0", 20);
+    wait_call(&c, "initial-split-brain beta r0 alpha 1", 20);
     wait_call(&c, "split-brain alpha r0 beta 0", 20);
     wait_call(&c, "split-brain beta r0 alpha 1", 20);
     wait_call(&c, "pri-lost-after-sb beta r0 alpha 1", 20);
@@ -108,7 +112,7 @@ fn split_brain_and_pri_lost_after_sb_run_with_drbds_environment() {
     let conf = format!("DRBD_CONF={}", c.config[1].display());
     assert!(env.lines().any(|l| l == conf), "{conf} not in\n{env}");
     let st = c.wait(1, "handler runs in status", 20, |s| {
-        s["handlers"].as_array().is_some_and(|h| h.len() == 2)
+        s["handlers"].as_array().is_some_and(|h| h.len() == 3)
     });
     for h in st["handlers"].as_array().unwrap() {
         assert_eq!(h["exit"], 0, "{st:#}");
@@ -182,4 +186,102 @@ fn a_hanging_handler_is_killed_at_the_timeout_and_reported() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Unmounts the tmpfs of [`primary_disk_on_small_tmpfs`] when dropped.
+struct Umount(std::path::PathBuf);
+
+impl Drop for Umount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// alpha's image moved onto a 24 MiB tmpfs (data sparse, metadata written),
+/// so that writes past ~16 MiB fail with ENOSPC (as `events.rs` does).
+fn primary_disk_on_small_tmpfs(c: &Cluster) -> Umount {
+    use std::process::Command;
+    let small = c.dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let run = |cmd: &mut Command| assert!(cmd.status().unwrap().success(), "{cmd:?}");
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "rep-test-handlers"])
+        .arg(&small));
+    let umount = Umount(small.clone());
+    let (img, moved) = (c.img(0), small.join("alpha.img"));
+    run(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&img)
+        .arg(&moved));
+    let skip = (c.disk_bytes - (8 << 20)) >> 20;
+    run(Command::new("dd")
+        .arg(format!("if={}", img.display()))
+        .arg(format!("of={}", moved.display()))
+        .args(["bs=1M", &format!("skip={skip}"), &format!("seek={skip}")])
+        .args(["conv=notrunc", "status=none"]));
+    std::fs::remove_file(&img).unwrap();
+    std::os::unix::fs::symlink(&moved, &img).unwrap();
+    umount
+}
+
+/// The initial sync makes beta, its target, run after-resync-target; then
+/// alpha's disk fills up and, under `on-io-error = "call-local-io-error"`,
+/// alpha runs local-io-error (once for the episode of failed writes).
+#[test]
+fn after_resync_target_and_local_io_error_run_when_drbd_runs_them() {
+    tools();
+    let c = Cluster::new(Opts::default());
+    let rec = recorder(c.dir.path());
+    let text = std::fs::read_to_string(&c.config[0]).unwrap()
+        + "[disk]\non-io-error = \"call-local-io-error\"\n"
+        + &format!(
+            "[handlers]\nlocal-io-error = \"{rec} local-io-error\"\n\
+             after-resync-target = \"{rec} after-resync-target\"\n"
+        );
+    std::fs::write(&c.config[0], text).unwrap();
+    let _small = primary_disk_on_small_tmpfs(&c);
+    c.up(0);
+    c.up(1);
+    c.ok(0, &["primary", "--force"]);
+    c.wait_synced(60);
+    wait_call(&c, "after-resync-target beta r0 alpha 1", 20);
+    let o = c.client(
+        0,
+        "qemu-io",
+        &["-f", "raw", &c.nbd_uri(0), "-c", "write -P 0x11 0 40M"],
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("write failed"),
+        "a write into the full disk succeeded: {o:?}"
+    );
+    wait_call(&c, "local-io-error alpha r0 beta 0", 20);
+    let env = std::fs::read_to_string(c.dir.path().join("local-io-error.alpha.env")).unwrap();
+    for want in [
+        "DRBD_RESOURCE=r0",
+        "DRBD_PEER=beta",
+        "REP_HANDLER=local-io-error",
+    ] {
+        assert!(env.lines().any(|l| l == want), "{want} not in\n{env}");
+    }
+    let backing = format!("DRBD_BACKING_DEV={}", c.img(0).display());
+    assert!(env.lines().any(|l| l == backing), "{backing} not in\n{env}");
+    let st = c.status(0);
+    assert!(
+        st["handlers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["name"] == "local-io-error" && h["exit"] == 0),
+        "{st:#}"
+    );
+    assert!(
+        !calls(&c)
+            .iter()
+            .any(|l| l.starts_with("after-resync-target alpha")),
+        "alpha was the sync source: {:?}",
+        calls(&c)
+    );
 }

@@ -15,7 +15,7 @@ use replication_proto::machine::Hook;
 use wait_timeout::ChildExt;
 
 use super::{Input, InputTx};
-use crate::config::{Config, Handlers, Node};
+use crate::config::{Config, Handlers, Node, OnIoError};
 
 /// Which handler ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +23,10 @@ pub(crate) enum Kind {
     FencePeer,
     UnfencePeer,
     SplitBrain,
+    InitialSplitBrain,
     PriLostAfterSb,
+    LocalIoError,
+    AfterResyncTarget,
 }
 
 impl Kind {
@@ -32,7 +35,10 @@ impl Kind {
             Self::FencePeer => "fence-peer",
             Self::UnfencePeer => "unfence-peer",
             Self::SplitBrain => "split-brain",
+            Self::InitialSplitBrain => "initial-split-brain",
             Self::PriLostAfterSb => "pri-lost-after-sb",
+            Self::LocalIoError => "local-io-error",
+            Self::AfterResyncTarget => "after-resync-target",
         }
     }
 }
@@ -40,6 +46,8 @@ impl Kind {
 /// Runs the configured handlers on the engine's behalf.
 pub(super) struct Runner {
     handlers: Handlers,
+    /// `[disk] on-io-error = "call-local-io-error"`.
+    call_local_io_error: bool,
     env: Vec<(String, String)>,
     tx: InputTx,
     /// The last run of each kind, for `repctl status` (so at most one
@@ -70,6 +78,7 @@ impl Runner {
         ];
         Self {
             handlers: cfg.handlers.clone(),
+            call_local_io_error: cfg.disk.on_io_error == OnIoError::CallLocalIoError,
             env: env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             tx,
             runs: Vec::new(),
@@ -101,10 +110,23 @@ impl Runner {
         let (kind, cmd) = match hook {
             Hook::FencePeer => (Kind::FencePeer, self.handlers.fence_peer.clone()),
             Hook::UnfencePeer => (Kind::UnfencePeer, self.handlers.unfence_peer.clone()),
+            Hook::InitialSplitBrain => (
+                Kind::InitialSplitBrain,
+                self.handlers.initial_split_brain.clone(),
+            ),
             Hook::SplitBrain { .. } => (Kind::SplitBrain, self.handlers.split_brain.clone()),
             Hook::PriLostAfterSb => (
                 Kind::PriLostAfterSb,
                 self.handlers.pri_lost_after_sb.clone(),
+            ),
+            // DRBD runs it only under `on-io-error call-local-io-error`.
+            Hook::LocalIoError if self.call_local_io_error => {
+                (Kind::LocalIoError, self.handlers.local_io_error.clone())
+            }
+            Hook::LocalIoError => return,
+            Hook::AfterResyncTarget => (
+                Kind::AfterResyncTarget,
+                self.handlers.after_resync_target.clone(),
             ),
         };
         let Some(cmd) = cmd else {
