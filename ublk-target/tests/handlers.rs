@@ -142,7 +142,8 @@ fn make_split_brain(c: &Cluster) {
 }
 
 /// A split-brain handler that hangs (a `sleep` it waits for) is killed
-/// with its process group at `timeout-ms` and reported in status.
+/// with its process group at `timeout-ms` and reported in status and in
+/// the event stream.
 #[test]
 fn a_hanging_handler_is_killed_at_the_timeout_and_reported() {
     tools();
@@ -154,10 +155,19 @@ fn a_hanging_handler_is_killed_at_the_timeout_and_reported() {
     let text = std::fs::read_to_string(&c.config[0]).unwrap()
         + &format!(
             "[handlers]\nsplit-brain = \"/bin/sh -c 'sleep 60 & echo $! > {d}/sleep.$REP_NODE; wait'\"\n\
-             timeout-ms = 700\n"
+             timeout-ms = 3000\n"
         );
     std::fs::write(&c.config[0], text).unwrap();
     make_split_brain(&c);
+    // The handler hangs for 3 s: watch alpha's event stream meanwhile.
+    let log = c.dir.path().join("events.log");
+    let mut watcher = c
+        .node(0)
+        .command()
+        .arg("events")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
     let st = c.wait(0, "the handler killed", 20, |s| {
         s["handlers"]
             .as_array()
@@ -171,6 +181,14 @@ fn a_hanging_handler_is_killed_at_the_timeout_and_reported() {
         text.contains("handler split-brain: KILLED at timeout-ms"),
         "{text}"
     );
+    let line = "call handler name:r0 conn-name:beta exit:timed-out handler:split-brain";
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap().contains(line) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no `{line}` event");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = watcher.kill();
+    let _ = watcher.wait();
     // The whole group went: the handler's own child too.
     let pid = std::fs::read_to_string(c.dir.path().join("sleep.alpha")).unwrap();
     let proc_dir = format!("/proc/{}", pid.trim());

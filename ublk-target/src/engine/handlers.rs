@@ -53,7 +53,15 @@ pub(super) struct Runner {
     /// The last run of each kind, for `repctl status` (so at most one
     /// entry per [`Kind`]).
     runs: Vec<HandlerRun>,
+    /// The newest runs for the event stream, at most [`ENDED_KEPT`], and
+    /// how many ended so far.
+    ended: std::collections::VecDeque<crate::events::HandlerEnded>,
+    ended_count: u64,
 }
+
+/// Handler ends kept for the event stream: more than end in one engine
+/// turn (a turn takes every input waiting).
+const ENDED_KEPT: usize = 16;
 
 impl Runner {
     pub(super) fn new(cfg: &Config, me: &Node, peer: &Node, tx: InputTx) -> Self {
@@ -82,6 +90,8 @@ impl Runner {
             env: env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             tx,
             runs: Vec::new(),
+            ended: std::collections::VecDeque::new(),
+            ended_count: 0,
         }
     }
 
@@ -91,6 +101,16 @@ impl Runner {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
+        self.ended_count += 1;
+        let how = match (exit, timed_out) {
+            (_, true) => "timed-out".to_owned(),
+            (Some(code), _) => code.to_string(),
+            (None, false) => "killed".to_owned(),
+        };
+        if self.ended.len() >= ENDED_KEPT {
+            self.ended.pop_front();
+        }
+        self.ended.push_back((self.ended_count, kind.name(), how));
         self.runs.retain(|r| r.name != kind.name());
         self.runs.push(HandlerRun {
             name: kind.name().to_owned(),
@@ -102,6 +122,11 @@ impl Runner {
 
     pub(super) fn runs(&self) -> &[HandlerRun] {
         &self.runs
+    }
+
+    /// The newest handler ends, for [`crate::events::Snapshot`].
+    pub(super) fn ended(&self) -> Vec<crate::events::HandlerEnded> {
+        self.ended.iter().cloned().collect()
     }
 
     /// Carry out a hook the state machine asked for. A fence-peer hook
