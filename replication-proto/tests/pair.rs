@@ -499,6 +499,10 @@ fn a_silent_peer_is_dropped_and_its_writes_marked() {
 fn split_brain_is_detected_and_discard_my_data_recovers() {
     let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
     p.up_and_synced();
+    // beta was the initial sync's target: after-resync-target ran there.
+    assert!(p.s[0].hooks.is_empty());
+    assert_eq!(p.s[1].hooks, vec![Hook::AfterResyncTarget]);
+    p.s[1].hooks.clear();
     p.admin(0, Admin::Verb(Verb::Disconnect)).unwrap();
     p.admin(1, Admin::Verb(Verb::Disconnect)).unwrap();
     p.admin(1, Admin::Verb(Verb::Primary { force: false }))
@@ -529,6 +533,17 @@ fn split_brain_is_detected_and_discard_my_data_recovers() {
             .contains("discard-my-data"));
     }
     assert_eq!(p.read_local(1, 8192, 4096)[0], 0xb2, "nothing merged");
+    for i in 0..2 {
+        // initial-split-brain first, then split-brain: no policy resolved it.
+        let h = &p.s[i].hooks;
+        assert!(
+            matches!(
+                h.as_slice(),
+                [Hook::InitialSplitBrain, Hook::SplitBrain { .. }]
+            ),
+            "{h:?}"
+        );
+    }
     p.admin(1, Admin::Verb(Verb::Secondary)).unwrap();
     p.admin(
         1,
@@ -832,8 +847,14 @@ fn a_failed_local_write_is_passed_on_and_its_range_resynced_later() {
         p.read_local(0, 15 * 4096, 3 * 4096),
         p.read_local(1, 15 * 4096, 3 * 4096)
     );
+    // The local-io-error hook once per episode: not again for the next
+    // failure, again after a local write succeeded in between.
+    assert_eq!(p.write(0, 5, 16 * 4096, 0x33, 4096), Err(errno::EIO));
+    assert_eq!(p.s[0].hooks, vec![Hook::LocalIoError]);
     // Writes elsewhere go on.
     assert_eq!(p.write(0, 2, 0, 0x44, 4096), Ok(None));
+    assert_eq!(p.write(0, 6, 16 * 4096, 0x33, 4096), Err(errno::EIO));
+    assert_eq!(p.s[0].hooks, vec![Hook::LocalIoError, Hook::LocalIoError]);
     // The disk is replaced (or the error was transient); the next
     // connection resyncs the range and both copies are equal again.
     p.s[0].bad_blocks = 0..0;
@@ -1480,6 +1501,9 @@ fn fenced_pair(policy: Fencing) -> Pair {
     };
     let mut p = Pair::new(with("alpha", "beta"), with("beta", "alpha"));
     p.up_and_synced();
+    // The initial sync's after-resync-target is not what these tests check.
+    assert_eq!(p.s[1].hooks, vec![Hook::AfterResyncTarget]);
+    p.s[1].hooks.clear();
     p
 }
 
@@ -1775,4 +1799,45 @@ fn the_last_verify_is_kept_on_both_sides() {
         let v = p.s[i].node.status().last_verify.expect("kept");
         assert_eq!(v.out_of_sync_bytes, 0, "node {i} after the repair: {v:?}");
     }
+}
+
+/// A split brain an after-sb policy resolves (discard-secondary: beta, the
+/// Secondary, becomes the sync target) runs initial-split-brain on both
+/// nodes, and neither split-brain nor pri-lost-after-sb; beta runs
+/// after-resync-target once the resync made it UpToDate.
+#[test]
+fn a_resolved_split_brain_runs_only_initial_split_brain() {
+    use replication_proto::machine::AfterSb1;
+    let with = |me, peer| {
+        let mut c = cfg(me, peer);
+        c.split_brain.after_sb_1pri = AfterSb1::DiscardSecondary;
+        c
+    };
+    let mut p = Pair::new(with("alpha", "beta"), with("beta", "alpha"));
+    p.up_and_synced();
+    p.admin(0, Admin::Verb(Verb::Disconnect)).unwrap();
+    p.admin(1, Admin::Verb(Verb::Disconnect)).unwrap();
+    p.admin(1, Admin::Verb(Verb::Primary { force: false }))
+        .unwrap();
+    p.write(0, 1, 0, 0xa1, 4096).unwrap();
+    p.write(1, 2, 8192, 0xb2, 4096).unwrap();
+    p.admin(1, Admin::Verb(Verb::Secondary)).unwrap();
+    p.s[0].hooks.clear();
+    p.s[1].hooks.clear();
+    p.connect_both();
+    p.tick(2000);
+    assert_eq!(p.s[0].hooks, vec![Hook::InitialSplitBrain]);
+    assert_eq!(
+        p.s[1].hooks,
+        vec![Hook::InitialSplitBrain, Hook::AfterResyncTarget]
+    );
+    for i in 0..2 {
+        assert!(!p.s[i].node.status().split_brain);
+    }
+    assert_eq!(p.s[1].node.conn(), ConnState::Connected);
+    assert_ne!(
+        p.read_local(1, 8192, 4096)[0],
+        0xb2,
+        "beta's change rolled back"
+    );
 }

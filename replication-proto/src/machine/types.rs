@@ -144,15 +144,25 @@ pub enum Event {
 /// Hooks the driver runs on the node's behalf (DRBD's handlers).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Hook {
-    SplitBrain {
-        detail: String,
-    },
+    /// A split brain found at the handshake, before any `after-sb-*`
+    /// policy tried to resolve it (DRBD's `initial-split-brain`).
+    InitialSplitBrain,
+    /// A split brain no policy resolved: the connection goes StandAlone.
+    SplitBrain { detail: String },
+    /// A policy picked this Primary as the split brain's victim.
     PriLostAfterSb,
+    /// The local disk failed an I/O: the first of an episode (until a
+    /// local I/O succeeds again). The driver runs DRBD's `local-io-error`
+    /// handler if its `on-io-error` policy says so.
+    LocalIoError,
     /// Fence the peer (keep it from promotion): answered by
     /// [`Event::FenceDone`]. One runs at a time.
     FencePeer,
     /// The peer is UpToDate again after a resync: undo the fencing.
     UnfencePeer,
+    /// A resync as SyncTarget finished: this node is UpToDate again
+    /// (DRBD's `after-resync-target`).
+    AfterResyncTarget,
 }
 
 /// An output of [`crate::machine::Node::poll_action`], to carry out in the

@@ -269,6 +269,10 @@ pub struct NodeStatus {
     /// started.
     #[serde(default)]
     pub last_verify: Option<LastVerify>,
+    /// The last run of each `[handlers]` command that ran since repd
+    /// started.
+    #[serde(default)]
+    pub handlers: Vec<HandlerRun>,
 }
 
 /// The last verify: when, what it compared, what differed.
@@ -279,6 +283,20 @@ pub struct LastVerify {
     pub age_s: u64,
     pub verified_bytes: u64,
     pub out_of_sync_bytes: u64,
+}
+
+/// How a `[handlers]` command ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandlerRun {
+    /// The handler's key (`split-brain`, `fence-peer`, ...).
+    pub name: String,
+    /// Its exit code; `None` when it did not exit by itself (killed at
+    /// `timeout-ms`, a signal, or it could not start).
+    pub exit: Option<i32>,
+    /// Killed at `timeout-ms`.
+    pub timed_out: bool,
+    /// When it ended: seconds since the Unix epoch.
+    pub at: u64,
 }
 
 impl NodeStatus {

@@ -180,6 +180,18 @@ fn fencing(s: &mut String, f: &replication_proto::machine::FenceStatus) {
     let _ = writeln!(s, "  fencing {}: {state}{last}", f.policy);
 }
 
+/// The `[handlers]` commands that ran: how each last ended.
+fn handler_runs(s: &mut String, runs: &[crate::protocol::HandlerRun]) {
+    for r in runs {
+        let how = match (r.exit, r.timed_out) {
+            (_, true) => "KILLED at timeout-ms".to_owned(),
+            (Some(code), _) => format!("exit {code}"),
+            (None, false) => "did not exit by itself (a signal, or it could not start)".to_owned(),
+        };
+        let _ = writeln!(s, "  handler {}: {how} (at {})", r.name, r.at);
+    }
+}
+
 /// The lines shown only when they apply: crash resume, the NBD export, the
 /// last error.
 fn extras(s: &mut String, st: &NodeStatus) {
@@ -189,6 +201,7 @@ fn extras(s: &mut String, st: &NodeStatus) {
         let _ = writeln!(s, "  after a crash: {r}");
     }
     fencing(s, &st.fencing);
+    handler_runs(s, &st.handlers);
     if let Some(n) = &st.nbd {
         let _ = writeln!(
             s,

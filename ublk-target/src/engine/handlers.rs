@@ -10,24 +10,35 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use rep_control::protocol::HandlerRun;
 use replication_proto::machine::Hook;
 use wait_timeout::ChildExt;
 
 use super::{Input, InputTx};
-use crate::config::{Config, Handlers, Node};
+use crate::config::{Config, Handlers, Node, OnIoError};
 
 /// Which handler ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
     FencePeer,
     UnfencePeer,
+    SplitBrain,
+    InitialSplitBrain,
+    PriLostAfterSb,
+    LocalIoError,
+    AfterResyncTarget,
 }
 
 impl Kind {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::FencePeer => "fence-peer",
             Self::UnfencePeer => "unfence-peer",
+            Self::SplitBrain => "split-brain",
+            Self::InitialSplitBrain => "initial-split-brain",
+            Self::PriLostAfterSb => "pri-lost-after-sb",
+            Self::LocalIoError => "local-io-error",
+            Self::AfterResyncTarget => "after-resync-target",
         }
     }
 }
@@ -35,9 +46,22 @@ impl Kind {
 /// Runs the configured handlers on the engine's behalf.
 pub(super) struct Runner {
     handlers: Handlers,
+    /// `[disk] on-io-error = "call-local-io-error"`.
+    call_local_io_error: bool,
     env: Vec<(String, String)>,
     tx: InputTx,
+    /// The last run of each kind, for `repctl status` (so at most one
+    /// entry per [`Kind`]).
+    runs: Vec<HandlerRun>,
+    /// The newest runs for the event stream, at most [`ENDED_KEPT`], and
+    /// how many ended so far.
+    ended: std::collections::VecDeque<crate::events::HandlerEnded>,
+    ended_count: u64,
 }
+
+/// Handler ends kept for the event stream: more than end in one engine
+/// turn (a turn takes every input waiting).
+const ENDED_KEPT: usize = 16;
 
 impl Runner {
     pub(super) fn new(cfg: &Config, me: &Node, peer: &Node, tx: InputTx) -> Self {
@@ -62,9 +86,47 @@ impl Runner {
         ];
         Self {
             handlers: cfg.handlers.clone(),
+            call_local_io_error: cfg.disk.on_io_error == OnIoError::CallLocalIoError,
             env: env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             tx,
+            runs: Vec::new(),
+            ended: std::collections::VecDeque::new(),
+            ended_count: 0,
         }
+    }
+
+    /// Keep how a handler ended for `repctl status`.
+    pub(super) fn record(&mut self, kind: Kind, exit: Option<i32>, timed_out: bool) {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        self.ended_count += 1;
+        let how = match (exit, timed_out) {
+            (_, true) => "timed-out".to_owned(),
+            (Some(code), _) => code.to_string(),
+            (None, false) => "killed".to_owned(),
+        };
+        if self.ended.len() >= ENDED_KEPT {
+            self.ended.pop_front();
+        }
+        self.ended.push_back((self.ended_count, kind.name(), how));
+        self.runs.retain(|r| r.name != kind.name());
+        self.runs.push(HandlerRun {
+            name: kind.name().to_owned(),
+            exit,
+            timed_out,
+            at,
+        });
+    }
+
+    pub(super) fn runs(&self) -> &[HandlerRun] {
+        &self.runs
+    }
+
+    /// The newest handler ends, for [`crate::events::Snapshot`].
+    pub(super) fn ended(&self) -> Vec<crate::events::HandlerEnded> {
+        self.ended.iter().cloned().collect()
     }
 
     /// Carry out a hook the state machine asked for. A fence-peer hook
@@ -73,10 +135,24 @@ impl Runner {
         let (kind, cmd) = match hook {
             Hook::FencePeer => (Kind::FencePeer, self.handlers.fence_peer.clone()),
             Hook::UnfencePeer => (Kind::UnfencePeer, self.handlers.unfence_peer.clone()),
-            other => {
-                tracing::warn!(hook = ?other, "handler (none configured for it)");
-                return;
+            Hook::InitialSplitBrain => (
+                Kind::InitialSplitBrain,
+                self.handlers.initial_split_brain.clone(),
+            ),
+            Hook::SplitBrain { .. } => (Kind::SplitBrain, self.handlers.split_brain.clone()),
+            Hook::PriLostAfterSb => (
+                Kind::PriLostAfterSb,
+                self.handlers.pri_lost_after_sb.clone(),
+            ),
+            // DRBD runs it only under `on-io-error call-local-io-error`.
+            Hook::LocalIoError if self.call_local_io_error => {
+                (Kind::LocalIoError, self.handlers.local_io_error.clone())
             }
+            Hook::LocalIoError => return,
+            Hook::AfterResyncTarget => (
+                Kind::AfterResyncTarget,
+                self.handlers.after_resync_target.clone(),
+            ),
         };
         let Some(cmd) = cmd else {
             if kind == Kind::FencePeer {
@@ -89,8 +165,14 @@ impl Runner {
         let spawned = std::thread::Builder::new()
             .name(format!("repd-{}", kind.name()))
             .spawn(move || {
+                let started = std::time::Instant::now();
                 let exit = run(kind, &cmd, &env, timeout);
-                let _ = tx.send(Input::HandlerDone { kind, exit });
+                let timed_out = exit.is_none() && started.elapsed() >= timeout;
+                let _ = tx.send(Input::HandlerDone {
+                    kind,
+                    exit,
+                    timed_out,
+                });
             });
         if let Err(e) = spawned {
             tracing::error!(handler = kind.name(), "cannot start a thread: {e}");
@@ -99,7 +181,11 @@ impl Runner {
     }
 
     fn done(&self, kind: Kind, exit: Option<i32>) {
-        let _ = self.tx.send(Input::HandlerDone { kind, exit });
+        let _ = self.tx.send(Input::HandlerDone {
+            kind,
+            exit,
+            timed_out: false,
+        });
     }
 }
 
@@ -142,7 +228,13 @@ fn run(kind: Kind, cmd: &str, env: &[(String, String)], timeout: Duration) -> Op
         }
     };
     let ms = started.elapsed().as_millis();
-    tracing::info!(handler = kind.name(), exit = ?status.code(), ms, "handler ended");
+    // fence-peer answers with its exit code (3..7); for the others anything
+    // but 0 is a failure the operator should see.
+    if status.code() == Some(0) || matches!(kind, Kind::FencePeer) {
+        tracing::info!(handler = kind.name(), exit = ?status.code(), ms, "handler ended");
+    } else {
+        tracing::warn!(handler = kind.name(), exit = ?status.code(), ms, "handler failed");
+    }
     status.code()
 }
 

@@ -21,8 +21,8 @@
 //! - `convert`: the resource file to the state machine's settings;
 //! - `progress`: resync progress as /proc/drbd shows it;
 //! - `latency`: per-request latency histograms (the metrics endpoint's).
-//! - `handlers`: the `[handlers]` commands (fence-peer, unfence-peer), run
-//!   on threads of their own; their exit codes come back as inputs.
+//! - `handlers`: the `[handlers]` commands (fence-peer, split-brain, ...),
+//!   run on threads of their own; their exit codes come back as inputs.
 
 mod adjust;
 mod admin;
@@ -88,6 +88,7 @@ pub(crate) enum Input {
     HandlerDone {
         kind: handlers::Kind,
         exit: Option<i32>,
+        timed_out: bool,
     },
     /// `repctl adjust` (see `adjust`).
     Adjust {
@@ -709,7 +710,12 @@ impl Runner {
             Input::Adjust { path, reply } => {
                 let _ = reply.send(self.adjust(&path));
             }
-            Input::HandlerDone { kind, exit } => {
+            Input::HandlerDone {
+                kind,
+                exit,
+                timed_out,
+            } => {
+                self.handlers.record(kind, exit, timed_out);
                 if kind == handlers::Kind::FencePeer {
                     self.node.handle(now, Event::FenceDone { exit });
                 }

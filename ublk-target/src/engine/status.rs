@@ -14,8 +14,11 @@ impl Runner {
     pub(super) fn publish_events(&self) {
         let st = self.node.status();
         let sync = self.progress.current();
-        self.events
-            .publish(crate::events::Snapshot::of(&st, sync.as_ref()));
+        self.events.publish(crate::events::Snapshot::of(
+            &st,
+            sync.as_ref(),
+            self.handlers.ended(),
+        ));
     }
 
     /// What `repctl status` shows: the state machine's status plus what
@@ -102,6 +105,7 @@ impl Runner {
                     out_of_sync_bytes: v.out_of_sync_bytes,
                 }
             }),
+            handlers: self.handlers.runs().to_vec(),
         }
     }
 }

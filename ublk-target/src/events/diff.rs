@@ -36,10 +36,20 @@ pub(crate) struct Snapshot {
     pub(crate) verified_bytes: u64,
     pub(crate) verify_out_of_sync_bytes: u64,
     pub(crate) errors: Vec<ErrorNote>,
+    /// The newest handlers that ended: (sequence number, handler, exit).
+    pub(crate) handlers: Vec<HandlerEnded>,
 }
 
+/// A `[handlers]` command that ended: its sequence number (counted by the
+/// engine from 1), name and exit ("0", "3", "killed", "timed-out").
+pub(crate) type HandlerEnded = (u64, &'static str, String);
+
 impl Snapshot {
-    pub(crate) fn of(st: &Status, sync: Option<&SyncProgress>) -> Self {
+    pub(crate) fn of(
+        st: &Status,
+        sync: Option<&SyncProgress>,
+        handlers: Vec<HandlerEnded>,
+    ) -> Self {
         Self {
             role: st.role,
             suspended: st.suspended,
@@ -58,6 +68,7 @@ impl Snapshot {
             verified_bytes: st.stats.traffic.verified_bytes,
             verify_out_of_sync_bytes: st.stats.traffic.verify_out_of_sync_bytes,
             errors: st.errors.clone(),
+            handlers,
         }
     }
 
@@ -78,6 +89,7 @@ impl Snapshot {
             verified_bytes: 0,
             verify_out_of_sync_bytes: 0,
             errors: Vec::new(),
+            handlers: Vec::new(),
         }
     }
 
@@ -220,6 +232,14 @@ fn happenings(prev: &Snapshot, next: &Snapshot, n: &Names) -> Vec<Event> {
     }
     if !prev.split_brain && next.split_brain {
         out.push(call("split-brain"));
+    }
+    let seen = prev.handlers.iter().map(|h| h.0).max().unwrap_or(0);
+    for (_, handler, exit) in next.handlers.iter().filter(|h| h.0 > seen) {
+        out.push(
+            call("handler")
+                .with("handler", *handler)
+                .with("exit", exit.as_str()),
+        );
     }
     out
 }

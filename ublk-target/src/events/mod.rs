@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use rep_control::events::{Event, EventKind};
 
-pub(crate) use diff::{Names, Snapshot};
+pub(crate) use diff::{HandlerEnded, Names, Snapshot};
 pub use stream::serve_watcher;
 
 /// How many events a watcher may fall behind before it is cut off. Bursts

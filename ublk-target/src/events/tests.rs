@@ -309,3 +309,32 @@ fn a_paused_resync_says_resync_suspended_user() {
         .iter()
         .any(|l| l.starts_with("exists peer-device") && l.ends_with("resync-suspended:user")));
 }
+
+#[test]
+fn each_handler_that_ended_is_one_call_line() {
+    let a = Snapshot::healthy();
+    let one = Snapshot {
+        handlers: vec![(1, "split-brain", "0".to_owned())],
+        ..a.clone()
+    };
+    let two = Snapshot {
+        handlers: vec![
+            (1, "split-brain", "0".to_owned()),
+            (2, "initial-split-brain", "timed-out".to_owned()),
+            (3, "split-brain", "1".to_owned()),
+        ],
+        ..a.clone()
+    };
+    assert_eq!(
+        texts(&changes(&a, &one, &names(), false)),
+        ["call handler name:r0 conn-name:beta exit:0 handler:split-brain"]
+    );
+    assert_eq!(
+        texts(&changes(&one, &two, &names(), false)),
+        [
+            "call handler name:r0 conn-name:beta exit:timed-out handler:initial-split-brain",
+            "call handler name:r0 conn-name:beta exit:1 handler:split-brain",
+        ]
+    );
+    assert!(changes(&two, &two, &names(), false).is_empty());
+}

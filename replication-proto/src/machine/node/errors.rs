@@ -3,7 +3,7 @@
 //! it ended (a look right after a quick heal still sees why the link
 //! dropped; the log keeps everything).
 
-use crate::machine::types::{ConnState, ErrorKind, ErrorNote};
+use crate::machine::types::{Action, ConnState, ErrorKind, ErrorNote, Hook};
 use crate::meta::MetaFlags;
 use crate::time::Millis;
 
@@ -63,6 +63,9 @@ impl Node {
             Some(s) if s.ended_at.is_none() => s.count.saturating_add(1),
             _ => 1,
         };
+        if kind == ErrorKind::LocalIo && count == 1 {
+            self.actions.push_back(Action::Hook(Hook::LocalIoError));
+        }
         *slot = Some(Slot {
             message: msg,
             at: now,

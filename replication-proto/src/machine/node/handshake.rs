@@ -133,6 +133,13 @@ impl Node {
         self.discard_my_data = false;
         self.link.decide(self.now);
         self.set_connected_ind(true);
+        if matches!(
+            d,
+            Decision::SplitBrainResolved { .. } | Decision::SplitBrain { .. }
+        ) {
+            self.actions
+                .push_back(Action::Hook(Hook::InitialSplitBrain));
+        }
         match d {
             Decision::NoSync => self.connected_without_sync(&p.hello),
             Decision::Source { full } => self.begin_sync_after_handshake(SyncRole::Source, full),

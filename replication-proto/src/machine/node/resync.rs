@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use crate::gen::Generations;
 use crate::machine::io::Span;
-use crate::machine::types::{Action, ConnState, Payload};
+use crate::machine::types::{Action, ConnState, Hook, Payload};
 use crate::meta::{MetaFlags, BM_BLOCK_SIZE};
 use crate::wire::rle::{bitmap_messages, BitmapReceiver, Progress};
 use crate::wire::{DiskState, Message};
@@ -527,6 +527,8 @@ impl Node {
                 self.set_up_to_date();
                 self.persist_bitmap_all(None);
                 tracing::info!("resync finished as target: UpToDate");
+                self.actions
+                    .push_back(Action::Hook(Hook::AfterResyncTarget));
                 self.send(Message::SyncDone);
                 self.send(Message::State {
                     role: self.role,

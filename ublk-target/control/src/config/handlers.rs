@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::ConfigError;
+use super::{ConfigError, OnIoError};
 use replication_proto::machine::Fencing;
 
 /// Longest handler command line, in bytes.
@@ -25,6 +25,21 @@ pub struct Handlers {
     /// `unfence-peer` (DRBD 9's name): undo `fence-peer` once a resync made
     /// the peer UpToDate again. Runs on the node that fenced.
     pub unfence_peer: Option<String>,
+    /// `split-brain`: the data diverged and no after-sb policy resolved it
+    /// (both nodes go StandAlone). Runs on both nodes; exit code only logged.
+    pub split_brain: Option<String>,
+    /// `initial-split-brain`: a split brain found at the handshake, before
+    /// any after-sb policy tried to resolve it. Exit code only logged.
+    pub initial_split_brain: Option<String>,
+    /// `pri-lost-after-sb`: an after-sb policy decided that this Primary's
+    /// data is thrown away. Exit code only logged.
+    pub pri_lost_after_sb: Option<String>,
+    /// `local-io-error`: the local disk failed an I/O (with `[disk]
+    /// on-io-error = "call-local-io-error"`). Exit code only logged.
+    pub local_io_error: Option<String>,
+    /// `after-resync-target`: a resync as SyncTarget finished (this node is
+    /// UpToDate again). Exit code only logged.
+    pub after_resync_target: Option<String>,
     /// `timeout-ms`: a handler still running after this is killed (counts
     /// as failed).
     pub timeout: Duration,
@@ -35,6 +50,11 @@ impl Default for Handlers {
         Self {
             fence_peer: None,
             unfence_peer: None,
+            split_brain: None,
+            initial_split_brain: None,
+            pri_lost_after_sb: None,
+            local_io_error: None,
+            after_resync_target: None,
             timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
         }
     }
@@ -49,6 +69,16 @@ pub(super) struct RawHandlers {
     pub(super) fence_peer: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) unfence_peer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) split_brain: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) initial_split_brain: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) pri_lost_after_sb: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) local_io_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) after_resync_target: Option<String>,
     pub(super) timeout_ms: u64,
 }
 
@@ -57,6 +87,11 @@ impl Default for RawHandlers {
         Self {
             fence_peer: None,
             unfence_peer: None,
+            split_brain: None,
+            initial_split_brain: None,
+            pri_lost_after_sb: None,
+            local_io_error: None,
+            after_resync_target: None,
             timeout_ms: DEFAULT_TIMEOUT_MS,
         }
     }
@@ -67,16 +102,22 @@ impl Handlers {
         RawHandlers {
             fence_peer: self.fence_peer.clone(),
             unfence_peer: self.unfence_peer.clone(),
+            split_brain: self.split_brain.clone(),
+            initial_split_brain: self.initial_split_brain.clone(),
+            pri_lost_after_sb: self.pri_lost_after_sb.clone(),
+            local_io_error: self.local_io_error.clone(),
+            after_resync_target: self.after_resync_target.clone(),
             timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
         }
     }
 }
 
-/// `[handlers]`, checked against `[net] fencing`.
+/// `[handlers]`, checked against `[net] fencing` and `[disk] on-io-error`.
 pub(super) fn validate(
     path: &Path,
     raw: RawHandlers,
     fencing: Fencing,
+    on_io_error: OnIoError,
 ) -> Result<Handlers, ConfigError> {
     let bad = |key: &str, message: String| ConfigError::Invalid {
         path: path.to_owned(),
@@ -86,6 +127,11 @@ pub(super) fn validate(
     for (key, cmd) in [
         ("handlers.fence-peer", &raw.fence_peer),
         ("handlers.unfence-peer", &raw.unfence_peer),
+        ("handlers.split-brain", &raw.split_brain),
+        ("handlers.initial-split-brain", &raw.initial_split_brain),
+        ("handlers.pri-lost-after-sb", &raw.pri_lost_after_sb),
+        ("handlers.local-io-error", &raw.local_io_error),
+        ("handlers.after-resync-target", &raw.after_resync_target),
     ] {
         if let Some(cmd) = cmd {
             check_command(cmd).map_err(|m| bad(key, m))?;
@@ -103,9 +149,23 @@ pub(super) fn validate(
             ),
         ));
     }
+    if on_io_error == OnIoError::CallLocalIoError && raw.local_io_error.is_none() {
+        return Err(bad(
+            "disk.on-io-error",
+            "\"call-local-io-error\" needs a local-io-error handler: add [handlers] \
+             local-io-error = \"/usr/lib/drbd/notify-io-error.sh\" (or your own), or set \
+             on-io-error = \"pass-on\""
+                .to_owned(),
+        ));
+    }
     Ok(Handlers {
         fence_peer: raw.fence_peer,
         unfence_peer: raw.unfence_peer,
+        split_brain: raw.split_brain,
+        initial_split_brain: raw.initial_split_brain,
+        pri_lost_after_sb: raw.pri_lost_after_sb,
+        local_io_error: raw.local_io_error,
+        after_resync_target: raw.after_resync_target,
         timeout: Duration::from_millis(raw.timeout_ms),
     })
 }

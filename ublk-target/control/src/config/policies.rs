@@ -52,15 +52,18 @@ impl FromStr for ResumeAfterCrash {
 }
 
 /// `disk.on-io-error`: what to do when the backing disk reports an error.
-/// DRBD's `detach` (go on diskless, reading from the peer) and
-/// `call-local-io-error` are refused with a message rather than accepted
-/// and ignored: repd has no diskless mode yet.
+/// DRBD's `detach` (go on diskless, reading from the peer) is refused with
+/// a message rather than accepted and ignored: repd has no diskless mode
+/// yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnIoError {
     /// The request fails with the disk's error; a failed write's range is
     /// marked out of sync, so the next resync makes both copies equal.
     #[default]
     PassOn,
+    /// As `pass-on`, and the `local-io-error` handler runs (once per
+    /// episode: until a local I/O succeeds again).
+    CallLocalIoError,
 }
 
 /// `split-brain.after-sb-0pri`: split brain detected, no node is Primary.
@@ -107,6 +110,7 @@ impl fmt::Display for OnIoError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             OnIoError::PassOn => "pass-on",
+            OnIoError::CallLocalIoError => "call-local-io-error",
         })
     }
 }
@@ -116,11 +120,21 @@ impl FromStr for OnIoError {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "pass-on" => Ok(Self::PassOn),
-            "detach" | "call-local-io-error" => Err(format!(
+            "call-local-io-error" => Ok(Self::CallLocalIoError),
+            "detach" => Err(format!(
                 "\"{s}\" is not supported yet (repd has no diskless mode): a local I/O error \
-                 fails the request and marks its range out of sync; set on-io-error = \"pass-on\""
+                 fails the request and marks its range out of sync; set on-io-error = \"pass-on\" \
+                 or \"call-local-io-error\""
             )),
-            _ => Err(format!("unknown value \"{s}\"; expected: pass-on")),
+            "panic" => Err(
+                "\"panic\" was removed in DRBD 8.4 in favour of the handler: set \
+                 on-io-error = \"call-local-io-error\" and [handlers] local-io-error = \
+                 \"/usr/lib/drbd/notify-io-error.sh; echo o > /proc/sysrq-trigger\" (or your own)"
+                    .to_owned(),
+            ),
+            _ => Err(format!(
+                "unknown value \"{s}\"; expected: pass-on or call-local-io-error"
+            )),
         }
     }
 }

@@ -591,3 +591,66 @@ fn fencing_needs_a_fence_peer_handler_with_an_absolute_path() {
     assert_eq!(again.net, c.net);
     assert_eq!(again.handlers, c.handlers);
 }
+
+#[test]
+fn event_handlers_load_check_their_path_and_dump_back() {
+    let with = |handlers: &str| format!("{MINIMAL}[handlers]\n{handlers}\n");
+    for key in [
+        "split-brain",
+        "initial-split-brain",
+        "pri-lost-after-sb",
+        "local-io-error",
+        "after-resync-target",
+    ] {
+        let e = err(&with(&format!("{key} = \"notify.sh\"")));
+        assert!(
+            e.contains(&format!("handlers.{key}")) && e.contains("absolute path"),
+            "{e}"
+        );
+    }
+    let c = parse(&with(
+        "split-brain = \"/usr/lib/drbd/notify-split-brain.sh root\"\n\
+         pri-lost-after-sb = \"/usr/lib/drbd/notify-pri-lost-after-sb.sh root\"",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.handlers.split_brain.as_deref(),
+        Some("/usr/lib/drbd/notify-split-brain.sh root")
+    );
+    assert_eq!(
+        c.handlers.pri_lost_after_sb.as_deref(),
+        Some("/usr/lib/drbd/notify-pri-lost-after-sb.sh root")
+    );
+    let dumped = c.to_toml().unwrap();
+    assert!(dumped.contains("split-brain = "), "{dumped}");
+    assert_eq!(parse(&dumped).unwrap().handlers, c.handlers);
+}
+
+#[test]
+fn call_local_io_error_needs_its_handler_and_panic_says_what_replaced_it() {
+    let with = |disk: &str, handlers: &str| {
+        format!("{MINIMAL}[disk]\non-io-error = \"{disk}\"\n[handlers]\n{handlers}\n")
+    };
+    let e = err(&with("call-local-io-error", ""));
+    assert!(
+        e.contains("disk.on-io-error") && e.contains("needs a local-io-error handler"),
+        "{e}"
+    );
+    let c = parse(&with(
+        "call-local-io-error",
+        "local-io-error = \"/bin/true\"",
+    ))
+    .unwrap();
+    assert_eq!(c.disk.on_io_error, OnIoError::CallLocalIoError);
+    assert_eq!(c.handlers.local_io_error.as_deref(), Some("/bin/true"));
+    let again = parse(&c.to_toml().unwrap()).unwrap();
+    assert_eq!(again.disk, c.disk);
+    assert_eq!(again.handlers, c.handlers);
+    let e = err(&with("panic", ""));
+    assert!(
+        e.contains("removed in DRBD 8.4") && e.contains("call-local-io-error"),
+        "{e}"
+    );
+    let e = err(&with("detach", ""));
+    assert!(e.contains("not supported yet"), "{e}");
+}

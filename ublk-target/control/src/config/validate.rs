@@ -55,7 +55,8 @@ impl Config {
         let disk = v.disk(&raw.disk)?;
         let split_brain = v.split_brain(&raw.split_brain)?;
         let metrics = v.metrics(&raw.metrics, &raw.node)?;
-        let handlers = super::handlers::validate(path, raw.handlers, net.fencing)?;
+        let handlers =
+            super::handlers::validate(path, raw.handlers, net.fencing, disk.on_io_error)?;
         let nodes = v.nodes(raw.node)?;
         v.nodes_distinct(&nodes)?;
         v.discard_node_known(&split_brain, &nodes)?;
