@@ -21,16 +21,19 @@ fn write_exec(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-/// A handler script: one line per run in `calls`, "NAME NODE RESOURCE
-/// PEER MINOR" from DRBD's environment, then the whole environment.
+/// The handler the tests configure: its environment (DRBD_*, REP_*) in
+/// `NAME.NODE.env`, written whole (by a rename) before it appends its call
+/// line "NAME NODE RESOURCE PEER MINOR" to `calls`, so a test that saw the
+/// call line reads the whole environment (CI once read it half-written).
 fn recorder(dir: &Path) -> String {
     let d = dir.display();
     let script = dir.join("record");
     write_exec(
         &script,
         &format!(
-            "#!/bin/sh\necho \"$1 $REP_NODE $DRBD_RESOURCE $DRBD_PEER $DRBD_MINOR\" >> {d}/calls\n\
-             env | grep -E '^(DRBD|REP)_' | sort > {d}/$1.$REP_NODE.env\n"
+            "#!/bin/sh\nenv | grep -E '^(DRBD|REP)_' | sort > {d}/$1.$REP_NODE.env.tmp\n\
+             mv {d}/$1.$REP_NODE.env.tmp {d}/$1.$REP_NODE.env\n\
+             echo \"$1 $REP_NODE $DRBD_RESOURCE $DRBD_PEER $DRBD_MINOR\" >> {d}/calls\n"
         ),
     );
     script.display().to_string()
