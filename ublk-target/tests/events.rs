@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{random_file, require, Cluster, Opts, NODES};
+use common::{primary_disk_on_small_tmpfs, random_file, require, Cluster, Opts, NODES};
 use rep_control::events::Event;
 use rep_control::protocol::{ControlCmd, Verb};
 use serde_json::Value;
@@ -362,46 +362,6 @@ fn a_split_brain_is_reported_and_its_error_clears_after_the_recovery() {
     w.wait_for("the error destroyed", |e| {
         is(e, "destroy", "error", &[("error", "split-brain")])
     });
-}
-
-/// Unmounts the tmpfs of [`primary_disk_on_small_tmpfs`] when dropped.
-struct Umount(std::path::PathBuf);
-
-impl Drop for Umount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
-/// alpha's image moved onto a 24 MiB tmpfs (data sparse, metadata written),
-/// so that writes past ~16 MiB fail with ENOSPC, as `two_nodes.rs`'s full
-/// disk test does it.
-fn primary_disk_on_small_tmpfs(c: &Cluster) -> Umount {
-    use std::process::Command;
-    let small = c.dir.path().join("small");
-    std::fs::create_dir(&small).unwrap();
-    let run = |cmd: &mut Command| assert!(cmd.status().unwrap().success(), "{cmd:?}");
-    run(Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=24m", "rep-test-events"])
-        .arg(&small));
-    let umount = Umount(small.clone());
-    let (img, moved) = (c.img(0), small.join("alpha.img"));
-    run(Command::new("cp")
-        .arg("--sparse=always")
-        .arg(&img)
-        .arg(&moved));
-    let skip = (c.disk_bytes - (8 << 20)) >> 20;
-    run(Command::new("dd")
-        .arg(format!("if={}", img.display()))
-        .arg(format!("of={}", moved.display()))
-        .args(["bs=1M", &format!("skip={skip}"), &format!("seek={skip}")])
-        .args(["conv=notrunc", "status=none"]));
-    std::fs::remove_file(&img).unwrap();
-    std::os::unix::fs::symlink(&moved, &img).unwrap();
-    umount
 }
 
 /// A local write that fails is an `error` object of kind `local-io`; once

@@ -21,6 +21,9 @@ use serde_json::Value;
 
 pub use rep_testkit::{free_ports, ip, random_file, require};
 
+mod small_disk;
+pub use small_disk::primary_disk_on_small_tmpfs;
+
 pub const NODES: [&str; 2] = ["alpha", "beta"];
 
 #[derive(Debug)]
