@@ -128,6 +128,7 @@ fn stage_means_add_up_to_fios_completion_latency() {
         "engine_other {:.1} µs of {sum:.1}",
         mean("engine_other")
     );
+    eprintln!("{}", c.ok(0, &["status", "--latency"]));
     // The text form and a reset: nothing counted since.
     c.ok(0, &["status", "--latency", "--reset"]);
     let after = c.ok(0, &["status", "--latency"]);

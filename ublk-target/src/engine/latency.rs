@@ -14,8 +14,9 @@
 //! The engine thread records into [`Tracker`] and counts into
 //! [`Latencies`], whose buckets are atomics, so a scrape reads them from
 //! another thread without asking (or ever blocking) the engine. Nothing is
-//! timed until [`Latencies::enable`] (repd calls it when it serves
-//! metrics): without an endpoint the write path pays one relaxed load.
+//! timed until [`Latencies::enable`] (repd calls it at start unless
+//! `--no-latency-stats`); until then the write path pays one relaxed load.
+//! The same timelines feed the per-stage breakdown (`crate::stages`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
