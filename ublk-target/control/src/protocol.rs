@@ -456,6 +456,8 @@ mod tests {
         r#"{"cmd":"pause-sync"}"#,
         r#"{"cmd":"resume-sync"}"#,
         r#"{"cmd":"new-current-uuid","clear_bitmap":true}"#,
+        r#"{"cmd":"latency","reset":false}"#,
+        r#"{"cmd":"latency","reset":true}"#,
     ];
 
     #[test]
@@ -472,6 +474,10 @@ mod tests {
         assert_eq!(parse(r#"{"cmd":"down"}"#), parse(EVERY_COMMAND[11]));
         assert_eq!(parse(r#"{"cmd":"resume-io"}"#), parse(EVERY_COMMAND[15]));
         assert_eq!(parse(r#"{"cmd":"events"}"#), parse(EVERY_COMMAND[21]));
+        assert_eq!(
+            parse(r#"{"cmd":"latency"}"#),
+            ControlCmd::Latency { reset: false }
+        );
     }
 
     /// Unknown commands say so in serde's words (an older repd's answer
