@@ -12,7 +12,7 @@ fn every_row_gets_a_time() {
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     let rows: Vec<&str> = text.lines().collect();
-    assert_eq!(rows.len(), 10, "{text}");
+    assert_eq!(rows.len(), 13, "{text}");
     for row in rows {
         let ns: f64 = row
             .split_whitespace()

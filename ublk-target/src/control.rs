@@ -113,6 +113,10 @@ fn serve(conn: UnixStream, engine: &EngineHandle) {
             });
             return Some(serde_json::to_string(&reply).unwrap_or_default());
         }
+        if let Ok(ControlCmd::Latency { reset }) = cmd {
+            let reply = crate::stages::reply(&engine.latencies().stages, reset);
+            return Some(serde_json::to_string(&reply).unwrap_or_default());
+        }
         let reply = match cmd {
             Ok(cmd) => engine.control(cmd).unwrap_or_else(stopping),
             Err(e) => bad_request(&e),

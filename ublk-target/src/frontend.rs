@@ -2,7 +2,12 @@
 //! resource: a block device that accepts requests and answers each once,
 //! and what a frontend tells the engine about the device's users.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use bytes::Bytes;
+
+use crate::stages::{Kind, Stages};
 
 /// The answer to one request: data for reads, nothing otherwise, or a
 /// positive errno (EIO, EROFS, EINVAL, ENOSPC...).
@@ -46,6 +51,31 @@ pub trait BlockBackend: Send + Sync + 'static {
     fn writable(&self) -> bool;
     /// Queue a request; `reply` is called once when it completes.
     fn submit(&self, req: IoRequest, reply: Reply);
+    /// [`BlockBackend::submit`] of a request the frontend received at
+    /// `received` (the start of its `frontend_in` stage).
+    fn submit_received(&self, req: IoRequest, reply: Reply, received: Instant) {
+        let _ = received;
+        self.submit(req, reply);
+    }
+    /// Where a frontend counts the stages it measures (`frontend_out`),
+    /// when requests are timed.
+    fn stages(&self) -> Option<Arc<Stages>> {
+        None
+    }
+}
+
+impl IoRequest {
+    /// Its kind in the latency breakdown.
+    #[must_use]
+    pub fn kind(&self) -> Kind {
+        match self {
+            IoRequest::Read { .. } => Kind::Read,
+            IoRequest::Write { .. } => Kind::Write,
+            IoRequest::Flush => Kind::Flush,
+            IoRequest::Trim { .. } => Kind::Discard,
+            IoRequest::WriteZeroes { .. } => Kind::WriteZeroes,
+        }
+    }
 }
 
 /// Lets a frontend that follows the role (the ublk manager) sleep until

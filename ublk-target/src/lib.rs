@@ -14,6 +14,7 @@
 //!   and how each registers its users with the engine.
 //! - [`nbd`]: the NBD export.
 //! - [`metrics`]: the Prometheus endpoint (`[metrics] listen`).
+//! - [`stages`]: the latency breakdown per stage and request kind.
 //! - [`ublk`]: the ublk device, `/dev/ublkb<N>`.
 //! - [`control`]: the server side of the control socket `repctl` talks to.
 //! - [`events`]: the event stream (`repctl events`): the hub the engine
@@ -36,4 +37,5 @@ pub mod md;
 pub mod metrics;
 pub mod nbd;
 pub mod notify;
+pub mod stages;
 pub mod ublk;

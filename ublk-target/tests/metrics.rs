@@ -271,6 +271,25 @@ fn writes_move_counters_and_histograms(p: &Pair, before: &[Scrape; 2]) {
         assert_eq!(inf, write_count(a, h), "{h}");
         assert!(a.get(&format!("{h}_sum"), &[("op", "write")]) > 0.0, "{h}");
     }
+    // The per-stage breakdown: every write stage of protocol C counted
+    // the workload's writes, its fine buckets summed up to +Inf.
+    let k = "rep_device_stage_seconds";
+    for stage in [
+        "frontend_in",
+        "al_wait",
+        "local_io",
+        "peer",
+        "peer_after_local",
+        "frontend_out",
+    ] {
+        let l = [("op", "write"), ("stage", stage)];
+        let n = |s: &Scrape| s.get(&format!("{k}_count"), &l);
+        assert!(n(a) > n(b), "{stage}:\n{}", a.text);
+        let inf = a.get(&format!("{k}_bucket"), &[l[0], l[1], ("le", "+Inf")]);
+        assert_eq!(inf, n(a), "{stage}");
+        let us = a.get(&format!("{k}_bucket"), &[l[0], l[1], ("le", "0.000001")]);
+        assert!(us <= inf, "{stage}");
+    }
     // The workload's first write found its extent outside the activity
     // log (empty after create-md): a miss, and a transaction for it.
     assert!(a.get("rep_device_almisses_total", &[]) >= 1.0, "{}", a.text);

@@ -70,10 +70,58 @@ fn main() {
         let _ = tx.send(1);
         let _ = black_box(rx.try_recv());
     });
+    latency_breakdown(n);
     let src = vec![7u8; 1 << 20];
     let mut dst = vec![0u8; 1 << 20];
     time("memcpy 1 MiB (user space)", (n / 1000).max(1), || {
         dst.copy_from_slice(black_box(&src));
         black_box(&dst);
+    });
+}
+
+/// What repd's latency breakdown (`ublk_target::stages`, on by default)
+/// adds to one request: the clock reads, the histogram updates and the
+/// engine's maps of requests in flight (by request, local token, sequence
+/// number), as a protocol C write does them.
+fn latency_breakdown(n: u64) {
+    use std::collections::HashMap;
+    use ublk_target::stages::{Kind, Stage, Stages};
+    time("Instant::now", n, || {
+        black_box(Instant::now());
+    });
+    let st = Stages::default();
+    let d = std::time::Duration::from_micros(150);
+    time("stages observe (one histogram)", n, || {
+        st.observe(Kind::Write, Stage::LocalIo, black_box(d));
+    });
+    let mut apps: HashMap<u64, Instant> = HashMap::new();
+    let mut local: HashMap<u64, u64> = HashMap::new();
+    let mut peer: HashMap<u64, u64> = HashMap::new();
+    let mut id = 0u64;
+    time("latency breakdown of one C write", n, || {
+        id += 1;
+        // Nine clock reads: received, taken in, local write issued, Data
+        // sent, local done, ack, answer, reply queued, reply flushed; ten
+        // histograms (seven stages and the three older ones).
+        let t0 = Instant::now();
+        apps.insert(id, black_box(Instant::now()));
+        local.insert(id, id);
+        let _ = black_box(Instant::now());
+        peer.insert(id, id);
+        let _ = black_box(Instant::now());
+        local.remove(&id);
+        let _ = black_box(Instant::now());
+        peer.remove(&id);
+        let _ = black_box(Instant::now());
+        apps.remove(&id);
+        let done = Instant::now();
+        let _ = black_box(Instant::now());
+        let d = black_box(Instant::now()).saturating_duration_since(t0);
+        for stage in Stage::ALL {
+            st.observe(Kind::Write, stage, d);
+        }
+        for _ in 0..3 {
+            st.observe(Kind::Read, Stage::Peer, done.saturating_duration_since(t0));
+        }
     });
 }

@@ -4,9 +4,11 @@
 //! Why a command was refused, as a value: [`Refusal`].
 
 mod adjust;
+mod latency;
 mod refusal;
 
 pub use adjust::{AdjustReply, ADJUST_MAX_LINES};
+pub use latency::{LatencyReply, StageLatency};
 pub use refusal::{ClientCount, InUseBy, Refusal};
 /// The operator verbs of [`ControlCmd::Verb`], shared with the state
 /// machine's `Admin::Verb`.
@@ -58,6 +60,11 @@ pub enum ControlCmd {
     Adjust {
         path: std::path::PathBuf,
     },
+    /// The latency breakdown (`repctl status --latency`), answered with a
+    /// [`LatencyReply`]; with `reset`, counting starts anew after it.
+    Latency {
+        reset: bool,
+    },
 }
 
 impl From<Verb> for ControlCmd {
@@ -89,17 +96,22 @@ enum DaemonJson {
     Adjust {
         path: std::path::PathBuf,
     },
+    Latency {
+        #[serde(default)]
+        reset: bool,
+    },
 }
 
 impl DaemonJson {
     /// The `cmd` names of the daemon's commands; any other is a [`Verb`]'s.
-    const NAMES: [&'static str; 6] = [
+    const NAMES: [&'static str; 7] = [
         "status",
         "down",
         "suspend-io",
         "resume-io",
         "events",
         "adjust",
+        "latency",
     ];
 }
 
@@ -115,6 +127,7 @@ impl Serialize for ControlCmd {
             },
             Self::Events { now } => DaemonJson::Events { now: *now },
             Self::Adjust { path } => DaemonJson::Adjust { path: path.clone() },
+            Self::Latency { reset } => DaemonJson::Latency { reset: *reset },
         };
         own.serialize(s)
     }
@@ -151,6 +164,7 @@ impl<'de> Deserialize<'de> for ControlCmd {
                 DaemonJson::ResumeIo { if_current } => Self::ResumeIo { if_current },
                 DaemonJson::Events { now } => Self::Events { now },
                 DaemonJson::Adjust { path } => Self::Adjust { path },
+                DaemonJson::Latency { reset } => Self::Latency { reset },
             },
         )
     }
@@ -442,6 +456,8 @@ mod tests {
         r#"{"cmd":"pause-sync"}"#,
         r#"{"cmd":"resume-sync"}"#,
         r#"{"cmd":"new-current-uuid","clear_bitmap":true}"#,
+        r#"{"cmd":"latency","reset":false}"#,
+        r#"{"cmd":"latency","reset":true}"#,
     ];
 
     #[test]
@@ -458,6 +474,10 @@ mod tests {
         assert_eq!(parse(r#"{"cmd":"down"}"#), parse(EVERY_COMMAND[11]));
         assert_eq!(parse(r#"{"cmd":"resume-io"}"#), parse(EVERY_COMMAND[15]));
         assert_eq!(parse(r#"{"cmd":"events"}"#), parse(EVERY_COMMAND[21]));
+        assert_eq!(
+            parse(r#"{"cmd":"latency"}"#),
+            ControlCmd::Latency { reset: false }
+        );
     }
 
     /// Unknown commands say so in serde's words (an older repd's answer

@@ -83,6 +83,11 @@ struct Cli {
     /// Start StandAlone instead of connecting to the peer.
     #[arg(long)]
     standalone: bool,
+    /// Do not time requests per stage: `repctl status --latency` and the
+    /// metrics' latency histograms stay empty (timing costs well under a
+    /// microsecond of CPU per request; bench/RESULTS.md has the A/B)
+    #[arg(long)]
+    no_latency_stats: bool,
 }
 
 fn main() -> ExitCode {
@@ -133,6 +138,9 @@ fn run(cli: &Cli) -> Result<(), String> {
     };
     let eng = engine::start(&cfg, Some(&me.name), &opts).map_err(|e| e.to_string())?;
     let handle = eng.handle.clone();
+    if !cli.no_latency_stats {
+        handle.latencies().enable();
+    }
 
     let control = ControlServer::start(&cli.run_dir, &cfg.resource.name, &me.name, handle.clone())
         .map_err(|e| e.to_string())?;

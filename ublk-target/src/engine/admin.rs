@@ -96,6 +96,12 @@ impl Runner {
                     refusal: Refusal::BadRequest,
                 })
             }
+            ControlCmd::Latency { .. } => {
+                return Err(Refused {
+                    why: "latency has an answer of its own: the control socket serves it".into(),
+                    refusal: Refusal::BadRequest,
+                })
+            }
             ControlCmd::Verb(Verb::Secondary) => self.secondary()?,
             ControlCmd::Verb(verb) => Admin::Verb(verb.clone()),
         };

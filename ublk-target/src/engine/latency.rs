@@ -14,11 +14,12 @@
 //! The engine thread records into [`Tracker`] and counts into
 //! [`Latencies`], whose buckets are atomics, so a scrape reads them from
 //! another thread without asking (or ever blocking) the engine. Nothing is
-//! timed until [`Latencies::enable`] (repd calls it when it serves
-//! metrics): without an endpoint the write path pays one relaxed load.
+//! timed until [`Latencies::enable`] (repd calls it at start unless
+//! `--no-latency-stats`); until then the write path pays one relaxed load.
+//! The same timelines feed the per-stage breakdown (`crate::stages`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,7 @@ use replication_proto::machine::{Action, AppId, IoToken, Node};
 use replication_proto::wire::Message;
 
 use crate::frontend::IoRequest;
+use crate::stages::{Kind, Stage, Stages};
 
 /// Upper bounds of the buckets, in microseconds: 100 µs to 10 s, about
 /// three per decade (Prometheus' usual 1-2.5-5 steps).
@@ -91,7 +93,8 @@ impl Histogram {
     }
 }
 
-/// What kind of application request was timed.
+/// What kind of application request was timed (the request histograms
+/// count trims and write-zeroes as writes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
     Read,
@@ -100,22 +103,38 @@ enum Op {
     Flush,
 }
 
+impl From<Kind> for Op {
+    fn from(k: Kind) -> Self {
+        match k {
+            Kind::Read => Op::Read,
+            Kind::Flush => Op::Flush,
+            Kind::Write | Kind::Discard | Kind::WriteZeroes => Op::Write,
+        }
+    }
+}
+
 /// Every histogram of the engine, shared with the metrics endpoint.
 #[derive(Debug, Default)]
 pub struct Latencies {
-    enabled: AtomicBool,
     pub request_read: Histogram,
     pub request_write: Histogram,
     pub request_flush: Histogram,
     pub local_read: Histogram,
     pub local_write: Histogram,
     pub peer_write: Histogram,
+    /// The per-stage breakdown (`crate::stages`); its switch is the one
+    /// of every histogram here.
+    pub stages: Arc<Stages>,
 }
 
 impl Latencies {
     /// Start timing requests (from the next one on).
     pub fn enable(&self) {
-        self.enabled.store(true, Ordering::Relaxed);
+        self.stages.set_on(true);
+    }
+
+    fn enabled(&self) -> bool {
+        self.stages.on()
     }
 
     fn request(&self, op: Op) -> &Histogram {
@@ -127,13 +146,36 @@ impl Latencies {
     }
 }
 
+/// One request's way through the engine, as far as it got.
+#[derive(Debug)]
+struct Timeline {
+    kind: Kind,
+    /// When the engine took it in.
+    arrived: Instant,
+    /// Its local read or write issued (first) and completed (last).
+    issued: Option<Instant>,
+    local_done: Option<Instant>,
+    /// A `Data` frame was sent for it; the peer's ack, once it came.
+    replicated: bool,
+    acked: Option<Instant>,
+}
+
+/// A replicated write in flight to the peer.
+#[derive(Debug)]
+struct InFlight {
+    id: AppId,
+    kind: Kind,
+    arrived: Instant,
+    sent: Instant,
+}
+
 /// The engine thread's side: when each request in flight came in.
 #[derive(Debug)]
 pub(super) struct Tracker {
     hist: Arc<Latencies>,
-    apps: HashMap<AppId, (Instant, Op)>,
-    local: HashMap<IoToken, (Instant, Op)>,
-    peer: HashMap<u64, Instant>,
+    apps: HashMap<AppId, Timeline>,
+    local: HashMap<IoToken, AppId>,
+    peer: HashMap<u64, InFlight>,
 }
 
 impl Tracker {
@@ -146,18 +188,31 @@ impl Tracker {
         }
     }
 
-    /// An application request came in as `id`.
-    pub(super) fn app(&mut self, id: AppId, req: &IoRequest) {
-        let op = match req {
-            IoRequest::Read { .. } => Op::Read,
-            IoRequest::Flush => Op::Flush,
-            IoRequest::Write { .. } | IoRequest::Trim { .. } | IoRequest::WriteZeroes { .. } => {
-                Op::Write
-            }
-        };
-        if self.hist.enabled.load(Ordering::Relaxed) && self.apps.len() < MAX_TRACKED {
-            self.apps.insert(id, (Instant::now(), op));
+    /// An application request came in as `id`; the frontend received it
+    /// at `received`.
+    pub(super) fn app(&mut self, id: AppId, req: &IoRequest, received: Instant) {
+        if !self.hist.enabled() || self.apps.len() >= MAX_TRACKED {
+            return;
         }
+        let kind = req.kind();
+        let arrived = Instant::now();
+        let st = &self.hist.stages;
+        st.observe(
+            kind,
+            Stage::FrontendIn,
+            arrived.saturating_duration_since(received),
+        );
+        self.apps.insert(
+            id,
+            Timeline {
+                kind,
+                arrived,
+                issued: None,
+                local_done: None,
+                replicated: false,
+                acked: None,
+            },
+        );
     }
 
     /// The state machine asks for `a`: local I/O and `Data` frames of an
@@ -174,30 +229,69 @@ impl Tracker {
         }
         match a {
             Action::LocalRead { token, .. } | Action::LocalWrite { token, .. } => {
-                let started = node.app_of_local(*token).and_then(|id| self.apps.get(&id));
-                if let Some(&at) = started {
+                let Some(id) = node.app_of_local(*token) else {
+                    return;
+                };
+                if let Some(t) = self.apps.get_mut(&id) {
+                    t.issued.get_or_insert_with(Instant::now);
                     if self.local.len() < MAX_TRACKED {
-                        self.local.insert(*token, at);
+                        self.local.insert(*token, id);
                     }
                 }
             }
             Action::Send(Message::Data { seq, .. }) => {
-                let started = node
-                    .app_of_peer_write(*seq)
-                    .and_then(|id| self.apps.get(&id));
-                if let Some(&(at, _)) = started {
+                let Some(id) = node.app_of_peer_write(*seq) else {
+                    return;
+                };
+                if let Some(t) = self.apps.get_mut(&id) {
+                    t.replicated = true;
                     if self.peer.len() < MAX_TRACKED {
-                        self.peer.insert(*seq, at);
+                        let (kind, arrived, sent) = (t.kind, t.arrived, Instant::now());
+                        self.peer.insert(
+                            *seq,
+                            InFlight {
+                                id,
+                                kind,
+                                arrived,
+                                sent,
+                            },
+                        );
                     }
                 }
             }
             Action::Complete { id, .. } => {
-                if let Some((at, op)) = self.apps.remove(id) {
-                    self.hist.request(op).observe(at.elapsed());
+                if let Some(t) = self.apps.remove(id) {
+                    self.complete(&t);
                 }
             }
             _ => {}
         }
+    }
+
+    /// Request `t` is answered now: its request histogram and the stages
+    /// inside the engine, which add up to its time here.
+    fn complete(&self, t: &Timeline) {
+        let now = Instant::now();
+        let total = now.saturating_duration_since(t.arrived);
+        self.hist.request(t.kind.into()).observe(total);
+        let st = &self.hist.stages;
+        let mut named = Duration::ZERO;
+        if let (Some(issued), Some(done)) = (t.issued, t.local_done) {
+            let al = issued.saturating_duration_since(t.arrived);
+            let local = done.saturating_duration_since(issued);
+            st.observe(t.kind, Stage::AlWait, al);
+            st.observe(t.kind, Stage::LocalIo, local);
+            named = al + local;
+            if t.replicated {
+                // Protocol A and B answer before the ack: then it adds 0.
+                let after = t
+                    .acked
+                    .map_or(Duration::ZERO, |a| a.saturating_duration_since(done));
+                st.observe(t.kind, Stage::PeerAfterLocal, after);
+                named += after;
+            }
+        }
+        st.observe(t.kind, Stage::EngineOther, total.saturating_sub(named));
     }
 
     /// The local disk finished `token`.
@@ -205,12 +299,16 @@ impl Tracker {
         if self.local.is_empty() {
             return;
         }
-        if let Some((at, op)) = self.local.remove(&token) {
-            let h = match op {
-                Op::Read => &self.hist.local_read,
-                Op::Write | Op::Flush => &self.hist.local_write,
-            };
-            h.observe(at.elapsed());
+        if let Some(id) = self.local.remove(&token) {
+            if let Some(t) = self.apps.get_mut(&id) {
+                let now = Instant::now();
+                t.local_done = Some(now);
+                let h = match t.kind {
+                    Kind::Read => &self.hist.local_read,
+                    _ => &self.hist.local_write,
+                };
+                h.observe(now.saturating_duration_since(t.arrived));
+            }
         }
     }
 
@@ -220,8 +318,16 @@ impl Tracker {
             return;
         }
         if let Message::WriteAck { seq } | Message::NegAck { seq } = m {
-            if let Some(at) = self.peer.remove(seq) {
-                self.hist.peer_write.observe(at.elapsed());
+            if let Some(w) = self.peer.remove(seq) {
+                let now = Instant::now();
+                self.hist
+                    .peer_write
+                    .observe(now.saturating_duration_since(w.arrived));
+                let peer = now.saturating_duration_since(w.sent);
+                self.hist.stages.observe(w.kind, Stage::Peer, peer);
+                if let Some(t) = self.apps.get_mut(&w.id) {
+                    t.acked = Some(now);
+                }
             }
         }
     }

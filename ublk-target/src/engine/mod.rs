@@ -64,6 +64,8 @@ pub(crate) enum Input {
     App {
         req: IoRequest,
         reply: Reply,
+        /// When the frontend received it (`stages`' `frontend_in`).
+        received: std::time::Instant,
     },
     MetaDone {
         token: MetaToken,
@@ -245,12 +247,22 @@ impl BlockBackend for EngineHandle {
         self.shared.primary.load(Ordering::Acquire)
     }
     fn submit(&self, req: IoRequest, reply: Reply) {
-        if let Err(mpsc::SendError(Input::App { reply, .. })) =
-            self.tx.send(Input::App { req, reply })
-        {
+        self.submit_received(req, reply, std::time::Instant::now());
+    }
+    fn submit_received(&self, req: IoRequest, reply: Reply, received: std::time::Instant) {
+        let app = Input::App {
+            req,
+            reply,
+            received,
+        };
+        if let Err(mpsc::SendError(Input::App { reply, .. })) = self.tx.send(app) {
             // The engine is gone (shutting down): nothing will write this.
             reply(Err(libc_errno::EIO));
         }
+    }
+    fn stages(&self) -> Option<Arc<crate::stages::Stages>> {
+        let s = &self.shared.latency.stages;
+        s.on().then(|| Arc::clone(s))
     }
 }
 
@@ -660,11 +672,15 @@ impl Runner {
     fn input(&mut self, input: Input) {
         let now = Millis(self.now());
         match input {
-            Input::App { req, reply } => {
+            Input::App {
+                req,
+                reply,
+                received,
+            } => {
                 let id = AppId(self.next_app);
                 self.next_app += 1;
                 self.replies.insert(id, reply);
-                self.latency.app(id, &req);
+                self.latency.app(id, &req, received);
                 let ev = match req {
                     IoRequest::Read { offset, len } => Event::AppRead { id, offset, len },
                     IoRequest::Write { offset, data, fua } => {

@@ -10,6 +10,7 @@
 use std::fmt::Write as _;
 
 use crate::engine::latency::{HistogramSnapshot, BUCKET_BOUNDS_US};
+use crate::stages;
 
 /// A metric family's type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +91,30 @@ impl Exposition {
         let _ = writeln!(self.out, " {}", h.count);
         self.sample_f64(&format!("{name}_sum"), labels, h.sum_seconds);
         self.sample(&format!("{name}_count"), labels, h.count);
+    }
+
+    /// A stage histogram (`crate::stages`): its fine buckets summed into
+    /// the exposed 1-2-5 bounds, cumulative up to `+Inf`, `_sum`, `_count`.
+    pub fn stage_histogram(&mut self, name: &str, labels: &Labels<'_>, h: &stages::Snapshot) {
+        let bucket = format!("{name}_bucket");
+        let mut below = 0u64;
+        for (bound_ns, count) in stages::BUCKET_BOUNDS_NS.iter().zip(h.counts) {
+            below = below.saturating_add(count);
+            if !stages::exposed_bound(*bound_ns) {
+                continue;
+            }
+            #[allow(clippy::cast_precision_loss)] // bounds are at most 10^10
+            let le = float(*bound_ns as f64 / 1e9);
+            self.series(&bucket, labels, Some(&le));
+            let _ = writeln!(self.out, " {below}");
+        }
+        let count = h.count();
+        self.series(&bucket, labels, Some("+Inf"));
+        let _ = writeln!(self.out, " {count}");
+        #[allow(clippy::cast_precision_loss)] // ns sums stay far below 2^52
+        let sum = h.sum_ns as f64 / 1e9;
+        self.sample_f64(&format!("{name}_sum"), labels, sum);
+        self.sample(&format!("{name}_count"), labels, count);
     }
 
     /// `name{labels}` (and `le` last, for a bucket), without the value.

@@ -328,4 +328,17 @@ fn latencies(e: &mut Exposition, lat: &Latencies, dev: &[(&str, &str)], peerdev:
     let mut l = peerdev.to_vec();
     l.push(("op", "write"));
     e.histogram(k, &l, &lat.peer_write.snapshot());
+    let k = "rep_device_stage_seconds";
+    e.family(
+        k,
+        Kind::Histogram,
+        "Time requests spend in each stage of repd, per kind (op) and stage; \
+         all stages but `peer` follow one another (README: Latency breakdown)",
+    );
+    for row in lat.stages.totals() {
+        let mut l = dev.to_vec();
+        l.push(("op", row.kind.name()));
+        l.push(("stage", row.stage.name()));
+        e.stage_histogram(k, &l, &row.snap);
+    }
 }

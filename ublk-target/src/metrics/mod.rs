@@ -67,7 +67,6 @@ impl MetricsListener {
     /// # Errors
     /// When the thread cannot start.
     pub fn serve(self, engine: EngineHandle, minor: u32) -> Result<(), String> {
-        engine.latencies().enable();
         let span = tracing::Span::current();
         std::thread::Builder::new()
             .name("repd-metrics".into())

@@ -19,6 +19,7 @@ use bench::util::{
 };
 use clap::Parser;
 
+mod floors;
 mod report;
 mod setup;
 
@@ -92,6 +93,15 @@ struct Cli {
     /// floor-c, floor-standalone [default: all that the other flags enable]
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     targets: Vec<String>,
+    /// Instead of the tables above: the host figures against their floors
+    /// (issue 22). Protocol C's added latency at QD1 4k over StandAlone
+    /// against a native TCP round trip (`tcp-rtt`, 4 KiB out, 32 B back,
+    /// on loopback like the pairs), the CPU µs per I/O of both repd
+    /// against floor-pair's at 4k QD32 and 1M QD4, and the same pair with
+    /// `repd --no-latency-stats` (the latency breakdown's cost). Ends with
+    /// `RATIO <what> <workload> <value>` lines.
+    #[arg(long, conflicts_with_all = ["targets", "floor", "peer_dir"])]
+    floors: bool,
 }
 
 /// Options after applying the defaults.
@@ -295,6 +305,10 @@ fn run(cli: &Cli) -> Result<bool, String> {
     let bins = Binaries::in_dir(&bin_dir)?;
     check_tools()?;
     let (dir, peer_dir, fs) = make_dirs(cli, &s)?;
+    if cli.floors {
+        print_header(&s, &fs, dir.path(), &bins, None);
+        return floors::run(&s, &bins, &bin_dir.join("floor-pair"), dir.path());
+    }
     let kinds = chosen_kinds(cli, peer_dir.is_some())?;
     let floor_bin = bin_dir.join("floor-pair");
     if cli.floor && !floor_bin.is_file() {
@@ -365,6 +379,7 @@ fn make_dirs(
     // 5 repd images + 1 baseline image (+ the --peer-dir pair's Primary,
     // + floor-pair's two or three), and some room.
     let images = 6
+        + 2 * u64::from(cli.floors)
         + u64::from(cli.peer_dir.is_some())
         + if cli.floor {
             2 + u64::from(cli.peer_dir.is_none())

@@ -21,7 +21,7 @@ pub(super) fn adjust(t: &Target) -> Result<(), Failure> {
     // repd runs in another directory: give it the file's absolute path.
     let path = std::fs::canonicalize(t.config())
         .map_err(|e| Failure(format!("{}: {e}", t.config().display())))?;
-    let reply = ask(t, &ControlCmd::Adjust { path })?;
+    let reply: AdjustReply = ask(t, &ControlCmd::Adjust { path })?;
     let mut out = String::new();
     for line in &reply.changes {
         out.push_str(&format!("{name}: {line}\n"));
@@ -41,8 +41,11 @@ pub(super) fn adjust(t: &Target) -> Result<(), Failure> {
     }))
 }
 
-/// One adjust request and its answer.
-fn ask(t: &Target, cmd: &ControlCmd) -> Result<AdjustReply, Failure> {
+/// One request with an answer of its own type (adjust, latency).
+pub(super) fn ask<T: serde::de::DeserializeOwned>(
+    t: &Target,
+    cmd: &ControlCmd,
+) -> Result<T, Failure> {
     let path = t.socket()?;
     let conn = UnixStream::connect(&path).map_err(|source| {
         Failure(

@@ -22,6 +22,7 @@ use targets::{Select, Target};
 mod adjust;
 mod events;
 mod import;
+mod latency;
 mod md;
 mod targets;
 
@@ -220,7 +221,12 @@ enum Command {
         repd does not run shows as `not running` (`\"running\": false` in --json) and is no \
         error. A single resource whose repd does not run is an error, as before.\n\n\
         --json prints one object per resource: for one resource pretty-printed, for several \
-        one per line."
+        one per line.\n\n\
+        --latency shows instead where requests spend their time in repd, per request kind and \
+        stage (frontend, activity log, local disk, peer, reply), as count, mean, p50 and p99 in \
+        µs since repd started or the last `--latency --reset`; DRBD has no equivalent (its \
+        debugfs `req_timing` comes closest). README.md, \"Latency breakdown\", says what each \
+        stage covers."
     )]
     Status(StatusArgs),
     /// Apply the changed resource file to the running node (drbdadm adjust)
@@ -458,6 +464,12 @@ struct StatusArgs {
     /// Print one JSON object per resource (several: one per line)
     #[arg(long)]
     json: bool,
+    /// Show the latency breakdown per request kind and stage instead
+    #[arg(long)]
+    latency: bool,
+    /// With --latency: start counting anew after showing it
+    #[arg(long, requires = "latency")]
+    reset: bool,
     #[command(flatten)]
     sel: Select,
 }
@@ -699,6 +711,9 @@ mod daemon {
     /// With several resources, one whose repd does not run is shown as
     /// such (drbdadm status shows the others); alone, it is an error.
     pub(super) fn status(t: &Target, a: &StatusArgs) -> Result<(), Failure> {
+        if a.latency {
+            return super::latency::show(t, a.json, a.reset);
+        }
         let sock = t.socket()?;
         let r = match request(&sock, &ControlCmd::Status, None) {
             Err(ControlError::NotRunning { .. }) if t.several => {

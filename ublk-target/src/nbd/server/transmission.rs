@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
+use std::time::Instant;
 
 use bytes::Bytes;
 use tracing::{debug, warn};
@@ -17,6 +18,7 @@ use super::{lock, Close, Shared, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, POLL};
 use crate::disk::AlignedBuf;
 use crate::frontend::{BlockBackend, IoRequest, IoResult, Reply};
 use crate::nbd::proto::{self, *};
+use crate::stages::{Kind, Stage, Stages};
 
 /// Bounds what one connection has in flight: a request takes one slot and
 /// its payload bytes, released when its reply has been written (or
@@ -86,6 +88,9 @@ struct ReplyMsg {
     /// Read data (only with `error == 0`).
     data: Option<Bytes>,
     _credit: Credit,
+    /// The request's kind and when the backend answered it: its
+    /// `frontend_out` stage ends once the reply is on the socket.
+    answered: Option<(Kind, Instant)>,
 }
 
 /// Serves one client after negotiation, until it disconnects or breaks
@@ -101,11 +106,13 @@ pub(super) fn transmission(
     let wstream = stream.try_clone()?;
     let wshared = Arc::clone(shared);
     let wspan = span.clone();
+    let stages = shared.export.backend.stages();
+    let wstages = stages.clone();
     let writer = thread::Builder::new()
         .name("nbd-writer".into())
         .spawn(move || {
             let _e = wspan.enter();
-            writer_loop(&wshared, &rx, wstream);
+            writer_loop(&wshared, &rx, wstream, wstages.as_deref());
         })?;
     let mut conn = Conn {
         backend: Arc::clone(&shared.export.backend),
@@ -114,6 +121,8 @@ pub(super) fn transmission(
         tx,
         size,
         reader,
+        received: Instant::now(),
+        stages,
     };
     let result = conn.reader_loop();
     if result.is_err() {
@@ -128,9 +137,20 @@ pub(super) fn transmission(
     result
 }
 
-fn writer_loop(shared: &Shared, rx: &mpsc::Receiver<ReplyMsg>, stream: TcpStream) {
+/// Replies written but not flushed whose `frontend_out` is counted at the
+/// flush; past this many, a reply is counted when written (under a load
+/// that never lets the queue run empty, where a flush is near anyway).
+const MAX_UNFLUSHED_TIMED: usize = 1024;
+
+fn writer_loop(
+    shared: &Shared,
+    rx: &mpsc::Receiver<ReplyMsg>,
+    stream: TcpStream,
+    stages: Option<&Stages>,
+) {
     let mut w = BufWriter::with_capacity(256 << 10, &stream);
     let mut broken = false;
+    let mut unflushed: Vec<(Kind, Instant)> = Vec::new();
     loop {
         let msg = match rx.try_recv() {
             Ok(m) => m,
@@ -141,6 +161,7 @@ fn writer_loop(shared: &Shared, rx: &mpsc::Receiver<ReplyMsg>, stream: TcpStream
                     broken = true;
                     let _ = stream.shutdown(Shutdown::Both);
                 }
+                replies_out(stages, &mut unflushed);
                 match rx.recv_timeout(POLL) {
                     Ok(m) => m,
                     Err(RecvTimeoutError::Disconnected) => break,
@@ -168,9 +189,28 @@ fn writer_loop(shared: &Shared, rx: &mpsc::Receiver<ReplyMsg>, stream: TcpStream
             broken = true;
             let _ = stream.shutdown(Shutdown::Both);
         }
+        if let Some(a) = msg.answered {
+            unflushed.push(a);
+            if unflushed.len() >= MAX_UNFLUSHED_TIMED {
+                replies_out(stages, &mut unflushed);
+            }
+        }
     }
     if !broken {
         let _ = w.flush();
+    }
+}
+
+/// The replies in `unflushed` are on the socket: their `frontend_out`.
+fn replies_out(stages: Option<&Stages>, unflushed: &mut Vec<(Kind, Instant)>) {
+    let Some(stages) = stages else {
+        unflushed.clear();
+        return;
+    };
+    let now = Instant::now();
+    for (kind, answered) in unflushed.drain(..) {
+        let d = now.saturating_duration_since(answered);
+        stages.observe(kind, Stage::FrontendOut, d);
     }
 }
 
@@ -181,6 +221,10 @@ struct Conn {
     tx: mpsc::Sender<ReplyMsg>,
     size: u64,
     reader: BufReader<TcpStream>,
+    /// When the request being handled was received (its header read).
+    received: Instant,
+    /// Where replies are timed, when requests are timed.
+    stages: Option<Arc<Stages>>,
 }
 
 impl Conn {
@@ -198,6 +242,7 @@ impl Conn {
             error,
             data: None,
             _credit: credit,
+            answered: None,
         })
     }
 
@@ -210,8 +255,9 @@ impl Conn {
     /// Build the backend completion for request `handle`: it sends the
     /// reply to the writer. `read_len` is the data length a read must
     /// return.
-    fn completion(&self, handle: u64, read_len: Option<u32>, credit: Credit) -> Reply {
+    fn completion(&self, handle: u64, read_len: Option<u32>, credit: Credit, kind: Kind) -> Reply {
         let tx = self.tx.clone();
+        let timed = self.stages.is_some();
         Box::new(move |res: IoResult| {
             let (error, data) = match (res, read_len) {
                 (Ok(Some(d)), Some(len)) if d.len() as u64 == u64::from(len) => (0, Some(d)),
@@ -233,6 +279,7 @@ impl Conn {
                 error,
                 data,
                 _credit: credit,
+                answered: timed.then(|| (kind, Instant::now())),
             });
         })
     }
@@ -249,6 +296,7 @@ impl Conn {
                 }
                 Err(e) => return Err(Close::Io(e)),
             }
+            self.received = Instant::now();
             let req = Request::parse(&hdr)
                 .map_err(|m| Close::Protocol(format!("bad request magic {m:#x}")))?;
             if req.cmd == CMD_DISC {
@@ -315,6 +363,7 @@ impl Conn {
                 error: NBD_EINVAL,
                 data: None,
                 _credit: credit,
+                answered: None,
             });
         }
         if len == 0 {
@@ -323,12 +372,13 @@ impl Conn {
                 error: 0,
                 data: None,
                 _credit: credit,
+                answered: None,
             });
         }
-        let reply = self.completion(handle, None, credit);
+        let reply = self.completion(handle, None, credit, Kind::Write);
         let (offset, fua) = (req.offset, c.fua);
-        self.backend
-            .submit(IoRequest::Write { offset, data, fua }, reply);
+        let write = IoRequest::Write { offset, data, fua };
+        self.backend.submit_received(write, reply, self.received);
         Ok(())
     }
 
@@ -359,8 +409,9 @@ impl Conn {
             return self.reply_now(handle, 0);
         }
         let credit = self.credit(usize::try_from(len).unwrap_or(usize::MAX))?;
-        let reply = self.completion(handle, Some(len), credit);
-        self.backend.submit(IoRequest::Read { offset, len }, reply);
+        let reply = self.completion(handle, Some(len), credit, Kind::Read);
+        let read = IoRequest::Read { offset, len };
+        self.backend.submit_received(read, reply, self.received);
         Ok(())
     }
 
@@ -370,8 +421,9 @@ impl Conn {
             return self.reply_now(req.handle, NBD_EINVAL);
         }
         let credit = self.credit(0)?;
-        let reply = self.completion(req.handle, None, credit);
-        self.backend.submit(IoRequest::Flush, reply);
+        let reply = self.completion(req.handle, None, credit, Kind::Flush);
+        let flush = IoRequest::Flush;
+        self.backend.submit_received(flush, reply, self.received);
         Ok(())
     }
 
@@ -410,12 +462,14 @@ impl Conn {
         len: u32,
         make: impl Fn(u64, u32) -> IoRequest,
     ) -> Result<(), Close> {
+        let kind = make(offset, 0).kind();
         let pieces = len.div_ceil(MAX_PAYLOAD);
         let agg = Arc::new(Aggregate {
             remaining: AtomicUsize::new(usize::try_from(pieces).unwrap_or(usize::MAX)),
             error: AtomicI32::new(0),
             handle,
             tx: self.tx.clone(),
+            timed: self.stages.as_ref().map(|_| kind),
         });
         let mut off = offset;
         let mut left = len;
@@ -424,7 +478,8 @@ impl Conn {
             let credit = self.credit(0)?;
             let agg = Arc::clone(&agg);
             let reply: Reply = Box::new(move |res: IoResult| agg.complete(res, credit));
-            self.backend.submit(make(off, piece), reply);
+            self.backend
+                .submit_received(make(off, piece), reply, self.received);
             off += u64::from(piece);
             left -= piece;
         }
@@ -459,6 +514,8 @@ struct Aggregate {
     error: AtomicI32,
     handle: u64,
     tx: mpsc::Sender<ReplyMsg>,
+    /// The kind to time the reply under, when requests are timed.
+    timed: Option<Kind>,
 }
 
 impl Aggregate {
@@ -483,6 +540,7 @@ impl Aggregate {
                 error,
                 data: None,
                 _credit: credit,
+                answered: self.timed.map(|k| (k, Instant::now())),
             });
         }
     }
