@@ -12,11 +12,14 @@
 //! - [`al`]: activity-log transactions (a ring of slots; a torn one falls
 //!   back to the previous);
 //! - [`bitmap`]: dirty-bitmap pages (a bad page counts as all dirty);
+//! - [`resize`]: growing the data area and moving internal metadata to
+//!   the new end (`repctl resize`), crash-safe step by step;
 //! - `tests`: create, open, update and corrupt real metadata files.
 
 pub mod al;
 pub mod bitmap;
 pub mod layout;
+pub mod resize;
 pub mod superblock;
 
 use std::fs::{File, OpenOptions};
@@ -697,6 +700,7 @@ impl MetaDevice {
         writable: bool,
     ) -> Result<Self, MdError> {
         let (file, path, disk_size, sb_abs) = open_for_read(location, writable)?;
+        let sb_abs = resize::follow_locator(&file, &path, sb_abs)?;
         let sb = read_superblock(location, &file, &path, sb_abs)?;
         check_owner(location, &path, &sb, resource, node)?;
         let fits = Fit {
