@@ -239,6 +239,25 @@ impl Pair {
                 self.s[i].done.insert(id.0, result);
             }
             Action::Hook(h) => self.s[i].hooks.push(h),
+            // In-memory disks grow as asked; the new region out of sync
+            // unless declared clean.
+            Action::GrowDisk {
+                data_bytes,
+                assume_clean,
+                ..
+            } => {
+                let old = self.s[i].node.status().data_bytes;
+                let dirty_to = if assume_clean { old } else { data_bytes };
+                let g = replication_proto::machine::Grown {
+                    data_bytes,
+                    dirty_from: old,
+                    dirty_to,
+                };
+                self.s[i]
+                    .node
+                    .handle(self.now, Event::GrowDone { result: Ok(g) });
+            }
+            Action::SizeChanged { .. } => {}
         }
     }
 

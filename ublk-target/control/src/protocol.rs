@@ -58,6 +58,12 @@ pub enum ControlCmd {
     Adjust {
         path: std::path::PathBuf,
     },
+    /// `repctl resize`: grow both nodes (to `size_bytes`, or as far as both
+    /// disks have room), the new region resynced unless `assume_clean`.
+    Resize {
+        size_bytes: Option<u64>,
+        assume_clean: bool,
+    },
 }
 
 impl From<Verb> for ControlCmd {
@@ -89,17 +95,24 @@ enum DaemonJson {
     Adjust {
         path: std::path::PathBuf,
     },
+    Resize {
+        #[serde(default)]
+        size_bytes: Option<u64>,
+        #[serde(default)]
+        assume_clean: bool,
+    },
 }
 
 impl DaemonJson {
     /// The `cmd` names of the daemon's commands; any other is a [`Verb`]'s.
-    const NAMES: [&'static str; 6] = [
+    const NAMES: [&'static str; 7] = [
         "status",
         "down",
         "suspend-io",
         "resume-io",
         "events",
         "adjust",
+        "resize",
     ];
 }
 
@@ -115,6 +128,13 @@ impl Serialize for ControlCmd {
             },
             Self::Events { now } => DaemonJson::Events { now: *now },
             Self::Adjust { path } => DaemonJson::Adjust { path: path.clone() },
+            Self::Resize {
+                size_bytes,
+                assume_clean,
+            } => DaemonJson::Resize {
+                size_bytes: *size_bytes,
+                assume_clean: *assume_clean,
+            },
         };
         own.serialize(s)
     }
@@ -151,6 +171,13 @@ impl<'de> Deserialize<'de> for ControlCmd {
                 DaemonJson::ResumeIo { if_current } => Self::ResumeIo { if_current },
                 DaemonJson::Events { now } => Self::Events { now },
                 DaemonJson::Adjust { path } => Self::Adjust { path },
+                DaemonJson::Resize {
+                    size_bytes,
+                    assume_clean,
+                } => Self::Resize {
+                    size_bytes,
+                    assume_clean,
+                },
             },
         )
     }
@@ -273,6 +300,10 @@ pub struct NodeStatus {
     /// started.
     #[serde(default)]
     pub handlers: Vec<HandlerRun>,
+    /// The last `repctl resize`'s outcome, or the size agreed with a peer
+    /// of a different size (DRBD's rule: the smaller).
+    #[serde(default)]
+    pub size_note: Option<String>,
 }
 
 /// The last verify: when, what it compared, what differed.

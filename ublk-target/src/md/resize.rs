@@ -169,12 +169,7 @@ impl MetaDevice {
         let new = self.grown_layout(location, data_bytes)?;
         let mut words = self.bitmap.clone();
         words.resize(to_usize(new.bm_words(), "the bitmap")?, 0);
-        let dirty_to = match (opts.assume_clean, old.kind) {
-            (false, _) => data_bytes,
-            // The old metadata area is data now, and differs between nodes.
-            (true, MetaKind::Internal) => (old.md_offset + old.md_bytes).min(data_bytes),
-            (true, MetaKind::External) => old.data_bytes,
-        };
+        let dirty_to = dirty_end(&old, data_bytes, opts.assume_clean);
         set_bits(&mut words, old.data_bytes / MD_BLOCK, dirty_to / MD_BLOCK);
         match old.kind {
             MetaKind::Internal => self.move_internal(new, words, opts.stop_after_step)?,
@@ -323,6 +318,19 @@ impl MetaDevice {
         self.bitmap = words;
         super::mask_tail(&mut self.bitmap, layout.bm_bits());
         Ok(())
+    }
+}
+
+/// Where the bits a grow of `old` to `data_bytes` marks end (they start at
+/// the old data end): the whole new region, or with `assume_clean` only
+/// the old internal metadata area, which is data now and differs between
+/// the nodes.
+#[must_use]
+pub fn dirty_end(old: &Layout, data_bytes: u64, assume_clean: bool) -> u64 {
+    match (assume_clean, old.kind) {
+        (false, _) => data_bytes,
+        (true, MetaKind::Internal) => (old.md_offset + old.md_bytes).min(data_bytes),
+        (true, MetaKind::External) => old.data_bytes,
     }
 }
 
