@@ -82,6 +82,12 @@ impl MetaWriter {
         }
     }
 
+    /// Queue a grow (`repctl resize`) behind the writes already queued.
+    pub(crate) fn submit_grow(&self, job: super::resize::GrowJob) {
+        // The token is never answered: the grow answers `Input::GrowDone`.
+        self.submit(MetaToken::from_raw(0), MetaOp::Grow(job));
+    }
+
     /// Finish the queued writes and stop.
     pub(crate) fn stop(&mut self) {
         self.tx = None;

@@ -6,10 +6,10 @@
 use std::sync::atomic::Ordering;
 
 use rep_control::protocol::Refusal;
-use replication_proto::machine::{Admin, Event, Grown, MetaToken};
+use replication_proto::machine::{Admin, Event, Grown};
 use replication_proto::time::Millis;
 
-use super::{meta, Runner};
+use super::Runner;
 use crate::md::resize::{dirty_end, room_bytes, GrowOptions};
 use crate::md::{MetaDevice, MetaLocation};
 
@@ -123,8 +123,7 @@ impl Runner {
             exact,
             assume_clean,
         };
-        self.meta
-            .submit(MetaToken::from_raw(0), meta::MetaOp::Grow(job));
+        self.meta.submit_grow(job);
     }
 
     /// The metadata thread's answer.
