@@ -160,6 +160,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
             work_dir: None,
             verbose: false,
             echo: true,
+            kernel: None,
         },
     )
     .map_err(|e| e.to_string())?;
