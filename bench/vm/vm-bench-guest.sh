@@ -294,6 +294,9 @@ say "kernel $(uname -r), $(nproc) cpus, $(awk '/MemTotal/ {print $2 " kB"}' /pro
 {
   echo "kernel $(uname -r)"
   echo "cpus $(nproc)"
+  # The CRC instructions the guest CPU offers (both emulated under TCG):
+  # the kernel's crc32c library uses them when present.
+  echo "cpu crc flags: $(grep -m1 '^flags' /proc/cpuinfo | grep -o -w -E 'sse4_2|pclmulqdq' | tr '\n' ' ')"
   echo "fio $(fio --version)"
   echo "size $SIZE"
   echo "runtime $RUNTIME"
