@@ -52,7 +52,16 @@ pub enum MdError {
     DiskMissing { path: PathBuf },
     #[error("metadata file {path} does not exist — run create-md")]
     MetaFileMissing { path: PathBuf },
-    #[error("no metadata found (wrong magic) in {path} at offset {offset} — run create-md")]
+    #[error(
+        "no metadata found (wrong magic) in {path} at offset {offset} — run create-md{}",
+        if *offset > 0 {
+            " (unless this disk was grown while repd was not running: internal metadata is then \
+             still at its old end; give the disk its old size back, start repd, grow it again \
+             and run `repctl resize`)"
+        } else {
+            ""
+        }
+    )]
     NoMetadata { path: PathBuf, offset: u64 },
     #[error(
         "no metadata at the end of {path} (offset {offset}), and that end holds data: the disk seems \

@@ -197,3 +197,23 @@ fn set_bits_whole_words_and_edges() {
     set_bits(&mut w, 250, 10_000);
     assert_eq!(w[3] >> 58, 0x3F);
 }
+
+#[test]
+fn a_disk_grown_without_resize_says_how_to_get_back() {
+    let fx = fixture(false);
+    let (md, _) = fx.prepared();
+    drop(md);
+    let e = MetaDevice::open(&fx.params.location, "r0", "alpha").unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("grown while repd was not running"), "{text}");
+    // Its old size back: the metadata is found again.
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(&fx.params.location.disk)
+        .unwrap();
+    f.set_len(OLD).unwrap();
+    assert_eq!(
+        fx.open().layout().data_bytes,
+        Layout::internal(OLD, 1237).unwrap().data_bytes
+    );
+}
