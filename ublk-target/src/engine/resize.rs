@@ -45,7 +45,7 @@ impl GrowJob {
         } else {
             self.data_bytes.min(room)
         };
-        if old >= target && (!self.exact || old == target || target <= room) {
+        if old >= target {
             // The metadata is already this large (it grew before a crash or
             // a lost connection, and a smaller peer kept the size in use
             // down): nothing to move. The state machine marks the region.
