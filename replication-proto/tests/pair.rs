@@ -1927,3 +1927,40 @@ fn a_resolved_split_brain_runs_only_initial_split_brain() {
         "beta's change rolled back"
     );
 }
+
+/// `--assume-clean` with nothing marked: both grow, the (empty) resync
+/// ends at once, no data moves.
+#[test]
+fn resize_assume_clean_moves_no_data() {
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.up_and_synced();
+    for s in &mut p.s {
+        s.sent.clear();
+    }
+    let grown = SIZE + (4 << 20);
+    p.admin(
+        0,
+        Admin::Resize {
+            room_bytes: grown,
+            size_bytes: Some(grown),
+            assume_clean: true,
+        },
+    )
+    .unwrap();
+    p.pump();
+    for i in 0..2 {
+        let st = p.s[i].node.status();
+        assert_eq!(st.data_bytes, grown, "side {i}: {st:?}");
+        assert_eq!(st.out_of_sync_bytes, 0, "side {i}: {st:?}");
+        assert_eq!(st.connection, ConnState::Connected, "side {i}: {st:?}");
+        assert_eq!(st.disk, DiskState::UpToDate, "side {i}: {st:?}");
+        assert!(st.size_note.unwrap_or_default().contains("resized to"));
+    }
+    for side in &p.s {
+        let moved = side
+            .sent
+            .iter()
+            .any(|m| matches!(m, Message::ResyncData { .. } | Message::Data { .. }));
+        assert!(!moved, "no data may move");
+    }
+}
