@@ -288,6 +288,11 @@ impl Node {
     /// shrinks what it uses to a smaller peer's), or why not.
     pub(super) fn agree_size(&mut self, peer_bytes: u64, peer_features: u64) -> Option<String> {
         let mine = self.cfg.data_bytes;
+        let size_note = |n: &String| n.starts_with("the peer's disk");
+        if peer_bytes == mine && self.resizing.note.as_ref().is_some_and(size_note) {
+            // Equal now: what an earlier connection agreed no longer holds.
+            self.resizing.note = None;
+        }
         if peer_bytes >= mine {
             if peer_bytes > mine {
                 self.resizing.note = Some(format!(
