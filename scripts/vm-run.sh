@@ -26,6 +26,9 @@
 #        guest ended without reporting a status (see the console log)
 #
 # Options:
+#   --kernel K      the guest kernel: 6.12 (default; what CI's scenarios run on)
+#                   or 6.17 (trixie-backports: ublk's UPDATE_SIZE, AUTO_BUF_REG);
+#                   default $REP_VM_KERNEL, else 6.12. Both come from vm-setup.sh.
 #   --mem SIZE      guest memory (default 4G)
 #   --cpus N        guest CPUs (default 2)
 #   --timeout SECS  kill the VM after SECS seconds (default 1200)
@@ -36,9 +39,10 @@
 #   --verbose, -v   show the kernel's console while booting
 #   --help, -h      this text
 #
-# Environment: REP_VM_CACHE (where vm-setup.sh put the kernel, default
-# $HOME/.cache/rep-vm), REP_VM_VMLINUZ and REP_VM_VNG (override vm.env),
-# REP_VM_WORK_ROOT (where default work folders go).
+# Environment: REP_VM_CACHE (where vm-setup.sh put the kernels, default
+# $HOME/.cache/rep-vm), REP_VM_KERNEL (the default of --kernel), REP_VM_VMLINUZ
+# and REP_VM_VNG (override vm.env / vm-6.17.env), REP_VM_WORK_ROOT (where
+# default work folders go).
 #
 # Needs `bash scripts/vm-setup.sh` once. Boot takes 15-30 s (QEMU TCG: the host's
 # /dev/kvm cannot boot a stock kernel).
@@ -51,6 +55,7 @@ TIMEOUT=1200
 WORK=
 KEEP=0
 VERBOSE=0
+KERNEL=${REP_VM_KERNEL:-6.12}
 
 say() { echo "vm-run: $*" >&2; }
 die() {
@@ -61,6 +66,8 @@ usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
 
 while [ $# -gt 0 ]; do
   case "$1" in
+  --kernel) KERNEL=${2:?--kernel needs a value}; shift 2 ;;
+  --kernel=*) KERNEL=${1#*=}; shift ;;
   --mem) MEM=${2:?--mem needs a value}; shift 2 ;;
   --mem=*) MEM=${1#*=}; shift ;;
   --cpus) CPUS=${2:?--cpus needs a value}; shift 2 ;;
@@ -79,20 +86,25 @@ done
 [ $# -gt 0 ] || { echo "vm-run: no CMD given (usage: vm-run.sh [OPTIONS] -- CMD...)" >&2; exit 125; }
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "--timeout wants whole seconds, got '$TIMEOUT'"
 [[ "$CPUS" =~ ^[0-9]+$ ]] || die "--cpus wants a number, got '$CPUS'"
+case "$KERNEL" in
+6.12) ENV_FILE=vm.env ;;
+6.17) ENV_FILE=vm-6.17.env ;;
+*) die "--kernel (or REP_VM_KERNEL) wants 6.12 or 6.17, got '$KERNEL'" ;;
+esac
 
 # ------------------------------------------------------------ what setup made
 CACHE=${REP_VM_CACHE:-${HOME:-/root}/.cache/rep-vm}
-if [ -f "$CACHE/vm.env" ]; then
+if [ -f "$CACHE/$ENV_FILE" ]; then
   while IFS='=' read -r k v; do
     case "$k" in
     REP_VM_KVER) KVER=$v ;;
     REP_VM_VMLINUZ) : "${REP_VM_VMLINUZ:=$v}" ;;
     REP_VM_VNG) : "${REP_VM_VNG:=$v}" ;;
     esac
-  done <"$CACHE/vm.env"
+  done <"$CACHE/$ENV_FILE"
 fi
 { [ -n "${REP_VM_VMLINUZ:-}" ] && [ -f "$REP_VM_VMLINUZ" ]; } ||
-  die "no kernel image: run 'bash scripts/vm-setup.sh' first (looked for $CACHE/vm.env)"
+  die "no $KERNEL kernel image: run 'bash scripts/vm-setup.sh --kernel $KERNEL' first (looked for $CACHE/$ENV_FILE)"
 { [ -n "${REP_VM_VNG:-}" ] && [ -x "$REP_VM_VNG" ]; } ||
   die "vng not found: run 'bash scripts/vm-setup.sh' first"
 KVER=${KVER:-$(basename "$REP_VM_VMLINUZ" | sed 's/^vmlinuz-//')}

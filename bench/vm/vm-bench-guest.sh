@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The guest side of `vm-bench` (bench/src/bin/vm-bench.rs): runs INSIDE the VM,
+# The guest side of `vm-bench` (bench/src/bin/vm-bench/): runs INSIDE the VM,
 # as root, and measures five block devices one after the other in this boot:
 #
 #   ours        /dev/ublkb0 of two repd (alpha Primary, beta Secondary) on
@@ -14,12 +14,17 @@
 #   kloop       the kernel loop device, losetup --direct-io=on
 #   drbd        in-kernel DRBD 8.4 (modprobe drbd), protocol C, two minors
 #               connected over 127.0.0.1, each on a direct-io loop device
+#   drbd-integrity  the same with `data-integrity-alg crc32c` (minors 2 and 3):
+#               every data block is checksummed on the wire, as repd's frame
+#               CRC32C does; the crc32c driver the kernel's crypto API picks
+#               for it is recorded (crypto-crc32c.txt, from /proc/crypto)
 #
-# All four are set up first; then each workload runs on each target in turn.
+# All are set up first; then each workload runs on each target in turn.
 # Every backing file is VMB_SIZE bytes on the guest tmpfs ($VM_SCRATCH) and
 # fully written before anything is measured (non-zero data; beta and DRBD's
 # second minor included). fio: --direct=1
-# --ioengine=libaio, one job, 4k random write QD32 and 1M sequential write QD4,
+# --ioengine=libaio, one job, 4k random write QD32, 1M sequential write QD4,
+# 4k random write QD1 (latency) and 4k random read QD32,
 # --time_based --runtime=VMB_RUNTIME --ramp_time=VMB_RAMP each. With
 # VMB_ROUNDS=N the whole set runs N times, each round starting the order one
 # target later, so that no target is always measured first or last.
@@ -28,7 +33,7 @@
 # <target>.error when a target could not be set up (the others still run).
 # Environment: REP_BIN (repd, repctl), REP_BIN_B (for ours-b), VM_WORK, VM_SCRATCH, VMB_SIZE (256M),
 # VMB_RUNTIME (10), VMB_RAMP (2), VMB_ROUNDS (1),
-# VMB_TARGETS ("ours ours-standalone rublk-loop kloop drbd").
+# VMB_TARGETS ("ours ours-standalone rublk-loop kloop drbd drbd-integrity").
 set -u
 
 OUT=${VM_WORK:?}/vm-bench
@@ -38,7 +43,7 @@ SIZE=${VMB_SIZE:-256M}
 RUNTIME=${VMB_RUNTIME:-10}
 RAMP=${VMB_RAMP:-2}
 ROUNDS=${VMB_ROUNDS:-1}
-TARGETS=${VMB_TARGETS:-ours ours-standalone rublk-loop kloop drbd}
+TARGETS=${VMB_TARGETS:-ours ours-standalone rublk-loop kloop drbd drbd-integrity}
 DRBDSETUP=/lib/drbd/drbdsetup-84
 mkdir -p "$OUT" "$SCR" "$RUN"
 T0=$SECONDS
@@ -57,12 +62,14 @@ fill() { # file: fully written, non-zero
   yes "$(head -c 3000 /dev/urandom | base64 -w0)" | head -c "$SIZE_B" >"$1" && sync "$1"
 }
 
-WORKLOADS="randwrite-4k-qd32 write-1m-qd4"
+WORKLOADS="randwrite-4k-qd32 write-1m-qd4 randwrite-4k-qd1 randread-4k-qd32"
 fio_run() { # target device workload round
   local rw bs qd
   case "$3" in
   randwrite-4k-qd32) rw=randwrite bs=4k qd=32 ;;
   write-1m-qd4) rw=write bs=1M qd=4 ;;
+  randwrite-4k-qd1) rw=randwrite bs=4k qd=1 ;;
+  randread-4k-qd32) rw=randread bs=4k qd=32 ;;
   esac
   fio --name="$3" --filename="$2" --allow_file_create=0 --direct=1 --ioengine=libaio \
     --rw=$rw --bs=$bs --iodepth=$qd --numjobs=1 --time_based --runtime="$RUNTIME" \
@@ -224,55 +231,72 @@ down_kloop() {
 }
 
 # ------------------------------------------------------------------ DRBD 8.4
-drbd_up() { # minor lower-device my-port peer-port
-  local res=r$1
-  echo yes | drbdmeta --force "$1" v08 "$2" internal create-md >"$OUT/drbd.create-md-$1.txt" 2>&1 &&
-    $DRBDSETUP new-resource $res >>"$OUT/drbd.setup.txt" 2>&1 &&
-    $DRBDSETUP new-minor $res "$1" 0 >>"$OUT/drbd.setup.txt" 2>&1 &&
-    $DRBDSETUP attach "$1" "$2" "$2" internal >>"$OUT/drbd.setup.txt" 2>&1 &&
-    $DRBDSETUP connect $res "ipv4:127.0.0.1:$3" "ipv4:127.0.0.1:$4" --protocol=C >>"$OUT/drbd.setup.txt" 2>&1
+drbd_up() { # target minor lower-device my-port peer-port [net options...]
+  local t=$1 minor=$2 dev=$3 me=$4 peer=$5
+  shift 5
+  echo yes | drbdmeta --force "$minor" v08 "$dev" internal create-md >"$OUT/$t.create-md-$minor.txt" 2>&1 &&
+    $DRBDSETUP new-resource "r$minor" >>"$OUT/$t.setup.txt" 2>&1 &&
+    $DRBDSETUP new-minor "r$minor" "$minor" 0 >>"$OUT/$t.setup.txt" 2>&1 &&
+    $DRBDSETUP attach "$minor" "$dev" "$dev" internal >>"$OUT/$t.setup.txt" 2>&1 &&
+    $DRBDSETUP connect "r$minor" "ipv4:127.0.0.1:$me" "ipv4:127.0.0.1:$peer" --protocol=C "$@" >>"$OUT/$t.setup.txt" 2>&1
 }
-drbd_connected() { grep -q "^ 0: cs:Connected" /proc/drbd && grep -q "^ 1: cs:Connected" /proc/drbd; }
-drbd_uptodate() { grep -q "^ 0: cs:Connected ro:Primary/Secondary ds:UpToDate/UpToDate" /proc/drbd; }
-DRBD_LOOPS=()
+drbd_connected() { grep -q "^ *$1: cs:Connected" /proc/drbd && grep -q "^ *$2: cs:Connected" /proc/drbd; }
+drbd_uptodate() { grep -q "^ *$1: cs:Connected ro:Primary/Secondary ds:UpToDate/UpToDate" /proc/drbd; }
+declare -A DRBD_LOOPS
+# A DRBD pair on two minors: bench_drbd TARGET MINOR PORT [net options...]
+# (the peer is minor MINOR+1 on PORT+1).
 bench_drbd() {
-  local a b
-  command -v drbdmeta >/dev/null && [ -x $DRBDSETUP ] || { failed drbd "drbd-utils is not installed (drbdmeta, $DRBDSETUP)"; return; }
-  modprobe drbd >"$OUT/drbd.modprobe.txt" 2>&1 || { failed drbd "modprobe drbd: $(cat "$OUT/drbd.modprobe.txt")"; return; }
+  local t=$1 m=$2 port=$3 a b
+  shift 3
+  command -v drbdmeta >/dev/null && [ -x $DRBDSETUP ] || { failed $t "drbd-utils is not installed (drbdmeta, $DRBDSETUP)"; return; }
+  modprobe drbd >"$OUT/$t.modprobe.txt" 2>&1 || { failed $t "modprobe drbd: $(cat "$OUT/$t.modprobe.txt")"; return; }
   head -n 1 /proc/drbd >"$OUT/drbd.version.txt"
-  fill "$SCR/drbd0.img" && fill "$SCR/drbd1.img" || { failed drbd "cannot write the images"; return; }
-  a=$(losetup --direct-io=on -f --show "$SCR/drbd0.img") && b=$(losetup --direct-io=on -f --show "$SCR/drbd1.img") ||
-    { failed drbd "losetup failed"; return; }
-  DRBD_LOOPS=("$a" "$b")
-  if ! drbd_up 0 "$a" 7790 7791 || ! drbd_up 1 "$b" 7791 7790; then
-    failed drbd "setup: $(tail -n 5 "$OUT/drbd.setup.txt" "$OUT"/drbd.create-md-*.txt | tr '\n' ' ')"
-  elif ! wait_for 60 drbd_connected; then
-    failed drbd "the two minors did not connect: $(cat /proc/drbd | tr '\n' ' ')"
+  fill "$SCR/drbd$m.img" && fill "$SCR/drbd$((m + 1)).img" || { failed $t "cannot write the images"; return; }
+  a=$(losetup --direct-io=on -f --show "$SCR/drbd$m.img") && b=$(losetup --direct-io=on -f --show "$SCR/drbd$((m + 1)).img") ||
+    { failed $t "losetup failed"; return; }
+  DRBD_LOOPS[$t]="$a $b"
+  if ! drbd_up $t "$m" "$a" "$port" $((port + 1)) "$@" || ! drbd_up $t $((m + 1)) "$b" $((port + 1)) "$port" "$@"; then
+    failed $t "setup: $(tail -n 5 "$OUT/$t.setup.txt" "$OUT"/$t.create-md-*.txt | tr '\n' ' ')"
+  elif ! wait_for 60 drbd_connected "$m" $((m + 1)); then
+    failed $t "the two minors did not connect: $(cat /proc/drbd | tr '\n' ' ')"
   else
     # Both sides were written in full by dd, and are blank to DRBD: skip the
     # initial sync as drbdadm new-current-uuid --clear-bitmap does.
-    $DRBDSETUP new-current-uuid 0 --clear-bitmap >>"$OUT/drbd.setup.txt" 2>&1 &&
-      $DRBDSETUP primary 0 >>"$OUT/drbd.setup.txt" 2>&1
-    if ! wait_for 60 drbd_uptodate; then
-      failed drbd "minor 0 is not Primary UpToDate/UpToDate: $(cat /proc/drbd | tr '\n' ' ')"
+    $DRBDSETUP new-current-uuid "$m" --clear-bitmap >>"$OUT/$t.setup.txt" 2>&1 &&
+      $DRBDSETUP primary "$m" >>"$OUT/$t.setup.txt" 2>&1
+    if ! wait_for 60 drbd_uptodate "$m"; then
+      failed $t "minor $m is not Primary UpToDate/UpToDate: $(cat /proc/drbd | tr '\n' ' ')"
     else
-      cat /proc/drbd >"$OUT/drbd.proc-before.txt"
-      DEV[drbd]=/dev/drbd0
+      $DRBDSETUP show "r$m" >"$OUT/$t.show.txt" 2>&1
+      DEV[$t]=/dev/drbd$m
     fi
   fi
 }
-down_drbd() {
-  [ -f /proc/drbd ] && cat /proc/drbd >"$OUT/drbd.proc-after.txt"
-  $DRBDSETUP down r0 >/dev/null 2>&1
-  $DRBDSETUP down r1 >/dev/null 2>&1
-  [ "${#DRBD_LOOPS[@]}" -gt 0 ] && losetup -d "${DRBD_LOOPS[@]}" 2>/dev/null
-  rm -f "$SCR/drbd0.img" "$SCR/drbd1.img"
+down_drbd() { # target minor
+  local t=$1 m=$2
+  [ -f /proc/drbd ] && cat /proc/drbd >"$OUT/$t.proc-after.txt"
+  $DRBDSETUP down "r$m" >/dev/null 2>&1
+  $DRBDSETUP down "r$((m + 1))" >/dev/null 2>&1
+  # shellcheck disable=SC2086 # two device names
+  [ -n "${DRBD_LOOPS[$t]:-}" ] && losetup -d ${DRBD_LOOPS[$t]} 2>/dev/null
+  rm -f "$SCR/drbd$m.img" "$SCR/drbd$((m + 1)).img"
+}
+# The crc32c implementations the kernel's crypto API has, highest priority
+# first: DRBD's data-integrity-alg takes the first (name, driver, module,
+# priority of each).
+crypto_crc32c() {
+  awk -v RS= '/(^|\n)name *: crc32c\n/' /proc/crypto |
+    awk -F' *: *' '$1 ~ /^(driver|module|priority)$/ { printf "%s=%s ", $1, $2 } /^$/ { print "" } END { print "" }' |
+    sed '/^ *$/d' | sort -t= -k4 -rn
 }
 
 say "kernel $(uname -r), $(nproc) cpus, $(awk '/MemTotal/ {print $2 " kB"}' /proc/meminfo); size $SIZE, runtime ${RUNTIME}s, ramp ${RAMP}s, $ROUNDS round(s); targets: $TARGETS"
 {
   echo "kernel $(uname -r)"
   echo "cpus $(nproc)"
+  # The CRC instructions the guest CPU offers (both emulated under TCG):
+  # the kernel's crc32c library uses them when present.
+  echo "cpu crc flags: $(grep -m1 '^flags' /proc/cpuinfo | grep -o -w -E 'sse4_2|pclmulqdq' | tr '\n' ' ')"
   echo "fio $(fio --version)"
   echo "size $SIZE"
   echo "runtime $RUNTIME"
@@ -291,11 +315,13 @@ for t in $TARGETS; do
   ours-standalone) bench_ours_sa ;;
   rublk-loop) bench_rublk ;;
   kloop) bench_kloop ;;
-  drbd) bench_drbd ;;
+  drbd) bench_drbd drbd 0 7790 ;;
+  drbd-integrity) bench_drbd drbd-integrity 2 7792 --data-integrity-alg=crc32c ;;
   *) failed "$t" "unknown target $t" ;;
   esac
 done
 free -m >"$OUT/free.txt"
+crypto_crc32c >"$OUT/crypto-crc32c.txt"
 read -r -a ORDER <<<"$TARGETS"
 for ((r = 1; r <= ROUNDS; r++)); do
   for w in $WORKLOADS; do
@@ -314,7 +340,8 @@ for t in $TARGETS; do
   ours-standalone) down_ours_sa ;;
   rublk-loop) down_rublk ;;
   kloop) down_kloop ;;
-  drbd) down_drbd ;;
+  drbd) down_drbd drbd 0 ;;
+  drbd-integrity) down_drbd drbd-integrity 2 ;;
   esac
 done
 say "done"

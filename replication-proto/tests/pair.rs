@@ -239,6 +239,25 @@ impl Pair {
                 self.s[i].done.insert(id.0, result);
             }
             Action::Hook(h) => self.s[i].hooks.push(h),
+            // In-memory disks grow as asked; the new region out of sync
+            // unless declared clean.
+            Action::GrowDisk {
+                data_bytes,
+                assume_clean,
+                ..
+            } => {
+                let old = self.s[i].node.status().data_bytes;
+                let dirty_to = if assume_clean { old } else { data_bytes };
+                let g = replication_proto::machine::Grown {
+                    data_bytes,
+                    dirty_from: old,
+                    dirty_to,
+                };
+                self.s[i]
+                    .node
+                    .handle(self.now, Event::GrowDone { result: Ok(g) });
+            }
+            Action::SizeChanged { .. } => {}
         }
     }
 
@@ -356,11 +375,81 @@ fn wrong_resource_is_refused_on_both_sides() {
     refused_both_ways(Pair::new(cfg("alpha", "beta"), b), "resource");
 }
 
+/// DRBD's rule: a peer of a different size connects with the smaller
+/// size; the larger node says so in status.
 #[test]
-fn wrong_size_is_refused_on_both_sides() {
+fn a_smaller_peer_connects_with_the_smaller_size() {
+    let mut b = cfg("beta", "alpha");
+    b.data_bytes = SIZE - (1 << 20);
+    let mut p = Pair::new(cfg("alpha", "beta"), b);
+    p.up_and_synced();
+    for i in 0..2 {
+        assert_eq!(p.s[i].node.status().data_bytes, SIZE - (1 << 20));
+    }
+    let note = p.s[0].node.status().size_note.unwrap_or_default();
+    assert!(note.contains("smaller"), "{note}");
+    // Beyond the agreed end, the larger node's Primary refuses I/O.
+    let r = p.write(0, 1, SIZE - 4096, 7, 4096);
+    assert!(r.is_err(), "{r:?}");
+}
+
+/// A Primary does not shrink under its users: a smaller peer is refused.
+#[test]
+fn a_primary_refuses_a_smaller_peer() {
     let mut b = cfg("beta", "alpha");
     b.data_bytes = SIZE - 4096;
-    refused_both_ways(Pair::new(cfg("alpha", "beta"), b), "size");
+    let mut p = Pair::new(cfg("alpha", "beta"), b);
+    p.admin(0, Admin::Verb(Verb::Primary { force: true }))
+        .unwrap();
+    refused_both_ways(p, "size");
+}
+
+/// `repctl resize` between two in-memory nodes: the peer grows first,
+/// then the asking node; both use the new size, the new region resyncs
+/// from the Primary and its data replicates.
+#[test]
+fn resize_grows_both_and_resyncs_the_new_region() {
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.up_and_synced();
+    let grown = SIZE + (4 << 20);
+    let shrink = Admin::Resize {
+        room_bytes: grown,
+        size_bytes: Some(SIZE - 4096),
+        assume_clean: false,
+    };
+    assert!(p.admin(1, shrink).unwrap_err().contains("shrinking"));
+    p.admin(
+        1,
+        Admin::Resize {
+            room_bytes: grown,
+            size_bytes: None,
+            assume_clean: false,
+        },
+    )
+    .unwrap();
+    p.pump();
+    for i in 0..2 {
+        let st = p.s[i].node.status();
+        assert_eq!(st.data_bytes, grown, "side {i}: {st:?}");
+        assert_eq!(st.out_of_sync_bytes, 0, "side {i}: {st:?}");
+        assert_eq!(st.connection, ConnState::Connected, "side {i}: {st:?}");
+    }
+    assert!(p.s[0]
+        .sent
+        .iter()
+        .any(|m| matches!(m, Message::ResyncData { .. })));
+    // The new region takes writes and replicates them.
+    p.write(0, 77, SIZE + 4096, 9, 4096).unwrap();
+    assert_eq!(
+        p.read_local(1, SIZE + 4096, 4096),
+        p.read_local(0, SIZE + 4096, 4096)
+    );
+    let again = Admin::Resize {
+        room_bytes: grown,
+        size_bytes: None,
+        assume_clean: false,
+    };
+    assert!(p.admin(0, again).unwrap_err().contains("nothing to grow"));
 }
 
 #[test]
@@ -1401,16 +1490,13 @@ fn every_disconnect_reason_fits_the_wire() {
     refused_both_ways_quiet(&mut p);
     assert!(all_sent_frames_encode(&p) >= 1);
     assert_peer_heard(&p, "resource");
-    // Wrong peer name, wrong size, different protocol, wrong secret.
+    // Wrong peer name, different protocol, wrong secret (a different size
+    // connects with the smaller: `a_smaller_peer_connects_with_the_smaller_size`).
     type Edit = Box<dyn Fn(&mut NodeConfig)>;
     let variants: Vec<(Edit, &str)> = vec![
         (
             Box::new(|c: &mut NodeConfig| c.node = long_name('ß', 250)),
             "calls itself",
-        ),
-        (
-            Box::new(|c: &mut NodeConfig| c.data_bytes = SIZE - 4096),
-            "size",
         ),
         (
             Box::new(|c: &mut NodeConfig| c.protocol = Protocol::A),
@@ -1840,4 +1926,41 @@ fn a_resolved_split_brain_runs_only_initial_split_brain() {
         0xb2,
         "beta's change rolled back"
     );
+}
+
+/// `--assume-clean` with nothing marked: both grow, the (empty) resync
+/// ends at once, no data moves.
+#[test]
+fn resize_assume_clean_moves_no_data() {
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.up_and_synced();
+    for s in &mut p.s {
+        s.sent.clear();
+    }
+    let grown = SIZE + (4 << 20);
+    p.admin(
+        0,
+        Admin::Resize {
+            room_bytes: grown,
+            size_bytes: Some(grown),
+            assume_clean: true,
+        },
+    )
+    .unwrap();
+    p.pump();
+    for i in 0..2 {
+        let st = p.s[i].node.status();
+        assert_eq!(st.data_bytes, grown, "side {i}: {st:?}");
+        assert_eq!(st.out_of_sync_bytes, 0, "side {i}: {st:?}");
+        assert_eq!(st.connection, ConnState::Connected, "side {i}: {st:?}");
+        assert_eq!(st.disk, DiskState::UpToDate, "side {i}: {st:?}");
+        assert!(st.size_note.unwrap_or_default().contains("resized to"));
+    }
+    for side in &p.s {
+        let moved = side
+            .sent
+            .iter()
+            .any(|m| matches!(m, Message::ResyncData { .. } | Message::Data { .. }));
+        assert!(!moved, "no data may move");
+    }
 }

@@ -194,6 +194,19 @@ fn message() -> impl Strategy<Value = Message> {
         (role(), disk()).prop_map(|(role, disk)| Message::State { role, disk }),
         gens().prop_map(|gens| Message::Uuids { gens }),
         gens().prop_map(|gens| Message::SkipSync { gens }),
+        (any::<u64>(), any::<bool>(), any::<bool>()).prop_map(
+            |(data_bytes, exact, assume_clean)| {
+                Message::Resize {
+                    data_bytes,
+                    exact,
+                    assume_clean,
+                }
+            }
+        ),
+        (any::<u64>(), wire_string()).prop_map(|(data_bytes, message)| Message::Resized {
+            data_bytes,
+            message
+        }),
         bitmap_msg(),
         range().prop_map(|(id, offset, len)| Message::ResyncRequest { id, offset, len }),
         (range(), any::<u32>()).prop_map(|((id, offset, len), digest)| {

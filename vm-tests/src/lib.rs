@@ -1,7 +1,8 @@
 //! Run commands inside a VM whose kernel has `ublk_drv` (the host's kernel has not).
 //!
 //! A thin wrapper around `scripts/vm-setup.sh` and `scripts/vm-run.sh`: the VM is
-//! Debian's 6.12 kernel booted by virtme-ng under QEMU TCG, running the host's own
+//! Debian's 6.12 kernel (or 6.17: [`VmConfig::kernel`], [`Kernel`]) booted by
+//! virtme-ng under QEMU TCG, running the host's own
 //! userspace (every host file is visible at the same path, read-only). The guest
 //! runs the command as root after `modprobe ublk_drv`; it sees a shared, writable
 //! work folder as `$VM_WORK` and a guest-only tmpfs as `$VM_SCRATCH` (O_DIRECT
@@ -18,7 +19,8 @@
 //! One boot takes 15–30 s on a quiet host (more when the host is busy): batch
 //! many checks into one command rather than booting once per check.
 //!
-//! The crate is this module ([`run_in_vm`], [`VmResult`], [`VmError`]),
+//! The crate is this module ([`run_in_vm`], [`VmResult`], [`VmError`]), [`kernel`]
+//! (which guest kernel),
 //! [`systemd`] (a Debian 12 guest with systemd as PID 1, for the package's
 //! units) and the `vm` binary (`src/bin/vm.rs`) over it; the scenarios it runs
 //! are shell scripts in `vm-tests/scenarios/`.
@@ -31,7 +33,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub mod kernel;
 pub mod systemd;
+
+pub use kernel::Kernel;
 
 /// Exit status of `vm-run.sh` when the VM ran out of time.
 pub const EXIT_TIMEOUT: i32 = 124;
@@ -129,6 +134,9 @@ pub struct VmConfig {
     pub verbose: bool,
     /// Echo the guest's output to this process's stderr as it comes.
     pub echo: bool,
+    /// The guest kernel; `None`: `$REP_VM_KERNEL` if set, else 6.12 (what
+    /// `vm-run.sh` does without `--kernel`).
+    pub kernel: Option<Kernel>,
 }
 
 impl Default for VmConfig {
@@ -140,6 +148,7 @@ impl Default for VmConfig {
             work_dir: None,
             verbose: false,
             echo: true,
+            kernel: None,
         }
     }
 }
@@ -177,11 +186,22 @@ pub fn work_root() -> PathBuf {
     target.join("vm-work")
 }
 
-/// Runs `scripts/vm-setup.sh` (idempotent; about a second when all is in place)
-/// and returns the path of the kernel image it prepared.
+/// Runs `scripts/vm-setup.sh` (idempotent; about a second when all is in place):
+/// prepares every guest kernel and returns the default (6.12) one's image path.
 pub fn setup() -> Result<PathBuf, VmError> {
+    setup_script_with(&[])
+}
+
+/// Runs `scripts/vm-setup.sh --kernel K`: prepares that kernel alone and
+/// returns its image path.
+pub fn setup_kernel(kernel: Kernel) -> Result<PathBuf, VmError> {
+    setup_script_with(&["--kernel", kernel.as_str()])
+}
+
+fn setup_script_with(args: &[&str]) -> Result<PathBuf, VmError> {
     let out = Command::new("bash")
         .arg(setup_script())
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -237,6 +257,9 @@ pub fn run_in_vm_with(cmd: &str, cfg: &VmConfig) -> Result<VmResult, VmError> {
         .arg(&work_dir);
     if cfg.verbose {
         command.arg("--verbose");
+    }
+    if let Some(k) = cfg.kernel {
+        command.arg("--kernel").arg(k.as_str());
     }
     command.arg("--").arg(cmd);
     let echo = Echo {
@@ -472,6 +495,14 @@ impl std::error::Error for ScenarioError {}
 /// at least `min_passes` `PASS` lines. `Ok(None)`: skipped by `REP_VM_TESTS=0`.
 /// The caller checks the lines particular to its scenario in the result.
 pub fn run_scenario(sc: &Scenario<'_>) -> Result<Option<VmResult>, ScenarioError> {
+    run_scenario_on(sc, None)
+}
+
+/// [`run_scenario`] on the guest kernel `kernel` (`None`: as [`VmConfig::kernel`]).
+pub fn run_scenario_on(
+    sc: &Scenario<'_>,
+    kernel: Option<Kernel>,
+) -> Result<Option<VmResult>, ScenarioError> {
     if std::env::var("REP_VM_TESTS").as_deref() == Ok("0") {
         eprintln!("REP_VM_TESTS=0: NOT running {}", sc.what);
         return Ok(None);
@@ -507,6 +538,7 @@ pub fn run_scenario(sc: &Scenario<'_>) -> Result<Option<VmResult>, ScenarioError
         &cmd,
         &VmConfig {
             timeout: sc.timeout,
+            kernel,
             ..VmConfig::default()
         },
     )

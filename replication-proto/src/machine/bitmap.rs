@@ -26,6 +26,14 @@ impl Bitmap {
         me
     }
 
+    /// Cover `data_bytes` now (`repctl resize`, a smaller peer): new bits
+    /// are clear, bits cut off are forgotten.
+    pub fn resize(&mut self, data_bytes: u64) {
+        let nbits = usize::try_from(data_bytes.div_ceil(BM_BLOCK_SIZE)).unwrap_or(usize::MAX);
+        self.bits.resize(nbits, false);
+        self.ones = self.bits.count_ones() as u64;
+    }
+
     #[must_use]
     pub fn nbits(&self) -> u64 {
         self.bits.len() as u64

@@ -139,6 +139,20 @@ pub enum Event {
     FenceDone {
         exit: Option<i32>,
     },
+    /// The driver's answer to [`Action::GrowDisk`]: the metadata now holds
+    /// `Ok(data_bytes)` of data, of which `dirty_from..dirty_to` (bytes)
+    /// is marked out of sync; or why it could not grow.
+    GrowDone {
+        result: Result<Grown, String>,
+    },
+}
+
+/// What a grow of the local metadata did ([`Event::GrowDone`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grown {
+    pub data_bytes: u64,
+    pub dirty_from: u64,
+    pub dirty_to: u64,
 }
 
 /// Hooks the driver runs on the node's behalf (DRBD's handlers).
@@ -214,6 +228,19 @@ pub enum Action {
         result: Result<Option<Bytes>, i32>,
     },
     Hook(Hook),
+    /// `repctl resize`: grow the local metadata (and move it, if internal)
+    /// to `data_bytes`, or if not `exact` to as much of it as the disk has
+    /// room for; answered by [`Event::GrowDone`]. Grows only; one at a time.
+    GrowDisk {
+        data_bytes: u64,
+        exact: bool,
+        assume_clean: bool,
+    },
+    /// The size the frontends may expose changed (a resize finished on both
+    /// nodes, or a smaller peer connected).
+    SizeChanged {
+        data_bytes: u64,
+    },
 }
 
 /// The operator verbs the control socket and the state machine share:
@@ -291,6 +318,14 @@ pub enum Admin {
     /// `current`: a resume decided before the node froze on a disconnect
     /// (which starts a new generation) must not undo the freeze.
     ResumeIoAt { current: u64 },
+    /// `repctl resize`: grow both nodes to `size_bytes` (or the largest both
+    /// disks have room for; `room_bytes` is this node's, measured by the
+    /// driver), the new region resynced unless `assume_clean`.
+    Resize {
+        room_bytes: u64,
+        size_bytes: Option<u64>,
+        assume_clean: bool,
+    },
 }
 
 impl From<Verb> for Admin {
@@ -387,6 +422,32 @@ pub enum AdminError {
          with `repctl primary --force`"
     )]
     PeerCannotSkipSync,
+    /// `resize` while not Connected and idle with both disks UpToDate.
+    #[error(
+        "refused: resize needs both nodes connected, both disks UpToDate and no resync or \
+         other resize running (both nodes grow together, as with drbdadm resize)"
+    )]
+    ResizeNeedsConnected,
+    /// The peer's repd does not know `Resize`.
+    #[error("refused: the peer's repd is too old to resize online; upgrade it")]
+    PeerCannotResize,
+    /// `resize` to the current size, or with no room on this node.
+    #[error(
+        "refused: nothing to grow: the data is {current} bytes and this node's disk has room \
+         for {room}; grow both backing disks first (lvextend, truncate -s), then resize"
+    )]
+    NothingToGrow { current: u64, room: u64 },
+    /// `resize --size` larger than this node's disk allows.
+    #[error("refused: --size {size} does not fit this node's disk, which has room for {room} bytes of data")]
+    NoRoom { size: u64, room: u64 },
+    /// `resize --size` below the current size.
+    #[error(
+        "refused: shrinking ({current} to {size} bytes) is not supported: repd cannot know how \
+         much of the device a filesystem uses. DRBD shrinks with `drbdadm resize --size` and \
+         trusts the admin to have shrunk the filesystem first (what lies past the new end is \
+         lost); here, copy the data to a smaller resource instead"
+    )]
+    ShrinkRefused { current: u64, size: u64 },
     /// `ResumeIoAt` for a generation that is no longer current.
     #[error(
         "refused: the data generation is {now:016X} now, not {expected:016X}: \
@@ -578,6 +639,11 @@ pub struct Status {
     /// The last verify that ended on this connection or an earlier one.
     #[serde(default)]
     pub last_verify: Option<VerifyNote>,
+    /// The size in use (the smaller of the two nodes' when connected).
+    pub data_bytes: u64,
+    /// The last resize's outcome, or the size agreed with a peer of a
+    /// different size (`repctl resize`).
+    pub size_note: Option<String>,
     /// Resync / verify progress: bytes still to go and total planned.
     pub sync_remaining_bytes: u64,
     pub sync_total_bytes: u64,

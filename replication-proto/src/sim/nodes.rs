@@ -123,6 +123,15 @@ impl World {
                 self.meta_push(i, token, MetaW::Bitmap(first_word, words));
             }
             Action::Complete { id, result } => self.app_done(i, id, result),
+            // The simulator never asks for a resize (no `Admin::Resize`),
+            // and a grow needs a disk of its own size: refuse it.
+            Action::GrowDisk { .. } => self.feed(
+                i,
+                Event::GrowDone {
+                    result: Err("the simulator's disks do not grow".into()),
+                },
+            ),
+            Action::SizeChanged { .. } => {}
             Action::Hook(h) => {
                 let s = format!("{} hook {:?}", self.name(i), h);
                 self.log(s);

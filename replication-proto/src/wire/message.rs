@@ -51,8 +51,11 @@ pub mod features {
     pub const PING_CONN: u64 = 1 << 2;
     /// The peer understands `SkipSync` (`new-current-uuid --clear-bitmap`).
     pub const SKIP_SYNC: u64 = 1 << 3;
+    /// The peer understands `Resize`/`Resized` (`repctl resize`). Bit 8:
+    /// other features of the same session take the bits after 3.
+    pub const RESIZE: u64 = 1 << 8;
     /// Every feature this build knows.
-    pub const ALL: u64 = CSUM_RESYNC | TRIM | PING_CONN | SKIP_SYNC;
+    pub const ALL: u64 = CSUM_RESYNC | TRIM | PING_CONN | SKIP_SYNC | RESIZE;
 }
 
 /// Flags of a replicated write.
@@ -243,6 +246,22 @@ pub enum Message {
     /// Sent only to a peer with [`features::SKIP_SYNC`].
     SkipSync {
         gens: Generations,
+    },
+    /// `repctl resize`: grow the data to `data_bytes` (exactly, or as much
+    /// of it as the receiver's disk has room for), the new region out of
+    /// sync unless `assume_clean`. Sent only to a peer with
+    /// [`features::RESIZE`]; answered with `Resized`.
+    Resize {
+        data_bytes: u64,
+        exact: bool,
+        assume_clean: bool,
+    },
+    /// The answer to `Resize`: the receiver's metadata now holds
+    /// `data_bytes` (0: refused, `message` says why); and from the node
+    /// that asked, once it grew too: both hold `data_bytes`, use it.
+    Resized {
+        data_bytes: u64,
+        message: String,
     },
     Disconnect {
         reason: DisconnectReason,

@@ -65,6 +65,12 @@ pub enum ControlCmd {
     Latency {
         reset: bool,
     },
+    /// `repctl resize`: grow both nodes (to `size_bytes`, or as far as both
+    /// disks have room), the new region resynced unless `assume_clean`.
+    Resize {
+        size_bytes: Option<u64>,
+        assume_clean: bool,
+    },
 }
 
 impl From<Verb> for ControlCmd {
@@ -100,6 +106,12 @@ enum DaemonJson {
         #[serde(default)]
         reset: bool,
     },
+    Resize {
+        #[serde(default)]
+        size_bytes: Option<u64>,
+        #[serde(default)]
+        assume_clean: bool,
+    },
 }
 
 impl DaemonJson {
@@ -112,6 +124,7 @@ impl DaemonJson {
         "events",
         "adjust",
         "latency",
+        "resize",
     ];
 }
 
@@ -128,6 +141,13 @@ impl Serialize for ControlCmd {
             Self::Events { now } => DaemonJson::Events { now: *now },
             Self::Adjust { path } => DaemonJson::Adjust { path: path.clone() },
             Self::Latency { reset } => DaemonJson::Latency { reset: *reset },
+            Self::Resize {
+                size_bytes,
+                assume_clean,
+            } => DaemonJson::Resize {
+                size_bytes: *size_bytes,
+                assume_clean: *assume_clean,
+            },
         };
         own.serialize(s)
     }
@@ -165,6 +185,13 @@ impl<'de> Deserialize<'de> for ControlCmd {
                 DaemonJson::Events { now } => Self::Events { now },
                 DaemonJson::Adjust { path } => Self::Adjust { path },
                 DaemonJson::Latency { reset } => Self::Latency { reset },
+                DaemonJson::Resize {
+                    size_bytes,
+                    assume_clean,
+                } => Self::Resize {
+                    size_bytes,
+                    assume_clean,
+                },
             },
         )
     }
@@ -287,6 +314,10 @@ pub struct NodeStatus {
     /// started.
     #[serde(default)]
     pub handlers: Vec<HandlerRun>,
+    /// The last `repctl resize`'s outcome, or the size agreed with a peer
+    /// of a different size (DRBD's rule: the smaller).
+    #[serde(default)]
+    pub size_note: Option<String>,
 }
 
 /// The last verify: when, what it compared, what differed.

@@ -212,6 +212,9 @@ fn extras(s: &mut String, st: &NodeStatus) {
             if st.nbd_clients == 1 { "" } else { "s" }
         );
     }
+    if let Some(n) = &st.size_note {
+        let _ = writeln!(s, "  size: {} ({n})", size(st.data_bytes));
+    }
     if let Some(v) = &st.last_verify {
         let _ = writeln!(
             s,

@@ -630,6 +630,13 @@ impl InlineDisk {
         self.data_bytes
     }
 
+    /// Serve `[0, data_bytes)` from now on (`repctl resize` grew the data
+    /// area; the metadata already moved out of the way).
+    pub fn set_data_bytes(&mut self, data_bytes: u64) {
+        self.data_bytes = data_bytes;
+        self.engine.cfg.data_bytes = data_bytes;
+    }
+
     /// Whether I/O bypasses the page cache.
     pub fn is_direct(&self) -> bool {
         self.direct

@@ -238,7 +238,7 @@ impl Sink for Vec<(u64, IoResult)> {
 }
 
 pub(crate) struct Engine<F> {
-    cfg: Config,
+    pub(crate) cfg: Config,
     /// `None` once closed.
     ring: Option<Ring>,
     rx: Receiver<Msg>,

@@ -102,6 +102,12 @@ impl Runner {
                     refusal: Refusal::BadRequest,
                 })
             }
+            ControlCmd::Resize {
+                size_bytes,
+                assume_clean,
+            } => self
+                .resize_admin(*size_bytes, *assume_clean)
+                .map_err(|(why, refusal)| Refused { why, refusal })?,
             ControlCmd::Verb(Verb::Secondary) => self.secondary()?,
             ControlCmd::Verb(verb) => Admin::Verb(verb.clone()),
         };

@@ -13,9 +13,21 @@ use super::{Input, InputTx};
 use crate::md::MetaDevice;
 
 pub(crate) enum MetaOp {
-    Super { gens: Generations, flags: MetaFlags },
-    Al { seq: u64, extents: Vec<u32> },
-    Bitmap { first_word: u64, words: Vec<u64> },
+    Super {
+        gens: Generations,
+        flags: MetaFlags,
+    },
+    Al {
+        seq: u64,
+        extents: Vec<u32>,
+    },
+    Bitmap {
+        first_word: u64,
+        words: Vec<u64>,
+    },
+    /// `repctl resize` (see `super::resize`): answered with
+    /// `Input::GrowDone`, not `MetaDone`; its token is never used.
+    Grow(super::resize::GrowJob),
 }
 
 pub(crate) struct MetaWriter {
@@ -35,6 +47,11 @@ impl MetaWriter {
                 let _g = span.enter();
                 for (token, op) in rx {
                     let r = match op {
+                        MetaOp::Grow(job) => {
+                            let result = job.run(&mut md);
+                            let _ = done.send(Input::GrowDone { result });
+                            continue;
+                        }
                         MetaOp::Super { gens, flags } => {
                             let mut sb = md.superblock().clone();
                             sb.generations = gens;
@@ -63,6 +80,12 @@ impl MetaWriter {
         if let Some(tx) = &self.tx {
             let _ = tx.send((token, op));
         }
+    }
+
+    /// Queue a grow (`repctl resize`) behind the writes already queued.
+    pub(crate) fn submit_grow(&self, job: super::resize::GrowJob) {
+        // The token is never answered: the grow answers `Input::GrowDone`.
+        self.submit(MetaToken::from_raw(0), MetaOp::Grow(job));
     }
 
     /// Finish the queued writes and stop.

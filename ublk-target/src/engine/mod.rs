@@ -21,6 +21,8 @@
 //! - `convert`: the resource file to the state machine's settings;
 //! - `progress`: resync progress as /proc/drbd shows it;
 //! - `latency`: per-request latency histograms (the metrics endpoint's).
+//! - `resize`: `repctl resize` (this node's room, the metadata grow, the
+//!   size the frontends show).
 //! - `handlers`: the `[handlers]` commands (fence-peer, split-brain, ...),
 //!   run on threads of their own; their exit codes come back as inputs.
 
@@ -33,6 +35,7 @@ mod meta;
 mod peer;
 mod ping_conn;
 mod progress;
+mod resize;
 mod status;
 mod tokens;
 mod users;
@@ -96,6 +99,10 @@ pub(crate) enum Input {
     Adjust {
         path: std::path::PathBuf,
         reply: Sender<rep_control::protocol::AdjustReply>,
+    },
+    /// The metadata thread grew the metadata (`resize`), or could not.
+    GrowDone {
+        result: Result<replication_proto::machine::Grown, String>,
     },
 }
 
@@ -346,6 +353,8 @@ struct Runner {
     events: Arc<crate::events::Hub>,
     /// The running configuration `repctl adjust` compares with.
     running: adjust::Running,
+    /// Where the metadata is, for `repctl resize`.
+    grow: resize::Setup,
 }
 
 /// Start the engine for the local node of `cfg`.
@@ -363,7 +372,8 @@ pub fn start(
     let (md, state) = read_metadata(cfg, &me)?;
     let data_bytes = state.data_bytes;
     let mut ncfg = node_config(cfg, &me, &peer_node, data_bytes).map_err(StartError::Settings)?;
-    adjust::fit_al_extents(&mut ncfg, md.superblock().layout.al_extents, &cfg.path);
+    let al_extents_on_disk = md.superblock().layout.al_extents;
+    adjust::fit_al_extents(&mut ncfg, al_extents_on_disk, &cfg.path);
     let disk = open_disk(&me, data_bytes, opts)?;
     let (tx, rx) = mpsc::channel::<Input>();
     let tx = InputTx {
@@ -408,6 +418,10 @@ pub fn start(
         running: adjust::Running {
             cfg: cfg.clone(),
             tx: tx.clone(),
+        },
+        grow: resize::Setup {
+            location: MetaLocation::of(&me),
+            al_extents: al_extents_on_disk,
         },
     };
     runner.first_commands(cfg, opts, state.crashed_primary);
@@ -726,6 +740,7 @@ impl Runner {
             Input::Adjust { path, reply } => {
                 let _ = reply.send(self.adjust(&path));
             }
+            Input::GrowDone { result } => self.grow_done(result),
             Input::HandlerDone {
                 kind,
                 exit,
@@ -868,6 +883,12 @@ impl Runner {
                 }
             }
             Action::Hook(h) => self.handlers.hook(&h),
+            Action::GrowDisk {
+                data_bytes,
+                exact,
+                assume_clean,
+            } => self.grow_disk(data_bytes, exact, assume_clean),
+            Action::SizeChanged { data_bytes } => self.size_changed(data_bytes),
         }
     }
 }

@@ -106,6 +106,7 @@ impl Runner {
                 }
             }),
             handlers: self.handlers.runs().to_vec(),
+            size_note: st.size_note,
         }
     }
 }

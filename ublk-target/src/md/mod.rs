@@ -12,11 +12,14 @@
 //! - [`al`]: activity-log transactions (a ring of slots; a torn one falls
 //!   back to the previous);
 //! - [`bitmap`]: dirty-bitmap pages (a bad page counts as all dirty);
+//! - [`resize`]: growing the data area and moving internal metadata to
+//!   the new end (`repctl resize`), crash-safe step by step;
 //! - `tests`: create, open, update and corrupt real metadata files.
 
 pub mod al;
 pub mod bitmap;
 pub mod layout;
+pub mod resize;
 pub mod superblock;
 
 use std::fs::{File, OpenOptions};
@@ -49,7 +52,16 @@ pub enum MdError {
     DiskMissing { path: PathBuf },
     #[error("metadata file {path} does not exist — run create-md")]
     MetaFileMissing { path: PathBuf },
-    #[error("no metadata found (wrong magic) in {path} at offset {offset} — run create-md")]
+    #[error(
+        "no metadata found (wrong magic) in {path} at offset {offset} — run create-md{}",
+        if *offset > 0 {
+            " (unless this disk was grown while repd was not running: internal metadata is then \
+             still at its old end; give the disk its old size back, start repd, grow it again \
+             and run `repctl resize`)"
+        } else {
+            ""
+        }
+    )]
     NoMetadata { path: PathBuf, offset: u64 },
     #[error(
         "no metadata at the end of {path} (offset {offset}), and that end holds data: the disk seems \
@@ -697,6 +709,7 @@ impl MetaDevice {
         writable: bool,
     ) -> Result<Self, MdError> {
         let (file, path, disk_size, sb_abs) = open_for_read(location, writable)?;
+        let sb_abs = resize::follow_locator(&file, &path, sb_abs)?;
         let sb = read_superblock(location, &file, &path, sb_abs)?;
         check_owner(location, &path, &sb, resource, node)?;
         let fits = Fit {

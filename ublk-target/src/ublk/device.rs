@@ -190,6 +190,8 @@ enum Cmd {
     EndRecovery(Sender<Result<(), UblkError>>),
     GoLive(Sender<Result<(), UblkError>>),
     Stop(Sender<Result<(), UblkError>>),
+    /// `UBLK_U_CMD_UPDATE_SIZE` (Linux 6.16 and later) to this many bytes.
+    UpdateSize(u64, Sender<Result<(), UblkError>>),
 }
 
 /// What `start` learns from the control thread.
@@ -207,6 +209,8 @@ pub struct UblkDevice {
     recovering: AtomicBool,
     /// Started: `/dev/ublkb<dev_id>` exists. False for a prepared device.
     live: AtomicBool,
+    /// The size the kernel was given (`repctl resize` may change it).
+    size_bytes: std::sync::atomic::AtomicU64,
     tx: Sender<Cmd>,
     thread: Option<JoinHandle<()>>,
 }
@@ -217,6 +221,7 @@ impl std::fmt::Debug for Cmd {
             Cmd::EndRecovery(_) => "EndRecovery",
             Cmd::GoLive(_) => "GoLive",
             Cmd::Stop(_) => "Stop",
+            Cmd::UpdateSize(..) => "UpdateSize",
         })
     }
 }
@@ -279,6 +284,7 @@ impl UblkDevice {
                 recovered: s.recovered,
                 recovering: AtomicBool::new(s.recovering),
                 live: AtomicBool::new(s.live),
+                size_bytes: std::sync::atomic::AtomicU64::new(size),
                 tx,
                 thread: Some(thread),
             }),
@@ -302,6 +308,21 @@ impl UblkDevice {
         }
         self.request(Cmd::GoLive)?;
         self.live.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The size the kernel knows the device by.
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes.load(Ordering::Acquire)
+    }
+
+    /// Grow the live device to `bytes` (`repctl resize`) with
+    /// `UBLK_U_CMD_UPDATE_SIZE`. Kernels before 6.16 do not know the
+    /// command: the error says so, and the device keeps its size until it
+    /// is re-created (the next demote and promote).
+    pub fn update_size(&self, bytes: u64) -> Result<(), UblkError> {
+        self.request(|tx| Cmd::UpdateSize(bytes, tx))?;
+        self.size_bytes.store(bytes, Ordering::Release);
         Ok(())
     }
 
@@ -400,6 +421,22 @@ impl Running {
         Ok(())
     }
 
+    fn update_size(&self, bytes: u64) -> Result<(), UblkError> {
+        match self.ctrl.update_size(bytes) {
+            Ok(r) if r >= 0 => Ok(()),
+            Ok(r) => Err(ctrl_err(
+                self.dev_id,
+                "UPDATE_SIZE (Linux 6.16 and later)",
+                libublk::UblkError::UringIOError(r),
+            )),
+            Err(e) => Err(ctrl_err(
+                self.dev_id,
+                "UPDATE_SIZE (Linux 6.16 and later)",
+                e,
+            )),
+        }
+    }
+
     fn go_live(&self) -> Result<(), UblkError> {
         let Some(dev) = &self.dev else {
             return Err(UblkError::Gone(self.dev_id));
@@ -471,6 +508,9 @@ fn control_thread(
             Ok(Cmd::Stop(reply)) => {
                 let _ = reply.send(run.teardown());
                 return;
+            }
+            Ok(Cmd::UpdateSize(bytes, reply)) => {
+                let _ = reply.send(run.update_size(bytes));
             }
             Err(_) => {
                 let _ = run.teardown();

@@ -188,6 +188,7 @@ pub fn manage_with(
         in_use_checked: None,
         in_use_said: false,
         vanish_checked: Instant::now(),
+        size_tried: 0,
     };
     while !shutdown.load(Ordering::Acquire) {
         let seen = roles.role_changes();
@@ -271,6 +272,8 @@ struct Manager<'a> {
     in_use_checked: Option<Instant>,
     in_use_said: bool,
     vanish_checked: Instant,
+    /// The last size UPDATE_SIZE was tried for (`update_size`).
+    size_tried: u64,
 }
 
 impl Manager<'_> {
@@ -285,7 +288,21 @@ impl Manager<'_> {
             self.watch_left_over(primary);
         }
         let vanished = self.vanished();
+        let size = self.backend.size_bytes();
         match (self.dev.as_ref(), primary) {
+            // `repctl resize` changed the size of a device not started yet:
+            // add it again with the new size.
+            (Some(d), _) if !d.is_live() && d.size_bytes() != size => {
+                tracing::info!(
+                    old = d.size_bytes(),
+                    new = size,
+                    "the device size changed: re-creating the prepared ublk device"
+                );
+                self.stop("its size changed");
+            }
+            (Some(d), true) if d.is_live() && d.size_bytes() < size && self.size_tried < size => {
+                self.update_size(size);
+            }
             (None, true) if Instant::now() >= self.retry_at => self.start(),
             (Some(d), true) if !d.is_live() => self.go_live(),
             (Some(d), true) if d.is_recovering() && (self.may_end_recovery)() => {
@@ -493,6 +510,28 @@ impl Manager<'_> {
 
     /// Removes the device, if any, and its registration with the engine
     /// once it is gone.
+    /// Grow the live device (`repctl resize`): UPDATE_SIZE where the
+    /// kernel has it (6.16 and later); else it keeps its size until it is
+    /// re-created, on the next demote and promote. Tried once per size.
+    fn update_size(&mut self, size: u64) {
+        self.size_tried = size;
+        let Some(d) = self.dev.as_ref() else {
+            return;
+        };
+        match d.update_size(size) {
+            Ok(()) => tracing::info!(size, "{} grown online (UPDATE_SIZE)", d.path().display()),
+            Err(e) => tracing::warn!(
+                size,
+                "{} keeps its size {}: {e}. This kernel cannot resize a live ublk device \
+                 (UBLK_U_CMD_UPDATE_SIZE needs Linux 6.16 or later): the device must be \
+                 re-created, which repd does on the next demote and promote (repctl secondary, \
+                 repctl primary, with the filesystem unmounted)",
+                d.path().display(),
+                d.size_bytes()
+            ),
+        }
+    }
+
     fn stop(&mut self, why: &str) {
         if let Some(d) = self.dev.take() {
             stop(d, why);

@@ -8,11 +8,13 @@ const HELP: &str = "\
 vm: run a command as root inside a VM whose kernel has ublk_drv
 
 The host's kernel has no ublk_drv and loads no modules, so everything that
-touches /dev/ublk-control or /dev/ublkbN runs in a VM: Debian's 6.12 kernel,
-booted by virtme-ng (vng) under QEMU TCG, running the HOST's own userspace.
+touches /dev/ublk-control or /dev/ublkbN runs in a VM: Debian's 6.12 kernel
+(or 6.17 from trixie-backports, --kernel 6.17), booted by virtme-ng (vng)
+under QEMU TCG, running the HOST's own userspace.
 
 USAGE
-  vm setup                        install what the VM needs (once; idempotent)
+  vm setup [--kernel K]           install what the VM needs (once; idempotent):
+                                  both kernels, or K alone (6.12, 6.17, all)
   vm run [OPTIONS] -- CMD...      boot, run CMD as root in the guest, power off
   vm --help                       this text
 
@@ -21,6 +23,9 @@ USAGE
                          bash scripts/vm-run.sh -- 'uname -r'
 
 RUN OPTIONS
+  --kernel K        the guest kernel: 6.12 (default; CI's scenarios) or 6.17
+                    (ublk's UPDATE_SIZE and AUTO_BUF_REG zero copy); default
+                    $REP_VM_KERNEL, else 6.12
   --mem SIZE        guest memory (default 4G)
   --cpus N          guest CPUs (default 2)
   --timeout SECS    kill the VM after SECS seconds, boot included (default 1200)
@@ -57,8 +62,11 @@ EXIT STATUS
 FILES
   WORK/.vm/console.log   the kernel's console of the run
   WORK/.vm/dmesg.txt     the guest's dmesg after CMD
-  $REP_VM_CACHE (default ~/.cache/rep-vm)   the kernel .deb, unpacked, vm.env
-  /lib/modules/6.12.*+deb12-amd64           the guest kernel's modules (host copy)
+  $REP_VM_CACHE (default ~/.cache/rep-vm)   the kernel .debs, unpacked, vm.env
+                    (6.12), vm-6.17.env, apt-trixie-backports/ (6.17's own apt
+                    sources list and lists: the host's apt state is untouched)
+  /lib/modules/6.12.*+deb12-amd64, /lib/modules/6.17.*+deb13-amd64
+                    the guest kernels' modules (host copies)
 
 TIME
   One boot takes 15-30 s when the host is quiet, minutes when it is busy
@@ -67,7 +75,9 @@ TIME
 
 ENVIRONMENT
   REP_VM_CACHE, REP_VM_KVER (setup: pick another 6.12 kernel),
-  REP_VM_VMLINUZ, REP_VM_VNG (run: override vm.env), REP_VM_WORK_ROOT
+  REP_VM_KVER_6_17 (setup: another 6.17 kernel), REP_VM_DEBIAN_MIRROR (setup:
+  where trixie-backports is), REP_VM_KERNEL (run: the default --kernel),
+  REP_VM_VMLINUZ, REP_VM_VNG (run: override the env file), REP_VM_WORK_ROOT
 ";
 
 fn main() -> ExitCode {

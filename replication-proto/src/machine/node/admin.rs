@@ -67,6 +67,11 @@ impl Node {
                 self.new_current_uuid(clear_bitmap)
             }
             Admin::Down => self.admin_down(),
+            Admin::Resize {
+                room_bytes,
+                size_bytes,
+                assume_clean,
+            } => self.admin_resize(room_bytes, size_bytes, assume_clean),
         }
     }
 

@@ -89,6 +89,7 @@ impl Node {
             self.fence_peer_if_needed(peer_disk, false);
         }
         self.link.lose();
+        self.resize_connection_lost();
         if was_decided {
             self.set_connected_ind(false);
         }
@@ -181,6 +182,15 @@ impl Node {
             Message::State { role, disk } => self.on_peer_state(role, disk),
             Message::Uuids { gens } => self.on_peer_uuids(gens),
             Message::SkipSync { gens } => self.on_skip_sync(gens),
+            Message::Resize {
+                data_bytes,
+                exact,
+                assume_clean,
+            } => self.on_resize(data_bytes, exact, assume_clean),
+            Message::Resized {
+                data_bytes,
+                message,
+            } => self.on_resized(data_bytes, message),
             Message::StartSync {
                 sender_is_source,
                 full,

@@ -30,6 +30,11 @@ impl Node {
             self.fail_connection(reason, format!("handshake refused: {msg}"), true);
             return;
         }
+        if let Some(msg) = self.agree_size(h.data_bytes, h.features) {
+            let reason = DisconnectReason::WrongSize;
+            self.fail_connection(reason, format!("handshake refused: {msg}"), true);
+            return;
+        }
         let mac = auth_mac(
             &self.cfg.secret,
             &h.nonce,
@@ -72,14 +77,6 @@ impl Node {
                 format!(
                     "peer calls itself '{}', the config expects '{}'",
                     h.node, c.peer
-                ),
-            ))
-        } else if h.data_bytes != c.data_bytes {
-            Some((
-                DisconnectReason::WrongSize,
-                format!(
-                    "peer's data size is {} bytes, this node's {} bytes",
-                    h.data_bytes, c.data_bytes
                 ),
             ))
         } else if h.protocol != c.protocol {

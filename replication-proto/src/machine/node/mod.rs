@@ -9,7 +9,7 @@
 //! and the named parts of the state), `output` (sends, metadata writes,
 //! errors), `suspend`, `admin` (commands and roles), `connection`,
 //! `handshake`, `fence` (fencing the peer), `resync`, `pause` (pause-sync), `skip_sync` (new-current-uuid
-//! --clear-bitmap), `verify`, `app`
+//! --clear-bitmap), `resize` (repctl resize, the size both nodes use), `verify`, `app`
 //! (application I/O on the Primary and its replication), `secondary` (the peer's writes), `completions`
 //! (local operations finishing) and `timers`.
 
@@ -51,6 +51,7 @@ mod output;
 mod pause;
 mod reconfigure;
 pub use reconfigure::Applies;
+mod resize;
 mod resync;
 mod secondary;
 mod skip_sync;
@@ -152,6 +153,8 @@ pub struct Node {
     fence: fence::Fence,
     /// Protocol and secret for the next connection (`reconfigure.rs`).
     next_connection: Option<(crate::wire::Protocol, Vec<u8>)>,
+    /// `repctl resize` and the size agreed with the peer (`resize.rs`).
+    resizing: resize::Resizing,
 }
 
 /// How long an error stays in status after its condition is gone.
@@ -203,6 +206,7 @@ impl Node {
             last_verify: None,
             fence: fence::Fence::default(),
             next_connection: None,
+            resizing: resize::Resizing::default(),
             cfg,
         };
         n.persist_super(false);
@@ -348,6 +352,8 @@ impl Node {
             resume: self.resume.note().map(str::to_owned),
             sync_paused_by_user: self.pause.user,
             last_verify: self.last_verify.clone(),
+            data_bytes: self.cfg.data_bytes,
+            size_note: self.resizing.note.clone(),
             sync_remaining_bytes: remaining,
             sync_total_bytes: total,
             local_pending: self.ops.io.len() as u64,
@@ -438,6 +444,7 @@ impl Node {
             Event::MetaDone { token, result } => self.meta_done(token, result),
             Event::Tick => self.tick(),
             Event::FenceDone { exit } => self.fence_done(exit),
+            Event::GrowDone { result } => self.grow_done(result),
         }
         self.maybe_resume();
         self.maybe_unfence();

@@ -247,6 +247,15 @@ fn decode_payload(
             sender_is_source: r.bool("sender_is_source")?,
             full: r.bool("full")?,
         },
+        T_RESIZE => Message::Resize {
+            data_bytes: r.u64("data_bytes")?,
+            exact: r.bool("exact")?,
+            assume_clean: r.bool("assume_clean")?,
+        },
+        T_RESIZED => Message::Resized {
+            data_bytes: r.u64("data_bytes")?,
+            message: r.string("message")?,
+        },
         _ => return Err(DecodeError::UnknownType(ty)),
     };
     r.finish()?;

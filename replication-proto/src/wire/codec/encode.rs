@@ -71,6 +71,8 @@ fn payload_len(msg: &Message) -> usize {
         Message::OutOfSync { .. } => 8 + 4,
         Message::Disconnect { message, .. } => 1 + 1 + message.len(),
         Message::StartSync { .. } => 2,
+        Message::Resize { .. } => 8 + 1 + 1,
+        Message::Resized { message, .. } => 8 + 1 + message.len(),
     }
 }
 
@@ -100,7 +102,9 @@ fn validate(msg: &Message) -> Result<usize, EncodeError> {
             check_str("resource", &h.resource)?;
             check_str("node", &h.node)?;
         }
-        Message::Disconnect { message, .. } => check_str("message", message)?,
+        Message::Disconnect { message, .. } | Message::Resized { message, .. } => {
+            check_str("message", message)?;
+        }
         Message::Data {
             len, flags, data, ..
         } => {
@@ -276,6 +280,22 @@ fn put_fields(msg: &Message, out: &mut BytesMut) {
         } => {
             out.put_u8(u8::from(*sender_is_source));
             out.put_u8(u8::from(*full));
+        }
+        Message::Resize {
+            data_bytes,
+            exact,
+            assume_clean,
+        } => {
+            out.put_u64_le(*data_bytes);
+            out.put_u8(u8::from(*exact));
+            out.put_u8(u8::from(*assume_clean));
+        }
+        Message::Resized {
+            data_bytes,
+            message,
+        } => {
+            out.put_u64_le(*data_bytes);
+            put_str(out, message);
         }
     }
 }

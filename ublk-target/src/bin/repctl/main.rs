@@ -24,6 +24,7 @@ mod events;
 mod import;
 mod latency;
 mod md;
+mod resize;
 mod targets;
 
 #[derive(Debug, Parser)]
@@ -275,6 +276,26 @@ enum Command {
         the connection closes otherwise (repd died) it exits 1."
     )]
     Events(EventsArgs),
+    /// Grow both nodes online after their backing disks grew (drbdadm resize)
+    #[command(
+        long_about = "Grow the replicated device online, like `drbdadm resize`: first grow the \
+        backing disk on both nodes (`lvextend`, `truncate -s`), then run this on either node \
+        while both are connected and UpToDate. Both nodes move their internal metadata to the \
+        new end of their disk (crash-safe: a crash at any point leaves the old or the new \
+        layout, and repd starts on it) and grow the bitmap; the new size is the smaller of \
+        what both disks allow (or --size). The new region is resynced from the Primary, or \
+        with --assume-clean declared in sync (only when both grown regions are known \
+        identical, e.g. zeroed; the old metadata area, which becomes data, is resynced \
+        anyway). New NBD clients see the new size at once; clients already connected keep \
+        theirs until they reconnect.\n\n\
+        Shrinking is refused: repd cannot know how much of the device a filesystem uses \
+        (DRBD shrinks with `drbdadm resize --size` and trusts the admin to have shrunk the \
+        filesystem first). A peer whose disk is smaller connects with the smaller size \
+        (DRBD's rule) and `repctl status` says so; a Primary refuses a smaller peer.\n\n\
+        Waits until both nodes hold the new size, then prints it; exits 1 when refused or \
+        when the resize failed (the status's size note says why)."
+    )]
+    Resize(resize::ResizeArgs),
     /// Mark this node's data Outdated (drbdadm outdate)
     #[command(
         long_about = "Mark this node's data Outdated, like `drbdadm outdate`: it is then \
@@ -657,6 +678,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         }),
         Command::ImportDrbdConf(a) => import::import_drbd(a),
         Command::Adjust(sel) => each(cli, sel, OnlyOne, adjust::adjust),
+        Command::Resize(a) => each(cli, &a.sel, OnlyOne, |t| resize::resize(t, a)),
         Command::FreezeOnDisconnect(a) => each(cli, &a.sel, OnlyOne, |t| {
             daemon::simple(
                 t,

@@ -264,7 +264,9 @@ impl Handler {
             iod.start_sector,
             iod.nr_sectors,
             self.max_bytes,
-            self.size,
+            // `repctl resize` may have grown the device since the queue
+            // started (UPDATE_SIZE); the backend checks its own end too.
+            self.size.max(self.backend.size_bytes()),
         ) {
             Ok(p) => p,
             Err(res) => {
