@@ -116,7 +116,7 @@ enum DaemonJson {
 
 impl DaemonJson {
     /// The `cmd` names of the daemon's commands; any other is a [`Verb`]'s.
-    const NAMES: [&'static str; 7] = [
+    const NAMES: [&'static str; 8] = [
         "status",
         "down",
         "suspend-io",
