@@ -152,6 +152,9 @@ pub struct Node {
     fence: fence::Fence,
     /// Protocol and secret for the next connection (`reconfigure.rs`).
     next_connection: Option<(crate::wire::Protocol, Vec<u8>)>,
+    /// The current connection's TLS exporter value, when it runs over TLS
+    /// ([`Node::set_channel_binding`]).
+    channel_binding: Option<[u8; 32]>,
 }
 
 /// How long an error stays in status after its condition is gone.
@@ -203,6 +206,7 @@ impl Node {
             last_verify: None,
             fence: fence::Fence::default(),
             next_connection: None,
+            channel_binding: None,
             cfg,
         };
         n.persist_super(false);
@@ -447,6 +451,23 @@ impl Node {
         let r = self.admin_cmd(now, cmd);
         self.maybe_resume();
         r
+    }
+
+    /// The next connection's TLS channel binding (an exporter value both
+    /// ends of one TLS session share), given by the driver right before
+    /// `TransportUp`; `None` for plain TCP. The handshake MACs are keyed
+    /// with the secret bound to it, so a relay that splices two TLS
+    /// sessions cannot pass one side's answer to the other.
+    pub fn set_channel_binding(&mut self, binding: Option<[u8; 32]>) {
+        self.channel_binding = binding;
+    }
+
+    /// The key of this connection's handshake MACs.
+    fn auth_secret(&self) -> std::borrow::Cow<'_, [u8]> {
+        match &self.channel_binding {
+            None => std::borrow::Cow::Borrowed(&self.cfg.secret),
+            Some(b) => std::borrow::Cow::Owned(crate::wire::auth::bind_secret(&self.cfg.secret, b)),
+        }
     }
 
     /// Records what the driver found wrong with the link (a frame that
