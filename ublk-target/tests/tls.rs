@@ -201,6 +201,8 @@ fn refused(wrong: Wrong, why: [&str; 2]) {
         c.wait(i, "the refusal's reason", 30, |s| {
             s["last_error"].as_str().is_some_and(|e| e.contains(why))
         });
+        // The dialer tries again each second: each refusal is an event.
+        event_names(&c, i, why);
     }
     c.ok(0, &["primary", "--force"]);
     let src = pattern_file(&dir);
@@ -218,6 +220,44 @@ fn refused(wrong: Wrong, why: [&str; 2]) {
         "no data reached the refused peer"
     );
     assert!(!contains(&after, PATTERN));
+}
+
+/// Waits (20 s at most) until node `i`'s `repctl events --json` prints a
+/// line containing `why`.
+fn event_names(c: &Cluster, i: usize, why: &str) {
+    use std::io::BufRead;
+    let mut cmd = c.node(i).command();
+    cmd.args(["events", "--json"]).stdout(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let found = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(&why.replace('"', "\\\"")) => break true,
+            Ok(line) => seen.push(line),
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    assert!(
+        found,
+        "{}: no event names \"{why}\"; saw:\n{}",
+        NODES[i],
+        seen.join("\n")
+    );
 }
 
 #[test]
@@ -253,4 +293,40 @@ fn a_plain_tcp_peer_is_refused_on_both_sides() {
             "the peer speaks TLS and this node plain TCP",
         ],
     );
+}
+
+#[test]
+fn a_stalled_tls_handshake_does_not_hold_up_the_link() {
+    let mut c = Cluster::new(Opts::default());
+    let (ca, leaves) = pki(c.dir.path());
+    let text = std::fs::read_to_string(&c.config[0]).unwrap();
+    std::fs::write(
+        &c.config[0],
+        with_tls(&text, &ca.cert, [&leaves[0], &leaves[1]]),
+    )
+    .unwrap();
+    c.config[1] = c.config[0].clone();
+    let beta_addr = text
+        .split("[[node]]")
+        .nth(2)
+        .and_then(|n| n.lines().find(|l| l.starts_with("address = ")))
+        .map(|l| {
+            l.trim_start_matches("address = ")
+                .trim_matches('"')
+                .to_string()
+        })
+        .unwrap();
+    c.up(1);
+    // Connects to beta and says nothing: a handshake that never moves.
+    let stalled = std::net::TcpStream::connect(&beta_addr).unwrap();
+    c.up(0);
+    c.ok(0, &["primary", "--force"]);
+    c.wait_synced(60);
+    // timeout-ms is 1000 in these tests: beta gave the stalled one up.
+    c.wait(1, "the stalled handshake's reason", 10, |s| {
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("stalled the TLS handshake"))
+    });
+    drop(stalled);
 }
