@@ -131,6 +131,9 @@ fn replicate_and_capture(tag: &str, tls: bool) -> Vec<u8> {
                 "{}",
                 c.log_tail(i)
             );
+            // The ping connection, over its own TLS session, authenticated
+            // with the secret bound to that session.
+            assert!(log.contains("ping connection up"), "{}", c.log_tail(i));
         }
     }
     assert!(
