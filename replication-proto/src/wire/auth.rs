@@ -49,6 +49,21 @@ pub fn keyed(secret: &[u8]) -> HmacSha256 {
     <HmacSha256 as KeyInit>::new(&block)
 }
 
+/// Domain separation prefix of [`bind_secret`].
+pub const TLS_BINDING_CONTEXT: &[u8] = b"repd-tls-binding-v1\0";
+
+/// The shared secret bound to one TLS session: HMAC-SHA256 keyed with
+/// `secret` over `binding` (the session's exporter value, the same at both
+/// ends of one session and different for any other). Used as the key of
+/// the handshake and ping-connection MACs on a TLS link.
+#[must_use]
+pub fn bind_secret(secret: &[u8], binding: &[u8; 32]) -> Vec<u8> {
+    let mut m = keyed(secret);
+    m.update(TLS_BINDING_CONTEXT);
+    m.update(binding);
+    m.finalize().into_bytes().to_vec()
+}
+
 /// Domain separation prefix of the MAC that opens a ping connection: it
 /// can never pass for a handshake `Auth`, nor the other way round.
 pub const PING_CONN_CONTEXT: &[u8] = b"repd-ping-conn-v1\0";
@@ -254,5 +269,18 @@ mod tests {
             theirs.update(b"x");
             assert_eq!(ours.finalize().into_bytes(), theirs.finalize().into_bytes());
         }
+    }
+
+    #[test]
+    fn bound_secrets_differ_per_session_and_from_the_secret() {
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        assert_eq!(bind_secret(b"s", &a), bind_secret(b"s", &a));
+        assert_ne!(bind_secret(b"s", &a), bind_secret(b"s", &b));
+        assert_ne!(bind_secret(b"s", &a), bind_secret(b"t", &a));
+        let (n1, n2) = ([3u8; 32], [4u8; 32]);
+        // An answer made in one TLS session does not pass in another.
+        let mac = auth_mac(&bind_secret(b"s", &a), &n1, &n2, "beta");
+        assert!(verify_auth(&bind_secret(b"s", &a), &n1, &n2, "beta", &mac));
+        assert!(!verify_auth(&bind_secret(b"s", &b), &n1, &n2, "beta", &mac));
     }
 }

@@ -77,12 +77,19 @@ pub(crate) enum Input {
     PeerStream {
         stream: std::net::TcpStream,
         outbound: bool,
+        /// The TLS exporter value when the link runs over TLS.
+        binding: Option<[u8; 32]>,
     },
     /// A ping connection: accepted (`for_conn` None) or dialed for the
     /// data connection `for_conn` (see `ping_conn`).
     PingStream {
         stream: std::net::TcpStream,
         for_conn: Option<u64>,
+        binding: Option<[u8; 32]>,
+    },
+    /// A connection's TLS handshake failed (`[net] tls = "on"`): why.
+    LinkRefused {
+        why: String,
     },
     Control {
         cmd: ControlCmd,
@@ -381,7 +388,9 @@ pub fn start(
         wake: disk.waker(),
     };
     let meta = meta::MetaWriter::start(md, tx.clone()).map_err(StartError::Thread)?;
-    let peer = peer::Transport::start(&me, &peer_node, cfg.net.secret.as_bytes(), tx.clone())?;
+    let tls = crate::tls::link::LinkTls::from_config(cfg, &me, &peer_node)
+        .map_err(StartError::Settings)?;
+    let peer = peer::Transport::start(&me, &peer_node, cfg.net.secret.as_bytes(), tls, tx.clone())?;
 
     let shared = Arc::new(Shared::default());
     shared.data_bytes.store(data_bytes, Ordering::Relaxed);
@@ -728,14 +737,24 @@ impl Runner {
             Input::MetaDone { token, result } => {
                 self.node.handle(now, Event::MetaDone { token, result })
             }
-            Input::PeerStream { stream, outbound } => {
+            Input::PeerStream {
+                stream,
+                outbound,
+                binding,
+            } => {
                 if self.peer.adopt(stream, outbound) {
+                    self.node.set_channel_binding(binding);
                     self.node.handle(now, Event::TransportUp);
                 }
             }
-            Input::PingStream { stream, for_conn } => {
-                self.peer.adopt_ping(stream, for_conn);
+            Input::PingStream {
+                stream,
+                for_conn,
+                binding,
+            } => {
+                self.peer.adopt_ping(stream, for_conn, binding);
             }
+            Input::LinkRefused { why } => self.node.note_link_error(&format!("TLS: {why}")),
             Input::Control { cmd, reply } => self.control(cmd, reply),
             Input::Adjust { path, reply } => {
                 let _ = reply.send(self.adjust(&path));

@@ -88,8 +88,13 @@ struct Cli {
     /// Secondary's image goes under --peer-dir when that is given.
     #[arg(long)]
     floor: bool,
+    /// Also measure protocol C with the replication link over mutual TLS
+    /// (`[net] tls = "on"`, certificates made with openssl for the run):
+    /// its own row beside plain protocol C, and their ratio.
+    #[arg(long)]
+    tls: bool,
     /// Measure only these targets (comma-separated): proto-c,
-    /// proto-c-peer-own, proto-a, standalone, nbdkit, nbdkit-nocache,
+    /// proto-c-peer-own, proto-c-tls, proto-a, standalone, nbdkit, nbdkit-nocache,
     /// floor-c, floor-standalone [default: all that the other flags enable]
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     targets: Vec<String>,
@@ -118,6 +123,8 @@ enum Kind {
     RepC,
     /// Protocol C, the Secondary's image under --peer-dir.
     RepCPeerOwn,
+    /// Protocol C over TLS (--tls).
+    RepCTls,
     RepA,
     StandAlone,
     Nbdkit,
@@ -128,9 +135,10 @@ enum Kind {
     FloorStandAlone,
 }
 
-const KINDS: [Kind; 8] = [
+const KINDS: [Kind; 9] = [
     Kind::RepC,
     Kind::RepCPeerOwn,
+    Kind::RepCTls,
     Kind::RepA,
     Kind::StandAlone,
     Kind::Nbdkit,
@@ -148,6 +156,7 @@ impl Kind {
         match self {
             Kind::RepC => "repd protocol C",
             Kind::RepCPeerOwn => "repd C, --peer-dir",
+            Kind::RepCTls => "repd protocol C, TLS",
             Kind::RepA => "repd protocol A",
             Kind::StandAlone => "repd StandAlone",
             Kind::Nbdkit => "nbdkit file",
@@ -161,6 +170,7 @@ impl Kind {
         match self {
             Kind::RepC => "proto-c",
             Kind::RepCPeerOwn => "proto-c-peer-own",
+            Kind::RepCTls => "proto-c-tls",
             Kind::RepA => "proto-a",
             Kind::StandAlone => "standalone",
             Kind::Nbdkit => "nbdkit",
@@ -430,12 +440,14 @@ fn chosen_kinds(cli: &Cli, has_peer_dir: bool) -> Result<Vec<Kind>, String> {
     let kinds: Vec<Kind> = KINDS
         .into_iter()
         .filter(|k| *k != Kind::RepCPeerOwn || has_peer_dir)
+        .filter(|k| *k != Kind::RepCTls || cli.tls)
         .filter(|k| !matches!(k, Kind::FloorC | Kind::FloorStandAlone) || cli.floor)
         .filter(|k| cli.targets.is_empty() || cli.targets.iter().any(|t| t == k.slug()))
         .collect();
     if kinds.is_empty() {
         return Err(
-            "--targets leaves nothing to measure (--floor and --peer-dir enable their rows)".into(),
+            "--targets leaves nothing to measure (--floor, --peer-dir and --tls enable their rows)"
+                .into(),
         );
     }
     Ok(kinds)
@@ -516,6 +528,7 @@ fn setup_targets(
         let t0 = Instant::now();
         let r = match kind {
             Kind::RepC => setup_pair(lab.dir.path(), None, bins, "C", s.size),
+            Kind::RepCTls => setup_pair(lab.dir.path(), None, bins, "C-tls", s.size),
             Kind::RepCPeerOwn => setup_pair(
                 lab.dir.path(),
                 lab.peer_dir.as_ref().map(tempfile::TempDir::path),

@@ -246,6 +246,13 @@ fn ratio_lines(m: &Medians, kinds: &[Kind]) -> String {
             with_target(Kind::RepCPeerOwn, "protocol C, peer on --peer-dir")
         );
     }
+    if both(Kind::RepCTls, Kind::RepC) {
+        let _ = writeln!(
+            s,
+            "protocol C over TLS / plain protocol C (IOPS): {} (what TLS on the link costs)",
+            fmt_opt(ratio(iops(Kind::RepCTls), iops(Kind::RepC)), 2)
+        );
+    }
     if both(Kind::FloorC, Kind::FloorStandAlone) {
         let _ = writeln!(
             s,

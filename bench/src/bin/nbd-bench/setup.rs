@@ -126,8 +126,98 @@ fn write_config(
     Ok((cfg, nbd))
 }
 
+/// A CA and a certificate for alpha and beta in `d` (openssl, as the
+/// README shows), and `text` with `[net] tls = "on"` using them.
+fn with_tls(d: &Path, text: &str) -> Result<String, String> {
+    let run = |args: &[&str]| -> Result<(), String> {
+        let o = Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .output()
+            .map_err(|e| format!("cannot run openssl: {e} (apt-get install openssl)"))?;
+        o.status
+            .success()
+            .then_some(())
+            .ok_or_else(|| format!("openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr)))
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let ca = [
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=bench-ca",
+        "-days",
+        "2",
+    ];
+    run(&[&["req", "-x509"], &ec[..], &ca[..]].concat())?;
+    let mut t = text.replacen(
+        "[net]\n",
+        &format!(
+            "[net]\ntls = \"on\"\ntls-ca = \"{}\"\n",
+            d.join("ca.pem").display()
+        ),
+        1,
+    );
+    for n in ["alpha", "beta"] {
+        std::fs::write(
+            d.join(format!("{n}.ext")),
+            format!("basicConstraints=CA:FALSE\nsubjectAltName=DNS:{n}\n"),
+        )
+        .map_err(|e| format!("cannot write {n}.ext: {e}"))?;
+        let (key, csr, pem, ext) = (
+            format!("{n}.key"),
+            format!("{n}.csr"),
+            format!("{n}.pem"),
+            format!("{n}.ext"),
+        );
+        let subj = format!("/CN={n}");
+        run(&[
+            &["req", "-new"],
+            &ec[..],
+            &["-keyout", &key, "-out", &csr, "-subj", &subj],
+        ]
+        .concat())?;
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            &pem,
+        ])?;
+        t = t.replacen(
+            &format!("name = \"{n}\"\n"),
+            &format!(
+                "name = \"{n}\"\ntls-cert = \"{}\"\ntls-key = \"{}\"\n",
+                d.join(&pem).display(),
+                d.join(&key).display()
+            ),
+            1,
+        );
+    }
+    Ok(t)
+}
+
 /// Two nodes on loopback, alpha Primary, after the initial full sync;
-/// beta's image in `peer_dir` if given, else next to alpha's.
+/// beta's image in `peer_dir` if given, else next to alpha's. `protocol`
+/// "C-tls": protocol C with the link over TLS.
 pub(crate) fn setup_pair(
     dir: &Path,
     peer_dir: Option<&Path>,
@@ -149,7 +239,15 @@ pub(crate) fn setup_pair(
     std::fs::File::create(&beta)
         .and_then(|f| f.set_len(size))
         .map_err(|e| format!("cannot create {}: {e}", beta.display()))?;
+    let tls = protocol == "C-tls";
+    let protocol = if tls { "C" } else { protocol };
     let (cfg, nbd) = write_config(&d, protocol, alpha, beta)?;
+    if tls {
+        let text = std::fs::read_to_string(&cfg)
+            .map_err(|e| format!("cannot read {}: {e}", cfg.display()))?;
+        std::fs::write(&cfg, with_tls(&d, &text)?)
+            .map_err(|e| format!("cannot write {}: {e}", cfg.display()))?;
+    }
     let run_dir = d.join("run");
     let mut nodes = vec![
         Node::new("r0", "alpha", &cfg, &run_dir, bins),
@@ -169,6 +267,7 @@ pub(crate) fn setup_pair(
     p.wait_idle(Duration::from_secs(30))?;
     Ok(Target {
         kind: match (protocol, peer_dir) {
+            _ if tls => Kind::RepCTls,
             ("A", _) => Kind::RepA,
             (_, Some(_)) => Kind::RepCPeerOwn,
             _ => Kind::RepC,

@@ -36,7 +36,7 @@ impl Node {
             return;
         }
         let mac = auth_mac(
-            &self.cfg.secret,
+            &self.auth_secret(),
             &h.nonce,
             &self.link.my_nonce,
             &self.cfg.node,
@@ -99,7 +99,7 @@ impl Node {
             return;
         };
         if !verify_auth(
-            &self.cfg.secret,
+            &self.auth_secret(),
             &self.link.my_nonce,
             &p.hello.nonce,
             &p.hello.node,

@@ -155,6 +155,9 @@ pub struct Node {
     next_connection: Option<(crate::wire::Protocol, Vec<u8>)>,
     /// `repctl resize` and the size agreed with the peer (`resize.rs`).
     resizing: resize::Resizing,
+    /// The current connection's TLS exporter value, when it runs over TLS
+    /// ([`Node::set_channel_binding`]).
+    channel_binding: Option<[u8; 32]>,
 }
 
 /// How long an error stays in status after its condition is gone.
@@ -207,6 +210,7 @@ impl Node {
             fence: fence::Fence::default(),
             next_connection: None,
             resizing: resize::Resizing::default(),
+            channel_binding: None,
             cfg,
         };
         n.persist_super(false);
@@ -454,6 +458,23 @@ impl Node {
         let r = self.admin_cmd(now, cmd);
         self.maybe_resume();
         r
+    }
+
+    /// The next connection's TLS channel binding (an exporter value both
+    /// ends of one TLS session share), given by the driver right before
+    /// `TransportUp`; `None` for plain TCP. The handshake MACs are keyed
+    /// with the secret bound to it, so a relay that splices two TLS
+    /// sessions cannot pass one side's answer to the other.
+    pub fn set_channel_binding(&mut self, binding: Option<[u8; 32]>) {
+        self.channel_binding = binding;
+    }
+
+    /// The key of this connection's handshake MACs.
+    fn auth_secret(&self) -> std::borrow::Cow<'_, [u8]> {
+        match &self.channel_binding {
+            None => std::borrow::Cow::Borrowed(&self.cfg.secret),
+            Some(b) => std::borrow::Cow::Owned(crate::wire::auth::bind_secret(&self.cfg.secret, b)),
+        }
     }
 
     /// Records what the driver found wrong with the link (a frame that

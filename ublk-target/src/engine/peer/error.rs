@@ -19,6 +19,10 @@ pub(crate) enum PeerError {
     /// finding, worth `status`'s `last_error`.
     #[error("malformed frame from the peer: {0}")]
     BadFrame(DecodeError),
+    /// What came looks like a TLS record: the peer runs with `[net] tls =
+    /// "on"` and this node without.
+    #[error("the peer speaks TLS and this node plain TCP: set [net] tls = \"on\" here too, or off on the peer ({0})")]
+    PeerSpeaksTls(DecodeError),
     /// The ping connection failed its authentication, or carried a frame
     /// it must not.
     #[error(transparent)]
@@ -42,7 +46,14 @@ impl PeerError {
     /// A frame was refused (logged here, when the connection is dropped
     /// for it).
     pub(crate) fn bad_frame(e: DecodeError) -> Self {
-        let e = Self::BadFrame(e);
+        let e = match e {
+            // A TLS record starts with its content type (22 handshake, 21
+            // alert) and the major version 3.
+            DecodeError::BadMagic { found } if matches!(found & 0xffff, 0x0316 | 0x0315) => {
+                Self::PeerSpeaksTls(e)
+            }
+            e => Self::BadFrame(e),
+        };
         tracing::warn!("{e}; dropping the connection");
         e
     }
@@ -57,6 +68,6 @@ impl PeerError {
     /// or the network ending the connection: then it is worth `status`'s
     /// `last_error`.
     pub(crate) fn refused_a_frame(&self) -> bool {
-        matches!(self, Self::BadFrame(_))
+        matches!(self, Self::BadFrame(_) | Self::PeerSpeaksTls(_))
     }
 }

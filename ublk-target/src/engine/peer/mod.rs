@@ -35,6 +35,10 @@
 //! backlog (see `Runner`); what it does not read stays in the kernel's
 //! socket buffer and TCP slows the peer down.
 //!
+//! TLS (`[net] tls = "on"`): each stream is secured before the engine
+//! sees it (`secure`, [`crate::tls::link`]); the engine then reads and
+//! writes its end of a relay exactly as it does a TCP socket.
+//!
 //! Here: the transport (sending, receiving, listening and dialing);
 //! `framer`: cutting the byte stream into frames ([`Framer`]); `error`:
 //! why the connection failed ([`PeerError`]); `tests`: the framer against
@@ -57,6 +61,7 @@ use replication_proto::wire::Message;
 
 mod error;
 mod framer;
+mod secure;
 
 pub(crate) use error::PeerError;
 use framer::Framer;
@@ -65,6 +70,7 @@ use super::ping_conn::{self, Names, PingFrame, PingLink};
 use super::{Input, InputTx, StartError};
 use crate::config::Node;
 use crate::disk::{InlineDisk, SocketEvent};
+use crate::tls::link::LinkTls;
 use replication_proto::machine::Session;
 use replication_proto::wire::features;
 
@@ -76,6 +82,8 @@ const RX_FRAMES_PER_TURN: usize = 256;
 /// How long a closed connection may still take to send what was queued
 /// (a Disconnect with its reason) before it is shut down.
 const CLOSE_GRACE: Duration = Duration::from_millis(50);
+/// How long the dialer waits after a refused TLS handshake.
+const TLS_RETRY: Duration = Duration::from_secs(1);
 
 /// Low bit of a poll key: the direction; the bits above: the connection id.
 const KEY_RX: u64 = 0;
@@ -189,6 +197,11 @@ pub(crate) struct Transport {
     /// machine last reported it.
     session: Option<Session>,
     names: Names,
+    /// The TLS settings with `[net] tls = "on"`.
+    tls: Option<Arc<LinkTls>>,
+    /// The ping connection's TLS exporter value: its MACs are keyed with
+    /// the secret bound to it.
+    ping_binding: Option<[u8; 32]>,
     tx: InputTx,
     span: tracing::Span,
 }
@@ -198,6 +211,7 @@ impl Transport {
         me: &Node,
         peer: &Node,
         secret: &[u8],
+        tls: Option<Arc<LinkTls>>,
         tx: InputTx,
     ) -> Result<Self, StartError> {
         let listener = TcpListener::bind(me.address).map_err(|source| StartError::Listen {
@@ -209,14 +223,21 @@ impl Transport {
         let stop = Arc::new(AtomicBool::new(false));
         let dialer = me.name < peer.name;
         let span = tracing::Span::current();
-        spawn_listener(listener, dialer, tx.clone(), stop.clone(), span.clone())?;
+        spawn_listener(
+            listener,
+            dialer,
+            tls.clone(),
+            tx.clone(),
+            stop.clone(),
+            span.clone(),
+        )?;
         if dialer {
             let flags = DialFlags {
                 stop: stop.clone(),
                 want: want.clone(),
                 has_conn: has_conn.clone(),
             };
-            spawn_dialer(peer.address, flags, tx.clone(), span.clone())?;
+            spawn_dialer(peer.address, flags, tls.clone(), tx.clone(), span.clone())?;
         }
         Ok(Self {
             want,
@@ -239,6 +260,8 @@ impl Transport {
                 me: me.name.clone(),
                 peer: peer.name.clone(),
             },
+            tls,
+            ping_binding: None,
             tx,
             span,
         })
@@ -468,7 +491,12 @@ impl Transport {
 
     /// A ping connection was accepted (`for_conn` None) or dialed for the
     /// data connection `for_conn`.
-    pub(crate) fn adopt_ping(&mut self, stream: TcpStream, for_conn: Option<u64>) {
+    pub(crate) fn adopt_ping(
+        &mut self,
+        stream: TcpStream,
+        for_conn: Option<u64>,
+        binding: Option<[u8; 32]>,
+    ) {
         let current = self.current.as_ref().map(|c| c.id);
         let stale = current.is_none() || for_conn.is_some_and(|id| Some(id) != current);
         // One that is up stays; one not yet authenticated gives way (it may
@@ -489,6 +517,7 @@ impl Transport {
         }
         let Some(data_conn) = current else { return };
         self.drop_ping();
+        self.ping_binding = binding;
         let id = self.next_id;
         self.next_id += 1;
         let _ = stream.set_nodelay(true);
@@ -529,17 +558,21 @@ impl Transport {
         };
         if self.ping_dialer && self.ping_dialed_for != Some(c.id) {
             self.ping_dialed_for = Some(c.id);
-            let (tx, id) = (self.tx.clone(), c.id);
+            let (tx, id, tls) = (self.tx.clone(), c.id, self.tls.clone());
             ping_conn::dial(self.peer_addr, self.span.clone(), move |stream| {
-                let _ = tx.send(Input::PingStream {
-                    stream,
-                    for_conn: Some(id),
-                });
+                if let Some((stream, binding)) = secure::connect(tls.as_deref(), stream, &tx) {
+                    let _ = tx.send(Input::PingStream {
+                        stream,
+                        for_conn: Some(id),
+                        binding,
+                    });
+                }
             });
         }
+        let names = self.ping_names();
         if let Some((_, link)) = &mut self.ping {
             let was_up = link.is_up();
-            match link.on_session(&s, &self.names) {
+            match link.on_session(&s, &names) {
                 Ok(()) if !was_up && link.is_up() => {
                     tracing::info!("ping connection up: pings no longer wait behind data");
                 }
@@ -556,13 +589,14 @@ impl Transport {
     pub(crate) fn receive_ping(&mut self) -> Vec<Message> {
         let mut got = Vec::new();
         let mut budget = RxBudget::per_turn();
+        let names = self.ping_names();
         loop {
             let Some((p, link)) = &mut self.ping else {
                 return got;
             };
             let r = match p.rx.next(&p.stream, &mut budget) {
                 Ok(Some(m)) => link
-                    .on_frame(m, self.session.as_ref(), &self.names)
+                    .on_frame(m, self.session.as_ref(), &names)
                     .map_err(PeerError::from),
                 Ok(None) => return got,
                 Err(e) => Err(e),
@@ -580,6 +614,16 @@ impl Transport {
                 }
             }
         }
+    }
+
+    /// The names and key of the ping connection's MACs: on TLS, the
+    /// secret bound to the ping connection's own session.
+    fn ping_names(&self) -> Names {
+        let mut n = self.names.clone();
+        if let Some(b) = &self.ping_binding {
+            n.secret = replication_proto::wire::auth::bind_secret(&n.secret, b);
+        }
+        n
     }
 
     /// Writes what waits for the ping connection.
@@ -629,6 +673,7 @@ impl Transport {
 fn spawn_listener(
     listener: TcpListener,
     dialer: bool,
+    tls: Option<Arc<LinkTls>>,
     tx: InputTx,
     stop: Arc<AtomicBool>,
     span: tracing::Span,
@@ -637,25 +682,30 @@ fn spawn_listener(
         .name("repd-listen".into())
         .spawn(move || {
             let _g = span.enter();
+            let make: secure::MakeInput = if dialer {
+                |stream, binding| Input::PingStream {
+                    stream,
+                    for_conn: None,
+                    binding,
+                }
+            } else {
+                |stream, binding| Input::PeerStream {
+                    stream,
+                    outbound: false,
+                    binding,
+                }
+            };
+            let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             for s in listener.incoming() {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                match s {
-                    Ok(stream) => {
-                        let _ = tx.send(if dialer {
-                            Input::PingStream {
-                                stream,
-                                for_conn: None,
-                            }
-                        } else {
-                            Input::PeerStream {
-                                stream,
-                                outbound: false,
-                            }
-                        });
+                match (s, &tls) {
+                    (Ok(stream), None) => {
+                        let _ = tx.send(make(stream, None));
                     }
-                    Err(e) => {
+                    (Ok(stream), Some(tls)) => secure::accept(tls, &busy, stream, &tx, make, &span),
+                    (Err(e), _) => {
                         tracing::warn!("accept failed: {e}");
                         std::thread::sleep(Duration::from_millis(100));
                     }
@@ -680,6 +730,7 @@ struct DialFlags {
 fn spawn_dialer(
     addr: SocketAddr,
     f: DialFlags,
+    tls: Option<Arc<LinkTls>>,
     tx: InputTx,
     span: tracing::Span,
 ) -> Result<(), StartError> {
@@ -692,11 +743,20 @@ fn spawn_dialer(
                 if f.want.load(Ordering::Relaxed) && !f.has_conn.load(Ordering::Relaxed) {
                     match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
                         Ok(stream) => {
-                            f.has_conn.store(true, Ordering::Relaxed);
                             logged = false;
+                            let Some((stream, binding)) =
+                                secure::connect(tls.as_deref(), stream, &tx)
+                            else {
+                                // Refused: the reason is in status; try
+                                // again, but not in a tight loop.
+                                std::thread::sleep(TLS_RETRY);
+                                continue;
+                            };
+                            f.has_conn.store(true, Ordering::Relaxed);
                             let _ = tx.send(Input::PeerStream {
                                 stream,
                                 outbound: true,
+                                binding,
                             });
                         }
                         Err(e) => {
