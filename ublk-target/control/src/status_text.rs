@@ -212,6 +212,9 @@ fn extras(s: &mut String, st: &NodeStatus) {
             if st.nbd_clients == 1 { "" } else { "s" }
         );
     }
+    if let Some(w) = &st.nbd_warning {
+        let _ = writeln!(s, "  WARNING: {w}");
+    }
     if let Some(v) = &st.last_verify {
         let _ = writeln!(
             s,

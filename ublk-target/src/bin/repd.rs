@@ -204,7 +204,11 @@ fn start_nbd(
         return Ok(None);
     };
     let srv = NbdServer::bind(addr, cfg.resource.name.clone(), Arc::new(handle.clone()))
-        .map_err(|e| format!("cannot listen for NBD clients on {addr}: {e}"))?;
+        .map_err(|e| format!("cannot listen for NBD clients on {addr}: {e}"))?
+        .with_access(me.nbd_access.clone());
+    if let Some(w) = me.nbd_access.exposure_warning(addr) {
+        tracing::warn!("{w}");
+    }
     let h = srv.spawn();
     tracing::info!(%addr, export = %cfg.resource.name, "NBD export listening (serves only while Primary)");
     Ok(Some(h))

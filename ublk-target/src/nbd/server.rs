@@ -20,6 +20,7 @@ use negotiate::negotiate;
 use transmission::transmission;
 
 use crate::frontend::BlockBackend;
+use rep_control::config::NbdAccess;
 
 /// Requests in flight per connection (read, submitted, reply not yet
 /// written). The reader stops reading requests at this many.
@@ -41,6 +42,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct NbdServer {
     listener: TcpListener,
     export: Arc<Export>,
+    access: NbdAccess,
 }
 
 impl fmt::Debug for NbdServer {
@@ -72,7 +74,15 @@ impl NbdServer {
                 name: export_name,
                 backend,
             }),
+            access: NbdAccess::default(),
         })
+    }
+
+    /// Let in only the clients `access` allows (default: every address).
+    #[must_use]
+    pub fn with_access(mut self, access: NbdAccess) -> NbdServer {
+        self.access = access;
+        self
     }
 
     /// The address actually bound (useful after binding port 0).
@@ -89,6 +99,7 @@ impl NbdServer {
             .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
         let shared = Arc::new(Shared {
             export: self.export,
+            access: self.access,
             stopping: AtomicBool::new(false),
             clients: Mutex::new(HashMap::new()),
             threads: Mutex::new(Vec::new()),
@@ -214,6 +225,7 @@ impl NbdServerHandle {
 
 struct Shared {
     export: Arc<Export>,
+    access: NbdAccess,
     stopping: AtomicBool,
     /// A clone of each client socket, so shutdown can close them.
     clients: Mutex<HashMap<u64, TcpStream>>,
@@ -244,6 +256,13 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
         let peer = stream
             .peer_addr()
             .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+        if !shared.access.allows(peer.ip()) {
+            // Closed before any NBD byte: the client learns nothing, not
+            // even that an NBD server listens here.
+            warn!(%peer, "NBD client refused: its address is not in nbd-allow");
+            drop(stream);
+            continue;
+        }
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         {
             let mut clients = lock(&shared.clients);

@@ -102,6 +102,8 @@ impl Config {
                     meta_disk: n.meta_disk.to_string(),
                     device: n.device,
                     nbd: n.nbd.map(|a| a.to_string()),
+                    nbd_allow: (!n.nbd_access.allow.is_empty())
+                        .then(|| n.nbd_access.allow.iter().map(ToString::to_string).collect()),
                     metrics: metrics.map(|a| a.to_string()),
                 })
                 .collect(),

@@ -45,6 +45,7 @@
 //! meta-disk = "internal"         # or a path to an external metadata file
 //! device = 0                     # /dev/ublkb0
 //! nbd = "127.0.0.1:10809"        # optional
+//! nbd-allow = ["127.0.0.0/8"]    # optional: only these clients (ADDR/PREFIX)
 //! metrics = "127.0.0.1:9942"     # optional, this node's own metrics address
 //! [[node]]
 //! name = "beta"
@@ -75,6 +76,7 @@ use std::path::{Path, PathBuf};
 mod dump;
 mod error;
 mod handlers;
+mod nbd_access;
 mod policies;
 mod rate;
 mod raw;
@@ -83,6 +85,7 @@ mod validate;
 
 pub use error::ConfigError;
 pub use handlers::{Handlers, HANDLER_MAX_BYTES};
+pub use nbd_access::{NbdAccess, NBD_ALLOW_MAX};
 pub use policies::{AfterSb0Pri, AfterSb1Pri, AfterSb2Pri, OnIoError, ResumeAfterCrash};
 pub use rate::{format_rate, parse_rate};
 pub use sections::{

@@ -174,6 +174,8 @@ pub(super) struct RawNode {
     pub(super) device: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) nbd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) nbd_allow: Option<Vec<String>>,
     /// This node's own Prometheus address (wins over `metrics.listen`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) metrics: Option<String>,

@@ -291,6 +291,9 @@ impl Check<'_> {
             ));
         }
         let meta_disk = self.meta_disk(i, &label, &rn.meta_disk, &rn.disk)?;
+        let nbd_access = super::NbdAccess {
+            allow: super::nbd_access::parse_allow(self.path, i, &label, rn.nbd_allow)?,
+        };
         Ok(Node {
             name: rn.name,
             address,
@@ -298,6 +301,7 @@ impl Check<'_> {
             meta_disk,
             device: rn.device,
             nbd,
+            nbd_access,
         })
     }
 
