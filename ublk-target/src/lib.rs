@@ -18,6 +18,8 @@
 //! - [`control`]: the server side of the control socket `repctl` talks to.
 //! - [`events`]: the event stream (`repctl events`): the hub the engine
 //!   publishes state changes to, and the watchers it feeds.
+//! - [`tls`]: TLS configurations from the resource file's certificates,
+//!   and the replication link's TLS.
 //! - [`crc_pick`]: which CRC32C implementation runs (measured at start).
 //! - [`alloc`]: allocator settings for the daemon.
 
@@ -36,4 +38,5 @@ pub mod md;
 pub mod metrics;
 pub mod nbd;
 pub mod notify;
+pub mod tls;
 pub mod ublk;

@@ -10,6 +10,7 @@
 //! Modules:
 //! - [`tools`]: `require` a tool, the cargo target's temp dir, building the
 //!   workspace's binaries for a test.
+//! - [`certs`]: a CA and node certificates made with `openssl`.
 //! - [`docs`]: the man pages and completions of `--generate-docs`
 //!   against a binary's `--help`.
 //! - [`files`]: random and sparse files.
@@ -23,6 +24,7 @@
 // Helpers for tests: a failed step is a failed test, said loudly.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
+pub mod certs;
 pub mod docs;
 pub mod files;
 pub mod netns;

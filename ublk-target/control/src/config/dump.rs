@@ -68,6 +68,8 @@ impl Config {
                 max_buffers: self.net.max_buffers,
                 csums: self.net.csums,
                 fencing: self.net.fencing.as_str().to_owned(),
+                tls: self.tls.mode.as_str().to_owned(),
+                tls_ca: self.tls.ca.clone(),
             },
             sync: RawSync {
                 rate: RawRate::Text(format_rate(self.sync.rate)),
@@ -95,7 +97,8 @@ impl Config {
                 .nodes
                 .iter()
                 .zip(self.metrics.node)
-                .map(|(n, metrics)| RawNode {
+                .zip(&self.tls.node)
+                .map(|((n, metrics), tls)| RawNode {
                     name: n.name.clone(),
                     address: n.address.to_string(),
                     disk: n.disk.clone(),
@@ -105,6 +108,8 @@ impl Config {
                     nbd_allow: (!n.nbd_access.allow.is_empty())
                         .then(|| n.nbd_access.allow.iter().map(ToString::to_string).collect()),
                     metrics: metrics.map(|a| a.to_string()),
+                    tls_cert: tls.cert.clone(),
+                    tls_key: tls.key.clone(),
                 })
                 .collect(),
             cluster: self.cluster.clone(),

@@ -41,6 +41,13 @@ pub enum ConfigError {
         node: String,
         disk: PathBuf,
     },
+    /// A TLS file (`tls-ca`, `tls-cert`, `tls-key`) that cannot be used.
+    #[error("config file {path}: TLS file {file}: {message}")]
+    Tls {
+        path: PathBuf,
+        file: PathBuf,
+        message: String,
+    },
     #[error("cannot determine this machine's host name ({message}); pass --node NAME")]
     Hostname { message: String },
 }

@@ -18,6 +18,8 @@
 //! max-buffers = 2048
 //! csums = false
 //! fencing = "dont-care"         # dont-care | resource-only | resource-and-stonith
+//! tls = "off"                    # off | on (mutual TLS 1.3 on the replication link)
+//! tls-ca = "/etc/rep/ca.pem"     # needed by tls = "on"
 //! [sync]
 //! rate = "100M"                  # bytes/s, K/M/G = powers of 1024, "0" = unlimited
 //! al-extents = 1237              # 7..=65534 extents of 4 MiB
@@ -47,6 +49,8 @@
 //! nbd = "127.0.0.1:10809"        # optional
 //! nbd-allow = ["127.0.0.0/8"]    # optional: only these clients (ADDR/PREFIX)
 //! metrics = "127.0.0.1:9942"     # optional, this node's own metrics address
+//! tls-cert = "/etc/rep/alpha.pem" # needed by tls = "on" (SAN DNS:alpha)
+//! tls-key = "/etc/rep/alpha.key"
 //! [[node]]
 //! name = "beta"
 //! # ...
@@ -68,6 +72,8 @@
 //! - `raw`: the file as serde reads and writes it, key for key.
 //! - `validate`: raw to [`Config`], one step per table.
 //! - `handlers`: `[handlers]` and the `[net] fencing` policy that needs one.
+//! - `tls`: `[net] tls`/`tls-ca`, the nodes' `tls-cert`/`tls-key`, and
+//!   loading them ([`Config::load_tls`]).
 //! - `dump`: [`Config`] back to TOML or JSON (`repctl dump`).
 //! - `error`: [`ConfigError`].
 
@@ -81,6 +87,7 @@ mod policies;
 mod rate;
 mod raw;
 mod sections;
+mod tls;
 mod validate;
 
 pub use error::ConfigError;
@@ -92,6 +99,7 @@ pub use sections::{
     Disk, MetaDisk, Metrics, MetricsListen, Net, Node, Resource, SplitBrain, Startup, Syncer,
     VerifyAlg,
 };
+pub use tls::{crypto_provider, NodeTls, Tls, TlsFiles, TlsMode, PEM_MAX_BYTES};
 
 use raw::RawConfig;
 
@@ -117,6 +125,8 @@ pub struct Config {
     pub metrics: Metrics,
     /// `[handlers]` (fence-peer, unfence-peer).
     pub handlers: Handlers,
+    /// `[net] tls`, `tls-ca` and the nodes' `tls-cert`/`tls-key`.
+    pub tls: Tls,
     /// Exactly two nodes, in file order.
     pub nodes: [Node; 2],
     /// The `[cluster]` table as written. It belongs to the cluster agent,

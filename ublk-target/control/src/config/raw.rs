@@ -56,6 +56,10 @@ pub(super) struct RawNet {
     pub(super) max_buffers: u32,
     pub(super) csums: bool,
     pub(super) fencing: String,
+    /// `tls = "off" | "on"` (see `tls`).
+    pub(super) tls: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) tls_ca: Option<PathBuf>,
 }
 
 impl Default for RawNet {
@@ -68,6 +72,8 @@ impl Default for RawNet {
             max_buffers: 2048,
             csums: false,
             fencing: "dont-care".to_owned(),
+            tls: "off".to_owned(),
+            tls_ca: None,
         }
     }
 }
@@ -179,6 +185,11 @@ pub(super) struct RawNode {
     /// This node's own Prometheus address (wins over `metrics.listen`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) metrics: Option<String>,
+    /// This node's certificate and key, PEM (see `tls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) tls_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) tls_key: Option<PathBuf>,
 }
 
 pub(super) fn default_meta_disk() -> String {

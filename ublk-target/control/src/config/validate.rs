@@ -44,10 +44,11 @@ pub(super) fn check_name(path: &Path, key: &str, name: &str) -> Result<(), Confi
 }
 
 impl Config {
-    pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
+    pub(super) fn validate(mut raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         let v = Check { path };
         check_name(path, "resource.name", &raw.resource.name)?;
         let protocol = v.protocol(&raw.resource.protocol)?;
+        let tls = v.tls(&mut raw.net, &mut raw.node)?;
         let net = v.net(raw.net)?;
         let sync = v.sync(&raw.sync)?;
         // With a [cluster] table the cluster agent decides the roles.
@@ -74,6 +75,7 @@ impl Config {
             split_brain,
             metrics,
             handlers,
+            tls,
             nodes,
             cluster: raw.cluster,
         })
@@ -402,6 +404,19 @@ impl Check<'_> {
 }
 
 impl Check<'_> {
+    /// `[net] tls`, `tls-ca` and the nodes' `tls-cert`/`tls-key` (taken
+    /// out of the raw tables: see `tls`).
+    fn tls(&self, net: &mut RawNet, nodes: &mut [RawNode]) -> Result<super::Tls, ConfigError> {
+        let mut files: [super::NodeTls; 2] = Default::default();
+        let mut names = ["", ""];
+        for ((slot, name), rn) in files.iter_mut().zip(&mut names).zip(nodes.iter_mut()) {
+            slot.cert = rn.tls_cert.take();
+            slot.key = rn.tls_key.take();
+            *name = rn.name.as_str();
+        }
+        super::tls::validate(self.path, &net.tls, net.tls_ca.take(), files, names)
+    }
+
     /// `[metrics]` and the nodes' `metrics` keys: each an IP:PORT.
     fn metrics(&self, m: &RawMetrics, nodes: &[RawNode]) -> Result<Metrics, ConfigError> {
         let addr = |key: &str, text: &str| {

@@ -1,0 +1,1 @@
+//! The replication link over TLS: the handshake and the relay.
