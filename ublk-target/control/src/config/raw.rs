@@ -182,6 +182,11 @@ pub(super) struct RawNode {
     pub(super) nbd: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) nbd_allow: Option<Vec<String>>,
+    /// `nbd-tls = "off" | "on" | "require"` (see `nbd_access`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) nbd_tls: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) nbd_tls_ca: Option<PathBuf>,
     /// This node's own Prometheus address (wins over `metrics.listen`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) metrics: Option<String>,
