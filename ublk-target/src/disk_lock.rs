@@ -215,6 +215,7 @@ mod tests {
             meta_disk: MetaDisk::Internal,
             device: 0,
             nbd: None,
+            nbd_access: Default::default(),
         };
         let first = DiskLock::acquire(&node).expect("first lock");
         let e = DiskLock::acquire(&node).expect_err("second lock");
@@ -242,6 +243,7 @@ mod tests {
                 meta_disk: MetaDisk::External(meta.clone()),
                 device: 0,
                 nbd: None,
+                nbd_access: Default::default(),
             }
         };
         let _first = DiskLock::acquire(&node("a.img")).expect("first lock");

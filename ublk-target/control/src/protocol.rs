@@ -282,6 +282,10 @@ pub struct NodeStatus {
     pub al_misses: u64,
     pub nbd: Option<String>,
     pub nbd_clients: usize,
+    /// Why the NBD export is open to anyone who reaches it (not loopback,
+    /// no `nbd-allow`, no `nbd-tls = "require"`); `None` when it is not.
+    #[serde(default)]
+    pub nbd_warning: Option<String>,
     pub pid: u32,
     /// New writes are held (`hold`) or failed (`fail`) after `suspend-io`.
     #[serde(default)]

@@ -215,6 +215,9 @@ fn extras(s: &mut String, st: &NodeStatus) {
     if let Some(n) = &st.size_note {
         let _ = writeln!(s, "  size: {} ({n})", size(st.data_bytes));
     }
+    if let Some(w) = &st.nbd_warning {
+        let _ = writeln!(s, "  WARNING: {w}");
+    }
     if let Some(v) = &st.last_verify {
         let _ = writeln!(
             s,

@@ -16,7 +16,7 @@ use rep_control::config::{Config, Node, ResumeAfterCrash};
 use rep_control::protocol::ControlCmd;
 use ublk_target::control::ControlServer;
 use ublk_target::engine::{self, EngineHandle, EngineOptions};
-use ublk_target::nbd::{NbdServer, NbdServerHandle};
+use ublk_target::nbd::{NbdServer, NbdServerHandle, NbdTls};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -212,10 +212,43 @@ fn start_nbd(
         return Ok(None);
     };
     let srv = NbdServer::bind(addr, cfg.resource.name.clone(), Arc::new(handle.clone()))
-        .map_err(|e| format!("cannot listen for NBD clients on {addr}: {e}"))?;
+        .map_err(|e| format!("cannot listen for NBD clients on {addr}: {e}"))?
+        .with_access(me.nbd_access.clone());
+    let srv = match nbd_tls(cfg, me)? {
+        Some(tls) => srv.with_tls(tls),
+        None => srv,
+    };
+    if let Some(w) = me.nbd_access.exposure_warning(addr) {
+        tracing::warn!("{w}");
+    }
     let h = srv.spawn();
     tracing::info!(%addr, export = %cfg.resource.name, "NBD export listening (serves only while Primary)");
     Ok(Some(h))
+}
+
+/// The export's TLS (`nbd-tls`): this node's certificate and key, client
+/// certificates checked against `nbd-tls-ca` or `[net] tls-ca`.
+fn nbd_tls(cfg: &Config, me: &Node) -> Result<Option<NbdTls>, String> {
+    use rep_control::config::NbdTlsMode;
+    let a = &me.nbd_access;
+    if a.tls == NbdTlsMode::Off {
+        return Ok(None);
+    }
+    let files = cfg
+        .load_tls(me, a.tls_ca.as_deref())
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!(
+                "nbd-tls = \"{}\" needs this node's tls-cert and tls-key",
+                a.tls
+            )
+        })?;
+    let config =
+        ublk_target::tls::server_config(&files, None).map_err(|e| format!("NBD export: {e}"))?;
+    Ok(Some(NbdTls {
+        config,
+        require: a.tls == NbdTlsMode::Require,
+    }))
 }
 
 /// The thread that makes /dev/ublkbN follow the role until `stop`.

@@ -345,6 +345,8 @@ struct Runner {
     progress: progress::Tracker,
     peer_name: String,
     nbd_addr: Option<String>,
+    /// The NBD export's exposure warning, for status (see `NbdAccess`).
+    nbd_warning: Option<String>,
     down_waiters: Vec<Sender<ControlReply>>,
     /// A forced `down` that cut the NBD clients and waits for their
     /// requests in flight to end before it demotes; given up at the instant.
@@ -416,6 +418,7 @@ pub fn start(
         progress: progress::Tracker::default(),
         peer_name: peer_node.name.clone(),
         nbd_addr: me.nbd.map(|a| a.to_string()),
+        nbd_warning: me.nbd.and_then(|a| me.nbd_access.exposure_warning(a)),
         down_waiters: Vec::new(),
         forced_down: None,
         fua_zeroes: HashMap::new(),

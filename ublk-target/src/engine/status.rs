@@ -87,6 +87,7 @@ impl Runner {
             stats: st.stats.traffic.clone(),
             al_misses: st.stats.al_misses,
             nbd: self.nbd_addr.clone(),
+            nbd_warning: self.nbd_warning.clone(),
             nbd_clients: usize::try_from(self.shared.nbd_clients.load(Ordering::Relaxed))
                 .unwrap_or(0),
             pid: std::process::id(),

@@ -45,4 +45,7 @@
 pub mod proto;
 mod server;
 
-pub use server::{NbdServer, NbdServerHandle, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};
+/// For the fuzz target and its regression test only.
+#[doc(hidden)]
+pub use server::fuzzing;
+pub use server::{NbdServer, NbdServerHandle, NbdTls, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};

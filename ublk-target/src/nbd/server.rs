@@ -13,13 +13,16 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, info_span, warn};
 
+pub mod fuzzing;
 mod negotiate;
+mod tls_stream;
 mod transmission;
 
-use negotiate::negotiate;
+use negotiate::{greet, haggle, Outcome, TlsState};
 use transmission::transmission;
 
 use crate::frontend::BlockBackend;
+use rep_control::config::NbdAccess;
 
 /// Requests in flight per connection (read, submitted, reply not yet
 /// written). The reader stops reading requests at this many.
@@ -41,6 +44,26 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct NbdServer {
     listener: TcpListener,
     export: Arc<Export>,
+    access: NbdAccess,
+    tls: Option<NbdTls>,
+}
+
+/// TLS on the export (`nbd-tls`): the server configuration (certificate,
+/// key, the CA client certificates must chain to) and whether clients
+/// must use it.
+#[derive(Clone)]
+pub struct NbdTls {
+    pub config: Arc<rustls::ServerConfig>,
+    /// `nbd-tls = "require"`: no export without STARTTLS.
+    pub require: bool,
+}
+
+impl fmt::Debug for NbdTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NbdTls")
+            .field("require", &self.require)
+            .finish_non_exhaustive()
+    }
 }
 
 impl fmt::Debug for NbdServer {
@@ -72,7 +95,23 @@ impl NbdServer {
                 name: export_name,
                 backend,
             }),
+            access: NbdAccess::default(),
+            tls: None,
         })
+    }
+
+    /// Offer (or with `require`, insist on) TLS through NBD_OPT_STARTTLS.
+    #[must_use]
+    pub fn with_tls(mut self, tls: NbdTls) -> NbdServer {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Let in only the clients `access` allows (default: every address).
+    #[must_use]
+    pub fn with_access(mut self, access: NbdAccess) -> NbdServer {
+        self.access = access;
+        self
     }
 
     /// The address actually bound (useful after binding port 0).
@@ -89,6 +128,8 @@ impl NbdServer {
             .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
         let shared = Arc::new(Shared {
             export: self.export,
+            access: self.access,
+            tls: self.tls,
             stopping: AtomicBool::new(false),
             clients: Mutex::new(HashMap::new()),
             threads: Mutex::new(Vec::new()),
@@ -214,6 +255,8 @@ impl NbdServerHandle {
 
 struct Shared {
     export: Arc<Export>,
+    access: NbdAccess,
+    tls: Option<NbdTls>,
     stopping: AtomicBool,
     /// A clone of each client socket, so shutdown can close them.
     clients: Mutex<HashMap<u64, TcpStream>>,
@@ -244,6 +287,13 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
         let peer = stream
             .peer_addr()
             .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+        if !shared.access.allows(peer.ip()) {
+            // Closed before any NBD byte: the client learns nothing, not
+            // even that an NBD server listens here.
+            warn!(%peer, "NBD client refused: its address is not in nbd-allow");
+            drop(stream);
+            continue;
+        }
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         {
             let mut clients = lock(&shared.clients);
@@ -326,12 +376,54 @@ fn serve_client(
     stream.set_read_timeout(Some(NEGOTIATION_TIMEOUT))?;
     let mut reader = BufReader::with_capacity(128 << 10, stream.try_clone()?);
     let mut writer = stream.try_clone()?;
-    let Some(size) = negotiate(&shared.export, &mut reader, &mut writer)? else {
-        return Ok(());
+    let client = greet(&mut reader, &mut writer)?;
+    let mut tls = TlsState {
+        offered: shared.tls.is_some(),
+        required: shared.tls.as_ref().is_some_and(|t| t.require),
+        active: false,
+    };
+    let export = &shared.export;
+    let size = match haggle(export, &client, tls, &mut reader, &mut writer)? {
+        Outcome::Aborted => return Ok(()),
+        Outcome::Transmit(size) => size,
+        Outcome::StartTls => {
+            // Bytes the client sent after STARTTLS but before the
+            // handshake would be read as if they came over TLS: a
+            // plaintext injection (nbdkit's CVE-2021-3716). The client
+            // must wait for our ACK, so there are none unless it cheats.
+            if !reader.buffer().is_empty() {
+                return Err(Close::Protocol(
+                    "data after NBD_OPT_STARTTLS before the TLS handshake".to_owned(),
+                ));
+            }
+            let config = shared.tls.as_ref().map(|t| Arc::clone(&t.config));
+            let config = config.ok_or(Close::Normal("TLS is not configured"))?;
+            let (r, mut w) = tls_stream::accept(&stream, config, NEGOTIATION_TIMEOUT)
+                .map_err(Close::Protocol)?;
+            debug!("TLS session established");
+            tls.active = true;
+            let mut r = BufReader::with_capacity(128 << 10, r);
+            return match haggle(export, &client, tls, &mut r, &mut w)? {
+                Outcome::Transmit(size) => {
+                    stream.set_read_timeout(None)?;
+                    info!(size, "client entered transmission phase over TLS");
+                    transmission(shared, Box::new(r), Box::new(w), stream, size, span)
+                }
+                // STARTTLS inside TLS is refused by haggle.
+                Outcome::Aborted | Outcome::StartTls => Ok(()),
+            };
+        }
     };
     stream.set_read_timeout(None)?;
     info!(size, "client entered transmission phase");
-    transmission(shared, reader, stream, size, span)
+    transmission(
+        shared,
+        Box::new(reader),
+        Box::new(writer),
+        stream,
+        size,
+        span,
+    )
 }
 
 #[cfg(test)]

@@ -105,6 +105,11 @@ impl Config {
                     meta_disk: n.meta_disk.to_string(),
                     device: n.device,
                     nbd: n.nbd.map(|a| a.to_string()),
+                    nbd_allow: (!n.nbd_access.allow.is_empty())
+                        .then(|| n.nbd_access.allow.iter().map(ToString::to_string).collect()),
+                    nbd_tls: (n.nbd_access.tls != super::NbdTlsMode::Off)
+                        .then(|| n.nbd_access.tls.to_string()),
+                    nbd_tls_ca: n.nbd_access.tls_ca.clone(),
                     metrics: metrics.map(|a| a.to_string()),
                     tls_cert: tls.cert.clone(),
                     tls_key: tls.key.clone(),

@@ -47,6 +47,9 @@
 //! meta-disk = "internal"         # or a path to an external metadata file
 //! device = 0                     # /dev/ublkb0
 //! nbd = "127.0.0.1:10809"        # optional
+//! nbd-allow = ["127.0.0.0/8"]    # optional: only these clients (ADDR/PREFIX)
+//! nbd-tls = "off"                # off | on | require (uses tls-cert/tls-key)
+//! nbd-tls-ca = "/etc/rep/nbd-clients-ca.pem"  # optional, else [net] tls-ca
 //! metrics = "127.0.0.1:9942"     # optional, this node's own metrics address
 //! tls-cert = "/etc/rep/alpha.pem" # needed by tls = "on" (SAN DNS:alpha)
 //! tls-key = "/etc/rep/alpha.key"
@@ -81,6 +84,7 @@ use std::path::{Path, PathBuf};
 mod dump;
 mod error;
 mod handlers;
+mod nbd_access;
 mod policies;
 mod rate;
 mod raw;
@@ -90,6 +94,7 @@ mod validate;
 
 pub use error::ConfigError;
 pub use handlers::{Handlers, HANDLER_MAX_BYTES};
+pub use nbd_access::{NbdAccess, NbdTlsMode, NBD_ALLOW_MAX};
 pub use policies::{AfterSb0Pri, AfterSb1Pri, AfterSb2Pri, OnIoError, ResumeAfterCrash};
 pub use rate::{format_rate, parse_rate};
 pub use sections::{

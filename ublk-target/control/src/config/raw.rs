@@ -180,6 +180,13 @@ pub(super) struct RawNode {
     pub(super) device: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) nbd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) nbd_allow: Option<Vec<String>>,
+    /// `nbd-tls = "off" | "on" | "require"` (see `nbd_access`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) nbd_tls: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) nbd_tls_ca: Option<PathBuf>,
     /// This node's own Prometheus address (wins over `metrics.listen`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) metrics: Option<String>,

@@ -105,6 +105,8 @@ pub struct Node {
     pub device: u32,
     /// Optional NBD export address.
     pub nbd: Option<SocketAddr>,
+    /// Who may use the NBD export (`nbd-allow`).
+    pub nbd_access: super::NbdAccess,
 }
 
 impl Node {

@@ -62,6 +62,7 @@ impl Config {
         v.nodes_distinct(&nodes)?;
         v.discard_node_known(&split_brain, &nodes)?;
         v.metrics_apart(&metrics, &nodes)?;
+        check_nbd_nodes(path, &nodes, &tls)?;
         Ok(Config {
             path: path.to_owned(),
             resource: Resource {
@@ -80,6 +81,59 @@ impl Config {
             cluster: raw.cluster,
         })
     }
+}
+
+/// The rules across keys: the NBD keys need an `nbd` address, and
+/// `nbd-tls` needs the node's certificate and a CA for the clients'.
+pub(super) fn check_nbd_nodes(
+    path: &Path,
+    nodes: &[Node],
+    tls: &super::Tls,
+) -> Result<(), ConfigError> {
+    for (i, (n, files)) in nodes.iter().zip(&tls.node).enumerate() {
+        let a = &n.nbd_access;
+        let bad = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: format!("node[{i}].{key}"),
+            message: format!("node \"{}\": {message}", n.name),
+        };
+        let nbd_keys = !a.allow.is_empty() || a.tls != super::NbdTlsMode::Off || a.tls_ca.is_some();
+        if n.nbd.is_none() && nbd_keys {
+            return Err(bad(
+                "nbd",
+                "nbd-allow, nbd-tls and nbd-tls-ca apply to the NBD export; set nbd = \"IP:PORT\" or remove them".to_owned(),
+            ));
+        }
+        if a.tls_ca.is_some() && a.tls == super::NbdTlsMode::Off {
+            return Err(bad(
+                "nbd-tls-ca",
+                "nbd-tls-ca is set but nbd-tls is \"off\"; set nbd-tls = \"on\" or \"require\""
+                    .to_owned(),
+            ));
+        }
+        if a.tls == super::NbdTlsMode::Off {
+            continue;
+        }
+        if files.cert.is_none() {
+            return Err(bad(
+                "nbd-tls",
+                format!(
+                    "nbd-tls = \"{}\" needs this node's tls-cert and tls-key (the certificate the export shows clients)",
+                    a.tls
+                ),
+            ));
+        }
+        if a.tls_ca.is_none() && tls.ca.is_none() {
+            return Err(bad(
+                "nbd-tls",
+                format!(
+                    "nbd-tls = \"{}\" needs a CA to check client certificates with: set nbd-tls-ca or [net] tls-ca",
+                    a.tls
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The checks of one file; `path` names it in the messages.
@@ -293,6 +347,11 @@ impl Check<'_> {
             ));
         }
         let meta_disk = self.meta_disk(i, &label, &rn.meta_disk, &rn.disk)?;
+        let nbd_access = super::NbdAccess {
+            allow: super::nbd_access::parse_allow(self.path, i, &label, rn.nbd_allow)?,
+            tls: super::nbd_access::parse_tls_mode(self.path, i, &label, rn.nbd_tls.as_deref())?,
+            tls_ca: rn.nbd_tls_ca,
+        };
         Ok(Node {
             name: rn.name,
             address,
@@ -300,6 +359,7 @@ impl Check<'_> {
             meta_disk,
             device: rn.device,
             nbd,
+            nbd_access,
         })
     }
 

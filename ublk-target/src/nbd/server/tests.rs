@@ -280,10 +280,15 @@ fn refusals_during_negotiation() {
     assert!(msg.contains("'r0'") && msg.contains("'r1'"), "{msg}");
 
     // Unsupported options, malformed INFO, LIST with data.
-    for opt in [OPT_STRUCTURED_REPLY, OPT_STARTTLS, 9, 10, 11, 0xdead] {
+    for opt in [OPT_STRUCTURED_REPLY, 9, 10, 11, 0xdead] {
         send_opt(&mut s, opt, &[]);
         assert_eq!(read_rep(&mut s), (opt, REP_ERR_UNSUP, read_rep_msg(opt)));
     }
+    // No TLS configured (NOTLS mode): STARTTLS is refused by policy.
+    send_opt(&mut s, OPT_STARTTLS, &[]);
+    let (opt, ty, msg) = read_rep(&mut s);
+    assert_eq!((opt, ty), (OPT_STARTTLS, REP_ERR_POLICY));
+    assert!(String::from_utf8_lossy(&msg).contains("nbd-tls"));
     send_opt(&mut s, OPT_INFO, &[0, 0, 0, 9, b'r']);
     assert_eq!(read_rep(&mut s).1, REP_ERR_INVALID);
     send_opt(&mut s, OPT_LIST, b"x");
@@ -320,7 +325,6 @@ fn refusals_during_negotiation() {
 fn read_rep_msg(opt: u32) -> Vec<u8> {
     match opt {
         OPT_STRUCTURED_REPLY => b"only simple replies are supported".to_vec(),
-        OPT_STARTTLS => b"TLS is not supported".to_vec(),
         _ => format!("option {opt} is not supported").into_bytes(),
     }
 }

@@ -2,7 +2,7 @@
 //! to the backend and a writer that sends the replies in completion order,
 //! with what is in flight bounded by a [`Limiter`].
 
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
@@ -95,9 +95,13 @@ struct ReplyMsg {
 
 /// Serves one client after negotiation, until it disconnects or breaks
 /// the protocol.
+///
+/// `reader` and `writer` carry the NBD stream (the socket itself, or the
+/// two halves of its TLS session); `stream` is the socket, for shutdown.
 pub(super) fn transmission(
     shared: &Arc<Shared>,
-    reader: BufReader<TcpStream>,
+    reader: Box<dyn Read + Send>,
+    writer: Box<dyn Write + Send>,
     stream: TcpStream,
     size: u64,
     span: &tracing::Span,
@@ -112,7 +116,7 @@ pub(super) fn transmission(
         .name("nbd-writer".into())
         .spawn(move || {
             let _e = wspan.enter();
-            writer_loop(&wshared, &rx, wstream, wstages.as_deref());
+            writer_loop(&wshared, &rx, writer, &wstream, wstages.as_deref());
         })?;
     let mut conn = Conn {
         backend: Arc::clone(&shared.export.backend),
@@ -145,10 +149,11 @@ const MAX_UNFLUSHED_TIMED: usize = 1024;
 fn writer_loop(
     shared: &Shared,
     rx: &mpsc::Receiver<ReplyMsg>,
-    stream: TcpStream,
+    out: Box<dyn Write + Send>,
+    stream: &TcpStream,
     stages: Option<&Stages>,
 ) {
-    let mut w = BufWriter::with_capacity(256 << 10, &stream);
+    let mut w = BufWriter::with_capacity(256 << 10, out);
     let mut broken = false;
     let mut unflushed: Vec<(Kind, Instant)> = Vec::new();
     loop {
@@ -220,7 +225,7 @@ struct Conn {
     limiter: Arc<Limiter>,
     tx: mpsc::Sender<ReplyMsg>,
     size: u64,
-    reader: BufReader<TcpStream>,
+    reader: Box<dyn Read + Send>,
     /// When the request being handled was received (its header read).
     received: Instant,
     /// Where replies are timed, when requests are timed.
