@@ -14,7 +14,7 @@ use cluster_agent::config::AgentConfig;
 use cluster_agent::vocab::{Incarnation, RequestNo, WireState};
 use cluster_agent::wire;
 use cluster_agent::witness::codec::{self, Reply, Request};
-use cluster_agent::witness::{Action, Input, Memory, WitnessCore};
+use cluster_agent::witness::{Action, Input, Memory, NodeMemory, WitnessCore};
 use hmac::Mac;
 use rep_control::config::Config;
 use replication_proto::gen::Generations;
@@ -173,7 +173,7 @@ pub fn witness_core(data: &[u8]) {
         let Ok(p) = codec::decode_request(KEY, &d) else {
             continue;
         };
-        let before = core.memory().clone();
+        let before = meaningful(core.memory());
         core.handle(
             now,
             Input::Request {
@@ -199,7 +199,7 @@ pub fn witness_core(data: &[u8]) {
         }
         assert!(replies <= 1, "{replies} answers to one request");
         assert!(
-            persisted || core.memory() == &before,
+            persisted || meaningful(core.memory()) == before,
             "memory changed unpersisted"
         );
         assert!(core
@@ -209,6 +209,16 @@ pub fn witness_core(data: &[u8]) {
             .all(|n| n == "alpha" || n == "beta"));
         drop(core.view(now));
     }
+}
+
+/// The memory as a restarted witness would read it back: the core reads an
+/// absent node as `NodeMemory::default()`, so a default entry it adds in
+/// memory (the first request of a node that reports nothing to keep) need
+/// not be persisted. (An early run of this target flagged exactly that.)
+fn meaningful(m: &Memory) -> Memory {
+    let mut m = m.clone();
+    m.nodes.retain(|_, n| *n != NodeMemory::default());
+    m
 }
 
 /// An answer the witness sends must fit its packet and re-decode.
