@@ -148,7 +148,9 @@ impl Runner {
                 Kind::PriLostAfterSb,
                 self.handlers.pri_lost_after_sb.clone(),
             ),
-            // DRBD runs it only under `on-io-error call-local-io-error`.
+            // Under `on-io-error` call-local-io-error or detach (DRBD runs
+            // it only under the first; its notify-io-error setups pair
+            // `detach` with the handler, so it runs under both here).
             Hook::LocalIoError if self.call_local_io_error => {
                 (Kind::LocalIoError, self.handlers.local_io_error.clone())
             }
