@@ -22,6 +22,38 @@ fn synced_pair() -> (Cluster, Option<common::Netns>) {
     (c, ns)
 }
 
+/// `repctl events` on node `i` until a line contains `want` (10 s at most).
+fn events_show(c: &Cluster, i: usize, want: &str, during: impl FnOnce()) {
+    use std::io::{BufRead, BufReader};
+    let mut cmd = c.node(i).command();
+    cmd.arg("events").stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    during();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains(want)) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => seen.push(l),
+            Err(_) => panic!("no event line with {want}; got:\n{}", seen.join("\n")),
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(rx);
+    let _ = reader.join();
+}
+
 fn received(c: &Cluster, i: usize) -> u64 {
     c.status(i)["stats"]["resync_received_bytes"]
         .as_u64()
@@ -37,7 +69,10 @@ fn detach_on_the_primary_under_writes_then_attach_of_the_same_disk() {
     std::thread::scope(|s| {
         let writer = s.spawn(|| c.nbd_write(0, &second));
         std::thread::sleep(std::time::Duration::from_millis(200));
-        c.ok(0, &["detach"]);
+        // The event stream shows the disk going.
+        events_show(&c, 0, "disk:Diskless", || {
+            c.ok(0, &["detach"]);
+        });
         writer.join().unwrap();
     });
     let st = c.status(0);
