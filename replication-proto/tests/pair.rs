@@ -2027,3 +2027,39 @@ fn on_io_error_detach_turns_a_failed_write_into_diskless_service() {
         Err(AdminError::DisklessNeedsPeer.to_string())
     );
 }
+
+#[test]
+fn a_peer_without_remote_reads_is_refused_clearly_when_a_node_is_diskless() {
+    let old = |me: &str, peer: &str| NodeConfig {
+        features: features::ALL & !features::REMOTE_READ,
+        ..cfg(me, peer)
+    };
+    let mut p = Pair::new(cfg("alpha", "beta"), old("beta", "alpha"));
+    p.up_and_synced();
+    // The Primary cannot detach onto a peer that cannot serve it.
+    assert_eq!(
+        p.admin(0, Admin::Verb(Verb::Detach)),
+        Err(AdminError::DetachNeedsPeer.to_string())
+    );
+    p.admin(0, Admin::Verb(Verb::Secondary)).unwrap();
+    p.admin(0, Admin::Verb(Verb::Detach)).unwrap();
+    // The old peer is told why and stops; connecting again, the handshake
+    // refuses it, naming the feature.
+    assert_eq!(p.s[1].node.conn(), ConnState::StandAlone);
+    p.admin(
+        1,
+        Admin::Verb(Verb::Connect {
+            discard_my_data: false,
+        }),
+    )
+    .unwrap();
+    p.tick(100);
+    let st = p.s[0].node.status();
+    assert_eq!(st.connection, ConnState::StandAlone, "{st:?}");
+    assert!(
+        st.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("REMOTE_READ")),
+        "{st:?}"
+    );
+}

@@ -112,14 +112,18 @@ impl Node {
         tracing::warn!("local disk detached ({why}): Diskless");
         let tell_peer = self.link.decided();
         let peer_ok = self.peer_serves();
+        let peer_knows = self
+            .link
+            .decided_peer()
+            .is_some_and(|p| p.hello.features & self.cfg.features & features::REMOTE_READ != 0);
         let al_extents = self.al.log.extents();
         self.disk = DiskState::Diskless;
         self.det.closing = true;
         if tell_peer {
-            if self.sync.is_some() || !peer_ok && self.role == Role::Primary {
+            if self.sync.is_some() || !peer_knows || !peer_ok && self.role == Role::Primary {
                 // A resync cannot go on without this disk; a peer that
                 // cannot serve is better reconnected (it learns Diskless
-                // from the handshake).
+                // from the handshake, which refuses an older repd).
                 self.fail_connection(
                     DisconnectReason::ConfigMismatch,
                     format!("the local disk was detached ({why})"),

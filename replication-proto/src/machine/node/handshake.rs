@@ -129,6 +129,18 @@ impl Node {
             return;
         };
         if self.is_diskless() || p.hello.disk == DiskState::Diskless {
+            if p.hello.features & crate::wire::features::REMOTE_READ == 0 {
+                // An older repd would try to resync with a node that has
+                // no disk: refused, saying why.
+                self.fail_connection(
+                    DisconnectReason::ConfigMismatch,
+                    "one node is Diskless and the peer's repd does not know Diskless nodes \
+                     (feature REMOTE_READ): upgrade it, or attach the disk"
+                        .into(),
+                    true,
+                );
+                return;
+            }
             self.discard_my_data = false;
             self.link.decide(self.now);
             self.set_connected_ind(true);
