@@ -132,11 +132,15 @@ impl World {
                 },
             ),
             Action::SizeChanged { .. } => {}
+            Action::CloseDisk => self.disk_closed(i),
             Action::Hook(h) => {
                 let s = format!("{} hook {:?}", self.name(i), h);
                 self.log(s);
                 if h == Hook::FencePeer {
                     self.run_fence_peer(i);
+                }
+                if h == Hook::LocalIoError {
+                    self.io_error_hook(i);
                 }
             }
         }

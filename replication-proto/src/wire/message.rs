@@ -54,8 +54,11 @@ pub mod features {
     /// The peer understands `Resize`/`Resized` (`repctl resize`). Bit 8:
     /// other features of the same session take the bits after 3.
     pub const RESIZE: u64 = 1 << 8;
+    /// The peer serves remote reads (`ReadRequest`, `ReadReply`, `ReadNeg`)
+    /// and knows a Diskless peer (`on-io-error = "detach"`, `repctl detach`).
+    pub const REMOTE_READ: u64 = 1 << 4;
     /// Every feature this build knows.
-    pub const ALL: u64 = CSUM_RESYNC | TRIM | PING_CONN | SKIP_SYNC | RESIZE;
+    pub const ALL: u64 = CSUM_RESYNC | TRIM | PING_CONN | SKIP_SYNC | REMOTE_READ | RESIZE;
 }
 
 /// Flags of a replicated write.
@@ -262,6 +265,26 @@ pub enum Message {
     Resized {
         data_bytes: u64,
         message: String,
+    },
+    /// A node without a usable local disk (Diskless, or a local read
+    /// failed) asks the peer for a range. Sent only to a peer with
+    /// [`features::REMOTE_READ`].
+    ReadRequest {
+        id: u64,
+        offset: u64,
+        len: u32,
+    },
+    /// The peer's data for a `ReadRequest`.
+    ReadReply {
+        id: u64,
+        offset: u64,
+        data: Bytes,
+    },
+    /// The peer could not read the range (or has no good data for it).
+    ReadNeg {
+        id: u64,
+        offset: u64,
+        len: u32,
     },
     Disconnect {
         reason: DisconnectReason,

@@ -71,6 +71,10 @@ pub enum ControlCmd {
         size_bytes: Option<u64>,
         assume_clean: bool,
     },
+    /// Re-open the backing disk of a Diskless node and take it back
+    /// (`repctl attach`, drbdadm attach): its metadata is read and checked
+    /// by repd, then the state machine reconnects and resyncs it.
+    Attach,
 }
 
 impl From<Verb> for ControlCmd {
@@ -112,11 +116,12 @@ enum DaemonJson {
         #[serde(default)]
         assume_clean: bool,
     },
+    Attach,
 }
 
 impl DaemonJson {
     /// The `cmd` names of the daemon's commands; any other is a [`Verb`]'s.
-    const NAMES: [&'static str; 8] = [
+    const NAMES: [&'static str; 9] = [
         "status",
         "down",
         "suspend-io",
@@ -125,6 +130,7 @@ impl DaemonJson {
         "adjust",
         "latency",
         "resize",
+        "attach",
     ];
 }
 
@@ -148,6 +154,7 @@ impl Serialize for ControlCmd {
                 size_bytes: *size_bytes,
                 assume_clean: *assume_clean,
             },
+            Self::Attach => DaemonJson::Attach,
         };
         own.serialize(s)
     }
@@ -192,6 +199,7 @@ impl<'de> Deserialize<'de> for ControlCmd {
                     size_bytes,
                     assume_clean,
                 },
+                DaemonJson::Attach => Self::Attach,
             },
         )
     }
@@ -493,6 +501,8 @@ mod tests {
         r#"{"cmd":"new-current-uuid","clear_bitmap":true}"#,
         r#"{"cmd":"latency","reset":false}"#,
         r#"{"cmd":"latency","reset":true}"#,
+        r#"{"cmd":"detach"}"#,
+        r#"{"cmd":"attach"}"#,
     ];
 
     #[test]

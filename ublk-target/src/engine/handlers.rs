@@ -86,7 +86,11 @@ impl Runner {
         ];
         Self {
             handlers: cfg.handlers.clone(),
-            call_local_io_error: cfg.disk.on_io_error == OnIoError::CallLocalIoError,
+            // Under `detach` too: DRBD's notify-io-error setups combine both.
+            call_local_io_error: matches!(
+                cfg.disk.on_io_error,
+                OnIoError::CallLocalIoError | OnIoError::Detach
+            ),
             env: env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             tx,
             runs: Vec::new(),
@@ -144,7 +148,9 @@ impl Runner {
                 Kind::PriLostAfterSb,
                 self.handlers.pri_lost_after_sb.clone(),
             ),
-            // DRBD runs it only under `on-io-error call-local-io-error`.
+            // Under `on-io-error` call-local-io-error or detach (DRBD runs
+            // it only under the first; its notify-io-error setups pair
+            // `detach` with the handler, so it runs under both here).
             Hook::LocalIoError if self.call_local_io_error => {
                 (Kind::LocalIoError, self.handlers.local_io_error.clone())
             }

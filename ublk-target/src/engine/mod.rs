@@ -23,12 +23,14 @@
 //! - `latency`: per-request latency histograms (the metrics endpoint's).
 //! - `resize`: `repctl resize` (this node's room, the metadata grow, the
 //!   size the frontends show).
+//! - `detach`: letting go of the disk when Diskless, and `attach`;
 //! - `handlers`: the `[handlers]` commands (fence-peer, split-brain, ...),
 //!   run on threads of their own; their exit codes come back as inputs.
 
 mod adjust;
 mod admin;
 mod convert;
+mod detach;
 mod handlers;
 pub mod latency;
 mod meta;
@@ -111,6 +113,9 @@ pub(crate) enum Input {
     GrowDone {
         result: Result<replication_proto::machine::Grown, String>,
     },
+    /// repd's lock on the disk, held by the engine from now on: released
+    /// when the node goes Diskless, taken again by `attach` (`detach`).
+    DiskLock(crate::disk_lock::DiskLock),
 }
 
 /// State shared with the frontends without a round trip to the engine.
@@ -221,6 +226,12 @@ impl EngineHandle {
     /// The event stream (`repctl events`) the engine publishes to.
     pub fn events(&self) -> &crate::events::Hub {
         &self.events
+    }
+
+    /// Hands repd's disk lock to the engine, which releases it while the
+    /// node is Diskless and takes it again on `attach`.
+    pub fn hold_disk_lock(&self, lock: crate::disk_lock::DiskLock) {
+        let _ = self.tx.send(Input::DiskLock(lock));
     }
 
     /// Ends every [`RoleWait::wait_role_change`] now, as a role change
@@ -364,6 +375,11 @@ struct Runner {
     running: adjust::Running,
     /// Where the metadata is, for `repctl resize`.
     grow: resize::Setup,
+    /// This node in the resource file (its disk, for `attach`).
+    me: crate::config::Node,
+    /// Diskless: the disk is let go of (`detach`).
+    disk_closed: bool,
+    disk_lock: Option<crate::disk_lock::DiskLock>,
 }
 
 /// Start the engine for the local node of `cfg`.
@@ -435,6 +451,9 @@ pub fn start(
             location: MetaLocation::of(&me),
             al_extents: al_extents_on_disk,
         },
+        me: me.clone(),
+        disk_closed: false,
+        disk_lock: None,
     };
     runner.first_commands(cfg, opts, state.crashed_primary);
     runner.publish_events();
@@ -763,6 +782,12 @@ impl Runner {
                 let _ = reply.send(self.adjust(&path));
             }
             Input::GrowDone { result } => self.grow_done(result),
+            // Already Diskless (a disk that failed at once): not held.
+            Input::DiskLock(lock) => {
+                if !self.disk_closed {
+                    self.disk_lock = Some(lock);
+                }
+            }
             Input::HandlerDone {
                 kind,
                 exit,
@@ -837,6 +862,15 @@ impl Runner {
 
     fn act(&mut self, a: Action) {
         self.latency.action(&self.node, &a);
+        if self.disk_closed {
+            if let Action::LocalRead { token, .. }
+            | Action::LocalWrite { token, .. }
+            | Action::LocalFlush { token } = a
+            {
+                self.closed_disk_op(token);
+                return;
+            }
+        }
         match a {
             Action::Connect => self.peer.set_wanted(true),
             Action::CloseConnection => {
@@ -911,6 +945,7 @@ impl Runner {
                 assume_clean,
             } => self.grow_disk(data_bytes, exact, assume_clean),
             Action::SizeChanged { data_bytes } => self.size_changed(data_bytes),
+            Action::CloseDisk => self.close_disk(),
         }
     }
 }

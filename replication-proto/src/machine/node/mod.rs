@@ -44,6 +44,7 @@ mod admin;
 mod app;
 mod completions;
 mod connection;
+mod diskless;
 mod errors;
 mod fence;
 mod handshake;
@@ -158,6 +159,8 @@ pub struct Node {
     /// The current connection's TLS exporter value, when it runs over TLS
     /// ([`Node::set_channel_binding`]).
     channel_binding: Option<[u8; 32]>,
+    /// Diskless: closing the disk, remote reads (`diskless.rs`).
+    det: diskless::Detach,
 }
 
 /// How long an error stays in status after its condition is gone.
@@ -173,6 +176,11 @@ impl Node {
         let degraded_at_start =
             flags.has(MetaFlags::PRIMARY_IND) && !flags.has(MetaFlags::CONNECTED_IND);
         let mut bitmap = Bitmap::from_words(cfg.data_bytes, &p.bitmap);
+        if flags.has(MetaFlags::PEER_DISKLESS_DIRTY) {
+            // Stopped while it tracked a Diskless peer's misses: the bits
+            // since the last persisted bitmap are unknown.
+            bitmap.set_all();
+        }
         let resume = Resume::at_start(flags, p.gens.current);
         recover_after_crash(&mut flags, &mut bitmap, &p.al_extents);
         let disk = disk_at_start(flags);
@@ -211,6 +219,7 @@ impl Node {
             next_connection: None,
             resizing: resize::Resizing::default(),
             channel_binding: None,
+            det: diskless::Detach::default(),
             cfg,
         };
         n.persist_super(false);

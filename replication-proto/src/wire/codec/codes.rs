@@ -33,6 +33,9 @@ pub(super) const T_SKIP_SYNC: u8 = 26;
 // Far from the others: helpers of the same session add types 27 and up.
 pub(super) const T_RESIZE: u8 = 40;
 pub(super) const T_RESIZED: u8 = 41;
+pub(super) const T_READ_REQUEST: u8 = 27;
+pub(super) const T_READ_REPLY: u8 = 28;
+pub(super) const T_READ_NEG: u8 = 29;
 
 /// Name of a message type code, `None` if this build does not know it.
 pub(super) fn type_name(ty: u8) -> Option<&'static str> {
@@ -65,6 +68,9 @@ pub(super) fn type_name(ty: u8) -> Option<&'static str> {
         T_SKIP_SYNC => "SkipSync",
         T_RESIZE => "Resize",
         T_RESIZED => "Resized",
+        T_READ_REQUEST => "ReadRequest",
+        T_READ_REPLY => "ReadReply",
+        T_READ_NEG => "ReadNeg",
         _ => return None,
     })
 }
@@ -99,6 +105,9 @@ pub(super) fn type_code(msg: &Message) -> u8 {
         Message::SkipSync { .. } => T_SKIP_SYNC,
         Message::Resize { .. } => T_RESIZE,
         Message::Resized { .. } => T_RESIZED,
+        Message::ReadRequest { .. } => T_READ_REQUEST,
+        Message::ReadReply { .. } => T_READ_REPLY,
+        Message::ReadNeg { .. } => T_READ_NEG,
     }
 }
 
