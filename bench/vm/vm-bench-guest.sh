@@ -292,8 +292,8 @@ down_drbd() { # target minor
 # The crc32c implementations the kernel's crypto API has, highest priority
 # first: DRBD's data-integrity-alg takes the first (name, driver, module,
 # priority of each).
-crypto_crc32c() {
-  awk -v RS= '/(^|\n)name *: crc32c\n/' /proc/crypto |
+crypto_crc32c() { # /proc/crypto
+  awk -v RS= -v ORS='\n\n' '/(^|\n)name *: crc32c\n/' "$1" |
     awk -F' *: *' '$1 ~ /^(driver|module|priority)$/ { printf "%s=%s ", $1, $2 } /^$/ { print "" } END { print "" }' |
     sed '/^ *$/d' | sort -t= -k4 -rn
 }
@@ -329,7 +329,7 @@ for t in $TARGETS; do
   esac
 done
 free -m >"$OUT/free.txt"
-crypto_crc32c >"$OUT/crypto-crc32c.txt"
+crypto_crc32c /proc/crypto >"$OUT/crypto-crc32c.txt"
 read -r -a ORDER <<<"$TARGETS"
 for ((r = 1; r <= ROUNDS; r++)); do
   for w in $WORKLOADS; do
