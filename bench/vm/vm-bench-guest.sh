@@ -118,6 +118,14 @@ meta-disk = "internal"
 device = $((dev + 1))
 EOF
   rc() { "$bin/repctl" --config "$cfg" --run-dir "$RUN" --node "$@"; }
+  # repctl up gives repd 20 s to answer; on a loaded host the emulated repd
+  # can take longer to start (it is still starting, not failed): wait for
+  # its answer a while longer rather than lose the target.
+  up_node() {
+    rc "$1" up && return 0
+    echo "vm-bench-guest: waiting for $1's repd to answer"
+    wait_for 120 rc "$1" status
+  }
   st() { rc "$1" status --json 2>/dev/null | jq -r "$2" 2>/dev/null; }
   synced() {
     [ "$(st alpha '.disk + "/" + .peer_disk + "/" + .connection')" = "UpToDate/UpToDate/Connected" ]
@@ -129,7 +137,7 @@ EOF
     rc $n create-md --force >"$OUT/$t.create-md-$n.txt" 2>&1 || { failed $t "create-md $n: $(tail -n 2 "$OUT/$t.create-md-$n.txt")"; return; }
   done
   for n in alpha beta; do
-    rc $n up >"$OUT/$t.up-$n.txt" 2>&1 || { failed $t "up $n: $(tail -n 3 "$OUT/$t.up-$n.txt")"; return; }
+    up_node $n >"$OUT/$t.up-$n.txt" 2>&1 || { failed $t "up $n: $(tail -n 3 "$OUT/$t.up-$n.txt")"; return; }
   done
   rc alpha primary --force >"$OUT/$t.primary.txt" 2>&1 || { failed $t "primary --force: $(cat "$OUT/$t.primary.txt")"; return; }
   say "$t: initial full sync of $SIZE"
@@ -284,8 +292,8 @@ down_drbd() { # target minor
 # The crc32c implementations the kernel's crypto API has, highest priority
 # first: DRBD's data-integrity-alg takes the first (name, driver, module,
 # priority of each).
-crypto_crc32c() {
-  awk -v RS= '/(^|\n)name *: crc32c\n/' /proc/crypto |
+crypto_crc32c() { # /proc/crypto
+  awk -v RS= -v ORS='\n\n' '/(^|\n)name *: crc32c\n/' "$1" |
     awk -F' *: *' '$1 ~ /^(driver|module|priority)$/ { printf "%s=%s ", $1, $2 } /^$/ { print "" } END { print "" }' |
     sed '/^ *$/d' | sort -t= -k4 -rn
 }
@@ -321,7 +329,7 @@ for t in $TARGETS; do
   esac
 done
 free -m >"$OUT/free.txt"
-crypto_crc32c >"$OUT/crypto-crc32c.txt"
+crypto_crc32c /proc/crypto >"$OUT/crypto-crc32c.txt"
 read -r -a ORDER <<<"$TARGETS"
 for ((r = 1; r <= ROUNDS; r++)); do
   for w in $WORKLOADS; do

@@ -90,6 +90,11 @@ struct Cli {
     /// Keep the VM's work folder (fio JSON, logs) and print where it is
     #[arg(long)]
     keep: bool,
+    /// Boot nothing: print the report of a kept run from its results folder
+    /// (WORK/vm-bench, as --keep names it), with --rounds and --targets as
+    /// that run had them (--rounds N reads only rounds 1..=N)
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -139,6 +144,24 @@ fn q(s: &str) -> String {
 }
 
 fn run(cli: &Cli) -> Result<bool, String> {
+    if let Some(dir) = &cli.report {
+        let meta = std::fs::read_to_string(dir.join("meta.txt")).map_err(|e| {
+            format!(
+                "{}: {e} (not a vm-bench results folder?)",
+                dir.join("meta.txt").display()
+            )
+        })?;
+        let targets = cli.targets.clone().unwrap_or_else(|| {
+            TARGETS
+                .iter()
+                .map(|(n, _)| (*n).to_owned())
+                .filter(|n| n != "ours-b")
+                .collect()
+        });
+        let (table, ok) = report(dir, &targets, &meta, cli.rounds);
+        println!("{table}");
+        return Ok(ok);
+    }
     let plan = plan(cli)?;
     let cmd = guest_command(cli, &plan)?;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
