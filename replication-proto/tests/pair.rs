@@ -71,6 +71,7 @@ fn fresh() -> Persisted {
         bitmap: vec![0; (SIZE / 4096 / 64) as usize],
         al_seq: 0,
         al_extents: vec![],
+        promoted_at_ms: 0,
     }
 }
 
@@ -883,6 +884,7 @@ impl Pair {
             bitmap: n.bitmap_words().to_vec(),
             al_seq: 1,
             al_extents: al,
+            promoted_at_ms: 0,
         };
         let cfg = n.config().clone();
         self.s[i].node = Node::new(cfg, p, self.now, 10 + i as u64);
@@ -1336,6 +1338,7 @@ fn unflushed_writes_marked_at_down_are_resynced_on_the_next_connection() {
         bitmap: p.s[0].node.bitmap_words().to_vec(),
         al_seq: 0,
         al_extents: vec![],
+        promoted_at_ms: 0,
     };
     p.s[0].node = Node::new(cfg("alpha", "beta"), persisted, p.now, 9);
     p.admin(

@@ -194,6 +194,7 @@ fn message() -> impl Strategy<Value = Message> {
         (role(), disk()).prop_map(|(role, disk)| Message::State { role, disk }),
         gens().prop_map(|gens| Message::Uuids { gens }),
         gens().prop_map(|gens| Message::SkipSync { gens }),
+        any::<u64>().prop_map(|at_ms| Message::PromotedAt { at_ms }),
         bitmap_msg(),
         range().prop_map(|(id, offset, len)| Message::ResyncRequest { id, offset, len }),
         (range(), any::<u32>()).prop_map(|((id, offset, len), digest)| {

@@ -65,6 +65,9 @@ pub struct Persisted {
     pub bitmap: Vec<u64>,
     pub al_seq: u64,
     pub al_extents: Vec<u32>,
+    /// When the node last became Primary (wall-clock ms, 0: never or
+    /// metadata written before this was kept).
+    pub promoted_at_ms: u64,
 }
 
 /// Connection states, with DRBD's names.
@@ -196,6 +199,8 @@ pub enum Action {
         token: MetaToken,
         gens: Generations,
         flags: MetaFlags,
+        /// When the node last became Primary (wall-clock ms, 0: never).
+        promoted_at_ms: u64,
     },
     WriteAl {
         token: MetaToken,

@@ -107,9 +107,12 @@ impl World {
                 let t = self.now + self.lat(50, self.sc.rates.flush_us);
                 self.disk_io(i, t, token, IoOp::Flush);
             }
-            Action::WriteSuper { token, gens, flags } => {
-                self.meta_push(i, token, MetaW::Super(gens, flags))
-            }
+            Action::WriteSuper {
+                token,
+                gens,
+                flags,
+                promoted_at_ms,
+            } => self.meta_push(i, token, MetaW::Super(gens, flags, promoted_at_ms)),
             Action::WriteAl {
                 token,
                 seq,
@@ -218,9 +221,10 @@ impl World {
         };
         let meta = &mut self.nodes[i].meta;
         match m {
-            MetaW::Super(g, f) => {
+            MetaW::Super(g, f, p) => {
                 meta.gens = g;
                 meta.flags = f;
+                meta.promoted_at_ms = p;
             }
             MetaW::Al(seq, e) => {
                 meta.al_seq = seq;

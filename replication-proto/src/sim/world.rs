@@ -99,7 +99,7 @@ pub(super) enum IoOp {
 
 #[derive(Debug)]
 pub(super) enum MetaW {
-    Super(crate::gen::Generations, crate::meta::MetaFlags),
+    Super(crate::gen::Generations, crate::meta::MetaFlags, u64),
     Al(u64, Vec<u32>),
     Bitmap(u64, Vec<u64>),
 }
@@ -200,6 +200,7 @@ pub fn run_resuming(seed: u64, trace: bool) -> Result<SimReport, Violation> {
 pub fn slow_link_resync(bytes_per_ms: u64, ping_conn: bool) -> (SimReport, Result<(), Violation>) {
     let sc = Scenario {
         kind: Kind::Network,
+        sb_auto: super::scenario::SbAuto::Manual,
         protocol: Protocol::C,
         csums: false,
         failover: false,

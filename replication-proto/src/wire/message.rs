@@ -51,8 +51,11 @@ pub mod features {
     pub const PING_CONN: u64 = 1 << 2;
     /// The peer understands `SkipSync` (`new-current-uuid --clear-bitmap`).
     pub const SKIP_SYNC: u64 = 1 << 3;
+    /// The peer sends `PromotedAt` during the handshake (the
+    /// discard-younger-primary / discard-older-primary policies).
+    pub const PROMOTED_AT: u64 = 1 << 8;
     /// Every feature this build knows.
-    pub const ALL: u64 = CSUM_RESYNC | TRIM | PING_CONN | SKIP_SYNC;
+    pub const ALL: u64 = CSUM_RESYNC | TRIM | PING_CONN | SKIP_SYNC | PROMOTED_AT;
 }
 
 /// Flags of a replicated write.
@@ -243,6 +246,14 @@ pub enum Message {
     /// Sent only to a peer with [`features::SKIP_SYNC`].
     SkipSync {
         gens: Generations,
+    },
+    /// When the sender last became Primary (wall-clock milliseconds since
+    /// the Unix epoch, 0 if never or unknown), for the after-sb policies
+    /// discard-younger-primary and discard-older-primary. Sent during the
+    /// handshake, between `Hello` and `Auth`, only to a peer with
+    /// [`features::PROMOTED_AT`].
+    PromotedAt {
+        at_ms: u64,
     },
     Disconnect {
         reason: DisconnectReason,

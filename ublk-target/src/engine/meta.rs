@@ -13,9 +13,19 @@ use super::{Input, InputTx};
 use crate::md::MetaDevice;
 
 pub(crate) enum MetaOp {
-    Super { gens: Generations, flags: MetaFlags },
-    Al { seq: u64, extents: Vec<u32> },
-    Bitmap { first_word: u64, words: Vec<u64> },
+    Super {
+        gens: Generations,
+        flags: MetaFlags,
+        promoted_at_ms: u64,
+    },
+    Al {
+        seq: u64,
+        extents: Vec<u32>,
+    },
+    Bitmap {
+        first_word: u64,
+        words: Vec<u64>,
+    },
 }
 
 pub(crate) struct MetaWriter {
@@ -35,10 +45,15 @@ impl MetaWriter {
                 let _g = span.enter();
                 for (token, op) in rx {
                     let r = match op {
-                        MetaOp::Super { gens, flags } => {
+                        MetaOp::Super {
+                            gens,
+                            flags,
+                            promoted_at_ms,
+                        } => {
                             let mut sb = md.superblock().clone();
                             sb.generations = gens;
                             sb.flags = flags;
+                            sb.promoted_at_ms = promoted_at_ms;
                             md.write_superblock(&mut sb)
                         }
                         MetaOp::Al { seq, extents } => md.write_al(seq, &extents),

@@ -206,7 +206,7 @@ impl Node {
                 in_sync,
             } => self.on_verify_reply(id, offset, len, in_sync),
             Message::OutOfSync { offset, len } => self.bitmap.set_range(offset, u64::from(len)),
-            Message::Hello(_) | Message::Auth { .. } => {
+            Message::Hello(_) | Message::Auth { .. } | Message::PromotedAt { .. } => {
                 self.protocol_error("handshake message on an established connection");
             }
             Message::Disconnect { .. } => {}

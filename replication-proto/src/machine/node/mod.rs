@@ -9,7 +9,7 @@
 //! and the named parts of the state), `output` (sends, metadata writes,
 //! errors), `suspend`, `admin` (commands and roles), `connection`,
 //! `handshake`, `fence` (fencing the peer), `resync`, `pause` (pause-sync), `skip_sync` (new-current-uuid
-//! --clear-bitmap), `verify`, `app`
+//! --clear-bitmap), `promotion` (when it became Primary), `verify`, `app`
 //! (application I/O on the Primary and its replication), `secondary` (the peer's writes), `completions`
 //! (local operations finishing) and `timers`.
 
@@ -49,6 +49,7 @@ mod fence;
 mod handshake;
 mod output;
 mod pause;
+mod promotion;
 mod reconfigure;
 pub use reconfigure::Applies;
 mod resync;
@@ -152,6 +153,8 @@ pub struct Node {
     fence: fence::Fence,
     /// Protocol and secret for the next connection (`reconfigure.rs`).
     next_connection: Option<(crate::wire::Protocol, Vec<u8>)>,
+    /// When this node last became Primary (`promotion.rs`).
+    promotion: promotion::Promotion,
 }
 
 /// How long an error stays in status after its condition is gone.
@@ -203,6 +206,7 @@ impl Node {
             last_verify: None,
             fence: fence::Fence::default(),
             next_connection: None,
+            promotion: promotion::Promotion::new(p.promoted_at_ms),
             cfg,
         };
         n.persist_super(false);

@@ -59,6 +59,7 @@ impl Node {
             token,
             gens: self.gens,
             flags: self.flags,
+            promoted_at_ms: self.promotion.at_ms,
         });
     }
 

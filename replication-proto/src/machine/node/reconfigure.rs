@@ -110,6 +110,7 @@ mod tests {
             bitmap: vec![0; 32],
             al_seq: 0,
             al_extents: vec![],
+            promoted_at_ms: 0,
         };
         Node::new(cfg(), p, Millis::ZERO, 1)
     }

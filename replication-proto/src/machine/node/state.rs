@@ -228,6 +228,8 @@ pub(super) struct PeerInfo {
     pub(super) hello: Hello,
     pub(super) role: Role,
     pub(super) disk: DiskState,
+    /// The peer's `PromotedAt` (0 until it comes, or from an older peer).
+    pub(super) promoted_at_ms: u64,
 }
 
 #[derive(Debug)]

@@ -30,6 +30,9 @@ pub(super) const T_SYNC_DONE: u8 = 23;
 pub(super) const T_DISCONNECT: u8 = 24;
 pub(super) const T_START_SYNC: u8 = 25;
 pub(super) const T_SKIP_SYNC: u8 = 26;
+/// Numbered apart from the run above: other message types being added at the
+/// same time take the next free numbers.
+pub(super) const T_PROMOTED_AT: u8 = 40;
 
 /// Name of a message type code, `None` if this build does not know it.
 pub(super) fn type_name(ty: u8) -> Option<&'static str> {
@@ -60,6 +63,7 @@ pub(super) fn type_name(ty: u8) -> Option<&'static str> {
         T_DISCONNECT => "Disconnect",
         T_START_SYNC => "StartSync",
         T_SKIP_SYNC => "SkipSync",
+        T_PROMOTED_AT => "PromotedAt",
         _ => return None,
     })
 }
@@ -92,6 +96,7 @@ pub(super) fn type_code(msg: &Message) -> u8 {
         Message::Disconnect { .. } => T_DISCONNECT,
         Message::StartSync { .. } => T_START_SYNC,
         Message::SkipSync { .. } => T_SKIP_SYNC,
+        Message::PromotedAt { .. } => T_PROMOTED_AT,
     }
 }
 

@@ -69,6 +69,7 @@
 //! |   24 | Disconnect      | reason u8, message str                                      |
 //! |   25 | StartSync       | sender_is_source bool, full bool                            |
 //! |   26 | SkipSync        | gens (only to a peer with the SKIP_SYNC feature)            |
+//! |   40 | PromotedAt      | at_ms u64 (handshake, only to a peer with PROMOTED_AT)      |
 //!
 //! `Data` flags are [`data_flags`](super::data_flags); unknown bits are an error. Without TRIM or
 //! ZEROES the data must be exactly `len` bytes; with either of them it must be
