@@ -142,6 +142,11 @@ pub enum Event {
     FenceDone {
         exit: Option<i32>,
     },
+    /// The before-resync-target handler ([`Hook::BeforeResyncTarget`])
+    /// ended: `ok` when it exited 0.
+    BeforeResyncTargetDone {
+        ok: bool,
+    },
 }
 
 /// Hooks the driver runs on the node's behalf (DRBD's handlers).
@@ -166,6 +171,11 @@ pub enum Hook {
     /// A resync as SyncTarget finished: this node is UpToDate again
     /// (DRBD's `after-resync-target`).
     AfterResyncTarget,
+    /// A resync as SyncTarget is about to start (bitmaps exchanged, the
+    /// source's generation taken and persisted, nothing requested yet):
+    /// answered by [`Event::BeforeResyncTargetDone`]. Asked only of a node
+    /// told it runs the handler (`Node::set_before_resync_target`).
+    BeforeResyncTarget,
 }
 
 /// An output of [`crate::machine::Node::poll_action`], to carry out in the

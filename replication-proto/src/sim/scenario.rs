@@ -59,6 +59,9 @@ pub struct Scenario {
     pub kind: Kind,
     /// SplitBrain runs: how they recover.
     pub sb_auto: SbAuto,
+    /// Both nodes run a before-resync-target handler (which sometimes
+    /// fails: the resync then waits for the next connection).
+    pub before_target: bool,
     pub protocol: Protocol,
     pub csums: bool,
     pub failover: bool,
@@ -197,6 +200,7 @@ impl Scenario {
             1 => SbAuto::Younger,
             _ => SbAuto::Older,
         };
+        let before_target = ChaCha8Rng::seed_from_u64(seed ^ 0xb4_7a6e).gen_bool(0.5);
         let resync_rate = if crash_sync_source {
             x.gen_range(8u64..48) << 20
         } else {
@@ -205,6 +209,7 @@ impl Scenario {
         Self {
             kind,
             sb_auto,
+            before_target,
             protocol,
             csums,
             failover,

@@ -74,6 +74,12 @@ pub(super) enum Ev {
     Reconnect(usize),
     /// Power loss at an arbitrary moment, not on a step boundary.
     Crash(usize),
+    /// The before-resync-target handler of node `node` ended.
+    BeforeTargetDone {
+        node: usize,
+        inc: u64,
+        ok: bool,
+    },
     /// The fence-peer handler of node `node` (incarnation `inc`) ended.
     FenceDone {
         node: usize,
@@ -201,6 +207,7 @@ pub fn slow_link_resync(bytes_per_ms: u64, ping_conn: bool) -> (SimReport, Resul
     let sc = Scenario {
         kind: Kind::Network,
         sb_auto: super::scenario::SbAuto::Manual,
+        before_target: false,
         protocol: Protocol::C,
         csums: false,
         failover: false,
@@ -427,6 +434,11 @@ impl World {
             Ev::FenceDone { node, inc, exit } => {
                 if self.nodes[node].inc == inc && self.nodes[node].node.is_some() {
                     self.feed(node, Event::FenceDone { exit });
+                }
+            }
+            Ev::BeforeTargetDone { node, inc, ok } => {
+                if self.nodes[node].inc == inc && self.nodes[node].node.is_some() {
+                    self.feed(node, Event::BeforeResyncTargetDone { ok });
                 }
             }
             Ev::Step => return self.step(end),

@@ -400,6 +400,8 @@ pub fn start(
             tx: tx.clone(),
         },
     };
+    let before_target = runner.handlers.runs_before_resync_target();
+    runner.node.set_before_resync_target(before_target);
     runner.first_commands(cfg, opts, state.crashed_primary);
     runner.publish_events();
     drop(_g);
@@ -721,6 +723,10 @@ impl Runner {
                 self.handlers.record(kind, exit, timed_out);
                 if kind == handlers::Kind::FencePeer {
                     self.node.handle(now, Event::FenceDone { exit });
+                }
+                if kind == handlers::Kind::BeforeResyncTarget {
+                    let ok = exit == Some(0);
+                    self.node.handle(now, Event::BeforeResyncTargetDone { ok });
                 }
             }
         }

@@ -10,7 +10,8 @@
 //! errors), `suspend`, `admin` (commands and roles), `connection`,
 //! `handshake`, `fence` (fencing the peer), `resync`, `pause` (pause-sync), `skip_sync` (new-current-uuid
 //! --clear-bitmap), `promotion` (when it became Primary), `verify`, `app`
-//! (application I/O on the Primary and its replication), `secondary` (the peer's writes), `completions`
+//! (application I/O on the Primary and its replication), `before_target`
+//! (the before-resync-target handler), `secondary` (the peer's writes), `completions`
 //! (local operations finishing) and `timers`.
 
 use std::collections::{HashMap, VecDeque};
@@ -42,6 +43,7 @@ const BITMAP_RUNS_PER_FRAME: usize = 4096;
 
 mod admin;
 mod app;
+mod before_target;
 mod completions;
 mod connection;
 mod errors;
@@ -155,6 +157,8 @@ pub struct Node {
     next_connection: Option<(crate::wire::Protocol, Vec<u8>)>,
     /// When this node last became Primary (`promotion.rs`).
     promotion: promotion::Promotion,
+    /// The before-resync-target handler (`before_target.rs`).
+    before_target: before_target::BeforeTarget,
 }
 
 /// How long an error stays in status after its condition is gone.
@@ -207,6 +211,7 @@ impl Node {
             fence: fence::Fence::default(),
             next_connection: None,
             promotion: promotion::Promotion::new(p.promoted_at_ms),
+            before_target: before_target::BeforeTarget::default(),
             cfg,
         };
         n.persist_super(false);
@@ -442,6 +447,7 @@ impl Node {
             Event::MetaDone { token, result } => self.meta_done(token, result),
             Event::Tick => self.tick(),
             Event::FenceDone { exit } => self.fence_done(exit),
+            Event::BeforeResyncTargetDone { ok } => self.before_resync_target_done(ok),
         }
         self.maybe_resume();
         self.maybe_unfence();

@@ -146,7 +146,7 @@ pub(super) enum SyncPhase {
     Exchanging(BitmapReceiver),
     /// Target: metadata writes (the resync's bitmap) to land before the
     /// first request: a crash mid-sync must resume, never pass for
-    /// consistent.
+    /// consistent; and the before-resync-target handler, if one runs.
     Persisting { pending: u32 },
     /// Requests flow (verify starts here).
     Running,
@@ -216,7 +216,7 @@ impl Sync {
         match &mut self.phase {
             SyncPhase::Persisting { pending } if *pending > 1 => *pending -= 1,
             SyncPhase::Persisting { .. } => self.phase = SyncPhase::Running,
-            _ => debug_assert!(false, "resync bitmap not counted"),
+            _ => debug_assert!(false, "resync bitmap or handler not counted"),
         }
     }
 }
