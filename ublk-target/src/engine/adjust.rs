@@ -122,7 +122,7 @@ pub(super) fn plan(old: &Config, new: &Config) -> Plan {
         "net.fencing",
         o.net.fencing.to_string(),
         n.net.fencing.to_string(),
-        Never,
+        Now,
     );
     p.note(
         "sync.rate",
