@@ -419,12 +419,17 @@ fn verify_finds_and_repair_fixes_divergence() {
     p.s[1].disk.insert(3, Bytes::from(vec![0xee; 4096]));
     p.admin(0, Admin::Verb(Verb::Verify { repair: false }))
         .unwrap();
-    let st = p.s[0].node.status();
-    assert_eq!(
-        st.stats.traffic.verify_out_of_sync_bytes,
-        128 * 1024,
-        "whole verify chunk flagged: {st:?}"
-    );
+    // The 128 KiB chunk differed; compared again block by block, only the
+    // damaged 4 KiB block is flagged, on both sides, and counted once.
+    for i in 0..2 {
+        let st = p.s[i].node.status();
+        assert_eq!(
+            st.stats.traffic.verify_out_of_sync_bytes, 4096,
+            "only the 4 KiB block flagged: {st:?}"
+        );
+        assert_eq!(st.out_of_sync_bytes, 4096, "{st:?}");
+        assert_eq!(st.stats.traffic.verified_bytes, SIZE, "{st:?}");
+    }
     assert_ne!(p.read_local(0, 0, 65536), p.read_local(1, 0, 65536));
     p.admin(0, Admin::Verb(Verb::Verify { repair: true }))
         .unwrap();

@@ -181,6 +181,11 @@ pub(super) struct Sync {
     pub(super) total_bytes: u64,
     pub(super) tokens: u64,
     pub(super) last_refill: Millis,
+    /// Verify source: 4 KiB blocks of chunks that differed, still to be
+    /// compared one by one (`verify.rs`), and the requests for them in
+    /// flight.
+    pub(super) refine: Vec<Span>,
+    pub(super) refining: std::collections::HashSet<u64>,
 }
 
 impl Sync {
@@ -203,6 +208,8 @@ impl Sync {
             total_bytes,
             tokens: 0,
             last_refill: now,
+            refine: Vec::new(),
+            refining: std::collections::HashSet::new(),
         }
     }
 
