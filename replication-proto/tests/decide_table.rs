@@ -28,6 +28,7 @@ fn view<'a>(node: &'a str, c: u64, b: u64, h: [u64; 2]) -> View<'a> {
         disk: DiskState::UpToDate,
         dirty_bits: 0,
         discard_my_data: false,
+        promoted_at_ms: 0,
     }
 }
 
@@ -167,7 +168,7 @@ fn an_inconsistent_source_is_no_good_data() {
     ));
 }
 
-type Arb = (u64, u64, [u64; 2], u8, u8, u64, bool, bool, bool);
+type Arb = (u64, u64, [u64; 2], u8, u8, u64, bool, bool, bool, u64);
 
 fn arb_view() -> impl Strategy<Value = Arb> {
     // Small UUID alphabet so the interesting equalities happen often.
@@ -182,6 +183,7 @@ fn arb_view() -> impl Strategy<Value = Arb> {
         any::<bool>(),
         any::<bool>(),
         any::<bool>(),
+        0u64..3,
     )
 }
 
@@ -209,6 +211,7 @@ fn mk<'a>(node: &'a str, v: &Arb) -> View<'a> {
         ][usize::from(v.4)],
         dirty_bits: v.5,
         discard_my_data: v.7,
+        promoted_at_ms: v.9,
     }
 }
 
@@ -225,10 +228,11 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(4000))]
     /// Both nodes decide independently; their answers must mirror each other.
     #[test]
-    fn decisions_mirror(a in arb_view(), b in arb_view(), p0 in 0u8..4, p1 in 0u8..4) {
+    fn decisions_mirror(a in arb_view(), b in arb_view(), p0 in 0u8..6, p1 in 0u8..4) {
         let pol = SplitBrainPolicy {
             after_sb_0pri: match p0 { 0 => AfterSb0::Disconnect, 1 => AfterSb0::DiscardZeroChanges,
-                                      2 => AfterSb0::DiscardLeastChanges, _ => AfterSb0::DiscardNode("beta".into()) },
+                                      2 => AfterSb0::DiscardLeastChanges, 3 => AfterSb0::DiscardYoungerPrimary,
+                                      4 => AfterSb0::DiscardOlderPrimary, _ => AfterSb0::DiscardNode("beta".into()) },
             after_sb_1pri: match p1 { 0 => AfterSb1::Disconnect, 1 => AfterSb1::Consensus,
                                       2 => AfterSb1::DiscardSecondary, _ => AfterSb1::CallPriLostAfterSb },
             ..SplitBrainPolicy::default()
@@ -282,6 +286,57 @@ fn a_frozen_primary_that_acknowledged_nothing_alone_rejoins_as_target() {
     b.flags.set(MetaFlags::UNACKED_GEN, false);
     assert!(matches!(
         decide(&a, &b, &pol()),
+        Decision::SplitBrain { .. }
+    ));
+}
+
+/// discard-younger-primary discards the node promoted last, older the one
+/// promoted first; promotion times that do not tell fall through to
+/// discard-least-changes, as in DRBD.
+#[test]
+fn younger_and_older_primary_go_by_promotion_time() {
+    // A split brain (rule 90), both Secondary again at connect time.
+    let mut a = view("alpha", 0x20, 0x10, [0, 0]);
+    let mut b = view("beta", 0x30, 0x10, [0, 0]);
+    a.dirty_bits = 5;
+    b.dirty_bits = 9;
+    a.promoted_at_ms = 1_000;
+    b.promoted_at_ms = 2_000;
+    let younger = SplitBrainPolicy {
+        after_sb_0pri: AfterSb0::DiscardYoungerPrimary,
+        ..pol()
+    };
+    let older = SplitBrainPolicy {
+        after_sb_0pri: AfterSb0::DiscardOlderPrimary,
+        ..pol()
+    };
+    let src = |d: Decision| match d {
+        Decision::SplitBrainResolved { i_am_source, how } => (i_am_source, how),
+        other => panic!("not resolved: {other:?}"),
+    };
+    // beta became Primary later: younger discards beta, older alpha.
+    assert!(src(decide(&a, &b, &younger)).0);
+    assert!(!src(decide(&b, &a, &younger)).0);
+    assert!(!src(decide(&a, &b, &older)).0);
+    assert!(src(decide(&b, &a, &older)).0);
+    // Unknown on one side: discard-least-changes (alpha changed less).
+    b.promoted_at_ms = 0;
+    let (i_am_source, how) = src(decide(&a, &b, &younger));
+    assert!(!i_am_source, "{how}");
+    assert!(how.contains("discard-least-changes"), "{how}");
+    // One Primary under after-sb-1pri consensus: the younger Secondary loses.
+    b.promoted_at_ms = 2_000;
+    a.role = Role::Primary;
+    let consensus = SplitBrainPolicy {
+        after_sb_1pri: AfterSb1::Consensus,
+        ..younger
+    };
+    assert!(src(decide(&a, &b, &consensus)).0);
+    // A younger Primary is never discarded: consensus disconnects.
+    a.role = Role::Secondary;
+    b.role = Role::Primary;
+    assert!(matches!(
+        decide(&a, &b, &consensus),
         Decision::SplitBrain { .. }
     ));
 }

@@ -76,6 +76,7 @@ fn fresh() -> Persisted {
         bitmap: vec![0; (SIZE / 4096 / 64) as usize],
         al_seq: 0,
         al_extents: vec![],
+        promoted_at_ms: 0,
     }
 }
 
@@ -529,12 +530,17 @@ fn verify_finds_and_repair_fixes_divergence() {
     p.s[1].disk.insert(3, Bytes::from(vec![0xee; 4096]));
     p.admin(0, Admin::Verb(Verb::Verify { repair: false }))
         .unwrap();
-    let st = p.s[0].node.status();
-    assert_eq!(
-        st.stats.traffic.verify_out_of_sync_bytes,
-        128 * 1024,
-        "whole verify chunk flagged: {st:?}"
-    );
+    // The 128 KiB chunk differed; compared again block by block, only the
+    // damaged 4 KiB block is flagged, on both sides, and counted once.
+    for i in 0..2 {
+        let st = p.s[i].node.status();
+        assert_eq!(
+            st.stats.traffic.verify_out_of_sync_bytes, 4096,
+            "only the 4 KiB block flagged: {st:?}"
+        );
+        assert_eq!(st.out_of_sync_bytes, 4096, "{st:?}");
+        assert_eq!(st.stats.traffic.verified_bytes, SIZE, "{st:?}");
+    }
     assert_ne!(p.read_local(0, 0, 65536), p.read_local(1, 0, 65536));
     p.admin(0, Admin::Verb(Verb::Verify { repair: true }))
         .unwrap();
@@ -994,6 +1000,7 @@ impl Pair {
             bitmap: n.bitmap_words().to_vec(),
             al_seq: 1,
             al_extents: al,
+            promoted_at_ms: 0,
         };
         let cfg = n.config().clone();
         self.s[i].node = Node::new(cfg, p, self.now, 10 + i as u64);
@@ -1447,6 +1454,7 @@ fn unflushed_writes_marked_at_down_are_resynced_on_the_next_connection() {
         bitmap: p.s[0].node.bitmap_words().to_vec(),
         al_seq: 0,
         al_extents: vec![],
+        promoted_at_ms: 0,
     };
     p.s[0].node = Node::new(cfg("alpha", "beta"), persisted, p.now, 9);
     p.admin(
@@ -2012,6 +2020,7 @@ impl Pair {
             bitmap: n.bitmap_words().to_vec(),
             al_seq: 0,
             al_extents: vec![],
+            promoted_at_ms: 0,
         }
     }
 

@@ -207,6 +207,7 @@ fn message() -> impl Strategy<Value = Message> {
             data_bytes,
             message
         }),
+        any::<u64>().prop_map(|at_ms| Message::PromotedAt { at_ms }),
         bitmap_msg(),
         range().prop_map(|(id, offset, len)| Message::ResyncRequest { id, offset, len }),
         (range(), any::<u32>()).prop_map(|((id, offset, len), digest)| {

@@ -159,3 +159,51 @@ fn ping_ups(c: &Cluster, i: usize) -> usize {
         .matches("ping connection up")
         .count()
 }
+
+/// `[net] fencing` changes on a running node: adjusted from dont-care to
+/// resource-only (with a fence-peer handler), the Primary runs the handler
+/// the next time it loses its peer, and status shows the new policy.
+#[test]
+fn adjust_changes_fencing_on_a_running_node() {
+    let c = Cluster::new(Opts {
+        disk_mib: 16,
+        ..Opts::default()
+    });
+    c.up(0);
+    c.up(1);
+    c.ok(0, &["primary", "--force"]);
+    c.wait_synced(60);
+    let fenced = c.dir.path().join("fenced");
+    edit(
+        &c,
+        "ko-count = 4\n",
+        "ko-count = 4\nfencing = \"resource-only\"\n",
+    );
+    let text = std::fs::read_to_string(&c.config[0]).unwrap()
+        + &format!(
+            "[handlers]\nfence-peer = \"/bin/sh -c 'echo $REP_NODE >> {}; exit 4'\"\n",
+            fenced.display()
+        );
+    std::fs::write(&c.config[0], text).unwrap();
+    for o in adjust_both(&c) {
+        assert!(
+            o.contains("r0: net.fencing dont-care -> resource-only (now)"),
+            "{o}"
+        );
+    }
+    let text = c.ok(0, &["status"]);
+    assert!(text.contains("fencing resource-only"), "{text}");
+    c.kill9(1);
+    let t0 = Instant::now();
+    while std::fs::read_to_string(&fenced).unwrap_or_default() != "alpha\n" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "alpha ran no fence-peer handler after losing beta:\n{}",
+            c.log_tail(0)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.wait(0, "the peer fenced", 20, |s| {
+        s["fencing"]["peer_fenced"] == true
+    });
+}

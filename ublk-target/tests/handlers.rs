@@ -267,3 +267,75 @@ fn after_resync_target_and_local_io_error_run_when_drbd_runs_them() {
         calls(&c)
     );
 }
+
+/// beta, the initial sync's target, runs before-resync-target before the
+/// first block moves. While the handler fails (a marker file stands for a
+/// snapshot that cannot be made) the resync does not start: beta drops the
+/// connection and stays StandAlone with everything still out of sync. Once
+/// it succeeds, `repctl connect` runs it again and the resync completes
+/// (after-resync-target then follows it).
+#[test]
+fn before_resync_target_holds_the_resync_and_its_failure_drops_the_connection() {
+    tools();
+    let c = Cluster::new(Opts {
+        disk_mib: 16,
+        ..Opts::default()
+    });
+    let rec = recorder(c.dir.path());
+    let fail = c.dir.path().join("fail");
+    std::fs::write(&fail, "").unwrap();
+    let text = std::fs::read_to_string(&c.config[0]).unwrap()
+        + &format!(
+            "[handlers]\nbefore-resync-target = \"{rec} before-resync-target && test ! -e {}\"\n\
+             after-resync-target = \"{rec} after-resync-target\"\n",
+            fail.display()
+        );
+    std::fs::write(&c.config[0], text).unwrap();
+    c.up(0);
+    c.up(1);
+    c.ok(0, &["primary", "--force"]);
+    wait_call(&c, "before-resync-target beta r0 alpha 1", 20);
+    let st = c.wait(1, "StandAlone after the failed handler", 20, |s| {
+        s["connection"] == "StandAlone"
+    });
+    assert_eq!(st["disk"], "Inconsistent", "{st:#}");
+    assert_eq!(
+        st["out_of_sync_bytes"].as_u64(),
+        Some(c.data_bytes(1)),
+        "blocks moved before the handler said yes: {st:#}"
+    );
+    assert!(
+        st["handlers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["name"] == "before-resync-target" && h["exit"] == 1),
+        "{st:#}"
+    );
+    let env = std::fs::read_to_string(c.dir.path().join("before-resync-target.beta.env")).unwrap();
+    for want in [
+        "DRBD_RESOURCE=r0",
+        "DRBD_PEER=alpha",
+        "REP_HANDLER=before-resync-target",
+    ] {
+        assert!(env.lines().any(|l| l == want), "{want} not in\n{env}");
+    }
+    std::fs::remove_file(&fail).unwrap();
+    c.ok(1, &["connect"]);
+    c.wait_synced(60);
+    wait_call(&c, "after-resync-target beta r0 alpha 1", 20);
+    let runs: Vec<String> = calls(&c)
+        .into_iter()
+        .filter(|l| l.contains("resync-target"))
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            "before-resync-target beta r0 alpha 1",
+            "before-resync-target beta r0 alpha 1",
+            "after-resync-target beta r0 alpha 1",
+        ],
+        "alpha, the source, runs neither"
+    );
+    c.assert_identical();
+}

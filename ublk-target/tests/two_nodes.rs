@@ -402,11 +402,22 @@ fn verify_finds_and_repairs_a_corrupted_block() {
         String::from_utf8_lossy(&o.stderr).contains("verify --repair"),
         "{o:?}"
     );
-    let st = c.status(0);
-    assert!(
-        st["stats"]["verify_out_of_sync_bytes"].as_u64().unwrap() > 0,
-        "{st:#}"
-    );
+    // At 4 KiB resolution: just the damaged block, on both nodes, named
+    // (start, length in bytes) in both logs.
+    for i in 0..2 {
+        let st = c.status(i);
+        assert_eq!(
+            st["stats"]["verify_out_of_sync_bytes"].as_u64(),
+            Some(4096),
+            "{st:#}"
+        );
+        let log = std::fs::read_to_string(c.run_dir.join(format!("r0.{}.log", common::NODES[i])))
+            .unwrap();
+        assert!(
+            log.contains("verify: range out of sync start=1048576 len_bytes=4096"),
+            "{log}"
+        );
+    }
     let out = c.ok(0, &["verify", "--repair"]);
     println!("{out}");
     c.wait_synced(30);

@@ -20,6 +20,11 @@ pub enum AfterSb0 {
     DiscardLeastChanges,
     /// Discard the data of the named node.
     DiscardNode(String),
+    /// Discard the data of the node that became Primary last (DRBD's
+    /// `discard-younger-primary`: the Primary from before the split wins).
+    DiscardYoungerPrimary,
+    /// Discard the data of the node that became Primary first.
+    DiscardOlderPrimary,
 }
 
 /// What after-sb-1pri may do (one node is Primary).
@@ -68,6 +73,9 @@ pub struct View<'a> {
     pub disk: DiskState,
     pub dirty_bits: u64,
     pub discard_my_data: bool,
+    /// When the node last became Primary (wall-clock ms since the epoch;
+    /// 0: never, or a peer too old to say).
+    pub promoted_at_ms: u64,
 }
 
 /// The outcome, from the point of view of the first argument.
@@ -385,7 +393,32 @@ fn sb0(me: &View<'_>, peer: &View<'_>, p: &AfterSb0) -> Option<(bool, String)> {
                 None
             }
         }
+        AfterSb0::DiscardYoungerPrimary => by_promotion(me, peer, true),
+        AfterSb0::DiscardOlderPrimary => by_promotion(me, peer, false),
     }
+}
+
+/// discard-younger-primary (`younger`) or discard-older-primary: the loser
+/// by when each node last became Primary. When that does not tell (a side
+/// never promoted or too old to say, or the same millisecond), DRBD falls
+/// through to discard-least-changes: so does this, and says so.
+fn by_promotion(me: &View<'_>, peer: &View<'_>, younger: bool) -> Option<(bool, String)> {
+    let name = if younger {
+        "discard-younger-primary"
+    } else {
+        "discard-older-primary"
+    };
+    let (m, p) = (me.promoted_at_ms, peer.promoted_at_ms);
+    if m == 0 || p == 0 || m == p {
+        let (me_loses, how) = sb0(me, peer, &AfterSb0::DiscardLeastChanges)?;
+        return Some((
+            me_loses,
+            format!("{name} (the promotion times do not tell: {how})"),
+        ));
+    }
+    // The younger Primary became Primary later.
+    let me_loses = (m > p) == younger;
+    Some((me_loses, name.into()))
 }
 
 /// A split brain (rule 90 without a side that changed nothing), resolved

@@ -68,6 +68,9 @@ pub struct Persisted {
     pub bitmap: Vec<u64>,
     pub al_seq: u64,
     pub al_extents: Vec<u32>,
+    /// When the node last became Primary (wall-clock ms, 0: never or
+    /// metadata written before this was kept).
+    pub promoted_at_ms: u64,
 }
 
 /// Connection states, with DRBD's names.
@@ -148,6 +151,11 @@ pub enum Event {
     GrowDone {
         result: Result<Grown, String>,
     },
+    /// The before-resync-target handler ([`Hook::BeforeResyncTarget`])
+    /// ended: `ok` when it exited 0.
+    BeforeResyncTargetDone {
+        ok: bool,
+    },
 }
 
 /// What a grow of the local metadata did ([`Event::GrowDone`]).
@@ -180,6 +188,11 @@ pub enum Hook {
     /// A resync as SyncTarget finished: this node is UpToDate again
     /// (DRBD's `after-resync-target`).
     AfterResyncTarget,
+    /// A resync as SyncTarget is about to start (bitmaps exchanged, the
+    /// source's generation taken and persisted, nothing requested yet):
+    /// answered by [`Event::BeforeResyncTargetDone`]. Asked only of a node
+    /// told it runs the handler (`Node::set_before_resync_target`).
+    BeforeResyncTarget,
 }
 
 /// An output of [`crate::machine::Node::poll_action`], to carry out in the
@@ -213,6 +226,8 @@ pub enum Action {
         token: MetaToken,
         gens: Generations,
         flags: MetaFlags,
+        /// When the node last became Primary (wall-clock ms, 0: never).
+        promoted_at_ms: u64,
     },
     WriteAl {
         token: MetaToken,

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::oracle::tag_of;
-use super::scenario::Kind;
+use super::scenario::{Kind, SbAuto};
 use super::world::World;
 use crate::machine::{Admin, ConnState, Node, Verb};
 use crate::wire::{DiskState, Role};
@@ -130,6 +130,9 @@ impl World {
             return Ok(());
         }
         self.report.split_brains += 1;
+        if let Some(loser) = self.policy_loser() {
+            return self.resolve_by_policy(loser);
+        }
         let victim = self.victim.unwrap_or(1);
         let s = format!(
             "split brain detected on both; {} discards its data",
@@ -153,6 +156,53 @@ impl World {
                 discard_my_data: false,
             }),
         );
+        self.sb_phase = 3;
+        Ok(())
+    }
+
+    /// Under discard-younger-primary / discard-older-primary, the node the
+    /// policy must discard, by the promotion times the nodes keep; `None`
+    /// for the manual runs, and where the times do not tell (the policy
+    /// then falls back to discard-least-changes, which the unit tests
+    /// cover): those recover by hand.
+    fn policy_loser(&self) -> Option<usize> {
+        let at = |i: usize| self.nodes[i].node.as_ref().map_or(0, Node::promoted_at_ms);
+        let (a, b) = (at(0), at(1));
+        if a == 0 || b == 0 || a == b {
+            return None;
+        }
+        let younger = usize::from(b > a);
+        match self.sc.sb_auto {
+            SbAuto::Manual => None,
+            SbAuto::Younger => Some(younger),
+            SbAuto::Older => Some(1 - younger),
+        }
+    }
+
+    /// Both demoted and connected again: the handshake (no Primary, after-sb-0pri)
+    /// must resolve the split brain with `loser` as the target. Checked by
+    /// the data: the oracle lets only the loser's own writes be lost.
+    fn resolve_by_policy(&mut self, loser: usize) -> Result<(), String> {
+        let s = format!(
+            "split brain detected on both; both demoted and reconnected: {:?} must discard {}",
+            self.sc.sb_auto,
+            self.name(loser)
+        );
+        self.log(s);
+        self.oracle.discard_node_unprotected(loser);
+        for i in 0..2 {
+            if !self.admin(i, Admin::Verb(Verb::Secondary)) {
+                return Err(format!("{} could not be demoted", self.name(i)));
+            }
+        }
+        for i in 0..2 {
+            self.admin(
+                i,
+                Admin::Verb(Verb::Connect {
+                    discard_my_data: false,
+                }),
+            );
+        }
         self.sb_phase = 3;
         Ok(())
     }

@@ -116,6 +116,7 @@ pub struct SimMeta {
     pub bitmap: Vec<u64>,
     pub al_seq: u64,
     pub al_extents: Vec<u32>,
+    pub promoted_at_ms: u64,
 }
 
 impl SimMeta {
@@ -126,6 +127,7 @@ impl SimMeta {
             bitmap: vec![0; nbits.div_ceil(64) as usize],
             al_seq: 0,
             al_extents: Vec::new(),
+            promoted_at_ms: 0,
         }
     }
 
@@ -136,6 +138,7 @@ impl SimMeta {
             bitmap: self.bitmap.clone(),
             al_seq: self.al_seq,
             al_extents: self.al_extents.clone(),
+            promoted_at_ms: self.promoted_at_ms,
         }
     }
 

@@ -156,9 +156,10 @@ impl World {
         for (_, m) in applied {
             let meta = &mut self.nodes[i].meta;
             match m {
-                MetaW::Super(g, f) => {
+                MetaW::Super(g, f, p) => {
                     meta.gens = g;
                     meta.flags = f;
+                    meta.promoted_at_ms = p;
                 }
                 MetaW::Al(s, e) => {
                     meta.al_seq = s;

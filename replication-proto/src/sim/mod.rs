@@ -45,5 +45,5 @@ mod scenario;
 mod world;
 
 pub use crate::simkit::Violation;
-pub use scenario::{Kind, Link, Rates, Scenario};
+pub use scenario::{Kind, Link, Rates, SbAuto, Scenario};
 pub use world::{run, run_resuming, slow_link_resync, SimReport};

@@ -33,7 +33,9 @@ impl World {
         self.nodes[i].next_tick = None;
         let _span = tracing::info_span!("node", name = %self.cfgs[i].node).entered();
         let now = Millis(self.now / MS);
-        self.nodes[i].node = Some(Node::new(self.cfgs[i].clone(), p, now, seed));
+        let mut node = Node::new(self.cfgs[i].clone(), p, now, seed);
+        node.set_before_resync_target(self.sc.before_target);
+        self.nodes[i].node = Some(node);
         self.drain(i);
     }
 
@@ -107,9 +109,12 @@ impl World {
                 let t = self.now + self.lat(50, self.sc.rates.flush_us);
                 self.disk_io(i, t, token, IoOp::Flush);
             }
-            Action::WriteSuper { token, gens, flags } => {
-                self.meta_push(i, token, MetaW::Super(gens, flags))
-            }
+            Action::WriteSuper {
+                token,
+                gens,
+                flags,
+                promoted_at_ms,
+            } => self.meta_push(i, token, MetaW::Super(gens, flags, promoted_at_ms)),
             Action::WriteAl {
                 token,
                 seq,
@@ -142,6 +147,9 @@ impl World {
                 if h == Hook::LocalIoError {
                     self.io_error_hook(i);
                 }
+                if h == Hook::BeforeResyncTarget {
+                    self.run_before_resync_target(i);
+                }
             }
         }
     }
@@ -164,6 +172,16 @@ impl World {
         let inc = self.nodes[i].inc;
         self.report.fences += 1;
         self.at(t, Ev::FenceDone { node: i, inc, exit });
+    }
+
+    /// The before-resync-target handler (a snapshot): it answers after 1
+    /// to 200 ms, failing one run in eight (the resync then does not start
+    /// and the node goes StandAlone until the settle phase connects it).
+    fn run_before_resync_target(&mut self, i: usize) {
+        let ok = self.rng.gen_range(0..8) != 0;
+        let t = self.now + self.lat(MS, 200 * MS);
+        let inc = self.nodes[i].inc;
+        self.at(t, Ev::BeforeTargetDone { node: i, inc, ok });
     }
 
     /// Node `i` closes its end: the peer hears of it after a while.
@@ -231,9 +249,10 @@ impl World {
         };
         let meta = &mut self.nodes[i].meta;
         match m {
-            MetaW::Super(g, f) => {
+            MetaW::Super(g, f, p) => {
                 meta.gens = g;
                 meta.flags = f;
+                meta.promoted_at_ms = p;
             }
             MetaW::Al(seq, e) => {
                 meta.al_seq = seq;

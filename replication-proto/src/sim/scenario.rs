@@ -4,7 +4,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::machine::{Fencing, NodeConfig, SplitBrainPolicy};
+use crate::machine::{AfterSb0, Fencing, NodeConfig, SplitBrainPolicy};
 use crate::simkit::rate_stream;
 use crate::wire::{features, Protocol};
 
@@ -17,8 +17,20 @@ pub enum Kind {
     /// One crash (power loss) of the Primary, then failover or restart.
     PrimaryCrash,
     /// Both promoted while partitioned: must be detected, then recovered
-    /// with discard-my-data.
+    /// with discard-my-data, or by after-sb-0pri (see [`SbAuto`]).
     SplitBrain,
+}
+
+/// How a split-brain run recovers once both nodes detected it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SbAuto {
+    /// The admin's `connect --discard-my-data` on the node promoted second.
+    Manual,
+    /// after-sb-0pri = discard-younger-primary: both demoted and connected
+    /// again, the node promoted last loses.
+    Younger,
+    /// after-sb-0pri = discard-older-primary: the node promoted first loses.
+    Older,
 }
 
 /// The link between the nodes.
@@ -45,6 +57,11 @@ impl Link {
 #[derive(Debug, Clone, Copy)]
 pub struct Scenario {
     pub kind: Kind,
+    /// SplitBrain runs: how they recover.
+    pub sb_auto: SbAuto,
+    /// Both nodes run a before-resync-target handler (which sometimes
+    /// fails: the resync then waits for the next connection).
+    pub before_target: bool,
     pub protocol: Protocol,
     pub csums: bool,
     pub failover: bool,
@@ -178,6 +195,14 @@ impl Scenario {
             2 => Fencing::ResourceOnly,
             _ => Fencing::ResourceAndStonith,
         };
+        // Its own stream: the seeds before this was added stay the same.
+        let sb_auto = match ChaCha8Rng::seed_from_u64(seed ^ 0x5b_a070).gen_range(0..3) {
+            _ if kind != Kind::SplitBrain => SbAuto::Manual,
+            0 => SbAuto::Manual,
+            1 => SbAuto::Younger,
+            _ => SbAuto::Older,
+        };
+        let before_target = ChaCha8Rng::seed_from_u64(seed ^ 0xb4_7a6e).gen_bool(0.5);
         let resync_rate = if crash_sync_source {
             x.gen_range(8u64..48) << 20
         } else {
@@ -185,6 +210,8 @@ impl Scenario {
         };
         Self {
             kind,
+            sb_auto,
+            before_target,
             protocol,
             csums,
             failover,
@@ -230,7 +257,14 @@ pub(super) fn cfg(name: &str, peer: &str, sc: &Scenario) -> NodeConfig {
         resync_rate: sc.resync_rate,
         csums: sc.csums,
         al_extents: sc.al_extents,
-        split_brain: SplitBrainPolicy::default(),
+        split_brain: SplitBrainPolicy {
+            after_sb_0pri: match sc.sb_auto {
+                SbAuto::Manual => AfterSb0::Disconnect,
+                SbAuto::Younger => AfterSb0::DiscardYoungerPrimary,
+                SbAuto::Older => AfterSb0::DiscardOlderPrimary,
+            },
+            ..SplitBrainPolicy::default()
+        },
         features: features::ALL,
         fencing: sc.fencing,
         on_io_error_detach: sc.detach,

@@ -80,6 +80,12 @@ pub(super) enum Ev {
     Reconnect(usize),
     /// Power loss at an arbitrary moment, not on a step boundary.
     Crash(usize),
+    /// The before-resync-target handler of node `node` ended.
+    BeforeTargetDone {
+        node: usize,
+        inc: u64,
+        ok: bool,
+    },
     /// The fence-peer handler of node `node` (incarnation `inc`) ended.
     FenceDone {
         node: usize,
@@ -105,7 +111,7 @@ pub(super) enum IoOp {
 
 #[derive(Debug)]
 pub(super) enum MetaW {
-    Super(crate::gen::Generations, crate::meta::MetaFlags),
+    Super(crate::gen::Generations, crate::meta::MetaFlags, u64),
     Al(u64, Vec<u32>),
     Bitmap(u64, Vec<u64>),
 }
@@ -213,6 +219,8 @@ pub fn run_resuming(seed: u64, trace: bool) -> Result<SimReport, Violation> {
 pub fn slow_link_resync(bytes_per_ms: u64, ping_conn: bool) -> (SimReport, Result<(), Violation>) {
     let sc = Scenario {
         kind: Kind::Network,
+        sb_auto: super::scenario::SbAuto::Manual,
+        before_target: false,
         protocol: Protocol::C,
         csums: false,
         failover: false,
@@ -446,6 +454,11 @@ impl World {
             Ev::FenceDone { node, inc, exit } => {
                 if self.nodes[node].inc == inc && self.nodes[node].node.is_some() {
                     self.feed(node, Event::FenceDone { exit });
+                }
+            }
+            Ev::BeforeTargetDone { node, inc, ok } => {
+                if self.nodes[node].inc == inc && self.nodes[node].node.is_some() {
+                    self.feed(node, Event::BeforeResyncTargetDone { ok });
                 }
             }
             Ev::Step => return self.step(end),

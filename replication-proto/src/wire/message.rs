@@ -51,14 +51,18 @@ pub mod features {
     pub const PING_CONN: u64 = 1 << 2;
     /// The peer understands `SkipSync` (`new-current-uuid --clear-bitmap`).
     pub const SKIP_SYNC: u64 = 1 << 3;
-    /// The peer understands `Resize`/`Resized` (`repctl resize`). Bit 8:
-    /// other features of the same session take the bits after 3.
+    /// The peer understands `Resize`/`Resized` (`repctl resize`). (Bits 6
+    /// and 7 are free: bit 8 was taken when it was written beside 4 and 5.)
     pub const RESIZE: u64 = 1 << 8;
     /// The peer serves remote reads (`ReadRequest`, `ReadReply`, `ReadNeg`)
     /// and knows a Diskless peer (`on-io-error = "detach"`, `repctl detach`).
     pub const REMOTE_READ: u64 = 1 << 4;
     /// Every feature this build knows.
-    pub const ALL: u64 = CSUM_RESYNC | TRIM | PING_CONN | SKIP_SYNC | REMOTE_READ | RESIZE;
+    pub const ALL: u64 =
+        CSUM_RESYNC | TRIM | PING_CONN | SKIP_SYNC | REMOTE_READ | PROMOTED_AT | RESIZE;
+    /// The peer sends `PromotedAt` during the handshake (the
+    /// discard-younger-primary / discard-older-primary policies).
+    pub const PROMOTED_AT: u64 = 1 << 5;
 }
 
 /// Flags of a replicated write.
@@ -285,6 +289,14 @@ pub enum Message {
         id: u64,
         offset: u64,
         len: u32,
+    },
+    /// When the sender last became Primary (wall-clock milliseconds since
+    /// the Unix epoch, 0 if never or unknown), for the after-sb policies
+    /// discard-younger-primary and discard-older-primary. Sent during the
+    /// handshake, between `Hello` and `Auth`, only to a peer with
+    /// [`features::PROMOTED_AT`].
+    PromotedAt {
+        at_ms: u64,
     },
     Disconnect {
         reason: DisconnectReason,

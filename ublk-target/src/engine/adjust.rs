@@ -122,7 +122,7 @@ pub(super) fn plan(old: &Config, new: &Config) -> Plan {
         "net.fencing",
         o.net.fencing.to_string(),
         n.net.fencing.to_string(),
-        Never,
+        Now,
     );
     p.note(
         "sync.rate",
@@ -266,6 +266,8 @@ impl Runner {
             if let Ok((m, peer)) = new.local(Some(&me)) {
                 let tx = self.running.tx.clone();
                 self.handlers = super::handlers::Runner::new(&new, m, peer, tx);
+                let before_target = self.handlers.runs_before_resync_target();
+                self.node.set_before_resync_target(before_target);
             }
         }
         for line in &p.applied {

@@ -9,6 +9,13 @@ fn ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Milliseconds since the Unix epoch now (0 on a clock before 1970).
+pub fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, ms)
+}
+
 /// The state machine's settings for `me` talking to `peer`. Errors name the
 /// setting that this build cannot honour.
 pub fn node_config(
@@ -23,14 +30,8 @@ pub fn node_config(
         AfterSb0Pri::DiscardZeroChanges => AfterSb0::DiscardZeroChanges,
         AfterSb0Pri::DiscardLeastChanges => AfterSb0::DiscardLeastChanges,
         AfterSb0Pri::DiscardNode(n) => AfterSb0::DiscardNode(n.clone()),
-        other @ (AfterSb0Pri::DiscardYoungerPrimary | AfterSb0Pri::DiscardOlderPrimary) => {
-            return Err(format!(
-                "{}: [split-brain] after-sb-0pri = \"{other}\" is not supported: the nodes keep no \
-                 common clock to tell which was Primary last; use disconnect, discard-zero-changes, \
-                 discard-least-changes or discard-node-NAME",
-                cfg.path.display()
-            ))
-        }
+        AfterSb0Pri::DiscardYoungerPrimary => AfterSb0::DiscardYoungerPrimary,
+        AfterSb0Pri::DiscardOlderPrimary => AfterSb0::DiscardOlderPrimary,
     };
     let after_sb_1pri = match sb.after_sb_1pri {
         AfterSb1Pri::Disconnect => AfterSb1::Disconnect,

@@ -1,5 +1,6 @@
 //! DRBD-style handlers (`[handlers]` in the resource file): the commands the
-//! state machine asks for ([`Hook::FencePeer`], [`Hook::UnfencePeer`]), run
+//! state machine asks for ([`Hook::FencePeer`], [`Hook::UnfencePeer`],
+//! [`Hook::BeforeResyncTarget`] ...), run
 //! each on a thread of its own with a deadline, so the engine never waits
 //! for one; the exit code comes back as an engine input (`HandlerDone`).
 //!
@@ -27,6 +28,7 @@ pub(crate) enum Kind {
     PriLostAfterSb,
     LocalIoError,
     AfterResyncTarget,
+    BeforeResyncTarget,
 }
 
 impl Kind {
@@ -39,6 +41,7 @@ impl Kind {
             Self::PriLostAfterSb => "pri-lost-after-sb",
             Self::LocalIoError => "local-io-error",
             Self::AfterResyncTarget => "after-resync-target",
+            Self::BeforeResyncTarget => "before-resync-target",
         }
     }
 }
@@ -124,6 +127,12 @@ impl Runner {
         });
     }
 
+    /// Whether a before-resync-target handler is configured (the state
+    /// machine then waits for it before a resync as target).
+    pub(super) fn runs_before_resync_target(&self) -> bool {
+        self.handlers.before_resync_target.is_some()
+    }
+
     pub(super) fn runs(&self) -> &[HandlerRun] {
         &self.runs
     }
@@ -133,8 +142,10 @@ impl Runner {
         self.ended.iter().cloned().collect()
     }
 
-    /// Carry out a hook the state machine asked for. A fence-peer hook
-    /// always gets its answer (`None` when there is no handler to run).
+    /// Carry out a hook the state machine asked for. A fence-peer or
+    /// before-resync-target hook always gets its answer (`None` when there
+    /// is no handler to run: a handler removed by `adjust` while a resync
+    /// waited for it).
     pub(super) fn hook(&self, hook: &Hook) {
         let (kind, cmd) = match hook {
             Hook::FencePeer => (Kind::FencePeer, self.handlers.fence_peer.clone()),
@@ -159,11 +170,20 @@ impl Runner {
                 Kind::AfterResyncTarget,
                 self.handlers.after_resync_target.clone(),
             ),
+            Hook::BeforeResyncTarget => (
+                Kind::BeforeResyncTarget,
+                self.handlers.before_resync_target.clone(),
+            ),
         };
         let Some(cmd) = cmd else {
             if kind == Kind::FencePeer {
                 // Validation makes fencing need a handler; answer anyway.
                 self.done(kind, None);
+            }
+            if kind == Kind::BeforeResyncTarget {
+                // Removed by `adjust` while a resync waited for it: nothing
+                // to wait for any more, the resync goes on.
+                self.done(kind, Some(0));
             }
             return;
         };

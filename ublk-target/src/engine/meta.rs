@@ -16,6 +16,7 @@ pub(crate) enum MetaOp {
     Super {
         gens: Generations,
         flags: MetaFlags,
+        promoted_at_ms: u64,
     },
     Al {
         seq: u64,
@@ -52,10 +53,15 @@ impl MetaWriter {
                             let _ = done.send(Input::GrowDone { result });
                             continue;
                         }
-                        MetaOp::Super { gens, flags } => {
+                        MetaOp::Super {
+                            gens,
+                            flags,
+                            promoted_at_ms,
+                        } => {
                             let mut sb = md.superblock().clone();
                             sb.generations = gens;
                             sb.flags = flags;
+                            sb.promoted_at_ms = promoted_at_ms;
                             md.write_superblock(&mut sb)
                         }
                         MetaOp::Al { seq, extents } => md.write_al(seq, &extents),

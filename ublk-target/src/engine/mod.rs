@@ -413,7 +413,9 @@ pub fn start(
     let shared = Arc::new(Shared::default());
     shared.data_bytes.store(data_bytes, Ordering::Relaxed);
     let seed: u64 = rand::random();
-    let node = Node::new(ncfg, state.persisted, Millis::ZERO, seed);
+    let mut node = Node::new(ncfg, state.persisted, Millis::ZERO, seed);
+    // Promotions are stamped on the wall clock (discard-younger-primary).
+    node.set_wall_clock_origin(convert::wall_clock_ms());
     let events = Arc::new(crate::events::Hub::new(&cfg.resource.name, &peer_node.name));
     let handle = EngineHandle {
         tx: tx.clone(),
@@ -455,6 +457,8 @@ pub fn start(
         disk_closed: false,
         disk_lock: None,
     };
+    let before_target = runner.handlers.runs_before_resync_target();
+    runner.node.set_before_resync_target(before_target);
     runner.first_commands(cfg, opts, state.crashed_primary);
     runner.publish_events();
     drop(_g);
@@ -497,6 +501,7 @@ fn read_metadata(
             bitmap,
             al_seq: al.seq,
             al_extents: al.extents,
+            promoted_at_ms: sb.promoted_at_ms,
         },
         data_bytes: sb.layout.data_bytes,
         crashed_primary: sb.flags.has(MetaFlags::PRIMARY_IND)
@@ -797,6 +802,10 @@ impl Runner {
                 if kind == handlers::Kind::FencePeer {
                     self.node.handle(now, Event::FenceDone { exit });
                 }
+                if kind == handlers::Kind::BeforeResyncTarget {
+                    let ok = exit == Some(0);
+                    self.node.handle(now, Event::BeforeResyncTargetDone { ok });
+                }
             }
         }
         self.drain();
@@ -910,9 +919,19 @@ impl Runner {
                 self.disk.submit(token.raw(), op);
             }
             Action::LocalFlush { token } => self.disk.submit(token.raw(), DiskOp::Flush),
-            Action::WriteSuper { token, gens, flags } => {
-                self.meta.submit(token, meta::MetaOp::Super { gens, flags })
-            }
+            Action::WriteSuper {
+                token,
+                gens,
+                flags,
+                promoted_at_ms,
+            } => self.meta.submit(
+                token,
+                meta::MetaOp::Super {
+                    gens,
+                    flags,
+                    promoted_at_ms,
+                },
+            ),
             Action::WriteAl {
                 token,
                 seq,

@@ -648,6 +648,7 @@ impl MetaDevice {
                 generations: Generations::just_created(),
                 flags: MetaFlags(0),
                 device_id: params.device_id,
+                promoted_at_ms: 0,
             },
             bitmap: vec![0; to_usize(layout.bm_words(), "the bitmap")?],
             bad_pages: 0,

@@ -30,8 +30,16 @@
 //! | 200 | 8 | bm_pages |
 //! | 208 | 32 | generations: current, bitmap, history\[0\], history\[1\] |
 //! | 240 | 4 | flags ([`MetaFlags`]) |
-//! | 244 | 264 | reserved, zero |
+//! | 244 | 256 | reserved, zero |
+//! | 500 | 8 | promoted_at_ms: when the node last became Primary (wall-clock ms since the epoch, 0: never) |
 //! | 508 | 4 | crc32c of bytes 0..508 |
+//!
+//! `promoted_at_ms` was added inside format version 1, in bytes that were
+//! reserved and zero: older metadata reads as "never promoted" (the
+//! discard-younger/older-primary policies then fall back to
+//! discard-least-changes), and an older repd ignores the field. It sits at
+//! the end of the reserved bytes so that fields added at their start do not
+//! collide with it.
 
 use std::path::Path;
 
@@ -64,7 +72,13 @@ pub struct Superblock {
     pub flags: MetaFlags,
     /// ublk device id recorded at create-md time (informational).
     pub device_id: u32,
+    /// When the node last became Primary (wall-clock ms since the epoch;
+    /// 0: never, or metadata written by an older repd).
+    pub promoted_at_ms: u64,
 }
+
+/// Where `promoted_at_ms` sits in the sector.
+const PROMOTED_AT: usize = 500;
 
 fn put_name(out: &mut Vec<u8>, name: &str) {
     let bytes = name.as_bytes();
@@ -142,7 +156,8 @@ impl Superblock {
             v.extend_from_slice(&u.to_le_bytes());
         }
         v.extend_from_slice(&self.flags.0.to_le_bytes());
-        v.resize(CRC_AT, 0);
+        v.resize(PROMOTED_AT, 0);
+        v.extend_from_slice(&self.promoted_at_ms.to_le_bytes());
         let crc = crc32c::crc32c(&v);
         v.extend_from_slice(&crc.to_le_bytes());
         let mut out = [0u8; SB_BYTES];
@@ -191,6 +206,9 @@ impl Superblock {
         let h0 = r.u64().ok_or_else(short)?;
         let h1 = r.u64().ok_or_else(short)?;
         let flags = MetaFlags(r.u32().ok_or_else(short)?);
+        let promoted_at_ms = Rd(buf.get(PROMOTED_AT..).unwrap_or_default())
+            .u64()
+            .ok_or_else(short)?;
         layout.check().map_err(|m| bad(&m))?;
         Ok(Superblock {
             format_version,
@@ -205,6 +223,7 @@ impl Superblock {
             },
             flags,
             device_id,
+            promoted_at_ms,
         })
     }
 }
@@ -282,7 +301,23 @@ mod tests {
             },
             flags: MetaFlags(MetaFlags::CONSISTENT | MetaFlags::AL_CLEAN),
             device_id: 7,
+            promoted_at_ms: 1_765_000_000_123,
         }
+    }
+
+    /// Metadata from before `promoted_at_ms` (zero reserved bytes, the
+    /// same version) still reads, as never promoted.
+    #[test]
+    fn metadata_without_promotion_time_reads() {
+        let mut sb = sample();
+        sb.promoted_at_ms = 0;
+        let mut buf = sb.encode();
+        assert!(buf[244..508].iter().all(|&b| b == 0));
+        let crc = crc32c::crc32c(&buf[..CRC_AT]);
+        buf[CRC_AT..].copy_from_slice(&crc.to_le_bytes());
+        let back = Superblock::decode(&buf, Path::new("x"), 0).unwrap();
+        assert_eq!(back.promoted_at_ms, 0);
+        assert_eq!(back.generations, sb.generations);
     }
 
     #[test]

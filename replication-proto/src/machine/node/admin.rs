@@ -263,6 +263,7 @@ impl Node {
         }
         self.role = Role::Primary;
         self.flags.set(MetaFlags::PRIMARY_IND, true);
+        self.stamp_promotion();
         if !self.link.decided()
             || !matches!(
                 self.conn,

@@ -228,7 +228,7 @@ impl Node {
             Message::ReadRequest { id, offset, len } => self.on_read_request(id, offset, len),
             Message::ReadReply { id, data, .. } => self.on_read_reply(id, Ok(data)),
             Message::ReadNeg { id, .. } => self.on_read_reply(id, Err(())),
-            Message::Hello(_) | Message::Auth { .. } => {
+            Message::Hello(_) | Message::Auth { .. } | Message::PromotedAt { .. } => {
                 self.protocol_error("handshake message on an established connection");
             }
             Message::Disconnect { .. } => {}

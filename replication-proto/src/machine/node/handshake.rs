@@ -15,6 +15,7 @@ impl Node {
         match m {
             Message::Hello(h) => self.on_hello(h),
             Message::Auth { mac } => self.on_auth(&mac),
+            Message::PromotedAt { at_ms } => self.on_promoted_at(at_ms),
             _ => self.protocol_error("data before the handshake finished"),
         }
     }
@@ -41,12 +42,14 @@ impl Node {
             &self.link.my_nonce,
             &self.cfg.node,
         );
-        let (role, disk) = (h.role, h.disk);
+        let (role, disk, peer_features) = (h.role, h.disk, h.features);
         self.link.hello_received(PeerInfo {
             hello: h,
             role,
             disk,
+            promoted_at_ms: 0,
         });
+        self.send_promoted_at(peer_features);
         self.send(Message::Auth { mac });
     }
 
@@ -144,7 +147,7 @@ impl Node {
             self.connected_diskless(&p.hello);
             return;
         }
-        let d = self.decision(&p.hello);
+        let d = self.decision(&p.hello, p.promoted_at_ms);
         tracing::info!(peer = %p.hello.node, decision = ?d, "sync handshake");
         self.discard_my_data = false;
         self.link.decide(self.now);
@@ -185,7 +188,7 @@ impl Node {
     }
 
     /// The sync decision between this node and the peer that sent `hello`.
-    fn decision(&self, hello: &Hello) -> Decision {
+    fn decision(&self, hello: &Hello, peer_promoted_at_ms: u64) -> Decision {
         let me = View {
             node: &self.cfg.node,
             gens: self.gens,
@@ -194,6 +197,7 @@ impl Node {
             disk: self.disk,
             dirty_bits: self.bitmap.count(),
             discard_my_data: self.discard_my_data,
+            promoted_at_ms: self.promotion.at_ms,
         };
         let peer = View {
             node: &hello.node,
@@ -203,6 +207,7 @@ impl Node {
             disk: hello.disk,
             dirty_bits: hello.dirty_bits,
             discard_my_data: hello.discard_my_data,
+            promoted_at_ms: peer_promoted_at_ms,
         };
         decide(&me, &peer, &self.cfg.split_brain)
     }

@@ -9,8 +9,10 @@
 //! and the named parts of the state), `output` (sends, metadata writes,
 //! errors), `suspend`, `admin` (commands and roles), `connection`,
 //! `handshake`, `fence` (fencing the peer), `resync`, `pause` (pause-sync), `skip_sync` (new-current-uuid
-//! --clear-bitmap), `resize` (repctl resize, the size both nodes use), `verify`, `app`
-//! (application I/O on the Primary and its replication), `secondary` (the peer's writes), `completions`
+//! --clear-bitmap), `resize` (repctl resize, the size both nodes use), `promotion` (when it
+//! became Primary), `diskless` (detach, attach, remote reads), `verify`, `app` (application
+//! I/O on the Primary and its replication), `before_target` (the before-resync-target
+//! handler), `secondary` (the peer's writes), `completions`
 //! (local operations finishing) and `timers`.
 
 use std::collections::{HashMap, VecDeque};
@@ -42,6 +44,7 @@ const BITMAP_RUNS_PER_FRAME: usize = 4096;
 
 mod admin;
 mod app;
+mod before_target;
 mod completions;
 mod connection;
 mod diskless;
@@ -50,6 +53,7 @@ mod fence;
 mod handshake;
 mod output;
 mod pause;
+mod promotion;
 mod reconfigure;
 pub use reconfigure::Applies;
 mod resize;
@@ -161,6 +165,10 @@ pub struct Node {
     channel_binding: Option<[u8; 32]>,
     /// Diskless: closing the disk, remote reads (`diskless.rs`).
     det: diskless::Detach,
+    /// When this node last became Primary (`promotion.rs`).
+    promotion: promotion::Promotion,
+    /// The before-resync-target handler (`before_target.rs`).
+    before_target: before_target::BeforeTarget,
 }
 
 /// How long an error stays in status after its condition is gone.
@@ -220,6 +228,8 @@ impl Node {
             resizing: resize::Resizing::default(),
             channel_binding: None,
             det: diskless::Detach::default(),
+            promotion: promotion::Promotion::new(p.promoted_at_ms),
+            before_target: before_target::BeforeTarget::default(),
             cfg,
         };
         n.persist_super(false);
@@ -458,6 +468,7 @@ impl Node {
             Event::Tick => self.tick(),
             Event::FenceDone { exit } => self.fence_done(exit),
             Event::GrowDone { result } => self.grow_done(result),
+            Event::BeforeResyncTargetDone { ok } => self.before_resync_target_done(ok),
         }
         self.maybe_resume();
         self.maybe_unfence();

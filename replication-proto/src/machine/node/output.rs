@@ -63,6 +63,7 @@ impl Node {
             token,
             gens: self.gens,
             flags: self.flags,
+            promoted_at_ms: self.promotion.at_ms,
         });
     }
 

@@ -17,24 +17,26 @@ pub enum Applies {
 
 impl Node {
     /// Take `new` as this node's settings. Timeouts, ping interval,
-    /// ko-count, max-buffers, the resync rate, csums and the split-brain
-    /// policies apply at once; the protocol and the secret at the next
-    /// connection (the current one keeps what both sides agreed on).
+    /// ko-count, max-buffers, the resync rate, csums, the split-brain
+    /// policies and fencing apply at once; the protocol and the secret at
+    /// the next connection (the current one keeps what both sides agreed
+    /// on). Fencing applies the next time the peer is lost or this node is
+    /// promoted alone: a fence-peer handler already running is still
+    /// answered, and I/O it holds stays held until it ends, as before.
     ///
     /// # Errors
     /// The name of the first setting a running node cannot change (the
-    /// resource, the node names, the data size, al-extents, the features,
-    /// fencing); nothing is changed then.
+    /// resource, the node names, the data size, al-extents, the features);
+    /// nothing is changed then.
     pub fn reconfigure(&mut self, new: NodeConfig) -> Result<Applies, &'static str> {
         let old = &self.cfg;
-        let fixed: [(&'static str, bool); 7] = [
+        let fixed: [(&'static str, bool); 6] = [
             ("resource", old.resource == new.resource),
             ("node", old.node == new.node),
             ("peer", old.peer == new.peer),
             ("data size", old.data_bytes == new.data_bytes),
             ("al-extents", old.al_extents == new.al_extents),
             ("features", old.features == new.features),
-            ("fencing", old.fencing == new.fencing),
         ];
         if let Some((name, _)) = fixed.iter().find(|(_, same)| !same) {
             return Err(name);
@@ -111,6 +113,7 @@ mod tests {
             bitmap: vec![0; 32],
             al_seq: 0,
             al_extents: vec![],
+            promoted_at_ms: 0,
         };
         Node::new(cfg(), p, Millis::ZERO, 1)
     }
@@ -133,9 +136,11 @@ mod tests {
         new.resync_rate = 8 << 20;
         new.timeout_ms = 300;
         new.ko_count = 9;
+        new.fencing = Fencing::ResourceOnly;
         assert_eq!(n.reconfigure(new), Ok(Applies::Now));
         assert_eq!(n.config().resync_rate, 8 << 20);
         assert_eq!(n.config().timeout_ms, 300);
+        assert_eq!(n.status().fencing.policy, Fencing::ResourceOnly);
         for (name, change) in [
             (
                 "data size",
@@ -144,10 +149,6 @@ mod tests {
             (
                 "al-extents",
                 Box::new(|c: &mut NodeConfig| c.al_extents = 100),
-            ),
-            (
-                "fencing",
-                Box::new(|c: &mut NodeConfig| c.fencing = Fencing::ResourceOnly),
             ),
         ] {
             let mut bad = n.config().clone();

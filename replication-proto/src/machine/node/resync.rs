@@ -117,8 +117,11 @@ impl Node {
                     self.gens.current = src;
                 }
                 self.gens.bitmap = 0;
+                // The bitmap write, and the before-resync-target handler
+                // if one runs (`before_target.rs`).
+                let pending = 1 + self.before_resync_target(epoch);
                 if let Some(s) = self.sync.as_mut() {
-                    s.phase = SyncPhase::Persisting { pending: 1 };
+                    s.phase = SyncPhase::Persisting { pending };
                 }
                 let token = self.io_token();
                 self.ops.flush.insert(token, FlushOp::SyncStart { epoch });

@@ -155,7 +155,7 @@ pub(super) enum SyncPhase {
     Exchanging(BitmapReceiver),
     /// Target: metadata writes (the resync's bitmap) to land before the
     /// first request: a crash mid-sync must resume, never pass for
-    /// consistent.
+    /// consistent; and the before-resync-target handler, if one runs.
     Persisting { pending: u32 },
     /// Requests flow (verify starts here).
     Running,
@@ -190,6 +190,11 @@ pub(super) struct Sync {
     pub(super) total_bytes: u64,
     pub(super) tokens: u64,
     pub(super) last_refill: Millis,
+    /// Verify source: 4 KiB blocks of chunks that differed, still to be
+    /// compared one by one (`verify.rs`), and the requests for them in
+    /// flight.
+    pub(super) refine: Vec<Span>,
+    pub(super) refining: std::collections::HashSet<u64>,
 }
 
 impl Sync {
@@ -212,6 +217,8 @@ impl Sync {
             total_bytes,
             tokens: 0,
             last_refill: now,
+            refine: Vec::new(),
+            refining: std::collections::HashSet::new(),
         }
     }
 
@@ -225,7 +232,7 @@ impl Sync {
         match &mut self.phase {
             SyncPhase::Persisting { pending } if *pending > 1 => *pending -= 1,
             SyncPhase::Persisting { .. } => self.phase = SyncPhase::Running,
-            _ => debug_assert!(false, "resync bitmap not counted"),
+            _ => debug_assert!(false, "resync bitmap or handler not counted"),
         }
     }
 }
@@ -237,6 +244,8 @@ pub(super) struct PeerInfo {
     pub(super) hello: Hello,
     pub(super) role: Role,
     pub(super) disk: DiskState,
+    /// The peer's `PromotedAt` (0 until it comes, or from an older peer).
+    pub(super) promoted_at_ms: u64,
 }
 
 #[derive(Debug)]

@@ -72,6 +72,7 @@ impl Node {
                 token,
                 gens: self.gens,
                 flags: self.flags,
+                promoted_at_ms: self.promotion.at_ms,
             });
             return;
         }

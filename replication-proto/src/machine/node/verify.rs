@@ -3,6 +3,7 @@
 use crate::machine::io::Span;
 use crate::machine::types::ConnState;
 use crate::machine::types::ErrorKind;
+use crate::meta::BM_BLOCK_SIZE;
 use crate::wire::{Message, Role};
 use bytes::Bytes;
 
@@ -40,7 +41,7 @@ impl Node {
             {
                 return;
             }
-            if s.cursor >= data_bytes {
+            if s.cursor >= data_bytes && s.refine.is_empty() {
                 if s.inflight.is_empty() {
                     self.finish_verify();
                 }
@@ -49,14 +50,22 @@ impl Node {
             if s.inflight.len() >= SYNC_WINDOW {
                 return;
             }
-            let len = SYNC_REQ_BYTES.min(data_bytes - s.cursor);
-            if s.tokens < len {
-                return;
-            }
-            s.tokens -= len;
-            let span = Span::new(s.cursor, len);
-            s.cursor += len;
             let id = s.next_id;
+            // The 4 KiB blocks of a chunk that differed first: they were
+            // paid for with the chunk's tokens.
+            let span = if let Some(span) = s.refine.pop() {
+                s.refining.insert(id);
+                span
+            } else {
+                let len = SYNC_REQ_BYTES.min(data_bytes - s.cursor);
+                if s.tokens < len {
+                    return;
+                }
+                s.tokens -= len;
+                let span = Span::new(s.cursor, len);
+                s.cursor += len;
+                span
+            };
             s.next_id += 1;
             s.inflight.insert(id, span);
             let epoch = s.epoch;
@@ -159,17 +168,32 @@ impl Node {
             self.protocol_error("verify reply nobody asked for");
             return;
         }
-        self.stats.traffic.verified_bytes += u64::from(len);
-        if !in_sync {
-            tracing::warn!(offset, len, "verify: range out of sync");
+        let refined = self.sync.as_mut().is_some_and(|s| {
+            s.inflight.remove(&id);
+            s.refining.remove(&id)
+        });
+        if !refined {
+            self.stats.traffic.verified_bytes += u64::from(len);
+        }
+        if !in_sync && u64::from(len) > BM_BLOCK_SIZE {
+            // Which 4 KiB blocks differ: compare each on its own (the
+            // digest covers the whole chunk). Listed from the end: `pop`
+            // takes them in disk order.
+            if let Some(s) = self.sync.as_mut() {
+                let blocks = u64::from(len).div_ceil(BM_BLOCK_SIZE);
+                s.refine.extend((0..blocks).rev().map(|i| {
+                    let start = offset + i * BM_BLOCK_SIZE;
+                    Span::new(start, BM_BLOCK_SIZE.min(offset + u64::from(len) - start))
+                }));
+            }
+        } else if !in_sync {
+            tracing::warn!(start = offset, len_bytes = len, "verify: range out of sync");
             self.bitmap.set_range(offset, u64::from(len));
             self.stats.traffic.verify_out_of_sync_bytes += u64::from(len);
-        }
-        if let Some(s) = self.sync.as_mut() {
-            s.inflight.remove(&id);
-            match &mut s.kind {
-                SyncKind::Verify { found_oos, .. } if !in_sync => *found_oos += u64::from(len),
-                _ => {}
+            if let Some(SyncKind::Verify { found_oos, .. }) =
+                self.sync.as_mut().map(|s| &mut s.kind)
+            {
+                *found_oos += u64::from(len);
             }
         }
         self.pump_verify();
@@ -222,13 +246,22 @@ impl Node {
         if let Ok(Some(d)) = &result {
             self.stats.traffic.read_bytes += d.len() as u64;
         }
-        self.stats.traffic.verified_bytes += span.len();
-        if !in_sync {
+        // A chunk that differs is compared again block by block (the
+        // source asks for each 4 KiB block): those mark, count and log,
+        // at 4 KiB resolution. The only chunk of 4 KiB that is not such a
+        // block is one at the end of the disk.
+        let chunk_at_end =
+            span.start % SYNC_REQ_BYTES == 0 && span.start + span.len() == self.cfg.data_bytes;
+        let block = span.len() <= BM_BLOCK_SIZE;
+        if !block || chunk_at_end {
+            self.stats.traffic.verified_bytes += span.len();
+        }
+        if !in_sync && block {
             self.bitmap.set_range(span.start, span.len());
             self.stats.traffic.verify_out_of_sync_bytes += span.len();
             tracing::warn!(
-                offset = span.start,
-                len = span.len(),
+                start = span.start,
+                len_bytes = span.len(),
                 "verify: range out of sync"
             );
         }

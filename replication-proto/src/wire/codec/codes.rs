@@ -30,12 +30,14 @@ pub(super) const T_SYNC_DONE: u8 = 23;
 pub(super) const T_DISCONNECT: u8 = 24;
 pub(super) const T_START_SYNC: u8 = 25;
 pub(super) const T_SKIP_SYNC: u8 = 26;
-// Far from the others: helpers of the same session add types 27 and up.
-pub(super) const T_RESIZE: u8 = 40;
-pub(super) const T_RESIZED: u8 = 41;
 pub(super) const T_READ_REQUEST: u8 = 27;
 pub(super) const T_READ_REPLY: u8 = 28;
 pub(super) const T_READ_NEG: u8 = 29;
+pub(super) const T_PROMOTED_AT: u8 = 30;
+// 31..39 unused: Resize/Resized were numbered 40/41 when they were written
+// alongside the types above; the numbers are on the wire now.
+pub(super) const T_RESIZE: u8 = 40;
+pub(super) const T_RESIZED: u8 = 41;
 
 /// Name of a message type code, `None` if this build does not know it.
 pub(super) fn type_name(ty: u8) -> Option<&'static str> {
@@ -71,6 +73,7 @@ pub(super) fn type_name(ty: u8) -> Option<&'static str> {
         T_READ_REQUEST => "ReadRequest",
         T_READ_REPLY => "ReadReply",
         T_READ_NEG => "ReadNeg",
+        T_PROMOTED_AT => "PromotedAt",
         _ => return None,
     })
 }
@@ -108,6 +111,7 @@ pub(super) fn type_code(msg: &Message) -> u8 {
         Message::ReadRequest { .. } => T_READ_REQUEST,
         Message::ReadReply { .. } => T_READ_REPLY,
         Message::ReadNeg { .. } => T_READ_NEG,
+        Message::PromotedAt { .. } => T_PROMOTED_AT,
     }
 }
 

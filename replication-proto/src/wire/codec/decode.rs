@@ -185,6 +185,9 @@ fn decode_payload(
         },
         T_UUIDS => Message::Uuids { gens: r.gens()? },
         T_SKIP_SYNC => Message::SkipSync { gens: r.gens()? },
+        T_PROMOTED_AT => Message::PromotedAt {
+            at_ms: r.u64("at_ms")?,
+        },
         T_BITMAP => decode_bitmap(&mut r)?,
         T_RESYNC_REQUEST => Message::ResyncRequest {
             id: r.u64("id")?,

@@ -58,6 +58,7 @@ fn payload_len(msg: &Message) -> usize {
         Message::Ping | Message::PingAck | Message::SyncDone => 0,
         Message::State { .. } => 2,
         Message::Uuids { .. } | Message::SkipSync { .. } => GENS,
+        Message::PromotedAt { .. } => 8,
         Message::Bitmap { runs, .. } => {
             BITMAP_FIXED_LEN + runs.iter().map(|&r| varint_len(r)).sum::<usize>()
         }
@@ -222,6 +223,7 @@ fn put_fields(msg: &Message, out: &mut BytesMut) {
             out.put_u8(disk_code(*disk));
         }
         Message::Uuids { gens } | Message::SkipSync { gens } => put_gens(out, gens),
+        Message::PromotedAt { at_ms } => out.put_u64_le(*at_ms),
         Message::Bitmap {
             start_bit,
             first_set,

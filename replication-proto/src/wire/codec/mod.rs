@@ -69,11 +69,12 @@
 //! |   24 | Disconnect      | reason u8, message str                                      |
 //! |   25 | StartSync       | sender_is_source bool, full bool                            |
 //! |   26 | SkipSync        | gens (only to a peer with the SKIP_SYNC feature)            |
-//! |   40 | Resize          | data_bytes u64, exact bool, assume_clean bool (RESIZE)      |
-//! |   41 | Resized         | data_bytes u64 (0: refused), message str (RESIZE)           |
 //! |   27 | ReadRequest     | id u64, offset u64, len u32 (only to a peer with REMOTE_READ) |
 //! |   28 | ReadReply       | id u64, offset u64, data rest                               |
 //! |   29 | ReadNeg         | id u64, offset u64, len u32                                 |
+//! |   30 | PromotedAt      | at_ms u64 (handshake, only to a peer with PROMOTED_AT)      |
+//! |   40 | Resize          | data_bytes u64, exact bool, assume_clean bool (RESIZE)      |
+//! |   41 | Resized         | data_bytes u64 (0: refused), message str (RESIZE)           |
 //!
 //! `Data` flags are [`data_flags`](super::data_flags); unknown bits are an error. Without TRIM or
 //! ZEROES the data must be exactly `len` bytes; with either of them it must be

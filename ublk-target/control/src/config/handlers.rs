@@ -40,6 +40,11 @@ pub struct Handlers {
     /// `after-resync-target`: a resync as SyncTarget finished (this node is
     /// UpToDate again). Exit code only logged.
     pub after_resync_target: Option<String>,
+    /// `before-resync-target`: this node is about to become SyncTarget
+    /// (DRBD's snapshot-before-resync use). The resync waits for it; any
+    /// exit but 0 (or the timeout) drops the connection and leaves this
+    /// node StandAlone.
+    pub before_resync_target: Option<String>,
     /// `timeout-ms`: a handler still running after this is killed (counts
     /// as failed).
     pub timeout: Duration,
@@ -55,6 +60,7 @@ impl Default for Handlers {
             pri_lost_after_sb: None,
             local_io_error: None,
             after_resync_target: None,
+            before_resync_target: None,
             timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
         }
     }
@@ -79,6 +85,8 @@ pub(super) struct RawHandlers {
     pub(super) local_io_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) after_resync_target: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) before_resync_target: Option<String>,
     pub(super) timeout_ms: u64,
 }
 
@@ -92,6 +100,7 @@ impl Default for RawHandlers {
             pri_lost_after_sb: None,
             local_io_error: None,
             after_resync_target: None,
+            before_resync_target: None,
             timeout_ms: DEFAULT_TIMEOUT_MS,
         }
     }
@@ -107,6 +116,7 @@ impl Handlers {
             pri_lost_after_sb: self.pri_lost_after_sb.clone(),
             local_io_error: self.local_io_error.clone(),
             after_resync_target: self.after_resync_target.clone(),
+            before_resync_target: self.before_resync_target.clone(),
             timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
         }
     }
@@ -132,6 +142,7 @@ pub(super) fn validate(
         ("handlers.pri-lost-after-sb", &raw.pri_lost_after_sb),
         ("handlers.local-io-error", &raw.local_io_error),
         ("handlers.after-resync-target", &raw.after_resync_target),
+        ("handlers.before-resync-target", &raw.before_resync_target),
     ] {
         if let Some(cmd) = cmd {
             check_command(cmd).map_err(|m| bad(key, m))?;
@@ -166,6 +177,7 @@ pub(super) fn validate(
         pri_lost_after_sb: raw.pri_lost_after_sb,
         local_io_error: raw.local_io_error,
         after_resync_target: raw.after_resync_target,
+        before_resync_target: raw.before_resync_target,
         timeout: Duration::from_millis(raw.timeout_ms),
     })
 }

@@ -331,23 +331,24 @@ impl Mapper {
 
     fn on_io_error(&mut self, d: &mut Draft, s: &Stmt) {
         let Some(v) = self.one(s) else { return };
-        if v == "pass_on" || v == "pass-on" || v == "detach" {
-            let v = if v == "detach" { "detach" } else { "pass-on" };
-            d.disk.value("on-io-error", v, from(s));
+        let v = v.replace('_', "-");
+        if matches!(v.as_str(), "pass-on" | "detach" | "call-local-io-error") {
+            d.disk.value("on-io-error", v.as_str(), from(s));
             return;
         }
         d.disk.value(
             "on-io-error",
             "pass-on",
-            format!("{} (not supported yet)", from(s)),
+            format!("{} (no counterpart)", from(s)),
         );
-        let why = "repd runs no local-io-error handler and does not halt the node";
         self.warn(
             s,
             format!(
-                "`{}` is not supported yet ({why}): imported as on-io-error = \"pass-on\": a \
-                 request that fails on the local disk fails with its error and its range is \
-                 marked out of sync",
+                "`{}` has no counterpart: DRBD 8.4 replaced `panic` by the local-io-error \
+                 handler, and so does rep (on-io-error = \"call-local-io-error\" with a \
+                 [handlers] local-io-error command that halts the node); imported as \
+                 on-io-error = \"pass-on\": a request that fails on the local disk fails with \
+                 its error and its range is marked out of sync",
                 s.text()
             ),
         );

@@ -241,15 +241,13 @@ fn options_without_counterpart_are_named_in_warnings() {
              options { cpu-mask 1; }"
         )
     ));
-    loaded(&i);
+    let c = loaded(&i);
+    // Handlers repd runs are imported from common too.
+    assert_eq!(c.handlers.split_brain.as_deref(), Some("/y"));
+    assert_eq!(c.handlers.before_resync_target.as_deref(), Some("/z"));
     for (opt, part) in [
         ("usage-count", "global"),
         ("minor-count", "global"),
-        ("split-brain", "split-brain-command"),
-        (
-            "before-resync-target",
-            "only the fence-peer and unfence-peer",
-        ),
         ("incon-degr-cmd", "primary --force"),
         ("group", "resyncs on its own"),
         ("after", "resyncs on its own"),
@@ -509,23 +507,30 @@ fn a_fencing_policy_without_fence_peer_is_a_fill_in_line() {
 }
 
 #[test]
-fn handlers_without_counterpart_are_warned() {
+fn handlers_repd_runs_are_imported_and_the_others_warned() {
     let i = import(&conf(
         "handlers { after-resync-target \"/usr/local/bin/notify\";\n\
-         pri-on-incon-degr \"/x\"; local-io-error \"/y\"; pri-lost-after-sb \"/z\"; }",
+         pri-on-incon-degr \"/x\"; local-io-error \"/y\"; pri-lost-after-sb \"/z\";\n\
+         split-brain \"/usr/lib/drbd/notify-split-brain.sh root\";\n\
+         initial-split-brain \"/w\"; before-resync-target \"/s snap\"; pri-lost \"/p\"; }",
     ));
     let c = loaded(&i);
-    assert_eq!(c.handlers.unfence_peer, None);
-    has_warning(
-        &i,
-        "after-resync-target",
-        "only the fence-peer and unfence-peer",
+    let h = &c.handlers;
+    assert_eq!(h.unfence_peer, None);
+    assert_eq!(
+        h.after_resync_target.as_deref(),
+        Some("/usr/local/bin/notify")
     );
-    has_warning(
-        &i,
-        "pri-on-incon-degr",
-        "only the fence-peer and unfence-peer",
+    assert_eq!(h.local_io_error.as_deref(), Some("/y"));
+    assert_eq!(h.pri_lost_after_sb.as_deref(), Some("/z"));
+    assert_eq!(
+        h.split_brain.as_deref(),
+        Some("/usr/lib/drbd/notify-split-brain.sh root")
     );
-    has_warning(&i, "local-io-error", "pass-on");
-    has_warning(&i, "pri-lost-after-sb", "reboot-command");
+    assert_eq!(h.initial_split_brain.as_deref(), Some("/w"));
+    assert_eq!(h.before_resync_target.as_deref(), Some("/s snap"));
+    has_warning(&i, "pri-on-incon-degr", "rep runs fence-peer, unfence-peer");
+    has_warning(&i, "local-io-error", "call-local-io-error");
+    has_warning(&i, "split-brain", "drbdadm");
+    has_warning(&i, "pri-lost", "reboot-command");
 }

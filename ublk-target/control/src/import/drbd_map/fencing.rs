@@ -53,16 +53,29 @@ impl Mapper {
                 return self.command(d, s, "unfence-peer", &DRBD_UNFENCE, REP_UNFENCE)
             }
             "after-resync-target" => return self.after_resync_target(d, s),
-            "split-brain" => {
-                "the cluster agent runs [cluster] split-brain-command on a split brain"
-            }
-            "pri-lost-after-sb" | "pri-lost" => {
-                "[cluster] on-stop-failure / reboot-command of the cluster agent"
-            }
+            // repd runs these as DRBD does, with DRBD's environment.
+            key @ ("split-brain"
+            | "pri-lost-after-sb"
+            | "initial-split-brain"
+            | "before-resync-target") => return self.command(d, s, key, &[], ""),
             "local-io-error" => {
-                "rep's on-io-error is pass-on: a failed local request fails with its error"
+                self.command(d, s, "local-io-error", &[], "");
+                self.warn(
+                    s,
+                    format!(
+                        "`{}`: repd runs it under [disk] on-io-error = \
+                         \"call-local-io-error\" (as DRBD does) and under \"detach\"",
+                        s.text()
+                    ),
+                );
+                return;
             }
-            _ => "rep runs only the fence-peer and unfence-peer handlers",
+            "pri-lost" => "[cluster] on-stop-failure / reboot-command of the cluster agent",
+            _ => {
+                "rep runs fence-peer, unfence-peer, split-brain, initial-split-brain, \
+                 pri-lost-after-sb, local-io-error, before-resync-target and \
+                 after-resync-target"
+            }
         };
         self.left(s, "handlers", &format!("has no counterpart ({hint})"));
     }
@@ -124,15 +137,12 @@ impl Mapper {
 
     /// DRBD 8.4 ran crm-unfence-peer.sh as the resync target's
     /// `after-resync-target`; rep runs `unfence-peer` on the node that fenced.
+    /// Any other command stays `after-resync-target`.
     fn after_resync_target(&mut self, d: &mut Draft, s: &Stmt) {
         let Some(cmd) = self.one(s) else { return };
         let (prog, _) = program(cmd);
         if !DRBD_UNFENCE.contains(&prog) {
-            self.left(
-                s,
-                "handlers",
-                "has no counterpart (rep runs only the fence-peer and unfence-peer handlers)",
-            );
+            self.command(d, s, "after-resync-target", &[], "");
             return;
         }
         d.handlers.value("unfence-peer", REP_UNFENCE, from(s));
