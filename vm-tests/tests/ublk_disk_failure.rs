@@ -8,6 +8,14 @@
 //!   report the error, a healed disk writes again; `pass-on`: the write to
 //!   a bad block fails with EIO and the handler does not run; a verify
 //!   afterwards finds both copies equal.
+//! - `ublk-disk-detach.sh`: seed article 001's `on-io-error detach` setup
+//!   (imported by `repctl import-drbd-conf`) starts; the Primary's whole
+//!   disk dies under `fio --verify`, fio ends without an error, status shows
+//!   `Diskless/UpToDate`, events and the `local-io-error` handler report
+//!   it; `create-md` + `attach` of a fresh disk resyncs it fully and the
+//!   disks are byte-identical; a block that fails reads (dm-flakey
+//!   `error_reads`, its content lost) is served from the peer without an
+//!   error and rewritten on the Primary's disk.
 //!
 //! The tests here run one after the other (one VM at a time: the guest is
 //! slow under TCG and the machine is shared). They run the repd/repctl
@@ -73,6 +81,35 @@ fn a_failing_disk_runs_local_io_error_and_pass_on_fails_the_write() {
             "pass-on: events: the local-io error",
             "pass-on: the local-io-error handler did not run",
             "repctl verify after the failures",
+        ],
+    );
+    if let Err(e) = r {
+        panic!("{e}");
+    }
+}
+
+#[test]
+#[ignore = "waits for s13-detach (on-io-error detach, repctl attach, reads from the peer)"]
+fn a_dead_disk_detaches_under_fio_and_a_fresh_disk_attaches_and_a_bad_block_is_repaired() {
+    let r = scenario(
+        "the VM disk-failure scenario (detach, attach, read repair)",
+        "ublk-disk-detach.sh",
+        &[
+            "seed 001 imported with on-io-error = \"detach\"",
+            "seed 001's on-io-error detach setup starts",
+            "fio --verify on /dev/ublkb0 ran through the disk failure without an error",
+            "status: Diskless/UpToDate",
+            "events: ",
+            "the local-io-error handler ran",
+            "events: call handler ... handler:local-io-error",
+            "diskless Primary: fio --verify",
+            "after attach of the fresh disk: UpToDate/UpToDate",
+            "the fresh disk was resynced fully",
+            "the data regions of both disks are byte-identical",
+            "a read of the bad block on /dev/ublkb0 returns the right data",
+            "stays attached (UpToDate) after the read error",
+            "holds the right data again: repaired from the peer",
+            "repctl verify: ",
         ],
     );
     if let Err(e) = r {
