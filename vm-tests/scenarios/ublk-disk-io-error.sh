@@ -106,8 +106,10 @@ finish() {
 }
 is_blk() { [ -b "$1" ]; }
 pair() { [ "$(st "$1" '.disk + "/" + .peer_disk')" = "$2" ]; }
-synced() { pair alpha UpToDate/UpToDate && pair beta UpToDate/UpToDate; }
-connected() { [ "$(st alpha .connection)" = Connected ] && [ "$(st beta .connection)" = Connected ]; }
+# One repctl call per poll (each costs seconds in a loaded TCG guest): the
+# Primary's view has the peer's disk state too.
+synced() { pair alpha UpToDate/UpToDate; }
+connected() { [ "$(st alpha .connection)" = Connected ]; }
 called() { grep -qx "$1" "$CALLS"; }
 # The local-io error in alpha's status: present, and whether it ended.
 io_error() { st alpha '.errors[] | select(.kind == "local-io") | .ended'; }
