@@ -19,11 +19,12 @@
 #    (the writes go to the peer, the verify reads come from it); status shows
 #    Diskless/UpToDate, still Primary; `repctl events` printed the disk going
 #    Diskless and the local-io-error handler's call, and the handler ran with
-#    DRBD's environment. A second fio --verify runs wholly diskless. A fresh
-#    disk (a new zeroed file under the same dm name), `repctl create-md`,
-#    `repctl attach`: a full resync from xenamo5, then UpToDate/UpToDate and
-#    the data regions are byte-identical (cmp).
-# b. Read repair: a 4 KiB block written through /dev/ublkb0; its content on
+#    DRBD's environment. A second fio --verify runs wholly diskless. Then
+#    `repctl secondary`, a fresh disk (a new zeroed file under the same dm
+#    name), `repctl create-md`, `repctl attach`: a full resync from xenamo5,
+#    then UpToDate/UpToDate and the data regions are byte-identical (cmp).
+# b. Read repair (xenamo4 Primary again): a 4 KiB block written through
+#    /dev/ublkb0; its content on
 #    xenamo4's disk is then lost (overwritten under the dm device) and the
 #    block becomes unreadable (dm-flakey error_reads: reads fail, writes
 #    pass). A read of it on /dev/ublkb0 returns the right data without an
@@ -186,6 +187,9 @@ else
 fi
 
 # ---------------------------------------------------------------- a. a fresh disk
+# attach takes a Secondary (as drbdadm attach wants the disk back before the
+# node serves from it again); the fresh disk goes under the same dm name.
+rc "$P" secondary >"$OUT/secondary.txt" 2>&1 || die "secondary on the diskless $P: $(cat "$OUT/secondary.txt")"
 dm_replace rep-alpha "$SCRATCH/alpha-new.img" || die "cannot put a fresh disk under rep-alpha"
 rc "$P" create-md >"$OUT/create-md-new.txt" 2>&1 || die "create-md on the fresh disk: $(tail -n 3 "$OUT/create-md-new.txt")"
 rc "$P" attach >"$OUT/attach.txt" 2>&1 || die "repctl attach: $(tail -n 3 "$OUT/attach.txt")"
@@ -209,6 +213,8 @@ else
 fi
 
 # ---------------------------------------------------------------- b. a read error repaired
+rc "$P" primary >"$OUT/primary-2.txt" 2>&1 || die "primary $P after attach: $(cat "$OUT/primary-2.txt")"
+wait_for 20 is_blk /dev/ublkb0 || die "/dev/ublkb0 did not come back on $P"
 B=200 # the block; sectors 1600..1607
 head -c 4096 /dev/urandom >"$SCRATCH/pattern"
 dd if="$SCRATCH/pattern" of=/dev/ublkb0 bs=4k seek=$B count=1 oflag=direct conv=nocreat status=none ||
