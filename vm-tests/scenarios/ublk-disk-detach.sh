@@ -23,8 +23,10 @@
 #    `repctl secondary`, a fresh disk (a new zeroed file under the same dm
 #    name), `repctl create-md`, `repctl attach`: a full resync from xenamo5,
 #    then UpToDate/UpToDate and the data regions are byte-identical (cmp).
-# b. Read repair (xenamo4 Primary again): a 4 KiB block written through
-#    /dev/ublkb0; its content on
+# b. Read repair, with xenamo4 restarted under on-io-error =
+#    "call-local-io-error" (`detach` drops the disk on a read error too, as in
+#    DRBD) and Primary again: a 4 KiB block written through /dev/ublkb0; its
+#    content on
 #    xenamo4's disk is then lost (overwritten under the dm device) and the
 #    block becomes unreadable (dm-flakey error_reads: reads fail, writes
 #    pass). A read of it on /dev/ublkb0 returns the right data without an
@@ -213,8 +215,16 @@ else
 fi
 
 # ---------------------------------------------------------------- b. a read error repaired
+# Under `detach` any local error drops the disk (as in DRBD); a node keeps
+# its disk and repairs the block under call-local-io-error (or pass-on).
+# on-io-error does not change live (repctl adjust refuses it): restart xenamo4.
+rc "$P" down >"$OUT/down-$P.txt" 2>&1 || die "down $P: $(cat "$OUT/down-$P.txt")"
+sed -i 's/^on-io-error = "detach".*/on-io-error = "call-local-io-error"/' "$CFG"
+rc "$P" up >"$OUT/up-$P-2.txt" 2>&1 || die "up $P (call-local-io-error): $(tail -n 5 "$OUT/up-$P-2.txt")"
+wait_for 120 synced || die "no UpToDate/UpToDate after $P's restart: $(rc "$P" status 2>&1 | head -n 5)"
 rc "$P" primary >"$OUT/primary-2.txt" 2>&1 || die "primary $P after attach: $(cat "$OUT/primary-2.txt")"
 wait_for 20 is_blk /dev/ublkb0 || die "/dev/ublkb0 did not come back on $P"
+calls_before=$(grep -c "^local-io-error $P" "$CALLS")
 B=200 # the block; sectors 1600..1607
 head -c 4096 /dev/urandom >"$SCRATCH/pattern"
 dd if="$SCRATCH/pattern" of=/dev/ublkb0 bs=4k seek=$B count=1 oflag=direct conv=nocreat status=none ||
@@ -235,6 +245,8 @@ fi
 sleep 2
 pair "$P" UpToDate/UpToDate && pass "$P stays attached (UpToDate) after the read error" ||
   fail "$P after the read error: $(st "$P" '.disk + "/" + .peer_disk')"
+[ "$(grep -c "^local-io-error $P" "$CALLS")" -gt "$calls_before" ] ||
+  fail "the read error did not run the local-io-error handler"
 dm_linear rep-alpha || die "cannot switch $P's disk back to linear"
 if block $B /dev/mapper/rep-alpha "$SCRATCH/after" && cmp -s "$SCRATCH/pattern" "$SCRATCH/after"; then
   pass "block $B on $P's disk holds the right data again: repaired from the peer"
