@@ -40,6 +40,10 @@ impl MetaFlags {
     /// the same generation as sync target instead of as a split brain.
     /// Cleared, durably, before the first acknowledgement (on resume).
     pub const UNACKED_GEN: u32 = 1 << 8;
+    /// The peer is Diskless and this node marks in its bitmap what the
+    /// peer's disk misses; the bitmap on disk may be behind. Found at start,
+    /// the whole bitmap is set (the peer's disk then resyncs fully).
+    pub const PEER_DISKLESS_DIRTY: u32 = 1 << 9;
 
     #[must_use]
     pub fn has(self, flag: u32) -> bool {

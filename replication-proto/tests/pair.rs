@@ -33,6 +33,10 @@ struct Side {
     bad_blocks: std::ops::Range<u64>,
     /// The handlers the node asked for, in order.
     hooks: Vec<Hook>,
+    /// Local reads touching these blocks fail with EIO until written.
+    bad_reads: std::ops::Range<u64>,
+    /// The node closed its disk (`Action::CloseDisk`): every local I/O fails.
+    closed: bool,
 }
 
 struct Pair {
@@ -61,6 +65,7 @@ fn cfg(me: &str, peer: &str) -> NodeConfig {
         split_brain: SplitBrainPolicy::default(),
         features: features::ALL,
         fencing: Fencing::DontCare,
+        on_io_error_detach: false,
     }
 }
 
@@ -85,6 +90,8 @@ impl Pair {
             sent: Vec::new(),
             bad_blocks: 0..0,
             hooks: Vec::new(),
+            bad_reads: 0..0,
+            closed: false,
         };
         Self {
             s: [mk(a, 1), mk(b, 2)],
@@ -174,6 +181,18 @@ impl Pair {
                 }
             }
             Action::LocalRead { token, offset, len } => {
+                let blocks = offset / 4096..(offset + u64::from(len)) / 4096;
+                let bad = &self.s[i].bad_reads;
+                if self.s[i].closed || blocks.start < bad.end && bad.start < blocks.end {
+                    self.s[i].node.handle(
+                        now,
+                        Event::LocalDone {
+                            token,
+                            result: Err(errno::EIO),
+                        },
+                    );
+                    return;
+                }
                 let d = self.read_local(i, offset, len);
                 self.s[i].node.handle(
                     now,
@@ -192,7 +211,7 @@ impl Pair {
             } => {
                 let blocks = offset / 4096..(offset + u64::from(len)) / 4096;
                 let bad = &self.s[i].bad_blocks;
-                if blocks.start < bad.end && bad.start < blocks.end {
+                if self.s[i].closed || blocks.start < bad.end && bad.start < blocks.end {
                     self.s[i].node.handle(
                         now,
                         Event::LocalDone {
@@ -202,6 +221,8 @@ impl Pair {
                     );
                     return;
                 }
+                // A written sector reads again (remapped).
+                self.s[i].bad_reads = 0..0;
                 for b in 0..u64::from(len) / 4096 {
                     let blk = match &payload {
                         Payload::Data(d) => d.slice((b * 4096) as usize..((b + 1) * 4096) as usize),
@@ -239,6 +260,7 @@ impl Pair {
                 self.s[i].done.insert(id.0, result);
             }
             Action::Hook(h) => self.s[i].hooks.push(h),
+            Action::CloseDisk => self.s[i].closed = true,
         }
     }
 
@@ -1839,5 +1861,169 @@ fn a_resolved_split_brain_runs_only_initial_split_brain() {
         p.read_local(1, 8192, 4096)[0],
         0xb2,
         "beta's change rolled back"
+    );
+}
+
+// ----- Diskless: detach, remote reads, attach (node/diskless.rs) -----------
+
+impl Pair {
+    fn read(&mut self, i: usize, id: u64, offset: u64, len: u32) -> Result<Option<Bytes>, i32> {
+        self.s[i].node.handle(
+            self.now,
+            Event::AppRead {
+                id: AppId(id),
+                offset,
+                len,
+            },
+        );
+        self.pump();
+        self.s[i].done.remove(&id).expect("read completed")
+    }
+
+    /// What the node's metadata holds now (the harness keeps no metadata
+    /// of its own): what `attach` reads back from a disk detached cleanly.
+    fn persisted(&self, i: usize) -> Persisted {
+        let n = &self.s[i].node;
+        Persisted {
+            gens: n.gens(),
+            flags: n.flags(),
+            bitmap: n.bitmap_words().to_vec(),
+            al_seq: 0,
+            al_extents: vec![],
+        }
+    }
+
+    fn resync_bytes_sent(&self, i: usize) -> u64 {
+        self.s[i]
+            .sent
+            .iter()
+            .map(|m| match m {
+                Message::ResyncData { data, .. } => data.len() as u64,
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
+#[test]
+fn a_detached_primary_reads_and_writes_through_its_peer_and_attach_resyncs_what_it_missed() {
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.up_and_synced();
+    assert_eq!(p.write(0, 1, 0, 0xaa, 8192), Ok(None));
+    let before = p.persisted(0);
+    p.admin(0, Admin::Verb(Verb::Detach)).unwrap();
+    assert!(p.s[0].closed, "the disk is closed once idle");
+    let st = p.s[0].node.status();
+    assert_eq!(
+        (st.disk, st.peer_disk),
+        (DiskState::Diskless, DiskState::UpToDate)
+    );
+    assert_eq!(
+        p.admin(0, Admin::Verb(Verb::Detach)),
+        Err(AdminError::AlreadyDiskless.to_string())
+    );
+    // Reads come from the peer, writes go to the peer only.
+    assert_eq!(p.read(0, 2, 0, 4096).unwrap().unwrap()[0], 0xaa);
+    assert_eq!(p.write(0, 3, 64 * 4096, 0xbb, 4096), Ok(None));
+    assert_eq!(p.read(0, 4, 64 * 4096, 4096).unwrap().unwrap()[0], 0xbb);
+    assert_eq!(p.read_local(1, 64 * 4096, 4096)[0], 0xbb);
+    assert_eq!(
+        p.read_local(0, 64 * 4096, 4096)[0],
+        0,
+        "nothing on the detached disk"
+    );
+    // The peer keeps what the detached disk misses.
+    assert!(p.s[1].node.status().out_of_sync_bytes >= 4096);
+    // Attach on a Primary is refused; made Secondary, the same disk
+    // resyncs only what changed (the bitmap), not all of it.
+    assert_eq!(
+        p.admin(0, Admin::Attach(before.clone())),
+        Err(AdminError::AttachNeedsSecondary.to_string())
+    );
+    p.admin(0, Admin::Verb(Verb::Secondary)).unwrap();
+    p.s[0].closed = false;
+    p.admin(0, Admin::Attach(before)).unwrap();
+    p.tick(200);
+    for i in 0..2 {
+        let st = p.s[i].node.status();
+        assert_eq!(st.disk, DiskState::UpToDate, "{st:?}");
+        assert_eq!(st.out_of_sync_bytes, 0, "{st:?}");
+    }
+    assert_eq!(p.read_local(0, 0, 1 << 20), p.read_local(1, 0, 1 << 20));
+    let sent = p.resync_bytes_sent(1);
+    // The detached node's activity-log extent (4 MiB), not the whole disk.
+    assert!(
+        sent > 0 && sent <= 4 << 20,
+        "only the changed extents: {sent}"
+    );
+}
+
+#[test]
+fn a_fresh_disk_attached_after_detach_resyncs_in_full() {
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.up_and_synced();
+    assert_eq!(p.write(0, 1, 4096, 0xcc, 4096), Ok(None));
+    p.admin(1, Admin::Verb(Verb::Detach)).unwrap();
+    assert_eq!(p.s[0].node.peer_disk(), DiskState::Diskless);
+    // Writes on the Primary go on, marked for the missing disk.
+    assert_eq!(p.write(0, 2, 8192, 0xdd, 4096), Ok(None));
+    p.s[1].disk.clear();
+    p.s[1].closed = false;
+    let initial = p.resync_bytes_sent(0);
+    p.admin(1, Admin::Attach(fresh())).unwrap();
+    p.tick(200);
+    assert_eq!(p.s[1].node.disk(), DiskState::UpToDate);
+    assert_eq!(
+        p.read_local(0, 0, SIZE as u32),
+        p.read_local(1, 0, SIZE as u32)
+    );
+    assert_eq!(p.resync_bytes_sent(0) - initial, SIZE);
+}
+
+#[test]
+fn a_read_error_on_the_primary_is_served_by_the_peer_and_rewritten() {
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.up_and_synced();
+    assert_eq!(p.write(0, 1, 32 * 4096, 0xee, 4096), Ok(None));
+    p.s[0].disk.insert(32, Bytes::from(vec![0x11; 4096])); // garbage under a bad sector
+    p.s[0].bad_reads = 32..33;
+    assert_eq!(p.read(0, 2, 32 * 4096, 4096).unwrap().unwrap()[0], 0xee);
+    assert_eq!(p.read_local(0, 32 * 4096, 4096)[0], 0xee, "rewritten");
+    assert_eq!(p.s[0].hooks, vec![Hook::LocalIoError]);
+    assert_eq!(
+        p.s[0].node.disk(),
+        DiskState::UpToDate,
+        "pass-on keeps the disk"
+    );
+    // Without the peer, the error reaches the application.
+    p.s[0].bad_reads = 32..33;
+    p.admin(0, Admin::Verb(Verb::Disconnect)).unwrap();
+    assert_eq!(p.read(0, 3, 32 * 4096, 4096), Err(errno::EIO));
+}
+
+#[test]
+fn on_io_error_detach_turns_a_failed_write_into_diskless_service() {
+    let detach = |me: &str, peer: &str| NodeConfig {
+        on_io_error_detach: true,
+        ..cfg(me, peer)
+    };
+    let mut p = Pair::new(detach("alpha", "beta"), detach("beta", "alpha"));
+    p.up_and_synced();
+    p.s[0].bad_blocks = 0..(SIZE / 4096);
+    // The peer holds the write: the application sees no error.
+    assert_eq!(p.write(0, 1, 0, 0x5a, 4096), Ok(None));
+    assert_eq!(p.s[0].node.disk(), DiskState::Diskless);
+    assert!(p.s[0].closed);
+    assert!(p.s[0].hooks.contains(&Hook::LocalIoError));
+    assert_eq!(p.write(0, 2, 4096, 0x5b, 4096), Ok(None));
+    assert_eq!(p.read(0, 3, 0, 8192).unwrap().unwrap()[4096], 0x5b);
+    // Alone, a Diskless Primary has nothing to serve from.
+    p.admin(0, Admin::Verb(Verb::Disconnect)).unwrap();
+    assert_eq!(p.write(0, 4, 0, 1, 4096), Err(errno::EIO));
+    assert_eq!(p.read(0, 5, 0, 4096), Err(errno::EIO));
+    p.admin(0, Admin::Verb(Verb::Secondary)).unwrap();
+    assert_eq!(
+        p.admin(0, Admin::Verb(Verb::Primary { force: false })),
+        Err(AdminError::DisklessNeedsPeer.to_string())
     );
 }

@@ -209,6 +209,10 @@ fn message() -> impl Strategy<Value = Message> {
         range().prop_map(|(id, offset, len)| Message::InSync { id, offset, len }),
         range().prop_map(|(id, offset, len)| Message::ResyncNeg { id, offset, len }),
         range().prop_map(|(id, offset, len)| Message::ResyncAck { id, offset, len }),
+        range().prop_map(|(id, offset, len)| Message::ReadRequest { id, offset, len }),
+        (any::<u64>(), any::<u64>(), payload_bytes(3000))
+            .prop_map(|(id, offset, data)| Message::ReadReply { id, offset, data }),
+        range().prop_map(|(id, offset, len)| Message::ReadNeg { id, offset, len }),
         (range(), any::<u32>()).prop_map(|((id, offset, len), digest)| {
             Message::VerifyRequest {
                 id,
@@ -297,14 +301,22 @@ proptest! {
         let back = decode_frame(frame.clone()).unwrap();
         prop_assert_eq!(&back, &msg);
         match (&back, peek.bulk_at) {
-            (Message::Data { data, .. } | Message::ResyncData { data, .. }, Some(at)) => {
+            (
+                Message::Data { data, .. }
+                | Message::ResyncData { data, .. }
+                | Message::ReadReply { data, .. },
+                Some(at),
+            ) => {
                 prop_assert_eq!(&frame[at..], &data[..]);
                 if !data.is_empty() {
                     // A slice of the frame, not a copy.
                     prop_assert_eq!(data.as_ptr(), frame[at..].as_ptr());
                 }
             }
-            (Message::Data { .. } | Message::ResyncData { .. }, None) => {
+            (
+                Message::Data { .. } | Message::ResyncData { .. } | Message::ReadReply { .. },
+                None,
+            ) => {
                 prop_assert!(false, "no bulk offset for a data frame");
             }
             (_, at) => prop_assert_eq!(at, None),

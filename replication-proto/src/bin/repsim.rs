@@ -58,13 +58,17 @@ impl Simulator for Repsim {
         t.damaged += r.damaged;
         t.resumed += r.resumed;
         t.fences += r.fences;
+        t.disk_failures += r.disk_failures;
+        t.attaches += r.attaches;
+        t.bad_blocks += r.bad_blocks;
     }
 
     fn summary(&self, t: &SimReport, seeds: &Range<u64>) -> String {
         format!(
             "repsim: {} seeds from {}: {} acknowledged writes, {} crashes, {} failovers, \
              {} link resets, {} split brains detected, {} writes damaged on the link, \
-             {} crashed Primaries resumed by themselves, {} fence-peer handlers run; \
+             {} crashed Primaries resumed by themselves, {} fence-peer handlers run, \
+             {} disks failed (detach) and {} attached again, {} bad blocks; \
              no invariant violated",
             seeds.end - seeds.start,
             seeds.start,
@@ -75,7 +79,10 @@ impl Simulator for Repsim {
             t.split_brains,
             t.damaged,
             t.resumed,
-            t.fences
+            t.fences,
+            t.disk_failures,
+            t.attaches,
+            t.bad_blocks
         )
     }
 }

@@ -41,6 +41,9 @@ pub struct NodeConfig {
     pub features: u64,
     /// What a Primary does when it loses the peer (`[net] fencing`).
     pub fencing: Fencing,
+    /// `[disk] on-io-error = "detach"`: a local I/O error drops the disk
+    /// (Diskless) instead of failing the request.
+    pub on_io_error_detach: bool,
 }
 
 /// An authenticated connection's handshake, as [`crate::machine::Node::session`]
@@ -57,7 +60,7 @@ pub struct Session {
 }
 
 /// What the node loaded from its metadata at start.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Persisted {
     pub gens: Generations,
     pub flags: MetaFlags,
@@ -214,6 +217,10 @@ pub enum Action {
         result: Result<Option<Bytes>, i32>,
     },
     Hook(Hook),
+    /// The node went Diskless and no local operation is in flight: close
+    /// the backing disk (and its metadata, and release its lock). Local
+    /// operations issued after this (none are planned) are answered EIO.
+    CloseDisk,
 }
 
 /// The operator verbs the control socket and the state machine share:
@@ -270,6 +277,10 @@ pub enum Verb {
     NewCurrentUuid {
         clear_bitmap: bool,
     },
+    /// Drop the local disk and go on Diskless, reading and writing through
+    /// the peer (drbdadm detach). A Primary needs its peer connected and
+    /// UpToDate.
+    Detach,
 }
 
 /// Admin commands: the operator's [`Verb`]s, and what only the daemon
@@ -291,6 +302,10 @@ pub enum Admin {
     /// `current`: a resume decided before the node froze on a disconnect
     /// (which starts a new generation) must not undo the freeze.
     ResumeIoAt { current: u64 },
+    /// `repctl attach`: the driver re-opened the disk of a Diskless node
+    /// and read its metadata. Only on a Secondary; the node reconnects and
+    /// the handshake decides the resync.
+    Attach(Persisted),
 }
 
 impl From<Verb> for Admin {
@@ -393,6 +408,36 @@ pub enum AdminError {
          the node froze again since (it lost its peer)"
     )]
     GenerationMoved { now: u64, expected: u64 },
+    /// `detach` on a node that is Diskless already.
+    #[error("refused: this node is Diskless already; `repctl attach` brings its disk back")]
+    AlreadyDiskless,
+    /// `detach` of a Primary whose peer cannot serve its I/O.
+    #[error(
+        "refused: a Primary can detach its disk only while connected to a peer that is \
+         UpToDate (and serves remote reads); without it every request would fail"
+    )]
+    DetachNeedsPeer,
+    /// `attach` on a node with a disk (or one still closing).
+    #[error("refused: this node is not Diskless (or its disk is still being closed)")]
+    NotDiskless,
+    /// `attach` on a Primary.
+    #[error(
+        "refused: attach a disk on a Secondary (the resync makes it the target); run \
+         `repctl secondary` first"
+    )]
+    AttachNeedsSecondary,
+    /// A verb that needs the local disk, on a Diskless node.
+    #[error("refused: this node is Diskless; `repctl attach` its disk first")]
+    NeedsDisk,
+    /// A verb that needs both disks while the peer is Diskless.
+    #[error("refused: the peer is Diskless (its disk failed or was detached); `repctl attach` it there first")]
+    PeerDiskless,
+    /// `primary` on a Diskless node whose peer cannot serve.
+    #[error(
+        "refused: a Diskless node can be Primary only while connected to an UpToDate peer \
+         on its data generation"
+    )]
+    DisklessNeedsPeer,
     /// `outdate` on a Primary.
     #[error("refused: a Primary cannot outdate its own data; make it secondary first")]
     PrimaryCannotOutdate,

@@ -111,6 +111,8 @@ impl World {
                                 | ConnState::VerifyTarget
                         ) && s.peer_disk == DiskState::UpToDate
                             && self.sc.protocol != Protocol::A
+                            // Diskless: one copy, on the peer; safe once flushed.
+                            && s.disk != DiskState::Diskless
                     });
                     self.report.writes_acked += 1;
                     if self.trace_all {

@@ -180,6 +180,7 @@ impl World {
                 }
             }
         }
+        self.repair_disks();
         if self.primary().is_none() {
             self.operator_failover();
         }

@@ -35,6 +35,7 @@ impl World {
         let crash = invalidate + rt.secondary_crash_pm;
         let switchover = crash + 4;
         let pause_sync = switchover + 4;
+        let disk_fail = pause_sync + 10;
         if r < reset {
             self.reset_link();
         } else if r < partition && self.now >= self.partition_until {
@@ -50,7 +51,9 @@ impl World {
         } else if r < verify {
             let i = self.rng.gen_range(0..2);
             self.admin(i, Admin::Verb(Verb::Verify { repair: true }));
-        } else if r < invalidate {
+        } else if r < invalidate && !self.any_disk_out() {
+            // (Invalidating the one node with a disk would throw away the
+            // only copy: an operator's mistake, not a fault to survive.)
             if let Some(p) = self.primary() {
                 self.admin(1 - p, Admin::Verb(Verb::Invalidate));
             }
@@ -73,7 +76,11 @@ impl World {
             if !self.admin(i, Admin::Verb(Verb::PauseSync)) {
                 self.admin(i, Admin::Verb(Verb::ResumeSync));
             }
+        } else if r < disk_fail {
+            self.disk_fail_chaos();
+            self.bad_block_chaos();
         }
+        self.repair_disks();
     }
 
     /// PrimaryCrash runs: the synced Primary crashes (once, or twice with a
@@ -161,6 +168,14 @@ impl World {
             }
         }
         self.oracle.power_loss(i);
+        if self.nodes[1 - i]
+            .node
+            .as_ref()
+            .is_some_and(|n| n.disk() == DiskState::Diskless)
+        {
+            // A Diskless peer's writes lived in this node's cache only.
+            self.oracle.power_loss(1 - i);
+        }
         self.nodes[i].node = None;
         self.nodes[i].app.clear();
         self.nodes[i].inc += 1;

@@ -22,6 +22,7 @@
 //! - `network`: the link (latency, partitions, bandwidth, damage);
 //! - `app`: the application's requests on the Primary;
 //! - `faults`: the fault schedule and the operator;
+//! - `detach`: disk failures, Diskless nodes and the attach of a repaired or new disk;
 //! - `checks` and `oracle`: the invariants, and what the data must show.
 
 // The simulator is a test harness: an out-of-range index there is a bug in
@@ -34,6 +35,7 @@
 
 mod app;
 mod checks;
+mod detach;
 mod disk;
 mod faults;
 mod network;

@@ -123,11 +123,15 @@ impl World {
                 self.meta_push(i, token, MetaW::Bitmap(first_word, words));
             }
             Action::Complete { id, result } => self.app_done(i, id, result),
+            Action::CloseDisk => self.disk_closed(i),
             Action::Hook(h) => {
                 let s = format!("{} hook {:?}", self.name(i), h);
                 self.log(s);
                 if h == Hook::FencePeer {
                     self.run_fence_peer(i);
+                }
+                if h == Hook::LocalIoError {
+                    self.io_error_hook(i);
                 }
             }
         }

@@ -70,6 +70,8 @@ pub struct Scenario {
     /// After `duration_ms`, how long the pair may take to converge.
     pub settle_ms: u64,
     pub rates: Rates,
+    /// `on-io-error = "detach"`, and disks that fail (network runs only).
+    pub detach: bool,
 }
 
 /// How often faults strike and how slow things are in one run. Each seed
@@ -206,6 +208,9 @@ impl Scenario {
             },
             settle_ms: 200_000,
             rates: Rates::from_seed(seed),
+            // Its own stream: the other draws stay as they were.
+            detach: kind == Kind::Network
+                && ChaCha8Rng::seed_from_u64(seed ^ 0xd15c_1e55).gen_bool(0.5),
         }
     }
 }
@@ -228,6 +233,7 @@ pub(super) fn cfg(name: &str, peer: &str, sc: &Scenario) -> NodeConfig {
         split_brain: SplitBrainPolicy::default(),
         features: features::ALL,
         fencing: sc.fencing,
+        on_io_error_detach: sc.detach,
     }
 }
 

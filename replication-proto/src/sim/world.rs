@@ -45,6 +45,12 @@ pub struct SimReport {
     /// Fence-peer handlers run (fencing runs: a Primary lost its peer, or
     /// was promoted without it).
     pub fences: u32,
+    /// Disks that failed (`on-io-error = "detach"` runs) and disks attached
+    /// again afterwards.
+    pub disk_failures: u32,
+    pub attaches: u32,
+    /// Blocks that failed reads (runs without detach), served by the peer.
+    pub bad_blocks: u32,
 }
 
 #[derive(Debug)]
@@ -123,6 +129,12 @@ pub(super) struct SimNode {
     pub(super) conn: Option<u64>,
     pub(super) next_tick: Option<u64>,
     pub(super) app: HashMap<AppId, AppOp>,
+    /// The disk fails every data request (`detach.rs`).
+    pub(super) failed: bool,
+    /// The node closed its disk (`Action::CloseDisk`).
+    pub(super) closed: bool,
+    /// Blocks that fail every read until written again (`detach.rs`).
+    pub(super) bad_blocks: std::collections::HashSet<u64>,
 }
 
 pub(super) struct World {
@@ -154,6 +166,7 @@ pub(super) struct World {
     pub(super) report: SimReport,
     pub(super) ending: bool,
     pub(super) crashes_left: u32,
+    pub(super) disk_failures_left: u32,
     /// A crash is scheduled and has not happened yet: the frozen Primary it
     /// is meant for must not be resumed meanwhile.
     pub(super) crash_pending: bool,
@@ -216,6 +229,7 @@ pub fn slow_link_resync(bytes_per_ms: u64, ping_conn: bool) -> (SimReport, Resul
         resync_rate: 0,
         fencing: crate::machine::Fencing::DontCare,
         rates: Rates::FIXED,
+        detach: false,
     };
     let (report, r) = run_scenario(1, sc, false, false);
     (report, r.map(|_| ()))
@@ -239,6 +253,9 @@ fn run_scenario(
         conn: None,
         next_tick: None,
         app: HashMap::new(),
+        failed: false,
+        closed: false,
+        bad_blocks: std::collections::HashSet::new(),
     };
     let mut w = World {
         seed,
@@ -265,6 +282,7 @@ fn run_scenario(
         report: SimReport::default(),
         ending: false,
         crashes_left: 1 + u32::from(sc.crash_sync_source),
+        disk_failures_left: 2,
         crash_pending: false,
         peer_stopped: None,
         flushed_since_failover: false,
@@ -417,7 +435,9 @@ impl World {
             }
             Ev::Crash(i) => {
                 self.crash_pending = false;
-                if self.nodes[i].node.is_some() {
+                // A power loss on top of the peer's failed disk is a second
+                // fault (the writes only this node's cache held are gone).
+                if self.nodes[i].node.is_some() && !self.any_disk_out() {
                     self.crash(i);
                 }
             }
@@ -436,6 +456,26 @@ impl World {
     /// A disk request completes (unless its node crashed since).
     fn io_done(&mut self, node: usize, inc: u64, token: IoToken, op: IoOp) {
         if self.nodes[node].inc != inc || self.nodes[node].node.is_none() {
+            return;
+        }
+        if self.nodes[node].failed || self.nodes[node].closed {
+            self.feed(
+                node,
+                Event::LocalDone {
+                    token,
+                    result: Err(5),
+                },
+            );
+            return;
+        }
+        if self.bad_read(node, &op) {
+            self.feed(
+                node,
+                Event::LocalDone {
+                    token,
+                    result: Err(5),
+                },
+            );
             return;
         }
         let d = &mut self.nodes[node].disk;

@@ -51,8 +51,11 @@ pub mod features {
     pub const PING_CONN: u64 = 1 << 2;
     /// The peer understands `SkipSync` (`new-current-uuid --clear-bitmap`).
     pub const SKIP_SYNC: u64 = 1 << 3;
+    /// The peer serves remote reads (`ReadRequest`, `ReadReply`, `ReadNeg`)
+    /// and knows a Diskless peer (`on-io-error = "detach"`, `repctl detach`).
+    pub const REMOTE_READ: u64 = 1 << 4;
     /// Every feature this build knows.
-    pub const ALL: u64 = CSUM_RESYNC | TRIM | PING_CONN | SKIP_SYNC;
+    pub const ALL: u64 = CSUM_RESYNC | TRIM | PING_CONN | SKIP_SYNC | REMOTE_READ;
 }
 
 /// Flags of a replicated write.
@@ -243,6 +246,26 @@ pub enum Message {
     /// Sent only to a peer with [`features::SKIP_SYNC`].
     SkipSync {
         gens: Generations,
+    },
+    /// A node without a usable local disk (Diskless, or a local read
+    /// failed) asks the peer for a range. Sent only to a peer with
+    /// [`features::REMOTE_READ`].
+    ReadRequest {
+        id: u64,
+        offset: u64,
+        len: u32,
+    },
+    /// The peer's data for a `ReadRequest`.
+    ReadReply {
+        id: u64,
+        offset: u64,
+        data: Bytes,
+    },
+    /// The peer could not read the range (or has no good data for it).
+    ReadNeg {
+        id: u64,
+        offset: u64,
+        len: u32,
     },
     Disconnect {
         reason: DisconnectReason,

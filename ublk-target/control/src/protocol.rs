@@ -58,6 +58,10 @@ pub enum ControlCmd {
     Adjust {
         path: std::path::PathBuf,
     },
+    /// Re-open the backing disk of a Diskless node and take it back
+    /// (`repctl attach`, drbdadm attach): its metadata is read and checked
+    /// by repd, then the state machine reconnects and resyncs it.
+    Attach,
 }
 
 impl From<Verb> for ControlCmd {
@@ -89,17 +93,19 @@ enum DaemonJson {
     Adjust {
         path: std::path::PathBuf,
     },
+    Attach,
 }
 
 impl DaemonJson {
     /// The `cmd` names of the daemon's commands; any other is a [`Verb`]'s.
-    const NAMES: [&'static str; 6] = [
+    const NAMES: [&'static str; 7] = [
         "status",
         "down",
         "suspend-io",
         "resume-io",
         "events",
         "adjust",
+        "attach",
     ];
 }
 
@@ -115,6 +121,7 @@ impl Serialize for ControlCmd {
             },
             Self::Events { now } => DaemonJson::Events { now: *now },
             Self::Adjust { path } => DaemonJson::Adjust { path: path.clone() },
+            Self::Attach => DaemonJson::Attach,
         };
         own.serialize(s)
     }
@@ -151,6 +158,7 @@ impl<'de> Deserialize<'de> for ControlCmd {
                 DaemonJson::ResumeIo { if_current } => Self::ResumeIo { if_current },
                 DaemonJson::Events { now } => Self::Events { now },
                 DaemonJson::Adjust { path } => Self::Adjust { path },
+                DaemonJson::Attach => Self::Attach,
             },
         )
     }
@@ -442,6 +450,8 @@ mod tests {
         r#"{"cmd":"pause-sync"}"#,
         r#"{"cmd":"resume-sync"}"#,
         r#"{"cmd":"new-current-uuid","clear_bitmap":true}"#,
+        r#"{"cmd":"detach"}"#,
+        r#"{"cmd":"attach"}"#,
     ];
 
     #[test]

@@ -119,9 +119,9 @@ fn run(cli: &Cli) -> Result<(), String> {
     let (me, _) = cfg.local(cli.node.as_deref()).map_err(|e| e.to_string())?;
     let me = me.clone();
     cfg.check_local_disk(&me).map_err(|e| e.to_string())?;
-    // Held until the process exits: no second repd (nor create-md) on
-    // this disk meanwhile.
-    let _disk_lock = ublk_target::disk_lock::DiskLock::acquire(&me).map_err(|e| e.to_string())?;
+    // Held until the process exits (by the engine, below), except while
+    // Diskless: no second repd (nor create-md) on this disk meanwhile.
+    let disk_lock = ublk_target::disk_lock::DiskLock::acquire(&me).map_err(|e| e.to_string())?;
     // Bound before the engine starts: a port in use stops repd at once.
     let metrics = match cfg.metrics_listen(&me) {
         Some(l) => Some(ublk_target::metrics::MetricsListener::bind(&l, &cfg.path)?),
@@ -133,6 +133,9 @@ fn run(cli: &Cli) -> Result<(), String> {
     };
     let eng = engine::start(&cfg, Some(&me.name), &opts).map_err(|e| e.to_string())?;
     let handle = eng.handle.clone();
+    // The engine holds it from here: released while Diskless (`repctl
+    // detach`), so that `repctl create-md` can prepare a replacement.
+    handle.hold_disk_lock(disk_lock);
 
     let control = ControlServer::start(&cli.run_dir, &cfg.resource.name, &me.name, handle.clone())
         .map_err(|e| e.to_string())?;

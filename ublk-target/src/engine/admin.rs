@@ -13,10 +13,10 @@ use super::{ControlCmd, ControlReply, Runner};
 
 /// A command the daemon refuses before the state machine sees it.
 #[derive(Debug)]
-struct Refused {
+pub(super) struct Refused {
     /// In words, as `repctl` prints it.
-    why: String,
-    refusal: Refusal,
+    pub(super) why: String,
+    pub(super) refusal: Refusal,
 }
 
 /// How long a forced `down` waits for the requests of the NBD clients it
@@ -96,6 +96,7 @@ impl Runner {
                     refusal: Refusal::BadRequest,
                 })
             }
+            ControlCmd::Attach => self.attach()?,
             ControlCmd::Verb(Verb::Secondary) => self.secondary()?,
             ControlCmd::Verb(verb) => Admin::Verb(verb.clone()),
         };

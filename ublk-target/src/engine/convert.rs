@@ -63,5 +63,6 @@ pub fn node_config(
         },
         features: features::ALL,
         fencing: cfg.net.fencing,
+        on_io_error_detach: cfg.disk.on_io_error == crate::config::OnIoError::Detach,
     })
 }

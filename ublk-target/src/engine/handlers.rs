@@ -86,7 +86,11 @@ impl Runner {
         ];
         Self {
             handlers: cfg.handlers.clone(),
-            call_local_io_error: cfg.disk.on_io_error == OnIoError::CallLocalIoError,
+            // Under `detach` too: DRBD's notify-io-error setups combine both.
+            call_local_io_error: matches!(
+                cfg.disk.on_io_error,
+                OnIoError::CallLocalIoError | OnIoError::Detach
+            ),
             env: env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             tx,
             runs: Vec::new(),

@@ -21,12 +21,14 @@
 //! - `convert`: the resource file to the state machine's settings;
 //! - `progress`: resync progress as /proc/drbd shows it;
 //! - `latency`: per-request latency histograms (the metrics endpoint's).
+//! - `detach`: letting go of the disk when Diskless, and `attach`;
 //! - `handlers`: the `[handlers]` commands (fence-peer, split-brain, ...),
 //!   run on threads of their own; their exit codes come back as inputs.
 
 mod adjust;
 mod admin;
 mod convert;
+mod detach;
 mod handlers;
 pub mod latency;
 mod meta;
@@ -95,6 +97,9 @@ pub(crate) enum Input {
         path: std::path::PathBuf,
         reply: Sender<rep_control::protocol::AdjustReply>,
     },
+    /// repd's lock on the disk, held by the engine from now on: released
+    /// when the node goes Diskless, taken again by `attach` (`detach`).
+    DiskLock(crate::disk_lock::DiskLock),
 }
 
 /// State shared with the frontends without a round trip to the engine.
@@ -205,6 +210,12 @@ impl EngineHandle {
     /// The event stream (`repctl events`) the engine publishes to.
     pub fn events(&self) -> &crate::events::Hub {
         &self.events
+    }
+
+    /// Hands repd's disk lock to the engine, which releases it while the
+    /// node is Diskless and takes it again on `attach`.
+    pub fn hold_disk_lock(&self, lock: crate::disk_lock::DiskLock) {
+        let _ = self.tx.send(Input::DiskLock(lock));
     }
 
     /// Ends every [`RoleWait::wait_role_change`] now, as a role change
@@ -334,6 +345,11 @@ struct Runner {
     events: Arc<crate::events::Hub>,
     /// The running configuration `repctl adjust` compares with.
     running: adjust::Running,
+    /// This node in the resource file (its disk, for `attach`).
+    me: crate::config::Node,
+    /// Diskless: the disk is let go of (`detach`).
+    disk_closed: bool,
+    disk_lock: Option<crate::disk_lock::DiskLock>,
 }
 
 /// Start the engine for the local node of `cfg`.
@@ -397,6 +413,9 @@ pub fn start(
             cfg: cfg.clone(),
             tx: tx.clone(),
         },
+        me: me.clone(),
+        disk_closed: false,
+        disk_lock: None,
     };
     runner.first_commands(cfg, opts, state.crashed_primary);
     runner.publish_events();
@@ -710,6 +729,12 @@ impl Runner {
             Input::Adjust { path, reply } => {
                 let _ = reply.send(self.adjust(&path));
             }
+            // Already Diskless (a disk that failed at once): not held.
+            Input::DiskLock(lock) => {
+                if !self.disk_closed {
+                    self.disk_lock = Some(lock);
+                }
+            }
             Input::HandlerDone {
                 kind,
                 exit,
@@ -784,6 +809,15 @@ impl Runner {
 
     fn act(&mut self, a: Action) {
         self.latency.action(&self.node, &a);
+        if self.disk_closed {
+            if let Action::LocalRead { token, .. }
+            | Action::LocalWrite { token, .. }
+            | Action::LocalFlush { token } = a
+            {
+                self.closed_disk_op(token);
+                return;
+            }
+        }
         match a {
             Action::Connect => self.peer.set_wanted(true),
             Action::CloseConnection => {
@@ -852,6 +886,7 @@ impl Runner {
                 }
             }
             Action::Hook(h) => self.handlers.hook(&h),
+            Action::CloseDisk => self.close_disk(),
         }
     }
 }

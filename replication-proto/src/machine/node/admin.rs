@@ -17,6 +17,25 @@ impl Node {
         if self.down.requested {
             return Err(AdminError::ShuttingDown);
         }
+        let peer_diskless = self.link.decided_peer().map(|p| p.disk) == Some(DiskState::Diskless);
+        if (self.is_diskless() || peer_diskless)
+            && matches!(
+                cmd,
+                Admin::Verb(
+                    Verb::Invalidate
+                        | Verb::InvalidateRemote
+                        | Verb::Verify { .. }
+                        | Verb::Outdate
+                        | Verb::NewCurrentUuid { .. }
+                )
+            )
+        {
+            return Err(if self.is_diskless() {
+                AdminError::NeedsDisk
+            } else {
+                AdminError::PeerDiskless
+            });
+        }
         match cmd {
             Admin::Verb(Verb::Primary { force }) => self.promote(force),
             Admin::Verb(Verb::Secondary) => {
@@ -66,6 +85,8 @@ impl Node {
             Admin::Verb(Verb::NewCurrentUuid { clear_bitmap }) => {
                 self.new_current_uuid(clear_bitmap)
             }
+            Admin::Verb(Verb::Detach) => self.admin_detach(),
+            Admin::Attach(p) => self.admin_attach(p),
             Admin::Down => self.admin_down(),
         }
     }
@@ -207,6 +228,18 @@ impl Node {
         {
             return Err(AdminError::SyncTarget);
         }
+        if self.is_diskless() {
+            if !self.peer_serves() {
+                return Err(AdminError::DisklessNeedsPeer);
+            }
+            // Its data is the peer's: nothing of its own to persist.
+            self.role = Role::Primary;
+            self.send(Message::State {
+                role: Role::Primary,
+                disk: self.disk,
+            });
+            return Ok(());
+        }
         let mut start_full_sync = false;
         // A Primary acknowledges writes; the superblock written below (which
         // gates them) must not claim otherwise.
@@ -301,7 +334,7 @@ impl Node {
         self.flags.set(MetaFlags::CRASHED_PRIMARY, false);
         // A clean demotion empties the activity log, so a later crash of this
         // node does not resync extents it no longer writes.
-        if let Some(plan) = self.al.log.plan_empty() {
+        if let Some(plan) = self.al.log.plan_empty().filter(|_| !self.is_diskless()) {
             self.write_al_plan(plan);
         }
         self.persist_super(false);

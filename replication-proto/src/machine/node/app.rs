@@ -38,7 +38,12 @@ impl Node {
             return;
         }
         self.app.insert(id, AppReq::Read);
-        self.submit_local(Span::new(offset, u64::from(len)), LocalOp::AppRead { id });
+        let span = Span::new(offset, u64::from(len));
+        if self.is_diskless() {
+            self.remote_read(id, span, false);
+            return;
+        }
+        self.submit_local(span, LocalOp::AppRead { id });
     }
 
     pub(super) fn app_write(
@@ -82,6 +87,10 @@ impl Node {
                 peer: PeerWait::None,
             },
         );
+        if self.is_diskless() {
+            self.diskless_start_write(id);
+            return;
+        }
         self.al.wait.push_back(id);
         self.process_al_wait();
     }
@@ -89,6 +98,14 @@ impl Node {
     /// Start queued writes whose extents are in the activity log; plan a
     /// transaction for the others.
     pub(super) fn process_al_wait(&mut self) {
+        if self.is_diskless() {
+            // No activity log without a disk: to the peer only.
+            let waiting: Vec<AppId> = self.al.wait.drain(..).collect();
+            for id in waiting {
+                self.diskless_start_write(id);
+            }
+            return;
+        }
         if self.al.super_gate > 0 {
             return;
         }
@@ -213,14 +230,15 @@ impl Node {
             | LocalOp::ResyncRead { .. }
             | LocalOp::CsumRead { .. }
             | LocalOp::VerifyRead { .. }
-            | LocalOp::VerifyCompare { .. } => {
+            | LocalOp::VerifyCompare { .. }
+            | LocalOp::PeerRead { .. } => {
                 self.actions.push_back(Action::LocalRead {
                     token,
                     offset: span.start,
                     len,
                 });
             }
-            LocalOp::PeerWrite { .. } | LocalOp::ResyncWrite { .. } => {
+            LocalOp::PeerWrite { .. } | LocalOp::ResyncWrite { .. } | LocalOp::RepairWrite => {
                 self.issue_parked_write(token);
             }
         }
@@ -241,6 +259,7 @@ impl Node {
             return;
         };
         let (payload, fua, extents) = (payload.clone(), *fua, *extents);
+        self.cancel_repairs(span);
         let wait = if self.replicating() {
             self.replicate_write(id, span, len, &payload, fua, extents)
         } else {
@@ -262,7 +281,7 @@ impl Node {
 
     /// Send application write `id` to the peer; returns what its
     /// completion waits for from the peer.
-    fn replicate_write(
+    pub(super) fn replicate_write(
         &mut self,
         id: AppId,
         span: Span,
@@ -273,7 +292,8 @@ impl Node {
     ) -> PeerWait {
         let seq = self.repl.next_seq;
         self.repl.next_seq += 1;
-        let need_write_ack = fua || self.cfg.protocol == Protocol::C;
+        // A Diskless node's write exists only on the peer: wait for its disk.
+        let need_write_ack = fua || self.cfg.protocol == Protocol::C || self.is_diskless();
         let wait = if self.cfg.protocol == Protocol::A && !need_write_ack {
             PeerWait::Done
         } else {
@@ -343,7 +363,7 @@ impl Node {
                 ..
             }) => {
                 let peer_ok = match peer {
-                    PeerWait::None | PeerWait::Done => true,
+                    PeerWait::None | PeerWait::Done | PeerWait::Lost => true,
                     PeerWait::Sent {
                         seq,
                         need_write_ack,
@@ -411,9 +431,17 @@ impl Node {
             );
             self.bitmap.set_range(r.span.start, r.span.len());
         }
+        let no_copy = !ok && self.is_diskless();
         if let Some(id) = r.app_id {
-            if let Some(AppReq::Write { peer, .. }) = self.app.get_mut(&id) {
+            if let Some(AppReq::Write {
+                peer, local_err, ..
+            }) = self.app.get_mut(&id)
+            {
                 *peer = PeerWait::Done;
+                if no_copy {
+                    // Diskless: the peer's copy was the only one.
+                    *local_err = Some(errno::EIO);
+                }
             }
             self.try_complete_write(id);
         }
@@ -460,6 +488,10 @@ impl Node {
             self.complete(id, Err(errno::EINVAL));
             return;
         }
+        if self.is_diskless() {
+            self.diskless_flush(id);
+            return;
+        }
         let replicate = self.replicating();
         self.app.insert(
             id,
@@ -504,24 +536,28 @@ impl Node {
             // anything: the range is marked so that the next resync
             // makes both copies equal again.
             self.bitmap.set_range(span.start, span.len());
-            self.error(
-                ErrorKind::LocalIo,
-                format!(
-                    "local write of {} bytes at {} failed (errno {e}): the request \
-                 failed, the range is marked out of sync",
-                    span.len(),
-                    span.start
-                ),
-            );
+            self.local_io_failed(format!(
+                "local write of {} bytes at {} failed (errno {e}): the range is marked \
+                 out of sync",
+                span.len(),
+                span.start
+            ));
         }
+        // Detached: the peer's copy is the one that counts (a NegAck from
+        // it still fails the request).
+        let peer_has_it = self.is_diskless();
         if let Some(AppReq::Write {
             local_done,
             local_err,
+            peer,
             ..
         }) = self.app.get_mut(&id)
         {
             *local_done = true;
             *local_err = result.err();
+            if peer_has_it && matches!(peer, PeerWait::Sent { .. } | PeerWait::Done) {
+                *local_err = None;
+            }
         }
         self.try_complete_write(id);
     }
@@ -532,6 +568,19 @@ impl Node {
         span: Span,
         result: Result<Option<Bytes>, i32>,
     ) {
+        if let Err(e) = &result {
+            self.local_io_failed(format!(
+                "local read of {} bytes at {} failed (errno {e})",
+                span.len(),
+                span.start
+            ));
+            if self.peer_serves() || self.is_diskless() {
+                // Served by the peer; rewritten here unless detached.
+                let repair = !self.is_diskless();
+                self.remote_read(id, span, repair);
+                return;
+            }
+        }
         self.app.remove(&id);
         if let Ok(Some(d)) = &result {
             self.stats.traffic.read_bytes += d.len() as u64;

@@ -15,11 +15,14 @@ impl Node {
 
     pub(super) fn local_done(&mut self, token: IoToken, result: Result<Option<Bytes>, i32>) {
         if let Some(f) = self.ops.flush.remove(&token) {
+            self.detach_on_error(&result);
             self.flush_done(f, result.map(|_| ()));
+            self.maybe_close_disk();
             return;
         }
         let (done, started) = self.ops.io.complete(token);
         let Some((span, op)) = done else { return };
+        self.detach_on_error(&result);
         // The finished op's own effects (sends) go out before any op it
         // unblocked starts: the wire order must match the disk order.
         self.finish_local(span, op, result);
@@ -27,6 +30,7 @@ impl Node {
             self.issue_local(t);
         }
         self.maybe_finish_down();
+        self.maybe_close_disk();
     }
 
     /// A data operation finished: its own step, by kind.
@@ -38,7 +42,10 @@ impl Node {
     ) {
         let write = matches!(
             op,
-            LocalOp::AppWrite { .. } | LocalOp::PeerWrite { .. } | LocalOp::ResyncWrite { .. }
+            LocalOp::AppWrite { .. }
+                | LocalOp::PeerWrite { .. }
+                | LocalOp::ResyncWrite { .. }
+                | LocalOp::RepairWrite
         );
         if write && result.is_ok() {
             self.error_ended(ErrorKind::LocalIo);
@@ -46,6 +53,8 @@ impl Node {
         match op {
             LocalOp::AppWrite { id } => self.app_write_done(id, span, result),
             LocalOp::AppRead { id } => self.app_read_done(id, span, result),
+            LocalOp::PeerRead { id, epoch } => self.peer_read_done(id, epoch, span, result),
+            LocalOp::RepairWrite => self.repair_write_done(span, result),
             LocalOp::PeerWrite {
                 seq,
                 epoch,
@@ -89,6 +98,14 @@ impl Node {
     }
 
     pub(super) fn meta_done(&mut self, token: MetaToken, result: Result<(), i32>) {
+        self.meta_op_done(token, result);
+        if result.is_err() {
+            self.detach_on_error(&Err(crate::machine::types::errno::EIO));
+        }
+        self.maybe_close_disk();
+    }
+
+    fn meta_op_done(&mut self, token: MetaToken, result: Result<(), i32>) {
         let Some(op) = self.ops.meta.remove(&token) else {
             return;
         };

@@ -93,6 +93,7 @@ impl Node {
             self.set_connected_ind(false);
         }
         self.forget_peer_writes();
+        self.fail_remote_reads();
         self.recv.barriers.clear();
         self.recv.unacked = 0;
         if let Some(s) = self.sync.take() {
@@ -128,12 +129,20 @@ impl Node {
     fn forget_peer_writes(&mut self) {
         let pending = std::mem::take(&mut self.repl.pending);
         self.repl.pending_bytes = 0;
+        let no_copy = self.is_diskless();
         for (_, r) in pending {
             self.bitmap.set_range(r.span.start, r.span.len());
             self.al.log.release(r.extents.first, r.extents.last);
             if let Some(id) = r.app_id {
-                if let Some(AppReq::Write { peer, .. }) = self.app.get_mut(&id) {
-                    *peer = PeerWait::Done;
+                if let Some(AppReq::Write {
+                    peer, local_err, ..
+                }) = self.app.get_mut(&id)
+                {
+                    *peer = PeerWait::Lost;
+                    if no_copy {
+                        // Diskless: the peer's copy was the only one.
+                        *local_err = Some(crate::machine::types::errno::EIO);
+                    }
                 }
                 self.try_complete_write(id);
             }
@@ -206,6 +215,9 @@ impl Node {
                 in_sync,
             } => self.on_verify_reply(id, offset, len, in_sync),
             Message::OutOfSync { offset, len } => self.bitmap.set_range(offset, u64::from(len)),
+            Message::ReadRequest { id, offset, len } => self.on_read_request(id, offset, len),
+            Message::ReadReply { id, data, .. } => self.on_read_reply(id, Ok(data)),
+            Message::ReadNeg { id, .. } => self.on_read_reply(id, Err(())),
             Message::Hello(_) | Message::Auth { .. } => {
                 self.protocol_error("handshake message on an established connection");
             }
@@ -257,16 +269,21 @@ impl Node {
             );
             return;
         }
+        let was = self.link.peer().map(|p| p.disk);
         if let Some(p) = self.link.peer_mut() {
             p.role = role;
             p.disk = disk;
+        }
+        if disk == DiskState::Diskless && was != Some(DiskState::Diskless) {
+            self.peer_went_diskless();
         }
     }
 
     /// The peer asks to start a resync (invalidate, invalidate-remote,
     /// verify --repair) from an idle connection.
     fn on_start_sync(&mut self, sender_is_source: bool, full: bool) {
-        if self.conn != ConnState::Connected {
+        let peer_diskless = self.link.decided_peer().map(|p| p.disk) == Some(DiskState::Diskless);
+        if self.conn != ConnState::Connected || self.is_diskless() || peer_diskless {
             self.protocol_error("StartSync while not idle");
             return;
         }

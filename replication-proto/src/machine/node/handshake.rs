@@ -128,11 +128,19 @@ impl Node {
             debug_assert!(false, "deciding without the peer's Hello");
             return;
         };
+        if self.is_diskless() || p.hello.disk == DiskState::Diskless {
+            self.discard_my_data = false;
+            self.link.decide(self.now);
+            self.set_connected_ind(true);
+            self.connected_diskless(&p.hello);
+            return;
+        }
         let d = self.decision(&p.hello);
         tracing::info!(peer = %p.hello.node, decision = ?d, "sync handshake");
         self.discard_my_data = false;
         self.link.decide(self.now);
         self.set_connected_ind(true);
+        self.peer_has_disk_again();
         if matches!(
             d,
             Decision::SplitBrainResolved { .. } | Decision::SplitBrain { .. }
@@ -221,6 +229,28 @@ impl Node {
                 self.gens.bitmap = 0;
                 self.persist_super(false);
             }
+        }
+    }
+
+    /// One side is Diskless: nothing to sync; the one with a disk holds
+    /// the only copy (`diskless.rs`).
+    fn connected_diskless(&mut self, hello: &Hello) {
+        tracing::info!(peer = %hello.node, me = ?self.disk, peer_disk = ?hello.disk, "handshake with a Diskless side: no resync");
+        if self.role == Role::Primary && hello.role == Role::Primary {
+            self.fail_connection(
+                DisconnectReason::BothPrimary,
+                "both nodes are Primary".into(),
+                true,
+            );
+            return;
+        }
+        self.conn = ConnState::Connected;
+        // A Diskless peer on this node's generation reads and writes
+        // through it; one that moved on alone (it wrote, then lost its disk)
+        // cannot (`peer_serves`), and its disk coming back is compared
+        // with this one as it is.
+        if hello.disk == DiskState::Diskless && hello.gens.current == self.gens.current {
+            self.peer_went_diskless();
         }
     }
 

@@ -44,6 +44,7 @@ mod admin;
 mod app;
 mod completions;
 mod connection;
+mod diskless;
 mod errors;
 mod fence;
 mod handshake;
@@ -152,6 +153,8 @@ pub struct Node {
     fence: fence::Fence,
     /// Protocol and secret for the next connection (`reconfigure.rs`).
     next_connection: Option<(crate::wire::Protocol, Vec<u8>)>,
+    /// Diskless: closing the disk, remote reads (`diskless.rs`).
+    det: diskless::Detach,
 }
 
 /// How long an error stays in status after its condition is gone.
@@ -167,6 +170,11 @@ impl Node {
         let degraded_at_start =
             flags.has(MetaFlags::PRIMARY_IND) && !flags.has(MetaFlags::CONNECTED_IND);
         let mut bitmap = Bitmap::from_words(cfg.data_bytes, &p.bitmap);
+        if flags.has(MetaFlags::PEER_DISKLESS_DIRTY) {
+            // Stopped while it tracked a Diskless peer's misses: the bits
+            // since the last persisted bitmap are unknown.
+            bitmap.set_all();
+        }
         let resume = Resume::at_start(flags, p.gens.current);
         recover_after_crash(&mut flags, &mut bitmap, &p.al_extents);
         let disk = disk_at_start(flags);
@@ -203,6 +211,7 @@ impl Node {
             last_verify: None,
             fence: fence::Fence::default(),
             next_connection: None,
+            det: diskless::Detach::default(),
             cfg,
         };
         n.persist_super(false);

@@ -50,6 +50,10 @@ impl Node {
     }
 
     pub(super) fn persist_super(&mut self, gate: bool) {
+        if self.is_diskless() {
+            // No disk to write to (the peer keeps the generations).
+            return;
+        }
         let token = self.meta_token();
         if gate {
             self.al.super_gate += 1;
@@ -63,6 +67,9 @@ impl Node {
     }
 
     pub(super) fn persist_bitmap_all(&mut self, sync_epoch: Option<u64>) {
+        if self.is_diskless() {
+            return;
+        }
         let token = self.meta_token();
         self.ops.meta.insert(token, MetaOp::Bitmap { sync_epoch });
         self.stats.bm_writes += 1;
@@ -85,6 +92,10 @@ impl Node {
 
     /// Start a new data generation: the bitmap counts changes from the old one.
     pub(super) fn rotate_for_disconnected_writes(&mut self) {
+        if self.is_diskless() {
+            // Its writes went to the peer only: no generation of its own.
+            return;
+        }
         if (self.gens.bitmap == 0 || self.peer_has_my_current)
             && self.gens.current != UUID_JUST_CREATED
         {
@@ -114,6 +125,8 @@ impl Node {
     pub(super) fn replicating(&self) -> bool {
         self.role == Role::Primary
             && self.link.decided()
+            // A Diskless peer keeps nothing: the bitmap does (DRBD's pdsk:Diskless).
+            && self.link.decided_peer().map(|p| p.disk) != Some(crate::wire::DiskState::Diskless)
             && matches!(
                 self.conn,
                 ConnState::Connected

@@ -100,6 +100,7 @@ mod tests {
             split_brain: SplitBrainPolicy::default(),
             features: features::ALL,
             fencing: Fencing::DontCare,
+            on_io_error_detach: false,
         }
     }
 

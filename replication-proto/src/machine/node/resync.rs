@@ -398,6 +398,13 @@ impl Node {
             self.gens = gens;
             self.persist_super(false);
         }
+        if self.is_diskless()
+            && (gens.current == self.gens.current || gens.bitmap == self.gens.current)
+        {
+            // Diskless: the peer's generations are this node's data's
+            // (it moved on from the one both shared when the disk went).
+            self.gens = gens;
+        }
         if let Some(p) = self.link.peer_mut() {
             p.hello.gens = gens;
         }

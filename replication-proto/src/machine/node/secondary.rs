@@ -36,6 +36,10 @@ impl Node {
         if self.cfg.protocol == Protocol::B {
             self.send(Message::RecvAck { seq });
         }
+        if self.link.decided_peer().map(|p| p.disk) == Some(crate::wire::DiskState::Diskless) {
+            // The peer's disk misses this write (`diskless.rs`).
+            self.bitmap.set_range(offset, u64::from(len));
+        }
         self.stats.traffic.received_bytes += data.len() as u64;
         self.recv.index += 1;
         let recv_idx = self.recv.index;

@@ -26,6 +26,8 @@ pub(super) enum PeerWait {
         need_write_ack: bool,
     },
     Done,
+    /// The connection broke before the peer confirmed it.
+    Lost,
 }
 
 #[derive(Debug)]
@@ -57,6 +59,13 @@ pub(super) enum LocalOp {
     AppRead {
         id: AppId,
     },
+    /// The peer's remote read (`diskless.rs`).
+    PeerRead {
+        id: u64,
+        epoch: u64,
+    },
+    /// Data read from the peer written over a block this disk failed to read.
+    RepairWrite,
     PeerWrite {
         seq: u64,
         epoch: u64,

@@ -54,6 +54,17 @@ impl Node {
             self.link.pinged(now);
             self.send(Message::Ping);
         }
+        if let Some(sent) = self.oldest_remote_read() {
+            if now >= sent + self.ko_ms() {
+                let ms = self.ko_ms();
+                self.fail_connection(
+                    DisconnectReason::Timeout,
+                    format!("peer did not answer a remote read within {ms} ms (timeout × ko-count); dropping it"),
+                    false,
+                );
+                return;
+            }
+        }
         if let Some((_, r)) = self.repl.pending.first_key_value() {
             if now >= r.sent_at + self.ko_ms() {
                 let ms = self.ko_ms();

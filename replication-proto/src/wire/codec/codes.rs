@@ -30,6 +30,9 @@ pub(super) const T_SYNC_DONE: u8 = 23;
 pub(super) const T_DISCONNECT: u8 = 24;
 pub(super) const T_START_SYNC: u8 = 25;
 pub(super) const T_SKIP_SYNC: u8 = 26;
+pub(super) const T_READ_REQUEST: u8 = 27;
+pub(super) const T_READ_REPLY: u8 = 28;
+pub(super) const T_READ_NEG: u8 = 29;
 
 /// Name of a message type code, `None` if this build does not know it.
 pub(super) fn type_name(ty: u8) -> Option<&'static str> {
@@ -60,6 +63,9 @@ pub(super) fn type_name(ty: u8) -> Option<&'static str> {
         T_DISCONNECT => "Disconnect",
         T_START_SYNC => "StartSync",
         T_SKIP_SYNC => "SkipSync",
+        T_READ_REQUEST => "ReadRequest",
+        T_READ_REPLY => "ReadReply",
+        T_READ_NEG => "ReadNeg",
         _ => return None,
     })
 }
@@ -92,6 +98,9 @@ pub(super) fn type_code(msg: &Message) -> u8 {
         Message::Disconnect { .. } => T_DISCONNECT,
         Message::StartSync { .. } => T_START_SYNC,
         Message::SkipSync { .. } => T_SKIP_SYNC,
+        Message::ReadRequest { .. } => T_READ_REQUEST,
+        Message::ReadReply { .. } => T_READ_REPLY,
+        Message::ReadNeg { .. } => T_READ_NEG,
     }
 }
 

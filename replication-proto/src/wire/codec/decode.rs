@@ -207,6 +207,26 @@ fn decode_payload(
                 data: bulk(data),
             }
         }
+        T_READ_REQUEST => Message::ReadRequest {
+            id: r.u64("id")?,
+            offset: r.u64("offset")?,
+            len: r.u32("len")?,
+        },
+        T_READ_REPLY => {
+            let id = r.u64("id")?;
+            let offset = r.u64("offset")?;
+            let data = r.rest();
+            Message::ReadReply {
+                id,
+                offset,
+                data: bulk(data),
+            }
+        }
+        T_READ_NEG => Message::ReadNeg {
+            id: r.u64("id")?,
+            offset: r.u64("offset")?,
+            len: r.u32("len")?,
+        },
         T_IN_SYNC => Message::InSync {
             id: r.u64("id")?,
             offset: r.u64("offset")?,

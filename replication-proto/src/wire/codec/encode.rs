@@ -64,9 +64,13 @@ fn payload_len(msg: &Message) -> usize {
         Message::ResyncRequest { .. }
         | Message::InSync { .. }
         | Message::ResyncNeg { .. }
-        | Message::ResyncAck { .. } => 8 + 8 + 4,
+        | Message::ResyncAck { .. }
+        | Message::ReadRequest { .. }
+        | Message::ReadNeg { .. } => 8 + 8 + 4,
         Message::ChecksumRequest { .. } | Message::VerifyRequest { .. } => 8 + 8 + 4 + 4,
-        Message::ResyncData { data, .. } => RESYNC_DATA_FIXED_LEN + data.len(),
+        Message::ResyncData { data, .. } | Message::ReadReply { data, .. } => {
+            RESYNC_DATA_FIXED_LEN + data.len()
+        }
         Message::VerifyReply { .. } => 8 + 8 + 4 + 1,
         Message::OutOfSync { .. } => 8 + 4,
         Message::Disconnect { message, .. } => 1 + 1 + message.len(),
@@ -150,7 +154,9 @@ fn put_gens(out: &mut BytesMut, g: &Generations) {
 fn encode_head(msg: &Message, out: &mut BytesMut, with_bulk: bool) -> Result<Bytes, EncodeError> {
     let len = validate(msg)?;
     let bulk = match msg {
-        Message::Data { data, .. } | Message::ResyncData { data, .. } => data.clone(),
+        Message::Data { data, .. }
+        | Message::ResyncData { data, .. }
+        | Message::ReadReply { data, .. } => data.clone(),
         _ => Bytes::new(),
     };
     out.reserve(HEADER_LEN + len - if with_bulk { 0 } else { bulk.len() });
@@ -221,7 +227,9 @@ fn put_fields(msg: &Message, out: &mut BytesMut) {
         Message::ResyncRequest { id, offset, len }
         | Message::InSync { id, offset, len }
         | Message::ResyncNeg { id, offset, len }
-        | Message::ResyncAck { id, offset, len } => {
+        | Message::ResyncAck { id, offset, len }
+        | Message::ReadRequest { id, offset, len }
+        | Message::ReadNeg { id, offset, len } => {
             out.put_u64_le(*id);
             out.put_u64_le(*offset);
             out.put_u32_le(*len);
@@ -244,6 +252,11 @@ fn put_fields(msg: &Message, out: &mut BytesMut) {
             out.put_u32_le(*digest);
         }
         Message::ResyncData {
+            id,
+            offset,
+            data: _,
+        }
+        | Message::ReadReply {
             id,
             offset,
             data: _,

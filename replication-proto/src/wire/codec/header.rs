@@ -1,6 +1,6 @@
 //! The 16-byte frame header and the frame's crc32c: checked as the bytes arrive.
 
-use super::codes::{type_name, T_DATA, T_RESYNC_DATA};
+use super::codes::{type_name, T_DATA, T_READ_REPLY, T_RESYNC_DATA};
 use super::error::DecodeError;
 use super::{DATA_FIXED_LEN, HEADER_LEN, MAGIC, MAX_PAYLOAD, RESYNC_DATA_FIXED_LEN};
 use crate::wire::message::PROTOCOL_VERSION;
@@ -131,7 +131,7 @@ pub fn peek_frame(buf: &[u8]) -> Result<Option<FramePeek>, DecodeError> {
     };
     let bulk_at = match h.ty {
         T_DATA => Some(HEADER_LEN + DATA_FIXED_LEN),
-        T_RESYNC_DATA => Some(HEADER_LEN + RESYNC_DATA_FIXED_LEN),
+        T_RESYNC_DATA | T_READ_REPLY => Some(HEADER_LEN + RESYNC_DATA_FIXED_LEN),
         _ => None,
     };
     Ok(Some(FramePeek {

@@ -69,6 +69,9 @@
 //! |   24 | Disconnect      | reason u8, message str                                      |
 //! |   25 | StartSync       | sender_is_source bool, full bool                            |
 //! |   26 | SkipSync        | gens (only to a peer with the SKIP_SYNC feature)            |
+//! |   27 | ReadRequest     | id u64, offset u64, len u32 (only to a peer with REMOTE_READ) |
+//! |   28 | ReadReply       | id u64, offset u64, data rest                               |
+//! |   29 | ReadNeg         | id u64, offset u64, len u32                                 |
 //!
 //! `Data` flags are [`data_flags`](super::data_flags); unknown bits are an error. Without TRIM or
 //! ZEROES the data must be exactly `len` bytes; with either of them it must be

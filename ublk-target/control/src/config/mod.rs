@@ -27,7 +27,7 @@
 //! degr-wfc-timeout = 120
 //! resume-after-crash = "held-device"  # held-device | always | never ([cluster]: never)
 //! [disk]
-//! on-io-error = "pass-on"        # pass-on (detach: not yet)
+//! on-io-error = "pass-on"        # pass-on, call-local-io-error or detach
 //! [split-brain]
 //! after-sb-0pri = "disconnect"
 //! after-sb-1pri = "disconnect"

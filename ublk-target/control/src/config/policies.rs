@@ -52,9 +52,8 @@ impl FromStr for ResumeAfterCrash {
 }
 
 /// `disk.on-io-error`: what to do when the backing disk reports an error.
-/// DRBD's `detach` (go on diskless, reading from the peer) is refused with
-/// a message rather than accepted and ignored: repd has no diskless mode
-/// yet.
+/// DRBD's `panic` is refused with a message naming its replacement (the
+/// `local-io-error` handler), as DRBD 8.4 did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnIoError {
     /// The request fails with the disk's error; a failed write's range is
@@ -64,6 +63,10 @@ pub enum OnIoError {
     /// As `pass-on`, and the `local-io-error` handler runs (once per
     /// episode: until a local I/O succeeds again).
     CallLocalIoError,
+    /// DRBD 8.4's default: the node drops its backing disk and goes on
+    /// Diskless, reading and writing through the peer; the
+    /// `local-io-error` handler runs too when one is configured.
+    Detach,
 }
 
 /// `split-brain.after-sb-0pri`: split brain detected, no node is Primary.
@@ -111,6 +114,7 @@ impl fmt::Display for OnIoError {
         f.write_str(match self {
             OnIoError::PassOn => "pass-on",
             OnIoError::CallLocalIoError => "call-local-io-error",
+            OnIoError::Detach => "detach",
         })
     }
 }
@@ -121,11 +125,7 @@ impl FromStr for OnIoError {
         match s {
             "pass-on" => Ok(Self::PassOn),
             "call-local-io-error" => Ok(Self::CallLocalIoError),
-            "detach" => Err(format!(
-                "\"{s}\" is not supported yet (repd has no diskless mode): a local I/O error \
-                 fails the request and marks its range out of sync; set on-io-error = \"pass-on\" \
-                 or \"call-local-io-error\""
-            )),
+            "detach" => Ok(Self::Detach),
             "panic" => Err(
                 "\"panic\" was removed in DRBD 8.4 in favour of the handler: set \
                  on-io-error = \"call-local-io-error\" and [handlers] local-io-error = \
@@ -133,7 +133,7 @@ impl FromStr for OnIoError {
                     .to_owned(),
             ),
             _ => Err(format!(
-                "unknown value \"{s}\"; expected: pass-on or call-local-io-error"
+                "unknown value \"{s}\"; expected: pass-on, call-local-io-error or detach"
             )),
         }
     }

@@ -448,11 +448,13 @@ fn enum_values_checked() {
     parse(&with("sync", "al-extents = 65534")).unwrap();
     let e = err(&with("disk", "on-io-error = \"panic\""));
     assert!(e.contains("disk.on-io-error") && e.contains("panic"), "{e}");
-    // DRBD's default, not built yet: refused, not ignored.
-    let e = err(&with("disk", "on-io-error = \"detach\""));
-    assert!(
-        e.contains("disk.on-io-error") && e.contains("not supported yet"),
-        "{e}"
+    // DRBD 8.4's default: accepted, with or without a handler.
+    assert_eq!(
+        parse(&with("disk", "on-io-error = \"detach\""))
+            .unwrap()
+            .disk
+            .on_io_error,
+        OnIoError::Detach
     );
     let e = err(&with(
         "split-brain",
@@ -651,6 +653,7 @@ fn call_local_io_error_needs_its_handler_and_panic_says_what_replaced_it() {
         e.contains("removed in DRBD 8.4") && e.contains("call-local-io-error"),
         "{e}"
     );
-    let e = err(&with("detach", ""));
-    assert!(e.contains("not supported yet"), "{e}");
+    let c = parse(&with("detach", "local-io-error = \"/bin/true\"")).unwrap();
+    assert_eq!(c.disk.on_io_error, OnIoError::Detach);
+    assert_eq!(parse(&c.to_toml().unwrap()).unwrap().disk, c.disk);
 }

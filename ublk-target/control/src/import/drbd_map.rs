@@ -331,8 +331,9 @@ impl Mapper {
 
     fn on_io_error(&mut self, d: &mut Draft, s: &Stmt) {
         let Some(v) = self.one(s) else { return };
-        if v == "pass_on" || v == "pass-on" {
-            d.disk.value("on-io-error", "pass-on", from(s));
+        if v == "pass_on" || v == "pass-on" || v == "detach" {
+            let v = if v == "detach" { "detach" } else { "pass-on" };
+            d.disk.value("on-io-error", v, from(s));
             return;
         }
         d.disk.value(
@@ -340,11 +341,7 @@ impl Mapper {
             "pass-on",
             format!("{} (not supported yet)", from(s)),
         );
-        let why = if v == "detach" {
-            "repd has no diskless mode"
-        } else {
-            "repd runs no local-io-error handler and does not halt the node"
-        };
+        let why = "repd runs no local-io-error handler and does not halt the node";
         self.warn(
             s,
             format!(

@@ -269,13 +269,13 @@ fn options_without_counterpart_are_named_in_warnings() {
 #[test]
 fn values_rep_cannot_take_are_warned_and_left_at_the_default() {
     let i = import(&conf(
-        "disk { on-io-error detach; }\nsyncer { al-extents 3; rate 10X; }\n\
+        "disk { on-io-error panic; }\nsyncer { al-extents 3; rate 10X; }\n\
          net { ko-count 0; timeout 0; after-sb-1pri violently-as0p; }\nprotocol D;",
     ));
     let c = loaded(&i);
     assert_eq!(c.disk.on_io_error, OnIoError::PassOn);
     assert_eq!((c.sync.al_extents, c.net.ko_count), (1237, 7));
-    has_warning(&i, "on-io-error", "diskless");
+    has_warning(&i, "on-io-error", "does not halt the node");
     has_warning(&i, "al-extents", "out of rep's range");
     has_warning(&i, "rate", "K, M or G");
     has_warning(&i, "ko-count", "ko-count 0");

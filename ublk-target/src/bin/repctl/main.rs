@@ -277,6 +277,31 @@ enum Command {
         agent runs it when the peer's agent asks (outdate-peer over a heartbeat path)."
     )]
     Outdate(Select),
+    /// Drop the local disk and go on Diskless through the peer (drbdadm detach)
+    #[command(
+        long_about = "Detach the backing disk, like `drbdadm detach`: the node goes Diskless \
+        and keeps serving through its peer: reads are fetched from the peer, writes go to the \
+        peer only (it marks what this disk misses). repd stops writing the metadata, closes it \
+        and releases the disk lock, so the disk can be checked, replaced, or given new metadata \
+        with `repctl create-md`. `[disk] on-io-error = \"detach\"` does the same by itself on \
+        a local I/O error. A Primary may detach only while connected to an UpToDate peer. \
+        `repctl status` then shows `disk:Diskless` and the peer `UpToDate`; \
+        `repctl attach` brings the disk back."
+    )]
+    Detach(Select),
+    /// Take the disk back after detach; it resyncs from the peer (drbdadm attach)
+    #[command(
+        long_about = "Attach the backing disk the resource file names, like `drbdadm \
+        attach`, on a Diskless node: repd takes the disk lock, reads and checks the metadata \
+        (none: run `repctl create-md` first; the wrong size or another resource's: refused \
+        with the reason) and reconnects; the handshake then resyncs the disk from the peer: \
+        only what changed while it was away when it is the disk that was detached, all of it \
+        for a fresh one (after create-md). Only on a Secondary (`repctl secondary` first on a \
+        Diskless Primary). The disk must be the same file or device node repd started with \
+        (a device-mapper table swapped under it, a file rewritten in place); a disk at \
+        another inode needs `repctl down` and `repctl up`."
+    )]
+    Attach(Select),
     /// Hold a running resync (drbdadm pause-sync)
     #[command(
         long_about = "Hold the resync, like `drbdadm pause-sync` (DRBD's user flag, shown \
@@ -623,6 +648,10 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Outdate(sel) => each(cli, sel, OnlyOne, |t| {
             daemon::simple(t, ControlCmd::Verb(Verb::Outdate))
         }),
+        Command::Detach(sel) => each(cli, sel, OnlyOne, |t| {
+            daemon::simple(t, ControlCmd::Verb(Verb::Detach))
+        }),
+        Command::Attach(sel) => each(cli, sel, OnlyOne, |t| daemon::simple(t, ControlCmd::Attach)),
         Command::PauseSync(sel) => each(cli, sel, OnlyOne, |t| {
             daemon::simple(t, ControlCmd::Verb(Verb::PauseSync))
         }),
