@@ -149,6 +149,9 @@ dm_replace() {
   loop=$(losetup -f --show --direct-io=on "$file") || return 1
   DM_LOOP[$name]=$loop
   dm_linear "$name" || return 1
+  # The block device's page cache still holds the old disk's blocks: a
+  # buffered read (create-md's check for existing metadata) would see them.
+  blockdev --flushbufs "/dev/mapper/$name" || return 1
   losetup -d "$old"
 }
 dm_table() { dmsetup table "$1" 2>&1 | tr '\n' ';'; }
