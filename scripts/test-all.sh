@@ -14,7 +14,7 @@ fi
 
 need_pkgs=()
 for p in libnbd-bin nbdkit fio qemu-utils iproute2 libclang-dev e2fsprogs iputils-ping jq man-db \
-  prometheus python3-prometheus-client debootstrap systemd-container binutils openssl tcpdump; do
+  prometheus python3-prometheus-client debootstrap systemd-container binutils openssl tcpdump dmsetup; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
