@@ -195,7 +195,15 @@ impl Node {
         // own `try_acquire` never ran: nothing is written here).
         self.al.log.add_ref(extents.first, extents.last);
         self.cancel_repairs(span);
-        let wait = self.replicate_write(id, span, len, &payload, fua, extents);
+        // Sent FUA whatever the application asked: the peer's disk is the
+        // only copy, and a write it holds only in its volatile cache would
+        // be out of reach of every bitmap once this node attaches a disk and
+        // resyncs from it (the resync clears this node's marks while the
+        // peer's cache still holds the only copy); a power loss of the peer
+        // then left the two disks different, both UpToDate (repsim seed 835
+        // after the session-13 merges).
+        let _ = fua;
+        let wait = self.replicate_write(id, span, len, &payload, true, extents);
         if let Some(AppReq::Write { peer, .. }) = self.app.get_mut(&id) {
             *peer = wait;
         }
