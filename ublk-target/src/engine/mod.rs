@@ -90,9 +90,7 @@ pub(crate) enum Input {
         binding: Option<[u8; 32]>,
     },
     /// A connection's TLS handshake failed (`[net] tls = "on"`): why.
-    LinkRefused {
-        why: String,
-    },
+    LinkRefused { why: String },
     Control {
         cmd: ControlCmd,
         reply: Sender<ControlReply>,

@@ -273,7 +273,11 @@ fn values_rep_cannot_take_are_warned_and_left_at_the_default() {
     let c = loaded(&i);
     assert_eq!(c.disk.on_io_error, OnIoError::PassOn);
     assert_eq!((c.sync.al_extents, c.net.ko_count), (1237, 7));
-    has_warning(&i, "on-io-error", "replaced `panic` by the local-io-error handler");
+    has_warning(
+        &i,
+        "on-io-error",
+        "replaced `panic` by the local-io-error handler",
+    );
     has_warning(&i, "al-extents", "out of rep's range");
     has_warning(&i, "rate", "K, M or G");
     has_warning(&i, "ko-count", "ko-count 0");
