@@ -40,7 +40,7 @@ both!(
     split_brain_is_detected_and_recovered_with_discard_my_data,
     wrong_secret_is_refused_with_a_reason_on_both_sides,
     different_resource_is_refused_with_a_reason_on_both_sides,
-    different_size_is_refused_with_a_reason_on_both_sides,
+    a_primary_refuses_a_smaller_peer_with_a_reason_on_both_sides,
     a_secondary_refuses_io,
 );
 
@@ -327,23 +327,27 @@ fn different_resource_is_refused_with_a_reason_on_both_sides(mode: Mode) {
     );
 }
 
-fn different_size_is_refused_with_a_reason_on_both_sides(mode: Mode) {
+/// Peers of different sizes connect with the smaller size
+/// (`tests/resize.rs`), except that a Primary refuses a smaller peer: its
+/// device would shrink under its users.
+fn a_primary_refuses_a_smaller_peer_with_a_reason_on_both_sides(mode: Mode) {
     let (c, _ns) = cluster(mode, Opts::default());
-    // Grow beta's disk and recreate its metadata: a different data size.
+    // Grow beta's disk and recreate its metadata: a larger data size.
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(c.img(1))
         .unwrap();
     f.set_len(c.disk_bytes + (8 << 20)).unwrap();
     c.ok(1, &["create-md", "--force"]);
-    c.up(0);
     c.up(1);
+    c.ok(1, &["primary", "--force"]);
+    c.up(0);
     for i in 0..2 {
         let st = c.wait(i, "refusal", 20, |s| {
-            s["connection"] == "StandAlone" && !s["last_error"].is_null()
+            s["connection"] != "Connected" && !s["last_error"].is_null()
         });
         let err = st["last_error"].as_str().unwrap();
-        assert!(err.contains("size"), "{err}");
+        assert!(err.contains("size") || err.contains("smaller"), "{err}");
         assert_eq!(st["stats"]["sent_bytes"], 0);
     }
 }
