@@ -37,6 +37,8 @@ struct Side {
     bad_reads: std::ops::Range<u64>,
     /// The node closed its disk (`Action::CloseDisk`): every local I/O fails.
     closed: bool,
+    /// Metadata writes (superblock, activity log, bitmap) fail with EIO.
+    meta_fails: bool,
 }
 
 struct Pair {
@@ -93,6 +95,7 @@ impl Pair {
             hooks: Vec::new(),
             bad_reads: 0..0,
             closed: false,
+            meta_fails: false,
         };
         Self {
             s: [mk(a, 1), mk(b, 2)],
@@ -249,13 +252,10 @@ impl Pair {
             Action::WriteSuper { token, .. }
             | Action::WriteAl { token, .. }
             | Action::WriteBitmap { token, .. } => {
-                self.s[i].node.handle(
-                    now,
-                    Event::MetaDone {
-                        token,
-                        result: Ok(()),
-                    },
-                );
+                let result = if self.s[i].meta_fails { Err(5) } else { Ok(()) };
+                self.s[i]
+                    .node
+                    .handle(now, Event::MetaDone { token, result });
             }
             Action::Complete { id, result } => {
                 self.s[i].done.insert(id.0, result);
@@ -2157,6 +2157,27 @@ fn on_io_error_detach_turns_a_failed_write_into_diskless_service() {
         p.admin(0, Admin::Verb(Verb::Primary { force: false })),
         Err(AdminError::DisklessNeedsPeer.to_string())
     );
+}
+
+/// A dead disk often fails the activity log's write first, before any data
+/// request: under detach the writes waiting for that transaction go to the
+/// peer (they failed with EIO before the VM scenario showed it).
+#[test]
+fn on_io_error_detach_serves_the_writes_whose_activity_log_write_failed() {
+    let detach = |me: &str, peer: &str| NodeConfig {
+        on_io_error_detach: true,
+        ..cfg(me, peer)
+    };
+    let mut p = Pair::new(detach("alpha", "beta"), detach("beta", "alpha"));
+    p.up_and_synced();
+    p.s[0].bad_blocks = 0..(SIZE / 4096);
+    p.s[0].meta_fails = true;
+    // The last extent of the disk: not in the activity log yet, so the
+    // write waits for an activity-log transaction, which fails.
+    assert_eq!(p.write(0, 1, SIZE - 4096, 0x5c, 4096), Ok(None));
+    assert_eq!(p.s[0].node.disk(), DiskState::Diskless);
+    assert!(p.s[0].hooks.contains(&Hook::LocalIoError));
+    assert_eq!(p.read(0, 2, SIZE - 4096, 4096).unwrap().unwrap()[0], 0x5c);
 }
 
 #[test]

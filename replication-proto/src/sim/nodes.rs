@@ -247,8 +247,13 @@ impl World {
             self.nodes[i].meta_busy = false;
             return;
         };
+        // A failed disk (`disk_fail_chaos`) fails its metadata writes too,
+        // as a dead disk does: often the activity log's write is the first
+        // to fail, before any data request.
+        let failed = self.nodes[i].failed;
         let meta = &mut self.nodes[i].meta;
         match m {
+            _ if failed => {}
             MetaW::Super(g, f, p) => {
                 meta.gens = g;
                 meta.flags = f;
@@ -271,7 +276,7 @@ impl World {
             i,
             Event::MetaDone {
                 token,
-                result: Ok(()),
+                result: if failed { Err(5) } else { Ok(()) },
             },
         );
     }

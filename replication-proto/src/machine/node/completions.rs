@@ -98,10 +98,13 @@ impl Node {
     }
 
     pub(super) fn meta_done(&mut self, token: MetaToken, result: Result<(), i32>) {
-        self.meta_op_done(token, result);
+        // Detach first (on-io-error = detach): a failed activity-log write
+        // is usually the first sign of a dead disk, and the writes waiting
+        // for it must then go to the peer, not fail with EIO.
         if result.is_err() {
             self.detach_on_error(&Err(crate::machine::types::errno::EIO));
         }
+        self.meta_op_done(token, result);
         self.maybe_close_disk();
     }
 

@@ -60,7 +60,9 @@ impl Node {
         if self.susp.mode.is_none() || self.susp.resume_pending {
             return;
         }
-        if self.flags.has(MetaFlags::UNACKED_GEN) {
+        // A Diskless node has no superblock to record the resume in (its
+        // disk failed or was detached; an attached disk brings its own).
+        if self.flags.has(MetaFlags::UNACKED_GEN) && !self.is_diskless() {
             // What is let through now is acknowledged in this generation:
             // the flag must be off on disk first, or a crash right after an
             // acknowledgement would rejoin as target and drop that write.
@@ -96,7 +98,9 @@ impl Node {
             // Suspended again or demoted meanwhile.
             return;
         }
-        if result.is_ok() {
+        if result.is_ok() || self.is_diskless() {
+            // Failed on a disk that is gone now (on-io-error = detach): no
+            // superblock to record it in, as in `resume_io`.
             self.release_held();
         } else {
             self.flags.set(MetaFlags::UNACKED_GEN, true);
