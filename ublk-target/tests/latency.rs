@@ -39,10 +39,11 @@ fn realtime(pid: u32) {
             .args(["--fifo", "--pid", REALTIME, &tid])
             .output()
             .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        // A thread may end between the listing and chrt (nothing to raise).
         assert!(
-            o.status.success(),
-            "chrt: {}",
-            String::from_utf8_lossy(&o.stderr)
+            o.status.success() || err.contains("No such process"),
+            "chrt: {err}"
         );
     }
 }
