@@ -1,7 +1,7 @@
 //! TLS with pre-shared keys on the NBD export of a real repd
 //! (`nbd-tls-psk-file`), driven by real clients: the key file made with
 //! GnuTLS' `psktool`; nbdinfo and nbdcopy with libnbd's
-//! `nbds://...?tls-psk-file=FILE&tls-username=ID` URIs; qemu-img with a
+//! `nbds://ID@HOST/...?tls-psk-file=FILE` URIs; qemu-img with a
 //! `tls-creds-psk` object. A plain client in `require` mode is told `TLS
 //! required`; a wrong key and an unknown identity are refused with the
 //! reason in repd's log.
@@ -63,8 +63,9 @@ fn psk_export(mode: &str) -> PskExport {
 
 impl PskExport {
     fn nbds(&self, keys: &Path, user: &str) -> String {
+        // libnbd takes the PSK identity from the URI's user part.
         format!(
-            "nbds://localhost:{}/r0?tls-psk-file={}&tls-username={user}",
+            "nbds://{user}@localhost:{}/r0?tls-psk-file={}",
             self.c.nbd_port[0],
             keys.display()
         )
