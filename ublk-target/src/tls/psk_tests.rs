@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rep_control::config::PskKeys;
 
 use super::{PskTls, Versions};
-use crate::tls::session::{HandshakeError, Session};
+use crate::tls::session::HandshakeError;
 
 const KEY_A: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const KEY_B: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";

@@ -45,6 +45,7 @@ pub fn node_address(config_text: &str, i: usize) -> String {
 }
 
 /// tcpdump on node 0's side of the veth, writing packets to a file.
+#[derive(Debug)]
 pub struct Capture {
     child: Child,
     file: PathBuf,
