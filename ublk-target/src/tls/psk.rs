@@ -91,25 +91,8 @@ impl PskTls {
     /// # Errors
     /// When OpenSSL refuses a setting (an OpenSSL built without PSK).
     pub fn new(keys: &PskKeys, versions: Versions) -> Result<Self, String> {
-        let first = keys.first().ok_or("the PSK file holds no key")?.clone();
         let ossl = |e: openssl::error::ErrorStack| format!("OpenSSL PSK setup: {e}");
-        let mut client = base(versions).map_err(ossl)?;
-        // A server answering with a certificate is refused: no trust anchors.
-        client.set_verify(SslVerifyMode::PEER);
-        let id = first.identity.clone();
-        client.set_psk_client_callback(move |_ssl, _hint, identity, psk| {
-            let (Some(id_out), Some(key_out)) = (
-                identity.get_mut(..=first.identity.len()),
-                psk.get_mut(..first.key.len()),
-            ) else {
-                return Ok(0);
-            };
-            let (id_text, nul) = id_out.split_at_mut(first.identity.len());
-            id_text.copy_from_slice(first.identity.as_bytes());
-            nul.fill(0);
-            key_out.copy_from_slice(&first.key);
-            Ok(first.key.len())
-        });
+        let (client, id) = client_builder(keys, versions)?;
         let mut server = base(versions).map_err(ossl)?;
         server.set_verify(SslVerifyMode::NONE);
         // Every connection is a full handshake: no session tickets.
@@ -177,6 +160,32 @@ impl PskTls {
             identity: self.identity.clone(),
         }))
     }
+}
+
+/// The client's context: offers the file's first identity and key.
+fn client_builder(
+    keys: &PskKeys,
+    versions: Versions,
+) -> Result<(SslContextBuilder, String), String> {
+    let first = keys.first().ok_or("the PSK file holds no key")?.clone();
+    let mut client = base(versions).map_err(|e| format!("OpenSSL PSK setup: {e}"))?;
+    // A server answering with a certificate is refused: no trust anchors.
+    client.set_verify(SslVerifyMode::PEER);
+    let id = first.identity.clone();
+    client.set_psk_client_callback(move |_ssl, _hint, identity, psk| {
+        let (Some(id_out), Some(key_out)) = (
+            identity.get_mut(..=first.identity.len()),
+            psk.get_mut(..first.key.len()),
+        ) else {
+            return Ok(0);
+        };
+        let (id_text, nul) = id_out.split_at_mut(first.identity.len());
+        id_text.copy_from_slice(first.identity.as_bytes());
+        nul.fill(0);
+        key_out.copy_from_slice(&first.key);
+        Ok(first.key.len())
+    });
+    Ok((client, id))
 }
 
 /// The settings both sides share.

@@ -88,3 +88,25 @@ fn an_unknown_identity_is_refused_on_both_sides() {
         "client: {c}"
     );
 }
+
+/// NBD clients that stop at TLS 1.2 get an ECDHE-PSK suite.
+#[test]
+fn a_tls12_client_is_served_with_an_ecdhe_psk_suite() {
+    let keys = PskKeys::parse(&format!("alice:{KEY_A}\n")).unwrap();
+    let server = PskTls::new(&keys, Versions::Tls12And13).unwrap();
+    let (mut b, identity) = super::client_builder(&keys, Versions::Tls12And13).unwrap();
+    b.set_max_proto_version(Some(openssl::ssl::SslVersion::TLS1_2))
+        .unwrap();
+    let client = PskTls {
+        client: b.build(),
+        server: PskTls::new(&keys, Versions::Tls12And13).unwrap().server,
+        identity,
+    };
+    let (c, s, cx, sx) = run(&client, &server);
+    assert_eq!((c.as_str(), s.as_str()), ("ok", "ok"));
+    assert_eq!(cx, sx);
+    // A TLS 1.3-only server (the link) refuses it.
+    let link = tls(&format!("alice:{KEY_A}\n"));
+    let (c, _, _, _) = run(&client, &link);
+    assert_ne!(c, "ok");
+}
