@@ -51,7 +51,7 @@ Version: $version
 Architecture: $arch
 Maintainer: $maintainer
 Installed-Size: $size
-Depends: libc6 (>= $(glibc_min "$stage"/usr/sbin/*)), libgcc-s1 (>= 4.2)
+Depends: libc6 (>= $(glibc_min "$stage"/usr/sbin/*)), libgcc-s1 (>= 4.2), libssl3 (>= 3.0.0)
 Recommends: jq
 Suggests: nbd-client, libnbd-bin, iputils-ping, pacemaker, resource-agents
 Section: admin

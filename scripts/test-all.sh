@@ -14,7 +14,8 @@ fi
 
 need_pkgs=()
 for p in libnbd-bin nbdkit fio qemu-utils iproute2 libclang-dev e2fsprogs iputils-ping jq man-db \
-  prometheus python3-prometheus-client debootstrap systemd-container binutils openssl tcpdump dmsetup; do
+  prometheus python3-prometheus-client debootstrap systemd-container binutils openssl tcpdump dmsetup \
+  libssl-dev pkg-config gnutls-bin; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

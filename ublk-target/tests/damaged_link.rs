@@ -136,16 +136,7 @@ impl DamagedPair {
         // Alpha dials beta (the first name dials): give alpha a config in
         // which beta's address is the proxy's.
         let text = std::fs::read_to_string(&c.config[1]).unwrap();
-        let beta_addr = text
-            .split("[[node]]")
-            .nth(2)
-            .and_then(|n| n.lines().find(|l| l.starts_with("address = ")))
-            .map(|l| {
-                l.trim_start_matches("address = ")
-                    .trim_matches('"')
-                    .to_string()
-            })
-            .unwrap();
+        let beta_addr = rep_testkit::link::node_address(&text, 1);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let proxy_addr = listener.local_addr().unwrap().to_string();
         let alpha_cfg = c.dir.path().join("alpha-view.toml");

@@ -10,30 +10,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use common::{require, Cluster, Netns, Opts, NODES};
 use rep_testkit::certs::{make_ca, make_leaf, Ca, Leaf};
-
-/// A recognisable block content: a text repeated over 1 MiB.
-const PATTERN: &[u8] = b"REP-TLS-PLAINTEXT-PATTERN-0123456789abcdef|";
-
-fn pattern_file(dir: &Path) -> PathBuf {
-    let mut data = Vec::with_capacity(1 << 20);
-    while data.len() < 1 << 20 {
-        data.extend_from_slice(PATTERN);
-    }
-    data.truncate(1 << 20);
-    let p = dir.join("pattern.bin");
-    std::fs::write(&p, &data).unwrap();
-    p
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
+use rep_testkit::link::{contains, node_address, pattern_file, wait_event, Capture, PATTERN};
 
 /// `text` with TLS turned on: `ca` as tls-ca, `leaves[i]` for node i.
 fn with_tls(text: &str, ca: &Path, leaves: [&Leaf; 2]) -> String {
@@ -61,36 +43,6 @@ fn pki(dir: &Path) -> (Ca, [Leaf; 2]) {
     let ca = make_ca(dir, "ca");
     let leaves = NODES.map(|n| make_leaf(dir, &ca, n, n, 30));
     (ca, leaves)
-}
-
-/// tcpdump on node 0's side of the veth, writing packets to a file.
-struct Capture {
-    child: Child,
-    file: PathBuf,
-}
-
-impl Capture {
-    fn start(ns: &Netns, file: PathBuf) -> Self {
-        require("tcpdump", "tcpdump");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.names[0], "tcpdump", "-i", &ns.veth[0]])
-            .args(["-U", "-s", "0", "-w", file.to_str().unwrap(), "tcp"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // tcpdump needs a moment before it captures.
-        std::thread::sleep(Duration::from_millis(1500));
-        Capture { child, file }
-    }
-
-    /// Stops tcpdump and returns what it captured.
-    fn stop(mut self) -> Vec<u8> {
-        std::thread::sleep(Duration::from_millis(500));
-        rep_testkit::signal(self.child.id(), "-INT");
-        let _ = self.child.wait();
-        std::fs::read(&self.file).unwrap()
-    }
 }
 
 /// Two nodes in namespaces, `tls` on or off; the pattern written through
@@ -233,42 +185,9 @@ fn refused(wrong: Wrong, why: [&str; 2]) {
     assert!(!contains(&after, PATTERN));
 }
 
-/// Waits (20 s at most) until node `i`'s `repctl events --json` prints a
-/// line containing `why`.
+/// Waits until node `i`'s `repctl events --json` names `why`.
 fn event_names(c: &Cluster, i: usize, why: &str) {
-    use std::io::BufRead;
-    let mut cmd = c.node(i).command();
-    cmd.args(["events", "--json"]).stdout(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let mut seen = Vec::new();
-    let found = loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains(&why.replace('"', "\\\"")) => break true,
-            Ok(line) => seen.push(line),
-            Err(_) => break false,
-        }
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = reader.join();
-    assert!(
-        found,
-        "{}: no event names \"{why}\"; saw:\n{}",
-        NODES[i],
-        seen.join("\n")
-    );
+    wait_event(&c.node(i), why);
 }
 
 #[test]
@@ -317,16 +236,7 @@ fn a_stalled_tls_handshake_does_not_hold_up_the_link() {
     )
     .unwrap();
     c.config[1] = c.config[0].clone();
-    let beta_addr = text
-        .split("[[node]]")
-        .nth(2)
-        .and_then(|n| n.lines().find(|l| l.starts_with("address = ")))
-        .map(|l| {
-            l.trim_start_matches("address = ")
-                .trim_matches('"')
-                .to_string()
-        })
-        .unwrap();
+    let beta_addr = node_address(&text, 1);
     c.up(1);
     // Connects to beta and says nothing: a handshake that never moves.
     let stalled = std::net::TcpStream::connect(&beta_addr).unwrap();

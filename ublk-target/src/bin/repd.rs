@@ -16,7 +16,7 @@ use rep_control::config::{Config, Node, ResumeAfterCrash};
 use rep_control::protocol::ControlCmd;
 use ublk_target::control::ControlServer;
 use ublk_target::engine::{self, EngineHandle, EngineOptions};
-use ublk_target::nbd::{NbdServer, NbdServerHandle, NbdTls};
+use ublk_target::nbd::{NbdServer, NbdServerHandle, NbdTls, TlsKeys};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -230,12 +230,29 @@ fn start_nbd(
 }
 
 /// The export's TLS (`nbd-tls`): this node's certificate and key, client
-/// certificates checked against `nbd-tls-ca` or `[net] tls-ca`.
+/// certificates checked against `nbd-tls-ca` or `[net] tls-ca`; or the
+/// clients' pre-shared keys (`nbd-tls-psk-file`).
 fn nbd_tls(cfg: &Config, me: &Node) -> Result<Option<NbdTls>, String> {
     use rep_control::config::NbdTlsMode;
+    use ublk_target::tls::psk::{PskTls, Versions};
     let a = &me.nbd_access;
     if a.tls == NbdTlsMode::Off {
         return Ok(None);
+    }
+    let require = a.tls == NbdTlsMode::Require;
+    if let Some(file) = &a.tls_psk_file {
+        let keys = cfg.load_psk(file).map_err(|e| e.to_string())?;
+        let psk =
+            PskTls::new(&keys, Versions::Tls12And13).map_err(|e| format!("NBD export: {e}"))?;
+        tracing::info!(
+            identities = keys.identities().len(),
+            "NBD export: TLS with pre-shared keys from {}",
+            file.display()
+        );
+        return Ok(Some(NbdTls {
+            keys: TlsKeys::Psk(Arc::new(psk)),
+            require,
+        }));
     }
     let files = cfg
         .load_tls(me, a.tls_ca.as_deref())
@@ -249,8 +266,8 @@ fn nbd_tls(cfg: &Config, me: &Node) -> Result<Option<NbdTls>, String> {
     let config =
         ublk_target::tls::server_config(&files, None).map_err(|e| format!("NBD export: {e}"))?;
     Ok(Some(NbdTls {
-        config,
-        require: a.tls == NbdTlsMode::Require,
+        keys: TlsKeys::Certs(config),
+        require,
     }))
 }
 

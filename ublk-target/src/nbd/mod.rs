@@ -48,4 +48,4 @@ mod server;
 /// For the fuzz target and its regression test only.
 #[doc(hidden)]
 pub use server::fuzzing;
-pub use server::{NbdServer, NbdServerHandle, NbdTls, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};
+pub use server::{NbdServer, NbdServerHandle, NbdTls, TlsKeys, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};

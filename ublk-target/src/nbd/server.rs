@@ -16,6 +16,7 @@ use tracing::{debug, info, info_span, warn};
 pub mod fuzzing;
 mod negotiate;
 mod tls_stream;
+pub use tls_stream::TlsKeys;
 mod transmission;
 
 use negotiate::{greet, haggle, Outcome, TlsState};
@@ -53,7 +54,7 @@ pub struct NbdServer {
 /// must use it.
 #[derive(Clone)]
 pub struct NbdTls {
-    pub config: Arc<rustls::ServerConfig>,
+    pub keys: TlsKeys,
     /// `nbd-tls = "require"`: no export without STARTTLS.
     pub require: bool,
 }
@@ -396,10 +397,10 @@ fn serve_client(
                     "data after NBD_OPT_STARTTLS before the TLS handshake".to_owned(),
                 ));
             }
-            let config = shared.tls.as_ref().map(|t| Arc::clone(&t.config));
-            let config = config.ok_or(Close::Normal("TLS is not configured"))?;
-            let (r, mut w) = tls_stream::accept(&stream, config, NEGOTIATION_TIMEOUT)
-                .map_err(Close::Protocol)?;
+            let keys = shared.tls.as_ref().map(|t| &t.keys);
+            let keys = keys.ok_or(Close::Normal("TLS is not configured"))?;
+            let (r, mut w) =
+                tls_stream::accept(&stream, keys, NEGOTIATION_TIMEOUT).map_err(Close::Protocol)?;
             debug!("TLS session established");
             tls.active = true;
             let mut r = BufReader::with_capacity(128 << 10, r);

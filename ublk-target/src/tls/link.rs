@@ -10,8 +10,12 @@
 //! has now, and encrypts on the other end. The cost is one copy and a
 //! thread hop each way, measured by nbd-bench (bench/RESULTS.md).
 //!
+//! Two backends behind [`Session`]: certificates (rustls) and a
+//! pre-shared key (OpenSSL, `super::psk`: rustls has none).
+//!
 //! After the TLS handshake the server checks that the client's certificate
-//! names the peer node and answers with one line, `ok` or `refused: WHY`,
+//! names the peer node (with a PSK its callback already checked the
+//! identity) and answers with one line, `ok` or `refused: WHY`,
 //! which the client waits for: in TLS 1.3 the client finishes its
 //! handshake before the server has judged its certificate, and without
 //! this line a refused client would only see the connection end. Then
@@ -28,7 +32,9 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
-use super::{client_config, node_server_name, peer_named, reason, server_config, TlsError};
+use super::psk::{PskTls, Versions};
+use super::session::{exchange, HandshakeError, Session};
+use super::{client_config, node_server_name, server_config, TlsError};
 use crate::config::TlsFiles;
 
 /// The label of the exporter value (RFC 8446 7.5) the HMAC handshake is
@@ -48,12 +54,23 @@ const CLOSE_GRACE: Duration = Duration::from_millis(500);
 /// One node's TLS settings for its replication link.
 #[derive(Debug)]
 pub(crate) struct LinkTls {
-    client: Arc<ClientConfig>,
-    server: Arc<ServerConfig>,
+    backend: Backend,
     /// The peer's node name: what its certificate must name.
     peer: String,
     /// The peer timeout (`[net] timeout-ms`): the longest a handshake may take.
     timeout: Duration,
+}
+
+/// How the two nodes authenticate each other.
+#[derive(Debug)]
+enum Backend {
+    /// Certificates signed by `[net] tls-ca` (rustls).
+    Certs {
+        client: Arc<ClientConfig>,
+        server: Arc<ServerConfig>,
+    },
+    /// `[net] tls-psk-file` (OpenSSL).
+    Psk(PskTls),
 }
 
 /// A connection whose TLS handshake succeeded: the engine's end of the
@@ -75,6 +92,16 @@ impl LinkTls {
         if cfg.tls.mode == crate::config::TlsMode::Off {
             return Ok(None);
         }
+        if let Some(file) = &cfg.tls.psk_file {
+            let keys = cfg.load_psk(file).map_err(|e| e.to_string())?;
+            let psk = PskTls::new(&keys, Versions::Tls13)?;
+            tracing::info!(peer = %peer.name, identity = psk.identity(), "replication link over TLS (pre-shared key from {})", file.display());
+            return Ok(Some(Arc::new(Self {
+                backend: Backend::Psk(psk),
+                peer: peer.name.clone(),
+                timeout: cfg.net.timeout,
+            })));
+        }
         let files = cfg
             .load_tls(me, None)
             .map_err(|e| e.to_string())?
@@ -92,8 +119,10 @@ impl LinkTls {
     pub(crate) fn new(files: &TlsFiles, peer: &str, timeout: Duration) -> Result<Self, TlsError> {
         node_server_name(peer)?;
         Ok(Self {
-            client: client_config(files)?,
-            server: server_config(files, None)?,
+            backend: Backend::Certs {
+                client: client_config(files)?,
+                server: server_config(files, None)?,
+            },
             peer: peer.to_owned(),
             timeout,
         })
@@ -101,43 +130,53 @@ impl LinkTls {
 
     /// TLS client on a dialed stream.
     pub(crate) fn connect(&self, tcp: TcpStream) -> Result<Secured, String> {
-        let name = node_server_name(&self.peer).map_err(|e| e.to_string())?;
-        let conn = ClientConnection::new(self.client.clone(), name)
-            .map_err(|e| format!("TLS setup: {e}"))?;
-        self.establish(Connection::Client(conn), tcp)
+        let session: Box<dyn Session> = match &self.backend {
+            Backend::Certs { client, .. } => {
+                let name = node_server_name(&self.peer).map_err(|e| e.to_string())?;
+                let conn = ClientConnection::new(client.clone(), name)
+                    .map_err(|e| format!("TLS setup: {e}"))?;
+                unlimited(Connection::Client(conn))
+            }
+            Backend::Psk(psk) => psk.client()?,
+        };
+        self.establish(session, tcp)
     }
 
     /// TLS server on an accepted stream.
     pub(crate) fn accept(&self, tcp: TcpStream) -> Result<Secured, String> {
-        let conn =
-            ServerConnection::new(self.server.clone()).map_err(|e| format!("TLS setup: {e}"))?;
-        self.establish(Connection::Server(conn), tcp)
+        let session: Box<dyn Session> = match &self.backend {
+            Backend::Certs { server, .. } => unlimited(Connection::Server(
+                ServerConnection::new(server.clone()).map_err(|e| format!("TLS setup: {e}"))?,
+            )),
+            Backend::Psk(psk) => psk.server()?,
+        };
+        self.establish(session, tcp)
     }
 
-    fn establish(&self, mut conn: Connection, mut tcp: TcpStream) -> Result<Secured, String> {
+    fn establish(&self, mut conn: Box<dyn Session>, mut tcp: TcpStream) -> Result<Secured, String> {
         let peer_addr = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
         let deadline = Instant::now() + self.timeout;
         let io = |e: std::io::Error| format!("{peer_addr}: {}", io_reason(&e, self.timeout));
         tcp.set_read_timeout(Some(self.timeout)).map_err(io)?;
         tcp.set_write_timeout(Some(self.timeout)).map_err(io)?;
         let _ = tcp.set_nodelay(true);
-        while conn.is_handshaking() {
-            if Instant::now() > deadline {
+        match conn.handshake(&mut tcp, deadline) {
+            Ok(()) => {}
+            Err(HandshakeError::Tls(why)) => return Err(format!("{peer_addr}: {why}")),
+            Err(HandshakeError::Io(e))
+                if e.kind() == ErrorKind::TimedOut && Instant::now() > deadline =>
+            {
                 return Err(format!(
                     "{peer_addr}: TLS handshake not done within {} ms (timeout-ms)",
                     self.timeout.as_millis()
-                ));
+                ))
             }
-            conn.complete_io(&mut tcp).map_err(io)?;
+            Err(HandshakeError::Io(e)) => return Err(io(e)),
         }
-        self.verdict(&mut conn, &mut tcp, deadline)
+        self.verdict(conn.as_mut(), &mut tcp, deadline)
             .map_err(|why| format!("{peer_addr}: {why}"))?;
         let mut binding = [0u8; 32];
-        conn.export_keying_material(&mut binding, EXPORTER_LABEL, None)
-            .map_err(|e| format!("TLS exporter: {e}"))?;
-        // The relay's own back-pressure (it reads from the engine only
-        // once rustls has sent everything) bounds what rustls buffers.
-        conn.set_buffer_limit(None);
+        conn.export(&mut binding, EXPORTER_LABEL)?;
         let (engine, relay_end) = UnixStream::pair().map_err(io)?;
         let span = tracing::Span::current();
         std::thread::Builder::new()
@@ -159,54 +198,56 @@ impl LinkTls {
     /// line; the client reads it.
     fn verdict(
         &self,
-        conn: &mut Connection,
+        conn: &mut dyn Session,
         tcp: &mut TcpStream,
         deadline: Instant,
     ) -> Result<(), String> {
         let io = |e: std::io::Error| io_reason(&e, self.timeout);
-        match conn {
-            Connection::Server(_) => {
-                let judged = peer_named(conn, &self.peer);
-                let line = match &judged {
-                    Ok(()) => "ok\n".to_owned(),
-                    Err(why) => format!("refused: {why}\n"),
-                };
-                conn.writer().write_all(line.as_bytes()).map_err(io)?;
-                while conn.wants_write() {
-                    conn.write_tls(tcp).map_err(io)?;
-                }
-                judged
+        if conn.is_server() {
+            let judged = conn.judge_peer(&self.peer);
+            let line = match &judged {
+                Ok(()) => "ok\n".to_owned(),
+                Err(why) => format!("refused: {why}\n"),
+            };
+            conn.write_plain(line.as_bytes()).map_err(io)?;
+            while conn.wants_write() {
+                conn.write_tls(tcp).map_err(io)?;
             }
-            Connection::Client(_) => {
-                let mut line = Vec::new();
-                let mut byte = [0u8; 1];
-                while line.last() != Some(&b'\n') {
-                    if line.len() > VERDICT_MAX_BYTES || Instant::now() > deadline {
-                        return Err("the peer sent no verdict on this node's certificate".into());
-                    }
-                    match conn.reader().read(&mut byte) {
-                        Ok(0) => return Err("the peer closed the TLS session".into()),
-                        Ok(_) => line.extend_from_slice(&byte),
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                            conn.complete_io(tcp).map_err(io)?;
-                        }
-                        Err(e) => return Err(io(e)),
-                    }
-                }
-                let text = String::from_utf8_lossy(&line);
-                match text.trim_end() {
-                    "ok" => Ok(()),
-                    other => Err(format!("the peer {other}")),
-                }
+            return judged;
+        }
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while line.last() != Some(&b'\n') {
+            if line.len() > VERDICT_MAX_BYTES || Instant::now() > deadline {
+                return Err("the peer sent no verdict on this node's certificate".into());
+            }
+            match conn.read_plain(&mut byte) {
+                Ok(0) => return Err("the peer closed the TLS session".into()),
+                Ok(_) => line.extend_from_slice(&byte),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => exchange(conn, tcp).map_err(io)?,
+                Err(e) => return Err(io(e)),
             }
         }
+        let text = String::from_utf8_lossy(&line);
+        match text.trim_end() {
+            "ok" => Ok(()),
+            other => Err(format!("the peer {other}")),
+        }
     }
+}
+
+/// A rustls session without its own cap on buffered plaintext: the
+/// relay's back-pressure (it reads from the engine only once everything
+/// was sent) bounds it.
+fn unlimited(mut conn: Connection) -> Box<dyn Session> {
+    conn.set_buffer_limit(None);
+    Box::new(conn)
 }
 
 /// What an I/O error of a handshake means for the user.
 fn io_reason(e: &std::io::Error, timeout: Duration) -> String {
     if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-        return reason(tls);
+        return super::reason(tls);
     }
     match e.kind() {
         ErrorKind::WouldBlock | ErrorKind::TimedOut => format!(
@@ -222,9 +263,9 @@ fn io_reason(e: &std::io::Error, timeout: Duration) -> String {
 
 /// Carries bytes between the engine's socket (`local`) and the TLS session
 /// until either side ends, then closes both.
-fn relay(mut conn: Connection, mut tcp: TcpStream, mut local: UnixStream) {
+fn relay(mut conn: Box<dyn Session>, mut tcp: TcpStream, mut local: UnixStream) {
     let why = match (tcp.set_nonblocking(true), local.set_nonblocking(true)) {
-        (Ok(()), Ok(())) => pump(&mut conn, &mut tcp, &mut local),
+        (Ok(()), Ok(())) => pump(conn.as_mut(), &mut tcp, &mut local),
         (Err(e), _) | (_, Err(e)) => format!("cannot make the sockets non-blocking: {e}"),
     };
     tracing::info!("TLS link ended: {why}");
@@ -241,7 +282,7 @@ fn relay(mut conn: Connection, mut tcp: TcpStream, mut local: UnixStream) {
 }
 
 /// The relay's loop; returns why it ended.
-fn pump(conn: &mut Connection, tcp: &mut TcpStream, local: &mut UnixStream) -> String {
+fn pump(conn: &mut dyn Session, tcp: &mut TcpStream, local: &mut UnixStream) -> String {
     let mut to_local: Vec<u8> = Vec::new();
     let mut sent = 0usize;
     let mut buf = vec![0u8; RELAY_CHUNK_BYTES];
@@ -332,7 +373,7 @@ fn rdhup() -> PollFlags {
 
 /// Reads TLS records from the peer and decrypts them into `to_local`.
 fn read_tls(
-    conn: &mut Connection,
+    conn: &mut dyn Session,
     tcp: &mut TcpStream,
     to_local: &mut Vec<u8>,
     buf: &mut [u8],
@@ -345,39 +386,35 @@ fn read_tls(
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
             Err(e) => return Err(format!("receiving from the peer failed: {e}")),
         }
-        conn.process_new_packets().map_err(|e| reason(&e))?;
+        conn.process_new_packets()?;
         drain_plain(conn, to_local, buf, peer_closed)?;
     }
     Ok(())
 }
 
-/// Moves the plaintext rustls has decrypted into `to_local`.
+/// Moves the plaintext the session has decrypted into `to_local`.
 fn drain_plain(
-    conn: &mut Connection,
+    conn: &mut dyn Session,
     to_local: &mut Vec<u8>,
     buf: &mut [u8],
     peer_closed: &mut bool,
 ) -> Result<(), String> {
     loop {
-        match conn.reader().read(buf) {
+        match conn.read_plain(buf) {
             Ok(0) => {
                 *peer_closed = true;
                 return Ok(());
             }
             Ok(n) => to_local.extend_from_slice(buf.get(..n).unwrap_or_default()),
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
-                *peer_closed = true;
-                return Ok(());
-            }
             Err(e) => return Err(format!("TLS read failed: {e}")),
         }
     }
 }
 
-/// Reads up to `limit` bytes the engine wrote and hands them to rustls.
+/// Reads up to `limit` bytes the engine wrote and hands them to the session.
 fn local_to_tls(
-    conn: &mut Connection,
+    conn: &mut dyn Session,
     local: &mut UnixStream,
     buf: &mut [u8],
     limit: usize,
@@ -387,8 +424,7 @@ fn local_to_tls(
         match local.read(buf) {
             Ok(0) => return Err("closed by this node".to_owned()),
             Ok(n) => {
-                conn.writer()
-                    .write_all(buf.get(..n).unwrap_or_default())
+                conn.write_plain(buf.get(..n).unwrap_or_default())
                     .map_err(|e| format!("TLS write failed: {e}"))?;
                 moved += n;
             }

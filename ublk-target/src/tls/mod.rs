@@ -12,9 +12,13 @@
 //!   timeout) and the relay that carries the engine's plain byte stream
 //!   over the TLS session.
 //!
-//! rustls has no external pre-shared keys (TLS-PSK), so there is no PSK
-//! mode; the HMAC secret of `[net] secret` plays that part as a second
-//! factor bound to the TLS session.
+//! - `session`: one TLS session whatever library runs it, the interface
+//!   the relay and the NBD stream drive.
+//! - `psk`: TLS with a pre-shared key on OpenSSL (rustls has no external
+//!   PSKs): `[net] tls-psk-file` and `nbd-tls-psk-file`.
+//!
+//! In either mode the HMAC secret of `[net] secret` stays a second factor
+//! bound to the TLS session.
 
 use std::sync::Arc;
 
@@ -25,6 +29,8 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use crate::config::{crypto_provider, TlsFiles};
 
 pub(crate) mod link;
+pub mod psk;
+pub(crate) mod session;
 
 /// A TLS configuration that cannot be built from the files (a CA
 /// certificate rustls cannot use, a key type it does not support).

@@ -14,6 +14,8 @@
 //! - [`docs`]: the man pages and completions of `--generate-docs`
 //!   against a binary's `--help`.
 //! - [`files`]: random and sparse files.
+//! - [`link`]: the replication link from outside: a block pattern, a
+//!   tcpdump capture, a node's address, waiting for an event.
 //! - [`netns`]: `ip`, network namespaces, a pair joined by a veth link.
 //! - [`process`]: signals, kill -9 and waiting until a pid is gone.
 //! - [`repctl`]: one node's `repctl` command line, its status JSON, the
@@ -27,6 +29,7 @@
 pub mod certs;
 pub mod docs;
 pub mod files;
+pub mod link;
 pub mod netns;
 pub mod process;
 pub mod repctl;

@@ -66,3 +66,13 @@ fn poll_returns_the_first_value() {
     );
     assert_eq!(v, 3);
 }
+
+#[test]
+fn node_address_and_contains() {
+    let text = "[net]\nsecret = \"s\"\n[[node]]\nname = \"alpha\"\naddress = \"10.0.0.1:7788\"\n\
+                [[node]]\nname = \"beta\"\naddress = \"10.0.0.2:7789\"\n";
+    assert_eq!(crate::link::node_address(text, 0), "10.0.0.1:7788");
+    assert_eq!(crate::link::node_address(text, 1), "10.0.0.2:7789");
+    assert!(crate::link::contains(b"xxabcxx", b"abc"));
+    assert!(!crate::link::contains(b"xxabxcx", b"abc"));
+}

@@ -90,11 +90,12 @@ struct Cli {
     floor: bool,
     /// Also measure protocol C with the replication link over mutual TLS
     /// (`[net] tls = "on"`, certificates made with openssl for the run):
-    /// its own row beside plain protocol C, and their ratio.
+    /// its own row beside plain protocol C, and their ratio; and the same
+    /// with a pre-shared key (`tls-psk-file`, OpenSSL) instead.
     #[arg(long)]
     tls: bool,
     /// Measure only these targets (comma-separated): proto-c,
-    /// proto-c-peer-own, proto-c-tls, proto-a, standalone, nbdkit, nbdkit-nocache,
+    /// proto-c-peer-own, proto-c-tls, proto-c-psk, proto-a, standalone, nbdkit, nbdkit-nocache,
     /// floor-c, floor-standalone [default: all that the other flags enable]
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     targets: Vec<String>,
@@ -125,6 +126,8 @@ enum Kind {
     RepCPeerOwn,
     /// Protocol C over TLS (--tls).
     RepCTls,
+    /// Protocol C over TLS with a pre-shared key (--tls).
+    RepCPsk,
     RepA,
     StandAlone,
     Nbdkit,
@@ -135,10 +138,11 @@ enum Kind {
     FloorStandAlone,
 }
 
-const KINDS: [Kind; 9] = [
+const KINDS: [Kind; 10] = [
     Kind::RepC,
     Kind::RepCPeerOwn,
     Kind::RepCTls,
+    Kind::RepCPsk,
     Kind::RepA,
     Kind::StandAlone,
     Kind::Nbdkit,
@@ -157,6 +161,7 @@ impl Kind {
             Kind::RepC => "repd protocol C",
             Kind::RepCPeerOwn => "repd C, --peer-dir",
             Kind::RepCTls => "repd protocol C, TLS",
+            Kind::RepCPsk => "repd protocol C, TLS-PSK",
             Kind::RepA => "repd protocol A",
             Kind::StandAlone => "repd StandAlone",
             Kind::Nbdkit => "nbdkit file",
@@ -171,6 +176,7 @@ impl Kind {
             Kind::RepC => "proto-c",
             Kind::RepCPeerOwn => "proto-c-peer-own",
             Kind::RepCTls => "proto-c-tls",
+            Kind::RepCPsk => "proto-c-psk",
             Kind::RepA => "proto-a",
             Kind::StandAlone => "standalone",
             Kind::Nbdkit => "nbdkit",
@@ -440,7 +446,7 @@ fn chosen_kinds(cli: &Cli, has_peer_dir: bool) -> Result<Vec<Kind>, String> {
     let kinds: Vec<Kind> = KINDS
         .into_iter()
         .filter(|k| *k != Kind::RepCPeerOwn || has_peer_dir)
-        .filter(|k| *k != Kind::RepCTls || cli.tls)
+        .filter(|k| !matches!(k, Kind::RepCTls | Kind::RepCPsk) || cli.tls)
         .filter(|k| !matches!(k, Kind::FloorC | Kind::FloorStandAlone) || cli.floor)
         .filter(|k| cli.targets.is_empty() || cli.targets.iter().any(|t| t == k.slug()))
         .collect();
@@ -529,6 +535,7 @@ fn setup_targets(
         let r = match kind {
             Kind::RepC => setup_pair(lab.dir.path(), None, bins, "C", s.size),
             Kind::RepCTls => setup_pair(lab.dir.path(), None, bins, "C-tls", s.size),
+            Kind::RepCPsk => setup_pair(lab.dir.path(), None, bins, "C-psk", s.size),
             Kind::RepCPeerOwn => setup_pair(
                 lab.dir.path(),
                 lab.peer_dir.as_ref().map(tempfile::TempDir::path),

@@ -253,6 +253,13 @@ fn ratio_lines(m: &Medians, kinds: &[Kind]) -> String {
             fmt_opt(ratio(iops(Kind::RepCTls), iops(Kind::RepC)), 2)
         );
     }
+    if both(Kind::RepCPsk, Kind::RepC) {
+        let _ = writeln!(
+            s,
+            "protocol C over TLS-PSK / plain protocol C (IOPS): {} (the same with a pre-shared key, OpenSSL)",
+            fmt_opt(ratio(iops(Kind::RepCPsk), iops(Kind::RepC)), 2)
+        );
+    }
     if both(Kind::FloorC, Kind::FloorStandAlone) {
         let _ = writeln!(
             s,

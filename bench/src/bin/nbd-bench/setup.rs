@@ -126,6 +126,35 @@ fn write_config(
     Ok((cfg, nbd))
 }
 
+/// A pre-shared key file in `d` (a random key from `openssl rand`, as the
+/// README shows), and `text` with `[net] tls = "on"` using it.
+fn with_psk(d: &Path, text: &str) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let o = Command::new("openssl")
+        .args(["rand", "-hex", "32"])
+        .output()
+        .map_err(|e| format!("cannot run openssl: {e} (apt-get install openssl)"))?;
+    if !o.status.success() {
+        return Err(format!(
+            "openssl rand: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    }
+    let file = d.join("link.psk");
+    let line = format!("bench:{}\n", String::from_utf8_lossy(&o.stdout).trim());
+    std::fs::write(&file, line)
+        .and_then(|()| std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)))
+        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    Ok(text.replacen(
+        "[net]\n",
+        &format!(
+            "[net]\ntls = \"on\"\ntls-psk-file = \"{}\"\n",
+            file.display()
+        ),
+        1,
+    ))
+}
+
 /// A CA and a certificate for alpha and beta in `d` (openssl, as the
 /// README shows), and `text` with `[net] tls = "on"` using them.
 fn with_tls(d: &Path, text: &str) -> Result<String, String> {
@@ -217,7 +246,8 @@ fn with_tls(d: &Path, text: &str) -> Result<String, String> {
 
 /// Two nodes on loopback, alpha Primary, after the initial full sync;
 /// beta's image in `peer_dir` if given, else next to alpha's. `protocol`
-/// "C-tls": protocol C with the link over TLS.
+/// "C-tls": protocol C with the link over TLS; "C-psk": the same with a
+/// pre-shared key.
 pub(crate) fn setup_pair(
     dir: &Path,
     peer_dir: Option<&Path>,
@@ -239,14 +269,18 @@ pub(crate) fn setup_pair(
     std::fs::File::create(&beta)
         .and_then(|f| f.set_len(size))
         .map_err(|e| format!("cannot create {}: {e}", beta.display()))?;
-    let tls = protocol == "C-tls";
-    let protocol = if tls { "C" } else { protocol };
+    let (tls, psk) = (protocol == "C-tls", protocol == "C-psk");
+    let protocol = if tls || psk { "C" } else { protocol };
     let (cfg, nbd) = write_config(&d, protocol, alpha, beta)?;
-    if tls {
+    if tls || psk {
         let text = std::fs::read_to_string(&cfg)
             .map_err(|e| format!("cannot read {}: {e}", cfg.display()))?;
-        std::fs::write(&cfg, with_tls(&d, &text)?)
-            .map_err(|e| format!("cannot write {}: {e}", cfg.display()))?;
+        let text = if tls {
+            with_tls(&d, &text)?
+        } else {
+            with_psk(&d, &text)?
+        };
+        std::fs::write(&cfg, text).map_err(|e| format!("cannot write {}: {e}", cfg.display()))?;
     }
     let run_dir = d.join("run");
     let mut nodes = vec![
@@ -268,6 +302,7 @@ pub(crate) fn setup_pair(
     Ok(Target {
         kind: match (protocol, peer_dir) {
             _ if tls => Kind::RepCTls,
+            _ if psk => Kind::RepCPsk,
             ("A", _) => Kind::RepA,
             (_, Some(_)) => Kind::RepCPeerOwn,
             _ => Kind::RepC,

@@ -70,6 +70,7 @@ impl Config {
                 fencing: self.net.fencing.as_str().to_owned(),
                 tls: self.tls.mode.as_str().to_owned(),
                 tls_ca: self.tls.ca.clone(),
+                tls_psk_file: self.tls.psk_file.clone(),
             },
             sync: RawSync {
                 rate: RawRate::Text(format_rate(self.sync.rate)),
@@ -110,6 +111,7 @@ impl Config {
                     nbd_tls: (n.nbd_access.tls != super::NbdTlsMode::Off)
                         .then(|| n.nbd_access.tls.to_string()),
                     nbd_tls_ca: n.nbd_access.tls_ca.clone(),
+                    nbd_tls_psk_file: n.nbd_access.tls_psk_file.clone(),
                     metrics: metrics.map(|a| a.to_string()),
                     tls_cert: tls.cert.clone(),
                     tls_key: tls.key.clone(),

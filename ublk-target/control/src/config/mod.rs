@@ -20,6 +20,7 @@
 //! fencing = "dont-care"         # dont-care | resource-only | resource-and-stonith
 //! tls = "off"                    # off | on (mutual TLS 1.3 on the replication link)
 //! tls-ca = "/etc/rep/ca.pem"     # needed by tls = "on"
+//! # tls-psk-file = "/etc/rep/link.psk"  # instead of tls-ca and the certificates
 //! [sync]
 //! rate = "100M"                  # bytes/s, K/M/G = powers of 1024, "0" = unlimited
 //! al-extents = 1237              # 7..=65534 extents of 4 MiB
@@ -50,6 +51,7 @@
 //! nbd-allow = ["127.0.0.0/8"]    # optional: only these clients (ADDR/PREFIX)
 //! nbd-tls = "off"                # off | on | require (uses tls-cert/tls-key)
 //! nbd-tls-ca = "/etc/rep/nbd-clients-ca.pem"  # optional, else [net] tls-ca
+//! # nbd-tls-psk-file = "/etc/rep/nbd.psk"  # clients with a pre-shared key instead
 //! metrics = "127.0.0.1:9942"     # optional, this node's own metrics address
 //! tls-cert = "/etc/rep/alpha.pem" # needed by tls = "on" (SAN DNS:alpha)
 //! tls-key = "/etc/rep/alpha.key"
@@ -76,6 +78,8 @@
 //! - `handlers`: `[handlers]` and the `[net] fencing` policy that needs one.
 //! - `tls`: `[net] tls`/`tls-ca`, the nodes' `tls-cert`/`tls-key`, and
 //!   loading them ([`Config::load_tls`]).
+//! - `psk`: TLS pre-shared key files (`[net] tls-psk-file`,
+//!   `nbd-tls-psk-file`) and loading them ([`Config::load_psk`]).
 //! - `dump`: [`Config`] back to TOML or JSON (`repctl dump`).
 //! - `error`: [`ConfigError`].
 
@@ -86,6 +90,7 @@ mod error;
 mod handlers;
 mod nbd_access;
 mod policies;
+mod psk;
 mod rate;
 mod raw;
 mod sections;
@@ -96,6 +101,10 @@ pub use error::ConfigError;
 pub use handlers::{Handlers, HANDLER_MAX_BYTES};
 pub use nbd_access::{NbdAccess, NbdTlsMode, NBD_ALLOW_MAX};
 pub use policies::{AfterSb0Pri, AfterSb1Pri, AfterSb2Pri, OnIoError, ResumeAfterCrash};
+pub use psk::{
+    PskEntry, PskKeys, PSK_FILE_MAX_BYTES, PSK_IDENTITY_MAX_BYTES, PSK_KEY_MAX_BYTES,
+    PSK_KEY_MIN_BYTES, PSK_LINES_MAX,
+};
 pub use rate::{format_rate, parse_rate};
 pub use sections::{
     Disk, MetaDisk, Metrics, MetricsListen, Net, Node, Resource, SplitBrain, Startup, Syncer,

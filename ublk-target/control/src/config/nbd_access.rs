@@ -26,6 +26,9 @@ pub struct NbdAccess {
     /// `nbd-tls-ca`: the CA client certificates must chain to, instead of
     /// `[net] tls-ca`.
     pub tls_ca: Option<PathBuf>,
+    /// `nbd-tls-psk-file`: clients authenticate with a pre-shared key
+    /// (`identity:hexkey` lines) instead of certificates.
+    pub tls_psk_file: Option<PathBuf>,
 }
 
 /// `nbd-tls`: TLS on the NBD export.

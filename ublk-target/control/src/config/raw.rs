@@ -60,6 +60,9 @@ pub(super) struct RawNet {
     pub(super) tls: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) tls_ca: Option<PathBuf>,
+    /// `tls-psk-file = PATH`: a pre-shared key instead of certificates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) tls_psk_file: Option<PathBuf>,
 }
 
 impl Default for RawNet {
@@ -74,6 +77,7 @@ impl Default for RawNet {
             fencing: "dont-care".to_owned(),
             tls: "off".to_owned(),
             tls_ca: None,
+            tls_psk_file: None,
         }
     }
 }
@@ -187,6 +191,9 @@ pub(super) struct RawNode {
     pub(super) nbd_tls: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) nbd_tls_ca: Option<PathBuf>,
+    /// `nbd-tls-psk-file = PATH`: clients authenticate with a pre-shared key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) nbd_tls_psk_file: Option<PathBuf>,
     /// This node's own Prometheus address (wins over `metrics.listen`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) metrics: Option<String>,

@@ -56,6 +56,9 @@ pub struct Tls {
     /// `[net] tls-ca`: the PEM bundle of the CA(s) that sign the nodes'
     /// certificates.
     pub ca: Option<PathBuf>,
+    /// `[net] tls-psk-file`: the link authenticates with a pre-shared key
+    /// (`identity:hexkey` lines, see `psk`) instead of certificates.
+    pub psk_file: Option<PathBuf>,
     /// Each `[[node]]`'s files, in file order.
     pub node: [NodeTls; 2],
 }
@@ -90,6 +93,7 @@ pub(super) fn validate(
     path: &Path,
     mode: &str,
     ca: Option<PathBuf>,
+    psk_file: Option<PathBuf>,
     node: [NodeTls; 2],
     names: [&str; 2],
 ) -> Result<Tls, ConfigError> {
@@ -108,6 +112,7 @@ pub(super) fn validate(
             ))
         }
     };
+    check_psk(path, mode, ca.as_deref(), psk_file.as_deref())?;
     for (i, (n, name)) in node.iter().zip(names).enumerate() {
         let empty = |p: &Option<PathBuf>| p.as_ref().is_some_and(|p| p.as_os_str().is_empty());
         if empty(&n.cert) || empty(&n.key) {
@@ -129,7 +134,7 @@ pub(super) fn validate(
                     format!("node \"{name}\": tls-key is set but tls-cert is not; give the PEM file of the node's certificate"),
                 ))
             }
-            (None, None) if mode == TlsMode::On => {
+            (None, None) if mode == TlsMode::On && psk_file.is_none() => {
                 return Err(invalid(
                     format!("node[{i}].tls-cert"),
                     format!(
@@ -141,10 +146,11 @@ pub(super) fn validate(
             _ => {}
         }
     }
-    if mode == TlsMode::On && ca.is_none() {
+    if mode == TlsMode::On && ca.is_none() && psk_file.is_none() {
         return Err(invalid(
             "net.tls-ca".to_owned(),
-            "net.tls = \"on\" needs tls-ca: the PEM file of the CA that signed both nodes' certificates".to_owned(),
+            "net.tls = \"on\" needs tls-ca (the PEM file of the CA that signed both nodes' certificates) \
+             or tls-psk-file (a pre-shared key)".to_owned(),
         ));
     }
     if ca.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
@@ -153,7 +159,44 @@ pub(super) fn validate(
             "must not be empty".to_owned(),
         ));
     }
-    Ok(Tls { mode, ca, node })
+    Ok(Tls {
+        mode,
+        ca,
+        psk_file,
+        node,
+    })
+}
+
+/// `[net] tls-psk-file`: only with `tls = "on"`, and instead of `tls-ca`.
+fn check_psk(
+    path: &Path,
+    mode: TlsMode,
+    ca: Option<&Path>,
+    psk_file: Option<&Path>,
+) -> Result<(), ConfigError> {
+    let Some(psk) = psk_file else {
+        return Ok(());
+    };
+    let invalid = |message: &str| ConfigError::Invalid {
+        path: path.to_owned(),
+        key: "net.tls-psk-file".to_owned(),
+        message: message.to_owned(),
+    };
+    if psk.as_os_str().is_empty() {
+        return Err(invalid("must not be empty"));
+    }
+    if mode == TlsMode::Off {
+        return Err(invalid(
+            "tls-psk-file is set but net.tls is \"off\"; set tls = \"on\" (or remove tls-psk-file)",
+        ));
+    }
+    if ca.is_some() {
+        return Err(invalid(
+            "the link authenticates with certificates (tls-ca) or with a pre-shared key \
+             (tls-psk-file), not both; remove one of them",
+        ));
+    }
+    Ok(())
 }
 
 impl Config {

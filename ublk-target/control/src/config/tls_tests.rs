@@ -120,3 +120,62 @@ fn loads_files_and_names_what_is_wrong() {
     let e = load(text("on", Some(&ca.cert), Some(&keyless), Some(&beta))).unwrap_err();
     assert!(e.contains("no private key"), "{e}");
 }
+
+#[test]
+fn a_psk_file_replaces_the_ca_and_certificates() {
+    let psk = "tls-psk-file = \"/etc/rep/link.psk\"\n";
+    let with = |mode: &str, ca: Option<&Path>| {
+        text(mode, ca, None, None).replacen("[[node]]", &format!("{psk}[[node]]"), 1)
+    };
+    let c = parse(&with("on", None)).unwrap();
+    assert_eq!(
+        c.tls.psk_file.as_deref(),
+        Some(Path::new("/etc/rep/link.psk"))
+    );
+    // Round trip through `repctl dump`.
+    let again = parse(&c.to_toml().unwrap()).unwrap();
+    assert_eq!(again.tls, c.tls);
+    let e = parse(&with("on", Some(Path::new("/ca.pem")))).unwrap_err();
+    assert!(
+        e.contains("net.tls-psk-file") && e.contains("not both"),
+        "{e}"
+    );
+    let e = parse(&with("off", None)).unwrap_err();
+    assert!(e.contains("tls = \"on\""), "{e}");
+}
+
+#[test]
+fn an_nbd_psk_file_replaces_the_client_ca() {
+    let base = text("off", None, None, None).replacen(
+        "disk = \"/tmp/alpha.img\"\n",
+        "disk = \"/tmp/alpha.img\"\nnbd = \"127.0.0.1:10809\"\n",
+        1,
+    );
+    let with = |keys: &str| {
+        base.replacen(
+            "nbd = \"127.0.0.1:10809\"\n",
+            &format!("nbd = \"127.0.0.1:10809\"\n{keys}"),
+            1,
+        )
+    };
+    let c = parse(&with(
+        "nbd-tls = \"require\"\nnbd-tls-psk-file = \"/etc/rep/nbd.psk\"\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.nodes[0].nbd_access.tls_psk_file.as_deref(),
+        Some(Path::new("/etc/rep/nbd.psk"))
+    );
+    let again = parse(&c.to_toml().unwrap()).unwrap();
+    assert_eq!(again.nodes[0].nbd_access, c.nodes[0].nbd_access);
+    let e = parse(&with("nbd-tls-psk-file = \"/etc/rep/nbd.psk\"\n")).unwrap_err();
+    assert!(
+        e.contains("node[0].nbd-tls-psk-file") && e.contains("\"off\""),
+        "{e}"
+    );
+    let e = parse(&with(
+        "nbd-tls = \"on\"\nnbd-tls-psk-file = \"/k\"\nnbd-tls-ca = \"/c.pem\"\n",
+    ))
+    .unwrap_err();
+    assert!(e.contains("not both"), "{e}");
+}

@@ -97,12 +97,19 @@ pub(super) fn check_nbd_nodes(
             key: format!("node[{i}].{key}"),
             message: format!("node \"{}\": {message}", n.name),
         };
-        let nbd_keys = !a.allow.is_empty() || a.tls != super::NbdTlsMode::Off || a.tls_ca.is_some();
+        let nbd_keys = !a.allow.is_empty()
+            || a.tls != super::NbdTlsMode::Off
+            || a.tls_ca.is_some()
+            || a.tls_psk_file.is_some();
         if n.nbd.is_none() && nbd_keys {
             return Err(bad(
                 "nbd",
-                "nbd-allow, nbd-tls and nbd-tls-ca apply to the NBD export; set nbd = \"IP:PORT\" or remove them".to_owned(),
+                "nbd-allow, nbd-tls, nbd-tls-ca and nbd-tls-psk-file apply to the NBD export; set nbd = \"IP:PORT\" or remove them".to_owned(),
             ));
+        }
+        if let Some(psk) = &a.tls_psk_file {
+            check_nbd_psk(a, psk).map_err(|m| bad("nbd-tls-psk-file", m.to_owned()))?;
+            continue;
         }
         if a.tls_ca.is_some() && a.tls == super::NbdTlsMode::Off {
             return Err(bad(
@@ -132,6 +139,26 @@ pub(super) fn check_nbd_nodes(
                 ),
             ));
         }
+    }
+    Ok(())
+}
+
+/// `nbd-tls-psk-file`: with `nbd-tls` on, instead of `nbd-tls-ca` (the
+/// node's certificate is then not needed).
+fn check_nbd_psk(a: &super::NbdAccess, psk: &Path) -> Result<(), &'static str> {
+    if psk.as_os_str().is_empty() {
+        return Err("nbd-tls-psk-file must not be empty");
+    }
+    if a.tls == super::NbdTlsMode::Off {
+        return Err(
+            "nbd-tls-psk-file is set but nbd-tls is \"off\"; set nbd-tls = \"on\" or \"require\"",
+        );
+    }
+    if a.tls_ca.is_some() {
+        return Err(
+            "NBD clients authenticate with certificates (nbd-tls-ca) or with a \
+                    pre-shared key (nbd-tls-psk-file), not both; remove one of them",
+        );
     }
     Ok(())
 }
@@ -351,6 +378,7 @@ impl Check<'_> {
             allow: super::nbd_access::parse_allow(self.path, i, &label, rn.nbd_allow)?,
             tls: super::nbd_access::parse_tls_mode(self.path, i, &label, rn.nbd_tls.as_deref())?,
             tls_ca: rn.nbd_tls_ca,
+            tls_psk_file: rn.nbd_tls_psk_file,
         };
         Ok(Node {
             name: rn.name,
@@ -470,7 +498,14 @@ impl Check<'_> {
             slot.key = rn.tls_key.take();
             *name = rn.name.as_str();
         }
-        super::tls::validate(self.path, &net.tls, net.tls_ca.take(), files, names)
+        super::tls::validate(
+            self.path,
+            &net.tls,
+            net.tls_ca.take(),
+            net.tls_psk_file.take(),
+            files,
+            names,
+        )
     }
 
     /// `[metrics]` and the nodes' `metrics` keys: each an IP:PORT.

@@ -3,8 +3,9 @@
 //! threads can use it at the same time, as they use the plain socket.
 //!
 //! Why not `rustls::StreamOwned`: it needs `&mut` for both directions, so
-//! the reader blocked in `read` would stop the writer. Here the rustls
-//! connection sits behind a mutex that is never held across socket I/O:
+//! the reader blocked in `read` would stop the writer. Here the session
+//! (rustls with certificates, OpenSSL with a pre-shared key: see
+//! `crate::tls::session`) sits behind a mutex that is never held across socket I/O:
 //! the reader reads ciphertext from the socket unlocked and then feeds it
 //! in; the writer encrypts under the lock into a buffer and sends that
 //! unlocked. A second mutex (`send`) keeps TLS records on the wire in the
@@ -13,17 +14,18 @@
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rustls::{ServerConfig, ServerConnection};
+use rustls::{Connection, ServerConnection};
 
 use super::lock;
+use crate::tls::session::{HandshakeError, Session};
 
 /// Ciphertext read from the socket per `read` call.
 const RAW_READ_BYTES: usize = 64 << 10;
 
-struct Session {
-    conn: Mutex<ServerConnection>,
+struct Shared {
+    conn: Mutex<Box<dyn Session>>,
     /// Held while records are taken out of `conn` and written, so they
     /// reach the socket in order.
     send: Mutex<TcpStream>,
@@ -31,7 +33,7 @@ struct Session {
 
 /// The reading half: plaintext out.
 pub(super) struct TlsReader {
-    session: Arc<Session>,
+    session: Arc<Shared>,
     sock: TcpStream,
     /// Ciphertext read from the socket that rustls has not taken yet (it
     /// takes at most what its plaintext buffer limit allows).
@@ -41,41 +43,53 @@ pub(super) struct TlsReader {
 
 /// The writing half: plaintext in, records out.
 pub(super) struct TlsWriter {
-    session: Arc<Session>,
+    session: Arc<Shared>,
+}
+
+/// What a client's TLS session is made with (`nbd-tls` with the node's
+/// certificate, or `nbd-tls-psk-file`).
+#[derive(Debug, Clone)]
+pub enum TlsKeys {
+    Certs(Arc<rustls::ServerConfig>),
+    Psk(Arc<crate::tls::psk::PskTls>),
+}
+
+impl TlsKeys {
+    fn server(&self) -> Result<Box<dyn Session>, String> {
+        match self {
+            TlsKeys::Certs(config) => {
+                let mut conn = ServerConnection::new(Arc::clone(config))
+                    .map_err(|e| format!("cannot start TLS: {e}"))?;
+                // Writes are bounded by the callers (a 256 KiB buffered
+                // writer, the in-flight limits): no second cap on what
+                // rustls holds.
+                conn.set_buffer_limit(None);
+                Ok(Box::new(Connection::Server(conn)))
+            }
+            TlsKeys::Psk(psk) => psk.server(),
+        }
+    }
 }
 
 /// Runs the server side of the TLS handshake on `sock` (within `timeout`),
 /// then returns the two halves. The error says why the handshake failed.
 pub(super) fn accept(
     sock: &TcpStream,
-    config: Arc<ServerConfig>,
+    keys: &TlsKeys,
     timeout: Duration,
 ) -> Result<(TlsReader, TlsWriter), String> {
-    let mut conn = ServerConnection::new(config).map_err(|e| format!("cannot start TLS: {e}"))?;
+    let mut conn = keys.server()?;
     let mut s = sock
         .try_clone()
         .map_err(|e| format!("cannot clone the socket: {e}"))?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| format!("socket: {e}"))?;
-    while conn.is_handshaking() {
-        match conn.complete_io(&mut s) {
-            Ok(_) => {}
-            Err(e) => {
-                // rustls reports its own errors wrapped in io::Error.
-                let why = e
-                    .get_ref()
-                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                    .map_or_else(|| e.to_string(), crate::tls::reason);
-                // Send the alert telling the client why, if we can.
-                let _ = conn.write_tls(&mut s);
-                return Err(format!("TLS handshake failed: {why}"));
-            }
-        }
+    match conn.handshake(&mut s, Instant::now() + timeout) {
+        Ok(()) => {}
+        Err(HandshakeError::Tls(why)) => return Err(format!("TLS handshake failed: {why}")),
+        Err(HandshakeError::Io(e)) => return Err(format!("TLS handshake failed: {e}")),
     }
-    // Writes are bounded by the callers (a 256 KiB buffered writer, the
-    // in-flight limits): no second cap on what rustls holds.
-    conn.set_buffer_limit(None);
-    let session = Arc::new(Session {
+    let session = Arc::new(Shared {
         conn: Mutex::new(conn),
         send: Mutex::new(
             s.try_clone()
@@ -93,8 +107,8 @@ pub(super) fn accept(
     ))
 }
 
-impl Session {
-    /// Writes out whatever records rustls has queued (replies, alerts,
+impl Shared {
+    /// Writes out whatever records the session has queued (replies, alerts,
     /// key updates), in order.
     fn send_queued(&self) -> io::Result<()> {
         let mut sock = lock(&self.send);
@@ -134,7 +148,7 @@ impl TlsReader {
 impl Read for TlsReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            match lock(&self.session.conn).reader().read(buf) {
+            match lock(&self.session.conn).read_plain(buf) {
                 // Ok(0) is the client's close_notify: end of stream.
                 Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -161,7 +175,7 @@ impl Write for TlsWriter {
         let mut out = Vec::with_capacity(buf.len() + 64);
         {
             let mut conn = lock(&self.session.conn);
-            conn.writer().write_all(buf)?;
+            conn.write_plain(buf)?;
             while conn.wants_write() {
                 conn.write_tls(&mut out)?;
             }
