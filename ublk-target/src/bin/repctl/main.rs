@@ -295,7 +295,11 @@ enum Command {
         with --assume-clean declared in sync (only when both grown regions are known \
         identical, e.g. zeroed; the old metadata area, which becomes data, is resynced \
         anyway). New NBD clients see the new size at once; clients already connected keep \
-        theirs until they reconnect.\n\n\
+        theirs until they reconnect. Both nodes print `call resize` with the old and new \
+        size in `repctl events`.\n\n\
+        A disk grown while repd was stopped (DRBD's `drbdmeta check-resize` case) starts on \
+        its metadata where it was, below the new end (repd looks up to 64 GiB below it), \
+        serving the old size; run this command then to move the metadata and grow.\n\n\
         Shrinking is refused: repd cannot know how much of the device a filesystem uses \
         (DRBD shrinks with `drbdadm resize --size` and trusts the admin to have shrunk the \
         filesystem first). A peer whose disk is smaller connects with the smaller size \
