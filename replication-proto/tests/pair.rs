@@ -13,8 +13,8 @@ use std::collections::{HashMap, VecDeque};
 use bytes::Bytes;
 use replication_proto::gen::Generations;
 use replication_proto::machine::{
-    errno, Action, Admin, AdminError, AppId, ConnState, Event, FenceOutcome, Fencing, Hook, Node,
-    NodeConfig, Payload, Persisted, SplitBrainPolicy, Verb,
+    errno, Action, Admin, AdminError, AppId, ConnState, ErrorKind, Event, FenceOutcome, Fencing,
+    Hook, Node, NodeConfig, Payload, Persisted, SplitBrainPolicy, Verb, VerifyRange,
 };
 use replication_proto::meta::MetaFlags;
 use replication_proto::time::Millis;
@@ -1895,7 +1895,11 @@ fn the_last_verify_is_kept_on_both_sides() {
     p.up_and_synced();
     assert_eq!(p.s[0].node.status().last_verify, None);
     p.write(0, 1, 0, 0x11, 4096).unwrap();
-    p.s[1].disk.insert(100, Bytes::from(vec![0xee; 4096]));
+    // Blocks 95 and 96 are adjacent across a 128 KiB chunk boundary: one
+    // range; block 100 alone another.
+    for b in [100, 96, 95] {
+        p.s[1].disk.insert(b, Bytes::from(vec![0xee; 4096]));
+    }
     p.tick(100);
     p.admin(0, Admin::Verb(Verb::Verify { repair: false }))
         .unwrap();
@@ -1903,7 +1907,22 @@ fn the_last_verify_is_kept_on_both_sides() {
     for i in 0..2 {
         let v = p.s[i].node.status().last_verify.expect("kept");
         assert_eq!(v.verified_bytes, SIZE, "node {i}");
-        assert!(v.out_of_sync_bytes > 0, "node {i}: {v:?}");
+        assert_eq!(v.out_of_sync_bytes, 3 * 4096, "node {i}: {v:?}");
+        assert_eq!(v.range_count, 2, "node {i}: {v:?}");
+        assert_eq!(
+            v.ranges,
+            vec![
+                VerifyRange {
+                    start: 95 * 4096,
+                    len_bytes: 2 * 4096
+                },
+                VerifyRange {
+                    start: 100 * 4096,
+                    len_bytes: 4096
+                }
+            ],
+            "node {i}"
+        );
         assert!(v.at_ms > 0 && v.at_ms <= p.now.0);
     }
     p.admin(1, Admin::Verb(Verb::Verify { repair: true }))
@@ -1914,6 +1933,7 @@ fn the_last_verify_is_kept_on_both_sides() {
     for i in 0..2 {
         let v = p.s[i].node.status().last_verify.expect("kept");
         assert_eq!(v.out_of_sync_bytes, 0, "node {i} after the repair: {v:?}");
+        assert_eq!((v.range_count, v.ranges.len()), (0, 0), "node {i}");
     }
 }
 
@@ -2178,6 +2198,37 @@ fn on_io_error_detach_serves_the_writes_whose_activity_log_write_failed() {
     assert_eq!(p.s[0].node.disk(), DiskState::Diskless);
     assert!(p.s[0].hooks.contains(&Hook::LocalIoError));
     assert_eq!(p.read(0, 2, SIZE - 4096, 4096).unwrap().unwrap()[0], 0x5c);
+}
+
+/// Under pass-on / call-local-io-error (no detach), a failed metadata
+/// write asks for the local-io-error handler too, once for the episode;
+/// a metadata write that succeeds ends it.
+#[test]
+fn a_failed_metadata_write_runs_the_local_io_error_hook_once_per_episode() {
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.up_and_synced();
+    p.s[0].meta_fails = true;
+    // The last extent: not in the activity log, so its transaction fails.
+    let _ = p.write(0, 1, SIZE - 4096, 0x5c, 4096);
+    assert_eq!(p.s[0].hooks, vec![Hook::LocalIoError]);
+    let _ = p.write(0, 2, SIZE - 4096, 0x5d, 4096);
+    assert_eq!(p.s[0].hooks, vec![Hook::LocalIoError], "same episode");
+    let st = p.s[0].node.status();
+    assert!(
+        st.errors
+            .iter()
+            .any(|e| e.kind == ErrorKind::Metadata && !e.ended),
+        "{st:?}"
+    );
+    p.s[0].meta_fails = false;
+    assert_eq!(p.write(0, 3, SIZE - 4096, 0x5e, 4096), Ok(None));
+    let st = p.s[0].node.status();
+    assert!(
+        st.errors
+            .iter()
+            .all(|e| e.kind != ErrorKind::Metadata || e.ended),
+        "{st:?}"
+    );
 }
 
 #[test]

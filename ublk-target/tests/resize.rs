@@ -189,8 +189,8 @@ fn repd_killed_at_each_step_of_the_metadata_move_starts_with_its_data() {
             .unwrap();
         assert!(o.status.success(), "{o:?}");
         c.wait(1, "connected", 20, |s| s["connection"] == "Connected");
-        // Grown while running (a restart in between would not find the
-        // metadata at the new end: see README, Online resize).
+        // Grown while running (a restart in between starts on the
+        // metadata below the new end: see tests/maintenance.rs).
         grow_file(&c, 0, GROWN);
         grow_file(&c, 1, GROWN);
         let r = c.control(

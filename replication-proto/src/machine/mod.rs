@@ -13,6 +13,7 @@
 //! - [`al`]: the activity log; [`bitmap`]: the dirty bitmap; [`io`]: the
 //!   ordering of overlapping local operations; `sync_window`: how many
 //!   resync requests are in flight.
+//! - [`verify_ranges`]: the out-of-sync ranges a verify found, merged.
 
 pub mod al;
 pub mod bitmap;
@@ -24,9 +25,11 @@ mod node;
 mod resume;
 mod sync_window;
 pub mod types;
+pub mod verify_ranges;
 
 pub use decide::{AfterSb0, AfterSb1, AfterSb2, Decision, SplitBrainPolicy};
 pub use fencing::{FenceOutcome, FenceStatus, Fencing};
 pub use ids::{AppId, IoToken, MetaToken, NODE_TOKEN_LIMIT};
 pub use node::{Applies, Node, ERROR_LINGER_MS, MAX_IO};
 pub use types::*;
+pub use verify_ranges::{VerifyRange, VERIFY_RANGES_LISTED, VERIFY_RANGES_TRACKED};

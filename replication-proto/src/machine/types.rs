@@ -659,6 +659,13 @@ pub struct VerifyNote {
     pub at_ms: u64,
     pub verified_bytes: u64,
     pub out_of_sync_bytes: u64,
+    /// How many ranges of adjacent 4 KiB blocks differed (see
+    /// [`super::verify_ranges`] for the bound).
+    #[serde(default)]
+    pub range_count: u64,
+    /// The first [`super::VERIFY_RANGES_LISTED`] of them, in disk order.
+    #[serde(default)]
+    pub ranges: Vec<super::VerifyRange>,
 }
 
 /// A snapshot of the node for `status`.

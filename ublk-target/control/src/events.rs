@@ -5,7 +5,8 @@
 //! An event names its kind (`exists`, `create`, `change`, `destroy` as in
 //! events2, and `call` for a one-off happening such as a verify result),
 //! its object (`resource`, `connection`, `device`, `peer-device`, `error`,
-//! `verify`, `split-brain`, `lost-events`; `-` on the `exists -` line that
+//! `verify`, `out-of-sync` (a range a verify found), `resize`,
+//! `split-brain`, `lost-events`; `-` on the `exists -` line that
 //! ends the current state), the resource (`name`) and the fields of the
 //! object that changed, with events2's names (`role`, `conn-name`,
 //! `connection`, `disk`, `peer-disk`, `replication`, `done`).
@@ -80,6 +81,11 @@ const FIELD_ORDER: &[&str] = &[
     "resume",
     "verified",
     "out-of-sync",
+    "ranges",
+    "start-bytes",
+    "len-bytes",
+    "old-size-bytes",
+    "new-size-bytes",
     "count",
     "message",
 ];

@@ -335,11 +335,17 @@ pub struct NodeStatus {
 /// The last verify: when, what it compared, what differed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastVerify {
-    /// Seconds since the Unix epoch.
+    /// When it finished: seconds since the Unix epoch.
     pub at: u64,
     pub age_s: u64,
     pub verified_bytes: u64,
     pub out_of_sync_bytes: u64,
+    /// How many ranges of adjacent 4 KiB blocks differed.
+    #[serde(default)]
+    pub range_count: u64,
+    /// The first of them (at most `VERIFY_RANGES_LISTED`), in disk order.
+    #[serde(default)]
+    pub ranges: Vec<replication_proto::machine::VerifyRange>,
 }
 
 /// How a `[handlers]` command ended.

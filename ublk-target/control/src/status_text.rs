@@ -212,20 +212,19 @@ fn extras(s: &mut String, st: &NodeStatus) {
             if st.nbd_clients == 1 { "" } else { "s" }
         );
     }
-    if let Some(n) = &st.size_note {
-        let _ = writeln!(s, "  size: {} ({n})", size(st.data_bytes));
+    match &st.size_note {
+        Some(n) => {
+            let _ = writeln!(s, "  size: {} ({n})", size(st.data_bytes));
+        }
+        None => {
+            let _ = writeln!(s, "  size: {}", size(st.data_bytes));
+        }
     }
     if let Some(w) = &st.nbd_warning {
         let _ = writeln!(s, "  WARNING: {w}");
     }
     if let Some(v) = &st.last_verify {
-        let _ = writeln!(
-            s,
-            "  last verify ({} ago): {} compared, {} out of sync",
-            ago(v.age_s),
-            size(v.verified_bytes),
-            size(v.out_of_sync_bytes)
-        );
+        last_verify(s, v);
     }
     if let Some(e) = &st.last_error {
         match st.last_error_age_s {
@@ -237,6 +236,48 @@ fn extras(s: &mut String, st: &NodeStatus) {
             }
         }
     }
+}
+
+/// How many of the last verify's ranges the text names (`--json` lists
+/// more).
+const VERIFY_RANGES_SHOWN: usize = 4;
+
+fn last_verify(s: &mut String, v: &crate::protocol::LastVerify) {
+    let ranges = match v.range_count {
+        0 => String::new(),
+        1 => " in 1 range".to_owned(),
+        n => format!(" in {n} ranges"),
+    };
+    let _ = writeln!(
+        s,
+        "  last verify ({} ago): {} compared, {} out of sync{ranges}",
+        ago(v.age_s),
+        size(v.verified_bytes),
+        size(v.out_of_sync_bytes)
+    );
+    if v.ranges.is_empty() {
+        return;
+    }
+    let shown: Vec<String> = v
+        .ranges
+        .iter()
+        .take(VERIFY_RANGES_SHOWN)
+        .map(|r| format!("start={} len_bytes={}", r.start, r.len_bytes))
+        .collect();
+    let more = v.range_count.saturating_sub(shown.len() as u64);
+    let _ = writeln!(
+        s,
+        "    out of sync: {}{}",
+        shown.join(", "),
+        if more > 0 {
+            format!(
+                " and {more} more (status --json lists the first {})",
+                v.ranges.len()
+            )
+        } else {
+            String::new()
+        }
+    );
 }
 
 #[cfg(test)]

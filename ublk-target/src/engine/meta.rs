@@ -38,15 +38,34 @@ pub(crate) struct MetaWriter {
 
 const EIO: i32 = 5;
 
+/// Test only: while the file this names exists, every metadata write
+/// (superblock, activity log, bitmap) fails with EIO without touching the
+/// disk, as on a disk whose metadata area went bad; data I/O is
+/// unaffected. A test creates and removes the file to start and end the
+/// failure. Never set outside tests.
+pub const FAIL_META_WHILE_EXISTS_ENV: &str = "REP_TEST_FAIL_META_WHILE_EXISTS";
+
 impl MetaWriter {
     pub(crate) fn start(mut md: MetaDevice, done: InputTx) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<(MetaToken, MetaOp)>();
         let span = tracing::Span::current();
+        let fail_while = std::env::var_os(FAIL_META_WHILE_EXISTS_ENV).map(std::path::PathBuf::from);
         let thread = std::thread::Builder::new()
             .name("repd-meta".into())
             .spawn(move || {
                 let _g = span.enter();
                 for (token, op) in rx {
+                    let failing = fail_while.as_deref().is_some_and(std::path::Path::exists);
+                    if failing && !matches!(op, MetaOp::Grow(_)) {
+                        tracing::error!(
+                            "metadata write failed: test fault ({FAIL_META_WHILE_EXISTS_ENV})"
+                        );
+                        let _ = done.send(Input::MetaDone {
+                            token,
+                            result: Err(EIO),
+                        });
+                        continue;
+                    }
                     let r = match op {
                         MetaOp::Grow(job) => {
                             let result = job.run(&mut md);

@@ -104,6 +104,8 @@ impl Runner {
                     age_s,
                     verified_bytes: v.verified_bytes,
                     out_of_sync_bytes: v.out_of_sync_bytes,
+                    range_count: v.range_count,
+                    ranges: v.ranges.clone(),
                 }
             }),
             handlers: self.handlers.runs().to_vec(),

@@ -1,12 +1,13 @@
 //! What the event stream reports about a node ([`Snapshot`], taken after
 //! each engine turn) and the events between two snapshots: one `change`
 //! line per object whose fields changed, `call` lines for what happened
-//! once (a verify finished, a split brain was found), `create`/`change`/
-//! `destroy` lines for the errors status keeps.
+//! once (a verify finished with the ranges it found out of sync, a split
+//! brain was found, the size changed), `create`/`change`/`destroy` lines
+//! for the errors status keeps.
 
 use rep_control::events::{Event, EventKind};
 use rep_control::protocol::SyncProgress;
-use replication_proto::machine::{ConnState, ErrorNote, Status, SuspendMode};
+use replication_proto::machine::{ConnState, ErrorNote, Status, SuspendMode, VerifyNote};
 use replication_proto::wire::{DiskState, Role};
 use serde_json::Value;
 
@@ -35,6 +36,10 @@ pub(crate) struct Snapshot {
     pub(crate) sync_paused: bool,
     pub(crate) verified_bytes: u64,
     pub(crate) verify_out_of_sync_bytes: u64,
+    /// The last verify's result (its ranges go out once, as it ends).
+    pub(crate) last_verify: Option<VerifyNote>,
+    /// The size in use (`repctl resize`, a smaller peer).
+    pub(crate) data_bytes: u64,
     pub(crate) errors: Vec<ErrorNote>,
     /// The newest handlers that ended: (sequence number, handler, exit).
     pub(crate) handlers: Vec<HandlerEnded>,
@@ -67,6 +72,8 @@ impl Snapshot {
             sync_paused: st.sync_paused_by_user,
             verified_bytes: st.stats.traffic.verified_bytes,
             verify_out_of_sync_bytes: st.stats.traffic.verify_out_of_sync_bytes,
+            last_verify: st.last_verify.clone(),
+            data_bytes: st.data_bytes,
             errors: st.errors.clone(),
             handlers,
         }
@@ -88,6 +95,8 @@ impl Snapshot {
             sync_paused: false,
             verified_bytes: 0,
             verify_out_of_sync_bytes: 0,
+            last_verify: None,
+            data_bytes: 64 << 20,
             errors: Vec::new(),
             handlers: Vec::new(),
         }
@@ -217,17 +226,38 @@ fn peer_device(prev: &Snapshot, next: &Snapshot, n: &Names, progress: bool) -> O
     (!pd.fields.is_empty()).then(|| pd.with_first("conn-name", &n.peer))
 }
 
-/// What happened once: a verify ended, a split brain was found.
+/// What happened once: a verify ended (a line per range it found out of
+/// sync, then its result), a split brain was found, the size changed.
 fn happenings(prev: &Snapshot, next: &Snapshot, n: &Names) -> Vec<Event> {
     let call = |object: &str| {
         Event::now(EventKind::Call, object, &n.resource).with("conn-name", n.peer.as_str())
     };
     let mut out = Vec::new();
     if verifying(prev.connection) && !verifying(next.connection) {
+        let mut done = call("verify")
+            .with("verified", next.verified_bytes)
+            .with("out-of-sync", next.verify_out_of_sync_bytes);
+        // A new result: the verify ran to its end (a broken one leaves the
+        // last result as it was).
+        if let Some(v) = next
+            .last_verify
+            .as_ref()
+            .filter(|_| prev.last_verify != next.last_verify)
+        {
+            out.extend(v.ranges.iter().map(|r| {
+                call("out-of-sync")
+                    .with("start-bytes", r.start)
+                    .with("len-bytes", r.len_bytes)
+            }));
+            done = done.with("ranges", v.range_count);
+        }
+        out.push(done);
+    }
+    if prev.data_bytes != next.data_bytes {
         out.push(
-            call("verify")
-                .with("verified", next.verified_bytes)
-                .with("out-of-sync", next.verify_out_of_sync_bytes),
+            Event::now(EventKind::Call, "resize", &n.resource)
+                .with("old-size-bytes", prev.data_bytes)
+                .with("new-size-bytes", next.data_bytes),
         );
     }
     if !prev.split_brain && next.split_brain {

@@ -102,6 +102,69 @@ fn resync_start_progress_and_end() {
     );
 }
 
+/// The ranges a verify found go out once, one line each, before its
+/// result; a verify whose connection broke (no new result) lists none.
+#[test]
+fn a_verify_lists_its_ranges_then_its_result() {
+    use replication_proto::machine::{VerifyNote, VerifyRange};
+    let a = Snapshot::healthy();
+    let verifying = Snapshot {
+        connection: ConnState::VerifyTarget,
+        ..a.clone()
+    };
+    let note = VerifyNote {
+        at_ms: 5,
+        verified_bytes: 8 << 20,
+        out_of_sync_bytes: 3 * 4096,
+        range_count: 2,
+        ranges: vec![
+            VerifyRange {
+                start: 0,
+                len_bytes: 4096,
+            },
+            VerifyRange {
+                start: 1 << 20,
+                len_bytes: 8192,
+            },
+        ],
+    };
+    let done = Snapshot {
+        verified_bytes: 8 << 20,
+        verify_out_of_sync_bytes: 3 * 4096,
+        last_verify: Some(note),
+        ..a.clone()
+    };
+    assert_eq!(
+        texts(&changes(&verifying, &done, &names(), false)),
+        vec![
+            "change connection name:r0 conn-name:beta connection:Connected",
+            "change peer-device name:r0 conn-name:beta replication:Established",
+            "call out-of-sync name:r0 conn-name:beta start-bytes:0 len-bytes:4096",
+            "call out-of-sync name:r0 conn-name:beta start-bytes:1048576 len-bytes:8192",
+            "call verify name:r0 conn-name:beta verified:8388608 out-of-sync:12288 ranges:2",
+        ]
+    );
+    let broken = Snapshot {
+        connection: ConnState::StandAlone,
+        ..done.clone()
+    };
+    let again = Snapshot {
+        connection: ConnState::VerifyTarget,
+        ..done
+    };
+    let t = texts(&changes(&again, &broken, &names(), false));
+    assert!(!t.iter().any(|l| l.contains("out-of-sync name")), "{t:?}");
+    // The size changed (repctl resize): old and new.
+    let grown = Snapshot {
+        data_bytes: 96 << 20,
+        ..a.clone()
+    };
+    assert_eq!(
+        texts(&changes(&a, &grown, &names(), false)),
+        vec!["call resize name:r0 old-size-bytes:67108864 new-size-bytes:100663296"]
+    );
+}
+
 #[test]
 fn a_verify_result_and_a_split_brain_are_calls() {
     let a = Snapshot::healthy();

@@ -18,6 +18,7 @@
 
 pub mod al;
 pub mod bitmap;
+mod grown;
 pub mod layout;
 pub mod resize;
 pub mod superblock;
@@ -56,17 +57,20 @@ pub enum MdError {
         "no metadata found (wrong magic) in {path} at offset {offset} — run create-md{}",
         if *offset > 0 {
             " (unless this disk was grown while repd was not running: internal metadata is then \
-             still at its old end; give the disk its old size back, start repd, grow it again \
-             and run `repctl resize`)"
+             still at its old end, and repd looks for it only up to 64 GiB below the end; give \
+             the disk its old size back (`truncate -s`, `lvreduce`), start repd, grow it again \
+             while repd runs and run `repctl resize`)"
         } else {
             ""
         }
     )]
     NoMetadata { path: PathBuf, offset: u64 },
     #[error(
-        "no metadata at the end of {path} (offset {offset}), and that end holds data: the disk seems \
-         to have been resized (shrunk or grown) since create-md, since internal metadata sits at \
-         the end of the disk (or its superblock was overwritten). Give the disk back its old size — nothing was changed. Do not run \
+        "no metadata at the end of {path} (offset {offset}) nor in the 64 GiB below it, and that \
+         end holds data: the disk seems to have been shrunk, or grown by more than that, since \
+         create-md, since internal metadata sits at the end of the disk (or its superblock was \
+         overwritten). Give the disk its old size back (`lvextend`/`lvreduce`, `truncate -s`) — \
+         nothing was changed — start repd, grow the disk while repd runs and run `repctl resize`. Do not run \
          create-md on it: fresh metadata would overwrite the end of the data and forget the data \
          generations (it refuses without --force)"
     )]
@@ -711,7 +715,28 @@ impl MetaDevice {
     ) -> Result<Self, MdError> {
         let (file, path, disk_size, sb_abs) = open_for_read(location, writable)?;
         let sb_abs = resize::follow_locator(&file, &path, sb_abs)?;
-        let sb = read_superblock(location, &file, &path, sb_abs)?;
+        let (sb_abs, sb) = match read_superblock(location, &file, &path, sb_abs) {
+            // Not at the end: the disk may have grown while repd was
+            // stopped (see `grown`).
+            Err(e @ (MdError::Resized { .. } | MdError::NoMetadata { .. }))
+                if location.meta_disk == MetaDisk::Internal && sb_abs > 0 =>
+            {
+                let Some((at, sb)) = grown::find_below(&file, &path, sb_abs, resource, node)?
+                else {
+                    return Err(e);
+                };
+                tracing::warn!(
+                    path = %path.display(),
+                    superblock = at,
+                    data_bytes = sb.layout.data_bytes,
+                    "internal metadata found below the end of the disk, which grew while repd was \
+                     stopped: serving the old size; run `repctl resize` to move the metadata to \
+                     the new end and grow"
+                );
+                (at, sb)
+            }
+            r => (sb_abs, r?),
+        };
         check_owner(location, &path, &sb, resource, node)?;
         let fits = Fit {
             disk: &location.disk,

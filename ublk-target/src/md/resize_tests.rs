@@ -198,22 +198,48 @@ fn set_bits_whole_words_and_edges() {
     assert_eq!(w[3] >> 58, 0x3F);
 }
 
+/// DRBD's check-resize: a disk grown while repd was stopped has its
+/// metadata below the new end; `open` finds it there (the old size, bits
+/// and AL as they were) and `grow` then moves it to the new end.
 #[test]
-fn a_disk_grown_without_resize_says_how_to_get_back() {
+fn a_disk_grown_while_stopped_is_found_below_the_end_and_grows() {
+    let fx = fixture(false);
+    let (md, data) = fx.prepared();
+    let old = *md.layout();
+    drop(md);
+    let mut md = fx.open();
+    assert_eq!(*md.layout(), old);
+    assert_eq!(md.superblock_offset(), OLD - 4096);
+    assert_eq!(md.bitmap()[..3], [0b1011, 0, u64::MAX]);
+    assert_eq!(md.read_al().unwrap().seq, 1);
+    let room = room_bytes(&fx.params.location, 1237).unwrap();
+    md.grow(&fx.params.location, room, GrowOptions::default())
+        .unwrap();
+    drop(md);
+    let md = fx.open();
+    assert_eq!(md.layout().data_bytes, room);
+    assert_eq!(md.superblock_offset(), NEW - 4096);
+    fx.data_intact(&data);
+}
+
+/// A superblock is taken only where its own layout puts it: a copy of it
+/// elsewhere (data that holds a disk image, say) is not, and without the
+/// real one the error says how to recover.
+#[test]
+fn a_copy_of_a_superblock_at_another_place_is_not_taken() {
     let fx = fixture(false);
     let (md, _) = fx.prepared();
     drop(md);
-    let e = MetaDevice::open(&fx.params.location, "r0", "alpha").unwrap_err();
-    let text = e.to_string();
-    assert!(text.contains("grown while repd was not running"), "{text}");
-    // Its old size back: the metadata is found again.
     let f = fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .open(&fx.params.location.disk)
         .unwrap();
-    f.set_len(OLD).unwrap();
-    assert_eq!(
-        fx.open().layout().data_bytes,
-        Layout::internal(OLD, 1237).unwrap().data_bytes
-    );
+    let mut sector = [0u8; 4096];
+    f.read_exact_at(&mut sector, OLD - 4096).unwrap();
+    f.write_all_at(&sector, 8 << 20).unwrap();
+    f.write_all_at(&[0u8; 4096], OLD - 4096).unwrap();
+    let e = MetaDevice::open(&fx.params.location, "r0", "alpha").unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("give the disk its old size back"), "{text}");
 }

@@ -54,6 +54,7 @@ pub fn render(st: &NodeStatus, lat: &Latencies, minor: u32) -> String {
     device(&mut e, st, &dev);
     peer_device(&mut e, st, &peerdev);
     sync(&mut e, st, &peerdev);
+    last_verify(&mut e, st, &peerdev);
     latencies(&mut e, lat, &dev, &peerdev);
     e.finish()
 }
@@ -293,6 +294,32 @@ fn sync(e: &mut Exposition, st: &NodeStatus, l: &[(&str, &str)]) {
     ] {
         e.family(k, Kind::Gauge, help);
         e.sample(k, l, v);
+    }
+}
+
+/// How the last online verify ended: when, and what it found (zeros
+/// before the first).
+fn last_verify(e: &mut Exposition, st: &NodeStatus, l: &[(&str, &str)]) {
+    let v = st.last_verify.as_ref();
+    for (k, help, value) in [
+        (
+            "rep_peerdevice_last_verify_timestamp_seconds",
+            "When the last online verify finished, Unix time (0: none yet)",
+            v.map_or(0, |v| v.at),
+        ),
+        (
+            "rep_peerdevice_last_verify_outofsync_bytes",
+            "Bytes the last online verify found different",
+            v.map_or(0, |v| v.out_of_sync_bytes),
+        ),
+        (
+            "rep_peerdevice_last_verify_outofsync_ranges",
+            "Ranges of adjacent 4 KiB blocks the last online verify found different",
+            v.map_or(0, |v| v.range_count),
+        ),
+    ] {
+        e.family(k, Kind::Gauge, help);
+        e.sample(k, l, value);
     }
 }
 

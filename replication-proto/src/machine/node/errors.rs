@@ -58,12 +58,30 @@ impl Node {
     pub(super) fn error(&mut self, kind: ErrorKind, msg: String) {
         tracing::warn!("{msg}");
         let now = self.now;
+        // The local-io-error handler runs once per episode of a failing
+        // disk, whether a data or a metadata write failed first (DRBD calls
+        // it for both: a dead disk often fails the activity-log write
+        // first).
+        let other_disk_error = match kind {
+            ErrorKind::LocalIo => Some(ErrorKind::Metadata),
+            ErrorKind::Metadata => Some(ErrorKind::LocalIo),
+            _ => None,
+        }
+        .is_some_and(|k| {
+            self.health
+                .slot(k)
+                .as_ref()
+                .is_some_and(|s| s.ended_at.is_none())
+        });
         let slot = self.health.slot(kind);
         let count = match slot {
             Some(s) if s.ended_at.is_none() => s.count.saturating_add(1),
             _ => 1,
         };
-        if kind == ErrorKind::LocalIo && count == 1 {
+        if matches!(kind, ErrorKind::LocalIo | ErrorKind::Metadata)
+            && count == 1
+            && !other_disk_error
+        {
             self.actions.push_back(Action::Hook(Hook::LocalIoError));
         }
         *slot = Some(Slot {

@@ -341,9 +341,9 @@ impl Node {
         };
         if s.is_verify() {
             // Verify target: the source finished.
-            self.sync = None;
+            let oos = self.sync.take().map(|s| s.oos).unwrap_or_default();
             self.conn = ConnState::Connected;
-            self.note_verify_end();
+            self.note_verify_end(&oos);
             return;
         }
         if s.role != SyncRole::Source {

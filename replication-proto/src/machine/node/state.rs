@@ -195,6 +195,8 @@ pub(super) struct Sync {
     /// flight.
     pub(super) refine: Vec<Span>,
     pub(super) refining: std::collections::HashSet<u64>,
+    /// Verify: the blocks found out of sync, merged into ranges.
+    pub(super) oos: crate::machine::verify_ranges::OosRanges,
 }
 
 impl Sync {
@@ -219,6 +221,7 @@ impl Sync {
             last_refill: now,
             refine: Vec::new(),
             refining: std::collections::HashSet::new(),
+            oos: crate::machine::verify_ranges::OosRanges::default(),
         }
     }
 

@@ -84,8 +84,12 @@ impl Node {
         };
         self.conn = ConnState::Connected;
         self.send(Message::SyncDone);
-        tracing::info!(out_of_sync = found_oos, "verify finished");
-        self.note_verify_end();
+        tracing::info!(
+            out_of_sync = found_oos,
+            ranges = s.oos.count(),
+            "verify finished"
+        );
+        self.note_verify_end(&s.oos);
         if found_oos > 0 {
             self.error(
                 ErrorKind::Verify,
@@ -190,10 +194,11 @@ impl Node {
             tracing::warn!(start = offset, len_bytes = len, "verify: range out of sync");
             self.bitmap.set_range(offset, u64::from(len));
             self.stats.traffic.verify_out_of_sync_bytes += u64::from(len);
-            if let Some(SyncKind::Verify { found_oos, .. }) =
-                self.sync.as_mut().map(|s| &mut s.kind)
-            {
-                *found_oos += u64::from(len);
+            if let Some(s) = self.sync.as_mut() {
+                s.oos.add(offset, u64::from(len));
+                if let SyncKind::Verify { found_oos, .. } = &mut s.kind {
+                    *found_oos += u64::from(len);
+                }
             }
         }
         self.pump_verify();
@@ -259,6 +264,9 @@ impl Node {
         if !in_sync && block {
             self.bitmap.set_range(span.start, span.len());
             self.stats.traffic.verify_out_of_sync_bytes += span.len();
+            if let Some(s) = self.sync.as_mut() {
+                s.oos.add(span.start, span.len());
+            }
             tracing::warn!(
                 start = span.start,
                 len_bytes = span.len(),
@@ -274,12 +282,14 @@ impl Node {
     }
 
     /// A verify ended (this node was its source or target): status keeps
-    /// what it compared and found, and when.
-    pub(super) fn note_verify_end(&mut self) {
+    /// what it compared and found (the ranges merged), and when.
+    pub(super) fn note_verify_end(&mut self, oos: &crate::machine::verify_ranges::OosRanges) {
         self.last_verify = Some(crate::machine::types::VerifyNote {
             at_ms: self.now.0,
             verified_bytes: self.stats.traffic.verified_bytes,
             out_of_sync_bytes: self.stats.traffic.verify_out_of_sync_bytes,
+            range_count: oos.count(),
+            ranges: oos.listed(),
         });
     }
 }

@@ -209,6 +209,12 @@ enum Command {
         `drbdadm verify`. Blocks that differ are marked out of sync and reported; with \
         --repair they are resynced right after (from the Primary, or from this node). \
         Waits until the verify (and repair) finished, then prints what it found.\n\n\
+        Both nodes report the ranges of adjacent 4 KiB blocks that differ: in the log, in \
+        `repctl events` (`call out-of-sync ... start-bytes:N len-bytes:N` for the first 32, \
+        then `call verify ... ranges:N`) and in `repctl status` (`last_verify` in --json: \
+        when it finished, bytes compared and out of sync, the number of ranges and the \
+        first 32). Without --repair, a reconnect of the Primary (`repctl disconnect; repctl connect`) or \
+        `repctl verify --repair` resyncs them.\n\n\
         Exit status: 0 only when both copies are in sync at the end (nothing found, or \
         everything found resynced by --repair); 1 when blocks differ (or the verify could \
         not run or was cut off), so a script can act on it."
@@ -257,8 +263,10 @@ enum Command {
         or every resource of --config-dir when none is named (`drbdsetup events2 all`: the \
         streams are merged, with one `exists -` after every resource's state): the role, the connection and \
         the peer's role, the disk and the peer's disk, the resync (start, progress at most \
-        once a second per whole percent, end), verify results, split brains, I/O and other \
-        errors, suspended I/O.\n\n\
+        once a second per whole percent, end), verify results (one `call out-of-sync` line \
+        per range of adjacent 4 KiB blocks found different, for the first 32, then `call \
+        verify`), size changes (`call resize` with the old and new size), split brains, I/O \
+        and other errors, suspended I/O.\n\n\
         Lines read like events2's: `change connection name:r0 conn-name:beta \
         connection:Connected role:Secondary`, `change peer-device name:r0 conn-name:beta \
         replication:SyncSource peer-disk:Inconsistent done:42.10`, `call verify name:r0 \
@@ -287,7 +295,11 @@ enum Command {
         with --assume-clean declared in sync (only when both grown regions are known \
         identical, e.g. zeroed; the old metadata area, which becomes data, is resynced \
         anyway). New NBD clients see the new size at once; clients already connected keep \
-        theirs until they reconnect.\n\n\
+        theirs until they reconnect. Both nodes print `call resize` with the old and new \
+        size in `repctl events`.\n\n\
+        A disk grown while repd was stopped (DRBD's `drbdmeta check-resize` case) starts on \
+        its metadata where it was, below the new end (repd looks up to 64 GiB below it), \
+        serving the old size; run this command then to move the metadata and grow.\n\n\
         Shrinking is refused: repd cannot know how much of the device a filesystem uses \
         (DRBD shrinks with `drbdadm resize --size` and trusts the admin to have shrunk the \
         filesystem first). A peer whose disk is smaller connects with the smaller size \
