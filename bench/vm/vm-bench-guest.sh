@@ -151,7 +151,8 @@ floors() { # round
 # counted in the tables; perf.<target>.comm.txt and .top.txt are the
 # reports (share per thread name; top symbols per thread).
 perf_run() { # target device
-  local data="$OUT/perf.$1.data" rec
+  # perf mmaps its output: not on the 9p share of $OUT, on the guest tmpfs.
+  local data="$SCR/perf.$1.data" rec
   say "$1: fio randwrite-4k-qd32 on $2 under perf record -a -g (not counted)"
   perf record -a -g -F 499 -e cpu-clock -o "$data" -- sleep $((RAMP + RUNTIME)) >"$OUT/perf.$1.record.log" 2>&1 &
   rec=$!

@@ -372,7 +372,7 @@ pub fn cpu_table(dir: &Path, targets: &[&str], w: &Workload, rounds: u32) -> Opt
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "  CPU per I/O in the guest (/proc, over the measured part of each run; medians of the rounds; µs of CPU per I/O the device completed):"
+        "  CPU per I/O in the guest (/proc, over the measured part of each run; medians of the rounds; µs of CPU per request the device completed, from its /sys/block stat):"
     );
     let _ = writeln!(
         s,
@@ -404,7 +404,11 @@ fn format_cpu_row(target: &str, runs: &[CpuPerIo]) -> String {
                 .filter(|(_, v)| *v >= 0.05)
                 .map(|(c, v)| format!("{c} {v:.1}"))
                 .collect();
-            format!("{name} {whole:.1} ({})", top.join(", "))
+            if top.is_empty() {
+                format!("{name} {whole:.1}")
+            } else {
+                format!("{name} {whole:.1} ({})", top.join(", "))
+            }
         })
         .collect();
     format!(
