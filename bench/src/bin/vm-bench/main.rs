@@ -40,6 +40,13 @@ use vm_tests::{run_in_vm_with, Kernel, VmConfig};
         `RATIO ours/<baseline> <workload> <value>` (workloads 4k-randwrite-qd32, \
         1m-write-qd4, 4k-randread-qd32: IOPS ratio; 4k-randwrite-qd1-p50, \
         4k-randwrite-qd1-p99: latency ratio, lower is better).\n\n\
+        Under each workload's table, what bounds it (issue 22): for ours the per-stage \
+        breakdown of `repctl status --latency` over each run (mean, p50, p99 per stage, \
+        their sum against fio's mean completion latency), the CPU per I/O of the guest \
+        and of each target's own threads (repd's by thread, DRBD's drbd_* kernel threads), \
+        and under the QD1 table the guest's floors: the same fio job on a tmpfs file (the \
+        local write) and tcp-rtt's 4 KiB round trip over 127.0.0.1, with each p50 against \
+        their sum (`RATIO ours/floor`). --perf adds a profile per target.\n\n\
         Under TCG absolute figures mean little and vary 20-30 % from boot to boot: only the \
         ratios within one run count.\n\n\
         Needs: the VM (bash scripts/vm-setup.sh), repd/repctl (cargo build --release -p \
