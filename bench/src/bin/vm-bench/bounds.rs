@@ -12,8 +12,6 @@ use bench::util::median;
 use rep_control::protocol::LatencyReply;
 use serde_json::Value;
 
-use crate::report::{IoResult, Workload};
-
 /// Targets whose Primary answers `repctl status --latency`.
 const REPD_TARGETS: [&str; 3] = ["ours", "ours-b", "ours-standalone"];
 
@@ -83,10 +81,20 @@ pub fn stage_medians(replies: &[String], kind: &str) -> Vec<StageMedian> {
         .collect()
 }
 
+/// One workload as the bounds see it: the guest script's name for it (in
+/// the file names), fio's side (`read`/`write`, also repd's request kind),
+/// and whether it is the QD1 latency workload (the floors go under it).
+#[derive(Debug, Clone, Copy)]
+pub struct Run<'a> {
+    pub file: &'a str,
+    pub side: &'a str,
+    pub latency: bool,
+}
+
 /// The stage table of `target` in workload `w` (None without breakdowns):
 /// each stage's count, mean, p50, p99, the sum of the sequential means
 /// against fio's mean completion latency, and what is left outside repd.
-pub fn stage_table(dir: &Path, target: &str, w: &Workload, rounds: u32) -> Option<String> {
+pub fn stage_table(dir: &Path, target: &str, w: Run<'_>, rounds: u32) -> Option<String> {
     let stem = format!("{target}.{}", w.file);
     let replies = round_files(dir, &stem, "latency.json", rounds);
     let rows = stage_medians(&replies, w.side);
@@ -169,8 +177,7 @@ fn format_stage_table(
 pub fn floors(dir: &Path, rounds: u32) -> Option<(Option<f64>, Option<f64>)> {
     let local: Vec<f64> = round_files(dir, "floor-local.randwrite-4k-qd1", "json", rounds)
         .iter()
-        .filter_map(|t| crate::report::parse(t, "write").ok())
-        .map(|r| r.p50_us)
+        .filter_map(|t| fio_p50_us(t, "write"))
         .collect();
     let rtt: Vec<f64> = (1..=rounds)
         .filter_map(|r| std::fs::read_to_string(dir.join(format!("floor-rtt.r{r}.json"))).ok())
@@ -178,6 +185,15 @@ pub fn floors(dir: &Path, rounds: u32) -> Option<(Option<f64>, Option<f64>)> {
         .collect();
     let (l, t) = (median(&local), median(&rtt));
     (l.is_some() || t.is_some()).then_some((l, t))
+}
+
+/// fio's median completion latency (µs) of one run's `side`.
+fn fio_p50_us(fio_json: &str, side: &str) -> Option<f64> {
+    let v: Value = serde_json::from_str(fio_json.trim_start()).ok()?;
+    let ns = v
+        .pointer(&format!("/jobs/0/{side}/clat_ns/percentile/50.000000"))?
+        .as_f64()?;
+    Some(ns / 1000.0)
 }
 
 /// p50_us of tcp-rtt's JSON line.
@@ -346,7 +362,7 @@ pub fn cpu_per_io(a: &CpuSnap, b: &CpuSnap) -> Option<CpuPerIo> {
 }
 
 /// Every round's CPU figures of `target` in workload `w`.
-pub fn cpu_rounds(dir: &Path, target: &str, w: &Workload, rounds: u32) -> Vec<CpuPerIo> {
+pub fn cpu_rounds(dir: &Path, target: &str, w: Run<'_>, rounds: u32) -> Vec<CpuPerIo> {
     (1..=rounds)
         .filter_map(|r| {
             let f = |s: &str| {
@@ -360,7 +376,7 @@ pub fn cpu_rounds(dir: &Path, target: &str, w: &Workload, rounds: u32) -> Vec<Cp
 }
 
 /// The CPU table of workload `w`: one row per target with figures.
-pub fn cpu_table(dir: &Path, targets: &[&str], w: &Workload, rounds: u32) -> Option<String> {
+pub fn cpu_table(dir: &Path, targets: &[&str], w: Run<'_>, rounds: u32) -> Option<String> {
     let rows: Vec<(&str, Vec<CpuPerIo>)> = targets
         .iter()
         .map(|t| (*t, cpu_rounds(dir, t, w, rounds)))
@@ -422,26 +438,21 @@ fn format_cpu_row(target: &str, runs: &[CpuPerIo]) -> String {
 }
 
 /// The bounds of workload `w` (printed under its table): ours' stage
-/// tables, the CPU table, and for the QD1 latency workload the floors.
+/// tables, the CPU table of the targets with results (`p50s`: each one's
+/// median p50 in µs), and for the QD1 latency workload the floors.
 /// Returns the text and the floor ratios (target, p50 / floor).
 pub fn workload_bounds(
     dir: &Path,
     targets: &[String],
-    w: &Workload,
+    w: Run<'_>,
     rounds: u32,
-    res: &[(&'static str, Vec<IoResult>)],
+    p50s: &[(&'static str, f64)],
 ) -> (String, Vec<(&'static str, f64)>) {
     let mut s = String::new();
     let mut ratios = Vec::new();
-    if w.measure == crate::report::Measure::Latency {
+    if w.latency {
         if let Some((l, t)) = floors(dir, rounds) {
-            let p50s: Vec<(&'static str, f64)> = res
-                .iter()
-                .filter_map(|(n, runs)| {
-                    median(&runs.iter().map(|r| r.p50_us).collect::<Vec<_>>()).map(|m| (*n, m))
-                })
-                .collect();
-            let (text, r) = floor_lines(l, t, &p50s, rounds);
+            let (text, r) = floor_lines(l, t, p50s, rounds);
             s.push_str(&text);
             ratios = r;
         }
@@ -453,7 +464,7 @@ pub fn workload_bounds(
             }
         }
     }
-    let names: Vec<&str> = res.iter().map(|(n, _)| *n).collect();
+    let names: Vec<&str> = p50s.iter().map(|(n, _)| *n).collect();
     if let Some(text) = cpu_table(dir, &names, w, rounds) {
         s.push_str(&text);
     }

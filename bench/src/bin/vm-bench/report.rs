@@ -209,7 +209,16 @@ pub fn report(dir: &Path, targets: &[String], meta: &str, rounds: u32) -> (Strin
         let _ = writeln!(s, "{}", if rounds > 1 { per } else { "" });
         let res = workload_rows(&mut s, &mut ok, dir, targets, w, rounds);
         ratio_out.extend(ratio_lines(&mut s, &res, w, rounds));
-        let (bounds, floor) = crate::bounds::workload_bounds(dir, targets, w, rounds, &res);
+        let p50s: Vec<(&'static str, f64)> = res
+            .iter()
+            .filter_map(|(n, runs)| medians(runs).map(|m| (*n, m.p50_us)))
+            .collect();
+        let run = crate::bounds::Run {
+            file: w.file,
+            side: w.side,
+            latency: w.measure == Measure::Latency,
+        };
+        let (bounds, floor) = crate::bounds::workload_bounds(dir, targets, run, rounds, &p50s);
         s.push_str(&bounds);
         // ours' p50 against the guest's floor (local write + TCP round trip).
         if let Some((_, v)) = floor.iter().find(|(t, _)| *t == "ours") {

@@ -47,11 +47,12 @@ fn latency_json(local_io_us: f64) -> String {
     )
 }
 
-fn qd1() -> &'static Workload {
-    WORKLOADS
-        .iter()
-        .find(|w| w.file == "randwrite-4k-qd1")
-        .unwrap()
+fn qd1() -> Run<'static> {
+    Run {
+        file: "randwrite-4k-qd1",
+        side: "write",
+        latency: true,
+    }
 }
 
 #[test]
