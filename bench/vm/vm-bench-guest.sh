@@ -30,10 +30,16 @@
 # target later, so that no target is always measured first or last.
 #
 # Results: $VM_WORK/vm-bench/<target>.<workload>.r<round>.json (fio JSON), and
-# <target>.error when a target could not be set up (the others still run).
+# <target>.error when a target could not be set up (the others still run);
+# beside each, what bounds the run: .cpu-before/.cpu-after (CPU time of the
+# guest and of the target's threads, the device's I/O count) and for ours
+# .latency.json (repd's per-stage breakdown); per round the floors
+# floor-local.randwrite-4k-qd1.r<round>.json and floor-rtt.r<round>.json;
+# with VMB_PERF=1 perf.<target>.comm.txt/.top.txt (see "bounds" below).
 # Environment: REP_BIN (repd, repctl), REP_BIN_B (for ours-b), VM_WORK, VM_SCRATCH, VMB_SIZE (256M),
 # VMB_RUNTIME (10), VMB_RAMP (2), VMB_ROUNDS (1),
-# VMB_TARGETS ("ours ours-standalone rublk-loop kloop drbd drbd-integrity").
+# VMB_TARGETS ("ours ours-standalone rublk-loop kloop drbd drbd-integrity"),
+# VMB_TCP_RTT (bench's tcp-rtt, for the floors), VMB_PERF (1: profile).
 set -u
 
 OUT=${VM_WORK:?}/vm-bench
@@ -75,6 +81,86 @@ fio_run() { # target device workload round
     --rw=$rw --bs=$bs --iodepth=$qd --numjobs=1 --time_based --runtime="$RUNTIME" \
     --ramp_time="$RAMP" --randrepeat=0 --output-format=json --output="$OUT/$1.$3.r$4.json" \
     >"$OUT/$1.$3.stderr" 2>&1
+}
+# ------------------------------------------------------------------ bounds
+# What bounds each run, read by bench/src/bin/vm-bench/bounds.rs:
+# <target>.<workload>.r<round>.cpu-before/-after: /proc/stat's cpu line, the
+# device's /sys/block/X/stat (its I/O count), and the /proc stat line of
+# each thread of the target (repd's processes and threads: PIDS; DRBD's
+# kernel threads by name: KTHREADS), taken RAMP seconds into the fio run
+# and after it; <target>.<workload>.r<round>.latency.json: `repctl status
+# --latency --json` of ours' Primary, reset at the same moment as the first
+# snapshot (so both cover the measured part of the run, not the ramp).
+declare -A PIDS KTHREADS LATCTL
+cpu_snap() { # target device
+  local p f line
+  head -n 1 /proc/stat
+  echo "disk $(cat "/sys/block/$(basename "$(readlink -f "$2")")/stat")"
+  for p in ${PIDS[$1]:-}; do # NAME:PID
+    read -r line <"/proc/${p#*:}/stat" && echo "proc ${p%%:*} $line"
+    for f in /proc/"${p#*:}"/task/*/stat; do read -r line <"$f" && echo "task ${p%%:*} $line"; done
+  done
+  if [ -n "${KTHREADS[$1]:-}" ]; then
+    for f in /proc/[0-9]*/stat; do
+      read -r line <"$f" 2>/dev/null && [[ $line =~ \((${KTHREADS[$1]})\) ]] && echo "task kernel $line"
+    done
+  fi
+}
+measured_run() { # target device workload round
+  local t=$1 dev=$2 w=$3 r=$4 base="$OUT/$1.$3.r$4" snap rc
+  (
+    sleep "$RAMP"
+    # shellcheck disable=SC2086 # a command line of paths without blanks
+    [ -n "${LATCTL[$t]:-}" ] && ${LATCTL[$t]} status --latency --reset >/dev/null 2>&1
+    cpu_snap "$t" "$dev" >"$base.cpu-before"
+  ) &
+  snap=$!
+  fio_run "$t" "$dev" "$w" "$r"
+  rc=$?
+  wait "$snap"
+  cpu_snap "$t" "$dev" >"$base.cpu-after"
+  # shellcheck disable=SC2086
+  [ -n "${LATCTL[$t]:-}" ] && ${LATCTL[$t]} status --latency --json >"$base.latency.json" 2>"$base.latency.err"
+  return $rc
+}
+# The floors of a replicated 4 KiB write in this guest (round R): the same
+# fio QD1 job on a file of the same tmpfs the backing files are on (the
+# local write alone), and tcp-rtt's native round trip over 127.0.0.1 (4 KiB
+# out, 32 B back, TCP_NODELAY, as a Data frame and its WriteAck).
+floors() { # round
+  local r=$1 srv port
+  [ -f "$SCR/floor.img" ] || fill "$SCR/floor.img"
+  say "floors: fio randwrite-4k-qd1 on the tmpfs file, tcp-rtt on 127.0.0.1 (round $r)"
+  fio_run floor-local "$SCR/floor.img" randwrite-4k-qd1 "$r" ||
+    echo "round $r: fio on $SCR/floor.img failed: $(tail -n 3 "$OUT/floor-local.randwrite-4k-qd1.stderr")" >>"$OUT/floor-local.error"
+  if [ ! -x "${VMB_TCP_RTT:-}" ]; then
+    echo "no tcp-rtt (cargo build --release -p bench)" >"$OUT/floor-rtt.error"
+    return
+  fi
+  "$VMB_TCP_RTT" --listen 127.0.0.1:0 >"$OUT/floor-rtt.listen.txt" 2>&1 &
+  srv=$!
+  wait_for 20 grep -q "listening on" "$OUT/floor-rtt.listen.txt"
+  port=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$OUT/floor-rtt.listen.txt")
+  "$VMB_TCP_RTT" --connect "127.0.0.1:${port:-0}" --count 10000 --warmup 500 >"$OUT/floor-rtt.r$r.json" 2>>"$OUT/floor-rtt.stderr" ||
+    echo "round $r: tcp-rtt --connect failed: $(tail -n 2 "$OUT/floor-rtt.stderr")" >>"$OUT/floor-rtt.error"
+  kill "$srv" 2>/dev/null
+  wait "$srv" 2>/dev/null
+}
+# With VMB_PERF=1, after the rounds: one more 4k QD32 write run per target
+# under `perf record -a -g` (cpu-clock: TCG has no hardware counters), not
+# counted in the tables; perf.<target>.comm.txt and .top.txt are the
+# reports (share per thread name; top symbols per thread).
+perf_run() { # target device
+  # perf mmaps its output: not on the 9p share of $OUT, on the guest tmpfs.
+  local data="$SCR/perf.$1.data" rec
+  say "$1: fio randwrite-4k-qd32 on $2 under perf record -a -g (not counted)"
+  perf record -a -g -F 499 -e cpu-clock -o "$data" -- sleep $((RAMP + RUNTIME)) >"$OUT/perf.$1.record.log" 2>&1 &
+  rec=$!
+  fio_run "$1" "$2" randwrite-4k-qd32 perf
+  wait "$rec"
+  perf report -i "$data" --no-children --sort comm --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -n 20 >"$OUT/perf.$1.comm.txt"
+  perf report -i "$data" --no-children --sort comm,dso,sym --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -n 60 >"$OUT/perf.$1.top.txt"
+  rm -f "$data" "$data.old"
 }
 failed() { # target message
   say "$1: ERROR: $2"
@@ -148,6 +234,8 @@ EOF
   else
     cat /sys/block/ublkb$dev/queue/{nr_requests,max_sectors_kb} >"$OUT/$t.queue.txt" 2>&1
     DEV[$t]=/dev/ublkb$dev
+    PIDS[$t]="alpha:$(st alpha .pid) beta:$(st beta .pid)"
+    LATCTL[$t]="$bin/repctl --config $cfg --run-dir $RUN --node alpha"
   fi
 }
 down_pair() {
@@ -193,6 +281,8 @@ EOF
     { failed ours-standalone "setup: $(tail -n 3 "$OUT"/ours-standalone.*.txt | tr '\n' ' ')"; return; }
   if wait_for 30 test -b /dev/ublkb2; then
     DEV[ours-standalone]=/dev/ublkb2
+    PIDS[ours-standalone]=solo:$(rc1 status --json 2>/dev/null | jq -r .pid 2>/dev/null)
+    LATCTL[ours-standalone]="$REP_BIN/repctl --config $cfg --run-dir $RUN --node solo"
   else
     failed ours-standalone "/dev/ublkb2 did not appear"
   fi
@@ -277,6 +367,9 @@ bench_drbd() {
     else
       $DRBDSETUP show "r$m" >"$OUT/$t.show.txt" 2>&1
       DEV[$t]=/dev/drbd$m
+      # DRBD's kernel threads of both minors' resources: drbd_w_ (worker),
+      # drbd_r_ (receiver), drbd_a_ (ack sender), by /proc name.
+      KTHREADS[$t]="drbd_[a-z]+_r($m|$((m + 1)))"
     fi
   fi
 }
@@ -333,14 +426,25 @@ crypto_crc32c /proc/crypto >"$OUT/crypto-crc32c.txt"
 read -r -a ORDER <<<"$TARGETS"
 for ((r = 1; r <= ROUNDS; r++)); do
   for w in $WORKLOADS; do
+    [ "$w" = randwrite-4k-qd1 ] && floors "$r"
     for ((i = 0; i < ${#ORDER[@]}; i++)); do
       t=${ORDER[$(((i + r - 1) % ${#ORDER[@]}))]}
       [ -n "${DEV[$t]:-}" ] || continue
       say "$t: fio $w on ${DEV[$t]} (round $r of $ROUNDS)"
-      fio_run "$t" "${DEV[$t]}" "$w" "$r" || echo "fio $w on ${DEV[$t]} failed: $(tail -n 3 "$OUT/$t.$w.stderr")" >>"$OUT/$t.error"
+      measured_run "$t" "${DEV[$t]}" "$w" "$r" || echo "fio $w on ${DEV[$t]} failed: $(tail -n 3 "$OUT/$t.$w.stderr")" >>"$OUT/$t.error"
     done
   done
 done
+rm -f "$SCR/floor.img"
+if [ "${VMB_PERF:-0}" = 1 ]; then
+  if command -v perf >/dev/null; then
+    for t in $TARGETS; do
+      [ -n "${DEV[$t]:-}" ] && perf_run "$t" "${DEV[$t]}"
+    done
+  else
+    echo "no perf in the guest (the host's /usr: apt-get install linux-perf)" >"$OUT/perf.error"
+  fi
+fi
 for t in $TARGETS; do
   case "$t" in
   ours) down_pair ours "$REP_BIN" r0 ;;

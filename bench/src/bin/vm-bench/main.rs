@@ -3,6 +3,7 @@
 //! rublk's loop target and the kernel loop device, all in one VM boot on
 //! the guest kernel of `--kernel`. See `vm-bench --help` and bench/RESULTS.md.
 
+mod bounds;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +40,13 @@ use vm_tests::{run_in_vm_with, Kernel, VmConfig};
         `RATIO ours/<baseline> <workload> <value>` (workloads 4k-randwrite-qd32, \
         1m-write-qd4, 4k-randread-qd32: IOPS ratio; 4k-randwrite-qd1-p50, \
         4k-randwrite-qd1-p99: latency ratio, lower is better).\n\n\
+        Under each workload's table, what bounds it (issue 22): for ours the per-stage \
+        breakdown of `repctl status --latency` over each run (mean, p50, p99 per stage, \
+        their sum against fio's mean completion latency), the CPU per I/O of the guest \
+        and of each target's own threads (repd's by thread, DRBD's drbd_* kernel threads), \
+        and under the QD1 table the guest's floors: the same fio job on a tmpfs file (the \
+        local write) and tcp-rtt's 4 KiB round trip over 127.0.0.1, with each p50 against \
+        their sum (`RATIO ours/floor`). --perf adds a profile per target.\n\n\
         Under TCG absolute figures mean little and vary 20-30 % from boot to boot: only the \
         ratios within one run count.\n\n\
         Needs: the VM (bash scripts/vm-setup.sh), repd/repctl (cargo build --release -p \
@@ -90,6 +98,14 @@ struct Cli {
     /// Keep the VM's work folder (fio JSON, logs) and print where it is
     #[arg(long)]
     keep: bool,
+    /// After the rounds, one more 4k QD32 write run per target under
+    /// `perf record -a -g` in the guest (the host's perf, linux-perf), not
+    /// counted in the tables: the report shows each target's share per
+    /// thread and its top symbols. Under TCG (run 14 in bench/RESULTS.md)
+    /// the cpu-clock samples of busy vCPUs land mostly in the idle loop: the
+    /// per-thread CPU table is the reliable split there
+    #[arg(long)]
+    perf: bool,
     /// Boot nothing: print the report of a kept run from its results folder
     /// (WORK/vm-bench, as --keep names it), with --rounds and --targets as
     /// that run had them (--rounds N reads only rounds 1..=N)
@@ -177,9 +193,17 @@ fn run(cli: &Cli) -> Result<bool, String> {
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
     let n_workloads = u64::try_from(WORKLOADS.len()).unwrap_or(4);
-    let per_target = 120 + n_workloads * u64::from(cli.rounds) * (plan.runtime + plan.ramp + 15);
-    let timeout =
-        Duration::from_secs(600 + per_target * u64::try_from(plan.targets.len()).unwrap_or(4));
+    let per_run = plan.runtime + plan.ramp;
+    let mut per_target = 120 + n_workloads * u64::from(cli.rounds) * (per_run + 15);
+    if cli.perf {
+        // The profiled run, and perf report under TCG.
+        per_target += per_run + 300;
+    }
+    // The floors: one fio QD1 job and tcp-rtt per round.
+    let floors = u64::from(cli.rounds) * (per_run + 60);
+    let timeout = Duration::from_secs(
+        600 + floors + per_target * u64::try_from(plan.targets.len()).unwrap_or(4),
+    );
     let r = run_in_vm_with(
         &cmd,
         &VmConfig {
@@ -292,13 +316,25 @@ fn guest_command(cli: &Cli, plan: &Plan) -> Result<String, String> {
         Ok(v) => format!("export REP_CRC32C={}\n", q(&v)),
         Err(_) => String::new(),
     };
+    // The floors' TCP round trip: bench's tcp-rtt from --bin-dir, else
+    // built beside vm-bench (without it the guest records that the floor
+    // was not measured).
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("tcp-rtt")));
+    let rtt = std::iter::once(plan.bins.join("tcp-rtt"))
+        .chain(beside)
+        .find(|p| p.is_file())
+        .map(|p| format!("export VMB_TCP_RTT={}\n", q(&p.display().to_string())))
+        .unwrap_or_default();
+    let perf = if cli.perf { "export VMB_PERF=1\n" } else { "" };
     let bin_b = plan
         .bins_b
         .as_ref()
         .map(|b| format!("export REP_BIN_B={}\n", q(&b.display().to_string())))
         .unwrap_or_default();
     Ok(format!(
-        "{crc}{bin_b}export REP_BIN={} VMB_SIZE={} VMB_RUNTIME={} VMB_RAMP={} VMB_ROUNDS={} VMB_TARGETS={}\n{text}",
+        "{crc}{rtt}{perf}{bin_b}export REP_BIN={} VMB_SIZE={} VMB_RUNTIME={} VMB_RAMP={} VMB_ROUNDS={} VMB_TARGETS={}\n{text}",
         q(&plan.bins.display().to_string()),
         q(&plan.size),
         plan.runtime,

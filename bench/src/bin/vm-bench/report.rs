@@ -209,11 +209,28 @@ pub fn report(dir: &Path, targets: &[String], meta: &str, rounds: u32) -> (Strin
         let _ = writeln!(s, "{}", if rounds > 1 { per } else { "" });
         let res = workload_rows(&mut s, &mut ok, dir, targets, w, rounds);
         ratio_out.extend(ratio_lines(&mut s, &res, w, rounds));
+        let p50s: Vec<(&'static str, f64)> = res
+            .iter()
+            .filter_map(|(n, runs)| medians(runs).map(|m| (*n, m.p50_us)))
+            .collect();
+        let run = crate::bounds::Run {
+            file: w.file,
+            side: w.side,
+            latency: w.measure == Measure::Latency,
+        };
+        let (bounds, floor) = crate::bounds::workload_bounds(dir, targets, run, rounds, &p50s);
+        s.push_str(&bounds);
+        // ours' p50 against the guest's floor (local write + TCP round trip).
+        if let Some((_, v)) = floor.iter().find(|(t, _)| *t == "ours") {
+            ratio_out.push(("floor", format!("{}-p50", w.key), *v));
+        }
     }
+    s.push_str(&crate::bounds::perf_section(dir, targets));
     let _ = writeln!(
         s,
         "\n# RATIO ours/<baseline> <workload> <median ours / median baseline>: IOPS for the QD32 and QD4 \
-         workloads (higher is better), p50 and p99 latency for QD1 (lower is better)"
+         workloads (higher is better), p50 and p99 latency for QD1 (lower is better); \
+         ours/floor: QD1 p50 over the guest's local write + TCP round trip"
     );
     for (base, key, v) in ratio_out {
         let _ = writeln!(s, "RATIO ours/{base} {key} {v:.2}");
