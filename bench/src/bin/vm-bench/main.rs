@@ -101,7 +101,7 @@ struct Cli {
     /// After the rounds, one more 4k QD32 write run per target under
     /// `perf record -a -g` in the guest (the host's perf, linux-perf), not
     /// counted in the tables: the report shows each target's share per
-    /// thread and its top symbols. Under TCG (run 14 in bench/RESULTS.md)
+    /// thread and its top symbols. Under TCG (run 15 in bench/RESULTS.md)
     /// the cpu-clock samples of busy vCPUs land mostly in the idle loop: the
     /// per-thread CPU table is the reliable split there
     #[arg(long)]
