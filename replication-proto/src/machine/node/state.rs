@@ -195,6 +195,11 @@ pub(super) struct Sync {
     /// flight.
     pub(super) refine: Vec<Span>,
     pub(super) refining: std::collections::HashSet<u64>,
+    /// Target, resync: the dynamic rate controller while it is on, and the
+    /// bytes requested and answered so far (`rate_control.rs`).
+    pub(super) ctl: Option<crate::machine::resync_controller::Controller>,
+    pub(super) requested_bytes: u64,
+    pub(super) answered_bytes: u64,
 }
 
 impl Sync {
@@ -219,6 +224,9 @@ impl Sync {
             last_refill: now,
             refine: Vec::new(),
             refining: std::collections::HashSet::new(),
+            ctl: None,
+            requested_bytes: 0,
+            answered_bytes: 0,
         }
     }
 
