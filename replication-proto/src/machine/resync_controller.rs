@@ -18,9 +18,12 @@
 //!   spread evenly over the plan's `c-plan-ahead` steps;
 //! - this step requests `in` + the plan's first slot (never below zero,
 //!   never above `c-max-rate`'s share of a step);
-//! - when the node saw more than 32 KiB of application I/O in the step
-//!   (DRBD's 64 sectors) and `c-min-rate` is not 0, the step's rate is at
-//!   most `c-min-rate` (0 disables the throttle, as in DRBD).
+//! - when the node saw more than 32 KiB of application I/O in a step
+//!   (DRBD's 64 sectors) within the last second and `c-min-rate` is not 0,
+//!   the step's rate is at most `c-min-rate` (0 disables the throttle, as
+//!   in DRBD). The second of memory (DRBD looks at the last step only)
+//!   keeps a slow application, a few writes per step, from letting the
+//!   resync burst between its writes.
 //!
 //! The node turns the step's bytes into a rate for its token bucket, so the
 //! requests are spread over the step instead of going out at once. The
@@ -39,6 +42,8 @@ pub const STEP_MS: u64 = 100;
 /// Application I/O in one step above which the resync is throttled to
 /// `c-min-rate` (DRBD: 64 sectors).
 pub const APP_IO_THRESHOLD_BYTES: u64 = 32 * 1024;
+/// Steps after the last one with application I/O that the throttle holds.
+pub const APP_IO_HOLD_STEPS: u32 = 10;
 /// `c-plan-ahead` limit (DRBD's: 30 s).
 pub const PLAN_AHEAD_MAX_DS: u32 = 300;
 /// `c-delay-target` limits (DRBD's: 0.1 s to 10 s).
@@ -151,6 +156,8 @@ pub(crate) struct Controller {
     rate_bytes_per_s: u64,
     /// The last step was throttled by application I/O.
     throttled: bool,
+    /// Steps since the last one with application I/O (saturating).
+    quiet_steps: u32,
 }
 
 impl Controller {
@@ -164,6 +171,7 @@ impl Controller {
             last: start,
             rate_bytes_per_s: initial_bytes_per_s,
             throttled: false,
+            quiet_steps: u32::MAX,
         }
     }
 
@@ -214,8 +222,13 @@ impl Controller {
         let mut rate = step_bytes
             .saturating_mul(1000 / STEP_MS)
             .min(p.max_rate_bytes_per_s);
+        self.quiet_steps = if u64::try_from(app).unwrap_or(0) > APP_IO_THRESHOLD_BYTES {
+            0
+        } else {
+            self.quiet_steps.saturating_add(1)
+        };
         self.throttled = p.min_rate_bytes_per_s != 0
-            && u64::try_from(app).unwrap_or(0) > APP_IO_THRESHOLD_BYTES
+            && self.quiet_steps < APP_IO_HOLD_STEPS
             && rate > p.min_rate_bytes_per_s;
         if self.throttled {
             rate = p.min_rate_bytes_per_s;

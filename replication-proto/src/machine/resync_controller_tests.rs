@@ -144,6 +144,13 @@ fn application_io_throttles_to_c_min_rate_and_no_lower() {
     }
     let v = m.speed(3_000);
     assert!(within(v, min, 10), "{v} B/s against c-min-rate {min}");
+    // A slow application (one 40 KiB write every 300 ms) still holds it.
+    m.app_per_ms = 0;
+    for _ in 0..10 {
+        m.app += 40 << 10;
+        m.run(300);
+        assert!(m.ctl.throttled());
+    }
     m.app_per_ms = 0;
     m.run(12_000);
     let v = m.speed(2_000);
