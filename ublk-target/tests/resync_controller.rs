@@ -4,8 +4,9 @@
 //! write load through the Primary's NBD export (fio, a real client) it
 //! drops to about c-min-rate, still progresses, and the writes' p99
 //! latency stays within a bound of the same writes with no resync, all
-//! measured in the same run. A controller that does nothing keeps the
-//! resync at c-max-rate under the load, and fails the second check.
+//! measured in the same run; `repctl adjust` lowers c-max-rate on the
+//! running resync. A controller that does nothing keeps the resync at
+//! c-max-rate under the load, and fails the second check.
 
 #![allow(
     clippy::unwrap_used,
@@ -125,14 +126,35 @@ fn the_controller_uses_an_idle_link_and_yields_to_application_writes() {
         let rate = resync_rate(&c, 4);
         (rate, fio.join().unwrap())
     });
+    // `repctl adjust` lowers c-max-rate on the running resync.
+    let text = std::fs::read_to_string(&c.config[0]).unwrap();
+    std::fs::write(
+        &c.config[0],
+        text.replacen("c-max-rate = \"12M\"", "c-max-rate = \"6M\"", 1),
+    )
+    .unwrap();
+    for i in 0..2 {
+        let out = c.ok(i, &["adjust"]);
+        assert!(out.contains("r0: sync.c-max-rate 12M -> 6M (now)"), "{out}");
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let adjusted = resync_rate(&c, 3);
+    let s = c.status(1);
+    assert_eq!(
+        s["sync"]["rate_target_bytes_per_s"].as_u64(),
+        Some(6 << 20),
+        "{s}"
+    );
     c.wait_synced(120);
     // The same writes with no resync: the reference latency.
     let (p99_idle_us, ios_idle) = fio_qd1(&c, 5);
     eprintln!(
-        "resync {:.2} MiB/s idle, {:.2} MiB/s under writes; fio p99 {p99_busy_us:.0} µs \
+        "resync {:.2} MiB/s idle, {:.2} MiB/s under writes, {:.2} MiB/s at c-max-rate 6M; \
+         fio p99 {p99_busy_us:.0} µs \
          ({ios_busy} writes) during the resync, {p99_idle_us:.0} µs ({ios_idle}) without",
         idle / MIB,
-        busy / MIB
+        busy / MIB,
+        adjusted / MIB
     );
     // Idle: c-max-rate, or somewhat less on a loaded machine (the window
     // of requests in flight narrows when answers are slow), never more.
@@ -148,6 +170,12 @@ fn the_controller_uses_an_idle_link_and_yields_to_application_writes() {
         busy >= MIN_MIB * MIB * 0.8 && busy <= idle * 0.35,
         "resync under writes at {:.2} MiB/s (idle {:.2}): want about c-min-rate {MIN_MIB} MiB/s",
         busy / MIB,
+        idle / MIB
+    );
+    assert!(
+        adjusted <= 6.0 * MIB * 1.15 && adjusted >= idle * 0.5 * 0.6,
+        "after adjust to c-max-rate 6M: {:.2} MiB/s (idle at 12M: {:.2})",
+        adjusted / MIB,
         idle / MIB
     );
     assert!(ios_busy > 100 && ios_idle > 100);
