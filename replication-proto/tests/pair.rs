@@ -62,6 +62,7 @@ fn cfg(me: &str, peer: &str) -> NodeConfig {
         ko_count: 3,
         max_buffers: 64,
         resync_rate: 0,
+        resync_control: replication_proto::machine::ResyncControl::default(),
         csums: false,
         al_extents: 7,
         split_brain: SplitBrainPolicy::default(),
@@ -2265,4 +2266,73 @@ fn a_peer_without_remote_reads_is_refused_clearly_when_a_node_is_diskless() {
             .is_some_and(|e| e.contains("REMOTE_READ")),
         "{st:?}"
     );
+}
+
+/// The resync controller on (c-plan-ahead 10) with a slow fixed rate that
+/// it replaces: the resync runs at c-max-rate, status shows the target;
+/// application writes on the Primary (replicated to the target) hold it at
+/// c-min-rate; once they stop it finishes.
+#[test]
+fn the_resync_controller_runs_at_c_max_rate_and_yields_to_application_writes() {
+    use replication_proto::machine::ResyncControl;
+    let ctl = |me: &str, peer: &str| NodeConfig {
+        resync_rate: 256 << 10,
+        resync_control: ResyncControl {
+            plan_ahead_ds: 10,
+            fill_target_bytes: 1 << 20,
+            delay_target_ds: 10,
+            max_rate_bytes_per_s: 4 << 20,
+            min_rate_bytes_per_s: 512 << 10,
+        },
+        ..cfg(me, peer)
+    };
+    let mut p = Pair::new(cfg("alpha", "beta"), cfg("beta", "alpha"));
+    p.up_and_synced();
+    // Turned on as `repctl adjust` does.
+    for (i, (me, peer)) in [("alpha", "beta"), ("beta", "alpha")]
+        .into_iter()
+        .enumerate()
+    {
+        p.s[i].node.reconfigure(ctl(me, peer)).unwrap();
+    }
+    p.admin(0, Admin::Verb(Verb::Disconnect)).unwrap();
+    for k in 0..6u64 {
+        assert_eq!(p.write(0, 100 + k, k << 20, 0xc0, 1 << 20), Ok(None));
+    }
+    p.connect_both();
+    p.tick(1000);
+    let st = p.s[1].node.status();
+    assert_eq!(st.connection, ConnState::SyncTarget);
+    assert_eq!(st.sync_rate_target_bytes_per_s, Some(4 << 20));
+    assert!(!st.sync_throttled);
+    assert_eq!(
+        p.s[0].node.status().sync_rate_target_bytes_per_s,
+        None,
+        "the source runs none"
+    );
+    let done = (6 << 20) - st.sync_remaining_bytes;
+    // About a second at 4 MiB/s (the fixed rate would have done 256 KiB).
+    assert!(
+        ((5 << 19)..=(5 << 20)).contains(&done),
+        "{done} bytes in 1 s"
+    );
+    // 64 KiB of writes every 10 ms, outside the region being resynced.
+    let left = st.sync_remaining_bytes;
+    for k in 0..100u64 {
+        assert_eq!(p.write(0, 200 + k, 7 << 20, 0xd0, 64 << 10), Ok(None));
+        p.tick(10);
+    }
+    let st = p.s[1].node.status();
+    assert!(st.sync_throttled, "{st:?}");
+    assert_eq!(st.sync_rate_target_bytes_per_s, Some(512 << 10));
+    let slow = left - st.sync_remaining_bytes;
+    // About a second at c-min-rate (512 KiB), plus the step before the
+    // writes were seen.
+    assert!(
+        (256 << 10..=1 << 20).contains(&slow),
+        "{slow} bytes in 1 s under writes"
+    );
+    p.tick(3000);
+    p.assert_in_sync();
+    assert_eq!(p.s[1].node.status().sync_rate_target_bytes_per_s, None);
 }

@@ -61,6 +61,9 @@ impl Simulator for Repsim {
         t.disk_failures += r.disk_failures;
         t.attaches += r.attaches;
         t.bad_blocks += r.bad_blocks;
+        t.controlled_runs += r.controlled_runs;
+        t.controlled_ticks += r.controlled_ticks;
+        t.throttled_ticks += r.throttled_ticks;
     }
 
     fn summary(&self, t: &SimReport, seeds: &Range<u64>) -> String {
@@ -68,7 +71,8 @@ impl Simulator for Repsim {
             "repsim: {} seeds from {}: {} acknowledged writes, {} crashes, {} failovers, \
              {} link resets, {} split brains detected, {} writes damaged on the link, \
              {} crashed Primaries resumed by themselves, {} fence-peer handlers run, \
-             {} disks failed (detach) and {} attached again, {} bad blocks; \
+             {} disks failed (detach) and {} attached again, {} bad blocks, \
+             {} runs with the resync controller ({} ticks paced, {} throttled by application I/O); \
              no invariant violated",
             seeds.end - seeds.start,
             seeds.start,
@@ -82,7 +86,10 @@ impl Simulator for Repsim {
             t.fences,
             t.disk_failures,
             t.attaches,
-            t.bad_blocks
+            t.bad_blocks,
+            t.controlled_runs,
+            t.controlled_ticks,
+            t.throttled_ticks
         )
     }
 }

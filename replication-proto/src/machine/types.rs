@@ -33,6 +33,9 @@ pub struct NodeConfig {
     pub max_buffers: u32,
     /// Resync bytes per second; 0 = unlimited.
     pub resync_rate: u64,
+    /// The dynamic resync rate controller; off (`plan_ahead_ds` 0) means
+    /// `resync_rate` applies.
+    pub resync_control: super::ResyncControl,
     /// Checksum-based resync.
     pub csums: bool,
     pub al_extents: u32,
@@ -580,6 +583,10 @@ pub struct Stats {
     /// when they came in and so waited for a transaction (DRBD's AL misses).
     #[serde(default)]
     pub al_misses: u64,
+    /// Application bytes this node saw: its own reads and writes, and the
+    /// peer's replicated writes (what `c-min-rate` watches).
+    #[serde(default)]
+    pub app_bytes: u64,
 }
 
 /// What an error is about; each kind's condition ends its own way, and
@@ -714,6 +721,12 @@ pub struct Status {
     /// Resync / verify progress: bytes still to go and total planned.
     pub sync_remaining_bytes: u64,
     pub sync_total_bytes: u64,
+    /// Sync target with the resync controller on: the rate it aims at now.
+    #[serde(default)]
+    pub sync_rate_target_bytes_per_s: Option<u64>,
+    /// ... and whether application I/O holds it at `c-min-rate`.
+    #[serde(default)]
+    pub sync_throttled: bool,
     /// lo: local operations in flight.
     pub local_pending: u64,
     /// pe: requests sent to the peer not yet answered.

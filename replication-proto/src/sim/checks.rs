@@ -9,6 +9,29 @@ use crate::machine::{Admin, ConnState, Node, Verb};
 use crate::wire::{DiskState, Role};
 
 impl World {
+    /// Runs with the resync controller: counts the ticks of node `i` while
+    /// it paces a resync, and those held at c-min-rate; a controller that
+    /// aims above c-max-rate is a violation.
+    pub(super) fn note_controller(&mut self, i: usize) {
+        let p = self.sc.resync_control;
+        if !p.enabled() {
+            return;
+        }
+        let Some(st) = self.nodes[i].node.as_ref().map(Node::status) else {
+            return;
+        };
+        let Some(rate) = st.sync_rate_target_bytes_per_s else {
+            return;
+        };
+        self.report.controlled_ticks += 1;
+        self.report.throttled_ticks += u64::from(st.sync_throttled);
+        if rate > p.max_rate_bytes_per_s && self.fail.is_none() {
+            self.fail = Some(format!(
+                "resync controller aims at {rate} B/s above c-max-rate: {p:?}"
+            ));
+        }
+    }
+
     /// Counts armed nodes that resumed; forgets those that gave up.
     pub(super) fn count_resumed(&mut self) {
         for i in 0..2 {

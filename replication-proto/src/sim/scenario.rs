@@ -4,7 +4,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::machine::{AfterSb0, Fencing, NodeConfig, SplitBrainPolicy};
+use crate::machine::{AfterSb0, Fencing, NodeConfig, ResyncControl, SplitBrainPolicy};
 use crate::simkit::rate_stream;
 use crate::wire::{features, Protocol};
 
@@ -89,6 +89,10 @@ pub struct Scenario {
     pub rates: Rates,
     /// `on-io-error = "detach"`, and disks that fail (network runs only).
     pub detach: bool,
+    /// The dynamic resync rate controller (off in most seeds; never with
+    /// `crash_sync_source`, whose slow fixed rate keeps the resync running
+    /// until the crash).
+    pub resync_control: ResyncControl,
 }
 
 /// How often faults strike and how slow things are in one run. Each seed
@@ -238,7 +242,38 @@ impl Scenario {
             // Its own stream: the other draws stay as they were.
             detach: kind == Kind::Network
                 && ChaCha8Rng::seed_from_u64(seed ^ 0xd15c_1e55).gen_bool(0.5),
+            resync_control: if crash_sync_source {
+                ResyncControl::default()
+            } else {
+                resync_control_from_seed(seed)
+            },
         }
+    }
+}
+
+/// One seed in three runs the resync controller, with settings drawn from
+/// a stream of its own (the other draws stay as they were): fill target or
+/// delay target, a c-max-rate from slow to fast, a c-min-rate or none.
+fn resync_control_from_seed(seed: u64) -> ResyncControl {
+    let mut r = ChaCha8Rng::seed_from_u64(seed ^ 0xc0_7a01);
+    if !r.gen_ratio(1, 3) {
+        return ResyncControl::default();
+    }
+    let max_rate_bytes_per_s = r.gen_range(1u64..=200) << 20;
+    ResyncControl {
+        plan_ahead_ds: r.gen_range(1..=40),
+        fill_target_bytes: if r.gen_bool(0.5) {
+            r.gen_range(64u64..=4096) << 10
+        } else {
+            0
+        },
+        delay_target_ds: r.gen_range(1..=20),
+        max_rate_bytes_per_s,
+        min_rate_bytes_per_s: if r.gen_bool(0.7) {
+            r.gen_range(256u64 << 10..=max_rate_bytes_per_s / 2)
+        } else {
+            0
+        },
     }
 }
 
@@ -255,6 +290,7 @@ pub(super) fn cfg(name: &str, peer: &str, sc: &Scenario) -> NodeConfig {
         ko_count: 4,
         max_buffers: 64,
         resync_rate: sc.resync_rate,
+        resync_control: sc.resync_control,
         csums: sc.csums,
         al_extents: sc.al_extents,
         split_brain: SplitBrainPolicy {

@@ -51,6 +51,11 @@ pub struct SimReport {
     pub attaches: u32,
     /// Blocks that failed reads (runs without detach), served by the peer.
     pub bad_blocks: u32,
+    /// Runs with the resync controller on; its ticks during a resync that
+    /// it paced, and those of them held at c-min-rate by application I/O.
+    pub controlled_runs: u32,
+    pub controlled_ticks: u64,
+    pub throttled_ticks: u64,
 }
 
 #[derive(Debug)]
@@ -235,6 +240,7 @@ pub fn slow_link_resync(bytes_per_ms: u64, ping_conn: bool) -> (SimReport, Resul
         freeze: false,
         crash_sync_source: false,
         resync_rate: 0,
+        resync_control: crate::machine::ResyncControl::default(),
         fencing: crate::machine::Fencing::DontCare,
         rates: Rates::FIXED,
         detach: false,
@@ -301,6 +307,7 @@ fn run_scenario(
         resume,
         resume_armed: [false; 2],
     };
+    w.report.controlled_runs = u32::from(sc.resync_control.enabled());
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.main()));
     w.report.sim_ms = w.now / MS;
     w.report.connections = w.conn_id;
@@ -421,6 +428,7 @@ impl World {
                 if self.nodes[i].next_tick == Some(t) {
                     self.nodes[i].next_tick = None;
                     self.feed(i, Event::Tick);
+                    self.note_controller(i);
                 }
             }
             Ev::Io {

@@ -428,6 +428,13 @@ pub struct SyncProgress {
     pub bytes_per_s: u64,
     pub remaining_bytes: u64,
     pub total_bytes: u64,
+    /// Sync target with the resync controller on (`c-plan-ahead` > 0): the
+    /// rate it aims at now, and whether application I/O holds it at
+    /// `c-min-rate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_target_bytes_per_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub throttled: bool,
 }
 
 #[cfg(test)]

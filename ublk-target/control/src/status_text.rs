@@ -105,6 +105,15 @@ fn replication(s: &mut String, st: &NodeStatus) {
             eta,
             p.bytes_per_s / 1024
         );
+        if let Some(want) = p.rate_target_bytes_per_s {
+            // /proc/drbd's `want:` while the resync controller runs.
+            let why = if p.throttled {
+                "c-min-rate: application I/O"
+            } else {
+                "resync controller"
+            };
+            let _ = writeln!(s, "    want: {} K/sec ({why})", want / 1024);
+        }
     }
     if st.sync_paused {
         let _ = writeln!(

@@ -130,6 +130,21 @@ pub(super) fn plan(old: &Config, new: &Config) -> Plan {
         format_rate(n.sync.rate),
         Now,
     );
+    let ctl = |c: &Config| {
+        let k = c.sync.control;
+        [
+            ("sync.c-plan-ahead", k.plan_ahead_ds.to_string()),
+            ("sync.c-fill-target", format_rate(k.fill_target_bytes)),
+            ("sync.c-delay-target", k.delay_target_ds.to_string()),
+            ("sync.c-max-rate", format_rate(k.max_rate_bytes_per_s)),
+            ("sync.c-min-rate", format_rate(k.min_rate_bytes_per_s)),
+        ]
+    };
+    // The controller reads its settings at each step: a running resync
+    // follows them from the next one.
+    for ((name, a), (_, b)) in ctl(o).into_iter().zip(ctl(n)) {
+        p.note(name, a, b, Now);
+    }
     // The activity log is sized from al-extents when the node starts.
     let al = |c: &Config| num(c.sync.al_extents);
     p.note("sync.al-extents", al(o), al(n), Never);
@@ -348,6 +363,8 @@ mod tests {
         let old = config(dir.path(), 7);
         let mut new = old.clone();
         new.sync.rate = 8 << 20;
+        new.sync.control.plan_ahead_ds = 20;
+        new.sync.control.min_rate_bytes_per_s = 4 << 20;
         new.resource.protocol = replication_proto::wire::Protocol::B;
         let p = super::plan(&old, &new);
         assert!(p.refused.is_empty());
@@ -355,7 +372,9 @@ mod tests {
             p.applied,
             [
                 "resource.protocol C -> B (at the next connection)",
-                "sync.rate 100M -> 8M (now)"
+                "sync.rate 100M -> 8M (now)",
+                "sync.c-plan-ahead 0 -> 20 (now)",
+                "sync.c-min-rate 250K -> 4M (now)"
             ]
         );
         new.sync.al_extents = 100;

@@ -55,6 +55,7 @@ pub fn node_config(
         ko_count: cfg.net.ko_count,
         max_buffers: cfg.net.max_buffers,
         resync_rate: cfg.sync.rate,
+        resync_control: cfg.sync.control,
         csums: cfg.net.csums,
         al_extents: cfg.sync.al_extents,
         split_brain: SplitBrainPolicy {

@@ -60,6 +60,8 @@ impl Tracker {
             bytes_per_s: speed,
             remaining_bytes: left,
             total_bytes: total,
+            rate_target_bytes_per_s: st.sync_rate_target_bytes_per_s,
+            throttled: st.sync_throttled,
         });
     }
 

@@ -38,6 +38,7 @@ impl Node {
             return;
         }
         self.app.insert(id, AppReq::Read);
+        self.count_app_io(len);
         let span = Span::new(offset, u64::from(len));
         if self.is_diskless() {
             self.remote_read(id, span, false);
@@ -66,6 +67,7 @@ impl Node {
             self.complete(id, Err(errno::EINVAL));
             return;
         }
+        self.count_app_io(len);
         let span = Span::new(offset, u64::from(len));
         let extents = Extents {
             first: extent_of(offset),

@@ -12,7 +12,7 @@
 //! --clear-bitmap), `resize` (repctl resize, the size both nodes use), `promotion` (when it
 //! became Primary), `diskless` (detach, attach, remote reads), `verify`, `app` (application
 //! I/O on the Primary and its replication), `before_target` (the before-resync-target
-//! handler), `secondary` (the peer's writes), `completions`
+//! handler), `rate_control` (the dynamic resync rate), `secondary` (the peer's writes), `completions`
 //! (local operations finishing) and `timers`.
 
 use std::collections::{HashMap, VecDeque};
@@ -54,6 +54,7 @@ mod handshake;
 mod output;
 mod pause;
 mod promotion;
+mod rate_control;
 mod reconfigure;
 pub use reconfigure::Applies;
 mod resize;
@@ -379,6 +380,8 @@ impl Node {
             size_note: self.resizing.note.clone(),
             sync_remaining_bytes: remaining,
             sync_total_bytes: total,
+            sync_rate_target_bytes_per_s: self.sync_rate_target(),
+            sync_throttled: self.sync_throttled(),
             local_pending: self.ops.io.len() as u64,
             peer_pending: self.repl.pending.len() as u64,
             unacked: self.recv.unacked,
@@ -412,7 +415,9 @@ impl Node {
                 at(self.repl.last_data_sent + self.cfg.ping_int_ms);
             }
             if let Some(s) = &self.sync {
-                if !matches!(s.phase, SyncPhase::Persisting { .. }) && self.cfg.resync_rate != 0 {
+                if !matches!(s.phase, SyncPhase::Persisting { .. })
+                    && (self.cfg.resync_rate != 0 || self.cfg.resync_control.enabled())
+                {
                     at(self.now + 10);
                 }
             }

@@ -97,6 +97,7 @@ mod tests {
             ko_count: 3,
             max_buffers: 64,
             resync_rate: 1 << 20,
+            resync_control: crate::machine::ResyncControl::default(),
             csums: false,
             al_extents: 7,
             split_brain: SplitBrainPolicy::default(),

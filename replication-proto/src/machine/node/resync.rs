@@ -130,25 +130,6 @@ impl Node {
         }
     }
 
-    pub(super) fn refill(&mut self) {
-        let rate = self.cfg.resync_rate;
-        let now = self.now;
-        if let Some(s) = self.sync.as_mut() {
-            if rate == 0 {
-                s.tokens = u64::MAX;
-            } else {
-                let dt = now - s.last_refill;
-                if dt > 0 {
-                    s.tokens = s
-                        .tokens
-                        .saturating_add(rate.saturating_mul(dt) / 1000)
-                        .min(rate.max(SYNC_REQ_BYTES));
-                    s.last_refill = now;
-                }
-            }
-        }
-    }
-
     /// Target side: ask for more blocks while the window and the rate allow.
     pub(super) fn pump_sync(&mut self) {
         self.refill();
@@ -203,6 +184,7 @@ impl Node {
             let id = s.next_id;
             s.next_id += 1;
             s.inflight.insert(id, span);
+            s.requested_bytes = s.requested_bytes.saturating_add(len);
             s.window.sent(id, now);
             let epoch = s.epoch;
             let len32 = u32::try_from(len).unwrap_or(MAX_IO);
@@ -311,6 +293,7 @@ impl Node {
     /// aims at answers within a quarter of `timeout-ms`.
     pub(super) fn sync_answered(&mut self, id: u64) {
         let (now, target) = (self.now, (self.cfg.timeout_ms / 4).max(1));
+        self.count_sync_answer(id);
         if let Some(s) = self.sync.as_mut() {
             s.window.answered(id, now, target);
         }

@@ -41,6 +41,7 @@ impl Node {
             self.bitmap.set_range(offset, u64::from(len));
         }
         self.stats.traffic.received_bytes += data.len() as u64;
+        self.count_app_io(len);
         self.recv.index += 1;
         let recv_idx = self.recv.index;
         self.recv.incomplete.insert(recv_idx);

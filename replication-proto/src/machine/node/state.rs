@@ -197,6 +197,11 @@ pub(super) struct Sync {
     pub(super) refining: std::collections::HashSet<u64>,
     /// Verify: the blocks found out of sync, merged into ranges.
     pub(super) oos: crate::machine::verify_ranges::OosRanges,
+    /// Target, resync: the dynamic rate controller while it is on, and the
+    /// bytes requested and answered so far (`rate_control.rs`).
+    pub(super) ctl: Option<crate::machine::resync_controller::Controller>,
+    pub(super) requested_bytes: u64,
+    pub(super) answered_bytes: u64,
 }
 
 impl Sync {
@@ -222,6 +227,9 @@ impl Sync {
             refine: Vec::new(),
             refining: std::collections::HashSet::new(),
             oos: crate::machine::verify_ranges::OosRanges::default(),
+            ctl: None,
+            requested_bytes: 0,
+            answered_bytes: 0,
         }
     }
 

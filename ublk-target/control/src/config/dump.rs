@@ -76,6 +76,11 @@ impl Config {
                 rate: RawRate::Text(format_rate(self.sync.rate)),
                 al_extents: self.sync.al_extents,
                 verify: verify.to_owned(),
+                c_plan_ahead: self.sync.control.plan_ahead_ds,
+                c_fill_target: RawRate::Text(format_rate(self.sync.control.fill_target_bytes)),
+                c_delay_target: self.sync.control.delay_target_ds,
+                c_max_rate: RawRate::Text(format_rate(self.sync.control.max_rate_bytes_per_s)),
+                c_min_rate: RawRate::Text(format_rate(self.sync.control.min_rate_bytes_per_s)),
             },
             startup: RawStartup {
                 wfc_timeout: secs(self.startup.wfc_timeout),

@@ -25,6 +25,11 @@
 //! rate = "100M"                  # bytes/s, K/M/G = powers of 1024, "0" = unlimited
 //! al-extents = 1237              # 7..=65534 extents of 4 MiB
 //! verify = "crc32c"
+//! c-plan-ahead = 0               # tenths of a second; > 0 runs the resync controller
+//! c-fill-target = "50K"          # bytes in flight to aim for; "0" = use c-delay-target
+//! c-delay-target = 10            # tenths of a second
+//! c-max-rate = "100M"            # bytes/s, the controller's ceiling
+//! c-min-rate = "250K"            # bytes/s while application I/O goes on; "0" = no throttle
 //! [startup]
 //! wfc-timeout = 0                # seconds, 0 = wait forever
 //! degr-wfc-timeout = 120

@@ -95,14 +95,27 @@ pub(super) struct RawSync {
     pub(super) rate: RawRate,
     pub(super) al_extents: u32,
     pub(super) verify: String,
+    /// The resync controller (DRBD's names; see `sections::Syncer`).
+    pub(super) c_plan_ahead: u32,
+    pub(super) c_fill_target: RawRate,
+    pub(super) c_delay_target: u32,
+    pub(super) c_max_rate: RawRate,
+    pub(super) c_min_rate: RawRate,
 }
 
 impl Default for RawSync {
     fn default() -> Self {
+        let c = replication_proto::machine::ResyncControl::default();
+        let text = |v: u64| RawRate::Text(super::format_rate(v));
         Self {
             rate: RawRate::Text("100M".to_owned()),
             al_extents: 1237,
             verify: "crc32c".to_owned(),
+            c_plan_ahead: c.plan_ahead_ds,
+            c_fill_target: text(c.fill_target_bytes),
+            c_delay_target: c.delay_target_ds,
+            c_max_rate: text(c.max_rate_bytes_per_s),
+            c_min_rate: text(c.min_rate_bytes_per_s),
         }
     }
 }

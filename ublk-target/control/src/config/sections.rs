@@ -48,6 +48,9 @@ pub struct Syncer {
     pub al_extents: u32,
     /// Online-verify digest.
     pub verify: VerifyAlg,
+    /// The dynamic resync rate controller (`c-plan-ahead`, `c-fill-target`,
+    /// `c-delay-target`, `c-max-rate`, `c-min-rate`); off by default.
+    pub control: replication_proto::machine::ResyncControl,
 }
 
 impl Syncer {

@@ -657,3 +657,60 @@ fn call_local_io_error_needs_its_handler_and_panic_says_what_replaced_it() {
     assert_eq!(c.disk.on_io_error, OnIoError::Detach);
     assert_eq!(parse(&c.to_toml().unwrap()).unwrap().disk, c.disk);
 }
+
+/// The resync controller's keys: off by default with DRBD 8.4.3's other
+/// values, read with K/M/G like `rate`, dumped back, and each out-of-range
+/// value refused with its key and its range.
+#[test]
+fn resync_controller_keys() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(
+        c.sync.control,
+        replication_proto::machine::ResyncControl::default()
+    );
+    assert!(!c.sync.control.enabled());
+    let with = |keys: &str| {
+        MINIMAL.replace(
+            "[[node]]\nname = \"alpha\"",
+            &format!("[sync]\n{keys}\n[[node]]\nname = \"alpha\""),
+        )
+    };
+    let on = parse(&with(
+        "c-plan-ahead = 20\nc-fill-target = \"1M\"\nc-delay-target = 5\nc-max-rate = \"40M\"\nc-min-rate = 4194304",
+    ))
+    .unwrap();
+    let p = on.sync.control;
+    assert!(p.enabled());
+    assert_eq!(
+        (p.plan_ahead_ds, p.fill_target_bytes, p.delay_target_ds),
+        (20, 1 << 20, 5)
+    );
+    assert_eq!(
+        (p.max_rate_bytes_per_s, p.min_rate_bytes_per_s),
+        (40 << 20, 4 << 20)
+    );
+    let dumped = on.to_toml().unwrap();
+    for line in [
+        "c-plan-ahead = 20",
+        "c-fill-target = \"1M\"",
+        "c-min-rate = \"4M\"",
+    ] {
+        assert!(dumped.lines().any(|l| l == line), "{line} in {dumped}");
+    }
+    assert_eq!(parse(&dumped).unwrap().sync.control, p);
+    for (keys, want) in [
+        ("c-plan-ahead = 301", "sync.c-plan-ahead"),
+        ("c-delay-target = 0", "sync.c-delay-target"),
+        ("c-fill-target = \"1G\"", "sync.c-fill-target"),
+        ("c-max-rate = \"100K\"", "sync.c-max-rate"),
+        (
+            "c-max-rate = \"10M\"\nc-min-rate = \"20M\"",
+            "sync.c-min-rate",
+        ),
+        ("c-min-rate = \"fast\"", "sync.c-min-rate"),
+    ] {
+        let e = err(&with(keys));
+        assert!(e.contains(want), "{keys}: {e}");
+    }
+    assert!(err(&with("c-max-rate = \"100K\"")).contains("250K..=4G"));
+}

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use replication_proto::machine::ResyncControl;
 use replication_proto::wire::Protocol;
 
 use super::raw::{
@@ -248,7 +249,27 @@ impl Check<'_> {
             rate,
             al_extents,
             verify,
+            control: self.resync_control(s)?,
         })
+    }
+
+    /// `[sync]`'s controller keys: sizes and rates as `rate` is written,
+    /// each within DRBD's bounds.
+    fn resync_control(&self, s: &RawSync) -> Result<ResyncControl, ConfigError> {
+        let bytes = |key: &str, r: &RawRate| match r {
+            RawRate::Int(n) => Ok(*n),
+            RawRate::Text(t) => parse_rate(t).map_err(|m| self.invalid(key, m)),
+        };
+        let c = ResyncControl {
+            plan_ahead_ds: s.c_plan_ahead,
+            fill_target_bytes: bytes("sync.c-fill-target", &s.c_fill_target)?,
+            delay_target_ds: s.c_delay_target,
+            max_rate_bytes_per_s: bytes("sync.c-max-rate", &s.c_max_rate)?,
+            min_rate_bytes_per_s: bytes("sync.c-min-rate", &s.c_min_rate)?,
+        };
+        c.check()
+            .map_err(|(key, why)| self.invalid(&format!("sync.{key}"), why))?;
+        Ok(c)
     }
 
     /// `[startup]`; `managed`: the file has a `[cluster]` table.

@@ -320,6 +320,9 @@ impl Mapper {
     }
 
     fn disk_opt(&mut self, d: &mut Draft, s: &Stmt) {
+        if self.controller(d, s) {
+            return;
+        }
         match s.key() {
             "on-io-error" => self.on_io_error(d, s),
             "resync-rate" => self.rate(d, s),
@@ -395,6 +398,9 @@ impl Mapper {
     }
 
     fn syncer_opt(&mut self, d: &mut Draft, s: &Stmt) {
+        if self.controller(d, s) {
+            return;
+        }
         match s.key() {
             "rate" => self.rate(d, s),
             "al-extents" => self.al_extents(d, s),
@@ -569,5 +575,6 @@ fn to_int(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+mod controller;
 mod fencing;
 mod node;

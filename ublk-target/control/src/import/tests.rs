@@ -230,6 +230,35 @@ fn drbd_8_4_placement_protocol_in_net_rate_in_disk() {
     has_warning(&i, "verify-alg", "crc32c, not sha1");
 }
 
+/// The resync controller's keys in DRBD's units: 8.4's `disk` with
+/// suffixes, 8.3's `syncer` with bare numbers (sectors, KiB/s).
+#[test]
+fn resync_controller_keys_keep_their_meaning() {
+    let i = import(&conf(
+        "disk { c-plan-ahead 10; c-max-rate 330M; c-min-rate 0; c-fill-target 10M; c-delay-target 20; }",
+    ));
+    let p = loaded(&i).sync.control;
+    assert_eq!(
+        (p.plan_ahead_ds, p.fill_target_bytes, p.delay_target_ds),
+        (10, 10 << 20, 20)
+    );
+    assert_eq!(
+        (p.max_rate_bytes_per_s, p.min_rate_bytes_per_s),
+        (330 << 20, 0)
+    );
+    let i = import(&conf(
+        "syncer { rate 10M; c-plan-ahead 20; c-fill-target 100; c-max-rate 102400; c-min-rate 250; }",
+    ));
+    let p = loaded(&i).sync.control;
+    assert_eq!((p.plan_ahead_ds, p.fill_target_bytes), (20, 100 * 512));
+    assert_eq!(
+        (p.max_rate_bytes_per_s, p.min_rate_bytes_per_s),
+        (100 << 20, 250 << 10)
+    );
+    let i = import(&conf("disk { c-max-rate fast; }"));
+    has_warning(&i, "c-max-rate", "optional s, K, M or G");
+}
+
 #[test]
 fn options_without_counterpart_are_named_in_warnings() {
     let i = import(&format!(

@@ -242,7 +242,9 @@ enum Command {
         `drbdadm adjust`: repctl validates the file, then repd re-reads the same file, compares \
         it with the configuration it runs, and applies the difference. Each changed setting is \
         printed with when it takes effect:\n\n\
-        now: sync.rate, net.timeout-ms, net.ping-int-ms, net.ko-count, net.max-buffers, \
+        now: sync.rate, the resync controller's sync.c-plan-ahead, c-fill-target, \
+        c-delay-target, c-max-rate and c-min-rate (a running resync follows them from its next \
+        0.1 s step), net.timeout-ms, net.ping-int-ms, net.ko-count, net.max-buffers, \
         net.csums, the [split-brain] policies, [handlers];\n\
         at the next connection: resource.protocol and net.secret (the current connection keeps \
         what both nodes agreed on; `repctl disconnect` and `connect` to apply them now);\n\
@@ -402,7 +404,9 @@ enum Command {
         What maps: protocol; startup wfc-timeout and degr-wfc-timeout; disk on-io-error \
         (pass_on; detach and others become \"pass-on\" with a warning: rep has no diskless mode \
         yet); syncer rate / disk resync-rate (a number without K/M/G is KiB/s, as in DRBD) and \
-        al-extents; net timeout (DRBD counts tenths of a second: timeout 60 is timeout-ms = 6000), \
+        al-extents; the resync controller's c-plan-ahead, c-fill-target (a bare number counts \
+        512-byte sectors), c-delay-target, c-max-rate and c-min-rate (bare: KiB/s) from disk \
+        (8.4) or syncer (8.3) into [sync]; net timeout (DRBD counts tenths of a second: timeout 60 is timeout-ms = 6000), \
         ping-int (seconds), ko-count, max-buffers, shared-secret (with cram-hmac-alg: rep uses \
         HMAC-SHA256), csums-alg and verify-alg (rep's digest is crc32c), after-sb-0pri/1pri/2pri; \
         fencing (8.4 in disk, DRBD 9 in net) as [net] fencing; handlers fence-peer and \
