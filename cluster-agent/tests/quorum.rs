@@ -98,6 +98,18 @@ impl Drop for Writer {
     }
 }
 
+/// A writer on alpha's export, once its first five writes were acknowledged.
+fn acked_writer(c: &Cluster, file: PathBuf) -> Writer {
+    let wa = Writer::start(&c.net.ns[0], c.nbd_uri(0), file);
+    wait_for(
+        "alpha's writer to get acks",
+        20,
+        || wa.count() >= 5,
+        || c.debug(),
+    );
+    wa
+}
+
 fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool, debug: impl Fn() -> String) {
     common::poll(
         what,
@@ -308,13 +320,7 @@ fn a_primary_that_lost_its_peer_writes_on_only_once_the_witness_knows_and_the_st
         .unwrap()
         .to_string();
     let file = random_file(c.dir.path(), "block", 4096, 9);
-    let wa = Writer::start(&c.net.ns[0], c.nbd_uri(0), file);
-    wait_for(
-        "alpha's writer to get acks",
-        20,
-        || wa.count() >= 5,
-        || c.debug(),
-    );
+    let wa = acked_writer(&c, file);
 
     // The replication link (and heartbeat path 0) breaks; path 1 and the
     // witness still work. alpha's repd freezes when it notices, starts a
@@ -396,13 +402,7 @@ fn a_short_loss_of_quorum_holds_writes_and_resumes_them() {
     c.start(true);
     c.wait_agent(0, "quorum", 20, |s| s["quorum"]["votes"] == 3);
     let file = random_file(c.dir.path(), "block", 4096, 11);
-    let wa = Writer::start(&c.net.ns[0], c.nbd_uri(0), file);
-    wait_for(
-        "alpha's writer to get acks",
-        20,
-        || wa.count() >= 5,
-        || c.debug(),
-    );
+    let wa = acked_writer(&c, file);
     // alpha loses everything for less than deadtime.
     let lo_cut = Instant::now();
     c.net.link(0, false);
@@ -493,13 +493,7 @@ fn with_on_no_quorum_io_error_the_isolated_primary_fails_writes() {
     let st = c.agent_status(0).unwrap();
     assert_eq!(st["on_no_quorum"], "io-error");
     let file = random_file(c.dir.path(), "block", 4096, 17);
-    let wa = Writer::start(&c.net.ns[0], c.nbd_uri(0), file);
-    wait_for(
-        "alpha's writer to get acks",
-        20,
-        || wa.count() >= 5,
-        || c.debug(),
-    );
+    let wa = acked_writer(&c, file);
     assert_eq!(wa.failed(), 0);
     c.net.link(0, false);
     c.net.link(1, false);
