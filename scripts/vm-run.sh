@@ -47,45 +47,24 @@
 # Needs `bash scripts/vm-setup.sh` once. Boot takes 15-30 s (QEMU TCG: the host's
 # /dev/kvm cannot boot a stock kernel).
 set -euo pipefail
-
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-MEM=4G
-CPUS=2
-TIMEOUT=1200
-WORK=
+VM_PROG=vm-run
+# shellcheck source=scripts/vm-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/vm-lib.sh"
 KEEP=0
 VERBOSE=0
 KERNEL=${REP_VM_KERNEL:-6.12}
-
-say() { echo "vm-run: $*" >&2; }
-die() {
-  echo "vm-run: ERROR: $*" >&2
-  exit 125
-}
-usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
   --kernel) KERNEL=${2:?--kernel needs a value}; shift 2 ;;
   --kernel=*) KERNEL=${1#*=}; shift ;;
-  --mem) MEM=${2:?--mem needs a value}; shift 2 ;;
-  --mem=*) MEM=${1#*=}; shift ;;
-  --cpus) CPUS=${2:?--cpus needs a value}; shift 2 ;;
-  --cpus=*) CPUS=${1#*=}; shift ;;
-  --timeout) TIMEOUT=${2:?--timeout needs a value}; shift 2 ;;
-  --timeout=*) TIMEOUT=${1#*=}; shift ;;
-  --work) WORK=${2:?--work needs a value}; shift 2 ;;
-  --work=*) WORK=${1#*=}; shift ;;
   --keep) KEEP=1; shift ;;
   -v | --verbose) VERBOSE=1; shift ;;
-  -h | --help) usage; exit 0 ;;
   --) shift; break ;;
-  *) echo "vm-run: unknown option '$1' (CMD goes after --; see --help)" >&2; exit 125 ;;
+  *) vm_common_opt "$@" || vm_unknown_opt "$1"; shift "$VM_SHIFT" ;;
   esac
 done
-[ $# -gt 0 ] || { echo "vm-run: no CMD given (usage: vm-run.sh [OPTIONS] -- CMD...)" >&2; exit 125; }
-[[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "--timeout wants whole seconds, got '$TIMEOUT'"
-[[ "$CPUS" =~ ^[0-9]+$ ]] || die "--cpus wants a number, got '$CPUS'"
+vm_check_cmd $#
 case "$KERNEL" in
 6.12) ENV_FILE=vm.env ;;
 6.17) ENV_FILE=vm-6.17.env ;;
@@ -112,26 +91,10 @@ KVER=${KVER:-$(basename "$REP_VM_VMLINUZ" | sed 's/^vmlinuz-//')}
   die "/lib/modules/$KVER/modules.dep is missing: run 'bash scripts/vm-setup.sh' first"
 
 # ------------------------------------------------------------ work folder
-if [ -n "$WORK" ]; then
-  mkdir -p "$WORK" || die "cannot create --work $WORK"
-  WORK=$(cd "$WORK" && pwd)
-  KEEP=1
-else
-  root=${REP_VM_WORK_ROOT:-${CARGO_TARGET_DIR:-$REPO/target}/vm-work}
-  mkdir -p "$root" || die "cannot create $root"
-  WORK=$(mktemp -d "$(cd "$root" && pwd)/run.XXXXXX")
-fi
-CTL=$WORK/.vm
-rm -rf "$CTL"
-mkdir -p "$CTL"
-
-# CMD, as a script file: no quoting trouble on the kernel command line.
-if [ $# -eq 1 ]; then
-  printf '%s\n' "$1" >"$CTL/cmd.sh"
-else
-  printf '%q ' "$@" >"$CTL/cmd.sh"
-  echo >>"$CTL/cmd.sh"
-fi
+# A folder given with --work is kept; the default one only with --keep.
+if [ -n "$WORK" ]; then KEEP=1; fi
+vm_work_folder run
+vm_write_cmd "$@"
 
 q() { printf '%q' "$1"; }
 cat >"$CTL/guest.sh" <<EOF
@@ -161,13 +124,6 @@ echo "\$rc" >"\$ctl/status.tmp" && mv "\$ctl/status.tmp" "\$ctl/status"
 sync
 exit "\$rc"
 EOF
-
-# Modules udev would load at boot that we never need: probing them costs seconds
-# under TCG. `modprobe NAME` still loads any of them on demand. The first line
-# saves ~5 s of device probing; the second (CPU-feature crypto modules that
-# `-cpu max` makes udev load) cuts udev's settle from ~10 s to ~3 s.
-BLACKLIST=${REP_VM_MODPROBE_BLACKLIST:-ahci,libahci,sr_mod,cdrom,kvm_amd,kvm_intel,kvm,iTCO_wdt,i6300esb,lpc_ich,psmouse,serio_raw,i2c_i801,evdev,pcspkr,button,joydev,sg,drm,bochs,\
-aesni_intel,crc32_pclmul,crct10dif_pclmul,ghash_clmulni_intel,sha1_ssse3,sha256_ssse3,sha512_ssse3,polyval_clmulni,qemu_fw_cfg,powernow_k8,acpi_cpufreq}
 
 # ------------------------------------------------------------ cleanup
 CHILD=

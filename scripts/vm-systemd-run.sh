@@ -30,42 +30,27 @@
 #   --timeout SECS  kill the VM after SECS seconds (default 1200)
 #   --work DIR      the shared work folder (created, kept); default: a fresh
 #                   folder under ${CARGO_TARGET_DIR:-REPO/target}/vm-work
+#                   (or $REP_VM_WORK_ROOT), kept as well
 #   --copy PATH     copy a file or folder into the work folder first (repeatable)
 #   --image DIR     image folder (default: what scripts/vm-systemd-image.sh prints,
 #                   which builds it when needed)
 #   --help, -h      this text
 set -euo pipefail
-
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-MEM=4G
-CPUS=2
-TIMEOUT=1200
-WORK=
+VM_PROG=vm-systemd-run
+# shellcheck source=scripts/vm-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/vm-lib.sh"
 IMAGE=
 COPY=()
 
-say() { echo "vm-systemd-run: $*" >&2; }
-die() {
-  echo "vm-systemd-run: ERROR: $*" >&2
-  exit 125
-}
-usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
-
 while [ $# -gt 0 ]; do
   case "$1" in
-  --mem) MEM=${2:?--mem needs a value}; shift 2 ;;
-  --cpus) CPUS=${2:?--cpus needs a value}; shift 2 ;;
-  --timeout) TIMEOUT=${2:?--timeout needs a value}; shift 2 ;;
-  --work) WORK=${2:?--work needs a value}; shift 2 ;;
   --copy) COPY+=("${2:?--copy needs a path}"); shift 2 ;;
   --image) IMAGE=${2:?--image needs a value}; shift 2 ;;
-  -h | --help) usage; exit 0 ;;
   --) shift; break ;;
-  *) echo "vm-systemd-run: unknown option '$1' (CMD goes after --; see --help)" >&2; exit 125 ;;
+  *) vm_common_opt "$@" || vm_unknown_opt "$1"; shift "$VM_SHIFT" ;;
   esac
 done
-[ $# -gt 0 ] || die "no CMD given (usage: vm-systemd-run.sh [OPTIONS] -- CMD...)"
-[[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "--timeout wants whole seconds, got '$TIMEOUT'"
+vm_check_cmd $#
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found: run bash scripts/vm-setup.sh"
 
 if [ -z "$IMAGE" ]; then
@@ -74,27 +59,12 @@ fi
 for f in rootfs.ext4 vmlinuz initrd.img; do
   [ -f "$IMAGE/$f" ] || die "no $f in $IMAGE: run bash scripts/vm-systemd-image.sh"
 done
-if [ -z "$WORK" ]; then
-  root=${CARGO_TARGET_DIR:-$REPO/target}/vm-work
-  mkdir -p "$root"
-  WORK=$(mktemp -d "$root/systemd-XXXXXX")
-fi
-mkdir -p "$WORK"
-WORK=$(cd "$WORK" && pwd)
-CTL=$WORK/.vm
-rm -rf "$CTL"
-mkdir -p "$CTL"
+vm_work_folder systemd
 for p in ${COPY[@]+"${COPY[@]}"}; do
   cp -a "$p" "$WORK/" || die "cannot copy $p into $WORK"
 done
 
-# CMD, quoted as given (one argument: a script).
-if [ $# -eq 1 ]; then
-  printf '%s\n' "$1" >"$CTL/cmd.sh"
-else
-  printf '%q ' "$@" >"$CTL/cmd.sh"
-  echo >>"$CTL/cmd.sh"
-fi
+vm_write_cmd "$@"
 # The guest's side, run by rep-vm-scenario.service once multi-user.target is reached.
 cat >"$WORK/guest-run.sh" <<'EOF'
 #!/bin/bash
@@ -114,10 +84,6 @@ mv "$C/status.tmp" "$C/status"
 sync
 systemctl poweroff --no-block
 EOF
-
-# Same modules as scripts/vm-run.sh keeps udev from probing (seconds under TCG).
-BLACKLIST=${REP_VM_MODPROBE_BLACKLIST:-ahci,libahci,sr_mod,cdrom,kvm_amd,kvm_intel,kvm,iTCO_wdt,i6300esb,lpc_ich,psmouse,serio_raw,i2c_i801,evdev,pcspkr,button,joydev,sg,drm,bochs,\
-aesni_intel,crc32_pclmul,crct10dif_pclmul,ghash_clmulni_intel,sha1_ssse3,sha256_ssse3,sha512_ssse3,polyval_clmulni,qemu_fw_cfg,powernow_k8,acpi_cpufreq}
 
 QPID=
 # shellcheck disable=SC2317 # called by the EXIT/INT/TERM traps

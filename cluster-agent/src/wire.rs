@@ -113,31 +113,16 @@ pub fn encode(key: &[u8], resource: &str, node: &str, beat: &Beat) -> Vec<u8> {
     v.push(VERSION);
     v.push(beat.path);
     v.push(beat.state as u8);
-    let mut flags = 0;
-    if beat.eligible {
-        flags |= FLAG_ELIGIBLE;
-    }
-    if beat.failback_request {
-        flags |= FLAG_FAILBACK;
-    }
-    if beat.ack.is_some() {
-        flags |= FLAG_ACK;
-    }
-    if beat.repd_up {
-        flags |= FLAG_REPD;
-    }
-    if beat.suspended {
-        flags |= FLAG_SUSPENDED;
-    }
-    if beat.fence_me {
-        flags |= FLAG_FENCE_ME;
-    }
-    if beat.ping_lost {
-        flags |= FLAG_PING_LOST;
-    }
-    if beat.outdate_request {
-        flags |= FLAG_OUTDATE_REQ;
-    }
+    let flags = flag_bits(&[
+        (beat.eligible, FLAG_ELIGIBLE),
+        (beat.failback_request, FLAG_FAILBACK),
+        (beat.ack.is_some(), FLAG_ACK),
+        (beat.repd_up, FLAG_REPD),
+        (beat.suspended, FLAG_SUSPENDED),
+        (beat.fence_me, FLAG_FENCE_ME),
+        (beat.ping_lost, FLAG_PING_LOST),
+        (beat.outdate_request, FLAG_OUTDATE_REQ),
+    ]);
     v.push(flags);
     v.push(role_code(beat.role));
     v.push(disk_code(beat.disk));
@@ -150,6 +135,13 @@ pub fn encode(key: &[u8], resource: &str, node: &str, beat: &Beat) -> Vec<u8> {
     push_name(&mut v, resource);
     push_name(&mut v, node);
     sign(key, v)
+}
+
+/// A flags byte: the bit of every pair whose condition holds.
+pub(crate) fn flag_bits(bits: &[(bool, u8)]) -> u8 {
+    bits.iter()
+        .filter(|(on, _)| *on)
+        .fold(0, |flags, (_, bit)| flags | bit)
 }
 
 /// A name as one length byte and at most 255 bytes.

@@ -87,6 +87,20 @@ fn switchover(c: &Cluster, i: usize, extra: &[&str]) -> std::process::Output {
     c.agent_cmd(i, &args)
 }
 
+/// Starts the cluster, then a switchover whose stop fails on alpha (its
+/// stuck service): the moment it was asked for and beta's status once
+/// `what` (beta holding) came true.
+fn stop_fails_on_switchover(c: &mut Cluster, what: &str) -> (Instant, Value) {
+    c.start(false);
+    record_pids(c, 0);
+    std::fs::write(c.path("stuck.alpha"), "").unwrap();
+    let t0 = Instant::now();
+    let o = switchover(c, 0, &["--no-wait"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let b = c.wait_agent(1, what, 30, |s| s["state"] == "Holding");
+    (t0, b)
+}
+
 #[test]
 fn planned_switchover_moves_the_chain_and_back_without_failover_timers() {
     let _g = serial();
@@ -295,15 +309,7 @@ fn on_stop_failure_reboot_hook_runs_the_command_once_and_the_peer_takes_over() {
             c.path("reboot.sh").display()
         ),
     );
-    c.start(false);
-    record_pids(&c, 0);
-    std::fs::write(c.path("stuck.alpha"), "").unwrap();
-    let t0 = Instant::now();
-    let o = switchover(&c, 0, &["--no-wait"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let b = c.wait_agent(1, "beta holding after alpha's reboot", 30, |s| {
-        s["state"] == "Holding"
-    });
+    let (t0, b) = stop_fails_on_switchover(&mut c, "beta holding after alpha's reboot");
     println!(
         "stop failed on alpha, reboot-command ran, beta holds after {} ms: {}",
         t0.elapsed().as_millis(),
@@ -338,15 +344,7 @@ fn on_stop_failure_fence_makes_the_peer_fence_this_node_and_take_over() {
          exit 7\n",
     );
     cluster_keys(&c, "on-stop-failure = \"fence\"");
-    c.start(false);
-    record_pids(&c, 0);
-    std::fs::write(c.path("stuck.alpha"), "").unwrap();
-    let t0 = Instant::now();
-    let o = switchover(&c, 0, &["--no-wait"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let b = c.wait_agent(1, "beta holding after fencing alpha", 30, |s| {
-        s["state"] == "Holding"
-    });
+    let (t0, b) = stop_fails_on_switchover(&mut c, "beta holding after fencing alpha");
     println!(
         "stop failed on alpha, beta fenced it on request and holds after {} ms",
         t0.elapsed().as_millis()

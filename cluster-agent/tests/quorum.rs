@@ -98,6 +98,30 @@ impl Drop for Writer {
     }
 }
 
+/// Both nodes and the witness started (no service IP), alpha Primary.
+fn witnessed(opts: Opts) -> Cluster {
+    let mut c = Cluster::new(Opts {
+        witness: true,
+        service_ip: false,
+        ..opts
+    });
+    c.start_witness();
+    c.start(true);
+    c
+}
+
+/// A writer on alpha's export, once its first five writes were acknowledged.
+fn acked_writer(c: &Cluster, file: PathBuf) -> Writer {
+    let wa = Writer::start(&c.net.ns[0], c.nbd_uri(0), file);
+    wait_for(
+        "alpha's writer to get acks",
+        20,
+        || wa.count() >= 5,
+        || c.debug(),
+    );
+    wa
+}
+
 fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool, debug: impl Fn() -> String) {
     common::poll(
         what,
@@ -110,13 +134,7 @@ fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool, debug: impl Fn()
 
 #[test]
 fn isolated_primary_suspends_before_the_witness_lets_the_peer_take_over() {
-    let mut c = Cluster::new(Opts {
-        witness: true,
-        service_ip: false,
-        ..Opts::default()
-    });
-    c.start_witness();
-    c.start(true);
+    let c = witnessed(Opts::default());
     for i in 0..2 {
         let st = c.wait_agent(i, "quorum with the witness", 20, |s| {
             s["quorum"]["has_quorum"] == true
@@ -293,13 +311,7 @@ fn isolated_primary_suspends_before_the_witness_lets_the_peer_take_over() {
 #[test]
 fn a_primary_that_lost_its_peer_writes_on_only_once_the_witness_knows_and_the_stale_peer_never_takes_over(
 ) {
-    let mut c = Cluster::new(Opts {
-        witness: true,
-        service_ip: false,
-        ..Opts::default()
-    });
-    c.start_witness();
-    c.start(true);
+    let c = witnessed(Opts::default());
     c.wait_repd(0, "alpha frozen on disconnect armed", 10, |s| {
         s["freeze_on_disconnect"] == true
     });
@@ -308,13 +320,7 @@ fn a_primary_that_lost_its_peer_writes_on_only_once_the_witness_knows_and_the_st
         .unwrap()
         .to_string();
     let file = random_file(c.dir.path(), "block", 4096, 9);
-    let wa = Writer::start(&c.net.ns[0], c.nbd_uri(0), file);
-    wait_for(
-        "alpha's writer to get acks",
-        20,
-        || wa.count() >= 5,
-        || c.debug(),
-    );
+    let wa = acked_writer(&c, file);
 
     // The replication link (and heartbeat path 0) breaks; path 1 and the
     // witness still work. alpha's repd freezes when it notices, starts a
@@ -386,23 +392,13 @@ fn a_primary_that_lost_its_peer_writes_on_only_once_the_witness_knows_and_the_st
 
 #[test]
 fn a_short_loss_of_quorum_holds_writes_and_resumes_them() {
-    let mut c = Cluster::new(Opts {
-        witness: true,
-        service_ip: false,
+    let c = witnessed(Opts {
         deadtime_ms: 4000,
         ..Opts::default()
     });
-    c.start_witness();
-    c.start(true);
     c.wait_agent(0, "quorum", 20, |s| s["quorum"]["votes"] == 3);
     let file = random_file(c.dir.path(), "block", 4096, 11);
-    let wa = Writer::start(&c.net.ns[0], c.nbd_uri(0), file);
-    wait_for(
-        "alpha's writer to get acks",
-        20,
-        || wa.count() >= 5,
-        || c.debug(),
-    );
+    let wa = acked_writer(&c, file);
     // alpha loses everything for less than deadtime.
     let lo_cut = Instant::now();
     c.net.link(0, false);
@@ -481,25 +477,15 @@ fn repctl_suspend_io_holds_or_fails_writes_and_resume_io_lets_them_in() {
 
 #[test]
 fn with_on_no_quorum_io_error_the_isolated_primary_fails_writes() {
-    let mut c = Cluster::new(Opts {
-        witness: true,
-        service_ip: false,
+    let c = witnessed(Opts {
         on_no_quorum: Some("io-error"),
         ..Opts::default()
     });
-    c.start_witness();
-    c.start(true);
     c.wait_agent(0, "quorum", 20, |s| s["quorum"]["votes"] == 3);
     let st = c.agent_status(0).unwrap();
     assert_eq!(st["on_no_quorum"], "io-error");
     let file = random_file(c.dir.path(), "block", 4096, 17);
-    let wa = Writer::start(&c.net.ns[0], c.nbd_uri(0), file);
-    wait_for(
-        "alpha's writer to get acks",
-        20,
-        || wa.count() >= 5,
-        || c.debug(),
-    );
+    let wa = acked_writer(&c, file);
     assert_eq!(wa.failed(), 0);
     c.net.link(0, false);
     c.net.link(1, false);

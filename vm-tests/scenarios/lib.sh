@@ -160,3 +160,71 @@ dm_remove() {
   [ -n "${DM_LOOP[$1]:-}" ] && losetup -d "${DM_LOOP[$1]}" 2>/dev/null
   unset "DM_LOOP[$1]" "DM_SECTORS[$1]"
 }
+
+# ---------------------------------------------------------------- two nodes in one guest
+# The setup of the scenarios that run resource r0 on alpha and beta in the
+# same guest, each node on an image file in the guest's tmpfs:
+#
+#   pair_dirs NAME [DIR...]    SCRATCH (images, r0.toml as CFG), OUT (logs, on
+#                              the share), RUN (unix sockets, not on 9p) of the
+#                              scenario NAME, emptied; DIR... made as well
+#   pair_config SECRET PORT [NBD_PORT]
+#                              CFG: alpha on 127.0.0.1:PORT (device 0), beta
+#                              on PORT+1 (device 1), sync rate 0; with
+#                              NBD_PORT, NBD exports on it and on NBD_PORT+1
+#   rc NODE ARGS...            repctl for NODE
+#   st NODE JQ                 a field of NODE's `status --json`
+#   synced                     both nodes UpToDate/UpToDate
+#   pair_create_up SIZE        SIZE images, create-md and up on both nodes
+#   pair_finish                umount $MNT, down both, logs and dmesg to OUT,
+#                              then verdict (a scenario's `finish`)
+pair_dirs() {
+  SCRATCH=${VM_SCRATCH:-/run/vm-scratch}/$1
+  OUT=${VM_WORK:-/tmp}/$1
+  RUN=/run/$1/run
+  CFG=$SCRATCH/r0.toml
+  shift
+  rm -rf "$SCRATCH" "$RUN" "$OUT"
+  mkdir -p "$SCRATCH" "$RUN" "$OUT" "$@"
+  info "binaries from $REP_BIN; kernel $(uname -r); $(nproc) cpus"
+}
+pair_config() {
+  local secret=$1 port=$2 nbd=${3:-} n=0 name
+  printf '[resource]\nname = "r0"\nprotocol = "C"\n[net]\nsecret = "%s"\n[sync]\nrate = "0"\n' "$secret" >"$CFG"
+  for name in alpha beta; do
+    cat >>"$CFG" <<EOT
+[[node]]
+name = "$name"
+address = "127.0.0.1:$((port + n))"
+disk = "$SCRATCH/$name.img"
+meta-disk = "internal"
+device = $n
+EOT
+    [ -n "$nbd" ] && echo "nbd = \"127.0.0.1:$((nbd + n))\"" >>"$CFG"
+    n=$((n + 1))
+  done
+}
+rc() { "$REP_BIN/repctl" --config "$CFG" --run-dir "$RUN" --node "$@"; }
+st() { rc "$1" status --json 2>/dev/null | jq -r "$2" 2>/dev/null; }
+synced() {
+  [ "$(st alpha '.disk + "/" + .peer_disk')" = "UpToDate/UpToDate" ] &&
+    [ "$(st beta '.disk + "/" + .peer_disk')" = "UpToDate/UpToDate" ]
+}
+pair_create_up() {
+  local n
+  for n in alpha beta; do
+    truncate -s "$1" "$SCRATCH/$n.img"
+    rc "$n" create-md >"$OUT/create-md-$n.txt" 2>&1 || die "create-md $n: $(tail -n 3 "$OUT/create-md-$n.txt")"
+  done
+  for n in alpha beta; do
+    rc "$n" up >"$OUT/up-$n.txt" 2>&1 || die "up $n: $(tail -n 5 "$OUT/up-$n.txt")"
+  done
+}
+pair_finish() {
+  mountpoint -q "$MNT" && umount "$MNT"
+  rc alpha down >/dev/null 2>&1
+  rc beta down >/dev/null 2>&1
+  cp -f "$RUN"/*.log "$OUT"/ 2>/dev/null
+  dmesg >"$OUT/dmesg.txt" 2>&1
+  verdict
+}

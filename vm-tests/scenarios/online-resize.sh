@@ -26,63 +26,18 @@ set -u
 need_bins repd repctl
 need_ublk
 
-SCRATCH=${VM_SCRATCH:-/run/vm-scratch}/online-resize
-OUT=${VM_WORK:-/tmp}/online-resize
-RUN=/run/online-resize/run
 MNT=/run/resize-mnt
-CFG=$SCRATCH/r0.toml
-rm -rf "$SCRATCH" "$RUN" "$OUT"
-mkdir -p "$SCRATCH" "$RUN" "$OUT" "$MNT"
-info "binaries from $REP_BIN; kernel $(uname -r); $(nproc) cpus"
+pair_dirs online-resize "$MNT"
+pair_config online-resize 17798
 
-cat >"$CFG" <<EOF
-[resource]
-name = "r0"
-protocol = "C"
-[net]
-secret = "online-resize"
-[sync]
-rate = "0"
-[[node]]
-name = "alpha"
-address = "127.0.0.1:17798"
-disk = "$SCRATCH/alpha.img"
-meta-disk = "internal"
-device = 0
-[[node]]
-name = "beta"
-address = "127.0.0.1:17799"
-disk = "$SCRATCH/beta.img"
-meta-disk = "internal"
-device = 1
-EOF
-
-rc() { "$REP_BIN/repctl" --config "$CFG" --run-dir "$RUN" --node "$@"; }
-st() { rc "$1" status --json 2>/dev/null | jq -r "$2" 2>/dev/null; }
-
-finish() {
-  mountpoint -q "$MNT" && umount "$MNT"
-  rc alpha down >/dev/null 2>&1
-  rc beta down >/dev/null 2>&1
-  cp -f "$RUN"/*.log "$OUT"/ 2>/dev/null
-  dmesg >"$OUT/dmesg.txt" 2>&1
-  verdict
-}
-synced() {
-  [ "$(st alpha '.disk + "/" + .peer_disk')" = "UpToDate/UpToDate" ] &&
-    [ "$(st beta '.disk + "/" + .peer_disk')" = "UpToDate/UpToDate" ]
-}
+finish() { pair_finish; }
 connected() { [ "$(st "$1" .connection)" = "Connected" ]; }
 dev_size() { blockdev --getsize64 /dev/ublkb0 2>/dev/null; }
 size_is() { [ "$(dev_size)" = "$1" ]; }
 sums() { (cd "$MNT" && find . -type f -print0 | sort -z | xargs -0 sha256sum); }
 
 # ---------------------------------------------------------------- 1. bring up
-for n in alpha beta; do
-  truncate -s 96M "$SCRATCH/$n.img"
-  rc "$n" create-md >"$OUT/create-md-$n.txt" 2>&1 || die "create-md $n"
-  rc "$n" up >"$OUT/up-$n.txt" 2>&1 || die "up $n: $(tail -n 5 "$OUT/up-$n.txt")"
-done
+pair_create_up 96M
 wait_for 60 connected alpha || die "not connected within 60 s"
 rc alpha new-current-uuid --clear-bitmap >"$OUT/ncu.txt" 2>&1 || die "new-current-uuid: $(cat "$OUT/ncu.txt")"
 wait_for 60 synced || die "not UpToDate/UpToDate"

@@ -50,43 +50,13 @@ set -u
 need_bins repd repctl
 need_ublk
 
-SCRATCH=${VM_SCRATCH:-/run/vm-scratch}/ublk-failures
-OUT=${VM_WORK:-/tmp}/ublk-failures
-RUN=/run/ublk-failures/run # unix sockets: not on the 9p share
 MNT=/run/fa                # alpha's mount
 MNTB=/run/fb               # beta's mount
 SIZE=${UBLK_FAIL_SIZE:-256M}
 WORK_S=${UBLK_FAIL_WORKLOAD_S:-12}
-CFG=$SCRATCH/r0.toml
+pair_dirs ublk-failures "$MNT" "$MNTB"
 LOG=$SCRATCH/fsynced.log # the workload's record, off the device
-rm -rf "$SCRATCH" "$RUN" "$OUT"
-mkdir -p "$SCRATCH" "$RUN" "$OUT" "$MNT" "$MNTB"
-info "binaries from $REP_BIN; kernel $(uname -r); $(nproc) cpus"
-
-cat >"$CFG" <<EOF
-[resource]
-name = "r0"
-protocol = "C"
-[net]
-secret = "ublk-failures"
-[sync]
-rate = "0"
-[[node]]
-name = "alpha"
-address = "127.0.0.1:17798"
-disk = "$SCRATCH/alpha.img"
-meta-disk = "internal"
-device = 0
-[[node]]
-name = "beta"
-address = "127.0.0.1:17799"
-disk = "$SCRATCH/beta.img"
-meta-disk = "internal"
-device = 1
-EOF
-
-rc() { "$REP_BIN/repctl" --config "$CFG" --run-dir "$RUN" --node "$@"; }
-st() { rc "$1" status --json 2>/dev/null | jq -r "$2" 2>/dev/null; }
+pair_config ublk-failures 17798
 
 WORKLOAD_PIDS=()
 READER_PID=
@@ -106,10 +76,6 @@ finish() {
 }
 is_blk() { [ -b "$1" ]; }
 no_dev() { [ ! -e "$1" ] && [ ! -e "/sys/block/$(basename "$1")" ]; }
-synced() {
-  [ "$(st alpha '.disk + "/" + .peer_disk')" = "UpToDate/UpToDate" ] &&
-    [ "$(st beta '.disk + "/" + .peer_disk')" = "UpToDate/UpToDate" ]
-}
 # retry SECS CMD...: until CMD succeeds (its last output in $OUT/retry.txt).
 retry() {
   local secs=$1 end
@@ -131,13 +97,7 @@ data_copy() { # node file
 }
 
 # ---------------------------------------------------------------- bring up
-for n in alpha beta; do
-  truncate -s "$SIZE" "$SCRATCH/$n.img"
-  rc "$n" create-md >"$OUT/create-md-$n.txt" 2>&1 || die "create-md $n: $(tail -n 3 "$OUT/create-md-$n.txt")"
-done
-for n in alpha beta; do
-  rc "$n" up >"$OUT/up-$n.txt" 2>&1 || die "up $n: $(tail -n 5 "$OUT/up-$n.txt")"
-done
+pair_create_up "$SIZE"
 rc alpha primary --force >"$OUT/primary-alpha.txt" 2>&1 || die "primary --force on alpha: $(cat "$OUT/primary-alpha.txt")"
 wait_for 600 synced || die "no UpToDate/UpToDate within 600 s: $(rc alpha status 2>&1 | head -n 5)"
 wait_for 20 is_blk /dev/ublkb0 || die "/dev/ublkb0 did not appear on alpha (Primary)"

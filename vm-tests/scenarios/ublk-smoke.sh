@@ -35,66 +35,17 @@ set -u
 need_bins repd repctl
 need_ublk
 
-SCRATCH=${VM_SCRATCH:-/run/vm-scratch}/ublk-smoke
-OUT=${VM_WORK:-/tmp}/ublk-smoke
-RUN=/run/ublk-smoke/run # unix sockets: not on the 9p share
 MNT=/run/x
 SIZE=${UBLK_SMOKE_SIZE:-256M}
-CFG=$SCRATCH/r0.toml
-rm -rf "$SCRATCH" "$RUN" "$OUT"
-mkdir -p "$SCRATCH" "$RUN" "$OUT" "$MNT"
-info "binaries from $REP_BIN; kernel $(uname -r); $(nproc) cpus"
+pair_dirs ublk-smoke "$MNT"
+pair_config ublk-smoke 17788 20809
 
-cat >"$CFG" <<EOF
-[resource]
-name = "r0"
-protocol = "C"
-[net]
-secret = "ublk-smoke"
-[sync]
-rate = "0"
-[[node]]
-name = "alpha"
-address = "127.0.0.1:17788"
-disk = "$SCRATCH/alpha.img"
-meta-disk = "internal"
-device = 0
-nbd = "127.0.0.1:20809"
-[[node]]
-name = "beta"
-address = "127.0.0.1:17789"
-disk = "$SCRATCH/beta.img"
-meta-disk = "internal"
-device = 1
-nbd = "127.0.0.1:20810"
-EOF
-
-rc() { "$REP_BIN/repctl" --config "$CFG" --run-dir "$RUN" --node "$@"; }
-st() { rc "$1" status --json 2>/dev/null | jq -r "$2" 2>/dev/null; }
-
-finish() {
-  mountpoint -q "$MNT" && umount "$MNT"
-  rc alpha down >/dev/null 2>&1
-  rc beta down >/dev/null 2>&1
-  cp -f "$RUN"/*.log "$OUT"/ 2>/dev/null
-  dmesg >"$OUT/dmesg.txt" 2>&1
-  verdict
-}
+finish() { pair_finish; }
 is_blk() { [ -b "$1" ]; }
 no_blk() { [ ! -e "$1" ]; }
-synced() {
-  [ "$(st alpha '.disk + "/" + .peer_disk')" = "UpToDate/UpToDate" ] &&
-    [ "$(st beta '.disk + "/" + .peer_disk')" = "UpToDate/UpToDate" ]
-}
 
 # ---------------------------------------------------------------- 1. bring up
-for n in alpha beta; do
-  truncate -s "$SIZE" "$SCRATCH/$n.img"
-  rc "$n" create-md >"$OUT/create-md-$n.txt" 2>&1 || die "create-md $n: $(tail -n 3 "$OUT/create-md-$n.txt")"
-done
-for n in alpha beta; do
-  rc "$n" up >"$OUT/up-$n.txt" 2>&1 || die "up $n: $(tail -n 5 "$OUT/up-$n.txt")"
-done
+pair_create_up "$SIZE"
 pass "create-md and up on both nodes"
 rc alpha primary --force >"$OUT/primary-alpha.txt" 2>&1 || die "primary --force on alpha: $(cat "$OUT/primary-alpha.txt")"
 pass "alpha is Primary (--force)"

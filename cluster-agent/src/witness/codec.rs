@@ -76,16 +76,11 @@ pub fn encode_request(key: &[u8], resource: &str, node: &str, r: &Request) -> Ve
     v.extend_from_slice(MAGIC);
     v.push(VERSION);
     v.push(KIND_REQUEST);
-    let mut flags = 0;
-    if r.want_vote {
-        flags |= RQ_WANT_VOTE;
-    }
-    if r.connected {
-        flags |= RQ_CONNECTED;
-    }
-    if r.repd_up {
-        flags |= RQ_REPD;
-    }
+    let flags = wire::flag_bits(&[
+        (r.want_vote, RQ_WANT_VOTE),
+        (r.connected, RQ_CONNECTED),
+        (r.repd_up, RQ_REPD),
+    ]);
     v.push(flags);
     v.push(state_code(r.state));
     v.push(wire::role_code(r.role));
@@ -114,16 +109,11 @@ pub fn encode_reply(key: &[u8], resource: &str, node: &str, r: &Reply) -> Vec<u8
     v.extend_from_slice(MAGIC);
     v.push(VERSION);
     v.push(KIND_REPLY);
-    let mut flags = 0;
-    if r.member {
-        flags |= RP_MEMBER;
-    }
-    if r.vote {
-        flags |= RP_VOTE;
-    }
-    if r.peer_outdated {
-        flags |= RP_PEER_OUTDATED;
-    }
+    let flags = wire::flag_bits(&[
+        (r.member, RP_MEMBER),
+        (r.vote, RP_VOTE),
+        (r.peer_outdated, RP_PEER_OUTDATED),
+    ]);
     v.push(flags);
     v.extend_from_slice(&[0, 0, 0, 0, 0]);
     for x in [

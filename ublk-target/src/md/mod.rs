@@ -1056,3 +1056,6 @@ fn mask_tail(words: &mut [u64], bits: u64) {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod test_support;

@@ -5,40 +5,13 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 
 use super::*;
-use crate::config::MetaDisk;
-use crate::md::{CreateParams, MetaLocation};
+use crate::md::test_support::Fixture;
 
 const OLD: u64 = 64 << 20;
 const NEW: u64 = 96 << 20;
 
-struct Fx {
-    _dir: tempfile::TempDir,
-    params: CreateParams,
-}
-
-fn fixture(external: bool) -> Fx {
-    let dir = tempfile::tempdir().unwrap();
-    let disk = dir.path().join("disk.img");
-    fs::File::create(&disk).unwrap().set_len(OLD).unwrap();
-    let meta_disk = if external {
-        MetaDisk::External(dir.path().join("meta.img"))
-    } else {
-        MetaDisk::Internal
-    };
-    let params = CreateParams {
-        location: MetaLocation { disk, meta_disk },
-        resource: "r0".into(),
-        node: "alpha".into(),
-        al_extents: 1237,
-        device_id: 0,
-    };
-    Fx { _dir: dir, params }
-}
-
-impl Fx {
-    fn open(&self) -> MetaDevice {
-        MetaDevice::open(&self.params.location, "r0", "alpha").unwrap()
-    }
+// The resize tests' own setup on the shared fixture.
+impl Fixture {
     /// Metadata with some bits, an AL transaction and a data pattern, then
     /// the disk grown to `NEW` bytes.
     fn prepared(&self) -> (MetaDevice, Vec<u8>) {
@@ -64,7 +37,7 @@ impl Fx {
 
 #[test]
 fn internal_move_grows_and_keeps_bits_and_al() {
-    let fx = fixture(false);
+    let fx = Fixture::new(OLD, false);
     let (mut md, data) = fx.prepared();
     let old = *md.layout();
     let room = room_bytes(&fx.params.location, 1237).unwrap();
@@ -73,7 +46,7 @@ fn internal_move_grows_and_keeps_bits_and_al() {
         .unwrap();
     assert_eq!(new.data_bytes, room);
     drop(md);
-    let mut md = fx.open();
+    let mut md = fx.open().unwrap();
     assert_eq!(*md.layout(), new);
     assert_eq!(md.superblock_offset(), NEW - 4096);
     let words = md.bitmap().to_vec();
@@ -94,7 +67,7 @@ fn internal_move_grows_and_keeps_bits_and_al() {
 
 #[test]
 fn assume_clean_marks_only_the_old_metadata_area() {
-    let fx = fixture(false);
+    let fx = Fixture::new(OLD, false);
     let (mut md, _) = fx.prepared();
     let old = *md.layout();
     let room = room_bytes(&fx.params.location, 1237).unwrap();
@@ -109,7 +82,7 @@ fn assume_clean_marks_only_the_old_metadata_area() {
 #[test]
 fn a_crash_after_each_step_leaves_a_startable_layout() {
     for step in 1..=GROW_STEPS {
-        let fx = fixture(false);
+        let fx = Fixture::new(OLD, false);
         let (mut md, data) = fx.prepared();
         let old = *md.layout();
         let room = room_bytes(&fx.params.location, 1237).unwrap();
@@ -119,7 +92,7 @@ fn a_crash_after_each_step_leaves_a_startable_layout() {
         };
         let r = md.grow(&fx.params.location, room, opts);
         drop(md);
-        let mut md = fx.open();
+        let mut md = fx.open().unwrap();
         let expected = if step >= 4 { room } else { old.data_bytes };
         assert_eq!(md.layout().data_bytes, expected, "step {step}: {r:?}");
         assert_eq!(&md.bitmap()[..3], &[0b1011, 0, u64::MAX], "step {step}");
@@ -130,14 +103,14 @@ fn a_crash_after_each_step_leaves_a_startable_layout() {
             md.grow(&fx.params.location, room, GrowOptions::default())
                 .unwrap();
             drop(md);
-            assert_eq!(fx.open().layout().data_bytes, room, "step {step}");
+            assert_eq!(fx.open().unwrap().layout().data_bytes, room, "step {step}");
         }
     }
 }
 
 #[test]
 fn a_grow_too_small_to_move_is_refused() {
-    let fx = fixture(false);
+    let fx = Fixture::new(OLD, false);
     let (mut md, _) = fx.prepared();
     let f = fs::OpenOptions::new()
         .write(true)
@@ -161,7 +134,7 @@ fn a_grow_too_small_to_move_is_refused() {
 
 #[test]
 fn external_grow_extends_the_bitmap() {
-    let fx = fixture(true);
+    let fx = Fixture::new(OLD, true);
     let (mut md, _) = fx.prepared();
     let room = room_bytes(&fx.params.location, 1237).unwrap();
     assert_eq!(room, NEW);
@@ -171,7 +144,7 @@ fn external_grow_extends_the_bitmap() {
             stop_after_step: Some(step),
         };
         assert!(md.grow(&fx.params.location, room, opts).is_err());
-        md = fx.open();
+        md = fx.open().unwrap();
         assert_eq!(md.layout().data_bytes, OLD);
     }
     let opts = GrowOptions {
@@ -179,7 +152,7 @@ fn external_grow_extends_the_bitmap() {
         stop_after_step: None,
     };
     md.grow(&fx.params.location, room, opts).unwrap();
-    let md = fx.open();
+    let md = fx.open().unwrap();
     assert_eq!(md.layout().data_bytes, NEW);
     assert_eq!(md.dirty_bits(), 3 + 64);
 }
@@ -203,11 +176,11 @@ fn set_bits_whole_words_and_edges() {
 /// and AL as they were) and `grow` then moves it to the new end.
 #[test]
 fn a_disk_grown_while_stopped_is_found_below_the_end_and_grows() {
-    let fx = fixture(false);
+    let fx = Fixture::new(OLD, false);
     let (md, data) = fx.prepared();
     let old = *md.layout();
     drop(md);
-    let mut md = fx.open();
+    let mut md = fx.open().unwrap();
     assert_eq!(*md.layout(), old);
     assert_eq!(md.superblock_offset(), OLD - 4096);
     assert_eq!(md.bitmap()[..3], [0b1011, 0, u64::MAX]);
@@ -216,7 +189,7 @@ fn a_disk_grown_while_stopped_is_found_below_the_end_and_grows() {
     md.grow(&fx.params.location, room, GrowOptions::default())
         .unwrap();
     drop(md);
-    let md = fx.open();
+    let md = fx.open().unwrap();
     assert_eq!(md.layout().data_bytes, room);
     assert_eq!(md.superblock_offset(), NEW - 4096);
     fx.data_intact(&data);
@@ -227,7 +200,7 @@ fn a_disk_grown_while_stopped_is_found_below_the_end_and_grows() {
 /// real one the error says how to recover.
 #[test]
 fn a_copy_of_a_superblock_at_another_place_is_not_taken() {
-    let fx = fixture(false);
+    let fx = Fixture::new(OLD, false);
     let (md, _) = fx.prepared();
     drop(md);
     let f = fs::OpenOptions::new()

@@ -3,52 +3,8 @@
 
 use std::fs;
 
+use super::test_support::Fixture;
 use super::*;
-
-struct Fixture {
-    _dir: tempfile::TempDir,
-    params: CreateParams,
-}
-
-impl Fixture {
-    fn new(size: u64, external: bool) -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let disk = dir.path().join("disk.img");
-        fs::File::create(&disk).unwrap().set_len(size).unwrap();
-        let meta_disk = if external {
-            MetaDisk::External(dir.path().join("meta.img"))
-        } else {
-            MetaDisk::Internal
-        };
-        let params = CreateParams {
-            location: MetaLocation { disk, meta_disk },
-            resource: "r0".into(),
-            node: "alpha".into(),
-            al_extents: 1237,
-            device_id: 3,
-        };
-        Fixture { _dir: dir, params }
-    }
-
-    fn loc(&self) -> &MetaLocation {
-        &self.params.location
-    }
-
-    fn open(&self) -> Result<MetaDevice, MdError> {
-        MetaDevice::open(self.loc(), "r0", "alpha")
-    }
-
-    fn meta_bytes(&self) -> Vec<u8> {
-        fs::read(self.loc().meta_path()).unwrap()
-    }
-
-    fn patch(&self, offset: u64, f: impl FnOnce(&mut u8)) {
-        let path = self.loc().meta_path();
-        let mut bytes = fs::read(path).unwrap();
-        f(&mut bytes[usize::try_from(offset).unwrap()]);
-        fs::write(path, bytes).unwrap();
-    }
-}
 
 const SIZE: u64 = 64 << 20;
 

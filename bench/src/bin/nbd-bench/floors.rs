@@ -261,8 +261,23 @@ fn rtt(bin: &Path, addr: &str) -> Result<(f64, f64), String> {
         .ok_or_else(|| "tcp-rtt printed no mean_us/p50_us".into())
 }
 
+/// A figure of one run (`None` where the run has none).
+type Figure = fn(&Figures) -> Option<f64>;
+
+fn clat_mean(x: &Figures) -> Option<f64> {
+    Some(x.clat_mean_us)
+}
+
+fn clat_p50(x: &Figures) -> Option<f64> {
+    Some(x.clat_p50_us)
+}
+
+fn cpu(x: &Figures) -> Option<f64> {
+    x.cpu_us_per_io
+}
+
 /// The median over the rounds of `f` of `role`'s runs of `workload`.
-fn med(runs: &Runs, role: Role, workload: &str, f: fn(&Figures) -> Option<f64>) -> Option<f64> {
+fn med(runs: &Runs, role: Role, workload: &str, f: Figure) -> Option<f64> {
     let v: Vec<f64> = runs
         .iter()
         .filter(|(r, w, _)| *r == role && *w == workload)
@@ -271,84 +286,67 @@ fn med(runs: &Runs, role: Role, workload: &str, f: fn(&Figures) -> Option<f64>) 
     median(&v)
 }
 
+/// One row of a report table: its label and its two figures.
+type Row = (String, (Option<f64>, Option<f64>));
+
+/// A markdown table with two figure columns; `-` where a figure is missing.
+fn table(header: &str, rows: &[Row]) {
+    println!("{header}\n|---|---|---|");
+    let show = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+    for (label, (a, b)) in rows {
+        println!("| {label} | {} | {} |", show(*a), show(*b));
+    }
+}
+
+/// One `RATIO` line: `a / b`, or `-` without both figures (or with `b` 0).
+fn ratio(what: &str, workload: &str, a: Option<f64>, b: Option<f64>) {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => println!("RATIO {what} {workload} {:.2}", a / b),
+        _ => println!("RATIO {what} {workload} -"),
+    }
+}
+
 /// The medians and the `RATIO` lines.
 fn report(runs: &Runs, rtts: &[(f64, f64)]) {
     let q = QD1_4K.name;
-    let mean = |x: &Figures| Some(x.clat_mean_us);
-    let p50 = |x: &Figures| Some(x.clat_p50_us);
-    let cpu = |x: &Figures| x.cpu_us_per_io;
+    let (w4, w1) = (fio::RANDWRITE_4K_QD32.name, fio::SEQWRITE_1M_QD4.name);
     let rtt_mean = median(&rtts.iter().map(|r| r.0).collect::<Vec<_>>());
     let rtt_p50 = median(&rtts.iter().map(|r| r.1).collect::<Vec<_>>());
+    let added = |f: Figure| Some(med(runs, Role::C, q, f)? - med(runs, Role::StandAlone, q, f)?);
+    let (added_mean, added_p50) = (added(clat_mean), added(clat_p50));
+    // Two figures of one role: `fa` of its runs of `wa`, `fb` of `wb`'s.
+    let two = |role: Role, wa: &str, fa: Figure, wb: &str, fb: Figure| {
+        (med(runs, role, wa, fa), med(runs, role, wb, fb))
+    };
     println!("\n## Host floors (medians of {} round(s))\n", rtts.len());
-    println!("| figure | mean | p50 |\n|---|---|---|");
-    let show = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
-    println!(
-        "| tcp-rtt 4 KiB + 32 B ack (µs) | {} | {} |",
-        show(rtt_mean),
-        show(rtt_p50)
-    );
+    let mut clat: Vec<Row> = vec![("tcp-rtt 4 KiB + 32 B ack (µs)".into(), (rtt_mean, rtt_p50))];
     for role in [Role::C, Role::COff, Role::StandAlone] {
-        println!(
-            "| {} QD1 4k clat (µs) | {} | {} |",
-            role.label(),
-            show(med(runs, role, q, mean)),
-            show(med(runs, role, q, p50))
-        );
+        let label = format!("{} QD1 4k clat (µs)", role.label());
+        clat.push((label, two(role, q, clat_mean, q, clat_p50)));
     }
-    let added = |f: fn(&Figures) -> Option<f64>| {
-        Some(med(runs, Role::C, q, f)? - med(runs, Role::StandAlone, q, f)?)
-    };
-    let (added_mean, added_p50) = (added(mean), added(p50));
-    println!(
-        "| protocol C added over StandAlone (µs) | {} | {} |",
-        show(added_mean),
-        show(added_p50)
-    );
-    println!("\n| CPU µs per I/O (all server processes) | 4k QD32 | 1M QD4 |\n|---|---|---|");
-    let (w4, w1) = (fio::RANDWRITE_4K_QD32.name, fio::SEQWRITE_1M_QD4.name);
-    for role in [Role::C, Role::COff, Role::Floor] {
-        println!(
-            "| {} | {} | {} |",
-            role.label(),
-            show(med(runs, role, w4, cpu)),
-            show(med(runs, role, w1, cpu))
-        );
-    }
+    let label = "protocol C added over StandAlone (µs)";
+    clat.push((label.into(), (added_mean, added_p50)));
+    table("| figure | mean | p50 |", &clat);
     println!();
-    let ratio = |what: &str, wl: &str, a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => println!("RATIO {what} {wl} {:.2}", a / b),
-        _ => println!("RATIO {what} {wl} -"),
-    };
+    let cpu_rows = [Role::C, Role::COff, Role::Floor]
+        .map(|role| (role.label().into(), two(role, w4, cpu, w1, cpu)));
+    let header = "| CPU µs per I/O (all server processes) | 4k QD32 | 1M QD4 |";
+    table(header, &cpu_rows);
+    println!();
     ratio("protoC-added/tcp-rtt", "qd1-4k", added_mean, rtt_mean);
     ratio("protoC-added/tcp-rtt", "qd1-4k-p50", added_p50, rtt_p50);
-    ratio(
-        "repd-cpu/floor-cpu",
-        "4k-qd32",
-        med(runs, Role::C, w4, cpu),
-        med(runs, Role::Floor, w4, cpu),
-    );
-    ratio(
-        "repd-cpu/floor-cpu",
-        "1m-qd4",
-        med(runs, Role::C, w1, cpu),
-        med(runs, Role::Floor, w1, cpu),
-    );
-    ratio(
-        "stats-on/stats-off",
-        "qd1-4k",
-        med(runs, Role::C, q, mean),
-        med(runs, Role::COff, q, mean),
-    );
-    ratio(
-        "stats-on/stats-off-cpu",
-        "4k-qd32",
-        med(runs, Role::C, w4, cpu),
-        med(runs, Role::COff, w4, cpu),
-    );
-    ratio(
-        "stats-on/stats-off-cpu",
-        "1m-qd4",
-        med(runs, Role::C, w1, cpu),
-        med(runs, Role::COff, w1, cpu),
-    );
+    // Protocol C's median over another role's.
+    let c_over = |what: &str, short: &str, workload: &str, f: Figure, under: Role| {
+        ratio(
+            what,
+            short,
+            med(runs, Role::C, workload, f),
+            med(runs, under, workload, f),
+        );
+    };
+    c_over("repd-cpu/floor-cpu", "4k-qd32", w4, cpu, Role::Floor);
+    c_over("repd-cpu/floor-cpu", "1m-qd4", w1, cpu, Role::Floor);
+    c_over("stats-on/stats-off", "qd1-4k", q, clat_mean, Role::COff);
+    c_over("stats-on/stats-off-cpu", "4k-qd32", w4, cpu, Role::COff);
+    c_over("stats-on/stats-off-cpu", "1m-qd4", w1, cpu, Role::COff);
 }

@@ -98,7 +98,7 @@ impl Config {
             metrics: RawMetrics {
                 listen: self.metrics.listen.map(|a| a.to_string()),
             },
-            handlers: self.handlers.to_raw(),
+            handlers: self.handlers.clone(),
             node: self
                 .nodes
                 .iter()

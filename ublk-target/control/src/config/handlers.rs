@@ -14,39 +14,50 @@ use replication_proto::machine::Fencing;
 pub const HANDLER_MAX_BYTES: usize = 4096;
 
 /// `[handlers]`: shell command lines (run with `/bin/sh -c`, so they may
-/// carry arguments), each starting with an absolute path.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// carry arguments), each starting with an absolute path. The table is read
+/// and dumped in this form, key for key (`validate` checks what was read).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct Handlers {
     /// `fence-peer`: keep the peer from promotion (a Pacemaker constraint,
     /// an `outdate` over another path, STONITH). Its exit code says what it
     /// did: 3 peer Inconsistent, 4 peer outdated, 5 peer unreachable, 6 peer
     /// Primary (refused), 7 peer shot; anything else is a failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fence_peer: Option<String>,
     /// `unfence-peer` (DRBD 9's name): undo `fence-peer` once a resync made
     /// the peer UpToDate again. Runs on the node that fenced.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub unfence_peer: Option<String>,
     /// `split-brain`: the data diverged and no after-sb policy resolved it
     /// (both nodes go StandAlone). Runs on both nodes; exit code only logged.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub split_brain: Option<String>,
     /// `initial-split-brain`: a split brain found at the handshake, before
     /// any after-sb policy tried to resolve it. Exit code only logged.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub initial_split_brain: Option<String>,
     /// `pri-lost-after-sb`: an after-sb policy decided that this Primary's
     /// data is thrown away. Exit code only logged.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pri_lost_after_sb: Option<String>,
     /// `local-io-error`: the local disk failed an I/O (with `[disk]
     /// on-io-error = "call-local-io-error"`). Exit code only logged.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub local_io_error: Option<String>,
     /// `after-resync-target`: a resync as SyncTarget finished (this node is
     /// UpToDate again). Exit code only logged.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub after_resync_target: Option<String>,
     /// `before-resync-target`: this node is about to become SyncTarget
     /// (DRBD's snapshot-before-resync use). The resync waits for it; any
     /// exit but 0 (or the timeout) drops the connection and leaves this
     /// node StandAlone.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub before_resync_target: Option<String>,
     /// `timeout-ms`: a handler still running after this is killed (counts
     /// as failed).
+    #[serde(rename = "timeout-ms", with = "millis")]
     pub timeout: Duration,
 }
 
@@ -68,64 +79,25 @@ impl Default for Handlers {
 
 const DEFAULT_TIMEOUT_MS: u64 = 60_000;
 
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
-pub(super) struct RawHandlers {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) fence_peer: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) unfence_peer: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) split_brain: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) initial_split_brain: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) pri_lost_after_sb: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) local_io_error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) after_resync_target: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) before_resync_target: Option<String>,
-    pub(super) timeout_ms: u64,
-}
+/// `timeout-ms` as a [`Duration`]: whole milliseconds in the file.
+mod millis {
+    use std::time::Duration;
 
-impl Default for RawHandlers {
-    fn default() -> Self {
-        Self {
-            fence_peer: None,
-            unfence_peer: None,
-            split_brain: None,
-            initial_split_brain: None,
-            pri_lost_after_sb: None,
-            local_io_error: None,
-            after_resync_target: None,
-            before_resync_target: None,
-            timeout_ms: DEFAULT_TIMEOUT_MS,
-        }
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
-}
 
-impl Handlers {
-    pub(super) fn to_raw(&self) -> RawHandlers {
-        RawHandlers {
-            fence_peer: self.fence_peer.clone(),
-            unfence_peer: self.unfence_peer.clone(),
-            split_brain: self.split_brain.clone(),
-            initial_split_brain: self.initial_split_brain.clone(),
-            pri_lost_after_sb: self.pri_lost_after_sb.clone(),
-            local_io_error: self.local_io_error.clone(),
-            after_resync_target: self.after_resync_target.clone(),
-            before_resync_target: self.before_resync_target.clone(),
-            timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
-        }
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
     }
 }
 
 /// `[handlers]`, checked against `[net] fencing` and `[disk] on-io-error`.
 pub(super) fn validate(
     path: &Path,
-    raw: RawHandlers,
+    raw: Handlers,
     fencing: Fencing,
     on_io_error: OnIoError,
 ) -> Result<Handlers, ConfigError> {
@@ -148,7 +120,7 @@ pub(super) fn validate(
             check_command(cmd).map_err(|m| bad(key, m))?;
         }
     }
-    if raw.timeout_ms == 0 {
+    if raw.timeout.is_zero() {
         return Err(bad("handlers.timeout-ms", "must be at least 1".to_owned()));
     }
     if fencing != Fencing::DontCare && raw.fence_peer.is_none() {
@@ -169,17 +141,7 @@ pub(super) fn validate(
                 .to_owned(),
         ));
     }
-    Ok(Handlers {
-        fence_peer: raw.fence_peer,
-        unfence_peer: raw.unfence_peer,
-        split_brain: raw.split_brain,
-        initial_split_brain: raw.initial_split_brain,
-        pri_lost_after_sb: raw.pri_lost_after_sb,
-        local_io_error: raw.local_io_error,
-        after_resync_target: raw.after_resync_target,
-        before_resync_target: raw.before_resync_target,
-        timeout: Duration::from_millis(raw.timeout_ms),
-    })
+    Ok(raw)
 }
 
 fn check_command(cmd: &str) -> Result<(), String> {

@@ -24,7 +24,7 @@ pub(super) struct RawConfig {
     #[serde(default, skip_serializing_if = "RawMetrics::is_empty")]
     pub(super) metrics: RawMetrics,
     #[serde(default)]
-    pub(super) handlers: super::handlers::RawHandlers,
+    pub(super) handlers: super::Handlers,
     #[serde(default)]
     pub(super) node: Vec<RawNode>,
     /// The cluster agent's section (heartbeat, resources, witness). It has
