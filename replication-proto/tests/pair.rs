@@ -2231,6 +2231,73 @@ fn a_failed_metadata_write_runs_the_local_io_error_hook_once_per_episode() {
         "{st:?}"
     );
 }
+/// The resync target's disk dies in the middle of the resync: it goes
+/// Diskless and both sides connect again, Diskless/UpToDate. Told
+/// ConfigMismatch (before), the source stayed StandAlone and refused every
+/// reconnection, so the Diskless node could not reach the good data (seen
+/// in the VM scenario `ublk-disk-detach.sh`).
+#[test]
+fn a_resync_target_whose_disk_dies_reconnects_diskless() {
+    let detach = |me: &str, peer: &str| NodeConfig {
+        on_io_error_detach: true,
+        ..cfg(me, peer)
+    };
+    let mut p = Pair::new(detach("alpha", "beta"), detach("beta", "alpha"));
+    p.up_and_synced();
+    p.admin(1, Admin::Verb(Verb::Disconnect)).unwrap();
+    assert_eq!(p.write(0, 1, 0, 0x77, 1 << 20), Ok(None));
+    p.s[1].bad_blocks = 0..(SIZE / 4096);
+    p.admin(
+        1,
+        Admin::Verb(Verb::Connect {
+            discard_my_data: false,
+        }),
+    )
+    .unwrap();
+    p.tick(2000);
+    let (a, b) = (p.s[0].node.status(), p.s[1].node.status());
+    assert_eq!(b.disk, DiskState::Diskless, "{b:?}");
+    assert!(p.s[1].closed, "the dead disk is closed");
+    assert_eq!(a.connection, ConnState::Connected, "{a:?}");
+    assert_eq!(b.connection, ConnState::Connected, "{b:?}");
+    assert_eq!(a.peer_disk, DiskState::Diskless, "{a:?}");
+}
+
+/// Seed 001's VM setup: two fresh disks skip the initial sync
+/// (`new-current-uuid --clear-bitmap` on alpha), alpha is promoted and its
+/// whole disk dies under writes: they go to the peer. alpha had kept the
+/// peer's generation from the handshake (the one before the skip), so once
+/// Diskless it judged the peer unable to serve its data and failed the
+/// writes with EIO (fio saw it in the VM scenario `ublk-disk-detach.sh`).
+#[test]
+fn a_diskless_primary_serves_through_the_peer_after_the_initial_sync_was_skipped() {
+    let detach = |me: &str, peer: &str| NodeConfig {
+        on_io_error_detach: true,
+        ..cfg(me, peer)
+    };
+    let mut p = Pair::new(detach("alpha", "beta"), detach("beta", "alpha"));
+    for i in 0..2 {
+        p.admin(
+            i,
+            Admin::Verb(Verb::Connect {
+                discard_my_data: false,
+            }),
+        )
+        .unwrap();
+    }
+    p.admin(0, Admin::Verb(Verb::NewCurrentUuid { clear_bitmap: true }))
+        .unwrap();
+    p.tick(200);
+    p.admin(0, Admin::Verb(Verb::Primary { force: false }))
+        .unwrap();
+    p.s[0].bad_blocks = 0..(SIZE / 4096);
+    p.s[0].meta_fails = true;
+    assert_eq!(p.write(0, 1, SIZE - 4096, 0x5d, 4096), Ok(None));
+    assert_eq!(p.s[0].node.disk(), DiskState::Diskless);
+    assert_eq!(p.write(0, 2, 0, 0x5e, 4096), Ok(None));
+    assert_eq!(p.read(0, 3, SIZE - 4096, 4096).unwrap().unwrap()[0], 0x5d);
+    assert_eq!(p.read(0, 4, 0, 4096).unwrap().unwrap()[0], 0x5e);
+}
 
 #[test]
 fn a_peer_without_remote_reads_is_refused_clearly_when_a_node_is_diskless() {

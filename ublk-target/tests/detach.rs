@@ -145,3 +145,118 @@ fn a_fresh_disk_needs_create_md_then_attach_resyncs_it_in_full() {
     assert_eq!(received(&c, 1) - before, c.data_bytes(1), "a full resync");
     c.assert_identical();
 }
+
+/// alpha's disk as a loop device over a sparse copy of its image on a
+/// small tmpfs: once the tmpfs is full, a write to a part of the image not
+/// yet allocated (a blank activity-log slot) fails in the loop device with
+/// EIO, as a dying disk fails it. Removing the filler repairs the disk.
+struct LoopDisk {
+    mount: std::path::PathBuf,
+    dev: String,
+}
+
+impl LoopDisk {
+    fn under(c: &Cluster) -> Self {
+        use std::process::Command;
+        let run = |cmd: &mut Command| {
+            let o = cmd.output().unwrap();
+            assert!(o.status.success(), "{cmd:?}: {o:?}");
+            String::from_utf8_lossy(&o.stdout).trim().to_owned()
+        };
+        let mount = c.dir.path().join("small");
+        std::fs::create_dir(&mount).unwrap();
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m", "rep-test-loop"])
+            .arg(&mount));
+        let moved = mount.join("alpha.img");
+        run(Command::new("cp")
+            .arg("--sparse=always")
+            .arg(c.img(0))
+            .arg(&moved));
+        // Buffered (no --direct-io): the loop device writes into the tmpfs
+        // file, which fails with ENOSPC once the tmpfs is full.
+        let dev = run(Command::new("losetup").args(["-f", "--show"]).arg(&moved));
+        let disk = LoopDisk { mount, dev };
+        std::fs::remove_file(c.img(0)).unwrap();
+        std::os::unix::fs::symlink(&disk.dev, c.img(0)).unwrap();
+        disk
+    }
+
+    /// Fills the tmpfs: from now on a write that needs a new page fails.
+    fn fill(&self) {
+        let _ = std::process::Command::new("dd")
+            .args(["if=/dev/zero", "bs=64k", "status=none"])
+            .arg(format!("of={}", self.mount.join("filler").display()))
+            .status();
+    }
+
+    fn repair(&self) {
+        std::fs::remove_file(self.mount.join("filler")).unwrap();
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.dev])
+            .status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.mount)
+            .status();
+    }
+}
+
+/// A disk that really fails under `on-io-error = "detach"`: the Primary's
+/// activity-log write fails in the kernel's write-back (EIO from the loop
+/// device), the node goes Diskless and the application's write succeeds
+/// through the peer. Once the disk is repaired, `attach` takes it back and
+/// the resync completes: the kernel reports the old write-back error once
+/// more, to the data descriptor repd kept open, and attach must clear it
+/// (before, the first flush of the resync failed and detached the disk
+/// again, as in the VM with device-mapper).
+#[test]
+fn a_disk_that_failed_in_write_back_attaches_again_once_repaired() {
+    common::require("losetup", "mount");
+    common::require("qemu-io", "qemu-utils");
+    let c = Cluster::new(common::Opts::default());
+    let text =
+        std::fs::read_to_string(&c.config[0]).unwrap() + "[disk]\non-io-error = \"detach\"\n";
+    std::fs::write(&c.config[0], text).unwrap();
+    let disk = LoopDisk::under(&c);
+    c.up(0);
+    c.up(1);
+    c.ok(0, &["primary", "--force"]);
+    c.wait_synced(60);
+    let first = common::random_file(c.dir.path(), "first.bin", 4 << 20, 5);
+    c.nbd_write(0, &first);
+    disk.fill();
+    // A new activity-log extent: its slot is a hole of the sparse image.
+    let o = c.client(
+        0,
+        "qemu-io",
+        &["-f", "raw", &c.nbd_uri(0), "-c", "write -P 0x22 40M 1M"],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && !out.contains("failed"),
+        "the write failed to the application: {o:?}"
+    );
+    c.wait(0, "Diskless", 20, |s| s["disk"] == "Diskless");
+    // The write-back failure this test is about, not a failed O_DIRECT write.
+    let log = std::fs::read_to_string(c.run_dir.join("r0.alpha.log")).unwrap();
+    assert!(log.contains("metadata write failed"), "{log}");
+    disk.repair();
+    c.ok(0, &["secondary"]);
+    c.ok(0, &["attach"]);
+    c.wait_synced(60);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let st = c.status(0);
+    assert_eq!(
+        (&st["disk"], &st["peer_disk"]),
+        (&"UpToDate".into(), &"UpToDate".into()),
+        "{st:#}\n{}",
+        c.log_tail(0)
+    );
+    c.assert_identical();
+}

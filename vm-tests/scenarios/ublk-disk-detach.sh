@@ -148,7 +148,7 @@ BG_PIDS+=($!)
 wait_for 30 grep -qx "exists -" "$OUT/events.txt" || fail "repctl events printed no state in 30 s"
 
 # ---------------------------------------------------------------- a. the disk dies under fio --verify
-fio_verify "$OUT/fio-1.txt" 24M
+fio_verify "$OUT/fio-1.txt" 16M
 sleep 3
 kill -0 "$FIO_PID" 2>/dev/null || die "fio ended before the disk failed: $(tail -n 5 "$OUT/fio-1.txt")"
 dm_error rep-alpha || die "cannot switch $P's disk to dm-error"
@@ -181,7 +181,7 @@ wait_for 10 grep -q "^call handler name:cluster conn-name:$S exit:0 handler:loca
   fail "events: no 'call handler ... handler:local-io-error' line"
 
 # Diskless from the start: every write to the peer only, every read from it.
-fio_verify "$OUT/fio-2.txt" 8M
+fio_verify "$OUT/fio-2.txt" 4M
 if fio_ok "$OUT/fio-2.txt" >"$OUT/fio-2-wait.txt" 2>&1; then
   pass "diskless Primary: fio --verify (writes and reads through the peer) without an error"
 else

@@ -16,10 +16,12 @@
 //!   disks are byte-identical; then, under `call-local-io-error` (detach
 //!   drops the disk on a read error too), a block that fails reads
 //!   (dm-flakey `error_reads`, its content lost) is served from the peer
-//!   without an error and rewritten on the Primary's disk. Ignored (not in
-//!   CI): with s13-detach merged, fio gets EIO when the whole disk dies (the
-//!   activity-log write fails the writes waiting on it, then the node
-//!   detaches) and the attached fresh disk fails its first resync write.
+//!   without an error and rewritten on the Primary's disk. Two bugs kept it
+//!   ignored until session 14: fio got EIO when the whole disk died (the
+//!   failed activity-log write failed the writes waiting on it before the
+//!   node detached), and the attached fresh disk failed its first resync
+//!   flush with the write-back error the kernel kept from the dead disk
+//!   (`ublk-target/src/disk/writeback.rs`).
 //!
 //! The tests here run one after the other (one VM at a time: the guest is
 //! slow under TCG and the machine is shared). They run the repd/repctl
@@ -93,7 +95,6 @@ fn a_failing_disk_runs_local_io_error_and_pass_on_fails_the_write() {
 }
 
 #[test]
-#[ignore = "fails on s13-detach as merged: a failed activity-log write fails fio's writes with EIO before the detach, and the attached fresh disk's first resync write fails (EIO) and detaches it again"]
 fn a_dead_disk_detaches_under_fio_and_a_fresh_disk_attaches_and_a_bad_block_is_repaired() {
     let r = scenario(
         "the VM disk-failure scenario (detach, attach, read repair)",

@@ -15,13 +15,15 @@
 //! Layout: [`aligned`] (O_DIRECT buffers), `uring` (the ring thread, safe
 //! code), `sys` and `raw` (every `unsafe` block: `sys` the io_uring
 //! wrapper and block-device ioctls, `raw` the aligned allocation),
-//! `tests` (the unit tests that need crate-private knobs).
+//! `writeback` (an old write-back error cleared before `attach`), `tests`
+//! (the unit tests that need crate-private knobs).
 #![deny(unsafe_code)]
 
 pub mod aligned;
 mod raw;
 mod sys;
 mod uring;
+mod writeback;
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, AsRawFd};
@@ -38,6 +40,7 @@ use nix::libc;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 pub use aligned::{is_aligned, pool_idle_bytes, AlignedBuf, BadBufLen, POOL_MAX_BYTES};
+pub(crate) use writeback::clear_stale_error as clear_stale_write_error;
 
 pub use crate::frontend::IoResult;
 
@@ -422,6 +425,7 @@ impl LocalDisk {
         })?;
         Ok(InlineDisk {
             engine,
+            sync_file: parts.sync_file,
             _tx: parts.tx,
             waker: parts.waker,
             in_flight: parts.in_flight,
@@ -452,6 +456,11 @@ impl LocalDisk {
             ),
             BackingKind::RegularFile => None,
         };
+        // The same open file description as the ring's: see `writeback`.
+        let sync_file = self
+            .file
+            .try_clone()
+            .map_err(|e| start_err("dup of the disk", e))?;
         // One SQE per op in flight, plus the wake-up read.
         let entries = (self.queue_depth + 1).next_power_of_two();
         let ring =
@@ -474,6 +483,7 @@ impl LocalDisk {
             ring,
             waker,
             blk_file,
+            sync_file,
             tx,
             rx,
             in_flight: Arc::new(AtomicUsize::new(0)),
@@ -486,6 +496,8 @@ struct Parts {
     ring: sys::Ring,
     waker: Arc<Waker>,
     blk_file: Option<File>,
+    /// A dup of the ring's descriptor (shares its write-back error cursor).
+    sync_file: File,
     tx: Sender<Msg>,
     rx: mpsc::Receiver<Msg>,
     in_flight: Arc<AtomicUsize>,
@@ -496,6 +508,8 @@ struct Parts {
 /// of) every op still in flight.
 pub struct InlineDisk {
     engine: uring::Engine<Vec<(u64, IoResult)>>,
+    /// A dup of the ring's descriptor, for [`InlineDisk::clear_stale_write_error`].
+    sync_file: File,
     /// Keeps the (unused) channel connected.
     _tx: Sender<Msg>,
     waker: Arc<Waker>,
@@ -541,6 +555,16 @@ impl InlineDisk {
     /// exactly once. The same rules as [`DiskHandle::submit`].
     pub fn submit(&mut self, token: u64, op: DiskOp) {
         self.engine.push(token, op);
+    }
+
+    /// Before the disk is used again after a detach: clears a write-back
+    /// error the kernel kept for the descriptor from before (reported once,
+    /// see `writeback`), so the first flush of the repaired or replaced
+    /// disk does not fail on it. `Ok(true)` when one was cleared; an error
+    /// when the disk fails a flush now. Blocks for one or two fdatasyncs;
+    /// only while no op of this disk is in flight.
+    pub fn clear_stale_write_error(&self) -> std::io::Result<bool> {
+        writeback::clear_stale_error(&self.sync_file)
     }
 
     /// A handle other threads use to end a wait (after they queued work

@@ -11,7 +11,10 @@
 //! reads the data through that descriptor again, so a replacement disk
 //! must be the same file or device node (a device-mapper table swapped
 //! under it, a file rewritten in place); another inode needs a restart of
-//! repd (`repctl down`, `repctl up`).
+//! repd (`repctl down`, `repctl up`). Before that, `attach` clears the
+//! write-back error the kernel may still hold for that descriptor from the
+//! failure (`disk/writeback.rs`): it would fail the first flush of the
+//! repaired disk and detach it again.
 
 use rep_control::protocol::Refusal;
 use replication_proto::machine::{Admin, AdminError, Event};
@@ -69,8 +72,18 @@ impl Runner {
                     .map_err(|e| bad(format!("attach: {e}")))?,
             ),
         };
+        // The data descriptor stayed open across the detach: an error the
+        // dead disk's write-back left would fail its first flush now.
+        let disk = self.me.disk.display().to_string();
+        let flush_fails = |e: std::io::Error| {
+            bad(format!(
+                "attach: {disk} fails a flush: {e} (repair or replace the disk, then attach again)"
+            ))
+        };
+        self.disk.clear_stale_write_error().map_err(flush_fails)?;
         let (md, stored) =
             read_metadata(&self.running.cfg, &self.me).map_err(|e| bad(format!("attach: {e}")))?;
+        md.clear_stale_write_error().map_err(flush_fails)?;
         let running = self.node.config().data_bytes;
         if stored.data_bytes != running {
             return Err(bad(format!(

@@ -694,6 +694,15 @@ impl MetaDevice {
         Self::open_mode(location, resource, node, true)
     }
 
+    /// `repctl attach`: clears a write-back error the kernel kept for the
+    /// metadata's file from before the detach (see
+    /// `crate::disk::InlineDisk::clear_stale_write_error`; a descriptor
+    /// opened anew is told an error nobody has seen yet). An error when the
+    /// disk fails a flush now.
+    pub(crate) fn clear_stale_write_error(&self) -> io::Result<bool> {
+        crate::disk::clear_stale_write_error(&self.file)
+    }
+
     /// Like [`MetaDevice::open`], but with the files opened read-only (for
     /// inspection, e.g. `repctl dump-md`); every write method fails.
     ///

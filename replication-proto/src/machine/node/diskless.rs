@@ -123,9 +123,17 @@ impl Node {
             if self.sync.is_some() || !peer_knows || !peer_ok && self.role == Role::Primary {
                 // A resync cannot go on without this disk; a peer that
                 // cannot serve is better reconnected (it learns Diskless
-                // from the handshake, which refuses an older repd).
+                // from the handshake, which refuses an older repd: that one
+                // is told ConfigMismatch and stops). A peer that serves
+                // remote reads is told IoError: ConfigMismatch would leave
+                // it StandAlone, away from the Diskless node it serves.
+                let reason = if peer_knows {
+                    DisconnectReason::IoError
+                } else {
+                    DisconnectReason::ConfigMismatch
+                };
                 self.fail_connection(
-                    DisconnectReason::ConfigMismatch,
+                    reason,
                     format!("the local disk was detached ({why})"),
                     false,
                 );
@@ -405,8 +413,10 @@ impl Node {
             return;
         }
         if self.sync.is_some() {
+            // IoError: both sides reconnect (ConfigMismatch would leave the
+            // Diskless peer StandAlone, away from the only good data).
             self.fail_connection(
-                DisconnectReason::ConfigMismatch,
+                DisconnectReason::IoError,
                 "the peer detached its disk during a resync".into(),
                 false,
             );

@@ -48,6 +48,14 @@ impl Node {
             bitmap: 0,
             history: [0, 0],
         };
+        // The peer takes these generations (or drops the connection, and
+        // the next handshake tells the truth): what this node knows of the
+        // peer must not stay the handshake's, or a Diskless node would
+        // judge the peer unable to serve its data (`peer_serves`).
+        let gens = self.gens;
+        if let Some(p) = self.link.peer_mut() {
+            p.hello.gens = gens;
+        }
         self.take_skipped_sync();
         tracing::info!(
             current = format_args!("{:016X}", self.gens.current),
