@@ -88,6 +88,14 @@ struct Cli {
     /// microsecond of CPU per request; bench/RESULTS.md has the A/B)
     #[arg(long)]
     no_latency_stats: bool,
+    /// Copy the data of reads on /dev/ublkbN through repd instead of
+    /// reading the backing disk straight into the request's pages (ublk
+    /// zero copy, used where the kernel offers it, Linux 6.16+; writes are
+    /// always copied, since repd checksums what it sends). For A/B
+    /// measurements and kernels that misbehave; a device taken over from a
+    /// dead repd keeps its mode.
+    #[arg(long, env = "REP_NO_ZERO_COPY")]
+    no_zero_copy: bool,
 }
 
 fn main() -> ExitCode {
@@ -138,6 +146,9 @@ fn run(cli: &Cli) -> Result<(), String> {
     };
     let eng = engine::start(&cfg, Some(&me.name), &opts).map_err(|e| e.to_string())?;
     let handle = eng.handle.clone();
+    if cli.no_zero_copy {
+        ublk_target::ublk::set_zero_copy(false);
+    }
     if !cli.no_latency_stats {
         handle.latencies().enable();
     }
