@@ -70,6 +70,9 @@ nbd = "127.0.0.1:20810"
 EOF
 
 rc() { "$REP_BIN/repctl" --config "$CFG" --run-dir "$RUN" --node "$@"; }
+# ublk zero copy for reads (opt-in; used where the kernel has it, 6.16+):
+# the repd that repctl starts inherits this.
+export REP_ZERO_COPY=1
 st() { rc "$1" status --json 2>/dev/null | jq -r "$2" 2>/dev/null; }
 
 finish() {
@@ -181,7 +184,7 @@ fi
 # /dev/ublkb0 reads (direct 1M, direct 4k, buffered) must be alpha's backing
 # file byte for byte (internal metadata: the data starts at offset 0).
 zc=$(grep -o "ublk zero copy o[nf]f*" "$RUN/r0.alpha.log" | head -n 1)
-pass "read path: ${zc:-no zero-copy line in alpha's log} (kernel $(uname -r))"
+pass "read path: ${zc:-no zero-copy line in the log of alpha} (kernel $(uname -r))"
 t=$SECONDS
 rd_ok=1
 for how in "bs=1M count=64 iflag=direct" "bs=4k count=4096 iflag=direct" "bs=64k count=512"; do

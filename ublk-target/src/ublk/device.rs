@@ -46,9 +46,9 @@ pub struct UblkOptions {
     /// resync) before the first request is served.
     pub defer_recovery_end: bool,
     /// Create the device for zero-copy reads when the driver offers it
-    /// (`crate::zerocopy`; 6.16+). Default: on unless
-    /// [`super::set_zero_copy`] turned it off (`repd --no-zero-copy`). A
-    /// device taken over from a dead repd keeps the mode it was made with.
+    /// (`crate::zerocopy`; 6.16+). Default: off unless
+    /// [`super::set_zero_copy`] turned it on (`repd --zero-copy`). A device
+    /// taken over from a dead repd keeps the mode it was made with.
     pub zero_copy: bool,
 }
 
@@ -639,7 +639,7 @@ fn zero_copy_flags(opts: &UblkOptions) -> bool {
     if !SAID.swap(true, Ordering::Relaxed) {
         let why = match (opts.zero_copy, offered) {
             (true, true) => "on: local reads land in the requests' pages",
-            (false, _) => "off (--no-zero-copy): reads are copied",
+            (false, _) => "off (repd --zero-copy not given): reads are copied",
             (true, false) => {
                 "off: the driver lacks SUPPORT_ZERO_COPY, USER_COPY or BUF_REG_OFF_DAEMON \
                  (Linux 6.16+): reads are copied"

@@ -109,12 +109,14 @@ pub(crate) fn describe(e: &libublk::UblkError) -> String {
     }
 }
 
-/// Cleared by [`set_zero_copy`]: new devices are not made zero-copy.
-static ZERO_COPY: AtomicBool = AtomicBool::new(true);
+/// Set by [`set_zero_copy`]: new devices are made zero-copy.
+static ZERO_COPY: AtomicBool = AtomicBool::new(false);
 
 /// Whether new ublk devices of this process serve local reads zero-copy
-/// where the kernel can (`crate::zerocopy`, Linux 6.16+): on by default,
-/// off with `repd --no-zero-copy`. Call before any device is made.
+/// where the kernel can (`crate::zerocopy`, Linux 6.16+): off by default
+/// (the A/B in bench/RESULTS.md, run 14, did not show a win: a zero-copy
+/// device also makes every write one `pread` more), on with
+/// `repd --zero-copy`. Call before any device is made.
 pub fn set_zero_copy(on: bool) {
     ZERO_COPY.store(on, Ordering::Relaxed);
 }
