@@ -57,6 +57,21 @@ pub trait BlockBackend: Send + Sync + 'static {
         let _ = received;
         self.submit(req, reply);
     }
+    /// A read whose data may land straight in ublk request `dst` (zero
+    /// copy, `crate::zerocopy`): the answer is then a
+    /// [`landed`](crate::zerocopy::landed) marker instead of the data. A
+    /// backend without zero copy serves it as an ordinary read.
+    fn submit_read_into(
+        &self,
+        offset: u64,
+        len: u32,
+        dst: crate::zerocopy::ZcDest,
+        reply: Reply,
+        received: Instant,
+    ) {
+        let _ = dst;
+        self.submit_received(IoRequest::Read { offset, len }, reply, received);
+    }
     /// Where a frontend counts the stages it measures (`frontend_out`),
     /// when requests are timed.
     fn stages(&self) -> Option<Arc<Stages>> {

@@ -42,3 +42,4 @@ pub mod notify;
 pub mod stages;
 pub mod tls;
 pub mod ublk;
+pub mod zerocopy;

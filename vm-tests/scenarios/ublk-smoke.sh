@@ -40,6 +40,9 @@ SIZE=${UBLK_SMOKE_SIZE:-256M}
 pair_dirs ublk-smoke "$MNT"
 pair_config ublk-smoke 17788 20809
 
+# ublk zero copy for reads (opt-in; used where the kernel has it, 6.16+):
+# the repd that repctl starts inherits this.
+export REP_ZERO_COPY=1
 finish() { pair_finish; }
 is_blk() { [ -b "$1" ]; }
 no_blk() { [ ! -e "$1" ]; }
@@ -126,6 +129,39 @@ if [ "${UBLK_SMOKE_FIO:-1}" = 1 ]; then
     fail "fio verify: $(tail -n 5 "$OUT/fio.txt")"
   fi
 fi
+
+# ---------------------------------------------------------------- 5b. reads, zero copy or not
+# Which read path alpha's device took (ublk zero copy needs 6.16+), then what
+# /dev/ublkb0 reads (direct 1M, direct 4k, buffered) must be alpha's backing
+# file byte for byte (internal metadata: the data starts at offset 0).
+zc=$(grep -o "ublk zero copy o[nf]f*" "$RUN/r0.alpha.log" | head -n 1)
+pass "read path: ${zc:-no zero-copy line in the log of alpha} (kernel $(uname -r))"
+t=$SECONDS
+rd_ok=1
+for how in "bs=1M count=64 iflag=direct" "bs=4k count=4096 iflag=direct" "bs=64k count=512"; do
+  # shellcheck disable=SC2086 # $how is dd's operands
+  if ! cmp <(dd if=/dev/ublkb0 $how status=none) <(dd if="$SCRATCH/alpha.img" $how iflag=direct status=none) >"$OUT/cmp.txt" 2>&1; then
+    rd_ok=0
+    fail "reads of /dev/ublkb0 ($how) differ from alpha's disk: $(head -n 2 "$OUT/cmp.txt")"
+  fi
+done
+[ "$rd_ok" = 1 ] && pass "reads of /dev/ublkb0 (1M and 4k direct, 64k buffered) match alpha's disk ($((SECONDS - t)) s)"
+if [ "$zc" = "ublk zero copy on" ]; then
+  if grep -q "zero-copy read fell back" "$RUN/r0.alpha.log"; then
+    fail "zero-copy reads fell back to copies: $(grep -m1 "zero-copy read fell back" "$RUN/r0.alpha.log")"
+  else
+    pass "no zero-copy read fell back to a copy"
+  fi
+fi
+# The ublk frontend times its own stages (no NBD client ran here).
+lat=$(rc alpha status --latency --json 2>/dev/null)
+fo() { echo "$lat" | jq -r --arg k "$1" --arg s "$2" '[.stages[] | select(.kind == $k and .stage == $s) | .count] | add // 0'; }
+if [ "$(fo read frontend_out)" -gt 0 ] && [ "$(fo write frontend_out)" -gt 0 ] && [ "$(fo read frontend_in)" -gt 0 ]; then
+  pass "ublk frontend stages timed: read frontend_in $(fo read frontend_in), read frontend_out $(fo read frontend_out), write frontend_out $(fo write frontend_out)"
+else
+  fail "no ublk frontend stages in repctl status --latency: $(echo "$lat" | head -c 300)"
+fi
+rc alpha status --latency >"$OUT/latency.txt" 2>&1
 
 # ---------------------------------------------------------------- 6. kill -9 and user recovery
 if [ "${UBLK_SMOKE_RECOVERY:-1}" = 1 ]; then

@@ -7,7 +7,11 @@
 //!    resumes as Primary by itself and fio finishes with no error (ublk user
 //!    recovery).
 //!
-//! Both are in `vm-tests/scenarios/ublk-smoke.sh`, which runs in the guest
+//! 3. (both kernels) which read path the device took, ublk zero copy on
+//!    6.17, the copy on 6.12, and reads of the device (1M and 4k direct,
+//!    buffered) equal to the Primary's backing file.
+//!
+//! All are in `vm-tests/scenarios/ublk-smoke.sh`, which runs in the guest
 //! with the repd/repctl built by this workspace ($REP_BIN, else the target
 //! directory's release or debug build). It runs on both guest kernels: 6.12
 //! (the default, where every scenario runs) and 6.17 (trixie-backports, whose
@@ -73,6 +77,17 @@ fn smoke(kernel: Kernel) {
         "e2fsck -fn /dev/ublkb1 clean",
         "back to alpha Primary",
         "fio randwrite 4k qd32 64M verify=crc32c: ok",
+        // Zero copy where the kernel has it (6.16+), the copy elsewhere.
+        match kernel {
+            Kernel::V6_12 => "read path: ublk zero copy off",
+            Kernel::V6_17 => "read path: ublk zero copy on",
+        },
+        match kernel {
+            Kernel::V6_12 => "read path",
+            Kernel::V6_17 => "no zero-copy read fell back to a copy",
+        },
+        "reads of /dev/ublkb0 (1M and 4k direct, 64k buffered) match alpha's disk",
+        "ublk frontend stages timed",
         "/dev/ublkb0 survives the kill",
         "alpha resumed as Primary by itself after the restart",
         "alpha's log says it resumed as Primary after the crash",

@@ -88,6 +88,15 @@ struct Cli {
     /// microsecond of CPU per request; bench/RESULTS.md has the A/B)
     #[arg(long)]
     no_latency_stats: bool,
+    /// Read the backing disk straight into the pages of reads on
+    /// /dev/ublkbN instead of copying through repd (ublk zero copy, where
+    /// the kernel offers it: Linux 6.16+; elsewhere ignored, with a log
+    /// line). Off by default: the device mode it needs makes every write
+    /// one copy syscall more, and the A/B in bench/RESULTS.md (run 14) did
+    /// not show a win. A device taken over from a dead repd keeps the mode
+    /// it was made with. The environment's REP_ZERO_COPY=1 does the same
+    #[arg(long, env = "REP_ZERO_COPY", value_parser = clap::builder::FalseyValueParser::new())]
+    zero_copy: bool,
 }
 
 fn main() -> ExitCode {
@@ -138,6 +147,9 @@ fn run(cli: &Cli) -> Result<(), String> {
     };
     let eng = engine::start(&cfg, Some(&me.name), &opts).map_err(|e| e.to_string())?;
     let handle = eng.handle.clone();
+    if cli.zero_copy {
+        ublk_target::ublk::set_zero_copy(true);
+    }
     if !cli.no_latency_stats {
         handle.latencies().enable();
     }

@@ -80,6 +80,17 @@ pub enum DiskOp {
     /// Answers `Ok(Some(bytes))` of exactly `len` bytes, 4096-aligned in
     /// memory.
     Read { offset: u64, len: u32 },
+    /// A read whose data is to land in the pages of ublk request `dst`
+    /// (zero copy, see `crate::zerocopy`). Answers `Ok(Some(marker))`, a
+    /// [`crate::zerocopy::landed`] marker of `len` bytes, once it has; when
+    /// the ring cannot do it (no buffer table, the kernel refuses the
+    /// registration, a short file) it is read like [`DiskOp::Read`] and
+    /// answered with the data.
+    ReadInto {
+        offset: u64,
+        len: u32,
+        dst: crate::zerocopy::ZcDest,
+    },
     /// `fua`: durable when answered (RWF_DSYNC). `data` need not be aligned
     /// in memory (it is copied if O_DIRECT needs it).
     Write { offset: u64, data: Bytes, fua: bool },

@@ -102,7 +102,27 @@ pub(crate) struct Ring {
     recvs: usize,
     /// Fired fd polls and finished socket receives not yet taken.
     polls: Vec<SocketEvent>,
+    /// The buffer table for zero-copy reads (`push_read_into`).
+    zc: ZcTable,
 }
+
+/// The ring's registered-buffer table for zero-copy reads: set up on the
+/// first one, each index free again once its UNREGISTER completed.
+#[derive(Debug)]
+enum ZcTable {
+    Untried,
+    Ready { free: Vec<u16> },
+    Unavailable,
+}
+
+/// Indices in the buffer table: one per zero-copy read in flight (the
+/// disk's queue depth is far below).
+const ZC_SLOTS: u16 = 1024;
+/// `user_data` bit of the REGISTER/UNREGISTER commands of zero-copy reads
+/// (below [`POLL_BIT`]; slot indices are far below); the buffer index is
+/// in the low 16 bits.
+const ZC_BIT: u64 = 1 << 62;
+const ZC_UNREGISTER: u64 = 1 << 61;
 
 impl std::fmt::Debug for Ring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -189,6 +209,7 @@ impl Ring {
             outstanding: 0,
             recvs: 0,
             polls: Vec::new(),
+            zc: ZcTable::Untried,
         };
         me.arm_wake()?;
         Ok(me)
@@ -397,6 +418,7 @@ impl Ring {
     /// Returns whether the wake read fired.
     fn reap_inner(&mut self, out: &mut Vec<Completion>, rearm: bool) -> bool {
         let mut woke = false;
+        let mut zc_aux = Vec::new();
         let cq = self.ring.completion();
         for cqe in cq {
             let user_data = cqe.user_data();
@@ -406,6 +428,10 @@ impl Ring {
                 if cqe.result() < 0 && cqe.result() != -libc::ECANCELED {
                     tracing::warn!(errno = -cqe.result(), "io_uring eventfd read failed");
                 }
+                continue;
+            }
+            if user_data & POLL_BIT == 0 && user_data & ZC_BIT != 0 {
+                zc_aux.push((user_data, cqe.result()));
                 continue;
             }
             if user_data & POLL_BIT != 0 {
@@ -448,6 +474,9 @@ impl Ring {
                 _ => tracing::error!(user_data, "io_uring completion for an unknown slot"),
             }
         }
+        for (user_data, res) in zc_aux {
+            self.zc_aux_done(user_data, res);
+        }
         if woke && rearm {
             if let Err(e) = self.arm_wake() {
                 tracing::error!(error = %e, "cannot re-arm the io_uring wake-up read");
@@ -459,6 +488,128 @@ impl Ring {
     /// Moves every available completion into `out`; see [`Ring::push`].
     pub(crate) fn reap(&mut self, out: &mut Vec<Completion>) {
         self.reap_inner(out, true);
+    }
+
+    /// A free index of the zero-copy buffer table, setting the table up
+    /// on first use; `None` if the kernel has none (before 5.19) or all
+    /// are in use.
+    pub(crate) fn zc_index(&mut self) -> Option<u16> {
+        if matches!(self.zc, ZcTable::Untried) {
+            self.zc = match self
+                .ring
+                .submitter()
+                .register_buffers_sparse(u32::from(ZC_SLOTS))
+            {
+                Ok(()) => ZcTable::Ready {
+                    free: (0..ZC_SLOTS).rev().collect(),
+                },
+                Err(e) => {
+                    tracing::info!(error = %e, "no io_uring buffer table: ublk reads are copied");
+                    ZcTable::Unavailable
+                }
+            };
+        }
+        match &mut self.zc {
+            ZcTable::Ready { free } => free.pop(),
+            _ => None,
+        }
+    }
+
+    /// Queues a zero-copy read (the tag's completion is the read's; see
+    /// `crate::zerocopy`): REGISTER the pages of ublk request `cmd` (on
+    /// `/dev/ublkcN` `cdev`) at buffer `index` (from [`Ring::zc_index`]),
+    /// read `len` bytes at `offset` of the file into them from byte `pos`
+    /// on, UNREGISTER. Linked: a failed registration cancels the read (it
+    /// completes with ECANCELED); the unregistration runs whatever the read
+    /// did (a hard link), and `index` is free again when it has.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn push_read_into(
+        &mut self,
+        tag: u64,
+        cdev: RawFd,
+        cmd: [u8; 16],
+        index: u16,
+        pos: usize,
+        len: usize,
+        offset: u64,
+    ) -> Result<(), i32> {
+        use io_uring::squeue::Flags;
+        let len32 = u32::try_from(len).map_err(|_| libc::EINVAL)?;
+        let reg = opcode::UringCmd16::new(types::Fd(cdev), crate::zerocopy::REGISTER_IO_BUF)
+            .cmd(cmd)
+            .build()
+            .flags(Flags::IO_LINK | Flags::SKIP_SUCCESS)
+            .user_data(ZC_BIT | u64::from(index));
+        // A registered kernel buffer is addressed from 0: `pos` is the
+        // offset into the request's pages, not a pointer.
+        let at = std::ptr::null_mut::<u8>().wrapping_add(pos);
+        let read = opcode::ReadFixed::new(types::Fd(self.file.as_raw_fd()), at, len32, index)
+            .offset(offset)
+            .build()
+            .flags(Flags::IO_HARDLINK);
+        let unreg = opcode::UringCmd16::new(types::Fd(cdev), crate::zerocopy::UNREGISTER_IO_BUF)
+            .cmd(cmd)
+            .build()
+            .user_data(ZC_BIT | ZC_UNREGISTER | u64::from(index));
+        // A chain must reach the kernel in one submission.
+        let room = {
+            let sq = self.ring.submission();
+            sq.capacity() - sq.len()
+        };
+        if room < 3 {
+            self.ring
+                .submit()
+                .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+        }
+        let index_slot = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        if let Some(slot) = self.slots.get_mut(index_slot) {
+            *slot = Some(Slot {
+                tag,
+                buf: IoBuf::None,
+            });
+        }
+        let read = read.user_data(index_slot as u64);
+        // SAFETY: the read points at no memory of this process (a
+        // registered kernel buffer); the commands' payload is inline.
+        let pushed = unsafe { self.ring.submission().push_multiple(&[reg, read, unreg]) };
+        if pushed.is_err() {
+            if let Some(slot) = self.slots.get_mut(index_slot) {
+                *slot = None;
+            }
+            self.free.push(index_slot);
+            return Err(libc::EBUSY);
+        }
+        self.outstanding += 1;
+        Ok(())
+    }
+
+    /// Gives back an index from [`Ring::zc_index`] that was not used.
+    pub(crate) fn zc_unused(&mut self, index: u16) {
+        if let ZcTable::Ready { free } = &mut self.zc {
+            free.push(index);
+        }
+    }
+
+    /// A REGISTER (only failures complete: SKIP_SUCCESS) or UNREGISTER of
+    /// a zero-copy read completed.
+    fn zc_aux_done(&mut self, user_data: u64, res: i32) {
+        let index = (user_data & 0xffff) as u16;
+        if user_data & ZC_UNREGISTER == 0 {
+            tracing::debug!(index, errno = -res, "ublk buffer registration failed");
+            return;
+        }
+        if res < 0 && res != -libc::ECANCELED {
+            tracing::warn!(index, errno = -res, "ublk buffer unregistration failed");
+        }
+        if let ZcTable::Ready { free } = &mut self.zc {
+            free.push(index);
+        }
     }
 }
 

@@ -459,3 +459,49 @@ fn inline_disk_polls_end_a_wait_when_the_socket_is_ready() {
     assert!(d.poll(&a, libc::POLLIN, 46).is_err());
     assert!(out.is_empty());
 }
+
+/// A zero-copy read whose registration the kernel refuses (the descriptor
+/// is not a ublk device) falls back to the copy: it is answered with the
+/// data, not the landed marker, and the buffer indices come back (more
+/// reads than a chain leaves in flight at once all succeed). The landing
+/// itself needs ublk_drv: the VM's smoke scenario covers it on 6.17.
+#[test]
+fn disk_read_into_a_refused_registration_falls_back_to_the_data() {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let data_bytes = 1 << 20;
+    let path = make_file(dir.path(), data_bytes);
+    let disk = LocalDisk::open(
+        &path,
+        data_bytes,
+        DiskOptions {
+            direct: true,
+            queue_depth: 4,
+        },
+    )
+    .unwrap();
+    let (h, rx) = start(disk);
+    let data = Bytes::from(pattern(64 * 1024, 3));
+    let w = DiskOp::Write {
+        offset: 4096,
+        data: data.clone(),
+        fua: false,
+    };
+    assert_eq!(run(&h, &rx, 1, w), Ok(None));
+    let not_ublk = std::fs::File::open("/dev/null").unwrap();
+    let dst = crate::zerocopy::ZcDest {
+        cdev: Arc::new(std::os::fd::OwnedFd::from(not_ublk)),
+        qid: 0,
+        tag: 5,
+    };
+    for token in 2..40u64 {
+        let op = DiskOp::ReadInto {
+            offset: 4096,
+            len: data.len() as u32,
+            dst: dst.clone(),
+        };
+        let got = run(&h, &rx, token, op).unwrap().unwrap();
+        assert!(!crate::zerocopy::is_landed(&got));
+        assert_eq!(got, data);
+    }
+    h.shutdown();
+}

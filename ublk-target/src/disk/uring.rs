@@ -143,6 +143,12 @@ enum State {
         done: usize,
         fua: bool,
     },
+    /// A zero-copy read into a ublk request (`Op::zc`).
+    ReadInto {
+        offset: u64,
+        len: usize,
+        done: usize,
+    },
     Flush,
     Fallocate {
         offset: u64,
@@ -175,6 +181,8 @@ struct Op {
     token: u64,
     retries: u8,
     state: State,
+    /// Where a [`State::ReadInto`] lands.
+    zc: Option<crate::zerocopy::ZcDest>,
 }
 
 struct BlkJob {
@@ -256,6 +264,8 @@ pub(crate) struct Engine<F> {
     acks: Vec<SyncSender<()>>,
     completions: Vec<Completion>,
     warned_no_discard: bool,
+    /// A zero-copy read fell back to a copy: said once.
+    warned_zc_fallback: bool,
 }
 
 impl<F: Sink> Engine<F> {
@@ -288,6 +298,7 @@ impl<F: Sink> Engine<F> {
             acks: Vec::new(),
             completions: Vec::new(),
             warned_no_discard: false,
+            warned_zc_fallback: false,
         })
     }
 
@@ -477,6 +488,9 @@ impl<F: Sink> Engine<F> {
     fn start(&mut self, token: u64, op: DiskOp) -> Result<(), i32> {
         let prepared = match op {
             DiskOp::Read { offset, len } => self.read_op(offset, len)?,
+            DiskOp::ReadInto { offset, len, dst } => {
+                return self.start_read_into(token, offset, len, dst);
+            }
             DiskOp::Write { offset, data, fua } => self.write_op(offset, data, fua)?,
             DiskOp::Flush => Prepared::Issue(State::Flush, IoBuf::None),
             DiskOp::Trim { offset, len } => self.zero_op(offset, len, true)?,
@@ -489,6 +503,7 @@ impl<F: Sink> Engine<F> {
                     token,
                     retries: 0,
                     state,
+                    zc: None,
                 });
                 self.issue(slot, buf);
             }
@@ -580,6 +595,9 @@ impl<F: Sink> Engine<F> {
             return;
         };
         let sqe = match state {
+            State::ReadInto { offset, len, done } => {
+                return self.issue_read_into(slot, offset, (len - done).min(chunk), done);
+            }
             State::Read { offset, len, done } => {
                 let IoBuf::Aligned(buf) = buf else {
                     return self.finish(slot, Err(libc::EIO));
@@ -664,6 +682,7 @@ impl<F: Sink> Engine<F> {
         };
         match op.state {
             State::Read { .. } => self.on_read(slot, c),
+            State::ReadInto { .. } => self.on_read_into(slot, c),
             State::Write { .. } => self.on_write(slot, c),
             State::ZeroFill { .. } => self.on_zero_fill(slot, c),
             State::Flush => match c.res {
@@ -863,6 +882,121 @@ impl<F: Sink> Engine<F> {
             self.finish(slot, Err(errno));
         } else {
             self.issue(slot, buf);
+        }
+    }
+
+    /// Starts a zero-copy read (see `crate::zerocopy`); one too large to
+    /// land is an ordinary read.
+    fn start_read_into(
+        &mut self,
+        token: u64,
+        offset: u64,
+        len: u32,
+        dst: crate::zerocopy::ZcDest,
+    ) -> Result<(), i32> {
+        if len as usize > crate::zerocopy::MAX_LANDED_BYTES || len == 0 {
+            return self.start(token, DiskOp::Read { offset, len });
+        }
+        self.check_range(offset, u64::from(len))?;
+        let slot = self.ops.insert(Op {
+            token,
+            retries: 0,
+            state: State::ReadInto {
+                offset,
+                len: len as usize,
+                done: 0,
+            },
+            zc: Some(dst),
+        });
+        self.issue(slot, IoBuf::None);
+        Ok(())
+    }
+
+    /// Puts `len` bytes of the zero-copy read in `slot` in flight, from
+    /// byte `done` of the request on; without a free buffer index it
+    /// becomes an ordinary read.
+    fn issue_read_into(&mut self, slot: usize, offset: u64, len: usize, done: usize) {
+        let Some(dst) = self.ops.get_mut(slot).and_then(|op| op.zc.clone()) else {
+            return self.finish(slot, Err(libc::EIO));
+        };
+        let Some(ring) = self.ring.as_mut() else {
+            return self.finish(slot, Err(libc::EIO));
+        };
+        let Some(index) = ring.zc_index() else {
+            return self.read_by_copy(slot);
+        };
+        let pushed = ring.push_read_into(
+            slot as u64,
+            dst.raw_fd(),
+            dst.io_cmd(index),
+            index,
+            done,
+            len,
+            offset + done as u64,
+        );
+        if pushed.is_err() {
+            ring.zc_unused(index);
+            self.read_by_copy(slot);
+        }
+    }
+
+    /// A zero-copy read (or the rest of one) ended.
+    fn on_read_into(&mut self, slot: usize, c: Completion) {
+        let Some(Op {
+            retries,
+            state: State::ReadInto { len, done, .. },
+            ..
+        }) = self.ops.get_mut(slot)
+        else {
+            return;
+        };
+        match step(*len, *done, c.res) {
+            Step::Done => {
+                let marker = crate::zerocopy::landed(*len);
+                self.finish(slot, marker.map(Some).ok_or(libc::EIO));
+            }
+            Step::More(now) => {
+                *done = now;
+                *retries = 0;
+                self.issue(slot, IoBuf::None);
+            }
+            Step::Retry(errno) => self.retry(slot, errno, IoBuf::None),
+            // The end of a sparse file (zeroes to fill in), a registration
+            // the kernel refused (ECANCELED), pages O_DIRECT cannot use
+            // (EINVAL), or a real I/O error: read it again the ordinary
+            // way, which zero-fills, or fails again and reports it.
+            Step::Eof | Step::Fail(_) => {
+                if !std::mem::replace(&mut self.warned_zc_fallback, true) {
+                    tracing::warn!(
+                        res = c.res,
+                        "a zero-copy read fell back to a copy (said once; ECANCELED: the kernel \
+                         refused to register the request's pages)"
+                    );
+                }
+                self.read_by_copy(slot);
+            }
+        }
+    }
+
+    /// Turns the zero-copy read in `slot` into an ordinary read of the
+    /// whole range (answered with the data, which the frontend copies).
+    fn read_by_copy(&mut self, slot: usize) {
+        let Some(op) = self.ops.get_mut(slot) else {
+            return;
+        };
+        let State::ReadInto { offset, len, .. } = op.state else {
+            return self.finish(slot, Err(libc::EIO));
+        };
+        op.state = State::Read {
+            offset,
+            len,
+            done: 0,
+        };
+        op.zc = None;
+        op.retries = 0;
+        match AlignedBuf::for_overwrite(len) {
+            Ok(buf) => self.issue(slot, IoBuf::Aligned(buf)),
+            Err(_) => self.finish(slot, Err(libc::ENOMEM)),
         }
     }
 

@@ -71,6 +71,8 @@ pub(crate) enum Input {
         reply: Reply,
         /// When the frontend received it (`stages`' `frontend_in`).
         received: std::time::Instant,
+        /// For a read: the ublk request its data may land in (zero copy).
+        zc: Option<crate::zerocopy::ZcDest>,
     },
     MetaDone {
         token: MetaToken,
@@ -273,19 +275,43 @@ impl BlockBackend for EngineHandle {
         self.submit_received(req, reply, std::time::Instant::now());
     }
     fn submit_received(&self, req: IoRequest, reply: Reply, received: std::time::Instant) {
+        self.submit_app(req, reply, received, None);
+    }
+    fn submit_read_into(
+        &self,
+        offset: u64,
+        len: u32,
+        dst: crate::zerocopy::ZcDest,
+        reply: Reply,
+        received: std::time::Instant,
+    ) {
+        let req = IoRequest::Read { offset, len };
+        self.submit_app(req, reply, received, Some(dst));
+    }
+    fn stages(&self) -> Option<Arc<crate::stages::Stages>> {
+        let s = &self.shared.latency.stages;
+        s.on().then(|| Arc::clone(s))
+    }
+}
+
+impl EngineHandle {
+    fn submit_app(
+        &self,
+        req: IoRequest,
+        reply: Reply,
+        received: std::time::Instant,
+        zc: Option<crate::zerocopy::ZcDest>,
+    ) {
         let app = Input::App {
             req,
             reply,
             received,
+            zc,
         };
         if let Err(mpsc::SendError(Input::App { reply, .. })) = self.tx.send(app) {
             // The engine is gone (shutting down): nothing will write this.
             reply(Err(libc_errno::EIO));
         }
-    }
-    fn stages(&self) -> Option<Arc<crate::stages::Stages>> {
-        let s = &self.shared.latency.stages;
-        s.on().then(|| Arc::clone(s))
     }
 }
 
@@ -350,6 +376,9 @@ struct Runner {
     meta: meta::MetaWriter,
     peer: peer::Transport,
     replies: HashMap<AppId, Reply>,
+    /// Reads whose data lands in a ublk request when the local disk
+    /// serves them (`crate::zerocopy`); at most one per reply.
+    zc_reads: HashMap<AppId, crate::zerocopy::ZcDest>,
     next_app: u64,
     progress: progress::Tracker,
     peer_name: String,
@@ -430,6 +459,7 @@ pub fn start(
         meta,
         peer,
         replies: HashMap::new(),
+        zc_reads: HashMap::new(),
         next_app: 1,
         progress: progress::Tracker::default(),
         peer_name: peer_node.name.clone(),
@@ -701,6 +731,7 @@ impl Runner {
         // Let the metadata writes the shutdown produced land.
         self.meta.stop();
         self.disk.shutdown();
+        self.zc_reads.clear();
         for (_, r) in self.replies.drain() {
             r(Err(libc_errno::EIO));
         }
@@ -724,10 +755,14 @@ impl Runner {
                 req,
                 reply,
                 received,
+                zc,
             } => {
                 let id = AppId(self.next_app);
                 self.next_app += 1;
                 self.replies.insert(id, reply);
+                if let Some(dst) = zc {
+                    self.zc_reads.insert(id, dst);
+                }
                 self.latency.app(id, &req, received);
                 let ev = match req {
                     IoRequest::Read { offset, len } => Event::AppRead { id, offset, len },
@@ -886,7 +921,15 @@ impl Runner {
             }
             Action::Send(m) => self.peer.send(m),
             Action::LocalRead { token, offset, len } => {
-                self.disk.submit(token.raw(), DiskOp::Read { offset, len })
+                let dst = self
+                    .node
+                    .app_of_local(token)
+                    .and_then(|id| self.zc_reads.get(&id).cloned());
+                let op = match dst {
+                    Some(dst) => DiskOp::ReadInto { offset, len, dst },
+                    None => DiskOp::Read { offset, len },
+                };
+                self.disk.submit(token.raw(), op)
             }
             Action::LocalWrite {
                 token,
@@ -944,6 +987,7 @@ impl Runner {
                     .submit(token, meta::MetaOp::Bitmap { first_word, words });
             }
             Action::Complete { id, result } => {
+                self.zc_reads.remove(&id);
                 let reply = self.replies.remove(&id);
                 // The state machine completes each request it was given
                 // exactly once.

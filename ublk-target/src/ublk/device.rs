@@ -45,6 +45,11 @@ pub struct UblkOptions {
     /// the caller that must finish its own crash recovery (the activity-log
     /// resync) before the first request is served.
     pub defer_recovery_end: bool,
+    /// Create the device for zero-copy reads when the driver offers it
+    /// (`crate::zerocopy`; 6.16+). Default: off unless
+    /// [`super::set_zero_copy`] turned it on (`repd --zero-copy`). A device
+    /// taken over from a dead repd keeps the mode it was made with.
+    pub zero_copy: bool,
 }
 
 impl Default for UblkOptions {
@@ -54,6 +59,7 @@ impl Default for UblkOptions {
             queue_depth: 128,
             max_io_bytes: 1 << 20,
             defer_recovery_end: false,
+            zero_copy: super::zero_copy_wanted(),
         }
     }
 }
@@ -604,7 +610,10 @@ fn to_take_over(dev_id: u32, id: i32, mode: Mode) -> Result<Option<Existing>, Ub
 /// Adds a new device (with user recovery, so a next server can take it
 /// over if this one dies).
 fn add_ctrl(dev_id: u32, id: i32, opts: &UblkOptions) -> Result<UblkCtrl, UblkError> {
-    let flags = u64::from(sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE);
+    let mut flags = u64::from(sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE);
+    if zero_copy_flags(opts) {
+        flags |= crate::zerocopy::DEVICE_FLAGS;
+    }
     UblkCtrlBuilder::default()
         .name(TARGET_NAME)
         .id(id)
@@ -615,6 +624,30 @@ fn add_ctrl(dev_id: u32, id: i32, opts: &UblkOptions) -> Result<UblkCtrl, UblkEr
         .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
         .build()
         .map_err(|e| ctrl_err(dev_id, "ADD_DEV", e))
+}
+
+/// Whether a new device gets the zero-copy flags: wanted, and the driver
+/// offers them (its feature bits, asked once per process). Says which
+/// once.
+fn zero_copy_flags(opts: &UblkOptions) -> bool {
+    static FEATURES: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    static SAID: AtomicBool = AtomicBool::new(false);
+    let features = *FEATURES.get_or_init(UblkCtrl::get_features);
+    let offered = features
+        .is_some_and(|f| f & crate::zerocopy::NEEDED_FEATURES == crate::zerocopy::NEEDED_FEATURES);
+    let on = opts.zero_copy && offered;
+    if !SAID.swap(true, Ordering::Relaxed) {
+        let why = match (opts.zero_copy, offered) {
+            (true, true) => "on: local reads land in the requests' pages",
+            (false, _) => "off (repd --zero-copy not given): reads are copied",
+            (true, false) => {
+                "off: the driver lacks SUPPORT_ZERO_COPY, USER_COPY or BUF_REG_OFF_DAEMON \
+                 (Linux 6.16+): reads are copied"
+            }
+        };
+        tracing::info!(features = ?features.map(|f| format!("{f:#x}")), "ublk zero copy {why}");
+    }
+    on
 }
 
 /// Takes over the device `e` a dead server left, if it has this size.

@@ -109,6 +109,22 @@ pub(crate) fn describe(e: &libublk::UblkError) -> String {
     }
 }
 
+/// Set by [`set_zero_copy`]: new devices are made zero-copy.
+static ZERO_COPY: AtomicBool = AtomicBool::new(false);
+
+/// Whether new ublk devices of this process serve local reads zero-copy
+/// where the kernel can (`crate::zerocopy`, Linux 6.16+): off by default
+/// (the A/B in bench/RESULTS.md, run 14, did not show a win: a zero-copy
+/// device also makes every write one `pread` more), on with
+/// `repd --zero-copy`. Call before any device is made.
+pub fn set_zero_copy(on: bool) {
+    ZERO_COPY.store(on, Ordering::Relaxed);
+}
+
+pub(crate) fn zero_copy_wanted() -> bool {
+    ZERO_COPY.load(Ordering::Relaxed)
+}
+
 /// Set by [`prepare_daemon`] once the process has its own mount namespace.
 static PRIVATE_MOUNTS: AtomicBool = AtomicBool::new(false);
 

@@ -21,6 +21,8 @@ pub(crate) struct Ready {
     pub res: IoResult,
     /// The tag's buffer, returned by the write's [`TagLease`].
     pub buf: Option<IoBuf<u8>>,
+    /// When the backend answered (the start of `frontend_out`).
+    pub answered: Instant,
 }
 
 /// One tag's half-done state: whichever of the answer and the lease's
@@ -101,13 +103,22 @@ impl Mailbox {
             tracing::error!(tag, "a second answer for one request");
             return;
         }
+        let answered = Instant::now();
         if lent && slot.buf.is_none() {
             slot.res = Some(res);
-            slot.answered = Some(Instant::now());
+            slot.answered = Some(answered);
             return;
         }
         let buf = slot.buf.take();
-        self.push_ready(g, Ready { tag, res, buf });
+        self.push_ready(
+            g,
+            Ready {
+                tag,
+                res,
+                buf,
+                answered,
+            },
+        );
     }
 
     /// Called from any thread when a [`TagLease`] goes: the buffer is home.
@@ -129,7 +140,7 @@ impl Mailbox {
                 "a lent write buffer came back; its request completes now"
             );
         }
-        slot.answered = None;
+        let answered = slot.answered.take().unwrap_or_else(Instant::now);
         slot.warned = false;
         self.push_ready(
             g,
@@ -137,6 +148,7 @@ impl Mailbox {
                 tag,
                 res,
                 buf: Some(buf),
+                answered,
             },
         );
     }

@@ -36,6 +36,7 @@ use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 
 use crate::frontend::{BlockBackend, IoRequest, IoResult, Reply};
+use crate::stages::{Stage, Stages};
 
 mod mailbox;
 
@@ -58,6 +59,20 @@ pub(crate) struct Pending {
     pub kind: Kind,
     pub offset: u64,
     pub len: u32,
+}
+
+impl Kind {
+    /// Its kind in the latency breakdown.
+    pub fn stage_kind(self) -> crate::stages::Kind {
+        use crate::stages::Kind as K;
+        match self {
+            Kind::Read => K::Read,
+            Kind::Write { .. } => K::Write,
+            Kind::Flush => K::Flush,
+            Kind::Trim => K::Discard,
+            Kind::WriteZeroes { .. } => K::WriteZeroes,
+        }
+    }
 }
 
 impl Pending {
@@ -195,6 +210,13 @@ struct Handler {
     max_bytes: u32,
     size: u64,
     scratch: Vec<Ready>,
+    /// A zero-copy device (`crate::zerocopy`): reads may land in the
+    /// request's pages, and the kernel copies nothing to or from the tags'
+    /// buffers: writes are read and other reads written with
+    /// `pread`/`pwrite` on `/dev/ublkcN` (user copy).
+    zc: Option<Arc<std::os::fd::OwnedFd>>,
+    /// Where `frontend_out` is counted while requests are timed.
+    stages: Option<Arc<Stages>>,
 }
 
 impl Handler {
@@ -205,11 +227,13 @@ impl Handler {
             tracing::error!(qid = self.qid, tag, "commit for a tag without its buffer");
             return;
         };
-        if let Err(e) = q.complete_io_cmd_unified(
-            tag,
-            BufDesc::Slice(buf.as_slice()),
-            Ok(UblkIORes::Result(res)),
-        ) {
+        // A zero-copy device takes no buffer address (user copy).
+        let desc = if self.zc.is_some() {
+            BufDesc::Slice(&[])
+        } else {
+            BufDesc::Slice(buf.as_slice())
+        };
+        if let Err(e) = q.complete_io_cmd_unified(tag, desc, Ok(UblkIORes::Result(res))) {
             tracing::error!(qid = self.qid, tag, "cannot commit a ublk request: {e}");
         }
     }
@@ -258,6 +282,8 @@ impl Handler {
 
     /// A new request arrived for `tag`.
     fn request(&mut self, q: &UblkQueue<'_>, tag: u16) {
+        // The start of `frontend_in`: decoding, a write's copy, the hand-over.
+        let received = Instant::now();
         let iod = q.get_iod(tag);
         let p = match decode(
             iod.op_flags,
@@ -297,10 +323,19 @@ impl Handler {
         }
         let data = match p.kind {
             Kind::Write { .. } => {
-                let Some(buf) = self.bufs.get_mut(usize::from(tag)).and_then(Option::take) else {
+                let Some(mut buf) = self.bufs.get_mut(usize::from(tag)).and_then(Option::take)
+                else {
                     tracing::error!(qid = self.qid, tag, "a write on a tag whose buffer is out");
                     return;
                 };
+                if let Err(errno) = self.copy_in(tag, &mut buf, p.len as usize) {
+                    if let Some(slot) = self.bufs.get_mut(usize::from(tag)) {
+                        *slot = Some(buf);
+                    }
+                    tracing::warn!(qid = self.qid, tag, errno, "cannot read a write's data");
+                    self.commit(q, tag, -errno);
+                    return;
+                }
                 match TagLease::new(buf, p.len as usize, tag, self.mailbox.clone()) {
                     Ok(lease) => {
                         self.lent += 1;
@@ -324,7 +359,64 @@ impl Handler {
         let lent = data.is_some();
         let mailbox = self.mailbox.clone();
         let reply: Reply = Box::new(move |res| mailbox.answer(tag, res, lent));
-        self.backend.submit(to_request(&p, data), reply);
+        match (&self.zc, p.kind) {
+            (Some(cdev), Kind::Read) => {
+                let dst = crate::zerocopy::ZcDest {
+                    cdev: Arc::clone(cdev),
+                    qid: self.qid,
+                    tag,
+                };
+                self.backend
+                    .submit_read_into(p.offset, p.len, dst, reply, received);
+            }
+            _ => self
+                .backend
+                .submit_received(to_request(&p, data), reply, received),
+        }
+    }
+
+    /// On a zero-copy device, the data of the write on `tag` into `buf`
+    /// (`pread` of `/dev/ublkcN`; the kernel copies nothing by itself
+    /// there). Errno when it does not come in full.
+    fn copy_in(&self, tag: u16, buf: &mut IoBuf<u8>, len: usize) -> Result<(), i32> {
+        let Some(cdev) = &self.zc else {
+            return Ok(());
+        };
+        let dst = buf.as_mut_slice().get_mut(..len).ok_or(libc::EINVAL)?;
+        let pos = user_copy_pos(self.qid, tag)?;
+        match nix::sys::uio::pread(cdev.as_fd(), dst, pos) {
+            Ok(n) if n == len => Ok(()),
+            Ok(_) => Err(libc::EIO),
+            Err(e) => Err(e as i32),
+        }
+    }
+
+    /// Puts a read's data `d` into the request on `tag`: into the tag's
+    /// buffer (the kernel copies it on commit), or on a zero-copy device
+    /// nowhere if it has landed already, else by `pwrite` to
+    /// `/dev/ublkcN`. False if it could not.
+    fn copy_out(&mut self, tag: u16, d: &Bytes) -> bool {
+        match &self.zc {
+            Some(_) if crate::zerocopy::is_landed(d) => true,
+            Some(cdev) => user_copy_pos(self.qid, tag)
+                .ok()
+                .and_then(|pos| nix::sys::uio::pwrite(cdev.as_fd(), d, pos).ok())
+                .is_some_and(|n| n == d.len()),
+            // Only a zero-copy device names a request a read may land in.
+            None if crate::zerocopy::is_landed(d) => false,
+            None => match self
+                .bufs
+                .get_mut(usize::from(tag))
+                .and_then(Option::as_mut)
+                .and_then(|b| b.as_mut_slice().get_mut(..d.len()))
+            {
+                Some(dst) => {
+                    dst.copy_from_slice(d);
+                    true
+                }
+                None => false,
+            },
+        }
     }
 
     /// The eventfd Read completed: commit every ready tag, re-arm.
@@ -339,7 +431,13 @@ impl Handler {
         }
         let mut ready = std::mem::take(&mut self.scratch);
         self.mailbox.take(&mut ready);
-        for Ready { tag, res, buf } in ready.drain(..) {
+        for Ready {
+            tag,
+            res,
+            buf,
+            answered,
+        } in ready.drain(..)
+        {
             if let Some(b) = buf {
                 // Only a lent buffer comes back with an answer.
                 debug_assert!(self.lent > 0, "a buffer came back that was not lent");
@@ -359,18 +457,13 @@ impl Handler {
             };
             let (res, data) = commit_result(&p, res);
             if let Some(d) = data {
-                match self
-                    .bufs
-                    .get_mut(usize::from(tag))
-                    .and_then(Option::as_mut)
-                    .and_then(|b| b.as_mut_slice().get_mut(..d.len()))
-                {
-                    Some(dst) => dst.copy_from_slice(&d),
-                    None => {
-                        self.commit(q, tag, -libc::EIO);
-                        continue;
-                    }
+                if !self.copy_out(tag, &d) {
+                    self.commit(q, tag, -libc::EIO);
+                    continue;
                 }
+            }
+            if let Some(st) = &self.stages {
+                st.observe(p.kind.stage_kind(), Stage::FrontendOut, answered.elapsed());
             }
             if res < 0 {
                 tracing::debug!(
@@ -448,6 +541,35 @@ impl Handler {
     }
 }
 
+/// The `/dev/ublkcN` offset of the data of request `tag` of queue `qid`
+/// (user copy): `UBLKSRV_IO_BUF_OFFSET`, the queue id from bit
+/// `UBLK_QID_OFF`, the tag from bit `UBLK_TAG_OFF`.
+fn user_copy_pos(qid: u16, tag: u16) -> Result<i64, i32> {
+    let pos = u64::from(sys::UBLKSRV_IO_BUF_OFFSET)
+        + ((u64::from(qid) << sys::UBLK_QID_OFF) | (u64::from(tag) << sys::UBLK_TAG_OFF));
+    i64::try_from(pos).map_err(|_| libc::EINVAL)
+}
+
+/// A descriptor of `/dev/ublkcN` of its own for the reads that land
+/// zero-copy (the engine's disk ring names it in its commands), if `dev`
+/// is a zero-copy device.
+fn zero_copy_cdev(dev: &UblkDev) -> Result<Option<Arc<std::os::fd::OwnedFd>>, String> {
+    if !crate::zerocopy::device_is_zero_copy(dev.dev_info.flags) {
+        return Ok(None);
+    }
+    let raw = dev.tgt.fds.first().copied().unwrap_or(-1);
+    if raw < 0 {
+        return Err("no /dev/ublkcN descriptor for zero copy".into());
+    }
+    // SAFETY: `tgt.fds[0]` is libublk's open `/dev/ublkcN` (`UblkDev::new`),
+    // open as long as `dev`, which outlives this call; it is only borrowed
+    // to be duplicated.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+    fd.try_clone_to_owned()
+        .map(|f| Some(Arc::new(f)))
+        .map_err(|e| format!("cannot duplicate /dev/ublkcN: {e}"))
+}
+
 /// Serve queue `qid` of `dev` until the device stops. An `Err` before the
 /// tags were fetched leaves the device waiting for this queue: the caller
 /// must tell the device (see `device.rs`).
@@ -462,8 +584,11 @@ pub(crate) fn run(
     let mailbox =
         Arc::new(Mailbox::new(depth).map_err(|e| format!("cannot create an eventfd: {e}"))?);
     let q = UblkQueue::new(qid, dev).map_err(|e| format!("queue {qid}: {e:?}"))?;
+    let zc = zero_copy_cdev(dev).map_err(|e| format!("queue {qid}: {e}"))?;
+    // A zero-copy device takes no buffer addresses (user copy).
+    let fetch_bufs = if zc.is_some() { None } else { Some(&bufs) };
     let q = q
-        .submit_fetch_commands_unified(BufDescList::Slices(Some(&bufs)))
+        .submit_fetch_commands_unified(BufDescList::Slices(fetch_bufs))
         .map_err(|e| format!("queue {qid}: cannot fetch: {e:?}"))?;
     let mut h = Handler {
         qid,
@@ -481,7 +606,10 @@ pub(crate) fn run(
         max_bytes: dev.dev_info.max_io_buf_bytes,
         size,
         scratch: Vec::with_capacity(depth),
+        zc,
+        stages: None,
     };
+    h.stages = h.backend.stages();
     h.arm_read(&q).map_err(|e| format!("queue {qid}: {e:?}"))?;
     tracing::debug!(dev = h.dev_id, qid, depth, "ublk queue serving");
     q.wait_and_handle_io(|q, tag, ctx| {

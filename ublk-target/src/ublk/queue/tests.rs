@@ -276,3 +276,30 @@ fn an_io_uring_read_of_the_eventfd_wakes_the_ring() {
     m.take(&mut out);
     assert_eq!(out.len(), 1);
 }
+
+/// The user-copy offset of a request's data is libublk's (and so the
+/// kernel's `ublk_pos_to_hwq`/`ublk_pos_to_tag` read it back).
+#[test]
+fn user_copy_positions_match_libublk() {
+    for (q, t) in [(0u16, 0u16), (0, 127), (3, 5), (3, 4095)] {
+        let ours = u64::try_from(user_copy_pos(q, t).unwrap()).unwrap();
+        assert_eq!(
+            ours,
+            UblkIOCtx::ublk_user_copy_pos(q, t, 0),
+            "q {q} tag {t}"
+        );
+    }
+}
+
+#[test]
+fn each_request_kind_has_its_latency_kind() {
+    use crate::stages::Kind as K;
+    assert_eq!(Kind::Read.stage_kind(), K::Read);
+    assert_eq!(Kind::Write { fua: true }.stage_kind(), K::Write);
+    assert_eq!(Kind::Trim.stage_kind(), K::Discard);
+    assert_eq!(
+        Kind::WriteZeroes { fua: false }.stage_kind(),
+        K::WriteZeroes
+    );
+    assert_eq!(Kind::Flush.stage_kind(), K::Flush);
+}
