@@ -30,7 +30,9 @@
 //! - TRIM/WRITE_ZEROES may be longer (the spec allows it for payload-less
 //!   commands and Linux sends whole-device discards): they are split into
 //!   1 MiB backend requests and answered once.
-//! - Unaligned (not a multiple of 512) or out-of-range requests: `EINVAL`.
+//! - Unaligned (not a multiple of 512) requests, and reads or trims past
+//!   the end: `EINVAL`; writes and write-zeroes past the end: `ENOSPC`
+//!   (what the NBD spec asks).
 //! - Each connection has at most [`MAX_IN_FLIGHT`] requests and
 //!   [`MAX_IN_FLIGHT_BYTES`] of payload in flight; beyond that the reader
 //!   stops reading until replies drain.

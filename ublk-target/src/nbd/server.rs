@@ -408,6 +408,7 @@ fn serve_client(
                 Outcome::Transmit(size) => {
                     stream.set_read_timeout(None)?;
                     info!(size, "client entered transmission phase over TLS");
+                    let stream = Arc::new(stream);
                     transmission(shared, Box::new(r), Box::new(w), stream, size, span)
                 }
                 // STARTTLS inside TLS is refused by haggle.
@@ -421,7 +422,7 @@ fn serve_client(
         shared,
         Box::new(reader),
         Box::new(writer),
-        stream,
+        Arc::new(stream),
         size,
         span,
     )

@@ -400,10 +400,13 @@ fn bad_requests_get_errors_not_crashes() {
     assert_eq!(read_reply(&mut s), (NBD_EINVAL, 201));
     send_req(&mut s, 0, CMD_FLUSH, 202, 0, 512);
     assert_eq!(read_reply(&mut s), (NBD_EINVAL, 202));
-    // An out-of-range write: payload consumed, EINVAL, stream in sync.
+    // An out-of-range write: payload consumed, ENOSPC (as the spec
+    // says), stream in sync.
     send_req(&mut s, 0, CMD_WRITE, 203, size, 4096);
     s.write_all(&[1u8; 4096]).unwrap();
-    assert_eq!(read_reply(&mut s), (NBD_EINVAL, 203));
+    assert_eq!(read_reply(&mut s), (NBD_ENOSPC, 203));
+    send_req(&mut s, 0, CMD_WRITE_ZEROES, 206, size - 512, 1024);
+    assert_eq!(read_reply(&mut s), (NBD_ENOSPC, 206));
     // Oversize write (2 MiB): drained, EINVAL, stream in sync.
     send_req(&mut s, 0, CMD_WRITE, 204, 0, 2 << 20);
     s.write_all(&vec![1u8; 2 << 20]).unwrap();

@@ -80,6 +80,18 @@ impl Drop for Credit {
     }
 }
 
+/// Ends a connection both ways: the client socket (its `shutdown`), or in
+/// the fuzz driver (`fuzzing::requests`) a stand-in that records it.
+pub(super) trait HangUp: Send + Sync {
+    fn hang_up(&self);
+}
+
+impl HangUp for TcpStream {
+    fn hang_up(&self) {
+        let _ = self.shutdown(Shutdown::Both);
+    }
+}
+
 /// A reply for the writer thread.
 struct ReplyMsg {
     handle: u64,
@@ -97,17 +109,18 @@ struct ReplyMsg {
 /// the protocol.
 ///
 /// `reader` and `writer` carry the NBD stream (the socket itself, or the
-/// two halves of its TLS session); `stream` is the socket, for shutdown.
+/// two halves of its TLS session); `stream` ends the connection (the
+/// socket's shutdown).
 pub(super) fn transmission(
     shared: &Arc<Shared>,
     reader: Box<dyn Read + Send>,
     writer: Box<dyn Write + Send>,
-    stream: TcpStream,
+    stream: Arc<dyn HangUp>,
     size: u64,
     span: &tracing::Span,
 ) -> Result<(), Close> {
     let (tx, rx) = mpsc::channel::<ReplyMsg>();
-    let wstream = stream.try_clone()?;
+    let wstream = Arc::clone(&stream);
     let wshared = Arc::clone(shared);
     let wspan = span.clone();
     let stages = shared.export.backend.stages();
@@ -116,7 +129,7 @@ pub(super) fn transmission(
         .name("nbd-writer".into())
         .spawn(move || {
             let _e = wspan.enter();
-            writer_loop(&wshared, &rx, writer, &wstream, wstages.as_deref());
+            writer_loop(&wshared, &rx, writer, &*wstream, wstages.as_deref());
         })?;
     let mut conn = Conn {
         backend: Arc::clone(&shared.export.backend),
@@ -131,13 +144,13 @@ pub(super) fn transmission(
     let result = conn.reader_loop();
     if result.is_err() {
         // Do not wait for replies nobody will read.
-        let _ = stream.shutdown(Shutdown::Both);
+        stream.hang_up();
     }
     // The writer ends once every reply sender (ours and the backend's
     // in-flight closures) is gone, i.e. after the last reply.
     drop(conn);
     let _ = writer.join();
-    let _ = stream.shutdown(Shutdown::Both);
+    stream.hang_up();
     result
 }
 
@@ -150,7 +163,7 @@ fn writer_loop(
     shared: &Shared,
     rx: &mpsc::Receiver<ReplyMsg>,
     out: Box<dyn Write + Send>,
-    stream: &TcpStream,
+    stream: &dyn HangUp,
     stages: Option<&Stages>,
 ) {
     let mut w = BufWriter::with_capacity(256 << 10, out);
@@ -164,7 +177,7 @@ fn writer_loop(
                 // Nothing queued: push out what we have, then wait.
                 if !broken && w.flush().is_err() {
                     broken = true;
-                    let _ = stream.shutdown(Shutdown::Both);
+                    stream.hang_up();
                 }
                 replies_out(stages, &mut unflushed);
                 match rx.recv_timeout(POLL) {
@@ -192,7 +205,7 @@ fn writer_loop(
         if let Err(e) = res {
             debug!(error = %e, "writing reply failed");
             broken = true;
-            let _ = stream.shutdown(Shutdown::Both);
+            stream.hang_up();
         }
         if let Some(a) = msg.answered {
             unflushed.push(a);
@@ -323,6 +336,7 @@ impl Conn {
             fua: req.flags & CMD_FLAG_FUA != 0,
             bad_flags: req.flags & !allowed != 0,
             in_range: proto::range_ok(req.offset, req.len, self.size),
+            aligned: req.offset % u64::from(MIN_BLOCK) == 0 && req.len % MIN_BLOCK == 0,
         };
         match req.cmd {
             CMD_WRITE => self.write(&req, &checked),
@@ -365,7 +379,7 @@ impl Conn {
             );
             return self.send(ReplyMsg {
                 handle,
-                error: NBD_EINVAL,
+                error: c.error(true),
                 data: None,
                 _credit: credit,
                 answered: None,
@@ -436,7 +450,7 @@ impl Conn {
         let (cmd, handle, fua) = (req.cmd, req.handle, c.fua);
         if c.bad_flags || !c.in_range {
             reject(req, "bad flags or range");
-            return self.reply_now(handle, NBD_EINVAL);
+            return self.reply_now(handle, c.error(cmd == CMD_WRITE_ZEROES));
         }
         if req.len == 0 {
             return self.reply_now(handle, 0);
@@ -497,10 +511,27 @@ struct Checked {
     fua: bool,
     /// Flags this command does not take.
     bad_flags: bool,
+    /// Aligned and inside the export.
     in_range: bool,
+    /// Offset and length multiples of the minimum block size.
+    aligned: bool,
 }
 
-/// Logs why a request is answered EINVAL.
+impl Checked {
+    /// The error for a request refused for its flags or range. The NBD
+    /// spec: ENOSPC for a write (or write-zeroes) past the end of the
+    /// export, EINVAL for anything else (unknown flags, misaligned, a read
+    /// or trim past the end).
+    fn error(&self, writes: bool) -> u32 {
+        if writes && !self.bad_flags && self.aligned && !self.in_range {
+            NBD_ENOSPC
+        } else {
+            NBD_EINVAL
+        }
+    }
+}
+
+/// Logs why a request is refused.
 fn reject(req: &Request, why: &str) {
     debug!(
         cmd = proto::command_name(req.cmd),
@@ -508,7 +539,7 @@ fn reject(req: &Request, why: &str) {
         offset = req.offset,
         len = req.len,
         why,
-        "rejecting request with EINVAL"
+        "rejecting request"
     );
 }
 
