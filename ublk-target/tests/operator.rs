@@ -388,7 +388,7 @@ fn a_shrunk_disk_is_not_mistaken_for_a_fresh_one() {
     let o = c.repctl(0, &["up"]);
     let err = stderr_of(&o);
     assert!(!o.status.success());
-    assert!(err.contains("seems to have been resized"), "{err}");
+    assert!(err.contains("seems to have been shrunk"), "{err}");
     assert!(err.contains("Do not run create-md"), "{err}");
     // And create-md does not destroy the end of the data unless forced.
     let before = std::fs::read(c.img(0)).unwrap();
