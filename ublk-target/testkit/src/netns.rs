@@ -5,13 +5,43 @@ use std::process::Command;
 
 use crate::tools::require;
 
+/// Where [`free_ports`] looks: below Linux's default ephemeral range
+/// (32768-60999), so that the source port of some client's outgoing
+/// connection cannot take a port between the pick and the daemon's bind
+/// (CI saw exactly that: a metrics port "already in use").
+const PORTS: std::ops::Range<u32> = 20_000..32_768;
+
 /// `N` distinct free ports: each is held until all are picked (ports
 /// asked for one at a time may repeat, and a resource file with one port
-/// twice is refused).
+/// twice is refused). A process-wide cursor, started at a place drawn
+/// from the pid and the clock, walks [`PORTS`], so threads of one test
+/// binary never get a port another was given a moment ago and two test
+/// binaries start far apart.
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<std::net::TcpListener> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CURSOR: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = PORTS.end - PORTS.start;
+    if CURSOR.load(Ordering::Relaxed) == u32::MAX {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let seed = std::process::id().wrapping_mul(2_654_435_761) ^ nanos;
+        let _ =
+            CURSOR.compare_exchange(u32::MAX, seed % span, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    let mut held = Vec::with_capacity(N);
+    for _ in 0..span {
+        if held.len() == N {
+            break;
+        }
+        let p = PORTS.start + CURSOR.fetch_add(1, Ordering::Relaxed) % span;
+        let p = u16::try_from(p).expect("PORTS lies within u16");
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", p)) {
+            held.push(l);
+        }
+    }
+    assert_eq!(held.len(), N, "no {N} free ports in {PORTS:?} on 127.0.0.1");
     let mut ports = [0u16; N];
     for (p, l) in ports.iter_mut().zip(&held) {
         *p = l.local_addr().unwrap().port();
