@@ -12,7 +12,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{require, Cluster, Opts};
+use common::nbd_tls::{
+    export_with, plain_client_is_served, plain_client_is_told_tls_required,
+    qemu_img_sees_the_export, size_and_data_round_trip, stderr,
+};
+use common::Cluster;
 use rep_testkit::certs::{make_ca, make_leaf, Ca};
 
 /// A node whose NBD export uses TLS: its certificate names "localhost"
@@ -37,32 +41,17 @@ fn client_dir(dir: &Path, name: &str, ca: &Ca, signer: &Ca) -> PathBuf {
 }
 
 fn tls_export(mode: &str) -> TlsExport {
-    require("nbdinfo", "libnbd-bin");
-    require("nbdcopy", "libnbd-bin");
-    let c = Cluster::new(Opts::default());
     let dir = tempfile::tempdir().unwrap();
     let ca = make_ca(dir.path(), "ca");
     let server = make_leaf(dir.path(), &ca, "localhost", "alpha", 30);
-    let from = format!("nbd = \"127.0.0.1:{}\"\n", c.nbd_port[0]);
-    let text = std::fs::read_to_string(&c.config[0]).unwrap();
-    assert!(text.contains(&from), "{text}");
-    let text = text.replacen(
-        &from,
+    let c = export_with(
         &format!(
-            "{from}nbd-tls = \"{mode}\"\ntls-cert = \"{}\"\ntls-key = \"{}\"\n",
+            "nbd-tls = \"{mode}\"\ntls-cert = \"{}\"\ntls-key = \"{}\"\n",
             server.cert.display(),
             server.key.display()
         ),
-        1,
+        &format!("tls-ca = \"{}\"\n", ca.cert.display()),
     );
-    let text = text.replacen(
-        "[net]\n",
-        &format!("[net]\ntls-ca = \"{}\"\n", ca.cert.display()),
-        1,
-    );
-    std::fs::write(&c.config[0], text).unwrap();
-    c.up(0);
-    c.ok(0, &["primary", "--force"]);
     let client_dir = client_dir(dir.path(), "client", &ca, &ca);
     TlsExport {
         c,
@@ -86,55 +75,11 @@ impl TlsExport {
     }
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 #[test]
 fn required_tls_serves_certificate_holders_and_refuses_plain_clients() {
     let t = tls_export("require");
-    let uri = t.nbds(&t.client_dir);
-    let info = t.run("nbdinfo", &["--size", &uri]);
-    assert!(info.status.success(), "nbdinfo over TLS: {}", stderr(&info));
-    assert_eq!(
-        String::from_utf8_lossy(&info.stdout).trim(),
-        t.c.data_bytes(0).to_string()
-    );
-
-    // Data both ways through the TLS session, 4 MiB of random bytes.
-    let src = common::random_file(t.dir.path(), "src.bin", 4 << 20, 21);
-    let w = t.run("nbdcopy", &[src.to_str().unwrap(), &uri]);
-    assert!(
-        w.status.success(),
-        "nbdcopy into the export: {}",
-        stderr(&w)
-    );
-    let back = t.dir.path().join("back.bin");
-    let r = t.run("nbdcopy", &[&uri, back.to_str().unwrap()]);
-    assert!(
-        r.status.success(),
-        "nbdcopy out of the export: {}",
-        stderr(&r)
-    );
-    let (a, b) = (std::fs::read(&src).unwrap(), std::fs::read(&back).unwrap());
-    assert!(
-        b.len() >= a.len() && b[..a.len()] == a[..],
-        "data read back differs"
-    );
-
-    // A plain client sees nothing but the refusal: nbdinfo reports
-    // NBD_REP_ERR_TLS_REQD as "Operation not supported" and shows the
-    // server's message only in libnbd's debug output.
-    let mut plain = t.c.cmd(0, "nbdinfo");
-    plain.env("LIBNBD_DEBUG", "1");
-    plain.arg(format!("nbd://127.0.0.1:{}/r0", t.c.nbd_port[0]));
-    let plain = plain.output().unwrap();
-    assert!(!plain.status.success(), "a plain client was served");
-    let err = stderr(&plain);
-    assert!(
-        err.contains("TLS required"),
-        "the plain client is not told why: {err}"
-    );
+    size_and_data_round_trip(&t.c, t.dir.path(), &t.nbds(&t.client_dir), 21);
+    plain_client_is_told_tls_required(&t.c);
     assert!(t.c.status(0)["nbd_warning"].is_null());
 }
 
@@ -169,31 +114,14 @@ fn a_client_certificate_from_another_ca_is_refused_with_the_reason() {
 #[test]
 fn optional_tls_serves_plain_and_tls_clients_and_qemu() {
     let t = tls_export("on");
-    let plain = t.run(
-        "nbdinfo",
-        &["--size", &format!("nbd://127.0.0.1:{}/r0", t.c.nbd_port[0])],
-    );
-    assert!(plain.status.success(), "plain client: {}", stderr(&plain));
+    plain_client_is_served(&t.c);
     let tls = t.run("nbdinfo", &["--size", &t.nbds(&t.client_dir)]);
     assert!(tls.status.success(), "TLS client: {}", stderr(&tls));
-
-    require("qemu-img", "qemu-utils");
-    let creds = format!(
-        "tls-creds-x509,id=tls0,endpoint=client,dir={}",
-        t.client_dir.display()
-    );
-    let image = format!(
-        "driver=nbd,host=localhost,port={},export=r0,tls-creds=tls0",
-        t.c.nbd_port[0]
-    );
-    let q = t.run(
-        "qemu-img",
-        &["info", "--object", &creds, "--image-opts", &image],
-    );
-    assert!(q.status.success(), "qemu-img over TLS: {}", stderr(&q));
-    let out = String::from_utf8_lossy(&q.stdout);
-    assert!(
-        out.contains(&format!("({} bytes)", t.c.data_bytes(0))),
-        "{out}"
+    qemu_img_sees_the_export(
+        &t.c,
+        &format!(
+            "tls-creds-x509,id=tls0,endpoint=client,dir={}",
+            t.client_dir.display()
+        ),
     );
 }

@@ -11,11 +11,10 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
 use common::{require, Cluster, Netns, Opts, NODES};
 use rep_testkit::certs::{make_ca, make_leaf, Ca, Leaf};
-use rep_testkit::link::{contains, node_address, pattern_file, wait_event, Capture, PATTERN};
+use rep_testkit::link::{contains, node_address, PATTERN};
 
 /// `text` with TLS turned on: `ca` as tls-ca, `leaves[i]` for node i.
 fn with_tls(text: &str, ca: &Path, leaves: [&Leaf; 2]) -> String {
@@ -61,39 +60,7 @@ fn replicate_and_capture(tag: &str, tls: bool) -> Vec<u8> {
         .unwrap();
         c.config[1] = c.config[0].clone();
     }
-    c.up(0);
-    c.up(1);
-    c.ok(0, &["primary", "--force"]);
-    c.wait_synced(60);
-    let cap = Capture::start(&ns, c.dir.path().join("link.pcap"));
-    let src = pattern_file(c.dir.path());
-    c.nbd_write(0, &src);
-    c.wait(0, "nothing pending", 20, |s| s["counters"]["pe"] == 0);
-    let captured = cap.stop();
-    // The data reached the Secondary's file.
-    let beta = std::fs::read(c.img(1)).unwrap();
-    assert_eq!(&beta[..1 << 20], &std::fs::read(&src).unwrap()[..]);
-    c.assert_identical();
-    if tls {
-        for (i, node) in NODES.iter().enumerate() {
-            let log = std::fs::read_to_string(c.run_dir.join(format!("r0.{node}.log")))
-                .unwrap_or_default();
-            assert!(
-                log.contains("replication link over TLS"),
-                "{}",
-                c.log_tail(i)
-            );
-            // The ping connection, over its own TLS session, authenticated
-            // with the secret bound to that session.
-            assert!(log.contains("ping connection up"), "{}", c.log_tail(i));
-        }
-    }
-    assert!(
-        captured.len() > 1 << 19,
-        "tcpdump captured the replication ({} bytes)",
-        captured.len()
-    );
-    captured
+    common::link_tls::replicate_captured(&c, &ns, tls.then_some("replication link over TLS"))
 }
 
 #[test]
@@ -154,40 +121,9 @@ fn refused(wrong: Wrong, why: [&str; 2]) {
     };
     std::fs::write(&beta_cfg, beta_text).unwrap();
     c.config[1] = beta_cfg;
-    let before = std::fs::read(c.img(1)).unwrap();
-    c.up(0);
-    c.up(1);
-    for (i, why) in why.iter().enumerate() {
-        c.wait(i, "the refusal's reason", 30, |s| {
-            s["last_error"].as_str().is_some_and(|e| e.contains(why))
-        });
-        // A TLS refusal leaves the dialer trying again each second, and
-        // each refusal is an event (a wrong secret ends in StandAlone).
-        if !matches!(wrong, Wrong::Secret) {
-            event_names(&c, i, why);
-        }
-    }
-    c.ok(0, &["primary", "--force"]);
-    let src = pattern_file(&dir);
-    c.nbd_write(0, &src);
-    std::thread::sleep(Duration::from_secs(2));
-    for i in 0..2 {
-        let st = c.status(i);
-        assert_ne!(st["connection"], "Connected", "{st:#}");
-    }
-    // The data region (the metadata behind it records beta's own runs).
-    let data = usize::try_from(c.data_bytes(1)).unwrap();
-    let after = std::fs::read(c.img(1)).unwrap();
-    assert!(
-        before[..data] == after[..data],
-        "no data reached the refused peer"
-    );
-    assert!(!contains(&after, PATTERN));
-}
-
-/// Waits until node `i`'s `repctl events --json` names `why`.
-fn event_names(c: &Cluster, i: usize, why: &str) {
-    wait_event(&c.node(i), why);
+    // A TLS refusal leaves the dialer trying again each second, and each
+    // refusal is an event (a wrong secret ends in StandAlone).
+    common::link_tls::assert_refused(&c, why, !matches!(wrong, Wrong::Secret));
 }
 
 #[test]

@@ -12,10 +12,9 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use common::{require, Cluster, Netns, Opts, NODES};
-use rep_testkit::link::{contains, pattern_file, wait_event, Capture, PATTERN};
+use common::{require, Cluster, Netns, Opts};
+use rep_testkit::link::{contains, PATTERN};
 
 const KEY: &str = "8d2c1a9f0b7e6d5c4b3a29180f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c";
 const OTHER_KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f08d2c1a9f0b7e6d5c4b3a29180f1e2d3c";
@@ -49,32 +48,10 @@ fn block_content_crosses_the_link_only_encrypted() {
     let text = std::fs::read_to_string(&c.config[0]).unwrap();
     std::fs::write(&c.config[0], with_psk(&text, &psk)).unwrap();
     c.config[1] = c.config[0].clone();
-    c.up(0);
-    c.up(1);
-    c.ok(0, &["primary", "--force"]);
-    c.wait_synced(60);
-    let cap = Capture::start(&ns, c.dir.path().join("link.pcap"));
-    let src = pattern_file(c.dir.path());
-    c.nbd_write(0, &src);
-    c.wait(0, "nothing pending", 20, |s| s["counters"]["pe"] == 0);
-    let captured = cap.stop();
-    let beta = std::fs::read(c.img(1)).unwrap();
-    assert_eq!(&beta[..1 << 20], &std::fs::read(&src).unwrap()[..]);
-    c.assert_identical();
-    for (i, node) in NODES.iter().enumerate() {
-        let log =
-            std::fs::read_to_string(c.run_dir.join(format!("r0.{node}.log"))).unwrap_or_default();
-        assert!(
-            log.contains("replication link over TLS (pre-shared key"),
-            "{}",
-            c.log_tail(i)
-        );
-        assert!(log.contains("ping connection up"), "{}", c.log_tail(i));
-    }
-    assert!(
-        captured.len() > 1 << 19,
-        "tcpdump captured the replication ({} bytes)",
-        captured.len()
+    let captured = common::link_tls::replicate_captured(
+        &c,
+        &ns,
+        Some("replication link over TLS (pre-shared key"),
     );
     assert!(
         !contains(&captured, PATTERN),
@@ -113,30 +90,7 @@ fn refused(wrong: Wrong, why: [&str; 2]) {
     let beta_cfg = dir.join("beta.toml");
     std::fs::write(&beta_cfg, beta_text).unwrap();
     c.config[1] = beta_cfg;
-    let before = std::fs::read(c.img(1)).unwrap();
-    c.up(0);
-    c.up(1);
-    for (i, why) in why.iter().enumerate() {
-        c.wait(i, "the refusal's reason", 30, |s| {
-            s["last_error"].as_str().is_some_and(|e| e.contains(why))
-        });
-        wait_event(&c.node(i), why);
-    }
-    c.ok(0, &["primary", "--force"]);
-    let src = pattern_file(&dir);
-    c.nbd_write(0, &src);
-    std::thread::sleep(Duration::from_secs(2));
-    for i in 0..2 {
-        let st = c.status(i);
-        assert_ne!(st["connection"], "Connected", "{st:#}");
-    }
-    let data = usize::try_from(c.data_bytes(1)).unwrap();
-    let after = std::fs::read(c.img(1)).unwrap();
-    assert!(
-        before[..data] == after[..data],
-        "no data reached the refused peer"
-    );
-    assert!(!contains(&after, PATTERN));
+    common::link_tls::assert_refused(&c, why, true);
 }
 
 #[test]

@@ -21,6 +21,8 @@ use serde_json::Value;
 
 pub use rep_testkit::{free_ports, ip, random_file, require};
 
+pub mod link_tls;
+pub mod nbd_tls;
 mod small_disk;
 pub use small_disk::primary_disk_on_small_tmpfs;
 
