@@ -11,6 +11,7 @@
 
 mod common;
 
+use common::fio::fio_qd1_randwrite;
 use common::{require, Cluster, Opts};
 use serde_json::Value;
 
@@ -51,30 +52,8 @@ fn realtime(pid: u32) {
 /// fio's mean completion latency of `WRITES` 4 KiB random writes at QD1, in
 /// µs, and how many it completed.
 fn fio_qd1_writes(c: &Cluster) -> (f64, u64) {
-    let uri = c.nbd_uri(0);
-    let o = c.client(
-        0,
-        "chrt",
-        &[
-            "--fifo",
-            REALTIME,
-            "fio",
-            "--name=qd1-4k",
-            "--ioengine=nbd",
-            &format!("--uri={uri}"),
-            "--rw=randwrite",
-            "--bs=4k",
-            "--iodepth=1",
-            "--size=16M",
-            &format!("--number_ios={WRITES}"),
-            "--output-format=json",
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let text = String::from_utf8_lossy(&o.stdout);
-    let json = &text[text.find('{').expect("fio printed no JSON")..];
-    let v: Value = serde_json::from_str(json).unwrap();
-    let w = &v["jobs"][0]["write"];
+    let ios = format!("--number_ios={WRITES}");
+    let w = fio_qd1_randwrite(c, &["chrt", "--fifo", REALTIME], &[&ios]);
     let clat_us = w["clat_ns"]["mean"].as_f64().unwrap() / 1e3;
     (clat_us, w["total_ios"].as_u64().unwrap())
 }

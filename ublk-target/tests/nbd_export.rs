@@ -437,9 +437,7 @@ fn nbd_export_fio_randwrite_qd32_verify() {
             "--output-format=json",
         ],
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let json = &text[text.find('{').expect("fio printed no JSON")..];
-    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    let v = rep_testkit::fio_json(&out);
     let job = &v["jobs"][0];
     assert_eq!(job["error"], 0, "{job}");
     let written = job["write"]["io_bytes"].as_u64().unwrap();

@@ -20,8 +20,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::fio::fio_qd1_randwrite;
 use common::{Cluster, Opts};
-use serde_json::Value;
 
 const MIB: f64 = 1_048_576.0;
 /// c-max-rate and c-min-rate of the test, MiB/s.
@@ -50,28 +50,8 @@ fn resync_rate(c: &Cluster, secs: u64) -> f64 {
 /// fio's 4 KiB random writes at QD1 through node 0's export for `secs`:
 /// the p99 completion latency in µs and the writes done.
 fn fio_qd1(c: &Cluster, secs: u64) -> (f64, u64) {
-    let uri = c.nbd_uri(0);
-    let o = c.client(
-        0,
-        "fio",
-        &[
-            "--name=qd1-4k",
-            "--ioengine=nbd",
-            &format!("--uri={uri}"),
-            "--rw=randwrite",
-            "--bs=4k",
-            "--iodepth=1",
-            "--size=16M",
-            "--time_based",
-            &format!("--runtime={secs}"),
-            "--output-format=json",
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let text = String::from_utf8_lossy(&o.stdout);
-    let json = &text[text.find('{').expect("fio printed no JSON")..];
-    let v: Value = serde_json::from_str(json).unwrap();
-    let w = &v["jobs"][0]["write"];
+    let runtime = format!("--runtime={secs}");
+    let w = fio_qd1_randwrite(c, &[], &["--time_based", &runtime]);
     let p99_ns = w["clat_ns"]["percentile"]["99.000000"].as_f64().unwrap();
     (p99_ns / 1e3, w["total_ios"].as_u64().unwrap())
 }

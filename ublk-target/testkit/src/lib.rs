@@ -44,5 +44,5 @@ pub use files::{random_file, sparse_file, write_exec};
 pub use netns::{free_ports, in_netns, ip, send_from_ns, Netns};
 pub use process::{gone, kill9_and_reap, signal, wait_gone, KillOnDrop};
 pub use repctl::{assert_same_data, is_synced, log_tail, Repctl};
-pub use tools::{build_bins, ensure_dir, profile_dir, require, workspace_root};
+pub use tools::{build_bins, ensure_dir, fio_json, profile_dir, require, workspace_root};
 pub use wait::{poll, serial};

@@ -82,3 +82,11 @@ pub fn build_bins(profile_dir: &Path, packages: &[&str], bins: &[&str]) -> PathB
     }
     profile_dir.to_path_buf()
 }
+
+/// The JSON report of a fio run with `--output-format=json` (fio may print
+/// notes before it, which are skipped).
+pub fn fio_json(out: &std::process::Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let start = text.find('{').expect("fio printed no JSON");
+    serde_json::from_str(&text[start..]).expect("fio's JSON report parses")
+}
