@@ -229,31 +229,6 @@ fn resize_is_an_event_with_the_old_and_new_size_on_both_nodes() {
     }
 }
 
-fn grow_file(c: &Cluster, i: usize, bytes: u64) {
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(c.img(i))
-        .unwrap();
-    f.set_len(bytes).unwrap();
-}
-
-fn nbdinfo_size(c: &Cluster, i: usize) -> u64 {
-    let o = c.client(i, "nbdinfo", &["--json", &c.nbd_uri(i)]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    v["exports"][0]["export-size"].as_u64().unwrap()
-}
-
-fn qemu_io(c: &Cluster, i: usize, cmd: &str) {
-    let o = c.client(i, "qemu-io", &["-f", "raw", &c.nbd_uri(i), "-c", cmd]);
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success() && !out.contains("fail"),
-        "qemu-io {cmd}: {out} {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 /// DRBD's check-resize: both disks grown while repd was stopped; repd
 /// starts on the metadata where it was (below the new end), serving the
 /// old size with the data intact; `repctl resize` moves it to the new end.
@@ -262,13 +237,13 @@ fn a_disk_grown_while_repd_was_stopped_starts_and_then_resizes() {
     common::require("nbdinfo", "libnbd-bin");
     common::require("qemu-io", "qemu-utils");
     let (c, _ns) = connected_pair();
-    qemu_io(&c, 0, "write -P 0x5a 1M 256k");
+    c.qemu_io(0, &["write -P 0x5a 1M 256k"]);
     c.wait_synced(30);
     let old = c.data_bytes(0);
     c.ok(0, &["secondary"]);
     for i in 0..2 {
         c.ok(i, &["down"]);
-        grow_file(&c, i, 96 << 20);
+        c.grow_img(i, 96 << 20);
     }
     c.up(0);
     c.up(1);
@@ -282,14 +257,14 @@ fn a_disk_grown_while_repd_was_stopped_starts_and_then_resizes() {
         "{log}"
     );
     c.ok(0, &["primary"]);
-    assert_eq!(nbdinfo_size(&c, 0), old);
-    qemu_io(&c, 0, "read -P 0x5a 1M 256k");
+    assert_eq!(c.nbdinfo_size(0), old);
+    c.qemu_io(0, &["read -P 0x5a 1M 256k"]);
 
     c.ok(0, &["resize"]);
     let new = c.data_bytes(0);
     assert!(new > old + (16 << 20), "{old} -> {new}");
-    assert_eq!(nbdinfo_size(&c, 0), new);
-    qemu_io(&c, 0, "read -P 0x5a 1M 256k");
+    assert_eq!(c.nbdinfo_size(0), new);
+    c.qemu_io(0, &["read -P 0x5a 1M 256k"]);
     c.wait_synced(60);
     c.assert_identical();
     // The metadata is at the new end now: a restart finds it there.

@@ -16,38 +16,6 @@ use common::{cluster, Cluster, Mode, Opts};
 
 const GROWN: u64 = 96 << 20;
 
-fn grow_file(c: &Cluster, i: usize, bytes: u64) {
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(c.img(i))
-        .unwrap();
-    f.set_len(bytes).unwrap();
-}
-
-fn nbdinfo_size(c: &Cluster, i: usize) -> u64 {
-    let o = c.client(i, "nbdinfo", &["--json", &c.nbd_uri(i)]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    v["exports"][0]["export-size"].as_u64().unwrap()
-}
-
-fn qemu_io(c: &Cluster, i: usize, cmds: &[&str]) -> String {
-    let mut args = vec!["-f".to_string(), "raw".into(), c.nbd_uri(i)];
-    for cmd in cmds {
-        args.push("-c".into());
-        args.push((*cmd).into());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = c.client(i, "qemu-io", &args);
-    let out = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(
-        o.status.success() && !out.contains("failed"),
-        "qemu-io {cmds:?}: {out} {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    out
-}
-
 fn connected_pair(o: Opts) -> (Cluster, Option<common::Netns>) {
     let (c, ns) = cluster(Mode::Loopback, o);
     c.up(0);
@@ -64,7 +32,7 @@ fn resize_grows_both_nodes_online_and_replicates_the_new_region() {
     common::require("qemu-io", "qemu-utils");
     let (c, _ns) = connected_pair(Opts::default());
     let old = c.data_bytes(0);
-    assert_eq!(nbdinfo_size(&c, 0), old);
+    assert_eq!(c.nbdinfo_size(0), old);
 
     // Nothing grown yet: refused with what to do; shrinking is refused.
     let r = c.repctl(1, &["resize"]);
@@ -95,15 +63,15 @@ fn resize_grows_both_nodes_online_and_replicates_the_new_region() {
         s["stats"]["written_bytes"].as_u64().unwrap_or(0) >= 64 << 10
     });
 
-    grow_file(&c, 0, GROWN);
-    grow_file(&c, 1, GROWN);
+    c.grow_img(0, GROWN);
+    c.grow_img(1, GROWN);
     // On the Secondary: either node may run it.
     let out = c.ok(1, &["resize"]);
     assert!(out.contains("resized from"), "{out}");
     let new = c.data_bytes(1);
     assert!(new > old + (16 << 20), "{old} -> {new}");
     c.wait(0, "the Primary's new size", 20, |s| s["data_bytes"] == new);
-    assert_eq!(nbdinfo_size(&c, 0), new, "a new client sees the new size");
+    assert_eq!(c.nbdinfo_size(0), new, "a new client sees the new size");
     assert!(c.status(0)["size_note"]
         .as_str()
         .unwrap()
@@ -124,10 +92,10 @@ fn resize_grows_both_nodes_online_and_replicates_the_new_region() {
 
     // Data written in the new region replicates; the new region resyncs.
     let at = (old + (4 << 20)).to_string();
-    qemu_io(&c, 0, &[&format!("write -P 0x33 {at} 64k")]);
+    c.qemu_io(0, &[&format!("write -P 0x33 {at} 64k")]);
     c.wait_synced(60);
     c.assert_identical();
-    qemu_io(&c, 0, &[&format!("read -P 0x33 {at} 64k")]);
+    c.qemu_io(0, &[&format!("read -P 0x33 {at} 64k")]);
 
     // The new size is the metadata's: it survives a restart of both.
     c.ok(0, &["secondary"]);
@@ -151,7 +119,7 @@ fn a_peer_of_a_different_size_connects_with_the_smaller_size() {
         n
     };
     // beta's disk is larger: fresh metadata on the grown file.
-    grow_file(&c, 1, GROWN);
+    c.grow_img(1, GROWN);
     c.ok(1, &["create-md", "--force"]);
     c.up(0);
     c.up(1);
@@ -173,7 +141,7 @@ fn a_peer_of_a_different_size_connects_with_the_smaller_size() {
 fn repd_killed_at_each_step_of_the_metadata_move_starts_with_its_data() {
     common::require("qemu-io", "qemu-utils");
     let (c, _ns) = connected_pair(Opts::default());
-    qemu_io(&c, 0, &["write -P 0x5a 1M 256k"]);
+    c.qemu_io(0, &["write -P 0x5a 1M 256k"]);
     c.wait_synced(30);
     c.ok(0, &["secondary"]);
     let old = c.data_bytes(1);
@@ -191,8 +159,8 @@ fn repd_killed_at_each_step_of_the_metadata_move_starts_with_its_data() {
         c.wait(1, "connected", 20, |s| s["connection"] == "Connected");
         // Grown while running (a restart in between starts on the
         // metadata below the new end: see tests/maintenance.rs).
-        grow_file(&c, 0, GROWN);
-        grow_file(&c, 1, GROWN);
+        c.grow_img(0, GROWN);
+        c.grow_img(1, GROWN);
         let r = c.control(
             0,
             &rep_control::protocol::ControlCmd::Resize {
@@ -226,6 +194,6 @@ fn repd_killed_at_each_step_of_the_metadata_move_starts_with_its_data() {
         }
     }
     c.ok(0, &["primary"]);
-    qemu_io(&c, 0, &["read -P 0x5a 1M 256k"]);
+    c.qemu_io(0, &["read -P 0x5a 1M 256k"]);
     c.assert_identical();
 }

@@ -107,14 +107,7 @@ fn unflushed_writes_marked_at_down_are_resynced_not_left_out_of_sync() {
 }
 
 fn qemu_io(c: &Cluster, i: usize, cmds: &[&str]) {
-    let uri = c.nbd_uri(i);
-    let mut args = vec!["-f", "raw", &uri];
-    for cmd in cmds {
-        args.push("-c");
-        args.push(cmd);
-    }
-    let o = c.client(i, "qemu-io", &args);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    c.qemu_io(i, cmds);
     c.wait(i, "the NBD client gone", 10, |s| s["nbd_clients"] == 0);
 }
 

@@ -21,6 +21,7 @@ use serde_json::Value;
 
 pub use rep_testkit::{free_ports, ip, random_file, require};
 
+mod clients;
 pub mod fio;
 pub mod link_tls;
 pub mod nbd_tls;
