@@ -23,6 +23,20 @@ fn make_file(dir: &Path, len: u64) -> PathBuf {
     path
 }
 
+/// A `data_bytes` backing file in /var/tmp (tmpfs has no O_DIRECT)
+/// opened with O_DIRECT and `queue_depth`, and its path; the directory
+/// lives as long as the returned guard.
+fn direct_disk(data_bytes: u64, queue_depth: u32) -> (tempfile::TempDir, PathBuf, LocalDisk) {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let path = make_file(dir.path(), data_bytes);
+    let options = DiskOptions {
+        direct: true,
+        queue_depth,
+    };
+    let disk = LocalDisk::open(&path, data_bytes, options).unwrap();
+    (dir, path, disk)
+}
+
 type Rx = mpsc::Receiver<(u64, IoResult)>;
 
 fn start(disk: LocalDisk) -> (DiskHandle, Rx) {
@@ -258,18 +272,8 @@ fn inline_answers(d: &mut InlineDisk, n: usize) -> Vec<(u64, IoResult)> {
 
 #[test]
 fn inline_disk_answers_every_op_once_and_wakes_on_demand() {
-    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let data_bytes = 1 << 20;
-    let path = make_file(dir.path(), data_bytes);
-    let disk = LocalDisk::open(
-        &path,
-        data_bytes,
-        DiskOptions {
-            direct: true,
-            queue_depth: 2,
-        },
-    )
-    .unwrap();
+    let (_dir, path, disk) = direct_disk(data_bytes, 2);
     let mut d = disk.inline().unwrap();
     // More ops than the queue depth, in one batch: the rest wait their turn.
     let blocks: Vec<Bytes> = (0..6u8).map(|i| Bytes::from(pattern(4096, i))).collect();
@@ -467,18 +471,7 @@ fn inline_disk_polls_end_a_wait_when_the_socket_is_ready() {
 /// itself needs ublk_drv: the VM's smoke scenario covers it on 6.17.
 #[test]
 fn disk_read_into_a_refused_registration_falls_back_to_the_data() {
-    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-    let data_bytes = 1 << 20;
-    let path = make_file(dir.path(), data_bytes);
-    let disk = LocalDisk::open(
-        &path,
-        data_bytes,
-        DiskOptions {
-            direct: true,
-            queue_depth: 4,
-        },
-    )
-    .unwrap();
+    let (_dir, _, disk) = direct_disk(1 << 20, 4);
     let (h, rx) = start(disk);
     let data = Bytes::from(pattern(64 * 1024, 3));
     let w = DiskOp::Write {

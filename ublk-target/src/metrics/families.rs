@@ -270,28 +270,38 @@ fn sync(e: &mut Exposition, st: &NodeStatus, l: &[(&str, &str)]) {
         "Share of the running resync or verify done, 0 to 1 (1 when none runs)",
     );
     e.sample_f64(k, l, p.map_or(1.0, |p| (p.percent / 100.0).clamp(0.0, 1.0)));
-    for (k, help, v) in [
-        (
-            "rep_peerdevice_sync_remaining_bytes",
-            "Bytes the running resync or verify has left",
-            p.map_or(0, |p| p.remaining_bytes),
-        ),
-        (
-            "rep_peerdevice_sync_total_bytes",
-            "Bytes the running resync or verify covers in all",
-            p.map_or(0, |p| p.total_bytes),
-        ),
-        (
-            "rep_peerdevice_sync_speed_bytes_per_second",
-            "Recent speed of the running resync or verify",
-            p.map_or(0, |p| p.bytes_per_s),
-        ),
-        (
-            "rep_peerdevice_sync_eta_seconds",
-            "Estimated time the running resync or verify has left (0 when unknown)",
-            p.and_then(|p| p.eta_s).unwrap_or(0),
-        ),
-    ] {
+    gauges(
+        e,
+        l,
+        &[
+            (
+                "rep_peerdevice_sync_remaining_bytes",
+                "Bytes the running resync or verify has left",
+                p.map_or(0, |p| p.remaining_bytes),
+            ),
+            (
+                "rep_peerdevice_sync_total_bytes",
+                "Bytes the running resync or verify covers in all",
+                p.map_or(0, |p| p.total_bytes),
+            ),
+            (
+                "rep_peerdevice_sync_speed_bytes_per_second",
+                "Recent speed of the running resync or verify",
+                p.map_or(0, |p| p.bytes_per_s),
+            ),
+            (
+                "rep_peerdevice_sync_eta_seconds",
+                "Estimated time the running resync or verify has left (0 when unknown)",
+                p.and_then(|p| p.eta_s).unwrap_or(0),
+            ),
+        ],
+    );
+}
+
+/// One gauge family per `(name, help, value)`, each with the one sample
+/// labelled `l`.
+fn gauges(e: &mut Exposition, l: &[(&str, &str)], list: &[(&str, &str, u64)]) {
+    for &(k, help, v) in list {
         e.family(k, Kind::Gauge, help);
         e.sample(k, l, v);
     }
@@ -301,26 +311,27 @@ fn sync(e: &mut Exposition, st: &NodeStatus, l: &[(&str, &str)]) {
 /// before the first).
 fn last_verify(e: &mut Exposition, st: &NodeStatus, l: &[(&str, &str)]) {
     let v = st.last_verify.as_ref();
-    for (k, help, value) in [
-        (
-            "rep_peerdevice_last_verify_timestamp_seconds",
-            "When the last online verify finished, Unix time (0: none yet)",
-            v.map_or(0, |v| v.at),
-        ),
-        (
-            "rep_peerdevice_last_verify_outofsync_bytes",
-            "Bytes the last online verify found different",
-            v.map_or(0, |v| v.out_of_sync_bytes),
-        ),
-        (
-            "rep_peerdevice_last_verify_outofsync_ranges",
-            "Ranges of adjacent 4 KiB blocks the last online verify found different",
-            v.map_or(0, |v| v.range_count),
-        ),
-    ] {
-        e.family(k, Kind::Gauge, help);
-        e.sample(k, l, value);
-    }
+    gauges(
+        e,
+        l,
+        &[
+            (
+                "rep_peerdevice_last_verify_timestamp_seconds",
+                "When the last online verify finished, Unix time (0: none yet)",
+                v.map_or(0, |v| v.at),
+            ),
+            (
+                "rep_peerdevice_last_verify_outofsync_bytes",
+                "Bytes the last online verify found different",
+                v.map_or(0, |v| v.out_of_sync_bytes),
+            ),
+            (
+                "rep_peerdevice_last_verify_outofsync_ranges",
+                "Ranges of adjacent 4 KiB blocks the last online verify found different",
+                v.map_or(0, |v| v.range_count),
+            ),
+        ],
+    );
 }
 
 fn latencies(e: &mut Exposition, lat: &Latencies, dev: &[(&str, &str)], peerdev: &[(&str, &str)]) {
