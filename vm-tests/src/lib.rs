@@ -412,11 +412,37 @@ fn signal(pid: u32, sig: &str) {
         .status();
 }
 
+/// When the repd of `dir` was built, if `dir` has repd and repctl.
+fn built_at(dir: &Path) -> Option<std::time::SystemTime> {
+    if !dir.join("repctl").exists() {
+        return None;
+    }
+    std::fs::metadata(dir.join("repd")).ok()?.modified().ok()
+}
+
+/// Of the release build and the test's own profile's build, the newer
+/// (the release one when both are as new): a release build left from
+/// before a change must not stand in for the build of the change, which
+/// ran scenarios on stale binaries by hand more than once.
+fn newer_build(release: PathBuf, profile_dir: PathBuf) -> PathBuf {
+    let pick = match (built_at(&release), built_at(&profile_dir)) {
+        (Some(r), Some(p)) if p > r => profile_dir,
+        (Some(_), _) => release,
+        (None, _) => profile_dir,
+    };
+    eprintln!(
+        "vm-tests: the scenario runs the binaries in {} (set REP_BIN to choose)",
+        pick.display()
+    );
+    pick
+}
+
 /// Where a scenario finds the workspace's binaries when `$REP_BIN` is not set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScenarioBins {
-    /// Already built: the target directory's release build if it has repd and
-    /// repctl, else the build of this test's own profile.
+    /// Already built: the newer of the target directory's release build and
+    /// the build of this test's own profile (each counted only when it has
+    /// repd and repctl).
     Prebuilt,
     /// Built now (`cargo build -p ublk-target -p cluster-agent --bins`) into
     /// this test's target directory and profile, so a plain `cargo test` has
@@ -583,14 +609,7 @@ fn scenario_bin_dir(how: ScenarioBins) -> Result<PathBuf, ScenarioError> {
         ScenarioError::TargetDir(format!("no target dir above {}", profile_dir.display()))
     })?;
     match how {
-        ScenarioBins::Prebuilt => {
-            let release = target.join("release");
-            if release.join("repd").exists() && release.join("repctl").exists() {
-                Ok(release)
-            } else {
-                Ok(profile_dir)
-            }
-        }
+        ScenarioBins::Prebuilt => Ok(newer_build(target.join("release"), profile_dir)),
         ScenarioBins::BuildHere => {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut c = Command::new(cargo);
@@ -619,5 +638,43 @@ fn scenario_bin_dir(how: ScenarioBins) -> Result<PathBuf, ScenarioError> {
             }
             Ok(profile_dir)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    /// A build directory under `root` with repd (built at `at`) and repctl.
+    fn build(root: &Path, name: &str, at: SystemTime, repctl: bool) -> PathBuf {
+        let d = root.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let repd = std::fs::File::create(d.join("repd")).unwrap();
+        repd.set_modified(at).unwrap();
+        if repctl {
+            std::fs::write(d.join("repctl"), b"").unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn the_newer_build_runs_the_scenario() {
+        let root = std::env::temp_dir().join(format!("vm-tests-builds-{}", std::process::id()));
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        let new = SystemTime::now();
+        // A release build from before the change: the profile's, newer, runs.
+        let r = build(&root, "r1", old, true);
+        let p = build(&root, "p1", new, true);
+        assert_eq!(newer_build(r, p.clone()), p);
+        // A fresh release build: it runs.
+        let r = build(&root, "r2", new, true);
+        let p = build(&root, "p2", old, true);
+        assert_eq!(newer_build(r.clone(), p), r);
+        // A release directory without repctl does not count.
+        let r = build(&root, "r3", new, false);
+        let p = build(&root, "p3", old, true);
+        assert_eq!(newer_build(r, p.clone()), p);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
