@@ -390,6 +390,14 @@ fn a_shrunk_disk_is_not_mistaken_for_a_fresh_one() {
     assert!(!o.status.success());
     assert!(err.contains("seems to have been shrunk"), "{err}");
     assert!(err.contains("Do not run create-md"), "{err}");
+    // Before the search (minutes on a large slow disk), the log said what
+    // repd was doing and how to stop it.
+    let log = c.log_tail(0);
+    assert!(
+        log.contains("looking below the end for the metadata of a disk that grew")
+            && log.contains("a new disk needs `repctl create-md` instead"),
+        "{log}"
+    );
     // And create-md does not destroy the end of the data unless forced.
     let before = std::fs::read(c.img(0)).unwrap();
     let o = c.repctl(0, &["create-md"]);
@@ -482,4 +490,34 @@ fn a_block_device_disk_is_claimed_exclusively() {
     assert!(!o.status.success(), "create-md wrote under a running repd");
     assert!(stderr_of(&o).contains(&format!("pid {pid}")), "{o:?}");
     c.ok(0, &["down"]);
+}
+
+/// A repd that is still starting after 20 s (here a stand-in that logs a
+/// line and sleeps): `repctl up` gives up waiting with its pid and the last
+/// lines it logged, so the admin sees what it is doing.
+#[test]
+fn up_that_waits_too_long_shows_what_repd_is_doing() {
+    let c = Cluster::new(Opts::default());
+    let slow = c.dir.path().join("slow-repd");
+    rep_testkit::write_exec(
+        &slow,
+        "#!/bin/sh\necho 'looking for the metadata of a grown disk (stand-in)'\nexec sleep 60\n",
+    );
+    let t0 = Instant::now();
+    let o = c.repctl(0, &["up", "--repd", slow.to_str().unwrap()]);
+    let err = stderr_of(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(t0.elapsed() >= Duration::from_secs(20), "{:?}", t0.elapsed());
+    assert!(
+        err.contains("did not answer within 20 s")
+            && err.contains("looking for the metadata of a grown disk (stand-in)"),
+        "{err}"
+    );
+    let pid: i32 = err
+        .split("(pid ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {err}"));
+    let _ = Command::new("kill").arg(pid.to_string()).status();
 }

@@ -25,6 +25,8 @@ use super::{io_err, to_usize, MdError, Superblock, SB_BYTES};
 pub const GROWN_SEARCH_BYTES: u64 = 64 << 30;
 /// Read size of the search.
 const CHUNK_BYTES: u64 = 1 << 20;
+/// How often the search logs how far it got.
+const REPORT_EVERY_BYTES: u64 = 4 << 30;
 
 /// The superblock of `resource`/`node` at the highest 4 KiB block below
 /// `end_sb` (where it would be if the disk had not grown), with its offset.
@@ -39,9 +41,32 @@ pub(super) fn find_below(
     node: &str,
 ) -> Result<Option<(u64, Superblock)>, MdError> {
     let lowest = end_sb.saturating_sub(GROWN_SEARCH_BYTES);
+    // On a disk that never had `create-md` the search reads all of this
+    // before it can say so, minutes on a slow disk, while `repctl up`
+    // gives up waiting after 20 s: say at once what is going on.
+    tracing::warn!(
+        path = %path.display(),
+        search_bytes = end_sb - lowest,
+        pid = std::process::id(),
+        "no metadata at the end of the disk: looking below the end for the metadata of a disk \
+         that grew while repd was stopped, reading up to {} MiB; a new disk needs `repctl \
+         create-md` instead (stop this repd with `kill {}`)",
+        (end_sb - lowest) >> 20,
+        std::process::id()
+    );
     let mut buf = vec![0u8; to_usize(CHUNK_BYTES, "a read buffer")?];
     let mut hi = end_sb;
+    let mut next_report = end_sb.saturating_sub(REPORT_EVERY_BYTES);
     while hi > lowest {
+        if hi <= next_report {
+            tracing::info!(
+                path = %path.display(),
+                searched_bytes = end_sb - hi,
+                search_bytes = end_sb - lowest,
+                "still looking for the metadata of a grown disk"
+            );
+            next_report = hi.saturating_sub(REPORT_EVERY_BYTES);
+        }
         let lo = hi.saturating_sub(CHUNK_BYTES).max(lowest);
         let chunk = buf
             .get_mut(..to_usize(hi - lo, "a read")?)

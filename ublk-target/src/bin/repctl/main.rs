@@ -1043,22 +1043,32 @@ mod daemon {
                 }
             }
             if let Ok(Some(code)) = child.try_wait() {
-                let tail = read_from(log, log_start);
-                let tail: Vec<&str> = tail.lines().rev().take(5).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
                 return Err(Failure(format!(
                     "repd exited ({code}) during start:\n{}",
-                    tail.join("\n")
+                    last_lines(log, log_start, 5)
                 )));
             }
             if t0.elapsed() > Duration::from_secs(20) {
+                // It may still be starting (looking for the metadata of a
+                // grown disk, say): its last lines say what it is doing.
                 return Err(Failure(format!(
-                    "repd did not answer within 20 s; see {}",
+                    "repd (pid {}) did not answer within 20 s; it may still be starting. \
+                     Its last lines:\n{}\nsee {}",
+                    child.id(),
+                    last_lines(log, log_start, 3),
                     log.display()
                 )));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The last `n` lines of `log` written since byte `start`.
+    fn last_lines(log: &Path, start: u64, n: usize) -> String {
+        let text = read_from(log, start);
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(n);
+        lines.get(from..).unwrap_or_default().join("\n")
     }
 
     /// The text of `path` from byte `start` on (lossy; empty if unreadable).
