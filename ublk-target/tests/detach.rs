@@ -22,11 +22,15 @@ fn synced_pair() -> (Cluster, Option<common::Netns>) {
     (c, ns)
 }
 
-/// `repctl events` on node `i` until a line contains `want` (10 s at most).
+/// `repctl events` on node `i` until a change line contains `want` (10 s
+/// at most). `during` runs once the stream is subscribed (`--now` prints
+/// the state and `exists -` first): a change made before that would not
+/// be in it, as CI saw when the `repctl events` process started slowly.
 fn events_show(c: &Cluster, i: usize, want: &str, during: impl FnOnce()) {
     use std::io::{BufRead, BufReader};
     let mut cmd = c.node(i).command();
-    cmd.arg("events").stdout(std::process::Stdio::piped());
+    cmd.args(["events", "--now"])
+        .stdout(std::process::Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let out = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -38,6 +42,18 @@ fn events_show(c: &Cluster, i: usize, want: &str, during: impl FnOnce()) {
             }
         }
     });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut state = Vec::new();
+    while !state.iter().any(|l: &String| l == "exists -") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => state.push(l),
+            Err(_) => panic!(
+                "no `exists -` from events --now; got:\n{}",
+                state.join("\n")
+            ),
+        }
+    }
     during();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut seen = Vec::new();

@@ -43,6 +43,15 @@ impl Watcher {
         Self::from_command(cmd)
     }
 
+    /// `repctl events --now --json` once its stream is subscribed (its
+    /// state printed up to `exists -`): a change made after this returns
+    /// is in it, which a watcher still starting could miss.
+    fn subscribed(c: &Cluster, i: usize) -> Self {
+        let w = Self::start(c, i, &["--now", "--json"]);
+        w.wait_for("the end of the state", |e| is(e, "exists", "-", &[]));
+        w
+    }
+
     fn from_command(mut cmd: std::process::Command) -> Self {
         let mut child = cmd.spawn().unwrap();
         let out = child.stdout.take().unwrap();
@@ -325,7 +334,7 @@ fn a_split_brain_is_reported_and_its_error_clears_after_the_recovery() {
     c.up(1);
     c.ok(0, &["primary", "--force"]);
     c.wait_synced(60);
-    let w = Watcher::start(&c, 1, &["--json"]);
+    let w = Watcher::subscribed(&c, 1);
     c.ok(0, &["disconnect"]);
     c.ok(1, &["disconnect"]);
     c.ok(1, &["primary"]);
@@ -375,7 +384,7 @@ fn a_failed_local_write_is_an_error_until_a_write_succeeds() {
     c.up(1);
     c.ok(0, &["primary", "--force"]);
     c.wait_synced(60);
-    let w = Watcher::start(&c, 0, &["--json"]);
+    let w = Watcher::subscribed(&c, 0);
     let src = random_file(c.dir.path(), "big.bin", 32 << 20, 7);
     let o = c.client(0, "nbdcopy", &[src.to_str().unwrap(), &c.nbd_uri(0)]);
     assert!(!o.status.success(), "writes into a full disk succeeded");

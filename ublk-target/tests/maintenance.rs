@@ -18,18 +18,21 @@ use std::time::{Duration, Instant};
 use common::{cluster, Cluster, Mode, Opts};
 use serde_json::{json, Value};
 
-/// A `repctl events --json` process and the events it printed so far.
+/// A `repctl events --now --json` process and the events it printed so
+/// far.
 struct Watcher {
     child: Child,
     events: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Watcher {
+    /// Returns once the stream is subscribed (its state printed up to
+    /// `exists -`): a change the test makes next is in it.
     fn start(c: &Cluster, i: usize) -> Self {
         let mut child = c
             .node(i)
             .command()
-            .args(["events", "--json"])
+            .args(["events", "--now", "--json"])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -44,7 +47,22 @@ impl Watcher {
                 sink.lock().unwrap().push(v);
             }
         });
-        Watcher { child, events }
+        let w = Watcher { child, events };
+        let t0 = Instant::now();
+        while !w
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "exists" && e["object"] == "-")
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "repctl events --now printed no `exists -`"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        w
     }
 
     /// The `call OBJECT` events, once one satisfies `done`.

@@ -507,7 +507,11 @@ fn up_that_waits_too_long_shows_what_repd_is_doing() {
     let o = c.repctl(0, &["up", "--repd", slow.to_str().unwrap()]);
     let err = stderr_of(&o);
     assert!(!o.status.success(), "{err}");
-    assert!(t0.elapsed() >= Duration::from_secs(20), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_secs(20),
+        "{:?}",
+        t0.elapsed()
+    );
     assert!(
         err.contains("did not answer within 20 s")
             && err.contains("looking for the metadata of a grown disk (stand-in)"),
